@@ -1,0 +1,183 @@
+//! Wiring: loads or bootstraps the agent identity, binds the Workload API socket, starts
+//! the rotation worker and the Workload API, and shuts down within a deadline.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use common::proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
+use common::{Bundle, BundleCell, X509Svid};
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::attestation::Attestor;
+use crate::cache::Cache;
+use crate::config::AgentConfig;
+use crate::node_identity::{self, NodeIdentityError};
+use crate::rotation::{Backoff, Rotation};
+use crate::state_file;
+use crate::workload_api::WorkloadApi;
+
+/// How long in-flight work may take after shutdown is requested.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Binds the Workload API socket. Any local process may connect (authorization is by
+/// attestation, not by file mode); a stale socket file left by a crash is replaced.
+fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!("another agent is already serving {}", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))?;
+    Ok(listener)
+}
+
+fn initial_bundle(config: &AgentConfig) -> anyhow::Result<Bundle> {
+    if let Some(b) = node_identity::load_bundle(&config.data_dir, &config.trust_domain)? {
+        return Ok(b);
+    }
+    let path = config
+        .trust_bundle_path
+        .as_ref()
+        .ok_or(NodeIdentityError::NoBundle)?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading trust bundle {}", path.display()))?;
+    Bundle::from_pem(config.trust_domain.clone(), &text)
+        .with_context(|| format!("trust bundle {}", path.display()))
+}
+
+/// The persisted SVID if still valid, else a fresh one from the join token (retrying
+/// while the server is unreachable).
+async fn agent_identity(
+    config: &AgentConfig,
+    bundle: &BundleCell,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<X509Svid>> {
+    let persisted = node_identity::load_svid(&config.data_dir)?;
+    if let Some(svid) = persisted {
+        if !svid.is_expired_at(SystemTime::now()) {
+            tracing::info!(spiffe_id = %svid.spiffe_id(), "using the persisted agent SVID");
+            return Ok(Some(svid));
+        }
+        if config.join_token.is_none() {
+            return Err(NodeIdentityError::Expired(svid.not_after()).into());
+        }
+    }
+    let token = config
+        .join_token
+        .as_deref()
+        .ok_or_else(|| NodeIdentityError::NeedToken(config.data_dir.display().to_string()))?;
+    let mut backoff = Backoff::new();
+    loop {
+        match node_identity::attest_with_token(
+            &config.server_address,
+            &config.trust_domain,
+            bundle,
+            token,
+        )
+        .await
+        {
+            Ok((svid, new_bundle)) => {
+                node_identity::save_svid(&config.data_dir, &svid)?;
+                node_identity::save_bundle(&config.data_dir, &new_bundle)?;
+                bundle.set(new_bundle);
+                tracing::info!(spiffe_id = %svid.spiffe_id(), "node attested with join token");
+                return Ok(Some(svid));
+            }
+            Err(e @ NodeIdentityError::Refused(_)) => return Err(e.into()),
+            Err(e) => {
+                let wait = backoff.step();
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "node attestation failed; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(None),
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` fires or the server refuses it.
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    tracing::info!(
+        trust_domain = %config.trust_domain,
+        server_address = %config.server_address,
+        data_dir = %config.data_dir.display(),
+        socket_path = %config.socket_path.display(),
+        "starting tessera-agent"
+    );
+    state_file::ensure_private_dir(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let bundle = BundleCell::new(initial_bundle(&config)?);
+    let cache = Cache::default();
+
+    // Bind first: clients may connect (and get Unavailable) while we attest.
+    let listener = bind_socket(&config.socket_path)?;
+    let api = WorkloadApi {
+        cache: cache.clone(),
+        attestor: Arc::new(Attestor::new()),
+        shutdown: shutdown.clone(),
+    };
+    let api_shutdown = shutdown.clone();
+    let mut server = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(SpiffeWorkloadApiServer::new(api))
+            .serve_with_incoming_shutdown(
+                UnixListenerStream::new(listener),
+                api_shutdown.cancelled(),
+            )
+            .await
+    });
+    tracing::info!(socket_path = %config.socket_path.display(), "Workload API listening");
+
+    let result = async {
+        let Some(agent_svid) = agent_identity(&config, &bundle, &shutdown).await? else {
+            return Ok(());
+        };
+        cache.update(|s| s.bundle = Some(bundle.get()));
+        let rotation = Rotation {
+            server_address: config.server_address.clone(),
+            trust_domain: config.trust_domain.clone(),
+            data_dir: config.data_dir.clone(),
+            cache: cache.clone(),
+            bundle: bundle.clone(),
+            agent_svid,
+            retry_at: None,
+            sign_backoff: Backoff::new(),
+        };
+        tokio::select! {
+            r = rotation.run(shutdown.clone()) => r.map_err(anyhow::Error::from),
+            r = &mut server => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(anyhow::Error::from(e).context("Workload API server failed")),
+                Err(e) => Err(anyhow::Error::from(e).context("Workload API task failed")),
+            },
+        }
+    }
+    .await;
+
+    shutdown.cancel();
+    if tokio::time::timeout(SHUTDOWN_DEADLINE, &mut server)
+        .await
+        .is_err()
+    {
+        tracing::warn!("Workload API did not drain before the deadline; aborting");
+        server.abort();
+    }
+    let _ = std::fs::remove_file(&config.socket_path);
+    tracing::info!("stopped");
+    result
+}

@@ -1,0 +1,162 @@
+//! The agent's view of its entries, their SVIDs and the trust bundle.
+//!
+//! State is published as an immutable `Arc<CacheSnapshot>` through a `watch` channel: the
+//! rotation worker is the only writer; every Workload API stream borrows the latest
+//! snapshot and waits for `changed()`. A snapshot is never half-updated.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use common::{Bundle, RegistrationEntry, SelectorSet, X509Svid};
+use tokio::sync::watch;
+
+/// One entry and, once issued, its SVID.
+#[derive(Debug, Clone)]
+pub struct CachedEntry {
+    /// The entry as last synced.
+    pub entry: RegistrationEntry,
+    /// The current SVID for it, if issued.
+    pub svid: Option<Arc<X509Svid>>,
+    /// The entry revision the SVID was issued for.
+    pub svid_revision: u64,
+}
+
+/// Everything the Workload API serves, at one instant.
+#[derive(Debug, Clone, Default)]
+pub struct CacheSnapshot {
+    /// Entries parented to this agent, by id.
+    pub entries: HashMap<String, Arc<CachedEntry>>,
+    /// Our trust domain's bundle.
+    pub bundle: Option<Arc<Bundle>>,
+    /// True once the first full sync from the server has been applied.
+    pub synced: bool,
+}
+
+/// What a caller is entitled to right now.
+#[derive(Debug, Default)]
+pub struct Identities {
+    /// At least one entry matches the caller (even if its SVID is not issued yet).
+    pub matched: bool,
+    /// Valid SVIDs of matching entries, default identity first, with their hints.
+    pub svids: Vec<(Arc<X509Svid>, String)>,
+}
+
+impl CacheSnapshot {
+    /// The identities of a caller with `selectors` at `now`.
+    ///
+    /// Order is stable (entry creation time, then id) so the default identity does not
+    /// flip between messages; hints are made unique by dropping repeats.
+    pub fn identities(&self, selectors: &SelectorSet, now: SystemTime) -> Identities {
+        let mut matching: Vec<&Arc<CachedEntry>> = self
+            .entries
+            .values()
+            .filter(|c| c.entry.selectors.entry_matches(selectors))
+            .collect();
+        matching.sort_by(|a, b| {
+            (a.entry.created_at, &a.entry.id).cmp(&(b.entry.created_at, &b.entry.id))
+        });
+        let mut seen_hints = std::collections::HashSet::new();
+        let svids = matching
+            .iter()
+            .filter_map(|c| c.svid.as_ref().map(|s| (s, &c.entry.hint)))
+            .filter(|(s, _)| !s.is_expired_at(now))
+            .map(|(s, hint)| {
+                let hint = if hint.is_empty() || !seen_hints.insert(hint.clone()) {
+                    String::new()
+                } else {
+                    hint.clone()
+                };
+                (Arc::clone(s), hint)
+            })
+            .collect();
+        Identities {
+            matched: !matching.is_empty(),
+            svids,
+        }
+    }
+}
+
+/// The single-writer cache.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    tx: Arc<watch::Sender<Arc<CacheSnapshot>>>,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Self {
+            tx: Arc::new(watch::channel(Arc::new(CacheSnapshot::default())).0),
+        }
+    }
+}
+
+impl Cache {
+    /// A receiver that sees the current snapshot and every later one.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<CacheSnapshot>> {
+        self.tx.subscribe()
+    }
+
+    /// The current snapshot.
+    pub fn current(&self) -> Arc<CacheSnapshot> {
+        Arc::clone(&self.tx.borrow())
+    }
+
+    /// Applies `f` to a copy of the state and publishes the result.
+    pub fn update(&self, f: impl FnOnce(&mut CacheSnapshot)) {
+        self.tx.send_modify(|snap| f(Arc::make_mut(snap)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::{Selector, SpiffeId};
+    use std::time::Duration;
+
+    fn entry(id: &str, created: i64, sels: &[&str], hint: &str) -> Arc<CachedEntry> {
+        Arc::new(CachedEntry {
+            entry: RegistrationEntry {
+                id: id.into(),
+                spiffe_id: SpiffeId::new(&format!("spiffe://example.org/{id}")).unwrap(),
+                parent_id: SpiffeId::new("spiffe://example.org/agent").unwrap(),
+                selectors: sels
+                    .iter()
+                    .map(|s| s.parse::<Selector>().unwrap())
+                    .collect(),
+                x509_svid_ttl: Duration::from_secs(60),
+                jwt_svid_ttl: Duration::from_secs(60),
+                dns_names: vec![],
+                jit: false,
+                hint: hint.into(),
+                created_at: created,
+                revision: 1,
+            },
+            svid: None,
+            svid_revision: 0,
+        })
+    }
+
+    #[test]
+    fn matching_requires_subset_and_reports_pending() {
+        let mut snap = CacheSnapshot::default();
+        snap.entries
+            .insert("b".into(), entry("b", 2, &["unix:uid:0"], ""));
+        snap.entries
+            .insert("a".into(), entry("a", 1, &["unix:uid:0", "unix:gid:0"], ""));
+        snap.entries
+            .insert("c".into(), entry("c", 0, &["unix:uid:5"], ""));
+        let caller: SelectorSet = ["unix:uid:0", "unix:gid:0", "unix:user:root"]
+            .iter()
+            .map(|s| s.parse::<Selector>().unwrap())
+            .collect();
+        let ids = snap.identities(&caller, SystemTime::now());
+        assert!(ids.matched, "entries a and b match");
+        assert!(ids.svids.is_empty(), "nothing issued yet");
+        let stranger: SelectorSet = ["unix:uid:7"]
+            .iter()
+            .map(|s| s.parse::<Selector>().unwrap())
+            .collect();
+        assert!(!snap.identities(&stranger, SystemTime::now()).matched);
+    }
+}

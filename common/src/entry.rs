@@ -1,0 +1,162 @@
+//! Registration entries: which workloads (selectors), under which agent (parent ID), get
+//! which SPIFFE ID, with which TTLs and DNS names.
+//!
+//! The server stores and validates entries; agents receive them over the sync stream. The
+//! conversion from the wire type validates every field, so an agent never acts on a
+//! malformed entry even if the wire were tampered with.
+
+use std::time::Duration;
+
+use crate::proto::tessera;
+use crate::selector::{Selector, SelectorError, SelectorSet};
+use crate::spiffe_id::{SpiffeId, SpiffeIdError};
+
+/// A registration entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationEntry {
+    /// Server-assigned opaque identifier.
+    pub id: String,
+    /// The identity issued to matching workloads.
+    pub spiffe_id: SpiffeId,
+    /// The agent (node) whose workloads may receive this identity.
+    pub parent_id: SpiffeId,
+    /// All of these must be among the caller's selectors.
+    pub selectors: SelectorSet,
+    /// Lifetime of X.509-SVIDs issued for this entry.
+    pub x509_svid_ttl: Duration,
+    /// Lifetime of JWT-SVIDs issued for this entry.
+    pub jwt_svid_ttl: Duration,
+    /// DNS SANs added to X.509-SVIDs.
+    pub dns_names: Vec<String>,
+    /// Dormant unless a task covering it is active.
+    pub jit: bool,
+    /// Optional hint passed to workloads to tell identities apart.
+    pub hint: String,
+    /// Unix seconds at creation.
+    pub created_at: i64,
+    /// Increases on every change.
+    pub revision: u64,
+}
+
+/// A wire entry that is not a valid registration entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryWireError {
+    /// `spiffe_id` or `parent_id` is malformed.
+    #[error("invalid SPIFFE ID in entry: {0}")]
+    SpiffeId(#[from] SpiffeIdError),
+    /// A selector is malformed.
+    #[error("invalid selector in entry: {0}")]
+    Selector(#[from] SelectorError),
+    /// A TTL is zero or negative.
+    #[error("entry TTL must be positive")]
+    BadTtl,
+    /// The entry has no id.
+    #[error("entry has no id")]
+    MissingId,
+}
+
+fn positive_secs(s: i64) -> Result<Duration, EntryWireError> {
+    match u64::try_from(s) {
+        Ok(v) if v > 0 => Ok(Duration::from_secs(v)),
+        _ => Err(EntryWireError::BadTtl),
+    }
+}
+
+impl TryFrom<tessera::Entry> for RegistrationEntry {
+    type Error = EntryWireError;
+
+    fn try_from(e: tessera::Entry) -> Result<Self, Self::Error> {
+        if e.id.is_empty() {
+            return Err(EntryWireError::MissingId);
+        }
+        let selectors = e
+            .selectors
+            .iter()
+            .map(|s| s.parse::<Selector>())
+            .collect::<Result<SelectorSet, _>>()?;
+        Ok(Self {
+            id: e.id,
+            spiffe_id: SpiffeId::new(&e.spiffe_id)?,
+            parent_id: SpiffeId::new(&e.parent_id)?,
+            selectors,
+            x509_svid_ttl: positive_secs(e.x509_svid_ttl_seconds)?,
+            jwt_svid_ttl: positive_secs(e.jwt_svid_ttl_seconds)?,
+            dns_names: e.dns_names,
+            jit: e.jit,
+            hint: e.hint,
+            created_at: e.created_at,
+            revision: e.revision,
+        })
+    }
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+impl From<&RegistrationEntry> for tessera::Entry {
+    fn from(e: &RegistrationEntry) -> Self {
+        Self {
+            id: e.id.clone(),
+            spiffe_id: e.spiffe_id.to_string(),
+            parent_id: e.parent_id.to_string(),
+            selectors: e.selectors.iter().map(ToString::to_string).collect(),
+            x509_svid_ttl_seconds: secs(e.x509_svid_ttl),
+            jwt_svid_ttl_seconds: secs(e.jwt_svid_ttl),
+            dns_names: e.dns_names.clone(),
+            jit: e.jit,
+            hint: e.hint.clone(),
+            created_at: e.created_at,
+            revision: e.revision,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_round_trip_and_rejections() {
+        let wire = tessera::Entry {
+            id: "e1".into(),
+            spiffe_id: "spiffe://example.org/web".into(),
+            parent_id: "spiffe://example.org/agent/a".into(),
+            selectors: vec!["unix:uid:1000".into()],
+            x509_svid_ttl_seconds: 3600,
+            jwt_svid_ttl_seconds: 300,
+            dns_names: vec!["web.example.org".into()],
+            jit: false,
+            hint: String::new(),
+            created_at: 1,
+            revision: 2,
+        };
+        let entry = RegistrationEntry::try_from(wire.clone()).unwrap();
+        assert_eq!(tessera::Entry::from(&entry), wire);
+
+        let mut bad = wire.clone();
+        bad.spiffe_id = "spiffe://example.org/".into();
+        assert!(matches!(
+            RegistrationEntry::try_from(bad),
+            Err(EntryWireError::SpiffeId(_))
+        ));
+        let mut bad = wire.clone();
+        bad.selectors = vec!["nocolon".into()];
+        assert!(matches!(
+            RegistrationEntry::try_from(bad),
+            Err(EntryWireError::Selector(_))
+        ));
+        let mut bad = wire.clone();
+        bad.x509_svid_ttl_seconds = 0;
+        assert_eq!(
+            RegistrationEntry::try_from(bad),
+            Err(EntryWireError::BadTtl)
+        );
+        let mut bad = wire;
+        bad.id.clear();
+        assert_eq!(
+            RegistrationEntry::try_from(bad),
+            Err(EntryWireError::MissingId)
+        );
+    }
+}

@@ -1,0 +1,76 @@
+//! gRPC services and the one place domain errors become `tonic::Status`.
+//!
+//! Classification is by whose fault it is: the caller's (`InvalidArgument`,
+//! `PermissionDenied`, `NotFound`, `AlreadyExists`, `Unauthenticated`) gets a precise
+//! message; ours (`Internal`) gets a generic one while the details go to the log.
+
+pub(crate) mod admin;
+pub(crate) mod node;
+
+use tonic::Status;
+
+use crate::datastore::DatastoreError;
+use crate::node_attestation::NodeAttestationError;
+use crate::registration::RegistrationError;
+
+fn internal(what: &str, e: &dyn std::fmt::Display) -> Status {
+    tracing::error!(error = %e, "{what} failed");
+    Status::internal(format!("{what} failed; see the server log"))
+}
+
+impl From<DatastoreError> for Status {
+    fn from(e: DatastoreError) -> Self {
+        match e {
+            DatastoreError::Conflict(m) => Self::already_exists(m),
+            DatastoreError::NotFound(m) => Self::not_found(m),
+            DatastoreError::Corrupt(_) | DatastoreError::Backend(_) => internal("datastore", &e),
+        }
+    }
+}
+
+impl From<RegistrationError> for Status {
+    fn from(e: RegistrationError) -> Self {
+        match e {
+            RegistrationError::InvalidSpiffeId { .. }
+            | RegistrationError::ForeignTrustDomain { .. }
+            | RegistrationError::ReservedSpiffeId(_)
+            | RegistrationError::InvalidSelector { .. }
+            | RegistrationError::NoSelectors
+            | RegistrationError::TooMany(..)
+            | RegistrationError::BadTtl { .. }
+            | RegistrationError::BadDnsName(_)
+            | RegistrationError::HintTooLong => Self::invalid_argument(e.to_string()),
+            RegistrationError::NotFound(_) => Self::not_found(e.to_string()),
+            RegistrationError::Duplicate(_) => Self::already_exists(e.to_string()),
+            RegistrationError::Datastore(d) => d.into(),
+        }
+    }
+}
+
+impl From<NodeAttestationError> for Status {
+    fn from(e: NodeAttestationError) -> Self {
+        use crate::ca::CaError;
+        match e {
+            NodeAttestationError::UnknownToken | NodeAttestationError::ExpiredToken => {
+                Self::permission_denied(e.to_string())
+            }
+            NodeAttestationError::BadAgentId(_) | NodeAttestationError::BadTtl(_) => {
+                Self::invalid_argument(e.to_string())
+            }
+            NodeAttestationError::Banned(_) | NodeAttestationError::NotAttested(_) => {
+                Self::permission_denied(e.to_string())
+            }
+            NodeAttestationError::NoClientCertificate => Self::unauthenticated(e.to_string()),
+            NodeAttestationError::Ca(CaError::BadCsr(_) | CaError::UnsupportedKey) => {
+                Self::invalid_argument(e.to_string())
+            }
+            NodeAttestationError::Ca(
+                ref c @ (CaError::BadName(_)
+                | CaError::Signing(_)
+                | CaError::Storage(_)
+                | CaError::Expired),
+            ) => internal("signing", c),
+            NodeAttestationError::Datastore(d) => d.into(),
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! The admin API, served on a local Unix socket (mode 0600) and used by the CLI.
+//!
+//! Besides the socket's file mode, every call checks the caller's kernel-reported uid:
+//! only root and the server's own user may administer it.
+
+use common::BundleCell;
+use common::proto::tessera::admin_server::Admin;
+use common::proto::tessera::{
+    Agent, AgentIdRequest, Bundle as WireBundle, CreateJoinTokenRequest, CreateJoinTokenResponse,
+    Entry, EntryIdRequest, EntrySpec, GetBundleRequest, ListAgentsRequest, ListAgentsResponse,
+    ListEntriesRequest, ListEntriesResponse, UpdateEntryRequest,
+};
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status};
+
+use crate::datastore::AgentRecord;
+use crate::node_attestation::NodeAttestor;
+use crate::registration::Registrar;
+
+/// The admin API service.
+#[derive(Debug, Clone)]
+pub(crate) struct AdminService {
+    pub(crate) registrar: Registrar,
+    pub(crate) attestor: NodeAttestor,
+    pub(crate) bundle: BundleCell,
+}
+
+fn authorize<T>(req: &Request<T>) -> Result<(), Status> {
+    let uid = req
+        .extensions()
+        .get::<UdsConnectInfo>()
+        .and_then(|i| i.peer_cred)
+        .map(|c| c.uid());
+    let me = nix::unistd::geteuid().as_raw();
+    match uid {
+        Some(u) if u == 0 || u == me => Ok(()),
+        Some(u) => {
+            tracing::warn!(uid = u, "admin call refused for uid");
+            Err(Status::permission_denied(
+                "admin API is restricted to root and the server's user",
+            ))
+        }
+        None => Err(Status::permission_denied("caller credentials unavailable")),
+    }
+}
+
+fn agent_to_wire(a: &AgentRecord) -> Agent {
+    Agent {
+        spiffe_id: a.spiffe_id.to_string(),
+        serial: a.serial.clone(),
+        expires_at: a.expires_at,
+        attested_at: a.attested_at,
+        banned: a.banned,
+        attestation_type: a.attestation_type.clone(),
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_join_token(
+        &self,
+        req: Request<CreateJoinTokenRequest>,
+    ) -> Result<Response<CreateJoinTokenResponse>, Status> {
+        authorize(&req)?;
+        let r = req.into_inner();
+        let (token, id, expires_at) = self
+            .attestor
+            .generate_token(&r.spiffe_id, r.ttl_seconds)
+            .await?;
+        Ok(Response::new(CreateJoinTokenResponse {
+            token,
+            spiffe_id: id.to_string(),
+            expires_at,
+        }))
+    }
+
+    async fn create_entry(&self, req: Request<EntrySpec>) -> Result<Response<Entry>, Status> {
+        authorize(&req)?;
+        let e = self.registrar.create(req.get_ref()).await?;
+        Ok(Response::new((&e).into()))
+    }
+
+    async fn update_entry(
+        &self,
+        req: Request<UpdateEntryRequest>,
+    ) -> Result<Response<Entry>, Status> {
+        authorize(&req)?;
+        let r = req.into_inner();
+        let spec = r
+            .spec
+            .ok_or_else(|| Status::invalid_argument("spec is required"))?;
+        let e = self.registrar.update(&r.id, &spec).await?;
+        Ok(Response::new((&e).into()))
+    }
+
+    async fn delete_entry(&self, req: Request<EntryIdRequest>) -> Result<Response<Entry>, Status> {
+        authorize(&req)?;
+        let e = self.registrar.delete(&req.get_ref().id).await?;
+        Ok(Response::new((&e).into()))
+    }
+
+    async fn get_entry(&self, req: Request<EntryIdRequest>) -> Result<Response<Entry>, Status> {
+        authorize(&req)?;
+        let e = self.registrar.get(&req.get_ref().id).await?;
+        Ok(Response::new((&e).into()))
+    }
+
+    async fn list_entries(
+        &self,
+        req: Request<ListEntriesRequest>,
+    ) -> Result<Response<ListEntriesResponse>, Status> {
+        authorize(&req)?;
+        let r = req.get_ref();
+        let entries = self.registrar.list(&r.spiffe_id, &r.parent_id).await?;
+        Ok(Response::new(ListEntriesResponse {
+            entries: entries.iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn list_agents(
+        &self,
+        req: Request<ListAgentsRequest>,
+    ) -> Result<Response<ListAgentsResponse>, Status> {
+        authorize(&req)?;
+        let agents = self.attestor.list().await?;
+        Ok(Response::new(ListAgentsResponse {
+            agents: agents.iter().map(agent_to_wire).collect(),
+        }))
+    }
+
+    async fn evict_agent(&self, req: Request<AgentIdRequest>) -> Result<Response<Agent>, Status> {
+        authorize(&req)?;
+        let a = self.attestor.evict(&req.get_ref().spiffe_id).await?;
+        Ok(Response::new(agent_to_wire(&a)))
+    }
+
+    async fn ban_agent(&self, req: Request<AgentIdRequest>) -> Result<Response<Agent>, Status> {
+        authorize(&req)?;
+        let a = self.attestor.ban(&req.get_ref().spiffe_id).await?;
+        Ok(Response::new(agent_to_wire(&a)))
+    }
+
+    async fn get_bundle(
+        &self,
+        req: Request<GetBundleRequest>,
+    ) -> Result<Response<WireBundle>, Status> {
+        authorize(&req)?;
+        let b = self.bundle.get();
+        Ok(Response::new((&*b).into()))
+    }
+}

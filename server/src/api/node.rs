@@ -1,0 +1,233 @@
+//! The node API: agents attest, renew, sync entries and get workload SVIDs signed.
+//!
+//! Served over TLS with the server's own SVID. `AttestAgent` is the only call accepted
+//! without a client certificate; every other call authenticates the agent's SVID against
+//! its stored record first, so an evicted or banned agent is refused on its next call and
+//! its sync stream ends at once.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use common::proto::tessera::node_server::Node;
+use common::proto::tessera::{
+    AttestAgentRequest, AttestAgentResponse, RenewAgentRequest, RenewAgentResponse,
+    SignX509SvidsRequest, SignX509SvidsResponse, SignedX509Svid, SyncRequest, SyncSnapshot,
+    SyncUpdate, sync_update,
+};
+use common::{Bundle, BundleCell, SpiffeId};
+use futures::Stream;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::ca::Ca;
+use crate::datastore::{AgentRecord, Datastore, EntryFilter};
+use crate::events::{ChangeEvent, Events};
+use crate::node_attestation::NodeAttestor;
+
+/// Most CSRs accepted in one `SignX509Svids` call.
+const MAX_CSRS_PER_CALL: usize = 1000;
+
+/// The node API service.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeService {
+    pub(crate) attestor: NodeAttestor,
+    pub(crate) ds: Arc<dyn Datastore>,
+    pub(crate) ca: Arc<Ca>,
+    pub(crate) events: Events,
+    pub(crate) bundle: BundleCell,
+    pub(crate) shutdown: tokio_util::sync::CancellationToken,
+}
+
+fn chain_bytes(chain: &[rustls_pki_types::CertificateDer<'static>]) -> Vec<Vec<u8>> {
+    chain.iter().map(|c| c.to_vec()).collect()
+}
+
+impl NodeService {
+    async fn agent<T>(&self, req: &Request<T>) -> Result<AgentRecord, Status> {
+        let certs = req.peer_certs();
+        let leaf = certs.as_ref().and_then(|c| c.first());
+        Ok(self.attestor.authenticate(leaf.map(|c| c.as_ref())).await?)
+    }
+
+    fn wire_bundle(&self) -> common::proto::tessera::Bundle {
+        let b: Arc<Bundle> = self.bundle.get();
+        (&*b).into()
+    }
+
+    async fn snapshot(&self, agent: &SpiffeId) -> Result<SyncUpdate, Status> {
+        let filter = EntryFilter {
+            parent_id: Some(agent.clone()),
+            ..Default::default()
+        };
+        let entries = self.ds.list_entries(&filter).await?;
+        Ok(SyncUpdate {
+            update: Some(sync_update::Update::Snapshot(SyncSnapshot {
+                entries: entries.iter().map(Into::into).collect(),
+                bundle: Some(self.wire_bundle()),
+            })),
+        })
+    }
+
+    /// Translates a change into what this agent must hear, if anything.
+    fn relevant(event: &ChangeEvent, agent: &SpiffeId) -> Option<Result<SyncUpdate, ()>> {
+        let update = match event {
+            ChangeEvent::EntryUpserted { entry, .. } if &entry.parent_id == agent => {
+                sync_update::Update::EntryUpserted(entry.as_ref().into())
+            }
+            ChangeEvent::EntryUpserted {
+                entry,
+                previous_parent: Some(prev),
+            } if prev == agent => sync_update::Update::EntryDeleted(entry.id.clone()),
+            ChangeEvent::EntryDeleted { id, parent_id } if parent_id == agent => {
+                sync_update::Update::EntryDeleted(id.clone())
+            }
+            ChangeEvent::AgentRemoved(id) if id == agent => return Some(Err(())),
+            _ => return None,
+        };
+        Some(Ok(SyncUpdate {
+            update: Some(update),
+        }))
+    }
+}
+
+type SyncStream = Pin<Box<dyn Stream<Item = Result<SyncUpdate, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    async fn attest_agent(
+        &self,
+        req: Request<AttestAgentRequest>,
+    ) -> Result<Response<AttestAgentResponse>, Status> {
+        let req = req.into_inner();
+        let (_, issued) = self
+            .attestor
+            .attest_with_token(&req.join_token, &req.csr)
+            .await
+            .inspect_err(|e| tracing::warn!(error = %e, "node attestation refused"))?;
+        Ok(Response::new(AttestAgentResponse {
+            svid_chain: chain_bytes(&issued.chain),
+            bundle: Some(self.wire_bundle()),
+        }))
+    }
+
+    async fn renew_agent(
+        &self,
+        req: Request<RenewAgentRequest>,
+    ) -> Result<Response<RenewAgentResponse>, Status> {
+        let agent = self.agent(&req).await?;
+        let issued = self.attestor.renew(&agent, &req.get_ref().csr).await?;
+        Ok(Response::new(RenewAgentResponse {
+            svid_chain: chain_bytes(&issued.chain),
+            bundle: Some(self.wire_bundle()),
+        }))
+    }
+
+    type SyncStream = SyncStream;
+
+    async fn sync(&self, req: Request<SyncRequest>) -> Result<Response<SyncStream>, Status> {
+        let agent = self.agent(&req).await?.spiffe_id;
+        // Subscribe before reading the snapshot so no commit in between is missed.
+        let mut rx = self.events.subscribe();
+        let first = self.snapshot(&agent).await?;
+        let (tx, out) = mpsc::channel::<Result<SyncUpdate, Status>>(64);
+        let this = self.clone();
+        tracing::info!(agent_id = %agent, "agent sync stream opened");
+        tokio::spawn(async move {
+            if tx.send(Ok(first)).await.is_err() {
+                return;
+            }
+            loop {
+                let item = tokio::select! {
+                    () = tx.closed() => return,
+                    () = this.shutdown.cancelled() => return,
+                    ev = rx.recv() => ev,
+                };
+                let msg = match item {
+                    Ok(ev) => match Self::relevant(&ev, &agent) {
+                        None => continue,
+                        Some(Ok(update)) => Ok(update),
+                        Some(Err(())) => {
+                            tracing::info!(agent_id = %agent, "ending sync stream of removed agent");
+                            Err(Status::permission_denied(format!(
+                                "agent {agent} has been evicted or banned"
+                            )))
+                        }
+                    },
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(agent_id = %agent, missed = n, "sync stream lagged; resending snapshot");
+                        this.snapshot(&agent).await
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let end = msg.is_err();
+                if tx.send(msg).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+    }
+
+    async fn sign_x509_svids(
+        &self,
+        req: Request<SignX509SvidsRequest>,
+    ) -> Result<Response<SignX509SvidsResponse>, Status> {
+        let agent = self.agent(&req).await?.spiffe_id;
+        let csrs = req.into_inner().csrs;
+        if csrs.len() > MAX_CSRS_PER_CALL {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_CSRS_PER_CALL} CSRs per call"
+            )));
+        }
+        let mut svids = Vec::with_capacity(csrs.len());
+        for item in csrs {
+            let refuse = |why: String| SignedX509Svid {
+                entry_id: item.entry_id.clone(),
+                svid_chain: vec![],
+                error: why,
+            };
+            let entry = match self.ds.get_entry(&item.entry_id).await? {
+                Some(e) if e.parent_id == agent => e,
+                // Same answer for "missing" and "someone else's": an agent learns nothing
+                // about entries it is not entitled to.
+                _ => {
+                    svids.push(refuse("no such entry for this agent".into()));
+                    continue;
+                }
+            };
+            if entry.jit {
+                svids.push(refuse(
+                    "entry is just-in-time: it needs an active task".into(),
+                ));
+                continue;
+            }
+            match self.ca.sign_svid(
+                &item.csr,
+                &entry.spiffe_id,
+                entry.x509_svid_ttl,
+                &entry.dns_names,
+            ) {
+                Ok(issued) => {
+                    tracing::info!(
+                        agent_id = %agent,
+                        entry_id = %entry.id,
+                        spiffe_id = %entry.spiffe_id,
+                        serial = %issued.serial_hex,
+                        "X.509-SVID issued"
+                    );
+                    svids.push(SignedX509Svid {
+                        entry_id: entry.id,
+                        svid_chain: chain_bytes(&issued.chain),
+                        error: String::new(),
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(agent_id = %agent, entry_id = %entry.id, error = %e, "X.509-SVID not issued");
+                    svids.push(refuse(e.to_string()));
+                }
+            }
+        }
+        Ok(Response::new(SignX509SvidsResponse { svids }))
+    }
+}

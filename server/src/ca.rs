@@ -1,0 +1,351 @@
+//! The X.509 certificate authority: the only place that touches the CA signing key.
+//!
+//! The CA key (ECDSA P-256) is generated on first start and kept in the data directory
+//! (`ca.key`, mode 0600) beside its self-signed certificate (`ca.pem`). Signing takes only
+//! the public key from a CSR; the SPIFFE ID, lifetime and DNS names always come from the
+//! caller (registration data), never from the CSR. No certificate outlives the CA.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use common::svid::parse_leaf;
+use common::{Bundle, SpiffeId, TrustDomain};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use rustls_pki_types::CertificateDer;
+use time::OffsetDateTime;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::state_file;
+
+/// How far a new certificate's notBefore is back-dated, to absorb clock skew.
+const BACKDATE: Duration = Duration::from_secs(10);
+/// A CA with less than this left is replaced at start-up.
+const CA_MIN_REMAINING: Duration = Duration::from_secs(3600);
+
+/// Why a certificate could not be issued or the CA not loaded.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CaError {
+    /// The CSR is malformed or its signature does not verify.
+    #[error("invalid CSR: {0}")]
+    BadCsr(String),
+    /// The CSR's key is not ECDSA P-256.
+    #[error("CSR key must be ECDSA P-256")]
+    UnsupportedKey,
+    /// A DNS name or SPIFFE ID could not be encoded.
+    #[error("cannot encode certificate name: {0}")]
+    BadName(String),
+    /// Signing failed.
+    #[error("BUG: signing failed: {0}")]
+    Signing(String),
+    /// The CA files could not be read or written.
+    #[error("CA storage: {0}")]
+    Storage(String),
+    /// The CA has expired.
+    #[error("the CA has expired")]
+    Expired,
+}
+
+/// A certificate the CA issued.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// Leaf first (the CA itself is not included: it is in the bundle).
+    pub chain: Vec<CertificateDer<'static>>,
+    /// Serial, lowercase hex.
+    pub serial_hex: String,
+    /// End of validity.
+    pub not_after: SystemTime,
+}
+
+/// The CA: key, certificate and trust domain.
+pub struct Ca {
+    trust_domain: TrustDomain,
+    key: KeyPair,
+    cert: CertificateDer<'static>,
+    not_after: SystemTime,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca")
+            .field("trust_domain", &self.trust_domain.name())
+            .field("not_after", &self.not_after)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+fn io(e: impl std::fmt::Display) -> CaError {
+    CaError::Storage(e.to_string())
+}
+
+fn to_offset(t: SystemTime) -> OffsetDateTime {
+    OffsetDateTime::from(t)
+}
+
+fn random_serial() -> SerialNumber {
+    let mut bytes: [u8; 16] = rand::random();
+    // Positive and never a leading zero byte: a canonical 16-byte INTEGER.
+    bytes[0] = (bytes[0] & 0x7f) | 0x40;
+    SerialNumber::from_slice(&bytes)
+}
+
+fn dn(cn: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "Tessera");
+    dn.push(DnType::CommonName, cn);
+    dn
+}
+
+fn ca_params(td: &TrustDomain) -> Result<CertificateParams, CaError> {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = dn(&format!("Tessera CA {}", td.name()));
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    p.subject_alt_names =
+        vec![SanType::URI(td.id_string().try_into().map_err(
+            |e: rcgen::Error| CaError::BadName(e.to_string()),
+        )?)];
+    Ok(p)
+}
+
+impl Ca {
+    /// Loads the CA from `dir`, or creates one if there is none or it is about to expire.
+    pub fn load_or_create(dir: &Path, td: &TrustDomain, ttl: Duration) -> Result<Self, CaError> {
+        let key_path = dir.join("ca.key");
+        let cert_path = dir.join("ca.pem");
+        if key_path.exists() && cert_path.exists() {
+            let key_pem = std::fs::read_to_string(&key_path).map_err(io)?;
+            let cert_pem = std::fs::read_to_string(&cert_path).map_err(io)?;
+            let key = KeyPair::from_pem(&key_pem).map_err(io)?;
+            let cert = pem::parse(&cert_pem).map_err(io)?;
+            let cert = CertificateDer::from(cert.into_contents());
+            let ca = Self::from_parts(td.clone(), key, cert)?;
+            let remaining = ca
+                .not_after
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            if remaining >= CA_MIN_REMAINING {
+                return Ok(ca);
+            }
+            tracing::warn!(
+                remaining_secs = remaining.as_secs(),
+                "CA is about to expire; generating a new one"
+            );
+        }
+        let ca = Self::generate(td, ttl)?;
+        state_file::write_atomic(&key_path, ca.key.serialize_pem().as_bytes(), 0o600)
+            .map_err(io)?;
+        let cert_pem = pem::encode(&pem::Pem::new("CERTIFICATE", ca.cert.to_vec()));
+        state_file::write_atomic(&cert_path, cert_pem.as_bytes(), 0o644).map_err(io)?;
+        tracing::info!(trust_domain = %td, "generated a new CA");
+        Ok(ca)
+    }
+
+    /// A fresh self-signed CA valid for `ttl`.
+    pub fn generate(td: &TrustDomain, ttl: Duration) -> Result<Self, CaError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| CaError::Signing(e.to_string()))?;
+        let now = SystemTime::now();
+        let mut p = ca_params(td)?;
+        p.not_before = to_offset(now - BACKDATE);
+        p.not_after = to_offset(now + ttl);
+        p.serial_number = Some(random_serial());
+        let cert = p
+            .self_signed(&key)
+            .map_err(|e| CaError::Signing(e.to_string()))?;
+        Self::from_parts(td.clone(), key, cert.der().clone())
+    }
+
+    fn from_parts(
+        trust_domain: TrustDomain,
+        key: KeyPair,
+        cert: CertificateDer<'static>,
+    ) -> Result<Self, CaError> {
+        let (_, parsed) = X509Certificate::from_der(&cert).map_err(io)?;
+        if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(CaError::Storage("ca.key does not match ca.pem".to_owned()));
+        }
+        let secs = parsed.validity().not_after.timestamp();
+        let not_after =
+            SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));
+        Ok(Self {
+            trust_domain,
+            key,
+            cert,
+            not_after,
+        })
+    }
+
+    /// The CA certificate.
+    pub fn certificate(&self) -> &CertificateDer<'static> {
+        &self.cert
+    }
+
+    /// When the CA expires.
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+
+    /// The trust bundle for our trust domain.
+    pub fn bundle(&self, sequence: u64) -> Bundle {
+        Bundle::new(
+            self.trust_domain.clone(),
+            vec![self.cert.clone()],
+            sequence,
+            300,
+        )
+    }
+
+    /// Signs an X.509-SVID for `spiffe_id` with the public key of `csr_der`.
+    ///
+    /// The lifetime is `ttl`, cut to the CA's own expiry (a warning is logged when that
+    /// happens; start-up validation keeps configured TTLs below the CA lifetime).
+    pub fn sign_svid(
+        &self,
+        csr_der: &[u8],
+        spiffe_id: &SpiffeId,
+        ttl: Duration,
+        dns_names: &[String],
+    ) -> Result<Issued, CaError> {
+        let csr = CertificateSigningRequestParams::from_der(&csr_der.to_vec().into())
+            .map_err(|e| CaError::BadCsr(e.to_string()))?;
+        if csr.public_key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
+            return Err(CaError::UnsupportedKey);
+        }
+        let now = SystemTime::now();
+        if now >= self.not_after {
+            return Err(CaError::Expired);
+        }
+        let mut not_after = now + ttl;
+        if not_after > self.not_after {
+            tracing::warn!(
+                spiffe_id = %spiffe_id,
+                requested_ttl_secs = ttl.as_secs(),
+                "SVID lifetime cut short by the CA's expiry"
+            );
+            not_after = self.not_after;
+        }
+        let mut p = CertificateParams::default();
+        p.distinguished_name = dn(dns_names.first().map_or("", String::as_str));
+        if dns_names.is_empty() {
+            p.distinguished_name.remove(DnType::CommonName);
+        }
+        p.not_before = to_offset(now - BACKDATE);
+        p.not_after = to_offset(not_after);
+        p.serial_number = Some(random_serial());
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+            KeyUsagePurpose::KeyAgreement,
+        ];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        p.use_authority_key_identifier_extension = true;
+        let mut sans =
+            vec![SanType::URI(spiffe_id.to_string().try_into().map_err(
+                |e: rcgen::Error| CaError::BadName(e.to_string()),
+            )?)];
+        for name in dns_names {
+            sans.push(SanType::DnsName(
+                name.clone()
+                    .try_into()
+                    .map_err(|e: rcgen::Error| CaError::BadName(e.to_string()))?,
+            ));
+        }
+        p.subject_alt_names = sans;
+        let issuer_params = ca_params(&self.trust_domain)?;
+        let issuer = Issuer::from_params(&issuer_params, &self.key);
+        let cert = p
+            .signed_by(&csr.public_key, &issuer)
+            .map_err(|e| CaError::Signing(e.to_string()))?;
+        let der = cert.der().clone();
+        let info = parse_leaf(&der).map_err(|e| CaError::Signing(e.to_string()))?;
+        Ok(Issued {
+            chain: vec![der],
+            serial_hex: info.serial_hex,
+            not_after: info.not_after,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::svid::{csr_for, generate_key};
+    use common::{BundleCell, X509Svid};
+
+    #[test]
+    fn signs_profile_conformant_svids_that_verify() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(dir.path(), &td, Duration::from_secs(86400)).unwrap();
+        let again = Ca::load_or_create(dir.path(), &td, Duration::from_secs(86400)).unwrap();
+        assert_eq!(
+            ca.certificate(),
+            again.certificate(),
+            "reloaded, not regenerated"
+        );
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir.path().join("ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        let key = generate_key().unwrap();
+        let csr = csr_for(&key).unwrap();
+        let id = SpiffeId::new("spiffe://example.org/web").unwrap();
+        let issued = ca
+            .sign_svid(
+                &csr,
+                &id,
+                Duration::from_secs(600),
+                &["web.example.org".into()],
+            )
+            .unwrap();
+        let svid = X509Svid::new(issued.chain.clone(), key.serialize_der()).unwrap();
+        assert_eq!(svid.spiffe_id(), &id);
+        assert_eq!(svid.leaf().dns_names, vec!["web.example.org".to_owned()]);
+        let life = svid
+            .leaf()
+            .not_after
+            .duration_since(svid.leaf().not_before)
+            .unwrap();
+        assert_eq!(life, Duration::from_secs(610));
+        let bundle = BundleCell::new(ca.bundle(1)).get();
+        let got = common::tls::verify_svid_chain(
+            &issued.chain[0],
+            &[],
+            &bundle,
+            rustls_pki_types::UnixTime::now(),
+            webpki::KeyUsage::client_auth(),
+        )
+        .unwrap();
+        assert_eq!(got, id);
+
+        // Lifetime never exceeds the CA's.
+        let long = ca
+            .sign_svid(&csr, &id, Duration::from_secs(10 * 86400), &[])
+            .unwrap();
+        assert!(long.not_after <= ca.not_after());
+
+        // Garbage CSR and a CSR with a tampered signature are refused.
+        assert!(matches!(
+            ca.sign_svid(b"junk", &id, Duration::from_secs(60), &[]),
+            Err(CaError::BadCsr(_))
+        ));
+        let mut tampered = csr;
+        let n = tampered.len();
+        tampered[n - 3] ^= 0x01;
+        assert!(matches!(
+            ca.sign_svid(&tampered, &id, Duration::from_secs(60), &[]),
+            Err(CaError::BadCsr(_))
+        ));
+    }
+}

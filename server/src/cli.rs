@@ -1,0 +1,588 @@
+//! Command-line interface: `run` starts the server; every other command is an admin API
+//! client talking to a running server over its Unix socket.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use common::proto::tessera::admin_client::AdminClient;
+use common::proto::tessera::{
+    Agent, AgentIdRequest, CreateJoinTokenRequest, Entry, EntryIdRequest, EntrySpec,
+    GetBundleRequest, ListAgentsRequest, ListEntriesRequest, UpdateEntryRequest,
+};
+use serde_json::json;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::config::{DEFAULT_ADMIN_SOCKET, RawServerConfig, ServerConfig, ServerConfigError};
+
+/// tessera-server: SPIFFE workload identity server.
+#[derive(Debug, Parser)]
+#[command(name = "tessera-server", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output format for commands that print data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Output {
+    /// Human-readable text.
+    #[default]
+    Text,
+    /// JSON.
+    Json,
+}
+
+/// Options shared by admin commands.
+#[derive(Debug, Clone, Args)]
+pub struct AdminOpts {
+    /// Path of the server's admin socket.
+    #[arg(long, env = "TESSERA_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET, global = true)]
+    pub admin_socket: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Text, global = true)]
+    pub output: Output,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Run(RunArgs),
+    /// Join tokens for node attestation.
+    Token {
+        /// Token command.
+        #[command(subcommand)]
+        command: TokenCommand,
+        /// Admin connection options.
+        #[command(flatten)]
+        admin: AdminOpts,
+    },
+    /// Registration entries.
+    Entry {
+        /// Entry command.
+        #[command(subcommand)]
+        command: EntryCommand,
+        /// Admin connection options.
+        #[command(flatten)]
+        admin: AdminOpts,
+    },
+    /// Attested agents.
+    Agent {
+        /// Agent command.
+        #[command(subcommand)]
+        command: AgentCommand,
+        /// Admin connection options.
+        #[command(flatten)]
+        admin: AdminOpts,
+    },
+    /// The trust bundle.
+    Bundle {
+        /// Bundle command.
+        #[command(subcommand)]
+        command: BundleCommand,
+        /// Admin connection options.
+        #[command(flatten)]
+        admin: AdminOpts,
+    },
+    /// Check that the server answers on its admin socket.
+    Healthcheck {
+        /// Admin connection options.
+        #[command(flatten)]
+        admin: AdminOpts,
+    },
+}
+
+/// `run` flags; each overrides the config file.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// TOML config file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Directory for the datastore and CA key.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Trust domain name, e.g. example.org.
+    #[arg(long)]
+    pub trust_domain: Option<String>,
+    /// Node API listen address (IP:PORT).
+    #[arg(long)]
+    pub bind: Option<String>,
+    /// Admin API socket path.
+    #[arg(long)]
+    pub admin_socket: Option<PathBuf>,
+    /// Datastore: `sqlite` or `sqlite:///absolute/path`.
+    #[arg(long)]
+    pub datastore: Option<String>,
+    /// CA lifetime, e.g. 24h.
+    #[arg(long)]
+    pub ca_ttl: Option<String>,
+    /// Default X.509-SVID lifetime, e.g. 1h.
+    #[arg(long)]
+    pub default_x509_svid_ttl: Option<String>,
+    /// Agent SVID lifetime, e.g. 1h.
+    #[arg(long)]
+    pub agent_svid_ttl: Option<String>,
+    /// Log level (trace, debug, info, warn, error).
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Log format (text or json).
+    #[arg(long)]
+    pub log_format: Option<String>,
+}
+
+impl RunArgs {
+    /// Reads the config file (if any), applies flags, validates.
+    pub fn into_config(self) -> Result<ServerConfig, ServerConfigError> {
+        let mut raw = match &self.config {
+            Some(p) => RawServerConfig::from_file(p)?,
+            None => RawServerConfig::default(),
+        };
+        macro_rules! set {
+            ($($field:ident <- $flag:ident),*) => {$(
+                if let Some(v) = self.$flag { raw.$field = Some(v); }
+            )*};
+        }
+        set!(data_dir <- data_dir, trust_domain <- trust_domain, bind_address <- bind,
+            admin_socket <- admin_socket, datastore <- datastore, ca_ttl <- ca_ttl,
+            default_x509_svid_ttl <- default_x509_svid_ttl, agent_svid_ttl <- agent_svid_ttl,
+            log_level <- log_level, log_format <- log_format);
+        ServerConfig::from_raw(raw)
+    }
+}
+
+/// Join token commands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a one-time join token; prints the token alone on stdout.
+    Generate {
+        /// SPIFFE ID the agent will receive (default: a generated one).
+        #[arg(long, default_value = "")]
+        spiffe_id: String,
+        /// Token lifetime in seconds.
+        #[arg(long, default_value_t = 600)]
+        ttl: i64,
+    },
+}
+
+/// Fields of an entry, shared by create and update.
+#[derive(Debug, Args)]
+pub struct EntryFields {
+    /// SPIFFE ID of the agent whose workloads may receive the identity.
+    #[arg(long)]
+    pub parent_id: String,
+    /// SPIFFE ID to issue.
+    #[arg(long)]
+    pub spiffe_id: String,
+    /// Selector `type:value` (repeatable), e.g. unix:uid:1000.
+    #[arg(long = "selector", required = true)]
+    pub selectors: Vec<String>,
+    /// X.509-SVID lifetime in seconds (0: server default).
+    #[arg(long, default_value_t = 0)]
+    pub x509_svid_ttl: i64,
+    /// JWT-SVID lifetime in seconds (0: server default).
+    #[arg(long, default_value_t = 0)]
+    pub jwt_svid_ttl: i64,
+    /// DNS SAN (repeatable).
+    #[arg(long = "dns-name")]
+    pub dns_names: Vec<String>,
+    /// Dormant unless a task covering it is active.
+    #[arg(long)]
+    pub jit: bool,
+    /// Hint passed to workloads to tell identities apart.
+    #[arg(long, default_value = "")]
+    pub hint: String,
+}
+
+impl From<EntryFields> for EntrySpec {
+    fn from(f: EntryFields) -> Self {
+        Self {
+            spiffe_id: f.spiffe_id,
+            parent_id: f.parent_id,
+            selectors: f.selectors,
+            x509_svid_ttl_seconds: f.x509_svid_ttl,
+            jwt_svid_ttl_seconds: f.jwt_svid_ttl,
+            dns_names: f.dns_names,
+            jit: f.jit,
+            hint: f.hint,
+        }
+    }
+}
+
+/// Entry commands.
+#[derive(Debug, Subcommand)]
+pub enum EntryCommand {
+    /// Create an entry.
+    Create(EntryFields),
+    /// Show one entry, or list entries (optionally filtered).
+    Show {
+        /// Show only this entry.
+        #[arg(long)]
+        entry_id: Option<String>,
+        /// Only entries with this SPIFFE ID.
+        #[arg(long, default_value = "")]
+        spiffe_id: String,
+        /// Only entries with this parent ID.
+        #[arg(long, default_value = "")]
+        parent_id: String,
+    },
+    /// Replace an entry's fields.
+    Update {
+        /// The entry to update.
+        #[arg(long)]
+        entry_id: String,
+        /// New fields.
+        #[command(flatten)]
+        fields: EntryFields,
+    },
+    /// Delete an entry.
+    Delete {
+        /// The entry to delete.
+        #[arg(long)]
+        entry_id: String,
+    },
+}
+
+/// Agent commands.
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// List attested agents.
+    List,
+    /// Remove an agent; it must attest again with a new join token.
+    Evict {
+        /// The agent's SPIFFE ID.
+        #[arg(long)]
+        spiffe_id: String,
+    },
+    /// Ban an agent: refused at once and until evicted.
+    Ban {
+        /// The agent's SPIFFE ID.
+        #[arg(long)]
+        spiffe_id: String,
+    },
+}
+
+/// Bundle output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum BundleFormat {
+    /// PEM certificates (for `tessera-agent run --trust-bundle`).
+    #[default]
+    Pem,
+    /// SPIFFE bundle (JWK set).
+    Spiffe,
+}
+
+/// Bundle commands.
+#[derive(Debug, Subcommand)]
+pub enum BundleCommand {
+    /// Print the trust bundle.
+    Show {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = BundleFormat::Pem)]
+        format: BundleFormat,
+    },
+}
+
+/// Connects to the admin API over its Unix socket.
+pub async fn connect_admin(path: &Path) -> anyhow::Result<AdminClient<Channel>> {
+    let path = path.to_owned();
+    let display = path.display().to_string();
+    // The URI is a placeholder: the connector below always dials the Unix socket.
+    let channel = Endpoint::try_from("http://localhost")?
+        .connect_timeout(Duration::from_secs(5))
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .with_context(|| format!("cannot reach the server's admin socket {display} (is tessera-server running? see --admin-socket)"))?;
+    Ok(AdminClient::new(channel))
+}
+
+/// An admin call failed: print the server's message, not the gRPC plumbing.
+fn status(e: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", e.message())
+}
+
+fn entry_json(e: &Entry) -> serde_json::Value {
+    json!({
+        "id": e.id,
+        "spiffe_id": e.spiffe_id,
+        "parent_id": e.parent_id,
+        "selectors": e.selectors,
+        "x509_svid_ttl": e.x509_svid_ttl_seconds,
+        "jwt_svid_ttl": e.jwt_svid_ttl_seconds,
+        "dns_names": e.dns_names,
+        "jit": e.jit,
+        "hint": e.hint,
+        "created_at": e.created_at,
+        "revision": e.revision,
+    })
+}
+
+fn entry_text(e: &Entry) -> String {
+    let mut s = format!(
+        "Entry ID         : {}\nSPIFFE ID        : {}\nParent ID        : {}\nX509-SVID TTL    : {}\nJWT-SVID TTL     : {}\n",
+        e.id, e.spiffe_id, e.parent_id, e.x509_svid_ttl_seconds, e.jwt_svid_ttl_seconds
+    );
+    for sel in &e.selectors {
+        s.push_str(&format!("Selector         : {sel}\n"));
+    }
+    for d in &e.dns_names {
+        s.push_str(&format!("DNS name         : {d}\n"));
+    }
+    if e.jit {
+        s.push_str("JIT              : true\n");
+    }
+    if !e.hint.is_empty() {
+        s.push_str(&format!("Hint             : {}\n", e.hint));
+    }
+    s
+}
+
+fn agent_json(a: &Agent) -> serde_json::Value {
+    json!({
+        "spiffe_id": a.spiffe_id,
+        "serial": a.serial,
+        "expires_at": a.expires_at,
+        "attested_at": a.attested_at,
+        "banned": a.banned,
+        "attestation_type": a.attestation_type,
+    })
+}
+
+fn agent_text(a: &Agent) -> String {
+    format!(
+        "SPIFFE ID        : {}\nAttestation type : {}\nSerial           : {}\nExpires at       : {}\nBanned           : {}\n",
+        a.spiffe_id, a.attestation_type, a.serial, a.expires_at, a.banned
+    )
+}
+
+fn print(output: Output, text: String, value: serde_json::Value) {
+    #[expect(clippy::print_stdout, reason = "CLI output")]
+    match output {
+        Output::Text => print!("{text}"),
+        Output::Json => println!("{value}"),
+    }
+}
+
+/// The SPIFFE bundle (JWK set) for a set of X.509 authorities.
+pub fn spiffe_bundle_json(b: &common::proto::tessera::Bundle) -> anyhow::Result<serde_json::Value> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let b64url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let std64 = base64::engine::general_purpose::STANDARD;
+    let mut keys = Vec::new();
+    for der in &b.x509_authorities {
+        let (_, cert) = X509Certificate::from_der(der).context("bundle certificate")?;
+        let point = cert.public_key().subject_public_key.data.as_ref();
+        // Uncompressed P-256 point: 0x04 || X (32) || Y (32).
+        let (x, y) = match point {
+            [0x04, rest @ ..] if rest.len() == 64 => rest.split_at(32),
+            _ => anyhow::bail!("bundle certificate key is not an uncompressed P-256 point"),
+        };
+        keys.push(json!({
+            "use": "x509-svid",
+            "kty": "EC",
+            "crv": "P-256",
+            "x": b64url.encode(x),
+            "y": b64url.encode(y),
+            "x5c": [std64.encode(der)],
+        }));
+    }
+    Ok(json!({
+        "keys": keys,
+        "spiffe_sequence": b.sequence,
+        "spiffe_refresh_hint": b.refresh_hint_seconds,
+    }))
+}
+
+/// Runs an admin command.
+pub async fn run_admin(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run(_) => anyhow::bail!("BUG: run is not an admin command"),
+        Command::Token { command, admin } => {
+            let mut c = connect_admin(&admin.admin_socket).await?;
+            let TokenCommand::Generate { spiffe_id, ttl } = command;
+            let r = c
+                .create_join_token(CreateJoinTokenRequest {
+                    spiffe_id,
+                    ttl_seconds: ttl,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print(
+                admin.output,
+                format!("{}\n", r.token),
+                json!({"token": r.token, "spiffe_id": r.spiffe_id, "expires_at": r.expires_at}),
+            );
+        }
+        Command::Entry { command, admin } => {
+            let mut c = connect_admin(&admin.admin_socket).await?;
+            match command {
+                EntryCommand::Create(fields) => {
+                    let e = c
+                        .create_entry(EntrySpec::from(fields))
+                        .await
+                        .map_err(status)?
+                        .into_inner();
+                    print(admin.output, entry_text(&e), entry_json(&e));
+                }
+                EntryCommand::Update { entry_id, fields } => {
+                    let e = c
+                        .update_entry(UpdateEntryRequest {
+                            id: entry_id,
+                            spec: Some(fields.into()),
+                        })
+                        .await
+                        .map_err(status)?
+                        .into_inner();
+                    print(admin.output, entry_text(&e), entry_json(&e));
+                }
+                EntryCommand::Delete { entry_id } => {
+                    let e = c
+                        .delete_entry(EntryIdRequest { id: entry_id })
+                        .await
+                        .map_err(status)?
+                        .into_inner();
+                    print(
+                        admin.output,
+                        format!("Deleted entry {}\n", e.id),
+                        entry_json(&e),
+                    );
+                }
+                EntryCommand::Show {
+                    entry_id: Some(id), ..
+                } => {
+                    let e = c
+                        .get_entry(EntryIdRequest { id })
+                        .await
+                        .map_err(status)?
+                        .into_inner();
+                    print(admin.output, entry_text(&e), entry_json(&e));
+                }
+                EntryCommand::Show {
+                    entry_id: None,
+                    spiffe_id,
+                    parent_id,
+                } => {
+                    let list = c
+                        .list_entries(ListEntriesRequest {
+                            spiffe_id,
+                            parent_id,
+                        })
+                        .await
+                        .map_err(status)?
+                        .into_inner()
+                        .entries;
+                    let text = format!(
+                        "Found {} entries\n{}",
+                        list.len(),
+                        list.iter()
+                            .map(|e| format!("\n{}", entry_text(e)))
+                            .collect::<String>()
+                    );
+                    print(
+                        admin.output,
+                        text,
+                        json!({"entries": list.iter().map(entry_json).collect::<Vec<_>>()}),
+                    );
+                }
+            }
+        }
+        Command::Agent { command, admin } => {
+            let mut c = connect_admin(&admin.admin_socket).await?;
+            match command {
+                AgentCommand::List => {
+                    let list = c
+                        .list_agents(ListAgentsRequest {})
+                        .await
+                        .map_err(status)?
+                        .into_inner()
+                        .agents;
+                    let text = format!(
+                        "Found {} attested agents\n{}",
+                        list.len(),
+                        list.iter()
+                            .map(|a| format!("\n{}", agent_text(a)))
+                            .collect::<String>()
+                    );
+                    print(
+                        admin.output,
+                        text,
+                        json!({"agents": list.iter().map(agent_json).collect::<Vec<_>>()}),
+                    );
+                }
+                AgentCommand::Evict { spiffe_id } => {
+                    let a = c
+                        .evict_agent(AgentIdRequest { spiffe_id })
+                        .await
+                        .map_err(status)?
+                        .into_inner();
+                    print(
+                        admin.output,
+                        format!("Evicted agent {}\n", a.spiffe_id),
+                        agent_json(&a),
+                    );
+                }
+                AgentCommand::Ban { spiffe_id } => {
+                    let a = c
+                        .ban_agent(AgentIdRequest { spiffe_id })
+                        .await
+                        .map_err(status)?
+                        .into_inner();
+                    print(
+                        admin.output,
+                        format!("Banned agent {}\n", a.spiffe_id),
+                        agent_json(&a),
+                    );
+                }
+            }
+        }
+        Command::Bundle {
+            command: BundleCommand::Show { format },
+            admin,
+        } => {
+            let mut c = connect_admin(&admin.admin_socket).await?;
+            let b = c
+                .get_bundle(GetBundleRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            let pem_text = pem::encode_many(
+                &b.x509_authorities
+                    .iter()
+                    .map(|d| pem::Pem::new("CERTIFICATE", d.clone()))
+                    .collect::<Vec<_>>(),
+            );
+            match format {
+                BundleFormat::Pem => print(
+                    admin.output,
+                    pem_text.clone(),
+                    json!({"trust_domain": b.trust_domain, "pem": pem_text}),
+                ),
+                BundleFormat::Spiffe => {
+                    let v = spiffe_bundle_json(&b)?;
+                    print(Output::Json, String::new(), v);
+                }
+            }
+        }
+        Command::Healthcheck { admin } => {
+            let mut c = connect_admin(&admin.admin_socket).await?;
+            c.get_bundle(GetBundleRequest {}).await.map_err(status)?;
+            print(
+                admin.output,
+                "Server is healthy.\n".into(),
+                json!({"healthy": true}),
+            );
+        }
+    }
+    Ok(())
+}

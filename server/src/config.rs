@@ -1,0 +1,354 @@
+//! Server configuration: a TOML file, overridden by command-line flags, validated before
+//! anything binds.
+//!
+//! Reading (`RawServerConfig` from TOML) and validating (`ServerConfig::from_raw`) are
+//! separate steps so tests can build a config from data without touching the environment.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::TrustDomain;
+use serde::Deserialize;
+
+/// Default CA lifetime (as SPIRE's `ca_ttl`).
+pub const DEFAULT_CA_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Default X.509-SVID lifetime (as SPIRE's `default_x509_svid_ttl`).
+pub const DEFAULT_X509_SVID_TTL: Duration = Duration::from_secs(3600);
+/// Default JWT-SVID lifetime.
+pub const DEFAULT_JWT_SVID_TTL: Duration = Duration::from_secs(300);
+/// Default agent SVID lifetime.
+pub const DEFAULT_AGENT_SVID_TTL: Duration = Duration::from_secs(3600);
+/// Default node API address.
+pub const DEFAULT_BIND_ADDRESS: &str = "0.0.0.0:8081";
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/tessera/server";
+/// Default admin socket.
+pub const DEFAULT_ADMIN_SOCKET: &str = "/tmp/tessera-server/admin.sock";
+/// Longest SVID lifetime an entry may ask for.
+pub const MAX_SVID_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The server config file as written (every key optional; flags may fill the gaps).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerConfig {
+    /// Trust domain name, e.g. `example.org` (required).
+    pub trust_domain: Option<String>,
+    /// Directory for the datastore and CA key.
+    pub data_dir: Option<PathBuf>,
+    /// Node API listen address `IP:PORT`.
+    pub bind_address: Option<String>,
+    /// Admin API Unix socket path.
+    pub admin_socket: Option<PathBuf>,
+    /// `sqlite` (default, `<data_dir>/datastore.sqlite3`) or `sqlite:///abs/path`.
+    pub datastore: Option<String>,
+    /// CA certificate lifetime, e.g. `24h`.
+    pub ca_ttl: Option<String>,
+    /// Default X.509-SVID lifetime, e.g. `1h`.
+    pub default_x509_svid_ttl: Option<String>,
+    /// Default JWT-SVID lifetime, e.g. `5m`.
+    pub default_jwt_svid_ttl: Option<String>,
+    /// Agent SVID lifetime, e.g. `1h`.
+    pub agent_svid_ttl: Option<String>,
+    /// `trace`, `debug`, `info`, `warn` or `error`.
+    pub log_level: Option<String>,
+    /// `text` or `json`.
+    pub log_format: Option<String>,
+}
+
+/// Where the server keeps its records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatastoreUrl {
+    /// Embedded SQLite database file.
+    Sqlite(PathBuf),
+}
+
+/// A validated server configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Our trust domain.
+    pub trust_domain: TrustDomain,
+    /// Datastore and key directory.
+    pub data_dir: PathBuf,
+    /// Node API address.
+    pub bind_address: SocketAddr,
+    /// Admin socket path.
+    pub admin_socket: PathBuf,
+    /// Datastore location.
+    pub datastore: DatastoreUrl,
+    /// CA lifetime.
+    pub ca_ttl: Duration,
+    /// Default X.509-SVID lifetime.
+    pub default_x509_svid_ttl: Duration,
+    /// Default JWT-SVID lifetime.
+    pub default_jwt_svid_ttl: Duration,
+    /// Agent SVID lifetime.
+    pub agent_svid_ttl: Duration,
+    /// Log filter.
+    pub log_level: String,
+    /// Emit JSON log lines.
+    pub log_json: bool,
+}
+
+/// What is wrong with a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's explanation.
+        message: String,
+    },
+    /// A key has an invalid value.
+    #[error("invalid {key}: {message}")]
+    Invalid {
+        /// The config key or flag.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// A required key is missing.
+    #[error("missing {0} (set it in the config file or with --{1})")]
+    Missing(&'static str, &'static str),
+}
+
+impl RawServerConfig {
+    /// Reads and parses a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ServerConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ServerConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ServerConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+/// Parses `90s`, `15m`, `24h`, `7d` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 90s, 15m, 24h or 7d"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{s:?} has an unknown unit (use s, m, h or d)")),
+    };
+    if n == 0 {
+        return Err(format!("{s:?} must be greater than zero"));
+    }
+    n.checked_mul(mult)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+fn duration(
+    key: &'static str,
+    v: Option<&String>,
+    default: Duration,
+) -> Result<Duration, ServerConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) => parse_duration(s).map_err(|message| ServerConfigError::Invalid { key, message }),
+    }
+}
+
+impl ServerConfig {
+    /// Validates a raw config.
+    pub fn from_raw(raw: RawServerConfig) -> Result<Self, ServerConfigError> {
+        let td = raw
+            .trust_domain
+            .as_deref()
+            .ok_or(ServerConfigError::Missing("trust_domain", "trust-domain"))?;
+        let trust_domain = TrustDomain::new(td).map_err(|e| ServerConfigError::Invalid {
+            key: "trust_domain",
+            message: e.to_string(),
+        })?;
+        let data_dir = raw
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let bind = raw.bind_address.as_deref().unwrap_or(DEFAULT_BIND_ADDRESS);
+        let bind_address = bind.parse().map_err(|_| ServerConfigError::Invalid {
+            key: "bind_address",
+            message: format!("{bind:?} is not IP:PORT"),
+        })?;
+        let admin_socket = raw
+            .admin_socket
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET));
+        if !admin_socket.is_absolute() {
+            return Err(ServerConfigError::Invalid {
+                key: "admin_socket",
+                message: "must be an absolute path".into(),
+            });
+        }
+        let datastore = match raw.datastore.as_deref() {
+            None | Some("sqlite") => DatastoreUrl::Sqlite(data_dir.join("datastore.sqlite3")),
+            Some(url) => match url.strip_prefix("sqlite://") {
+                Some(path) if path.starts_with('/') => DatastoreUrl::Sqlite(PathBuf::from(path)),
+                _ => {
+                    return Err(ServerConfigError::Invalid {
+                        key: "datastore",
+                        message: format!(
+                            "{url:?} is not supported (use \"sqlite\" or \"sqlite:///absolute/path\")"
+                        ),
+                    });
+                }
+            },
+        };
+        let ca_ttl = duration("ca_ttl", raw.ca_ttl.as_ref(), DEFAULT_CA_TTL)?;
+        let default_x509_svid_ttl = duration(
+            "default_x509_svid_ttl",
+            raw.default_x509_svid_ttl.as_ref(),
+            DEFAULT_X509_SVID_TTL,
+        )?;
+        let default_jwt_svid_ttl = duration(
+            "default_jwt_svid_ttl",
+            raw.default_jwt_svid_ttl.as_ref(),
+            DEFAULT_JWT_SVID_TTL,
+        )?;
+        let agent_svid_ttl = duration(
+            "agent_svid_ttl",
+            raw.agent_svid_ttl.as_ref(),
+            DEFAULT_AGENT_SVID_TTL,
+        )?;
+        for (key, ttl) in [
+            ("default_x509_svid_ttl", default_x509_svid_ttl),
+            ("agent_svid_ttl", agent_svid_ttl),
+        ] {
+            if ttl > ca_ttl {
+                return Err(ServerConfigError::Invalid {
+                    key,
+                    message: format!(
+                        "{}s is longer than ca_ttl ({}s): SVIDs would be cut short by the CA's expiry",
+                        ttl.as_secs(),
+                        ca_ttl.as_secs()
+                    ),
+                });
+            }
+        }
+        let log_level = raw.log_level.unwrap_or_else(|| "info".into());
+        if !["trace", "debug", "info", "warn", "error"].contains(&log_level.as_str()) {
+            return Err(ServerConfigError::Invalid {
+                key: "log_level",
+                message: format!("{log_level:?} is not one of trace, debug, info, warn, error"),
+            });
+        }
+        let log_json = match raw.log_format.as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => {
+                return Err(ServerConfigError::Invalid {
+                    key: "log_format",
+                    message: format!("{other:?} is not text or json"),
+                });
+            }
+        };
+        Ok(Self {
+            trust_domain,
+            data_dir,
+            bind_address,
+            admin_socket,
+            datastore,
+            ca_ttl,
+            default_x509_svid_ttl,
+            default_jwt_svid_ttl,
+            agent_svid_ttl,
+            log_level,
+            log_json,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(td: &str) -> RawServerConfig {
+        RawServerConfig {
+            trust_domain: Some(td.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        assert_eq!(parse_duration("42"), Ok(Duration::from_secs(42)));
+        for bad in ["", "h", "0s", "-1s", "1y", "1.5h", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn validation() {
+        let c = ServerConfig::from_raw(raw("example.org")).unwrap();
+        assert_eq!(c.ca_ttl, DEFAULT_CA_TTL);
+        assert_eq!(c.default_x509_svid_ttl, DEFAULT_X509_SVID_TTL);
+        assert!(matches!(
+            ServerConfig::from_raw(RawServerConfig::default()),
+            Err(ServerConfigError::Missing("trust_domain", _))
+        ));
+        assert!(matches!(
+            ServerConfig::from_raw(raw("Example.org")),
+            Err(ServerConfigError::Invalid {
+                key: "trust_domain",
+                ..
+            })
+        ));
+        let mut r = raw("example.org");
+        r.default_x509_svid_ttl = Some("48h".into());
+        assert!(matches!(
+            ServerConfig::from_raw(r),
+            Err(ServerConfigError::Invalid {
+                key: "default_x509_svid_ttl",
+                ..
+            })
+        ));
+        let mut r = raw("example.org");
+        r.datastore = Some("mysql://x".into());
+        assert!(matches!(
+            ServerConfig::from_raw(r),
+            Err(ServerConfigError::Invalid {
+                key: "datastore",
+                ..
+            })
+        ));
+        let mut r = raw("example.org");
+        r.bind_address = Some("localhost".into());
+        assert!(matches!(
+            ServerConfig::from_raw(r),
+            Err(ServerConfigError::Invalid {
+                key: "bind_address",
+                ..
+            })
+        ));
+        assert!(RawServerConfig::from_toml("nonsense = 1").is_err());
+    }
+}

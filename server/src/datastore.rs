@@ -1,0 +1,106 @@
+//! The datastore interface: registration entries, join tokens and agents.
+//!
+//! Every method returns only after its change is durable (SQLite in WAL mode with
+//! `synchronous = FULL`), so anything an API call accepted survives a crash. The trait is
+//! written against plain SQL semantics (unique constraints, atomic delete-returning) so a
+//! PostgreSQL backend for several servers can implement it the same way.
+
+pub mod sqlite;
+
+use common::{RegistrationEntry, SpiffeId};
+
+/// What can go wrong talking to the datastore.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DatastoreError {
+    /// A uniqueness rule was violated (e.g. a duplicate entry).
+    #[error("already exists: {0}")]
+    Conflict(String),
+    /// The record does not exist (or changed concurrently).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A stored row cannot be decoded.
+    #[error("BUG: corrupt record: {0}")]
+    Corrupt(String),
+    /// The backend failed (I/O, lock, connection).
+    #[error("datastore failure: {0}")]
+    Backend(String),
+}
+
+/// Filter for listing entries; `None` matches everything.
+#[derive(Debug, Clone, Default)]
+pub struct EntryFilter {
+    /// Only entries with this SPIFFE ID.
+    pub spiffe_id: Option<SpiffeId>,
+    /// Only entries parented to this ID.
+    pub parent_id: Option<SpiffeId>,
+}
+
+/// An attested agent (node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRecord {
+    /// The agent's SPIFFE ID.
+    pub spiffe_id: SpiffeId,
+    /// Serial (hex) of its current SVID.
+    pub serial: String,
+    /// Serial of the SVID it held before the last renewal (accepted until that expires,
+    /// so a renewal whose response was lost does not lock the agent out).
+    pub previous_serial: String,
+    /// When the current SVID expires (unix seconds).
+    pub expires_at: i64,
+    /// First attestation (unix seconds).
+    pub attested_at: i64,
+    /// A banned agent cannot attest again until the record is deleted.
+    pub banned: bool,
+    /// How it attested, e.g. `join_token`.
+    pub attestation_type: String,
+}
+
+/// A join token that was consumed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumedToken {
+    /// The SPIFFE ID the token grants.
+    pub spiffe_id: SpiffeId,
+    /// When it expires(d) (unix seconds).
+    pub expires_at: i64,
+}
+
+/// Persistent state of the server.
+#[async_trait::async_trait]
+pub trait Datastore: Send + Sync + std::fmt::Debug {
+    /// Stores a new entry; `Conflict` if one with the same SPIFFE ID, parent and selectors exists.
+    async fn create_entry(&self, entry: &RegistrationEntry) -> Result<(), DatastoreError>;
+    /// Replaces an entry; `NotFound` if it does not exist; `Conflict` on a duplicate.
+    async fn update_entry(&self, entry: &RegistrationEntry) -> Result<(), DatastoreError>;
+    /// Deletes an entry and returns it.
+    async fn delete_entry(&self, id: &str) -> Result<Option<RegistrationEntry>, DatastoreError>;
+    /// One entry by id.
+    async fn get_entry(&self, id: &str) -> Result<Option<RegistrationEntry>, DatastoreError>;
+    /// Entries matching `filter`, ordered by creation.
+    async fn list_entries(
+        &self,
+        filter: &EntryFilter,
+    ) -> Result<Vec<RegistrationEntry>, DatastoreError>;
+
+    /// Stores a join token by hash.
+    async fn create_join_token(
+        &self,
+        token_hash: &str,
+        spiffe_id: &SpiffeId,
+        expires_at: i64,
+    ) -> Result<(), DatastoreError>;
+    /// Deletes a join token and returns what it granted, atomically: of two concurrent
+    /// callers with the same token, exactly one gets `Some`.
+    async fn consume_join_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<ConsumedToken>, DatastoreError>;
+
+    /// Creates or replaces an agent record.
+    async fn upsert_agent(&self, agent: &AgentRecord) -> Result<(), DatastoreError>;
+    /// One agent.
+    async fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, DatastoreError>;
+    /// All agents.
+    async fn list_agents(&self) -> Result<Vec<AgentRecord>, DatastoreError>;
+    /// Deletes an agent record and returns it.
+    async fn delete_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, DatastoreError>;
+}

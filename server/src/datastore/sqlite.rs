@@ -1,0 +1,403 @@
+//! Embedded SQLite backend (the default).
+//!
+//! WAL journal with `synchronous = FULL`: a write returns only after it reached the disk,
+//! so an accepted API call survives `kill -9` and power loss. Schema changes are plain
+//! `CREATE ... IF NOT EXISTS` statements applied at open.
+
+use std::path::Path;
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use common::{RegistrationEntry, Selector, SelectorSet, SpiffeId};
+use sqlx::Row as _;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+
+use super::{AgentRecord, ConsumedToken, Datastore, DatastoreError, EntryFilter};
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS entries (
+        id TEXT PRIMARY KEY,
+        spiffe_id TEXT NOT NULL,
+        parent_id TEXT NOT NULL,
+        selectors TEXT NOT NULL,
+        x509_svid_ttl INTEGER NOT NULL,
+        jwt_svid_ttl INTEGER NOT NULL,
+        dns_names TEXT NOT NULL,
+        jit INTEGER NOT NULL,
+        hint TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        revision INTEGER NOT NULL,
+        UNIQUE (spiffe_id, parent_id, selectors)
+    )",
+    "CREATE INDEX IF NOT EXISTS entries_parent ON entries (parent_id)",
+    "CREATE TABLE IF NOT EXISTS join_tokens (
+        token_hash TEXT PRIMARY KEY,
+        spiffe_id TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS agents (
+        spiffe_id TEXT PRIMARY KEY,
+        serial TEXT NOT NULL,
+        previous_serial TEXT NOT NULL,
+        expires_at INTEGER NOT NULL,
+        attested_at INTEGER NOT NULL,
+        banned INTEGER NOT NULL,
+        attestation_type TEXT NOT NULL
+    )",
+];
+
+/// SQLite-backed datastore.
+#[derive(Debug, Clone)]
+pub struct SqliteDatastore {
+    pool: SqlitePool,
+}
+
+fn backend(e: sqlx::Error) -> DatastoreError {
+    if let sqlx::Error::Database(db) = &e
+        && db.is_unique_violation()
+    {
+        return DatastoreError::Conflict(
+            "an entry with the same SPIFFE ID, parent ID and selectors already exists".into(),
+        );
+    }
+    DatastoreError::Backend(e.to_string())
+}
+
+fn corrupt(e: impl std::fmt::Display) -> DatastoreError {
+    DatastoreError::Corrupt(e.to_string())
+}
+
+/// Canonical selector encoding: a JSON array of sorted `type:value` strings, so the
+/// uniqueness constraint sees equal sets as equal text.
+fn selectors_json(s: &SelectorSet) -> String {
+    let list: Vec<String> = s.iter().map(ToString::to_string).collect();
+    serde_json::Value::from(list).to_string()
+}
+
+fn entry_from_row(row: &SqliteRow) -> Result<RegistrationEntry, DatastoreError> {
+    let selectors: Vec<String> =
+        serde_json::from_str(row.try_get("selectors").map_err(corrupt)?).map_err(corrupt)?;
+    let selectors = selectors
+        .iter()
+        .map(|s| Selector::from_str(s))
+        .collect::<Result<SelectorSet, _>>()
+        .map_err(corrupt)?;
+    let dns_names: Vec<String> =
+        serde_json::from_str(row.try_get("dns_names").map_err(corrupt)?).map_err(corrupt)?;
+    let secs = |col: &str| -> Result<Duration, DatastoreError> {
+        let v: i64 = row.try_get(col).map_err(corrupt)?;
+        Ok(Duration::from_secs(u64::try_from(v).map_err(corrupt)?))
+    };
+    let revision: i64 = row.try_get("revision").map_err(corrupt)?;
+    Ok(RegistrationEntry {
+        id: row.try_get("id").map_err(corrupt)?,
+        spiffe_id: SpiffeId::new(row.try_get("spiffe_id").map_err(corrupt)?).map_err(corrupt)?,
+        parent_id: SpiffeId::new(row.try_get("parent_id").map_err(corrupt)?).map_err(corrupt)?,
+        selectors,
+        x509_svid_ttl: secs("x509_svid_ttl")?,
+        jwt_svid_ttl: secs("jwt_svid_ttl")?,
+        dns_names,
+        jit: row.try_get("jit").map_err(corrupt)?,
+        hint: row.try_get("hint").map_err(corrupt)?,
+        created_at: row.try_get("created_at").map_err(corrupt)?,
+        revision: u64::try_from(revision).map_err(corrupt)?,
+    })
+}
+
+fn agent_from_row(row: &SqliteRow) -> Result<AgentRecord, DatastoreError> {
+    Ok(AgentRecord {
+        spiffe_id: SpiffeId::new(row.try_get("spiffe_id").map_err(corrupt)?).map_err(corrupt)?,
+        serial: row.try_get("serial").map_err(corrupt)?,
+        previous_serial: row.try_get("previous_serial").map_err(corrupt)?,
+        expires_at: row.try_get("expires_at").map_err(corrupt)?,
+        attested_at: row.try_get("attested_at").map_err(corrupt)?,
+        banned: row.try_get("banned").map_err(corrupt)?,
+        attestation_type: row.try_get("attestation_type").map_err(corrupt)?,
+    })
+}
+
+fn ttl_secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+impl SqliteDatastore {
+    /// Opens (creating if needed) the database at `path` and applies the schema.
+    pub async fn open(path: &Path) -> Result<Self, DatastoreError> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(backend)?;
+        for stmt in SCHEMA {
+            sqlx::query(stmt).execute(&pool).await.map_err(backend)?;
+        }
+        // The database holds token hashes and agent records: keep it private.
+        set_private(path);
+        Ok(Self { pool })
+    }
+
+    async fn write_entry(&self, e: &RegistrationEntry, insert: bool) -> Result<(), DatastoreError> {
+        let sql = if insert {
+            "INSERT INTO entries (spiffe_id, parent_id, selectors, x509_svid_ttl, jwt_svid_ttl,
+                dns_names, jit, hint, created_at, revision, id)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        } else {
+            "UPDATE entries SET spiffe_id = ?, parent_id = ?, selectors = ?, x509_svid_ttl = ?,
+                jwt_svid_ttl = ?, dns_names = ?, jit = ?, hint = ?, created_at = ?, revision = ?
+             WHERE id = ?"
+        };
+        let revision = i64::try_from(e.revision).map_err(corrupt)?;
+        let done = sqlx::query(sql)
+            .bind(e.spiffe_id.as_str())
+            .bind(e.parent_id.as_str())
+            .bind(selectors_json(&e.selectors))
+            .bind(ttl_secs(e.x509_svid_ttl))
+            .bind(ttl_secs(e.jwt_svid_ttl))
+            .bind(serde_json::Value::from(e.dns_names.clone()).to_string())
+            .bind(e.jit)
+            .bind(&e.hint)
+            .bind(e.created_at)
+            .bind(revision)
+            .bind(&e.id)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        if done.rows_affected() == 0 {
+            return Err(DatastoreError::NotFound(format!("entry {}", e.id)));
+        }
+        Ok(())
+    }
+}
+
+fn set_private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    for p in [
+        path.to_path_buf(),
+        path.with_extension("sqlite3-wal"),
+        path.with_extension("sqlite3-shm"),
+    ] {
+        if p.exists() {
+            let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Datastore for SqliteDatastore {
+    async fn create_entry(&self, entry: &RegistrationEntry) -> Result<(), DatastoreError> {
+        self.write_entry(entry, true).await
+    }
+
+    async fn update_entry(&self, entry: &RegistrationEntry) -> Result<(), DatastoreError> {
+        self.write_entry(entry, false).await
+    }
+
+    async fn delete_entry(&self, id: &str) -> Result<Option<RegistrationEntry>, DatastoreError> {
+        let row = sqlx::query("DELETE FROM entries WHERE id = ? RETURNING *")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(entry_from_row).transpose()
+    }
+
+    async fn get_entry(&self, id: &str) -> Result<Option<RegistrationEntry>, DatastoreError> {
+        let row = sqlx::query("SELECT * FROM entries WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(entry_from_row).transpose()
+    }
+
+    async fn list_entries(
+        &self,
+        filter: &EntryFilter,
+    ) -> Result<Vec<RegistrationEntry>, DatastoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM entries
+             WHERE (?1 IS NULL OR spiffe_id = ?1) AND (?2 IS NULL OR parent_id = ?2)
+             ORDER BY created_at, id",
+        )
+        .bind(filter.spiffe_id.as_ref().map(SpiffeId::as_str))
+        .bind(filter.parent_id.as_ref().map(SpiffeId::as_str))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(entry_from_row).collect()
+    }
+
+    async fn create_join_token(
+        &self,
+        token_hash: &str,
+        spiffe_id: &SpiffeId,
+        expires_at: i64,
+    ) -> Result<(), DatastoreError> {
+        sqlx::query("INSERT INTO join_tokens (token_hash, spiffe_id, expires_at) VALUES (?, ?, ?)")
+            .bind(token_hash)
+            .bind(spiffe_id.as_str())
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn consume_join_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<ConsumedToken>, DatastoreError> {
+        // One statement: SQLite serialises writers, so only one caller can delete the row.
+        let row = sqlx::query(
+            "DELETE FROM join_tokens WHERE token_hash = ? RETURNING spiffe_id, expires_at",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.map(|r| {
+            Ok(ConsumedToken {
+                spiffe_id: SpiffeId::new(r.try_get("spiffe_id").map_err(corrupt)?)
+                    .map_err(corrupt)?,
+                expires_at: r.try_get("expires_at").map_err(corrupt)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn upsert_agent(&self, a: &AgentRecord) -> Result<(), DatastoreError> {
+        sqlx::query(
+            "INSERT INTO agents (spiffe_id, serial, previous_serial, expires_at, attested_at,
+                banned, attestation_type)
+             VALUES (?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (spiffe_id) DO UPDATE SET serial = excluded.serial,
+                previous_serial = excluded.previous_serial, expires_at = excluded.expires_at,
+                attested_at = excluded.attested_at, banned = excluded.banned,
+                attestation_type = excluded.attestation_type",
+        )
+        .bind(a.spiffe_id.as_str())
+        .bind(&a.serial)
+        .bind(&a.previous_serial)
+        .bind(a.expires_at)
+        .bind(a.attested_at)
+        .bind(a.banned)
+        .bind(&a.attestation_type)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, DatastoreError> {
+        let row = sqlx::query("SELECT * FROM agents WHERE spiffe_id = ?")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(agent_from_row).transpose()
+    }
+
+    async fn list_agents(&self) -> Result<Vec<AgentRecord>, DatastoreError> {
+        let rows = sqlx::query("SELECT * FROM agents ORDER BY attested_at, spiffe_id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(agent_from_row).collect()
+    }
+
+    async fn delete_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, DatastoreError> {
+        let row = sqlx::query("DELETE FROM agents WHERE spiffe_id = ? RETURNING *")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(agent_from_row).transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, uid: u32) -> RegistrationEntry {
+        RegistrationEntry {
+            id: id.into(),
+            spiffe_id: SpiffeId::new("spiffe://example.org/web").unwrap(),
+            parent_id: SpiffeId::new("spiffe://example.org/agent").unwrap(),
+            selectors: [Selector::unix("uid", uid).unwrap()].into_iter().collect(),
+            x509_svid_ttl: Duration::from_secs(3600),
+            jwt_svid_ttl: Duration::from_secs(300),
+            dns_names: vec!["a.example.org".into()],
+            jit: false,
+            hint: String::new(),
+            created_at: 1,
+            revision: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_tokens_agents_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ds.sqlite3");
+        let ds = SqliteDatastore::open(&path).await.unwrap();
+        ds.create_entry(&entry("a", 1)).await.unwrap();
+        assert!(matches!(
+            ds.create_entry(&entry("b", 1)).await,
+            Err(DatastoreError::Conflict(_))
+        ));
+        ds.create_entry(&entry("b", 2)).await.unwrap();
+        let mut e = entry("b", 3);
+        e.revision = 2;
+        ds.update_entry(&e).await.unwrap();
+        assert!(matches!(
+            ds.update_entry(&entry("zzz", 9)).await,
+            Err(DatastoreError::NotFound(_))
+        ));
+        let id = SpiffeId::new("spiffe://example.org/agent").unwrap();
+        ds.create_join_token("h1", &id, 99).await.unwrap();
+        ds.upsert_agent(&AgentRecord {
+            spiffe_id: id.clone(),
+            serial: "01".into(),
+            previous_serial: String::new(),
+            expires_at: 5,
+            attested_at: 4,
+            banned: false,
+            attestation_type: "join_token".into(),
+        })
+        .await
+        .unwrap();
+        drop(ds);
+
+        let ds = SqliteDatastore::open(&path).await.unwrap();
+        let all = ds.list_entries(&EntryFilter::default()).await.unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(ds.get_entry("b").await.unwrap().unwrap(), e);
+        let tok = ds.consume_join_token("h1").await.unwrap().unwrap();
+        assert_eq!(tok.spiffe_id, id);
+        assert_eq!(
+            ds.consume_join_token("h1").await.unwrap(),
+            None,
+            "single use"
+        );
+        assert_eq!(ds.get_agent(&id).await.unwrap().unwrap().serial, "01");
+        assert!(ds.delete_agent(&id).await.unwrap().is_some());
+        assert!(ds.get_agent(&id).await.unwrap().is_none());
+        assert_eq!(ds.delete_entry("a").await.unwrap().unwrap().id, "a");
+        assert!(ds.delete_entry("a").await.unwrap().is_none());
+        let filter = EntryFilter {
+            parent_id: Some(SpiffeId::new("spiffe://example.org/other").unwrap()),
+            ..Default::default()
+        };
+        assert!(ds.list_entries(&filter).await.unwrap().is_empty());
+    }
+}

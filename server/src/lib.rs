@@ -1,0 +1,19 @@
+//! tessera-server: the CA, node attestation, registration entries, the datastore and the
+//! node and admin APIs.
+//!
+//! The server is the only holder of CA keys and the only place identities are decided: a
+//! CSR contributes only its public key; SPIFFE ID, lifetime and SANs always come from
+//! registration data. The binary (`main.rs`) only parses arguments and sets exit codes;
+//! everything else lives here so tests can drive it.
+
+pub(crate) mod api;
+pub mod app;
+pub mod ca;
+pub mod cli;
+pub mod config;
+pub mod datastore;
+pub mod events;
+pub mod node_attestation;
+pub mod registration;
+pub mod server_identity;
+pub(crate) mod state_file;

@@ -1,0 +1,260 @@
+//! Node attestation with join tokens, and agent SVID renewal.
+//!
+//! A join token is 122 random bits (a UUIDv4), shown once to the operator and stored only
+//! as its SHA-256. Presenting it consumes it atomically; the agent receives an SVID for
+//! exactly the SPIFFE ID the operator bound to the token. Later the agent renews over
+//! mutual TLS with that SVID. An agent is authenticated on every call by its certificate
+//! serial against the stored record, so eviction and bans take effect on the next call.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use common::{SpiffeId, TrustDomain};
+use sha2::{Digest as _, Sha256};
+
+use crate::ca::{Ca, CaError, Issued};
+use crate::datastore::{AgentRecord, Datastore, DatastoreError};
+use crate::events::{ChangeEvent, Events};
+use crate::registration::now_unix;
+
+/// Default join token lifetime (as SPIRE's).
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(600);
+/// Longest join token lifetime accepted.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Why node attestation or an agent call was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NodeAttestationError {
+    /// The token is unknown or already used.
+    #[error("join token is invalid or has already been used")]
+    UnknownToken,
+    /// The token expired before use.
+    #[error("join token has expired")]
+    ExpiredToken,
+    /// The token's SPIFFE ID is malformed, foreign or reserved.
+    #[error("invalid agent SPIFFE ID: {0}")]
+    BadAgentId(String),
+    /// The token TTL is out of bounds.
+    #[error("token TTL must be between 1 and {0} seconds")]
+    BadTtl(u64),
+    /// The agent is banned.
+    #[error("agent {0} is banned")]
+    Banned(String),
+    /// The agent has no record (never attested, or evicted) or presented a stale SVID.
+    #[error("agent {0} is not attested (unknown, evicted, or presenting a superseded SVID)")]
+    NotAttested(String),
+    /// The call needs a client SVID and none was presented.
+    #[error("this call requires the agent's SVID (mutual TLS)")]
+    NoClientCertificate,
+    /// Signing failed.
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    /// The datastore failed.
+    #[error(transparent)]
+    Datastore(#[from] DatastoreError),
+}
+
+fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Join tokens, agent SVIDs and agent records.
+#[derive(Debug, Clone)]
+pub struct NodeAttestor {
+    ds: Arc<dyn Datastore>,
+    ca: Arc<Ca>,
+    events: Events,
+    trust_domain: TrustDomain,
+    agent_ttl: Duration,
+}
+
+impl NodeAttestor {
+    /// A node attestor issuing agent SVIDs valid for `agent_ttl`.
+    pub fn new(
+        ds: Arc<dyn Datastore>,
+        ca: Arc<Ca>,
+        events: Events,
+        trust_domain: TrustDomain,
+        agent_ttl: Duration,
+    ) -> Self {
+        Self {
+            ds,
+            ca,
+            events,
+            trust_domain,
+            agent_ttl,
+        }
+    }
+
+    /// The SPIFFE ID given to agents whose token names none.
+    pub fn default_agent_id(&self) -> Result<SpiffeId, NodeAttestationError> {
+        let path = format!("/tessera/agent/join_token/{}", uuid::Uuid::new_v4());
+        SpiffeId::from_parts(&self.trust_domain, &path)
+            .map_err(|e| NodeAttestationError::BadAgentId(e.to_string()))
+    }
+
+    fn check_agent_id(&self, raw: &str) -> Result<SpiffeId, NodeAttestationError> {
+        let id = SpiffeId::new(raw).map_err(|e| NodeAttestationError::BadAgentId(e.to_string()))?;
+        if !id.is_member_of(&self.trust_domain) {
+            return Err(NodeAttestationError::BadAgentId(format!(
+                "{id} is not in trust domain {}",
+                self.trust_domain
+            )));
+        }
+        if id.is_trust_domain_id() || id.path().starts_with("/tessera/server") {
+            return Err(NodeAttestationError::BadAgentId(format!(
+                "{id} is reserved"
+            )));
+        }
+        Ok(id)
+    }
+
+    /// Creates a one-time token for `spiffe_id` (or a generated agent ID when empty).
+    /// Returns the token (shown once, never stored in clear), the ID and the expiry.
+    pub async fn generate_token(
+        &self,
+        spiffe_id: &str,
+        ttl_secs: i64,
+    ) -> Result<(String, SpiffeId, i64), NodeAttestationError> {
+        let id = if spiffe_id.is_empty() {
+            self.default_agent_id()?
+        } else {
+            self.check_agent_id(spiffe_id)?
+        };
+        let max = MAX_TOKEN_TTL.as_secs();
+        let ttl = match u64::try_from(ttl_secs) {
+            Ok(0) => DEFAULT_TOKEN_TTL.as_secs(),
+            Ok(s) if s <= max => s,
+            _ => return Err(NodeAttestationError::BadTtl(max)),
+        };
+        let token = uuid::Uuid::new_v4().to_string();
+        let expires_at = now_unix().saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX));
+        self.ds
+            .create_join_token(&hash_token(&token), &id, expires_at)
+            .await?;
+        tracing::info!(spiffe_id = %id, expires_at, "join token created");
+        Ok((token, id, expires_at))
+    }
+
+    /// Consumes `token` and signs an agent SVID for the CSR's key.
+    pub async fn attest_with_token(
+        &self,
+        token: &str,
+        csr: &[u8],
+    ) -> Result<(SpiffeId, Issued), NodeAttestationError> {
+        let consumed = self
+            .ds
+            .consume_join_token(&hash_token(token))
+            .await?
+            .ok_or(NodeAttestationError::UnknownToken)?;
+        if consumed.expires_at <= now_unix() {
+            return Err(NodeAttestationError::ExpiredToken);
+        }
+        let id = consumed.spiffe_id;
+        let existing = self.ds.get_agent(&id).await?;
+        if existing.as_ref().is_some_and(|a| a.banned) {
+            return Err(NodeAttestationError::Banned(id.to_string()));
+        }
+        let issued = self.ca.sign_svid(csr, &id, self.agent_ttl, &[])?;
+        let record = AgentRecord {
+            spiffe_id: id.clone(),
+            serial: issued.serial_hex.clone(),
+            previous_serial: String::new(),
+            expires_at: unix(issued.not_after),
+            attested_at: now_unix(),
+            banned: false,
+            attestation_type: "join_token".to_owned(),
+        };
+        self.ds.upsert_agent(&record).await?;
+        tracing::info!(agent_id = %id, serial = %issued.serial_hex, "agent attested with join token");
+        Ok((id, issued))
+    }
+
+    /// Authenticates an agent by the leaf certificate it presented over mutual TLS.
+    pub async fn authenticate(
+        &self,
+        peer_leaf: Option<&[u8]>,
+    ) -> Result<AgentRecord, NodeAttestationError> {
+        let der = peer_leaf.ok_or(NodeAttestationError::NoClientCertificate)?;
+        let leaf = common::svid::parse_leaf(der)
+            .map_err(|e| NodeAttestationError::BadAgentId(e.to_string()))?;
+        let id = leaf.spiffe_id;
+        let record = self
+            .ds
+            .get_agent(&id)
+            .await?
+            .ok_or_else(|| NodeAttestationError::NotAttested(id.to_string()))?;
+        if record.banned {
+            return Err(NodeAttestationError::Banned(id.to_string()));
+        }
+        let current = record.serial == leaf.serial_hex;
+        let previous =
+            !record.previous_serial.is_empty() && record.previous_serial == leaf.serial_hex;
+        if !current && !previous {
+            return Err(NodeAttestationError::NotAttested(id.to_string()));
+        }
+        Ok(record)
+    }
+
+    /// Renews an authenticated agent's SVID.
+    pub async fn renew(
+        &self,
+        agent: &AgentRecord,
+        csr: &[u8],
+    ) -> Result<Issued, NodeAttestationError> {
+        let issued = self
+            .ca
+            .sign_svid(csr, &agent.spiffe_id, self.agent_ttl, &[])?;
+        let record = AgentRecord {
+            serial: issued.serial_hex.clone(),
+            previous_serial: agent.serial.clone(),
+            expires_at: unix(issued.not_after),
+            ..agent.clone()
+        };
+        self.ds.upsert_agent(&record).await?;
+        tracing::info!(agent_id = %agent.spiffe_id, serial = %issued.serial_hex, "agent SVID renewed");
+        Ok(issued)
+    }
+
+    /// Removes an agent's record: it must attest again with a new token.
+    pub async fn evict(&self, id: &str) -> Result<AgentRecord, NodeAttestationError> {
+        let id = SpiffeId::new(id).map_err(|e| NodeAttestationError::BadAgentId(e.to_string()))?;
+        let record = self
+            .ds
+            .delete_agent(&id)
+            .await?
+            .ok_or_else(|| NodeAttestationError::NotAttested(id.to_string()))?;
+        tracing::info!(agent_id = %id, "agent evicted");
+        self.events.publish(ChangeEvent::AgentRemoved(id));
+        Ok(record)
+    }
+
+    /// Bans an agent: refused at once, and refused attestation until evicted.
+    pub async fn ban(&self, id: &str) -> Result<AgentRecord, NodeAttestationError> {
+        let id = SpiffeId::new(id).map_err(|e| NodeAttestationError::BadAgentId(e.to_string()))?;
+        let record = self
+            .ds
+            .get_agent(&id)
+            .await?
+            .ok_or_else(|| NodeAttestationError::NotAttested(id.to_string()))?;
+        let banned = AgentRecord {
+            banned: true,
+            ..record
+        };
+        self.ds.upsert_agent(&banned).await?;
+        tracing::info!(agent_id = %id, "agent banned");
+        self.events.publish(ChangeEvent::AgentRemoved(id));
+        Ok(banned)
+    }
+
+    /// All agents.
+    pub async fn list(&self) -> Result<Vec<AgentRecord>, NodeAttestationError> {
+        Ok(self.ds.list_agents().await?)
+    }
+}

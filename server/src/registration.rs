@@ -1,0 +1,438 @@
+//! Registration entries: validation and CRUD on top of the datastore.
+//!
+//! Validation happens here, once, before anything is written: SPIFFE IDs in our trust
+//! domain with a path, well-formed `type:value` selectors (at least one), positive TTLs
+//! within bounds, valid DNS names. A rejected request changes nothing.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use common::proto::tessera::EntrySpec;
+use common::{
+    RegistrationEntry, Selector, SelectorError, SelectorSet, SpiffeId, SpiffeIdError, TrustDomain,
+};
+
+use crate::config::MAX_SVID_TTL;
+use crate::datastore::{Datastore, DatastoreError, EntryFilter};
+use crate::events::{ChangeEvent, Events};
+
+/// Longest accepted hint, as the Workload API spec recommends.
+const MAX_HINT_LENGTH: usize = 1024;
+/// Most DNS names on one entry.
+const MAX_DNS_NAMES: usize = 32;
+/// Most selectors on one entry.
+const MAX_SELECTORS: usize = 64;
+
+/// Why an entry request was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RegistrationError {
+    /// `spiffe_id` or `parent_id` is malformed.
+    #[error("invalid {field}: {source}")]
+    InvalidSpiffeId {
+        /// Which field.
+        field: &'static str,
+        /// What is wrong.
+        source: SpiffeIdError,
+    },
+    /// An ID is in another trust domain.
+    #[error("{field} {id} is not in trust domain {td}")]
+    ForeignTrustDomain {
+        /// Which field.
+        field: &'static str,
+        /// The ID.
+        id: String,
+        /// Our trust domain.
+        td: String,
+    },
+    /// The SPIFFE ID is the trust domain itself or reserved for Tessera's own components.
+    #[error("spiffe_id {0} is reserved or has no path")]
+    ReservedSpiffeId(String),
+    /// A selector is malformed.
+    #[error("invalid selector {selector:?}: {source}")]
+    InvalidSelector {
+        /// The selector as given.
+        selector: String,
+        /// What is wrong.
+        source: SelectorError,
+    },
+    /// No selectors (the entry would match nobody).
+    #[error("at least one selector is required")]
+    NoSelectors,
+    /// Too many selectors or DNS names.
+    #[error("too many {0} (at most {1})")]
+    TooMany(&'static str, usize),
+    /// A TTL is negative or too long.
+    #[error("invalid {field}: must be between 1 second and {max}s (0 means the server default)")]
+    BadTtl {
+        /// Which field.
+        field: &'static str,
+        /// Upper bound in seconds.
+        max: u64,
+    },
+    /// A DNS name is malformed.
+    #[error("invalid DNS name {0:?}")]
+    BadDnsName(String),
+    /// The hint is too long.
+    #[error("hint is longer than {MAX_HINT_LENGTH} bytes")]
+    HintTooLong,
+    /// No entry with that id.
+    #[error("no entry with id {0}")]
+    NotFound(String),
+    /// A duplicate entry exists.
+    #[error("{0}")]
+    Duplicate(String),
+    /// The datastore failed.
+    #[error("{0}")]
+    Datastore(DatastoreError),
+}
+
+impl From<DatastoreError> for RegistrationError {
+    fn from(e: DatastoreError) -> Self {
+        match e {
+            DatastoreError::Conflict(m) => Self::Duplicate(m),
+            DatastoreError::NotFound(m) => Self::NotFound(m),
+            other => Self::Datastore(other),
+        }
+    }
+}
+
+/// Checks an RFC 1123 DNS name (a leading `*.` wildcard label is allowed).
+pub fn valid_dns_name(name: &str) -> bool {
+    let body = name.strip_prefix("*.").unwrap_or(name);
+    if body.is_empty() || name.len() > 253 {
+        return false;
+    }
+    body.split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    })
+}
+
+/// Unix seconds now.
+pub fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Entry CRUD with validation and change notification.
+#[derive(Debug, Clone)]
+pub struct Registrar {
+    ds: Arc<dyn Datastore>,
+    events: Events,
+    trust_domain: TrustDomain,
+    default_x509_ttl: Duration,
+    default_jwt_ttl: Duration,
+}
+
+impl Registrar {
+    /// A registrar for `trust_domain`.
+    pub fn new(
+        ds: Arc<dyn Datastore>,
+        events: Events,
+        trust_domain: TrustDomain,
+        default_x509_ttl: Duration,
+        default_jwt_ttl: Duration,
+    ) -> Self {
+        Self {
+            ds,
+            events,
+            trust_domain,
+            default_x509_ttl,
+            default_jwt_ttl,
+        }
+    }
+
+    fn id_in_td(&self, field: &'static str, raw: &str) -> Result<SpiffeId, RegistrationError> {
+        let id = SpiffeId::new(raw)
+            .map_err(|source| RegistrationError::InvalidSpiffeId { field, source })?;
+        if !id.is_member_of(&self.trust_domain) {
+            return Err(RegistrationError::ForeignTrustDomain {
+                field,
+                id: id.to_string(),
+                td: self.trust_domain.to_string(),
+            });
+        }
+        Ok(id)
+    }
+
+    fn ttl(
+        field: &'static str,
+        secs: i64,
+        default: Duration,
+    ) -> Result<Duration, RegistrationError> {
+        let max = MAX_SVID_TTL.as_secs();
+        match u64::try_from(secs) {
+            Ok(0) => Ok(default),
+            Ok(s) if s <= max => Ok(Duration::from_secs(s)),
+            _ => Err(RegistrationError::BadTtl { field, max }),
+        }
+    }
+
+    /// Validates a spec into an entry (id, timestamps and revision are filled by callers).
+    pub fn validate(&self, spec: &EntrySpec) -> Result<RegistrationEntry, RegistrationError> {
+        let spiffe_id = self.id_in_td("spiffe_id", &spec.spiffe_id)?;
+        if spiffe_id.is_trust_domain_id() || spiffe_id.path().starts_with("/tessera/server") {
+            return Err(RegistrationError::ReservedSpiffeId(spiffe_id.to_string()));
+        }
+        let parent_id = self.id_in_td("parent_id", &spec.parent_id)?;
+        if spec.selectors.is_empty() {
+            return Err(RegistrationError::NoSelectors);
+        }
+        if spec.selectors.len() > MAX_SELECTORS {
+            return Err(RegistrationError::TooMany("selectors", MAX_SELECTORS));
+        }
+        let mut selectors = SelectorSet::default();
+        for raw in &spec.selectors {
+            let s: Selector = raw
+                .parse()
+                .map_err(|source| RegistrationError::InvalidSelector {
+                    selector: raw.clone(),
+                    source,
+                })?;
+            selectors.insert(s);
+        }
+        if spec.dns_names.len() > MAX_DNS_NAMES {
+            return Err(RegistrationError::TooMany("DNS names", MAX_DNS_NAMES));
+        }
+        let mut dns_names = Vec::with_capacity(spec.dns_names.len());
+        for name in &spec.dns_names {
+            if !valid_dns_name(name) {
+                return Err(RegistrationError::BadDnsName(name.clone()));
+            }
+            if !dns_names.contains(name) {
+                dns_names.push(name.clone());
+            }
+        }
+        if spec.hint.len() > MAX_HINT_LENGTH {
+            return Err(RegistrationError::HintTooLong);
+        }
+        Ok(RegistrationEntry {
+            id: String::new(),
+            spiffe_id,
+            parent_id,
+            selectors,
+            x509_svid_ttl: Self::ttl(
+                "x509_svid_ttl",
+                spec.x509_svid_ttl_seconds,
+                self.default_x509_ttl,
+            )?,
+            jwt_svid_ttl: Self::ttl(
+                "jwt_svid_ttl",
+                spec.jwt_svid_ttl_seconds,
+                self.default_jwt_ttl,
+            )?,
+            dns_names,
+            jit: spec.jit,
+            hint: spec.hint.clone(),
+            created_at: 0,
+            revision: 0,
+        })
+    }
+
+    /// Creates an entry.
+    pub async fn create(&self, spec: &EntrySpec) -> Result<RegistrationEntry, RegistrationError> {
+        let mut entry = self.validate(spec)?;
+        entry.id = uuid::Uuid::new_v4().to_string();
+        entry.created_at = now_unix();
+        entry.revision = 1;
+        self.ds.create_entry(&entry).await?;
+        tracing::info!(entry_id = %entry.id, spiffe_id = %entry.spiffe_id, parent_id = %entry.parent_id, "entry created");
+        self.events.publish(ChangeEvent::EntryUpserted {
+            entry: Arc::new(entry.clone()),
+            previous_parent: None,
+        });
+        Ok(entry)
+    }
+
+    /// Replaces an entry's fields.
+    pub async fn update(
+        &self,
+        id: &str,
+        spec: &EntrySpec,
+    ) -> Result<RegistrationEntry, RegistrationError> {
+        let mut entry = self.validate(spec)?;
+        let old = self
+            .ds
+            .get_entry(id)
+            .await?
+            .ok_or_else(|| RegistrationError::NotFound(id.to_owned()))?;
+        entry.id = old.id.clone();
+        entry.created_at = old.created_at;
+        entry.revision = old.revision + 1;
+        self.ds.update_entry(&entry).await?;
+        tracing::info!(entry_id = %entry.id, spiffe_id = %entry.spiffe_id, "entry updated");
+        let previous_parent = (old.parent_id != entry.parent_id).then_some(old.parent_id);
+        self.events.publish(ChangeEvent::EntryUpserted {
+            entry: Arc::new(entry.clone()),
+            previous_parent,
+        });
+        Ok(entry)
+    }
+
+    /// Deletes an entry.
+    pub async fn delete(&self, id: &str) -> Result<RegistrationEntry, RegistrationError> {
+        let entry = self
+            .ds
+            .delete_entry(id)
+            .await?
+            .ok_or_else(|| RegistrationError::NotFound(id.to_owned()))?;
+        tracing::info!(entry_id = %entry.id, spiffe_id = %entry.spiffe_id, "entry deleted");
+        self.events.publish(ChangeEvent::EntryDeleted {
+            id: entry.id.clone(),
+            parent_id: entry.parent_id.clone(),
+        });
+        Ok(entry)
+    }
+
+    /// One entry.
+    pub async fn get(&self, id: &str) -> Result<RegistrationEntry, RegistrationError> {
+        self.ds
+            .get_entry(id)
+            .await?
+            .ok_or_else(|| RegistrationError::NotFound(id.to_owned()))
+    }
+
+    /// Entries matching the optional filters.
+    pub async fn list(
+        &self,
+        spiffe_id: &str,
+        parent_id: &str,
+    ) -> Result<Vec<RegistrationEntry>, RegistrationError> {
+        let parse = |field, raw: &str| -> Result<Option<SpiffeId>, RegistrationError> {
+            if raw.is_empty() {
+                Ok(None)
+            } else {
+                SpiffeId::new(raw)
+                    .map(Some)
+                    .map_err(|source| RegistrationError::InvalidSpiffeId { field, source })
+            }
+        };
+        let filter = EntryFilter {
+            spiffe_id: parse("spiffe_id", spiffe_id)?,
+            parent_id: parse("parent_id", parent_id)?,
+        };
+        Ok(self.ds.list_entries(&filter).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datastore::sqlite::SqliteDatastore;
+
+    fn spec() -> EntrySpec {
+        EntrySpec {
+            spiffe_id: "spiffe://example.org/web".into(),
+            parent_id: "spiffe://example.org/agent".into(),
+            selectors: vec!["unix:uid:1000".into()],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn validation_rejects_bad_input_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Arc::new(
+            SqliteDatastore::open(&dir.path().join("d.sqlite3"))
+                .await
+                .unwrap(),
+        );
+        let r = Registrar::new(
+            ds,
+            Events::default(),
+            TrustDomain::new("example.org").unwrap(),
+            Duration::from_secs(3600),
+            Duration::from_secs(300),
+        );
+        type Case = (fn(&mut EntrySpec), &'static str);
+        let cases: Vec<Case> = vec![
+            (
+                |s| s.spiffe_id = "spiffe://example.org/".into(),
+                "invalid spiffe_id",
+            ),
+            (
+                |s| s.spiffe_id = "spiffe://other.org/web".into(),
+                "not in trust domain",
+            ),
+            (|s| s.spiffe_id = "spiffe://example.org".into(), "reserved"),
+            (
+                |s| s.spiffe_id = "spiffe://example.org/tessera/server".into(),
+                "reserved",
+            ),
+            (|s| s.parent_id = "http://x".into(), "invalid parent_id"),
+            (|s| s.selectors.clear(), "at least one selector"),
+            (
+                |s| s.selectors = vec!["uid:1000".into()],
+                "invalid selector",
+            ),
+            (
+                |s| s.selectors = vec!["unix:uid:abc".into()],
+                "invalid selector",
+            ),
+            (|s| s.x509_svid_ttl_seconds = -5, "x509_svid_ttl"),
+            (|s| s.jwt_svid_ttl_seconds = i64::MAX, "jwt_svid_ttl"),
+            (|s| s.dns_names = vec!["Bad_Name".into()], "DNS name"),
+            (|s| s.dns_names = vec!["a..b".into()], "DNS name"),
+            (|s| s.hint = "x".repeat(2000), "hint"),
+        ];
+        for (mutate, want) in cases {
+            let mut s = spec();
+            mutate(&mut s);
+            let err = r.create(&s).await.unwrap_err().to_string();
+            assert!(err.contains(want), "{err:?} should mention {want:?}");
+        }
+        assert!(
+            r.list("", "").await.unwrap().is_empty(),
+            "nothing was stored"
+        );
+
+        let e = r.create(&spec()).await.unwrap();
+        assert_eq!(e.x509_svid_ttl, Duration::from_secs(3600));
+        assert!(matches!(
+            r.create(&spec()).await,
+            Err(RegistrationError::Duplicate(_))
+        ));
+        let mut s = spec();
+        s.dns_names = vec!["web.example.org".into(), "*.svc.example.org".into()];
+        s.x509_svid_ttl_seconds = 60;
+        let u = r.update(&e.id, &s).await.unwrap();
+        assert_eq!(u.revision, 2);
+        assert_eq!(u.x509_svid_ttl, Duration::from_secs(60));
+        assert!(matches!(
+            r.update("nope", &s).await,
+            Err(RegistrationError::NotFound(_))
+        ));
+        r.delete(&e.id).await.unwrap();
+        assert!(matches!(
+            r.delete(&e.id).await,
+            Err(RegistrationError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn dns_names() {
+        for ok in ["a", "web.example.org", "*.example.org", "x-1.y2"] {
+            assert!(valid_dns_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "*.",
+            "-a.b",
+            "a-.b",
+            "A.b",
+            "a_b",
+            "a..b",
+            "a.*.b",
+            &"a".repeat(64),
+        ] {
+            assert!(!valid_dns_name(bad), "{bad}");
+        }
+    }
+}
