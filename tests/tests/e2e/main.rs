@@ -1,0 +1,12 @@
+//! One end-to-end test binary; each module is a suite run against real processes.
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "test code"
+)]
+
+mod smoke;
