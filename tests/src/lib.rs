@@ -4,6 +4,12 @@
 //!
 //! The binaries are taken from the same target directory as the test executable, so the
 //! test command builds them first (`cargo build --workspace --bins`), as the README says.
+#![allow(
+    clippy::expect_used,
+    clippy::print_stderr,
+    clippy::missing_panics_doc,
+    reason = "test harness: a failed setup step is a failed test"
+)]
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
