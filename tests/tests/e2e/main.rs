@@ -9,4 +9,5 @@
     reason = "test code"
 )]
 
+mod deploy;
 mod smoke;

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Starts a Tessera server and agent on this machine (embedded SQLite, files under
+# $TESSERA_QUICKSTART_DIR, default /tmp/tessera-quickstart), enrolls the node with a join
+# token, and registers the current user, so that
+#   target/debug/tessera-agent api fetch x509
+# (or any SPIFFE client with SPIFFE_ENDPOINT_SOCKET) returns an X.509-SVID.
+# `deploy/quickstart.sh stop` stops both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir=${TESSERA_QUICKSTART_DIR:-/tmp/tessera-quickstart}
+td=example.org
+node_id=spiffe://$td/node/quickstart
+bin=target/debug
+admin=(--admin-socket "$dir/admin.sock")
+
+stop() {
+  for p in agent server; do
+    if [ -f "$dir/$p.pid" ]; then
+      kill "$(cat "$dir/$p.pid")" 2>/dev/null || true
+      rm -f "$dir/$p.pid"
+    fi
+  done
+}
+if [ "${1:-}" = stop ]; then stop; echo "stopped"; exit 0; fi
+stop
+
+cargo build --locked --bins --quiet
+mkdir -p "$dir/public"
+chmod 755 "$dir" "$dir/public"
+
+"$bin/tessera-server" run --trust-domain "$td" --data-dir "$dir/server" \
+  --bind 127.0.0.1:8081 "${admin[@]}" >"$dir/server.log" 2>&1 &
+echo $! >"$dir/server.pid"
+for _ in $(seq 100); do
+  "$bin/tessera-server" healthcheck "${admin[@]}" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+"$bin/tessera-server" healthcheck "${admin[@]}" >/dev/null || { cat "$dir/server.log"; exit 1; }
+
+"$bin/tessera-server" bundle show "${admin[@]}" >"$dir/bundle.pem"
+user_id=spiffe://$td/user/$(id -un | tr -c 'a-zA-Z0-9._\n-' '_')
+if ! "$bin/tessera-server" entry show --spiffe-id "$user_id" "${admin[@]}" | grep -q "Entry ID"; then
+  "$bin/tessera-server" entry create "${admin[@]}" --parent-id "$node_id" \
+    --spiffe-id "$user_id" --selector "unix:uid:$(id -u)" >/dev/null
+fi
+
+token_args=()
+if [ ! -f "$dir/agent/agent_svid.key" ]; then
+  token=$("$bin/tessera-server" token generate --spiffe-id "$node_id" "${admin[@]}")
+  token_args=(--join-token "$token")
+fi
+"$bin/tessera-agent" run --trust-domain "$td" --server-address 127.0.0.1:8081 \
+  --trust-bundle "$dir/bundle.pem" --data-dir "$dir/agent" \
+  --socket-path "$dir/public/api.sock" "${token_args[@]}" >"$dir/agent.log" 2>&1 &
+echo $! >"$dir/agent.pid"
+for _ in $(seq 100); do [ -S "$dir/public/api.sock" ] && break; sleep 0.1; done
+
+cat <<MSG
+Tessera is running (logs in $dir). Registered $user_id for uid $(id -u).
+Fetch your SVID:
+  export SPIFFE_ENDPOINT_SOCKET=unix://$dir/public/api.sock
+  $bin/tessera-agent api fetch x509
+Stop: deploy/quickstart.sh stop
+MSG
