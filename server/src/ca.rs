@@ -20,7 +20,9 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::state_file;
 
-/// How far a new certificate's notBefore is back-dated, to absorb clock skew.
+/// How far a new certificate's notBefore is back-dated, to absorb clock skew. Short-lived
+/// certificates are back-dated by at most a tenth of their TTL, so that the renewal point
+/// (a fraction of notAfter - notBefore) stays after the moment of issuance.
 const BACKDATE: Duration = Duration::from_secs(10);
 /// A CA with less than this left is replaced at start-up.
 const CA_MIN_REMAINING: Duration = Duration::from_secs(3600);
@@ -233,7 +235,7 @@ impl Ca {
         if dns_names.is_empty() {
             p.distinguished_name.remove(DnType::CommonName);
         }
-        p.not_before = to_offset(now - BACKDATE);
+        p.not_before = to_offset(now - BACKDATE.min(ttl / 10));
         p.not_after = to_offset(not_after);
         p.serial_number = Some(random_serial());
         p.is_ca = IsCa::ExplicitNoCa;
@@ -328,6 +330,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(got, id);
+
+        // A short TTL is back-dated by a tenth only, so renewal falls after issuance.
+        let short = ca
+            .sign_svid(&csr, &id, Duration::from_secs(6), &[])
+            .unwrap();
+        let leaf = common::svid::parse_leaf(&short.chain[0]).unwrap();
+        let life = leaf.not_after.duration_since(leaf.not_before).unwrap();
+        assert!(
+            life <= Duration::from_secs(7) && life >= Duration::from_secs(6),
+            "{life:?}"
+        );
+        assert!(common::svid::refresh_at(&leaf) > SystemTime::now() - Duration::from_secs(1));
 
         // Lifetime never exceeds the CA's.
         let long = ca
