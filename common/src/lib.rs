@@ -11,6 +11,7 @@
 
 pub mod bundle;
 pub mod entry;
+pub mod jwt;
 pub mod proto;
 pub mod selector;
 pub mod spiffe_id;

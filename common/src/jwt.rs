@@ -1,0 +1,524 @@
+//! JWT-SVIDs: signing and validation per the SPIFFE JWT-SVID standard.
+//!
+//! Tokens are JWS compact serialisation with header exactly `{alg, kid, typ: "JWT"}` and
+//! claims `sub`, `aud` (always an array of every requested audience), integer `exp` and
+//! `iat` — the profile every real client accepts. Validation follows the standard's order:
+//! the algorithm is checked against an allow-list before anything else, then the bundle of
+//! the trust domain in `sub` is chosen, the key by `kid`, the signature, and finally expiry
+//! and audience. Keys are ECDSA P-256 (`ES256`); every other algorithm, including `none`
+//! and HMAC, is refused.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use ring::signature::{self, EcdsaKeyPair, KeyPair as _};
+use serde_json::{Map, Value, json};
+
+use crate::spiffe_id::{SpiffeId, TrustDomain};
+
+/// Largest token accepted for validation (bytes). Real JWT-SVIDs are well under 1 KiB.
+pub const MAX_TOKEN_LENGTH: usize = 8 * 1024;
+/// The only signing algorithm Tessera issues and accepts.
+pub const ALGORITHM: &str = "ES256";
+/// Algorithms the JWT-SVID standard allows; anything else is rejected before parsing on.
+const SPEC_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512",
+];
+
+/// Why a JWT-SVID was rejected (or could not be made).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwtError {
+    /// Larger than [`MAX_TOKEN_LENGTH`].
+    #[error("token is larger than {MAX_TOKEN_LENGTH} bytes")]
+    TooLarge,
+    /// Not three base64url segments of JSON.
+    #[error("token is malformed: {0}")]
+    Malformed(&'static str),
+    /// `alg` is `none`, HMAC, or otherwise outside the JWT-SVID allow-list.
+    #[error("algorithm {0:?} is not allowed for JWT-SVIDs")]
+    DisallowedAlgorithm(String),
+    /// `alg` is allowed by the standard but not by this trust domain's keys.
+    #[error("algorithm {0:?} is not supported (tokens must be ES256)")]
+    UnsupportedAlgorithm(String),
+    /// The header has a parameter other than alg, kid and typ, or a bad `typ`.
+    #[error("token header is not a JWT-SVID header: {0}")]
+    BadHeader(&'static str),
+    /// `sub` is missing or not a SPIFFE ID with a path.
+    #[error("token subject is missing or not a valid SPIFFE ID")]
+    BadSubject,
+    /// No bundle for the subject's trust domain.
+    #[error("token is from trust domain {0}, which is not trusted")]
+    UntrustedTrustDomain(String),
+    /// `kid` is missing or names no key in the bundle.
+    #[error("token is signed with an unknown key {0:?}")]
+    UnknownKey(String),
+    /// The signature does not verify.
+    #[error("token signature is invalid")]
+    BadSignature,
+    /// `exp` is missing or not an integer.
+    #[error("token has no valid exp claim")]
+    MissingExpiry,
+    /// `exp` is in the past.
+    #[error("token has expired")]
+    Expired,
+    /// `aud` is missing or does not contain the expected audience.
+    #[error("token audience does not include {0:?}")]
+    AudienceMismatch(String),
+    /// Signing failed (bad key).
+    #[error("BUG: signing failed: {0}")]
+    Signing(String),
+}
+
+/// A public JWT signing key as published in a bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtKey {
+    /// Key id (`kid`).
+    pub kid: String,
+    /// Uncompressed P-256 point (0x04 || X || Y).
+    pub public_key: Vec<u8>,
+    /// Unix seconds after which the key is no longer published (0: unknown).
+    pub expires_at: i64,
+}
+
+impl JwtKey {
+    /// The key as a JWK (`kty`, `kid`, `crv`, full-width `x` and `y`).
+    pub fn to_jwk(&self) -> Result<Value, JwtError> {
+        let (x, y) = match self.public_key.as_slice() {
+            [0x04, rest @ ..] if rest.len() == 64 => rest.split_at(32),
+            _ => {
+                return Err(JwtError::Signing(
+                    "key is not an uncompressed P-256 point".into(),
+                ));
+            }
+        };
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        Ok(json!({
+            "kty": "EC",
+            "kid": self.kid,
+            "crv": "P-256",
+            "x": b64.encode(x),
+            "y": b64.encode(y),
+        }))
+    }
+}
+
+/// The JWT authorities of one trust domain.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JwtBundle {
+    keys: BTreeMap<String, JwtKey>,
+}
+
+impl JwtBundle {
+    /// A bundle holding `keys`.
+    pub fn new(keys: impl IntoIterator<Item = JwtKey>) -> Self {
+        Self {
+            keys: keys.into_iter().map(|k| (k.kid.clone(), k)).collect(),
+        }
+    }
+
+    /// The keys, ordered by kid.
+    pub fn keys(&self) -> impl Iterator<Item = &JwtKey> {
+        self.keys.values()
+    }
+
+    /// The RFC 7517 JWK set served by `FetchJWTBundles`: `{"keys": [...]}`.
+    pub fn to_jwks(&self) -> Result<Value, JwtError> {
+        let keys = self
+            .keys
+            .values()
+            .map(JwtKey::to_jwk)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(json!({ "keys": keys }))
+    }
+}
+
+/// A private JWT signing key (the server's).
+pub struct JwtSigner {
+    kid: String,
+    pair: EcdsaKeyPair,
+}
+
+impl std::fmt::Debug for JwtSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtSigner")
+            .field("kid", &self.kid)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+impl JwtSigner {
+    /// A signer from a PKCS#8 P-256 key.
+    pub fn from_pkcs8(kid: &str, pkcs8: &[u8]) -> Result<Self, JwtError> {
+        let pair = EcdsaKeyPair::from_pkcs8(
+            &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            pkcs8,
+            &ring::rand::SystemRandom::new(),
+        )
+        .map_err(|e| JwtError::Signing(e.to_string()))?;
+        Ok(Self {
+            kid: kid.to_owned(),
+            pair,
+        })
+    }
+
+    /// A fresh random PKCS#8 P-256 key.
+    pub fn generate_pkcs8() -> Result<Vec<u8>, JwtError> {
+        EcdsaKeyPair::generate_pkcs8(
+            &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &ring::rand::SystemRandom::new(),
+        )
+        .map(|d| d.as_ref().to_vec())
+        .map_err(|e| JwtError::Signing(e.to_string()))
+    }
+
+    /// The key id.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The public key (uncompressed point).
+    pub fn public_key(&self) -> Vec<u8> {
+        self.pair.public_key().as_ref().to_vec()
+    }
+
+    /// Signs a JWT-SVID for `subject` and `audience`, issued at `iat`, expiring at `exp`;
+    /// `extra` claims (e.g. a task id) are added beside the standard ones.
+    pub fn sign(
+        &self,
+        subject: &SpiffeId,
+        audience: &[String],
+        iat: i64,
+        exp: i64,
+        extra: &Map<String, Value>,
+    ) -> Result<String, JwtError> {
+        let header = json!({"alg": ALGORITHM, "kid": self.kid, "typ": "JWT"});
+        let mut claims = extra.clone();
+        claims.insert("sub".into(), json!(subject.as_str()));
+        claims.insert("aud".into(), json!(audience));
+        claims.insert("exp".into(), json!(exp));
+        claims.insert("iat".into(), json!(iat));
+        let signing_input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(Value::Object(claims).to_string().as_bytes())
+        );
+        let sig = self
+            .pair
+            .sign(&ring::rand::SystemRandom::new(), signing_input.as_bytes())
+            .map_err(|e| JwtError::Signing(e.to_string()))?;
+        Ok(format!("{signing_input}.{}", b64(sig.as_ref())))
+    }
+}
+
+/// A token that passed validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidatedJwt {
+    /// The `sub` claim.
+    pub spiffe_id: SpiffeId,
+    /// All claims (with `aud` normalised to an array).
+    pub claims: Map<String, Value>,
+    /// The `kid` that signed it.
+    pub kid: String,
+}
+
+fn decode_json(segment: &str, what: &'static str) -> Result<Map<String, Value>, JwtError> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(segment)
+        .map_err(|_| JwtError::Malformed(what))?;
+    match serde_json::from_slice(&bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        _ => Err(JwtError::Malformed(what)),
+    }
+}
+
+/// Reads `sub` without verifying anything (to choose the bundle).
+fn subject(claims: &Map<String, Value>) -> Result<SpiffeId, JwtError> {
+    let sub = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .ok_or(JwtError::BadSubject)?;
+    let id = SpiffeId::new(sub).map_err(|_| JwtError::BadSubject)?;
+    if id.is_trust_domain_id() {
+        return Err(JwtError::BadSubject);
+    }
+    Ok(id)
+}
+
+/// Validates `token` for `audience` at unix time `now` against the JWT bundles by trust
+/// domain.
+pub fn validate(
+    token: &str,
+    audience: &str,
+    bundles: &BTreeMap<TrustDomain, JwtBundle>,
+    now: i64,
+) -> Result<ValidatedJwt, JwtError> {
+    if token.len() > MAX_TOKEN_LENGTH {
+        return Err(JwtError::TooLarge);
+    }
+    let mut parts = token.split('.');
+    let (Some(h), Some(c), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(JwtError::Malformed("not three dot-separated segments"));
+    };
+    let header = decode_json(h, "header is not base64url JSON")?;
+    // 1. Algorithm first, before anything else is trusted.
+    let alg = header.get("alg").and_then(Value::as_str).unwrap_or("");
+    if !SPEC_ALGORITHMS.contains(&alg) {
+        return Err(JwtError::DisallowedAlgorithm(alg.to_owned()));
+    }
+    if alg != ALGORITHM {
+        return Err(JwtError::UnsupportedAlgorithm(alg.to_owned()));
+    }
+    if header
+        .keys()
+        .any(|k| !matches!(k.as_str(), "alg" | "kid" | "typ"))
+    {
+        return Err(JwtError::BadHeader("unexpected header parameter"));
+    }
+    match header.get("typ") {
+        None => {}
+        Some(Value::String(t)) if t == "JWT" || t == "JOSE" => {}
+        Some(_) => return Err(JwtError::BadHeader("typ must be JWT or JOSE")),
+    }
+    let claims = decode_json(c, "claims are not base64url JSON")?;
+    // 2. The bundle of the subject's trust domain, 3. the key by kid, and its signature.
+    let spiffe_id = subject(&claims)?;
+    let td = spiffe_id.trust_domain();
+    let bundle = bundles
+        .get(&td)
+        .ok_or_else(|| JwtError::UntrustedTrustDomain(td.to_string()))?;
+    let kid = header.get("kid").and_then(Value::as_str).unwrap_or("");
+    let key = bundle
+        .keys
+        .get(kid)
+        .ok_or_else(|| JwtError::UnknownKey(kid.to_owned()))?;
+    let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| JwtError::Malformed("signature is not base64url"))?;
+    let signing_input = token
+        .rsplit_once('.')
+        .map(|(input, _)| input)
+        .ok_or(JwtError::Malformed("not three dot-separated segments"))?;
+    signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, &key.public_key)
+        .verify(signing_input.as_bytes(), &sig)
+        .map_err(|_| JwtError::BadSignature)?;
+    // 4. Expiry and audience.
+    let exp = claims
+        .get("exp")
+        .and_then(Value::as_i64)
+        .ok_or(JwtError::MissingExpiry)?;
+    if exp <= now {
+        return Err(JwtError::Expired);
+    }
+    let aud: Vec<String> = match claims.get("aud") {
+        Some(Value::String(a)) => vec![a.clone()],
+        Some(Value::Array(list)) => list
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => vec![],
+    };
+    if audience.is_empty() || !aud.iter().any(|a| a == audience) {
+        return Err(JwtError::AudienceMismatch(audience.to_owned()));
+    }
+    let mut claims = claims;
+    claims.insert("aud".into(), json!(aud));
+    Ok(ValidatedJwt {
+        spiffe_id,
+        claims,
+        kid: kid.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn setup() -> (JwtSigner, BTreeMap<TrustDomain, JwtBundle>) {
+        let pkcs8 = JwtSigner::generate_pkcs8().unwrap();
+        let signer = JwtSigner::from_pkcs8("k1", &pkcs8).unwrap();
+        let key = JwtKey {
+            kid: "k1".into(),
+            public_key: signer.public_key(),
+            expires_at: 0,
+        };
+        let mut bundles = BTreeMap::new();
+        bundles.insert(
+            TrustDomain::new("example.org").unwrap(),
+            JwtBundle::new([key]),
+        );
+        (signer, bundles)
+    }
+
+    fn id() -> SpiffeId {
+        SpiffeId::new("spiffe://example.org/web").unwrap()
+    }
+
+    fn token(signer: &JwtSigner, exp: i64) -> String {
+        signer
+            .sign(&id(), &["a".into(), "b".into()], NOW, exp, &Map::new())
+            .unwrap()
+    }
+
+    /// Re-encodes a token with a modified header/claims, keeping (now invalid) signature.
+    fn forge(tok: &str, header: Option<Value>, claims: Option<Value>) -> String {
+        let mut p: Vec<String> = tok.split('.').map(str::to_owned).collect();
+        if let Some(h) = header {
+            p[0] = b64(h.to_string().as_bytes());
+        }
+        if let Some(c) = claims {
+            p[1] = b64(c.to_string().as_bytes());
+        }
+        p.join(".")
+    }
+
+    #[test]
+    fn valid_token_round_trips() {
+        let (signer, bundles) = setup();
+        let t = token(&signer, NOW + 300);
+        let v = validate(&t, "b", &bundles, NOW).unwrap();
+        assert_eq!(v.spiffe_id, id());
+        assert_eq!(v.claims["aud"], json!(["a", "b"]));
+        assert_eq!(v.claims["exp"], json!(NOW + 300));
+        assert_eq!(v.kid, "k1");
+        let header = decode_json(t.split('.').next().unwrap(), "h").unwrap();
+        assert_eq!(
+            Value::Object(header),
+            json!({"alg": "ES256", "kid": "k1", "typ": "JWT"})
+        );
+    }
+
+    #[test]
+    fn rejections_are_specific() {
+        let (signer, bundles) = setup();
+        let good = token(&signer, NOW + 300);
+        let claims = json!({"sub": "spiffe://example.org/web", "aud": ["a"], "exp": NOW + 300});
+        let (other, _) = setup();
+        let cases: Vec<(String, &str, JwtError)> = vec![
+            (
+                forge(&good, Some(json!({"alg": "none", "kid": "k1"})), None),
+                "a",
+                JwtError::DisallowedAlgorithm("none".into()),
+            ),
+            (
+                forge(&good, Some(json!({"alg": "HS256", "kid": "k1"})), None),
+                "a",
+                JwtError::DisallowedAlgorithm("HS256".into()),
+            ),
+            (
+                forge(&good, Some(json!({"alg": "RS256", "kid": "k1"})), None),
+                "a",
+                JwtError::UnsupportedAlgorithm("RS256".into()),
+            ),
+            (
+                forge(&good, Some(json!({"alg": "ES256", "kid": "nope"})), None),
+                "a",
+                JwtError::UnknownKey("nope".into()),
+            ),
+            (
+                forge(
+                    &good,
+                    Some(json!({"alg": "ES256", "kid": "k1", "jku": "x"})),
+                    None,
+                ),
+                "a",
+                JwtError::BadHeader("unexpected header parameter"),
+            ),
+            (
+                forge(&good, None, Some(claims)),
+                "a",
+                JwtError::BadSignature,
+            ),
+            // Signed by a key that is not in the bundle but claims the bundle's kid.
+            (token(&other, NOW + 300), "a", JwtError::BadSignature),
+            (token(&signer, NOW - 1), "a", JwtError::Expired),
+            (token(&signer, NOW), "a", JwtError::Expired),
+            (good.clone(), "c", JwtError::AudienceMismatch("c".into())),
+            (good.clone(), "", JwtError::AudienceMismatch(String::new())),
+            (
+                signer
+                    .sign(
+                        &SpiffeId::new("spiffe://other.org/web").unwrap(),
+                        &["a".into()],
+                        NOW,
+                        NOW + 60,
+                        &Map::new(),
+                    )
+                    .unwrap(),
+                "a",
+                JwtError::UntrustedTrustDomain("other.org".into()),
+            ),
+            (
+                "a.b".into(),
+                "a",
+                JwtError::Malformed("not three dot-separated segments"),
+            ),
+            (
+                "a.b.c.d".into(),
+                "a",
+                JwtError::Malformed("not three dot-separated segments"),
+            ),
+            (
+                "!!.b.c".into(),
+                "a",
+                JwtError::Malformed("header is not base64url JSON"),
+            ),
+            ("x".repeat(MAX_TOKEN_LENGTH + 1), "a", JwtError::TooLarge),
+            (
+                forge(&good, None, Some(json!({"aud": ["a"], "exp": NOW + 9}))),
+                "a",
+                JwtError::BadSubject,
+            ),
+        ];
+        for (tok, aud, want) in cases {
+            assert_eq!(
+                validate(&tok, aud, &bundles, NOW),
+                Err(want.clone()),
+                "{want}"
+            );
+        }
+        // Missing exp with a valid signature.
+        let no_exp = {
+            let h = b64(json!({"alg": "ES256", "kid": "k1", "typ": "JWT"})
+                .to_string()
+                .as_bytes());
+            let c = b64(json!({"sub": "spiffe://example.org/web", "aud": ["a"]})
+                .to_string()
+                .as_bytes());
+            let input = format!("{h}.{c}");
+            let sig = signer
+                .pair
+                .sign(&ring::rand::SystemRandom::new(), input.as_bytes())
+                .unwrap();
+            format!("{input}.{}", b64(sig.as_ref()))
+        };
+        assert_eq!(
+            validate(&no_exp, "a", &bundles, NOW),
+            Err(JwtError::MissingExpiry)
+        );
+    }
+
+    #[test]
+    fn jwks_has_full_width_coordinates_and_kids() {
+        let (signer, bundles) = setup();
+        let jwks = bundles.values().next().unwrap().to_jwks().unwrap();
+        let key = &jwks["keys"][0];
+        assert_eq!(key["kid"], "k1");
+        assert_eq!(key["kty"], "EC");
+        assert_eq!(key["crv"], "P-256");
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(key["x"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(x.len(), 32);
+        assert!(key.get("use").is_none());
+        assert_eq!(signer.kid(), "k1");
+    }
+}
