@@ -17,6 +17,7 @@ use crate::cache::Cache;
 use crate::config::AgentConfig;
 use crate::node_identity::{self, NodeIdentityError};
 use crate::rotation::{Backoff, Rotation};
+use crate::server_client::ServerLink;
 use crate::state_file;
 use crate::workload_api::WorkloadApi;
 
@@ -123,12 +124,15 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let bundle = BundleCell::new(initial_bundle(&config)?);
     let cache = Cache::default();
+    let link = ServerLink::default();
 
     // Bind first: clients may connect (and get Unavailable) while we attest.
     let listener = bind_socket(&config.socket_path)?;
     let api = WorkloadApi {
         cache: cache.clone(),
         attestor: Arc::new(Attestor::new()),
+        link: link.clone(),
+        jwt_cache: Arc::default(),
         shutdown: shutdown.clone(),
     };
     let api_shutdown = shutdown.clone();
@@ -157,6 +161,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             agent_svid,
             retry_at: None,
             sign_backoff: Backoff::new(),
+            link: link.clone(),
         };
         tokio::select! {
             r = rotation.run(shutdown.clone()) => r.map_err(anyhow::Error::from),

@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use common::proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use common::proto::workload::{X509svidRequest, X509svidResponse};
+use common::proto::workload::{
+    JwtsvidRequest, ValidateJwtsvidRequest, X509svidRequest, X509svidResponse,
+};
 use rustls_pki_types::CertificateDer;
 use serde_json::json;
 use tonic::transport::{Channel, Endpoint};
@@ -131,6 +133,26 @@ pub enum ApiCommand {
     },
     /// Print every X.509-SVID update as it arrives.
     Watch,
+    /// Validate a token.
+    Validate {
+        /// What to validate.
+        #[command(subcommand)]
+        what: ValidateCommand,
+    },
+}
+
+/// What to validate.
+#[derive(Debug, Subcommand)]
+pub enum ValidateCommand {
+    /// Validate a JWT-SVID for an audience (signature, expiry, audience, trust domain).
+    Jwt {
+        /// The audience the token must be for.
+        #[arg(long)]
+        audience: String,
+        /// The token.
+        #[arg(long)]
+        svid: String,
+    },
 }
 
 /// What to fetch.
@@ -141,6 +163,15 @@ pub enum FetchCommand {
         /// Write svid.pem, svid.key and bundle.pem into this directory.
         #[arg(long)]
         write: Option<PathBuf>,
+    },
+    /// JWT-SVIDs for an audience.
+    Jwt {
+        /// Audience (repeatable); every value goes into the token's `aud`.
+        #[arg(long = "audience", required = true)]
+        audience: Vec<String>,
+        /// Only the identity with this SPIFFE ID.
+        #[arg(long, default_value = "")]
+        spiffe_id: String,
     },
 }
 
@@ -326,6 +357,29 @@ async fn fetch_x509(path: &Path, timeout: Duration) -> anyhow::Result<X509svidRe
         .map_err(|_| anyhow::anyhow!("no X.509-SVID within {}s", timeout.as_secs()))?
 }
 
+fn value_to_json(v: &prost_types::Value) -> serde_json::Value {
+    use prost_types::value::Kind;
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::BoolValue(b)) => json!(b),
+        // Claims such as exp are integers; print them as such when they are.
+        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 9.0e15 => json!(*n as i64),
+        Some(Kind::NumberValue(n)) => json!(n),
+        Some(Kind::StringValue(s)) => json!(s),
+        Some(Kind::ListValue(l)) => l.values.iter().map(value_to_json).collect(),
+        Some(Kind::StructValue(s)) => struct_to_json(s),
+    }
+}
+
+fn struct_to_json(s: &prost_types::Struct) -> serde_json::Value {
+    serde_json::Value::Object(
+        s.fields
+            .iter()
+            .map(|(k, v)| (k.clone(), value_to_json(v)))
+            .collect(),
+    )
+}
+
 /// Runs a Workload API client command.
 pub async fn run_api(command: Command) -> anyhow::Result<()> {
     match command {
@@ -347,6 +401,56 @@ pub async fn run_api(command: Command) -> anyhow::Result<()> {
                         ));
                     }
                     print(opts.output, &text, &value);
+                }
+                ApiCommand::Fetch {
+                    what:
+                        FetchCommand::Jwt {
+                            audience,
+                            spiffe_id,
+                        },
+                } => {
+                    let mut client = connect(&path).await?;
+                    let resp = tokio::time::timeout(
+                        timeout,
+                        client.fetch_jwtsvid(with_header(JwtsvidRequest {
+                            audience,
+                            spiffe_id,
+                        })),
+                    )
+                    .await
+                    .map_err(|_| anyhow::anyhow!("no answer within {}s", timeout.as_secs()))?
+                    .map_err(status)?
+                    .into_inner();
+                    let mut text = String::new();
+                    for s in &resp.svids {
+                        text.push_str(&format!("token({}):\n\t{}\n", s.spiffe_id, s.svid));
+                    }
+                    let list: Vec<_> = resp
+                        .svids
+                        .iter()
+                        .map(|s| json!({"spiffe_id": s.spiffe_id, "svid": s.svid, "hint": s.hint}))
+                        .collect();
+                    print(opts.output, &text, &json!({ "svids": list }));
+                }
+                ApiCommand::Validate {
+                    what: ValidateCommand::Jwt { audience, svid },
+                } => {
+                    let mut client = connect(&path).await?;
+                    let resp = client
+                        .validate_jwtsvid(with_header(ValidateJwtsvidRequest { audience, svid }))
+                        .await
+                        .map_err(status)?
+                        .into_inner();
+                    let claims = resp.claims.as_ref().map(struct_to_json).unwrap_or_default();
+                    let text = format!(
+                        "SVID is valid.\nSPIFFE ID : {}\nClaims    : {}\n",
+                        resp.spiffe_id, claims
+                    );
+                    print(
+                        opts.output,
+                        &text,
+                        &json!({"spiffe_id": resp.spiffe_id, "claims": claims}),
+                    );
                 }
                 ApiCommand::Watch => {
                     let mut client = connect(&path).await?;

@@ -80,6 +80,8 @@ pub(crate) struct Rotation {
     /// When signing last failed; entries needing SVIDs are retried after this.
     pub(crate) retry_at: Option<SystemTime>,
     pub(crate) sign_backoff: Backoff,
+    /// Where the Workload API finds the current client.
+    pub(crate) link: server_client::ServerLink,
 }
 
 enum StreamEnd {
@@ -143,6 +145,7 @@ impl Rotation {
                 }
             }
             let mut client = self.client()?;
+            self.link.set(client.clone());
             let end = match client.sync(SyncRequest {}).await {
                 Ok(resp) => {
                     backoff.reset();

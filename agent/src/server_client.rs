@@ -71,3 +71,22 @@ pub fn connect(
         }));
     Ok(NodeClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
 }
+
+/// The node API client currently in use, shared by the rotation worker (which replaces it
+/// whenever the agent SVID changes) and the Workload API (which mints JWT-SVIDs with it).
+#[derive(Debug, Clone, Default)]
+pub struct ServerLink(Arc<std::sync::RwLock<Option<NodeClient<Channel>>>>);
+
+impl ServerLink {
+    /// Replaces the client.
+    pub fn set(&self, client: NodeClient<Channel>) {
+        if let Ok(mut g) = self.0.write() {
+            *g = Some(client);
+        }
+    }
+
+    /// The current client, if the agent has attested.
+    pub fn get(&self) -> Option<NodeClient<Channel>> {
+        self.0.read().ok().and_then(|g| g.clone())
+    }
+}

@@ -7,11 +7,11 @@
 //! caller is entitled to; a caller with no matching entry gets `PermissionDenied` with
 //! "no identity issued" (the text real clients look for). Errors never echo selectors.
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use common::SelectorSet;
 use common::proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use common::proto::workload::{
     JwtBundlesRequest, JwtBundlesResponse, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest,
@@ -19,6 +19,7 @@ use common::proto::workload::{
     WitsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svid, X509svidRequest,
     X509svidResponse,
 };
+use common::{SelectorSet, SpiffeId};
 use futures::Stream;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -28,6 +29,7 @@ use tonic::{Request, Response, Status};
 
 use crate::attestation::{Attestor, PeerCred};
 use crate::cache::{Cache, CacheSnapshot};
+use crate::server_client::ServerLink;
 
 /// The security header every Workload API request must carry.
 const SECURITY_HEADER: &str = "workload.spiffe.io";
@@ -43,7 +45,57 @@ const PENDING_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) struct WorkloadApi {
     pub(crate) cache: Cache,
     pub(crate) attestor: Arc<Attestor>,
+    pub(crate) link: ServerLink,
+    pub(crate) jwt_cache: Arc<Mutex<HashMap<JwtCacheKey, CachedJwt>>>,
     pub(crate) shutdown: CancellationToken,
+}
+
+/// Entry id, entry revision and audience list of a minted JWT-SVID.
+pub(crate) type JwtCacheKey = (String, u64, Vec<String>);
+
+/// A minted JWT-SVID, reused until half its lifetime has passed.
+#[derive(Debug, Clone)]
+pub(crate) struct CachedJwt {
+    token: String,
+    refresh_at: i64,
+    expires_at: i64,
+}
+
+/// Most cached JWT-SVIDs before expired ones are swept.
+const JWT_CACHE_LIMIT: usize = 10_000;
+/// Most audiences accepted in one request.
+const MAX_AUDIENCES: usize = 32;
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A JSON value as a protobuf `Value`.
+fn to_proto_value(v: &serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.iter().map(to_proto_value).collect(),
+        }),
+        serde_json::Value::Object(m) => Kind::StructValue(to_proto_struct(m)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+fn to_proto_struct(m: &serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: m
+            .iter()
+            .map(|(k, v)| (k.clone(), to_proto_value(v)))
+            .collect(),
+    }
 }
 
 fn check_header<T>(req: &Request<T>) -> Result<(), Status> {
@@ -146,7 +198,7 @@ impl WorkloadApi {
     }
 }
 
-fn bundles_map(snap: &CacheSnapshot) -> std::collections::HashMap<String, Vec<u8>> {
+fn bundles_map(snap: &CacheSnapshot) -> HashMap<String, Vec<u8>> {
     snap.bundle
         .iter()
         .filter(|b| !b.x509_authorities().is_empty())
@@ -209,6 +261,93 @@ fn render_bundles(
     }))
 }
 
+fn render_jwt_bundles(
+    snap: &CacheSnapshot,
+    selectors: &SelectorSet,
+) -> Result<Option<JwtBundlesResponse>, Status> {
+    if !snap.identities(selectors, SystemTime::now()).matched {
+        return Err(Status::permission_denied(NO_IDENTITY));
+    }
+    let Some(bundle) = snap.bundle.as_ref() else {
+        return Ok(None);
+    };
+    let jwks = bundle.jwt_bundle().to_jwks().map_err(|e| {
+        tracing::error!(error = %e, "cannot encode the JWT bundle");
+        Status::unavailable("cannot encode the JWT bundle")
+    })?;
+    let mut bundles = HashMap::new();
+    bundles.insert(
+        bundle.trust_domain().id_string(),
+        jwks.to_string().into_bytes(),
+    );
+    Ok(Some(JwtBundlesResponse { bundles }))
+}
+
+impl WorkloadApi {
+    /// A JWT-SVID for `entry` and `audience`: from the cache while it is fresh, else
+    /// minted by the server.
+    async fn jwt_for(
+        &self,
+        entry: &common::RegistrationEntry,
+        audience: &[String],
+    ) -> Result<String, Status> {
+        let key: JwtCacheKey = (entry.id.clone(), entry.revision, audience.to_vec());
+        let now = unix_now();
+        let cached = self
+            .jwt_cache
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&key).cloned());
+        if let Some(c) = &cached
+            && now < c.refresh_at
+        {
+            return Ok(c.token.clone());
+        }
+        let Some(mut client) = self.link.get() else {
+            return Err(Status::unavailable("agent is not attested yet"));
+        };
+        let minted = client
+            .mint_jwt_svid(common::proto::tessera::MintJwtSvidRequest {
+                entry_id: entry.id.clone(),
+                audience: audience.to_vec(),
+            })
+            .await;
+        match minted {
+            Ok(resp) => {
+                let resp = resp.into_inner();
+                let lifetime = resp.expires_at.saturating_sub(now);
+                let fresh = CachedJwt {
+                    token: resp.token.clone(),
+                    refresh_at: now.saturating_add(lifetime / 2),
+                    expires_at: resp.expires_at,
+                };
+                if let Ok(mut c) = self.jwt_cache.lock() {
+                    if c.len() >= JWT_CACHE_LIMIT {
+                        c.retain(|_, v| v.expires_at > now);
+                    }
+                    if c.len() < JWT_CACHE_LIMIT {
+                        c.insert(key, fresh);
+                    }
+                }
+                Ok(resp.token)
+            }
+            // The server is away: a cached token that is still valid keeps being served.
+            Err(s) => match cached {
+                Some(c) if c.expires_at > now + 1 => {
+                    tracing::warn!(code = ?s.code(), "JWT-SVID refresh failed; serving the cached token");
+                    Ok(c.token)
+                }
+                _ => {
+                    tracing::warn!(code = ?s.code(), error = %s.message(), "JWT-SVID minting failed");
+                    Err(Status::unavailable(
+                        "JWT-SVID could not be issued; try again",
+                    ))
+                }
+            },
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl SpiffeWorkloadApi for WorkloadApi {
     type FetchX509SVIDStream = BoxStream<X509svidResponse>;
@@ -247,7 +386,57 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<JwtsvidRequest>,
     ) -> Result<Response<JwtsvidResponse>, Status> {
         check_header(&req)?;
-        Err(Status::unimplemented("JWT-SVIDs are not available yet"))
+        let wanted = match req.get_ref().spiffe_id.as_str() {
+            "" => None,
+            raw => Some(
+                SpiffeId::new(raw)
+                    .map_err(|e| Status::invalid_argument(format!("invalid spiffe_id: {e}")))?,
+            ),
+        };
+        let audience = req.get_ref().audience.clone();
+        if audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        if audience.len() > MAX_AUDIENCES || audience.iter().any(String::is_empty) {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_AUDIENCES} non-empty audience values"
+            )));
+        }
+        let selectors = self.attest(&req).await?;
+        let snap = self.cache.current();
+        if !snap.synced {
+            return Err(Status::unavailable("agent is not synchronised yet"));
+        }
+        let mut entries: Vec<&common::RegistrationEntry> = snap
+            .entries
+            .values()
+            .map(|c| &c.entry)
+            .filter(|e| !e.jit && e.selectors.entry_matches(&selectors))
+            .filter(|e| wanted.as_ref().is_none_or(|w| &e.spiffe_id == w))
+            .collect();
+        entries.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        // One token per identity, even when several entries grant the same SPIFFE ID.
+        let mut seen = std::collections::HashSet::new();
+        entries.retain(|e| seen.insert(e.spiffe_id.clone()));
+        if entries.is_empty() {
+            return Err(Status::permission_denied(NO_IDENTITY));
+        }
+        let mut svids = Vec::with_capacity(entries.len());
+        let mut hints = std::collections::HashSet::new();
+        for e in entries {
+            let token = self.jwt_for(e, &audience).await?;
+            let hint = if e.hint.is_empty() || !hints.insert(e.hint.clone()) {
+                String::new()
+            } else {
+                e.hint.clone()
+            };
+            svids.push(common::proto::workload::Jwtsvid {
+                spiffe_id: e.spiffe_id.to_string(),
+                svid: token,
+                hint,
+            });
+        }
+        Ok(Response::new(JwtsvidResponse { svids }))
     }
 
     type FetchJWTBundlesStream = BoxStream<JwtBundlesResponse>;
@@ -257,7 +446,12 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         check_header(&req)?;
-        Err(Status::unimplemented("JWT bundles are not available yet"))
+        let selectors = self.attest(&req).await?;
+        let snap = self.cache.current();
+        if snap.synced && !snap.identities(&selectors, SystemTime::now()).matched {
+            return Err(Status::permission_denied(NO_IDENTITY));
+        }
+        Ok(Response::new(self.stream(selectors, render_jwt_bundles)))
     }
 
     async fn validate_jwtsvid(
@@ -265,9 +459,31 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<ValidateJwtsvidRequest>,
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
         check_header(&req)?;
-        Err(Status::unimplemented(
-            "JWT-SVID validation is not available yet",
-        ))
+        let r = req.get_ref();
+        if r.audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        if r.svid.is_empty() {
+            return Err(Status::invalid_argument("svid must be specified"));
+        }
+        let snap = self.cache.current();
+        let Some(bundle) = snap.bundle.as_ref() else {
+            return Err(Status::unavailable("agent has no trust bundle yet"));
+        };
+        let bundles = std::collections::BTreeMap::from([(
+            bundle.trust_domain().clone(),
+            bundle.jwt_bundle(),
+        )]);
+        match common::jwt::validate(&r.svid, &r.audience, &bundles, unix_now()) {
+            Ok(v) => Ok(Response::new(ValidateJwtsvidResponse {
+                spiffe_id: v.spiffe_id.to_string(),
+                claims: Some(to_proto_struct(&v.claims)),
+            })),
+            Err(e) => {
+                tracing::info!(error = %e, "JWT-SVID validation failed");
+                Err(Status::invalid_argument(e.to_string()))
+            }
+        }
     }
 
     type FetchWITSVIDStream = BoxStream<WitsvidResponse>;

@@ -5,6 +5,7 @@
 
 use rustls_pki_types::CertificateDer;
 
+use crate::jwt::{JwtBundle, JwtKey};
 use crate::spiffe_id::TrustDomain;
 
 /// The X.509 authorities of one trust domain, with a sequence number that increases on
@@ -15,6 +16,7 @@ pub struct Bundle {
     x509_authorities: Vec<CertificateDer<'static>>,
     sequence: u64,
     refresh_hint_seconds: i64,
+    jwt_authorities: Vec<JwtKey>,
 }
 
 /// A PEM bundle that could not be read.
@@ -44,7 +46,24 @@ impl Bundle {
             x509_authorities,
             sequence,
             refresh_hint_seconds,
+            jwt_authorities: Vec::new(),
         }
+    }
+
+    /// The same bundle with `keys` as its JWT authorities.
+    pub fn with_jwt_authorities(mut self, keys: Vec<JwtKey>) -> Self {
+        self.jwt_authorities = keys;
+        self
+    }
+
+    /// Public keys that verify JWT-SVIDs of this trust domain.
+    pub fn jwt_authorities(&self) -> &[JwtKey] {
+        &self.jwt_authorities
+    }
+
+    /// The JWT authorities as a [`JwtBundle`].
+    pub fn jwt_bundle(&self) -> JwtBundle {
+        JwtBundle::new(self.jwt_authorities.iter().cloned())
     }
 
     /// Parses PEM CERTIFICATE blocks (e.g. the output of `tessera-server bundle show`).

@@ -47,6 +47,7 @@ pub mod tessera {
 }
 
 use crate::bundle::Bundle;
+use crate::jwt::JwtKey;
 use crate::spiffe_id::{SpiffeIdError, TrustDomain};
 
 impl From<&Bundle> for tessera::Bundle {
@@ -56,6 +57,15 @@ impl From<&Bundle> for tessera::Bundle {
             x509_authorities: b.x509_authorities().iter().map(|c| c.to_vec()).collect(),
             sequence: b.sequence(),
             refresh_hint_seconds: b.refresh_hint_seconds(),
+            jwt_authorities: b
+                .jwt_authorities()
+                .iter()
+                .map(|k| tessera::JwtKey {
+                    kid: k.kid.clone(),
+                    public_key: k.public_key.clone(),
+                    expires_at: k.expires_at,
+                })
+                .collect(),
         }
     }
 }
@@ -65,11 +75,21 @@ impl TryFrom<tessera::Bundle> for Bundle {
 
     fn try_from(b: tessera::Bundle) -> Result<Self, Self::Error> {
         let td = TrustDomain::new(&b.trust_domain)?;
+        let jwt = b
+            .jwt_authorities
+            .into_iter()
+            .map(|k| JwtKey {
+                kid: k.kid,
+                public_key: k.public_key,
+                expires_at: k.expires_at,
+            })
+            .collect();
         Ok(Self::new(
             td,
             b.x509_authorities.into_iter().map(Into::into).collect(),
             b.sequence,
             b.refresh_hint_seconds,
-        ))
+        )
+        .with_jwt_authorities(jwt))
     }
 }

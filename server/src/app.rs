@@ -21,8 +21,10 @@ use crate::config::{DatastoreUrl, ServerConfig};
 use crate::datastore::Datastore;
 use crate::datastore::sqlite::SqliteDatastore;
 use crate::events::Events;
+use crate::jwt_keys::JwtKeyManager;
 use crate::node_attestation::NodeAttestor;
 use crate::registration::Registrar;
+use crate::registration::now_unix;
 use crate::server_identity::ServerIdentity;
 use crate::state_file;
 
@@ -53,6 +55,34 @@ fn bind_admin_socket(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
+/// Advances the JWT key schedule and publishes every change of the key set in the bundle
+/// (and so to every agent's sync stream).
+async fn rotate_jwt_keys(
+    jwt: Arc<JwtKeyManager>,
+    ca: Arc<Ca>,
+    bundle: BundleCell,
+    events: Events,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let wait = u64::try_from(jwt.next_event().saturating_sub(now_unix())).unwrap_or(0);
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(wait.clamp(1, 3600))) => {}
+        }
+        match jwt.tick(now_unix()) {
+            Ok(true) => {
+                let sequence = bundle.get().sequence() + 1;
+                bundle.set(ca.bundle(sequence).with_jwt_authorities(jwt.public_keys()));
+                events.publish(crate::events::ChangeEvent::BundleChanged);
+                tracing::info!(sequence, "trust bundle updated (JWT keys)");
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "JWT key rotation failed; retrying"),
+        }
+    }
+}
+
 /// Runs the server until `shutdown` fires.
 pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     tracing::info!(
@@ -78,7 +108,11 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         Ca::load_or_create(&config.data_dir, &config.trust_domain, config.ca_ttl)
             .context("loading the CA")?,
     );
-    let bundle = BundleCell::new(ca.bundle(1));
+    let jwt = Arc::new(
+        JwtKeyManager::load_or_create(&config.data_dir, config.jwt_key_ttl, now_unix())
+            .context("loading the JWT signing keys")?,
+    );
+    let bundle = BundleCell::new(ca.bundle(1).with_jwt_authorities(jwt.public_keys()));
     let events = Events::default();
     let registrar = Registrar::new(
         Arc::clone(&ds),
@@ -119,16 +153,24 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         ca: Arc::clone(&ca),
         events,
         bundle: bundle.clone(),
+        jwt: Arc::clone(&jwt),
         shutdown: shutdown.clone(),
     };
     let admin_svc = AdminService {
         registrar,
         attestor,
-        bundle,
+        bundle: bundle.clone(),
     };
 
     let mut tasks = JoinSet::new();
     tasks.spawn(Arc::clone(&identity).run(shutdown.clone()));
+    tasks.spawn(rotate_jwt_keys(
+        jwt,
+        Arc::clone(&ca),
+        bundle,
+        node.events.clone(),
+        shutdown.clone(),
+    ));
 
     let (conn_tx, conn_rx) = tokio::sync::mpsc::channel(128);
     let accept_shutdown = shutdown.clone();

@@ -335,7 +335,7 @@ mod tests {
         let short = ca
             .sign_svid(&csr, &id, Duration::from_secs(6), &[])
             .unwrap();
-        let leaf = common::svid::parse_leaf(&short.chain[0]).unwrap();
+        let leaf = parse_leaf(&short.chain[0]).unwrap();
         let life = leaf.not_after.duration_since(leaf.not_before).unwrap();
         assert!(
             life <= Duration::from_secs(7) && life >= Duration::from_secs(6),

@@ -126,6 +126,12 @@ pub struct RunArgs {
     /// Agent SVID lifetime, e.g. 1h.
     #[arg(long)]
     pub agent_svid_ttl: Option<String>,
+    /// Default JWT-SVID lifetime, e.g. 5m.
+    #[arg(long)]
+    pub default_jwt_svid_ttl: Option<String>,
+    /// How long a JWT signing key signs before the next one takes over, e.g. 24h.
+    #[arg(long)]
+    pub jwt_key_ttl: Option<String>,
     /// Log level (trace, debug, info, warn, error).
     #[arg(long)]
     pub log_level: Option<String>,
@@ -149,6 +155,7 @@ impl RunArgs {
         set!(data_dir <- data_dir, trust_domain <- trust_domain, bind_address <- bind,
             admin_socket <- admin_socket, datastore <- datastore, ca_ttl <- ca_ttl,
             default_x509_svid_ttl <- default_x509_svid_ttl, agent_svid_ttl <- agent_svid_ttl,
+            default_jwt_svid_ttl <- default_jwt_svid_ttl, jwt_key_ttl <- jwt_key_ttl,
             log_level <- log_level, log_format <- log_format);
         ServerConfig::from_raw(raw)
     }
@@ -394,6 +401,20 @@ pub fn spiffe_bundle_json(b: &common::proto::tessera::Bundle) -> anyhow::Result<
             "x": b64url.encode(x),
             "y": b64url.encode(y),
             "x5c": [std64.encode(der)],
+        }));
+    }
+    for k in &b.jwt_authorities {
+        let (x, y) = match k.public_key.as_slice() {
+            [0x04, rest @ ..] if rest.len() == 64 => rest.split_at(32),
+            _ => anyhow::bail!("JWT key {} is not an uncompressed P-256 point", k.kid),
+        };
+        keys.push(json!({
+            "use": "jwt-svid",
+            "kty": "EC",
+            "kid": k.kid,
+            "crv": "P-256",
+            "x": b64url.encode(x),
+            "y": b64url.encode(y),
         }));
     }
     Ok(json!({

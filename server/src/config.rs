@@ -17,6 +17,8 @@ pub const DEFAULT_CA_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_X509_SVID_TTL: Duration = Duration::from_secs(3600);
 /// Default JWT-SVID lifetime.
 pub const DEFAULT_JWT_SVID_TTL: Duration = Duration::from_secs(300);
+/// Default JWT signing key lifetime (how long a key signs before the next one takes over).
+pub const DEFAULT_JWT_KEY_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Default agent SVID lifetime.
 pub const DEFAULT_AGENT_SVID_TTL: Duration = Duration::from_secs(3600);
 /// Default node API address.
@@ -50,6 +52,8 @@ pub struct RawServerConfig {
     pub default_jwt_svid_ttl: Option<String>,
     /// Agent SVID lifetime, e.g. `1h`.
     pub agent_svid_ttl: Option<String>,
+    /// How long a JWT signing key signs before the next one takes over, e.g. `24h`.
+    pub jwt_key_ttl: Option<String>,
     /// `trace`, `debug`, `info`, `warn` or `error`.
     pub log_level: Option<String>,
     /// `text` or `json`.
@@ -84,6 +88,8 @@ pub struct ServerConfig {
     pub default_jwt_svid_ttl: Duration,
     /// Agent SVID lifetime.
     pub agent_svid_ttl: Duration,
+    /// JWT signing key lifetime.
+    pub jwt_key_ttl: Duration,
     /// Log filter.
     pub log_level: String,
     /// Emit JSON log lines.
@@ -235,6 +241,17 @@ impl ServerConfig {
             raw.agent_svid_ttl.as_ref(),
             DEFAULT_AGENT_SVID_TTL,
         )?;
+        let jwt_key_ttl = duration("jwt_key_ttl", raw.jwt_key_ttl.as_ref(), DEFAULT_JWT_KEY_TTL)?;
+        if default_jwt_svid_ttl > jwt_key_ttl {
+            return Err(ServerConfigError::Invalid {
+                key: "default_jwt_svid_ttl",
+                message: format!(
+                    "{}s is longer than jwt_key_ttl ({}s): JWT-SVIDs never outlive their signing key's term",
+                    default_jwt_svid_ttl.as_secs(),
+                    jwt_key_ttl.as_secs()
+                ),
+            });
+        }
         for (key, ttl) in [
             ("default_x509_svid_ttl", default_x509_svid_ttl),
             ("agent_svid_ttl", agent_svid_ttl),
@@ -277,6 +294,7 @@ impl ServerConfig {
             default_x509_svid_ttl,
             default_jwt_svid_ttl,
             agent_svid_ttl,
+            jwt_key_ttl,
             log_level,
             log_json,
         })

@@ -33,6 +33,8 @@ pub enum ChangeEvent {
     },
     /// An agent was evicted or banned: its streams end at once.
     AgentRemoved(SpiffeId),
+    /// The trust bundle changed (e.g. a JWT key was prepared or retired).
+    BundleChanged,
 }
 
 /// The broadcast hub.

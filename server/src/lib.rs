@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod datastore;
 pub mod events;
+pub mod jwt_keys;
 pub mod node_attestation;
 pub mod registration;
 pub mod server_identity;

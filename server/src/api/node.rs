@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use common::proto::tessera::node_server::Node;
 use common::proto::tessera::{
-    AttestAgentRequest, AttestAgentResponse, RenewAgentRequest, RenewAgentResponse,
-    SignX509SvidsRequest, SignX509SvidsResponse, SignedX509Svid, SyncRequest, SyncSnapshot,
-    SyncUpdate, sync_update,
+    AttestAgentRequest, AttestAgentResponse, MintJwtSvidRequest, MintJwtSvidResponse,
+    RenewAgentRequest, RenewAgentResponse, SignX509SvidsRequest, SignX509SvidsResponse,
+    SignedX509Svid, SyncRequest, SyncSnapshot, SyncUpdate, sync_update,
 };
 use common::{Bundle, BundleCell, SpiffeId};
 use futures::Stream;
@@ -27,6 +27,10 @@ use crate::node_attestation::NodeAttestor;
 
 /// Most CSRs accepted in one `SignX509Svids` call.
 const MAX_CSRS_PER_CALL: usize = 1000;
+/// Most audiences in one JWT-SVID.
+const MAX_AUDIENCES: usize = 32;
+/// Longest audience value.
+const MAX_AUDIENCE_LENGTH: usize = 1024;
 
 /// The node API service.
 #[derive(Debug, Clone)]
@@ -36,6 +40,7 @@ pub(crate) struct NodeService {
     pub(crate) ca: Arc<Ca>,
     pub(crate) events: Events,
     pub(crate) bundle: BundleCell,
+    pub(crate) jwt: Arc<crate::jwt_keys::JwtKeyManager>,
     pub(crate) shutdown: tokio_util::sync::CancellationToken,
 }
 
@@ -70,8 +75,9 @@ impl NodeService {
     }
 
     /// Translates a change into what this agent must hear, if anything.
-    fn relevant(event: &ChangeEvent, agent: &SpiffeId) -> Option<Result<SyncUpdate, ()>> {
+    fn relevant(&self, event: &ChangeEvent, agent: &SpiffeId) -> Option<Result<SyncUpdate, ()>> {
         let update = match event {
+            ChangeEvent::BundleChanged => sync_update::Update::Bundle(self.wire_bundle()),
             ChangeEvent::EntryUpserted { entry, .. } if &entry.parent_id == agent => {
                 sync_update::Update::EntryUpserted(entry.as_ref().into())
             }
@@ -144,7 +150,7 @@ impl Node for NodeService {
                     ev = rx.recv() => ev,
                 };
                 let msg = match item {
-                    Ok(ev) => match Self::relevant(&ev, &agent) {
+                    Ok(ev) => match this.relevant(&ev, &agent) {
                         None => continue,
                         Some(Ok(update)) => Ok(update),
                         Some(Err(())) => {
@@ -229,5 +235,57 @@ impl Node for NodeService {
             }
         }
         Ok(Response::new(SignX509SvidsResponse { svids }))
+    }
+
+    async fn mint_jwt_svid(
+        &self,
+        req: Request<MintJwtSvidRequest>,
+    ) -> Result<Response<MintJwtSvidResponse>, Status> {
+        let agent = self.agent(&req).await?.spiffe_id;
+        let req = req.into_inner();
+        if req.audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        if req.audience.len() > MAX_AUDIENCES
+            || req
+                .audience
+                .iter()
+                .any(|a| a.is_empty() || a.len() > MAX_AUDIENCE_LENGTH)
+        {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_AUDIENCES} non-empty audiences of at most {MAX_AUDIENCE_LENGTH} bytes"
+            )));
+        }
+        let entry = match self.ds.get_entry(&req.entry_id).await? {
+            Some(e) if e.parent_id == agent => e,
+            _ => return Err(Status::permission_denied("no such entry for this agent")),
+        };
+        if entry.jit {
+            return Err(Status::permission_denied(
+                "entry is just-in-time: it needs an active task",
+            ));
+        }
+        let now = crate::registration::now_unix();
+        let (token, expires_at) = self
+            .jwt
+            .sign(
+                &entry.spiffe_id,
+                &req.audience,
+                entry.jwt_svid_ttl,
+                now,
+                &serde_json::Map::new(),
+            )
+            .map_err(|e| {
+                tracing::error!(error = %e, "JWT-SVID signing failed");
+                Status::internal("JWT-SVID signing failed; see the server log")
+            })?;
+        tracing::info!(
+            agent_id = %agent,
+            entry_id = %entry.id,
+            spiffe_id = %entry.spiffe_id,
+            expires_at,
+            "JWT-SVID issued"
+        );
+        Ok(Response::new(MintJwtSvidResponse { token, expires_at }))
     }
 }

@@ -1,0 +1,307 @@
+//! JWT-SVID signing keys, separate from the X.509 CA.
+//!
+//! Each key is ECDSA P-256 (ES256) with a random `kid` and moves through three phases:
+//! **prepared** (published in the bundle, signs nothing), **active** (signs), **retired**
+//! (published, signs nothing). With key lifetime `T`:
+//! - the next key is prepared when the active key is `T/2` old;
+//! - it becomes active once the current key is `T` old *and* it has itself been published
+//!   for at least `T/2`, so every agent and workload has had time to fetch it;
+//! - a retired key stays published for `T` more, and no token lives longer than `T`, so
+//!   every token's key is in the bundle until the token expires.
+//!
+//! Keys are kept in `<data_dir>/jwt_keys.json` (0600), written atomically on every change.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::SpiffeId;
+use common::jwt::{JwtError, JwtKey, JwtSigner};
+use serde::{Deserialize, Serialize};
+
+use crate::state_file;
+
+/// Why keys could not be loaded, stored or used.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JwtKeyError {
+    /// Reading or writing the key file failed.
+    #[error("JWT key storage: {0}")]
+    Storage(String),
+    /// A key could not be generated or used.
+    #[error(transparent)]
+    Jwt(#[from] JwtError),
+    /// No active key (should never happen after start-up).
+    #[error("BUG: no active JWT signing key")]
+    NoActiveKey,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredKey {
+    kid: String,
+    pkcs8: String,
+    created_at: i64,
+    activated_at: Option<i64>,
+    retired_at: Option<i64>,
+}
+
+struct LiveKey {
+    stored: StoredKey,
+    signer: JwtSigner,
+}
+
+/// The key set and its schedule.
+pub struct JwtKeyManager {
+    path: PathBuf,
+    ttl: i64,
+    keys: Mutex<Vec<LiveKey>>,
+}
+
+impl std::fmt::Debug for JwtKeyManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtKeyManager")
+            .field("path", &self.path)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+fn storage(e: impl std::fmt::Display) -> JwtKeyError {
+    JwtKeyError::Storage(e.to_string())
+}
+
+fn new_key(now: i64) -> Result<LiveKey, JwtKeyError> {
+    let pkcs8 = JwtSigner::generate_pkcs8()?;
+    let kid = hex::encode(rand::random::<[u8; 16]>());
+    let signer = JwtSigner::from_pkcs8(&kid, &pkcs8)?;
+    Ok(LiveKey {
+        stored: StoredKey {
+            kid,
+            pkcs8: base64::engine::general_purpose::STANDARD.encode(pkcs8),
+            created_at: now,
+            activated_at: None,
+            retired_at: None,
+        },
+        signer,
+    })
+}
+
+impl JwtKeyManager {
+    /// Loads the keys from `dir` (creating and activating a first key if there is none).
+    pub fn load_or_create(dir: &Path, ttl: Duration, now: i64) -> Result<Self, JwtKeyError> {
+        let path = dir.join("jwt_keys.json");
+        let mut keys = Vec::new();
+        if path.exists() {
+            let text = std::fs::read_to_string(&path).map_err(storage)?;
+            let stored: Vec<StoredKey> = serde_json::from_str(&text).map_err(storage)?;
+            for s in stored {
+                let der = base64::engine::general_purpose::STANDARD
+                    .decode(&s.pkcs8)
+                    .map_err(storage)?;
+                let signer = JwtSigner::from_pkcs8(&s.kid, &der)?;
+                keys.push(LiveKey { stored: s, signer });
+            }
+        }
+        let mgr = Self {
+            path,
+            ttl: i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).max(1),
+            keys: Mutex::new(keys),
+        };
+        {
+            let mut keys = mgr.lock();
+            if !keys
+                .iter()
+                .any(|k| k.stored.activated_at.is_some() && k.stored.retired_at.is_none())
+            {
+                // First start: nothing can hold tokens yet, so the key is active at once.
+                let mut k = new_key(now)?;
+                k.stored.activated_at = Some(now);
+                keys.push(k);
+                mgr.save(&keys)?;
+            }
+        }
+        mgr.tick(now)?;
+        Ok(mgr)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<LiveKey>> {
+        self.keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn save(&self, keys: &[LiveKey]) -> Result<(), JwtKeyError> {
+        let stored: Vec<&StoredKey> = keys.iter().map(|k| &k.stored).collect();
+        let text = serde_json::to_vec_pretty(&stored).map_err(storage)?;
+        state_file::write_atomic(&self.path, &text, 0o600).map_err(storage)
+    }
+
+    /// Advances the schedule to `now`. Returns whether the published key set changed.
+    pub fn tick(&self, now: i64) -> Result<bool, JwtKeyError> {
+        let ttl = self.ttl;
+        let mut keys = self.lock();
+        let mut changed = false;
+        // Drop retired keys whose tokens have all expired.
+        let before = keys.len();
+        keys.retain(|k| {
+            k.stored
+                .retired_at
+                .is_none_or(|r| now < r.saturating_add(ttl))
+        });
+        changed |= keys.len() != before;
+        let active_since = keys
+            .iter()
+            .find(|k| k.stored.activated_at.is_some() && k.stored.retired_at.is_none())
+            .and_then(|k| k.stored.activated_at)
+            .ok_or(JwtKeyError::NoActiveKey)?;
+        let prepared = keys.iter().position(|k| k.stored.activated_at.is_none());
+        if prepared.is_none() && now >= active_since.saturating_add(ttl / 2) {
+            keys.push(new_key(now)?);
+            changed = true;
+            tracing::info!("prepared the next JWT signing key");
+        }
+        if let Some(i) = keys.iter().position(|k| k.stored.activated_at.is_none())
+            && now >= active_since.saturating_add(ttl)
+            && keys
+                .get(i)
+                .is_some_and(|k| now >= k.stored.created_at.saturating_add(ttl / 2))
+        {
+            for k in keys.iter_mut() {
+                if k.stored.activated_at.is_some() && k.stored.retired_at.is_none() {
+                    k.stored.retired_at = Some(now);
+                }
+            }
+            if let Some(k) = keys.get_mut(i) {
+                k.stored.activated_at = Some(now);
+                tracing::info!(kid = %k.stored.kid, "activated a new JWT signing key");
+            }
+            changed = true;
+        }
+        if changed {
+            self.save(&keys)?;
+        }
+        Ok(changed)
+    }
+
+    /// Unix time of the next scheduled change.
+    pub fn next_event(&self) -> i64 {
+        let ttl = self.ttl;
+        let keys = self.lock();
+        let mut next = i64::MAX;
+        for k in keys.iter() {
+            match (k.stored.activated_at, k.stored.retired_at) {
+                (Some(a), None) => {
+                    next = next
+                        .min(a.saturating_add(ttl / 2))
+                        .min(a.saturating_add(ttl));
+                }
+                (_, Some(r)) => next = next.min(r.saturating_add(ttl)),
+                (None, None) => next = next.min(k.stored.created_at.saturating_add(ttl / 2)),
+            }
+        }
+        next
+    }
+
+    /// Every published key with the time it stops being published.
+    pub fn public_keys(&self) -> Vec<JwtKey> {
+        let ttl = self.ttl;
+        self.lock()
+            .iter()
+            .map(|k| {
+                let expires_at = match (k.stored.activated_at, k.stored.retired_at) {
+                    (_, Some(r)) => r.saturating_add(ttl),
+                    (Some(a), None) => a.saturating_add(ttl.saturating_mul(2)),
+                    (None, None) => k.stored.created_at.saturating_add(ttl.saturating_mul(3)),
+                };
+                JwtKey {
+                    kid: k.stored.kid.clone(),
+                    public_key: k.signer.public_key(),
+                    expires_at,
+                }
+            })
+            .collect()
+    }
+
+    /// Signs a JWT-SVID with the active key. The lifetime is `ttl` capped at the key
+    /// lifetime, which is what keeps retired keys published long enough. Returns the token
+    /// and its `exp`.
+    pub fn sign(
+        &self,
+        subject: &SpiffeId,
+        audience: &[String],
+        ttl: Duration,
+        now: i64,
+        extra: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(String, i64), JwtKeyError> {
+        let keys = self.lock();
+        let active = keys
+            .iter()
+            .find(|k| k.stored.activated_at.is_some() && k.stored.retired_at.is_none())
+            .ok_or(JwtKeyError::NoActiveKey)?;
+        let ttl = i64::try_from(ttl.as_secs())
+            .unwrap_or(i64::MAX)
+            .clamp(1, self.ttl);
+        let exp = now.saturating_add(ttl);
+        let token = active.signer.sign(subject, audience, now, exp, extra)?;
+        Ok((token, exp))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::TrustDomain;
+    use common::jwt::{JwtBundle, validate};
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn rotation_never_signs_with_an_unpublished_or_unpublishes_a_needed_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ttl = 100;
+        let t0 = 1_000_000;
+        let mgr = JwtKeyManager::load_or_create(dir.path(), Duration::from_secs(ttl), t0).unwrap();
+        let id = SpiffeId::new("spiffe://example.org/w").unwrap();
+        let td = TrustDomain::new("example.org").unwrap();
+        // Tokens minted at every second, each checked against the bundle published at the
+        // moment it was minted and at every later second until it expires.
+        let mut outstanding: Vec<(String, i64)> = Vec::new();
+        let mut kids = std::collections::BTreeSet::new();
+        let end = t0 + 6 * ttl as i64;
+        for now in t0..end {
+            mgr.tick(now).unwrap();
+            let published = JwtBundle::new(mgr.public_keys());
+            let bundles = BTreeMap::from([(td.clone(), published)]);
+            let (tok, exp) = mgr
+                .sign(
+                    &id,
+                    &["a".into()],
+                    Duration::from_secs(1000),
+                    now,
+                    &Default::default(),
+                )
+                .unwrap();
+            assert_eq!(exp, now + ttl as i64, "TTL capped at the key lifetime");
+            outstanding.push((tok, exp));
+            outstanding.retain(|(_, e)| *e > now);
+            for (t, _) in &outstanding {
+                let v = validate(t, "a", &bundles, now).unwrap();
+                kids.insert(v.kid);
+            }
+        }
+        assert!(kids.len() >= 5, "keys rotated: {}", kids.len());
+        assert!(mgr.public_keys().len() <= 3);
+
+        // Reload keeps the same keys.
+        let before: Vec<String> = mgr.public_keys().into_iter().map(|k| k.kid).collect();
+        let again =
+            JwtKeyManager::load_or_create(dir.path(), Duration::from_secs(ttl), end - 1).unwrap();
+        let after: Vec<String> = again.public_keys().into_iter().map(|k| k.kid).collect();
+        assert_eq!(before, after);
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir.path().join("jwt_keys.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
