@@ -51,7 +51,8 @@ impl CacheSnapshot {
         let mut matching: Vec<&Arc<CachedEntry>> = self
             .entries
             .values()
-            .filter(|c| c.entry.selectors.entry_matches(selectors))
+            // A just-in-time entry is dormant: it grants nothing without an active task.
+            .filter(|c| !c.entry.jit && c.entry.selectors.entry_matches(selectors))
             .collect();
         matching.sort_by(|a, b| {
             (a.entry.created_at, &a.entry.id).cmp(&(b.entry.created_at, &b.entry.id))
@@ -153,6 +154,17 @@ mod tests {
         let ids = snap.identities(&caller, SystemTime::now());
         assert!(ids.matched, "entries a and b match");
         assert!(ids.svids.is_empty(), "nothing issued yet");
+        let mut jit = (*entry("d", 3, &["unix:uid:9"], "")).clone();
+        jit.entry.jit = true;
+        snap.entries.insert("d".into(), Arc::new(jit));
+        let nine: SelectorSet = ["unix:uid:9"]
+            .iter()
+            .map(|s| s.parse::<Selector>().unwrap())
+            .collect();
+        assert!(
+            !snap.identities(&nine, SystemTime::now()).matched,
+            "dormant JIT entry"
+        );
         let stranger: SelectorSet = ["unix:uid:7"]
             .iter()
             .map(|s| s.parse::<Selector>().unwrap())
