@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::admin::AdminService;
 use crate::api::node::NodeService;
-use crate::ca::Ca;
+use crate::ca::rotation::CaSet;
 use crate::config::{DatastoreUrl, ServerConfig};
 use crate::datastore::Datastore;
 use crate::datastore::sqlite::SqliteDatastore;
@@ -55,30 +55,90 @@ fn bind_admin_socket(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Advances the JWT key schedule and publishes every change of the key set in the bundle
-/// (and so to every agent's sync stream).
-async fn rotate_jwt_keys(
-    jwt: Arc<JwtKeyManager>,
-    ca: Arc<Ca>,
-    bundle: BundleCell,
-    events: Events,
+/// Composes the trust bundle from the CA set and the JWT keys and publishes every change
+/// to the TLS verifiers, the admin API and every agent's sync stream. The only writer of
+/// the bundle, so its sequence number increases by one per change.
+#[derive(Debug)]
+pub(crate) struct BundlePublisher {
+    pub(crate) ca: Arc<CaSet>,
+    pub(crate) jwt: Arc<JwtKeyManager>,
+    pub(crate) cell: BundleCell,
+    pub(crate) events: Events,
+    sequence: std::sync::Mutex<u64>,
+}
+
+impl BundlePublisher {
+    fn new(ca: Arc<CaSet>, jwt: Arc<JwtKeyManager>, events: Events) -> Self {
+        let cell = BundleCell::new(ca.bundle(1).with_jwt_authorities(jwt.public_keys()));
+        Self {
+            ca,
+            jwt,
+            cell,
+            events,
+            sequence: std::sync::Mutex::new(1),
+        }
+    }
+
+    /// Rebuilds the bundle and pushes it everywhere.
+    pub(crate) fn publish(&self) {
+        let mut seq = self
+            .sequence
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *seq += 1;
+        self.cell.set(
+            self.ca
+                .bundle(*seq)
+                .with_jwt_authorities(self.jwt.public_keys()),
+        );
+        self.events
+            .publish(crate::events::ChangeEvent::BundleChanged);
+        tracing::info!(sequence = *seq, "trust bundle updated");
+    }
+}
+
+/// Advances the CA and JWT key schedules, publishing every change of the bundle.
+async fn rotate_keys(
+    publisher: Arc<BundlePublisher>,
+    identity: Arc<ServerIdentity>,
     shutdown: CancellationToken,
 ) {
     loop {
-        let wait = u64::try_from(jwt.next_event().saturating_sub(now_unix())).unwrap_or(0);
+        let jwt_next =
+            u64::try_from(publisher.jwt.next_event().saturating_sub(now_unix())).unwrap_or(0);
+        let ca_next = publisher
+            .ca
+            .next_event()
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        let wait = Duration::from_secs(jwt_next)
+            .min(ca_next)
+            .clamp(Duration::from_secs(1), Duration::from_secs(3600));
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(wait.clamp(1, 3600))) => {}
+            () = tokio::time::sleep(wait) => {}
         }
-        match jwt.tick(now_unix()) {
-            Ok(true) => {
-                let sequence = bundle.get().sequence() + 1;
-                bundle.set(ca.bundle(sequence).with_jwt_authorities(jwt.public_keys()));
-                events.publish(crate::events::ChangeEvent::BundleChanged);
-                tracing::info!(sequence, "trust bundle updated (JWT keys)");
-            }
-            Ok(false) => {}
+        let mut changed = false;
+        match publisher.jwt.tick(now_unix()) {
+            Ok(c) => changed |= c,
             Err(e) => tracing::error!(error = %e, "JWT key rotation failed; retrying"),
+        }
+        match publisher.ca.tick(std::time::SystemTime::now()) {
+            Ok(c) => {
+                changed |= c.bundle_changed;
+                if c.activated {
+                    // Publish the new CA first, then present a certificate it signed.
+                    publisher.publish();
+                    changed = false;
+                    if let Err(e) = identity.renew() {
+                        tracing::error!(error = %e, "cannot re-issue the server certificate");
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "CA rotation failed; retrying"),
+        }
+        if changed {
+            publisher.publish();
         }
     }
 }
@@ -105,15 +165,38 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         ),
     };
     let ca = Arc::new(
-        Ca::load_or_create(&config.data_dir, &config.trust_domain, config.ca_ttl)
-            .context("loading the CA")?,
+        CaSet::load_or_create(
+            &config.data_dir,
+            &config.trust_domain,
+            config.ca_ttl,
+            std::time::SystemTime::now(),
+        )
+        .context("loading the CA")?,
     );
+    for (key, ttl) in [
+        ("default_x509_svid_ttl", config.default_x509_svid_ttl),
+        ("agent_svid_ttl", config.agent_svid_ttl),
+    ] {
+        if ttl > config.ca_ttl / 6 {
+            tracing::warn!(
+                key,
+                ttl_secs = ttl.as_secs(),
+                ca_ttl_secs = config.ca_ttl.as_secs(),
+                "SVID lifetime is longer than a sixth of ca_ttl: SVIDs signed shortly before a CA rotation will be cut short to the CA's expiry; raise ca_ttl to at least six times the SVID lifetime"
+            );
+        }
+    }
     let jwt = Arc::new(
         JwtKeyManager::load_or_create(&config.data_dir, config.jwt_key_ttl, now_unix())
             .context("loading the JWT signing keys")?,
     );
-    let bundle = BundleCell::new(ca.bundle(1).with_jwt_authorities(jwt.public_keys()));
     let events = Events::default();
+    let publisher = Arc::new(BundlePublisher::new(
+        Arc::clone(&ca),
+        Arc::clone(&jwt),
+        events.clone(),
+    ));
+    let bundle = publisher.cell.clone();
     let registrar = Registrar::new(
         Arc::clone(&ds),
         events.clone(),
@@ -160,15 +243,15 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         registrar,
         attestor,
         bundle: bundle.clone(),
+        publisher: Arc::clone(&publisher),
+        identity: Arc::clone(&identity),
     };
 
     let mut tasks = JoinSet::new();
     tasks.spawn(Arc::clone(&identity).run(shutdown.clone()));
-    tasks.spawn(rotate_jwt_keys(
-        jwt,
-        Arc::clone(&ca),
-        bundle,
-        node.events.clone(),
+    tasks.spawn(rotate_keys(
+        Arc::clone(&publisher),
+        Arc::clone(&identity),
         shutdown.clone(),
     ));
 

@@ -5,7 +5,6 @@
 //! the public key from a CSR; the SPIFFE ID, lifetime and DNS names always come from the
 //! caller (registration data), never from the CSR. No certificate outlives the CA.
 
-use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use common::svid::parse_leaf;
@@ -18,14 +17,12 @@ use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::state_file;
+pub mod rotation;
 
 /// How far a new certificate's notBefore is back-dated, to absorb clock skew. Short-lived
 /// certificates are back-dated by at most a tenth of their TTL, so that the renewal point
 /// (a fraction of notAfter - notBefore) stays after the moment of issuance.
 const BACKDATE: Duration = Duration::from_secs(10);
-/// A CA with less than this left is replaced at start-up.
-const CA_MIN_REMAINING: Duration = Duration::from_secs(3600);
 
 /// Why a certificate could not be issued or the CA not loaded.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -66,7 +63,9 @@ pub struct Ca {
     trust_domain: TrustDomain,
     key: KeyPair,
     cert: CertificateDer<'static>,
+    not_before: SystemTime,
     not_after: SystemTime,
+    serial_hex: String,
 }
 
 impl std::fmt::Debug for Ca {
@@ -94,6 +93,18 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
+/// Serial, notBefore and notAfter of a CA certificate.
+fn parse_ca_cert(der: &[u8]) -> Result<(String, SystemTime, SystemTime), CaError> {
+    let (_, parsed) = X509Certificate::from_der(der).map_err(io)?;
+    let at =
+        |secs: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));
+    Ok((
+        hex::encode(parsed.raw_serial()),
+        at(parsed.validity().not_before.timestamp()),
+        at(parsed.validity().not_after.timestamp()),
+    ))
+}
+
 fn dn(cn: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "Tessera");
@@ -114,36 +125,21 @@ fn ca_params(td: &TrustDomain) -> Result<CertificateParams, CaError> {
 }
 
 impl Ca {
-    /// Loads the CA from `dir`, or creates one if there is none or it is about to expire.
-    pub fn load_or_create(dir: &Path, td: &TrustDomain, ttl: Duration) -> Result<Self, CaError> {
-        let key_path = dir.join("ca.key");
-        let cert_path = dir.join("ca.pem");
-        if key_path.exists() && cert_path.exists() {
-            let key_pem = std::fs::read_to_string(&key_path).map_err(io)?;
-            let cert_pem = std::fs::read_to_string(&cert_path).map_err(io)?;
-            let key = KeyPair::from_pem(&key_pem).map_err(io)?;
-            let cert = pem::parse(&cert_pem).map_err(io)?;
-            let cert = CertificateDer::from(cert.into_contents());
-            let ca = Self::from_parts(td.clone(), key, cert)?;
-            let remaining = ca
-                .not_after
-                .duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO);
-            if remaining >= CA_MIN_REMAINING {
-                return Ok(ca);
-            }
-            tracing::warn!(
-                remaining_secs = remaining.as_secs(),
-                "CA is about to expire; generating a new one"
-            );
-        }
-        let ca = Self::generate(td, ttl)?;
-        state_file::write_atomic(&key_path, ca.key.serialize_pem().as_bytes(), 0o600)
-            .map_err(io)?;
-        let cert_pem = pem::encode(&pem::Pem::new("CERTIFICATE", ca.cert.to_vec()));
-        state_file::write_atomic(&cert_path, cert_pem.as_bytes(), 0o644).map_err(io)?;
-        tracing::info!(trust_domain = %td, "generated a new CA");
-        Ok(ca)
+    /// A CA from its PEM key and certificate (as stored by [`rotation::CaSet`]).
+    pub fn from_pem(td: &TrustDomain, key_pem: &str, cert_pem: &str) -> Result<Self, CaError> {
+        let key = KeyPair::from_pem(key_pem).map_err(io)?;
+        let cert = pem::parse(cert_pem).map_err(io)?;
+        Self::from_parts(td.clone(), key, CertificateDer::from(cert.into_contents()))
+    }
+
+    /// The private key as PEM (for the 0600 state file only).
+    pub(crate) fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    /// The certificate as PEM.
+    pub fn cert_pem(&self) -> String {
+        pem::encode(&pem::Pem::new("CERTIFICATE", self.cert.to_vec()))
     }
 
     /// A fresh self-signed CA valid for `ttl`.
@@ -170,14 +166,19 @@ impl Ca {
         if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
             return Err(CaError::Storage("ca.key does not match ca.pem".to_owned()));
         }
-        let secs = parsed.validity().not_after.timestamp();
-        let not_after =
-            SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));
+        let at = |secs: i64| {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+        };
+        let not_after = at(parsed.validity().not_after.timestamp());
+        let not_before = at(parsed.validity().not_before.timestamp());
+        let serial_hex = hex::encode(parsed.raw_serial());
         Ok(Self {
             trust_domain,
             key,
             cert,
+            not_before,
             not_after,
+            serial_hex,
         })
     }
 
@@ -189,6 +190,16 @@ impl Ca {
     /// When the CA expires.
     pub fn not_after(&self) -> SystemTime {
         self.not_after
+    }
+
+    /// Start of validity (back-dated a little at creation).
+    pub fn not_before(&self) -> SystemTime {
+        self.not_before
+    }
+
+    /// Serial number, lowercase hex.
+    pub fn serial_hex(&self) -> &str {
+        &self.serial_hex
     }
 
     /// The trust bundle for our trust domain.
@@ -285,20 +296,15 @@ mod tests {
     #[test]
     fn signs_profile_conformant_svids_that_verify() {
         let td = TrustDomain::new("example.org").unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let ca = Ca::load_or_create(dir.path(), &td, Duration::from_secs(86400)).unwrap();
-        let again = Ca::load_or_create(dir.path(), &td, Duration::from_secs(86400)).unwrap();
-        assert_eq!(
-            ca.certificate(),
-            again.certificate(),
-            "reloaded, not regenerated"
+        let ca = Ca::generate(&td, Duration::from_secs(86400)).unwrap();
+        let again = Ca::from_pem(&td, &ca.key_pem(), &ca.cert_pem()).unwrap();
+        assert_eq!(ca.certificate(), again.certificate());
+        let other = Ca::generate(&td, Duration::from_secs(86400)).unwrap();
+        assert!(
+            Ca::from_pem(&td, &other.key_pem(), &ca.cert_pem()).is_err(),
+            "key must match"
         );
-        use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(dir.path().join("ca.key"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
+        assert!(!format!("{ca:?}").contains("PRIVATE"));
 
         let key = generate_key().unwrap();
         let csr = csr_for(&key).unwrap();

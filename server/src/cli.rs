@@ -10,7 +10,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use common::proto::tessera::admin_client::AdminClient;
 use common::proto::tessera::{
     Agent, AgentIdRequest, CreateJoinTokenRequest, Entry, EntryIdRequest, EntrySpec,
-    GetBundleRequest, ListAgentsRequest, ListEntriesRequest, UpdateEntryRequest,
+    GetBundleRequest, ListAgentsRequest, ListCasRequest, ListEntriesRequest, RotateCaRequest,
+    UpdateEntryRequest,
 };
 use serde_json::json;
 use tonic::transport::{Channel, Endpoint};
@@ -84,6 +85,15 @@ pub enum Command {
         /// Bundle command.
         #[command(subcommand)]
         command: BundleCommand,
+        /// Admin connection options.
+        #[command(flatten)]
+        admin: AdminOpts,
+    },
+    /// The X.509 certificate authorities.
+    Ca {
+        /// CA command.
+        #[command(subcommand)]
+        command: CaCommand,
         /// Admin connection options.
         #[command(flatten)]
         admin: AdminOpts,
@@ -270,6 +280,16 @@ pub enum AgentCommand {
         #[arg(long)]
         spiffe_id: String,
     },
+}
+
+/// CA commands.
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// List the CAs with their phase (prepared, active, retired) and validity.
+    Show,
+    /// Rotate now: a fresh CA signs from this moment; the previous one stays in the bundle
+    /// until it expires. For a suspected key compromise.
+    Rotate,
 }
 
 /// Bundle output formats.
@@ -594,6 +614,32 @@ pub async fn run_admin(command: Command) -> anyhow::Result<()> {
                     print(Output::Json, String::new(), v);
                 }
             }
+        }
+        Command::Ca { command, admin } => {
+            let mut c = connect_admin(&admin.admin_socket).await?;
+            let list = match command {
+                CaCommand::Show => c.list_cas(ListCasRequest {}).await,
+                CaCommand::Rotate => c.rotate_ca(RotateCaRequest {}).await,
+            }
+            .map_err(status)?
+            .into_inner()
+            .cas;
+            let text: String = list
+                .iter()
+                .map(|ca| {
+                    format!(
+                        "Serial     : {}\nPhase      : {}\nNot before : {}\nNot after  : {}\n\n",
+                        ca.serial, ca.phase, ca.not_before, ca.not_after
+                    )
+                })
+                .collect();
+            let value = json!({"cas": list.iter().map(|ca| json!({
+                "serial": ca.serial,
+                "phase": ca.phase,
+                "not_before": ca.not_before,
+                "not_after": ca.not_after,
+            })).collect::<Vec<_>>()});
+            print(admin.output, text, value);
         }
         Command::Healthcheck { admin } => {
             let mut c = connect_admin(&admin.admin_socket).await?;

@@ -12,7 +12,8 @@ use std::time::{Duration, SystemTime};
 use common::{SpiffeId, TrustDomain};
 use sha2::{Digest as _, Sha256};
 
-use crate::ca::{Ca, CaError, Issued};
+use crate::ca::rotation::CaSet;
+use crate::ca::{CaError, Issued};
 use crate::datastore::{AgentRecord, Datastore, DatastoreError};
 use crate::events::{ChangeEvent, Events};
 use crate::registration::now_unix;
@@ -68,7 +69,7 @@ fn unix(t: SystemTime) -> i64 {
 #[derive(Debug, Clone)]
 pub struct NodeAttestor {
     ds: Arc<dyn Datastore>,
-    ca: Arc<Ca>,
+    ca: Arc<CaSet>,
     events: Events,
     trust_domain: TrustDomain,
     agent_ttl: Duration,
@@ -78,7 +79,7 @@ impl NodeAttestor {
     /// A node attestor issuing agent SVIDs valid for `agent_ttl`.
     pub fn new(
         ds: Arc<dyn Datastore>,
-        ca: Arc<Ca>,
+        ca: Arc<CaSet>,
         events: Events,
         trust_domain: TrustDomain,
         agent_ttl: Duration,

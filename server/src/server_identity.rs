@@ -11,7 +11,8 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_util::sync::CancellationToken;
 
-use crate::ca::{Ca, CaError};
+use crate::ca::CaError;
+use crate::ca::rotation::CaSet;
 
 /// The path of the server's SPIFFE ID within the trust domain.
 pub const SERVER_ID_PATH: &str = "/tessera/server";
@@ -21,7 +22,7 @@ const RETRY: Duration = Duration::from_secs(5);
 
 /// The server's current certificate and key.
 pub(crate) struct ServerIdentity {
-    ca: Arc<Ca>,
+    ca: Arc<CaSet>,
     id: SpiffeId,
     ttl: Duration,
     current: RwLock<Arc<CertifiedKey>>,
@@ -42,7 +43,7 @@ pub fn server_id(td: &TrustDomain) -> Result<SpiffeId, common::SpiffeIdError> {
 }
 
 fn issue(
-    ca: &Ca,
+    ca: &CaSet,
     id: &SpiffeId,
     ttl: Duration,
 ) -> Result<(Arc<CertifiedKey>, SystemTime), CaError> {
@@ -61,7 +62,11 @@ fn issue(
 
 impl ServerIdentity {
     /// Issues the first certificate.
-    pub(crate) fn new(ca: Arc<Ca>, td: &TrustDomain, ttl: Duration) -> Result<Arc<Self>, CaError> {
+    pub(crate) fn new(
+        ca: Arc<CaSet>,
+        td: &TrustDomain,
+        ttl: Duration,
+    ) -> Result<Arc<Self>, CaError> {
         let id = server_id(td).map_err(|e| CaError::BadName(e.to_string()))?;
         let (ck, refresh) = issue(&ca, &id, ttl)?;
         Ok(Arc::new(Self {
@@ -73,7 +78,7 @@ impl ServerIdentity {
         }))
     }
 
-    fn renew(&self) -> Result<(), CaError> {
+    pub(crate) fn renew(&self) -> Result<(), CaError> {
         let (ck, refresh) = issue(&self.ca, &self.id, self.ttl)?;
         if let Ok(mut g) = self.current.write() {
             *g = ck;

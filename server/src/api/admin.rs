@@ -3,6 +3,8 @@
 //! Besides the socket's file mode, every call checks the caller's kernel-reported uid:
 //! only root and the server's own user may administer it.
 
+use std::sync::Arc;
+
 use common::BundleCell;
 use common::proto::tessera::admin_server::Admin;
 use common::proto::tessera::{
@@ -10,12 +12,18 @@ use common::proto::tessera::{
     Entry, EntryIdRequest, EntrySpec, GetBundleRequest, ListAgentsRequest, ListAgentsResponse,
     ListEntriesRequest, ListEntriesResponse, UpdateEntryRequest,
 };
+use common::proto::tessera::{
+    CaInfo as WireCaInfo, ListCasRequest, ListCasResponse, RotateCaRequest,
+};
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
+use crate::app::BundlePublisher;
+use crate::ca::rotation::CaInfo;
 use crate::datastore::AgentRecord;
 use crate::node_attestation::NodeAttestor;
 use crate::registration::Registrar;
+use crate::server_identity::ServerIdentity;
 
 /// The admin API service.
 #[derive(Debug, Clone)]
@@ -23,6 +31,28 @@ pub(crate) struct AdminService {
     pub(crate) registrar: Registrar,
     pub(crate) attestor: NodeAttestor,
     pub(crate) bundle: BundleCell,
+    pub(crate) publisher: Arc<BundlePublisher>,
+    pub(crate) identity: Arc<ServerIdentity>,
+}
+
+fn unix(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn cas_to_wire(list: &[CaInfo]) -> ListCasResponse {
+    ListCasResponse {
+        cas: list
+            .iter()
+            .map(|c| WireCaInfo {
+                serial: c.serial.clone(),
+                phase: c.phase.as_str().to_owned(),
+                not_before: unix(c.not_before),
+                not_after: unix(c.not_after),
+            })
+            .collect(),
+    }
 }
 
 fn authorize<T>(req: &Request<T>) -> Result<(), Status> {
@@ -147,5 +177,30 @@ impl Admin for AdminService {
         authorize(&req)?;
         let b = self.bundle.get();
         Ok(Response::new((&*b).into()))
+    }
+
+    async fn list_cas(
+        &self,
+        req: Request<ListCasRequest>,
+    ) -> Result<Response<ListCasResponse>, Status> {
+        authorize(&req)?;
+        Ok(Response::new(cas_to_wire(&self.publisher.ca.list())))
+    }
+
+    async fn rotate_ca(
+        &self,
+        req: Request<RotateCaRequest>,
+    ) -> Result<Response<ListCasResponse>, Status> {
+        authorize(&req)?;
+        self.publisher.ca.rotate_now().map_err(|e| {
+            tracing::error!(error = %e, "forced CA rotation failed");
+            Status::internal("CA rotation failed; see the server log")
+        })?;
+        // Publish the new CA to every agent before presenting a certificate it signed.
+        self.publisher.publish();
+        if let Err(e) = self.identity.renew() {
+            tracing::error!(error = %e, "cannot re-issue the server certificate");
+        }
+        Ok(Response::new(cas_to_wire(&self.publisher.ca.list())))
     }
 }

@@ -20,7 +20,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::ca::Ca;
+use crate::ca::rotation::CaSet;
 use crate::datastore::{AgentRecord, Datastore, EntryFilter};
 use crate::events::{ChangeEvent, Events};
 use crate::node_attestation::NodeAttestor;
@@ -37,7 +37,7 @@ const MAX_AUDIENCE_LENGTH: usize = 1024;
 pub(crate) struct NodeService {
     pub(crate) attestor: NodeAttestor,
     pub(crate) ds: Arc<dyn Datastore>,
-    pub(crate) ca: Arc<Ca>,
+    pub(crate) ca: Arc<CaSet>,
     pub(crate) events: Events,
     pub(crate) bundle: BundleCell,
     pub(crate) jwt: Arc<crate::jwt_keys::JwtKeyManager>,

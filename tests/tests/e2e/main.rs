@@ -9,5 +9,6 @@
     reason = "test code"
 )]
 
+mod ca_rotation;
 mod deploy;
 mod smoke;

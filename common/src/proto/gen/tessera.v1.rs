@@ -163,6 +163,28 @@ pub struct SignX509SvidsResponse {
     pub svids: ::prost::alloc::vec::Vec<SignedX509Svid>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CaInfo {
+    /// Serial, hex.
+    #[prost(string, tag = "1")]
+    pub serial: ::prost::alloc::string::String,
+    /// "prepared", "active" or "retired".
+    #[prost(string, tag = "2")]
+    pub phase: ::prost::alloc::string::String,
+    #[prost(int64, tag = "3")]
+    pub not_before: i64,
+    #[prost(int64, tag = "4")]
+    pub not_after: i64,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListCasRequest {}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RotateCaRequest {}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListCasResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub cas: ::prost::alloc::vec::Vec<CaInfo>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct CreateJoinTokenRequest {
     #[prost(string, tag = "1")]
     pub spiffe_id: ::prost::alloc::string::String,
@@ -1172,6 +1194,52 @@ pub mod admin_client {
                 .insert(GrpcMethod::new("tessera.v1.Admin", "GetBundle"));
             self.inner.unary(req, path, codec).await
         }
+        /// The X.509 CAs and their phases (prepared, active, retired).
+        pub async fn list_cas(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListCasRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListCasResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/tessera.v1.Admin/ListCas");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("tessera.v1.Admin", "ListCas"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Forces a CA rotation now (e.g. after a suspected key compromise).
+        pub async fn rotate_ca(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RotateCaRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListCasResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.Admin/RotateCa",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("tessera.v1.Admin", "RotateCa"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1236,6 +1304,16 @@ pub mod admin_server {
             &self,
             request: tonic::Request<super::GetBundleRequest>,
         ) -> std::result::Result<tonic::Response<super::Bundle>, tonic::Status>;
+        /// The X.509 CAs and their phases (prepared, active, retired).
+        async fn list_cas(
+            &self,
+            request: tonic::Request<super::ListCasRequest>,
+        ) -> std::result::Result<tonic::Response<super::ListCasResponse>, tonic::Status>;
+        /// Forces a CA rotation now (e.g. after a suspected key compromise).
+        async fn rotate_ca(
+            &self,
+            request: tonic::Request<super::RotateCaRequest>,
+        ) -> std::result::Result<tonic::Response<super::ListCasResponse>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct AdminServer<T> {
@@ -1730,6 +1808,92 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = GetBundleSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.Admin/ListCas" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListCasSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::ListCasRequest>
+                    for ListCasSvc<T> {
+                        type Response = super::ListCasResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListCasRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::list_cas(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListCasSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.Admin/RotateCa" => {
+                    #[allow(non_camel_case_types)]
+                    struct RotateCaSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::RotateCaRequest>
+                    for RotateCaSvc<T> {
+                        type Response = super::ListCasResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RotateCaRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::rotate_ca(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RotateCaSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
