@@ -1,14 +1,12 @@
 //! Wiring: loads or bootstraps the agent identity, binds the Workload API socket, starts
 //! the rotation worker and the Workload API, and shuts down within a deadline.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use common::proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use common::{Bundle, BundleCell, X509Svid};
-use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 
@@ -18,33 +16,11 @@ use crate::config::AgentConfig;
 use crate::node_identity::{self, NodeIdentityError};
 use crate::rotation::{Backoff, Rotation};
 use crate::server_client::ServerLink;
-use crate::state_file;
 use crate::workload_api::WorkloadApi;
+use daemon::state_file;
 
 /// How long in-flight work may take after shutdown is requested.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
-
-/// Binds the Workload API socket. Any local process may connect (authorization is by
-/// attestation, not by file mode); a stale socket file left by a crash is replaced.
-fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
-    use std::os::unix::fs::PermissionsExt as _;
-    if let Some(dir) = path.parent()
-        && !dir.exists()
-    {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            anyhow::bail!("another agent is already serving {}", path.display());
-        }
-        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
-    }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))?;
-    Ok(listener)
-}
 
 fn initial_bundle(config: &AgentConfig) -> anyhow::Result<Bundle> {
     if let Some(b) = node_identity::load_bundle(&config.data_dir, &config.trust_domain)? {
@@ -127,7 +103,39 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let link = ServerLink::default();
 
     // Bind first: clients may connect (and get Unavailable) while we attest.
-    let listener = bind_socket(&config.socket_path)?;
+    let health = daemon::health::Health::default();
+    if let Some(addr) = config.health_address {
+        let listener = daemon::health::bind(addr)
+            .await
+            .with_context(|| format!("binding health endpoints on {addr}"))?;
+        tokio::spawn(daemon::health::serve(
+            listener,
+            health.clone(),
+            shutdown.clone(),
+        ));
+    }
+    // Ready once the first full sync has been applied: from then on the agent can answer
+    // every workload (and keeps doing so from its cache if the server goes away).
+    {
+        let mut rx = cache.subscribe();
+        let health = health.clone();
+        let shutdown = shutdown.clone();
+        health.set_not_ready("waiting for the first sync with the server");
+        tokio::spawn(async move {
+            loop {
+                if rx.borrow_and_update().synced {
+                    health.set_ready();
+                    return;
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    r = rx.changed() => if r.is_err() { return },
+                }
+            }
+        });
+    }
+    // Any local process may connect: authorization is by attestation, not by file mode.
+    let listener = daemon::socket::bind_unix(&config.socket_path, 0o755, 0o777)?;
     let api = WorkloadApi {
         cache: cache.clone(),
         attestor: Arc::new(Attestor::new()),

@@ -95,6 +95,9 @@ pub struct RunArgs {
     /// Workload API socket path.
     #[arg(long)]
     pub socket_path: Option<PathBuf>,
+    /// Address (IP:PORT) for the HTTP /live and /ready endpoints.
+    #[arg(long)]
+    pub health_address: Option<String>,
     /// Log level (trace, debug, info, warn, error).
     #[arg(long)]
     pub log_level: Option<String>,
@@ -117,7 +120,8 @@ impl RunArgs {
         }
         set!(server_address <- server_address, trust_domain <- trust_domain,
             trust_bundle_path <- trust_bundle, join_token <- join_token, data_dir <- data_dir,
-            socket_path <- socket_path, log_level <- log_level, log_format <- log_format);
+            socket_path <- socket_path, health_address <- health_address, log_level <- log_level,
+            log_format <- log_format);
         AgentConfig::from_raw(raw)
     }
 }

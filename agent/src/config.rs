@@ -28,6 +28,8 @@ pub struct RawAgentConfig {
     pub data_dir: Option<PathBuf>,
     /// Workload API Unix socket path.
     pub socket_path: Option<PathBuf>,
+    /// `IP:PORT` for the HTTP `/live` and `/ready` endpoints (off when unset).
+    pub health_address: Option<String>,
     /// `trace`, `debug`, `info`, `warn` or `error`.
     pub log_level: Option<String>,
     /// `text` or `json`.
@@ -49,6 +51,8 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// Workload API socket.
     pub socket_path: PathBuf,
+    /// Health endpoints address, if enabled.
+    pub health_address: Option<std::net::SocketAddr>,
     /// Log filter.
     pub log_level: String,
     /// JSON logs.
@@ -184,6 +188,16 @@ impl AgentConfig {
                 message: "is not a token printed by `tessera-server token generate`".into(),
             });
         }
+        let health_address = raw
+            .health_address
+            .as_deref()
+            .map(|a| {
+                a.parse().map_err(|_| AgentConfigError::Invalid {
+                    key: "health_address",
+                    message: format!("{a:?} is not IP:PORT"),
+                })
+            })
+            .transpose()?;
         let log_level = raw.log_level.unwrap_or_else(|| "info".into());
         if !["trace", "debug", "info", "warn", "error"].contains(&log_level.as_str()) {
             return Err(AgentConfigError::Invalid {
@@ -210,6 +224,7 @@ impl AgentConfig {
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             socket_path,
+            health_address,
             log_level,
             log_json,
         })

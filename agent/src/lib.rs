@@ -15,5 +15,4 @@ pub mod config;
 pub mod node_identity;
 pub(crate) mod rotation;
 pub mod server_client;
-pub(crate) mod state_file;
 pub(crate) mod workload_api;

@@ -7,38 +7,6 @@ use agent::cli::{Cli, Command};
 use clap::Parser as _;
 use tokio_util::sync::CancellationToken;
 
-/// BSD `EX_USAGE`: invalid command line or configuration.
-const EX_USAGE: u8 = 64;
-
-fn init_logging(level: &str, json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-async fn wait_for_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
-    shutdown.cancel();
-}
-
 #[expect(
     clippy::print_stderr,
     reason = "errors are reported to the operator on stderr"
@@ -61,12 +29,12 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {e}");
-                    return ExitCode::from(EX_USAGE);
+                    return ExitCode::from(daemon::EX_USAGE);
                 }
             };
-            init_logging(&config.log_level, config.log_json);
+            daemon::init_logging(&config.log_level, config.log_json);
             let shutdown = CancellationToken::new();
-            runtime.spawn(wait_for_signal(shutdown.clone()));
+            runtime.spawn(daemon::cancel_on_signal(shutdown.clone()));
             match runtime.block_on(agent::app::run(config, shutdown)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

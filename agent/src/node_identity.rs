@@ -13,7 +13,7 @@ use common::{Bundle, BundleCell, TrustDomain, X509Svid};
 use rustls_pki_types::CertificateDer;
 
 use crate::server_client;
-use crate::state_file;
+use daemon::state_file;
 
 const SVID_FILE: &str = "agent_svid.pem";
 const KEY_FILE: &str = "agent_svid.key";

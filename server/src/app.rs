@@ -1,7 +1,6 @@
 //! Wiring: opens the datastore, loads the CA, starts the node API (TLS) and the admin API
 //! (Unix socket), and shuts everything down within a deadline when asked.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +8,7 @@ use anyhow::Context as _;
 use common::BundleCell;
 use common::proto::tessera::admin_server::AdminServer;
 use common::proto::tessera::node_server::NodeServer;
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
@@ -26,34 +25,12 @@ use crate::node_attestation::NodeAttestor;
 use crate::registration::Registrar;
 use crate::registration::now_unix;
 use crate::server_identity::ServerIdentity;
-use crate::state_file;
+use daemon::state_file;
 
 /// How long in-flight work may take to finish after shutdown is requested.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Binds the admin socket: removes a stale file left by a crash, creates the directory
-/// (0700 when we create it), and restricts the socket to its owner (0600).
-fn bind_admin_socket(path: &Path) -> anyhow::Result<UnixListener> {
-    use std::os::unix::fs::PermissionsExt as _;
-    if let Some(dir) = path.parent()
-        && !dir.exists()
-    {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            anyhow::bail!("another server is already serving {}", path.display());
-        }
-        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
-    }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
-}
 
 /// Composes the trust bundle from the CA set and the JWT keys and publishes every change
 /// to the TLS verifiers, the admin API and every agent's sync stream. The only writer of
@@ -228,7 +205,17 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
     let tcp = TcpListener::bind(config.bind_address)
         .await
         .with_context(|| format!("binding node API on {}", config.bind_address))?;
-    let admin = bind_admin_socket(&config.admin_socket)?;
+    // 0700 directory when we create it; the socket itself 0600 (plus the uid check).
+    let health = daemon::health::Health::default();
+    let health_listener = match config.health_address {
+        Some(addr) => Some(
+            daemon::health::bind(addr)
+                .await
+                .with_context(|| format!("binding health endpoints on {addr}"))?,
+        ),
+        None => None,
+    };
+    let admin = daemon::socket::bind_unix(&config.admin_socket, 0o700, 0o600)?;
 
     let node = NodeService {
         attestor: attestor.clone(),
@@ -306,9 +293,19 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
             tracing::error!(error = %e, "admin API server failed");
         }
     });
+    if let Some(listener) = health_listener {
+        tasks.spawn(daemon::health::serve(
+            listener,
+            health.clone(),
+            shutdown.clone(),
+        ));
+    }
+    // Datastore open, CA and keys loaded, both APIs listening: the server can serve.
+    health.set_ready();
     tracing::info!(
         bind_address = %config.bind_address,
         admin_socket = %config.admin_socket.display(),
+        health_address = ?config.health_address,
         "tessera-server ready"
     );
 

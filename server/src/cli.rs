@@ -142,6 +142,9 @@ pub struct RunArgs {
     /// How long a JWT signing key signs before the next one takes over, e.g. 24h.
     #[arg(long)]
     pub jwt_key_ttl: Option<String>,
+    /// Address (IP:PORT) for the HTTP /live and /ready endpoints.
+    #[arg(long)]
+    pub health_address: Option<String>,
     /// Log level (trace, debug, info, warn, error).
     #[arg(long)]
     pub log_level: Option<String>,
@@ -166,7 +169,7 @@ impl RunArgs {
             admin_socket <- admin_socket, datastore <- datastore, ca_ttl <- ca_ttl,
             default_x509_svid_ttl <- default_x509_svid_ttl, agent_svid_ttl <- agent_svid_ttl,
             default_jwt_svid_ttl <- default_jwt_svid_ttl, jwt_key_ttl <- jwt_key_ttl,
-            log_level <- log_level, log_format <- log_format);
+            health_address <- health_address, log_level <- log_level, log_format <- log_format);
         ServerConfig::from_raw(raw)
     }
 }

@@ -54,6 +54,8 @@ pub struct RawServerConfig {
     pub agent_svid_ttl: Option<String>,
     /// How long a JWT signing key signs before the next one takes over, e.g. `24h`.
     pub jwt_key_ttl: Option<String>,
+    /// `IP:PORT` for the HTTP `/live` and `/ready` endpoints (off when unset).
+    pub health_address: Option<String>,
     /// `trace`, `debug`, `info`, `warn` or `error`.
     pub log_level: Option<String>,
     /// `text` or `json`.
@@ -90,6 +92,8 @@ pub struct ServerConfig {
     pub agent_svid_ttl: Duration,
     /// JWT signing key lifetime.
     pub jwt_key_ttl: Duration,
+    /// Health endpoints address, if enabled.
+    pub health_address: Option<SocketAddr>,
     /// Log filter.
     pub log_level: String,
     /// Emit JSON log lines.
@@ -267,6 +271,16 @@ impl ServerConfig {
                 });
             }
         }
+        let health_address = raw
+            .health_address
+            .as_deref()
+            .map(|a| {
+                a.parse().map_err(|_| ServerConfigError::Invalid {
+                    key: "health_address",
+                    message: format!("{a:?} is not IP:PORT"),
+                })
+            })
+            .transpose()?;
         let log_level = raw.log_level.unwrap_or_else(|| "info".into());
         if !["trace", "debug", "info", "warn", "error"].contains(&log_level.as_str()) {
             return Err(ServerConfigError::Invalid {
@@ -295,6 +309,7 @@ impl ServerConfig {
             default_jwt_svid_ttl,
             agent_svid_ttl,
             jwt_key_ttl,
+            health_address,
             log_level,
             log_json,
         })

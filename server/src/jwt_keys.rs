@@ -20,7 +20,7 @@ use common::SpiffeId;
 use common::jwt::{JwtError, JwtKey, JwtSigner};
 use serde::{Deserialize, Serialize};
 
-use crate::state_file;
+use daemon::state_file;
 
 /// Why keys could not be loaded, stored or used.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -17,4 +17,3 @@ pub mod jwt_keys;
 pub mod node_attestation;
 pub mod registration;
 pub mod server_identity;
-pub(crate) mod state_file;

@@ -22,7 +22,7 @@ use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 
 use super::{Ca, CaError, Issued};
-use crate::state_file;
+use daemon::state_file;
 
 /// Where a CA is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
