@@ -11,13 +11,15 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::attestation::Attestor;
-use crate::cache::Cache;
+use crate::cache::{Cache, CacheSnapshot};
 use crate::config::AgentConfig;
 use crate::node_identity::{self, NodeIdentityError};
 use crate::rotation::{Backoff, Rotation};
 use crate::server_client::ServerLink;
 use crate::workload_api::WorkloadApi;
+use crate::workload_api::authority::RepairedStream;
 use daemon::state_file;
+use tokio_stream::StreamExt as _;
 
 /// How long in-flight work may take after shutdown is requested.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
@@ -100,6 +102,32 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let bundle = BundleCell::new(initial_bundle(&config)?);
     let cache = Cache::default();
+    // Serve what was persisted before the restart (still-valid SVIDs only) until the
+    // server answers: a restart during a server outage is not a workload outage.
+    match CacheSnapshot::load(&config.data_dir) {
+        Ok(Some(saved)) => {
+            let (entries, svids) = (
+                saved.entries.len(),
+                saved.entries.values().filter(|c| c.svid.is_some()).count(),
+            );
+            if let Some(b) = &saved.bundle {
+                bundle.set((**b).clone());
+            }
+            cache.update(|s| *s = saved);
+            tracing::info!(
+                entries,
+                svids,
+                "serving the persisted cache until the server answers"
+            );
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "ignoring an unreadable persisted cache"),
+    }
+    let persist = tokio::spawn(crate::cache::persist(
+        cache.clone(),
+        config.data_dir.clone(),
+        shutdown.clone(),
+    ));
     let link = ServerLink::default();
 
     // Bind first: clients may connect (and get Unavailable) while we attest.
@@ -148,18 +176,26 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         tonic::transport::Server::builder()
             .add_service(SpiffeWorkloadApiServer::new(api))
             .serve_with_incoming_shutdown(
-                UnixListenerStream::new(listener),
+                // Every connection goes through the `:authority` repair (see authority.rs).
+                UnixListenerStream::new(listener).map(|c| c.map(RepairedStream::new)),
                 api_shutdown.cancelled(),
             )
             .await
     });
     tracing::info!(socket_path = %config.socket_path.display(), "Workload API listening");
 
+    // A finished JoinHandle must not be polled again at shutdown.
+    let mut server_done = false;
     let result = async {
         let Some(agent_svid) = agent_identity(&config, &bundle, &shutdown).await? else {
             return Ok(());
         };
-        cache.update(|s| s.bundle = Some(bundle.get()));
+        // Keep a persisted bundle (it carries the JWT keys); the first sync replaces it.
+        cache.update(|s| {
+            if s.bundle.is_none() {
+                s.bundle = Some(bundle.get());
+            }
+        });
         let rotation = Rotation {
             server_address: config.server_address.clone(),
             trust_domain: config.trust_domain.clone(),
@@ -173,24 +209,37 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         };
         tokio::select! {
             r = rotation.run(shutdown.clone()) => r.map_err(anyhow::Error::from),
-            r = &mut server => match r {
+            r = &mut server => {
+                server_done = true;
+                match r {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(anyhow::Error::from(e).context("Workload API server failed")),
                 Err(e) => Err(anyhow::Error::from(e).context("Workload API task failed")),
-            },
+            }},
         }
     }
     .await;
 
     shutdown.cancel();
-    if tokio::time::timeout(SHUTDOWN_DEADLINE, &mut server)
-        .await
-        .is_err()
+    if !server_done
+        && tokio::time::timeout(SHUTDOWN_DEADLINE, &mut server)
+            .await
+            .is_err()
     {
         tracing::warn!("Workload API did not drain before the deadline; aborting");
         server.abort();
     }
     let _ = std::fs::remove_file(&config.socket_path);
+    if tokio::time::timeout(Duration::from_secs(5), persist)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the cache was not persisted before the deadline");
+    }
+    if !node_identity::has_svid(&config.data_dir) {
+        // Refused by the server: a write racing the refusal must not leave identities behind.
+        node_identity::forget_svid(&config.data_dir);
+    }
     tracing::info!("stopped");
     result
 }

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use common::proto::tessera;
 use common::{Bundle, RegistrationEntry, SelectorSet, X509Svid};
 use tokio::sync::watch;
 
@@ -106,6 +107,142 @@ impl Cache {
     /// Applies `f` to a copy of the state and publishes the result.
     pub fn update(&self, f: impl FnOnce(&mut CacheSnapshot)) {
         self.tx.send_modify(|snap| f(Arc::make_mut(snap)));
+    }
+}
+
+/// File in the data directory holding the persisted cache.
+pub const CACHE_FILE: &str = "cache.pb";
+
+/// Why a persisted cache could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheFileError {
+    /// The file could not be read.
+    #[error("reading {0}: {1}")]
+    Read(String, std::io::Error),
+    /// The file is not a valid cache.
+    #[error("invalid cache file {0}: {1}")]
+    Invalid(String, String),
+}
+
+impl CacheSnapshot {
+    /// Encodes the snapshot for the cache file (entries, bundle, SVIDs with their keys).
+    pub fn encode(&self) -> Vec<u8> {
+        use prost::Message as _;
+        let mut entries: Vec<&Arc<CachedEntry>> = self.entries.values().collect();
+        entries.sort_by(|a, b| a.entry.id.cmp(&b.entry.id));
+        let msg = tessera::AgentCache {
+            snapshot: Some(tessera::SyncSnapshot {
+                entries: entries.iter().map(|c| (&c.entry).into()).collect(),
+                bundle: self.bundle.as_deref().map(Into::into),
+            }),
+            svids: entries
+                .iter()
+                .filter_map(|c| {
+                    c.svid.as_ref().map(|s| tessera::CachedSvid {
+                        entry_id: c.entry.id.clone(),
+                        entry_revision: c.svid_revision,
+                        chain: s.chain().iter().map(|d| d.to_vec()).collect(),
+                        key: s.key_pkcs8().to_vec(),
+                    })
+                })
+                .collect(),
+        };
+        msg.encode_to_vec()
+    }
+
+    /// Decodes a cache file. SVIDs that no longer parse or match their key are dropped;
+    /// expired ones are kept here and filtered when served.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        use prost::Message as _;
+        let msg = tessera::AgentCache::decode(bytes).map_err(|e| e.to_string())?;
+        let snap = msg.snapshot.unwrap_or_default();
+        let bundle = snap
+            .bundle
+            .map(Bundle::try_from)
+            .transpose()
+            .map_err(|e| e.to_string())?
+            .map(Arc::new);
+        let mut svids: HashMap<String, (u64, Arc<X509Svid>)> = HashMap::new();
+        for s in msg.svids {
+            let chain = s
+                .chain
+                .into_iter()
+                .map(rustls_pki_types::CertificateDer::from)
+                .collect();
+            if let Ok(svid) = X509Svid::new(chain, s.key) {
+                svids.insert(s.entry_id, (s.entry_revision, Arc::new(svid)));
+            }
+        }
+        let mut entries = HashMap::new();
+        for wire in snap.entries {
+            let entry = RegistrationEntry::try_from(wire).map_err(|e| e.to_string())?;
+            let (svid_revision, svid) = match svids.remove(&entry.id) {
+                Some((rev, s)) => (rev, Some(s)),
+                None => (0, None),
+            };
+            entries.insert(
+                entry.id.clone(),
+                Arc::new(CachedEntry {
+                    entry,
+                    svid,
+                    svid_revision,
+                }),
+            );
+        }
+        Ok(Self {
+            entries,
+            bundle,
+            synced: true,
+        })
+    }
+
+    /// Reads the cache file in `dir`, if there is one.
+    pub fn load(dir: &std::path::Path) -> Result<Option<Self>, CacheFileError> {
+        let path = dir.join(CACHE_FILE);
+        let shown = path.display().to_string();
+        match std::fs::read(&path) {
+            Ok(bytes) => Self::decode(&bytes)
+                .map(Some)
+                .map_err(|e| CacheFileError::Invalid(shown, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(CacheFileError::Read(shown, e)),
+        }
+    }
+}
+
+/// Writes the cache file (0600, atomically) after every change, at most twice a second,
+/// until `shutdown`; then once more so the last state is kept.
+pub async fn persist(
+    cache: Cache,
+    dir: std::path::PathBuf,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut rx = cache.subscribe();
+    rx.mark_unchanged();
+    loop {
+        let stop = tokio::select! {
+            () = shutdown.cancelled() => true,
+            r = rx.changed() => r.is_err(),
+        };
+        if !stop {
+            // Coalesce bursts (a snapshot of many entries, a batch of signatures).
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        let snap = Arc::clone(&rx.borrow_and_update());
+        if snap.synced {
+            let bytes = snap.encode();
+            let path = dir.join(CACHE_FILE);
+            let written = tokio::task::spawn_blocking(move || {
+                daemon::state_file::write_atomic(&path, &bytes, 0o600)
+            })
+            .await;
+            if let Ok(Err(e)) | Err(e) = written.map_err(std::io::Error::other) {
+                tracing::warn!(error = %e, "cannot persist the agent cache");
+            }
+        }
+        if stop || shutdown.is_cancelled() {
+            return;
+        }
     }
 }
 

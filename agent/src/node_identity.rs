@@ -102,10 +102,17 @@ pub fn save_svid(dir: &Path, svid: &X509Svid) -> Result<(), NodeIdentityError> {
         .map_err(|e| storage(dir, e))
 }
 
-/// Removes the persisted SVID (after the server evicted or banned us).
+/// Removes the persisted SVID and cache (after the server evicted or banned us): nothing
+/// this agent was given may be served again without a new attestation.
 pub fn forget_svid(dir: &Path) {
     let _ = std::fs::remove_file(dir.join(KEY_FILE));
     let _ = std::fs::remove_file(dir.join(SVID_FILE));
+    let _ = std::fs::remove_file(dir.join(crate::cache::CACHE_FILE));
+}
+
+/// Whether an agent SVID is persisted.
+pub fn has_svid(dir: &Path) -> bool {
+    dir.join(KEY_FILE).exists()
 }
 
 /// Reads the persisted bundle, if any.

@@ -106,6 +106,9 @@ impl Rotation {
     }
 
     fn refuse(&self, why: &str) -> RotationError {
+        // Stop serving at once, then forget everything persisted.
+        self.cache
+            .update(|s| *s = crate::cache::CacheSnapshot::default());
         node_identity::forget_svid(&self.data_dir);
         RotationError::AgentRefused(why.to_owned())
     }

@@ -12,6 +12,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+pub(crate) mod authority;
+
 use common::proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use common::proto::workload::{
     JwtBundlesRequest, JwtBundlesResponse, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest,
@@ -65,6 +67,8 @@ pub(crate) struct CachedJwt {
 const JWT_CACHE_LIMIT: usize = 10_000;
 /// Most audiences accepted in one request.
 const MAX_AUDIENCES: usize = 32;
+/// Longest audience value accepted (the server enforces the same bound).
+const MAX_AUDIENCE_LENGTH: usize = 1024;
 
 fn unix_now() -> i64 {
     SystemTime::now()
@@ -331,6 +335,10 @@ impl WorkloadApi {
                 }
                 Ok(resp.token)
             }
+            // The caller's fault (e.g. a malformed audience): say so, never "try again".
+            Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                Err(Status::invalid_argument(s.message().to_owned()))
+            }
             // The server is away: a cached token that is still valid keeps being served.
             Err(s) => match cached {
                 Some(c) if c.expires_at > now + 1 => {
@@ -397,9 +405,13 @@ impl SpiffeWorkloadApi for WorkloadApi {
         if audience.is_empty() {
             return Err(Status::invalid_argument("audience must be specified"));
         }
-        if audience.len() > MAX_AUDIENCES || audience.iter().any(String::is_empty) {
+        if audience.len() > MAX_AUDIENCES
+            || audience
+                .iter()
+                .any(|a| a.is_empty() || a.len() > MAX_AUDIENCE_LENGTH)
+        {
             return Err(Status::invalid_argument(format!(
-                "at most {MAX_AUDIENCES} non-empty audience values"
+                "at most {MAX_AUDIENCES} non-empty audience values of at most {MAX_AUDIENCE_LENGTH} bytes"
             )));
         }
         let selectors = self.attest(&req).await?;

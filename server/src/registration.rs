@@ -239,7 +239,8 @@ impl Registrar {
     /// Creates an entry.
     pub async fn create(&self, spec: &EntrySpec) -> Result<RegistrationEntry, RegistrationError> {
         let mut entry = self.validate(spec)?;
-        entry.id = uuid::Uuid::new_v4().to_string();
+        // Time-ordered ids: entries created in the same second still sort in creation order.
+        entry.id = uuid::Uuid::now_v7().to_string();
         entry.created_at = now_unix();
         entry.revision = 1;
         self.ds.create_entry(&entry).await?;

@@ -10,5 +10,9 @@
 )]
 
 mod ca_rotation;
+mod cli;
 mod deploy;
+mod interop_python;
+mod interop_rust;
+mod lifecycle;
 mod smoke;

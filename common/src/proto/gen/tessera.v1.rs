@@ -59,6 +59,28 @@ pub struct Entry {
     #[prost(uint64, tag = "11")]
     pub revision: u64,
 }
+/// What an agent persists (0600) so that a restart during a server outage keeps serving
+/// still-valid SVIDs. Never sent over the network.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct AgentCache {
+    #[prost(message, optional, tag = "1")]
+    pub snapshot: ::core::option::Option<SyncSnapshot>,
+    #[prost(message, repeated, tag = "2")]
+    pub svids: ::prost::alloc::vec::Vec<CachedSvid>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CachedSvid {
+    #[prost(string, tag = "1")]
+    pub entry_id: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub entry_revision: u64,
+    /// DER certificates, leaf first.
+    #[prost(bytes = "vec", repeated, tag = "3")]
+    pub chain: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
+    /// PKCS#8 DER private key.
+    #[prost(bytes = "vec", tag = "4")]
+    pub key: ::prost::alloc::vec::Vec<u8>,
+}
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct MintJwtSvidRequest {
     #[prost(string, tag = "1")]

@@ -1,0 +1,520 @@
+//! HTTP/2 `:authority` repair for Workload API clients on the Unix socket.
+//!
+//! gRPC's C core (and so grpcio, py-spiffe's transport) has, since 1.57, sent the
+//! percent-encoded socket path as `:authority` on `unix:` channels (e.g.
+//! `%2Frun%2Fagent.sock`). That is not a valid URI authority, and the HTTP/2 stack under
+//! tonic resets every such stream with `PROTOCOL_ERROR`, so no py-spiffe workload could
+//! talk to the agent. Over a Unix socket the authority carries no meaning (the agent never
+//! reads it), so this wrapper rewrites it on the way in:
+//!
+//! - the 24-byte client preface and every frame other than HEADERS/CONTINUATION pass
+//!   through untouched, as does everything the agent writes;
+//! - each complete client header block is HPACK-decoded (tracking the client's dynamic
+//!   table), an `:authority` that is not a valid authority is replaced by `localhost`, and
+//!   the block is re-encoded as literals *without indexing*, so the agent's decoder table
+//!   never holds anything and cannot drift from ours;
+//! - a block that cannot be decoded is passed on as received and rewriting stops for that
+//!   connection, leaving the HTTP/2 stack to reject it as it would have.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::UnixStream;
+use tonic::transport::server::{Connected, UdsConnectInfo};
+
+/// The HTTP/2 client connection preface.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const FRAME_HEADER: usize = 9;
+const TYPE_HEADERS: u8 = 0x1;
+const TYPE_CONTINUATION: u8 = 0x9;
+const FLAG_END_STREAM: u8 = 0x1;
+const FLAG_END_HEADERS: u8 = 0x4;
+const FLAG_PADDED: u8 = 0x8;
+const FLAG_PRIORITY: u8 = 0x20;
+/// The smallest SETTINGS_MAX_FRAME_SIZE a peer may have: always safe to emit.
+const MAX_FRAME: usize = 16_384;
+/// Largest header block accepted for rewriting (beyond it, pass through untouched).
+const MAX_BLOCK: usize = 256 * 1024;
+
+/// A header block being collected across HEADERS + CONTINUATION frames.
+struct Pending {
+    stream_id: u32,
+    end_stream: bool,
+    priority: Option<[u8; 5]>,
+    block: Vec<u8>,
+    /// The frames exactly as received, for the fallback.
+    raw: Vec<u8>,
+}
+
+/// Rewrites client header blocks; pure bytes in, bytes out (no I/O), so it is unit-tested
+/// without sockets.
+pub(crate) struct AuthorityRewriter {
+    preface_left: usize,
+    input: Vec<u8>,
+    decoder: loona_hpack::Decoder<'static>,
+    pending: Option<Pending>,
+    passthrough: bool,
+}
+
+impl std::fmt::Debug for AuthorityRewriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthorityRewriter")
+            .field("passthrough", &self.passthrough)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for AuthorityRewriter {
+    fn default() -> Self {
+        Self {
+            preface_left: PREFACE.len(),
+            input: Vec::new(),
+            decoder: loona_hpack::Decoder::new(),
+            pending: None,
+            passthrough: false,
+        }
+    }
+}
+
+fn encode_int(out: &mut Vec<u8>, first: u8, prefix_bits: u8, mut v: usize) {
+    let max = (1usize << prefix_bits) - 1;
+    if v < max {
+        out.push(first | v as u8);
+        return;
+    }
+    out.push(first | max as u8);
+    v -= max;
+    while v >= 128 {
+        out.push((v % 128) as u8 | 0x80);
+        v /= 128;
+    }
+    out.push(v as u8);
+}
+
+fn encode_string(out: &mut Vec<u8>, s: &[u8]) {
+    encode_int(out, 0x00, 7, s.len());
+    out.extend_from_slice(s);
+}
+
+/// Literal header field without indexing, new name (RFC 7541 §6.2.2).
+fn encode_literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.push(0x00);
+    encode_string(out, name);
+    encode_string(out, value);
+}
+
+fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream_id: u32, payload: &[u8]) {
+    let len = payload.len();
+    out.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags]);
+    out.extend_from_slice(&(stream_id & 0x7fff_ffff).to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+fn valid_authority(v: &[u8]) -> bool {
+    http::uri::Authority::try_from(v).is_ok()
+}
+
+impl AuthorityRewriter {
+    /// Feeds bytes from the client; appends what the HTTP/2 server should read to `out`.
+    pub(crate) fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        if self.passthrough {
+            out.extend_from_slice(data);
+            return;
+        }
+        self.input.extend_from_slice(data);
+        if self.preface_left > 0 {
+            let n = self.preface_left.min(self.input.len());
+            let offset = PREFACE.len() - self.preface_left;
+            let matches = self.input.get(..n) == PREFACE.get(offset..offset + n);
+            out.extend(self.input.drain(..n));
+            self.preface_left -= n;
+            if !matches {
+                // Not HTTP/2 with prior knowledge: nothing to repair.
+                self.passthrough = true;
+                out.append(&mut self.input);
+                return;
+            }
+        }
+        while self.preface_left == 0 && self.input.len() >= FRAME_HEADER {
+            let len = usize::from(self.input[0]) << 16
+                | usize::from(self.input[1]) << 8
+                | usize::from(self.input[2]);
+            if self.input.len() < FRAME_HEADER + len {
+                break;
+            }
+            let raw: Vec<u8> = self.input.drain(..FRAME_HEADER + len).collect();
+            self.frame(raw, out);
+            if self.passthrough {
+                out.append(&mut self.input);
+                return;
+            }
+        }
+    }
+
+    fn give_up(&mut self, out: &mut Vec<u8>, current: &[u8]) {
+        if let Some(p) = self.pending.take() {
+            out.extend_from_slice(&p.raw);
+        }
+        out.extend_from_slice(current);
+        self.passthrough = true;
+    }
+
+    fn frame(&mut self, raw: Vec<u8>, out: &mut Vec<u8>) {
+        let kind = raw[3];
+        let flags = raw[4];
+        let stream_id = u32::from_be_bytes([raw[5], raw[6], raw[7], raw[8]]) & 0x7fff_ffff;
+        let payload = &raw[FRAME_HEADER..];
+        match kind {
+            TYPE_HEADERS if self.pending.is_none() => {
+                let mut body = payload;
+                if flags & FLAG_PADDED != 0 {
+                    let Some((&pad, rest)) = body.split_first() else {
+                        return self.give_up(out, &raw);
+                    };
+                    let Some(keep) = rest.len().checked_sub(usize::from(pad)) else {
+                        return self.give_up(out, &raw);
+                    };
+                    body = &rest[..keep];
+                }
+                let mut priority = None;
+                if flags & FLAG_PRIORITY != 0 {
+                    if body.len() < 5 {
+                        return self.give_up(out, &raw);
+                    }
+                    let mut p = [0u8; 5];
+                    p.copy_from_slice(&body[..5]);
+                    priority = Some(p);
+                    body = &body[5..];
+                }
+                self.pending = Some(Pending {
+                    stream_id,
+                    end_stream: flags & FLAG_END_STREAM != 0,
+                    priority,
+                    block: body.to_vec(),
+                    raw: raw.clone(),
+                });
+            }
+            TYPE_CONTINUATION
+                if self
+                    .pending
+                    .as_ref()
+                    .is_some_and(|p| p.stream_id == stream_id) =>
+            {
+                if let Some(p) = self.pending.as_mut() {
+                    p.block.extend_from_slice(payload);
+                    p.raw.extend_from_slice(&raw);
+                    if p.block.len() > MAX_BLOCK {
+                        return self.give_up(out, &[]);
+                    }
+                }
+            }
+            TYPE_HEADERS | TYPE_CONTINUATION => return self.give_up(out, &raw),
+            _ if self.pending.is_some() => return self.give_up(out, &raw),
+            _ => {
+                out.extend_from_slice(&raw);
+                return;
+            }
+        }
+        if flags & FLAG_END_HEADERS != 0 {
+            self.finish(out);
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        let Some(p) = self.pending.take() else {
+            return;
+        };
+        let fields = match self.decoder.decode(&p.block) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(error = ?e, "undecodable header block; passing the connection through");
+                self.pending = Some(p);
+                return self.give_up(out, &[]);
+            }
+        };
+        let mut block = Vec::with_capacity(p.block.len() + 64);
+        for (name, value) in &fields {
+            if name.as_slice() == b":authority" && !valid_authority(value) {
+                encode_literal(&mut block, name, b"localhost");
+            } else {
+                encode_literal(&mut block, name, value);
+            }
+        }
+        let mut first_flags = 0;
+        if p.end_stream {
+            first_flags |= FLAG_END_STREAM;
+        }
+        let mut first = Vec::new();
+        if let Some(prio) = p.priority {
+            first_flags |= FLAG_PRIORITY;
+            first.extend_from_slice(&prio);
+        }
+        let room = MAX_FRAME - first.len();
+        let (head, mut rest) = block.split_at(block.len().min(room));
+        first.extend_from_slice(head);
+        if rest.is_empty() {
+            first_flags |= FLAG_END_HEADERS;
+        }
+        frame(out, TYPE_HEADERS, first_flags, p.stream_id, &first);
+        while !rest.is_empty() {
+            let (chunk, tail) = rest.split_at(rest.len().min(MAX_FRAME));
+            let flags = if tail.is_empty() { FLAG_END_HEADERS } else { 0 };
+            frame(out, TYPE_CONTINUATION, flags, p.stream_id, chunk);
+            rest = tail;
+        }
+    }
+}
+
+/// A Unix-socket connection whose client header blocks go through [`AuthorityRewriter`].
+pub(crate) struct RepairedStream {
+    inner: UnixStream,
+    info: UdsConnectInfo,
+    rewriter: AuthorityRewriter,
+    ready: Vec<u8>,
+    eof: bool,
+}
+
+impl std::fmt::Debug for RepairedStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RepairedStream").finish_non_exhaustive()
+    }
+}
+
+impl RepairedStream {
+    /// Wraps an accepted connection, capturing its peer credentials first.
+    pub(crate) fn new(inner: UnixStream) -> Self {
+        let info = UdsConnectInfo {
+            peer_addr: inner.peer_addr().ok().map(Arc::new),
+            peer_cred: inner.peer_cred().ok(),
+        };
+        Self {
+            inner,
+            info,
+            rewriter: AuthorityRewriter::default(),
+            ready: Vec::new(),
+            eof: false,
+        }
+    }
+}
+
+impl Connected for RepairedStream {
+    type ConnectInfo = UdsConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for RepairedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if !this.ready.is_empty() {
+                let n = this.ready.len().min(buf.remaining());
+                buf.put_slice(&this.ready[..n]);
+                this.ready.drain(..n);
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                return Poll::Ready(Ok(()));
+            }
+            let mut tmp = [0u8; 8192];
+            let mut rb = ReadBuf::new(&mut tmp);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
+            if rb.filled().is_empty() {
+                this.eof = true;
+                continue;
+            }
+            this.rewriter.feed(rb.filled(), &mut this.ready);
+        }
+    }
+}
+
+impl AsyncWrite for RepairedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers_frame(
+        encoder: &mut loona_hpack::Encoder<'_>,
+        sid: u32,
+        authority: &[u8],
+    ) -> Vec<u8> {
+        let fields: Vec<(&[u8], &[u8])> = vec![
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":path", b"/SpiffeWorkloadAPI/FetchX509SVID"),
+            (b":authority", authority),
+            (b"workload.spiffe.io", b"true"),
+        ];
+        let block = encoder.encode(fields);
+        let mut out = Vec::new();
+        frame(&mut out, TYPE_HEADERS, FLAG_END_HEADERS, sid, &block);
+        out
+    }
+
+    fn decode_all(bytes: &[u8]) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut d = loona_hpack::Decoder::new();
+        let mut rest = &bytes[PREFACE.len()..];
+        let mut blocks = Vec::new();
+        let mut block = Vec::new();
+        while rest.len() >= FRAME_HEADER {
+            let len =
+                (usize::from(rest[0]) << 16) | (usize::from(rest[1]) << 8) | usize::from(rest[2]);
+            let (kind, flags) = (rest[3], rest[4]);
+            let payload = &rest[FRAME_HEADER..FRAME_HEADER + len];
+            if kind == TYPE_HEADERS || kind == TYPE_CONTINUATION {
+                let skip = if kind == TYPE_HEADERS && flags & FLAG_PRIORITY != 0 {
+                    5
+                } else {
+                    0
+                };
+                block.extend_from_slice(&payload[skip..]);
+                if flags & FLAG_END_HEADERS != 0 {
+                    blocks.push(d.decode(&block).unwrap());
+                    block.clear();
+                }
+            }
+            rest = &rest[FRAME_HEADER + len..];
+        }
+        blocks
+    }
+
+    #[test]
+    fn percent_encoded_path_becomes_localhost_across_indexed_requests() {
+        let mut enc = loona_hpack::Encoder::new();
+        let mut input = PREFACE.to_vec();
+        frame(&mut input, 0x4, 0, 0, &[]); // SETTINGS passes through
+        input.extend(headers_frame(&mut enc, 1, b"%2Ftmp%2Fagent%2Fapi.sock"));
+        // The second request refers to dynamic-table entries made by the first.
+        input.extend(headers_frame(&mut enc, 3, b"%2Ftmp%2Fagent%2Fapi.sock"));
+        input.extend(headers_frame(&mut enc, 5, b"localhost"));
+        let mut rw = AuthorityRewriter::default();
+        let mut out = Vec::new();
+        // Byte-at-a-time feeding exercises every partial-frame path.
+        for b in &input {
+            rw.feed(std::slice::from_ref(b), &mut out);
+        }
+        assert!(out.starts_with(PREFACE));
+        let blocks = decode_all(&out);
+        assert_eq!(blocks.len(), 3);
+        for b in &blocks {
+            let auth = b.iter().find(|(n, _)| n == b":authority").unwrap();
+            assert_eq!(auth.1, b"localhost");
+            let path = b.iter().find(|(n, _)| n == b":path").unwrap();
+            assert_eq!(path.1, b"/SpiffeWorkloadAPI/FetchX509SVID");
+            assert!(
+                b.iter()
+                    .any(|(n, v)| n == b"workload.spiffe.io" && v == b"true")
+            );
+        }
+    }
+
+    #[test]
+    fn valid_authority_and_other_frames_untouched_and_garbage_passes_through() {
+        let mut enc = loona_hpack::Encoder::new();
+        let mut input = PREFACE.to_vec();
+        input.extend(headers_frame(&mut enc, 1, b"localhost:8080"));
+        frame(&mut input, 0x0, 0x1, 1, b"\0\0\0\0\0"); // DATA
+        let mut rw = AuthorityRewriter::default();
+        let mut out = Vec::new();
+        rw.feed(&input, &mut out);
+        let blocks = decode_all(&out);
+        let auth = blocks[0].iter().find(|(n, _)| n == b":authority").unwrap();
+        assert_eq!(auth.1, b"localhost:8080");
+        assert!(out.ends_with(b"\0\0\0\0\0"));
+
+        // Not HTTP/2: passed through byte for byte.
+        let mut rw = AuthorityRewriter::default();
+        let mut out = Vec::new();
+        rw.feed(b"GET / HTTP/1.1\r\n\r\n", &mut out);
+        assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
+
+        // An undecodable block is forwarded as received.
+        let mut rw = AuthorityRewriter::default();
+        let mut input = PREFACE.to_vec();
+        frame(
+            &mut input,
+            TYPE_HEADERS,
+            FLAG_END_HEADERS,
+            1,
+            &[0xff, 0xff, 0xff, 0xff],
+        );
+        let mut out = Vec::new();
+        rw.feed(&input, &mut out);
+        assert_eq!(out, input);
+    }
+
+    #[test]
+    fn large_blocks_are_split_into_continuation_frames() {
+        let mut enc = loona_hpack::Encoder::new();
+        let big = vec![b'a'; 40_000];
+        let fields: Vec<(&[u8], &[u8])> = vec![(b":authority", b"%2Fx"), (b"x-big", &big)];
+        let block = enc.encode(fields);
+        let mut input = PREFACE.to_vec();
+        let (a, b) = block.split_at(block.len() / 2);
+        frame(
+            &mut input,
+            TYPE_HEADERS,
+            FLAG_PRIORITY | FLAG_END_STREAM,
+            7,
+            &[&[0, 0, 0, 0, 16][..], a].concat(),
+        );
+        frame(&mut input, TYPE_CONTINUATION, FLAG_END_HEADERS, 7, b);
+        let mut rw = AuthorityRewriter::default();
+        let mut out = Vec::new();
+        rw.feed(&input, &mut out);
+        let blocks = decode_all(&out);
+        assert_eq!(blocks.len(), 1);
+        assert_eq!(
+            blocks[0][0],
+            (b":authority".to_vec(), b"localhost".to_vec())
+        );
+        assert_eq!(blocks[0][1].1.len(), 40_000);
+        // First frame keeps END_STREAM and PRIORITY and is within the frame size limit.
+        let len = (usize::from(out[PREFACE.len()]) << 16)
+            | (usize::from(out[PREFACE.len() + 1]) << 8)
+            | usize::from(out[PREFACE.len() + 2]);
+        assert!(len <= MAX_FRAME);
+        assert_eq!(
+            out[PREFACE.len() + 4] & (FLAG_END_STREAM | FLAG_PRIORITY),
+            FLAG_END_STREAM | FLAG_PRIORITY
+        );
+    }
+}
