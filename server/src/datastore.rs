@@ -95,8 +95,21 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
         token_hash: &str,
     ) -> Result<Option<ConsumedToken>, DatastoreError>;
 
-    /// Creates or replaces an agent record.
-    async fn upsert_agent(&self, agent: &AgentRecord) -> Result<(), DatastoreError>;
+    /// Creates or replaces an agent record — unless a record with that ID is banned, in
+    /// which case nothing changes and `false` is returned. One statement, so a ban that
+    /// lands concurrently is never undone.
+    async fn attest_agent(&self, agent: &AgentRecord) -> Result<bool, DatastoreError>;
+    /// Records a renewed SVID if the agent is still present, not banned, and its current
+    /// serial is still `expected_serial` (compare-and-set); returns whether it was stored.
+    async fn renew_agent(
+        &self,
+        id: &SpiffeId,
+        expected_serial: &str,
+        new_serial: &str,
+        expires_at: i64,
+    ) -> Result<bool, DatastoreError>;
+    /// Marks an agent banned and returns the updated record (`None` if unknown).
+    async fn ban_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, DatastoreError>;
     /// One agent.
     async fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, DatastoreError>;
     /// All agents.

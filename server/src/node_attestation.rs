@@ -158,6 +158,7 @@ impl NodeAttestor {
             return Err(NodeAttestationError::ExpiredToken);
         }
         let id = consumed.spiffe_id;
+        // Cheap early refusal; the write below re-checks atomically.
         let existing = self.ds.get_agent(&id).await?;
         if existing.as_ref().is_some_and(|a| a.banned) {
             return Err(NodeAttestationError::Banned(id.to_string()));
@@ -172,7 +173,9 @@ impl NodeAttestor {
             banned: false,
             attestation_type: "join_token".to_owned(),
         };
-        self.ds.upsert_agent(&record).await?;
+        if !self.ds.attest_agent(&record).await? {
+            return Err(NodeAttestationError::Banned(id.to_string()));
+        }
         tracing::info!(agent_id = %id, serial = %issued.serial_hex, "agent attested with join token");
         Ok((id, issued))
     }
@@ -212,13 +215,22 @@ impl NodeAttestor {
         let issued = self
             .ca
             .sign_svid(csr, &agent.spiffe_id, self.agent_ttl, &[])?;
-        let record = AgentRecord {
-            serial: issued.serial_hex.clone(),
-            previous_serial: agent.serial.clone(),
-            expires_at: unix(issued.not_after),
-            ..agent.clone()
-        };
-        self.ds.upsert_agent(&record).await?;
+        // Compare-and-set on the serial we authenticated against: an eviction, ban or
+        // other renewal in between makes this fail instead of being undone.
+        let stored = self
+            .ds
+            .renew_agent(
+                &agent.spiffe_id,
+                &agent.serial,
+                &issued.serial_hex,
+                unix(issued.not_after),
+            )
+            .await?;
+        if !stored {
+            return Err(NodeAttestationError::NotAttested(
+                agent.spiffe_id.to_string(),
+            ));
+        }
         tracing::info!(agent_id = %agent.spiffe_id, serial = %issued.serial_hex, "agent SVID renewed");
         Ok(issued)
     }
@@ -239,16 +251,11 @@ impl NodeAttestor {
     /// Bans an agent: refused at once, and refused attestation until evicted.
     pub async fn ban(&self, id: &str) -> Result<AgentRecord, NodeAttestationError> {
         let id = SpiffeId::new(id).map_err(|e| NodeAttestationError::BadAgentId(e.to_string()))?;
-        let record = self
+        let banned = self
             .ds
-            .get_agent(&id)
+            .ban_agent(&id)
             .await?
             .ok_or_else(|| NodeAttestationError::NotAttested(id.to_string()))?;
-        let banned = AgentRecord {
-            banned: true,
-            ..record
-        };
-        self.ds.upsert_agent(&banned).await?;
         tracing::info!(agent_id = %id, "agent banned");
         self.events.publish(ChangeEvent::AgentRemoved(id));
         Ok(banned)

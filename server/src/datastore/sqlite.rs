@@ -275,15 +275,16 @@ impl Datastore for SqliteDatastore {
         .transpose()
     }
 
-    async fn upsert_agent(&self, a: &AgentRecord) -> Result<(), DatastoreError> {
-        sqlx::query(
+    async fn attest_agent(&self, a: &AgentRecord) -> Result<bool, DatastoreError> {
+        let done = sqlx::query(
             "INSERT INTO agents (spiffe_id, serial, previous_serial, expires_at, attested_at,
                 banned, attestation_type)
              VALUES (?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (spiffe_id) DO UPDATE SET serial = excluded.serial,
                 previous_serial = excluded.previous_serial, expires_at = excluded.expires_at,
                 attested_at = excluded.attested_at, banned = excluded.banned,
-                attestation_type = excluded.attestation_type",
+                attestation_type = excluded.attestation_type
+             WHERE agents.banned = 0",
         )
         .bind(a.spiffe_id.as_str())
         .bind(&a.serial)
@@ -295,7 +296,37 @@ impl Datastore for SqliteDatastore {
         .execute(&self.pool)
         .await
         .map_err(backend)?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn renew_agent(
+        &self,
+        id: &SpiffeId,
+        expected_serial: &str,
+        new_serial: &str,
+        expires_at: i64,
+    ) -> Result<bool, DatastoreError> {
+        let done = sqlx::query(
+            "UPDATE agents SET previous_serial = serial, serial = ?, expires_at = ?
+             WHERE spiffe_id = ? AND serial = ? AND banned = 0",
+        )
+        .bind(new_serial)
+        .bind(expires_at)
+        .bind(id.as_str())
+        .bind(expected_serial)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn ban_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, DatastoreError> {
+        let row = sqlx::query("UPDATE agents SET banned = 1 WHERE spiffe_id = ? RETURNING *")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(agent_from_row).transpose()
     }
 
     async fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, DatastoreError> {
@@ -365,7 +396,7 @@ mod tests {
         ));
         let id = SpiffeId::new("spiffe://example.org/agent").unwrap();
         ds.create_join_token("h1", &id, 99).await.unwrap();
-        ds.upsert_agent(&AgentRecord {
+        let record = AgentRecord {
             spiffe_id: id.clone(),
             serial: "01".into(),
             previous_serial: String::new(),
@@ -373,9 +404,12 @@ mod tests {
             attested_at: 4,
             banned: false,
             attestation_type: "join_token".into(),
-        })
-        .await
-        .unwrap();
+        };
+        assert!(ds.attest_agent(&record).await.unwrap());
+        // Compare-and-set renewal: a stale expected serial changes nothing.
+        assert!(!ds.renew_agent(&id, "zz", "02", 6).await.unwrap());
+        assert!(ds.renew_agent(&id, "01", "02", 6).await.unwrap());
+        assert!(ds.renew_agent(&id, "02", "01", 7).await.unwrap());
         drop(ds);
 
         let ds = SqliteDatastore::open(&path).await.unwrap();
@@ -389,7 +423,16 @@ mod tests {
             None,
             "single use"
         );
-        assert_eq!(ds.get_agent(&id).await.unwrap().unwrap().serial, "01");
+        let got = ds.get_agent(&id).await.unwrap().unwrap();
+        assert_eq!(
+            (got.serial.as_str(), got.previous_serial.as_str()),
+            ("01", "02")
+        );
+        // A banned agent cannot be renewed or re-attested.
+        assert!(ds.ban_agent(&id).await.unwrap().unwrap().banned);
+        assert!(!ds.renew_agent(&id, "01", "03", 8).await.unwrap());
+        assert!(!ds.attest_agent(&record).await.unwrap());
+        assert!(ds.get_agent(&id).await.unwrap().unwrap().banned);
         assert!(ds.delete_agent(&id).await.unwrap().is_some());
         assert!(ds.get_agent(&id).await.unwrap().is_none());
         assert_eq!(ds.delete_entry("a").await.unwrap().unwrap().id, "a");
