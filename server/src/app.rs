@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::admin::AdminService;
 use crate::api::node::NodeService;
+use crate::ca::UpstreamAuthority;
 use crate::ca::rotation::CaSet;
 use crate::config::{DatastoreUrl, ServerConfig};
 use crate::datastore::Datastore;
@@ -141,11 +142,19 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
                 .with_context(|| format!("opening datastore {}", path.display()))?,
         ),
     };
+    let upstream = match &config.upstream {
+        Some(u) => Some(Arc::new(
+            UpstreamAuthority::load(&u.cert_file, &u.key_file, u.bundle_file.as_deref())
+                .context("loading the upstream authority")?,
+        )),
+        None => None,
+    };
     let ca = Arc::new(
         CaSet::load_or_create(
             &config.data_dir,
             &config.trust_domain,
             config.ca_ttl,
+            upstream,
             std::time::SystemTime::now(),
         )
         .context("loading the CA")?,

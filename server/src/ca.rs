@@ -5,10 +5,11 @@
 //! the public key from a CSR; the SPIFFE ID, lifetime and DNS names always come from the
 //! caller (registration data), never from the CSR. No certificate outlives the CA.
 
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use common::svid::parse_leaf;
-use common::{Bundle, SpiffeId, TrustDomain};
+use common::{SpiffeId, TrustDomain};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
@@ -66,6 +67,8 @@ pub struct Ca {
     not_before: SystemTime,
     not_after: SystemTime,
     serial_hex: String,
+    /// Certificates appended after each leaf (empty for a self-signed CA).
+    chain_tail: Vec<CertificateDer<'static>>,
 }
 
 impl std::fmt::Debug for Ca {
@@ -124,12 +127,129 @@ fn ca_params(td: &TrustDomain) -> Result<CertificateParams, CaError> {
     Ok(p)
 }
 
+/// An existing CA, given as certificate and key files, that signs Tessera's CAs so they
+/// become intermediates in the organisation's PKI. The trust bundle then carries the
+/// upstream root(s) and every SVID chain carries Tessera's CA certificate.
+pub struct UpstreamAuthority {
+    cert: CertificateDer<'static>,
+    key: KeyPair,
+    /// Certificates between the signing certificate and the root (from the cert file).
+    intermediates: Vec<CertificateDer<'static>>,
+    roots: Vec<CertificateDer<'static>>,
+    not_after: SystemTime,
+}
+
+impl std::fmt::Debug for UpstreamAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamAuthority")
+            .field("roots", &self.roots.len())
+            .field("not_after", &self.not_after)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+fn pem_certs(text: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, CaError> {
+    let certs: Vec<CertificateDer<'static>> = pem::parse_many(text)
+        .map_err(|e| CaError::Storage(format!("{what}: {e}")))?
+        .into_iter()
+        .filter(|p| p.tag() == "CERTIFICATE")
+        .map(|p| CertificateDer::from(p.into_contents()))
+        .collect();
+    if certs.is_empty() {
+        return Err(CaError::Storage(format!("{what}: no CERTIFICATE block")));
+    }
+    Ok(certs)
+}
+
+impl UpstreamAuthority {
+    /// Loads the upstream CA: `cert_file` holds its certificate first (then any
+    /// intermediates up to, not including, the root); `key_file` its private key (PKCS#8
+    /// PEM); `bundle_file` the root(s) to publish — needed unless the certificate is
+    /// itself a self-signed root.
+    pub fn load(
+        cert_file: &Path,
+        key_file: &Path,
+        bundle_file: Option<&Path>,
+    ) -> Result<Self, CaError> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p)
+                .map_err(|e| CaError::Storage(format!("{}: {e}", p.display())))
+        };
+        let mut chain = pem_certs(&read(cert_file)?, "upstream certificate")?;
+        let cert = chain.remove(0);
+        let key = KeyPair::from_pem(&read(key_file)?)
+            .map_err(|e| CaError::Storage(format!("upstream key: {e}")))?;
+        let (_, parsed) = X509Certificate::from_der(&cert).map_err(io)?;
+        if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(CaError::Storage(
+                "upstream key does not match the upstream certificate".into(),
+            ));
+        }
+        let is_ca = matches!(parsed.basic_constraints(), Ok(Some(bc)) if bc.value.ca);
+        let can_sign = matches!(parsed.key_usage(), Ok(Some(ku)) if ku.value.key_cert_sign())
+            || matches!(parsed.key_usage(), Ok(None));
+        if !is_ca || !can_sign {
+            return Err(CaError::Storage(
+                "upstream certificate is not a CA allowed to sign certificates".into(),
+            ));
+        }
+        let self_signed = parsed.subject().as_raw() == parsed.issuer().as_raw();
+        let roots = match bundle_file {
+            Some(b) => pem_certs(&read(b)?, "upstream bundle")?,
+            None if self_signed && chain.is_empty() => vec![cert.clone()],
+            None => {
+                return Err(CaError::Storage(
+                    "upstream certificate is not a self-signed root: give upstream_bundle with the root(s)".into(),
+                ));
+            }
+        };
+        let secs = parsed.validity().not_after.timestamp();
+        Ok(Self {
+            not_after: SystemTime::UNIX_EPOCH
+                + Duration::from_secs(u64::try_from(secs).unwrap_or(0)),
+            cert,
+            key,
+            intermediates: chain,
+            roots,
+        })
+    }
+
+    /// The roots published in the trust bundle.
+    pub fn roots(&self) -> &[CertificateDer<'static>] {
+        &self.roots
+    }
+}
+
 impl Ca {
     /// A CA from its PEM key and certificate (as stored by [`rotation::CaSet`]).
-    pub fn from_pem(td: &TrustDomain, key_pem: &str, cert_pem: &str) -> Result<Self, CaError> {
+    pub fn from_pem(
+        td: &TrustDomain,
+        key_pem: &str,
+        cert_pem: &str,
+        upstream: Option<&UpstreamAuthority>,
+    ) -> Result<Self, CaError> {
         let key = KeyPair::from_pem(key_pem).map_err(io)?;
         let cert = pem::parse(cert_pem).map_err(io)?;
-        Self::from_parts(td.clone(), key, CertificateDer::from(cert.into_contents()))
+        Self::from_parts(
+            td.clone(),
+            key,
+            CertificateDer::from(cert.into_contents()),
+            upstream,
+        )
+    }
+
+    /// Whether this CA was issued the way the configuration asks: self-signed without an
+    /// upstream, signed by the upstream certificate with one.
+    pub fn matches(&self, upstream: Option<&UpstreamAuthority>) -> bool {
+        let Ok((_, parsed)) = X509Certificate::from_der(&self.cert) else {
+            return false;
+        };
+        match upstream {
+            None => parsed.subject().as_raw() == parsed.issuer().as_raw(),
+            Some(up) => X509Certificate::from_der(&up.cert)
+                .is_ok_and(|(_, u)| u.subject().as_raw() == parsed.issuer().as_raw()),
+        }
     }
 
     /// The private key as PEM (for the 0600 state file only).
@@ -142,25 +262,46 @@ impl Ca {
         pem::encode(&pem::Pem::new("CERTIFICATE", self.cert.to_vec()))
     }
 
-    /// A fresh self-signed CA valid for `ttl`.
-    pub fn generate(td: &TrustDomain, ttl: Duration) -> Result<Self, CaError> {
+    /// A fresh CA valid for `ttl`: self-signed, or signed by `upstream` (and then never
+    /// outliving it).
+    pub fn generate(
+        td: &TrustDomain,
+        ttl: Duration,
+        upstream: Option<&UpstreamAuthority>,
+    ) -> Result<Self, CaError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .map_err(|e| CaError::Signing(e.to_string()))?;
         let now = SystemTime::now();
         let mut p = ca_params(td)?;
         p.not_before = to_offset(now - BACKDATE);
-        p.not_after = to_offset(now + ttl);
+        let mut not_after = now + ttl;
         p.serial_number = Some(random_serial());
-        let cert = p
-            .self_signed(&key)
-            .map_err(|e| CaError::Signing(e.to_string()))?;
-        Self::from_parts(td.clone(), key, cert.der().clone())
+        let cert = match upstream {
+            None => {
+                p.not_after = to_offset(not_after);
+                p.self_signed(&key)
+            }
+            Some(up) => {
+                if not_after > up.not_after {
+                    tracing::warn!("CA lifetime cut short by the upstream certificate's expiry");
+                    not_after = up.not_after;
+                }
+                p.not_after = to_offset(not_after);
+                p.use_authority_key_identifier_extension = true;
+                let issuer = Issuer::from_ca_cert_der(&up.cert, &up.key)
+                    .map_err(|e| CaError::Signing(e.to_string()))?;
+                p.signed_by(&key, &issuer)
+            }
+        }
+        .map_err(|e| CaError::Signing(e.to_string()))?;
+        Self::from_parts(td.clone(), key, cert.der().clone(), upstream)
     }
 
     fn from_parts(
         trust_domain: TrustDomain,
         key: KeyPair,
         cert: CertificateDer<'static>,
+        upstream: Option<&UpstreamAuthority>,
     ) -> Result<Self, CaError> {
         let (_, parsed) = X509Certificate::from_der(&cert).map_err(io)?;
         if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
@@ -172,6 +313,14 @@ impl Ca {
         let not_after = at(parsed.validity().not_after.timestamp());
         let not_before = at(parsed.validity().not_before.timestamp());
         let serial_hex = hex::encode(parsed.raw_serial());
+        // Below an upstream CA, SVID chains must carry our certificate (and any upstream
+        // intermediates) so relying parties can build the path to the published root.
+        let chain_tail = match upstream {
+            None => Vec::new(),
+            Some(up) => std::iter::once(cert.clone())
+                .chain(up.intermediates.iter().cloned())
+                .collect(),
+        };
         Ok(Self {
             trust_domain,
             key,
@@ -179,6 +328,7 @@ impl Ca {
             not_before,
             not_after,
             serial_hex,
+            chain_tail,
         })
     }
 
@@ -200,16 +350,6 @@ impl Ca {
     /// Serial number, lowercase hex.
     pub fn serial_hex(&self) -> &str {
         &self.serial_hex
-    }
-
-    /// The trust bundle for our trust domain.
-    pub fn bundle(&self, sequence: u64) -> Bundle {
-        Bundle::new(
-            self.trust_domain.clone(),
-            vec![self.cert.clone()],
-            sequence,
-            300,
-        )
     }
 
     /// Signs an X.509-SVID for `spiffe_id` with the public key of `csr_der`.
@@ -279,8 +419,11 @@ impl Ca {
             .map_err(|e| CaError::Signing(e.to_string()))?;
         let der = cert.der().clone();
         let info = parse_leaf(&der).map_err(|e| CaError::Signing(e.to_string()))?;
+        let mut chain = Vec::with_capacity(1 + self.chain_tail.len());
+        chain.push(der);
+        chain.extend(self.chain_tail.iter().cloned());
         Ok(Issued {
-            chain: vec![der],
+            chain,
             serial_hex: info.serial_hex,
             not_after: info.not_after,
         })
@@ -291,17 +434,17 @@ impl Ca {
 mod tests {
     use super::*;
     use common::svid::{csr_for, generate_key};
-    use common::{BundleCell, X509Svid};
+    use common::{Bundle, BundleCell, X509Svid};
 
     #[test]
     fn signs_profile_conformant_svids_that_verify() {
         let td = TrustDomain::new("example.org").unwrap();
-        let ca = Ca::generate(&td, Duration::from_secs(86400)).unwrap();
-        let again = Ca::from_pem(&td, &ca.key_pem(), &ca.cert_pem()).unwrap();
+        let ca = Ca::generate(&td, Duration::from_secs(86400), None).unwrap();
+        let again = Ca::from_pem(&td, &ca.key_pem(), &ca.cert_pem(), None).unwrap();
         assert_eq!(ca.certificate(), again.certificate());
-        let other = Ca::generate(&td, Duration::from_secs(86400)).unwrap();
+        let other = Ca::generate(&td, Duration::from_secs(86400), None).unwrap();
         assert!(
-            Ca::from_pem(&td, &other.key_pem(), &ca.cert_pem()).is_err(),
+            Ca::from_pem(&td, &other.key_pem(), &ca.cert_pem(), None).is_err(),
             "key must match"
         );
         assert!(!format!("{ca:?}").contains("PRIVATE"));
@@ -326,7 +469,7 @@ mod tests {
             .duration_since(svid.leaf().not_before)
             .unwrap();
         assert_eq!(life, Duration::from_secs(610));
-        let bundle = BundleCell::new(ca.bundle(1)).get();
+        let bundle = BundleCell::new(Bundle::new(td, vec![ca.certificate().clone()], 1, 0)).get();
         let got = common::tls::verify_svid_chain(
             &issued.chain[0],
             &[],
@@ -367,5 +510,100 @@ mod tests {
             ca.sign_svid(&tampered, &id, Duration::from_secs(60), &[]),
             Err(CaError::BadCsr(_))
         ));
+    }
+
+    fn write_root(
+        dir: &Path,
+        pathlen: BasicConstraints,
+    ) -> (
+        std::path::PathBuf,
+        std::path::PathBuf,
+        CertificateDer<'static>,
+    ) {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = CertificateParams::default();
+        p.distinguished_name = dn("Example Corp Root");
+        p.is_ca = IsCa::Ca(pathlen);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = p.self_signed(&key).unwrap();
+        let (c, k) = (dir.join("root.pem"), dir.join("root.key"));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k, cert.der().clone())
+    }
+
+    #[test]
+    fn upstream_authority_makes_the_ca_an_intermediate() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert_file, key_file, root) = write_root(dir.path(), BasicConstraints::Unconstrained);
+        let up = std::sync::Arc::new(UpstreamAuthority::load(&cert_file, &key_file, None).unwrap());
+        assert_eq!(up.roots(), std::slice::from_ref(&root));
+        let set = rotation::CaSet::load_or_create(
+            dir.path(),
+            &td,
+            Duration::from_secs(3600),
+            Some(std::sync::Arc::clone(&up)),
+            SystemTime::now(),
+        )
+        .unwrap();
+        assert!(set.active().matches(Some(&up)));
+        assert!(!set.active().matches(None));
+        let bundle = set.bundle(1);
+        assert_eq!(
+            bundle.x509_authorities(),
+            &[root],
+            "the bundle carries the upstream root"
+        );
+
+        let key = generate_key().unwrap();
+        let id = SpiffeId::new("spiffe://example.org/web").unwrap();
+        let issued = set
+            .sign_svid(&csr_for(&key).unwrap(), &id, Duration::from_secs(60), &[])
+            .unwrap();
+        assert_eq!(issued.chain.len(), 2, "leaf + Tessera's intermediate CA");
+        assert_eq!(&issued.chain[1], set.active().certificate());
+        let got = common::tls::verify_svid_chain(
+            &issued.chain[0],
+            &issued.chain[1..],
+            &bundle,
+            rustls_pki_types::UnixTime::now(),
+            webpki::KeyUsage::client_auth(),
+        )
+        .unwrap();
+        assert_eq!(got, id);
+        // Without the intermediate the path cannot be built.
+        assert!(
+            common::tls::verify_svid_chain(
+                &issued.chain[0],
+                &[],
+                &bundle,
+                rustls_pki_types::UnixTime::now(),
+                webpki::KeyUsage::client_auth(),
+            )
+            .is_err()
+        );
+
+        // Dropping the upstream later re-issues a self-signed CA at start-up.
+        let plain = rotation::CaSet::load_or_create(
+            dir.path(),
+            &td,
+            Duration::from_secs(3600),
+            None,
+            SystemTime::now(),
+        )
+        .unwrap();
+        assert!(plain.active().matches(None));
+
+        // Mismatched key, missing files and a non-root without a bundle are refused.
+        let (_, other_key, _) = {
+            let d2 = tempfile::tempdir().unwrap();
+            let r = write_root(d2.path(), BasicConstraints::Unconstrained);
+            let k = dir.path().join("other.key");
+            std::fs::copy(&r.1, &k).unwrap();
+            (r.0, k, r.2)
+        };
+        assert!(UpstreamAuthority::load(&cert_file, &other_key, None).is_err());
+        assert!(UpstreamAuthority::load(&dir.path().join("missing.pem"), &key_file, None).is_err());
     }
 }

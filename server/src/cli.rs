@@ -52,7 +52,7 @@ pub struct AdminOpts {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Join tokens for node attestation.
     Token {
         /// Token command.
@@ -145,6 +145,15 @@ pub struct RunArgs {
     /// Address (IP:PORT) for the HTTP /live and /ready endpoints.
     #[arg(long)]
     pub health_address: Option<String>,
+    /// PEM certificate of an existing CA that signs Tessera's CA (making it an intermediate).
+    #[arg(long)]
+    pub upstream_ca_cert: Option<PathBuf>,
+    /// PEM private key of the upstream CA.
+    #[arg(long)]
+    pub upstream_ca_key: Option<PathBuf>,
+    /// PEM root(s) to publish when the upstream certificate is not itself a root.
+    #[arg(long)]
+    pub upstream_bundle: Option<PathBuf>,
     /// Log level (trace, debug, info, warn, error).
     #[arg(long)]
     pub log_level: Option<String>,
@@ -169,7 +178,9 @@ impl RunArgs {
             admin_socket <- admin_socket, datastore <- datastore, ca_ttl <- ca_ttl,
             default_x509_svid_ttl <- default_x509_svid_ttl, agent_svid_ttl <- agent_svid_ttl,
             default_jwt_svid_ttl <- default_jwt_svid_ttl, jwt_key_ttl <- jwt_key_ttl,
-            health_address <- health_address, log_level <- log_level, log_format <- log_format);
+            health_address <- health_address, log_level <- log_level, log_format <- log_format,
+            upstream_ca_cert <- upstream_ca_cert, upstream_ca_key <- upstream_ca_key,
+            upstream_bundle <- upstream_bundle);
         ServerConfig::from_raw(raw)
     }
 }

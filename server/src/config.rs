@@ -54,6 +54,12 @@ pub struct RawServerConfig {
     pub agent_svid_ttl: Option<String>,
     /// How long a JWT signing key signs before the next one takes over, e.g. `24h`.
     pub jwt_key_ttl: Option<String>,
+    /// PEM certificate of an existing CA that signs Tessera's CA (then an intermediate).
+    pub upstream_ca_cert: Option<PathBuf>,
+    /// PEM private key of that CA.
+    pub upstream_ca_key: Option<PathBuf>,
+    /// PEM root(s) to publish when the upstream certificate is not itself a root.
+    pub upstream_bundle: Option<PathBuf>,
     /// `IP:PORT` for the HTTP `/live` and `/ready` endpoints (off when unset).
     pub health_address: Option<String>,
     /// `trace`, `debug`, `info`, `warn` or `error`.
@@ -67,6 +73,17 @@ pub struct RawServerConfig {
 pub enum DatastoreUrl {
     /// Embedded SQLite database file.
     Sqlite(PathBuf),
+}
+
+/// An upstream authority given as files.
+#[derive(Debug, Clone)]
+pub struct UpstreamFiles {
+    /// The CA certificate (then any intermediates).
+    pub cert_file: PathBuf,
+    /// Its private key.
+    pub key_file: PathBuf,
+    /// Roots to publish, when the certificate is not a root.
+    pub bundle_file: Option<PathBuf>,
 }
 
 /// A validated server configuration.
@@ -92,6 +109,8 @@ pub struct ServerConfig {
     pub agent_svid_ttl: Duration,
     /// JWT signing key lifetime.
     pub jwt_key_ttl: Duration,
+    /// Upstream authority, if the CA is to be an intermediate.
+    pub upstream: Option<UpstreamFiles>,
     /// Health endpoints address, if enabled.
     pub health_address: Option<SocketAddr>,
     /// Log filter.
@@ -271,6 +290,20 @@ impl ServerConfig {
                 });
             }
         }
+        let upstream = match (raw.upstream_ca_cert, raw.upstream_ca_key) {
+            (Some(cert_file), Some(key_file)) => Some(UpstreamFiles {
+                cert_file,
+                key_file,
+                bundle_file: raw.upstream_bundle,
+            }),
+            (None, None) if raw.upstream_bundle.is_none() => None,
+            _ => {
+                return Err(ServerConfigError::Invalid {
+                    key: "upstream_ca_cert",
+                    message: "upstream_ca_cert and upstream_ca_key go together (upstream_bundle needs both)".into(),
+                });
+            }
+        };
         let health_address = raw
             .health_address
             .as_deref()
@@ -309,6 +342,7 @@ impl ServerConfig {
             default_jwt_svid_ttl,
             agent_svid_ttl,
             jwt_key_ttl,
+            upstream,
             health_address,
             log_level,
             log_json,

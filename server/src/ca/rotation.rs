@@ -21,7 +21,7 @@ use common::{Bundle, SpiffeId, TrustDomain};
 use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 
-use super::{Ca, CaError, Issued};
+use super::{Ca, CaError, Issued, UpstreamAuthority};
 use daemon::state_file;
 
 /// Where a CA is in its life.
@@ -103,6 +103,7 @@ pub struct CaSet {
     path: PathBuf,
     trust_domain: TrustDomain,
     ttl: Duration,
+    upstream: Option<Arc<UpstreamAuthority>>,
     state: RwLock<State>,
 }
 
@@ -131,9 +132,11 @@ impl CaSet {
         dir: &Path,
         td: &TrustDomain,
         ttl: Duration,
+        upstream: Option<Arc<UpstreamAuthority>>,
         now: SystemTime,
     ) -> Result<Self, CaError> {
         let path = dir.join("ca_state.json");
+        let up = upstream.as_deref();
         let state = if path.exists() {
             let text = std::fs::read_to_string(&path).map_err(io)?;
             let stored: Stored = serde_json::from_str(&text).map_err(io)?;
@@ -141,10 +144,11 @@ impl CaSet {
                 td,
                 &stored.active.key_pem,
                 &stored.active.cert_pem,
+                up,
             )?);
             let prepared = stored
                 .prepared
-                .map(|p| Ca::from_pem(td, &p.key_pem, &p.cert_pem).map(Arc::new))
+                .map(|p| Ca::from_pem(td, &p.key_pem, &p.cert_pem, up).map(Arc::new))
                 .transpose()?;
             let mut retired = Vec::new();
             for cert_pem in stored.retired {
@@ -163,7 +167,7 @@ impl CaSet {
                 retired,
             }
         } else {
-            let active = Arc::new(Ca::generate(td, ttl)?);
+            let active = Arc::new(Ca::generate(td, ttl, up)?);
             tracing::info!(trust_domain = %td, serial = %active.serial_hex(), "generated the first CA");
             State {
                 active,
@@ -171,12 +175,19 @@ impl CaSet {
                 retired: Vec::new(),
             }
         };
+        let reissue = !state.active.matches(up);
         let set = Self {
             path,
             trust_domain: td.clone(),
             ttl,
+            upstream,
             state: RwLock::new(state),
         };
+        if reissue {
+            // The upstream authority was added, removed or replaced since the CA was made.
+            tracing::warn!("the CA does not match the configured upstream authority; rotating");
+            set.rotate_now()?;
+        }
         {
             let state = set.read();
             set.save(&state)?;
@@ -231,8 +242,17 @@ impl CaSet {
         self.active().sign_svid(csr_der, spiffe_id, ttl, dns_names)
     }
 
-    /// The trust bundle: every published CA (retired, active, prepared).
+    /// The trust bundle: the upstream root(s) when there is an upstream authority, else
+    /// every published CA (retired, active, prepared).
     pub fn bundle(&self, sequence: u64) -> Bundle {
+        if let Some(up) = &self.upstream {
+            return Bundle::new(
+                self.trust_domain.clone(),
+                up.roots().to_vec(),
+                sequence,
+                300,
+            );
+        }
         let state = self.read();
         let mut roots: Vec<CertificateDer<'static>> =
             state.retired.iter().map(|r| r.cert.clone()).collect();
@@ -296,7 +316,11 @@ impl CaSet {
         let life = lifetime(&state.active);
         let expired = now >= state.active.not_after();
         if state.prepared.is_none() && (expired || now >= state.active.not_before() + life / 2) {
-            let next = Arc::new(Ca::generate(&self.trust_domain, self.ttl)?);
+            let next = Arc::new(Ca::generate(
+                &self.trust_domain,
+                self.ttl,
+                self.upstream.as_deref(),
+            )?);
             tracing::info!(serial = %next.serial_hex(), "prepared the next CA; published in the bundle");
             state.prepared = Some(next);
             change.bundle_changed = true;
@@ -332,7 +356,11 @@ impl CaSet {
     /// published until it expires). Use after a suspected key compromise.
     pub fn rotate_now(&self) -> Result<(), CaError> {
         let mut state = self.write();
-        let next = Arc::new(Ca::generate(&self.trust_domain, self.ttl)?);
+        let next = Arc::new(Ca::generate(
+            &self.trust_domain,
+            self.ttl,
+            self.upstream.as_deref(),
+        )?);
         let old = std::mem::replace(&mut state.active, next);
         state.retired.push(retire(&old));
         // A prepared CA generated before the forced rotation is discarded: it was created
@@ -355,7 +383,7 @@ mod tests {
         let td = TrustDomain::new("example.org").unwrap();
         let ttl = Duration::from_secs(600);
         let now = SystemTime::now();
-        let set = CaSet::load_or_create(dir.path(), &td, ttl, now).unwrap();
+        let set = CaSet::load_or_create(dir.path(), &td, ttl, None, now).unwrap();
         let first = set.active();
         assert_eq!(set.list().len(), 1);
         let life = lifetime(&first);
@@ -381,7 +409,8 @@ mod tests {
 
         // Reload keeps the prepared CA.
         let reloaded =
-            CaSet::load_or_create(dir.path(), &td, ttl, first.not_before() + life / 2).unwrap();
+            CaSet::load_or_create(dir.path(), &td, ttl, None, first.not_before() + life / 2)
+                .unwrap();
         assert_eq!(reloaded.list().len(), 2);
 
         let at = first.not_before() + life.mul_f64(5.0 / 6.0) + Duration::from_secs(60);

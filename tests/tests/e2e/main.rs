@@ -14,5 +14,7 @@ mod cli;
 mod deploy;
 mod interop_python;
 mod interop_rust;
+mod jwt;
 mod lifecycle;
 mod smoke;
+mod upstream;
