@@ -77,6 +77,7 @@ impl BundlePublisher {
 
 /// Advances the CA and JWT key schedules, publishing every change of the bundle.
 async fn rotate_keys(
+    ds: Arc<dyn Datastore>,
     publisher: Arc<BundlePublisher>,
     identity: Arc<ServerIdentity>,
     shutdown: CancellationToken,
@@ -105,6 +106,14 @@ async fn rotate_keys(
             Ok(c) => {
                 changed |= c.bundle_changed;
                 if c.activated {
+                    let event = crate::audit::AuditEvent::new(
+                        "ca.activated",
+                        publisher.ca.active().serial_hex(),
+                        serde_json::json!({ "reason": "scheduled" }),
+                    );
+                    if let Err(e) = ds.append_audit(&[event]).await {
+                        tracing::error!(error = %e, "cannot audit the CA activation");
+                    }
                     // Publish the new CA first, then present a certificate it signed.
                     publisher.publish();
                     changed = false;
@@ -241,11 +250,13 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         bundle: bundle.clone(),
         publisher: Arc::clone(&publisher),
         identity: Arc::clone(&identity),
+        ds: Arc::clone(&ds),
     };
 
     let mut tasks = JoinSet::new();
     tasks.spawn(Arc::clone(&identity).run(shutdown.clone()));
     tasks.spawn(rotate_keys(
+        Arc::clone(&ds),
         Arc::clone(&publisher),
         Arc::clone(&identity),
         shutdown.clone(),

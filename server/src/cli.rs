@@ -10,8 +10,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use common::proto::tessera::admin_client::AdminClient;
 use common::proto::tessera::{
     Agent, AgentIdRequest, CreateJoinTokenRequest, Entry, EntryIdRequest, EntrySpec,
-    GetBundleRequest, ListAgentsRequest, ListCasRequest, ListEntriesRequest, RotateCaRequest,
-    UpdateEntryRequest,
+    GetBundleRequest, ListAgentsRequest, ListAuditRequest, ListCasRequest, ListEntriesRequest,
+    RotateCaRequest, UpdateEntryRequest, VerifyAuditRequest,
 };
 use serde_json::json;
 use tonic::transport::{Channel, Endpoint};
@@ -94,6 +94,15 @@ pub enum Command {
         /// CA command.
         #[command(subcommand)]
         command: CaCommand,
+        /// Admin connection options.
+        #[command(flatten)]
+        admin: AdminOpts,
+    },
+    /// The tamper-evident audit log.
+    Audit {
+        /// Audit command.
+        #[command(subcommand)]
+        command: AuditCommand,
         /// Admin connection options.
         #[command(flatten)]
         admin: AdminOpts,
@@ -294,6 +303,20 @@ pub enum AgentCommand {
         #[arg(long)]
         spiffe_id: String,
     },
+}
+
+/// Audit commands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print audit records in order (`--output json`: one JSON object per line).
+    Show {
+        /// Only the records of this task.
+        #[arg(long, default_value = "")]
+        task: String,
+    },
+    /// Recompute the hash chain; fails and names the first record that was edited,
+    /// deleted, inserted or reordered.
+    Verify,
 }
 
 /// CA commands.
@@ -654,6 +677,60 @@ pub async fn run_admin(command: Command) -> anyhow::Result<()> {
                 "not_after": ca.not_after,
             })).collect::<Vec<_>>()});
             print(admin.output, text, value);
+        }
+        Command::Audit { command, admin } => {
+            let mut c = connect_admin(&admin.admin_socket).await?;
+            match command {
+                AuditCommand::Show { task } => {
+                    let mut stream = c
+                        .list_audit(ListAuditRequest { task_id: task })
+                        .await
+                        .map_err(status)?
+                        .into_inner();
+                    while let Some(r) = stream.message().await.map_err(status)? {
+                        let detail: serde_json::Value =
+                            serde_json::from_str(&r.detail_json).unwrap_or(json!(r.detail_json));
+                        let text = format!(
+                            "{:>6}  {}  {:<26} {}  {}\n",
+                            r.seq, r.at_ms, r.kind, r.subject, detail
+                        );
+                        let value = json!({
+                            "seq": r.seq,
+                            "at_ms": r.at_ms,
+                            "kind": r.kind,
+                            "task_id": (!r.task_id.is_empty()).then_some(&r.task_id),
+                            "subject": r.subject,
+                            "detail": detail,
+                            "prev_hash": r.prev_hash,
+                            "hash": r.hash,
+                        });
+                        print(admin.output, text, value);
+                    }
+                }
+                AuditCommand::Verify => {
+                    let r = c
+                        .verify_audit(VerifyAuditRequest {})
+                        .await
+                        .map_err(status)?
+                        .into_inner();
+                    let value = json!({
+                        "ok": r.ok,
+                        "records": r.records,
+                        "first_bad_seq": (!r.ok).then_some(r.first_bad_seq),
+                        "error": (!r.ok).then_some(&r.error),
+                    });
+                    if r.ok {
+                        print(
+                            admin.output,
+                            format!("Audit log verified: {} records, chain intact.\n", r.records),
+                            value,
+                        );
+                    } else {
+                        print(admin.output, String::new(), value);
+                        anyhow::bail!("audit log is broken: {}", r.error);
+                    }
+                }
+            }
         }
         Command::Healthcheck { admin } => {
             let mut c = connect_admin(&admin.admin_socket).await?;

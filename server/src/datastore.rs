@@ -9,6 +9,8 @@ pub mod sqlite;
 
 use common::{RegistrationEntry, SpiffeId};
 
+use crate::audit::{AuditEvent, AuditRecord};
+
 /// What can go wrong talking to the datastore.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DatastoreError {
@@ -116,4 +118,11 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     async fn list_agents(&self) -> Result<Vec<AgentRecord>, DatastoreError>;
     /// Deletes an agent record and returns it.
     async fn delete_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, DatastoreError>;
+
+    /// Appends events to the audit log, chained after the last record, atomically and in
+    /// order; returns the stored records.
+    async fn append_audit(&self, events: &[AuditEvent])
+    -> Result<Vec<AuditRecord>, DatastoreError>;
+    /// Audit records in log order, optionally only those of one task.
+    async fn list_audit(&self, task_id: Option<&str>) -> Result<Vec<AuditRecord>, DatastoreError>;
 }

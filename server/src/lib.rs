@@ -8,6 +8,7 @@
 
 pub(crate) mod api;
 pub mod app;
+pub mod audit;
 pub mod ca;
 pub mod cli;
 pub mod config;

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 use common::{SpiffeId, TrustDomain};
 use sha2::{Digest as _, Sha256};
 
+use crate::audit::AuditEvent;
 use crate::ca::rotation::CaSet;
 use crate::ca::{CaError, Issued};
 use crate::datastore::{AgentRecord, Datastore, DatastoreError};
@@ -139,12 +140,45 @@ impl NodeAttestor {
         self.ds
             .create_join_token(&hash_token(&token), &id, expires_at)
             .await?;
+        self.ds
+            .append_audit(&[AuditEvent::new(
+                "join_token.created",
+                &id,
+                serde_json::json!({ "expires_at": expires_at }),
+            )])
+            .await?;
         tracing::info!(spiffe_id = %id, expires_at, "join token created");
         Ok((token, id, expires_at))
     }
 
-    /// Consumes `token` and signs an agent SVID for the CSR's key.
+    /// Consumes `token` and signs an agent SVID for the CSR's key. Refusals are audited.
     pub async fn attest_with_token(
+        &self,
+        token: &str,
+        csr: &[u8],
+    ) -> Result<(SpiffeId, Issued), NodeAttestationError> {
+        let result = self.attest_inner(token, csr).await;
+        let event = match &result {
+            Ok((id, issued)) => AuditEvent::new(
+                "agent.attested",
+                id,
+                serde_json::json!({
+                    "method": "join_token",
+                    "serial": issued.serial_hex,
+                    "not_after": unix(issued.not_after),
+                }),
+            ),
+            Err(e) => AuditEvent::new(
+                "agent.attestation_refused",
+                "unknown",
+                serde_json::json!({ "method": "join_token", "reason": e.to_string() }),
+            ),
+        };
+        self.ds.append_audit(&[event]).await?;
+        result
+    }
+
+    async fn attest_inner(
         &self,
         token: &str,
         csr: &[u8],
@@ -231,6 +265,16 @@ impl NodeAttestor {
                 agent.spiffe_id.to_string(),
             ));
         }
+        self.ds
+            .append_audit(&[AuditEvent::new(
+                "agent.renewed",
+                &agent.spiffe_id,
+                serde_json::json!({
+                    "serial": issued.serial_hex,
+                    "not_after": unix(issued.not_after),
+                }),
+            )])
+            .await?;
         tracing::info!(agent_id = %agent.spiffe_id, serial = %issued.serial_hex, "agent SVID renewed");
         Ok(issued)
     }
@@ -243,6 +287,9 @@ impl NodeAttestor {
             .delete_agent(&id)
             .await?
             .ok_or_else(|| NodeAttestationError::NotAttested(id.to_string()))?;
+        self.ds
+            .append_audit(&[AuditEvent::new("agent.evicted", &id, serde_json::json!({}))])
+            .await?;
         tracing::info!(agent_id = %id, "agent evicted");
         self.events.publish(ChangeEvent::AgentRemoved(id));
         Ok(record)
@@ -256,6 +303,9 @@ impl NodeAttestor {
             .ban_agent(&id)
             .await?
             .ok_or_else(|| NodeAttestationError::NotAttested(id.to_string()))?;
+        self.ds
+            .append_audit(&[AuditEvent::new("agent.banned", &id, serde_json::json!({}))])
+            .await?;
         tracing::info!(agent_id = %id, "agent banned");
         self.events.publish(ChangeEvent::AgentRemoved(id));
         Ok(banned)

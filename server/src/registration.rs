@@ -12,6 +12,7 @@ use common::{
     RegistrationEntry, Selector, SelectorError, SelectorSet, SpiffeId, SpiffeIdError, TrustDomain,
 };
 
+use crate::audit::AuditEvent;
 use crate::config::MAX_SVID_TTL;
 use crate::datastore::{Datastore, DatastoreError, EntryFilter};
 use crate::events::{ChangeEvent, Events};
@@ -119,6 +120,23 @@ pub fn now_unix() -> i64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+fn entry_event(kind: &str, e: &RegistrationEntry) -> AuditEvent {
+    AuditEvent::new(
+        kind,
+        &e.id,
+        serde_json::json!({
+            "spiffe_id": e.spiffe_id.as_str(),
+            "parent_id": e.parent_id.as_str(),
+            "selectors": e.selectors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "x509_svid_ttl": e.x509_svid_ttl.as_secs(),
+            "jwt_svid_ttl": e.jwt_svid_ttl.as_secs(),
+            "dns_names": e.dns_names,
+            "jit": e.jit,
+            "revision": e.revision,
+        }),
+    )
 }
 
 /// Entry CRUD with validation and change notification.
@@ -244,6 +262,9 @@ impl Registrar {
         entry.created_at = now_unix();
         entry.revision = 1;
         self.ds.create_entry(&entry).await?;
+        self.ds
+            .append_audit(&[entry_event("entry.created", &entry)])
+            .await?;
         tracing::info!(entry_id = %entry.id, spiffe_id = %entry.spiffe_id, parent_id = %entry.parent_id, "entry created");
         self.events.publish(ChangeEvent::EntryUpserted {
             entry: Arc::new(entry.clone()),
@@ -268,6 +289,9 @@ impl Registrar {
         entry.created_at = old.created_at;
         entry.revision = old.revision + 1;
         self.ds.update_entry(&entry).await?;
+        self.ds
+            .append_audit(&[entry_event("entry.updated", &entry)])
+            .await?;
         tracing::info!(entry_id = %entry.id, spiffe_id = %entry.spiffe_id, "entry updated");
         let previous_parent = (old.parent_id != entry.parent_id).then_some(old.parent_id);
         self.events.publish(ChangeEvent::EntryUpserted {
@@ -284,6 +308,9 @@ impl Registrar {
             .delete_entry(id)
             .await?
             .ok_or_else(|| RegistrationError::NotFound(id.to_owned()))?;
+        self.ds
+            .append_audit(&[entry_event("entry.deleted", &entry)])
+            .await?;
         tracing::info!(entry_id = %entry.id, spiffe_id = %entry.spiffe_id, "entry deleted");
         self.events.publish(ChangeEvent::EntryDeleted {
             id: entry.id.clone(),

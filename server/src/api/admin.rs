@@ -13,14 +13,16 @@ use common::proto::tessera::{
     ListEntriesRequest, ListEntriesResponse, UpdateEntryRequest,
 };
 use common::proto::tessera::{
-    CaInfo as WireCaInfo, ListCasRequest, ListCasResponse, RotateCaRequest,
+    AuditRecord as WireAuditRecord, CaInfo as WireCaInfo, ListAuditRequest, ListCasRequest,
+    ListCasResponse, RotateCaRequest, VerifyAuditRequest, VerifyAuditResponse,
 };
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use crate::app::BundlePublisher;
+use crate::audit::{AuditChainError, AuditEvent};
 use crate::ca::rotation::CaInfo;
-use crate::datastore::AgentRecord;
+use crate::datastore::{AgentRecord, Datastore};
 use crate::node_attestation::NodeAttestor;
 use crate::registration::Registrar;
 use crate::server_identity::ServerIdentity;
@@ -33,6 +35,20 @@ pub(crate) struct AdminService {
     pub(crate) bundle: BundleCell,
     pub(crate) publisher: Arc<BundlePublisher>,
     pub(crate) identity: Arc<ServerIdentity>,
+    pub(crate) ds: Arc<dyn Datastore>,
+}
+
+fn audit_to_wire(r: &crate::audit::AuditRecord) -> WireAuditRecord {
+    WireAuditRecord {
+        seq: r.seq,
+        at_ms: r.at_ms,
+        kind: r.event.kind.clone(),
+        task_id: r.event.task_id.clone().unwrap_or_default(),
+        subject: r.event.subject.clone(),
+        detail_json: r.event.detail.to_string(),
+        prev_hash: r.prev_hash.clone(),
+        hash: r.hash.clone(),
+    }
 }
 
 fn unix(t: std::time::SystemTime) -> i64 {
@@ -196,11 +212,66 @@ impl Admin for AdminService {
             tracing::error!(error = %e, "forced CA rotation failed");
             Status::internal("CA rotation failed; see the server log")
         })?;
+        self.ds
+            .append_audit(&[AuditEvent::new(
+                "ca.rotated",
+                self.publisher.ca.active().serial_hex(),
+                serde_json::json!({ "reason": "operator" }),
+            )])
+            .await?;
         // Publish the new CA to every agent before presenting a certificate it signed.
         self.publisher.publish();
         if let Err(e) = self.identity.renew() {
             tracing::error!(error = %e, "cannot re-issue the server certificate");
         }
         Ok(Response::new(cas_to_wire(&self.publisher.ca.list())))
+    }
+
+    type ListAuditStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<WireAuditRecord, Status>> + Send>>;
+
+    async fn list_audit(
+        &self,
+        req: Request<ListAuditRequest>,
+    ) -> Result<Response<Self::ListAuditStream>, Status> {
+        authorize(&req)?;
+        let task = req.get_ref().task_id.clone();
+        let records = self
+            .ds
+            .list_audit((!task.is_empty()).then_some(task.as_str()))
+            .await?;
+        let items: Vec<Result<WireAuditRecord, Status>> =
+            records.iter().map(|r| Ok(audit_to_wire(r))).collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(items))))
+    }
+
+    async fn verify_audit(
+        &self,
+        req: Request<VerifyAuditRequest>,
+    ) -> Result<Response<VerifyAuditResponse>, Status> {
+        authorize(&req)?;
+        let records = self.ds.list_audit(None).await?;
+        let resp = match crate::audit::verify(&records) {
+            Ok(n) => VerifyAuditResponse {
+                ok: true,
+                records: i64::try_from(n).unwrap_or(i64::MAX),
+                first_bad_seq: 0,
+                error: String::new(),
+            },
+            Err(e) => {
+                let seq = match e {
+                    AuditChainError::Edited { seq } | AuditChainError::Broken { seq, .. } => seq,
+                };
+                tracing::error!(error = %e, "audit log verification failed");
+                let good = records.iter().take_while(|r| r.seq < seq).count();
+                VerifyAuditResponse {
+                    ok: false,
+                    records: i64::try_from(good).unwrap_or(i64::MAX),
+                    first_bad_seq: seq,
+                    error: e.to_string(),
+                }
+            }
+        };
+        Ok(Response::new(resp))
     }
 }

@@ -20,6 +20,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::audit::AuditEvent;
 use crate::ca::rotation::CaSet;
 use crate::datastore::{AgentRecord, Datastore, EntryFilter};
 use crate::events::{ChangeEvent, Events};
@@ -187,6 +188,7 @@ impl Node for NodeService {
             )));
         }
         let mut svids = Vec::with_capacity(csrs.len());
+        let mut audit = Vec::with_capacity(csrs.len());
         for item in csrs {
             let refuse = |why: String| SignedX509Svid {
                 entry_id: item.entry_id.clone(),
@@ -222,6 +224,20 @@ impl Node for NodeService {
                         serial = %issued.serial_hex,
                         "X.509-SVID issued"
                     );
+                    audit.push(AuditEvent::new(
+                        "svid.x509.issued",
+                        &entry.spiffe_id,
+                        serde_json::json!({
+                            "entry_id": entry.id,
+                            "agent_id": agent.as_str(),
+                            "serial": issued.serial_hex,
+                            "not_after": issued
+                                .not_after
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map(|d| d.as_secs())
+                                .unwrap_or(0),
+                        }),
+                    ));
                     svids.push(SignedX509Svid {
                         entry_id: entry.id,
                         svid_chain: chain_bytes(&issued.chain),
@@ -234,6 +250,8 @@ impl Node for NodeService {
                 }
             }
         }
+        // Recorded before any SVID leaves the server.
+        self.ds.append_audit(&audit).await?;
         Ok(Response::new(SignX509SvidsResponse { svids }))
     }
 
@@ -279,6 +297,18 @@ impl Node for NodeService {
                 tracing::error!(error = %e, "JWT-SVID signing failed");
                 Status::internal("JWT-SVID signing failed; see the server log")
             })?;
+        self.ds
+            .append_audit(&[AuditEvent::new(
+                "svid.jwt.issued",
+                &entry.spiffe_id,
+                serde_json::json!({
+                    "entry_id": entry.id,
+                    "agent_id": agent.as_str(),
+                    "audience": req.audience,
+                    "expires_at": expires_at,
+                }),
+            )])
+            .await?;
         tracing::info!(
             agent_id = %agent,
             entry_id = %entry.id,

@@ -16,6 +16,7 @@ use sqlx::sqlite::{
 };
 
 use super::{AgentRecord, ConsumedToken, Datastore, DatastoreError, EntryFilter};
+use crate::audit::{AuditEvent, AuditRecord};
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS entries (
@@ -38,6 +39,17 @@ const SCHEMA: &[&str] = &[
         spiffe_id TEXT NOT NULL,
         expires_at INTEGER NOT NULL
     )",
+    "CREATE TABLE IF NOT EXISTS audit_log (
+        seq INTEGER PRIMARY KEY,
+        at_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        task_id TEXT,
+        subject TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS audit_task ON audit_log (task_id)",
     "CREATE TABLE IF NOT EXISTS agents (
         spiffe_id TEXT PRIMARY KEY,
         serial TEXT NOT NULL,
@@ -53,6 +65,8 @@ const SCHEMA: &[&str] = &[
 #[derive(Debug, Clone)]
 pub struct SqliteDatastore {
     pool: SqlitePool,
+    /// Serialises audit appends so each record chains onto the one before it.
+    audit_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 fn backend(e: sqlx::Error) -> DatastoreError {
@@ -143,7 +157,10 @@ impl SqliteDatastore {
         }
         // The database holds token hashes and agent records: keep it private.
         set_private(path);
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            audit_lock: std::sync::Arc::default(),
+        })
     }
 
     async fn write_entry(&self, e: &RegistrationEntry, insert: bool) -> Result<(), DatastoreError> {
@@ -353,6 +370,81 @@ impl Datastore for SqliteDatastore {
             .await
             .map_err(backend)?;
         row.as_ref().map(agent_from_row).transpose()
+    }
+
+    async fn append_audit(
+        &self,
+        events: &[AuditEvent],
+    ) -> Result<Vec<AuditRecord>, DatastoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let _guard = self.audit_lock.lock().await;
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?
+            .map(|r| -> Result<(i64, String), DatastoreError> {
+                Ok((
+                    r.try_get("seq").map_err(corrupt)?,
+                    r.try_get("hash").map_err(corrupt)?,
+                ))
+            })
+            .transpose()?;
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        let records = crate::audit::chain(last, at_ms, events);
+        for r in &records {
+            sqlx::query(
+                "INSERT INTO audit_log (seq, at_ms, kind, task_id, subject, detail, prev_hash, hash)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(r.seq)
+            .bind(r.at_ms)
+            .bind(&r.event.kind)
+            .bind(&r.event.task_id)
+            .bind(&r.event.subject)
+            .bind(r.event.detail.to_string())
+            .bind(&r.prev_hash)
+            .bind(&r.hash)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(records)
+    }
+
+    async fn list_audit(&self, task_id: Option<&str>) -> Result<Vec<AuditRecord>, DatastoreError> {
+        let rows =
+            sqlx::query("SELECT * FROM audit_log WHERE (?1 IS NULL OR task_id = ?1) ORDER BY seq")
+                .bind(task_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                let detail: String = r.try_get("detail").map_err(corrupt)?;
+                Ok(AuditRecord {
+                    seq: r.try_get("seq").map_err(corrupt)?,
+                    at_ms: r.try_get("at_ms").map_err(corrupt)?,
+                    event: AuditEvent {
+                        kind: r.try_get("kind").map_err(corrupt)?,
+                        task_id: r.try_get("task_id").map_err(corrupt)?,
+                        subject: r.try_get("subject").map_err(corrupt)?,
+                        // A record whose detail is no longer JSON was tampered with: keep the
+                        // raw text so verification reports it instead of the listing failing.
+                        detail: serde_json::from_str(&detail)
+                            .unwrap_or(serde_json::Value::String(detail)),
+                    },
+                    prev_hash: r.try_get("prev_hash").map_err(corrupt)?,
+                    hash: r.try_get("hash").map_err(corrupt)?,
+                })
+            })
+            .collect()
     }
 }
 

@@ -9,6 +9,7 @@
     reason = "test code"
 )]
 
+mod audit;
 mod ca_rotation;
 mod cli;
 mod deploy;

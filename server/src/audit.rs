@@ -1,0 +1,221 @@
+//! The append-only, hash-chained audit log.
+//!
+//! Every security-relevant step — enrollment, agent renewal/eviction/ban, entry changes,
+//! each X.509-SVID and JWT-SVID issued, CA rotation — is one record in the datastore,
+//! written before the call that caused it returns. Each record's hash covers its content
+//! and the previous record's hash, so editing, deleting or reordering any record breaks
+//! the chain from that point on; [`verify`] names the first record that does not fit.
+//!
+//! The hash is SHA-256 over a canonical JSON array
+//! `[seq, at_ms, kind, task_id, subject, detail, prev_hash]`, hex-encoded; the first
+//! record's `prev_hash` is 64 zeros.
+
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+
+/// `prev_hash` of the first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What to record (the datastore assigns `seq`, `at_ms` and the hashes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEvent {
+    /// Dotted kind, e.g. `svid.x509.issued`.
+    pub kind: String,
+    /// The task this belongs to, if any.
+    pub task_id: Option<String>,
+    /// Who or what it is about (a SPIFFE ID, an entry id).
+    pub subject: String,
+    /// Structured details (serials, expiries, reasons). Never secrets.
+    pub detail: Value,
+}
+
+impl AuditEvent {
+    /// An event without a task.
+    pub fn new(kind: &str, subject: impl std::fmt::Display, detail: Value) -> Self {
+        Self {
+            kind: kind.to_owned(),
+            task_id: None,
+            subject: subject.to_string(),
+            detail,
+        }
+    }
+}
+
+/// A stored record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditRecord {
+    /// Position in the log, from 1, without gaps.
+    pub seq: i64,
+    /// Unix milliseconds when it was written.
+    pub at_ms: i64,
+    /// The event.
+    pub event: AuditEvent,
+    /// Hash of the previous record ([`GENESIS`] for the first).
+    pub prev_hash: String,
+    /// Hash of this record.
+    pub hash: String,
+}
+
+/// The hash of a record with these fields.
+pub fn record_hash(seq: i64, at_ms: i64, event: &AuditEvent, prev_hash: &str) -> String {
+    let canonical = json!([
+        seq,
+        at_ms,
+        event.kind,
+        event.task_id,
+        event.subject,
+        event.detail,
+        prev_hash
+    ]);
+    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+}
+
+impl AuditRecord {
+    /// One JSON object (a JSON-lines export row).
+    pub fn to_json(&self) -> Value {
+        json!({
+            "seq": self.seq,
+            "at_ms": self.at_ms,
+            "kind": self.event.kind,
+            "task_id": self.event.task_id,
+            "subject": self.event.subject,
+            "detail": self.event.detail,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        })
+    }
+}
+
+/// Where and how the chain breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuditChainError {
+    /// A record's content does not match its hash (edited).
+    #[error("record {seq}: content does not match its hash (edited)")]
+    Edited {
+        /// The record.
+        seq: i64,
+    },
+    /// A record does not follow the one before it (deleted, inserted or reordered).
+    #[error(
+        "record {seq}: does not follow record {previous} (a record was deleted, inserted or reordered)"
+    )]
+    Broken {
+        /// The record that does not fit.
+        seq: i64,
+        /// The record before it in storage order (0 for the start).
+        previous: i64,
+    },
+}
+
+/// Checks a full log in storage order. Returns the number of records verified.
+pub fn verify(records: &[AuditRecord]) -> Result<usize, AuditChainError> {
+    let mut prev_hash = GENESIS.to_owned();
+    let mut prev_seq = 0;
+    for r in records {
+        if r.seq != prev_seq + 1 || r.prev_hash != prev_hash {
+            return Err(AuditChainError::Broken {
+                seq: r.seq,
+                previous: prev_seq,
+            });
+        }
+        if record_hash(r.seq, r.at_ms, &r.event, &r.prev_hash) != r.hash {
+            return Err(AuditChainError::Edited { seq: r.seq });
+        }
+        prev_hash.clone_from(&r.hash);
+        prev_seq = r.seq;
+    }
+    Ok(records.len())
+}
+
+/// Builds the records that follow `last` (seq, hash) for `events` written at `at_ms`.
+pub fn chain(last: Option<(i64, String)>, at_ms: i64, events: &[AuditEvent]) -> Vec<AuditRecord> {
+    let (mut seq, mut prev) = last.unwrap_or((0, GENESIS.to_owned()));
+    events
+        .iter()
+        .map(|e| {
+            seq += 1;
+            let hash = record_hash(seq, at_ms, e, &prev);
+            AuditRecord {
+                seq,
+                at_ms,
+                event: e.clone(),
+                prev_hash: std::mem::replace(&mut prev, hash.clone()),
+                hash,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(n: usize) -> Vec<AuditRecord> {
+        let events: Vec<AuditEvent> = (0..n)
+            .map(|i| AuditEvent::new("entry.created", format!("e{i}"), json!({"i": i})))
+            .collect();
+        chain(None, 1000, &events)
+    }
+
+    #[test]
+    fn detects_edit_delete_reorder_insert() {
+        let good = log(5);
+        assert_eq!(verify(&good), Ok(5));
+        let more = chain(
+            Some((5, good[4].hash.clone())),
+            2000,
+            &[AuditEvent::new("x", "y", json!({}))],
+        );
+        assert_eq!(more[0].seq, 6);
+        assert_eq!(more[0].prev_hash, good[4].hash);
+
+        let mut edited = good.clone();
+        edited[2].event.detail = json!({"i": 99});
+        assert_eq!(verify(&edited), Err(AuditChainError::Edited { seq: 3 }));
+
+        let mut deleted = good.clone();
+        deleted.remove(1);
+        assert_eq!(
+            verify(&deleted),
+            Err(AuditChainError::Broken {
+                seq: 3,
+                previous: 1
+            })
+        );
+
+        let mut swapped = good.clone();
+        swapped.swap(1, 2);
+        assert_eq!(
+            verify(&swapped),
+            Err(AuditChainError::Broken {
+                seq: 3,
+                previous: 1
+            })
+        );
+
+        // Renumbering after a deletion still breaks the hash links.
+        let mut renumbered = good.clone();
+        renumbered.remove(1);
+        for (i, r) in renumbered.iter_mut().enumerate() {
+            r.seq = i as i64 + 1;
+        }
+        assert!(verify(&renumbered).is_err());
+
+        // Recomputing one record's hash after editing breaks the next link.
+        let mut rehashed = good;
+        rehashed[2].event.subject = "forged".into();
+        rehashed[2].hash = record_hash(
+            3,
+            rehashed[2].at_ms,
+            &rehashed[2].event,
+            &rehashed[2].prev_hash,
+        );
+        assert_eq!(
+            verify(&rehashed),
+            Err(AuditChainError::Broken {
+                seq: 4,
+                previous: 3
+            })
+        );
+    }
+}
