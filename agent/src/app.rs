@@ -142,8 +142,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             shutdown.clone(),
         ));
     }
-    // Ready once the first full sync has been applied: from then on the agent can answer
-    // every workload (and keeps doing so from its cache if the server goes away).
+    // Ready once the agent can serve: after the first sync from the server (from then on it
+    // answers from its cache even if the server goes away), or earlier when the persisted
+    // cache holds still-valid SVIDs.
     {
         let mut rx = cache.subscribe();
         let health = health.clone();
@@ -151,7 +152,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         health.set_not_ready("waiting for the first sync with the server");
         tokio::spawn(async move {
             loop {
-                if rx.borrow_and_update().synced {
+                if rx.borrow_and_update().can_serve(SystemTime::now()) {
                     health.set_ready();
                     return;
                 }

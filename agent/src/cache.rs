@@ -30,8 +30,11 @@ pub struct CacheSnapshot {
     pub entries: HashMap<String, Arc<CachedEntry>>,
     /// Our trust domain's bundle.
     pub bundle: Option<Arc<Bundle>>,
-    /// True once the first full sync from the server has been applied.
+    /// True once entries are known: from the server's first sync, or from the persisted
+    /// cache at start-up.
     pub synced: bool,
+    /// True once the server itself has synced us (not just the persisted cache).
+    pub from_server: bool,
 }
 
 /// What a caller is entitled to right now.
@@ -44,6 +47,17 @@ pub struct Identities {
 }
 
 impl CacheSnapshot {
+    /// Whether the agent can actually serve: synced by the server, or holding at least one
+    /// still-valid SVID from the persisted cache.
+    pub fn can_serve(&self, now: SystemTime) -> bool {
+        self.from_server
+            || (self.synced
+                && self
+                    .entries
+                    .values()
+                    .any(|c| c.svid.as_ref().is_some_and(|s| !s.is_expired_at(now))))
+    }
+
     /// The identities of a caller with `selectors` at `now`.
     ///
     /// Order is stable (entry creation time, then id) so the default identity does not
@@ -193,6 +207,7 @@ impl CacheSnapshot {
             entries,
             bundle,
             synced: true,
+            from_server: false,
         })
     }
 

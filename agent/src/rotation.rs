@@ -262,6 +262,7 @@ impl Rotation {
                     }
                     s.entries = next;
                     s.synced = true;
+                    s.from_server = true;
                 });
             }
             Some(sync_update::Update::EntryUpserted(e)) => {

@@ -45,3 +45,66 @@ pub async fn cancel_on_signal(shutdown: CancellationToken) {
     }
     shutdown.cancel();
 }
+
+/// How a binary's `main` proceeds: run the daemon (with its validated log settings) or a
+/// one-shot client command.
+#[derive(Debug)]
+pub enum Invocation<D, C> {
+    /// `run`: configuration already validated; `(log_level, log_json, daemon)`.
+    Daemon(String, bool, D),
+    /// Any other subcommand.
+    Client(C),
+    /// `run` with an invalid configuration: the message to print (exit 64).
+    BadConfig(String),
+}
+
+/// The shared `main`: builds the multi-threaded runtime, and either runs the daemon until
+/// SIGTERM/SIGINT (logging to stderr) or runs a client command; maps the outcome to the
+/// process exit code (0, 1, or [`EX_USAGE`] for a bad configuration).
+#[expect(
+    clippy::print_stderr,
+    reason = "errors are reported to the operator on stderr"
+)]
+pub fn main<D, DF, C, CF>(name: &str, invocation: Invocation<D, C>) -> std::process::ExitCode
+where
+    D: FnOnce(CancellationToken) -> DF,
+    DF: Future<Output = Result<(), anyhow::Error>>,
+    C: FnOnce() -> CF,
+    CF: Future<Output = Result<(), anyhow::Error>>,
+{
+    use std::process::ExitCode;
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match invocation {
+        Invocation::BadConfig(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(EX_USAGE);
+        }
+        Invocation::Daemon(level, json, daemon) => {
+            init_logging(&level, json);
+            let shutdown = CancellationToken::new();
+            runtime.spawn(cancel_on_signal(shutdown.clone()));
+            let r = runtime.block_on(daemon(shutdown));
+            if let Err(e) = &r {
+                tracing::error!(error = format!("{e:#}"), "{name} failed");
+            }
+            r
+        }
+        Invocation::Client(client) => runtime.block_on(client()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

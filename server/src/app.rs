@@ -331,11 +331,19 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
 
     // A component that stops before shutdown was requested is a fatal error.
     tokio::select! {
+        // Checked first: on SIGTERM the components also see the cancellation and may
+        // finish at the same moment, which is shutdown, not a failure.
+        biased;
         () = shutdown.cancelled() => {}
         _ = tasks.join_next() => {
+            if shutdown.is_cancelled() {
+                // Not a failure: the component ended because shutdown began.
+                tracing::debug!("a component finished during shutdown");
+            } else {
             shutdown.cancel();
             let _ = std::fs::remove_file(&config.admin_socket);
             anyhow::bail!("a server component stopped unexpectedly");
+            }
         }
     }
     tracing::info!("shutting down");

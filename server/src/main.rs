@@ -1,55 +1,23 @@
 //! tessera-server entry point: parses arguments, validates config (exit 64 when invalid),
-//! builds the runtime, runs the server or an admin command, maps errors to exit codes.
+//! then runs the server or an admin command through the shared `daemon::main`.
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
+use daemon::Invocation;
 use server::cli::{Cli, Command};
-use tokio_util::sync::CancellationToken;
 
-#[expect(
-    clippy::print_stderr,
-    reason = "errors are reported to the operator on stderr"
-)]
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match cli.command {
-        Command::Run(args) => {
-            let config = match args.into_config() {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(daemon::EX_USAGE);
-                }
-            };
-            daemon::init_logging(&config.log_level, config.log_json);
-            let shutdown = CancellationToken::new();
-            runtime.spawn(daemon::cancel_on_signal(shutdown.clone()));
-            match runtime.block_on(server::app::run(config, shutdown)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!(error = format!("{e:#}"), "tessera-server failed");
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
+    let invocation = match Cli::parse().command {
+        Command::Run(args) => match args.into_config() {
+            Ok(config) => {
+                Invocation::Daemon(config.log_level.clone(), config.log_json, move |shutdown| {
+                    server::app::run(config, shutdown)
+                })
             }
-        }
-        command => match runtime.block_on(server::cli::run_admin(command)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
+            Err(e) => Invocation::BadConfig(e.to_string()),
         },
-    }
+        command => Invocation::Client(move || server::cli::run_admin(command)),
+    };
+    daemon::main("tessera-server", invocation)
 }

@@ -196,6 +196,46 @@ impl SqliteDatastore {
     }
 }
 
+async fn append_in_tx(
+    conn: &mut sqlx::SqliteConnection,
+    events: &[AuditEvent],
+) -> Result<Vec<AuditRecord>, DatastoreError> {
+    let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(backend)?
+        .map(|r| -> Result<(i64, String), DatastoreError> {
+            Ok((
+                r.try_get("seq").map_err(corrupt)?,
+                r.try_get("hash").map_err(corrupt)?,
+            ))
+        })
+        .transpose()?;
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    let records = crate::audit::chain(last, at_ms, events);
+    for r in &records {
+        sqlx::query(
+            "INSERT INTO audit_log (seq, at_ms, kind, task_id, subject, detail, prev_hash, hash)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(r.seq)
+        .bind(r.at_ms)
+        .bind(&r.event.kind)
+        .bind(&r.event.task_id)
+        .bind(&r.event.subject)
+        .bind(r.event.detail.to_string())
+        .bind(&r.prev_hash)
+        .bind(&r.hash)
+        .execute(&mut *conn)
+        .await
+        .map_err(backend)?;
+    }
+    Ok(records)
+}
+
 fn set_private(path: &Path) {
     use std::os::unix::fs::PermissionsExt as _;
     for p in [
@@ -379,43 +419,31 @@ impl Datastore for SqliteDatastore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let _guard = self.audit_lock.lock().await;
-        let mut tx = self.pool.begin().await.map_err(backend)?;
-        let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(backend)?
-            .map(|r| -> Result<(i64, String), DatastoreError> {
-                Ok((
-                    r.try_get("seq").map_err(corrupt)?,
-                    r.try_get("hash").map_err(corrupt)?,
-                ))
-            })
-            .transpose()?;
-        let at_ms = std::time::SystemTime::now()
-            .duration_since(std::time::SystemTime::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
-        let records = crate::audit::chain(last, at_ms, events);
-        for r in &records {
-            sqlx::query(
-                "INSERT INTO audit_log (seq, at_ms, kind, task_id, subject, detail, prev_hash, hash)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(r.seq)
-            .bind(r.at_ms)
-            .bind(&r.event.kind)
-            .bind(&r.event.task_id)
-            .bind(&r.event.subject)
-            .bind(r.event.detail.to_string())
-            .bind(&r.prev_hash)
-            .bind(&r.hash)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        }
-        tx.commit().await.map_err(backend)?;
-        Ok(records)
+        // Run to completion even if the caller's request is cancelled, so a transaction is
+        // never abandoned half-way on a pooled connection.
+        let pool = self.pool.clone();
+        let lock = std::sync::Arc::clone(&self.audit_lock);
+        let events = events.to_vec();
+        tokio::spawn(async move {
+            let _guard = lock.lock().await;
+            let mut conn = pool.acquire().await.map_err(backend)?;
+            // IMMEDIATE takes the write lock up front (waiting up to the busy timeout), so
+            // the read of the chain head and the inserts see no interleaved writer; a
+            // deferred transaction would fail with SQLITE_BUSY when it upgrades.
+            sqlx::query("BEGIN IMMEDIATE")
+                .execute(&mut *conn)
+                .await
+                .map_err(backend)?;
+            let result = append_in_tx(&mut conn, &events).await;
+            let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+            sqlx::query(end)
+                .execute(&mut *conn)
+                .await
+                .map_err(backend)?;
+            result
+        })
+        .await
+        .map_err(|e| DatastoreError::Backend(format!("audit append task: {e}")))?
     }
 
     async fn list_audit(&self, task_id: Option<&str>) -> Result<Vec<AuditRecord>, DatastoreError> {

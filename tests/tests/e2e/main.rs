@@ -17,5 +17,6 @@ mod interop_python;
 mod interop_rust;
 mod jwt;
 mod lifecycle;
+mod resilience;
 mod smoke;
 mod upstream;
