@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
+use common::proto::tessera::workload_tasks_server::WorkloadTasksServer;
 use common::proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use common::{Bundle, BundleCell, X509Svid};
 use tokio_stream::wrappers::UnixListenerStream;
@@ -175,7 +176,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let api_shutdown = shutdown.clone();
     let mut server = tokio::spawn(async move {
         tonic::transport::Server::builder()
-            .add_service(SpiffeWorkloadApiServer::new(api))
+            .add_service(SpiffeWorkloadApiServer::new(api.clone()))
+            .add_service(WorkloadTasksServer::new(api))
             .serve_with_incoming_shutdown(
                 // Every connection goes through the `:authority` repair (see authority.rs).
                 UnixListenerStream::new(listener).map(|c| c.map(RepairedStream::new)),

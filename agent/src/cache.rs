@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use common::proto::tessera;
+use common::task::TaskGrant;
 use common::{Bundle, RegistrationEntry, SelectorSet, X509Svid};
 use tokio::sync::watch;
 
@@ -17,10 +18,27 @@ use tokio::sync::watch;
 pub struct CachedEntry {
     /// The entry as last synced.
     pub entry: RegistrationEntry,
-    /// The current SVID for it, if issued.
+    /// For a just-in-time entry, the active task that makes it live (none: dormant).
+    pub grant: Option<TaskGrant>,
+    /// The current SVID for it, if issued (for a just-in-time entry: under `grant`).
     pub svid: Option<Arc<X509Svid>>,
     /// The entry revision the SVID was issued for.
     pub svid_revision: u64,
+}
+
+impl CachedEntry {
+    /// Whether the entry grants its identity at `now_unix`: always for a standing entry;
+    /// for a just-in-time entry only while a task activates it.
+    pub fn is_live(&self, now_unix: i64) -> bool {
+        !self.entry.jit || self.grant.as_ref().is_some_and(|g| g.live_at(now_unix))
+    }
+}
+
+/// Unix seconds of `t`.
+pub fn unix(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// Everything the Workload API serves, at one instant.
@@ -35,6 +53,8 @@ pub struct CacheSnapshot {
     pub synced: bool,
     /// True once the server itself has synced us (not just the persisted cache).
     pub from_server: bool,
+    /// Tasks that ended early and the CRLs listing their SVIDs (trust-domain wide).
+    pub revocations: Arc<tessera::Revocations>,
 }
 
 /// What a caller is entitled to right now.
@@ -58,6 +78,15 @@ impl CacheSnapshot {
                     .any(|c| c.svid.as_ref().is_some_and(|s| !s.is_expired_at(now))))
     }
 
+    /// Whether a JWT-SVID of `task_id` must be refused: the task ended before its deadline.
+    pub fn task_ended(&self, task_id: &str, now_unix: i64) -> Option<&str> {
+        self.revocations
+            .ended_tasks
+            .iter()
+            .find(|t| t.task_id == task_id && now_unix < t.until)
+            .map(|t| t.state.as_str())
+    }
+
     /// The identities of a caller with `selectors` at `now`.
     ///
     /// Order is stable (entry creation time, then id) so the default identity does not
@@ -67,7 +96,7 @@ impl CacheSnapshot {
             .entries
             .values()
             // A just-in-time entry is dormant: it grants nothing without an active task.
-            .filter(|c| !c.entry.jit && c.entry.selectors.entry_matches(selectors))
+            .filter(|c| c.is_live(unix(now)) && c.entry.selectors.entry_matches(selectors))
             .collect();
         matching.sort_by(|a, b| {
             (a.entry.created_at, &a.entry.id).cmp(&(b.entry.created_at, &b.entry.id))
@@ -146,8 +175,16 @@ impl CacheSnapshot {
         entries.sort_by(|a, b| a.entry.id.cmp(&b.entry.id));
         let msg = tessera::AgentCache {
             snapshot: Some(tessera::SyncSnapshot {
-                entries: entries.iter().map(|c| (&c.entry).into()).collect(),
+                entries: entries
+                    .iter()
+                    .map(|c| {
+                        let mut wire: tessera::Entry = (&c.entry).into();
+                        wire.task = c.grant.as_ref().map(Into::into);
+                        wire
+                    })
+                    .collect(),
                 bundle: self.bundle.as_deref().map(Into::into),
+                revocations: Some((*self.revocations).clone()),
             }),
             svids: entries
                 .iter()
@@ -188,7 +225,8 @@ impl CacheSnapshot {
             }
         }
         let mut entries = HashMap::new();
-        for wire in snap.entries {
+        for mut wire in snap.entries {
+            let grant = wire.task.take().map(TaskGrant::from);
             let entry = RegistrationEntry::try_from(wire).map_err(|e| e.to_string())?;
             let (svid_revision, svid) = match svids.remove(&entry.id) {
                 Some((rev, s)) => (rev, Some(s)),
@@ -198,6 +236,7 @@ impl CacheSnapshot {
                 entry.id.clone(),
                 Arc::new(CachedEntry {
                     entry,
+                    grant,
                     svid,
                     svid_revision,
                 }),
@@ -208,6 +247,7 @@ impl CacheSnapshot {
             bundle,
             synced: true,
             from_server: false,
+            revocations: Arc::new(snap.revocations.unwrap_or_default()),
         })
     }
 
@@ -285,6 +325,7 @@ mod tests {
                 created_at: created,
                 revision: 1,
             },
+            grant: None,
             svid: None,
             svid_revision: 0,
         })
@@ -316,6 +357,27 @@ mod tests {
         assert!(
             !snap.identities(&nine, SystemTime::now()).matched,
             "dormant JIT entry"
+        );
+        // A task makes it live until its deadline, and no longer.
+        let now = SystemTime::now();
+        let mut live = (*snap.entries["d"]).clone();
+        live.grant = Some(TaskGrant {
+            task_id: "t1".into(),
+            deadline: unix(now) + 60,
+        });
+        snap.entries.insert("d".into(), Arc::new(live.clone()));
+        assert!(
+            snap.identities(&nine, now).matched,
+            "JIT entry under an active task"
+        );
+        live.grant = Some(TaskGrant {
+            task_id: "t1".into(),
+            deadline: unix(now),
+        });
+        snap.entries.insert("d".into(), Arc::new(live));
+        assert!(
+            !snap.identities(&nine, now).matched,
+            "task past its deadline"
         );
         let stranger: SelectorSet = ["unix:uid:7"]
             .iter()

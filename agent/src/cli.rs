@@ -63,6 +63,15 @@ pub enum Command {
         #[command(flatten)]
         opts: ApiOpts,
     },
+    /// Start or end a task as the calling workload (over the Workload API socket).
+    Task {
+        /// Task command.
+        #[command(subcommand)]
+        command: TaskCommand,
+        /// Connection options.
+        #[command(flatten)]
+        opts: ApiOpts,
+    },
     /// Check that the Workload API answers on the socket.
     Healthcheck {
         /// Connection options.
@@ -124,6 +133,50 @@ impl RunArgs {
             log_format <- log_format);
         AgentConfig::from_raw(raw)
     }
+}
+
+/// Task commands: the caller's standing identity is the requester.
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Start a task that activates a just-in-time identity (or provisions a temporary
+    /// one) for this workload; prints the task.
+    Begin {
+        /// The just-in-time SPIFFE ID to activate (or, with --provision, to create).
+        #[arg(long, default_value = "")]
+        spiffe_id: String,
+        /// The just-in-time entry to activate, by id.
+        #[arg(long, default_value = "")]
+        entry_id: String,
+        /// Create a temporary entry for the task (deleted when it ends).
+        #[arg(long)]
+        provision: bool,
+        /// Selectors of the temporary entry (all must be the caller's own).
+        #[arg(long = "selector")]
+        selectors: Vec<String>,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Ticket reference.
+        #[arg(long, default_value = "")]
+        ticket: String,
+        /// What the task may do (repeatable).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Lifetime, e.g. 300, 5m, 1h (default: the longest the policy allows).
+        #[arg(long, default_value = "")]
+        ttl: String,
+    },
+    /// End a task this workload started.
+    End {
+        /// The task id.
+        task_id: String,
+        /// completed, failed or cancelled.
+        #[arg(long, default_value = "completed")]
+        outcome: String,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
 }
 
 /// Workload API client commands.
@@ -209,6 +262,11 @@ pub fn socket_path(raw: &str) -> anyhow::Result<PathBuf> {
 
 /// Connects to the Workload API on `path`.
 pub async fn connect(path: &Path) -> anyhow::Result<SpiffeWorkloadApiClient<Channel>> {
+    Ok(SpiffeWorkloadApiClient::new(channel(path).await?))
+}
+
+/// A channel to the agent's socket at `path`.
+async fn channel(path: &Path) -> anyhow::Result<Channel> {
     let path = path.to_owned();
     let display = path.display().to_string();
     // The URI is a placeholder: the connector always dials the Unix socket.
@@ -223,7 +281,7 @@ pub async fn connect(path: &Path) -> anyhow::Result<SpiffeWorkloadApiClient<Chan
         }))
         .await
         .with_context(|| format!("cannot reach the Workload API at {display} (is tessera-agent running? see --socket-path)"))?;
-    Ok(SpiffeWorkloadApiClient::new(channel))
+    Ok(channel)
 }
 
 fn with_header<T>(msg: T) -> tonic::Request<T> {
@@ -469,6 +527,65 @@ pub async fn run_api(command: Command) -> anyhow::Result<()> {
                     }
                 }
             }
+        }
+        Command::Task { command, opts } => {
+            use common::proto::tessera::workload_tasks_client::WorkloadTasksClient;
+            use common::proto::tessera::{EndTaskRequest, TaskSpec};
+            let path = socket_path(&opts.socket_path)?;
+            let mut client = WorkloadTasksClient::new(channel(&path).await?);
+            let task = match command {
+                TaskCommand::Begin {
+                    spiffe_id,
+                    entry_id,
+                    provision,
+                    selectors,
+                    reason,
+                    ticket,
+                    scopes,
+                    ttl,
+                } => {
+                    let ttl_seconds = if ttl.is_empty() {
+                        0
+                    } else {
+                        let d = common::duration::parse_duration(&ttl)
+                            .map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
+                        i64::try_from(d.as_secs()).context("--ttl is too large")?
+                    };
+                    client
+                        .begin_task(with_header(TaskSpec {
+                            entry_id,
+                            spiffe_id,
+                            provision,
+                            parent_id: String::new(),
+                            selectors,
+                            reason,
+                            ticket,
+                            scopes,
+                            ttl_seconds,
+                        }))
+                        .await
+                }
+                TaskCommand::End {
+                    task_id,
+                    outcome,
+                    reason,
+                } => {
+                    client
+                        .end_task(with_header(EndTaskRequest {
+                            id: task_id,
+                            outcome,
+                            reason,
+                        }))
+                        .await
+                }
+            }
+            .map_err(status)?
+            .into_inner();
+            print(
+                opts.output,
+                &common::task::task_text(&task),
+                &common::task::task_json(&task),
+            );
         }
         Command::Healthcheck { opts } => {
             let path = socket_path(&opts.socket_path)?;

@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use common::proto::tessera::node_client::NodeClient;
 use common::proto::tessera::{CsrForEntry, SignX509SvidsRequest, SyncRequest, sync_update};
+use common::task::TaskGrant;
 use common::{Bundle, BundleCell, RegistrationEntry, TrustDomain, X509Svid};
 use rustls_pki_types::CertificateDer;
 use tokio_util::sync::CancellationToken;
@@ -228,62 +229,53 @@ impl Rotation {
     }
 
     fn apply(&self, update: common::proto::tessera::SyncUpdate) {
-        let parse = |e| match RegistrationEntry::try_from(e) {
-            Ok(e) => Some(e),
-            Err(err) => {
-                tracing::error!(error = %err, "ignoring an invalid entry from the server");
-                None
+        let parse = |mut e: common::proto::tessera::Entry| {
+            let grant = e.task.take().map(TaskGrant::from);
+            match RegistrationEntry::try_from(e) {
+                Ok(e) => Some((e, grant)),
+                Err(err) => {
+                    tracing::error!(error = %err, "ignoring an invalid entry from the server");
+                    None
+                }
             }
         };
         match update.update {
             Some(sync_update::Update::Snapshot(snap)) => {
-                let entries: Vec<RegistrationEntry> =
+                let entries: Vec<(RegistrationEntry, Option<TaskGrant>)> =
                     snap.entries.into_iter().filter_map(parse).collect();
                 tracing::info!(entries = entries.len(), "entry snapshot received");
                 if let Some(b) = snap.bundle.and_then(|b| Bundle::try_from(b).ok()) {
                     self.apply_bundle(b);
                 }
+                let revocations = snap.revocations.unwrap_or_default();
                 self.cache.update(|s| {
                     let mut next = HashMap::with_capacity(entries.len());
-                    for entry in entries {
-                        let (svid, svid_revision) = s
-                            .entries
-                            .get(&entry.id)
-                            .map(|c| (c.svid.clone(), c.svid_revision))
-                            .unwrap_or((None, 0));
-                        next.insert(
-                            entry.id.clone(),
-                            Arc::new(CachedEntry {
-                                entry,
-                                svid,
-                                svid_revision,
-                            }),
-                        );
+                    for (entry, grant) in entries {
+                        let merged = merge(s.entries.get(&entry.id), entry, grant);
+                        next.insert(merged.entry.id.clone(), Arc::new(merged));
                     }
                     s.entries = next;
                     s.synced = true;
                     s.from_server = true;
+                    s.revocations = Arc::new(revocations);
                 });
             }
             Some(sync_update::Update::EntryUpserted(e)) => {
-                if let Some(entry) = parse(e) {
-                    tracing::debug!(entry_id = %entry.id, "entry upserted");
+                if let Some((entry, grant)) = parse(e) {
+                    tracing::debug!(entry_id = %entry.id, task_id = ?grant.as_ref().map(|g| &g.task_id), "entry upserted");
                     self.cache.update(|s| {
-                        let (svid, svid_revision) = s
-                            .entries
-                            .get(&entry.id)
-                            .map(|c| (c.svid.clone(), c.svid_revision))
-                            .unwrap_or((None, 0));
-                        s.entries.insert(
-                            entry.id.clone(),
-                            Arc::new(CachedEntry {
-                                entry,
-                                svid,
-                                svid_revision,
-                            }),
-                        );
+                        let merged = merge(s.entries.get(&entry.id), entry, grant);
+                        s.entries.insert(merged.entry.id.clone(), Arc::new(merged));
                     });
                 }
+            }
+            Some(sync_update::Update::Revocations(r)) => {
+                tracing::info!(
+                    ended_tasks = r.ended_tasks.len(),
+                    crls = r.crls.len(),
+                    "revocations updated"
+                );
+                self.cache.update(|s| s.revocations = Arc::new(r));
             }
             Some(sync_update::Update::EntryDeleted(id)) => {
                 tracing::debug!(entry_id = %id, "entry deleted");
@@ -300,7 +292,7 @@ impl Rotation {
     }
 
     fn needs_svid(c: &CachedEntry, now: SystemTime) -> bool {
-        if c.entry.jit {
+        if !c.is_live(crate::cache::unix(now)) {
             return false;
         }
         match &c.svid {
@@ -317,7 +309,7 @@ impl Rotation {
         for c in snap.entries.values() {
             match &c.svid {
                 Some(s) if c.svid_revision == c.entry.revision => next = next.min(s.refresh_at()),
-                _ if !c.entry.jit => pending = true,
+                _ if c.is_live(crate::cache::unix(now)) => pending = true,
                 _ => {}
             }
         }
@@ -424,6 +416,29 @@ impl Rotation {
             self.retry_at = None;
         }
         Ok(())
+    }
+}
+
+/// The cached state of an entry after the server sent `entry` (with `grant`): the SVID
+/// is kept unless it was issued under another task (or the entry lost its task), so a
+/// task's credential never survives the task on this agent.
+fn merge(
+    old: Option<&Arc<CachedEntry>>,
+    entry: RegistrationEntry,
+    grant: Option<TaskGrant>,
+) -> CachedEntry {
+    let same_task = |c: &CachedEntry| {
+        !entry.jit || c.grant.as_ref().map(|g| &g.task_id) == grant.as_ref().map(|g| &g.task_id)
+    };
+    let (svid, svid_revision) = old
+        .filter(|c| same_task(c))
+        .map(|c| (c.svid.clone(), c.svid_revision))
+        .unwrap_or((None, 0));
+    CachedEntry {
+        entry,
+        grant,
+        svid,
+        svid_revision,
     }
 }
 

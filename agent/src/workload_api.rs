@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 pub(crate) mod authority;
+pub(crate) mod tasks;
 
 use common::proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use common::proto::workload::{
@@ -243,7 +244,7 @@ pub(crate) fn render_x509(
         .collect();
     Ok(Some(X509svidResponse {
         svids,
-        crl: vec![],
+        crl: snap.revocations.crls.clone(),
         federated_bundles: Default::default(),
     }))
 }
@@ -260,7 +261,7 @@ fn render_bundles(
         return Ok(None);
     }
     Ok(Some(X509BundlesResponse {
-        crl: vec![],
+        crl: snap.revocations.crls.clone(),
         bundles,
     }))
 }
@@ -292,10 +293,16 @@ impl WorkloadApi {
     /// minted by the server.
     async fn jwt_for(
         &self,
-        entry: &common::RegistrationEntry,
+        cached_entry: &crate::cache::CachedEntry,
         audience: &[String],
     ) -> Result<String, Status> {
-        let key: JwtCacheKey = (entry.id.clone(), entry.revision, audience.to_vec());
+        let entry = &cached_entry.entry;
+        // A task's token is cached under its task: a new task never reuses the last one's.
+        let id = match &cached_entry.grant {
+            Some(g) => format!("{}#{}", entry.id, g.task_id),
+            None => entry.id.clone(),
+        };
+        let key: JwtCacheKey = (id, entry.revision, audience.to_vec());
         let now = unix_now();
         let cached = self
             .jwt_cache
@@ -338,6 +345,13 @@ impl WorkloadApi {
             // The caller's fault (e.g. a malformed audience): say so, never "try again".
             Err(s) if s.code() == tonic::Code::InvalidArgument => {
                 Err(Status::invalid_argument(s.message().to_owned()))
+            }
+            // Refused (e.g. the task just ended): never fall back to a cached token.
+            Err(s) if s.code() == tonic::Code::PermissionDenied => {
+                if let Ok(mut c) = self.jwt_cache.lock() {
+                    c.remove(&key);
+                }
+                Err(Status::permission_denied(s.message().to_owned()))
             }
             // The server is away: a cached token that is still valid keeps being served.
             Err(s) => match cached {
@@ -419,24 +433,27 @@ impl SpiffeWorkloadApi for WorkloadApi {
         if !snap.synced {
             return Err(Status::unavailable("agent is not synchronised yet"));
         }
-        let mut entries: Vec<&common::RegistrationEntry> = snap
+        let now = unix_now();
+        let mut entries: Vec<&Arc<crate::cache::CachedEntry>> = snap
             .entries
             .values()
-            .map(|c| &c.entry)
-            .filter(|e| !e.jit && e.selectors.entry_matches(&selectors))
-            .filter(|e| wanted.as_ref().is_none_or(|w| &e.spiffe_id == w))
+            .filter(|c| c.is_live(now) && c.entry.selectors.entry_matches(&selectors))
+            .filter(|c| wanted.as_ref().is_none_or(|w| &c.entry.spiffe_id == w))
             .collect();
-        entries.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        entries.sort_by(|a, b| {
+            (a.entry.created_at, &a.entry.id).cmp(&(b.entry.created_at, &b.entry.id))
+        });
         // One token per identity, even when several entries grant the same SPIFFE ID.
         let mut seen = std::collections::HashSet::new();
-        entries.retain(|e| seen.insert(e.spiffe_id.clone()));
+        entries.retain(|c| seen.insert(c.entry.spiffe_id.clone()));
         if entries.is_empty() {
             return Err(Status::permission_denied(NO_IDENTITY));
         }
         let mut svids = Vec::with_capacity(entries.len());
         let mut hints = std::collections::HashSet::new();
-        for e in entries {
-            let token = self.jwt_for(e, &audience).await?;
+        for c in entries {
+            let token = self.jwt_for(c, &audience).await?;
+            let e = &c.entry;
             let hint = if e.hint.is_empty() || !hints.insert(e.hint.clone()) {
                 String::new()
             } else {
@@ -486,11 +503,27 @@ impl SpiffeWorkloadApi for WorkloadApi {
             bundle.trust_domain().clone(),
             bundle.jwt_bundle(),
         )]);
-        match common::jwt::validate(&r.svid, &r.audience, &bundles, unix_now()) {
-            Ok(v) => Ok(Response::new(ValidateJwtsvidResponse {
-                spiffe_id: v.spiffe_id.to_string(),
-                claims: Some(to_proto_struct(&v.claims)),
-            })),
+        let now = unix_now();
+        match common::jwt::validate(&r.svid, &r.audience, &bundles, now) {
+            Ok(v) => {
+                // A token of a task that ended is refused even though it has not expired.
+                let task = v
+                    .claims
+                    .get(common::task::JWT_CLAIM)
+                    .and_then(|t| t.as_str());
+                if let Some(task_id) = task
+                    && let Some(state) = snap.task_ended(task_id, now)
+                {
+                    tracing::info!(task_id, state, spiffe_id = %v.spiffe_id, "JWT-SVID of an ended task refused");
+                    return Err(Status::invalid_argument(format!(
+                        "token belongs to task {task_id}, which has ended ({state})"
+                    )));
+                }
+                Ok(Response::new(ValidateJwtsvidResponse {
+                    spiffe_id: v.spiffe_id.to_string(),
+                    claims: Some(to_proto_struct(&v.claims)),
+                }))
+            }
             Err(e) => {
                 tracing::info!(error = %e, "JWT-SVID validation failed");
                 Err(Status::invalid_argument(e.to_string()))

@@ -108,6 +108,25 @@ impl From<&RegistrationEntry> for tessera::Entry {
             hint: e.hint.clone(),
             created_at: e.created_at,
             revision: e.revision,
+            task: None,
+        }
+    }
+}
+
+impl From<tessera::TaskGrant> for crate::task::TaskGrant {
+    fn from(g: tessera::TaskGrant) -> Self {
+        Self {
+            task_id: g.task_id,
+            deadline: g.deadline,
+        }
+    }
+}
+
+impl From<&crate::task::TaskGrant> for tessera::TaskGrant {
+    fn from(g: &crate::task::TaskGrant) -> Self {
+        Self {
+            task_id: g.task_id.clone(),
+            deadline: g.deadline,
         }
     }
 }
@@ -130,6 +149,7 @@ mod tests {
             hint: String::new(),
             created_at: 1,
             revision: 2,
+            task: None,
         };
         let entry = RegistrationEntry::try_from(wire.clone()).unwrap();
         assert_eq!(tessera::Entry::from(&entry), wire);

@@ -10,12 +10,14 @@
 #![warn(missing_docs)]
 
 pub mod bundle;
+pub mod duration;
 pub mod entry;
 pub mod jwt;
 pub mod proto;
 pub mod selector;
 pub mod spiffe_id;
 pub mod svid;
+pub mod task;
 pub mod tls;
 
 pub use bundle::{Bundle, BundleCell};

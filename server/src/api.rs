@@ -47,6 +47,21 @@ impl From<RegistrationError> for Status {
     }
 }
 
+impl From<crate::tasks::TaskError> for Status {
+    fn from(e: crate::tasks::TaskError) -> Self {
+        use crate::tasks::TaskError;
+        match e {
+            TaskError::Invalid(m) => Self::invalid_argument(m),
+            TaskError::NotFound(m) => Self::not_found(m),
+            TaskError::Denied(m) | TaskError::Forbidden(m) => Self::permission_denied(m),
+            TaskError::WrongState(m) => Self::failed_precondition(m),
+            TaskError::Conflict(m) => Self::already_exists(m),
+            TaskError::Registration(r) => r.into(),
+            TaskError::Datastore(d) => d.into(),
+        }
+    }
+}
+
 impl From<NodeAttestationError> for Status {
     fn from(e: NodeAttestationError) -> Self {
         use crate::ca::CaError;

@@ -209,6 +209,24 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
     let identity =
         ServerIdentity::new(Arc::clone(&ca), &config.trust_domain, config.agent_svid_ttl)
             .context("issuing the server certificate")?;
+    let policy = match &config.policy_dir {
+        Some(dir) => crate::policy::PolicyEngine::load_dir(dir)
+            .with_context(|| format!("loading the task policies in {}", dir.display()))?,
+        None => crate::policy::PolicyEngine::builtin(),
+    };
+    tracing::info!(policy = %policy.describe(), "task policy loaded");
+    let task_service = Arc::new(crate::tasks::Tasks::new(
+        Arc::clone(&ds),
+        registrar.clone(),
+        Arc::new(policy),
+        events.clone(),
+        Arc::clone(&ca),
+        config.max_task_ttl,
+    ));
+    task_service
+        .load()
+        .await
+        .context("loading tasks from the datastore")?;
 
     let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -233,7 +251,24 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         ),
         None => None,
     };
-    let admin = daemon::socket::bind_unix(&config.admin_socket, 0o700, 0o600)?;
+    let admin = match config.admin_gid {
+        None => daemon::socket::bind_unix(&config.admin_socket, 0o700, 0o600)?,
+        Some(gid) => {
+            let l = daemon::socket::bind_unix(&config.admin_socket, 0o750, 0o660)?;
+            let gid = Some(nix::unistd::Gid::from_raw(gid));
+            for p in [
+                Some(config.admin_socket.as_path()),
+                config.admin_socket.parent(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                nix::unistd::chown(p, None, gid)
+                    .with_context(|| format!("giving {} to the admin group", p.display()))?;
+            }
+            l
+        }
+    };
 
     let node = NodeService {
         attestor: attestor.clone(),
@@ -242,6 +277,7 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         events,
         bundle: bundle.clone(),
         jwt: Arc::clone(&jwt),
+        tasks: Arc::clone(&task_service),
         shutdown: shutdown.clone(),
     };
     let admin_svc = AdminService {
@@ -251,9 +287,12 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         publisher: Arc::clone(&publisher),
         identity: Arc::clone(&identity),
         ds: Arc::clone(&ds),
+        tasks: Arc::clone(&task_service),
+        admin_gid: config.admin_gid,
     };
 
     let mut tasks = JoinSet::new();
+    tasks.spawn(Arc::clone(&task_service).run(shutdown.clone()));
     tasks.spawn(Arc::clone(&identity).run(shutdown.clone()));
     tasks.spawn(rotate_keys(
         Arc::clone(&ds),

@@ -39,6 +39,19 @@ impl AuditEvent {
             detail,
         }
     }
+
+    /// An event of one task.
+    pub fn for_task(
+        kind: &str,
+        task_id: &str,
+        subject: impl std::fmt::Display,
+        detail: Value,
+    ) -> Self {
+        Self {
+            task_id: Some(task_id.to_owned()),
+            ..Self::new(kind, subject, detail)
+        }
+    }
 }
 
 /// A stored record.

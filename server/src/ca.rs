@@ -57,6 +57,17 @@ pub struct Issued {
     pub serial_hex: String,
     /// End of validity.
     pub not_after: SystemTime,
+    /// Serial (hex) of the CA that signed it.
+    pub issuer_serial: String,
+}
+
+/// A revoked certificate to list on a CRL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revoked {
+    /// Serial, lowercase hex.
+    pub serial_hex: String,
+    /// When it was revoked.
+    pub at: SystemTime,
 }
 
 /// The CA: key, certificate and trust domain.
@@ -363,6 +374,19 @@ impl Ca {
         ttl: Duration,
         dns_names: &[String],
     ) -> Result<Issued, CaError> {
+        self.sign_svid_for_task(csr_der, spiffe_id, ttl, dns_names, None)
+    }
+
+    /// [`Ca::sign_svid`] for an SVID issued under a task: the Subject names the task
+    /// (`OU=task:<id>`, see [`common::task`]) so a relying party can tie a call to it.
+    pub fn sign_svid_for_task(
+        &self,
+        csr_der: &[u8],
+        spiffe_id: &SpiffeId,
+        ttl: Duration,
+        dns_names: &[String],
+        task_id: Option<&str>,
+    ) -> Result<Issued, CaError> {
         let csr = CertificateSigningRequestParams::from_der(&csr_der.to_vec().into())
             .map_err(|e| CaError::BadCsr(e.to_string()))?;
         if csr.public_key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
@@ -385,6 +409,12 @@ impl Ca {
         p.distinguished_name = dn(dns_names.first().map_or("", String::as_str));
         if dns_names.is_empty() {
             p.distinguished_name.remove(DnType::CommonName);
+        }
+        if let Some(task_id) = task_id {
+            p.distinguished_name.push(
+                DnType::OrganizationalUnitName,
+                common::task::subject_ou(task_id),
+            );
         }
         p.not_before = to_offset(now - BACKDATE.min(ttl / 10));
         p.not_after = to_offset(not_after);
@@ -426,7 +456,45 @@ impl Ca {
             chain,
             serial_hex: info.serial_hex,
             not_after: info.not_after,
+            issuer_serial: self.serial_hex.clone(),
         })
+    }
+
+    /// A DER CRL signed by this CA listing `revoked` (certificates this CA issued), valid
+    /// until `next_update`.
+    pub fn sign_crl(
+        &self,
+        revoked: &[Revoked],
+        crl_number: u64,
+        next_update: SystemTime,
+    ) -> Result<Vec<u8>, CaError> {
+        let revoked_certs = revoked
+            .iter()
+            .map(|r| {
+                let bytes =
+                    hex::decode(&r.serial_hex).map_err(|e| CaError::Signing(e.to_string()))?;
+                Ok(rcgen::RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&bytes),
+                    revocation_time: to_offset(r.at),
+                    reason_code: Some(rcgen::RevocationReason::CessationOfOperation),
+                    invalidity_date: None,
+                })
+            })
+            .collect::<Result<Vec<_>, CaError>>()?;
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: to_offset(SystemTime::now() - BACKDATE),
+            next_update: to_offset(next_update),
+            crl_number: SerialNumber::from(crl_number),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let issuer_params = ca_params(&self.trust_domain)?;
+        let issuer = Issuer::from_params(&issuer_params, &self.key);
+        let crl = params
+            .signed_by(&issuer)
+            .map_err(|e| CaError::Signing(e.to_string()))?;
+        Ok(crl.der().to_vec())
     }
 }
 

@@ -107,6 +107,24 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminOpts,
     },
+    /// Tasks: just-in-time identities bound to a purpose.
+    Task {
+        /// Task command.
+        #[command(subcommand)]
+        command: TaskCommand,
+        /// Admin connection options.
+        #[command(flatten)]
+        admin: AdminOpts,
+    },
+    /// The Cedar policies that decide tasks.
+    Policy {
+        /// Policy command.
+        #[command(subcommand)]
+        command: PolicyCommand,
+        /// Admin connection options.
+        #[command(flatten)]
+        admin: AdminOpts,
+    },
     /// Check that the server answers on its admin socket.
     Healthcheck {
         /// Admin connection options.
@@ -163,6 +181,15 @@ pub struct RunArgs {
     /// PEM root(s) to publish when the upstream certificate is not itself a root.
     #[arg(long)]
     pub upstream_bundle: Option<PathBuf>,
+    /// Directory of Cedar task policies (`*.cedar`); the built-in set when unset.
+    #[arg(long)]
+    pub policy_dir: Option<PathBuf>,
+    /// Longest task lifetime whatever the policy allows (e.g. 24h).
+    #[arg(long)]
+    pub max_task_ttl: Option<String>,
+    /// Unix group whose members may use the admin API (e.g. task approvers).
+    #[arg(long)]
+    pub admin_group: Option<String>,
     /// Log level (trace, debug, info, warn, error).
     #[arg(long)]
     pub log_level: Option<String>,
@@ -189,7 +216,8 @@ impl RunArgs {
             default_jwt_svid_ttl <- default_jwt_svid_ttl, jwt_key_ttl <- jwt_key_ttl,
             health_address <- health_address, log_level <- log_level, log_format <- log_format,
             upstream_ca_cert <- upstream_ca_cert, upstream_ca_key <- upstream_ca_key,
-            upstream_bundle <- upstream_bundle);
+            upstream_bundle <- upstream_bundle, policy_dir <- policy_dir,
+            max_task_ttl <- max_task_ttl, admin_group <- admin_group);
         ServerConfig::from_raw(raw)
     }
 }
@@ -317,6 +345,142 @@ pub enum AuditCommand {
     /// Recompute the hash chain; fails and names the first record that was edited,
     /// deleted, inserted or reordered.
     Verify,
+}
+
+/// What a task activates or provisions, and why.
+#[derive(Debug, Args)]
+pub struct TaskSpecArgs {
+    /// JIT access: the just-in-time entry to activate, by id.
+    #[arg(long, default_value = "")]
+    pub entry_id: String,
+    /// JIT access: the just-in-time entry to activate, by SPIFFE ID; with --provision, the
+    /// SPIFFE ID of the temporary entry.
+    #[arg(long, default_value = "")]
+    pub spiffe_id: String,
+    /// JIT provisioning: create a temporary entry that is deleted when the task ends.
+    #[arg(long)]
+    pub provision: bool,
+    /// Parent (agent) of the entry: narrows --spiffe-id, or names the temporary entry's.
+    #[arg(long, default_value = "")]
+    pub parent_id: String,
+    /// Selectors of the temporary entry (with --provision), `type:value`.
+    #[arg(long = "selector")]
+    pub selectors: Vec<String>,
+    /// Why the task exists.
+    #[arg(long, default_value = "")]
+    pub reason: String,
+    /// Ticket reference, e.g. INC-1234.
+    #[arg(long, default_value = "")]
+    pub ticket: String,
+    /// What the task may do (repeatable; policies can test them).
+    #[arg(long = "scope")]
+    pub scopes: Vec<String>,
+    /// Lifetime from now, e.g. 900, 15m, 2h (default: the longest the policy allows).
+    #[arg(long, default_value = "")]
+    pub ttl: String,
+}
+
+impl TaskSpecArgs {
+    /// The wire spec.
+    pub fn into_spec(self) -> anyhow::Result<common::proto::tessera::TaskSpec> {
+        let ttl_seconds = if self.ttl.is_empty() {
+            0
+        } else {
+            let d = crate::config::parse_duration(&self.ttl)
+                .map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
+            i64::try_from(d.as_secs()).context("--ttl is too large")?
+        };
+        Ok(common::proto::tessera::TaskSpec {
+            entry_id: self.entry_id,
+            spiffe_id: self.spiffe_id,
+            provision: self.provision,
+            parent_id: self.parent_id,
+            selectors: self.selectors,
+            reason: self.reason,
+            ticket: self.ticket,
+            scopes: self.scopes,
+            ttl_seconds,
+        })
+    }
+}
+
+/// Task commands.
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Start a task (you are the requester); it is active at once unless policy requires
+    /// approval.
+    Create(TaskSpecArgs),
+    /// List tasks.
+    List {
+        /// Only tasks in this state (pending_approval, active, completed, failed,
+        /// cancelled, expired, revoked).
+        #[arg(long, default_value = "")]
+        state: String,
+    },
+    /// Show one task.
+    Show {
+        /// The task id.
+        task_id: String,
+    },
+    /// Approve a pending task (you are the approver; the requester cannot approve).
+    Approve {
+        /// The task id.
+        task_id: String,
+    },
+    /// End a task as completed.
+    Complete {
+        /// The task id.
+        task_id: String,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// End a task as failed.
+    Fail {
+        /// The task id.
+        task_id: String,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Withdraw a task (pending or active).
+    Cancel {
+        /// The task id.
+        task_id: String,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Revoke a task now: its credentials are withdrawn from every agent.
+    Revoke {
+        /// The task id.
+        task_id: String,
+        /// Why (recorded in the audit log).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Explain the policy decision for a task (by id), or for a task specification
+    /// without starting it.
+    Explain {
+        /// The task id (omit to evaluate the specification flags instead).
+        task_id: Option<String>,
+        /// The specification to evaluate.
+        #[command(flatten)]
+        spec: TaskSpecArgs,
+    },
+}
+
+/// Policy commands.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Re-read the server's policy directory; an invalid set is refused and the last good
+    /// one stays in force.
+    Reload,
+    /// Validate a policy directory offline (no server needed).
+    Check {
+        /// The directory of `*.cedar` files.
+        dir: PathBuf,
+    },
 }
 
 /// CA commands.
@@ -732,6 +896,37 @@ pub async fn run_admin(command: Command) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Task { command, admin } => run_task(command, &admin).await?,
+        Command::Policy {
+            command: PolicyCommand::Check { dir },
+            admin,
+        } => {
+            let n = crate::policy::PolicyEngine::check_dir(&dir)?;
+            print(
+                admin.output,
+                format!("{}: {n} policies, valid.\n", dir.display()),
+                json!({"dir": dir, "policies": n, "valid": true}),
+            );
+        }
+        Command::Policy {
+            command: PolicyCommand::Reload,
+            admin,
+        } => {
+            let mut c = connect_admin(&admin.admin_socket).await?;
+            let r = c
+                .reload_policy(common::proto::tessera::ReloadPolicyRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            print(
+                admin.output,
+                format!(
+                    "Policy reloaded: {} ({} policies)\n",
+                    r.description, r.policies
+                ),
+                json!({"source": r.description, "policies": r.policies}),
+            );
+        }
         Command::Healthcheck { admin } => {
             let mut c = connect_admin(&admin.admin_socket).await?;
             c.get_bundle(GetBundleRequest {}).await.map_err(status)?;
@@ -742,5 +937,80 @@ pub async fn run_admin(command: Command) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+async fn run_task(command: TaskCommand, admin: &AdminOpts) -> anyhow::Result<()> {
+    use common::proto::tessera::{EndTaskRequest, ListTasksRequest, TaskIdRequest};
+    use common::task::{decision_json, task_json, task_text};
+    let mut c = connect_admin(&admin.admin_socket).await?;
+    let end = |id: String, outcome: &str, reason: String| EndTaskRequest {
+        id,
+        outcome: outcome.to_owned(),
+        reason,
+    };
+    let task = match command {
+        TaskCommand::Create(spec) => c.create_task(spec.into_spec()?).await,
+        TaskCommand::Show { task_id } => c.get_task(TaskIdRequest { id: task_id }).await,
+        TaskCommand::Approve { task_id } => c.approve_task(TaskIdRequest { id: task_id }).await,
+        TaskCommand::Complete { task_id, reason } => {
+            c.end_task(end(task_id, "completed", reason)).await
+        }
+        TaskCommand::Fail { task_id, reason } => c.end_task(end(task_id, "failed", reason)).await,
+        TaskCommand::Cancel { task_id, reason } => {
+            c.end_task(end(task_id, "cancelled", reason)).await
+        }
+        TaskCommand::Revoke { task_id, reason } => {
+            c.end_task(end(task_id, "revoked", reason)).await
+        }
+        TaskCommand::List { state } => {
+            let tasks = c
+                .list_tasks(ListTasksRequest { state })
+                .await
+                .map_err(status)?
+                .into_inner()
+                .tasks;
+            let text = tasks.iter().map(task_text).collect::<Vec<_>>().join("\n");
+            let value = json!({"tasks": tasks.iter().map(task_json).collect::<Vec<_>>()});
+            print(admin.output, text, value);
+            return Ok(());
+        }
+        TaskCommand::Explain {
+            task_id: Some(id),
+            spec: _,
+        } => {
+            let t = c
+                .get_task(TaskIdRequest { id })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let d = t.decision.unwrap_or_default();
+            let text = format!(
+                "Task {} ({}): {}\nPolicies: {}\n",
+                t.id,
+                t.state,
+                d.explanation,
+                d.policies.join(", ")
+            );
+            print(admin.output, text, decision_json(&d));
+            return Ok(());
+        }
+        TaskCommand::Explain {
+            task_id: None,
+            spec,
+        } => {
+            let d = c
+                .explain_task(spec.into_spec()?)
+                .await
+                .map_err(status)?
+                .into_inner();
+            let text = format!("{}\nPolicies: {}\n", d.explanation, d.policies.join(", "));
+            print(admin.output, text, decision_json(&d));
+            return Ok(());
+        }
+    }
+    .map_err(status)?
+    .into_inner();
+    print(admin.output, task_text(&task), task_json(&task));
     Ok(())
 }

@@ -27,6 +27,8 @@ pub const DEFAULT_BIND_ADDRESS: &str = "0.0.0.0:8081";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/tessera/server";
 /// Default admin socket.
 pub const DEFAULT_ADMIN_SOCKET: &str = "/tmp/tessera-server/admin.sock";
+/// Default longest task lifetime.
+pub const DEFAULT_MAX_TASK_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Longest SVID lifetime an entry may ask for.
 pub const MAX_SVID_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -62,6 +64,13 @@ pub struct RawServerConfig {
     pub upstream_bundle: Option<PathBuf>,
     /// `IP:PORT` for the HTTP `/live` and `/ready` endpoints (off when unset).
     pub health_address: Option<String>,
+    /// Directory of Cedar policies (`*.cedar`) for tasks; the built-in set when unset.
+    pub policy_dir: Option<PathBuf>,
+    /// Longest task lifetime, whatever the policy allows, e.g. `24h`.
+    pub max_task_ttl: Option<String>,
+    /// Unix group whose members may use the admin API too (e.g. task approvers): the
+    /// admin socket becomes group-accessible (0660).
+    pub admin_group: Option<String>,
     /// `trace`, `debug`, `info`, `warn` or `error`.
     pub log_level: Option<String>,
     /// `text` or `json`.
@@ -113,6 +122,12 @@ pub struct ServerConfig {
     pub upstream: Option<UpstreamFiles>,
     /// Health endpoints address, if enabled.
     pub health_address: Option<SocketAddr>,
+    /// Cedar policy directory (the built-in set when `None`).
+    pub policy_dir: Option<PathBuf>,
+    /// Longest task lifetime.
+    pub max_task_ttl: Duration,
+    /// Group allowed on the admin socket besides root and the server's user, by gid.
+    pub admin_gid: Option<u32>,
     /// Log filter.
     pub log_level: String,
     /// Emit JSON log lines.
@@ -170,30 +185,7 @@ impl RawServerConfig {
     }
 }
 
-/// Parses `90s`, `15m`, `24h`, `7d` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration such as 90s, 15m, 24h or 7d"))?;
-    let mult = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return Err(format!("{s:?} has an unknown unit (use s, m, h or d)")),
-    };
-    if n == 0 {
-        return Err(format!("{s:?} must be greater than zero"));
-    }
-    n.checked_mul(mult)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("{s:?} is too large"))
-}
+pub use common::duration::parse_duration;
 
 fn duration(
     key: &'static str,
@@ -314,6 +306,30 @@ impl ServerConfig {
                 })
             })
             .transpose()?;
+        let max_task_ttl = duration(
+            "max_task_ttl",
+            raw.max_task_ttl.as_ref(),
+            DEFAULT_MAX_TASK_TTL,
+        )?;
+        let admin_gid = raw
+            .admin_group
+            .as_deref()
+            .map(|g| match nix::unistd::Group::from_name(g) {
+                Ok(Some(grp)) => Ok(grp.gid.as_raw()),
+                _ => Err(ServerConfigError::Invalid {
+                    key: "admin_group",
+                    message: format!("no Unix group named {g:?}"),
+                }),
+            })
+            .transpose()?;
+        if let Some(dir) = &raw.policy_dir
+            && !dir.is_absolute()
+        {
+            return Err(ServerConfigError::Invalid {
+                key: "policy_dir",
+                message: format!("{} must be an absolute path", dir.display()),
+            });
+        }
         let log_level = raw.log_level.unwrap_or_else(|| "info".into());
         if !["trace", "debug", "info", "warn", "error"].contains(&log_level.as_str()) {
             return Err(ServerConfigError::Invalid {
@@ -344,6 +360,9 @@ impl ServerConfig {
             jwt_key_ttl,
             upstream,
             health_address,
+            policy_dir: raw.policy_dir,
+            max_task_ttl,
+            admin_gid,
             log_level,
             log_json,
         })

@@ -7,6 +7,7 @@
 
 pub mod sqlite;
 
+use common::task::TaskState;
 use common::{RegistrationEntry, SpiffeId};
 
 use crate::audit::{AuditEvent, AuditRecord};
@@ -64,6 +65,59 @@ pub struct ConsumedToken {
     pub spiffe_id: SpiffeId,
     /// When it expires(d) (unix seconds).
     pub expires_at: i64,
+}
+
+/// A task as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRecord {
+    /// Server-assigned id (UUIDv7).
+    pub id: String,
+    /// Where it is in its life.
+    pub state: TaskState,
+    /// The entry it activates (JIT access) or created (JIT provisioning).
+    pub entry_id: String,
+    /// That entry's SPIFFE ID.
+    pub spiffe_id: SpiffeId,
+    /// That entry's parent (the agent whose workloads use it).
+    pub parent_id: SpiffeId,
+    /// The task created the entry and deletes it when it ends.
+    pub provisioned: bool,
+    /// `user:NAME` (an operator) or the workload's standing SPIFFE ID.
+    pub requester: String,
+    /// Who approved it (`user:NAME`), empty if approval was not needed or not given yet.
+    pub approver: String,
+    /// Why it exists.
+    pub reason: String,
+    /// Ticket reference.
+    pub ticket: String,
+    /// What it may do (free-form strings policies can test).
+    pub scopes: Vec<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds; 0 until active.
+    pub activated_at: i64,
+    /// Unix seconds: nothing issued under it outlives this; it expires here.
+    pub deadline: i64,
+    /// Unix seconds; 0 while open.
+    pub ended_at: i64,
+    /// Why it ended.
+    pub end_reason: String,
+    /// The policy decision that admitted it (JSON).
+    pub decision: serde_json::Value,
+}
+
+/// An X.509-SVID issued under a task (kept so it can be listed on a CRL when the task
+/// ends early).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskSvid {
+    /// The task.
+    pub task_id: String,
+    /// Serial, hex.
+    pub serial: String,
+    /// Serial (hex) of the CA that signed it.
+    pub issuer_serial: String,
+    /// Unix seconds.
+    pub not_after: i64,
 }
 
 /// Persistent state of the server.
@@ -125,4 +179,41 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     -> Result<Vec<AuditRecord>, DatastoreError>;
     /// Audit records in log order, optionally only those of one task.
     async fn list_audit(&self, task_id: Option<&str>) -> Result<Vec<AuditRecord>, DatastoreError>;
+
+    /// Stores a new task, and the temporary entry it provisions if any, with its audit
+    /// records, atomically. `Conflict` if the entry already has an open task (or the
+    /// provisioned entry duplicates one).
+    async fn create_task(
+        &self,
+        task: &TaskRecord,
+        provisioned_entry: Option<&RegistrationEntry>,
+        audit: &[AuditEvent],
+    ) -> Result<(), DatastoreError>;
+    /// Replaces a task's row if its stored state is one of `expected` (compare-and-set),
+    /// appending `audit` in the same transaction; when the new state is final and the
+    /// task provisioned its entry, the entry is deleted too. Returns whether it applied.
+    async fn update_task(
+        &self,
+        task: &TaskRecord,
+        expected: &[TaskState],
+        audit: &[AuditEvent],
+    ) -> Result<bool, DatastoreError>;
+    /// One task.
+    async fn get_task(&self, id: &str) -> Result<Option<TaskRecord>, DatastoreError>;
+    /// Tasks, optionally in one state, oldest first.
+    async fn list_tasks(&self, state: Option<TaskState>)
+    -> Result<Vec<TaskRecord>, DatastoreError>;
+    /// The open (pending or active) task of an entry, if any.
+    async fn open_task_for_entry(
+        &self,
+        entry_id: &str,
+    ) -> Result<Option<TaskRecord>, DatastoreError>;
+    /// Records X.509-SVIDs issued under tasks.
+    async fn record_task_svids(&self, svids: &[TaskSvid]) -> Result<(), DatastoreError>;
+    /// Tasks that ended before their deadline (`deadline > now`), and the SVIDs issued
+    /// under them that have not expired (`not_after > now`): what must stay revoked.
+    async fn revoked_since(
+        &self,
+        now: i64,
+    ) -> Result<(Vec<TaskRecord>, Vec<TaskSvid>), DatastoreError>;
 }

@@ -35,6 +35,8 @@ pub enum ChangeEvent {
     AgentRemoved(SpiffeId),
     /// The trust bundle changed (e.g. a JWT key was prepared or retired).
     BundleChanged,
+    /// The revocations (tasks ended early, CRLs) changed: every agent gets the new set.
+    RevocationsChanged,
 }
 
 /// The broadcast hub.

@@ -16,5 +16,7 @@ pub mod datastore;
 pub mod events;
 pub mod jwt_keys;
 pub mod node_attestation;
+pub mod policy;
 pub mod registration;
 pub mod server_identity;
+pub mod tasks;

@@ -16,6 +16,10 @@ use common::proto::tessera::{
     AuditRecord as WireAuditRecord, CaInfo as WireCaInfo, ListAuditRequest, ListCasRequest,
     ListCasResponse, RotateCaRequest, VerifyAuditRequest, VerifyAuditResponse,
 };
+use common::proto::tessera::{
+    EndTaskRequest, ListTasksRequest, ListTasksResponse, PolicyDecision, PolicyStatus,
+    ReloadPolicyRequest, Task, TaskIdRequest, TaskSpec,
+};
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
@@ -26,6 +30,7 @@ use crate::datastore::{AgentRecord, Datastore};
 use crate::node_attestation::NodeAttestor;
 use crate::registration::Registrar;
 use crate::server_identity::ServerIdentity;
+use crate::tasks::{Requester, Tasks, decision_to_wire, to_wire};
 
 /// The admin API service.
 #[derive(Debug, Clone)]
@@ -36,6 +41,9 @@ pub(crate) struct AdminService {
     pub(crate) publisher: Arc<BundlePublisher>,
     pub(crate) identity: Arc<ServerIdentity>,
     pub(crate) ds: Arc<dyn Datastore>,
+    pub(crate) tasks: Arc<Tasks>,
+    /// Members of this group (by gid) may administer too (e.g. task approvers).
+    pub(crate) admin_gid: Option<u32>,
 }
 
 fn audit_to_wire(r: &crate::audit::AuditRecord) -> WireAuditRecord {
@@ -71,22 +79,36 @@ fn cas_to_wire(list: &[CaInfo]) -> ListCasResponse {
     }
 }
 
-fn authorize<T>(req: &Request<T>) -> Result<(), Status> {
-    let uid = req
+/// The operator calling: root, the server's own user, or a member of the admin group.
+/// Returns their Unix user name (`uid:N` if the uid has no name).
+fn operator<T>(req: &Request<T>, admin_gid: Option<u32>) -> Result<String, Status> {
+    let cred = req
         .extensions()
         .get::<UdsConnectInfo>()
         .and_then(|i| i.peer_cred)
-        .map(|c| c.uid());
+        .ok_or_else(|| Status::permission_denied("caller credentials unavailable"))?;
+    let (uid, gid) = (cred.uid(), cred.gid());
     let me = nix::unistd::geteuid().as_raw();
-    match uid {
-        Some(u) if u == 0 || u == me => Ok(()),
-        Some(u) => {
-            tracing::warn!(uid = u, "admin call refused for uid");
-            Err(Status::permission_denied(
-                "admin API is restricted to root and the server's user",
-            ))
-        }
-        None => Err(Status::permission_denied("caller credentials unavailable")),
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten();
+    let name = user
+        .as_ref()
+        .map_or_else(|| format!("uid:{uid}"), |u| u.name.clone());
+    let in_group = admin_gid.is_some_and(|g| {
+        gid == g
+            || nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(g))
+                .ok()
+                .flatten()
+                .is_some_and(|grp| grp.mem.contains(&name))
+    });
+    if uid == 0 || uid == me || in_group {
+        Ok(name)
+    } else {
+        tracing::warn!(uid, "admin call refused for uid");
+        Err(Status::permission_denied(
+            "admin API is restricted to root, the server's user and the admin group",
+        ))
     }
 }
 
@@ -101,13 +123,103 @@ fn agent_to_wire(a: &AgentRecord) -> Agent {
     }
 }
 
+impl AdminService {
+    fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        operator(req, self.admin_gid).map(|_| ())
+    }
+
+    fn caller<T>(&self, req: &Request<T>) -> Result<Requester, Status> {
+        operator(req, self.admin_gid).map(Requester::User)
+    }
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn create_task(&self, req: Request<TaskSpec>) -> Result<Response<Task>, Status> {
+        let who = self.caller(&req)?;
+        let t = self.tasks.create(&who, req.get_ref()).await?;
+        Ok(Response::new(to_wire(&t)))
+    }
+
+    async fn get_task(&self, req: Request<TaskIdRequest>) -> Result<Response<Task>, Status> {
+        self.authorize(&req)?;
+        let t = self.tasks.get(&req.get_ref().id).await?;
+        Ok(Response::new(to_wire(&t)))
+    }
+
+    async fn list_tasks(
+        &self,
+        req: Request<ListTasksRequest>,
+    ) -> Result<Response<ListTasksResponse>, Status> {
+        self.authorize(&req)?;
+        let state = match req.get_ref().state.as_str() {
+            "" => None,
+            s => Some(s.parse().map_err(|e: common::task::UnknownTaskState| {
+                Status::invalid_argument(e.to_string())
+            })?),
+        };
+        let tasks = self.tasks.list(state).await?;
+        Ok(Response::new(ListTasksResponse {
+            tasks: tasks.iter().map(to_wire).collect(),
+        }))
+    }
+
+    async fn approve_task(&self, req: Request<TaskIdRequest>) -> Result<Response<Task>, Status> {
+        let who = self.caller(&req)?;
+        let t = self.tasks.approve(&req.get_ref().id, &who).await?;
+        Ok(Response::new(to_wire(&t)))
+    }
+
+    async fn end_task(&self, req: Request<EndTaskRequest>) -> Result<Response<Task>, Status> {
+        let who = self.caller(&req)?;
+        let r = req.into_inner();
+        let t = self
+            .tasks
+            .end(&r.id, r.outcome.parse()?, &r.reason, &who)
+            .await?;
+        Ok(Response::new(to_wire(&t)))
+    }
+
+    async fn explain_task(
+        &self,
+        req: Request<TaskSpec>,
+    ) -> Result<Response<PolicyDecision>, Status> {
+        let who = self.caller(&req)?;
+        let d = self.tasks.explain(&who, req.get_ref()).await?;
+        Ok(Response::new(decision_to_wire(&d)))
+    }
+
+    async fn reload_policy(
+        &self,
+        req: Request<ReloadPolicyRequest>,
+    ) -> Result<Response<PolicyStatus>, Status> {
+        let who = self.caller(&req)?;
+        let policy = self.tasks.policy();
+        let n = policy.reload().map_err(|e| {
+            tracing::warn!(error = %e, "policy reload refused; the last good policy set stays in force");
+            Status::invalid_argument(format!(
+                "{e} (the last good policy set stays in force)"
+            ))
+        })?;
+        self.ds
+            .append_audit(&[AuditEvent::new(
+                "policy.reloaded",
+                policy.describe(),
+                serde_json::json!({ "policies": n, "by": who.label() }),
+            )])
+            .await?;
+        tracing::info!(policies = n, source = %policy.describe(), "policy reloaded");
+        Ok(Response::new(PolicyStatus {
+            description: policy.describe(),
+            policies: i64::try_from(n).unwrap_or(i64::MAX),
+        }))
+    }
+
     async fn create_join_token(
         &self,
         req: Request<CreateJoinTokenRequest>,
     ) -> Result<Response<CreateJoinTokenResponse>, Status> {
-        authorize(&req)?;
+        self.authorize(&req)?;
         let r = req.into_inner();
         let (token, id, expires_at) = self
             .attestor
@@ -121,7 +233,7 @@ impl Admin for AdminService {
     }
 
     async fn create_entry(&self, req: Request<EntrySpec>) -> Result<Response<Entry>, Status> {
-        authorize(&req)?;
+        self.authorize(&req)?;
         let e = self.registrar.create(req.get_ref()).await?;
         Ok(Response::new((&e).into()))
     }
@@ -130,7 +242,7 @@ impl Admin for AdminService {
         &self,
         req: Request<UpdateEntryRequest>,
     ) -> Result<Response<Entry>, Status> {
-        authorize(&req)?;
+        self.authorize(&req)?;
         let r = req.into_inner();
         let spec = r
             .spec
@@ -140,13 +252,16 @@ impl Admin for AdminService {
     }
 
     async fn delete_entry(&self, req: Request<EntryIdRequest>) -> Result<Response<Entry>, Status> {
-        authorize(&req)?;
+        self.authorize(&req)?;
         let e = self.registrar.delete(&req.get_ref().id).await?;
+        if e.jit {
+            self.tasks.entry_deleted(&e.id).await?;
+        }
         Ok(Response::new((&e).into()))
     }
 
     async fn get_entry(&self, req: Request<EntryIdRequest>) -> Result<Response<Entry>, Status> {
-        authorize(&req)?;
+        self.authorize(&req)?;
         let e = self.registrar.get(&req.get_ref().id).await?;
         Ok(Response::new((&e).into()))
     }
@@ -155,7 +270,7 @@ impl Admin for AdminService {
         &self,
         req: Request<ListEntriesRequest>,
     ) -> Result<Response<ListEntriesResponse>, Status> {
-        authorize(&req)?;
+        self.authorize(&req)?;
         let r = req.get_ref();
         let entries = self.registrar.list(&r.spiffe_id, &r.parent_id).await?;
         Ok(Response::new(ListEntriesResponse {
@@ -167,7 +282,7 @@ impl Admin for AdminService {
         &self,
         req: Request<ListAgentsRequest>,
     ) -> Result<Response<ListAgentsResponse>, Status> {
-        authorize(&req)?;
+        self.authorize(&req)?;
         let agents = self.attestor.list().await?;
         Ok(Response::new(ListAgentsResponse {
             agents: agents.iter().map(agent_to_wire).collect(),
@@ -175,13 +290,13 @@ impl Admin for AdminService {
     }
 
     async fn evict_agent(&self, req: Request<AgentIdRequest>) -> Result<Response<Agent>, Status> {
-        authorize(&req)?;
+        self.authorize(&req)?;
         let a = self.attestor.evict(&req.get_ref().spiffe_id).await?;
         Ok(Response::new(agent_to_wire(&a)))
     }
 
     async fn ban_agent(&self, req: Request<AgentIdRequest>) -> Result<Response<Agent>, Status> {
-        authorize(&req)?;
+        self.authorize(&req)?;
         let a = self.attestor.ban(&req.get_ref().spiffe_id).await?;
         Ok(Response::new(agent_to_wire(&a)))
     }
@@ -190,7 +305,7 @@ impl Admin for AdminService {
         &self,
         req: Request<GetBundleRequest>,
     ) -> Result<Response<WireBundle>, Status> {
-        authorize(&req)?;
+        self.authorize(&req)?;
         let b = self.bundle.get();
         Ok(Response::new((&*b).into()))
     }
@@ -199,7 +314,7 @@ impl Admin for AdminService {
         &self,
         req: Request<ListCasRequest>,
     ) -> Result<Response<ListCasResponse>, Status> {
-        authorize(&req)?;
+        self.authorize(&req)?;
         Ok(Response::new(cas_to_wire(&self.publisher.ca.list())))
     }
 
@@ -207,7 +322,7 @@ impl Admin for AdminService {
         &self,
         req: Request<RotateCaRequest>,
     ) -> Result<Response<ListCasResponse>, Status> {
-        authorize(&req)?;
+        self.authorize(&req)?;
         self.publisher.ca.rotate_now().map_err(|e| {
             tracing::error!(error = %e, "forced CA rotation failed");
             Status::internal("CA rotation failed; see the server log")
@@ -234,7 +349,7 @@ impl Admin for AdminService {
         &self,
         req: Request<ListAuditRequest>,
     ) -> Result<Response<Self::ListAuditStream>, Status> {
-        authorize(&req)?;
+        self.authorize(&req)?;
         let task = req.get_ref().task_id.clone();
         let records = self
             .ds
@@ -249,7 +364,7 @@ impl Admin for AdminService {
         &self,
         req: Request<VerifyAuditRequest>,
     ) -> Result<Response<VerifyAuditResponse>, Status> {
-        authorize(&req)?;
+        self.authorize(&req)?;
         let records = self.ds.list_audit(None).await?;
         let resp = match crate::audit::verify(&records) {
             Ok(n) => VerifyAuditResponse {

@@ -11,10 +11,11 @@ use std::sync::Arc;
 use common::proto::tessera::node_server::Node;
 use common::proto::tessera::{
     AttestAgentRequest, AttestAgentResponse, MintJwtSvidRequest, MintJwtSvidResponse,
-    RenewAgentRequest, RenewAgentResponse, SignX509SvidsRequest, SignX509SvidsResponse,
-    SignedX509Svid, SyncRequest, SyncSnapshot, SyncUpdate, sync_update,
+    NodeBeginTaskRequest, NodeEndTaskRequest, RenewAgentRequest, RenewAgentResponse,
+    SignX509SvidsRequest, SignX509SvidsResponse, SignedX509Svid, SyncRequest, SyncSnapshot,
+    SyncUpdate, Task, sync_update,
 };
-use common::{Bundle, BundleCell, SpiffeId};
+use common::{Bundle, BundleCell, RegistrationEntry, SpiffeId};
 use futures::Stream;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -25,6 +26,7 @@ use crate::ca::rotation::CaSet;
 use crate::datastore::{AgentRecord, Datastore, EntryFilter};
 use crate::events::{ChangeEvent, Events};
 use crate::node_attestation::NodeAttestor;
+use crate::tasks::{Requester, Tasks};
 
 /// Most CSRs accepted in one `SignX509Svids` call.
 const MAX_CSRS_PER_CALL: usize = 1000;
@@ -42,6 +44,7 @@ pub(crate) struct NodeService {
     pub(crate) events: Events,
     pub(crate) bundle: BundleCell,
     pub(crate) jwt: Arc<crate::jwt_keys::JwtKeyManager>,
+    pub(crate) tasks: Arc<Tasks>,
     pub(crate) shutdown: tokio_util::sync::CancellationToken,
 }
 
@@ -69,18 +72,45 @@ impl NodeService {
         let entries = self.ds.list_entries(&filter).await?;
         Ok(SyncUpdate {
             update: Some(sync_update::Update::Snapshot(SyncSnapshot {
-                entries: entries.iter().map(Into::into).collect(),
+                entries: entries.iter().map(|e| self.wire_entry(e)).collect(),
                 bundle: Some(self.wire_bundle()),
+                revocations: Some((*self.tasks.revocations()).clone()),
             })),
         })
+    }
+
+    /// An entry as its agent sees it: a just-in-time entry carries the grant of the task
+    /// that activates it, if any.
+    fn wire_entry(&self, e: &RegistrationEntry) -> common::proto::tessera::Entry {
+        let mut wire: common::proto::tessera::Entry = e.into();
+        if e.jit {
+            wire.task = self.tasks.grant_for(&e.id).as_ref().map(Into::into);
+        }
+        wire
+    }
+
+    /// The caller's standing entry: parented to `agent` and not just-in-time.
+    async fn requester(&self, agent: &SpiffeId, entry_id: &str) -> Result<Requester, Status> {
+        match self.ds.get_entry(entry_id).await? {
+            Some(e) if &e.parent_id == agent && !e.jit => Ok(Requester::Workload {
+                spiffe_id: e.spiffe_id,
+                agent: agent.clone(),
+            }),
+            _ => Err(Status::permission_denied(
+                "the caller has no standing identity on this agent",
+            )),
+        }
     }
 
     /// Translates a change into what this agent must hear, if anything.
     fn relevant(&self, event: &ChangeEvent, agent: &SpiffeId) -> Option<Result<SyncUpdate, ()>> {
         let update = match event {
             ChangeEvent::BundleChanged => sync_update::Update::Bundle(self.wire_bundle()),
+            ChangeEvent::RevocationsChanged => {
+                sync_update::Update::Revocations((*self.tasks.revocations()).clone())
+            }
             ChangeEvent::EntryUpserted { entry, .. } if &entry.parent_id == agent => {
-                sync_update::Update::EntryUpserted(entry.as_ref().into())
+                sync_update::Update::EntryUpserted(self.wire_entry(entry))
             }
             ChangeEvent::EntryUpserted {
                 entry,
@@ -189,6 +219,7 @@ impl Node for NodeService {
         }
         let mut svids = Vec::with_capacity(csrs.len());
         let mut audit = Vec::with_capacity(csrs.len());
+        let mut task_svids = Vec::new();
         for item in csrs {
             let refuse = |why: String| SignedX509Svid {
                 entry_id: item.entry_id.clone(),
@@ -204,40 +235,67 @@ impl Node for NodeService {
                     continue;
                 }
             };
-            if entry.jit {
-                svids.push(refuse(
-                    "entry is just-in-time: it needs an active task".into(),
-                ));
-                continue;
-            }
-            match self.ca.sign_svid(
-                &item.csr,
-                &entry.spiffe_id,
-                entry.x509_svid_ttl,
-                &entry.dns_names,
-            ) {
+            let grant = if entry.jit {
+                match self.tasks.issue_grant(&entry).await {
+                    Ok(g) => Some(g),
+                    Err(why) => {
+                        svids.push(refuse(why));
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            let signed = match &grant {
+                None => self.ca.sign_svid(
+                    &item.csr,
+                    &entry.spiffe_id,
+                    entry.x509_svid_ttl,
+                    &entry.dns_names,
+                ),
+                Some(g) => self.ca.sign_svid_for_task(
+                    &item.csr,
+                    &entry.spiffe_id,
+                    entry.x509_svid_ttl.min(g.max_ttl),
+                    &entry.dns_names,
+                    &g.task.id,
+                ),
+            };
+            match signed {
                 Ok(issued) => {
+                    let not_after = issued
+                        .not_after
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
+                    let task_id = grant.as_ref().map(|g| g.task.id.clone());
                     tracing::info!(
                         agent_id = %agent,
                         entry_id = %entry.id,
                         spiffe_id = %entry.spiffe_id,
                         serial = %issued.serial_hex,
+                        task_id = task_id.as_deref().unwrap_or(""),
                         "X.509-SVID issued"
                     );
-                    audit.push(AuditEvent::new(
-                        "svid.x509.issued",
-                        &entry.spiffe_id,
-                        serde_json::json!({
-                            "entry_id": entry.id,
-                            "agent_id": agent.as_str(),
-                            "serial": issued.serial_hex,
-                            "not_after": issued
-                                .not_after
-                                .duration_since(std::time::UNIX_EPOCH)
-                                .map(|d| d.as_secs())
-                                .unwrap_or(0),
-                        }),
-                    ));
+                    let mut detail = serde_json::json!({
+                        "entry_id": entry.id,
+                        "agent_id": agent.as_str(),
+                        "serial": issued.serial_hex,
+                        "not_after": not_after,
+                    });
+                    if let Some(g) = &grant {
+                        detail["policy"] = g.decision.to_json();
+                        task_svids.push(crate::datastore::TaskSvid {
+                            task_id: g.task.id.clone(),
+                            serial: issued.serial_hex.clone(),
+                            issuer_serial: issued.issuer_serial.clone(),
+                            not_after: i64::try_from(not_after).unwrap_or(i64::MAX),
+                        });
+                    }
+                    audit.push(AuditEvent {
+                        task_id,
+                        ..AuditEvent::new("svid.x509.issued", &entry.spiffe_id, detail)
+                    });
                     svids.push(SignedX509Svid {
                         entry_id: entry.id,
                         svid_chain: chain_bytes(&issued.chain),
@@ -251,6 +309,7 @@ impl Node for NodeService {
             }
         }
         // Recorded before any SVID leaves the server.
+        self.ds.record_task_svids(&task_svids).await?;
         self.ds.append_audit(&audit).await?;
         Ok(Response::new(SignX509SvidsResponse { svids }))
     }
@@ -278,36 +337,47 @@ impl Node for NodeService {
             Some(e) if e.parent_id == agent => e,
             _ => return Err(Status::permission_denied("no such entry for this agent")),
         };
-        if entry.jit {
-            return Err(Status::permission_denied(
-                "entry is just-in-time: it needs an active task",
-            ));
+        let grant = if entry.jit {
+            Some(
+                self.tasks
+                    .issue_grant(&entry)
+                    .await
+                    .map_err(Status::permission_denied)?,
+            )
+        } else {
+            None
+        };
+        let mut extra = serde_json::Map::new();
+        let mut ttl = entry.jwt_svid_ttl;
+        if let Some(g) = &grant {
+            extra.insert(
+                common::task::JWT_CLAIM.into(),
+                serde_json::Value::from(g.task.id.clone()),
+            );
+            ttl = ttl.min(g.max_ttl);
         }
         let now = crate::registration::now_unix();
         let (token, expires_at) = self
             .jwt
-            .sign(
-                &entry.spiffe_id,
-                &req.audience,
-                entry.jwt_svid_ttl,
-                now,
-                &serde_json::Map::new(),
-            )
+            .sign(&entry.spiffe_id, &req.audience, ttl, now, &extra)
             .map_err(|e| {
                 tracing::error!(error = %e, "JWT-SVID signing failed");
                 Status::internal("JWT-SVID signing failed; see the server log")
             })?;
         self.ds
-            .append_audit(&[AuditEvent::new(
-                "svid.jwt.issued",
-                &entry.spiffe_id,
-                serde_json::json!({
-                    "entry_id": entry.id,
-                    "agent_id": agent.as_str(),
-                    "audience": req.audience,
-                    "expires_at": expires_at,
-                }),
-            )])
+            .append_audit(&[AuditEvent {
+                task_id: grant.as_ref().map(|g| g.task.id.clone()),
+                ..AuditEvent::new(
+                    "svid.jwt.issued",
+                    &entry.spiffe_id,
+                    serde_json::json!({
+                        "entry_id": entry.id,
+                        "agent_id": agent.as_str(),
+                        "audience": req.audience,
+                        "expires_at": expires_at,
+                    }),
+                )
+            }])
             .await?;
         tracing::info!(
             agent_id = %agent,
@@ -317,5 +387,39 @@ impl Node for NodeService {
             "JWT-SVID issued"
         );
         Ok(Response::new(MintJwtSvidResponse { token, expires_at }))
+    }
+
+    async fn begin_task(
+        &self,
+        req: Request<NodeBeginTaskRequest>,
+    ) -> Result<Response<Task>, Status> {
+        let agent = self.agent(&req).await?.spiffe_id;
+        let req = req.into_inner();
+        let requester = self.requester(&agent, &req.requester_entry_id).await?;
+        let spec = req
+            .spec
+            .ok_or_else(|| Status::invalid_argument("spec is required"))?;
+        let task = self.tasks.create(&requester, &spec).await?;
+        Ok(Response::new(crate::tasks::to_wire(&task)))
+    }
+
+    async fn end_task(&self, req: Request<NodeEndTaskRequest>) -> Result<Response<Task>, Status> {
+        let agent = self.agent(&req).await?.spiffe_id;
+        let req = req.into_inner();
+        let requester = self.requester(&agent, &req.requester_entry_id).await?;
+        let end = req
+            .end
+            .ok_or_else(|| Status::invalid_argument("end is required"))?;
+        let outcome = end.outcome.parse()?;
+        if outcome == crate::tasks::Outcome::Revoked {
+            return Err(Status::permission_denied(
+                "a workload ends its task as completed, failed or cancelled; revoking is for operators",
+            ));
+        }
+        let task = self
+            .tasks
+            .end(&end.id, outcome, &end.reason, &requester)
+            .await?;
+        Ok(Response::new(crate::tasks::to_wire(&task)))
     }
 }

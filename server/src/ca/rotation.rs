@@ -242,6 +242,36 @@ impl CaSet {
         self.active().sign_svid(csr_der, spiffe_id, ttl, dns_names)
     }
 
+    /// Signs an X.509-SVID under a task with the active CA (see [`Ca::sign_svid_for_task`]).
+    pub fn sign_svid_for_task(
+        &self,
+        csr_der: &[u8],
+        spiffe_id: &SpiffeId,
+        ttl: Duration,
+        dns_names: &[String],
+        task_id: &str,
+    ) -> Result<Issued, CaError> {
+        self.active()
+            .sign_svid_for_task(csr_der, spiffe_id, ttl, dns_names, Some(task_id))
+    }
+
+    /// Signs a CRL with the CA whose serial is `ca_serial`, if this server still holds its
+    /// key (the active or prepared CA). A retired CA's key is gone: `None`.
+    pub fn sign_crl(
+        &self,
+        ca_serial: &str,
+        revoked: &[crate::ca::Revoked],
+        crl_number: u64,
+        next_update: SystemTime,
+    ) -> Option<Result<Vec<u8>, CaError>> {
+        let state = self.read();
+        [Some(&state.active), state.prepared.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|ca| ca.serial_hex() == ca_serial)
+            .map(|ca| ca.sign_crl(revoked, crl_number, next_update))
+    }
+
     /// The trust bundle: the upstream root(s) when there is an upstream authority, else
     /// every published CA (retired, active, prepared).
     pub fn bundle(&self, sequence: u64) -> Bundle {

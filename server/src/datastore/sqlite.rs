@@ -15,7 +15,11 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 
-use super::{AgentRecord, ConsumedToken, Datastore, DatastoreError, EntryFilter};
+use common::task::TaskState;
+
+use super::{
+    AgentRecord, ConsumedToken, Datastore, DatastoreError, EntryFilter, TaskRecord, TaskSvid,
+};
 use crate::audit::{AuditEvent, AuditRecord};
 
 const SCHEMA: &[&str] = &[
@@ -50,6 +54,36 @@ const SCHEMA: &[&str] = &[
         hash TEXT NOT NULL
     )",
     "CREATE INDEX IF NOT EXISTS audit_task ON audit_log (task_id)",
+    "CREATE TABLE IF NOT EXISTS tasks (
+        id TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        entry_id TEXT NOT NULL,
+        spiffe_id TEXT NOT NULL,
+        parent_id TEXT NOT NULL,
+        provisioned INTEGER NOT NULL,
+        requester TEXT NOT NULL,
+        approver TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        ticket TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        activated_at INTEGER NOT NULL,
+        deadline INTEGER NOT NULL,
+        ended_at INTEGER NOT NULL,
+        end_reason TEXT NOT NULL,
+        decision TEXT NOT NULL
+    )",
+    // At most one open task per entry: the SVID of an entry names exactly one task.
+    "CREATE UNIQUE INDEX IF NOT EXISTS tasks_open_entry ON tasks (entry_id)
+        WHERE state IN ('pending_approval', 'active')",
+    "CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, deadline)",
+    "CREATE TABLE IF NOT EXISTS task_svids (
+        serial TEXT PRIMARY KEY,
+        task_id TEXT NOT NULL,
+        issuer_serial TEXT NOT NULL,
+        not_after INTEGER NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS task_svids_task ON task_svids (task_id)",
     "CREATE TABLE IF NOT EXISTS agents (
         spiffe_id TEXT PRIMARY KEY,
         serial TEXT NOT NULL,
@@ -133,6 +167,44 @@ fn agent_from_row(row: &SqliteRow) -> Result<AgentRecord, DatastoreError> {
     })
 }
 
+fn task_from_row(row: &SqliteRow) -> Result<TaskRecord, DatastoreError> {
+    let state: String = row.try_get("state").map_err(corrupt)?;
+    let scopes: Vec<String> =
+        serde_json::from_str(row.try_get("scopes").map_err(corrupt)?).map_err(corrupt)?;
+    let decision: String = row.try_get("decision").map_err(corrupt)?;
+    Ok(TaskRecord {
+        id: row.try_get("id").map_err(corrupt)?,
+        state: state.parse().map_err(corrupt)?,
+        entry_id: row.try_get("entry_id").map_err(corrupt)?,
+        spiffe_id: SpiffeId::new(row.try_get("spiffe_id").map_err(corrupt)?).map_err(corrupt)?,
+        parent_id: SpiffeId::new(row.try_get("parent_id").map_err(corrupt)?).map_err(corrupt)?,
+        provisioned: row.try_get("provisioned").map_err(corrupt)?,
+        requester: row.try_get("requester").map_err(corrupt)?,
+        approver: row.try_get("approver").map_err(corrupt)?,
+        reason: row.try_get("reason").map_err(corrupt)?,
+        ticket: row.try_get("ticket").map_err(corrupt)?,
+        scopes,
+        created_at: row.try_get("created_at").map_err(corrupt)?,
+        activated_at: row.try_get("activated_at").map_err(corrupt)?,
+        deadline: row.try_get("deadline").map_err(corrupt)?,
+        ended_at: row.try_get("ended_at").map_err(corrupt)?,
+        end_reason: row.try_get("end_reason").map_err(corrupt)?,
+        decision: serde_json::from_str(&decision).map_err(corrupt)?,
+    })
+}
+
+fn task_svid_from_row(row: &SqliteRow) -> Result<TaskSvid, DatastoreError> {
+    Ok(TaskSvid {
+        task_id: row.try_get("task_id").map_err(corrupt)?,
+        serial: row.try_get("serial").map_err(corrupt)?,
+        issuer_serial: row.try_get("issuer_serial").map_err(corrupt)?,
+        not_after: row.try_get("not_after").map_err(corrupt)?,
+    })
+}
+
+/// SQL list of the open states, for `state IN (...)`.
+const OPEN_STATES: &str = "('pending_approval', 'active')";
+
 fn ttl_secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
@@ -163,7 +235,60 @@ impl SqliteDatastore {
         })
     }
 
+    /// Runs `f` and then appends `audit` in one `BEGIN IMMEDIATE` transaction, committed
+    /// only if `f` returns `Ok(Some(_))` (`Ok(None)`: nothing applied, rolled back). Runs
+    /// to completion even if the caller is cancelled.
+    async fn write_tx<T, F>(&self, audit: &[AuditEvent], f: F) -> Result<Option<T>, DatastoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(
+                &'c mut sqlx::SqliteConnection,
+            )
+                -> futures::future::BoxFuture<'c, Result<Option<T>, DatastoreError>>
+            + Send
+            + 'static,
+    {
+        let pool = self.pool.clone();
+        let lock = std::sync::Arc::clone(&self.audit_lock);
+        let events = audit.to_vec();
+        tokio::spawn(async move {
+            let _guard = lock.lock().await;
+            let mut conn = pool.acquire().await.map_err(backend)?;
+            sqlx::query("BEGIN IMMEDIATE")
+                .execute(&mut *conn)
+                .await
+                .map_err(backend)?;
+            let result = match f(&mut conn).await {
+                Ok(Some(v)) => append_in_tx(&mut conn, &events).await.map(|_| Some(v)),
+                other => other,
+            };
+            let end = if matches!(result, Ok(Some(_))) {
+                "COMMIT"
+            } else {
+                "ROLLBACK"
+            };
+            sqlx::query(end)
+                .execute(&mut *conn)
+                .await
+                .map_err(backend)?;
+            result
+        })
+        .await
+        .map_err(|e| DatastoreError::Backend(format!("write transaction task: {e}")))?
+    }
+
     async fn write_entry(&self, e: &RegistrationEntry, insert: bool) -> Result<(), DatastoreError> {
+        let mut conn = self.pool.acquire().await.map_err(backend)?;
+        write_entry_on(&mut conn, e, insert).await
+    }
+}
+
+async fn write_entry_on(
+    conn: &mut sqlx::SqliteConnection,
+    e: &RegistrationEntry,
+    insert: bool,
+) -> Result<(), DatastoreError> {
+    {
         let sql = if insert {
             "INSERT INTO entries (spiffe_id, parent_id, selectors, x509_svid_ttl, jwt_svid_ttl,
                 dns_names, jit, hint, created_at, revision, id)
@@ -186,7 +311,7 @@ impl SqliteDatastore {
             .bind(e.created_at)
             .bind(revision)
             .bind(&e.id)
-            .execute(&self.pool)
+            .execute(&mut *conn)
             .await
             .map_err(backend)?;
         if done.rows_affected() == 0 {
@@ -194,6 +319,58 @@ impl SqliteDatastore {
         }
         Ok(())
     }
+}
+
+async fn write_task_on(
+    conn: &mut sqlx::SqliteConnection,
+    t: &TaskRecord,
+    expected: Option<&[TaskState]>,
+) -> Result<bool, DatastoreError> {
+    let cols = "state, entry_id, spiffe_id, parent_id, provisioned, requester, approver, reason,
+        ticket, scopes, created_at, activated_at, deadline, ended_at, end_reason, decision, id";
+    let sql = match expected {
+        None => format!(
+            "INSERT INTO tasks ({cols}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+        ),
+        Some(states) => {
+            let list: Vec<String> = states.iter().map(|s| format!("'{}'", s.as_str())).collect();
+            format!(
+                "UPDATE tasks SET state = ?1, entry_id = ?2, spiffe_id = ?3, parent_id = ?4,
+                    provisioned = ?5, requester = ?6, approver = ?7, reason = ?8, ticket = ?9,
+                    scopes = ?10, created_at = ?11, activated_at = ?12, deadline = ?13,
+                    ended_at = ?14, end_reason = ?15, decision = ?16
+                 WHERE id = ?17 AND state IN ({})",
+                list.join(", ")
+            )
+        }
+    };
+    let done = sqlx::query(&sql)
+        .bind(t.state.as_str())
+        .bind(&t.entry_id)
+        .bind(t.spiffe_id.as_str())
+        .bind(t.parent_id.as_str())
+        .bind(t.provisioned)
+        .bind(&t.requester)
+        .bind(&t.approver)
+        .bind(&t.reason)
+        .bind(&t.ticket)
+        .bind(serde_json::Value::from(t.scopes.clone()).to_string())
+        .bind(t.created_at)
+        .bind(t.activated_at)
+        .bind(t.deadline)
+        .bind(t.ended_at)
+        .bind(&t.end_reason)
+        .bind(t.decision.to_string())
+        .bind(&t.id)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                DatastoreError::Conflict(format!("entry {} already has an open task", t.entry_id))
+            }
+            e => backend(e),
+        })?;
+    Ok(done.rows_affected() == 1)
 }
 
 async fn append_in_tx(
@@ -444,6 +621,141 @@ impl Datastore for SqliteDatastore {
         })
         .await
         .map_err(|e| DatastoreError::Backend(format!("audit append task: {e}")))?
+    }
+
+    async fn create_task(
+        &self,
+        task: &TaskRecord,
+        provisioned_entry: Option<&RegistrationEntry>,
+        audit: &[AuditEvent],
+    ) -> Result<(), DatastoreError> {
+        let task = task.clone();
+        let entry = provisioned_entry.cloned();
+        self.write_tx(audit, move |conn| {
+            Box::pin(async move {
+                if let Some(e) = &entry {
+                    write_entry_on(conn, e, true).await?;
+                }
+                write_task_on(conn, &task, None).await.map(|_| Some(()))
+            })
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn update_task(
+        &self,
+        task: &TaskRecord,
+        expected: &[TaskState],
+        audit: &[AuditEvent],
+    ) -> Result<bool, DatastoreError> {
+        let task = task.clone();
+        let expected = expected.to_vec();
+        let applied = self
+            .write_tx(audit, move |conn| {
+                Box::pin(async move {
+                    if !write_task_on(conn, &task, Some(&expected)).await? {
+                        return Ok(None);
+                    }
+                    if task.provisioned && !task.state.is_open() {
+                        sqlx::query("DELETE FROM entries WHERE id = ?")
+                            .bind(&task.entry_id)
+                            .execute(&mut *conn)
+                            .await
+                            .map_err(backend)?;
+                    }
+                    Ok(Some(()))
+                })
+            })
+            .await?;
+        Ok(applied.is_some())
+    }
+
+    async fn get_task(&self, id: &str) -> Result<Option<TaskRecord>, DatastoreError> {
+        let row = sqlx::query("SELECT * FROM tasks WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(task_from_row).transpose()
+    }
+
+    async fn list_tasks(
+        &self,
+        state: Option<TaskState>,
+    ) -> Result<Vec<TaskRecord>, DatastoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM tasks WHERE (?1 IS NULL OR state = ?1) ORDER BY created_at, id",
+        )
+        .bind(state.map(TaskState::as_str))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(task_from_row).collect()
+    }
+
+    async fn open_task_for_entry(
+        &self,
+        entry_id: &str,
+    ) -> Result<Option<TaskRecord>, DatastoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT * FROM tasks WHERE entry_id = ? AND state IN {OPEN_STATES}"
+        ))
+        .bind(entry_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.as_ref().map(task_from_row).transpose()
+    }
+
+    async fn record_task_svids(&self, svids: &[TaskSvid]) -> Result<(), DatastoreError> {
+        if svids.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        for s in svids {
+            sqlx::query(
+                "INSERT OR REPLACE INTO task_svids (serial, task_id, issuer_serial, not_after)
+                 VALUES (?, ?, ?, ?)",
+            )
+            .bind(&s.serial)
+            .bind(&s.task_id)
+            .bind(&s.issuer_serial)
+            .bind(s.not_after)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn revoked_since(
+        &self,
+        now: i64,
+    ) -> Result<(Vec<TaskRecord>, Vec<TaskSvid>), DatastoreError> {
+        let tasks = sqlx::query(&format!(
+            "SELECT * FROM tasks WHERE state NOT IN {OPEN_STATES} AND deadline > ?
+             ORDER BY ended_at, id"
+        ))
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        let svids = sqlx::query(&format!(
+            "SELECT s.* FROM task_svids s JOIN tasks t ON t.id = s.task_id
+             WHERE t.state NOT IN {OPEN_STATES} AND s.not_after > ? ORDER BY s.serial"
+        ))
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok((
+            tasks.iter().map(task_from_row).collect::<Result<_, _>>()?,
+            svids
+                .iter()
+                .map(task_svid_from_row)
+                .collect::<Result<_, _>>()?,
+        ))
     }
 
     async fn list_audit(&self, task_id: Option<&str>) -> Result<Vec<AuditRecord>, DatastoreError> {

@@ -58,6 +58,41 @@ pub struct Entry {
     /// Increases on every change of this entry.
     #[prost(uint64, tag = "11")]
     pub revision: u64,
+    /// Sent to an agent only on a just-in-time entry while a task activates it; never
+    /// stored with the entry.
+    #[prost(message, optional, tag = "12")]
+    pub task: ::core::option::Option<TaskGrant>,
+}
+/// The active task that makes a just-in-time entry live on an agent.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TaskGrant {
+    #[prost(string, tag = "1")]
+    pub task_id: ::prost::alloc::string::String,
+    /// Unix seconds; nothing issued under the task outlives it.
+    #[prost(int64, tag = "2")]
+    pub deadline: i64,
+}
+/// What agents need to refuse credentials of tasks that ended: the same full set goes to
+/// every agent, and replaces the previous one.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Revocations {
+    /// DER CRLs, one per CA that signed an SVID of an ended task that has not expired yet.
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    pub crls: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
+    /// Tasks that ended before their deadline; their JWT-SVIDs are refused until then.
+    #[prost(message, repeated, tag = "2")]
+    pub ended_tasks: ::prost::alloc::vec::Vec<EndedTask>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct EndedTask {
+    #[prost(string, tag = "1")]
+    pub task_id: ::prost::alloc::string::String,
+    /// Unix seconds: the task's deadline, after which none of its tokens is valid anyway.
+    #[prost(int64, tag = "2")]
+    pub until: i64,
+    /// Final state, e.g. "completed" or "revoked".
+    #[prost(string, tag = "3")]
+    pub state: ::prost::alloc::string::String,
 }
 /// What an agent persists (0600) so that a restart during a server outage keeps serving
 /// still-valid SVIDs. Never sent over the network.
@@ -80,6 +115,21 @@ pub struct CachedSvid {
     /// PKCS#8 DER private key.
     #[prost(bytes = "vec", tag = "4")]
     pub key: ::prost::alloc::vec::Vec<u8>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct NodeBeginTaskRequest {
+    /// The caller's standing (non-JIT) entry, parented to the calling agent.
+    #[prost(string, tag = "1")]
+    pub requester_entry_id: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "2")]
+    pub spec: ::core::option::Option<TaskSpec>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct NodeEndTaskRequest {
+    #[prost(string, tag = "1")]
+    pub requester_entry_id: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "2")]
+    pub end: ::core::option::Option<EndTaskRequest>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct MintJwtSvidRequest {
@@ -131,10 +181,12 @@ pub struct SyncSnapshot {
     pub entries: ::prost::alloc::vec::Vec<Entry>,
     #[prost(message, optional, tag = "2")]
     pub bundle: ::core::option::Option<Bundle>,
+    #[prost(message, optional, tag = "3")]
+    pub revocations: ::core::option::Option<Revocations>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct SyncUpdate {
-    #[prost(oneof = "sync_update::Update", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "sync_update::Update", tags = "1, 2, 3, 4, 5")]
     pub update: ::core::option::Option<sync_update::Update>,
 }
 /// Nested message and enum types in `SyncUpdate`.
@@ -153,6 +205,9 @@ pub mod sync_update {
         /// The trust bundle changed.
         #[prost(message, tag = "4")]
         Bundle(super::Bundle),
+        /// The set of revocations changed (a task ended, or a CRL was re-signed).
+        #[prost(message, tag = "5")]
+        Revocations(super::Revocations),
     }
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -183,6 +238,128 @@ pub struct SignedX509Svid {
 pub struct SignX509SvidsResponse {
     #[prost(message, repeated, tag = "1")]
     pub svids: ::prost::alloc::vec::Vec<SignedX509Svid>,
+}
+/// What a task asks for.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TaskSpec {
+    /// JIT access: the just-in-time entry the task activates (by id) ...
+    #[prost(string, tag = "1")]
+    pub entry_id: ::prost::alloc::string::String,
+    /// ... or by SPIFFE ID (with a workload-started task: among the agent's entries).
+    #[prost(string, tag = "2")]
+    pub spiffe_id: ::prost::alloc::string::String,
+    /// JIT provisioning: a temporary entry the task creates and deletes when it ends
+    /// (`spiffe_id` and `parent_id` name it; `entry_id` stays empty).
+    #[prost(bool, tag = "3")]
+    pub provision: bool,
+    #[prost(string, tag = "4")]
+    pub parent_id: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "5")]
+    pub selectors: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, tag = "6")]
+    pub reason: ::prost::alloc::string::String,
+    #[prost(string, tag = "7")]
+    pub ticket: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "8")]
+    pub scopes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Requested lifetime from now; 0 means the largest the policy allows.
+    #[prost(int64, tag = "9")]
+    pub ttl_seconds: i64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Task {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    /// pending_approval, active, completed, failed, cancelled, expired or revoked.
+    #[prost(string, tag = "2")]
+    pub state: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub entry_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub spiffe_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub parent_id: ::prost::alloc::string::String,
+    #[prost(bool, tag = "6")]
+    pub provisioned: bool,
+    /// "user:NAME" (an operator) or a SPIFFE ID (a workload).
+    #[prost(string, tag = "7")]
+    pub requester: ::prost::alloc::string::String,
+    #[prost(string, tag = "8")]
+    pub approver: ::prost::alloc::string::String,
+    #[prost(string, tag = "9")]
+    pub reason: ::prost::alloc::string::String,
+    #[prost(string, tag = "10")]
+    pub ticket: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "11")]
+    pub scopes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Unix seconds.
+    #[prost(int64, tag = "12")]
+    pub created_at: i64,
+    #[prost(int64, tag = "13")]
+    pub activated_at: i64,
+    #[prost(int64, tag = "14")]
+    pub deadline: i64,
+    #[prost(int64, tag = "15")]
+    pub ended_at: i64,
+    #[prost(string, tag = "16")]
+    pub end_reason: ::prost::alloc::string::String,
+    /// The policy decision that admitted it.
+    #[prost(message, optional, tag = "17")]
+    pub decision: ::core::option::Option<PolicyDecision>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PolicyDecision {
+    #[prost(bool, tag = "1")]
+    pub allowed: bool,
+    #[prost(bool, tag = "2")]
+    pub approval_required: bool,
+    /// 0: no cap.
+    #[prost(int64, tag = "3")]
+    pub max_ttl_seconds: i64,
+    /// Policies that determined the decision ("file.cedar:id").
+    #[prost(string, repeated, tag = "4")]
+    pub policies: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, repeated, tag = "5")]
+    pub errors: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// One human-readable sentence.
+    #[prost(string, tag = "6")]
+    pub explanation: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TaskIdRequest {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct EndTaskRequest {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    /// completed, failed, cancelled or revoked.
+    #[prost(string, tag = "2")]
+    pub outcome: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub reason: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListTasksRequest {
+    /// Optional: only tasks in this state.
+    #[prost(string, tag = "1")]
+    pub state: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListTasksResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub tasks: ::prost::alloc::vec::Vec<Task>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReloadPolicyRequest {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PolicyStatus {
+    /// "builtin" or the policy directory, and the number of policies in force.
+    #[prost(string, tag = "1")]
+    pub description: ::prost::alloc::string::String,
+    #[prost(int64, tag = "2")]
+    pub policies: i64,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ListAuditRequest {
@@ -552,6 +729,47 @@ pub mod node_client {
                 .insert(GrpcMethod::new("tessera.v1.Node", "MintJwtSvid"));
             self.inner.unary(req, path, codec).await
         }
+        /// Starts a task on behalf of a workload the agent attested; its standing identity
+        /// (an entry parented to the agent) is the requester.
+        pub async fn begin_task(
+            &mut self,
+            request: impl tonic::IntoRequest<super::NodeBeginTaskRequest>,
+        ) -> std::result::Result<tonic::Response<super::Task>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.Node/BeginTask",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("tessera.v1.Node", "BeginTask"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Ends a task its requester started through this agent.
+        pub async fn end_task(
+            &mut self,
+            request: impl tonic::IntoRequest<super::NodeEndTaskRequest>,
+        ) -> std::result::Result<tonic::Response<super::Task>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/tessera.v1.Node/EndTask");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("tessera.v1.Node", "EndTask"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -611,6 +829,17 @@ pub mod node_server {
             tonic::Response<super::MintJwtSvidResponse>,
             tonic::Status,
         >;
+        /// Starts a task on behalf of a workload the agent attested; its standing identity
+        /// (an entry parented to the agent) is the requester.
+        async fn begin_task(
+            &self,
+            request: tonic::Request<super::NodeBeginTaskRequest>,
+        ) -> std::result::Result<tonic::Response<super::Task>, tonic::Status>;
+        /// Ends a task its requester started through this agent.
+        async fn end_task(
+            &self,
+            request: tonic::Request<super::NodeEndTaskRequest>,
+        ) -> std::result::Result<tonic::Response<super::Task>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct NodeServer<T> {
@@ -893,6 +1122,94 @@ pub mod node_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = MintJwtSvidSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.Node/BeginTask" => {
+                    #[allow(non_camel_case_types)]
+                    struct BeginTaskSvc<T: Node>(pub Arc<T>);
+                    impl<
+                        T: Node,
+                    > tonic::server::UnaryService<super::NodeBeginTaskRequest>
+                    for BeginTaskSvc<T> {
+                        type Response = super::Task;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::NodeBeginTaskRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Node>::begin_task(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = BeginTaskSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.Node/EndTask" => {
+                    #[allow(non_camel_case_types)]
+                    struct EndTaskSvc<T: Node>(pub Arc<T>);
+                    impl<T: Node> tonic::server::UnaryService<super::NodeEndTaskRequest>
+                    for EndTaskSvc<T> {
+                        type Response = super::Task;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::NodeEndTaskRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Node>::end_task(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = EndTaskSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
@@ -1352,6 +1669,155 @@ pub mod admin_client {
                 .insert(GrpcMethod::new("tessera.v1.Admin", "VerifyAudit"));
             self.inner.unary(req, path, codec).await
         }
+        /// Starts a task (the caller's Unix user is the requester).
+        pub async fn create_task(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TaskSpec>,
+        ) -> std::result::Result<tonic::Response<super::Task>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.Admin/CreateTask",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.Admin", "CreateTask"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn get_task(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TaskIdRequest>,
+        ) -> std::result::Result<tonic::Response<super::Task>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/tessera.v1.Admin/GetTask");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("tessera.v1.Admin", "GetTask"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn list_tasks(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListTasksRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListTasksResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.Admin/ListTasks",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.Admin", "ListTasks"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Approves a pending task (the caller's Unix user is the approver; never the requester).
+        pub async fn approve_task(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TaskIdRequest>,
+        ) -> std::result::Result<tonic::Response<super::Task>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.Admin/ApproveTask",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.Admin", "ApproveTask"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Ends a task: completed, failed, cancelled or revoked.
+        pub async fn end_task(
+            &mut self,
+            request: impl tonic::IntoRequest<super::EndTaskRequest>,
+        ) -> std::result::Result<tonic::Response<super::Task>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/tessera.v1.Admin/EndTask");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("tessera.v1.Admin", "EndTask"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Evaluates the policy for a task specification without starting anything.
+        pub async fn explain_task(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TaskSpec>,
+        ) -> std::result::Result<tonic::Response<super::PolicyDecision>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.Admin/ExplainTask",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.Admin", "ExplainTask"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Re-reads the policy directory; on error the last good policy set stays in force.
+        pub async fn reload_policy(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ReloadPolicyRequest>,
+        ) -> std::result::Result<tonic::Response<super::PolicyStatus>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.Admin/ReloadPolicy",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.Admin", "ReloadPolicy"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1445,6 +1911,42 @@ pub mod admin_server {
             tonic::Response<super::VerifyAuditResponse>,
             tonic::Status,
         >;
+        /// Starts a task (the caller's Unix user is the requester).
+        async fn create_task(
+            &self,
+            request: tonic::Request<super::TaskSpec>,
+        ) -> std::result::Result<tonic::Response<super::Task>, tonic::Status>;
+        async fn get_task(
+            &self,
+            request: tonic::Request<super::TaskIdRequest>,
+        ) -> std::result::Result<tonic::Response<super::Task>, tonic::Status>;
+        async fn list_tasks(
+            &self,
+            request: tonic::Request<super::ListTasksRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListTasksResponse>,
+            tonic::Status,
+        >;
+        /// Approves a pending task (the caller's Unix user is the approver; never the requester).
+        async fn approve_task(
+            &self,
+            request: tonic::Request<super::TaskIdRequest>,
+        ) -> std::result::Result<tonic::Response<super::Task>, tonic::Status>;
+        /// Ends a task: completed, failed, cancelled or revoked.
+        async fn end_task(
+            &self,
+            request: tonic::Request<super::EndTaskRequest>,
+        ) -> std::result::Result<tonic::Response<super::Task>, tonic::Status>;
+        /// Evaluates the policy for a task specification without starting anything.
+        async fn explain_task(
+            &self,
+            request: tonic::Request<super::TaskSpec>,
+        ) -> std::result::Result<tonic::Response<super::PolicyDecision>, tonic::Status>;
+        /// Re-reads the policy directory; on error the last good policy set stays in force.
+        async fn reload_policy(
+            &self,
+            request: tonic::Request<super::ReloadPolicyRequest>,
+        ) -> std::result::Result<tonic::Response<super::PolicyStatus>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct AdminServer<T> {
@@ -2129,6 +2631,309 @@ pub mod admin_server {
                     };
                     Box::pin(fut)
                 }
+                "/tessera.v1.Admin/CreateTask" => {
+                    #[allow(non_camel_case_types)]
+                    struct CreateTaskSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::TaskSpec>
+                    for CreateTaskSvc<T> {
+                        type Response = super::Task;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::TaskSpec>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::create_task(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = CreateTaskSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.Admin/GetTask" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetTaskSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::TaskIdRequest>
+                    for GetTaskSvc<T> {
+                        type Response = super::Task;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::TaskIdRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::get_task(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetTaskSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.Admin/ListTasks" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListTasksSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::ListTasksRequest>
+                    for ListTasksSvc<T> {
+                        type Response = super::ListTasksResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListTasksRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::list_tasks(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListTasksSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.Admin/ApproveTask" => {
+                    #[allow(non_camel_case_types)]
+                    struct ApproveTaskSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::TaskIdRequest>
+                    for ApproveTaskSvc<T> {
+                        type Response = super::Task;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::TaskIdRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::approve_task(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ApproveTaskSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.Admin/EndTask" => {
+                    #[allow(non_camel_case_types)]
+                    struct EndTaskSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::EndTaskRequest>
+                    for EndTaskSvc<T> {
+                        type Response = super::Task;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::EndTaskRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::end_task(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = EndTaskSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.Admin/ExplainTask" => {
+                    #[allow(non_camel_case_types)]
+                    struct ExplainTaskSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::TaskSpec>
+                    for ExplainTaskSvc<T> {
+                        type Response = super::PolicyDecision;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::TaskSpec>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::explain_task(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ExplainTaskSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.Admin/ReloadPolicy" => {
+                    #[allow(non_camel_case_types)]
+                    struct ReloadPolicySvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<super::ReloadPolicyRequest>
+                    for ReloadPolicySvc<T> {
+                        type Response = super::PolicyStatus;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ReloadPolicyRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::reload_policy(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ReloadPolicySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
                 _ => {
                     Box::pin(async move {
                         let mut response = http::Response::new(
@@ -2166,6 +2971,373 @@ pub mod admin_server {
     /// Generated gRPC service name
     pub const SERVICE_NAME: &str = "tessera.v1.Admin";
     impl<T> tonic::server::NamedService for AdminServer<T> {
+        const NAME: &'static str = SERVICE_NAME;
+    }
+}
+/// Generated client implementations.
+pub mod workload_tasks_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    use tonic::codegen::http::Uri;
+    /// Served by the agent on the Workload API socket, beside the SPIFFE Workload API, with
+    /// the same `workload.spiffe.io: true` header. The caller is attested; its standing
+    /// identity is the requester.
+    #[derive(Debug, Clone)]
+    pub struct WorkloadTasksClient<T> {
+        inner: tonic::client::Grpc<T>,
+    }
+    impl WorkloadTasksClient<tonic::transport::Channel> {
+        /// Attempt to create a new client by connecting to a given endpoint.
+        pub async fn connect<D>(dst: D) -> Result<Self, tonic::transport::Error>
+        where
+            D: TryInto<tonic::transport::Endpoint>,
+            D::Error: Into<StdError>,
+        {
+            let conn = tonic::transport::Endpoint::new(dst)?.connect().await?;
+            Ok(Self::new(conn))
+        }
+    }
+    impl<T> WorkloadTasksClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
+    {
+        pub fn new(inner: T) -> Self {
+            let inner = tonic::client::Grpc::new(inner);
+            Self { inner }
+        }
+        pub fn with_origin(inner: T, origin: Uri) -> Self {
+            let inner = tonic::client::Grpc::with_origin(inner, origin);
+            Self { inner }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> WorkloadTasksClient<InterceptedService<T, F>>
+        where
+            F: tonic::service::Interceptor,
+            T::ResponseBody: Default,
+            T: tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<
+                    <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
+                >,
+            >,
+            <T as tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+        {
+            WorkloadTasksClient::new(InterceptedService::new(inner, interceptor))
+        }
+        /// Compress requests with the given encoding.
+        ///
+        /// This requires the server to support it otherwise it might respond with an
+        /// error.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.send_compressed(encoding);
+            self
+        }
+        /// Enable decompressing responses.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.accept_compressed(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_decoding_message_size(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_encoding_message_size(limit);
+            self
+        }
+        pub async fn begin_task(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TaskSpec>,
+        ) -> std::result::Result<tonic::Response<super::Task>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.WorkloadTasks/BeginTask",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.WorkloadTasks", "BeginTask"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn end_task(
+            &mut self,
+            request: impl tonic::IntoRequest<super::EndTaskRequest>,
+        ) -> std::result::Result<tonic::Response<super::Task>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.WorkloadTasks/EndTask",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.WorkloadTasks", "EndTask"));
+            self.inner.unary(req, path, codec).await
+        }
+    }
+}
+/// Generated server implementations.
+pub mod workload_tasks_server {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    /// Generated trait containing gRPC methods that should be implemented for use with WorkloadTasksServer.
+    #[async_trait]
+    pub trait WorkloadTasks: std::marker::Send + std::marker::Sync + 'static {
+        async fn begin_task(
+            &self,
+            request: tonic::Request<super::TaskSpec>,
+        ) -> std::result::Result<tonic::Response<super::Task>, tonic::Status>;
+        async fn end_task(
+            &self,
+            request: tonic::Request<super::EndTaskRequest>,
+        ) -> std::result::Result<tonic::Response<super::Task>, tonic::Status>;
+    }
+    /// Served by the agent on the Workload API socket, beside the SPIFFE Workload API, with
+    /// the same `workload.spiffe.io: true` header. The caller is attested; its standing
+    /// identity is the requester.
+    #[derive(Debug)]
+    pub struct WorkloadTasksServer<T> {
+        inner: Arc<T>,
+        accept_compression_encodings: EnabledCompressionEncodings,
+        send_compression_encodings: EnabledCompressionEncodings,
+        max_decoding_message_size: Option<usize>,
+        max_encoding_message_size: Option<usize>,
+    }
+    impl<T> WorkloadTasksServer<T> {
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(Arc::new(inner))
+        }
+        pub fn from_arc(inner: Arc<T>) -> Self {
+            Self {
+                inner,
+                accept_compression_encodings: Default::default(),
+                send_compression_encodings: Default::default(),
+                max_decoding_message_size: None,
+                max_encoding_message_size: None,
+            }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> InterceptedService<Self, F>
+        where
+            F: tonic::service::Interceptor,
+        {
+            InterceptedService::new(Self::new(inner), interceptor)
+        }
+        /// Enable decompressing requests with the given encoding.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.accept_compression_encodings.enable(encoding);
+            self
+        }
+        /// Compress responses with the given encoding, if the client supports it.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.send_compression_encodings.enable(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.max_decoding_message_size = Some(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.max_encoding_message_size = Some(limit);
+            self
+        }
+    }
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for WorkloadTasksServer<T>
+    where
+        T: WorkloadTasks,
+        B: Body + std::marker::Send + 'static,
+        B::Error: Into<StdError> + std::marker::Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<std::result::Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            match req.uri().path() {
+                "/tessera.v1.WorkloadTasks/BeginTask" => {
+                    #[allow(non_camel_case_types)]
+                    struct BeginTaskSvc<T: WorkloadTasks>(pub Arc<T>);
+                    impl<T: WorkloadTasks> tonic::server::UnaryService<super::TaskSpec>
+                    for BeginTaskSvc<T> {
+                        type Response = super::Task;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::TaskSpec>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as WorkloadTasks>::begin_task(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = BeginTaskSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.WorkloadTasks/EndTask" => {
+                    #[allow(non_camel_case_types)]
+                    struct EndTaskSvc<T: WorkloadTasks>(pub Arc<T>);
+                    impl<
+                        T: WorkloadTasks,
+                    > tonic::server::UnaryService<super::EndTaskRequest>
+                    for EndTaskSvc<T> {
+                        type Response = super::Task;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::EndTaskRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as WorkloadTasks>::end_task(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = EndTaskSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                _ => {
+                    Box::pin(async move {
+                        let mut response = http::Response::new(
+                            tonic::body::Body::default(),
+                        );
+                        let headers = response.headers_mut();
+                        headers
+                            .insert(
+                                tonic::Status::GRPC_STATUS,
+                                (tonic::Code::Unimplemented as i32).into(),
+                            );
+                        headers
+                            .insert(
+                                http::header::CONTENT_TYPE,
+                                tonic::metadata::GRPC_CONTENT_TYPE,
+                            );
+                        Ok(response)
+                    })
+                }
+            }
+        }
+    }
+    impl<T> Clone for WorkloadTasksServer<T> {
+        fn clone(&self) -> Self {
+            let inner = self.inner.clone();
+            Self {
+                inner,
+                accept_compression_encodings: self.accept_compression_encodings,
+                send_compression_encodings: self.send_compression_encodings,
+                max_decoding_message_size: self.max_decoding_message_size,
+                max_encoding_message_size: self.max_encoding_message_size,
+            }
+        }
+    }
+    /// Generated gRPC service name
+    pub const SERVICE_NAME: &str = "tessera.v1.WorkloadTasks";
+    impl<T> tonic::server::NamedService for WorkloadTasksServer<T> {
         const NAME: &'static str = SERVICE_NAME;
     }
 }

@@ -1,0 +1,135 @@
+//! `tessera.v1.WorkloadTasks`: workloads start and end their own tasks over the Workload
+//! API socket.
+//!
+//! The caller is attested exactly as for the Workload API, and the agent speaks for it to
+//! the server: the requester is the caller's *standing* identity (its first live,
+//! non-just-in-time entry), never anything the caller asserts. A workload may only
+//! activate a just-in-time entry whose selectors it satisfies, or provision a temporary
+//! entry whose selectors it satisfies: a task gives an identity to its own requester's
+//! process, not to someone else's. Policy on the server decides the rest.
+
+use std::sync::Arc;
+
+use common::proto::tessera::workload_tasks_server::WorkloadTasks;
+use common::proto::tessera::{
+    EndTaskRequest, NodeBeginTaskRequest, NodeEndTaskRequest, Task, TaskSpec,
+};
+use common::{Selector, SelectorSet};
+use tonic::{Request, Response, Status};
+
+use super::{WorkloadApi, check_header};
+use crate::cache::{CacheSnapshot, CachedEntry};
+
+/// The caller's standing entry: live, not just-in-time, matching; the oldest first.
+fn standing<'a>(snap: &'a CacheSnapshot, selectors: &SelectorSet) -> Option<&'a CachedEntry> {
+    snap.entries
+        .values()
+        .filter(|c| !c.entry.jit && c.entry.selectors.entry_matches(selectors))
+        .min_by(|a, b| (a.entry.created_at, &a.entry.id).cmp(&(b.entry.created_at, &b.entry.id)))
+        .map(AsRef::as_ref)
+}
+
+/// Resolves the just-in-time entry a workload asks to activate, among this agent's
+/// entries that match the caller.
+fn target(
+    snap: &CacheSnapshot,
+    selectors: &SelectorSet,
+    spec: &TaskSpec,
+) -> Result<String, Status> {
+    let candidates: Vec<&Arc<CachedEntry>> = snap
+        .entries
+        .values()
+        .filter(|c| c.entry.jit && c.entry.selectors.entry_matches(selectors))
+        .filter(|c| {
+            (spec.entry_id.is_empty() || c.entry.id == spec.entry_id)
+                && (spec.spiffe_id.is_empty() || c.entry.spiffe_id.as_str() == spec.spiffe_id)
+        })
+        .collect();
+    if spec.entry_id.is_empty() && spec.spiffe_id.is_empty() {
+        return Err(Status::invalid_argument(
+            "name the just-in-time identity to activate (spiffe_id or entry_id), or provision one",
+        ));
+    }
+    match candidates.as_slice() {
+        [one] => Ok(one.entry.id.clone()),
+        [] => Err(Status::not_found(
+            "no just-in-time entry on this agent matches both the request and the caller",
+        )),
+        _ => Err(Status::invalid_argument(
+            "several just-in-time entries match: name one by entry_id",
+        )),
+    }
+}
+
+#[tonic::async_trait]
+impl WorkloadTasks for WorkloadApi {
+    async fn begin_task(&self, req: Request<TaskSpec>) -> Result<Response<Task>, Status> {
+        check_header(&req)?;
+        let selectors = self.attest(&req).await?;
+        let snap = self.cache.current();
+        let requester = standing(&snap, &selectors)
+            .ok_or_else(|| {
+                Status::permission_denied(
+                    "the caller has no standing identity on this agent to request a task under",
+                )
+            })?
+            .entry
+            .id
+            .clone();
+        let mut spec = req.into_inner();
+        if spec.provision {
+            let wanted = spec
+                .selectors
+                .iter()
+                .map(|s| s.parse::<Selector>())
+                .collect::<Result<SelectorSet, _>>()
+                .map_err(|e| Status::invalid_argument(format!("selector: {e}")))?;
+            if wanted.is_empty() || !wanted.entry_matches(&selectors) {
+                return Err(Status::permission_denied(
+                    "a provisioned entry's selectors must be non-empty and all among the caller's",
+                ));
+            }
+            spec.parent_id.clear();
+        } else {
+            spec.entry_id = target(&snap, &selectors, &spec)?;
+            spec.spiffe_id.clear();
+        }
+        let mut client = self
+            .link
+            .get()
+            .ok_or_else(|| Status::unavailable("agent is not attested yet"))?;
+        let task = client
+            .begin_task(NodeBeginTaskRequest {
+                requester_entry_id: requester,
+                spec: Some(spec),
+            })
+            .await?
+            .into_inner();
+        tracing::info!(task_id = %task.id, state = %task.state, spiffe_id = %task.spiffe_id, "workload started a task");
+        Ok(Response::new(task))
+    }
+
+    async fn end_task(&self, req: Request<EndTaskRequest>) -> Result<Response<Task>, Status> {
+        check_header(&req)?;
+        let selectors = self.attest(&req).await?;
+        let snap = self.cache.current();
+        let requester = standing(&snap, &selectors)
+            .ok_or_else(|| Status::permission_denied("the caller has no standing identity"))?
+            .entry
+            .id
+            .clone();
+        let mut client = self
+            .link
+            .get()
+            .ok_or_else(|| Status::unavailable("agent is not attested yet"))?;
+        let task = client
+            .end_task(NodeEndTaskRequest {
+                requester_entry_id: requester,
+                end: Some(req.into_inner()),
+            })
+            .await?
+            .into_inner();
+        tracing::info!(task_id = %task.id, state = %task.state, "workload ended a task");
+        Ok(Response::new(task))
+    }
+}

@@ -1,0 +1,1044 @@
+//! Cedar policy engine: decides, for every task start and every SVID issuance for a
+//! `jit` entry, whether it is allowed, whether it needs approval, and the maximum TTL.
+//!
+//! Policies are Cedar (`*.cedar` files, or the built-in [`DEFAULT_POLICIES`]) validated in
+//! strict mode against [`SCHEMA`]. `permit` policies may carry the annotations
+//! `@max_ttl("900" | "15m" | "2h" | "1d")` and `@approval("required" | "none")`; any policy may
+//! carry `@id("name")`, which names it `file.cedar:name` in decisions and logs.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+
+use cedar_policy::ffi::DetailedError;
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity, EntityId,
+    EntityTypeName, EntityUid, PolicyId, PolicySet, Request, RestrictedExpression, Schema,
+    ValidationMode, Validator,
+};
+
+/// Cedar schema (human-readable syntax) every policy is validated against.
+pub const SCHEMA: &str = r#"
+namespace Tessera {
+  // An operator, identified by Unix user name on the admin socket.
+  entity User;
+  // A workload, identified by its standing SPIFFE ID.
+  entity Workload = { spiffe_id: String, trust_domain: String, path: String };
+  // The registration entry a task activates (or provisions).
+  entity Entry = {
+    spiffe_id: String,
+    trust_domain: String,
+    path: String,
+    jit: Bool,
+    selectors: Set<String>,
+  };
+  type TaskContext = {
+    ttl_seconds: Long,
+    ticket: String,
+    reason: String,
+    scopes: Set<String>,
+    has_approver: Bool,
+    approver: String,
+    now: Long,
+    hour_utc: Long,
+    weekday_utc: Long,
+    provisioned: Bool,
+    origin: String,
+  };
+  action begin_task, issue_svid appliesTo {
+    principal: [User, Workload],
+    resource: [Entry],
+    context: TaskContext,
+  };
+}
+"#;
+
+/// Built-in policy set, used when no policy directory is configured.
+pub const DEFAULT_POLICIES: &str = r#"
+// Operators may start tasks without approval, for at most a day.
+@id("operator-begin-task")
+@max_ttl("1d")
+permit (principal is Tessera::User, action == Tessera::Action::"begin_task", resource);
+
+// Workloads may start tasks only with approval, for at most an hour.
+@id("workload-begin-task")
+@approval("required")
+@max_ttl("1h")
+permit (principal is Tessera::Workload, action == Tessera::Action::"begin_task", resource);
+
+// SVID issuance for jit entries: the task check happens elsewhere.
+@id("issue-svid")
+permit (principal, action == Tessera::Action::"issue_svid", resource);
+"#;
+
+/// File name under which the built-in policies are reported.
+const BUILTIN_FILE: &str = "builtin.cedar";
+
+/// What is being decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Starting a task (Cedar `Tessera::Action::"begin_task"`).
+    BeginTask,
+    /// Issuing an SVID for a `jit` entry (Cedar `Tessera::Action::"issue_svid"`).
+    IssueSvid,
+}
+
+impl Action {
+    /// The Cedar action id.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BeginTask => "begin_task",
+            Self::IssueSvid => "issue_svid",
+        }
+    }
+}
+
+/// Who asks. Operators are identified by their Unix user name on the admin socket;
+/// workloads by their standing SPIFFE ID (attested by the agent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// An operator (Cedar `Tessera::User::"alice"`).
+    User(String),
+    /// A workload by SPIFFE ID (Cedar `Tessera::Workload::"spiffe://td/path"`).
+    Workload(String),
+}
+
+impl Principal {
+    /// Cedar entity type, entity id, and `context.origin`.
+    fn parts(&self) -> (&'static str, &str, &'static str) {
+        match self {
+            Self::User(name) => ("User", name, "operator"),
+            Self::Workload(id) => ("Workload", id, "workload"),
+        }
+    }
+}
+
+/// The entry the task activates (or provisions).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EntryFacts {
+    /// Registration entry id (Cedar `Tessera::Entry::"<id>"`).
+    pub id: String,
+    /// The entry's SPIFFE ID.
+    pub spiffe_id: String,
+    /// Whether the entry is just-in-time (only issued inside a task).
+    pub jit: bool,
+    /// The entry's selectors, as `type:value` strings.
+    pub selectors: Vec<String>,
+}
+
+/// One question for the policy engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyRequest {
+    /// What is being decided.
+    pub action: Action,
+    /// Who asks.
+    pub principal: Principal,
+    /// The entry concerned.
+    pub entry: EntryFacts,
+    /// Scopes the task asks for.
+    pub scopes: Vec<String>,
+    /// Requested TTL in seconds.
+    pub ttl_seconds: i64,
+    /// Ticket reference (may be empty).
+    pub ticket: String,
+    /// Free-text reason (may be empty).
+    pub reason: String,
+    /// The approver, if one is named.
+    pub approver: Option<String>,
+    /// Current time, Unix seconds.
+    pub now_unix: i64,
+    /// The task creates a temporary entry rather than activating an existing one.
+    pub provisioned: bool,
+}
+
+/// The outcome of [`PolicyEngine::evaluate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Cedar said Allow.
+    pub allowed: bool,
+    /// Some determining permit policy carries `@approval("required")`.
+    pub approval_required: bool,
+    /// Smallest `@max_ttl` among the permit policies that decided it (None: no cap).
+    pub max_ttl_seconds: Option<i64>,
+    /// Ids of the policies that determined the decision, "file.cedar:policy-id".
+    pub policies: Vec<String>,
+    /// Evaluation errors (a policy that errored is skipped, as Cedar does), as text.
+    pub errors: Vec<String>,
+    /// The action, e.g. `begin_task`.
+    pub action: String,
+    /// The principal, e.g. `User::"alice"`.
+    pub principal: String,
+    /// The entry, e.g. `Entry::"e1" (spiffe://td/db)`.
+    pub entry: String,
+}
+
+impl Decision {
+    /// One human-readable paragraph explaining the decision.
+    pub fn explain(&self) -> String {
+        let list = |v: &[String]| format!("[{}]", v.join(", "));
+        let mut out = if self.allowed {
+            let approval = if self.approval_required {
+                "approval required"
+            } else {
+                "no approval required"
+            };
+            let ttl = self
+                .max_ttl_seconds
+                .map_or_else(|| "no TTL cap".to_owned(), |s| format!("max TTL {s} s"));
+            format!(
+                "allowed by policies {} ({approval}; {ttl})",
+                list(&self.policies)
+            )
+        } else if self.policies.is_empty() {
+            format!(
+                "denied: no policy permits {} for {} on {}",
+                self.action, self.principal, self.entry
+            )
+        } else {
+            format!("denied by policies {}", list(&self.policies))
+        };
+        if !self.errors.is_empty() {
+            let _ = write!(
+                out,
+                "; {} evaluation error(s), those policies were skipped: {}",
+                self.errors.len(),
+                self.errors.join("; ")
+            );
+        }
+        out
+    }
+
+    /// The decision as JSON (fields plus `explanation`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "allowed": self.allowed,
+            "approval_required": self.approval_required,
+            "max_ttl_seconds": self.max_ttl_seconds,
+            "policies": self.policies,
+            "errors": self.errors,
+            "action": self.action,
+            "principal": self.principal,
+            "entry": self.entry,
+            "explanation": self.explain(),
+        })
+    }
+}
+
+/// Why a policy set could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// A file or directory could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The directory holds no policy.
+    #[error("no policies in {0}: everything would be denied")]
+    Empty(PathBuf),
+    /// A file is not valid Cedar.
+    #[error("{at}: syntax error: {message}")]
+    Parse {
+        /// `file.cedar:line:col` (just the file name where Cedar gives no position).
+        at: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A policy does not validate against the schema (strict mode).
+    #[error("{at}: policy `{policy}` does not match the schema: {message}")]
+    Invalid {
+        /// `file.cedar:line:col` (just the file name where Cedar gives no position).
+        at: String,
+        /// Policy name.
+        policy: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A policy is well-formed Cedar but unusable here (bad annotation, template, bad name).
+    #[error("{file}: policy `{policy}`: {message}")]
+    Policy {
+        /// File name.
+        file: String,
+        /// Policy name.
+        policy: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Two policies share an `@id` name.
+    #[error("duplicate policy name `{name}` (in {first} and {second})")]
+    Duplicate {
+        /// The name.
+        name: String,
+        /// File of the first use.
+        first: String,
+        /// File of the second use.
+        second: String,
+    },
+    /// The built-in schema does not parse (a bug).
+    #[error("built-in policy schema is invalid: {0}")]
+    Schema(String),
+}
+
+/// Per-policy facts taken from annotations.
+#[derive(Debug, Clone, Copy, Default)]
+struct PolicyMeta {
+    max_ttl: Option<i64>,
+    approval: bool,
+}
+
+/// A validated policy set ready for evaluation.
+#[derive(Debug, Default)]
+struct Loaded {
+    set: PolicySet,
+    meta: HashMap<PolicyId, PolicyMeta>,
+    count: usize,
+}
+
+/// The policy engine: the policy set in force and where it came from. `Send + Sync`;
+/// [`evaluate`](Self::evaluate) does no I/O.
+#[derive(Debug)]
+pub struct PolicyEngine {
+    /// The policy directory; `None` for the built-in set.
+    dir: Option<PathBuf>,
+    current: RwLock<Arc<Loaded>>,
+}
+
+fn schema() -> Result<&'static Schema, PolicyError> {
+    static SCHEMA_CELL: OnceLock<Result<Schema, String>> = OnceLock::new();
+    SCHEMA_CELL
+        .get_or_init(|| {
+            Schema::from_cedarschema_str(SCHEMA)
+                .map(|(s, _warnings)| s)
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| PolicyError::Schema(e.clone()))
+}
+
+impl PolicyEngine {
+    /// The built-in default set (used when no policy directory is configured).
+    ///
+    /// Should the built-in set ever fail to load (a bug caught by the tests), the engine
+    /// logs it and holds an empty set, which denies everything.
+    pub fn builtin() -> Self {
+        let loaded = load_builtin().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "built-in policies failed to load; denying everything");
+            Loaded::default()
+        });
+        Self {
+            dir: None,
+            current: RwLock::new(Arc::new(loaded)),
+        }
+    }
+
+    /// Loads every `*.cedar` file in `dir` (sorted by name), parses, and validates against
+    /// [`SCHEMA`] (strict mode). Any error names the file and the problem (and line:col where
+    /// Cedar gives it). An empty directory is an error.
+    pub fn load_dir(dir: &Path) -> Result<Self, PolicyError> {
+        let loaded = load_from_dir(dir)?;
+        Ok(Self {
+            dir: Some(dir.to_path_buf()),
+            current: RwLock::new(Arc::new(loaded)),
+        })
+    }
+
+    /// Re-reads the directory. On error the last good set stays in force and the error is
+    /// returned. Returns the number of policies now in force.
+    pub fn reload(&self) -> Result<usize, PolicyError> {
+        match self.dir.as_deref().map_or_else(load_builtin, load_from_dir) {
+            Ok(l) => {
+                let count = l.count;
+                *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(l);
+                tracing::info!(source = %self.source_name(), count, "policies reloaded");
+                Ok(count)
+            }
+            Err(e) => {
+                tracing::warn!(source = %self.source_name(), error = %e,
+                    "policy reload failed; keeping the previous set");
+                Err(e)
+            }
+        }
+    }
+
+    /// Validates a directory without installing it (for `tessera-server policy check DIR`).
+    /// Returns the number of policies.
+    pub fn check_dir(dir: &Path) -> Result<usize, PolicyError> {
+        load_from_dir(dir).map(|l| l.count)
+    }
+
+    /// Decides `req` against the set in force. Never fails: a request Cedar cannot even
+    /// build is denied, with the reason in `errors`.
+    pub fn evaluate(&self, req: &PolicyRequest) -> Decision {
+        let loaded = self.current();
+        let (ptype, pid, _) = req.principal.parts();
+        let mut decision = Decision {
+            allowed: false,
+            approval_required: false,
+            max_ttl_seconds: None,
+            policies: Vec::new(),
+            errors: Vec::new(),
+            action: req.action.as_str().to_owned(),
+            principal: format!("{ptype}::{pid:?}"),
+            entry: format!("Entry::{:?} ({})", req.entry.id, req.entry.spiffe_id),
+        };
+        let (request, entities) = match build_request(req) {
+            Ok(built) => built,
+            Err(e) => {
+                decision.errors.push(format!("cannot build request: {e}"));
+                return decision;
+            }
+        };
+        let response = Authorizer::new().is_authorized(&request, &loaded.set, &entities);
+        let diag = response.diagnostics();
+        decision.allowed = response.decision() == CedarDecision::Allow;
+        let mut ids: Vec<&PolicyId> = diag.reason().collect();
+        ids.sort_by_key(|id| id.to_string());
+        for id in ids {
+            decision.policies.push(id.to_string());
+            if let (true, Some(meta)) = (decision.allowed, loaded.meta.get(id)) {
+                decision.approval_required |= meta.approval;
+                if let Some(ttl) = meta.max_ttl {
+                    decision.max_ttl_seconds =
+                        Some(decision.max_ttl_seconds.map_or(ttl, |m| m.min(ttl)));
+                }
+            }
+        }
+        decision
+            .errors
+            .extend(diag.errors().map(ToString::to_string));
+        decision
+    }
+
+    /// "builtin" or the directory path, plus policy count — for logs and `policy show`.
+    pub fn describe(&self) -> String {
+        format!("{} ({} policies)", self.source_name(), self.current().count)
+    }
+
+    fn source_name(&self) -> String {
+        self.dir
+            .as_ref()
+            .map_or_else(|| "builtin".to_owned(), |d| d.display().to_string())
+    }
+
+    fn current(&self) -> Arc<Loaded> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+fn uid(ty: &str, id: &str) -> Result<EntityUid, String> {
+    let name = EntityTypeName::from_str(&format!("Tessera::{ty}")).map_err(|e| e.to_string())?;
+    Ok(EntityUid::from_type_name_and_id(name, EntityId::new(id)))
+}
+
+/// Splits `spiffe://td/path...` into (`td`, `/path...`); anything else gives empty strings.
+fn split_spiffe(id: &str) -> (String, String) {
+    let Some(rest) = id.strip_prefix("spiffe://") else {
+        return (String::new(), String::new());
+    };
+    match rest.find('/') {
+        Some(i) => (rest[..i].to_owned(), rest[i..].to_owned()),
+        None => (rest.to_owned(), String::new()),
+    }
+}
+
+fn str_expr(s: &str) -> RestrictedExpression {
+    RestrictedExpression::new_string(s.to_owned())
+}
+
+fn set_expr(v: &[String]) -> RestrictedExpression {
+    RestrictedExpression::new_set(v.iter().map(|s| str_expr(s)))
+}
+
+fn spiffe_attrs(spiffe_id: &str) -> HashMap<String, RestrictedExpression> {
+    let (td, path) = split_spiffe(spiffe_id);
+    HashMap::from([
+        ("spiffe_id".to_owned(), str_expr(spiffe_id)),
+        ("trust_domain".to_owned(), str_expr(&td)),
+        ("path".to_owned(), str_expr(&path)),
+    ])
+}
+
+fn build_request(req: &PolicyRequest) -> Result<(Request, Entities), String> {
+    let schema = schema().map_err(|e| e.to_string())?;
+    let (ptype, pid, origin) = req.principal.parts();
+    let principal = uid(ptype, pid)?;
+    let principal_entity = match &req.principal {
+        Principal::User(_) => Entity::new_no_attrs(principal.clone(), HashSet::new()),
+        Principal::Workload(id) => Entity::new(principal.clone(), spiffe_attrs(id), HashSet::new())
+            .map_err(|e| e.to_string())?,
+    };
+    let resource = uid("Entry", &req.entry.id)?;
+    let mut entry_attrs = spiffe_attrs(&req.entry.spiffe_id);
+    let bool = RestrictedExpression::new_bool;
+    entry_attrs.insert("jit".to_owned(), bool(req.entry.jit));
+    entry_attrs.insert("selectors".to_owned(), set_expr(&req.entry.selectors));
+    let resource_entity =
+        Entity::new(resource.clone(), entry_attrs, HashSet::new()).map_err(|e| e.to_string())?;
+    let entities = Entities::from_entities([principal_entity, resource_entity], Some(schema))
+        .map_err(|e| e.to_string())?;
+
+    let day_secs = req.now_unix.rem_euclid(86_400);
+    // 1970-01-01 was a Thursday (4, with 0 = Sunday).
+    let weekday = (req.now_unix.div_euclid(86_400) + 4).rem_euclid(7);
+    let long = RestrictedExpression::new_long;
+    let context = Context::from_pairs(
+        [
+            ("ttl_seconds", long(req.ttl_seconds)),
+            ("ticket", str_expr(&req.ticket)),
+            ("reason", str_expr(&req.reason)),
+            ("scopes", set_expr(&req.scopes)),
+            ("has_approver", bool(req.approver.is_some())),
+            ("approver", str_expr(req.approver.as_deref().unwrap_or(""))),
+            ("now", long(req.now_unix)),
+            ("hour_utc", long(day_secs / 3600)),
+            ("weekday_utc", long(weekday)),
+            ("provisioned", bool(req.provisioned)),
+            ("origin", str_expr(origin)),
+        ]
+        .map(|(k, v)| (k.to_owned(), v)),
+    )
+    .map_err(|e| e.to_string())?;
+    let action = uid("Action", req.action.as_str())?;
+    let request = Request::new(principal, action, resource, context, Some(schema))
+        .map_err(|e| e.to_string())?;
+    Ok((request, entities))
+}
+
+fn load_builtin() -> Result<Loaded, PolicyError> {
+    let builtin = (BUILTIN_FILE.to_owned(), DEFAULT_POLICIES.to_owned());
+    load_sources(&[builtin], None)
+}
+
+fn load_from_dir(dir: &Path) -> Result<Loaded, PolicyError> {
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| PolicyError::Io { path, source }
+    };
+    let mut files = Vec::new();
+    for dirent in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let path = dirent.map_err(io_err(dir))?.path();
+        if path.extension().is_some_and(|e| e == "cedar") && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    let mut sources = Vec::with_capacity(files.len());
+    for path in files {
+        let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        sources.push((name, text));
+    }
+    load_sources(&sources, Some(dir))
+}
+
+/// 1-based (line, column) of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// Position (`file:line:col`) and message of the first of `total` Cedar diagnostics.
+fn describe_diag(d: &DetailedError, file: &str, text: &str, total: usize) -> (String, String) {
+    let mut msg = d.message.clone();
+    if let Some(help) = &d.help {
+        let _ = write!(msg, " (help: {help})");
+    }
+    if total > 1 {
+        let _ = write!(msg, " (and {} more)", total - 1);
+    }
+    let at = match d.source_locations.first() {
+        Some(l) => {
+            let (line, col) = line_col(text, l.loc.start);
+            format!("{file}:{line}:{col}")
+        }
+        None => file.to_owned(),
+    };
+    (at, msg)
+}
+
+/// Parses a duration annotation: plain seconds, or a number with `s`, `m`, `h` or `d`.
+pub fn parse_duration(value: &str) -> Option<i64> {
+    let units = [("s", 1), ("m", 60), ("h", 3600), ("d", 86_400)];
+    let (num, mult) = units
+        .iter()
+        .find_map(|(unit, mult)| Some((value.strip_suffix(unit)?, *mult)))
+        .unwrap_or((value, 1));
+    if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    num.parse::<i64>()
+        .ok()?
+        .checked_mul(mult)
+        .filter(|s| *s > 0)
+}
+
+fn policy_meta(p: &cedar_policy::Policy) -> Result<PolicyMeta, String> {
+    let mut meta = PolicyMeta::default();
+    let permit = p.effect() == Effect::Permit;
+    for (key, value) in p.annotations() {
+        match key {
+            "max_ttl" | "approval" if !permit => {
+                return Err(format!("@{key} is only meaningful on permit policies"));
+            }
+            "max_ttl" => {
+                let want = "expected a positive duration like \"900\", \"15m\", \"2h\", \"1d\"";
+                let ttl = parse_duration(value);
+                meta.max_ttl =
+                    Some(ttl.ok_or_else(|| format!("bad @max_ttl(\"{value}\"): {want}"))?);
+            }
+            "approval" => {
+                meta.approval = value == "required";
+                if !meta.approval && value != "none" {
+                    let want = "expected \"required\" or \"none\"";
+                    return Err(format!("bad @approval(\"{value}\"): {want}"));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(meta)
+}
+
+fn load_sources(sources: &[(String, String)], dir: Option<&Path>) -> Result<Loaded, PolicyError> {
+    let schema = schema()?;
+    let validator = Validator::new(schema.clone());
+    let mut set = PolicySet::new();
+    let mut meta = HashMap::new();
+    let mut names: HashMap<String, String> = HashMap::new();
+    for (file, text) in sources {
+        let parsed = PolicySet::from_str(text).map_err(|e| {
+            let total = e.iter().count();
+            let (at, message) = e.iter().next().map_or_else(
+                || (file.clone(), e.to_string()),
+                |first| describe_diag(&DetailedError::from(first), file, text, total),
+            );
+            PolicyError::Parse { at, message }
+        })?;
+        let policy_err = |policy: &str, message: String| PolicyError::Policy {
+            file: file.clone(),
+            policy: policy.to_owned(),
+            message,
+        };
+        if let Some(t) = parsed.templates().next() {
+            return Err(policy_err(
+                &t.annotation("id")
+                    .map_or_else(|| t.id().to_string(), str::to_owned),
+                "templates (?principal / ?resource) are not supported".to_owned(),
+            ));
+        }
+        let mut policies: Vec<_> = parsed.policies().collect();
+        policies.sort_by_key(|p| p.id().to_string());
+        let mut file_set = PolicySet::new();
+        for p in policies {
+            let name = match p.annotation("id") {
+                Some(n) => {
+                    let ok = !n.is_empty()
+                        && n.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+                    if !ok {
+                        return Err(policy_err(
+                            n,
+                            "bad @id: use letters, digits, '-', '_' and '.'".to_owned(),
+                        ));
+                    }
+                    if let Some(first) = names.insert(n.to_owned(), file.clone()) {
+                        return Err(PolicyError::Duplicate {
+                            name: n.to_owned(),
+                            first,
+                            second: file.clone(),
+                        });
+                    }
+                    n.to_owned()
+                }
+                None => p.id().to_string(),
+            };
+            let m = policy_meta(p).map_err(|msg| policy_err(&name, msg))?;
+            let id = PolicyId::new(format!("{file}:{name}"));
+            meta.insert(id.clone(), m);
+            file_set
+                .add(p.new_id(id))
+                .map_err(|e| policy_err(&name, e.to_string()))?;
+        }
+        let result = validator.validate(&file_set, ValidationMode::Strict);
+        for w in result.validation_warnings() {
+            tracing::warn!(file = %file, warning = %w, "policy validation warning");
+        }
+        let errors: Vec<_> = result.validation_errors().collect();
+        if let Some(first) = errors.first() {
+            let (at, message) =
+                describe_diag(&DetailedError::from(*first), file, text, errors.len());
+            let policy = first.policy_id().to_string();
+            let message = message
+                .strip_prefix(&format!("for policy `{policy}`, "))
+                .map_or_else(|| message.clone(), str::to_owned);
+            let policy = policy
+                .strip_prefix(&format!("{file}:"))
+                .unwrap_or(&policy)
+                .to_owned();
+            return Err(PolicyError::Invalid {
+                at,
+                policy,
+                message,
+            });
+        }
+        for p in file_set.policies() {
+            set.add(p.clone())
+                .map_err(|e| policy_err(p.id().as_ref(), e.to_string()))?;
+        }
+    }
+    let count = set.policies().count();
+    if count == 0 {
+        return Err(PolicyError::Empty(
+            dir.map_or_else(|| PathBuf::from(BUILTIN_FILE), Path::to_path_buf),
+        ));
+    }
+    Ok(Loaded { set, meta, count })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2024-06-03 10:00:00 UTC, a Monday; 2024-06-01 (same time) was a Saturday.
+    const MONDAY_10H: i64 = 1_717_408_800;
+    const SATURDAY_10H: i64 = MONDAY_10H - 2 * 86_400;
+    const ANY: &str = "permit (principal, action, resource);";
+    const OPS: &str = r#"
+@id("oncall-db") @approval("required") @max_ttl("900")
+permit (principal == Tessera::User::"alice", action == Tessera::Action::"begin_task", resource)
+when { resource.jit };
+
+@id("no-prod-weekend")
+forbid (principal, action, resource)
+when { resource.trust_domain == "prod.example" && [0, 6].contains(context.weekday_utc) };
+"#;
+
+    fn req(action: Action, principal: Principal) -> PolicyRequest {
+        let entry = EntryFacts {
+            id: "e1".into(),
+            spiffe_id: "spiffe://prod.example/db/primary".into(),
+            jit: true,
+            selectors: vec!["unix:uid:1000".into()],
+        };
+        PolicyRequest {
+            action,
+            principal,
+            entry,
+            scopes: vec!["db:read".into()],
+            ttl_seconds: 600,
+            ticket: "INC-42".into(),
+            reason: "fix".into(),
+            approver: None,
+            now_unix: MONDAY_10H,
+            provisioned: false,
+        }
+    }
+
+    fn alice() -> PolicyRequest {
+        req(Action::BeginTask, Principal::User("alice".into()))
+    }
+
+    fn workload(id: &str) -> Principal {
+        Principal::Workload(id.into())
+    }
+
+    fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        dir
+    }
+
+    fn engine(files: &[(&str, &str)]) -> (tempfile::TempDir, PolicyEngine) {
+        let dir = dir_with(files);
+        let e = PolicyEngine::load_dir(dir.path()).unwrap();
+        (dir, e)
+    }
+
+    /// The load error for `files`; `check_dir` must report the same.
+    fn load_err(files: &[(&str, &str)]) -> String {
+        let dir = dir_with(files);
+        let err = PolicyEngine::load_dir(dir.path()).unwrap_err().to_string();
+        let check = PolicyEngine::check_dir(dir.path()).unwrap_err();
+        assert_eq!(check.to_string(), err);
+        err
+    }
+
+    #[test]
+    fn allow_with_approval_and_ttl() {
+        let (_d, e) = engine(&[("ops.cedar", OPS)]);
+        let d = e.evaluate(&alice());
+        assert!(d.allowed && d.approval_required && d.errors.is_empty());
+        assert_eq!(d.max_ttl_seconds, Some(900));
+        assert_eq!(d.policies, ["ops.cedar:oncall-db"]);
+        let want = "allowed by policies [ops.cedar:oncall-db] (approval required; max TTL 900 s)";
+        assert_eq!(d.explain(), want);
+        let j = d.to_json();
+        assert_eq!(j["allowed"], true);
+        assert_eq!(j["max_ttl_seconds"], 900);
+        assert_eq!(j["explanation"], want);
+    }
+
+    #[test]
+    fn deny_by_forbid_names_policy() {
+        let (_d, e) = engine(&[("ops.cedar", OPS)]);
+        let d = e.evaluate(&PolicyRequest {
+            now_unix: SATURDAY_10H,
+            ..alice()
+        });
+        assert!(!d.allowed && !d.approval_required && d.max_ttl_seconds.is_none());
+        assert_eq!(d.policies, ["ops.cedar:no-prod-weekend"]);
+        assert_eq!(
+            d.explain(),
+            "denied by policies [ops.cedar:no-prod-weekend]"
+        );
+    }
+
+    #[test]
+    fn deny_when_nothing_permits() {
+        let (_d, e) = engine(&[("ops.cedar", OPS)]);
+        let d = e.evaluate(&req(
+            Action::BeginTask,
+            workload("spiffe://prod.example/batch"),
+        ));
+        assert!(!d.allowed && d.policies.is_empty());
+        let want = "denied: no policy permits begin_task for Workload::\"spiffe://prod.example/\
+                    batch\" on Entry::\"e1\" (spiffe://prod.example/db/primary)";
+        assert_eq!(d.explain(), want);
+    }
+
+    #[test]
+    fn ttl_is_min_of_determining_policies() {
+        let a = r#"@id("day") @max_ttl("1d") @approval("required") permit (principal, action, resource);"#;
+        let b = r#"@id("two-hours") @max_ttl("2h") permit (principal, action, resource);
+            @id("never") @max_ttl("1m") permit (principal, action, resource) when { false };"#;
+        let (dir, e) = engine(&[("a.cedar", a), ("b.cedar", b)]);
+        let d = e.evaluate(&alice());
+        assert!(
+            d.allowed && d.approval_required,
+            "any determining policy requiring it counts"
+        );
+        assert_eq!(d.max_ttl_seconds, Some(7200));
+        assert_eq!(d.policies, ["a.cedar:day", "b.cedar:two-hours"]);
+        assert!(d.explain().ends_with("(approval required; max TTL 7200 s)"));
+        assert_eq!(
+            e.describe(),
+            format!("{} (3 policies)", dir.path().display())
+        );
+    }
+
+    #[test]
+    fn duration_parsing() {
+        let good = [
+            ("900", 900),
+            ("30s", 30),
+            ("15m", 900),
+            ("2h", 7200),
+            ("1d", 86_400),
+        ];
+        for (text, secs) in good {
+            assert_eq!(parse_duration(text), Some(secs), "{text}");
+        }
+        let bad = [
+            "",
+            "0",
+            "-5",
+            "1w",
+            "h",
+            "1.5h",
+            "15 m",
+            "99999999999999999d",
+        ];
+        for text in bad.into_iter().chain(["9999999999999999999"]) {
+            assert_eq!(parse_duration(text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn context_and_entity_attributes() {
+        let p = r#"
+@id("rich")
+permit (principal is Tessera::Workload, action == Tessera::Action::"begin_task", resource)
+when {
+  context.ticket like "INC-*" && context.hour_utc >= 8 && context.hour_utc < 18 &&
+  context.weekday_utc == 1 && context.now == 1717408800 &&
+  context.scopes.contains("db:read") &&
+  principal.trust_domain == "prod.example" && principal.path like "/batch/*" &&
+  resource.jit && resource.path == "/db/primary" && resource.trust_domain == "prod.example" &&
+  resource.selectors.contains("unix:uid:1000") &&
+  context.origin == "workload" && !context.provisioned && context.ttl_seconds <= 3600 &&
+  context.has_approver && context.approver == "bob"
+};"#;
+        let (_d, e) = engine(&[("rich.cedar", p)]);
+        let ok = PolicyRequest {
+            approver: Some("bob".into()),
+            ..req(
+                Action::BeginTask,
+                workload("spiffe://prod.example/batch/nightly"),
+            )
+        };
+        let d = e.evaluate(&ok);
+        assert!(d.allowed, "{}", d.explain());
+        assert_eq!(d.policies, ["rich.cedar:rich"]);
+        let mutations: [&dyn Fn(&mut PolicyRequest); 11] = [
+            &|r| r.ticket = "CHG-1".into(),
+            &|r| r.now_unix += 9 * 3600,
+            &|r| r.now_unix = SATURDAY_10H,
+            &|r| r.scopes = vec!["db:write".into()],
+            &|r| r.principal = workload("spiffe://dev.example/batch/x"),
+            &|r| r.principal = workload("spiffe://prod.example/web"),
+            &|r| r.entry.jit = false,
+            &|r| r.provisioned = true,
+            &|r| r.ttl_seconds = 3601,
+            &|r| r.approver = None,
+            &|r| r.action = Action::IssueSvid,
+        ];
+        for (i, mutate) in mutations.iter().enumerate() {
+            let mut r = ok.clone();
+            mutate(&mut r);
+            assert!(!e.evaluate(&r).allowed, "mutation {i} should be denied");
+        }
+        assert_eq!(split_spiffe("spiffe://td"), ("td".into(), String::new()));
+        assert_eq!(split_spiffe("http://x/y"), (String::new(), String::new()));
+    }
+
+    #[test]
+    fn evaluation_error_is_reported_and_policy_skipped() {
+        let p = r#"@id("overflow") permit (principal, action, resource)
+                   when { context.ttl_seconds * 9223372036854775807 > 0 };
+                   @id("plain") permit (principal, action, resource);"#;
+        let (_d, e) = engine(&[("o.cedar", p)]);
+        let d = e.evaluate(&alice());
+        assert!(d.allowed);
+        assert_eq!(d.policies, ["o.cedar:plain"]);
+        assert_eq!(d.errors.len(), 1);
+        assert!(d.errors[0].contains("o.cedar:overflow"), "{:?}", d.errors);
+        assert!(d.explain().contains("evaluation error"));
+    }
+
+    #[test]
+    fn syntax_error_names_file_and_position() {
+        let broken =
+            format!("{ANY}\n\npermit (principal, action, resource) when {{ resource.jit == }};");
+        let err = load_err(&[("a.cedar", ANY), ("b.cedar", &broken)]);
+        assert!(
+            err.starts_with("b.cedar:3:61: syntax error: unexpected token"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn schema_invalid_policy_rejected() {
+        let typo =
+            "@id(\"typo\")\npermit (principal, action, resource)\nwhen { resource.nonexistent };";
+        let err = load_err(&[("bad.cedar", typo)]);
+        assert!(
+            err.starts_with("bad.cedar:3:8: policy `typo` does not match"),
+            "{err}"
+        );
+        assert!(err.contains("`nonexistent`"), "{err}");
+        // `path` exists on Workload but not on User: strict mode wants `principal is Workload`.
+        let err = load_err(&[(
+            "t.cedar",
+            "permit (principal, action, resource) when { principal.path == \"/x\" };",
+        )]);
+        assert!(err.starts_with("t.cedar:1:45: policy `policy0`"), "{err}");
+        let err = load_err(&[(
+            "t.cedar",
+            "permit (principal, action == Tessera::Action::\"rm\", resource);",
+        )]);
+        assert!(err.contains("unrecognized action"), "{err}");
+    }
+
+    #[test]
+    fn bad_annotations_rejected() {
+        let cases = [
+            r#"@id("p1") @max_ttl("forever") permit => x.cedar: policy `p1`: bad @max_ttl("forever")"#,
+            r#"@id("p2") @max_ttl("0") permit => x.cedar: policy `p2`: bad @max_ttl"#,
+            r#"@id("p3") @approval("maybe") permit => x.cedar: policy `p3`: bad @approval"#,
+            r#"@id("f") @max_ttl("1h") forbid => only meaningful on permit"#,
+            r#"@id("has space") permit => bad @id"#,
+        ];
+        for case in cases {
+            let (head, want) = case.split_once(" => ").unwrap();
+            let err = load_err(&[("x.cedar", &format!("{head} (principal, action, resource);"))]);
+            assert!(err.contains(want), "{case}: {err}");
+        }
+        let template = "permit (principal == ?principal, action, resource);";
+        assert!(load_err(&[("t.cedar", template)]).contains("templates"));
+        let same = format!("@id(\"same\") {ANY}");
+        let err = load_err(&[("a.cedar", &same), ("b.cedar", &same)]);
+        assert_eq!(err, "duplicate policy name `same` (in a.cedar and b.cedar)");
+    }
+
+    #[test]
+    fn empty_dir_rejected() {
+        let err = load_err(&[("notes.txt", ANY)]);
+        assert!(err.starts_with("no policies in ") && err.ends_with("everything would be denied"));
+        assert!(load_err(&[("empty.cedar", "// nothing\n")]).starts_with("no policies"));
+        let missing = PolicyEngine::load_dir(Path::new("/nonexistent/tessera-policies"));
+        assert!(matches!(missing, Err(PolicyError::Io { .. })));
+    }
+
+    #[test]
+    fn reload_keeps_last_good_set() {
+        let dir = dir_with(&[("ops.cedar", OPS)]);
+        let e = PolicyEngine::load_dir(dir.path()).unwrap();
+        let before = e.evaluate(&alice());
+        assert!(before.allowed);
+
+        let file = dir.path().join("ops.cedar");
+        std::fs::write(&file, "permit (principal, action, resource").unwrap();
+        let err = e.reload().unwrap_err();
+        assert!(err.to_string().starts_with("ops.cedar:1:"), "{err}");
+        assert_eq!(e.evaluate(&alice()), before);
+        assert!(e.describe().ends_with("(2 policies)"), "{}", e.describe());
+
+        let fixed = format!("@id(\"deny-all\") forbid (principal, action, resource); {ANY} {ANY}");
+        std::fs::write(&file, fixed).unwrap();
+        assert_eq!(e.reload().unwrap(), 3);
+        let after = e.evaluate(&alice());
+        assert!(!after.allowed);
+        assert_eq!(after.policies, ["ops.cedar:deny-all"]);
+    }
+
+    #[test]
+    fn builtin_set() {
+        let e = PolicyEngine::builtin();
+        assert_eq!(e.describe(), "builtin (3 policies)");
+        assert_eq!(e.reload().unwrap(), 3);
+
+        let d = e.evaluate(&alice());
+        assert!(d.allowed && !d.approval_required, "{}", d.explain());
+        assert_eq!(d.max_ttl_seconds, Some(86_400));
+        assert_eq!(d.policies, ["builtin.cedar:operator-begin-task"]);
+
+        let w = workload("spiffe://prod.example/batch");
+        let d = e.evaluate(&req(Action::BeginTask, w.clone()));
+        assert!(d.allowed && d.approval_required, "{}", d.explain());
+        assert_eq!(d.max_ttl_seconds, Some(3600));
+        assert_eq!(d.policies, ["builtin.cedar:workload-begin-task"]);
+
+        for p in [w, Principal::User("bob".into())] {
+            let d = e.evaluate(&req(Action::IssueSvid, p));
+            assert!(d.allowed && !d.approval_required && d.max_ttl_seconds.is_none());
+            assert_eq!(d.policies, ["builtin.cedar:issue-svid"]);
+        }
+    }
+
+    #[test]
+    fn engine_is_send_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<PolicyEngine>();
+    }
+}
