@@ -254,18 +254,20 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
     let admin = match config.admin_gid {
         None => daemon::socket::bind_unix(&config.admin_socket, 0o700, 0o600)?,
         Some(gid) => {
-            let l = daemon::socket::bind_unix(&config.admin_socket, 0o750, 0o660)?;
-            let gid = Some(nix::unistd::Gid::from_raw(gid));
-            for p in [
-                Some(config.admin_socket.as_path()),
-                config.admin_socket.parent(),
-            ]
-            .into_iter()
-            .flatten()
-            {
-                nix::unistd::chown(p, None, gid)
-                    .with_context(|| format!("giving {} to the admin group", p.display()))?;
-            }
+            // The directory (when we create it) may be traversed; the socket itself is
+            // for its owner and the admin group only.
+            let l = daemon::socket::bind_unix(&config.admin_socket, 0o711, 0o660)?;
+            nix::unistd::chown(
+                &config.admin_socket,
+                None,
+                Some(nix::unistd::Gid::from_raw(gid)),
+            )
+            .with_context(|| {
+                format!(
+                    "giving {} to the admin group",
+                    config.admin_socket.display()
+                )
+            })?;
             l
         }
     };

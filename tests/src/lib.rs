@@ -387,3 +387,30 @@ impl Cluster {
         ])
     }
 }
+
+/// A gRPC channel to an agent's Unix socket (the Workload API and its task service).
+pub async fn agent_channel(socket: &Path) -> tonic::transport::Channel {
+    let path = socket.to_owned();
+    tonic::transport::Endpoint::try_from("http://localhost")
+        .expect("static URI")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("connect to the agent socket")
+}
+
+/// A request carrying the `workload.spiffe.io: true` security header.
+pub fn with_header<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        "workload.spiffe.io",
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
+    r
+}

@@ -20,7 +20,7 @@ use futures::StreamExt as _;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use spiffe::{TrustDomain, WorkloadApiClient, WorkloadApiError, X509Context, X509Source};
 use tests::{Cluster, TRUST_DOMAIN};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use x509_parser::prelude::{FromDer as _, GeneralName, X509Certificate};
 
 /// Longest back-date of notBefore (server/src/ca.rs BACKDATE).
@@ -471,20 +471,7 @@ fn unregistered_caller_gets_permission_denied() {
 
 /// Connects Tessera's generated client to the agent socket (no interceptor: no header).
 async fn raw_client(socket: &Path) -> SpiffeWorkloadApiClient<Channel> {
-    let path = socket.to_owned();
-    let channel = Endpoint::try_from("http://localhost")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await
-        .expect("connect to the agent socket");
-    SpiffeWorkloadApiClient::new(channel)
+    SpiffeWorkloadApiClient::new(tests::agent_channel(socket).await)
 }
 
 /// A request with `workload.spiffe.io` set to each of `values` (none: no header).

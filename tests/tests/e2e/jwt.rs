@@ -26,8 +26,9 @@ use spiffe::{
     JwtBundle, JwtBundleSet, JwtSource, JwtSvid, JwtSvidError, JwtVerificationErrorKind, SpiffeId,
     TrustDomain, WorkloadApiClient, WorkloadApiError,
 };
+use tests::with_header as req;
 use tests::{Cluster, TRUST_DOMAIN};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Workload API map key of the test trust domain.
 const TD_KEY: &str = "spiffe://example.org";
@@ -184,30 +185,7 @@ async fn connect(c: &Cluster) -> WorkloadApiClient {
 
 /// Tessera's generated client on the agent socket; requests go through [`req`].
 async fn raw_client(socket: &Path) -> SpiffeWorkloadApiClient<Channel> {
-    let path = socket.to_owned();
-    let channel = Endpoint::try_from("http://localhost")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await
-        .expect("connect to the agent socket");
-    SpiffeWorkloadApiClient::new(channel)
-}
-
-/// A request carrying the `workload.spiffe.io: true` security header.
-fn req<T>(msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert(
-        "workload.spiffe.io",
-        tonic::metadata::MetadataValue::from_static("true"),
-    );
-    r
+    SpiffeWorkloadApiClient::new(tests::agent_channel(socket).await)
 }
 
 async fn validate_raw(

@@ -19,4 +19,5 @@ mod jwt;
 mod lifecycle;
 mod resilience;
 mod smoke;
+mod tasks;
 mod upstream;
