@@ -30,6 +30,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
+use common::proto::tessera::TaskTokenUse;
+
 use crate::attestation::{Attestor, PeerCred};
 use crate::cache::{Cache, CacheSnapshot};
 use crate::server_client::ServerLink;
@@ -289,6 +291,20 @@ fn render_jwt_bundles(
 }
 
 impl WorkloadApi {
+    /// Tells the server, in the background, that a task's token was validated here (for
+    /// the audit log). Losing a report while the server is away is logged, never fatal.
+    fn record_task_token_use(&self, usage: TaskTokenUse) {
+        let Some(mut client) = self.link.get() else {
+            tracing::warn!(task_id = %usage.task_id, "task token use not recorded: not attested yet");
+            return;
+        };
+        tokio::spawn(async move {
+            if let Err(e) = client.record_task_token_use(usage).await {
+                tracing::warn!(code = ?e.code(), error = %e.message(), "task token use not recorded");
+            }
+        });
+    }
+
     /// A JWT-SVID for `entry` and `audience`: from the cache while it is fresh, else
     /// minted by the server.
     async fn jwt_for(
@@ -511,9 +527,25 @@ impl SpiffeWorkloadApi for WorkloadApi {
                     .claims
                     .get(common::task::JWT_CLAIM)
                     .and_then(|t| t.as_str());
-                if let Some(task_id) = task
-                    && let Some(state) = snap.task_ended(task_id, now)
-                {
+                let ended = task.and_then(|id| snap.task_ended(id, now).map(|st| (id, st)));
+                if let Some(task_id) = task {
+                    let reason = ended
+                        .map(|(_, st)| format!("task ended ({st})"))
+                        .unwrap_or_default();
+                    self.record_task_token_use(TaskTokenUse {
+                        task_id: task_id.to_owned(),
+                        spiffe_id: v.spiffe_id.to_string(),
+                        audience: r.audience.clone(),
+                        accepted: ended.is_none(),
+                        reason,
+                        expires_at: v
+                            .claims
+                            .get("exp")
+                            .and_then(serde_json::Value::as_i64)
+                            .unwrap_or(0),
+                    });
+                }
+                if let Some((task_id, state)) = ended {
                     tracing::info!(task_id, state, spiffe_id = %v.spiffe_id, "JWT-SVID of an ended task refused");
                     return Err(Status::invalid_argument(format!(
                         "token belongs to task {task_id}, which has ended ({state})"

@@ -13,7 +13,7 @@ use common::proto::tessera::{
     AttestAgentRequest, AttestAgentResponse, MintJwtSvidRequest, MintJwtSvidResponse,
     NodeBeginTaskRequest, NodeEndTaskRequest, RenewAgentRequest, RenewAgentResponse,
     SignX509SvidsRequest, SignX509SvidsResponse, SignedX509Svid, SyncRequest, SyncSnapshot,
-    SyncUpdate, Task, sync_update,
+    SyncUpdate, Task, TaskTokenUse, TaskTokenUseAck, sync_update,
 };
 use common::{Bundle, BundleCell, RegistrationEntry, SpiffeId};
 use futures::Stream;
@@ -421,5 +421,38 @@ impl Node for NodeService {
             .end(&end.id, outcome, &end.reason, &requester)
             .await?;
         Ok(Response::new(crate::tasks::to_wire(&task)))
+    }
+
+    async fn record_task_token_use(
+        &self,
+        req: Request<TaskTokenUse>,
+    ) -> Result<Response<TaskTokenUseAck>, Status> {
+        let agent = self.agent(&req).await?.spiffe_id;
+        let u = req.into_inner();
+        if u.task_id.len() > common::task::MAX_TASK_ID_LEN
+            || u.audience.len() > MAX_AUDIENCE_LENGTH
+            || u.reason.len() > MAX_AUDIENCE_LENGTH
+        {
+            return Err(Status::invalid_argument("field too long"));
+        }
+        let subject = SpiffeId::new(&u.spiffe_id)
+            .map_err(|e| Status::invalid_argument(format!("spiffe_id: {e}")))?;
+        // Only tasks that exist are recorded: the log is not a sink for arbitrary claims.
+        let task = self.tasks.get(&u.task_id).await?;
+        self.ds
+            .append_audit(&[AuditEvent::for_task(
+                "task.jwt.validated",
+                &task.id,
+                &subject,
+                serde_json::json!({
+                    "agent_id": agent.as_str(),
+                    "audience": u.audience,
+                    "accepted": u.accepted,
+                    "reason": u.reason,
+                    "expires_at": u.expires_at,
+                }),
+            )])
+            .await?;
+        Ok(Response::new(TaskTokenUseAck {}))
     }
 }

@@ -333,15 +333,22 @@ async fn jit_access_lives_only_while_its_task_is_active_and_ending_it_revokes_wi
         stderr(&again)
     );
 
-    // The whole lifecycle is in the audit log, in order, and the chain verifies.
-    let k = kinds(&c, &task_id);
+    // The whole lifecycle is in the audit log, in order, and the chain verifies; the
+    // refused use of the token after the end is recorded too (reported in the background).
+    let k = wait_for(Duration::from_secs(5), || {
+        let k = kinds(&c, &task_id);
+        (k.iter().filter(|k| *k == "task.jwt.validated").count() == 2).then_some(k)
+    })
+    .expect("both validations of the task token audited");
     let expect = [
         "task.requested",
         "task.policy",
         "task.activated",
         "svid.x509.issued",
         "svid.jwt.issued",
+        "task.jwt.validated",
         "task.ended",
+        "task.jwt.validated",
     ];
     let mut it = k.iter();
     for want in expect {

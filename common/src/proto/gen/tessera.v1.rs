@@ -117,6 +117,27 @@ pub struct CachedSvid {
     pub key: ::prost::alloc::vec::Vec<u8>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TaskTokenUse {
+    #[prost(string, tag = "1")]
+    pub task_id: ::prost::alloc::string::String,
+    /// The token's subject.
+    #[prost(string, tag = "2")]
+    pub spiffe_id: ::prost::alloc::string::String,
+    /// The audience the relying party validated for.
+    #[prost(string, tag = "3")]
+    pub audience: ::prost::alloc::string::String,
+    #[prost(bool, tag = "4")]
+    pub accepted: bool,
+    /// Why it was refused, when it was.
+    #[prost(string, tag = "5")]
+    pub reason: ::prost::alloc::string::String,
+    /// The token's `exp` (unix seconds).
+    #[prost(int64, tag = "6")]
+    pub expires_at: i64,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TaskTokenUseAck {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct NodeBeginTaskRequest {
     /// The caller's standing (non-JIT) entry, parented to the calling agent.
     #[prost(string, tag = "1")]
@@ -770,6 +791,33 @@ pub mod node_client {
             req.extensions_mut().insert(GrpcMethod::new("tessera.v1.Node", "EndTask"));
             self.inner.unary(req, path, codec).await
         }
+        /// Records that a task's JWT-SVID was presented to this agent's ValidateJWTSVID (only
+        /// tokens whose signature verified), so the audit log shows where a task's credential
+        /// was used.
+        pub async fn record_task_token_use(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TaskTokenUse>,
+        ) -> std::result::Result<
+            tonic::Response<super::TaskTokenUseAck>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.Node/RecordTaskTokenUse",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.Node", "RecordTaskTokenUse"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -840,6 +888,13 @@ pub mod node_server {
             &self,
             request: tonic::Request<super::NodeEndTaskRequest>,
         ) -> std::result::Result<tonic::Response<super::Task>, tonic::Status>;
+        /// Records that a task's JWT-SVID was presented to this agent's ValidateJWTSVID (only
+        /// tokens whose signature verified), so the audit log shows where a task's credential
+        /// was used.
+        async fn record_task_token_use(
+            &self,
+            request: tonic::Request<super::TaskTokenUse>,
+        ) -> std::result::Result<tonic::Response<super::TaskTokenUseAck>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct NodeServer<T> {
@@ -1210,6 +1265,49 @@ pub mod node_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = EndTaskSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.Node/RecordTaskTokenUse" => {
+                    #[allow(non_camel_case_types)]
+                    struct RecordTaskTokenUseSvc<T: Node>(pub Arc<T>);
+                    impl<T: Node> tonic::server::UnaryService<super::TaskTokenUse>
+                    for RecordTaskTokenUseSvc<T> {
+                        type Response = super::TaskTokenUseAck;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::TaskTokenUse>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Node>::record_task_token_use(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RecordTaskTokenUseSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
