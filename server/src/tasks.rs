@@ -38,6 +38,8 @@ const MAX_TEXT: usize = 1024;
 const MAX_SCOPES: usize = 64;
 /// How often the server looks for tasks past their deadline.
 const EXPIRY_TICK: Duration = Duration::from_millis(200);
+/// Revocations are pruned every this many expiry ticks (5 s).
+const PRUNE_EVERY_TICKS: u32 = 25;
 /// CRLs are valid this long and re-signed at half of it.
 const CRL_VALIDITY: Duration = Duration::from_secs(3600);
 
@@ -183,6 +185,9 @@ pub struct Tasks {
     revocations: RwLock<Arc<Revocations>>,
     crl_number: AtomicU64,
     crl_signed_at: RwLock<Option<SystemTime>>,
+    /// (CA serial, SVID serial) pairs on the current CRLs.
+    crl_listed: RwLock<Vec<(String, String)>>,
+    refresh_lock: tokio::sync::Mutex<()>,
 }
 
 fn text(field: &str, v: &str) -> Result<(), TaskError> {
@@ -219,6 +224,8 @@ impl Tasks {
             revocations: RwLock::new(Arc::new(Revocations::default())),
             crl_number: AtomicU64::new(0),
             crl_signed_at: RwLock::new(None),
+            crl_listed: RwLock::default(),
+            refresh_lock: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -724,6 +731,8 @@ impl Tasks {
     /// Recomputes the revocations (ended tasks and CRLs) and publishes them when they
     /// changed, or when `force`d.
     async fn refresh_revocations(&self, force: bool) -> Result<(), DatastoreError> {
+        // One refresh at a time, so an older computation never overwrites a newer one.
+        let _serial = self.refresh_lock.lock().await;
         let now = now_unix();
         let (tasks, svids) = self.ds.revoked_since(now).await?;
         let ended: Vec<EndedTask> = tasks
@@ -735,6 +744,17 @@ impl Tasks {
                 state: t.state.as_str().to_owned(),
             })
             .collect();
+        let listed: Vec<(String, String)> = svids
+            .iter()
+            .map(|v| (v.issuer_serial.clone(), v.serial.clone()))
+            .collect();
+        {
+            let cur = self.revocations.read().unwrap_or_else(|e| e.into_inner());
+            let last = self.crl_listed.read().unwrap_or_else(|e| e.into_inner());
+            if !force && cur.ended_tasks == ended && *last == listed {
+                return Ok(());
+            }
+        }
         let ended_at: HashMap<&str, i64> =
             tasks.iter().map(|t| (t.id.as_str(), t.ended_at)).collect();
         let mut by_ca: BTreeMap<&str, Vec<Revoked>> = BTreeMap::new();
@@ -763,14 +783,8 @@ impl Tasks {
             crls,
             ended_tasks: ended,
         };
-        let same = {
-            let cur = self.revocations.read().unwrap_or_else(|e| e.into_inner());
-            cur.ended_tasks == new.ended_tasks && cur.crls.len() == new.crls.len()
-        };
-        if same && !force {
-            return Ok(());
-        }
         *self.revocations.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+        *self.crl_listed.write().unwrap_or_else(|e| e.into_inner()) = listed;
         *self
             .crl_signed_at
             .write()
@@ -784,6 +798,7 @@ impl Tasks {
     pub async fn run(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
         let mut tick = tokio::time::interval(EXPIRY_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut n: u32 = 0;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -791,6 +806,12 @@ impl Tasks {
             }
             if let Err(e) = self.expire_due().await {
                 tracing::error!(error = %e, "expiring tasks failed");
+            }
+            // Revocations change at once when a task ends (see `finish`); this only prunes
+            // tasks past their deadline and SVIDs past their expiry, so it need not be fast.
+            n = n.wrapping_add(1);
+            if !n.is_multiple_of(PRUNE_EVERY_TICKS) {
+                continue;
             }
             let stale = self
                 .crl_signed_at
