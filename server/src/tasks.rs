@@ -229,6 +229,19 @@ impl Tasks {
         }
     }
 
+    fn server_max_ttl(&self) -> i64 {
+        i64::try_from(self.max_ttl.as_secs()).unwrap_or(i64::MAX)
+    }
+
+    /// The lifetime a spec asks for (0: as long as the server allows).
+    fn asked_ttl(&self, spec: &TaskSpec) -> i64 {
+        if spec.ttl_seconds == 0 {
+            self.server_max_ttl()
+        } else {
+            spec.ttl_seconds
+        }
+    }
+
     /// The policy engine.
     pub fn policy(&self) -> &Arc<PolicyEngine> {
         &self.policy
@@ -395,31 +408,9 @@ impl Tasks {
         }
         let (entry, provisioned) = self.target(requester, spec).await?;
         let now = now_unix();
-        let server_max = i64::try_from(self.max_ttl.as_secs()).unwrap_or(i64::MAX);
-        let mut task = TaskRecord {
-            id: uuid::Uuid::now_v7().to_string(),
-            state: TaskState::PendingApproval,
-            entry_id: entry.id.clone(),
-            spiffe_id: entry.spiffe_id.clone(),
-            parent_id: entry.parent_id.clone(),
-            provisioned,
-            requester: requester.label(),
-            approver: String::new(),
-            reason: spec.reason.clone(),
-            ticket: spec.ticket.clone(),
-            scopes: spec.scopes.clone(),
-            created_at: now,
-            activated_at: 0,
-            deadline: 0,
-            ended_at: 0,
-            end_reason: String::new(),
-            decision: json!(null),
-        };
-        let asked = if spec.ttl_seconds == 0 {
-            server_max
-        } else {
-            spec.ttl_seconds
-        };
+        let server_max = self.server_max_ttl();
+        let mut task = draft(requester, spec, &entry, provisioned, now);
+        let asked = self.asked_ttl(spec);
         let decision = self.policy.evaluate(&Self::policy_request(
             Action::BeginTask,
             requester.principal(),
@@ -825,6 +816,35 @@ impl Tasks {
     }
 }
 
+/// A new task for `spec` on `entry`, pending until policy and approval say otherwise.
+fn draft(
+    requester: &Requester,
+    spec: &TaskSpec,
+    entry: &RegistrationEntry,
+    provisioned: bool,
+    now: i64,
+) -> TaskRecord {
+    TaskRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        state: TaskState::PendingApproval,
+        entry_id: entry.id.clone(),
+        spiffe_id: entry.spiffe_id.clone(),
+        parent_id: entry.parent_id.clone(),
+        provisioned,
+        requester: requester.label(),
+        approver: String::new(),
+        reason: spec.reason.clone(),
+        ticket: spec.ticket.clone(),
+        scopes: spec.scopes.clone(),
+        created_at: now,
+        activated_at: 0,
+        deadline: 0,
+        ended_at: 0,
+        end_reason: String::new(),
+        decision: json!(null),
+    }
+}
+
 fn grant(t: &TaskRecord) -> TaskGrant {
     TaskGrant {
         task_id: t.id.clone(),
@@ -912,30 +932,8 @@ impl Tasks {
         spec: &TaskSpec,
     ) -> Result<Decision, TaskError> {
         let (entry, provisioned) = self.target(requester, spec).await?;
-        let probe = TaskRecord {
-            id: String::new(),
-            state: TaskState::PendingApproval,
-            entry_id: entry.id.clone(),
-            spiffe_id: entry.spiffe_id.clone(),
-            parent_id: entry.parent_id.clone(),
-            provisioned,
-            requester: requester.label(),
-            approver: String::new(),
-            reason: spec.reason.clone(),
-            ticket: spec.ticket.clone(),
-            scopes: spec.scopes.clone(),
-            created_at: 0,
-            activated_at: 0,
-            deadline: 0,
-            ended_at: 0,
-            end_reason: String::new(),
-            decision: json!(null),
-        };
-        let ttl = if spec.ttl_seconds == 0 {
-            i64::try_from(self.max_ttl.as_secs()).unwrap_or(i64::MAX)
-        } else {
-            spec.ttl_seconds
-        };
+        let probe = draft(requester, spec, &entry, provisioned, 0);
+        let ttl = self.asked_ttl(spec);
         Ok(self.policy.evaluate(&Self::policy_request(
             Action::BeginTask,
             requester.principal(),

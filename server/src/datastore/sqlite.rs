@@ -236,8 +236,14 @@ impl SqliteDatastore {
     }
 
     /// Runs `f` and then appends `audit` in one `BEGIN IMMEDIATE` transaction, committed
-    /// only if `f` returns `Ok(Some(_))` (`Ok(None)`: nothing applied, rolled back). Runs
-    /// to completion even if the caller is cancelled.
+    /// only if `f` returns `Ok(Some(_))` (`Ok(None)`: nothing applied, rolled back).
+    ///
+    /// It runs to completion even if the caller's request is cancelled, so a transaction is
+    /// never abandoned half-way on a pooled connection; IMMEDIATE takes the write lock up
+    /// front (waiting up to the busy timeout), so a read of the audit chain head and the
+    /// writes after it see no interleaved writer (a deferred transaction would fail with
+    /// SQLITE_BUSY when it upgrades); and appends are serialised so each record chains onto
+    /// the one before it.
     async fn write_tx<T, F>(&self, audit: &[AuditEvent], f: F) -> Result<Option<T>, DatastoreError>
     where
         T: Send + 'static,
@@ -596,31 +602,13 @@ impl Datastore for SqliteDatastore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        // Run to completion even if the caller's request is cancelled, so a transaction is
-        // never abandoned half-way on a pooled connection.
-        let pool = self.pool.clone();
-        let lock = std::sync::Arc::clone(&self.audit_lock);
         let events = events.to_vec();
-        tokio::spawn(async move {
-            let _guard = lock.lock().await;
-            let mut conn = pool.acquire().await.map_err(backend)?;
-            // IMMEDIATE takes the write lock up front (waiting up to the busy timeout), so
-            // the read of the chain head and the inserts see no interleaved writer; a
-            // deferred transaction would fail with SQLITE_BUSY when it upgrades.
-            sqlx::query("BEGIN IMMEDIATE")
-                .execute(&mut *conn)
-                .await
-                .map_err(backend)?;
-            let result = append_in_tx(&mut conn, &events).await;
-            let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
-            sqlx::query(end)
-                .execute(&mut *conn)
-                .await
-                .map_err(backend)?;
-            result
-        })
-        .await
-        .map_err(|e| DatastoreError::Backend(format!("audit append task: {e}")))?
+        let stored = self
+            .write_tx(&[], move |conn| {
+                Box::pin(async move { append_in_tx(conn, &events).await.map(Some) })
+            })
+            .await?;
+        Ok(stored.unwrap_or_default())
     }
 
     async fn create_task(
