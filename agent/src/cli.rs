@@ -165,6 +165,9 @@ pub enum TaskCommand {
         /// Lifetime, e.g. 300, 5m, 1h (default: the longest the policy allows).
         #[arg(long, default_value = "")]
         ttl: String,
+        /// Which of this workload's standing identities asks (default: its oldest).
+        #[arg(long, default_value = "")]
+        requester: String,
     },
     /// End a task this workload started.
     End {
@@ -258,6 +261,23 @@ pub fn socket_path(raw: &str) -> anyhow::Result<PathBuf> {
         "{raw:?}: no query or fragment allowed"
     );
     Ok(PathBuf::from(path))
+}
+
+/// Says on stderr when policy (or the server) gave a task less time than was asked.
+fn warn_if_cut(task: &common::proto::tessera::Task) {
+    let cap = task.decision.as_ref().map_or(0, |d| d.max_ttl_seconds);
+    if task.deadline > 0 && cap > 0 && task.deadline - task.created_at >= cap {
+        #[expect(clippy::print_stderr, reason = "CLI diagnostics")]
+        {
+            eprintln!(
+                "note: the task's lifetime is capped at {cap} s by policy ({})",
+                task.decision
+                    .as_ref()
+                    .map(|d| d.policies.join(", "))
+                    .unwrap_or_default()
+            );
+        }
+    }
 }
 
 /// Connects to the Workload API on `path`.
@@ -533,6 +553,7 @@ pub async fn run_api(command: Command) -> anyhow::Result<()> {
             use common::proto::tessera::{EndTaskRequest, TaskSpec};
             let path = socket_path(&opts.socket_path)?;
             let mut client = WorkloadTasksClient::new(channel(&path).await?);
+            let begin = matches!(command, TaskCommand::Begin { .. });
             let task = match command {
                 TaskCommand::Begin {
                     spiffe_id,
@@ -543,6 +564,7 @@ pub async fn run_api(command: Command) -> anyhow::Result<()> {
                     ticket,
                     scopes,
                     ttl,
+                    requester,
                 } => {
                     let ttl_seconds = if ttl.is_empty() {
                         0
@@ -562,6 +584,7 @@ pub async fn run_api(command: Command) -> anyhow::Result<()> {
                             ticket,
                             scopes,
                             ttl_seconds,
+                            requester_spiffe_id: requester,
                         }))
                         .await
                 }
@@ -581,6 +604,9 @@ pub async fn run_api(command: Command) -> anyhow::Result<()> {
             }
             .map_err(status)?
             .into_inner();
+            if begin {
+                warn_if_cut(&task);
+            }
             print(
                 opts.output,
                 &common::task::task_text(&task),

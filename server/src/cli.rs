@@ -400,6 +400,7 @@ impl TaskSpecArgs {
             ticket: self.ticket,
             scopes: self.scopes,
             ttl_seconds,
+            requester_spiffe_id: String::new(),
         })
     }
 }

@@ -322,14 +322,17 @@ impl ServerConfig {
                 }),
             })
             .transpose()?;
-        if let Some(dir) = &raw.policy_dir
-            && !dir.is_absolute()
-        {
-            return Err(ServerConfigError::Invalid {
-                key: "policy_dir",
-                message: format!("{} must be an absolute path", dir.display()),
-            });
-        }
+        // Relative to the directory the server was started in (a reload must find the
+        // same files whatever the daemon's working directory becomes).
+        let policy_dir = raw
+            .policy_dir
+            .map(|d| {
+                std::path::absolute(&d).map_err(|e| ServerConfigError::Invalid {
+                    key: "policy_dir",
+                    message: format!("{}: {e}", d.display()),
+                })
+            })
+            .transpose()?;
         let log_level = raw.log_level.unwrap_or_else(|| "info".into());
         if !["trace", "debug", "info", "warn", "error"].contains(&log_level.as_str()) {
             return Err(ServerConfigError::Invalid {
@@ -360,7 +363,7 @@ impl ServerConfig {
             jwt_key_ttl,
             upstream,
             health_address,
-            policy_dir: raw.policy_dir,
+            policy_dir,
             max_task_ttl,
             admin_gid,
             log_level,

@@ -20,13 +20,27 @@ use tonic::{Request, Response, Status};
 use super::{WorkloadApi, check_header};
 use crate::cache::{CacheSnapshot, CachedEntry};
 
-/// The caller's standing entry: live, not just-in-time, matching; the oldest first.
-fn standing<'a>(snap: &'a CacheSnapshot, selectors: &SelectorSet) -> Option<&'a CachedEntry> {
+/// The caller's standing entry: not just-in-time, matching the caller, with SPIFFE ID
+/// `wanted` if given; the oldest of those.
+fn standing<'a>(
+    snap: &'a CacheSnapshot,
+    selectors: &SelectorSet,
+    wanted: &str,
+) -> Result<&'a CachedEntry, Status> {
     snap.entries
         .values()
         .filter(|c| !c.entry.jit && c.entry.selectors.entry_matches(selectors))
+        .filter(|c| wanted.is_empty() || c.entry.spiffe_id.as_str() == wanted)
         .min_by(|a, b| (a.entry.created_at, &a.entry.id).cmp(&(b.entry.created_at, &b.entry.id)))
         .map(AsRef::as_ref)
+        .ok_or_else(|| {
+            Status::permission_denied(if wanted.is_empty() {
+                "the caller has no standing identity on this agent to request a task under"
+                    .to_owned()
+            } else {
+                format!("the caller does not hold the standing identity {wanted}")
+            })
+        })
 }
 
 /// Resolves the just-in-time entry a workload asks to activate, among this agent's
@@ -67,16 +81,11 @@ impl WorkloadTasks for WorkloadApi {
         check_header(&req)?;
         let selectors = self.attest(&req).await?;
         let snap = self.cache.current();
-        let requester = standing(&snap, &selectors)
-            .ok_or_else(|| {
-                Status::permission_denied(
-                    "the caller has no standing identity on this agent to request a task under",
-                )
-            })?
+        let mut spec = req.into_inner();
+        let requester = standing(&snap, &selectors, &spec.requester_spiffe_id)?
             .entry
             .id
             .clone();
-        let mut spec = req.into_inner();
         if spec.provision {
             let wanted = spec
                 .selectors
@@ -113,18 +122,25 @@ impl WorkloadTasks for WorkloadApi {
         check_header(&req)?;
         let selectors = self.attest(&req).await?;
         let snap = self.cache.current();
-        let requester = standing(&snap, &selectors)
-            .ok_or_else(|| Status::permission_denied("the caller has no standing identity"))?
-            .entry
-            .id
-            .clone();
+        // Any of the caller's standing identities may have started the task.
+        let candidates: Vec<String> = snap
+            .entries
+            .values()
+            .filter(|c| !c.entry.jit && c.entry.selectors.entry_matches(&selectors))
+            .map(|c| c.entry.id.clone())
+            .collect();
+        if candidates.is_empty() {
+            return Err(Status::permission_denied(
+                "the caller has no standing identity",
+            ));
+        }
         let mut client = self
             .link
             .get()
             .ok_or_else(|| Status::unavailable("agent is not attested yet"))?;
         let task = client
             .end_task(NodeEndTaskRequest {
-                requester_entry_id: requester,
+                requester_entry_ids: candidates,
                 end: Some(req.into_inner()),
             })
             .await?

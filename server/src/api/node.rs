@@ -406,10 +406,25 @@ impl Node for NodeService {
     async fn end_task(&self, req: Request<NodeEndTaskRequest>) -> Result<Response<Task>, Status> {
         let agent = self.agent(&req).await?.spiffe_id;
         let req = req.into_inner();
-        let requester = self.requester(&agent, &req.requester_entry_id).await?;
         let end = req
             .end
             .ok_or_else(|| Status::invalid_argument("end is required"))?;
+        if req.requester_entry_ids.len() > MAX_CSRS_PER_CALL {
+            return Err(Status::invalid_argument("too many requester entries"));
+        }
+        let task = self.tasks.get(&end.id).await?;
+        let mut requester = None;
+        for id in &req.requester_entry_ids {
+            if let Ok(r @ Requester::Workload { .. }) = self.requester(&agent, id).await
+                && r.label() == task.requester
+            {
+                requester = Some(r);
+                break;
+            }
+        }
+        // Same answer as for a missing task: a workload learns nothing of others' tasks.
+        let requester =
+            requester.ok_or_else(|| Status::not_found(format!("no task {}", end.id)))?;
         let outcome = end.outcome.parse()?;
         if outcome == crate::tasks::Outcome::Revoked {
             return Err(Status::permission_denied(

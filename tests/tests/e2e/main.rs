@@ -13,6 +13,7 @@ mod audit;
 mod ca_rotation;
 mod cli;
 mod deploy;
+mod example_agentic;
 mod interop_python;
 mod interop_rust;
 mod jwt;

@@ -622,4 +622,21 @@ fn workload_without_standing_identity_cannot_start_tasks() {
         "{}",
         stderr(&out)
     );
+    // A requester must be one of the caller's own standing identities.
+    c.server.create_entry(STANDING, &["unix:uid:0"], &[]);
+    c.server.create_entry(
+        "spiffe://example.org/standing/nobody",
+        &["unix:uid:65534"],
+        &[],
+    );
+    let out = c.agent.cli(&[
+        "task",
+        "begin",
+        "--spiffe-id",
+        JIT_DB,
+        "--requester",
+        "spiffe://example.org/standing/nobody",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("does not hold"), "{}", stderr(&out));
 }

@@ -147,8 +147,10 @@ pub struct NodeBeginTaskRequest {
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct NodeEndTaskRequest {
-    #[prost(string, tag = "1")]
-    pub requester_entry_id: ::prost::alloc::string::String,
+    /// The caller's standing entries (parented to the calling agent); the task's requester
+    /// must be one of them.
+    #[prost(string, repeated, tag = "1")]
+    pub requester_entry_ids: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     #[prost(message, optional, tag = "2")]
     pub end: ::core::option::Option<EndTaskRequest>,
 }
@@ -286,6 +288,10 @@ pub struct TaskSpec {
     /// Requested lifetime from now; 0 means the largest the policy allows.
     #[prost(int64, tag = "9")]
     pub ttl_seconds: i64,
+    /// Workload-started tasks only: which of the caller's standing identities asks (it
+    /// must be one the caller holds); empty means its oldest.
+    #[prost(string, tag = "10")]
+    pub requester_spiffe_id: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Task {
