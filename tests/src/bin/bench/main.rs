@@ -603,3 +603,42 @@ fn print_report(cfg: &Config, report: &Report) {
         println!("  ERROR   {e}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> anyhow::Result<Option<Args>> {
+        parse_args(a.iter().map(|s| (*s).to_owned()).collect())
+    }
+
+    #[test]
+    fn quick_and_overrides() {
+        let a = args(&["--json", "out.json", "--quick", "--scale-sizes", "5, 7"])
+            .unwrap()
+            .unwrap();
+        assert!(a.cfg.quick);
+        assert_eq!(a.cfg.reps, 1);
+        assert_eq!(a.cfg.scale_sizes, vec![5, 7]);
+        assert_eq!(a.json, Some(PathBuf::from("out.json")));
+        let full = args(&["--only", "jwt,scale"]).unwrap().unwrap();
+        assert_eq!(full.cfg.reps, 5);
+        assert_eq!(full.cfg.scale_sizes, vec![1000, 10_000]);
+        assert_eq!(full.only.len(), 2);
+        assert!(args(&["--help"]).unwrap().is_none());
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        for bad in [
+            &["--reps", "0"][..],
+            &["--reps"],
+            &["--only", "nope"],
+            &["--scale-sizes", "10,x"],
+            &["--agent-env", "NOEQUALS"],
+            &["--frobnicate"],
+        ] {
+            assert!(args(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -312,3 +312,49 @@ pub(crate) fn print_table(figures: &[Figure]) {
         line(r);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_and_percentiles() {
+        let s = Summary::of(&[3.0, 1.0, 2.0, 10.0]);
+        assert_eq!((s.median, s.min, s.max), (2.5, 1.0, 10.0));
+        assert_eq!(Summary::of(&[4.0, 1.0, 9.0]).median, 4.0);
+        assert!(Summary::of(&[]).median.is_nan());
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), 50.0);
+        assert_eq!(percentile(&v, 0.99), 99.0);
+        assert_eq!(percentile(&v, 1.0), 100.0);
+        assert_eq!(percentile(&v, 0.0), 1.0);
+    }
+
+    #[test]
+    fn ratio_is_per_repeat_and_targets_judge_the_median() {
+        let f = Figure::new("x", "1. x", Unit::PerSec, &[10.0, 30.0, 20.0])
+            .baseline("raw", Unit::PerSec, &[100.0, 100.0, 40.0])
+            .target(Target::RatioAtLeast(0.2));
+        let r = f.ratio.as_ref().unwrap();
+        assert_eq!((r.median, r.min, r.max), (0.3, 0.1, 0.5));
+        assert_eq!(f.verdict(), Some(true));
+        let j = f.json();
+        assert_eq!(j["pass"], true);
+        assert_eq!(j["value"]["median"], 20.0);
+        let missing = Figure::unavailable("y", "3. y", Unit::Ms, "not available (why)")
+            .target(Target::ValueBelow(100.0));
+        assert_eq!(missing.verdict(), None);
+        assert_eq!(missing.json()["status"], "not available");
+        assert_eq!(missing.cells()[1], "not available (why)");
+        assert_eq!(missing.cells()[5], "n/a");
+    }
+
+    #[test]
+    fn units_print_readably() {
+        assert_eq!(Unit::PerSec.fmt(12_345.4), "12,345/s");
+        assert_eq!(Unit::Ms.fmt(0.25), "250 µs");
+        assert_eq!(Unit::Secs.fmt(0.5), "500.0 ms");
+        assert_eq!(Unit::Bytes.fmt(1234.0), "1234 B");
+        assert_eq!(Unit::Factor.fmt(f64::NAN), "n/a");
+    }
+}
