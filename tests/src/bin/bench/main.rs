@@ -21,6 +21,7 @@ mod crypto;
 mod procs;
 mod scale;
 mod stats;
+mod stub;
 mod workload;
 
 use std::collections::BTreeSet;
@@ -486,6 +487,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         }
     }
 
+    wait_until_settled(&std::env::current_exe()?)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -568,6 +570,27 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         .with_context(|| format!("writing {}", out.display()))?;
     println!("\nJSON written to {}", out.display());
     Ok(report.errors.is_empty())
+}
+
+/// Sleeps until `path` was last changed at least 3 s ago. The agent caches executable
+/// hashes only for files whose ctime is more than 2 s old (a file changed within the
+/// timestamp granularity could keep its cache key), so right after a build every
+/// attestation of this process would hash the whole binary again.
+fn wait_until_settled(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).with_context(|| format!("stat {}", path.display()))?;
+    let ctime = std::time::UNIX_EPOCH
+        + Duration::from_secs(u64::try_from(meta.ctime()).unwrap_or(0))
+        + Duration::from_nanos(u64::try_from(meta.ctime_nsec()).unwrap_or(0));
+    let settled = ctime + Duration::from_secs(3);
+    if let Ok(wait) = settled.duration_since(std::time::SystemTime::now()) {
+        eprintln!(
+            "waiting {:.1} s until this executable is old enough for the agent's hash cache",
+            wait.as_secs_f64()
+        );
+        std::thread::sleep(wait);
+    }
+    Ok(())
 }
 
 /// The table, then anchors, notes, retries and errors, on stdout.

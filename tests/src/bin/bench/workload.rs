@@ -21,6 +21,7 @@ use tonic::transport::Channel;
 use crate::Config;
 use crate::procs::{Agent, Server, entry_spec, retry_internal, with_header, workload_client};
 use crate::stats::{Figure, Target, Unit, percentile};
+use crate::stub::GrpcStub;
 
 /// SPIFFE ID of the benchmark cluster's agent.
 pub(crate) const NODE_ID: &str = "spiffe://example.org/node/bench";
@@ -254,12 +255,24 @@ pub(crate) async fn latency(
     let socket = cluster.agent.socket.clone();
     let echo_path = cluster.dir.path().join("echo.sock");
     let _echo = Echo::start(&echo_path)?;
+    // The stub answers with the very message the agent serves this process.
+    let message = workload_client(&socket)
+        .await?
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await?
+        .into_inner()
+        .message()
+        .await?
+        .context("stream ended")?;
+    let stub = GrpcStub::start(&cluster.dir.path().join("stub.sock"), message)?;
+    let stub_path = stub.path.clone();
     let n = cfg.latency_samples;
     let conc = cfg.concurrency;
     let rounds = cfg.concurrent_rounds;
     // Warm-up: the first attestation of this executable hashes it.
     for _ in 0..5 {
         fetch_new_conn(socket.clone()).await?;
+        fetch_new_conn(stub_path.clone()).await?;
         raw_connect_rt(echo_path.clone()).await?;
     }
     let mut s = LatencySamples::default();
@@ -270,6 +283,11 @@ pub(crate) async fn latency(
             v.push(raw_connect_rt(echo_path.clone()).await?);
         }
         s.push("raw_connect_rt_1", v);
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            v.push(fetch_new_conn(stub_path.clone()).await?);
+        }
+        s.push("stub_new_conn_1", v);
         let mut v = Vec::with_capacity(n);
         for _ in 0..n {
             v.push(fetch_new_conn(socket.clone()).await?);
@@ -285,6 +303,13 @@ pub(crate) async fn latency(
             v.push(ms(t0.elapsed()));
         }
         s.push("raw_rt_open_conn_1", v);
+        let mut client = workload_client(&stub_path).await?;
+        fetch_on(&mut client).await?;
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            v.push(fetch_on(&mut client).await?);
+        }
+        s.push("stub_open_conn_1", v);
         let mut client = workload_client(&socket).await?;
         fetch_on(&mut client).await?;
         let mut v = Vec::with_capacity(n);
@@ -294,13 +319,14 @@ pub(crate) async fn latency(
         s.push("fetch_open_conn_1", v);
         drop(client);
 
-        let mut raw_c = Vec::new();
-        let mut tes_c = Vec::new();
+        let (mut raw_c, mut stub_c, mut tes_c) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
             raw_c.extend(concurrent(conc, || raw_connect_rt(echo_path.clone())).await?);
+            stub_c.extend(concurrent(conc, || fetch_new_conn(stub_path.clone())).await?);
             tes_c.extend(concurrent(conc, || fetch_new_conn(socket.clone())).await?);
         }
         s.push("raw_connect_rt_concurrent", raw_c);
+        s.push("stub_new_conn_concurrent", stub_c);
         s.push("fetch_new_conn_concurrent", tes_c);
     }
     let lat = |id: &str, name: &str, kind: &str, q: f64, base: &str, base_label: &str| {
@@ -362,6 +388,31 @@ pub(crate) async fn latency(
             0.99,
             "raw_connect_rt_concurrent",
             &format!("{raw_conn}, {conc} concurrent, p99"),
+        ),
+        lat(
+            "workload.x509.grpc_stub.1_client.new_connection.p50",
+            "2. gRPC stub, same message, no attestation: p50, 1 client, new connection",
+            "stub_new_conn_1",
+            0.5,
+            "raw_connect_rt_1",
+            &format!("{raw_conn}, p50"),
+        )
+        .note("what the transport alone costs: tonic/HTTP/2 over the same kind of socket"),
+        lat(
+            "workload.x509.grpc_stub.1_client.open_connection.p50",
+            "2. gRPC stub, same message, no attestation: p50, 1 client, open connection",
+            "stub_open_conn_1",
+            0.5,
+            "raw_rt_open_conn_1",
+            "raw UDS 1-byte round trip, open connection, p50",
+        ),
+        lat(
+            &format!("workload.x509.grpc_stub.{conc}_clients.new_connection.p50"),
+            &format!("2. gRPC stub, same message, no attestation: p50, {conc} concurrent clients"),
+            "stub_new_conn_concurrent",
+            0.5,
+            "raw_connect_rt_concurrent",
+            &format!("{raw_conn}, {conc} concurrent, p50"),
         ),
     ];
     let raw = json!({
