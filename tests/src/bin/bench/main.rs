@@ -603,6 +603,9 @@ fn print_report(cfg: &Config, report: &Report) {
         cfg.reps,
         cfg.scale_reps
     );
+    if cfg.quick {
+        println!("(quick: tiny sizes and short measurements; the figures are not meaningful)");
+    }
     stats::print_table(&report.figures);
     println!();
     for f in &report.figures {
