@@ -317,6 +317,11 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
                     }
                 },
             };
+            // Without TCP_NODELAY, Nagle's algorithm holds the small TLS records of a gRPC
+            // response (headers, data, trailers) until the client's delayed ACK, ~40 ms.
+            if let Err(e) = sock.set_nodelay(true) {
+                tracing::debug!(peer = %peer, error = %e, "TCP_NODELAY not set");
+            }
             let acceptor = acceptor.clone();
             let tx = conn_tx.clone();
             tokio::spawn(async move {
