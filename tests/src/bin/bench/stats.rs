@@ -173,6 +173,13 @@ impl Figure {
     }
 
     /// A figure that could not be measured.
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "every figure is measurable today; the report still renders one that is not"
+        )
+    )]
     pub(crate) fn unavailable(id: &str, name: &str, unit: Unit, why: &str) -> Self {
         Self {
             id: id.into(),

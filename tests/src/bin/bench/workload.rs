@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
-use common::proto::tessera::{CsrForEntry, EntryIdRequest, SignX509SvidsRequest};
+use common::proto::tessera::{
+    CsrForEntry, EndTaskRequest, EntryIdRequest, SignX509SvidsRequest, TaskSpec,
+};
 use common::proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use common::proto::workload::{JwtsvidRequest, ValidateJwtsvidRequest, X509svidRequest};
 use common::{BundleCell, SpiffeId};
@@ -27,8 +29,6 @@ use crate::stub::GrpcStub;
 pub(crate) const NODE_ID: &str = "spiffe://example.org/node/bench";
 /// The identity the benchmark process holds in the cluster.
 pub(crate) const WORKLOAD_ID: &str = "spiffe://example.org/bench/workload";
-/// What the report says for task revocation until tasks exist.
-const TASKS_UNAVAILABLE: &str = "not available (tasks not implemented)";
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -456,6 +456,7 @@ pub(crate) async fn propagation(
     ensure!(!first.svids.is_empty());
     let (mut create_call, mut create_prop, mut delete_call, mut delete_prop) =
         (vec![], vec![], vec![], vec![]);
+    let (mut revoke_call, mut revoke_prop) = (vec![], vec![]);
     for rep in 0..cfg.reps {
         eprintln!(
             "  propagation repeat {}/{} ({} entries)",
@@ -492,6 +493,41 @@ pub(crate) async fn propagation(
         create_prop.push(cp);
         delete_call.push(dc);
         delete_prop.push(dp);
+        // Task revocation: a just-in-time entry, activated by a task and revoked, again
+        // and again; timed from the EndTask call returning to the stream update without it.
+        let id = format!("spiffe://example.org/bench/propagation/r{rep}/jit");
+        let mut spec = entry_spec(NODE_ID, &id);
+        spec.jit = true;
+        let jit = crate::procs::create_entry(&admin, spec).await?;
+        let (mut rc, mut rp) = (vec![], vec![]);
+        for _ in 0..cfg.propagation_entries {
+            let task = admin
+                .clone()
+                .create_task(TaskSpec {
+                    entry_id: jit.id.clone(),
+                    reason: "bench".into(),
+                    ttl_seconds: 600,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            next_matching(&mut stream, |ids| ids.iter().any(|s| s == &id)).await?;
+            let t_call = Instant::now();
+            admin
+                .clone()
+                .end_task(EndTaskRequest {
+                    id: task.id,
+                    outcome: "revoked".into(),
+                    reason: "bench".into(),
+                })
+                .await?;
+            let t0 = Instant::now();
+            next_matching(&mut stream, |ids| !ids.iter().any(|s| s == &id)).await?;
+            rp.push(ms(t0.elapsed()));
+            rc.push(ms(t0 - t_call));
+        }
+        revoke_call.push(rc);
+        revoke_prop.push(rp);
     }
     let per = |v: &[Vec<f64>], q: f64| v.iter().map(|s| percentile(s, q)).collect::<Vec<_>>();
     let anchor = "SPIRE: about 10 s by design (5 s agent sync interval)";
@@ -545,18 +581,28 @@ pub(crate) async fn propagation(
             &per(&delete_call, 0.99),
         )
         .note("entry deletion, not task revocation"),
-        Figure::unavailable(
+        Figure::new(
             "propagation.task_revocation.p50",
-            "3. task revocation -> open stream p50",
+            &format!("3. task revocation -> SVID gone from stream p50 ({n} tasks)"),
             Unit::Ms,
-            TASKS_UNAVAILABLE,
+            &per(&revoke_prop, 0.5),
+        )
+        .baseline(
+            "EndTask call itself, p50",
+            Unit::Ms,
+            &per(&revoke_call, 0.5),
         )
         .anchor(anchor),
-        Figure::unavailable(
+        Figure::new(
             "propagation.task_revocation.p99",
-            "3. task revocation -> open stream p99",
+            &format!("3. task revocation -> SVID gone from stream p99 ({n} tasks)"),
             Unit::Ms,
-            TASKS_UNAVAILABLE,
+            &per(&revoke_prop, 0.99),
+        )
+        .baseline(
+            "EndTask call itself, p99",
+            Unit::Ms,
+            &per(&revoke_call, 0.99),
         )
         .target(Target::ValueBelow(100.0))
         .anchor(anchor),
@@ -572,7 +618,8 @@ pub(crate) async fn propagation(
         "create_call": {"pooled": pooled(&create_call), "samples_per_rep": create_call},
         "delete_propagation": {"pooled": pooled(&delete_prop), "samples_per_rep": delete_prop},
         "delete_call": {"pooled": pooled(&delete_call), "samples_per_rep": delete_call},
-        "task_revocation": TASKS_UNAVAILABLE,
+        "task_revocation_propagation": {"pooled": pooled(&revoke_prop), "samples_per_rep": revoke_prop},
+        "task_revocation_call": {"pooled": pooled(&revoke_call), "samples_per_rep": revoke_call},
     });
     Ok((figures, raw))
 }
