@@ -4,7 +4,8 @@
 # token, and registers the current user, so that
 #   target/debug/tessera-agent api fetch x509
 # (or any SPIFFE client with SPIFFE_ENDPOINT_SOCKET) returns an X.509-SVID.
-# `deploy/quickstart.sh stop` stops both.
+# `deploy/quickstart.sh stop` stops both. Extra `tessera-server run` flags can be given in
+# $TESSERA_SERVER_ARGS (e.g. "--policy-dir $PWD/deploy/examples/agentic/policies").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${TESSERA_QUICKSTART_DIR:-/tmp/tessera-quickstart}
@@ -28,8 +29,9 @@ cargo build --locked --bins --quiet
 mkdir -p "$dir/public"
 chmod 755 "$dir" "$dir/public"
 
+read -r -a extra <<<"${TESSERA_SERVER_ARGS:-}"
 "$bin/tessera-server" run --trust-domain "$td" --data-dir "$dir/server" \
-  --bind 127.0.0.1:8081 "${admin[@]}" >"$dir/server.log" 2>&1 &
+  --bind 127.0.0.1:8081 "${admin[@]}" "${extra[@]}" >"$dir/server.log" 2>&1 &
 echo $! >"$dir/server.pid"
 for _ in $(seq 100); do
   "$bin/tessera-server" healthcheck "${admin[@]}" >/dev/null 2>&1 && break
