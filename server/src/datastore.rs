@@ -203,6 +203,8 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     /// Tasks, optionally in one state, oldest first.
     async fn list_tasks(&self, state: Option<TaskState>)
     -> Result<Vec<TaskRecord>, DatastoreError>;
+    /// Open (pending or active) tasks whose deadline is at or before `now`.
+    async fn due_tasks(&self, now: i64) -> Result<Vec<TaskRecord>, DatastoreError>;
     /// The open (pending or active) task of an entry, if any.
     async fn open_task_for_entry(
         &self,

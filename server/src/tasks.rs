@@ -702,18 +702,14 @@ impl Tasks {
 
     /// Expires open tasks whose deadline has passed; returns how many.
     pub async fn expire_due(&self) -> Result<usize, TaskError> {
-        let now = now_unix();
         let mut n = 0;
-        for state in [TaskState::Active, TaskState::PendingApproval] {
-            for t in self.ds.list_tasks(Some(state)).await? {
-                if t.deadline <= now
-                    && self
-                        .finish(t, TaskState::Expired, "deadline reached", "server")
-                        .await?
-                        .is_some()
-                {
-                    n += 1;
-                }
+        for t in self.ds.due_tasks(now_unix()).await? {
+            if self
+                .finish(t, TaskState::Expired, "deadline reached", "server")
+                .await?
+                .is_some()
+            {
+                n += 1;
             }
         }
         Ok(n)

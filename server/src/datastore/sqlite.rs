@@ -682,6 +682,17 @@ impl Datastore for SqliteDatastore {
         rows.iter().map(task_from_row).collect()
     }
 
+    async fn due_tasks(&self, now: i64) -> Result<Vec<TaskRecord>, DatastoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT * FROM tasks WHERE state IN {OPEN_STATES} AND deadline <= ? ORDER BY deadline"
+        ))
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(task_from_row).collect()
+    }
+
     async fn open_task_for_entry(
         &self,
         entry_id: &str,
