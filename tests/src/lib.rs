@@ -209,6 +209,26 @@ impl ServerProc {
             .to_owned()
     }
 
+    /// Runs SQL against the (stopped) server's datastore with Python's sqlite3, as an
+    /// attacker with write access to the database file would.
+    pub fn tamper_sql(&self, sql: &str) {
+        let db = self.data_dir.join("datastore.sqlite3");
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3,sys; d=sqlite3.connect(sys.argv[1]); d.executescript(sys.argv[2]); d.commit()",
+            ])
+            .arg(&db)
+            .arg(sql)
+            .output()
+            .expect("run python3");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Writes the PEM bundle to `path`.
     pub fn write_bundle(&self, path: &Path) {
         let out = self.cli(&["bundle", "show"]);

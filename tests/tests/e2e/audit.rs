@@ -23,23 +23,8 @@ fn kinds(c: &Cluster) -> Vec<(i64, String)> {
         .collect()
 }
 
-/// Runs SQL against the server's datastore with Python's sqlite3 (the server is stopped).
 fn tamper(c: &Cluster, sql: &str) {
-    let db = c.server.data_dir.join("datastore.sqlite3");
-    let out = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import sqlite3,sys; d=sqlite3.connect(sys.argv[1]); d.executescript(sys.argv[2]); d.commit()",
-        ])
-        .arg(&db)
-        .arg(sql)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.server.tamper_sql(sql);
 }
 
 fn verify(c: &Cluster) -> (bool, String) {

@@ -367,6 +367,30 @@ async fn jit_access_lives_only_while_its_task_is_active_and_ending_it_revokes_wi
     let shown = ok_json(&task(&c, &["show", &task_id]), "task show");
     assert_eq!(shown["state"], "completed");
     assert_eq!(shown["end_reason"], "done");
+
+    // Rewriting how the task ended, in the datastore itself, breaks the chain right there.
+    c.server.stop();
+    c.server.tamper_sql(&format!(
+        "UPDATE audit_log SET detail = replace(detail, '\"done\"', '\"fine\"') \
+         WHERE task_id = '{task_id}' AND kind = 'task.ended'"
+    ));
+    c.server.restart();
+    let out = c.server.cli(&["audit", "verify", "--output", "json"]);
+    assert!(
+        !out.status.success(),
+        "edited task record must fail verification"
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let edited = c
+        .server
+        .cli(&["audit", "show", "--task", &task_id, "--output", "json"]);
+    let seq = String::from_utf8_lossy(&edited.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|r| r["kind"] == "task.ended")
+        .map(|r| r["seq"].as_i64().unwrap())
+        .unwrap();
+    assert_eq!(v["first_bad_seq"], seq, "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
