@@ -664,3 +664,86 @@ fn workload_without_standing_identity_cannot_start_tasks() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("does not hold"), "{}", stderr(&out));
 }
+
+/// `ValidateJWTSVID` on another node's agent (where a tool server would run).
+async fn validate_on(socket: &std::path::Path, token: &str) -> Result<(), tonic::Status> {
+    SpiffeWorkloadApiClient::new(tests::agent_channel(socket).await)
+        .validate_jwtsvid(with_header(ValidateJwtsvidRequest {
+            audience: "tools".into(),
+            svid: token.into(),
+        }))
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_active_task_survives_a_server_restart_and_its_end_reaches_other_nodes() {
+    let (mut c, _p) = cluster();
+    // A second node, where the tool server validates tokens.
+    let other_dir = c.dir.path().join("other");
+    std::fs::create_dir_all(&other_dir).unwrap();
+    let token = c.server.token("spiffe://example.org/node/tools");
+    let other = tests::AgentProc::start(&other_dir, &c.server, Some(&token));
+
+    let entry = c.server.create_entry(JIT_DB, &["unix:uid:0"], &["--jit"]);
+    let t = ok_json(
+        &task(&c, &["create", "--entry-id", &entry, "--ttl", "300"]),
+        "task create",
+    );
+    let task_id = t["id"].as_str().unwrap().to_owned();
+    let jwt = wait_for(Duration::from_secs(10), || {
+        futures::executor::block_on(fetch_jwt(&c, JIT_DB)).ok()
+    })
+    .expect("task JWT-SVID");
+    validate_on(&other.socket_path, &jwt)
+        .await
+        .expect("another node's agent accepts the active task's token");
+
+    // The server restarts: the task is still active, the node still serves its SVID, and
+    // it can still mint for it once the server is back.
+    c.server.stop();
+    let during = fetch(&c)
+        .await
+        .expect("cached task SVID served while the server is down");
+    assert_eq!(ids(&during), vec![JIT_DB.to_owned()]);
+    c.server.restart();
+    assert_eq!(
+        ok_json(&task(&c, &["show", &task_id]), "task show")["state"],
+        "active"
+    );
+    // Both agents are back on their sync streams (revocations travel on them).
+    for log in [&c.agent.log, &other.log] {
+        wait_for(Duration::from_secs(30), || {
+            let text = std::fs::read_to_string(log).ok()?;
+            (text.matches("sync stream open").count() >= 2).then_some(())
+        })
+        .expect("agent resynchronised after the server restart");
+    }
+    let fresh = fetch(&c).await.expect("task SVID after the server restart");
+    assert_eq!(leaf(&fresh, JIT_DB).0.as_deref(), Some(task_id.as_str()));
+
+    // Revoked by an operator: the other node refuses the token within a second.
+    let started = Instant::now();
+    ok_json(
+        &task(&c, &["revoke", &task_id, "--reason", "suspected misuse"]),
+        "task revoke",
+    );
+    let refused = loop {
+        match validate_on(&other.socket_path, &jwt).await {
+            Err(e) => break e,
+            Ok(()) if started.elapsed() < Duration::from_secs(5) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Ok(()) => panic!("the other node still accepts the revoked task's token"),
+        }
+    };
+    let latency = started.elapsed();
+    println!("task revoke → refusal on another node {latency:?}");
+    assert!(
+        refused.message().contains("has ended (revoked)"),
+        "{refused:?}"
+    );
+    assert!(latency < Duration::from_secs(1), "{latency:?}");
+    let k = kinds(&c, &task_id);
+    assert!(k.contains(&"task.ended".to_owned()), "{k:?}");
+}
