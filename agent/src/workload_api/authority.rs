@@ -14,7 +14,11 @@
 //!   the block is re-encoded as literals *without indexing*, so the agent's decoder table
 //!   never holds anything and cannot drift from ours;
 //! - a block that cannot be decoded is passed on as received and rewriting stops for that
-//!   connection, leaving the HTTP/2 stack to reject it as it would have.
+//!   connection, leaving the HTTP/2 stack to reject it as it would have;
+//! - the first header block decides for the whole connection: when its `:authority` is
+//!   valid (every client but grpcio's), it is forwarded as received and so is everything
+//!   after it, with no decoding at all. Nothing was changed, so the HTTP/2 stack's HPACK
+//!   table matches the client's; a client keeps one authority per connection.
 
 use std::io;
 use std::pin::Pin;
@@ -57,6 +61,8 @@ pub(crate) struct AuthorityRewriter {
     decoder: loona_hpack::Decoder<'static>,
     pending: Option<Pending>,
     passthrough: bool,
+    /// A header block was rewritten on this connection: rewrite every later one too.
+    rewriting: bool,
 }
 
 impl std::fmt::Debug for AuthorityRewriter {
@@ -75,6 +81,7 @@ impl Default for AuthorityRewriter {
             decoder: loona_hpack::Decoder::new(),
             pending: None,
             passthrough: false,
+            rewriting: false,
         }
     }
 }
@@ -235,6 +242,16 @@ impl AuthorityRewriter {
                 return self.give_up(out, &[]);
             }
         };
+        let needs_repair = fields
+            .iter()
+            .any(|(name, value)| name.as_slice() == b":authority" && !valid_authority(value));
+        if !needs_repair && !self.rewriting {
+            // The first block is fine as it is: so is this connection.
+            out.extend_from_slice(&p.raw);
+            self.passthrough = true;
+            return;
+        }
+        self.rewriting = true;
         let mut block = Vec::with_capacity(p.block.len() + 64);
         for (name, value) in &fields {
             if name.as_slice() == b":authority" && !valid_authority(value) {
@@ -452,13 +469,18 @@ mod tests {
         let mut input = PREFACE.to_vec();
         input.extend(headers_frame(&mut enc, 1, b"localhost:8080"));
         frame(&mut input, 0x0, 0x1, 1, b"\0\0\0\0\0"); // DATA
+        // A second request on the same connection, referencing the client's HPACK table.
+        input.extend(headers_frame(&mut enc, 3, b"localhost:8080"));
         let mut rw = AuthorityRewriter::default();
         let mut out = Vec::new();
-        rw.feed(&input, &mut out);
+        // Fed in two pieces: the decision holds across reads.
+        let (a, b) = input.split_at(PREFACE.len() + 20);
+        rw.feed(a, &mut out);
+        rw.feed(b, &mut out);
+        assert_eq!(out, input, "a valid first authority: the connection passes untouched");
         let blocks = decode_all(&out);
         let auth = blocks[0].iter().find(|(n, _)| n == b":authority").unwrap();
         assert_eq!(auth.1, b"localhost:8080");
-        assert!(out.ends_with(b"\0\0\0\0\0"));
 
         // Not HTTP/2: passed through byte for byte.
         let mut rw = AuthorityRewriter::default();
