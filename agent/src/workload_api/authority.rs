@@ -477,7 +477,10 @@ mod tests {
         let (a, b) = input.split_at(PREFACE.len() + 20);
         rw.feed(a, &mut out);
         rw.feed(b, &mut out);
-        assert_eq!(out, input, "a valid first authority: the connection passes untouched");
+        assert_eq!(
+            out, input,
+            "a valid first authority: the connection passes untouched"
+        );
         let blocks = decode_all(&out);
         let auth = blocks[0].iter().find(|(n, _)| n == b":authority").unwrap();
         assert_eq!(auth.1, b"localhost:8080");
