@@ -39,7 +39,8 @@ impl From<RegistrationError> for Status {
             | RegistrationError::TooMany(..)
             | RegistrationError::BadTtl { .. }
             | RegistrationError::BadDnsName(_)
-            | RegistrationError::HintTooLong => Self::invalid_argument(e.to_string()),
+            | RegistrationError::HintTooLong
+            | RegistrationError::BadHint => Self::invalid_argument(e.to_string()),
             RegistrationError::NotFound(_) => Self::not_found(e.to_string()),
             RegistrationError::Duplicate(_) => Self::already_exists(e.to_string()),
             RegistrationError::Datastore(d) => d.into(),

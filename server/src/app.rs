@@ -19,6 +19,7 @@ use crate::ca::UpstreamAuthority;
 use crate::ca::rotation::CaSet;
 use crate::config::{DatastoreUrl, ServerConfig};
 use crate::datastore::Datastore;
+use crate::datastore::postgres::PostgresDatastore;
 use crate::datastore::sqlite::SqliteDatastore;
 use crate::events::Events;
 use crate::jwt_keys::JwtKeyManager;
@@ -150,7 +151,14 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
                 .await
                 .with_context(|| format!("opening datastore {}", path.display()))?,
         ),
+        // The error names the URL without its password.
+        DatastoreUrl::Postgres(url) => Arc::new(
+            PostgresDatastore::open(url)
+                .await
+                .context("opening the PostgreSQL datastore")?,
+        ),
     };
+    tracing::info!(datastore = %config.datastore.describe(), "datastore open");
     let upstream = match &config.upstream {
         Some(u) => Some(Arc::new(
             UpstreamAuthority::load(&u.cert_file, &u.key_file, u.bundle_file.as_deref())

@@ -134,7 +134,7 @@ pub enum Command {
 }
 
 /// `run` flags; each overrides the config file.
-#[derive(Debug, Args)]
+#[derive(Args)]
 pub struct RunArgs {
     /// TOML config file.
     #[arg(long)]
@@ -151,7 +151,9 @@ pub struct RunArgs {
     /// Admin API socket path.
     #[arg(long)]
     pub admin_socket: Option<PathBuf>,
-    /// Datastore: `sqlite` or `sqlite:///absolute/path`.
+    /// Datastore: `sqlite` (default), `sqlite:///absolute/path`, or
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE` (prefer PGPASSWORD or the config
+    /// file for the password: flags are visible to other users in `ps`).
     #[arg(long)]
     pub datastore: Option<String>,
     /// CA lifetime, e.g. 24h.
@@ -196,6 +198,25 @@ pub struct RunArgs {
     /// Log format (text or json).
     #[arg(long)]
     pub log_format: Option<String>,
+}
+
+impl std::fmt::Debug for RunArgs {
+    // Hand-written: a PostgreSQL URL may hold a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunArgs")
+            .field("config", &self.config)
+            .field("data_dir", &self.data_dir)
+            .field("trust_domain", &self.trust_domain)
+            .field("bind", &self.bind)
+            .field(
+                "datastore",
+                &self
+                    .datastore
+                    .as_deref()
+                    .map(crate::datastore::postgres::redact_url),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 impl RunArgs {

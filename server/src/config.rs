@@ -11,6 +11,8 @@ use std::time::Duration;
 use common::TrustDomain;
 use serde::Deserialize;
 
+use crate::datastore::postgres::redact_url;
+
 /// Default CA lifetime (as SPIRE's `ca_ttl`).
 pub const DEFAULT_CA_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Default X.509-SVID lifetime (as SPIRE's `default_x509_svid_ttl`).
@@ -33,7 +35,8 @@ pub const DEFAULT_MAX_TASK_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_SVID_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The server config file as written (every key optional; flags may fill the gaps).
-#[derive(Debug, Default, Clone, Deserialize)]
+/// `Debug` hides a password in `datastore`.
+#[derive(Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawServerConfig {
     /// Trust domain name, e.g. `example.org` (required).
@@ -44,7 +47,8 @@ pub struct RawServerConfig {
     pub bind_address: Option<String>,
     /// Admin API Unix socket path.
     pub admin_socket: Option<PathBuf>,
-    /// `sqlite` (default, `<data_dir>/datastore.sqlite3`) or `sqlite:///abs/path`.
+    /// `sqlite` (default, `<data_dir>/datastore.sqlite3`), `sqlite:///abs/path`, or
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE` (also `postgresql://`).
     pub datastore: Option<String>,
     /// CA certificate lifetime, e.g. `24h`.
     pub ca_ttl: Option<String>,
@@ -77,11 +81,82 @@ pub struct RawServerConfig {
     pub log_format: Option<String>,
 }
 
-/// Where the server keeps its records.
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl std::fmt::Debug for RawServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured, so a new key cannot be forgotten here.
+        let Self {
+            trust_domain,
+            data_dir,
+            bind_address,
+            admin_socket,
+            datastore,
+            ca_ttl,
+            default_x509_svid_ttl,
+            default_jwt_svid_ttl,
+            agent_svid_ttl,
+            jwt_key_ttl,
+            upstream_ca_cert,
+            upstream_ca_key,
+            upstream_bundle,
+            health_address,
+            policy_dir,
+            max_task_ttl,
+            admin_group,
+            log_level,
+            log_format,
+        } = self;
+        f.debug_struct("RawServerConfig")
+            .field("trust_domain", trust_domain)
+            .field("data_dir", data_dir)
+            .field("bind_address", bind_address)
+            .field("admin_socket", admin_socket)
+            .field("datastore", &datastore.as_deref().map(redact_url))
+            .field("ca_ttl", ca_ttl)
+            .field("default_x509_svid_ttl", default_x509_svid_ttl)
+            .field("default_jwt_svid_ttl", default_jwt_svid_ttl)
+            .field("agent_svid_ttl", agent_svid_ttl)
+            .field("jwt_key_ttl", jwt_key_ttl)
+            .field("upstream_ca_cert", upstream_ca_cert)
+            .field("upstream_ca_key", upstream_ca_key)
+            .field("upstream_bundle", upstream_bundle)
+            .field("health_address", health_address)
+            .field("policy_dir", policy_dir)
+            .field("max_task_ttl", max_task_ttl)
+            .field("admin_group", admin_group)
+            .field("log_level", log_level)
+            .field("log_format", log_format)
+            .finish()
+    }
+}
+
+/// Where the server keeps its records. `Debug` and [`DatastoreUrl::describe`] hide a
+/// PostgreSQL password.
+#[derive(Clone, PartialEq, Eq)]
 pub enum DatastoreUrl {
     /// Embedded SQLite database file.
     Sqlite(PathBuf),
+    /// A PostgreSQL database (a validated `postgres://` or `postgresql://` URL, which may
+    /// carry a password).
+    Postgres(String),
+}
+
+impl DatastoreUrl {
+    /// The location for logs and errors: a path, or the URL without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Sqlite(path) => path.display().to_string(),
+            Self::Postgres(url) => redact_url(url),
+        }
+    }
+}
+
+impl std::fmt::Debug for DatastoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Self::Postgres(url) => f.debug_tuple("Postgres").field(&redact_url(url)).finish(),
+        }
+    }
 }
 
 /// An upstream authority given as files.
@@ -228,13 +303,23 @@ impl ServerConfig {
         }
         let datastore = match raw.datastore.as_deref() {
             None | Some("sqlite") => DatastoreUrl::Sqlite(data_dir.join("datastore.sqlite3")),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                crate::datastore::postgres::validate_url(url).map_err(|message| {
+                    ServerConfigError::Invalid {
+                        key: "datastore",
+                        message,
+                    }
+                })?;
+                DatastoreUrl::Postgres(url.to_owned())
+            }
             Some(url) => match url.strip_prefix("sqlite://") {
                 Some(path) if path.starts_with('/') => DatastoreUrl::Sqlite(PathBuf::from(path)),
                 _ => {
                     return Err(ServerConfigError::Invalid {
                         key: "datastore",
                         message: format!(
-                            "{url:?} is not supported (use \"sqlite\" or \"sqlite:///absolute/path\")"
+                            "{:?} is not supported (use \"sqlite\", \"sqlite:///absolute/path\" or \"postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE\")",
+                            redact_url(url)
                         ),
                     });
                 }
@@ -429,6 +514,58 @@ mod tests {
                 ..
             })
         ));
+        for (url, want) in [
+            (
+                "sqlite",
+                DatastoreUrl::Sqlite(c.data_dir.join("datastore.sqlite3")),
+            ),
+            (
+                "sqlite:///srv/ds.sqlite3",
+                DatastoreUrl::Sqlite("/srv/ds.sqlite3".into()),
+            ),
+            (
+                "postgres://tessera@db.example:5432/tessera",
+                DatastoreUrl::Postgres("postgres://tessera@db.example:5432/tessera".into()),
+            ),
+            (
+                "postgresql://tessera:s3cret@db.example/tessera",
+                DatastoreUrl::Postgres("postgresql://tessera:s3cret@db.example/tessera".into()),
+            ),
+        ] {
+            let mut r = raw("example.org");
+            r.datastore = Some(url.into());
+            assert_eq!(ServerConfig::from_raw(r).unwrap().datastore, want, "{url}");
+        }
+        // A password never shows in Debug output or errors.
+        let mut r = raw("example.org");
+        r.datastore = Some("postgres://tessera:s3cret@db.example/tessera".into());
+        assert!(!format!("{r:?}").contains("s3cret"));
+        let c = ServerConfig::from_raw(r).unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert_eq!(
+            c.datastore.describe(),
+            "postgres://tessera:***@db.example/tessera"
+        );
+        for bad in [
+            "postgres://tessera:s3cret@db.example:notaport/tessera",
+            "postgres://tessera:s3cret@[::1/tessera",
+            "postgresx://tessera:s3cret@db/tessera",
+        ] {
+            let mut r = raw("example.org");
+            r.datastore = Some(bad.into());
+            let err = ServerConfig::from_raw(r).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ServerConfigError::Invalid {
+                        key: "datastore",
+                        ..
+                    }
+                ),
+                "{bad}"
+            );
+            assert!(!err.to_string().contains("s3cret"), "{err}");
+        }
         let mut r = raw("example.org");
         r.bind_address = Some("localhost".into());
         assert!(matches!(

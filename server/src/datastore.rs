@@ -1,10 +1,16 @@
-//! The datastore interface: registration entries, join tokens and agents.
+//! The datastore interface: registration entries, join tokens, agents, the audit log and
+//! tasks.
 //!
 //! Every method returns only after its change is durable (SQLite in WAL mode with
-//! `synchronous = FULL`), so anything an API call accepted survives a crash. The trait is
-//! written against plain SQL semantics (unique constraints, atomic delete-returning) so a
-//! PostgreSQL backend for several servers can implement it the same way.
+//! `synchronous = FULL`; PostgreSQL with its default `synchronous_commit = on`), so
+//! anything an API call accepted survives a crash. The trait is written against plain SQL
+//! semantics (unique constraints, atomic delete-returning, conditional upserts,
+//! compare-and-set updates) and both backends implement it the same way; `conformance`
+//! runs one test suite against both.
 
+#[cfg(test)]
+mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
 use common::task::TaskState;

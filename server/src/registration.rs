@@ -73,6 +73,9 @@ pub enum RegistrationError {
     /// A DNS name is malformed.
     #[error("invalid DNS name {0:?}")]
     BadDnsName(String),
+    /// The hint holds control characters.
+    #[error("hint must not contain control characters")]
+    BadHint,
     /// The hint is too long.
     #[error("hint is longer than {MAX_HINT_LENGTH} bytes")]
     HintTooLong,
@@ -230,6 +233,9 @@ impl Registrar {
         }
         if spec.hint.len() > MAX_HINT_LENGTH {
             return Err(RegistrationError::HintTooLong);
+        }
+        if spec.hint.chars().any(char::is_control) {
+            return Err(RegistrationError::BadHint);
         }
         Ok(RegistrationEntry {
             id: String::new(),
@@ -409,6 +415,7 @@ mod tests {
             (|s| s.dns_names = vec!["Bad_Name".into()], "DNS name"),
             (|s| s.dns_names = vec!["a..b".into()], "DNS name"),
             (|s| s.hint = "x".repeat(2000), "hint"),
+            (|s| s.hint = "a\0b".into(), "control characters"),
         ];
         for (mutate, want) in cases {
             let mut s = spec();

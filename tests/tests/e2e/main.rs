@@ -18,6 +18,7 @@ mod interop_python;
 mod interop_rust;
 mod jwt;
 mod lifecycle;
+mod postgres;
 mod resilience;
 mod smoke;
 mod tasks;

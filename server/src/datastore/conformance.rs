@@ -1,0 +1,915 @@
+//! One test suite for every datastore backend: each case below runs against SQLite (a
+//! temporary file) and PostgreSQL (a fresh schema, dropped afterwards), as
+//! `datastore::conformance::{sqlite,postgres}::<case>`.
+//!
+//! The PostgreSQL cases connect to `TESSERA_TEST_POSTGRES_URL` (default
+//! `postgres://root@127.0.0.1:5432/test`) and FAIL, never skip, when it does not answer:
+//! `.ci/run` starts PostgreSQL before the tests.
+//!
+//! "Two servers" are two datastore objects on the same database: each has its own pool
+//! and its own in-process lock, so only the database can keep them consistent.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::str::FromStr as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::task::TaskState;
+use common::{RegistrationEntry, Selector, SelectorSet, SpiffeId};
+use serde_json::json;
+use sqlx::Connection as _;
+
+use super::postgres::{PostgresDatastore, redact_url};
+use super::sqlite::SqliteDatastore;
+use super::{AgentRecord, Datastore, DatastoreError, EntryFilter, TaskRecord, TaskSvid};
+use crate::audit::{AuditEvent, verify};
+
+/// Where the PostgreSQL cases connect unless `TESSERA_TEST_POSTGRES_URL` says otherwise.
+const DEFAULT_POSTGRES_URL: &str = "postgres://root@127.0.0.1:5432/test";
+/// The conflict message for a duplicate entry (both backends, the API shows it).
+const ENTRY_CONFLICT: &str =
+    "an entry with the same SPIFFE ID, parent ID and selectors already exists";
+
+/// A database that datastore objects can be opened on.
+#[async_trait::async_trait]
+trait Backend: Send + Sync {
+    /// A new datastore object on the same database: another server, or a restarted one.
+    async fn open(&self) -> Arc<dyn Datastore>;
+}
+
+struct Sqlite {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Sqlite {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("datastore.sqlite3");
+        Self { _dir: dir, path }
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Sqlite {
+    async fn open(&self) -> Arc<dyn Datastore> {
+        Arc::new(SqliteDatastore::open(&self.path).await.unwrap())
+    }
+}
+
+/// A fresh schema `tessera_t_<random>` in the test database; dropped with this value.
+pub(super) struct Postgres {
+    base: String,
+    schema: String,
+    /// Connection URL whose `search_path` is the schema.
+    pub(super) url: String,
+}
+
+fn postgres_base_url() -> String {
+    std::env::var("TESSERA_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.into())
+}
+
+impl Postgres {
+    /// Creates the schema; panics (fails the test) if PostgreSQL does not answer.
+    pub(super) async fn new() -> Self {
+        let base = postgres_base_url();
+        let mut conn = sqlx::PgConnection::connect(&base).await.unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is required by the datastore tests and does not answer at {} ({e}). \
+                 Start it (.ci/run does) or point TESSERA_TEST_POSTGRES_URL at one.",
+                redact_url(&base)
+            )
+        });
+        let schema = format!("tessera_t_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let _ = conn.close().await;
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+        Self { base, schema, url }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // Drop may run inside the test's runtime: use a runtime of its own on a thread.
+        let base = self.base.clone();
+        let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema);
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&base)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                sqlx::query(&sql)
+                    .execute(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let _ = conn.close().await;
+                Ok::<(), String>(())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test schema {}: {dropped:?}", self.schema);
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Postgres {
+    async fn open(&self) -> Arc<dyn Datastore> {
+        Arc::new(PostgresDatastore::open(&self.url).await.unwrap())
+    }
+}
+
+/// Each case as a test per backend.
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let b = super::Sqlite::new();
+                    super::$case(&b).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let b = super::Postgres::new().await;
+                    super::$case(&b).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    entries_crud_and_conflicts,
+    join_tokens_are_single_use_under_concurrency,
+    agents_attest_renew_ban,
+    a_ban_is_never_undone_by_a_concurrent_attestation,
+    audit_chain_stays_gap_free_under_concurrent_appends,
+    tasks_lifecycle,
+    tasks_compare_and_set_under_concurrency,
+    due_and_revoked_tasks,
+    reopen_sees_everything,
+);
+
+fn sid(s: &str) -> SpiffeId {
+    SpiffeId::new(s).unwrap()
+}
+
+fn selectors(list: &[String]) -> SelectorSet {
+    list.iter()
+        .map(|s| Selector::from_str(s).unwrap())
+        .collect()
+}
+
+fn entry(id: &str, spiffe_id: &str, uid: u32) -> RegistrationEntry {
+    RegistrationEntry {
+        id: id.into(),
+        spiffe_id: sid(spiffe_id),
+        parent_id: sid("spiffe://example.org/node/a"),
+        selectors: selectors(&[format!("unix:uid:{uid}"), "unix:gid:0".into()]),
+        x509_svid_ttl: Duration::from_secs(3600),
+        jwt_svid_ttl: Duration::from_secs(300),
+        dns_names: vec!["a.example.org".into(), "b.example.org".into()],
+        jit: false,
+        hint: "hint \"quoted\" ünïcode".into(),
+        created_at: 1_700_000_000,
+        revision: 1,
+    }
+}
+
+fn task(id: &str, e: &RegistrationEntry, state: TaskState, deadline: i64) -> TaskRecord {
+    TaskRecord {
+        id: id.into(),
+        state,
+        entry_id: e.id.clone(),
+        spiffe_id: e.spiffe_id.clone(),
+        parent_id: e.parent_id.clone(),
+        provisioned: false,
+        requester: "user:root".into(),
+        approver: String::new(),
+        reason: "deploy".into(),
+        ticket: "CHG-1".into(),
+        scopes: vec!["db:read".into(), "db:write".into()],
+        created_at: 1_700_000_000,
+        activated_at: 0,
+        deadline,
+        ended_at: 0,
+        end_reason: String::new(),
+        decision: json!({"allowed": true, "policies": ["operators"], "max_ttl": 3600, "nested": {"x": [1, 2.5, null]}}),
+    }
+}
+
+fn agent(id: &str, serial: &str) -> AgentRecord {
+    AgentRecord {
+        spiffe_id: sid(id),
+        serial: serial.into(),
+        previous_serial: String::new(),
+        expires_at: 2_000_000_000,
+        attested_at: 1_700_000_000,
+        banned: false,
+        attestation_type: "join_token".into(),
+    }
+}
+
+fn event(kind: &str, subject: &str, task_id: Option<&str>) -> AuditEvent {
+    let detail = json!({"subject": subject, "n": 1, "text": "ünïcode \"q\" \\ /"});
+    match task_id {
+        Some(t) => AuditEvent::for_task(kind, t, subject, detail),
+        None => AuditEvent::new(kind, subject, detail),
+    }
+}
+
+fn is_entry_conflict<T: std::fmt::Debug>(r: &Result<T, DatastoreError>) -> bool {
+    matches!(r, Err(DatastoreError::Conflict(m)) if m == ENTRY_CONFLICT)
+}
+
+async fn entries_crud_and_conflicts(b: &dyn Backend) {
+    let ds = b.open().await;
+    let a = entry("a", "spiffe://example.org/web", 1);
+    ds.create_entry(&a).await.unwrap();
+    assert_eq!(ds.get_entry("a").await.unwrap().unwrap(), a);
+    // Same SPIFFE ID, parent and selectors under another id; the same id again.
+    let r = ds
+        .create_entry(&entry("a2", "spiffe://example.org/web", 1))
+        .await;
+    assert!(is_entry_conflict(&r), "{r:?}");
+    let r = ds
+        .create_entry(&entry("a", "spiffe://example.org/x", 9))
+        .await;
+    assert!(is_entry_conflict(&r), "{r:?}");
+    // Selector sets are compared as sets.
+    let mut reordered = entry("a3", "spiffe://example.org/web", 1);
+    reordered.selectors = selectors(&["unix:gid:0".into(), "unix:uid:1".into()]);
+    assert!(is_entry_conflict(&ds.create_entry(&reordered).await));
+
+    let mut b_entry = entry("b", "spiffe://example.org/web", 2);
+    b_entry.created_at = 1_600_000_000;
+    ds.create_entry(&b_entry).await.unwrap();
+    let mut b2 = entry("b", "spiffe://example.org/web", 3);
+    b2.revision = 2;
+    b2.created_at = b_entry.created_at;
+    b2.jit = true;
+    b2.x509_svid_ttl = Duration::from_secs(60);
+    ds.update_entry(&b2).await.unwrap();
+    assert_eq!(ds.get_entry("b").await.unwrap().unwrap(), b2);
+    // An update that would duplicate another entry, and one of an unknown entry.
+    let r = ds
+        .update_entry(&entry("b", "spiffe://example.org/web", 1))
+        .await;
+    assert!(is_entry_conflict(&r), "{r:?}");
+    assert_eq!(ds.get_entry("b").await.unwrap().unwrap(), b2, "unchanged");
+    assert!(matches!(
+        ds.update_entry(&entry("zzz", "spiffe://example.org/z", 9))
+            .await,
+        Err(DatastoreError::NotFound(_))
+    ));
+
+    // As many selectors as an entry may have, each as long as allowed (64 KiB in all).
+    let mut big = entry("big", "spiffe://example.org/big", 0);
+    big.selectors = selectors(
+        &(0..64)
+            .map(|i| format!("unix:path:/{}{i:03}", "p".repeat(1000)))
+            .collect::<Vec<_>>(),
+    );
+    big.hint = "h".repeat(1024);
+    ds.create_entry(&big).await.unwrap();
+    assert_eq!(ds.get_entry("big").await.unwrap().unwrap(), big);
+    let mut big2 = big.clone();
+    big2.id = "big2".into();
+    assert!(is_entry_conflict(&ds.create_entry(&big2).await));
+
+    // Filters, and creation order (then id).
+    let mut other = entry("c", "spiffe://example.org/other", 4);
+    other.parent_id = sid("spiffe://example.org/node/b");
+    other.created_at = 1_600_000_000;
+    ds.create_entry(&other).await.unwrap();
+    let ids = |v: Vec<RegistrationEntry>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(ds.list_entries(&EntryFilter::default()).await.unwrap()),
+        ["b", "c", "a", "big"]
+    );
+    let by_id = EntryFilter {
+        spiffe_id: Some(sid("spiffe://example.org/web")),
+        ..Default::default()
+    };
+    assert_eq!(ids(ds.list_entries(&by_id).await.unwrap()), ["b", "a"]);
+    let by_parent = EntryFilter {
+        parent_id: Some(sid("spiffe://example.org/node/b")),
+        ..Default::default()
+    };
+    assert_eq!(ids(ds.list_entries(&by_parent).await.unwrap()), ["c"]);
+    let both = EntryFilter {
+        spiffe_id: Some(sid("spiffe://example.org/web")),
+        parent_id: Some(sid("spiffe://example.org/node/b")),
+    };
+    assert!(ds.list_entries(&both).await.unwrap().is_empty());
+
+    assert_eq!(ds.delete_entry("a").await.unwrap().unwrap(), a);
+    assert!(ds.delete_entry("a").await.unwrap().is_none());
+    assert!(ds.get_entry("a").await.unwrap().is_none());
+    // The deleted entry's identity is free again.
+    ds.create_entry(&entry("a2", "spiffe://example.org/web", 1))
+        .await
+        .unwrap();
+}
+
+async fn join_tokens_are_single_use_under_concurrency(b: &dyn Backend) {
+    let servers = [b.open().await, b.open().await];
+    let id = sid("spiffe://example.org/node/t");
+    const TOKENS: usize = 25;
+    for i in 0..TOKENS {
+        servers[0]
+            .create_join_token(&format!("hash-{i}"), &id, 1000 + i as i64)
+            .await
+            .unwrap();
+    }
+    // Same hash again: refused (it is the primary key).
+    assert!(matches!(
+        servers[1].create_join_token("hash-0", &id, 1).await,
+        Err(DatastoreError::Conflict(_))
+    ));
+    let mut handles = Vec::new();
+    for i in 0..TOKENS {
+        for k in 0..4 {
+            let ds = Arc::clone(&servers[k % 2]);
+            handles.push(tokio::spawn(async move {
+                (
+                    i,
+                    ds.consume_join_token(&format!("hash-{i}")).await.unwrap(),
+                )
+            }));
+        }
+    }
+    let mut winners = BTreeMap::new();
+    for h in handles {
+        let (i, got) = h.await.unwrap();
+        if let Some(t) = got {
+            assert_eq!(t.spiffe_id, id);
+            assert_eq!(t.expires_at, 1000 + i as i64);
+            *winners.entry(i).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(winners.len(), TOKENS, "every token consumed: {winners:?}");
+    assert!(
+        winners.values().all(|n| *n == 1),
+        "exactly one consumer per token: {winners:?}"
+    );
+    assert_eq!(servers[0].consume_join_token("hash-0").await.unwrap(), None);
+    assert_eq!(
+        servers[1].consume_join_token("unknown").await.unwrap(),
+        None
+    );
+}
+
+async fn agents_attest_renew_ban(b: &dyn Backend) {
+    let ds = b.open().await;
+    let id = sid("spiffe://example.org/node/a");
+    let record = agent(id.as_str(), "01");
+    assert!(ds.attest_agent(&record).await.unwrap());
+    assert_eq!(ds.get_agent(&id).await.unwrap().unwrap(), record);
+    // Re-attestation of a known, unbanned agent replaces its record.
+    let mut again = agent(id.as_str(), "0a");
+    again.previous_serial = "01".into();
+    assert!(ds.attest_agent(&again).await.unwrap());
+    assert_eq!(ds.get_agent(&id).await.unwrap().unwrap(), again);
+    // Compare-and-set renewal: a stale expected serial changes nothing.
+    assert!(!ds.renew_agent(&id, "01", "02", 6).await.unwrap());
+    assert!(ds.renew_agent(&id, "0a", "02", 6).await.unwrap());
+    assert!(!ds.renew_agent(&id, "0a", "03", 7).await.unwrap());
+    let got = ds.get_agent(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            got.serial.as_str(),
+            got.previous_serial.as_str(),
+            got.expires_at
+        ),
+        ("02", "0a", 6)
+    );
+    let unknown = sid("spiffe://example.org/node/unknown");
+    assert!(!ds.renew_agent(&unknown, "", "01", 1).await.unwrap());
+    assert!(ds.ban_agent(&unknown).await.unwrap().is_none());
+    assert!(ds.get_agent(&unknown).await.unwrap().is_none());
+
+    let mut second = agent("spiffe://example.org/node/b", "b1");
+    second.attested_at = 1;
+    assert!(ds.attest_agent(&second).await.unwrap());
+    let listed: Vec<String> = ds
+        .list_agents()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.spiffe_id.to_string())
+        .collect();
+    assert_eq!(
+        listed,
+        ["spiffe://example.org/node/b", "spiffe://example.org/node/a"]
+    );
+
+    // A banned agent cannot renew or attest again until its record is deleted.
+    let banned = ds.ban_agent(&id).await.unwrap().unwrap();
+    assert!(banned.banned);
+    assert_eq!(banned.serial, "02");
+    assert!(!ds.renew_agent(&id, "02", "03", 8).await.unwrap());
+    assert!(!ds.attest_agent(&record).await.unwrap());
+    assert_eq!(ds.get_agent(&id).await.unwrap().unwrap(), banned);
+    assert_eq!(ds.delete_agent(&id).await.unwrap().unwrap(), banned);
+    assert!(ds.delete_agent(&id).await.unwrap().is_none());
+    assert!(ds.attest_agent(&record).await.unwrap());
+    assert!(!ds.get_agent(&id).await.unwrap().unwrap().banned);
+}
+
+async fn a_ban_is_never_undone_by_a_concurrent_attestation(b: &dyn Backend) {
+    let servers = [b.open().await, b.open().await];
+    for round in 0..20 {
+        let id = format!("spiffe://example.org/node/r{round}");
+        assert!(servers[0].attest_agent(&agent(&id, "00")).await.unwrap());
+        let attester = {
+            let ds = Arc::clone(&servers[0]);
+            let id = id.clone();
+            tokio::spawn(async move {
+                let mut applied = Vec::new();
+                for i in 0..10 {
+                    applied.push(
+                        ds.attest_agent(&agent(&id, &format!("{i:02}")))
+                            .await
+                            .unwrap(),
+                    );
+                }
+                applied
+            })
+        };
+        let banner = {
+            let ds = Arc::clone(&servers[1]);
+            let id = sid(&id);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_micros(200 * round)).await;
+                ds.ban_agent(&id).await.unwrap()
+            })
+        };
+        let applied = attester.await.unwrap();
+        assert!(banner.await.unwrap().unwrap().banned);
+        let stored = servers[0].get_agent(&sid(&id)).await.unwrap().unwrap();
+        assert!(stored.banned, "round {round}: the ban was undone");
+        // Once one attestation was refused (the ban landed), none after it applied.
+        if let Some(first_refused) = applied.iter().position(|a| !a) {
+            assert!(
+                applied[first_refused..].iter().all(|a| !a),
+                "round {round}: {applied:?}"
+            );
+        }
+        assert!(!servers[1].attest_agent(&agent(&id, "ff")).await.unwrap());
+    }
+}
+
+async fn audit_chain_stays_gap_free_under_concurrent_appends(b: &dyn Backend) {
+    let servers = [b.open().await, b.open().await];
+    const WORKERS: usize = 8;
+    const ROUNDS: usize = 25;
+    const TASK_WORKERS: usize = 2;
+    let started = tokio::time::Instant::now();
+    let mut handles = Vec::new();
+    for w in 0..WORKERS {
+        let ds = Arc::clone(&servers[w % 2]);
+        handles.push(tokio::spawn(async move {
+            let mut n = 0;
+            for r in 0..ROUNDS {
+                let batch: Vec<AuditEvent> = (0..=(r % 3))
+                    .map(|k| event("test.append", &format!("w{w}-r{r}-k{k}"), None))
+                    .collect();
+                let stored = ds.append_audit(&batch).await.unwrap();
+                assert_eq!(stored.len(), batch.len());
+                // A batch is contiguous and in order.
+                for (i, rec) in stored.iter().enumerate() {
+                    assert_eq!(rec.seq, stored[0].seq + i as i64);
+                    assert_eq!(rec.event, batch[i]);
+                }
+                n += batch.len();
+            }
+            n
+        }));
+    }
+    // Task changes append in the same transactions, interleaved with the above.
+    for w in 0..TASK_WORKERS {
+        let ds = Arc::clone(&servers[(w + 1) % 2]);
+        handles.push(tokio::spawn(async move {
+            let mut n = 0;
+            for r in 0..ROUNDS / 5 {
+                let e = entry(&format!("tw{w}-{r}"), "spiffe://example.org/t", 0);
+                let t = task(&format!("task-{w}-{r}"), &e, TaskState::Active, 10);
+                ds.create_task(
+                    &t,
+                    None,
+                    &[
+                        event("task.requested", &t.id, Some(&t.id)),
+                        event("task.activated", &t.id, Some(&t.id)),
+                    ],
+                )
+                .await
+                .unwrap();
+                let mut done = t.clone();
+                done.state = TaskState::Completed;
+                assert!(
+                    ds.update_task(
+                        &done,
+                        &[TaskState::Active],
+                        &[event("task.completed", &t.id, Some(&t.id))]
+                    )
+                    .await
+                    .unwrap()
+                );
+                n += 3;
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for h in handles {
+        total += h.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    let log = servers[0].list_audit(None).await.unwrap();
+    assert_eq!(verify(&log), Ok(total), "the chain verifies end to end");
+    assert_eq!(log.len(), total);
+    assert_eq!(
+        log.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (1..=total as i64).collect::<Vec<_>>(),
+        "no gaps"
+    );
+    // Every event exactly once, and each worker's in the order it appended them.
+    let subjects: Vec<&str> = log
+        .iter()
+        .filter(|r| r.event.kind == "test.append")
+        .map(|r| r.event.subject.as_str())
+        .collect();
+    assert_eq!(
+        subjects.iter().collect::<BTreeSet<_>>().len(),
+        subjects.len()
+    );
+    for w in 0..WORKERS {
+        let mine: Vec<&str> = subjects
+            .iter()
+            .copied()
+            .filter(|s| s.starts_with(&format!("w{w}-")))
+            .collect();
+        let expected: Vec<String> = (0..ROUNDS)
+            .flat_map(|r| (0..=(r % 3)).map(move |k| format!("w{w}-r{r}-k{k}")))
+            .collect();
+        assert_eq!(mine, expected);
+    }
+    let one = servers[1].list_audit(Some("task-1-2")).await.unwrap();
+    assert_eq!(
+        one.iter()
+            .map(|r| r.event.kind.as_str())
+            .collect::<Vec<_>>(),
+        ["task.requested", "task.activated", "task.completed"]
+    );
+    println!(
+        "audit: {total} records in {} transactions from {} workers on 2 datastore objects in {:.0} ms: {:.0} records/s",
+        WORKERS * ROUNDS + TASK_WORKERS * (ROUNDS / 5) * 2,
+        WORKERS + TASK_WORKERS,
+        elapsed.as_secs_f64() * 1000.0,
+        total as f64 / elapsed.as_secs_f64()
+    );
+}
+
+async fn tasks_lifecycle(b: &dyn Backend) {
+    let ds = b.open().await;
+    let mut e = entry("e", "spiffe://example.org/jit/db", 0);
+    e.jit = true;
+    ds.create_entry(&e).await.unwrap();
+
+    let t1 = task("t1", &e, TaskState::PendingApproval, 5000);
+    ds.create_task(&t1, None, &[event("task.requested", "t1", Some("t1"))])
+        .await
+        .unwrap();
+    assert_eq!(ds.get_task("t1").await.unwrap().unwrap(), t1);
+    assert_eq!(ds.open_task_for_entry("e").await.unwrap().unwrap(), t1);
+    assert_eq!(ds.list_audit(None).await.unwrap().len(), 1);
+
+    // One open task per entry; the refused task and its audit records are not stored.
+    let t2 = task("t2", &e, TaskState::Active, 5000);
+    let r = ds
+        .create_task(&t2, None, &[event("task.requested", "t2", Some("t2"))])
+        .await;
+    assert!(
+        matches!(&r, Err(DatastoreError::Conflict(m)) if m == "entry e already has an open task"),
+        "{r:?}"
+    );
+    assert!(ds.get_task("t2").await.unwrap().is_none());
+    assert_eq!(ds.list_audit(None).await.unwrap().len(), 1);
+
+    // Compare-and-set: from a state it is not in, nothing changes (nor is audited).
+    let mut active = t1.clone();
+    active.state = TaskState::Active;
+    active.approver = "user:alice".into();
+    active.activated_at = 1_700_000_100;
+    let approved = [event("task.approved", "t1", Some("t1"))];
+    assert!(
+        !ds.update_task(&active, &[TaskState::Active], &approved)
+            .await
+            .unwrap()
+    );
+    assert_eq!(ds.get_task("t1").await.unwrap().unwrap(), t1);
+    assert_eq!(ds.list_audit(None).await.unwrap().len(), 1);
+    assert!(
+        ds.update_task(&active, &[TaskState::PendingApproval], &approved)
+            .await
+            .unwrap()
+    );
+    assert_eq!(ds.get_task("t1").await.unwrap().unwrap(), active);
+    assert_eq!(
+        ds.list_tasks(Some(TaskState::Active)).await.unwrap(),
+        vec![active.clone()]
+    );
+    assert!(
+        ds.list_tasks(Some(TaskState::PendingApproval))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Ending a task that did not provision its entry keeps the entry, and frees it for
+    // the next task.
+    let mut ended = active.clone();
+    ended.state = TaskState::Revoked;
+    ended.ended_at = 1_700_000_200;
+    ended.end_reason = "suspected misuse".into();
+    assert!(
+        ds.update_task(
+            &ended,
+            &[TaskState::PendingApproval, TaskState::Active],
+            &[event("task.revoked", "t1", Some("t1"))]
+        )
+        .await
+        .unwrap()
+    );
+    assert!(ds.get_entry("e").await.unwrap().is_some());
+    assert!(ds.open_task_for_entry("e").await.unwrap().is_none());
+    ds.create_task(&t2, None, &[]).await.unwrap();
+    assert_eq!(ds.open_task_for_entry("e").await.unwrap().unwrap(), t2);
+
+    // A provisioned entry is created with its task and deleted when the task ends.
+    let p = entry("p", "spiffe://example.org/jit/tmp", 7);
+    let mut tp = task("tp", &p, TaskState::Active, 5000);
+    tp.provisioned = true;
+    ds.create_task(&tp, Some(&p), &[event("task.requested", "tp", Some("tp"))])
+        .await
+        .unwrap();
+    assert_eq!(ds.get_entry("p").await.unwrap().unwrap(), p);
+    // A provisioned entry duplicating another is refused with the entry conflict, and
+    // nothing of the task is stored.
+    let mut dup = entry("p-dup", "spiffe://example.org/jit/tmp", 7);
+    dup.created_at = 5;
+    let mut tdup = task("tdup", &dup, TaskState::Active, 5000);
+    tdup.provisioned = true;
+    let audit_before = ds.list_audit(None).await.unwrap().len();
+    let r = ds
+        .create_task(&tdup, Some(&dup), &[event("x", "tdup", Some("tdup"))])
+        .await;
+    assert!(is_entry_conflict(&r), "{r:?}");
+    assert!(ds.get_task("tdup").await.unwrap().is_none());
+    assert!(ds.get_entry("p-dup").await.unwrap().is_none());
+    assert_eq!(ds.list_audit(None).await.unwrap().len(), audit_before);
+
+    let mut tp_done = tp.clone();
+    tp_done.state = TaskState::Completed;
+    tp_done.ended_at = 1_700_000_300;
+    assert!(
+        ds.update_task(
+            &tp_done,
+            &[TaskState::Active],
+            &[event("task.completed", "tp", Some("tp"))]
+        )
+        .await
+        .unwrap()
+    );
+    assert!(
+        ds.get_entry("p").await.unwrap().is_none(),
+        "provisioned entry deleted with its task"
+    );
+    assert_eq!(ds.get_task("tp").await.unwrap().unwrap(), tp_done);
+
+    let kinds =
+        |v: Vec<crate::audit::AuditRecord>| v.into_iter().map(|r| r.event.kind).collect::<Vec<_>>();
+    assert_eq!(
+        kinds(ds.list_audit(Some("t1")).await.unwrap()),
+        ["task.requested", "task.approved", "task.revoked"]
+    );
+    assert_eq!(
+        kinds(ds.list_audit(Some("tp")).await.unwrap()),
+        ["task.requested", "task.completed"]
+    );
+    let log = ds.list_audit(None).await.unwrap();
+    assert_eq!(verify(&log), Ok(5));
+    assert_eq!(
+        ds.list_tasks(None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.id)
+            .collect::<Vec<_>>(),
+        ["t1", "t2", "tp"]
+    );
+}
+
+async fn tasks_compare_and_set_under_concurrency(b: &dyn Backend) {
+    let servers = [b.open().await, b.open().await];
+    for round in 0..10 {
+        let e = entry(&format!("e{round}"), "spiffe://example.org/jit/c", round);
+        let mut t = task(&format!("t{round}"), &e, TaskState::Active, 5000);
+        t.provisioned = true;
+        servers[0].create_task(&t, Some(&e), &[]).await.unwrap();
+        let mut handles = Vec::new();
+        for (k, state) in [TaskState::Revoked, TaskState::Expired, TaskState::Completed]
+            .into_iter()
+            .enumerate()
+        {
+            let ds = Arc::clone(&servers[k % 2]);
+            let mut end = t.clone();
+            end.state = state;
+            end.end_reason = format!("by {k}");
+            handles.push(tokio::spawn(async move {
+                let audit = [event("task.ended", &end.id, Some(&end.id))];
+                let applied = ds
+                    .update_task(&end, &[TaskState::Active], &audit)
+                    .await
+                    .unwrap();
+                (applied, end)
+            }));
+        }
+        let mut winners = Vec::new();
+        for h in handles {
+            let (applied, end) = h.await.unwrap();
+            if applied {
+                winners.push(end);
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: exactly one transition");
+        assert_eq!(
+            servers[1].get_task(&t.id).await.unwrap().unwrap(),
+            winners[0]
+        );
+        assert!(servers[1].get_entry(&e.id).await.unwrap().is_none());
+        assert_eq!(servers[0].list_audit(Some(&t.id)).await.unwrap().len(), 1);
+    }
+    assert_eq!(verify(&servers[0].list_audit(None).await.unwrap()), Ok(10));
+}
+
+async fn due_and_revoked_tasks(b: &dyn Backend) {
+    let ds = b.open().await;
+    let mk = |id: &str, state: TaskState, deadline: i64| {
+        let e = entry(&format!("entry-{id}"), "spiffe://example.org/jit/d", 0);
+        let mut t = task(id, &e, state, deadline);
+        if !state.is_open() {
+            t.ended_at = 10;
+        }
+        t
+    };
+    let tasks = [
+        mk("open-100", TaskState::Active, 100),
+        mk("open-50", TaskState::PendingApproval, 50),
+        mk("ended-10", TaskState::Revoked, 10),
+        mk("ended-200", TaskState::Cancelled, 200),
+        mk("ended-300", TaskState::Completed, 300),
+    ];
+    for t in &tasks {
+        ds.create_task(t, None, &[]).await.unwrap();
+    }
+    let ids = |v: Vec<TaskRecord>| v.into_iter().map(|t| t.id).collect::<Vec<_>>();
+    assert!(ds.due_tasks(49).await.unwrap().is_empty());
+    assert_eq!(ids(ds.due_tasks(50).await.unwrap()), ["open-50"]);
+    assert_eq!(
+        ids(ds.due_tasks(1000).await.unwrap()),
+        ["open-50", "open-100"]
+    );
+
+    let svid = |task_id: &str, serial: &str, not_after: i64| TaskSvid {
+        task_id: task_id.into(),
+        serial: serial.into(),
+        issuer_serial: "ca1".into(),
+        not_after,
+    };
+    ds.record_task_svids(&[
+        svid("ended-200", "0a", 150),
+        svid("ended-200", "0b", 50),
+        svid("open-100", "0c", 150),
+        svid("ended-300", "0d", 400),
+    ])
+    .await
+    .unwrap();
+    ds.record_task_svids(&[]).await.unwrap();
+    // Recording a serial again replaces it.
+    ds.record_task_svids(&[svid("ended-200", "0a", 160)])
+        .await
+        .unwrap();
+    let (revoked, svids) = ds.revoked_since(100).await.unwrap();
+    assert_eq!(ids(revoked), ["ended-200", "ended-300"]);
+    assert_eq!(
+        svids,
+        vec![svid("ended-200", "0a", 160), svid("ended-300", "0d", 400)]
+    );
+    let (revoked, svids) = ds.revoked_since(250).await.unwrap();
+    assert_eq!(ids(revoked), ["ended-300"]);
+    assert_eq!(svids, vec![svid("ended-300", "0d", 400)]);
+}
+
+async fn reopen_sees_everything(b: &dyn Backend) {
+    // Servers starting together each create the schema: no race.
+    let opened = futures::future::join_all((0..4).map(|_| b.open())).await;
+    drop(opened);
+    let ds = b.open().await;
+    let e = entry("e", "spiffe://example.org/web", 1);
+    ds.create_entry(&e).await.unwrap();
+    let p = entry("p", "spiffe://example.org/jit/p", 2);
+    let mut tp = task("tp", &p, TaskState::Active, 5000);
+    tp.provisioned = true;
+    ds.create_task(&tp, Some(&p), &[event("task.requested", "tp", Some("tp"))])
+        .await
+        .unwrap();
+    let mut te = task("te", &e, TaskState::Active, 5000);
+    ds.create_task(&te, None, &[]).await.unwrap();
+    te.state = TaskState::Revoked;
+    te.ended_at = 20;
+    assert!(
+        ds.update_task(
+            &te,
+            &[TaskState::Active],
+            &[event("task.revoked", "te", None)]
+        )
+        .await
+        .unwrap()
+    );
+    ds.record_task_svids(&[TaskSvid {
+        task_id: "te".into(),
+        serial: "01".into(),
+        issuer_serial: "ca".into(),
+        not_after: 4000,
+    }])
+    .await
+    .unwrap();
+    let node = sid("spiffe://example.org/node/a");
+    ds.create_join_token("h1", &node, 99).await.unwrap();
+    assert!(ds.attest_agent(&agent(node.as_str(), "01")).await.unwrap());
+    assert!(ds.renew_agent(&node, "01", "02", 6).await.unwrap());
+    let banned = agent("spiffe://example.org/node/banned", "09");
+    assert!(ds.attest_agent(&banned).await.unwrap());
+    ds.ban_agent(&banned.spiffe_id).await.unwrap();
+    ds.append_audit(&[event("agent.banned", banned.spiffe_id.as_str(), None)])
+        .await
+        .unwrap();
+
+    let all = EntryFilter::default();
+    let entries = ds.list_entries(&all).await.unwrap();
+    let agents = ds.list_agents().await.unwrap();
+    let tasks = ds.list_tasks(None).await.unwrap();
+    let log = ds.list_audit(None).await.unwrap();
+    let revoked = ds.revoked_since(0).await.unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(agents.len(), 2);
+    assert_eq!(tasks.len(), 2);
+    assert_eq!(log.len(), 3);
+    drop(ds);
+
+    let ds = b.open().await;
+    assert_eq!(ds.list_entries(&all).await.unwrap(), entries);
+    assert_eq!(ds.list_agents().await.unwrap(), agents);
+    assert_eq!(ds.list_tasks(None).await.unwrap(), tasks);
+    assert_eq!(ds.list_audit(None).await.unwrap(), log);
+    assert_eq!(ds.revoked_since(0).await.unwrap(), revoked);
+    assert_eq!(ds.open_task_for_entry("p").await.unwrap().unwrap(), tp);
+    assert!(
+        ds.get_agent(&banned.spiffe_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .banned
+    );
+    let got = ds.get_agent(&node).await.unwrap().unwrap();
+    assert_eq!(
+        (got.serial.as_str(), got.previous_serial.as_str()),
+        ("02", "01")
+    );
+    let tok = ds.consume_join_token("h1").await.unwrap().unwrap();
+    assert_eq!((tok.spiffe_id, tok.expires_at), (node, 99));
+    assert_eq!(ds.consume_join_token("h1").await.unwrap(), None);
+    // The chain continues where the previous object left it.
+    ds.append_audit(&[event("after.reopen", "x", None)])
+        .await
+        .unwrap();
+    let log = ds.list_audit(None).await.unwrap();
+    assert_eq!(verify(&log), Ok(4));
+}
