@@ -1,4 +1,4 @@
-//! `bench`: Tessera's benchmark command (issue 6).
+//! `bench`: Tessera's benchmark command.
 //!
 //! Every figure is printed next to a baseline measured in the same run on the same machine
 //! (raw `ring` ECDSA, a raw Unix-socket round trip, raw `fdatasync`, ...). Each measurement
