@@ -12,7 +12,7 @@ use common::proto::workload::{
 };
 use rustls_pki_types::CertificateDer;
 use serde_json::json;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::config::{AgentConfig, AgentConfigError, DEFAULT_SOCKET_PATH, RawAgentConfig};
 
@@ -287,21 +287,12 @@ pub async fn connect(path: &Path) -> anyhow::Result<SpiffeWorkloadApiClient<Chan
 
 /// A channel to the agent's socket at `path`.
 async fn channel(path: &Path) -> anyhow::Result<Channel> {
-    let path = path.to_owned();
-    let display = path.display().to_string();
-    // The URI is a placeholder: the connector always dials the Unix socket.
-    let channel = Endpoint::try_from("http://localhost")?
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await
-        .with_context(|| format!("cannot reach the Workload API at {display} (is tessera-agent running? see --socket-path)"))?;
-    Ok(channel)
+    daemon::socket::connect_unix(path).await.with_context(|| {
+        format!(
+            "cannot reach the Workload API at {} (is tessera-agent running? see --socket-path)",
+            path.display()
+        )
+    })
 }
 
 fn with_header<T>(msg: T) -> tonic::Request<T> {

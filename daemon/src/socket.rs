@@ -57,6 +57,26 @@ pub fn bind_unix(
     Ok(listener)
 }
 
+/// A gRPC channel to the server listening on the Unix socket at `path` (the admin API,
+/// the Workload API). Fails at once when nothing answers there.
+pub async fn connect_unix(
+    path: &Path,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let path = path.to_owned();
+    // The URI is a placeholder: the connector always dials the Unix socket.
+    tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,6 @@
 //! client talking to a running server over its Unix socket.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::Context as _;
 use base64::Engine as _;
@@ -14,7 +13,7 @@ use common::proto::tessera::{
     RotateCaRequest, UpdateEntryRequest, VerifyAuditRequest,
 };
 use serde_json::json;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::config::{DEFAULT_ADMIN_SOCKET, RawServerConfig, ServerConfig, ServerConfigError};
 
@@ -538,21 +537,12 @@ pub enum BundleCommand {
 
 /// Connects to the admin API over its Unix socket.
 pub async fn connect_admin(path: &Path) -> anyhow::Result<AdminClient<Channel>> {
-    let path = path.to_owned();
-    let display = path.display().to_string();
-    // The URI is a placeholder: the connector below always dials the Unix socket.
-    let channel = Endpoint::try_from("http://localhost")?
-        .connect_timeout(Duration::from_secs(5))
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await
-        .with_context(|| format!("cannot reach the server's admin socket {display} (is tessera-server running? see --admin-socket)"))?;
+    let channel = daemon::socket::connect_unix(path).await.with_context(|| {
+        format!(
+            "cannot reach the server's admin socket {} (is tessera-server running? see --admin-socket)",
+            path.display()
+        )
+    })?;
     Ok(AdminClient::new(channel))
 }
 

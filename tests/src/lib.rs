@@ -410,17 +410,7 @@ impl Cluster {
 
 /// A gRPC channel to an agent's Unix socket (the Workload API and its task service).
 pub async fn agent_channel(socket: &Path) -> tonic::transport::Channel {
-    let path = socket.to_owned();
-    tonic::transport::Endpoint::try_from("http://localhost")
-        .expect("static URI")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
+    daemon::socket::connect_unix(socket)
         .await
         .expect("connect to the agent socket")
 }

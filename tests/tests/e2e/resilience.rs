@@ -38,7 +38,7 @@ use serde_json::Value;
 use spiffe::{TrustDomain, X509Source};
 use tests::{AGENT_ID, ServerProc, TRUST_DOMAIN, bin, free_port, wait_for};
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
 const CLIENT_ID: &str = "spiffe://example.org/client";
@@ -1185,20 +1185,7 @@ fn agent_restart_with_server_down_serves_persisted_svids() {
 
 /// Tessera's generated Workload API client on a Unix socket.
 async fn raw_client(socket: &Path) -> SpiffeWorkloadApiClient<Channel> {
-    let path = socket.to_owned();
-    let channel = Endpoint::try_from("http://localhost")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await
-        .expect("connect to the agent socket");
-    SpiffeWorkloadApiClient::new(channel)
+    SpiffeWorkloadApiClient::new(tests::agent_channel(socket).await)
 }
 
 /// Leaves a socket file nobody listens on, as a crash does.
