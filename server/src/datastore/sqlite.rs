@@ -219,20 +219,39 @@ impl SqliteDatastore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(opts)
-            .await
-            .map_err(backend)?;
-        for stmt in SCHEMA {
-            sqlx::query(stmt).execute(&pool).await.map_err(backend)?;
-        }
+        // Switching a new file to WAL takes an exclusive lock that SQLite's busy handler
+        // does not wait for: a process opening the same file at that instant is told
+        // "database is locked" at once. Retry that (only that) for a few seconds.
+        let mut attempt = 0;
+        let pool = loop {
+            match Self::connect(opts.clone()).await {
+                Ok(pool) => break pool,
+                Err(sqlx::Error::Database(db))
+                    if attempt < 50 && matches!(db.code().as_deref(), Some("5" | "6")) =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(backend(e)),
+            }
+        };
         // The database holds token hashes and agent records: keep it private.
         set_private(path);
         Ok(Self {
             pool,
             audit_lock: std::sync::Arc::default(),
         })
+    }
+
+    async fn connect(opts: SqliteConnectOptions) -> Result<SqlitePool, sqlx::Error> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
+        for stmt in SCHEMA {
+            sqlx::query(stmt).execute(&pool).await?;
+        }
+        Ok(pool)
     }
 
     /// Runs `f` and then appends `audit` in one `BEGIN IMMEDIATE` transaction, committed
