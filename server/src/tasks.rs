@@ -464,12 +464,7 @@ impl Tasks {
             .create_task(&task, provisioned.then_some(&entry), &audit)
             .await?;
         tracing::info!(task_id = %task.id, state = %task.state, requester = %task.requester, spiffe_id = %task.spiffe_id, deadline = task.deadline, "task created");
-        if provisioned {
-            self.events.publish(ChangeEvent::EntryUpserted {
-                entry: Arc::new(entry.clone()),
-                previous_parent: None,
-            });
-        }
+        // Publishes the entry (new, for provisioning; now live if the task is active).
         self.changed(&task, Some(entry));
         Ok(task)
     }

@@ -27,7 +27,7 @@ use spiffe::{
     TrustDomain, WorkloadApiClient, WorkloadApiError,
 };
 use tests::with_header as req;
-use tests::{Cluster, TRUST_DOMAIN};
+use tests::{Cluster, TRUST_DOMAIN, unix_now};
 use tonic::transport::Channel;
 
 /// Workload API map key of the test trust domain.
@@ -47,16 +47,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-fn unix_now() -> i64 {
-    i64::try_from(
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_secs(),
-    )
-    .unwrap()
 }
 
 fn unix_now_f64() -> f64 {

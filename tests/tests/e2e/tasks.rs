@@ -9,14 +9,14 @@
 
 use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Output};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use common::proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use common::proto::workload::{
     JwtsvidRequest, ValidateJwtsvidRequest, X509svidRequest, X509svidResponse,
 };
 use serde_json::Value;
-use tests::{AGENT_ID, Cluster, bin, wait_for, with_header};
+use tests::{AGENT_ID, Cluster, bin, unix_now as now, wait_for, with_header};
 use tokio::time::Instant;
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
@@ -87,16 +87,6 @@ fn approve_as_nobody(c: &Cluster, id: &str) -> Output {
         .gid(NOBODY)
         .output()
         .unwrap()
-}
-
-fn now() -> i64 {
-    i64::try_from(
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_secs(),
-    )
-    .unwrap()
 }
 
 async fn client(c: &Cluster) -> SpiffeWorkloadApiClient<tonic::transport::Channel> {
