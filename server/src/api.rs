@@ -6,10 +6,12 @@
 
 pub(crate) mod admin;
 pub(crate) mod node;
+pub(crate) mod wire;
 
 use tonic::Status;
 
 use crate::datastore::DatastoreError;
+use crate::issuance::IssuanceError;
 use crate::node_attestation::NodeAttestationError;
 use crate::registration::RegistrationError;
 
@@ -59,6 +61,21 @@ impl From<crate::tasks::TaskError> for Status {
             TaskError::Conflict(m) => Self::already_exists(m),
             TaskError::Registration(r) => r.into(),
             TaskError::Datastore(d) => d.into(),
+        }
+    }
+}
+
+impl From<IssuanceError> for Status {
+    fn from(e: IssuanceError) -> Self {
+        match e {
+            IssuanceError::TooManyCsrs | IssuanceError::NoAudience | IssuanceError::BadAudience => {
+                Self::invalid_argument(e.to_string())
+            }
+            IssuanceError::NotEntitled | IssuanceError::NoGrant(_) => {
+                Self::permission_denied(e.to_string())
+            }
+            IssuanceError::Signing(_) => internal("JWT-SVID signing", &e),
+            IssuanceError::Datastore(d) => d.into(),
         }
     }
 }

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use common::BundleCell;
 use common::proto::tessera::admin_server::AdminServer;
 use common::proto::tessera::node_server::NodeServer;
 use tokio::net::TcpListener;
@@ -15,17 +14,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::admin::AdminService;
 use crate::api::node::NodeService;
+use crate::bundle::{BundlePublisher, rotate_keys};
 use crate::ca::UpstreamAuthority;
 use crate::ca::rotation::CaSet;
+use crate::clock::now_unix;
 use crate::config::{DatastoreUrl, ServerConfig};
 use crate::datastore::Datastore;
 use crate::datastore::postgres::PostgresDatastore;
 use crate::datastore::sqlite::SqliteDatastore;
 use crate::events::Events;
+use crate::issuance::Issuer;
 use crate::jwt_keys::JwtKeyManager;
 use crate::node_attestation::NodeAttestor;
 use crate::registration::Registrar;
-use crate::registration::now_unix;
 use crate::server_identity::ServerIdentity;
 use daemon::state_file;
 
@@ -33,103 +34,6 @@ use daemon::state_file;
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Composes the trust bundle from the CA set and the JWT keys and publishes every change
-/// to the TLS verifiers, the admin API and every agent's sync stream. The only writer of
-/// the bundle, so its sequence number increases by one per change.
-#[derive(Debug)]
-pub(crate) struct BundlePublisher {
-    pub(crate) ca: Arc<CaSet>,
-    pub(crate) jwt: Arc<JwtKeyManager>,
-    pub(crate) cell: BundleCell,
-    pub(crate) events: Events,
-    sequence: std::sync::Mutex<u64>,
-}
-
-impl BundlePublisher {
-    fn new(ca: Arc<CaSet>, jwt: Arc<JwtKeyManager>, events: Events) -> Self {
-        let cell = BundleCell::new(ca.bundle(1).with_jwt_authorities(jwt.public_keys()));
-        Self {
-            ca,
-            jwt,
-            cell,
-            events,
-            sequence: std::sync::Mutex::new(1),
-        }
-    }
-
-    /// Rebuilds the bundle and pushes it everywhere.
-    pub(crate) fn publish(&self) {
-        let mut seq = self
-            .sequence
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *seq += 1;
-        self.cell.set(
-            self.ca
-                .bundle(*seq)
-                .with_jwt_authorities(self.jwt.public_keys()),
-        );
-        self.events
-            .publish(crate::events::ChangeEvent::BundleChanged);
-        tracing::info!(sequence = *seq, "trust bundle updated");
-    }
-}
-
-/// Advances the CA and JWT key schedules, publishing every change of the bundle.
-async fn rotate_keys(
-    ds: Arc<dyn Datastore>,
-    publisher: Arc<BundlePublisher>,
-    identity: Arc<ServerIdentity>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let jwt_next =
-            u64::try_from(publisher.jwt.next_event().saturating_sub(now_unix())).unwrap_or(0);
-        let ca_next = publisher
-            .ca
-            .next_event()
-            .duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO);
-        let wait = Duration::from_secs(jwt_next)
-            .min(ca_next)
-            .clamp(Duration::from_secs(1), Duration::from_secs(3600));
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
-        }
-        let mut changed = false;
-        match publisher.jwt.tick(now_unix()) {
-            Ok(c) => changed |= c,
-            Err(e) => tracing::error!(error = %e, "JWT key rotation failed; retrying"),
-        }
-        match publisher.ca.tick(std::time::SystemTime::now()) {
-            Ok(c) => {
-                changed |= c.bundle_changed;
-                if c.activated {
-                    let event = crate::audit::AuditEvent::new(
-                        "ca.activated",
-                        publisher.ca.active().serial_hex(),
-                        serde_json::json!({ "reason": "scheduled" }),
-                    );
-                    if let Err(e) = ds.append_audit(&[event]).await {
-                        tracing::error!(error = %e, "cannot audit the CA activation");
-                    }
-                    // Publish the new CA first, then present a certificate it signed.
-                    publisher.publish();
-                    changed = false;
-                    if let Err(e) = identity.renew() {
-                        tracing::error!(error = %e, "cannot re-issue the server certificate");
-                    }
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "CA rotation failed; retrying"),
-        }
-        if changed {
-            publisher.publish();
-        }
-    }
-}
 
 /// Runs the server until `shutdown` fires.
 pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -229,6 +133,7 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         Arc::new(policy),
         events.clone(),
         Arc::clone(&ca),
+        Arc::new(crate::clock::SystemClock),
         config.max_task_ttl,
     ));
     task_service
@@ -283,10 +188,14 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
     let node = NodeService {
         attestor: attestor.clone(),
         ds: Arc::clone(&ds),
-        ca: Arc::clone(&ca),
+        issuer: Issuer::new(
+            Arc::clone(&ds),
+            Arc::clone(&ca),
+            Arc::clone(&jwt),
+            Arc::clone(&task_service),
+        ),
         events,
         bundle: bundle.clone(),
-        jwt: Arc::clone(&jwt),
         tasks: Arc::clone(&task_service),
         shutdown: shutdown.clone(),
     };

@@ -16,10 +16,132 @@ use sha2::{Digest as _, Sha256};
 /// `prev_hash` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// Every kind of audit record this release writes: the one list of their names.
+///
+/// Stored records keep the kind as text ([`AuditEvent::kind`]): a log may hold kinds
+/// written by another release, and verification must still read them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuditKind {
+    /// An agent enrolled (join token). (`agent.attested`)
+    AgentAttested,
+    /// An enrollment was refused. (`agent.attestation_refused`)
+    AgentAttestationRefused,
+    /// An agent renewed its SVID. (`agent.renewed`)
+    AgentRenewed,
+    /// An operator evicted an agent. (`agent.evicted`)
+    AgentEvicted,
+    /// An operator banned an agent. (`agent.banned`)
+    AgentBanned,
+    /// A join token was generated. (`join_token.created`)
+    JoinTokenCreated,
+    /// A registration entry was created. (`entry.created`)
+    EntryCreated,
+    /// A registration entry was changed. (`entry.updated`)
+    EntryUpdated,
+    /// A registration entry was deleted (by an operator or with its task). (`entry.deleted`)
+    EntryDeleted,
+    /// An X.509-SVID was signed. (`svid.x509.issued`)
+    SvidX509Issued,
+    /// A JWT-SVID was signed. (`svid.jwt.issued`)
+    SvidJwtIssued,
+    /// A prepared CA became the signing CA on schedule. (`ca.activated`)
+    CaActivated,
+    /// An operator forced a CA rotation. (`ca.rotated`)
+    CaRotated,
+    /// The task policy set was reloaded. (`policy.reloaded`)
+    PolicyReloaded,
+    /// Somebody asked for a task. (`task.requested`)
+    TaskRequested,
+    /// The policy decided a task request. (`task.policy`)
+    TaskPolicy,
+    /// A task waits for an approver. (`task.pending_approval`)
+    TaskPendingApproval,
+    /// A task was approved. (`task.approved`)
+    TaskApproved,
+    /// A task became active. (`task.activated`)
+    TaskActivated,
+    /// A task ended (completed, failed, cancelled, revoked or expired). (`task.ended`)
+    TaskEnded,
+    /// An agent validated (or refused) a task's JWT-SVID. (`task.jwt.validated`)
+    TaskJwtValidated,
+}
+
+impl AuditKind {
+    /// Every kind.
+    pub const ALL: &'static [Self] = &[
+        Self::AgentAttested,
+        Self::AgentAttestationRefused,
+        Self::AgentRenewed,
+        Self::AgentEvicted,
+        Self::AgentBanned,
+        Self::JoinTokenCreated,
+        Self::EntryCreated,
+        Self::EntryUpdated,
+        Self::EntryDeleted,
+        Self::SvidX509Issued,
+        Self::SvidJwtIssued,
+        Self::CaActivated,
+        Self::CaRotated,
+        Self::PolicyReloaded,
+        Self::TaskRequested,
+        Self::TaskPolicy,
+        Self::TaskPendingApproval,
+        Self::TaskApproved,
+        Self::TaskActivated,
+        Self::TaskEnded,
+        Self::TaskJwtValidated,
+    ];
+
+    /// The stored name, e.g. `svid.x509.issued`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AgentAttested => "agent.attested",
+            Self::AgentAttestationRefused => "agent.attestation_refused",
+            Self::AgentRenewed => "agent.renewed",
+            Self::AgentEvicted => "agent.evicted",
+            Self::AgentBanned => "agent.banned",
+            Self::JoinTokenCreated => "join_token.created",
+            Self::EntryCreated => "entry.created",
+            Self::EntryUpdated => "entry.updated",
+            Self::EntryDeleted => "entry.deleted",
+            Self::SvidX509Issued => "svid.x509.issued",
+            Self::SvidJwtIssued => "svid.jwt.issued",
+            Self::CaActivated => "ca.activated",
+            Self::CaRotated => "ca.rotated",
+            Self::PolicyReloaded => "policy.reloaded",
+            Self::TaskRequested => "task.requested",
+            Self::TaskPolicy => "task.policy",
+            Self::TaskPendingApproval => "task.pending_approval",
+            Self::TaskApproved => "task.approved",
+            Self::TaskActivated => "task.activated",
+            Self::TaskEnded => "task.ended",
+            Self::TaskJwtValidated => "task.jwt.validated",
+        }
+    }
+}
+
+impl std::fmt::Display for AuditKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for AuditKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown audit record kind {s:?}"))
+    }
+}
+
 /// What to record (the datastore assigns `seq`, `at_ms` and the hashes).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuditEvent {
-    /// Dotted kind, e.g. `svid.x509.issued`.
+    /// Dotted kind, e.g. `svid.x509.issued` ([`AuditKind`] names every kind written).
     pub kind: String,
     /// The task this belongs to, if any.
     pub task_id: Option<String>,
@@ -31,9 +153,9 @@ pub struct AuditEvent {
 
 impl AuditEvent {
     /// An event without a task.
-    pub fn new(kind: &str, subject: impl std::fmt::Display, detail: Value) -> Self {
+    pub fn new(kind: AuditKind, subject: impl std::fmt::Display, detail: Value) -> Self {
         Self {
-            kind: kind.to_owned(),
+            kind: kind.as_str().to_owned(),
             task_id: None,
             subject: subject.to_string(),
             detail,
@@ -42,7 +164,7 @@ impl AuditEvent {
 
     /// An event of one task.
     pub fn for_task(
-        kind: &str,
+        kind: AuditKind,
         task_id: &str,
         subject: impl std::fmt::Display,
         detail: Value,
@@ -165,9 +287,20 @@ mod tests {
 
     fn log(n: usize) -> Vec<AuditRecord> {
         let events: Vec<AuditEvent> = (0..n)
-            .map(|i| AuditEvent::new("entry.created", format!("e{i}"), json!({"i": i})))
+            .map(|i| AuditEvent::new(AuditKind::EntryCreated, format!("e{i}"), json!({"i": i})))
             .collect();
         chain(None, 1000, &events)
+    }
+
+    #[test]
+    fn every_kind_has_one_distinct_name_that_parses_back() {
+        let mut names = std::collections::HashSet::new();
+        for k in AuditKind::ALL {
+            assert!(names.insert(k.as_str()), "{k} named twice");
+            assert_eq!(k.as_str().parse::<AuditKind>(), Ok(*k));
+            assert_eq!(AuditEvent::new(*k, "s", json!({})).kind, k.as_str());
+        }
+        assert!("svid.x509.revoked".parse::<AuditKind>().is_err());
     }
 
     #[test]
@@ -177,7 +310,7 @@ mod tests {
         let more = chain(
             Some((5, good[4].hash.clone())),
             2000,
-            &[AuditEvent::new("x", "y", json!({}))],
+            &[AuditEvent::new(AuditKind::TaskPolicy, "y", json!({}))],
         );
         assert_eq!(more[0].seq, 6);
         assert_eq!(more[0].prev_hash, good[4].hash);

@@ -9,11 +9,14 @@
 pub(crate) mod api;
 pub mod app;
 pub mod audit;
+pub mod bundle;
 pub mod ca;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod datastore;
 pub mod events;
+pub mod issuance;
 pub mod jwt_keys;
 pub mod node_attestation;
 pub mod policy;

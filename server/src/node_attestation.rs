@@ -7,17 +7,17 @@
 //! serial against the stored record, so eviction and bans take effect on the next call.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use common::{SpiffeId, TrustDomain};
 use sha2::{Digest as _, Sha256};
 
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEvent, AuditKind};
 use crate::ca::rotation::CaSet;
 use crate::ca::{CaError, Issued};
+use crate::clock::{now_unix, unix_seconds};
 use crate::datastore::{AgentRecord, Datastore, DatastoreError};
 use crate::events::{ChangeEvent, Events};
-use crate::registration::now_unix;
 
 /// Default join token lifetime (as SPIRE's).
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(600);
@@ -58,12 +58,6 @@ pub enum NodeAttestationError {
 
 fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
-}
-
-fn unix(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// Join tokens, agent SVIDs and agent records.
@@ -142,7 +136,7 @@ impl NodeAttestor {
             .await?;
         self.ds
             .append_audit(&[AuditEvent::new(
-                "join_token.created",
+                AuditKind::JoinTokenCreated,
                 &id,
                 serde_json::json!({ "expires_at": expires_at }),
             )])
@@ -160,16 +154,16 @@ impl NodeAttestor {
         let result = self.attest_inner(token, csr).await;
         let event = match &result {
             Ok((id, issued)) => AuditEvent::new(
-                "agent.attested",
+                AuditKind::AgentAttested,
                 id,
                 serde_json::json!({
                     "method": "join_token",
                     "serial": issued.serial_hex,
-                    "not_after": unix(issued.not_after),
+                    "not_after": unix_seconds(issued.not_after),
                 }),
             ),
             Err(e) => AuditEvent::new(
-                "agent.attestation_refused",
+                AuditKind::AgentAttestationRefused,
                 "unknown",
                 serde_json::json!({ "method": "join_token", "reason": e.to_string() }),
             ),
@@ -202,7 +196,7 @@ impl NodeAttestor {
             spiffe_id: id.clone(),
             serial: issued.serial_hex.clone(),
             previous_serial: String::new(),
-            expires_at: unix(issued.not_after),
+            expires_at: unix_seconds(issued.not_after),
             attested_at: now_unix(),
             banned: false,
             attestation_type: "join_token".to_owned(),
@@ -257,7 +251,7 @@ impl NodeAttestor {
                 &agent.spiffe_id,
                 &agent.serial,
                 &issued.serial_hex,
-                unix(issued.not_after),
+                unix_seconds(issued.not_after),
             )
             .await?;
         if !stored {
@@ -267,11 +261,11 @@ impl NodeAttestor {
         }
         self.ds
             .append_audit(&[AuditEvent::new(
-                "agent.renewed",
+                AuditKind::AgentRenewed,
                 &agent.spiffe_id,
                 serde_json::json!({
                     "serial": issued.serial_hex,
-                    "not_after": unix(issued.not_after),
+                    "not_after": unix_seconds(issued.not_after),
                 }),
             )])
             .await?;
@@ -288,7 +282,11 @@ impl NodeAttestor {
             .await?
             .ok_or_else(|| NodeAttestationError::NotAttested(id.to_string()))?;
         self.ds
-            .append_audit(&[AuditEvent::new("agent.evicted", &id, serde_json::json!({}))])
+            .append_audit(&[AuditEvent::new(
+                AuditKind::AgentEvicted,
+                &id,
+                serde_json::json!({}),
+            )])
             .await?;
         tracing::info!(agent_id = %id, "agent evicted");
         self.events.publish(ChangeEvent::AgentRemoved(id));
@@ -304,7 +302,11 @@ impl NodeAttestor {
             .await?
             .ok_or_else(|| NodeAttestationError::NotAttested(id.to_string()))?;
         self.ds
-            .append_audit(&[AuditEvent::new("agent.banned", &id, serde_json::json!({}))])
+            .append_audit(&[AuditEvent::new(
+                AuditKind::AgentBanned,
+                &id,
+                serde_json::json!({}),
+            )])
             .await?;
         tracing::info!(agent_id = %id, "agent banned");
         self.events.publish(ChangeEvent::AgentRemoved(id));

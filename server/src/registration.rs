@@ -5,14 +5,14 @@
 //! within bounds, valid DNS names. A rejected request changes nothing.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use common::proto::tessera::EntrySpec;
 use common::{
     RegistrationEntry, Selector, SelectorError, SelectorSet, SpiffeId, SpiffeIdError, TrustDomain,
 };
 
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEvent, AuditKind};
+use crate::clock::now_unix;
 use crate::config::MAX_SVID_TTL;
 use crate::datastore::{Datastore, DatastoreError, EntryFilter};
 use crate::events::{ChangeEvent, Events};
@@ -90,6 +90,16 @@ pub enum RegistrationError {
     Datastore(DatastoreError),
 }
 
+impl RegistrationError {
+    /// The error for an out-of-range TTL in `field`.
+    pub fn bad_ttl(field: &'static str) -> Self {
+        Self::BadTtl {
+            field,
+            max: MAX_SVID_TTL.as_secs(),
+        }
+    }
+}
+
 impl From<DatastoreError> for RegistrationError {
     fn from(e: DatastoreError) -> Self {
         match e {
@@ -117,15 +127,7 @@ pub fn valid_dns_name(name: &str) -> bool {
     })
 }
 
-/// Unix seconds now.
-pub fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-fn entry_event(kind: &str, e: &RegistrationEntry) -> AuditEvent {
+fn entry_event(kind: AuditKind, e: &RegistrationEntry) -> AuditEvent {
     AuditEvent::new(
         kind,
         &e.id,
@@ -140,6 +142,28 @@ fn entry_event(kind: &str, e: &RegistrationEntry) -> AuditEvent {
             "revision": e.revision,
         }),
     )
+}
+
+/// A registration entry as asked for, before validation (parsed from the API's wire
+/// form in `api/wire.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EntryRequest {
+    /// The identity, `spiffe://<our trust domain>/<path>`.
+    pub spiffe_id: String,
+    /// The agent (node) whose workloads may receive it.
+    pub parent_id: String,
+    /// `type:value` selectors a workload must all have.
+    pub selectors: Vec<String>,
+    /// X.509-SVID lifetime; `None`: the server default.
+    pub x509_svid_ttl: Option<Duration>,
+    /// JWT-SVID lifetime; `None`: the server default.
+    pub jwt_svid_ttl: Option<Duration>,
+    /// DNS SANs of the X.509-SVID.
+    pub dns_names: Vec<String>,
+    /// Issued only while a task activates it.
+    pub jit: bool,
+    /// Workload API hint.
+    pub hint: String,
 }
 
 /// Entry CRUD with validation and change notification.
@@ -185,19 +209,20 @@ impl Registrar {
 
     fn ttl(
         field: &'static str,
-        secs: i64,
+        ttl: Option<Duration>,
         default: Duration,
     ) -> Result<Duration, RegistrationError> {
-        let max = MAX_SVID_TTL.as_secs();
-        match u64::try_from(secs) {
-            Ok(0) => Ok(default),
-            Ok(s) if s <= max => Ok(Duration::from_secs(s)),
-            _ => Err(RegistrationError::BadTtl { field, max }),
+        match ttl {
+            None => Ok(default),
+            Some(d) if d >= Duration::from_secs(1) && d <= MAX_SVID_TTL => {
+                Ok(Duration::from_secs(d.as_secs()))
+            }
+            Some(_) => Err(RegistrationError::bad_ttl(field)),
         }
     }
 
     /// Validates a spec into an entry (id, timestamps and revision are filled by callers).
-    pub fn validate(&self, spec: &EntrySpec) -> Result<RegistrationEntry, RegistrationError> {
+    pub fn validate(&self, spec: &EntryRequest) -> Result<RegistrationEntry, RegistrationError> {
         let spiffe_id = self.id_in_td("spiffe_id", &spec.spiffe_id)?;
         if spiffe_id.is_trust_domain_id() || spiffe_id.path().starts_with("/tessera/server") {
             return Err(RegistrationError::ReservedSpiffeId(spiffe_id.to_string()));
@@ -242,16 +267,8 @@ impl Registrar {
             spiffe_id,
             parent_id,
             selectors,
-            x509_svid_ttl: Self::ttl(
-                "x509_svid_ttl",
-                spec.x509_svid_ttl_seconds,
-                self.default_x509_ttl,
-            )?,
-            jwt_svid_ttl: Self::ttl(
-                "jwt_svid_ttl",
-                spec.jwt_svid_ttl_seconds,
-                self.default_jwt_ttl,
-            )?,
+            x509_svid_ttl: Self::ttl("x509_svid_ttl", spec.x509_svid_ttl, self.default_x509_ttl)?,
+            jwt_svid_ttl: Self::ttl("jwt_svid_ttl", spec.jwt_svid_ttl, self.default_jwt_ttl)?,
             dns_names,
             jit: spec.jit,
             hint: spec.hint.clone(),
@@ -261,7 +278,10 @@ impl Registrar {
     }
 
     /// Creates an entry.
-    pub async fn create(&self, spec: &EntrySpec) -> Result<RegistrationEntry, RegistrationError> {
+    pub async fn create(
+        &self,
+        spec: &EntryRequest,
+    ) -> Result<RegistrationEntry, RegistrationError> {
         let mut entry = self.validate(spec)?;
         // Time-ordered ids: entries created in the same second still sort in creation order.
         entry.id = uuid::Uuid::now_v7().to_string();
@@ -269,7 +289,7 @@ impl Registrar {
         entry.revision = 1;
         self.ds.create_entry(&entry).await?;
         self.ds
-            .append_audit(&[entry_event("entry.created", &entry)])
+            .append_audit(&[entry_event(AuditKind::EntryCreated, &entry)])
             .await?;
         tracing::info!(entry_id = %entry.id, spiffe_id = %entry.spiffe_id, parent_id = %entry.parent_id, "entry created");
         self.events.publish(ChangeEvent::EntryUpserted {
@@ -283,7 +303,7 @@ impl Registrar {
     pub async fn update(
         &self,
         id: &str,
-        spec: &EntrySpec,
+        spec: &EntryRequest,
     ) -> Result<RegistrationEntry, RegistrationError> {
         let mut entry = self.validate(spec)?;
         let old = self
@@ -296,7 +316,7 @@ impl Registrar {
         entry.revision = old.revision + 1;
         self.ds.update_entry(&entry).await?;
         self.ds
-            .append_audit(&[entry_event("entry.updated", &entry)])
+            .append_audit(&[entry_event(AuditKind::EntryUpdated, &entry)])
             .await?;
         tracing::info!(entry_id = %entry.id, spiffe_id = %entry.spiffe_id, "entry updated");
         let previous_parent = (old.parent_id != entry.parent_id).then_some(old.parent_id);
@@ -315,7 +335,7 @@ impl Registrar {
             .await?
             .ok_or_else(|| RegistrationError::NotFound(id.to_owned()))?;
         self.ds
-            .append_audit(&[entry_event("entry.deleted", &entry)])
+            .append_audit(&[entry_event(AuditKind::EntryDeleted, &entry)])
             .await?;
         tracing::info!(entry_id = %entry.id, spiffe_id = %entry.spiffe_id, "entry deleted");
         self.events.publish(ChangeEvent::EntryDeleted {
@@ -361,8 +381,8 @@ mod tests {
     use super::*;
     use crate::datastore::sqlite::SqliteDatastore;
 
-    fn spec() -> EntrySpec {
-        EntrySpec {
+    fn spec() -> EntryRequest {
+        EntryRequest {
             spiffe_id: "spiffe://example.org/web".into(),
             parent_id: "spiffe://example.org/agent".into(),
             selectors: vec!["unix:uid:1000".into()],
@@ -385,7 +405,7 @@ mod tests {
             Duration::from_secs(3600),
             Duration::from_secs(300),
         );
-        type Case = (fn(&mut EntrySpec), &'static str);
+        type Case = (fn(&mut EntryRequest), &'static str);
         let cases: Vec<Case> = vec![
             (
                 |s| s.spiffe_id = "spiffe://example.org/".into(),
@@ -410,8 +430,15 @@ mod tests {
                 |s| s.selectors = vec!["unix:uid:abc".into()],
                 "invalid selector",
             ),
-            (|s| s.x509_svid_ttl_seconds = -5, "x509_svid_ttl"),
-            (|s| s.jwt_svid_ttl_seconds = i64::MAX, "jwt_svid_ttl"),
+            (|s| s.x509_svid_ttl = Some(Duration::ZERO), "x509_svid_ttl"),
+            (
+                |s| s.jwt_svid_ttl = Some(Duration::from_secs(u64::MAX)),
+                "jwt_svid_ttl",
+            ),
+            (
+                |s| s.jwt_svid_ttl = Some(MAX_SVID_TTL + Duration::from_secs(1)),
+                "jwt_svid_ttl",
+            ),
             (|s| s.dns_names = vec!["Bad_Name".into()], "DNS name"),
             (|s| s.dns_names = vec!["a..b".into()], "DNS name"),
             (|s| s.hint = "x".repeat(2000), "hint"),
@@ -436,7 +463,7 @@ mod tests {
         ));
         let mut s = spec();
         s.dns_names = vec!["web.example.org".into(), "*.svc.example.org".into()];
-        s.x509_svid_ttl_seconds = 60;
+        s.x509_svid_ttl = Some(Duration::from_secs(60));
         let u = r.update(&e.id, &s).await.unwrap();
         assert_eq!(u.revision, 2);
         assert_eq!(u.x509_svid_ttl, Duration::from_secs(60));

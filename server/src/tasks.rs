@@ -8,79 +8,44 @@
 //! Every transition is one compare-and-set in the datastore together with its audit
 //! records, then published to the agents' sync streams: the entry becomes live (with a
 //! [`TaskGrant`]) when the task activates and dormant (or deleted) when it ends. Tasks that
-//! end before their deadline are published to every agent as [`Revocations`], with CRLs
-//! listing the X.509-SVIDs issued under them, so open Workload API streams drop them and
-//! `ValidateJWTSVID` refuses their tokens. A background loop expires tasks whose deadline
-//! passed, whether or not anybody calls anything; and no credential is ever issued past
-//! the deadline in the first place.
+//! end before their deadline are published to every agent as a [`RevocationSet`], with
+//! CRLs listing the X.509-SVIDs issued under them, so open Workload API streams drop them
+//! and `ValidateJWTSVID` refuses their tokens. A background loop expires tasks whose
+//! deadline passed, whether or not anybody calls anything; and no credential is ever
+//! issued past the deadline in the first place.
+//!
+//! Deadlines are wall-clock time read from a [`Clock`], so tests can run the expiry loop
+//! under a paused tokio clock.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+mod request;
+mod revocation;
+
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use common::proto::tessera::{self, EndedTask, Revocations, TaskSpec};
 use common::task::{TaskGrant, TaskState};
 use common::{RegistrationEntry, SpiffeId};
 use serde_json::json;
 
-use crate::audit::AuditEvent;
-use crate::ca::Revoked;
+pub use self::request::{Outcome, Requester, TaskRequest, TaskTarget, TokenUse};
+use self::request::{check_reason, principal_of};
+pub use self::revocation::{EndedTask, RevocationSet};
+use self::revocation::{RevocationState, ended_early};
+use crate::audit::{AuditEvent, AuditKind};
 use crate::ca::rotation::CaSet;
-use crate::datastore::{Datastore, DatastoreError, TaskRecord};
+use crate::clock::Clock;
+use crate::datastore::{Datastore, DatastoreError, EntryFilter, TaskRecord};
 use crate::events::{ChangeEvent, Events};
 use crate::policy::{Action, Decision, EntryFacts, PolicyEngine, PolicyRequest, Principal};
-use crate::registration::{Registrar, RegistrationError, now_unix};
+use crate::registration::{EntryRequest, Registrar, RegistrationError};
 
-/// Longest reason, ticket or scope accepted.
-const MAX_TEXT: usize = 1024;
-/// Most scopes on one task.
-const MAX_SCOPES: usize = 64;
 /// How often the server looks for tasks past their deadline.
 const EXPIRY_TICK: Duration = Duration::from_millis(200);
 /// Revocations are pruned every this many expiry ticks (5 s).
 const PRUNE_EVERY_TICKS: u32 = 25;
-/// CRLs are valid this long and re-signed at half of it.
-const CRL_VALIDITY: Duration = Duration::from_secs(3600);
-
-/// Who asks for a task.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Requester {
-    /// An operator on the admin socket, by Unix user name.
-    User(String),
-    /// A workload, by its standing SPIFFE ID, through the agent that attested it.
-    Workload {
-        /// The workload's standing identity.
-        spiffe_id: SpiffeId,
-        /// The agent it runs under.
-        agent: SpiffeId,
-    },
-}
-
-impl Requester {
-    /// The stored form: `user:NAME` or the SPIFFE ID.
-    pub fn label(&self) -> String {
-        match self {
-            Self::User(name) => format!("user:{name}"),
-            Self::Workload { spiffe_id, .. } => spiffe_id.to_string(),
-        }
-    }
-
-    fn principal(&self) -> Principal {
-        match self {
-            Self::User(name) => Principal::User(name.clone()),
-            Self::Workload { spiffe_id, .. } => Principal::Workload(spiffe_id.to_string()),
-        }
-    }
-}
-
-/// The policy principal of a stored requester label.
-fn principal_of(label: &str) -> Principal {
-    match label.strip_prefix("user:") {
-        Some(name) => Principal::User(name.to_owned()),
-        None => Principal::Workload(label.to_owned()),
-    }
-}
+/// Most standing entries a workload may speak for in one call.
+const MAX_REQUESTER_ENTRIES: usize = 1000;
 
 /// Why a task operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -120,46 +85,6 @@ impl From<DatastoreError> for TaskError {
     }
 }
 
-/// How a task ends when somebody ends it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Success.
-    Completed,
-    /// Failure.
-    Failed,
-    /// Withdrawn.
-    Cancelled,
-    /// Ended by an operator.
-    Revoked,
-}
-
-impl std::str::FromStr for Outcome {
-    type Err = TaskError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "completed" | "complete" => Ok(Self::Completed),
-            "failed" | "fail" => Ok(Self::Failed),
-            "cancelled" | "cancel" => Ok(Self::Cancelled),
-            "revoked" | "revoke" => Ok(Self::Revoked),
-            other => Err(TaskError::Invalid(format!(
-                "unknown outcome {other:?} (expected completed, failed, cancelled or revoked)"
-            ))),
-        }
-    }
-}
-
-impl Outcome {
-    fn state(self) -> TaskState {
-        match self {
-            Self::Completed => TaskState::Completed,
-            Self::Failed => TaskState::Failed,
-            Self::Cancelled => TaskState::Cancelled,
-            Self::Revoked => TaskState::Revoked,
-        }
-    }
-}
-
 /// What an issuance under a task may use.
 #[derive(Debug, Clone)]
 pub struct IssueGrant {
@@ -179,28 +104,11 @@ pub struct Tasks {
     policy: Arc<PolicyEngine>,
     events: Events,
     ca: Arc<CaSet>,
+    clock: Arc<dyn Clock>,
     max_ttl: Duration,
     /// Active tasks by entry id (what sync streams attach to entries).
     active: RwLock<HashMap<String, TaskGrant>>,
-    revocations: RwLock<Arc<Revocations>>,
-    crl_number: AtomicU64,
-    crl_signed_at: RwLock<Option<SystemTime>>,
-    /// (CA serial, SVID serial) pairs on the current CRLs.
-    crl_listed: RwLock<Vec<(String, String)>>,
-    refresh_lock: tokio::sync::Mutex<()>,
-}
-
-fn text(field: &str, v: &str) -> Result<(), TaskError> {
-    if v.len() > MAX_TEXT || v.chars().any(char::is_control) {
-        return Err(TaskError::Invalid(format!(
-            "{field} must be at most {MAX_TEXT} bytes without control characters"
-        )));
-    }
-    Ok(())
-}
-
-fn ended_early(t: &TaskRecord) -> bool {
-    !t.state.is_open() && t.state != TaskState::Expired
+    revocations: RevocationState,
 }
 
 impl Tasks {
@@ -211,6 +119,7 @@ impl Tasks {
         policy: Arc<PolicyEngine>,
         events: Events,
         ca: Arc<CaSet>,
+        clock: Arc<dyn Clock>,
         max_ttl: Duration,
     ) -> Self {
         Self {
@@ -219,13 +128,10 @@ impl Tasks {
             policy,
             events,
             ca,
+            clock,
             max_ttl,
             active: RwLock::default(),
-            revocations: RwLock::new(Arc::new(Revocations::default())),
-            crl_number: AtomicU64::new(0),
-            crl_signed_at: RwLock::new(None),
-            crl_listed: RwLock::default(),
-            refresh_lock: tokio::sync::Mutex::new(()),
+            revocations: RevocationState::default(),
         }
     }
 
@@ -233,13 +139,12 @@ impl Tasks {
         i64::try_from(self.max_ttl.as_secs()).unwrap_or(i64::MAX)
     }
 
-    /// The lifetime a spec asks for (0: as long as the server allows).
-    fn asked_ttl(&self, spec: &TaskSpec) -> i64 {
-        if spec.ttl_seconds == 0 {
-            self.server_max_ttl()
-        } else {
-            spec.ttl_seconds
-        }
+    /// The lifetime a request asks for, in seconds (unset: as long as the server allows).
+    fn asked_ttl(&self, request: &TaskRequest) -> i64 {
+        request.ttl.map_or_else(
+            || self.server_max_ttl(),
+            |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        )
     }
 
     /// The policy engine.
@@ -255,8 +160,7 @@ impl Tasks {
             .map(|t| (t.entry_id.clone(), grant(t)))
             .collect();
         *self.active.write().unwrap_or_else(|e| e.into_inner()) = map;
-        self.crl_number
-            .store(now_unix().max(0).unsigned_abs(), Ordering::Relaxed);
+        self.revocations.start_numbering_at(self.clock.now());
         self.refresh_revocations(true).await
     }
 
@@ -270,17 +174,17 @@ impl Tasks {
     }
 
     /// The current revocations (sent to every agent).
-    pub fn revocations(&self) -> Arc<Revocations> {
-        Arc::clone(&self.revocations.read().unwrap_or_else(|e| e.into_inner()))
+    pub fn revocations(&self) -> Arc<RevocationSet> {
+        self.revocations.current()
     }
 
     fn policy_request(
+        &self,
         action: Action,
         principal: Principal,
         entry: &RegistrationEntry,
         t: &TaskRecord,
         ttl_seconds: i64,
-        provisioned: bool,
     ) -> PolicyRequest {
         PolicyRequest {
             action,
@@ -296,94 +200,89 @@ impl Tasks {
             ticket: t.ticket.clone(),
             reason: t.reason.clone(),
             approver: (!t.approver.is_empty()).then(|| t.approver.clone()),
-            now_unix: now_unix(),
-            provisioned,
+            now_unix: self.clock.now_unix(),
+            provisioned: t.provisioned,
         }
     }
 
-    /// Resolves what a spec activates or provisions.
+    /// Resolves the entry a request activates, or the entry it provisions (`true`).
     async fn target(
         &self,
         requester: &Requester,
-        spec: &TaskSpec,
+        target: &TaskTarget,
     ) -> Result<(RegistrationEntry, bool), TaskError> {
-        if spec.provision {
-            if !spec.entry_id.is_empty() {
-                return Err(TaskError::Invalid(
-                    "a provisioning task creates its entry: give --spiffe-id, --parent-id and --selector, not --entry-id".into(),
-                ));
-            }
-            let parent_id = match requester {
-                Requester::Workload { agent, .. } => agent.to_string(),
-                Requester::User(_) => spec.parent_id.clone(),
-            };
-            let mut entry = self.registrar.validate(&tessera::EntrySpec {
-                spiffe_id: spec.spiffe_id.clone(),
+        let entry = match target {
+            TaskTarget::Provision {
+                spiffe_id,
                 parent_id,
-                selectors: spec.selectors.clone(),
-                jit: true,
-                ..Default::default()
-            })?;
-            entry.id = uuid::Uuid::now_v7().to_string();
-            entry.created_at = now_unix();
-            entry.revision = 1;
-            return Ok((entry, true));
-        }
-        let entry = if !spec.entry_id.is_empty() {
-            self.ds
-                .get_entry(&spec.entry_id)
-                .await?
-                .ok_or_else(|| TaskError::NotFound(format!("no entry {}", spec.entry_id)))?
-        } else if !spec.spiffe_id.is_empty() {
-            let id = SpiffeId::new(&spec.spiffe_id)
-                .map_err(|e| TaskError::Invalid(format!("spiffe_id: {e}")))?;
-            let parent_id = match requester {
-                Requester::Workload { agent, .. } => Some(agent.clone()),
-                Requester::User(_) if !spec.parent_id.is_empty() => Some(
-                    SpiffeId::new(&spec.parent_id)
-                        .map_err(|e| TaskError::Invalid(format!("parent_id: {e}")))?,
-                ),
-                Requester::User(_) => None,
-            };
-            let mut found: Vec<RegistrationEntry> = self
-                .ds
-                .list_entries(&crate::datastore::EntryFilter {
-                    spiffe_id: Some(id.clone()),
+                selectors,
+            } => {
+                let parent_id = match requester {
+                    Requester::Workload { agent, .. } => agent.to_string(),
+                    Requester::User(_) => parent_id.clone(),
+                };
+                let mut entry = self.registrar.validate(&EntryRequest {
+                    spiffe_id: spiffe_id.clone(),
                     parent_id,
-                })
+                    selectors: selectors.clone(),
+                    jit: true,
+                    ..Default::default()
+                })?;
+                entry.id = uuid::Uuid::now_v7().to_string();
+                entry.created_at = self.clock.now_unix();
+                entry.revision = 1;
+                return Ok((entry, true));
+            }
+            TaskTarget::Entry(id) => self
+                .ds
+                .get_entry(id)
                 .await?
-                .into_iter()
-                .filter(|e| e.jit)
-                .collect();
-            match found.len() {
-                0 => {
-                    return Err(TaskError::NotFound(format!(
-                        "no just-in-time entry for {id}"
-                    )));
-                }
-                1 => found.remove(0),
-                n => {
-                    return Err(TaskError::Invalid(format!(
-                        "{n} just-in-time entries have SPIFFE ID {id}: name one with --entry-id"
-                    )));
+                .ok_or_else(|| TaskError::NotFound(format!("no entry {id}")))?,
+            TaskTarget::SpiffeId {
+                spiffe_id,
+                parent_id,
+            } => {
+                let parent_id = match requester {
+                    Requester::Workload { agent, .. } => Some(agent.clone()),
+                    Requester::User(_) => parent_id.clone(),
+                };
+                let mut found: Vec<RegistrationEntry> = self
+                    .ds
+                    .list_entries(&EntryFilter {
+                        spiffe_id: Some(spiffe_id.clone()),
+                        parent_id,
+                    })
+                    .await?
+                    .into_iter()
+                    .filter(|e| e.jit)
+                    .collect();
+                match found.len() {
+                    0 => {
+                        return Err(TaskError::NotFound(format!(
+                            "no just-in-time entry for {spiffe_id}"
+                        )));
+                    }
+                    1 => found.remove(0),
+                    n => {
+                        return Err(TaskError::Invalid(format!(
+                            "{n} just-in-time entries have SPIFFE ID {spiffe_id}: name one with --entry-id"
+                        )));
+                    }
                 }
             }
-        } else {
-            return Err(TaskError::Invalid(
-                "name the entry the task activates (entry id or SPIFFE ID), or provision one"
-                    .into(),
-            ));
         };
-        if !entry.jit {
-            return Err(TaskError::Invalid(format!(
-                "entry {} is not just-in-time: it is live without a task (create it with --jit)",
-                entry.id
-            )));
-        }
         if let Requester::Workload { agent, .. } = requester
             && &entry.parent_id != agent
         {
             return Err(TaskError::NotFound(format!("no entry {}", entry.id)));
+        }
+        if !entry.jit {
+            return Err(TaskError::Invalid(format!(
+                "entry {} is not just-in-time: it is live without a task, so a task cannot activate it. \
+                 Create a just-in-time entry for the task (`entry create --jit ...`), or start the task \
+                 with --provision to create a temporary one",
+                entry.id
+            )));
         }
         Ok((entry, false))
     }
@@ -393,34 +292,22 @@ impl Tasks {
     pub async fn create(
         &self,
         requester: &Requester,
-        spec: &TaskSpec,
+        request: &TaskRequest,
     ) -> Result<TaskRecord, TaskError> {
-        text("reason", &spec.reason)?;
-        text("ticket", &spec.ticket)?;
-        if spec.scopes.len() > MAX_SCOPES {
-            return Err(TaskError::Invalid(format!("at most {MAX_SCOPES} scopes")));
-        }
-        for s in &spec.scopes {
-            text("scope", s)?;
-        }
-        if spec.ttl_seconds < 0 {
-            return Err(TaskError::Invalid("ttl must not be negative".into()));
-        }
-        let (entry, provisioned) = self.target(requester, spec).await?;
-        let now = now_unix();
-        let server_max = self.server_max_ttl();
-        let mut task = draft(requester, spec, &entry, provisioned, now);
-        let asked = self.asked_ttl(spec);
-        let decision = self.policy.evaluate(&Self::policy_request(
+        request.check()?;
+        let (entry, provisioned) = self.target(requester, &request.target).await?;
+        let now = self.clock.now_unix();
+        let mut task = draft(requester, request, &entry, provisioned, now);
+        let asked = self.asked_ttl(request);
+        let decision = self.policy.evaluate(&self.policy_request(
             Action::BeginTask,
             requester.principal(),
             &entry,
             &task,
             asked,
-            provisioned,
         ));
         let requested = AuditEvent::for_task(
-            "task.requested",
+            AuditKind::TaskRequested,
             &task.id,
             &task.spiffe_id,
             json!({
@@ -431,11 +318,15 @@ impl Tasks {
                 "reason": task.reason,
                 "ticket": task.ticket,
                 "scopes": task.scopes,
-                "ttl_seconds": spec.ttl_seconds,
+                "ttl_seconds": request.ttl.map_or(0, |d| d.as_secs()),
             }),
         );
-        let decided =
-            AuditEvent::for_task("task.policy", &task.id, &task.spiffe_id, decision.to_json());
+        let decided = AuditEvent::for_task(
+            AuditKind::TaskPolicy,
+            &task.id,
+            &task.spiffe_id,
+            decision.to_json(),
+        );
         if !decision.allowed {
             self.ds.append_audit(&[requested, decided]).await?;
             tracing::info!(task_id = %task.id, requester = %task.requester, explanation = %decision.explain(), "task denied by policy");
@@ -443,14 +334,14 @@ impl Tasks {
         }
         let ttl = asked
             .min(decision.max_ttl_seconds.unwrap_or(i64::MAX))
-            .min(server_max)
+            .min(self.server_max_ttl())
             .max(1);
         task.deadline = now.saturating_add(ttl);
         task.decision = decision.to_json();
         let mut audit = vec![requested, decided];
         if decision.approval_required {
             audit.push(AuditEvent::for_task(
-                "task.pending_approval",
+                AuditKind::TaskPendingApproval,
                 &task.id,
                 &task.spiffe_id,
                 json!({ "deadline": task.deadline }),
@@ -467,6 +358,23 @@ impl Tasks {
         // Publishes the entry (new, for provisioning; now live if the task is active).
         self.changed(&task, Some(entry));
         Ok(task)
+    }
+
+    /// Evaluates the policy for `request` as `requester` without starting anything.
+    pub async fn explain(
+        &self,
+        requester: &Requester,
+        request: &TaskRequest,
+    ) -> Result<Decision, TaskError> {
+        let (entry, provisioned) = self.target(requester, &request.target).await?;
+        let probe = draft(requester, request, &entry, provisioned, 0);
+        Ok(self.policy.evaluate(&self.policy_request(
+            Action::BeginTask,
+            requester.principal(),
+            &entry,
+            &probe,
+            self.asked_ttl(request),
+        )))
     }
 
     /// One task.
@@ -502,19 +410,18 @@ impl Tasks {
             self.ds.get_entry(&current.entry_id).await?.ok_or_else(|| {
                 TaskError::NotFound(format!("entry {} is gone", current.entry_id))
             })?;
-        let now = now_unix();
+        let now = self.clock.now_unix();
         if now >= current.deadline {
             return Err(TaskError::WrongState(format!("task {id} has expired")));
         }
         let mut task = current.clone();
         task.approver = label;
-        let decision = self.policy.evaluate(&Self::policy_request(
+        let decision = self.policy.evaluate(&self.policy_request(
             Action::BeginTask,
             principal_of(&task.requester),
             &entry,
             &task,
             task.deadline - now,
-            task.provisioned,
         ));
         if !decision.allowed {
             return Err(TaskError::Denied(decision.explain()));
@@ -523,7 +430,7 @@ impl Tasks {
         task.activated_at = now;
         let audit = [
             AuditEvent::for_task(
-                "task.approved",
+                AuditKind::TaskApproved,
                 &task.id,
                 &task.spiffe_id,
                 json!({ "approver": task.approver, "policy": decision.to_json() }),
@@ -544,8 +451,7 @@ impl Tasks {
         Ok(task)
     }
 
-    /// Ends an open task. `by` ends it as `outcome`; a workload may end only its own
-    /// tasks (checked by the caller).
+    /// Ends an open task. `by` ends it as `outcome`; a workload may end only its own tasks.
     pub async fn end(
         &self,
         id: &str,
@@ -553,7 +459,7 @@ impl Tasks {
         reason: &str,
         by: &Requester,
     ) -> Result<TaskRecord, TaskError> {
-        text("reason", reason)?;
+        check_reason(reason)?;
         let current = self.get(id).await?;
         if let Requester::Workload { spiffe_id, .. } = by
             && current.requester != spiffe_id.as_str()
@@ -578,6 +484,86 @@ impl Tasks {
             .ok_or_else(|| TaskError::WrongState(format!("task {id} ended concurrently")))
     }
 
+    /// The requester a workload on `agent` speaks as: its standing entry `entry_id`,
+    /// which must be parented to that agent and not just-in-time.
+    pub async fn workload_requester(
+        &self,
+        agent: &SpiffeId,
+        entry_id: &str,
+    ) -> Result<Requester, TaskError> {
+        match self.ds.get_entry(entry_id).await? {
+            Some(e) if &e.parent_id == agent && !e.jit => Ok(Requester::Workload {
+                spiffe_id: e.spiffe_id,
+                agent: agent.clone(),
+            }),
+            _ => Err(TaskError::Forbidden(
+                "the caller has no standing identity on this agent".into(),
+            )),
+        }
+    }
+
+    /// Ends task `id` for a workload on `agent` whose standing entries are
+    /// `requester_entry_ids`: only a task one of them requested, and never as `revoked`.
+    pub async fn end_for_workload(
+        &self,
+        agent: &SpiffeId,
+        requester_entry_ids: &[String],
+        id: &str,
+        outcome: Outcome,
+        reason: &str,
+    ) -> Result<TaskRecord, TaskError> {
+        if requester_entry_ids.len() > MAX_REQUESTER_ENTRIES {
+            return Err(TaskError::Invalid("too many requester entries".into()));
+        }
+        let task = self.get(id).await?;
+        let mut requester = None;
+        for entry_id in requester_entry_ids {
+            if let Ok(r) = self.workload_requester(agent, entry_id).await
+                && r.label() == task.requester
+            {
+                requester = Some(r);
+                break;
+            }
+        }
+        // Same answer as for a missing task: a workload learns nothing of others' tasks.
+        let requester = requester.ok_or_else(|| TaskError::NotFound(format!("no task {id}")))?;
+        if outcome == Outcome::Revoked {
+            return Err(TaskError::Forbidden(
+                "a workload ends its task as completed, failed or cancelled; revoking is for operators".into(),
+            ));
+        }
+        self.end(id, outcome, reason, &requester).await
+    }
+
+    /// Records that `agent` validated (or refused) a JWT-SVID of task `task_id` presented
+    /// as `subject`. Only tasks that exist are recorded: the log is not a sink for
+    /// arbitrary claims.
+    pub async fn record_token_use(
+        &self,
+        agent: &SpiffeId,
+        task_id: &str,
+        subject: &SpiffeId,
+        token_use: &TokenUse,
+    ) -> Result<(), TaskError> {
+        token_use.check(task_id)?;
+        let task = self.get(task_id).await?;
+        self.ds
+            .append_audit(&[AuditEvent::for_task(
+                AuditKind::TaskJwtValidated,
+                &task.id,
+                subject,
+                json!({
+                    "agent_id": agent.as_str(),
+                    "audience": token_use.audience,
+                    "accepted": token_use.accepted,
+                    "reason": token_use.reason,
+                    "expires_at": token_use.expires_at,
+                }),
+            )])
+            .await?;
+        Ok(())
+    }
+
     /// Moves an open task to a final state; `None` if it was no longer open.
     async fn finish(
         &self,
@@ -588,17 +574,17 @@ impl Tasks {
     ) -> Result<Option<TaskRecord>, TaskError> {
         let mut task = current.clone();
         task.state = state;
-        task.ended_at = now_unix();
+        task.ended_at = self.clock.now_unix();
         task.end_reason = reason.to_owned();
         let mut audit = vec![AuditEvent::for_task(
-            "task.ended",
+            AuditKind::TaskEnded,
             &task.id,
             &task.spiffe_id,
             json!({ "state": state.as_str(), "reason": reason, "by": by }),
         )];
         if task.provisioned {
             audit.push(AuditEvent::for_task(
-                "entry.deleted",
+                AuditKind::EntryDeleted,
                 &task.id,
                 &task.spiffe_id,
                 json!({ "entry_id": task.entry_id, "by": "task end" }),
@@ -667,18 +653,16 @@ impl Tasks {
                 return Err("cannot check the task; see the server log".into());
             }
         };
-        let now = now_unix();
-        let left = task.deadline - now;
+        let left = task.deadline - self.clock.now_unix();
         if left <= 0 {
             return Err(format!("task {} has reached its deadline", task.id));
         }
-        let decision = self.policy.evaluate(&Self::policy_request(
+        let decision = self.policy.evaluate(&self.policy_request(
             Action::IssueSvid,
             principal_of(&task.requester),
             entry,
             &task,
             left,
-            task.provisioned,
         ));
         if !decision.allowed {
             return Err(format!(
@@ -698,7 +682,7 @@ impl Tasks {
     /// Expires open tasks whose deadline has passed; returns how many.
     pub async fn expire_due(&self) -> Result<usize, TaskError> {
         let mut n = 0;
-        for t in self.ds.due_tasks(now_unix()).await? {
+        for t in self.ds.due_tasks(self.clock.now_unix()).await? {
             if self
                 .finish(t, TaskState::Expired, "deadline reached", "server")
                 .await?
@@ -713,65 +697,13 @@ impl Tasks {
     /// Recomputes the revocations (ended tasks and CRLs) and publishes them when they
     /// changed, or when `force`d.
     async fn refresh_revocations(&self, force: bool) -> Result<(), DatastoreError> {
-        // One refresh at a time, so an older computation never overwrites a newer one.
-        let _serial = self.refresh_lock.lock().await;
-        let now = now_unix();
-        let (tasks, svids) = self.ds.revoked_since(now).await?;
-        let ended: Vec<EndedTask> = tasks
-            .iter()
-            .filter(|t| ended_early(t))
-            .map(|t| EndedTask {
-                task_id: t.id.clone(),
-                until: t.deadline,
-                state: t.state.as_str().to_owned(),
-            })
-            .collect();
-        let listed: Vec<(String, String)> = svids
-            .iter()
-            .map(|v| (v.issuer_serial.clone(), v.serial.clone()))
-            .collect();
+        if self
+            .revocations
+            .refresh(&*self.ds, &self.ca, self.clock.now(), force)
+            .await?
         {
-            let cur = self.revocations.read().unwrap_or_else(|e| e.into_inner());
-            let last = self.crl_listed.read().unwrap_or_else(|e| e.into_inner());
-            if !force && cur.ended_tasks == ended && *last == listed {
-                return Ok(());
-            }
+            self.events.publish(ChangeEvent::RevocationsChanged);
         }
-        let ended_at: HashMap<&str, i64> =
-            tasks.iter().map(|t| (t.id.as_str(), t.ended_at)).collect();
-        let mut by_ca: BTreeMap<&str, Vec<Revoked>> = BTreeMap::new();
-        for s in &svids {
-            let at = ended_at.get(s.task_id.as_str()).copied().unwrap_or(now);
-            by_ca.entry(&s.issuer_serial).or_default().push(Revoked {
-                serial_hex: s.serial.clone(),
-                at: SystemTime::UNIX_EPOCH + Duration::from_secs(at.max(0).unsigned_abs()),
-            });
-        }
-        let number = self.crl_number.fetch_add(1, Ordering::Relaxed) + 1;
-        let next_update = SystemTime::now() + CRL_VALIDITY;
-        let mut crls = Vec::new();
-        for (ca, revoked) in by_ca {
-            match self.ca.sign_crl(ca, &revoked, number, next_update) {
-                Some(Ok(der)) => crls.push(der),
-                Some(Err(e)) => tracing::error!(error = %e, ca_serial = ca, "cannot sign a CRL"),
-                None => tracing::warn!(
-                    ca_serial = ca,
-                    revoked = revoked.len(),
-                    "no CRL for SVIDs of a retired CA (its key is gone); ended tasks still remove them"
-                ),
-            }
-        }
-        let new = Revocations {
-            crls,
-            ended_tasks: ended,
-        };
-        *self.revocations.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
-        *self.crl_listed.write().unwrap_or_else(|e| e.into_inner()) = listed;
-        *self
-            .crl_signed_at
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = Some(SystemTime::now());
-        self.events.publish(ChangeEvent::RevocationsChanged);
         Ok(())
     }
 
@@ -795,11 +727,7 @@ impl Tasks {
             if !n.is_multiple_of(PRUNE_EVERY_TICKS) {
                 continue;
             }
-            let stale = self
-                .crl_signed_at
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_none_or(|t| t.elapsed().unwrap_or_default() >= CRL_VALIDITY / 2);
+            let stale = self.revocations.stale(self.clock.now());
             if let Err(e) = self.refresh_revocations(stale).await {
                 tracing::error!(error = %e, "refreshing revocations failed");
             }
@@ -807,10 +735,10 @@ impl Tasks {
     }
 }
 
-/// A new task for `spec` on `entry`, pending until policy and approval say otherwise.
+/// A new task for `request` on `entry`, pending until policy and approval say otherwise.
 fn draft(
     requester: &Requester,
-    spec: &TaskSpec,
+    request: &TaskRequest,
     entry: &RegistrationEntry,
     provisioned: bool,
     now: i64,
@@ -824,9 +752,9 @@ fn draft(
         provisioned,
         requester: requester.label(),
         approver: String::new(),
-        reason: spec.reason.clone(),
-        ticket: spec.ticket.clone(),
-        scopes: spec.scopes.clone(),
+        reason: request.reason.clone(),
+        ticket: request.ticket.clone(),
+        scopes: request.scopes.clone(),
         created_at: now,
         activated_at: 0,
         deadline: 0,
@@ -845,93 +773,9 @@ fn grant(t: &TaskRecord) -> TaskGrant {
 
 fn activated_event(t: &TaskRecord) -> AuditEvent {
     AuditEvent::for_task(
-        "task.activated",
+        AuditKind::TaskActivated,
         &t.id,
         &t.spiffe_id,
         json!({ "deadline": t.deadline, "entry_id": t.entry_id }),
     )
-}
-
-/// The wire form of a task.
-pub fn to_wire(t: &TaskRecord) -> tessera::Task {
-    let d = &t.decision;
-    let s = |k: &str| d.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
-    let list = |k: &str| {
-        d.get(k)
-            .and_then(|v| v.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    tessera::Task {
-        id: t.id.clone(),
-        state: t.state.as_str().to_owned(),
-        entry_id: t.entry_id.clone(),
-        spiffe_id: t.spiffe_id.to_string(),
-        parent_id: t.parent_id.to_string(),
-        provisioned: t.provisioned,
-        requester: t.requester.clone(),
-        approver: t.approver.clone(),
-        reason: t.reason.clone(),
-        ticket: t.ticket.clone(),
-        scopes: t.scopes.clone(),
-        created_at: t.created_at,
-        activated_at: t.activated_at,
-        deadline: t.deadline,
-        ended_at: t.ended_at,
-        end_reason: t.end_reason.clone(),
-        decision: (!d.is_null()).then(|| tessera::PolicyDecision {
-            allowed: d
-                .get("allowed")
-                .and_then(serde_json::Value::as_bool)
-                .unwrap_or(false),
-            approval_required: d
-                .get("approval_required")
-                .and_then(serde_json::Value::as_bool)
-                .unwrap_or(false),
-            max_ttl_seconds: d
-                .get("max_ttl_seconds")
-                .and_then(serde_json::Value::as_i64)
-                .unwrap_or(0),
-            policies: list("policies"),
-            errors: list("errors"),
-            explanation: s("explanation"),
-        }),
-    }
-}
-
-/// The wire form of a policy decision.
-pub fn decision_to_wire(d: &Decision) -> tessera::PolicyDecision {
-    tessera::PolicyDecision {
-        allowed: d.allowed,
-        approval_required: d.approval_required,
-        max_ttl_seconds: d.max_ttl_seconds.unwrap_or(0),
-        policies: d.policies.clone(),
-        errors: d.errors.clone(),
-        explanation: d.explain(),
-    }
-}
-
-impl Tasks {
-    /// Evaluates the policy for `spec` as `requester` without starting anything.
-    pub async fn explain(
-        &self,
-        requester: &Requester,
-        spec: &TaskSpec,
-    ) -> Result<Decision, TaskError> {
-        let (entry, provisioned) = self.target(requester, spec).await?;
-        let probe = draft(requester, spec, &entry, provisioned, 0);
-        let ttl = self.asked_ttl(spec);
-        Ok(self.policy.evaluate(&Self::policy_request(
-            Action::BeginTask,
-            requester.principal(),
-            &entry,
-            &probe,
-            ttl,
-            provisioned,
-        )))
-    }
 }

@@ -13,8 +13,8 @@ use common::proto::tessera::{
     ListEntriesRequest, ListEntriesResponse, UpdateEntryRequest,
 };
 use common::proto::tessera::{
-    AuditRecord as WireAuditRecord, CaInfo as WireCaInfo, ListAuditRequest, ListCasRequest,
-    ListCasResponse, RotateCaRequest, VerifyAuditRequest, VerifyAuditResponse,
+    AuditRecord as WireAuditRecord, ListAuditRequest, ListCasRequest, ListCasResponse,
+    RotateCaRequest, VerifyAuditRequest, VerifyAuditResponse,
 };
 use common::proto::tessera::{
     EndTaskRequest, ListTasksRequest, ListTasksResponse, PolicyDecision, PolicyStatus,
@@ -23,14 +23,14 @@ use common::proto::tessera::{
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
-use crate::app::BundlePublisher;
-use crate::audit::{AuditChainError, AuditEvent};
-use crate::ca::rotation::CaInfo;
-use crate::datastore::{AgentRecord, Datastore};
+use super::wire;
+use crate::audit::{AuditChainError, AuditEvent, AuditKind};
+use crate::bundle::BundlePublisher;
+use crate::datastore::Datastore;
 use crate::node_attestation::NodeAttestor;
 use crate::registration::Registrar;
 use crate::server_identity::ServerIdentity;
-use crate::tasks::{Requester, Tasks, decision_to_wire, to_wire};
+use crate::tasks::{Requester, Tasks};
 
 /// The admin API service.
 #[derive(Debug, Clone)]
@@ -44,39 +44,6 @@ pub(crate) struct AdminService {
     pub(crate) tasks: Arc<Tasks>,
     /// Members of this group (by gid) may administer too (e.g. task approvers).
     pub(crate) admin_gid: Option<u32>,
-}
-
-fn audit_to_wire(r: &crate::audit::AuditRecord) -> WireAuditRecord {
-    WireAuditRecord {
-        seq: r.seq,
-        at_ms: r.at_ms,
-        kind: r.event.kind.clone(),
-        task_id: r.event.task_id.clone().unwrap_or_default(),
-        subject: r.event.subject.clone(),
-        detail_json: r.event.detail.to_string(),
-        prev_hash: r.prev_hash.clone(),
-        hash: r.hash.clone(),
-    }
-}
-
-fn unix(t: std::time::SystemTime) -> i64 {
-    t.duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-fn cas_to_wire(list: &[CaInfo]) -> ListCasResponse {
-    ListCasResponse {
-        cas: list
-            .iter()
-            .map(|c| WireCaInfo {
-                serial: c.serial.clone(),
-                phase: c.phase.as_str().to_owned(),
-                not_before: unix(c.not_before),
-                not_after: unix(c.not_after),
-            })
-            .collect(),
-    }
 }
 
 /// The operator calling: root, the server's own user, or a member of the admin group.
@@ -112,17 +79,6 @@ fn operator<T>(req: &Request<T>, admin_gid: Option<u32>) -> Result<String, Statu
     }
 }
 
-fn agent_to_wire(a: &AgentRecord) -> Agent {
-    Agent {
-        spiffe_id: a.spiffe_id.to_string(),
-        serial: a.serial.clone(),
-        expires_at: a.expires_at,
-        attested_at: a.attested_at,
-        banned: a.banned,
-        attestation_type: a.attestation_type.clone(),
-    }
-}
-
 impl AdminService {
     fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
         operator(req, self.admin_gid).map(|_| ())
@@ -137,14 +93,17 @@ impl AdminService {
 impl Admin for AdminService {
     async fn create_task(&self, req: Request<TaskSpec>) -> Result<Response<Task>, Status> {
         let who = self.caller(&req)?;
-        let t = self.tasks.create(&who, req.get_ref()).await?;
-        Ok(Response::new(to_wire(&t)))
+        let t = self
+            .tasks
+            .create(&who, &wire::task_request(req.get_ref())?)
+            .await?;
+        Ok(Response::new(wire::task(&t)))
     }
 
     async fn get_task(&self, req: Request<TaskIdRequest>) -> Result<Response<Task>, Status> {
         self.authorize(&req)?;
         let t = self.tasks.get(&req.get_ref().id).await?;
-        Ok(Response::new(to_wire(&t)))
+        Ok(Response::new(wire::task(&t)))
     }
 
     async fn list_tasks(
@@ -160,14 +119,14 @@ impl Admin for AdminService {
         };
         let tasks = self.tasks.list(state).await?;
         Ok(Response::new(ListTasksResponse {
-            tasks: tasks.iter().map(to_wire).collect(),
+            tasks: tasks.iter().map(wire::task).collect(),
         }))
     }
 
     async fn approve_task(&self, req: Request<TaskIdRequest>) -> Result<Response<Task>, Status> {
         let who = self.caller(&req)?;
         let t = self.tasks.approve(&req.get_ref().id, &who).await?;
-        Ok(Response::new(to_wire(&t)))
+        Ok(Response::new(wire::task(&t)))
     }
 
     async fn end_task(&self, req: Request<EndTaskRequest>) -> Result<Response<Task>, Status> {
@@ -177,7 +136,7 @@ impl Admin for AdminService {
             .tasks
             .end(&r.id, r.outcome.parse()?, &r.reason, &who)
             .await?;
-        Ok(Response::new(to_wire(&t)))
+        Ok(Response::new(wire::task(&t)))
     }
 
     async fn explain_task(
@@ -185,8 +144,11 @@ impl Admin for AdminService {
         req: Request<TaskSpec>,
     ) -> Result<Response<PolicyDecision>, Status> {
         let who = self.caller(&req)?;
-        let d = self.tasks.explain(&who, req.get_ref()).await?;
-        Ok(Response::new(decision_to_wire(&d)))
+        let d = self
+            .tasks
+            .explain(&who, &wire::task_request(req.get_ref())?)
+            .await?;
+        Ok(Response::new(wire::decision(&d)))
     }
 
     async fn reload_policy(
@@ -203,7 +165,7 @@ impl Admin for AdminService {
         })?;
         self.ds
             .append_audit(&[AuditEvent::new(
-                "policy.reloaded",
+                AuditKind::PolicyReloaded,
                 policy.describe(),
                 serde_json::json!({ "policies": n, "by": who.label() }),
             )])
@@ -234,7 +196,10 @@ impl Admin for AdminService {
 
     async fn create_entry(&self, req: Request<EntrySpec>) -> Result<Response<Entry>, Status> {
         self.authorize(&req)?;
-        let e = self.registrar.create(req.get_ref()).await?;
+        let e = self
+            .registrar
+            .create(&wire::entry_request(req.get_ref())?)
+            .await?;
         Ok(Response::new((&e).into()))
     }
 
@@ -247,7 +212,10 @@ impl Admin for AdminService {
         let spec = r
             .spec
             .ok_or_else(|| Status::invalid_argument("spec is required"))?;
-        let e = self.registrar.update(&r.id, &spec).await?;
+        let e = self
+            .registrar
+            .update(&r.id, &wire::entry_request(&spec)?)
+            .await?;
         Ok(Response::new((&e).into()))
     }
 
@@ -285,20 +253,20 @@ impl Admin for AdminService {
         self.authorize(&req)?;
         let agents = self.attestor.list().await?;
         Ok(Response::new(ListAgentsResponse {
-            agents: agents.iter().map(agent_to_wire).collect(),
+            agents: agents.iter().map(wire::agent).collect(),
         }))
     }
 
     async fn evict_agent(&self, req: Request<AgentIdRequest>) -> Result<Response<Agent>, Status> {
         self.authorize(&req)?;
         let a = self.attestor.evict(&req.get_ref().spiffe_id).await?;
-        Ok(Response::new(agent_to_wire(&a)))
+        Ok(Response::new(wire::agent(&a)))
     }
 
     async fn ban_agent(&self, req: Request<AgentIdRequest>) -> Result<Response<Agent>, Status> {
         self.authorize(&req)?;
         let a = self.attestor.ban(&req.get_ref().spiffe_id).await?;
-        Ok(Response::new(agent_to_wire(&a)))
+        Ok(Response::new(wire::agent(&a)))
     }
 
     async fn get_bundle(
@@ -315,7 +283,7 @@ impl Admin for AdminService {
         req: Request<ListCasRequest>,
     ) -> Result<Response<ListCasResponse>, Status> {
         self.authorize(&req)?;
-        Ok(Response::new(cas_to_wire(&self.publisher.ca.list())))
+        Ok(Response::new(wire::cas(&self.publisher.ca.list())))
     }
 
     async fn rotate_ca(
@@ -329,7 +297,7 @@ impl Admin for AdminService {
         })?;
         self.ds
             .append_audit(&[AuditEvent::new(
-                "ca.rotated",
+                AuditKind::CaRotated,
                 self.publisher.ca.active().serial_hex(),
                 serde_json::json!({ "reason": "operator" }),
             )])
@@ -339,7 +307,7 @@ impl Admin for AdminService {
         if let Err(e) = self.identity.renew() {
             tracing::error!(error = %e, "cannot re-issue the server certificate");
         }
-        Ok(Response::new(cas_to_wire(&self.publisher.ca.list())))
+        Ok(Response::new(wire::cas(&self.publisher.ca.list())))
     }
 
     type ListAuditStream =
@@ -356,7 +324,7 @@ impl Admin for AdminService {
             .list_audit((!task.is_empty()).then_some(task.as_str()))
             .await?;
         let items: Vec<Result<WireAuditRecord, Status>> =
-            records.iter().map(|r| Ok(audit_to_wire(r))).collect();
+            records.iter().map(|r| Ok(wire::audit_record(r))).collect();
         Ok(Response::new(Box::pin(futures::stream::iter(items))))
     }
 

@@ -242,17 +242,18 @@ impl CaSet {
         self.active().sign_svid(csr_der, spiffe_id, ttl, dns_names)
     }
 
-    /// Signs an X.509-SVID under a task with the active CA (see [`Ca::sign_svid_for_task`]).
+    /// Signs an X.509-SVID, under a task if `task_id` is given, with the active CA (see
+    /// [`Ca::sign_svid_for_task`]).
     pub fn sign_svid_for_task(
         &self,
         csr_der: &[u8],
         spiffe_id: &SpiffeId,
         ttl: Duration,
         dns_names: &[String],
-        task_id: &str,
+        task_id: Option<&str>,
     ) -> Result<Issued, CaError> {
         self.active()
-            .sign_svid_for_task(csr_der, spiffe_id, ttl, dns_names, Some(task_id))
+            .sign_svid_for_task(csr_der, spiffe_id, ttl, dns_names, task_id)
     }
 
     /// Signs a CRL with the CA whose serial is `ca_serial`, if this server still holds its

@@ -227,9 +227,11 @@ fn agent(id: &str, serial: &str) -> AgentRecord {
 
 fn event(kind: &str, subject: &str, task_id: Option<&str>) -> AuditEvent {
     let detail = json!({"subject": subject, "n": 1, "text": "ünïcode \"q\" \\ /"});
-    match task_id {
-        Some(t) => AuditEvent::for_task(kind, t, subject, detail),
-        None => AuditEvent::new(kind, subject, detail),
+    AuditEvent {
+        kind: kind.to_owned(),
+        task_id: task_id.map(str::to_owned),
+        subject: subject.to_owned(),
+        detail,
     }
 }
 

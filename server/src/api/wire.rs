@@ -1,0 +1,308 @@
+//! Conversions between the server's domain values and the wire messages of the node and
+//! admin APIs, in one place. Incoming messages are parsed here into domain requests
+//! (what the caller got wrong becomes a precise `InvalidArgument`); outgoing ones are
+//! built from domain records. Conversions shared with the agent (entries, bundles) live
+//! in `common::proto`.
+
+use common::SpiffeId;
+use common::proto::tessera as wire;
+use tonic::Status;
+
+use crate::audit::AuditRecord;
+use crate::ca::rotation::CaInfo;
+use crate::clock::unix_seconds;
+use crate::datastore::{AgentRecord, TaskRecord};
+use crate::issuance::X509Outcome;
+use crate::policy::Decision;
+use crate::registration::{EntryRequest, RegistrationError};
+use crate::tasks::{RevocationSet, TaskRequest, TaskTarget};
+
+/// `secs` as an optional lifetime: 0 is "unset", negative is refused as `field`'s error.
+fn ttl(field: &'static str, secs: i64) -> Result<Option<std::time::Duration>, RegistrationError> {
+    match u64::try_from(secs) {
+        Ok(0) => Ok(None),
+        Ok(s) => Ok(Some(std::time::Duration::from_secs(s))),
+        Err(_) => Err(RegistrationError::bad_ttl(field)),
+    }
+}
+
+/// An entry spec as a registration request.
+pub(crate) fn entry_request(spec: &wire::EntrySpec) -> Result<EntryRequest, RegistrationError> {
+    Ok(EntryRequest {
+        spiffe_id: spec.spiffe_id.clone(),
+        parent_id: spec.parent_id.clone(),
+        selectors: spec.selectors.clone(),
+        x509_svid_ttl: ttl("x509_svid_ttl", spec.x509_svid_ttl_seconds)?,
+        jwt_svid_ttl: ttl("jwt_svid_ttl", spec.jwt_svid_ttl_seconds)?,
+        dns_names: spec.dns_names.clone(),
+        jit: spec.jit,
+        hint: spec.hint.clone(),
+    })
+}
+
+fn spiffe_id(field: &str, raw: &str) -> Result<SpiffeId, Status> {
+    SpiffeId::new(raw).map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
+}
+
+/// A task spec as a task request.
+pub(crate) fn task_request(spec: &wire::TaskSpec) -> Result<TaskRequest, Status> {
+    let target = if spec.provision {
+        if !spec.entry_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "a provisioning task creates its entry: give --spiffe-id, --parent-id and --selector, not --entry-id",
+            ));
+        }
+        TaskTarget::Provision {
+            spiffe_id: spec.spiffe_id.clone(),
+            parent_id: spec.parent_id.clone(),
+            selectors: spec.selectors.clone(),
+        }
+    } else if !spec.entry_id.is_empty() {
+        TaskTarget::Entry(spec.entry_id.clone())
+    } else if !spec.spiffe_id.is_empty() {
+        TaskTarget::SpiffeId {
+            spiffe_id: spiffe_id("spiffe_id", &spec.spiffe_id)?,
+            parent_id: if spec.parent_id.is_empty() {
+                None
+            } else {
+                Some(spiffe_id("parent_id", &spec.parent_id)?)
+            },
+        }
+    } else {
+        return Err(Status::invalid_argument(
+            "name the entry the task activates (entry id or SPIFFE ID), or provision one",
+        ));
+    };
+    let ttl = match u64::try_from(spec.ttl_seconds) {
+        Ok(0) => None,
+        Ok(s) => Some(std::time::Duration::from_secs(s)),
+        Err(_) => return Err(Status::invalid_argument("ttl must not be negative")),
+    };
+    Ok(TaskRequest {
+        target,
+        reason: spec.reason.clone(),
+        ticket: spec.ticket.clone(),
+        scopes: spec.scopes.clone(),
+        ttl,
+    })
+}
+
+/// The wire form of a policy decision.
+pub(crate) fn decision(d: &Decision) -> wire::PolicyDecision {
+    wire::PolicyDecision {
+        allowed: d.allowed,
+        approval_required: d.approval_required,
+        max_ttl_seconds: d.max_ttl_seconds.unwrap_or(0),
+        policies: d.policies.clone(),
+        errors: d.errors.clone(),
+        explanation: d.explain(),
+    }
+}
+
+/// The wire form of a task.
+pub(crate) fn task(t: &TaskRecord) -> wire::Task {
+    let d = &t.decision;
+    let s = |k: &str| d.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+    let list = |k: &str| {
+        d.get(k)
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    wire::Task {
+        id: t.id.clone(),
+        state: t.state.as_str().to_owned(),
+        entry_id: t.entry_id.clone(),
+        spiffe_id: t.spiffe_id.to_string(),
+        parent_id: t.parent_id.to_string(),
+        provisioned: t.provisioned,
+        requester: t.requester.clone(),
+        approver: t.approver.clone(),
+        reason: t.reason.clone(),
+        ticket: t.ticket.clone(),
+        scopes: t.scopes.clone(),
+        created_at: t.created_at,
+        activated_at: t.activated_at,
+        deadline: t.deadline,
+        ended_at: t.ended_at,
+        end_reason: t.end_reason.clone(),
+        decision: (!d.is_null()).then(|| wire::PolicyDecision {
+            allowed: d
+                .get("allowed")
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false),
+            approval_required: d
+                .get("approval_required")
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false),
+            max_ttl_seconds: d
+                .get("max_ttl_seconds")
+                .and_then(serde_json::Value::as_i64)
+                .unwrap_or(0),
+            policies: list("policies"),
+            errors: list("errors"),
+            explanation: s("explanation"),
+        }),
+    }
+}
+
+/// The wire form of the revocations every agent receives.
+pub(crate) fn revocations(r: &RevocationSet) -> wire::Revocations {
+    wire::Revocations {
+        crls: r.crls.clone(),
+        ended_tasks: r
+            .ended_tasks
+            .iter()
+            .map(|t| wire::EndedTask {
+                task_id: t.task_id.clone(),
+                until: t.until,
+                state: t.state.as_str().to_owned(),
+            })
+            .collect(),
+    }
+}
+
+/// The answer for one CSR.
+pub(crate) fn signed_svid(o: X509Outcome) -> wire::SignedX509Svid {
+    match o {
+        X509Outcome::Signed { entry_id, chain } => wire::SignedX509Svid {
+            entry_id,
+            svid_chain: chain_bytes(&chain),
+            error: String::new(),
+        },
+        X509Outcome::Refused { entry_id, reason } => wire::SignedX509Svid {
+            entry_id,
+            svid_chain: vec![],
+            error: reason,
+        },
+    }
+}
+
+/// DER certificates as bytes, leaf first.
+pub(crate) fn chain_bytes(chain: &[rustls_pki_types::CertificateDer<'static>]) -> Vec<Vec<u8>> {
+    chain.iter().map(|c| c.to_vec()).collect()
+}
+
+/// The wire form of an agent record.
+pub(crate) fn agent(a: &AgentRecord) -> wire::Agent {
+    wire::Agent {
+        spiffe_id: a.spiffe_id.to_string(),
+        serial: a.serial.clone(),
+        expires_at: a.expires_at,
+        attested_at: a.attested_at,
+        banned: a.banned,
+        attestation_type: a.attestation_type.clone(),
+    }
+}
+
+/// The wire form of an audit record.
+pub(crate) fn audit_record(r: &AuditRecord) -> wire::AuditRecord {
+    wire::AuditRecord {
+        seq: r.seq,
+        at_ms: r.at_ms,
+        kind: r.event.kind.clone(),
+        task_id: r.event.task_id.clone().unwrap_or_default(),
+        subject: r.event.subject.clone(),
+        detail_json: r.event.detail.to_string(),
+        prev_hash: r.prev_hash.clone(),
+        hash: r.hash.clone(),
+    }
+}
+
+/// The wire form of the CA list.
+pub(crate) fn cas(list: &[CaInfo]) -> wire::ListCasResponse {
+    wire::ListCasResponse {
+        cas: list
+            .iter()
+            .map(|c| wire::CaInfo {
+                serial: c.serial.clone(),
+                phase: c.phase.as_str().to_owned(),
+                not_before: unix_seconds(c.not_before),
+                not_after: unix_seconds(c.not_after),
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_specs_become_targets_or_precise_errors() {
+        let spec = |f: fn(&mut wire::TaskSpec)| {
+            let mut s = wire::TaskSpec::default();
+            f(&mut s);
+            task_request(&s)
+        };
+        let r = spec(|s| s.entry_id = "e1".into()).unwrap();
+        assert_eq!(r.target, TaskTarget::Entry("e1".into()));
+        assert_eq!(r.ttl, None);
+        let r = spec(|s| {
+            s.spiffe_id = "spiffe://example.org/db".into();
+            s.ttl_seconds = 60;
+        })
+        .unwrap();
+        assert!(matches!(
+            r.target,
+            TaskTarget::SpiffeId {
+                parent_id: None,
+                ..
+            }
+        ));
+        assert_eq!(r.ttl, Some(std::time::Duration::from_secs(60)));
+        let r = spec(|s| {
+            s.provision = true;
+            s.spiffe_id = "spiffe://example.org/tmp".into();
+        })
+        .unwrap();
+        assert!(r.provisions());
+        for (bad, want) in [
+            (spec(|_| {}), "name the entry"),
+            (
+                spec(|s| {
+                    s.provision = true;
+                    s.entry_id = "e1".into();
+                }),
+                "creates its entry",
+            ),
+            (spec(|s| s.spiffe_id = "not-an-id".into()), "spiffe_id:"),
+            (
+                spec(|s| {
+                    s.spiffe_id = "spiffe://example.org/db".into();
+                    s.parent_id = "x".into();
+                }),
+                "parent_id:",
+            ),
+            (
+                spec(|s| {
+                    s.entry_id = "e1".into();
+                    s.ttl_seconds = -1;
+                }),
+                "negative",
+            ),
+        ] {
+            let e = bad.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().contains(want), "{e:?} should say {want:?}");
+        }
+    }
+
+    #[test]
+    fn entry_ttls_zero_is_default_and_negative_is_refused() {
+        let mut spec = wire::EntrySpec::default();
+        assert_eq!(entry_request(&spec).unwrap().x509_svid_ttl, None);
+        spec.jwt_svid_ttl_seconds = 30;
+        assert_eq!(
+            entry_request(&spec).unwrap().jwt_svid_ttl,
+            Some(std::time::Duration::from_secs(30))
+        );
+        spec.x509_svid_ttl_seconds = -5;
+        let e = entry_request(&spec).unwrap_err();
+        assert!(e.to_string().contains("x509_svid_ttl"), "{e}");
+    }
+}

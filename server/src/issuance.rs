@@ -1,0 +1,287 @@
+//! Issuance: the one rule for who may receive which SVID.
+//!
+//! An agent may get credentials only for entries parented to its own SPIFFE ID; a
+//! just-in-time entry only while a task covers it and the policy allows the issuance,
+//! with lifetimes cut to the task's deadline and the policy's cap. The SPIFFE ID, DNS
+//! names and lifetime always come from the entry, never from the request: a CSR
+//! contributes its public key only. Every credential issued is in the audit log (and, for
+//! a task, the X.509 serials are recorded for its CRL) before it leaves the server.
+//!
+//! The gRPC handler (`api/node.rs`) authenticates the agent and converts wire messages;
+//! everything it decides is here, where a test can call it directly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{RegistrationEntry, SpiffeId};
+use rustls_pki_types::CertificateDer;
+
+use crate::audit::{AuditEvent, AuditKind};
+use crate::ca::rotation::CaSet;
+use crate::clock::{now_unix, unix_seconds};
+use crate::datastore::{Datastore, DatastoreError, TaskSvid};
+use crate::jwt_keys::JwtKeyManager;
+use crate::tasks::{IssueGrant, Tasks};
+
+/// Most CSRs accepted in one signing call.
+pub const MAX_CSRS_PER_CALL: usize = 1000;
+/// Most audiences in one JWT-SVID.
+pub const MAX_AUDIENCES: usize = 32;
+/// Longest audience value.
+pub const MAX_AUDIENCE_LENGTH: usize = 1024;
+
+/// Why a whole issuance request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum IssuanceError {
+    /// More CSRs than one call may carry.
+    #[error("at most {MAX_CSRS_PER_CALL} CSRs per call")]
+    TooManyCsrs,
+    /// A JWT-SVID was asked for without an audience.
+    #[error("audience must be specified")]
+    NoAudience,
+    /// Too many audiences, or an empty or overlong one.
+    #[error("at most {MAX_AUDIENCES} non-empty audiences of at most {MAX_AUDIENCE_LENGTH} bytes")]
+    BadAudience,
+    /// The entry does not exist or belongs to another agent (one answer for both, so an
+    /// agent learns nothing about entries it is not entitled to).
+    #[error("no such entry for this agent")]
+    NotEntitled,
+    /// The entry is just-in-time and no active task (or the policy) allows issuance now.
+    #[error("{0}")]
+    NoGrant(String),
+    /// Signing failed (our fault; details in the log).
+    #[error("BUG or key failure: JWT-SVID signing failed: {0}")]
+    Signing(String),
+    /// The datastore failed.
+    #[error(transparent)]
+    Datastore(#[from] DatastoreError),
+}
+
+/// One CSR for one entry.
+#[derive(Debug, Clone)]
+pub struct CsrRequest {
+    /// The entry whose identity is asked for.
+    pub entry_id: String,
+    /// The PKCS#10 CSR (DER); only its public key is used.
+    pub csr: Vec<u8>,
+}
+
+/// The answer for one CSR.
+#[derive(Debug, Clone)]
+pub enum X509Outcome {
+    /// Signed: the chain, leaf first.
+    Signed {
+        /// The entry.
+        entry_id: String,
+        /// Leaf first (the CA itself is in the bundle).
+        chain: Vec<CertificateDer<'static>>,
+    },
+    /// Refused, with a reason the agent may log.
+    Refused {
+        /// The entry.
+        entry_id: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A signed JWT-SVID.
+#[derive(Debug, Clone)]
+pub struct MintedJwt {
+    /// The compact JWS.
+    pub token: String,
+    /// `exp`, Unix seconds.
+    pub expires_at: i64,
+}
+
+/// Decides and signs workload SVIDs for agents.
+#[derive(Debug, Clone)]
+pub struct Issuer {
+    ds: Arc<dyn Datastore>,
+    ca: Arc<CaSet>,
+    jwt: Arc<JwtKeyManager>,
+    tasks: Arc<Tasks>,
+}
+
+impl Issuer {
+    /// An issuer signing with `ca` and `jwt` under the tasks of `tasks`.
+    pub fn new(
+        ds: Arc<dyn Datastore>,
+        ca: Arc<CaSet>,
+        jwt: Arc<JwtKeyManager>,
+        tasks: Arc<Tasks>,
+    ) -> Self {
+        Self { ds, ca, jwt, tasks }
+    }
+
+    /// The entry `entry_id` if `agent` may receive credentials for it.
+    async fn entitled(
+        &self,
+        agent: &SpiffeId,
+        entry_id: &str,
+    ) -> Result<Option<RegistrationEntry>, DatastoreError> {
+        Ok(self
+            .ds
+            .get_entry(entry_id)
+            .await?
+            .filter(|e| &e.parent_id == agent))
+    }
+
+    /// What a task allows for `entry`: `None` for a standing entry, the grant for a
+    /// just-in-time entry with an active task, or why nothing may be issued.
+    async fn grant(&self, entry: &RegistrationEntry) -> Result<Option<IssueGrant>, String> {
+        if entry.jit {
+            self.tasks.issue_grant(entry).await.map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Signs one X.509-SVID per CSR that `agent` is entitled to; refuses the others one
+    /// by one. Records task serials and audit records before returning anything.
+    pub async fn sign_x509(
+        &self,
+        agent: &SpiffeId,
+        requests: Vec<CsrRequest>,
+    ) -> Result<Vec<X509Outcome>, IssuanceError> {
+        if requests.len() > MAX_CSRS_PER_CALL {
+            return Err(IssuanceError::TooManyCsrs);
+        }
+        let mut out = Vec::with_capacity(requests.len());
+        let mut audit = Vec::with_capacity(requests.len());
+        let mut task_svids = Vec::new();
+        for CsrRequest { entry_id, csr } in requests {
+            let Some(entry) = self.entitled(agent, &entry_id).await? else {
+                out.push(X509Outcome::Refused {
+                    entry_id,
+                    reason: IssuanceError::NotEntitled.to_string(),
+                });
+                continue;
+            };
+            let grant = match self.grant(&entry).await {
+                Ok(g) => g,
+                Err(reason) => {
+                    out.push(X509Outcome::Refused { entry_id, reason });
+                    continue;
+                }
+            };
+            let ttl = grant
+                .as_ref()
+                .map_or(entry.x509_svid_ttl, |g| entry.x509_svid_ttl.min(g.max_ttl));
+            let task_id = grant.as_ref().map(|g| g.task.id.clone());
+            let issued = match self.ca.sign_svid_for_task(
+                &csr,
+                &entry.spiffe_id,
+                ttl,
+                &entry.dns_names,
+                task_id.as_deref(),
+            ) {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::warn!(agent_id = %agent, entry_id = %entry.id, error = %e, "X.509-SVID not issued");
+                    out.push(X509Outcome::Refused {
+                        entry_id,
+                        reason: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            let not_after = unix_seconds(issued.not_after);
+            tracing::info!(
+                agent_id = %agent,
+                entry_id = %entry.id,
+                spiffe_id = %entry.spiffe_id,
+                serial = %issued.serial_hex,
+                task_id = task_id.as_deref().unwrap_or(""),
+                "X.509-SVID issued"
+            );
+            let mut detail = serde_json::json!({
+                "entry_id": entry.id,
+                "agent_id": agent.as_str(),
+                "serial": issued.serial_hex,
+                "not_after": not_after,
+            });
+            if let Some(g) = &grant {
+                detail["policy"] = g.decision.to_json();
+                task_svids.push(TaskSvid {
+                    task_id: g.task.id.clone(),
+                    serial: issued.serial_hex.clone(),
+                    issuer_serial: issued.issuer_serial.clone(),
+                    not_after,
+                });
+            }
+            audit.push(AuditEvent {
+                task_id,
+                ..AuditEvent::new(AuditKind::SvidX509Issued, &entry.spiffe_id, detail)
+            });
+            out.push(X509Outcome::Signed {
+                entry_id: entry.id,
+                chain: issued.chain,
+            });
+        }
+        // Recorded before any SVID leaves the server.
+        self.ds.record_task_svids(&task_svids).await?;
+        self.ds.append_audit(&audit).await?;
+        Ok(out)
+    }
+
+    /// Signs a JWT-SVID for `entry_id` with `audience`, if `agent` is entitled to it.
+    pub async fn mint_jwt(
+        &self,
+        agent: &SpiffeId,
+        entry_id: &str,
+        audience: &[String],
+    ) -> Result<MintedJwt, IssuanceError> {
+        if audience.is_empty() {
+            return Err(IssuanceError::NoAudience);
+        }
+        if audience.len() > MAX_AUDIENCES
+            || audience
+                .iter()
+                .any(|a| a.is_empty() || a.len() > MAX_AUDIENCE_LENGTH)
+        {
+            return Err(IssuanceError::BadAudience);
+        }
+        let entry = self
+            .entitled(agent, entry_id)
+            .await?
+            .ok_or(IssuanceError::NotEntitled)?;
+        let grant = self.grant(&entry).await.map_err(IssuanceError::NoGrant)?;
+        let mut extra = serde_json::Map::new();
+        let mut ttl: Duration = entry.jwt_svid_ttl;
+        if let Some(g) = &grant {
+            extra.insert(
+                common::task::JWT_CLAIM.into(),
+                serde_json::Value::from(g.task.id.clone()),
+            );
+            ttl = ttl.min(g.max_ttl);
+        }
+        let (token, expires_at) = self
+            .jwt
+            .sign(&entry.spiffe_id, audience, ttl, now_unix(), &extra)
+            .map_err(|e| IssuanceError::Signing(e.to_string()))?;
+        self.ds
+            .append_audit(&[AuditEvent {
+                task_id: grant.as_ref().map(|g| g.task.id.clone()),
+                ..AuditEvent::new(
+                    AuditKind::SvidJwtIssued,
+                    &entry.spiffe_id,
+                    serde_json::json!({
+                        "entry_id": entry.id,
+                        "agent_id": agent.as_str(),
+                        "audience": audience,
+                        "expires_at": expires_at,
+                    }),
+                )
+            }])
+            .await?;
+        tracing::info!(
+            agent_id = %agent,
+            entry_id = %entry.id,
+            spiffe_id = %entry.spiffe_id,
+            expires_at,
+            "JWT-SVID issued"
+        );
+        Ok(MintedJwt { token, expires_at })
+    }
+}

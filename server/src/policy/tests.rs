@@ -1,0 +1,338 @@
+//! Policy loading, evaluation and explanations.
+
+use super::*;
+
+/// 2024-06-03 10:00:00 UTC, a Monday; 2024-06-01 (same time) was a Saturday.
+const MONDAY_10H: i64 = 1_717_408_800;
+const SATURDAY_10H: i64 = MONDAY_10H - 2 * 86_400;
+const ANY: &str = "permit (principal, action, resource);";
+const OPS: &str = r#"
+@id("oncall-db") @approval("required") @max_ttl("900")
+permit (principal == Tessera::User::"alice", action == Tessera::Action::"begin_task", resource)
+when { resource.jit };
+
+@id("no-prod-weekend")
+forbid (principal, action, resource)
+when { resource.trust_domain == "prod.example" && [0, 6].contains(context.weekday_utc) };
+"#;
+
+fn req(action: Action, principal: Principal) -> PolicyRequest {
+    let entry = EntryFacts {
+        id: "e1".into(),
+        spiffe_id: "spiffe://prod.example/db/primary".into(),
+        jit: true,
+        selectors: vec!["unix:uid:1000".into()],
+    };
+    PolicyRequest {
+        action,
+        principal,
+        entry,
+        scopes: vec!["db:read".into()],
+        ttl_seconds: 600,
+        ticket: "INC-42".into(),
+        reason: "fix".into(),
+        approver: None,
+        now_unix: MONDAY_10H,
+        provisioned: false,
+    }
+}
+
+fn alice() -> PolicyRequest {
+    req(Action::BeginTask, Principal::User("alice".into()))
+}
+
+fn workload(id: &str) -> Principal {
+    Principal::Workload(id.into())
+}
+
+fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    dir
+}
+
+fn engine(files: &[(&str, &str)]) -> (tempfile::TempDir, PolicyEngine) {
+    let dir = dir_with(files);
+    let e = PolicyEngine::load_dir(dir.path()).unwrap();
+    (dir, e)
+}
+
+/// The load error for `files`; `check_dir` must report the same.
+fn load_err(files: &[(&str, &str)]) -> String {
+    let dir = dir_with(files);
+    let err = PolicyEngine::load_dir(dir.path()).unwrap_err().to_string();
+    let check = PolicyEngine::check_dir(dir.path()).unwrap_err();
+    assert_eq!(check.to_string(), err);
+    err
+}
+
+#[test]
+fn allow_with_approval_and_ttl() {
+    let (_d, e) = engine(&[("ops.cedar", OPS)]);
+    let d = e.evaluate(&alice());
+    assert!(d.allowed && d.approval_required && d.errors.is_empty());
+    assert_eq!(d.max_ttl_seconds, Some(900));
+    assert_eq!(d.policies, ["ops.cedar:oncall-db"]);
+    let want = "allowed by policies [ops.cedar:oncall-db] (approval required; max TTL 900 s)";
+    assert_eq!(d.explain(), want);
+    let j = d.to_json();
+    assert_eq!(j["allowed"], true);
+    assert_eq!(j["max_ttl_seconds"], 900);
+    assert_eq!(j["explanation"], want);
+}
+
+#[test]
+fn deny_by_forbid_names_policy() {
+    let (_d, e) = engine(&[("ops.cedar", OPS)]);
+    let d = e.evaluate(&PolicyRequest {
+        now_unix: SATURDAY_10H,
+        ..alice()
+    });
+    assert!(!d.allowed && !d.approval_required && d.max_ttl_seconds.is_none());
+    assert_eq!(d.policies, ["ops.cedar:no-prod-weekend"]);
+    assert_eq!(
+        d.explain(),
+        "denied by policies [ops.cedar:no-prod-weekend]"
+    );
+}
+
+#[test]
+fn deny_when_nothing_permits() {
+    let (_d, e) = engine(&[("ops.cedar", OPS)]);
+    let d = e.evaluate(&req(
+        Action::BeginTask,
+        workload("spiffe://prod.example/batch"),
+    ));
+    assert!(!d.allowed && d.policies.is_empty());
+    let want = "denied: no policy permits begin_task for Workload::\"spiffe://prod.example/\
+                batch\" on Entry::\"e1\" (spiffe://prod.example/db/primary)";
+    assert_eq!(d.explain(), want);
+}
+
+#[test]
+fn ttl_is_min_of_determining_policies() {
+    let a =
+        r#"@id("day") @max_ttl("1d") @approval("required") permit (principal, action, resource);"#;
+    let b = r#"@id("two-hours") @max_ttl("2h") permit (principal, action, resource);
+        @id("never") @max_ttl("1m") permit (principal, action, resource) when { false };"#;
+    let (dir, e) = engine(&[("a.cedar", a), ("b.cedar", b)]);
+    let d = e.evaluate(&alice());
+    assert!(
+        d.allowed && d.approval_required,
+        "any determining policy requiring it counts"
+    );
+    assert_eq!(d.max_ttl_seconds, Some(7200));
+    assert_eq!(d.policies, ["a.cedar:day", "b.cedar:two-hours"]);
+    assert!(d.explain().ends_with("(approval required; max TTL 7200 s)"));
+    assert_eq!(
+        e.describe(),
+        format!("{} (3 policies)", dir.path().display())
+    );
+}
+
+#[test]
+fn duration_parsing() {
+    let good = [
+        ("900", 900),
+        ("30s", 30),
+        ("15m", 900),
+        ("2h", 7200),
+        ("1d", 86_400),
+    ];
+    for (text, secs) in good {
+        assert_eq!(parse_duration(text), Some(secs), "{text}");
+    }
+    let bad = [
+        "",
+        "0",
+        "-5",
+        "1w",
+        "h",
+        "1.5h",
+        "15 m",
+        "99999999999999999d",
+    ];
+    for text in bad.into_iter().chain(["9999999999999999999"]) {
+        assert_eq!(parse_duration(text), None, "{text:?}");
+    }
+}
+
+#[test]
+fn context_and_entity_attributes() {
+    let p = r#"
+@id("rich")
+permit (principal is Tessera::Workload, action == Tessera::Action::"begin_task", resource)
+when {
+  context.ticket like "INC-*" && context.hour_utc >= 8 && context.hour_utc < 18 &&
+  context.weekday_utc == 1 && context.now == 1717408800 &&
+  context.scopes.contains("db:read") &&
+  principal.trust_domain == "prod.example" && principal.path like "/batch/*" &&
+  resource.jit && resource.path == "/db/primary" && resource.trust_domain == "prod.example" &&
+  resource.selectors.contains("unix:uid:1000") &&
+  context.origin == "workload" && !context.provisioned && context.ttl_seconds <= 3600 &&
+  context.has_approver && context.approver == "bob"
+};"#;
+    let (_d, e) = engine(&[("rich.cedar", p)]);
+    let ok = PolicyRequest {
+        approver: Some("bob".into()),
+        ..req(
+            Action::BeginTask,
+            workload("spiffe://prod.example/batch/nightly"),
+        )
+    };
+    let d = e.evaluate(&ok);
+    assert!(d.allowed, "{}", d.explain());
+    assert_eq!(d.policies, ["rich.cedar:rich"]);
+    let mutations: [&dyn Fn(&mut PolicyRequest); 11] = [
+        &|r| r.ticket = "CHG-1".into(),
+        &|r| r.now_unix += 9 * 3600,
+        &|r| r.now_unix = SATURDAY_10H,
+        &|r| r.scopes = vec!["db:write".into()],
+        &|r| r.principal = workload("spiffe://dev.example/batch/x"),
+        &|r| r.principal = workload("spiffe://prod.example/web"),
+        &|r| r.entry.jit = false,
+        &|r| r.provisioned = true,
+        &|r| r.ttl_seconds = 3601,
+        &|r| r.approver = None,
+        &|r| r.action = Action::IssueSvid,
+    ];
+    for (i, mutate) in mutations.iter().enumerate() {
+        let mut r = ok.clone();
+        mutate(&mut r);
+        assert!(!e.evaluate(&r).allowed, "mutation {i} should be denied");
+    }
+    assert_eq!(split_spiffe("spiffe://td"), ("td".into(), String::new()));
+    assert_eq!(split_spiffe("http://x/y"), (String::new(), String::new()));
+}
+
+#[test]
+fn evaluation_error_is_reported_and_policy_skipped() {
+    let p = r#"@id("overflow") permit (principal, action, resource)
+               when { context.ttl_seconds * 9223372036854775807 > 0 };
+               @id("plain") permit (principal, action, resource);"#;
+    let (_d, e) = engine(&[("o.cedar", p)]);
+    let d = e.evaluate(&alice());
+    assert!(d.allowed);
+    assert_eq!(d.policies, ["o.cedar:plain"]);
+    assert_eq!(d.errors.len(), 1);
+    assert!(d.errors[0].contains("o.cedar:overflow"), "{:?}", d.errors);
+    assert!(d.explain().contains("evaluation error"));
+}
+
+#[test]
+fn syntax_error_names_file_and_position() {
+    let broken =
+        format!("{ANY}\n\npermit (principal, action, resource) when {{ resource.jit == }};");
+    let err = load_err(&[("a.cedar", ANY), ("b.cedar", &broken)]);
+    assert!(
+        err.starts_with("b.cedar:3:61: syntax error: unexpected token"),
+        "{err}"
+    );
+}
+
+#[test]
+fn schema_invalid_policy_rejected() {
+    let typo =
+        "@id(\"typo\")\npermit (principal, action, resource)\nwhen { resource.nonexistent };";
+    let err = load_err(&[("bad.cedar", typo)]);
+    assert!(
+        err.starts_with("bad.cedar:3:8: policy `typo` does not match"),
+        "{err}"
+    );
+    assert!(err.contains("`nonexistent`"), "{err}");
+    // `path` exists on Workload but not on User: strict mode wants `principal is Workload`.
+    let err = load_err(&[(
+        "t.cedar",
+        "permit (principal, action, resource) when { principal.path == \"/x\" };",
+    )]);
+    assert!(err.starts_with("t.cedar:1:45: policy `policy0`"), "{err}");
+    let err = load_err(&[(
+        "t.cedar",
+        "permit (principal, action == Tessera::Action::\"rm\", resource);",
+    )]);
+    assert!(err.contains("unrecognized action"), "{err}");
+}
+
+#[test]
+fn bad_annotations_rejected() {
+    let cases = [
+        r#"@id("p1") @max_ttl("forever") permit => x.cedar: policy `p1`: bad @max_ttl("forever")"#,
+        r#"@id("p2") @max_ttl("0") permit => x.cedar: policy `p2`: bad @max_ttl"#,
+        r#"@id("p3") @approval("maybe") permit => x.cedar: policy `p3`: bad @approval"#,
+        r#"@id("f") @max_ttl("1h") forbid => only meaningful on permit"#,
+        r#"@id("has space") permit => bad @id"#,
+    ];
+    for case in cases {
+        let (head, want) = case.split_once(" => ").unwrap();
+        let err = load_err(&[("x.cedar", &format!("{head} (principal, action, resource);"))]);
+        assert!(err.contains(want), "{case}: {err}");
+    }
+    let template = "permit (principal == ?principal, action, resource);";
+    assert!(load_err(&[("t.cedar", template)]).contains("templates"));
+    let same = format!("@id(\"same\") {ANY}");
+    let err = load_err(&[("a.cedar", &same), ("b.cedar", &same)]);
+    assert_eq!(err, "duplicate policy name `same` (in a.cedar and b.cedar)");
+}
+
+#[test]
+fn empty_dir_rejected() {
+    let err = load_err(&[("notes.txt", ANY)]);
+    assert!(err.starts_with("no policies in ") && err.ends_with("everything would be denied"));
+    assert!(load_err(&[("empty.cedar", "// nothing\n")]).starts_with("no policies"));
+    let missing = PolicyEngine::load_dir(Path::new("/nonexistent/tessera-policies"));
+    assert!(matches!(missing, Err(PolicyError::Io { .. })));
+}
+
+#[test]
+fn reload_keeps_last_good_set() {
+    let dir = dir_with(&[("ops.cedar", OPS)]);
+    let e = PolicyEngine::load_dir(dir.path()).unwrap();
+    let before = e.evaluate(&alice());
+    assert!(before.allowed);
+
+    let file = dir.path().join("ops.cedar");
+    std::fs::write(&file, "permit (principal, action, resource").unwrap();
+    let err = e.reload().unwrap_err();
+    assert!(err.to_string().starts_with("ops.cedar:1:"), "{err}");
+    assert_eq!(e.evaluate(&alice()), before);
+    assert!(e.describe().ends_with("(2 policies)"), "{}", e.describe());
+
+    let fixed = format!("@id(\"deny-all\") forbid (principal, action, resource); {ANY} {ANY}");
+    std::fs::write(&file, fixed).unwrap();
+    assert_eq!(e.reload().unwrap(), 3);
+    let after = e.evaluate(&alice());
+    assert!(!after.allowed);
+    assert_eq!(after.policies, ["ops.cedar:deny-all"]);
+}
+
+#[test]
+fn builtin_set() {
+    let e = PolicyEngine::builtin();
+    assert_eq!(e.describe(), "builtin (3 policies)");
+    assert_eq!(e.reload().unwrap(), 3);
+
+    let d = e.evaluate(&alice());
+    assert!(d.allowed && !d.approval_required, "{}", d.explain());
+    assert_eq!(d.max_ttl_seconds, Some(86_400));
+    assert_eq!(d.policies, ["builtin.cedar:operator-begin-task"]);
+
+    let w = workload("spiffe://prod.example/batch");
+    let d = e.evaluate(&req(Action::BeginTask, w.clone()));
+    assert!(d.allowed && d.approval_required, "{}", d.explain());
+    assert_eq!(d.max_ttl_seconds, Some(3600));
+    assert_eq!(d.policies, ["builtin.cedar:workload-begin-task"]);
+
+    for p in [w, Principal::User("bob".into())] {
+        let d = e.evaluate(&req(Action::IssueSvid, p));
+        assert!(d.allowed && !d.approval_required && d.max_ttl_seconds.is_none());
+        assert_eq!(d.policies, ["builtin.cedar:issue-svid"]);
+    }
+}
+
+#[test]
+fn engine_is_send_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<PolicyEngine>();
+}

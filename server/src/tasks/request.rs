@@ -1,0 +1,262 @@
+//! What callers ask of the task service, as domain values: who asks ([`Requester`]),
+//! for what ([`TaskRequest`], [`TaskTarget`]), how a task ends ([`Outcome`]) and what an
+//! agent reports when it validates a task token ([`TokenUse`]). The API layer parses wire
+//! messages into these (`api/wire.rs`); nothing here knows protobuf.
+
+use std::time::Duration;
+
+use common::SpiffeId;
+use common::task::TaskState;
+
+use super::TaskError;
+use crate::policy::Principal;
+
+/// Longest reason, ticket or scope accepted.
+pub(crate) const MAX_TEXT: usize = 1024;
+/// Most scopes on one task.
+pub(crate) const MAX_SCOPES: usize = 64;
+
+/// Who asks for a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requester {
+    /// An operator on the admin socket, by Unix user name.
+    User(String),
+    /// A workload, by its standing SPIFFE ID, through the agent that attested it.
+    Workload {
+        /// The workload's standing identity.
+        spiffe_id: SpiffeId,
+        /// The agent it runs under.
+        agent: SpiffeId,
+    },
+}
+
+impl Requester {
+    /// The stored form: `user:NAME` or the SPIFFE ID.
+    pub fn label(&self) -> String {
+        match self {
+            Self::User(name) => format!("user:{name}"),
+            Self::Workload { spiffe_id, .. } => spiffe_id.to_string(),
+        }
+    }
+
+    pub(crate) fn principal(&self) -> Principal {
+        match self {
+            Self::User(name) => Principal::User(name.clone()),
+            Self::Workload { spiffe_id, .. } => Principal::Workload(spiffe_id.to_string()),
+        }
+    }
+}
+
+/// The policy principal of a stored requester label.
+pub(crate) fn principal_of(label: &str) -> Principal {
+    match label.strip_prefix("user:") {
+        Some(name) => Principal::User(name.to_owned()),
+        None => Principal::Workload(label.to_owned()),
+    }
+}
+
+/// The entry a task is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskTarget {
+    /// An existing just-in-time entry, by id.
+    Entry(String),
+    /// The one just-in-time entry with this SPIFFE ID (under `parent_id` when given; a
+    /// workload's tasks are always under its own agent).
+    SpiffeId {
+        /// The entry's SPIFFE ID.
+        spiffe_id: SpiffeId,
+        /// Its parent, to choose between agents.
+        parent_id: Option<SpiffeId>,
+    },
+    /// A temporary just-in-time entry created for the task and deleted when it ends,
+    /// validated like any entry (a workload's is always parented to its own agent).
+    Provision {
+        /// The SPIFFE ID to create.
+        spiffe_id: String,
+        /// The agent whose workloads may use it (ignored for workloads).
+        parent_id: String,
+        /// Selectors of the workloads that may use it.
+        selectors: Vec<String>,
+    },
+}
+
+/// A request to start a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskRequest {
+    /// The entry it is for.
+    pub target: TaskTarget,
+    /// Why it is needed.
+    pub reason: String,
+    /// Ticket reference.
+    pub ticket: String,
+    /// What it may do (free-form strings policies can test).
+    pub scopes: Vec<String>,
+    /// How long it may last; `None`: as long as the server and the policy allow.
+    pub ttl: Option<Duration>,
+}
+
+fn text(field: &str, v: &str) -> Result<(), TaskError> {
+    if v.len() > MAX_TEXT || v.chars().any(char::is_control) {
+        return Err(TaskError::Invalid(format!(
+            "{field} must be at most {MAX_TEXT} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
+impl TaskRequest {
+    /// Checks the free-text fields (bounded, no control characters) and the scopes.
+    pub(crate) fn check(&self) -> Result<(), TaskError> {
+        text("reason", &self.reason)?;
+        text("ticket", &self.ticket)?;
+        if self.scopes.len() > MAX_SCOPES {
+            return Err(TaskError::Invalid(format!("at most {MAX_SCOPES} scopes")));
+        }
+        self.scopes.iter().try_for_each(|s| text("scope", s))
+    }
+
+    /// Whether the task creates its entry.
+    pub fn provisions(&self) -> bool {
+        matches!(self.target, TaskTarget::Provision { .. })
+    }
+}
+
+/// Checks a reason given when a task ends.
+pub(crate) fn check_reason(reason: &str) -> Result<(), TaskError> {
+    text("reason", reason)
+}
+
+/// How a task ends when somebody ends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Success.
+    Completed,
+    /// Failure.
+    Failed,
+    /// Withdrawn.
+    Cancelled,
+    /// Ended by an operator.
+    Revoked,
+}
+
+impl std::str::FromStr for Outcome {
+    type Err = TaskError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "completed" | "complete" => Ok(Self::Completed),
+            "failed" | "fail" => Ok(Self::Failed),
+            "cancelled" | "cancel" => Ok(Self::Cancelled),
+            "revoked" | "revoke" => Ok(Self::Revoked),
+            other => Err(TaskError::Invalid(format!(
+                "unknown outcome {other:?} (expected completed, failed, cancelled or revoked)"
+            ))),
+        }
+    }
+}
+
+impl Outcome {
+    /// The final state it leads to.
+    pub fn state(self) -> TaskState {
+        match self {
+            Self::Completed => TaskState::Completed,
+            Self::Failed => TaskState::Failed,
+            Self::Cancelled => TaskState::Cancelled,
+            Self::Revoked => TaskState::Revoked,
+        }
+    }
+}
+
+/// One validation of a task's JWT-SVID by an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenUse {
+    /// The audience the relying party validated for.
+    pub audience: String,
+    /// Whether the token was accepted.
+    pub accepted: bool,
+    /// Why it was refused (empty when accepted).
+    pub reason: String,
+    /// The token's `exp`, Unix seconds.
+    pub expires_at: i64,
+}
+
+impl TokenUse {
+    /// Bounds the free-text fields (they go into the audit log).
+    pub(crate) fn check(&self, task_id: &str) -> Result<(), TaskError> {
+        if task_id.len() > common::task::MAX_TASK_ID_LEN
+            || self.audience.len() > MAX_TEXT
+            || self.reason.len() > MAX_TEXT
+        {
+            return Err(TaskError::Invalid("field too long".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> TaskRequest {
+        TaskRequest {
+            target: TaskTarget::Entry("e1".into()),
+            reason: "deploy".into(),
+            ticket: "OPS-1".into(),
+            scopes: vec!["read".into()],
+            ttl: None,
+        }
+    }
+
+    #[test]
+    fn text_fields_are_bounded_and_printable() {
+        assert!(request().check().is_ok());
+        type Case = fn(&mut TaskRequest);
+        let bad: [Case; 5] = [
+            |r| r.reason = "x".repeat(MAX_TEXT + 1),
+            |r| r.ticket = "a\nb".into(),
+            |r| r.scopes = vec!["s".into(); MAX_SCOPES + 1],
+            |r| r.scopes = vec!["ok".into(), "\u{7}".into()],
+            |r| r.reason = "\u{1b}[31m".into(),
+        ];
+        for mutate in bad {
+            let mut r = request();
+            mutate(&mut r);
+            assert!(matches!(r.check(), Err(TaskError::Invalid(_))), "{r:?}");
+        }
+        let mut r = request();
+        r.reason = "x".repeat(MAX_TEXT);
+        r.scopes = vec!["s".into(); MAX_SCOPES];
+        assert!(r.check().is_ok(), "limits are inclusive");
+    }
+
+    #[test]
+    fn outcomes_parse_and_map_to_final_states() {
+        for (s, want) in [
+            ("completed", TaskState::Completed),
+            ("complete", TaskState::Completed),
+            ("failed", TaskState::Failed),
+            ("cancel", TaskState::Cancelled),
+            ("revoked", TaskState::Revoked),
+        ] {
+            let o: Outcome = s.parse().unwrap();
+            assert_eq!(o.state(), want);
+            assert!(!o.state().is_open());
+        }
+        assert!(
+            "expired".parse::<Outcome>().is_err(),
+            "only the server expires"
+        );
+    }
+
+    #[test]
+    fn requester_labels_round_trip_to_principals() {
+        let user = Requester::User("alice".into());
+        assert_eq!(user.label(), "user:alice");
+        assert_eq!(principal_of(&user.label()), user.principal());
+        let w = Requester::Workload {
+            spiffe_id: SpiffeId::new("spiffe://example.org/runtime").unwrap(),
+            agent: SpiffeId::new("spiffe://example.org/agent").unwrap(),
+        };
+        assert_eq!(principal_of(&w.label()), w.principal());
+    }
+}

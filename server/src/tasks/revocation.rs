@@ -1,0 +1,161 @@
+//! What every agent must know about tasks that ended early: the tasks themselves (so
+//! `ValidateJWTSVID` refuses their tokens until their deadline) and one CRL per CA listing
+//! their unexpired X.509-SVIDs (sent to workloads with their SVIDs).
+//!
+//! [`RevocationState`] recomputes the set from the datastore, signs CRLs only when what
+//! they list changed (or when they approach their `nextUpdate`), and keeps the result as
+//! one immutable [`RevocationSet`] that sync streams share.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use common::task::TaskState;
+
+use crate::ca::Revoked;
+use crate::ca::rotation::CaSet;
+use crate::clock::{from_unix_seconds, unix_seconds};
+use crate::datastore::{Datastore, DatastoreError, TaskRecord};
+
+/// CRLs are valid this long and re-signed at half of it.
+pub(crate) const CRL_VALIDITY: Duration = Duration::from_secs(3600);
+
+/// A task that ended before its deadline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndedTask {
+    /// The task.
+    pub task_id: String,
+    /// Its deadline: after it, nothing issued under the task is valid anyway.
+    pub until: i64,
+    /// How it ended.
+    pub state: TaskState,
+}
+
+/// Everything agents must refuse, as one snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RevocationSet {
+    /// One DER CRL per CA that signed a revoked SVID and whose key this server holds.
+    pub crls: Vec<Vec<u8>>,
+    /// Tasks that ended early and whose deadline has not passed.
+    pub ended_tasks: Vec<EndedTask>,
+}
+
+/// Whether a final task ended before its deadline (expiry is not a revocation: its
+/// credentials end at the deadline by themselves).
+pub(crate) fn ended_early(t: &TaskRecord) -> bool {
+    !t.state.is_open() && t.state != TaskState::Expired
+}
+
+/// The current [`RevocationSet`] and the CRL bookkeeping behind it.
+#[derive(Debug)]
+pub(crate) struct RevocationState {
+    current: RwLock<Arc<RevocationSet>>,
+    crl_number: AtomicU64,
+    signed_at: RwLock<Option<SystemTime>>,
+    /// (CA serial, SVID serial) pairs on the current CRLs.
+    listed: RwLock<Vec<(String, String)>>,
+    /// One refresh at a time, so an older computation never overwrites a newer one.
+    refresh_lock: tokio::sync::Mutex<()>,
+}
+
+impl Default for RevocationState {
+    fn default() -> Self {
+        Self {
+            current: RwLock::new(Arc::new(RevocationSet::default())),
+            crl_number: AtomicU64::new(0),
+            signed_at: RwLock::new(None),
+            listed: RwLock::default(),
+            refresh_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+}
+
+impl RevocationState {
+    /// CRL numbers must grow across restarts: start from the current time in seconds.
+    pub(crate) fn start_numbering_at(&self, now: SystemTime) {
+        self.crl_number
+            .store(unix_seconds(now).unsigned_abs(), Ordering::Relaxed);
+    }
+
+    /// The current set.
+    pub(crate) fn current(&self) -> Arc<RevocationSet> {
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Whether the CRLs reached half their validity (or were never signed).
+    pub(crate) fn stale(&self, now: SystemTime) -> bool {
+        self.signed_at
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none_or(|t| now.duration_since(t).unwrap_or_default() >= CRL_VALIDITY / 2)
+    }
+
+    /// Recomputes the set at `now`; stores it and returns `true` when it changed or when
+    /// `force`d (CRLs re-signed), `false` when nothing changed.
+    pub(crate) async fn refresh(
+        &self,
+        ds: &dyn Datastore,
+        ca: &CaSet,
+        now: SystemTime,
+        force: bool,
+    ) -> Result<bool, DatastoreError> {
+        let _serial = self.refresh_lock.lock().await;
+        let now_unix = unix_seconds(now);
+        let (tasks, svids) = ds.revoked_since(now_unix).await?;
+        let ended: Vec<EndedTask> = tasks
+            .iter()
+            .filter(|t| ended_early(t))
+            .map(|t| EndedTask {
+                task_id: t.id.clone(),
+                until: t.deadline,
+                state: t.state,
+            })
+            .collect();
+        let listed: Vec<(String, String)> = svids
+            .iter()
+            .map(|v| (v.issuer_serial.clone(), v.serial.clone()))
+            .collect();
+        {
+            let cur = self.current.read().unwrap_or_else(|e| e.into_inner());
+            let last = self.listed.read().unwrap_or_else(|e| e.into_inner());
+            if !force && cur.ended_tasks == ended && *last == listed {
+                return Ok(false);
+            }
+        }
+        let ended_at: HashMap<&str, i64> =
+            tasks.iter().map(|t| (t.id.as_str(), t.ended_at)).collect();
+        let mut by_ca: BTreeMap<&str, Vec<Revoked>> = BTreeMap::new();
+        for s in &svids {
+            let at = ended_at
+                .get(s.task_id.as_str())
+                .copied()
+                .unwrap_or(now_unix);
+            by_ca.entry(&s.issuer_serial).or_default().push(Revoked {
+                serial_hex: s.serial.clone(),
+                at: from_unix_seconds(at),
+            });
+        }
+        let number = self.crl_number.fetch_add(1, Ordering::Relaxed) + 1;
+        let next_update = now + CRL_VALIDITY;
+        let mut crls = Vec::new();
+        for (ca_serial, revoked) in by_ca {
+            match ca.sign_crl(ca_serial, &revoked, number, next_update) {
+                Some(Ok(der)) => crls.push(der),
+                Some(Err(e)) => tracing::error!(error = %e, ca_serial, "cannot sign a CRL"),
+                None => tracing::warn!(
+                    ca_serial,
+                    revoked = revoked.len(),
+                    "no CRL for SVIDs of a retired CA (its key is gone); ended tasks still remove them"
+                ),
+            }
+        }
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(RevocationSet {
+            crls,
+            ended_tasks: ended,
+        });
+        *self.listed.write().unwrap_or_else(|e| e.into_inner()) = listed;
+        *self.signed_at.write().unwrap_or_else(|e| e.into_inner()) = Some(now);
+        Ok(true)
+    }
+}
