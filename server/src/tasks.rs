@@ -19,6 +19,8 @@
 
 mod request;
 mod revocation;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};

@@ -1,0 +1,226 @@
+//! The task service against a real SQLite datastore, with the wall clock under test
+//! control ([`ManualClock`]): an hour-long deadline is reached in milliseconds of real
+//! time, and exactly when the clock says so.
+
+use std::time::{Duration, SystemTime};
+
+use common::TrustDomain;
+use common::task::TaskState;
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::datastore::sqlite::SqliteDatastore;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    tasks: Arc<Tasks>,
+    registrar: Registrar,
+    events: Events,
+    clock: ManualClock,
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let ds: Arc<dyn Datastore> = Arc::new(
+        SqliteDatastore::open(&dir.path().join("ds.sqlite3"))
+            .await
+            .unwrap(),
+    );
+    let td = TrustDomain::new("example.org").unwrap();
+    let events = Events::default();
+    let ca = Arc::new(
+        CaSet::load_or_create(dir.path(), &td, 24 * HOUR, None, SystemTime::now()).unwrap(),
+    );
+    let registrar = Registrar::new(Arc::clone(&ds), events.clone(), td, HOUR, HOUR / 12);
+    let clock = ManualClock::starting_at(SystemTime::now());
+    let tasks = Arc::new(Tasks::new(
+        ds,
+        registrar.clone(),
+        Arc::new(PolicyEngine::builtin()),
+        events.clone(),
+        ca,
+        Arc::new(clock.clone()),
+        24 * HOUR,
+    ));
+    tasks.load().await.unwrap();
+    Fixture {
+        _dir: dir,
+        tasks,
+        registrar,
+        events,
+        clock,
+    }
+}
+
+async fn jit_entry(f: &Fixture) -> RegistrationEntry {
+    f.registrar
+        .create(&EntryRequest {
+            spiffe_id: "spiffe://example.org/db-admin".into(),
+            parent_id: "spiffe://example.org/agent".into(),
+            selectors: vec!["unix:uid:1000".into()],
+            jit: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
+fn request(entry: &RegistrationEntry, ttl: Duration) -> TaskRequest {
+    TaskRequest {
+        target: TaskTarget::Entry(entry.id.clone()),
+        reason: "migration".into(),
+        ticket: "OPS-1".into(),
+        scopes: vec![],
+        ttl: Some(ttl),
+    }
+}
+
+fn operator() -> Requester {
+    Requester::User("alice".into())
+}
+
+/// Waits (real time, bounded) until task `id` is in `state`.
+async fn wait_for_state(tasks: &Tasks, id: &str, state: TaskState) -> TaskRecord {
+    for _ in 0..100 {
+        let t = tasks.get(id).await.unwrap();
+        if t.state == state {
+            return t;
+        }
+        tokio::time::sleep(EXPIRY_TICK / 4).await;
+    }
+    panic!("task {id} did not reach {state} within 100 polls");
+}
+
+#[tokio::test]
+async fn a_task_expires_at_its_deadline_by_the_clock_not_before() {
+    let f = fixture().await;
+    let entry = jit_entry(&f).await;
+    let task = f
+        .tasks
+        .create(&operator(), &request(&entry, HOUR))
+        .await
+        .unwrap();
+    assert_eq!(task.state, TaskState::Active);
+    assert_eq!(f.tasks.grant_for(&entry.id).unwrap().task_id, task.id);
+    let mut changes = f.events.subscribe();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let runner = tokio::spawn(Arc::clone(&f.tasks).run(shutdown.clone()));
+
+    // One second before the deadline (and after several ticks of the loop): still
+    // active, still granted, SVIDs still signable.
+    f.clock.advance(HOUR - Duration::from_secs(1));
+    tokio::time::sleep(EXPIRY_TICK * 3).await;
+    assert_eq!(
+        f.tasks.get(&task.id).await.unwrap().state,
+        TaskState::Active
+    );
+    assert!(f.tasks.grant_for(&entry.id).is_some());
+    let grant = f.tasks.issue_grant(&entry).await.unwrap();
+    assert!(
+        grant.max_ttl <= Duration::from_secs(1),
+        "cut to the deadline: {grant:?}"
+    );
+
+    // At the deadline the loop expires it on its next tick, without anybody calling.
+    f.clock.advance(Duration::from_secs(1));
+    let ended = wait_for_state(&f.tasks, &task.id, TaskState::Expired).await;
+    assert_eq!(ended.end_reason, "deadline reached");
+    assert!(ended.ended_at >= task.deadline);
+    assert!(
+        f.tasks.grant_for(&entry.id).is_none(),
+        "no grant after the deadline"
+    );
+    assert!(f.tasks.issue_grant(&entry).await.is_err());
+    // The agents were told: the entry was republished without a grant.
+    let mut republished = false;
+    while let Ok(ev) = changes.try_recv() {
+        if let ChangeEvent::EntryUpserted { entry: e, .. } = ev {
+            republished |= e.id == entry.id;
+        }
+    }
+    assert!(
+        republished,
+        "the entry was republished when the task expired"
+    );
+    // Expiry is not a revocation: its credentials end at the deadline by themselves.
+    assert!(f.tasks.revocations().ended_tasks.is_empty());
+    shutdown.cancel();
+    runner.await.unwrap();
+}
+
+#[tokio::test]
+async fn issuance_is_refused_once_the_deadline_passed_even_before_expiry_runs() {
+    let f = fixture().await;
+    let entry = jit_entry(&f).await;
+    let task = f
+        .tasks
+        .create(&operator(), &request(&entry, Duration::from_secs(60)))
+        .await
+        .unwrap();
+    // No deadline loop running: issuance checks the deadline itself.
+    f.clock.advance(Duration::from_secs(59));
+    assert!(f.tasks.issue_grant(&entry).await.is_ok());
+    f.clock.advance(Duration::from_secs(1));
+    let why = f.tasks.issue_grant(&entry).await.unwrap_err();
+    assert!(why.contains("reached its deadline"), "{why}");
+    assert_eq!(f.tasks.expire_due().await.unwrap(), 1);
+    assert_eq!(
+        f.tasks.get(&task.id).await.unwrap().state,
+        TaskState::Expired
+    );
+}
+
+#[tokio::test]
+async fn ending_early_publishes_a_revocation_until_the_deadline() {
+    let f = fixture().await;
+    let entry = jit_entry(&f).await;
+    let task = f
+        .tasks
+        .create(&operator(), &request(&entry, HOUR))
+        .await
+        .unwrap();
+    f.tasks
+        .end(&task.id, Outcome::Completed, "done", &operator())
+        .await
+        .unwrap();
+    let r = f.tasks.revocations();
+    assert_eq!(r.ended_tasks.len(), 1);
+    assert_eq!(r.ended_tasks[0].task_id, task.id);
+    assert_eq!(r.ended_tasks[0].until, task.deadline);
+    // Past the deadline the revocation is pruned: nothing issued under it is valid anyway.
+    f.clock.advance(HOUR);
+    f.tasks.refresh_revocations(false).await.unwrap();
+    assert!(f.tasks.revocations().ended_tasks.is_empty());
+}
+
+#[tokio::test]
+async fn a_standing_entry_cannot_be_activated_and_the_refusal_names_the_fix() {
+    let f = fixture().await;
+    let standing = f
+        .registrar
+        .create(&EntryRequest {
+            spiffe_id: "spiffe://example.org/web".into(),
+            parent_id: "spiffe://example.org/agent".into(),
+            selectors: vec!["unix:uid:1000".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let e = f
+        .tasks
+        .create(&operator(), &request(&standing, HOUR))
+        .await
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, TaskError::Invalid(_)), "{e:?}");
+    assert!(
+        msg.contains("--jit") && msg.contains("--provision"),
+        "{msg}"
+    );
+    assert!(
+        f.tasks.list(None).await.unwrap().is_empty(),
+        "nothing stored"
+    );
+}
