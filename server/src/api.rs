@@ -10,6 +10,7 @@ pub(crate) mod wire;
 
 use tonic::Status;
 
+use crate::bundle::RotateError;
 use crate::datastore::DatastoreError;
 use crate::issuance::IssuanceError;
 use crate::node_attestation::NodeAttestationError;
@@ -61,6 +62,15 @@ impl From<crate::tasks::TaskError> for Status {
             TaskError::Conflict(m) => Self::already_exists(m),
             TaskError::Registration(r) => r.into(),
             TaskError::Datastore(d) => d.into(),
+        }
+    }
+}
+
+impl From<RotateError> for Status {
+    fn from(e: RotateError) -> Self {
+        match e {
+            RotateError::Ca(_) => internal("CA rotation", &e),
+            RotateError::Datastore(d) => d.into(),
         }
     }
 }

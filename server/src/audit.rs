@@ -242,6 +242,39 @@ pub enum AuditChainError {
     },
 }
 
+impl AuditChainError {
+    /// The first record that does not fit.
+    pub fn seq(&self) -> i64 {
+        match self {
+            Self::Edited { seq } | Self::Broken { seq, .. } => *seq,
+        }
+    }
+}
+
+/// The outcome of verifying a whole log: how many records verified before the first one
+/// that does not fit, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Records that verified (all of them when `error` is `None`).
+    pub verified: usize,
+    /// The first break in the chain.
+    pub error: Option<AuditChainError>,
+}
+
+/// [`verify`], reporting how far the chain held when it breaks.
+pub fn verify_report(records: &[AuditRecord]) -> VerifyReport {
+    match verify(records) {
+        Ok(verified) => VerifyReport {
+            verified,
+            error: None,
+        },
+        Err(e) => VerifyReport {
+            verified: records.iter().take_while(|r| r.seq < e.seq()).count(),
+            error: Some(e),
+        },
+    }
+}
+
 /// Checks a full log in storage order. Returns the number of records verified.
 pub fn verify(records: &[AuditRecord]) -> Result<usize, AuditChainError> {
     let mut prev_hash = GENESIS.to_owned();
@@ -318,6 +351,20 @@ mod tests {
         let mut edited = good.clone();
         edited[2].event.detail = json!({"i": 99});
         assert_eq!(verify(&edited), Err(AuditChainError::Edited { seq: 3 }));
+        assert_eq!(
+            verify_report(&edited),
+            VerifyReport {
+                verified: 2,
+                error: Some(AuditChainError::Edited { seq: 3 })
+            }
+        );
+        assert_eq!(
+            verify_report(&good),
+            VerifyReport {
+                verified: 5,
+                error: None
+            }
+        );
 
         let mut deleted = good.clone();
         deleted.remove(1);

@@ -61,6 +61,49 @@ impl BundlePublisher {
     }
 }
 
+impl BundlePublisher {
+    /// After a new CA became active: publish it to every agent first, then present a
+    /// server certificate it signed (an agent that has not seen the new CA yet would
+    /// refuse that certificate).
+    fn new_ca_active(&self, identity: &ServerIdentity) {
+        self.publish();
+        if let Err(e) = identity.renew() {
+            tracing::error!(error = %e, "cannot re-issue the server certificate");
+        }
+    }
+
+    /// An operator's forced rotation: the next CA becomes active now, audited before it
+    /// is published.
+    pub(crate) async fn rotate_ca_now(
+        &self,
+        ds: &dyn Datastore,
+        identity: &ServerIdentity,
+    ) -> Result<(), RotateError> {
+        self.ca
+            .rotate_now()
+            .map_err(|e| RotateError::Ca(e.to_string()))?;
+        ds.append_audit(&[AuditEvent::new(
+            AuditKind::CaRotated,
+            self.ca.active().serial_hex(),
+            serde_json::json!({ "reason": "operator" }),
+        )])
+        .await?;
+        self.new_ca_active(identity);
+        Ok(())
+    }
+}
+
+/// Why a forced CA rotation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RotateError {
+    /// The CA set could not rotate (key generation or storage).
+    #[error("CA rotation failed: {0}")]
+    Ca(String),
+    /// The rotation happened but could not be audited.
+    #[error(transparent)]
+    Datastore(#[from] crate::datastore::DatastoreError),
+}
+
 /// Advances the CA and JWT key schedules, publishing every change of the bundle.
 pub(crate) async fn rotate_keys(
     ds: Arc<dyn Datastore>,
@@ -100,12 +143,8 @@ pub(crate) async fn rotate_keys(
                     if let Err(e) = ds.append_audit(&[event]).await {
                         tracing::error!(error = %e, "cannot audit the CA activation");
                     }
-                    // Publish the new CA first, then present a certificate it signed.
-                    publisher.publish();
+                    publisher.new_ca_active(&identity);
                     changed = false;
-                    if let Err(e) = identity.renew() {
-                        tracing::error!(error = %e, "cannot re-issue the server certificate");
-                    }
                 }
             }
             Err(e) => tracing::error!(error = %e, "CA rotation failed; retrying"),

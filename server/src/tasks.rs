@@ -614,8 +614,36 @@ impl Tasks {
         Ok(Some(task))
     }
 
+    /// Deletes an entry; a just-in-time entry's open task ends with it (revoked).
+    pub async fn delete_entry(&self, id: &str) -> Result<RegistrationEntry, TaskError> {
+        let entry = self.registrar.delete(id).await?;
+        if entry.jit {
+            self.entry_deleted(&entry.id).await?;
+        }
+        Ok(entry)
+    }
+
+    /// Reloads the policy set (the last good set stays in force if the new one is
+    /// invalid) and audits who did it; returns the new set's description and size.
+    pub async fn reload_policy(&self, by: &Requester) -> Result<(String, usize), TaskError> {
+        let n = self.policy.reload().map_err(|e| {
+            tracing::warn!(error = %e, "policy reload refused; the last good policy set stays in force");
+            TaskError::Invalid(format!("{e} (the last good policy set stays in force)"))
+        })?;
+        let description = self.policy.describe();
+        self.ds
+            .append_audit(&[AuditEvent::new(
+                AuditKind::PolicyReloaded,
+                &description,
+                json!({ "policies": n, "by": by.label() }),
+            )])
+            .await?;
+        tracing::info!(policies = n, source = %description, "policy reloaded");
+        Ok((description, n))
+    }
+
     /// Ends the open task of an entry that was deleted.
-    pub async fn entry_deleted(&self, entry_id: &str) -> Result<(), TaskError> {
+    async fn entry_deleted(&self, entry_id: &str) -> Result<(), TaskError> {
         if let Some(t) = self.ds.open_task_for_entry(entry_id).await? {
             self.finish(t, TaskState::Revoked, "entry deleted", "server")
                 .await?;

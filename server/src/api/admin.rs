@@ -24,7 +24,7 @@ use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use super::wire;
-use crate::audit::{AuditChainError, AuditEvent, AuditKind};
+use crate::audit::AuditChainError;
 use crate::bundle::BundlePublisher;
 use crate::datastore::Datastore;
 use crate::node_attestation::NodeAttestor;
@@ -156,23 +156,9 @@ impl Admin for AdminService {
         req: Request<ReloadPolicyRequest>,
     ) -> Result<Response<PolicyStatus>, Status> {
         let who = self.caller(&req)?;
-        let policy = self.tasks.policy();
-        let n = policy.reload().map_err(|e| {
-            tracing::warn!(error = %e, "policy reload refused; the last good policy set stays in force");
-            Status::invalid_argument(format!(
-                "{e} (the last good policy set stays in force)"
-            ))
-        })?;
-        self.ds
-            .append_audit(&[AuditEvent::new(
-                AuditKind::PolicyReloaded,
-                policy.describe(),
-                serde_json::json!({ "policies": n, "by": who.label() }),
-            )])
-            .await?;
-        tracing::info!(policies = n, source = %policy.describe(), "policy reloaded");
+        let (description, n) = self.tasks.reload_policy(&who).await?;
         Ok(Response::new(PolicyStatus {
-            description: policy.describe(),
+            description,
             policies: i64::try_from(n).unwrap_or(i64::MAX),
         }))
     }
@@ -221,10 +207,7 @@ impl Admin for AdminService {
 
     async fn delete_entry(&self, req: Request<EntryIdRequest>) -> Result<Response<Entry>, Status> {
         self.authorize(&req)?;
-        let e = self.registrar.delete(&req.get_ref().id).await?;
-        if e.jit {
-            self.tasks.entry_deleted(&e.id).await?;
-        }
+        let e = self.tasks.delete_entry(&req.get_ref().id).await?;
         Ok(Response::new((&e).into()))
     }
 
@@ -291,22 +274,9 @@ impl Admin for AdminService {
         req: Request<RotateCaRequest>,
     ) -> Result<Response<ListCasResponse>, Status> {
         self.authorize(&req)?;
-        self.publisher.ca.rotate_now().map_err(|e| {
-            tracing::error!(error = %e, "forced CA rotation failed");
-            Status::internal("CA rotation failed; see the server log")
-        })?;
-        self.ds
-            .append_audit(&[AuditEvent::new(
-                AuditKind::CaRotated,
-                self.publisher.ca.active().serial_hex(),
-                serde_json::json!({ "reason": "operator" }),
-            )])
+        self.publisher
+            .rotate_ca_now(&*self.ds, &self.identity)
             .await?;
-        // Publish the new CA to every agent before presenting a certificate it signed.
-        self.publisher.publish();
-        if let Err(e) = self.identity.renew() {
-            tracing::error!(error = %e, "cannot re-issue the server certificate");
-        }
         Ok(Response::new(wire::cas(&self.publisher.ca.list())))
     }
 
@@ -333,27 +303,15 @@ impl Admin for AdminService {
         req: Request<VerifyAuditRequest>,
     ) -> Result<Response<VerifyAuditResponse>, Status> {
         self.authorize(&req)?;
-        let records = self.ds.list_audit(None).await?;
-        let resp = match crate::audit::verify(&records) {
-            Ok(n) => VerifyAuditResponse {
-                ok: true,
-                records: i64::try_from(n).unwrap_or(i64::MAX),
-                first_bad_seq: 0,
-                error: String::new(),
-            },
-            Err(e) => {
-                let seq = match e {
-                    AuditChainError::Edited { seq } | AuditChainError::Broken { seq, .. } => seq,
-                };
-                tracing::error!(error = %e, "audit log verification failed");
-                let good = records.iter().take_while(|r| r.seq < seq).count();
-                VerifyAuditResponse {
-                    ok: false,
-                    records: i64::try_from(good).unwrap_or(i64::MAX),
-                    first_bad_seq: seq,
-                    error: e.to_string(),
-                }
-            }
+        let report = crate::audit::verify_report(&self.ds.list_audit(None).await?);
+        if let Some(e) = &report.error {
+            tracing::error!(error = %e, "audit log verification failed");
+        }
+        let resp = VerifyAuditResponse {
+            ok: report.error.is_none(),
+            records: i64::try_from(report.verified).unwrap_or(i64::MAX),
+            first_bad_seq: report.error.as_ref().map_or(0, AuditChainError::seq),
+            error: report.error.map(|e| e.to_string()).unwrap_or_default(),
         };
         Ok(Response::new(resp))
     }
