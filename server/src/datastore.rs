@@ -17,6 +17,8 @@ mod migrate;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
+#[cfg(test)]
+mod testdb;
 
 pub use sql::SqlStore;
 

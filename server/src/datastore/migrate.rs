@@ -313,3 +313,6 @@ async fn record<D: Dialect>(
     D::execute(conn, RECORD, &params).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -233,7 +233,7 @@ mod tests {
 
     #[tokio::test]
     async fn commits_are_durable_whatever_the_database_default() {
-        let db = crate::datastore::conformance::Postgres::new().await;
+        let db = crate::datastore::testdb::Postgres::new().await;
         let url = format!("{}&options=-c%20synchronous_commit%3Doff", db.url);
         let ds = PostgresDatastore::open(&url).await.unwrap();
         let (setting,): (String,) = sqlx::query_as("SHOW synchronous_commit")
