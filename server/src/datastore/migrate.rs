@@ -72,7 +72,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[
 
 /// The tables version 1 created: a database holding them but no version table was
 /// written by a release before versioned migrations.
-const BASELINE_TABLES: &[&str] = &[
+pub(super) const BASELINE_TABLES: &[&str] = &[
     "entries",
     "join_tokens",
     "audit_log",

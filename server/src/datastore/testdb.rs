@@ -8,18 +8,21 @@
 //! the tests.
 //!
 //! Besides opening datastores ([`Backend`]), [`TestDatabase`] looks under them: scripts
-//! and queries on a connection of their own, the migration runner alone, the schema.
+//! and queries on a connection of their own and the migration runner alone ([`Under`],
+//! written once over [`Connect`]), the schema.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::Connection as _;
+use sqlx::Pool;
+use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 
 use super::migrate::{self, MigrateError, Report};
 use super::postgres::{PostgresDatastore, redact_url};
-use super::sql::Io as _;
+use super::sql::{Cells as _, Dialect, Io as _};
 use super::sqlite::SqliteDatastore;
 use super::{Datastore, DatastoreError};
 
@@ -31,15 +34,6 @@ const SQLITE_FIXTURE: &str = include_str!("fixtures/sqlite-7c0b47d.sql");
 const POSTGRES_FIXTURE: &str = include_str!("fixtures/postgres-7c0b47d.sql");
 /// The schema the PostgreSQL fixture was dumped from; loading renames it.
 const POSTGRES_FIXTURE_SCHEMA: &str = "tessera_fixture";
-/// Every table of the datastore (what `emptied` deletes from).
-const TABLES: &[&str] = &[
-    "entries",
-    "join_tokens",
-    "audit_log",
-    "tasks",
-    "task_svids",
-    "agents",
-];
 
 /// A database that datastore objects can be opened on.
 #[async_trait::async_trait]
@@ -53,15 +47,61 @@ pub(super) trait Backend: Send + Sync {
     }
 }
 
-/// A database seen from under the datastore.
+/// How a test database is reached from under the datastore.
 #[async_trait::async_trait]
-pub(super) trait TestDatabase: Backend {
+pub(super) trait Connect: Send + Sync {
+    /// The backend.
+    type Dialect: Dialect;
+    /// A pool of one connection on the database (no migration).
+    async fn connect(&self) -> Pool<Self::Dialect>;
+}
+
+/// Scripts, queries and the migration runner on a database, written once for both
+/// backends.
+#[async_trait::async_trait]
+pub(super) trait Under: Send + Sync {
     /// Runs a script of statements on a connection of its own.
     async fn script(&self, sql: &str);
-    /// The single text column of each row of `sql`.
+    /// The column `t` (text) of each row of `sql`.
     async fn texts(&self, sql: &str) -> Vec<String>;
     /// Runs the migration runner alone on a pool of its own.
     async fn migrate(&self) -> Result<Report, MigrateError>;
+}
+
+#[async_trait::async_trait]
+impl<T: Connect> Under for T {
+    async fn script(&self, sql: &str) {
+        let pool = self.connect().await;
+        let mut conn = pool.acquire().await.unwrap();
+        T::Dialect::execute_script(&mut conn, sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        drop(conn);
+        pool.close().await;
+    }
+
+    async fn texts(&self, sql: &str) -> Vec<String> {
+        let pool = self.connect().await;
+        let mut conn = pool.acquire().await.unwrap();
+        let rows = T::Dialect::fetch_all(&mut conn, sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        drop(conn);
+        pool.close().await;
+        rows.iter().map(|r| r.text("t").unwrap()).collect()
+    }
+
+    async fn migrate(&self) -> Result<Report, MigrateError> {
+        let pool = self.connect().await;
+        let report = migrate::migrate(&pool).await;
+        pool.close().await;
+        report
+    }
+}
+
+/// A database the tests open datastores on and look under.
+#[async_trait::async_trait]
+pub(super) trait TestDatabase: Backend + Under {
     /// Loads the datastore of release 7c0b47d into this (empty) database.
     async fn load_fixture(&self);
     /// The schema, one line per column, index or constraint (without white space on
@@ -80,7 +120,7 @@ pub(super) trait TestDatabase: Backend {
     {
         self.load_fixture().await;
         drop(self.open().await);
-        for table in TABLES {
+        for table in migrate::BASELINE_TABLES {
             self.script(&format!("DELETE FROM {table}")).await;
         }
         self
@@ -122,39 +162,20 @@ impl Backend for Sqlite {
 }
 
 #[async_trait::async_trait]
-impl TestDatabase for Sqlite {
-    async fn script(&self, sql: &str) {
-        let mut conn = sqlx::SqliteConnection::connect_with(&self.options())
-            .await
-            .unwrap();
-        sqlx::Sqlite::execute_script(&mut conn, sql)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        conn.close().await.unwrap();
-    }
+impl Connect for Sqlite {
+    type Dialect = sqlx::Sqlite;
 
-    async fn texts(&self, sql: &str) -> Vec<String> {
-        let mut conn = sqlx::SqliteConnection::connect_with(&self.options())
-            .await
-            .unwrap();
-        let rows = sqlx::query_scalar(sql)
-            .fetch_all(&mut conn)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        conn.close().await.unwrap();
-        rows
-    }
-
-    async fn migrate(&self) -> Result<Report, MigrateError> {
-        let pool = SqlitePoolOptions::new()
+    async fn connect(&self) -> Pool<sqlx::Sqlite> {
+        SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(self.options())
-            .await?;
-        let report = migrate::migrate(&pool).await;
-        pool.close().await;
-        report
+            .await
+            .unwrap()
     }
+}
 
+#[async_trait::async_trait]
+impl TestDatabase for Sqlite {
     async fn load_fixture(&self) {
         self.script(SQLITE_FIXTURE).await;
     }
@@ -162,7 +183,7 @@ impl TestDatabase for Sqlite {
     async fn schema(&self) -> Vec<String> {
         let rows = self
             .texts(
-                "SELECT type || ' ' || name || ' ' || coalesce(sql, '') FROM sqlite_master
+                "SELECT type || ' ' || name || ' ' || coalesce(sql, '') AS t FROM sqlite_master
                  WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name",
             )
             .await;
@@ -177,7 +198,7 @@ impl TestDatabase for Sqlite {
     }
 
     async fn tables(&self) -> Vec<String> {
-        self.texts("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        self.texts("SELECT name AS t FROM sqlite_master WHERE type = 'table' ORDER BY name")
             .await
     }
 }
@@ -259,35 +280,20 @@ impl Backend for Postgres {
 }
 
 #[async_trait::async_trait]
-impl TestDatabase for Postgres {
-    async fn script(&self, sql: &str) {
-        let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
-        sqlx::Postgres::execute_script(&mut conn, sql)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        conn.close().await.unwrap();
-    }
+impl Connect for Postgres {
+    type Dialect = sqlx::Postgres;
 
-    async fn texts(&self, sql: &str) -> Vec<String> {
-        let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
-        let rows = sqlx::query_scalar(sql)
-            .fetch_all(&mut conn)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        conn.close().await.unwrap();
-        rows
-    }
-
-    async fn migrate(&self) -> Result<Report, MigrateError> {
-        let pool = sqlx::postgres::PgPoolOptions::new()
+    async fn connect(&self) -> Pool<sqlx::Postgres> {
+        PgPoolOptions::new()
             .max_connections(1)
             .connect(&self.url)
-            .await?;
-        let report = migrate::migrate(&pool).await;
-        pool.close().await;
-        report
+            .await
+            .unwrap()
     }
+}
 
+#[async_trait::async_trait]
+impl TestDatabase for Postgres {
     async fn load_fixture(&self) {
         // The dump creates and names its own schema; this database's schema exists
         // already. Lines starting with `\` are psql commands (`\restrict`), not SQL.
@@ -308,7 +314,7 @@ impl TestDatabase for Postgres {
     async fn schema(&self) -> Vec<String> {
         self.texts(
             "SELECT 'column ' || table_name || '.' || column_name || ' ' || data_type || ' '
-                 || is_nullable || ' collate ' || coalesce(collation_name, '-')
+                 || is_nullable || ' collate ' || coalesce(collation_name, '-') AS t
              FROM information_schema.columns WHERE table_schema = current_schema()
              UNION ALL
              SELECT 'index ' || replace(indexdef, current_schema() || '.', '')
@@ -329,7 +335,7 @@ impl TestDatabase for Postgres {
 
     async fn tables(&self) -> Vec<String> {
         self.texts(
-            "SELECT tablename::text FROM pg_catalog.pg_tables
+            "SELECT tablename::text AS t FROM pg_catalog.pg_tables
              WHERE schemaname = current_schema() ORDER BY tablename",
         )
         .await

@@ -16,7 +16,11 @@ use crate::datastore::{DatastoreError, EntryFilter};
 
 /// The recorded versions, as `"<version> <how>"`.
 const VERSIONS: &str =
-    "SELECT CAST(version AS TEXT) || ' ' || how FROM tessera_schema ORDER BY version";
+    "SELECT CAST(version AS TEXT) || ' ' || how AS t FROM tessera_schema ORDER BY version";
+/// Everything recorded of each version.
+const VERSION_ROWS: &str = "SELECT CAST(version AS TEXT) || ' ' || how || ' ' || checksum || ' '
+        || CAST(installed_at AS TEXT) || ' ' || description AS t
+    FROM tessera_schema ORDER BY version";
 /// The fixture's node, and the node banned in it.
 const NODE: &str = "spiffe://example.org/node/fixture";
 const BANNED: &str = "spiffe://example.org/node/banned";
@@ -132,7 +136,7 @@ async fn records(db: &dyn TestDatabase) -> BTreeSet<String> {
             .map(|c| format!("coalesce(CAST({c} AS TEXT), 'NULL')"))
             .collect();
         let sql = format!(
-            "SELECT '{table}|' || {} FROM {table}",
+            "SELECT '{table}|' || {} AS t FROM {table}",
             row.join(" || '|' || ")
         );
         all.extend(db.texts(&sql).await);
@@ -214,7 +218,7 @@ async fn a_release_datastore_is_upgraded_in_place_and_keeps_every_record(db: &dy
     assert_eq!(svids[0].task_id, tasks[2].id);
 
     // The join token the release left unused is still single use.
-    let token_hash = db.texts("SELECT token_hash FROM join_tokens").await;
+    let token_hash = db.texts("SELECT token_hash AS t FROM join_tokens").await;
     let token = ds
         .consume_join_token(&token_hash[0])
         .await
@@ -265,19 +269,13 @@ async fn a_fresh_database_goes_through_every_version_once(db: &dyn TestDatabase)
             applied: (1..=latest()).collect()
         }
     );
-    let recorded = db
-        .texts("SELECT CAST(version AS TEXT) || ' ' || how || ' ' || checksum || ' ' || CAST(installed_at AS TEXT) FROM tessera_schema")
-        .await;
+    let recorded = db.texts(VERSION_ROWS).await;
     assert_eq!(recorded.len(), MIGRATIONS.len());
     // Opening again, by the runner or a datastore, applies and records nothing.
     assert_eq!(db.migrate().await.unwrap(), Report::default());
     drop(db.open().await);
     drop(db.open().await);
-    assert_eq!(
-        db.texts("SELECT CAST(version AS TEXT) || ' ' || how || ' ' || checksum || ' ' || CAST(installed_at AS TEXT) FROM tessera_schema")
-            .await,
-        recorded
-    );
+    assert_eq!(db.texts(VERSION_ROWS).await, recorded);
 }
 
 async fn servers_starting_together_on_a_release_datastore_upgrade_it_once(db: &dyn TestDatabase) {
