@@ -65,9 +65,8 @@ impl SqlStore<Sqlite> {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err(e) => {
-                    return Err(DatastoreError::Backend(format!("{}: {e}", path.display())));
-                }
+                // The caller names the file (a server says "opening datastore PATH").
+                Err(e) => return Err(DatastoreError::Backend(e.to_string())),
             }
         };
         set_private(path);
