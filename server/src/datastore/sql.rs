@@ -7,13 +7,16 @@
 //! Why this shape: both drivers take the same statement text (`$n` placeholders), so the
 //! statements and the row mapping are written once (`records`), over four kinds of value
 //! (`io`). The code generic over sqlx's own traits is confined to `io`, whose bounds do
-//! not leak: everything here is generic over `D: Dialect` alone. (`sqlx::Any` would hide
-//! the driver at run time, but it cannot take SQLite's connect options or register
-//! PostgreSQL's per-connection settings, and it decodes flags differently per backend.)
+//! not leak: everything here is generic over `D: Dialect` alone. (`sqlx::Any`, which picks
+//! the driver at run time, is configured from a URL rather than each driver's connect
+//! options, and is a feature this build does not enable.)
 //!
 //! Errors: a unique violation is a [`DatastoreError::Conflict`] only where the trait
 //! promises one (entries, join tokens, tasks), with the message of what was duplicated;
 //! anywhere else it is a [`DatastoreError::Backend`] failure, like any other driver error.
+//! (The two backends used to differ here: SQLite called any duplicate, a join token's or
+//! an audit record's too, a duplicate entry. They also differed on empty lists, the order
+//! of due tasks and how entries are unique; each is now one behaviour, in one place.)
 //!
 //! Writes that append audit records go through `write_tx`: one transaction, serialised
 //! in the process by a mutex (waiting there keeps pooled connections free) and across

@@ -337,11 +337,12 @@ pub(super) fn task_svid(row: &impl Cells) -> Result<TaskSvid, DatastoreError> {
     })
 }
 
-/// An audit record's values, owned, in [`INSERT_AUDIT`] order.
+/// An audit record's detail as stored: the JSON text its hash covers.
 pub(super) fn audit_detail(r: &AuditRecord) -> String {
     r.event.detail.to_string()
 }
 
+/// An audit record's values in [`INSERT_AUDIT`] order (`detail` from [`audit_detail`]).
 pub(super) fn audit_params<'a>(r: &'a AuditRecord, detail: &'a str) -> [Param<'a>; 8] {
     [
         Param::Int(r.seq),
