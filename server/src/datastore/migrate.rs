@@ -21,7 +21,9 @@
 //!
 //! So a data directory or database from an older release is upgraded in place, a fresh
 //! one goes through the same scripts (and ends identical), and opening again applies
-//! nothing. A released script must never change: add a new version instead.
+//! nothing, nor needs the right to create tables: on PostgreSQL the owner may migrate
+//! and the servers run as a user with row privileges only. A released script must never
+//! change: add a new version instead.
 
 use sha2::{Digest as _, Sha256};
 use sqlx::Pool;
@@ -82,7 +84,7 @@ pub(super) const BASELINE_TABLES: &[&str] = &[
 ];
 
 /// The version table (the same text for both backends).
-const VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS tessera_schema (
+const VERSION_TABLE: &str = "CREATE TABLE tessera_schema (
     version BIGINT PRIMARY KEY,
     description TEXT NOT NULL,
     checksum TEXT NOT NULL,
@@ -187,7 +189,11 @@ pub(super) async fn migrate<D: Dialect>(pool: &Pool<D>) -> Result<Report, Migrat
     let mut report = Report::default();
     loop {
         let mut tx = D::begin_migration(pool).await?;
-        D::execute(&mut tx, VERSION_TABLE, &[]).await?;
+        // Only when missing: a database user who may not create tables can run on a
+        // database someone else migrated.
+        if !has_table::<D>(&mut tx, "tessera_schema").await? {
+            D::execute(&mut tx, VERSION_TABLE, &[]).await?;
+        }
         let current = current_version::<D>(&mut tx).await?;
         let baseline = MIGRATIONS.first().filter(|_| current == 0);
         let (m, how) = match baseline {
@@ -259,12 +265,7 @@ async fn written_before_versioning<D: Dialect>(
 ) -> Result<bool, MigrateError> {
     let mut missing = Vec::new();
     for table in BASELINE_TABLES {
-        let row = D::fetch_optional(conn, D::COUNT_TABLES, &[Param::Text(table)]).await?;
-        let count = match &row {
-            Some(r) => r.int("n").map_err(MigrateError::Corrupt)?,
-            None => 0,
-        };
-        if count == 0 {
+        if !has_table::<D>(conn, table).await? {
             missing.push(*table);
         }
     }
@@ -275,6 +276,16 @@ async fn written_before_versioning<D: Dialect>(
             missing: missing.join(", "),
         }),
     }
+}
+
+/// Whether the table exists where the datastore's unqualified names resolve.
+async fn has_table<D: Dialect>(conn: &mut D::Connection, name: &str) -> Result<bool, MigrateError> {
+    let row = D::fetch_optional(conn, D::COUNT_TABLES, &[Param::Text(name)]).await?;
+    let count = match &row {
+        Some(r) => r.int("n").map_err(MigrateError::Corrupt)?,
+        None => 0,
+    };
+    Ok(count > 0)
 }
 
 async fn apply<D: Dialect>(conn: &mut D::Connection, m: &Migration) -> Result<(), MigrateError> {

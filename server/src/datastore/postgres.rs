@@ -65,7 +65,7 @@ impl Dialect for Postgres {
             .bind(SCHEMA_LOCK)
             .execute(&mut *tx)
             .await?;
-        // `IF NOT EXISTS` on an existing table is a NOTICE; keep it out of the server's log.
+        // Keep the NOTICEs of migration scripts out of the server's log.
         sqlx::query("SET LOCAL client_min_messages = warning")
             .execute(&mut *tx)
             .await?;

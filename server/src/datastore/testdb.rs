@@ -241,6 +241,11 @@ impl Postgres {
     pub(super) async fn upgraded() -> Self {
         Self::new().await.emptied().await
     }
+
+    /// The schema's name.
+    pub(super) fn schema_name(&self) -> &str {
+        &self.schema
+    }
 }
 
 impl Drop for Postgres {

@@ -11,8 +11,8 @@ use common::{RegistrationEntry, SpiffeId};
 
 use super::{MIGRATIONS, MigrateError, Report, latest};
 use crate::audit::{AuditEvent, verify};
-use crate::datastore::testdb::{Postgres, Sqlite, TestDatabase};
-use crate::datastore::{DatastoreError, EntryFilter};
+use crate::datastore::testdb::{Backend as _, Postgres, Sqlite, TestDatabase, Under as _};
+use crate::datastore::{Datastore as _, DatastoreError, EntryFilter};
 
 /// The recorded versions, as `"<version> <how>"`.
 const VERSIONS: &str =
@@ -395,4 +395,46 @@ async fn fresh_and_upgraded_schemas_are_identical_on_postgres() {
             "{column}: {schema:#?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_user_who_may_not_create_tables_runs_on_a_migrated_postgres_database() {
+    use sqlx::Connection as _;
+
+    let db = Postgres::new().await;
+    drop(db.open().await);
+    // A role with the rights of a server's runtime user only: no CREATE on the schema.
+    let role = format!("{}_dml", db.schema_name());
+    let schema = db.schema_name();
+    db.script(&format!(
+        "CREATE ROLE {role} NOLOGIN;
+         GRANT USAGE ON SCHEMA {schema} TO {role};
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role};"
+    ))
+    .await;
+    let url = format!("{}&options=-c%20role%3D{role}", db.url);
+    let opened = crate::datastore::postgres::PostgresDatastore::open(&url).await;
+    let appended = match &opened {
+        Ok(ds) => {
+            let r = ds
+                .append_audit(&[AuditEvent::new("test.dml", "x", serde_json::json!({}))])
+                .await;
+            ds.close().await;
+            r.map(|v| v.len())
+        }
+        Err(e) => Err(e.clone()),
+    };
+    // The role really may not create tables.
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let created = sqlx::query("CREATE TABLE not_allowed (x TEXT)")
+        .execute(&mut conn)
+        .await;
+    conn.close().await.unwrap();
+    // Roles belong to the cluster, not to the schema: drop it before asserting.
+    db.script(&format!("DROP OWNED BY {role}; DROP ROLE {role};"))
+        .await;
+    assert!(opened.is_ok(), "{opened:?}");
+    assert!(matches!(appended, Ok(1)), "{appended:?}");
+    let denied = created.unwrap_err().to_string();
+    assert!(denied.contains("permission denied"), "{denied}");
 }
