@@ -245,6 +245,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn debug_shows_where_the_database_is_without_the_password() {
+        let db = crate::datastore::testdb::Postgres::new().await;
+        // The test URL's password if it has one; else one the server ignores (the test
+        // server trusts local connections, as `.ci/run` sets it up).
+        let (scheme, rest) = db.url.split_once("://").unwrap();
+        let (userinfo, host) = rest.split_once('@').expect("the test URL names a user");
+        let (url, password) = match userinfo.split_once(':') {
+            Some((_, password)) => (db.url.clone(), password.to_owned()),
+            None => (
+                format!("{scheme}://{userinfo}:s3cret@{host}"),
+                "s3cret".to_owned(),
+            ),
+        };
+        let ds = PostgresDatastore::open(&url).await.unwrap();
+        let shown = format!("{ds:?}");
+        assert!(!shown.contains(&password), "{shown}");
+        assert!(
+            shown.contains("PostgreSQL") && shown.contains(":***@"),
+            "{shown}"
+        );
+        ds.close().await;
+    }
+
+    #[tokio::test]
     async fn unreachable_database_is_a_clear_error_without_the_password() {
         // A port nothing listens on.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
