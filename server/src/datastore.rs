@@ -5,13 +5,22 @@
 //! `synchronous = FULL`; PostgreSQL with its default `synchronous_commit = on`), so
 //! anything an API call accepted survives a crash. The trait is written against plain SQL
 //! semantics (unique constraints, atomic delete-returning, conditional upserts,
-//! compare-and-set updates) and both backends implement it the same way; `conformance`
-//! runs one test suite against both.
+//! compare-and-set updates), and one implementation serves both backends: `sql` holds the
+//! statements and the row mapping, `sqlite` and `postgres` only what differs (opening,
+//! write locks, DDL). `migrate` brings a database's schema to the current version when it
+//! is opened, in place; `conformance` runs one test suite against both backends, on fresh
+//! databases and on databases written by an older release.
 
 #[cfg(test)]
 mod conformance;
+mod migrate;
 pub mod postgres;
+mod sql;
 pub mod sqlite;
+#[cfg(test)]
+mod testdb;
+
+pub use sql::SqlStore;
 
 use common::task::TaskState;
 use common::{RegistrationEntry, SpiffeId};

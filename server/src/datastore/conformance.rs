@@ -1,16 +1,13 @@
 //! One test suite for every datastore backend: each case below runs against SQLite (a
-//! temporary file) and PostgreSQL (a fresh schema, dropped afterwards), as
-//! `datastore::conformance::{sqlite,postgres}::<case>`.
-//!
-//! The PostgreSQL cases connect to `TESSERA_TEST_POSTGRES_URL` (default
-//! `postgres://root@127.0.0.1:5432/test`) and FAIL, never skip, when it does not answer:
-//! `.ci/run` starts PostgreSQL before the tests.
+//! temporary file) and PostgreSQL (a fresh schema, dropped afterwards), each fresh or
+//! upgraded from a datastore written by release 7c0b47d, as
+//! `datastore::conformance::{sqlite,postgres,sqlite_upgraded,postgres_upgraded}::<case>`
+//! (the databases are in `testdb`; PostgreSQL must answer, the cases never skip).
 //!
 //! "Two servers" are two datastore objects on the same database: each has its own pool
 //! and its own in-process lock, so only the database can keep them consistent.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,134 +15,33 @@ use std::time::Duration;
 use common::task::TaskState;
 use common::{RegistrationEntry, Selector, SelectorSet, SpiffeId};
 use serde_json::json;
-use sqlx::Connection as _;
 
-use super::postgres::{PostgresDatastore, redact_url};
-use super::sqlite::SqliteDatastore;
-use super::{AgentRecord, Datastore, DatastoreError, EntryFilter, TaskRecord, TaskSvid};
+use super::testdb::Backend;
+use super::{AgentRecord, DatastoreError, EntryFilter, TaskRecord, TaskSvid};
 use crate::audit::{AuditEvent, verify};
 
-/// Where the PostgreSQL cases connect unless `TESSERA_TEST_POSTGRES_URL` says otherwise.
-const DEFAULT_POSTGRES_URL: &str = "postgres://root@127.0.0.1:5432/test";
 /// The conflict message for a duplicate entry (both backends, the API shows it).
 const ENTRY_CONFLICT: &str =
     "an entry with the same SPIFFE ID, parent ID and selectors already exists";
 
-/// A database that datastore objects can be opened on.
-#[async_trait::async_trait]
-trait Backend: Send + Sync {
-    /// A new datastore object on the same database: another server, or a restarted one.
-    async fn open(&self) -> Arc<dyn Datastore>;
-}
-
-struct Sqlite {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
-impl Sqlite {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("datastore.sqlite3");
-        Self { _dir: dir, path }
-    }
-}
-
-#[async_trait::async_trait]
-impl Backend for Sqlite {
-    async fn open(&self) -> Arc<dyn Datastore> {
-        Arc::new(SqliteDatastore::open(&self.path).await.unwrap())
-    }
-}
-
-/// A fresh schema `tessera_t_<random>` in the test database; dropped with this value.
-pub(super) struct Postgres {
-    base: String,
-    schema: String,
-    /// Connection URL whose `search_path` is the schema.
-    pub(super) url: String,
-}
-
-fn postgres_base_url() -> String {
-    std::env::var("TESSERA_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.into())
-}
-
-impl Postgres {
-    /// Creates the schema; panics (fails the test) if PostgreSQL does not answer.
-    pub(super) async fn new() -> Self {
-        let base = postgres_base_url();
-        let mut conn = sqlx::PgConnection::connect(&base).await.unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL is required by the datastore tests and does not answer at {} ({e}). \
-                 Start it (.ci/run does) or point TESSERA_TEST_POSTGRES_URL at one.",
-                redact_url(&base)
-            )
-        });
-        let schema = format!("tessera_t_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(&format!("CREATE SCHEMA {schema}"))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        let _ = conn.close().await;
-        let sep = if base.contains('?') { '&' } else { '?' };
-        let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-        Self { base, schema, url }
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        // Drop may run inside the test's runtime: use a runtime of its own on a thread.
-        let base = self.base.clone();
-        let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema);
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            rt.block_on(async {
-                let mut conn = sqlx::PgConnection::connect(&base)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                sqlx::query(&sql)
-                    .execute(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let _ = conn.close().await;
-                Ok::<(), String>(())
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("could not drop test schema {}: {dropped:?}", self.schema);
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl Backend for Postgres {
-    async fn open(&self) -> Arc<dyn Datastore> {
-        Arc::new(PostgresDatastore::open(&self.url).await.unwrap())
-    }
-}
-
-/// Each case as a test per backend.
+/// Each case as a test per backend, on a fresh database and on one written by release
+/// 7c0b47d and migrated by this code (then emptied: the cases expect no records but
+/// their own).
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
-        mod sqlite {
+        conformance!(@on sqlite, Sqlite::new(); $($case),*);
+        conformance!(@on postgres, Postgres::new().await; $($case),*);
+        conformance!(@on sqlite_upgraded, Sqlite::upgraded().await; $($case),*);
+        conformance!(@on postgres_upgraded, Postgres::upgraded().await; $($case),*);
+    };
+    (@on $backend:ident, $make:expr; $($case:ident),*) => {
+        mod $backend {
+            #[allow(unused_imports, reason = "each backend module uses one of them")]
+            use crate::datastore::testdb::{Postgres, Sqlite};
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $case() {
-                    let b = super::Sqlite::new();
-                    super::$case(&b).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let b = super::Postgres::new().await;
+                    let b = $make;
                     super::$case(&b).await;
                 }
             )*

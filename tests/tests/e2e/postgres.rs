@@ -1,7 +1,9 @@
 //! The PostgreSQL datastore end to end: a server on a fresh database enrolls an agent,
 //! stores entries and a task, and after a restart has all of it (the agent still gets its
 //! SVIDs, a new entry reaches it, the audit chain verifies); two servers appending to one
-//! database keep one valid chain.
+//! database keep one valid chain. A database written by release 7c0b47d is upgraded in
+//! place when the server starts; one whose schema is newer than the server knows stops
+//! it with a message saying to upgrade.
 //!
 //! The database is created and dropped with `psql` on `TESSERA_TEST_POSTGRES_URL` (default
 //! `postgres://root@127.0.0.1:5432/test`, which `.ci/run` provides). When PostgreSQL does
@@ -11,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use tests::{AGENT_ID, Cluster, ServerProc, wait_for};
+use tests::{AGENT_ID, Cluster, ServerProc, TRUST_DOMAIN, bin, free_port, wait_for};
 
 const DEFAULT_URL: &str = "postgres://root@127.0.0.1:5432/test";
 const WEB: &str = "spiffe://example.org/pg/web";
@@ -26,12 +28,19 @@ struct TestDb {
     url: String,
 }
 
-fn psql(url: &str, sql: &str) -> Result<String, String> {
+/// The PostgreSQL datastore written by release 7c0b47d (`pg_dump` of the schema
+/// `tessera_fixture`), made by `server/src/datastore/fixtures/generate.sh`.
+const RELEASE_FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../server/src/datastore/fixtures/postgres-7c0b47d.sql"
+);
+
+/// Runs `sql` (`-c`) or a file (`-f`) with psql.
+fn psql_run(url: &str, how: &str, what: &str) -> Result<String, String> {
     let out = Command::new("psql")
         .arg(url)
         // No psqlrc, quiet, unaligned tuples only; stop at the first error.
-        .args(["-XqAt", "-v", "ON_ERROR_STOP=1", "-c"])
-        .arg(sql)
+        .args(["-XqAt", "-v", "ON_ERROR_STOP=1", how, what])
         .output()
         .map_err(|e| format!("cannot run psql: {e}"))?;
     if out.status.success() {
@@ -39,6 +48,10 @@ fn psql(url: &str, sql: &str) -> Result<String, String> {
     } else {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
+}
+
+fn psql(url: &str, sql: &str) -> Result<String, String> {
+    psql_run(url, "-c", sql)
 }
 
 impl TestDb {
@@ -252,4 +265,126 @@ fn everything_survives_a_restart_on_postgres_and_two_servers_share_one_audit_cha
         db.query("SELECT count(*) FROM entries"),
         (3 + 2 * PER_SERVER).to_string()
     );
+}
+
+/// `url` with `search_path` set to `schema`.
+fn in_schema(url: &str, schema: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}options=-c%20search_path%3D{schema}")
+}
+
+#[test]
+fn a_release_database_is_upgraded_at_start_and_a_newer_schema_stops_the_server() {
+    let db = TestDb::create();
+    psql_run(&db.url, "-f", RELEASE_FIXTURE).unwrap();
+    let url = in_schema(&db.url, "tessera_fixture");
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProc::start(dir.path(), &["--datastore", &url]);
+
+    // Migrated in place: the release's tables recorded as version 1, version 2 applied.
+    assert_eq!(
+        db.query(
+            "SELECT string_agg(version || ' ' || how, ',' ORDER BY version) \
+             FROM tessera_fixture.tessera_schema"
+        ),
+        "1 baseline,2 applied"
+    );
+    // Everything the release stored is served by this server.
+    let entries = server.cli_json(&["entry", "show"]);
+    let mut ids: Vec<&str> = entries["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["spiffe_id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        [
+            "spiffe://example.org/db",
+            "spiffe://example.org/jit/deploy",
+            "spiffe://example.org/jit/ops",
+            "spiffe://example.org/jit/tmp",
+            "spiffe://example.org/web",
+        ]
+    );
+    let agents = server.cli_json(&["agent", "list"]);
+    let banned: Vec<(&str, bool)> = agents["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["spiffe_id"].as_str().unwrap(),
+                a["banned"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        banned,
+        [
+            ("spiffe://example.org/node/fixture", false),
+            ("spiffe://example.org/node/banned", true)
+        ]
+    );
+    let tasks = server.cli_json(&["task", "list"]);
+    assert_eq!(tasks["tasks"].as_array().unwrap().len(), 3, "{tasks}");
+    let v = audit_verify(&server);
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(v["records"].as_u64().unwrap() >= 25, "{v}");
+    // A duplicate of a release's entry is refused: its identity was computed as now.
+    let dup = server.cli(&[
+        "entry",
+        "create",
+        "--parent-id",
+        "spiffe://example.org/node/fixture",
+        "--spiffe-id",
+        "spiffe://example.org/web",
+        "--selector",
+        "unix:uid:0",
+    ]);
+    assert!(!dup.status.success());
+    assert!(
+        String::from_utf8_lossy(&dup.stderr).contains("already exists"),
+        "{}",
+        String::from_utf8_lossy(&dup.stderr)
+    );
+    server.stop();
+
+    // As if a newer release had upgraded the database: this server refuses to start.
+    db.query(
+        "INSERT INTO tessera_fixture.tessera_schema \
+         (version, description, checksum, installed_at, how) \
+         VALUES (3, 'a newer release', '', 0, 'applied')",
+    );
+    let mut child = Command::new(bin("tessera-server"))
+        .arg("run")
+        .args(["--trust-domain", TRUST_DOMAIN])
+        .arg("--data-dir")
+        .arg(&server.data_dir)
+        .arg("--admin-socket")
+        .arg(dir.path().join("refused.sock"))
+        .args(["--bind", &format!("127.0.0.1:{}", free_port())])
+        .args(["--datastore", &url])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_for(Duration::from_secs(30), || child.try_wait().unwrap());
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the server must exit: {stderr}"
+    );
+    for part in [
+        "schema is version 3",
+        "up to version 2",
+        "upgrade tessera-server",
+    ] {
+        assert!(stderr.contains(part), "{part:?} not in: {stderr}");
+    }
 }

@@ -1,0 +1,570 @@
+//! The one implementation of [`Datastore`], for every SQL backend: [`SqlStore<D>`], generic
+//! over the sqlx driver `D`, which supplies only what really differs through [`Dialect`]:
+//! how a write transaction starts (SQLite's `BEGIN IMMEDIATE`; PostgreSQL's advisory lock),
+//! how migrations are serialised, and the DDL of each schema version. Opening the pool
+//! (file modes, WAL, URLs and passwords) lives in each backend's module.
+//!
+//! Why this shape: both drivers take the same statement text (`$n` placeholders), so the
+//! statements and the row mapping are written once (`records`), over four kinds of value
+//! (`io`). The code generic over sqlx's own traits is confined to `io`, whose bounds do
+//! not leak: everything here is generic over `D: Dialect` alone. (`sqlx::Any`, which picks
+//! the driver at run time, is configured from a URL rather than each driver's connect
+//! options, and is a feature this build does not enable.)
+//!
+//! Errors: a unique violation is a [`DatastoreError::Conflict`] only where the trait
+//! promises one (entries, join tokens, tasks), with the message of what was duplicated;
+//! anywhere else it is a [`DatastoreError::Backend`] failure, like any other driver error.
+//! (The two backends used to differ here: SQLite called any duplicate, a join token's or
+//! an audit record's too, a duplicate entry. They also differed on empty lists, the order
+//! of due tasks and how entries are unique; each is now one behaviour, in one place.)
+//!
+//! Writes that append audit records go through `write_tx`: one transaction, serialised
+//! in the process by a mutex (waiting there keeps pooled connections free) and across
+//! processes by the dialect's write lock, so the chain head read in it is the one every
+//! other writer sees.
+
+mod io;
+mod records;
+
+use std::sync::Arc;
+
+use common::task::TaskState;
+use common::{RegistrationEntry, SpiffeId};
+use futures::future::BoxFuture;
+use sqlx::{Pool, Transaction};
+
+use self::records::{EntryRow, TaskRow};
+use super::migrate::Migration;
+use super::{
+    AgentRecord, ConsumedToken, Datastore, DatastoreError, EntryFilter, TaskRecord, TaskSvid,
+};
+use crate::audit::{AuditEvent, AuditRecord};
+
+pub(super) use self::io::{Cells, Io, Param};
+
+/// What differs between SQL backends, beyond what [`Io`] runs.
+#[async_trait::async_trait]
+pub trait Dialect: Io {
+    /// Counts the tables named `$1` where the datastore's unqualified names resolve.
+    const COUNT_TABLES: &'static str;
+
+    /// Begins a transaction that writes the audit chain (or may). On return, no other
+    /// writer of this database, in any process, can append before it ends.
+    async fn begin_write(pool: &Pool<Self>) -> Result<Transaction<'static, Self>, sqlx::Error>;
+    /// Begins a transaction that reads and changes the schema version. On return, no
+    /// other server can migrate this database before it ends.
+    async fn begin_migration(pool: &Pool<Self>) -> Result<Transaction<'static, Self>, sqlx::Error>;
+    /// This backend's DDL for a schema version.
+    fn script(migration: &Migration) -> &'static str;
+}
+
+/// A datastore on a SQL database (see the module docs).
+pub struct SqlStore<D: Dialect> {
+    pool: Pool<D>,
+    /// Serialises this process's audit appends (the dialect's write lock serialises
+    /// processes).
+    audit_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Where the database is, for `Debug` and messages; never holds a password.
+    shown: String,
+}
+
+impl<D: Dialect> Clone for SqlStore<D> {
+    fn clone(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            audit_lock: Arc::clone(&self.audit_lock),
+            shown: self.shown.clone(),
+        }
+    }
+}
+
+impl<D: Dialect> std::fmt::Debug for SqlStore<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlStore")
+            .field("backend", &<D as sqlx::Database>::NAME)
+            .field("at", &self.shown)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Any driver error, where no uniqueness rule applies.
+pub(super) fn backend(e: sqlx::Error) -> DatastoreError {
+    DatastoreError::Backend(e.to_string())
+}
+
+/// A driver error where a unique violation means "`what` already exists".
+fn conflict(what: impl FnOnce() -> String) -> impl FnOnce(sqlx::Error) -> DatastoreError {
+    move |e| match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => DatastoreError::Conflict(what()),
+        _ => backend(e),
+    }
+}
+
+fn entry_conflict() -> String {
+    records::ENTRY_CONFLICT.to_owned()
+}
+
+impl<D: Dialect> SqlStore<D> {
+    /// A store on `pool`, whose schema is current; `shown` names the database.
+    pub(super) fn new(pool: Pool<D>, shown: String) -> Self {
+        Self {
+            pool,
+            audit_lock: Arc::default(),
+            shown,
+        }
+    }
+
+    /// The pool, for tests that look under the trait.
+    #[cfg(test)]
+    pub(super) fn pool(&self) -> &Pool<D> {
+        &self.pool
+    }
+
+    /// Closes the pool's connections (waits for those in use to be returned).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn execute(&self, sql: &str, params: &[Param<'_>]) -> Result<u64, sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        D::execute(&mut conn, sql, params).await
+    }
+
+    async fn one<T>(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+        decode: fn(&D::Row) -> Result<T, DatastoreError>,
+    ) -> Result<Option<T>, DatastoreError> {
+        let mut conn = self.pool.acquire().await.map_err(backend)?;
+        let row = D::fetch_optional(&mut conn, sql, params)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(decode).transpose()
+    }
+
+    async fn all<T>(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+        decode: fn(&D::Row) -> Result<T, DatastoreError>,
+    ) -> Result<Vec<T>, DatastoreError> {
+        let mut conn = self.pool.acquire().await.map_err(backend)?;
+        let rows = D::fetch_all(&mut conn, sql, params)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(decode).collect()
+    }
+
+    /// Runs `f` and then appends `audit` in one write transaction, committed only if `f`
+    /// returns `Ok(Some(_))` (`Ok(None)`: nothing applied, rolled back).
+    ///
+    /// It runs to completion in a task of its own even if the caller's request is
+    /// cancelled, so a transaction is never abandoned half-way; appends are serialised so
+    /// each record chains onto the one before it.
+    async fn write_tx<T, F>(&self, audit: &[AuditEvent], f: F) -> Result<Option<T>, DatastoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(
+                &'c mut D::Connection,
+            ) -> BoxFuture<'c, Result<Option<T>, DatastoreError>>
+            + Send
+            + 'static,
+    {
+        let pool = self.pool.clone();
+        let lock = Arc::clone(&self.audit_lock);
+        let events = audit.to_vec();
+        tokio::spawn(async move {
+            let _guard = lock.lock().await;
+            let mut tx = D::begin_write(&pool).await.map_err(backend)?;
+            let result = match f(&mut tx).await {
+                Ok(Some(v)) => append_in_tx::<D>(&mut tx, &events).await.map(|_| Some(v)),
+                other => other,
+            };
+            if matches!(result, Ok(Some(_))) {
+                tx.commit().await.map_err(backend)?;
+            } else {
+                // Nothing was applied either way: if the rollback fails, the connection is
+                // gone (sqlx closes it rather than reuse it mid-transaction).
+                let _ = tx.rollback().await;
+            }
+            result
+        })
+        .await
+        .map_err(|e| DatastoreError::Backend(format!("write transaction task: {e}")))?
+    }
+}
+
+async fn write_entry<D: Dialect>(
+    conn: &mut D::Connection,
+    e: &RegistrationEntry,
+    insert: bool,
+) -> Result<(), DatastoreError> {
+    let row = EntryRow::new(e)?;
+    let sql = if insert {
+        records::INSERT_ENTRY
+    } else {
+        records::UPDATE_ENTRY
+    };
+    let changed = D::execute(conn, sql, &row.params(e))
+        .await
+        .map_err(conflict(entry_conflict))?;
+    if changed == 0 {
+        return Err(DatastoreError::NotFound(format!("entry {}", e.id)));
+    }
+    Ok(())
+}
+
+/// Inserts a task (`expected: None`) or updates it if its state is one of `expected`;
+/// returns whether a row changed.
+async fn write_task<D: Dialect>(
+    conn: &mut D::Connection,
+    t: &TaskRecord,
+    expected: Option<&[TaskState]>,
+) -> Result<bool, DatastoreError> {
+    let update;
+    let sql = match expected {
+        None => records::INSERT_TASK,
+        Some(states) => match records::update_task_sql(states) {
+            Some(sql) => {
+                update = sql;
+                &update
+            }
+            None => return Ok(false),
+        },
+    };
+    let row = TaskRow::new(t);
+    let changed = D::execute(conn, sql, &row.params(t))
+        .await
+        .map_err(conflict(|| {
+            format!("entry {} already has an open task", t.entry_id)
+        }))?;
+    Ok(changed == 1)
+}
+
+/// Appends `events` after the chain head. The caller holds the write lock.
+async fn append_in_tx<D: Dialect>(
+    conn: &mut D::Connection,
+    events: &[AuditEvent],
+) -> Result<Vec<AuditRecord>, DatastoreError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let head = D::fetch_optional(conn, records::AUDIT_HEAD, &[])
+        .await
+        .map_err(backend)?
+        .as_ref()
+        .map(records::audit_head)
+        .transpose()?;
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    let stored = crate::audit::chain(head, at_ms, events);
+    for r in &stored {
+        let detail = records::audit_detail(r);
+        D::execute(
+            conn,
+            records::INSERT_AUDIT,
+            &records::audit_params(r, &detail),
+        )
+        .await
+        .map_err(backend)?;
+    }
+    Ok(stored)
+}
+
+/// Recomputes every entry's `identity` from its stored columns and writes those that
+/// differ (all of them on a SQLite database older than schema version 2, none on
+/// PostgreSQL, which always stored it). Part of the migration to version 2.
+pub(super) async fn refresh_entry_identities<D: Dialect>(
+    conn: &mut D::Connection,
+) -> Result<u64, DatastoreError> {
+    let rows = D::fetch_all(conn, records::ENTRY_IDENTITIES, &[])
+        .await
+        .map_err(backend)?;
+    let mut changed = 0;
+    for row in &rows {
+        let id = row.text("id")?;
+        let want = records::identity(
+            &row.text("spiffe_id")?,
+            &row.text("parent_id")?,
+            &row.text("selectors")?,
+        );
+        if row.text("identity")? != want {
+            // Two entries with one identity would be one entry stored twice, which the
+            // schema never allowed: the unique constraint refuses it, and the migration
+            // with it.
+            changed += D::execute(
+                conn,
+                records::SET_ENTRY_IDENTITY,
+                &[Param::Text(&id), Param::Text(&want)],
+            )
+            .await
+            .map_err(conflict(|| {
+                format!("{} (entry {id})", records::ENTRY_CONFLICT)
+            }))?;
+        }
+    }
+    Ok(changed)
+}
+
+#[async_trait::async_trait]
+impl<D: Dialect> Datastore for SqlStore<D> {
+    async fn create_entry(&self, entry: &RegistrationEntry) -> Result<(), DatastoreError> {
+        let mut conn = self.pool.acquire().await.map_err(backend)?;
+        write_entry::<D>(&mut conn, entry, true).await
+    }
+
+    async fn update_entry(&self, entry: &RegistrationEntry) -> Result<(), DatastoreError> {
+        let mut conn = self.pool.acquire().await.map_err(backend)?;
+        write_entry::<D>(&mut conn, entry, false).await
+    }
+
+    async fn delete_entry(&self, id: &str) -> Result<Option<RegistrationEntry>, DatastoreError> {
+        self.one(records::DELETE_ENTRY, &[Param::Text(id)], records::entry)
+            .await
+    }
+
+    async fn get_entry(&self, id: &str) -> Result<Option<RegistrationEntry>, DatastoreError> {
+        self.one(records::GET_ENTRY, &[Param::Text(id)], records::entry)
+            .await
+    }
+
+    async fn list_entries(
+        &self,
+        filter: &EntryFilter,
+    ) -> Result<Vec<RegistrationEntry>, DatastoreError> {
+        let params = [
+            Param::OptText(filter.spiffe_id.as_ref().map(SpiffeId::as_str)),
+            Param::OptText(filter.parent_id.as_ref().map(SpiffeId::as_str)),
+        ];
+        self.all(records::LIST_ENTRIES, &params, records::entry)
+            .await
+    }
+
+    async fn create_join_token(
+        &self,
+        token_hash: &str,
+        spiffe_id: &SpiffeId,
+        expires_at: i64,
+    ) -> Result<(), DatastoreError> {
+        let params = [
+            Param::Text(token_hash),
+            Param::Text(spiffe_id.as_str()),
+            Param::Int(expires_at),
+        ];
+        self.execute(records::INSERT_JOIN_TOKEN, &params)
+            .await
+            .map_err(conflict(|| {
+                "a join token with this hash already exists".into()
+            }))?;
+        Ok(())
+    }
+
+    async fn consume_join_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<ConsumedToken>, DatastoreError> {
+        self.one(
+            records::CONSUME_JOIN_TOKEN,
+            &[Param::Text(token_hash)],
+            records::consumed_token,
+        )
+        .await
+    }
+
+    async fn attest_agent(&self, agent: &AgentRecord) -> Result<bool, DatastoreError> {
+        let changed = self
+            .execute(records::ATTEST_AGENT, &records::agent_params(agent))
+            .await
+            .map_err(backend)?;
+        Ok(changed == 1)
+    }
+
+    async fn renew_agent(
+        &self,
+        id: &SpiffeId,
+        expected_serial: &str,
+        new_serial: &str,
+        expires_at: i64,
+    ) -> Result<bool, DatastoreError> {
+        let params = [
+            Param::Text(new_serial),
+            Param::Int(expires_at),
+            Param::Text(id.as_str()),
+            Param::Text(expected_serial),
+        ];
+        let changed = self
+            .execute(records::RENEW_AGENT, &params)
+            .await
+            .map_err(backend)?;
+        Ok(changed == 1)
+    }
+
+    async fn ban_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, DatastoreError> {
+        self.one(
+            records::BAN_AGENT,
+            &[Param::Text(id.as_str())],
+            records::agent,
+        )
+        .await
+    }
+
+    async fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, DatastoreError> {
+        self.one(
+            records::GET_AGENT,
+            &[Param::Text(id.as_str())],
+            records::agent,
+        )
+        .await
+    }
+
+    async fn list_agents(&self) -> Result<Vec<AgentRecord>, DatastoreError> {
+        self.all(records::LIST_AGENTS, &[], records::agent).await
+    }
+
+    async fn delete_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, DatastoreError> {
+        self.one(
+            records::DELETE_AGENT,
+            &[Param::Text(id.as_str())],
+            records::agent,
+        )
+        .await
+    }
+
+    async fn append_audit(
+        &self,
+        events: &[AuditEvent],
+    ) -> Result<Vec<AuditRecord>, DatastoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let events = events.to_vec();
+        let stored = self
+            .write_tx(&[], move |conn| {
+                Box::pin(async move { append_in_tx::<D>(conn, &events).await.map(Some) })
+            })
+            .await?;
+        Ok(stored.unwrap_or_default())
+    }
+
+    async fn list_audit(&self, task_id: Option<&str>) -> Result<Vec<AuditRecord>, DatastoreError> {
+        self.all(
+            records::LIST_AUDIT,
+            &[Param::OptText(task_id)],
+            records::audit,
+        )
+        .await
+    }
+
+    async fn create_task(
+        &self,
+        task: &TaskRecord,
+        provisioned_entry: Option<&RegistrationEntry>,
+        audit: &[AuditEvent],
+    ) -> Result<(), DatastoreError> {
+        let task = task.clone();
+        let entry = provisioned_entry.cloned();
+        self.write_tx(audit, move |conn| {
+            Box::pin(async move {
+                if let Some(e) = &entry {
+                    write_entry::<D>(conn, e, true).await?;
+                }
+                write_task::<D>(conn, &task, None).await.map(|_| Some(()))
+            })
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn update_task(
+        &self,
+        task: &TaskRecord,
+        expected: &[TaskState],
+        audit: &[AuditEvent],
+    ) -> Result<bool, DatastoreError> {
+        let task = task.clone();
+        let expected = expected.to_vec();
+        let applied = self
+            .write_tx(audit, move |conn| {
+                Box::pin(async move {
+                    if !write_task::<D>(conn, &task, Some(&expected)).await? {
+                        return Ok(None);
+                    }
+                    if task.provisioned && !task.state.is_open() {
+                        D::execute(conn, records::DELETE_ENTRY, &[Param::Text(&task.entry_id)])
+                            .await
+                            .map_err(backend)?;
+                    }
+                    Ok(Some(()))
+                })
+            })
+            .await?;
+        Ok(applied.is_some())
+    }
+
+    async fn get_task(&self, id: &str) -> Result<Option<TaskRecord>, DatastoreError> {
+        self.one(records::GET_TASK, &[Param::Text(id)], records::task)
+            .await
+    }
+
+    async fn list_tasks(
+        &self,
+        state: Option<TaskState>,
+    ) -> Result<Vec<TaskRecord>, DatastoreError> {
+        let params = [Param::OptText(state.map(TaskState::as_str))];
+        self.all(records::LIST_TASKS, &params, records::task).await
+    }
+
+    async fn due_tasks(&self, now: i64) -> Result<Vec<TaskRecord>, DatastoreError> {
+        self.all(records::DUE_TASKS, &[Param::Int(now)], records::task)
+            .await
+    }
+
+    async fn open_task_for_entry(
+        &self,
+        entry_id: &str,
+    ) -> Result<Option<TaskRecord>, DatastoreError> {
+        self.one(
+            records::OPEN_TASK_FOR_ENTRY,
+            &[Param::Text(entry_id)],
+            records::task,
+        )
+        .await
+    }
+
+    async fn record_task_svids(&self, svids: &[TaskSvid]) -> Result<(), DatastoreError> {
+        if svids.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        for s in svids {
+            D::execute(
+                &mut tx,
+                records::UPSERT_TASK_SVID,
+                &records::task_svid_params(s),
+            )
+            .await
+            .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn revoked_since(
+        &self,
+        now: i64,
+    ) -> Result<(Vec<TaskRecord>, Vec<TaskSvid>), DatastoreError> {
+        let tasks = self
+            .all(records::ENDED_TASKS, &[Param::Int(now)], records::task)
+            .await?;
+        let svids = self
+            .all(
+                records::REVOKED_TASK_SVIDS,
+                &[Param::Int(now)],
+                records::task_svid,
+            )
+            .await?;
+        Ok((tasks, svids))
+    }
+}

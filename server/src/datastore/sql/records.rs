@@ -1,0 +1,380 @@
+//! How each record is stored: its statements (one text for both backends) and its row
+//! mapping, in both directions, written once.
+//!
+//! Statements use `$n` placeholders, which PostgreSQL requires and sqlx's SQLite driver
+//! binds by number too, and only SQL both backends read the same way: `RETURNING`,
+//! `ON CONFLICT ... DO UPDATE`, partial indexes, `NOT flag` and `TRUE` for flags. Orders
+//! are total (a unique column last) and text keys compare as bytes on both backends
+//! (SQLite's `BINARY` collation; `COLLATE "C"` on PostgreSQL since schema version 2), so a
+//! listing comes back in one order whatever the backend.
+//!
+//! Lists, scopes, DNS names and policy decisions are stored as JSON text (not a native
+//! JSON type) so a value reads back byte for byte, and audit hashes are computed over the
+//! same strings on both backends.
+
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use common::task::TaskState;
+use common::{RegistrationEntry, Selector, SelectorSet, SpiffeId};
+use sha2::{Digest as _, Sha256};
+
+use super::io::{Cells, Param};
+use crate::audit::{AuditEvent, AuditRecord};
+use crate::datastore::{AgentRecord, ConsumedToken, DatastoreError, TaskRecord, TaskSvid};
+
+/// The message of a duplicate entry (same id, or same SPIFFE ID, parent and selectors);
+/// the admin API shows it.
+pub(super) const ENTRY_CONFLICT: &str =
+    "an entry with the same SPIFFE ID, parent ID and selectors already exists";
+
+pub(super) const INSERT_ENTRY: &str = "INSERT INTO entries (id, spiffe_id, parent_id, selectors,
+        identity, x509_svid_ttl, jwt_svid_ttl, dns_names, jit, hint, created_at, revision)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+pub(super) const UPDATE_ENTRY: &str = "UPDATE entries SET spiffe_id = $2, parent_id = $3,
+        selectors = $4, identity = $5, x509_svid_ttl = $6, jwt_svid_ttl = $7, dns_names = $8,
+        jit = $9, hint = $10, created_at = $11, revision = $12
+    WHERE id = $1";
+pub(super) const DELETE_ENTRY: &str = "DELETE FROM entries WHERE id = $1 RETURNING *";
+pub(super) const GET_ENTRY: &str = "SELECT * FROM entries WHERE id = $1";
+pub(super) const LIST_ENTRIES: &str = "SELECT * FROM entries
+    WHERE ($1 IS NULL OR spiffe_id = $1) AND ($2 IS NULL OR parent_id = $2)
+    ORDER BY created_at, id";
+/// What the migration to version 2 recomputes: see [`identity`].
+pub(super) const ENTRY_IDENTITIES: &str =
+    "SELECT id, spiffe_id, parent_id, selectors, identity FROM entries ORDER BY id";
+pub(super) const SET_ENTRY_IDENTITY: &str = "UPDATE entries SET identity = $2 WHERE id = $1";
+
+pub(super) const INSERT_JOIN_TOKEN: &str =
+    "INSERT INTO join_tokens (token_hash, spiffe_id, expires_at) VALUES ($1, $2, $3)";
+/// One statement: of two concurrent callers only one deletes the row (SQLite serialises
+/// writers; on PostgreSQL the second `DELETE` waits for the first, then finds nothing).
+pub(super) const CONSUME_JOIN_TOKEN: &str =
+    "DELETE FROM join_tokens WHERE token_hash = $1 RETURNING spiffe_id, expires_at";
+
+/// One statement: the conflicting row is locked and its `banned` read again before the
+/// update, so a ban committed concurrently is never overwritten.
+pub(super) const ATTEST_AGENT: &str = "INSERT INTO agents (spiffe_id, serial, previous_serial,
+        expires_at, attested_at, banned, attestation_type)
+    VALUES ($1, $2, $3, $4, $5, $6, $7)
+    ON CONFLICT (spiffe_id) DO UPDATE SET serial = excluded.serial,
+        previous_serial = excluded.previous_serial, expires_at = excluded.expires_at,
+        attested_at = excluded.attested_at, banned = excluded.banned,
+        attestation_type = excluded.attestation_type
+    WHERE NOT agents.banned";
+pub(super) const RENEW_AGENT: &str =
+    "UPDATE agents SET previous_serial = serial, serial = $1, expires_at = $2
+    WHERE spiffe_id = $3 AND serial = $4 AND NOT banned";
+pub(super) const BAN_AGENT: &str =
+    "UPDATE agents SET banned = TRUE WHERE spiffe_id = $1 RETURNING *";
+pub(super) const GET_AGENT: &str = "SELECT * FROM agents WHERE spiffe_id = $1";
+pub(super) const LIST_AGENTS: &str = "SELECT * FROM agents ORDER BY attested_at, spiffe_id";
+pub(super) const DELETE_AGENT: &str = "DELETE FROM agents WHERE spiffe_id = $1 RETURNING *";
+
+pub(super) const AUDIT_HEAD: &str = "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1";
+pub(super) const INSERT_AUDIT: &str = "INSERT INTO audit_log (seq, at_ms, kind, task_id, subject,
+        detail, prev_hash, hash)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+pub(super) const LIST_AUDIT: &str =
+    "SELECT * FROM audit_log WHERE ($1 IS NULL OR task_id = $1) ORDER BY seq";
+
+pub(super) const INSERT_TASK: &str = "INSERT INTO tasks (id, state, entry_id, spiffe_id,
+        parent_id, provisioned, requester, approver, reason, ticket, scopes, created_at,
+        activated_at, deadline, ended_at, end_reason, decision)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
+pub(super) const GET_TASK: &str = "SELECT * FROM tasks WHERE id = $1";
+pub(super) const LIST_TASKS: &str =
+    "SELECT * FROM tasks WHERE ($1 IS NULL OR state = $1) ORDER BY created_at, id";
+pub(super) const DUE_TASKS: &str = "SELECT * FROM tasks
+    WHERE state IN ('pending_approval', 'active') AND deadline <= $1 ORDER BY deadline, id";
+pub(super) const OPEN_TASK_FOR_ENTRY: &str =
+    "SELECT * FROM tasks WHERE entry_id = $1 AND state IN ('pending_approval', 'active')";
+pub(super) const ENDED_TASKS: &str = "SELECT * FROM tasks
+    WHERE state NOT IN ('pending_approval', 'active') AND deadline > $1 ORDER BY ended_at, id";
+pub(super) const UPSERT_TASK_SVID: &str = "INSERT INTO task_svids (serial, task_id,
+        issuer_serial, not_after)
+    VALUES ($1, $2, $3, $4)
+    ON CONFLICT (serial) DO UPDATE SET task_id = excluded.task_id,
+        issuer_serial = excluded.issuer_serial, not_after = excluded.not_after";
+pub(super) const REVOKED_TASK_SVIDS: &str = "SELECT s.* FROM task_svids s
+    JOIN tasks t ON t.id = s.task_id
+    WHERE t.state NOT IN ('pending_approval', 'active') AND s.not_after > $1
+    ORDER BY s.serial";
+
+/// The update of a task's row, applied only if its stored state is one of `expected`
+/// (compare-and-set); `None` when `expected` is empty (nothing can match).
+pub(super) fn update_task_sql(expected: &[TaskState]) -> Option<String> {
+    if expected.is_empty() {
+        return None;
+    }
+    // State names are fixed identifiers, never input: safe to inline.
+    let states: Vec<String> = expected
+        .iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect();
+    Some(format!(
+        "UPDATE tasks SET state = $2, entry_id = $3, spiffe_id = $4, parent_id = $5,
+            provisioned = $6, requester = $7, approver = $8, reason = $9, ticket = $10,
+            scopes = $11, created_at = $12, activated_at = $13, deadline = $14, ended_at = $15,
+            end_reason = $16, decision = $17
+        WHERE id = $1 AND state IN ({})",
+        states.join(", ")
+    ))
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> DatastoreError {
+    DatastoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn spiffe_id(row: &impl Cells, column: &str) -> Result<SpiffeId, DatastoreError> {
+    SpiffeId::new(&row.text(column)?).map_err(|e| corrupt(column, e))
+}
+
+fn json_strings(row: &impl Cells, column: &str) -> Result<Vec<String>, DatastoreError> {
+    serde_json::from_str(&row.text(column)?).map_err(|e| corrupt(column, e))
+}
+
+fn to_json(list: &[String]) -> String {
+    serde_json::Value::from(list.to_vec()).to_string()
+}
+
+/// A duration as stored: whole seconds (saturating; TTLs are far below the limit).
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+fn duration(row: &impl Cells, column: &str) -> Result<Duration, DatastoreError> {
+    let v = row.int(column)?;
+    Ok(Duration::from_secs(
+        u64::try_from(v).map_err(|e| corrupt(column, e))?,
+    ))
+}
+
+/// Canonical selector encoding: a JSON array of the sorted `type:value` strings, so equal
+/// sets are equal text.
+pub(super) fn selectors_json(s: &SelectorSet) -> String {
+    let list: Vec<String> = s.iter().map(ToString::to_string).collect();
+    to_json(&list)
+}
+
+/// What makes an entry unique: SHA-256 (hex) of the JSON array `[spiffe_id, parent_id,
+/// selectors]`, `selectors` being the stored text. A unique constraint on this column is
+/// the rule "no two entries with the same SPIFFE ID, parent and selector set", without
+/// an index over the columns themselves (an entry may carry 64 selectors of 1 KiB, beyond
+/// what a PostgreSQL index row holds).
+pub(super) fn identity(spiffe_id: &str, parent_id: &str, selectors: &str) -> String {
+    let key = serde_json::json!([spiffe_id, parent_id, selectors]);
+    hex::encode(Sha256::digest(key.to_string().as_bytes()))
+}
+
+/// An entry's values, owned, in [`INSERT_ENTRY`] / [`UPDATE_ENTRY`] order.
+pub(super) struct EntryRow {
+    selectors: String,
+    identity: String,
+    dns_names: String,
+    revision: i64,
+}
+
+impl EntryRow {
+    pub(super) fn new(e: &RegistrationEntry) -> Result<Self, DatastoreError> {
+        let selectors = selectors_json(&e.selectors);
+        Ok(Self {
+            identity: identity(e.spiffe_id.as_str(), e.parent_id.as_str(), &selectors),
+            selectors,
+            dns_names: to_json(&e.dns_names),
+            revision: i64::try_from(e.revision).map_err(|err| corrupt("revision", err))?,
+        })
+    }
+
+    pub(super) fn params<'a>(&'a self, e: &'a RegistrationEntry) -> [Param<'a>; 12] {
+        [
+            Param::Text(&e.id),
+            Param::Text(e.spiffe_id.as_str()),
+            Param::Text(e.parent_id.as_str()),
+            Param::Text(&self.selectors),
+            Param::Text(&self.identity),
+            Param::Int(secs(e.x509_svid_ttl)),
+            Param::Int(secs(e.jwt_svid_ttl)),
+            Param::Text(&self.dns_names),
+            Param::Flag(e.jit),
+            Param::Text(&e.hint),
+            Param::Int(e.created_at),
+            Param::Int(self.revision),
+        ]
+    }
+}
+
+pub(super) fn entry(row: &impl Cells) -> Result<RegistrationEntry, DatastoreError> {
+    let selectors = json_strings(row, "selectors")?
+        .iter()
+        .map(|s| Selector::from_str(s))
+        .collect::<Result<SelectorSet, _>>()
+        .map_err(|e| corrupt("selectors", e))?;
+    Ok(RegistrationEntry {
+        id: row.text("id")?,
+        spiffe_id: spiffe_id(row, "spiffe_id")?,
+        parent_id: spiffe_id(row, "parent_id")?,
+        selectors,
+        x509_svid_ttl: duration(row, "x509_svid_ttl")?,
+        jwt_svid_ttl: duration(row, "jwt_svid_ttl")?,
+        dns_names: json_strings(row, "dns_names")?,
+        jit: row.flag("jit")?,
+        hint: row.text("hint")?,
+        created_at: row.int("created_at")?,
+        revision: u64::try_from(row.int("revision")?).map_err(|e| corrupt("revision", e))?,
+    })
+}
+
+pub(super) fn agent_params(a: &AgentRecord) -> [Param<'_>; 7] {
+    [
+        Param::Text(a.spiffe_id.as_str()),
+        Param::Text(&a.serial),
+        Param::Text(&a.previous_serial),
+        Param::Int(a.expires_at),
+        Param::Int(a.attested_at),
+        Param::Flag(a.banned),
+        Param::Text(&a.attestation_type),
+    ]
+}
+
+pub(super) fn agent(row: &impl Cells) -> Result<AgentRecord, DatastoreError> {
+    Ok(AgentRecord {
+        spiffe_id: spiffe_id(row, "spiffe_id")?,
+        serial: row.text("serial")?,
+        previous_serial: row.text("previous_serial")?,
+        expires_at: row.int("expires_at")?,
+        attested_at: row.int("attested_at")?,
+        banned: row.flag("banned")?,
+        attestation_type: row.text("attestation_type")?,
+    })
+}
+
+pub(super) fn consumed_token(row: &impl Cells) -> Result<ConsumedToken, DatastoreError> {
+    Ok(ConsumedToken {
+        spiffe_id: spiffe_id(row, "spiffe_id")?,
+        expires_at: row.int("expires_at")?,
+    })
+}
+
+/// A task's values, owned, in [`INSERT_TASK`] / [`update_task_sql`] order.
+pub(super) struct TaskRow {
+    scopes: String,
+    decision: String,
+}
+
+impl TaskRow {
+    pub(super) fn new(t: &TaskRecord) -> Self {
+        Self {
+            scopes: to_json(&t.scopes),
+            decision: t.decision.to_string(),
+        }
+    }
+
+    pub(super) fn params<'a>(&'a self, t: &'a TaskRecord) -> [Param<'a>; 17] {
+        [
+            Param::Text(&t.id),
+            Param::Text(t.state.as_str()),
+            Param::Text(&t.entry_id),
+            Param::Text(t.spiffe_id.as_str()),
+            Param::Text(t.parent_id.as_str()),
+            Param::Flag(t.provisioned),
+            Param::Text(&t.requester),
+            Param::Text(&t.approver),
+            Param::Text(&t.reason),
+            Param::Text(&t.ticket),
+            Param::Text(&self.scopes),
+            Param::Int(t.created_at),
+            Param::Int(t.activated_at),
+            Param::Int(t.deadline),
+            Param::Int(t.ended_at),
+            Param::Text(&t.end_reason),
+            Param::Text(&self.decision),
+        ]
+    }
+}
+
+pub(super) fn task(row: &impl Cells) -> Result<TaskRecord, DatastoreError> {
+    Ok(TaskRecord {
+        id: row.text("id")?,
+        state: row
+            .text("state")?
+            .parse()
+            .map_err(|e| corrupt("state", e))?,
+        entry_id: row.text("entry_id")?,
+        spiffe_id: spiffe_id(row, "spiffe_id")?,
+        parent_id: spiffe_id(row, "parent_id")?,
+        provisioned: row.flag("provisioned")?,
+        requester: row.text("requester")?,
+        approver: row.text("approver")?,
+        reason: row.text("reason")?,
+        ticket: row.text("ticket")?,
+        scopes: json_strings(row, "scopes")?,
+        created_at: row.int("created_at")?,
+        activated_at: row.int("activated_at")?,
+        deadline: row.int("deadline")?,
+        ended_at: row.int("ended_at")?,
+        end_reason: row.text("end_reason")?,
+        decision: serde_json::from_str(&row.text("decision")?)
+            .map_err(|e| corrupt("decision", e))?,
+    })
+}
+
+pub(super) fn task_svid_params(s: &TaskSvid) -> [Param<'_>; 4] {
+    [
+        Param::Text(&s.serial),
+        Param::Text(&s.task_id),
+        Param::Text(&s.issuer_serial),
+        Param::Int(s.not_after),
+    ]
+}
+
+pub(super) fn task_svid(row: &impl Cells) -> Result<TaskSvid, DatastoreError> {
+    Ok(TaskSvid {
+        task_id: row.text("task_id")?,
+        serial: row.text("serial")?,
+        issuer_serial: row.text("issuer_serial")?,
+        not_after: row.int("not_after")?,
+    })
+}
+
+/// An audit record's detail as stored: the JSON text its hash covers.
+pub(super) fn audit_detail(r: &AuditRecord) -> String {
+    r.event.detail.to_string()
+}
+
+/// An audit record's values in [`INSERT_AUDIT`] order (`detail` from [`audit_detail`]).
+pub(super) fn audit_params<'a>(r: &'a AuditRecord, detail: &'a str) -> [Param<'a>; 8] {
+    [
+        Param::Int(r.seq),
+        Param::Int(r.at_ms),
+        Param::Text(&r.event.kind),
+        Param::OptText(r.event.task_id.as_deref()),
+        Param::Text(&r.event.subject),
+        Param::Text(detail),
+        Param::Text(&r.prev_hash),
+        Param::Text(&r.hash),
+    ]
+}
+
+pub(super) fn audit(row: &impl Cells) -> Result<AuditRecord, DatastoreError> {
+    let detail = row.text("detail")?;
+    Ok(AuditRecord {
+        seq: row.int("seq")?,
+        at_ms: row.int("at_ms")?,
+        event: AuditEvent {
+            kind: row.text("kind")?,
+            task_id: row.opt_text("task_id")?,
+            subject: row.text("subject")?,
+            // A record whose detail is no longer JSON was tampered with: keep the raw text
+            // so verification reports it instead of the listing failing.
+            detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
+        },
+        prev_hash: row.text("prev_hash")?,
+        hash: row.text("hash")?,
+    })
+}
+
+/// The chain head: `(seq, hash)` of the last record.
+pub(super) fn audit_head(row: &impl Cells) -> Result<(i64, String), DatastoreError> {
+    Ok((row.int("seq")?, row.text("hash")?))
+}
