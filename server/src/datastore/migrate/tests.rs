@@ -10,7 +10,7 @@ use common::task::TaskState;
 use common::{RegistrationEntry, SpiffeId};
 
 use super::{MIGRATIONS, MigrateError, Report, latest};
-use crate::audit::{AuditEvent, verify};
+use crate::audit::{AuditEvent, AuditKind, verify};
 use crate::datastore::testdb::{Backend as _, Postgres, Sqlite, TestDatabase, Under as _};
 use crate::datastore::{Datastore as _, DatastoreError, EntryFilter};
 
@@ -231,7 +231,7 @@ async fn a_release_datastore_is_upgraded_in_place_and_keeps_every_record(db: &dy
     let log = ds.list_audit(None).await.unwrap();
     assert_eq!(verify(&log), Ok(25));
     ds.append_audit(&[AuditEvent::new(
-        "test.after_upgrade",
+        AuditKind::PolicyReloaded,
         "x",
         serde_json::json!({}),
     )])
@@ -417,7 +417,11 @@ async fn a_user_who_may_not_create_tables_runs_on_a_migrated_postgres_database()
     let appended = match &opened {
         Ok(ds) => {
             let r = ds
-                .append_audit(&[AuditEvent::new("test.dml", "x", serde_json::json!({}))])
+                .append_audit(&[AuditEvent::new(
+                    AuditKind::PolicyReloaded,
+                    "x",
+                    serde_json::json!({}),
+                )])
                 .await;
             ds.close().await;
             r.map(|v| v.len())
