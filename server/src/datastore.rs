@@ -26,6 +26,7 @@ use common::task::TaskState;
 use common::{RegistrationEntry, SpiffeId};
 
 use crate::audit::{AuditEvent, AuditRecord};
+use crate::policy::Decision;
 
 /// What can go wrong talking to the datastore.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -61,8 +62,9 @@ pub struct AgentRecord {
     /// Serial (hex) of its current SVID.
     pub serial: String,
     /// Serial of the SVID it held before the last renewal (accepted until that expires,
-    /// so a renewal whose response was lost does not lock the agent out).
-    pub previous_serial: String,
+    /// so a renewal whose response was lost does not lock the agent out); `None` before
+    /// its first renewal.
+    pub previous_serial: Option<String>,
     /// When the current SVID expires (unix seconds).
     pub expires_at: i64,
     /// First attestation (unix seconds).
@@ -99,8 +101,8 @@ pub struct TaskRecord {
     pub provisioned: bool,
     /// `user:NAME` (an operator) or the workload's standing SPIFFE ID.
     pub requester: String,
-    /// Who approved it (`user:NAME`), empty if approval was not needed or not given yet.
-    pub approver: String,
+    /// Who approved it (`user:NAME`); `None` if approval was not needed or not given yet.
+    pub approver: Option<String>,
     /// Why it exists.
     pub reason: String,
     /// Ticket reference.
@@ -109,16 +111,23 @@ pub struct TaskRecord {
     pub scopes: Vec<String>,
     /// Unix seconds.
     pub created_at: i64,
-    /// Unix seconds; 0 until active.
-    pub activated_at: i64,
+    /// Unix seconds; `None` until active.
+    pub activated_at: Option<i64>,
     /// Unix seconds: nothing issued under it outlives this; it expires here.
     pub deadline: i64,
-    /// Unix seconds; 0 while open.
-    pub ended_at: i64,
-    /// Why it ended.
-    pub end_reason: String,
-    /// The policy decision that admitted it (JSON).
-    pub decision: serde_json::Value,
+    /// How and when it ended; `None` while open.
+    pub end: Option<TaskEnd>,
+    /// The policy decision that admitted it.
+    pub decision: Decision,
+}
+
+/// How a task ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskEnd {
+    /// Unix seconds.
+    pub at: i64,
+    /// Why, e.g. `deadline reached` or the reason its requester gave (may be empty).
+    pub reason: String,
 }
 
 /// An X.509-SVID issued under a task (kept so it can be listed on a CRL when the task

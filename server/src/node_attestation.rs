@@ -195,7 +195,7 @@ impl NodeAttestor {
         let record = AgentRecord {
             spiffe_id: id.clone(),
             serial: issued.serial_hex.clone(),
-            previous_serial: String::new(),
+            previous_serial: None,
             expires_at: unix_seconds(issued.not_after),
             attested_at: now_unix(),
             banned: false,
@@ -226,8 +226,7 @@ impl NodeAttestor {
             return Err(NodeAttestationError::Banned(id.to_string()));
         }
         let current = record.serial == leaf.serial_hex;
-        let previous =
-            !record.previous_serial.is_empty() && record.previous_serial == leaf.serial_hex;
+        let previous = record.previous_serial.as_deref() == Some(leaf.serial_hex.as_str());
         if !current && !previous {
             return Err(NodeAttestationError::NotAttested(id.to_string()));
         }

@@ -105,8 +105,9 @@ pub struct PolicyRequest {
     pub provisioned: bool,
 }
 
-/// The outcome of [`PolicyEngine::evaluate`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The outcome of [`PolicyEngine::evaluate`]. Stored with the task it admitted (as JSON:
+/// these fields; an `explanation` key written by earlier releases is ignored on read).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Decision {
     /// Cedar said Allow.
     pub allowed: bool,

@@ -166,6 +166,36 @@ pub struct EntryRequest {
     pub hint: String,
 }
 
+/// An entry's validated fields, not yet an entry: it becomes one with an id, a creation
+/// time and a revision ([`ValidEntry::new_entry`], [`ValidEntry::replacing`]). (It holds
+/// them in an entry whose id, creation time and revision are not set yet; that value
+/// never leaves this type.)
+#[derive(Debug, Clone)]
+pub struct ValidEntry(RegistrationEntry);
+
+impl ValidEntry {
+    /// A new entry created at `now` (a time-ordered id: entries created in the same
+    /// second still sort in creation order).
+    pub fn new_entry(self, now: i64) -> RegistrationEntry {
+        RegistrationEntry {
+            id: uuid::Uuid::now_v7().to_string(),
+            created_at: now,
+            revision: 1,
+            ..self.0
+        }
+    }
+
+    /// The next revision of `old`, with these fields.
+    pub fn replacing(self, old: &RegistrationEntry) -> RegistrationEntry {
+        RegistrationEntry {
+            id: old.id.clone(),
+            created_at: old.created_at,
+            revision: old.revision + 1,
+            ..self.0
+        }
+    }
+}
+
 /// Entry CRUD with validation and change notification.
 #[derive(Debug, Clone)]
 pub struct Registrar {
@@ -221,8 +251,8 @@ impl Registrar {
         }
     }
 
-    /// Validates a spec into an entry (id, timestamps and revision are filled by callers).
-    pub fn validate(&self, spec: &EntryRequest) -> Result<RegistrationEntry, RegistrationError> {
+    /// Validates a request; the result becomes an entry once it has an id ([`ValidEntry`]).
+    pub fn validate(&self, spec: &EntryRequest) -> Result<ValidEntry, RegistrationError> {
         let spiffe_id = self.id_in_td("spiffe_id", &spec.spiffe_id)?;
         if spiffe_id.is_trust_domain_id() || spiffe_id.path().starts_with("/tessera/server") {
             return Err(RegistrationError::ReservedSpiffeId(spiffe_id.to_string()));
@@ -262,7 +292,7 @@ impl Registrar {
         if spec.hint.chars().any(char::is_control) {
             return Err(RegistrationError::BadHint);
         }
-        Ok(RegistrationEntry {
+        Ok(ValidEntry(RegistrationEntry {
             id: String::new(),
             spiffe_id,
             parent_id,
@@ -274,7 +304,7 @@ impl Registrar {
             hint: spec.hint.clone(),
             created_at: 0,
             revision: 0,
-        })
+        }))
     }
 
     /// Creates an entry.
@@ -282,11 +312,7 @@ impl Registrar {
         &self,
         spec: &EntryRequest,
     ) -> Result<RegistrationEntry, RegistrationError> {
-        let mut entry = self.validate(spec)?;
-        // Time-ordered ids: entries created in the same second still sort in creation order.
-        entry.id = uuid::Uuid::now_v7().to_string();
-        entry.created_at = now_unix();
-        entry.revision = 1;
+        let entry = self.validate(spec)?.new_entry(now_unix());
         self.ds.create_entry(&entry).await?;
         self.ds
             .append_audit(&[entry_event(AuditKind::EntryCreated, &entry)])
@@ -305,15 +331,13 @@ impl Registrar {
         id: &str,
         spec: &EntryRequest,
     ) -> Result<RegistrationEntry, RegistrationError> {
-        let mut entry = self.validate(spec)?;
+        let valid = self.validate(spec)?;
         let old = self
             .ds
             .get_entry(id)
             .await?
             .ok_or_else(|| RegistrationError::NotFound(id.to_owned()))?;
-        entry.id = old.id.clone();
-        entry.created_at = old.created_at;
-        entry.revision = old.revision + 1;
+        let entry = valid.replacing(&old);
         self.ds.update_entry(&entry).await?;
         self.ds
             .append_audit(&[entry_event(AuditKind::EntryUpdated, &entry)])

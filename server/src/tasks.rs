@@ -37,7 +37,7 @@ use self::revocation::{RevocationState, ended_early};
 use crate::audit::{AuditEvent, AuditKind};
 use crate::ca::rotation::CaSet;
 use crate::clock::Clock;
-use crate::datastore::{Datastore, DatastoreError, EntryFilter, TaskRecord};
+use crate::datastore::{Datastore, DatastoreError, EntryFilter, TaskEnd, TaskRecord};
 use crate::events::{ChangeEvent, Events};
 use crate::policy::{Action, Decision, EntryFacts, PolicyEngine, PolicyRequest, Principal};
 use crate::registration::{EntryRequest, Registrar, RegistrationError};
@@ -185,7 +185,7 @@ impl Tasks {
         action: Action,
         principal: Principal,
         entry: &RegistrationEntry,
-        t: &TaskRecord,
+        t: Purpose<'_>,
         ttl_seconds: i64,
     ) -> PolicyRequest {
         PolicyRequest {
@@ -197,11 +197,11 @@ impl Tasks {
                 jit: entry.jit,
                 selectors: entry.selectors.iter().map(ToString::to_string).collect(),
             },
-            scopes: t.scopes.clone(),
+            scopes: t.scopes.to_vec(),
             ttl_seconds,
-            ticket: t.ticket.clone(),
-            reason: t.reason.clone(),
-            approver: (!t.approver.is_empty()).then(|| t.approver.clone()),
+            ticket: t.ticket.to_owned(),
+            reason: t.reason.to_owned(),
+            approver: t.approver.map(str::to_owned),
             now_unix: self.clock.now_unix(),
             provisioned: t.provisioned,
         }
@@ -223,16 +223,16 @@ impl Tasks {
                     Requester::Workload { agent, .. } => agent.to_string(),
                     Requester::User(_) => parent_id.clone(),
                 };
-                let mut entry = self.registrar.validate(&EntryRequest {
-                    spiffe_id: spiffe_id.clone(),
-                    parent_id,
-                    selectors: selectors.clone(),
-                    jit: true,
-                    ..Default::default()
-                })?;
-                entry.id = uuid::Uuid::now_v7().to_string();
-                entry.created_at = self.clock.now_unix();
-                entry.revision = 1;
+                let entry = self
+                    .registrar
+                    .validate(&EntryRequest {
+                        spiffe_id: spiffe_id.clone(),
+                        parent_id,
+                        selectors: selectors.clone(),
+                        jit: true,
+                        ..Default::default()
+                    })?
+                    .new_entry(self.clock.now_unix());
                 return Ok((entry, true));
             }
             TaskTarget::Entry(id) => self
@@ -299,60 +299,79 @@ impl Tasks {
         request.check()?;
         let (entry, provisioned) = self.target(requester, &request.target).await?;
         let now = self.clock.now_unix();
-        let mut task = draft(requester, request, &entry, provisioned, now);
+        let id = uuid::Uuid::now_v7().to_string();
         let asked = self.asked_ttl(request);
         let decision = self.policy.evaluate(&self.policy_request(
             Action::BeginTask,
             requester.principal(),
             &entry,
-            &task,
+            Purpose::of_request(request, provisioned),
             asked,
         ));
         let requested = AuditEvent::for_task(
             AuditKind::TaskRequested,
-            &task.id,
-            &task.spiffe_id,
+            &id,
+            &entry.spiffe_id,
             json!({
-                "requester": task.requester,
-                "entry_id": task.entry_id,
-                "parent_id": task.parent_id.as_str(),
+                "requester": requester.label(),
+                "entry_id": entry.id,
+                "parent_id": entry.parent_id.as_str(),
                 "provisioned": provisioned,
-                "reason": task.reason,
-                "ticket": task.ticket,
-                "scopes": task.scopes,
+                "reason": request.reason,
+                "ticket": request.ticket,
+                "scopes": request.scopes,
                 "ttl_seconds": request.ttl.map_or(0, |d| d.as_secs()),
             }),
         );
         let decided = AuditEvent::for_task(
             AuditKind::TaskPolicy,
-            &task.id,
-            &task.spiffe_id,
+            &id,
+            &entry.spiffe_id,
             decision.to_json(),
         );
         if !decision.allowed {
             self.ds.append_audit(&[requested, decided]).await?;
-            tracing::info!(task_id = %task.id, requester = %task.requester, explanation = %decision.explain(), "task denied by policy");
+            tracing::info!(task_id = %id, requester = %requester.label(), explanation = %decision.explain(), "task denied by policy");
             return Err(TaskError::Denied(decision.explain()));
         }
         let ttl = asked
             .min(decision.max_ttl_seconds.unwrap_or(i64::MAX))
             .min(self.server_max_ttl())
             .max(1);
-        task.deadline = now.saturating_add(ttl);
-        task.decision = decision.to_json();
+        let approval_required = decision.approval_required;
+        let task = TaskRecord {
+            id,
+            state: if approval_required {
+                TaskState::PendingApproval
+            } else {
+                TaskState::Active
+            },
+            entry_id: entry.id.clone(),
+            spiffe_id: entry.spiffe_id.clone(),
+            parent_id: entry.parent_id.clone(),
+            provisioned,
+            requester: requester.label(),
+            approver: None,
+            reason: request.reason.clone(),
+            ticket: request.ticket.clone(),
+            scopes: request.scopes.clone(),
+            created_at: now,
+            activated_at: (!approval_required).then_some(now),
+            deadline: now.saturating_add(ttl),
+            end: None,
+            decision,
+        };
         let mut audit = vec![requested, decided];
-        if decision.approval_required {
-            audit.push(AuditEvent::for_task(
+        audit.push(if approval_required {
+            AuditEvent::for_task(
                 AuditKind::TaskPendingApproval,
                 &task.id,
                 &task.spiffe_id,
                 json!({ "deadline": task.deadline }),
-            ));
+            )
         } else {
-            task.state = TaskState::Active;
-            task.activated_at = now;
-            audit.push(activated_event(&task));
-        }
+            activated_event(&task)
+        });
         self.ds
             .create_task(&task, provisioned.then_some(&entry), &audit)
             .await?;
@@ -369,12 +388,11 @@ impl Tasks {
         request: &TaskRequest,
     ) -> Result<Decision, TaskError> {
         let (entry, provisioned) = self.target(requester, &request.target).await?;
-        let probe = draft(requester, request, &entry, provisioned, 0);
         Ok(self.policy.evaluate(&self.policy_request(
             Action::BeginTask,
             requester.principal(),
             &entry,
-            &probe,
+            Purpose::of_request(request, provisioned),
             self.asked_ttl(request),
         )))
     }
@@ -417,19 +435,19 @@ impl Tasks {
             return Err(TaskError::WrongState(format!("task {id} has expired")));
         }
         let mut task = current.clone();
-        task.approver = label;
+        task.approver = Some(label);
         let decision = self.policy.evaluate(&self.policy_request(
             Action::BeginTask,
             principal_of(&task.requester),
             &entry,
-            &task,
+            Purpose::of_task(&task),
             task.deadline - now,
         ));
         if !decision.allowed {
             return Err(TaskError::Denied(decision.explain()));
         }
         task.state = TaskState::Active;
-        task.activated_at = now;
+        task.activated_at = Some(now);
         let audit = [
             AuditEvent::for_task(
                 AuditKind::TaskApproved,
@@ -448,7 +466,7 @@ impl Tasks {
                 "task {id} changed concurrently; try again"
             )));
         }
-        tracing::info!(task_id = %task.id, approver = %task.approver, "task approved and active");
+        tracing::info!(task_id = %task.id, approver = ?task.approver, "task approved and active");
         self.changed(&task, Some(entry));
         Ok(task)
     }
@@ -576,8 +594,10 @@ impl Tasks {
     ) -> Result<Option<TaskRecord>, TaskError> {
         let mut task = current.clone();
         task.state = state;
-        task.ended_at = self.clock.now_unix();
-        task.end_reason = reason.to_owned();
+        task.end = Some(TaskEnd {
+            at: self.clock.now_unix(),
+            reason: reason.to_owned(),
+        });
         let mut audit = vec![AuditEvent::for_task(
             AuditKind::TaskEnded,
             &task.id,
@@ -691,7 +711,7 @@ impl Tasks {
             Action::IssueSvid,
             principal_of(&task.requester),
             entry,
-            &task,
+            Purpose::of_task(&task),
             left,
         ));
         if !decision.allowed {
@@ -765,32 +785,35 @@ impl Tasks {
     }
 }
 
-/// A new task for `request` on `entry`, pending until policy and approval say otherwise.
-fn draft(
-    requester: &Requester,
-    request: &TaskRequest,
-    entry: &RegistrationEntry,
+/// What a task is for, as the policy sees it.
+#[derive(Debug, Clone, Copy)]
+struct Purpose<'a> {
+    scopes: &'a [String],
+    ticket: &'a str,
+    reason: &'a str,
+    approver: Option<&'a str>,
     provisioned: bool,
-    now: i64,
-) -> TaskRecord {
-    TaskRecord {
-        id: uuid::Uuid::now_v7().to_string(),
-        state: TaskState::PendingApproval,
-        entry_id: entry.id.clone(),
-        spiffe_id: entry.spiffe_id.clone(),
-        parent_id: entry.parent_id.clone(),
-        provisioned,
-        requester: requester.label(),
-        approver: String::new(),
-        reason: request.reason.clone(),
-        ticket: request.ticket.clone(),
-        scopes: request.scopes.clone(),
-        created_at: now,
-        activated_at: 0,
-        deadline: 0,
-        ended_at: 0,
-        end_reason: String::new(),
-        decision: json!(null),
+}
+
+impl<'a> Purpose<'a> {
+    fn of_request(r: &'a TaskRequest, provisioned: bool) -> Self {
+        Self {
+            scopes: &r.scopes,
+            ticket: &r.ticket,
+            reason: &r.reason,
+            approver: None,
+            provisioned,
+        }
+    }
+
+    fn of_task(t: &'a TaskRecord) -> Self {
+        Self {
+            scopes: &t.scopes,
+            ticket: &t.ticket,
+            reason: &t.reason,
+            approver: t.approver.as_deref(),
+            provisioned: t.provisioned,
+        }
     }
 }
 

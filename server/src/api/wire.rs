@@ -99,20 +99,8 @@ pub(crate) fn decision(d: &Decision) -> wire::PolicyDecision {
     }
 }
 
-/// The wire form of a task.
+/// The wire form of a task (the wire has no absent values: 0 and "" stand for them).
 pub(crate) fn task(t: &TaskRecord) -> wire::Task {
-    let d = &t.decision;
-    let s = |k: &str| d.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
-    let list = |k: &str| {
-        d.get(k)
-            .and_then(|v| v.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
     wire::Task {
         id: t.id.clone(),
         state: t.state.as_str().to_owned(),
@@ -121,32 +109,16 @@ pub(crate) fn task(t: &TaskRecord) -> wire::Task {
         parent_id: t.parent_id.to_string(),
         provisioned: t.provisioned,
         requester: t.requester.clone(),
-        approver: t.approver.clone(),
+        approver: t.approver.clone().unwrap_or_default(),
         reason: t.reason.clone(),
         ticket: t.ticket.clone(),
         scopes: t.scopes.clone(),
         created_at: t.created_at,
-        activated_at: t.activated_at,
+        activated_at: t.activated_at.unwrap_or(0),
         deadline: t.deadline,
-        ended_at: t.ended_at,
-        end_reason: t.end_reason.clone(),
-        decision: (!d.is_null()).then(|| wire::PolicyDecision {
-            allowed: d
-                .get("allowed")
-                .and_then(serde_json::Value::as_bool)
-                .unwrap_or(false),
-            approval_required: d
-                .get("approval_required")
-                .and_then(serde_json::Value::as_bool)
-                .unwrap_or(false),
-            max_ttl_seconds: d
-                .get("max_ttl_seconds")
-                .and_then(serde_json::Value::as_i64)
-                .unwrap_or(0),
-            policies: list("policies"),
-            errors: list("errors"),
-            explanation: s("explanation"),
-        }),
+        ended_at: t.end.as_ref().map_or(0, |e| e.at),
+        end_reason: t.end.as_ref().map(|e| e.reason.clone()).unwrap_or_default(),
+        decision: Some(decision(&t.decision)),
     }
 }
 

@@ -17,8 +17,9 @@ use common::{RegistrationEntry, Selector, SelectorSet, SpiffeId};
 use serde_json::json;
 
 use super::testdb::Backend;
-use super::{AgentRecord, DatastoreError, EntryFilter, TaskRecord, TaskSvid};
+use super::{AgentRecord, DatastoreError, EntryFilter, TaskEnd, TaskRecord, TaskSvid};
 use crate::audit::{AuditEvent, verify};
+use crate::policy::Decision;
 
 /// The conflict message for a duplicate entry (both backends, the API shows it).
 const ENTRY_CONFLICT: &str =
@@ -96,16 +97,39 @@ fn task(id: &str, e: &RegistrationEntry, state: TaskState, deadline: i64) -> Tas
         parent_id: e.parent_id.clone(),
         provisioned: false,
         requester: "user:root".into(),
-        approver: String::new(),
+        approver: None,
         reason: "deploy".into(),
         ticket: "CHG-1".into(),
         scopes: vec!["db:read".into(), "db:write".into()],
         created_at: 1_700_000_000,
-        activated_at: 0,
+        activated_at: None,
         deadline,
-        ended_at: 0,
-        end_reason: String::new(),
-        decision: json!({"allowed": true, "policies": ["operators"], "max_ttl": 3600, "nested": {"x": [1, 2.5, null]}}),
+        end: (!state.is_open()).then(|| TaskEnd {
+            at: 1_700_000_000,
+            reason: String::new(),
+        }),
+        decision: Decision {
+            allowed: true,
+            approval_required: false,
+            max_ttl_seconds: Some(3600),
+            policies: vec!["ops.cedar:operators".into()],
+            errors: vec!["ünïcode \"q\" \\ /".into()],
+            action: "begin_task".into(),
+            principal: "User::\"root\"".into(),
+            entry: format!("Entry::\"{}\"", e.id),
+        },
+    }
+}
+
+/// `t` moved to the final `state` at `at`, for `reason`.
+fn ended(t: &TaskRecord, state: TaskState, at: i64, reason: &str) -> TaskRecord {
+    TaskRecord {
+        state,
+        end: Some(TaskEnd {
+            at,
+            reason: reason.into(),
+        }),
+        ..t.clone()
     }
 }
 
@@ -113,7 +137,7 @@ fn agent(id: &str, serial: &str) -> AgentRecord {
     AgentRecord {
         spiffe_id: sid(id),
         serial: serial.into(),
-        previous_serial: String::new(),
+        previous_serial: None,
         expires_at: 2_000_000_000,
         attested_at: 1_700_000_000,
         banned: false,
@@ -281,7 +305,7 @@ async fn agents_attest_renew_ban(b: &dyn Backend) {
     assert_eq!(ds.get_agent(&id).await.unwrap().unwrap(), record);
     // Re-attestation of a known, unbanned agent replaces its record.
     let mut again = agent(id.as_str(), "0a");
-    again.previous_serial = "01".into();
+    again.previous_serial = Some("01".into());
     assert!(ds.attest_agent(&again).await.unwrap());
     assert_eq!(ds.get_agent(&id).await.unwrap().unwrap(), again);
     // Compare-and-set renewal: a stale expected serial changes nothing.
@@ -292,10 +316,10 @@ async fn agents_attest_renew_ban(b: &dyn Backend) {
     assert_eq!(
         (
             got.serial.as_str(),
-            got.previous_serial.as_str(),
+            got.previous_serial.as_deref(),
             got.expires_at
         ),
-        ("02", "0a", 6)
+        ("02", Some("0a"), 6)
     );
     let unknown = sid("spiffe://example.org/node/unknown");
     assert!(!ds.renew_agent(&unknown, "", "01", 1).await.unwrap());
@@ -418,8 +442,7 @@ async fn audit_chain_stays_gap_free_under_concurrent_appends(b: &dyn Backend) {
                 )
                 .await
                 .unwrap();
-                let mut done = t.clone();
-                done.state = TaskState::Completed;
+                let done = ended(&t, TaskState::Completed, 11, "done");
                 assert!(
                     ds.update_task(
                         &done,
@@ -513,8 +536,8 @@ async fn tasks_lifecycle(b: &dyn Backend) {
     // Compare-and-set: from a state it is not in, nothing changes (nor is audited).
     let mut active = t1.clone();
     active.state = TaskState::Active;
-    active.approver = "user:alice".into();
-    active.activated_at = 1_700_000_100;
+    active.approver = Some("user:alice".into());
+    active.activated_at = Some(1_700_000_100);
     let approved = [event("task.approved", "t1", Some("t1"))];
     assert!(
         !ds.update_task(&active, &[TaskState::Active], &approved)
@@ -542,13 +565,15 @@ async fn tasks_lifecycle(b: &dyn Backend) {
 
     // Ending a task that did not provision its entry keeps the entry, and frees it for
     // the next task.
-    let mut ended = active.clone();
-    ended.state = TaskState::Revoked;
-    ended.ended_at = 1_700_000_200;
-    ended.end_reason = "suspected misuse".into();
+    let revoked = ended(
+        &active,
+        TaskState::Revoked,
+        1_700_000_200,
+        "suspected misuse",
+    );
     assert!(
         ds.update_task(
-            &ended,
+            &revoked,
             &[TaskState::PendingApproval, TaskState::Active],
             &[event("task.revoked", "t1", Some("t1"))]
         )
@@ -583,9 +608,7 @@ async fn tasks_lifecycle(b: &dyn Backend) {
     assert!(ds.get_entry("p-dup").await.unwrap().is_none());
     assert_eq!(ds.list_audit(None).await.unwrap().len(), audit_before);
 
-    let mut tp_done = tp.clone();
-    tp_done.state = TaskState::Completed;
-    tp_done.ended_at = 1_700_000_300;
+    let tp_done = ended(&tp, TaskState::Completed, 1_700_000_300, "");
     assert!(
         ds.update_task(
             &tp_done,
@@ -637,9 +660,7 @@ async fn tasks_compare_and_set_under_concurrency(b: &dyn Backend) {
             .enumerate()
         {
             let ds = Arc::clone(&servers[k % 2]);
-            let mut end = t.clone();
-            end.state = state;
-            end.end_reason = format!("by {k}");
+            let end = ended(&t, state, 12, &format!("by {k}"));
             handles.push(tokio::spawn(async move {
                 let audit = [event("task.ended", &end.id, Some(&end.id))];
                 let applied = ds
@@ -671,11 +692,12 @@ async fn due_and_revoked_tasks(b: &dyn Backend) {
     let ds = b.open().await;
     let mk = |id: &str, state: TaskState, deadline: i64| {
         let e = entry(&format!("entry-{id}"), "spiffe://example.org/jit/d", 0);
-        let mut t = task(id, &e, state, deadline);
-        if !state.is_open() {
-            t.ended_at = 10;
+        let t = task(id, &e, state, deadline);
+        if state.is_open() {
+            t
+        } else {
+            ended(&t, state, 10, "")
         }
-        t
     };
     let tasks = [
         mk("open-100", TaskState::Active, 100),
@@ -738,10 +760,9 @@ async fn reopen_sees_everything(b: &dyn Backend) {
     ds.create_task(&tp, Some(&p), &[event("task.requested", "tp", Some("tp"))])
         .await
         .unwrap();
-    let mut te = task("te", &e, TaskState::Active, 5000);
+    let te = task("te", &e, TaskState::Active, 5000);
     ds.create_task(&te, None, &[]).await.unwrap();
-    te.state = TaskState::Revoked;
-    te.ended_at = 20;
+    let te = ended(&te, TaskState::Revoked, 20, "");
     assert!(
         ds.update_task(
             &te,
@@ -798,8 +819,8 @@ async fn reopen_sees_everything(b: &dyn Backend) {
     );
     let got = ds.get_agent(&node).await.unwrap().unwrap();
     assert_eq!(
-        (got.serial.as_str(), got.previous_serial.as_str()),
-        ("02", "01")
+        (got.serial.as_str(), got.previous_serial.as_deref()),
+        ("02", Some("01"))
     );
     let tok = ds.consume_join_token("h1").await.unwrap().unwrap();
     assert_eq!((tok.spiffe_id, tok.expires_at), (node, 99));

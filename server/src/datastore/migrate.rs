@@ -70,6 +70,14 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../migrations/postgres/0002_one_sql_layer.sql"),
         then: Some(Fixup::EntryIdentities),
     },
+    Migration {
+        version: 3,
+        description: "no placeholders: NULL for a task's unset approver, activation and \
+                      end, and an agent's previous serial before its first renewal",
+        sqlite: include_str!("../../migrations/sqlite/0003_no_sentinels.sql"),
+        postgres: include_str!("../../migrations/postgres/0003_no_sentinels.sql"),
+        then: None,
+    },
 ];
 
 /// The tables version 1 created: a database holding them but no version table was

@@ -233,7 +233,7 @@ async fn write_task<D: Dialect>(
             None => return Ok(false),
         },
     };
-    let row = TaskRow::new(t);
+    let row = TaskRow::new(t)?;
     let changed = D::execute(conn, sql, &row.params(t))
         .await
         .map_err(conflict(|| {

@@ -123,8 +123,10 @@ impl RevocationState {
                 return Ok(false);
             }
         }
-        let ended_at: HashMap<&str, i64> =
-            tasks.iter().map(|t| (t.id.as_str(), t.ended_at)).collect();
+        let ended_at: HashMap<&str, i64> = tasks
+            .iter()
+            .filter_map(|t| Some((t.id.as_str(), t.end.as_ref()?.at)))
+            .collect();
         let mut by_ca: BTreeMap<&str, Vec<Revoked>> = BTreeMap::new();
         for s in &svids {
             let at = ended_at

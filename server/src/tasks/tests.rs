@@ -126,8 +126,9 @@ async fn a_task_expires_at_its_deadline_by_the_clock_not_before() {
     // At the deadline the loop expires it on its next tick, without anybody calling.
     f.clock.advance(Duration::from_secs(1));
     let ended = wait_for_state(&f.tasks, &task.id, TaskState::Expired).await;
-    assert_eq!(ended.end_reason, "deadline reached");
-    assert!(ended.ended_at >= task.deadline);
+    let end = ended.end.as_ref().expect("a final task has an end");
+    assert_eq!(end.reason, "deadline reached");
+    assert!(end.at >= task.deadline);
     assert!(
         f.tasks.grant_for(&entry.id).is_none(),
         "no grant after the deadline"

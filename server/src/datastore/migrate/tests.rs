@@ -57,8 +57,27 @@ on_both_backends!(
     a_failed_migration_changes_nothing,
 );
 
-/// Every record of every table of version 1, as text, sorted: what the release stored.
-async fn records(db: &dyn TestDatabase) -> BTreeSet<String> {
+/// What the upgrade of the release's datastore records: version 1 as a baseline, every
+/// later version applied.
+fn upgraded_versions() -> Vec<String> {
+    std::iter::once("1 baseline".to_owned())
+        .chain((2..=latest()).map(|v| format!("{v} applied")))
+        .collect()
+}
+
+/// How [`records`] reads the columns that schema version 3 changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placeholders {
+    /// As stored.
+    AsStored,
+    /// As version 3 stores them: NULL where the release wrote 0 or '' for "not set".
+    AsNull,
+}
+
+/// Every record of every table of version 1, as text, sorted: what the release stored
+/// (with `placeholders`: read as version 3 stores them, so the same records compare
+/// equal before and after the upgrade).
+async fn records(db: &dyn TestDatabase, placeholders: Placeholders) -> BTreeSet<String> {
     let tables: &[(&str, &[&str])] = &[
         (
             "entries",
@@ -129,11 +148,25 @@ async fn records(db: &dyn TestDatabase) -> BTreeSet<String> {
             ],
         ),
     ];
+    let open = "state IN ('pending_approval', 'active')";
+    let as_null = |table: &str, c: &str| -> String {
+        match (placeholders, table, c) {
+            (Placeholders::AsNull, "tasks", "approver") => "NULLIF(approver, '')".into(),
+            (Placeholders::AsNull, "tasks", "activated_at") => "NULLIF(activated_at, 0)".into(),
+            (Placeholders::AsNull, "tasks", "ended_at" | "end_reason") => {
+                format!("CASE WHEN {open} THEN NULL ELSE {c} END")
+            }
+            (Placeholders::AsNull, "agents", "previous_serial") => {
+                "NULLIF(previous_serial, '')".into()
+            }
+            _ => c.to_owned(),
+        }
+    };
     let mut all = BTreeSet::new();
     for (table, columns) in tables {
         let row: Vec<String> = columns
             .iter()
-            .map(|c| format!("coalesce(CAST({c} AS TEXT), 'NULL')"))
+            .map(|c| format!("coalesce(CAST({} AS TEXT), 'NULL')", as_null(table, c)))
             .collect();
         let sql = format!(
             "SELECT '{table}|' || {} AS t FROM {table}",
@@ -146,7 +179,7 @@ async fn records(db: &dyn TestDatabase) -> BTreeSet<String> {
 
 async fn a_release_datastore_is_upgraded_in_place_and_keeps_every_record(db: &dyn TestDatabase) {
     db.load_fixture().await;
-    let before = records(db).await;
+    let before = records(db, Placeholders::AsNull).await;
     assert_eq!(
         before.len(),
         5 + 1 + 25 + 3 + 3 + 2,
@@ -156,10 +189,14 @@ async fn a_release_datastore_is_upgraded_in_place_and_keeps_every_record(db: &dy
     let ds = db.open().await;
     assert_eq!(
         db.texts(VERSIONS).await,
-        ["1 baseline", "2 applied"],
-        "the release's tables recorded as version 1, version 2 applied"
+        upgraded_versions(),
+        "the release's tables recorded as version 1, later versions applied"
     );
-    assert_eq!(records(db).await, before, "every record unchanged");
+    assert_eq!(
+        records(db, Placeholders::AsStored).await,
+        before,
+        "every record unchanged but for the placeholders version 3 turns into NULL"
+    );
 
     // Everything reads back through the datastore.
     let entries = ds.list_entries(&EntryFilter::default()).await.unwrap();
@@ -206,6 +243,25 @@ async fn a_release_datastore_is_upgraded_in_place_and_keeps_every_record(db: &dy
         ]
     );
     assert_eq!(tasks[0].scopes, ["db:read", "db:write"]);
+    // No placeholders read back: open tasks have no end, the active ones an activation
+    // time, the revoked one an end; nobody approved these; the fixture's agents never
+    // renewed.
+    for t in &tasks {
+        assert_eq!(t.end.is_some(), !t.state.is_open(), "{t:?}");
+        assert_eq!(
+            t.activated_at.is_some(),
+            t.state != TaskState::PendingApproval
+        );
+        assert_eq!(t.approver, None);
+        assert!(t.decision.allowed, "{t:?}");
+    }
+    assert!(
+        tasks[2]
+            .end
+            .as_ref()
+            .is_some_and(|e| e.at >= tasks[2].created_at)
+    );
+    assert!(agents.iter().all(|a| a.previous_serial.is_none()));
     assert_eq!(tasks[0].ticket, "CHG-1");
     let deploy = by_id("spiffe://example.org/jit/deploy");
     assert_eq!(
@@ -282,7 +338,7 @@ async fn servers_starting_together_on_a_release_datastore_upgrade_it_once(db: &d
     db.load_fixture().await;
     let opened = futures::future::join_all((0..4).map(|_| db.try_open())).await;
     assert!(opened.iter().all(Result::is_ok), "{opened:?}");
-    assert_eq!(db.texts(VERSIONS).await, ["1 baseline", "2 applied"]);
+    assert_eq!(db.texts(VERSIONS).await, upgraded_versions());
     assert_eq!(db.migrate().await.unwrap(), Report::default());
 }
 
@@ -323,7 +379,7 @@ async fn a_changed_migration_is_refused(db: &dyn TestDatabase) {
         .await;
     let err = db.migrate().await.unwrap_err();
     assert!(
-        matches!(&err, MigrateError::Gaps { found } if *found == [2]),
+        matches!(&err, MigrateError::Gaps { found } if *found == (2..=latest()).collect::<Vec<_>>()),
         "{err:?}"
     );
 }
@@ -346,7 +402,7 @@ async fn a_database_with_some_of_the_tables_is_refused(db: &dyn TestDatabase) {
 async fn a_failed_migration_changes_nothing(db: &dyn TestDatabase) {
     db.load_fixture().await;
     db.script(db.blocks_version_2()).await;
-    let before = records(db).await;
+    let before = records(db, Placeholders::AsStored).await;
     let err = db.migrate().await.unwrap_err();
     assert!(
         matches!(&err, MigrateError::Failed { version: 2, .. }),
@@ -354,7 +410,7 @@ async fn a_failed_migration_changes_nothing(db: &dyn TestDatabase) {
     );
     // Version 1 was recorded in a transaction of its own; version 2 left no trace.
     assert_eq!(db.texts(VERSIONS).await, ["1 baseline"]);
-    assert_eq!(records(db).await, before);
+    assert_eq!(records(db, Placeholders::AsStored).await, before);
     let shown = db.try_open().await.unwrap_err().to_string();
     assert!(shown.contains("migration to schema version 2"), "{shown}");
 }

@@ -4,8 +4,8 @@
 //! sqlx trait bounds of their own (bounds on `&mut Connection: Executor` would otherwise
 //! be repeated on every generic function, and they are not implied).
 //!
-//! The schema needs four kinds of value: 64-bit integers, text, nullable text and flags
-//! ([`Param`]). A flag is a `BOOLEAN` on PostgreSQL and an `INTEGER` 0/1 on SQLite; sqlx
+//! The schema needs five kinds of value: 64-bit integers, nullable integers, text, nullable
+//! text and flags ([`Param`]). A flag is a `BOOLEAN` on PostgreSQL and an `INTEGER` 0/1 on SQLite; sqlx
 //! encodes and decodes `bool` for both.
 
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Row, Type};
@@ -17,6 +17,8 @@ use super::DatastoreError;
 pub enum Param<'a> {
     /// `BIGINT` / `INTEGER`.
     Int(i64),
+    /// `BIGINT` / `INTEGER` or `NULL`.
+    OptInt(Option<i64>),
     /// `TEXT`.
     Text(&'a str),
     /// `TEXT` or `NULL`.
@@ -34,6 +36,8 @@ pub trait Cells {
     fn opt_text(&self, column: &str) -> Result<Option<String>, DatastoreError>;
     /// An integer column.
     fn int(&self, column: &str) -> Result<i64, DatastoreError>;
+    /// A nullable integer column.
+    fn opt_int(&self, column: &str) -> Result<Option<i64>, DatastoreError>;
     /// A flag column.
     fn flag(&self, column: &str) -> Result<bool, DatastoreError>;
 }
@@ -59,6 +63,10 @@ where
     }
 
     fn int(&self, column: &str) -> Result<i64, DatastoreError> {
+        self.try_get(column).map_err(|e| corrupt(column, &e))
+    }
+
+    fn opt_int(&self, column: &str) -> Result<Option<i64>, DatastoreError> {
         self.try_get(column).map_err(|e| corrupt(column, &e))
     }
 
@@ -104,9 +112,11 @@ where
     bool: Encode<'q, DB> + Type<DB>,
     &'q str: Encode<'q, DB> + Type<DB>,
     Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    Option<i64>: Encode<'q, DB> + Type<DB>,
 {
     params.iter().fold(sqlx::query(sql), |q, p| match *p {
         Param::Int(v) => q.bind(v),
+        Param::OptInt(v) => q.bind(v),
         Param::Text(v) => q.bind(v),
         Param::OptText(v) => q.bind(v),
         Param::Flag(v) => q.bind(v),
@@ -141,6 +151,7 @@ where
     for<'q> bool: Encode<'q, DB> + Type<DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
 {
     async fn execute(
         conn: &mut DB::Connection,

@@ -21,7 +21,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::io::{Cells, Param};
 use crate::audit::{AuditEvent, AuditRecord};
-use crate::datastore::{AgentRecord, ConsumedToken, DatastoreError, TaskRecord, TaskSvid};
+use crate::datastore::{AgentRecord, ConsumedToken, DatastoreError, TaskEnd, TaskRecord, TaskSvid};
 
 /// The message of a duplicate entry (same id, or same SPIFFE ID, parent and selectors);
 /// the admin API shows it.
@@ -229,7 +229,7 @@ pub(super) fn agent_params(a: &AgentRecord) -> [Param<'_>; 7] {
     [
         Param::Text(a.spiffe_id.as_str()),
         Param::Text(&a.serial),
-        Param::Text(&a.previous_serial),
+        Param::OptText(a.previous_serial.as_deref()),
         Param::Int(a.expires_at),
         Param::Int(a.attested_at),
         Param::Flag(a.banned),
@@ -241,7 +241,7 @@ pub(super) fn agent(row: &impl Cells) -> Result<AgentRecord, DatastoreError> {
     Ok(AgentRecord {
         spiffe_id: spiffe_id(row, "spiffe_id")?,
         serial: row.text("serial")?,
-        previous_serial: row.text("previous_serial")?,
+        previous_serial: row.opt_text("previous_serial")?,
         expires_at: row.int("expires_at")?,
         attested_at: row.int("attested_at")?,
         banned: row.flag("banned")?,
@@ -263,11 +263,11 @@ pub(super) struct TaskRow {
 }
 
 impl TaskRow {
-    pub(super) fn new(t: &TaskRecord) -> Self {
-        Self {
+    pub(super) fn new(t: &TaskRecord) -> Result<Self, DatastoreError> {
+        Ok(Self {
             scopes: to_json(&t.scopes),
-            decision: t.decision.to_string(),
-        }
+            decision: serde_json::to_string(&t.decision).map_err(|e| corrupt("decision", e))?,
+        })
     }
 
     pub(super) fn params<'a>(&'a self, t: &'a TaskRecord) -> [Param<'a>; 17] {
@@ -279,41 +279,52 @@ impl TaskRow {
             Param::Text(t.parent_id.as_str()),
             Param::Flag(t.provisioned),
             Param::Text(&t.requester),
-            Param::Text(&t.approver),
+            Param::OptText(t.approver.as_deref()),
             Param::Text(&t.reason),
             Param::Text(&t.ticket),
             Param::Text(&self.scopes),
             Param::Int(t.created_at),
-            Param::Int(t.activated_at),
+            Param::OptInt(t.activated_at),
             Param::Int(t.deadline),
-            Param::Int(t.ended_at),
-            Param::Text(&t.end_reason),
+            Param::OptInt(t.end.as_ref().map(|e| e.at)),
+            Param::OptText(t.end.as_ref().map(|e| e.reason.as_str())),
             Param::Text(&self.decision),
         ]
     }
 }
 
 pub(super) fn task(row: &impl Cells) -> Result<TaskRecord, DatastoreError> {
+    let state: TaskState = row
+        .text("state")?
+        .parse()
+        .map_err(|e| corrupt("state", e))?;
+    // An open task has no end; a final one always has one (schema version 3 on).
+    let end = match (row.opt_int("ended_at")?, row.opt_text("end_reason")?) {
+        (Some(at), Some(reason)) if !state.is_open() => Some(TaskEnd { at, reason }),
+        (None, None) if state.is_open() => None,
+        _ => {
+            return Err(corrupt(
+                "ended_at",
+                format!("does not agree with state {state}"),
+            ));
+        }
+    };
     Ok(TaskRecord {
         id: row.text("id")?,
-        state: row
-            .text("state")?
-            .parse()
-            .map_err(|e| corrupt("state", e))?,
+        state,
         entry_id: row.text("entry_id")?,
         spiffe_id: spiffe_id(row, "spiffe_id")?,
         parent_id: spiffe_id(row, "parent_id")?,
         provisioned: row.flag("provisioned")?,
         requester: row.text("requester")?,
-        approver: row.text("approver")?,
+        approver: row.opt_text("approver")?,
         reason: row.text("reason")?,
         ticket: row.text("ticket")?,
         scopes: json_strings(row, "scopes")?,
         created_at: row.int("created_at")?,
-        activated_at: row.int("activated_at")?,
+        activated_at: row.opt_int("activated_at")?,
         deadline: row.int("deadline")?,
-        ended_at: row.int("ended_at")?,
-        end_reason: row.text("end_reason")?,
+        end,
         decision: serde_json::from_str(&row.text("decision")?)
             .map_err(|e| corrupt("decision", e))?,
     })
