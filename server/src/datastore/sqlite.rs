@@ -815,7 +815,9 @@ mod tests {
             id: id.into(),
             spiffe_id: SpiffeId::new("spiffe://example.org/web").unwrap(),
             parent_id: SpiffeId::new("spiffe://example.org/agent").unwrap(),
-            selectors: [Selector::unix("uid", uid).unwrap()].into_iter().collect(),
+            selectors: [Selector::unix(common::UnixKey::Uid, uid).unwrap()]
+                .into_iter()
+                .collect(),
             x509_svid_ttl: Duration::from_secs(3600),
             jwt_svid_ttl: Duration::from_secs(300),
             dns_names: vec!["a.example.org".into()],
