@@ -404,18 +404,8 @@ fn selectors(facts: &Facts) -> Result<SelectorSet, AttestationError> {
     for gid in &facts.supplementary_gids {
         set.insert(required(UnixKey::SupplementaryGid, gid)?);
     }
-    set.extend(
-        facts
-            .user
-            .as_deref()
-            .and_then(|n| optional(UnixKey::User, n)),
-    );
-    set.extend(
-        facts
-            .group
-            .as_deref()
-            .and_then(|n| optional(UnixKey::Group, n)),
-    );
+    set.extend(facts.user.as_deref().and_then(|n| name(UnixKey::User, n)));
+    set.extend(facts.group.as_deref().and_then(|n| name(UnixKey::Group, n)));
     if let Some(executable) = &facts.executable {
         set.insert(required(UnixKey::Sha256, hex::encode(executable.sha256))?);
         match executable.path.to_str() {
@@ -438,14 +428,19 @@ fn required(key: UnixKey, value: impl fmt::Display) -> Result<Selector, Attestat
     })
 }
 
-/// A selector for a name or path, or `None` when it has no selector form.
-fn optional(key: UnixKey, value: &str) -> Option<Selector> {
-    // `to_string_lossy` (which nix uses for names) leaves U+FFFD where the bytes were not
-    // UTF-8: two different names could then yield one selector.
-    if value.contains(char::REPLACEMENT_CHARACTER) {
-        tracing::debug!(%key, "value was not valid UTF-8; omitting its selector");
+/// A selector for a user or group name, or `None` when it has no selector form.
+fn name(key: UnixKey, name: &str) -> Option<Selector> {
+    // nix decodes names with `to_string_lossy`, which leaves U+FFFD where the bytes were
+    // not UTF-8: two different names could then yield one selector.
+    if name.contains(char::REPLACEMENT_CHARACTER) {
+        tracing::debug!(%key, "name was not valid UTF-8; omitting its selector");
         return None;
     }
+    optional(key, name)
+}
+
+/// A selector for a name or path, or `None` when it has no selector form.
+fn optional(key: UnixKey, value: &str) -> Option<Selector> {
     Selector::unix(key, value)
         .inspect_err(|error| tracing::debug!(%key, %error, "no selector form; omitting it"))
         .ok()
@@ -954,6 +949,17 @@ mod tests {
                 with(
                     id_selectors(1000, 1000, &[]),
                     &["unix:path:/opt/my app/bin:v2/ünïcode app", sha],
+                ),
+            ),
+            (
+                "a UTF-8 path that holds U+FFFD itself is kept",
+                Facts {
+                    executable: exe("/opt/\u{fffd}/app"),
+                    ..facts(1000, 1000)
+                },
+                with(
+                    id_selectors(1000, 1000, &[]),
+                    &["unix:path:/opt/\u{fffd}/app", sha],
                 ),
             ),
             (
