@@ -5,9 +5,9 @@
 //! The callers are the agent's own CLI (`tessera-agent api fetch x509`), a real Workload
 //! API client, run as `nobody` through `setpriv`, which sets the supplementary groups we
 //! ask for. `std::process::Command::uid` cannot be used for this: as root it drops every
-//! supplementary group. The binaries live under the worktree's `target/`, which must be
-//! traversable by `nobody` (it is in CI and in the test temp directory layout; the
-//! Workload API socket sits in a 0755 directory, see `tests::Cluster::start`).
+//! supplementary group. As in `interop_rust.rs`, `nobody` runs the client straight from
+//! `target/`, so the checkout must be traversable by other users; the Workload API socket
+//! sits in a 0755 directory (see `tests::Cluster::start`).
 
 use std::path::Path;
 use std::process::{Command, Output};
