@@ -5,9 +5,23 @@
 //! the kernel recorded for the socket (`SO_PEERCRED`: pid, uid, gid) and procfs for that
 //! pid (executable path and contents, supplementary groups). Nothing comes from memory the
 //! process can write (argv, environment). [`Attestor::attest`] produces
-//! `uid`, `gid`, `user`, `group`, `supplementary_gid`, `path` and `sha256` selectors.
-//! `user` and `group` are omitted when the id has no name. `path` and `sha256` are omitted
-//! when the executable has been deleted.
+//! `uid`, `gid`, `user`, `group`, `supplementary_gid` (one per supplementary group, so an
+//! entry naming one group matches any member, see [`SelectorSet::entry_matches`]), `path`
+//! and `sha256` selectors. `path` and `sha256` are omitted when the executable has been
+//! deleted.
+//!
+//! **One vocabulary.** Selectors are built only with typed keys ([`UnixKey`]), the same enum
+//! the registration validator parses with, so this module cannot emit a key that entries
+//! cannot name. Numbers and digests always have a selector form. Names and paths come from
+//! outside our control (NSS, the filesystem) and may not: a name with whitespace, `:` or
+//! `/` (`domain users` from a directory service), one NSS returned with invalid UTF-8, an
+//! executable path with control characters or surrounding whitespace, that is not UTF-8,
+//! or that is too long. Such a fact yields no selector, and the caller is still attested
+//! by its other facts. That fails closed: selectors only ever add entries a caller
+//! matches, so a missing one can only make it match fewer. Refusing the whole caller
+//! instead would deny identities that need none of these facts (the supplementary-groups
+//! bug was that, for every process in a group). [`selectors`] is that mapping, a pure
+//! function unit-tested on a table of facts.
 //!
 //! **Pid reuse.** The peer credentials carry a pid, and a pid is only a number: a caller
 //! could connect, hand the socket to a child, exit, and wait for its pid to be recycled by a
@@ -50,7 +64,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
-use common::{Selector, SelectorError, SelectorSet};
+use common::{Selector, SelectorError, SelectorSet, UnixKey};
 use nix::errno::Errno;
 use nix::unistd::{Gid, Group, Uid, User};
 
@@ -145,13 +159,6 @@ pub(crate) enum AttestationError {
         /// What was wrong with it.
         source: ProcfsParseError,
     },
-    /// The executable's path is not valid UTF-8, so it cannot be a selector value. Replacing
-    /// the bad bytes would let two different paths produce the same selector.
-    #[error("executable path of process {pid} is not UTF-8")]
-    ExePathNotUtf8 {
-        /// Pid from the peer credentials.
-        pid: i32,
-    },
     /// The user or group database (NSS) failed to look up a name. This is different from
     /// "no such name", which just omits the selector.
     #[error("looking up {what} name for id {id}: {source}")]
@@ -163,13 +170,13 @@ pub(crate) enum AttestationError {
         /// The error from the lookup.
         source: Errno,
     },
-    /// An attested value is not a valid selector value (e.g. a user name with characters
-    /// selectors forbid). The value itself is only in the source, which may quote it.
-    #[error("attested {key} is not a valid selector value")]
+    /// A number or digest, which always has a selector form, was refused by the selector
+    /// vocabulary: a bug in this module or in `common::selector`, never the caller's doing.
+    #[error("BUG: attested {key} refused by the selector vocabulary")]
     Selector {
-        /// The selector key, e.g. `"user"`.
-        key: &'static str,
-        /// Why the selector type rejected it.
+        /// The selector key.
+        key: UnixKey,
+        /// Why the selector type refused it.
         source: Arc<SelectorError>,
     },
 }
@@ -182,7 +189,7 @@ struct Evidence {
     executable: Option<Executable>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Executable {
     path: PathBuf,
     sha256: [u8; 32],
@@ -247,11 +254,21 @@ impl Attestor {
             _ => return Err(AttestationError::NoPid),
         };
         let _span = tracing::debug_span!("attest", pid, uid = peer.uid, gid = peer.gid).entered();
-        let evidence = self.gather(pid, peer)?;
-        let selectors = build_selectors(pid, peer, &evidence)?;
+        let Evidence { status, executable } = self.gather(pid, peer)?;
+        let facts = Facts {
+            // The peer credentials, which `gather` checked procfs agrees with.
+            uid: peer.uid,
+            gid: peer.gid,
+            user: user_name(peer.uid)?,
+            group: group_name(peer.gid)?,
+            supplementary_gids: status.groups,
+            executable,
+        };
+        let selectors = selectors(&facts)?;
         tracing::debug!(
-            selectors = selectors.iter().count(),
-            has_executable = evidence.executable.is_some(),
+            selectors = selectors.len(),
+            supplementary_groups = facts.supplementary_gids.len(),
+            has_executable = facts.executable.is_some(),
             "attested"
         );
         Ok(selectors)
@@ -358,60 +375,97 @@ impl Attestor {
     }
 }
 
-/// Builds the selector set. uid and gid come from the peer credentials; procfs has been
-/// checked to agree with them.
-fn build_selectors(
-    pid: i32,
-    peer: PeerCred,
-    evidence: &Evidence,
-) -> Result<SelectorSet, AttestationError> {
-    let mut set = SelectorSet::default();
-    insert(&mut set, "uid", peer.uid)?;
-    insert(&mut set, "gid", peer.gid)?;
-    let user =
-        User::from_uid(Uid::from_raw(peer.uid)).map_err(|source| AttestationError::NameLookup {
-            what: "user",
-            id: peer.uid,
-            source,
-        })?;
-    if let Some(user) = user {
-        insert(&mut set, "user", user.name)?;
+/// Everything attestation learned about one caller, before it becomes selectors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Facts {
+    /// From the peer credentials.
+    uid: u32,
+    /// From the peer credentials.
+    gid: u32,
+    /// Name of `uid` in the user database; `None` when it has none.
+    user: Option<String>,
+    /// Name of `gid` in the group database; `None` when it has none.
+    group: Option<String>,
+    /// From `/proc/<pid>/status`, in kernel order; may hold the primary gid and repeats.
+    supplementary_gids: Vec<u32>,
+    /// `None` when the executable was deleted.
+    executable: Option<Executable>,
+}
+
+/// The selectors for `facts`: the one mapping from facts to the shared vocabulary.
+///
+/// Numbers and the digest always have a selector form; if one is refused, that is a bug,
+/// and the caller is refused rather than attested with facts missing. Names and the path
+/// are omitted when they have no selector form (see the module docs for why).
+fn selectors(facts: &Facts) -> Result<SelectorSet, AttestationError> {
+    let mut set = SelectorSet::new();
+    set.insert(required(UnixKey::Uid, facts.uid)?);
+    set.insert(required(UnixKey::Gid, facts.gid)?);
+    for gid in &facts.supplementary_gids {
+        set.insert(required(UnixKey::SupplementaryGid, gid)?);
     }
-    let group = Group::from_gid(Gid::from_raw(peer.gid)).map_err(|source| {
-        AttestationError::NameLookup {
-            what: "group",
-            id: peer.gid,
-            source,
+    set.extend(facts.user.as_deref().and_then(|n| name(UnixKey::User, n)));
+    set.extend(facts.group.as_deref().and_then(|n| name(UnixKey::Group, n)));
+    if let Some(executable) = &facts.executable {
+        set.insert(required(UnixKey::Sha256, hex::encode(executable.sha256))?);
+        match executable.path.to_str() {
+            Some(path) => set.extend(optional(UnixKey::Path, path)),
+            // Replacing the bad bytes would let two different paths produce one selector.
+            None => tracing::debug!("executable path is not UTF-8; omitting its selector"),
         }
-    })?;
-    if let Some(group) = group {
-        insert(&mut set, "group", group.name)?;
-    }
-    for gid in &evidence.status.groups {
-        insert(&mut set, "supplementary_gid", gid)?;
-    }
-    if let Some(executable) = &evidence.executable {
-        let path = executable
-            .path
-            .to_str()
-            .ok_or(AttestationError::ExePathNotUtf8 { pid })?;
-        insert(&mut set, "path", path)?;
-        insert(&mut set, "sha256", hex::encode(executable.sha256))?;
     }
     Ok(set)
 }
 
-fn insert(
-    set: &mut SelectorSet,
-    key: &'static str,
-    value: impl fmt::Display,
-) -> Result<(), AttestationError> {
-    let selector = Selector::unix(key, value).map_err(|source| AttestationError::Selector {
-        key,
-        source: Arc::new(source),
-    })?;
-    set.insert(selector);
-    Ok(())
+/// A selector for a fact that always has one.
+fn required(key: UnixKey, value: impl fmt::Display) -> Result<Selector, AttestationError> {
+    Selector::unix(key, value).map_err(|source| {
+        tracing::error!(%key, error = %source, "BUG: attested value refused by the selector vocabulary");
+        AttestationError::Selector {
+            key,
+            source: Arc::new(source),
+        }
+    })
+}
+
+/// A selector for a user or group name, or `None` when it has no selector form.
+fn name(key: UnixKey, name: &str) -> Option<Selector> {
+    // nix decodes names with `to_string_lossy`, which leaves U+FFFD where the bytes were
+    // not UTF-8: two different names could then yield one selector.
+    if name.contains(char::REPLACEMENT_CHARACTER) {
+        tracing::debug!(%key, "name was not valid UTF-8; omitting its selector");
+        return None;
+    }
+    optional(key, name)
+}
+
+/// A selector for a name or path, or `None` when it has no selector form.
+fn optional(key: UnixKey, value: &str) -> Option<Selector> {
+    Selector::unix(key, value)
+        .inspect_err(|error| tracing::debug!(%key, %error, "no selector form; omitting it"))
+        .ok()
+}
+
+/// The name of `uid` in the user database, `None` when it has none.
+fn user_name(uid: u32) -> Result<Option<String>, AttestationError> {
+    let user =
+        User::from_uid(Uid::from_raw(uid)).map_err(|source| AttestationError::NameLookup {
+            what: "user",
+            id: uid,
+            source,
+        })?;
+    Ok(user.map(|u| u.name))
+}
+
+/// The name of `gid` in the group database, `None` when it has none.
+fn group_name(gid: u32) -> Result<Option<String>, AttestationError> {
+    let group =
+        Group::from_gid(Gid::from_raw(gid)).map_err(|source| AttestationError::NameLookup {
+            what: "group",
+            id: gid,
+            source,
+        })?;
+    Ok(group.map(|g| g.name))
 }
 
 #[cfg(test)]
@@ -451,8 +505,10 @@ mod tests {
         }
     }
 
+    /// `unix:<key>:<value>`, through the validator's string parser rather than the typed
+    /// constructors the code under test uses.
     fn sel(key: &str, value: impl fmt::Display) -> Selector {
-        Selector::unix(key, value).unwrap()
+        format!("unix:{key}:{value}").parse().unwrap()
     }
 
     fn file_sha256(path: &Path) -> String {
@@ -716,5 +772,307 @@ mod tests {
         fs::remove_file(&copy).unwrap();
         let deleted = attestor.attest(peer).unwrap();
         assert_same(&deleted, &identity());
+    }
+
+    const SHA_AB: &str = "abababababababababababababababababababababababababababababababab";
+
+    fn facts(uid: u32, gid: u32) -> Facts {
+        Facts {
+            uid,
+            gid,
+            user: None,
+            group: None,
+            supplementary_gids: vec![],
+            executable: None,
+        }
+    }
+
+    fn exe(path: impl Into<PathBuf>) -> Option<Executable> {
+        Some(Executable {
+            path: path.into(),
+            sha256: [0xab; 32],
+        })
+    }
+
+    /// The mapping from facts to selectors, over a table of facts a kernel, NSS or
+    /// filesystem can produce: every selector it emits passes the shared validator and
+    /// round-trips through its string form, every fact with a selector form gets one, and
+    /// between them the cases emit every key the validator knows for `unix`, so an entry
+    /// can never name a key this attestor does not emit.
+    #[test]
+    fn every_emitted_selector_passes_the_validator() {
+        use std::ffi::OsString;
+        use std::os::unix::ffi::OsStringExt;
+
+        let id_selectors = |uid: u32, gid: u32, groups: &[u32]| -> Vec<String> {
+            let mut v = vec![format!("unix:uid:{uid}"), format!("unix:gid:{gid}")];
+            v.extend(groups.iter().map(|g| format!("unix:supplementary_gid:{g}")));
+            v
+        };
+        let with = |mut v: Vec<String>, extra: &[&str]| -> Vec<String> {
+            v.extend(extra.iter().map(|s| (*s).to_owned()));
+            v
+        };
+        let sha = format!("unix:sha256:{SHA_AB}");
+        let sha = sha.as_str();
+        let long_path = format!("/{}", "a".repeat(2000));
+        let sixty_four: Vec<u32> = (1000..1064).collect();
+        let ngroups_max: Vec<u32> = (0..65536).collect();
+
+        // (what, facts, the selectors they must yield as strings)
+        let cases: Vec<(&str, Facts, Vec<String>)> = vec![
+            (
+                "root running sleep, no supplementary groups",
+                Facts {
+                    user: Some("root".into()),
+                    group: Some("root".into()),
+                    executable: exe("/usr/bin/sleep"),
+                    ..facts(0, 0)
+                },
+                with(
+                    id_selectors(0, 0, &[]),
+                    &[
+                        "unix:user:root",
+                        "unix:group:root",
+                        "unix:path:/usr/bin/sleep",
+                        sha,
+                    ],
+                ),
+            ),
+            (
+                "one supplementary group",
+                Facts {
+                    supplementary_gids: vec![27],
+                    ..facts(65534, 65534)
+                },
+                id_selectors(65534, 65534, &[27]),
+            ),
+            (
+                "64 supplementary groups",
+                Facts {
+                    supplementary_gids: sixty_four.clone(),
+                    ..facts(1000, 1000)
+                },
+                id_selectors(1000, 1000, &sixty_four),
+            ),
+            (
+                "NGROUPS_MAX (65536) supplementary groups",
+                Facts {
+                    supplementary_gids: ngroups_max.clone(),
+                    ..facts(1000, 1000)
+                },
+                id_selectors(1000, 1000, &ngroups_max),
+            ),
+            (
+                "repeated groups and the primary gid among them",
+                Facts {
+                    supplementary_gids: vec![100, 27, 27, 100],
+                    ..facts(1000, 100)
+                },
+                id_selectors(1000, 100, &[27, 100]),
+            ),
+            (
+                "largest ids",
+                Facts {
+                    supplementary_gids: vec![u32::MAX, 0],
+                    ..facts(u32::MAX, u32::MAX)
+                },
+                id_selectors(u32::MAX, u32::MAX, &[u32::MAX, 0]),
+            ),
+            (
+                "unusual names that have a selector form",
+                Facts {
+                    user: Some("DOMAIN\\alice$".into()),
+                    group: Some("svc@REALM.EXAMPLE".into()),
+                    ..facts(1000, 1000)
+                },
+                with(
+                    id_selectors(1000, 1000, &[]),
+                    &["unix:user:DOMAIN\\alice$", "unix:group:svc@REALM.EXAMPLE"],
+                ),
+            ),
+            (
+                "non-ASCII names",
+                Facts {
+                    user: Some("jörg".into()),
+                    group: Some("équipe-42_x.y".into()),
+                    ..facts(1000, 1000)
+                },
+                with(
+                    id_selectors(1000, 1000, &[]),
+                    &["unix:user:jörg", "unix:group:équipe-42_x.y"],
+                ),
+            ),
+            (
+                "names without a selector form are omitted",
+                Facts {
+                    user: Some("a:b".into()),
+                    group: Some("domain users".into()),
+                    supplementary_gids: vec![513],
+                    ..facts(1000, 1000)
+                },
+                id_selectors(1000, 1000, &[513]),
+            ),
+            (
+                "more names without a selector form",
+                Facts {
+                    user: Some("a/b".into()),
+                    group: Some(" staff".into()),
+                    ..facts(1000, 1000)
+                },
+                id_selectors(1000, 1000, &[]),
+            ),
+            (
+                "names NSS returned as invalid UTF-8 are omitted",
+                Facts {
+                    user: Some("j\u{fffd}rg".into()),
+                    group: Some("\u{fffd}".into()),
+                    ..facts(1000, 1000)
+                },
+                id_selectors(1000, 1000, &[]),
+            ),
+            (
+                "control characters in names are omitted",
+                Facts {
+                    user: Some("evil\nunix:uid:0".into()),
+                    group: Some("tab\there".into()),
+                    ..facts(1000, 1000)
+                },
+                id_selectors(1000, 1000, &[]),
+            ),
+            (
+                "paths with spaces, colons and non-ASCII",
+                Facts {
+                    executable: exe("/opt/my app/bin:v2/ünïcode app"),
+                    ..facts(1000, 1000)
+                },
+                with(
+                    id_selectors(1000, 1000, &[]),
+                    &["unix:path:/opt/my app/bin:v2/ünïcode app", sha],
+                ),
+            ),
+            (
+                "a UTF-8 path that holds U+FFFD itself is kept",
+                Facts {
+                    executable: exe("/opt/\u{fffd}/app"),
+                    ..facts(1000, 1000)
+                },
+                with(
+                    id_selectors(1000, 1000, &[]),
+                    &["unix:path:/opt/\u{fffd}/app", sha],
+                ),
+            ),
+            (
+                "a path with a newline keeps only the hash",
+                Facts {
+                    executable: exe("/tmp/x\nunix:uid:0"),
+                    ..facts(1000, 1000)
+                },
+                with(id_selectors(1000, 1000, &[]), &[sha]),
+            ),
+            (
+                "a path with trailing whitespace keeps only the hash",
+                Facts {
+                    executable: exe("/tmp/app "),
+                    ..facts(1000, 1000)
+                },
+                with(id_selectors(1000, 1000, &[]), &[sha]),
+            ),
+            (
+                "a non-UTF-8 path keeps only the hash",
+                Facts {
+                    executable: exe(OsString::from_vec(b"/opt/\xff/app".to_vec())),
+                    ..facts(1000, 1000)
+                },
+                with(id_selectors(1000, 1000, &[]), &[sha]),
+            ),
+            (
+                "a path too long for a selector keeps only the hash",
+                Facts {
+                    executable: exe(long_path.as_str()),
+                    ..facts(1000, 1000)
+                },
+                with(id_selectors(1000, 1000, &[]), &[sha]),
+            ),
+            (
+                "deleted executable: no path, no hash",
+                facts(1000, 1000),
+                id_selectors(1000, 1000, &[]),
+            ),
+        ];
+
+        let mut keys_emitted = std::collections::HashSet::new();
+        for (what, facts, want) in cases {
+            let got = selectors(&facts).unwrap_or_else(|e| panic!("{what}: {e}"));
+            for s in &got {
+                assert_eq!(s.kind(), common::SelectorKind::Unix, "{what}: {s}");
+                assert_eq!(
+                    s.to_string().parse::<Selector>().as_ref(),
+                    Ok(s),
+                    "{what}: {s} does not round-trip"
+                );
+                keys_emitted.insert(s.key());
+            }
+            let want: SelectorSet = want
+                .iter()
+                .map(|w| {
+                    w.parse::<Selector>()
+                        .unwrap_or_else(|e| panic!("{what}: expected {w:?} is invalid: {e}"))
+                })
+                .collect();
+            assert_same(&got, &want);
+        }
+        let every_key: std::collections::HashSet<_> =
+            common::SelectorKind::Unix.keys().into_iter().collect();
+        assert_eq!(
+            keys_emitted, every_key,
+            "keys the validator knows but never emitted"
+        );
+    }
+
+    /// Spawns `sleep 30` as nobody with exactly `groups` as supplementary groups (through
+    /// `setpriv`: std's `Command::uid` drops them all) and waits until it runs `sleep`.
+    fn sleep_as_nobody_with_groups(groups: &[u32]) -> Reaped {
+        let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+        let child = Reaped(
+            Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--groups"])
+                .arg(list.join(","))
+                .args(["--", "sleep", "30"])
+                .spawn()
+                .unwrap(),
+        );
+        let sleep = which("sleep");
+        let exe = format!("/proc/{}/exe", child.pid());
+        for _ in 0..500 {
+            if fs::read_link(&exe).is_ok_and(|p| p == sleep) {
+                return child;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        panic!("setpriv did not exec sleep");
+    }
+
+    /// Real processes with supplementary groups, from one to 10 000 (the `Groups:` line of
+    /// the last spans many pages), are attested with one selector per group.
+    #[test]
+    #[ignore = "needs root: spawns children as nobody with chosen supplementary groups"]
+    fn attests_supplementary_groups_of_child() {
+        let attestor = Attestor::new();
+        let sixty_four: Vec<u32> = (27..91).collect();
+        let many: Vec<u32> = (100_000..110_000).collect();
+        for groups in [vec![27], vec![65534, 27], sixty_four, many] {
+            let child = sleep_as_nobody_with_groups(&groups);
+            let peer = PeerCred {
+                pid: Some(child.pid()),
+                uid: 65534,
+                gid: 65534,
+            };
+            let got = attestor.attest(peer).unwrap();
+            let want = with_executable(identity_selectors(65534, 65534, &groups), &which("sleep"));
+            assert_same(&got, &want);
+            assert!(got.contains(&sel("supplementary_gid", groups[0])));
+            assert!(got.contains(&sel("supplementary_gid", groups[groups.len() - 1])));
+        }
     }
 }

@@ -22,6 +22,6 @@ pub mod tls;
 
 pub use bundle::{Bundle, BundleCell};
 pub use entry::RegistrationEntry;
-pub use selector::{Selector, SelectorError, SelectorSet};
+pub use selector::{Selector, SelectorError, SelectorKey, SelectorKind, SelectorSet, UnixKey};
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
 pub use svid::{SvidError, X509Svid};

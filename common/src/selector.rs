@@ -1,30 +1,86 @@
-//! Selectors (`kind:value` facts about a workload) and the subset-match rule.
+//! Selectors (`kind:key:value` facts about a workload) and the subset-match rule.
 //!
 //! Attestation turns a caller into a [`SelectorSet`] (e.g. `unix:uid:1000`, `unix:user:web`);
 //! a registration entry carries the [`SelectorSet`] a caller must show to receive that
 //! entry's identity. Selectors are compared as exact strings, so anything that could never
-//! equal an attested selector (an unknown kind, `uid:01`, an uppercase hash) is rejected
-//! when parsed instead of silently never matching. Validation happens in every constructor,
-//! so a [`Selector`] in hand is always well formed. The match rule is
-//! [`SelectorSet::entry_matches`]: every entry selector must be present in the caller's set,
-//! and an entry with no selectors matches nobody.
+//! equal an attested selector (an unknown kind or key, `uid:01`, an uppercase hash) is
+//! rejected when parsed instead of silently never matching.
+//!
+//! **One vocabulary.** Which kinds exist is [`SelectorKind`]; which keys each kind has is a
+//! typed enum per kind ([`UnixKey`]), and each key carries its own value rule. The validator
+//! parses through those enums, and attestors build selectors only through the typed
+//! constructors ([`Selector::new`], [`Selector::unix`]), so an attestor cannot emit a key
+//! the validator does not know, and error messages list exactly the keys that exist. A new
+//! kind is a variant of [`SelectorKind`], a key enum beside `unix.rs`, and the arms the
+//! compiler then asks for in [`SelectorKey`].
+//!
+//! Validation happens in every constructor, so a [`Selector`] in hand is always well
+//! formed. The match rule is [`SelectorSet::entry_matches`]: every entry selector must be
+//! present in the caller's set, and an entry with no selectors matches nobody. Facts with
+//! several values (a process's supplementary groups) are attested as one selector per
+//! value, so an entry naming one of them (`unix:supplementary_gid:27`) matches every caller
+//! that has it among others, and an entry naming two requires both.
 
+/// Declares one closed list of names in the selector vocabulary (the kinds, or the keys of
+/// one kind): the enum, its `ALL` list and each variant's spelling, all from one
+/// declaration, so no list of names is ever written apart from the variants.
+macro_rules! vocabulary {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident => $text:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $( $(#[$vmeta])* $variant, )+
+        }
+
+        impl $name {
+            /// Every variant, in declaration order (the order error messages list them in).
+            pub const ALL: &'static [Self] = &[$(Self::$variant),+];
+
+            /// The name as written in a selector.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text,)+
+                }
+            }
+
+            /// The variant spelled exactly `name` (case-sensitive), if any.
+            fn from_name(name: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|v| v.as_str() == name)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+mod kind;
+mod unix;
+
+use std::cmp::Ordering;
 use std::collections::{BTreeSet, btree_set};
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Longest selector, in bytes of its `kind:value` string form.
+pub use self::kind::{SelectorKey, SelectorKind};
+pub use self::unix::UnixKey;
+
+/// Longest selector, in bytes of its `kind:key:value` string form.
 ///
 /// Bounds the size of policy and audit records; no real attestor fact comes close.
 pub const MAX_SELECTOR_LENGTH: usize = 1024;
 
-/// The Unix attestor's kind: facts read from the caller's process (uid, gid, user, group,
-/// executable path and hash).
-const UNIX_KIND: &str = "unix";
-
-/// Why a string (or kind/value pair) is not a valid selector.
+/// Why a string (or key/value pair) is not a valid selector.
 ///
 /// Messages are lowercase and name the rule that was broken; they are meant for operators
 /// writing registration entries and must not be returned to unattested callers.
@@ -33,8 +89,8 @@ pub enum SelectorError {
     /// The input was the empty string.
     #[error("selector is empty")]
     Empty,
-    /// The `kind:value` form is longer than [`MAX_SELECTOR_LENGTH`]; carries its length.
-    #[error("selector is {0} bytes long; the limit is 1024 bytes")]
+    /// The `kind:key:value` form is longer than [`MAX_SELECTOR_LENGTH`]; carries its length.
+    #[error("selector is {0} bytes long; the limit is {limit} bytes", limit = MAX_SELECTOR_LENGTH)]
     TooLong(usize),
     /// The selector contains a control character (including NUL); carries it.
     #[error("selector contains control character {0:?}")]
@@ -43,7 +99,7 @@ pub enum SelectorError {
     #[error("selector has leading or trailing whitespace")]
     SurroundingWhitespace,
     /// The string has no `:` separating kind from value.
-    #[error("selector has no \":\"; expected kind:value, e.g. unix:uid:1000")]
+    #[error("selector has no \":\"; expected kind:key:value, e.g. unix:uid:1000")]
     MissingColon,
     /// The kind (before the first `:`) is empty.
     #[error("selector kind (before the first \":\") is empty")]
@@ -56,31 +112,35 @@ pub enum SelectorError {
     BadKindChar(char),
     /// The kind is well formed but not one this build attests; carries it. Such a selector
     /// would silently never match, so it is refused.
-    #[error("unknown selector kind \"{0}\"; supported kinds: unix")]
+    #[error("unknown selector kind \"{0}\"; supported kinds: {kinds}", kinds = kind::KindNames)]
     UnknownKind(String),
-    /// A `unix` value is not `key:value` (no `:`, or nothing before it).
-    #[error(
-        "unix selector value must be key:value, e.g. uid:1000; keys: uid, gid, user, group, path, sha256"
-    )]
-    MissingUnixKey,
-    /// A `unix` value has a key this build does not attest; carries it.
-    #[error(
-        "unknown unix selector key \"{0}\"; supported keys: uid, gid, user, group, path, sha256"
-    )]
-    UnknownUnixKey(String),
-    /// A known `unix` key has nothing after its `:`; carries the key.
-    #[error("unix:{0} selector has an empty value")]
-    EmptyUnixValue(&'static str),
-    /// A `unix:uid` or `unix:gid` value is not a canonical decimal `u32` (digits only, no
-    /// sign, no leading zeros, at most 4294967295); carries the key.
+    /// The part after the kind is not `key:value` (no `:`, or nothing before it).
+    #[error("{0} selector value must be key:value, e.g. {0}:{example}; keys: {keys}",
+        example = .0.example(), keys = kind::KeyNames(*.0))]
+    MissingKey(SelectorKind),
+    /// The key is not one the kind has; carries the kind and the key.
+    #[error("unknown {kind} selector key \"{key}\"; supported keys: {keys}",
+        keys = kind::KeyNames(*.kind))]
+    UnknownKey {
+        /// The (known) kind.
+        kind: SelectorKind,
+        /// The key as given.
+        key: String,
+    },
+    /// A known key has nothing after its `:`; carries the key.
+    #[error("{0} selector has an empty value")]
+    EmptyKeyValue(SelectorKey),
+    /// A `unix:uid`, `unix:gid` or `unix:supplementary_gid` value is not a canonical
+    /// decimal `u32` (digits only, no sign, no leading zeros, at most 4294967295); carries
+    /// the key.
     #[error("unix:{0} value must be a decimal u32 with no sign and no leading zeros")]
-    InvalidUnixId(&'static str),
+    InvalidUnixId(UnixKey),
     /// A `unix:user` or `unix:group` name contains `:`, `/` or whitespace; carries the key
     /// and the character.
     #[error("unix:{key} name contains {ch:?}; names may not contain \":\", \"/\" or whitespace")]
     InvalidUnixName {
-        /// `user` or `group`.
-        key: &'static str,
+        /// [`UnixKey::User`] or [`UnixKey::Group`].
+        key: UnixKey,
         /// The offending character.
         ch: char,
     },
@@ -92,58 +152,98 @@ pub enum SelectorError {
     InvalidSha256,
 }
 
-/// One validated selector: a `kind` (e.g. `unix`) and a `value` (e.g. `uid:1000`).
+/// One validated selector: a typed key (which names its kind, e.g. `unix:uid`) and a value
+/// (e.g. `1000`).
 ///
-/// The string form is `kind:value`, split at the first `:`, so the value may itself contain
-/// colons. Serialises as that string; deserialising validates.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// The string form is `kind:key:value`; kinds and keys never contain `:`, so the value may.
+/// Serialises as that string; deserialising validates. Selectors order as their string
+/// forms do, so a [`SelectorSet`] lists (and serialises) them in plain string order.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Selector {
-    kind: String,
+    key: SelectorKey,
     value: String,
 }
 
 impl Selector {
-    /// Builds a selector from its parts, validating them exactly as [`FromStr`] would
-    /// validate `kind:value`.
-    pub fn new(kind: &str, value: &str) -> Result<Self, SelectorError> {
-        validate(kind, value)?;
-        Ok(Self {
-            kind: kind.to_owned(),
-            value: value.to_owned(),
-        })
+    /// Builds a selector from a typed key and a value, validating the value with the key's
+    /// rule (and the rules every selector follows) exactly as [`FromStr`] would.
+    pub fn new(
+        key: impl Into<SelectorKey>,
+        value: impl fmt::Display,
+    ) -> Result<Self, SelectorError> {
+        let key = key.into();
+        let value = value.to_string();
+        validate_value(key, &value)?;
+        Ok(Self { key, value })
     }
 
-    /// The kind, e.g. `unix`.
-    pub fn kind(&self) -> &str {
-        &self.kind
+    /// Builds a `unix:<key>:<value>` selector, e.g.
+    /// `Selector::unix(UnixKey::SupplementaryGid, 27)`.
+    pub fn unix(key: UnixKey, value: impl fmt::Display) -> Result<Self, SelectorError> {
+        Self::new(key, value)
     }
 
-    /// The value, e.g. `uid:1000`.
+    /// The kind, e.g. [`SelectorKind::Unix`].
+    pub fn kind(&self) -> SelectorKind {
+        self.key.kind()
+    }
+
+    /// The key, e.g. `SelectorKey::Unix(UnixKey::Uid)`.
+    pub fn key(&self) -> SelectorKey {
+        self.key
+    }
+
+    /// The value, e.g. `1000` in `unix:uid:1000`.
     pub fn value(&self) -> &str {
         &self.value
     }
 
-    /// Builds a `unix:<key>:<value>` selector, e.g. `Selector::unix("uid", 1000)`.
-    pub fn unix(key: &str, value: impl fmt::Display) -> Result<Self, SelectorError> {
-        Self::new(UNIX_KIND, &format!("{key}:{value}"))
+    /// The bytes of `kind:key:` (the string form up to the value).
+    fn prefix_bytes(&self) -> impl Iterator<Item = u8> {
+        let colon = std::iter::once(b':');
+        self.kind()
+            .as_str()
+            .bytes()
+            .chain(colon.clone())
+            .chain(self.key.as_str().bytes())
+            .chain(colon)
     }
 }
 
 impl FromStr for Selector {
     type Err = SelectorError;
 
-    /// Parses `kind:value`, splitting at the first `:`.
+    /// Parses `kind:key:value`, splitting at the first two `:`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s.is_empty() {
             return Err(SelectorError::Empty);
         }
-        // The same checks run again in `validate`; doing them on the whole string first
-        // means a string without a colon still gets the more useful error.
+        // Whole-string checks first, so a string without a colon still gets the more
+        // useful error; `validate_value` repeats the ones that apply to the value.
         check_length(s.len())?;
         check_control(s)?;
         check_edges(s)?;
-        let (kind, value) = s.split_once(':').ok_or(SelectorError::MissingColon)?;
-        Self::new(kind, value)
+        let (kind, rest) = s.split_once(':').ok_or(SelectorError::MissingColon)?;
+        if kind.is_empty() {
+            return Err(SelectorError::EmptyKind);
+        }
+        if rest.is_empty() {
+            return Err(SelectorError::EmptyValue);
+        }
+        check_edges(kind)?;
+        check_edges(rest)?;
+        if let Some(ch) = kind
+            .chars()
+            .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '_' | '-'))
+        {
+            return Err(SelectorError::BadKindChar(ch));
+        }
+        let kind: SelectorKind = kind.parse()?;
+        let (key, value) = match rest.split_once(':') {
+            Some((key, value)) if !key.is_empty() => (key, value),
+            _ => return Err(SelectorError::MissingKey(kind)),
+        };
+        Self::new(kind.key(key)?, value)
     }
 }
 
@@ -157,7 +257,33 @@ impl TryFrom<&str> for Selector {
 
 impl fmt::Display for Selector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.kind, self.value)
+        write!(f, "{}:{}", self.key, self.value)
+    }
+}
+
+/// The string form, which is shorter to read in test failures and logs than the fields.
+impl fmt::Debug for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Selector").field(&self.to_string()).finish()
+    }
+}
+
+/// String order of the `kind:key:value` forms, without building them.
+impl Ord for Selector {
+    fn cmp(&self, other: &Self) -> Ordering {
+        if self.key == other.key {
+            return self.value.cmp(&other.value);
+        }
+        // Different keys give different `kind:key:` prefixes, and neither is a prefix of
+        // the other (both end at their first `:` after the kind), so the prefixes alone
+        // decide the order of the whole strings.
+        self.prefix_bytes().cmp(other.prefix_bytes())
+    }
+}
+
+impl PartialOrd for Selector {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
     }
 }
 
@@ -174,29 +300,16 @@ impl<'de> Deserialize<'de> for Selector {
     }
 }
 
-/// Validates a kind/value pair; shared by every constructor.
-fn validate(kind: &str, value: &str) -> Result<(), SelectorError> {
-    check_length(kind.len().saturating_add(1).saturating_add(value.len()))?;
-    check_control(kind)?;
+/// Validates the value for `key`; shared by every constructor.
+fn validate_value(key: SelectorKey, value: &str) -> Result<(), SelectorError> {
+    let prefix_len = key.kind().as_str().len() + key.as_str().len() + 2;
+    check_length(prefix_len.saturating_add(value.len()))?;
     check_control(value)?;
-    check_edges(kind)?;
     check_edges(value)?;
-    if kind.is_empty() {
-        return Err(SelectorError::EmptyKind);
-    }
     if value.is_empty() {
-        return Err(SelectorError::EmptyValue);
+        return Err(SelectorError::EmptyKeyValue(key));
     }
-    if let Some(ch) = kind
-        .chars()
-        .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '_' | '-'))
-    {
-        return Err(SelectorError::BadKindChar(ch));
-    }
-    match kind {
-        UNIX_KIND => validate_unix(value),
-        other => Err(SelectorError::UnknownKind(other.to_owned())),
-    }
+    key.validate_value(value)
 }
 
 /// Rejects selectors longer than [`MAX_SELECTOR_LENGTH`].
@@ -225,80 +338,10 @@ fn check_edges(s: &str) -> Result<(), SelectorError> {
     Ok(())
 }
 
-/// Validates the value of a `unix` selector: `key:val` with a known key.
-fn validate_unix(value: &str) -> Result<(), SelectorError> {
-    let Some((key, val)) = value.split_once(':') else {
-        return Err(SelectorError::MissingUnixKey);
-    };
-    match key {
-        "uid" => validate_unix_id("uid", val),
-        "gid" => validate_unix_id("gid", val),
-        "user" => validate_unix_name("user", val),
-        "group" => validate_unix_name("group", val),
-        "path" => validate_unix_path(val),
-        "sha256" => validate_sha256(val),
-        "" => Err(SelectorError::MissingUnixKey),
-        other => Err(SelectorError::UnknownUnixKey(other.to_owned())),
-    }
-}
-
-/// A uid or gid: canonical decimal `u32`. Leading zeros are refused because attestation
-/// emits `uid:1000`, and `uid:01000` would never equal it.
-fn validate_unix_id(key: &'static str, val: &str) -> Result<(), SelectorError> {
-    if val.is_empty() {
-        return Err(SelectorError::EmptyUnixValue(key));
-    }
-    // `u32::from_str` alone would accept a leading `+`.
-    let digits_only = val.bytes().all(|b| b.is_ascii_digit());
-    let canonical = val == "0" || !val.starts_with('0');
-    if !digits_only || !canonical || val.parse::<u32>().is_err() {
-        return Err(SelectorError::InvalidUnixId(key));
-    }
-    Ok(())
-}
-
-/// A user or group name: non-empty, without `:`, `/` or whitespace.
-fn validate_unix_name(key: &'static str, val: &str) -> Result<(), SelectorError> {
-    if val.is_empty() {
-        return Err(SelectorError::EmptyUnixValue(key));
-    }
-    match val
-        .chars()
-        .find(|&c| c == ':' || c == '/' || c.is_whitespace())
-    {
-        Some(ch) => Err(SelectorError::InvalidUnixName { key, ch }),
-        None => Ok(()),
-    }
-}
-
-/// An executable path: absolute. NUL (which no path can contain) is already refused by the
-/// control-character check.
-fn validate_unix_path(val: &str) -> Result<(), SelectorError> {
-    if val.is_empty() {
-        return Err(SelectorError::EmptyUnixValue("path"));
-    }
-    if !val.starts_with('/') {
-        return Err(SelectorError::RelativeUnixPath);
-    }
-    Ok(())
-}
-
-/// An executable digest: exactly 64 lowercase hex characters, the form attestation emits.
-fn validate_sha256(val: &str) -> Result<(), SelectorError> {
-    if val.is_empty() {
-        return Err(SelectorError::EmptyUnixValue("sha256"));
-    }
-    let is_hex = val.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    if val.len() != 64 || !is_hex {
-        return Err(SelectorError::InvalidSha256);
-    }
-    Ok(())
-}
-
 /// An ordered, de-duplicated set of selectors: what a caller was attested to have, or what
 /// a registration entry requires.
 ///
-/// Serialises as a sequence of `kind:value` strings.
+/// Serialises as a sequence of `kind:key:value` strings.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct SelectorSet(BTreeSet<Selector>);
@@ -348,6 +391,11 @@ impl SelectorSet {
     /// The empty set is a subset of every set, so an entry with no selectors would
     /// otherwise match every caller, including one nothing could be attested about. That
     /// is never what an operator means, so it matches nobody.
+    ///
+    /// A multi-valued fact is one selector per value in `caller`: an entry requiring
+    /// `unix:supplementary_gid:27` matches a caller with 27 among any number of
+    /// supplementary groups. Selectors are only ever added by attestation, never
+    /// subtracted, so a caller missing a fact can only match fewer entries.
     pub fn entry_matches(&self, caller: &Self) -> bool {
         !self.is_empty() && self.is_subset_of(caller)
     }
@@ -390,245 +438,4 @@ impl IntoIterator for SelectorSet {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const SHA: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
-
-    fn sel(s: &str) -> Selector {
-        s.parse().unwrap()
-    }
-
-    fn set(items: &[&str]) -> SelectorSet {
-        items.iter().map(|s| sel(s)).collect()
-    }
-
-    #[test]
-    fn valid_selectors_parse_and_round_trip() {
-        let sha = format!("unix:sha256:{SHA}");
-        let long_path = format!("unix:path:/{}", "a".repeat(MAX_SELECTOR_LENGTH - 11));
-        assert_eq!(long_path.len(), MAX_SELECTOR_LENGTH);
-        let cases: Vec<(&str, &str, &str)> = vec![
-            ("unix:uid:1000", "unix", "uid:1000"),
-            ("unix:uid:0", "unix", "uid:0"),
-            ("unix:uid:4294967295", "unix", "uid:4294967295"),
-            ("unix:gid:42", "unix", "gid:42"),
-            ("unix:user:www-data", "unix", "user:www-data"),
-            ("unix:user:svc@REALM", "unix", "user:svc@REALM"),
-            ("unix:group:wheel", "unix", "group:wheel"),
-            (
-                "unix:path:/usr/bin/python3",
-                "unix",
-                "path:/usr/bin/python3",
-            ),
-            ("unix:path:/opt/my app/bin", "unix", "path:/opt/my app/bin"),
-            ("unix:path:/a:b", "unix", "path:/a:b"),
-            ("unix:path:/", "unix", "path:/"),
-            (&sha, "unix", sha.get(5..).unwrap()),
-            (&long_path, "unix", long_path.get(5..).unwrap()),
-        ];
-        for (input, kind, value) in cases {
-            let s = Selector::from_str(input).unwrap_or_else(|e| panic!("{input:?}: {e}"));
-            assert_eq!(s.kind(), kind, "{input:?}");
-            assert_eq!(s.value(), value, "{input:?}");
-            assert_eq!(s.to_string(), input);
-            assert_eq!(Selector::try_from(input).unwrap(), s);
-            assert_eq!(Selector::new(kind, value).unwrap(), s);
-        }
-    }
-
-    #[test]
-    fn invalid_selectors_report_specific_error() {
-        use SelectorError as E;
-        let too_long = format!("unix:path:/{}", "a".repeat(MAX_SELECTOR_LENGTH - 10));
-        let sha_upper = format!("unix:sha256:{}", SHA.to_uppercase());
-        let sha_short = format!("unix:sha256:{}", SHA.get(1..).unwrap());
-        let sha_long = format!("unix:sha256:{SHA}0");
-        let sha_not_hex = format!("unix:sha256:{}g", SHA.get(1..).unwrap());
-        let cases: Vec<(&str, SelectorError)> = vec![
-            ("", E::Empty),
-            (&too_long, E::TooLong(MAX_SELECTOR_LENGTH + 1)),
-            ("unix", E::MissingColon),
-            (":uid:1000", E::EmptyKind),
-            ("unix:", E::EmptyValue),
-            ("Unix:uid:1000", E::BadKindChar('U')),
-            ("un.ix:uid:1000", E::BadKindChar('.')),
-            ("unix :uid:1000", E::SurroundingWhitespace),
-            ("un ix:uid:1000", E::BadKindChar(' ')),
-            ("k8s:ns:default", E::UnknownKind("k8s".to_owned())),
-            ("docker:label:a", E::UnknownKind("docker".to_owned())),
-            (" unix:uid:1000", E::SurroundingWhitespace),
-            ("unix:uid:1000 ", E::SurroundingWhitespace),
-            ("unix: uid:1000", E::SurroundingWhitespace),
-            ("unix:uid:1000\n", E::ControlCharacter('\n')),
-            ("unix:path:/bin/\0sh", E::ControlCharacter('\0')),
-            ("unix:user:a\u{1b}[31m", E::ControlCharacter('\u{1b}')),
-            ("unix:uid", E::MissingUnixKey),
-            ("unix::1000", E::MissingUnixKey),
-            ("unix:pid:1", E::UnknownUnixKey("pid".to_owned())),
-            ("unix:UID:1", E::UnknownUnixKey("UID".to_owned())),
-            ("unix:uid:", E::EmptyUnixValue("uid")),
-            ("unix:gid:", E::EmptyUnixValue("gid")),
-            ("unix:user:", E::EmptyUnixValue("user")),
-            ("unix:group:", E::EmptyUnixValue("group")),
-            ("unix:path:", E::EmptyUnixValue("path")),
-            ("unix:sha256:", E::EmptyUnixValue("sha256")),
-            ("unix:uid:-1", E::InvalidUnixId("uid")),
-            ("unix:uid:+1", E::InvalidUnixId("uid")),
-            ("unix:uid:01", E::InvalidUnixId("uid")),
-            ("unix:uid:00", E::InvalidUnixId("uid")),
-            ("unix:uid:4294967296", E::InvalidUnixId("uid")),
-            ("unix:uid:1e3", E::InvalidUnixId("uid")),
-            ("unix:uid:1 000", E::InvalidUnixId("uid")),
-            ("unix:gid:abc", E::InvalidUnixId("gid")),
-            (
-                "unix:user:a:b",
-                E::InvalidUnixName {
-                    key: "user",
-                    ch: ':',
-                },
-            ),
-            (
-                "unix:user:a/b",
-                E::InvalidUnixName {
-                    key: "user",
-                    ch: '/',
-                },
-            ),
-            (
-                "unix:group:a b",
-                E::InvalidUnixName {
-                    key: "group",
-                    ch: ' ',
-                },
-            ),
-            ("unix:path:bin/sh", E::RelativeUnixPath),
-            ("unix:path:./sh", E::RelativeUnixPath),
-            (&sha_upper, E::InvalidSha256),
-            (&sha_short, E::InvalidSha256),
-            (&sha_long, E::InvalidSha256),
-            (&sha_not_hex, E::InvalidSha256),
-        ];
-        for (input, expected) in cases {
-            assert_eq!(Selector::from_str(input), Err(expected), "{input:?}");
-        }
-    }
-
-    #[test]
-    fn new_validates_like_parse() {
-        use SelectorError as E;
-        assert_eq!(Selector::new("", "uid:1"), Err(E::EmptyKind));
-        assert_eq!(Selector::new("unix", ""), Err(E::EmptyValue));
-        assert_eq!(Selector::new("uni:x", "uid:1"), Err(E::BadKindChar(':')));
-        assert_eq!(
-            Selector::new("unix", "uid:1 "),
-            Err(E::SurroundingWhitespace)
-        );
-        assert_eq!(
-            Selector::new("unix", " uid:1"),
-            Err(E::SurroundingWhitespace)
-        );
-        assert_eq!(
-            Selector::new("k8s", "ns:a"),
-            Err(E::UnknownKind("k8s".to_owned()))
-        );
-        let long = format!("/{}", "a".repeat(MAX_SELECTOR_LENGTH));
-        assert_eq!(
-            Selector::new("unix", &format!("path:{long}")),
-            Err(E::TooLong(MAX_SELECTOR_LENGTH + 11))
-        );
-    }
-
-    #[test]
-    fn unix_convenience() {
-        assert_eq!(Selector::unix("uid", 1000).unwrap(), sel("unix:uid:1000"));
-        assert_eq!(Selector::unix("gid", 0u32).unwrap(), sel("unix:gid:0"));
-        assert_eq!(Selector::unix("user", "web").unwrap(), sel("unix:user:web"));
-        assert_eq!(
-            Selector::unix("uid", -1),
-            Err(SelectorError::InvalidUnixId("uid"))
-        );
-        assert_eq!(
-            Selector::unix("shell", "bash"),
-            Err(SelectorError::UnknownUnixKey("shell".to_owned()))
-        );
-    }
-
-    #[test]
-    fn error_messages() {
-        let unknown = SelectorError::UnknownKind("k8s".to_owned()).to_string();
-        assert!(unknown.contains("supported kinds: unix"), "{unknown}");
-        let key = SelectorError::UnknownUnixKey("pid".to_owned()).to_string();
-        assert!(key.contains("\"pid\"") && key.contains("sha256"), "{key}");
-    }
-
-    #[test]
-    fn serde_round_trip() {
-        let s = sel("unix:uid:1000");
-        let json = serde_json::to_string(&s).unwrap();
-        assert_eq!(json, r#""unix:uid:1000""#);
-        assert_eq!(serde_json::from_str::<Selector>(&json).unwrap(), s);
-        assert!(serde_json::from_str::<Selector>(r#""unix:uid:01""#).is_err());
-
-        let set = set(&["unix:uid:1000", "unix:gid:1000"]);
-        let json = serde_json::to_string(&set).unwrap();
-        assert_eq!(json, r#"["unix:gid:1000","unix:uid:1000"]"#);
-        assert_eq!(serde_json::from_str::<SelectorSet>(&json).unwrap(), set);
-        assert!(serde_json::from_str::<SelectorSet>(r#"["k8s:ns:a"]"#).is_err());
-    }
-
-    #[test]
-    fn set_basics() {
-        let mut set = SelectorSet::new();
-        assert!(set.is_empty());
-        assert!(set.insert(sel("unix:uid:1000")));
-        assert!(!set.insert(sel("unix:uid:1000")), "duplicates are ignored");
-        set.extend([sel("unix:gid:1000"), sel("unix:user:web")]);
-        assert_eq!(set.len(), 3);
-        assert!(set.contains(&sel("unix:user:web")));
-        assert!(!set.contains(&sel("unix:user:db")));
-        let listed: Vec<String> = set.iter().map(ToString::to_string).collect();
-        assert_eq!(listed, ["unix:gid:1000", "unix:uid:1000", "unix:user:web"]);
-        assert_eq!((&set).into_iter().count(), 3);
-        assert_eq!(set.clone().into_iter().count(), 3);
-        assert_eq!(SelectorSet::default(), SelectorSet::new());
-    }
-
-    #[test]
-    fn subset_and_entry_matching() {
-        let caller = set(&["unix:uid:1000", "unix:gid:1000", "unix:user:web"]);
-        let empty = SelectorSet::new();
-
-        // (entry, matches caller?)
-        let cases = [
-            (set(&["unix:uid:1000"]), true),
-            (set(&["unix:uid:1000", "unix:user:web"]), true),
-            (caller.clone(), true),
-            (set(&["unix:uid:1001"]), false),
-            (set(&["unix:uid:1000", "unix:uid:1001"]), false),
-            (
-                set(&[
-                    "unix:uid:1000",
-                    "unix:gid:1000",
-                    "unix:user:web",
-                    "unix:path:/x",
-                ]),
-                false,
-            ),
-        ];
-        for (entry, expected) in cases {
-            assert_eq!(entry.entry_matches(&caller), expected, "{entry:?}");
-            assert_eq!(SelectorSet::matches(&entry, &caller), expected, "{entry:?}");
-            assert_eq!(entry.is_subset_of(&caller), expected, "{entry:?}");
-        }
-
-        // The empty set is a subset of everything, but an empty entry matches nobody.
-        assert!(empty.is_subset_of(&caller));
-        assert!(empty.is_subset_of(&empty));
-        assert!(!empty.entry_matches(&caller));
-        assert!(!empty.entry_matches(&empty));
-        assert!(!SelectorSet::matches(&empty, &caller));
-        // A caller with no selectors matches no non-empty entry.
-        assert!(!set(&["unix:uid:1000"]).entry_matches(&empty));
-    }
-}
+mod tests;

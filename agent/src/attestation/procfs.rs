@@ -40,8 +40,9 @@ use super::AttestationError;
 
 /// Largest procfs text file we accept. `stat` is a few hundred bytes and `status` a couple
 /// of KiB. The exception is the `Groups:` line, which can list up to 65536 supplementary
-/// groups (NGROUPS_MAX), about 450 KiB. A larger file is an error, never truncated:
-/// truncating could cut a gid in half and attest a group the process is not in.
+/// groups (NGROUPS_MAX), at most 11 bytes each ("4294967295 "), about 704 KiB. A larger
+/// file is an error, never truncated: truncating could cut a gid in half and attest a
+/// group the process is not in.
 const MAX_PROC_FILE: u64 = 1 << 20;
 
 /// How much of the executable is read into memory at a time while hashing.
@@ -528,6 +529,42 @@ mod tests {
         // Name: is escaped by the kernel, but a literal fake line in it is harmless anyway.
         let odd_name = STATUS.replace("Name:\tsleep", "Name:\tUid: 0 0 0 0");
         assert_eq!(parse_status(&odd_name).map(|s| s.real_uid), Ok(1000));
+    }
+
+    /// The `Groups:` line is read whole whatever its length: 64 groups, with or without
+    /// the trailing space older kernels print, and NGROUPS_MAX groups of the widest gid,
+    /// which must still fit under [`MAX_PROC_FILE`].
+    #[test]
+    fn status_with_many_groups() {
+        let sixty_four: Vec<u32> = (1000..1064).collect();
+        let list = |groups: &[u32]| {
+            groups
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        for line in [
+            list(&sixty_four),
+            format!("{} ", list(&sixty_four)),
+            format!("{}\t", list(&sixty_four)),
+        ] {
+            let text = STATUS.replace("4 24 27 ", &line);
+            assert_eq!(
+                parse_status(&text).map(|s| s.groups).as_ref(),
+                Ok(&sixty_four),
+                "{line:?}"
+            );
+        }
+
+        let most: Vec<u32> = (0..65536u32).map(|i| u32::MAX - i).collect();
+        let text = STATUS.replace("4 24 27", &list(&most));
+        assert!(
+            u64::try_from(text.len()).unwrap() <= MAX_PROC_FILE,
+            "{} bytes",
+            text.len()
+        );
+        assert_eq!(parse_status(&text).map(|s| s.groups), Ok(most));
     }
 
     #[test]

@@ -9,6 +9,7 @@
     reason = "test code"
 )]
 
+mod attestation;
 mod audit;
 mod ca_rotation;
 mod cli;

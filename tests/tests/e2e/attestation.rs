@@ -1,0 +1,246 @@
+//! Workload attestation end to end: the agent turns the kernel's view of a caller (uid,
+//! gid, supplementary groups) into selectors, and the caller gets exactly the X.509-SVIDs
+//! of the entries those selectors satisfy.
+//!
+//! The callers are the agent's own CLI (`tessera-agent api fetch x509`), a real Workload
+//! API client, run as `nobody` through `setpriv`, which sets the supplementary groups we
+//! ask for. `std::process::Command::uid` cannot be used for this: as root it drops every
+//! supplementary group. As in `interop_rust.rs`, `nobody` runs the client straight from
+//! `target/`, so the checkout must be traversable by other users; the Workload API socket
+//! sits in a 0755 directory (see `tests::Cluster::start`).
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::Value;
+use tests::Cluster;
+
+use crate::interop_rust::{NO_IDENTITY, assert_key_matches_leaf, assert_leaf_profile};
+
+/// Uid and gid of `nobody`/`nogroup`.
+const NOBODY: u32 = 65534;
+/// A supplementary group the entries below require (`sudo` on Debian; its name does not
+/// matter, only the number is attested here).
+const GROUP: u32 = 27;
+/// Entry for any process of `nobody`.
+const NOBODY_ID: &str = "spiffe://example.org/nobody";
+/// Entry for `nobody` processes that are in [`GROUP`].
+const GROUP_ID: &str = "spiffe://example.org/group-27";
+/// Entry for `nobody` processes that are in [`LAST_OF_MANY`].
+const MANY_ID: &str = "spiffe://example.org/many-groups";
+/// First gid of the large group list.
+const MANY_FIRST: u32 = 100_000;
+/// How many groups the large list holds: far beyond 64, and enough that the `Groups:` line
+/// of `/proc/<pid>/status` spans many pages (about 70 KB), while the `--groups` argument
+/// stays under the kernel's 128 KiB limit for one argument.
+const MANY: u32 = 10_000;
+/// The last gid of the large list, required by [`MANY_ID`]: only a reader of the whole
+/// `Groups:` line attests it.
+const LAST_OF_MANY: u32 = MANY_FIRST + MANY - 1;
+
+/// Runs `tessera-agent api fetch x509 --output json` as uid/gid `nobody` with exactly the
+/// supplementary groups `groups`, writing the SVIDs into `write` when given.
+fn fetch_as_nobody(socket: &Path, groups: &[u32], write: Option<&Path>) -> Output {
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--reuid={NOBODY}"))
+        .arg(format!("--regid={NOBODY}"));
+    if groups.is_empty() {
+        cmd.arg("--clear-groups");
+    } else {
+        let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+        cmd.arg("--groups").arg(list.join(","));
+    }
+    cmd.arg("--")
+        .arg(tests::bin("tessera-agent"))
+        .args([
+            "api",
+            "fetch",
+            "x509",
+            "--output",
+            "json",
+            "--timeout",
+            "10",
+        ])
+        .arg("--socket-path")
+        .arg(socket);
+    if let Some(dir) = write {
+        cmd.arg("--write").arg(dir);
+    }
+    cmd.env_remove("SPIFFE_ENDPOINT_SOCKET")
+        .current_dir("/")
+        .output()
+        .expect("run setpriv (util-linux)")
+}
+
+/// The sorted SPIFFE IDs a fetch returned, or its stderr when it failed.
+fn svid_ids(out: &Output) -> Result<Vec<String>, String> {
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    let mut ids: Vec<String> = v["svids"]
+        .as_array()
+        .ok_or("no svids array")?
+        .iter()
+        .map(|s| s["spiffe_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+fn sorted(ids: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = ids.iter().map(|s| (*s).to_owned()).collect();
+    v.sort();
+    v
+}
+
+/// Checks the files `api fetch x509 --write` left in `dir`: each SVID's leaf carries the
+/// SPIFFE ID as its one URI SAN and matches its key; returns those IDs, sorted.
+fn written_ids(dir: &Path, count: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..count {
+        let suffix = if i == 0 {
+            String::new()
+        } else {
+            format!(".{i}")
+        };
+        let chain =
+            pem::parse_many(std::fs::read(dir.join(format!("svid{suffix}.pem"))).unwrap()).unwrap();
+        let key =
+            pem::parse(std::fs::read(dir.join(format!("svid{suffix}.key"))).unwrap()).unwrap();
+        let leaf = chain[0].contents();
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf).unwrap();
+        let id = cert
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .find_map(|n| match n {
+                x509_parser::extensions::GeneralName::URI(u) => Some((*u).to_owned()),
+                _ => None,
+            })
+            .expect("URI SAN");
+        assert_leaf_profile(leaf, &id);
+        assert_key_matches_leaf(key.contents(), leaf);
+        ids.push(id);
+    }
+    ids.sort();
+    ids
+}
+
+/// An entry requiring `unix:supplementary_gid:N` serves exactly the processes that have N
+/// among their supplementary groups, whether they have one group, 64, or 10 000.
+#[test]
+#[ignore = "needs root: runs Workload API clients as nobody with chosen supplementary groups"]
+fn supplementary_groups_select_entries() {
+    let c = Cluster::start(&[]);
+    let uid = format!("unix:uid:{NOBODY}");
+    c.server.create_entry(NOBODY_ID, &[&uid], &[]);
+    c.server.create_entry(
+        GROUP_ID,
+        &[&uid, &format!("unix:supplementary_gid:{GROUP}")],
+        &[],
+    );
+    c.server.create_entry(
+        MANY_ID,
+        &[&uid, &format!("unix:supplementary_gid:{LAST_OF_MANY}")],
+        &[],
+    );
+    let socket = &c.agent.socket_path;
+
+    // 27 first, then MANY - 1 more, ending with LAST_OF_MANY.
+    let many: Vec<u32> = std::iter::once(GROUP)
+        .chain(MANY_FIRST + 1..=LAST_OF_MANY)
+        .collect();
+    assert_eq!(many.len(), MANY as usize);
+    let all = sorted(&[GROUP_ID, MANY_ID, NOBODY_ID]);
+
+    // Wait until the agent has all three entries and their SVIDs: from then on, a missing
+    // ID below means the entry did not match, not that it had not arrived yet.
+    let got = tests::wait_for(Duration::from_secs(20), || {
+        svid_ids(&fetch_as_nobody(socket, &many, None))
+            .ok()
+            .filter(|ids| *ids == all)
+    });
+    assert!(
+        got.is_some(),
+        "10 000 groups: {:?}\nagent log:\n{}",
+        svid_ids(&fetch_as_nobody(socket, &many, None)),
+        c.agent.log_tail()
+    );
+
+    // 64 groups, 27 among them (in the middle), none from the large list.
+    let sixty_four: Vec<u32> = (1000..1032).chain([GROUP]).chain(2000..2031).collect();
+    assert_eq!(sixty_four.len(), 64);
+
+    // (supplementary groups, expected SPIFFE IDs)
+    let cases: Vec<(Vec<u32>, Vec<String>)> = vec![
+        (vec![], sorted(&[NOBODY_ID])),
+        (vec![GROUP], sorted(&[GROUP_ID, NOBODY_ID])),
+        (vec![GROUP + 1], sorted(&[NOBODY_ID])),
+        (vec![NOBODY, GROUP], sorted(&[GROUP_ID, NOBODY_ID])),
+        (sixty_four, sorted(&[GROUP_ID, NOBODY_ID])),
+        (vec![LAST_OF_MANY], sorted(&[MANY_ID, NOBODY_ID])),
+        (many, all),
+    ];
+    for (groups, want) in cases {
+        let out = fetch_as_nobody(socket, &groups, None);
+        assert_eq!(
+            svid_ids(&out),
+            Ok(want),
+            "{} supplementary groups {:?}...\nagent log:\n{}",
+            groups.len(),
+            groups.iter().take(4).collect::<Vec<_>>(),
+            c.agent.log_tail()
+        );
+    }
+
+    // The certificates themselves: written by the client as nobody, checked here.
+    let out_dir = c.dir.path().join("nobody-out");
+    std::fs::create_dir(&out_dir).unwrap();
+    std::os::unix::fs::chown(&out_dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    let out = fetch_as_nobody(socket, &[GROUP], Some(&out_dir));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(written_ids(&out_dir, 2), sorted(&[GROUP_ID, NOBODY_ID]));
+}
+
+/// An entry that only a group grants gives nothing to a process outside that group: the
+/// caller is attested (no attestation error) and told "no identity issued".
+#[test]
+#[ignore = "needs root: runs Workload API clients as nobody with chosen supplementary groups"]
+fn missing_group_gets_no_identity() {
+    let c = Cluster::start(&[]);
+    c.server.create_entry(
+        GROUP_ID,
+        &[
+            &format!("unix:uid:{NOBODY}"),
+            &format!("unix:supplementary_gid:{GROUP}"),
+        ],
+        &[],
+    );
+    let socket = &c.agent.socket_path;
+    let got = tests::wait_for(Duration::from_secs(20), || {
+        svid_ids(&fetch_as_nobody(socket, &[GROUP], None)).ok()
+    });
+    assert_eq!(
+        got,
+        Some(vec![GROUP_ID.to_owned()]),
+        "agent log:\n{}",
+        c.agent.log_tail()
+    );
+
+    for groups in [vec![], vec![GROUP + 1], (1000..1064).collect()] {
+        let out = fetch_as_nobody(socket, &groups, None);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{} groups: {out:?}", groups.len());
+        assert!(
+            stderr.contains(NO_IDENTITY),
+            "{} groups: expected {NO_IDENTITY:?}, got {stderr}",
+            groups.len()
+        );
+        assert!(out.stdout.is_empty(), "no identity data printed");
+    }
+}
