@@ -23,6 +23,10 @@ use tests::jwt::{
 use tests::with_header as req;
 use tests::{Cluster, TRUST_DOMAIN, runtime, unix_now, workload_client};
 
+// ---------------------------------------------------------------------------------------
+// The Rust `spiffe` crate.
+// ---------------------------------------------------------------------------------------
+
 #[test]
 fn rust_client_fetches_validates_and_verifies_offline() {
     let c = Cluster::start(&[]);
