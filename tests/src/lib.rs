@@ -4,17 +4,48 @@
 //!
 //! The binaries are taken from the same target directory as the test executable, so the
 //! test command builds them first (`cargo build --workspace --bins`), as the README says.
+//!
+//! Every process a test starts is a [`Process`]: its pid and exit status are visible, SIGTERM
+//! is timed ([`Process::terminate`]), and its log is printed when the test fails.
+//! [`ServerProc`] and [`AgentProc`] add the flags and files of each binary and wait for
+//! readiness (failing with the log if the process exits while starting); [`Cluster`] is a
+//! server with one agent that has attested.
 #![allow(
     clippy::expect_used,
+    clippy::panic,
     clippy::print_stderr,
     clippy::missing_panics_doc,
     reason = "test harness: a failed setup step is a failed test"
 )]
 
+pub mod agent;
+pub mod cluster;
+pub mod fetch;
+pub mod health;
+pub mod jwt;
+pub mod nobody;
+pub mod process;
+pub mod server;
+
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
+
+use common::proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+
+pub use agent::AgentProc;
+pub use cluster::Cluster;
+pub use fetch::{FetchedSvid, fetch_x509, only, parse_fetched, sorted_ids};
+pub use health::{http_get, status_of};
+pub use nobody::{NOBODY, assert_nobody_can_reach, bin_for_nobody, command_as_nobody};
+pub use process::Process;
+pub use server::ServerProc;
+
+/// The longest an agent takes to reach a server that is back after an outage: its reconnect
+/// backoff is capped at 30 s (agent/src/rotation.rs `BACKOFF_MAX`), plus a margin.
+pub const RECOVERY_BOUND: Duration = Duration::from_secs(35);
+/// The drain deadline after SIGTERM of both binaries (their `app.rs`).
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Trust domain used by test clusters.
 pub const TRUST_DOMAIN: &str = "example.org";
@@ -47,364 +78,15 @@ pub fn free_port() -> u16 {
 
 /// Polls `f` every 20 ms until it returns `Some` or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = std::time::SystemTime::now() + timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
             return Some(v);
         }
-        if std::time::SystemTime::now() > deadline {
+        if tokio::time::Instant::now() > deadline {
             return None;
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
-fn terminate(child: &mut Child) {
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    if wait_for(Duration::from_secs(15), || child.try_wait().ok().flatten()).is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-/// A running (or stopped) `tessera-server`.
-#[derive(Debug)]
-pub struct ServerProc {
-    child: Option<Child>,
-    /// Extra `run` flags used at every start.
-    pub extra_args: Vec<String>,
-    /// Data directory.
-    pub data_dir: PathBuf,
-    /// Admin socket.
-    pub admin_socket: PathBuf,
-    /// Node API port on 127.0.0.1.
-    pub port: u16,
-    /// Log file (stderr).
-    pub log: PathBuf,
-}
-
-impl ServerProc {
-    /// Starts a server in `dir` and waits until its admin API answers.
-    pub fn start(dir: &Path, extra_args: &[&str]) -> Self {
-        let mut s = Self {
-            child: None,
-            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
-            data_dir: dir.join("server"),
-            admin_socket: dir.join("admin.sock"),
-            port: free_port(),
-            log: dir.join("server.log"),
-        };
-        s.restart();
-        s
-    }
-
-    /// (Re)starts the process with the same data directory and port.
-    pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "server already running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("server log");
-        let child = Command::new(bin("tessera-server"))
-            .arg("run")
-            .args(["--trust-domain", TRUST_DOMAIN])
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .arg("--admin-socket")
-            .arg(&self.admin_socket)
-            .args(["--bind", &format!("127.0.0.1:{}", self.port)])
-            .args(&self.extra_args)
-            .env("TESSERA_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn tessera-server");
-        self.child = Some(child);
-        let ok = wait_for(Duration::from_secs(20), || {
-            self.cli(&["healthcheck"]).status.success().then_some(())
-        });
-        assert!(
-            ok.is_some(),
-            "server did not become healthy:\n{}",
-            tail(&self.log)
-        );
-    }
-
-    /// Graceful stop (SIGTERM).
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            terminate(&mut c);
-        }
-    }
-
-    /// Hard stop (SIGKILL), as a crash.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Node API address.
-    pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Runs `tessera-server ARGS --admin-socket ...` and returns its output.
-    pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(bin("tessera-server"))
-            .args(args)
-            .arg("--admin-socket")
-            .arg(&self.admin_socket)
-            .output()
-            .expect("run tessera-server CLI")
-    }
-
-    /// Runs an admin command with `--output json`, asserting success, and parses the JSON.
-    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
-        let mut all = args.to_vec();
-        all.extend(["--output", "json"]);
-        let out = self.cli(&all);
-        assert!(
-            out.status.success(),
-            "tessera-server {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("JSON output")
-    }
-
-    /// A fresh join token for `spiffe_id`.
-    pub fn token(&self, spiffe_id: &str) -> String {
-        self.cli_json(&["token", "generate", "--spiffe-id", spiffe_id])["token"]
-            .as_str()
-            .expect("token")
-            .to_owned()
-    }
-
-    /// Creates an entry parented to the test agent; returns its id.
-    pub fn create_entry(&self, spiffe_id: &str, selectors: &[&str], extra: &[&str]) -> String {
-        let mut args = vec![
-            "entry",
-            "create",
-            "--parent-id",
-            AGENT_ID,
-            "--spiffe-id",
-            spiffe_id,
-        ];
-        for s in selectors {
-            args.extend(["--selector", s]);
-        }
-        args.extend(extra);
-        self.cli_json(&args)["id"]
-            .as_str()
-            .expect("entry id")
-            .to_owned()
-    }
-
-    /// Runs SQL against the (stopped) server's datastore with Python's sqlite3, as an
-    /// attacker with write access to the database file would.
-    pub fn tamper_sql(&self, sql: &str) {
-        let db = self.data_dir.join("datastore.sqlite3");
-        let out = Command::new("python3")
-            .args([
-                "-c",
-                "import sqlite3,sys; d=sqlite3.connect(sys.argv[1]); d.executescript(sys.argv[2]); d.commit()",
-            ])
-            .arg(&db)
-            .arg(sql)
-            .output()
-            .expect("run python3");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Writes the PEM bundle to `path`.
-    pub fn write_bundle(&self, path: &Path) {
-        let out = self.cli(&["bundle", "show"]);
-        assert!(out.status.success());
-        std::fs::write(path, out.stdout).expect("write bundle");
-    }
-
-    /// The server log so far.
-    pub fn log_tail(&self) -> String {
-        tail(&self.log)
-    }
-}
-
-impl Drop for ServerProc {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- server log ---\n{}", tail(&self.log));
-        }
-        self.kill();
-    }
-}
-
-/// A running (or stopped) `tessera-agent`.
-#[derive(Debug)]
-pub struct AgentProc {
-    child: Option<Child>,
-    /// Data directory.
-    pub data_dir: PathBuf,
-    /// Workload API socket.
-    pub socket_path: PathBuf,
-    /// Bootstrap bundle file.
-    pub bundle_path: PathBuf,
-    /// Server address.
-    pub server_address: String,
-    /// Log file (stderr).
-    pub log: PathBuf,
-}
-
-impl AgentProc {
-    /// Starts an agent in `dir` (socket under `dir/public`, reachable by any user).
-    pub fn start(dir: &Path, server: &ServerProc, join_token: Option<&str>) -> Self {
-        let public = dir.join("public");
-        std::fs::create_dir_all(&public).expect("socket dir");
-        std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        let bundle_path = dir.join("bootstrap-bundle.pem");
-        server.write_bundle(&bundle_path);
-        let mut a = Self {
-            child: None,
-            data_dir: dir.join("agent"),
-            socket_path: public.join("api.sock"),
-            bundle_path,
-            server_address: server.address(),
-            log: dir.join("agent.log"),
-        };
-        a.restart(join_token);
-        a
-    }
-
-    /// (Re)starts the process with the same data directory and socket.
-    pub fn restart(&mut self, join_token: Option<&str>) {
-        assert!(self.child.is_none(), "agent already running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("agent log");
-        let mut cmd = Command::new(bin("tessera-agent"));
-        cmd.arg("run")
-            .args(["--trust-domain", TRUST_DOMAIN])
-            .args(["--server-address", &self.server_address])
-            .arg("--trust-bundle")
-            .arg(&self.bundle_path)
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .arg("--socket-path")
-            .arg(&self.socket_path)
-            .env("TESSERA_LOG", "info,agent=debug")
-            .stdout(Stdio::null())
-            .stderr(log);
-        if let Some(t) = join_token {
-            cmd.args(["--join-token", t]);
-        }
-        self.child = Some(cmd.spawn().expect("spawn tessera-agent"));
-        let ok = wait_for(Duration::from_secs(20), || {
-            self.socket_path.exists().then_some(())
-        });
-        assert!(
-            ok.is_some(),
-            "agent socket did not appear:\n{}",
-            tail(&self.log)
-        );
-    }
-
-    /// Graceful stop (SIGTERM).
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            terminate(&mut c);
-        }
-    }
-
-    /// Waits up to `timeout` for the process to exit by itself; returns its exit code.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let child = self.child.as_mut()?;
-        let status = wait_for(timeout, || child.try_wait().ok().flatten())?;
-        self.child = None;
-        Some(status.code().unwrap_or(-1))
-    }
-
-    /// `unix://` endpoint URI of the Workload API.
-    pub fn endpoint(&self) -> String {
-        format!("unix://{}", self.socket_path.display())
-    }
-
-    /// Runs `tessera-agent ARGS --socket-path ...`.
-    pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(bin("tessera-agent"))
-            .args(args)
-            .arg("--socket-path")
-            .arg(&self.socket_path)
-            .output()
-            .expect("run tessera-agent CLI")
-    }
-
-    /// The agent log so far.
-    pub fn log_tail(&self) -> String {
-        tail(&self.log)
-    }
-}
-
-impl Drop for AgentProc {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- agent log ---\n{}", tail(&self.log));
-        }
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// A server and an enrolled agent in one temp directory.
-#[derive(Debug)]
-pub struct Cluster {
-    /// Agent (dropped first).
-    pub agent: AgentProc,
-    /// Server.
-    pub server: ServerProc,
-    /// Root of all files; removed on drop.
-    pub dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    /// Starts a server (with `server_args`) and an agent enrolled as [`AGENT_ID`].
-    pub fn start(server_args: &[&str]) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        // Other users (the `nobody` child in tests) must reach the socket below.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-            .expect("chmod temp dir");
-        let server = ServerProc::start(dir.path(), server_args);
-        let token = server.token(AGENT_ID);
-        let agent = AgentProc::start(dir.path(), &server, Some(&token));
-        Self { agent, server, dir }
-    }
-
-    /// Fetches X.509-SVIDs with the agent CLI as the current user, `--output json`.
-    pub fn fetch_json(&self) -> Output {
-        self.agent.cli(&[
-            "api",
-            "fetch",
-            "x509",
-            "--output",
-            "json",
-            "--timeout",
-            "10",
-        ])
     }
 }
 
@@ -431,4 +113,42 @@ pub fn unix_now() -> i64 {
         .duration_since(std::time::SystemTime::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// Unix time with sub-second precision (certificate times have 1 s resolution).
+pub fn unix_now_f64() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// A multi-threaded runtime: gRPC connection tasks keep running on its workers while the
+/// test thread blocks on CLI commands inside `block_on`.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Tessera's generated Workload API client on an agent's Unix socket (requests go through
+/// [`with_header`], or deliberately without it).
+pub async fn workload_client(socket: &Path) -> SpiffeWorkloadApiClient<tonic::transport::Channel> {
+    SpiffeWorkloadApiClient::new(agent_channel(socket).await)
+}
+
+/// Permission bits (0o7777) of the file at `path`.
+pub fn file_mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// How often `needle` occurs in `haystack` (log lines, mostly).
+pub fn occurrences(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
 }

@@ -6,9 +6,8 @@
 //! here independently of Tessera's code (x509-parser, rustls-webpki, rcgen), including the
 //! private-key/leaf match that the Rust and Python clients do not check themselves.
 
-use std::os::unix::process::CommandExt as _;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, SystemTime};
 
 use common::proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
@@ -19,7 +18,7 @@ use common::proto::workload::{
 use futures::StreamExt as _;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use spiffe::{TrustDomain, WorkloadApiClient, WorkloadApiError, X509Context, X509Source};
-use tests::{Cluster, TRUST_DOMAIN};
+use tests::{Cluster, NOBODY, TRUST_DOMAIN};
 use tonic::transport::Channel;
 use x509_parser::prelude::{FromDer as _, GeneralName, X509Certificate};
 
@@ -27,22 +26,14 @@ use x509_parser::prelude::{FromDer as _, GeneralName, X509Certificate};
 pub(crate) const BACKDATE_SECS: i64 = 10;
 /// The message real clients match on (digest §5.6).
 pub(crate) const NO_IDENTITY: &str = "no identity issued";
-/// Uid/gid of `nobody`, the "other user" of these tests.
-const NOBODY: u32 = 65534;
 
 // ---------------------------------------------------------------------------------------
 // Shared checks (also used by the Python interop suite).
 // ---------------------------------------------------------------------------------------
 
-/// A multi-threaded runtime: the gRPC connection tasks keep running on its workers while
-/// the test thread blocks on CLI commands inside `block_on`.
-pub(crate) fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+/// The harness's multi-threaded runtime (also importable from here, as the other shared
+/// checks below are).
+pub(crate) use tests::runtime;
 
 /// What the tests need to know about a leaf after its profile was checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -346,14 +337,12 @@ fn roots_of(ctx: &X509Context) -> Vec<Vec<u8>> {
 
 /// Runs `tessera-agent api fetch x509 --output json` as uid/gid `nobody`.
 fn fetch_as_nobody(socket: &Path) -> Output {
-    Command::new(tests::bin("tessera-agent"))
+    tests::assert_nobody_can_reach(socket);
+    tests::command_as_nobody("tessera-agent")
         .args(["api", "fetch", "x509", "--output", "json", "--timeout", "5"])
         .arg("--socket-path")
         .arg(socket)
         .env_remove("SPIFFE_ENDPOINT_SOCKET")
-        .current_dir("/")
-        .uid(NOBODY)
-        .gid(NOBODY)
         .output()
         .expect("spawn tessera-agent as nobody")
 }

@@ -1,21 +1,22 @@
 //! Lifecycle: enrollment, restarts, single-use and expiring join tokens, eviction, bans,
 //! graceful server restarts and server crashes, and the privacy of the server's state.
 //!
-//! Agent runs that are *expected to fail* are driven by [`AgentFiles::run_until_exit`]
-//! rather than `AgentProc::start`/`restart`: those assert that the Workload API socket
-//! appears, and an agent refused at once binds and removes its socket within a few
-//! milliseconds, so the assertion would race with the very failure under test.
+//! Agent runs that are *expected to fail* are driven by `AgentProc::run_until_exit`, which
+//! waits for the exit, rather than `AgentProc::start`/`restart`, which wait for the Workload
+//! API socket: an agent refused at once binds and removes its socket within a few
+//! milliseconds, so waiting for it would race with the very failure under test.
 
 use std::os::unix::fs::PermissionsExt as _;
-use std::os::unix::process::CommandExt as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
-use tests::{AGENT_ID, AgentProc, Cluster, ServerProc, TRUST_DOMAIN, bin, wait_for};
+use tests::{
+    AGENT_ID, AgentProc, Cluster, RECOVERY_BOUND, ServerProc, assert_nobody_can_reach, bin,
+    command_as_nobody, file_mode, occurrences, wait_for,
+};
 use tokio::time::Instant;
 
 const WORKLOAD_A: &str = "spiffe://example.org/workload/a";
@@ -27,156 +28,11 @@ const SECOND_AGENT_ID: &str = "spiffe://example.org/node/second";
 /// How long an agent refused by the server may take to exit by itself.
 const REFUSED_EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 
-fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path)
-        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
-        .permissions()
-        .mode()
-        & 0o7777
-}
-
-/// The files of one agent, laid out exactly as `AgentProc` lays them out.
-#[derive(Debug)]
-struct AgentFiles {
-    data_dir: PathBuf,
-    socket_path: PathBuf,
-    bundle_path: PathBuf,
-    server_address: String,
-    log: PathBuf,
-}
-
-impl AgentFiles {
-    /// The files of an existing agent (to start it again in the same state).
-    fn of(a: &AgentProc) -> Self {
-        Self {
-            data_dir: a.data_dir.clone(),
-            socket_path: a.socket_path.clone(),
-            bundle_path: a.bundle_path.clone(),
-            server_address: a.server_address.clone(),
-            log: a.log.clone(),
-        }
-    }
-
-    /// A fresh agent in `dir`, bootstrapped with `server`'s bundle.
-    fn new_in(dir: &Path, server: &ServerProc) -> Self {
-        let public = dir.join("public");
-        std::fs::create_dir_all(&public).unwrap();
-        std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let bundle_path = dir.join("bootstrap-bundle.pem");
-        server.write_bundle(&bundle_path);
-        Self {
-            data_dir: dir.join("agent"),
-            socket_path: public.join("api.sock"),
-            bundle_path,
-            server_address: server.address(),
-            log: dir.join("agent.log"),
-        }
-    }
-
-    /// Size of the log so far (to read what a later run adds).
-    fn log_len(&self) -> usize {
-        std::fs::metadata(&self.log).map_or(0, |m| usize::try_from(m.len()).unwrap())
-    }
-
-    /// What the log holds after byte `offset`.
-    fn log_since(&self, offset: usize) -> String {
-        let text = std::fs::read(&self.log).unwrap_or_default();
-        String::from_utf8_lossy(text.get(offset..).unwrap_or_default()).into_owned()
-    }
-
-    /// Spawns `tessera-agent run` with the same flags as the harness.
-    fn spawn(&self, join_token: Option<&str>) -> Child {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let mut cmd = Command::new(bin("tessera-agent"));
-        cmd.arg("run")
-            .args(["--trust-domain", TRUST_DOMAIN])
-            .args(["--server-address", &self.server_address])
-            .arg("--trust-bundle")
-            .arg(&self.bundle_path)
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .arg("--socket-path")
-            .arg(&self.socket_path)
-            .env("TESSERA_LOG", "info,agent=debug")
-            .stdout(Stdio::null())
-            .stderr(log);
-        if let Some(t) = join_token {
-            cmd.args(["--join-token", t]);
-        }
-        cmd.spawn().unwrap()
-    }
-
-    /// Runs `tessera-agent run` (same flags as the harness) until it exits by itself.
-    /// Returns the exit code and what this run logged. Fails if it is still running
-    /// after `timeout`.
-    fn run_until_exit(&self, join_token: Option<&str>, timeout: Duration) -> (i32, String) {
-        let offset = self.log_len();
-        let mut child = self.spawn(join_token);
-        let status = wait_for(timeout, || child.try_wait().ok().flatten());
-        let text = self.log_since(offset);
-        let Some(status) = status else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("agent did not exit by itself within {timeout:?}; its log:\n{text}");
-        };
-        (status.code().unwrap_or(-1), text)
-    }
-}
-
-/// `agent list --output json` as a list.
-fn agents(server: &ServerProc) -> Vec<Value> {
-    server.cli_json(&["agent", "list"])["agents"]
-        .as_array()
-        .expect("agents array")
-        .clone()
-}
-
-fn agent_ids(server: &ServerProc) -> Vec<String> {
-    let mut ids: Vec<String> = agents(server)
-        .iter()
-        .map(|a| a["spiffe_id"].as_str().unwrap().to_owned())
-        .collect();
-    ids.sort();
-    ids
-}
-
 fn entries(server: &ServerProc) -> Vec<Value> {
     server.cli_json(&["entry", "show"])["entries"]
         .as_array()
         .expect("entries array")
         .clone()
-}
-
-/// The SPIFFE IDs of a successful `api fetch x509 --output json`, sorted.
-fn svid_ids(out: &Output) -> Result<Vec<String>, String> {
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-    let mut ids: Vec<String> = v["svids"]
-        .as_array()
-        .ok_or("no svids array")?
-        .iter()
-        .map(|s| s["spiffe_id"].as_str().unwrap_or_default().to_owned())
-        .collect();
-    ids.sort();
-    Ok(ids)
-}
-
-fn fetch(agent: &AgentProc) -> Output {
-    agent.cli(&[
-        "api",
-        "fetch",
-        "x509",
-        "--output",
-        "json",
-        "--timeout",
-        "10",
-    ])
 }
 
 /// Fetches (as root) until the caller receives exactly `want` (SVIDs for entries created
@@ -185,7 +41,7 @@ fn wait_fetches(agent: &AgentProc, want: &[&str], timeout: Duration) -> Duration
     let t0 = Instant::now();
     let mut last = Err(String::new());
     let ok = wait_for(timeout, || {
-        last = svid_ids(&fetch(agent));
+        last = agent.fetch_ids();
         if last.as_ref().is_ok_and(|got| got == want) {
             return Some(());
         }
@@ -204,16 +60,12 @@ fn assert_fetches(agent: &AgentProc, want: &[&str]) {
     wait_fetches(agent, want, Duration::from_secs(15));
 }
 
-fn count(haystack: &str, needle: &str) -> usize {
-    haystack.matches(needle).count()
-}
-
 #[test]
 fn agent_restart_reattests_from_persisted_svid() {
     let mut c = Cluster::start(&[]);
     c.server.create_entry(WORKLOAD_A, &["unix:uid:0"], &[]);
-    assert_eq!(svid_ids(&c.fetch_json()), Ok(vec![WORKLOAD_A.to_owned()]));
-    let before = agents(&c.server);
+    assert_eq!(c.agent.fetch_ids(), Ok(vec![WORKLOAD_A.to_owned()]));
+    let before = c.server.agents();
     assert_eq!(before.len(), 1, "{before:?}");
     assert_eq!(before[0]["spiffe_id"], AGENT_ID);
 
@@ -225,84 +77,29 @@ fn agent_restart_reattests_from_persisted_svid() {
          sees the stale socket and returns before the new agent listens):\n{log}"
     );
     let key = c.agent.data_dir.join("agent_svid.key");
-    assert_eq!(mode(&key), 0o600, "agent SVID key {}", key.display());
+    assert_eq!(file_mode(&key), 0o600, "agent SVID key {}", key.display());
     assert!(c.agent.data_dir.join("agent_svid.pem").exists());
 
     c.agent.restart(None);
-    assert_eq!(svid_ids(&c.fetch_json()), Ok(vec![WORKLOAD_A.to_owned()]));
-    let after = agents(&c.server);
+    assert_eq!(c.agent.fetch_ids(), Ok(vec![WORKLOAD_A.to_owned()]));
+    let after = c.server.agents();
     assert_eq!(after.len(), 1, "still exactly one agent: {after:?}");
     assert_eq!(after[0]["spiffe_id"], AGENT_ID);
     // Same record: not attested again, same SVID.
     assert_eq!(after[0]["attested_at"], before[0]["attested_at"]);
     assert_eq!(after[0]["serial"], before[0]["serial"]);
     let log = std::fs::read_to_string(&c.agent.log).unwrap();
-    assert_eq!(count(&log, "node attested with join token"), 1, "{log}");
-    assert_eq!(count(&log, "using the persisted agent SVID"), 1, "{log}");
-    assert_eq!(mode(&key), 0o600, "key mode after restart");
-}
-
-/// Sends SIGTERM to `child` and returns its exit code.
-fn terminate(child: &mut Child) -> i32 {
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let status = wait_for(Duration::from_secs(15), || child.try_wait().ok().flatten());
-    let Some(status) = status else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("agent ignored SIGTERM for 15 s");
-    };
-    status.code().unwrap_or(-1)
-}
-
-#[test]
-fn agent_sigterm_stops_cleanly() {
-    // Which select! branch wins at shutdown is random, so stop the agent many times.
-    const CYCLES: usize = 20;
-    let dir = tempfile::tempdir().unwrap();
-    let server = ServerProc::start(dir.path(), &[]);
-    server.create_entry(WORKLOAD_A, &["unix:uid:0"], &[]);
-    let files = AgentFiles::new_in(&dir.path().join("a"), &server);
-    let token = server.token(AGENT_ID);
-    let fetch_ok = || {
-        let out = Command::new(bin("tessera-agent"))
-            .args([
-                "api",
-                "fetch",
-                "x509",
-                "--output",
-                "json",
-                "--timeout",
-                "10",
-            ])
-            .arg("--socket-path")
-            .arg(&files.socket_path)
-            .output()
-            .unwrap();
-        svid_ids(&out).is_ok_and(|ids| ids == [WORKLOAD_A])
-    };
-    for cycle in 0..CYCLES {
-        let offset = files.log_len();
-        let mut child = files.spawn((cycle == 0).then_some(token.as_str()));
-        let up = wait_for(Duration::from_secs(15), || fetch_ok().then_some(()));
-        assert!(
-            up.is_some(),
-            "cycle {cycle}: agent never served:\n{}",
-            files.log_since(offset)
-        );
-        let code = terminate(&mut child);
-        let log = files.log_since(offset);
-        assert!(
-            !log.contains("panicked"),
-            "cycle {cycle}: the agent panicked on SIGTERM:\n{log}"
-        );
-        assert_eq!(code, 0, "cycle {cycle}: exit code after SIGTERM:\n{log}");
-        assert!(
-            !files.socket_path.exists(),
-            "cycle {cycle}: the socket was left behind"
-        );
-        assert!(log.contains("stopped"), "cycle {cycle}:\n{log}");
-    }
+    assert_eq!(
+        occurrences(&log, "node attested with join token"),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        occurrences(&log, "using the persisted agent SVID"),
+        1,
+        "{log}"
+    );
+    assert_eq!(file_mode(&key), 0o600, "key mode after restart");
 }
 
 #[test]
@@ -313,9 +110,9 @@ fn join_token_is_single_use() {
     let first = AgentProc::start(&dir.path().join("first"), &server, Some(&token));
     server.create_entry(WORKLOAD_A, &["unix:uid:0"], &[]);
     assert_fetches(&first, &[WORKLOAD_A]);
-    assert_eq!(agent_ids(&server), [AGENT_ID]);
+    assert_eq!(server.agent_ids(), [AGENT_ID]);
 
-    let second = AgentFiles::new_in(&dir.path().join("second"), &server);
+    let mut second = AgentProc::new(&dir.path().join("second"), &server);
     let (code, log) = second.run_until_exit(Some(&token), REFUSED_EXIT_TIMEOUT);
     assert_ne!(code, 0, "second agent with a used token must fail:\n{log}");
     assert!(
@@ -326,7 +123,7 @@ fn join_token_is_single_use() {
         !second.data_dir.join("agent_svid.key").exists(),
         "a refused agent persists no identity"
     );
-    assert_eq!(agent_ids(&server), [AGENT_ID], "still only the first agent");
+    assert_eq!(server.agent_ids(), [AGENT_ID], "still only the first agent");
     // The first agent is unaffected.
     assert_fetches(&first, &[WORKLOAD_A]);
 }
@@ -338,19 +135,19 @@ fn expired_join_token_is_refused() {
     let t = server.cli_json(&["token", "generate", "--spiffe-id", AGENT_ID, "--ttl", "1"]);
     let token = t["token"].as_str().unwrap().to_owned();
     std::thread::sleep(Duration::from_secs(2));
-    let agent = AgentFiles::new_in(&dir.path().join("a"), &server);
+    let mut agent = AgentProc::new(&dir.path().join("a"), &server);
     let (code, log) = agent.run_until_exit(Some(&token), REFUSED_EXIT_TIMEOUT);
     assert_ne!(code, 0, "agent with an expired token must fail:\n{log}");
     assert!(log.contains("expired"), "log should say expired:\n{log}");
-    assert!(agent_ids(&server).is_empty(), "no agent was enrolled");
+    assert!(server.agent_ids().is_empty(), "no agent was enrolled");
 }
 
 #[test]
 fn evicted_agent_is_refused_at_once() {
     let mut c = Cluster::start(&[]);
     c.server.create_entry(WORKLOAD_A, &["unix:uid:0"], &[]);
-    assert_eq!(svid_ids(&c.fetch_json()), Ok(vec![WORKLOAD_A.to_owned()]));
-    let serial_before = agents(&c.server)[0]["serial"].clone();
+    assert_eq!(c.agent.fetch_ids(), Ok(vec![WORKLOAD_A.to_owned()]));
+    let serial_before = c.server.agents()[0]["serial"].clone();
 
     let t0 = Instant::now();
     let out = c.server.cli(&["agent", "evict", "--spiffe-id", AGENT_ID]);
@@ -380,23 +177,22 @@ fn evicted_agent_is_refused_at_once() {
         );
     }
     assert!(!c.agent.socket_path.exists(), "Workload API socket removed");
-    assert!(agent_ids(&c.server).is_empty(), "agent record removed");
+    assert!(c.server.agent_ids().is_empty(), "agent record removed");
 
     // Without a token it cannot come back.
-    let files = AgentFiles::of(&c.agent);
-    let (code, log) = files.run_until_exit(None, REFUSED_EXIT_TIMEOUT);
+    let (code, log) = c.agent.run_until_exit(None, REFUSED_EXIT_TIMEOUT);
     assert_ne!(code, 0, "restart without a token must fail:\n{log}");
     assert!(
         log.contains("--join-token"),
         "log should say to use a join token:\n{log}"
     );
-    assert!(agent_ids(&c.server).is_empty());
+    assert!(c.server.agent_ids().is_empty());
 
     // With a new token it works again.
     let token = c.server.token(AGENT_ID);
     c.agent.restart(Some(&token));
-    assert_eq!(svid_ids(&c.fetch_json()), Ok(vec![WORKLOAD_A.to_owned()]));
-    let after = agents(&c.server);
+    assert_eq!(c.agent.fetch_ids(), Ok(vec![WORKLOAD_A.to_owned()]));
+    let after = c.server.agents();
     assert_eq!(after.len(), 1, "{after:?}");
     assert_eq!(after[0]["spiffe_id"], AGENT_ID);
     assert_ne!(after[0]["serial"], serial_before, "a new agent SVID");
@@ -406,7 +202,7 @@ fn evicted_agent_is_refused_at_once() {
 fn agent_evicted_while_stopped_is_refused_on_restart() {
     let mut c = Cluster::start(&[]);
     c.server.create_entry(WORKLOAD_A, &["unix:uid:0"], &[]);
-    assert_eq!(svid_ids(&c.fetch_json()), Ok(vec![WORKLOAD_A.to_owned()]));
+    assert_eq!(c.agent.fetch_ids(), Ok(vec![WORKLOAD_A.to_owned()]));
     c.agent.stop();
     let out = c.server.cli(&["agent", "evict", "--spiffe-id", AGENT_ID]);
     assert!(
@@ -419,8 +215,7 @@ fn agent_evicted_while_stopped_is_refused_on_restart() {
         "the stopped agent still holds its persisted SVID"
     );
     // The persisted SVID is still valid by date, but the server no longer knows it.
-    let files = AgentFiles::of(&c.agent);
-    let (code, log) = files.run_until_exit(None, REFUSED_EXIT_TIMEOUT);
+    let (code, log) = c.agent.run_until_exit(None, REFUSED_EXIT_TIMEOUT);
     assert_ne!(
         code, 0,
         "an evicted agent must not come back without a token:\n{log}"
@@ -429,14 +224,14 @@ fn agent_evicted_while_stopped_is_refused_on_restart() {
     for f in ["agent_svid.key", "agent_svid.pem"] {
         assert!(!c.agent.data_dir.join(f).exists(), "{f} must be removed");
     }
-    assert!(agent_ids(&c.server).is_empty(), "not re-enrolled");
+    assert!(c.server.agent_ids().is_empty(), "not re-enrolled");
 }
 
 #[test]
 fn banned_agent_cannot_reattest() {
     let mut c = Cluster::start(&[]);
     c.server.create_entry(WORKLOAD_A, &["unix:uid:0"], &[]);
-    assert_eq!(svid_ids(&c.fetch_json()), Ok(vec![WORKLOAD_A.to_owned()]));
+    assert_eq!(c.agent.fetch_ids(), Ok(vec![WORKLOAD_A.to_owned()]));
 
     let t0 = Instant::now();
     let banned = c
@@ -450,20 +245,19 @@ fn banned_agent_cannot_reattest() {
     );
     assert_ne!(code.expect("banned agent did not exit"), 0);
     assert!(!c.agent.data_dir.join("agent_svid.key").exists());
-    let list = agents(&c.server);
+    let list = c.server.agents();
     assert_eq!(list.len(), 1, "the ban is recorded: {list:?}");
     assert_eq!(list[0]["spiffe_id"], AGENT_ID);
     assert_eq!(list[0]["banned"], true);
 
     // A new token for the banned ID is refused (twice: the ban does not wear off).
-    let files = AgentFiles::of(&c.agent);
     for _ in 0..2 {
         let token = c.server.token(AGENT_ID);
-        let (code, log) = files.run_until_exit(Some(&token), REFUSED_EXIT_TIMEOUT);
+        let (code, log) = c.agent.run_until_exit(Some(&token), REFUSED_EXIT_TIMEOUT);
         assert_ne!(code, 0, "a banned agent must not attest:\n{log}");
         assert!(log.contains("banned"), "log should say banned:\n{log}");
         assert!(!c.agent.data_dir.join("agent_svid.key").exists());
-        assert_eq!(agents(&c.server)[0]["banned"], true);
+        assert_eq!(c.server.agents()[0]["banned"], true);
     }
 
     // Evicting removes the record (and the ban); a new token then works.
@@ -473,11 +267,11 @@ fn banned_agent_cannot_reattest() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(agent_ids(&c.server).is_empty());
+    assert!(c.server.agent_ids().is_empty());
     let token = c.server.token(AGENT_ID);
     c.agent.restart(Some(&token));
-    assert_eq!(svid_ids(&c.fetch_json()), Ok(vec![WORKLOAD_A.to_owned()]));
-    let list = agents(&c.server);
+    assert_eq!(c.agent.fetch_ids(), Ok(vec![WORKLOAD_A.to_owned()]));
+    let list = c.server.agents();
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0]["banned"], false);
 }
@@ -510,7 +304,7 @@ fn server_restart_loses_nothing() {
     wait_fetches(
         &c.agent,
         &[WORKLOAD_A, WORKLOAD_B, WORKLOAD_C, WORKLOAD_LATE],
-        Duration::from_secs(35),
+        RECOVERY_BOUND,
     );
     let recovery = restarted.elapsed();
     println!("recovery after server restart (server healthy -> new entry delivered): {recovery:?}");
@@ -519,7 +313,7 @@ fn server_restart_loses_nothing() {
     let dir = c.dir.path();
     let second = AgentProc::start(&dir.join("second"), &c.server, Some(&unused_token));
     let enrolled = wait_for(Duration::from_secs(20), || {
-        (agent_ids(&c.server).len() == 2).then_some(())
+        (c.server.agent_ids().len() == 2).then_some(())
     });
     assert!(
         enrolled.is_some(),
@@ -527,15 +321,15 @@ fn server_restart_loses_nothing() {
         second.log_tail()
     );
     assert_eq!(
-        agent_ids(&c.server),
+        c.server.agent_ids(),
         [SECOND_AGENT_ID, AGENT_ID],
         "both agents listed (sorted)"
     );
-    let third = AgentFiles::new_in(&dir.join("third"), &c.server);
+    let mut third = AgentProc::new(&dir.join("third"), &c.server);
     let (code, log) = third.run_until_exit(Some(&unused_token), REFUSED_EXIT_TIMEOUT);
     assert_ne!(code, 0, "the token is consumed:\n{log}");
     assert!(log.contains("invalid or has already been used"), "{log}");
-    assert_eq!(agent_ids(&c.server).len(), 2);
+    assert_eq!(c.server.agent_ids().len(), 2);
 }
 
 #[test]
@@ -634,7 +428,12 @@ fn server_state_files_are_private() {
     let c = Cluster::start(&[]);
     c.server.create_entry(WORKLOAD_A, &["unix:uid:0"], &[]);
     let data = &c.server.data_dir;
-    assert_eq!(mode(data) & 0o077, 0, "server data dir {}", data.display());
+    assert_eq!(
+        file_mode(data) & 0o077,
+        0,
+        "server data dir {}",
+        data.display()
+    );
     // The CA key lives in `ca.key` (or, with CA rotation, in `ca_state.json`); it must
     // exist and be private.
     let ca_key = ["ca.key", "ca_state.json"]
@@ -648,8 +447,12 @@ fn server_state_files_are_private() {
         "{} holds no key",
         ca_key.display()
     );
-    assert_eq!(mode(&ca_key), 0o600, "{}", ca_key.display());
-    assert_eq!(mode(&data.join("datastore.sqlite3")), 0o600, "datastore");
+    assert_eq!(file_mode(&ca_key), 0o600, "{}", ca_key.display());
+    assert_eq!(
+        file_mode(&data.join("datastore.sqlite3")),
+        0o600,
+        "datastore"
+    );
     // Every other state file too: only certificate-only PEM files may be readable.
     let mut checked = Vec::new();
     for f in std::fs::read_dir(data).unwrap() {
@@ -661,22 +464,22 @@ fn server_state_files_are_private() {
         let text = String::from_utf8_lossy(&bytes);
         let public_cert = text.contains("BEGIN CERTIFICATE") && !text.contains("PRIVATE");
         if !public_cert {
-            assert_eq!(mode(&path), 0o600, "{} is not private", path.display());
+            assert_eq!(file_mode(&path), 0o600, "{} is not private", path.display());
             checked.push(path.file_name().unwrap().to_string_lossy().into_owned());
         }
     }
     println!("private server state files: {checked:?}");
     let socket = &c.server.admin_socket;
-    assert_eq!(mode(socket), 0o600, "admin socket");
+    assert_eq!(file_mode(socket), 0o600, "admin socket");
     let before = entries(&c.server);
 
+    // Otherwise "Permission denied" below could come from a directory, not the socket.
+    assert_nobody_can_reach(socket);
     let as_nobody = |args: &[&str]| {
-        Command::new(bin("tessera-server"))
+        command_as_nobody("tessera-server")
             .args(args)
             .arg("--admin-socket")
             .arg(socket)
-            .uid(65534)
-            .gid(65534)
             .output()
             .unwrap()
     };

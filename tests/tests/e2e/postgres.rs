@@ -114,23 +114,9 @@ fn ok_json(out: &std::process::Output, what: &str) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// SPIFFE IDs the agent serves to the caller (uid 0), sorted.
+/// SPIFFE IDs the agent serves to the caller (uid 0), sorted; none if the fetch fails.
 fn served(c: &Cluster) -> Vec<String> {
-    let out = c.fetch_json();
-    if !out.status.success() {
-        return Vec::new();
-    }
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    let mut ids: Vec<String> = v["svids"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s["spiffe_id"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
-    ids.sort();
-    ids
+    c.agent.fetch_ids().unwrap_or_default()
 }
 
 fn wait_served(c: &Cluster, want: &[&str]) {

@@ -7,8 +7,7 @@
 //! workload with uid 0); `nobody`, a member of the admin group `nogroup`, is the other
 //! operator who approves.
 
-use std::os::unix::process::CommandExt as _;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use common::proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
@@ -16,11 +15,13 @@ use common::proto::workload::{
     JwtsvidRequest, ValidateJwtsvidRequest, X509svidRequest, X509svidResponse,
 };
 use serde_json::Value;
-use tests::{AGENT_ID, Cluster, bin, unix_now as now, wait_for, with_header};
+use tests::{
+    AGENT_ID, Cluster, assert_nobody_can_reach, command_as_nobody, unix_now as now, wait_for,
+    with_header,
+};
 use tokio::time::Instant;
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
-const NOBODY: u32 = 65534;
 const JIT_DB: &str = "spiffe://example.org/jit/db";
 const STANDING: &str = "spiffe://example.org/standing/root";
 
@@ -79,12 +80,11 @@ fn task(c: &Cluster, args: &[&str]) -> Output {
 
 /// `tessera-server task approve ID` as `nobody` (in the admin group).
 fn approve_as_nobody(c: &Cluster, id: &str) -> Output {
-    Command::new(bin("tessera-server"))
+    assert_nobody_can_reach(&c.server.admin_socket);
+    command_as_nobody("tessera-server")
         .args(["task", "approve", id, "--output", "json"])
         .arg("--admin-socket")
         .arg(&c.server.admin_socket)
-        .uid(NOBODY)
-        .gid(NOBODY)
         .output()
         .unwrap()
 }

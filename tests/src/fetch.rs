@@ -1,0 +1,68 @@
+//! X.509-SVIDs as the agent's own client prints them (`tessera-agent api fetch x509
+//! --output json`), for tests that only need to know what a caller is served.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::bin;
+
+/// One SVID as printed by `tessera-agent api fetch x509 --output json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedSvid {
+    /// SPIFFE ID.
+    pub spiffe_id: String,
+    /// Serial, hex.
+    pub serial: String,
+    /// notBefore, Unix seconds.
+    pub not_before: u64,
+    /// notAfter, Unix seconds.
+    pub not_after: u64,
+}
+
+/// The SVIDs in the output of `api fetch x509 --output json`, or what the CLI printed on
+/// stderr when it failed.
+pub fn parse_fetched(out: &Output) -> Result<Vec<FetchedSvid>, String> {
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    let list = v["svids"].as_array().ok_or("no svids array")?;
+    Ok(list
+        .iter()
+        .map(|s| FetchedSvid {
+            spiffe_id: s["spiffe_id"].as_str().unwrap_or_default().to_owned(),
+            serial: s["serial"].as_str().unwrap_or_default().to_owned(),
+            not_before: s["not_before"].as_u64().unwrap_or(0),
+            not_after: s["not_after"].as_u64().unwrap_or(0),
+        })
+        .collect())
+}
+
+/// Fetches the caller's X.509-SVIDs from the agent on `socket` with the agent CLI.
+pub fn fetch_x509(socket: &Path, timeout_secs: u64) -> Result<Vec<FetchedSvid>, String> {
+    let out = Command::new(bin("tessera-agent"))
+        .args(["api", "fetch", "x509", "--output", "json", "--timeout"])
+        .arg(timeout_secs.to_string())
+        .arg("--socket-path")
+        .arg(socket)
+        .env_remove("SPIFFE_ENDPOINT_SOCKET")
+        .output()
+        .map_err(|e| e.to_string())?;
+    parse_fetched(&out)
+}
+
+/// The SPIFFE IDs of `list`, sorted.
+pub fn sorted_ids(list: &[FetchedSvid]) -> Vec<String> {
+    let mut v: Vec<String> = list.iter().map(|f| f.spiffe_id.clone()).collect();
+    v.sort();
+    v
+}
+
+/// The single SVID for `spiffe_id` in a fetch result; an error if there is anything else.
+pub fn only(r: Result<Vec<FetchedSvid>, String>, spiffe_id: &str) -> Result<FetchedSvid, String> {
+    let list = r?;
+    match list.as_slice() {
+        [one] if one.spiffe_id == spiffe_id => Ok(one.clone()),
+        _ => Err(format!("expected exactly {spiffe_id}, got {list:?}")),
+    }
+}

@@ -1,0 +1,292 @@
+//! `tessera-server` run by a test: started, stopped, crashed and restarted on the same data
+//! directory and port, and driven through its admin CLI.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use crate::process::{Process, tail};
+use crate::{AGENT_ID, TRUST_DOMAIN, bin, free_port, wait_for};
+
+/// How long a server may take to answer its admin API after being spawned.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running (or stopped) `tessera-server`.
+#[derive(Debug)]
+pub struct ServerProc {
+    process: Option<Process>,
+    /// Extra `run` flags used at every start.
+    pub extra_args: Vec<String>,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Admin socket.
+    pub admin_socket: PathBuf,
+    /// Node API port on 127.0.0.1.
+    pub port: u16,
+    /// `/live` and `/ready` address (`--health-address`), if the server serves them.
+    pub health_address: Option<SocketAddr>,
+    /// Log file (stderr).
+    pub log: PathBuf,
+}
+
+impl ServerProc {
+    /// Starts a server in `dir` and waits until its admin API answers.
+    pub fn start(dir: &Path, extra_args: &[&str]) -> Self {
+        let mut s = Self::new(dir, extra_args);
+        s.restart();
+        s
+    }
+
+    /// A server in `dir` that is not started yet (see [`Self::restart`]).
+    pub fn new(dir: &Path, extra_args: &[&str]) -> Self {
+        Self {
+            process: None,
+            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
+            data_dir: dir.join("server"),
+            admin_socket: dir.join("admin.sock"),
+            port: free_port(),
+            health_address: None,
+            log: dir.join("server.log"),
+        }
+    }
+
+    /// Serves `/live` and `/ready` on a free loopback port (see `health_address`).
+    #[must_use]
+    pub fn with_health(mut self) -> Self {
+        self.health_address = Some(SocketAddr::from(([127, 0, 0, 1], free_port())));
+        self
+    }
+
+    /// The health address; panics unless the server was built [`Self::with_health`].
+    pub fn health(&self) -> SocketAddr {
+        self.health_address
+            .expect("server started without a health address")
+    }
+
+    /// (Re)starts the process with the same data directory and port, and waits until its
+    /// admin API answers. Fails the test, with the log, if it exits or does not answer.
+    pub fn restart(&mut self) {
+        assert!(!self.is_running(), "server already running");
+        let mut cmd = Command::new(bin("tessera-server"));
+        cmd.arg("run")
+            .args(["--trust-domain", TRUST_DOMAIN])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--admin-socket")
+            .arg(&self.admin_socket)
+            .args(["--bind", &self.address()]);
+        if let Some(h) = self.health_address {
+            cmd.args(["--health-address", &h.to_string()]);
+        }
+        cmd.args(&self.extra_args).env("TESSERA_LOG", "info");
+        let mut p = Process::spawn("tessera-server", cmd, &self.log);
+        let up = wait_for(START_TIMEOUT, || {
+            if let Some(code) = p.exited() {
+                panic!(
+                    "tessera-server exited with {code} during start:\n{}",
+                    tail(&self.log)
+                );
+            }
+            self.cli(&["healthcheck"]).status.success().then_some(())
+        });
+        assert!(
+            up.is_some(),
+            "tessera-server did not answer within {START_TIMEOUT:?}:\n{}",
+            tail(&self.log)
+        );
+        self.process = Some(p);
+    }
+
+    /// Whether the process was started and has not exited.
+    pub fn is_running(&mut self) -> bool {
+        self.process.as_mut().is_some_and(|p| p.exited().is_none())
+    }
+
+    fn process(&mut self) -> &mut Process {
+        self.process.as_mut().expect("server not started")
+    }
+
+    /// The process id of the current run.
+    pub fn pid(&mut self) -> u32 {
+        self.process().pid()
+    }
+
+    /// Exit code once the current run has exited; `None` while it runs. Never blocks.
+    pub fn exited(&mut self) -> Option<i32> {
+        self.process().exited()
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let code = self.process.as_mut()?.wait_exit(timeout)?;
+        self.process = None;
+        Some(code)
+    }
+
+    /// SIGTERM and wait: the exit code and how long the exit took after the signal.
+    /// Fails the test, with the log, if the server ignores SIGTERM.
+    pub fn terminate(&mut self) -> (i32, Duration) {
+        let r = self.process().terminate();
+        self.process = None;
+        r
+    }
+
+    /// Graceful stop (SIGTERM); does nothing if the server is not running.
+    pub fn stop(&mut self) {
+        if self.process.is_some() {
+            self.terminate();
+        }
+    }
+
+    /// Hard stop (SIGKILL), as a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+
+    /// Node API address.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Runs `tessera-server ARGS --admin-socket ...` and returns its output.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin("tessera-server"))
+            .args(args)
+            .arg("--admin-socket")
+            .arg(&self.admin_socket)
+            .output()
+            .expect("run tessera-server CLI")
+    }
+
+    /// Runs an admin command with `--output json`, asserting success, and parses the JSON.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["--output", "json"]);
+        let out = self.cli(&all);
+        assert!(
+            out.status.success(),
+            "tessera-server {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON output")
+    }
+
+    /// A fresh join token for `spiffe_id`.
+    pub fn token(&self, spiffe_id: &str) -> String {
+        self.cli_json(&["token", "generate", "--spiffe-id", spiffe_id])["token"]
+            .as_str()
+            .expect("token")
+            .to_owned()
+    }
+
+    /// Creates an entry parented to the test agent; returns its id.
+    pub fn create_entry(&self, spiffe_id: &str, selectors: &[&str], extra: &[&str]) -> String {
+        let mut args = vec![
+            "entry",
+            "create",
+            "--parent-id",
+            AGENT_ID,
+            "--spiffe-id",
+            spiffe_id,
+        ];
+        for s in selectors {
+            args.extend(["--selector", s]);
+        }
+        args.extend(extra);
+        self.cli_json(&args)["id"]
+            .as_str()
+            .expect("entry id")
+            .to_owned()
+    }
+
+    /// `agent list`: one JSON object per agent record.
+    pub fn agents(&self) -> Vec<serde_json::Value> {
+        self.cli_json(&["agent", "list"])["agents"]
+            .as_array()
+            .expect("agents array")
+            .clone()
+    }
+
+    /// SPIFFE IDs of the agent records (attested agents, banned ones too), sorted.
+    pub fn agent_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .agents()
+            .iter()
+            .map(|a| a["spiffe_id"].as_str().expect("spiffe_id").to_owned())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Waits until the server lists an agent record for `spiffe_id` (the agent has
+    /// attested, and its `agent.attested` audit record is written); fails after `timeout`.
+    pub fn wait_attested(&self, spiffe_id: &str, timeout: Duration) {
+        let listed = wait_for(timeout, || {
+            let out = self.cli(&["agent", "list", "--output", "json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            v["agents"]
+                .as_array()?
+                .iter()
+                .any(|a| a["spiffe_id"] == spiffe_id)
+                .then_some(())
+        });
+        assert!(
+            listed.is_some(),
+            "the server did not list agent {spiffe_id} within {timeout:?}:\n{}",
+            self.log_tail()
+        );
+    }
+
+    /// Runs SQL against the (stopped) server's datastore with Python's sqlite3, as an
+    /// attacker with write access to the database file would.
+    pub fn tamper_sql(&self, sql: &str) {
+        let db = self.data_dir.join("datastore.sqlite3");
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3,sys; d=sqlite3.connect(sys.argv[1]); d.executescript(sys.argv[2]); d.commit()",
+            ])
+            .arg(&db)
+            .arg(sql)
+            .output()
+            .expect("run python3");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Writes the PEM bundle to `path`.
+    pub fn write_bundle(&self, path: &Path) {
+        let out = self.cli(&["bundle", "show"]);
+        assert!(
+            out.status.success(),
+            "bundle show: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(path, out.stdout).expect("write bundle");
+    }
+
+    /// The end of the server log.
+    pub fn log_tail(&self) -> String {
+        tail(&self.log)
+    }
+
+    /// The whole server log (all runs).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        // A running process prints its own log when dropped during a panic.
+        if std::thread::panicking() && self.process.is_none() {
+            eprintln!("--- server log ---\n{}", tail(&self.log));
+        }
+    }
+}
