@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use common::proto::tessera;
 use common::task::TaskGrant;
-use common::{Bundle, RegistrationEntry, SelectorSet, X509Svid};
+use common::{Bundle, EntryId, RegistrationEntry, SelectorSet, X509Svid};
 use tokio::sync::watch;
 
 /// One entry and, once issued, its SVID.
@@ -45,7 +45,7 @@ pub fn unix(t: SystemTime) -> i64 {
 #[derive(Debug, Clone, Default)]
 pub struct CacheSnapshot {
     /// Entries parented to this agent, by id.
-    pub entries: HashMap<String, Arc<CachedEntry>>,
+    pub entries: HashMap<EntryId, Arc<CachedEntry>>,
     /// Our trust domain's bundle.
     pub bundle: Option<Arc<Bundle>>,
     /// True once entries are known: from the server's first sync, or from the persisted
@@ -190,7 +190,7 @@ impl CacheSnapshot {
                 .iter()
                 .filter_map(|c| {
                     c.svid.as_ref().map(|s| tessera::CachedSvid {
-                        entry_id: c.entry.id.clone(),
+                        entry_id: c.entry.id.to_string(),
                         entry_revision: c.svid_revision,
                         chain: s.chain().iter().map(|d| d.to_vec()).collect(),
                         key: s.key_pkcs8().to_vec(),
@@ -226,9 +226,14 @@ impl CacheSnapshot {
         }
         let mut entries = HashMap::new();
         for mut wire in snap.entries {
-            let grant = wire.task.take().map(TaskGrant::from);
+            let grant = wire
+                .task
+                .take()
+                .map(TaskGrant::try_from)
+                .transpose()
+                .map_err(|e| e.to_string())?;
             let entry = RegistrationEntry::try_from(wire).map_err(|e| e.to_string())?;
-            let (svid_revision, svid) = match svids.remove(&entry.id) {
+            let (svid_revision, svid) = match svids.remove(entry.id.as_str()) {
                 Some((rev, s)) => (rev, Some(s)),
                 None => (0, None),
             };
@@ -310,7 +315,7 @@ mod tests {
     fn entry(id: &str, created: i64, sels: &[&str], hint: &str) -> Arc<CachedEntry> {
         Arc::new(CachedEntry {
             entry: RegistrationEntry {
-                id: id.into(),
+                id: EntryId::parse(id).unwrap(),
                 spiffe_id: SpiffeId::new(&format!("spiffe://example.org/{id}")).unwrap(),
                 parent_id: SpiffeId::new("spiffe://example.org/agent").unwrap(),
                 selectors: sels
@@ -334,12 +339,18 @@ mod tests {
     #[test]
     fn matching_requires_subset_and_reports_pending() {
         let mut snap = CacheSnapshot::default();
-        snap.entries
-            .insert("b".into(), entry("b", 2, &["unix:uid:0"], ""));
-        snap.entries
-            .insert("a".into(), entry("a", 1, &["unix:uid:0", "unix:gid:0"], ""));
-        snap.entries
-            .insert("c".into(), entry("c", 0, &["unix:uid:5"], ""));
+        snap.entries.insert(
+            EntryId::parse("b").unwrap(),
+            entry("b", 2, &["unix:uid:0"], ""),
+        );
+        snap.entries.insert(
+            EntryId::parse("a").unwrap(),
+            entry("a", 1, &["unix:uid:0", "unix:gid:0"], ""),
+        );
+        snap.entries.insert(
+            EntryId::parse("c").unwrap(),
+            entry("c", 0, &["unix:uid:5"], ""),
+        );
         let caller: SelectorSet = ["unix:uid:0", "unix:gid:0", "unix:user:root"]
             .iter()
             .map(|s| s.parse::<Selector>().unwrap())
@@ -349,7 +360,8 @@ mod tests {
         assert!(ids.svids.is_empty(), "nothing issued yet");
         let mut jit = (*entry("d", 3, &["unix:uid:9"], "")).clone();
         jit.entry.jit = true;
-        snap.entries.insert("d".into(), Arc::new(jit));
+        snap.entries
+            .insert(EntryId::parse("d").unwrap(), Arc::new(jit));
         let nine: SelectorSet = ["unix:uid:9"]
             .iter()
             .map(|s| s.parse::<Selector>().unwrap())
@@ -362,19 +374,21 @@ mod tests {
         let now = SystemTime::now();
         let mut live = (*snap.entries["d"]).clone();
         live.grant = Some(TaskGrant {
-            task_id: "t1".into(),
+            task_id: common::TaskId::parse("t1").unwrap(),
             deadline: unix(now) + 60,
         });
-        snap.entries.insert("d".into(), Arc::new(live.clone()));
+        snap.entries
+            .insert(EntryId::parse("d").unwrap(), Arc::new(live.clone()));
         assert!(
             snap.identities(&nine, now).matched,
             "JIT entry under an active task"
         );
         live.grant = Some(TaskGrant {
-            task_id: "t1".into(),
+            task_id: common::TaskId::parse("t1").unwrap(),
             deadline: unix(now),
         });
-        snap.entries.insert("d".into(), Arc::new(live));
+        snap.entries
+            .insert(EntryId::parse("d").unwrap(), Arc::new(live));
         assert!(
             !snap.identities(&nine, now).matched,
             "task past its deadline"

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use common::proto::tessera::node_client::NodeClient;
 use common::proto::tessera::{CsrForEntry, SignX509SvidsRequest, SyncRequest, sync_update};
 use common::task::TaskGrant;
-use common::{Bundle, BundleCell, RegistrationEntry, TrustDomain, X509Svid};
+use common::{Bundle, BundleCell, EntryId, RegistrationEntry, TrustDomain, X509Svid};
 use rustls_pki_types::CertificateDer;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -230,10 +230,14 @@ impl Rotation {
 
     fn apply(&self, update: common::proto::tessera::SyncUpdate) {
         let parse = |mut e: common::proto::tessera::Entry| {
-            let grant = e.task.take().map(TaskGrant::from);
-            match RegistrationEntry::try_from(e) {
-                Ok(e) => Some((e, grant)),
-                Err(err) => {
+            let grant = e.task.take().map(TaskGrant::try_from).transpose();
+            match (RegistrationEntry::try_from(e), grant) {
+                (Ok(e), Ok(grant)) => Some((e, grant)),
+                (Err(err), _) => {
+                    tracing::error!(error = %err, "ignoring an invalid entry from the server");
+                    None
+                }
+                (_, Err(err)) => {
                     tracing::error!(error = %err, "ignoring an invalid entry from the server");
                     None
                 }
@@ -280,7 +284,7 @@ impl Rotation {
             Some(sync_update::Update::EntryDeleted(id)) => {
                 tracing::debug!(entry_id = %id, "entry deleted");
                 self.cache.update(|s| {
-                    s.entries.remove(&id);
+                    s.entries.remove(id.as_str());
                 });
             }
             Some(sync_update::Update::Bundle(b)) => match Bundle::try_from(b) {
@@ -330,7 +334,7 @@ impl Rotation {
             return Ok(());
         }
         let snap = self.cache.current();
-        let due: Vec<(String, u64)> = snap
+        let due: Vec<(EntryId, u64)> = snap
             .entries
             .values()
             .filter(|c| Self::needs_svid(c, now))
@@ -352,7 +356,7 @@ impl Rotation {
                 };
                 match common::svid::csr_for(&key) {
                     Ok(csr) => csrs.push(CsrForEntry {
-                        entry_id: id.clone(),
+                        entry_id: id.to_string(),
                         csr,
                     }),
                     Err(e) => {
@@ -374,7 +378,7 @@ impl Rotation {
             };
             let mut issued = Vec::with_capacity(resp.svids.len());
             for signed in resp.svids {
-                let Some((key, rev)) = keys.remove(&signed.entry_id) else {
+                let Some((key, rev)) = keys.remove(signed.entry_id.as_str()) else {
                     continue;
                 };
                 if !signed.error.is_empty() {
@@ -399,7 +403,7 @@ impl Rotation {
                 tracing::info!(count = issued.len(), "X.509-SVIDs updated");
                 self.cache.update(|s| {
                     for (id, rev, svid) in issued {
-                        if let Some(c) = s.entries.get_mut(&id) {
+                        if let Some(c) = s.entries.get_mut(id.as_str()) {
                             let c = Arc::make_mut(c);
                             c.svid = Some(svid);
                             c.svid_revision = rev;

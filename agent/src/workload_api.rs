@@ -316,7 +316,7 @@ impl WorkloadApi {
         // A task's token is cached under its task: a new task never reuses the last one's.
         let id = match &cached_entry.grant {
             Some(g) => format!("{}#{}", entry.id, g.task_id),
-            None => entry.id.clone(),
+            None => entry.id.to_string(),
         };
         let key: JwtCacheKey = (id, entry.revision, audience.to_vec());
         let now = unix_now();
@@ -335,7 +335,7 @@ impl WorkloadApi {
         };
         let minted = client
             .mint_jwt_svid(common::proto::tessera::MintJwtSvidRequest {
-                entry_id: entry.id.clone(),
+                entry_id: entry.id.to_string(),
                 audience: audience.to_vec(),
             })
             .await;

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use crate::ids::{EntryId, IdError};
 use crate::proto::tessera;
 use crate::selector::{Selector, SelectorError, SelectorSet};
 use crate::spiffe_id::{SpiffeId, SpiffeIdError};
@@ -15,7 +16,7 @@ use crate::spiffe_id::{SpiffeId, SpiffeIdError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistrationEntry {
     /// Server-assigned opaque identifier.
-    pub id: String,
+    pub id: EntryId,
     /// The identity issued to matching workloads.
     pub spiffe_id: SpiffeId,
     /// The agent (node) whose workloads may receive this identity.
@@ -50,9 +51,9 @@ pub enum EntryWireError {
     /// A TTL is zero or negative.
     #[error("entry TTL must be positive")]
     BadTtl,
-    /// The entry has no id.
-    #[error("entry has no id")]
-    MissingId,
+    /// The entry's id is missing or malformed.
+    #[error("invalid entry: {0}")]
+    Id(#[from] IdError),
 }
 
 fn positive_secs(s: i64) -> Result<Duration, EntryWireError> {
@@ -66,16 +67,13 @@ impl TryFrom<tessera::Entry> for RegistrationEntry {
     type Error = EntryWireError;
 
     fn try_from(e: tessera::Entry) -> Result<Self, Self::Error> {
-        if e.id.is_empty() {
-            return Err(EntryWireError::MissingId);
-        }
         let selectors = e
             .selectors
             .iter()
             .map(|s| s.parse::<Selector>())
             .collect::<Result<SelectorSet, _>>()?;
         Ok(Self {
-            id: e.id,
+            id: EntryId::parse(e.id)?,
             spiffe_id: SpiffeId::new(&e.spiffe_id)?,
             parent_id: SpiffeId::new(&e.parent_id)?,
             selectors,
@@ -97,7 +95,7 @@ fn secs(d: Duration) -> i64 {
 impl From<&RegistrationEntry> for tessera::Entry {
     fn from(e: &RegistrationEntry) -> Self {
         Self {
-            id: e.id.clone(),
+            id: e.id.to_string(),
             spiffe_id: e.spiffe_id.to_string(),
             parent_id: e.parent_id.to_string(),
             selectors: e.selectors.iter().map(ToString::to_string).collect(),
@@ -113,19 +111,21 @@ impl From<&RegistrationEntry> for tessera::Entry {
     }
 }
 
-impl From<tessera::TaskGrant> for crate::task::TaskGrant {
-    fn from(g: tessera::TaskGrant) -> Self {
-        Self {
-            task_id: g.task_id,
+impl TryFrom<tessera::TaskGrant> for crate::task::TaskGrant {
+    type Error = IdError;
+
+    fn try_from(g: tessera::TaskGrant) -> Result<Self, IdError> {
+        Ok(Self {
+            task_id: crate::ids::TaskId::parse(g.task_id)?,
             deadline: g.deadline,
-        }
+        })
     }
 }
 
 impl From<&crate::task::TaskGrant> for tessera::TaskGrant {
     fn from(g: &crate::task::TaskGrant) -> Self {
         Self {
-            task_id: g.task_id.clone(),
+            task_id: g.task_id.to_string(),
             deadline: g.deadline,
         }
     }
@@ -176,7 +176,7 @@ mod tests {
         bad.id.clear();
         assert_eq!(
             RegistrationEntry::try_from(bad),
-            Err(EntryWireError::MissingId)
+            Err(EntryWireError::Id(IdError::Empty { kind: "entry" }))
         );
     }
 }

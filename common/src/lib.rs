@@ -12,6 +12,7 @@
 pub mod bundle;
 pub mod duration;
 pub mod entry;
+pub mod ids;
 pub mod jwt;
 pub mod proto;
 pub mod selector;
@@ -22,6 +23,7 @@ pub mod tls;
 
 pub use bundle::{Bundle, BundleCell};
 pub use entry::RegistrationEntry;
+pub use ids::{EntryId, TaskId};
 pub use selector::{Selector, SelectorError, SelectorKey, SelectorKind, SelectorSet, UnixKey};
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
 pub use svid::{SvidError, X509Svid};

@@ -11,6 +11,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::ids::TaskId;
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
 /// JWT-SVID claim holding the task id.
@@ -22,13 +23,13 @@ pub const JWT_CLAIM: &str = "task_id";
 pub const SUBJECT_OU_PREFIX: &str = "task:";
 
 /// Longest task id accepted anywhere (ids are UUIDs; this only bounds hostile input).
-pub const MAX_TASK_ID_LEN: usize = 128;
+pub const MAX_TASK_ID_LEN: usize = crate::ids::MAX_ID_LEN;
 
 /// The active task that makes a just-in-time entry live on an agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskGrant {
     /// The task's id.
-    pub task_id: String,
+    pub task_id: TaskId,
     /// Unix seconds after which nothing issued under the task is valid.
     pub deadline: i64,
 }
@@ -120,14 +121,13 @@ pub fn subject_ou(task_id: &str) -> String {
 }
 
 /// The task id an X.509-SVID (DER leaf) carries, if any.
-pub fn task_id_of_certificate(der: &[u8]) -> Option<String> {
+pub fn task_id_of_certificate(der: &[u8]) -> Option<TaskId> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
     cert.subject()
         .iter_organizational_unit()
         .filter_map(|ou| ou.as_str().ok())
         .find_map(|ou| ou.strip_prefix(SUBJECT_OU_PREFIX))
-        .filter(|id| !id.is_empty() && id.len() <= MAX_TASK_ID_LEN)
-        .map(str::to_owned)
+        .and_then(|id| TaskId::parse(id).ok())
 }
 
 /// A task as JSON (what `--output json` prints).
@@ -228,7 +228,7 @@ mod tests {
     #[test]
     fn grant_is_live_until_its_deadline() {
         let g = TaskGrant {
-            task_id: "t".into(),
+            task_id: TaskId::parse("t").unwrap(),
             deadline: 100,
         };
         assert!(g.live_at(99));

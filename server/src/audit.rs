@@ -165,12 +165,12 @@ impl AuditEvent {
     /// An event of one task.
     pub fn for_task(
         kind: AuditKind,
-        task_id: &str,
+        task_id: &common::TaskId,
         subject: impl std::fmt::Display,
         detail: Value,
     ) -> Self {
         Self {
-            task_id: Some(task_id.to_owned()),
+            task_id: Some(task_id.to_string()),
             ..Self::new(kind, subject, detail)
         }
     }

@@ -385,7 +385,7 @@ impl Ca {
         spiffe_id: &SpiffeId,
         ttl: Duration,
         dns_names: &[String],
-        task_id: Option<&str>,
+        task_id: Option<&common::TaskId>,
     ) -> Result<Issued, CaError> {
         let csr = CertificateSigningRequestParams::from_der(&csr_der.to_vec().into())
             .map_err(|e| CaError::BadCsr(e.to_string()))?;
@@ -413,7 +413,7 @@ impl Ca {
         if let Some(task_id) = task_id {
             p.distinguished_name.push(
                 DnType::OrganizationalUnitName,
-                common::task::subject_ou(task_id),
+                common::task::subject_ou(task_id.as_str()),
             );
         }
         p.not_before = to_offset(now - BACKDATE.min(ttl / 10));

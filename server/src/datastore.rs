@@ -23,7 +23,7 @@ mod testdb;
 pub use sql::SqlStore;
 
 use common::task::TaskState;
-use common::{RegistrationEntry, SpiffeId};
+use common::{EntryId, RegistrationEntry, SpiffeId, TaskId};
 
 use crate::audit::{AuditEvent, AuditRecord};
 use crate::policy::Decision;
@@ -88,11 +88,11 @@ pub struct ConsumedToken {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskRecord {
     /// Server-assigned id (UUIDv7).
-    pub id: String,
+    pub id: TaskId,
     /// Where it is in its life.
     pub state: TaskState,
     /// The entry it activates (JIT access) or created (JIT provisioning).
-    pub entry_id: String,
+    pub entry_id: EntryId,
     /// That entry's SPIFFE ID.
     pub spiffe_id: SpiffeId,
     /// That entry's parent (the agent whose workloads use it).
@@ -135,7 +135,7 @@ pub struct TaskEnd {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskSvid {
     /// The task.
-    pub task_id: String,
+    pub task_id: TaskId,
     /// Serial, hex.
     pub serial: String,
     /// Serial (hex) of the CA that signed it.
@@ -152,9 +152,10 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     /// Replaces an entry; `NotFound` if it does not exist; `Conflict` on a duplicate.
     async fn update_entry(&self, entry: &RegistrationEntry) -> Result<(), DatastoreError>;
     /// Deletes an entry and returns it.
-    async fn delete_entry(&self, id: &str) -> Result<Option<RegistrationEntry>, DatastoreError>;
+    async fn delete_entry(&self, id: &EntryId)
+    -> Result<Option<RegistrationEntry>, DatastoreError>;
     /// One entry by id.
-    async fn get_entry(&self, id: &str) -> Result<Option<RegistrationEntry>, DatastoreError>;
+    async fn get_entry(&self, id: &EntryId) -> Result<Option<RegistrationEntry>, DatastoreError>;
     /// Entries matching `filter`, ordered by creation.
     async fn list_entries(
         &self,
@@ -202,7 +203,10 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     async fn append_audit(&self, events: &[AuditEvent])
     -> Result<Vec<AuditRecord>, DatastoreError>;
     /// Audit records in log order, optionally only those of one task.
-    async fn list_audit(&self, task_id: Option<&str>) -> Result<Vec<AuditRecord>, DatastoreError>;
+    async fn list_audit(
+        &self,
+        task_id: Option<&TaskId>,
+    ) -> Result<Vec<AuditRecord>, DatastoreError>;
 
     /// Stores a new task, and the temporary entry it provisions if any, with its audit
     /// records, atomically. `Conflict` if the entry already has an open task (or the
@@ -223,7 +227,7 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
         audit: &[AuditEvent],
     ) -> Result<bool, DatastoreError>;
     /// One task.
-    async fn get_task(&self, id: &str) -> Result<Option<TaskRecord>, DatastoreError>;
+    async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, DatastoreError>;
     /// Tasks, optionally in one state, oldest first.
     async fn list_tasks(&self, state: Option<TaskState>)
     -> Result<Vec<TaskRecord>, DatastoreError>;
@@ -232,7 +236,7 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     /// The open (pending or active) task of an entry, if any.
     async fn open_task_for_entry(
         &self,
-        entry_id: &str,
+        entry_id: &EntryId,
     ) -> Result<Option<TaskRecord>, DatastoreError>;
     /// Records X.509-SVIDs issued under tasks.
     async fn record_task_svids(&self, svids: &[TaskSvid]) -> Result<(), DatastoreError>;

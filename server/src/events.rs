@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use common::{RegistrationEntry, SpiffeId};
+use common::{EntryId, RegistrationEntry, SpiffeId};
 use tokio::sync::broadcast;
 
 /// How many events a slow subscriber may fall behind before it must resynchronise.
@@ -27,7 +27,7 @@ pub enum ChangeEvent {
     /// An entry was deleted.
     EntryDeleted {
         /// Its id.
-        id: String,
+        id: EntryId,
         /// The agent it was parented to.
         parent_id: SpiffeId,
     },

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{RegistrationEntry, SpiffeId};
+use common::{EntryId, RegistrationEntry, SpiffeId, TaskId};
 use rustls_pki_types::CertificateDer;
 
 use crate::audit::{AuditEvent, AuditKind};
@@ -61,7 +61,7 @@ pub enum IssuanceError {
 #[derive(Debug, Clone)]
 pub struct CsrRequest {
     /// The entry whose identity is asked for.
-    pub entry_id: String,
+    pub entry_id: EntryId,
     /// The PKCS#10 CSR (DER); only its public key is used.
     pub csr: Vec<u8>,
 }
@@ -72,14 +72,14 @@ pub enum X509Outcome {
     /// Signed: the chain, leaf first.
     Signed {
         /// The entry.
-        entry_id: String,
+        entry_id: EntryId,
         /// Leaf first (the CA itself is in the bundle).
         chain: Vec<CertificateDer<'static>>,
     },
     /// Refused, with a reason the agent may log.
     Refused {
         /// The entry.
-        entry_id: String,
+        entry_id: EntryId,
         /// Why.
         reason: String,
     },
@@ -118,7 +118,7 @@ impl Issuer {
     async fn entitled(
         &self,
         agent: &SpiffeId,
-        entry_id: &str,
+        entry_id: &EntryId,
     ) -> Result<Option<RegistrationEntry>, DatastoreError> {
         Ok(self
             .ds
@@ -174,7 +174,7 @@ impl Issuer {
                 &entry.spiffe_id,
                 ttl,
                 &entry.dns_names,
-                task_id.as_deref(),
+                task_id.as_ref(),
             ) {
                 Ok(i) => i,
                 Err(e) => {
@@ -192,7 +192,7 @@ impl Issuer {
                 entry_id = %entry.id,
                 spiffe_id = %entry.spiffe_id,
                 serial = %issued.serial_hex,
-                task_id = task_id.as_deref().unwrap_or(""),
+                task_id = task_id.as_ref().map_or("", TaskId::as_str),
                 "X.509-SVID issued"
             );
             let mut detail = serde_json::json!({
@@ -211,7 +211,7 @@ impl Issuer {
                 });
             }
             audit.push(AuditEvent {
-                task_id,
+                task_id: task_id.map(TaskId::into_string),
                 ..AuditEvent::new(AuditKind::SvidX509Issued, &entry.spiffe_id, detail)
             });
             out.push(X509Outcome::Signed {
@@ -229,7 +229,7 @@ impl Issuer {
     pub async fn mint_jwt(
         &self,
         agent: &SpiffeId,
-        entry_id: &str,
+        entry_id: &EntryId,
         audience: &[String],
     ) -> Result<MintedJwt, IssuanceError> {
         if audience.is_empty() {
@@ -252,7 +252,7 @@ impl Issuer {
         if let Some(g) = &grant {
             extra.insert(
                 common::task::JWT_CLAIM.into(),
-                serde_json::Value::from(g.task.id.clone()),
+                serde_json::Value::from(g.task.id.as_str()),
             );
             ttl = ttl.min(g.max_ttl);
         }
@@ -262,7 +262,7 @@ impl Issuer {
             .map_err(|e| IssuanceError::Signing(e.to_string()))?;
         self.ds
             .append_audit(&[AuditEvent {
-                task_id: grant.as_ref().map(|g| g.task.id.clone()),
+                task_id: grant.as_ref().map(|g| g.task.id.to_string()),
                 ..AuditEvent::new(
                     AuditKind::SvidJwtIssued,
                     &entry.spiffe_id,

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    RegistrationEntry, Selector, SelectorError, SelectorSet, SpiffeId, SpiffeIdError, TrustDomain,
+    EntryId, RegistrationEntry, Selector, SelectorError, SelectorSet, SpiffeId, SpiffeIdError,
+    TrustDomain,
 };
 
 use crate::audit::{AuditEvent, AuditKind};
@@ -167,32 +168,45 @@ pub struct EntryRequest {
 }
 
 /// An entry's validated fields, not yet an entry: it becomes one with an id, a creation
-/// time and a revision ([`ValidEntry::new_entry`], [`ValidEntry::replacing`]). (It holds
-/// them in an entry whose id, creation time and revision are not set yet; that value
-/// never leaves this type.)
+/// time and a revision ([`ValidEntry::new_entry`], [`ValidEntry::replacing`]).
 #[derive(Debug, Clone)]
-pub struct ValidEntry(RegistrationEntry);
+pub struct ValidEntry {
+    spiffe_id: SpiffeId,
+    parent_id: SpiffeId,
+    selectors: SelectorSet,
+    x509_svid_ttl: Duration,
+    jwt_svid_ttl: Duration,
+    dns_names: Vec<String>,
+    jit: bool,
+    hint: String,
+}
 
 impl ValidEntry {
+    fn into_entry(self, id: EntryId, created_at: i64, revision: u64) -> RegistrationEntry {
+        RegistrationEntry {
+            id,
+            spiffe_id: self.spiffe_id,
+            parent_id: self.parent_id,
+            selectors: self.selectors,
+            x509_svid_ttl: self.x509_svid_ttl,
+            jwt_svid_ttl: self.jwt_svid_ttl,
+            dns_names: self.dns_names,
+            jit: self.jit,
+            hint: self.hint,
+            created_at,
+            revision,
+        }
+    }
+
     /// A new entry created at `now` (a time-ordered id: entries created in the same
     /// second still sort in creation order).
     pub fn new_entry(self, now: i64) -> RegistrationEntry {
-        RegistrationEntry {
-            id: uuid::Uuid::now_v7().to_string(),
-            created_at: now,
-            revision: 1,
-            ..self.0
-        }
+        self.into_entry(EntryId::generate(), now, 1)
     }
 
     /// The next revision of `old`, with these fields.
     pub fn replacing(self, old: &RegistrationEntry) -> RegistrationEntry {
-        RegistrationEntry {
-            id: old.id.clone(),
-            created_at: old.created_at,
-            revision: old.revision + 1,
-            ..self.0
-        }
+        self.into_entry(old.id.clone(), old.created_at, old.revision + 1)
     }
 }
 
@@ -292,8 +306,7 @@ impl Registrar {
         if spec.hint.chars().any(char::is_control) {
             return Err(RegistrationError::BadHint);
         }
-        Ok(ValidEntry(RegistrationEntry {
-            id: String::new(),
+        Ok(ValidEntry {
             spiffe_id,
             parent_id,
             selectors,
@@ -302,9 +315,7 @@ impl Registrar {
             dns_names,
             jit: spec.jit,
             hint: spec.hint.clone(),
-            created_at: 0,
-            revision: 0,
-        }))
+        })
     }
 
     /// Creates an entry.
@@ -328,7 +339,7 @@ impl Registrar {
     /// Replaces an entry's fields.
     pub async fn update(
         &self,
-        id: &str,
+        id: &EntryId,
         spec: &EntryRequest,
     ) -> Result<RegistrationEntry, RegistrationError> {
         let valid = self.validate(spec)?;
@@ -336,7 +347,7 @@ impl Registrar {
             .ds
             .get_entry(id)
             .await?
-            .ok_or_else(|| RegistrationError::NotFound(id.to_owned()))?;
+            .ok_or_else(|| RegistrationError::NotFound(id.to_string()))?;
         let entry = valid.replacing(&old);
         self.ds.update_entry(&entry).await?;
         self.ds
@@ -352,12 +363,12 @@ impl Registrar {
     }
 
     /// Deletes an entry.
-    pub async fn delete(&self, id: &str) -> Result<RegistrationEntry, RegistrationError> {
+    pub async fn delete(&self, id: &EntryId) -> Result<RegistrationEntry, RegistrationError> {
         let entry = self
             .ds
             .delete_entry(id)
             .await?
-            .ok_or_else(|| RegistrationError::NotFound(id.to_owned()))?;
+            .ok_or_else(|| RegistrationError::NotFound(id.to_string()))?;
         self.ds
             .append_audit(&[entry_event(AuditKind::EntryDeleted, &entry)])
             .await?;
@@ -370,11 +381,11 @@ impl Registrar {
     }
 
     /// One entry.
-    pub async fn get(&self, id: &str) -> Result<RegistrationEntry, RegistrationError> {
+    pub async fn get(&self, id: &EntryId) -> Result<RegistrationEntry, RegistrationError> {
         self.ds
             .get_entry(id)
             .await?
-            .ok_or_else(|| RegistrationError::NotFound(id.to_owned()))
+            .ok_or_else(|| RegistrationError::NotFound(id.to_string()))
     }
 
     /// Entries matching the optional filters.
@@ -492,7 +503,7 @@ mod tests {
         assert_eq!(u.revision, 2);
         assert_eq!(u.x509_svid_ttl, Duration::from_secs(60));
         assert!(matches!(
-            r.update("nope", &s).await,
+            r.update(&EntryId::parse("nope").unwrap(), &s).await,
             Err(RegistrationError::NotFound(_))
         ));
         r.delete(&e.id).await.unwrap();

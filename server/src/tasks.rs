@@ -27,7 +27,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use common::task::{TaskGrant, TaskState};
-use common::{RegistrationEntry, SpiffeId};
+use common::{EntryId, RegistrationEntry, SpiffeId, TaskId};
 use serde_json::json;
 
 pub use self::request::{Outcome, Requester, TaskRequest, TaskTarget, TokenUse};
@@ -109,7 +109,7 @@ pub struct Tasks {
     clock: Arc<dyn Clock>,
     max_ttl: Duration,
     /// Active tasks by entry id (what sync streams attach to entries).
-    active: RwLock<HashMap<String, TaskGrant>>,
+    active: RwLock<HashMap<EntryId, TaskGrant>>,
     revocations: RevocationState,
 }
 
@@ -167,7 +167,7 @@ impl Tasks {
     }
 
     /// The grant that makes `entry_id` live, if a task activates it.
-    pub fn grant_for(&self, entry_id: &str) -> Option<TaskGrant> {
+    pub fn grant_for(&self, entry_id: &EntryId) -> Option<TaskGrant> {
         self.active
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -192,7 +192,7 @@ impl Tasks {
             action,
             principal,
             entry: EntryFacts {
-                id: entry.id.clone(),
+                id: entry.id.to_string(),
                 spiffe_id: entry.spiffe_id.to_string(),
                 jit: entry.jit,
                 selectors: entry.selectors.iter().map(ToString::to_string).collect(),
@@ -299,7 +299,7 @@ impl Tasks {
         request.check()?;
         let (entry, provisioned) = self.target(requester, &request.target).await?;
         let now = self.clock.now_unix();
-        let id = uuid::Uuid::now_v7().to_string();
+        let id = TaskId::generate();
         let asked = self.asked_ttl(request);
         let decision = self.policy.evaluate(&self.policy_request(
             Action::BeginTask,
@@ -398,7 +398,7 @@ impl Tasks {
     }
 
     /// One task.
-    pub async fn get(&self, id: &str) -> Result<TaskRecord, TaskError> {
+    pub async fn get(&self, id: &TaskId) -> Result<TaskRecord, TaskError> {
         self.ds
             .get_task(id)
             .await?
@@ -412,7 +412,11 @@ impl Tasks {
 
     /// Approves a pending task. The approver must not be the requester, and the policy is
     /// asked again with the approver known.
-    pub async fn approve(&self, id: &str, approver: &Requester) -> Result<TaskRecord, TaskError> {
+    pub async fn approve(
+        &self,
+        id: &TaskId,
+        approver: &Requester,
+    ) -> Result<TaskRecord, TaskError> {
         let current = self.get(id).await?;
         if current.state != TaskState::PendingApproval {
             return Err(TaskError::WrongState(format!(
@@ -474,7 +478,7 @@ impl Tasks {
     /// Ends an open task. `by` ends it as `outcome`; a workload may end only its own tasks.
     pub async fn end(
         &self,
-        id: &str,
+        id: &TaskId,
         outcome: Outcome,
         reason: &str,
         by: &Requester,
@@ -509,7 +513,7 @@ impl Tasks {
     pub async fn workload_requester(
         &self,
         agent: &SpiffeId,
-        entry_id: &str,
+        entry_id: &EntryId,
     ) -> Result<Requester, TaskError> {
         match self.ds.get_entry(entry_id).await? {
             Some(e) if &e.parent_id == agent && !e.jit => Ok(Requester::Workload {
@@ -527,8 +531,8 @@ impl Tasks {
     pub async fn end_for_workload(
         &self,
         agent: &SpiffeId,
-        requester_entry_ids: &[String],
-        id: &str,
+        requester_entry_ids: &[EntryId],
+        id: &TaskId,
         outcome: Outcome,
         reason: &str,
     ) -> Result<TaskRecord, TaskError> {
@@ -561,11 +565,11 @@ impl Tasks {
     pub async fn record_token_use(
         &self,
         agent: &SpiffeId,
-        task_id: &str,
+        task_id: &TaskId,
         subject: &SpiffeId,
         token_use: &TokenUse,
     ) -> Result<(), TaskError> {
-        token_use.check(task_id)?;
+        token_use.check()?;
         let task = self.get(task_id).await?;
         self.ds
             .append_audit(&[AuditEvent::for_task(
@@ -635,7 +639,7 @@ impl Tasks {
     }
 
     /// Deletes an entry; a just-in-time entry's open task ends with it (revoked).
-    pub async fn delete_entry(&self, id: &str) -> Result<RegistrationEntry, TaskError> {
+    pub async fn delete_entry(&self, id: &EntryId) -> Result<RegistrationEntry, TaskError> {
         let entry = self.registrar.delete(id).await?;
         if entry.jit {
             self.entry_deleted(&entry.id).await?;
@@ -663,7 +667,7 @@ impl Tasks {
     }
 
     /// Ends the open task of an entry that was deleted.
-    async fn entry_deleted(&self, entry_id: &str) -> Result<(), TaskError> {
+    async fn entry_deleted(&self, entry_id: &EntryId) -> Result<(), TaskError> {
         if let Some(t) = self.ds.open_task_for_entry(entry_id).await? {
             self.finish(t, TaskState::Revoked, "entry deleted", "server")
                 .await?;

@@ -65,7 +65,7 @@ fn target(
         ));
     }
     match candidates.as_slice() {
-        [one] => Ok(one.entry.id.clone()),
+        [one] => Ok(one.entry.id.to_string()),
         [] => Err(Status::not_found(
             "no just-in-time entry on this agent matches both the request and the caller",
         )),
@@ -109,7 +109,7 @@ impl WorkloadTasks for WorkloadApi {
             .ok_or_else(|| Status::unavailable("agent is not attested yet"))?;
         let task = client
             .begin_task(NodeBeginTaskRequest {
-                requester_entry_id: requester,
+                requester_entry_id: requester.to_string(),
                 spec: Some(spec),
             })
             .await?
@@ -127,7 +127,7 @@ impl WorkloadTasks for WorkloadApi {
             .entries
             .values()
             .filter(|c| !c.entry.jit && c.entry.selectors.entry_matches(&selectors))
-            .map(|c| c.entry.id.clone())
+            .map(|c| c.entry.id.to_string())
             .collect();
         if candidates.is_empty() {
             return Err(Status::permission_denied(

@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use common::BundleCell;
 use common::proto::tessera::admin_server::Admin;
 use common::proto::tessera::{
     Agent, AgentIdRequest, Bundle as WireBundle, CreateJoinTokenRequest, CreateJoinTokenResponse,
@@ -20,6 +19,7 @@ use common::proto::tessera::{
     EndTaskRequest, ListTasksRequest, ListTasksResponse, PolicyDecision, PolicyStatus,
     ReloadPolicyRequest, Task, TaskIdRequest, TaskSpec,
 };
+use common::{BundleCell, TaskId};
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
@@ -102,7 +102,7 @@ impl Admin for AdminService {
 
     async fn get_task(&self, req: Request<TaskIdRequest>) -> Result<Response<Task>, Status> {
         self.authorize(&req)?;
-        let t = self.tasks.get(&req.get_ref().id).await?;
+        let t = self.tasks.get(&req.get_ref().id.parse()?).await?;
         Ok(Response::new(wire::task(&t)))
     }
 
@@ -125,7 +125,7 @@ impl Admin for AdminService {
 
     async fn approve_task(&self, req: Request<TaskIdRequest>) -> Result<Response<Task>, Status> {
         let who = self.caller(&req)?;
-        let t = self.tasks.approve(&req.get_ref().id, &who).await?;
+        let t = self.tasks.approve(&req.get_ref().id.parse()?, &who).await?;
         Ok(Response::new(wire::task(&t)))
     }
 
@@ -134,7 +134,7 @@ impl Admin for AdminService {
         let r = req.into_inner();
         let t = self
             .tasks
-            .end(&r.id, r.outcome.parse()?, &r.reason, &who)
+            .end(&r.id.parse()?, r.outcome.parse()?, &r.reason, &who)
             .await?;
         Ok(Response::new(wire::task(&t)))
     }
@@ -200,20 +200,20 @@ impl Admin for AdminService {
             .ok_or_else(|| Status::invalid_argument("spec is required"))?;
         let e = self
             .registrar
-            .update(&r.id, &wire::entry_request(&spec)?)
+            .update(&r.id.parse()?, &wire::entry_request(&spec)?)
             .await?;
         Ok(Response::new((&e).into()))
     }
 
     async fn delete_entry(&self, req: Request<EntryIdRequest>) -> Result<Response<Entry>, Status> {
         self.authorize(&req)?;
-        let e = self.tasks.delete_entry(&req.get_ref().id).await?;
+        let e = self.tasks.delete_entry(&req.get_ref().id.parse()?).await?;
         Ok(Response::new((&e).into()))
     }
 
     async fn get_entry(&self, req: Request<EntryIdRequest>) -> Result<Response<Entry>, Status> {
         self.authorize(&req)?;
-        let e = self.registrar.get(&req.get_ref().id).await?;
+        let e = self.registrar.get(&req.get_ref().id.parse()?).await?;
         Ok(Response::new((&e).into()))
     }
 
@@ -288,11 +288,11 @@ impl Admin for AdminService {
         req: Request<ListAuditRequest>,
     ) -> Result<Response<Self::ListAuditStream>, Status> {
         self.authorize(&req)?;
-        let task = req.get_ref().task_id.clone();
-        let records = self
-            .ds
-            .list_audit((!task.is_empty()).then_some(task.as_str()))
-            .await?;
+        let task: Option<TaskId> = match req.get_ref().task_id.as_str() {
+            "" => None,
+            id => Some(id.parse()?),
+        };
+        let records = self.ds.list_audit(task.as_ref()).await?;
         let items: Vec<Result<WireAuditRecord, Status>> =
             records.iter().map(|r| Ok(wire::audit_record(r))).collect();
         Ok(Response::new(Box::pin(futures::stream::iter(items))))

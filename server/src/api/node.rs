@@ -15,7 +15,7 @@ use common::proto::tessera::{
     SignX509SvidsRequest, SignX509SvidsResponse, SyncRequest, SyncSnapshot, SyncUpdate, Task,
     TaskTokenUse, TaskTokenUseAck, sync_update,
 };
-use common::{Bundle, BundleCell, RegistrationEntry, SpiffeId};
+use common::{Bundle, BundleCell, EntryId, RegistrationEntry, SpiffeId};
 use futures::Stream;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -90,9 +90,9 @@ impl NodeService {
             ChangeEvent::EntryUpserted {
                 entry,
                 previous_parent: Some(prev),
-            } if prev == agent => sync_update::Update::EntryDeleted(entry.id.clone()),
+            } if prev == agent => sync_update::Update::EntryDeleted(entry.id.to_string()),
             ChangeEvent::EntryDeleted { id, parent_id } if parent_id == agent => {
-                sync_update::Update::EntryDeleted(id.clone())
+                sync_update::Update::EntryDeleted(id.to_string())
             }
             ChangeEvent::AgentRemoved(id) if id == agent => return Some(Err(())),
             _ => return None,
@@ -190,11 +190,13 @@ impl Node for NodeService {
             .into_inner()
             .csrs
             .into_iter()
-            .map(|c| CsrRequest {
-                entry_id: c.entry_id,
-                csr: c.csr,
+            .map(|c| {
+                Ok(CsrRequest {
+                    entry_id: c.entry_id.parse()?,
+                    csr: c.csr,
+                })
             })
-            .collect();
+            .collect::<Result<_, common::ids::IdError>>()?;
         let outcomes = self.issuer.sign_x509(&agent, requests).await?;
         Ok(Response::new(SignX509SvidsResponse {
             svids: outcomes.into_iter().map(wire::signed_svid).collect(),
@@ -209,7 +211,7 @@ impl Node for NodeService {
         let req = req.into_inner();
         let minted = self
             .issuer
-            .mint_jwt(&agent, &req.entry_id, &req.audience)
+            .mint_jwt(&agent, &req.entry_id.parse()?, &req.audience)
             .await?;
         Ok(Response::new(MintJwtSvidResponse {
             token: minted.token,
@@ -225,7 +227,7 @@ impl Node for NodeService {
         let req = req.into_inner();
         let requester = self
             .tasks
-            .workload_requester(&agent, &req.requester_entry_id)
+            .workload_requester(&agent, &req.requester_entry_id.parse()?)
             .await?;
         let spec = req
             .spec
@@ -243,12 +245,17 @@ impl Node for NodeService {
         let end = req
             .end
             .ok_or_else(|| Status::invalid_argument("end is required"))?;
+        let requester_entry_ids = req
+            .requester_entry_ids
+            .iter()
+            .map(|id| id.parse())
+            .collect::<Result<Vec<EntryId>, _>>()?;
         let task = self
             .tasks
             .end_for_workload(
                 &agent,
-                &req.requester_entry_ids,
-                &end.id,
+                &requester_entry_ids,
+                &end.id.parse()?,
                 end.outcome.parse()?,
                 &end.reason,
             )
@@ -271,7 +278,7 @@ impl Node for NodeService {
             expires_at: u.expires_at,
         };
         self.tasks
-            .record_token_use(&agent, &u.task_id, &subject, &token_use)
+            .record_token_use(&agent, &u.task_id.parse()?, &subject, &token_use)
             .await?;
         Ok(Response::new(TaskTokenUseAck {}))
     }

@@ -58,7 +58,7 @@ pub(crate) fn task_request(spec: &wire::TaskSpec) -> Result<TaskRequest, Status>
             selectors: spec.selectors.clone(),
         }
     } else if !spec.entry_id.is_empty() {
-        TaskTarget::Entry(spec.entry_id.clone())
+        TaskTarget::Entry(spec.entry_id.parse()?)
     } else if !spec.spiffe_id.is_empty() {
         TaskTarget::SpiffeId {
             spiffe_id: spiffe_id("spiffe_id", &spec.spiffe_id)?,
@@ -102,9 +102,9 @@ pub(crate) fn decision(d: &Decision) -> wire::PolicyDecision {
 /// The wire form of a task (the wire has no absent values: 0 and "" stand for them).
 pub(crate) fn task(t: &TaskRecord) -> wire::Task {
     wire::Task {
-        id: t.id.clone(),
+        id: t.id.to_string(),
         state: t.state.as_str().to_owned(),
-        entry_id: t.entry_id.clone(),
+        entry_id: t.entry_id.to_string(),
         spiffe_id: t.spiffe_id.to_string(),
         parent_id: t.parent_id.to_string(),
         provisioned: t.provisioned,
@@ -130,7 +130,7 @@ pub(crate) fn revocations(r: &RevocationSet) -> wire::Revocations {
             .ended_tasks
             .iter()
             .map(|t| wire::EndedTask {
-                task_id: t.task_id.clone(),
+                task_id: t.task_id.to_string(),
                 until: t.until,
                 state: t.state.as_str().to_owned(),
             })
@@ -142,12 +142,12 @@ pub(crate) fn revocations(r: &RevocationSet) -> wire::Revocations {
 pub(crate) fn signed_svid(o: X509Outcome) -> wire::SignedX509Svid {
     match o {
         X509Outcome::Signed { entry_id, chain } => wire::SignedX509Svid {
-            entry_id,
+            entry_id: entry_id.into_string(),
             svid_chain: chain_bytes(&chain),
             error: String::new(),
         },
         X509Outcome::Refused { entry_id, reason } => wire::SignedX509Svid {
-            entry_id,
+            entry_id: entry_id.into_string(),
             svid_chain: vec![],
             error: reason,
         },
@@ -212,7 +212,10 @@ mod tests {
             task_request(&s)
         };
         let r = spec(|s| s.entry_id = "e1".into()).unwrap();
-        assert_eq!(r.target, TaskTarget::Entry("e1".into()));
+        assert_eq!(
+            r.target,
+            TaskTarget::Entry(common::EntryId::parse("e1").unwrap())
+        );
         assert_eq!(r.ttl, None);
         let r = spec(|s| {
             s.spiffe_id = "spiffe://example.org/db".into();

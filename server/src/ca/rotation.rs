@@ -250,7 +250,7 @@ impl CaSet {
         spiffe_id: &SpiffeId,
         ttl: Duration,
         dns_names: &[String],
-        task_id: Option<&str>,
+        task_id: Option<&common::TaskId>,
     ) -> Result<Issued, CaError> {
         self.active()
             .sign_svid_for_task(csr_der, spiffe_id, ttl, dns_names, task_id)

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::task::TaskState;
-use common::{RegistrationEntry, Selector, SelectorSet, SpiffeId};
+use common::{EntryId, RegistrationEntry, Selector, SelectorSet, SpiffeId, TaskId};
 use serde_json::json;
 
 use super::testdb::Backend;
@@ -72,9 +72,17 @@ fn selectors(list: &[String]) -> SelectorSet {
         .collect()
 }
 
+fn eid(id: &str) -> EntryId {
+    EntryId::parse(id).unwrap()
+}
+
+fn tid(id: &str) -> TaskId {
+    TaskId::parse(id).unwrap()
+}
+
 fn entry(id: &str, spiffe_id: &str, uid: u32) -> RegistrationEntry {
     RegistrationEntry {
-        id: id.into(),
+        id: eid(id),
         spiffe_id: sid(spiffe_id),
         parent_id: sid("spiffe://example.org/node/a"),
         selectors: selectors(&[format!("unix:uid:{uid}"), "unix:gid:0".into()]),
@@ -90,7 +98,7 @@ fn entry(id: &str, spiffe_id: &str, uid: u32) -> RegistrationEntry {
 
 fn task(id: &str, e: &RegistrationEntry, state: TaskState, deadline: i64) -> TaskRecord {
     TaskRecord {
-        id: id.into(),
+        id: tid(id),
         state,
         entry_id: e.id.clone(),
         spiffe_id: e.spiffe_id.clone(),
@@ -163,7 +171,7 @@ async fn entries_crud_and_conflicts(b: &dyn Backend) {
     let ds = b.open().await;
     let a = entry("a", "spiffe://example.org/web", 1);
     ds.create_entry(&a).await.unwrap();
-    assert_eq!(ds.get_entry("a").await.unwrap().unwrap(), a);
+    assert_eq!(ds.get_entry(&eid("a")).await.unwrap().unwrap(), a);
     // Same SPIFFE ID, parent and selectors under another id; the same id again.
     let r = ds
         .create_entry(&entry("a2", "spiffe://example.org/web", 1))
@@ -187,13 +195,17 @@ async fn entries_crud_and_conflicts(b: &dyn Backend) {
     b2.jit = true;
     b2.x509_svid_ttl = Duration::from_secs(60);
     ds.update_entry(&b2).await.unwrap();
-    assert_eq!(ds.get_entry("b").await.unwrap().unwrap(), b2);
+    assert_eq!(ds.get_entry(&eid("b")).await.unwrap().unwrap(), b2);
     // An update that would duplicate another entry, and one of an unknown entry.
     let r = ds
         .update_entry(&entry("b", "spiffe://example.org/web", 1))
         .await;
     assert!(is_entry_conflict(&r), "{r:?}");
-    assert_eq!(ds.get_entry("b").await.unwrap().unwrap(), b2, "unchanged");
+    assert_eq!(
+        ds.get_entry(&eid("b")).await.unwrap().unwrap(),
+        b2,
+        "unchanged"
+    );
     assert!(matches!(
         ds.update_entry(&entry("zzz", "spiffe://example.org/z", 9))
             .await,
@@ -209,9 +221,9 @@ async fn entries_crud_and_conflicts(b: &dyn Backend) {
     );
     big.hint = "h".repeat(1024);
     ds.create_entry(&big).await.unwrap();
-    assert_eq!(ds.get_entry("big").await.unwrap().unwrap(), big);
+    assert_eq!(ds.get_entry(&eid("big")).await.unwrap().unwrap(), big);
     let mut big2 = big.clone();
-    big2.id = "big2".into();
+    big2.id = eid("big2");
     assert!(is_entry_conflict(&ds.create_entry(&big2).await));
 
     // Filters, and creation order (then id).
@@ -240,9 +252,9 @@ async fn entries_crud_and_conflicts(b: &dyn Backend) {
     };
     assert!(ds.list_entries(&both).await.unwrap().is_empty());
 
-    assert_eq!(ds.delete_entry("a").await.unwrap().unwrap(), a);
-    assert!(ds.delete_entry("a").await.unwrap().is_none());
-    assert!(ds.get_entry("a").await.unwrap().is_none());
+    assert_eq!(ds.delete_entry(&eid("a")).await.unwrap().unwrap(), a);
+    assert!(ds.delete_entry(&eid("a")).await.unwrap().is_none());
+    assert!(ds.get_entry(&eid("a")).await.unwrap().is_none());
     // The deleted entry's identity is free again.
     ds.create_entry(&entry("a2", "spiffe://example.org/web", 1))
         .await
@@ -436,8 +448,8 @@ async fn audit_chain_stays_gap_free_under_concurrent_appends(b: &dyn Backend) {
                     &t,
                     None,
                     &[
-                        event("task.requested", &t.id, Some(&t.id)),
-                        event("task.activated", &t.id, Some(&t.id)),
+                        event("task.requested", t.id.as_str(), Some(t.id.as_str())),
+                        event("task.activated", t.id.as_str(), Some(t.id.as_str())),
                     ],
                 )
                 .await
@@ -447,7 +459,7 @@ async fn audit_chain_stays_gap_free_under_concurrent_appends(b: &dyn Backend) {
                     ds.update_task(
                         &done,
                         &[TaskState::Active],
-                        &[event("task.completed", &t.id, Some(&t.id))]
+                        &[event("task.completed", t.id.as_str(), Some(t.id.as_str()))]
                     )
                     .await
                     .unwrap()
@@ -491,7 +503,7 @@ async fn audit_chain_stays_gap_free_under_concurrent_appends(b: &dyn Backend) {
             .collect();
         assert_eq!(mine, expected);
     }
-    let one = servers[1].list_audit(Some("task-1-2")).await.unwrap();
+    let one = servers[1].list_audit(Some(&tid("task-1-2"))).await.unwrap();
     assert_eq!(
         one.iter()
             .map(|r| r.event.kind.as_str())
@@ -517,8 +529,11 @@ async fn tasks_lifecycle(b: &dyn Backend) {
     ds.create_task(&t1, None, &[event("task.requested", "t1", Some("t1"))])
         .await
         .unwrap();
-    assert_eq!(ds.get_task("t1").await.unwrap().unwrap(), t1);
-    assert_eq!(ds.open_task_for_entry("e").await.unwrap().unwrap(), t1);
+    assert_eq!(ds.get_task(&tid("t1")).await.unwrap().unwrap(), t1);
+    assert_eq!(
+        ds.open_task_for_entry(&eid("e")).await.unwrap().unwrap(),
+        t1
+    );
     assert_eq!(ds.list_audit(None).await.unwrap().len(), 1);
 
     // One open task per entry; the refused task and its audit records are not stored.
@@ -530,7 +545,7 @@ async fn tasks_lifecycle(b: &dyn Backend) {
         matches!(&r, Err(DatastoreError::Conflict(m)) if m == "entry e already has an open task"),
         "{r:?}"
     );
-    assert!(ds.get_task("t2").await.unwrap().is_none());
+    assert!(ds.get_task(&tid("t2")).await.unwrap().is_none());
     assert_eq!(ds.list_audit(None).await.unwrap().len(), 1);
 
     // Compare-and-set: from a state it is not in, nothing changes (nor is audited).
@@ -544,14 +559,14 @@ async fn tasks_lifecycle(b: &dyn Backend) {
             .await
             .unwrap()
     );
-    assert_eq!(ds.get_task("t1").await.unwrap().unwrap(), t1);
+    assert_eq!(ds.get_task(&tid("t1")).await.unwrap().unwrap(), t1);
     assert_eq!(ds.list_audit(None).await.unwrap().len(), 1);
     assert!(
         ds.update_task(&active, &[TaskState::PendingApproval], &approved)
             .await
             .unwrap()
     );
-    assert_eq!(ds.get_task("t1").await.unwrap().unwrap(), active);
+    assert_eq!(ds.get_task(&tid("t1")).await.unwrap().unwrap(), active);
     assert_eq!(
         ds.list_tasks(Some(TaskState::Active)).await.unwrap(),
         vec![active.clone()]
@@ -580,10 +595,13 @@ async fn tasks_lifecycle(b: &dyn Backend) {
         .await
         .unwrap()
     );
-    assert!(ds.get_entry("e").await.unwrap().is_some());
-    assert!(ds.open_task_for_entry("e").await.unwrap().is_none());
+    assert!(ds.get_entry(&eid("e")).await.unwrap().is_some());
+    assert!(ds.open_task_for_entry(&eid("e")).await.unwrap().is_none());
     ds.create_task(&t2, None, &[]).await.unwrap();
-    assert_eq!(ds.open_task_for_entry("e").await.unwrap().unwrap(), t2);
+    assert_eq!(
+        ds.open_task_for_entry(&eid("e")).await.unwrap().unwrap(),
+        t2
+    );
 
     // A provisioned entry is created with its task and deleted when the task ends.
     let p = entry("p", "spiffe://example.org/jit/tmp", 7);
@@ -592,7 +610,7 @@ async fn tasks_lifecycle(b: &dyn Backend) {
     ds.create_task(&tp, Some(&p), &[event("task.requested", "tp", Some("tp"))])
         .await
         .unwrap();
-    assert_eq!(ds.get_entry("p").await.unwrap().unwrap(), p);
+    assert_eq!(ds.get_entry(&eid("p")).await.unwrap().unwrap(), p);
     // A provisioned entry duplicating another is refused with the entry conflict, and
     // nothing of the task is stored.
     let mut dup = entry("p-dup", "spiffe://example.org/jit/tmp", 7);
@@ -604,8 +622,8 @@ async fn tasks_lifecycle(b: &dyn Backend) {
         .create_task(&tdup, Some(&dup), &[event("x", "tdup", Some("tdup"))])
         .await;
     assert!(is_entry_conflict(&r), "{r:?}");
-    assert!(ds.get_task("tdup").await.unwrap().is_none());
-    assert!(ds.get_entry("p-dup").await.unwrap().is_none());
+    assert!(ds.get_task(&tid("tdup")).await.unwrap().is_none());
+    assert!(ds.get_entry(&eid("p-dup")).await.unwrap().is_none());
     assert_eq!(ds.list_audit(None).await.unwrap().len(), audit_before);
 
     let tp_done = ended(&tp, TaskState::Completed, 1_700_000_300, "");
@@ -619,19 +637,19 @@ async fn tasks_lifecycle(b: &dyn Backend) {
         .unwrap()
     );
     assert!(
-        ds.get_entry("p").await.unwrap().is_none(),
+        ds.get_entry(&eid("p")).await.unwrap().is_none(),
         "provisioned entry deleted with its task"
     );
-    assert_eq!(ds.get_task("tp").await.unwrap().unwrap(), tp_done);
+    assert_eq!(ds.get_task(&tid("tp")).await.unwrap().unwrap(), tp_done);
 
     let kinds =
         |v: Vec<crate::audit::AuditRecord>| v.into_iter().map(|r| r.event.kind).collect::<Vec<_>>();
     assert_eq!(
-        kinds(ds.list_audit(Some("t1")).await.unwrap()),
+        kinds(ds.list_audit(Some(&tid("t1"))).await.unwrap()),
         ["task.requested", "task.approved", "task.revoked"]
     );
     assert_eq!(
-        kinds(ds.list_audit(Some("tp")).await.unwrap()),
+        kinds(ds.list_audit(Some(&tid("tp"))).await.unwrap()),
         ["task.requested", "task.completed"]
     );
     let log = ds.list_audit(None).await.unwrap();
@@ -662,7 +680,7 @@ async fn tasks_compare_and_set_under_concurrency(b: &dyn Backend) {
             let ds = Arc::clone(&servers[k % 2]);
             let end = ended(&t, state, 12, &format!("by {k}"));
             handles.push(tokio::spawn(async move {
-                let audit = [event("task.ended", &end.id, Some(&end.id))];
+                let audit = [event("task.ended", end.id.as_str(), Some(end.id.as_str()))];
                 let applied = ds
                     .update_task(&end, &[TaskState::Active], &audit)
                     .await
@@ -718,7 +736,7 @@ async fn due_and_revoked_tasks(b: &dyn Backend) {
     );
 
     let svid = |task_id: &str, serial: &str, not_after: i64| TaskSvid {
-        task_id: task_id.into(),
+        task_id: tid(task_id),
         serial: serial.into(),
         issuer_serial: "ca1".into(),
         not_after,
@@ -773,7 +791,7 @@ async fn reopen_sees_everything(b: &dyn Backend) {
         .unwrap()
     );
     ds.record_task_svids(&[TaskSvid {
-        task_id: "te".into(),
+        task_id: tid("te"),
         serial: "01".into(),
         issuer_serial: "ca".into(),
         not_after: 4000,
@@ -809,7 +827,10 @@ async fn reopen_sees_everything(b: &dyn Backend) {
     assert_eq!(ds.list_tasks(None).await.unwrap(), tasks);
     assert_eq!(ds.list_audit(None).await.unwrap(), log);
     assert_eq!(ds.revoked_since(0).await.unwrap(), revoked);
-    assert_eq!(ds.open_task_for_entry("p").await.unwrap().unwrap(), tp);
+    assert_eq!(
+        ds.open_task_for_entry(&eid("p")).await.unwrap().unwrap(),
+        tp
+    );
     assert!(
         ds.get_agent(&banned.spiffe_id)
             .await

@@ -29,7 +29,7 @@ mod records;
 use std::sync::Arc;
 
 use common::task::TaskState;
-use common::{RegistrationEntry, SpiffeId};
+use common::{EntryId, RegistrationEntry, SpiffeId, TaskId};
 use futures::future::BoxFuture;
 use sqlx::{Pool, Transaction};
 
@@ -321,14 +321,25 @@ impl<D: Dialect> Datastore for SqlStore<D> {
         write_entry::<D>(&mut conn, entry, false).await
     }
 
-    async fn delete_entry(&self, id: &str) -> Result<Option<RegistrationEntry>, DatastoreError> {
-        self.one(records::DELETE_ENTRY, &[Param::Text(id)], records::entry)
-            .await
+    async fn delete_entry(
+        &self,
+        id: &EntryId,
+    ) -> Result<Option<RegistrationEntry>, DatastoreError> {
+        self.one(
+            records::DELETE_ENTRY,
+            &[Param::Text(id.as_str())],
+            records::entry,
+        )
+        .await
     }
 
-    async fn get_entry(&self, id: &str) -> Result<Option<RegistrationEntry>, DatastoreError> {
-        self.one(records::GET_ENTRY, &[Param::Text(id)], records::entry)
-            .await
+    async fn get_entry(&self, id: &EntryId) -> Result<Option<RegistrationEntry>, DatastoreError> {
+        self.one(
+            records::GET_ENTRY,
+            &[Param::Text(id.as_str())],
+            records::entry,
+        )
+        .await
     }
 
     async fn list_entries(
@@ -449,10 +460,13 @@ impl<D: Dialect> Datastore for SqlStore<D> {
         Ok(stored.unwrap_or_default())
     }
 
-    async fn list_audit(&self, task_id: Option<&str>) -> Result<Vec<AuditRecord>, DatastoreError> {
+    async fn list_audit(
+        &self,
+        task_id: Option<&TaskId>,
+    ) -> Result<Vec<AuditRecord>, DatastoreError> {
         self.all(
             records::LIST_AUDIT,
-            &[Param::OptText(task_id)],
+            &[Param::OptText(task_id.map(TaskId::as_str))],
             records::audit,
         )
         .await
@@ -493,9 +507,13 @@ impl<D: Dialect> Datastore for SqlStore<D> {
                         return Ok(None);
                     }
                     if task.provisioned && !task.state.is_open() {
-                        D::execute(conn, records::DELETE_ENTRY, &[Param::Text(&task.entry_id)])
-                            .await
-                            .map_err(backend)?;
+                        D::execute(
+                            conn,
+                            records::DELETE_ENTRY,
+                            &[Param::Text(task.entry_id.as_str())],
+                        )
+                        .await
+                        .map_err(backend)?;
                     }
                     Ok(Some(()))
                 })
@@ -504,9 +522,13 @@ impl<D: Dialect> Datastore for SqlStore<D> {
         Ok(applied.is_some())
     }
 
-    async fn get_task(&self, id: &str) -> Result<Option<TaskRecord>, DatastoreError> {
-        self.one(records::GET_TASK, &[Param::Text(id)], records::task)
-            .await
+    async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, DatastoreError> {
+        self.one(
+            records::GET_TASK,
+            &[Param::Text(id.as_str())],
+            records::task,
+        )
+        .await
     }
 
     async fn list_tasks(
@@ -524,11 +546,11 @@ impl<D: Dialect> Datastore for SqlStore<D> {
 
     async fn open_task_for_entry(
         &self,
-        entry_id: &str,
+        entry_id: &EntryId,
     ) -> Result<Option<TaskRecord>, DatastoreError> {
         self.one(
             records::OPEN_TASK_FOR_ENTRY,
-            &[Param::Text(entry_id)],
+            &[Param::Text(entry_id.as_str())],
             records::task,
         )
         .await

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use common::SpiffeId;
 use common::task::TaskState;
+use common::{EntryId, SpiffeId};
 
 use super::TaskError;
 use crate::policy::Principal;
@@ -59,7 +59,7 @@ pub(crate) fn principal_of(label: &str) -> Principal {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskTarget {
     /// An existing just-in-time entry, by id.
-    Entry(String),
+    Entry(EntryId),
     /// The one just-in-time entry with this SPIFFE ID (under `parent_id` when given; a
     /// workload's tasks are always under its own agent).
     SpiffeId {
@@ -182,11 +182,8 @@ pub struct TokenUse {
 
 impl TokenUse {
     /// Bounds the free-text fields (they go into the audit log).
-    pub(crate) fn check(&self, task_id: &str) -> Result<(), TaskError> {
-        if task_id.len() > common::task::MAX_TASK_ID_LEN
-            || self.audience.len() > MAX_TEXT
-            || self.reason.len() > MAX_TEXT
-        {
+    pub(crate) fn check(&self) -> Result<(), TaskError> {
+        if self.audience.len() > MAX_TEXT || self.reason.len() > MAX_TEXT {
             return Err(TaskError::Invalid("field too long".into()));
         }
         Ok(())
@@ -199,7 +196,7 @@ mod tests {
 
     fn request() -> TaskRequest {
         TaskRequest {
-            target: TaskTarget::Entry("e1".into()),
+            target: TaskTarget::Entry(EntryId::parse("e1").unwrap()),
             reason: "deploy".into(),
             ticket: "OPS-1".into(),
             scopes: vec!["read".into()],

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use common::TaskId;
 use common::task::TaskState;
 
 use crate::ca::Revoked;
@@ -25,7 +26,7 @@ pub(crate) const CRL_VALIDITY: Duration = Duration::from_secs(3600);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndedTask {
     /// The task.
-    pub task_id: String,
+    pub task_id: TaskId,
     /// Its deadline: after it, nothing issued under the task is valid anyway.
     pub until: i64,
     /// How it ended.

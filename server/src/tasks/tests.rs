@@ -82,7 +82,7 @@ fn operator() -> Requester {
 }
 
 /// Waits (real time, bounded) until task `id` is in `state`.
-async fn wait_for_state(tasks: &Tasks, id: &str, state: TaskState) -> TaskRecord {
+async fn wait_for_state(tasks: &Tasks, id: &TaskId, state: TaskState) -> TaskRecord {
     for _ in 0..100 {
         let t = tasks.get(id).await.unwrap();
         if t.state == state {

@@ -114,7 +114,7 @@ fn leaf(r: &X509svidResponse, id: &str) -> (Option<String>, String, i64) {
     let svid = r.svids.iter().find(|s| s.spiffe_id == id).expect("svid");
     let (_, cert) = X509Certificate::from_der(&svid.x509_svid).unwrap();
     (
-        common::task::task_id_of_certificate(&svid.x509_svid),
+        common::task::task_id_of_certificate(&svid.x509_svid).map(String::from),
         hex::encode(cert.raw_serial()),
         cert.validity().not_after.timestamp(),
     )

@@ -298,7 +298,7 @@ async fn a_release_datastore_is_upgraded_in_place_and_keeps_every_record(db: &dy
     // The release's entries are unique by the same rule as new ones: the migration
     // computed each identity as the current code does.
     let mut copy = by_id("spiffe://example.org/web").clone();
-    copy.id = "copy".into();
+    copy.id = common::EntryId::parse("copy").unwrap();
     let r = ds.create_entry(&copy).await;
     assert!(
         matches!(&r, Err(DatastoreError::Conflict(m)) if m.contains("same SPIFFE ID")),

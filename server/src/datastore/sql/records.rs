@@ -12,11 +12,11 @@
 //! JSON type) so a value reads back byte for byte, and audit hashes are computed over the
 //! same strings on both backends.
 
-use std::str::FromStr as _;
+use std::str::FromStr;
 use std::time::Duration;
 
 use common::task::TaskState;
-use common::{RegistrationEntry, Selector, SelectorSet, SpiffeId};
+use common::{EntryId, RegistrationEntry, Selector, SelectorSet, SpiffeId, TaskId};
 use sha2::{Digest as _, Sha256};
 
 use super::io::{Cells, Param};
@@ -130,6 +130,14 @@ fn spiffe_id(row: &impl Cells, column: &str) -> Result<SpiffeId, DatastoreError>
     SpiffeId::new(&row.text(column)?).map_err(|e| corrupt(column, e))
 }
 
+/// An id column (`EntryId` or `TaskId`), checked as on the way in.
+fn id<T: FromStr<Err = common::ids::IdError>>(
+    row: &impl Cells,
+    column: &str,
+) -> Result<T, DatastoreError> {
+    row.text(column)?.parse().map_err(|e| corrupt(column, e))
+}
+
 fn json_strings(row: &impl Cells, column: &str) -> Result<Vec<String>, DatastoreError> {
     serde_json::from_str(&row.text(column)?).map_err(|e| corrupt(column, e))
 }
@@ -188,7 +196,7 @@ impl EntryRow {
 
     pub(super) fn params<'a>(&'a self, e: &'a RegistrationEntry) -> [Param<'a>; 12] {
         [
-            Param::Text(&e.id),
+            Param::Text(e.id.as_str()),
             Param::Text(e.spiffe_id.as_str()),
             Param::Text(e.parent_id.as_str()),
             Param::Text(&self.selectors),
@@ -211,7 +219,7 @@ pub(super) fn entry(row: &impl Cells) -> Result<RegistrationEntry, DatastoreErro
         .collect::<Result<SelectorSet, _>>()
         .map_err(|e| corrupt("selectors", e))?;
     Ok(RegistrationEntry {
-        id: row.text("id")?,
+        id: id::<EntryId>(row, "id")?,
         spiffe_id: spiffe_id(row, "spiffe_id")?,
         parent_id: spiffe_id(row, "parent_id")?,
         selectors,
@@ -272,9 +280,9 @@ impl TaskRow {
 
     pub(super) fn params<'a>(&'a self, t: &'a TaskRecord) -> [Param<'a>; 17] {
         [
-            Param::Text(&t.id),
+            Param::Text(t.id.as_str()),
             Param::Text(t.state.as_str()),
-            Param::Text(&t.entry_id),
+            Param::Text(t.entry_id.as_str()),
             Param::Text(t.spiffe_id.as_str()),
             Param::Text(t.parent_id.as_str()),
             Param::Flag(t.provisioned),
@@ -310,9 +318,9 @@ pub(super) fn task(row: &impl Cells) -> Result<TaskRecord, DatastoreError> {
         }
     };
     Ok(TaskRecord {
-        id: row.text("id")?,
+        id: id::<TaskId>(row, "id")?,
         state,
-        entry_id: row.text("entry_id")?,
+        entry_id: id::<EntryId>(row, "entry_id")?,
         spiffe_id: spiffe_id(row, "spiffe_id")?,
         parent_id: spiffe_id(row, "parent_id")?,
         provisioned: row.flag("provisioned")?,
@@ -333,7 +341,7 @@ pub(super) fn task(row: &impl Cells) -> Result<TaskRecord, DatastoreError> {
 pub(super) fn task_svid_params(s: &TaskSvid) -> [Param<'_>; 4] {
     [
         Param::Text(&s.serial),
-        Param::Text(&s.task_id),
+        Param::Text(s.task_id.as_str()),
         Param::Text(&s.issuer_serial),
         Param::Int(s.not_after),
     ]
@@ -341,7 +349,7 @@ pub(super) fn task_svid_params(s: &TaskSvid) -> [Param<'_>; 4] {
 
 pub(super) fn task_svid(row: &impl Cells) -> Result<TaskSvid, DatastoreError> {
     Ok(TaskSvid {
-        task_id: row.text("task_id")?,
+        task_id: id::<TaskId>(row, "task_id")?,
         serial: row.text("serial")?,
         issuer_serial: row.text("issuer_serial")?,
         not_after: row.int("not_after")?,
