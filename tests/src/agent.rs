@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use crate::fetch::{FetchedSvid, fetch_x509, sorted_ids};
-use crate::process::{Process, tail};
+use crate::process::{CurrentRun, Process, tail};
 use crate::server::ServerProc;
 use crate::{TRUST_DOMAIN, bin, free_port, wait_for};
 
@@ -18,7 +18,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// A running (or stopped) `tessera-agent`.
 #[derive(Debug)]
 pub struct AgentProc {
-    process: Option<Process>,
+    run: CurrentRun,
     /// Data directory.
     pub data_dir: PathBuf,
     /// Workload API socket.
@@ -54,7 +54,7 @@ impl AgentProc {
         let bundle_path = dir.join("bootstrap-bundle.pem");
         server.write_bundle(&bundle_path);
         Self {
-            process: None,
+            run: CurrentRun::new("tessera-agent"),
             data_dir: dir.join("agent"),
             socket_path: public.join("api.sock"),
             bundle_path,
@@ -106,7 +106,8 @@ impl AgentProc {
         }
         cmd.args(&self.extra_args)
             .env("TESSERA_LOG", "info,agent=debug");
-        self.process = Some(Process::spawn("tessera-agent", cmd, &self.log));
+        self.run
+            .set(Process::spawn("tessera-agent", cmd, &self.log));
     }
 
     /// (Re)starts the process with the same files and waits until its Workload API listens
@@ -116,7 +117,7 @@ impl AgentProc {
     pub fn restart(&mut self, join_token: Option<&str>) {
         self.spawn(join_token);
         let socket = self.socket_path.clone();
-        let p = self.process.as_mut().expect("just spawned");
+        let p = self.run.process();
         let up = wait_for(START_TIMEOUT, || {
             if let Some(code) = p.exited() {
                 panic!(
@@ -150,54 +151,6 @@ impl AgentProc {
             panic!("tessera-agent did not exit by itself within {timeout:?}; its log:\n{text}");
         };
         (code, text)
-    }
-
-    /// Whether the process was started and has not exited.
-    pub fn is_running(&mut self) -> bool {
-        self.process.as_mut().is_some_and(|p| p.exited().is_none())
-    }
-
-    fn process(&mut self) -> &mut Process {
-        self.process.as_mut().expect("agent not started")
-    }
-
-    /// The process id of the current run.
-    pub fn pid(&mut self) -> u32 {
-        self.process().pid()
-    }
-
-    /// Exit code once the current run has exited; `None` while it runs. Never blocks.
-    pub fn exited(&mut self) -> Option<i32> {
-        self.process().exited()
-    }
-
-    /// Waits up to `timeout` for the process to exit by itself; returns its exit code.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let code = self.process.as_mut()?.wait_exit(timeout)?;
-        self.process = None;
-        Some(code)
-    }
-
-    /// SIGTERM and wait: the exit code and how long the exit took after the signal.
-    /// Fails the test, with the log, if the agent ignores SIGTERM.
-    pub fn terminate(&mut self) -> (i32, Duration) {
-        let r = self.process().terminate();
-        self.process = None;
-        r
-    }
-
-    /// Graceful stop (SIGTERM); does nothing if the agent is not running.
-    pub fn stop(&mut self) {
-        if self.process.is_some() {
-            self.terminate();
-        }
-    }
-
-    /// Hard stop (SIGKILL), as a crash.
-    pub fn kill(&mut self) {
-        if let Some(mut p) = self.process.take() {
-            p.kill();
-        }
     }
 
     /// `unix://` endpoint URI of the Workload API.
@@ -263,8 +216,21 @@ impl AgentProc {
 impl Drop for AgentProc {
     fn drop(&mut self) {
         // A running process prints its own log when dropped during a panic.
-        if std::thread::panicking() && self.process.is_none() {
+        if std::thread::panicking() && !self.run.is_started() {
             eprintln!("--- agent log ---\n{}", tail(&self.log));
         }
+    }
+}
+
+impl std::ops::Deref for AgentProc {
+    type Target = CurrentRun;
+    fn deref(&self) -> &CurrentRun {
+        &self.run
+    }
+}
+
+impl std::ops::DerefMut for AgentProc {
+    fn deref_mut(&mut self) -> &mut CurrentRun {
+        &mut self.run
     }
 }

@@ -149,3 +149,84 @@ impl Drop for Process {
         }
     }
 }
+
+/// The current run of a daemon that tests stop and restart: empty before the first start
+/// and after each stop. `ServerProc` and `AgentProc` dereference to it, so both offer the
+/// same pid, exit status and stop methods.
+#[derive(Debug)]
+pub struct CurrentRun {
+    name: &'static str,
+    process: Option<Process>,
+}
+
+impl CurrentRun {
+    /// No run yet of the daemon `name`.
+    pub(crate) fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            process: None,
+        }
+    }
+
+    /// Makes `p` the current run.
+    pub(crate) fn set(&mut self, p: Process) {
+        self.process = Some(p);
+    }
+
+    /// Whether a run was started and not yet stopped or waited for.
+    pub fn is_started(&self) -> bool {
+        self.process.is_some()
+    }
+
+    /// Whether the process was started and has not exited.
+    pub fn is_running(&mut self) -> bool {
+        self.process.as_mut().is_some_and(|p| p.exited().is_none())
+    }
+
+    /// The current process; fails the test if none was started.
+    pub fn process(&mut self) -> &mut Process {
+        let name = self.name;
+        self.process
+            .as_mut()
+            .unwrap_or_else(|| panic!("{name} not started"))
+    }
+
+    /// The process id of the current run.
+    pub fn pid(&mut self) -> u32 {
+        self.process().pid()
+    }
+
+    /// Exit code once the current run has exited; `None` while it runs. Never blocks.
+    pub fn exited(&mut self) -> Option<i32> {
+        self.process().exited()
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let code = self.process.as_mut()?.wait_exit(timeout)?;
+        self.process = None;
+        Some(code)
+    }
+
+    /// SIGTERM and wait: the exit code and how long the exit took after the signal.
+    /// Fails the test, with the log, if the process ignores SIGTERM.
+    pub fn terminate(&mut self) -> (i32, Duration) {
+        let r = self.process().terminate();
+        self.process = None;
+        r
+    }
+
+    /// Graceful stop (SIGTERM); does nothing if the process is not running.
+    pub fn stop(&mut self) {
+        if self.process.is_some() {
+            self.terminate();
+        }
+    }
+
+    /// Hard stop (SIGKILL), as a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+}

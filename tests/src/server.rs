@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use crate::process::{Process, tail};
+use crate::process::{CurrentRun, Process, tail};
 use crate::{AGENT_ID, TRUST_DOMAIN, bin, free_port, wait_for};
 
 /// How long a server may take to answer its admin API after being spawned.
@@ -15,7 +15,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// A running (or stopped) `tessera-server`.
 #[derive(Debug)]
 pub struct ServerProc {
-    process: Option<Process>,
+    run: CurrentRun,
     /// Extra `run` flags used at every start.
     pub extra_args: Vec<String>,
     /// Data directory.
@@ -41,7 +41,7 @@ impl ServerProc {
     /// A server in `dir` that is not started yet (see [`Self::restart`]).
     pub fn new(dir: &Path, extra_args: &[&str]) -> Self {
         Self {
-            process: None,
+            run: CurrentRun::new("tessera-server"),
             extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
             data_dir: dir.join("server"),
             admin_socket: dir.join("admin.sock"),
@@ -95,55 +95,7 @@ impl ServerProc {
             "tessera-server did not answer within {START_TIMEOUT:?}:\n{}",
             tail(&self.log)
         );
-        self.process = Some(p);
-    }
-
-    /// Whether the process was started and has not exited.
-    pub fn is_running(&mut self) -> bool {
-        self.process.as_mut().is_some_and(|p| p.exited().is_none())
-    }
-
-    fn process(&mut self) -> &mut Process {
-        self.process.as_mut().expect("server not started")
-    }
-
-    /// The process id of the current run.
-    pub fn pid(&mut self) -> u32 {
-        self.process().pid()
-    }
-
-    /// Exit code once the current run has exited; `None` while it runs. Never blocks.
-    pub fn exited(&mut self) -> Option<i32> {
-        self.process().exited()
-    }
-
-    /// Waits up to `timeout` for the process to exit by itself; its exit code.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let code = self.process.as_mut()?.wait_exit(timeout)?;
-        self.process = None;
-        Some(code)
-    }
-
-    /// SIGTERM and wait: the exit code and how long the exit took after the signal.
-    /// Fails the test, with the log, if the server ignores SIGTERM.
-    pub fn terminate(&mut self) -> (i32, Duration) {
-        let r = self.process().terminate();
-        self.process = None;
-        r
-    }
-
-    /// Graceful stop (SIGTERM); does nothing if the server is not running.
-    pub fn stop(&mut self) {
-        if self.process.is_some() {
-            self.terminate();
-        }
-    }
-
-    /// Hard stop (SIGKILL), as a crash.
-    pub fn kill(&mut self) {
-        if let Some(mut p) = self.process.take() {
-            p.kill();
-        }
+        self.run.set(p);
     }
 
     /// Node API address.
@@ -285,8 +237,21 @@ impl ServerProc {
 impl Drop for ServerProc {
     fn drop(&mut self) {
         // A running process prints its own log when dropped during a panic.
-        if std::thread::panicking() && self.process.is_none() {
+        if std::thread::panicking() && !self.run.is_started() {
             eprintln!("--- server log ---\n{}", tail(&self.log));
         }
+    }
+}
+
+impl std::ops::Deref for ServerProc {
+    type Target = CurrentRun;
+    fn deref(&self) -> &CurrentRun {
+        &self.run
+    }
+}
+
+impl std::ops::DerefMut for ServerProc {
+    fn deref_mut(&mut self) -> &mut CurrentRun {
+        &mut self.run
     }
 }
