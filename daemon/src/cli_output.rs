@@ -128,9 +128,12 @@ where
             _ => {
                 match output_in_args(&args) {
                     Output::Json => {
-                        let err = anyhow::Error::new(UsageError(
-                            e.render().to_string().trim_end().to_owned(),
-                        ));
+                        // clap's first line, without its `error: ` (the usage text that
+                        // follows it is for people).
+                        let rendered = e.render().to_string();
+                        let first = rendered.lines().next().unwrap_or_default();
+                        let message = first.strip_prefix("error: ").unwrap_or(first);
+                        let err = anyhow::Error::new(UsageError(message.to_owned()));
                         eprintln!("{}", error_json(&err));
                     }
                     // clap's own rendering: `error: ...`, the usage line and a `--help` hint.
