@@ -1019,3 +1019,56 @@ fn quickstart_takes_another_port_when_8081_is_busy() {
         assert!(text.contains(&want), "{text} lacks {want}");
     }
 }
+
+#[test]
+fn a_task_begin_denial_points_to_requester() {
+    let policies = tempfile::tempdir().unwrap();
+    std::fs::write(
+        policies.path().join("tasks.cedar"),
+        r#"
+@id("ci-only")
+@max_ttl("10m")
+permit (principal is Tessera::Workload, action == Tessera::Action::"begin_task", resource)
+when { principal.path == "/ci" };
+
+@id("issue-svid")
+permit (principal, action == Tessera::Action::"issue_svid", resource);
+"#,
+    )
+    .unwrap();
+    let c = Cluster::start(&["--policy-dir", policies.path().to_str().unwrap()]);
+    // Two standing identities for this process; the older one may not begin tasks.
+    c.server
+        .create_entry("spiffe://example.org/app", &["unix:uid:0"], &[]);
+    c.server
+        .create_entry("spiffe://example.org/ci", &["unix:uid:0"], &[]);
+    c.server
+        .create_entry("spiffe://example.org/jit", &["unix:uid:0"], &["--jit"]);
+    let served = wait_for(Duration::from_secs(20), || {
+        let out = c.agent.cli(&["api", "fetch", "x509", "--timeout", "5s"]);
+        String::from_utf8_lossy(&out.stdout)
+            .starts_with("Received 2 svid(s)")
+            .then_some(())
+    });
+    assert!(served.is_some(), "agent log:\n{}", c.agent.log_tail());
+
+    let begin = [
+        "task",
+        "begin",
+        "--spiffe-id",
+        "spiffe://example.org/jit",
+        "--reason",
+        "e2e",
+    ];
+    let out = c.agent.cli(&begin);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("the task was refused"), "{err}");
+    assert!(err.contains("--requester"), "{err}");
+    let mut named = begin.to_vec();
+    named.extend(["--requester", "spiffe://example.org/ci", "--output", "json"]);
+    let out = c.agent.cli(&named);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let task: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(task["state"], "active", "{task}");
+}
