@@ -12,28 +12,71 @@ pub const DEFAULT_SOCKET_PATH: &str = "/tmp/tessera-agent/public/api.sock";
 /// Default server address.
 pub const DEFAULT_SERVER_ADDRESS: &str = "127.0.0.1:8081";
 
-/// The agent config file as written.
-#[derive(Debug, Default, Clone, Deserialize)]
+/// Every agent setting, declared once: the config file (`snake_case` keys) and the
+/// `tessera-agent run` flags (`--kebab-case`) both fill this struct. Every field is
+/// optional here; the file is read first, then flags override it
+/// ([`RawAgentConfig::merge`]), then [`AgentConfig::from_raw`] applies the defaults and
+/// validates. Each field's doc comment is its `--help` text. `Debug` hides the join token.
+#[derive(Default, Clone, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct RawAgentConfig {
-    /// Server node API address, `HOST:PORT`.
+    /// Server node API address, HOST:PORT [default: 127.0.0.1:8081].
+    #[arg(long)]
     pub server_address: Option<String>,
     /// Trust domain name (required).
+    #[arg(long)]
     pub trust_domain: Option<String>,
-    /// PEM bundle used to authenticate the server at first contact.
+    /// PEM trust bundle that authenticates the server at first contact
+    /// (`tessera-server bundle show`).
+    #[arg(long = "trust-bundle")]
     pub trust_bundle_path: Option<PathBuf>,
-    /// One-time join token for first attestation (not needed once an SVID is persisted).
+    /// One-time join token for the first attestation (`tessera-server token generate`); not
+    /// needed once the agent's SVID is persisted.
+    #[arg(long, env = "TESSERA_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
-    /// Where the agent SVID, key and bundle are kept.
+    /// Directory for the agent SVID, key, bundle and cache [default: /var/lib/tessera/agent].
+    #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Workload API Unix socket path.
+    /// Workload API Unix socket path [default: /tmp/tessera-agent/public/api.sock].
+    #[arg(long)]
     pub socket_path: Option<PathBuf>,
-    /// `IP:PORT` for the HTTP `/live` and `/ready` endpoints (off when unset).
+    /// IP:PORT for the HTTP /live and /ready endpoints (off when unset).
+    #[arg(long)]
     pub health_address: Option<String>,
-    /// `trace`, `debug`, `info`, `warn` or `error`.
+    /// Log level: trace, debug, info, warn or error [default: info].
+    #[arg(long)]
     pub log_level: Option<String>,
-    /// `text` or `json`.
+    /// Log format: text or json [default: text].
+    #[arg(long)]
     pub log_format: Option<String>,
+}
+
+impl std::fmt::Debug for RawAgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured, so a new key cannot be forgotten here.
+        let Self {
+            server_address,
+            trust_domain,
+            trust_bundle_path,
+            join_token,
+            data_dir,
+            socket_path,
+            health_address,
+            log_level,
+            log_format,
+        } = self;
+        f.debug_struct("RawAgentConfig")
+            .field("server_address", server_address)
+            .field("trust_domain", trust_domain)
+            .field("trust_bundle_path", trust_bundle_path)
+            .field("join_token", &join_token.as_ref().map(|_| "<redacted>"))
+            .field("data_dir", data_dir)
+            .field("socket_path", socket_path)
+            .field("health_address", health_address)
+            .field("log_level", log_level)
+            .field("log_format", log_format)
+            .finish()
+    }
 }
 
 /// A validated agent configuration.
@@ -125,6 +168,33 @@ impl RawAgentConfig {
     pub fn from_toml(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|e| e.to_string())
     }
+
+    /// `self` (the file) with every key that `over` (the flags) sets replaced by its value.
+    pub fn merge(self, over: Self) -> Self {
+        // Destructured, so a new key cannot be forgotten here.
+        let Self {
+            server_address,
+            trust_domain,
+            trust_bundle_path,
+            join_token,
+            data_dir,
+            socket_path,
+            health_address,
+            log_level,
+            log_format,
+        } = over;
+        Self {
+            server_address: server_address.or(self.server_address),
+            trust_domain: trust_domain.or(self.trust_domain),
+            trust_bundle_path: trust_bundle_path.or(self.trust_bundle_path),
+            join_token: join_token.or(self.join_token),
+            data_dir: data_dir.or(self.data_dir),
+            socket_path: socket_path.or(self.socket_path),
+            health_address: health_address.or(self.health_address),
+            log_level: log_level.or(self.log_level),
+            log_format: log_format.or(self.log_format),
+        }
+    }
 }
 
 /// Checks `HOST:PORT` (host name, IPv4, or bracketed IPv6).
@@ -145,6 +215,16 @@ fn valid_server_address(s: &str) -> bool {
 }
 
 impl AgentConfig {
+    /// The configuration `tessera-agent run` uses: the file at `file` (if any), then
+    /// `flags` over it, then defaults, validated.
+    pub fn load(file: Option<&Path>, flags: RawAgentConfig) -> Result<Self, AgentConfigError> {
+        let from_file = match file {
+            Some(p) => RawAgentConfig::from_file(p)?,
+            None => RawAgentConfig::default(),
+        };
+        Self::from_raw(from_file.merge(flags))
+    }
+
     /// Validates a raw config.
     pub fn from_raw(raw: RawAgentConfig) -> Result<Self, AgentConfigError> {
         let td = raw
@@ -318,5 +398,68 @@ mod tests {
             .unwrap()
         );
         assert!(!dbg.contains("secret-token"));
+    }
+
+    /// The flags of `tessera-agent run`, as clap parses them.
+    fn flags(args: &[&str]) -> RawAgentConfig {
+        #[derive(clap::Parser)]
+        struct Run {
+            #[command(flatten)]
+            keys: RawAgentConfig,
+        }
+        let mut all = vec!["run"];
+        all.extend(args);
+        <Run as clap::Parser>::try_parse_from(all).unwrap().keys
+    }
+
+    #[test]
+    fn a_key_works_in_the_file_and_as_a_flag_and_the_flag_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(
+            &file,
+            "trust_domain = \"example.org\"\nserver_address = \"server:8081\"\ntrust_bundle_path = \"/etc/b.pem\"\n",
+        )
+        .unwrap();
+        let c = AgentConfig::load(Some(&file), flags(&[])).unwrap();
+        assert_eq!(c.server_address, "server:8081");
+        assert_eq!(c.trust_bundle_path, Some(PathBuf::from("/etc/b.pem")));
+        let c = AgentConfig::load(
+            None,
+            flags(&[
+                "--trust-domain",
+                "example.org",
+                "--server-address",
+                "other:1",
+                "--trust-bundle",
+                "/b2.pem",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server_address, "other:1");
+        assert_eq!(c.trust_bundle_path, Some(PathBuf::from("/b2.pem")));
+        let c = AgentConfig::load(Some(&file), flags(&["--server-address", "other:2"])).unwrap();
+        assert_eq!(c.server_address, "other:2", "the flag wins");
+        assert_eq!(c.trust_bundle_path, Some(PathBuf::from("/etc/b.pem")));
+        assert_eq!(c.trust_domain.name(), "example.org");
+    }
+
+    #[test]
+    fn every_flag_is_a_config_file_key_and_the_token_stays_secret() {
+        let cmd = <RawAgentConfig as clap::Args>::augment_args(clap::Command::new("run"));
+        let ids: Vec<String> = cmd
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect();
+        assert_eq!(ids.len(), 9, "{ids:?}");
+        for id in ids {
+            let text = format!("{id} = \"x\"");
+            assert!(
+                RawAgentConfig::from_toml(&text).is_ok(),
+                "flag {id} is no file key"
+            );
+        }
+        let f = flags(&["--join-token", "secret-token"]);
+        assert!(!format!("{f:?}").contains("secret-token"));
     }
 }

@@ -1,14 +1,18 @@
-//! tessera-agent entry point: parses arguments, validates config (exit 64 when invalid),
-//! then runs the agent or a client command through the shared `daemon::main`.
+//! tessera-agent entry point: parses arguments (exit 64 on a usage error), validates config
+//! (exit 64 when invalid), then runs the agent or a client command through the shared
+//! `daemon::main`.
 
 use std::process::ExitCode;
 
 use agent::cli::{Cli, Command};
-use clap::Parser as _;
 use daemon::Invocation;
 
 fn main() -> ExitCode {
-    let invocation = match Cli::parse().command {
+    let cli: Cli = match daemon::cli_output::parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    let invocation = match cli.command {
         Command::Run(args) => match args.into_config() {
             Ok(config) => {
                 Invocation::Daemon(config.log_level.clone(), config.log_json, move |shutdown| {
@@ -17,7 +21,7 @@ fn main() -> ExitCode {
             }
             Err(e) => Invocation::BadConfig(e.to_string()),
         },
-        command => Invocation::Client(move || agent::cli::run_api(command)),
+        command => Invocation::Client(command.output(), move || agent::cli::run_api(command)),
     };
     daemon::main("tessera-agent", invocation)
 }

@@ -1,4 +1,5 @@
-//! Human durations in configuration files and command lines.
+//! Human durations and times: the one duration syntax of every config key and flag, and
+//! the RFC 3339 form in which text output prints times.
 
 use std::time::Duration;
 
@@ -25,4 +26,91 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     n.checked_mul(mult)
         .map(Duration::from_secs)
         .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// A Unix time (seconds) as RFC 3339 in UTC, e.g. `2026-01-31T08:15:00Z`: how text output
+/// prints times (JSON output keeps the number).
+pub fn rfc3339(unix_seconds: i64) -> String {
+    let days = unix_seconds.div_euclid(86_400);
+    let secs = unix_seconds.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+/// A Unix time in milliseconds as RFC 3339 in UTC with milliseconds,
+/// e.g. `2026-01-31T08:15:00.250Z`.
+pub fn rfc3339_millis(unix_millis: i64) -> String {
+    let secs = rfc3339(unix_millis.div_euclid(1000));
+    let ms = unix_millis.rem_euclid(1000);
+    format!("{}.{ms:03}Z", secs.trim_end_matches('Z'))
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`, exact for every `i64` day a Unix time in seconds can reach).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        for (text, secs) in [
+            ("90s", 90),
+            ("15m", 900),
+            ("24h", 86_400),
+            ("2d", 172_800),
+            ("42", 42),
+            (" 5m ", 300),
+        ] {
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_secs(secs)),
+                "{text}"
+            );
+        }
+        for bad in [
+            "",
+            "h",
+            "0s",
+            "0",
+            "-1",
+            "-1s",
+            "1y",
+            "1.5h",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_796_109_558), "2026-12-01T07:19:18Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
+        assert_eq!(rfc3339(4_102_444_800), "2100-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339_millis(1_796_109_558_250),
+            "2026-12-01T07:19:18.250Z"
+        );
+        assert_eq!(rfc3339_millis(-1), "1969-12-31T23:59:59.999Z");
+    }
 }

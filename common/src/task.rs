@@ -194,13 +194,14 @@ pub fn task_text(t: &crate::proto::tessera::Task) -> String {
     for scope in &t.scopes {
         line("Scope", scope);
     }
-    line("Created at", &t.created_at);
+    let at = crate::duration::rfc3339;
+    line("Created at", &at(t.created_at));
     if t.activated_at != 0 {
-        line("Activated at", &t.activated_at);
+        line("Activated at", &at(t.activated_at));
     }
-    line("Deadline", &t.deadline);
+    line("Deadline", &at(t.deadline));
     if t.ended_at != 0 {
-        line("Ended at", &t.ended_at);
+        line("Ended at", &at(t.ended_at));
     }
     if !t.end_reason.is_empty() {
         line("End reason", &t.end_reason);

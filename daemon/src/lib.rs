@@ -5,6 +5,7 @@
 //! two daemons behave the same way where operators can see it (files, sockets, probes,
 //! shutdown) without either depending on the other.
 
+pub mod cli_output;
 pub mod health;
 pub mod socket;
 pub mod state_file;
@@ -15,12 +16,15 @@ use tokio_util::sync::CancellationToken;
 pub const EX_USAGE: u8 = 64;
 
 /// Installs the tracing subscriber: logs to stderr, filtered by `TESSERA_LOG` if set, else
-/// by `level`; JSON lines when `json`.
+/// by `level`; JSON lines when `json`. Colours only when stderr is a terminal: a log file
+/// or the journal gets plain text.
 pub fn init_logging(level: &str, json: bool) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -52,15 +56,16 @@ pub async fn cancel_on_signal(shutdown: CancellationToken) {
 pub enum Invocation<D, C> {
     /// `run`: configuration already validated; `(log_level, log_json, daemon)`.
     Daemon(String, bool, D),
-    /// Any other subcommand.
-    Client(C),
+    /// Any other subcommand, with the output format its result and errors use.
+    Client(cli_output::Output, C),
     /// `run` with an invalid configuration: the message to print (exit 64).
     BadConfig(String),
 }
 
 /// The shared `main`: builds the multi-threaded runtime, and either runs the daemon until
 /// SIGTERM/SIGINT (logging to stderr) or runs a client command; maps the outcome to the
-/// process exit code (0, 1, or [`EX_USAGE`] for a bad configuration).
+/// process exit code (see [`cli_output`]: 0, 1, or [`EX_USAGE`] for a bad configuration
+/// or usage).
 #[expect(
     clippy::print_stderr,
     reason = "errors are reported to the operator on stderr"
@@ -83,7 +88,7 @@ where
             return ExitCode::FAILURE;
         }
     };
-    let result = match invocation {
+    let (output, result) = match invocation {
         Invocation::BadConfig(message) => {
             eprintln!("error: {message}");
             return ExitCode::from(EX_USAGE);
@@ -96,15 +101,15 @@ where
             if let Err(e) = &r {
                 tracing::error!(error = format!("{e:#}"), "{name} failed");
             }
-            r
+            (cli_output::Output::Text, r)
         }
-        Invocation::Client(client) => runtime.block_on(client()),
+        Invocation::Client(output, client) => (output, runtime.block_on(client())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            cli_output::print_error(output, &e);
+            ExitCode::from(cli_output::exit_code(&e))
         }
     }
 }

@@ -34,50 +34,74 @@ pub const DEFAULT_MAX_TASK_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Longest SVID lifetime an entry may ask for.
 pub const MAX_SVID_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// The server config file as written (every key optional; flags may fill the gaps).
+/// Every server setting, declared once: the config file (`snake_case` keys) and the
+/// `tessera-server run` flags (`--kebab-case`) both fill this struct, so a key cannot exist
+/// in one and not the other. Every field is optional here; the file is read first, then
+/// flags override it ([`RawServerConfig::merge`]), then [`ServerConfig::from_raw`] applies
+/// the defaults and validates. Each field's doc comment is its `--help` text.
 /// `Debug` hides a password in `datastore`.
-#[derive(Default, Clone, Deserialize)]
+#[derive(Default, Clone, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct RawServerConfig {
-    /// Trust domain name, e.g. `example.org` (required).
+    /// Trust domain name, e.g. example.org (required).
+    #[arg(long)]
     pub trust_domain: Option<String>,
-    /// Directory for the datastore and CA key.
+    /// Directory for the datastore and CA key [default: /var/lib/tessera/server].
+    #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Node API listen address `IP:PORT`.
+    /// Node API listen address, IP:PORT [default: 0.0.0.0:8081].
+    #[arg(long = "bind")]
     pub bind_address: Option<String>,
-    /// Admin API Unix socket path.
+    /// Admin API Unix socket path [default: /tmp/tessera-server/admin.sock].
+    #[arg(long)]
     pub admin_socket: Option<PathBuf>,
-    /// `sqlite` (default, `<data_dir>/datastore.sqlite3`), `sqlite:///abs/path`, or
-    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE` (also `postgresql://`).
+    /// Datastore: `sqlite` (default, `<data_dir>/datastore.sqlite3`), `sqlite:///abs/path`,
+    /// or `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE` (also `postgresql://`; prefer
+    /// PGPASSWORD or the config file for the password: flags are visible in `ps`).
+    #[arg(long)]
     pub datastore: Option<String>,
-    /// CA certificate lifetime, e.g. `24h`.
+    /// CA certificate lifetime, e.g. 24h [default: 24h].
+    #[arg(long)]
     pub ca_ttl: Option<String>,
-    /// Default X.509-SVID lifetime, e.g. `1h`.
+    /// Default X.509-SVID lifetime, e.g. 1h [default: 1h].
+    #[arg(long)]
     pub default_x509_svid_ttl: Option<String>,
-    /// Default JWT-SVID lifetime, e.g. `5m`.
+    /// Default JWT-SVID lifetime, e.g. 5m [default: 5m].
+    #[arg(long)]
     pub default_jwt_svid_ttl: Option<String>,
-    /// Agent SVID lifetime, e.g. `1h`.
+    /// Agent SVID lifetime, e.g. 1h [default: 1h].
+    #[arg(long)]
     pub agent_svid_ttl: Option<String>,
-    /// How long a JWT signing key signs before the next one takes over, e.g. `24h`.
+    /// How long a JWT signing key signs before the next one takes over [default: 24h].
+    #[arg(long)]
     pub jwt_key_ttl: Option<String>,
     /// PEM certificate of an existing CA that signs Tessera's CA (then an intermediate).
+    #[arg(long)]
     pub upstream_ca_cert: Option<PathBuf>,
-    /// PEM private key of that CA.
+    /// PEM private key of that upstream CA.
+    #[arg(long)]
     pub upstream_ca_key: Option<PathBuf>,
     /// PEM root(s) to publish when the upstream certificate is not itself a root.
+    #[arg(long)]
     pub upstream_bundle: Option<PathBuf>,
-    /// `IP:PORT` for the HTTP `/live` and `/ready` endpoints (off when unset).
+    /// IP:PORT for the HTTP /live and /ready endpoints (off when unset).
+    #[arg(long)]
     pub health_address: Option<String>,
-    /// Directory of Cedar policies (`*.cedar`) for tasks; the built-in set when unset.
+    /// Directory of Cedar task policies (`*.cedar`); the built-in set when unset.
+    #[arg(long)]
     pub policy_dir: Option<PathBuf>,
-    /// Longest task lifetime, whatever the policy allows, e.g. `24h`.
+    /// Longest task lifetime, whatever the policy allows, e.g. 8h [default: 24h].
+    #[arg(long)]
     pub max_task_ttl: Option<String>,
-    /// Unix group whose members may use the admin API too (e.g. task approvers): the
-    /// admin socket becomes group-accessible (0660).
+    /// Unix group whose members may use the admin API too (e.g. task approvers): the admin
+    /// socket becomes group-accessible (0660).
+    #[arg(long)]
     pub admin_group: Option<String>,
-    /// `trace`, `debug`, `info`, `warn` or `error`.
+    /// Log level: trace, debug, info, warn or error [default: info].
+    #[arg(long)]
     pub log_level: Option<String>,
-    /// `text` or `json`.
+    /// Log format: text or json [default: text].
+    #[arg(long)]
     pub log_format: Option<String>,
 }
 
@@ -258,6 +282,53 @@ impl RawServerConfig {
     pub fn from_toml(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|e| e.to_string())
     }
+
+    /// `self` (the file) with every key that `over` (the flags) sets replaced by its value.
+    pub fn merge(self, over: Self) -> Self {
+        // Destructured, so a new key cannot be forgotten here.
+        let Self {
+            trust_domain,
+            data_dir,
+            bind_address,
+            admin_socket,
+            datastore,
+            ca_ttl,
+            default_x509_svid_ttl,
+            default_jwt_svid_ttl,
+            agent_svid_ttl,
+            jwt_key_ttl,
+            upstream_ca_cert,
+            upstream_ca_key,
+            upstream_bundle,
+            health_address,
+            policy_dir,
+            max_task_ttl,
+            admin_group,
+            log_level,
+            log_format,
+        } = over;
+        Self {
+            trust_domain: trust_domain.or(self.trust_domain),
+            data_dir: data_dir.or(self.data_dir),
+            bind_address: bind_address.or(self.bind_address),
+            admin_socket: admin_socket.or(self.admin_socket),
+            datastore: datastore.or(self.datastore),
+            ca_ttl: ca_ttl.or(self.ca_ttl),
+            default_x509_svid_ttl: default_x509_svid_ttl.or(self.default_x509_svid_ttl),
+            default_jwt_svid_ttl: default_jwt_svid_ttl.or(self.default_jwt_svid_ttl),
+            agent_svid_ttl: agent_svid_ttl.or(self.agent_svid_ttl),
+            jwt_key_ttl: jwt_key_ttl.or(self.jwt_key_ttl),
+            upstream_ca_cert: upstream_ca_cert.or(self.upstream_ca_cert),
+            upstream_ca_key: upstream_ca_key.or(self.upstream_ca_key),
+            upstream_bundle: upstream_bundle.or(self.upstream_bundle),
+            health_address: health_address.or(self.health_address),
+            policy_dir: policy_dir.or(self.policy_dir),
+            max_task_ttl: max_task_ttl.or(self.max_task_ttl),
+            admin_group: admin_group.or(self.admin_group),
+            log_level: log_level.or(self.log_level),
+            log_format: log_format.or(self.log_format),
+        }
+    }
 }
 
 pub use common::duration::parse_duration;
@@ -274,6 +345,16 @@ fn duration(
 }
 
 impl ServerConfig {
+    /// The configuration `tessera-server run` uses: the file at `file` (if any), then
+    /// `flags` over it, then defaults, validated.
+    pub fn load(file: Option<&Path>, flags: RawServerConfig) -> Result<Self, ServerConfigError> {
+        let from_file = match file {
+            Some(p) => RawServerConfig::from_file(p)?,
+            None => RawServerConfig::default(),
+        };
+        Self::from_raw(from_file.merge(flags))
+    }
+
     /// Validates a raw config.
     pub fn from_raw(raw: RawServerConfig) -> Result<Self, ServerConfigError> {
         let td = raw
@@ -469,18 +550,6 @@ mod tests {
     }
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
-        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
-        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
-        assert_eq!(parse_duration("42"), Ok(Duration::from_secs(42)));
-        for bad in ["", "h", "0s", "-1s", "1y", "1.5h", "99999999999999999999d"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
     fn validation() {
         let c = ServerConfig::from_raw(raw("example.org")).unwrap();
         assert_eq!(c.ca_ttl, DEFAULT_CA_TTL);
@@ -576,5 +645,75 @@ mod tests {
             })
         ));
         assert!(RawServerConfig::from_toml("nonsense = 1").is_err());
+    }
+
+    /// The flags of `tessera-server run`, as clap parses them.
+    fn flags(args: &[&str]) -> RawServerConfig {
+        #[derive(clap::Parser)]
+        struct Run {
+            #[command(flatten)]
+            keys: RawServerConfig,
+        }
+        let mut all = vec!["run"];
+        all.extend(args);
+        <Run as clap::Parser>::try_parse_from(all).unwrap().keys
+    }
+
+    #[test]
+    fn a_key_works_in_the_file_and_as_a_flag_and_the_flag_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("server.toml");
+        std::fs::write(
+            &file,
+            "trust_domain = \"example.org\"\nmax_task_ttl = \"2h\"\nbind_address = \"127.0.0.1:9000\"\n",
+        )
+        .unwrap();
+        // From the file alone.
+        let c = ServerConfig::load(Some(&file), flags(&[])).unwrap();
+        assert_eq!(c.max_task_ttl, Duration::from_secs(7200));
+        assert_eq!(c.bind_address, "127.0.0.1:9000".parse().unwrap());
+        // From flags alone.
+        let c = ServerConfig::load(
+            None,
+            flags(&[
+                "--trust-domain",
+                "example.org",
+                "--max-task-ttl",
+                "15m",
+                "--bind",
+                "127.0.0.1:9001",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.max_task_ttl, Duration::from_secs(900));
+        assert_eq!(c.bind_address, "127.0.0.1:9001".parse().unwrap());
+        // Both: the flag wins, keys the flags leave unset come from the file.
+        let c = ServerConfig::load(Some(&file), flags(&["--max-task-ttl", "30m"])).unwrap();
+        assert_eq!(c.max_task_ttl, Duration::from_secs(1800));
+        assert_eq!(c.bind_address, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(c.trust_domain.name(), "example.org");
+    }
+
+    #[test]
+    fn every_flag_is_a_config_file_key() {
+        let cmd = <RawServerConfig as clap::Args>::augment_args(clap::Command::new("run"));
+        let ids: Vec<String> = cmd
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect();
+        assert_eq!(ids.len(), 19, "{ids:?}");
+        for id in ids {
+            let text = format!("{id} = \"x\"");
+            assert!(
+                RawServerConfig::from_toml(&text).is_ok(),
+                "flag {id} is no file key"
+            );
+        }
+    }
+
+    #[test]
+    fn debug_of_flags_hides_the_password() {
+        let f = flags(&["--datastore", "postgres://u:s3cret@db/x"]);
+        assert!(!format!("{f:?}").contains("s3cret"));
     }
 }

@@ -144,13 +144,13 @@ fn entry_create_rejects_bad_input_and_changes_nothing() {
         (
             good_id,
             &["unix:uid:1000"],
-            &["--x509-svid-ttl=-5"],
+            &["--x509-svid-ttl", "31d"],
             "invalid x509_svid_ttl: must be between 1 second",
         ),
         (
             good_id,
             &["unix:uid:1000"],
-            &["--jwt-svid-ttl=-1"],
+            &["--jwt-svid-ttl", "31d"],
             "invalid jwt_svid_ttl: must be between 1 second",
         ),
         (
@@ -361,7 +361,7 @@ fn token_generate_rejects_bad_spiffe_ids() {
             "invalid agent SPIFFE ID",
         ),
         (
-            &["--spiffe-id", AGENT_ID, "--ttl=-1"][..],
+            &["--spiffe-id", AGENT_ID, "--ttl", "8d"][..],
             "token TTL must be between 1 and",
         ),
     ] {
@@ -604,4 +604,471 @@ fn json_output_for_show_list_token_and_bundle() {
     want.extend(base64_decode(k["x"].as_str().unwrap()));
     want.extend(base64_decode(k["y"].as_str().unwrap()));
     assert_eq!(point, want, "x and y are the certificate's key");
+}
+
+/// Runs `cmd` (which must not wait on stdin) and returns its output.
+fn run(mut cmd: Command) -> Output {
+    cmd.stdin(Stdio::null()).output().unwrap()
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.mmm]Z`.
+fn is_rfc3339(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| {
+        r.into_iter()
+            .all(|i| b.get(i).is_some_and(u8::is_ascii_digit))
+    };
+    let base = b.len() >= 20
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && b[10] == b'T'
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19);
+    base && (&s[19..] == "Z" || (s.len() == 24 && b[19] == b'.' && digits(20..23) && b[23] == b'Z'))
+}
+
+/// The value after `label` (`Label : value`) on each line of `text` that has it.
+fn field<'a>(text: &'a str, label: &str) -> Vec<&'a str> {
+    text.lines()
+        .filter(|l| l.starts_with(label))
+        .filter_map(|l| l.split_once(": ").map(|(_, v)| v.trim()))
+        .collect()
+}
+
+#[test]
+fn bad_flags_exit_64_in_both_binaries_and_help_exits_0() {
+    // Parse errors happen before anything is contacted: no daemon needed.
+    let cases: &[(&str, &[&str], &str)] = &[
+        (
+            "tessera-server",
+            &["entry", "create", "--bogus"],
+            "unexpected argument '--bogus'",
+        ),
+        (
+            "tessera-server",
+            &[
+                "entry",
+                "create",
+                "--parent-id",
+                AGENT_ID,
+                "--spiffe-id",
+                "spiffe://example.org/a",
+                "--selector",
+                "unix:uid:1",
+                "--x509-svid-ttl",
+                "soon",
+            ],
+            "\"soon\" is not a duration",
+        ),
+        (
+            "tessera-server",
+            &["token", "generate", "--ttl", "1y"],
+            "\"1y\" has an unknown unit",
+        ),
+        (
+            "tessera-server",
+            &["run", "--no-such-flag"],
+            "unexpected argument",
+        ),
+        ("tessera-server", &[], "Usage"),
+        (
+            "tessera-agent",
+            &["api", "fetch", "x509", "--bogus"],
+            "unexpected argument '--bogus'",
+        ),
+        (
+            "tessera-agent",
+            &["api", "fetch", "x509", "--timeout", "1y"],
+            "unknown unit",
+        ),
+        (
+            "tessera-agent",
+            &["task", "begin", "--ttl", "0"],
+            "greater than zero",
+        ),
+        (
+            "tessera-agent",
+            &["api", "fetch", "x509", "--socket-path", "relative.sock"],
+            "must be absolute",
+        ),
+    ];
+    for (binary, args, want) in cases {
+        let mut cmd = Command::new(bin(binary));
+        cmd.args(*args).env_remove("SPIFFE_ENDPOINT_SOCKET");
+        let out = run(cmd);
+        assert_eq!(
+            out.status.code(),
+            Some(EX_USAGE),
+            "{binary} {args:?}: {}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains(want),
+            "{binary} {args:?}: {:?} lacks {want:?}",
+            stderr(&out)
+        );
+        assert!(out.stdout.is_empty(), "{binary} {args:?} printed to stdout");
+        // With --output json the error is one JSON object on stderr.
+        if !args.is_empty() {
+            let mut cmd = Command::new(bin(binary));
+            cmd.args(*args)
+                .args(["--output", "json"])
+                .env_remove("SPIFFE_ENDPOINT_SOCKET");
+            let out = run(cmd);
+            assert_eq!(out.status.code(), Some(EX_USAGE), "{binary} {args:?} json");
+            let v: Value = serde_json::from_slice(&out.stderr)
+                .unwrap_or_else(|e| panic!("{binary} {args:?}: {e}: {}", stderr(&out)));
+            assert_eq!(v["error"]["exit_code"], EX_USAGE, "{v}");
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty()),
+                "{v}"
+            );
+        }
+    }
+    for binary in ["tessera-server", "tessera-agent"] {
+        for flag in ["--help", "--version"] {
+            let out = run({
+                let mut c = Command::new(bin(binary));
+                c.arg(flag);
+                c
+            });
+            assert_eq!(out.status.code(), Some(0), "{binary} {flag}");
+            assert!(!out.stdout.is_empty(), "{binary} {flag}");
+        }
+    }
+    // No optional flag shows an empty default in --help.
+    for (binary, args) in [
+        ("tessera-server", &["entry", "create", "--help"][..]),
+        ("tessera-server", &["entry", "show", "--help"][..]),
+        ("tessera-server", &["task", "create", "--help"][..]),
+        ("tessera-server", &["task", "list", "--help"][..]),
+        ("tessera-server", &["audit", "show", "--help"][..]),
+        ("tessera-server", &["token", "generate", "--help"][..]),
+        ("tessera-server", &["run", "--help"][..]),
+        ("tessera-agent", &["task", "begin", "--help"][..]),
+        ("tessera-agent", &["api", "fetch", "jwt", "--help"][..]),
+        ("tessera-agent", &["run", "--help"][..]),
+    ] {
+        let mut cmd = Command::new(bin(binary));
+        cmd.args(args);
+        let out = run(cmd);
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{binary} {args:?}");
+        assert!(!help.contains("[default: ]"), "{binary} {args:?}:\n{help}");
+    }
+    // The default task lifetime is documented where the flag is.
+    let mut cmd = Command::new(bin("tessera-server"));
+    cmd.args(["task", "create", "--help"]);
+    let help = String::from_utf8(run(cmd).stdout).unwrap();
+    assert!(help.contains("max_task_ttl (24h"), "{help}");
+}
+
+#[test]
+fn socket_errors_name_the_variable_and_print_the_os_error_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.sock");
+    let mut server = Command::new(bin("tessera-server"));
+    server
+        .args(["entry", "show", "--admin-socket"])
+        .arg(&missing);
+    let mut agent = Command::new(bin("tessera-agent"));
+    agent
+        .args(["api", "fetch", "x509", "--socket-path"])
+        .arg(&missing)
+        .env_remove("SPIFFE_ENDPOINT_SOCKET");
+    for (cmd, var) in [
+        (server, "TESSERA_ADMIN_SOCKET"),
+        (agent, "SPIFFE_ENDPOINT_SOCKET"),
+    ] {
+        let desc = format!("{cmd:?}");
+        let out = run(cmd);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{desc}: {err}");
+        assert!(err.starts_with("error: cannot reach"), "{desc}: {err}");
+        assert!(err.contains(var), "{desc}: {err}");
+        assert!(
+            err.contains(&missing.display().to_string()),
+            "{desc}: {err}"
+        );
+        assert_eq!(
+            err.matches("No such file or directory").count(),
+            1,
+            "{desc}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{desc}: {err}");
+    }
+}
+
+#[test]
+fn text_prints_rfc3339_json_keeps_numbers_and_durations_share_one_syntax() {
+    let c = Cluster::start(&[]);
+    // `--x509-svid-ttl 15m` as `task create --ttl 15m` always was.
+    let e = c.server.cli_json(&[
+        "entry",
+        "create",
+        "--parent-id",
+        AGENT_ID,
+        "--spiffe-id",
+        "spiffe://example.org/times",
+        "--selector",
+        "unix:uid:0",
+        "--x509-svid-ttl",
+        "15m",
+        "--jwt-svid-ttl",
+        "2m",
+    ]);
+    assert_eq!(e["x509_svid_ttl"], 900, "{e}");
+    assert_eq!(e["jwt_svid_ttl"], 120, "{e}");
+    let id = e["id"].as_str().unwrap();
+    assert!(e["created_at"].is_i64(), "{e}");
+
+    let out = c.server.cli(&["entry", "show", "--entry-id", id]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let created = field(&text, "Created at");
+    assert!(created.len() == 1 && is_rfc3339(created[0]), "{text}");
+    assert_eq!(field(&text, "X509-SVID TTL"), ["900s"], "{text}");
+
+    // ca show.
+    let cas = c.server.cli_json(&["ca", "show"]);
+    assert!(cas["cas"][0]["not_after"].is_i64(), "{cas}");
+    let text = String::from_utf8(c.server.cli(&["ca", "show"]).stdout).unwrap();
+    for label in ["Not before", "Not after"] {
+        let v = field(&text, label);
+        assert!(
+            !v.is_empty() && v.iter().all(|t| is_rfc3339(t)),
+            "{label}: {text}"
+        );
+    }
+
+    // audit show: milliseconds in JSON, RFC 3339 with milliseconds in text.
+    let out = c.server.cli(&["audit", "show", "--output", "json"]);
+    let first: Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert!(
+        first["at_ms"].as_i64().unwrap() > 1_000_000_000_000,
+        "{first}"
+    );
+    let text = String::from_utf8(c.server.cli(&["audit", "show"]).stdout).unwrap();
+    let line = text.lines().next().unwrap();
+    let at = line.split_whitespace().nth(1).unwrap();
+    assert!(is_rfc3339(at) && at.len() == 24, "{line}");
+
+    // The SVID itself, through the agent.
+    let got = wait_for(Duration::from_secs(20), || {
+        let out = c.agent.cli(&["api", "fetch", "x509", "--timeout", "5s"]);
+        out.status
+            .success()
+            .then(|| String::from_utf8(out.stdout).unwrap())
+    })
+    .unwrap_or_else(|| panic!("no SVID; agent log:\n{}", c.agent.log_tail()));
+    assert!(got.starts_with("Received 1 svid(s)\n"), "{got}");
+    for label in ["SVID Valid After", "SVID Valid Until"] {
+        let v = field(&got, label);
+        assert!(v.len() == 1 && is_rfc3339(v[0]), "{label}: {got}");
+    }
+    let v = c.fetch_json();
+    let v: Value = serde_json::from_slice(&v.stdout).unwrap();
+    let (nb, na) = (
+        v["svids"][0]["not_before"].as_i64().unwrap(),
+        v["svids"][0]["not_after"].as_i64().unwrap(),
+    );
+    // 15 minutes, backdated by at most a tenth of that.
+    assert!((900..=990).contains(&(na - nb)), "{v}");
+
+    // A task's times.
+    let jit = c.server.create_entry(
+        "spiffe://example.org/jit-times",
+        &["unix:uid:0"],
+        &["--jit"],
+    );
+    let out = c
+        .server
+        .cli(&["task", "create", "--entry-id", &jit, "--ttl", "15m"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{}", stderr(&out));
+    for label in ["Created at", "Deadline"] {
+        let v = field(&text, label);
+        assert!(v.len() == 1 && is_rfc3339(v[0]), "{label}: {text}");
+    }
+}
+
+#[test]
+fn fetch_write_names_the_files_it_wrote_and_refusals_say_why() {
+    let c = Cluster::start(&[]);
+    // Nothing registered for this process yet: the agent's reason, not a timeout.
+    let out = c.agent.cli(&["api", "fetch", "x509", "--timeout", "20s"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the agent refused this process: no identity issued"),
+        "{err}"
+    );
+    assert!(!err.contains("within"), "{err}");
+
+    for name in ["a", "b"] {
+        c.server.create_entry(
+            &format!("spiffe://example.org/{name}"),
+            &["unix:uid:0"],
+            &[],
+        );
+    }
+    let dir = c.dir.path().join("out");
+    let got = wait_for(Duration::from_secs(20), || {
+        let out = c.agent.cli(&["api", "fetch", "x509", "--timeout", "5s"]);
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.starts_with("Received 2 svid(s)").then_some(())
+    });
+    assert!(got.is_some(), "agent log:\n{}", c.agent.log_tail());
+    let out = c
+        .agent
+        .cli(&["api", "fetch", "x509", "--write", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let want = format!(
+        "Wrote svid.pem, svid.key, bundle.pem, svid.1.pem, svid.1.key, bundle.1.pem to {}",
+        dir.display()
+    );
+    assert!(text.contains(&want), "{text}");
+    for f in [
+        "svid.pem",
+        "svid.key",
+        "bundle.pem",
+        "svid.1.pem",
+        "svid.1.key",
+        "bundle.1.pem",
+    ] {
+        assert!(dir.join(f).exists(), "{f}");
+    }
+    let out = c.agent.cli(&[
+        "api",
+        "fetch",
+        "x509",
+        "--output",
+        "json",
+        "--write",
+        dir.to_str().unwrap(),
+    ]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["written"].as_array().unwrap().len(), 6, "{v}");
+}
+
+#[test]
+fn logs_written_to_a_file_carry_no_colour_codes() {
+    let c = Cluster::start(&[]);
+    // Something at warn level or above (the coloured levels) in the server log too.
+    let _ = c
+        .server
+        .cli(&["token", "generate", "--spiffe-id", AGENT_ID]);
+    let server_log = std::fs::read_to_string(&c.server.log).unwrap();
+    let agent_log = c.agent.log_text();
+    assert!(server_log.contains("INFO"), "{server_log}");
+    assert!(agent_log.contains("INFO"), "{agent_log}");
+    for (name, log) in [("server", &server_log), ("agent", &agent_log)] {
+        assert!(
+            !log.contains('\u{1b}'),
+            "{name} log has ANSI escapes:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn quickstart_takes_another_port_when_8081_is_busy() {
+    // Hold 8081 (if something else already holds it, it is busy all the same).
+    let _held = std::net::TcpListener::bind("127.0.0.1:8081");
+    let dir = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/quickstart.sh");
+    let bin_dir = bin("tessera-server").parent().unwrap().to_owned();
+    let quickstart = |arg: Option<&str>| {
+        let mut cmd = Command::new("bash");
+        cmd.arg(&script)
+            .args(arg)
+            .env("TESSERA_QUICKSTART_DIR", dir.path())
+            .env("TESSERA_QUICKSTART_BIN", &bin_dir)
+            .env_remove("TESSERA_SERVER_ARGS");
+        run(cmd)
+    };
+    let out = quickstart(None);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stop = quickstart(Some("stop"));
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert!(stop.status.success());
+    assert!(text.contains("Port 8081 is busy"), "{text}");
+    assert!(!text.contains("127.0.0.1:8081."), "{text}");
+    for want in [
+        format!(
+            "export TESSERA_ADMIN_SOCKET={}/admin.sock",
+            dir.path().display()
+        ),
+        format!(
+            "export SPIFFE_ENDPOINT_SOCKET=unix://{}/public/api.sock",
+            dir.path().display()
+        ),
+        format!(
+            "export PATH=\"{}:$PATH\"",
+            bin_dir.canonicalize().unwrap().display()
+        ),
+    ] {
+        assert!(text.contains(&want), "{text} lacks {want}");
+    }
+}
+
+#[test]
+fn a_task_begin_denial_points_to_requester() {
+    let policies = tempfile::tempdir().unwrap();
+    std::fs::write(
+        policies.path().join("tasks.cedar"),
+        r#"
+@id("ci-only")
+@max_ttl("10m")
+permit (principal is Tessera::Workload, action == Tessera::Action::"begin_task", resource)
+when { principal.path == "/ci" };
+
+@id("issue-svid")
+permit (principal, action == Tessera::Action::"issue_svid", resource);
+"#,
+    )
+    .unwrap();
+    let c = Cluster::start(&["--policy-dir", policies.path().to_str().unwrap()]);
+    // Two standing identities for this process; the older one may not begin tasks.
+    c.server
+        .create_entry("spiffe://example.org/app", &["unix:uid:0"], &[]);
+    c.server
+        .create_entry("spiffe://example.org/ci", &["unix:uid:0"], &[]);
+    c.server
+        .create_entry("spiffe://example.org/jit", &["unix:uid:0"], &["--jit"]);
+    let served = wait_for(Duration::from_secs(20), || {
+        let out = c.agent.cli(&["api", "fetch", "x509", "--timeout", "5s"]);
+        String::from_utf8_lossy(&out.stdout)
+            .starts_with("Received 2 svid(s)")
+            .then_some(())
+    });
+    assert!(served.is_some(), "agent log:\n{}", c.agent.log_tail());
+
+    let begin = [
+        "task",
+        "begin",
+        "--spiffe-id",
+        "spiffe://example.org/jit",
+        "--reason",
+        "e2e",
+    ];
+    let out = c.agent.cli(&begin);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("the task was refused"), "{err}");
+    assert!(err.contains("--requester"), "{err}");
+    let mut named = begin.to_vec();
+    named.extend(["--requester", "spiffe://example.org/ci", "--output", "json"]);
+    let out = c.agent.cli(&named);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let task: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(task["state"], "active", "{task}");
 }

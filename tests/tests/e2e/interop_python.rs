@@ -4,12 +4,12 @@
 //! what it got as JSON; the properties are then checked here, in Rust, with the same
 //! independent checks as the Rust-client suite (profile, key/leaf match, chain, lifetime).
 //!
-//! Known product bug (the tests that use py-spiffe as shipped are `#[ignore]`d for it):
-//! grpcio >= 1.57 sends the percent-encoded socket path as `:authority` for `unix:`
-//! targets (e.g. `tmp%2Fx%2Fapi.sock`); the agent's HTTP/2 server (hyper/h2 under tonic)
-//! rejects it as a malformed authority and resets the stream with PROTOCOL_ERROR, which
-//! py-spiffe reports as `StatusCode.INTERNAL`. py-spiffe offers no way to set the
-//! authority, so every py-spiffe workload fails against the agent.
+//! The tests run py-spiffe exactly as shipped, and pass. grpcio >= 1.57 sends the
+//! percent-encoded socket path as `:authority` on `unix:` channels (e.g.
+//! `tmp%2Fx%2Fapi.sock`), which is not a valid URI authority; the agent repairs it before
+//! the HTTP/2 server sees it (`agent/src/workload_api/authority.rs`). The `_diagnostic`
+//! test, where grpcio is told to send `localhost`, stays beside them so a regression there
+//! is pinned on the authority alone.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -116,8 +116,8 @@ fn py_spiffe_fetch_profile() {
 }
 
 /// Diagnostic companion of `py_spiffe_fetch_profile`: the same checks with grpcio told
-/// to send `:authority: localhost`. Passing here while the real test fails pins the
-/// incompatibility on the authority alone (everything Tessera serves parses in py-spiffe).
+/// to send `:authority: localhost`. Should the real test fail while this one passes, the
+/// incompatibility is in the authority alone (everything Tessera serves parses in py-spiffe).
 #[test]
 fn py_spiffe_fetch_profile_with_localhost_authority_diagnostic() {
     fetch_profile(Some("localhost"));

@@ -604,9 +604,12 @@ fn print_report(cfg: &Config, report: &Report) {
         cfg.scale_reps
     );
     if cfg.quick {
-        println!("(quick: tiny sizes and short measurements; the figures are not meaningful)");
+        println!(
+            "(quick: tiny sizes and short measurements; the figures are not meaningful, so no \
+             row passes or fails its target: `info`)"
+        );
     }
-    stats::print_table(&report.figures);
+    stats::print_table(&report.figures, cfg.quick);
     println!();
     for f in &report.figures {
         if let Some(a) = &f.anchor {

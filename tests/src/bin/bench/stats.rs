@@ -248,8 +248,10 @@ impl Figure {
         })
     }
 
-    /// Table cells: figure, value, baseline, ratio, target, result.
-    pub(crate) fn cells(&self) -> [String; 6] {
+    /// Table cells: figure, value, baseline, ratio, target, result. In a `quick` run the
+    /// sizes are too small for a verdict: a figure with a target reads `info`, never
+    /// PASS or FAIL.
+    pub(crate) fn cells(&self, quick: bool) -> [String; 6] {
         let value = match &self.value {
             Some(v) if v.reps.len() > 1 => format!(
                 "{} [{} – {}]",
@@ -279,6 +281,7 @@ impl Figure {
             .map_or_else(|| "—".into(), |t| t.describe(self.unit));
         let result = match (self.value.is_some(), self.verdict()) {
             (false, _) => "n/a".into(),
+            (true, Some(_)) if quick => "info".into(),
             (true, Some(true)) => "PASS".into(),
             (true, Some(false)) => "FAIL".into(),
             (true, None) => "info".into(),
@@ -287,8 +290,8 @@ impl Figure {
     }
 }
 
-/// Prints `figures` as an aligned text table.
-pub(crate) fn print_table(figures: &[Figure]) {
+/// Prints `figures` as an aligned text table (`quick`: see [`Figure::cells`]).
+pub(crate) fn print_table(figures: &[Figure], quick: bool) {
     let header = [
         "figure".to_owned(),
         "value: median [min – max]".to_owned(),
@@ -297,7 +300,7 @@ pub(crate) fn print_table(figures: &[Figure]) {
         "target".to_owned(),
         "result".to_owned(),
     ];
-    let rows: Vec<[String; 6]> = figures.iter().map(Figure::cells).collect();
+    let rows: Vec<[String; 6]> = figures.iter().map(|f| f.cells(quick)).collect();
     let mut widths = header.clone().map(|h| h.chars().count());
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -352,8 +355,15 @@ mod tests {
             .target(Target::ValueBelow(100.0));
         assert_eq!(missing.verdict(), None);
         assert_eq!(missing.json()["status"], "not available");
-        assert_eq!(missing.cells()[1], "not available (why)");
-        assert_eq!(missing.cells()[5], "n/a");
+        assert_eq!(missing.cells(false)[1], "not available (why)");
+        assert_eq!(missing.cells(false)[5], "n/a");
+        assert_eq!(f.cells(false)[5], "PASS");
+        // A quick run gives no verdict, passing or failing.
+        assert_eq!(f.cells(true)[5], "info");
+        let failing =
+            Figure::new("z", "1. z", Unit::Ms, &[500.0]).target(Target::ValueBelow(100.0));
+        assert_eq!(failing.cells(false)[5], "FAIL");
+        assert_eq!(failing.cells(true)[5], "info");
     }
 
     #[test]

@@ -1,0 +1,197 @@
+//! Argument types of every `tessera-agent` command, as clap parses them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use common::duration::parse_duration;
+use daemon::cli_output::Output;
+
+use crate::config::{AgentConfig, AgentConfigError, DEFAULT_SOCKET_PATH, RawAgentConfig};
+
+/// tessera-agent: SPIFFE workload identity node agent.
+#[derive(Debug, Parser)]
+#[command(name = "tessera-agent", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options shared by Workload API client commands.
+#[derive(Debug, Clone, Args)]
+pub struct ApiOpts {
+    /// Workload API socket (a path, or a `unix:` URI as in SPIFFE_ENDPOINT_SOCKET).
+    #[arg(long, env = "SPIFFE_ENDPOINT_SOCKET", default_value = DEFAULT_SOCKET_PATH, global = true)]
+    pub socket_path: String,
+    /// Output format: text (times in RFC 3339) or json (times as Unix seconds).
+    #[arg(long, value_enum, default_value_t = Output::Text, global = true)]
+    pub output: Output,
+    /// How long to wait for an answer, e.g. 10s, 1m (a bare number is seconds).
+    #[arg(long, default_value = "10s", value_parser = parse_duration, global = true)]
+    pub timeout: Duration,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent.
+    Run(RunArgs),
+    /// Workload API client commands.
+    Api {
+        /// API command.
+        #[command(subcommand)]
+        command: ApiCommand,
+        /// Connection options.
+        #[command(flatten)]
+        opts: ApiOpts,
+    },
+    /// Start or end a task as the calling workload (over the Workload API socket).
+    Task {
+        /// Task command.
+        #[command(subcommand)]
+        command: TaskCommand,
+        /// Connection options.
+        #[command(flatten)]
+        opts: ApiOpts,
+    },
+    /// Check that the Workload API answers on the socket.
+    Healthcheck {
+        /// Connection options.
+        #[command(flatten)]
+        opts: ApiOpts,
+    },
+}
+
+impl Command {
+    /// The output format the command's result and errors use.
+    pub fn output(&self) -> Output {
+        match self {
+            Self::Run(_) => Output::Text,
+            Self::Api { opts, .. } | Self::Task { opts, .. } | Self::Healthcheck { opts } => {
+                opts.output
+            }
+        }
+    }
+}
+
+/// `run` flags: a config file, and any config key as a flag that overrides it.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// TOML config file (see deploy/config/agent.toml); flags override its keys.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The config keys.
+    #[command(flatten)]
+    pub keys: RawAgentConfig,
+}
+
+impl RunArgs {
+    /// Reads the config file (if any), applies flags, validates.
+    pub fn into_config(self) -> Result<AgentConfig, AgentConfigError> {
+        AgentConfig::load(self.config.as_deref(), self.keys)
+    }
+}
+
+/// Task commands: the caller's standing identity is the requester.
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Start a task that activates a just-in-time identity (or provisions a temporary
+    /// one) for this workload; prints the task.
+    Begin {
+        /// The just-in-time SPIFFE ID to activate (or, with --provision, to create).
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        /// The just-in-time entry to activate, by id.
+        #[arg(long)]
+        entry_id: Option<String>,
+        /// Create a temporary entry for the task (deleted when it ends).
+        #[arg(long)]
+        provision: bool,
+        /// Selectors of the temporary entry (all must be the caller's own).
+        #[arg(long = "selector")]
+        selectors: Vec<String>,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Ticket reference.
+        #[arg(long)]
+        ticket: Option<String>,
+        /// What the task may do (repeatable).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Lifetime, e.g. 300, 5m, 1h. Default: the longest the deciding policies allow
+        /// (the built-in workload policy allows 1h), never more than the server's
+        /// max_task_ttl (24h unless configured).
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        /// Which of this workload's standing identities asks (default: its oldest).
+        #[arg(long)]
+        requester: Option<String>,
+    },
+    /// End a task this workload started.
+    End {
+        /// The task id.
+        task_id: String,
+        /// completed, failed or cancelled.
+        #[arg(long, default_value = "completed")]
+        outcome: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+/// Workload API client commands.
+#[derive(Debug, Subcommand)]
+pub enum ApiCommand {
+    /// Fetch once.
+    Fetch {
+        /// What to fetch.
+        #[command(subcommand)]
+        what: FetchCommand,
+    },
+    /// Print every X.509-SVID update as it arrives, numbered.
+    Watch,
+    /// Validate a token.
+    Validate {
+        /// What to validate.
+        #[command(subcommand)]
+        what: ValidateCommand,
+    },
+}
+
+/// What to validate.
+#[derive(Debug, Subcommand)]
+pub enum ValidateCommand {
+    /// Validate a JWT-SVID for an audience (signature, expiry, audience, trust domain).
+    Jwt {
+        /// The audience the token must be for.
+        #[arg(long)]
+        audience: String,
+        /// The token.
+        #[arg(long)]
+        svid: String,
+    },
+}
+
+/// What to fetch.
+#[derive(Debug, Subcommand)]
+pub enum FetchCommand {
+    /// X.509-SVIDs and the bundle.
+    X509 {
+        /// Write each SVID's certificate chain, key and bundle into this directory:
+        /// svid.pem, svid.key, bundle.pem for the first, svid.1.pem, ... for the next.
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
+    /// JWT-SVIDs for an audience.
+    Jwt {
+        /// Audience (repeatable); every value goes into the token's `aud`.
+        #[arg(long = "audience", required = true)]
+        audience: Vec<String>,
+        /// Only the identity with this SPIFFE ID.
+        #[arg(long)]
+        spiffe_id: Option<String>,
+    },
+}

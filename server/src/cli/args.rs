@@ -1,0 +1,450 @@
+//! Argument types of every `tessera-server` command, as clap parses them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use common::duration::parse_duration;
+use common::proto::tessera::EntrySpec;
+use daemon::cli_output::Output;
+
+use crate::config::{DEFAULT_ADMIN_SOCKET, RawServerConfig, ServerConfig, ServerConfigError};
+
+/// tessera-server: SPIFFE workload identity server.
+#[derive(Debug, Parser)]
+#[command(name = "tessera-server", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options shared by admin commands.
+#[derive(Debug, Clone, Args)]
+pub struct AdminOpts {
+    /// Path of the server's admin socket.
+    #[arg(long, env = "TESSERA_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET, global = true)]
+    pub admin_socket: PathBuf,
+    /// Output format: text (times in RFC 3339) or json (times as Unix seconds).
+    #[arg(long, value_enum, default_value_t = Output::Text, global = true)]
+    pub output: Output,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Run(Box<RunArgs>),
+    /// Join tokens for node attestation.
+    Token {
+        /// Token command.
+        #[command(subcommand)]
+        command: TokenCommand,
+        /// Admin connection options.
+        #[command(flatten)]
+        admin: AdminOpts,
+    },
+    /// Registration entries.
+    Entry {
+        /// Entry command.
+        #[command(subcommand)]
+        command: EntryCommand,
+        /// Admin connection options.
+        #[command(flatten)]
+        admin: AdminOpts,
+    },
+    /// Attested agents.
+    Agent {
+        /// Agent command.
+        #[command(subcommand)]
+        command: AgentCommand,
+        /// Admin connection options.
+        #[command(flatten)]
+        admin: AdminOpts,
+    },
+    /// The trust bundle.
+    Bundle {
+        /// Bundle command.
+        #[command(subcommand)]
+        command: BundleCommand,
+        /// Admin connection options.
+        #[command(flatten)]
+        admin: AdminOpts,
+    },
+    /// The X.509 certificate authorities.
+    Ca {
+        /// CA command.
+        #[command(subcommand)]
+        command: CaCommand,
+        /// Admin connection options.
+        #[command(flatten)]
+        admin: AdminOpts,
+    },
+    /// The tamper-evident audit log.
+    Audit {
+        /// Audit command.
+        #[command(subcommand)]
+        command: AuditCommand,
+        /// Admin connection options.
+        #[command(flatten)]
+        admin: AdminOpts,
+    },
+    /// Tasks: just-in-time identities bound to a purpose.
+    Task {
+        /// Task command.
+        #[command(subcommand)]
+        command: TaskCommand,
+        /// Admin connection options.
+        #[command(flatten)]
+        admin: AdminOpts,
+    },
+    /// The Cedar policies that decide tasks.
+    Policy {
+        /// Policy command.
+        #[command(subcommand)]
+        command: PolicyCommand,
+        /// Admin connection options.
+        #[command(flatten)]
+        admin: AdminOpts,
+    },
+    /// Check that the server answers on its admin socket.
+    Healthcheck {
+        /// Admin connection options.
+        #[command(flatten)]
+        admin: AdminOpts,
+    },
+}
+
+impl Command {
+    /// The output format the command's result and errors use.
+    pub fn output(&self) -> Output {
+        match self {
+            Self::Run(_) => Output::Text,
+            Self::Token { admin, .. }
+            | Self::Entry { admin, .. }
+            | Self::Agent { admin, .. }
+            | Self::Bundle { admin, .. }
+            | Self::Ca { admin, .. }
+            | Self::Audit { admin, .. }
+            | Self::Task { admin, .. }
+            | Self::Policy { admin, .. }
+            | Self::Healthcheck { admin } => admin.output,
+        }
+    }
+}
+
+/// `run` flags: a config file, and any config key as a flag that overrides it.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// TOML config file (see deploy/config/server.toml); flags override its keys.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The config keys.
+    #[command(flatten)]
+    pub keys: RawServerConfig,
+}
+
+impl RunArgs {
+    /// Reads the config file (if any), applies flags, validates.
+    pub fn into_config(self) -> Result<ServerConfig, ServerConfigError> {
+        ServerConfig::load(self.config.as_deref(), self.keys)
+    }
+}
+
+/// Join token commands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a one-time join token; prints the token alone on stdout.
+    Generate {
+        /// SPIFFE ID the agent will receive (default: a generated one).
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        /// Token lifetime, e.g. 90s, 10m, 1h (a bare number is seconds).
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        ttl: Duration,
+    },
+}
+
+/// Fields of an entry, shared by create and update.
+#[derive(Debug, Args)]
+pub struct EntryFields {
+    /// SPIFFE ID of the agent whose workloads may receive the identity.
+    #[arg(long)]
+    pub parent_id: String,
+    /// SPIFFE ID to issue.
+    #[arg(long)]
+    pub spiffe_id: String,
+    /// Selector `type:value` (repeatable), e.g. unix:uid:1000.
+    #[arg(long = "selector", required = true)]
+    pub selectors: Vec<String>,
+    /// X.509-SVID lifetime, e.g. 15m, 1h (a bare number is seconds); default: the server's
+    /// default_x509_svid_ttl.
+    #[arg(long, value_parser = parse_duration)]
+    pub x509_svid_ttl: Option<Duration>,
+    /// JWT-SVID lifetime, e.g. 5m (a bare number is seconds); default: the server's
+    /// default_jwt_svid_ttl.
+    #[arg(long, value_parser = parse_duration)]
+    pub jwt_svid_ttl: Option<Duration>,
+    /// DNS SAN (repeatable).
+    #[arg(long = "dns-name")]
+    pub dns_names: Vec<String>,
+    /// Dormant unless a task covering it is active.
+    #[arg(long)]
+    pub jit: bool,
+    /// Hint passed to workloads to tell identities apart.
+    #[arg(long)]
+    pub hint: Option<String>,
+}
+
+impl From<EntryFields> for EntrySpec {
+    fn from(f: EntryFields) -> Self {
+        Self {
+            spiffe_id: f.spiffe_id,
+            parent_id: f.parent_id,
+            selectors: f.selectors,
+            // 0 on the wire: the server's default.
+            x509_svid_ttl_seconds: f.x509_svid_ttl.map_or(0, seconds),
+            jwt_svid_ttl_seconds: f.jwt_svid_ttl.map_or(0, seconds),
+            dns_names: f.dns_names,
+            jit: f.jit,
+            hint: f.hint.unwrap_or_default(),
+        }
+    }
+}
+
+/// Whole seconds for the wire (a parsed duration is at most `u64::MAX` seconds; more than
+/// `i64::MAX` saturates, and the server refuses it as too long).
+fn seconds(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// Entry commands.
+#[derive(Debug, Subcommand)]
+pub enum EntryCommand {
+    /// Create an entry.
+    Create(EntryFields),
+    /// Show one entry, or list entries (optionally filtered).
+    Show {
+        /// Show only this entry.
+        #[arg(long)]
+        entry_id: Option<String>,
+        /// Only entries with this SPIFFE ID.
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        /// Only entries with this parent ID.
+        #[arg(long)]
+        parent_id: Option<String>,
+    },
+    /// Replace an entry's fields.
+    Update {
+        /// The entry to update.
+        #[arg(long)]
+        entry_id: String,
+        /// New fields.
+        #[command(flatten)]
+        fields: EntryFields,
+    },
+    /// Delete an entry.
+    Delete {
+        /// The entry to delete.
+        #[arg(long)]
+        entry_id: String,
+    },
+}
+
+/// Agent commands.
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// List attested agents.
+    List,
+    /// Remove an agent; it must attest again with a new join token.
+    Evict {
+        /// The agent's SPIFFE ID.
+        #[arg(long)]
+        spiffe_id: String,
+    },
+    /// Ban an agent: refused at once and until evicted.
+    Ban {
+        /// The agent's SPIFFE ID.
+        #[arg(long)]
+        spiffe_id: String,
+    },
+}
+
+/// Audit commands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print audit records in order (`--output json`: one JSON object per line).
+    Show {
+        /// Only the records of this task.
+        #[arg(long)]
+        task: Option<String>,
+    },
+    /// Recompute the hash chain; fails and names the first record that was edited,
+    /// deleted, inserted or reordered.
+    Verify,
+}
+
+/// What a task activates or provisions, and why.
+#[derive(Debug, Args)]
+pub struct TaskSpecArgs {
+    /// JIT access: the just-in-time entry to activate, by id.
+    #[arg(long)]
+    pub entry_id: Option<String>,
+    /// JIT access: the just-in-time entry to activate, by SPIFFE ID; with --provision, the
+    /// SPIFFE ID of the temporary entry.
+    #[arg(long)]
+    pub spiffe_id: Option<String>,
+    /// JIT provisioning: create a temporary entry that is deleted when the task ends.
+    #[arg(long)]
+    pub provision: bool,
+    /// Parent (agent) of the entry: narrows --spiffe-id, or names the temporary entry's.
+    #[arg(long)]
+    pub parent_id: Option<String>,
+    /// Selectors of the temporary entry (with --provision), `type:value`.
+    #[arg(long = "selector")]
+    pub selectors: Vec<String>,
+    /// Why the task exists.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Ticket reference, e.g. INC-1234.
+    #[arg(long)]
+    pub ticket: Option<String>,
+    /// What the task may do (repeatable; policies can test them).
+    #[arg(long = "scope")]
+    pub scopes: Vec<String>,
+    /// Lifetime from now, e.g. 900, 15m, 2h. Default: the longest the deciding policies
+    /// allow (`@max_ttl`; the built-in operator policy allows 24h), never more than the
+    /// server's max_task_ttl (24h unless configured).
+    #[arg(long, value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+}
+
+impl TaskSpecArgs {
+    /// The wire spec.
+    pub fn into_spec(self) -> common::proto::tessera::TaskSpec {
+        common::proto::tessera::TaskSpec {
+            entry_id: self.entry_id.unwrap_or_default(),
+            spiffe_id: self.spiffe_id.unwrap_or_default(),
+            provision: self.provision,
+            parent_id: self.parent_id.unwrap_or_default(),
+            selectors: self.selectors,
+            reason: self.reason.unwrap_or_default(),
+            ticket: self.ticket.unwrap_or_default(),
+            scopes: self.scopes,
+            // 0 on the wire: the longest allowed.
+            ttl_seconds: self.ttl.map_or(0, seconds),
+            requester_spiffe_id: String::new(),
+        }
+    }
+}
+
+/// Task commands.
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Start a task (you are the requester); it is active at once unless policy requires
+    /// approval.
+    Create(TaskSpecArgs),
+    /// List tasks.
+    List {
+        /// Only tasks in this state (pending_approval, active, completed, failed,
+        /// cancelled, expired, revoked).
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Show one task.
+    Show {
+        /// The task id.
+        task_id: String,
+    },
+    /// Approve a pending task (you are the approver; the requester cannot approve).
+    Approve {
+        /// The task id.
+        task_id: String,
+    },
+    /// End a task as completed.
+    Complete {
+        /// The task id.
+        task_id: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// End a task as failed.
+    Fail {
+        /// The task id.
+        task_id: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Withdraw a task (pending or active).
+    Cancel {
+        /// The task id.
+        task_id: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Revoke a task now: its credentials are withdrawn from every agent.
+    Revoke {
+        /// The task id.
+        task_id: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Explain the policy decision for a task (by id), or for a task specification
+    /// without starting it.
+    Explain {
+        /// The task id (omit to evaluate the specification flags instead).
+        task_id: Option<String>,
+        /// The specification to evaluate.
+        #[command(flatten)]
+        spec: TaskSpecArgs,
+    },
+}
+
+/// Policy commands.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Re-read the server's policy directory; an invalid set is refused and the last good
+    /// one stays in force.
+    Reload,
+    /// Validate a policy directory offline (no server needed).
+    Check {
+        /// The directory of `*.cedar` files.
+        dir: PathBuf,
+    },
+}
+
+/// CA commands.
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// List the CAs with their phase (prepared, active, retired) and validity.
+    Show,
+    /// Rotate now: a fresh CA signs from this moment; the previous one stays in the bundle
+    /// until it expires. For a suspected key compromise.
+    Rotate,
+}
+
+/// Bundle output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum BundleFormat {
+    /// PEM certificates (for `tessera-agent run --trust-bundle`).
+    #[default]
+    Pem,
+    /// SPIFFE bundle (JWK set).
+    Spiffe,
+}
+
+/// Bundle commands.
+#[derive(Debug, Subcommand)]
+pub enum BundleCommand {
+    /// Print the trust bundle.
+    Show {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = BundleFormat::Pem)]
+        format: BundleFormat,
+    },
+}

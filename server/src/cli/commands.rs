@@ -1,0 +1,390 @@
+//! Running admin commands: each connects to the server's admin socket, makes one call and
+//! prints the answer through [`super::output`].
+
+use std::path::Path;
+
+use common::proto::tessera::admin_client::AdminClient;
+use common::proto::tessera::{
+    AgentIdRequest, CreateJoinTokenRequest, EntryIdRequest, EntrySpec, GetBundleRequest,
+    ListAgentsRequest, ListAuditRequest, ListCasRequest, ListEntriesRequest, RotateCaRequest,
+    UpdateEntryRequest, VerifyAuditRequest,
+};
+use daemon::cli_output::{self, Output};
+use serde_json::json;
+use tonic::transport::Channel;
+
+use super::args::{
+    AdminOpts, AgentCommand, AuditCommand, BundleCommand, BundleFormat, CaCommand, Command,
+    EntryCommand, PolicyCommand, TaskCommand, TokenCommand,
+};
+use super::output;
+
+/// Connects to the admin API over its Unix socket; the error names `TESSERA_ADMIN_SOCKET`.
+pub async fn connect_admin(path: &Path) -> anyhow::Result<AdminClient<Channel>> {
+    let channel = cli_output::connect_socket(
+        path,
+        "the server's admin socket",
+        "tessera-server",
+        "TESSERA_ADMIN_SOCKET",
+        "--admin-socket",
+    )
+    .await?;
+    Ok(AdminClient::new(channel))
+}
+
+/// An admin call failed: print the server's message, not the gRPC plumbing.
+fn status(e: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", e.message())
+}
+
+fn print(output: Output, text: String, value: serde_json::Value) {
+    cli_output::print(output, &text, &value);
+}
+
+/// Runs an admin command.
+pub async fn run_admin(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run(_) => anyhow::bail!("BUG: run is not an admin command"),
+        Command::Token { command, admin } => {
+            let mut c = connect_admin(&admin.admin_socket).await?;
+            let TokenCommand::Generate { spiffe_id, ttl } = command;
+            let r = c
+                .create_join_token(CreateJoinTokenRequest {
+                    spiffe_id: spiffe_id.unwrap_or_default(),
+                    ttl_seconds: i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print(
+                admin.output,
+                format!("{}\n", r.token),
+                json!({"token": r.token, "spiffe_id": r.spiffe_id, "expires_at": r.expires_at}),
+            );
+        }
+        Command::Entry { command, admin } => {
+            let mut c = connect_admin(&admin.admin_socket).await?;
+            match command {
+                EntryCommand::Create(fields) => {
+                    let e = c
+                        .create_entry(EntrySpec::from(fields))
+                        .await
+                        .map_err(status)?
+                        .into_inner();
+                    print(admin.output, output::entry_text(&e), output::entry_json(&e));
+                }
+                EntryCommand::Update { entry_id, fields } => {
+                    let e = c
+                        .update_entry(UpdateEntryRequest {
+                            id: entry_id,
+                            spec: Some(fields.into()),
+                        })
+                        .await
+                        .map_err(status)?
+                        .into_inner();
+                    print(admin.output, output::entry_text(&e), output::entry_json(&e));
+                }
+                EntryCommand::Delete { entry_id } => {
+                    let e = c
+                        .delete_entry(EntryIdRequest { id: entry_id })
+                        .await
+                        .map_err(status)?
+                        .into_inner();
+                    print(
+                        admin.output,
+                        format!("Deleted entry {}\n", e.id),
+                        output::entry_json(&e),
+                    );
+                }
+                EntryCommand::Show {
+                    entry_id: Some(id), ..
+                } => {
+                    let e = c
+                        .get_entry(EntryIdRequest { id })
+                        .await
+                        .map_err(status)?
+                        .into_inner();
+                    print(admin.output, output::entry_text(&e), output::entry_json(&e));
+                }
+                EntryCommand::Show {
+                    entry_id: None,
+                    spiffe_id,
+                    parent_id,
+                } => {
+                    let list = c
+                        .list_entries(ListEntriesRequest {
+                            spiffe_id: spiffe_id.unwrap_or_default(),
+                            parent_id: parent_id.unwrap_or_default(),
+                        })
+                        .await
+                        .map_err(status)?
+                        .into_inner()
+                        .entries;
+                    let text = format!(
+                        "Found {} entries\n{}",
+                        list.len(),
+                        list.iter()
+                            .map(|e| format!("\n{}", output::entry_text(e)))
+                            .collect::<String>()
+                    );
+                    print(
+                        admin.output,
+                        text,
+                        json!({"entries": list.iter().map(output::entry_json).collect::<Vec<_>>()}),
+                    );
+                }
+            }
+        }
+        Command::Agent { command, admin } => {
+            let mut c = connect_admin(&admin.admin_socket).await?;
+            match command {
+                AgentCommand::List => {
+                    let list = c
+                        .list_agents(ListAgentsRequest {})
+                        .await
+                        .map_err(status)?
+                        .into_inner()
+                        .agents;
+                    let text = format!(
+                        "Found {} attested agents\n{}",
+                        list.len(),
+                        list.iter()
+                            .map(|a| format!("\n{}", output::agent_text(a)))
+                            .collect::<String>()
+                    );
+                    print(
+                        admin.output,
+                        text,
+                        json!({"agents": list.iter().map(output::agent_json).collect::<Vec<_>>()}),
+                    );
+                }
+                AgentCommand::Evict { spiffe_id } => {
+                    let a = c
+                        .evict_agent(AgentIdRequest { spiffe_id })
+                        .await
+                        .map_err(status)?
+                        .into_inner();
+                    print(
+                        admin.output,
+                        format!("Evicted agent {}\n", a.spiffe_id),
+                        output::agent_json(&a),
+                    );
+                }
+                AgentCommand::Ban { spiffe_id } => {
+                    let a = c
+                        .ban_agent(AgentIdRequest { spiffe_id })
+                        .await
+                        .map_err(status)?
+                        .into_inner();
+                    print(
+                        admin.output,
+                        format!("Banned agent {}\n", a.spiffe_id),
+                        output::agent_json(&a),
+                    );
+                }
+            }
+        }
+        Command::Bundle {
+            command: BundleCommand::Show { format },
+            admin,
+        } => {
+            let mut c = connect_admin(&admin.admin_socket).await?;
+            let b = c
+                .get_bundle(GetBundleRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            let pem_text = pem::encode_many(
+                &b.x509_authorities
+                    .iter()
+                    .map(|d| pem::Pem::new("CERTIFICATE", d.clone()))
+                    .collect::<Vec<_>>(),
+            );
+            match format {
+                BundleFormat::Pem => print(
+                    admin.output,
+                    pem_text.clone(),
+                    json!({"trust_domain": b.trust_domain, "pem": pem_text}),
+                ),
+                BundleFormat::Spiffe => {
+                    let v = output::spiffe_bundle_json(&b)?;
+                    print(Output::Json, String::new(), v);
+                }
+            }
+        }
+        Command::Ca { command, admin } => {
+            let mut c = connect_admin(&admin.admin_socket).await?;
+            let list = match command {
+                CaCommand::Show => c.list_cas(ListCasRequest {}).await,
+                CaCommand::Rotate => c.rotate_ca(RotateCaRequest {}).await,
+            }
+            .map_err(status)?
+            .into_inner()
+            .cas;
+            print(
+                admin.output,
+                output::cas_text(&list),
+                output::cas_json(&list),
+            );
+        }
+        Command::Audit { command, admin } => {
+            let mut c = connect_admin(&admin.admin_socket).await?;
+            match command {
+                AuditCommand::Show { task } => {
+                    let mut stream = c
+                        .list_audit(ListAuditRequest {
+                            task_id: task.unwrap_or_default(),
+                        })
+                        .await
+                        .map_err(status)?
+                        .into_inner();
+                    while let Some(r) = stream.message().await.map_err(status)? {
+                        let (text, value) = output::audit_record(&r);
+                        print(admin.output, text, value);
+                    }
+                }
+                AuditCommand::Verify => {
+                    let r = c
+                        .verify_audit(VerifyAuditRequest {})
+                        .await
+                        .map_err(status)?
+                        .into_inner();
+                    let value = json!({
+                        "ok": r.ok,
+                        "records": r.records,
+                        "first_bad_seq": (!r.ok).then_some(r.first_bad_seq),
+                        "error": (!r.ok).then_some(&r.error),
+                    });
+                    if r.ok {
+                        print(
+                            admin.output,
+                            format!("Audit log verified: {} records, chain intact.\n", r.records),
+                            value,
+                        );
+                    } else {
+                        print(admin.output, String::new(), value);
+                        anyhow::bail!("audit log is broken: {}", r.error);
+                    }
+                }
+            }
+        }
+        Command::Task { command, admin } => run_task(command, &admin).await?,
+        Command::Policy {
+            command: PolicyCommand::Check { dir },
+            admin,
+        } => {
+            let n = crate::policy::PolicyEngine::check_dir(&dir)?;
+            print(
+                admin.output,
+                format!("{}: {n} policies, valid.\n", dir.display()),
+                json!({"dir": dir, "policies": n, "valid": true}),
+            );
+        }
+        Command::Policy {
+            command: PolicyCommand::Reload,
+            admin,
+        } => {
+            let mut c = connect_admin(&admin.admin_socket).await?;
+            let r = c
+                .reload_policy(common::proto::tessera::ReloadPolicyRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            print(
+                admin.output,
+                format!(
+                    "Policy reloaded: {} ({} policies)\n",
+                    r.description, r.policies
+                ),
+                json!({"source": r.description, "policies": r.policies}),
+            );
+        }
+        Command::Healthcheck { admin } => {
+            let mut c = connect_admin(&admin.admin_socket).await?;
+            c.get_bundle(GetBundleRequest {}).await.map_err(status)?;
+            print(
+                admin.output,
+                "Server is healthy.\n".into(),
+                json!({"healthy": true}),
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn run_task(command: TaskCommand, admin: &AdminOpts) -> anyhow::Result<()> {
+    use common::proto::tessera::{EndTaskRequest, ListTasksRequest, TaskIdRequest};
+    use common::task::{decision_json, task_json, task_text};
+    let mut c = connect_admin(&admin.admin_socket).await?;
+    let end = |id: String, outcome: &str, reason: Option<String>| EndTaskRequest {
+        id,
+        outcome: outcome.to_owned(),
+        reason: reason.unwrap_or_default(),
+    };
+    let task = match command {
+        TaskCommand::Create(spec) => c.create_task(spec.into_spec()).await,
+        TaskCommand::Show { task_id } => c.get_task(TaskIdRequest { id: task_id }).await,
+        TaskCommand::Approve { task_id } => c.approve_task(TaskIdRequest { id: task_id }).await,
+        TaskCommand::Complete { task_id, reason } => {
+            c.end_task(end(task_id, "completed", reason)).await
+        }
+        TaskCommand::Fail { task_id, reason } => c.end_task(end(task_id, "failed", reason)).await,
+        TaskCommand::Cancel { task_id, reason } => {
+            c.end_task(end(task_id, "cancelled", reason)).await
+        }
+        TaskCommand::Revoke { task_id, reason } => {
+            c.end_task(end(task_id, "revoked", reason)).await
+        }
+        TaskCommand::List { state } => {
+            let tasks = c
+                .list_tasks(ListTasksRequest {
+                    state: state.unwrap_or_default(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner()
+                .tasks;
+            let text = tasks.iter().map(task_text).collect::<Vec<_>>().join("\n");
+            let value = json!({"tasks": tasks.iter().map(task_json).collect::<Vec<_>>()});
+            print(admin.output, text, value);
+            return Ok(());
+        }
+        TaskCommand::Explain {
+            task_id: Some(id),
+            spec: _,
+        } => {
+            let t = c
+                .get_task(TaskIdRequest { id })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let d = t.decision.unwrap_or_default();
+            let text = format!(
+                "Task {} ({}): {}\nPolicies: {}\n",
+                t.id,
+                t.state,
+                d.explanation,
+                d.policies.join(", ")
+            );
+            print(admin.output, text, decision_json(&d));
+            return Ok(());
+        }
+        TaskCommand::Explain {
+            task_id: None,
+            spec,
+        } => {
+            let d = c
+                .explain_task(spec.into_spec())
+                .await
+                .map_err(status)?
+                .into_inner();
+            let text = format!("{}\nPolicies: {}\n", d.explanation, d.policies.join(", "));
+            print(admin.output, text, decision_json(&d));
+            return Ok(());
+        }
+    }
+    .map_err(status)?
+    .into_inner();
+    print(admin.output, task_text(&task), task_json(&task));
+    Ok(())
+}
