@@ -14,8 +14,8 @@
 //! deadline passed, whether or not anybody calls anything; and no credential is ever
 //! issued past the deadline in the first place.
 //!
-//! Deadlines are wall-clock time read from a [`Clock`], so tests can run the expiry loop
-//! under a paused tokio clock.
+//! Deadlines are wall-clock time read from a [`Clock`], so tests move a `ManualClock` past
+//! a deadline and watch the expiry loop end the task, in milliseconds.
 
 mod request;
 mod revocation;
