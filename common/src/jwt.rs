@@ -4,9 +4,11 @@
 //! claims `sub`, `aud` (always an array of every requested audience), integer `exp` and
 //! `iat` — the profile every real client accepts. Validation follows the standard's order:
 //! the algorithm is checked against an allow-list before anything else, then the bundle of
-//! the trust domain in `sub` is chosen, the key by `kid`, the signature, and finally expiry
-//! and audience. Keys are ECDSA P-256 (`ES256`); every other algorithm, including `none`
-//! and HMAC, is refused.
+//! the trust domain in `sub` is chosen, the key by `kid`, the signature, and finally the
+//! time claims and audience. Keys are ECDSA P-256 (`ES256`); every other algorithm,
+//! including `none` and HMAC, is refused. Signatures are accepted only in low-S form (and
+//! always made in it), so a token has exactly one valid signature; `nbf` and `iat` in the
+//! future beyond [`CLOCK_SKEW`] are refused, as go-jose's validator does.
 
 use std::collections::BTreeMap;
 
@@ -20,6 +22,48 @@ use crate::spiffe_id::{SpiffeId, TrustDomain};
 pub const MAX_TOKEN_LENGTH: usize = 8 * 1024;
 /// The only signing algorithm Tessera issues and accepts.
 pub const ALGORITHM: &str = "ES256";
+/// How far in the future `nbf` and `iat` may be, for clocks that disagree a little (the
+/// leeway go-jose's claim validation allows by default).
+pub const CLOCK_SKEW: i64 = 60;
+/// The order n of the P-256 group, big-endian.
+const P256_ORDER: [u8; 32] = [
+    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+];
+/// ⌊n / 2⌋: a signature's `s` above it is the high-S twin of a valid low-S signature.
+const P256_HALF_ORDER: [u8; 32] = [
+    0x7f, 0xff, 0xff, 0xff, 0x80, 0x00, 0x00, 0x00, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xde, 0x73, 0x7d, 0x56, 0xd3, 0x8b, 0xcf, 0x42, 0x79, 0xdc, 0xe5, 0x61, 0x7e, 0x31, 0x92, 0xa8,
+];
+
+/// Whether a fixed-width P-256 signature (r ‖ s) has `s` > n/2. Equal-length big-endian
+/// byte strings compare as the numbers they encode.
+fn is_high_s(sig: &[u8]) -> bool {
+    sig.len() == 64 && sig[32..] > P256_HALF_ORDER[..]
+}
+
+/// Replaces a high `s` by n − s, which verifies the same: ECDSA cannot tell them apart.
+fn to_low_s(sig: &mut [u8]) {
+    if is_high_s(sig) {
+        negate_s(sig);
+    }
+}
+
+/// `s` := n − `s` (for 0 < s < n) in a fixed-width r ‖ s signature.
+fn negate_s(sig: &mut [u8]) {
+    if sig.len() != 64 {
+        return;
+    }
+    let mut borrow = 0u16;
+    for i in (0..32).rev() {
+        let a = u16::from(P256_ORDER[i]);
+        let b = u16::from(sig[32 + i]) + borrow;
+        let (digit, next) = if a >= b { (a - b, 0) } else { (a + 256 - b, 1) };
+        sig[32 + i] = u8::try_from(digit).unwrap_or(0);
+        borrow = next;
+    }
+}
+
 /// Algorithms the JWT-SVID standard allows; anything else is rejected before parsing on.
 const SPEC_ALGORITHMS: &[&str] = &[
     "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512",
@@ -61,6 +105,18 @@ pub enum JwtError {
     /// `exp` is in the past.
     #[error("token has expired")]
     Expired,
+    /// `nbf` is later than now plus [`CLOCK_SKEW`].
+    #[error("token is not valid yet (nbf is in the future)")]
+    NotYetValid,
+    /// `iat` is later than now plus [`CLOCK_SKEW`].
+    #[error("token was issued in the future (iat)")]
+    IssuedInFuture,
+    /// A time claim (`nbf`, `iat`) is present but not a number.
+    #[error("token claim {0} is not a NumericDate")]
+    BadTimeClaim(&'static str),
+    /// The signature's `s` is in the high half: a malleated copy of a valid signature.
+    #[error("token signature is not in canonical low-S form")]
+    HighS,
     /// `aud` is missing or does not contain the expected audience.
     #[error("token audience does not include {0:?}")]
     AudienceMismatch(String),
@@ -211,7 +267,9 @@ impl JwtSigner {
             .pair
             .sign(&ring::rand::SystemRandom::new(), signing_input.as_bytes())
             .map_err(|e| JwtError::Signing(e.to_string()))?;
-        Ok(format!("{signing_input}.{}", b64(sig.as_ref())))
+        let mut sig = sig.as_ref().to_vec();
+        to_low_s(&mut sig);
+        Ok(format!("{signing_input}.{}", b64(&sig)))
     }
 }
 
@@ -247,6 +305,14 @@ fn subject(claims: &Map<String, Value>) -> Result<SpiffeId, JwtError> {
         return Err(JwtError::BadSubject);
     }
     Ok(id)
+}
+
+/// An optional NumericDate claim (seconds, possibly fractional).
+fn time_claim(claims: &Map<String, Value>, name: &'static str) -> Result<Option<f64>, JwtError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(v) => v.as_f64().map(Some).ok_or(JwtError::BadTimeClaim(name)),
+    }
 }
 
 /// Validates `token` for `audience` at unix time `now` against the JWT bundles by trust
@@ -308,13 +374,22 @@ pub fn validate(
     signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, &key.public_key)
         .verify(signing_input.as_bytes(), &sig)
         .map_err(|_| JwtError::BadSignature)?;
-    // 4. Expiry and audience.
+    if is_high_s(&sig) {
+        return Err(JwtError::HighS);
+    }
+    // 4. Time claims and audience.
     let exp = claims
         .get("exp")
         .and_then(Value::as_i64)
         .ok_or(JwtError::MissingExpiry)?;
     if exp <= now {
         return Err(JwtError::Expired);
+    }
+    if time_claim(&claims, "nbf")?.is_some_and(|nbf| nbf > (now + CLOCK_SKEW) as f64) {
+        return Err(JwtError::NotYetValid);
+    }
+    if time_claim(&claims, "iat")?.is_some_and(|iat| iat > (now + CLOCK_SKEW) as f64) {
+        return Err(JwtError::IssuedInFuture);
     }
     let aud: Vec<String> = match claims.get("aud") {
         Some(Value::String(a)) => vec![a.clone()],
@@ -503,6 +578,105 @@ mod tests {
         assert_eq!(
             validate(&no_exp, "a", &bundles, NOW),
             Err(JwtError::MissingExpiry)
+        );
+    }
+
+    /// A token with exactly these header and claims, validly signed by `signer`.
+    fn signed(signer: &JwtSigner, claims: Value) -> String {
+        let h = b64(json!({"alg": "ES256", "kid": "k1", "typ": "JWT"})
+            .to_string()
+            .as_bytes());
+        let input = format!("{h}.{}", b64(claims.to_string().as_bytes()));
+        let mut sig = signer
+            .pair
+            .sign(&ring::rand::SystemRandom::new(), input.as_bytes())
+            .unwrap()
+            .as_ref()
+            .to_vec();
+        to_low_s(&mut sig);
+        format!("{input}.{}", b64(&sig))
+    }
+
+    #[test]
+    fn time_claims_in_the_future_are_refused_beyond_the_skew() {
+        let (signer, bundles) = setup();
+        let with = |extra: Value| {
+            let mut c = json!({"sub": "spiffe://example.org/web", "aud": ["a"], "exp": NOW + 300});
+            for (k, v) in extra.as_object().unwrap() {
+                c[k] = v.clone();
+            }
+            validate(&signed(&signer, c), "a", &bundles, NOW)
+        };
+        assert!(with(json!({"nbf": NOW - 10, "iat": NOW - 10})).is_ok());
+        assert!(with(json!({"nbf": NOW + CLOCK_SKEW, "iat": NOW + CLOCK_SKEW})).is_ok());
+        assert!(with(json!({"nbf": 1_800_000_000.5})).is_ok(), "fractional");
+        assert_eq!(
+            with(json!({"nbf": NOW + CLOCK_SKEW + 1})),
+            Err(JwtError::NotYetValid)
+        );
+        assert_eq!(
+            with(json!({"iat": NOW + CLOCK_SKEW + 1})),
+            Err(JwtError::IssuedInFuture)
+        );
+        assert_eq!(
+            with(json!({"nbf": "soon"})),
+            Err(JwtError::BadTimeClaim("nbf"))
+        );
+        assert_eq!(
+            with(json!({"iat": null})),
+            Err(JwtError::BadTimeClaim("iat"))
+        );
+    }
+
+    #[test]
+    fn high_s_twins_verify_but_are_refused_and_never_issued() {
+        let (signer, bundles) = setup();
+        for _ in 0..32 {
+            let tok = token(&signer, NOW + 300);
+            let (input, sig) = tok.rsplit_once('.').unwrap();
+            let mut sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(sig)
+                .unwrap();
+            assert!(!is_high_s(&sig), "issued tokens are low-S");
+            assert!(validate(&tok, "a", &bundles, NOW).is_ok());
+            negate_s(&mut sig);
+            assert!(is_high_s(&sig));
+            // The twin is a valid ECDSA signature of the same input...
+            signature::UnparsedPublicKey::new(
+                &signature::ECDSA_P256_SHA256_FIXED,
+                signer.public_key(),
+            )
+            .verify(input.as_bytes(), &sig)
+            .unwrap();
+            // ...and still refused.
+            let twin = format!("{input}.{}", b64(&sig));
+            assert_eq!(validate(&twin, "a", &bundles, NOW), Err(JwtError::HighS));
+        }
+    }
+
+    #[test]
+    fn s_is_negated_modulo_the_group_order() {
+        let mut sig = [0u8; 64];
+        sig[32..].copy_from_slice(&P256_ORDER);
+        sig[63] -= 1; // s = n − 1
+        to_low_s(&mut sig);
+        let mut one = [0u8; 32];
+        one[31] = 1;
+        assert_eq!(sig[32..], one);
+        // The half order itself is low; one above it is high.
+        sig[32..].copy_from_slice(&P256_HALF_ORDER);
+        assert!(!is_high_s(&sig));
+        sig[63] += 1;
+        assert!(is_high_s(&sig));
+        negate_s(&mut sig);
+        assert_eq!(
+            sig[32..],
+            P256_HALF_ORDER,
+            "n − (⌊n/2⌋ + 1) = ⌊n/2⌋ for odd n"
+        );
+        assert!(
+            !is_high_s(&[0xff; 63]),
+            "only 64-byte signatures are judged"
         );
     }
 

@@ -54,6 +54,29 @@ fn der_to_jws_signature(der: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The same token with its signature's `s` replaced by n − s: a second valid ECDSA
+/// signature of the same input (ECDSA is malleable), which only a low-S rule refuses.
+fn high_s_twin(token: &str) -> String {
+    const N: [u8; 32] = [
+        0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63,
+        0x25, 0x51,
+    ];
+    let (input, sig) = token.rsplit_once('.').unwrap();
+    let mut sig = b64d(sig);
+    assert_eq!(sig.len(), 64);
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let mut d = i16::from(N[i]) - i16::from(sig[32 + i]) - borrow;
+        borrow = i16::from(d < 0);
+        if d < 0 {
+            d += 256;
+        }
+        sig[32 + i] = u8::try_from(d).unwrap();
+    }
+    format!("{input}.{}", b64e(&sig))
+}
+
 /// A P-256 key of the test's own, to make genuinely signed ES256 tokens Tessera never
 /// issued.
 struct ForeignSigner {
@@ -160,6 +183,13 @@ fn validate_rejects_bad_tokens_with_a_reason() {
                 .expect("valid token");
             assert_eq!(r.spiffe_id, id);
         }
+
+        // The token's malleated twin verifies under ECDSA but is refused.
+        assert_rejected(
+            "high-S twin",
+            validate_raw(&mut raw, "a", &high_s_twin(&good)).await,
+            &["low-S"],
+        );
 
         let with_alg = |alg: &str| json!({"alg": alg, "kid": kid, "typ": "JWT"});
         // The real token with a `pad` claim: the shortest one of at least `len` bytes.
