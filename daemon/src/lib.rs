@@ -8,6 +8,7 @@
 pub mod health;
 pub mod socket;
 pub mod state_file;
+pub mod supervisor;
 
 use tokio_util::sync::CancellationToken;
 
