@@ -179,7 +179,16 @@ impl Rotation {
                 StreamEnd::Shutdown => return Ok(()),
                 StreamEnd::RenewDue => continue,
                 StreamEnd::Reconnect => {
-                    let wait = backoff.step();
+                    // As for signing: never sleep through the end of what is served.
+                    let now = self.clock.now();
+                    let snap = self.cache.current();
+                    let served = schedule::shortest_remaining_life(&snap, snap.entries.keys(), now);
+                    let agent_left = self.agent_svid.not_after().duration_since(now).ok();
+                    let left = match (served, agent_left) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    let wait = capped_by_life(backoff.step(), left);
                     tracing::info!(
                         retry_in_ms = wait.as_millis() as u64,
                         "reconnecting to the server"

@@ -58,7 +58,7 @@ impl Harness {
         }
     }
 
-    /// Waits (in paused time, so at most an hour of it) until `f` holds for the cache.
+    /// Waits (in paused time, at most ten hours of it) until `f` holds for the cache.
     async fn until<T>(&self, mut f: impl FnMut(&CacheSnapshot) -> Option<T>) -> T {
         let mut rx = self.cache.subscribe();
         let wait = async {
@@ -69,7 +69,7 @@ impl Harness {
                 rx.changed().await.unwrap();
             }
         };
-        tokio::time::timeout(Duration::from_secs(3600), wait)
+        tokio::time::timeout(Duration::from_secs(36_000), wait)
             .await
             .expect("the cache never reached the expected state")
     }
@@ -389,6 +389,19 @@ async fn standing_svids_survive_a_server_outage_and_renew_after_it() {
     h.fake.set_unreachable(false);
     let second = h.next_svid("web", &first).await;
     assert!(h.clock.now() < first.not_after(), "renewed before expiry");
+    // Reconnection attempts were spaced by at most a quarter of the life left.
+    let syncs: Vec<SystemTime> = h
+        .fake
+        .calls()
+        .iter()
+        .filter(|c| c.call == NodeCall::Sync)
+        .map(|c| c.at)
+        .collect();
+    assert!(syncs.len() > 5, "{syncs:?}");
+    for w in syncs.windows(2) {
+        let quarter = first.not_after().duration_since(w[0]).unwrap() / 4;
+        assert!(since(w[1], w[0]) <= quarter.max(backoff::RETRY_FLOOR) + TIMER_SLACK);
+    }
     assert!(second.not_after() > first.not_after());
     h.stop().await;
 }
