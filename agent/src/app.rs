@@ -1,5 +1,7 @@
-//! Wiring: loads or bootstraps the agent identity, binds the Workload API socket, starts
-//! the rotation worker and the Workload API, and shuts down within a deadline.
+//! Wiring: loads or bootstraps the agent identity, binds the Workload API socket, and runs
+//! the rotation worker, the Workload API, cache persistence, health endpoints and the
+//! readiness watch under one `daemon::supervisor::Supervisor`, which drains them within a
+//! deadline at shutdown (and shuts everything down when one of them fails).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -13,13 +15,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::attestation::Attestor;
 use crate::cache::{Cache, CacheSnapshot};
+use crate::clock::SystemClock;
 use crate::config::AgentConfig;
+use crate::node_api::{GrpcConnector, NodeConnector};
 use crate::node_identity::{self, NodeIdentityError};
 use crate::rotation::{Backoff, Rotation};
 use crate::server_client::ServerLink;
 use crate::workload_api::WorkloadApi;
 use crate::workload_api::authority::RepairedStream;
 use daemon::state_file;
+use daemon::supervisor::Supervisor;
 use tokio_stream::StreamExt as _;
 
 /// How long in-flight work may take after shutdown is requested.
@@ -43,6 +48,7 @@ fn initial_bundle(config: &AgentConfig) -> anyhow::Result<Bundle> {
 /// while the server is unreachable).
 async fn agent_identity(
     config: &AgentConfig,
+    connector: &dyn NodeConnector,
     bundle: &BundleCell,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<X509Svid>> {
@@ -60,16 +66,9 @@ async fn agent_identity(
         .join_token
         .as_deref()
         .ok_or_else(|| NodeIdentityError::NeedToken(config.data_dir.display().to_string()))?;
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::default();
     loop {
-        match node_identity::attest_with_token(
-            &config.server_address,
-            &config.trust_domain,
-            bundle,
-            token,
-        )
-        .await
-        {
+        match node_identity::attest(connector, &config.trust_domain, token).await {
             Ok((svid, new_bundle)) => {
                 node_identity::save_svid(&config.data_dir, &svid)?;
                 node_identity::save_bundle(&config.data_dir, &new_bundle)?;
@@ -124,11 +123,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         Ok(None) => {}
         Err(e) => tracing::warn!(error = %e, "ignoring an unreadable persisted cache"),
     }
-    let persist = tokio::spawn(crate::cache::persist(
-        cache.clone(),
-        config.data_dir.clone(),
-        shutdown.clone(),
-    ));
+    let mut supervisor = Supervisor::new(shutdown.clone(), SHUTDOWN_DEADLINE);
+    supervisor.spawn_service(
+        "cache persistence",
+        crate::cache::persist(cache.clone(), config.data_dir.clone(), shutdown.clone()),
+    );
     let link = ServerLink::default();
 
     // Bind first: clients may connect (and get Unavailable) while we attest.
@@ -137,11 +136,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         let listener = daemon::health::bind(addr)
             .await
             .with_context(|| format!("binding health endpoints on {addr}"))?;
-        tokio::spawn(daemon::health::serve(
-            listener,
-            health.clone(),
-            shutdown.clone(),
-        ));
+        supervisor.spawn_service(
+            "health endpoints",
+            daemon::health::serve(listener, health.clone(), shutdown.clone()),
+        );
     }
     // Ready once the agent can serve: after the first sync from the server (from then on it
     // answers from its cache even if the server goes away), or earlier when the persisted
@@ -151,7 +149,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         let health = health.clone();
         let shutdown = shutdown.clone();
         health.set_not_ready("waiting for the first sync with the server");
-        tokio::spawn(async move {
+        supervisor.spawn_job("readiness", async move {
             loop {
                 if rx.borrow_and_update().can_serve(SystemTime::now()) {
                     health.set_ready();
@@ -172,9 +170,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         link: link.clone(),
         jwt_cache: Arc::default(),
         shutdown: shutdown.clone(),
+        tasks: supervisor.spawner(),
     };
     let api_shutdown = shutdown.clone();
-    let mut server = tokio::spawn(async move {
+    supervisor.spawn_service("Workload API", async move {
         tonic::transport::Server::builder()
             .add_service(SpiffeWorkloadApiServer::new(api.clone()))
             .add_service(WorkloadTasksServer::new(api))
@@ -187,10 +186,26 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     });
     tracing::info!(socket_path = %config.socket_path.display(), "Workload API listening");
 
-    // A finished JoinHandle must not be polled again at shutdown.
-    let mut server_done = false;
-    let result = async {
-        let Some(agent_svid) = agent_identity(&config, &bundle, &shutdown).await? else {
+    // The agent's identity (attesting with the join token if need be, for as long as the
+    // server is unreachable), then the rotation worker for as long as the agent runs.
+    let connector: Arc<dyn NodeConnector> = Arc::new(GrpcConnector {
+        address: config.server_address.clone(),
+        trust_domain: config.trust_domain.clone(),
+        bundle: bundle.clone(),
+    });
+    let rotation_shutdown = shutdown.clone();
+    let rotation_config = config.clone();
+    let rotation_cache = cache.clone();
+    let rotation_bundle = bundle.clone();
+    supervisor.spawn_service("rotation", async move {
+        let (config, cache, bundle, shutdown) = (
+            rotation_config,
+            rotation_cache,
+            rotation_bundle,
+            rotation_shutdown,
+        );
+        let Some(agent_svid) = agent_identity(&config, &*connector, &bundle, &shutdown).await?
+        else {
             return Ok(());
         };
         // Keep a persisted bundle (it carries the JWT keys); the first sync replaces it.
@@ -200,49 +215,25 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             }
         });
         let rotation = Rotation {
-            server_address: config.server_address.clone(),
+            connector,
+            clock: Arc::new(SystemClock),
             trust_domain: config.trust_domain.clone(),
             data_dir: config.data_dir.clone(),
-            cache: cache.clone(),
-            bundle: bundle.clone(),
+            cache,
+            bundle,
             agent_svid,
-            retry_at: None,
-            sign_backoff: Backoff::new(),
-            link: link.clone(),
+            link,
+            retry: Default::default(),
         };
-        tokio::select! {
-            r = rotation.run(shutdown.clone()) => r.map_err(anyhow::Error::from),
-            r = &mut server => {
-                server_done = true;
-                match r {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(anyhow::Error::from(e).context("Workload API server failed")),
-                Err(e) => Err(anyhow::Error::from(e).context("Workload API task failed")),
-            }},
-        }
-    }
-    .await;
+        rotation.run(shutdown).await.map_err(anyhow::Error::from)
+    });
 
-    shutdown.cancel();
-    if !server_done
-        && tokio::time::timeout(SHUTDOWN_DEADLINE, &mut server)
-            .await
-            .is_err()
-    {
-        tracing::warn!("Workload API did not drain before the deadline; aborting");
-        server.abort();
-    }
+    let result = supervisor.run().await;
     let _ = std::fs::remove_file(&config.socket_path);
-    if tokio::time::timeout(Duration::from_secs(5), persist)
-        .await
-        .is_err()
-    {
-        tracing::warn!("the cache was not persisted before the deadline");
-    }
     if !node_identity::has_svid(&config.data_dir) {
         // Refused by the server: a write racing the refusal must not leave identities behind.
         node_identity::forget_svid(&config.data_dir);
     }
     tracing::info!("stopped");
-    result
+    result.map_err(|e| anyhow::anyhow!(e))
 }

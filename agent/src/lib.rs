@@ -11,8 +11,12 @@ pub mod app;
 pub(crate) mod attestation;
 pub mod cache;
 pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod node_api;
 pub mod node_identity;
 pub(crate) mod rotation;
 pub mod server_client;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub(crate) mod workload_api;

@@ -12,7 +12,7 @@ use common::proto::tessera::{AttestAgentRequest, RenewAgentRequest};
 use common::{Bundle, BundleCell, TrustDomain, X509Svid};
 use rustls_pki_types::CertificateDer;
 
-use crate::server_client;
+use crate::node_api::{GrpcConnector, NodeApi, NodeConnector};
 use daemon::state_file;
 
 const SVID_FILE: &str = "agent_svid.pem";
@@ -156,6 +156,14 @@ fn bundle_from_response(
     Ok(bundle)
 }
 
+fn new_key_and_csr() -> Result<(rcgen::KeyPair, Vec<u8>), NodeIdentityError> {
+    let key =
+        common::svid::generate_key().map_err(|e| NodeIdentityError::BadResponse(e.to_string()))?;
+    let csr =
+        common::svid::csr_for(&key).map_err(|e| NodeIdentityError::BadResponse(e.to_string()))?;
+    Ok((key, csr))
+}
+
 /// First contact: presents the join token and a CSR over server-authenticated TLS.
 pub async fn attest_with_token(
     address: &str,
@@ -163,43 +171,46 @@ pub async fn attest_with_token(
     bundle: &BundleCell,
     token: &str,
 ) -> Result<(X509Svid, Bundle), NodeIdentityError> {
-    let key =
-        common::svid::generate_key().map_err(|e| NodeIdentityError::BadResponse(e.to_string()))?;
-    let csr =
-        common::svid::csr_for(&key).map_err(|e| NodeIdentityError::BadResponse(e.to_string()))?;
-    let mut client = server_client::connect(address, td, bundle.clone(), None)
+    let connector = GrpcConnector {
+        address: address.to_owned(),
+        trust_domain: td.clone(),
+        bundle: bundle.clone(),
+    };
+    attest(&connector, td, token).await
+}
+
+/// [`attest_with_token`] through any connector.
+pub async fn attest(
+    connector: &dyn NodeConnector,
+    td: &TrustDomain,
+    token: &str,
+) -> Result<(X509Svid, Bundle), NodeIdentityError> {
+    let (key, csr) = new_key_and_csr()?;
+    let node = connector
+        .connect(None)
         .map_err(|e| NodeIdentityError::Unreachable(e.to_string()))?;
-    let resp = client
+    let resp = node
         .attest_agent(AttestAgentRequest {
             join_token: token.to_owned(),
             csr,
         })
         .await
-        .map_err(|s| from_status(&s))?
-        .into_inner();
+        .map_err(|s| from_status(&s))?;
     let svid = svid_from_response(resp.svid_chain, &key)?;
     let bundle = bundle_from_response(td, resp.bundle)?;
     Ok((svid, bundle))
 }
 
-/// Renews the agent SVID over mutual TLS with the current one.
+/// Renews the agent SVID through `node`, a session authenticated by the current one.
 pub async fn renew(
-    address: &str,
+    node: &dyn NodeApi,
     td: &TrustDomain,
-    bundle: &BundleCell,
-    current: &X509Svid,
 ) -> Result<(X509Svid, Bundle), NodeIdentityError> {
-    let key =
-        common::svid::generate_key().map_err(|e| NodeIdentityError::BadResponse(e.to_string()))?;
-    let csr =
-        common::svid::csr_for(&key).map_err(|e| NodeIdentityError::BadResponse(e.to_string()))?;
-    let mut client = server_client::connect(address, td, bundle.clone(), Some(current))
-        .map_err(|e| NodeIdentityError::Unreachable(e.to_string()))?;
-    let resp = client
+    let (key, csr) = new_key_and_csr()?;
+    let resp = node
         .renew_agent(RenewAgentRequest { csr })
         .await
-        .map_err(|s| from_status(&s))?
-        .into_inner();
+        .map_err(|s| from_status(&s))?;
     let svid = svid_from_response(resp.svid_chain, &key)?;
     let bundle = bundle_from_response(td, resp.bundle)?;
     Ok((svid, bundle))

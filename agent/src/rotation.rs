@@ -6,55 +6,42 @@
 //! jittered exponential backoff when the server is unreachable. SVIDs already in the
 //! cache keep being served while the server is away; nothing is dropped on an error.
 //!
+//! The schedule is pure ([`schedule`]: refresh at 40–50 % of an SVID's life, task
+//! deadlines, retries) and retry delays are in [`backoff`]; the worker reads wall-clock
+//! time from a [`Clock`] and waits with tokio timers, and talks to the server only through
+//! [`NodeApi`], so paused-time tests drive it against an in-process server
+//! (`rotation/tests.rs`). An SVID issued under a task is withdrawn at the task's deadline
+//! even if the server does not say so.
+//!
 //! A refusal of the agent itself (evicted, banned) is fatal: the persisted SVID is removed
 //! and the worker returns an error so the agent stops serving identities it no longer has.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+mod backoff;
+mod schedule;
 
-use common::proto::tessera::node_client::NodeClient;
-use common::proto::tessera::{CsrForEntry, SignX509SvidsRequest, SyncRequest, sync_update};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use common::proto::tessera::{CsrForEntry, SyncUpdate, sync_update};
 use common::task::TaskGrant;
 use common::{Bundle, BundleCell, EntryId, RegistrationEntry, TrustDomain, X509Svid};
+use futures::StreamExt as _;
 use rustls_pki_types::CertificateDer;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 use crate::cache::{Cache, CachedEntry};
+use crate::clock::{self, Clock};
+use crate::node_api::{NodeApi, NodeConnector, SyncStream};
 use crate::node_identity::{self, NodeIdentityError};
 use crate::server_client;
 
-/// First reconnect delay.
-const BACKOFF_MIN: Duration = Duration::from_millis(500);
-/// Longest reconnect delay.
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+pub(crate) use backoff::Backoff;
+use backoff::capped_by_life;
+
 /// CSRs per signing call.
 const SIGN_BATCH: usize = 500;
-
-/// Capped exponential backoff with full jitter in the upper half.
-#[derive(Debug)]
-pub(crate) struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    pub(crate) fn new() -> Self {
-        Self { next: BACKOFF_MIN }
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.next = BACKOFF_MIN;
-    }
-
-    /// The delay to wait now; doubles the next one up to the cap.
-    pub(crate) fn step(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (self.next * 2).min(BACKOFF_MAX);
-        let jitter: f64 = rand::random::<f64>() * 0.5 + 0.5;
-        base.mul_f64(jitter)
-    }
-}
 
 /// Why the worker stopped for good.
 #[derive(Debug, thiserror::Error)]
@@ -72,17 +59,27 @@ pub(crate) enum RotationError {
 /// The rotation worker.
 #[derive(Debug)]
 pub(crate) struct Rotation {
-    pub(crate) server_address: String,
+    /// Opens sessions with the server as the current agent SVID.
+    pub(crate) connector: Arc<dyn NodeConnector>,
+    /// Wall-clock time (certificates, task deadlines).
+    pub(crate) clock: Arc<dyn Clock>,
     pub(crate) trust_domain: TrustDomain,
-    pub(crate) data_dir: std::path::PathBuf,
+    pub(crate) data_dir: PathBuf,
     pub(crate) cache: Cache,
     pub(crate) bundle: BundleCell,
     pub(crate) agent_svid: X509Svid,
-    /// When signing last failed; entries needing SVIDs are retried after this.
-    pub(crate) retry_at: Option<SystemTime>,
-    pub(crate) sign_backoff: Backoff,
-    /// Where the Workload API finds the current client.
+    /// Where the Workload API finds the current session.
     pub(crate) link: server_client::ServerLink,
+    /// Retry state of signing.
+    pub(crate) retry: SignRetry,
+}
+
+/// When signing is retried after a failure.
+#[derive(Debug, Default)]
+pub(crate) struct SignRetry {
+    /// When signing last failed; entries needing SVIDs are retried after this.
+    at: Option<SystemTime>,
+    backoff: Backoff,
 }
 
 enum StreamEnd {
@@ -96,14 +93,10 @@ fn is_refusal(s: &tonic::Status) -> bool {
 }
 
 impl Rotation {
-    fn client(&self) -> Result<NodeClient<Channel>, RotationError> {
-        server_client::connect(
-            &self.server_address,
-            &self.trust_domain,
-            self.bundle.clone(),
-            Some(&self.agent_svid),
-        )
-        .map_err(|e| RotationError::Storage(NodeIdentityError::Unreachable(e.to_string())))
+    fn node(&self) -> Result<Arc<dyn NodeApi>, RotationError> {
+        self.connector
+            .connect(Some(&self.agent_svid))
+            .map_err(|e| RotationError::Storage(NodeIdentityError::Unreachable(e.to_string())))
     }
 
     fn refuse(&self, why: &str) -> RotationError {
@@ -114,22 +107,40 @@ impl Rotation {
         RotationError::AgentRefused(why.to_owned())
     }
 
+    /// Waits until `until` by the worker's clock (while away from the server), still
+    /// withdrawing task SVIDs at their deadlines; `false` on shutdown.
+    async fn pause(&self, until: SystemTime, shutdown: &CancellationToken) -> bool {
+        loop {
+            self.withdraw_ended_grants();
+            let now = self.clock.now();
+            if now >= until {
+                return true;
+            }
+            let wake = schedule::next_grant_deadline(&self.cache.current())
+                .filter(|d| *d > now)
+                .map_or(until, |d| d.min(until));
+            let wait = clock::until(&*self.clock, wake);
+            tokio::select! {
+                () = shutdown.cancelled() => return false,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
     /// Runs until shutdown or a fatal refusal.
     pub(crate) async fn run(mut self, shutdown: CancellationToken) -> Result<(), RotationError> {
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::default();
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
-            if SystemTime::now() >= self.agent_svid.refresh_at() {
-                match node_identity::renew(
-                    &self.server_address,
-                    &self.trust_domain,
-                    &self.bundle,
-                    &self.agent_svid,
-                )
-                .await
-                {
+            if self.clock.now() >= self.agent_svid.refresh_at() {
+                let renewed = match self.node() {
+                    Ok(node) => node_identity::renew(&*node, &self.trust_domain).await,
+                    Err(RotationError::Storage(e)) => Err(e),
+                    Err(e) => return Err(e),
+                };
+                match renewed {
                     Ok((svid, bundle)) => {
                         node_identity::save_svid(&self.data_dir, &svid)
                             .map_err(RotationError::Storage)?;
@@ -139,23 +150,24 @@ impl Rotation {
                     }
                     Err(NodeIdentityError::Refused(why)) => return Err(self.refuse(&why)),
                     Err(e) => {
-                        let wait = backoff.step();
+                        let now = self.clock.now();
+                        let left = self.agent_svid.not_after().duration_since(now).ok();
+                        let wait = capped_by_life(backoff.step(), left);
                         tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "agent SVID renewal failed");
-                        tokio::select! {
-                            () = shutdown.cancelled() => return Ok(()),
-                            () = tokio::time::sleep(wait) => continue,
+                        if !self.pause(now + wait, &shutdown).await {
+                            return Ok(());
                         }
+                        continue;
                     }
                 }
             }
-            let mut client = self.client()?;
-            self.link.set(client.clone());
-            let end = match client.sync(SyncRequest {}).await {
-                Ok(resp) => {
+            let node = self.node()?;
+            self.link.set(Arc::clone(&node));
+            let end = match node.sync().await {
+                Ok(stream) => {
                     backoff.reset();
                     tracing::info!("sync stream open");
-                    self.follow(&mut client, resp.into_inner(), &shutdown)
-                        .await?
+                    self.follow(&*node, stream, &shutdown).await?
                 }
                 Err(s) if is_refusal(&s) => return Err(self.refuse(s.message())),
                 Err(s) => {
@@ -167,14 +179,22 @@ impl Rotation {
                 StreamEnd::Shutdown => return Ok(()),
                 StreamEnd::RenewDue => continue,
                 StreamEnd::Reconnect => {
-                    let wait = backoff.step();
+                    // As for signing: never sleep through the end of what is served.
+                    let now = self.clock.now();
+                    let snap = self.cache.current();
+                    let served = schedule::shortest_remaining_life(&snap, snap.entries.keys(), now);
+                    let agent_left = self.agent_svid.not_after().duration_since(now).ok();
+                    let left = match (served, agent_left) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    let wait = capped_by_life(backoff.step(), left);
                     tracing::info!(
                         retry_in_ms = wait.as_millis() as u64,
                         "reconnecting to the server"
                     );
-                    tokio::select! {
-                        () = shutdown.cancelled() => return Ok(()),
-                        () = tokio::time::sleep(wait) => {}
+                    if !self.pause(self.clock.now() + wait, &shutdown).await {
+                        return Ok(());
                     }
                 }
             }
@@ -184,40 +204,72 @@ impl Rotation {
     /// Follows one sync stream until it ends, the agent SVID is due, or shutdown.
     async fn follow(
         &mut self,
-        client: &mut NodeClient<Channel>,
-        mut stream: tonic::Streaming<common::proto::tessera::SyncUpdate>,
+        node: &dyn NodeApi,
+        mut stream: SyncStream,
         shutdown: &CancellationToken,
     ) -> Result<StreamEnd, RotationError> {
         loop {
-            let deadline = self.next_deadline();
-            let wait = deadline
-                .duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO);
+            self.withdraw_ended_grants();
+            let now = self.clock.now();
+            let wake =
+                schedule::next_wake(&self.cache.current(), &self.agent_svid, self.retry.at, now);
+            let wait = clock::until(&*self.clock, wake);
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(StreamEnd::Shutdown),
-                msg = stream.message() => match msg {
-                    Ok(Some(update)) => {
+                msg = stream.next() => match msg {
+                    Some(Ok(update)) => {
                         self.apply(update);
-                        self.sign_pending(client).await?;
+                        self.sign_pending(node).await?;
                     }
-                    Ok(None) => {
+                    None => {
                         tracing::warn!("sync stream ended by the server");
                         return Ok(StreamEnd::Reconnect);
                     }
-                    Err(s) if is_refusal(&s) => return Err(self.refuse(s.message())),
-                    Err(s) => {
+                    Some(Err(s)) if is_refusal(&s) => return Err(self.refuse(s.message())),
+                    Some(Err(s)) => {
                         tracing::warn!(code = ?s.code(), error = %s.message(), "sync stream failed");
                         return Ok(StreamEnd::Reconnect);
                     }
                 },
                 () = tokio::time::sleep(wait) => {
-                    if SystemTime::now() >= self.agent_svid.refresh_at() {
+                    if self.clock.now() >= self.agent_svid.refresh_at() {
                         return Ok(StreamEnd::RenewDue);
                     }
-                    self.sign_pending(client).await?;
+                    self.withdraw_ended_grants();
+                    self.sign_pending(node).await?;
                 }
             }
         }
+    }
+
+    /// Drops the SVIDs of task entries whose grant no longer holds (deadline passed): a
+    /// task's credential is withdrawn on time even while the server is out of reach.
+    fn withdraw_ended_grants(&self) {
+        let now = self.clock.now();
+        let ended: Vec<EntryId> = self
+            .cache
+            .current()
+            .entries
+            .values()
+            .filter(|c| schedule::grant_ended(c, now))
+            .map(|c| c.entry.id.clone())
+            .collect();
+        if ended.is_empty() {
+            return;
+        }
+        self.cache.update(|s| {
+            for id in &ended {
+                if let Some(c) = s.entries.get_mut(id) {
+                    let c = Arc::make_mut(c);
+                    tracing::info!(
+                        entry_id = %id,
+                        task_id = ?c.grant.as_ref().map(|g| &g.task_id),
+                        "task deadline passed; SVID withdrawn"
+                    );
+                    c.svid = None;
+                }
+            }
+        });
     }
 
     fn apply_bundle(&self, bundle: Bundle) {
@@ -228,7 +280,7 @@ impl Rotation {
         self.cache.update(|s| s.bundle = Some(Arc::new(bundle)));
     }
 
-    fn apply(&self, update: common::proto::tessera::SyncUpdate) {
+    fn apply(&self, update: SyncUpdate) {
         let parse = |mut e: common::proto::tessera::Entry| {
             let grant = e.task.take().map(TaskGrant::try_from).transpose();
             match (RegistrationEntry::try_from(e), grant) {
@@ -295,52 +347,25 @@ impl Rotation {
         }
     }
 
-    fn needs_svid(c: &CachedEntry, now: SystemTime) -> bool {
-        if !c.is_live(crate::cache::unix(now)) {
-            return false;
-        }
-        match &c.svid {
-            None => true,
-            Some(s) => c.svid_revision != c.entry.revision || now >= s.refresh_at(),
-        }
-    }
-
-    fn next_deadline(&self) -> SystemTime {
-        let snap = self.cache.current();
-        let now = SystemTime::now();
-        let mut next = self.agent_svid.refresh_at();
-        let mut pending = false;
-        for c in snap.entries.values() {
-            match &c.svid {
-                Some(s) if c.svid_revision == c.entry.revision => next = next.min(s.refresh_at()),
-                _ if c.is_live(crate::cache::unix(now)) => pending = true,
-                _ => {}
-            }
-        }
-        if pending {
-            next = next.min(self.retry_at.unwrap_or(now));
-        }
-        next
-    }
-
     /// Signs SVIDs for every entry that needs one. Failures are retried with backoff;
     /// only a refusal of the agent itself is returned as an error.
-    async fn sign_pending(
-        &mut self,
-        client: &mut NodeClient<Channel>,
-    ) -> Result<(), RotationError> {
-        let now = SystemTime::now();
-        if self.retry_at.is_some_and(|t| now < t) {
+    async fn sign_pending(&mut self, node: &dyn NodeApi) -> Result<(), RotationError> {
+        let now = self.clock.now();
+        if self.retry.at.is_some_and(|t| now < t) {
             return Ok(());
         }
         let snap = self.cache.current();
         let due: Vec<(EntryId, u64)> = snap
             .entries
             .values()
-            .filter(|c| Self::needs_svid(c, now))
+            .filter(|c| schedule::needs_svid(c, now))
             .map(|c| (c.entry.id.clone(), c.entry.revision))
             .collect();
         drop(snap);
+        if due.is_empty() {
+            self.retry = SignRetry::default();
+            return Ok(());
+        }
         let mut failed = false;
         for batch in due.chunks(SIGN_BATCH) {
             let mut keys = HashMap::with_capacity(batch.len());
@@ -367,8 +392,8 @@ impl Rotation {
                 }
                 keys.insert(id.clone(), (key, *rev));
             }
-            let resp = match client.sign_x509_svids(SignX509SvidsRequest { csrs }).await {
-                Ok(r) => r.into_inner(),
+            let signed_svids = match node.sign_x509_svids(csrs).await {
+                Ok(svids) => svids,
                 Err(s) if is_refusal(&s) => return Err(self.refuse(s.message())),
                 Err(s) => {
                     tracing::warn!(code = ?s.code(), error = %s.message(), "signing request failed");
@@ -376,8 +401,8 @@ impl Rotation {
                     break;
                 }
             };
-            let mut issued = Vec::with_capacity(resp.svids.len());
-            for signed in resp.svids {
+            let mut issued = Vec::with_capacity(signed_svids.len());
+            for signed in signed_svids {
                 let Some((key, rev)) = keys.remove(signed.entry_id.as_str()) else {
                     continue;
                 };
@@ -399,6 +424,11 @@ impl Rotation {
                     }
                 }
             }
+            if !keys.is_empty() {
+                // Unanswered entries are retried like failures, never in a tight loop.
+                tracing::warn!(unanswered = keys.len(), "server left CSRs unanswered");
+                failed = true;
+            }
             if !issued.is_empty() {
                 tracing::info!(count = issued.len(), "X.509-SVIDs updated");
                 self.cache.update(|s| {
@@ -413,11 +443,22 @@ impl Rotation {
             }
         }
         if failed {
-            let wait = self.sign_backoff.step();
-            self.retry_at = Some(SystemTime::now() + wait);
+            let now = self.clock.now();
+            // The SVIDs still served for what failed bound the wait (see backoff.rs).
+            let left = schedule::shortest_remaining_life(
+                &self.cache.current(),
+                due.iter().map(|(id, _)| id),
+                now,
+            );
+            let wait = capped_by_life(self.retry.backoff.step(), left);
+            tracing::debug!(
+                retry_in_ms = wait.as_millis() as u64,
+                "signing will be retried"
+            );
+            self.retry.at = Some(now + wait);
         } else {
-            self.sign_backoff.reset();
-            self.retry_at = None;
+            self.retry.backoff.reset();
+            self.retry.at = None;
         }
         Ok(())
     }
@@ -447,19 +488,4 @@ fn merge(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_is_capped_and_jittered() {
-        let mut b = Backoff::new();
-        let mut last = Duration::ZERO;
-        for _ in 0..20 {
-            last = b.step();
-            assert!(last <= BACKOFF_MAX);
-        }
-        assert!(last >= BACKOFF_MAX / 2);
-        b.reset();
-        assert!(b.step() <= BACKOFF_MIN);
-    }
-}
+mod tests;

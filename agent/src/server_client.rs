@@ -12,6 +12,8 @@ use common::{BundleCell, SpiffeId, TrustDomain, X509Svid};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::node_api::NodeApi;
+
 /// The server's SPIFFE ID path (must match the server's own).
 const SERVER_ID_PATH: &str = "/tessera/server";
 
@@ -72,21 +74,22 @@ pub fn connect(
     Ok(NodeClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
 }
 
-/// The node API client currently in use, shared by the rotation worker (which replaces it
-/// whenever the agent SVID changes) and the Workload API (which mints JWT-SVIDs with it).
+/// The node API session currently in use, shared by the rotation worker (which replaces it
+/// whenever the agent SVID changes) and the Workload API (which mints JWT-SVIDs and starts
+/// tasks with it).
 #[derive(Debug, Clone, Default)]
-pub struct ServerLink(Arc<std::sync::RwLock<Option<NodeClient<Channel>>>>);
+pub struct ServerLink(Arc<std::sync::RwLock<Option<Arc<dyn NodeApi>>>>);
 
 impl ServerLink {
-    /// Replaces the client.
-    pub fn set(&self, client: NodeClient<Channel>) {
+    /// Replaces the session.
+    pub fn set(&self, node: Arc<dyn NodeApi>) {
         if let Ok(mut g) = self.0.write() {
-            *g = Some(client);
+            *g = Some(node);
         }
     }
 
-    /// The current client, if the agent has attested.
-    pub fn get(&self) -> Option<NodeClient<Channel>> {
+    /// The current session, if the agent has attested.
+    pub fn get(&self) -> Option<Arc<dyn NodeApi>> {
         self.0.read().ok().and_then(|g| g.clone())
     }
 }

@@ -35,6 +35,7 @@ use common::proto::tessera::TaskTokenUse;
 use crate::attestation::{Attestor, PeerCred};
 use crate::cache::{Cache, CacheSnapshot};
 use crate::server_client::ServerLink;
+use daemon::supervisor::Spawner;
 
 /// The security header every Workload API request must carry.
 const SECURITY_HEADER: &str = "workload.spiffe.io";
@@ -53,6 +54,8 @@ pub(crate) struct WorkloadApi {
     pub(crate) link: ServerLink,
     pub(crate) jwt_cache: Arc<Mutex<HashMap<JwtCacheKey, CachedJwt>>>,
     pub(crate) shutdown: CancellationToken,
+    /// Starts the per-stream and background tasks, owned by the agent's supervisor.
+    pub(crate) tasks: Spawner,
 }
 
 /// Entry id, entry revision and audience list of a minted JWT-SVID.
@@ -160,7 +163,7 @@ impl WorkloadApi {
         let (tx, rx) = mpsc::channel(4);
         let mut watch: watch::Receiver<Arc<CacheSnapshot>> = self.cache.subscribe();
         let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn("workload API stream", async move {
             let mut last: Option<T> = None;
             let started = tokio::time::Instant::now();
             loop {
@@ -294,12 +297,12 @@ impl WorkloadApi {
     /// Tells the server, in the background, that a task's token was validated here (for
     /// the audit log). Losing a report while the server is away is logged, never fatal.
     fn record_task_token_use(&self, usage: TaskTokenUse) {
-        let Some(mut client) = self.link.get() else {
+        let Some(node) = self.link.get() else {
             tracing::warn!(task_id = %usage.task_id, "task token use not recorded: not attested yet");
             return;
         };
-        tokio::spawn(async move {
-            if let Err(e) = client.record_task_token_use(usage).await {
+        self.tasks.spawn("task token use report", async move {
+            if let Err(e) = node.record_task_token_use(usage).await {
                 tracing::warn!(code = ?e.code(), error = %e.message(), "task token use not recorded");
             }
         });
@@ -330,10 +333,10 @@ impl WorkloadApi {
         {
             return Ok(c.token.clone());
         }
-        let Some(mut client) = self.link.get() else {
+        let Some(node) = self.link.get() else {
             return Err(Status::unavailable("agent is not attested yet"));
         };
-        let minted = client
+        let minted = node
             .mint_jwt_svid(common::proto::tessera::MintJwtSvidRequest {
                 entry_id: entry.id.to_string(),
                 audience: audience.to_vec(),
@@ -341,7 +344,6 @@ impl WorkloadApi {
             .await;
         match minted {
             Ok(resp) => {
-                let resp = resp.into_inner();
                 let lifetime = resp.expires_at.saturating_sub(now);
                 let fresh = CachedJwt {
                     token: resp.token.clone(),

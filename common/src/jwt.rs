@@ -561,20 +561,10 @@ mod tests {
             );
         }
         // Missing exp with a valid signature.
-        let no_exp = {
-            let h = b64(json!({"alg": "ES256", "kid": "k1", "typ": "JWT"})
-                .to_string()
-                .as_bytes());
-            let c = b64(json!({"sub": "spiffe://example.org/web", "aud": ["a"]})
-                .to_string()
-                .as_bytes());
-            let input = format!("{h}.{c}");
-            let sig = signer
-                .pair
-                .sign(&ring::rand::SystemRandom::new(), input.as_bytes())
-                .unwrap();
-            format!("{input}.{}", b64(sig.as_ref()))
-        };
+        let no_exp = signed(
+            &signer,
+            json!({"sub": "spiffe://example.org/web", "aud": ["a"]}),
+        );
         assert_eq!(
             validate(&no_exp, "a", &bundles, NOW),
             Err(JwtError::MissingExpiry)

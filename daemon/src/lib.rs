@@ -9,6 +9,7 @@ pub mod cli_output;
 pub mod health;
 pub mod socket;
 pub mod state_file;
+pub mod supervisor;
 
 use tokio_util::sync::CancellationToken;
 

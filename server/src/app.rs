@@ -8,7 +8,6 @@ use anyhow::Context as _;
 use common::proto::tessera::admin_server::AdminServer;
 use common::proto::tessera::node_server::NodeServer;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +28,7 @@ use crate::node_attestation::NodeAttestor;
 use crate::registration::Registrar;
 use crate::server_identity::ServerIdentity;
 use daemon::state_file;
+use daemon::supervisor::Supervisor;
 
 /// How long in-flight work may take to finish after shutdown is requested.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
@@ -210,19 +210,26 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         admin_gid: config.admin_gid,
     };
 
-    let mut tasks = JoinSet::new();
-    tasks.spawn(Arc::clone(&task_service).run(shutdown.clone()));
-    tasks.spawn(Arc::clone(&identity).run(shutdown.clone()));
-    tasks.spawn(rotate_keys(
-        Arc::clone(&ds),
-        Arc::clone(&publisher),
-        Arc::clone(&identity),
-        shutdown.clone(),
-    ));
+    let mut tasks = Supervisor::new(shutdown.clone(), SHUTDOWN_DEADLINE);
+    tasks.spawn_service("tasks", Arc::clone(&task_service).run(shutdown.clone()));
+    tasks.spawn_service(
+        "server identity",
+        Arc::clone(&identity).run(shutdown.clone()),
+    );
+    tasks.spawn_service(
+        "key rotation",
+        rotate_keys(
+            Arc::clone(&ds),
+            Arc::clone(&publisher),
+            Arc::clone(&identity),
+            shutdown.clone(),
+        ),
+    );
 
     let (conn_tx, conn_rx) = tokio::sync::mpsc::channel(128);
     let accept_shutdown = shutdown.clone();
-    tasks.spawn(async move {
+    let handshakes = tasks.spawner();
+    tasks.spawn_service("node API accept", async move {
         loop {
             let (sock, peer) = tokio::select! {
                 () = accept_shutdown.cancelled() => return,
@@ -241,7 +248,7 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
             }
             let acceptor = acceptor.clone();
             let tx = conn_tx.clone();
-            tokio::spawn(async move {
+            handshakes.spawn("TLS handshake", async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok::<_, std::io::Error>(stream)).await;
@@ -254,34 +261,27 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
     });
 
     let node_shutdown = shutdown.clone();
-    tasks.spawn(async move {
-        let r = tonic::transport::Server::builder()
+    tasks.spawn_service("node API", async move {
+        tonic::transport::Server::builder()
             .add_service(NodeServer::new(node))
             .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), node_shutdown.cancelled())
-            .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "node API server failed");
-        }
+            .await
     });
     let admin_shutdown = shutdown.clone();
-    tasks.spawn(async move {
-        let r = tonic::transport::Server::builder()
+    tasks.spawn_service("admin API", async move {
+        tonic::transport::Server::builder()
             .add_service(AdminServer::new(admin_svc))
             .serve_with_incoming_shutdown(
                 UnixListenerStream::new(admin),
                 admin_shutdown.cancelled(),
             )
-            .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "admin API server failed");
-        }
+            .await
     });
     if let Some(listener) = health_listener {
-        tasks.spawn(daemon::health::serve(
-            listener,
-            health.clone(),
-            shutdown.clone(),
-        ));
+        tasks.spawn_service(
+            "health endpoints",
+            daemon::health::serve(listener, health.clone(), shutdown.clone()),
+        );
     }
     // Datastore open, CA and keys loaded, both APIs listening: the server can serve.
     health.set_ready();
@@ -292,36 +292,10 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         "tessera-server ready"
     );
 
-    // A component that stops before shutdown was requested is a fatal error.
-    tokio::select! {
-        // Checked first: on SIGTERM the components also see the cancellation and may
-        // finish at the same moment, which is shutdown, not a failure.
-        biased;
-        () = shutdown.cancelled() => {}
-        _ = tasks.join_next() => {
-            if shutdown.is_cancelled() {
-                // Not a failure: the component ended because shutdown began.
-                tracing::debug!("a component finished during shutdown");
-            } else {
-            shutdown.cancel();
-            let _ = std::fs::remove_file(&config.admin_socket);
-            anyhow::bail!("a server component stopped unexpectedly");
-            }
-        }
-    }
-    tracing::info!("shutting down");
-    let drained = tokio::time::timeout(SHUTDOWN_DEADLINE, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            still_running = tasks.len(),
-            "shutdown deadline passed; aborting"
-        );
-        tasks.abort_all();
-    }
+    // A component that stops (or fails) before shutdown was requested is fatal; at
+    // shutdown every component gets SHUTDOWN_DEADLINE to drain, then is aborted.
+    let result = tasks.run().await;
     let _ = std::fs::remove_file(&config.admin_socket);
     tracing::info!("stopped");
-    Ok(())
+    result.context("a server component stopped unexpectedly")
 }

@@ -103,17 +103,16 @@ impl WorkloadTasks for WorkloadApi {
             spec.entry_id = target(&snap, &selectors, &spec)?;
             spec.spiffe_id.clear();
         }
-        let mut client = self
+        let node = self
             .link
             .get()
             .ok_or_else(|| Status::unavailable("agent is not attested yet"))?;
-        let task = client
+        let task = node
             .begin_task(NodeBeginTaskRequest {
                 requester_entry_id: requester.to_string(),
                 spec: Some(spec),
             })
-            .await?
-            .into_inner();
+            .await?;
         tracing::info!(task_id = %task.id, state = %task.state, spiffe_id = %task.spiffe_id, "workload started a task");
         Ok(Response::new(task))
     }
@@ -134,17 +133,16 @@ impl WorkloadTasks for WorkloadApi {
                 "the caller has no standing identity",
             ));
         }
-        let mut client = self
+        let node = self
             .link
             .get()
             .ok_or_else(|| Status::unavailable("agent is not attested yet"))?;
-        let task = client
+        let task = node
             .end_task(NodeEndTaskRequest {
                 requester_entry_ids: candidates,
                 end: Some(req.into_inner()),
             })
-            .await?
-            .into_inner();
+            .await?;
         tracing::info!(task_id = %task.id, state = %task.state, "workload ended a task");
         Ok(Response::new(task))
     }
