@@ -322,7 +322,7 @@ impl<D: Dialect> Datastore for SqlStore<D> {
             )),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(DatastoreError::Backend(format!(
-                "no answer within {} ms",
+                "timed out after {} ms",
                 within.as_millis()
             ))),
         }
