@@ -25,6 +25,7 @@ use crate::events::Events;
 use crate::issuance::Issuer;
 use crate::jwt_keys::JwtKeyManager;
 use crate::node_attestation::NodeAttestor;
+use crate::readiness::Readiness;
 use crate::registration::Registrar;
 use crate::server_identity::ServerIdentity;
 use daemon::state_file;
@@ -156,6 +157,11 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         .with_context(|| format!("binding node API on {}", config.bind_address))?;
     // 0700 directory when we create it; the socket itself 0600 (plus the uid check).
     let health = daemon::health::Health::default();
+    let readiness = Arc::new(Readiness::new(
+        Arc::clone(&ds),
+        config.datastore.clone(),
+        health.clone(),
+    ));
     let health_listener = match config.health_address {
         Some(addr) => Some(
             daemon::health::bind(addr)
@@ -207,11 +213,14 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         identity: Arc::clone(&identity),
         ds: Arc::clone(&ds),
         tasks: Arc::clone(&task_service),
+        readiness: Arc::clone(&readiness),
         admin_gid: config.admin_gid,
     };
 
     let mut tasks = Supervisor::new(shutdown.clone(), SHUTDOWN_DEADLINE);
     tasks.spawn_service("tasks", Arc::clone(&task_service).run(shutdown.clone()));
+    // Sets readiness: ready once (and while) the datastore answers.
+    tasks.spawn_service("readiness", readiness.run(shutdown.clone()));
     tasks.spawn_service(
         "server identity",
         Arc::clone(&identity).run(shutdown.clone()),
@@ -283,8 +292,8 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
             daemon::health::serve(listener, health.clone(), shutdown.clone()),
         );
     }
-    // Datastore open, CA and keys loaded, both APIs listening: the server can serve.
-    health.set_ready();
+    // Datastore open, CA and keys loaded, both APIs listening: the server can serve once
+    // the readiness probe sees the datastore answer (it sets `health`).
     tracing::info!(
         bind_address = %config.bind_address,
         admin_socket = %config.admin_socket.display(),

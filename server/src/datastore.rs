@@ -246,4 +246,9 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
         &self,
         now: i64,
     ) -> Result<(Vec<TaskRecord>, Vec<TaskSvid>), DatastoreError>;
+
+    /// Checks that the datastore answers: one read of its own schema table on a pooled
+    /// connection, given at most `within` (waiting for a connection included). `Backend`
+    /// with the cause when it does not, or not in time. Readiness rests on it.
+    async fn ping(&self, within: std::time::Duration) -> Result<(), DatastoreError>;
 }

@@ -24,6 +24,7 @@ pub mod fetch;
 pub mod health;
 pub mod jwt;
 pub mod nobody;
+pub mod pgcluster;
 pub mod process;
 pub mod server;
 
@@ -38,6 +39,7 @@ pub use cluster::Cluster;
 pub use fetch::{FetchedSvid, fetch_x509, only, parse_fetched, sorted_ids};
 pub use health::{http_get, status_of};
 pub use nobody::{NOBODY, assert_nobody_can_reach, bin_for_nobody, command_as_nobody};
+pub use pgcluster::PgCluster;
 pub use process::Process;
 pub use server::ServerProc;
 

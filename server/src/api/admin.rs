@@ -8,8 +8,9 @@ use std::sync::Arc;
 use common::proto::tessera::admin_server::Admin;
 use common::proto::tessera::{
     Agent, AgentIdRequest, Bundle as WireBundle, CreateJoinTokenRequest, CreateJoinTokenResponse,
-    Entry, EntryIdRequest, EntrySpec, GetBundleRequest, ListAgentsRequest, ListAgentsResponse,
-    ListEntriesRequest, ListEntriesResponse, UpdateEntryRequest,
+    Entry, EntryIdRequest, EntrySpec, GetBundleRequest, HealthRequest, HealthResponse,
+    ListAgentsRequest, ListAgentsResponse, ListEntriesRequest, ListEntriesResponse,
+    UpdateEntryRequest,
 };
 use common::proto::tessera::{
     AuditRecord as WireAuditRecord, ListAuditRequest, ListCasRequest, ListCasResponse,
@@ -28,6 +29,7 @@ use crate::audit::AuditChainError;
 use crate::bundle::BundlePublisher;
 use crate::datastore::Datastore;
 use crate::node_attestation::NodeAttestor;
+use crate::readiness::Readiness;
 use crate::registration::Registrar;
 use crate::server_identity::ServerIdentity;
 use crate::tasks::{Requester, Tasks};
@@ -42,6 +44,7 @@ pub(crate) struct AdminService {
     pub(crate) identity: Arc<ServerIdentity>,
     pub(crate) ds: Arc<dyn Datastore>,
     pub(crate) tasks: Arc<Tasks>,
+    pub(crate) readiness: Arc<Readiness>,
     /// Members of this group (by gid) may administer too (e.g. task approvers).
     pub(crate) admin_gid: Option<u32>,
 }
@@ -259,6 +262,14 @@ impl Admin for AdminService {
         self.authorize(&req)?;
         let b = self.bundle.get();
         Ok(Response::new((&*b).into()))
+    }
+
+    async fn health(
+        &self,
+        req: Request<HealthRequest>,
+    ) -> Result<Response<HealthResponse>, Status> {
+        self.authorize(&req)?;
+        Ok(Response::new(wire::health(self.readiness.check().await)))
     }
 
     async fn list_cas(

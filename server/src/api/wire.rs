@@ -200,6 +200,20 @@ pub(crate) fn cas(list: &[CaInfo]) -> wire::ListCasResponse {
     }
 }
 
+/// A readiness probe's result: ready, or not with the reason.
+pub(crate) fn health(result: Result<(), String>) -> wire::HealthResponse {
+    match result {
+        Ok(()) => wire::HealthResponse {
+            ready: true,
+            reason: String::new(),
+        },
+        Err(reason) => wire::HealthResponse {
+            ready: false,
+            reason,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -107,7 +107,8 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminOpts,
     },
-    /// Check that the server answers on its admin socket.
+    /// Check that the server answers on its admin socket and its datastore answers (exit
+    /// code 1 with the reason when not).
     Healthcheck {
         /// Admin connection options.
         #[command(flatten)]

@@ -6,8 +6,8 @@ use std::path::Path;
 use common::proto::tessera::admin_client::AdminClient;
 use common::proto::tessera::{
     AgentIdRequest, CreateJoinTokenRequest, EntryIdRequest, EntrySpec, GetBundleRequest,
-    ListAgentsRequest, ListAuditRequest, ListCasRequest, ListEntriesRequest, RotateCaRequest,
-    UpdateEntryRequest, VerifyAuditRequest,
+    HealthRequest, ListAgentsRequest, ListAuditRequest, ListCasRequest, ListEntriesRequest,
+    RotateCaRequest, UpdateEntryRequest, VerifyAuditRequest,
 };
 use daemon::cli_output::{self, Output};
 use serde_json::json;
@@ -301,7 +301,14 @@ pub async fn run_admin(command: Command) -> anyhow::Result<()> {
         }
         Command::Healthcheck { admin } => {
             let mut c = connect_admin(&admin.admin_socket).await?;
-            c.get_bundle(GetBundleRequest {}).await.map_err(status)?;
+            let h = c
+                .health(HealthRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            if !h.ready {
+                anyhow::bail!("the server is unhealthy: {}", h.reason);
+            }
             print(
                 admin.output,
                 "Server is healthy.\n".into(),

@@ -16,7 +16,7 @@ use common::task::TaskState;
 use common::{EntryId, RegistrationEntry, Selector, SelectorSet, SpiffeId, TaskId};
 use serde_json::json;
 
-use super::testdb::Backend;
+use super::testdb::{Backend, Under};
 use super::{AgentRecord, DatastoreError, EntryFilter, TaskEnd, TaskRecord, TaskSvid};
 use crate::audit::{AuditEvent, verify};
 use crate::policy::Decision;
@@ -60,6 +60,7 @@ conformance!(
     tasks_compare_and_set_under_concurrency,
     due_and_revoked_tasks,
     reopen_sees_everything,
+    ping_answers_only_while_the_datastore_does,
 );
 
 fn sid(s: &str) -> SpiffeId {
@@ -852,4 +853,26 @@ async fn reopen_sees_everything(b: &dyn Backend) {
         .unwrap();
     let log = ds.list_audit(None).await.unwrap();
     assert_eq!(verify(&log), Ok(4));
+}
+
+async fn ping_answers_only_while_the_datastore_does(b: &(impl Backend + Under)) {
+    const WITHIN: Duration = Duration::from_secs(5);
+    let ds = b.open().await;
+    ds.ping(WITHIN).await.unwrap();
+    // More at once than the pool has connections: they wait for one, within the bound.
+    let pings = futures::future::join_all((0..32).map(|_| ds.ping(WITHIN))).await;
+    assert!(pings.iter().all(Result::is_ok), "{pings:?}");
+
+    // The database answers, but not with the datastore's tables: not an answer.
+    b.script("ALTER TABLE tessera_schema RENAME TO tessera_schema_away")
+        .await;
+    match ds.ping(WITHIN).await {
+        Err(DatastoreError::Backend(cause)) => {
+            assert!(cause.contains("tessera_schema"), "{cause}");
+        }
+        other => panic!("ping without the schema table: {other:?}"),
+    }
+    b.script("ALTER TABLE tessera_schema_away RENAME TO tessera_schema")
+        .await;
+    ds.ping(WITHIN).await.unwrap();
 }

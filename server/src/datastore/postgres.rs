@@ -181,7 +181,7 @@ fn connect_options(url: &str) -> Result<PgConnectOptions, String> {
 }
 
 /// Removes the URL's password from an error message, should a driver ever echo it.
-fn scrub(message: &str, url: &str) -> String {
+pub(crate) fn scrub(message: &str, url: &str) -> String {
     let password = url
         .split_once("://")
         .map_or(url, |(_, r)| r)

@@ -311,6 +311,23 @@ pub(super) async fn refresh_entry_identities<D: Dialect>(
 
 #[async_trait::async_trait]
 impl<D: Dialect> Datastore for SqlStore<D> {
+    async fn ping(&self, within: std::time::Duration) -> Result<(), DatastoreError> {
+        // A read of the schema table, not `SELECT 1`: the datastore answers only if its
+        // tables do (a database that lost them, or revoked our rights, fails every call).
+        let read = self.one(records::PING, &[], |_| Ok(()));
+        match tokio::time::timeout(within, read).await {
+            Ok(Ok(Some(()))) => Ok(()),
+            Ok(Ok(None)) => Err(DatastoreError::Backend(
+                "the schema version table is empty".to_owned(),
+            )),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(DatastoreError::Backend(format!(
+                "timed out after {} ms",
+                within.as_millis()
+            ))),
+        }
+    }
+
     async fn create_entry(&self, entry: &RegistrationEntry) -> Result<(), DatastoreError> {
         let mut conn = self.pool.acquire().await.map_err(backend)?;
         write_entry::<D>(&mut conn, entry, true).await

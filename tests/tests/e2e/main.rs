@@ -23,6 +23,7 @@ mod jwt_keys;
 mod jwt_validate;
 mod lifecycle;
 mod postgres;
+mod readiness;
 mod resilience_health;
 mod resilience_mtls;
 mod resilience_outage;

@@ -71,6 +71,8 @@ pub(super) const GET_AGENT: &str = "SELECT * FROM agents WHERE spiffe_id = $1";
 pub(super) const LIST_AGENTS: &str = "SELECT * FROM agents ORDER BY attested_at, spiffe_id";
 pub(super) const DELETE_AGENT: &str = "DELETE FROM agents WHERE spiffe_id = $1 RETURNING *";
 
+/// The datastore's liveness check: the newest schema version recorded.
+pub(super) const PING: &str = "SELECT version FROM tessera_schema ORDER BY version DESC LIMIT 1";
 pub(super) const AUDIT_HEAD: &str = "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1";
 pub(super) const INSERT_AUDIT: &str = "INSERT INTO audit_log (seq, at_ms, kind, task_id, subject,
         detail, prev_hash, hash)
