@@ -22,7 +22,7 @@ use crate::node_identity::{self, NodeIdentityError};
 use crate::rotation::{Backoff, Rotation};
 use crate::server_client::ServerLink;
 use crate::workload_api::WorkloadApi;
-use crate::workload_api::authority::RepairedStream;
+use crate::workload_api::authority::{MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE, RepairedStream};
 use daemon::state_file;
 use daemon::supervisor::Supervisor;
 use tokio_stream::StreamExt as _;
@@ -175,6 +175,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let api_shutdown = shutdown.clone();
     supervisor.spawn_service("Workload API", async move {
         tonic::transport::Server::builder()
+            // The `:authority` repair bounds what it buffers by these same limits.
+            .max_frame_size(MAX_FRAME_SIZE)
+            .http2_max_header_list_size(MAX_HEADER_LIST_SIZE)
             .add_service(SpiffeWorkloadApiServer::new(api.clone()))
             .add_service(WorkloadTasksServer::new(api))
             .serve_with_incoming_shutdown(

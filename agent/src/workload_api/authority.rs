@@ -19,6 +19,20 @@
 //!   valid (every client but grpcio's), it is forwarded as received and so is everything
 //!   after it, with no decoding at all. Nothing was changed, so the HTTP/2 stack's HPACK
 //!   table matches the client's; a client keeps one authority per connection.
+//!
+//! The wrapper reads from any local user before attestation, so what it holds per
+//! connection is bounded, whatever the client declares:
+//!
+//! - a frame header declaring more than [`MAX_FRAME_SIZE`] (the SETTINGS_MAX_FRAME_SIZE the
+//!   agent's HTTP/2 server advertises) is passed through at once with everything after it:
+//!   the HTTP/2 stack rejects it as a FRAME_SIZE_ERROR (RFC 9113 §4.2) on reading the
+//!   header, so a client that announces 16 MiB and trickles bytes costs nothing;
+//! - a header block is collected up to [`MAX_BLOCK`] bytes, and its decoded size (RFC 7541
+//!   §4.1, name + value + 32 per field) up to [`MAX_HEADER_LIST_SIZE`], the limit the HTTP/2
+//!   server enforces anyway; past either the block passes through as received, so a small
+//!   block of indexed references to a large dynamic-table entry cannot expand in memory;
+//! - the bytes waiting for the HTTP/2 stack are produced from at most one read
+//!   ([`READ_CHUNK`]) at a time, so they stay within [`MAX_BUFFERED`] in all.
 
 use std::io;
 use std::pin::Pin;
@@ -38,10 +52,32 @@ const FLAG_END_STREAM: u8 = 0x1;
 const FLAG_END_HEADERS: u8 = 0x4;
 const FLAG_PADDED: u8 = 0x8;
 const FLAG_PRIORITY: u8 = 0x20;
-/// The smallest SETTINGS_MAX_FRAME_SIZE a peer may have: always safe to emit.
-const MAX_FRAME: usize = 16_384;
-/// Largest header block accepted for rewriting (beyond it, pass through untouched).
-const MAX_BLOCK: usize = 256 * 1024;
+/// SETTINGS_MAX_FRAME_SIZE of the agent's HTTP/2 server: the largest frame a client may
+/// send it. It is also the protocol's smallest allowed value (RFC 9113 §6.5.2), so every
+/// frame the rewriter emits fits whatever the peers negotiated.
+pub(crate) const MAX_FRAME_SIZE: u32 = 16_384;
+const MAX_FRAME: usize = MAX_FRAME_SIZE as usize;
+/// SETTINGS_MAX_HEADER_LIST_SIZE of the agent's HTTP/2 server (decoded size, RFC 7541 §4.1).
+/// Workload API requests carry a handful of short headers.
+pub(crate) const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+/// Largest encoded header block collected for rewriting; beyond it the block passes through
+/// untouched. HPACK literals cost a few bytes per field over their decoded size, so a block
+/// within [`MAX_HEADER_LIST_SIZE`] once decoded fits well within this.
+const MAX_BLOCK: usize = 2 * MAX_HEADER_LIST_SIZE as usize;
+/// SETTINGS_HEADER_TABLE_SIZE of the agent's HTTP/2 server: the protocol's initial value
+/// (RFC 9113 §6.5.2), which the server never changes.
+const HEADER_TABLE_SIZE: usize = 4096;
+/// Bytes read from the socket at a time.
+const READ_CHUNK: usize = 8192;
+/// Upper bound of what one connection holds in [`AuthorityRewriter`] and
+/// [`RepairedStream`]: a partial frame (header and payload within the frame size, plus one
+/// read), a collected header block twice (decoded block and raw frames, each within
+/// [`MAX_BLOCK`] plus one frame), and the output of one read (the raw frames of a block
+/// given up, or its re-encoding).
+/// Asserted by the unit tests after every read.
+#[cfg(test)]
+const MAX_BUFFERED: usize =
+    (FRAME_HEADER + MAX_FRAME + READ_CHUNK) + 4 * (MAX_BLOCK + FRAME_HEADER + MAX_FRAME);
 
 /// A header block being collected across HEADERS + CONTINUATION frames.
 struct Pending {
@@ -75,10 +111,14 @@ impl std::fmt::Debug for AuthorityRewriter {
 
 impl Default for AuthorityRewriter {
     fn default() -> Self {
+        let mut decoder = loona_hpack::Decoder::new();
+        // The client may only grow its dynamic table to what the agent's HTTP/2 server
+        // advertises; without this bound our decoder would keep whatever a client inserts.
+        decoder.set_max_allowed_table_size(HEADER_TABLE_SIZE);
         Self {
             preface_left: PREFACE.len(),
             input: Vec::new(),
-            decoder: loona_hpack::Decoder::new(),
+            decoder,
             pending: None,
             passthrough: false,
             rewriting: false,
@@ -149,6 +189,16 @@ impl AuthorityRewriter {
             let len = usize::from(self.input[0]) << 16
                 | usize::from(self.input[1]) << 8
                 | usize::from(self.input[2]);
+            if len > MAX_FRAME {
+                // A frame the HTTP/2 stack refuses on sight: never wait for its payload.
+                tracing::debug!(
+                    declared = len,
+                    "frame larger than the maximum frame size; passing the connection through"
+                );
+                self.give_up(out, &[]);
+                out.append(&mut self.input);
+                return;
+            }
             if self.input.len() < FRAME_HEADER + len {
                 break;
             }
@@ -159,6 +209,16 @@ impl AuthorityRewriter {
                 return;
             }
         }
+    }
+
+    /// Bytes held for this connection (partial frame and collected header block).
+    #[cfg(test)]
+    fn buffered(&self) -> usize {
+        self.input.len()
+            + self
+                .pending
+                .as_ref()
+                .map_or(0, |p| p.block.len() + p.raw.len())
     }
 
     fn give_up(&mut self, out: &mut Vec<u8>, current: &[u8]) {
@@ -234,14 +294,30 @@ impl AuthorityRewriter {
         let Some(p) = self.pending.take() else {
             return;
         };
-        let fields = match self.decoder.decode(&p.block) {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::debug!(error = ?e, "undecodable header block; passing the connection through");
-                self.pending = Some(p);
-                return self.give_up(out, &[]);
+        // Decoded with a bound: indexed references to dynamic-table entries let a small
+        // block name far more bytes than it holds. The decoder still sees the whole block,
+        // so its table stays the client's whatever happens next.
+        let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut decoded_size = 0usize;
+        let decoded = self.decoder.decode_with_cb(&p.block, |name, value| {
+            decoded_size = decoded_size.saturating_add(name.len() + value.len() + 32);
+            if decoded_size <= MAX_HEADER_LIST_SIZE as usize {
+                fields.push((name.into_owned(), value.into_owned()));
             }
-        };
+        });
+        if let Err(e) = decoded {
+            tracing::debug!(error = ?e, "undecodable header block; passing the connection through");
+            self.pending = Some(p);
+            return self.give_up(out, &[]);
+        }
+        if decoded_size > MAX_HEADER_LIST_SIZE as usize {
+            tracing::debug!(
+                decoded_size,
+                "header list larger than the maximum; passing the connection through"
+            );
+            self.pending = Some(p);
+            return self.give_up(out, &[]);
+        }
         let needs_repair = fields
             .iter()
             .any(|(name, value)| name.as_slice() == b":authority" && !valid_authority(value));
@@ -342,7 +418,7 @@ impl AsyncRead for RepairedStream {
             if this.eof {
                 return Poll::Ready(Ok(()));
             }
-            let mut tmp = [0u8; 8192];
+            let mut tmp = [0u8; READ_CHUNK];
             let mut rb = ReadBuf::new(&mut tmp);
             ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
             if rb.filled().is_empty() {
@@ -507,9 +583,10 @@ mod tests {
     }
 
     #[test]
-    fn large_blocks_are_split_into_continuation_frames() {
+    fn large_blocks_are_reassembled_and_reemitted_within_the_frame_size() {
         let mut enc = loona_hpack::Encoder::new();
-        let big = vec![b'a'; 40_000];
+        // As large as the server's header list limit allows.
+        let big = vec![b'a'; 16_000];
         let fields: Vec<(&[u8], &[u8])> = vec![(b":authority", b"%2Fx"), (b"x-big", &big)];
         let block = enc.encode(fields);
         let mut input = PREFACE.to_vec();
@@ -531,7 +608,7 @@ mod tests {
             blocks[0][0],
             (b":authority".to_vec(), b"localhost".to_vec())
         );
-        assert_eq!(blocks[0][1].1.len(), 40_000);
+        assert_eq!(blocks[0][1].1.len(), 16_000);
         // First frame keeps END_STREAM and PRIORITY and is within the frame size limit.
         let len = (usize::from(out[PREFACE.len()]) << 16)
             | (usize::from(out[PREFACE.len() + 1]) << 8)
@@ -541,5 +618,139 @@ mod tests {
             out[PREFACE.len() + 4] & (FLAG_END_STREAM | FLAG_PRIORITY),
             FLAG_END_STREAM | FLAG_PRIORITY
         );
+    }
+
+    /// Feeds `input` in reads of [`READ_CHUNK`] as the stream does, asserting after each
+    /// that the connection's buffers stay within [`MAX_BUFFERED`]; returns the output.
+    fn feed_bounded(rw: &mut AuthorityRewriter, input: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for chunk in input.chunks(READ_CHUNK) {
+            let before = out.len();
+            rw.feed(chunk, &mut out);
+            let held = rw.buffered() + (out.len() - before);
+            assert!(held <= MAX_BUFFERED, "{held} bytes held");
+        }
+        out
+    }
+
+    #[test]
+    fn declared_frame_beyond_the_maximum_passes_through_without_buffering() {
+        // The attack: a 16 MiB frame announced, its payload trickled.
+        let mut input = PREFACE.to_vec();
+        input.extend_from_slice(&[0xff, 0xff, 0xff, 0x04, 0, 0, 0, 0, 0]);
+        let mut rw = AuthorityRewriter::default();
+        let mut out = Vec::new();
+        rw.feed(&input, &mut out);
+        assert_eq!(
+            out, input,
+            "header forwarded at once, for the HTTP/2 stack to refuse"
+        );
+        assert_eq!(rw.buffered(), 0);
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..3 {
+            rw.feed(&zeros, &mut out);
+            assert_eq!(rw.buffered(), 0);
+        }
+        assert_eq!(out.len(), input.len() + 3 * zeros.len());
+
+        // One byte over the limit, split inside the header, while a header block is being
+        // collected: the collected frames come first, in order, then the rest.
+        let mut enc = loona_hpack::Encoder::new();
+        let mut input = PREFACE.to_vec();
+        let block = enc.encode(vec![(&b":authority"[..], &b"%2Fx"[..])]);
+        frame(&mut input, TYPE_HEADERS, 0, 1, &block);
+        let over = MAX_FRAME + 1;
+        input.extend_from_slice(&[(over >> 16) as u8, (over >> 8) as u8, over as u8]);
+        input.extend_from_slice(&[TYPE_CONTINUATION, FLAG_END_HEADERS, 0, 0, 0, 1]);
+        input.extend_from_slice(&[0u8; 100]);
+        let mut rw = AuthorityRewriter::default();
+        let mut out = Vec::new();
+        let (a, b) = input.split_at(input.len() - 105);
+        rw.feed(a, &mut out);
+        rw.feed(b, &mut out);
+        assert_eq!(out, input);
+        assert_eq!(rw.buffered(), 0);
+
+        // A frame of exactly the maximum size is still collected and repaired.
+        let mut block = Vec::new();
+        encode_literal(&mut block, b":authority", b"%2Fx");
+        encode_literal(&mut block, b"x", &vec![b'v'; MAX_FRAME - 200]);
+        let pad = MAX_FRAME - 1 - block.len();
+        let mut payload = vec![u8::try_from(pad).unwrap()];
+        payload.extend_from_slice(&block);
+        payload.resize(MAX_FRAME, 0);
+        let mut input = PREFACE.to_vec();
+        frame(
+            &mut input,
+            TYPE_HEADERS,
+            FLAG_END_HEADERS | FLAG_PADDED,
+            1,
+            &payload,
+        );
+        let mut rw = AuthorityRewriter::default();
+        let out = feed_bounded(&mut rw, &input);
+        let blocks = decode_all(&out);
+        assert_eq!(blocks.len(), 1);
+        assert_eq!(
+            blocks[0][0],
+            (b":authority".to_vec(), b"localhost".to_vec())
+        );
+    }
+
+    #[test]
+    fn endless_continuation_frames_are_bounded() {
+        let mut enc = loona_hpack::Encoder::new();
+        let mut input = PREFACE.to_vec();
+        let block = enc.encode(vec![(&b":authority"[..], &b"%2Fx"[..])]);
+        frame(&mut input, TYPE_HEADERS, 0, 1, &block);
+        let mut tail = Vec::new();
+        for _ in 0..64 {
+            frame(&mut tail, TYPE_CONTINUATION, 0, 1, &[0x40; MAX_FRAME]);
+        }
+        input.extend_from_slice(&tail);
+        let mut rw = AuthorityRewriter::default();
+        let out = feed_bounded(&mut rw, &input);
+        assert_eq!(out, input, "an oversized block passes through as received");
+        assert_eq!(rw.buffered(), 0);
+    }
+
+    #[test]
+    fn indexed_references_cannot_expand_a_block_in_memory() {
+        // One 4 KiB entry in the client's dynamic table, then a block of one-byte
+        // references to it: 16 KiB encoded would name 64 MiB decoded.
+        let big = vec![b'a'; 4000];
+        let mut first = Vec::new();
+        first.push(0x40); // literal with incremental indexing, new name
+        encode_string(&mut first, b"x-big");
+        encode_string(&mut first, &big);
+        encode_literal(&mut first, b":authority", b"%2Fx");
+        let mut input = PREFACE.to_vec();
+        frame(&mut input, TYPE_HEADERS, FLAG_END_HEADERS, 1, &first);
+        let mut bomb = Vec::new();
+        encode_literal(&mut bomb, b":authority", b"%2Fx");
+        bomb.resize(MAX_FRAME, 0x80 | 62); // indexed: first dynamic entry
+        let mut second = Vec::new();
+        frame(&mut second, TYPE_HEADERS, FLAG_END_HEADERS, 3, &bomb);
+        input.extend_from_slice(&second);
+        let mut rw = AuthorityRewriter::default();
+        let out = feed_bounded(&mut rw, &input);
+        let blocks = decode_all(&out[..out.len() - second.len()]);
+        assert_eq!(blocks.len(), 1, "the first block is repaired");
+        assert!(
+            out.ends_with(&second),
+            "the oversized list passes through as received"
+        );
+        assert!(rw.passthrough);
+
+        // Nor may the client grow its table beyond what the server advertises.
+        let mut grow = Vec::new();
+        encode_int(&mut grow, 0x20, 5, 1 << 30); // dynamic table size update
+        encode_literal(&mut grow, b":authority", b"%2Fx");
+        let mut input = PREFACE.to_vec();
+        frame(&mut input, TYPE_HEADERS, FLAG_END_HEADERS, 1, &grow);
+        let mut rw = AuthorityRewriter::default();
+        let out = feed_bounded(&mut rw, &input);
+        assert_eq!(out, input);
+        assert!(rw.passthrough);
     }
 }
