@@ -15,6 +15,7 @@ mod ca_rotation;
 mod cli;
 mod deploy;
 mod example_agentic;
+mod frame_limits;
 mod interop_python;
 mod interop_rust;
 mod jwt_cli;
