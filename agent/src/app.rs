@@ -29,6 +29,15 @@ use tokio_stream::StreamExt as _;
 
 /// How long in-flight work may take after shutdown is requested.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+/// Largest request message the Workload API services decode. The largest legitimate ones
+/// are about 64 KiB (a task with 64 scopes of 1 KiB; a JWT-SVID naming 32 audiences of
+/// 1 KiB); tonic's default of 4 MiB let any local user make the agent buffer 4 MiB per
+/// stream before attestation, by declaring a large message and withholding its last byte.
+const MAX_REQUEST_MESSAGE: usize = 128 * 1024;
+/// Concurrent streams one Workload API connection may open (SETTINGS_MAX_CONCURRENT_STREAMS;
+/// clients queue calls beyond it). Unlimited by default; with [`MAX_REQUEST_MESSAGE`] it
+/// bounds what one connection's requests hold to 4 MiB.
+const MAX_CONCURRENT_STREAMS: u32 = 32;
 
 fn initial_bundle(config: &AgentConfig) -> anyhow::Result<Bundle> {
     if let Some(b) = node_identity::load_bundle(&config.data_dir, &config.trust_domain)? {
@@ -178,8 +187,14 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             // The `:authority` repair bounds what it buffers by these same limits.
             .max_frame_size(MAX_FRAME_SIZE)
             .http2_max_header_list_size(MAX_HEADER_LIST_SIZE)
-            .add_service(SpiffeWorkloadApiServer::new(api.clone()))
-            .add_service(WorkloadTasksServer::new(api))
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .add_service(
+                SpiffeWorkloadApiServer::new(api.clone())
+                    .max_decoding_message_size(MAX_REQUEST_MESSAGE),
+            )
+            .add_service(
+                WorkloadTasksServer::new(api).max_decoding_message_size(MAX_REQUEST_MESSAGE),
+            )
             .serve_with_incoming_shutdown(
                 // Every connection goes through the `:authority` repair (see authority.rs).
                 UnixListenerStream::new(listener).map(|c| c.map(RepairedStream::new)),
