@@ -13,6 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::proto::workload::JwtsvidRequest;
 use tests::Cluster;
 
 /// The HTTP/2 client connection preface.
@@ -242,6 +243,24 @@ fn withheld_request_messages_do_not_grow_the_agent() {
         growth <= MAX_GROWTH_KB,
         "the agent grew by {growth} kB ({before} → {during} kB) holding withheld messages"
     );
+    // The largest legitimate request (32 audiences of 1 KiB, about 33 KiB) is still served.
+    let audience: Vec<String> = (0..32)
+        .map(|i| format!("{i:02}{}", "a".repeat(1022)))
+        .collect();
+    let largest = rt.block_on(async {
+        tests::workload_client(&socket)
+            .await
+            .fetch_jwtsvid(tests::with_header(JwtsvidRequest {
+                audience,
+                spiffe_id: String::new(),
+            }))
+            .await
+    });
+    let svids = largest
+        .expect("the largest legitimate request")
+        .into_inner()
+        .svids;
+    assert_eq!(svids.len(), 1);
     drop(attacks);
     assert!(c.agent.is_running(), "agent died: {}", c.agent.log_tail());
 }
