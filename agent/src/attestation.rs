@@ -34,16 +34,19 @@
 //! 3. read everything else through that directory fd;
 //! 4. check that the pidfd still shows the process alive, that the start time read again is
 //!    unchanged, and that the executable is still the file we hashed (no `exec` meanwhile);
-//! 5. require the real uid and gid in `/proc/<pid>/status` to equal the peer credentials.
+//! 5. require every uid and gid in `/proc/<pid>/status` (real, effective, saved,
+//!    filesystem) to equal the peer credentials.
 //!
 //! Steps 1–4 make sure every fact came from one process instance that was alive for the
 //! whole read. Step 5 ties that instance to the caller. A pid is freed only when its process
 //! is reaped, so as long as the instance is alive the number is its own. The kernel recorded
 //! the peer credentials at `connect()`, though, and a pid recycled *before* step 1 would
 //! pass steps 1–4. Step 5 narrows that to a process with the caller's own uid and gid, from
-//! which the caller gains nothing its own uid could not get. A process whose real and
-//! effective ids differ (a running setuid/setgid program) is refused, because
-//! `SO_PEERCRED` reports the effective ids.
+//! which the caller gains nothing its own uid could not get. A process whose ids differ
+//! among themselves (a running setuid/setgid program, including one exec'd after
+//! connecting as another user: its real id is still the caller's, its effective id the
+//! program owner's) is refused, so the selectors of a privileged executable are never
+//! attested to a caller that merely started it.
 //!
 //! Two residual limits are inherent to peer credentials and not solved here. The socket
 //! may be used by a process other than the one that connected (fd passing, fork). A hash
@@ -116,26 +119,30 @@ pub(crate) enum AttestationError {
         /// Pid from the peer credentials.
         pid: i32,
     },
-    /// The real uid in `/proc/<pid>/status` differs from the peer credentials: the process
+    /// A uid in `/proc/<pid>/status` differs from the peer credentials: the process
     /// changed identity (or runs setuid) since connecting, or the pid belongs to another
     /// process.
-    #[error("process {pid} has real uid {proc_uid}, peer credentials say {peer_uid}")]
+    #[error("process {pid} has {which} uid {proc_uid}, peer credentials say {peer_uid}")]
     UidMismatch {
         /// Pid from the peer credentials.
         pid: i32,
         /// Uid from the peer credentials.
         peer_uid: u32,
-        /// Real uid from procfs.
+        /// Which of the four uids differs (real, effective, saved, filesystem).
+        which: &'static str,
+        /// That uid, from procfs.
         proc_uid: u32,
     },
-    /// As [`Self::UidMismatch`], for the real gid.
-    #[error("process {pid} has real gid {proc_gid}, peer credentials say {peer_gid}")]
+    /// As [`Self::UidMismatch`], for the gids.
+    #[error("process {pid} has {which} gid {proc_gid}, peer credentials say {peer_gid}")]
     GidMismatch {
         /// Pid from the peer credentials.
         pid: i32,
         /// Gid from the peer credentials.
         peer_gid: u32,
-        /// Real gid from procfs.
+        /// Which of the four gids differs.
+        which: &'static str,
+        /// That gid, from procfs.
         proc_gid: u32,
     },
     /// Reading procfs (or the executable, or opening a pidfd) failed for a reason other
@@ -325,18 +332,20 @@ impl Attestor {
         // 4. Tie the instance to the caller. The kernel's peer credentials are authoritative
         //    for the selectors. procfs must agree with them, or the process is not (or no
         //    longer) the one that connected.
-        if status.real_uid != peer.uid {
+        if let Some((which, proc_uid)) = status.uid.first_other_than(peer.uid) {
             return Err(AttestationError::UidMismatch {
                 pid,
                 peer_uid: peer.uid,
-                proc_uid: status.real_uid,
+                which,
+                proc_uid,
             });
         }
-        if status.real_gid != peer.gid {
+        if let Some((which, proc_gid)) = status.gid.first_other_than(peer.gid) {
             return Err(AttestationError::GidMismatch {
                 pid,
                 peer_gid: peer.gid,
-                proc_gid: status.real_gid,
+                which,
+                proc_gid,
             });
         }
         Ok(Evidence { status, executable })
@@ -1042,15 +1051,81 @@ mod tests {
                 .spawn()
                 .unwrap(),
         );
-        let sleep = which("sleep");
+        wait_for_exec(&child, "sleep");
+        child
+    }
+
+    /// Waits until `child` runs the program `name` (found on PATH).
+    fn wait_for_exec(child: &Reaped, name: &str) {
+        let program = which(name);
         let exe = format!("/proc/{}/exe", child.pid());
         for _ in 0..500 {
-            if fs::read_link(&exe).is_ok_and(|p| p == sleep) {
-                return child;
+            if fs::read_link(&exe).is_ok_and(|p| p == program) {
+                return;
             }
             thread::sleep(Duration::from_millis(10));
         }
-        panic!("setpriv did not exec sleep");
+        panic!("process {} did not exec {name}", child.pid());
+    }
+
+    /// The state a setuid program leaves a caller in when it execs one after connecting as
+    /// nobody: real ids nobody's (what the peer credentials recorded), effective and saved
+    /// ids root's. Reproduced without a setuid file by `setpriv` changing only the real ids
+    /// of a root process. Refused, naming the effective uid; a consistent nobody process
+    /// with the same peer credentials is attested.
+    #[test]
+    #[ignore = "needs root: spawns a child whose real and effective ids differ"]
+    fn refuses_a_caller_whose_effective_ids_are_not_the_peer_credentials() {
+        let attestor = Attestor::new();
+        let mixed = Reaped(
+            Command::new("setpriv")
+                .args(["--ruid=65534", "--rgid=65534", "--clear-groups"])
+                .args(["--", "sleep", "30"])
+                .spawn()
+                .unwrap(),
+        );
+        wait_for_exec(&mixed, "sleep");
+        let status = fs::read_to_string(format!("/proc/{}/status", mixed.pid())).unwrap();
+        let ids = procfs::parse_status(&status).unwrap();
+        assert_eq!((ids.uid.real, ids.uid.effective), (65534, 0), "{status}");
+        let peer = PeerCred {
+            pid: Some(mixed.pid()),
+            uid: 65534,
+            gid: 65534,
+        };
+        let refused = attestor.attest(peer);
+        assert!(
+            matches!(
+                refused,
+                Err(AttestationError::UidMismatch {
+                    which: "effective",
+                    peer_uid: 65534,
+                    proc_uid: 0,
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+        assert!(
+            refused
+                .unwrap_err()
+                .to_string()
+                .contains("effective uid 0, peer credentials say 65534")
+        );
+        let consistent = Reaped(
+            Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .args(["--", "sleep", "30"])
+                .spawn()
+                .unwrap(),
+        );
+        wait_for_exec(&consistent, "sleep");
+        let peer = PeerCred {
+            pid: Some(consistent.pid()),
+            ..peer
+        };
+        let attested = attestor.attest(peer);
+        assert!(attested.is_ok(), "{attested:?}");
     }
 
     /// Real processes with supplementary groups, from one to 10 000 (the `Groups:` line of

@@ -284,13 +284,40 @@ impl PidFd {
     }
 }
 
+/// The four ids of a `Uid:` or `Gid:` line, in the kernel's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ids {
+    /// Real.
+    pub(crate) real: u32,
+    /// Effective (what permission checks and `SO_PEERCRED` use).
+    pub(crate) effective: u32,
+    /// Saved set-id.
+    pub(crate) saved: u32,
+    /// Filesystem.
+    pub(crate) fs: u32,
+}
+
+impl Ids {
+    /// The first of the four ids that is not `id`, named, if any.
+    pub(crate) fn first_other_than(&self, id: u32) -> Option<(&'static str, u32)> {
+        [
+            ("real", self.real),
+            ("effective", self.effective),
+            ("saved", self.saved),
+            ("filesystem", self.fs),
+        ]
+        .into_iter()
+        .find(|&(_, v)| v != id)
+    }
+}
+
 /// What we use from `/proc/<pid>/status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Status {
-    /// Real uid (first field of `Uid:`).
-    pub(crate) real_uid: u32,
-    /// Real gid (first field of `Gid:`).
-    pub(crate) real_gid: u32,
+    /// The `Uid:` line.
+    pub(crate) uid: Ids,
+    /// The `Gid:` line.
+    pub(crate) gid: Ids,
     /// Supplementary groups (`Groups:`), in kernel order.
     pub(crate) groups: Vec<u32>,
 }
@@ -329,15 +356,15 @@ pub(crate) fn parse_status(status: &str) -> Result<Status, ProcfsParseError> {
             continue;
         };
         match key {
-            "Uid" => set_once(&mut uid, "Uid", parse_real_id(value, "Uid")?)?,
-            "Gid" => set_once(&mut gid, "Gid", parse_real_id(value, "Gid")?)?,
+            "Uid" => set_once(&mut uid, "Uid", parse_ids(value, "Uid")?)?,
+            "Gid" => set_once(&mut gid, "Gid", parse_ids(value, "Gid")?)?,
             "Groups" => set_once(&mut groups, "Groups", parse_id_list(value, "Groups")?)?,
             _ => {}
         }
     }
     Ok(Status {
-        real_uid: uid.ok_or(ProcfsParseError::MissingField { field: "Uid" })?,
-        real_gid: gid.ok_or(ProcfsParseError::MissingField { field: "Gid" })?,
+        uid: uid.ok_or(ProcfsParseError::MissingField { field: "Uid" })?,
+        gid: gid.ok_or(ProcfsParseError::MissingField { field: "Gid" })?,
         groups: groups.ok_or(ProcfsParseError::MissingField { field: "Groups" })?,
     })
 }
@@ -387,11 +414,16 @@ fn parse_id_list(value: &str, field: &'static str) -> Result<Vec<u32>, ProcfsPar
         .collect()
 }
 
-/// `Uid:`/`Gid:` hold real, effective, saved and filesystem ids; we want the real one but
-/// insist on the full shape so a format change is noticed rather than misread.
-fn parse_real_id(value: &str, field: &'static str) -> Result<u32, ProcfsParseError> {
-    match parse_id_list(value, field)?.as_slice() {
-        [real, _effective, _saved, _fs] => Ok(*real),
+/// `Uid:`/`Gid:` hold real, effective, saved and filesystem ids: exactly four, so a format
+/// change is noticed rather than misread.
+fn parse_ids(value: &str, field: &'static str) -> Result<Ids, ProcfsParseError> {
+    match *parse_id_list(value, field)?.as_slice() {
+        [real, effective, saved, fs] => Ok(Ids {
+            real,
+            effective,
+            saved,
+            fs,
+        }),
         _ => Err(ProcfsParseError::WrongIdCount { field }),
     }
 }
@@ -519,8 +551,18 @@ mod tests {
         assert_eq!(
             parse_status(STATUS),
             Ok(Status {
-                real_uid: 1000,
-                real_gid: 100,
+                uid: Ids {
+                    real: 1000,
+                    effective: 1001,
+                    saved: 1002,
+                    fs: 1003,
+                },
+                gid: Ids {
+                    real: 100,
+                    effective: 101,
+                    saved: 102,
+                    fs: 103,
+                },
                 groups: vec![4, 24, 27],
             })
         );
@@ -528,7 +570,7 @@ mod tests {
         assert_eq!(parse_status(&no_groups).map(|s| s.groups), Ok(vec![]));
         // Name: is escaped by the kernel, but a literal fake line in it is harmless anyway.
         let odd_name = STATUS.replace("Name:\tsleep", "Name:\tUid: 0 0 0 0");
-        assert_eq!(parse_status(&odd_name).map(|s| s.real_uid), Ok(1000));
+        assert_eq!(parse_status(&odd_name).map(|s| s.uid.real), Ok(1000));
     }
 
     /// The `Groups:` line is read whole whatever its length: 64 groups, with or without
@@ -666,7 +708,7 @@ mod tests {
         let first = dir.start_time().unwrap();
         assert_eq!(dir.start_time().unwrap(), first);
         assert_eq!(
-            dir.status().unwrap().real_uid,
+            dir.status().unwrap().uid.real,
             rustix::process::getuid().as_raw()
         );
         assert_eq!(
