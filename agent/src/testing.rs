@@ -407,6 +407,26 @@ impl NodeConnector for FakeNode {
     }
 }
 
+impl FakeNode {
+    /// Records `call` and signs the agent's own SVID for `csr`, with the bundle.
+    fn sign_agent(
+        &self,
+        call: NodeCall,
+        csr: &[u8],
+    ) -> Result<(Vec<Vec<u8>>, Option<tessera::Bundle>), Status> {
+        let mut state = self.state();
+        self.record(&mut state, call);
+        Self::check_reachable(&state)?;
+        let now = self.0.clock.now();
+        let der = self
+            .0
+            .ca
+            .sign_csr(csr, &self.0.agent_id, now, now + self.0.agent_svid_ttl)
+            .map_err(Status::invalid_argument)?;
+        Ok((vec![der], Some((&self.bundle()).into())))
+    }
+}
+
 fn unimplemented(what: &str) -> Status {
     Status::unimplemented(format!("FakeNode does not serve {what}"))
 }
@@ -414,35 +434,13 @@ fn unimplemented(what: &str) -> Status {
 #[async_trait::async_trait]
 impl NodeApi for FakeNode {
     async fn attest_agent(&self, req: AttestAgentRequest) -> Result<AttestAgentResponse, Status> {
-        let mut state = self.state();
-        self.record(&mut state, NodeCall::Attest);
-        Self::check_reachable(&state)?;
-        let now = self.0.clock.now();
-        let der = self
-            .0
-            .ca
-            .sign_csr(&req.csr, &self.0.agent_id, now, now + self.0.agent_svid_ttl)
-            .map_err(Status::invalid_argument)?;
-        Ok(AttestAgentResponse {
-            svid_chain: vec![der],
-            bundle: Some((&self.bundle()).into()),
-        })
+        let (svid_chain, bundle) = self.sign_agent(NodeCall::Attest, &req.csr)?;
+        Ok(AttestAgentResponse { svid_chain, bundle })
     }
 
     async fn renew_agent(&self, req: RenewAgentRequest) -> Result<RenewAgentResponse, Status> {
-        let mut state = self.state();
-        self.record(&mut state, NodeCall::Renew);
-        Self::check_reachable(&state)?;
-        let now = self.0.clock.now();
-        let der = self
-            .0
-            .ca
-            .sign_csr(&req.csr, &self.0.agent_id, now, now + self.0.agent_svid_ttl)
-            .map_err(Status::invalid_argument)?;
-        Ok(RenewAgentResponse {
-            svid_chain: vec![der],
-            bundle: Some((&self.bundle()).into()),
-        })
+        let (svid_chain, bundle) = self.sign_agent(NodeCall::Renew, &req.csr)?;
+        Ok(RenewAgentResponse { svid_chain, bundle })
     }
 
     async fn sync(&self) -> Result<SyncStream, Status> {
