@@ -118,21 +118,27 @@ fn check_header<T>(req: &Request<T>) -> Result<(), Status> {
     }
 }
 
+/// The kernel's credentials of the process at the other end of `req`'s connection, taken
+/// when it connected (attestation checks the caller's /proc against them).
+fn peer<T>(req: &Request<T>) -> Result<PeerCred, Status> {
+    let cred = req
+        .extensions()
+        .get::<UdsConnectInfo>()
+        .and_then(|i| i.peer_cred)
+        .ok_or_else(|| Status::unavailable("workload attestation failed"))?;
+    Ok(PeerCred {
+        pid: cred.pid(),
+        uid: cred.uid(),
+        gid: cred.gid(),
+    })
+}
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl WorkloadApi {
     /// Attests the caller of `req` (off the async runtime: it reads /proc and may hash).
     async fn attest<T>(&self, req: &Request<T>) -> Result<SelectorSet, Status> {
-        let cred = req
-            .extensions()
-            .get::<UdsConnectInfo>()
-            .and_then(|i| i.peer_cred)
-            .ok_or_else(|| Status::unavailable("workload attestation failed"))?;
-        let peer = PeerCred {
-            pid: cred.pid(),
-            uid: cred.uid(),
-            gid: cred.gid(),
-        };
+        let peer = peer(req)?;
         let attestor = Arc::clone(&self.attestor);
         let job = tokio::task::spawn_blocking(move || attestor.attest(peer));
         match tokio::time::timeout(ATTESTATION_TIMEOUT, job).await {

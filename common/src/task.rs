@@ -141,7 +141,10 @@ pub fn task_json(t: &crate::proto::tessera::Task) -> serde_json::Value {
         "parent_id": t.parent_id,
         "provisioned": t.provisioned,
         "requester": t.requester,
+        "requester_uid": t.requester_uid,
+        "requester_user": (!t.requester_user.is_empty()).then_some(&t.requester_user),
         "approver": (!t.approver.is_empty()).then_some(&t.approver),
+        "approver_uid": t.approver_uid,
         "reason": t.reason,
         "ticket": t.ticket,
         "scopes": t.scopes,
@@ -182,8 +185,17 @@ pub fn task_text(t: &crate::proto::tessera::Task) -> String {
         line("Provisioned", &"true (entry deleted when the task ends)");
     }
     line("Requester", &t.requester);
+    if let Some(uid) = t.requester_uid {
+        line(
+            "Requester user",
+            &format!("{} (uid {uid})", t.requester_user),
+        );
+    }
     if !t.approver.is_empty() {
         line("Approver", &t.approver);
+    }
+    if let Some(uid) = t.approver_uid {
+        line("Approver uid", &uid);
     }
     if !t.reason.is_empty() {
         line("Reason", &t.reason);

@@ -10,6 +10,7 @@ pub mod health;
 pub mod socket;
 pub mod state_file;
 pub mod supervisor;
+pub mod users;
 
 use tokio_util::sync::CancellationToken;
 

@@ -119,6 +119,20 @@ pub struct TaskRecord {
     pub end: Option<TaskEnd>,
     /// The policy decision that admitted it.
     pub decision: Decision,
+    /// The Unix user that asked: the operator's, or the workload's as its agent attested
+    /// it. `None` only for tasks recorded before it was kept; those cannot be approved.
+    pub requester_unix: Option<UnixUser>,
+    /// The uid of the operator who approved it.
+    pub approver_uid: Option<u32>,
+}
+
+/// A Unix user as the kernel reported it (peer credentials), with its name at the time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnixUser {
+    /// The uid.
+    pub uid: u32,
+    /// Its name (the uid in decimal when it has none).
+    pub name: String,
 }
 
 /// How a task ended.

@@ -37,7 +37,7 @@ use self::revocation::{RevocationState, ended_early};
 use crate::audit::{AuditEvent, AuditKind};
 use crate::ca::rotation::CaSet;
 use crate::clock::Clock;
-use crate::datastore::{Datastore, DatastoreError, EntryFilter, TaskEnd, TaskRecord};
+use crate::datastore::{Datastore, DatastoreError, EntryFilter, TaskEnd, TaskRecord, UnixUser};
 use crate::events::{ChangeEvent, Events};
 use crate::policy::{Action, Decision, EntryFacts, PolicyEngine, PolicyRequest, Principal};
 use crate::registration::{EntryRequest, Registrar, RegistrationError};
@@ -314,6 +314,8 @@ impl Tasks {
             &entry.spiffe_id,
             json!({
                 "requester": requester.label(),
+                "requester_uid": requester.unix().map(|u| u.uid),
+                "requester_user": requester.unix().map(|u| &u.name),
                 "entry_id": entry.id,
                 "parent_id": entry.parent_id.as_str(),
                 "provisioned": provisioned,
@@ -360,6 +362,8 @@ impl Tasks {
             deadline: now.saturating_add(ttl),
             end: None,
             decision,
+            requester_unix: requester.unix().cloned(),
+            approver_uid: None,
         };
         let mut audit = vec![requested, decided];
         audit.push(if approval_required {
@@ -410,13 +414,10 @@ impl Tasks {
         Ok(self.ds.list_tasks(state).await?)
     }
 
-    /// Approves a pending task. The approver must not be the requester, and the policy is
-    /// asked again with the approver known.
-    pub async fn approve(
-        &self,
-        id: &TaskId,
-        approver: &Requester,
-    ) -> Result<TaskRecord, TaskError> {
+    /// Approves a pending task. The approver is an operator who is neither the requester
+    /// nor the Unix user that asked for it (by uid or by name), and the policy is asked
+    /// again with the approver known.
+    pub async fn approve(&self, id: &TaskId, approver: &UnixUser) -> Result<TaskRecord, TaskError> {
         let current = self.get(id).await?;
         if current.state != TaskState::PendingApproval {
             return Err(TaskError::WrongState(format!(
@@ -424,12 +425,7 @@ impl Tasks {
                 current.state
             )));
         }
-        let label = approver.label();
-        if label == current.requester {
-            return Err(TaskError::Forbidden(format!(
-                "{label} requested task {id} and cannot approve it: another approver must"
-            )));
-        }
+        let label = check_approver(&current, approver)?;
         let entry =
             self.ds.get_entry(&current.entry_id).await?.ok_or_else(|| {
                 TaskError::NotFound(format!("entry {} is gone", current.entry_id))
@@ -440,6 +436,7 @@ impl Tasks {
         }
         let mut task = current.clone();
         task.approver = Some(label);
+        task.approver_uid = Some(approver.uid);
         let decision = self.policy.evaluate(&self.policy_request(
             Action::BeginTask,
             principal_of(&task.requester),
@@ -457,7 +454,11 @@ impl Tasks {
                 AuditKind::TaskApproved,
                 &task.id,
                 &task.spiffe_id,
-                json!({ "approver": task.approver, "policy": decision.to_json() }),
+                json!({
+                    "approver": task.approver,
+                    "approver_uid": approver.uid,
+                    "policy": decision.to_json(),
+                }),
             ),
             activated_event(&task),
         ];
@@ -509,16 +510,19 @@ impl Tasks {
     }
 
     /// The requester a workload on `agent` speaks as: its standing entry `entry_id`,
-    /// which must be parented to that agent and not just-in-time.
+    /// which must be parented to that agent and not just-in-time, as the Unix user `unix`
+    /// the agent attested it as (when known).
     pub async fn workload_requester(
         &self,
         agent: &SpiffeId,
         entry_id: &EntryId,
+        unix: Option<UnixUser>,
     ) -> Result<Requester, TaskError> {
         match self.ds.get_entry(entry_id).await? {
             Some(e) if &e.parent_id == agent && !e.jit => Ok(Requester::Workload {
                 spiffe_id: e.spiffe_id,
                 agent: agent.clone(),
+                unix,
             }),
             _ => Err(TaskError::Forbidden(
                 "the caller has no standing identity on this agent".into(),
@@ -542,7 +546,7 @@ impl Tasks {
         let task = self.get(id).await?;
         let mut requester = None;
         for entry_id in requester_entry_ids {
-            if let Ok(r) = self.workload_requester(agent, entry_id).await
+            if let Ok(r) = self.workload_requester(agent, entry_id, None).await
                 && r.label() == task.requester
             {
                 requester = Some(r);
@@ -819,6 +823,35 @@ impl<'a> Purpose<'a> {
             provisioned: t.provisioned,
         }
     }
+}
+
+/// Whether `approver` may approve `task`, returning the approver's label. One Unix user
+/// never both requests and approves: the approver differs from the requester's label, uid
+/// and name. A workload's uid is the one its agent attested on the workload's node; uids
+/// are compared as numbers across hosts, which can only refuse too much (fail closed). A
+/// task that does not record its requester's user cannot be approved at all.
+fn check_approver(task: &TaskRecord, approver: &UnixUser) -> Result<String, TaskError> {
+    let id = &task.id;
+    let label = format!("user:{}", approver.name);
+    if label == task.requester {
+        return Err(TaskError::Forbidden(format!(
+            "{label} requested task {id} and cannot approve it: another approver must"
+        )));
+    }
+    let Some(requester) = &task.requester_unix else {
+        return Err(TaskError::Forbidden(format!(
+            "task {id} does not record which Unix user requested it, so no approver can be \
+             shown to be someone else: cancel it and request it again"
+        )));
+    };
+    if requester.uid == approver.uid || requester.name == approver.name {
+        return Err(TaskError::Forbidden(format!(
+            "{label} (uid {}) is the same Unix user as the requester of task {id} ({}, uid \
+             {} as user {}) and cannot approve it: another approver must",
+            approver.uid, task.requester, requester.uid, requester.name
+        )));
+    }
+    Ok(label)
 }
 
 fn grant(t: &TaskRecord) -> TaskGrant {

@@ -17,7 +17,7 @@ use common::proto::tessera::{
 use common::{Selector, SelectorSet};
 use tonic::{Request, Response, Status};
 
-use super::{WorkloadApi, check_header};
+use super::{WorkloadApi, check_header, peer};
 use crate::cache::{CacheSnapshot, CachedEntry};
 
 /// The caller's standing entry: not just-in-time, matching the caller, with SPIFFE ID
@@ -80,6 +80,9 @@ impl WorkloadTasks for WorkloadApi {
     async fn begin_task(&self, req: Request<TaskSpec>) -> Result<Response<Task>, Status> {
         check_header(&req)?;
         let selectors = self.attest(&req).await?;
+        // The Unix user attestation just verified: the server records it so that this user
+        // can never approve the task.
+        let uid = peer(&req)?.uid;
         let snap = self.cache.current();
         let mut spec = req.into_inner();
         let requester = standing(&snap, &selectors, &spec.requester_spiffe_id)?
@@ -111,6 +114,8 @@ impl WorkloadTasks for WorkloadApi {
             .begin_task(NodeBeginTaskRequest {
                 requester_entry_id: requester.to_string(),
                 spec: Some(spec),
+                requester_uid: Some(uid),
+                requester_user: daemon::users::user_name(uid),
             })
             .await?;
         tracing::info!(task_id = %task.id, state = %task.state, spiffe_id = %task.spiffe_id, "workload started a task");

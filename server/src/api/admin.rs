@@ -27,7 +27,7 @@ use tonic::{Request, Response, Status};
 use super::wire;
 use crate::audit::AuditChainError;
 use crate::bundle::BundlePublisher;
-use crate::datastore::Datastore;
+use crate::datastore::{Datastore, UnixUser};
 use crate::node_attestation::NodeAttestor;
 use crate::readiness::Readiness;
 use crate::registration::Registrar;
@@ -50,8 +50,8 @@ pub(crate) struct AdminService {
 }
 
 /// The operator calling: root, the server's own user, or a member of the admin group.
-/// Returns their Unix user name (`uid:N` if the uid has no name).
-fn operator<T>(req: &Request<T>, admin_gid: Option<u32>) -> Result<String, Status> {
+/// Returns their Unix user: uid and name (`uid:N` if the uid has no name).
+fn operator<T>(req: &Request<T>, admin_gid: Option<u32>) -> Result<UnixUser, Status> {
     let cred = req
         .extensions()
         .get::<UdsConnectInfo>()
@@ -59,12 +59,7 @@ fn operator<T>(req: &Request<T>, admin_gid: Option<u32>) -> Result<String, Statu
         .ok_or_else(|| Status::permission_denied("caller credentials unavailable"))?;
     let (uid, gid) = (cred.uid(), cred.gid());
     let me = nix::unistd::geteuid().as_raw();
-    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-        .ok()
-        .flatten();
-    let name = user
-        .as_ref()
-        .map_or_else(|| format!("uid:{uid}"), |u| u.name.clone());
+    let name = daemon::users::user_name(uid);
     let in_group = admin_gid.is_some_and(|g| {
         gid == g
             || nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(g))
@@ -73,7 +68,7 @@ fn operator<T>(req: &Request<T>, admin_gid: Option<u32>) -> Result<String, Statu
                 .is_some_and(|grp| grp.mem.contains(&name))
     });
     if uid == 0 || uid == me || in_group {
-        Ok(name)
+        Ok(UnixUser { uid, name })
     } else {
         tracing::warn!(uid, "admin call refused for uid");
         Err(Status::permission_denied(
@@ -127,7 +122,7 @@ impl Admin for AdminService {
     }
 
     async fn approve_task(&self, req: Request<TaskIdRequest>) -> Result<Response<Task>, Status> {
-        let who = self.caller(&req)?;
+        let who = operator(&req, self.admin_gid)?;
         let t = self.tasks.approve(&req.get_ref().id.parse()?, &who).await?;
         Ok(Response::new(wire::task(&t)))
     }

@@ -225,9 +225,10 @@ impl Node for NodeService {
     ) -> Result<Response<Task>, Status> {
         let agent = self.agent(&req).await?.spiffe_id;
         let req = req.into_inner();
+        let unix = wire::requester_unix(req.requester_uid, &req.requester_user)?;
         let requester = self
             .tasks
-            .workload_requester(&agent, &req.requester_entry_id.parse()?)
+            .workload_requester(&agent, &req.requester_entry_id.parse()?, Some(unix))
             .await?;
         let spec = req
             .spec

@@ -11,7 +11,7 @@ use tonic::Status;
 use crate::audit::AuditRecord;
 use crate::ca::rotation::CaInfo;
 use crate::clock::unix_seconds;
-use crate::datastore::{AgentRecord, TaskRecord};
+use crate::datastore::{AgentRecord, TaskRecord, UnixUser};
 use crate::issuance::X509Outcome;
 use crate::policy::Decision;
 use crate::registration::{EntryRequest, RegistrationError};
@@ -119,7 +119,37 @@ pub(crate) fn task(t: &TaskRecord) -> wire::Task {
         ended_at: t.end.as_ref().map_or(0, |e| e.at),
         end_reason: t.end.as_ref().map(|e| e.reason.clone()).unwrap_or_default(),
         decision: Some(decision(&t.decision)),
+        requester_uid: t.requester_unix.as_ref().map(|u| u.uid),
+        requester_user: t
+            .requester_unix
+            .as_ref()
+            .map(|u| u.name.clone())
+            .unwrap_or_default(),
+        approver_uid: t.approver_uid,
     }
+}
+
+/// Longest Unix user name an agent may report for a task's requester.
+const MAX_USER_NAME: usize = 256;
+
+/// The Unix user an agent reports for the workload that begins a task: a uid and its name
+/// on the workload's node (the uid in the `uid:N` form when it has none).
+pub(crate) fn requester_unix(uid: Option<u32>, name: &str) -> Result<UnixUser, Status> {
+    let uid = uid.ok_or_else(|| {
+        Status::invalid_argument(
+            "requester_uid is required: the agent must report the Unix user that asked \
+             (upgrade the agent)",
+        )
+    })?;
+    if name.is_empty() || name.len() > MAX_USER_NAME || name.chars().any(char::is_control) {
+        return Err(Status::invalid_argument(format!(
+            "requester_user must be 1 to {MAX_USER_NAME} bytes without control characters"
+        )));
+    }
+    Ok(UnixUser {
+        uid,
+        name: name.to_owned(),
+    })
 }
 
 /// The wire form of the revocations every agent receives.

@@ -17,7 +17,7 @@ use common::{EntryId, RegistrationEntry, Selector, SelectorSet, SpiffeId, TaskId
 use serde_json::json;
 
 use super::testdb::{Backend, Under};
-use super::{AgentRecord, DatastoreError, EntryFilter, TaskEnd, TaskRecord, TaskSvid};
+use super::{AgentRecord, DatastoreError, EntryFilter, TaskEnd, TaskRecord, TaskSvid, UnixUser};
 use crate::audit::{AuditEvent, verify};
 use crate::policy::Decision;
 
@@ -127,6 +127,11 @@ fn task(id: &str, e: &RegistrationEntry, state: TaskState, deadline: i64) -> Tas
             principal: "User::\"root\"".into(),
             entry: format!("Entry::\"{}\"", e.id),
         },
+        requester_unix: Some(UnixUser {
+            uid: 0,
+            name: "root".into(),
+        }),
+        approver_uid: None,
     }
 }
 
@@ -553,6 +558,7 @@ async fn tasks_lifecycle(b: &dyn Backend) {
     let mut active = t1.clone();
     active.state = TaskState::Active;
     active.approver = Some("user:alice".into());
+    active.approver_uid = Some(u32::MAX);
     active.activated_at = Some(1_700_000_100);
     let approved = [event("task.approved", "t1", Some("t1"))];
     assert!(

@@ -78,6 +78,14 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../migrations/postgres/0003_no_sentinels.sql"),
         then: None,
     },
+    Migration {
+        version: 4,
+        description: "a task's requester and approver Unix users (uid, and the requester's \
+                      name), so one user cannot request and approve the same task",
+        sqlite: include_str!("../../migrations/sqlite/0004_task_unix_users.sql"),
+        postgres: include_str!("../../migrations/postgres/0004_task_unix_users.sql"),
+        then: None,
+    },
 ];
 
 /// The tables version 1 created: a database holding them but no version table was

@@ -9,6 +9,7 @@ use common::task::TaskState;
 use common::{EntryId, SpiffeId};
 
 use super::TaskError;
+use crate::datastore::UnixUser;
 use crate::policy::Principal;
 
 /// Longest reason, ticket or scope accepted.
@@ -19,14 +20,17 @@ pub(crate) const MAX_SCOPES: usize = 64;
 /// Who asks for a task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Requester {
-    /// An operator on the admin socket, by Unix user name.
-    User(String),
+    /// An operator on the admin socket, by the Unix user of its peer credentials.
+    User(UnixUser),
     /// A workload, by its standing SPIFFE ID, through the agent that attested it.
     Workload {
         /// The workload's standing identity.
         spiffe_id: SpiffeId,
         /// The agent it runs under.
         agent: SpiffeId,
+        /// The Unix user the agent attested the calling process as (peer credentials on
+        /// the Workload API socket). Known when a workload begins a task.
+        unix: Option<UnixUser>,
     },
 }
 
@@ -34,14 +38,22 @@ impl Requester {
     /// The stored form: `user:NAME` or the SPIFFE ID.
     pub fn label(&self) -> String {
         match self {
-            Self::User(name) => format!("user:{name}"),
+            Self::User(user) => format!("user:{}", user.name),
             Self::Workload { spiffe_id, .. } => spiffe_id.to_string(),
+        }
+    }
+
+    /// The Unix user behind the request, when known.
+    pub fn unix(&self) -> Option<&UnixUser> {
+        match self {
+            Self::User(user) => Some(user),
+            Self::Workload { unix, .. } => unix.as_ref(),
         }
     }
 
     pub(crate) fn principal(&self) -> Principal {
         match self {
-            Self::User(name) => Principal::User(name.clone()),
+            Self::User(user) => Principal::User(user.name.clone()),
             Self::Workload { spiffe_id, .. } => Principal::Workload(spiffe_id.to_string()),
         }
     }
@@ -247,13 +259,20 @@ mod tests {
 
     #[test]
     fn requester_labels_round_trip_to_principals() {
-        let user = Requester::User("alice".into());
+        let alice = UnixUser {
+            uid: 1000,
+            name: "alice".into(),
+        };
+        let user = Requester::User(alice.clone());
         assert_eq!(user.label(), "user:alice");
+        assert_eq!(user.unix(), Some(&alice));
         assert_eq!(principal_of(&user.label()), user.principal());
         let w = Requester::Workload {
             spiffe_id: SpiffeId::new("spiffe://example.org/runtime").unwrap(),
             agent: SpiffeId::new("spiffe://example.org/agent").unwrap(),
+            unix: None,
         };
+        assert_eq!(w.unix(), None);
         assert_eq!(principal_of(&w.label()), w.principal());
     }
 }

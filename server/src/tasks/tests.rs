@@ -77,8 +77,24 @@ fn request(entry: &RegistrationEntry, ttl: Duration) -> TaskRequest {
     }
 }
 
+fn unix(uid: u32, name: &str) -> UnixUser {
+    UnixUser {
+        uid,
+        name: name.into(),
+    }
+}
+
 fn operator() -> Requester {
-    Requester::User("alice".into())
+    Requester::User(unix(1000, "alice"))
+}
+
+/// A workload on the entry's agent, attested as the Unix user `as_user`.
+fn workload(as_user: Option<UnixUser>) -> Requester {
+    Requester::Workload {
+        spiffe_id: SpiffeId::new("spiffe://example.org/runtime").unwrap(),
+        agent: SpiffeId::new("spiffe://example.org/agent").unwrap(),
+        unix: as_user,
+    }
 }
 
 /// Waits (real time, bounded) until task `id` is in `state`.
@@ -223,5 +239,93 @@ async fn a_standing_entry_cannot_be_activated_and_the_refusal_names_the_fix() {
     assert!(
         f.tasks.list(None).await.unwrap().is_empty(),
         "nothing stored"
+    );
+}
+
+#[tokio::test]
+async fn the_requesters_unix_user_can_never_approve_under_another_name_or_uid() {
+    let f = fixture().await;
+    let entry = jit_entry(&f).await;
+    // The built-in policy makes a workload's task wait for approval.
+    let task = f
+        .tasks
+        .create(&workload(Some(unix(1000, "alice"))), &request(&entry, HOUR))
+        .await
+        .unwrap();
+    assert_eq!(task.state, TaskState::PendingApproval);
+    assert_eq!(task.requester_unix, Some(unix(1000, "alice")));
+    let stored = f.tasks.get(&task.id).await.unwrap();
+    assert_eq!(stored.requester_unix, Some(unix(1000, "alice")));
+
+    // The same uid under another name (a second account sharing the uid), and the same
+    // name with another uid (the user on another host), are the same user.
+    for approver in [unix(1000, "bob"), unix(1001, "alice")] {
+        let e = f.tasks.approve(&task.id, &approver).await.unwrap_err();
+        assert!(matches!(e, TaskError::Forbidden(_)), "{e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("is the same Unix user as the requester")
+                && msg.contains("uid 1000 as user alice"),
+            "{msg}"
+        );
+    }
+    // Refusals change nothing.
+    let unchanged = f.tasks.get(&task.id).await.unwrap();
+    assert_eq!(unchanged, stored);
+
+    let approved = f.tasks.approve(&task.id, &unix(0, "root")).await.unwrap();
+    assert_eq!(approved.state, TaskState::Active);
+    assert_eq!(approved.approver.as_deref(), Some("user:root"));
+    assert_eq!(approved.approver_uid, Some(0));
+    assert_eq!(f.tasks.get(&task.id).await.unwrap(), approved);
+}
+
+#[tokio::test]
+async fn a_task_whose_requester_user_is_unknown_cannot_be_approved() {
+    let f = fixture().await;
+    let entry = jit_entry(&f).await;
+    let task = f
+        .tasks
+        .create(&workload(None), &request(&entry, HOUR))
+        .await
+        .unwrap();
+    assert_eq!(task.state, TaskState::PendingApproval);
+    let e = f
+        .tasks
+        .approve(&task.id, &unix(0, "root"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, TaskError::Forbidden(_)), "{e:?}");
+    assert!(
+        e.to_string()
+            .contains("does not record which Unix user requested it"),
+        "{e}"
+    );
+    assert_eq!(
+        f.tasks.get(&task.id).await.unwrap().state,
+        TaskState::PendingApproval
+    );
+}
+
+#[tokio::test]
+async fn an_operator_cannot_approve_a_task_they_requested() {
+    let f = fixture().await;
+    let entry = jit_entry(&f).await;
+    let task = f
+        .tasks
+        .create(&workload(Some(unix(1000, "alice"))), &request(&entry, HOUR))
+        .await
+        .unwrap();
+    // The label check still applies to operators whose task was requested as themselves.
+    let mut by_operator = f.tasks.get(&task.id).await.unwrap();
+    by_operator.requester = "user:carol".into();
+    let e = check_approver(&by_operator, &unix(2000, "carol")).unwrap_err();
+    assert!(
+        e.to_string().contains("requested task") && e.to_string().contains("user:carol"),
+        "{e}"
+    );
+    assert_eq!(
+        check_approver(&by_operator, &unix(2001, "dave")).unwrap(),
+        "user:dave"
     );
 }

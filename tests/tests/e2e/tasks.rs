@@ -5,7 +5,7 @@
 //!
 //! The test process runs as root: root is the requester (operator `user:root`, and the
 //! workload with uid 0); `nobody`, a member of the admin group `nogroup`, is the other
-//! operator who approves.
+//! operator who approves, except where nobody is the requester and root approves.
 
 use std::process::Output;
 use std::time::Duration;
@@ -584,12 +584,25 @@ async fn policy_allows_denies_caps_and_requires_another_approver() {
     let w = ok_json(&out, "tessera-agent task begin");
     let wid = w["id"].as_str().unwrap().to_owned();
     assert_eq!(w["requester"], STANDING, "{w}");
+    assert_eq!(w["requester_uid"], 0, "{w}");
+    assert_eq!(w["requester_user"], "root", "{w}");
     assert_eq!(w["state"], "pending_approval", "{w}");
+    // The workload ran as root: root, as an operator, is the same Unix user and cannot
+    // approve it.
+    let own = task(&c, &["approve", &wid]);
+    assert!(!own.status.success());
+    assert!(
+        stderr(&own).contains("is the same Unix user as the requester"),
+        "{}",
+        stderr(&own)
+    );
     let active = ok_json(
-        &task(&c, &["approve", &wid]),
-        "operator approves the workload's task",
+        &approve_as_nobody(&c, &wid),
+        "another operator approves the workload's task",
     );
     assert_eq!(active["state"], "active");
+    assert_eq!(active["approver"], "user:nobody");
+    assert_eq!(active["approver_uid"], 65534);
     let token = wait_for(Duration::from_secs(10), || {
         futures::executor::block_on(fetch_jwt(&c, JIT_DB)).ok()
     })
@@ -623,6 +636,67 @@ async fn policy_allows_denies_caps_and_requires_another_approver() {
     std::fs::remove_file(policies.path().join("broken.cedar")).unwrap();
     let r = c.server.cli_json(&["policy", "reload"]);
     assert_eq!(r["policies"], 6, "{r}");
+}
+
+/// The attack of a local user who is also an operator: as `nobody`, begin a task through
+/// the agent (as a workload), then approve it on the admin socket (through the admin
+/// group). The server recorded the uid the agent attested, so the approval is refused;
+/// root, another user, approves.
+#[test]
+fn one_unix_user_cannot_request_and_approve_the_same_task() {
+    const JIT_NOBODY: &str = "spiffe://example.org/jit/nobody";
+    const STANDING_NOBODY: &str = "spiffe://example.org/standing/nobody";
+    let (c, _p) = cluster();
+    c.server
+        .create_entry(JIT_NOBODY, &["unix:uid:65534"], &["--jit"]);
+    c.server
+        .create_entry(STANDING_NOBODY, &["unix:uid:65534"], &[]);
+    let begun = wait_for(Duration::from_secs(10), || {
+        let out = command_as_nobody("tessera-agent")
+            .args([
+                "task",
+                "begin",
+                "--spiffe-id",
+                JIT_NOBODY,
+                "--reason",
+                "self-approval attempt",
+                "--output",
+                "json",
+            ])
+            .arg("--socket-path")
+            .arg(&c.agent.socket_path)
+            .env_remove("SPIFFE_ENDPOINT_SOCKET")
+            .output()
+            .expect("run tessera-agent as nobody");
+        // Until the agent has synced nobody's standing entry, it has no identity.
+        out.status.success().then_some(out)
+    })
+    .expect("nobody begins a task through the agent");
+    let t = ok_json(&begun, "tessera-agent task begin as nobody");
+    let id = t["id"].as_str().unwrap().to_owned();
+    assert_eq!(t["state"], "pending_approval", "{t}");
+    assert_eq!(t["requester"], STANDING_NOBODY, "{t}");
+    assert_eq!(t["requester_uid"], 65534, "{t}");
+
+    let own = approve_as_nobody(&c, &id);
+    assert!(!own.status.success(), "nobody approved its own task");
+    assert!(
+        stderr(&own).contains("user:nobody (uid 65534) is the same Unix user as the requester"),
+        "{}",
+        stderr(&own)
+    );
+    let shown = ok_json(&task(&c, &["show", &id]), "task show");
+    assert_eq!(shown["state"], "pending_approval", "{shown}");
+    assert!(shown["approver"].is_null(), "{shown}");
+    assert!(
+        !kinds(&c, &id).contains(&"task.approved".to_owned()),
+        "a refused approval is not audited as one"
+    );
+
+    let approved = ok_json(&task(&c, &["approve", &id]), "root approves");
+    assert_eq!(approved["state"], "active");
+    assert_eq!(approved["approver"], "user:root");
+    assert_eq!(approved["approver_uid"], 0);
 }
 
 #[test]

@@ -144,6 +144,12 @@ pub struct NodeBeginTaskRequest {
     pub requester_entry_id: ::prost::alloc::string::String,
     #[prost(message, optional, tag = "2")]
     pub spec: ::core::option::Option<TaskSpec>,
+    /// The Unix user of the process that asked, as the agent attested it (peer
+    /// credentials); the server records it so that user can never approve the task.
+    #[prost(uint32, optional, tag = "3")]
+    pub requester_uid: ::core::option::Option<u32>,
+    #[prost(string, tag = "4")]
+    pub requester_user: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct NodeEndTaskRequest {
@@ -333,6 +339,15 @@ pub struct Task {
     /// The policy decision that admitted it.
     #[prost(message, optional, tag = "17")]
     pub decision: ::core::option::Option<PolicyDecision>,
+    /// The Unix user that asked (an operator's own uid; a workload's attested uid on its
+    /// node). Absent for tasks recorded before uids were kept.
+    #[prost(uint32, optional, tag = "18")]
+    pub requester_uid: ::core::option::Option<u32>,
+    #[prost(string, tag = "19")]
+    pub requester_user: ::prost::alloc::string::String,
+    /// The uid of the operator who approved it.
+    #[prost(uint32, optional, tag = "20")]
+    pub approver_uid: ::core::option::Option<u32>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct PolicyDecision {

@@ -21,7 +21,9 @@ use sha2::{Digest as _, Sha256};
 
 use super::io::{Cells, Param};
 use crate::audit::{AuditEvent, AuditRecord};
-use crate::datastore::{AgentRecord, ConsumedToken, DatastoreError, TaskEnd, TaskRecord, TaskSvid};
+use crate::datastore::{
+    AgentRecord, ConsumedToken, DatastoreError, TaskEnd, TaskRecord, TaskSvid, UnixUser,
+};
 
 /// The message of a duplicate entry (same id, or same SPIFFE ID, parent and selectors);
 /// the admin API shows it.
@@ -82,8 +84,10 @@ pub(super) const LIST_AUDIT: &str =
 
 pub(super) const INSERT_TASK: &str = "INSERT INTO tasks (id, state, entry_id, spiffe_id,
         parent_id, provisioned, requester, approver, reason, ticket, scopes, created_at,
-        activated_at, deadline, ended_at, end_reason, decision)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
+        activated_at, deadline, ended_at, end_reason, decision, requester_uid, requester_user,
+        approver_uid)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+        $19, $20)";
 pub(super) const GET_TASK: &str = "SELECT * FROM tasks WHERE id = $1";
 pub(super) const LIST_TASKS: &str =
     "SELECT * FROM tasks WHERE ($1 IS NULL OR state = $1) ORDER BY created_at, id";
@@ -118,7 +122,8 @@ pub(super) fn update_task_sql(expected: &[TaskState]) -> Option<String> {
         "UPDATE tasks SET state = $2, entry_id = $3, spiffe_id = $4, parent_id = $5,
             provisioned = $6, requester = $7, approver = $8, reason = $9, ticket = $10,
             scopes = $11, created_at = $12, activated_at = $13, deadline = $14, ended_at = $15,
-            end_reason = $16, decision = $17
+            end_reason = $16, decision = $17, requester_uid = $18, requester_user = $19,
+            approver_uid = $20
         WHERE id = $1 AND state IN ({})",
         states.join(", ")
     ))
@@ -280,7 +285,7 @@ impl TaskRow {
         })
     }
 
-    pub(super) fn params<'a>(&'a self, t: &'a TaskRecord) -> [Param<'a>; 17] {
+    pub(super) fn params<'a>(&'a self, t: &'a TaskRecord) -> [Param<'a>; 20] {
         [
             Param::Text(t.id.as_str()),
             Param::Text(t.state.as_str()),
@@ -299,8 +304,18 @@ impl TaskRow {
             Param::OptInt(t.end.as_ref().map(|e| e.at)),
             Param::OptText(t.end.as_ref().map(|e| e.reason.as_str())),
             Param::Text(&self.decision),
+            Param::OptInt(t.requester_unix.as_ref().map(|u| i64::from(u.uid))),
+            Param::OptText(t.requester_unix.as_ref().map(|u| u.name.as_str())),
+            Param::OptInt(t.approver_uid.map(i64::from)),
         ]
     }
+}
+
+/// A uid column: absent, or a value a `u32` holds.
+fn uid(row: &impl Cells, column: &str) -> Result<Option<u32>, DatastoreError> {
+    row.opt_int(column)?
+        .map(|v| u32::try_from(v).map_err(|e| corrupt(column, e)))
+        .transpose()
 }
 
 pub(super) fn task(row: &impl Cells) -> Result<TaskRecord, DatastoreError> {
@@ -316,6 +331,17 @@ pub(super) fn task(row: &impl Cells) -> Result<TaskRecord, DatastoreError> {
             return Err(corrupt(
                 "ended_at",
                 format!("does not agree with state {state}"),
+            ));
+        }
+    };
+    // Both or neither (schema version 4 on; NULL on tasks recorded before).
+    let requester_unix = match (uid(row, "requester_uid")?, row.opt_text("requester_user")?) {
+        (Some(uid), Some(name)) => Some(UnixUser { uid, name }),
+        (None, None) => None,
+        _ => {
+            return Err(corrupt(
+                "requester_uid",
+                "does not agree with requester_user",
             ));
         }
     };
@@ -337,6 +363,8 @@ pub(super) fn task(row: &impl Cells) -> Result<TaskRecord, DatastoreError> {
         end,
         decision: serde_json::from_str(&row.text("decision")?)
             .map_err(|e| corrupt("decision", e))?,
+        requester_unix,
+        approver_uid: uid(row, "approver_uid")?,
     })
 }
 
