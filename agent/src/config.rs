@@ -7,8 +7,12 @@ use serde::Deserialize;
 
 /// Default data directory.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/tessera/agent";
-/// Default Workload API socket (as SPIRE's `/tmp/spire-agent/public/api.sock`).
-pub const DEFAULT_SOCKET_PATH: &str = "/tmp/tessera-agent/public/api.sock";
+/// Default Workload API socket for clients, and for an agent run as root (an
+/// unprivileged agent defaults to `$XDG_RUNTIME_DIR/tessera-agent/public/api.sock`). Not
+/// under `/tmp`, where any user could create the directory first.
+pub const DEFAULT_SOCKET_PATH: &str = "/run/tessera-agent/public/api.sock";
+/// The Workload API socket's path under a runtime directory.
+const SOCKET_IN_RUNTIME_DIR: &str = "tessera-agent/public/api.sock";
 /// Default server address.
 pub const DEFAULT_SERVER_ADDRESS: &str = "127.0.0.1:8081";
 
@@ -37,7 +41,8 @@ pub struct RawAgentConfig {
     /// Directory for the agent SVID, key, bundle and cache [default: /var/lib/tessera/agent].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Workload API Unix socket path [default: /tmp/tessera-agent/public/api.sock].
+    /// Workload API Unix socket path [default: /run/tessera-agent/public/api.sock for
+    /// root, $XDG_RUNTIME_DIR/tessera-agent/public/api.sock for other users].
     #[arg(long)]
     pub socket_path: Option<PathBuf>,
     /// IP:PORT for the HTTP /live and /ready endpoints (off when unset).
@@ -246,7 +251,7 @@ impl AgentConfig {
         }
         let socket_path = raw
             .socket_path
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_PATH));
+            .unwrap_or_else(|| daemon::socket::default_daemon_socket(SOCKET_IN_RUNTIME_DIR));
         if !socket_path.is_absolute() {
             return Err(AgentConfigError::Invalid {
                 key: "socket_path",

@@ -149,15 +149,18 @@ where
 
 /// Connects to a local gRPC API on the Unix socket at `path`. On failure the error names
 /// what was being reached, the OS error (once), and how to point the command elsewhere:
-/// `env_var` (e.g. `SPIFFE_ENDPOINT_SOCKET`) and `flag` (e.g. `--socket-path`).
+/// `env_var` (e.g. `SPIFFE_ENDPOINT_SOCKET`) and `flag` (e.g. `--socket-path`). With
+/// `trusted_uids`, a socket served by a process running as another user is refused
+/// ([`crate::socket::connect_unix_checked`]).
 pub async fn connect_socket(
     path: &Path,
     what: &str,
     daemon_name: &str,
     env_var: &str,
     flag: &str,
+    trusted_uids: Option<&[u32]>,
 ) -> anyhow::Result<tonic::transport::Channel> {
-    crate::socket::connect_unix(path).await.map_err(|e| {
+    crate::socket::connect_unix_checked(path, trusted_uids).await.map_err(|e| {
         let cause = io_cause(&e).map_or_else(|| e.to_string(), ToString::to_string);
         anyhow::anyhow!(
             "cannot reach {what} at {}: {cause} (is {daemon_name} running? set {env_var} or {flag} to its socket)",
@@ -246,6 +249,7 @@ mod tests {
             "tessera-agent",
             "SPIFFE_ENDPOINT_SOCKET",
             "--socket-path",
+            None,
         )
         .await
         .unwrap_err();

@@ -27,8 +27,9 @@ pub const DEFAULT_AGENT_SVID_TTL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_BIND_ADDRESS: &str = "0.0.0.0:8081";
 /// Default data directory.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/tessera/server";
-/// Default admin socket.
-pub const DEFAULT_ADMIN_SOCKET: &str = "/tmp/tessera-server/admin.sock";
+/// The admin socket's path under a runtime directory (`/run` for root, else
+/// `$XDG_RUNTIME_DIR`): see [`daemon::socket::default_daemon_socket`].
+pub const ADMIN_SOCKET_IN_RUNTIME_DIR: &str = "tessera-server/admin.sock";
 /// Default longest task lifetime.
 pub const DEFAULT_MAX_TASK_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Longest SVID lifetime an entry may ask for.
@@ -52,7 +53,8 @@ pub struct RawServerConfig {
     /// Node API listen address, IP:PORT [default: 0.0.0.0:8081].
     #[arg(long = "bind")]
     pub bind_address: Option<String>,
-    /// Admin API Unix socket path [default: /tmp/tessera-server/admin.sock].
+    /// Admin API Unix socket path [default: /run/tessera-server/admin.sock for root,
+    /// $XDG_RUNTIME_DIR/tessera-server/admin.sock for other users].
     #[arg(long)]
     pub admin_socket: Option<PathBuf>,
     /// Datastore: `sqlite` (default, `<data_dir>/datastore.sqlite3`), `sqlite:///abs/path`,
@@ -375,7 +377,7 @@ impl ServerConfig {
         })?;
         let admin_socket = raw
             .admin_socket
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET));
+            .unwrap_or_else(|| daemon::socket::default_daemon_socket(ADMIN_SOCKET_IN_RUNTIME_DIR));
         if !admin_socket.is_absolute() {
             return Err(ServerConfigError::Invalid {
                 key: "admin_socket",

@@ -30,6 +30,7 @@ async fn channel(path: &Path) -> anyhow::Result<Channel> {
         "tessera-agent",
         "SPIFFE_ENDPOINT_SOCKET",
         "--socket-path",
+        None,
     )
     .await
 }

@@ -8,7 +8,7 @@ use common::duration::parse_duration;
 use common::proto::tessera::EntrySpec;
 use daemon::cli_output::Output;
 
-use crate::config::{DEFAULT_ADMIN_SOCKET, RawServerConfig, ServerConfig, ServerConfigError};
+use crate::config::{RawServerConfig, ServerConfig, ServerConfigError};
 
 /// tessera-server: SPIFFE workload identity server.
 #[derive(Debug, Parser)]
@@ -22,9 +22,15 @@ pub struct Cli {
 /// Options shared by admin commands.
 #[derive(Debug, Clone, Args)]
 pub struct AdminOpts {
-    /// Path of the server's admin socket.
-    #[arg(long, env = "TESSERA_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET, global = true)]
-    pub admin_socket: PathBuf,
+    /// Path of the server's admin socket [default: $XDG_RUNTIME_DIR/tessera-server/admin.sock
+    /// when that exists, else /run/tessera-server/admin.sock].
+    #[arg(long, env = "TESSERA_ADMIN_SOCKET", global = true)]
+    pub admin_socket: Option<PathBuf>,
+    /// The user the server runs as, when not root or yourself: the CLI talks only to a
+    /// socket whose listening process runs as root, as the caller, or as this user (by the
+    /// kernel's peer credentials), so whoever squats the socket path cannot answer.
+    #[arg(long, env = "TESSERA_SERVER_USER", global = true)]
+    pub server_user: Option<String>,
     /// Output format: text (times in RFC 3339) or json (times as Unix seconds).
     #[arg(long, value_enum, default_value_t = Output::Text, global = true)]
     pub output: Output,

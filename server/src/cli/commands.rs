@@ -9,7 +9,7 @@ use common::proto::tessera::{
     HealthRequest, ListAgentsRequest, ListAuditRequest, ListCasRequest, ListEntriesRequest,
     RotateCaRequest, UpdateEntryRequest, VerifyAuditRequest,
 };
-use daemon::cli_output::{self, Output};
+use daemon::cli_output::{self, Output, UsageError};
 use serde_json::json;
 use tonic::transport::Channel;
 
@@ -19,17 +19,49 @@ use super::args::{
 };
 use super::output;
 
-/// Connects to the admin API over its Unix socket; the error names `TESSERA_ADMIN_SOCKET`.
-pub async fn connect_admin(path: &Path) -> anyhow::Result<AdminClient<Channel>> {
+/// Connects to the admin API over its Unix socket at `path`, only if the process
+/// listening there runs as root, as the caller, or as `server_user` (a name or a uid); the
+/// error names `TESSERA_ADMIN_SOCKET`.
+pub async fn connect_admin(
+    path: &Path,
+    server_user: Option<&str>,
+) -> anyhow::Result<AdminClient<Channel>> {
+    let mut trusted = vec![0, nix::unistd::geteuid().as_raw()];
+    if let Some(user) = server_user {
+        trusted.push(server_uid(user)?);
+    }
+    trusted.sort_unstable();
+    trusted.dedup();
     let channel = cli_output::connect_socket(
         path,
         "the server's admin socket",
         "tessera-server",
         "TESSERA_ADMIN_SOCKET",
         "--admin-socket",
+        Some(&trusted),
     )
     .await?;
     Ok(AdminClient::new(channel))
+}
+
+/// [`connect_admin`] with the command line's options (the default socket when none).
+async fn admin_client(admin: &AdminOpts) -> anyhow::Result<AdminClient<Channel>> {
+    let path = admin.admin_socket.clone().unwrap_or_else(|| {
+        daemon::socket::default_client_socket(crate::config::ADMIN_SOCKET_IN_RUNTIME_DIR)
+    });
+    connect_admin(&path, admin.server_user.as_deref()).await
+}
+
+/// The uid of `--server-user`: a user name, or a uid in decimal.
+fn server_uid(user: &str) -> anyhow::Result<u32> {
+    if let Ok(uid) = user.parse() {
+        return Ok(uid);
+    }
+    match nix::unistd::User::from_name(user) {
+        Ok(Some(u)) => Ok(u.uid.as_raw()),
+        Ok(None) => Err(UsageError(format!("--server-user {user:?}: no such user")).into()),
+        Err(e) => Err(anyhow::anyhow!("--server-user {user:?}: {e}")),
+    }
 }
 
 /// An admin call failed: print the server's message, not the gRPC plumbing.
@@ -46,7 +78,7 @@ pub async fn run_admin(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run(_) => anyhow::bail!("BUG: run is not an admin command"),
         Command::Token { command, admin } => {
-            let mut c = connect_admin(&admin.admin_socket).await?;
+            let mut c = admin_client(&admin).await?;
             let TokenCommand::Generate { spiffe_id, ttl } = command;
             let r = c
                 .create_join_token(CreateJoinTokenRequest {
@@ -63,7 +95,7 @@ pub async fn run_admin(command: Command) -> anyhow::Result<()> {
             );
         }
         Command::Entry { command, admin } => {
-            let mut c = connect_admin(&admin.admin_socket).await?;
+            let mut c = admin_client(&admin).await?;
             match command {
                 EntryCommand::Create(fields) => {
                     let e = c
@@ -136,7 +168,7 @@ pub async fn run_admin(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Agent { command, admin } => {
-            let mut c = connect_admin(&admin.admin_socket).await?;
+            let mut c = admin_client(&admin).await?;
             match command {
                 AgentCommand::List => {
                     let list = c
@@ -188,7 +220,7 @@ pub async fn run_admin(command: Command) -> anyhow::Result<()> {
             command: BundleCommand::Show { format },
             admin,
         } => {
-            let mut c = connect_admin(&admin.admin_socket).await?;
+            let mut c = admin_client(&admin).await?;
             let b = c
                 .get_bundle(GetBundleRequest {})
                 .await
@@ -213,7 +245,7 @@ pub async fn run_admin(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Ca { command, admin } => {
-            let mut c = connect_admin(&admin.admin_socket).await?;
+            let mut c = admin_client(&admin).await?;
             let list = match command {
                 CaCommand::Show => c.list_cas(ListCasRequest {}).await,
                 CaCommand::Rotate => c.rotate_ca(RotateCaRequest {}).await,
@@ -228,7 +260,7 @@ pub async fn run_admin(command: Command) -> anyhow::Result<()> {
             );
         }
         Command::Audit { command, admin } => {
-            let mut c = connect_admin(&admin.admin_socket).await?;
+            let mut c = admin_client(&admin).await?;
             match command {
                 AuditCommand::Show { task } => {
                     let mut stream = c
@@ -284,7 +316,7 @@ pub async fn run_admin(command: Command) -> anyhow::Result<()> {
             command: PolicyCommand::Reload,
             admin,
         } => {
-            let mut c = connect_admin(&admin.admin_socket).await?;
+            let mut c = admin_client(&admin).await?;
             let r = c
                 .reload_policy(common::proto::tessera::ReloadPolicyRequest {})
                 .await
@@ -300,7 +332,7 @@ pub async fn run_admin(command: Command) -> anyhow::Result<()> {
             );
         }
         Command::Healthcheck { admin } => {
-            let mut c = connect_admin(&admin.admin_socket).await?;
+            let mut c = admin_client(&admin).await?;
             let h = c
                 .health(HealthRequest {})
                 .await
@@ -322,7 +354,7 @@ pub async fn run_admin(command: Command) -> anyhow::Result<()> {
 async fn run_task(command: TaskCommand, admin: &AdminOpts) -> anyhow::Result<()> {
     use common::proto::tessera::{EndTaskRequest, ListTasksRequest, TaskIdRequest};
     use common::task::{decision_json, task_json, task_text};
-    let mut c = connect_admin(&admin.admin_socket).await?;
+    let mut c = admin_client(admin).await?;
     let end = |id: String, outcome: &str, reason: Option<String>| EndTaskRequest {
         id,
         outcome: outcome.to_owned(),

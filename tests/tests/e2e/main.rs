@@ -30,5 +30,6 @@ mod resilience_mtls;
 mod resilience_outage;
 mod resilience_shutdown;
 mod smoke;
+mod socket_squatting;
 mod tasks;
 mod upstream;

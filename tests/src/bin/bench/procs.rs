@@ -153,7 +153,7 @@ impl Server {
         let mut proc = Proc::spawn(cmd, &dir.join("server.log"))?;
         let deadline = Instant::now() + Duration::from_secs(30);
         let bundle = loop {
-            if let Ok(mut c) = server::cli::connect_admin(&admin_socket).await
+            if let Ok(mut c) = server::cli::connect_admin(&admin_socket, None).await
                 && let Ok(b) = c.get_bundle(GetBundleRequest {}).await
             {
                 break b.into_inner();
@@ -176,7 +176,7 @@ impl Server {
 
     /// A fresh admin client (one HTTP/2 connection over the admin socket).
     pub(crate) async fn admin(&self) -> anyhow::Result<AdminClient<Channel>> {
-        server::cli::connect_admin(&self.admin_socket).await
+        server::cli::connect_admin(&self.admin_socket, None).await
     }
 
     /// A fresh join token for `spiffe_id`.
