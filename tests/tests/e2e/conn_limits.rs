@@ -162,7 +162,11 @@ fn time_to_close(s: &mut UnixStream, within: Duration) -> Option<Duration> {
 
 #[test]
 fn a_flood_of_connections_from_one_user_leaves_the_agent_serving_the_others() {
-    let mut c = Cluster::start_with_agent(&[], |a| a.with_fd_limit(FD_LIMIT));
+    // The flood stays open for the whole test, whatever the machine's load.
+    let mut c = Cluster::start_with_agent(&[], |a| {
+        a.with_fd_limit(FD_LIMIT)
+            .with_args(&["--api-handshake-timeout", "1h"])
+    });
     c.server
         .create_entry("spiffe://example.org/flood-root", &["unix:uid:0"], &[]);
     c.agent.fetch_ids().expect("fetch before the flood");
@@ -233,7 +237,15 @@ fn a_flood_of_connections_from_one_user_leaves_the_agent_serving_the_others() {
 #[test]
 fn one_users_connections_beyond_its_cap_are_closed_and_come_back_when_released() {
     const CAP: usize = 8;
-    let mut c = Cluster::start_with(&[], &["--api-max-connections-per-uid", "8"]);
+    let mut c = Cluster::start_with(
+        &[],
+        &[
+            "--api-max-connections-per-uid",
+            "8",
+            "--api-handshake-timeout",
+            "1h",
+        ],
+    );
     c.server
         .create_entry("spiffe://example.org/cap-root", &["unix:uid:0"], &[]);
     let socket = &c.agent.socket_path.clone();
@@ -252,6 +264,11 @@ fn one_users_connections_beyond_its_cap_are_closed_and_come_back_when_released()
     c.agent
         .fetch_ids()
         .expect("root's fetch beside nobody's capped connections");
+    // The fetch's connection is released once the agent has seen it close.
+    let settled = tests::wait_for(Duration::from_secs(10), || {
+        (open_fds(pid) <= fds_before + CAP).then_some(())
+    });
+    assert!(settled.is_some(), "the agent kept the fetch's connection");
     let mut mine: Vec<UnixStream> = (0..CAP)
         .map(|_| UnixStream::connect(socket).unwrap())
         .collect();
