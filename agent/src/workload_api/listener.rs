@@ -413,6 +413,83 @@ mod tests {
         }
     }
 
+    /// Set in the child process of the test below.
+    const EMFILE_CHILD: &str = "TESSERA_TEST_ACCEPT_EMFILE_CHILD";
+
+    /// CPU time of this process so far, in clock ticks (`utime` + `stime`), from its
+    /// `/proc/self/stat` opened beforehand (no descriptor may be left to open it).
+    fn cpu_ticks(stat: &mut std::fs::File) -> u64 {
+        use std::io::{Read as _, Seek as _};
+        stat.rewind().unwrap();
+        let mut text = String::new();
+        stat.read_to_string(&mut text).unwrap();
+        let stat = text;
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+            .split_whitespace()
+            .collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+
+    /// The process's open-file limit is lowered, so this runs in a child process (the test
+    /// binary again, running only this test): other tests must not run out of files.
+    #[tokio::test]
+    async fn an_accept_failing_for_lack_of_descriptors_backs_off_instead_of_spinning() {
+        use futures::StreamExt as _;
+        const NAME: &str = "workload_api::listener::tests::an_accept_failing_for_lack_of_descriptors_backs_off_instead_of_spinning";
+        if std::env::var_os(EMFILE_CHILD).is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([NAME, "--exact", "--nocapture", "--test-threads=1"])
+                .env(EMFILE_CHILD, "1")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success() && text.contains("1 passed"), "{text}");
+            eprintln!("{text}");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        // A connection waits in the backlog; then every descriptor is taken.
+        let _client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        let mut stat = std::fs::File::open("/proc/self/stat").unwrap();
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        rustix::process::setrlimit(
+            rustix::process::Resource::Nofile,
+            rustix::process::Rlimit {
+                current: Some(256),
+                maximum: limit.maximum,
+            },
+        )
+        .unwrap();
+        let mut files = Vec::new();
+        while let Ok(f) = std::fs::File::open("/dev/null") {
+            files.push(f);
+        }
+        assert!(!files.is_empty());
+        let mut incoming = Box::pin(incoming(listener, &limits(10, 10)));
+        // Two seconds of accepts failing with EMFILE: a spinning loop would take all of them.
+        let before = cpu_ticks(&mut stat);
+        let accepted = tokio::time::timeout(Duration::from_secs(2), incoming.next()).await;
+        let ticks = cpu_ticks(&mut stat) - before;
+        assert!(accepted.is_err(), "accepted without a descriptor");
+        eprintln!("{ticks} CPU ticks in 2 s of accepts failing with EMFILE");
+        assert!(
+            ticks <= 20,
+            "{ticks} CPU ticks in 2 s: the accept loop spins"
+        );
+        // Descriptors free again: the waiting connection is accepted at the next try
+        // (the pause is at most 1 s).
+        files.truncate(files.len() - 8);
+        let c = tokio::time::timeout(Duration::from_secs(3), incoming.next())
+            .await
+            .expect("accepted once descriptors are free")
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.slot_uid(), nix::unistd::getuid().as_raw());
+    }
+
     fn limits(per_uid: u32, total: u32) -> WorkloadApiLimits {
         WorkloadApiLimits {
             max_connections: total,
