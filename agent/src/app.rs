@@ -10,7 +10,6 @@ use anyhow::Context as _;
 use common::proto::tessera::workload_tasks_server::WorkloadTasksServer;
 use common::proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use common::{Bundle, BundleCell, X509Svid};
-use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::attestation::Attestor;
@@ -22,22 +21,13 @@ use crate::node_identity::{self, NodeIdentityError};
 use crate::rotation::{Backoff, Rotation};
 use crate::server_client::ServerLink;
 use crate::workload_api::WorkloadApi;
-use crate::workload_api::authority::{MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE, RepairedStream};
+use crate::workload_api::authority::{MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE};
+use crate::workload_api::connection::StreamTrackingLayer;
 use daemon::state_file;
 use daemon::supervisor::Supervisor;
-use tokio_stream::StreamExt as _;
 
 /// How long in-flight work may take after shutdown is requested.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
-/// Largest request message the Workload API services decode. The largest legitimate ones
-/// are about 64 KiB (a task with 64 scopes of 1 KiB; a JWT-SVID naming 32 audiences of
-/// 1 KiB); tonic's default of 4 MiB let any local user make the agent buffer 4 MiB per
-/// stream before attestation, by declaring a large message and withholding its last byte.
-const MAX_REQUEST_MESSAGE: usize = 128 * 1024;
-/// Concurrent streams one Workload API connection may open (SETTINGS_MAX_CONCURRENT_STREAMS;
-/// clients queue calls beyond it). Unlimited by default; with [`MAX_REQUEST_MESSAGE`] it
-/// bounds what one connection's requests hold to 4 MiB.
-const MAX_CONCURRENT_STREAMS: u32 = 32;
 
 fn initial_bundle(config: &AgentConfig) -> anyhow::Result<Bundle> {
     if let Some(b) = node_identity::load_bundle(&config.data_dir, &config.trust_domain)? {
@@ -105,6 +95,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         server_address = %config.server_address,
         data_dir = %config.data_dir.display(),
         socket_path = %config.socket_path.display(),
+        workload_api = ?config.workload_api,
         "starting tessera-agent"
     );
     state_file::ensure_private_dir(&config.data_dir)
@@ -182,22 +173,24 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         tasks: supervisor.spawner(),
     };
     let api_shutdown = shutdown.clone();
+    let limits = config.workload_api;
+    let max_request = limits.max_request_bytes as usize;
     supervisor.spawn_service("Workload API", async move {
         tonic::transport::Server::builder()
             // The `:authority` repair bounds what it buffers by these same limits.
             .max_frame_size(MAX_FRAME_SIZE)
             .http2_max_header_list_size(MAX_HEADER_LIST_SIZE)
-            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            // Tells each connection when its streams are open (its idle timeout).
+            .layer(StreamTrackingLayer)
             .add_service(
-                SpiffeWorkloadApiServer::new(api.clone())
-                    .max_decoding_message_size(MAX_REQUEST_MESSAGE),
+                SpiffeWorkloadApiServer::new(api.clone()).max_decoding_message_size(max_request),
             )
-            .add_service(
-                WorkloadTasksServer::new(api).max_decoding_message_size(MAX_REQUEST_MESSAGE),
-            )
+            .add_service(WorkloadTasksServer::new(api).max_decoding_message_size(max_request))
             .serve_with_incoming_shutdown(
-                // Every connection goes through the `:authority` repair (see authority.rs).
-                UnixListenerStream::new(listener).map(|c| c.map(RepairedStream::new)),
+                // Connection caps, timeouts and the `:authority` repair (see
+                // workload_api/listener.rs, connection.rs and authority.rs).
+                crate::workload_api::listener::incoming(listener, &limits),
                 api_shutdown.cancelled(),
             )
             .await

@@ -1,8 +1,10 @@
 //! Agent configuration: a TOML file, overridden by flags, validated before anything binds.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use common::TrustDomain;
+use common::duration::parse_duration;
 use serde::Deserialize;
 
 /// Default data directory.
@@ -15,6 +17,41 @@ pub const DEFAULT_SOCKET_PATH: &str = "/run/tessera-agent/public/api.sock";
 const SOCKET_IN_RUNTIME_DIR: &str = "tessera-agent/public/api.sock";
 /// Default server address.
 pub const DEFAULT_SERVER_ADDRESS: &str = "127.0.0.1:8081";
+/// Open files the agent keeps for itself below its open-file limit (RLIMIT_NOFILE): the
+/// Workload API's connections may use the rest. It covers the agent's own files (runtime,
+/// logs, the listening sockets, the server connection, state files while they are
+/// written) and the /proc files each attestation opens for a moment: an agent with
+/// nothing connected holds 13.
+pub const RESERVED_FDS: u64 = 64;
+/// Default most connections one uid may hold open on the Workload API socket: generous
+/// for a node where many workloads share a uid (containers running as root; a node runs
+/// 110 pods by default under Kubernetes, each with a channel or two), and never more than
+/// a quarter of [`WorkloadApiLimits::max_connections`], so that one uid cannot take the
+/// agent from the others even under a low open-file limit.
+pub const DEFAULT_MAX_CONNECTIONS_PER_UID: u32 = 256;
+/// Default time a new connection has to complete its first request's headers: a client
+/// connects to make a call, so a well-behaved one sends it within milliseconds.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a connection with no open stream may stay silent before the agent closes
+/// it (clients reconnect on their next call). Streams (`FetchX509SVID` and the other
+/// watches) are long-lived by design and never count as idle.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// Default concurrent streams one Workload API connection may open
+/// (SETTINGS_MAX_CONCURRENT_STREAMS; clients queue calls beyond it). Unlimited by default
+/// in the HTTP/2 stack; with [`DEFAULT_MAX_REQUEST_BYTES`] it bounds what one connection's
+/// requests hold to 4 MiB.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 32;
+/// Default largest request message the Workload API services decode. The largest
+/// legitimate ones are about 64 KiB (a task with 64 scopes of 1 KiB; a JWT-SVID naming 32
+/// audiences of 1 KiB); the gRPC default of 4 MiB let any local user make the agent buffer
+/// 4 MiB per stream before attestation, by declaring a large message and withholding its
+/// last byte.
+pub const DEFAULT_MAX_REQUEST_BYTES: u32 = 128 * 1024;
+/// Bounds of `api_max_concurrent_streams`.
+const STREAMS_RANGE: std::ops::RangeInclusive<u32> = 1..=1024;
+/// Bounds of `api_max_request_bytes`: room for the largest legitimate request, and no more
+/// than the gRPC default.
+const REQUEST_BYTES_RANGE: std::ops::RangeInclusive<u32> = 64 * 1024..=4 * 1024 * 1024;
 
 /// Every agent setting, declared once: the config file (`snake_case` keys) and the
 /// `tessera-agent run` flags (`--kebab-case`) both fill this struct. Every field is
@@ -54,6 +91,28 @@ pub struct RawAgentConfig {
     /// Log format: text or json [default: text].
     #[arg(long)]
     pub log_format: Option<String>,
+    /// Most Workload API connections open at once; one more is closed at once
+    /// [default: the open-file limit (RLIMIT_NOFILE) less 64 kept for the agent's files].
+    #[arg(long)]
+    pub api_max_connections: Option<u32>,
+    /// Most Workload API connections one uid may hold open; one more is closed at once
+    /// [default: 256, or a quarter of api_max_connections if less].
+    #[arg(long)]
+    pub api_max_connections_per_uid: Option<u32>,
+    /// Time a new Workload API connection has to send its first request, e.g. 10s
+    /// [default: 10s].
+    #[arg(long)]
+    pub api_handshake_timeout: Option<String>,
+    /// Time a Workload API connection with no open stream may stay silent before it is
+    /// closed, e.g. 5m [default: 5m].
+    #[arg(long)]
+    pub api_idle_timeout: Option<String>,
+    /// Concurrent streams per Workload API connection (more wait) [default: 32].
+    #[arg(long)]
+    pub api_max_concurrent_streams: Option<u32>,
+    /// Largest Workload API request message, in bytes [default: 131072].
+    #[arg(long)]
+    pub api_max_request_bytes: Option<u32>,
 }
 
 impl std::fmt::Debug for RawAgentConfig {
@@ -69,6 +128,12 @@ impl std::fmt::Debug for RawAgentConfig {
             health_address,
             log_level,
             log_format,
+            api_max_connections,
+            api_max_connections_per_uid,
+            api_handshake_timeout,
+            api_idle_timeout,
+            api_max_concurrent_streams,
+            api_max_request_bytes,
         } = self;
         f.debug_struct("RawAgentConfig")
             .field("server_address", server_address)
@@ -80,6 +145,12 @@ impl std::fmt::Debug for RawAgentConfig {
             .field("health_address", health_address)
             .field("log_level", log_level)
             .field("log_format", log_format)
+            .field("api_max_connections", api_max_connections)
+            .field("api_max_connections_per_uid", api_max_connections_per_uid)
+            .field("api_handshake_timeout", api_handshake_timeout)
+            .field("api_idle_timeout", api_idle_timeout)
+            .field("api_max_concurrent_streams", api_max_concurrent_streams)
+            .field("api_max_request_bytes", api_max_request_bytes)
             .finish()
     }
 }
@@ -105,6 +176,25 @@ pub struct AgentConfig {
     pub log_level: String,
     /// JSON logs.
     pub log_json: bool,
+    /// What the Workload API allows each connection and each uid.
+    pub workload_api: WorkloadApiLimits,
+}
+
+/// The Workload API's limits on connections, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkloadApiLimits {
+    /// Connections open at once, all callers together.
+    pub max_connections: u32,
+    /// Connections open at once from one uid.
+    pub max_connections_per_uid: u32,
+    /// Time from accept to the first request's headers.
+    pub handshake_timeout: Duration,
+    /// Silence allowed on a connection with no open stream.
+    pub idle_timeout: Duration,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS.
+    pub max_concurrent_streams: u32,
+    /// Largest request message decoded.
+    pub max_request_bytes: u32,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -120,6 +210,7 @@ impl std::fmt::Debug for AgentConfig {
             )
             .field("data_dir", &self.data_dir)
             .field("socket_path", &self.socket_path)
+            .field("workload_api", &self.workload_api)
             .finish()
     }
 }
@@ -187,6 +278,12 @@ impl RawAgentConfig {
             health_address,
             log_level,
             log_format,
+            api_max_connections,
+            api_max_connections_per_uid,
+            api_handshake_timeout,
+            api_idle_timeout,
+            api_max_concurrent_streams,
+            api_max_request_bytes,
         } = over;
         Self {
             server_address: server_address.or(self.server_address),
@@ -198,7 +295,132 @@ impl RawAgentConfig {
             health_address: health_address.or(self.health_address),
             log_level: log_level.or(self.log_level),
             log_format: log_format.or(self.log_format),
+            api_max_connections: api_max_connections.or(self.api_max_connections),
+            api_max_connections_per_uid: api_max_connections_per_uid
+                .or(self.api_max_connections_per_uid),
+            api_handshake_timeout: api_handshake_timeout.or(self.api_handshake_timeout),
+            api_idle_timeout: api_idle_timeout.or(self.api_idle_timeout),
+            api_max_concurrent_streams: api_max_concurrent_streams
+                .or(self.api_max_concurrent_streams),
+            api_max_request_bytes: api_max_request_bytes.or(self.api_max_request_bytes),
         }
+    }
+}
+
+/// The process's open-file limit (soft RLIMIT_NOFILE); `None` when unlimited.
+pub fn open_file_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+}
+
+fn duration(
+    key: &'static str,
+    v: Option<&String>,
+    default: Duration,
+) -> Result<Duration, AgentConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) => parse_duration(s).map_err(|message| AgentConfigError::Invalid { key, message }),
+    }
+}
+
+impl WorkloadApiLimits {
+    /// The limits `raw` sets, defaults for the rest, checked against the open-file limit
+    /// `fd_limit` (`None`: unlimited) the agent runs under.
+    fn from_raw(raw: &RawAgentConfig, fd_limit: Option<u64>) -> Result<Self, AgentConfigError> {
+        // Connections the open-file limit leaves room for, beside the agent's own files.
+        let room = fd_limit.map_or(u64::from(u32::MAX), |l| l.saturating_sub(RESERVED_FDS));
+        let room = u32::try_from(room).unwrap_or(u32::MAX);
+        let max_connections = match raw.api_max_connections {
+            None if room == 0 => {
+                return Err(AgentConfigError::Invalid {
+                    key: "api_max_connections",
+                    message: format!(
+                        "the open-file limit (RLIMIT_NOFILE) of {} leaves no room for \
+                         Workload API connections beside the {RESERVED_FDS} files the \
+                         agent keeps for itself; raise it (LimitNOFILE= in the unit)",
+                        fd_limit.unwrap_or_default()
+                    ),
+                });
+            }
+            None => room,
+            Some(0) => {
+                return Err(AgentConfigError::Invalid {
+                    key: "api_max_connections",
+                    message: "must be at least 1".into(),
+                });
+            }
+            Some(n) if n > room => {
+                return Err(AgentConfigError::Invalid {
+                    key: "api_max_connections",
+                    message: format!(
+                        "{n} is more than the open-file limit (RLIMIT_NOFILE) of {} allows \
+                         beside the {RESERVED_FDS} files the agent keeps for itself (at \
+                         most {room}); raise the limit (LimitNOFILE= in the unit) or lower \
+                         api_max_connections",
+                        fd_limit.unwrap_or_default()
+                    ),
+                });
+            }
+            Some(n) => n,
+        };
+        let max_connections_per_uid = match raw.api_max_connections_per_uid {
+            None => DEFAULT_MAX_CONNECTIONS_PER_UID.min((max_connections / 4).max(1)),
+            Some(0) => {
+                return Err(AgentConfigError::Invalid {
+                    key: "api_max_connections_per_uid",
+                    message: "must be at least 1".into(),
+                });
+            }
+            Some(n) if n > max_connections => {
+                return Err(AgentConfigError::Invalid {
+                    key: "api_max_connections_per_uid",
+                    message: format!("{n} is more than api_max_connections ({max_connections})"),
+                });
+            }
+            Some(n) => n,
+        };
+        let max_concurrent_streams = raw
+            .api_max_concurrent_streams
+            .unwrap_or(DEFAULT_MAX_CONCURRENT_STREAMS);
+        if !STREAMS_RANGE.contains(&max_concurrent_streams) {
+            return Err(AgentConfigError::Invalid {
+                key: "api_max_concurrent_streams",
+                message: format!(
+                    "{max_concurrent_streams} is not between {} and {}",
+                    STREAMS_RANGE.start(),
+                    STREAMS_RANGE.end()
+                ),
+            });
+        }
+        let max_request_bytes = raw
+            .api_max_request_bytes
+            .unwrap_or(DEFAULT_MAX_REQUEST_BYTES);
+        if !REQUEST_BYTES_RANGE.contains(&max_request_bytes) {
+            return Err(AgentConfigError::Invalid {
+                key: "api_max_request_bytes",
+                message: format!(
+                    "{max_request_bytes} is not between {} and {}",
+                    REQUEST_BYTES_RANGE.start(),
+                    REQUEST_BYTES_RANGE.end()
+                ),
+            });
+        }
+        Ok(Self {
+            max_connections,
+            max_connections_per_uid,
+            handshake_timeout: duration(
+                "api_handshake_timeout",
+                raw.api_handshake_timeout.as_ref(),
+                DEFAULT_HANDSHAKE_TIMEOUT,
+            )?,
+            idle_timeout: duration(
+                "api_idle_timeout",
+                raw.api_idle_timeout.as_ref(),
+                DEFAULT_IDLE_TIMEOUT,
+            )?,
+            max_concurrent_streams,
+            max_request_bytes,
+        })
     }
 }
 
@@ -230,8 +452,18 @@ impl AgentConfig {
         Self::from_raw(from_file.merge(flags))
     }
 
-    /// Validates a raw config.
+    /// Validates a raw config, for an agent running under this process's open-file limit.
     pub fn from_raw(raw: RawAgentConfig) -> Result<Self, AgentConfigError> {
+        Self::from_raw_with_fd_limit(raw, open_file_limit())
+    }
+
+    /// Validates a raw config, for an agent running under the open-file limit `fd_limit`
+    /// (`None`: unlimited), which bounds the Workload API's connections.
+    pub fn from_raw_with_fd_limit(
+        raw: RawAgentConfig,
+        fd_limit: Option<u64>,
+    ) -> Result<Self, AgentConfigError> {
+        let workload_api = WorkloadApiLimits::from_raw(&raw, fd_limit)?;
         let td = raw
             .trust_domain
             .as_deref()
@@ -312,6 +544,7 @@ impl AgentConfig {
             health_address,
             log_level,
             log_json,
+            workload_api,
         })
     }
 }
@@ -405,6 +638,168 @@ mod tests {
         assert!(!dbg.contains("secret-token"));
     }
 
+    #[test]
+    fn workload_api_limits_default_below_the_open_file_limit() {
+        let limits = |raw: RawAgentConfig, fd_limit| {
+            AgentConfig::from_raw_with_fd_limit(raw, fd_limit).map(|c| c.workload_api)
+        };
+        let d = limits(raw(), Some(1024)).unwrap();
+        assert_eq!(
+            d,
+            WorkloadApiLimits {
+                max_connections: 960,
+                max_connections_per_uid: 240,
+                handshake_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(300),
+                max_concurrent_streams: 32,
+                max_request_bytes: 128 * 1024,
+            }
+        );
+        for (fd_limit, total, per_uid) in [
+            (Some(65_536), 65_472, 256),
+            (Some(256), 192, 48),
+            (Some(65), 1, 1),
+            (None, u32::MAX, 256),
+        ] {
+            let l = limits(raw(), fd_limit).unwrap();
+            assert_eq!(
+                (l.max_connections, l.max_connections_per_uid),
+                (total, per_uid),
+                "{fd_limit:?}"
+            );
+        }
+        let set = limits(
+            RawAgentConfig {
+                api_max_connections: Some(100),
+                api_handshake_timeout: Some("2s".into()),
+                api_idle_timeout: Some("1h".into()),
+                api_max_concurrent_streams: Some(8),
+                api_max_request_bytes: Some(65_536),
+                ..raw()
+            },
+            Some(1024),
+        )
+        .unwrap();
+        assert_eq!(
+            set,
+            WorkloadApiLimits {
+                max_connections: 100,
+                max_connections_per_uid: 25,
+                handshake_timeout: Duration::from_secs(2),
+                idle_timeout: Duration::from_secs(3600),
+                max_concurrent_streams: 8,
+                max_request_bytes: 65_536,
+            }
+        );
+    }
+
+    #[test]
+    fn invalid_workload_api_limits_are_refused_naming_the_key() {
+        let cases: [(RawAgentConfig, Option<u64>, &str, &str); 11] = [
+            (raw(), Some(64), "api_max_connections", "leaves no room"),
+            (
+                RawAgentConfig {
+                    api_max_connections: Some(1000),
+                    ..raw()
+                },
+                Some(256),
+                "api_max_connections",
+                "RLIMIT_NOFILE) of 256",
+            ),
+            (
+                RawAgentConfig {
+                    api_max_connections: Some(0),
+                    ..raw()
+                },
+                Some(1024),
+                "api_max_connections",
+                "at least 1",
+            ),
+            (
+                RawAgentConfig {
+                    api_max_connections_per_uid: Some(0),
+                    ..raw()
+                },
+                Some(1024),
+                "api_max_connections_per_uid",
+                "at least 1",
+            ),
+            (
+                RawAgentConfig {
+                    api_max_connections: Some(10),
+                    api_max_connections_per_uid: Some(11),
+                    ..raw()
+                },
+                Some(1024),
+                "api_max_connections_per_uid",
+                "more than api_max_connections (10)",
+            ),
+            (
+                RawAgentConfig {
+                    api_handshake_timeout: Some("0".into()),
+                    ..raw()
+                },
+                Some(1024),
+                "api_handshake_timeout",
+                "greater than zero",
+            ),
+            (
+                RawAgentConfig {
+                    api_idle_timeout: Some("soon".into()),
+                    ..raw()
+                },
+                Some(1024),
+                "api_idle_timeout",
+                "not a duration",
+            ),
+            (
+                RawAgentConfig {
+                    api_max_concurrent_streams: Some(0),
+                    ..raw()
+                },
+                Some(1024),
+                "api_max_concurrent_streams",
+                "between 1 and 1024",
+            ),
+            (
+                RawAgentConfig {
+                    api_max_concurrent_streams: Some(5000),
+                    ..raw()
+                },
+                Some(1024),
+                "api_max_concurrent_streams",
+                "between 1 and 1024",
+            ),
+            (
+                RawAgentConfig {
+                    api_max_request_bytes: Some(1024),
+                    ..raw()
+                },
+                Some(1024),
+                "api_max_request_bytes",
+                "between 65536 and 4194304",
+            ),
+            (
+                RawAgentConfig {
+                    api_max_request_bytes: Some(64 * 1024 * 1024),
+                    ..raw()
+                },
+                Some(1024),
+                "api_max_request_bytes",
+                "between 65536 and 4194304",
+            ),
+        ];
+        for (bad, fd_limit, key, text) in cases {
+            match AgentConfig::from_raw_with_fd_limit(bad, fd_limit) {
+                Err(e @ AgentConfigError::Invalid { key: k, .. }) => {
+                    assert_eq!(k, key);
+                    assert!(e.to_string().contains(text), "{key}: {e}");
+                }
+                other => panic!("{key}: {other:?}"),
+            }
+        }
+    }
+
     /// The flags of `tessera-agent run`, as clap parses them.
     fn flags(args: &[&str]) -> RawAgentConfig {
         #[derive(clap::Parser)]
@@ -456,11 +851,14 @@ mod tests {
             .get_arguments()
             .map(|a| a.get_id().to_string())
             .collect();
-        assert_eq!(ids.len(), 9, "{ids:?}");
+        assert_eq!(ids.len(), 15, "{ids:?}");
         for id in ids {
+            // A string or a number, whichever the key takes.
             let text = format!("{id} = \"x\"");
+            let number = format!("{id} = 1");
             assert!(
-                RawAgentConfig::from_toml(&text).is_ok(),
+                RawAgentConfig::from_toml(&text).is_ok()
+                    || RawAgentConfig::from_toml(&number).is_ok(),
                 "flag {id} is no file key"
             );
         }

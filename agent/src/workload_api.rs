@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 pub(crate) mod authority;
+pub(crate) mod connection;
+pub(crate) mod listener;
 pub(crate) mod tasks;
 
 use common::proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
@@ -27,7 +29,6 @@ use futures::Stream;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use common::proto::tessera::TaskTokenUse;
@@ -35,6 +36,7 @@ use common::proto::tessera::TaskTokenUse;
 use crate::attestation::{Attestor, PeerCred};
 use crate::cache::{Cache, CacheSnapshot};
 use crate::server_client::ServerLink;
+use connection::ConnectionInfo;
 use daemon::supervisor::Spawner;
 
 /// The security header every Workload API request must carry.
@@ -123,8 +125,8 @@ fn check_header<T>(req: &Request<T>) -> Result<(), Status> {
 fn peer<T>(req: &Request<T>) -> Result<PeerCred, Status> {
     let cred = req
         .extensions()
-        .get::<UdsConnectInfo>()
-        .and_then(|i| i.peer_cred)
+        .get::<ConnectionInfo>()
+        .and_then(|i| i.uds.peer_cred)
         .ok_or_else(|| Status::unavailable("workload attestation failed"))?;
     Ok(PeerCred {
         pid: cred.pid(),

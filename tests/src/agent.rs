@@ -31,6 +31,8 @@ pub struct AgentProc {
     pub health_address: Option<SocketAddr>,
     /// Extra `run` flags used at every start.
     pub extra_args: Vec<String>,
+    /// Open-file limit (soft and hard RLIMIT_NOFILE) the agent runs under, if set.
+    pub fd_limit: Option<u64>,
     /// Log file (stderr).
     pub log: PathBuf,
 }
@@ -61,6 +63,7 @@ impl AgentProc {
             server_address: server.address(),
             health_address: None,
             extra_args: Vec::new(),
+            fd_limit: None,
             log: dir.join("agent.log"),
         }
     }
@@ -79,6 +82,14 @@ impl AgentProc {
         self
     }
 
+    /// Runs the agent under an open-file limit of `n` (soft and hard), through
+    /// util-linux `prlimit`, which execs the agent: the pid is the agent's.
+    #[must_use]
+    pub fn with_fd_limit(mut self, n: u64) -> Self {
+        self.fd_limit = Some(n);
+        self
+    }
+
     /// The health address; panics unless the agent was built [`Self::with_health`].
     pub fn health(&self) -> SocketAddr {
         self.health_address
@@ -88,7 +99,16 @@ impl AgentProc {
     /// Spawns `tessera-agent run` without waiting for anything.
     pub fn spawn(&mut self, join_token: Option<&str>) {
         assert!(!self.is_running(), "agent already running");
-        let mut cmd = Command::new(bin("tessera-agent"));
+        let mut cmd = match self.fd_limit {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(bin("tessera-agent"));
+                c
+            }
+            None => Command::new(bin("tessera-agent")),
+        };
         cmd.arg("run")
             .args(["--trust-domain", TRUST_DOMAIN])
             .args(["--server-address", &self.server_address])

@@ -29,17 +29,25 @@ impl Cluster {
     }
 
     /// As [`Self::start`], with extra `run` flags for the agent too.
+    pub fn start_with(server_args: &[&str], agent_args: &[&str]) -> Self {
+        Self::start_with_agent(server_args, |a| a.with_args(agent_args))
+    }
+
+    /// As [`Self::start`], with the agent set up by `agent` (flags, an open-file limit).
     ///
     /// Returns once the server lists the agent as attested, so everything the test does
     /// afterwards happens after enrollment (and its audit record).
-    pub fn start_with(server_args: &[&str], agent_args: &[&str]) -> Self {
+    pub fn start_with_agent(
+        server_args: &[&str],
+        agent: impl FnOnce(AgentProc) -> AgentProc,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         // Other users (the `nobody` child in tests) must reach the socket below.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod temp dir");
         let server = ServerProc::start(dir.path(), server_args);
         let token = server.token(AGENT_ID);
-        let mut agent = AgentProc::new(dir.path(), &server).with_args(agent_args);
+        let mut agent = agent(AgentProc::new(dir.path(), &server));
         agent.restart(Some(&token));
         server.wait_attested(AGENT_ID, ATTEST_TIMEOUT);
         Self { agent, server, dir }

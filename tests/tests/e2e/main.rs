@@ -13,6 +13,7 @@ mod attestation;
 mod audit;
 mod ca_rotation;
 mod cli;
+mod conn_limits;
 mod deploy;
 mod example_agentic;
 mod frame_limits;
