@@ -270,8 +270,10 @@ impl CheckpointSigner {
         let public = <[u8; 32]>::try_from(key.public_key().as_ref())
             .map(PublicKey)
             .map_err(|_| file_error(&path, "not an Ed25519 key"))?;
+        // 0600 like every state file of the server (its directory is 0700 anyway); an
+        // auditor is given a copy.
         let public_path = dir.join(PUBLIC_KEY_FILE);
-        state_file::write_atomic(&public_path, public.to_pem().as_bytes(), 0o644)
+        state_file::write_atomic(&public_path, public.to_pem().as_bytes(), 0o600)
             .map_err(|e| file_error(&public_path, e))?;
         Ok(Self {
             key,
