@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::admin::AdminService;
 use crate::api::node::NodeService;
+use crate::audit::anchor::{AnchorFiles, CheckpointLog, CheckpointSigner, Checkpointer};
 use crate::bundle::{BundlePublisher, rotate_keys};
 use crate::ca::UpstreamAuthority;
 use crate::ca::rotation::CaSet;
@@ -64,6 +65,7 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         ),
     };
     tracing::info!(datastore = %config.datastore.describe(), "datastore open");
+    let checkpointer = anchor_audit(&config, &*ds).await?;
     let upstream = match &config.upstream {
         Some(u) => Some(Arc::new(
             UpstreamAuthority::load(&u.cert_file, &u.key_file, u.bundle_file.as_deref())
@@ -215,12 +217,17 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         tasks: Arc::clone(&task_service),
         readiness: Arc::clone(&readiness),
         admin_gid: config.admin_gid,
+        audit_anchor: AnchorFiles::in_dir(&config.data_dir),
     };
 
     let mut tasks = Supervisor::new(shutdown.clone(), SHUTDOWN_DEADLINE);
     tasks.spawn_service("tasks", Arc::clone(&task_service).run(shutdown.clone()));
     // Sets readiness: ready once (and while) the datastore answers.
     tasks.spawn_service("readiness", readiness.run(shutdown.clone()));
+    tasks.spawn_service(
+        "audit checkpoints",
+        Arc::clone(&checkpointer).run(ds.audit_heads(), shutdown.clone()),
+    );
     tasks.spawn_service(
         "server identity",
         Arc::clone(&identity).run(shutdown.clone()),
@@ -304,7 +311,70 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
     // A component that stops (or fails) before shutdown was requested is fatal; at
     // shutdown every component gets SHUTDOWN_DEADLINE to drain, then is aborted.
     let result = tasks.run().await;
+    // Nothing appends any more: anchor the final head.
+    let last = ds.audit_heads().borrow().clone();
+    if let Some(head) = last {
+        checkpointer.write(head).await;
+    }
     let _ = std::fs::remove_file(&config.admin_socket);
     tracing::info!("stopped");
     result.context("a server component stopped unexpectedly")
+}
+
+/// Loads the audit checkpoint key and file, makes the datastore append after the last
+/// signed checkpoint, and reports loudly when the stored log lost or changed the record it
+/// covers (the server still starts: issuance goes on, the new records take new numbers,
+/// and `audit verify` keeps reporting the damage).
+async fn anchor_audit(
+    config: &ServerConfig,
+    ds: &dyn Datastore,
+) -> anyhow::Result<Arc<Checkpointer>> {
+    let server = crate::server_identity::server_id(&config.trust_domain)
+        .context("the server's SPIFFE ID")?;
+    let signer = CheckpointSigner::load_or_create(&config.data_dir, server.as_str())
+        .context("loading the audit checkpoint key")?;
+    let (log, last) = CheckpointLog::open(&config.data_dir, signer.public_key())
+        .context("opening the audit checkpoint file")?;
+    if let Some(cp) = &last {
+        ds.anchor_audit(cp.head());
+        let stored = ds
+            .audit_record(cp.seq)
+            .await
+            .context("reading the checkpointed audit record")?;
+        match stored {
+            Some(r) if r.hash == cp.hash => {}
+            Some(_) => tracing::error!(
+                checkpointed = cp.seq,
+                "AUDIT LOG TAMPERED: record {} no longer has the hash its signed checkpoint holds (rewritten); run `tessera-server audit verify`",
+                cp.seq
+            ),
+            None => {
+                let head = ds
+                    .audit_head()
+                    .await
+                    .context("reading the audit chain head")?
+                    .map_or(0, |h| h.seq);
+                tracing::error!(
+                    stored_head = head,
+                    checkpointed = cp.seq,
+                    "AUDIT LOG TAMPERED: record {} is covered by a signed checkpoint but the datastore does not hold it (truncated or deleted); new records follow record {} so no sequence number is used twice; run `tessera-server audit verify`",
+                    cp.seq,
+                    cp.seq
+                );
+            }
+        }
+    }
+    tracing::info!(
+        checkpoints = %AnchorFiles::in_dir(&config.data_dir).checkpoints.display(),
+        key_id = %signer.public_key().key_id(),
+        last_checkpointed = last.as_ref().map_or(0, |c| c.seq),
+        "audit chain anchored"
+    );
+    Ok(Arc::new(Checkpointer::new(
+        signer,
+        log,
+        last.map(|c| c.head()),
+        config.audit_checkpoint_interval,
+        config.audit_checkpoint_records,
+    )))
 }

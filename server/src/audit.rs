@@ -9,6 +9,12 @@
 //! The hash is SHA-256 over a canonical JSON array
 //! `[seq, at_ms, kind, task_id, subject, detail, prev_hash]`, hex-encoded; the first
 //! record's `prev_hash` is 64 zeros.
+//!
+//! A chain proves only that it is consistent with itself: whoever can write the datastore
+//! can cut its end off or rewrite a record and recompute every later hash. [`anchor`]
+//! closes that gap with signed checkpoints of the chain head kept outside the datastore.
+
+pub mod anchor;
 
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
@@ -191,6 +197,15 @@ pub struct AuditRecord {
     pub hash: String,
 }
 
+/// The last record of a chain (or a checkpoint of it): its sequence number and hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainHead {
+    /// Sequence number of the record.
+    pub seq: i64,
+    /// Its hash.
+    pub hash: String,
+}
+
 /// The hash of a record with these fields.
 pub fn record_hash(seq: i64, at_ms: i64, event: &AuditEvent, prev_hash: &str) -> String {
     let canonical = json!([
@@ -217,6 +232,34 @@ impl AuditRecord {
             "detail": self.event.detail,
             "prev_hash": self.prev_hash,
             "hash": self.hash,
+        })
+    }
+
+    /// Reads back one object of [`Self::to_json`] (an `audit show --output json` line).
+    pub fn from_json(v: &Value) -> Result<Self, String> {
+        let int = |k: &str| {
+            v[k].as_i64()
+                .ok_or_else(|| format!("{k} is not an integer"))
+        };
+        let text = |k: &str| {
+            v[k].as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| format!("{k} is not a string"))
+        };
+        Ok(Self {
+            seq: int("seq")?,
+            at_ms: int("at_ms")?,
+            event: AuditEvent {
+                kind: text("kind")?,
+                task_id: match &v["task_id"] {
+                    Value::Null => None,
+                    _ => Some(text("task_id")?),
+                },
+                subject: text("subject")?,
+                detail: v["detail"].clone(),
+            },
+            prev_hash: text("prev_hash")?,
+            hash: text("hash")?,
         })
     }
 }

@@ -99,6 +99,13 @@ pub struct RawServerConfig {
     /// socket becomes group-accessible (0660).
     #[arg(long)]
     pub admin_group: Option<String>,
+    /// Longest time an audit record waits for a signed checkpoint of the chain, e.g. 10s
+    /// [default: 10s].
+    #[arg(long)]
+    pub audit_checkpoint_interval: Option<String>,
+    /// Records after which a checkpoint is signed at once [default: 1000].
+    #[arg(long)]
+    pub audit_checkpoint_records: Option<String>,
     /// Log level: trace, debug, info, warn or error [default: info].
     #[arg(long)]
     pub log_level: Option<String>,
@@ -128,6 +135,8 @@ impl std::fmt::Debug for RawServerConfig {
             policy_dir,
             max_task_ttl,
             admin_group,
+            audit_checkpoint_interval,
+            audit_checkpoint_records,
             log_level,
             log_format,
         } = self;
@@ -149,6 +158,8 @@ impl std::fmt::Debug for RawServerConfig {
             .field("policy_dir", policy_dir)
             .field("max_task_ttl", max_task_ttl)
             .field("admin_group", admin_group)
+            .field("audit_checkpoint_interval", audit_checkpoint_interval)
+            .field("audit_checkpoint_records", audit_checkpoint_records)
             .field("log_level", log_level)
             .field("log_format", log_format)
             .finish()
@@ -229,6 +240,10 @@ pub struct ServerConfig {
     pub max_task_ttl: Duration,
     /// Group allowed on the admin socket besides root and the server's user, by gid.
     pub admin_gid: Option<u32>,
+    /// Longest time an audit record waits for a signed checkpoint.
+    pub audit_checkpoint_interval: Duration,
+    /// Records after which a checkpoint is signed at once.
+    pub audit_checkpoint_records: u64,
     /// Log filter.
     pub log_level: String,
     /// Emit JSON log lines.
@@ -306,6 +321,8 @@ impl RawServerConfig {
             policy_dir,
             max_task_ttl,
             admin_group,
+            audit_checkpoint_interval,
+            audit_checkpoint_records,
             log_level,
             log_format,
         } = over;
@@ -327,6 +344,8 @@ impl RawServerConfig {
             policy_dir: policy_dir.or(self.policy_dir),
             max_task_ttl: max_task_ttl.or(self.max_task_ttl),
             admin_group: admin_group.or(self.admin_group),
+            audit_checkpoint_interval: audit_checkpoint_interval.or(self.audit_checkpoint_interval),
+            audit_checkpoint_records: audit_checkpoint_records.or(self.audit_checkpoint_records),
             log_level: log_level.or(self.log_level),
             log_format: log_format.or(self.log_format),
         }
@@ -501,6 +520,26 @@ impl ServerConfig {
                 })
             })
             .transpose()?;
+        let audit_checkpoint_interval = duration(
+            "audit_checkpoint_interval",
+            raw.audit_checkpoint_interval.as_ref(),
+            crate::audit::anchor::DEFAULT_INTERVAL,
+        )?;
+        if audit_checkpoint_interval.is_zero() {
+            return Err(ServerConfigError::Invalid {
+                key: "audit_checkpoint_interval",
+                message: "must be longer than 0s".into(),
+            });
+        }
+        let audit_checkpoint_records = match raw.audit_checkpoint_records.as_deref() {
+            None => crate::audit::anchor::DEFAULT_RECORDS,
+            Some(n) => n.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                ServerConfigError::Invalid {
+                    key: "audit_checkpoint_records",
+                    message: format!("{n:?} is not a whole number of at least 1"),
+                }
+            })?,
+        };
         let log_level = raw.log_level.unwrap_or_else(|| "info".into());
         if !["trace", "debug", "info", "warn", "error"].contains(&log_level.as_str()) {
             return Err(ServerConfigError::Invalid {
@@ -534,6 +573,8 @@ impl ServerConfig {
             policy_dir,
             max_task_ttl,
             admin_gid,
+            audit_checkpoint_interval,
+            audit_checkpoint_records,
             log_level,
             log_json,
         })
@@ -647,6 +688,23 @@ mod tests {
             })
         ));
         assert!(RawServerConfig::from_toml("nonsense = 1").is_err());
+        assert_eq!(c.audit_checkpoint_records, 1000);
+        for (key, value) in [
+            ("audit_checkpoint_records", "0"),
+            ("audit_checkpoint_records", "many"),
+            ("audit_checkpoint_interval", "0s"),
+        ] {
+            let mut r = raw("example.org");
+            if key == "audit_checkpoint_records" {
+                r.audit_checkpoint_records = Some(value.into());
+            } else {
+                r.audit_checkpoint_interval = Some(value.into());
+            }
+            match ServerConfig::from_raw(r) {
+                Err(ServerConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{value}"),
+                other => panic!("{key} = {value}: {other:?}"),
+            }
+        }
     }
 
     /// The flags of `tessera-server run`, as clap parses them.
@@ -703,7 +761,7 @@ mod tests {
             .get_arguments()
             .map(|a| a.get_id().to_string())
             .collect();
-        assert_eq!(ids.len(), 19, "{ids:?}");
+        assert_eq!(ids.len(), 21, "{ids:?}");
         for id in ids {
             let text = format!("{id} = \"x\"");
             assert!(

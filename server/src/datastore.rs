@@ -25,7 +25,7 @@ pub use sql::SqlStore;
 use common::task::TaskState;
 use common::{EntryId, RegistrationEntry, SpiffeId, TaskId};
 
-use crate::audit::{AuditEvent, AuditRecord};
+use crate::audit::{AuditEvent, AuditRecord, ChainHead};
 use crate::policy::Decision;
 
 /// What can go wrong talking to the datastore.
@@ -221,6 +221,17 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
         &self,
         task_id: Option<&TaskId>,
     ) -> Result<Vec<AuditRecord>, DatastoreError>;
+    /// The last audit record's sequence number and hash, as stored.
+    async fn audit_head(&self) -> Result<Option<ChainHead>, DatastoreError>;
+    /// One audit record, by sequence number.
+    async fn audit_record(&self, seq: i64) -> Result<Option<AuditRecord>, DatastoreError>;
+    /// Appends from now on never go at or below `head` (a signed checkpoint of it exists):
+    /// if the stored log ends before it, its newest records were deleted, and the next
+    /// record follows `head` rather than take a deleted record's number.
+    fn anchor_audit(&self, head: ChainHead);
+    /// The highest chain head this datastore object committed (or was anchored to),
+    /// updated after each commit that appended records: what the checkpointer signs.
+    fn audit_heads(&self) -> tokio::sync::watch::Receiver<Option<ChainHead>>;
 
     /// Stores a new task, and the temporary entry it provisions if any, with its audit
     /// records, atomically. `Conflict` if the entry already has an open task (or the

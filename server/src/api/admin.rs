@@ -25,7 +25,7 @@ use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use super::wire;
-use crate::audit::AuditChainError;
+use crate::audit::anchor::{AnchorFiles, AnchoredReport, PublicKey, verify_anchored};
 use crate::bundle::BundlePublisher;
 use crate::datastore::{Datastore, UnixUser};
 use crate::node_attestation::NodeAttestor;
@@ -47,6 +47,8 @@ pub(crate) struct AdminService {
     pub(crate) readiness: Arc<Readiness>,
     /// Members of this group (by gid) may administer too (e.g. task approvers).
     pub(crate) admin_gid: Option<u32>,
+    /// The signed checkpoints `VerifyAudit` checks the log against.
+    pub(crate) audit_anchor: AnchorFiles,
 }
 
 /// The operator calling: root, the server's own user, or a member of the admin group.
@@ -309,15 +311,33 @@ impl Admin for AdminService {
         req: Request<VerifyAuditRequest>,
     ) -> Result<Response<VerifyAuditResponse>, Status> {
         self.authorize(&req)?;
-        let report = crate::audit::verify_report(&self.ds.list_audit(None).await?);
-        if let Some(e) = &report.error {
-            tracing::error!(error = %e, "audit log verification failed");
+        // The checkpoints first: one written after the log is read covers records the log
+        // read does not hold, and would look like a deletion.
+        let files = &self.audit_anchor;
+        let checkpoints = tokio::fs::read_to_string(&files.checkpoints)
+            .await
+            .map_err(|e| format!("{}: {e}", files.checkpoints.display()));
+        let key = PublicKey::read(&files.public_key);
+        let log = self.ds.list_audit(None).await?;
+        let (report, unreadable) = match (checkpoints, key) {
+            (Ok(text), Ok(key)) => (verify_anchored(&log, &text, &key), None),
+            (Err(e), _) | (_, Err(e)) => (AnchoredReport::chain_only(&log), Some(e)),
+        };
+        let mut problems = report.messages();
+        if let Some(e) = unreadable {
+            problems.push(format!("cannot check the signed checkpoints: {e}"));
+        }
+        if !problems.is_empty() {
+            tracing::error!(problems = %problems.join("; "), "audit log verification failed");
         }
         let resp = VerifyAuditResponse {
-            ok: report.error.is_none(),
-            records: i64::try_from(report.verified).unwrap_or(i64::MAX),
-            first_bad_seq: report.error.as_ref().map_or(0, AuditChainError::seq),
-            error: report.error.map(|e| e.to_string()).unwrap_or_default(),
+            ok: problems.is_empty(),
+            records: i64::try_from(report.chain.verified).unwrap_or(i64::MAX),
+            first_bad_seq: report.first_bad_seq(),
+            error: problems.join("; "),
+            problems,
+            checkpoints: i64::try_from(report.checkpoints).unwrap_or(i64::MAX),
+            anchored: report.anchored,
         };
         Ok(Response::new(resp))
     }

@@ -287,9 +287,24 @@ pub enum AuditCommand {
         #[arg(long)]
         task: Option<String>,
     },
-    /// Recompute the hash chain; fails and names the first record that was edited,
-    /// deleted, inserted or reordered.
-    Verify,
+    /// Recompute the hash chain and check it against the server's signed checkpoints;
+    /// fails and names the first record that was edited, deleted, inserted or reordered,
+    /// a truncation, a record rewritten with recomputed hashes, a reused sequence number
+    /// and a checkpoint line whose signature does not verify.
+    Verify {
+        /// Check against this copy of the checkpoint file (`audit_checkpoints.jsonl` in the
+        /// server's data directory) instead of asking the server; copy it before exporting
+        /// the records.
+        #[arg(long, requires = "public_key")]
+        checkpoints: Option<PathBuf>,
+        /// The public key that verifies the checkpoints (`audit_checkpoint_key.pub.pem`).
+        #[arg(long, requires = "checkpoints")]
+        public_key: Option<PathBuf>,
+        /// Records exported with `audit show --output json` instead of the server's (no
+        /// server needed).
+        #[arg(long, requires = "checkpoints")]
+        records: Option<PathBuf>,
+    },
 }
 
 /// What a task activates or provisions, and why.

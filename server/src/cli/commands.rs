@@ -3,11 +3,12 @@
 
 use std::path::Path;
 
+use anyhow::Context as _;
 use common::proto::tessera::admin_client::AdminClient;
 use common::proto::tessera::{
     AgentIdRequest, CreateJoinTokenRequest, EntryIdRequest, EntrySpec, GetBundleRequest,
     HealthRequest, ListAgentsRequest, ListAuditRequest, ListCasRequest, ListEntriesRequest,
-    RotateCaRequest, UpdateEntryRequest, VerifyAuditRequest,
+    RotateCaRequest, UpdateEntryRequest, VerifyAuditRequest, VerifyAuditResponse,
 };
 use daemon::cli_output::{self, Output, UsageError};
 use serde_json::json;
@@ -62,6 +63,59 @@ fn server_uid(user: &str) -> anyhow::Result<u32> {
         Ok(None) => Err(UsageError(format!("--server-user {user:?}: no such user")).into()),
         Err(e) => Err(anyhow::anyhow!("--server-user {user:?}: {e}")),
     }
+}
+
+/// `audit verify --checkpoints --public-key [--records]`: the checks the server makes,
+/// made here against copies (the records from the server unless a file is given).
+async fn verify_offline(
+    admin: &AdminOpts,
+    checkpoints: &Path,
+    public_key: &Path,
+    records: Option<&Path>,
+) -> anyhow::Result<VerifyAuditResponse> {
+    use crate::audit::AuditRecord;
+    use crate::audit::anchor::{PublicKey, verify_anchored};
+    let key = PublicKey::read(public_key).map_err(anyhow::Error::msg)?;
+    let text = std::fs::read_to_string(checkpoints)
+        .with_context(|| format!("reading {}", checkpoints.display()))?;
+    let log: Vec<AuditRecord> = match records {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| {
+                serde_json::from_str(l)
+                    .map_err(|e| e.to_string())
+                    .and_then(|v| AuditRecord::from_json(&v))
+                    .map_err(|e| anyhow::anyhow!("{} line {}: {e}", path.display(), i + 1))
+            })
+            .collect::<anyhow::Result<_>>()?,
+        None => {
+            let mut c = admin_client(&admin).await?;
+            let mut stream = c
+                .list_audit(ListAuditRequest::default())
+                .await
+                .map_err(status)?
+                .into_inner();
+            let mut log = Vec::new();
+            while let Some(r) = stream.message().await.map_err(status)? {
+                log.push(output::audit_record_from_wire(r));
+            }
+            log
+        }
+    };
+    let report = verify_anchored(&log, &text, &key);
+    let problems = report.messages();
+    Ok(VerifyAuditResponse {
+        ok: problems.is_empty(),
+        records: i64::try_from(report.chain.verified).unwrap_or(i64::MAX),
+        first_bad_seq: report.first_bad_seq(),
+        error: problems.join("; "),
+        problems,
+        checkpoints: i64::try_from(report.checkpoints).unwrap_or(i64::MAX),
+        anchored: report.anchored,
+    })
 }
 
 /// An admin call failed: print the server's message, not the gRPC plumbing.
@@ -259,45 +313,65 @@ pub async fn run_admin(command: Command) -> anyhow::Result<()> {
                 output::cas_json(&list),
             );
         }
-        Command::Audit { command, admin } => {
+        Command::Audit {
+            command: AuditCommand::Show { task },
+            admin,
+        } => {
             let mut c = admin_client(&admin).await?;
-            match command {
-                AuditCommand::Show { task } => {
-                    let mut stream = c
-                        .list_audit(ListAuditRequest {
-                            task_id: task.unwrap_or_default(),
-                        })
+            let mut stream = c
+                .list_audit(ListAuditRequest {
+                    task_id: task.unwrap_or_default(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            while let Some(r) = stream.message().await.map_err(status)? {
+                let (text, value) = output::audit_record(&r);
+                print(admin.output, text, value);
+            }
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    checkpoints,
+                    public_key,
+                    records,
+                },
+            admin,
+        } => {
+            let r = match (checkpoints, public_key) {
+                (Some(checkpoints), Some(public_key)) => {
+                    verify_offline(&admin, &checkpoints, &public_key, records.as_deref()).await?
+                }
+                _ => {
+                    let mut c = admin_client(&admin).await?;
+                    c.verify_audit(VerifyAuditRequest {})
                         .await
                         .map_err(status)?
-                        .into_inner();
-                    while let Some(r) = stream.message().await.map_err(status)? {
-                        let (text, value) = output::audit_record(&r);
-                        print(admin.output, text, value);
-                    }
+                        .into_inner()
                 }
-                AuditCommand::Verify => {
-                    let r = c
-                        .verify_audit(VerifyAuditRequest {})
-                        .await
-                        .map_err(status)?
-                        .into_inner();
-                    let value = json!({
-                        "ok": r.ok,
-                        "records": r.records,
-                        "first_bad_seq": (!r.ok).then_some(r.first_bad_seq),
-                        "error": (!r.ok).then_some(&r.error),
-                    });
-                    if r.ok {
-                        print(
-                            admin.output,
-                            format!("Audit log verified: {} records, chain intact.\n", r.records),
-                            value,
-                        );
-                    } else {
-                        print(admin.output, String::new(), value);
-                        anyhow::bail!("audit log is broken: {}", r.error);
-                    }
-                }
+            };
+            let value = json!({
+                "ok": r.ok,
+                "records": r.records,
+                "checkpoints": r.checkpoints,
+                "anchored": r.anchored,
+                "first_bad_seq": (!r.ok).then_some(r.first_bad_seq),
+                "error": (!r.ok).then_some(&r.error),
+                "problems": r.problems,
+            });
+            if r.ok {
+                print(
+                    admin.output,
+                    format!(
+                        "Audit log verified: {} records, chain intact; {} signed checkpoints agree (anchored up to record {}).\n",
+                        r.records, r.checkpoints, r.anchored
+                    ),
+                    value,
+                );
+            } else {
+                print(admin.output, String::new(), value);
+                anyhow::bail!("audit log is broken: {}", r.problems.join("; "));
             }
         }
         Command::Task { command, admin } => run_task(command, &admin).await?,

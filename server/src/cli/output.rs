@@ -126,6 +126,25 @@ pub(super) fn audit_record(r: &AuditRecord) -> (String, serde_json::Value) {
     (text, value)
 }
 
+/// A record as the server sent it, for checking it here (`detail_json` is the text its
+/// hash covers; text that is not JSON was tampered with and stays text, as the server
+/// reads it).
+pub(super) fn audit_record_from_wire(r: AuditRecord) -> crate::audit::AuditRecord {
+    crate::audit::AuditRecord {
+        seq: r.seq,
+        at_ms: r.at_ms,
+        event: crate::audit::AuditEvent {
+            kind: r.kind,
+            task_id: (!r.task_id.is_empty()).then_some(r.task_id),
+            subject: r.subject,
+            detail: serde_json::from_str(&r.detail_json)
+                .unwrap_or(serde_json::Value::String(r.detail_json)),
+        },
+        prev_hash: r.prev_hash,
+        hash: r.hash,
+    }
+}
+
 /// The SPIFFE bundle (JWK set) for a set of X.509 authorities.
 pub fn spiffe_bundle_json(b: &common::proto::tessera::Bundle) -> anyhow::Result<serde_json::Value> {
     use x509_parser::prelude::{FromDer, X509Certificate};

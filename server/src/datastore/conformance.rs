@@ -18,7 +18,7 @@ use serde_json::json;
 
 use super::testdb::{Backend, Under};
 use super::{AgentRecord, DatastoreError, EntryFilter, TaskEnd, TaskRecord, TaskSvid, UnixUser};
-use crate::audit::{AuditEvent, verify};
+use crate::audit::{AuditEvent, ChainHead, verify};
 use crate::policy::Decision;
 
 /// The conflict message for a duplicate entry (both backends, the API shows it).
@@ -56,6 +56,7 @@ conformance!(
     agents_attest_renew_ban,
     a_ban_is_never_undone_by_a_concurrent_attestation,
     audit_chain_stays_gap_free_under_concurrent_appends,
+    audit_numbers_are_never_reused_after_a_deletion,
     tasks_lifecycle,
     tasks_compare_and_set_under_concurrency,
     due_and_revoked_tasks,
@@ -523,6 +524,58 @@ async fn audit_chain_stays_gap_free_under_concurrent_appends(b: &dyn Backend) {
         elapsed.as_secs_f64() * 1000.0,
         total as f64 / elapsed.as_secs_f64()
     );
+}
+
+/// The newest records deleted under a running server, or under one that restarts knowing
+/// only a checkpoint: the next record takes a new number, after the highest head known.
+async fn audit_numbers_are_never_reused_after_a_deletion(b: &(impl Backend + Under)) {
+    let ds = b.open().await;
+    let first = ds
+        .append_audit(&[
+            event("a", "1", None),
+            event("b", "2", None),
+            event("c", "3", None),
+        ])
+        .await
+        .unwrap();
+    let head = |r: &crate::audit::AuditRecord| ChainHead {
+        seq: r.seq,
+        hash: r.hash.clone(),
+    };
+    assert_eq!(ds.audit_head().await.unwrap(), Some(head(&first[2])));
+    assert_eq!(ds.audit_record(2).await.unwrap().as_ref(), Some(&first[1]));
+    assert_eq!(ds.audit_record(9).await.unwrap(), None);
+    assert_eq!(*ds.audit_heads().borrow(), Some(head(&first[2])));
+
+    b.script("DELETE FROM audit_log WHERE seq >= 2").await;
+    assert_eq!(ds.audit_head().await.unwrap(), Some(head(&first[0])));
+    let next = ds.append_audit(&[event("d", "4", None)]).await.unwrap();
+    assert_eq!(next[0].seq, 4, "record 2's number must not be used again");
+    assert_eq!(next[0].prev_hash, first[2].hash);
+    assert_eq!(*ds.audit_heads().borrow(), Some(head(&next[0])));
+
+    // Another server object (a restart) that knows record 4 only from a checkpoint.
+    let restarted = b.open().await;
+    b.script("DELETE FROM audit_log WHERE seq >= 2").await;
+    restarted.anchor_audit(head(&next[0]));
+    // A lower head never lowers the floor.
+    restarted.anchor_audit(head(&first[0]));
+    let more = restarted
+        .append_audit(&[event("e", "5", None), event("f", "6", None)])
+        .await
+        .unwrap();
+    assert_eq!(
+        more.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        [5, 6],
+        "records 2 to 4 were deleted: their numbers stay unused"
+    );
+    assert_eq!(more[0].prev_hash, next[0].hash);
+    let log = restarted.list_audit(None).await.unwrap();
+    assert_eq!(log.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 5, 6]);
+    // Without deletions, the stored head is followed as before (another server appended).
+    let again = ds.append_audit(&[event("g", "7", None)]).await.unwrap();
+    assert_eq!(again[0].seq, 7);
+    assert_eq!(again[0].prev_hash, more[1].hash);
 }
 
 async fn tasks_lifecycle(b: &dyn Backend) {

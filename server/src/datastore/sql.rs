@@ -21,7 +21,9 @@
 //! Writes that append audit records go through `write_tx`: one transaction, serialised
 //! in the process by a mutex (waiting there keeps pooled connections free) and across
 //! processes by the dialect's write lock, so the chain head read in it is the one every
-//! other writer sees.
+//! other writer sees. The next record follows that head, or the highest head this object
+//! committed or was anchored to (`anchor_audit`) when the stored log ends before it:
+//! deleting the newest records never makes a sequence number be used twice.
 
 mod io;
 mod records;
@@ -32,13 +34,14 @@ use common::task::TaskState;
 use common::{EntryId, RegistrationEntry, SpiffeId, TaskId};
 use futures::future::BoxFuture;
 use sqlx::{Pool, Transaction};
+use tokio::sync::watch;
 
 use self::records::{EntryRow, TaskRow};
 use super::migrate::Migration;
 use super::{
     AgentRecord, ConsumedToken, Datastore, DatastoreError, EntryFilter, TaskRecord, TaskSvid,
 };
-use crate::audit::{AuditEvent, AuditRecord};
+use crate::audit::{AuditEvent, AuditRecord, ChainHead};
 
 pub(super) use self::io::{Cells, Io, Param};
 
@@ -64,6 +67,9 @@ pub struct SqlStore<D: Dialect> {
     /// Serialises this process's audit appends (the dialect's write lock serialises
     /// processes).
     audit_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The highest chain head this object committed, or was anchored to: appends never
+    /// go at or below it (read and written under `audit_lock`).
+    heads: Arc<watch::Sender<Option<ChainHead>>>,
     /// Where the database is, for `Debug` and messages; never holds a password.
     shown: String,
 }
@@ -73,6 +79,7 @@ impl<D: Dialect> Clone for SqlStore<D> {
         Self {
             pool: self.pool.clone(),
             audit_lock: Arc::clone(&self.audit_lock),
+            heads: Arc::clone(&self.heads),
             shown: self.shown.clone(),
         }
     }
@@ -110,6 +117,7 @@ impl<D: Dialect> SqlStore<D> {
         Self {
             pool,
             audit_lock: Arc::default(),
+            heads: Arc::new(watch::Sender::new(None)),
             shown,
         }
     }
@@ -157,12 +165,18 @@ impl<D: Dialect> SqlStore<D> {
     }
 
     /// Runs `f` and then appends `audit` in one write transaction, committed only if `f`
-    /// returns `Ok(Some(_))` (`Ok(None)`: nothing applied, rolled back).
+    /// returns `Ok(Some(_))` (`Ok(None)`: nothing applied, rolled back); returns `f`'s value
+    /// and the records stored.
     ///
     /// It runs to completion in a task of its own even if the caller's request is
     /// cancelled, so a transaction is never abandoned half-way; appends are serialised so
-    /// each record chains onto the one before it.
-    async fn write_tx<T, F>(&self, audit: &[AuditEvent], f: F) -> Result<Option<T>, DatastoreError>
+    /// each record chains onto the one before it. The new head is published (`heads`)
+    /// only once committed: a checkpoint never covers a record that was rolled back.
+    async fn write_tx<T, F>(
+        &self,
+        audit: &[AuditEvent],
+        f: F,
+    ) -> Result<Option<(T, Vec<AuditRecord>)>, DatastoreError>
     where
         T: Send + 'static,
         F: for<'c> FnOnce(
@@ -173,16 +187,30 @@ impl<D: Dialect> SqlStore<D> {
     {
         let pool = self.pool.clone();
         let lock = Arc::clone(&self.audit_lock);
+        let heads = Arc::clone(&self.heads);
         let events = audit.to_vec();
         tokio::spawn(async move {
             let _guard = lock.lock().await;
             let mut tx = D::begin_write(&pool).await.map_err(backend)?;
+            let floor = heads.borrow().clone();
             let result = match f(&mut tx).await {
-                Ok(Some(v)) => append_in_tx::<D>(&mut tx, &events).await.map(|_| Some(v)),
-                other => other,
+                Ok(Some(v)) => append_in_tx::<D>(&mut tx, &events, floor)
+                    .await
+                    .map(|stored| Some((v, stored))),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
             };
-            if matches!(result, Ok(Some(_))) {
+            if let Ok(Some((_, stored))) = &result {
                 tx.commit().await.map_err(backend)?;
+                if let Some(last) = stored.last() {
+                    raise(
+                        &heads,
+                        ChainHead {
+                            seq: last.seq,
+                            hash: last.hash.clone(),
+                        },
+                    );
+                }
             } else {
                 // Nothing was applied either way: if the rollback fails, the connection is
                 // gone (sqlx closes it rather than reuse it mid-transaction).
@@ -242,20 +270,47 @@ async fn write_task<D: Dialect>(
     Ok(changed == 1)
 }
 
-/// Appends `events` after the chain head. The caller holds the write lock.
+/// Sets `heads` to `head` if it is higher than what it holds.
+fn raise(heads: &watch::Sender<Option<ChainHead>>, head: ChainHead) {
+    heads.send_if_modified(|h| {
+        let higher = h.as_ref().is_none_or(|h| h.seq < head.seq);
+        if higher {
+            *h = Some(head);
+        }
+        higher
+    });
+}
+
+/// Appends `events` after the chain head, or after `floor` when the stored log ends
+/// before it (its newest records were deleted). The caller holds the write lock.
 async fn append_in_tx<D: Dialect>(
     conn: &mut D::Connection,
     events: &[AuditEvent],
+    floor: Option<ChainHead>,
 ) -> Result<Vec<AuditRecord>, DatastoreError> {
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    let head = D::fetch_optional(conn, records::AUDIT_HEAD, &[])
+    let stored_head = D::fetch_optional(conn, records::AUDIT_HEAD, &[])
         .await
         .map_err(backend)?
         .as_ref()
         .map(records::audit_head)
         .transpose()?;
+    let head = match (stored_head, floor) {
+        (stored, Some(floor)) if stored.as_ref().is_none_or(|(seq, _)| *seq < floor.seq) => {
+            // Numbering after the stored head would give the deleted records' numbers to
+            // new ones; the gap stays visible to `audit verify`.
+            tracing::error!(
+                stored_head = stored.as_ref().map_or(0, |(seq, _)| *seq),
+                written_or_checkpointed = floor.seq,
+                "the audit log ends before a record this server wrote or checkpointed: records were deleted from the datastore; appending after record {} so that no sequence number is used twice",
+                floor.seq
+            );
+            Some((floor.seq, floor.hash))
+        }
+        (stored, _) => stored,
+    };
     let at_ms = std::time::SystemTime::now()
         .duration_since(std::time::SystemTime::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -468,13 +523,30 @@ impl<D: Dialect> Datastore for SqlStore<D> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let events = events.to_vec();
         let stored = self
-            .write_tx(&[], move |conn| {
-                Box::pin(async move { append_in_tx::<D>(conn, &events).await.map(Some) })
-            })
+            .write_tx(events, |_| Box::pin(async { Ok(Some(())) }))
             .await?;
-        Ok(stored.unwrap_or_default())
+        Ok(stored.map(|(_, records)| records).unwrap_or_default())
+    }
+
+    async fn audit_head(&self) -> Result<Option<ChainHead>, DatastoreError> {
+        let head = self
+            .one(records::AUDIT_HEAD, &[], records::audit_head)
+            .await?;
+        Ok(head.map(|(seq, hash)| ChainHead { seq, hash }))
+    }
+
+    async fn audit_record(&self, seq: i64) -> Result<Option<AuditRecord>, DatastoreError> {
+        self.one(records::AUDIT_RECORD, &[Param::Int(seq)], records::audit)
+            .await
+    }
+
+    fn anchor_audit(&self, head: ChainHead) {
+        raise(&self.heads, head);
+    }
+
+    fn audit_heads(&self) -> watch::Receiver<Option<ChainHead>> {
+        self.heads.subscribe()
     }
 
     async fn list_audit(

@@ -440,8 +440,19 @@ pub struct VerifyAuditResponse {
     /// First record that does not fit (0 when ok).
     #[prost(int64, tag = "3")]
     pub first_bad_seq: i64,
+    /// Every finding, joined with "; " (empty when ok).
     #[prost(string, tag = "4")]
     pub error: ::prost::alloc::string::String,
+    /// Every finding: the chain's first break, then what the checkpoints show (truncation,
+    /// deletion, rewriting, sequence reuse, checkpoint lines that do not verify).
+    #[prost(string, repeated, tag = "5")]
+    pub problems: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Checkpoint lines whose signature verified.
+    #[prost(int64, tag = "6")]
+    pub checkpoints: i64,
+    /// The newest record a verified checkpoint covers and the log holds unchanged (0: none).
+    #[prost(int64, tag = "7")]
+    pub anchored: i64,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct CaInfo {
@@ -1774,7 +1785,8 @@ pub mod admin_client {
                 .insert(GrpcMethod::new("tessera.v1.Admin", "ListAudit"));
             self.inner.server_streaming(req, path, codec).await
         }
-        /// Recomputes the hash chain over the whole audit log.
+        /// Recomputes the hash chain over the whole audit log and checks it against the
+        /// server's signed checkpoints of the chain head.
         pub async fn verify_audit(
             &mut self,
             request: impl tonic::IntoRequest<super::VerifyAuditRequest>,
@@ -2052,7 +2064,8 @@ pub mod admin_server {
             &self,
             request: tonic::Request<super::ListAuditRequest>,
         ) -> std::result::Result<tonic::Response<Self::ListAuditStream>, tonic::Status>;
-        /// Recomputes the hash chain over the whole audit log.
+        /// Recomputes the hash chain over the whole audit log and checks it against the
+        /// server's signed checkpoints of the chain head.
         async fn verify_audit(
             &self,
             request: tonic::Request<super::VerifyAuditRequest>,

@@ -79,6 +79,7 @@ pub(super) const AUDIT_HEAD: &str = "SELECT seq, hash FROM audit_log ORDER BY se
 pub(super) const INSERT_AUDIT: &str = "INSERT INTO audit_log (seq, at_ms, kind, task_id, subject,
         detail, prev_hash, hash)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+pub(super) const AUDIT_RECORD: &str = "SELECT * FROM audit_log WHERE seq = $1";
 pub(super) const LIST_AUDIT: &str =
     "SELECT * FROM audit_log WHERE ($1 IS NULL OR task_id = $1) ORDER BY seq";
 
