@@ -11,6 +11,32 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/tessera/agent";
 pub const DEFAULT_SOCKET_PATH: &str = "/tmp/tessera-agent/public/api.sock";
 /// Default server address.
 pub const DEFAULT_SERVER_ADDRESS: &str = "127.0.0.1:8081";
+/// Default most JWT-SVIDs the agent caches. A token is cached per identity and audience
+/// list for half its lifetime, so this is room for, e.g., 500 workloads each using 20
+/// audience lists at once.
+pub const DEFAULT_JWT_CACHE_MAX_ENTRIES: usize = 10_000;
+/// Default most bytes of JWT-SVIDs the agent caches (16 MiB): 10,000 typical tokens of
+/// under 1 KiB fit, or about 370 of the largest a workload may ask for (32 audiences of
+/// 1 KiB, about 45 KiB each).
+pub const DEFAULT_JWT_CACHE_MAX_BYTES: usize = 16 * 1024 * 1024;
+
+/// Bounds of the agent's cache of minted JWT-SVIDs (least recently used evicted first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JwtCacheLimits {
+    /// Most tokens held.
+    pub max_entries: usize,
+    /// Most bytes held (tokens plus a fixed overhead per token).
+    pub max_bytes: usize,
+}
+
+impl Default for JwtCacheLimits {
+    fn default() -> Self {
+        Self {
+            max_entries: DEFAULT_JWT_CACHE_MAX_ENTRIES,
+            max_bytes: DEFAULT_JWT_CACHE_MAX_BYTES,
+        }
+    }
+}
 
 /// Every agent setting, declared once: the config file (`snake_case` keys) and the
 /// `tessera-agent run` flags (`--kebab-case`) both fill this struct. Every field is
@@ -49,6 +75,12 @@ pub struct RawAgentConfig {
     /// Log format: text or json [default: text].
     #[arg(long)]
     pub log_format: Option<String>,
+    /// Most JWT-SVIDs cached for reuse; the least recently used go first [default: 10000].
+    #[arg(long)]
+    pub jwt_cache_max_entries: Option<usize>,
+    /// Most bytes of JWT-SVIDs cached for reuse [default: 16777216, 16 MiB].
+    #[arg(long)]
+    pub jwt_cache_max_bytes: Option<usize>,
 }
 
 impl std::fmt::Debug for RawAgentConfig {
@@ -64,6 +96,8 @@ impl std::fmt::Debug for RawAgentConfig {
             health_address,
             log_level,
             log_format,
+            jwt_cache_max_entries,
+            jwt_cache_max_bytes,
         } = self;
         f.debug_struct("RawAgentConfig")
             .field("server_address", server_address)
@@ -75,6 +109,8 @@ impl std::fmt::Debug for RawAgentConfig {
             .field("health_address", health_address)
             .field("log_level", log_level)
             .field("log_format", log_format)
+            .field("jwt_cache_max_entries", jwt_cache_max_entries)
+            .field("jwt_cache_max_bytes", jwt_cache_max_bytes)
             .finish()
     }
 }
@@ -100,6 +136,8 @@ pub struct AgentConfig {
     pub log_level: String,
     /// JSON logs.
     pub log_json: bool,
+    /// Bounds of the JWT-SVID cache.
+    pub jwt_cache: JwtCacheLimits,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -115,6 +153,7 @@ impl std::fmt::Debug for AgentConfig {
             )
             .field("data_dir", &self.data_dir)
             .field("socket_path", &self.socket_path)
+            .field("jwt_cache", &self.jwt_cache)
             .finish()
     }
 }
@@ -182,6 +221,8 @@ impl RawAgentConfig {
             health_address,
             log_level,
             log_format,
+            jwt_cache_max_entries,
+            jwt_cache_max_bytes,
         } = over;
         Self {
             server_address: server_address.or(self.server_address),
@@ -193,6 +234,8 @@ impl RawAgentConfig {
             health_address: health_address.or(self.health_address),
             log_level: log_level.or(self.log_level),
             log_format: log_format.or(self.log_format),
+            jwt_cache_max_entries: jwt_cache_max_entries.or(self.jwt_cache_max_entries),
+            jwt_cache_max_bytes: jwt_cache_max_bytes.or(self.jwt_cache_max_bytes),
         }
     }
 }
@@ -295,6 +338,25 @@ impl AgentConfig {
                 });
             }
         };
+        let jwt_cache = JwtCacheLimits {
+            max_entries: raw
+                .jwt_cache_max_entries
+                .unwrap_or(DEFAULT_JWT_CACHE_MAX_ENTRIES),
+            max_bytes: raw
+                .jwt_cache_max_bytes
+                .unwrap_or(DEFAULT_JWT_CACHE_MAX_BYTES),
+        };
+        for (key, v) in [
+            ("jwt_cache_max_entries", jwt_cache.max_entries),
+            ("jwt_cache_max_bytes", jwt_cache.max_bytes),
+        ] {
+            if v == 0 {
+                return Err(AgentConfigError::Invalid {
+                    key,
+                    message: "must be at least 1".into(),
+                });
+            }
+        }
         Ok(Self {
             server_address,
             trust_domain,
@@ -307,6 +369,7 @@ impl AgentConfig {
             health_address,
             log_level,
             log_json,
+            jwt_cache,
         })
     }
 }
@@ -326,6 +389,7 @@ mod tests {
     fn validation() {
         let c = AgentConfig::from_raw(raw()).unwrap();
         assert_eq!(c.server_address, DEFAULT_SERVER_ADDRESS);
+        assert_eq!(c.jwt_cache, JwtCacheLimits::default());
         assert!(matches!(
             AgentConfig::from_raw(RawAgentConfig::default()),
             Err(AgentConfigError::Missing("trust_domain", _))
@@ -372,6 +436,20 @@ mod tests {
                     ..raw()
                 },
                 "log_level",
+            ),
+            (
+                RawAgentConfig {
+                    jwt_cache_max_entries: Some(0),
+                    ..raw()
+                },
+                "jwt_cache_max_entries",
+            ),
+            (
+                RawAgentConfig {
+                    jwt_cache_max_bytes: Some(0),
+                    ..raw()
+                },
+                "jwt_cache_max_bytes",
             ),
             (
                 RawAgentConfig {
@@ -438,7 +516,18 @@ mod tests {
         .unwrap();
         assert_eq!(c.server_address, "other:1");
         assert_eq!(c.trust_bundle_path, Some(PathBuf::from("/b2.pem")));
-        let c = AgentConfig::load(Some(&file), flags(&["--server-address", "other:2"])).unwrap();
+        let c = AgentConfig::load(
+            Some(&file),
+            flags(&[
+                "--server-address",
+                "other:2",
+                "--jwt-cache-max-bytes",
+                "65536",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.jwt_cache.max_bytes, 65536);
+        assert_eq!(c.jwt_cache.max_entries, DEFAULT_JWT_CACHE_MAX_ENTRIES);
         assert_eq!(c.server_address, "other:2", "the flag wins");
         assert_eq!(c.trust_bundle_path, Some(PathBuf::from("/etc/b.pem")));
         assert_eq!(c.trust_domain.name(), "example.org");
@@ -451,13 +540,13 @@ mod tests {
             .get_arguments()
             .map(|a| a.get_id().to_string())
             .collect();
-        assert_eq!(ids.len(), 9, "{ids:?}");
+        assert_eq!(ids.len(), 11, "{ids:?}");
         for id in ids {
-            let text = format!("{id} = \"x\"");
-            assert!(
-                RawAgentConfig::from_toml(&text).is_ok(),
-                "flag {id} is no file key"
-            );
+            // A text key or a number key.
+            let ok = ["\"x\"", "1"]
+                .iter()
+                .any(|v| RawAgentConfig::from_toml(&format!("{id} = {v}")).is_ok());
+            assert!(ok, "flag {id} is no file key");
         }
         let f = flags(&["--join-token", "secret-token"]);
         assert!(!format!("{f:?}").contains("secret-token"));

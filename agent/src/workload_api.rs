@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 pub(crate) mod authority;
+pub(crate) mod jwt_cache;
 pub(crate) mod tasks;
 
 use common::proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
@@ -36,6 +37,7 @@ use crate::attestation::{Attestor, PeerCred};
 use crate::cache::{Cache, CacheSnapshot};
 use crate::server_client::ServerLink;
 use daemon::supervisor::Spawner;
+use jwt_cache::{CachedJwt, JwtCache, JwtKey};
 
 /// The security header every Workload API request must carry.
 const SECURITY_HEADER: &str = "workload.spiffe.io";
@@ -52,31 +54,20 @@ pub(crate) struct WorkloadApi {
     pub(crate) cache: Cache,
     pub(crate) attestor: Arc<Attestor>,
     pub(crate) link: ServerLink,
-    pub(crate) jwt_cache: Arc<Mutex<HashMap<JwtCacheKey, CachedJwt>>>,
+    /// Minted JWT-SVIDs, bounded by count and bytes.
+    pub(crate) jwt_cache: Arc<Mutex<JwtCache>>,
     pub(crate) shutdown: CancellationToken,
     /// Starts the per-stream and background tasks, owned by the agent's supervisor.
     pub(crate) tasks: Spawner,
 }
 
-/// Entry id, entry revision and audience list of a minted JWT-SVID.
-pub(crate) type JwtCacheKey = (String, u64, Vec<String>);
-
-/// A minted JWT-SVID, reused until half its lifetime has passed.
-#[derive(Debug, Clone)]
-pub(crate) struct CachedJwt {
-    token: String,
-    refresh_at: i64,
-    expires_at: i64,
-}
-
-/// Most cached JWT-SVIDs before expired ones are swept.
-const JWT_CACHE_LIMIT: usize = 10_000;
 /// Most audiences accepted in one request.
 const MAX_AUDIENCES: usize = 32;
 /// Longest audience value accepted (the server enforces the same bound).
 const MAX_AUDIENCE_LENGTH: usize = 1024;
 
-fn unix_now() -> i64 {
+/// Unix seconds now, by the system clock.
+pub(crate) fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -321,13 +312,13 @@ impl WorkloadApi {
             Some(g) => format!("{}#{}", entry.id, g.task_id),
             None => entry.id.to_string(),
         };
-        let key: JwtCacheKey = (id, entry.revision, audience.to_vec());
+        let key = JwtKey::new(&id, entry.revision, audience);
         let now = unix_now();
         let cached = self
             .jwt_cache
             .lock()
             .ok()
-            .and_then(|c| c.get(&key).cloned());
+            .and_then(|mut c| c.get(&key, now));
         if let Some(c) = &cached
             && now < c.refresh_at
         {
@@ -351,12 +342,7 @@ impl WorkloadApi {
                     expires_at: resp.expires_at,
                 };
                 if let Ok(mut c) = self.jwt_cache.lock() {
-                    if c.len() >= JWT_CACHE_LIMIT {
-                        c.retain(|_, v| v.expires_at > now);
-                    }
-                    if c.len() < JWT_CACHE_LIMIT {
-                        c.insert(key, fresh);
-                    }
+                    c.insert(key, fresh, now);
                 }
                 Ok(resp.token)
             }
@@ -371,6 +357,16 @@ impl WorkloadApi {
                 }
                 Err(Status::permission_denied(s.message().to_owned()))
             }
+            // Rate-limited by the server: a cached token that is still valid keeps being
+            // served; else the workload hears which limit, as ResourceExhausted (never
+            // "try again" at once, and the agent does not retry on its behalf).
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => match cached {
+                Some(c) if c.expires_at > now + 1 => Ok(c.token),
+                _ => {
+                    tracing::info!(entry_id = %entry.id, error = %s.message(), "JWT-SVID minting refused by a rate limit");
+                    Err(Status::resource_exhausted(s.message().to_owned()))
+                }
+            },
             // The server is away: a cached token that is still valid keeps being served.
             Err(s) => match cached {
                 Some(c) if c.expires_at > now + 1 => {
