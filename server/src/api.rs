@@ -2,7 +2,8 @@
 //!
 //! Classification is by whose fault it is: the caller's (`InvalidArgument`,
 //! `PermissionDenied`, `NotFound`, `AlreadyExists`, `Unauthenticated`) gets a precise
-//! message; ours (`Internal`) gets a generic one while the details go to the log.
+//! message, and so does a rate limit (`ResourceExhausted`, naming the limit); ours
+//! (`Internal`) gets a generic one while the details go to the log.
 
 pub(crate) mod admin;
 pub(crate) mod node;
@@ -84,6 +85,8 @@ impl From<IssuanceError> for Status {
             IssuanceError::NotEntitled | IssuanceError::NoGrant(_) => {
                 Self::permission_denied(e.to_string())
             }
+            // Nobody's fault, and it passes: the agent hands it to the workload as is.
+            IssuanceError::RateLimited(_) => Self::resource_exhausted(e.to_string()),
             IssuanceError::Signing(_) => internal("JWT-SVID signing", &e),
             IssuanceError::Datastore(d) => d.into(),
         }

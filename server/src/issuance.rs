@@ -7,6 +7,8 @@
 //! contributes its public key only. Every credential issued is in the audit log (and, for
 //! a task, the X.509 serials are recorded for its CRL) before it leaves the server.
 //!
+//! JWT-SVID mints are rate-limited per workload and per agent ([`MintLimiter`]).
+//!
 //! The gRPC handler (`api/node.rs`) authenticates the agent and converts wire messages;
 //! everything it decides is here, where a test can call it directly.
 
@@ -21,6 +23,7 @@ use crate::ca::rotation::CaSet;
 use crate::clock::{now_unix, unix_seconds};
 use crate::datastore::{Datastore, DatastoreError, TaskSvid};
 use crate::jwt_keys::JwtKeyManager;
+use crate::rate_limit::{MintLimiter, Throttled};
 use crate::tasks::{IssueGrant, Tasks};
 
 /// Most CSRs accepted in one signing call.
@@ -49,6 +52,9 @@ pub enum IssuanceError {
     /// The entry is just-in-time and no active task (or the policy) allows issuance now.
     #[error("{0}")]
     NoGrant(String),
+    /// A JWT-SVID mint rate limit is exhausted (try again later).
+    #[error(transparent)]
+    RateLimited(#[from] Throttled),
     /// Signing failed (our fault; details in the log).
     #[error("BUG or key failure: JWT-SVID signing failed: {0}")]
     Signing(String),
@@ -101,17 +107,26 @@ pub struct Issuer {
     ca: Arc<CaSet>,
     jwt: Arc<JwtKeyManager>,
     tasks: Arc<Tasks>,
+    limiter: Arc<MintLimiter>,
 }
 
 impl Issuer {
-    /// An issuer signing with `ca` and `jwt` under the tasks of `tasks`.
+    /// An issuer signing with `ca` and `jwt` under the tasks of `tasks`, minting
+    /// JWT-SVIDs as fast as `limiter` allows.
     pub fn new(
         ds: Arc<dyn Datastore>,
         ca: Arc<CaSet>,
         jwt: Arc<JwtKeyManager>,
         tasks: Arc<Tasks>,
+        limiter: Arc<MintLimiter>,
     ) -> Self {
-        Self { ds, ca, jwt, tasks }
+        Self {
+            ds,
+            ca,
+            jwt,
+            tasks,
+            limiter,
+        }
     }
 
     /// The entry `entry_id` if `agent` may receive credentials for it.
@@ -225,7 +240,8 @@ impl Issuer {
         Ok(out)
     }
 
-    /// Signs a JWT-SVID for `entry_id` with `audience`, if `agent` is entitled to it.
+    /// Signs a JWT-SVID for `entry_id` with `audience`, if `agent` is entitled to it and
+    /// the mint limits allow it now.
     pub async fn mint_jwt(
         &self,
         agent: &SpiffeId,
@@ -247,6 +263,13 @@ impl Issuer {
             .await?
             .ok_or(IssuanceError::NotEntitled)?;
         let grant = self.grant(&entry).await.map_err(IssuanceError::NoGrant)?;
+        // After the entitlement checks, so buckets exist only for identities the agent
+        // holds; before signing and the audit record, which are what a flood would cost.
+        self.limiter
+            .acquire(agent, &entry.spiffe_id)
+            .inspect_err(|t| {
+                tracing::warn!(agent_id = %agent, entry_id = %entry.id, spiffe_id = %entry.spiffe_id, limit = ?t.scope, "JWT-SVID mint refused: rate limit");
+            })?;
         let mut extra = serde_json::Map::new();
         let mut ttl: Duration = entry.jwt_svid_ttl;
         if let Some(g) = &grant {
