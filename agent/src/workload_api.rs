@@ -66,6 +66,21 @@ const MAX_AUDIENCES: usize = 32;
 /// Longest audience value accepted (the server enforces the same bound).
 const MAX_AUDIENCE_LENGTH: usize = 1024;
 
+/// Metadata of the server's `ResourceExhausted`: milliseconds until a mint can succeed.
+const RETRY_AFTER_MS: &str = "retry-after-ms";
+/// How long a rate-limit refusal is held when the server does not say.
+const DEFAULT_HOLD_OFF_MS: i64 = 1000;
+/// Longest a rate-limit refusal is held, whatever the server says.
+const MAX_HOLD_OFF_MS: i64 = 60_000;
+
+/// Unix milliseconds now, by the system clock.
+fn unix_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 /// Unix seconds now, by the system clock.
 pub(crate) fn unix_now() -> i64 {
     SystemTime::now()
@@ -324,6 +339,20 @@ impl WorkloadApi {
         {
             return Ok(c.token.clone());
         }
+        // The server refused this identity by a rate limit a moment ago: answer the same
+        // until it said asking again can succeed, without asking it.
+        let now_ms = unix_now_ms();
+        let held = self
+            .jwt_cache
+            .lock()
+            .ok()
+            .and_then(|mut c| c.held_off(&id, now_ms));
+        if let Some(message) = held {
+            return match cached {
+                Some(c) if c.expires_at > now + 1 => Ok(c.token),
+                _ => Err(Status::resource_exhausted(message)),
+            };
+        }
         let Some(node) = self.link.get() else {
             return Err(Status::unavailable("agent is not attested yet"));
         };
@@ -357,16 +386,34 @@ impl WorkloadApi {
                 }
                 Err(Status::permission_denied(s.message().to_owned()))
             }
-            // Rate-limited by the server: a cached token that is still valid keeps being
-            // served; else the workload hears which limit, as ResourceExhausted (never
-            // "try again" at once, and the agent does not retry on its behalf).
-            Err(s) if s.code() == tonic::Code::ResourceExhausted => match cached {
-                Some(c) if c.expires_at > now + 1 => Ok(c.token),
-                _ => {
-                    tracing::info!(entry_id = %entry.id, error = %s.message(), "JWT-SVID minting refused by a rate limit");
-                    Err(Status::resource_exhausted(s.message().to_owned()))
+            // Rate-limited by the server: held until the server's retry-after (at most
+            // MAX_HOLD_OFF_MS); meanwhile a cached token that is still valid keeps being
+            // served, else the workload hears which limit, as ResourceExhausted (never "try
+            // again" at once, and the agent does not retry on its behalf).
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                let retry_ms = s
+                    .metadata()
+                    .get(RETRY_AFTER_MS)
+                    .and_then(|v| v.to_str().ok()?.parse::<i64>().ok())
+                    .map_or(DEFAULT_HOLD_OFF_MS, |ms| ms.clamp(0, MAX_HOLD_OFF_MS));
+                // From now, the answer's arrival: never before the server's bucket refills.
+                let now_ms = unix_now_ms();
+                if let Ok(mut c) = self.jwt_cache.lock() {
+                    c.hold_off(
+                        &id,
+                        now_ms.saturating_add(retry_ms),
+                        s.message().to_owned(),
+                        now_ms,
+                    );
                 }
-            },
+                match cached {
+                    Some(c) if c.expires_at > now + 1 => Ok(c.token),
+                    _ => {
+                        tracing::info!(entry_id = %entry.id, retry_ms, error = %s.message(), "JWT-SVID minting refused by a rate limit");
+                        Err(Status::resource_exhausted(s.message().to_owned()))
+                    }
+                }
+            }
             // The server is away: a cached token that is still valid keeps being served.
             Err(s) => match cached {
                 Some(c) if c.expires_at > now + 1 => {

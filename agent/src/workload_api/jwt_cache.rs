@@ -9,6 +9,11 @@
 //! runs periodically, so memory returns below the bounds after a burst even when no
 //! request follows it.
 //!
+//! When the server refuses a mint for an identity by a rate limit, the cache also holds
+//! that refusal until the server said a retry can succeed ([`JwtCache::hold_off`]): the
+//! workload's next requests for that identity get the same answer without reaching the
+//! server, so a workload that keeps asking costs the server one refusal per window.
+//!
 //! Keys are SHA-256 digests of (entry, revision, audience list), so a key costs 32 bytes
 //! whatever the audiences weigh; the token itself is the rest of an entry's cost.
 
@@ -73,6 +78,8 @@ pub(crate) struct JwtCache {
     expiry: BTreeSet<(i64, u64)>,
     bytes: usize,
     next_tick: u64,
+    /// Identities the server refused to mint for, until when (Unix ms), and its message.
+    held_off: HashMap<String, (i64, String)>,
 }
 
 impl JwtCache {
@@ -85,6 +92,7 @@ impl JwtCache {
             expiry: BTreeSet::new(),
             bytes: 0,
             next_tick: 0,
+            held_off: HashMap::new(),
         }
     }
 
@@ -166,6 +174,27 @@ impl JwtCache {
         }
         if self.slots.capacity() > 64 && self.slots.len() < self.slots.capacity() / 4 {
             self.slots.shrink_to_fit();
+        }
+    }
+
+    /// Holds mints for `identity` back until `until_ms` (Unix ms), answering `message`.
+    /// Lapsed holds are dropped here, so there are never more than the identities the
+    /// server is refusing right now.
+    pub(crate) fn hold_off(&mut self, identity: &str, until_ms: i64, message: String, now_ms: i64) {
+        self.held_off.retain(|_, (until, _)| *until > now_ms);
+        self.held_off
+            .insert(identity.to_owned(), (until_ms, message));
+    }
+
+    /// The server's refusal for `identity` if it still holds at `now_ms`.
+    pub(crate) fn held_off(&mut self, identity: &str, now_ms: i64) -> Option<String> {
+        match self.held_off.get(identity) {
+            Some((until, message)) if *until > now_ms => Some(message.clone()),
+            Some(_) => {
+                self.held_off.remove(identity);
+                None
+            }
+            None => None,
         }
     }
 
@@ -296,6 +325,23 @@ mod tests {
         assert_eq!(c.bytes(), 0);
         c.insert(key(1), jwt(100, NOW), NOW);
         assert_eq!(c.len(), 0);
+    }
+
+    #[test]
+    fn a_refusal_is_held_until_the_server_said_and_lapsed_ones_are_dropped() {
+        let mut c = cache(10, 1 << 20);
+        let ms = NOW * 1000;
+        c.hold_off("entry-1", ms + 250, "limited".into(), ms);
+        assert_eq!(c.held_off("entry-1", ms), Some("limited".into()));
+        assert_eq!(c.held_off("entry-1", ms + 249), Some("limited".into()));
+        assert_eq!(c.held_off("entry-2", ms), None, "per identity");
+        assert_eq!(c.held_off("entry-1", ms + 250), None);
+        assert!(c.held_off.is_empty());
+        for i in 0..100 {
+            c.hold_off(&format!("entry-{i}"), ms + 10, "limited".into(), ms);
+        }
+        c.hold_off("entry-x", ms + 1000, "limited".into(), ms + 10);
+        assert_eq!(c.held_off.len(), 1, "lapsed holds dropped");
     }
 
     #[test]
