@@ -23,11 +23,14 @@ use crate::server_client::ServerLink;
 use crate::workload_api::WorkloadApi;
 use crate::workload_api::authority::{MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE};
 use crate::workload_api::connection::StreamTrackingLayer;
+use crate::workload_api::jwt_cache::JwtCache;
 use daemon::state_file;
 use daemon::supervisor::Supervisor;
 
 /// How long in-flight work may take after shutdown is requested.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+/// How often expired JWT-SVIDs are dropped from the cache when no request does it.
+const JWT_CACHE_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 fn initial_bundle(config: &AgentConfig) -> anyhow::Result<Bundle> {
     if let Some(b) = node_identity::load_bundle(&config.data_dir, &config.trust_domain)? {
@@ -164,11 +167,31 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     }
     // Any local process may connect: authorization is by attestation, not by file mode.
     let listener = daemon::socket::bind_unix(&config.socket_path, 0o755, 0o777)?;
+    let jwt_cache = Arc::new(std::sync::Mutex::new(JwtCache::new(config.jwt_cache)));
+    {
+        // Lookups and inserts sweep too; this gives a burst's memory back when the
+        // requests stop.
+        let jwt_cache = Arc::clone(&jwt_cache);
+        let shutdown = shutdown.clone();
+        supervisor.spawn_job("JWT-SVID cache sweep", async move {
+            let mut every = tokio::time::interval(JWT_CACHE_SWEEP_INTERVAL);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = every.tick() => {}
+                }
+                if let Ok(mut c) = jwt_cache.lock() {
+                    c.sweep(crate::workload_api::unix_now());
+                    tracing::debug!(tokens = c.len(), bytes = c.bytes(), "JWT-SVID cache swept");
+                }
+            }
+        });
+    }
     let api = WorkloadApi {
         cache: cache.clone(),
         attestor: Arc::new(Attestor::new()),
         link: link.clone(),
-        jwt_cache: Arc::default(),
+        jwt_cache,
         shutdown: shutdown.clone(),
         tasks: supervisor.spawner(),
     };

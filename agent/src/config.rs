@@ -52,6 +52,32 @@ const STREAMS_RANGE: std::ops::RangeInclusive<u32> = 1..=1024;
 /// Bounds of `api_max_request_bytes`: room for the largest legitimate request, and no more
 /// than the gRPC default.
 const REQUEST_BYTES_RANGE: std::ops::RangeInclusive<u32> = 64 * 1024..=4 * 1024 * 1024;
+/// Default most JWT-SVIDs the agent caches. A token is cached per identity and audience
+/// list for half its lifetime, so this is room for, e.g., 500 workloads each using 20
+/// audience lists at once.
+pub const DEFAULT_JWT_CACHE_MAX_ENTRIES: usize = 10_000;
+/// Default most bytes of JWT-SVIDs the agent caches (16 MiB): 10,000 typical tokens of
+/// under 1 KiB fit, or about 370 of the largest a workload may ask for (32 audiences of
+/// 1 KiB, about 45 KiB each).
+pub const DEFAULT_JWT_CACHE_MAX_BYTES: usize = 16 * 1024 * 1024;
+
+/// Bounds of the agent's cache of minted JWT-SVIDs (least recently used evicted first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JwtCacheLimits {
+    /// Most tokens held.
+    pub max_entries: usize,
+    /// Most bytes held (tokens plus a fixed overhead per token).
+    pub max_bytes: usize,
+}
+
+impl Default for JwtCacheLimits {
+    fn default() -> Self {
+        Self {
+            max_entries: DEFAULT_JWT_CACHE_MAX_ENTRIES,
+            max_bytes: DEFAULT_JWT_CACHE_MAX_BYTES,
+        }
+    }
+}
 
 /// Every agent setting, declared once: the config file (`snake_case` keys) and the
 /// `tessera-agent run` flags (`--kebab-case`) both fill this struct. Every field is
@@ -113,6 +139,12 @@ pub struct RawAgentConfig {
     /// Largest Workload API request message, in bytes [default: 131072].
     #[arg(long)]
     pub api_max_request_bytes: Option<u32>,
+    /// Most JWT-SVIDs cached for reuse; the least recently used go first [default: 10000].
+    #[arg(long)]
+    pub jwt_cache_max_entries: Option<usize>,
+    /// Most bytes of JWT-SVIDs cached for reuse [default: 16777216, 16 MiB].
+    #[arg(long)]
+    pub jwt_cache_max_bytes: Option<usize>,
 }
 
 impl std::fmt::Debug for RawAgentConfig {
@@ -134,6 +166,8 @@ impl std::fmt::Debug for RawAgentConfig {
             api_idle_timeout,
             api_max_concurrent_streams,
             api_max_request_bytes,
+            jwt_cache_max_entries,
+            jwt_cache_max_bytes,
         } = self;
         f.debug_struct("RawAgentConfig")
             .field("server_address", server_address)
@@ -151,6 +185,8 @@ impl std::fmt::Debug for RawAgentConfig {
             .field("api_idle_timeout", api_idle_timeout)
             .field("api_max_concurrent_streams", api_max_concurrent_streams)
             .field("api_max_request_bytes", api_max_request_bytes)
+            .field("jwt_cache_max_entries", jwt_cache_max_entries)
+            .field("jwt_cache_max_bytes", jwt_cache_max_bytes)
             .finish()
     }
 }
@@ -178,6 +214,8 @@ pub struct AgentConfig {
     pub log_json: bool,
     /// What the Workload API allows each connection and each uid.
     pub workload_api: WorkloadApiLimits,
+    /// Bounds of the JWT-SVID cache.
+    pub jwt_cache: JwtCacheLimits,
 }
 
 /// The Workload API's limits on connections, validated.
@@ -211,6 +249,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("data_dir", &self.data_dir)
             .field("socket_path", &self.socket_path)
             .field("workload_api", &self.workload_api)
+            .field("jwt_cache", &self.jwt_cache)
             .finish()
     }
 }
@@ -284,6 +323,8 @@ impl RawAgentConfig {
             api_idle_timeout,
             api_max_concurrent_streams,
             api_max_request_bytes,
+            jwt_cache_max_entries,
+            jwt_cache_max_bytes,
         } = over;
         Self {
             server_address: server_address.or(self.server_address),
@@ -303,6 +344,8 @@ impl RawAgentConfig {
             api_max_concurrent_streams: api_max_concurrent_streams
                 .or(self.api_max_concurrent_streams),
             api_max_request_bytes: api_max_request_bytes.or(self.api_max_request_bytes),
+            jwt_cache_max_entries: jwt_cache_max_entries.or(self.jwt_cache_max_entries),
+            jwt_cache_max_bytes: jwt_cache_max_bytes.or(self.jwt_cache_max_bytes),
         }
     }
 }
@@ -532,6 +575,25 @@ impl AgentConfig {
                 });
             }
         };
+        let jwt_cache = JwtCacheLimits {
+            max_entries: raw
+                .jwt_cache_max_entries
+                .unwrap_or(DEFAULT_JWT_CACHE_MAX_ENTRIES),
+            max_bytes: raw
+                .jwt_cache_max_bytes
+                .unwrap_or(DEFAULT_JWT_CACHE_MAX_BYTES),
+        };
+        for (key, v) in [
+            ("jwt_cache_max_entries", jwt_cache.max_entries),
+            ("jwt_cache_max_bytes", jwt_cache.max_bytes),
+        ] {
+            if v == 0 {
+                return Err(AgentConfigError::Invalid {
+                    key,
+                    message: "must be at least 1".into(),
+                });
+            }
+        }
         Ok(Self {
             server_address,
             trust_domain,
@@ -545,6 +607,7 @@ impl AgentConfig {
             log_level,
             log_json,
             workload_api,
+            jwt_cache,
         })
     }
 }
@@ -564,6 +627,7 @@ mod tests {
     fn validation() {
         let c = AgentConfig::from_raw(raw()).unwrap();
         assert_eq!(c.server_address, DEFAULT_SERVER_ADDRESS);
+        assert_eq!(c.jwt_cache, JwtCacheLimits::default());
         assert!(matches!(
             AgentConfig::from_raw(RawAgentConfig::default()),
             Err(AgentConfigError::Missing("trust_domain", _))
@@ -610,6 +674,20 @@ mod tests {
                     ..raw()
                 },
                 "log_level",
+            ),
+            (
+                RawAgentConfig {
+                    jwt_cache_max_entries: Some(0),
+                    ..raw()
+                },
+                "jwt_cache_max_entries",
+            ),
+            (
+                RawAgentConfig {
+                    jwt_cache_max_bytes: Some(0),
+                    ..raw()
+                },
+                "jwt_cache_max_bytes",
             ),
             (
                 RawAgentConfig {
@@ -838,7 +916,18 @@ mod tests {
         .unwrap();
         assert_eq!(c.server_address, "other:1");
         assert_eq!(c.trust_bundle_path, Some(PathBuf::from("/b2.pem")));
-        let c = AgentConfig::load(Some(&file), flags(&["--server-address", "other:2"])).unwrap();
+        let c = AgentConfig::load(
+            Some(&file),
+            flags(&[
+                "--server-address",
+                "other:2",
+                "--jwt-cache-max-bytes",
+                "65536",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.jwt_cache.max_bytes, 65536);
+        assert_eq!(c.jwt_cache.max_entries, DEFAULT_JWT_CACHE_MAX_ENTRIES);
         assert_eq!(c.server_address, "other:2", "the flag wins");
         assert_eq!(c.trust_bundle_path, Some(PathBuf::from("/etc/b.pem")));
         assert_eq!(c.trust_domain.name(), "example.org");
@@ -851,7 +940,7 @@ mod tests {
             .get_arguments()
             .map(|a| a.get_id().to_string())
             .collect();
-        assert_eq!(ids.len(), 15, "{ids:?}");
+        assert_eq!(ids.len(), 17, "{ids:?}");
         for id in ids {
             // A string or a number, whichever the key takes.
             let text = format!("{id} = \"x\"");

@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime};
 pub(crate) mod authority;
 pub(crate) mod connection;
 pub(crate) mod listener;
+pub(crate) mod jwt_cache;
 pub(crate) mod tasks;
 
 use common::proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
@@ -38,6 +39,7 @@ use crate::cache::{Cache, CacheSnapshot};
 use crate::server_client::ServerLink;
 use connection::ConnectionInfo;
 use daemon::supervisor::Spawner;
+use jwt_cache::{CachedJwt, JwtCache, JwtKey};
 
 /// The security header every Workload API request must carry.
 const SECURITY_HEADER: &str = "workload.spiffe.io";
@@ -54,31 +56,35 @@ pub(crate) struct WorkloadApi {
     pub(crate) cache: Cache,
     pub(crate) attestor: Arc<Attestor>,
     pub(crate) link: ServerLink,
-    pub(crate) jwt_cache: Arc<Mutex<HashMap<JwtCacheKey, CachedJwt>>>,
+    /// Minted JWT-SVIDs, bounded by count and bytes.
+    pub(crate) jwt_cache: Arc<Mutex<JwtCache>>,
     pub(crate) shutdown: CancellationToken,
     /// Starts the per-stream and background tasks, owned by the agent's supervisor.
     pub(crate) tasks: Spawner,
 }
 
-/// Entry id, entry revision and audience list of a minted JWT-SVID.
-pub(crate) type JwtCacheKey = (String, u64, Vec<String>);
-
-/// A minted JWT-SVID, reused until half its lifetime has passed.
-#[derive(Debug, Clone)]
-pub(crate) struct CachedJwt {
-    token: String,
-    refresh_at: i64,
-    expires_at: i64,
-}
-
-/// Most cached JWT-SVIDs before expired ones are swept.
-const JWT_CACHE_LIMIT: usize = 10_000;
 /// Most audiences accepted in one request.
 const MAX_AUDIENCES: usize = 32;
 /// Longest audience value accepted (the server enforces the same bound).
 const MAX_AUDIENCE_LENGTH: usize = 1024;
 
-fn unix_now() -> i64 {
+/// Metadata of the server's `ResourceExhausted`: milliseconds until a mint can succeed.
+const RETRY_AFTER_MS: &str = "retry-after-ms";
+/// How long a rate-limit refusal is held when the server does not say.
+const DEFAULT_HOLD_OFF_MS: i64 = 1000;
+/// Longest a rate-limit refusal is held, whatever the server says.
+const MAX_HOLD_OFF_MS: i64 = 60_000;
+
+/// Unix milliseconds now, by the system clock.
+fn unix_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Unix seconds now, by the system clock.
+pub(crate) fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -329,17 +335,31 @@ impl WorkloadApi {
             Some(g) => format!("{}#{}", entry.id, g.task_id),
             None => entry.id.to_string(),
         };
-        let key: JwtCacheKey = (id, entry.revision, audience.to_vec());
+        let key = JwtKey::new(&id, entry.revision, audience);
         let now = unix_now();
         let cached = self
             .jwt_cache
             .lock()
             .ok()
-            .and_then(|c| c.get(&key).cloned());
+            .and_then(|mut c| c.get(&key, now));
         if let Some(c) = &cached
             && now < c.refresh_at
         {
             return Ok(c.token.clone());
+        }
+        // The server refused this identity by a rate limit a moment ago: answer the same
+        // until it said asking again can succeed, without asking it.
+        let now_ms = unix_now_ms();
+        let held = self
+            .jwt_cache
+            .lock()
+            .ok()
+            .and_then(|mut c| c.held_off(&id, now_ms));
+        if let Some(message) = held {
+            return match cached {
+                Some(c) if c.expires_at > now + 1 => Ok(c.token),
+                _ => Err(Status::resource_exhausted(message)),
+            };
         }
         let Some(node) = self.link.get() else {
             return Err(Status::unavailable("agent is not attested yet"));
@@ -359,12 +379,7 @@ impl WorkloadApi {
                     expires_at: resp.expires_at,
                 };
                 if let Ok(mut c) = self.jwt_cache.lock() {
-                    if c.len() >= JWT_CACHE_LIMIT {
-                        c.retain(|_, v| v.expires_at > now);
-                    }
-                    if c.len() < JWT_CACHE_LIMIT {
-                        c.insert(key, fresh);
-                    }
+                    c.insert(key, fresh, now);
                 }
                 Ok(resp.token)
             }
@@ -378,6 +393,34 @@ impl WorkloadApi {
                     c.remove(&key);
                 }
                 Err(Status::permission_denied(s.message().to_owned()))
+            }
+            // Rate-limited by the server: held until the server's retry-after (at most
+            // MAX_HOLD_OFF_MS); meanwhile a cached token that is still valid keeps being
+            // served, else the workload hears which limit, as ResourceExhausted (never "try
+            // again" at once, and the agent does not retry on its behalf).
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                let retry_ms = s
+                    .metadata()
+                    .get(RETRY_AFTER_MS)
+                    .and_then(|v| v.to_str().ok()?.parse::<i64>().ok())
+                    .map_or(DEFAULT_HOLD_OFF_MS, |ms| ms.clamp(0, MAX_HOLD_OFF_MS));
+                // From now, the answer's arrival: never before the server's bucket refills.
+                let now_ms = unix_now_ms();
+                if let Ok(mut c) = self.jwt_cache.lock() {
+                    c.hold_off(
+                        &id,
+                        now_ms.saturating_add(retry_ms),
+                        s.message().to_owned(),
+                        now_ms,
+                    );
+                }
+                match cached {
+                    Some(c) if c.expires_at > now + 1 => Ok(c.token),
+                    _ => {
+                        tracing::info!(entry_id = %entry.id, retry_ms, error = %s.message(), "JWT-SVID minting refused by a rate limit");
+                        Err(Status::resource_exhausted(s.message().to_owned()))
+                    }
+                }
             }
             // The server is away: a cached token that is still valid keeps being served.
             Err(s) => match cached {

@@ -2,7 +2,8 @@
 //!
 //! Classification is by whose fault it is: the caller's (`InvalidArgument`,
 //! `PermissionDenied`, `NotFound`, `AlreadyExists`, `Unauthenticated`) gets a precise
-//! message; ours (`Internal`) gets a generic one while the details go to the log.
+//! message, and so does a rate limit (`ResourceExhausted`, naming the limit); ours
+//! (`Internal`) gets a generic one while the details go to the log.
 
 pub(crate) mod admin;
 pub(crate) mod node;
@@ -15,6 +16,9 @@ use crate::datastore::DatastoreError;
 use crate::issuance::IssuanceError;
 use crate::node_attestation::NodeAttestationError;
 use crate::registration::RegistrationError;
+
+/// Metadata of a `ResourceExhausted` answer: milliseconds until asking again can succeed.
+pub(crate) const RETRY_AFTER_MS: &str = "retry-after-ms";
 
 fn internal(what: &str, e: &dyn std::fmt::Display) -> Status {
     tracing::error!(error = %e, "{what} failed");
@@ -83,6 +87,18 @@ impl From<IssuanceError> for Status {
             }
             IssuanceError::NotEntitled | IssuanceError::NoGrant(_) => {
                 Self::permission_denied(e.to_string())
+            }
+            // Nobody's fault, and it passes: the agent hands it to the workload as is, and
+            // asks again for that identity only after `retry-after-ms`.
+            IssuanceError::RateLimited(ref t) => {
+                let mut status = Self::resource_exhausted(e.to_string());
+                // Rounded up: asking after this is never too early.
+                let ms =
+                    u64::try_from(t.retry_after.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
+                status
+                    .metadata_mut()
+                    .insert(RETRY_AFTER_MS, tonic::metadata::MetadataValue::from(ms));
+                status
             }
             IssuanceError::Signing(_) => internal("JWT-SVID signing", &e),
             IssuanceError::Datastore(d) => d.into(),

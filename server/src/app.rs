@@ -201,6 +201,10 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
             Arc::clone(&ca),
             Arc::clone(&jwt),
             Arc::clone(&task_service),
+            Arc::new(crate::rate_limit::MintLimiter::new(
+                config.jwt_mint_limits,
+                Arc::new(crate::clock::SystemClock),
+            )),
         ),
         events,
         bundle: bundle.clone(),
@@ -305,6 +309,8 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         bind_address = %config.bind_address,
         admin_socket = %config.admin_socket.display(),
         health_address = ?config.health_address,
+        jwt_mint_limit_per_workload = %config.jwt_mint_limits.per_workload,
+        jwt_mint_limit_per_agent = %config.jwt_mint_limits.per_agent,
         "tessera-server ready"
     );
 

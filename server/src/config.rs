@@ -12,6 +12,7 @@ use common::TrustDomain;
 use serde::Deserialize;
 
 use crate::datastore::postgres::redact_url;
+use crate::rate_limit::{MintLimits, Rate};
 
 /// Default CA lifetime (as SPIRE's `ca_ttl`).
 pub const DEFAULT_CA_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -106,6 +107,22 @@ pub struct RawServerConfig {
     /// Records after which a checkpoint is signed at once [default: 1000].
     #[arg(long)]
     pub audit_checkpoint_records: Option<String>,
+    /// JWT-SVIDs one workload (a SPIFFE ID on one agent) may have minted per second,
+    /// sustained; more are refused with ResourceExhausted [default: 20].
+    #[arg(long)]
+    pub jwt_mint_rate_per_workload: Option<u32>,
+    /// JWT-SVIDs one workload may have minted at once before its rate applies
+    /// [default: 100].
+    #[arg(long)]
+    pub jwt_mint_burst_per_workload: Option<u32>,
+    /// JWT-SVIDs all workloads of one agent together may have minted per second, sustained
+    /// [default: 200].
+    #[arg(long)]
+    pub jwt_mint_rate_per_agent: Option<u32>,
+    /// JWT-SVIDs all workloads of one agent may have minted at once before its rate applies
+    /// [default: 1000].
+    #[arg(long)]
+    pub jwt_mint_burst_per_agent: Option<u32>,
     /// Log level: trace, debug, info, warn or error [default: info].
     #[arg(long)]
     pub log_level: Option<String>,
@@ -137,6 +154,10 @@ impl std::fmt::Debug for RawServerConfig {
             admin_group,
             audit_checkpoint_interval,
             audit_checkpoint_records,
+            jwt_mint_rate_per_workload,
+            jwt_mint_burst_per_workload,
+            jwt_mint_rate_per_agent,
+            jwt_mint_burst_per_agent,
             log_level,
             log_format,
         } = self;
@@ -160,6 +181,10 @@ impl std::fmt::Debug for RawServerConfig {
             .field("admin_group", admin_group)
             .field("audit_checkpoint_interval", audit_checkpoint_interval)
             .field("audit_checkpoint_records", audit_checkpoint_records)
+            .field("jwt_mint_rate_per_workload", jwt_mint_rate_per_workload)
+            .field("jwt_mint_burst_per_workload", jwt_mint_burst_per_workload)
+            .field("jwt_mint_rate_per_agent", jwt_mint_rate_per_agent)
+            .field("jwt_mint_burst_per_agent", jwt_mint_burst_per_agent)
             .field("log_level", log_level)
             .field("log_format", log_format)
             .finish()
@@ -244,6 +269,8 @@ pub struct ServerConfig {
     pub audit_checkpoint_interval: Duration,
     /// Records after which a checkpoint is signed at once.
     pub audit_checkpoint_records: u64,
+    /// JWT-SVID mint rate limits.
+    pub jwt_mint_limits: MintLimits,
     /// Log filter.
     pub log_level: String,
     /// Emit JSON log lines.
@@ -323,6 +350,10 @@ impl RawServerConfig {
             admin_group,
             audit_checkpoint_interval,
             audit_checkpoint_records,
+            jwt_mint_rate_per_workload,
+            jwt_mint_burst_per_workload,
+            jwt_mint_rate_per_agent,
+            jwt_mint_burst_per_agent,
             log_level,
             log_format,
         } = over;
@@ -346,6 +377,12 @@ impl RawServerConfig {
             admin_group: admin_group.or(self.admin_group),
             audit_checkpoint_interval: audit_checkpoint_interval.or(self.audit_checkpoint_interval),
             audit_checkpoint_records: audit_checkpoint_records.or(self.audit_checkpoint_records),
+            jwt_mint_rate_per_workload: jwt_mint_rate_per_workload
+                .or(self.jwt_mint_rate_per_workload),
+            jwt_mint_burst_per_workload: jwt_mint_burst_per_workload
+                .or(self.jwt_mint_burst_per_workload),
+            jwt_mint_rate_per_agent: jwt_mint_rate_per_agent.or(self.jwt_mint_rate_per_agent),
+            jwt_mint_burst_per_agent: jwt_mint_burst_per_agent.or(self.jwt_mint_burst_per_agent),
             log_level: log_level.or(self.log_level),
             log_format: log_format.or(self.log_format),
         }
@@ -353,6 +390,18 @@ impl RawServerConfig {
 }
 
 pub use common::duration::parse_duration;
+
+/// A count that must be at least 1, or `default`.
+fn at_least_one(key: &'static str, v: Option<u32>, default: u32) -> Result<u32, ServerConfigError> {
+    match v {
+        None => Ok(default),
+        Some(0) => Err(ServerConfigError::Invalid {
+            key,
+            message: "must be at least 1".into(),
+        }),
+        Some(n) => Ok(n),
+    }
+}
 
 fn duration(
     key: &'static str,
@@ -540,6 +589,33 @@ impl ServerConfig {
                 }
             })?,
         };
+        let defaults = MintLimits::default();
+        let jwt_mint_limits = MintLimits {
+            per_workload: Rate {
+                per_second: at_least_one(
+                    "jwt_mint_rate_per_workload",
+                    raw.jwt_mint_rate_per_workload,
+                    defaults.per_workload.per_second,
+                )?,
+                burst: at_least_one(
+                    "jwt_mint_burst_per_workload",
+                    raw.jwt_mint_burst_per_workload,
+                    defaults.per_workload.burst,
+                )?,
+            },
+            per_agent: Rate {
+                per_second: at_least_one(
+                    "jwt_mint_rate_per_agent",
+                    raw.jwt_mint_rate_per_agent,
+                    defaults.per_agent.per_second,
+                )?,
+                burst: at_least_one(
+                    "jwt_mint_burst_per_agent",
+                    raw.jwt_mint_burst_per_agent,
+                    defaults.per_agent.burst,
+                )?,
+            },
+        };
         let log_level = raw.log_level.unwrap_or_else(|| "info".into());
         if !["trace", "debug", "info", "warn", "error"].contains(&log_level.as_str()) {
             return Err(ServerConfigError::Invalid {
@@ -575,6 +651,7 @@ impl ServerConfig {
             admin_gid,
             audit_checkpoint_interval,
             audit_checkpoint_records,
+            jwt_mint_limits,
             log_level,
             log_json,
         })
@@ -707,6 +784,42 @@ mod tests {
         }
     }
 
+    #[test]
+    fn jwt_mint_limits_default_and_must_be_at_least_one() {
+        let c = ServerConfig::from_raw(raw("example.org")).unwrap();
+        assert_eq!(c.jwt_mint_limits, MintLimits::default());
+        assert_eq!(c.jwt_mint_limits.per_workload.per_second, 20);
+        assert_eq!(c.jwt_mint_limits.per_agent.burst, 1000);
+        let file = RawServerConfig::from_toml(
+            "trust_domain = \"example.org\"\njwt_mint_rate_per_workload = 5\njwt_mint_burst_per_agent = 50\n",
+        )
+        .unwrap();
+        let c = ServerConfig::from_raw(file.merge(flags(&["--jwt-mint-burst-per-workload", "7"])))
+            .unwrap();
+        assert_eq!(
+            c.jwt_mint_limits.per_workload,
+            Rate {
+                per_second: 5,
+                burst: 7
+            }
+        );
+        assert_eq!(c.jwt_mint_limits.per_agent.burst, 50);
+        for key in [
+            "jwt_mint_rate_per_workload",
+            "jwt_mint_burst_per_workload",
+            "jwt_mint_rate_per_agent",
+            "jwt_mint_burst_per_agent",
+        ] {
+            let text = format!("trust_domain = \"example.org\"\n{key} = 0\n");
+            match ServerConfig::from_raw(RawServerConfig::from_toml(&text).unwrap()) {
+                Err(e @ ServerConfigError::Invalid { .. }) => {
+                    assert_eq!(e.to_string(), format!("invalid {key}: must be at least 1"));
+                }
+                other => panic!("{key} = 0: {other:?}"),
+            }
+        }
+    }
+
     /// The flags of `tessera-server run`, as clap parses them.
     fn flags(args: &[&str]) -> RawServerConfig {
         #[derive(clap::Parser)]
@@ -761,13 +874,13 @@ mod tests {
             .get_arguments()
             .map(|a| a.get_id().to_string())
             .collect();
-        assert_eq!(ids.len(), 21, "{ids:?}");
+        assert_eq!(ids.len(), 25, "{ids:?}");
         for id in ids {
-            let text = format!("{id} = \"x\"");
-            assert!(
-                RawServerConfig::from_toml(&text).is_ok(),
-                "flag {id} is no file key"
-            );
+            // A text key or a number key.
+            let ok = ["\"x\"", "1"]
+                .iter()
+                .any(|v| RawServerConfig::from_toml(&format!("{id} = {v}")).is_ok());
+            assert!(ok, "flag {id} is no file key");
         }
     }
 

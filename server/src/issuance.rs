@@ -7,6 +7,10 @@
 //! contributes its public key only. Every credential issued is in the audit log (and, for
 //! a task, the X.509 serials are recorded for its CRL) before it leaves the server.
 //!
+//! JWT-SVID mints are rate-limited per workload and per agent ([`MintLimiter`]), and
+//! their audit records have a bounded size: a long audience list is recorded as its
+//! count and digest ([`audience_detail`]).
+//!
 //! The gRPC handler (`api/node.rs`) authenticates the agent and converts wire messages;
 //! everything it decides is here, where a test can call it directly.
 
@@ -15,12 +19,14 @@ use std::time::Duration;
 
 use common::{EntryId, RegistrationEntry, SpiffeId, TaskId};
 use rustls_pki_types::CertificateDer;
+use sha2::{Digest as _, Sha256};
 
 use crate::audit::{AuditEvent, AuditKind};
 use crate::ca::rotation::CaSet;
 use crate::clock::{now_unix, unix_seconds};
 use crate::datastore::{Datastore, DatastoreError, TaskSvid};
 use crate::jwt_keys::JwtKeyManager;
+use crate::rate_limit::{MintLimiter, Throttled};
 use crate::tasks::{IssueGrant, Tasks};
 
 /// Most CSRs accepted in one signing call.
@@ -29,6 +35,11 @@ pub const MAX_CSRS_PER_CALL: usize = 1000;
 pub const MAX_AUDIENCES: usize = 32;
 /// Longest audience value.
 pub const MAX_AUDIENCE_LENGTH: usize = 1024;
+/// Most audiences a JWT-SVID's audit record lists; a longer list is recorded as its count
+/// and digest.
+pub const AUDIT_MAX_AUDIENCES: usize = 4;
+/// Most audience bytes (the values' lengths added up) a JWT-SVID's audit record lists.
+pub const AUDIT_MAX_AUDIENCE_BYTES: usize = 1024;
 
 /// Why a whole issuance request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +60,9 @@ pub enum IssuanceError {
     /// The entry is just-in-time and no active task (or the policy) allows issuance now.
     #[error("{0}")]
     NoGrant(String),
+    /// A JWT-SVID mint rate limit is exhausted (try again later).
+    #[error(transparent)]
+    RateLimited(#[from] Throttled),
     /// Signing failed (our fault; details in the log).
     #[error("BUG or key failure: JWT-SVID signing failed: {0}")]
     Signing(String),
@@ -101,17 +115,26 @@ pub struct Issuer {
     ca: Arc<CaSet>,
     jwt: Arc<JwtKeyManager>,
     tasks: Arc<Tasks>,
+    limiter: Arc<MintLimiter>,
 }
 
 impl Issuer {
-    /// An issuer signing with `ca` and `jwt` under the tasks of `tasks`.
+    /// An issuer signing with `ca` and `jwt` under the tasks of `tasks`, minting
+    /// JWT-SVIDs as fast as `limiter` allows.
     pub fn new(
         ds: Arc<dyn Datastore>,
         ca: Arc<CaSet>,
         jwt: Arc<JwtKeyManager>,
         tasks: Arc<Tasks>,
+        limiter: Arc<MintLimiter>,
     ) -> Self {
-        Self { ds, ca, jwt, tasks }
+        Self {
+            ds,
+            ca,
+            jwt,
+            tasks,
+            limiter,
+        }
     }
 
     /// The entry `entry_id` if `agent` may receive credentials for it.
@@ -225,7 +248,8 @@ impl Issuer {
         Ok(out)
     }
 
-    /// Signs a JWT-SVID for `entry_id` with `audience`, if `agent` is entitled to it.
+    /// Signs a JWT-SVID for `entry_id` with `audience`, if `agent` is entitled to it and
+    /// the mint limits allow it now.
     pub async fn mint_jwt(
         &self,
         agent: &SpiffeId,
@@ -247,6 +271,13 @@ impl Issuer {
             .await?
             .ok_or(IssuanceError::NotEntitled)?;
         let grant = self.grant(&entry).await.map_err(IssuanceError::NoGrant)?;
+        // After the entitlement checks, so buckets exist only for identities the agent
+        // holds; before signing and the audit record, which are what a flood would cost.
+        self.limiter
+            .acquire(agent, &entry.spiffe_id)
+            .inspect_err(|t| {
+                tracing::warn!(agent_id = %agent, entry_id = %entry.id, spiffe_id = %entry.spiffe_id, limit = ?t.scope, "JWT-SVID mint refused: rate limit");
+            })?;
         let mut extra = serde_json::Map::new();
         let mut ttl: Duration = entry.jwt_svid_ttl;
         if let Some(g) = &grant {
@@ -260,19 +291,18 @@ impl Issuer {
             .jwt
             .sign(&entry.spiffe_id, audience, ttl, now_unix(), &extra)
             .map_err(|e| IssuanceError::Signing(e.to_string()))?;
+        let mut detail = serde_json::json!({
+            "entry_id": entry.id,
+            "agent_id": agent.as_str(),
+            "expires_at": expires_at,
+        });
+        if let Some(d) = detail.as_object_mut() {
+            d.extend(audience_detail(audience));
+        }
         self.ds
             .append_audit(&[AuditEvent {
                 task_id: grant.as_ref().map(|g| g.task.id.to_string()),
-                ..AuditEvent::new(
-                    AuditKind::SvidJwtIssued,
-                    &entry.spiffe_id,
-                    serde_json::json!({
-                        "entry_id": entry.id,
-                        "agent_id": agent.as_str(),
-                        "audience": audience,
-                        "expires_at": expires_at,
-                    }),
-                )
+                ..AuditEvent::new(AuditKind::SvidJwtIssued, &entry.spiffe_id, detail)
             }])
             .await?;
         tracing::info!(
@@ -283,5 +313,90 @@ impl Issuer {
             "JWT-SVID issued"
         );
         Ok(MintedJwt { token, expires_at })
+    }
+}
+
+/// How a JWT-SVID's audit record names its audiences, in bounded size: the list itself
+/// (`audience`) when it has at most [`AUDIT_MAX_AUDIENCES`] values of at most
+/// [`AUDIT_MAX_AUDIENCE_BYTES`] together, else its length (`audience_count`) and the
+/// SHA-256 of its canonical form (`audience_sha256`, lowercase hex).
+///
+/// The canonical form is the list as the token's `aud` claim carries it: a compact JSON
+/// array of the values in order (serde_json's escaping, which is Python's
+/// `json.dumps(aud, separators=(",", ":"), ensure_ascii=False)`), UTF-8 encoded. An
+/// auditor holding the token recomputes it from the `aud` claim (README, "Audit log").
+pub fn audience_detail(audience: &[String]) -> serde_json::Map<String, serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    let bytes: usize = audience.iter().map(String::len).sum();
+    if audience.len() <= AUDIT_MAX_AUDIENCES && bytes <= AUDIT_MAX_AUDIENCE_BYTES {
+        out.insert("audience".into(), serde_json::json!(audience));
+    } else {
+        let canonical = serde_json::Value::from(audience.to_vec()).to_string();
+        out.insert("audience_count".into(), audience.len().into());
+        out.insert(
+            "audience_sha256".into(),
+            hex::encode(Sha256::digest(canonical.as_bytes())).into(),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(n: usize, len: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| format!("{i:04}{}", "a".repeat(len - 4)))
+            .collect()
+    }
+
+    #[test]
+    fn short_audience_lists_are_recorded_whole_long_ones_as_count_and_digest() {
+        for (aud, whole) in [
+            (list(1, 10), true),
+            (list(4, 256), true),
+            (list(5, 8), false),
+            (list(2, 513), false),
+            (list(1, 1024), true),
+            (list(32, 1024), false),
+        ] {
+            let d = audience_detail(&aud);
+            assert_eq!(
+                d.contains_key("audience"),
+                whole,
+                "{} × {}",
+                aud.len(),
+                aud[0].len()
+            );
+            if whole {
+                assert_eq!(d["audience"], serde_json::json!(aud));
+            } else {
+                assert_eq!(d["audience_count"], aud.len());
+                assert_eq!(d.len(), 2);
+                assert!(serde_json::Value::Object(d).to_string().len() < 128);
+            }
+        }
+    }
+
+    #[test]
+    fn the_digest_is_of_the_compact_json_array_as_in_the_token() {
+        let aud: Vec<String> = ["a", "b\"q\"", "é/\u{1}", "d", "e"]
+            .map(String::from)
+            .to_vec();
+        let d = audience_detail(&aud);
+        // The bytes an auditor hashes, written out by hand.
+        let canonical = "[\"a\",\"b\\\"q\\\"\",\"é/\\u0001\",\"d\",\"e\"]";
+        assert_eq!(
+            d["audience_sha256"],
+            hex::encode(Sha256::digest(canonical.as_bytes()))
+        );
+        // Order matters: another list, another digest.
+        let mut other = aud;
+        other.swap(0, 1);
+        assert_ne!(
+            audience_detail(&other)["audience_sha256"],
+            d["audience_sha256"]
+        );
     }
 }

@@ -20,6 +20,7 @@ pub mod issuance;
 pub mod jwt_keys;
 pub mod node_attestation;
 pub mod policy;
+pub mod rate_limit;
 pub mod readiness;
 pub mod registration;
 pub mod server_identity;

@@ -212,6 +212,27 @@ impl ServerProc {
         );
     }
 
+    /// The rows `sql` selects from the server's SQLite datastore (read-only, with Python's
+    /// sqlite3; the server may be running), each row as a JSON array.
+    pub fn query_sql(&self, sql: &str) -> Vec<Vec<serde_json::Value>> {
+        let db = self.data_dir.join("datastore.sqlite3");
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import json,sqlite3,sys; d=sqlite3.connect('file:'+sys.argv[1]+'?mode=ro', uri=True); print(json.dumps(d.execute(sys.argv[2]).fetchall()))",
+            ])
+            .arg(&db)
+            .arg(sql)
+            .output()
+            .expect("run python3");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("rows as JSON")
+    }
+
     /// Writes the PEM bundle to `path`.
     pub fn write_bundle(&self, path: &Path) {
         let out = self.cli(&["bundle", "show"]);

@@ -22,6 +22,7 @@ mod interop_rust;
 mod jwt_cli;
 mod jwt_clients;
 mod jwt_keys;
+mod jwt_limits;
 mod jwt_validate;
 mod lifecycle;
 mod postgres;

@@ -150,6 +150,16 @@ impl Server {
             .args(["--bind", &format!("127.0.0.1:{port}")])
             .args(["--log-format", "json"])
             .env_remove("TESSERA_LOG");
+        // Figure 5 measures how fast JWT-SVIDs can be minted, not the rate limits (whose
+        // defaults would cap one workload at 20/s): lift them.
+        for limit in [
+            "--jwt-mint-rate-per-workload",
+            "--jwt-mint-burst-per-workload",
+            "--jwt-mint-rate-per-agent",
+            "--jwt-mint-burst-per-agent",
+        ] {
+            cmd.args([limit, "1000000000"]);
+        }
         let mut proc = Proc::spawn(cmd, &dir.join("server.log"))?;
         let deadline = Instant::now() + Duration::from_secs(30);
         let bundle = loop {
