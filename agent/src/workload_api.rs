@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime};
 
 pub(crate) mod authority;
 pub(crate) mod connection;
-pub(crate) mod listener;
 pub(crate) mod jwt_cache;
+pub(crate) mod listener;
 pub(crate) mod tasks;
 
 use common::proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;

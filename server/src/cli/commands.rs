@@ -92,7 +92,7 @@ async fn verify_offline(
             })
             .collect::<anyhow::Result<_>>()?,
         None => {
-            let mut c = admin_client(&admin).await?;
+            let mut c = admin_client(admin).await?;
             let mut stream = c
                 .list_audit(ListAuditRequest::default())
                 .await
