@@ -89,6 +89,26 @@ pub(crate) struct PeerCred {
     pub(crate) gid: u32,
 }
 
+/// The caller's process instance as it was when the agent accepted its connection: its
+/// start time and the identity of the file it ran. Attestation refuses a caller whose
+/// process is no longer that instance or has since run `exec` (of any program, setuid or
+/// not): the connection was made by one program, and only that program is attested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProcessAtAccept {
+    start_time: u64,
+    exe: FileId,
+}
+
+impl ProcessAtAccept {
+    /// Reads `/proc/<pid>` of a caller just accepted (no hashing: a few reads of procfs).
+    pub(crate) fn capture(pid: i32) -> Result<Self, AttestationError> {
+        let dir = ProcDir::open(pid)?;
+        let start_time = dir.start_time()?;
+        let exe = dir.exe_id()?;
+        Ok(Self { start_time, exe })
+    }
+}
+
 /// Why a caller could not be attested.
 ///
 /// Messages name pids and ids but never paths. They are for the agent's log. The Workload
@@ -110,6 +130,20 @@ pub(crate) enum AttestationError {
     /// start (start time changed, or the pidfd no longer matches the number).
     #[error("pid {pid} was reused during attestation")]
     PidReused {
+        /// Pid from the peer credentials.
+        pid: i32,
+    },
+    /// The process ran `exec` (or its executable file was modified) after it connected:
+    /// the program attested would not be the one that made the connection.
+    #[error("process {pid} ran another executable since it connected")]
+    ExecutedSinceConnect {
+        /// Pid from the peer credentials.
+        pid: i32,
+    },
+    /// The agent could not read the caller's process when it accepted the connection (it
+    /// had already exited), so nothing ties the caller to the process attested now.
+    #[error("process {pid} could not be pinned when its connection was accepted")]
+    NotPinnedAtAccept {
         /// Pid from the peer credentials.
         pid: i32,
     },
@@ -252,16 +286,28 @@ impl Attestor {
         Self::default()
     }
 
-    /// Attests the process behind `peer` and returns its selectors.
+    /// Attests the process behind `peer` (without what was seen at accept).
+    #[cfg(test)]
+    pub(crate) fn attest(&self, peer: PeerCred) -> Result<SelectorSet, AttestationError> {
+        self.attest_caller(peer, None)
+    }
+
+    /// Attests the process behind `peer` and returns its selectors. With `at_accept` (the
+    /// Workload API always passes it: `None` there is refused before this), the process
+    /// must still be the instance accepted, running the same file.
     ///
     /// Blocking (reads /proc and may hash a binary): callers run it on spawn_blocking.
-    pub(crate) fn attest(&self, peer: PeerCred) -> Result<SelectorSet, AttestationError> {
+    pub(crate) fn attest_caller(
+        &self,
+        peer: PeerCred,
+        at_accept: Option<ProcessAtAccept>,
+    ) -> Result<SelectorSet, AttestationError> {
         let pid = match peer.pid {
             Some(pid) if pid > 0 => pid,
             _ => return Err(AttestationError::NoPid),
         };
         let _span = tracing::debug_span!("attest", pid, uid = peer.uid, gid = peer.gid).entered();
-        let Evidence { status, executable } = self.gather(pid, peer)?;
+        let Evidence { status, executable } = self.gather(pid, peer, at_accept)?;
         let facts = Facts {
             // The peer credentials, which `gather` checked procfs agrees with.
             uid: peer.uid,
@@ -284,7 +330,12 @@ impl Attestor {
     /// Pins one process instance, reads what we need through the pins, then checks the pins
     /// still hold and the process still has the caller's ids. See the module docs for why
     /// each step is there. The order matters.
-    fn gather(&self, pid: i32, peer: PeerCred) -> Result<Evidence, AttestationError> {
+    fn gather(
+        &self,
+        pid: i32,
+        peer: PeerCred,
+        at_accept: Option<ProcessAtAccept>,
+    ) -> Result<Evidence, AttestationError> {
         // 1. Pin. The pidfd, where the kernel supports it, is an independent second pin. The
         //    directory fd and the start time alone already suffice (see `procfs`).
         let pidfd = PidFd::open(pid)?;
@@ -327,6 +378,16 @@ impl Attestor {
         }
         if proc_dir.exe_id()? != exe_id {
             return Err(AttestationError::ExecutableChanged { pid });
+        }
+        // The instance and program that connected: a recycled pid, or an `exec` after
+        // connecting (the old program passing its connection to a new one), is refused.
+        if let Some(accepted) = at_accept {
+            if accepted.start_time != start_time {
+                return Err(AttestationError::PidReused { pid });
+            }
+            if accepted.exe != exe_id {
+                return Err(AttestationError::ExecutedSinceConnect { pid });
+            }
         }
 
         // 4. Tie the instance to the caller. The kernel's peer credentials are authoritative
@@ -585,6 +646,38 @@ mod tests {
             }
         }
         panic!("spawn: still ETXTBSY");
+    }
+
+    #[test]
+    fn the_instance_seen_at_accept_must_still_run_the_same_file() {
+        let a = Attestor::new();
+        let pid = own_peer().pid.unwrap();
+        let accepted = ProcessAtAccept::capture(pid).unwrap();
+        a.attest_caller(own_peer(), Some(accepted)).unwrap();
+        let reused = ProcessAtAccept {
+            start_time: accepted.start_time + 1,
+            ..accepted
+        };
+        assert!(matches!(
+            a.attest_caller(own_peer(), Some(reused)),
+            Err(AttestationError::PidReused { .. })
+        ));
+        // Another file than the one running now (this directory's identity stands in for
+        // the program run before an exec).
+        let other = File::open(std::env::temp_dir()).unwrap();
+        let execd = ProcessAtAccept {
+            exe: FileId::of(&other).unwrap(),
+            ..accepted
+        };
+        let e = a.attest_caller(own_peer(), Some(execd)).unwrap_err();
+        assert!(
+            matches!(e, AttestationError::ExecutedSinceConnect { .. }),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .contains("ran another executable since it connected")
+        );
     }
 
     #[test]

@@ -34,7 +34,7 @@ use tonic::{Request, Response, Status};
 
 use common::proto::tessera::TaskTokenUse;
 
-use crate::attestation::{Attestor, PeerCred};
+use crate::attestation::{AttestationError, Attestor, PeerCred};
 use crate::cache::{Cache, CacheSnapshot};
 use crate::server_client::ServerLink;
 use connection::ConnectionInfo;
@@ -147,8 +147,16 @@ impl WorkloadApi {
     /// Attests the caller of `req` (off the async runtime: it reads /proc and may hash).
     async fn attest<T>(&self, req: &Request<T>) -> Result<SelectorSet, Status> {
         let peer = peer(req)?;
+        let at_accept = req
+            .extensions()
+            .get::<ConnectionInfo>()
+            .and_then(|i| i.at_accept);
         let attestor = Arc::clone(&self.attestor);
-        let job = tokio::task::spawn_blocking(move || attestor.attest(peer));
+        let job = tokio::task::spawn_blocking(move || match (at_accept, peer.pid) {
+            (None, Some(pid)) if pid > 0 => Err(AttestationError::NotPinnedAtAccept { pid }),
+            // Without a pid there is nothing to attest: refused as such.
+            (at_accept, _) => attestor.attest_caller(peer, at_accept),
+        });
         match tokio::time::timeout(ATTESTATION_TIMEOUT, job).await {
             Ok(Ok(Ok(selectors))) => Ok(selectors),
             Ok(Ok(Err(e))) => {

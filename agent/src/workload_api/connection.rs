@@ -32,6 +32,7 @@ use tonic::transport::server::{Connected, UdsConnectInfo};
 
 use super::authority::RepairedStream;
 use super::listener::Slot;
+use crate::attestation::ProcessAtAccept;
 
 /// The two timeouts of a connection.
 #[derive(Debug, Clone, Copy)]
@@ -62,6 +63,9 @@ struct Streams {
 pub(crate) struct ConnectionInfo {
     /// Peer address and credentials (SO_PEERCRED) captured at accept.
     pub(crate) uds: UdsConnectInfo,
+    /// The peer's process as it was at accept (`None`: it could not be read, e.g. it had
+    /// already exited); attestation requires it to be unchanged.
+    pub(crate) at_accept: Option<ProcessAtAccept>,
     streams: Arc<Mutex<Streams>>,
 }
 
@@ -159,9 +163,17 @@ impl Connection {
     pub(crate) fn new(stream: UnixStream, slot: Slot, timeouts: Timeouts) -> Self {
         let inner = RepairedStream::new(stream);
         let now = Instant::now();
+        let uds = inner.connect_info();
+        let at_accept = uds
+            .peer_cred
+            .and_then(|c| c.pid())
+            .filter(|pid| *pid > 0)
+            .and_then(|pid| ProcessAtAccept::capture(pid).ok());
+        tracing::debug!(?at_accept, "Workload API connection accepted");
         Self {
             info: ConnectionInfo {
-                uds: inner.connect_info(),
+                at_accept,
+                uds,
                 streams: Arc::default(),
             },
             inner,

@@ -244,3 +244,139 @@ fn missing_group_gets_no_identity() {
         assert!(out.stdout.is_empty(), "no identity data printed");
     }
 }
+
+/// The program that connected is the one attested: a process that connects to the
+/// Workload API and then execs a program an entry names (handing it the connection) is
+/// refused, while that program connecting by itself gets the identity.
+#[test]
+fn a_caller_that_execs_after_connecting_is_refused() {
+    const EXEC_ID: &str = "spiffe://example.org/fetch-over-fd";
+    let c = Cluster::start(&[]);
+    let program = std::fs::canonicalize(tests::bin("fetch-over-fd")).unwrap();
+    c.server
+        .create_entry(EXEC_ID, &[&format!("unix:path:{}", program.display())], &[]);
+    let socket = &c.agent.socket_path;
+    // The program itself, connecting after it started: attested by its path.
+    let mut last = None;
+    let direct = tests::wait_for(Duration::from_secs(20), || {
+        let out = Command::new(&program)
+            .arg("--connect")
+            .arg(socket)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            return Some(out);
+        }
+        last = Some(out);
+        None
+    })
+    .unwrap_or_else(|| panic!("no identity for the program itself: {last:?}"));
+    assert_eq!(String::from_utf8_lossy(&direct.stdout).trim(), EXEC_ID);
+
+    // Python connects, then (once the agent has accepted: it accepts at once, and the
+    // kernel records no executable at connect(), so an exec before the accept is not
+    // seen) execs the program with the connection as its stdin.
+    let out = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import os, socket, sys, time\n\
+             s = socket.socket(socket.AF_UNIX)\n\
+             s.connect(sys.argv[1])\n\
+             time.sleep(0.5)\n\
+             os.dup2(s.fileno(), 0)\n\
+             os.execv(sys.argv[2], [sys.argv[2], '--stdin'])",
+        ])
+        .arg(socket)
+        .arg(&program)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "attested after exec: {out:?}");
+    assert!(out.stdout.is_empty(), "no identity printed: {out:?}");
+    assert!(stderr.contains("refused"), "{stderr}");
+    let log = c.agent.log_tail();
+    assert!(
+        log.contains("ran another executable since it connected"),
+        "the agent says why: {log}"
+    );
+}
+
+/// A real setuid-root program run by `nobody`: whether it connects itself (the kernel
+/// records the effective uid, root, in the peer credentials, while the real uid is
+/// nobody's) or inherits a connection `nobody` made before the exec, it is refused, and an
+/// entry for root's processes running that program grants it nothing.
+#[test]
+fn a_setuid_program_run_by_another_user_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    const ROOT_ID: &str = "spiffe://example.org/setuid-root";
+    let c = Cluster::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let setuid = dir.path().join("fetch-setuid");
+    std::fs::copy(tests::bin("fetch-over-fd"), &setuid).unwrap();
+    std::fs::set_permissions(&setuid, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    tests::assert_nobody_can_reach(&setuid);
+    c.server.create_entry(
+        ROOT_ID,
+        &["unix:uid:0", &format!("unix:path:{}", setuid.display())],
+        &[],
+    );
+    let socket = &c.agent.socket_path;
+    // Root running it gets the identity (the entry is live on the agent).
+    let mut last = None;
+    tests::wait_for(Duration::from_secs(20), || {
+        let out = Command::new(&setuid)
+            .arg("--connect")
+            .arg(socket)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            return Some(());
+        }
+        last = Some(out);
+        None
+    })
+    .unwrap_or_else(|| panic!("root gets no identity: {last:?}"));
+
+    let as_nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args([
+                &format!("--reuid={NOBODY}"),
+                &format!("--regid={NOBODY}"),
+                "--clear-groups",
+                "--",
+            ])
+            .args(args)
+            .current_dir("/")
+            .output()
+            .unwrap()
+    };
+    let setuid_path = setuid.to_str().unwrap();
+    let socket_path = socket.to_str().unwrap();
+    let direct = as_nobody(&[setuid_path, "--connect", socket_path]);
+    let inherited = as_nobody(&[
+        "/usr/bin/python3",
+        "-c",
+        "import os, socket, sys, time\n\
+         s = socket.socket(socket.AF_UNIX)\n\
+         s.connect(sys.argv[1])\n\
+         time.sleep(0.5)\n\
+         os.dup2(s.fileno(), 0)\n\
+         os.execv(sys.argv[2], [sys.argv[2], '--stdin'])",
+        socket_path,
+        setuid_path,
+    ]);
+    for (how, out) in [("connecting itself", direct), ("after exec", inherited)] {
+        assert!(!out.status.success(), "{how}: attested as root: {out:?}");
+        assert!(out.stdout.is_empty(), "{how}: {out:?}");
+    }
+    let log = c.agent.log_tail();
+    assert!(
+        log.contains("has real uid 65534, peer credentials say 0"),
+        "the agent names the differing id: {log}"
+    );
+    assert!(
+        log.contains("ran another executable since it connected"),
+        "{log}"
+    );
+}
