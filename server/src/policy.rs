@@ -99,6 +99,10 @@ pub struct PolicyRequest {
     pub reason: String,
     /// The approver, if one is named.
     pub approver: Option<String>,
+    /// The uid of the Unix user that requested the task, when recorded.
+    pub requester_uid: Option<u32>,
+    /// The uid of the approver, if one is named.
+    pub approver_uid: Option<u32>,
     /// Current time, Unix seconds.
     pub now_unix: i64,
     /// The task creates a temporary entry rather than activating an existing one.
@@ -446,6 +450,12 @@ fn build_request(req: &PolicyRequest) -> Result<(Request, Entities), String> {
             ("scopes", set_expr(&req.scopes)),
             ("has_approver", bool(req.approver.is_some())),
             ("approver", str_expr(req.approver.as_deref().unwrap_or(""))),
+            // -1 when unknown (a task recorded before uids were kept) or not approved.
+            (
+                "requester_uid",
+                long(req.requester_uid.map_or(-1, i64::from)),
+            ),
+            ("approver_uid", long(req.approver_uid.map_or(-1, i64::from))),
             ("now", long(req.now_unix)),
             ("hour_utc", long(day_secs / 3600)),
             ("weekday_utc", long(weekday)),

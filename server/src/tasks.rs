@@ -202,6 +202,8 @@ impl Tasks {
             ticket: t.ticket.to_owned(),
             reason: t.reason.to_owned(),
             approver: t.approver.map(str::to_owned),
+            requester_uid: t.requester_uid,
+            approver_uid: t.approver_uid,
             now_unix: self.clock.now_unix(),
             provisioned: t.provisioned,
         }
@@ -305,7 +307,7 @@ impl Tasks {
             Action::BeginTask,
             requester.principal(),
             &entry,
-            Purpose::of_request(request, provisioned),
+            Purpose::of_request(request, provisioned, requester),
             asked,
         ));
         let requested = AuditEvent::for_task(
@@ -396,7 +398,7 @@ impl Tasks {
             Action::BeginTask,
             requester.principal(),
             &entry,
-            Purpose::of_request(request, provisioned),
+            Purpose::of_request(request, provisioned, requester),
             self.asked_ttl(request),
         )))
     }
@@ -800,16 +802,20 @@ struct Purpose<'a> {
     ticket: &'a str,
     reason: &'a str,
     approver: Option<&'a str>,
+    requester_uid: Option<u32>,
+    approver_uid: Option<u32>,
     provisioned: bool,
 }
 
 impl<'a> Purpose<'a> {
-    fn of_request(r: &'a TaskRequest, provisioned: bool) -> Self {
+    fn of_request(r: &'a TaskRequest, provisioned: bool, requester: &Requester) -> Self {
         Self {
             scopes: &r.scopes,
             ticket: &r.ticket,
             reason: &r.reason,
             approver: None,
+            requester_uid: requester.unix().map(|u| u.uid),
+            approver_uid: None,
             provisioned,
         }
     }
@@ -820,6 +826,8 @@ impl<'a> Purpose<'a> {
             ticket: &t.ticket,
             reason: &t.reason,
             approver: t.approver.as_deref(),
+            requester_uid: t.requester_unix.as_ref().map(|u| u.uid),
+            approver_uid: t.approver_uid,
             provisioned: t.provisioned,
         }
     }

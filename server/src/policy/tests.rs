@@ -32,6 +32,8 @@ fn req(action: Action, principal: Principal) -> PolicyRequest {
         ticket: "INC-42".into(),
         reason: "fix".into(),
         approver: None,
+        requester_uid: Some(1000),
+        approver_uid: None,
         now_unix: MONDAY_10H,
         provisioned: false,
     }
@@ -172,11 +174,13 @@ when {
   resource.jit && resource.path == "/db/primary" && resource.trust_domain == "prod.example" &&
   resource.selectors.contains("unix:uid:1000") &&
   context.origin == "workload" && !context.provisioned && context.ttl_seconds <= 3600 &&
-  context.has_approver && context.approver == "bob"
+  context.has_approver && context.approver == "bob" &&
+  context.requester_uid == 1000 && context.approver_uid == 1001
 };"#;
     let (_d, e) = engine(&[("rich.cedar", p)]);
     let ok = PolicyRequest {
         approver: Some("bob".into()),
+        approver_uid: Some(1001),
         ..req(
             Action::BeginTask,
             workload("spiffe://prod.example/batch/nightly"),
@@ -185,7 +189,7 @@ when {
     let d = e.evaluate(&ok);
     assert!(d.allowed, "{}", d.explain());
     assert_eq!(d.policies, ["rich.cedar:rich"]);
-    let mutations: [&dyn Fn(&mut PolicyRequest); 11] = [
+    let mutations: [&dyn Fn(&mut PolicyRequest); 13] = [
         &|r| r.ticket = "CHG-1".into(),
         &|r| r.now_unix += 9 * 3600,
         &|r| r.now_unix = SATURDAY_10H,
@@ -196,6 +200,8 @@ when {
         &|r| r.provisioned = true,
         &|r| r.ttl_seconds = 3601,
         &|r| r.approver = None,
+        &|r| r.requester_uid = None,
+        &|r| r.approver_uid = Some(1000),
         &|r| r.action = Action::IssueSvid,
     ];
     for (i, mutate) in mutations.iter().enumerate() {

@@ -245,6 +245,15 @@ fn missing_group_gets_no_identity() {
     }
 }
 
+/// Python: connects to the socket `argv[1]`, waits for the agent to accept, then execs the
+/// program `argv[2]` with the connection as its standard input (`fetch-over-fd --stdin`).
+const CONNECT_THEN_EXEC: &str = "import os, socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+time.sleep(0.5)
+os.dup2(s.fileno(), 0)
+os.execv(sys.argv[2], [sys.argv[2], '--stdin'])";
+
 /// The program that connected is the one attested: a process that connects to the
 /// Workload API and then execs a program an entry names (handing it the connection) is
 /// refused, while that program connecting by itself gets the identity.
@@ -277,15 +286,7 @@ fn a_caller_that_execs_after_connecting_is_refused() {
     // kernel records no executable at connect(), so an exec before the accept is not
     // seen) execs the program with the connection as its stdin.
     let out = Command::new("/usr/bin/python3")
-        .args([
-            "-c",
-            "import os, socket, sys, time\n\
-             s = socket.socket(socket.AF_UNIX)\n\
-             s.connect(sys.argv[1])\n\
-             time.sleep(0.5)\n\
-             os.dup2(s.fileno(), 0)\n\
-             os.execv(sys.argv[2], [sys.argv[2], '--stdin'])",
-        ])
+        .args(["-c", CONNECT_THEN_EXEC])
         .arg(socket)
         .arg(&program)
         .output()
@@ -357,12 +358,7 @@ fn a_setuid_program_run_by_another_user_is_refused() {
     let inherited = as_nobody(&[
         "/usr/bin/python3",
         "-c",
-        "import os, socket, sys, time\n\
-         s = socket.socket(socket.AF_UNIX)\n\
-         s.connect(sys.argv[1])\n\
-         time.sleep(0.5)\n\
-         os.dup2(s.fileno(), 0)\n\
-         os.execv(sys.argv[2], [sys.argv[2], '--stdin'])",
+        CONNECT_THEN_EXEC,
         socket_path,
         setuid_path,
     ]);
