@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Builds every fuzz target and runs each for SECONDS (default 20) on its corpus
+# Builds every fuzz target and runs each for SECONDS (default 15) on its corpus
 # (fuzz/corpus/<target>/). A crash, a failed property or a leak fails the run, leaving the
 # input in fuzz/artifacts/<target>/. Needs the nightly toolchain and cargo-fuzz.
 #   fuzz/run.sh [SECONDS] [TARGET...]
 set -euo pipefail
 cd "$(dirname "$0")"
-seconds="${1:-20}"
+seconds="${1:-15}"
 shift || true
 # --dev: the fuzz workspace's dev profile is optimised (opt-level 1) and builds in a
 # fraction of the release profile's time. No sanitizer: no crate of ours has `unsafe`.
