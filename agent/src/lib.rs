@@ -13,6 +13,9 @@ pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod config;
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod node_api;
 pub mod node_identity;
 pub(crate) mod rotation;

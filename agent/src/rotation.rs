@@ -281,70 +281,7 @@ impl Rotation {
     }
 
     fn apply(&self, update: SyncUpdate) {
-        let parse = |mut e: common::proto::tessera::Entry| {
-            let grant = e.task.take().map(TaskGrant::try_from).transpose();
-            match (RegistrationEntry::try_from(e), grant) {
-                (Ok(e), Ok(grant)) => Some((e, grant)),
-                (Err(err), _) => {
-                    tracing::error!(error = %err, "ignoring an invalid entry from the server");
-                    None
-                }
-                (_, Err(err)) => {
-                    tracing::error!(error = %err, "ignoring an invalid entry from the server");
-                    None
-                }
-            }
-        };
-        match update.update {
-            Some(sync_update::Update::Snapshot(snap)) => {
-                let entries: Vec<(RegistrationEntry, Option<TaskGrant>)> =
-                    snap.entries.into_iter().filter_map(parse).collect();
-                tracing::info!(entries = entries.len(), "entry snapshot received");
-                if let Some(b) = snap.bundle.and_then(|b| Bundle::try_from(b).ok()) {
-                    self.apply_bundle(b);
-                }
-                let revocations = snap.revocations.unwrap_or_default();
-                self.cache.update(|s| {
-                    let mut next = HashMap::with_capacity(entries.len());
-                    for (entry, grant) in entries {
-                        let merged = merge(s.entries.get(&entry.id), entry, grant);
-                        next.insert(merged.entry.id.clone(), Arc::new(merged));
-                    }
-                    s.entries = next;
-                    s.synced = true;
-                    s.from_server = true;
-                    s.revocations = Arc::new(revocations);
-                });
-            }
-            Some(sync_update::Update::EntryUpserted(e)) => {
-                if let Some((entry, grant)) = parse(e) {
-                    tracing::debug!(entry_id = %entry.id, task_id = ?grant.as_ref().map(|g| &g.task_id), "entry upserted");
-                    self.cache.update(|s| {
-                        let merged = merge(s.entries.get(&entry.id), entry, grant);
-                        s.entries.insert(merged.entry.id.clone(), Arc::new(merged));
-                    });
-                }
-            }
-            Some(sync_update::Update::Revocations(r)) => {
-                tracing::info!(
-                    ended_tasks = r.ended_tasks.len(),
-                    crls = r.crls.len(),
-                    "revocations updated"
-                );
-                self.cache.update(|s| s.revocations = Arc::new(r));
-            }
-            Some(sync_update::Update::EntryDeleted(id)) => {
-                tracing::debug!(entry_id = %id, "entry deleted");
-                self.cache.update(|s| {
-                    s.entries.remove(id.as_str());
-                });
-            }
-            Some(sync_update::Update::Bundle(b)) => match Bundle::try_from(b) {
-                Ok(b) => self.apply_bundle(b),
-                Err(e) => tracing::error!(error = %e, "ignoring an invalid bundle"),
-            },
-            None => {}
-        }
+        apply_update(&self.cache, update, |bundle| self.apply_bundle(bundle));
     }
 
     /// Signs SVIDs for every entry that needs one. Failures are retried with backoff;
@@ -461,6 +398,80 @@ impl Rotation {
             self.retry.at = None;
         }
         Ok(())
+    }
+}
+
+/// Applies one message of the sync stream to `cache`; `apply_bundle` gets the trust bundle
+/// it carries (a snapshot's before its entries are applied). Invalid entries and bundles
+/// from the server are logged and ignored.
+pub(crate) fn apply_update(
+    cache: &Cache,
+    update: SyncUpdate,
+    mut apply_bundle: impl FnMut(Bundle),
+) {
+    let parse = |mut e: common::proto::tessera::Entry| {
+        let grant = e.task.take().map(TaskGrant::try_from).transpose();
+        match (RegistrationEntry::try_from(e), grant) {
+            (Ok(e), Ok(grant)) => Some((e, grant)),
+            (Err(err), _) => {
+                tracing::error!(error = %err, "ignoring an invalid entry from the server");
+                None
+            }
+            (_, Err(err)) => {
+                tracing::error!(error = %err, "ignoring an invalid entry from the server");
+                None
+            }
+        }
+    };
+    match update.update {
+        Some(sync_update::Update::Snapshot(snap)) => {
+            let entries: Vec<(RegistrationEntry, Option<TaskGrant>)> =
+                snap.entries.into_iter().filter_map(parse).collect();
+            tracing::info!(entries = entries.len(), "entry snapshot received");
+            if let Some(b) = snap.bundle.and_then(|b| Bundle::try_from(b).ok()) {
+                apply_bundle(b);
+            }
+            let revocations = snap.revocations.unwrap_or_default();
+            cache.update(|s| {
+                let mut next = HashMap::with_capacity(entries.len());
+                for (entry, grant) in entries {
+                    let merged = merge(s.entries.get(&entry.id), entry, grant);
+                    next.insert(merged.entry.id.clone(), Arc::new(merged));
+                }
+                s.entries = next;
+                s.synced = true;
+                s.from_server = true;
+                s.revocations = Arc::new(revocations);
+            });
+        }
+        Some(sync_update::Update::EntryUpserted(e)) => {
+            if let Some((entry, grant)) = parse(e) {
+                tracing::debug!(entry_id = %entry.id, task_id = ?grant.as_ref().map(|g| &g.task_id), "entry upserted");
+                cache.update(|s| {
+                    let merged = merge(s.entries.get(&entry.id), entry, grant);
+                    s.entries.insert(merged.entry.id.clone(), Arc::new(merged));
+                });
+            }
+        }
+        Some(sync_update::Update::Revocations(r)) => {
+            tracing::info!(
+                ended_tasks = r.ended_tasks.len(),
+                crls = r.crls.len(),
+                "revocations updated"
+            );
+            cache.update(|s| s.revocations = Arc::new(r));
+        }
+        Some(sync_update::Update::EntryDeleted(id)) => {
+            tracing::debug!(entry_id = %id, "entry deleted");
+            cache.update(|s| {
+                s.entries.remove(id.as_str());
+            });
+        }
+        Some(sync_update::Update::Bundle(b)) => match Bundle::try_from(b) {
+            Ok(b) => apply_bundle(b),
+            Err(e) => tracing::error!(error = %e, "ignoring an invalid bundle"),
+        },
+        None => {}
     }
 }
 

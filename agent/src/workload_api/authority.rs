@@ -74,9 +74,9 @@ const READ_CHUNK: usize = 8192;
 /// read), a collected header block twice (decoded block and raw frames, each within
 /// [`MAX_BLOCK`] plus one frame), and the output of one read (the raw frames of a block
 /// given up, or its re-encoding).
-/// Asserted by the unit tests after every read.
-#[cfg(test)]
-const MAX_BUFFERED: usize =
+/// Asserted by the unit tests and the fuzz target after every read.
+#[cfg(any(test, feature = "testing"))]
+pub(crate) const MAX_BUFFERED: usize =
     (FRAME_HEADER + MAX_FRAME + READ_CHUNK) + 4 * (MAX_BLOCK + FRAME_HEADER + MAX_FRAME);
 
 /// A header block being collected across HEADERS + CONTINUATION frames.
@@ -212,8 +212,8 @@ impl AuthorityRewriter {
     }
 
     /// Bytes held for this connection (partial frame and collected header block).
-    #[cfg(test)]
-    fn buffered(&self) -> usize {
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn buffered(&self) -> usize {
         self.input.len()
             + self
                 .pending
