@@ -649,6 +649,18 @@ mod tests {
     }
 
     #[test]
+    fn a_caller_without_a_pid_is_refused() {
+        let a = Attestor::new();
+        for pid in [None, Some(0), Some(-1)] {
+            let peer = PeerCred { pid, ..own_peer() };
+            assert!(
+                matches!(a.attest(peer), Err(AttestationError::NoPid)),
+                "{pid:?}"
+            );
+        }
+    }
+
+    #[test]
     fn the_instance_seen_at_accept_must_still_run_the_same_file() {
         let a = Attestor::new();
         let pid = own_peer().pid.unwrap();

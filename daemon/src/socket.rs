@@ -19,27 +19,40 @@ pub const SYSTEM_RUNTIME_DIR: &str = "/run";
 /// user) for anyone else when it is set to an absolute path, else under `/run` (where an
 /// unprivileged daemon cannot create it and says so: give it a path).
 pub fn default_daemon_socket(relative: &str) -> PathBuf {
-    let root = nix::unistd::geteuid().is_root();
-    match user_runtime_dir() {
-        Some(dir) if !root => dir.join(relative),
-        _ => Path::new(SYSTEM_RUNTIME_DIR).join(relative),
-    }
+    daemon_socket_in(
+        relative,
+        nix::unistd::geteuid().is_root(),
+        user_runtime_dir(std::env::var_os("XDG_RUNTIME_DIR")),
+    )
 }
 
 /// The default path of a daemon's socket `relative` for a client: the caller's own
 /// runtime directory when a socket is there (a daemon run by the same unprivileged user),
 /// else the system one.
 pub fn default_client_socket(relative: &str) -> PathBuf {
-    user_runtime_dir()
+    client_socket_in(
+        relative,
+        user_runtime_dir(std::env::var_os("XDG_RUNTIME_DIR")),
+    )
+}
+
+fn daemon_socket_in(relative: &str, root: bool, user_dir: Option<PathBuf>) -> PathBuf {
+    match user_dir {
+        Some(dir) if !root => dir.join(relative),
+        _ => Path::new(SYSTEM_RUNTIME_DIR).join(relative),
+    }
+}
+
+fn client_socket_in(relative: &str, user_dir: Option<PathBuf>) -> PathBuf {
+    user_dir
         .map(|d| d.join(relative))
         .filter(|p| p.exists())
         .unwrap_or_else(|| Path::new(SYSTEM_RUNTIME_DIR).join(relative))
 }
 
-fn user_runtime_dir() -> Option<PathBuf> {
-    std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .filter(|d| d.is_absolute())
+/// `$XDG_RUNTIME_DIR` when it is an absolute path.
+fn user_runtime_dir(var: Option<std::ffi::OsString>) -> Option<PathBuf> {
+    var.map(PathBuf::from).filter(|d| d.is_absolute())
 }
 
 /// Why a socket could not be bound.
@@ -290,6 +303,52 @@ mod tests {
         // Owned by root or by this user: accepted.
         nix::unistd::chown(&squatted, Some(me), None).unwrap();
         bind_unix(&squatted.join("admin.sock"), 0o700, 0o600).unwrap();
+    }
+
+    #[test]
+    fn default_sockets_are_under_run_or_the_users_runtime_directory() {
+        let rel = "tessera-server/admin.sock";
+        let run = Path::new("/run/tessera-server/admin.sock");
+        let user = tempfile::tempdir().unwrap();
+        let mine = user.path().join(rel);
+        // The daemon: root always under /run; another user under its runtime directory.
+        assert_eq!(daemon_socket_in(rel, true, Some(user.path().into())), run);
+        assert_eq!(daemon_socket_in(rel, false, Some(user.path().into())), mine);
+        assert_eq!(daemon_socket_in(rel, false, None), run);
+        // The client: its own runtime directory only when a socket is there.
+        assert_eq!(client_socket_in(rel, Some(user.path().into())), run);
+        std::fs::create_dir_all(mine.parent().unwrap()).unwrap();
+        std::fs::write(&mine, b"").unwrap();
+        assert_eq!(client_socket_in(rel, Some(user.path().into())), mine);
+        assert_eq!(client_socket_in(rel, None), run);
+        // Only an absolute $XDG_RUNTIME_DIR counts.
+        assert_eq!(
+            user_runtime_dir(Some("/run/user/1000".into())),
+            Some(PathBuf::from("/run/user/1000"))
+        );
+        assert_eq!(user_runtime_dir(Some("relative".into())), None);
+        assert_eq!(user_runtime_dir(None), None);
+        assert!(default_daemon_socket(rel).ends_with(rel));
+        assert!(default_client_socket(rel).ends_with(rel));
+    }
+
+    #[test]
+    fn a_directory_owned_by_root_or_the_user_is_accepted_for_that_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let owner = std::fs::metadata(dir.path()).unwrap().uid();
+        // Owned by this process's user: accepted for it, and (unless that is root) refused
+        // for a third user.
+        check_directories(dir.path(), owner).unwrap();
+        if owner == 0 {
+            // Root-owned directories are accepted for any user.
+            check_directories(dir.path(), 4242).unwrap();
+            nix::unistd::chown(dir.path(), Some(nix::unistd::Uid::from_raw(4242)), None).unwrap();
+            check_directories(dir.path(), 4242).unwrap();
+            assert!(matches!(
+                check_directories(dir.path(), 4343),
+                Err(SocketError::UnsafeDirectory { .. })
+            ));
+        }
     }
 
     #[tokio::test]
