@@ -329,6 +329,7 @@ mod tests {
                 hint: hint.into(),
                 created_at: created,
                 revision: 1,
+                governance: common::entry::Governance::default(),
             },
             grant: None,
             svid: None,

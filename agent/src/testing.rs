@@ -255,7 +255,7 @@ impl FakeNode {
             hint: String::new(),
             created_at: crate::cache::unix(self.0.clock.now()),
             revision: 1,
-            task: None,
+            ..tessera::Entry::default()
         }
     }
 

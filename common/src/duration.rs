@@ -42,6 +42,46 @@ pub fn rfc3339(unix_seconds: i64) -> String {
     )
 }
 
+/// Parses the RFC 3339 form [`rfc3339`] prints (`2026-01-31T08:15:00Z`, UTC only, no
+/// fraction) back to Unix seconds.
+pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
+    let bad = || format!("{s:?} is not an RFC 3339 UTC time like 2027-01-31T00:00:00Z");
+    let b = s.as_bytes();
+    if b.len() != 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+        || b[19] != b'Z'
+    {
+        return Err(bad());
+    }
+    let num = |r: std::ops::Range<usize>| -> Result<i64, String> {
+        let t = &s[r];
+        if t.bytes().all(|c| c.is_ascii_digit()) {
+            t.parse().map_err(|_| bad())
+        } else {
+            Err(bad())
+        }
+    };
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 59 {
+        return Err(bad());
+    }
+    // Days since 1970-01-01 (Hinnant's `days_from_civil`), checked by the round trip.
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let t = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    if rfc3339(t) == s { Ok(t) } else { Err(bad()) }
+}
+
 /// A Unix time in milliseconds as RFC 3339 in UTC with milliseconds,
 /// e.g. `2026-01-31T08:15:00.250Z`.
 pub fn rfc3339_millis(unix_millis: i64) -> String {
@@ -103,6 +143,18 @@ mod tests {
     #[test]
     fn times() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        for t in [0, 951_782_400, 1_796_109_558, 4_102_444_800, -1] {
+            assert_eq!(parse_rfc3339(&rfc3339(t)), Ok(t));
+        }
+        for bad in [
+            "2026-02-30T00:00:00Z",
+            "2026-01-01 00:00:00Z",
+            "2026-01-01T00:00:00",
+            "2026-13-01T00:00:00Z",
+            "+026-01-01T00:00:00Z",
+        ] {
+            assert!(parse_rfc3339(bad).is_err(), "{bad}");
+        }
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_796_109_558), "2026-12-01T07:19:18Z");
         assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");

@@ -37,6 +37,62 @@ pub struct RegistrationEntry {
     pub created_at: i64,
     /// Increases on every change.
     pub revision: u64,
+    /// Whose it is and how long it may live (decided by the server; agents ignore it).
+    pub governance: Governance,
+}
+
+/// Who an entry belongs to and how long it may live: decided by the server when the entry
+/// is created, and kept true afterwards (expiry, review, offboarding).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Governance {
+    /// The tenant (organisation) that owns it: its SPIFFE ID is under one of the tenant's
+    /// path prefixes.
+    pub tenant: String,
+    /// Who answers for it: `user:NAME` or a workload's SPIFFE ID; empty only on entries
+    /// created before owners were recorded.
+    pub owner: String,
+    /// Unix seconds after which it is no longer issued.
+    pub expires_at: Option<i64>,
+    /// Its owner must re-certify it within this period, or it is disabled.
+    pub review_every: Option<Duration>,
+    /// Unix seconds of the last certification (`None`: never; the period runs from creation).
+    pub certified_at: Option<i64>,
+    /// Set while it is disabled: not issued anywhere, kept for review.
+    pub disabled: Option<Disabled>,
+}
+
+/// Why and since when an entry is disabled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disabled {
+    /// Unix seconds.
+    pub at: i64,
+    /// E.g. `expired`, `review lapsed`, `owner offboarded: <reason>`.
+    pub reason: String,
+}
+
+impl Governance {
+    /// The tenant of entries whose tenant is not stated: everything created before tenants.
+    pub const DEFAULT_TENANT: &'static str = "default";
+
+    /// Governance of an entry in `tenant`, owned by `owner`, with nothing else set.
+    pub fn new(tenant: impl Into<String>, owner: impl Into<String>) -> Self {
+        Self {
+            tenant: tenant.into(),
+            owner: owner.into(),
+            ..Self::default()
+        }
+    }
+
+    /// When its review period lapses (`None` without one): from the last certification,
+    /// or from `created_at` when never certified.
+    pub fn review_due(&self, created_at: i64) -> Option<i64> {
+        let every = i64::try_from(self.review_every?.as_secs()).unwrap_or(i64::MAX);
+        Some(
+            self.certified_at
+                .unwrap_or(created_at)
+                .saturating_add(every),
+        )
+    }
 }
 
 /// A wire entry that is not a valid registration entry.
@@ -84,6 +140,20 @@ impl TryFrom<tessera::Entry> for RegistrationEntry {
             hint: e.hint,
             created_at: e.created_at,
             revision: e.revision,
+            governance: Governance {
+                tenant: e.tenant,
+                owner: e.owner,
+                expires_at: (e.expires_at != 0).then_some(e.expires_at),
+                review_every: u64::try_from(e.review_every_seconds)
+                    .ok()
+                    .filter(|s| *s > 0)
+                    .map(Duration::from_secs),
+                certified_at: (e.certified_at != 0).then_some(e.certified_at),
+                disabled: (e.disabled_at != 0).then_some(Disabled {
+                    at: e.disabled_at,
+                    reason: e.disabled_reason,
+                }),
+            },
         })
     }
 }
@@ -107,6 +177,18 @@ impl From<&RegistrationEntry> for tessera::Entry {
             created_at: e.created_at,
             revision: e.revision,
             task: None,
+            tenant: e.governance.tenant.clone(),
+            owner: e.governance.owner.clone(),
+            expires_at: e.governance.expires_at.unwrap_or(0),
+            review_every_seconds: e.governance.review_every.map_or(0, secs),
+            certified_at: e.governance.certified_at.unwrap_or(0),
+            disabled_at: e.governance.disabled.as_ref().map_or(0, |d| d.at),
+            disabled_reason: e
+                .governance
+                .disabled
+                .as_ref()
+                .map(|d| d.reason.clone())
+                .unwrap_or_default(),
         }
     }
 }
@@ -150,6 +232,13 @@ mod tests {
             created_at: 1,
             revision: 2,
             task: None,
+            tenant: "acme".into(),
+            owner: "user:alice".into(),
+            expires_at: 1_900_000_000,
+            review_every_seconds: 86_400,
+            certified_at: 5,
+            disabled_at: 7,
+            disabled_reason: "review lapsed".into(),
         };
         let entry = RegistrationEntry::try_from(wire.clone()).unwrap();
         assert_eq!(tessera::Entry::from(&entry), wire);

@@ -49,8 +49,38 @@ impl From<RegistrationError> for Status {
             | RegistrationError::HintTooLong
             | RegistrationError::BadHint => Self::invalid_argument(e.to_string()),
             RegistrationError::NotFound(_) => Self::not_found(e.to_string()),
-            RegistrationError::Duplicate(_) => Self::already_exists(e.to_string()),
+            RegistrationError::Duplicate(_) | RegistrationError::OtherTenant(_) => {
+                Self::already_exists(e.to_string())
+            }
+            RegistrationError::OutsideTenant(_)
+            | RegistrationError::BadGovernance(_)
+            | RegistrationError::UnverifiedDnsName { .. } => Self::invalid_argument(e.to_string()),
+            RegistrationError::Quota(m) => Self::resource_exhausted(m),
+            RegistrationError::Forbidden(m) => Self::permission_denied(m),
+            RegistrationError::Tenant(t) => t.into(),
             RegistrationError::Datastore(d) => d.into(),
+        }
+    }
+}
+
+impl From<crate::tenants::TenantError> for Status {
+    fn from(e: crate::tenants::TenantError) -> Self {
+        use crate::tenants::TenantError as T;
+        match e {
+            T::BadName(_)
+            | T::BadPrefix { .. }
+            | T::TooMany(_)
+            | T::BadSetting(..)
+            | T::Ambiguous(_) => Self::invalid_argument(e.to_string()),
+            T::Overlap { .. }
+            | T::RootPrefix
+            | T::WouldMoveEntries(_)
+            | T::StillOwns(_)
+            | T::Changed(_) => Self::failed_precondition(e.to_string()),
+            T::NotFound(_) => Self::not_found(e.to_string()),
+            T::Exists(_) => Self::already_exists(e.to_string()),
+            T::PlatformOnly(_) => Self::permission_denied(e.to_string()),
+            T::Datastore(d) => d.into(),
         }
     }
 }
@@ -64,6 +94,7 @@ impl From<crate::tasks::TaskError> for Status {
             TaskError::Denied(m) | TaskError::Forbidden(m) => Self::permission_denied(m),
             TaskError::WrongState(m) => Self::failed_precondition(m),
             TaskError::Conflict(m) => Self::already_exists(m),
+            TaskError::Quota(m) => Self::resource_exhausted(m),
             TaskError::Registration(r) => r.into(),
             TaskError::Datastore(d) => d.into(),
         }

@@ -172,11 +172,12 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         ),
         None => None,
     };
-    let admin = match config.admin_gid {
+    let admin = match config.admin_socket_gid {
         None => daemon::socket::bind_unix(&config.admin_socket, 0o700, 0o600)?,
         Some(gid) => {
             // The directory (when we create it) may be traversed; the socket itself is
-            // for its owner and the admin group only.
+            // for its owner and the admin socket's group only (platform operators of the
+            // admin group, tenant admins); every call still checks who is calling.
             let l = daemon::socket::bind_unix(&config.admin_socket, 0o711, 0o660)?;
             nix::unistd::chown(
                 &config.admin_socket,
@@ -185,7 +186,7 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
             )
             .with_context(|| {
                 format!(
-                    "giving {} to the admin group",
+                    "giving {} to the admin socket's group",
                     config.admin_socket.display()
                 )
             })?;
@@ -211,8 +212,16 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         tasks: Arc::clone(&task_service),
         shutdown: shutdown.clone(),
     };
+    let resolver = crate::domains::DnsResolver::new(config.dns_resolver)
+        .context("setting up the DNS resolver that verifies tenants' domains")?;
+    let domains = Arc::new(crate::tenants::domains::TenantDomains::new(
+        Arc::clone(&ds),
+        registrar.tenants().clone(),
+        resolver,
+    ));
     let admin_svc = AdminService {
-        registrar,
+        domains: Arc::clone(&domains),
+        registrar: registrar.clone(),
         attestor,
         bundle: bundle.clone(),
         publisher: Arc::clone(&publisher),
@@ -228,6 +237,14 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
     tasks.spawn_service("tasks", Arc::clone(&task_service).run(shutdown.clone()));
     // Sets readiness: ready once (and while) the datastore answers.
     tasks.spawn_service("readiness", readiness.run(shutdown.clone()));
+    tasks.spawn_service(
+        "entry expiry and review",
+        disable_lapsed_entries(registrar, shutdown.clone()),
+    );
+    tasks.spawn_service(
+        "domain re-checks",
+        recheck_domains(domains, config.domain_recheck_interval, shutdown.clone()),
+    );
     tasks.spawn_service(
         "audit checkpoints",
         Arc::clone(&checkpointer).run(ds.audit_heads(), shutdown.clone()),
@@ -325,6 +342,50 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
     let _ = std::fs::remove_file(&config.admin_socket);
     tracing::info!("stopped");
     result.context("a server component stopped unexpectedly")
+}
+
+/// How often entries past their expiry or review deadline are looked for: an entry stops
+/// being served within this of its deadline (plus the push to agents).
+const LAPSE_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Disables entries at their expiry or when their review lapses, on every agent.
+async fn disable_lapsed_entries(registrar: Registrar, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(LAPSE_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = registrar.disable_lapsed(now_unix()).await {
+            tracing::error!(error = %e, "cannot disable lapsed entries; will retry");
+        }
+    }
+}
+
+/// Re-checks verified domains every `interval`.
+async fn recheck_domains(
+    domains: Arc<crate::tenants::domains::TenantDomains>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match domains.recheck().await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                failing = n,
+                "verified domains no longer verify; their names are not issued"
+            ),
+            Err(e) => tracing::error!(error = %e, "cannot re-check domains; will retry"),
+        }
+    }
 }
 
 /// Loads the audit checkpoint key and file, makes the datastore append after the last

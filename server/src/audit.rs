@@ -70,6 +70,24 @@ pub enum AuditKind {
     TaskEnded,
     /// An agent validated (or refused) a task's JWT-SVID. (`task.jwt.validated`)
     TaskJwtValidated,
+    /// A tenant was created. (`tenant.created`)
+    TenantCreated,
+    /// A tenant's settings changed. (`tenant.updated`)
+    TenantUpdated,
+    /// A tenant was deleted. (`tenant.deleted`)
+    TenantDeleted,
+    /// A tenant claimed a DNS domain (challenge issued). (`domain.added`)
+    DomainAdded,
+    /// A domain's challenge was found in DNS. (`domain.verified`)
+    DomainVerified,
+    /// A verified domain's challenge is no longer found. (`domain.failing`)
+    DomainFailing,
+    /// A tenant gave up a domain. (`domain.removed`)
+    DomainRemoved,
+    /// An entry stopped being issued: expired, review lapsed, or its owner left. (`entry.disabled`)
+    EntryDisabled,
+    /// An entry's owner re-certified it (re-enabled if its review had lapsed). (`entry.certified`)
+    EntryCertified,
 }
 
 impl AuditKind {
@@ -96,6 +114,15 @@ impl AuditKind {
         Self::TaskActivated,
         Self::TaskEnded,
         Self::TaskJwtValidated,
+        Self::TenantCreated,
+        Self::TenantUpdated,
+        Self::TenantDeleted,
+        Self::DomainAdded,
+        Self::DomainVerified,
+        Self::DomainFailing,
+        Self::DomainRemoved,
+        Self::EntryDisabled,
+        Self::EntryCertified,
     ];
 
     /// The stored name, e.g. `svid.x509.issued`.
@@ -122,6 +149,15 @@ impl AuditKind {
             Self::TaskActivated => "task.activated",
             Self::TaskEnded => "task.ended",
             Self::TaskJwtValidated => "task.jwt.validated",
+            Self::TenantCreated => "tenant.created",
+            Self::TenantUpdated => "tenant.updated",
+            Self::TenantDeleted => "tenant.deleted",
+            Self::DomainAdded => "domain.added",
+            Self::DomainVerified => "domain.verified",
+            Self::DomainFailing => "domain.failing",
+            Self::DomainRemoved => "domain.removed",
+            Self::EntryDisabled => "entry.disabled",
+            Self::EntryCertified => "entry.certified",
         }
     }
 }
@@ -155,7 +191,17 @@ pub struct AuditEvent {
     pub subject: String,
     /// Structured details (serials, expiries, reasons). Never secrets.
     pub detail: Value,
+    /// Who did it: `user:NAME` (an operator), a workload's or an agent's SPIFFE ID, or
+    /// `server` (its own schedule: expiry, rotation). `None` only on records written
+    /// before actors were recorded.
+    pub actor: Option<String>,
+    /// The tenant it concerns; `None` for platform records (agents, CAs, tokens) and
+    /// records written before tenants.
+    pub tenant: Option<String>,
 }
+
+/// The actor of what the server does on its own schedule (expiry, review, rotation).
+pub const SERVER_ACTOR: &str = "server";
 
 impl AuditEvent {
     /// An event without a task.
@@ -165,7 +211,23 @@ impl AuditEvent {
             task_id: None,
             subject: subject.to_string(),
             detail,
+            actor: None,
+            tenant: None,
         }
+    }
+
+    /// The same event, done by `actor`.
+    #[must_use]
+    pub fn by(mut self, actor: impl std::fmt::Display) -> Self {
+        self.actor = Some(actor.to_string());
+        self
+    }
+
+    /// The same event, concerning `tenant`.
+    #[must_use]
+    pub fn in_tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant = Some(tenant.into());
+        self
     }
 
     /// An event of one task.
@@ -206,9 +268,11 @@ pub struct ChainHead {
     pub hash: String,
 }
 
-/// The hash of a record with these fields.
+/// The hash of a record with these fields. A record with an actor or a tenant (schema
+/// version 5 on) appends both to the array, so they are covered too; a record with neither
+/// hashes exactly as records written before them did.
 pub fn record_hash(seq: i64, at_ms: i64, event: &AuditEvent, prev_hash: &str) -> String {
-    let canonical = json!([
+    let mut canonical = json!([
         seq,
         at_ms,
         event.kind,
@@ -217,6 +281,12 @@ pub fn record_hash(seq: i64, at_ms: i64, event: &AuditEvent, prev_hash: &str) ->
         event.detail,
         prev_hash
     ]);
+    if (event.actor.is_some() || event.tenant.is_some())
+        && let Value::Array(fields) = &mut canonical
+    {
+        fields.push(json!(event.actor));
+        fields.push(json!(event.tenant));
+    }
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
 }
 
@@ -232,6 +302,8 @@ impl AuditRecord {
             "detail": self.event.detail,
             "prev_hash": self.prev_hash,
             "hash": self.hash,
+            "actor": self.event.actor,
+            "tenant": self.event.tenant,
         })
     }
 
@@ -257,6 +329,8 @@ impl AuditRecord {
                 },
                 subject: text("subject")?,
                 detail: v["detail"].clone(),
+                actor: v["actor"].as_str().map(str::to_owned),
+                tenant: v["tenant"].as_str().map(str::to_owned),
             },
             prev_hash: text("prev_hash")?,
             hash: text("hash")?,

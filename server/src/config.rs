@@ -33,6 +33,8 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/tessera/server";
 pub const ADMIN_SOCKET_IN_RUNTIME_DIR: &str = "tessera-server/admin.sock";
 /// Default longest task lifetime.
 pub const DEFAULT_MAX_TASK_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How often verified domains are checked again, by default.
+pub const DEFAULT_DOMAIN_RECHECK_INTERVAL: Duration = Duration::from_secs(3600);
 /// Longest SVID lifetime an entry may ask for.
 pub const MAX_SVID_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -100,6 +102,18 @@ pub struct RawServerConfig {
     /// socket becomes group-accessible (0660).
     #[arg(long)]
     pub admin_group: Option<String>,
+    /// Unix group that may connect to the admin socket (0660) without being a platform
+    /// operator: tenant admins. Their calls act only for the tenants naming them
+    /// [default: the admin group].
+    #[arg(long)]
+    pub admin_socket_group: Option<String>,
+    /// DNS server (IP:PORT) that verifies tenants' domains [default: the system's
+    /// resolv.conf].
+    #[arg(long)]
+    pub dns_resolver: Option<String>,
+    /// How often verified domains are checked again, e.g. 1h [default: 1h].
+    #[arg(long)]
+    pub domain_recheck_interval: Option<String>,
     /// Longest time an audit record waits for a signed checkpoint of the chain, e.g. 10s
     /// [default: 10s].
     #[arg(long)]
@@ -152,6 +166,9 @@ impl std::fmt::Debug for RawServerConfig {
             policy_dir,
             max_task_ttl,
             admin_group,
+            admin_socket_group,
+            dns_resolver,
+            domain_recheck_interval,
             audit_checkpoint_interval,
             audit_checkpoint_records,
             jwt_mint_rate_per_workload,
@@ -179,6 +196,9 @@ impl std::fmt::Debug for RawServerConfig {
             .field("policy_dir", policy_dir)
             .field("max_task_ttl", max_task_ttl)
             .field("admin_group", admin_group)
+            .field("admin_socket_group", admin_socket_group)
+            .field("dns_resolver", dns_resolver)
+            .field("domain_recheck_interval", domain_recheck_interval)
             .field("audit_checkpoint_interval", audit_checkpoint_interval)
             .field("audit_checkpoint_records", audit_checkpoint_records)
             .field("jwt_mint_rate_per_workload", jwt_mint_rate_per_workload)
@@ -265,6 +285,12 @@ pub struct ServerConfig {
     pub max_task_ttl: Duration,
     /// Group allowed on the admin socket besides root and the server's user, by gid.
     pub admin_gid: Option<u32>,
+    /// Group that may connect to the admin socket (tenant admins among them), by gid.
+    pub admin_socket_gid: Option<u32>,
+    /// DNS server verifying tenants' domains (`None`: the system's configuration).
+    pub dns_resolver: Option<SocketAddr>,
+    /// How often verified domains are checked again.
+    pub domain_recheck_interval: Duration,
     /// Longest time an audit record waits for a signed checkpoint.
     pub audit_checkpoint_interval: Duration,
     /// Records after which a checkpoint is signed at once.
@@ -348,6 +374,9 @@ impl RawServerConfig {
             policy_dir,
             max_task_ttl,
             admin_group,
+            admin_socket_group,
+            dns_resolver,
+            domain_recheck_interval,
             audit_checkpoint_interval,
             audit_checkpoint_records,
             jwt_mint_rate_per_workload,
@@ -375,6 +404,9 @@ impl RawServerConfig {
             policy_dir: policy_dir.or(self.policy_dir),
             max_task_ttl: max_task_ttl.or(self.max_task_ttl),
             admin_group: admin_group.or(self.admin_group),
+            admin_socket_group: admin_socket_group.or(self.admin_socket_group),
+            dns_resolver: dns_resolver.or(self.dns_resolver),
+            domain_recheck_interval: domain_recheck_interval.or(self.domain_recheck_interval),
             audit_checkpoint_interval: audit_checkpoint_interval.or(self.audit_checkpoint_interval),
             audit_checkpoint_records: audit_checkpoint_records.or(self.audit_checkpoint_records),
             jwt_mint_rate_per_workload: jwt_mint_rate_per_workload
@@ -547,17 +579,36 @@ impl ServerConfig {
             raw.max_task_ttl.as_ref(),
             DEFAULT_MAX_TASK_TTL,
         )?;
-        let admin_gid = raw
-            .admin_group
-            .as_deref()
-            .map(|g| match nix::unistd::Group::from_name(g) {
+        let group = |key: &'static str, name: Option<&str>| {
+            name.map(|g| match nix::unistd::Group::from_name(g) {
                 Ok(Some(grp)) => Ok(grp.gid.as_raw()),
-                _ => Err(ServerConfigError::Invalid {
-                    key: "admin_group",
+                // A gid without a name in the group database is still a group.
+                _ => g.parse::<u32>().map_err(|_| ServerConfigError::Invalid {
+                    key,
                     message: format!("no Unix group named {g:?}"),
                 }),
             })
+            .transpose()
+        };
+        let admin_gid = group("admin_group", raw.admin_group.as_deref())?;
+        let admin_socket_gid =
+            group("admin_socket_group", raw.admin_socket_group.as_deref())?.or(admin_gid);
+        let dns_resolver = raw
+            .dns_resolver
+            .as_deref()
+            .map(|a| {
+                a.parse::<SocketAddr>()
+                    .map_err(|_| ServerConfigError::Invalid {
+                        key: "dns_resolver",
+                        message: format!("{a:?} is not IP:PORT"),
+                    })
+            })
             .transpose()?;
+        let domain_recheck_interval = duration(
+            "domain_recheck_interval",
+            raw.domain_recheck_interval.as_ref(),
+            DEFAULT_DOMAIN_RECHECK_INTERVAL,
+        )?;
         // Relative to the directory the server was started in (a reload must find the
         // same files whatever the daemon's working directory becomes).
         let policy_dir = raw
@@ -649,6 +700,9 @@ impl ServerConfig {
             policy_dir,
             max_task_ttl,
             admin_gid,
+            admin_socket_gid,
+            dns_resolver,
+            domain_recheck_interval,
             audit_checkpoint_interval,
             audit_checkpoint_records,
             jwt_mint_limits,
@@ -874,7 +928,7 @@ mod tests {
             .get_arguments()
             .map(|a| a.get_id().to_string())
             .collect();
-        assert_eq!(ids.len(), 25, "{ids:?}");
+        assert_eq!(ids.len(), 28, "{ids:?}");
         for id in ids {
             // A text key or a number key.
             let ok = ["\"x\"", "1"]

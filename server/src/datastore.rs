@@ -52,6 +52,8 @@ pub struct EntryFilter {
     pub spiffe_id: Option<SpiffeId>,
     /// Only entries parented to this ID.
     pub parent_id: Option<SpiffeId>,
+    /// Only entries of this tenant.
+    pub tenant: Option<String>,
 }
 
 /// An attested agent (node).
@@ -124,6 +126,59 @@ pub struct TaskRecord {
     pub requester_unix: Option<UnixUser>,
     /// The uid of the operator who approved it.
     pub approver_uid: Option<u32>,
+    /// The tenant it belongs to: its entry's.
+    pub tenant: String,
+}
+
+/// A tenant as stored: an organisation inside the trust domain (see `crate::tenants`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantRecord {
+    /// A DNS label.
+    pub name: String,
+    /// SPIFFE ID path prefixes it owns (whole segments), e.g. `/acme`.
+    pub path_prefixes: Vec<String>,
+    /// Unix user names that administer it.
+    pub admin_users: Vec<String>,
+    /// Unix group names whose members administer it.
+    pub admin_groups: Vec<String>,
+    /// At most this many entries (`None`: no limit).
+    pub max_entries: Option<i64>,
+    /// At most this many open tasks.
+    pub max_open_tasks: Option<i64>,
+    /// Default review period of its entries.
+    pub review_every: Option<std::time::Duration>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Increases on every change.
+    pub revision: u64,
+}
+
+/// A DNS domain a tenant claimed, verified or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainRecord {
+    /// The domain (lowercase, no trailing dot).
+    pub domain: String,
+    /// The tenant that claimed it.
+    pub tenant: String,
+    /// The TXT value that proves control of it.
+    pub challenge: String,
+    /// Unix seconds.
+    pub added_at: i64,
+    /// When its challenge was first found (`None`: never verified).
+    pub verified_at: Option<i64>,
+    /// The last look-up.
+    pub checked_at: Option<i64>,
+    /// Verified once, and failing since then: its names are not issued.
+    pub failing_since: Option<i64>,
+    /// What the last failing look-up found.
+    pub last_error: Option<String>,
+}
+
+impl DomainRecord {
+    /// Verified and not failing now: entries may carry names under it.
+    pub fn is_verified(&self) -> bool {
+        self.verified_at.is_some() && self.failing_since.is_none()
+    }
 }
 
 /// A Unix user as the kernel reported it (peer credentials), with its name at the time.
@@ -216,10 +271,11 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     /// order; returns the stored records.
     async fn append_audit(&self, events: &[AuditEvent])
     -> Result<Vec<AuditRecord>, DatastoreError>;
-    /// Audit records in log order, optionally only those of one task.
+    /// Audit records in log order, optionally only those of one task and of one tenant.
     async fn list_audit(
         &self,
         task_id: Option<&TaskId>,
+        tenant: Option<&str>,
     ) -> Result<Vec<AuditRecord>, DatastoreError>;
     /// The last audit record's sequence number and hash, as stored.
     async fn audit_head(&self) -> Result<Option<ChainHead>, DatastoreError>;
@@ -271,6 +327,42 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
         &self,
         now: i64,
     ) -> Result<(Vec<TaskRecord>, Vec<TaskSvid>), DatastoreError>;
+
+    /// Entries of the same workload (`parent_id` and exactly `selectors`) in a tenant
+    /// other than `tenant`.
+    async fn same_workload_elsewhere(
+        &self,
+        parent_id: &SpiffeId,
+        selectors: &common::SelectorSet,
+        tenant: &str,
+    ) -> Result<Vec<RegistrationEntry>, DatastoreError>;
+    /// Enabled entries whose expiry or review deadline is at or before `now`.
+    async fn lapsed_entries(&self, now: i64) -> Result<Vec<RegistrationEntry>, DatastoreError>;
+
+    /// Stores a new tenant; `Conflict` if the name is taken.
+    async fn create_tenant(&self, t: &TenantRecord) -> Result<(), DatastoreError>;
+    /// Replaces a tenant whose stored revision is `t.revision - 1` (compare-and-set);
+    /// returns whether it applied.
+    async fn update_tenant(&self, t: &TenantRecord) -> Result<bool, DatastoreError>;
+    /// Deletes a tenant that owns no entries, tasks or domains, atomically; `Conflict`
+    /// naming what it still owns otherwise; `None` if it does not exist.
+    async fn delete_tenant(&self, name: &str) -> Result<Option<TenantRecord>, DatastoreError>;
+    /// One tenant.
+    async fn get_tenant(&self, name: &str) -> Result<Option<TenantRecord>, DatastoreError>;
+    /// Every tenant, by name.
+    async fn list_tenants(&self) -> Result<Vec<TenantRecord>, DatastoreError>;
+    /// How many entries and open tasks a tenant owns.
+    async fn tenant_counts(&self, name: &str) -> Result<(i64, i64), DatastoreError>;
+    /// Stores a claimed domain, or replaces it (same domain); `Conflict` if another tenant
+    /// claimed it.
+    async fn put_domain(&self, d: &DomainRecord) -> Result<(), DatastoreError>;
+    /// One domain.
+    async fn get_domain(&self, domain: &str) -> Result<Option<DomainRecord>, DatastoreError>;
+    /// Domains, optionally of one tenant, by name.
+    async fn list_domains(&self, tenant: Option<&str>)
+    -> Result<Vec<DomainRecord>, DatastoreError>;
+    /// Deletes a domain and returns it.
+    async fn delete_domain(&self, domain: &str) -> Result<Option<DomainRecord>, DatastoreError>;
 
     /// Checks that the datastore answers: one read of its own schema table on a pooled
     /// connection, given at most `within` (waiting for a connection included). `Backend`

@@ -14,9 +14,11 @@
 //! The gRPC handler (`api/node.rs`) authenticates the agent and converts wire messages;
 //! everything it decides is here, where a test can call it directly.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::entry::Governance;
 use common::{EntryId, RegistrationEntry, SpiffeId, TaskId};
 use rustls_pki_types::CertificateDer;
 use sha2::{Digest as _, Sha256};
@@ -24,9 +26,10 @@ use sha2::{Digest as _, Sha256};
 use crate::audit::{AuditEvent, AuditKind};
 use crate::ca::rotation::CaSet;
 use crate::clock::{now_unix, unix_seconds};
-use crate::datastore::{Datastore, DatastoreError, TaskSvid};
+use crate::datastore::{Datastore, DatastoreError, DomainRecord, TaskSvid};
 use crate::jwt_keys::JwtKeyManager;
 use crate::rate_limit::{MintLimiter, Throttled};
+use crate::registration::dns_name_under;
 use crate::tasks::{IssueGrant, Tasks};
 
 /// Most CSRs accepted in one signing call.
@@ -137,17 +140,50 @@ impl Issuer {
         }
     }
 
-    /// The entry `entry_id` if `agent` may receive credentials for it.
+    /// The entry `entry_id` if `agent` may receive credentials for it: parented to it,
+    /// not disabled, not past its expiry.
     async fn entitled(
         &self,
         agent: &SpiffeId,
         entry_id: &EntryId,
     ) -> Result<Option<RegistrationEntry>, DatastoreError> {
-        Ok(self
-            .ds
-            .get_entry(entry_id)
-            .await?
-            .filter(|e| &e.parent_id == agent))
+        let now = now_unix();
+        Ok(self.ds.get_entry(entry_id).await?.filter(|e| {
+            &e.parent_id == agent
+                && e.governance.disabled.is_none()
+                && e.governance.expires_at.is_none_or(|at| at > now)
+        }))
+    }
+
+    /// The entry's DNS names that may be issued now: all of them for the default tenant
+    /// until it claims domains; otherwise those under a domain its tenant has verified and
+    /// that still verifies (a domain whose challenge disappeared stops covering names).
+    async fn issuable_dns_names(
+        &self,
+        entry: &RegistrationEntry,
+        domains: &mut HashMap<String, Vec<DomainRecord>>,
+    ) -> Result<Vec<String>, DatastoreError> {
+        if entry.dns_names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tenant = &entry.governance.tenant;
+        if !domains.contains_key(tenant) {
+            let list = self.ds.list_domains(Some(tenant)).await?;
+            domains.insert(tenant.clone(), list);
+        }
+        let list = domains.get(tenant).map_or(&[][..], Vec::as_slice);
+        if tenant == Governance::DEFAULT_TENANT && list.is_empty() {
+            return Ok(entry.dns_names.clone());
+        }
+        Ok(entry
+            .dns_names
+            .iter()
+            .filter(|n| {
+                list.iter()
+                    .any(|d| d.is_verified() && dns_name_under(n, &d.domain))
+            })
+            .cloned()
+            .collect())
     }
 
     /// What a task allows for `entry`: `None` for a standing entry, the grant for a
@@ -173,6 +209,7 @@ impl Issuer {
         let mut out = Vec::with_capacity(requests.len());
         let mut audit = Vec::with_capacity(requests.len());
         let mut task_svids = Vec::new();
+        let mut domains = HashMap::new();
         for CsrRequest { entry_id, csr } in requests {
             let Some(entry) = self.entitled(agent, &entry_id).await? else {
                 out.push(X509Outcome::Refused {
@@ -191,12 +228,17 @@ impl Issuer {
             let ttl = grant
                 .as_ref()
                 .map_or(entry.x509_svid_ttl, |g| entry.x509_svid_ttl.min(g.max_ttl));
+            let ttl = until_expiry(&entry, ttl);
             let task_id = grant.as_ref().map(|g| g.task.id.clone());
+            let dns_names = self.issuable_dns_names(&entry, &mut domains).await?;
+            if dns_names.len() < entry.dns_names.len() {
+                tracing::warn!(entry_id = %entry.id, tenant = %entry.governance.tenant, "X.509-SVID issued without DNS names whose domain is not verified");
+            }
             let issued = match self.ca.sign_svid_for_task(
                 &csr,
                 &entry.spiffe_id,
                 ttl,
-                &entry.dns_names,
+                &dns_names,
                 task_id.as_ref(),
             ) {
                 Ok(i) => i,
@@ -233,10 +275,14 @@ impl Issuer {
                     not_after,
                 });
             }
-            audit.push(AuditEvent {
-                task_id: task_id.map(TaskId::into_string),
-                ..AuditEvent::new(AuditKind::SvidX509Issued, &entry.spiffe_id, detail)
-            });
+            audit.push(
+                AuditEvent {
+                    task_id: task_id.map(TaskId::into_string),
+                    ..AuditEvent::new(AuditKind::SvidX509Issued, &entry.spiffe_id, detail)
+                }
+                .by(agent)
+                .in_tenant(&entry.governance.tenant),
+            );
             out.push(X509Outcome::Signed {
                 entry_id: entry.id,
                 chain: issued.chain,
@@ -287,6 +333,7 @@ impl Issuer {
             );
             ttl = ttl.min(g.max_ttl);
         }
+        let ttl = until_expiry(&entry, ttl);
         let (token, expires_at) = self
             .jwt
             .sign(&entry.spiffe_id, audience, ttl, now_unix(), &extra)
@@ -303,7 +350,9 @@ impl Issuer {
             .append_audit(&[AuditEvent {
                 task_id: grant.as_ref().map(|g| g.task.id.to_string()),
                 ..AuditEvent::new(AuditKind::SvidJwtIssued, &entry.spiffe_id, detail)
-            }])
+            }
+            .by(agent)
+            .in_tenant(&entry.governance.tenant)])
             .await?;
         tracing::info!(
             agent_id = %agent,
@@ -313,6 +362,20 @@ impl Issuer {
             "JWT-SVID issued"
         );
         Ok(MintedJwt { token, expires_at })
+    }
+}
+
+/// `ttl`, cut so that nothing issued for `entry` outlives its expiry (at least a second:
+/// an entry past its expiry is not entitled to anything).
+fn until_expiry(entry: &RegistrationEntry, ttl: Duration) -> Duration {
+    match entry.governance.expires_at {
+        Some(at) => {
+            let left = u64::try_from(at.saturating_sub(now_unix()))
+                .unwrap_or(0)
+                .max(1);
+            ttl.min(Duration::from_secs(left))
+        }
+        None => ttl,
     }
 }
 

@@ -12,11 +12,17 @@ use common::{
     TrustDomain,
 };
 
-use crate::audit::{AuditEvent, AuditKind};
+use common::entry::{Disabled, Governance};
+
+use crate::audit::{AuditEvent, AuditKind, SERVER_ACTOR};
 use crate::clock::now_unix;
 use crate::config::MAX_SVID_TTL;
+use crate::datastore::TenantRecord;
 use crate::datastore::{Datastore, DatastoreError, EntryFilter};
 use crate::events::{ChangeEvent, Events};
+use crate::tenants::{
+    MAX_REVIEW_EVERY, Operator, TenantDirectory, owner_of, prefixes_text, validate_owner,
+};
 
 /// Longest accepted hint, as the Workload API spec recommends.
 const MAX_HINT_LENGTH: usize = 1024;
@@ -80,9 +86,38 @@ pub enum RegistrationError {
     /// The hint is too long.
     #[error("hint is longer than {MAX_HINT_LENGTH} bytes")]
     HintTooLong,
-    /// No entry with that id.
+    /// No entry with that id (or one of a tenant the caller may not see: the same answer).
     #[error("no entry with id {0}")]
     NotFound(String),
+    /// The tenant named is unknown (or not the caller's), or the caller must name one.
+    #[error(transparent)]
+    Tenant(crate::tenants::TenantError),
+    /// The SPIFFE ID is outside the tenant's path prefixes.
+    #[error("{0}")]
+    OutsideTenant(String),
+    /// The request conflicts with what another tenant owns.
+    #[error("{0}")]
+    OtherTenant(String),
+    /// The tenant is at its entry quota.
+    #[error("{0}")]
+    Quota(String),
+    /// An owner, expiry or review period is malformed.
+    #[error("{0}")]
+    BadGovernance(String),
+    /// A DNS name is not under a domain the tenant verified.
+    #[error(
+        "DNS name {name} is not under a domain tenant {tenant} has verified \
+         (tessera-server tenant domain add/verify)"
+    )]
+    UnverifiedDnsName {
+        /// The name.
+        name: String,
+        /// The tenant.
+        tenant: String,
+    },
+    /// Only platform operators may do this.
+    #[error("{0}")]
+    Forbidden(String),
     /// A duplicate entry exists.
     #[error("{0}")]
     Duplicate(String),
@@ -97,6 +132,17 @@ impl RegistrationError {
         Self::BadTtl {
             field,
             max: MAX_SVID_TTL.as_secs(),
+        }
+    }
+}
+
+impl From<crate::tenants::TenantError> for RegistrationError {
+    fn from(e: crate::tenants::TenantError) -> Self {
+        use crate::tenants::TenantError as T;
+        match e {
+            T::Datastore(d) => d.into(),
+            T::PlatformOnly(_) => Self::Forbidden(e.to_string()),
+            other => Self::Tenant(other),
         }
     }
 }
@@ -128,7 +174,8 @@ pub fn valid_dns_name(name: &str) -> bool {
     })
 }
 
-fn entry_event(kind: AuditKind, e: &RegistrationEntry) -> AuditEvent {
+fn entry_event(kind: AuditKind, e: &RegistrationEntry, by: &str) -> AuditEvent {
+    let g = &e.governance;
     AuditEvent::new(
         kind,
         &e.id,
@@ -141,8 +188,24 @@ fn entry_event(kind: AuditKind, e: &RegistrationEntry) -> AuditEvent {
             "dns_names": e.dns_names,
             "jit": e.jit,
             "revision": e.revision,
+            "owner": g.owner,
+            "expires_at": g.expires_at,
+            "review_every": g.review_every.map(|d| d.as_secs()),
+            "disabled": g.disabled.as_ref().map(|d| d.reason.as_str()),
         }),
     )
+    .by(by)
+    .in_tenant(&g.tenant)
+}
+
+/// Whether `name` (an entry's DNS name, possibly `*.`) is `domain` or under it, on a label
+/// boundary.
+pub fn dns_name_under(name: &str, domain: &str) -> bool {
+    let body = name.strip_prefix("*.").unwrap_or(name);
+    body == domain
+        || body
+            .strip_suffix(domain)
+            .is_some_and(|head| head.ends_with('.'))
 }
 
 /// A registration entry as asked for, before validation (parsed from the API's wire
@@ -165,10 +228,19 @@ pub struct EntryRequest {
     pub jit: bool,
     /// Workload API hint.
     pub hint: String,
+    /// The tenant; empty: the caller's only tenant (platform operators: the tenant owning
+    /// the SPIFFE ID's path). On update, empty keeps the entry's.
+    pub tenant: String,
+    /// `user:NAME` or a SPIFFE ID; empty: the caller (on update: unchanged).
+    pub owner: String,
+    /// Unix seconds after which it is not issued.
+    pub expires_at: Option<i64>,
+    /// Its owner re-certifies it within this period; `None`: the tenant's default.
+    pub review_every: Option<Duration>,
 }
 
 /// An entry's validated fields, not yet an entry: it becomes one with an id, a creation
-/// time and a revision ([`ValidEntry::new_entry`], [`ValidEntry::replacing`]).
+/// time, a revision and its governance ([`ValidEntry::new_entry`], [`ValidEntry::replacing`]).
 #[derive(Debug, Clone)]
 pub struct ValidEntry {
     spiffe_id: SpiffeId,
@@ -182,7 +254,13 @@ pub struct ValidEntry {
 }
 
 impl ValidEntry {
-    fn into_entry(self, id: EntryId, created_at: i64, revision: u64) -> RegistrationEntry {
+    fn into_entry(
+        self,
+        id: EntryId,
+        created_at: i64,
+        revision: u64,
+        governance: Governance,
+    ) -> RegistrationEntry {
         RegistrationEntry {
             id,
             spiffe_id: self.spiffe_id,
@@ -195,22 +273,28 @@ impl ValidEntry {
             hint: self.hint,
             created_at,
             revision,
+            governance,
         }
+    }
+
+    /// The SPIFFE ID asked for.
+    pub fn spiffe_id(&self) -> &SpiffeId {
+        &self.spiffe_id
     }
 
     /// A new entry created at `now` (a time-ordered id: entries created in the same
     /// second still sort in creation order).
-    pub fn new_entry(self, now: i64) -> RegistrationEntry {
-        self.into_entry(EntryId::generate(), now, 1)
+    pub fn new_entry(self, now: i64, governance: Governance) -> RegistrationEntry {
+        self.into_entry(EntryId::generate(), now, 1, governance)
     }
 
     /// The next revision of `old`, with these fields.
-    pub fn replacing(self, old: &RegistrationEntry) -> RegistrationEntry {
-        self.into_entry(old.id.clone(), old.created_at, old.revision + 1)
+    pub fn replacing(self, old: &RegistrationEntry, governance: Governance) -> RegistrationEntry {
+        self.into_entry(old.id.clone(), old.created_at, old.revision + 1, governance)
     }
 }
 
-/// Entry CRUD with validation and change notification.
+/// Entry CRUD with validation, tenancy checks and change notification.
 #[derive(Debug, Clone)]
 pub struct Registrar {
     ds: Arc<dyn Datastore>,
@@ -218,6 +302,7 @@ pub struct Registrar {
     trust_domain: TrustDomain,
     default_x509_ttl: Duration,
     default_jwt_ttl: Duration,
+    tenants: TenantDirectory,
 }
 
 impl Registrar {
@@ -230,12 +315,18 @@ impl Registrar {
         default_jwt_ttl: Duration,
     ) -> Self {
         Self {
+            tenants: TenantDirectory::new(Arc::clone(&ds)),
             ds,
             events,
             trust_domain,
             default_x509_ttl,
             default_jwt_ttl,
         }
+    }
+
+    /// The tenant directory entries are checked against.
+    pub fn tenants(&self) -> &TenantDirectory {
+        &self.tenants
     }
 
     fn id_in_td(&self, field: &'static str, raw: &str) -> Result<SpiffeId, RegistrationError> {
@@ -318,59 +409,223 @@ impl Registrar {
         })
     }
 
-    /// Creates an entry.
-    pub async fn create(
+    /// The governance of an entry `by` asks for: its tenant (which must own the SPIFFE
+    /// ID's path and be one `by` acts for), owner, expiry and review period, checked.
+    /// `current`: the entry being updated (its tenant and owner are kept unless changed).
+    pub async fn govern(
         &self,
+        by: &Operator,
         spec: &EntryRequest,
-    ) -> Result<RegistrationEntry, RegistrationError> {
-        let entry = self.validate(spec)?.new_entry(now_unix());
-        self.ds.create_entry(&entry).await?;
-        self.ds
-            .append_audit(&[entry_event(AuditKind::EntryCreated, &entry)])
+        spiffe_id: &SpiffeId,
+        current: Option<&Governance>,
+        now: i64,
+    ) -> Result<(Governance, TenantRecord), RegistrationError> {
+        let all = self.tenants.all().await?;
+        let named = match (spec.tenant.as_str(), current) {
+            ("", Some(g)) => g.tenant.as_str(),
+            (t, _) => t,
+        };
+        let tenant = by.tenant_for(named, spiffe_id.path(), &all)?.clone();
+        if let Some(g) = current
+            && g.tenant != tenant.name
+            && !by.is_platform()
+        {
+            return Err(RegistrationError::Forbidden(
+                "moving an entry to another tenant is restricted to platform operators".to_owned(),
+            ));
+        }
+        let owner_tenant = owner_of(&all, spiffe_id.path());
+        if owner_tenant.map(|t| t.name.as_str()) != Some(tenant.name.as_str()) {
+            return Err(RegistrationError::OutsideTenant(format!(
+                "SPIFFE ID {spiffe_id} is outside tenant {}'s path prefixes ({})",
+                tenant.name,
+                prefixes_text(&tenant)
+            )));
+        }
+        let owner = match (spec.owner.as_str(), current) {
+            ("", Some(g)) => g.owner.clone(),
+            ("", None) => by.principal(),
+            (o, _) => o.to_owned(),
+        };
+        if !owner.is_empty() {
+            validate_owner(&owner).map_err(RegistrationError::BadGovernance)?;
+        }
+        if let Some(at) = spec.expires_at
+            && at <= now
+        {
+            return Err(RegistrationError::BadGovernance(format!(
+                "expires_at {at} is not in the future"
+            )));
+        }
+        let review_every = spec.review_every.or(tenant.review_every);
+        if let Some(every) = review_every
+            && (every < Duration::from_secs(1) || every > MAX_REVIEW_EVERY)
+        {
+            return Err(RegistrationError::BadGovernance(format!(
+                "review period must be between 1s and {}s",
+                MAX_REVIEW_EVERY.as_secs()
+            )));
+        }
+        let governance = Governance {
+            tenant: tenant.name.clone(),
+            owner,
+            expires_at: spec.expires_at,
+            review_every,
+            certified_at: current.and_then(|g| g.certified_at),
+            disabled: current.and_then(|g| g.disabled.clone()),
+        };
+        Ok((governance, tenant))
+    }
+
+    /// The checks that need the datastore: DNS names under the tenant's verified domains,
+    /// no registration of the same workload in another tenant, the tenant's quota.
+    async fn check_placement(
+        &self,
+        by: &Operator,
+        entry: &RegistrationEntry,
+        tenant: &TenantRecord,
+        is_new: bool,
+    ) -> Result<(), RegistrationError> {
+        let domains = self.ds.list_domains(Some(&tenant.name)).await?;
+        // The default tenant holds what existed before tenants: its names are checked only
+        // once it claims domains of its own.
+        let exempt = tenant.name == Governance::DEFAULT_TENANT && domains.is_empty();
+        if !exempt {
+            for name in &entry.dns_names {
+                let ok = domains
+                    .iter()
+                    .any(|d| d.is_verified() && dns_name_under(name, &d.domain));
+                if !ok {
+                    return Err(RegistrationError::UnverifiedDnsName {
+                        name: name.clone(),
+                        tenant: tenant.name.clone(),
+                    });
+                }
+            }
+        }
+        let elsewhere = self
+            .ds
+            .same_workload_elsewhere(&entry.parent_id, &entry.selectors, &tenant.name)
             .await?;
-        tracing::info!(entry_id = %entry.id, spiffe_id = %entry.spiffe_id, parent_id = %entry.parent_id, "entry created");
-        self.events.publish(ChangeEvent::EntryUpserted {
-            entry: Arc::new(entry.clone()),
-            previous_parent: None,
-        });
+        if let Some(other) = elsewhere.iter().find(|o| o.id != entry.id) {
+            return Err(RegistrationError::OtherTenant(
+                if by.sees(&other.governance.tenant) {
+                    format!(
+                        "the same workload (parent {} and these selectors) is already registered \
+                     in tenant {} (entry {})",
+                        entry.parent_id, other.governance.tenant, other.id
+                    )
+                } else {
+                    format!(
+                        "the same workload (parent {} and these selectors) is already registered \
+                     in another tenant",
+                        entry.parent_id
+                    )
+                },
+            ));
+        }
+        if let (true, Some(max)) = (is_new, tenant.max_entries) {
+            let (n, _) = self.ds.tenant_counts(&tenant.name).await?;
+            if n >= max {
+                return Err(RegistrationError::Quota(format!(
+                    "tenant {} is at its limit of {max} entries",
+                    tenant.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A new entry from `spec`, governed and checked for `by` (not stored): what an entry
+    /// created now would be.
+    pub async fn prepare(
+        &self,
+        by: &Operator,
+        spec: &EntryRequest,
+        now: i64,
+    ) -> Result<RegistrationEntry, RegistrationError> {
+        let valid = self.validate(spec)?;
+        let (governance, tenant) = self.govern(by, spec, valid.spiffe_id(), None, now).await?;
+        let entry = valid.new_entry(now, governance);
+        self.check_placement(by, &entry, &tenant, true).await?;
         Ok(entry)
     }
 
-    /// Replaces an entry's fields.
-    pub async fn update(
+    /// Creates an entry for `by`.
+    pub async fn create(
         &self,
-        id: &EntryId,
         spec: &EntryRequest,
+        by: &Operator,
     ) -> Result<RegistrationEntry, RegistrationError> {
-        let valid = self.validate(spec)?;
-        let old = self
-            .ds
-            .get_entry(id)
-            .await?
-            .ok_or_else(|| RegistrationError::NotFound(id.to_string()))?;
-        let entry = valid.replacing(&old);
-        self.ds.update_entry(&entry).await?;
+        let _guard = self.tenants.lock.lock().await;
+        let entry = self.prepare(by, spec, now_unix()).await?;
+        self.ds.create_entry(&entry).await?;
         self.ds
-            .append_audit(&[entry_event(AuditKind::EntryUpdated, &entry)])
+            .append_audit(&[entry_event(
+                AuditKind::EntryCreated,
+                &entry,
+                &by.principal(),
+            )])
             .await?;
-        tracing::info!(entry_id = %entry.id, spiffe_id = %entry.spiffe_id, "entry updated");
-        let previous_parent = (old.parent_id != entry.parent_id).then_some(old.parent_id);
+        tracing::info!(entry_id = %entry.id, spiffe_id = %entry.spiffe_id, parent_id = %entry.parent_id, tenant = %entry.governance.tenant, "entry created");
+        self.publish_upsert(&entry, None);
+        Ok(entry)
+    }
+
+    fn publish_upsert(&self, entry: &RegistrationEntry, previous_parent: Option<SpiffeId>) {
         self.events.publish(ChangeEvent::EntryUpserted {
             entry: Arc::new(entry.clone()),
             previous_parent,
         });
+    }
+
+    /// Replaces an entry's fields, for `by`.
+    pub async fn update(
+        &self,
+        id: &EntryId,
+        spec: &EntryRequest,
+        by: &Operator,
+    ) -> Result<RegistrationEntry, RegistrationError> {
+        let valid = self.validate(spec)?;
+        let _guard = self.tenants.lock.lock().await;
+        let old = self.get(id, by).await?;
+        let (governance, tenant) = self
+            .govern(
+                by,
+                spec,
+                valid.spiffe_id(),
+                Some(&old.governance),
+                now_unix(),
+            )
+            .await?;
+        let entry = valid.replacing(&old, governance);
+        self.check_placement(by, &entry, &tenant, old.governance.tenant != tenant.name)
+            .await?;
+        self.ds.update_entry(&entry).await?;
+        let mut event = entry_event(AuditKind::EntryUpdated, &entry, &by.principal());
+        if old.governance.owner != entry.governance.owner {
+            event.detail["owner_was"] = serde_json::json!(old.governance.owner);
+        }
+        self.ds.append_audit(&[event]).await?;
+        tracing::info!(entry_id = %entry.id, spiffe_id = %entry.spiffe_id, "entry updated");
+        let previous_parent = (old.parent_id != entry.parent_id).then_some(old.parent_id);
+        self.publish_upsert(&entry, previous_parent);
         Ok(entry)
     }
 
-    /// Deletes an entry.
-    pub async fn delete(&self, id: &EntryId) -> Result<RegistrationEntry, RegistrationError> {
+    /// Deletes an entry (`by`: who asked, checked by the caller).
+    pub async fn delete(
+        &self,
+        id: &EntryId,
+        by: &str,
+    ) -> Result<RegistrationEntry, RegistrationError> {
         let entry = self
             .ds
             .delete_entry(id)
             .await?
             .ok_or_else(|| RegistrationError::NotFound(id.to_string()))?;
         self.ds
-            .append_audit(&[entry_event(AuditKind::EntryDeleted, &entry)])
+            .append_audit(&[entry_event(AuditKind::EntryDeleted, &entry, by)])
             .await?;
         tracing::info!(entry_id = %entry.id, spiffe_id = %entry.spiffe_id, "entry deleted");
         self.events.publish(ChangeEvent::EntryDeleted {
@@ -380,19 +635,74 @@ impl Registrar {
         Ok(entry)
     }
 
-    /// One entry.
-    pub async fn get(&self, id: &EntryId) -> Result<RegistrationEntry, RegistrationError> {
-        self.ds
-            .get_entry(id)
-            .await?
-            .ok_or_else(|| RegistrationError::NotFound(id.to_string()))
+    /// One entry `by` may see (another tenant's answers exactly like a missing one).
+    pub async fn get(
+        &self,
+        id: &EntryId,
+        by: &Operator,
+    ) -> Result<RegistrationEntry, RegistrationError> {
+        match self.ds.get_entry(id).await? {
+            Some(e) if by.sees(&e.governance.tenant) => Ok(e),
+            _ => Err(RegistrationError::NotFound(id.to_string())),
+        }
     }
 
-    /// Entries matching the optional filters.
+    /// Disables or re-enables an entry (`disabled: None`), recording why; agents stop (or
+    /// resume) serving it. Returns the stored entry, or `None` if it no longer exists.
+    pub async fn set_disabled(
+        &self,
+        entry: &RegistrationEntry,
+        disabled: Option<Disabled>,
+        certified_at: Option<i64>,
+        kind: AuditKind,
+        by: &str,
+    ) -> Result<RegistrationEntry, RegistrationError> {
+        let mut next = entry.clone();
+        next.governance.disabled = disabled;
+        if certified_at.is_some() {
+            next.governance.certified_at = certified_at;
+        }
+        next.revision += 1;
+        self.ds.update_entry(&next).await?;
+        self.ds
+            .append_audit(&[entry_event(kind, &next, by)])
+            .await?;
+        tracing::info!(entry_id = %next.id, spiffe_id = %next.spiffe_id, kind = %kind, "entry {}", if next.governance.disabled.is_some() { "disabled" } else { "enabled" });
+        self.publish_upsert(&next, None);
+        Ok(next)
+    }
+
+    /// The owner (or an operator of its tenant) re-certifies an entry: its review period
+    /// starts again, and an entry disabled because its review lapsed is enabled again.
+    pub async fn certify(
+        &self,
+        id: &EntryId,
+        by: &Operator,
+    ) -> Result<RegistrationEntry, RegistrationError> {
+        let _guard = self.tenants.lock.lock().await;
+        let entry = self.get(id, by).await?;
+        let keep = entry
+            .governance
+            .disabled
+            .clone()
+            .filter(|d| d.reason != REVIEW_LAPSED);
+        self.set_disabled(
+            &entry,
+            keep,
+            Some(now_unix()),
+            AuditKind::EntryCertified,
+            &by.principal(),
+        )
+        .await
+    }
+
+    /// Entries matching the optional filters, among those `by` may see.
     pub async fn list(
         &self,
         spiffe_id: &str,
         parent_id: &str,
+        tenant: &str,
+        by: &Operator,
     ) -> Result<Vec<RegistrationEntry>, RegistrationError> {
         let parse = |field, raw: &str| -> Result<Option<SpiffeId>, RegistrationError> {
             if raw.is_empty() {
@@ -406,15 +716,53 @@ impl Registrar {
         let filter = EntryFilter {
             spiffe_id: parse("spiffe_id", spiffe_id)?,
             parent_id: parse("parent_id", parent_id)?,
+            tenant: (!tenant.is_empty()).then(|| tenant.to_owned()),
         };
-        Ok(self.ds.list_entries(&filter).await?)
+        let mut entries = self.ds.list_entries(&filter).await?;
+        entries.retain(|e| by.sees(&e.governance.tenant));
+        Ok(entries)
+    }
+
+    /// Disables every enabled entry whose expiry or review deadline is at or before
+    /// `now`, as the server (its own schedule): agents drop it at once. Returns how many.
+    pub async fn disable_lapsed(&self, now: i64) -> Result<usize, RegistrationError> {
+        let lapsed = self.ds.lapsed_entries(now).await?;
+        for e in &lapsed {
+            let expired = e.governance.expires_at.is_some_and(|at| at <= now);
+            let reason = if expired { EXPIRED } else { REVIEW_LAPSED };
+            let disabled = Disabled {
+                at: now,
+                reason: reason.to_owned(),
+            };
+            self.set_disabled(
+                e,
+                Some(disabled),
+                None,
+                AuditKind::EntryDisabled,
+                SERVER_ACTOR,
+            )
+            .await?;
+        }
+        Ok(lapsed.len())
     }
 }
+
+/// Why an entry past its expiry is disabled.
+pub const EXPIRED: &str = "expired";
+/// Why an entry whose review period lapsed is disabled.
+pub const REVIEW_LAPSED: &str = "review lapsed";
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::datastore::sqlite::SqliteDatastore;
+
+    fn root() -> Operator {
+        Operator::platform(crate::datastore::UnixUser {
+            uid: 0,
+            name: "root".into(),
+        })
+    }
 
     fn spec() -> EntryRequest {
         EntryRequest {
@@ -482,33 +830,36 @@ mod tests {
         for (mutate, want) in cases {
             let mut s = spec();
             mutate(&mut s);
-            let err = r.create(&s).await.unwrap_err().to_string();
+            let err = r.create(&s, &root()).await.unwrap_err().to_string();
             assert!(err.contains(want), "{err:?} should mention {want:?}");
         }
         assert!(
-            r.list("", "").await.unwrap().is_empty(),
+            r.list("", "", "", &root()).await.unwrap().is_empty(),
             "nothing was stored"
         );
 
-        let e = r.create(&spec()).await.unwrap();
+        let e = r.create(&spec(), &root()).await.unwrap();
         assert_eq!(e.x509_svid_ttl, Duration::from_secs(3600));
+        assert_eq!(e.governance.tenant, "default");
+        assert_eq!(e.governance.owner, "user:root");
         assert!(matches!(
-            r.create(&spec()).await,
+            r.create(&spec(), &root()).await,
             Err(RegistrationError::Duplicate(_))
         ));
         let mut s = spec();
         s.dns_names = vec!["web.example.org".into(), "*.svc.example.org".into()];
         s.x509_svid_ttl = Some(Duration::from_secs(60));
-        let u = r.update(&e.id, &s).await.unwrap();
+        let u = r.update(&e.id, &s, &root()).await.unwrap();
         assert_eq!(u.revision, 2);
         assert_eq!(u.x509_svid_ttl, Duration::from_secs(60));
         assert!(matches!(
-            r.update(&EntryId::parse("nope").unwrap(), &s).await,
+            r.update(&EntryId::parse("nope").unwrap(), &s, &root())
+                .await,
             Err(RegistrationError::NotFound(_))
         ));
-        r.delete(&e.id).await.unwrap();
+        r.delete(&e.id, "user:root").await.unwrap();
         assert!(matches!(
-            r.delete(&e.id).await,
+            r.delete(&e.id, "user:root").await,
             Err(RegistrationError::NotFound(_))
         ));
     }

@@ -41,6 +41,7 @@ use crate::datastore::{Datastore, DatastoreError, EntryFilter, TaskEnd, TaskReco
 use crate::events::{ChangeEvent, Events};
 use crate::policy::{Action, Decision, EntryFacts, PolicyEngine, PolicyRequest, Principal};
 use crate::registration::{EntryRequest, Registrar, RegistrationError};
+use crate::tenants::Operator;
 
 /// How often the server looks for tasks past their deadline.
 const EXPIRY_TICK: Duration = Duration::from_millis(200);
@@ -70,6 +71,9 @@ pub enum TaskError {
     /// The entry already has an open task, or a provisioned entry duplicates one.
     #[error("{0}")]
     Conflict(String),
+    /// The tenant is at its quota of open tasks.
+    #[error("{0}")]
+    Quota(String),
     /// Entry validation failed (JIT provisioning).
     #[error(transparent)]
     Registration(#[from] RegistrationError),
@@ -220,27 +224,33 @@ impl Tasks {
                 spiffe_id,
                 parent_id,
                 selectors,
+                tenant,
             } => {
                 let parent_id = match requester {
                     Requester::Workload { agent, .. } => agent.to_string(),
                     Requester::User(_) => parent_id.clone(),
                 };
+                let spec = EntryRequest {
+                    spiffe_id: spiffe_id.clone(),
+                    parent_id,
+                    selectors: selectors.clone(),
+                    jit: true,
+                    tenant: tenant.clone(),
+                    owner: requester.label(),
+                    ..Default::default()
+                };
                 let entry = self
                     .registrar
-                    .validate(&EntryRequest {
-                        spiffe_id: spiffe_id.clone(),
-                        parent_id,
-                        selectors: selectors.clone(),
-                        jit: true,
-                        ..Default::default()
-                    })?
-                    .new_entry(self.clock.now_unix());
+                    .prepare(&requester.as_operator(), &spec, self.clock.now_unix())
+                    .await?;
+                self.check_new_spiffe_id(requester, &entry).await?;
                 return Ok((entry, true));
             }
             TaskTarget::Entry(id) => self
                 .ds
                 .get_entry(id)
                 .await?
+                .filter(|e| requester.sees(&e.governance.tenant))
                 .ok_or_else(|| TaskError::NotFound(format!("no entry {id}")))?,
             TaskTarget::SpiffeId {
                 spiffe_id,
@@ -255,10 +265,11 @@ impl Tasks {
                     .list_entries(&EntryFilter {
                         spiffe_id: Some(spiffe_id.clone()),
                         parent_id,
+                        tenant: None,
                     })
                     .await?
                     .into_iter()
-                    .filter(|e| e.jit)
+                    .filter(|e| e.jit && requester.sees(&e.governance.tenant))
                     .collect();
                 match found.len() {
                     0 => {
@@ -291,6 +302,60 @@ impl Tasks {
         Ok((entry, false))
     }
 
+    /// A provisioning task creates an identity that does not exist yet: refused when an
+    /// entry (standing or just-in-time) already has its SPIFFE ID, naming that entry's
+    /// tenant only to a requester who may see it.
+    async fn check_new_spiffe_id(
+        &self,
+        requester: &Requester,
+        entry: &RegistrationEntry,
+    ) -> Result<(), TaskError> {
+        let existing = self
+            .ds
+            .list_entries(&EntryFilter {
+                spiffe_id: Some(entry.spiffe_id.clone()),
+                ..EntryFilter::default()
+            })
+            .await?;
+        let Some(e) = existing.first() else {
+            return Ok(());
+        };
+        Err(TaskError::Conflict(
+            if requester.sees(&e.governance.tenant) {
+                format!(
+                    "SPIFFE ID {} already exists as entry {} of tenant {}: a provisioning task \
+                 creates a new identity; to use that one, make it just-in-time and start \
+                 the task on it",
+                    entry.spiffe_id, e.id, e.governance.tenant
+                )
+            } else {
+                format!(
+                    "SPIFFE ID {} already exists in another tenant",
+                    entry.spiffe_id
+                )
+            },
+        ))
+    }
+
+    /// Refuses a task beyond its tenant's quota of open tasks.
+    async fn check_task_quota(&self, tenant: &str) -> Result<(), TaskError> {
+        let Some(max) = self
+            .ds
+            .get_tenant(tenant)
+            .await?
+            .and_then(|t| t.max_open_tasks)
+        else {
+            return Ok(());
+        };
+        let (_, open) = self.ds.tenant_counts(tenant).await?;
+        if open >= max {
+            return Err(TaskError::Quota(format!(
+                "tenant {tenant} is at its limit of {max} open tasks"
+            )));
+        }
+        Ok(())
+    }
+
     /// Starts a task: resolves the entry, asks the policy, stores the task (pending
     /// approval or active) and, when active, makes the entry live on its agent.
     pub async fn create(
@@ -300,6 +365,7 @@ impl Tasks {
     ) -> Result<TaskRecord, TaskError> {
         request.check()?;
         let (entry, provisioned) = self.target(requester, &request.target).await?;
+        self.check_task_quota(&entry.governance.tenant).await?;
         let now = self.clock.now_unix();
         let id = TaskId::generate();
         let asked = self.asked_ttl(request);
@@ -334,7 +400,12 @@ impl Tasks {
             decision.to_json(),
         );
         if !decision.allowed {
-            self.ds.append_audit(&[requested, decided]).await?;
+            let audit = stamped(
+                vec![requested, decided],
+                &requester.label(),
+                &entry.governance.tenant,
+            );
+            self.ds.append_audit(&audit).await?;
             tracing::info!(task_id = %id, requester = %requester.label(), explanation = %decision.explain(), "task denied by policy");
             return Err(TaskError::Denied(decision.explain()));
         }
@@ -366,6 +437,7 @@ impl Tasks {
             decision,
             requester_unix: requester.unix().cloned(),
             approver_uid: None,
+            tenant: entry.governance.tenant.clone(),
         };
         let mut audit = vec![requested, decided];
         audit.push(if approval_required {
@@ -378,6 +450,7 @@ impl Tasks {
         } else {
             activated_event(&task)
         });
+        let audit = stamped(audit, &task.requester, &task.tenant);
         self.ds
             .create_task(&task, provisioned.then_some(&entry), &audit)
             .await?;
@@ -411,16 +484,31 @@ impl Tasks {
             .ok_or_else(|| TaskError::NotFound(format!("no task {id}")))
     }
 
-    /// Tasks, optionally in one state.
-    pub async fn list(&self, state: Option<TaskState>) -> Result<Vec<TaskRecord>, TaskError> {
-        Ok(self.ds.list_tasks(state).await?)
+    /// One task `by` may see (another tenant's answers exactly like a missing one).
+    pub async fn get_for(&self, id: &TaskId, by: &Requester) -> Result<TaskRecord, TaskError> {
+        match self.ds.get_task(id).await? {
+            Some(t) if by.sees(&t.tenant) => Ok(t),
+            _ => Err(TaskError::NotFound(format!("no task {id}"))),
+        }
+    }
+
+    /// Tasks `by` may see, optionally in one state.
+    pub async fn list(
+        &self,
+        state: Option<TaskState>,
+        by: &Requester,
+    ) -> Result<Vec<TaskRecord>, TaskError> {
+        let mut tasks = self.ds.list_tasks(state).await?;
+        tasks.retain(|t| by.sees(&t.tenant));
+        Ok(tasks)
     }
 
     /// Approves a pending task. The approver is an operator who is neither the requester
     /// nor the Unix user that asked for it (by uid or by name), and the policy is asked
     /// again with the approver known.
-    pub async fn approve(&self, id: &TaskId, approver: &UnixUser) -> Result<TaskRecord, TaskError> {
-        let current = self.get(id).await?;
+    pub async fn approve(&self, id: &TaskId, by: &Operator) -> Result<TaskRecord, TaskError> {
+        let approver = &by.user;
+        let current = self.get_for(id, &Requester::User(by.clone())).await?;
         if current.state != TaskState::PendingApproval {
             return Err(TaskError::WrongState(format!(
                 "task {id} is {}, not pending approval",
@@ -464,6 +552,7 @@ impl Tasks {
             ),
             activated_event(&task),
         ];
+        let audit = stamped(audit.to_vec(), &by.principal(), &task.tenant);
         if !self
             .ds
             .update_task(&task, &[TaskState::PendingApproval], &audit)
@@ -487,7 +576,7 @@ impl Tasks {
         by: &Requester,
     ) -> Result<TaskRecord, TaskError> {
         check_reason(reason)?;
-        let current = self.get(id).await?;
+        let current = self.get_for(id, by).await?;
         if let Requester::Workload { spiffe_id, .. } = by
             && current.requester != spiffe_id.as_str()
         {
@@ -525,6 +614,7 @@ impl Tasks {
                 spiffe_id: e.spiffe_id,
                 agent: agent.clone(),
                 unix,
+                tenant: e.governance.tenant,
             }),
             _ => Err(TaskError::Forbidden(
                 "the caller has no standing identity on this agent".into(),
@@ -622,6 +712,7 @@ impl Tasks {
                 json!({ "entry_id": task.entry_id, "by": "task end" }),
             ));
         }
+        let audit = stamped(audit, by, &task.tenant);
         if !self.ds.update_task(&task, &[current.state], &audit).await? {
             return Ok(None);
         }
@@ -644,9 +735,15 @@ impl Tasks {
         Ok(Some(task))
     }
 
-    /// Deletes an entry; a just-in-time entry's open task ends with it (revoked).
-    pub async fn delete_entry(&self, id: &EntryId) -> Result<RegistrationEntry, TaskError> {
-        let entry = self.registrar.delete(id).await?;
+    /// Deletes an entry `by` may see; a just-in-time entry's open task ends with it
+    /// (revoked).
+    pub async fn delete_entry(
+        &self,
+        id: &EntryId,
+        by: &Operator,
+    ) -> Result<RegistrationEntry, TaskError> {
+        self.registrar.get(id, by).await?;
+        let entry = self.registrar.delete(id, &by.principal()).await?;
         if entry.jit {
             self.entry_deleted(&entry.id).await?;
         }
@@ -867,6 +964,14 @@ fn grant(t: &TaskRecord) -> TaskGrant {
         task_id: t.id.clone(),
         deadline: t.deadline,
     }
+}
+
+/// `events`, each naming `actor` and `tenant`.
+fn stamped(events: Vec<AuditEvent>, actor: &str, tenant: &str) -> Vec<AuditEvent> {
+    events
+        .into_iter()
+        .map(|e| e.by(actor).in_tenant(tenant))
+        .collect()
 }
 
 fn activated_event(t: &TaskRecord) -> AuditEvent {

@@ -230,6 +230,8 @@ pub async fn run_api(command: Command) -> anyhow::Result<()> {
                             ttl_seconds: ttl
                                 .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
                             requester_spiffe_id: requester.unwrap_or_default(),
+                            // A workload's provisioned entry goes to its own tenant.
+                            tenant: String::new(),
                         }))
                         .await
                         .map_err(|s| begin_refused(s, named_requester))?

@@ -1,7 +1,11 @@
 //! The admin API, served on a local Unix socket (mode 0600) and used by the CLI.
 //!
-//! Besides the socket's file mode, every call checks the caller's kernel-reported uid:
-//! only root and the server's own user may administer it.
+//! Besides the socket's file mode, every call checks the caller's kernel-reported
+//! credentials: root, the server's own user and members of the admin group are platform
+//! operators (every tenant, and the platform itself); anyone else acts only for the
+//! tenants that name them as admins, and is refused when none does. A tenant admin's view
+//! leaves other tenants' objects out, and asking for one by id answers exactly like a
+//! missing one.
 
 use std::sync::Arc;
 
@@ -20,6 +24,10 @@ use common::proto::tessera::{
     EndTaskRequest, ListTasksRequest, ListTasksResponse, PolicyDecision, PolicyStatus,
     ReloadPolicyRequest, Task, TaskIdRequest, TaskSpec,
 };
+use common::proto::tessera::{
+    ListTenantsRequest, ListTenantsResponse, Tenant as WireTenant,
+    TenantDomain as WireTenantDomain, TenantDomainRequest, TenantNameRequest, TenantSpec,
+};
 use common::{BundleCell, TaskId};
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
@@ -27,12 +35,15 @@ use tonic::{Request, Response, Status};
 use super::wire;
 use crate::audit::anchor::{AnchorFiles, AnchoredReport, PublicKey, verify_anchored};
 use crate::bundle::BundlePublisher;
+use crate::datastore::TenantRecord;
 use crate::datastore::{Datastore, UnixUser};
 use crate::node_attestation::NodeAttestor;
 use crate::readiness::Readiness;
 use crate::registration::Registrar;
 use crate::server_identity::ServerIdentity;
 use crate::tasks::{Requester, Tasks};
+use crate::tenants::domains::TenantDomains;
+use crate::tenants::{Operator, Scope};
 
 /// The admin API service.
 #[derive(Debug, Clone)]
@@ -49,11 +60,14 @@ pub(crate) struct AdminService {
     pub(crate) admin_gid: Option<u32>,
     /// The signed checkpoints `VerifyAudit` checks the log against.
     pub(crate) audit_anchor: AnchorFiles,
+    /// Tenants' DNS domains: claims, verification through DNS.
+    pub(crate) domains: Arc<TenantDomains>,
 }
 
-/// The operator calling: root, the server's own user, or a member of the admin group.
-/// Returns their Unix user: uid and name (`uid:N` if the uid has no name).
-fn operator<T>(req: &Request<T>, admin_gid: Option<u32>) -> Result<UnixUser, Status> {
+/// The caller's Unix user (uid and name, `uid:N` if the uid has none), primary gid, and
+/// whether they are a platform operator: root, the server's own user, or a member of the
+/// admin group.
+fn peer<T>(req: &Request<T>, admin_gid: Option<u32>) -> Result<(UnixUser, u32, bool), Status> {
     let cred = req
         .extensions()
         .get::<UdsConnectInfo>()
@@ -69,30 +83,56 @@ fn operator<T>(req: &Request<T>, admin_gid: Option<u32>) -> Result<UnixUser, Sta
                 .flatten()
                 .is_some_and(|grp| grp.mem.contains(&name))
     });
-    if uid == 0 || uid == me || in_group {
-        Ok(UnixUser { uid, name })
-    } else {
-        tracing::warn!(uid, "admin call refused for uid");
-        Err(Status::permission_denied(
-            "admin API is restricted to root, the server's user and the admin group",
-        ))
-    }
+    Ok((
+        UnixUser { uid, name },
+        gid,
+        uid == 0 || uid == me || in_group,
+    ))
 }
 
 impl AdminService {
-    fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        operator(req, self.admin_gid).map(|_| ())
+    /// The operator calling, with the tenants they act for; refused when they are neither
+    /// a platform operator nor any tenant's admin.
+    async fn operator<T>(&self, req: &Request<T>) -> Result<Operator, Status> {
+        let (user, gid, platform) = peer(req, self.admin_gid)?;
+        let scope = self
+            .registrar
+            .tenants()
+            .scope_of(&user, gid, platform)
+            .await?;
+        if matches!(&scope, Scope::Tenants(t) if t.is_empty()) {
+            tracing::warn!(uid = user.uid, "admin call refused for uid");
+            return Err(Status::permission_denied(
+                "admin API is restricted to root, the server's user, the admin group and \
+                 tenant admins",
+            ));
+        }
+        Ok(Operator { user, scope })
     }
 
-    fn caller<T>(&self, req: &Request<T>) -> Result<Requester, Status> {
-        operator(req, self.admin_gid).map(Requester::User)
+    /// A platform operator, or refused.
+    async fn platform<T>(&self, req: &Request<T>, what: &'static str) -> Result<Operator, Status> {
+        let op = self.operator(req).await?;
+        op.require_platform(what)?;
+        Ok(op)
+    }
+
+    async fn caller<T>(&self, req: &Request<T>) -> Result<Requester, Status> {
+        self.operator(req).await.map(Requester::User)
+    }
+
+    /// The wire form of a tenant, with its domains and counts.
+    async fn wire_tenant(&self, t: &TenantRecord) -> Result<WireTenant, Status> {
+        let domains = self.ds.list_domains(Some(&t.name)).await?;
+        let counts = self.ds.tenant_counts(&t.name).await?;
+        Ok(wire::tenant(t, &domains, counts))
     }
 }
 
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn create_task(&self, req: Request<TaskSpec>) -> Result<Response<Task>, Status> {
-        let who = self.caller(&req)?;
+        let who = self.caller(&req).await?;
         let t = self
             .tasks
             .create(&who, &wire::task_request(req.get_ref())?)
@@ -101,8 +141,8 @@ impl Admin for AdminService {
     }
 
     async fn get_task(&self, req: Request<TaskIdRequest>) -> Result<Response<Task>, Status> {
-        self.authorize(&req)?;
-        let t = self.tasks.get(&req.get_ref().id.parse()?).await?;
+        let who = self.caller(&req).await?;
+        let t = self.tasks.get_for(&req.get_ref().id.parse()?, &who).await?;
         Ok(Response::new(wire::task(&t)))
     }
 
@@ -110,27 +150,27 @@ impl Admin for AdminService {
         &self,
         req: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
-        self.authorize(&req)?;
+        let who = self.caller(&req).await?;
         let state = match req.get_ref().state.as_str() {
             "" => None,
             s => Some(s.parse().map_err(|e: common::task::UnknownTaskState| {
                 Status::invalid_argument(e.to_string())
             })?),
         };
-        let tasks = self.tasks.list(state).await?;
+        let tasks = self.tasks.list(state, &who).await?;
         Ok(Response::new(ListTasksResponse {
             tasks: tasks.iter().map(wire::task).collect(),
         }))
     }
 
     async fn approve_task(&self, req: Request<TaskIdRequest>) -> Result<Response<Task>, Status> {
-        let who = operator(&req, self.admin_gid)?;
+        let who = self.operator(&req).await?;
         let t = self.tasks.approve(&req.get_ref().id.parse()?, &who).await?;
         Ok(Response::new(wire::task(&t)))
     }
 
     async fn end_task(&self, req: Request<EndTaskRequest>) -> Result<Response<Task>, Status> {
-        let who = self.caller(&req)?;
+        let who = self.caller(&req).await?;
         let r = req.into_inner();
         let t = self
             .tasks
@@ -143,7 +183,7 @@ impl Admin for AdminService {
         &self,
         req: Request<TaskSpec>,
     ) -> Result<Response<PolicyDecision>, Status> {
-        let who = self.caller(&req)?;
+        let who = self.caller(&req).await?;
         let d = self
             .tasks
             .explain(&who, &wire::task_request(req.get_ref())?)
@@ -155,7 +195,7 @@ impl Admin for AdminService {
         &self,
         req: Request<ReloadPolicyRequest>,
     ) -> Result<Response<PolicyStatus>, Status> {
-        let who = self.caller(&req)?;
+        let who = Requester::User(self.platform(&req, "reloading the policy").await?);
         let (description, n) = self.tasks.reload_policy(&who).await?;
         Ok(Response::new(PolicyStatus {
             description,
@@ -167,7 +207,7 @@ impl Admin for AdminService {
         &self,
         req: Request<CreateJoinTokenRequest>,
     ) -> Result<Response<CreateJoinTokenResponse>, Status> {
-        self.authorize(&req)?;
+        self.platform(&req, "creating join tokens").await?;
         let r = req.into_inner();
         let (token, id, expires_at) = self
             .attestor
@@ -181,10 +221,10 @@ impl Admin for AdminService {
     }
 
     async fn create_entry(&self, req: Request<EntrySpec>) -> Result<Response<Entry>, Status> {
-        self.authorize(&req)?;
+        let who = self.operator(&req).await?;
         let e = self
             .registrar
-            .create(&wire::entry_request(req.get_ref())?)
+            .create(&wire::entry_request(req.get_ref())?, &who)
             .await?;
         Ok(Response::new((&e).into()))
     }
@@ -193,27 +233,30 @@ impl Admin for AdminService {
         &self,
         req: Request<UpdateEntryRequest>,
     ) -> Result<Response<Entry>, Status> {
-        self.authorize(&req)?;
+        let who = self.operator(&req).await?;
         let r = req.into_inner();
         let spec = r
             .spec
             .ok_or_else(|| Status::invalid_argument("spec is required"))?;
         let e = self
             .registrar
-            .update(&r.id.parse()?, &wire::entry_request(&spec)?)
+            .update(&r.id.parse()?, &wire::entry_request(&spec)?, &who)
             .await?;
         Ok(Response::new((&e).into()))
     }
 
     async fn delete_entry(&self, req: Request<EntryIdRequest>) -> Result<Response<Entry>, Status> {
-        self.authorize(&req)?;
-        let e = self.tasks.delete_entry(&req.get_ref().id.parse()?).await?;
+        let who = self.operator(&req).await?;
+        let e = self
+            .tasks
+            .delete_entry(&req.get_ref().id.parse()?, &who)
+            .await?;
         Ok(Response::new((&e).into()))
     }
 
     async fn get_entry(&self, req: Request<EntryIdRequest>) -> Result<Response<Entry>, Status> {
-        self.authorize(&req)?;
-        let e = self.registrar.get(&req.get_ref().id.parse()?).await?;
+        let who = self.operator(&req).await?;
+        let e = self.registrar.get(&req.get_ref().id.parse()?, &who).await?;
         Ok(Response::new((&e).into()))
     }
 
@@ -221,9 +264,12 @@ impl Admin for AdminService {
         &self,
         req: Request<ListEntriesRequest>,
     ) -> Result<Response<ListEntriesResponse>, Status> {
-        self.authorize(&req)?;
+        let who = self.operator(&req).await?;
         let r = req.get_ref();
-        let entries = self.registrar.list(&r.spiffe_id, &r.parent_id).await?;
+        let entries = self
+            .registrar
+            .list(&r.spiffe_id, &r.parent_id, &r.tenant, &who)
+            .await?;
         Ok(Response::new(ListEntriesResponse {
             entries: entries.iter().map(Into::into).collect(),
         }))
@@ -233,7 +279,9 @@ impl Admin for AdminService {
         &self,
         req: Request<ListAgentsRequest>,
     ) -> Result<Response<ListAgentsResponse>, Status> {
-        self.authorize(&req)?;
+        // Agents are the platform's, not a tenant's; tenant admins may list them to name
+        // parents of their entries.
+        self.operator(&req).await?;
         let agents = self.attestor.list().await?;
         Ok(Response::new(ListAgentsResponse {
             agents: agents.iter().map(wire::agent).collect(),
@@ -241,13 +289,13 @@ impl Admin for AdminService {
     }
 
     async fn evict_agent(&self, req: Request<AgentIdRequest>) -> Result<Response<Agent>, Status> {
-        self.authorize(&req)?;
+        self.platform(&req, "evicting agents").await?;
         let a = self.attestor.evict(&req.get_ref().spiffe_id).await?;
         Ok(Response::new(wire::agent(&a)))
     }
 
     async fn ban_agent(&self, req: Request<AgentIdRequest>) -> Result<Response<Agent>, Status> {
-        self.authorize(&req)?;
+        self.platform(&req, "banning agents").await?;
         let a = self.attestor.ban(&req.get_ref().spiffe_id).await?;
         Ok(Response::new(wire::agent(&a)))
     }
@@ -256,7 +304,7 @@ impl Admin for AdminService {
         &self,
         req: Request<GetBundleRequest>,
     ) -> Result<Response<WireBundle>, Status> {
-        self.authorize(&req)?;
+        self.operator(&req).await?;
         let b = self.bundle.get();
         Ok(Response::new((&*b).into()))
     }
@@ -265,7 +313,7 @@ impl Admin for AdminService {
         &self,
         req: Request<HealthRequest>,
     ) -> Result<Response<HealthResponse>, Status> {
-        self.authorize(&req)?;
+        self.operator(&req).await?;
         Ok(Response::new(wire::health(self.readiness.check().await)))
     }
 
@@ -273,7 +321,7 @@ impl Admin for AdminService {
         &self,
         req: Request<ListCasRequest>,
     ) -> Result<Response<ListCasResponse>, Status> {
-        self.authorize(&req)?;
+        self.platform(&req, "listing CAs").await?;
         Ok(Response::new(wire::cas(&self.publisher.ca.list())))
     }
 
@@ -281,7 +329,7 @@ impl Admin for AdminService {
         &self,
         req: Request<RotateCaRequest>,
     ) -> Result<Response<ListCasResponse>, Status> {
-        self.authorize(&req)?;
+        self.platform(&req, "rotating the CA").await?;
         self.publisher
             .rotate_ca_now(&*self.ds, &self.identity)
             .await?;
@@ -295,12 +343,23 @@ impl Admin for AdminService {
         &self,
         req: Request<ListAuditRequest>,
     ) -> Result<Response<Self::ListAuditStream>, Status> {
-        self.authorize(&req)?;
-        let task: Option<TaskId> = match req.get_ref().task_id.as_str() {
+        let who = self.operator(&req).await?;
+        let r = req.get_ref();
+        let task: Option<TaskId> = match r.task_id.as_str() {
             "" => None,
             id => Some(id.parse()?),
         };
-        let records = self.ds.list_audit(task.as_ref()).await?;
+        let tenant = (!r.tenant.is_empty()).then_some(r.tenant.as_str());
+        if let Some(t) = tenant
+            && !who.sees(t)
+        {
+            return Err(crate::tenants::TenantError::NotFound(t.to_owned()).into());
+        }
+        let mut records = self.ds.list_audit(task.as_ref(), tenant).await?;
+        // A tenant admin sees its tenants' records only (platform records name no tenant).
+        records.retain(|r| {
+            r.event.tenant.as_deref().is_some_and(|t| who.sees(t)) || who.is_platform()
+        });
         let items: Vec<Result<WireAuditRecord, Status>> =
             records.iter().map(|r| Ok(wire::audit_record(r))).collect();
         Ok(Response::new(Box::pin(futures::stream::iter(items))))
@@ -310,7 +369,7 @@ impl Admin for AdminService {
         &self,
         req: Request<VerifyAuditRequest>,
     ) -> Result<Response<VerifyAuditResponse>, Status> {
-        self.authorize(&req)?;
+        self.platform(&req, "verifying the whole audit log").await?;
         // The checkpoints first: one written after the log is read covers records the log
         // read does not hold, and would look like a deletion.
         let files = &self.audit_anchor;
@@ -318,7 +377,7 @@ impl Admin for AdminService {
             .await
             .map_err(|e| format!("{}: {e}", files.checkpoints.display()));
         let key = PublicKey::read(&files.public_key);
-        let log = self.ds.list_audit(None).await?;
+        let log = self.ds.list_audit(None, None).await?;
         let (report, unreadable) = match (checkpoints, key) {
             (Ok(text), Ok(key)) => (verify_anchored(&log, &text, &key), None),
             (Err(e), _) | (_, Err(e)) => (AnchoredReport::chain_only(&log), Some(e)),
@@ -340,5 +399,108 @@ impl Admin for AdminService {
             anchored: report.anchored,
         };
         Ok(Response::new(resp))
+    }
+
+    async fn create_tenant(
+        &self,
+        req: Request<TenantSpec>,
+    ) -> Result<Response<WireTenant>, Status> {
+        let who = self.operator(&req).await?;
+        let t = self
+            .registrar
+            .tenants()
+            .create(&who, &wire::tenant_request(req.get_ref())?)
+            .await?;
+        Ok(Response::new(self.wire_tenant(&t).await?))
+    }
+
+    async fn update_tenant(
+        &self,
+        req: Request<TenantSpec>,
+    ) -> Result<Response<WireTenant>, Status> {
+        let who = self.operator(&req).await?;
+        let t = self
+            .registrar
+            .tenants()
+            .update(&who, &wire::tenant_request(req.get_ref())?)
+            .await?;
+        Ok(Response::new(self.wire_tenant(&t).await?))
+    }
+
+    async fn delete_tenant(
+        &self,
+        req: Request<TenantNameRequest>,
+    ) -> Result<Response<WireTenant>, Status> {
+        let who = self.operator(&req).await?;
+        let t = self
+            .registrar
+            .tenants()
+            .delete(&who, &req.get_ref().name)
+            .await?;
+        Ok(Response::new(wire::tenant(&t, &[], (0, 0))))
+    }
+
+    async fn get_tenant(
+        &self,
+        req: Request<TenantNameRequest>,
+    ) -> Result<Response<WireTenant>, Status> {
+        let who = self.operator(&req).await?;
+        let t = self
+            .registrar
+            .tenants()
+            .get(&who, &req.get_ref().name)
+            .await?;
+        Ok(Response::new(self.wire_tenant(&t).await?))
+    }
+
+    async fn list_tenants(
+        &self,
+        req: Request<ListTenantsRequest>,
+    ) -> Result<Response<ListTenantsResponse>, Status> {
+        let who = self.operator(&req).await?;
+        let mut tenants = Vec::new();
+        for t in self.registrar.tenants().list(&who).await? {
+            tenants.push(self.wire_tenant(&t).await?);
+        }
+        Ok(Response::new(ListTenantsResponse { tenants }))
+    }
+
+    async fn add_tenant_domain(
+        &self,
+        req: Request<TenantDomainRequest>,
+    ) -> Result<Response<WireTenantDomain>, Status> {
+        let who = self.operator(&req).await?;
+        let r = req.get_ref();
+        let d = self.domains.add(&who, &r.tenant, &r.domain).await?;
+        Ok(Response::new(wire::domain(&d)))
+    }
+
+    async fn verify_tenant_domain(
+        &self,
+        req: Request<TenantDomainRequest>,
+    ) -> Result<Response<WireTenantDomain>, Status> {
+        let who = self.operator(&req).await?;
+        let r = req.get_ref();
+        let d = self.domains.verify(&who, &r.tenant, &r.domain).await?;
+        Ok(Response::new(wire::domain(&d)))
+    }
+
+    async fn remove_tenant_domain(
+        &self,
+        req: Request<TenantDomainRequest>,
+    ) -> Result<Response<WireTenantDomain>, Status> {
+        let who = self.operator(&req).await?;
+        let r = req.get_ref();
+        let d = self.domains.remove(&who, &r.tenant, &r.domain).await?;
+        Ok(Response::new(wire::domain(&d)))
+    }
+
+    async fn certify_entry(&self, req: Request<EntryIdRequest>) -> Result<Response<Entry>, Status> {
+        let who = self.operator(&req).await?;
+        let e = self
+            .registrar
+            .certify(&req.get_ref().id.parse()?, &who)
+            .await?;
+        Ok(Response::new((&e).into()))
     }
 }

@@ -60,7 +60,13 @@ impl NodeService {
         let entries = self.ds.list_entries(&filter).await?;
         Ok(SyncUpdate {
             update: Some(sync_update::Update::Snapshot(SyncSnapshot {
-                entries: entries.iter().map(|e| self.wire_entry(e)).collect(),
+                // A disabled entry (expired, review lapsed, owner offboarded) is not issued
+                // anywhere: agents never hear of it.
+                entries: entries
+                    .iter()
+                    .filter(|e| e.governance.disabled.is_none())
+                    .map(|e| self.wire_entry(e))
+                    .collect(),
                 bundle: Some(self.wire_bundle()),
                 revocations: Some(wire::revocations(&self.tasks.revocations())),
             })),
@@ -83,6 +89,11 @@ impl NodeService {
             ChangeEvent::BundleChanged => sync_update::Update::Bundle(self.wire_bundle()),
             ChangeEvent::RevocationsChanged => {
                 sync_update::Update::Revocations(wire::revocations(&self.tasks.revocations()))
+            }
+            ChangeEvent::EntryUpserted { entry, .. }
+                if &entry.parent_id == agent && entry.governance.disabled.is_some() =>
+            {
+                sync_update::Update::EntryDeleted(entry.id.to_string())
             }
             ChangeEvent::EntryUpserted { entry, .. } if &entry.parent_id == agent => {
                 sync_update::Update::EntryUpserted(self.wire_entry(entry))

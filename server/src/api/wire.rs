@@ -11,11 +11,12 @@ use tonic::Status;
 use crate::audit::AuditRecord;
 use crate::ca::rotation::CaInfo;
 use crate::clock::unix_seconds;
-use crate::datastore::{AgentRecord, TaskRecord, UnixUser};
+use crate::datastore::{AgentRecord, DomainRecord, TaskRecord, TenantRecord, UnixUser};
 use crate::issuance::X509Outcome;
 use crate::policy::Decision;
 use crate::registration::{EntryRequest, RegistrationError};
 use crate::tasks::{RevocationSet, TaskRequest, TaskTarget};
+use crate::tenants::TenantRequest;
 
 /// `secs` as an optional lifetime: 0 is "unset", negative is refused as `field`'s error.
 fn ttl(field: &'static str, secs: i64) -> Result<Option<std::time::Duration>, RegistrationError> {
@@ -37,7 +38,79 @@ pub(crate) fn entry_request(spec: &wire::EntrySpec) -> Result<EntryRequest, Regi
         dns_names: spec.dns_names.clone(),
         jit: spec.jit,
         hint: spec.hint.clone(),
+        tenant: spec.tenant.clone(),
+        owner: spec.owner.clone(),
+        expires_at: (spec.expires_at != 0).then_some(spec.expires_at),
+        review_every: ttl("review_every", spec.review_every_seconds)?,
     })
+}
+
+/// A tenant spec as a tenant request (0 stands for "no limit" / "none").
+pub(crate) fn tenant_request(spec: &wire::TenantSpec) -> Result<TenantRequest, Status> {
+    let limit = |what: &str, v: i64| match v {
+        0 => Ok(None),
+        n if n > 0 => Ok(Some(n)),
+        _ => Err(Status::invalid_argument(format!(
+            "{what} must not be negative"
+        ))),
+    };
+    Ok(TenantRequest {
+        name: spec.name.clone(),
+        path_prefixes: spec.path_prefixes.clone(),
+        admin_users: spec.admin_users.clone(),
+        admin_groups: spec.admin_groups.clone(),
+        max_entries: limit("max_entries", spec.max_entries)?,
+        max_open_tasks: limit("max_open_tasks", spec.max_open_tasks)?,
+        review_every: match u64::try_from(spec.review_every_seconds) {
+            Ok(0) => None,
+            Ok(s) => Some(std::time::Duration::from_secs(s)),
+            Err(_) => {
+                return Err(Status::invalid_argument(
+                    "review_every must not be negative",
+                ));
+            }
+        },
+    })
+}
+
+/// The wire form of a tenant, with its domains and what it owns.
+pub(crate) fn tenant(
+    t: &TenantRecord,
+    domains: &[DomainRecord],
+    (entries, open_tasks): (i64, i64),
+) -> wire::Tenant {
+    wire::Tenant {
+        name: t.name.clone(),
+        path_prefixes: t.path_prefixes.clone(),
+        admin_users: t.admin_users.clone(),
+        admin_groups: t.admin_groups.clone(),
+        max_entries: t.max_entries.unwrap_or(0),
+        max_open_tasks: t.max_open_tasks.unwrap_or(0),
+        review_every_seconds: t
+            .review_every
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+        created_at: t.created_at,
+        revision: t.revision,
+        domains: domains.iter().map(domain).collect(),
+        entries,
+        open_tasks,
+    }
+}
+
+/// The wire form of a claimed domain.
+pub(crate) fn domain(d: &DomainRecord) -> wire::TenantDomain {
+    wire::TenantDomain {
+        tenant: d.tenant.clone(),
+        domain: d.domain.clone(),
+        challenge: d.challenge.clone(),
+        record_name: format!("_tessera-challenge.{}", d.domain),
+        added_at: d.added_at,
+        verified_at: d.verified_at.unwrap_or(0),
+        checked_at: d.checked_at.unwrap_or(0),
+        failing_since: d.failing_since.unwrap_or(0),
+        last_error: d.last_error.clone().unwrap_or_default(),
+        verified: d.is_verified(),
+    }
 }
 
 fn spiffe_id(field: &str, raw: &str) -> Result<SpiffeId, Status> {
@@ -56,6 +129,7 @@ pub(crate) fn task_request(spec: &wire::TaskSpec) -> Result<TaskRequest, Status>
             spiffe_id: spec.spiffe_id.clone(),
             parent_id: spec.parent_id.clone(),
             selectors: spec.selectors.clone(),
+            tenant: spec.tenant.clone(),
         }
     } else if !spec.entry_id.is_empty() {
         TaskTarget::Entry(spec.entry_id.parse()?)
@@ -126,6 +200,7 @@ pub(crate) fn task(t: &TaskRecord) -> wire::Task {
             .map(|u| u.name.clone())
             .unwrap_or_default(),
         approver_uid: t.approver_uid,
+        tenant: t.tenant.clone(),
     }
 }
 
@@ -212,6 +287,8 @@ pub(crate) fn audit_record(r: &AuditRecord) -> wire::AuditRecord {
         detail_json: r.event.detail.to_string(),
         prev_hash: r.prev_hash.clone(),
         hash: r.hash.clone(),
+        actor: r.event.actor.clone().unwrap_or_default(),
+        tenant: r.event.tenant.clone().unwrap_or_default(),
     }
 }
 

@@ -104,6 +104,16 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminOpts,
     },
+    /// Tenants: organisations inside the trust domain, their path prefixes, domains and
+    /// admins.
+    Tenant {
+        /// Tenant command.
+        #[command(subcommand)]
+        command: TenantCommand,
+        /// Admin connection options.
+        #[command(flatten)]
+        admin: AdminOpts,
+    },
     /// The Cedar policies that decide tasks.
     Policy {
         /// Policy command.
@@ -134,6 +144,7 @@ impl Command {
             | Self::Ca { admin, .. }
             | Self::Audit { admin, .. }
             | Self::Task { admin, .. }
+            | Self::Tenant { admin, .. }
             | Self::Policy { admin, .. }
             | Self::Healthcheck { admin } => admin.output,
         }
@@ -201,11 +212,48 @@ pub struct EntryFields {
     /// Hint passed to workloads to tell identities apart.
     #[arg(long)]
     pub hint: Option<String>,
+    /// Tenant the entry belongs to (default: the one you administer; for platform
+    /// operators, the tenant owning the SPIFFE ID's path). On update: unchanged.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Who answers for it: user:NAME or a SPIFFE ID (default: you; on update: unchanged).
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// When it stops being issued: RFC 3339 (2027-01-31T00:00:00Z) or Unix seconds.
+    #[arg(long, value_parser = parse_time, conflicts_with = "expires_in")]
+    pub expires_at: Option<i64>,
+    /// When it stops being issued, from now, e.g. 90d, 12h.
+    #[arg(long, value_parser = parse_duration)]
+    pub expires_in: Option<Duration>,
+    /// Its owner must re-certify it (`entry certify`) within this period, e.g. 90d, or it
+    /// is disabled (default: the tenant's).
+    #[arg(long, value_parser = parse_duration)]
+    pub review_every: Option<Duration>,
+}
+
+/// A point in time given as RFC 3339 or Unix seconds.
+pub(super) fn parse_time(s: &str) -> Result<i64, String> {
+    if let Ok(n) = s.parse::<i64>() {
+        return Ok(n);
+    }
+    common::duration::parse_rfc3339(s).map_err(|e| format!("{e} (or Unix seconds)"))
 }
 
 impl From<EntryFields> for EntrySpec {
     fn from(f: EntryFields) -> Self {
+        let expires_at = f.expires_at.or_else(|| {
+            f.expires_in.map(|d| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, seconds);
+                now.saturating_add(seconds(d))
+            })
+        });
         Self {
+            tenant: f.tenant.unwrap_or_default(),
+            owner: f.owner.unwrap_or_default(),
+            expires_at: expires_at.unwrap_or(0),
+            review_every_seconds: f.review_every.map_or(0, seconds),
             spiffe_id: f.spiffe_id,
             parent_id: f.parent_id,
             selectors: f.selectors,
@@ -241,6 +289,9 @@ pub enum EntryCommand {
         /// Only entries with this parent ID.
         #[arg(long)]
         parent_id: Option<String>,
+        /// Only entries of this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
     },
     /// Replace an entry's fields.
     Update {
@@ -257,6 +308,92 @@ pub enum EntryCommand {
         #[arg(long)]
         entry_id: String,
     },
+    /// Re-certify an entry (its owner confirms it is still needed): its review period
+    /// starts again; an entry disabled because its review lapsed is enabled again.
+    Certify {
+        /// The entry.
+        #[arg(long)]
+        entry_id: String,
+    },
+}
+
+/// A tenant's settings, for create and update (on update, what is not given stays).
+#[derive(Debug, Args)]
+pub struct TenantFields {
+    /// The tenant's name (a DNS label, e.g. acme).
+    #[arg(long)]
+    pub name: String,
+    /// SPIFFE ID path prefix it owns (repeatable; whole segments). Default on create:
+    /// /<name>.
+    #[arg(long = "path-prefix")]
+    pub path_prefixes: Vec<String>,
+    /// Unix user who administers it on the admin socket (repeatable).
+    #[arg(long = "admin-user")]
+    pub admin_users: Vec<String>,
+    /// Unix group whose members administer it (repeatable).
+    #[arg(long = "admin-group")]
+    pub admin_groups: Vec<String>,
+    /// At most this many entries (0: no limit).
+    #[arg(long)]
+    pub max_entries: Option<i64>,
+    /// At most this many open tasks (0: no limit).
+    #[arg(long)]
+    pub max_open_tasks: Option<i64>,
+    /// Default review period of its entries, e.g. 90d (0: none).
+    #[arg(long, value_parser = parse_duration)]
+    pub review_every: Option<Duration>,
+}
+
+/// Tenant commands.
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant (platform operators).
+    Create(TenantFields),
+    /// List the tenants you may see.
+    List,
+    /// Show one tenant, with its domains and what it owns.
+    Show {
+        /// The tenant.
+        #[arg(long)]
+        name: String,
+    },
+    /// Change a tenant's settings (platform operators); lists given replace the current
+    /// ones, settings not given stay.
+    Update(TenantFields),
+    /// Delete a tenant (refused while it owns entries, tasks or domains).
+    Delete {
+        /// The tenant.
+        #[arg(long)]
+        name: String,
+    },
+    /// DNS domains: claim one, verify it through DNS, give it up.
+    Domain {
+        /// Domain command.
+        #[command(subcommand)]
+        command: DomainCommand,
+    },
+}
+
+/// Domain commands.
+#[derive(Debug, Subcommand)]
+pub enum DomainCommand {
+    /// Claim a domain for a tenant: prints the TXT record to publish.
+    Add(DomainArgs),
+    /// Look the TXT record up; the domain is verified only when it holds the challenge.
+    Verify(DomainArgs),
+    /// Give a domain up: names under it are no longer issued.
+    Remove(DomainArgs),
+}
+
+/// A tenant's domain.
+#[derive(Debug, Args)]
+pub struct DomainArgs {
+    /// The tenant.
+    #[arg(long)]
+    pub tenant: String,
+    /// The domain, e.g. example.com (lowercase, no trailing dot).
+    #[arg(long)]
+    pub domain: String,
 }
 
 /// Agent commands.
@@ -286,6 +423,9 @@ pub enum AuditCommand {
         /// Only the records of this task.
         #[arg(long)]
         task: Option<String>,
+        /// Only the records of this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
     },
     /// Recompute the hash chain and check it against the server's signed checkpoints;
     /// fails and names the first record that was edited, deleted, inserted or reordered,
@@ -326,6 +466,10 @@ pub struct TaskSpecArgs {
     /// Selectors of the temporary entry (with --provision), `type:value`.
     #[arg(long = "selector")]
     pub selectors: Vec<String>,
+    /// Tenant of the temporary entry (with --provision; default: the one you administer,
+    /// or for platform operators the tenant owning the SPIFFE ID's path).
+    #[arg(long, requires = "provision")]
+    pub tenant: Option<String>,
     /// Why the task exists.
     #[arg(long)]
     pub reason: Option<String>,
@@ -357,6 +501,7 @@ impl TaskSpecArgs {
             // 0 on the wire: the longest allowed.
             ttl_seconds: self.ttl.map_or(0, seconds),
             requester_spiffe_id: String::new(),
+            tenant: self.tenant.unwrap_or_default(),
         }
     }
 }

@@ -2,13 +2,15 @@
 //! prints the answer through [`super::output`].
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use common::proto::tessera::admin_client::AdminClient;
 use common::proto::tessera::{
     AgentIdRequest, CreateJoinTokenRequest, EntryIdRequest, EntrySpec, GetBundleRequest,
     HealthRequest, ListAgentsRequest, ListAuditRequest, ListCasRequest, ListEntriesRequest,
-    RotateCaRequest, UpdateEntryRequest, VerifyAuditRequest, VerifyAuditResponse,
+    ListTenantsRequest, RotateCaRequest, Tenant, TenantDomainRequest, TenantNameRequest,
+    TenantSpec, UpdateEntryRequest, VerifyAuditRequest, VerifyAuditResponse,
 };
 use daemon::cli_output::{self, Output, UsageError};
 use serde_json::json;
@@ -16,7 +18,8 @@ use tonic::transport::Channel;
 
 use super::args::{
     AdminOpts, AgentCommand, AuditCommand, BundleCommand, BundleFormat, CaCommand, Command,
-    EntryCommand, PolicyCommand, TaskCommand, TokenCommand,
+    DomainCommand, EntryCommand, PolicyCommand, TaskCommand, TenantCommand, TenantFields,
+    TokenCommand,
 };
 use super::output;
 
@@ -192,15 +195,25 @@ pub async fn run_admin(command: Command) -> anyhow::Result<()> {
                         .into_inner();
                     print(admin.output, output::entry_text(&e), output::entry_json(&e));
                 }
+                EntryCommand::Certify { entry_id } => {
+                    let e = c
+                        .certify_entry(EntryIdRequest { id: entry_id })
+                        .await
+                        .map_err(status)?
+                        .into_inner();
+                    print(admin.output, output::entry_text(&e), output::entry_json(&e));
+                }
                 EntryCommand::Show {
                     entry_id: None,
                     spiffe_id,
                     parent_id,
+                    tenant,
                 } => {
                     let list = c
                         .list_entries(ListEntriesRequest {
                             spiffe_id: spiffe_id.unwrap_or_default(),
                             parent_id: parent_id.unwrap_or_default(),
+                            tenant: tenant.unwrap_or_default(),
                         })
                         .await
                         .map_err(status)?
@@ -314,13 +327,14 @@ pub async fn run_admin(command: Command) -> anyhow::Result<()> {
             );
         }
         Command::Audit {
-            command: AuditCommand::Show { task },
+            command: AuditCommand::Show { task, tenant },
             admin,
         } => {
             let mut c = admin_client(&admin).await?;
             let mut stream = c
                 .list_audit(ListAuditRequest {
                     task_id: task.unwrap_or_default(),
+                    tenant: tenant.unwrap_or_default(),
                 })
                 .await
                 .map_err(status)?
@@ -375,6 +389,7 @@ pub async fn run_admin(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Task { command, admin } => run_task(command, &admin).await?,
+        Command::Tenant { command, admin } => run_tenant(command, &admin).await?,
         Command::Policy {
             command: PolicyCommand::Check { dir },
             admin,
@@ -420,6 +435,134 @@ pub async fn run_admin(command: Command) -> anyhow::Result<()> {
                 "Server is healthy.\n".into(),
                 json!({"healthy": true}),
             );
+        }
+    }
+    Ok(())
+}
+
+/// The wire spec of a tenant's settings: on create, what was given; on update, what was
+/// given over `current`.
+fn tenant_spec(f: TenantFields, current: Option<&Tenant>) -> TenantSpec {
+    let keep = |given: Vec<String>, cur: Option<&Vec<String>>| {
+        if given.is_empty() {
+            cur.cloned().unwrap_or_default()
+        } else {
+            given
+        }
+    };
+    let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    TenantSpec {
+        path_prefixes: keep(f.path_prefixes, current.map(|t| &t.path_prefixes)),
+        admin_users: keep(f.admin_users, current.map(|t| &t.admin_users)),
+        admin_groups: keep(f.admin_groups, current.map(|t| &t.admin_groups)),
+        max_entries: f
+            .max_entries
+            .unwrap_or_else(|| current.map_or(0, |t| t.max_entries)),
+        max_open_tasks: f
+            .max_open_tasks
+            .unwrap_or_else(|| current.map_or(0, |t| t.max_open_tasks)),
+        review_every_seconds: f
+            .review_every
+            .map_or_else(|| current.map_or(0, |t| t.review_every_seconds), secs),
+        name: f.name,
+    }
+}
+
+async fn run_tenant(command: TenantCommand, admin: &AdminOpts) -> anyhow::Result<()> {
+    let mut c = admin_client(admin).await?;
+    let out = admin.output;
+    match command {
+        TenantCommand::Create(fields) => {
+            let t = c
+                .create_tenant(tenant_spec(fields, None))
+                .await
+                .map_err(status)?
+                .into_inner();
+            print(out, output::tenant_text(&t), output::tenant_json(&t));
+        }
+        TenantCommand::Update(fields) => {
+            let current = c
+                .get_tenant(TenantNameRequest {
+                    name: fields.name.clone(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let t = c
+                .update_tenant(tenant_spec(fields, Some(&current)))
+                .await
+                .map_err(status)?
+                .into_inner();
+            print(out, output::tenant_text(&t), output::tenant_json(&t));
+        }
+        TenantCommand::Show { name } => {
+            let t = c
+                .get_tenant(TenantNameRequest { name })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print(out, output::tenant_text(&t), output::tenant_json(&t));
+        }
+        TenantCommand::List => {
+            let list = c
+                .list_tenants(ListTenantsRequest {})
+                .await
+                .map_err(status)?
+                .into_inner()
+                .tenants;
+            let text = format!(
+                "Found {} tenants\n{}",
+                list.len(),
+                list.iter()
+                    .map(|t| format!("\n{}", output::tenant_text(t)))
+                    .collect::<String>()
+            );
+            print(
+                out,
+                text,
+                json!({"tenants": list.iter().map(output::tenant_json).collect::<Vec<_>>()}),
+            );
+        }
+        TenantCommand::Delete { name } => {
+            let t = c
+                .delete_tenant(TenantNameRequest { name })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print(
+                out,
+                format!("Deleted tenant {}\n", t.name),
+                output::tenant_json(&t),
+            );
+        }
+        TenantCommand::Domain { command } => {
+            let (args, call) = match command {
+                DomainCommand::Add(a) => (a, 0),
+                DomainCommand::Verify(a) => (a, 1),
+                DomainCommand::Remove(a) => (a, 2),
+            };
+            let req = TenantDomainRequest {
+                tenant: args.tenant,
+                domain: args.domain,
+            };
+            let d = match call {
+                0 => c.add_tenant_domain(req).await,
+                1 => c.verify_tenant_domain(req).await,
+                _ => c.remove_tenant_domain(req).await,
+            }
+            .map_err(status)?
+            .into_inner();
+            let text = match call {
+                0 => format!(
+                    "{}\nPublish the TXT record above, then run `tessera-server tenant domain verify --tenant {} --domain {}`.\n",
+                    output::domain_text(&d),
+                    d.tenant,
+                    d.domain
+                ),
+                2 => format!("Removed domain {} from tenant {}\n", d.domain, d.tenant),
+                _ => output::domain_text(&d),
+            };
+            print(out, text, output::domain_json(&d));
         }
     }
     Ok(())

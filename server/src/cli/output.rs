@@ -4,7 +4,7 @@
 use anyhow::Context as _;
 use base64::Engine as _;
 use common::duration::{rfc3339, rfc3339_millis};
-use common::proto::tessera::{Agent, AuditRecord, CaInfo, Entry};
+use common::proto::tessera::{Agent, AuditRecord, CaInfo, Entry, Tenant, TenantDomain};
 use serde_json::json;
 
 /// An entry as JSON (times as Unix seconds, lifetimes in seconds).
@@ -21,6 +21,13 @@ pub(super) fn entry_json(e: &Entry) -> serde_json::Value {
         "hint": e.hint,
         "created_at": e.created_at,
         "revision": e.revision,
+        "tenant": e.tenant,
+        "owner": e.owner,
+        "expires_at": (e.expires_at != 0).then_some(e.expires_at),
+        "review_every": (e.review_every_seconds != 0).then_some(e.review_every_seconds),
+        "certified_at": (e.certified_at != 0).then_some(e.certified_at),
+        "disabled_at": (e.disabled_at != 0).then_some(e.disabled_at),
+        "disabled_reason": (e.disabled_at != 0).then_some(&e.disabled_reason),
     })
 }
 
@@ -47,7 +54,118 @@ pub(super) fn entry_text(e: &Entry) -> String {
     if !e.hint.is_empty() {
         s.push_str(&format!("Hint             : {}\n", e.hint));
     }
+    s.push_str(&format!("Tenant           : {}\n", e.tenant));
+    if !e.owner.is_empty() {
+        s.push_str(&format!("Owner            : {}\n", e.owner));
+    }
+    if e.expires_at != 0 {
+        s.push_str(&format!("Expires at       : {}\n", rfc3339(e.expires_at)));
+    }
+    if e.review_every_seconds != 0 {
+        s.push_str(&format!("Review every     : {}s\n", e.review_every_seconds));
+    }
+    if e.certified_at != 0 {
+        s.push_str(&format!("Certified at     : {}\n", rfc3339(e.certified_at)));
+    }
+    if e.disabled_at != 0 {
+        s.push_str(&format!(
+            "Disabled         : {} ({})\n",
+            rfc3339(e.disabled_at),
+            e.disabled_reason
+        ));
+    }
     s
+}
+
+/// A tenant as JSON.
+pub(super) fn tenant_json(t: &Tenant) -> serde_json::Value {
+    let opt = |v: i64| (v != 0).then_some(v);
+    json!({
+        "name": t.name,
+        "path_prefixes": t.path_prefixes,
+        "admin_users": t.admin_users,
+        "admin_groups": t.admin_groups,
+        "max_entries": opt(t.max_entries),
+        "max_open_tasks": opt(t.max_open_tasks),
+        "review_every": opt(t.review_every_seconds),
+        "created_at": t.created_at,
+        "revision": t.revision,
+        "entries": t.entries,
+        "open_tasks": t.open_tasks,
+        "domains": t.domains.iter().map(domain_json).collect::<Vec<_>>(),
+    })
+}
+
+/// A tenant as text.
+pub(super) fn tenant_text(t: &Tenant) -> String {
+    let limit = |v: i64| {
+        if v == 0 {
+            "none".to_owned()
+        } else {
+            v.to_string()
+        }
+    };
+    let mut s = format!(
+        "Tenant           : {}\nPath prefixes    : {}\nAdmin users      : {}\nAdmin groups     : {}\nMax entries      : {}\nMax open tasks   : {}\nEntries          : {}\nOpen tasks       : {}\n",
+        t.name,
+        t.path_prefixes.join(", "),
+        t.admin_users.join(", "),
+        t.admin_groups.join(", "),
+        limit(t.max_entries),
+        limit(t.max_open_tasks),
+        t.entries,
+        t.open_tasks,
+    );
+    if t.review_every_seconds != 0 {
+        s.push_str(&format!("Review every     : {}s\n", t.review_every_seconds));
+    }
+    for d in &t.domains {
+        s.push_str(&format!("Domain           : {}\n", domain_state(d)));
+    }
+    s
+}
+
+fn domain_state(d: &TenantDomain) -> String {
+    if d.verified {
+        format!("{} (verified {})", d.domain, rfc3339(d.verified_at))
+    } else if d.failing_since != 0 {
+        format!(
+            "{} (FAILING since {}: {})",
+            d.domain,
+            rfc3339(d.failing_since),
+            d.last_error
+        )
+    } else {
+        format!("{} (not verified)", d.domain)
+    }
+}
+
+/// A domain claim as JSON.
+pub(super) fn domain_json(d: &TenantDomain) -> serde_json::Value {
+    let opt = |v: i64| (v != 0).then_some(v);
+    json!({
+        "tenant": d.tenant,
+        "domain": d.domain,
+        "verified": d.verified,
+        "challenge": d.challenge,
+        "record_name": d.record_name,
+        "added_at": d.added_at,
+        "verified_at": opt(d.verified_at),
+        "checked_at": opt(d.checked_at),
+        "failing_since": opt(d.failing_since),
+        "last_error": (!d.last_error.is_empty()).then_some(&d.last_error),
+    })
+}
+
+/// A domain claim as text: what to publish, and its state.
+pub(super) fn domain_text(d: &TenantDomain) -> String {
+    format!(
+        "Domain           : {}\nTenant           : {}\nTXT record       : {}\nTXT value        : {}\n",
+        domain_state(d),
+        d.tenant,
+        d.record_name,
+        d.challenge
+    )
 }
 
 /// An agent as JSON (times as Unix seconds).
@@ -122,6 +240,8 @@ pub(super) fn audit_record(r: &AuditRecord) -> (String, serde_json::Value) {
         "detail": detail,
         "prev_hash": r.prev_hash,
         "hash": r.hash,
+        "actor": (!r.actor.is_empty()).then_some(&r.actor),
+        "tenant": (!r.tenant.is_empty()).then_some(&r.tenant),
     });
     (text, value)
 }
@@ -139,6 +259,8 @@ pub(super) fn audit_record_from_wire(r: AuditRecord) -> crate::audit::AuditRecor
             subject: r.subject,
             detail: serde_json::from_str(&r.detail_json)
                 .unwrap_or(serde_json::Value::String(r.detail_json)),
+            actor: (!r.actor.is_empty()).then_some(r.actor),
+            tenant: (!r.tenant.is_empty()).then_some(r.tenant),
         },
         prev_hash: r.prev_hash,
         hash: r.hash,

@@ -95,6 +95,14 @@ fn entry(id: &str, spiffe_id: &str, uid: u32) -> RegistrationEntry {
         hint: "hint \"quoted\" ünïcode".into(),
         created_at: 1_700_000_000,
         revision: 1,
+        governance: common::entry::Governance {
+            tenant: "default".into(),
+            owner: "user:root".into(),
+            expires_at: Some(2_000_000_000),
+            review_every: Some(Duration::from_secs(86_400)),
+            certified_at: None,
+            disabled: None,
+        },
     }
 }
 
@@ -133,6 +141,7 @@ fn task(id: &str, e: &RegistrationEntry, state: TaskState, deadline: i64) -> Tas
             name: "root".into(),
         }),
         approver_uid: None,
+        tenant: "default".into(),
     }
 }
 
@@ -167,6 +176,8 @@ fn event(kind: &str, subject: &str, task_id: Option<&str>) -> AuditEvent {
         task_id: task_id.map(str::to_owned),
         subject: subject.to_owned(),
         detail,
+        actor: None,
+        tenant: None,
     }
 }
 
@@ -256,6 +267,7 @@ async fn entries_crud_and_conflicts(b: &dyn Backend) {
     let both = EntryFilter {
         spiffe_id: Some(sid("spiffe://example.org/web")),
         parent_id: Some(sid("spiffe://example.org/node/b")),
+        tenant: None,
     };
     assert!(ds.list_entries(&both).await.unwrap().is_empty());
 
@@ -481,7 +493,7 @@ async fn audit_chain_stays_gap_free_under_concurrent_appends(b: &dyn Backend) {
         total += h.await.unwrap();
     }
     let elapsed = started.elapsed();
-    let log = servers[0].list_audit(None).await.unwrap();
+    let log = servers[0].list_audit(None, None).await.unwrap();
     assert_eq!(verify(&log), Ok(total), "the chain verifies end to end");
     assert_eq!(log.len(), total);
     assert_eq!(
@@ -510,7 +522,10 @@ async fn audit_chain_stays_gap_free_under_concurrent_appends(b: &dyn Backend) {
             .collect();
         assert_eq!(mine, expected);
     }
-    let one = servers[1].list_audit(Some(&tid("task-1-2"))).await.unwrap();
+    let one = servers[1]
+        .list_audit(Some(&tid("task-1-2")), None)
+        .await
+        .unwrap();
     assert_eq!(
         one.iter()
             .map(|r| r.event.kind.as_str())
@@ -570,7 +585,7 @@ async fn audit_numbers_are_never_reused_after_a_deletion(b: &(impl Backend + Und
         "records 2 to 4 were deleted: their numbers stay unused"
     );
     assert_eq!(more[0].prev_hash, next[0].hash);
-    let log = restarted.list_audit(None).await.unwrap();
+    let log = restarted.list_audit(None, None).await.unwrap();
     assert_eq!(log.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 5, 6]);
     // Without deletions, the stored head is followed as before (another server appended).
     let again = ds.append_audit(&[event("g", "7", None)]).await.unwrap();
@@ -593,7 +608,7 @@ async fn tasks_lifecycle(b: &dyn Backend) {
         ds.open_task_for_entry(&eid("e")).await.unwrap().unwrap(),
         t1
     );
-    assert_eq!(ds.list_audit(None).await.unwrap().len(), 1);
+    assert_eq!(ds.list_audit(None, None).await.unwrap().len(), 1);
 
     // One open task per entry; the refused task and its audit records are not stored.
     let t2 = task("t2", &e, TaskState::Active, 5000);
@@ -605,7 +620,7 @@ async fn tasks_lifecycle(b: &dyn Backend) {
         "{r:?}"
     );
     assert!(ds.get_task(&tid("t2")).await.unwrap().is_none());
-    assert_eq!(ds.list_audit(None).await.unwrap().len(), 1);
+    assert_eq!(ds.list_audit(None, None).await.unwrap().len(), 1);
 
     // Compare-and-set: from a state it is not in, nothing changes (nor is audited).
     let mut active = t1.clone();
@@ -620,7 +635,7 @@ async fn tasks_lifecycle(b: &dyn Backend) {
             .unwrap()
     );
     assert_eq!(ds.get_task(&tid("t1")).await.unwrap().unwrap(), t1);
-    assert_eq!(ds.list_audit(None).await.unwrap().len(), 1);
+    assert_eq!(ds.list_audit(None, None).await.unwrap().len(), 1);
     assert!(
         ds.update_task(&active, &[TaskState::PendingApproval], &approved)
             .await
@@ -677,14 +692,14 @@ async fn tasks_lifecycle(b: &dyn Backend) {
     dup.created_at = 5;
     let mut tdup = task("tdup", &dup, TaskState::Active, 5000);
     tdup.provisioned = true;
-    let audit_before = ds.list_audit(None).await.unwrap().len();
+    let audit_before = ds.list_audit(None, None).await.unwrap().len();
     let r = ds
         .create_task(&tdup, Some(&dup), &[event("x", "tdup", Some("tdup"))])
         .await;
     assert!(is_entry_conflict(&r), "{r:?}");
     assert!(ds.get_task(&tid("tdup")).await.unwrap().is_none());
     assert!(ds.get_entry(&eid("p-dup")).await.unwrap().is_none());
-    assert_eq!(ds.list_audit(None).await.unwrap().len(), audit_before);
+    assert_eq!(ds.list_audit(None, None).await.unwrap().len(), audit_before);
 
     let tp_done = ended(&tp, TaskState::Completed, 1_700_000_300, "");
     assert!(
@@ -705,14 +720,14 @@ async fn tasks_lifecycle(b: &dyn Backend) {
     let kinds =
         |v: Vec<crate::audit::AuditRecord>| v.into_iter().map(|r| r.event.kind).collect::<Vec<_>>();
     assert_eq!(
-        kinds(ds.list_audit(Some(&tid("t1"))).await.unwrap()),
+        kinds(ds.list_audit(Some(&tid("t1")), None).await.unwrap()),
         ["task.requested", "task.approved", "task.revoked"]
     );
     assert_eq!(
-        kinds(ds.list_audit(Some(&tid("tp"))).await.unwrap()),
+        kinds(ds.list_audit(Some(&tid("tp")), None).await.unwrap()),
         ["task.requested", "task.completed"]
     );
-    let log = ds.list_audit(None).await.unwrap();
+    let log = ds.list_audit(None, None).await.unwrap();
     assert_eq!(verify(&log), Ok(5));
     assert_eq!(
         ds.list_tasks(None)
@@ -761,9 +776,19 @@ async fn tasks_compare_and_set_under_concurrency(b: &dyn Backend) {
             winners[0]
         );
         assert!(servers[1].get_entry(&e.id).await.unwrap().is_none());
-        assert_eq!(servers[0].list_audit(Some(&t.id)).await.unwrap().len(), 1);
+        assert_eq!(
+            servers[0]
+                .list_audit(Some(&t.id), None)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
     }
-    assert_eq!(verify(&servers[0].list_audit(None).await.unwrap()), Ok(10));
+    assert_eq!(
+        verify(&servers[0].list_audit(None, None).await.unwrap()),
+        Ok(10)
+    );
 }
 
 async fn due_and_revoked_tasks(b: &dyn Backend) {
@@ -873,7 +898,7 @@ async fn reopen_sees_everything(b: &dyn Backend) {
     let entries = ds.list_entries(&all).await.unwrap();
     let agents = ds.list_agents().await.unwrap();
     let tasks = ds.list_tasks(None).await.unwrap();
-    let log = ds.list_audit(None).await.unwrap();
+    let log = ds.list_audit(None, None).await.unwrap();
     let revoked = ds.revoked_since(0).await.unwrap();
     assert_eq!(entries.len(), 2);
     assert_eq!(agents.len(), 2);
@@ -885,7 +910,7 @@ async fn reopen_sees_everything(b: &dyn Backend) {
     assert_eq!(ds.list_entries(&all).await.unwrap(), entries);
     assert_eq!(ds.list_agents().await.unwrap(), agents);
     assert_eq!(ds.list_tasks(None).await.unwrap(), tasks);
-    assert_eq!(ds.list_audit(None).await.unwrap(), log);
+    assert_eq!(ds.list_audit(None, None).await.unwrap(), log);
     assert_eq!(ds.revoked_since(0).await.unwrap(), revoked);
     assert_eq!(
         ds.open_task_for_entry(&eid("p")).await.unwrap().unwrap(),
@@ -910,7 +935,7 @@ async fn reopen_sees_everything(b: &dyn Backend) {
     ds.append_audit(&[event("after.reopen", "x", None)])
         .await
         .unwrap();
-    let log = ds.list_audit(None).await.unwrap();
+    let log = ds.list_audit(None, None).await.unwrap();
     assert_eq!(verify(&log), Ok(4));
 }
 

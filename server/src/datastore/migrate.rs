@@ -86,6 +86,15 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../migrations/postgres/0004_task_unix_users.sql"),
         then: None,
     },
+    Migration {
+        version: 5,
+        description: "organisation controls: tenants (path prefixes, verified domains, \
+                      admins, quotas); an entry's tenant, owner, expiry, review period and \
+                      disabled state; a task's tenant; an audit record's actor and tenant",
+        sqlite: include_str!("../../migrations/sqlite/0005_tenants.sql"),
+        postgres: include_str!("../../migrations/postgres/0005_tenants.sql"),
+        then: None,
+    },
 ];
 
 /// The tables version 1 created: a database holding them but no version table was

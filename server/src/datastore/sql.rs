@@ -27,6 +27,7 @@
 
 mod io;
 mod records;
+mod tenants;
 
 use std::sync::Arc;
 
@@ -39,7 +40,8 @@ use tokio::sync::watch;
 use self::records::{EntryRow, TaskRow};
 use super::migrate::Migration;
 use super::{
-    AgentRecord, ConsumedToken, Datastore, DatastoreError, EntryFilter, TaskRecord, TaskSvid,
+    AgentRecord, ConsumedToken, Datastore, DatastoreError, DomainRecord, EntryFilter, TaskRecord,
+    TaskSvid, TenantRecord,
 };
 use crate::audit::{AuditEvent, AuditRecord, ChainHead};
 
@@ -421,6 +423,7 @@ impl<D: Dialect> Datastore for SqlStore<D> {
         let params = [
             Param::OptText(filter.spiffe_id.as_ref().map(SpiffeId::as_str)),
             Param::OptText(filter.parent_id.as_ref().map(SpiffeId::as_str)),
+            Param::OptText(filter.tenant.as_deref()),
         ];
         self.all(records::LIST_ENTRIES, &params, records::entry)
             .await
@@ -552,11 +555,159 @@ impl<D: Dialect> Datastore for SqlStore<D> {
     async fn list_audit(
         &self,
         task_id: Option<&TaskId>,
+        tenant: Option<&str>,
     ) -> Result<Vec<AuditRecord>, DatastoreError> {
         self.all(
             records::LIST_AUDIT,
-            &[Param::OptText(task_id.map(TaskId::as_str))],
+            &[
+                Param::OptText(task_id.map(TaskId::as_str)),
+                Param::OptText(tenant),
+            ],
             records::audit,
+        )
+        .await
+    }
+
+    async fn same_workload_elsewhere(
+        &self,
+        parent_id: &SpiffeId,
+        selectors: &common::SelectorSet,
+        tenant: &str,
+    ) -> Result<Vec<RegistrationEntry>, DatastoreError> {
+        let selectors = records::selectors_json(selectors);
+        let params = [
+            Param::Text(parent_id.as_str()),
+            Param::Text(&selectors),
+            Param::Text(tenant),
+        ];
+        self.all(records::SAME_WORKLOAD_ELSEWHERE, &params, records::entry)
+            .await
+    }
+
+    async fn lapsed_entries(&self, now: i64) -> Result<Vec<RegistrationEntry>, DatastoreError> {
+        self.all(records::LAPSED_ENTRIES, &[Param::Int(now)], records::entry)
+            .await
+    }
+
+    async fn create_tenant(&self, t: &TenantRecord) -> Result<(), DatastoreError> {
+        let row = tenants::TenantRow::new(t)?;
+        let name = t.name.clone();
+        self.execute(tenants::INSERT_TENANT, &row.params(t))
+            .await
+            .map_err(conflict(|| format!("tenant {name} already exists")))?;
+        Ok(())
+    }
+
+    async fn update_tenant(&self, t: &TenantRecord) -> Result<bool, DatastoreError> {
+        let row = tenants::TenantRow::new(t)?;
+        let mut params = row.params(t).to_vec();
+        params.push(Param::Int(row.previous_revision()));
+        let n = self
+            .execute(tenants::UPDATE_TENANT, &params)
+            .await
+            .map_err(backend)?;
+        Ok(n == 1)
+    }
+
+    async fn delete_tenant(&self, name: &str) -> Result<Option<TenantRecord>, DatastoreError> {
+        let name = name.to_owned();
+        // In a write transaction: nothing can be created in the tenant between the counts
+        // and the delete.
+        let deleted = self
+            .write_tx(&[], move |conn| {
+                Box::pin(async move {
+                    let mut owned = Vec::new();
+                    for (sql, what) in [
+                        (tenants::COUNT_ENTRIES, "entries"),
+                        (tenants::COUNT_OPEN_TASKS, "open tasks"),
+                        (tenants::COUNT_DOMAINS, "domains"),
+                    ] {
+                        let row = D::fetch_optional(conn, sql, &[Param::Text(&name)])
+                            .await
+                            .map_err(backend)?;
+                        let n = row.as_ref().map(tenants::count).transpose()?.unwrap_or(0);
+                        if n > 0 {
+                            owned.push(format!("{n} {what}"));
+                        }
+                    }
+                    if !owned.is_empty() {
+                        return Err(DatastoreError::Conflict(format!(
+                            "tenant {name} still owns {}: delete or move them first",
+                            owned.join(", ")
+                        )));
+                    }
+                    let row =
+                        D::fetch_optional(conn, tenants::DELETE_TENANT, &[Param::Text(&name)])
+                            .await
+                            .map_err(backend)?;
+                    row.as_ref().map(tenants::tenant).transpose()
+                })
+            })
+            .await?;
+        Ok(deleted.map(|(t, _)| t))
+    }
+
+    async fn get_tenant(&self, name: &str) -> Result<Option<TenantRecord>, DatastoreError> {
+        self.one(tenants::GET_TENANT, &[Param::Text(name)], tenants::tenant)
+            .await
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<TenantRecord>, DatastoreError> {
+        self.all(tenants::LIST_TENANTS, &[], tenants::tenant).await
+    }
+
+    async fn tenant_counts(&self, name: &str) -> Result<(i64, i64), DatastoreError> {
+        let entries = self
+            .one(tenants::COUNT_ENTRIES, &[Param::Text(name)], tenants::count)
+            .await?
+            .unwrap_or(0);
+        let tasks = self
+            .one(
+                tenants::COUNT_OPEN_TASKS,
+                &[Param::Text(name)],
+                tenants::count,
+            )
+            .await?
+            .unwrap_or(0);
+        Ok((entries, tasks))
+    }
+
+    async fn put_domain(&self, d: &DomainRecord) -> Result<(), DatastoreError> {
+        let n = self
+            .execute(tenants::PUT_DOMAIN, &tenants::domain_params(d))
+            .await
+            .map_err(backend)?;
+        if n == 0 {
+            return Err(DatastoreError::Conflict(format!(
+                "domain {} is claimed by another tenant",
+                d.domain
+            )));
+        }
+        Ok(())
+    }
+
+    async fn get_domain(&self, domain: &str) -> Result<Option<DomainRecord>, DatastoreError> {
+        self.one(tenants::GET_DOMAIN, &[Param::Text(domain)], tenants::domain)
+            .await
+    }
+
+    async fn list_domains(
+        &self,
+        tenant: Option<&str>,
+    ) -> Result<Vec<DomainRecord>, DatastoreError> {
+        self.all(
+            tenants::LIST_DOMAINS,
+            &[Param::OptText(tenant)],
+            tenants::domain,
+        )
+        .await
+    }
+
+    async fn delete_domain(&self, domain: &str) -> Result<Option<DomainRecord>, DatastoreError> {
+        self.one(
+            tenants::DELETE_DOMAIN,
+            &[Param::Text(domain)],
+            tenants::domain,
         )
         .await
     }

@@ -11,6 +11,7 @@ use common::{EntryId, SpiffeId};
 use super::TaskError;
 use crate::datastore::UnixUser;
 use crate::policy::Principal;
+use crate::tenants::{Operator, Scope};
 
 /// Longest reason, ticket or scope accepted.
 pub(crate) const MAX_TEXT: usize = 1024;
@@ -20,8 +21,9 @@ pub(crate) const MAX_SCOPES: usize = 64;
 /// Who asks for a task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Requester {
-    /// An operator on the admin socket, by the Unix user of its peer credentials.
-    User(UnixUser),
+    /// An operator on the admin socket, by the Unix user of its peer credentials, acting
+    /// for the tenants it administers.
+    User(Operator),
     /// A workload, by its standing SPIFFE ID, through the agent that attested it.
     Workload {
         /// The workload's standing identity.
@@ -31,6 +33,8 @@ pub enum Requester {
         /// The Unix user the agent attested the calling process as (peer credentials on
         /// the Workload API socket). Known when a workload begins a task.
         unix: Option<UnixUser>,
+        /// The tenant of its standing entry: the only one it acts in.
+        tenant: String,
     },
 }
 
@@ -38,7 +42,7 @@ impl Requester {
     /// The stored form: `user:NAME` or the SPIFFE ID.
     pub fn label(&self) -> String {
         match self {
-            Self::User(user) => format!("user:{}", user.name),
+            Self::User(op) => op.principal(),
             Self::Workload { spiffe_id, .. } => spiffe_id.to_string(),
         }
     }
@@ -46,14 +50,42 @@ impl Requester {
     /// The Unix user behind the request, when known.
     pub fn unix(&self) -> Option<&UnixUser> {
         match self {
-            Self::User(user) => Some(user),
+            Self::User(op) => Some(&op.user),
             Self::Workload { unix, .. } => unix.as_ref(),
+        }
+    }
+
+    /// Whether it may see and act on `tenant`'s objects.
+    pub fn sees(&self, tenant: &str) -> bool {
+        match self {
+            Self::User(op) => op.sees(tenant),
+            Self::Workload { tenant: own, .. } => own == tenant,
+        }
+    }
+
+    /// Its scope as an operator would have it: an operator's own; a workload acts only in
+    /// its standing entry's tenant.
+    pub fn as_operator(&self) -> Operator {
+        match self {
+            Self::User(op) => op.clone(),
+            Self::Workload {
+                spiffe_id,
+                unix,
+                tenant,
+                ..
+            } => Operator {
+                user: unix.clone().unwrap_or_else(|| UnixUser {
+                    uid: u32::MAX,
+                    name: spiffe_id.to_string(),
+                }),
+                scope: Scope::Tenants([tenant.clone()].into()),
+            },
         }
     }
 
     pub(crate) fn principal(&self) -> Principal {
         match self {
-            Self::User(user) => Principal::User(user.name.clone()),
+            Self::User(op) => Principal::User(op.user.name.clone()),
             Self::Workload { spiffe_id, .. } => Principal::Workload(spiffe_id.to_string()),
         }
     }
@@ -89,6 +121,9 @@ pub enum TaskTarget {
         parent_id: String,
         /// Selectors of the workloads that may use it.
         selectors: Vec<String>,
+        /// Its tenant; empty: the requester's only one (operators of every tenant: the
+        /// tenant owning the SPIFFE ID's path).
+        tenant: String,
     },
 }
 
@@ -263,7 +298,7 @@ mod tests {
             uid: 1000,
             name: "alice".into(),
         };
-        let user = Requester::User(alice.clone());
+        let user = Requester::User(Operator::platform(alice.clone()));
         assert_eq!(user.label(), "user:alice");
         assert_eq!(user.unix(), Some(&alice));
         assert_eq!(principal_of(&user.label()), user.principal());
@@ -271,8 +306,11 @@ mod tests {
             spiffe_id: SpiffeId::new("spiffe://example.org/runtime").unwrap(),
             agent: SpiffeId::new("spiffe://example.org/agent").unwrap(),
             unix: None,
+            tenant: "acme".into(),
         };
         assert_eq!(w.unix(), None);
+        assert!(w.sees("acme") && !w.sees("default"));
+        assert!(w.as_operator().sees("acme") && !w.as_operator().is_platform());
         assert_eq!(principal_of(&w.label()), w.principal());
     }
 }

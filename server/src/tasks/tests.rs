@@ -56,13 +56,16 @@ async fn fixture() -> Fixture {
 
 async fn jit_entry(f: &Fixture) -> RegistrationEntry {
     f.registrar
-        .create(&EntryRequest {
-            spiffe_id: "spiffe://example.org/db-admin".into(),
-            parent_id: "spiffe://example.org/agent".into(),
-            selectors: vec!["unix:uid:1000".into()],
-            jit: true,
-            ..Default::default()
-        })
+        .create(
+            &EntryRequest {
+                spiffe_id: "spiffe://example.org/db-admin".into(),
+                parent_id: "spiffe://example.org/agent".into(),
+                selectors: vec!["unix:uid:1000".into()],
+                jit: true,
+                ..Default::default()
+            },
+            &platform(1000, "alice"),
+        )
         .await
         .unwrap()
 }
@@ -84,8 +87,12 @@ fn unix(uid: u32, name: &str) -> UnixUser {
     }
 }
 
+fn platform(uid: u32, name: &str) -> Operator {
+    Operator::platform(unix(uid, name))
+}
+
 fn operator() -> Requester {
-    Requester::User(unix(1000, "alice"))
+    Requester::User(platform(1000, "alice"))
 }
 
 /// A workload on the entry's agent, attested as the Unix user `as_user`.
@@ -94,6 +101,7 @@ fn workload(as_user: Option<UnixUser>) -> Requester {
         spiffe_id: SpiffeId::new("spiffe://example.org/runtime").unwrap(),
         agent: SpiffeId::new("spiffe://example.org/agent").unwrap(),
         unix: as_user,
+        tenant: "default".into(),
     }
 }
 
@@ -217,12 +225,15 @@ async fn a_standing_entry_cannot_be_activated_and_the_refusal_names_the_fix() {
     let f = fixture().await;
     let standing = f
         .registrar
-        .create(&EntryRequest {
-            spiffe_id: "spiffe://example.org/web".into(),
-            parent_id: "spiffe://example.org/agent".into(),
-            selectors: vec!["unix:uid:1000".into()],
-            ..Default::default()
-        })
+        .create(
+            &EntryRequest {
+                spiffe_id: "spiffe://example.org/web".into(),
+                parent_id: "spiffe://example.org/agent".into(),
+                selectors: vec!["unix:uid:1000".into()],
+                ..Default::default()
+            },
+            &platform(1000, "alice"),
+        )
         .await
         .unwrap();
     let e = f
@@ -237,7 +248,7 @@ async fn a_standing_entry_cannot_be_activated_and_the_refusal_names_the_fix() {
         "{msg}"
     );
     assert!(
-        f.tasks.list(None).await.unwrap().is_empty(),
+        f.tasks.list(None, &operator()).await.unwrap().is_empty(),
         "nothing stored"
     );
 }
@@ -260,7 +271,11 @@ async fn the_requesters_unix_user_can_never_approve_under_another_name_or_uid() 
     // The same uid under another name (a second account sharing the uid), and the same
     // name with another uid (the user on another host), are the same user.
     for approver in [unix(1000, "bob"), unix(1001, "alice")] {
-        let e = f.tasks.approve(&task.id, &approver).await.unwrap_err();
+        let e = f
+            .tasks
+            .approve(&task.id, &Operator::platform(approver.clone()))
+            .await
+            .unwrap_err();
         assert!(matches!(e, TaskError::Forbidden(_)), "{e:?}");
         let msg = e.to_string();
         assert!(
@@ -273,7 +288,11 @@ async fn the_requesters_unix_user_can_never_approve_under_another_name_or_uid() 
     let unchanged = f.tasks.get(&task.id).await.unwrap();
     assert_eq!(unchanged, stored);
 
-    let approved = f.tasks.approve(&task.id, &unix(0, "root")).await.unwrap();
+    let approved = f
+        .tasks
+        .approve(&task.id, &platform(0, "root"))
+        .await
+        .unwrap();
     assert_eq!(approved.state, TaskState::Active);
     assert_eq!(approved.approver.as_deref(), Some("user:root"));
     assert_eq!(approved.approver_uid, Some(0));
@@ -292,7 +311,7 @@ async fn a_task_whose_requester_user_is_unknown_cannot_be_approved() {
     assert_eq!(task.state, TaskState::PendingApproval);
     let e = f
         .tasks
-        .approve(&task.id, &unix(0, "root"))
+        .approve(&task.id, &platform(0, "root"))
         .await
         .unwrap_err();
     assert!(matches!(e, TaskError::Forbidden(_)), "{e:?}");

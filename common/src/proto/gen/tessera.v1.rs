@@ -62,6 +62,26 @@ pub struct Entry {
     /// stored with the entry.
     #[prost(message, optional, tag = "12")]
     pub task: ::core::option::Option<TaskGrant>,
+    /// The tenant (organisation) that owns it.
+    #[prost(string, tag = "13")]
+    pub tenant: ::prost::alloc::string::String,
+    /// Who answers for it: `user:NAME` or a workload's SPIFFE ID.
+    #[prost(string, tag = "14")]
+    pub owner: ::prost::alloc::string::String,
+    /// Unix seconds after which it is not issued; 0: never.
+    #[prost(int64, tag = "15")]
+    pub expires_at: i64,
+    /// Its owner re-certifies it within this period or it is disabled; 0: no review.
+    #[prost(int64, tag = "16")]
+    pub review_every_seconds: i64,
+    /// Unix seconds of the last certification; 0: never.
+    #[prost(int64, tag = "17")]
+    pub certified_at: i64,
+    /// Unix seconds since it is disabled (not issued anywhere); 0: enabled.
+    #[prost(int64, tag = "18")]
+    pub disabled_at: i64,
+    #[prost(string, tag = "19")]
+    pub disabled_reason: ::prost::alloc::string::String,
 }
 /// The active task that makes a just-in-time entry live on an agent.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -268,6 +288,104 @@ pub struct SignX509SvidsResponse {
     #[prost(message, repeated, tag = "1")]
     pub svids: ::prost::alloc::vec::Vec<SignedX509Svid>,
 }
+/// A tenant's settings.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TenantSpec {
+    /// A DNS label: lowercase letters, digits and hyphens.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// SPIFFE ID path prefixes it owns (whole segments); empty on create: `/<name>`.
+    #[prost(string, repeated, tag = "2")]
+    pub path_prefixes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Unix user names whose admin-socket calls act for this tenant.
+    #[prost(string, repeated, tag = "3")]
+    pub admin_users: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Unix group names whose members act for this tenant.
+    #[prost(string, repeated, tag = "4")]
+    pub admin_groups: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// 0: no limit.
+    #[prost(int64, tag = "5")]
+    pub max_entries: i64,
+    #[prost(int64, tag = "6")]
+    pub max_open_tasks: i64,
+    /// Default review period of its entries; 0: none.
+    #[prost(int64, tag = "7")]
+    pub review_every_seconds: i64,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Tenant {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "2")]
+    pub path_prefixes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, repeated, tag = "3")]
+    pub admin_users: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, repeated, tag = "4")]
+    pub admin_groups: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(int64, tag = "5")]
+    pub max_entries: i64,
+    #[prost(int64, tag = "6")]
+    pub max_open_tasks: i64,
+    #[prost(int64, tag = "7")]
+    pub review_every_seconds: i64,
+    #[prost(int64, tag = "8")]
+    pub created_at: i64,
+    #[prost(uint64, tag = "9")]
+    pub revision: u64,
+    #[prost(message, repeated, tag = "10")]
+    pub domains: ::prost::alloc::vec::Vec<TenantDomain>,
+    /// What it owns now.
+    #[prost(int64, tag = "11")]
+    pub entries: i64,
+    #[prost(int64, tag = "12")]
+    pub open_tasks: i64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TenantNameRequest {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListTenantsRequest {}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListTenantsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub tenants: ::prost::alloc::vec::Vec<Tenant>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TenantDomainRequest {
+    #[prost(string, tag = "1")]
+    pub tenant: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub domain: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TenantDomain {
+    #[prost(string, tag = "1")]
+    pub tenant: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub domain: ::prost::alloc::string::String,
+    /// Publish this value as a TXT record at `record_name`.
+    #[prost(string, tag = "3")]
+    pub challenge: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub record_name: ::prost::alloc::string::String,
+    /// Unix seconds; 0: not (yet).
+    #[prost(int64, tag = "5")]
+    pub added_at: i64,
+    #[prost(int64, tag = "6")]
+    pub verified_at: i64,
+    #[prost(int64, tag = "7")]
+    pub checked_at: i64,
+    /// Verified once, and the last re-checks failed since then: its names are not issued.
+    #[prost(int64, tag = "8")]
+    pub failing_since: i64,
+    #[prost(string, tag = "9")]
+    pub last_error: ::prost::alloc::string::String,
+    /// Verified and not failing: entries may carry names under it.
+    #[prost(bool, tag = "10")]
+    pub verified: bool,
+}
 /// What a task asks for.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct TaskSpec {
@@ -298,6 +416,10 @@ pub struct TaskSpec {
     /// must be one the caller holds); empty means its oldest.
     #[prost(string, tag = "10")]
     pub requester_spiffe_id: ::prost::alloc::string::String,
+    /// The tenant of the entry a provisioning task creates; empty: the caller's only tenant
+    /// (an operator of every tenant: the tenant owning the SPIFFE ID's path).
+    #[prost(string, tag = "11")]
+    pub tenant: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Task {
@@ -348,6 +470,9 @@ pub struct Task {
     /// The uid of the operator who approved it.
     #[prost(uint32, optional, tag = "20")]
     pub approver_uid: ::core::option::Option<u32>,
+    /// The tenant it belongs to (its entry's).
+    #[prost(string, tag = "21")]
+    pub tenant: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct PolicyDecision {
@@ -407,6 +532,9 @@ pub struct PolicyStatus {
 pub struct ListAuditRequest {
     #[prost(string, tag = "1")]
     pub task_id: ::prost::alloc::string::String,
+    /// Only this tenant's records (a tenant admin sees only its own tenants' anyway).
+    #[prost(string, tag = "2")]
+    pub tenant: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct AuditRecord {
@@ -427,6 +555,13 @@ pub struct AuditRecord {
     pub prev_hash: ::prost::alloc::string::String,
     #[prost(string, tag = "8")]
     pub hash: ::prost::alloc::string::String,
+    /// Who did it: `user:NAME`, a workload's or agent's SPIFFE ID, or `server`; empty on
+    /// records written before actors were recorded.
+    #[prost(string, tag = "9")]
+    pub actor: ::prost::alloc::string::String,
+    /// The tenant it concerns; empty: none (the platform) or written before tenants.
+    #[prost(string, tag = "10")]
+    pub tenant: ::prost::alloc::string::String,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct VerifyAuditRequest {}
@@ -511,6 +646,19 @@ pub struct EntrySpec {
     pub jit: bool,
     #[prost(string, tag = "8")]
     pub hint: ::prost::alloc::string::String,
+    /// The tenant it belongs to; empty: the caller's only tenant (an operator of every
+    /// tenant: the tenant owning the SPIFFE ID's path). On update, empty keeps it.
+    #[prost(string, tag = "9")]
+    pub tenant: ::prost::alloc::string::String,
+    /// `user:NAME` or a SPIFFE ID; empty: the creating operator (on update: unchanged).
+    #[prost(string, tag = "10")]
+    pub owner: ::prost::alloc::string::String,
+    /// Unix seconds after which it is not issued; 0: never (on update too).
+    #[prost(int64, tag = "11")]
+    pub expires_at: i64,
+    /// Review period; 0: the tenant's default (none if the tenant has none).
+    #[prost(int64, tag = "12")]
+    pub review_every_seconds: i64,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct UpdateEntryRequest {
@@ -532,6 +680,8 @@ pub struct ListEntriesRequest {
     pub spiffe_id: ::prost::alloc::string::String,
     #[prost(string, tag = "2")]
     pub parent_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub tenant: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ListEntriesResponse {
@@ -1979,6 +2129,206 @@ pub mod admin_client {
             req.extensions_mut().insert(GrpcMethod::new("tessera.v1.Admin", "Health"));
             self.inner.unary(req, path, codec).await
         }
+        /// Tenants: organisations inside the trust domain. Platform operators create, change
+        /// and delete them; a tenant's admins see their own tenant only.
+        pub async fn create_tenant(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TenantSpec>,
+        ) -> std::result::Result<tonic::Response<super::Tenant>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.Admin/CreateTenant",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.Admin", "CreateTenant"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Replaces a tenant's settings (the CLI merges what it was given with the current ones).
+        pub async fn update_tenant(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TenantSpec>,
+        ) -> std::result::Result<tonic::Response<super::Tenant>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.Admin/UpdateTenant",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.Admin", "UpdateTenant"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Refused while the tenant owns entries, tasks or domains.
+        pub async fn delete_tenant(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TenantNameRequest>,
+        ) -> std::result::Result<tonic::Response<super::Tenant>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.Admin/DeleteTenant",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.Admin", "DeleteTenant"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn get_tenant(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TenantNameRequest>,
+        ) -> std::result::Result<tonic::Response<super::Tenant>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.Admin/GetTenant",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.Admin", "GetTenant"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn list_tenants(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListTenantsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListTenantsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.Admin/ListTenants",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.Admin", "ListTenants"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Starts verifying a DNS domain for a tenant: returns the TXT challenge to publish.
+        pub async fn add_tenant_domain(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TenantDomainRequest>,
+        ) -> std::result::Result<tonic::Response<super::TenantDomain>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.Admin/AddTenantDomain",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.Admin", "AddTenantDomain"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Looks the challenge up in DNS; the domain is verified only when it matches.
+        pub async fn verify_tenant_domain(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TenantDomainRequest>,
+        ) -> std::result::Result<tonic::Response<super::TenantDomain>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.Admin/VerifyTenantDomain",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.Admin", "VerifyTenantDomain"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn remove_tenant_domain(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TenantDomainRequest>,
+        ) -> std::result::Result<tonic::Response<super::TenantDomain>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.Admin/RemoveTenantDomain",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.Admin", "RemoveTenantDomain"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// The entry's owner (or an admin) re-certifies that it is still needed; re-enables an
+        /// entry disabled because its review lapsed.
+        pub async fn certify_entry(
+            &mut self,
+            request: impl tonic::IntoRequest<super::EntryIdRequest>,
+        ) -> std::result::Result<tonic::Response<super::Entry>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.Admin/CertifyEntry",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.Admin", "CertifyEntry"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -2114,6 +2464,53 @@ pub mod admin_server {
             &self,
             request: tonic::Request<super::HealthRequest>,
         ) -> std::result::Result<tonic::Response<super::HealthResponse>, tonic::Status>;
+        /// Tenants: organisations inside the trust domain. Platform operators create, change
+        /// and delete them; a tenant's admins see their own tenant only.
+        async fn create_tenant(
+            &self,
+            request: tonic::Request<super::TenantSpec>,
+        ) -> std::result::Result<tonic::Response<super::Tenant>, tonic::Status>;
+        /// Replaces a tenant's settings (the CLI merges what it was given with the current ones).
+        async fn update_tenant(
+            &self,
+            request: tonic::Request<super::TenantSpec>,
+        ) -> std::result::Result<tonic::Response<super::Tenant>, tonic::Status>;
+        /// Refused while the tenant owns entries, tasks or domains.
+        async fn delete_tenant(
+            &self,
+            request: tonic::Request<super::TenantNameRequest>,
+        ) -> std::result::Result<tonic::Response<super::Tenant>, tonic::Status>;
+        async fn get_tenant(
+            &self,
+            request: tonic::Request<super::TenantNameRequest>,
+        ) -> std::result::Result<tonic::Response<super::Tenant>, tonic::Status>;
+        async fn list_tenants(
+            &self,
+            request: tonic::Request<super::ListTenantsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListTenantsResponse>,
+            tonic::Status,
+        >;
+        /// Starts verifying a DNS domain for a tenant: returns the TXT challenge to publish.
+        async fn add_tenant_domain(
+            &self,
+            request: tonic::Request<super::TenantDomainRequest>,
+        ) -> std::result::Result<tonic::Response<super::TenantDomain>, tonic::Status>;
+        /// Looks the challenge up in DNS; the domain is verified only when it matches.
+        async fn verify_tenant_domain(
+            &self,
+            request: tonic::Request<super::TenantDomainRequest>,
+        ) -> std::result::Result<tonic::Response<super::TenantDomain>, tonic::Status>;
+        async fn remove_tenant_domain(
+            &self,
+            request: tonic::Request<super::TenantDomainRequest>,
+        ) -> std::result::Result<tonic::Response<super::TenantDomain>, tonic::Status>;
+        /// The entry's owner (or an admin) re-certifies that it is still needed; re-enables an
+        /// entry disabled because its review lapsed.
+        async fn certify_entry(
+            &self,
+            request: tonic::Request<super::EntryIdRequest>,
+        ) -> std::result::Result<tonic::Response<super::Entry>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct AdminServer<T> {
@@ -3129,6 +3526,399 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = HealthSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.Admin/CreateTenant" => {
+                    #[allow(non_camel_case_types)]
+                    struct CreateTenantSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::TenantSpec>
+                    for CreateTenantSvc<T> {
+                        type Response = super::Tenant;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::TenantSpec>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::create_tenant(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = CreateTenantSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.Admin/UpdateTenant" => {
+                    #[allow(non_camel_case_types)]
+                    struct UpdateTenantSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::TenantSpec>
+                    for UpdateTenantSvc<T> {
+                        type Response = super::Tenant;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::TenantSpec>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::update_tenant(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = UpdateTenantSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.Admin/DeleteTenant" => {
+                    #[allow(non_camel_case_types)]
+                    struct DeleteTenantSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::TenantNameRequest>
+                    for DeleteTenantSvc<T> {
+                        type Response = super::Tenant;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::TenantNameRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::delete_tenant(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DeleteTenantSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.Admin/GetTenant" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetTenantSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::TenantNameRequest>
+                    for GetTenantSvc<T> {
+                        type Response = super::Tenant;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::TenantNameRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::get_tenant(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetTenantSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.Admin/ListTenants" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListTenantsSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::ListTenantsRequest>
+                    for ListTenantsSvc<T> {
+                        type Response = super::ListTenantsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListTenantsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::list_tenants(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListTenantsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.Admin/AddTenantDomain" => {
+                    #[allow(non_camel_case_types)]
+                    struct AddTenantDomainSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<super::TenantDomainRequest>
+                    for AddTenantDomainSvc<T> {
+                        type Response = super::TenantDomain;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::TenantDomainRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::add_tenant_domain(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = AddTenantDomainSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.Admin/VerifyTenantDomain" => {
+                    #[allow(non_camel_case_types)]
+                    struct VerifyTenantDomainSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<super::TenantDomainRequest>
+                    for VerifyTenantDomainSvc<T> {
+                        type Response = super::TenantDomain;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::TenantDomainRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::verify_tenant_domain(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = VerifyTenantDomainSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.Admin/RemoveTenantDomain" => {
+                    #[allow(non_camel_case_types)]
+                    struct RemoveTenantDomainSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<super::TenantDomainRequest>
+                    for RemoveTenantDomainSvc<T> {
+                        type Response = super::TenantDomain;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::TenantDomainRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::remove_tenant_domain(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RemoveTenantDomainSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.Admin/CertifyEntry" => {
+                    #[allow(non_camel_case_types)]
+                    struct CertifyEntrySvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::EntryIdRequest>
+                    for CertifyEntrySvc<T> {
+                        type Response = super::Entry;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::EntryIdRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::certify_entry(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = CertifyEntrySvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -284,7 +284,7 @@ async fn a_release_datastore_is_upgraded_in_place_and_keeps_every_record(db: &dy
     assert_eq!(ds.consume_join_token(&token_hash[0]).await.unwrap(), None);
 
     // The audit chain verifies, and the next record chains onto it.
-    let log = ds.list_audit(None).await.unwrap();
+    let log = ds.list_audit(None, None).await.unwrap();
     assert_eq!(verify(&log), Ok(25));
     ds.append_audit(&[AuditEvent::new(
         AuditKind::PolicyReloaded,
@@ -293,7 +293,7 @@ async fn a_release_datastore_is_upgraded_in_place_and_keeps_every_record(db: &dy
     )])
     .await
     .unwrap();
-    assert_eq!(verify(&ds.list_audit(None).await.unwrap()), Ok(26));
+    assert_eq!(verify(&ds.list_audit(None, None).await.unwrap()), Ok(26));
 
     // The release's entries are unique by the same rule as new ones: the migration
     // computed each identity as the current code does.

@@ -15,6 +15,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use common::entry::{Disabled, Governance};
 use common::task::TaskState;
 use common::{EntryId, RegistrationEntry, Selector, SelectorSet, SpiffeId, TaskId};
 use sha2::{Digest as _, Sha256};
@@ -31,16 +32,29 @@ pub(super) const ENTRY_CONFLICT: &str =
     "an entry with the same SPIFFE ID, parent ID and selectors already exists";
 
 pub(super) const INSERT_ENTRY: &str = "INSERT INTO entries (id, spiffe_id, parent_id, selectors,
-        identity, x509_svid_ttl, jwt_svid_ttl, dns_names, jit, hint, created_at, revision)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+        identity, x509_svid_ttl, jwt_svid_ttl, dns_names, jit, hint, created_at, revision,
+        tenant, owner, expires_at, review_every, certified_at, disabled_at, disabled_reason)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+        $19)";
 pub(super) const UPDATE_ENTRY: &str = "UPDATE entries SET spiffe_id = $2, parent_id = $3,
         selectors = $4, identity = $5, x509_svid_ttl = $6, jwt_svid_ttl = $7, dns_names = $8,
-        jit = $9, hint = $10, created_at = $11, revision = $12
+        jit = $9, hint = $10, created_at = $11, revision = $12, tenant = $13, owner = $14,
+        expires_at = $15, review_every = $16, certified_at = $17, disabled_at = $18,
+        disabled_reason = $19
     WHERE id = $1";
 pub(super) const DELETE_ENTRY: &str = "DELETE FROM entries WHERE id = $1 RETURNING *";
 pub(super) const GET_ENTRY: &str = "SELECT * FROM entries WHERE id = $1";
 pub(super) const LIST_ENTRIES: &str = "SELECT * FROM entries
     WHERE ($1 IS NULL OR spiffe_id = $1) AND ($2 IS NULL OR parent_id = $2)
+        AND ($3 IS NULL OR tenant = $3)
+    ORDER BY created_at, id";
+/// Entries of the same workload (parent and selector set) in another tenant.
+pub(super) const SAME_WORKLOAD_ELSEWHERE: &str = "SELECT * FROM entries
+    WHERE parent_id = $1 AND selectors = $2 AND tenant <> $3 ORDER BY created_at, id";
+/// Enabled entries whose expiry or review deadline has passed.
+pub(super) const LAPSED_ENTRIES: &str = "SELECT * FROM entries
+    WHERE disabled_at IS NULL AND (expires_at <= $1
+        OR (review_every IS NOT NULL AND COALESCE(certified_at, created_at) + review_every <= $1))
     ORDER BY created_at, id";
 /// What the migration to version 2 recomputes: see [`identity`].
 pub(super) const ENTRY_IDENTITIES: &str =
@@ -77,18 +91,18 @@ pub(super) const DELETE_AGENT: &str = "DELETE FROM agents WHERE spiffe_id = $1 R
 pub(super) const PING: &str = "SELECT version FROM tessera_schema ORDER BY version DESC LIMIT 1";
 pub(super) const AUDIT_HEAD: &str = "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1";
 pub(super) const INSERT_AUDIT: &str = "INSERT INTO audit_log (seq, at_ms, kind, task_id, subject,
-        detail, prev_hash, hash)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+        detail, prev_hash, hash, actor, tenant)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 pub(super) const AUDIT_RECORD: &str = "SELECT * FROM audit_log WHERE seq = $1";
-pub(super) const LIST_AUDIT: &str =
-    "SELECT * FROM audit_log WHERE ($1 IS NULL OR task_id = $1) ORDER BY seq";
+pub(super) const LIST_AUDIT: &str = "SELECT * FROM audit_log
+    WHERE ($1 IS NULL OR task_id = $1) AND ($2 IS NULL OR tenant = $2) ORDER BY seq";
 
 pub(super) const INSERT_TASK: &str = "INSERT INTO tasks (id, state, entry_id, spiffe_id,
         parent_id, provisioned, requester, approver, reason, ticket, scopes, created_at,
         activated_at, deadline, ended_at, end_reason, decision, requester_uid, requester_user,
-        approver_uid)
+        approver_uid, tenant)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-        $19, $20)";
+        $19, $20, $21)";
 pub(super) const GET_TASK: &str = "SELECT * FROM tasks WHERE id = $1";
 pub(super) const LIST_TASKS: &str =
     "SELECT * FROM tasks WHERE ($1 IS NULL OR state = $1) ORDER BY created_at, id";
@@ -124,7 +138,7 @@ pub(super) fn update_task_sql(expected: &[TaskState]) -> Option<String> {
             provisioned = $6, requester = $7, approver = $8, reason = $9, ticket = $10,
             scopes = $11, created_at = $12, activated_at = $13, deadline = $14, ended_at = $15,
             end_reason = $16, decision = $17, requester_uid = $18, requester_user = $19,
-            approver_uid = $20
+            approver_uid = $20, tenant = $21
         WHERE id = $1 AND state IN ({})",
         states.join(", ")
     ))
@@ -202,7 +216,8 @@ impl EntryRow {
         })
     }
 
-    pub(super) fn params<'a>(&'a self, e: &'a RegistrationEntry) -> [Param<'a>; 12] {
+    pub(super) fn params<'a>(&'a self, e: &'a RegistrationEntry) -> [Param<'a>; 19] {
+        let g = &e.governance;
         [
             Param::Text(e.id.as_str()),
             Param::Text(e.spiffe_id.as_str()),
@@ -216,6 +231,13 @@ impl EntryRow {
             Param::Text(&e.hint),
             Param::Int(e.created_at),
             Param::Int(self.revision),
+            Param::Text(&g.tenant),
+            Param::Text(&g.owner),
+            Param::OptInt(g.expires_at),
+            Param::OptInt(g.review_every.map(secs)),
+            Param::OptInt(g.certified_at),
+            Param::OptInt(g.disabled.as_ref().map(|d| d.at)),
+            Param::OptText(g.disabled.as_ref().map(|d| d.reason.as_str())),
         ]
     }
 }
@@ -238,6 +260,30 @@ pub(super) fn entry(row: &impl Cells) -> Result<RegistrationEntry, DatastoreErro
         hint: row.text("hint")?,
         created_at: row.int("created_at")?,
         revision: u64::try_from(row.int("revision")?).map_err(|e| corrupt("revision", e))?,
+        governance: Governance {
+            tenant: row.text("tenant")?,
+            owner: row.text("owner")?,
+            expires_at: row.opt_int("expires_at")?,
+            review_every: row
+                .opt_int("review_every")?
+                .map(|v| u64::try_from(v).map(Duration::from_secs))
+                .transpose()
+                .map_err(|e| corrupt("review_every", e))?,
+            certified_at: row.opt_int("certified_at")?,
+            disabled: match (
+                row.opt_int("disabled_at")?,
+                row.opt_text("disabled_reason")?,
+            ) {
+                (Some(at), Some(reason)) => Some(Disabled { at, reason }),
+                (None, None) => None,
+                _ => {
+                    return Err(corrupt(
+                        "disabled_at",
+                        "does not agree with disabled_reason",
+                    ));
+                }
+            },
+        },
     })
 }
 
@@ -286,7 +332,7 @@ impl TaskRow {
         })
     }
 
-    pub(super) fn params<'a>(&'a self, t: &'a TaskRecord) -> [Param<'a>; 20] {
+    pub(super) fn params<'a>(&'a self, t: &'a TaskRecord) -> [Param<'a>; 21] {
         [
             Param::Text(t.id.as_str()),
             Param::Text(t.state.as_str()),
@@ -308,6 +354,7 @@ impl TaskRow {
             Param::OptInt(t.requester_unix.as_ref().map(|u| i64::from(u.uid))),
             Param::OptText(t.requester_unix.as_ref().map(|u| u.name.as_str())),
             Param::OptInt(t.approver_uid.map(i64::from)),
+            Param::Text(&t.tenant),
         ]
     }
 }
@@ -366,6 +413,7 @@ pub(super) fn task(row: &impl Cells) -> Result<TaskRecord, DatastoreError> {
             .map_err(|e| corrupt("decision", e))?,
         requester_unix,
         approver_uid: uid(row, "approver_uid")?,
+        tenant: row.text("tenant")?,
     })
 }
 
@@ -393,7 +441,7 @@ pub(super) fn audit_detail(r: &AuditRecord) -> String {
 }
 
 /// An audit record's values in [`INSERT_AUDIT`] order (`detail` from [`audit_detail`]).
-pub(super) fn audit_params<'a>(r: &'a AuditRecord, detail: &'a str) -> [Param<'a>; 8] {
+pub(super) fn audit_params<'a>(r: &'a AuditRecord, detail: &'a str) -> [Param<'a>; 10] {
     [
         Param::Int(r.seq),
         Param::Int(r.at_ms),
@@ -403,6 +451,8 @@ pub(super) fn audit_params<'a>(r: &'a AuditRecord, detail: &'a str) -> [Param<'a
         Param::Text(detail),
         Param::Text(&r.prev_hash),
         Param::Text(&r.hash),
+        Param::OptText(r.event.actor.as_deref()),
+        Param::OptText(r.event.tenant.as_deref()),
     ]
 }
 
@@ -418,6 +468,8 @@ pub(super) fn audit(row: &impl Cells) -> Result<AuditRecord, DatastoreError> {
             // A record whose detail is no longer JSON was tampered with: keep the raw text
             // so verification reports it instead of the listing failing.
             detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
+            actor: row.opt_text("actor")?,
+            tenant: row.opt_text("tenant")?,
         },
         prev_hash: row.text("prev_hash")?,
         hash: row.text("hash")?,

@@ -377,6 +377,7 @@ pub(crate) async fn create_entry(
                     .list_entries(ListEntriesRequest {
                         spiffe_id: spec.spiffe_id.clone(),
                         parent_id: spec.parent_id.clone(),
+                        tenant: String::new(),
                     })
                     .await?
                     .into_inner();
