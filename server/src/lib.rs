@@ -15,6 +15,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod datastore;
+pub mod domains;
 pub mod events;
 pub mod issuance;
 pub mod jwt_keys;
