@@ -85,7 +85,9 @@ pub enum DomainError {
     )]
     EncodedLabel(String),
     /// A character outside ASCII.
-    #[error("domain name contains non-ASCII characters: internationalised domain names are not accepted")]
+    #[error(
+        "domain name contains non-ASCII characters: internationalised domain names are not accepted"
+    )]
     NonAscii,
     /// A `*` label or character.
     #[error(
@@ -621,7 +623,10 @@ mod tests {
     #[test]
     fn refuses_characters_outside_the_host_name_set() {
         assert_eq!(refused("ex_ample.org"), DomainError::BadCharacter('_'));
-        assert_eq!(refused("_tessera-challenge.example.org"), DomainError::BadCharacter('_'));
+        assert_eq!(
+            refused("_tessera-challenge.example.org"),
+            DomainError::BadCharacter('_')
+        );
         assert_eq!(refused("exa mple.org"), DomainError::BadCharacter(' '));
         assert_eq!(refused("example.org/"), DomainError::BadCharacter('/'));
         assert_eq!(refused("user@example.org"), DomainError::BadCharacter('@'));
@@ -632,7 +637,11 @@ mod tests {
     fn refuses_uppercase_instead_of_folding() {
         assert_eq!(refused("EXAMPLE.org"), DomainError::Uppercase);
         assert_eq!(refused("example.Org"), DomainError::Uppercase);
-        assert!(refused("Example.org").to_string().contains("write it in lowercase"));
+        assert!(
+            refused("Example.org")
+                .to_string()
+                .contains("write it in lowercase")
+        );
     }
 
     #[test]
@@ -828,7 +837,10 @@ mod tests {
         let a = Challenge::generate();
         let b = Challenge::generate();
         assert_ne!(a, b);
-        let encoded = a.as_str().strip_prefix("tessera-domain-verification=").unwrap();
+        let encoded = a
+            .as_str()
+            .strip_prefix("tessera-domain-verification=")
+            .unwrap();
         assert_eq!(encoded.len(), 43);
         assert!(
             encoded
@@ -910,7 +922,9 @@ mod tests {
         let resolver = DnsResolver::new(Some("127.0.0.1:9".parse().unwrap())).unwrap();
         assert_eq!(resolver.server(), Some("127.0.0.1:9".parse().unwrap()));
         let long = "a".repeat(64);
-        let err = rt.block_on(resolver.txt(&format!("{long}.org"))).unwrap_err();
+        let err = rt
+            .block_on(resolver.txt(&format!("{long}.org")))
+            .unwrap_err();
         assert!(matches!(err, LookupError::BadName { .. }), "{err}");
     }
 }

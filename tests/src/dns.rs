@@ -159,7 +159,9 @@ fn dnsmasq_path() -> PathBuf {
         )
         .map(|dir| dir.join("dnsmasq"))
         .find(|p| is_executable(p))
-        .unwrap_or_else(|| panic!("dnsmasq not found: install dnsmasq (apt-get install dnsmasq-base)"))
+        .unwrap_or_else(|| {
+            panic!("dnsmasq not found: install dnsmasq (apt-get install dnsmasq-base)")
+        })
 }
 
 fn is_executable(p: &Path) -> bool {

@@ -33,7 +33,9 @@ fn resolver(dns: &DnsServer) -> DnsResolver {
 /// Waits (briefly: dnsmasq writes its log after answering) until `n` queries for `name`
 /// reached `dns`, and fails the test with the count otherwise.
 fn assert_queries(dns: &DnsServer, name: &str, n: usize) {
-    let reached = wait_for(Duration::from_secs(2), || (dns.queries(name) == n).then_some(()));
+    let reached = wait_for(Duration::from_secs(2), || {
+        (dns.queries(name) == n).then_some(())
+    });
     assert!(
         reached.is_some(),
         "expected {n} queries for {name}, dnsmasq logged {}",
