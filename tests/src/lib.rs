@@ -20,6 +20,7 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod dns;
 pub mod fetch;
 pub mod health;
 pub mod jwt;
