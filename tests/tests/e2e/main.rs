@@ -34,4 +34,5 @@ mod resilience_shutdown;
 mod smoke;
 mod socket_squatting;
 mod tasks;
+mod tenants;
 mod upstream;
