@@ -576,12 +576,18 @@ async fn an_entry_leaves_open_streams_within_a_second_of_its_expiry() {
         (v["disabled_reason"] == "expired").then_some(v)
     });
     assert!(shown.is_some(), "the server disabled the expired entry");
-    let audit = String::from_utf8_lossy(&json_lines(&root(&c, &["audit", "show"]))).into_owned();
-    assert!(
+    // Recorded as the server's doing (appended just after the entry's change).
+    let recorded = wait_for(Duration::from_secs(2), || {
+        let audit =
+            String::from_utf8_lossy(&json_lines(&root(&c, &["audit", "show"]))).into_owned();
         audit
             .lines()
-            .any(|l| l.contains("entry.disabled") && l.contains("\"actor\":\"server\"")),
-        "{audit}"
+            .any(|l| l.contains("entry.disabled") && l.contains("\"actor\":\"server\""))
+            .then_some(())
+    });
+    assert!(
+        recorded.is_some(),
+        "entry.disabled by the server is audited"
     );
 }
 
