@@ -25,3 +25,4 @@ pub mod readiness;
 pub mod registration;
 pub mod server_identity;
 pub mod tasks;
+pub mod usage;

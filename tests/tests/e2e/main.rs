@@ -35,3 +35,4 @@ mod smoke;
 mod socket_squatting;
 mod tasks;
 mod upstream;
+mod usage;
