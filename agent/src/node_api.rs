@@ -17,8 +17,8 @@ use common::proto::tessera::node_client::NodeClient;
 use common::proto::tessera::{
     AttestAgentRequest, AttestAgentResponse, CsrForEntry, MintJwtSvidRequest, MintJwtSvidResponse,
     NodeBeginTaskRequest, NodeEndTaskRequest, RenewAgentRequest, RenewAgentResponse,
-    SignX509SvidsRequest, SignedX509Svid, SyncRequest, SyncUpdate, Task, TaskTokenUse,
-    UsageReport, UsageReportAck,
+    SignX509SvidsRequest, SignedX509Svid, SyncRequest, SyncUpdate, Task, TaskTokenUse, UsageReport,
+    UsageReportAck,
 };
 use common::{BundleCell, TrustDomain, X509Svid};
 use futures::StreamExt as _;

@@ -207,7 +207,12 @@ pub async fn run(
             () = shutdown.cancelled() => break,
             _ = every.tick() => {}
         }
-        flush(&counters, &link, REPORT_TIMEOUT.min(interval.max(Duration::from_secs(5)))).await;
+        flush(
+            &counters,
+            &link,
+            REPORT_TIMEOUT.min(interval.max(Duration::from_secs(5))),
+        )
+        .await;
     }
     flush(&counters, &link, FINAL_REPORT_TIMEOUT).await;
 }
@@ -378,7 +383,10 @@ mod tests {
         task.await.unwrap();
         assert_eq!(
             reports(&node),
-            [vec![("a".to_owned(), 1, 0, 1)], vec![("a".to_owned(), 0, 1, 2)]]
+            [
+                vec![("a".to_owned(), 1, 0, 1)],
+                vec![("a".to_owned(), 0, 1, 2)]
+            ]
         );
     }
 }

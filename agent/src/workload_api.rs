@@ -490,9 +490,11 @@ impl SpiffeWorkloadApi for WorkloadApi {
         if snap.synced && !snap.identities(&selectors, SystemTime::now()).matched {
             return Err(Status::permission_denied(NO_IDENTITY));
         }
-        Ok(Response::new(
-            self.stream(selectors, render_bundles, |_, _| {}),
-        ))
+        Ok(Response::new(self.stream(
+            selectors,
+            render_bundles,
+            |_, _| {},
+        )))
     }
 
     async fn fetch_jwtsvid(
@@ -575,9 +577,11 @@ impl SpiffeWorkloadApi for WorkloadApi {
         if snap.synced && !snap.identities(&selectors, SystemTime::now()).matched {
             return Err(Status::permission_denied(NO_IDENTITY));
         }
-        Ok(Response::new(
-            self.stream(selectors, render_jwt_bundles, |_, _| {}),
-        ))
+        Ok(Response::new(self.stream(
+            selectors,
+            render_jwt_bundles,
+            |_, _| {},
+        )))
     }
 
     async fn validate_jwtsvid(

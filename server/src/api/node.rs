@@ -308,7 +308,9 @@ impl Node for NodeService {
             .collect::<Result<Vec<_>, common::ids::IdError>>()?;
         let outcome = usage::record_report(&*self.ds, &agent, items, crate::clock::now_unix())
             .await
-            .inspect_err(|e| tracing::warn!(agent_id = %agent, error = %e, "usage report refused"))?;
+            .inspect_err(
+                |e| tracing::warn!(agent_id = %agent, error = %e, "usage report refused"),
+            )?;
         Ok(Response::new(UsageReportAck {
             accepted: outcome.accepted,
             ignored: outcome.ignored,

@@ -18,8 +18,8 @@ use serde_json::json;
 
 use super::testdb::{Backend, Under};
 use super::{
-    AgentRecord, DatastoreError, EntryFilter, EntryUsage, TaskEnd, TaskRecord, TaskSvid,
-    UnixUser, UsageReport,
+    AgentRecord, DatastoreError, EntryFilter, EntryUsage, TaskEnd, TaskRecord, TaskSvid, UnixUser,
+    UsageReport,
 };
 use crate::audit::{AuditEvent, ChainHead, verify};
 use crate::policy::Decision;
@@ -979,7 +979,10 @@ async fn entry_usage_adds_up_per_entry_and_agent(b: &dyn Backend) {
     .await
     .unwrap();
     ds.record_usage(&[]).await.unwrap();
-    assert_eq!(ds.delete_entry(&eid("a")).await.unwrap().unwrap().id, eid("a"));
+    assert_eq!(
+        ds.delete_entry(&eid("a")).await.unwrap().unwrap().id,
+        eid("a")
+    );
 
     let a = EntryUsage {
         entry_id: eid("a"),
@@ -1023,7 +1026,7 @@ async fn entry_usage_adds_up_per_entry_and_agent(b: &dyn Backend) {
         .collect();
     assert_eq!(
         ds.entry_usage(Some(&many)).await.unwrap(),
-        [b_usage.clone()]
+        std::slice::from_ref(&b_usage)
     );
 
     // Counts saturate at the largest stored value instead of failing.
@@ -1042,7 +1045,10 @@ async fn entry_usage_adds_up_per_entry_and_agent(b: &dyn Backend) {
     // Another server (or a restarted one) sees the same.
     let again = b.open().await;
     assert_eq!(
-        again.entry_usage(Some(&[eid("a"), eid("b"), eid("c")])).await.unwrap(),
+        again
+            .entry_usage(Some(&[eid("a"), eid("b"), eid("c")]))
+            .await
+            .unwrap(),
         [a, b_usage, c]
     );
 }
@@ -1054,9 +1060,12 @@ async fn entry_usage_counts_every_concurrent_report(b: &dyn Backend) {
     for i in 0..40_i64 {
         let ds = Arc::clone(&servers[(i % 2) as usize]);
         handles.push(tokio::spawn(async move {
-            ds.record_usage(&[report("a", AGENT, 1, 2, 1000 + i), report("b", AGENT, 1, 0, 5)])
-                .await
-                .unwrap();
+            ds.record_usage(&[
+                report("a", AGENT, 1, 2, 1000 + i),
+                report("b", AGENT, 1, 0, 5),
+            ])
+            .await
+            .unwrap();
             ds.record_issued(&[(eid("a"), sid(AGENT), 2000 - i)])
                 .await
                 .unwrap();

@@ -5,27 +5,34 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
 use tests::jwt::{fetch_all_when_ready, spiffe_client, validate_raw};
 use tests::{Cluster, runtime, unix_now, wait_for, workload_client};
 
-/// `(issued, last_issued_at, deliveries, validations, last_used_at)` of an entry, summed
-/// over agents; `None` while nothing is recorded for it.
-fn usage_of(c: &Cluster, entry_id: &str) -> Option<(i64, Option<i64>, i64, i64, Option<i64>)> {
+/// An entry's usage, summed over agents.
+#[derive(Debug)]
+struct Usage {
+    issued: i64,
+    last_issued_at: Option<i64>,
+    deliveries: i64,
+    validations: i64,
+    last_used_at: Option<i64>,
+}
+
+/// `entry_id`'s usage; `None` while nothing is recorded for it.
+fn usage_of(c: &Cluster, entry_id: &str) -> Option<Usage> {
     let rows = c.server.query_sql(&format!(
         "SELECT sum(issued), max(last_issued_at), sum(deliveries), sum(validations), \
          max(last_used_at) FROM entry_usage WHERE entry_id = '{entry_id}' \
          GROUP BY entry_id"
     ));
     let row = rows.first()?;
-    let int = |v: &Value| v.as_i64();
-    Some((
-        int(&row[0])?,
-        int(&row[1]),
-        int(&row[2])?,
-        int(&row[3])?,
-        int(&row[4]),
-    ))
+    Some(Usage {
+        issued: row[0].as_i64()?,
+        last_issued_at: row[1].as_i64(),
+        deliveries: row[2].as_i64()?,
+        validations: row[3].as_i64()?,
+        last_used_at: row[4].as_i64(),
+    })
 }
 
 #[test]
@@ -42,7 +49,10 @@ fn deliveries_validations_and_issuance_reach_the_server() {
     let before = unix_now();
     let fetched = c.agent.fetch_x509_within(20).expect("X.509-SVID fetched");
     assert_eq!(
-        fetched.iter().map(|s| s.spiffe_id.as_str()).collect::<Vec<_>>(),
+        fetched
+            .iter()
+            .map(|s| s.spiffe_id.as_str())
+            .collect::<Vec<_>>(),
         [id]
     );
     runtime().block_on(async {
@@ -59,9 +69,16 @@ fn deliveries_validations_and_issuance_reach_the_server() {
 
     // One report a second: within a few seconds the server has it.
     let got = wait_for(Duration::from_secs(20), || {
-        usage_of(&c, &used).filter(|u| u.2 >= 2 && u.3 >= 1)
+        usage_of(&c, &used).filter(|u| u.deliveries >= 2 && u.validations >= 1)
     });
-    let Some((issued, last_issued_at, deliveries, validations, last_used_at)) = got else {
+    let Some(Usage {
+        issued,
+        last_issued_at,
+        deliveries,
+        validations,
+        last_used_at,
+    }) = got
+    else {
         panic!(
             "no usage of {used} reported within 20 s: {:?}\nagent log:\n{}\nserver log:\n{}",
             usage_of(&c, &used),
@@ -85,9 +102,13 @@ fn deliveries_validations_and_issuance_reach_the_server() {
 
     // The idle entry: issued, never used.
     let idle_usage = usage_of(&c, &idle).expect("the idle entry's SVID was issued");
-    assert!(idle_usage.0 >= 1, "{idle_usage:?}");
+    assert!(idle_usage.issued >= 1, "{idle_usage:?}");
     assert_eq!(
-        (idle_usage.2, idle_usage.3, idle_usage.4),
+        (
+            idle_usage.deliveries,
+            idle_usage.validations,
+            idle_usage.last_used_at
+        ),
         (0, 0, None),
         "{idle_usage:?}"
     );
