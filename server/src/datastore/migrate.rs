@@ -87,11 +87,11 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         then: None,
     },
     Migration {
-        version: 5,
+        version: 6,
         description: "entry usage: SVIDs issued per entry and agent, and the deliveries \
                       and validations agents report, with when each last happened",
-        sqlite: include_str!("../../migrations/sqlite/0005_entry_usage.sql"),
-        postgres: include_str!("../../migrations/postgres/0005_entry_usage.sql"),
+        sqlite: include_str!("../../migrations/sqlite/0006_entry_usage.sql"),
+        postgres: include_str!("../../migrations/postgres/0006_entry_usage.sql"),
         then: None,
     },
 ];

@@ -1,4 +1,4 @@
--- Schema version 5 (PostgreSQL): how each registration entry is used, per agent, for the
+-- Schema version 6 (PostgreSQL): how each registration entry is used, per agent, for the
 -- access review. The server counts the SVIDs it issues for an entry (`issued`, and when
 -- it last did); agents report, in batches, how many X.509-SVID messages and JWT-SVIDs
 -- their Workload API delivered for it and how many of its JWT-SVIDs it validated, and
