@@ -1,6 +1,6 @@
 //! Wiring: loads or bootstraps the agent identity, binds the Workload API socket, and runs
-//! the rotation worker, the Workload API, cache persistence, health endpoints and the
-//! readiness watch under one `daemon::supervisor::Supervisor`, which drains them within a
+//! the rotation worker, the Workload API, cache persistence, usage reports, health
+//! endpoints and the readiness watch under one `daemon::supervisor::Supervisor`, which drains them within a
 //! deadline at shutdown (and shuts everything down when one of them fails).
 
 use std::sync::Arc;
@@ -20,6 +20,7 @@ use crate::node_api::{GrpcConnector, NodeConnector};
 use crate::node_identity::{self, NodeIdentityError};
 use crate::rotation::{Backoff, Rotation};
 use crate::server_client::ServerLink;
+use crate::usage::UsageCounters;
 use crate::workload_api::WorkloadApi;
 use crate::workload_api::authority::{MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE};
 use crate::workload_api::connection::StreamTrackingLayer;
@@ -187,6 +188,17 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             }
         });
     }
+    // Per-entry usage: counted by the Workload API, reported in batches.
+    let usage = UsageCounters::default();
+    supervisor.spawn_job(
+        "usage reports",
+        crate::usage::run(
+            usage.clone(),
+            link.clone(),
+            config.usage_report_interval,
+            shutdown.clone(),
+        ),
+    );
     let api = WorkloadApi {
         cache: cache.clone(),
         attestor: Arc::new(Attestor::new()),
@@ -194,6 +206,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         jwt_cache,
         shutdown: shutdown.clone(),
         tasks: supervisor.spawner(),
+        usage,
     };
     let api_shutdown = shutdown.clone();
     let limits = config.workload_api;

@@ -64,6 +64,8 @@ pub struct Identities {
     pub matched: bool,
     /// Valid SVIDs of matching entries, default identity first, with their hints.
     pub svids: Vec<(Arc<X509Svid>, String)>,
+    /// The entry of each of `svids`, in the same order.
+    pub entry_ids: Vec<EntryId>,
 }
 
 impl CacheSnapshot {
@@ -102,22 +104,24 @@ impl CacheSnapshot {
             (a.entry.created_at, &a.entry.id).cmp(&(b.entry.created_at, &b.entry.id))
         });
         let mut seen_hints = std::collections::HashSet::new();
-        let svids = matching
+        let (svids, entry_ids) = matching
             .iter()
-            .filter_map(|c| c.svid.as_ref().map(|s| (s, &c.entry.hint)))
+            .filter_map(|c| c.svid.as_ref().map(|s| (s, &c.entry)))
             .filter(|(s, _)| !s.is_expired_at(now))
-            .map(|(s, hint)| {
+            .map(|(s, entry)| {
+                let hint = &entry.hint;
                 let hint = if hint.is_empty() || !seen_hints.insert(hint.clone()) {
                     String::new()
                 } else {
                     hint.clone()
                 };
-                (Arc::clone(s), hint)
+                ((Arc::clone(s), hint), entry.id.clone())
             })
-            .collect();
+            .unzip();
         Identities {
             matched: !matching.is_empty(),
             svids,
+            entry_ids,
         }
     }
 }

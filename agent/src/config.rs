@@ -61,6 +61,12 @@ pub const DEFAULT_JWT_CACHE_MAX_ENTRIES: usize = 10_000;
 /// 1 KiB, about 45 KiB each).
 pub const DEFAULT_JWT_CACHE_MAX_BYTES: usize = 16 * 1024 * 1024;
 
+/// Default time between two reports of per-entry usage to the server.
+pub const DEFAULT_USAGE_REPORT_INTERVAL: Duration = Duration::from_secs(30);
+/// Bounds of `usage_report_interval`.
+const USAGE_REPORT_INTERVAL_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(3600);
+
 /// Bounds of the agent's cache of minted JWT-SVIDs (least recently used evicted first).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JwtCacheLimits {
@@ -145,6 +151,11 @@ pub struct RawAgentConfig {
     /// Most bytes of JWT-SVIDs cached for reuse [default: 16777216, 16 MiB].
     #[arg(long)]
     pub jwt_cache_max_bytes: Option<usize>,
+    /// Time between two reports to the server of how workloads used each entry (SVIDs
+    /// delivered, JWT-SVIDs validated), from 1s to 1h; nothing is sent when nothing was
+    /// used, e.g. 30s [default: 30s].
+    #[arg(long)]
+    pub usage_report_interval: Option<String>,
 }
 
 impl std::fmt::Debug for RawAgentConfig {
@@ -168,6 +179,7 @@ impl std::fmt::Debug for RawAgentConfig {
             api_max_request_bytes,
             jwt_cache_max_entries,
             jwt_cache_max_bytes,
+            usage_report_interval,
         } = self;
         f.debug_struct("RawAgentConfig")
             .field("server_address", server_address)
@@ -187,6 +199,7 @@ impl std::fmt::Debug for RawAgentConfig {
             .field("api_max_request_bytes", api_max_request_bytes)
             .field("jwt_cache_max_entries", jwt_cache_max_entries)
             .field("jwt_cache_max_bytes", jwt_cache_max_bytes)
+            .field("usage_report_interval", usage_report_interval)
             .finish()
     }
 }
@@ -216,6 +229,8 @@ pub struct AgentConfig {
     pub workload_api: WorkloadApiLimits,
     /// Bounds of the JWT-SVID cache.
     pub jwt_cache: JwtCacheLimits,
+    /// Time between two usage reports to the server.
+    pub usage_report_interval: Duration,
 }
 
 /// The Workload API's limits on connections, validated.
@@ -250,6 +265,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("socket_path", &self.socket_path)
             .field("workload_api", &self.workload_api)
             .field("jwt_cache", &self.jwt_cache)
+            .field("usage_report_interval", &self.usage_report_interval)
             .finish()
     }
 }
@@ -325,6 +341,7 @@ impl RawAgentConfig {
             api_max_request_bytes,
             jwt_cache_max_entries,
             jwt_cache_max_bytes,
+            usage_report_interval,
         } = over;
         Self {
             server_address: server_address.or(self.server_address),
@@ -346,6 +363,7 @@ impl RawAgentConfig {
             api_max_request_bytes: api_max_request_bytes.or(self.api_max_request_bytes),
             jwt_cache_max_entries: jwt_cache_max_entries.or(self.jwt_cache_max_entries),
             jwt_cache_max_bytes: jwt_cache_max_bytes.or(self.jwt_cache_max_bytes),
+            usage_report_interval: usage_report_interval.or(self.usage_report_interval),
         }
     }
 }
@@ -594,6 +612,20 @@ impl AgentConfig {
                 });
             }
         }
+        let usage_report_interval = duration(
+            "usage_report_interval",
+            raw.usage_report_interval.as_ref(),
+            DEFAULT_USAGE_REPORT_INTERVAL,
+        )?;
+        if !USAGE_REPORT_INTERVAL_RANGE.contains(&usage_report_interval) {
+            return Err(AgentConfigError::Invalid {
+                key: "usage_report_interval",
+                message: format!(
+                    "{} s is not between 1s and 1h",
+                    usage_report_interval.as_secs_f64()
+                ),
+            });
+        }
         Ok(Self {
             server_address,
             trust_domain,
@@ -608,6 +640,7 @@ impl AgentConfig {
             log_json,
             workload_api,
             jwt_cache,
+            usage_report_interval,
         })
     }
 }
@@ -628,6 +661,15 @@ mod tests {
         let c = AgentConfig::from_raw(raw()).unwrap();
         assert_eq!(c.server_address, DEFAULT_SERVER_ADDRESS);
         assert_eq!(c.jwt_cache, JwtCacheLimits::default());
+        assert_eq!(c.usage_report_interval, Duration::from_secs(30));
+        for (text, secs) in [("1s", 1), ("1h", 3600), ("90", 90)] {
+            let c = AgentConfig::from_raw(RawAgentConfig {
+                usage_report_interval: Some(text.into()),
+                ..raw()
+            })
+            .unwrap();
+            assert_eq!(c.usage_report_interval, Duration::from_secs(secs), "{text}");
+        }
         assert!(matches!(
             AgentConfig::from_raw(RawAgentConfig::default()),
             Err(AgentConfigError::Missing("trust_domain", _))
@@ -695,6 +737,27 @@ mod tests {
                     ..raw()
                 },
                 "trust_domain",
+            ),
+            (
+                RawAgentConfig {
+                    usage_report_interval: Some("61m".into()),
+                    ..raw()
+                },
+                "usage_report_interval",
+            ),
+            (
+                RawAgentConfig {
+                    usage_report_interval: Some("0s".into()),
+                    ..raw()
+                },
+                "usage_report_interval",
+            ),
+            (
+                RawAgentConfig {
+                    usage_report_interval: Some("soon".into()),
+                    ..raw()
+                },
+                "usage_report_interval",
             ),
         ] {
             match AgentConfig::from_raw(bad) {
@@ -940,7 +1003,7 @@ mod tests {
             .get_arguments()
             .map(|a| a.get_id().to_string())
             .collect();
-        assert_eq!(ids.len(), 17, "{ids:?}");
+        assert_eq!(ids.len(), 18, "{ids:?}");
         for id in ids {
             // A string or a number, whichever the key takes.
             let text = format!("{id} = \"x\"");

@@ -22,4 +22,5 @@ pub(crate) mod rotation;
 pub mod server_client;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod usage;
 pub(crate) mod workload_api;

@@ -17,7 +17,8 @@ use common::proto::tessera::node_client::NodeClient;
 use common::proto::tessera::{
     AttestAgentRequest, AttestAgentResponse, CsrForEntry, MintJwtSvidRequest, MintJwtSvidResponse,
     NodeBeginTaskRequest, NodeEndTaskRequest, RenewAgentRequest, RenewAgentResponse,
-    SignX509SvidsRequest, SignedX509Svid, SyncRequest, SyncUpdate, Task, TaskTokenUse,
+    SignX509SvidsRequest, SignedX509Svid, SyncRequest, SyncUpdate, Task, TaskTokenUse, UsageReport,
+    UsageReportAck,
 };
 use common::{BundleCell, TrustDomain, X509Svid};
 use futures::StreamExt as _;
@@ -57,6 +58,9 @@ pub trait NodeApi: Debug + Send + Sync {
 
     /// Reports that a task's JWT-SVID was validated here (for the audit log).
     async fn record_task_token_use(&self, usage: TaskTokenUse) -> Result<(), Status>;
+
+    /// Reports how the Workload API used this agent's entries since the last report.
+    async fn report_usage(&self, report: UsageReport) -> Result<UsageReportAck, Status>;
 }
 
 /// Opens node API sessions.
@@ -139,5 +143,11 @@ impl NodeApi for NodeClient<Channel> {
     async fn record_task_token_use(&self, usage: TaskTokenUse) -> Result<(), Status> {
         Self::record_task_token_use(&mut self.clone(), usage).await?;
         Ok(())
+    }
+
+    async fn report_usage(&self, report: UsageReport) -> Result<UsageReportAck, Status> {
+        Ok(Self::report_usage(&mut self.clone(), report)
+            .await?
+            .into_inner())
     }
 }

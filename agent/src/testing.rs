@@ -8,7 +8,7 @@
 //! deadline as the server does. A test can make the next N signing calls fail, end the
 //! open streams, and read back every call with the (wall-clock) time it was made.
 //! JWT-SVIDs and tasks are not served: those calls are recorded and answered
-//! `Unimplemented`.
+//! `Unimplemented`. Usage reports are recorded and accepted whole.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -17,7 +17,8 @@ use std::time::{Duration, SystemTime};
 use common::proto::tessera::{
     self, AttestAgentRequest, AttestAgentResponse, CsrForEntry, MintJwtSvidRequest,
     MintJwtSvidResponse, NodeBeginTaskRequest, NodeEndTaskRequest, RenewAgentRequest,
-    RenewAgentResponse, SignedX509Svid, SyncSnapshot, SyncUpdate, Task, TaskTokenUse, sync_update,
+    RenewAgentResponse, SignedX509Svid, SyncSnapshot, SyncUpdate, Task, TaskTokenUse, UsageReport,
+    UsageReportAck, sync_update,
 };
 use common::{Bundle, SpiffeId, TrustDomain, X509Svid};
 use futures::StreamExt as _;
@@ -163,6 +164,11 @@ pub enum NodeCall {
     EndTask,
     /// `RecordTaskTokenUse`.
     RecordTaskTokenUse,
+    /// `ReportUsage` with these items: `(entry id, deliveries, validations, last used)`.
+    ReportUsage {
+        /// The report's items, in order.
+        items: Vec<(String, u64, u64, i64)>,
+    },
 }
 
 /// A [`NodeCall`] and the wall-clock time (by the fake's clock) it was made at.
@@ -489,5 +495,27 @@ impl NodeApi for FakeNode {
     async fn record_task_token_use(&self, _usage: TaskTokenUse) -> Result<(), Status> {
         self.record(&mut self.state(), NodeCall::RecordTaskTokenUse);
         Ok(())
+    }
+
+    async fn report_usage(&self, report: UsageReport) -> Result<UsageReportAck, Status> {
+        let mut state = self.state();
+        let items = report
+            .items
+            .iter()
+            .map(|i| {
+                (
+                    i.entry_id.clone(),
+                    i.deliveries,
+                    i.validations,
+                    i.last_used_at,
+                )
+            })
+            .collect();
+        self.record(&mut state, NodeCall::ReportUsage { items });
+        Self::check_reachable(&state)?;
+        Ok(UsageReportAck {
+            accepted: u32::try_from(report.items.len()).unwrap_or(u32::MAX),
+            ignored: 0,
+        })
     }
 }

@@ -37,6 +37,7 @@ use common::proto::tessera::TaskTokenUse;
 use crate::attestation::{AttestationError, Attestor, PeerCred};
 use crate::cache::{Cache, CacheSnapshot};
 use crate::server_client::ServerLink;
+use crate::usage::UsageCounters;
 use connection::ConnectionInfo;
 use daemon::supervisor::Spawner;
 use jwt_cache::{CachedJwt, JwtCache, JwtKey};
@@ -61,6 +62,8 @@ pub(crate) struct WorkloadApi {
     pub(crate) shutdown: CancellationToken,
     /// Starts the per-stream and background tasks, owned by the agent's supervisor.
     pub(crate) tasks: Spawner,
+    /// Per-entry deliveries and validations, reported to the server in batches.
+    pub(crate) usage: UsageCounters,
 }
 
 /// Most audiences accepted in one request.
@@ -177,10 +180,12 @@ impl WorkloadApi {
     /// Streams `render(snapshot)` to the caller: at once, then whenever it changes.
     ///
     /// `render` returns `Ok(None)` while a matching entry's SVID is still being issued.
-    fn stream<T, F>(&self, selectors: SelectorSet, render: F) -> BoxStream<T>
+    /// `sent` is called with the snapshot and selectors of each message once it is sent.
+    fn stream<T, F, S>(&self, selectors: SelectorSet, render: F, sent: S) -> BoxStream<T>
     where
         T: Send + PartialEq + Clone + 'static,
         F: Fn(&CacheSnapshot, &SelectorSet) -> Result<Option<T>, Status> + Send + 'static,
+        S: Fn(&CacheSnapshot, &SelectorSet) + Send + 'static,
     {
         let (tx, rx) = mpsc::channel(4);
         let mut watch: watch::Receiver<Arc<CacheSnapshot>> = self.cache.subscribe();
@@ -202,6 +207,7 @@ impl WorkloadApi {
                             if tx.send(Ok(msg)).await.is_err() {
                                 return;
                             }
+                            sent(&snap, &selectors);
                         }
                     }
                     Ok(None) if last.is_none() && started.elapsed() >= PENDING_TIMEOUT => {
@@ -462,7 +468,14 @@ impl SpiffeWorkloadApi for WorkloadApi {
         if snap.synced && !snap.identities(&selectors, SystemTime::now()).matched {
             return Err(Status::permission_denied(NO_IDENTITY));
         }
-        Ok(Response::new(self.stream(selectors, render_x509)))
+        let usage = self.usage.clone();
+        // One delivery of each entry whose SVID the message carries.
+        let sent = move |snap: &CacheSnapshot, selectors: &SelectorSet| {
+            let now = SystemTime::now();
+            let ids = snap.identities(selectors, now);
+            usage.delivered(&ids.entry_ids, crate::cache::unix(now));
+        };
+        Ok(Response::new(self.stream(selectors, render_x509, sent)))
     }
 
     type FetchX509BundlesStream = BoxStream<X509BundlesResponse>;
@@ -477,7 +490,11 @@ impl SpiffeWorkloadApi for WorkloadApi {
         if snap.synced && !snap.identities(&selectors, SystemTime::now()).matched {
             return Err(Status::permission_denied(NO_IDENTITY));
         }
-        Ok(Response::new(self.stream(selectors, render_bundles)))
+        Ok(Response::new(self.stream(
+            selectors,
+            render_bundles,
+            |_, _| {},
+        )))
     }
 
     async fn fetch_jwtsvid(
@@ -528,9 +545,11 @@ impl SpiffeWorkloadApi for WorkloadApi {
         }
         let mut svids = Vec::with_capacity(entries.len());
         let mut hints = std::collections::HashSet::new();
+        let mut delivered = Vec::with_capacity(entries.len());
         for c in entries {
             let token = self.jwt_for(c, &audience).await?;
             let e = &c.entry;
+            delivered.push(&e.id);
             let hint = if e.hint.is_empty() || !hints.insert(e.hint.clone()) {
                 String::new()
             } else {
@@ -542,6 +561,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 hint,
             });
         }
+        self.usage.delivered(delivered, unix_now());
         Ok(Response::new(JwtsvidResponse { svids }))
     }
 
@@ -557,7 +577,11 @@ impl SpiffeWorkloadApi for WorkloadApi {
         if snap.synced && !snap.identities(&selectors, SystemTime::now()).matched {
             return Err(Status::permission_denied(NO_IDENTITY));
         }
-        Ok(Response::new(self.stream(selectors, render_jwt_bundles)))
+        Ok(Response::new(self.stream(
+            selectors,
+            render_jwt_bundles,
+            |_, _| {},
+        )))
     }
 
     async fn validate_jwtsvid(
@@ -583,6 +607,15 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let now = unix_now();
         match common::jwt::validate(&r.svid, &r.audience, &bundles, now) {
             Ok(v) => {
+                // A use of every entry of this agent granting the token's identity (the
+                // token does not say which entry it was minted for).
+                self.usage.validated(
+                    snap.entries
+                        .values()
+                        .filter(|c| c.entry.spiffe_id == v.spiffe_id)
+                        .map(|c| &c.entry.id),
+                    now,
+                );
                 // A token of a task that ended is refused even though it has not expired.
                 let task = v
                     .claims

@@ -16,6 +16,7 @@ use crate::datastore::DatastoreError;
 use crate::issuance::IssuanceError;
 use crate::node_attestation::NodeAttestationError;
 use crate::registration::RegistrationError;
+use crate::usage::UsageError;
 
 /// Metadata of a `ResourceExhausted` answer: milliseconds until asking again can succeed.
 pub(crate) const RETRY_AFTER_MS: &str = "retry-after-ms";
@@ -133,6 +134,17 @@ impl From<IssuanceError> for Status {
             }
             IssuanceError::Signing(_) => internal("JWT-SVID signing", &e),
             IssuanceError::Datastore(d) => d.into(),
+        }
+    }
+}
+
+impl From<UsageError> for Status {
+    fn from(e: UsageError) -> Self {
+        match e {
+            UsageError::TooManyItems(_) | UsageError::BadTime { .. } => {
+                Self::invalid_argument(e.to_string())
+            }
+            UsageError::Datastore(d) => d.into(),
         }
     }
 }

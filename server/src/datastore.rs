@@ -213,6 +213,42 @@ pub struct TaskSvid {
     pub not_after: i64,
 }
 
+/// What an agent reported of one entry's use since its last report: counts to add, and
+/// when it was last used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageReport {
+    /// The entry.
+    pub entry_id: EntryId,
+    /// The agent that reported it.
+    pub agent_id: SpiffeId,
+    /// X.509-SVID messages and JWT-SVIDs its Workload API delivered for the entry.
+    pub deliveries: u64,
+    /// JWT-SVIDs of the entry's SPIFFE ID that its Workload API validated.
+    pub validations: u64,
+    /// When the entry was last used on that agent (Unix seconds).
+    pub last_used_at: i64,
+}
+
+/// An SVID issued for an entry to an agent: `(entry, agent, when in Unix seconds)`.
+pub type IssuedSvid = (EntryId, SpiffeId, i64);
+
+/// How one entry has been used, over every agent that holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryUsage {
+    /// The entry.
+    pub entry_id: EntryId,
+    /// SVIDs (X.509 and JWT) the server issued for it.
+    pub issued: u64,
+    /// When the last of them was issued (Unix seconds); `None` if none was.
+    pub last_issued_at: Option<i64>,
+    /// X.509-SVID messages and JWT-SVIDs agents delivered for it to workloads.
+    pub deliveries: u64,
+    /// JWT-SVIDs of its SPIFFE ID that agents validated.
+    pub validations: u64,
+    /// When an agent last reported it used (Unix seconds); `None` if none did.
+    pub last_used_at: Option<i64>,
+}
+
 /// Persistent state of the server.
 #[async_trait::async_trait]
 pub trait Datastore: Send + Sync + std::fmt::Debug {
@@ -363,6 +399,20 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     -> Result<Vec<DomainRecord>, DatastoreError>;
     /// Deletes a domain and returns it.
     async fn delete_domain(&self, domain: &str) -> Result<Option<DomainRecord>, DatastoreError>;
+    /// Adds agents' usage reports to the entries' usage, in one transaction: counts are
+    /// added to what is stored for the entry and agent, `last_used_at` becomes the later
+    /// of the stored and reported times.
+    async fn record_usage(&self, reports: &[UsageReport]) -> Result<(), DatastoreError>;
+    /// Counts SVIDs issued, in one transaction: per entry and agent, `issued` grows by one
+    /// per item and `last_issued_at` becomes the later of the stored and given times.
+    async fn record_issued(&self, issued: &[IssuedSvid]) -> Result<(), DatastoreError>;
+    /// The usage of the entries `entry_ids` (every entry with usage recorded when `None`),
+    /// summed over agents (latest times), ordered by entry id. An entry without any
+    /// recorded usage is absent; usage recorded for an entry since deleted stays listed.
+    async fn entry_usage(
+        &self,
+        entry_ids: Option<&[EntryId]>,
+    ) -> Result<Vec<EntryUsage>, DatastoreError>;
 
     /// Checks that the datastore answers: one read of its own schema table on a pooled
     /// connection, given at most `within` (waiting for a connection included). `Backend`

@@ -26,7 +26,7 @@ use sha2::{Digest as _, Sha256};
 use crate::audit::{AuditEvent, AuditKind};
 use crate::ca::rotation::CaSet;
 use crate::clock::{now_unix, unix_seconds};
-use crate::datastore::{Datastore, DatastoreError, DomainRecord, TaskSvid};
+use crate::datastore::{Datastore, DatastoreError, DomainRecord, IssuedSvid, TaskSvid};
 use crate::jwt_keys::JwtKeyManager;
 use crate::rate_limit::{MintLimiter, Throttled};
 use crate::registration::dns_name_under;
@@ -210,6 +210,7 @@ impl Issuer {
         let mut audit = Vec::with_capacity(requests.len());
         let mut task_svids = Vec::new();
         let mut domains = HashMap::new();
+        let mut issued_svids: Vec<IssuedSvid> = Vec::new();
         for CsrRequest { entry_id, csr } in requests {
             let Some(entry) = self.entitled(agent, &entry_id).await? else {
                 out.push(X509Outcome::Refused {
@@ -283,6 +284,7 @@ impl Issuer {
                 .by(agent)
                 .in_tenant(&entry.governance.tenant),
             );
+            issued_svids.push((entry.id.clone(), agent.clone(), now_unix()));
             out.push(X509Outcome::Signed {
                 entry_id: entry.id,
                 chain: issued.chain,
@@ -291,7 +293,17 @@ impl Issuer {
         // Recorded before any SVID leaves the server.
         self.ds.record_task_svids(&task_svids).await?;
         self.ds.append_audit(&audit).await?;
+        self.record_issued(&issued_svids).await;
         Ok(out)
+    }
+
+    /// Counts SVIDs issued in the entries' usage (for the access review). Best-effort:
+    /// the SVIDs are signed and audited already, so a failure is logged and nothing
+    /// more.
+    async fn record_issued(&self, issued: &[IssuedSvid]) {
+        if let Err(e) = self.ds.record_issued(issued).await {
+            tracing::warn!(error = %e, svids = issued.len(), "issued SVIDs not counted in the entries' usage");
+        }
     }
 
     /// Signs a JWT-SVID for `entry_id` with `audience`, if `agent` is entitled to it and
@@ -354,6 +366,8 @@ impl Issuer {
             .by(agent)
             .in_tenant(&entry.governance.tenant)])
             .await?;
+        self.record_issued(&[(entry.id.clone(), agent.clone(), now_unix())])
+            .await;
         tracing::info!(
             agent_id = %agent,
             entry_id = %entry.id,

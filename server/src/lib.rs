@@ -27,3 +27,4 @@ pub mod registration;
 pub mod server_identity;
 pub mod tasks;
 pub mod tenants;
+pub mod usage;

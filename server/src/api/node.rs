@@ -13,7 +13,7 @@ use common::proto::tessera::{
     AttestAgentRequest, AttestAgentResponse, MintJwtSvidRequest, MintJwtSvidResponse,
     NodeBeginTaskRequest, NodeEndTaskRequest, RenewAgentRequest, RenewAgentResponse,
     SignX509SvidsRequest, SignX509SvidsResponse, SyncRequest, SyncSnapshot, SyncUpdate, Task,
-    TaskTokenUse, TaskTokenUseAck, sync_update,
+    TaskTokenUse, TaskTokenUseAck, UsageReport, UsageReportAck, sync_update,
 };
 use common::{Bundle, BundleCell, EntryId, RegistrationEntry, SpiffeId};
 use futures::Stream;
@@ -27,6 +27,7 @@ use crate::events::{ChangeEvent, Events};
 use crate::issuance::{CsrRequest, Issuer};
 use crate::node_attestation::NodeAttestor;
 use crate::tasks::{Tasks, TokenUse};
+use crate::usage::{self, ReportedUse};
 
 /// The node API service.
 #[derive(Debug, Clone)]
@@ -293,5 +294,37 @@ impl Node for NodeService {
             .record_token_use(&agent, &u.task_id.parse()?, &subject, &token_use)
             .await?;
         Ok(Response::new(TaskTokenUseAck {}))
+    }
+
+    async fn report_usage(
+        &self,
+        req: Request<UsageReport>,
+    ) -> Result<Response<UsageReportAck>, Status> {
+        let agent = self.agent(&req).await?.spiffe_id;
+        let items = req.into_inner().items;
+        // Refused before anything else is looked at.
+        if items.len() > usage::MAX_USAGE_ITEMS {
+            return Err(usage::UsageError::TooManyItems(items.len()).into());
+        }
+        let items = items
+            .into_iter()
+            .map(|i| {
+                Ok(ReportedUse {
+                    entry_id: i.entry_id.parse()?,
+                    deliveries: i.deliveries,
+                    validations: i.validations,
+                    last_used_at: i.last_used_at,
+                })
+            })
+            .collect::<Result<Vec<_>, common::ids::IdError>>()?;
+        let outcome = usage::record_report(&*self.ds, &agent, items, crate::clock::now_unix())
+            .await
+            .inspect_err(
+                |e| tracing::warn!(agent_id = %agent, error = %e, "usage report refused"),
+            )?;
+        Ok(Response::new(UsageReportAck {
+            accepted: outcome.accepted,
+            ignored: outcome.ignored,
+        }))
     }
 }

@@ -17,7 +17,10 @@ use common::{EntryId, RegistrationEntry, Selector, SelectorSet, SpiffeId, TaskId
 use serde_json::json;
 
 use super::testdb::{Backend, Under};
-use super::{AgentRecord, DatastoreError, EntryFilter, TaskEnd, TaskRecord, TaskSvid, UnixUser};
+use super::{
+    AgentRecord, DatastoreError, EntryFilter, EntryUsage, TaskEnd, TaskRecord, TaskSvid, UnixUser,
+    UsageReport,
+};
 use crate::audit::{AuditEvent, ChainHead, verify};
 use crate::policy::Decision;
 
@@ -62,6 +65,8 @@ conformance!(
     due_and_revoked_tasks,
     reopen_sees_everything,
     ping_answers_only_while_the_datastore_does,
+    entry_usage_adds_up_per_entry_and_agent,
+    entry_usage_counts_every_concurrent_report,
 );
 
 fn sid(s: &str) -> SpiffeId {
@@ -959,4 +964,161 @@ async fn ping_answers_only_while_the_datastore_does(b: &(impl Backend + Under)) 
     b.script("ALTER TABLE tessera_schema_away RENAME TO tessera_schema")
         .await;
     ds.ping(WITHIN).await.unwrap();
+}
+
+fn report(entry: &str, agent: &str, deliveries: u64, validations: u64, at: i64) -> UsageReport {
+    UsageReport {
+        entry_id: eid(entry),
+        agent_id: sid(agent),
+        deliveries,
+        validations,
+        last_used_at: at,
+    }
+}
+
+async fn entry_usage_adds_up_per_entry_and_agent(b: &dyn Backend) {
+    const N1: &str = "spiffe://example.org/node/1";
+    const N2: &str = "spiffe://example.org/node/2";
+    let ds = b.open().await;
+    assert!(ds.entry_usage(None).await.unwrap().is_empty());
+    // Usage is kept for an entry that exists or not: deleting one never waits on it.
+    ds.create_entry(&entry("a", "spiffe://example.org/a", 1))
+        .await
+        .unwrap();
+    ds.record_issued(&[
+        (eid("a"), sid(N1), 100),
+        (eid("a"), sid(N1), 90),
+        (eid("b"), sid(N1), 50),
+    ])
+    .await
+    .unwrap();
+    ds.record_issued(&[(eid("a"), sid(N2), 110)]).await.unwrap();
+    ds.record_issued(&[]).await.unwrap();
+    ds.record_usage(&[
+        report("a", N1, 2, 1, 200),
+        // An older last use never moves the time back; counts add up.
+        report("a", N1, 3, 0, 150),
+        report("a", N2, 1, 0, 300),
+        report("c", N2, 0, 4, 10),
+    ])
+    .await
+    .unwrap();
+    ds.record_usage(&[]).await.unwrap();
+    assert_eq!(
+        ds.delete_entry(&eid("a")).await.unwrap().unwrap().id,
+        eid("a")
+    );
+
+    let a = EntryUsage {
+        entry_id: eid("a"),
+        issued: 3,
+        last_issued_at: Some(110),
+        deliveries: 6,
+        validations: 1,
+        last_used_at: Some(300),
+    };
+    let b_usage = EntryUsage {
+        entry_id: eid("b"),
+        issued: 1,
+        last_issued_at: Some(50),
+        deliveries: 0,
+        validations: 0,
+        last_used_at: None,
+    };
+    let c = EntryUsage {
+        entry_id: eid("c"),
+        issued: 0,
+        last_issued_at: None,
+        deliveries: 0,
+        validations: 4,
+        last_used_at: Some(10),
+    };
+    assert_eq!(
+        ds.entry_usage(None).await.unwrap(),
+        [a.clone(), b_usage.clone(), c.clone()]
+    );
+    // Only the entries asked for (repeats and unknown ids ignored), in entry order.
+    let asked = [eid("c"), eid("a"), eid("zzz"), eid("a")];
+    assert_eq!(
+        ds.entry_usage(Some(&asked)).await.unwrap(),
+        [a.clone(), c.clone()]
+    );
+    assert!(ds.entry_usage(Some(&[])).await.unwrap().is_empty());
+    // More ids than one query binds.
+    let many: Vec<EntryId> = (0..1200)
+        .map(|i| eid(&format!("x{i:04}")))
+        .chain([eid("b")])
+        .collect();
+    assert_eq!(
+        ds.entry_usage(Some(&many)).await.unwrap(),
+        std::slice::from_ref(&b_usage)
+    );
+
+    // Counts saturate at the largest stored value instead of failing.
+    ds.record_usage(&[report("s", N1, u64::MAX, 1, 1)])
+        .await
+        .unwrap();
+    ds.record_usage(&[report("s", N1, 5, u64::MAX, 2)])
+        .await
+        .unwrap();
+    let s = ds.entry_usage(Some(&[eid("s")])).await.unwrap();
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert_eq!(s[0].deliveries, i64::MAX as u64);
+    assert_eq!(s[0].validations, i64::MAX as u64);
+    assert_eq!(s[0].last_used_at, Some(2));
+
+    // Another server (or a restarted one) sees the same.
+    let again = b.open().await;
+    assert_eq!(
+        again
+            .entry_usage(Some(&[eid("a"), eid("b"), eid("c")]))
+            .await
+            .unwrap(),
+        [a, b_usage, c]
+    );
+}
+
+async fn entry_usage_counts_every_concurrent_report(b: &dyn Backend) {
+    const AGENT: &str = "spiffe://example.org/node/1";
+    let servers = [b.open().await, b.open().await];
+    let mut handles = Vec::new();
+    for i in 0..40_i64 {
+        let ds = Arc::clone(&servers[(i % 2) as usize]);
+        handles.push(tokio::spawn(async move {
+            ds.record_usage(&[
+                report("a", AGENT, 1, 2, 1000 + i),
+                report("b", AGENT, 1, 0, 5),
+            ])
+            .await
+            .unwrap();
+            ds.record_issued(&[(eid("a"), sid(AGENT), 2000 - i)])
+                .await
+                .unwrap();
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let got = servers[0].entry_usage(None).await.unwrap();
+    assert_eq!(
+        got,
+        [
+            EntryUsage {
+                entry_id: eid("a"),
+                issued: 40,
+                last_issued_at: Some(2000),
+                deliveries: 40,
+                validations: 80,
+                last_used_at: Some(1039),
+            },
+            EntryUsage {
+                entry_id: eid("b"),
+                issued: 0,
+                last_issued_at: None,
+                deliveries: 40,
+                validations: 0,
+                last_used_at: Some(5),
+            },
+        ]
+    );
 }

@@ -95,6 +95,14 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../migrations/postgres/0005_tenants.sql"),
         then: None,
     },
+    Migration {
+        version: 6,
+        description: "entry usage: SVIDs issued per entry and agent, and the deliveries \
+                      and validations agents report, with when each last happened",
+        sqlite: include_str!("../../migrations/sqlite/0006_entry_usage.sql"),
+        postgres: include_str!("../../migrations/postgres/0006_entry_usage.sql"),
+        then: None,
+    },
 ];
 
 /// The tables version 1 created: a database holding them but no version table was

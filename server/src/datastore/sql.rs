@@ -40,8 +40,8 @@ use tokio::sync::watch;
 use self::records::{EntryRow, TaskRow};
 use super::migrate::Migration;
 use super::{
-    AgentRecord, ConsumedToken, Datastore, DatastoreError, DomainRecord, EntryFilter, TaskRecord,
-    TaskSvid, TenantRecord,
+    AgentRecord, ConsumedToken, Datastore, DatastoreError, DomainRecord, EntryFilter, EntryUsage,
+    IssuedSvid, TaskRecord, TaskSvid, TenantRecord, UsageReport,
 };
 use crate::audit::{AuditEvent, AuditRecord, ChainHead};
 
@@ -62,6 +62,9 @@ pub trait Dialect: Io {
     /// This backend's DDL for a schema version.
     fn script(migration: &Migration) -> &'static str;
 }
+
+/// Most entry ids bound in one usage query.
+const USAGE_IDS_PER_QUERY: usize = 500;
 
 /// A datastore on a SQL database (see the module docs).
 pub struct SqlStore<D: Dialect> {
@@ -811,6 +814,59 @@ impl<D: Dialect> Datastore for SqlStore<D> {
             .map_err(backend)?;
         }
         tx.commit().await.map_err(backend)
+    }
+
+    async fn record_usage(&self, reports: &[UsageReport]) -> Result<(), DatastoreError> {
+        if reports.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        for r in reports {
+            D::execute(&mut tx, records::UPSERT_USAGE, &records::usage_params(r))
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn record_issued(&self, issued: &[IssuedSvid]) -> Result<(), DatastoreError> {
+        if issued.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        for (entry_id, agent_id, at) in issued {
+            let params = [
+                Param::Text(entry_id.as_str()),
+                Param::Text(agent_id.as_str()),
+                Param::Int(*at),
+            ];
+            D::execute(&mut tx, records::UPSERT_ISSUED, &params)
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn entry_usage(
+        &self,
+        entry_ids: Option<&[EntryId]>,
+    ) -> Result<Vec<EntryUsage>, DatastoreError> {
+        let Some(ids) = entry_ids else {
+            let rows = self.all(records::ALL_USAGE, &[], records::usage).await?;
+            return Ok(records::sum_usage(rows));
+        };
+        // Sorted and without repeats, so the chunks' rows come back in entry order.
+        let mut ids: Vec<&EntryId> = ids.iter().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut rows = Vec::new();
+        // Well under what either backend binds in one statement.
+        for chunk in ids.chunks(USAGE_IDS_PER_QUERY) {
+            let params: Vec<Param<'_>> = chunk.iter().map(|id| Param::Text(id.as_str())).collect();
+            let sql = records::usage_of_sql(chunk.len());
+            rows.extend(self.all(&sql, &params, records::usage).await?);
+        }
+        Ok(records::sum_usage(rows))
     }
 
     async fn revoked_since(

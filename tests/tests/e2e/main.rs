@@ -36,3 +36,4 @@ mod socket_squatting;
 mod tasks;
 mod tenants;
 mod upstream;
+mod usage;

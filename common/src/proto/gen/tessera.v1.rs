@@ -729,6 +729,36 @@ pub struct HealthResponse {
     #[prost(string, tag = "2")]
     pub reason: ::prost::alloc::string::String,
 }
+/// What an agent's Workload API did with its entries since its last report.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct UsageReport {
+    #[prost(message, repeated, tag = "1")]
+    pub items: ::prost::alloc::vec::Vec<EntryUsageItem>,
+}
+/// One entry's use on the reporting agent since its last report.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct EntryUsageItem {
+    #[prost(string, tag = "1")]
+    pub entry_id: ::prost::alloc::string::String,
+    /// X.509-SVID messages (FetchX509SVID) and JWT-SVIDs (FetchJWTSVID) delivered.
+    #[prost(uint64, tag = "2")]
+    pub deliveries: u64,
+    /// ValidateJWTSVID calls for a token whose subject is the entry's SPIFFE ID.
+    #[prost(uint64, tag = "3")]
+    pub validations: u64,
+    /// When it was last used (unix seconds).
+    #[prost(int64, tag = "4")]
+    pub last_used_at: i64,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UsageReportAck {
+    /// Items stored.
+    #[prost(uint32, tag = "1")]
+    pub accepted: u32,
+    /// Items ignored: their entry is unknown or not parented to the calling agent.
+    #[prost(uint32, tag = "2")]
+    pub ignored: u32,
+}
 /// Generated client implementations.
 pub mod node_client {
     #![allow(
@@ -1011,6 +1041,31 @@ pub mod node_client {
                 .insert(GrpcMethod::new("tessera.v1.Node", "RecordTaskTokenUse"));
             self.inner.unary(req, path, codec).await
         }
+        /// Reports, in one batch, how the calling agent's Workload API used its entries since
+        /// its last report (for the access review). Items for entries not parented to the
+        /// calling agent are ignored (and counted in the ack); more than 10000 items is
+        /// InvalidArgument.
+        pub async fn report_usage(
+            &mut self,
+            request: impl tonic::IntoRequest<super::UsageReport>,
+        ) -> std::result::Result<tonic::Response<super::UsageReportAck>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.Node/ReportUsage",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.Node", "ReportUsage"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1088,6 +1143,14 @@ pub mod node_server {
             &self,
             request: tonic::Request<super::TaskTokenUse>,
         ) -> std::result::Result<tonic::Response<super::TaskTokenUseAck>, tonic::Status>;
+        /// Reports, in one batch, how the calling agent's Workload API used its entries since
+        /// its last report (for the access review). Items for entries not parented to the
+        /// calling agent are ignored (and counted in the ack); more than 10000 items is
+        /// InvalidArgument.
+        async fn report_usage(
+            &self,
+            request: tonic::Request<super::UsageReport>,
+        ) -> std::result::Result<tonic::Response<super::UsageReportAck>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct NodeServer<T> {
@@ -1501,6 +1564,49 @@ pub mod node_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = RecordTaskTokenUseSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.Node/ReportUsage" => {
+                    #[allow(non_camel_case_types)]
+                    struct ReportUsageSvc<T: Node>(pub Arc<T>);
+                    impl<T: Node> tonic::server::UnaryService<super::UsageReport>
+                    for ReportUsageSvc<T> {
+                        type Response = super::UsageReportAck;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::UsageReport>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Node>::report_usage(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ReportUsageSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

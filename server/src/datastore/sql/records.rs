@@ -23,7 +23,8 @@ use sha2::{Digest as _, Sha256};
 use super::io::{Cells, Param};
 use crate::audit::{AuditEvent, AuditRecord};
 use crate::datastore::{
-    AgentRecord, ConsumedToken, DatastoreError, TaskEnd, TaskRecord, TaskSvid, UnixUser,
+    AgentRecord, ConsumedToken, DatastoreError, EntryUsage, TaskEnd, TaskRecord, TaskSvid,
+    UnixUser, UsageReport,
 };
 
 /// The message of a duplicate entry (same id, or same SPIFFE ID, parent and selectors);
@@ -121,6 +122,50 @@ pub(super) const REVOKED_TASK_SVIDS: &str = "SELECT s.* FROM task_svids s
     JOIN tasks t ON t.id = s.task_id
     WHERE t.state NOT IN ('pending_approval', 'active') AND s.not_after > $1
     ORDER BY s.serial";
+
+/// Adds one agent's report of an entry's use: counts added (saturating at the largest
+/// value a column holds), the later of the two last-use times kept.
+pub(super) const UPSERT_USAGE: &str = "INSERT INTO entry_usage (entry_id, agent_id,
+        deliveries, validations, last_used_at)
+    VALUES ($1, $2, $3, $4, $5)
+    ON CONFLICT (entry_id, agent_id) DO UPDATE SET
+        deliveries = CASE
+            WHEN excluded.deliveries > 9223372036854775807 - entry_usage.deliveries
+            THEN 9223372036854775807
+            ELSE entry_usage.deliveries + excluded.deliveries END,
+        validations = CASE
+            WHEN excluded.validations > 9223372036854775807 - entry_usage.validations
+            THEN 9223372036854775807
+            ELSE entry_usage.validations + excluded.validations END,
+        last_used_at = CASE
+            WHEN entry_usage.last_used_at IS NULL
+                OR excluded.last_used_at > entry_usage.last_used_at
+            THEN excluded.last_used_at
+            ELSE entry_usage.last_used_at END";
+/// Counts one SVID issued for an entry to an agent at `$3`.
+pub(super) const UPSERT_ISSUED: &str = "INSERT INTO entry_usage (entry_id, agent_id, issued,
+        last_issued_at)
+    VALUES ($1, $2, 1, $3)
+    ON CONFLICT (entry_id, agent_id) DO UPDATE SET
+        issued = CASE
+            WHEN entry_usage.issued >= 9223372036854775807 THEN entry_usage.issued
+            ELSE entry_usage.issued + 1 END,
+        last_issued_at = CASE
+            WHEN entry_usage.last_issued_at IS NULL
+                OR excluded.last_issued_at > entry_usage.last_issued_at
+            THEN excluded.last_issued_at
+            ELSE entry_usage.last_issued_at END";
+/// Every entry's usage, one row per entry and agent.
+pub(super) const ALL_USAGE: &str = "SELECT * FROM entry_usage ORDER BY entry_id, agent_id";
+
+/// The usage rows of `n` entries, whose ids are bound to `$1` to `$n` (`n` at least 1).
+pub(super) fn usage_of_sql(n: usize) -> String {
+    let params: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
+    format!(
+        "SELECT * FROM entry_usage WHERE entry_id IN ({}) ORDER BY entry_id, agent_id",
+        params.join(", ")
+    )
+}
 
 /// The update of a task's row, applied only if its stored state is one of `expected`
 /// (compare-and-set); `None` when `expected` is empty (nothing can match).
@@ -433,6 +478,56 @@ pub(super) fn task_svid(row: &impl Cells) -> Result<TaskSvid, DatastoreError> {
         issuer_serial: row.text("issuer_serial")?,
         not_after: row.int("not_after")?,
     })
+}
+
+/// A usage report's values in [`UPSERT_USAGE`] order.
+pub(super) fn usage_params(u: &UsageReport) -> [Param<'_>; 5] {
+    [
+        Param::Text(u.entry_id.as_str()),
+        Param::Text(u.agent_id.as_str()),
+        Param::Int(count_param(u.deliveries)),
+        Param::Int(count_param(u.validations)),
+        Param::Int(u.last_used_at),
+    ]
+}
+
+/// A count as stored: saturating at the largest value a column holds.
+fn count_param(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn count(row: &impl Cells, column: &str) -> Result<u64, DatastoreError> {
+    u64::try_from(row.int(column)?).map_err(|e| corrupt(column, e))
+}
+
+/// One entry's usage on one agent (a row of `entry_usage`).
+pub(super) fn usage(row: &impl Cells) -> Result<EntryUsage, DatastoreError> {
+    Ok(EntryUsage {
+        entry_id: id::<EntryId>(row, "entry_id")?,
+        issued: count(row, "issued")?,
+        last_issued_at: row.opt_int("last_issued_at")?,
+        deliveries: count(row, "deliveries")?,
+        validations: count(row, "validations")?,
+        last_used_at: row.opt_int("last_used_at")?,
+    })
+}
+
+/// Rows ordered by entry, summed per entry: counts added (saturating), latest times.
+pub(super) fn sum_usage(rows: Vec<EntryUsage>) -> Vec<EntryUsage> {
+    let mut out: Vec<EntryUsage> = Vec::new();
+    for r in rows {
+        match out.last_mut() {
+            Some(last) if last.entry_id == r.entry_id => {
+                last.issued = last.issued.saturating_add(r.issued);
+                last.deliveries = last.deliveries.saturating_add(r.deliveries);
+                last.validations = last.validations.saturating_add(r.validations);
+                last.last_issued_at = last.last_issued_at.max(r.last_issued_at);
+                last.last_used_at = last.last_used_at.max(r.last_used_at);
+            }
+            _ => out.push(r),
+        }
+    }
+    out
 }
 
 /// An audit record's detail as stored: the JSON text its hash covers.
