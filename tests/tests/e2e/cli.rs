@@ -491,19 +491,29 @@ fn json_output_for_show_list_token_and_bundle() {
     assert_eq!(
         keys,
         [
+            "certified_at",
             "created_at",
+            "disabled_at",
+            "disabled_reason",
             "dns_names",
+            "expires_at",
             "hint",
             "id",
             "jit",
             "jwt_svid_ttl",
+            "owner",
             "parent_id",
+            "review_every",
             "revision",
             "selectors",
             "spiffe_id",
+            "tenant",
             "x509_svid_ttl"
         ]
     );
+    assert_eq!(e["tenant"], "default", "everything outside a tenant's prefixes");
+    assert_eq!(e["owner"], "user:root", "the creating operator");
+    assert!(e["expires_at"].is_null() && e["disabled_at"].is_null(), "{e}");
     assert_eq!(e["spiffe_id"], "spiffe://example.org/web");
     assert_eq!(e["parent_id"], AGENT_ID);
     assert_eq!(e["selectors"], serde_json::json!(["unix:uid:0"]));
