@@ -18,8 +18,8 @@ use tonic::transport::Channel;
 
 use super::args::{
     AdminOpts, AgentCommand, AuditCommand, BundleCommand, BundleFormat, CaCommand, Command,
-    DomainCommand, EntryCommand, OwnerCommand, PolicyCommand, TaskCommand, TenantCommand, TenantFields,
-    TokenCommand,
+    DomainCommand, EntryCommand, OwnerCommand, PolicyCommand, TaskCommand, TenantCommand,
+    TenantFields, TokenCommand,
 };
 use super::output;
 

@@ -321,7 +321,11 @@ pub(super) fn offboard_text(owner: &str, r: &common::proto::tessera::OffboardRes
         "Offboarded {owner}: {} task(s) ended, {} entr{} disabled.\n",
         r.ended_tasks.len(),
         r.disabled_entries.len(),
-        if r.disabled_entries.len() == 1 { "y" } else { "ies" }
+        if r.disabled_entries.len() == 1 {
+            "y"
+        } else {
+            "ies"
+        }
     );
     for t in &r.ended_tasks {
         out.push_str(&format!("  ended task     {t}\n"));
