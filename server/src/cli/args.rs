@@ -637,7 +637,7 @@ pub enum OwnerCommand {
         #[arg(long)]
         owner: String,
         /// Why (recorded as `owner offboarded: REASON`).
-        #[arg(long, default_value = "")]
-        reason: String,
+        #[arg(long)]
+        reason: Option<String>,
     },
 }

@@ -398,7 +398,7 @@ pub async fn run_admin(command: Command) -> anyhow::Result<()> {
             let r = c
                 .offboard_owner(common::proto::tessera::OffboardRequest {
                     owner: owner.clone(),
-                    reason,
+                    reason: reason.unwrap_or_default(),
                 })
                 .await
                 .map_err(status)?
