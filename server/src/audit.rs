@@ -88,6 +88,8 @@ pub enum AuditKind {
     EntryDisabled,
     /// An entry's owner re-certified it (re-enabled if its review had lapsed). (`entry.certified`)
     EntryCertified,
+    /// An owner left: their tasks ended and their entries were disabled. (`owner.offboarded`)
+    OwnerOffboarded,
 }
 
 impl AuditKind {
@@ -123,6 +125,7 @@ impl AuditKind {
         Self::DomainRemoved,
         Self::EntryDisabled,
         Self::EntryCertified,
+        Self::OwnerOffboarded,
     ];
 
     /// The stored name, e.g. `svid.x509.issued`.
@@ -158,6 +161,7 @@ impl AuditKind {
             Self::DomainRemoved => "domain.removed",
             Self::EntryDisabled => "entry.disabled",
             Self::EntryCertified => "entry.certified",
+            Self::OwnerOffboarded => "owner.offboarded",
         }
     }
 }

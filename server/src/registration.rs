@@ -696,6 +696,44 @@ impl Registrar {
         .await
     }
 
+    /// Disables every enabled entry owned by `owner` among those `by` may see, with
+    /// `reason`, as `by` (audit kind `entry.disabled`): agents drop them at once. Entries
+    /// already disabled (for any reason) are left as they are. Returns the entries
+    /// disabled now.
+    pub async fn disable_owned(
+        &self,
+        owner: &str,
+        reason: &str,
+        by: &Operator,
+    ) -> Result<Vec<RegistrationEntry>, RegistrationError> {
+        let _guard = self.tenants.lock.lock().await;
+        let now = now_unix();
+        let mut disabled = Vec::new();
+        for e in self.ds.list_entries(&EntryFilter::default()).await? {
+            if e.governance.owner != owner
+                || e.governance.disabled.is_some()
+                || !by.sees(&e.governance.tenant)
+            {
+                continue;
+            }
+            let why = Disabled {
+                at: now,
+                reason: reason.to_owned(),
+            };
+            disabled.push(
+                self.set_disabled(
+                    &e,
+                    Some(why),
+                    None,
+                    AuditKind::EntryDisabled,
+                    &by.principal(),
+                )
+                .await?,
+            );
+        }
+        Ok(disabled)
+    }
+
     /// Entries matching the optional filters, among those `by` may see.
     pub async fn list(
         &self,

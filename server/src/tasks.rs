@@ -22,7 +22,7 @@ mod revocation;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -34,14 +34,14 @@ pub use self::request::{Outcome, Requester, TaskRequest, TaskTarget, TokenUse};
 use self::request::{check_reason, principal_of};
 pub use self::revocation::{EndedTask, RevocationSet};
 use self::revocation::{RevocationState, ended_early};
-use crate::audit::{AuditEvent, AuditKind};
+use crate::audit::{AuditEvent, AuditKind, SERVER_ACTOR};
 use crate::ca::rotation::CaSet;
 use crate::clock::Clock;
 use crate::datastore::{Datastore, DatastoreError, EntryFilter, TaskEnd, TaskRecord, UnixUser};
 use crate::events::{ChangeEvent, Events};
 use crate::policy::{Action, Decision, EntryFacts, PolicyEngine, PolicyRequest, Principal};
 use crate::registration::{EntryRequest, Registrar, RegistrationError};
-use crate::tenants::Operator;
+use crate::tenants::{Operator, Scope, validate_owner};
 
 /// How often the server looks for tasks past their deadline.
 const EXPIRY_TICK: Duration = Duration::from_millis(200);
@@ -49,6 +49,22 @@ const EXPIRY_TICK: Duration = Duration::from_millis(200);
 const PRUNE_EVERY_TICKS: u32 = 25;
 /// Most standing entries a workload may speak for in one call.
 const MAX_REQUESTER_ENTRIES: usize = 1000;
+
+/// Why a task ends when the standing identity that requested it is deleted.
+pub const REQUESTER_DELETED: &str = "requester identity deleted";
+/// Why a task ends (and an entry is disabled) when its owner leaves; `: REASON` follows
+/// when the operator gave one.
+pub const OWNER_OFFBOARDED: &str = "owner offboarded";
+
+/// What offboarding an owner did: the tasks it ended and the entries it disabled (both
+/// empty when an earlier run already did everything).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Offboarded {
+    /// Tasks ended (revoked) now.
+    pub ended_tasks: Vec<TaskId>,
+    /// Entries disabled now.
+    pub disabled_entries: Vec<EntryId>,
+}
 
 /// Why a task operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -736,7 +752,10 @@ impl Tasks {
     }
 
     /// Deletes an entry `by` may see; a just-in-time entry's open task ends with it
-    /// (revoked).
+    /// (revoked). Deleting a standing entry ends (revoked, [`REQUESTER_DELETED`]) the open
+    /// tasks its workload requested — unless another standing entry with the same SPIFFE
+    /// ID remains (the same workload identity registered under another parent, or
+    /// disabled for now): the requester then still exists, and its tasks go on.
     pub async fn delete_entry(
         &self,
         id: &EntryId,
@@ -746,8 +765,157 @@ impl Tasks {
         let entry = self.registrar.delete(id, &by.principal()).await?;
         if entry.jit {
             self.entry_deleted(&entry.id).await?;
+        } else {
+            self.requester_deleted(&entry.spiffe_id, &by.principal())
+                .await?;
         }
         Ok(entry)
+    }
+
+    /// Ends the open tasks requested by `spiffe_id` if no standing entry with that SPIFFE
+    /// ID remains; returns the tasks ended.
+    async fn requester_deleted(
+        &self,
+        spiffe_id: &SpiffeId,
+        by: &str,
+    ) -> Result<Vec<TaskId>, TaskError> {
+        let filter = EntryFilter {
+            spiffe_id: Some(spiffe_id.clone()),
+            ..EntryFilter::default()
+        };
+        if self.ds.list_entries(&filter).await?.iter().any(|e| !e.jit) {
+            return Ok(Vec::new());
+        }
+        let requester = spiffe_id.as_str();
+        self.end_open(|t| t.requester == requester, REQUESTER_DELETED, by)
+            .await
+    }
+
+    /// Ends (revoked) the open tasks requested under agent `agent_id`'s identities: tasks
+    /// whose requester is the SPIFFE ID of a standing entry parented to the agent, and
+    /// tasks whose entry lives on the agent (`parent_id`). Called when the agent is
+    /// evicted or banned. Tasks do not record the agent they were requested through, so
+    /// an identity that is also registered under another agent loses its tasks too (fail
+    /// closed). Returns the tasks ended.
+    pub async fn end_tasks_of_agent(
+        &self,
+        agent_id: &SpiffeId,
+        reason: &str,
+    ) -> Result<Vec<TaskId>, TaskError> {
+        check_reason(reason)?;
+        let filter = EntryFilter {
+            parent_id: Some(agent_id.clone()),
+            ..EntryFilter::default()
+        };
+        let identities: HashSet<String> = self
+            .ds
+            .list_entries(&filter)
+            .await?
+            .into_iter()
+            .filter(|e| !e.jit)
+            .map(|e| e.spiffe_id.to_string())
+            .collect();
+        let ended = self
+            .end_open(
+                |t| &t.parent_id == agent_id || identities.contains(&t.requester),
+                reason,
+                SERVER_ACTOR,
+            )
+            .await?;
+        if !ended.is_empty() {
+            tracing::info!(agent_id = %agent_id, tasks = ended.len(), reason, "ended the tasks of an agent");
+        }
+        Ok(ended)
+    }
+
+    /// An owner leaves: ends (revoked, `owner offboarded: REASON`) every open task `owner`
+    /// requested or whose entry `owner` owns, then disables every entry `owner` owns, and
+    /// records one `owner.offboarded` audit record naming `by`. Only tasks and entries of
+    /// tenants `by` sees are touched. Idempotent: a second run ends and disables nothing.
+    pub async fn offboard(
+        &self,
+        owner: &str,
+        reason: &str,
+        by: &Operator,
+    ) -> Result<Offboarded, TaskError> {
+        validate_owner(owner).map_err(TaskError::Invalid)?;
+        check_reason(reason)?;
+        let why = if reason.is_empty() {
+            OWNER_OFFBOARDED.to_owned()
+        } else {
+            format!("{OWNER_OFFBOARDED}: {reason}")
+        };
+        let owned: HashSet<EntryId> = self
+            .ds
+            .list_entries(&EntryFilter::default())
+            .await?
+            .into_iter()
+            .filter(|e| e.governance.owner == owner && by.sees(&e.governance.tenant))
+            .map(|e| e.id)
+            .collect();
+        let actor = by.principal();
+        let ended_tasks = self
+            .end_open(
+                |t| by.sees(&t.tenant) && (t.requester == owner || owned.contains(&t.entry_id)),
+                &why,
+                &actor,
+            )
+            .await?;
+        let disabled_entries: Vec<EntryId> = self
+            .registrar
+            .disable_owned(owner, &why, by)
+            .await?
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        let mut event = AuditEvent::new(
+            AuditKind::OwnerOffboarded,
+            owner,
+            json!({
+                "owner": owner,
+                "reason": reason,
+                "ended": ended_tasks.len(),
+                "disabled": disabled_entries.len(),
+                "ended_tasks": ended_tasks,
+                "disabled_entries": disabled_entries,
+            }),
+        )
+        .by(&actor);
+        // A tenant admin's record belongs to its tenant (the first, if it has several), so
+        // it sees it; a platform operator's record is the platform's.
+        if let Scope::Tenants(tenants) = &by.scope
+            && let Some(t) = tenants.iter().next()
+        {
+            event = event.in_tenant(t);
+        }
+        self.ds.append_audit(&[event]).await?;
+        tracing::info!(owner, by = %actor, tasks = ended_tasks.len(), entries = disabled_entries.len(), "owner offboarded");
+        Ok(Offboarded {
+            ended_tasks,
+            disabled_entries,
+        })
+    }
+
+    /// Ends (revoked, `reason`, by `by`) every open task that `pick` selects, like any
+    /// revocation; returns the tasks ended (those that ended concurrently are skipped).
+    async fn end_open(
+        &self,
+        pick: impl Fn(&TaskRecord) -> bool,
+        reason: &str,
+        by: &str,
+    ) -> Result<Vec<TaskId>, TaskError> {
+        let mut ended = Vec::new();
+        for state in [TaskState::PendingApproval, TaskState::Active] {
+            for t in self.ds.list_tasks(Some(state)).await? {
+                if !pick(&t) {
+                    continue;
+                }
+                if let Some(t) = self.finish(t, TaskState::Revoked, reason, by).await? {
+                    ended.push(t.id);
+                }
+            }
+        }
+        Ok(ended)
     }
 
     /// Reloads the policy set (the last good set stays in force if the new one is

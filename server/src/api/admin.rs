@@ -21,8 +21,8 @@ use common::proto::tessera::{
     RotateCaRequest, VerifyAuditRequest, VerifyAuditResponse,
 };
 use common::proto::tessera::{
-    EndTaskRequest, ListTasksRequest, ListTasksResponse, PolicyDecision, PolicyStatus,
-    ReloadPolicyRequest, Task, TaskIdRequest, TaskSpec,
+    EndTaskRequest, ListTasksRequest, ListTasksResponse, OffboardRequest, OffboardResponse,
+    PolicyDecision, PolicyStatus, ReloadPolicyRequest, Task, TaskIdRequest, TaskSpec,
 };
 use common::proto::tessera::{
     ListTenantsRequest, ListTenantsResponse, Tenant as WireTenant,
@@ -291,12 +291,18 @@ impl Admin for AdminService {
     async fn evict_agent(&self, req: Request<AgentIdRequest>) -> Result<Response<Agent>, Status> {
         self.platform(&req, "evicting agents").await?;
         let a = self.attestor.evict(&req.get_ref().spiffe_id).await?;
+        self.tasks
+            .end_tasks_of_agent(&a.spiffe_id, "agent evicted")
+            .await?;
         Ok(Response::new(wire::agent(&a)))
     }
 
     async fn ban_agent(&self, req: Request<AgentIdRequest>) -> Result<Response<Agent>, Status> {
         self.platform(&req, "banning agents").await?;
         let a = self.attestor.ban(&req.get_ref().spiffe_id).await?;
+        self.tasks
+            .end_tasks_of_agent(&a.spiffe_id, "agent banned")
+            .await?;
         Ok(Response::new(wire::agent(&a)))
     }
 
@@ -502,5 +508,22 @@ impl Admin for AdminService {
             .certify(&req.get_ref().id.parse()?, &who)
             .await?;
         Ok(Response::new((&e).into()))
+    }
+
+    async fn offboard_owner(
+        &self,
+        req: Request<OffboardRequest>,
+    ) -> Result<Response<OffboardResponse>, Status> {
+        let who = self.operator(&req).await?;
+        let r = req.get_ref();
+        let done = self.tasks.offboard(&r.owner, &r.reason, &who).await?;
+        Ok(Response::new(OffboardResponse {
+            ended_tasks: done.ended_tasks.iter().map(ToString::to_string).collect(),
+            disabled_entries: done
+                .disabled_entries
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        }))
     }
 }

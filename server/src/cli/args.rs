@@ -114,6 +114,15 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminOpts,
     },
+    /// Owners of entries and requesters of tasks (people and workloads).
+    Owner {
+        /// Owner command.
+        #[command(subcommand)]
+        command: OwnerCommand,
+        /// Admin connection options.
+        #[command(flatten)]
+        admin: AdminOpts,
+    },
     /// The Cedar policies that decide tasks.
     Policy {
         /// Policy command.
@@ -145,6 +154,7 @@ impl Command {
             | Self::Audit { admin, .. }
             | Self::Task { admin, .. }
             | Self::Tenant { admin, .. }
+            | Self::Owner { admin, .. }
             | Self::Policy { admin, .. }
             | Self::Healthcheck { admin } => admin.output,
         }
@@ -613,5 +623,21 @@ pub enum BundleCommand {
         /// Output format.
         #[arg(long, value_enum, default_value_t = BundleFormat::Pem)]
         format: BundleFormat,
+    },
+}
+
+/// Owner commands.
+#[derive(Debug, Subcommand)]
+pub enum OwnerCommand {
+    /// An owner leaves: end (revoke) every open task they requested or whose entry they
+    /// own, and disable every entry they own, in the tenants you administer. Running it
+    /// again changes nothing more.
+    Offboard {
+        /// The owner: user:NAME or a SPIFFE ID.
+        #[arg(long)]
+        owner: String,
+        /// Why (recorded as `owner offboarded: REASON`).
+        #[arg(long)]
+        reason: Option<String>,
     },
 }

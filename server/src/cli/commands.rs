@@ -18,8 +18,8 @@ use tonic::transport::Channel;
 
 use super::args::{
     AdminOpts, AgentCommand, AuditCommand, BundleCommand, BundleFormat, CaCommand, Command,
-    DomainCommand, EntryCommand, PolicyCommand, TaskCommand, TenantCommand, TenantFields,
-    TokenCommand,
+    DomainCommand, EntryCommand, OwnerCommand, PolicyCommand, TaskCommand, TenantCommand,
+    TenantFields, TokenCommand,
 };
 use super::output;
 
@@ -390,6 +390,29 @@ pub async fn run_admin(command: Command) -> anyhow::Result<()> {
         }
         Command::Task { command, admin } => run_task(command, &admin).await?,
         Command::Tenant { command, admin } => run_tenant(command, &admin).await?,
+        Command::Owner {
+            command: OwnerCommand::Offboard { owner, reason },
+            admin,
+        } => {
+            let mut c = admin_client(&admin).await?;
+            let r = c
+                .offboard_owner(common::proto::tessera::OffboardRequest {
+                    owner: owner.clone(),
+                    reason: reason.unwrap_or_default(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print(
+                admin.output,
+                output::offboard_text(&owner, &r),
+                json!({
+                    "owner": owner,
+                    "ended_tasks": r.ended_tasks,
+                    "disabled_entries": r.disabled_entries,
+                }),
+            );
+        }
         Command::Policy {
             command: PolicyCommand::Check { dir },
             admin,

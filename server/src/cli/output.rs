@@ -310,3 +310,28 @@ pub fn spiffe_bundle_json(b: &common::proto::tessera::Bundle) -> anyhow::Result<
         "spiffe_refresh_hint": b.refresh_hint_seconds,
     }))
 }
+
+/// What offboarding `owner` did, for people: the tasks ended and entries disabled, or
+/// that there was nothing left to do.
+pub(super) fn offboard_text(owner: &str, r: &common::proto::tessera::OffboardResponse) -> String {
+    if r.ended_tasks.is_empty() && r.disabled_entries.is_empty() {
+        return format!("Nothing left to end or disable for {owner}.\n");
+    }
+    let mut out = format!(
+        "Offboarded {owner}: {} task(s) ended, {} entr{} disabled.\n",
+        r.ended_tasks.len(),
+        r.disabled_entries.len(),
+        if r.disabled_entries.len() == 1 {
+            "y"
+        } else {
+            "ies"
+        }
+    );
+    for t in &r.ended_tasks {
+        out.push_str(&format!("  ended task     {t}\n"));
+    }
+    for e in &r.disabled_entries {
+        out.push_str(&format!("  disabled entry {e}\n"));
+    }
+    out
+}

@@ -348,3 +348,327 @@ async fn an_operator_cannot_approve_a_task_they_requested() {
         "user:dave"
     );
 }
+
+/// An entry of `spiffe` (path under example.org) on agent `parent`, owned by `owner`,
+/// created by `by`; `uid` keeps selectors distinct.
+async fn owned_entry(
+    f: &Fixture,
+    spiffe: &str,
+    parent: &str,
+    jit: bool,
+    owner: &str,
+    uid: u32,
+    by: &Operator,
+) -> RegistrationEntry {
+    f.registrar
+        .create(
+            &EntryRequest {
+                spiffe_id: format!("spiffe://example.org/{spiffe}"),
+                parent_id: format!("spiffe://example.org/{parent}"),
+                selectors: vec![format!("unix:uid:{uid}")],
+                jit,
+                owner: owner.into(),
+                ..Default::default()
+            },
+            by,
+        )
+        .await
+        .unwrap()
+}
+
+fn root() -> Operator {
+    platform(0, "root")
+}
+
+fn as_user(uid: u32, name: &str) -> Requester {
+    Requester::User(platform(uid, name))
+}
+
+async fn state_of(f: &Fixture, t: &TaskRecord) -> (TaskState, Option<String>) {
+    let t = f.tasks.get(&t.id).await.unwrap();
+    (t.state, t.end.map(|e| e.reason))
+}
+
+async fn disabled_reason(f: &Fixture, e: &RegistrationEntry) -> Option<String> {
+    f.tasks
+        .ds
+        .get_entry(&e.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .governance
+        .disabled
+        .map(|d| d.reason)
+}
+
+fn sorted<T: Ord + Clone>(v: &[T]) -> Vec<T> {
+    let mut v = v.to_vec();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn offboarding_ends_the_owners_tasks_and_disables_their_entries_and_nothing_else() {
+    let f = fixture().await;
+    let r = root();
+    // pat requests a task on bob's entry; alice requests one on pat's entry; alice one on
+    // bob's entry (not pat's business).
+    let bobs_jit = owned_entry(&f, "db-bob", "agent", true, "user:bob", 1, &r).await;
+    let pats_jit = owned_entry(&f, "db-pat", "agent", true, "user:pat", 2, &r).await;
+    let other_jit = owned_entry(&f, "db-other", "agent", true, "user:bob", 3, &r).await;
+    let pats_web = owned_entry(&f, "web-pat", "agent", false, "user:pat", 4, &r).await;
+    let bobs_web = owned_entry(&f, "web-bob", "agent", false, "user:bob", 5, &r).await;
+    let by_pat = f
+        .tasks
+        .create(&as_user(1001, "pat"), &request(&bobs_jit, HOUR))
+        .await
+        .unwrap();
+    let on_pats = f
+        .tasks
+        .create(&operator(), &request(&pats_jit, HOUR))
+        .await
+        .unwrap();
+    let untouched = f
+        .tasks
+        .create(&operator(), &request(&other_jit, HOUR))
+        .await
+        .unwrap();
+    assert_eq!(by_pat.state, TaskState::Active);
+    assert_eq!(on_pats.state, TaskState::Active);
+
+    let done = f
+        .tasks
+        .offboard("user:pat", "left the company", &r)
+        .await
+        .unwrap();
+    assert_eq!(
+        sorted(&done.ended_tasks),
+        sorted(&[by_pat.id.clone(), on_pats.id.clone()])
+    );
+    assert_eq!(
+        sorted(&done.disabled_entries),
+        sorted(&[pats_jit.id.clone(), pats_web.id.clone()])
+    );
+    let why = Some("owner offboarded: left the company".to_owned());
+    for t in [&by_pat, &on_pats] {
+        assert_eq!(state_of(&f, t).await, (TaskState::Revoked, why.clone()));
+    }
+    assert_eq!(state_of(&f, &untouched).await, (TaskState::Active, None));
+    assert_eq!(disabled_reason(&f, &pats_web).await, why);
+    assert_eq!(disabled_reason(&f, &pats_jit).await, why);
+    assert_eq!(disabled_reason(&f, &bobs_web).await, None);
+    assert_eq!(disabled_reason(&f, &bobs_jit).await, None);
+    // Revoked like any revocation: both are published to the agents.
+    let revoked: Vec<TaskId> = f
+        .tasks
+        .revocations()
+        .ended_tasks
+        .iter()
+        .map(|e| e.task_id.clone())
+        .collect();
+    assert_eq!(
+        sorted(&revoked),
+        sorted(&[by_pat.id.clone(), on_pats.id.clone()])
+    );
+    assert!(f.tasks.grant_for(&bobs_jit.id).is_none());
+    assert!(f.tasks.grant_for(&other_jit.id).is_some());
+
+    // One audit record of the offboarding, naming the operator and what it did.
+    let audit = f.tasks.ds.list_audit(None, None).await.unwrap();
+    let offboarded: Vec<_> = audit
+        .iter()
+        .filter(|a| a.event.kind == "owner.offboarded")
+        .collect();
+    assert_eq!(offboarded.len(), 1);
+    let ev = &offboarded[0].event;
+    assert_eq!(ev.actor.as_deref(), Some("user:root"));
+    assert_eq!(ev.subject, "user:pat");
+    assert_eq!(ev.detail["ended"], 2);
+    assert_eq!(ev.detail["disabled"], 2);
+    let disabled_events = audit
+        .iter()
+        .filter(|a| a.event.kind == "entry.disabled")
+        .count();
+    assert_eq!(disabled_events, 2);
+
+    // Again: nothing more to do, and it says so.
+    let again = f.tasks.offboard("user:pat", "again", &r).await.unwrap();
+    assert_eq!(again, Offboarded::default());
+    assert_eq!(disabled_reason(&f, &pats_web).await, why, "reason kept");
+
+    // A malformed owner is refused.
+    let e = f.tasks.offboard("pat", "", &r).await.unwrap_err();
+    assert!(matches!(e, TaskError::Invalid(_)), "{e:?}");
+    assert!(e.to_string().contains("user:NAME"), "{e}");
+}
+
+#[tokio::test]
+async fn a_tenant_admin_offboards_only_in_its_tenants() {
+    let f = fixture().await;
+    let r = root();
+    f.registrar
+        .tenants()
+        .create(
+            &r,
+            &crate::tenants::TenantRequest {
+                name: "acme".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let acme_admin = Operator {
+        user: unix(2000, "tina"),
+        scope: Scope::Tenants(["acme".to_owned()].into()),
+    };
+    let acme_jit = owned_entry(&f, "acme/db", "agent", true, "user:pat", 1, &r).await;
+    let acme_web = owned_entry(&f, "acme/web", "agent", false, "user:pat", 2, &r).await;
+    let dflt_jit = owned_entry(&f, "db", "agent", true, "user:pat", 3, &r).await;
+    let dflt_web = owned_entry(&f, "web", "agent", false, "user:pat", 4, &r).await;
+    assert_eq!(acme_web.governance.tenant, "acme");
+    assert_eq!(dflt_web.governance.tenant, "default");
+    let acme_task = f
+        .tasks
+        .create(&operator(), &request(&acme_jit, HOUR))
+        .await
+        .unwrap();
+    let dflt_task = f
+        .tasks
+        .create(&operator(), &request(&dflt_jit, HOUR))
+        .await
+        .unwrap();
+
+    let done = f.tasks.offboard("user:pat", "", &acme_admin).await.unwrap();
+    assert_eq!(done.ended_tasks, vec![acme_task.id.clone()]);
+    assert_eq!(
+        sorted(&done.disabled_entries),
+        sorted(&[acme_jit.id.clone(), acme_web.id.clone()])
+    );
+    let why = Some("owner offboarded".to_owned());
+    assert_eq!(
+        state_of(&f, &acme_task).await,
+        (TaskState::Revoked, why.clone())
+    );
+    assert_eq!(disabled_reason(&f, &acme_web).await, why);
+    // The other tenant's are untouched, and the admin's record belongs to its tenant.
+    assert_eq!(state_of(&f, &dflt_task).await, (TaskState::Active, None));
+    assert_eq!(disabled_reason(&f, &dflt_web).await, None);
+    assert_eq!(disabled_reason(&f, &dflt_jit).await, None);
+    let audit = f.tasks.ds.list_audit(None, Some("acme")).await.unwrap();
+    let ev = audit
+        .iter()
+        .find(|a| a.event.kind == "owner.offboarded")
+        .expect("recorded in acme");
+    assert_eq!(ev.event.actor.as_deref(), Some("user:tina"));
+    assert_eq!(ev.event.detail["ended_tasks"], json!([acme_task.id]));
+
+    // A platform operator finishes the job everywhere else.
+    let rest = f.tasks.offboard("user:pat", "", &r).await.unwrap();
+    assert_eq!(rest.ended_tasks, vec![dflt_task.id.clone()]);
+    assert_eq!(
+        sorted(&rest.disabled_entries),
+        sorted(&[dflt_jit.id.clone(), dflt_web.id.clone()])
+    );
+}
+
+#[tokio::test]
+async fn deleting_the_last_standing_entry_of_a_requester_ends_its_tasks() {
+    let f = fixture().await;
+    let r = root();
+    // The workload `runtime` exists under two agents.
+    let on_agent = owned_entry(&f, "runtime", "agent", false, "", 10, &r).await;
+    let on_agent2 = owned_entry(&f, "runtime", "agent2", false, "", 11, &r).await;
+    let jit = owned_entry(&f, "db", "agent", true, "", 12, &r).await;
+    let other_jit = owned_entry(&f, "db2", "agent", true, "", 13, &r).await;
+    let task = f
+        .tasks
+        .create(&workload(Some(unix(1000, "alice"))), &request(&jit, HOUR))
+        .await
+        .unwrap();
+    assert_eq!(task.state, TaskState::PendingApproval);
+    let by_operator = f
+        .tasks
+        .create(&operator(), &request(&other_jit, HOUR))
+        .await
+        .unwrap();
+
+    // One of its standing entries remains: the requester still exists.
+    f.tasks.delete_entry(&on_agent.id, &r).await.unwrap();
+    assert_eq!(
+        state_of(&f, &task).await,
+        (TaskState::PendingApproval, None)
+    );
+
+    // The last one goes: its tasks end, other requesters' do not.
+    f.tasks.delete_entry(&on_agent2.id, &r).await.unwrap();
+    assert_eq!(
+        state_of(&f, &task).await,
+        (TaskState::Revoked, Some(REQUESTER_DELETED.to_owned()))
+    );
+    assert_eq!(state_of(&f, &by_operator).await, (TaskState::Active, None));
+}
+
+#[tokio::test]
+async fn ending_an_agents_tasks_takes_its_identities_and_its_jit_entries_only() {
+    let f = fixture().await;
+    let r = root();
+    // `runtime` stands on agent (and on agent2, through which it asked for a task on an
+    // entry of agent2): tasks do not record the agent, so evicting agent ends it too.
+    owned_entry(&f, "runtime", "agent", false, "", 20, &r).await;
+    owned_entry(&f, "runtime", "agent2", false, "", 24, &r).await;
+    let on_agent2 = owned_entry(&f, "db", "agent2", true, "", 21, &r).await;
+    let on_agent = owned_entry(&f, "db-local", "agent", true, "", 22, &r).await;
+    let elsewhere = owned_entry(&f, "db-far", "agent2", true, "", 23, &r).await;
+    let by_runtime = f
+        .tasks
+        .create(
+            &Requester::Workload {
+                spiffe_id: SpiffeId::new("spiffe://example.org/runtime").unwrap(),
+                agent: SpiffeId::new("spiffe://example.org/agent2").unwrap(),
+                unix: Some(unix(1000, "alice")),
+                tenant: "default".into(),
+            },
+            &request(&on_agent2, HOUR),
+        )
+        .await
+        .unwrap();
+    let lives_on_agent = f
+        .tasks
+        .create(&operator(), &request(&on_agent, HOUR))
+        .await
+        .unwrap();
+    let far = f
+        .tasks
+        .create(&operator(), &request(&elsewhere, HOUR))
+        .await
+        .unwrap();
+
+    let agent = SpiffeId::new("spiffe://example.org/agent").unwrap();
+    let ended = f
+        .tasks
+        .end_tasks_of_agent(&agent, "agent evicted")
+        .await
+        .unwrap();
+    assert_eq!(
+        sorted(&ended),
+        sorted(&[by_runtime.id.clone(), lives_on_agent.id.clone()])
+    );
+    let why = Some("agent evicted".to_owned());
+    assert_eq!(
+        state_of(&f, &by_runtime).await,
+        (TaskState::Revoked, why.clone())
+    );
+    assert_eq!(
+        state_of(&f, &lives_on_agent).await,
+        (TaskState::Revoked, why)
+    );
+    assert_eq!(state_of(&f, &far).await, (TaskState::Active, None));
+    // Nothing left: a second call ends nothing.
+    assert!(
+        f.tasks
+            .end_tasks_of_agent(&agent, "agent banned")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -25,6 +25,7 @@ mod jwt_keys;
 mod jwt_limits;
 mod jwt_validate;
 mod lifecycle;
+mod offboard;
 mod postgres;
 mod readiness;
 mod resilience_health;

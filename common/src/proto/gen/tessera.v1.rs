@@ -759,6 +759,24 @@ pub struct UsageReportAck {
     #[prost(uint32, tag = "2")]
     pub ignored: u32,
 }
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct OffboardRequest {
+    /// The owner who leaves: `user:NAME` or a SPIFFE ID.
+    #[prost(string, tag = "1")]
+    pub owner: ::prost::alloc::string::String,
+    /// Why (recorded as `owner offboarded: REASON`).
+    #[prost(string, tag = "2")]
+    pub reason: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct OffboardResponse {
+    /// Ids of the tasks this call ended (empty when there was nothing left to end).
+    #[prost(string, repeated, tag = "1")]
+    pub ended_tasks: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Ids of the entries this call disabled.
+    #[prost(string, repeated, tag = "2")]
+    pub disabled_entries: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
 /// Generated client implementations.
 pub mod node_client {
     #![allow(
@@ -2435,6 +2453,32 @@ pub mod admin_client {
                 .insert(GrpcMethod::new("tessera.v1.Admin", "CertifyEntry"));
             self.inner.unary(req, path, codec).await
         }
+        /// A leaver: ends the open tasks the owner requested or whose entry they own (revoked),
+        /// and disables the entries they own, within the caller's tenants. Idempotent.
+        pub async fn offboard_owner(
+            &mut self,
+            request: impl tonic::IntoRequest<super::OffboardRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::OffboardResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.Admin/OffboardOwner",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.Admin", "OffboardOwner"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -2617,6 +2661,15 @@ pub mod admin_server {
             &self,
             request: tonic::Request<super::EntryIdRequest>,
         ) -> std::result::Result<tonic::Response<super::Entry>, tonic::Status>;
+        /// A leaver: ends the open tasks the owner requested or whose entry they own (revoked),
+        /// and disables the entries they own, within the caller's tenants. Idempotent.
+        async fn offboard_owner(
+            &self,
+            request: tonic::Request<super::OffboardRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::OffboardResponse>,
+            tonic::Status,
+        >;
     }
     #[derive(Debug)]
     pub struct AdminServer<T> {
@@ -4025,6 +4078,49 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = CertifyEntrySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.Admin/OffboardOwner" => {
+                    #[allow(non_camel_case_types)]
+                    struct OffboardOwnerSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::OffboardRequest>
+                    for OffboardOwnerSvc<T> {
+                        type Response = super::OffboardResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::OffboardRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::offboard_owner(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = OffboardOwnerSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
