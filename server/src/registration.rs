@@ -789,6 +789,8 @@ impl Registrar {
 pub const EXPIRED: &str = "expired";
 /// Why an entry whose review period lapsed is disabled.
 pub const REVIEW_LAPSED: &str = "review lapsed";
+/// How the reason of an entry disabled because its owner left begins.
+pub const OFFBOARDED: &str = "owner offboarded";
 
 #[cfg(test)]
 mod tests {

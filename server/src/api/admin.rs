@@ -28,7 +28,11 @@ use common::proto::tessera::{
     ListTenantsRequest, ListTenantsResponse, Tenant as WireTenant,
     TenantDomain as WireTenantDomain, TenantDomainRequest, TenantNameRequest, TenantSpec,
 };
+use common::proto::tessera::{ReviewRequest, ReviewResponse};
 use common::{BundleCell, TaskId};
+
+/// An identity not used for this long is stale, unless the review asks otherwise.
+const DEFAULT_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
@@ -499,6 +503,47 @@ impl Admin for AdminService {
         let r = req.get_ref();
         let d = self.domains.remove(&who, &r.tenant, &r.domain).await?;
         Ok(Response::new(wire::domain(&d)))
+    }
+
+    async fn review(
+        &self,
+        req: Request<ReviewRequest>,
+    ) -> Result<Response<ReviewResponse>, Status> {
+        let who = self.operator(&req).await?;
+        let r = req.get_ref();
+        if !r.tenant.is_empty() && !who.sees(&r.tenant) {
+            return Err(crate::tenants::TenantError::NotFound(r.tenant.clone()).into());
+        }
+        let stale_after = match u64::try_from(r.stale_after_seconds) {
+            Ok(0) => DEFAULT_STALE_AFTER,
+            Ok(s) => std::time::Duration::from_secs(s),
+            Err(_) => return Err(Status::invalid_argument("stale_after must not be negative")),
+        };
+        let visible = |t: &str| who.sees(t) && (r.tenant.is_empty() || r.tenant == t);
+        let mut entries = self
+            .ds
+            .list_entries(&crate::datastore::EntryFilter::default())
+            .await?;
+        entries.retain(|e| visible(&e.governance.tenant));
+        let mut tasks = self.ds.list_tasks(None).await?;
+        tasks.retain(|t| t.state.is_open() && visible(&t.tenant));
+        let ids: Vec<common::EntryId> = entries.iter().map(|e| e.id.clone()).collect();
+        let usage = self.ds.entry_usage(Some(&ids)).await?;
+        let mut domains = self.ds.list_domains(None).await?;
+        domains.retain(|d| visible(&d.tenant));
+        let now = crate::clock::now_unix();
+        let items = crate::review::review(&crate::review::ReviewInput {
+            entries: &entries,
+            tasks: &tasks,
+            usage: &usage,
+            domains: &domains,
+            now,
+            stale_after,
+        });
+        Ok(Response::new(ReviewResponse {
+            items: items.iter().map(wire::review_item).collect(),
+            generated_at: now,
+        }))
     }
 
     async fn certify_entry(&self, req: Request<EntryIdRequest>) -> Result<Response<Entry>, Status> {

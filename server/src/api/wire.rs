@@ -97,6 +97,19 @@ pub(crate) fn tenant(
     }
 }
 
+/// The wire form of a review item.
+pub(crate) fn review_item(i: &crate::review::ReviewItem) -> wire::ReviewItem {
+    wire::ReviewItem {
+        entry: Some((&i.entry).into()),
+        last_issued_at: i.last_issued_at.unwrap_or(0),
+        last_used_at: i.last_used_at.unwrap_or(0),
+        open_tasks: i.open_tasks.iter().map(ToString::to_string).collect(),
+        overlaps: i.overlaps.iter().map(ToString::to_string).collect(),
+        unverified_dns_names: i.unverified_dns_names.clone(),
+        flags: i.flags.iter().map(|f| f.as_str().to_owned()).collect(),
+    }
+}
+
 /// The wire form of a claimed domain.
 pub(crate) fn domain(d: &DomainRecord) -> wire::TenantDomain {
     wire::TenantDomain {

@@ -123,6 +123,20 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminOpts,
     },
+    /// Access review: every identity you may see with its tenant, owner, dates, open tasks
+    /// and flags (no owner, expired, review lapsed, stale, dormant, overlapping selectors,
+    /// unverified DNS name, owner offboarded).
+    Review {
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Not used for this long means stale, e.g. 30d, 12h [default: 30d].
+        #[arg(long, value_parser = parse_duration)]
+        stale_after: Option<Duration>,
+        /// Admin connection options.
+        #[command(flatten)]
+        admin: AdminOpts,
+    },
     /// The Cedar policies that decide tasks.
     Policy {
         /// Policy command.
@@ -155,6 +169,7 @@ impl Command {
             | Self::Task { admin, .. }
             | Self::Tenant { admin, .. }
             | Self::Owner { admin, .. }
+            | Self::Review { admin, .. }
             | Self::Policy { admin, .. }
             | Self::Healthcheck { admin } => admin.output,
         }

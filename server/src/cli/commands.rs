@@ -9,8 +9,8 @@ use common::proto::tessera::admin_client::AdminClient;
 use common::proto::tessera::{
     AgentIdRequest, CreateJoinTokenRequest, EntryIdRequest, EntrySpec, GetBundleRequest,
     HealthRequest, ListAgentsRequest, ListAuditRequest, ListCasRequest, ListEntriesRequest,
-    ListTenantsRequest, RotateCaRequest, Tenant, TenantDomainRequest, TenantNameRequest,
-    TenantSpec, UpdateEntryRequest, VerifyAuditRequest, VerifyAuditResponse,
+    ListTenantsRequest, ReviewRequest, RotateCaRequest, Tenant, TenantDomainRequest,
+    TenantNameRequest, TenantSpec, UpdateEntryRequest, VerifyAuditRequest, VerifyAuditResponse,
 };
 use daemon::cli_output::{self, Output, UsageError};
 use serde_json::json;
@@ -411,6 +411,27 @@ pub async fn run_admin(command: Command) -> anyhow::Result<()> {
                     "ended_tasks": r.ended_tasks,
                     "disabled_entries": r.disabled_entries,
                 }),
+            );
+        }
+        Command::Review {
+            tenant,
+            stale_after,
+            admin,
+        } => {
+            let mut c = admin_client(&admin).await?;
+            let r = c
+                .review(ReviewRequest {
+                    tenant: tenant.unwrap_or_default(),
+                    stale_after_seconds: stale_after
+                        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print(
+                admin.output,
+                output::review_text(&r),
+                output::review_json(&r),
             );
         }
         Command::Policy {

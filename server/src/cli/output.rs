@@ -4,7 +4,9 @@
 use anyhow::Context as _;
 use base64::Engine as _;
 use common::duration::{rfc3339, rfc3339_millis};
-use common::proto::tessera::{Agent, AuditRecord, CaInfo, Entry, Tenant, TenantDomain};
+use common::proto::tessera::{
+    Agent, AuditRecord, CaInfo, Entry, ReviewResponse, Tenant, TenantDomain,
+};
 use serde_json::json;
 
 /// An entry as JSON (times as Unix seconds, lifetimes in seconds).
@@ -73,6 +75,81 @@ pub(super) fn entry_text(e: &Entry) -> String {
             rfc3339(e.disabled_at),
             e.disabled_reason
         ));
+    }
+    s
+}
+
+/// The access review as JSON (times as Unix seconds, `null` for never).
+pub(super) fn review_json(r: &ReviewResponse) -> serde_json::Value {
+    let opt = |v: i64| (v != 0).then_some(v);
+    json!({
+        "generated_at": r.generated_at,
+        "identities": r.items.iter().map(|i| {
+            let e = i.entry.clone().unwrap_or_default();
+            json!({
+                "entry_id": e.id,
+                "spiffe_id": e.spiffe_id,
+                "parent_id": e.parent_id,
+                "tenant": e.tenant,
+                "owner": (!e.owner.is_empty()).then_some(&e.owner),
+                "jit": e.jit,
+                "created_at": e.created_at,
+                "expires_at": opt(e.expires_at),
+                "disabled_reason": (e.disabled_at != 0).then_some(&e.disabled_reason),
+                "last_issued_at": opt(i.last_issued_at),
+                "last_used_at": opt(i.last_used_at),
+                "open_tasks": i.open_tasks,
+                "overlaps": i.overlaps,
+                "unverified_dns_names": i.unverified_dns_names,
+                "flags": i.flags,
+            })
+        }).collect::<Vec<_>>(),
+    })
+}
+
+/// The access review as text: one block per identity, flags first.
+pub(super) fn review_text(r: &ReviewResponse) -> String {
+    let when = |v: i64| {
+        if v == 0 {
+            "never".to_owned()
+        } else {
+            rfc3339(v)
+        }
+    };
+    let flagged = r.items.iter().filter(|i| !i.flags.is_empty()).count();
+    let mut s = format!(
+        "Access review at {}: {} identities, {flagged} flagged\n",
+        rfc3339(r.generated_at),
+        r.items.len()
+    );
+    for i in &r.items {
+        let e = i.entry.clone().unwrap_or_default();
+        s.push_str(&format!(
+            "\nSPIFFE ID        : {}\nEntry ID         : {}\nTenant           : {}\nOwner            : {}\nCreated at       : {}\nExpires at       : {}\nLast issued      : {}\nLast used        : {}\n",
+            e.spiffe_id,
+            e.id,
+            e.tenant,
+            if e.owner.is_empty() { "(none)" } else { &e.owner },
+            rfc3339(e.created_at),
+            if e.expires_at == 0 { "never".to_owned() } else { rfc3339(e.expires_at) },
+            when(i.last_issued_at),
+            when(i.last_used_at),
+        ));
+        if !i.open_tasks.is_empty() {
+            s.push_str(&format!("Open tasks       : {}\n", i.open_tasks.join(", ")));
+        }
+        if !i.flags.is_empty() {
+            s.push_str(&format!("Flags            : {}\n", i.flags.join(", ")));
+        }
+        if !i.overlaps.is_empty() {
+            s.push_str(&format!("Overlaps         : {}\n", i.overlaps.join(", ")));
+        }
+        if !i.unverified_dns_names.is_empty() {
+            s.push_str(&format!(
+                "Unverified names : {}\n",
+                i.unverified_dns_names.join(", ")
+            ));
+        }
     }
     s
 }

@@ -511,9 +511,15 @@ fn json_output_for_show_list_token_and_bundle() {
             "x509_svid_ttl"
         ]
     );
-    assert_eq!(e["tenant"], "default", "everything outside a tenant's prefixes");
+    assert_eq!(
+        e["tenant"], "default",
+        "everything outside a tenant's prefixes"
+    );
     assert_eq!(e["owner"], "user:root", "the creating operator");
-    assert!(e["expires_at"].is_null() && e["disabled_at"].is_null(), "{e}");
+    assert!(
+        e["expires_at"].is_null() && e["disabled_at"].is_null(),
+        "{e}"
+    );
     assert_eq!(e["spiffe_id"], "spiffe://example.org/web");
     assert_eq!(e["parent_id"], AGENT_ID);
     assert_eq!(e["selectors"], serde_json::json!(["unix:uid:0"]));

@@ -288,6 +288,44 @@ pub struct SignX509SvidsResponse {
     #[prost(message, repeated, tag = "1")]
     pub svids: ::prost::alloc::vec::Vec<SignedX509Svid>,
 }
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReviewRequest {
+    /// Only this tenant (one the caller may see); empty: every tenant the caller sees.
+    #[prost(string, tag = "1")]
+    pub tenant: ::prost::alloc::string::String,
+    /// An identity not used for this long is stale; 0: 30 days.
+    #[prost(int64, tag = "2")]
+    pub stale_after_seconds: i64,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ReviewResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub items: ::prost::alloc::vec::Vec<ReviewItem>,
+    /// Unix seconds.
+    #[prost(int64, tag = "2")]
+    pub generated_at: i64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReviewItem {
+    #[prost(message, optional, tag = "1")]
+    pub entry: ::core::option::Option<Entry>,
+    /// Unix seconds; 0: never.
+    #[prost(int64, tag = "2")]
+    pub last_issued_at: i64,
+    #[prost(int64, tag = "3")]
+    pub last_used_at: i64,
+    #[prost(string, repeated, tag = "4")]
+    pub open_tasks: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Entries of the same tenant whose selector sets overlap this one's.
+    #[prost(string, repeated, tag = "5")]
+    pub overlaps: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, repeated, tag = "6")]
+    pub unverified_dns_names: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// no_owner, expired, review_lapsed, stale, dormant, overlapping_selectors,
+    /// unverified_dns_name, owner_offboarded, disabled.
+    #[prost(string, repeated, tag = "7")]
+    pub flags: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
 /// A tenant's settings.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct TenantSpec {
@@ -2479,6 +2517,26 @@ pub mod admin_client {
                 .insert(GrpcMethod::new("tessera.v1.Admin", "OffboardOwner"));
             self.inner.unary(req, path, codec).await
         }
+        /// Access review: every identity the caller may see, with its owner, dates, open tasks
+        /// and what needs attention.
+        pub async fn review(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ReviewRequest>,
+        ) -> std::result::Result<tonic::Response<super::ReviewResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/tessera.v1.Admin/Review");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("tessera.v1.Admin", "Review"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -2670,6 +2728,12 @@ pub mod admin_server {
             tonic::Response<super::OffboardResponse>,
             tonic::Status,
         >;
+        /// Access review: every identity the caller may see, with its owner, dates, open tasks
+        /// and what needs attention.
+        async fn review(
+            &self,
+            request: tonic::Request<super::ReviewRequest>,
+        ) -> std::result::Result<tonic::Response<super::ReviewResponse>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct AdminServer<T> {
@@ -4121,6 +4185,49 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = OffboardOwnerSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.Admin/Review" => {
+                    #[allow(non_camel_case_types)]
+                    struct ReviewSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::ReviewRequest>
+                    for ReviewSvc<T> {
+                        type Response = super::ReviewResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ReviewRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::review(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ReviewSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
