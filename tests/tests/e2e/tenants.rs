@@ -840,3 +840,166 @@ async fn dns_names_need_a_domain_verified_through_real_dns_and_lose_it_when_the_
         assert!(audit.contains(kind), "{kind} missing: {audit}");
     }
 }
+
+/// The flags `review --output json` gives the identity with `spiffe_id`.
+fn review_flags(review: &Value, spiffe_id: &str) -> Vec<String> {
+    let item = review["identities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["spiffe_id"] == spiffe_id)
+        .unwrap_or_else(|| panic!("{spiffe_id} not in the review: {review}"));
+    item["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_access_review_flags_each_case_on_a_prepared_data_set() {
+    let mut dns = DnsServer::start(&[]);
+    let resolver = dns.addr().to_string();
+    let c = Cluster::start(&[
+        "--dns-resolver",
+        &resolver,
+        "--domain-recheck-interval",
+        "1s",
+    ]);
+    json(&root(&c, &["tenant", "create", "--name", "acme"]), "acme");
+    let id = |path: &str| format!("spiffe://example.org/{path}");
+    let create = |path: &str, selectors: &[&str], extra: &[&str]| {
+        let spiffe_id = id(path);
+        let mut args = vec![
+            "entry",
+            "create",
+            "--parent-id",
+            AGENT_ID,
+            "--spiffe-id",
+            &spiffe_id,
+        ];
+        for s in selectors {
+            args.extend(["--selector", s]);
+        }
+        args.extend(extra);
+        json(&root(&c, &args), path)
+    };
+    // Healthy and in use: the workload (root) fetches it below.
+    create("acme/healthy", &["unix:uid:0"], &[]);
+    // Overlapping selector sets in one tenant (a workload matching the second gets both).
+    create("acme/wide", &["unix:uid:4000"], &[]);
+    create("acme/narrow", &["unix:uid:4000", "unix:gid:4000"], &[]);
+    // Expires, lapses review, belongs to a leaver, has a DNS name whose domain stops verifying.
+    create("acme/expiring", &["unix:uid:4001"], &["--expires-in", "2s"]);
+    create(
+        "acme/unreviewed",
+        &["unix:uid:4002"],
+        &["--review-every", "2s"],
+    );
+    create("acme/leaver", &["unix:uid:4003"], &["--owner", "user:pat"]);
+    let claim = json(
+        &root(
+            &c,
+            &[
+                "tenant",
+                "domain",
+                "add",
+                "--tenant",
+                "acme",
+                "--domain",
+                "acme.test",
+            ],
+        ),
+        "claim",
+    );
+    dns.set_records(&[(
+        "_tessera-challenge.acme.test",
+        claim["challenge"].as_str().unwrap(),
+    )]);
+    json(
+        &root(
+            &c,
+            &[
+                "tenant",
+                "domain",
+                "verify",
+                "--tenant",
+                "acme",
+                "--domain",
+                "acme.test",
+            ],
+        ),
+        "verify",
+    );
+    create(
+        "acme/named",
+        &["unix:uid:4004"],
+        &["--dns-name", "web.acme.test"],
+    );
+    // An entry from before owners were recorded.
+    let legacy = create("legacy", &["unix:uid:4005"], &[]);
+    c.server.tamper_sql(&format!(
+        "UPDATE entries SET owner = '' WHERE id = '{}'",
+        legacy["id"].as_str().unwrap()
+    ));
+    json(
+        &root(
+            &c,
+            &[
+                "owner", "offboard", "--owner", "user:pat", "--reason", "left",
+            ],
+        ),
+        "offboard",
+    );
+    dns.set_records(&[]);
+    let mut s = stream(&c).await;
+    until_present(&mut s, &[&id("acme/healthy")]).await;
+    // Usage reaches the server in the agent's next report; expiry and the review lapse pass;
+    // the domain's re-check fails.
+    let review = wait_for(Duration::from_secs(60), || {
+        let r = json(&root(&c, &["review", "--stale-after", "1h"]), "review");
+        let ready = review_flags(&r, &id("acme/named")).contains(&"unverified_dns_name".to_owned())
+            && review_flags(&r, &id("acme/unreviewed")).contains(&"review_lapsed".to_owned())
+            && review_flags(&r, &id("acme/expiring")).contains(&"expired".to_owned());
+        ready.then_some(r)
+    })
+    .expect("the review shows every case");
+    println!("{review}");
+    let want: &[(&str, &[&str])] = &[
+        ("acme/healthy", &[]),
+        ("acme/wide", &["overlapping_selectors"]),
+        ("acme/narrow", &["overlapping_selectors"]),
+        ("acme/expiring", &["expired"]),
+        ("acme/unreviewed", &["review_lapsed"]),
+        ("acme/leaver", &["owner_offboarded"]),
+        ("acme/named", &["unverified_dns_name"]),
+        ("legacy", &["no_owner"]),
+    ];
+    for (path, flags) in want {
+        assert_eq!(review_flags(&review, &id(path)), *flags, "{path}");
+    }
+    let healthy = review["identities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["spiffe_id"] == id("acme/healthy"))
+        .unwrap();
+    assert_eq!(healthy["tenant"], "acme");
+    assert_eq!(healthy["owner"], "user:root");
+    assert!(healthy["last_issued_at"].as_i64().is_some(), "{healthy}");
+    // Nothing was used in the last 0 seconds... everything unused for 1 s is stale.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let strict = json(
+        &root(&c, &["review", "--stale-after", "1s", "--tenant", "acme"]),
+        "strict",
+    );
+    assert!(review_flags(&strict, &id("acme/wide")).contains(&"stale".to_owned()));
+    assert!(
+        strict["identities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["tenant"] == "acme")
+    );
+}
