@@ -215,6 +215,18 @@ async fn a_release_datastore_is_upgraded_in_place_and_keeps_every_record(db: &dy
         entries.iter().find(|e| e.spiffe_id.as_str() == id).unwrap()
     };
     let db_entry = by_id("spiffe://example.org/db");
+    // Schema version 5: everything that existed is in the default tenant, which owns `/`;
+    // owners were not recorded (the review flags them), nothing expires or is disabled.
+    for e in &entries {
+        assert_eq!(e.governance.tenant, "default", "{e:?}");
+        assert_eq!(e.governance.owner, "", "{e:?}");
+        assert_eq!(e.governance.expires_at, None);
+        assert_eq!(e.governance.disabled, None);
+    }
+    let tenants = ds.list_tenants().await.unwrap();
+    assert_eq!(tenants.len(), 1);
+    assert_eq!(tenants[0].name, "default");
+    assert_eq!(tenants[0].path_prefixes, ["/"]);
     assert_eq!(db_entry.selectors.len(), 3);
     assert_eq!(db_entry.dns_names, ["db.example.org", "db-1.example.org"]);
     assert_eq!(db_entry.hint, "primary \"db\" ünïcode");
@@ -243,6 +255,7 @@ async fn a_release_datastore_is_upgraded_in_place_and_keeps_every_record(db: &dy
         ]
     );
     assert_eq!(tasks[0].scopes, ["db:read", "db:write"]);
+    assert!(tasks.iter().all(|t| t.tenant == "default"), "{tasks:?}");
     // No placeholders read back: open tasks have no end, the active ones an activation
     // time, the revoked one an end; nobody approved these; the fixture's agents never
     // renewed.
