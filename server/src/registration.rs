@@ -198,14 +198,11 @@ fn entry_event(kind: AuditKind, e: &RegistrationEntry, by: &str) -> AuditEvent {
     .in_tenant(&g.tenant)
 }
 
-/// Whether `name` (an entry's DNS name, possibly `*.`) is `domain` or under it, on a label
-/// boundary.
+/// Whether `name` (an entry's DNS name, possibly `*.`) is the stored domain `domain` or
+/// under it, on a label boundary ([`crate::domains::DomainName::covers`]); a stored domain
+/// that is not a valid domain covers nothing.
 pub fn dns_name_under(name: &str, domain: &str) -> bool {
-    let body = name.strip_prefix("*.").unwrap_or(name);
-    body == domain
-        || body
-            .strip_suffix(domain)
-            .is_some_and(|head| head.ends_with('.'))
+    crate::domains::DomainName::new(domain).is_ok_and(|d| d.covers(name))
 }
 
 /// A registration entry as asked for, before validation (parsed from the API's wire
