@@ -78,6 +78,7 @@ impl BundlePublisher {
         &self,
         ds: &dyn Datastore,
         identity: &ServerIdentity,
+        by: &str,
     ) -> Result<(), RotateError> {
         self.ca
             .rotate_now()
@@ -86,8 +87,9 @@ impl BundlePublisher {
             AuditKind::CaRotated,
             self.ca.active().serial_hex(),
             serde_json::json!({ "reason": "operator" }),
-        )])
-        .await?;
+        )
+        .by(by)])
+            .await?;
         self.new_ca_active(identity);
         Ok(())
     }
@@ -139,7 +141,8 @@ pub(crate) async fn rotate_keys(
                         AuditKind::CaActivated,
                         publisher.ca.active().serial_hex(),
                         serde_json::json!({ "reason": "scheduled" }),
-                    );
+                    )
+                    .by(crate::audit::SERVER_ACTOR);
                     if let Err(e) = ds.append_audit(&[event]).await {
                         tracing::error!(error = %e, "cannot audit the CA activation");
                     }

@@ -117,6 +117,7 @@ impl NodeAttestor {
         &self,
         spiffe_id: &str,
         ttl_secs: i64,
+        by: &str,
     ) -> Result<(String, SpiffeId, i64), NodeAttestationError> {
         let id = if spiffe_id.is_empty() {
             self.default_agent_id()?
@@ -139,7 +140,8 @@ impl NodeAttestor {
                 AuditKind::JoinTokenCreated,
                 &id,
                 serde_json::json!({ "expires_at": expires_at }),
-            )])
+            )
+            .by(by)])
             .await?;
         tracing::info!(spiffe_id = %id, expires_at, "join token created");
         Ok((token, id, expires_at))
@@ -161,12 +163,15 @@ impl NodeAttestor {
                     "serial": issued.serial_hex,
                     "not_after": unix_seconds(issued.not_after),
                 }),
-            ),
+            )
+            .by(id),
+            // Nobody known asked: the server refused an unknown caller.
             Err(e) => AuditEvent::new(
                 AuditKind::AgentAttestationRefused,
                 "unknown",
                 serde_json::json!({ "method": "join_token", "reason": e.to_string() }),
-            ),
+            )
+            .by(crate::audit::SERVER_ACTOR),
         };
         self.ds.append_audit(&[event]).await?;
         result
@@ -266,14 +271,15 @@ impl NodeAttestor {
                     "serial": issued.serial_hex,
                     "not_after": unix_seconds(issued.not_after),
                 }),
-            )])
+            )
+            .by(&agent.spiffe_id)])
             .await?;
         tracing::info!(agent_id = %agent.spiffe_id, serial = %issued.serial_hex, "agent SVID renewed");
         Ok(issued)
     }
 
     /// Removes an agent's record: it must attest again with a new token.
-    pub async fn evict(&self, id: &str) -> Result<AgentRecord, NodeAttestationError> {
+    pub async fn evict(&self, id: &str, by: &str) -> Result<AgentRecord, NodeAttestationError> {
         let id = SpiffeId::new(id).map_err(|e| NodeAttestationError::BadAgentId(e.to_string()))?;
         let record = self
             .ds
@@ -281,11 +287,9 @@ impl NodeAttestor {
             .await?
             .ok_or_else(|| NodeAttestationError::NotAttested(id.to_string()))?;
         self.ds
-            .append_audit(&[AuditEvent::new(
-                AuditKind::AgentEvicted,
-                &id,
-                serde_json::json!({}),
-            )])
+            .append_audit(&[
+                AuditEvent::new(AuditKind::AgentEvicted, &id, serde_json::json!({})).by(by),
+            ])
             .await?;
         tracing::info!(agent_id = %id, "agent evicted");
         self.events.publish(ChangeEvent::AgentRemoved(id));
@@ -293,7 +297,7 @@ impl NodeAttestor {
     }
 
     /// Bans an agent: refused at once, and refused attestation until evicted.
-    pub async fn ban(&self, id: &str) -> Result<AgentRecord, NodeAttestationError> {
+    pub async fn ban(&self, id: &str, by: &str) -> Result<AgentRecord, NodeAttestationError> {
         let id = SpiffeId::new(id).map_err(|e| NodeAttestationError::BadAgentId(e.to_string()))?;
         let banned = self
             .ds
@@ -301,11 +305,9 @@ impl NodeAttestor {
             .await?
             .ok_or_else(|| NodeAttestationError::NotAttested(id.to_string()))?;
         self.ds
-            .append_audit(&[AuditEvent::new(
-                AuditKind::AgentBanned,
-                &id,
-                serde_json::json!({}),
-            )])
+            .append_audit(&[
+                AuditEvent::new(AuditKind::AgentBanned, &id, serde_json::json!({})).by(by),
+            ])
             .await?;
         tracing::info!(agent_id = %id, "agent banned");
         self.events.publish(ChangeEvent::AgentRemoved(id));

@@ -931,7 +931,8 @@ impl Tasks {
                 AuditKind::PolicyReloaded,
                 &description,
                 json!({ "policies": n, "by": by.label() }),
-            )])
+            )
+            .by(by.label())])
             .await?;
         tracing::info!(policies = n, source = %description, "policy reloaded");
         Ok((description, n))

@@ -211,11 +211,11 @@ impl Admin for AdminService {
         &self,
         req: Request<CreateJoinTokenRequest>,
     ) -> Result<Response<CreateJoinTokenResponse>, Status> {
-        self.platform(&req, "creating join tokens").await?;
+        let who = self.platform(&req, "creating join tokens").await?;
         let r = req.into_inner();
         let (token, id, expires_at) = self
             .attestor
-            .generate_token(&r.spiffe_id, r.ttl_seconds)
+            .generate_token(&r.spiffe_id, r.ttl_seconds, &who.principal())
             .await?;
         Ok(Response::new(CreateJoinTokenResponse {
             token,
@@ -293,8 +293,11 @@ impl Admin for AdminService {
     }
 
     async fn evict_agent(&self, req: Request<AgentIdRequest>) -> Result<Response<Agent>, Status> {
-        self.platform(&req, "evicting agents").await?;
-        let a = self.attestor.evict(&req.get_ref().spiffe_id).await?;
+        let who = self.platform(&req, "evicting agents").await?;
+        let a = self
+            .attestor
+            .evict(&req.get_ref().spiffe_id, &who.principal())
+            .await?;
         self.tasks
             .end_tasks_of_agent(&a.spiffe_id, "agent evicted")
             .await?;
@@ -302,8 +305,11 @@ impl Admin for AdminService {
     }
 
     async fn ban_agent(&self, req: Request<AgentIdRequest>) -> Result<Response<Agent>, Status> {
-        self.platform(&req, "banning agents").await?;
-        let a = self.attestor.ban(&req.get_ref().spiffe_id).await?;
+        let who = self.platform(&req, "banning agents").await?;
+        let a = self
+            .attestor
+            .ban(&req.get_ref().spiffe_id, &who.principal())
+            .await?;
         self.tasks
             .end_tasks_of_agent(&a.spiffe_id, "agent banned")
             .await?;
@@ -339,9 +345,9 @@ impl Admin for AdminService {
         &self,
         req: Request<RotateCaRequest>,
     ) -> Result<Response<ListCasResponse>, Status> {
-        self.platform(&req, "rotating the CA").await?;
+        let who = self.platform(&req, "rotating the CA").await?;
         self.publisher
-            .rotate_ca_now(&*self.ds, &self.identity)
+            .rotate_ca_now(&*self.ds, &self.identity, &who.principal())
             .await?;
         Ok(Response::new(wire::cas(&self.publisher.ca.list())))
     }
