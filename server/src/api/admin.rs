@@ -79,19 +79,13 @@ fn peer<T>(req: &Request<T>, admin_gid: Option<u32>) -> Result<(UnixUser, u32, b
         .ok_or_else(|| Status::permission_denied("caller credentials unavailable"))?;
     let (uid, gid) = (cred.uid(), cred.gid());
     let me = nix::unistd::geteuid().as_raw();
-    let name = daemon::users::user_name(uid);
-    let in_group = admin_gid.is_some_and(|g| {
-        gid == g
-            || nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(g))
-                .ok()
-                .flatten()
-                .is_some_and(|grp| grp.mem.contains(&name))
-    });
-    Ok((
-        UnixUser { uid, name },
-        gid,
-        uid == 0 || uid == me || in_group,
-    ))
+    let user = UnixUser {
+        uid,
+        name: daemon::users::user_name(uid),
+    };
+    let in_group = admin_gid.is_some_and(|g| crate::tenants::in_group(&user, gid, &g.to_string()));
+    let platform = uid == 0 || uid == me || in_group;
+    Ok((user, gid, platform))
 }
 
 impl AdminService {

@@ -116,7 +116,7 @@ pub(crate) fn domain(d: &DomainRecord) -> wire::TenantDomain {
         tenant: d.tenant.clone(),
         domain: d.domain.clone(),
         challenge: d.challenge.clone(),
-        record_name: format!("_tessera-challenge.{}", d.domain),
+        record_name: format!("{}.{}", crate::domains::CHALLENGE_LABEL, d.domain),
         added_at: d.added_at,
         verified_at: d.verified_at.unwrap_or(0),
         checked_at: d.checked_at.unwrap_or(0),
