@@ -72,7 +72,8 @@ impl From<crate::tenants::TenantError> for Status {
             | T::BadPrefix { .. }
             | T::TooMany(_)
             | T::BadSetting(..)
-            | T::Ambiguous(_) => Self::invalid_argument(e.to_string()),
+            | T::Ambiguous(_)
+            | T::BadPolicy(_) => Self::invalid_argument(e.to_string()),
             T::Overlap { .. }
             | T::RootPrefix
             | T::WouldMoveEntries(_)

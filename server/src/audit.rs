@@ -76,6 +76,8 @@ pub enum AuditKind {
     TenantUpdated,
     /// A tenant was deleted. (`tenant.deleted`)
     TenantDeleted,
+    /// A tenant's own policies were set or cleared. (`tenant.policy_set`)
+    TenantPolicySet,
     /// A tenant claimed a DNS domain (challenge issued). (`domain.added`)
     DomainAdded,
     /// A domain's challenge was found in DNS. (`domain.verified`)
@@ -119,6 +121,7 @@ impl AuditKind {
         Self::TenantCreated,
         Self::TenantUpdated,
         Self::TenantDeleted,
+        Self::TenantPolicySet,
         Self::DomainAdded,
         Self::DomainVerified,
         Self::DomainFailing,
@@ -155,6 +158,7 @@ impl AuditKind {
             Self::TenantCreated => "tenant.created",
             Self::TenantUpdated => "tenant.updated",
             Self::TenantDeleted => "tenant.deleted",
+            Self::TenantPolicySet => "tenant.policy_set",
             Self::DomainAdded => "domain.added",
             Self::DomainVerified => "domain.verified",
             Self::DomainFailing => "domain.failing",

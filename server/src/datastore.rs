@@ -151,6 +151,9 @@ pub struct TenantRecord {
     pub created_at: i64,
     /// Increases on every change.
     pub revision: u64,
+    /// Its own Cedar policies, applied on top of the global set (see
+    /// `crate::policy::TenantPolicies`); `None`: none.
+    pub policy: Option<String>,
 }
 
 /// A DNS domain a tenant claimed, verified or not.

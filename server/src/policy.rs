@@ -78,6 +78,8 @@ pub struct EntryFacts {
     pub jit: bool,
     /// The entry's selectors, as `type:value` strings.
     pub selectors: Vec<String>,
+    /// The tenant the entry belongs to.
+    pub tenant: String,
 }
 
 /// One question for the policy engine.
@@ -235,6 +237,9 @@ pub enum PolicyError {
         /// File of the second use.
         second: String,
     },
+    /// A tenant's policy text is unusable as a whole.
+    #[error("{0}")]
+    Tenant(String),
     /// The built-in schema does not parse (a bug).
     #[error("built-in policy schema is invalid: {0}")]
     Schema(String),
@@ -255,6 +260,30 @@ struct Loaded {
     count: usize,
 }
 
+/// Largest tenant policy text accepted.
+pub const MAX_TENANT_POLICY_BYTES: usize = 64 * 1024;
+
+/// A tenant's own policies, as stored with the tenant. They apply on top of the global set
+/// to every decision about the tenant's entries, and can only narrow it: a tenant `forbid`
+/// denies; a tenant `permit` that matches adds its `@approval("required")` and lowers the
+/// TTL cap with its `@max_ttl`, but never allows what the global set denies. A request no
+/// tenant policy matches keeps the global decision. So a tenant admin may write them
+/// without being able to widen anything.
+#[derive(Debug, Clone, Copy)]
+pub struct TenantPolicies<'a> {
+    /// The tenant's name.
+    pub tenant: &'a str,
+    /// The Cedar text (empty: none).
+    pub text: &'a str,
+}
+
+/// A tenant's set as parsed, kept while its text is unchanged.
+#[derive(Debug)]
+struct TenantSet {
+    text: String,
+    loaded: Result<Arc<Loaded>, String>,
+}
+
 /// The policy engine: the policy set in force and where it came from. `Send + Sync`;
 /// [`evaluate`](Self::evaluate) does no I/O.
 #[derive(Debug)]
@@ -262,6 +291,8 @@ pub struct PolicyEngine {
     /// The policy directory; `None` for the built-in set.
     dir: Option<PathBuf>,
     current: RwLock<Arc<Loaded>>,
+    /// Tenants' sets, parsed once per text (callers pass the text they read).
+    tenants: RwLock<HashMap<String, Arc<TenantSet>>>,
 }
 
 fn schema() -> Result<&'static Schema, PolicyError> {
@@ -289,6 +320,7 @@ impl PolicyEngine {
         Self {
             dir: None,
             current: RwLock::new(Arc::new(loaded)),
+            tenants: RwLock::default(),
         }
     }
 
@@ -300,6 +332,7 @@ impl PolicyEngine {
         Ok(Self {
             dir: Some(dir.to_path_buf()),
             current: RwLock::new(Arc::new(loaded)),
+            tenants: RwLock::default(),
         })
     }
 
@@ -330,6 +363,17 @@ impl PolicyEngine {
     /// Decides `req` against the set in force. Never fails: a request Cedar cannot even
     /// build is denied, with the reason in `errors`.
     pub fn evaluate(&self, req: &PolicyRequest) -> Decision {
+        self.evaluate_for(req, None)
+    }
+
+    /// Decides `req` against the global set, then, when it allows, against the tenant's own
+    /// policies (see [`TenantPolicies`] for how they narrow it). Tenant policies that no
+    /// longer load (stored by an earlier release, say) deny, with the reason in `errors`.
+    pub fn evaluate_for(
+        &self,
+        req: &PolicyRequest,
+        tenant: Option<TenantPolicies<'_>>,
+    ) -> Decision {
         let loaded = self.current();
         let (ptype, pid, _) = req.principal.parts();
         let mut decision = Decision {
@@ -349,25 +393,90 @@ impl PolicyEngine {
                 return decision;
             }
         };
-        let response = Authorizer::new().is_authorized(&request, &loaded.set, &entities);
-        let diag = response.diagnostics();
-        decision.allowed = response.decision() == CedarDecision::Allow;
-        let mut ids: Vec<&PolicyId> = diag.reason().collect();
-        ids.sort_by_key(|id| id.to_string());
-        for id in ids {
-            decision.policies.push(id.to_string());
-            if let (true, Some(meta)) = (decision.allowed, loaded.meta.get(id)) {
-                decision.approval_required |= meta.approval;
-                if let Some(ttl) = meta.max_ttl {
-                    decision.max_ttl_seconds =
-                        Some(decision.max_ttl_seconds.map_or(ttl, |m| m.min(ttl)));
-                }
-            }
+        let global = decide(&loaded, &request, &entities);
+        decision.allowed = global.allowed;
+        decision.errors.extend(global.errors);
+        if decision.allowed {
+            decision.narrow(&loaded, &global.policies);
         }
         decision
-            .errors
-            .extend(diag.errors().map(ToString::to_string));
+            .policies
+            .extend(global.policies.iter().map(ToString::to_string));
+        let Some(tp) = tenant.filter(|t| decision.allowed && !t.text.trim().is_empty()) else {
+            return decision;
+        };
+        let tenant_set = match self.tenant_set(tp) {
+            Ok(set) => set,
+            Err(e) => {
+                decision.deny(Vec::new());
+                decision.errors.push(format!(
+                    "the policies of tenant {} do not load, so nothing is allowed: {e}",
+                    tp.tenant
+                ));
+                return decision;
+            }
+        };
+        let own = decide(&tenant_set, &request, &entities);
+        decision.errors.extend(own.errors);
+        let ids: Vec<String> = own.policies.iter().map(ToString::to_string).collect();
+        if own.allowed {
+            decision.narrow(&tenant_set, &own.policies);
+            decision.policies.extend(ids);
+        } else if !ids.is_empty() {
+            // Cedar denies with reasons only when a forbid matched.
+            decision.deny(ids);
+        }
         decision
+    }
+
+    /// Validates a tenant's policy text (strict mode, as for the global set) without
+    /// installing anything. Returns the policy names, `tenant/<name>:<id>`.
+    pub fn check_tenant(tenant: &str, text: &str) -> Result<Vec<String>, PolicyError> {
+        let file = tenant_file(tenant);
+        if text.len() > MAX_TENANT_POLICY_BYTES {
+            return Err(PolicyError::Tenant(format!(
+                "{file}: {} bytes is more than the {MAX_TENANT_POLICY_BYTES} allowed",
+                text.len()
+            )));
+        }
+        let loaded = load_sources(&[(file.clone(), text.to_owned())], Path::new(&file)).map_err(
+            |e| match e {
+                PolicyError::Empty(_) => PolicyError::Tenant(format!(
+                    "{file}: holds no policy (to remove a tenant's policies, clear them)"
+                )),
+                other => other,
+            },
+        )?;
+        let mut ids: Vec<String> = loaded.set.policies().map(|p| p.id().to_string()).collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// The tenant's parsed set, parsing `tp.text` unless it is the text parsed last time.
+    fn tenant_set(&self, tp: TenantPolicies<'_>) -> Result<Arc<Loaded>, String> {
+        let cached = self
+            .tenants
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(tp.tenant)
+            .filter(|c| c.text == tp.text)
+            .cloned();
+        let entry = cached.unwrap_or_else(|| {
+            let file = tenant_file(tp.tenant);
+            let loaded = load_sources(&[(file.clone(), tp.text.to_owned())], Path::new(&file))
+                .map(Arc::new)
+                .map_err(|e| e.to_string());
+            let entry = Arc::new(TenantSet {
+                text: tp.text.to_owned(),
+                loaded,
+            });
+            self.tenants
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(tp.tenant.to_owned(), Arc::clone(&entry));
+            entry
+        });
+        entry.loaded.clone()
     }
 
     /// "builtin" or the directory path, plus policy count — for logs and `policy show`.
@@ -383,6 +492,52 @@ impl PolicyEngine {
 
     fn current(&self) -> Arc<Loaded> {
         Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// The name a tenant's policies are reported under: `tenant/<name>`.
+fn tenant_file(tenant: &str) -> String {
+    format!("tenant/{tenant}")
+}
+
+/// What one policy set said about one request.
+struct SetAnswer {
+    allowed: bool,
+    /// The determining policies (permits when allowed, forbids when denied), sorted.
+    policies: Vec<PolicyId>,
+    errors: Vec<String>,
+}
+
+fn decide(loaded: &Loaded, request: &Request, entities: &Entities) -> SetAnswer {
+    let response = Authorizer::new().is_authorized(request, &loaded.set, entities);
+    let diag = response.diagnostics();
+    let mut policies: Vec<PolicyId> = diag.reason().cloned().collect();
+    policies.sort_by_key(ToString::to_string);
+    SetAnswer {
+        allowed: response.decision() == CedarDecision::Allow,
+        policies,
+        errors: diag.errors().map(ToString::to_string).collect(),
+    }
+}
+
+impl Decision {
+    /// Applies the annotations of the permits that allowed it: approval if any asks for
+    /// it, the smallest TTL cap.
+    fn narrow(&mut self, loaded: &Loaded, permits: &[PolicyId]) {
+        for meta in permits.iter().filter_map(|id| loaded.meta.get(id)) {
+            self.approval_required |= meta.approval;
+            if let Some(ttl) = meta.max_ttl {
+                self.max_ttl_seconds = Some(self.max_ttl_seconds.map_or(ttl, |m| m.min(ttl)));
+            }
+        }
+    }
+
+    /// Turns it into a denial by `forbids` (empty: by no policy).
+    pub(crate) fn deny(&mut self, forbids: Vec<String>) {
+        self.allowed = false;
+        self.approval_required = false;
+        self.max_ttl_seconds = None;
+        self.policies = forbids;
     }
 }
 
@@ -433,6 +588,7 @@ fn build_request(req: &PolicyRequest) -> Result<(Request, Entities), String> {
     let bool = RestrictedExpression::new_bool;
     entry_attrs.insert("jit".to_owned(), bool(req.entry.jit));
     entry_attrs.insert("selectors".to_owned(), set_expr(&req.entry.selectors));
+    entry_attrs.insert("tenant".to_owned(), str_expr(&req.entry.tenant));
     let resource_entity =
         Entity::new(resource.clone(), entry_attrs, HashSet::new()).map_err(|e| e.to_string())?;
     let entities = Entities::from_entities([principal_entity, resource_entity], Some(schema))
@@ -473,7 +629,7 @@ fn build_request(req: &PolicyRequest) -> Result<(Request, Entities), String> {
 
 fn load_builtin() -> Result<Loaded, PolicyError> {
     let builtin = (BUILTIN_FILE.to_owned(), DEFAULT_POLICIES.to_owned());
-    load_sources(&[builtin], None)
+    load_sources(&[builtin], Path::new(BUILTIN_FILE))
 }
 
 fn load_from_dir(dir: &Path) -> Result<Loaded, PolicyError> {
@@ -498,7 +654,7 @@ fn load_from_dir(dir: &Path) -> Result<Loaded, PolicyError> {
             .unwrap_or_default();
         sources.push((name, text));
     }
-    load_sources(&sources, Some(dir))
+    load_sources(&sources, dir)
 }
 
 /// 1-based (line, column) of byte `offset` in `text`.
@@ -571,7 +727,9 @@ fn policy_meta(p: &cedar_policy::Policy) -> Result<PolicyMeta, String> {
     Ok(meta)
 }
 
-fn load_sources(sources: &[(String, String)], dir: Option<&Path>) -> Result<Loaded, PolicyError> {
+/// Parses and validates `sources` (file name, text); `origin` names them when there is
+/// no policy at all.
+fn load_sources(sources: &[(String, String)], origin: &Path) -> Result<Loaded, PolicyError> {
     let schema = schema()?;
     let validator = Validator::new(schema.clone());
     let mut set = PolicySet::new();
@@ -660,9 +818,7 @@ fn load_sources(sources: &[(String, String)], dir: Option<&Path>) -> Result<Load
     }
     let count = set.policies().count();
     if count == 0 {
-        return Err(PolicyError::Empty(
-            dir.map_or_else(|| PathBuf::from(BUILTIN_FILE), Path::to_path_buf),
-        ));
+        return Err(PolicyError::Empty(origin.to_path_buf()));
     }
     Ok(Loaded { set, meta, count })
 }

@@ -39,7 +39,9 @@ use crate::ca::rotation::CaSet;
 use crate::clock::Clock;
 use crate::datastore::{Datastore, DatastoreError, EntryFilter, TaskEnd, TaskRecord, UnixUser};
 use crate::events::{ChangeEvent, Events};
-use crate::policy::{Action, Decision, EntryFacts, PolicyEngine, PolicyRequest, Principal};
+use crate::policy::{
+    Action, Decision, EntryFacts, PolicyEngine, PolicyRequest, Principal, TenantPolicies,
+};
 use crate::registration::{EntryRequest, Registrar, RegistrationError};
 use crate::tenants::{Operator, Scope, validate_owner};
 
@@ -216,6 +218,7 @@ impl Tasks {
                 spiffe_id: entry.spiffe_id.to_string(),
                 jit: entry.jit,
                 selectors: entry.selectors.iter().map(ToString::to_string).collect(),
+                tenant: entry.governance.tenant.clone(),
             },
             scopes: t.scopes.to_vec(),
             ttl_seconds,
@@ -226,6 +229,31 @@ impl Tasks {
             approver_uid: t.approver_uid,
             now_unix: self.clock.now_unix(),
             provisioned: t.provisioned,
+        }
+    }
+
+    /// Asks the global policies, then the own policies of the entry's tenant (read fresh,
+    /// so a change on any server applies to the next decision). A tenant that cannot be
+    /// read denies.
+    async fn decide(&self, req: &PolicyRequest) -> Decision {
+        match self.ds.get_tenant(&req.entry.tenant).await {
+            Ok(tenant) => {
+                let own = tenant.as_ref().and_then(|t| {
+                    t.policy.as_deref().map(|text| TenantPolicies {
+                        tenant: &t.name,
+                        text,
+                    })
+                });
+                self.policy.evaluate_for(req, own)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, tenant = %req.entry.tenant, "cannot read a tenant's policies");
+                let mut d = self.policy.evaluate(req);
+                d.deny(Vec::new());
+                d.errors
+                    .push("cannot read the tenant's policies; see the server log".to_owned());
+                d
+            }
         }
     }
 
@@ -385,13 +413,15 @@ impl Tasks {
         let now = self.clock.now_unix();
         let id = TaskId::generate();
         let asked = self.asked_ttl(request);
-        let decision = self.policy.evaluate(&self.policy_request(
-            Action::BeginTask,
-            requester.principal(),
-            &entry,
-            Purpose::of_request(request, provisioned, requester),
-            asked,
-        ));
+        let decision = self
+            .decide(&self.policy_request(
+                Action::BeginTask,
+                requester.principal(),
+                &entry,
+                Purpose::of_request(request, provisioned, requester),
+                asked,
+            ))
+            .await;
         let requested = AuditEvent::for_task(
             AuditKind::TaskRequested,
             &id,
@@ -483,13 +513,15 @@ impl Tasks {
         request: &TaskRequest,
     ) -> Result<Decision, TaskError> {
         let (entry, provisioned) = self.target(requester, &request.target).await?;
-        Ok(self.policy.evaluate(&self.policy_request(
-            Action::BeginTask,
-            requester.principal(),
-            &entry,
-            Purpose::of_request(request, provisioned, requester),
-            self.asked_ttl(request),
-        )))
+        Ok(self
+            .decide(&self.policy_request(
+                Action::BeginTask,
+                requester.principal(),
+                &entry,
+                Purpose::of_request(request, provisioned, requester),
+                self.asked_ttl(request),
+            ))
+            .await)
     }
 
     /// One task.
@@ -543,13 +575,15 @@ impl Tasks {
         let mut task = current.clone();
         task.approver = Some(label);
         task.approver_uid = Some(approver.uid);
-        let decision = self.policy.evaluate(&self.policy_request(
-            Action::BeginTask,
-            principal_of(&task.requester),
-            &entry,
-            Purpose::of_task(&task),
-            task.deadline - now,
-        ));
+        let decision = self
+            .decide(&self.policy_request(
+                Action::BeginTask,
+                principal_of(&task.requester),
+                &entry,
+                Purpose::of_task(&task),
+                task.deadline - now,
+            ))
+            .await;
         if !decision.allowed {
             return Err(TaskError::Denied(decision.explain()));
         }
@@ -983,13 +1017,15 @@ impl Tasks {
         if left <= 0 {
             return Err(format!("task {} has reached its deadline", task.id));
         }
-        let decision = self.policy.evaluate(&self.policy_request(
-            Action::IssueSvid,
-            principal_of(&task.requester),
-            entry,
-            Purpose::of_task(&task),
-            left,
-        ));
+        let decision = self
+            .decide(&self.policy_request(
+                Action::IssueSvid,
+                principal_of(&task.requester),
+                entry,
+                Purpose::of_task(&task),
+                left,
+            ))
+            .await;
         if !decision.allowed {
             return Err(format!(
                 "policy denies issuance under task {}: {}",

@@ -2,7 +2,8 @@
 //!
 //! A tenant owns SPIFFE ID path prefixes (whole segments: `/acme` owns `/acme` and
 //! `/acme/web`, never `/acme-evil`), claims DNS domains it proves control of, names its
-//! admins (Unix users and groups on the admin socket) and may carry quotas. Every entry and
+//! admins (Unix users and groups on the admin socket) and may carry quotas and Cedar
+//! policies of its own, which narrow the global ones for its entries. Every entry and
 //! task belongs to exactly one tenant, the one owning its SPIFFE ID's path: no two tenants'
 //! prefixes overlap, except the root prefix `/`, which only `default` may hold and which
 //! owns what no other tenant does (the longest covering prefix decides). An upgrade puts
@@ -20,10 +21,12 @@ use std::time::Duration;
 
 use common::SpiffeId;
 use common::entry::Governance;
+use sha2::{Digest, Sha256};
 
 use crate::audit::{AuditEvent, AuditKind};
 use crate::clock::now_unix;
 use crate::datastore::{Datastore, DatastoreError, EntryFilter, TenantRecord, UnixUser};
+use crate::policy::PolicyEngine;
 
 /// Longest tenant name (a DNS label).
 const MAX_NAME: usize = 63;
@@ -91,6 +94,9 @@ pub enum TenantError {
     /// The caller administers several tenants and did not say which.
     #[error("name the tenant with --tenant (you administer {0})")]
     Ambiguous(String),
+    /// A tenant policy text does not load.
+    #[error("invalid tenant policies: {0}")]
+    BadPolicy(String),
     /// The datastore failed.
     #[error("{0}")]
     Datastore(DatastoreError),
@@ -444,6 +450,7 @@ impl TenantDirectory {
             review_every: req.review_every,
             created_at,
             revision,
+            policy: None,
         })
     }
 
@@ -512,7 +519,10 @@ impl TenantDirectory {
             .find(|t| t.name == req.name)
             .cloned()
             .ok_or_else(|| TenantError::NotFound(req.name.clone()))?;
-        let t = Self::record(req, old.created_at, old.revision + 1)?;
+        let t = TenantRecord {
+            policy: old.policy.clone(),
+            ..Self::record(req, old.created_at, old.revision + 1)?
+        };
         check_prefixes(&t, &all)?;
         for slot in &mut all {
             if slot.name == t.name {
@@ -545,6 +555,47 @@ impl TenantDirectory {
         };
         self.audit(AuditKind::TenantDeleted, by, &t).await?;
         tracing::info!(tenant = %t.name, "tenant deleted");
+        Ok(t)
+    }
+
+    /// Sets (`Some`) or clears (`None`) a tenant's own Cedar policies. The tenant's admins
+    /// may do it as well as platform operators: tenant policies only narrow what the
+    /// global set allows (see `crate::policy::TenantPolicies`). Invalid text changes
+    /// nothing.
+    pub async fn set_policy(
+        &self,
+        by: &Operator,
+        name: &str,
+        text: Option<&str>,
+    ) -> Result<TenantRecord, TenantError> {
+        let old = self.get(by, name).await?;
+        let ids = match text {
+            Some(text) => PolicyEngine::check_tenant(name, text)
+                .map_err(|e| TenantError::BadPolicy(e.to_string()))?,
+            None => Vec::new(),
+        };
+        let t = TenantRecord {
+            policy: text.map(str::to_owned),
+            revision: old.revision + 1,
+            ..old
+        };
+        if !self.ds.update_tenant(&t).await? {
+            return Err(TenantError::Changed(t.name));
+        }
+        let digest = t.policy.as_deref().map(|p| hex::encode(Sha256::digest(p)));
+        let event = AuditEvent::new(
+            AuditKind::TenantPolicySet,
+            format!("tenant:{}", t.name),
+            serde_json::json!({
+                "policies": ids,
+                "sha256": digest,
+                "revision": t.revision,
+            }),
+        )
+        .by(by.principal())
+        .in_tenant(&t.name);
+        self.ds.append_audit(&[event]).await?;
+        tracing::info!(tenant = %t.name, policies = ids.len(), "tenant policies set");
         Ok(t)
     }
 

@@ -26,7 +26,8 @@ use common::proto::tessera::{
 };
 use common::proto::tessera::{
     ListTenantsRequest, ListTenantsResponse, Tenant as WireTenant,
-    TenantDomain as WireTenantDomain, TenantDomainRequest, TenantNameRequest, TenantSpec,
+    TenantDomain as WireTenantDomain, TenantDomainRequest, TenantNameRequest, TenantPolicyRequest,
+    TenantSpec,
 };
 use common::proto::tessera::{ReviewRequest, ReviewResponse};
 use common::{BundleCell, TaskId};
@@ -473,6 +474,21 @@ impl Admin for AdminService {
             tenants.push(self.wire_tenant(&t).await?);
         }
         Ok(Response::new(ListTenantsResponse { tenants }))
+    }
+
+    async fn set_tenant_policy(
+        &self,
+        req: Request<TenantPolicyRequest>,
+    ) -> Result<Response<WireTenant>, Status> {
+        let who = self.operator(&req).await?;
+        let r = req.get_ref();
+        let text = (!r.clear).then_some(r.policy.as_str());
+        let t = self
+            .registrar
+            .tenants()
+            .set_policy(&who, &r.name, text)
+            .await?;
+        Ok(Response::new(self.wire_tenant(&t).await?))
     }
 
     async fn add_tenant_domain(

@@ -94,6 +94,7 @@ pub(crate) fn tenant(
         domains: domains.iter().map(domain).collect(),
         entries,
         open_tasks,
+        policy: t.policy.clone().unwrap_or_default(),
     }
 }
 

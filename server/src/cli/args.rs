@@ -397,6 +397,40 @@ pub enum TenantCommand {
         #[command(subcommand)]
         command: DomainCommand,
     },
+    /// The tenant's own Cedar policies, applied on top of the global set for its entries:
+    /// a forbid denies, a permit adds approval or lowers the TTL cap, nothing widens.
+    Policy {
+        /// Tenant policy command.
+        #[command(subcommand)]
+        command: TenantPolicyCommand,
+    },
+}
+
+/// Tenant policy commands.
+#[derive(Debug, Subcommand)]
+pub enum TenantPolicyCommand {
+    /// Replace the tenant's policies with a Cedar file (validated first; an invalid file
+    /// changes nothing). Tenant admins may set their own tenant's.
+    Set {
+        /// The tenant.
+        #[arg(long)]
+        name: String,
+        /// The `.cedar` file.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Remove the tenant's policies (the global set alone decides).
+    Clear {
+        /// The tenant.
+        #[arg(long)]
+        name: String,
+    },
+    /// Print the tenant's policies.
+    Show {
+        /// The tenant.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 /// Domain commands.

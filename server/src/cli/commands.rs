@@ -10,7 +10,8 @@ use common::proto::tessera::{
     AgentIdRequest, CreateJoinTokenRequest, EntryIdRequest, EntrySpec, GetBundleRequest,
     HealthRequest, ListAgentsRequest, ListAuditRequest, ListCasRequest, ListEntriesRequest,
     ListTenantsRequest, ReviewRequest, RotateCaRequest, Tenant, TenantDomainRequest,
-    TenantNameRequest, TenantSpec, UpdateEntryRequest, VerifyAuditRequest, VerifyAuditResponse,
+    TenantNameRequest, TenantPolicyRequest, TenantSpec, UpdateEntryRequest, VerifyAuditRequest,
+    VerifyAuditResponse,
 };
 use daemon::cli_output::{self, Output, UsageError};
 use serde_json::json;
@@ -19,7 +20,7 @@ use tonic::transport::Channel;
 use super::args::{
     AdminOpts, AgentCommand, AuditCommand, BundleCommand, BundleFormat, CaCommand, Command,
     DomainCommand, EntryCommand, OwnerCommand, PolicyCommand, TaskCommand, TenantCommand,
-    TenantFields, TokenCommand,
+    TenantFields, TenantPolicyCommand, TokenCommand,
 };
 use super::output;
 
@@ -579,6 +580,7 @@ async fn run_tenant(command: TenantCommand, admin: &AdminOpts) -> anyhow::Result
                 output::tenant_json(&t),
             );
         }
+        TenantCommand::Policy { command } => run_tenant_policy(&mut c, out, command).await?,
         TenantCommand::Domain { command } => {
             let (args, call) = match command {
                 DomainCommand::Add(a) => (a, 0),
@@ -609,6 +611,54 @@ async fn run_tenant(command: TenantCommand, admin: &AdminOpts) -> anyhow::Result
             print(out, text, output::domain_json(&d));
         }
     }
+    Ok(())
+}
+
+async fn run_tenant_policy(
+    c: &mut AdminClient<Channel>,
+    out: Output,
+    command: TenantPolicyCommand,
+) -> anyhow::Result<()> {
+    let (name, policy, clear) = match command {
+        TenantPolicyCommand::Show { name } => {
+            let t = c
+                .get_tenant(TenantNameRequest { name })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let text = if t.policy.is_empty() {
+                format!("Tenant {} has no policies of its own\n", t.name)
+            } else {
+                t.policy.clone()
+            };
+            print(out, text, json!({"name": t.name, "policy": t.policy}));
+            return Ok(());
+        }
+        TenantPolicyCommand::Set { name, file } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            (name, text, false)
+        }
+        TenantPolicyCommand::Clear { name } => (name, String::new(), true),
+    };
+    let t = c
+        .set_tenant_policy(TenantPolicyRequest {
+            name,
+            policy,
+            clear,
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    let text = if clear {
+        format!("Cleared the policies of tenant {}\n", t.name)
+    } else {
+        format!(
+            "Set the policies of tenant {} (revision {})\n",
+            t.name, t.revision
+        )
+    };
+    print(out, text, output::tenant_json(&t));
     Ok(())
 }
 

@@ -170,6 +170,7 @@ pub(super) fn tenant_json(t: &Tenant) -> serde_json::Value {
         "entries": t.entries,
         "open_tasks": t.open_tasks,
         "domains": t.domains.iter().map(domain_json).collect::<Vec<_>>(),
+        "has_policy": !t.policy.is_empty(),
     })
 }
 
@@ -195,6 +196,9 @@ pub(super) fn tenant_text(t: &Tenant) -> String {
     );
     if t.review_every_seconds != 0 {
         s.push_str(&format!("Review every     : {}s\n", t.review_every_seconds));
+    }
+    if !t.policy.is_empty() {
+        s.push_str("Own policies     : yes (tenant policy show)\n");
     }
     for d in &t.domains {
         s.push_str(&format!("Domain           : {}\n", domain_state(d)));

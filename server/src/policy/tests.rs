@@ -22,6 +22,7 @@ fn req(action: Action, principal: Principal) -> PolicyRequest {
         spiffe_id: "spiffe://prod.example/db/primary".into(),
         jit: true,
         selectors: vec!["unix:uid:1000".into()],
+        tenant: "acme".into(),
     };
     PolicyRequest {
         action,
@@ -341,4 +342,156 @@ fn builtin_set() {
 fn engine_is_send_sync() {
     fn check<T: Send + Sync>() {}
     check::<PolicyEngine>();
+}
+
+/// Global set for the tenant tests: operators may start tasks for up to a day, without
+/// approval; nothing may touch `/vault`.
+const GLOBAL: &str = r#"
+@id("ops") @max_ttl("1d")
+permit (principal is Tessera::User, action, resource);
+
+@id("no-vault")
+forbid (principal, action, resource) when { resource.path like "/vault*" };
+"#;
+
+fn acme(text: &str) -> Option<TenantPolicies<'_>> {
+    Some(TenantPolicies {
+        tenant: "acme",
+        text,
+    })
+}
+
+#[test]
+fn tenant_forbid_denies_what_the_global_set_allows() {
+    let (_d, e) = engine(&[("g.cedar", GLOBAL)]);
+    let own = r#"@id("no-long") forbid (principal, action, resource) when { context.ttl_seconds > 300 };"#;
+    let d = e.evaluate_for(&alice(), acme(own));
+    assert!(!d.allowed && !d.approval_required && d.max_ttl_seconds.is_none());
+    assert_eq!(d.policies, ["tenant/acme:no-long"]);
+    assert_eq!(d.explain(), "denied by policies [tenant/acme:no-long]");
+    // Within the tenant's bound the global decision stands.
+    let mut short = alice();
+    short.ttl_seconds = 300;
+    let d = e.evaluate_for(&short, acme(own));
+    assert!(d.allowed);
+    assert_eq!(d.policies, ["g.cedar:ops"]);
+    assert_eq!(d.max_ttl_seconds, Some(86_400));
+}
+
+#[test]
+fn tenant_permit_cannot_allow_what_the_global_set_denies() {
+    let (_d, e) = engine(&[("g.cedar", GLOBAL)]);
+    let own = r#"@id("all") permit (principal, action, resource);"#;
+    // A global forbid.
+    let mut vault = alice();
+    vault.entry.spiffe_id = "spiffe://prod.example/vault/root".into();
+    let d = e.evaluate_for(&vault, acme(own));
+    assert!(!d.allowed);
+    assert_eq!(d.policies, ["g.cedar:no-vault"]);
+    // No global permit (workloads).
+    let w = req(Action::BeginTask, workload("spiffe://prod.example/ci"));
+    let d = e.evaluate_for(&w, acme(own));
+    assert!(!d.allowed && d.policies.is_empty());
+}
+
+#[test]
+fn tenant_permit_adds_approval_and_lowers_the_ttl_cap() {
+    let (_d, e) = engine(&[("g.cedar", GLOBAL)]);
+    let own = r#"
+@id("approve") @approval("required") @max_ttl("15m")
+permit (principal, action, resource) when { resource.tenant == "acme" };
+
+@id("loose") @approval("none") @max_ttl("2d")
+permit (principal, action, resource);
+"#;
+    let d = e.evaluate_for(&alice(), acme(own));
+    assert!(d.allowed && d.approval_required);
+    assert_eq!(d.max_ttl_seconds, Some(900));
+    assert_eq!(
+        d.policies,
+        ["g.cedar:ops", "tenant/acme:approve", "tenant/acme:loose"]
+    );
+    // A permit cannot raise the global cap or waive approval.
+    let only_loose =
+        r#"@id("loose") @approval("none") @max_ttl("2d") permit (principal, action, resource);"#;
+    let d = e.evaluate_for(&alice(), acme(only_loose));
+    assert_eq!(d.max_ttl_seconds, Some(86_400));
+    let (_d2, strict) = engine(&[(
+        "g.cedar",
+        r#"@approval("required") permit (principal, action, resource);"#,
+    )]);
+    assert!(
+        strict
+            .evaluate_for(&alice(), acme(only_loose))
+            .approval_required
+    );
+}
+
+#[test]
+fn tenant_policies_that_match_nothing_keep_the_global_decision() {
+    let (_d, e) = engine(&[("g.cedar", GLOBAL)]);
+    let own = r#"@id("other") forbid (principal, action, resource) when { resource.tenant == "globex" };"#;
+    let global = e.evaluate(&alice());
+    assert_eq!(e.evaluate_for(&alice(), acme(own)), global);
+    assert_eq!(e.evaluate_for(&alice(), acme("  \n")), global);
+    assert_eq!(e.evaluate_for(&alice(), None), global);
+}
+
+#[test]
+fn tenant_text_that_does_not_load_denies() {
+    let (_d, e) = engine(&[("g.cedar", GLOBAL)]);
+    let d = e.evaluate_for(
+        &alice(),
+        acme("permit (principal, action, resource) when {"),
+    );
+    assert!(!d.allowed && d.policies.is_empty());
+    assert!(
+        d.errors[0].starts_with("the policies of tenant acme do not load"),
+        "{:?}",
+        d.errors
+    );
+    // The parsed set is kept per text: a fixed text is used at once.
+    let own = r#"@id("x") forbid (principal, action, resource);"#;
+    assert_eq!(
+        e.evaluate_for(&alice(), acme(own)).policies,
+        ["tenant/acme:x"]
+    );
+    let d = e.evaluate_for(&alice(), acme(ANY));
+    assert!(d.allowed);
+}
+
+#[test]
+fn tenant_text_is_checked_like_the_global_set() {
+    let ids = PolicyEngine::check_tenant(
+        "acme",
+        r#"@id("b") forbid (principal, action, resource); @id("a") forbid (principal, action, resource);"#,
+    )
+    .unwrap();
+    assert_eq!(ids, ["tenant/acme:a", "tenant/acme:b"]);
+    let err = PolicyEngine::check_tenant(
+        "acme",
+        "permit (principal, action, resource) when { context.nope };",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.starts_with("tenant/acme:1:"), "{err}");
+    let err = PolicyEngine::check_tenant("acme", "// nothing\n")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "tenant/acme: holds no policy (to remove a tenant's policies, clear them)"
+    );
+    let big = format!("{ANY}{}", " ".repeat(MAX_TENANT_POLICY_BYTES));
+    let err = PolicyEngine::check_tenant("acme", &big)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("more than the 65536 allowed"), "{err}");
+    let err = PolicyEngine::check_tenant(
+        "acme",
+        r#"@max_ttl("soon") permit (principal, action, resource);"#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("bad @max_ttl"), "{err}");
 }

@@ -11,6 +11,7 @@ fn tenant(name: &str, prefixes: &[&str]) -> TenantRecord {
         review_every: None,
         created_at: 0,
         revision: 1,
+        policy: None,
     }
 }
 

@@ -1003,3 +1003,180 @@ async fn the_access_review_flags_each_case_on_a_prepared_data_set() {
             .all(|i| i["tenant"] == "acme")
     );
 }
+
+/// `task VERB --entry-id ID --ttl TTL` as root (`create` or `explain`).
+fn task_for(c: &Cluster, verb: &str, entry: &Value, ttl: &str) -> Output {
+    let id = entry["id"].as_str().unwrap();
+    root(
+        c,
+        &[
+            "task",
+            verb,
+            "--entry-id",
+            id,
+            "--ttl",
+            ttl,
+            "--reason",
+            "r",
+        ],
+    )
+}
+
+/// Whether the policy would allow a task of `ttl` on `entry`.
+fn allowed(c: &Cluster, entry: &Value, ttl: &str) -> bool {
+    json(&task_for(c, "explain", entry, ttl), "task explain")["allowed"]
+        .as_bool()
+        .unwrap()
+}
+
+#[test]
+fn a_tenants_own_policies_narrow_the_global_set_and_only_its_admins_set_them() {
+    let c = tenants_cluster();
+    let acme_db = json(
+        &cli_as(
+            &c,
+            NOBODY,
+            &entry_args("spiffe://example.org/acme/db", "unix:uid:4001", &["--jit"]),
+        ),
+        "acme entry",
+    );
+    let beta_db = json(
+        &cli_as(
+            &c,
+            DAEMON,
+            &entry_args("spiffe://example.org/beta/db", "unix:uid:4002", &["--jit"]),
+        ),
+        "beta entry",
+    );
+    // Files a second user can read.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let short = write(
+        "short.cedar",
+        r#"@id("short-tasks")
+forbid (principal, action == Tessera::Action::"begin_task", resource)
+when { context.ttl_seconds > 600 };
+"#,
+    );
+    let bad = write(
+        "bad.cedar",
+        "forbid (principal, action, resource) when { context.nope };\n",
+    );
+
+    // An invalid file is refused with its position and changes nothing.
+    let out = cli_as(
+        &c,
+        NOBODY,
+        &["tenant", "policy", "set", "--name", "acme", "--file", &bad],
+    );
+    assert!(
+        stderr(&out).starts_with("error: invalid tenant policies: tenant/acme:1:"),
+        "{}",
+        stderr(&out)
+    );
+    let shown = json(
+        &cli_as(&c, NOBODY, &["tenant", "policy", "show", "--name", "acme"]),
+        "policy show",
+    );
+    assert_eq!(shown["policy"], "");
+
+    // Another tenant's admin cannot tell acme from a tenant that does not exist.
+    let hidden = cli_as(
+        &c,
+        DAEMON,
+        &[
+            "tenant", "policy", "set", "--name", "acme", "--file", &short,
+        ],
+    );
+    let none = cli_as(
+        &c,
+        DAEMON,
+        &[
+            "tenant", "policy", "set", "--name", "nope", "--file", &short,
+        ],
+    );
+    assert_eq!(stderr(&hidden), "error: tenant acme not found");
+    assert_eq!(
+        stderr(&hidden).replace("acme", "X"),
+        stderr(&none).replace("nope", "X")
+    );
+
+    // Before: the built-in set lets operators start day-long tasks anywhere.
+    assert!(allowed(&c, &acme_db, "1h"));
+
+    // acme's own admin sets its policies.
+    let set = json(
+        &cli_as(
+            &c,
+            NOBODY,
+            &[
+                "tenant", "policy", "set", "--name", "acme", "--file", &short,
+            ],
+        ),
+        "policy set",
+    );
+    assert_eq!(set["has_policy"], true);
+    let shown = json(
+        &cli_as(&c, NOBODY, &["tenant", "policy", "show", "--name", "acme"]),
+        "policy show",
+    );
+    assert!(shown["policy"].as_str().unwrap().contains("short-tasks"));
+
+    // They narrow acme's decisions only, and say which policy decided.
+    let out = task_for(&c, "create", &acme_db, "1h");
+    assert!(
+        stderr(&out).contains("denied by policies [tenant/acme:short-tasks]"),
+        "{}",
+        stderr(&out)
+    );
+    let tasks = json(&root(&c, &["task", "list"]), "task list");
+    assert_eq!(
+        tasks["tasks"].as_array().map_or(0, Vec::len),
+        0,
+        "nothing persisted"
+    );
+    assert!(allowed(&c, &beta_db, "1h"), "beta is not narrowed");
+    let ok = json(&task_for(&c, "create", &acme_db, "5m"), "short acme task");
+    assert_eq!(ok["state"], "active", "{ok}");
+    assert_eq!(
+        ok["decision"]["policies"],
+        serde_json::json!(["builtin.cedar:operator-begin-task"]),
+        "{ok}"
+    );
+
+    // The change is recorded with who made it.
+    let audit = String::from_utf8_lossy(&json_lines(&cli_as(
+        &c,
+        NOBODY,
+        &["audit", "show", "--tenant", "acme"],
+    )))
+    .into_owned();
+    let set_record: Value = audit
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|v| v["kind"] == "tenant.policy_set")
+        .unwrap_or_else(|| panic!("no tenant.policy_set in {audit}"));
+    assert_eq!(set_record["actor"], "user:nobody", "{set_record}");
+    assert_eq!(
+        set_record["detail"]["policies"],
+        serde_json::json!(["tenant/acme:short-tasks"])
+    );
+
+    // Cleared, the global set alone decides again.
+    json(
+        &cli_as(&c, NOBODY, &["tenant", "policy", "clear", "--name", "acme"]),
+        "policy clear",
+    );
+    assert!(allowed(&c, &acme_db, "1h"));
+}

@@ -377,6 +377,20 @@ pub struct Tenant {
     pub entries: i64,
     #[prost(int64, tag = "12")]
     pub open_tasks: i64,
+    /// Its own Cedar policies; empty: none.
+    #[prost(string, tag = "13")]
+    pub policy: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TenantPolicyRequest {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// The Cedar text (ignored with `clear`).
+    #[prost(string, tag = "2")]
+    pub policy: ::prost::alloc::string::String,
+    /// Remove the tenant's policies.
+    #[prost(bool, tag = "3")]
+    pub clear: bool,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct TenantNameRequest {
@@ -2468,6 +2482,29 @@ pub mod admin_client {
                 .insert(GrpcMethod::new("tessera.v1.Admin", "RemoveTenantDomain"));
             self.inner.unary(req, path, codec).await
         }
+        /// A tenant's own Cedar policies, applied on top of the global set for its entries;
+        /// they can only narrow it. Its admins may set them as well as platform operators.
+        pub async fn set_tenant_policy(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TenantPolicyRequest>,
+        ) -> std::result::Result<tonic::Response<super::Tenant>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.Admin/SetTenantPolicy",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.Admin", "SetTenantPolicy"));
+            self.inner.unary(req, path, codec).await
+        }
         /// The entry's owner (or an admin) re-certifies that it is still needed; re-enables an
         /// entry disabled because its review lapsed.
         pub async fn certify_entry(
@@ -2713,6 +2750,12 @@ pub mod admin_server {
             &self,
             request: tonic::Request<super::TenantDomainRequest>,
         ) -> std::result::Result<tonic::Response<super::TenantDomain>, tonic::Status>;
+        /// A tenant's own Cedar policies, applied on top of the global set for its entries;
+        /// they can only narrow it. Its admins may set them as well as platform operators.
+        async fn set_tenant_policy(
+            &self,
+            request: tonic::Request<super::TenantPolicyRequest>,
+        ) -> std::result::Result<tonic::Response<super::Tenant>, tonic::Status>;
         /// The entry's owner (or an admin) re-certifies that it is still needed; re-enables an
         /// entry disabled because its review lapsed.
         async fn certify_entry(
@@ -4099,6 +4142,51 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = RemoveTenantDomainSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.Admin/SetTenantPolicy" => {
+                    #[allow(non_camel_case_types)]
+                    struct SetTenantPolicySvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<super::TenantPolicyRequest>
+                    for SetTenantPolicySvc<T> {
+                        type Response = super::Tenant;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::TenantPolicyRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::set_tenant_policy(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SetTenantPolicySvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

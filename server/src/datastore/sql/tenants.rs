@@ -7,13 +7,13 @@ use super::io::{Cells, Param};
 use crate::datastore::{DatastoreError, DomainRecord, TenantRecord};
 
 pub(super) const INSERT_TENANT: &str = "INSERT INTO tenants (name, path_prefixes, admin_users,
-        admin_groups, max_entries, max_open_tasks, review_every, created_at, revision)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
-/// Compare-and-set on the revision: `$10` is the revision the caller read.
+        admin_groups, max_entries, max_open_tasks, review_every, created_at, revision, policy)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+/// Compare-and-set on the revision: `$11` is the revision the caller read.
 pub(super) const UPDATE_TENANT: &str = "UPDATE tenants SET path_prefixes = $2, admin_users = $3,
         admin_groups = $4, max_entries = $5, max_open_tasks = $6, review_every = $7,
-        created_at = $8, revision = $9
-    WHERE name = $1 AND revision = $10";
+        created_at = $8, revision = $9, policy = $10
+    WHERE name = $1 AND revision = $11";
 pub(super) const GET_TENANT: &str = "SELECT * FROM tenants WHERE name = $1";
 pub(super) const LIST_TENANTS: &str = "SELECT * FROM tenants ORDER BY name";
 pub(super) const DELETE_TENANT: &str = "DELETE FROM tenants WHERE name = $1 RETURNING *";
@@ -67,7 +67,7 @@ impl TenantRow {
         })
     }
 
-    pub(super) fn params<'a>(&'a self, t: &'a TenantRecord) -> [Param<'a>; 9] {
+    pub(super) fn params<'a>(&'a self, t: &'a TenantRecord) -> [Param<'a>; 10] {
         [
             Param::Text(&t.name),
             Param::Text(&self.prefixes),
@@ -81,6 +81,7 @@ impl TenantRow {
             ),
             Param::Int(t.created_at),
             Param::Int(self.revision),
+            Param::OptText(t.policy.as_deref()),
         ]
     }
 
@@ -105,6 +106,7 @@ pub(super) fn tenant(row: &impl Cells) -> Result<TenantRecord, DatastoreError> {
             .map_err(|e| corrupt("review_every", e))?,
         created_at: row.int("created_at")?,
         revision: u64::try_from(row.int("revision")?).map_err(|e| corrupt("revision", e))?,
+        policy: row.opt_text("policy")?,
     })
 }
 
