@@ -97,8 +97,9 @@ class X509Watch:
             while True:
                 if self._latest is not None and predicate(self._latest):
                     return self._latest
-                if self._error is not None and self._latest is None:
-                    # py-spiffe retries what may recover; an error here ends the stream.
+                if self._error is not None:
+                    # py-spiffe retries what may recover; an error here ends the stream,
+                    # so nothing more will arrive.
                     raise SvidUnavailable(f"{what}: the Workload API stream failed", self._error)
                 left = deadline - time.monotonic()
                 if left <= 0:
