@@ -196,17 +196,18 @@ fn python_message_bindings_match_the_proto() {
 #[test]
 fn python_grpc_bindings_name_every_method_of_the_proto() {
     let proto = compiled();
+    let package = proto.package();
     let want: BTreeSet<String> = proto
         .service
         .iter()
         .flat_map(|s| {
             s.method
                 .iter()
-                .map(move |m| format!("/{}.{}/{}", proto.package(), s.name(), m.name()))
+                .map(move |m| format!("/{package}.{}/{}", s.name(), m.name()))
         })
         .collect();
     let grpc = generated("tessera_pb2_grpc.py");
-    let prefix = format!("'/{}.", proto.package());
+    let prefix = format!("'/{package}.");
     let have: BTreeSet<String> = grpc
         .match_indices(&prefix)
         .map(|(i, _)| {
