@@ -70,6 +70,7 @@ class X509Watch:
         self._client = WorkloadApiClient(socket_path)
         self._cond = threading.Condition()
         self._latest: Optional[X509Context] = None
+        self._latest_at: Optional[float] = None
         self._updates = 0
         self._error: Optional[str] = None
         self._cancel = self._client.stream_x509_contexts(self._on_update, self._on_error)
@@ -77,6 +78,7 @@ class X509Watch:
     def _on_update(self, ctx: X509Context) -> None:
         with self._cond:
             self._latest = ctx
+            self._latest_at = time.monotonic()
             self._updates += 1
             self._cond.notify_all()
 
@@ -84,6 +86,11 @@ class X509Watch:
         with self._cond:
             self._error = str(err)
             self._cond.notify_all()
+
+    @property
+    def latest_at(self) -> Optional[float]:
+        """When (`time.monotonic()`) the latest context arrived."""
+        return self._latest_at
 
     @property
     def updates(self) -> int:

@@ -175,9 +175,9 @@ fn python_client_begins_a_task_gets_its_svids_and_ends_it() {
 
     let (svid_ms, gone_ms) = (ms(&v["svid_ms"]), ms(&v["gone_ms"]));
     println!(
-        "python task client: begin {:.0} ms; X.509-SVID available {svid_ms:.0} ms after begin, \
-         JWT-SVID {:.0} ms after that; end {:.0} ms; X.509-SVID gone {gone_ms:.0} ms after end \
-         ({} stream updates)",
+        "python task client: X.509-SVID on the stream {svid_ms:.0} ms after begin (BeginTask \
+         answered in {:.0} ms), JWT-SVID {:.0} ms later; gone from the stream {gone_ms:.0} ms \
+         after end (EndTask answered in {:.0} ms; {} stream updates)",
         ms(&v["begin_ms"]),
         ms(&v["jwt_ms"]),
         ms(&v["end_ms"]),
