@@ -35,7 +35,9 @@ fn repo() -> PathBuf {
 }
 
 fn generated(name: &str) -> String {
-    let path = repo().join("clients/python/tessera_tasks/_proto").join(name);
+    let path = repo()
+        .join("clients/python/tessera_tasks/_proto")
+        .join(name);
     std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("{}: {e}; {REGENERATE}", path.display()))
 }
@@ -105,7 +107,10 @@ fn embedded() -> FileDescriptorProto {
     let (start, _) = found
         .next()
         .unwrap_or_else(|| panic!("tessera_pb2.py embeds no descriptor; {REGENERATE}"));
-    assert!(found.next().is_none(), "tessera_pb2.py embeds several descriptors");
+    assert!(
+        found.next().is_none(),
+        "tessera_pb2.py embeds several descriptors"
+    );
     let body = &py[start + start_marker.len()..];
     // The literal ends at the first quote that is not escaped.
     let mut end = None;
@@ -122,8 +127,9 @@ fn embedded() -> FileDescriptorProto {
         }
     }
     let lit = &body[..end.expect("the descriptor literal is closed")];
-    FileDescriptorProto::decode(python_bytes(lit).as_slice())
-        .unwrap_or_else(|e| panic!("tessera_pb2.py's descriptor does not decode ({e}); {REGENERATE}"))
+    FileDescriptorProto::decode(python_bytes(lit).as_slice()).unwrap_or_else(|e| {
+        panic!("tessera_pb2.py's descriptor does not decode ({e}); {REGENERATE}")
+    })
 }
 
 fn clear_json_names(messages: &mut [DescriptorProto]) {
@@ -236,11 +242,7 @@ fn python_type_stubs_list_every_field_of_the_proto() {
         let fields = slots
             .strip_prefix("__slots__ = (")
             .unwrap_or_else(|| panic!("{class}: no __slots__ line: {slots}"));
-        let names: Vec<&str> = fields
-            .split('"')
-            .skip(1)
-            .step_by(2)
-            .collect();
+        let names: Vec<&str> = fields.split('"').skip(1).step_by(2).collect();
         have.insert(format!("{class}({})", names.join(",")));
     }
     let want: BTreeSet<String> = proto

@@ -61,7 +61,14 @@ fn run(c: &Cluster, mode: &str) -> Value {
     let out = Command::new("python3")
         .arg(script())
         .arg(mode)
-        .args(["--spiffe-id", TOOL, "--denied-id", DENIED, "--audience", "tools"])
+        .args([
+            "--spiffe-id",
+            TOOL,
+            "--denied-id",
+            DENIED,
+            "--audience",
+            "tools",
+        ])
         .args(["--timeout", "15"])
         .env("SPIFFE_ENDPOINT_SOCKET", c.agent.endpoint())
         .env("PYTHONDONTWRITEBYTECODE", "1")
@@ -103,11 +110,15 @@ fn assert_refused(r: &Value, class: &str, code: &str, needle: &str) {
     assert_eq!(r["error_class"], class, "{r}");
     assert_eq!(r["code"], code, "{r}");
     let msg = r["message"].as_str().unwrap_or_default();
-    assert!(msg.contains(needle), "expected {needle:?} in the message: {r}");
+    assert!(
+        msg.contains(needle),
+        "expected {needle:?} in the message: {r}"
+    );
 }
 
 fn ms(v: &Value) -> f64 {
-    v.as_f64().unwrap_or_else(|| panic!("a time in ms, got {v}"))
+    v.as_f64()
+        .unwrap_or_else(|| panic!("a time in ms, got {v}"))
 }
 
 #[test]
@@ -121,7 +132,10 @@ fn python_client_begins_a_task_gets_its_svids_and_ends_it() {
     assert_eq!(begun["state"], "active", "{begun}");
     assert_eq!(begun["spiffe_id"], TOOL);
     assert_eq!(begun["requester"], RUNTIME);
-    assert_eq!(begun["policies"], serde_json::json!(["tasks.cedar:workload-tools"]));
+    assert_eq!(
+        begun["policies"],
+        serde_json::json!(["tasks.cedar:workload-tools"])
+    );
 
     // The X.509-SVID py-spiffe got is the task's own: its URI SAN and Subject OU.
     let x509 = &v["x509"];
@@ -148,17 +162,30 @@ fn python_client_begins_a_task_gets_its_svids_and_ends_it() {
     let after = &v["jwt_after_end"];
     assert_eq!(after["error_class"], "FetchJwtSvidError", "{after}");
     assert!(
-        after["error"].as_str().unwrap().contains("PERMISSION_DENIED"),
+        after["error"]
+            .as_str()
+            .unwrap()
+            .contains("PERMISSION_DENIED"),
         "{after}"
     );
-    assert_refused(&v["end_again"], "FailedPrecondition", "FAILED_PRECONDITION", "already ended");
+    assert_refused(
+        &v["end_again"],
+        "FailedPrecondition",
+        "FAILED_PRECONDITION",
+        "already ended",
+    );
 
     // The context manager: completed after a normal exit, failed after an exception that
     // still propagates, with a reason that names the exception's type only.
     let cm_ok = &v["cm_ok"];
     let ok_id = cm_ok["begin"]["id"].as_str().unwrap();
     assert_eq!(cm_ok["svid_task_id"], ok_id);
-    assert_refused(&cm_ok["end_again"], "FailedPrecondition", "FAILED_PRECONDITION", "already ended");
+    assert_refused(
+        &cm_ok["end_again"],
+        "FailedPrecondition",
+        "FAILED_PRECONDITION",
+        "already ended",
+    );
     assert_eq!(task_show(&c, ok_id)["state"], "completed");
     let cm_raise = &v["cm_raise"];
     assert_eq!(cm_raise["propagated"], true);
@@ -166,7 +193,9 @@ fn python_client_begins_a_task_gets_its_svids_and_ends_it() {
     let failed = task_show(&c, raise_id);
     assert_eq!(failed["state"], "failed", "{failed}");
     assert_eq!(failed["end_reason"], "raised RuntimeError", "{failed}");
-    let audit = c.server.cli(&["audit", "show", "--task", raise_id, "--output", "json"]);
+    let audit = c
+        .server
+        .cli(&["audit", "show", "--task", raise_id, "--output", "json"]);
     assert!(audit.status.success());
     assert!(
         !String::from_utf8_lossy(&audit.stdout).contains("secret detail"),
@@ -184,7 +213,10 @@ fn python_client_begins_a_task_gets_its_svids_and_ends_it() {
         v["stream_updates"]
     );
     // Ending revokes within a second everywhere (tasks.rs); a Python stream sees it too.
-    assert!(gone_ms < 1000.0, "X.509-SVID still on the stream {gone_ms} ms after end");
+    assert!(
+        gone_ms < 1000.0,
+        "X.509-SVID still on the stream {gone_ms} ms after end"
+    );
 }
 
 #[test]
@@ -197,7 +229,12 @@ fn python_client_maps_refusals_to_typed_errors_with_the_servers_message() {
         "NOT_FOUND",
         "no just-in-time entry",
     );
-    assert_refused(&v["policy_denied"], "PermissionDenied", "PERMISSION_DENIED", "");
+    assert_refused(
+        &v["policy_denied"],
+        "PermissionDenied",
+        "PERMISSION_DENIED",
+        "",
+    );
     assert_refused(
         &v["no_reason"],
         "PermissionDenied",
@@ -210,10 +247,25 @@ fn python_client_maps_refusals_to_typed_errors_with_the_servers_message() {
         "PERMISSION_DENIED",
         "does not hold the standing identity spiffe://example.org/not/mine",
     );
-    assert_refused(&v["nothing_named"], "InvalidArgument", "INVALID_ARGUMENT", "spiffe_id");
+    assert_refused(
+        &v["nothing_named"],
+        "InvalidArgument",
+        "INVALID_ARGUMENT",
+        "spiffe_id",
+    );
     assert_refused(&v["end_unknown"], "NotFound", "NOT_FOUND", "no-such-task");
-    assert_refused(&v["end_bad_outcome"], "InvalidArgument", "INVALID_ARGUMENT", "exploded");
-    assert_refused(&v["end_revoked"], "PermissionDenied", "PERMISSION_DENIED", "revoking");
+    assert_refused(
+        &v["end_bad_outcome"],
+        "InvalidArgument",
+        "INVALID_ARGUMENT",
+        "exploded",
+    );
+    assert_refused(
+        &v["end_revoked"],
+        "PermissionDenied",
+        "PERMISSION_DENIED",
+        "revoking",
+    );
     assert_eq!(v["end_cancelled"]["ok"]["state"], "cancelled", "{v}");
     assert_refused(
         &v["no_header"],
@@ -226,7 +278,9 @@ fn python_client_maps_refusals_to_typed_errors_with_the_servers_message() {
 
     // Nothing a refused request asked for was created: only the one task that began.
     let listed = c.server.cli_json(&["task", "list"]);
-    let tasks = listed["tasks"].as_array().unwrap_or_else(|| panic!("{listed}"));
+    let tasks = listed["tasks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{listed}"));
     assert_eq!(tasks.len(), 1, "{listed}");
     assert_eq!(tasks[0]["state"], "cancelled");
 }
