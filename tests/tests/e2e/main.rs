@@ -13,6 +13,7 @@ mod attestation;
 mod audit;
 mod ca_rotation;
 mod cli;
+mod client_python;
 mod conn_limits;
 mod deploy;
 mod example_agentic;
