@@ -252,16 +252,33 @@ pub struct EntryUsage {
     pub last_used_at: Option<i64>,
 }
 
-/// Persistent state of the server.
+/// Builds a deletion's audit records from the row it removed, inside the deleting
+/// transaction: the change and its record commit together or not at all.
+pub type AuditFor<T> = Box<dyn FnOnce(&T) -> Vec<AuditEvent> + Send>;
+
+/// Persistent state of the server. Every change an operator or a job makes takes the
+/// audit records that describe it and stores both in one transaction: no change is ever
+/// stored without its record, nor a record without its change.
 #[async_trait::async_trait]
 pub trait Datastore: Send + Sync + std::fmt::Debug {
     /// Stores a new entry; `Conflict` if one with the same SPIFFE ID, parent and selectors exists.
-    async fn create_entry(&self, entry: &RegistrationEntry) -> Result<(), DatastoreError>;
+    async fn create_entry(
+        &self,
+        entry: &RegistrationEntry,
+        audit: &[AuditEvent],
+    ) -> Result<(), DatastoreError>;
     /// Replaces an entry; `NotFound` if it does not exist; `Conflict` on a duplicate.
-    async fn update_entry(&self, entry: &RegistrationEntry) -> Result<(), DatastoreError>;
-    /// Deletes an entry and returns it.
-    async fn delete_entry(&self, id: &EntryId)
-    -> Result<Option<RegistrationEntry>, DatastoreError>;
+    async fn update_entry(
+        &self,
+        entry: &RegistrationEntry,
+        audit: &[AuditEvent],
+    ) -> Result<(), DatastoreError>;
+    /// Deletes an entry and returns it (`None`, and no record, if it does not exist).
+    async fn delete_entry(
+        &self,
+        id: &EntryId,
+        audit: AuditFor<RegistrationEntry>,
+    ) -> Result<Option<RegistrationEntry>, DatastoreError>;
     /// One entry by id.
     async fn get_entry(&self, id: &EntryId) -> Result<Option<RegistrationEntry>, DatastoreError>;
     /// Entries matching `filter`, ordered by creation.
@@ -379,13 +396,25 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     async fn lapsed_entries(&self, now: i64) -> Result<Vec<RegistrationEntry>, DatastoreError>;
 
     /// Stores a new tenant; `Conflict` if the name is taken.
-    async fn create_tenant(&self, t: &TenantRecord) -> Result<(), DatastoreError>;
+    async fn create_tenant(
+        &self,
+        t: &TenantRecord,
+        audit: &[AuditEvent],
+    ) -> Result<(), DatastoreError>;
     /// Replaces a tenant whose stored revision is `t.revision - 1` (compare-and-set);
     /// returns whether it applied.
-    async fn update_tenant(&self, t: &TenantRecord) -> Result<bool, DatastoreError>;
+    async fn update_tenant(
+        &self,
+        t: &TenantRecord,
+        audit: &[AuditEvent],
+    ) -> Result<bool, DatastoreError>;
     /// Deletes a tenant that owns no entries, tasks or domains, atomically; `Conflict`
     /// naming what it still owns otherwise; `None` if it does not exist.
-    async fn delete_tenant(&self, name: &str) -> Result<Option<TenantRecord>, DatastoreError>;
+    async fn delete_tenant(
+        &self,
+        name: &str,
+        audit: AuditFor<TenantRecord>,
+    ) -> Result<Option<TenantRecord>, DatastoreError>;
     /// One tenant.
     async fn get_tenant(&self, name: &str) -> Result<Option<TenantRecord>, DatastoreError>;
     /// Every tenant, by name.
@@ -394,14 +423,22 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     async fn tenant_counts(&self, name: &str) -> Result<(i64, i64), DatastoreError>;
     /// Stores a claimed domain, or replaces it (same domain); `Conflict` if another tenant
     /// claimed it.
-    async fn put_domain(&self, d: &DomainRecord) -> Result<(), DatastoreError>;
+    async fn put_domain(
+        &self,
+        d: &DomainRecord,
+        audit: &[AuditEvent],
+    ) -> Result<(), DatastoreError>;
     /// One domain.
     async fn get_domain(&self, domain: &str) -> Result<Option<DomainRecord>, DatastoreError>;
     /// Domains, optionally of one tenant, by name.
     async fn list_domains(&self, tenant: Option<&str>)
     -> Result<Vec<DomainRecord>, DatastoreError>;
     /// Deletes a domain and returns it.
-    async fn delete_domain(&self, domain: &str) -> Result<Option<DomainRecord>, DatastoreError>;
+    async fn delete_domain(
+        &self,
+        domain: &str,
+        audit: AuditFor<DomainRecord>,
+    ) -> Result<Option<DomainRecord>, DatastoreError>;
     /// Adds agents' usage reports to the entries' usage, in one transaction: counts are
     /// added to what is stored for the entry and agent, `last_used_at` becomes the later
     /// of the stored and reported times.

@@ -556,14 +556,8 @@ impl Registrar {
     ) -> Result<RegistrationEntry, RegistrationError> {
         let _guard = self.tenants.lock.lock().await;
         let entry = self.prepare(by, spec, now_unix()).await?;
-        self.ds.create_entry(&entry).await?;
-        self.ds
-            .append_audit(&[entry_event(
-                AuditKind::EntryCreated,
-                &entry,
-                &by.principal(),
-            )])
-            .await?;
+        let event = entry_event(AuditKind::EntryCreated, &entry, &by.principal());
+        self.ds.create_entry(&entry, &[event]).await?;
         tracing::info!(entry_id = %entry.id, spiffe_id = %entry.spiffe_id, parent_id = %entry.parent_id, tenant = %entry.governance.tenant, "entry created");
         self.publish_upsert(&entry, None);
         Ok(entry)
@@ -598,12 +592,11 @@ impl Registrar {
         let entry = valid.replacing(&old, governance);
         self.check_placement(by, &entry, &tenant, old.governance.tenant != tenant.name)
             .await?;
-        self.ds.update_entry(&entry).await?;
         let mut event = entry_event(AuditKind::EntryUpdated, &entry, &by.principal());
         if old.governance.owner != entry.governance.owner {
             event.detail["owner_was"] = serde_json::json!(old.governance.owner);
         }
-        self.ds.append_audit(&[event]).await?;
+        self.ds.update_entry(&entry, &[event]).await?;
         tracing::info!(entry_id = %entry.id, spiffe_id = %entry.spiffe_id, "entry updated");
         let previous_parent = (old.parent_id != entry.parent_id).then_some(old.parent_id);
         self.publish_upsert(&entry, previous_parent);
@@ -616,14 +609,15 @@ impl Registrar {
         id: &EntryId,
         by: &str,
     ) -> Result<RegistrationEntry, RegistrationError> {
+        let by = by.to_owned();
         let entry = self
             .ds
-            .delete_entry(id)
+            .delete_entry(
+                id,
+                Box::new(move |e| vec![entry_event(AuditKind::EntryDeleted, e, &by)]),
+            )
             .await?
             .ok_or_else(|| RegistrationError::NotFound(id.to_string()))?;
-        self.ds
-            .append_audit(&[entry_event(AuditKind::EntryDeleted, &entry, by)])
-            .await?;
         tracing::info!(entry_id = %entry.id, spiffe_id = %entry.spiffe_id, "entry deleted");
         self.events.publish(ChangeEvent::EntryDeleted {
             id: entry.id.clone(),
@@ -660,9 +654,8 @@ impl Registrar {
             next.governance.certified_at = certified_at;
         }
         next.revision += 1;
-        self.ds.update_entry(&next).await?;
         self.ds
-            .append_audit(&[entry_event(kind, &next, by)])
+            .update_entry(&next, &[entry_event(kind, &next, by)])
             .await?;
         tracing::info!(entry_id = %next.id, spiffe_id = %next.spiffe_id, kind = %kind, "entry {}", if next.governance.disabled.is_some() { "disabled" } else { "enabled" });
         self.publish_upsert(&next, None);

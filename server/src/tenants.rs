@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 
 use crate::audit::{AuditEvent, AuditKind};
 use crate::clock::now_unix;
-use crate::datastore::{Datastore, DatastoreError, EntryFilter, TenantRecord, UnixUser};
+use crate::datastore::{AuditFor, Datastore, DatastoreError, EntryFilter, TenantRecord, UnixUser};
 use crate::policy::PolicyEngine;
 
 /// Longest tenant name (a DNS label).
@@ -496,11 +496,13 @@ impl TenantDirectory {
         check_prefixes(&t, &all)?;
         all.push(t.clone());
         self.check_entries_stay(&all).await?;
-        self.ds.create_tenant(&t).await.map_err(|e| match e {
-            DatastoreError::Conflict(_) => TenantError::Exists(t.name.clone()),
-            other => other.into(),
-        })?;
-        self.audit(AuditKind::TenantCreated, by, &t).await?;
+        self.ds
+            .create_tenant(&t, &[tenant_event(AuditKind::TenantCreated, by, &t)])
+            .await
+            .map_err(|e| match e {
+                DatastoreError::Conflict(_) => TenantError::Exists(t.name.clone()),
+                other => other.into(),
+            })?;
         tracing::info!(tenant = %t.name, prefixes = %prefixes_text(&t), "tenant created");
         Ok(t)
     }
@@ -530,10 +532,10 @@ impl TenantDirectory {
             }
         }
         self.check_entries_stay(&all).await?;
-        if !self.ds.update_tenant(&t).await? {
+        let event = tenant_event(AuditKind::TenantUpdated, by, &t);
+        if !self.ds.update_tenant(&t, &[event]).await? {
             return Err(TenantError::Changed(t.name));
         }
-        self.audit(AuditKind::TenantUpdated, by, &t).await?;
         tracing::info!(tenant = %t.name, "tenant updated");
         Ok(t)
     }
@@ -547,13 +549,15 @@ impl TenantDirectory {
             ));
         }
         let _guard = self.lock.lock().await;
-        let t = match self.ds.delete_tenant(name).await {
+        let by = by.clone();
+        let audit: AuditFor<TenantRecord> =
+            Box::new(move |t| vec![tenant_event(AuditKind::TenantDeleted, &by, t)]);
+        let t = match self.ds.delete_tenant(name, audit).await {
             Ok(Some(t)) => t,
             Ok(None) => return Err(TenantError::NotFound(name.to_owned())),
             Err(DatastoreError::Conflict(m)) => return Err(TenantError::StillOwns(m)),
             Err(e) => return Err(e.into()),
         };
-        self.audit(AuditKind::TenantDeleted, by, &t).await?;
         tracing::info!(tenant = %t.name, "tenant deleted");
         Ok(t)
     }
@@ -579,9 +583,6 @@ impl TenantDirectory {
             revision: old.revision + 1,
             ..old
         };
-        if !self.ds.update_tenant(&t).await? {
-            return Err(TenantError::Changed(t.name));
-        }
         let digest = t.policy.as_deref().map(|p| hex::encode(Sha256::digest(p)));
         let event = AuditEvent::new(
             AuditKind::TenantPolicySet,
@@ -594,7 +595,9 @@ impl TenantDirectory {
         )
         .by(by.principal())
         .in_tenant(&t.name);
-        self.ds.append_audit(&[event]).await?;
+        if !self.ds.update_tenant(&t, &[event]).await? {
+            return Err(TenantError::Changed(t.name));
+        }
         tracing::info!(tenant = %t.name, policies = ids.len(), "tenant policies set");
         Ok(t)
     }
@@ -616,31 +619,25 @@ impl TenantDirectory {
             .filter(|t| by.sees(&t.name))
             .collect())
     }
+}
 
-    async fn audit(
-        &self,
-        kind: AuditKind,
-        by: &Operator,
-        t: &TenantRecord,
-    ) -> Result<(), TenantError> {
-        let event = AuditEvent::new(
-            kind,
-            format!("tenant:{}", t.name),
-            serde_json::json!({
-                "path_prefixes": t.path_prefixes,
-                "admin_users": t.admin_users,
-                "admin_groups": t.admin_groups,
-                "max_entries": t.max_entries,
-                "max_open_tasks": t.max_open_tasks,
-                "review_every": t.review_every.map(|d| d.as_secs()),
-                "revision": t.revision,
-            }),
-        )
-        .by(by.principal())
-        .in_tenant(&t.name);
-        self.ds.append_audit(&[event]).await?;
-        Ok(())
-    }
+/// The audit record of a tenant's creation, change or deletion.
+fn tenant_event(kind: AuditKind, by: &Operator, t: &TenantRecord) -> AuditEvent {
+    AuditEvent::new(
+        kind,
+        format!("tenant:{}", t.name),
+        serde_json::json!({
+            "path_prefixes": t.path_prefixes,
+            "admin_users": t.admin_users,
+            "admin_groups": t.admin_groups,
+            "max_entries": t.max_entries,
+            "max_open_tasks": t.max_open_tasks,
+            "review_every": t.review_every.map(|d| d.as_secs()),
+            "revision": t.revision,
+        }),
+    )
+    .by(by.principal())
+    .in_tenant(&t.name)
 }
 
 /// Checks an owner principal: `user:NAME` or a SPIFFE ID.

@@ -177,9 +177,9 @@ mod tests {
         let ds = SqliteDatastore::open(&dir.path().join("ds.sqlite3"))
             .await
             .unwrap();
-        ds.create_entry(&entry("mine", A)).await.unwrap();
-        ds.create_entry(&entry("mine2", A)).await.unwrap();
-        ds.create_entry(&entry("theirs", B)).await.unwrap();
+        ds.create_entry(&entry("mine", A), &[]).await.unwrap();
+        ds.create_entry(&entry("mine2", A), &[]).await.unwrap();
+        ds.create_entry(&entry("theirs", B), &[]).await.unwrap();
         (dir, ds)
     }
 

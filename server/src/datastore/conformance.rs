@@ -18,8 +18,8 @@ use serde_json::json;
 
 use super::testdb::{Backend, Under};
 use super::{
-    AgentRecord, DatastoreError, EntryFilter, EntryUsage, TaskEnd, TaskRecord, TaskSvid, UnixUser,
-    UsageReport,
+    AgentRecord, DatastoreError, DomainRecord, EntryFilter, EntryUsage, TaskEnd, TaskRecord,
+    TaskSvid, TenantRecord, UnixUser, UsageReport,
 };
 use crate::audit::{AuditEvent, ChainHead, verify};
 use crate::policy::Decision;
@@ -55,6 +55,7 @@ macro_rules! conformance {
 
 conformance!(
     entries_crud_and_conflicts,
+    changes_commit_with_their_audit_records_or_not_at_all,
     join_tokens_are_single_use_under_concurrency,
     agents_attest_renew_ban,
     a_ban_is_never_undone_by_a_concurrent_attestation,
@@ -193,35 +194,35 @@ fn is_entry_conflict<T: std::fmt::Debug>(r: &Result<T, DatastoreError>) -> bool 
 async fn entries_crud_and_conflicts(b: &dyn Backend) {
     let ds = b.open().await;
     let a = entry("a", "spiffe://example.org/web", 1);
-    ds.create_entry(&a).await.unwrap();
+    ds.create_entry(&a, &[]).await.unwrap();
     assert_eq!(ds.get_entry(&eid("a")).await.unwrap().unwrap(), a);
     // Same SPIFFE ID, parent and selectors under another id; the same id again.
     let r = ds
-        .create_entry(&entry("a2", "spiffe://example.org/web", 1))
+        .create_entry(&entry("a2", "spiffe://example.org/web", 1), &[])
         .await;
     assert!(is_entry_conflict(&r), "{r:?}");
     let r = ds
-        .create_entry(&entry("a", "spiffe://example.org/x", 9))
+        .create_entry(&entry("a", "spiffe://example.org/x", 9), &[])
         .await;
     assert!(is_entry_conflict(&r), "{r:?}");
     // Selector sets are compared as sets.
     let mut reordered = entry("a3", "spiffe://example.org/web", 1);
     reordered.selectors = selectors(&["unix:gid:0".into(), "unix:uid:1".into()]);
-    assert!(is_entry_conflict(&ds.create_entry(&reordered).await));
+    assert!(is_entry_conflict(&ds.create_entry(&reordered, &[]).await));
 
     let mut b_entry = entry("b", "spiffe://example.org/web", 2);
     b_entry.created_at = 1_600_000_000;
-    ds.create_entry(&b_entry).await.unwrap();
+    ds.create_entry(&b_entry, &[]).await.unwrap();
     let mut b2 = entry("b", "spiffe://example.org/web", 3);
     b2.revision = 2;
     b2.created_at = b_entry.created_at;
     b2.jit = true;
     b2.x509_svid_ttl = Duration::from_secs(60);
-    ds.update_entry(&b2).await.unwrap();
+    ds.update_entry(&b2, &[]).await.unwrap();
     assert_eq!(ds.get_entry(&eid("b")).await.unwrap().unwrap(), b2);
     // An update that would duplicate another entry, and one of an unknown entry.
     let r = ds
-        .update_entry(&entry("b", "spiffe://example.org/web", 1))
+        .update_entry(&entry("b", "spiffe://example.org/web", 1), &[])
         .await;
     assert!(is_entry_conflict(&r), "{r:?}");
     assert_eq!(
@@ -230,7 +231,7 @@ async fn entries_crud_and_conflicts(b: &dyn Backend) {
         "unchanged"
     );
     assert!(matches!(
-        ds.update_entry(&entry("zzz", "spiffe://example.org/z", 9))
+        ds.update_entry(&entry("zzz", "spiffe://example.org/z", 9), &[])
             .await,
         Err(DatastoreError::NotFound(_))
     ));
@@ -243,17 +244,17 @@ async fn entries_crud_and_conflicts(b: &dyn Backend) {
             .collect::<Vec<_>>(),
     );
     big.hint = "h".repeat(1024);
-    ds.create_entry(&big).await.unwrap();
+    ds.create_entry(&big, &[]).await.unwrap();
     assert_eq!(ds.get_entry(&eid("big")).await.unwrap().unwrap(), big);
     let mut big2 = big.clone();
     big2.id = eid("big2");
-    assert!(is_entry_conflict(&ds.create_entry(&big2).await));
+    assert!(is_entry_conflict(&ds.create_entry(&big2, &[]).await));
 
     // Filters, and creation order (then id).
     let mut other = entry("c", "spiffe://example.org/other", 4);
     other.parent_id = sid("spiffe://example.org/node/b");
     other.created_at = 1_600_000_000;
-    ds.create_entry(&other).await.unwrap();
+    ds.create_entry(&other, &[]).await.unwrap();
     let ids = |v: Vec<RegistrationEntry>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
     assert_eq!(
         ids(ds.list_entries(&EntryFilter::default()).await.unwrap()),
@@ -276,13 +277,154 @@ async fn entries_crud_and_conflicts(b: &dyn Backend) {
     };
     assert!(ds.list_entries(&both).await.unwrap().is_empty());
 
-    assert_eq!(ds.delete_entry(&eid("a")).await.unwrap().unwrap(), a);
-    assert!(ds.delete_entry(&eid("a")).await.unwrap().is_none());
+    assert_eq!(
+        ds.delete_entry(&eid("a"), Box::new(|_| Vec::new()))
+            .await
+            .unwrap()
+            .unwrap(),
+        a
+    );
+    assert!(
+        ds.delete_entry(&eid("a"), Box::new(|_| Vec::new()))
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(ds.get_entry(&eid("a")).await.unwrap().is_none());
     // The deleted entry's identity is free again.
-    ds.create_entry(&entry("a2", "spiffe://example.org/web", 1))
+    ds.create_entry(&entry("a2", "spiffe://example.org/web", 1), &[])
         .await
         .unwrap();
+}
+
+/// Every change takes its audit records into its own transaction: a change that is
+/// refused (conflict, lost compare-and-set, nothing to delete) appends nothing, and one that
+/// applies appends exactly its records, deletions describing the row they removed.
+async fn changes_commit_with_their_audit_records_or_not_at_all(b: &dyn Backend) {
+    let ds = b.open().await;
+    let kinds = |ds: &Arc<dyn super::Datastore>| {
+        let ds = Arc::clone(ds);
+        async move {
+            ds.list_audit(None, None)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| format!("{} {}", r.event.kind, r.event.subject))
+                .collect::<Vec<_>>()
+        }
+    };
+    let a = entry("a", "spiffe://example.org/web", 1);
+    ds.create_entry(&a, &[event("entry.created", "a", None)])
+        .await
+        .unwrap();
+    let dup = entry("a2", "spiffe://example.org/web", 1);
+    let r = ds
+        .create_entry(&dup, &[event("entry.created", "a2", None)])
+        .await;
+    assert!(is_entry_conflict(&r), "{r:?}");
+    let r = ds
+        .update_entry(
+            &entry("zzz", "spiffe://example.org/z", 9),
+            &[event("entry.updated", "zzz", None)],
+        )
+        .await;
+    assert!(matches!(r, Err(DatastoreError::NotFound(_))), "{r:?}");
+    let gone = ds
+        .delete_entry(
+            &eid("nope"),
+            Box::new(|e| vec![event("entry.deleted", e.id.as_str(), None)]),
+        )
+        .await
+        .unwrap();
+    assert!(gone.is_none());
+    assert_eq!(kinds(&ds).await, ["entry.created a"]);
+    let deleted = ds
+        .delete_entry(
+            &eid("a"),
+            Box::new(|e| vec![event("entry.deleted", e.spiffe_id.as_str(), None)]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(deleted, Some(a.clone()));
+
+    let t = TenantRecord {
+        name: "acme".into(),
+        path_prefixes: vec!["/acme".into()],
+        admin_users: vec![],
+        admin_groups: vec![],
+        max_entries: None,
+        max_open_tasks: None,
+        review_every: None,
+        created_at: 1_700_000_000,
+        revision: 1,
+        policy: None,
+    };
+    ds.create_tenant(&t, &[event("tenant.created", "acme", None)])
+        .await
+        .unwrap();
+    let r = ds
+        .create_tenant(&t, &[event("tenant.created", "acme-again", None)])
+        .await;
+    assert!(matches!(r, Err(DatastoreError::Conflict(_))), "{r:?}");
+    // A stale revision: lost compare-and-set, no record.
+    let stale = TenantRecord {
+        revision: 5,
+        ..t.clone()
+    };
+    let applied = ds
+        .update_tenant(&stale, &[event("tenant.updated", "stale", None)])
+        .await
+        .unwrap();
+    assert!(!applied);
+    let d = DomainRecord {
+        domain: "acme.example".into(),
+        tenant: "acme".into(),
+        challenge: "c".into(),
+        added_at: 1_700_000_000,
+        verified_at: None,
+        checked_at: None,
+        failing_since: None,
+        last_error: None,
+    };
+    ds.put_domain(&d, &[event("domain.added", "acme.example", None)])
+        .await
+        .unwrap();
+    // The tenant still owns the domain: refused, no record.
+    let r = ds
+        .delete_tenant(
+            "acme",
+            Box::new(|t| vec![event("tenant.deleted", &t.name, None)]),
+        )
+        .await;
+    assert!(matches!(r, Err(DatastoreError::Conflict(_))), "{r:?}");
+    let removed = ds
+        .delete_domain(
+            "acme.example",
+            Box::new(|d| vec![event("domain.removed", &d.domain, None)]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(removed, Some(d));
+    ds.delete_tenant(
+        "acme",
+        Box::new(|t| vec![event("tenant.deleted", &t.name, None)]),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        kinds(&ds).await,
+        [
+            "entry.created a",
+            "entry.deleted spiffe://example.org/web",
+            "tenant.created acme",
+            "domain.added acme.example",
+            "domain.removed acme.example",
+            "tenant.deleted acme",
+        ]
+    );
+    let records = ds.list_audit(None, None).await.unwrap();
+    verify(&records).unwrap();
 }
 
 async fn join_tokens_are_single_use_under_concurrency(b: &dyn Backend) {
@@ -602,7 +744,7 @@ async fn tasks_lifecycle(b: &dyn Backend) {
     let ds = b.open().await;
     let mut e = entry("e", "spiffe://example.org/jit/db", 0);
     e.jit = true;
-    ds.create_entry(&e).await.unwrap();
+    ds.create_entry(&e, &[]).await.unwrap();
 
     let t1 = task("t1", &e, TaskState::PendingApproval, 5000);
     ds.create_task(&t1, None, &[event("task.requested", "t1", Some("t1"))])
@@ -861,7 +1003,7 @@ async fn reopen_sees_everything(b: &dyn Backend) {
     drop(opened);
     let ds = b.open().await;
     let e = entry("e", "spiffe://example.org/web", 1);
-    ds.create_entry(&e).await.unwrap();
+    ds.create_entry(&e, &[]).await.unwrap();
     let p = entry("p", "spiffe://example.org/jit/p", 2);
     let mut tp = task("tp", &p, TaskState::Active, 5000);
     tp.provisioned = true;
@@ -982,7 +1124,7 @@ async fn entry_usage_adds_up_per_entry_and_agent(b: &dyn Backend) {
     let ds = b.open().await;
     assert!(ds.entry_usage(None).await.unwrap().is_empty());
     // Usage is kept for an entry that exists or not: deleting one never waits on it.
-    ds.create_entry(&entry("a", "spiffe://example.org/a", 1))
+    ds.create_entry(&entry("a", "spiffe://example.org/a", 1), &[])
         .await
         .unwrap();
     ds.record_issued(&[
@@ -1005,7 +1147,11 @@ async fn entry_usage_adds_up_per_entry_and_agent(b: &dyn Backend) {
     .unwrap();
     ds.record_usage(&[]).await.unwrap();
     assert_eq!(
-        ds.delete_entry(&eid("a")).await.unwrap().unwrap().id,
+        ds.delete_entry(&eid("a"), Box::new(|_| Vec::new()))
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
         eid("a")
     );
 

@@ -40,8 +40,8 @@ use tokio::sync::watch;
 use self::records::{EntryRow, TaskRow};
 use super::migrate::Migration;
 use super::{
-    AgentRecord, ConsumedToken, Datastore, DatastoreError, DomainRecord, EntryFilter, EntryUsage,
-    IssuedSvid, TaskRecord, TaskSvid, TenantRecord, UsageReport,
+    AgentRecord, AuditFor, ConsumedToken, Datastore, DatastoreError, DomainRecord, EntryFilter,
+    EntryUsage, IssuedSvid, TaskRecord, TaskSvid, TenantRecord, UsageReport,
 };
 use crate::audit::{AuditEvent, AuditRecord, ChainHead};
 
@@ -172,11 +172,6 @@ impl<D: Dialect> SqlStore<D> {
     /// Runs `f` and then appends `audit` in one write transaction, committed only if `f`
     /// returns `Ok(Some(_))` (`Ok(None)`: nothing applied, rolled back); returns `f`'s value
     /// and the records stored.
-    ///
-    /// It runs to completion in a task of its own even if the caller's request is
-    /// cancelled, so a transaction is never abandoned half-way; appends are serialised so
-    /// each record chains onto the one before it. The new head is published (`heads`)
-    /// only once committed: a checkpoint never covers a record that was rolled back.
     async fn write_tx<T, F>(
         &self,
         audit: &[AuditEvent],
@@ -190,16 +185,45 @@ impl<D: Dialect> SqlStore<D> {
             + Send
             + 'static,
     {
+        let events = audit.to_vec();
+        self.write_tx_audited(move |conn| {
+            let applied = f(conn);
+            Box::pin(async move { Ok(applied.await?.map(|v| (v, events))) })
+        })
+        .await
+    }
+
+    /// Runs `f`, then appends the audit events it returns beside its value, in one write
+    /// transaction committed only if `f` returns `Ok(Some(_))` (`Ok(None)`: nothing applied,
+    /// rolled back): for changes whose records describe what the transaction found (a
+    /// deleted row). Returns `f`'s value and the records stored.
+    ///
+    /// It runs to completion in a task of its own even if the caller's request is
+    /// cancelled, so a transaction is never abandoned half-way; appends are serialised so
+    /// each record chains onto the one before it. The new head is published (`heads`)
+    /// only once committed: a checkpoint never covers a record that was rolled back.
+    async fn write_tx_audited<T, F>(
+        &self,
+        f: F,
+    ) -> Result<Option<(T, Vec<AuditRecord>)>, DatastoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(
+                &'c mut D::Connection,
+            )
+                -> BoxFuture<'c, Result<Option<(T, Vec<AuditEvent>)>, DatastoreError>>
+            + Send
+            + 'static,
+    {
         let pool = self.pool.clone();
         let lock = Arc::clone(&self.audit_lock);
         let heads = Arc::clone(&self.heads);
-        let events = audit.to_vec();
         tokio::spawn(async move {
             let _guard = lock.lock().await;
             let mut tx = D::begin_write(&pool).await.map_err(backend)?;
             let floor = heads.borrow().clone();
             let result = match f(&mut tx).await {
-                Ok(Some(v)) => append_in_tx::<D>(&mut tx, &events, floor)
+                Ok(Some((v, events))) => append_in_tx::<D>(&mut tx, &events, floor)
                     .await
                     .map(|stored| Some((v, stored))),
                 Ok(None) => Ok(None),
@@ -388,26 +412,54 @@ impl<D: Dialect> Datastore for SqlStore<D> {
         }
     }
 
-    async fn create_entry(&self, entry: &RegistrationEntry) -> Result<(), DatastoreError> {
-        let mut conn = self.pool.acquire().await.map_err(backend)?;
-        write_entry::<D>(&mut conn, entry, true).await
+    async fn create_entry(
+        &self,
+        entry: &RegistrationEntry,
+        audit: &[AuditEvent],
+    ) -> Result<(), DatastoreError> {
+        let entry = entry.clone();
+        self.write_tx(audit, move |conn| {
+            Box::pin(async move { write_entry::<D>(conn, &entry, true).await.map(Some) })
+        })
+        .await
+        .map(|_| ())
     }
 
-    async fn update_entry(&self, entry: &RegistrationEntry) -> Result<(), DatastoreError> {
-        let mut conn = self.pool.acquire().await.map_err(backend)?;
-        write_entry::<D>(&mut conn, entry, false).await
+    async fn update_entry(
+        &self,
+        entry: &RegistrationEntry,
+        audit: &[AuditEvent],
+    ) -> Result<(), DatastoreError> {
+        let entry = entry.clone();
+        self.write_tx(audit, move |conn| {
+            Box::pin(async move { write_entry::<D>(conn, &entry, false).await.map(Some) })
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn delete_entry(
         &self,
         id: &EntryId,
+        audit: AuditFor<RegistrationEntry>,
     ) -> Result<Option<RegistrationEntry>, DatastoreError> {
-        self.one(
-            records::DELETE_ENTRY,
-            &[Param::Text(id.as_str())],
-            records::entry,
-        )
-        .await
+        let id = id.clone();
+        let deleted = self
+            .write_tx_audited(move |conn| {
+                Box::pin(async move {
+                    let row =
+                        D::fetch_optional(conn, records::DELETE_ENTRY, &[Param::Text(id.as_str())])
+                            .await
+                            .map_err(backend)?;
+                    let entry = row.as_ref().map(records::entry).transpose()?;
+                    Ok(entry.map(|e| {
+                        let events = audit(&e);
+                        (e, events)
+                    }))
+                })
+            })
+            .await?;
+        Ok(deleted.map(|(e, _)| e))
     }
 
     async fn get_entry(&self, id: &EntryId) -> Result<Option<RegistrationEntry>, DatastoreError> {
@@ -592,32 +644,59 @@ impl<D: Dialect> Datastore for SqlStore<D> {
             .await
     }
 
-    async fn create_tenant(&self, t: &TenantRecord) -> Result<(), DatastoreError> {
-        let row = tenants::TenantRow::new(t)?;
-        let name = t.name.clone();
-        self.execute(tenants::INSERT_TENANT, &row.params(t))
-            .await
-            .map_err(conflict(|| format!("tenant {name} already exists")))?;
-        Ok(())
+    async fn create_tenant(
+        &self,
+        t: &TenantRecord,
+        audit: &[AuditEvent],
+    ) -> Result<(), DatastoreError> {
+        let t = t.clone();
+        self.write_tx(audit, move |conn| {
+            Box::pin(async move {
+                let row = tenants::TenantRow::new(&t)?;
+                let name = &t.name;
+                D::execute(conn, tenants::INSERT_TENANT, &row.params(&t))
+                    .await
+                    .map_err(conflict(|| format!("tenant {name} already exists")))?;
+                Ok(Some(()))
+            })
+        })
+        .await
+        .map(|_| ())
     }
 
-    async fn update_tenant(&self, t: &TenantRecord) -> Result<bool, DatastoreError> {
-        let row = tenants::TenantRow::new(t)?;
-        let mut params = row.params(t).to_vec();
-        params.push(Param::Int(row.previous_revision()));
-        let n = self
-            .execute(tenants::UPDATE_TENANT, &params)
-            .await
-            .map_err(backend)?;
-        Ok(n == 1)
+    async fn update_tenant(
+        &self,
+        t: &TenantRecord,
+        audit: &[AuditEvent],
+    ) -> Result<bool, DatastoreError> {
+        let t = t.clone();
+        let applied = self
+            .write_tx(audit, move |conn| {
+                Box::pin(async move {
+                    let row = tenants::TenantRow::new(&t)?;
+                    let mut params = row.params(&t).to_vec();
+                    params.push(Param::Int(row.previous_revision()));
+                    let n = D::execute(conn, tenants::UPDATE_TENANT, &params)
+                        .await
+                        .map_err(backend)?;
+                    // Another change came first: nothing applied, no record.
+                    Ok((n == 1).then_some(()))
+                })
+            })
+            .await?;
+        Ok(applied.is_some())
     }
 
-    async fn delete_tenant(&self, name: &str) -> Result<Option<TenantRecord>, DatastoreError> {
+    async fn delete_tenant(
+        &self,
+        name: &str,
+        audit: AuditFor<TenantRecord>,
+    ) -> Result<Option<TenantRecord>, DatastoreError> {
         let name = name.to_owned();
         // In a write transaction: nothing can be created in the tenant between the counts
         // and the delete.
         let deleted = self
-            .write_tx(&[], move |conn| {
+            .write_tx_audited(move |conn| {
                 Box::pin(async move {
                     let mut owned = Vec::new();
                     for (sql, what) in [
@@ -643,7 +722,11 @@ impl<D: Dialect> Datastore for SqlStore<D> {
                         D::fetch_optional(conn, tenants::DELETE_TENANT, &[Param::Text(&name)])
                             .await
                             .map_err(backend)?;
-                    row.as_ref().map(tenants::tenant).transpose()
+                    let t = row.as_ref().map(tenants::tenant).transpose()?;
+                    Ok(t.map(|t| {
+                        let events = audit(&t);
+                        (t, events)
+                    }))
                 })
             })
             .await?;
@@ -675,18 +758,28 @@ impl<D: Dialect> Datastore for SqlStore<D> {
         Ok((entries, tasks))
     }
 
-    async fn put_domain(&self, d: &DomainRecord) -> Result<(), DatastoreError> {
-        let n = self
-            .execute(tenants::PUT_DOMAIN, &tenants::domain_params(d))
-            .await
-            .map_err(backend)?;
-        if n == 0 {
-            return Err(DatastoreError::Conflict(format!(
-                "domain {} is claimed by another tenant",
-                d.domain
-            )));
-        }
-        Ok(())
+    async fn put_domain(
+        &self,
+        d: &DomainRecord,
+        audit: &[AuditEvent],
+    ) -> Result<(), DatastoreError> {
+        let d = d.clone();
+        self.write_tx(audit, move |conn| {
+            Box::pin(async move {
+                let n = D::execute(conn, tenants::PUT_DOMAIN, &tenants::domain_params(&d))
+                    .await
+                    .map_err(backend)?;
+                if n == 0 {
+                    return Err(DatastoreError::Conflict(format!(
+                        "domain {} is claimed by another tenant",
+                        d.domain
+                    )));
+                }
+                Ok(Some(()))
+            })
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn get_domain(&self, domain: &str) -> Result<Option<DomainRecord>, DatastoreError> {
@@ -706,13 +799,28 @@ impl<D: Dialect> Datastore for SqlStore<D> {
         .await
     }
 
-    async fn delete_domain(&self, domain: &str) -> Result<Option<DomainRecord>, DatastoreError> {
-        self.one(
-            tenants::DELETE_DOMAIN,
-            &[Param::Text(domain)],
-            tenants::domain,
-        )
-        .await
+    async fn delete_domain(
+        &self,
+        domain: &str,
+        audit: AuditFor<DomainRecord>,
+    ) -> Result<Option<DomainRecord>, DatastoreError> {
+        let domain = domain.to_owned();
+        let deleted = self
+            .write_tx_audited(move |conn| {
+                Box::pin(async move {
+                    let row =
+                        D::fetch_optional(conn, tenants::DELETE_DOMAIN, &[Param::Text(&domain)])
+                            .await
+                            .map_err(backend)?;
+                    let d = row.as_ref().map(tenants::domain).transpose()?;
+                    Ok(d.map(|d| {
+                        let events = audit(&d);
+                        (d, events)
+                    }))
+                })
+            })
+            .await?;
+        Ok(deleted.map(|(d, _)| d))
     }
 
     async fn create_task(

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use crate::audit::{AuditEvent, AuditKind, SERVER_ACTOR};
 use crate::clock::now_unix;
-use crate::datastore::{Datastore, DatastoreError, DomainRecord};
+use crate::datastore::{AuditFor, Datastore, DatastoreError, DomainRecord};
 use crate::domains::{Challenge, DnsResolver, DomainName, Verification, verify};
 use crate::tenants::{Operator, TenantDirectory, TenantError};
 
@@ -99,23 +99,6 @@ impl TenantDomains {
         }
     }
 
-    async fn audit(
-        &self,
-        kind: AuditKind,
-        actor: &str,
-        d: &DomainRecord,
-        why: Option<&str>,
-    ) -> Result<(), DatastoreError> {
-        let event = AuditEvent::new(
-            kind,
-            format!("domain:{}", d.domain),
-            serde_json::json!({ "domain": d.domain, "verified_at": d.verified_at, "why": why }),
-        )
-        .by(actor)
-        .in_tenant(&d.tenant);
-        self.ds.append_audit(&[event]).await.map(|_| ())
-    }
-
     /// Claims `domain` for `tenant` and returns the challenge to publish. Claiming a
     /// domain the tenant already claimed returns that claim unchanged.
     pub async fn add(
@@ -146,14 +129,16 @@ impl TenantDomains {
             failing_since: None,
             last_error: None,
         };
-        self.ds.put_domain(&d).await.map_err(|e| match e {
-            DatastoreError::Conflict(_) => {
-                DomainRequestError::Claimed(format!("domain {name} is claimed by another tenant"))
-            }
-            other => other.into(),
-        })?;
-        self.audit(AuditKind::DomainAdded, &by.principal(), &d, None)
-            .await?;
+        let event = domain_event(AuditKind::DomainAdded, &by.principal(), &d, None);
+        self.ds
+            .put_domain(&d, &[event])
+            .await
+            .map_err(|e| match e {
+                DatastoreError::Conflict(_) => DomainRequestError::Claimed(format!(
+                    "domain {name} is claimed by another tenant"
+                )),
+                other => other.into(),
+            })?;
         tracing::info!(tenant, domain = %name, "domain claimed");
         Ok(d)
     }
@@ -211,9 +196,12 @@ impl TenantDomains {
             d.failing_since = current.failing_since.or(Some(now));
             (newly.then_some(AuditKind::DomainFailing), Some(why))
         };
-        self.ds.put_domain(&d).await?;
+        let events: Vec<AuditEvent> = kind
+            .map(|kind| domain_event(kind, actor, &d, why.as_deref()))
+            .into_iter()
+            .collect();
+        self.ds.put_domain(&d, &events).await?;
         if let Some(kind) = kind {
-            self.audit(kind, actor, &d, why.as_deref()).await?;
             tracing::info!(tenant = %d.tenant, domain = %name, kind = %kind, "domain verification changed");
         }
         Ok(d)
@@ -228,11 +216,18 @@ impl TenantDomains {
     ) -> Result<DomainRecord, DomainRequestError> {
         let name = Self::parse(domain)?;
         self.claim(by, tenant, &name).await?;
-        let d = self.ds.delete_domain(name.as_str()).await?.ok_or_else(|| {
-            DomainRequestError::NotFound(format!("tenant {tenant} has not claimed domain {name}"))
-        })?;
-        self.audit(AuditKind::DomainRemoved, &by.principal(), &d, None)
-            .await?;
+        let actor = by.principal();
+        let audit: AuditFor<DomainRecord> =
+            Box::new(move |d| vec![domain_event(AuditKind::DomainRemoved, &actor, d, None)]);
+        let d = self
+            .ds
+            .delete_domain(name.as_str(), audit)
+            .await?
+            .ok_or_else(|| {
+                DomainRequestError::NotFound(format!(
+                    "tenant {tenant} has not claimed domain {name}"
+                ))
+            })?;
         Ok(d)
     }
 
@@ -255,4 +250,15 @@ impl TenantDomains {
         }
         Ok(failing)
     }
+}
+
+/// The audit record of a domain's claim, change of verification state or removal.
+fn domain_event(kind: AuditKind, actor: &str, d: &DomainRecord, why: Option<&str>) -> AuditEvent {
+    AuditEvent::new(
+        kind,
+        format!("domain:{}", d.domain),
+        serde_json::json!({ "domain": d.domain, "verified_at": d.verified_at, "why": why }),
+    )
+    .by(actor)
+    .in_tenant(&d.tenant)
 }

@@ -312,7 +312,7 @@ async fn a_release_datastore_is_upgraded_in_place_and_keeps_every_record(db: &dy
     // computed each identity as the current code does.
     let mut copy = by_id("spiffe://example.org/web").clone();
     copy.id = common::EntryId::parse("copy").unwrap();
-    let r = ds.create_entry(&copy).await;
+    let r = ds.create_entry(&copy, &[]).await;
     assert!(
         matches!(&r, Err(DatastoreError::Conflict(m)) if m.contains("same SPIFFE ID")),
         "{r:?}"
@@ -322,11 +322,11 @@ async fn a_release_datastore_is_upgraded_in_place_and_keeps_every_record(db: &dy
     changed.selectors = copy.selectors.clone();
     changed.revision += 1;
     assert!(matches!(
-        ds.update_entry(&changed).await,
+        ds.update_entry(&changed, &[]).await,
         Err(DatastoreError::Conflict(_))
     ));
     changed.spiffe_id = SpiffeId::new("spiffe://example.org/db2").unwrap();
-    ds.update_entry(&changed).await.unwrap();
+    ds.update_entry(&changed, &[]).await.unwrap();
     assert_eq!(ds.get_entry(&changed.id).await.unwrap().unwrap(), changed);
 }
 
