@@ -293,6 +293,7 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
         token_hash: &str,
         spiffe_id: &SpiffeId,
         expires_at: i64,
+        audit: &[AuditEvent],
     ) -> Result<(), DatastoreError>;
     /// Deletes a join token and returns what it granted, atomically: of two concurrent
     /// callers with the same token, exactly one gets `Some`.
@@ -304,7 +305,11 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     /// Creates or replaces an agent record — unless a record with that ID is banned, in
     /// which case nothing changes and `false` is returned. One statement, so a ban that
     /// lands concurrently is never undone.
-    async fn attest_agent(&self, agent: &AgentRecord) -> Result<bool, DatastoreError>;
+    async fn attest_agent(
+        &self,
+        agent: &AgentRecord,
+        audit: &[AuditEvent],
+    ) -> Result<bool, DatastoreError>;
     /// Records a renewed SVID if the agent is still present, not banned, and its current
     /// serial is still `expected_serial` (compare-and-set); returns whether it was stored.
     async fn renew_agent(
@@ -313,15 +318,24 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
         expected_serial: &str,
         new_serial: &str,
         expires_at: i64,
+        audit: &[AuditEvent],
     ) -> Result<bool, DatastoreError>;
     /// Marks an agent banned and returns the updated record (`None` if unknown).
-    async fn ban_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, DatastoreError>;
+    async fn ban_agent(
+        &self,
+        id: &SpiffeId,
+        audit: &[AuditEvent],
+    ) -> Result<Option<AgentRecord>, DatastoreError>;
     /// One agent.
     async fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, DatastoreError>;
     /// All agents.
     async fn list_agents(&self) -> Result<Vec<AgentRecord>, DatastoreError>;
     /// Deletes an agent record and returns it.
-    async fn delete_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, DatastoreError>;
+    async fn delete_agent(
+        &self,
+        id: &SpiffeId,
+        audit: &[AuditEvent],
+    ) -> Result<Option<AgentRecord>, DatastoreError>;
 
     /// Appends events to the audit log, chained after the last record, atomically and in
     /// order; returns the stored records.

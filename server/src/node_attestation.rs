@@ -132,16 +132,14 @@ impl NodeAttestor {
         };
         let token = uuid::Uuid::new_v4().to_string();
         let expires_at = now_unix().saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX));
+        let event = AuditEvent::new(
+            AuditKind::JoinTokenCreated,
+            &id,
+            serde_json::json!({ "expires_at": expires_at }),
+        )
+        .by(by);
         self.ds
-            .create_join_token(&hash_token(&token), &id, expires_at)
-            .await?;
-        self.ds
-            .append_audit(&[AuditEvent::new(
-                AuditKind::JoinTokenCreated,
-                &id,
-                serde_json::json!({ "expires_at": expires_at }),
-            )
-            .by(by)])
+            .create_join_token(&hash_token(&token), &id, expires_at, &[event])
             .await?;
         tracing::info!(spiffe_id = %id, expires_at, "join token created");
         Ok((token, id, expires_at))
@@ -154,26 +152,17 @@ impl NodeAttestor {
         csr: &[u8],
     ) -> Result<(SpiffeId, Issued), NodeAttestationError> {
         let result = self.attest_inner(token, csr).await;
-        let event = match &result {
-            Ok((id, issued)) => AuditEvent::new(
-                AuditKind::AgentAttested,
-                id,
-                serde_json::json!({
-                    "method": "join_token",
-                    "serial": issued.serial_hex,
-                    "not_after": unix_seconds(issued.not_after),
-                }),
-            )
-            .by(id),
+        // An attestation is recorded with the agent it stores (`attest_inner`).
+        if let Err(e) = &result {
             // Nobody known asked: the server refused an unknown caller.
-            Err(e) => AuditEvent::new(
+            let event = AuditEvent::new(
                 AuditKind::AgentAttestationRefused,
                 "unknown",
                 serde_json::json!({ "method": "join_token", "reason": e.to_string() }),
             )
-            .by(crate::audit::SERVER_ACTOR),
-        };
-        self.ds.append_audit(&[event]).await?;
+            .by(crate::audit::SERVER_ACTOR);
+            self.ds.append_audit(&[event]).await?;
+        }
         result
     }
 
@@ -206,7 +195,17 @@ impl NodeAttestor {
             banned: false,
             attestation_type: "join_token".to_owned(),
         };
-        if !self.ds.attest_agent(&record).await? {
+        let event = AuditEvent::new(
+            AuditKind::AgentAttested,
+            &id,
+            serde_json::json!({
+                "method": "join_token",
+                "serial": issued.serial_hex,
+                "not_after": unix_seconds(issued.not_after),
+            }),
+        )
+        .by(&id);
+        if !self.ds.attest_agent(&record, &[event]).await? {
             return Err(NodeAttestationError::Banned(id.to_string()));
         }
         tracing::info!(agent_id = %id, serial = %issued.serial_hex, "agent attested with join token");
@@ -249,6 +248,15 @@ impl NodeAttestor {
             .sign_svid(csr, &agent.spiffe_id, self.agent_ttl, &[])?;
         // Compare-and-set on the serial we authenticated against: an eviction, ban or
         // other renewal in between makes this fail instead of being undone.
+        let event = AuditEvent::new(
+            AuditKind::AgentRenewed,
+            &agent.spiffe_id,
+            serde_json::json!({
+                "serial": issued.serial_hex,
+                "not_after": unix_seconds(issued.not_after),
+            }),
+        )
+        .by(&agent.spiffe_id);
         let stored = self
             .ds
             .renew_agent(
@@ -256,6 +264,7 @@ impl NodeAttestor {
                 &agent.serial,
                 &issued.serial_hex,
                 unix_seconds(issued.not_after),
+                &[event],
             )
             .await?;
         if !stored {
@@ -263,17 +272,6 @@ impl NodeAttestor {
                 agent.spiffe_id.to_string(),
             ));
         }
-        self.ds
-            .append_audit(&[AuditEvent::new(
-                AuditKind::AgentRenewed,
-                &agent.spiffe_id,
-                serde_json::json!({
-                    "serial": issued.serial_hex,
-                    "not_after": unix_seconds(issued.not_after),
-                }),
-            )
-            .by(&agent.spiffe_id)])
-            .await?;
         tracing::info!(agent_id = %agent.spiffe_id, serial = %issued.serial_hex, "agent SVID renewed");
         Ok(issued)
     }
@@ -281,16 +279,12 @@ impl NodeAttestor {
     /// Removes an agent's record: it must attest again with a new token.
     pub async fn evict(&self, id: &str, by: &str) -> Result<AgentRecord, NodeAttestationError> {
         let id = SpiffeId::new(id).map_err(|e| NodeAttestationError::BadAgentId(e.to_string()))?;
+        let event = AuditEvent::new(AuditKind::AgentEvicted, &id, serde_json::json!({})).by(by);
         let record = self
             .ds
-            .delete_agent(&id)
+            .delete_agent(&id, &[event])
             .await?
             .ok_or_else(|| NodeAttestationError::NotAttested(id.to_string()))?;
-        self.ds
-            .append_audit(&[
-                AuditEvent::new(AuditKind::AgentEvicted, &id, serde_json::json!({})).by(by),
-            ])
-            .await?;
         tracing::info!(agent_id = %id, "agent evicted");
         self.events.publish(ChangeEvent::AgentRemoved(id));
         Ok(record)
@@ -299,16 +293,12 @@ impl NodeAttestor {
     /// Bans an agent: refused at once, and refused attestation until evicted.
     pub async fn ban(&self, id: &str, by: &str) -> Result<AgentRecord, NodeAttestationError> {
         let id = SpiffeId::new(id).map_err(|e| NodeAttestationError::BadAgentId(e.to_string()))?;
+        let event = AuditEvent::new(AuditKind::AgentBanned, &id, serde_json::json!({})).by(by);
         let banned = self
             .ds
-            .ban_agent(&id)
+            .ban_agent(&id, &[event])
             .await?
             .ok_or_else(|| NodeAttestationError::NotAttested(id.to_string()))?;
-        self.ds
-            .append_audit(&[
-                AuditEvent::new(AuditKind::AgentBanned, &id, serde_json::json!({})).by(by),
-            ])
-            .await?;
         tracing::info!(agent_id = %id, "agent banned");
         self.events.publish(ChangeEvent::AgentRemoved(id));
         Ok(banned)

@@ -412,6 +412,77 @@ async fn changes_commit_with_their_audit_records_or_not_at_all(b: &dyn Backend) 
     .await
     .unwrap()
     .unwrap();
+
+    let node = sid("spiffe://example.org/node/n");
+    ds.create_join_token("h1", &node, 2_000_000_000, &[event("token", "h1", None)])
+        .await
+        .unwrap();
+    let r = ds
+        .create_join_token(
+            "h1",
+            &node,
+            2_000_000_000,
+            &[event("token", "h1-again", None)],
+        )
+        .await;
+    assert!(matches!(r, Err(DatastoreError::Conflict(_))), "{r:?}");
+    let agent = AgentRecord {
+        spiffe_id: node.clone(),
+        serial: "01".into(),
+        previous_serial: None,
+        expires_at: 2_000_000_000,
+        attested_at: 1_700_000_000,
+        banned: false,
+        attestation_type: "join_token".into(),
+    };
+    assert!(
+        ds.attest_agent(&agent, &[event("attested", "01", None)])
+            .await
+            .unwrap()
+    );
+    // A renewal against a serial that is no longer current: nothing, no record.
+    let renewed = ds
+        .renew_agent(
+            &node,
+            "ff",
+            "02",
+            2_000_000_000,
+            &[event("renewed", "ff", None)],
+        )
+        .await
+        .unwrap();
+    assert!(!renewed);
+    assert!(
+        ds.ban_agent(&node, &[event("banned", "n", None)])
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // A banned agent's attestation is refused: nothing, no record.
+    assert!(
+        !ds.attest_agent(&agent, &[event("attested", "again", None)])
+            .await
+            .unwrap()
+    );
+    let unknown = sid("spiffe://example.org/node/unknown");
+    assert!(
+        ds.ban_agent(&unknown, &[event("banned", "unknown", None)])
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        ds.delete_agent(&unknown, &[event("evicted", "unknown", None)])
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        ds.delete_agent(&node, &[event("evicted", "n", None)])
+            .await
+            .unwrap()
+            .is_some()
+    );
     assert_eq!(
         kinds(&ds).await,
         [
@@ -421,6 +492,10 @@ async fn changes_commit_with_their_audit_records_or_not_at_all(b: &dyn Backend) 
             "domain.added acme.example",
             "domain.removed acme.example",
             "tenant.deleted acme",
+            "token h1",
+            "attested 01",
+            "banned n",
+            "evicted n",
         ]
     );
     let records = ds.list_audit(None, None).await.unwrap();
@@ -433,13 +508,13 @@ async fn join_tokens_are_single_use_under_concurrency(b: &dyn Backend) {
     const TOKENS: usize = 25;
     for i in 0..TOKENS {
         servers[0]
-            .create_join_token(&format!("hash-{i}"), &id, 1000 + i as i64)
+            .create_join_token(&format!("hash-{i}"), &id, 1000 + i as i64, &[])
             .await
             .unwrap();
     }
     // Same hash again: refused (it is the primary key).
     assert!(matches!(
-        servers[1].create_join_token("hash-0", &id, 1).await,
+        servers[1].create_join_token("hash-0", &id, 1, &[]).await,
         Err(DatastoreError::Conflict(_))
     ));
     let mut handles = Vec::new();
@@ -479,17 +554,17 @@ async fn agents_attest_renew_ban(b: &dyn Backend) {
     let ds = b.open().await;
     let id = sid("spiffe://example.org/node/a");
     let record = agent(id.as_str(), "01");
-    assert!(ds.attest_agent(&record).await.unwrap());
+    assert!(ds.attest_agent(&record, &[]).await.unwrap());
     assert_eq!(ds.get_agent(&id).await.unwrap().unwrap(), record);
     // Re-attestation of a known, unbanned agent replaces its record.
     let mut again = agent(id.as_str(), "0a");
     again.previous_serial = Some("01".into());
-    assert!(ds.attest_agent(&again).await.unwrap());
+    assert!(ds.attest_agent(&again, &[]).await.unwrap());
     assert_eq!(ds.get_agent(&id).await.unwrap().unwrap(), again);
     // Compare-and-set renewal: a stale expected serial changes nothing.
-    assert!(!ds.renew_agent(&id, "01", "02", 6).await.unwrap());
-    assert!(ds.renew_agent(&id, "0a", "02", 6).await.unwrap());
-    assert!(!ds.renew_agent(&id, "0a", "03", 7).await.unwrap());
+    assert!(!ds.renew_agent(&id, "01", "02", 6, &[]).await.unwrap());
+    assert!(ds.renew_agent(&id, "0a", "02", 6, &[]).await.unwrap());
+    assert!(!ds.renew_agent(&id, "0a", "03", 7, &[]).await.unwrap());
     let got = ds.get_agent(&id).await.unwrap().unwrap();
     assert_eq!(
         (
@@ -500,13 +575,13 @@ async fn agents_attest_renew_ban(b: &dyn Backend) {
         ("02", Some("0a"), 6)
     );
     let unknown = sid("spiffe://example.org/node/unknown");
-    assert!(!ds.renew_agent(&unknown, "", "01", 1).await.unwrap());
-    assert!(ds.ban_agent(&unknown).await.unwrap().is_none());
+    assert!(!ds.renew_agent(&unknown, "", "01", 1, &[]).await.unwrap());
+    assert!(ds.ban_agent(&unknown, &[]).await.unwrap().is_none());
     assert!(ds.get_agent(&unknown).await.unwrap().is_none());
 
     let mut second = agent("spiffe://example.org/node/b", "b1");
     second.attested_at = 1;
-    assert!(ds.attest_agent(&second).await.unwrap());
+    assert!(ds.attest_agent(&second, &[]).await.unwrap());
     let listed: Vec<String> = ds
         .list_agents()
         .await
@@ -520,15 +595,15 @@ async fn agents_attest_renew_ban(b: &dyn Backend) {
     );
 
     // A banned agent cannot renew or attest again until its record is deleted.
-    let banned = ds.ban_agent(&id).await.unwrap().unwrap();
+    let banned = ds.ban_agent(&id, &[]).await.unwrap().unwrap();
     assert!(banned.banned);
     assert_eq!(banned.serial, "02");
-    assert!(!ds.renew_agent(&id, "02", "03", 8).await.unwrap());
-    assert!(!ds.attest_agent(&record).await.unwrap());
+    assert!(!ds.renew_agent(&id, "02", "03", 8, &[]).await.unwrap());
+    assert!(!ds.attest_agent(&record, &[]).await.unwrap());
     assert_eq!(ds.get_agent(&id).await.unwrap().unwrap(), banned);
-    assert_eq!(ds.delete_agent(&id).await.unwrap().unwrap(), banned);
-    assert!(ds.delete_agent(&id).await.unwrap().is_none());
-    assert!(ds.attest_agent(&record).await.unwrap());
+    assert_eq!(ds.delete_agent(&id, &[]).await.unwrap().unwrap(), banned);
+    assert!(ds.delete_agent(&id, &[]).await.unwrap().is_none());
+    assert!(ds.attest_agent(&record, &[]).await.unwrap());
     assert!(!ds.get_agent(&id).await.unwrap().unwrap().banned);
 }
 
@@ -536,7 +611,12 @@ async fn a_ban_is_never_undone_by_a_concurrent_attestation(b: &dyn Backend) {
     let servers = [b.open().await, b.open().await];
     for round in 0..20 {
         let id = format!("spiffe://example.org/node/r{round}");
-        assert!(servers[0].attest_agent(&agent(&id, "00")).await.unwrap());
+        assert!(
+            servers[0]
+                .attest_agent(&agent(&id, "00"), &[])
+                .await
+                .unwrap()
+        );
         let attester = {
             let ds = Arc::clone(&servers[0]);
             let id = id.clone();
@@ -544,7 +624,7 @@ async fn a_ban_is_never_undone_by_a_concurrent_attestation(b: &dyn Backend) {
                 let mut applied = Vec::new();
                 for i in 0..10 {
                     applied.push(
-                        ds.attest_agent(&agent(&id, &format!("{i:02}")))
+                        ds.attest_agent(&agent(&id, &format!("{i:02}")), &[])
                             .await
                             .unwrap(),
                     );
@@ -557,7 +637,7 @@ async fn a_ban_is_never_undone_by_a_concurrent_attestation(b: &dyn Backend) {
             let id = sid(&id);
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_micros(200 * round)).await;
-                ds.ban_agent(&id).await.unwrap()
+                ds.ban_agent(&id, &[]).await.unwrap()
             })
         };
         let applied = attester.await.unwrap();
@@ -571,7 +651,12 @@ async fn a_ban_is_never_undone_by_a_concurrent_attestation(b: &dyn Backend) {
                 "round {round}: {applied:?}"
             );
         }
-        assert!(!servers[1].attest_agent(&agent(&id, "ff")).await.unwrap());
+        assert!(
+            !servers[1]
+                .attest_agent(&agent(&id, "ff"), &[])
+                .await
+                .unwrap()
+        );
     }
 }
 
@@ -1031,12 +1116,16 @@ async fn reopen_sees_everything(b: &dyn Backend) {
     .await
     .unwrap();
     let node = sid("spiffe://example.org/node/a");
-    ds.create_join_token("h1", &node, 99).await.unwrap();
-    assert!(ds.attest_agent(&agent(node.as_str(), "01")).await.unwrap());
-    assert!(ds.renew_agent(&node, "01", "02", 6).await.unwrap());
+    ds.create_join_token("h1", &node, 99, &[]).await.unwrap();
+    assert!(
+        ds.attest_agent(&agent(node.as_str(), "01"), &[])
+            .await
+            .unwrap()
+    );
+    assert!(ds.renew_agent(&node, "01", "02", 6, &[]).await.unwrap());
     let banned = agent("spiffe://example.org/node/banned", "09");
-    assert!(ds.attest_agent(&banned).await.unwrap());
-    ds.ban_agent(&banned.spiffe_id).await.unwrap();
+    assert!(ds.attest_agent(&banned, &[]).await.unwrap());
+    ds.ban_agent(&banned.spiffe_id, &[]).await.unwrap();
     ds.append_audit(&[event("agent.banned", banned.spiffe_id.as_str(), None)])
         .await
         .unwrap();

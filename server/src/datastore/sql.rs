@@ -138,11 +138,6 @@ impl<D: Dialect> SqlStore<D> {
         self.pool.close().await;
     }
 
-    async fn execute(&self, sql: &str, params: &[Param<'_>]) -> Result<u64, sqlx::Error> {
-        let mut conn = self.pool.acquire().await?;
-        D::execute(&mut conn, sql, params).await
-    }
-
     async fn one<T>(
         &self,
         sql: &str,
@@ -167,6 +162,28 @@ impl<D: Dialect> SqlStore<D> {
             .await
             .map_err(backend)?;
         rows.iter().map(decode).collect()
+    }
+
+    /// Runs `sql` (which returns the agent's row) on agent `id` with `audit`, in one
+    /// transaction; `None`, and no record, if no agent matched.
+    async fn agent_change(
+        &self,
+        sql: &'static str,
+        id: &SpiffeId,
+        audit: &[AuditEvent],
+    ) -> Result<Option<AgentRecord>, DatastoreError> {
+        let id = id.clone();
+        let changed = self
+            .write_tx(audit, move |conn| {
+                Box::pin(async move {
+                    let row = D::fetch_optional(conn, sql, &[Param::Text(id.as_str())])
+                        .await
+                        .map_err(backend)?;
+                    row.as_ref().map(records::agent).transpose()
+                })
+            })
+            .await?;
+        Ok(changed.map(|(a, _)| a))
     }
 
     /// Runs `f` and then appends `audit` in one write transaction, committed only if `f`
@@ -489,18 +506,26 @@ impl<D: Dialect> Datastore for SqlStore<D> {
         token_hash: &str,
         spiffe_id: &SpiffeId,
         expires_at: i64,
+        audit: &[AuditEvent],
     ) -> Result<(), DatastoreError> {
-        let params = [
-            Param::Text(token_hash),
-            Param::Text(spiffe_id.as_str()),
-            Param::Int(expires_at),
-        ];
-        self.execute(records::INSERT_JOIN_TOKEN, &params)
-            .await
-            .map_err(conflict(|| {
-                "a join token with this hash already exists".into()
-            }))?;
-        Ok(())
+        let (hash, id) = (token_hash.to_owned(), spiffe_id.clone());
+        self.write_tx(audit, move |conn| {
+            Box::pin(async move {
+                let params = [
+                    Param::Text(&hash),
+                    Param::Text(id.as_str()),
+                    Param::Int(expires_at),
+                ];
+                D::execute(conn, records::INSERT_JOIN_TOKEN, &params)
+                    .await
+                    .map_err(conflict(|| {
+                        "a join token with this hash already exists".into()
+                    }))?;
+                Ok(Some(()))
+            })
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn consume_join_token(
@@ -515,12 +540,25 @@ impl<D: Dialect> Datastore for SqlStore<D> {
         .await
     }
 
-    async fn attest_agent(&self, agent: &AgentRecord) -> Result<bool, DatastoreError> {
-        let changed = self
-            .execute(records::ATTEST_AGENT, &records::agent_params(agent))
-            .await
-            .map_err(backend)?;
-        Ok(changed == 1)
+    async fn attest_agent(
+        &self,
+        agent: &AgentRecord,
+        audit: &[AuditEvent],
+    ) -> Result<bool, DatastoreError> {
+        let agent = agent.clone();
+        let applied = self
+            .write_tx(audit, move |conn| {
+                Box::pin(async move {
+                    let changed =
+                        D::execute(conn, records::ATTEST_AGENT, &records::agent_params(&agent))
+                            .await
+                            .map_err(backend)?;
+                    // Banned: nothing applied, no record.
+                    Ok((changed == 1).then_some(()))
+                })
+            })
+            .await?;
+        Ok(applied.is_some())
     }
 
     async fn renew_agent(
@@ -529,27 +567,39 @@ impl<D: Dialect> Datastore for SqlStore<D> {
         expected_serial: &str,
         new_serial: &str,
         expires_at: i64,
+        audit: &[AuditEvent],
     ) -> Result<bool, DatastoreError> {
-        let params = [
-            Param::Text(new_serial),
-            Param::Int(expires_at),
-            Param::Text(id.as_str()),
-            Param::Text(expected_serial),
-        ];
-        let changed = self
-            .execute(records::RENEW_AGENT, &params)
-            .await
-            .map_err(backend)?;
-        Ok(changed == 1)
+        let (id, expected, new) = (
+            id.clone(),
+            expected_serial.to_owned(),
+            new_serial.to_owned(),
+        );
+        let applied = self
+            .write_tx(audit, move |conn| {
+                Box::pin(async move {
+                    let params = [
+                        Param::Text(&new),
+                        Param::Int(expires_at),
+                        Param::Text(id.as_str()),
+                        Param::Text(&expected),
+                    ];
+                    let changed = D::execute(conn, records::RENEW_AGENT, &params)
+                        .await
+                        .map_err(backend)?;
+                    // Evicted, banned or renewed meanwhile: nothing applied, no record.
+                    Ok((changed == 1).then_some(()))
+                })
+            })
+            .await?;
+        Ok(applied.is_some())
     }
 
-    async fn ban_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, DatastoreError> {
-        self.one(
-            records::BAN_AGENT,
-            &[Param::Text(id.as_str())],
-            records::agent,
-        )
-        .await
+    async fn ban_agent(
+        &self,
+        id: &SpiffeId,
+        audit: &[AuditEvent],
+    ) -> Result<Option<AgentRecord>, DatastoreError> {
+        self.agent_change(records::BAN_AGENT, id, audit).await
     }
 
     async fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, DatastoreError> {
@@ -565,13 +615,12 @@ impl<D: Dialect> Datastore for SqlStore<D> {
         self.all(records::LIST_AGENTS, &[], records::agent).await
     }
 
-    async fn delete_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, DatastoreError> {
-        self.one(
-            records::DELETE_AGENT,
-            &[Param::Text(id.as_str())],
-            records::agent,
-        )
-        .await
+    async fn delete_agent(
+        &self,
+        id: &SpiffeId,
+        audit: &[AuditEvent],
+    ) -> Result<Option<AgentRecord>, DatastoreError> {
+        self.agent_change(records::DELETE_AGENT, id, audit).await
     }
 
     async fn append_audit(
