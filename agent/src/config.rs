@@ -847,7 +847,9 @@ mod tests {
         const MAX_SELECTORS: usize = 64;
         const MAX_TEXT: usize = 1024;
         let many = |n: usize, len: usize| -> Vec<String> {
-            (0..n).map(|i| format!("{i:04}{}", "x".repeat(len - 4))).collect()
+            (0..n)
+                .map(|i| format!("{i:04}{}", "x".repeat(len - 4)))
+                .collect()
         };
         let id = "x".repeat(MAX_SPIFFE_ID_LENGTH);
         let largest = TaskSpec {

@@ -747,7 +747,11 @@ mod tests {
 
         let mut all = vec![&standing, &tool, &bare];
         within_task_audiences(&mut all, &aud(&["a"])).unwrap();
-        assert_eq!(ids(&all), ["web", "tool"], "the task without audiences is left out");
+        assert_eq!(
+            ids(&all),
+            ["web", "tool"],
+            "the task without audiences is left out"
+        );
 
         let mut all = vec![&standing, &tool];
         within_task_audiences(&mut all, &aud(&["a", "c"])).unwrap();
@@ -767,7 +771,10 @@ mod tests {
         let refused = within_task_audiences(&mut only, &aud(&["a"])).unwrap_err();
         assert!(refused.message().contains("task t2"), "{refused:?}");
         let mut none: Vec<&Arc<crate::cache::CachedEntry>> = Vec::new();
-        assert!(within_task_audiences(&mut none, &aud(&["a"])).is_ok(), "nothing to refuse");
+        assert!(
+            within_task_audiences(&mut none, &aud(&["a"])).is_ok(),
+            "nothing to refuse"
+        );
     }
 
     #[test]

@@ -409,7 +409,11 @@ mod tests {
         let ok = [
             strings(&[]),
             strings(&["a"]),
-            strings(&["https://tools.example/api", "spiffe://example.org/tool", "é"]),
+            strings(&[
+                "https://tools.example/api",
+                "spiffe://example.org/tool",
+                "é",
+            ]),
             vec!["x".repeat(MAX_AUDIENCE_LEN)],
             (0..MAX_AUDIENCES).map(|i| format!("aud-{i}")).collect(),
         ];
@@ -452,7 +456,12 @@ mod tests {
     fn scopes_are_rfc_6749_scope_tokens() {
         let ok = [
             strings(&[]),
-            strings(&["read", "db:write", "repo/x.y_z-1", "!#$%&'()*+,-./:;<=>?@[]^_`{|}~"]),
+            strings(&[
+                "read",
+                "db:write",
+                "repo/x.y_z-1",
+                "!#$%&'()*+,-./:;<=>?@[]^_`{|}~",
+            ]),
             vec!["s".repeat(MAX_SCOPE_LEN)],
             (0..MAX_SCOPES).map(|i| format!("s{i}")).collect(),
         ];
@@ -509,11 +518,17 @@ mod tests {
         let id = TaskId::parse("t1").unwrap();
         let declared = strings(&["a", "b"]);
         assert_eq!(audience_refusal(&id, &declared, &strings(&["a"])), None);
-        assert_eq!(audience_refusal(&id, &declared, &strings(&["b", "a"])), None);
+        assert_eq!(
+            audience_refusal(&id, &declared, &strings(&["b", "a"])),
+            None
+        );
         let out = audience_refusal(&id, &declared, &strings(&["a", "c"])).unwrap();
         assert!(out.contains("\"c\"") && out.contains("task t1"), "{out}");
         let none = audience_refusal(&id, &[], &strings(&["a"])).unwrap();
-        assert!(none.contains("task t1") && none.contains("no JWT"), "{none}");
+        assert!(
+            none.contains("task t1") && none.contains("no JWT"),
+            "{none}"
+        );
         let g = TaskGrant {
             task_id: id,
             deadline: 1,

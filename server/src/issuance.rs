@@ -439,8 +439,8 @@ mod tests {
 
     use super::*;
     use crate::clock::{ManualClock, SystemClock};
-    use crate::datastore::sqlite::SqliteDatastore;
     use crate::datastore::UnixUser;
+    use crate::datastore::sqlite::SqliteDatastore;
     use crate::events::Events;
     use crate::policy::PolicyEngine;
     use crate::rate_limit::MintLimits;
@@ -525,12 +525,18 @@ mod tests {
     }
 
     /// The claims of `token`, validated for `audience` against the server's keys.
-    fn claims(f: &Fixture, token: &str, audience: &str) -> serde_json::Map<String, serde_json::Value> {
+    fn claims(
+        f: &Fixture,
+        token: &str,
+        audience: &str,
+    ) -> serde_json::Map<String, serde_json::Value> {
         let bundles = BTreeMap::from([(
             TrustDomain::new("example.org").unwrap(),
             JwtBundle::new(f.jwt.public_keys()),
         )]);
-        validate(token, audience, &bundles, now_unix()).unwrap().claims
+        validate(token, audience, &bundles, now_unix())
+            .unwrap()
+            .claims
     }
 
     #[tokio::test]
@@ -589,7 +595,11 @@ mod tests {
             )
             .await
             .unwrap();
-        let t = f.issuer.mint_jwt(&agent, &other.id, &strings(&["a"])).await.unwrap();
+        let t = f
+            .issuer
+            .mint_jwt(&agent, &other.id, &strings(&["a"]))
+            .await
+            .unwrap();
         let c = claims(&f, &t.token, "a");
         assert!(c.contains_key(common::task::JWT_CLAIM));
         assert!(!c.contains_key(common::task::SCOPE_CLAIM), "{c:?}");
@@ -600,7 +610,9 @@ mod tests {
             .await
             .unwrap();
         let c = claims(&f, &t.token, "anything");
-        assert!(!c.contains_key(common::task::JWT_CLAIM) && !c.contains_key(common::task::SCOPE_CLAIM));
+        assert!(
+            !c.contains_key(common::task::JWT_CLAIM) && !c.contains_key(common::task::SCOPE_CLAIM)
+        );
     }
 
     fn list(n: usize, len: usize) -> Vec<String> {

@@ -1067,7 +1067,10 @@ impl Tasks {
                 let what = if audience.is_empty() {
                     String::new()
                 } else {
-                    format!(" for audience {:?}", audience.chars().take(128).collect::<String>())
+                    format!(
+                        " for audience {:?}",
+                        audience.chars().take(128).collect::<String>()
+                    )
                 };
                 return Err(format!(
                     "policy denies issuance under task {}{what}: {}",

@@ -702,7 +702,10 @@ async fn jwt_svids_are_granted_only_for_the_audiences_the_task_declared() {
     assert_eq!(task.audiences, ["a", "https://tools.example"]);
     assert_eq!(task.scopes, ["read", "db:write"]);
     // Stored, and sent to agents with the grant.
-    assert_eq!(f.tasks.get(&task.id).await.unwrap().audiences, task.audiences);
+    assert_eq!(
+        f.tasks.get(&task.id).await.unwrap().audiences,
+        task.audiences
+    );
     assert_eq!(
         f.tasks.grant_for(&entry.id).unwrap().audiences,
         task.audiences

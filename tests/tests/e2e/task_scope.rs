@@ -86,9 +86,14 @@ async fn task_jwt_svids_name_only_declared_audiences_and_carry_task_id_and_scope
     let (c, _p) = cluster();
     c.server.create_entry(RUNTIME, &["unix:uid:0"], &[]);
     c.server.create_entry(TOOL, &["unix:uid:0"], &["--jit"]);
-    c.server.create_entry(OTHER_TOOL, &["unix:uid:0"], &["--jit"]);
+    c.server
+        .create_entry(OTHER_TOOL, &["unix:uid:0"], &["--jit"]);
     wait_for(Duration::from_secs(15), || {
-        c.agent.fetch_ids().ok()?.contains(&RUNTIME.to_owned()).then_some(())
+        c.agent
+            .fetch_ids()
+            .ok()?
+            .contains(&RUNTIME.to_owned())
+            .then_some(())
     })
     .expect("the runtime's standing identity is served");
 
@@ -107,7 +112,11 @@ async fn task_jwt_svids_name_only_declared_audiences_and_carry_task_id_and_scope
         assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
     }
     let none = c.server.cli_json(&["task", "list"]);
-    assert_eq!(none["tasks"], serde_json::json!([]), "nothing stored: {none}");
+    assert_eq!(
+        none["tasks"],
+        serde_json::json!([]),
+        "nothing stored: {none}"
+    );
 
     // The runtime begins a task for the tool: audiences a and c, scopes read and db:write.
     let t = ok_json(
@@ -137,7 +146,10 @@ async fn task_jwt_svids_name_only_declared_audiences_and_carry_task_id_and_scope
     assert_eq!(t["scopes"], serde_json::json!(["read", "db:write"]), "{t}");
     let shown = c.server.cli(&["task", "show", &task_id]);
     let text = String::from_utf8_lossy(&shown.stdout);
-    assert!(text.contains("Audience") && text.contains("db:write"), "{text}");
+    assert!(
+        text.contains("Audience") && text.contains("db:write"),
+        "{text}"
+    );
 
     // A token for a declared audience names the task and carries its scopes.
     let token = first_jwt(&c, TOOL, &["a"]);
@@ -178,14 +190,20 @@ async fn task_jwt_svids_name_only_declared_audiences_and_carry_task_id_and_scope
     let forbidden = fetch_jwt(&c, TOOL, &["c"])
         .await
         .expect_err("policy forbids audience c");
-    assert_eq!(forbidden.code(), tonic::Code::PermissionDenied, "{forbidden:?}");
+    assert_eq!(
+        forbidden.code(),
+        tonic::Code::PermissionDenied,
+        "{forbidden:?}"
+    );
     assert!(
         forbidden.message().contains("never-c") && forbidden.message().contains(&task_id),
         "{forbidden:?}"
     );
     // Asked for all of the caller's identities, an undeclared audience leaves the task
     // identity out and serves the standing one.
-    let all = fetch_jwt(&c, "", &["b"]).await.expect("the standing identity");
+    let all = fetch_jwt(&c, "", &["b"])
+        .await
+        .expect("the standing identity");
     let ids: Vec<&str> = all.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(ids, [RUNTIME], "{ids:?}");
     let with_a = fetch_jwt(&c, "", &["a"]).await.unwrap();
@@ -234,8 +252,16 @@ async fn task_jwt_svids_name_only_declared_audiences_and_carry_task_id_and_scope
         "--scope",
         "admin",
     ]);
-    assert_eq!(op["audiences"], serde_json::json!(["https://ops.example"]), "{op}");
-    let token = first_jwt(&c, "spiffe://example.org/tools/ops", &["https://ops.example"]);
+    assert_eq!(
+        op["audiences"],
+        serde_json::json!(["https://ops.example"]),
+        "{op}"
+    );
+    let token = first_jwt(
+        &c,
+        "spiffe://example.org/tools/ops",
+        &["https://ops.example"],
+    );
     assert_eq!(tests::jwt::claims(&token)["scope"], "admin");
     let bad = c.server.cli(&[
         "task",
@@ -246,5 +272,9 @@ async fn task_jwt_svids_name_only_declared_audiences_and_carry_task_id_and_scope
         "a\u{7}",
     ]);
     assert!(!bad.status.success());
-    assert!(stderr(&bad).contains("control character"), "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("control character"),
+        "{}",
+        stderr(&bad)
+    );
 }
