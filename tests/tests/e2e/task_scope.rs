@@ -186,6 +186,14 @@ async fn task_jwt_svids_name_only_declared_audiences_and_carry_task_id_and_scope
             "{refused:?}"
         );
     }
+    // The agent refused those itself (the server would have refused them too).
+    assert!(
+        c.agent
+            .log_text()
+            .contains("JWT-SVID refused: audience not declared by the task"),
+        "{}",
+        c.agent.log_tail()
+    );
     // Declared, but Cedar forbids issuing for it (context.audience).
     let forbidden = fetch_jwt(&c, TOOL, &["c"])
         .await
