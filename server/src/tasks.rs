@@ -238,7 +238,21 @@ impl Tasks {
     /// so a change on any server applies to the next decision). A tenant that cannot be
     /// read denies.
     async fn decide(&self, req: &PolicyRequest) -> Decision {
-        match self.ds.get_tenant(&req.entry.tenant).await {
+        let mut all = self.decide_each(std::slice::from_ref(req)).await;
+        all.pop().unwrap_or_else(|| {
+            let mut d = self.policy.evaluate(req);
+            d.deny(Vec::new());
+            d
+        })
+    }
+
+    /// [`Self::decide`] for several requests about one entry (e.g. one per audience of a
+    /// JWT-SVID), reading its tenant's policies once: one decision per request, in order.
+    async fn decide_each(&self, reqs: &[PolicyRequest]) -> Vec<Decision> {
+        let Some(first) = reqs.first() else {
+            return Vec::new();
+        };
+        match self.ds.get_tenant(&first.entry.tenant).await {
             Ok(tenant) => {
                 let own = tenant.as_ref().and_then(|t| {
                     t.policy.as_deref().map(|text| TenantPolicies {
@@ -246,15 +260,22 @@ impl Tasks {
                         text,
                     })
                 });
-                self.policy.evaluate_for(req, own)
+                reqs.iter()
+                    .map(|req| self.policy.evaluate_for(req, own))
+                    .collect()
             }
             Err(e) => {
-                tracing::error!(error = %e, tenant = %req.entry.tenant, "cannot read a tenant's policies");
-                let mut d = self.policy.evaluate(req);
-                d.deny(Vec::new());
-                d.errors
-                    .push("cannot read the tenant's policies; see the server log".to_owned());
-                d
+                tracing::error!(error = %e, tenant = %first.entry.tenant, "cannot read a tenant's policies");
+                reqs.iter()
+                    .map(|req| {
+                        let mut d = self.policy.evaluate(req);
+                        d.deny(Vec::new());
+                        d.errors.push(
+                            "cannot read the tenant's policies; see the server log".to_owned(),
+                        );
+                        d
+                    })
+                    .collect()
             }
         }
     }
@@ -1049,10 +1070,10 @@ impl Tasks {
                 distinct
             }
         };
-        let mut decision = None;
-        for audience in audiences {
-            let d = self
-                .decide(&self.policy_request(
+        let requests: Vec<PolicyRequest> = audiences
+            .iter()
+            .map(|audience| {
+                self.policy_request(
                     Action::IssueSvid,
                     principal_of(&task.requester),
                     entry,
@@ -1061,8 +1082,11 @@ impl Tasks {
                         ..Purpose::of_task(&task)
                     },
                     left,
-                ))
-                .await;
+                )
+            })
+            .collect();
+        let mut decision = None;
+        for (audience, d) in audiences.iter().zip(self.decide_each(&requests).await) {
             if !d.allowed {
                 let what = if audience.is_empty() {
                     String::new()
