@@ -381,6 +381,7 @@ mod tests {
         live.grant = Some(TaskGrant {
             task_id: common::TaskId::parse("t1").unwrap(),
             deadline: unix(now) + 60,
+            audiences: Vec::new(),
         });
         snap.entries
             .insert(EntryId::parse("d").unwrap(), Arc::new(live.clone()));
@@ -391,6 +392,7 @@ mod tests {
         live.grant = Some(TaskGrant {
             task_id: common::TaskId::parse("t1").unwrap(),
             deadline: unix(now),
+            audiences: Vec::new(),
         });
         snap.entries
             .insert(EntryId::parse("d").unwrap(), Arc::new(live));

@@ -42,8 +42,9 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// requests hold to 4 MiB.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 32;
 /// Default largest request message the Workload API services decode. The largest
-/// legitimate ones are about 64 KiB (a task with 64 scopes of 1 KiB; a JWT-SVID naming 32
-/// audiences of 1 KiB); the gRPC default of 4 MiB let any local user make the agent buffer
+/// legitimate one is a task request of about 121 KiB (64 selectors of 1 KiB, 64 scopes of
+/// 256 bytes, 32 audiences of 1 KiB, reason, ticket and SPIFFE IDs; a JWT-SVID request
+/// names at most 32 audiences of 1 KiB); the gRPC default of 4 MiB let any local user make the agent buffer
 /// 4 MiB per stream before attestation, by declaring a large message and withholding its
 /// last byte.
 pub const DEFAULT_MAX_REQUEST_BYTES: u32 = 128 * 1024;
@@ -51,7 +52,7 @@ pub const DEFAULT_MAX_REQUEST_BYTES: u32 = 128 * 1024;
 const STREAMS_RANGE: std::ops::RangeInclusive<u32> = 1..=1024;
 /// Bounds of `api_max_request_bytes`: room for the largest legitimate request, and no more
 /// than the gRPC default.
-const REQUEST_BYTES_RANGE: std::ops::RangeInclusive<u32> = 64 * 1024..=4 * 1024 * 1024;
+const REQUEST_BYTES_RANGE: std::ops::RangeInclusive<u32> = 128 * 1024..=4 * 1024 * 1024;
 /// Default most JWT-SVIDs the agent caches. A token is cached per identity and audience
 /// list for half its lifetime, so this is room for, e.g., 500 workloads each using 20
 /// audience lists at once.
@@ -815,7 +816,7 @@ mod tests {
                 api_handshake_timeout: Some("2s".into()),
                 api_idle_timeout: Some("1h".into()),
                 api_max_concurrent_streams: Some(8),
-                api_max_request_bytes: Some(65_536),
+                api_max_request_bytes: Some(131_073),
                 ..raw()
             },
             Some(1024),
@@ -829,8 +830,47 @@ mod tests {
                 handshake_timeout: Duration::from_secs(2),
                 idle_timeout: Duration::from_secs(3600),
                 max_concurrent_streams: 8,
-                max_request_bytes: 65_536,
+                max_request_bytes: 131_073,
             }
+        );
+    }
+
+    /// The smallest request size limit an operator may set still admits the largest
+    /// request a workload may legitimately send: a task request with every field at its
+    /// bound.
+    #[test]
+    fn the_largest_task_request_fits_the_smallest_request_limit() {
+        use common::proto::tessera::TaskSpec;
+        use common::spiffe_id::MAX_SPIFFE_ID_LENGTH;
+        use prost::Message as _;
+        // The server's bounds: 64 selectors per entry, reason and ticket of 1 KiB.
+        const MAX_SELECTORS: usize = 64;
+        const MAX_TEXT: usize = 1024;
+        let many = |n: usize, len: usize| -> Vec<String> {
+            (0..n)
+                .map(|i| format!("{i:04}{}", "x".repeat(len - 4)))
+                .collect()
+        };
+        let id = "x".repeat(MAX_SPIFFE_ID_LENGTH);
+        let largest = TaskSpec {
+            entry_id: "e".repeat(common::ids::MAX_ID_LEN),
+            spiffe_id: id.clone(),
+            provision: true,
+            parent_id: id.clone(),
+            selectors: many(MAX_SELECTORS, common::selector::MAX_SELECTOR_LENGTH),
+            reason: "r".repeat(MAX_TEXT),
+            ticket: "t".repeat(MAX_TEXT),
+            scopes: many(common::task::MAX_SCOPES, common::task::MAX_SCOPE_LEN),
+            ttl_seconds: i64::MAX,
+            requester_spiffe_id: id,
+            tenant: "t".repeat(63),
+            audiences: many(common::task::MAX_AUDIENCES, common::task::MAX_AUDIENCE_LEN),
+        };
+        let len = largest.encoded_len();
+        assert!(
+            len <= usize::try_from(*REQUEST_BYTES_RANGE.start()).unwrap(),
+            "{len} bytes do not fit {}",
+            REQUEST_BYTES_RANGE.start()
         );
     }
 
@@ -918,7 +958,7 @@ mod tests {
                 },
                 Some(1024),
                 "api_max_request_bytes",
-                "between 65536 and 4194304",
+                "between 131072 and 4194304",
             ),
             (
                 RawAgentConfig {
@@ -927,7 +967,7 @@ mod tests {
                 },
                 Some(1024),
                 "api_max_request_bytes",
-                "between 65536 and 4194304",
+                "between 131072 and 4194304",
             ),
         ];
         for (bad, fd_limit, key, text) in cases {

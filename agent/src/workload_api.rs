@@ -67,9 +67,9 @@ pub(crate) struct WorkloadApi {
 }
 
 /// Most audiences accepted in one request.
-const MAX_AUDIENCES: usize = 32;
+const MAX_AUDIENCES: usize = common::task::MAX_AUDIENCES;
 /// Longest audience value accepted (the server enforces the same bound).
-const MAX_AUDIENCE_LENGTH: usize = 1024;
+const MAX_AUDIENCE_LENGTH: usize = common::task::MAX_AUDIENCE_LEN;
 
 /// Metadata of the server's `ResourceExhausted`: milliseconds until a mint can succeed.
 const RETRY_AFTER_MS: &str = "retry-after-ms";
@@ -321,6 +321,30 @@ fn render_jwt_bundles(
     Ok(Some(JwtBundlesResponse { bundles }))
 }
 
+/// Keeps the entries that may have a JWT-SVID for `audience`. A task identity's JWT-SVIDs
+/// name only the audiences its task declared (none declared: none at all). Asked for by
+/// SPIFFE ID, or when it is the caller's only identity, it is refused naming the task
+/// (`PermissionDenied`); asked for with the caller's other identities, it is left out. The
+/// server checks the same before it mints.
+fn within_task_audiences(
+    entries: &mut Vec<&Arc<crate::cache::CachedEntry>>,
+    audience: &[String],
+) -> Result<(), Status> {
+    let mut refused = None;
+    entries.retain(|c| {
+        let Some(why) = c.grant.as_ref().and_then(|g| g.audience_refusal(audience)) else {
+            return true;
+        };
+        tracing::info!(entry_id = %c.entry.id, task_id = ?c.grant.as_ref().map(|g| &g.task_id), "JWT-SVID refused: audience not declared by the task");
+        refused.get_or_insert(why);
+        false
+    });
+    match refused {
+        Some(why) if entries.is_empty() => Err(Status::permission_denied(why)),
+        _ => Ok(()),
+    }
+}
+
 impl WorkloadApi {
     /// Tells the server, in the background, that a task's token was validated here (for
     /// the audit log). Losing a report while the server is away is logged, never fatal.
@@ -537,6 +561,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         entries.sort_by(|a, b| {
             (a.entry.created_at, &a.entry.id).cmp(&(b.entry.created_at, &b.entry.id))
         });
+        within_task_audiences(&mut entries, &audience)?;
         // One token per identity, even when several entries grant the same SPIFFE ID.
         let mut seen = std::collections::HashSet::new();
         entries.retain(|c| seen.insert(c.entry.spiffe_id.clone()));
@@ -685,6 +710,72 @@ impl SpiffeWorkloadApi for WorkloadApi {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cached(id: &str, grant: Option<(&str, &[&str])>) -> Arc<crate::cache::CachedEntry> {
+        let wire = common::proto::tessera::Entry {
+            id: id.into(),
+            spiffe_id: format!("spiffe://example.org/{id}"),
+            parent_id: "spiffe://example.org/agent".into(),
+            selectors: vec!["unix:uid:0".into()],
+            x509_svid_ttl_seconds: 3600,
+            jwt_svid_ttl_seconds: 300,
+            jit: grant.is_some(),
+            ..Default::default()
+        };
+        Arc::new(crate::cache::CachedEntry {
+            entry: common::RegistrationEntry::try_from(wire).unwrap(),
+            grant: grant.map(|(task, audiences)| common::task::TaskGrant {
+                task_id: common::TaskId::parse(task).unwrap(),
+                deadline: i64::MAX,
+                audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
+            }),
+            svid: None,
+            svid_revision: 0,
+        })
+    }
+
+    fn ids(entries: &[&Arc<crate::cache::CachedEntry>]) -> Vec<String> {
+        entries.iter().map(|c| c.entry.id.to_string()).collect()
+    }
+
+    #[test]
+    fn task_identities_get_jwt_svids_only_for_declared_audiences() {
+        let standing = cached("web", None);
+        let tool = cached("tool", Some(("t1", &["a", "b"])));
+        let bare = cached("bare", Some(("t2", &[])));
+        let aud = |v: &[&str]| -> Vec<String> { v.iter().map(|a| (*a).to_owned()).collect() };
+
+        let mut all = vec![&standing, &tool, &bare];
+        within_task_audiences(&mut all, &aud(&["a"])).unwrap();
+        assert_eq!(
+            ids(&all),
+            ["web", "tool"],
+            "the task without audiences is left out"
+        );
+
+        let mut all = vec![&standing, &tool];
+        within_task_audiences(&mut all, &aud(&["a", "c"])).unwrap();
+        assert_eq!(ids(&all), ["web"]);
+
+        let mut only = vec![&tool];
+        within_task_audiences(&mut only, &aud(&["b", "a"])).unwrap();
+        assert_eq!(ids(&only), ["tool"]);
+        let mut only = vec![&tool];
+        let refused = within_task_audiences(&mut only, &aud(&["c"])).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert!(
+            refused.message().contains("task t1") && refused.message().contains("\"c\""),
+            "{refused:?}"
+        );
+        let mut only = vec![&bare];
+        let refused = within_task_audiences(&mut only, &aud(&["a"])).unwrap_err();
+        assert!(refused.message().contains("task t2"), "{refused:?}");
+        let mut none: Vec<&Arc<crate::cache::CachedEntry>> = Vec::new();
+        assert!(
+            within_task_audiences(&mut none, &aud(&["a"])).is_ok(),
+            "nothing to refuse"
+        );
+    }
 
     #[test]
     fn security_header_rules() {

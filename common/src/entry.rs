@@ -200,6 +200,7 @@ impl TryFrom<tessera::TaskGrant> for crate::task::TaskGrant {
         Ok(Self {
             task_id: crate::ids::TaskId::parse(g.task_id)?,
             deadline: g.deadline,
+            audiences: g.audiences,
         })
     }
 }
@@ -209,6 +210,7 @@ impl From<&crate::task::TaskGrant> for tessera::TaskGrant {
         Self {
             task_id: g.task_id.to_string(),
             deadline: g.deadline,
+            audiences: g.audiences.clone(),
         }
     }
 }

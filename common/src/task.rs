@@ -5,8 +5,14 @@
 //! activates ([`TaskGrant`]) and which tasks ended early (so their tokens are refused).
 //!
 //! Relying parties tie a call to a task through the credential itself: JWT-SVIDs carry the
-//! task id in the [`JWT_CLAIM`] claim, X.509-SVIDs in the Subject as an organizational
-//! unit `task:<id>` ([`SUBJECT_OU_PREFIX`]).
+//! task id in the [`JWT_CLAIM`] claim (and the task's scopes in [`SCOPE_CLAIM`]),
+//! X.509-SVIDs in the Subject as an organizational unit `task:<id>` ([`SUBJECT_OU_PREFIX`]).
+//!
+//! A task declares what its JWT-SVIDs may be used for: the audiences they may name
+//! ([`validate_audiences`]) and its scopes, RFC 6749 scope tokens ([`validate_scopes`]).
+//! A JWT-SVID is minted under a task only for audiences it declared
+//! ([`audience_refusal`], checked by the agent and again by the server); a task that
+//! declared none gets no JWT-SVIDs at all. X.509-SVIDs are not affected.
 
 use std::fmt;
 use std::str::FromStr;
@@ -16,6 +22,139 @@ use x509_parser::prelude::{FromDer as _, X509Certificate};
 
 /// JWT-SVID claim holding the task id.
 pub const JWT_CLAIM: &str = "task_id";
+
+/// JWT-SVID claim holding the task's scopes, space-separated (the `scope` claim of
+/// RFC 8693 section 4.2); absent when the task declared none.
+pub const SCOPE_CLAIM: &str = "scope";
+
+/// Most audiences a task may declare (as many as one JWT-SVID may name).
+pub const MAX_AUDIENCES: usize = 32;
+/// Longest audience a task may declare, in bytes (as long as a JWT-SVID accepts).
+pub const MAX_AUDIENCE_LEN: usize = 1024;
+/// Most scopes a task may declare.
+pub const MAX_SCOPES: usize = 64;
+/// Longest scope, in bytes (scope tokens are short names such as `repo:read`; the bound
+/// keeps the largest task request within the agent's request size limit).
+pub const MAX_SCOPE_LEN: usize = 256;
+
+/// Why a task's declared audiences or scopes are refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TaskScopeError {
+    /// More than [`MAX_AUDIENCES`] audiences.
+    #[error("{0} audiences declared: at most {MAX_AUDIENCES}")]
+    TooManyAudiences(usize),
+    /// An empty audience.
+    #[error("an audience must not be empty")]
+    EmptyAudience,
+    /// An audience longer than [`MAX_AUDIENCE_LEN`] bytes.
+    #[error("an audience of {0} bytes: at most {MAX_AUDIENCE_LEN}")]
+    AudienceTooLong(usize),
+    /// An audience with whitespace or a control character.
+    #[error("audience {0:?} contains whitespace or a control character")]
+    AudienceCharacter(String),
+    /// The same audience twice.
+    #[error("audience {0:?} is declared twice")]
+    DuplicateAudience(String),
+    /// More than [`MAX_SCOPES`] scopes.
+    #[error("{0} scopes declared: at most {MAX_SCOPES}")]
+    TooManyScopes(usize),
+    /// An empty scope.
+    #[error("a scope must not be empty")]
+    EmptyScope,
+    /// A scope longer than [`MAX_SCOPE_LEN`] bytes.
+    #[error("a scope of {0} bytes: at most {MAX_SCOPE_LEN}")]
+    ScopeTooLong(usize),
+    /// A scope that is not an RFC 6749 scope token.
+    #[error(
+        "scope {0:?} is not an RFC 6749 scope token (printable ASCII without space, '\"' or '\\')"
+    )]
+    ScopeCharacter(String),
+    /// The same scope twice.
+    #[error("scope {0:?} is declared twice")]
+    DuplicateScope(String),
+}
+
+/// Checks the audiences a task declares: at most [`MAX_AUDIENCES`], each non-empty, at
+/// most [`MAX_AUDIENCE_LEN`] bytes, without whitespace or control characters, no
+/// duplicates. An empty list is valid: the task then gets no JWT-SVIDs.
+pub fn validate_audiences(audiences: &[String]) -> Result<(), TaskScopeError> {
+    if audiences.len() > MAX_AUDIENCES {
+        return Err(TaskScopeError::TooManyAudiences(audiences.len()));
+    }
+    for (i, a) in audiences.iter().enumerate() {
+        if a.is_empty() {
+            return Err(TaskScopeError::EmptyAudience);
+        }
+        if a.len() > MAX_AUDIENCE_LEN {
+            return Err(TaskScopeError::AudienceTooLong(a.len()));
+        }
+        if a.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(TaskScopeError::AudienceCharacter(a.clone()));
+        }
+        if audiences[..i].contains(a) {
+            return Err(TaskScopeError::DuplicateAudience(a.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `c` may appear in an RFC 6749 scope token (section 3.3:
+/// `%x21 / %x23-5B / %x5D-7E`).
+fn scope_char(c: char) -> bool {
+    matches!(c, '\u{21}' | '\u{23}'..='\u{5b}' | '\u{5d}'..='\u{7e}')
+}
+
+/// Checks the scopes a task declares: at most [`MAX_SCOPES`] RFC 6749 scope tokens of at
+/// most [`MAX_SCOPE_LEN`] bytes, no duplicates (so the `scope` claim, the tokens joined
+/// by spaces, splits back into exactly the declared list).
+pub fn validate_scopes(scopes: &[String]) -> Result<(), TaskScopeError> {
+    if scopes.len() > MAX_SCOPES {
+        return Err(TaskScopeError::TooManyScopes(scopes.len()));
+    }
+    for (i, s) in scopes.iter().enumerate() {
+        if s.is_empty() {
+            return Err(TaskScopeError::EmptyScope);
+        }
+        if s.len() > MAX_SCOPE_LEN {
+            return Err(TaskScopeError::ScopeTooLong(s.len()));
+        }
+        if !s.chars().all(scope_char) {
+            return Err(TaskScopeError::ScopeCharacter(s.clone()));
+        }
+        if scopes[..i].contains(s) {
+            return Err(TaskScopeError::DuplicateScope(s.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// The value of the [`SCOPE_CLAIM`] claim for `scopes`: the tokens joined by single
+/// spaces; `None` (no claim) when there are none.
+pub fn scope_claim(scopes: &[String]) -> Option<String> {
+    (!scopes.is_empty()).then(|| scopes.join(" "))
+}
+
+/// Why a JWT-SVID for `requested` audiences may not be minted under task `task_id`, which
+/// declared `declared`: `None` when every requested audience is declared. A task that
+/// declared no audiences gets no JWT-SVIDs at all. The one wording for the agent and the
+/// server, so a workload reads the same refusal wherever it was decided.
+pub fn audience_refusal(
+    task_id: &TaskId,
+    declared: &[String],
+    requested: &[String],
+) -> Option<String> {
+    if declared.is_empty() {
+        return Some(format!(
+            "task {task_id} declared no JWT audiences, so it gets no JWT-SVIDs \
+             (begin it with --audience for each audience it will call)"
+        ));
+    }
+    let outside = requested.iter().find(|a| !declared.contains(*a))?;
+    let shown: String = outside.chars().take(128).collect();
+    Some(format!(
+        "audience {shown:?} is outside the audiences task {task_id} declared"
+    ))
+}
 
 /// Prefix of the Subject organizational unit (`OU`) that names the task in an X.509-SVID:
 /// `OU=task:<id>`. Every X.509 library and `openssl x509 -subject` can read it; the
@@ -32,12 +171,20 @@ pub struct TaskGrant {
     pub task_id: TaskId,
     /// Unix seconds after which nothing issued under the task is valid.
     pub deadline: i64,
+    /// The audiences the task's JWT-SVIDs may name (none: no JWT-SVIDs).
+    pub audiences: Vec<String>,
 }
 
 impl TaskGrant {
     /// Whether the grant still holds at `now_unix`.
     pub fn live_at(&self, now_unix: i64) -> bool {
         now_unix < self.deadline
+    }
+
+    /// Why a JWT-SVID for `requested` may not be minted under this grant (see
+    /// [`audience_refusal`]); `None` when it may.
+    pub fn audience_refusal(&self, requested: &[String]) -> Option<String> {
+        audience_refusal(&self.task_id, &self.audiences, requested)
     }
 }
 
@@ -148,6 +295,7 @@ pub fn task_json(t: &crate::proto::tessera::Task) -> serde_json::Value {
         "reason": t.reason,
         "ticket": t.ticket,
         "scopes": t.scopes,
+        "audiences": t.audiences,
         "created_at": t.created_at,
         "activated_at": (t.activated_at != 0).then_some(t.activated_at),
         "deadline": t.deadline,
@@ -206,6 +354,9 @@ pub fn task_text(t: &crate::proto::tessera::Task) -> String {
     for scope in &t.scopes {
         line("Scope", scope);
     }
+    for audience in &t.audiences {
+        line("Audience", audience);
+    }
     let at = crate::duration::rfc3339;
     line("Created at", &at(t.created_at));
     if t.activated_at != 0 {
@@ -243,8 +394,147 @@ mod tests {
         let g = TaskGrant {
             task_id: TaskId::parse("t").unwrap(),
             deadline: 100,
+            audiences: Vec::new(),
         };
         assert!(g.live_at(99));
         assert!(!g.live_at(100));
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn audiences_are_bounded_printable_and_distinct() {
+        let ok = [
+            strings(&[]),
+            strings(&["a"]),
+            strings(&[
+                "https://tools.example/api",
+                "spiffe://example.org/tool",
+                "é",
+            ]),
+            vec!["x".repeat(MAX_AUDIENCE_LEN)],
+            (0..MAX_AUDIENCES).map(|i| format!("aud-{i}")).collect(),
+        ];
+        for a in ok {
+            assert_eq!(validate_audiences(&a), Ok(()), "{a:?}");
+        }
+        let bad: [(Vec<String>, TaskScopeError); 7] = [
+            (
+                (0..=MAX_AUDIENCES).map(|i| format!("aud-{i}")).collect(),
+                TaskScopeError::TooManyAudiences(MAX_AUDIENCES + 1),
+            ),
+            (strings(&["a", ""]), TaskScopeError::EmptyAudience),
+            (
+                vec!["x".repeat(MAX_AUDIENCE_LEN + 1)],
+                TaskScopeError::AudienceTooLong(MAX_AUDIENCE_LEN + 1),
+            ),
+            (
+                strings(&["a b"]),
+                TaskScopeError::AudienceCharacter("a b".into()),
+            ),
+            (
+                strings(&["a\tb"]),
+                TaskScopeError::AudienceCharacter("a\tb".into()),
+            ),
+            (
+                strings(&["\u{1b}[31m"]),
+                TaskScopeError::AudienceCharacter("\u{1b}[31m".into()),
+            ),
+            (
+                strings(&["a", "b", "a"]),
+                TaskScopeError::DuplicateAudience("a".into()),
+            ),
+        ];
+        for (a, want) in bad {
+            assert_eq!(validate_audiences(&a), Err(want), "{a:?}");
+        }
+    }
+
+    #[test]
+    fn scopes_are_rfc_6749_scope_tokens() {
+        let ok = [
+            strings(&[]),
+            strings(&[
+                "read",
+                "db:write",
+                "repo/x.y_z-1",
+                "!#$%&'()*+,-./:;<=>?@[]^_`{|}~",
+            ]),
+            vec!["s".repeat(MAX_SCOPE_LEN)],
+            (0..MAX_SCOPES).map(|i| format!("s{i}")).collect(),
+        ];
+        for s in ok {
+            assert_eq!(validate_scopes(&s), Ok(()), "{s:?}");
+        }
+        let bad: [(Vec<String>, TaskScopeError); 9] = [
+            (
+                (0..=MAX_SCOPES).map(|i| format!("s{i}")).collect(),
+                TaskScopeError::TooManyScopes(MAX_SCOPES + 1),
+            ),
+            (strings(&[""]), TaskScopeError::EmptyScope),
+            (
+                vec!["s".repeat(MAX_SCOPE_LEN + 1)],
+                TaskScopeError::ScopeTooLong(MAX_SCOPE_LEN + 1),
+            ),
+            (
+                strings(&["read write"]),
+                TaskScopeError::ScopeCharacter("read write".into()),
+            ),
+            (
+                strings(&["say\"hi\""]),
+                TaskScopeError::ScopeCharacter("say\"hi\"".into()),
+            ),
+            (
+                strings(&["a\\b"]),
+                TaskScopeError::ScopeCharacter("a\\b".into()),
+            ),
+            (
+                strings(&["lécture"]),
+                TaskScopeError::ScopeCharacter("lécture".into()),
+            ),
+            (
+                strings(&["a\u{7f}"]),
+                TaskScopeError::ScopeCharacter("a\u{7f}".into()),
+            ),
+            (
+                strings(&["read", "read"]),
+                TaskScopeError::DuplicateScope("read".into()),
+            ),
+        ];
+        for (s, want) in bad {
+            assert_eq!(validate_scopes(&s), Err(want), "{s:?}");
+        }
+        assert_eq!(scope_claim(&[]), None);
+        assert_eq!(
+            scope_claim(&strings(&["read", "db:write"])).as_deref(),
+            Some("read db:write")
+        );
+    }
+
+    #[test]
+    fn jwt_audiences_must_be_declared_and_none_declared_gets_nothing() {
+        let id = TaskId::parse("t1").unwrap();
+        let declared = strings(&["a", "b"]);
+        assert_eq!(audience_refusal(&id, &declared, &strings(&["a"])), None);
+        assert_eq!(
+            audience_refusal(&id, &declared, &strings(&["b", "a"])),
+            None
+        );
+        let out = audience_refusal(&id, &declared, &strings(&["a", "c"])).unwrap();
+        assert!(out.contains("\"c\"") && out.contains("task t1"), "{out}");
+        let none = audience_refusal(&id, &[], &strings(&["a"])).unwrap();
+        assert!(
+            none.contains("task t1") && none.contains("no JWT"),
+            "{none}"
+        );
+        let g = TaskGrant {
+            task_id: id,
+            deadline: 1,
+            audiences: declared,
+        };
+        assert!(g.audience_refusal(&strings(&["c"])).is_some());
+        assert!(g.audience_refusal(&strings(&["a"])).is_none());
     }
 }

@@ -109,8 +109,11 @@ pub struct TaskRecord {
     pub reason: String,
     /// Ticket reference.
     pub ticket: String,
-    /// What it may do (free-form strings policies can test).
+    /// What it may do (RFC 6749 scope tokens policies can test; its JWT-SVIDs carry them).
     pub scopes: Vec<String>,
+    /// The JWT audiences it declared: its JWT-SVIDs name only these (none: no JWT-SVIDs;
+    /// tasks recorded before schema version 7 declared none).
+    pub audiences: Vec<String>,
     /// Unix seconds.
     pub created_at: i64,
     /// Unix seconds; `None` until active.

@@ -34,10 +34,10 @@ use crate::tasks::{IssueGrant, Tasks};
 
 /// Most CSRs accepted in one signing call.
 pub const MAX_CSRS_PER_CALL: usize = 1000;
-/// Most audiences in one JWT-SVID.
-pub const MAX_AUDIENCES: usize = 32;
-/// Longest audience value.
-pub const MAX_AUDIENCE_LENGTH: usize = 1024;
+/// Most audiences in one JWT-SVID (as many as a task may declare).
+pub const MAX_AUDIENCES: usize = common::task::MAX_AUDIENCES;
+/// Longest audience value (as long as a task may declare).
+pub const MAX_AUDIENCE_LENGTH: usize = common::task::MAX_AUDIENCE_LEN;
 /// Most audiences a JWT-SVID's audit record lists; a longer list is recorded as its count
 /// and digest.
 pub const AUDIT_MAX_AUDIENCES: usize = 4;
@@ -187,10 +187,15 @@ impl Issuer {
     }
 
     /// What a task allows for `entry`: `None` for a standing entry, the grant for a
-    /// just-in-time entry with an active task, or why nothing may be issued.
-    async fn grant(&self, entry: &RegistrationEntry) -> Result<Option<IssueGrant>, String> {
+    /// just-in-time entry with an active task, or why nothing may be issued. A JWT-SVID
+    /// names its `jwt_audience` (which the task must have declared); `None`: X.509.
+    async fn grant(
+        &self,
+        entry: &RegistrationEntry,
+        jwt_audience: Option<&[String]>,
+    ) -> Result<Option<IssueGrant>, String> {
         if entry.jit {
-            self.tasks.issue_grant(entry).await.map(Some)
+            self.tasks.issue_grant(entry, jwt_audience).await.map(Some)
         } else {
             Ok(None)
         }
@@ -219,7 +224,7 @@ impl Issuer {
                 });
                 continue;
             };
-            let grant = match self.grant(&entry).await {
+            let grant = match self.grant(&entry, None).await {
                 Ok(g) => g,
                 Err(reason) => {
                     out.push(X509Outcome::Refused { entry_id, reason });
@@ -328,7 +333,10 @@ impl Issuer {
             .entitled(agent, entry_id)
             .await?
             .ok_or(IssuanceError::NotEntitled)?;
-        let grant = self.grant(&entry).await.map_err(IssuanceError::NoGrant)?;
+        let grant = self
+            .grant(&entry, Some(audience))
+            .await
+            .map_err(IssuanceError::NoGrant)?;
         // After the entitlement checks, so buckets exist only for identities the agent
         // holds; before signing and the audit record, which are what a flood would cost.
         self.limiter
@@ -343,6 +351,9 @@ impl Issuer {
                 common::task::JWT_CLAIM.into(),
                 serde_json::Value::from(g.task.id.as_str()),
             );
+            if let Some(scope) = common::task::scope_claim(&g.task.scopes) {
+                extra.insert(common::task::SCOPE_CLAIM.into(), scope.into());
+            }
             ttl = ttl.min(g.max_ttl);
         }
         let ttl = until_expiry(&entry, ttl);
@@ -420,7 +431,189 @@ pub fn audience_detail(audience: &[String]) -> serde_json::Map<String, serde_jso
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+    use std::time::SystemTime;
+
+    use common::TrustDomain;
+    use common::jwt::{JwtBundle, validate};
+
     use super::*;
+    use crate::clock::{ManualClock, SystemClock};
+    use crate::datastore::UnixUser;
+    use crate::datastore::sqlite::SqliteDatastore;
+    use crate::events::Events;
+    use crate::policy::PolicyEngine;
+    use crate::rate_limit::MintLimits;
+    use crate::registration::{EntryRequest, Registrar};
+    use crate::tasks::{Requester, TaskRequest, TaskTarget};
+    use crate::tenants::Operator;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+    const AGENT: &str = "spiffe://example.org/agent";
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        issuer: Issuer,
+        tasks: Arc<Tasks>,
+        registrar: Registrar,
+        jwt: Arc<JwtKeyManager>,
+    }
+
+    async fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let ds: Arc<dyn Datastore> = Arc::new(
+            SqliteDatastore::open(&dir.path().join("ds.sqlite3"))
+                .await
+                .unwrap(),
+        );
+        let td = TrustDomain::new("example.org").unwrap();
+        let events = Events::default();
+        let ca = Arc::new(
+            CaSet::load_or_create(dir.path(), &td, 24 * HOUR, None, SystemTime::now()).unwrap(),
+        );
+        let registrar = Registrar::new(Arc::clone(&ds), events.clone(), td, HOUR, HOUR / 12);
+        let tasks = Arc::new(Tasks::new(
+            Arc::clone(&ds),
+            registrar.clone(),
+            Arc::new(PolicyEngine::builtin()),
+            events,
+            Arc::clone(&ca),
+            Arc::new(ManualClock::starting_at(SystemTime::now())),
+            24 * HOUR,
+        ));
+        tasks.load().await.unwrap();
+        let jwt = Arc::new(JwtKeyManager::load_or_create(dir.path(), HOUR, now_unix()).unwrap());
+        let limiter = Arc::new(MintLimiter::new(
+            MintLimits::default(),
+            Arc::new(SystemClock),
+        ));
+        let issuer = Issuer::new(ds, ca, Arc::clone(&jwt), Arc::clone(&tasks), limiter);
+        Fixture {
+            _dir: dir,
+            issuer,
+            tasks,
+            registrar,
+            jwt,
+        }
+    }
+
+    fn operator() -> Operator {
+        Operator::platform(UnixUser {
+            uid: 1000,
+            name: "alice".into(),
+        })
+    }
+
+    async fn entry(f: &Fixture, path: &str, jit: bool) -> RegistrationEntry {
+        f.registrar
+            .create(
+                &EntryRequest {
+                    spiffe_id: format!("spiffe://example.org/{path}"),
+                    parent_id: AGENT.into(),
+                    selectors: vec!["unix:uid:1000".into()],
+                    jit,
+                    ..Default::default()
+                },
+                &operator(),
+            )
+            .await
+            .unwrap()
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    /// The claims of `token`, validated for `audience` against the server's keys.
+    fn claims(
+        f: &Fixture,
+        token: &str,
+        audience: &str,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let bundles = BTreeMap::from([(
+            TrustDomain::new("example.org").unwrap(),
+            JwtBundle::new(f.jwt.public_keys()),
+        )]);
+        validate(token, audience, &bundles, now_unix())
+            .unwrap()
+            .claims
+    }
+
+    #[tokio::test]
+    async fn task_jwt_svids_carry_task_id_and_scope_and_only_declared_audiences() {
+        let f = fixture().await;
+        let agent = SpiffeId::new(AGENT).unwrap();
+        let jit = entry(&f, "tool", true).await;
+        let task = f
+            .tasks
+            .create(
+                &Requester::User(operator()),
+                &TaskRequest {
+                    target: TaskTarget::Entry(jit.id.clone()),
+                    reason: "call the tool".into(),
+                    ticket: String::new(),
+                    scopes: strings(&["read", "db:write"]),
+                    audiences: strings(&["a", "c"]),
+                    ttl: Some(HOUR),
+                },
+            )
+            .await
+            .unwrap();
+        let minted = f
+            .issuer
+            .mint_jwt(&agent, &jit.id, &strings(&["a"]))
+            .await
+            .unwrap();
+        let c = claims(&f, &minted.token, "a");
+        assert_eq!(c[common::task::JWT_CLAIM], task.id.as_str());
+        assert_eq!(c[common::task::SCOPE_CLAIM], "read db:write");
+        assert!(minted.expires_at <= task.deadline);
+
+        for outside in [&["b"][..], &["a", "b"]] {
+            match f.issuer.mint_jwt(&agent, &jit.id, &strings(outside)).await {
+                Err(IssuanceError::NoGrant(why)) => assert!(
+                    why.contains(task.id.as_str()) && why.contains("\"b\""),
+                    "{why}"
+                ),
+                other => panic!("{outside:?}: {other:?}"),
+            }
+        }
+
+        // Without scopes, no `scope` claim; a standing identity's token names no task.
+        let other = entry(&f, "tool2", true).await;
+        f.tasks
+            .create(
+                &Requester::User(operator()),
+                &TaskRequest {
+                    target: TaskTarget::Entry(other.id.clone()),
+                    reason: String::new(),
+                    ticket: String::new(),
+                    scopes: vec![],
+                    audiences: strings(&["a"]),
+                    ttl: Some(HOUR),
+                },
+            )
+            .await
+            .unwrap();
+        let t = f
+            .issuer
+            .mint_jwt(&agent, &other.id, &strings(&["a"]))
+            .await
+            .unwrap();
+        let c = claims(&f, &t.token, "a");
+        assert!(c.contains_key(common::task::JWT_CLAIM));
+        assert!(!c.contains_key(common::task::SCOPE_CLAIM), "{c:?}");
+        let standing = entry(&f, "web", false).await;
+        let t = f
+            .issuer
+            .mint_jwt(&agent, &standing.id, &strings(&["anything"]))
+            .await
+            .unwrap();
+        let c = claims(&f, &t.token, "anything");
+        assert!(
+            !c.contains_key(common::task::JWT_CLAIM) && !c.contains_key(common::task::SCOPE_CLAIM)
+        );
+    }
 
     fn list(n: usize, len: usize) -> Vec<String> {
         (0..n)

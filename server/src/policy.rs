@@ -93,6 +93,11 @@ pub struct PolicyRequest {
     pub entry: EntryFacts,
     /// Scopes the task asks for.
     pub scopes: Vec<String>,
+    /// The audience a JWT-SVID is asked for (`issue_svid` of a JWT-SVID, one decision per
+    /// audience); empty when beginning a task and when issuing an X.509-SVID.
+    pub audience: String,
+    /// The JWT audiences the task declared.
+    pub declared_audiences: Vec<String>,
     /// Requested TTL in seconds.
     pub ttl_seconds: i64,
     /// Ticket reference (may be empty).
@@ -604,6 +609,8 @@ fn build_request(req: &PolicyRequest) -> Result<(Request, Entities), String> {
             ("ticket", str_expr(&req.ticket)),
             ("reason", str_expr(&req.reason)),
             ("scopes", set_expr(&req.scopes)),
+            ("audience", str_expr(&req.audience)),
+            ("declared_audiences", set_expr(&req.declared_audiences)),
             ("has_approver", bool(req.approver.is_some())),
             ("approver", str_expr(req.approver.as_deref().unwrap_or(""))),
             // -1 when unknown (a task recorded before uids were kept) or not approved.

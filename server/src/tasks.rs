@@ -221,6 +221,8 @@ impl Tasks {
                 tenant: entry.governance.tenant.clone(),
             },
             scopes: t.scopes.to_vec(),
+            audience: t.audience.to_owned(),
+            declared_audiences: t.audiences.to_vec(),
             ttl_seconds,
             ticket: t.ticket.to_owned(),
             reason: t.reason.to_owned(),
@@ -236,7 +238,21 @@ impl Tasks {
     /// so a change on any server applies to the next decision). A tenant that cannot be
     /// read denies.
     async fn decide(&self, req: &PolicyRequest) -> Decision {
-        match self.ds.get_tenant(&req.entry.tenant).await {
+        let mut all = self.decide_each(std::slice::from_ref(req)).await;
+        all.pop().unwrap_or_else(|| {
+            let mut d = self.policy.evaluate(req);
+            d.deny(Vec::new());
+            d
+        })
+    }
+
+    /// [`Self::decide`] for several requests about one entry (e.g. one per audience of a
+    /// JWT-SVID), reading its tenant's policies once: one decision per request, in order.
+    async fn decide_each(&self, reqs: &[PolicyRequest]) -> Vec<Decision> {
+        let Some(first) = reqs.first() else {
+            return Vec::new();
+        };
+        match self.ds.get_tenant(&first.entry.tenant).await {
             Ok(tenant) => {
                 let own = tenant.as_ref().and_then(|t| {
                     t.policy.as_deref().map(|text| TenantPolicies {
@@ -244,15 +260,22 @@ impl Tasks {
                         text,
                     })
                 });
-                self.policy.evaluate_for(req, own)
+                reqs.iter()
+                    .map(|req| self.policy.evaluate_for(req, own))
+                    .collect()
             }
             Err(e) => {
-                tracing::error!(error = %e, tenant = %req.entry.tenant, "cannot read a tenant's policies");
-                let mut d = self.policy.evaluate(req);
-                d.deny(Vec::new());
-                d.errors
-                    .push("cannot read the tenant's policies; see the server log".to_owned());
-                d
+                tracing::error!(error = %e, tenant = %first.entry.tenant, "cannot read a tenant's policies");
+                reqs.iter()
+                    .map(|req| {
+                        let mut d = self.policy.evaluate(req);
+                        d.deny(Vec::new());
+                        d.errors.push(
+                            "cannot read the tenant's policies; see the server log".to_owned(),
+                        );
+                        d
+                    })
+                    .collect()
             }
         }
     }
@@ -436,6 +459,7 @@ impl Tasks {
                 "reason": request.reason,
                 "ticket": request.ticket,
                 "scopes": request.scopes,
+                "audiences": request.audiences,
                 "ttl_seconds": request.ttl.map_or(0, |d| d.as_secs()),
             }),
         );
@@ -476,6 +500,7 @@ impl Tasks {
             reason: request.reason.clone(),
             ticket: request.ticket.clone(),
             scopes: request.scopes.clone(),
+            audiences: request.audiences.clone(),
             created_at: now,
             activated_at: (!approval_required).then_some(now),
             deadline: now.saturating_add(ttl),
@@ -1003,8 +1028,16 @@ impl Tasks {
     }
 
     /// Checks that an SVID may be issued for the just-in-time `entry` now: an active task
-    /// covers it, its deadline has not passed, and policy allows the issuance.
-    pub async fn issue_grant(&self, entry: &RegistrationEntry) -> Result<IssueGrant, String> {
+    /// covers it, its deadline has not passed, and policy allows the issuance. For a
+    /// JWT-SVID, `jwt_audience` is the audience list asked for: every value must be one
+    /// the task declared (a task that declared none gets no JWT-SVIDs), and the policy is
+    /// asked once per distinct audience (context `audience`), each of which must allow it.
+    /// For an X.509-SVID (`None`) the policy sees an empty `audience`.
+    pub async fn issue_grant(
+        &self,
+        entry: &RegistrationEntry,
+        jwt_audience: Option<&[String]>,
+    ) -> Result<IssueGrant, String> {
         let task = match self.ds.open_task_for_entry(&entry.id).await {
             Ok(Some(t)) if t.state == TaskState::Active => t,
             Ok(_) => return Err("entry is just-in-time: it needs an active task".into()),
@@ -1017,22 +1050,74 @@ impl Tasks {
         if left <= 0 {
             return Err(format!("task {} has reached its deadline", task.id));
         }
-        let decision = self
-            .decide(&self.policy_request(
-                Action::IssueSvid,
-                principal_of(&task.requester),
-                entry,
-                Purpose::of_task(&task),
-                left,
-            ))
-            .await;
-        if !decision.allowed {
-            return Err(format!(
-                "policy denies issuance under task {}: {}",
-                task.id,
-                decision.explain()
-            ));
+        // The agent checks this too; the server decides, whatever an agent sends.
+        if let Some(requested) = jwt_audience
+            && let Some(refusal) =
+                common::task::audience_refusal(&task.id, &task.audiences, requested)
+        {
+            tracing::info!(task_id = %task.id, entry_id = %entry.id, "JWT-SVID refused: audience not declared by the task");
+            return Err(refusal);
         }
+        let audiences: Vec<&str> = match jwt_audience {
+            None => vec![""],
+            Some(requested) => {
+                let mut distinct: Vec<&str> = Vec::with_capacity(requested.len());
+                for a in requested {
+                    if !distinct.contains(&a.as_str()) {
+                        distinct.push(a.as_str());
+                    }
+                }
+                distinct
+            }
+        };
+        let requests: Vec<PolicyRequest> = audiences
+            .iter()
+            .map(|audience| {
+                self.policy_request(
+                    Action::IssueSvid,
+                    principal_of(&task.requester),
+                    entry,
+                    Purpose {
+                        audience,
+                        ..Purpose::of_task(&task)
+                    },
+                    left,
+                )
+            })
+            .collect();
+        let mut decision = None;
+        for (audience, d) in audiences.iter().zip(self.decide_each(&requests).await) {
+            if !d.allowed {
+                let what = if audience.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " for audience {:?}",
+                        audience.chars().take(128).collect::<String>()
+                    )
+                };
+                return Err(format!(
+                    "policy denies issuance under task {}{what}: {}",
+                    task.id,
+                    d.explain()
+                ));
+            }
+            // The smallest cap among the audiences' decisions applies.
+            let tighter = match &decision {
+                None => true,
+                Some(Decision {
+                    max_ttl_seconds: Some(cap),
+                    ..
+                }) => d.max_ttl_seconds.is_some_and(|c| c < *cap),
+                Some(_) => d.max_ttl_seconds.is_some(),
+            };
+            if tighter {
+                decision = Some(d);
+            }
+        }
+        let Some(decision) = decision else {
+            return Err("BUG: no policy decision for the issuance".into());
+        };
         let cap = left.min(decision.max_ttl_seconds.unwrap_or(i64::MAX));
         Ok(IssueGrant {
             task,
@@ -1101,6 +1186,11 @@ impl Tasks {
 #[derive(Debug, Clone, Copy)]
 struct Purpose<'a> {
     scopes: &'a [String],
+    /// The JWT audiences the task declared.
+    audiences: &'a [String],
+    /// The audience a JWT-SVID is asked for; empty when beginning a task or issuing an
+    /// X.509-SVID.
+    audience: &'a str,
     ticket: &'a str,
     reason: &'a str,
     approver: Option<&'a str>,
@@ -1113,6 +1203,8 @@ impl<'a> Purpose<'a> {
     fn of_request(r: &'a TaskRequest, provisioned: bool, requester: &Requester) -> Self {
         Self {
             scopes: &r.scopes,
+            audiences: &r.audiences,
+            audience: "",
             ticket: &r.ticket,
             reason: &r.reason,
             approver: None,
@@ -1125,6 +1217,8 @@ impl<'a> Purpose<'a> {
     fn of_task(t: &'a TaskRecord) -> Self {
         Self {
             scopes: &t.scopes,
+            audiences: &t.audiences,
+            audience: "",
             ticket: &t.ticket,
             reason: &t.reason,
             approver: t.approver.as_deref(),
@@ -1168,6 +1262,7 @@ fn grant(t: &TaskRecord) -> TaskGrant {
     TaskGrant {
         task_id: t.id.clone(),
         deadline: t.deadline,
+        audiences: t.audiences.clone(),
     }
 }
 

@@ -117,9 +117,14 @@ pub enum TaskCommand {
         /// Ticket reference.
         #[arg(long)]
         ticket: Option<String>,
-        /// What the task may do (repeatable).
+        /// What the task may do (repeatable): RFC 6749 scope tokens, carried by its
+        /// JWT-SVIDs in the `scope` claim.
         #[arg(long = "scope")]
         scopes: Vec<String>,
+        /// A JWT audience the task will use (repeatable): its JWT-SVIDs are minted for
+        /// these only; without any, the task gets X.509-SVIDs only.
+        #[arg(long = "audience")]
+        audiences: Vec<String>,
         /// Lifetime, e.g. 300, 5m, 1h. Default: the longest the deciding policies allow
         /// (the built-in workload policy allows 1h), never more than the server's
         /// max_task_ttl (24h unless configured).

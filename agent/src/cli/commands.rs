@@ -213,6 +213,7 @@ pub async fn run_api(command: Command) -> anyhow::Result<()> {
                     reason,
                     ticket,
                     scopes,
+                    audiences,
                     ttl,
                     requester,
                 } => {
@@ -227,6 +228,7 @@ pub async fn run_api(command: Command) -> anyhow::Result<()> {
                             reason: reason.unwrap_or_default(),
                             ticket: ticket.unwrap_or_default(),
                             scopes,
+                            audiences,
                             ttl_seconds: ttl
                                 .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
                             requester_spiffe_id: requester.unwrap_or_default(),

@@ -290,6 +290,7 @@ fn task_entry(f: &FakeNode, deadline: i64) -> tessera::Entry {
     e.task = Some(tessera::TaskGrant {
         task_id: "t1".to_owned(),
         deadline,
+        audiences: vec!["a".to_owned()],
     });
     e
 }
@@ -472,6 +473,7 @@ mod schedule_fns {
         let until_deadline = TaskGrant {
             task_id: TaskId::parse("t").unwrap(),
             deadline: crate::cache::unix(t0) + 100,
+            audiences: Vec::new(),
         };
         let task = cached(Some(svid.clone()), Some(until_deadline));
         assert_eq!(schedule::renewal_at(&task, &svid), None);
@@ -482,6 +484,7 @@ mod schedule_fns {
         let later = TaskGrant {
             task_id: TaskId::parse("t").unwrap(),
             deadline: crate::cache::unix(t0) + 1000,
+            audiences: Vec::new(),
         };
         let long_task = cached(Some(svid), Some(later));
         assert!(schedule::needs_svid(&long_task, refresh));

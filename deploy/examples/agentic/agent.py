@@ -6,10 +6,13 @@ plus py-spiffe (`pip install 'spiffe>=0.3.2,<0.4'`) and the `tessera-agent` bina
 
 The story, one JSON line per step on stdout ({"step": ..., "ok": true|false, ...}):
 
-  begin_task        `tessera-agent task begin --spiffe-id TOOL_ID --reason ...`: the
-                    just-in-time tool identity becomes active for this workload
+  begin_task        `tessera-agent task begin --spiffe-id TOOL_ID --audience TOOL_AUD
+                    --scope lookup --reason ...`: the just-in-time tool identity becomes
+                    active for this workload, for JWT-SVIDs addressed to the tool only
   fetch_jwt         py-spiffe fetch_jwt_svid(audience={tool}, subject=TOOL_ID); the token
-                    carries the task id in its `task_id` claim
+                    carries the task id in its `task_id` claim and `scope` "lookup"
+  fetch_other_aud   the same identity for another audience: refused, the task did not
+                    declare it
   call_as_runtime   (with --runtime-identity) the runtime's own standing identity calls the
                     tool: refused with 403, only the task identity may call it
   call_with_task    the task token calls the tool: 200, and the tool names our task
@@ -109,7 +112,10 @@ def story(args, client):
         # 1. Begin a task for the tool identity.
         # The requester is one of this runtime's standing identities: name it when it has
         # several (the agent checks the caller really holds it).
+        # The task declares what its token is for: the tool's audience and one scope.
+        # Tokens for any other audience are refused, by the agent and by the server.
         begin = ["task", "begin", "--spiffe-id", args.tool_identity,
+                 "--audience", args.tool_audience, "--scope", "lookup",
                  "--reason", args.reason, "--ttl", args.ttl]
         if args.runtime_identity:
             begin += ["--requester", args.runtime_identity]
@@ -136,13 +142,23 @@ def story(args, client):
         c = claims(svid.token)
         step(
             "fetch_jwt",
-            c.get("task_id") == task_id,
+            c.get("task_id") == task_id and c.get("scope") == "lookup",
             spiffe_id=str(svid.spiffe_id),
             audience=sorted(svid.audience),
             task_id=c.get("task_id"),
+            scope=c.get("scope"),
             expires_in=c["exp"] - int(time.time()),
         )
         token = svid.token
+
+        # 2b. The task identity for an audience the task did not declare: refused.
+        other = args.tool_audience + "-other"
+        try:
+            client.fetch_jwt_svid(audience={other}, subject=SpiffeId(args.tool_identity))
+            step("fetch_other_aud", False, audience=other, error="a token was issued")
+        except Exception as e:  # py-spiffe wraps the PermissionDenied status
+            step("fetch_other_aud", "outside the audiences" in str(e),
+                 audience=other, error=str(e))  # fmt: skip
 
         # 3. Our standing identity is not enough: the tool wants the task identity.
         if args.runtime_identity:

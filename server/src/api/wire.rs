@@ -171,6 +171,7 @@ pub(crate) fn task_request(spec: &wire::TaskSpec) -> Result<TaskRequest, Status>
         reason: spec.reason.clone(),
         ticket: spec.ticket.clone(),
         scopes: spec.scopes.clone(),
+        audiences: spec.audiences.clone(),
         ttl,
     })
 }
@@ -201,6 +202,7 @@ pub(crate) fn task(t: &TaskRecord) -> wire::Task {
         reason: t.reason.clone(),
         ticket: t.ticket.clone(),
         scopes: t.scopes.clone(),
+        audiences: t.audiences.clone(),
         created_at: t.created_at,
         activated_at: t.activated_at.unwrap_or(0),
         deadline: t.deadline,

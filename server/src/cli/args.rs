@@ -535,9 +535,14 @@ pub struct TaskSpecArgs {
     /// Ticket reference, e.g. INC-1234.
     #[arg(long)]
     pub ticket: Option<String>,
-    /// What the task may do (repeatable; policies can test them).
+    /// What the task may do (repeatable): RFC 6749 scope tokens, which policies can test
+    /// and its JWT-SVIDs carry in the `scope` claim.
     #[arg(long = "scope")]
     pub scopes: Vec<String>,
+    /// A JWT audience the task will use (repeatable): its JWT-SVIDs are minted for these
+    /// only; without any, the task gets X.509-SVIDs only.
+    #[arg(long = "audience")]
+    pub audiences: Vec<String>,
     /// Lifetime from now, e.g. 900, 15m, 2h. Default: the longest the deciding policies
     /// allow (`@max_ttl`; the built-in operator policy allows 24h), never more than the
     /// server's max_task_ttl (24h unless configured).
@@ -557,6 +562,7 @@ impl TaskSpecArgs {
             reason: self.reason.unwrap_or_default(),
             ticket: self.ticket.unwrap_or_default(),
             scopes: self.scopes,
+            audiences: self.audiences,
             // 0 on the wire: the longest allowed.
             ttl_seconds: self.ttl.map_or(0, seconds),
             requester_spiffe_id: String::new(),

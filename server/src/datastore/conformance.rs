@@ -125,6 +125,10 @@ fn task(id: &str, e: &RegistrationEntry, state: TaskState, deadline: i64) -> Tas
         reason: "deploy".into(),
         ticket: "CHG-1".into(),
         scopes: vec!["db:read".into(), "db:write".into()],
+        audiences: vec![
+            "https://tools.example/ünï \"q\"".into(),
+            "spiffe://example.org/tool".into(),
+        ],
         created_at: 1_700_000_000,
         activated_at: None,
         deadline,

@@ -103,6 +103,14 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../migrations/postgres/0006_entry_usage.sql"),
         then: None,
     },
+    Migration {
+        version: 7,
+        description: "task scope: the JWT audiences a task declares (none on earlier \
+                      tasks, which then get no JWT-SVIDs)",
+        sqlite: include_str!("../../migrations/sqlite/0007_task_audiences.sql"),
+        postgres: include_str!("../../migrations/postgres/0007_task_audiences.sql"),
+        then: None,
+    },
 ];
 
 /// The tables version 1 created: a database holding them but no version table was

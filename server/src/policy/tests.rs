@@ -29,6 +29,8 @@ fn req(action: Action, principal: Principal) -> PolicyRequest {
         principal,
         entry,
         scopes: vec!["db:read".into()],
+        audience: String::new(),
+        declared_audiences: vec!["https://tools.example".into()],
         ttl_seconds: 600,
         ticket: "INC-42".into(),
         reason: "fix".into(),
@@ -171,6 +173,7 @@ when {
   context.ticket like "INC-*" && context.hour_utc >= 8 && context.hour_utc < 18 &&
   context.weekday_utc == 1 && context.now == 1717408800 &&
   context.scopes.contains("db:read") &&
+  context.declared_audiences.contains("https://tools.example") && context.audience == "" &&
   principal.trust_domain == "prod.example" && principal.path like "/batch/*" &&
   resource.jit && resource.path == "/db/primary" && resource.trust_domain == "prod.example" &&
   resource.selectors.contains("unix:uid:1000") &&
@@ -190,11 +193,13 @@ when {
     let d = e.evaluate(&ok);
     assert!(d.allowed, "{}", d.explain());
     assert_eq!(d.policies, ["rich.cedar:rich"]);
-    let mutations: [&dyn Fn(&mut PolicyRequest); 13] = [
+    let mutations: [&dyn Fn(&mut PolicyRequest); 15] = [
         &|r| r.ticket = "CHG-1".into(),
         &|r| r.now_unix += 9 * 3600,
         &|r| r.now_unix = SATURDAY_10H,
         &|r| r.scopes = vec!["db:write".into()],
+        &|r| r.declared_audiences = vec!["https://other.example".into()],
+        &|r| r.audience = "https://tools.example".into(),
         &|r| r.principal = workload("spiffe://dev.example/batch/x"),
         &|r| r.principal = workload("spiffe://prod.example/web"),
         &|r| r.entry.jit = false,
@@ -212,6 +217,36 @@ when {
     }
     assert_eq!(split_spiffe("spiffe://td"), ("td".into(), String::new()));
     assert_eq!(split_spiffe("http://x/y"), (String::new(), String::new()));
+}
+
+#[test]
+fn a_forbidden_audience_denies_its_jwt_svids_only() {
+    let p = r#"
+@id("issue") permit (principal, action == Tessera::Action::"issue_svid", resource);
+@id("no-payments") forbid (principal, action == Tessera::Action::"issue_svid", resource)
+when { context.audience like "https://payments.*" };
+@id("declared-tools-only") forbid (principal, action == Tessera::Action::"begin_task", resource)
+when { !context.declared_audiences.containsAll(["https://tools.example"]) };
+@id("begin") permit (principal, action == Tessera::Action::"begin_task", resource);
+"#;
+    let (_d, e) = engine(&[("aud.cedar", p)]);
+    let issue = |audience: &str| PolicyRequest {
+        audience: audience.into(),
+        ..req(Action::IssueSvid, Principal::User("alice".into()))
+    };
+    assert!(e.evaluate(&issue("https://tools.example")).allowed);
+    assert!(e.evaluate(&issue("")).allowed, "X.509: no audience");
+    let d = e.evaluate(&issue("https://payments.example"));
+    assert!(!d.allowed);
+    assert_eq!(d.policies, ["aud.cedar:no-payments"]);
+    assert!(e.evaluate(&alice()).allowed);
+    let other = PolicyRequest {
+        declared_audiences: vec!["https://payments.example".into()],
+        ..alice()
+    };
+    let d = e.evaluate(&other);
+    assert!(!d.allowed);
+    assert_eq!(d.policies, ["aud.cedar:declared-tools-only"]);
 }
 
 #[test]

@@ -55,6 +55,7 @@ fn task(id: &str, entry: &RegistrationEntry, state: TaskState) -> TaskRecord {
         reason: String::new(),
         ticket: String::new(),
         scopes: vec![],
+        audiences: vec![],
         created_at: NOW,
         activated_at: Some(NOW),
         deadline: NOW + 60,

@@ -13,10 +13,8 @@ use crate::datastore::UnixUser;
 use crate::policy::Principal;
 use crate::tenants::{Operator, Scope};
 
-/// Longest reason, ticket or scope accepted.
+/// Longest reason or ticket accepted.
 pub(crate) const MAX_TEXT: usize = 1024;
-/// Most scopes on one task.
-pub(crate) const MAX_SCOPES: usize = 64;
 
 /// Who asks for a task.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,8 +134,12 @@ pub struct TaskRequest {
     pub reason: String,
     /// Ticket reference.
     pub ticket: String,
-    /// What it may do (free-form strings policies can test).
+    /// What it may do: RFC 6749 scope tokens, which policies can test and its JWT-SVIDs
+    /// carry in the `scope` claim.
     pub scopes: Vec<String>,
+    /// The JWT audiences it will use: its JWT-SVIDs are minted for these only (none: no
+    /// JWT-SVIDs).
+    pub audiences: Vec<String>,
     /// How long it may last; `None`: as long as the server and the policy allow.
     pub ttl: Option<Duration>,
 }
@@ -152,14 +154,14 @@ fn text(field: &str, v: &str) -> Result<(), TaskError> {
 }
 
 impl TaskRequest {
-    /// Checks the free-text fields (bounded, no control characters) and the scopes.
+    /// Checks the free-text fields (bounded, no control characters), the scopes (RFC 6749
+    /// scope tokens) and the declared audiences (`common::task`'s rules).
     pub(crate) fn check(&self) -> Result<(), TaskError> {
         text("reason", &self.reason)?;
         text("ticket", &self.ticket)?;
-        if self.scopes.len() > MAX_SCOPES {
-            return Err(TaskError::Invalid(format!("at most {MAX_SCOPES} scopes")));
-        }
-        self.scopes.iter().try_for_each(|s| text("scope", s))
+        let invalid = |e: common::task::TaskScopeError| TaskError::Invalid(e.to_string());
+        common::task::validate_scopes(&self.scopes).map_err(invalid)?;
+        common::task::validate_audiences(&self.audiences).map_err(invalid)
     }
 
     /// Whether the task creates its entry.
@@ -239,6 +241,8 @@ impl TokenUse {
 
 #[cfg(test)]
 mod tests {
+    use common::task::{MAX_AUDIENCES, MAX_SCOPES};
+
     use super::*;
 
     fn request() -> TaskRequest {
@@ -247,6 +251,7 @@ mod tests {
             reason: "deploy".into(),
             ticket: "OPS-1".into(),
             scopes: vec!["read".into()],
+            audiences: vec!["https://tools.example".into()],
             ttl: None,
         }
     }
@@ -255,12 +260,16 @@ mod tests {
     fn text_fields_are_bounded_and_printable() {
         assert!(request().check().is_ok());
         type Case = fn(&mut TaskRequest);
-        let bad: [Case; 5] = [
+        let bad: [Case; 9] = [
             |r| r.reason = "x".repeat(MAX_TEXT + 1),
             |r| r.ticket = "a\nb".into(),
-            |r| r.scopes = vec!["s".into(); MAX_SCOPES + 1],
+            |r| r.scopes = (0..=MAX_SCOPES).map(|i| format!("s{i}")).collect(),
             |r| r.scopes = vec!["ok".into(), "\u{7}".into()],
+            |r| r.scopes = vec!["read write".into()],
             |r| r.reason = "\u{1b}[31m".into(),
+            |r| r.audiences = vec![String::new()],
+            |r| r.audiences = vec!["a b".into()],
+            |r| r.audiences = (0..=MAX_AUDIENCES).map(|i| format!("a{i}")).collect(),
         ];
         for mutate in bad {
             let mut r = request();
@@ -269,8 +278,11 @@ mod tests {
         }
         let mut r = request();
         r.reason = "x".repeat(MAX_TEXT);
-        r.scopes = vec!["s".into(); MAX_SCOPES];
+        r.scopes = (0..MAX_SCOPES).map(|i| format!("s{i}")).collect();
+        r.audiences = (0..MAX_AUDIENCES).map(|i| format!("a{i}")).collect();
         assert!(r.check().is_ok(), "limits are inclusive");
+        r.audiences.clear();
+        assert!(r.check().is_ok(), "no audiences: valid, and no JWT-SVIDs");
     }
 
     #[test]

@@ -22,6 +22,11 @@ struct Fixture {
 const HOUR: Duration = Duration::from_secs(3600);
 
 async fn fixture() -> Fixture {
+    fixture_with(PolicyEngine::builtin()).await
+}
+
+/// A fixture whose server applies `policy`.
+async fn fixture_with(policy: PolicyEngine) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let ds: Arc<dyn Datastore> = Arc::new(
         SqliteDatastore::open(&dir.path().join("ds.sqlite3"))
@@ -38,7 +43,7 @@ async fn fixture() -> Fixture {
     let tasks = Arc::new(Tasks::new(
         ds,
         registrar.clone(),
-        Arc::new(PolicyEngine::builtin()),
+        Arc::new(policy),
         events.clone(),
         ca,
         Arc::new(clock.clone()),
@@ -76,6 +81,7 @@ fn request(entry: &RegistrationEntry, ttl: Duration) -> TaskRequest {
         reason: "migration".into(),
         ticket: "OPS-1".into(),
         scopes: vec![],
+        audiences: vec!["https://tools.example".into()],
         ttl: Some(ttl),
     }
 }
@@ -141,7 +147,7 @@ async fn a_task_expires_at_its_deadline_by_the_clock_not_before() {
         TaskState::Active
     );
     assert!(f.tasks.grant_for(&entry.id).is_some());
-    let grant = f.tasks.issue_grant(&entry).await.unwrap();
+    let grant = f.tasks.issue_grant(&entry, None).await.unwrap();
     assert!(
         grant.max_ttl <= Duration::from_secs(1),
         "cut to the deadline: {grant:?}"
@@ -157,7 +163,7 @@ async fn a_task_expires_at_its_deadline_by_the_clock_not_before() {
         f.tasks.grant_for(&entry.id).is_none(),
         "no grant after the deadline"
     );
-    assert!(f.tasks.issue_grant(&entry).await.is_err());
+    assert!(f.tasks.issue_grant(&entry, None).await.is_err());
     // The agents were told: the entry was republished without a grant.
     let mut republished = false;
     while let Ok(ev) = changes.try_recv() {
@@ -186,9 +192,9 @@ async fn issuance_is_refused_once_the_deadline_passed_even_before_expiry_runs() 
         .unwrap();
     // No deadline loop running: issuance checks the deadline itself.
     f.clock.advance(Duration::from_secs(59));
-    assert!(f.tasks.issue_grant(&entry).await.is_ok());
+    assert!(f.tasks.issue_grant(&entry, None).await.is_ok());
     f.clock.advance(Duration::from_secs(1));
-    let why = f.tasks.issue_grant(&entry).await.unwrap_err();
+    let why = f.tasks.issue_grant(&entry, None).await.unwrap_err();
     assert!(why.contains("reached its deadline"), "{why}");
     assert_eq!(f.tasks.expire_due().await.unwrap(), 1);
     assert_eq!(
@@ -671,4 +677,176 @@ async fn ending_an_agents_tasks_takes_its_identities_and_its_jit_entries_only() 
             .unwrap()
             .is_empty()
     );
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[tokio::test]
+async fn jwt_svids_are_granted_only_for_the_audiences_the_task_declared() {
+    let f = fixture().await;
+    let entry = jit_entry(&f).await;
+    let task = f
+        .tasks
+        .create(
+            &operator(),
+            &TaskRequest {
+                scopes: strings(&["read", "db:write"]),
+                audiences: strings(&["a", "https://tools.example"]),
+                ..request(&entry, HOUR)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(task.audiences, ["a", "https://tools.example"]);
+    assert_eq!(task.scopes, ["read", "db:write"]);
+    // Stored, and sent to agents with the grant.
+    assert_eq!(
+        f.tasks.get(&task.id).await.unwrap().audiences,
+        task.audiences
+    );
+    assert_eq!(
+        f.tasks.grant_for(&entry.id).unwrap().audiences,
+        task.audiences
+    );
+    let jwt = |aud: &[&str]| {
+        let aud = strings(aud);
+        let tasks = Arc::clone(&f.tasks);
+        let entry = entry.clone();
+        async move { tasks.issue_grant(&entry, Some(&aud)).await }
+    };
+    assert!(jwt(&["a"]).await.is_ok());
+    assert!(jwt(&["https://tools.example", "a", "a"]).await.is_ok());
+    for outside in [&["b"][..], &["a", "b"], &["A"]] {
+        let why = jwt(outside).await.unwrap_err();
+        assert!(
+            why.contains(task.id.as_str()) && why.contains("outside the audiences"),
+            "{outside:?}: {why}"
+        );
+    }
+    // X.509-SVIDs are not affected.
+    assert!(f.tasks.issue_grant(&entry, None).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_task_that_declared_no_audiences_gets_no_jwt_svids_but_its_x509_svid() {
+    let f = fixture().await;
+    let entry = jit_entry(&f).await;
+    let task = f
+        .tasks
+        .create(
+            &operator(),
+            &TaskRequest {
+                audiences: vec![],
+                ..request(&entry, HOUR)
+            },
+        )
+        .await
+        .unwrap();
+    let why = f
+        .tasks
+        .issue_grant(&entry, Some(&strings(&["https://tools.example"])))
+        .await
+        .unwrap_err();
+    assert!(
+        why.contains(task.id.as_str()) && why.contains("declared no JWT audiences"),
+        "{why}"
+    );
+    assert!(f.tasks.issue_grant(&entry, None).await.is_ok());
+}
+
+#[tokio::test]
+async fn bad_audiences_or_scopes_are_refused_and_nothing_is_stored() {
+    let f = fixture().await;
+    let entry = jit_entry(&f).await;
+    let bad: [(&str, Vec<String>, Vec<String>); 5] = [
+        ("empty audience", vec![], vec![String::new()]),
+        ("audience with a space", vec![], strings(&["a b"])),
+        ("duplicate audience", vec![], strings(&["a", "a"])),
+        ("scope with a space", strings(&["read write"]), vec![]),
+        ("scope with a quote", strings(&["say\"hi\""]), vec![]),
+    ];
+    for (what, scopes, audiences) in bad {
+        let err = f
+            .tasks
+            .create(
+                &operator(),
+                &TaskRequest {
+                    scopes,
+                    audiences,
+                    ..request(&entry, HOUR)
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TaskError::Invalid(_)), "{what}: {err:?}");
+    }
+    assert!(f.tasks.list(None, &operator()).await.unwrap().is_empty());
+    assert!(f.tasks.grant_for(&entry.id).is_none());
+}
+
+#[tokio::test]
+async fn policy_sees_the_requested_audience_and_the_declared_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("aud.cedar"),
+        r#"
+@id("begin") permit (principal, action == Tessera::Action::"begin_task", resource)
+when { !context.declared_audiences.contains("https://forbidden.example") };
+@id("issue") permit (principal, action == Tessera::Action::"issue_svid", resource);
+@id("no-payments") forbid (principal, action == Tessera::Action::"issue_svid", resource)
+when { context.audience == "https://payments.example" };
+@id("short-for-a") @max_ttl("60") permit (principal, action == Tessera::Action::"issue_svid", resource)
+when { context.audience == "a" };
+"#,
+    )
+    .unwrap();
+    let f = fixture_with(PolicyEngine::load_dir(dir.path()).unwrap()).await;
+    let entry = jit_entry(&f).await;
+    let denied = f
+        .tasks
+        .create(
+            &operator(),
+            &TaskRequest {
+                audiences: strings(&["https://forbidden.example"]),
+                ..request(&entry, HOUR)
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(denied, TaskError::Denied(_)), "{denied:?}");
+    let task = f
+        .tasks
+        .create(
+            &operator(),
+            &TaskRequest {
+                audiences: strings(&["a", "b", "https://payments.example"]),
+                ..request(&entry, HOUR)
+            },
+        )
+        .await
+        .unwrap();
+    let grant = |aud: &[&str]| {
+        let aud = strings(aud);
+        let tasks = Arc::clone(&f.tasks);
+        let entry = entry.clone();
+        async move { tasks.issue_grant(&entry, Some(&aud)).await }
+    };
+    // Declared, yet forbidden by policy: refused, naming the task, audience and policy.
+    let why = grant(&["b", "https://payments.example"]).await.unwrap_err();
+    assert!(
+        why.contains(task.id.as_str())
+            && why.contains("https://payments.example")
+            && why.contains("no-payments"),
+        "{why}"
+    );
+    assert!(grant(&["b"]).await.unwrap().max_ttl > Duration::from_secs(60));
+    // The cap of any audience's decision applies to the token.
+    assert_eq!(
+        grant(&["b", "a"]).await.unwrap().max_ttl,
+        Duration::from_secs(60)
+    );
+    // X.509: the policy sees an empty audience.
+    assert!(f.tasks.issue_grant(&entry, None).await.is_ok());
 }

@@ -240,6 +240,16 @@ fn agent_calls_tool_under_a_task_and_its_token_is_refused_once_the_task_ends() {
     assert_eq!(jwt["spiffe_id"], TOOL);
     assert_eq!(jwt["audience"], serde_json::json!([TOOL_SERVER]));
     assert_eq!(jwt["task_id"], task_id.as_str());
+    assert_eq!(
+        jwt["scope"], "lookup",
+        "the task's scope travels in the token"
+    );
+    // The task declared the tool's audience only: a token for another is refused.
+    let other = step("fetch_other_aud");
+    assert!(
+        other["error"].as_str().unwrap().contains(&task_id),
+        "the refusal names the task: {other}"
+    );
 
     let standing = step("call_as_runtime");
     assert_eq!(standing["status"], 403, "{standing}");

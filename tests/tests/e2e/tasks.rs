@@ -215,6 +215,8 @@ async fn jit_access_lives_only_while_its_task_is_active_and_ending_it_revokes_wi
                 "INC-7",
                 "--scope",
                 "db:write",
+                "--audience",
+                "tools",
                 "--ttl",
                 "300",
             ],
@@ -253,6 +255,7 @@ async fn jit_access_lives_only_while_its_task_is_active_and_ending_it_revokes_wi
     let token = fetch_jwt(&c, JIT_DB).await.expect("task JWT-SVID");
     let claims = jwt_claims(&token);
     assert_eq!(claims["task_id"], task_id.as_str(), "{claims}");
+    assert_eq!(claims["scope"], "db:write", "{claims}");
     assert!(claims["exp"].as_i64().unwrap() <= deadline);
     validate(&c, &token)
         .await
@@ -576,6 +579,8 @@ async fn policy_allows_denies_caps_and_requires_another_approver() {
         JIT_DB,
         "--reason",
         "agent tool call",
+        "--audience",
+        "tools",
         "--ttl",
         "5m",
         "--output",
@@ -751,7 +756,18 @@ async fn an_active_task_survives_a_server_restart_and_its_end_reaches_other_node
 
     let entry = c.server.create_entry(JIT_DB, &["unix:uid:0"], &["--jit"]);
     let t = ok_json(
-        &task(&c, &["create", "--entry-id", &entry, "--ttl", "300"]),
+        &task(
+            &c,
+            &[
+                "create",
+                "--entry-id",
+                &entry,
+                "--audience",
+                "tools",
+                "--ttl",
+                "300",
+            ],
+        ),
         "task create",
     );
     let task_id = t["id"].as_str().unwrap().to_owned();

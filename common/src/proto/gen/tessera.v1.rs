@@ -91,6 +91,9 @@ pub struct TaskGrant {
     /// Unix seconds; nothing issued under the task outlives it.
     #[prost(int64, tag = "2")]
     pub deadline: i64,
+    /// The audiences the task's JWT-SVIDs may name; empty: no JWT-SVIDs under the task.
+    #[prost(string, repeated, tag = "3")]
+    pub audiences: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// What agents need to refuse credentials of tasks that ended: the same full set goes to
 /// every agent, and replaces the previous one.
@@ -459,6 +462,7 @@ pub struct TaskSpec {
     pub reason: ::prost::alloc::string::String,
     #[prost(string, tag = "7")]
     pub ticket: ::prost::alloc::string::String,
+    /// RFC 6749 scope tokens; JWT-SVIDs under the task carry them in the `scope` claim.
     #[prost(string, repeated, tag = "8")]
     pub scopes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     /// Requested lifetime from now; 0 means the largest the policy allows.
@@ -472,6 +476,10 @@ pub struct TaskSpec {
     /// (an operator of every tenant: the tenant owning the SPIFFE ID's path).
     #[prost(string, tag = "11")]
     pub tenant: ::prost::alloc::string::String,
+    /// The JWT audiences the task will use: JWT-SVIDs under it are minted only for these;
+    /// none declared, none minted.
+    #[prost(string, repeated, tag = "12")]
+    pub audiences: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Task {
@@ -525,6 +533,9 @@ pub struct Task {
     /// The tenant it belongs to (its entry's).
     #[prost(string, tag = "21")]
     pub tenant: ::prost::alloc::string::String,
+    /// The JWT audiences it declared (empty: it gets no JWT-SVIDs).
+    #[prost(string, repeated, tag = "22")]
+    pub audiences: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct PolicyDecision {

@@ -101,9 +101,9 @@ pub(super) const LIST_AUDIT: &str = "SELECT * FROM audit_log
 pub(super) const INSERT_TASK: &str = "INSERT INTO tasks (id, state, entry_id, spiffe_id,
         parent_id, provisioned, requester, approver, reason, ticket, scopes, created_at,
         activated_at, deadline, ended_at, end_reason, decision, requester_uid, requester_user,
-        approver_uid, tenant)
+        approver_uid, tenant, audiences)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-        $19, $20, $21)";
+        $19, $20, $21, $22)";
 pub(super) const GET_TASK: &str = "SELECT * FROM tasks WHERE id = $1";
 pub(super) const LIST_TASKS: &str =
     "SELECT * FROM tasks WHERE ($1 IS NULL OR state = $1) ORDER BY created_at, id";
@@ -183,7 +183,7 @@ pub(super) fn update_task_sql(expected: &[TaskState]) -> Option<String> {
             provisioned = $6, requester = $7, approver = $8, reason = $9, ticket = $10,
             scopes = $11, created_at = $12, activated_at = $13, deadline = $14, ended_at = $15,
             end_reason = $16, decision = $17, requester_uid = $18, requester_user = $19,
-            approver_uid = $20, tenant = $21
+            approver_uid = $20, tenant = $21, audiences = $22
         WHERE id = $1 AND state IN ({})",
         states.join(", ")
     ))
@@ -366,6 +366,7 @@ pub(super) fn consumed_token(row: &impl Cells) -> Result<ConsumedToken, Datastor
 /// A task's values, owned, in [`INSERT_TASK`] / [`update_task_sql`] order.
 pub(super) struct TaskRow {
     scopes: String,
+    audiences: String,
     decision: String,
 }
 
@@ -373,11 +374,12 @@ impl TaskRow {
     pub(super) fn new(t: &TaskRecord) -> Result<Self, DatastoreError> {
         Ok(Self {
             scopes: to_json(&t.scopes),
+            audiences: to_json(&t.audiences),
             decision: serde_json::to_string(&t.decision).map_err(|e| corrupt("decision", e))?,
         })
     }
 
-    pub(super) fn params<'a>(&'a self, t: &'a TaskRecord) -> [Param<'a>; 21] {
+    pub(super) fn params<'a>(&'a self, t: &'a TaskRecord) -> [Param<'a>; 22] {
         [
             Param::Text(t.id.as_str()),
             Param::Text(t.state.as_str()),
@@ -400,6 +402,7 @@ impl TaskRow {
             Param::OptText(t.requester_unix.as_ref().map(|u| u.name.as_str())),
             Param::OptInt(t.approver_uid.map(i64::from)),
             Param::Text(&t.tenant),
+            Param::Text(&self.audiences),
         ]
     }
 }
@@ -450,6 +453,7 @@ pub(super) fn task(row: &impl Cells) -> Result<TaskRecord, DatastoreError> {
         reason: row.text("reason")?,
         ticket: row.text("ticket")?,
         scopes: json_strings(row, "scopes")?,
+        audiences: json_strings(row, "audiences")?,
         created_at: row.int("created_at")?,
         activated_at: row.opt_int("activated_at")?,
         deadline: row.int("deadline")?,
