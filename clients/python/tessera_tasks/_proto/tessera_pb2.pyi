@@ -73,12 +73,14 @@ class Entry(_message.Message):
     def __init__(self, id: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., x509_svid_ttl_seconds: _Optional[int] = ..., jwt_svid_ttl_seconds: _Optional[int] = ..., dns_names: _Optional[_Iterable[str]] = ..., jit: bool = ..., hint: _Optional[str] = ..., created_at: _Optional[int] = ..., revision: _Optional[int] = ..., task: _Optional[_Union[TaskGrant, _Mapping]] = ..., tenant: _Optional[str] = ..., owner: _Optional[str] = ..., expires_at: _Optional[int] = ..., review_every_seconds: _Optional[int] = ..., certified_at: _Optional[int] = ..., disabled_at: _Optional[int] = ..., disabled_reason: _Optional[str] = ...) -> None: ...
 
 class TaskGrant(_message.Message):
-    __slots__ = ("task_id", "deadline")
+    __slots__ = ("task_id", "deadline", "audiences")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    AUDIENCES_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     deadline: int
-    def __init__(self, task_id: _Optional[str] = ..., deadline: _Optional[int] = ...) -> None: ...
+    audiences: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, task_id: _Optional[str] = ..., deadline: _Optional[int] = ..., audiences: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Revocations(_message.Message):
     __slots__ = ("crls", "ended_tasks")
@@ -403,7 +405,7 @@ class TenantDomain(_message.Message):
     def __init__(self, tenant: _Optional[str] = ..., domain: _Optional[str] = ..., challenge: _Optional[str] = ..., record_name: _Optional[str] = ..., added_at: _Optional[int] = ..., verified_at: _Optional[int] = ..., checked_at: _Optional[int] = ..., failing_since: _Optional[int] = ..., last_error: _Optional[str] = ..., verified: bool = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("entry_id", "spiffe_id", "provision", "parent_id", "selectors", "reason", "ticket", "scopes", "ttl_seconds", "requester_spiffe_id", "tenant")
+    __slots__ = ("entry_id", "spiffe_id", "provision", "parent_id", "selectors", "reason", "ticket", "scopes", "ttl_seconds", "requester_spiffe_id", "tenant", "audiences")
     ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
     SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
     PROVISION_FIELD_NUMBER: _ClassVar[int]
@@ -415,6 +417,7 @@ class TaskSpec(_message.Message):
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     REQUESTER_SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    AUDIENCES_FIELD_NUMBER: _ClassVar[int]
     entry_id: str
     spiffe_id: str
     provision: bool
@@ -426,10 +429,11 @@ class TaskSpec(_message.Message):
     ttl_seconds: int
     requester_spiffe_id: str
     tenant: str
-    def __init__(self, entry_id: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., provision: bool = ..., parent_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., ticket: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., ttl_seconds: _Optional[int] = ..., requester_spiffe_id: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
+    audiences: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, entry_id: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., provision: bool = ..., parent_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., ticket: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., ttl_seconds: _Optional[int] = ..., requester_spiffe_id: _Optional[str] = ..., tenant: _Optional[str] = ..., audiences: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("id", "state", "entry_id", "spiffe_id", "parent_id", "provisioned", "requester", "approver", "reason", "ticket", "scopes", "created_at", "activated_at", "deadline", "ended_at", "end_reason", "decision", "requester_uid", "requester_user", "approver_uid", "tenant")
+    __slots__ = ("id", "state", "entry_id", "spiffe_id", "parent_id", "provisioned", "requester", "approver", "reason", "ticket", "scopes", "created_at", "activated_at", "deadline", "ended_at", "end_reason", "decision", "requester_uid", "requester_user", "approver_uid", "tenant", "audiences")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
@@ -451,6 +455,7 @@ class Task(_message.Message):
     REQUESTER_USER_FIELD_NUMBER: _ClassVar[int]
     APPROVER_UID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    AUDIENCES_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: str
     entry_id: str
@@ -472,7 +477,8 @@ class Task(_message.Message):
     requester_user: str
     approver_uid: int
     tenant: str
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., entry_id: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., provisioned: bool = ..., requester: _Optional[str] = ..., approver: _Optional[str] = ..., reason: _Optional[str] = ..., ticket: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., created_at: _Optional[int] = ..., activated_at: _Optional[int] = ..., deadline: _Optional[int] = ..., ended_at: _Optional[int] = ..., end_reason: _Optional[str] = ..., decision: _Optional[_Union[PolicyDecision, _Mapping]] = ..., requester_uid: _Optional[int] = ..., requester_user: _Optional[str] = ..., approver_uid: _Optional[int] = ..., tenant: _Optional[str] = ...) -> None: ...
+    audiences: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., entry_id: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., provisioned: bool = ..., requester: _Optional[str] = ..., approver: _Optional[str] = ..., reason: _Optional[str] = ..., ticket: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., created_at: _Optional[int] = ..., activated_at: _Optional[int] = ..., deadline: _Optional[int] = ..., ended_at: _Optional[int] = ..., end_reason: _Optional[str] = ..., decision: _Optional[_Union[PolicyDecision, _Mapping]] = ..., requester_uid: _Optional[int] = ..., requester_user: _Optional[str] = ..., approver_uid: _Optional[int] = ..., tenant: _Optional[str] = ..., audiences: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PolicyDecision(_message.Message):
     __slots__ = ("allowed", "approval_required", "max_ttl_seconds", "policies", "errors", "explanation")
