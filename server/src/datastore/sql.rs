@@ -164,26 +164,47 @@ impl<D: Dialect> SqlStore<D> {
         rows.iter().map(decode).collect()
     }
 
-    /// Runs `sql` (which returns the agent's row) on agent `id` with `audit`, in one
-    /// transaction; `None`, and no record, if no agent matched.
-    async fn agent_change(
+    /// Inserts (`insert`) or replaces an entry with its audit records, in one transaction.
+    async fn put_entry(
+        &self,
+        entry: &RegistrationEntry,
+        insert: bool,
+        audit: &[AuditEvent],
+    ) -> Result<(), DatastoreError> {
+        let entry = entry.clone();
+        self.write_tx(audit, move |conn| {
+            Box::pin(async move { write_entry::<D>(conn, &entry, insert).await.map(Some) })
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Runs `sql`, a statement that changes or deletes the row keyed `key` and returns it
+    /// (`... RETURNING`), and appends the records `audit` makes of that row, in one
+    /// transaction; `None`, and no record, if no row matched.
+    async fn change_row<T: Send + 'static>(
         &self,
         sql: &'static str,
-        id: &SpiffeId,
-        audit: &[AuditEvent],
-    ) -> Result<Option<AgentRecord>, DatastoreError> {
-        let id = id.clone();
-        let changed = self
-            .write_tx(audit, move |conn| {
+        key: &str,
+        decode: fn(&D::Row) -> Result<T, DatastoreError>,
+        audit: AuditFor<T>,
+    ) -> Result<Option<T>, DatastoreError> {
+        let key = key.to_owned();
+        let deleted = self
+            .write_tx_audited(move |conn| {
                 Box::pin(async move {
-                    let row = D::fetch_optional(conn, sql, &[Param::Text(id.as_str())])
+                    let row = D::fetch_optional(conn, sql, &[Param::Text(&key)])
                         .await
                         .map_err(backend)?;
-                    row.as_ref().map(records::agent).transpose()
+                    let removed = row.as_ref().map(decode).transpose()?;
+                    Ok(removed.map(|r| {
+                        let events = audit(&r);
+                        (r, events)
+                    }))
                 })
             })
             .await?;
-        Ok(changed.map(|(a, _)| a))
+        Ok(deleted.map(|(r, _)| r))
     }
 
     /// Runs `f` and then appends `audit` in one write transaction, committed only if `f`
@@ -434,12 +455,7 @@ impl<D: Dialect> Datastore for SqlStore<D> {
         entry: &RegistrationEntry,
         audit: &[AuditEvent],
     ) -> Result<(), DatastoreError> {
-        let entry = entry.clone();
-        self.write_tx(audit, move |conn| {
-            Box::pin(async move { write_entry::<D>(conn, &entry, true).await.map(Some) })
-        })
-        .await
-        .map(|_| ())
+        self.put_entry(entry, true, audit).await
     }
 
     async fn update_entry(
@@ -447,12 +463,7 @@ impl<D: Dialect> Datastore for SqlStore<D> {
         entry: &RegistrationEntry,
         audit: &[AuditEvent],
     ) -> Result<(), DatastoreError> {
-        let entry = entry.clone();
-        self.write_tx(audit, move |conn| {
-            Box::pin(async move { write_entry::<D>(conn, &entry, false).await.map(Some) })
-        })
-        .await
-        .map(|_| ())
+        self.put_entry(entry, false, audit).await
     }
 
     async fn delete_entry(
@@ -460,23 +471,8 @@ impl<D: Dialect> Datastore for SqlStore<D> {
         id: &EntryId,
         audit: AuditFor<RegistrationEntry>,
     ) -> Result<Option<RegistrationEntry>, DatastoreError> {
-        let id = id.clone();
-        let deleted = self
-            .write_tx_audited(move |conn| {
-                Box::pin(async move {
-                    let row =
-                        D::fetch_optional(conn, records::DELETE_ENTRY, &[Param::Text(id.as_str())])
-                            .await
-                            .map_err(backend)?;
-                    let entry = row.as_ref().map(records::entry).transpose()?;
-                    Ok(entry.map(|e| {
-                        let events = audit(&e);
-                        (e, events)
-                    }))
-                })
-            })
-            .await?;
-        Ok(deleted.map(|(e, _)| e))
+        self.change_row(records::DELETE_ENTRY, id.as_str(), records::entry, audit)
+            .await
     }
 
     async fn get_entry(&self, id: &EntryId) -> Result<Option<RegistrationEntry>, DatastoreError> {
@@ -599,7 +595,14 @@ impl<D: Dialect> Datastore for SqlStore<D> {
         id: &SpiffeId,
         audit: &[AuditEvent],
     ) -> Result<Option<AgentRecord>, DatastoreError> {
-        self.agent_change(records::BAN_AGENT, id, audit).await
+        let events = audit.to_vec();
+        self.change_row(
+            records::BAN_AGENT,
+            id.as_str(),
+            records::agent,
+            Box::new(move |_| events),
+        )
+        .await
     }
 
     async fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, DatastoreError> {
@@ -620,7 +623,14 @@ impl<D: Dialect> Datastore for SqlStore<D> {
         id: &SpiffeId,
         audit: &[AuditEvent],
     ) -> Result<Option<AgentRecord>, DatastoreError> {
-        self.agent_change(records::DELETE_AGENT, id, audit).await
+        let events = audit.to_vec();
+        self.change_row(
+            records::DELETE_AGENT,
+            id.as_str(),
+            records::agent,
+            Box::new(move |_| events),
+        )
+        .await
     }
 
     async fn append_audit(
@@ -853,23 +863,8 @@ impl<D: Dialect> Datastore for SqlStore<D> {
         domain: &str,
         audit: AuditFor<DomainRecord>,
     ) -> Result<Option<DomainRecord>, DatastoreError> {
-        let domain = domain.to_owned();
-        let deleted = self
-            .write_tx_audited(move |conn| {
-                Box::pin(async move {
-                    let row =
-                        D::fetch_optional(conn, tenants::DELETE_DOMAIN, &[Param::Text(&domain)])
-                            .await
-                            .map_err(backend)?;
-                    let d = row.as_ref().map(tenants::domain).transpose()?;
-                    Ok(d.map(|d| {
-                        let events = audit(&d);
-                        (d, events)
-                    }))
-                })
-            })
-            .await?;
-        Ok(deleted.map(|(d, _)| d))
+        self.change_row(tenants::DELETE_DOMAIN, domain, tenants::domain, audit)
+            .await
     }
 
     async fn create_task(
