@@ -54,6 +54,8 @@ struct LiveKey {
 pub struct JwtKeyManager {
     path: PathBuf,
     ttl: i64,
+    /// The `iss` claim of every token, when configured.
+    issuer: Option<String>,
     keys: Mutex<Vec<LiveKey>>,
 }
 
@@ -62,6 +64,7 @@ impl std::fmt::Debug for JwtKeyManager {
         f.debug_struct("JwtKeyManager")
             .field("path", &self.path)
             .field("ttl", &self.ttl)
+            .field("issuer", &self.issuer)
             .finish_non_exhaustive()
     }
 }
@@ -105,6 +108,7 @@ impl JwtKeyManager {
         let mgr = Self {
             path,
             ttl: i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).max(1),
+            issuer: None,
             keys: Mutex::new(keys),
         };
         {
@@ -122,6 +126,19 @@ impl JwtKeyManager {
         }
         mgr.tick(now)?;
         Ok(mgr)
+    }
+
+    /// Makes every token carry `iss` = `issuer` (the relying-party listener's URL, so
+    /// standard JWT libraries find the keys through OIDC discovery).
+    #[must_use]
+    pub fn with_issuer(mut self, issuer: Option<String>) -> Self {
+        self.issuer = issuer;
+        self
+    }
+
+    /// The `iss` claim tokens carry, if any.
+    pub fn issuer(&self) -> Option<&str> {
+        self.issuer.as_deref()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<LiveKey>> {
@@ -242,7 +259,14 @@ impl JwtKeyManager {
             .unwrap_or(i64::MAX)
             .clamp(1, self.ttl);
         let exp = now.saturating_add(ttl);
-        let token = active.signer.sign(subject, audience, now, exp, extra)?;
+        let token = match &self.issuer {
+            Some(iss) => {
+                let mut claims = extra.clone();
+                claims.insert("iss".into(), serde_json::Value::from(iss.as_str()));
+                active.signer.sign(subject, audience, now, exp, &claims)?
+            }
+            None => active.signer.sign(subject, audience, now, exp, extra)?,
+        };
         Ok((token, exp))
     }
 }
@@ -303,5 +327,29 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn tokens_carry_the_configured_issuer_and_none_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = 1_000_000;
+        let id = SpiffeId::new("spiffe://example.org/w").unwrap();
+        let td = TrustDomain::new("example.org").unwrap();
+        let plain =
+            JwtKeyManager::load_or_create(dir.path(), Duration::from_secs(3600), now).unwrap();
+        let bundles = BTreeMap::from([(td, JwtBundle::new(plain.public_keys()))]);
+        let extra: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(r#"{"task_id": "t1"}"#).unwrap();
+        let ttl = Duration::from_secs(60);
+        let (tok, _) = plain.sign(&id, &["a".into()], ttl, now, &extra).unwrap();
+        let v = validate(&tok, "a", &bundles, now).unwrap();
+        assert!(!v.claims.contains_key("iss"), "{:?}", v.claims);
+        let with = plain.with_issuer(Some("https://rp.example.org".into()));
+        assert_eq!(with.issuer(), Some("https://rp.example.org"));
+        let (tok, _) = with.sign(&id, &["a".into()], ttl, now, &extra).unwrap();
+        let v = validate(&tok, "a", &bundles, now).unwrap();
+        assert_eq!(v.claims["iss"], "https://rp.example.org");
+        assert_eq!(v.claims["task_id"], "t1", "other claims kept");
+        assert_eq!(v.claims["sub"], "spiffe://example.org/w");
     }
 }
