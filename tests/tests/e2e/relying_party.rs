@@ -527,8 +527,7 @@ async fn pyjwt_validates_task_tokens_through_oidc_discovery_and_refuses_other_ke
 
     // What an offline validator sees after the task ends without a status list: the token
     // still verifies until `exp` (CRLs cover X.509-SVIDs; see the README).
-    c.server
-        .cli_json(&["task", "complete", &task_id, "--output", "json"]);
+    c.server.cli_json(&["task", "complete", &task_id]);
     let after = pyjwt(&rp, AUDIENCE, &[&task_token]);
     println!(
         "PyJWT after task end, signature and claims only: accepted = {}",
