@@ -54,14 +54,18 @@ pub(crate) fn ended_early(t: &TaskRecord) -> bool {
     !t.state.is_open() && t.state != TaskState::Expired
 }
 
+/// What the CRLs were signed for: (CA serial, SVID serial) pairs listed, and the CAs that
+/// signed one (each CA whose key the server holds).
+type Listed = (Vec<(String, String)>, Vec<String>);
+
 /// The current [`RevocationSet`] and the CRL bookkeeping behind it.
 #[derive(Debug)]
 pub(crate) struct RevocationState {
     current: RwLock<Arc<RevocationSet>>,
     crl_number: AtomicU64,
     signed_at: RwLock<Option<SystemTime>>,
-    /// (CA serial, SVID serial) pairs on the current CRLs, and the CAs that signed one.
-    listed: RwLock<(Vec<(String, String)>, Vec<String>)>,
+    /// What the current CRLs were signed for.
+    listed: RwLock<Listed>,
     /// One refresh at a time, so an older computation never overwrites a newer one.
     refresh_lock: tokio::sync::Mutex<()>,
 }
