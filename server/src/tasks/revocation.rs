@@ -185,3 +185,43 @@ impl RevocationState {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datastore::sqlite::SqliteDatastore;
+    use common::TrustDomain;
+    use x509_parser::prelude::FromDer as _;
+
+    #[tokio::test]
+    async fn every_ca_with_a_key_has_a_published_crl_even_with_nothing_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = SqliteDatastore::open(&dir.path().join("ds.sqlite3"))
+            .await
+            .unwrap();
+        let td = TrustDomain::new("example.org").unwrap();
+        let now = SystemTime::now();
+        let ca =
+            CaSet::load_or_create(dir.path(), &td, Duration::from_secs(86400), None, now).unwrap();
+        let state = RevocationState::default();
+        assert!(state.refresh(&ds, &ca, now, false).await.unwrap());
+        let set = state.current();
+        assert!(set.crls.is_empty(), "agents get no empty CRLs");
+        let first = ca.signing_serials();
+        assert_eq!(first.len(), 1);
+        let der = set.published_crls.get(&first[0]).expect("active CA's CRL");
+        let (_, crl) =
+            x509_parser::revocation_list::CertificateRevocationList::from_der(der).unwrap();
+        assert_eq!(crl.iter_revoked_certificates().count(), 0);
+        // Nothing changed: nothing is re-signed.
+        assert!(!state.refresh(&ds, &ca, now, false).await.unwrap());
+        // A new CA gets its CRL at the next refresh; the retired one (key gone) has none.
+        ca.rotate_now().unwrap();
+        assert!(state.refresh(&ds, &ca, now, false).await.unwrap());
+        let published: Vec<String> = state.current().published_crls.keys().cloned().collect();
+        let mut signers = ca.signing_serials();
+        signers.sort();
+        assert_eq!(published, signers);
+        assert!(!published.contains(&first[0]));
+    }
+}
