@@ -101,7 +101,9 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
     let jwt = Arc::new(
         JwtKeyManager::load_or_create(&config.data_dir, config.jwt_key_ttl, now_unix())
             .context("loading the JWT signing keys")?
-            .with_issuer(config.jwt_issuer.clone()),
+            .with_issuer(config.jwt_issuer.clone())
+            // Task tokens name their status list on the relying-party listener.
+            .with_status_lists(config.relying_party.as_ref().map(|rp| rp.url.clone())),
     );
     let events = Events::default();
     let publisher = Arc::new(BundlePublisher::new(

@@ -9,6 +9,13 @@
 //! - `GET /crl/<CA serial>.crl`: the DER CRL of each CA whose key this server holds,
 //!   listing the task X.509-SVIDs of tasks that ended early (the URL task SVIDs carry in
 //!   their CRL Distribution Points). It changes in the same call that ends a task.
+//! - `GET /statuslists/<task id>`: a token status list (IETF OAuth Token Status List,
+//!   `statuslist+jwt` signed with the active JWT-SVID key) of one entry, set (invalid)
+//!   once the task ended before its deadline: what task JWT-SVIDs name in their `status`
+//!   claim. One list per task needs no index allocation and no stored state: the entry is
+//!   a function of the current revocations (a token of a task past its deadline has
+//!   expired anyway), at the price of telling the server which task a relying party
+//!   checks.
 //!
 //! Everything else is 404, other methods than GET and HEAD 405. The listener serves
 //! HTTP/1.1 only, behind TLS with a certificate the operator gives (relying parties trust
@@ -55,6 +62,10 @@ pub const MAX_CONNECTIONS: usize = 512;
 const KEYS_CACHE: &str = "public, max-age=60";
 /// `Cache-Control` of CRLs: short, because they change the moment a task ends.
 const CRL_CACHE: &str = "public, max-age=5";
+/// `Cache-Control` and `ttl` of status lists: short, as CRLs.
+const STATUS_LIST_CACHE: &str = "public, max-age=5";
+/// The status list token's `ttl` claim (seconds a relying party may cache it).
+const STATUS_LIST_TTL: i64 = 5;
 /// Longest CA serial accepted in a CRL path: 20 bytes (RFC 5280 §4.1.2.2), in hex.
 const MAX_SERIAL_HEX: usize = 40;
 
@@ -198,6 +209,30 @@ impl RelyingParty {
             .cloned()
     }
 
+    /// The signed status list of task `task_id` (see the module documentation), if the
+    /// id is well-formed.
+    pub fn status_list(&self, task_id: &str) -> Option<String> {
+        if !crate::jwt_keys::is_path_segment(task_id) {
+            return None;
+        }
+        let id = common::TaskId::parse(task_id).ok()?;
+        let invalid = (self.revocations)()
+            .ended_tasks
+            .iter()
+            .any(|t| t.task_id == id);
+        let uri = format!("{}/statuslists/{}", self.url, id.as_str());
+        match self
+            .jwt
+            .sign_status_list(&uri, invalid, STATUS_LIST_TTL, crate::clock::now_unix())
+        {
+            Ok(token) => Some(token),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot sign a status list");
+                None
+            }
+        }
+    }
+
     /// The response to `method` on `path` (no I/O).
     pub fn respond(&self, method: &Method, path: &str) -> Reply {
         if method != Method::GET && method != Method::HEAD {
@@ -216,6 +251,20 @@ impl RelyingParty {
                 KEYS_CACHE,
                 Bytes::from(self.jwks().to_string()),
             ),
+            _ if path.starts_with("/statuslists/") => {
+                match path
+                    .strip_prefix("/statuslists/")
+                    .and_then(|id| self.status_list(id))
+                {
+                    Some(token) => reply(
+                        StatusCode::OK,
+                        "application/statuslist+jwt",
+                        STATUS_LIST_CACHE,
+                        Bytes::from(token),
+                    ),
+                    None => error(StatusCode::NOT_FOUND, "not found"),
+                }
+            }
             _ => match path
                 .strip_prefix("/crl/")
                 .and_then(|p| p.strip_suffix(".crl"))
@@ -353,6 +402,11 @@ mod tests {
             JwtKeyManager::load_or_create(dir.path(), Duration::from_secs(3600), 1_000).unwrap();
         let set = Arc::new(RevocationSet {
             published_crls: crls,
+            ended_tasks: vec![crate::tasks::EndedTask {
+                task_id: common::TaskId::parse(ENDED).unwrap(),
+                until: i64::MAX,
+                state: common::task::TaskState::Revoked,
+            }],
             ..Default::default()
         });
         let rp = RelyingParty::new(
@@ -362,6 +416,43 @@ mod tests {
             Box::new(move || Arc::clone(&set)),
         );
         (rp, dir)
+    }
+
+    const ENDED: &str = "01a23aa8-d90e-7482-b8f1-9def42c334b6";
+
+    #[test]
+    fn status_lists_say_whether_a_task_ended() {
+        use base64::Engine as _;
+        let (rp, _dir) = rp(BTreeMap::new());
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        for (id, want) in [
+            (ENDED, 0x01),
+            ("01a23aa8-d90e-7482-b8f1-000000000000", 0x00),
+        ] {
+            let r = rp.respond(&Method::GET, &format!("/statuslists/{id}"));
+            assert_eq!(r.status(), StatusCode::OK);
+            assert_eq!(r.headers()[CONTENT_TYPE], "application/statuslist+jwt");
+            let token = String::from_utf8(body(&r)).unwrap();
+            let claims: Value =
+                serde_json::from_slice(&b64.decode(token.split('.').nth(1).unwrap()).unwrap())
+                    .unwrap();
+            assert_eq!(
+                claims["sub"],
+                format!("https://rp.example.org/t/statuslists/{id}").as_str()
+            );
+            let lst = b64
+                .decode(claims["status_list"]["lst"].as_str().unwrap())
+                .unwrap();
+            // zlib header, stored block of one byte: the byte is at offset 7.
+            assert_eq!(lst[7], want, "{id}");
+        }
+        for path in ["/statuslists/", "/statuslists/x%2F..", "/statuslists/a/b"] {
+            assert_eq!(
+                rp.respond(&Method::GET, path).status(),
+                StatusCode::NOT_FOUND,
+                "{path}"
+            );
+        }
     }
 
     fn body(r: &Reply) -> Vec<u8> {

@@ -9,6 +9,12 @@ same issuer, fetches the JWK set from its `jwks_uri` with PyJWT's PyJWKClient, a
 each token with PyJWT: ES256 only, signature by the key its `kid` names, `exp`, `iat`,
 audience and issuer required and checked.
 
+With --check-status it also does what a relying party of the IETF OAuth Token Status List
+draft does for a token with a `status` claim: fetches the list at `status.status_list.uri`,
+verifies it as a JWT (header `typ` statuslist+jwt, signed by a key of the same JWK set,
+`sub` equal to that URI), inflates `status_list.lst` (zlib) and reads the entry at `idx`
+(`bits` per entry, least significant bits first); any status but 0 (VALID) refuses the token.
+
 Prints ONE JSON object on stdout: the PyJWT version, the discovery document, and per token
 {"ok": true, "claims": {...}} or {"ok": false, "error": "<exception class>: <message>"}.
 
@@ -19,9 +25,11 @@ then fails with install instructions).
 
 import argparse
 import json
+import base64
 import ssl
 import sys
 import urllib.request
+import zlib
 
 try:
     import jwt
@@ -37,11 +45,48 @@ def fetch_json(url, context):
         return json.loads(resp.read().decode("utf-8"))
 
 
+class TokenStatusInvalid(Exception):
+    """The token's entry in its status list is not VALID (0)."""
+
+
+def fetch_text(url, context):
+    req = urllib.request.Request(url, headers={"Accept": "application/statuslist+jwt"})
+    with urllib.request.urlopen(req, context=context, timeout=10) as resp:
+        return resp.read().decode("ascii")
+
+
+def check_status(claims, jwks, algorithms, context):
+    """Returns the token's status (0 when it has no status claim); raises when not 0."""
+    ref = (claims.get("status") or {}).get("status_list")
+    if ref is None:
+        return 0
+    uri, idx = ref["uri"], int(ref["idx"])
+    token = fetch_text(uri, context)
+    header = jwt.get_unverified_header(token)
+    if header.get("typ") != "statuslist+jwt":
+        raise TokenStatusInvalid(f"status list typ {header.get('typ')!r}")
+    key = jwks.get_signing_key_from_jwt(token)
+    body = jwt.decode(
+        token, key.key, algorithms=algorithms, options={"require": ["sub", "iat"]}
+    )
+    if body["sub"] != uri:
+        raise TokenStatusInvalid(f"status list sub {body['sub']!r} is not {uri!r}")
+    bits = int(body["status_list"]["bits"])
+    lst = body["status_list"]["lst"]
+    data = zlib.decompress(base64.urlsafe_b64decode(lst + "=" * (-len(lst) % 4)))
+    per_byte = 8 // bits
+    status = (data[idx // per_byte] >> ((idx % per_byte) * bits)) & ((1 << bits) - 1)
+    if status != 0:
+        raise TokenStatusInvalid(f"status {status} at index {idx} of {uri}")
+    return status
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--issuer", required=True)
     p.add_argument("--audience", required=True)
     p.add_argument("--cafile", required=True)
+    p.add_argument("--check-status", action="store_true")
     p.add_argument("tokens", nargs="*")
     args = p.parse_args()
 
@@ -71,7 +116,8 @@ def main():
                 issuer=args.issuer,
                 options={"require": ["exp", "iat", "iss", "sub", "aud"]},
             )
-            results.append({"ok": True, "claims": claims})
+            status = check_status(claims, jwks, algorithms, context) if args.check_status else None
+            results.append({"ok": True, "claims": claims, "status": status})
         except Exception as e:  # noqa: BLE001  (every refusal is reported)
             results.append({"ok": False, "error": f"{type(e).__name__}: {e}"})
     print(

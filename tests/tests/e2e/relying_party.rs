@@ -407,11 +407,17 @@ async fn mtls_handshake(
 
 /// Runs `tests/py/oidc_validate.py` (PyJWT) on `tokens`; returns its JSON.
 fn pyjwt(rp: &RpCluster, audience: &str, tokens: &[&str]) -> Value {
+    pyjwt_with(rp, audience, tokens, &[])
+}
+
+/// As [`pyjwt`], with extra flags (`--check-status`).
+fn pyjwt_with(rp: &RpCluster, audience: &str, tokens: &[&str], flags: &[&str]) -> Value {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/oidc_validate.py");
     let out = Command::new("python3")
         .arg(script)
         .args(["--issuer", &rp.url, "--audience", audience, "--cafile"])
         .arg(&rp.pki.ca_file)
+        .args(flags)
         .args(tokens)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
@@ -525,13 +531,72 @@ async fn pyjwt_validates_task_tokens_through_oidc_discovery_and_refuses_other_ke
         assert!(err.starts_with(want), "token {i}: {err}");
     }
 
-    // What an offline validator sees after the task ends without a status list: the token
-    // still verifies until `exp` (CRLs cover X.509-SVIDs; see the README).
+    // The task token names its status list; while the task runs, its entry is VALID.
+    let status_uri = format!("{}/statuslists/{task_id}", rp.url);
+    assert_eq!(
+        claims["status"],
+        serde_json::json!({"status_list": {"idx": 0, "uri": status_uri}})
+    );
+    assert!(jwt_part(&standing_token, 1).get("status").is_none());
+    let v = pyjwt_with(
+        &rp,
+        AUDIENCE,
+        &[&task_token, &standing_token],
+        &["--check-status"],
+    );
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results[0]["ok"], true, "{}", results[0]);
+    assert_eq!(results[0]["status"], 0);
+    assert_eq!(results[1]["ok"], true, "{}", results[1]);
+
+    // End the task: the status list says INVALID at once; a relying party that checks it
+    // refuses the token, one that checks only signature and claims accepts it until `exp`.
+    let started = Instant::now();
     c.server.cli_json(&["task", "complete", &task_id]);
-    let after = pyjwt(&rp, AUDIENCE, &[&task_token]);
+    let path = status_uri.strip_prefix(&rp.url).unwrap().to_owned();
+    loop {
+        let r = https(&rp, "GET", &path, "").await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.header("content-type"), Some("application/statuslist+jwt"));
+        let token = String::from_utf8(r.body).unwrap();
+        let lst = jwt_part(&token, 1)["status_list"]["lst"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        use base64::Engine as _;
+        let zlib = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(lst)
+            .unwrap();
+        // A stored zlib block of one byte: the entry is the low bit of byte 7.
+        if zlib[7] & 1 == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "status list never says INVALID"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let latency = started.elapsed();
+    println!("task end → status list says INVALID: {latency:?}");
+    assert!(latency < Duration::from_secs(1), "{latency:?}");
+    let checked = pyjwt_with(
+        &rp,
+        AUDIENCE,
+        &[&task_token, &standing_token],
+        &["--check-status"],
+    );
+    let refusal = checked["results"][0]["error"].as_str().unwrap_or_default();
+    assert_eq!(checked["results"][0]["ok"], false, "{checked}");
+    assert!(refusal.starts_with("TokenStatusInvalid"), "{refusal}");
+    assert_eq!(
+        checked["results"][1]["ok"], true,
+        "standing token unaffected"
+    );
+    let unchecked = pyjwt(&rp, AUDIENCE, &[&task_token]);
     println!(
-        "PyJWT after task end, signature and claims only: accepted = {}",
-        after["results"][0]["ok"]
+        "PyJWT after task end: with the status list {refusal}; signature and claims only: accepted = {}",
+        unchecked["results"][0]["ok"]
     );
 }
 
