@@ -1,9 +1,10 @@
 //! Relying parties that never talk to Tessera: the server's HTTPS listener
-//! (`--relying-party-listen`) serves OIDC discovery, the JWK set and one CRL per CA, and
-//! task credentials point there.
+//! (`--relying-party-listen`) serves OIDC discovery, the JWK set, one CRL per CA and one
+//! token status list per task, and task credentials point there.
 //!
 //! Each check uses a client nobody here wrote: PyJWT validates task JWT-SVIDs through the
-//! discovery document (and refuses a token signed by another key), `openssl verify
+//! discovery document (and refuses a token signed by another key, and an ended task's
+//! token by its status list), the Rust `spiffe` crate still verifies them, `openssl verify
 //! -crl_check` with the CRL fetched from the SVID's distribution point refuses an ended
 //! task's certificate, and a rustls server with `WebPkiClientVerifier::with_crls` refuses it
 //! as a TLS client certificate. The listener's own certificate comes from a test "web PKI"
@@ -475,6 +476,17 @@ async fn pyjwt_validates_task_tokens_through_oidc_discovery_and_refuses_other_ke
     let claims = jwt_part(&task_token, 1);
     assert_eq!(claims["iss"], rp.url.as_str(), "{claims}");
     assert_eq!(claims["task_id"], task_id.as_str(), "{claims}");
+
+    // SPIFFE clients are unaffected by the extra claims: the Rust `spiffe` crate verifies
+    // the token offline against the bundle it fetches from the agent.
+    let bundles = tests::jwt::spiffe_client(&c.agent.endpoint())
+        .await
+        .fetch_jwt_bundles()
+        .await
+        .expect("fetch_jwt_bundles");
+    let verified = spiffe::JwtSvid::parse_and_validate(&task_token, &bundles, &[AUDIENCE])
+        .expect("the spiffe crate verifies a token with iss and status");
+    assert_eq!(verified.spiffe_id().to_string(), JIT);
 
     // Forgeries: the real kid over another key's signature, and a kid nobody published.
     let kid = jwt_part(&task_token, 0)["kid"].as_str().unwrap().to_owned();
