@@ -15,7 +15,8 @@
 //!   claim. One list per task needs no index allocation and no stored state: the entry is
 //!   a function of the current revocations (a token of a task past its deadline has
 //!   expired anyway), at the price of telling the server which task a relying party
-//!   checks.
+//!   checks. A status list token cannot pass for a JWT-SVID: its `sub` is an https URL,
+//!   not a SPIFFE ID, and it has no `aud`.
 //!
 //! Everything else is 404, other methods than GET and HEAD 405. The listener serves
 //! HTTP/1.1 only, behind TLS with a certificate the operator gives (relying parties trust
