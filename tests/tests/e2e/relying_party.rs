@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use common::proto::workload::{JwtsvidRequest, X509svidRequest, X509svidResponse};
+use common::proto::workload::{
+    JwtsvidRequest, ValidateJwtsvidRequest, X509svidRequest, X509svidResponse,
+};
 use rustls_pki_types::{
     CertificateDer, CertificateRevocationListDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName,
 };
@@ -591,6 +593,17 @@ async fn pyjwt_validates_task_tokens_through_oidc_discovery_and_refuses_other_ke
     }
     let latency = started.elapsed();
     println!("task end → status list says INVALID: {latency:?}");
+    // A status list token, signed with the JWT-SVID key, does not pass for a JWT-SVID.
+    let list = https(&rp, "GET", &path, "").await;
+    let refused = workload(c)
+        .await
+        .validate_jwtsvid(with_header(ValidateJwtsvidRequest {
+            audience: AUDIENCE.into(),
+            svid: String::from_utf8(list.body).unwrap(),
+        }))
+        .await
+        .expect_err("a status list token is no JWT-SVID");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     assert!(latency < Duration::from_secs(1), "{latency:?}");
     let checked = pyjwt_with(
         &rp,
