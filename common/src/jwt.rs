@@ -252,12 +252,18 @@ impl JwtSigner {
         exp: i64,
         extra: &Map<String, Value>,
     ) -> Result<String, JwtError> {
-        let header = json!({"alg": ALGORITHM, "kid": self.kid, "typ": "JWT"});
         let mut claims = extra.clone();
         claims.insert("sub".into(), json!(subject.as_str()));
         claims.insert("aud".into(), json!(audience));
         claims.insert("exp".into(), json!(exp));
         claims.insert("iat".into(), json!(iat));
+        self.sign_claims("JWT", claims)
+    }
+
+    /// Signs `claims` as a compact JWS with header `{alg: ES256, kid, typ}` (low-S), for
+    /// tokens other than JWT-SVIDs (e.g. a `statuslist+jwt`).
+    pub fn sign_claims(&self, typ: &str, claims: Map<String, Value>) -> Result<String, JwtError> {
+        let header = json!({"alg": ALGORITHM, "kid": self.kid, "typ": typ});
         let signing_input = format!(
             "{}.{}",
             b64(header.to_string().as_bytes()),

@@ -81,7 +81,9 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
             upstream,
             std::time::SystemTime::now(),
         )
-        .context("loading the CA")?,
+        .context("loading the CA")?
+        // Task SVIDs name the CRL the relying-party listener serves.
+        .with_crl_base_url(config.relying_party.as_ref().map(|rp| rp.url.clone())),
     );
     for (key, ttl) in [
         ("default_x509_svid_ttl", config.default_x509_svid_ttl),
@@ -98,7 +100,10 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
     }
     let jwt = Arc::new(
         JwtKeyManager::load_or_create(&config.data_dir, config.jwt_key_ttl, now_unix())
-            .context("loading the JWT signing keys")?,
+            .context("loading the JWT signing keys")?
+            .with_issuer(config.jwt_issuer.clone())
+            // Task tokens name their status list on the relying-party listener.
+            .with_status_lists(config.relying_party.as_ref().map(|rp| rp.url.clone())),
     );
     let events = Events::default();
     let publisher = Arc::new(BundlePublisher::new(
@@ -170,6 +175,34 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
                 .await
                 .with_context(|| format!("binding health endpoints on {addr}"))?,
         ),
+        None => None,
+    };
+    // The relying-party listener: its certificate and key are checked, and its port
+    // bound, before anything serves.
+    let relying_party = match &config.relying_party {
+        Some(rp) => {
+            let tls = crate::relying_party::tls_config(&rp.cert_file, &rp.key_file)
+                .context("loading the relying-party listener's certificate")?;
+            let tcp = TcpListener::bind(rp.listen)
+                .await
+                .with_context(|| format!("binding the relying-party listener on {}", rp.listen))?;
+            let issuer = config.jwt_issuer.clone().unwrap_or_else(|| rp.url.clone());
+            if issuer != rp.url {
+                tracing::warn!(
+                    jwt_issuer = %issuer,
+                    relying_party_url = %rp.url,
+                    "jwt_issuer differs from relying_party_url: relying parties find the discovery document under the issuer, so it must lead to this listener"
+                );
+            }
+            let tasks = Arc::clone(&task_service);
+            let published = crate::relying_party::RelyingParty::new(
+                rp.url.clone(),
+                issuer,
+                Arc::clone(&jwt),
+                Box::new(move || tasks.revocations()),
+            );
+            Some((Arc::new(published), tcp, Arc::new(tls)))
+        }
         None => None,
     };
     let admin = match config.admin_socket_gid {
@@ -314,6 +347,12 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
             )
             .await
     });
+    if let Some((published, tcp, tls)) = relying_party {
+        tasks.spawn_service(
+            "relying-party listener",
+            crate::relying_party::serve(published, tcp, tls, tasks.spawner(), shutdown.clone()),
+        );
+    }
     if let Some(listener) = health_listener {
         tasks.spawn_service(
             "health endpoints",
@@ -326,6 +365,9 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         bind_address = %config.bind_address,
         admin_socket = %config.admin_socket.display(),
         health_address = ?config.health_address,
+        relying_party_listen = ?config.relying_party.as_ref().map(|rp| rp.listen),
+        relying_party_url = ?config.relying_party.as_ref().map(|rp| &rp.url),
+        jwt_issuer = ?config.jwt_issuer,
         jwt_mint_limit_per_workload = %config.jwt_mint_limits.per_workload,
         jwt_mint_limit_per_agent = %config.jwt_mint_limits.per_agent,
         "tessera-server ready"

@@ -387,6 +387,21 @@ impl Ca {
         dns_names: &[String],
         task_id: Option<&common::TaskId>,
     ) -> Result<Issued, CaError> {
+        self.sign_svid_with_crl(csr_der, spiffe_id, ttl, dns_names, task_id, None)
+    }
+
+    /// [`Ca::sign_svid_for_task`], with a CRL Distribution Points extension naming
+    /// `crl_url` when given: where relying parties fetch this CA's CRL, so TLS stacks that
+    /// check CRLs refuse the SVID once its task has ended.
+    pub fn sign_svid_with_crl(
+        &self,
+        csr_der: &[u8],
+        spiffe_id: &SpiffeId,
+        ttl: Duration,
+        dns_names: &[String],
+        task_id: Option<&common::TaskId>,
+        crl_url: Option<&str>,
+    ) -> Result<Issued, CaError> {
         let csr = CertificateSigningRequestParams::from_der(&csr_der.to_vec().into())
             .map_err(|e| CaError::BadCsr(e.to_string()))?;
         if csr.public_key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
@@ -442,6 +457,11 @@ impl Ca {
             ));
         }
         p.subject_alt_names = sans;
+        if let Some(url) = crl_url {
+            p.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+                uris: vec![url.to_owned()],
+            }];
+        }
         let issuer_params = ca_params(&self.trust_domain)?;
         let issuer = Issuer::from_params(&issuer_params, &self.key);
         let cert = p

@@ -137,6 +137,26 @@ pub struct RawServerConfig {
     /// [default: 1000].
     #[arg(long)]
     pub jwt_mint_burst_per_agent: Option<u32>,
+    /// IP:PORT of the HTTPS listener for relying parties (OIDC discovery, JWKS, CRLs; off
+    /// when unset). Needs relying_party_url, relying_party_cert_file and
+    /// relying_party_key_file.
+    #[arg(long)]
+    pub relying_party_listen: Option<String>,
+    /// Public https:// base URL of that listener, as relying parties reach it (put in the
+    /// discovery document and in task X.509-SVIDs' CRL Distribution Points).
+    #[arg(long)]
+    pub relying_party_url: Option<String>,
+    /// PEM certificate chain the relying-party listener presents (e.g. from the
+    /// organisation's web PKI), leaf first.
+    #[arg(long)]
+    pub relying_party_cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate (PKCS#8, SEC1 or PKCS#1; mode 0600 or stricter).
+    #[arg(long)]
+    pub relying_party_key_file: Option<PathBuf>,
+    /// `iss` claim of every JWT-SVID, and the discovery document's issuer
+    /// [default: relying_party_url when set, else no `iss`].
+    #[arg(long)]
+    pub jwt_issuer: Option<String>,
     /// Log level: trace, debug, info, warn or error [default: info].
     #[arg(long)]
     pub log_level: Option<String>,
@@ -175,6 +195,11 @@ impl std::fmt::Debug for RawServerConfig {
             jwt_mint_burst_per_workload,
             jwt_mint_rate_per_agent,
             jwt_mint_burst_per_agent,
+            relying_party_listen,
+            relying_party_url,
+            relying_party_cert_file,
+            relying_party_key_file,
+            jwt_issuer,
             log_level,
             log_format,
         } = self;
@@ -205,6 +230,11 @@ impl std::fmt::Debug for RawServerConfig {
             .field("jwt_mint_burst_per_workload", jwt_mint_burst_per_workload)
             .field("jwt_mint_rate_per_agent", jwt_mint_rate_per_agent)
             .field("jwt_mint_burst_per_agent", jwt_mint_burst_per_agent)
+            .field("relying_party_listen", relying_party_listen)
+            .field("relying_party_url", relying_party_url)
+            .field("relying_party_cert_file", relying_party_cert_file)
+            .field("relying_party_key_file", relying_party_key_file)
+            .field("jwt_issuer", jwt_issuer)
             .field("log_level", log_level)
             .field("log_format", log_format)
             .finish()
@@ -252,6 +282,57 @@ pub struct UpstreamFiles {
     pub bundle_file: Option<PathBuf>,
 }
 
+/// The relying-party listener's settings (all four keys given, validated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelyingPartyListener {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// Its public base URL: `https://`, no trailing slash, query or fragment.
+    pub url: String,
+    /// Its certificate chain (PEM).
+    pub cert_file: PathBuf,
+    /// Its private key (PEM).
+    pub key_file: PathBuf,
+}
+
+/// Longest accepted `relying_party_url` or `jwt_issuer`.
+const MAX_URL_LENGTH: usize = 512;
+
+/// Checks a public `https://` base URL: a host (and optional port and path), no user
+/// info, query or fragment, no spaces or control characters. Returns it without a
+/// trailing slash, so paths can be appended.
+fn https_base_url(key: &'static str, url: &str) -> Result<String, ServerConfigError> {
+    let invalid = |message: String| ServerConfigError::Invalid { key, message };
+    if url.len() > MAX_URL_LENGTH {
+        return Err(invalid(format!("longer than {MAX_URL_LENGTH} bytes")));
+    }
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| invalid(format!("{url:?} is not an https:// URL")))?;
+    if let Some(c) = url
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '?' | '#' | '@' | '\\'))
+    {
+        return Err(invalid(format!(
+            "{url:?} contains {c:?} (no user info, query, fragment or spaces)"
+        )));
+    }
+    let host = rest.split('/').next().unwrap_or_default();
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if !host.ends_with(']') => {
+            if port.parse::<u16>().map_or(true, |p| p == 0) {
+                return Err(invalid(format!("{url:?} has an invalid port {port:?}")));
+            }
+            name
+        }
+        _ => host,
+    };
+    if name.is_empty() {
+        return Err(invalid(format!("{url:?} has no host")));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
 /// A validated server configuration.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -297,6 +378,10 @@ pub struct ServerConfig {
     pub audit_checkpoint_records: u64,
     /// JWT-SVID mint rate limits.
     pub jwt_mint_limits: MintLimits,
+    /// The HTTPS listener for relying parties, if enabled.
+    pub relying_party: Option<RelyingPartyListener>,
+    /// The `iss` of every JWT-SVID (and the discovery document's issuer), if any.
+    pub jwt_issuer: Option<String>,
     /// Log filter.
     pub log_level: String,
     /// Emit JSON log lines.
@@ -383,6 +468,11 @@ impl RawServerConfig {
             jwt_mint_burst_per_workload,
             jwt_mint_rate_per_agent,
             jwt_mint_burst_per_agent,
+            relying_party_listen,
+            relying_party_url,
+            relying_party_cert_file,
+            relying_party_key_file,
+            jwt_issuer,
             log_level,
             log_format,
         } = over;
@@ -415,6 +505,11 @@ impl RawServerConfig {
                 .or(self.jwt_mint_burst_per_workload),
             jwt_mint_rate_per_agent: jwt_mint_rate_per_agent.or(self.jwt_mint_rate_per_agent),
             jwt_mint_burst_per_agent: jwt_mint_burst_per_agent.or(self.jwt_mint_burst_per_agent),
+            relying_party_listen: relying_party_listen.or(self.relying_party_listen),
+            relying_party_url: relying_party_url.or(self.relying_party_url),
+            relying_party_cert_file: relying_party_cert_file.or(self.relying_party_cert_file),
+            relying_party_key_file: relying_party_key_file.or(self.relying_party_key_file),
+            jwt_issuer: jwt_issuer.or(self.jwt_issuer),
             log_level: log_level.or(self.log_level),
             log_format: log_format.or(self.log_format),
         }
@@ -667,6 +762,47 @@ impl ServerConfig {
                 )?,
             },
         };
+        let relying_party = match (
+            raw.relying_party_listen.as_deref(),
+            raw.relying_party_url.as_deref(),
+            raw.relying_party_cert_file,
+            raw.relying_party_key_file,
+        ) {
+            (None, None, None, None) => None,
+            (Some(listen), Some(url), Some(cert_file), Some(key_file)) => {
+                Some(RelyingPartyListener {
+                    listen: listen.parse().map_err(|_| ServerConfigError::Invalid {
+                        key: "relying_party_listen",
+                        message: format!("{listen:?} is not IP:PORT"),
+                    })?,
+                    url: https_base_url("relying_party_url", url)?,
+                    cert_file,
+                    key_file,
+                })
+            }
+            (listen, url, cert, key) => {
+                let missing: Vec<&str> = [
+                    ("relying_party_listen", listen.is_none()),
+                    ("relying_party_url", url.is_none()),
+                    ("relying_party_cert_file", cert.is_none()),
+                    ("relying_party_key_file", key.is_none()),
+                ]
+                .into_iter()
+                .filter_map(|(k, missing)| missing.then_some(k))
+                .collect();
+                return Err(ServerConfigError::Invalid {
+                    key: "relying_party_listen",
+                    message: format!(
+                        "the relying-party listener needs relying_party_listen, relying_party_url, relying_party_cert_file and relying_party_key_file together; missing {}",
+                        missing.join(", ")
+                    ),
+                });
+            }
+        };
+        let jwt_issuer = match raw.jwt_issuer.as_deref() {
+            Some(iss) => Some(https_base_url("jwt_issuer", iss).map(|_| iss.to_owned())?),
+            None => relying_party.as_ref().map(|rp| rp.url.clone()),
+        };
         let log_level = raw.log_level.unwrap_or_else(|| "info".into());
         if !["trace", "debug", "info", "warn", "error"].contains(&log_level.as_str()) {
             return Err(ServerConfigError::Invalid {
@@ -706,6 +842,8 @@ impl ServerConfig {
             audit_checkpoint_interval,
             audit_checkpoint_records,
             jwt_mint_limits,
+            relying_party,
+            jwt_issuer,
             log_level,
             log_json,
         })
@@ -928,7 +1066,7 @@ mod tests {
             .get_arguments()
             .map(|a| a.get_id().to_string())
             .collect();
-        assert_eq!(ids.len(), 28, "{ids:?}");
+        assert_eq!(ids.len(), 33, "{ids:?}");
         for id in ids {
             // A text key or a number key.
             let ok = ["\"x\"", "1"]
@@ -936,6 +1074,100 @@ mod tests {
                 .any(|v| RawServerConfig::from_toml(&format!("{id} = {v}")).is_ok());
             assert!(ok, "flag {id} is no file key");
         }
+    }
+
+    #[test]
+    fn the_relying_party_listener_needs_all_four_keys_and_an_https_url() {
+        let c = ServerConfig::from_raw(raw("example.org")).unwrap();
+        assert_eq!(c.relying_party, None);
+        assert_eq!(c.jwt_issuer, None);
+        let all = [
+            "--relying-party-listen",
+            "127.0.0.1:8443",
+            "--relying-party-url",
+            "https://rp.example.org:8443/tessera/",
+            "--relying-party-cert-file",
+            "/etc/tessera/rp.pem",
+            "--relying-party-key-file",
+            "/etc/tessera/rp.key",
+        ];
+        let mut r = flags(&all);
+        r.trust_domain = Some("example.org".into());
+        let c = ServerConfig::from_raw(r).unwrap();
+        let rp = c.relying_party.unwrap();
+        assert_eq!(rp.listen, "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(
+            rp.url, "https://rp.example.org:8443/tessera",
+            "no trailing slash"
+        );
+        assert_eq!(rp.cert_file, PathBuf::from("/etc/tessera/rp.pem"));
+        // The issuer defaults to the listener's URL; jwt_issuer overrides it.
+        assert_eq!(
+            c.jwt_issuer.as_deref(),
+            Some("https://rp.example.org:8443/tessera")
+        );
+        let mut r = flags(&all);
+        r.trust_domain = Some("example.org".into());
+        r.jwt_issuer = Some("https://issuer.example.org".into());
+        let c = ServerConfig::from_raw(r).unwrap();
+        assert_eq!(c.jwt_issuer.as_deref(), Some("https://issuer.example.org"));
+
+        // Any key without the others names what is missing.
+        for i in 0..4 {
+            let mut args = all.to_vec();
+            args.drain(i * 2..i * 2 + 2);
+            let mut r = flags(&args);
+            r.trust_domain = Some("example.org".into());
+            let err = ServerConfig::from_raw(r).unwrap_err().to_string();
+            let missing = all[i * 2].trim_start_matches("--").replace('-', "_");
+            assert!(err.contains(&format!("missing {missing}")), "{err}");
+        }
+        let mut r = raw("example.org");
+        r.relying_party_url = Some("https://rp.example.org".into());
+        assert!(matches!(
+            ServerConfig::from_raw(r),
+            Err(ServerConfigError::Invalid {
+                key: "relying_party_listen",
+                ..
+            })
+        ));
+
+        for (key, bad) in [
+            ("relying_party_url", "http://rp.example.org"),
+            ("relying_party_url", "rp.example.org"),
+            ("relying_party_url", "https://"),
+            ("relying_party_url", "https:///keys"),
+            ("relying_party_url", "https://rp.example.org?x=1"),
+            ("relying_party_url", "https://rp.example.org/#frag"),
+            ("relying_party_url", "https://user@rp.example.org"),
+            ("relying_party_url", "https://rp.example.org:0"),
+            ("relying_party_url", "https://rp.example.org:99999"),
+            ("relying_party_url", "https://rp example.org"),
+            ("relying_party_listen", "localhost:8443"),
+            ("jwt_issuer", "tessera"),
+            ("jwt_issuer", "http://issuer.example.org"),
+        ] {
+            let mut args = all.to_vec();
+            match key {
+                "relying_party_url" => args[3] = bad,
+                "relying_party_listen" => args[1] = bad,
+                _ => args.extend(["--jwt-issuer", bad]),
+            }
+            let mut r = flags(&args);
+            r.trust_domain = Some("example.org".into());
+            match ServerConfig::from_raw(r) {
+                Err(ServerConfigError::Invalid { key: k, message }) => {
+                    assert_eq!(k, key, "{bad}: {message}");
+                }
+                other => panic!("{key} = {bad}: {other:?}"),
+            }
+        }
+        // jwt_issuer alone is fine: tokens carry `iss`, nothing is served.
+        let mut r = raw("example.org");
+        r.jwt_issuer = Some("https://issuer.example.org".into());
+        let c = ServerConfig::from_raw(r).unwrap();
+        assert_eq!(c.jwt_issuer.as_deref(), Some("https://issuer.example.org"));
+        assert_eq!(c.relying_party, None);
     }
 
     #[test]

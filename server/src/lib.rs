@@ -24,6 +24,7 @@ pub mod policy;
 pub mod rate_limit;
 pub mod readiness;
 pub mod registration;
+pub mod relying_party;
 pub mod review;
 pub mod server_identity;
 pub mod tasks;

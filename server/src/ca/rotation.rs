@@ -104,6 +104,9 @@ pub struct CaSet {
     trust_domain: TrustDomain,
     ttl: Duration,
     upstream: Option<Arc<UpstreamAuthority>>,
+    /// Base of the CRL URLs put in task SVIDs (`<base>/crl/<CA serial>.crl`), when the
+    /// relying-party listener serves them.
+    crl_base_url: Option<String>,
     state: RwLock<State>,
 }
 
@@ -181,6 +184,7 @@ impl CaSet {
             trust_domain: td.clone(),
             ttl,
             upstream,
+            crl_base_url: None,
             state: RwLock::new(state),
         };
         if reissue {
@@ -226,6 +230,32 @@ impl CaSet {
         state_file::write_atomic(&self.path, &text, 0o600).map_err(io)
     }
 
+    /// Makes task SVIDs carry a CRL Distribution Point under `base_url` (the
+    /// relying-party listener's public URL, without a trailing slash).
+    #[must_use]
+    pub fn with_crl_base_url(mut self, base_url: Option<String>) -> Self {
+        self.crl_base_url = base_url;
+        self
+    }
+
+    /// The URL of the CRL of the CA whose serial is `ca_serial`, when CRLs are published.
+    pub fn crl_url(&self, ca_serial: &str) -> Option<String> {
+        self.crl_base_url
+            .as_ref()
+            .map(|base| format!("{base}/crl/{ca_serial}.crl"))
+    }
+
+    /// Serials of the CAs whose keys this server holds (active, then prepared): the CAs
+    /// that can sign a CRL.
+    pub fn signing_serials(&self) -> Vec<String> {
+        let state = self.read();
+        [Some(&state.active), state.prepared.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|ca| ca.serial_hex().to_owned())
+            .collect()
+    }
+
     /// The CA that signs now.
     pub fn active(&self) -> Arc<Ca> {
         Arc::clone(&self.read().active)
@@ -252,8 +282,17 @@ impl CaSet {
         dns_names: &[String],
         task_id: Option<&common::TaskId>,
     ) -> Result<Issued, CaError> {
-        self.active()
-            .sign_svid_for_task(csr_der, spiffe_id, ttl, dns_names, task_id)
+        let ca = self.active();
+        // Only task SVIDs can be revoked before they expire, so only they point to a CRL.
+        let crl_url = task_id.and_then(|_| self.crl_url(ca.serial_hex()));
+        ca.sign_svid_with_crl(
+            csr_der,
+            spiffe_id,
+            ttl,
+            dns_names,
+            task_id,
+            crl_url.as_deref(),
+        )
     }
 
     /// Signs a CRL with the CA whose serial is `ca_serial`, if this server still holds its

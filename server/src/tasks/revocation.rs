@@ -1,6 +1,8 @@
 //! What every agent must know about tasks that ended early: the tasks themselves (so
 //! `ValidateJWTSVID` refuses their tokens until their deadline) and one CRL per CA listing
-//! their unexpired X.509-SVIDs (sent to workloads with their SVIDs).
+//! their unexpired X.509-SVIDs (sent to workloads with their SVIDs). Relying parties get
+//! one CRL per CA this server holds a key for, empty ones included, from the
+//! relying-party listener (`relying_party.rs`).
 //!
 //! [`RevocationState`] recomputes the set from the datastore, signs CRLs only when what
 //! they list changed (or when they approach their `nextUpdate`), and keeps the result as
@@ -38,6 +40,10 @@ pub struct EndedTask {
 pub struct RevocationSet {
     /// One DER CRL per CA that signed a revoked SVID and whose key this server holds.
     pub crls: Vec<Vec<u8>>,
+    /// One DER CRL per CA whose key this server holds (active and prepared), keyed by the
+    /// CA's serial (lowercase hex), listing its revoked SVIDs, or none: what relying
+    /// parties fetch from the CRL Distribution Point of a task SVID.
+    pub published_crls: BTreeMap<String, Vec<u8>>,
     /// Tasks that ended early and whose deadline has not passed.
     pub ended_tasks: Vec<EndedTask>,
 }
@@ -48,14 +54,18 @@ pub(crate) fn ended_early(t: &TaskRecord) -> bool {
     !t.state.is_open() && t.state != TaskState::Expired
 }
 
+/// What the CRLs were signed for: (CA serial, SVID serial) pairs listed, and the CAs that
+/// signed one (each CA whose key the server holds).
+type Listed = (Vec<(String, String)>, Vec<String>);
+
 /// The current [`RevocationSet`] and the CRL bookkeeping behind it.
 #[derive(Debug)]
 pub(crate) struct RevocationState {
     current: RwLock<Arc<RevocationSet>>,
     crl_number: AtomicU64,
     signed_at: RwLock<Option<SystemTime>>,
-    /// (CA serial, SVID serial) pairs on the current CRLs.
-    listed: RwLock<Vec<(String, String)>>,
+    /// What the current CRLs were signed for.
+    listed: RwLock<Listed>,
     /// One refresh at a time, so an older computation never overwrites a newer one.
     refresh_lock: tokio::sync::Mutex<()>,
 }
@@ -117,6 +127,9 @@ impl RevocationState {
             .iter()
             .map(|v| (v.issuer_serial.clone(), v.serial.clone()))
             .collect();
+        // A CA prepared or activated since the last signing needs its (empty) CRL.
+        let signers = ca.signing_serials();
+        let listed = (listed, signers);
         {
             let cur = self.current.read().unwrap_or_else(|e| e.into_inner());
             let last = self.listed.read().unwrap_or_else(|e| e.into_inner());
@@ -139,12 +152,21 @@ impl RevocationState {
                 at: from_unix_seconds(at),
             });
         }
+        for serial in &listed.1 {
+            by_ca.entry(serial.as_str()).or_default();
+        }
         let number = self.crl_number.fetch_add(1, Ordering::Relaxed) + 1;
         let next_update = now + CRL_VALIDITY;
         let mut crls = Vec::new();
+        let mut published_crls = BTreeMap::new();
         for (ca_serial, revoked) in by_ca {
             match ca.sign_crl(ca_serial, &revoked, number, next_update) {
-                Some(Ok(der)) => crls.push(der),
+                Some(Ok(der)) => {
+                    if !revoked.is_empty() {
+                        crls.push(der.clone());
+                    }
+                    published_crls.insert(ca_serial.to_owned(), der);
+                }
                 Some(Err(e)) => tracing::error!(error = %e, ca_serial, "cannot sign a CRL"),
                 None => tracing::warn!(
                     ca_serial,
@@ -155,10 +177,51 @@ impl RevocationState {
         }
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(RevocationSet {
             crls,
+            published_crls,
             ended_tasks: ended,
         });
         *self.listed.write().unwrap_or_else(|e| e.into_inner()) = listed;
         *self.signed_at.write().unwrap_or_else(|e| e.into_inner()) = Some(now);
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datastore::sqlite::SqliteDatastore;
+    use common::TrustDomain;
+    use x509_parser::prelude::FromDer as _;
+
+    #[tokio::test]
+    async fn every_ca_with_a_key_has_a_published_crl_even_with_nothing_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = SqliteDatastore::open(&dir.path().join("ds.sqlite3"))
+            .await
+            .unwrap();
+        let td = TrustDomain::new("example.org").unwrap();
+        let now = SystemTime::now();
+        let ca =
+            CaSet::load_or_create(dir.path(), &td, Duration::from_secs(86400), None, now).unwrap();
+        let state = RevocationState::default();
+        assert!(state.refresh(&ds, &ca, now, false).await.unwrap());
+        let set = state.current();
+        assert!(set.crls.is_empty(), "agents get no empty CRLs");
+        let first = ca.signing_serials();
+        assert_eq!(first.len(), 1);
+        let der = set.published_crls.get(&first[0]).expect("active CA's CRL");
+        let (_, crl) =
+            x509_parser::revocation_list::CertificateRevocationList::from_der(der).unwrap();
+        assert_eq!(crl.iter_revoked_certificates().count(), 0);
+        // Nothing changed: nothing is re-signed.
+        assert!(!state.refresh(&ds, &ca, now, false).await.unwrap());
+        // A new CA gets its CRL at the next refresh; the retired one (key gone) has none.
+        ca.rotate_now().unwrap();
+        assert!(state.refresh(&ds, &ca, now, false).await.unwrap());
+        let published: Vec<String> = state.current().published_crls.keys().cloned().collect();
+        let mut signers = ca.signing_serials();
+        signers.sort();
+        assert_eq!(published, signers);
+        assert!(!published.contains(&first[0]));
     }
 }

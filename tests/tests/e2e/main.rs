@@ -29,6 +29,7 @@ mod lifecycle;
 mod offboard;
 mod postgres;
 mod readiness;
+mod relying_party;
 mod resilience_health;
 mod resilience_mtls;
 mod resilience_outage;
