@@ -235,6 +235,9 @@ fn start_task(c: &Cluster) -> String {
         "relying-party test",
         "--ttl",
         "600",
+        // Task JWT-SVIDs are minted only for the audiences the task declares.
+        "--audience",
+        AUDIENCE,
     ]);
     assert_eq!(t["state"], "active", "{t}");
     t["id"].as_str().unwrap().to_owned()
@@ -474,7 +477,7 @@ async fn pyjwt_validates_task_tokens_through_oidc_discovery_and_refuses_other_ke
         }
     };
     let standing_token = fetch_jwt(c, STANDING, AUDIENCE).await;
-    let other_audience = fetch_jwt(c, JIT, "somebody-else").await;
+    let other_audience = fetch_jwt(c, STANDING, "somebody-else").await;
     let claims = jwt_part(&task_token, 1);
     assert_eq!(claims["iss"], rp.url.as_str(), "{claims}");
     assert_eq!(claims["task_id"], task_id.as_str(), "{claims}");
