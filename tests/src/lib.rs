@@ -28,6 +28,7 @@ pub mod nobody;
 pub mod pgcluster;
 pub mod process;
 pub mod server;
+pub mod web;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};

@@ -24,64 +24,15 @@ use rustls_pki_types::{
     CertificateDer, CertificateRevocationListDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName,
 };
 use serde_json::Value;
+use tests::web::{HttpResponse, WebPki, crl_serials, crl_urls, provider, serial_of};
 use tests::{Cluster, free_port, with_header};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::Instant;
-use x509_parser::prelude::{
-    DistributionPointName, FromDer as _, GeneralName, ParsedExtension, X509Certificate,
-};
+use x509_parser::prelude::{FromDer as _, X509Certificate};
 
 const JIT: &str = "spiffe://example.org/jit/tools";
 const STANDING: &str = "spiffe://example.org/standing/runtime";
 const AUDIENCE: &str = "tools.example.org";
-
-/// The test web PKI of the listener: a CA, and a certificate for `localhost` and
-/// 127.0.0.1 signed by it.
-struct WebPki {
-    ca_file: PathBuf,
-    cert_file: PathBuf,
-    key_file: PathBuf,
-    ca_der: CertificateDer<'static>,
-    chain: Vec<CertificateDer<'static>>,
-    key_der: Vec<u8>,
-}
-
-fn web_pki(dir: &Path) -> WebPki {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-        SanType,
-    };
-    use std::os::unix::fs::PermissionsExt as _;
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.distinguished_name
-        .push(DnType::CommonName, "Relying-party test web CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut leaf = CertificateParams::new(vec!["localhost".into()]).unwrap();
-    leaf.subject_alt_names
-        .push(SanType::IpAddress([127, 0, 0, 1].into()));
-    leaf.distinguished_name
-        .push(DnType::CommonName, "localhost");
-    leaf.use_authority_key_identifier_extension = true;
-    let issuer = Issuer::from_params(&ca, &ca_key);
-    let cert = leaf.signed_by(&key, &issuer).unwrap();
-    let pki = WebPki {
-        ca_file: dir.join("web-ca.pem"),
-        cert_file: dir.join("rp.pem"),
-        key_file: dir.join("rp.key"),
-        ca_der: ca_cert.der().clone(),
-        chain: vec![cert.der().clone()],
-        key_der: key.serialize_der(),
-    };
-    std::fs::write(&pki.ca_file, ca_cert.pem()).unwrap();
-    std::fs::write(&pki.cert_file, cert.pem()).unwrap();
-    std::fs::write(&pki.key_file, key.serialize_pem()).unwrap();
-    std::fs::set_permissions(&pki.key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    pki
-}
 
 /// A cluster whose server serves relying parties on a free port as
 /// `https://localhost:<port>`.
@@ -95,7 +46,7 @@ struct RpCluster {
 
 fn rp_cluster() -> RpCluster {
     let pki_dir = tempfile::tempdir().unwrap();
-    let pki = web_pki(pki_dir.path());
+    let pki = WebPki::generate(pki_dir.path()).unwrap();
     let port = free_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let url = format!("https://localhost:{port}");
@@ -118,79 +69,11 @@ fn rp_cluster() -> RpCluster {
     }
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// An HTTP/1.1 response: status, lowercase header names with values, body.
-#[derive(Debug)]
-struct HttpResponse {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl HttpResponse {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
-    }
-}
-
-/// `METHOD path` over HTTPS to the listener, trusting only the test web CA (rustls, SNI
-/// `localhost`); `extra` is added to the request head as is.
+/// `METHOD path` over HTTPS to the listener, trusting only the test web CA.
 async fn https(rp: &RpCluster, method: &str, path: &str, extra: &str) -> HttpResponse {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rp.pki.ca_der.clone()).unwrap();
-    let cfg = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(rp.addr).await.unwrap();
-    let mut s = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+    tests::web::https(rp.addr, &rp.pki.ca_der, method, path, extra)
         .await
-        .expect("TLS handshake with the relying-party listener");
-    // An oversized head may be answered (and the connection closed) before it is all sent.
-    let _ = s
-        .write_all(
-            format!(
-                "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{extra}Connection: close\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await;
-    let mut raw = Vec::new();
-    // The server may close without close_notify after an error response.
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw)).await;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP head in {:?}", String::from_utf8_lossy(&raw)));
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    HttpResponse {
-        status,
-        headers,
-        body: raw[split + 4..].to_vec(),
-    }
+        .unwrap()
 }
 
 async fn workload(c: &Cluster) -> SpiffeWorkloadApiClient<tonic::transport::Channel> {
@@ -268,38 +151,6 @@ fn split_ders(mut bytes: &[u8]) -> Vec<CertificateDer<'static>> {
         bytes = rest;
     }
     out
-}
-
-/// The URIs of a certificate's CRL Distribution Points.
-fn crl_urls(der: &[u8]) -> Vec<String> {
-    let (_, cert) = X509Certificate::from_der(der).unwrap();
-    let mut out = Vec::new();
-    for ext in cert.extensions() {
-        if let ParsedExtension::CRLDistributionPoints(points) = ext.parsed_extension() {
-            for p in points.iter() {
-                if let Some(DistributionPointName::FullName(names)) = &p.distribution_point {
-                    for n in names {
-                        if let GeneralName::URI(u) = n {
-                            out.push((*u).to_owned());
-                        }
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
-fn serial_of(der: &[u8]) -> String {
-    hex::encode(X509Certificate::from_der(der).unwrap().1.raw_serial())
-}
-
-fn crl_serials(der: &[u8]) -> Vec<String> {
-    let (_, crl) =
-        x509_parser::revocation_list::CertificateRevocationList::from_der(der).expect("CRL");
-    crl.iter_revoked_certificates()
-        .map(|rc| hex::encode(rc.raw_serial()))
-        .collect()
 }
 
 fn pem_file(path: &Path, tag: &str, ders: &[&[u8]]) {
@@ -688,7 +539,7 @@ async fn the_listener_serves_discovery_keys_and_crls_and_refuses_everything_else
     let crl = https(&rp, "GET", &format!("/crl/{active}.crl"), "").await;
     assert_eq!(crl.status, 200, "{crl:?}");
     assert_eq!(crl.header("content-type"), Some("application/pkix-crl"));
-    assert!(crl_serials(&crl.body).is_empty());
+    assert!(crl_serials(&crl.body).unwrap().is_empty());
 
     for (method, path, want) in [
         ("GET", "/", 404),
@@ -735,26 +586,30 @@ async fn openssl_and_rustls_refuse_an_ended_tasks_certificate_with_the_crl_from_
     let chain = split_ders(&svid.x509_svid);
     let leaf = chain[0].clone();
     let bundle = split_ders(&svid.bundle);
-    let serial = serial_of(&leaf);
+    let serial = serial_of(&leaf).unwrap();
 
     // The task SVID names its CA's CRL on the listener; a standing SVID names none.
-    let urls = crl_urls(&leaf);
+    let urls = crl_urls(&leaf).unwrap();
     assert_eq!(urls.len(), 1, "{urls:?}");
     let (_, parsed) = X509Certificate::from_der(&leaf).unwrap();
     let ca = bundle
         .iter()
         .find(|r| X509Certificate::from_der(r).unwrap().1.subject() == parsed.issuer())
         .expect("issuing CA in the bundle");
-    let ca_serial = serial_of(ca);
+    let ca_serial = serial_of(ca).unwrap();
     assert_eq!(urls[0], format!("{}/crl/{ca_serial}.crl", rp.url));
     let standing = got.svids.iter().find(|s| s.spiffe_id == STANDING).unwrap();
-    assert!(crl_urls(&split_ders(&standing.x509_svid)[0]).is_empty());
+    assert!(
+        crl_urls(&split_ders(&standing.x509_svid)[0])
+            .unwrap()
+            .is_empty()
+    );
 
     let path = urls[0].strip_prefix(&rp.url).unwrap().to_owned();
     let work = tempfile::tempdir().unwrap();
     let before = https(&rp, "GET", &path, "").await;
     assert_eq!(before.status, 200, "{before:?}");
-    assert!(!crl_serials(&before.body).contains(&serial));
+    assert!(!crl_serials(&before.body).unwrap().contains(&serial));
     let (ok, text) = openssl_verify(work.path(), &bundle, &leaf, &before.body);
     assert!(ok, "openssl accepts the running task's SVID: {text}");
     mtls_handshake(
@@ -775,7 +630,7 @@ async fn openssl_and_rustls_refuse_an_ended_tasks_certificate_with_the_crl_from_
     let after = loop {
         let r = https(&rp, "GET", &path, "").await;
         assert_eq!(r.status, 200, "{r:?}");
-        if crl_serials(&r.body).contains(&serial) {
+        if crl_serials(&r.body).unwrap().contains(&serial) {
             break r;
         }
         assert!(
@@ -837,7 +692,7 @@ fn refused_start(dir: &Path, args: &[&str]) -> (Option<i32>, String) {
 fn the_server_refuses_an_incomplete_listener_config_and_a_key_others_may_read() {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = tempfile::tempdir().unwrap();
-    let pki = web_pki(dir.path());
+    let pki = WebPki::generate(dir.path()).unwrap();
     let (code, log) = refused_start(
         dir.path(),
         &["--relying-party-url", "https://tessera.example.org"],

@@ -19,6 +19,7 @@
 
 mod crypto;
 mod procs;
+mod relying;
 mod scale;
 mod stats;
 mod stub;
@@ -35,7 +36,14 @@ use serde_json::{Value, json};
 use crate::stats::Figure;
 
 /// The sections of the report, in the issue's order of figures.
-const SECTIONS: [&str; 5] = ["issuance", "latency", "propagation", "scale", "jwt"];
+const SECTIONS: [&str; 6] = [
+    "issuance",
+    "latency",
+    "propagation",
+    "scale",
+    "jwt",
+    "revocation",
+];
 
 const USAGE: &str = "\
 usage: bench [--quick] [--json PATH] [--only SECTIONS] [--reps N] [--scale-sizes N,N]
@@ -44,7 +52,8 @@ usage: bench [--quick] [--json PATH] [--only SECTIONS] [--reps N] [--scale-sizes
   --quick          tiny sizes and short measurements (CI smoke run)
   --json PATH      where to write the JSON report (default: target/bench.json, or
                    target/bench-quick.json with --quick)
-  --only LIST      comma-separated subset of: issuance,latency,propagation,scale,jwt
+  --only LIST      comma-separated subset of: issuance,latency,propagation,scale,jwt,
+                   revocation
   --reps N         repeats of each measurement (default 5; quick 1)
   --scale-sizes    entry counts for the scale figures (default 1000,10000; quick 10,50)
   --scale-reps N   repeats of each scale size (default 5; quick 1)
@@ -475,7 +484,12 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        if want("latency") || want("propagation") || want("jwt") || want("issuance") {
+        if want("latency")
+            || want("propagation")
+            || want("jwt")
+            || want("issuance")
+            || want("revocation")
+        {
             report.section("cluster start");
             match workload::Cluster::start(cfg, &bin_dir).await {
                 Ok(cluster) => {
@@ -488,6 +502,11 @@ fn run(args: &Args) -> anyhow::Result<bool> {
                         report.section("propagation");
                         let r = workload::propagation(cfg, &cluster).await;
                         report.record("propagation", r);
+                    }
+                    if want("revocation") {
+                        report.section("usable after task end");
+                        let r = relying::usable_after_end(cfg, &cluster).await;
+                        report.record("usable_after_end", r);
                     }
                     if let (true, Some(base)) = (want("jwt"), &jwt_base) {
                         report.section("jwt (Workload API)");

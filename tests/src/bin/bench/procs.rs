@@ -133,6 +133,15 @@ pub(crate) struct Server {
     pub(crate) admin_socket: PathBuf,
     pub(crate) address: String,
     pub(crate) bundle_pem: PathBuf,
+    /// Its relying-party listener (OIDC discovery, JWKS, CRLs, status lists).
+    pub(crate) relying_party: Option<RelyingParty>,
+}
+
+/// Where a server serves relying parties, and the web PKI its listener uses.
+#[derive(Debug)]
+pub(crate) struct RelyingParty {
+    pub(crate) addr: std::net::SocketAddr,
+    pub(crate) pki: tests::web::WebPki,
 }
 
 impl Server {
@@ -140,6 +149,9 @@ impl Server {
     pub(crate) async fn start(bin_dir: &Path, dir: &Path) -> anyhow::Result<Self> {
         let port = tests::free_port();
         let admin_socket = dir.join("admin.sock");
+        std::fs::create_dir_all(dir)?;
+        let rp_addr = std::net::SocketAddr::from(([127, 0, 0, 1], tests::free_port()));
+        let pki = tests::web::WebPki::generate(dir)?;
         let mut cmd = Command::new(bin_dir.join("tessera-server"));
         cmd.arg("run")
             .args(["--trust-domain", TRUST_DOMAIN])
@@ -149,6 +161,7 @@ impl Server {
             .arg(&admin_socket)
             .args(["--bind", &format!("127.0.0.1:{port}")])
             .args(["--log-format", "json"])
+            .args(pki.server_args(rp_addr, &format!("https://localhost:{}", rp_addr.port())))
             .env_remove("TESSERA_LOG");
         // Figure 5 measures how fast JWT-SVIDs can be minted, not the rate limits (whose
         // defaults would cap one workload at 20/s): lift them.
@@ -181,6 +194,7 @@ impl Server {
             admin_socket,
             address: format!("127.0.0.1:{port}"),
             bundle_pem,
+            relying_party: Some(RelyingParty { addr: rp_addr, pki }),
         })
     }
 
