@@ -205,6 +205,19 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         }
         None => None,
     };
+    // SET push: the receivers' roots and the cursors are read before anything serves.
+    let set_pusher = match &config.set_push {
+        Some(push) => Some(Arc::new(
+            crate::set_push::SetPusher::new(
+                push.clone(),
+                &config.data_dir,
+                Arc::clone(&ds),
+                Arc::clone(&jwt),
+            )
+            .context("setting up Security Event Token push")?,
+        )),
+        None => None,
+    };
     let admin = match config.admin_socket_gid {
         None => daemon::socket::bind_unix(&config.admin_socket, 0o700, 0o600)?,
         Some(gid) => {
@@ -282,6 +295,9 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         "audit checkpoints",
         Arc::clone(&checkpointer).run(ds.audit_heads(), shutdown.clone()),
     );
+    if let Some(pusher) = set_pusher {
+        tasks.spawn_service("SET push", pusher.run(shutdown.clone()));
+    }
     tasks.spawn_service(
         "server identity",
         Arc::clone(&identity).run(shutdown.clone()),

@@ -92,6 +92,10 @@ pub enum AuditKind {
     EntryCertified,
     /// An owner left: their tasks ended and their entries were disabled. (`owner.offboarded`)
     OwnerOffboarded,
+    /// A task's end reached a Security Event Token receiver. (`set.delivered`)
+    SetDelivered,
+    /// A task's end was given up for one SET receiver after retrying too long. (`set.abandoned`)
+    SetAbandoned,
 }
 
 impl AuditKind {
@@ -129,6 +133,8 @@ impl AuditKind {
         Self::EntryDisabled,
         Self::EntryCertified,
         Self::OwnerOffboarded,
+        Self::SetDelivered,
+        Self::SetAbandoned,
     ];
 
     /// The stored name, e.g. `svid.x509.issued`.
@@ -166,6 +172,8 @@ impl AuditKind {
             Self::EntryDisabled => "entry.disabled",
             Self::EntryCertified => "entry.certified",
             Self::OwnerOffboarded => "owner.offboarded",
+            Self::SetDelivered => "set.delivered",
+            Self::SetAbandoned => "set.abandoned",
         }
     }
 }

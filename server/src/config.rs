@@ -157,6 +157,19 @@ pub struct RawServerConfig {
     /// [default: relying_party_url when set, else no `iss`].
     #[arg(long)]
     pub jwt_issuer: Option<String>,
+    /// https:// URL of a Security Event Token receiver (RFC 8935 push): every task end is
+    /// POSTed there as a signed SET (repeatable; off when none). Needs
+    /// set_receiver_ca_file and a jwt_issuer (or relying_party_url).
+    #[arg(long = "set-receiver", value_name = "URL")]
+    #[serde(default)]
+    pub set_receivers: Vec<String>,
+    /// PEM roots trusted for the SET receivers' TLS certificates (required with
+    /// set_receivers: the server carries no web roots of its own).
+    #[arg(long)]
+    pub set_receiver_ca_file: Option<PathBuf>,
+    /// `aud` claim of every pushed SET [default: the receiver's URL].
+    #[arg(long)]
+    pub set_audience: Option<String>,
     /// Log level: trace, debug, info, warn or error [default: info].
     #[arg(long)]
     pub log_level: Option<String>,
@@ -200,6 +213,9 @@ impl std::fmt::Debug for RawServerConfig {
             relying_party_cert_file,
             relying_party_key_file,
             jwt_issuer,
+            set_receivers,
+            set_receiver_ca_file,
+            set_audience,
             log_level,
             log_format,
         } = self;
@@ -235,6 +251,9 @@ impl std::fmt::Debug for RawServerConfig {
             .field("relying_party_cert_file", relying_party_cert_file)
             .field("relying_party_key_file", relying_party_key_file)
             .field("jwt_issuer", jwt_issuer)
+            .field("set_receivers", set_receivers)
+            .field("set_receiver_ca_file", set_receiver_ca_file)
+            .field("set_audience", set_audience)
             .field("log_level", log_level)
             .field("log_format", log_format)
             .finish()
@@ -294,6 +313,22 @@ pub struct RelyingPartyListener {
     /// Its private key (PEM).
     pub key_file: PathBuf,
 }
+
+/// Security Event Token push (`set_receivers` given, validated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetPushConfig {
+    /// The receivers' https:// URLs, distinct, no trailing slash.
+    pub receivers: Vec<String>,
+    /// PEM roots their TLS certificates must chain to.
+    pub ca_file: PathBuf,
+    /// The `aud` of every SET; `None`: each receiver's URL.
+    pub audience: Option<String>,
+    /// The `iss` of every SET (the JWT issuer).
+    pub issuer: String,
+}
+
+/// Most SET receivers.
+const MAX_SET_RECEIVERS: usize = 16;
 
 /// Longest accepted `relying_party_url` or `jwt_issuer`.
 const MAX_URL_LENGTH: usize = 512;
@@ -382,6 +417,8 @@ pub struct ServerConfig {
     pub relying_party: Option<RelyingPartyListener>,
     /// The `iss` of every JWT-SVID (and the discovery document's issuer), if any.
     pub jwt_issuer: Option<String>,
+    /// Security Event Token push to receivers, if any are configured.
+    pub set_push: Option<SetPushConfig>,
     /// Log filter.
     pub log_level: String,
     /// Emit JSON log lines.
@@ -473,6 +510,9 @@ impl RawServerConfig {
             relying_party_cert_file,
             relying_party_key_file,
             jwt_issuer,
+            set_receivers,
+            set_receiver_ca_file,
+            set_audience,
             log_level,
             log_format,
         } = over;
@@ -510,6 +550,14 @@ impl RawServerConfig {
             relying_party_cert_file: relying_party_cert_file.or(self.relying_party_cert_file),
             relying_party_key_file: relying_party_key_file.or(self.relying_party_key_file),
             jwt_issuer: jwt_issuer.or(self.jwt_issuer),
+            // A list from the flags replaces the file's list as a whole.
+            set_receivers: if set_receivers.is_empty() {
+                self.set_receivers
+            } else {
+                set_receivers
+            },
+            set_receiver_ca_file: set_receiver_ca_file.or(self.set_receiver_ca_file),
+            set_audience: set_audience.or(self.set_audience),
             log_level: log_level.or(self.log_level),
             log_format: log_format.or(self.log_format),
         }
@@ -803,6 +851,12 @@ impl ServerConfig {
             Some(iss) => Some(https_base_url("jwt_issuer", iss).map(|_| iss.to_owned())?),
             None => relying_party.as_ref().map(|rp| rp.url.clone()),
         };
+        let set_push = set_push(
+            raw.set_receivers,
+            raw.set_receiver_ca_file,
+            raw.set_audience,
+            jwt_issuer.as_deref(),
+        )?;
         let log_level = raw.log_level.unwrap_or_else(|| "info".into());
         if !["trace", "debug", "info", "warn", "error"].contains(&log_level.as_str()) {
             return Err(ServerConfigError::Invalid {
@@ -844,10 +898,77 @@ impl ServerConfig {
             jwt_mint_limits,
             relying_party,
             jwt_issuer,
+            set_push,
             log_level,
             log_json,
         })
     }
+}
+
+/// Validates the SET push keys: either none of them, or receivers (https, distinct) with
+/// a CA file and an issuer to name.
+fn set_push(
+    receivers: Vec<String>,
+    ca_file: Option<PathBuf>,
+    audience: Option<String>,
+    issuer: Option<&str>,
+) -> Result<Option<SetPushConfig>, ServerConfigError> {
+    if receivers.is_empty() {
+        if ca_file.is_some() || audience.is_some() {
+            return Err(ServerConfigError::Invalid {
+                key: "set_receivers",
+                message:
+                    "set_receiver_ca_file and set_audience need at least one set_receivers URL"
+                        .into(),
+            });
+        }
+        return Ok(None);
+    }
+    if receivers.len() > MAX_SET_RECEIVERS {
+        return Err(ServerConfigError::Invalid {
+            key: "set_receivers",
+            message: format!("at most {MAX_SET_RECEIVERS} receivers"),
+        });
+    }
+    let mut urls: Vec<String> = Vec::with_capacity(receivers.len());
+    for r in &receivers {
+        let url = https_base_url("set_receivers", r)?;
+        if urls.contains(&url) {
+            return Err(ServerConfigError::Invalid {
+                key: "set_receivers",
+                message: format!("{r:?} is given twice"),
+            });
+        }
+        urls.push(url);
+    }
+    let ca_file = ca_file.ok_or_else(|| ServerConfigError::Invalid {
+        key: "set_receiver_ca_file",
+        message:
+            "set_receivers needs set_receiver_ca_file (PEM roots for the receivers' certificates)"
+                .into(),
+    })?;
+    if let Some(aud) = &audience
+        && (aud.is_empty()
+            || aud.len() > MAX_URL_LENGTH
+            || aud.chars().any(|c| c.is_control() || c.is_whitespace()))
+    {
+        return Err(ServerConfigError::Invalid {
+            key: "set_audience",
+            message: format!(
+                "{aud:?} must be 1 to {MAX_URL_LENGTH} bytes without spaces or control characters"
+            ),
+        });
+    }
+    let issuer = issuer.ok_or_else(|| ServerConfigError::Invalid {
+        key: "set_receivers",
+        message: "set_receivers needs jwt_issuer or relying_party_url (the SETs' iss, whose keys receivers fetch)".into(),
+    })?;
+    Ok(Some(SetPushConfig {
+        receivers: urls,
+        ca_file,
+        audience,
+        issuer: issuer.to_owned(),
+    }))
 }
 
 #[cfg(test)]
@@ -1060,16 +1181,130 @@ mod tests {
     }
 
     #[test]
+    fn set_push_needs_https_receivers_a_ca_file_and_an_issuer() {
+        let c = ServerConfig::from_raw(raw("example.org")).unwrap();
+        assert_eq!(c.set_push, None);
+        let ok = [
+            "--set-receiver",
+            "https://rx.example.org/events/",
+            "--set-receiver",
+            "https://127.0.0.1:9443",
+            "--set-receiver-ca-file",
+            "/etc/tessera/web-ca.pem",
+            "--jwt-issuer",
+            "https://tessera.example.org",
+        ];
+        let mut r = flags(&ok);
+        r.trust_domain = Some("example.org".into());
+        let push = ServerConfig::from_raw(r).unwrap().set_push.unwrap();
+        assert_eq!(
+            push.receivers,
+            ["https://rx.example.org/events", "https://127.0.0.1:9443"]
+        );
+        assert_eq!(push.ca_file, PathBuf::from("/etc/tessera/web-ca.pem"));
+        assert_eq!(push.audience, None);
+        assert_eq!(push.issuer, "https://tessera.example.org");
+        // The file's list, and flags replacing it.
+        let file = RawServerConfig::from_toml(
+            "trust_domain = \"example.org\"\nset_receivers = [\"https://a.example.org\"]\nset_receiver_ca_file = \"/ca.pem\"\njwt_issuer = \"https://i.example.org\"\nset_audience = \"urn:example:rx\"",
+        )
+        .unwrap();
+        let c = ServerConfig::from_raw(file.clone().merge(flags(&[]))).unwrap();
+        let push = c.set_push.unwrap();
+        assert_eq!(push.receivers, ["https://a.example.org"]);
+        assert_eq!(push.audience.as_deref(), Some("urn:example:rx"));
+        let c =
+            ServerConfig::from_raw(file.merge(flags(&["--set-receiver", "https://b.example.org"])))
+                .unwrap();
+        assert_eq!(c.set_push.unwrap().receivers, ["https://b.example.org"]);
+
+        let refused = |args: &[&str], key: &str, words: &str| {
+            let mut r = flags(args);
+            r.trust_domain = Some("example.org".into());
+            match ServerConfig::from_raw(r) {
+                Err(ServerConfigError::Invalid { key: k, message }) => {
+                    assert_eq!(k, key, "{args:?}: {message}");
+                    assert!(message.contains(words), "{args:?}: {message}");
+                }
+                other => panic!("{args:?}: {other:?}"),
+            }
+        };
+        let ca = [
+            "--set-receiver-ca-file",
+            "/ca.pem",
+            "--jwt-issuer",
+            "https://i.example.org",
+        ];
+        for (url, words) in [
+            ("http://rx.example.org", "not an https:// URL"),
+            ("https://rx.example.org/?a=1", "no user info, query"),
+            ("https://user@rx.example.org", "no user info"),
+            ("https://:443", "no host"),
+            ("rx.example.org", "not an https:// URL"),
+        ] {
+            let mut args = vec!["--set-receiver", url];
+            args.extend(ca);
+            refused(&args, "set_receivers", words);
+        }
+        let mut twice = vec![
+            "--set-receiver",
+            "https://a.example.org",
+            "--set-receiver",
+            "https://a.example.org/",
+        ];
+        twice.extend(ca);
+        refused(&twice, "set_receivers", "given twice");
+        refused(
+            &[
+                "--set-receiver",
+                "https://a.example.org",
+                "--jwt-issuer",
+                "https://i.example.org",
+            ],
+            "set_receiver_ca_file",
+            "needs set_receiver_ca_file",
+        );
+        refused(
+            &[
+                "--set-receiver",
+                "https://a.example.org",
+                "--set-receiver-ca-file",
+                "/ca.pem",
+            ],
+            "set_receivers",
+            "needs jwt_issuer",
+        );
+        refused(
+            &["--set-receiver-ca-file", "/ca.pem"],
+            "set_receivers",
+            "need at least one",
+        );
+        refused(
+            &["--set-audience", "x"],
+            "set_receivers",
+            "need at least one",
+        );
+        let mut spaced = vec![
+            "--set-receiver",
+            "https://a.example.org",
+            "--set-audience",
+            "a b",
+        ];
+        spaced.extend(ca);
+        refused(&spaced, "set_audience", "without spaces");
+    }
+
+    #[test]
     fn every_flag_is_a_config_file_key() {
         let cmd = <RawServerConfig as clap::Args>::augment_args(clap::Command::new("run"));
         let ids: Vec<String> = cmd
             .get_arguments()
             .map(|a| a.get_id().to_string())
             .collect();
-        assert_eq!(ids.len(), 33, "{ids:?}");
+        assert_eq!(ids.len(), 36, "{ids:?}");
         for id in ids {
-            // A text key or a number key.
-            let ok = ["\"x\"", "1"]
+            // A text key, a number key or a list key.
+            let ok = ["\"x\"", "1", "[\"x\"]"]
                 .iter()
                 .any(|v| RawServerConfig::from_toml(&format!("{id} = {v}")).is_ok());
             assert!(ok, "flag {id} is no file key");

@@ -193,6 +193,20 @@ impl JwtKeyManager {
         Ok(active.signer.sign_claims("statuslist+jwt", claims)?)
     }
 
+    /// Signs `claims` as a Security Event Token (`typ: secevent+jwt`, RFC 8417 §2.3) with
+    /// the active key, so receivers verify it with the published JWK set.
+    pub fn sign_security_event(
+        &self,
+        claims: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String, JwtKeyError> {
+        let keys = self.lock();
+        let active = keys
+            .iter()
+            .find(|k| k.stored.activated_at.is_some() && k.stored.retired_at.is_none())
+            .ok_or(JwtKeyError::NoActiveKey)?;
+        Ok(active.signer.sign_claims("secevent+jwt", claims)?)
+    }
+
     /// The `iss` claim tokens carry, if any.
     pub fn issuer(&self) -> Option<&str> {
         self.issuer.as_deref()

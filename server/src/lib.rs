@@ -27,6 +27,7 @@ pub mod registration;
 pub mod relying_party;
 pub mod review;
 pub mod server_identity;
+pub mod set_push;
 pub mod tasks;
 pub mod tenants;
 pub mod usage;

@@ -1,0 +1,605 @@
+//! Security Event Token push: every task end, whatever ended it (completed, failed,
+//! cancelled, revoked, expired), is POSTed to each configured receiver as a signed SET
+//! (RFC 8417) over HTTPS (RFC 8935 push delivery), so relying parties that never ask
+//! Tessera hear of it.
+//!
+//! The audit log is the source of truth: each receiver has its own worker that tails the
+//! log for `task.ended` records from a cursor (the last sequence number delivered or given
+//! up for that receiver), kept in [`CURSOR_FILE`] (0600) in the data directory and written
+//! after each delivered or abandoned event. A receiver that is down, or a server restart,
+//! therefore loses nothing, and one receiver never delays another (one worker each, all
+//! polled in one service). A receiver's events go out in log order, one at a time: its
+//! queue is the log itself, so memory holds one event per receiver however long it is down.
+//!
+//! A delivery is a 2xx answer (202 expected). Anything else, or no answer within
+//! [`REQUEST_TIMEOUT`], is retried after [`FIRST_RETRY`], doubling up to [`MAX_RETRY`],
+//! until the task end is [`MAX_EVENT_AGE`] old; then it is abandoned. Both outcomes are
+//! audited (`set.delivered`, `set.abandoned`, with receiver, `jti` and attempts). A SET's
+//! `jti` is derived from the audit record's hash and the receiver's URL: the retries of one
+//! event, after a restart too, and the copies that several servers sharing a datastore
+//! push, all carry the same `jti`, so a receiver deduplicates by it. Response bodies are
+//! never read.
+//!
+//! A worker with no cursor yet starts at the log's current end: configuring a receiver
+//! does not replay history.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, ServerName};
+use serde_json::{Map, Value, json};
+use sha2::{Digest as _, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::{AuditEvent, AuditKind, AuditRecord, SERVER_ACTOR};
+use crate::clock::now_unix;
+use crate::config::SetPushConfig;
+use crate::datastore::Datastore;
+use crate::jwt_keys::JwtKeyManager;
+use daemon::state_file;
+
+/// The cursor file in the data directory: `{ "<receiver URL>": <last seq> }`.
+pub const CURSOR_FILE: &str = "set-push-cursor.json";
+/// The CAEP event type every SET carries.
+pub const CREDENTIAL_CHANGE: &str =
+    "https://schemas.openid.net/secevent/caep/event-type/credential-change";
+/// `Content-Type` of a pushed SET (RFC 8935 §2).
+pub const SET_CONTENT_TYPE: &str = "application/secevent+jwt";
+/// Wait before the first retry.
+pub const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// Longest wait between retries.
+pub const MAX_RETRY: Duration = Duration::from_secs(60);
+/// How old a task end may get before its SET is abandoned for a receiver.
+pub const MAX_EVENT_AGE: Duration = Duration::from_secs(24 * 3600);
+/// Connect, TLS handshake, request and response head, together.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the log is read even when this server appended nothing (another server
+/// sharing the datastore may have ended a task).
+const POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Why SET push could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetPushError {
+    /// The receivers' CA file could not be read or holds no certificate.
+    #[error("{path}: {message}")]
+    CaFile {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The cursor file could not be read or parsed.
+    #[error("{path}: {message}")]
+    Cursor {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The SET claims announcing the task end recorded in `record` (a `task.ended` record),
+/// or `None` for any other record. Pure: `iat` and `jti` are given.
+pub fn security_event(
+    record: &AuditRecord,
+    issuer: &str,
+    audience: &str,
+    iat: i64,
+    jti: &str,
+) -> Option<Map<String, Value>> {
+    if record.event.kind != AuditKind::TaskEnded.as_str() {
+        return None;
+    }
+    let task_id = record.event.task_id.as_deref()?;
+    let detail = &record.event.detail;
+    let by = detail["by"].as_str().unwrap_or_default();
+    // CAEP's initiating_entity: the server's own schedule (expiry), an operator, or the
+    // workload itself.
+    let initiating = if by == SERVER_ACTOR {
+        "policy"
+    } else if by.starts_with("user:") {
+        "admin"
+    } else {
+        "user"
+    };
+    // RFC 9493 subject identifier, format "uri": the task's SPIFFE ID.
+    let subject = json!({ "format": "uri", "uri": record.event.subject });
+    let mut claims = Map::new();
+    claims.insert("iss".into(), issuer.into());
+    claims.insert("iat".into(), iat.into());
+    claims.insert("jti".into(), jti.into());
+    claims.insert("aud".into(), audience.into());
+    claims.insert("txn".into(), record.hash.as_str().into());
+    claims.insert("sub_id".into(), subject.clone());
+    claims.insert(
+        "events".into(),
+        json!({
+            CREDENTIAL_CHANGE: {
+                // A task's X.509-SVIDs and JWT-SVIDs end together; CAEP names one type.
+                "credential_type": "x509",
+                "change_type": "revoke",
+                "event_timestamp": record.at_ms / 1000,
+                "initiating_entity": initiating,
+                "reason_admin": { "en": detail["reason"] },
+                "subject": subject,
+                "task_id": task_id,
+                "task_state": detail["state"],
+                "credentials": ["x509-svid", "jwt-svid"],
+            }
+        }),
+    );
+    Some(claims)
+}
+
+/// The `jti` of the SET of `record` for `receiver`: a UUID-shaped digest of both, the same
+/// on every attempt and every server.
+pub fn jti(record_hash: &str, receiver: &str) -> String {
+    let d = Sha256::digest(format!("{record_hash}\n{receiver}").as_bytes());
+    let h = hex::encode(d.get(..16).unwrap_or_default());
+    let part = |a: usize, b: usize| h.get(a..b).unwrap_or_default();
+    format!(
+        "{}-{}-{}-{}-{}",
+        part(0, 8),
+        part(8, 12),
+        part(12, 16),
+        part(16, 20),
+        part(20, 32)
+    )
+}
+
+/// The wait before retry number `attempt` (1 = the first retry).
+pub fn backoff(attempt: u32) -> Duration {
+    FIRST_RETRY
+        .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
+        .min(MAX_RETRY)
+}
+
+/// Per-receiver cursors, persisted as one 0600 file.
+#[derive(Debug)]
+struct Cursors {
+    path: PathBuf,
+    seqs: Mutex<BTreeMap<String, i64>>,
+}
+
+impl Cursors {
+    fn load(dir: &Path) -> Result<Self, SetPushError> {
+        let path = dir.join(CURSOR_FILE);
+        let err = |message: String| SetPushError::Cursor {
+            path: path.display().to_string(),
+            message,
+        };
+        let seqs = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| err(e.to_string()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(err(e.to_string())),
+        };
+        Ok(Self {
+            path,
+            seqs: Mutex::new(seqs),
+        })
+    }
+
+    fn get(&self, receiver: &str) -> Option<i64> {
+        self.lock().get(receiver).copied()
+    }
+
+    fn set(&self, receiver: &str, seq: i64) {
+        let mut seqs = self.lock();
+        seqs.insert(receiver.to_owned(), seq);
+        let written = serde_json::to_vec_pretty(&*seqs)
+            .map_err(std::io::Error::other)
+            .and_then(|text| state_file::write_atomic(&self.path, &text, 0o600));
+        if let Err(e) = written {
+            // The event is done; at worst it is sent again (same jti) after a restart.
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot write the SET push cursor");
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, i64>> {
+        self.seqs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Pushes task ends to the configured receivers.
+pub struct SetPusher {
+    config: SetPushConfig,
+    tls: tokio_rustls::TlsConnector,
+    ds: Arc<dyn Datastore>,
+    jwt: Arc<JwtKeyManager>,
+    cursors: Cursors,
+}
+
+impl std::fmt::Debug for SetPusher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SetPusher")
+            .field("receivers", &self.config.receivers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of one POST.
+enum Attempt {
+    Delivered(u16),
+    Failed(String),
+}
+
+impl SetPusher {
+    /// Reads the receivers' roots and the cursors; fails on an unreadable file.
+    pub fn new(
+        config: SetPushConfig,
+        data_dir: &Path,
+        ds: Arc<dyn Datastore>,
+        jwt: Arc<JwtKeyManager>,
+    ) -> Result<Self, SetPushError> {
+        let ca_err = |message: String| SetPushError::CaFile {
+            path: config.ca_file.display().to_string(),
+            message,
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&config.ca_file)
+            .map_err(|e| ca_err(e.to_string()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| ca_err(e.to_string()))?;
+        for c in certs {
+            roots.add(c).map_err(|e| ca_err(e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(ca_err("no certificate in the file".into()));
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ca_err(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(Self {
+            cursors: Cursors::load(data_dir)?,
+            config,
+            tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            ds,
+            jwt,
+        })
+    }
+
+    /// Runs one worker per receiver until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let workers = self
+            .config
+            .receivers
+            .iter()
+            .map(|r| Arc::clone(&self).receiver(r.clone(), shutdown.clone()));
+        futures::future::join_all(workers).await;
+        Ok(())
+    }
+
+    /// Tails the log for `receiver` and delivers each task end, in order.
+    async fn receiver(self: Arc<Self>, receiver: String, shutdown: CancellationToken) {
+        let mut heads = self.ds.audit_heads();
+        let mut heads_open = true;
+        let mut cursor = match self.cursors.get(&receiver) {
+            Some(seq) => seq,
+            None => loop {
+                match self.ds.audit_head().await {
+                    Ok(head) => {
+                        let seq = head.map_or(0, |h| h.seq);
+                        self.cursors.set(&receiver, seq);
+                        break seq;
+                    }
+                    Err(e) => {
+                        tracing::warn!(receiver = %receiver, error = %e, "cannot read the audit log head");
+                        tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            () = tokio::time::sleep(POLL_INTERVAL) => {}
+                        }
+                    }
+                }
+            },
+        };
+        tracing::info!(receiver = %receiver, cursor, "pushing task ends as Security Event Tokens");
+        loop {
+            // Everything appended since the cursor.
+            let end = match self.ds.audit_head().await {
+                Ok(h) => h.map_or(0, |h| h.seq),
+                Err(e) => {
+                    tracing::warn!(receiver = %receiver, error = %e, "cannot read the audit log head");
+                    cursor
+                }
+            };
+            while cursor < end {
+                let seq = cursor.saturating_add(1);
+                let record = match self.ds.audit_record(seq).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(receiver = %receiver, seq, error = %e, "cannot read an audit record");
+                        break;
+                    }
+                };
+                if let Some(record) = record
+                    && record.event.kind == AuditKind::TaskEnded.as_str()
+                {
+                    if !self.deliver(&receiver, &record, &shutdown).await {
+                        return;
+                    }
+                    self.cursors.set(&receiver, seq);
+                }
+                cursor = seq;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = heads.changed(), if heads_open => heads_open = r.is_ok(),
+                () = tokio::time::sleep(POLL_INTERVAL) => {}
+            }
+        }
+    }
+
+    /// Delivers one task end to `receiver`, retrying until it is delivered or too old.
+    /// Returns false if shutdown came first (the cursor stays before it).
+    async fn deliver(
+        &self,
+        receiver: &str,
+        record: &AuditRecord,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let jti = jti(&record.hash, receiver);
+        let audience = self.config.audience.as_deref().unwrap_or(receiver);
+        let give_up_at = (record.at_ms / 1000)
+            .saturating_add(i64::try_from(MAX_EVENT_AGE.as_secs()).unwrap_or(i64::MAX));
+        let task_id = record.event.task_id.clone().unwrap_or_default();
+        let mut attempts: u32 = 0;
+        loop {
+            let now = now_unix();
+            if now >= give_up_at {
+                tracing::warn!(receiver, task_id = %task_id, jti = %jti, attempts, "gave up pushing a task end: too old");
+                self.audit(AuditKind::SetAbandoned, record, receiver, &jti, attempts)
+                    .await;
+                return true;
+            }
+            attempts = attempts.saturating_add(1);
+            let outcome = match security_event(record, &self.config.issuer, audience, now, &jti)
+                .map(|claims| self.jwt.sign_security_event(claims))
+            {
+                None => return true,
+                Some(Err(e)) => Attempt::Failed(format!("signing: {e}")),
+                Some(Ok(token)) => tokio::select! {
+                    () = shutdown.cancelled() => return false,
+                    a = self.post(receiver, token) => a,
+                },
+            };
+            match outcome {
+                Attempt::Delivered(status) => {
+                    tracing::info!(receiver, task_id = %task_id, jti = %jti, attempts, status, "pushed a task end");
+                    self.audit(AuditKind::SetDelivered, record, receiver, &jti, attempts)
+                        .await;
+                    return true;
+                }
+                Attempt::Failed(why) => {
+                    let wait = backoff(attempts);
+                    tracing::warn!(receiver, task_id = %task_id, jti = %jti, attempts, error = %why, retry_in_secs = wait.as_secs(), "pushing a task end failed");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return false,
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn audit(
+        &self,
+        kind: AuditKind,
+        record: &AuditRecord,
+        receiver: &str,
+        jti: &str,
+        attempts: u32,
+    ) {
+        let mut event = AuditEvent::new(
+            kind,
+            &record.event.subject,
+            json!({
+                "receiver": receiver,
+                "jti": jti,
+                "attempts": attempts,
+                "event_seq": record.seq,
+            }),
+        )
+        .by(SERVER_ACTOR);
+        event.task_id.clone_from(&record.event.task_id);
+        event.tenant.clone_from(&record.event.tenant);
+        if let Err(e) = self.ds.append_audit(&[event]).await {
+            tracing::warn!(receiver, error = %e, kind = %kind, "cannot write the audit record of a SET push");
+        }
+    }
+
+    /// One POST of `token` to `url`, bounded by [`REQUEST_TIMEOUT`].
+    async fn post(&self, url: &str, token: String) -> Attempt {
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.post_inner(url, token)).await {
+            Ok(Ok(status)) if (200..300).contains(&status) => Attempt::Delivered(status),
+            Ok(Ok(status)) => Attempt::Failed(format!("HTTP status {status}")),
+            Ok(Err(e)) => Attempt::Failed(e),
+            Err(_) => Attempt::Failed(format!("no answer within {REQUEST_TIMEOUT:?}")),
+        }
+    }
+
+    async fn post_inner(&self, url: &str, token: String) -> Result<u16, String> {
+        // The config allows only https://host[:port][/path] URLs.
+        let rest = url.strip_prefix("https://").ok_or("not an https URL")?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (
+                rest.get(..i).unwrap_or_default(),
+                rest.get(i..).unwrap_or("/"),
+            ),
+            None => (rest, "/"),
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !authority.ends_with(']') => {
+                (h, p.parse::<u16>().map_err(|e| e.to_string())?)
+            }
+            _ => (authority, 443),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let tcp = tokio::net::TcpStream::connect((host, port))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let name = ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
+        let tls = self
+            .tls
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(|e| format!("HTTP: {e}"))?;
+        let request = hyper::Request::post(path)
+            .header(
+                HOST,
+                HeaderValue::from_str(authority).map_err(|e| e.to_string())?,
+            )
+            .header(CONTENT_TYPE, SET_CONTENT_TYPE)
+            .header(hyper::header::ACCEPT, "application/json")
+            .body(Full::new(Bytes::from(token)))
+            .map_err(|e| e.to_string())?;
+        // The connection is driven alongside the request and dropped with it: the
+        // response body is never read.
+        let response = tokio::select! {
+            r = sender.send_request(request) => r.map_err(|e| format!("HTTP: {e}"))?,
+            c = conn => return Err(format!("connection closed before an answer: {c:?}")),
+        };
+        Ok(response.status().as_u16())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    fn ended(by: &str) -> AuditRecord {
+        AuditRecord {
+            seq: 7,
+            at_ms: 1_700_000_000_123,
+            event: AuditEvent {
+                kind: "task.ended".into(),
+                task_id: Some("0190-task".into()),
+                subject: "spiffe://example.org/jit/tools".into(),
+                detail: json!({ "state": "revoked", "reason": "suspected misuse", "by": by }),
+                actor: Some(by.into()),
+                tenant: None,
+            },
+            prev_hash: crate::audit::GENESIS.into(),
+            hash: "ab".repeat(32),
+        }
+    }
+
+    #[test]
+    fn a_task_end_becomes_a_signed_caep_credential_change_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let mgr =
+            JwtKeyManager::load_or_create(dir.path(), Duration::from_secs(3600), 1000).unwrap();
+        let record = ended("user:root");
+        let jti = jti(&record.hash, "https://rx.example.org/set");
+        let claims = security_event(
+            &record,
+            "https://tessera.example.org",
+            "https://rx.example.org/set",
+            1_700_000_001,
+            &jti,
+        )
+        .unwrap();
+        let token = mgr.sign_security_event(claims).unwrap();
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let parts: Vec<&str> = token.split('.').collect();
+        assert_eq!(parts.len(), 3);
+        let header: Value = serde_json::from_slice(&b64.decode(parts[0]).unwrap()).unwrap();
+        assert_eq!(header["typ"], "secevent+jwt");
+        assert_eq!(header["alg"], "ES256");
+        assert_eq!(header["kid"], mgr.public_keys()[0].kid.as_str());
+        let c: Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+        assert_eq!(c["iss"], "https://tessera.example.org");
+        assert_eq!(c["aud"], "https://rx.example.org/set");
+        assert_eq!(c["iat"], 1_700_000_001);
+        assert_eq!(c["jti"], jti.as_str());
+        // The subject is an RFC 9493 identifier, never "sub", so a SET cannot pass for a
+        // JWT-SVID; and it has no "exp" (RFC 8417 §2.2).
+        assert!(c.get("sub").is_none() && c.get("exp").is_none());
+        let events = c["events"].as_object().unwrap();
+        assert_eq!(events.len(), 1);
+        let e = &events[CREDENTIAL_CHANGE];
+        assert_eq!(e["change_type"], "revoke");
+        assert_eq!(e["credential_type"], "x509");
+        assert_eq!(e["event_timestamp"], 1_700_000_000);
+        assert_eq!(e["task_id"], "0190-task");
+        assert_eq!(e["task_state"], "revoked");
+        assert_eq!(e["reason_admin"]["en"], "suspected misuse");
+        assert_eq!(e["initiating_entity"], "admin");
+        let subject = json!({ "format": "uri", "uri": "spiffe://example.org/jit/tools" });
+        assert_eq!(e["subject"], subject);
+        assert_eq!(c["sub_id"], subject);
+
+        // The server's own schedule (expiry) is "policy".
+        let e = security_event(&ended(SERVER_ACTOR), "i", "a", 0, "j").unwrap();
+        assert_eq!(
+            e["events"][CREDENTIAL_CHANGE]["initiating_entity"],
+            "policy"
+        );
+    }
+
+    #[test]
+    fn only_task_ends_become_events() {
+        let mut r = ended("user:root");
+        for kind in AuditKind::ALL {
+            r.event.kind = kind.as_str().to_owned();
+            assert_eq!(
+                security_event(&r, "i", "a", 0, "j").is_some(),
+                *kind == AuditKind::TaskEnded,
+                "{kind}"
+            );
+        }
+    }
+
+    #[test]
+    fn jti_is_stable_per_event_and_receiver_and_differs_otherwise() {
+        let a = jti(&"ab".repeat(32), "https://a.example.org");
+        assert_eq!(a, jti(&"ab".repeat(32), "https://a.example.org"));
+        assert_ne!(a, jti(&"ab".repeat(32), "https://b.example.org"));
+        assert_ne!(a, jti(&"cd".repeat(32), "https://a.example.org"));
+        assert_eq!(a.len(), 36);
+        assert!(uuid::Uuid::parse_str(&a).is_ok(), "{a}");
+    }
+
+    #[test]
+    fn backoff_doubles_from_one_second_to_a_minute() {
+        let waits: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(backoff(u32::MAX), MAX_RETRY);
+    }
+
+    #[test]
+    fn cursors_persist_in_a_private_file() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cursors::load(dir.path()).unwrap();
+        assert_eq!(c.get("https://a"), None);
+        c.set("https://a", 12);
+        let mode = std::fs::metadata(dir.path().join(CURSOR_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            Cursors::load(dir.path()).unwrap().get("https://a"),
+            Some(12)
+        );
+        std::fs::write(dir.path().join(CURSOR_FILE), "not json").unwrap();
+        assert!(Cursors::load(dir.path()).is_err());
+    }
+}
