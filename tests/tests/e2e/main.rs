@@ -34,6 +34,7 @@ mod resilience_health;
 mod resilience_mtls;
 mod resilience_outage;
 mod resilience_shutdown;
+mod set_push;
 mod smoke;
 mod socket_squatting;
 mod task_scope;

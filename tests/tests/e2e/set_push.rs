@@ -1,0 +1,377 @@
+//! Security Event Token push (`--set-receiver`): every task end reaches a real HTTPS
+//! receiver (a hyper server over tokio-rustls, with a certificate of the test web PKI) as
+//! a SET signed with the JWT-SVID key, verified here with the JWK set the relying-party
+//! listener publishes (ring's ES256 verifier); a receiver that refuses for a while, and a
+//! server restart meanwhile, lose nothing and duplicate nothing.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde_json::Value;
+use tests::free_port;
+use tests::server::ServerProc;
+use tests::web::WebPki;
+use tokio::time::Instant;
+
+const JIT: &str = "spiffe://example.org/jit/pushed";
+const EVENT: &str = "https://schemas.openid.net/secevent/caep/event-type/credential-change";
+
+/// One POST the receiver got.
+#[derive(Debug, Clone)]
+struct Received {
+    at: Instant,
+    path: String,
+    content_type: String,
+    body: String,
+    /// The status it answered.
+    status: u16,
+}
+
+/// A SET receiver: records every request, answers `status` (202 unless changed).
+#[derive(Debug)]
+struct Receiver {
+    addr: SocketAddr,
+    status: Arc<AtomicU16>,
+    received: Arc<Mutex<Vec<Received>>>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    async fn start(pki: &WebPki) -> Self {
+        let tls = rustls::ServerConfig::builder_with_provider(tests::web::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                pki.chain.clone(),
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki.key_der.clone())),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let status = Arc::new(AtomicU16::new(202));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (st, rx) = (Arc::clone(&status), Arc::clone(&received));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, st, rx) = (acceptor.clone(), Arc::clone(&st), Arc::clone(&rx));
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let (st, rx) = (Arc::clone(&st), Arc::clone(&rx));
+                        async move {
+                            let path = req.uri().path().to_owned();
+                            let content_type = req
+                                .headers()
+                                .get(hyper::header::CONTENT_TYPE)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or_default()
+                                .to_owned();
+                            let body = req.into_body().collect().await?.to_bytes();
+                            let status = st.load(Ordering::SeqCst);
+                            rx.lock().unwrap().push(Received {
+                                at: Instant::now(),
+                                path,
+                                content_type,
+                                body: String::from_utf8_lossy(&body).into_owned(),
+                                status,
+                            });
+                            let mut r = Response::new(Full::new(Bytes::new()));
+                            *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, hyper::Error>(r)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            status,
+            received,
+            _task: task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("https://localhost:{}/events", self.addr.port())
+    }
+
+    fn all(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// The requests carrying a SET about `task_id`.
+    fn about(&self, task_id: &str) -> Vec<Received> {
+        self.all()
+            .into_iter()
+            .filter(|r| claims(&r.body)["events"][EVENT]["task_id"] == task_id)
+            .collect()
+    }
+
+    /// Waits until `f` holds of the requests about `task_id`; returns them.
+    async fn wait(
+        &self,
+        task_id: &str,
+        timeout: Duration,
+        f: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.about(task_id);
+            if f(&got) {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "receiver: not within {timeout:?} for task {task_id}: {got:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn part(token: &str, i: usize) -> Value {
+    use base64::Engine as _;
+    let seg = token.split('.').nth(i).unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(seg)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null)
+}
+
+fn claims(token: &str) -> Value {
+    part(token, 1)
+}
+
+/// Verifies the ES256 signature of `token` with the key its `kid` names in `jwks`.
+fn verify(token: &str, jwks: &Value) {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = part(token, 0);
+    let kid = header["kid"].as_str().unwrap();
+    let key = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == kid)
+        .unwrap_or_else(|| panic!("kid {kid} not in the published JWK set {jwks}"));
+    assert_eq!(key["kty"], "EC");
+    assert_eq!(key["crv"], "P-256");
+    let mut point = vec![4u8];
+    point.extend(b64.decode(key["x"].as_str().unwrap()).unwrap());
+    point.extend(b64.decode(key["y"].as_str().unwrap()).unwrap());
+    let (signed, sig) = token.rsplit_once('.').unwrap();
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, &point)
+        .verify(signed.as_bytes(), &b64.decode(sig).unwrap())
+        .expect("the SET's signature verifies with the published key");
+    // The same token with one signature bit flipped does not.
+    let mut bad = b64.decode(sig).unwrap();
+    bad[5] ^= 1;
+    assert!(
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, &point)
+            .verify(signed.as_bytes(), &bad)
+            .is_err()
+    );
+}
+
+/// Starts a task on a fresh just-in-time entry; returns its id.
+fn start_task(s: &ServerProc, n: usize) -> String {
+    let entry = s.create_entry(
+        &format!("{JIT}/{n}"),
+        &["unix:uid:0"],
+        &["--jit", "--x509-svid-ttl", "3600"],
+    );
+    let t = s.cli_json(&[
+        "task",
+        "create",
+        "--entry-id",
+        &entry,
+        "--reason",
+        "push test",
+        "--ttl",
+        "600",
+    ]);
+    assert_eq!(t["state"], "active", "{t}");
+    t["id"].as_str().unwrap().to_owned()
+}
+
+fn audit(s: &ServerProc, kind: &str) -> Vec<Value> {
+    let out = s.cli(&["audit", "show", "--output", "json"]);
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["kind"] == kind)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn task_ends_reach_a_receiver_as_verifiable_sets_despite_outages_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = WebPki::generate(dir.path()).unwrap();
+    let rx = Receiver::start(&pki).await;
+    let rp_port = free_port();
+    let rp_addr = SocketAddr::from(([127, 0, 0, 1], rp_port));
+    let rp_url = format!("https://localhost:{rp_port}");
+    let mut args = pki.server_args(rp_addr, &rp_url);
+    args.extend([
+        "--set-receiver".to_owned(),
+        rx.url(),
+        "--set-receiver-ca-file".to_owned(),
+        pki.ca_file.display().to_string(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut s = ServerProc::start(dir.path(), &args);
+
+    // 1. A task ends: the receiver has its SET within a second.
+    let t1 = start_task(&s, 1);
+    let ended = Instant::now();
+    s.cli_json(&["task", "revoke", &t1, "--reason", "suspected misuse"]);
+    let got = rx
+        .wait(&t1, Duration::from_secs(5), |r| !r.is_empty())
+        .await;
+    let latency = got[0].at - ended;
+    println!("task end → SET at the receiver: {latency:?}");
+    assert!(latency < Duration::from_secs(1), "{latency:?}");
+    let r = &got[0];
+    assert_eq!(r.path, "/events");
+    assert_eq!(r.content_type, "application/secevent+jwt");
+    let token = r.body.trim();
+    let header = part(token, 0);
+    assert_eq!(header["typ"], "secevent+jwt");
+    assert_eq!(header["alg"], "ES256");
+    let jwks = tests::web::https(rp_addr, &pki.ca_der, "GET", "/keys", "")
+        .await
+        .unwrap()
+        .json();
+    verify(token, &jwks);
+    let c = claims(token);
+    assert_eq!(c["iss"], rp_url.as_str());
+    assert_eq!(c["aud"], rx.url().as_str());
+    assert!(c["jti"].as_str().is_some_and(|j| j.len() == 36), "{c}");
+    let now = tests::unix_now();
+    assert!(
+        (now - 60..=now + 1).contains(&c["iat"].as_i64().unwrap()),
+        "{c}"
+    );
+    let e = &c["events"][EVENT];
+    assert_eq!(e["change_type"], "revoke", "{c}");
+    assert_eq!(e["credential_type"], "x509");
+    assert_eq!(e["task_id"], t1.as_str());
+    assert_eq!(e["task_state"], "revoked");
+    assert_eq!(e["reason_admin"]["en"], "suspected misuse");
+    assert_eq!(e["subject"]["format"], "uri");
+    assert_eq!(e["subject"]["uri"], format!("{JIT}/1"));
+    assert!((now - 60..=now).contains(&e["event_timestamp"].as_i64().unwrap()));
+    let delivered = audit(&s, "set.delivered");
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    assert_eq!(delivered[0]["task_id"], t1.as_str());
+    assert_eq!(delivered[0]["detail"]["jti"], c["jti"]);
+    assert_eq!(delivered[0]["detail"]["receiver"], rx.url().as_str());
+    assert_eq!(delivered[0]["detail"]["attempts"], 1);
+
+    // 2. The receiver refuses (503) for a while: the SET is retried with backoff and
+    // arrives once it accepts, exactly once.
+    rx.status.store(503, Ordering::SeqCst);
+    let t2 = start_task(&s, 2);
+    s.cli_json(&["task", "complete", &t2]);
+    rx.wait(&t2, Duration::from_secs(10), |r| r.len() >= 3)
+        .await;
+    rx.status.store(202, Ordering::SeqCst);
+    let got = rx
+        .wait(&t2, Duration::from_secs(15), |r| {
+            r.iter().any(|x| x.status == 202)
+        })
+        .await;
+    let first = got[0].at;
+    let gaps: Vec<Duration> = got.windows(2).map(|w| w[1].at - w[0].at).collect();
+    println!(
+        "attempts for a refusing receiver: {}, gaps {gaps:?}",
+        got.len()
+    );
+    // 1 s, 2 s, 4 s...: each wait at least about double the previous.
+    assert!(gaps[0] >= Duration::from_millis(900), "{gaps:?}");
+    assert!(gaps[1] >= Duration::from_millis(1800), "{gaps:?}");
+    let jtis: Vec<Value> = got.iter().map(|r| claims(&r.body)["jti"].clone()).collect();
+    assert!(
+        jtis.iter().all(|j| *j == jtis[0]),
+        "one jti for every attempt: {jtis:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let accepted = rx
+        .about(&t2)
+        .into_iter()
+        .filter(|x| x.status == 202)
+        .count();
+    assert_eq!(accepted, 1, "delivered exactly once");
+    let delivered = audit(&s, "set.delivered");
+    let d2: Vec<&Value> = delivered
+        .iter()
+        .filter(|d| d["task_id"] == t2.as_str())
+        .collect();
+    assert_eq!(d2.len(), 1, "{delivered:?}");
+    assert_eq!(d2[0]["detail"]["attempts"], got.len());
+    assert_eq!(d2[0]["detail"]["jti"], jtis[0]);
+    println!(
+        "refused from {:?} until delivered",
+        got.last().unwrap().at - first
+    );
+
+    // 3. The receiver refuses and the server restarts meanwhile: the event is delivered
+    // after the restart, from the persisted cursor, once.
+    rx.status.store(503, Ordering::SeqCst);
+    let t3 = start_task(&s, 3);
+    s.cli_json(&["task", "cancel", &t3]);
+    rx.wait(&t3, Duration::from_secs(10), |r| !r.is_empty())
+        .await;
+    s.stop();
+    rx.status.store(202, Ordering::SeqCst);
+    s.restart();
+    let got = rx
+        .wait(&t3, Duration::from_secs(15), |r| {
+            r.iter().any(|x| x.status == 202)
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = rx.about(&t3);
+    assert_eq!(
+        after.iter().filter(|x| x.status == 202).count(),
+        1,
+        "{after:?}"
+    );
+    assert!(got.len() >= 2);
+    // Earlier events are not sent again after the restart.
+    assert_eq!(rx.about(&t1).len(), 1);
+    assert_eq!(rx.about(&t2).iter().filter(|x| x.status == 202).count(), 1);
+    let delivered = audit(&s, "set.delivered");
+    assert_eq!(
+        delivered
+            .iter()
+            .filter(|d| d["task_id"] == t3.as_str())
+            .count(),
+        1,
+        "{delivered:?}"
+    );
+    assert_eq!(
+        tests::file_mode(&s.data_dir.join(server::set_push::CURSOR_FILE)) & 0o777,
+        0o600
+    );
+}
