@@ -1,7 +1,8 @@
 //! Security Event Token push (`--set-receiver`): every task end reaches a real HTTPS
 //! receiver (a hyper server over tokio-rustls, with a certificate of the test web PKI) as
-//! a SET signed with the JWT-SVID key, verified here with the JWK set the relying-party
-//! listener publishes (ring's ES256 verifier); a receiver that refuses for a while, and a
+//! a SET signed with the JWT-SVID key, verified with the JWK set the relying-party
+//! listener publishes by PyJWT (`tests/py/set_verify.py`, through OIDC discovery) and by
+//! ring's ES256 verifier; a receiver that refuses for a while, and a
 //! server restart meanwhile, lose nothing and duplicate nothing.
 
 use std::net::SocketAddr;
@@ -191,6 +192,31 @@ fn verify(token: &str, jwks: &Value) {
     );
 }
 
+/// Runs `tests/py/set_verify.py` (PyJWT) on `tokens`; returns its per-token results.
+fn pyjwt(issuer: &str, audience: &str, pki: &WebPki, tokens: &[&str]) -> Vec<Value> {
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/set_verify.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .args(["--issuer", issuer, "--audience", audience, "--cafile"])
+        .arg(&pki.ca_file)
+        .args(tokens)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .expect("python3 must be installed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() != Some(3),
+        "PyJWT is not installed for python3: pip install -r tests/py/requirements.txt\n{stdout}{stderr}"
+    );
+    assert!(
+        out.status.success(),
+        "set_verify.py failed:\n{stdout}\n{stderr}"
+    );
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+    v["results"].as_array().unwrap().clone()
+}
+
 /// Starts a task on a fresh just-in-time entry; returns its id.
 fn start_task(s: &ServerProc, n: usize) -> String {
     let entry = s.create_entry(
@@ -263,6 +289,24 @@ async fn task_ends_reach_a_receiver_as_verifiable_sets_despite_outages_and_resta
         .unwrap()
         .json();
     verify(token, &jwks);
+    // PyJWT, through OIDC discovery: accepts the SET; refuses it for another audience,
+    // and with a changed signature.
+    let tampered = {
+        let (signed, sig) = token.rsplit_once('.').unwrap();
+        let mut sig = sig.to_owned().into_bytes();
+        sig[3] = if sig[3] == b'A' { b'B' } else { b'A' };
+        format!("{signed}.{}", String::from_utf8(sig).unwrap())
+    };
+    let r = pyjwt(&rp_url, &rx.url(), &pki, &[token, &tampered]);
+    assert_eq!(r[0]["ok"], true, "{r:?}");
+    assert_eq!(r[0]["claims"]["events"][EVENT]["task_id"], t1.as_str());
+    assert_eq!(r[1]["ok"], false, "{r:?}");
+    let r = pyjwt(&rp_url, "https://elsewhere.example.org", &pki, &[token]);
+    assert_eq!(r[0]["ok"], false, "{r:?}");
+    assert!(
+        r[0]["error"].as_str().unwrap().contains("Audience"),
+        "{r:?}"
+    );
     let c = claims(token);
     assert_eq!(c["iss"], rp_url.as_str());
     assert_eq!(c["aud"], rx.url().as_str());
