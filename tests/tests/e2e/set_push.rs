@@ -419,3 +419,110 @@ async fn task_ends_reach_a_receiver_as_verifiable_sets_despite_outages_and_resta
         0o600
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refusing_receiver_never_delays_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = WebPki::generate(dir.path()).unwrap();
+    let down = Receiver::start(&pki).await;
+    down.status.store(503, Ordering::SeqCst);
+    let up = Receiver::start(&pki).await;
+    let (down_url, up_url) = (down.url(), up.url());
+    let ca = pki.ca_file.display().to_string();
+    let s = ServerProc::start(
+        dir.path(),
+        &[
+            "--jwt-issuer",
+            "https://tessera.example.org",
+            "--set-receiver",
+            &down_url,
+            "--set-receiver",
+            &up_url,
+            "--set-receiver-ca-file",
+            &ca,
+            "--set-audience",
+            "urn:example:security-events",
+        ],
+    );
+    // Several task ends while the first receiver refuses every one: the second has each
+    // at once, in order.
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let t = start_task(&s, n);
+        let ended = Instant::now();
+        s.cli_json(&["task", "fail", &t, "--reason", "tool error"]);
+        let got = up.wait(&t, Duration::from_secs(5), |r| !r.is_empty()).await;
+        let latency = got[0].at - ended;
+        assert!(latency < Duration::from_secs(1), "{latency:?}");
+        let c = claims(&got[0].body);
+        assert_eq!(c["aud"], "urn:example:security-events");
+        assert_eq!(c["iss"], "https://tessera.example.org");
+        assert_eq!(c["events"][EVENT]["task_state"], "failed");
+        ids.push(t);
+    }
+    let order: Vec<Value> = up
+        .all()
+        .iter()
+        .map(|r| claims(&r.body)["events"][EVENT]["task_id"].clone())
+        .collect();
+    assert_eq!(
+        order,
+        ids.iter()
+            .map(|t| Value::from(t.as_str()))
+            .collect::<Vec<_>>()
+    );
+    // The refusing receiver is still on the first event, retrying.
+    let refused = down.all();
+    assert!(!refused.is_empty());
+    assert!(
+        refused
+            .iter()
+            .all(|r| claims(&r.body)["events"][EVENT]["task_id"] == ids[0].as_str()),
+        "{refused:?}"
+    );
+    // Receivers get distinct jtis for one event.
+    assert_ne!(
+        claims(&refused[0].body)["jti"],
+        claims(&up.about(&ids[0])[0].body)["jti"]
+    );
+}
+
+/// Runs `tessera-server run` with `args`, expecting it to exit at start: exit code, log.
+fn refused_start(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    let log = dir.join("refused.log");
+    let mut cmd = std::process::Command::new(tests::bin("tessera-server"));
+    cmd.arg("run")
+        .args(["--trust-domain", "example.org", "--data-dir"])
+        .arg(dir.join("data"))
+        .arg("--admin-socket")
+        .arg(dir.join("admin.sock"))
+        .args(["--bind", &format!("127.0.0.1:{}", free_port())])
+        .args(args);
+    let mut p = tests::Process::spawn("tessera-server", cmd, &log);
+    let code = p.wait_exit(Duration::from_secs(20));
+    (code, std::fs::read_to_string(&log).unwrap_or_default())
+}
+
+#[test]
+fn the_server_refuses_an_http_receiver_and_a_missing_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let iss = ["--jwt-issuer", "https://tessera.example.org"];
+    let mut args = vec!["--set-receiver", "http://rx.example.org/events"];
+    args.extend(iss);
+    args.extend(["--set-receiver-ca-file", "/nonexistent.pem"]);
+    let (code, log) = refused_start(dir.path(), &args);
+    assert_eq!(code, Some(64), "{log}");
+    assert!(log.contains("is not an https:// URL"), "{log}");
+
+    let mut args = vec!["--set-receiver", "https://rx.example.org/events"];
+    args.extend(iss);
+    let (code, log) = refused_start(dir.path(), &args);
+    assert_eq!(code, Some(64), "{log}");
+    assert!(log.contains("needs set_receiver_ca_file"), "{log}");
+
+    let missing = dir.path().join("no-such-roots.pem");
+    args.extend(["--set-receiver-ca-file", missing.to_str().unwrap()]);
+    let (code, log) = refused_start(dir.path(), &args);
+    assert!(matches!(code, Some(c) if c != 0), "{code:?}: {log}");
+    assert!(log.contains("no-such-roots.pem"), "{log}");
+}
