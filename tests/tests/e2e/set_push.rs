@@ -219,6 +219,11 @@ fn pyjwt(issuer: &str, audience: &str, pki: &WebPki, tokens: &[&str]) -> Vec<Val
 
 /// Starts a task on a fresh just-in-time entry; returns its id.
 fn start_task(s: &ServerProc, n: usize) -> String {
+    start_task_for(s, n, "600")
+}
+
+/// As [`start_task`], for `ttl` seconds.
+fn start_task_for(s: &ServerProc, n: usize, ttl: &str) -> String {
     let entry = s.create_entry(
         &format!("{JIT}/{n}"),
         &["unix:uid:0"],
@@ -232,7 +237,7 @@ fn start_task(s: &ServerProc, n: usize) -> String {
         "--reason",
         "push test",
         "--ttl",
-        "600",
+        ttl,
     ]);
     assert_eq!(t["state"], "active", "{t}");
     t["id"].as_str().unwrap().to_owned()
@@ -471,6 +476,16 @@ async fn a_refusing_receiver_never_delays_another() {
             .map(|t| Value::from(t.as_str()))
             .collect::<Vec<_>>()
     );
+    // A task that reaches its deadline is pushed too, as the server's own doing.
+    let started = Instant::now();
+    let expiring = start_task_for(&s, 9, "2");
+    let got = up
+        .wait(&expiring, Duration::from_secs(15), |r| !r.is_empty())
+        .await;
+    println!("2 s task → its expiry SET after {:?}", got[0].at - started);
+    let e = &claims(&got[0].body)["events"][EVENT];
+    assert_eq!(e["task_state"], "expired", "{e}");
+    assert_eq!(e["initiating_entity"], "policy", "{e}");
     // The refusing receiver is still on the first event, retrying.
     let refused = down.all();
     assert!(!refused.is_empty());
