@@ -285,6 +285,7 @@ impl SetPusher {
     async fn receiver(self: Arc<Self>, receiver: String, shutdown: CancellationToken) {
         let mut heads = self.ds.audit_heads();
         let mut heads_open = true;
+        let mut behind_warned = false;
         let mut cursor = match self.cursors.get(&receiver) {
             Some(seq) => seq,
             None => loop {
@@ -314,6 +315,12 @@ impl SetPusher {
                     cursor
                 }
             };
+            if end < cursor && !behind_warned {
+                // The log ends before what was already pushed: another datastore, or its
+                // newest records were lost. Nothing is pushed until it grows past the cursor.
+                tracing::warn!(receiver = %receiver, cursor, log_end = end, "the audit log ends before this receiver's SET cursor");
+                behind_warned = true;
+            }
             while cursor < end {
                 let seq = cursor.saturating_add(1);
                 let record = match self.ds.audit_record(seq).await {
