@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use common::proto::tessera;
-use common::task::TaskGrant;
+use common::task::{ProcessInstance, TaskGrant};
 use common::{Bundle, EntryId, RegistrationEntry, SelectorSet, X509Svid};
 use tokio::sync::watch;
 
@@ -31,6 +31,18 @@ impl CachedEntry {
     /// for a just-in-time entry only while a task activates it.
     pub fn is_live(&self, now_unix: i64) -> bool {
         !self.entry.jit || self.grant.as_ref().is_some_and(|g| g.live_at(now_unix))
+    }
+
+    /// Whether a caller whose process lineage is `lineage` (itself, then its ancestors) may
+    /// receive this entry's identity at `now_unix`: the entry is live and, when its task is
+    /// bound to a process, the caller is that process instance (or, for a tree binding,
+    /// descends from it). Everyone else is served as if the entry were dormant.
+    pub fn serves(&self, lineage: &[ProcessInstance], now_unix: i64) -> bool {
+        self.is_live(now_unix)
+            && self
+                .grant
+                .as_ref()
+                .is_none_or(|g| g.binding.admits(lineage))
     }
 }
 
@@ -89,16 +101,22 @@ impl CacheSnapshot {
             .map(|t| t.state.as_str())
     }
 
-    /// The identities of a caller with `selectors` at `now`.
+    /// The identities of a caller with `selectors` and process `lineage` at `now`.
     ///
     /// Order is stable (entry creation time, then id) so the default identity does not
     /// flip between messages; hints are made unique by dropping repeats.
-    pub fn identities(&self, selectors: &SelectorSet, now: SystemTime) -> Identities {
+    pub fn identities(
+        &self,
+        selectors: &SelectorSet,
+        lineage: &[ProcessInstance],
+        now: SystemTime,
+    ) -> Identities {
         let mut matching: Vec<&Arc<CachedEntry>> = self
             .entries
             .values()
-            // A just-in-time entry is dormant: it grants nothing without an active task.
-            .filter(|c| c.is_live(unix(now)) && c.entry.selectors.entry_matches(selectors))
+            // A just-in-time entry is dormant: it grants nothing without an active task,
+            // and a task bound to a process grants nothing to any other process.
+            .filter(|c| c.serves(lineage, unix(now)) && c.entry.selectors.entry_matches(selectors))
             .collect();
         matching.sort_by(|a, b| {
             (a.entry.created_at, &a.entry.id).cmp(&(b.entry.created_at, &b.entry.id))
@@ -360,7 +378,7 @@ mod tests {
             .iter()
             .map(|s| s.parse::<Selector>().unwrap())
             .collect();
-        let ids = snap.identities(&caller, SystemTime::now());
+        let ids = snap.identities(&caller, &[], SystemTime::now());
         assert!(ids.matched, "entries a and b match");
         assert!(ids.svids.is_empty(), "nothing issued yet");
         let mut jit = (*entry("d", 3, &["unix:uid:9"], "")).clone();
@@ -372,7 +390,7 @@ mod tests {
             .map(|s| s.parse::<Selector>().unwrap())
             .collect();
         assert!(
-            !snap.identities(&nine, SystemTime::now()).matched,
+            !snap.identities(&nine, &[], SystemTime::now()).matched,
             "dormant JIT entry"
         );
         // A task makes it live until its deadline, and no longer.
@@ -382,28 +400,30 @@ mod tests {
             task_id: common::TaskId::parse("t1").unwrap(),
             deadline: unix(now) + 60,
             audiences: Vec::new(),
+            binding: common::task::TaskBinding::Selectors,
         });
         snap.entries
             .insert(EntryId::parse("d").unwrap(), Arc::new(live.clone()));
         assert!(
-            snap.identities(&nine, now).matched,
+            snap.identities(&nine, &[], now).matched,
             "JIT entry under an active task"
         );
         live.grant = Some(TaskGrant {
             task_id: common::TaskId::parse("t1").unwrap(),
             deadline: unix(now),
             audiences: Vec::new(),
+            binding: common::task::TaskBinding::Selectors,
         });
         snap.entries
             .insert(EntryId::parse("d").unwrap(), Arc::new(live));
         assert!(
-            !snap.identities(&nine, now).matched,
+            !snap.identities(&nine, &[], now).matched,
             "task past its deadline"
         );
         let stranger: SelectorSet = ["unix:uid:7"]
             .iter()
             .map(|s| s.parse::<Selector>().unwrap())
             .collect();
-        assert!(!snap.identities(&stranger, SystemTime::now()).matched);
+        assert!(!snap.identities(&stranger, &[], SystemTime::now()).matched);
     }
 }

@@ -22,7 +22,7 @@ mod testdb;
 
 pub use sql::SqlStore;
 
-use common::task::TaskState;
+use common::task::{TaskBinding, TaskState};
 use common::{EntryId, RegistrationEntry, SpiffeId, TaskId};
 
 use crate::audit::{AuditEvent, AuditRecord, ChainHead};
@@ -131,6 +131,9 @@ pub struct TaskRecord {
     pub approver_uid: Option<u32>,
     /// The tenant it belongs to: its entry's.
     pub tenant: String,
+    /// What its credentials are bound to on its node (tasks recorded before schema
+    /// version 8: selectors).
+    pub binding: TaskBinding,
 }
 
 /// A tenant as stored: an organisation inside the trust domain (see `crate::tenants`).

@@ -555,6 +555,7 @@ mod tests {
                     scopes: strings(&["read", "db:write"]),
                     audiences: strings(&["a", "c"]),
                     ttl: Some(HOUR),
+                    binding: common::task::TaskBinding::Selectors,
                 },
             )
             .await
@@ -591,6 +592,7 @@ mod tests {
                     scopes: vec![],
                     audiences: strings(&["a"]),
                     ttl: Some(HOUR),
+                    binding: common::task::TaskBinding::Selectors,
                 },
             )
             .await

@@ -26,7 +26,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use common::task::{TaskGrant, TaskState};
+use common::task::{REQUESTER_EXITED, TaskBinding, TaskGrant, TaskState};
 use common::{EntryId, RegistrationEntry, SpiffeId, TaskId};
 use serde_json::json;
 
@@ -431,6 +431,7 @@ impl Tasks {
         request: &TaskRequest,
     ) -> Result<TaskRecord, TaskError> {
         request.check()?;
+        check_binding(requester, &request.binding)?;
         let (entry, provisioned) = self.target(requester, &request.target).await?;
         self.check_task_quota(&entry.governance.tenant).await?;
         let now = self.clock.now_unix();
@@ -461,6 +462,7 @@ impl Tasks {
                 "scopes": request.scopes,
                 "audiences": request.audiences,
                 "ttl_seconds": request.ttl.map_or(0, |d| d.as_secs()),
+                "binding": binding_json(&request.binding),
             }),
         );
         let decided = AuditEvent::for_task(
@@ -509,6 +511,7 @@ impl Tasks {
             requester_unix: requester.unix().cloned(),
             approver_uid: None,
             tenant: entry.governance.tenant.clone(),
+            binding: request.binding.clone(),
         };
         let mut audit = vec![requested, decided];
         audit.push(if approval_required {
@@ -728,6 +731,35 @@ impl Tasks {
             ));
         }
         self.end(id, outcome, reason, &requester).await
+    }
+
+    /// Ends task `id` because the process it is bound to exited, as `agent` (the agent on
+    /// whose node that process ran) observed: only an open task with a process or tree
+    /// binding on that agent, ended `cancelled` with reason [`REQUESTER_EXITED`]. Any other
+    /// task answers as a missing one.
+    pub async fn end_for_holder_exit(
+        &self,
+        agent: &SpiffeId,
+        id: &TaskId,
+    ) -> Result<TaskRecord, TaskError> {
+        let current = self.get(id).await?;
+        if current.binding.holder().is_none_or(|h| &h.agent != agent) {
+            return Err(TaskError::NotFound(format!("no task {id}")));
+        }
+        if !current.state.is_open() {
+            return Err(TaskError::WrongState(format!(
+                "task {id} already ended ({})",
+                current.state
+            )));
+        }
+        self.finish(
+            current,
+            TaskState::Cancelled,
+            REQUESTER_EXITED,
+            agent.as_str(),
+        )
+        .await?
+        .ok_or_else(|| TaskError::WrongState(format!("task {id} ended concurrently")))
     }
 
     /// Records that `agent` validated (or refused) a JWT-SVID of task `task_id` presented
@@ -1263,6 +1295,38 @@ fn grant(t: &TaskRecord) -> TaskGrant {
         task_id: t.id.clone(),
         deadline: t.deadline,
         audiences: t.audiences.clone(),
+        binding: t.binding.clone(),
+    }
+}
+
+/// A task binding as the audit log records it.
+fn binding_json(b: &TaskBinding) -> serde_json::Value {
+    match b.holder() {
+        None => json!({ "kind": b.kind().as_str() }),
+        Some(h) => json!({
+            "kind": b.kind().as_str(),
+            "pid": h.process.pid,
+            "start_time": h.process.start_time,
+            "agent_id": h.agent.as_str(),
+        }),
+    }
+}
+
+/// Only a workload's agent can bind a task to a process: pids mean something on one node
+/// only, and only the agent there attests them. An operator's task is bound by selectors,
+/// and a workload's process binding names its own agent.
+fn check_binding(requester: &Requester, binding: &TaskBinding) -> Result<(), TaskError> {
+    match (requester, binding.holder()) {
+        (_, None) => Ok(()),
+        (Requester::User(_), Some(_)) => Err(TaskError::Invalid(format!(
+            "an operator's task is bound by selectors: a {} binding names a local process, \
+             which only a workload beginning its own task through its agent can do",
+            binding.kind()
+        ))),
+        (Requester::Workload { agent, .. }, Some(h)) if &h.agent != agent => Err(
+            TaskError::Invalid("a task's process binding must name the agent that asks".into()),
+        ),
+        (Requester::Workload { .. }, Some(_)) => Ok(()),
     }
 }
 

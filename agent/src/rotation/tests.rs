@@ -291,6 +291,7 @@ fn task_entry(f: &FakeNode, deadline: i64) -> tessera::Entry {
         task_id: "t1".to_owned(),
         deadline,
         audiences: vec!["a".to_owned()],
+        binding: None,
     });
     e
 }
@@ -367,6 +368,7 @@ async fn a_task_svid_is_withdrawn_when_the_task_ends() {
         &["unix:uid:0".parse::<common::Selector>().unwrap()]
             .into_iter()
             .collect(),
+        &[],
         h.clock.now(),
     );
     assert!(!identities.matched, "a dormant task entry grants nothing");
@@ -474,6 +476,7 @@ mod schedule_fns {
             task_id: TaskId::parse("t").unwrap(),
             deadline: crate::cache::unix(t0) + 100,
             audiences: Vec::new(),
+            binding: common::task::TaskBinding::Selectors,
         };
         let task = cached(Some(svid.clone()), Some(until_deadline));
         assert_eq!(schedule::renewal_at(&task, &svid), None);
@@ -485,6 +488,7 @@ mod schedule_fns {
             task_id: TaskId::parse("t").unwrap(),
             deadline: crate::cache::unix(t0) + 1000,
             audiences: Vec::new(),
+            binding: common::task::TaskBinding::Selectors,
         };
         let long_task = cached(Some(svid), Some(later));
         assert!(schedule::needs_svid(&long_task, refresh));

@@ -247,7 +247,10 @@ impl Node for NodeService {
             .ok_or_else(|| Status::invalid_argument("spec is required"))?;
         let task = self
             .tasks
-            .create(&requester, &wire::task_request(&spec)?)
+            .create(
+                &requester,
+                &wire::workload_task_request(&spec, req.binding, &agent)?,
+            )
             .await?;
         Ok(Response::new(wire::task(&task)))
     }
@@ -258,6 +261,13 @@ impl Node for NodeService {
         let end = req
             .end
             .ok_or_else(|| Status::invalid_argument("end is required"))?;
+        if req.holder_exited {
+            let task = self
+                .tasks
+                .end_for_holder_exit(&agent, &end.id.parse()?)
+                .await?;
+            return Ok(Response::new(wire::task(&task)));
+        }
         let requester_entry_ids = req
             .requester_entry_ids
             .iter()

@@ -152,6 +152,14 @@ fn task(id: &str, e: &RegistrationEntry, state: TaskState, deadline: i64) -> Tas
         }),
         approver_uid: None,
         tenant: "default".into(),
+        // Every column of a binding, at the edges of its range, round-trips.
+        binding: common::task::TaskBinding::Tree(common::task::Holder {
+            process: common::task::ProcessInstance {
+                pid: u32::MAX,
+                start_time: 1 << 40,
+            },
+            agent: e.parent_id.clone(),
+        }),
     }
 }
 

@@ -83,6 +83,7 @@ fn request(entry: &RegistrationEntry, ttl: Duration) -> TaskRequest {
         scopes: vec![],
         audiences: vec!["https://tools.example".into()],
         ttl: Some(ttl),
+        binding: TaskBinding::Selectors,
     }
 }
 
@@ -849,4 +850,83 @@ when { context.audience == "a" };
     );
     // X.509: the policy sees an empty audience.
     assert!(f.tasks.issue_grant(&entry, None).await.is_ok());
+}
+
+fn process_binding(agent: &str) -> TaskBinding {
+    TaskBinding::Process(common::task::Holder {
+        process: common::task::ProcessInstance {
+            pid: 4242,
+            start_time: 123_456,
+        },
+        agent: SpiffeId::new(agent).unwrap(),
+    })
+}
+
+#[tokio::test]
+async fn only_a_workloads_agent_binds_a_task_to_a_process_and_only_it_ends_it_on_exit() {
+    let f = fixture().await;
+    let entry = jit_entry(&f).await;
+    // An operator's task is bound by selectors: a process binding is refused, nothing stored.
+    let mut asked = request(&entry, HOUR);
+    asked.binding = process_binding("spiffe://example.org/agent");
+    let refused = f.tasks.create(&operator(), &asked).await.unwrap_err();
+    assert!(
+        matches!(&refused, TaskError::Invalid(m) if m.contains("bound by selectors")),
+        "{refused:?}"
+    );
+    // A workload's binding must name its own agent.
+    let mut elsewhere = request(&entry, HOUR);
+    elsewhere.binding = process_binding("spiffe://example.org/other-agent");
+    let alice = || workload(Some(unix(1000, "alice")));
+    assert!(matches!(
+        f.tasks.create(&alice(), &elsewhere).await,
+        Err(TaskError::Invalid(_))
+    ));
+    assert!(f.tasks.list(None, &operator()).await.unwrap().is_empty());
+
+    let task = f.tasks.create(&alice(), &asked).await.unwrap();
+    assert_eq!(task.binding, asked.binding);
+    assert_eq!(
+        f.tasks.get(&task.id).await.unwrap().binding,
+        asked.binding,
+        "stored"
+    );
+    let task = f
+        .tasks
+        .approve(&task.id, &platform(2000, "bob"))
+        .await
+        .unwrap();
+    assert_eq!(
+        f.tasks.grant_for(&entry.id).unwrap().binding,
+        asked.binding,
+        "the grant carries the binding to the agent"
+    );
+    // Another agent cannot end it as "requester exited"; its own agent can.
+    let other = SpiffeId::new("spiffe://example.org/other-agent").unwrap();
+    assert!(matches!(
+        f.tasks.end_for_holder_exit(&other, &task.id).await,
+        Err(TaskError::NotFound(_))
+    ));
+    let agent = SpiffeId::new("spiffe://example.org/agent").unwrap();
+    let ended = f.tasks.end_for_holder_exit(&agent, &task.id).await.unwrap();
+    assert_eq!(ended.state, TaskState::Cancelled);
+    assert_eq!(
+        ended.end.as_ref().map(|e| e.reason.as_str()),
+        Some(REQUESTER_EXITED)
+    );
+    assert!(f.tasks.grant_for(&entry.id).is_none());
+    assert!(matches!(
+        f.tasks.end_for_holder_exit(&agent, &task.id).await,
+        Err(TaskError::WrongState(_))
+    ));
+    // A task bound by selectors never ends this way.
+    let by_selectors = f
+        .tasks
+        .create(&operator(), &request(&entry, HOUR))
+        .await
+        .unwrap();
+    assert!(matches!(
+        f.tasks.end_for_holder_exit(&agent, &by_selectors.id).await,
+        Err(TaskError::NotFound(_))
+    ));
 }
