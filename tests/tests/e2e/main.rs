@@ -35,6 +35,7 @@ mod resilience_outage;
 mod resilience_shutdown;
 mod smoke;
 mod socket_squatting;
+mod task_binding;
 mod task_scope;
 mod tasks;
 mod tenants;
