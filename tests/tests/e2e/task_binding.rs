@@ -448,3 +448,38 @@ fn bind_selectors_keeps_serving_every_matching_process() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("bind_pid"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_restarted_agent_ends_a_task_whose_holder_exited_while_it_was_down() {
+    let (mut c, _p) = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut sh, task, watch, _) = shell_holder(&c, "process", dir.path());
+    kill(watch, "-9");
+    let id = task["id"].as_str().unwrap().to_owned();
+    assert_eq!(task["state"], "active", "{task}");
+    // Let the agent persist the grant (its cache file is written at most twice a second).
+    std::thread::sleep(Duration::from_millis(1500));
+    c.agent.stop();
+    sh.kill().unwrap();
+    sh.wait().unwrap();
+    assert_eq!(
+        task_show(&c, &id)["state"],
+        "active",
+        "nobody watched the holder while the agent was down"
+    );
+    let restarted = Instant::now();
+    c.agent.restart(None);
+    let ended = wait_for(Duration::from_secs(10), || {
+        let t = task_show(&c, &id);
+        (t["state"] != "active").then_some(t)
+    })
+    .expect("the restarted agent ends the task of a holder that is gone");
+    println!(
+        "agent restarted -> task {} ({}) in {} ms",
+        ended["state"],
+        ended["end_reason"],
+        restarted.elapsed().as_millis()
+    );
+    assert_eq!(ended["state"], "cancelled", "{ended}");
+    assert_eq!(ended["end_reason"], "requester exited", "{ended}");
+}
