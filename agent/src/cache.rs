@@ -101,6 +101,15 @@ impl CacheSnapshot {
             .map(|t| t.state.as_str())
     }
 
+    /// Whether a caller with `selectors` matches any live entry at `now`, whatever
+    /// process a task is bound to: who may read the trust bundles, which carry nothing of
+    /// any task (a task's binding limits its SVIDs, not the bundles).
+    pub fn matches_any(&self, selectors: &SelectorSet, now: SystemTime) -> bool {
+        self.entries
+            .values()
+            .any(|c| c.is_live(unix(now)) && c.entry.selectors.entry_matches(selectors))
+    }
+
     /// The identities of a caller with `selectors` and process `lineage` at `now`.
     ///
     /// Order is stable (entry creation time, then id) so the default identity does not
@@ -425,5 +434,76 @@ mod tests {
             .map(|s| s.parse::<Selector>().unwrap())
             .collect();
         assert!(!snap.identities(&stranger, &[], SystemTime::now()).matched);
+    }
+
+    #[test]
+    fn a_process_bound_task_serves_only_its_holder_and_a_tree_its_descendants() {
+        use common::task::{Holder, ProcessInstance, TaskBinding};
+        let now = SystemTime::now();
+        let holder = ProcessInstance {
+            pid: 100,
+            start_time: 50,
+        };
+        let child = ProcessInstance {
+            pid: 101,
+            start_time: 60,
+        };
+        let sibling = ProcessInstance {
+            pid: 102,
+            start_time: 61,
+        };
+        let parent = ProcessInstance {
+            pid: 1,
+            start_time: 1,
+        };
+        let recycled = ProcessInstance {
+            pid: 100,
+            start_time: 70,
+        };
+        let bound = |binding: TaskBinding| {
+            let mut snap = CacheSnapshot::default();
+            snap.entries.insert(
+                EntryId::parse("std").unwrap(),
+                entry("std", 1, &["unix:uid:0"], ""),
+            );
+            let mut jit = (*entry("tool", 2, &["unix:uid:0"], "")).clone();
+            jit.entry.jit = true;
+            jit.grant = Some(TaskGrant {
+                task_id: common::TaskId::parse("t1").unwrap(),
+                deadline: unix(now) + 60,
+                audiences: Vec::new(),
+                binding,
+            });
+            snap.entries
+                .insert(EntryId::parse("tool").unwrap(), Arc::new(jit));
+            snap
+        };
+        let uid0: SelectorSet = ["unix:uid:0"]
+            .iter()
+            .map(|s| s.parse::<Selector>().unwrap())
+            .collect();
+        let sees_tool = |snap: &CacheSnapshot, lineage: &[ProcessInstance]| {
+            let tool = &snap.entries["tool"];
+            tool.serves(lineage, unix(now))
+        };
+        let h = Holder {
+            process: holder,
+            agent: SpiffeId::new("spiffe://example.org/agent").unwrap(),
+        };
+        let process = bound(TaskBinding::Process(h.clone()));
+        assert!(sees_tool(&process, &[holder, parent]));
+        assert!(!sees_tool(&process, &[child, holder, parent]));
+        assert!(!sees_tool(&process, &[sibling, parent]));
+        assert!(!sees_tool(&process, &[recycled, parent]));
+        // Everyone still matches the standing entry, and may read the bundles.
+        assert!(process.identities(&uid0, &[sibling, parent], now).matched);
+        assert!(process.matches_any(&uid0, now));
+        let tree = bound(TaskBinding::Tree(h));
+        assert!(sees_tool(&tree, &[holder, parent]));
+        assert!(sees_tool(&tree, &[child, holder, parent]));
+        assert!(!sees_tool(&tree, &[sibling, parent]));
+        let selectors = bound(TaskBinding::Selectors);
+        assert!(sees_tool(&selectors, &[sibling, parent]));
+        assert!(sees_tool(&selectors, &[]));
     }
 }

@@ -244,6 +244,12 @@ fn entitled(snap: &CacheSnapshot, caller: &Attested) -> bool {
         .matched
 }
 
+/// Whether `caller` may read the trust bundles: it matches a live entry, whatever process
+/// a task on it is bound to (bundles carry nothing of a task).
+fn entitled_to_bundles(snap: &CacheSnapshot, caller: &Attested) -> bool {
+    snap.matches_any(&caller.selectors, SystemTime::now())
+}
+
 fn bundles_map(snap: &CacheSnapshot) -> HashMap<String, Vec<u8>> {
     snap.bundle
         .iter()
@@ -294,7 +300,7 @@ fn render_bundles(
     snap: &CacheSnapshot,
     caller: &Attested,
 ) -> Result<Option<X509BundlesResponse>, Status> {
-    if !entitled(snap, caller) {
+    if !entitled_to_bundles(snap, caller) {
         return Err(Status::permission_denied(NO_IDENTITY));
     }
     let bundles = bundles_map(snap);
@@ -311,7 +317,7 @@ fn render_jwt_bundles(
     snap: &CacheSnapshot,
     caller: &Attested,
 ) -> Result<Option<JwtBundlesResponse>, Status> {
-    if !entitled(snap, caller) {
+    if !entitled_to_bundles(snap, caller) {
         return Err(Status::permission_denied(NO_IDENTITY));
     }
     let Some(bundle) = snap.bundle.as_ref() else {
@@ -519,7 +525,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         check_header(&req)?;
         let caller = self.attest(&req).await?;
         let snap = self.cache.current();
-        if snap.synced && !entitled(&snap, &caller) {
+        if snap.synced && !entitled_to_bundles(&snap, &caller) {
             return Err(Status::permission_denied(NO_IDENTITY));
         }
         Ok(Response::new(self.stream(
@@ -610,7 +616,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         check_header(&req)?;
         let caller = self.attest(&req).await?;
         let snap = self.cache.current();
-        if snap.synced && !entitled(&snap, &caller) {
+        if snap.synced && !entitled_to_bundles(&snap, &caller) {
             return Err(Status::permission_denied(NO_IDENTITY));
         }
         Ok(Response::new(self.stream(
