@@ -46,6 +46,9 @@ struct Watch {
     cancel: CancellationToken,
     /// Seen as a grant in the cache: cancelled once it leaves it.
     in_cache: bool,
+    /// The watch is over (the task was ended, or found ended). Kept while its grant is
+    /// still in the cache, so the grant does not start another watch and another request.
+    finished: bool,
 }
 
 impl Holders {
@@ -76,6 +79,7 @@ impl Holders {
                 Watch {
                     cancel: cancel.clone(),
                     in_cache: false,
+                    finished: false,
                 },
             );
             cancel
@@ -84,7 +88,13 @@ impl Holders {
         let task_id = task_id.clone();
         self.spawner.spawn("task holder watch", async move {
             this.run_watch(&task_id, process, cancel).await;
-            this.watches().remove(&task_id);
+            let mut watches = this.watches();
+            match watches.get_mut(&task_id) {
+                Some(w) if w.in_cache => w.finished = true,
+                _ => {
+                    watches.remove(&task_id);
+                }
+            }
         });
     }
 
@@ -176,10 +186,11 @@ impl Holders {
                     if current.contains(task_id) {
                         w.in_cache = true;
                         true
-                    } else if w.in_cache {
+                    } else if w.in_cache || w.finished {
                         w.cancel.cancel();
                         false
                     } else {
+                        // Begun here, not active yet (pending approval): kept.
                         true
                     }
                 });
