@@ -82,6 +82,15 @@ class Task:
         """Not ended yet (active or waiting for approval)."""
         return self.active or self.pending
 
+    @property
+    def bound_to(self) -> Tuple[str, int]:
+        """What the task is bound to: ("process" | "tree", pid) or ("selectors", 0).
+        ("selectors", 0) too with agents or bindings that predate task binding."""
+        if not _has_field(tessera_pb2.Task, "binding") or not self.proto.HasField("binding"):
+            return ("selectors", 0)
+        b = self.proto.binding
+        return (b.kind or "selectors", b.pid)
+
     @classmethod
     def from_proto(cls, t: tessera_pb2.Task) -> "Task":
         d = t.decision if t.HasField("decision") else None
