@@ -46,6 +46,18 @@ impl CachedEntry {
     }
 }
 
+/// The key under which the cache holds `entry` under `grant`.
+///
+/// Several tasks may be active at once on one just-in-time entry (one per bound process):
+/// the cache holds the entry once per task, each with the task's own SVID, under
+/// `<entry id>#<task id>`; an entry without a task under its own id. Entry and task ids
+/// are server-made UUIDs, never holding `#`, and the pair fits an id's length bound.
+pub fn slot_key(entry: &EntryId, grant: Option<&TaskGrant>) -> EntryId {
+    grant
+        .and_then(|g| EntryId::parse(format!("{entry}#{}", g.task_id)).ok())
+        .unwrap_or_else(|| entry.clone())
+}
+
 /// Unix seconds of `t`.
 pub fn unix(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -56,7 +68,8 @@ pub fn unix(t: SystemTime) -> i64 {
 /// Everything the Workload API serves, at one instant.
 #[derive(Debug, Clone, Default)]
 pub struct CacheSnapshot {
-    /// Entries parented to this agent, by id.
+    /// Entries parented to this agent, by [`slot_key`]: a just-in-time entry once per
+    /// active task.
     pub entries: HashMap<EntryId, Arc<CachedEntry>>,
     /// Our trust domain's bundle.
     pub bundle: Option<Arc<Bundle>>,
@@ -202,13 +215,13 @@ impl CacheSnapshot {
     /// Encodes the snapshot for the cache file (entries, bundle, SVIDs with their keys).
     pub fn encode(&self) -> Vec<u8> {
         use prost::Message as _;
-        let mut entries: Vec<&Arc<CachedEntry>> = self.entries.values().collect();
-        entries.sort_by(|a, b| a.entry.id.cmp(&b.entry.id));
+        let mut entries: Vec<(&EntryId, &Arc<CachedEntry>)> = self.entries.iter().collect();
+        entries.sort_by(|a, b| a.0.cmp(b.0));
         let msg = tessera::AgentCache {
             snapshot: Some(tessera::SyncSnapshot {
                 entries: entries
                     .iter()
-                    .map(|c| {
+                    .map(|(_, c)| {
                         let mut wire: tessera::Entry = (&c.entry).into();
                         wire.task = c.grant.as_ref().map(Into::into);
                         wire
@@ -219,9 +232,10 @@ impl CacheSnapshot {
             }),
             svids: entries
                 .iter()
-                .filter_map(|c| {
+                .filter_map(|(key, c)| {
                     c.svid.as_ref().map(|s| tessera::CachedSvid {
-                        entry_id: c.entry.id.to_string(),
+                        // The slot: one SVID per task of an entry.
+                        entry_id: key.to_string(),
                         entry_revision: c.svid_revision,
                         chain: s.chain().iter().map(|d| d.to_vec()).collect(),
                         key: s.key_pkcs8().to_vec(),
@@ -264,12 +278,13 @@ impl CacheSnapshot {
                 .transpose()
                 .map_err(|e| e.to_string())?;
             let entry = RegistrationEntry::try_from(wire).map_err(|e| e.to_string())?;
-            let (svid_revision, svid) = match svids.remove(entry.id.as_str()) {
+            let key = slot_key(&entry.id, grant.as_ref());
+            let (svid_revision, svid) = match svids.remove(key.as_str()) {
                 Some((rev, s)) => (rev, Some(s)),
                 None => (0, None),
             };
             entries.insert(
-                entry.id.clone(),
+                key,
                 Arc::new(CachedEntry {
                     entry,
                     grant,

@@ -420,6 +420,12 @@ impl WorkloadApi {
             .mint_jwt_svid(common::proto::tessera::MintJwtSvidRequest {
                 entry_id: entry.id.to_string(),
                 audience: audience.to_vec(),
+                // Under this caller's own task, when the entry has several.
+                task_id: cached_entry
+                    .grant
+                    .as_ref()
+                    .map(|g| g.task_id.to_string())
+                    .unwrap_or_default(),
             })
             .await;
         match minted {
@@ -651,11 +657,14 @@ impl SpiffeWorkloadApi for WorkloadApi {
             Ok(v) => {
                 // A use of every entry of this agent granting the token's identity (the
                 // token does not say which entry it was minted for).
+                // (Once per entry, whatever number of tasks it has here.)
+                let mut seen = std::collections::HashSet::new();
                 self.usage.validated(
                     snap.entries
                         .values()
                         .filter(|c| c.entry.spiffe_id == v.spiffe_id)
-                        .map(|c| &c.entry.id),
+                        .map(|c| &c.entry.id)
+                        .filter(|id| seen.insert(*id)),
                     now,
                 );
                 // A token of a task that ended is refused even though it has not expired.

@@ -137,6 +137,10 @@ pub struct RawServerConfig {
     /// [default: 1000].
     #[arg(long)]
     pub jwt_mint_burst_per_agent: Option<u32>,
+    /// Most tasks open at once on one just-in-time entry (one per bound process)
+    /// [default: 16].
+    #[arg(long)]
+    pub max_parallel_tasks_per_entry: Option<u32>,
     /// Log level: trace, debug, info, warn or error [default: info].
     #[arg(long)]
     pub log_level: Option<String>,
@@ -175,6 +179,7 @@ impl std::fmt::Debug for RawServerConfig {
             jwt_mint_burst_per_workload,
             jwt_mint_rate_per_agent,
             jwt_mint_burst_per_agent,
+            max_parallel_tasks_per_entry,
             log_level,
             log_format,
         } = self;
@@ -205,6 +210,7 @@ impl std::fmt::Debug for RawServerConfig {
             .field("jwt_mint_burst_per_workload", jwt_mint_burst_per_workload)
             .field("jwt_mint_rate_per_agent", jwt_mint_rate_per_agent)
             .field("jwt_mint_burst_per_agent", jwt_mint_burst_per_agent)
+            .field("max_parallel_tasks_per_entry", max_parallel_tasks_per_entry)
             .field("log_level", log_level)
             .field("log_format", log_format)
             .finish()
@@ -297,6 +303,8 @@ pub struct ServerConfig {
     pub audit_checkpoint_records: u64,
     /// JWT-SVID mint rate limits.
     pub jwt_mint_limits: MintLimits,
+    /// Most tasks open at once on one just-in-time entry.
+    pub max_parallel_tasks_per_entry: u32,
     /// Log filter.
     pub log_level: String,
     /// Emit JSON log lines.
@@ -383,6 +391,7 @@ impl RawServerConfig {
             jwt_mint_burst_per_workload,
             jwt_mint_rate_per_agent,
             jwt_mint_burst_per_agent,
+            max_parallel_tasks_per_entry,
             log_level,
             log_format,
         } = over;
@@ -415,6 +424,8 @@ impl RawServerConfig {
                 .or(self.jwt_mint_burst_per_workload),
             jwt_mint_rate_per_agent: jwt_mint_rate_per_agent.or(self.jwt_mint_rate_per_agent),
             jwt_mint_burst_per_agent: jwt_mint_burst_per_agent.or(self.jwt_mint_burst_per_agent),
+            max_parallel_tasks_per_entry: max_parallel_tasks_per_entry
+                .or(self.max_parallel_tasks_per_entry),
             log_level: log_level.or(self.log_level),
             log_format: log_format.or(self.log_format),
         }
@@ -422,6 +433,9 @@ impl RawServerConfig {
 }
 
 pub use common::duration::parse_duration;
+
+/// Default of `max_parallel_tasks_per_entry`.
+pub const DEFAULT_MAX_PARALLEL_TASKS_PER_ENTRY: u32 = 16;
 
 /// A count that must be at least 1, or `default`.
 fn at_least_one(key: &'static str, v: Option<u32>, default: u32) -> Result<u32, ServerConfigError> {
@@ -667,6 +681,11 @@ impl ServerConfig {
                 )?,
             },
         };
+        let max_parallel_tasks_per_entry = at_least_one(
+            "max_parallel_tasks_per_entry",
+            raw.max_parallel_tasks_per_entry,
+            DEFAULT_MAX_PARALLEL_TASKS_PER_ENTRY,
+        )?;
         let log_level = raw.log_level.unwrap_or_else(|| "info".into());
         if !["trace", "debug", "info", "warn", "error"].contains(&log_level.as_str()) {
             return Err(ServerConfigError::Invalid {
@@ -706,6 +725,7 @@ impl ServerConfig {
             audit_checkpoint_interval,
             audit_checkpoint_records,
             jwt_mint_limits,
+            max_parallel_tasks_per_entry,
             log_level,
             log_json,
         })
@@ -928,7 +948,7 @@ mod tests {
             .get_arguments()
             .map(|a| a.get_id().to_string())
             .collect();
-        assert_eq!(ids.len(), 28, "{ids:?}");
+        assert_eq!(ids.len(), 29, "{ids:?}");
         for id in ids {
             // A text key or a number key.
             let ok = ["\"x\"", "1"]

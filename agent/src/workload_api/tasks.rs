@@ -60,7 +60,7 @@ fn target(
     selectors: &SelectorSet,
     spec: &TaskSpec,
 ) -> Result<String, Status> {
-    let candidates: Vec<&Arc<CachedEntry>> = snap
+    let mut candidates: Vec<&Arc<CachedEntry>> = snap
         .entries
         .values()
         .filter(|c| c.entry.jit && c.entry.selectors.entry_matches(selectors))
@@ -69,6 +69,9 @@ fn target(
                 && (spec.spiffe_id.is_empty() || c.entry.spiffe_id.as_str() == spec.spiffe_id)
         })
         .collect();
+    // An entry with several active tasks is cached once per task: count it once.
+    candidates.sort_by(|a, b| a.entry.id.cmp(&b.entry.id));
+    candidates.dedup_by(|a, b| a.entry.id == b.entry.id);
     if spec.entry_id.is_empty() && spec.spiffe_id.is_empty() {
         return Err(Status::invalid_argument(
             "name the just-in-time identity to activate (spiffe_id or entry_id), or provision one",

@@ -313,14 +313,25 @@ pub(crate) fn revocations(r: &RevocationSet) -> wire::Revocations {
 
 /// The answer for one CSR.
 pub(crate) fn signed_svid(o: X509Outcome) -> wire::SignedX509Svid {
+    let task = |t: Option<common::TaskId>| t.map(common::TaskId::into_string).unwrap_or_default();
     match o {
-        X509Outcome::Signed { entry_id, chain } => wire::SignedX509Svid {
+        X509Outcome::Signed {
+            entry_id,
+            task_id,
+            chain,
+        } => wire::SignedX509Svid {
             entry_id: entry_id.into_string(),
+            task_id: task(task_id),
             svid_chain: chain_bytes(&chain),
             error: String::new(),
         },
-        X509Outcome::Refused { entry_id, reason } => wire::SignedX509Svid {
+        X509Outcome::Refused {
+            entry_id,
+            task_id,
+            reason,
+        } => wire::SignedX509Svid {
             entry_id: entry_id.into_string(),
+            task_id: task(task_id),
             svid_chain: vec![],
             error: reason,
         },

@@ -21,6 +21,7 @@ use common::proto::workload::{JwtsvidRequest, X509svidRequest};
 use serde_json::Value;
 use tests::{Cluster, assert_nobody_can_reach, bin, command_as_nobody, wait_for, with_header};
 use tokio::time::Instant;
+use x509_parser::prelude::{FromDer as _, X509Certificate};
 
 const TOOL: &str = "spiffe://example.org/tools/search";
 const RUNTIME: &str = "spiffe://example.org/agents/runtime";
@@ -482,4 +483,110 @@ fn a_restarted_agent_ends_a_task_whose_holder_exited_while_it_was_down() {
     );
     assert_eq!(ended["state"], "cancelled", "{ended}");
     assert_eq!(ended["end_reason"], "requester exited", "{ended}");
+}
+
+/// The serial and task of each TOOL SVID in one X.509-SVID message.
+fn tool_svids(msg: &common::proto::workload::X509svidResponse) -> Vec<(String, String)> {
+    msg.svids
+        .iter()
+        .filter(|s| s.spiffe_id == TOOL)
+        .map(|s| {
+            let (_, cert) = X509Certificate::from_der(&s.x509_svid).unwrap();
+            let task = common::task::task_id_of_certificate(&s.x509_svid)
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+            (hex::encode(cert.raw_serial()), task)
+        })
+        .collect()
+}
+
+#[test]
+fn parallel_tasks_on_one_entry_each_reach_only_their_own_process() {
+    let (c, _p) = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    tests::runtime().block_on(async {
+        // Two processes of uid 0 each begin a task on the same just-in-time entry.
+        let mine = begin_here(&c, "").await;
+        let (mut sh, theirs, watch, watch_out) = shell_holder(&c, "tree", dir.path());
+        let theirs_id = theirs["id"].as_str().unwrap().to_owned();
+        assert_eq!(theirs["state"], "active", "{theirs}");
+        assert_ne!(mine.id, theirs_id);
+        let mut stream = tests::workload_client(&c.agent.socket_path)
+            .await
+            .fetch_x509svid(with_header(X509svidRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let own = loop {
+            let msg = tokio::time::timeout_at(deadline, stream.message())
+                .await
+                .expect("this process's task SVID within 10 s")
+                .unwrap()
+                .unwrap();
+            let tool = tool_svids(&msg);
+            if !tool.is_empty() {
+                break tool;
+            }
+        };
+        // This process sees exactly one SVID of the identity: its own task's.
+        assert_eq!(own.len(), 1, "{own:?}");
+        assert_eq!(own[0].1, mine.id, "the SVID names this process's task");
+        // The shell's child sees its own, with another serial.
+        let theirs_serial = wait_for(Duration::from_secs(10), || {
+            let updates = watch_updates(&watch_out);
+            let last = updates.last()?;
+            last.iter().any(|i| i == TOOL).then_some(())?;
+            let v: Value =
+                serde_json::from_str(std::fs::read_to_string(&watch_out).ok()?.lines().last()?)
+                    .ok()?;
+            v["svids"]
+                .as_array()?
+                .iter()
+                .filter(|s| s["spiffe_id"] == TOOL)
+                .map(|s| s["serial"].as_str().unwrap_or_default().to_owned())
+                .next()
+        })
+        .expect("the other task's SVID reaches the shell's child");
+        println!(
+            "parallel tasks: {} serial {} / {theirs_id} serial {theirs_serial}",
+            mine.id, own[0].0
+        );
+        assert_ne!(theirs_serial, own[0].0, "distinct serials");
+        let tool_count: usize = watch_updates(&watch_out)
+            .last()
+            .map_or(0, |ids| ids.iter().filter(|i| *i == TOOL).count());
+        assert_eq!(tool_count, 1, "the child sees only its own task's SVID");
+
+        // Ending this process's task leaves the other one working.
+        tasks_client(&c)
+            .await
+            .end_task(with_header(EndTaskRequest {
+                id: mine.id.clone(),
+                outcome: "completed".into(),
+                reason: String::new(),
+            }))
+            .await
+            .unwrap();
+        loop {
+            let msg = tokio::time::timeout_at(deadline, stream.message())
+                .await
+                .expect("this process's task SVID leaves its stream")
+                .unwrap()
+                .unwrap();
+            if tool_svids(&msg).is_empty() {
+                break;
+            }
+        }
+        assert_eq!(task_show(&c, &theirs_id)["state"], "active");
+        assert!(
+            watch_updates(&watch_out)
+                .last()
+                .is_some_and(|ids| ids.iter().any(|i| i == TOOL)),
+            "the other task's SVID stays with its process"
+        );
+        sh.kill().unwrap();
+        sh.wait().unwrap();
+        kill(watch, "-9");
+    });
 }

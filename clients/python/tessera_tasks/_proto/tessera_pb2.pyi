@@ -31,7 +31,7 @@ class JwtKey(_message.Message):
     def __init__(self, kid: _Optional[str] = ..., public_key: _Optional[bytes] = ..., expires_at: _Optional[int] = ...) -> None: ...
 
 class Entry(_message.Message):
-    __slots__ = ("id", "spiffe_id", "parent_id", "selectors", "x509_svid_ttl_seconds", "jwt_svid_ttl_seconds", "dns_names", "jit", "hint", "created_at", "revision", "task", "tenant", "owner", "expires_at", "review_every_seconds", "certified_at", "disabled_at", "disabled_reason")
+    __slots__ = ("id", "spiffe_id", "parent_id", "selectors", "x509_svid_ttl_seconds", "jwt_svid_ttl_seconds", "dns_names", "jit", "hint", "created_at", "revision", "task", "tenant", "owner", "expires_at", "review_every_seconds", "certified_at", "disabled_at", "disabled_reason", "tasks")
     ID_FIELD_NUMBER: _ClassVar[int]
     SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
     PARENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,7 @@ class Entry(_message.Message):
     CERTIFIED_AT_FIELD_NUMBER: _ClassVar[int]
     DISABLED_AT_FIELD_NUMBER: _ClassVar[int]
     DISABLED_REASON_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
     id: str
     spiffe_id: str
     parent_id: str
@@ -70,7 +71,8 @@ class Entry(_message.Message):
     certified_at: int
     disabled_at: int
     disabled_reason: str
-    def __init__(self, id: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., x509_svid_ttl_seconds: _Optional[int] = ..., jwt_svid_ttl_seconds: _Optional[int] = ..., dns_names: _Optional[_Iterable[str]] = ..., jit: bool = ..., hint: _Optional[str] = ..., created_at: _Optional[int] = ..., revision: _Optional[int] = ..., task: _Optional[_Union[TaskGrant, _Mapping]] = ..., tenant: _Optional[str] = ..., owner: _Optional[str] = ..., expires_at: _Optional[int] = ..., review_every_seconds: _Optional[int] = ..., certified_at: _Optional[int] = ..., disabled_at: _Optional[int] = ..., disabled_reason: _Optional[str] = ...) -> None: ...
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskGrant]
+    def __init__(self, id: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., x509_svid_ttl_seconds: _Optional[int] = ..., jwt_svid_ttl_seconds: _Optional[int] = ..., dns_names: _Optional[_Iterable[str]] = ..., jit: bool = ..., hint: _Optional[str] = ..., created_at: _Optional[int] = ..., revision: _Optional[int] = ..., task: _Optional[_Union[TaskGrant, _Mapping]] = ..., tenant: _Optional[str] = ..., owner: _Optional[str] = ..., expires_at: _Optional[int] = ..., review_every_seconds: _Optional[int] = ..., certified_at: _Optional[int] = ..., disabled_at: _Optional[int] = ..., disabled_reason: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskGrant, _Mapping]]] = ...) -> None: ...
 
 class TaskGrant(_message.Message):
     __slots__ = ("task_id", "deadline", "audiences", "binding")
@@ -179,12 +181,14 @@ class NodeEndTaskRequest(_message.Message):
     def __init__(self, requester_entry_ids: _Optional[_Iterable[str]] = ..., end: _Optional[_Union[EndTaskRequest, _Mapping]] = ..., holder_exited: bool = ...) -> None: ...
 
 class MintJwtSvidRequest(_message.Message):
-    __slots__ = ("entry_id", "audience")
+    __slots__ = ("entry_id", "audience", "task_id")
     ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
     AUDIENCE_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
     entry_id: str
     audience: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, entry_id: _Optional[str] = ..., audience: _Optional[_Iterable[str]] = ...) -> None: ...
+    task_id: str
+    def __init__(self, entry_id: _Optional[str] = ..., audience: _Optional[_Iterable[str]] = ..., task_id: _Optional[str] = ...) -> None: ...
 
 class MintJwtSvidResponse(_message.Message):
     __slots__ = ("token", "expires_at")
@@ -253,12 +257,14 @@ class SyncUpdate(_message.Message):
     def __init__(self, snapshot: _Optional[_Union[SyncSnapshot, _Mapping]] = ..., entry_upserted: _Optional[_Union[Entry, _Mapping]] = ..., entry_deleted: _Optional[str] = ..., bundle: _Optional[_Union[Bundle, _Mapping]] = ..., revocations: _Optional[_Union[Revocations, _Mapping]] = ...) -> None: ...
 
 class CsrForEntry(_message.Message):
-    __slots__ = ("entry_id", "csr")
+    __slots__ = ("entry_id", "csr", "task_id")
     ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
     CSR_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
     entry_id: str
     csr: bytes
-    def __init__(self, entry_id: _Optional[str] = ..., csr: _Optional[bytes] = ...) -> None: ...
+    task_id: str
+    def __init__(self, entry_id: _Optional[str] = ..., csr: _Optional[bytes] = ..., task_id: _Optional[str] = ...) -> None: ...
 
 class SignX509SvidsRequest(_message.Message):
     __slots__ = ("csrs",)
@@ -267,14 +273,16 @@ class SignX509SvidsRequest(_message.Message):
     def __init__(self, csrs: _Optional[_Iterable[_Union[CsrForEntry, _Mapping]]] = ...) -> None: ...
 
 class SignedX509Svid(_message.Message):
-    __slots__ = ("entry_id", "svid_chain", "error")
+    __slots__ = ("entry_id", "task_id", "svid_chain", "error")
     ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
     SVID_CHAIN_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     entry_id: str
+    task_id: str
     svid_chain: _containers.RepeatedScalarFieldContainer[bytes]
     error: str
-    def __init__(self, entry_id: _Optional[str] = ..., svid_chain: _Optional[_Iterable[bytes]] = ..., error: _Optional[str] = ...) -> None: ...
+    def __init__(self, entry_id: _Optional[str] = ..., task_id: _Optional[str] = ..., svid_chain: _Optional[_Iterable[bytes]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class SignX509SvidsResponse(_message.Message):
     __slots__ = ("svids",)

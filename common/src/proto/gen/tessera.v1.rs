@@ -31,7 +31,7 @@ pub struct JwtKey {
     pub expires_at: i64,
 }
 /// A registration entry as stored by the server.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Entry {
     #[prost(string, tag = "1")]
     pub id: ::prost::alloc::string::String,
@@ -82,6 +82,10 @@ pub struct Entry {
     pub disabled_at: i64,
     #[prost(string, tag = "19")]
     pub disabled_reason: ::prost::alloc::string::String,
+    /// Every active task of a just-in-time entry (several may be active at once, one per
+    /// binding); `task` repeats the first, for agents that know only one. Never stored.
+    #[prost(message, repeated, tag = "20")]
+    pub tasks: ::prost::alloc::vec::Vec<TaskGrant>,
 }
 /// The active task that makes a just-in-time entry live on an agent.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -224,6 +228,9 @@ pub struct MintJwtSvidRequest {
     pub entry_id: ::prost::alloc::string::String,
     #[prost(string, repeated, tag = "2")]
     pub audience: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// As in CsrForEntry: the task the JWT-SVID is minted under.
+    #[prost(string, tag = "3")]
+    pub task_id: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct MintJwtSvidResponse {
@@ -304,6 +311,10 @@ pub struct CsrForEntry {
     /// DER PKCS#10; only its public key is used.
     #[prost(bytes = "vec", tag = "2")]
     pub csr: ::prost::alloc::vec::Vec<u8>,
+    /// For a just-in-time entry: the active task the SVID is issued under (empty: the
+    /// entry's only active task).
+    #[prost(string, tag = "3")]
+    pub task_id: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct SignX509SvidsRequest {
@@ -314,6 +325,9 @@ pub struct SignX509SvidsRequest {
 pub struct SignedX509Svid {
     #[prost(string, tag = "1")]
     pub entry_id: ::prost::alloc::string::String,
+    /// The task of the request it answers (empty when it named none).
+    #[prost(string, tag = "4")]
+    pub task_id: ::prost::alloc::string::String,
     /// DER certificates, leaf first; empty when `error` is set.
     #[prost(bytes = "vec", repeated, tag = "2")]
     pub svid_chain: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
@@ -343,7 +357,7 @@ pub struct ReviewResponse {
     #[prost(int64, tag = "2")]
     pub generated_at: i64,
 }
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ReviewItem {
     #[prost(message, optional, tag = "1")]
     pub entry: ::core::option::Option<Entry>,

@@ -287,7 +287,7 @@ async fn a_release_datastore_is_upgraded_in_place_and_keeps_every_record(db: &dy
     assert_eq!(tasks[0].ticket, "CHG-1");
     let deploy = by_id("spiffe://example.org/jit/deploy");
     assert_eq!(
-        ds.open_task_for_entry(&deploy.id).await.unwrap().as_ref(),
+        ds.open_tasks_for_entry(&deploy.id).await.unwrap().first(),
         tasks.first()
     );
     let (revoked, svids) = ds.revoked_since(0).await.unwrap();

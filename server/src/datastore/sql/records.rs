@@ -109,8 +109,8 @@ pub(super) const LIST_TASKS: &str =
     "SELECT * FROM tasks WHERE ($1 IS NULL OR state = $1) ORDER BY created_at, id";
 pub(super) const DUE_TASKS: &str = "SELECT * FROM tasks
     WHERE state IN ('pending_approval', 'active') AND deadline <= $1 ORDER BY deadline, id";
-pub(super) const OPEN_TASK_FOR_ENTRY: &str =
-    "SELECT * FROM tasks WHERE entry_id = $1 AND state IN ('pending_approval', 'active')";
+pub(super) const OPEN_TASKS_FOR_ENTRY: &str = "SELECT * FROM tasks
+    WHERE entry_id = $1 AND state IN ('pending_approval', 'active') ORDER BY created_at, id";
 pub(super) const ENDED_TASKS: &str = "SELECT * FROM tasks
     WHERE state NOT IN ('pending_approval', 'active') AND deadline > $1 ORDER BY ended_at, id";
 pub(super) const UPSERT_TASK_SVID: &str = "INSERT INTO task_svids (serial, task_id,
