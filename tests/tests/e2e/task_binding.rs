@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use common::proto::tessera::workload_tasks_client::WorkloadTasksClient;
 use common::proto::tessera::{EndTaskRequest, Task, TaskSpec};
-use common::proto::workload::{JwtsvidRequest, X509svidRequest};
+use common::proto::workload::{JwtsvidRequest, ValidateJwtsvidRequest, X509svidRequest};
 use serde_json::Value;
 use tests::{Cluster, assert_nobody_can_reach, bin, command_as_nobody, wait_for, with_header};
 use tokio::time::Instant;
@@ -277,11 +277,13 @@ fn shell_holder(
 "$AGENT" task begin --socket-path "$SOCK" --spiffe-id {TOOL} --audience tools --bind {bind} --bind-pid $$ --output json > "{begun}"
 "$AGENT" api watch --socket-path "$SOCK" --output json > "{watch_out}" 2>&1 &
 echo $! > "{watch_pid}"
+"$AGENT" api fetch jwt --socket-path "$SOCK" --audience tools --spiffe-id {TOOL} --output json > "{jwt}" 2>&1 || true
 exec sleep 600 < /dev/null
 "#,
         begun = begun.display(),
         watch_out = watch_out.display(),
         watch_pid = watch_pid.display(),
+        jwt = dir.join("jwt.json").display(),
     );
     // `exec sleep`: the holder keeps its pid and start time (exec changes neither).
     let sh = Command::new("sh")
@@ -354,6 +356,27 @@ fn a_tree_binding_reaches_descendants_and_the_task_ends_when_its_holder_is_kille
     assert!(got.is_some(), "the child: {:?}", watch_updates(&watch_out));
     assert_eq!(child_ids(&c), [RUNTIME], "a sibling gets nothing");
     let updates_before = watch_updates(&watch_out).len();
+    // The shell's other child fetched the task's JWT-SVID (a descendant of the holder).
+    let token = wait_for(Duration::from_secs(10), || {
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("jwt.json")).ok()?).ok()?;
+        v["svids"][0]["svid"].as_str().map(str::to_owned)
+    })
+    .expect("the holder's child got the task's JWT-SVID");
+    let validate = |token: &str| {
+        let token = token.to_owned();
+        let socket = c.agent.socket_path.clone();
+        tests::runtime().block_on(async move {
+            tests::workload_client(&socket)
+                .await
+                .validate_jwtsvid(with_header(ValidateJwtsvidRequest {
+                    audience: "tools".into(),
+                    svid: token,
+                }))
+                .await
+        })
+    };
+    validate(&token).expect("valid while the holder lives");
 
     // kill -9 the holder: the agent ends the task, as "requester exited", within 1 s.
     let killed = Instant::now();
@@ -374,6 +397,19 @@ fn a_tree_binding_reaches_descendants_and_the_task_ends_when_its_holder_is_kille
     assert_eq!(ended["end_reason"], "requester exited", "{ended}");
     assert!(took < Duration::from_secs(1), "took {took:?}");
     sh.wait().unwrap();
+    // ValidateJWTSVID refuses the task's token, within a second of the kill.
+    let refused = wait_for(Duration::from_secs(5), || validate(&token).err());
+    let took = killed.elapsed();
+    println!(
+        "holder killed -> its task's JWT-SVID refused by ValidateJWTSVID in {} ms",
+        took.as_millis()
+    );
+    let refused = refused.expect("the token is refused once the task ended");
+    assert!(
+        refused.message().contains("has ended (cancelled)"),
+        "{refused:?}"
+    );
+    assert!(took < Duration::from_secs(1), "took {took:?}");
 
     // The open stream of the (orphaned) descendant loses the SVID.
     let gone = wait_for(Duration::from_secs(5), || {
