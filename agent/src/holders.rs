@@ -107,8 +107,11 @@ impl Holders {
         match ExitWatch::start(process) {
             Ok(Some(watch)) => {
                 tracing::debug!(%task_id, pid = process.pid, "watching a task's bound process");
+                // A shutting-down agent stops watching: the restarted agent checks again.
+                let shutdown = self.spawner.shutdown_token();
                 tokio::select! {
                     () = cancel.cancelled() => return,
+                    () = shutdown.cancelled() => return,
                     () = watch.exited() => {}
                 }
                 tracing::info!(%task_id, pid = process.pid, "a task's bound process exited; ending the task");
@@ -159,6 +162,7 @@ impl Holders {
             }
             tokio::select! {
                 () = cancel.cancelled() => return,
+                () = self.spawner.shutdown_token().cancelled() => return,
                 () = tokio::time::sleep(RETRY_EVERY) => {}
             }
         }
