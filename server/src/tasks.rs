@@ -453,13 +453,10 @@ impl Tasks {
         binding: &TaskBinding,
     ) -> Result<(), TaskError> {
         let open = self.ds.open_tasks_for_entry(entry).await?;
-        let Some(first) = open.first() else {
+        if open.is_empty() {
             return Ok(());
-        };
-        if binding.holder().is_none()
-            || first.binding.holder().is_none()
-            || open.iter().any(|t| t.binding.holder().is_none())
-        {
+        }
+        if binding.holder().is_none() || open.iter().any(|t| t.binding.holder().is_none()) {
             return Err(TaskError::Conflict(format!(
                 "entry {entry} already has an open task; a task bound by selectors is open alone \
                  on its entry (bind tasks to their processes to run several at once)"
@@ -1115,7 +1112,8 @@ impl Tasks {
         }
     }
 
-    /// Checks that an SVID may be issued for the just-in-time `entry` now: an active task
+    /// Checks that an SVID may be issued for the just-in-time `entry` now under task
+    /// `task_id` (an active task of the entry; `None`: the entry's only active task): it
     /// covers it, its deadline has not passed, and policy allows the issuance. For a
     /// JWT-SVID, `jwt_audience` is the audience list asked for: every value must be one
     /// the task declared (a task that declared none gets no JWT-SVIDs), and the policy is
