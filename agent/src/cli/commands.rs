@@ -243,6 +243,7 @@ pub async fn run_api(command: Command) -> anyhow::Result<()> {
                         .map_err(|s| begin_refused(s, named_requester))?
                         .into_inner();
                     output::warn_if_cut(&task);
+                    output::warn_if_bound_to_self(&task);
                     task
                 }
                 TaskCommand::End {

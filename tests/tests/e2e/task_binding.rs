@@ -452,7 +452,13 @@ fn a_tree_binding_reaches_descendants_and_the_task_ends_when_its_holder_is_kille
 fn a_process_bound_task_whose_holder_is_gone_at_begin_ends_at_once() {
     let (c, _p) = cluster();
     // The CLI binds the task to itself and exits at once: the task ends by itself.
-    let t = ok_json(&cli_begin(&c, &[]), "begin bound to the CLI");
+    let out = cli_begin(&c, &[]);
+    assert!(
+        stderr(&out).contains("bound to this command's own process"),
+        "the CLI says so: {}",
+        stderr(&out)
+    );
+    let t = ok_json(&out, "begin bound to the CLI");
     let id = t["id"].as_str().unwrap().to_owned();
     assert_eq!(t["binding"]["kind"], "process", "{t}");
     let ended = wait_for(Duration::from_secs(5), || {
