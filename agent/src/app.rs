@@ -199,6 +199,13 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             shutdown.clone(),
         ),
     );
+    // Lifetime follows the requester: process-bound tasks end when their process exits,
+    // re-checked for every grant in the cache (also the persisted one, after a restart).
+    let holders = crate::holders::Holders::new(link.clone(), supervisor.spawner());
+    supervisor.spawn_job(
+        "task holders",
+        holders.clone().follow(cache.clone(), shutdown.clone()),
+    );
     let api = WorkloadApi {
         cache: cache.clone(),
         attestor: Arc::new(Attestor::new()),
@@ -207,6 +214,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         shutdown: shutdown.clone(),
         tasks: supervisor.spawner(),
         usage,
+        holders,
     };
     let api_shutdown = shutdown.clone();
     let limits = config.workload_api;

@@ -57,6 +57,7 @@
 //! Callers run [`Attestor::attest`] on a blocking thread and should bound it with a timeout:
 //! it reads procfs, may hash a large binary, and resolves names through NSS.
 
+pub(crate) mod lineage;
 mod procfs;
 
 use std::collections::{HashMap, VecDeque};
@@ -67,6 +68,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
+use common::task::ProcessInstance;
 use common::{Selector, SelectorError, SelectorSet, UnixKey};
 use nix::errno::Errno;
 use nix::unistd::{Gid, Group, Uid, User};
@@ -222,9 +224,22 @@ pub(crate) enum AttestationError {
     },
 }
 
+/// What attestation established about a caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Attested {
+    /// Its selectors.
+    pub(crate) selectors: SelectorSet,
+    /// Its process instance (pinned: the one that connected), then its ancestors, parent
+    /// first (see [`lineage`]): what a task's process binding is compared with.
+    pub(crate) lineage: Vec<ProcessInstance>,
+}
+
 /// Facts gathered from one pinned process instance.
 #[derive(Debug)]
 struct Evidence {
+    /// The instance's start time and parent pid, from its pinned `/proc/<pid>`.
+    start_time: u64,
+    ppid: u32,
     status: Status,
     /// `None` when the executable was deleted: no path to name, no hash to attest.
     executable: Option<Executable>,
@@ -289,25 +304,30 @@ impl Attestor {
     /// Attests the process behind `peer` (without what was seen at accept).
     #[cfg(test)]
     pub(crate) fn attest(&self, peer: PeerCred) -> Result<SelectorSet, AttestationError> {
-        self.attest_caller(peer, None)
+        self.attest_caller(peer, None).map(|a| a.selectors)
     }
 
-    /// Attests the process behind `peer` and returns its selectors. With `at_accept` (the
-    /// Workload API always passes it: `None` there is refused before this), the process
-    /// must still be the instance accepted, running the same file.
+    /// Attests the process behind `peer` and returns its selectors and lineage. With
+    /// `at_accept` (the Workload API always passes it: `None` there is refused before
+    /// this), the process must still be the instance accepted, running the same file.
     ///
     /// Blocking (reads /proc and may hash a binary): callers run it on spawn_blocking.
     pub(crate) fn attest_caller(
         &self,
         peer: PeerCred,
         at_accept: Option<ProcessAtAccept>,
-    ) -> Result<SelectorSet, AttestationError> {
+    ) -> Result<Attested, AttestationError> {
         let pid = match peer.pid {
             Some(pid) if pid > 0 => pid,
             _ => return Err(AttestationError::NoPid),
         };
         let _span = tracing::debug_span!("attest", pid, uid = peer.uid, gid = peer.gid).entered();
-        let Evidence { status, executable } = self.gather(pid, peer, at_accept)?;
+        let Evidence {
+            start_time,
+            ppid,
+            status,
+            executable,
+        } = self.gather(pid, peer, at_accept)?;
         let facts = Facts {
             // The peer credentials, which `gather` checked procfs agrees with.
             uid: peer.uid,
@@ -324,7 +344,13 @@ impl Attestor {
             has_executable = facts.executable.is_some(),
             "attested"
         );
-        Ok(selectors)
+        // The caller as pinned, then its ancestors (only task bindings use them).
+        let mut lineage = vec![ProcessInstance {
+            pid: pid.unsigned_abs(),
+            start_time,
+        }];
+        lineage.extend(lineage::ancestors(ppid, start_time));
+        Ok(Attested { selectors, lineage })
     }
 
     /// Pins one process instance, reads what we need through the pins, then checks the pins
@@ -373,7 +399,8 @@ impl Attestor {
         if let Some(pidfd) = &pidfd {
             pidfd.check_alive()?;
         }
-        if proc_dir.start_time()? != start_time {
+        let (start_again, ppid) = proc_dir.start_time_and_ppid()?;
+        if start_again != start_time {
             return Err(AttestationError::PidReused { pid });
         }
         if proc_dir.exe_id()? != exe_id {
@@ -409,7 +436,12 @@ impl Attestor {
                 proc_gid,
             });
         }
-        Ok(Evidence { status, executable })
+        Ok(Evidence {
+            start_time,
+            ppid,
+            status,
+            executable,
+        })
     }
 
     /// Hash of the opened executable, from the cache when its identity is known.

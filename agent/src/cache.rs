@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use common::proto::tessera;
-use common::task::TaskGrant;
+use common::task::{ProcessInstance, TaskGrant};
 use common::{Bundle, EntryId, RegistrationEntry, SelectorSet, X509Svid};
 use tokio::sync::watch;
 
@@ -32,6 +32,30 @@ impl CachedEntry {
     pub fn is_live(&self, now_unix: i64) -> bool {
         !self.entry.jit || self.grant.as_ref().is_some_and(|g| g.live_at(now_unix))
     }
+
+    /// Whether a caller whose process lineage is `lineage` (itself, then its ancestors) may
+    /// receive this entry's identity at `now_unix`: the entry is live and, when its task is
+    /// bound to a process, the caller is that process instance (or, for a tree binding,
+    /// descends from it). Everyone else is served as if the entry were dormant.
+    pub fn serves(&self, lineage: &[ProcessInstance], now_unix: i64) -> bool {
+        self.is_live(now_unix)
+            && self
+                .grant
+                .as_ref()
+                .is_none_or(|g| g.binding.admits(lineage))
+    }
+}
+
+/// The key under which the cache holds `entry` under `grant`.
+///
+/// Several tasks may be active at once on one just-in-time entry (one per bound process):
+/// the cache holds the entry once per task, each with the task's own SVID, under
+/// `<entry id>#<task id>`; an entry without a task under its own id. Entry and task ids
+/// are server-made UUIDs, never holding `#`, and the pair fits an id's length bound.
+pub fn slot_key(entry: &EntryId, grant: Option<&TaskGrant>) -> EntryId {
+    grant
+        .and_then(|g| EntryId::parse(format!("{entry}#{}", g.task_id)).ok())
+        .unwrap_or_else(|| entry.clone())
 }
 
 /// Unix seconds of `t`.
@@ -44,7 +68,8 @@ pub fn unix(t: SystemTime) -> i64 {
 /// Everything the Workload API serves, at one instant.
 #[derive(Debug, Clone, Default)]
 pub struct CacheSnapshot {
-    /// Entries parented to this agent, by id.
+    /// Entries parented to this agent, by [`slot_key`]: a just-in-time entry once per
+    /// active task.
     pub entries: HashMap<EntryId, Arc<CachedEntry>>,
     /// Our trust domain's bundle.
     pub bundle: Option<Arc<Bundle>>,
@@ -89,16 +114,31 @@ impl CacheSnapshot {
             .map(|t| t.state.as_str())
     }
 
-    /// The identities of a caller with `selectors` at `now`.
+    /// Whether a caller with `selectors` matches any live entry at `now`, whatever
+    /// process a task is bound to: who may read the trust bundles, which carry nothing of
+    /// any task (a task's binding limits its SVIDs, not the bundles).
+    pub fn matches_any(&self, selectors: &SelectorSet, now: SystemTime) -> bool {
+        self.entries
+            .values()
+            .any(|c| c.is_live(unix(now)) && c.entry.selectors.entry_matches(selectors))
+    }
+
+    /// The identities of a caller with `selectors` and process `lineage` at `now`.
     ///
     /// Order is stable (entry creation time, then id) so the default identity does not
     /// flip between messages; hints are made unique by dropping repeats.
-    pub fn identities(&self, selectors: &SelectorSet, now: SystemTime) -> Identities {
+    pub fn identities(
+        &self,
+        selectors: &SelectorSet,
+        lineage: &[ProcessInstance],
+        now: SystemTime,
+    ) -> Identities {
         let mut matching: Vec<&Arc<CachedEntry>> = self
             .entries
             .values()
-            // A just-in-time entry is dormant: it grants nothing without an active task.
-            .filter(|c| c.is_live(unix(now)) && c.entry.selectors.entry_matches(selectors))
+            // A just-in-time entry is dormant: it grants nothing without an active task,
+            // and a task bound to a process grants nothing to any other process.
+            .filter(|c| c.serves(lineage, unix(now)) && c.entry.selectors.entry_matches(selectors))
             .collect();
         matching.sort_by(|a, b| {
             (a.entry.created_at, &a.entry.id).cmp(&(b.entry.created_at, &b.entry.id))
@@ -175,13 +215,13 @@ impl CacheSnapshot {
     /// Encodes the snapshot for the cache file (entries, bundle, SVIDs with their keys).
     pub fn encode(&self) -> Vec<u8> {
         use prost::Message as _;
-        let mut entries: Vec<&Arc<CachedEntry>> = self.entries.values().collect();
-        entries.sort_by(|a, b| a.entry.id.cmp(&b.entry.id));
+        let mut entries: Vec<(&EntryId, &Arc<CachedEntry>)> = self.entries.iter().collect();
+        entries.sort_by(|a, b| a.0.cmp(b.0));
         let msg = tessera::AgentCache {
             snapshot: Some(tessera::SyncSnapshot {
                 entries: entries
                     .iter()
-                    .map(|c| {
+                    .map(|(_, c)| {
                         let mut wire: tessera::Entry = (&c.entry).into();
                         wire.task = c.grant.as_ref().map(Into::into);
                         wire
@@ -192,9 +232,10 @@ impl CacheSnapshot {
             }),
             svids: entries
                 .iter()
-                .filter_map(|c| {
+                .filter_map(|(key, c)| {
                     c.svid.as_ref().map(|s| tessera::CachedSvid {
-                        entry_id: c.entry.id.to_string(),
+                        // The slot: one SVID per task of an entry.
+                        entry_id: key.to_string(),
                         entry_revision: c.svid_revision,
                         chain: s.chain().iter().map(|d| d.to_vec()).collect(),
                         key: s.key_pkcs8().to_vec(),
@@ -237,12 +278,13 @@ impl CacheSnapshot {
                 .transpose()
                 .map_err(|e| e.to_string())?;
             let entry = RegistrationEntry::try_from(wire).map_err(|e| e.to_string())?;
-            let (svid_revision, svid) = match svids.remove(entry.id.as_str()) {
+            let key = slot_key(&entry.id, grant.as_ref());
+            let (svid_revision, svid) = match svids.remove(key.as_str()) {
                 Some((rev, s)) => (rev, Some(s)),
                 None => (0, None),
             };
             entries.insert(
-                entry.id.clone(),
+                key,
                 Arc::new(CachedEntry {
                     entry,
                     grant,
@@ -360,7 +402,7 @@ mod tests {
             .iter()
             .map(|s| s.parse::<Selector>().unwrap())
             .collect();
-        let ids = snap.identities(&caller, SystemTime::now());
+        let ids = snap.identities(&caller, &[], SystemTime::now());
         assert!(ids.matched, "entries a and b match");
         assert!(ids.svids.is_empty(), "nothing issued yet");
         let mut jit = (*entry("d", 3, &["unix:uid:9"], "")).clone();
@@ -372,7 +414,7 @@ mod tests {
             .map(|s| s.parse::<Selector>().unwrap())
             .collect();
         assert!(
-            !snap.identities(&nine, SystemTime::now()).matched,
+            !snap.identities(&nine, &[], SystemTime::now()).matched,
             "dormant JIT entry"
         );
         // A task makes it live until its deadline, and no longer.
@@ -382,28 +424,101 @@ mod tests {
             task_id: common::TaskId::parse("t1").unwrap(),
             deadline: unix(now) + 60,
             audiences: Vec::new(),
+            binding: common::task::TaskBinding::Selectors,
         });
         snap.entries
             .insert(EntryId::parse("d").unwrap(), Arc::new(live.clone()));
         assert!(
-            snap.identities(&nine, now).matched,
+            snap.identities(&nine, &[], now).matched,
             "JIT entry under an active task"
         );
         live.grant = Some(TaskGrant {
             task_id: common::TaskId::parse("t1").unwrap(),
             deadline: unix(now),
             audiences: Vec::new(),
+            binding: common::task::TaskBinding::Selectors,
         });
         snap.entries
             .insert(EntryId::parse("d").unwrap(), Arc::new(live));
         assert!(
-            !snap.identities(&nine, now).matched,
+            !snap.identities(&nine, &[], now).matched,
             "task past its deadline"
         );
         let stranger: SelectorSet = ["unix:uid:7"]
             .iter()
             .map(|s| s.parse::<Selector>().unwrap())
             .collect();
-        assert!(!snap.identities(&stranger, SystemTime::now()).matched);
+        assert!(!snap.identities(&stranger, &[], SystemTime::now()).matched);
+    }
+
+    #[test]
+    fn a_process_bound_task_serves_only_its_holder_and_a_tree_its_descendants() {
+        use common::task::{Holder, ProcessInstance, TaskBinding};
+        let now = SystemTime::now();
+        let holder = ProcessInstance {
+            pid: 100,
+            start_time: 50,
+        };
+        let child = ProcessInstance {
+            pid: 101,
+            start_time: 60,
+        };
+        let sibling = ProcessInstance {
+            pid: 102,
+            start_time: 61,
+        };
+        let parent = ProcessInstance {
+            pid: 1,
+            start_time: 1,
+        };
+        let recycled = ProcessInstance {
+            pid: 100,
+            start_time: 70,
+        };
+        let bound = |binding: TaskBinding| {
+            let mut snap = CacheSnapshot::default();
+            snap.entries.insert(
+                EntryId::parse("std").unwrap(),
+                entry("std", 1, &["unix:uid:0"], ""),
+            );
+            let mut jit = (*entry("tool", 2, &["unix:uid:0"], "")).clone();
+            jit.entry.jit = true;
+            jit.grant = Some(TaskGrant {
+                task_id: common::TaskId::parse("t1").unwrap(),
+                deadline: unix(now) + 60,
+                audiences: Vec::new(),
+                binding,
+            });
+            snap.entries
+                .insert(EntryId::parse("tool").unwrap(), Arc::new(jit));
+            snap
+        };
+        let uid0: SelectorSet = ["unix:uid:0"]
+            .iter()
+            .map(|s| s.parse::<Selector>().unwrap())
+            .collect();
+        let sees_tool = |snap: &CacheSnapshot, lineage: &[ProcessInstance]| {
+            let tool = &snap.entries["tool"];
+            tool.serves(lineage, unix(now))
+        };
+        let h = Holder {
+            process: holder,
+            agent: SpiffeId::new("spiffe://example.org/agent").unwrap(),
+        };
+        let process = bound(TaskBinding::Process(h.clone()));
+        assert!(sees_tool(&process, &[holder, parent]));
+        assert!(!sees_tool(&process, &[child, holder, parent]));
+        assert!(!sees_tool(&process, &[sibling, parent]));
+        assert!(!sees_tool(&process, &[recycled, parent]));
+        // Everyone still matches the standing entry, and may read the bundles.
+        assert!(process.identities(&uid0, &[sibling, parent], now).matched);
+        assert!(process.matches_any(&uid0, now));
+        let tree = bound(TaskBinding::Tree(h));
+        assert!(sees_tool(&tree, &[holder, parent]));
+        assert!(sees_tool(&tree, &[child, holder, parent]));
+        assert!(!sees_tool(&tree, &[sibling, parent]));
+        let selectors = bound(TaskBinding::Selectors);
+        assert!(sees_tool(&selectors, &[sibling, parent]));
+        assert!(sees_tool(&selectors, &[]));
     }
 }

@@ -865,6 +865,8 @@ mod tests {
             requester_spiffe_id: id,
             tenant: "t".repeat(63),
             audiences: many(common::task::MAX_AUDIENCES, common::task::MAX_AUDIENCE_LEN),
+            bind: "selectors".to_owned(),
+            bind_pid: u32::MAX,
         };
         let len = largest.encoded_len();
         assert!(

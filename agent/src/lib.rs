@@ -16,6 +16,7 @@ pub mod config;
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub(crate) mod holders;
 pub mod node_api;
 pub mod node_identity;
 pub(crate) mod rotation;

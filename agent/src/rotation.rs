@@ -31,7 +31,7 @@ use futures::StreamExt as _;
 use rustls_pki_types::CertificateDer;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::{Cache, CachedEntry};
+use crate::cache::{Cache, CachedEntry, slot_key};
 use crate::clock::{self, Clock};
 use crate::node_api::{NodeApi, NodeConnector, SyncStream};
 use crate::node_identity::{self, NodeIdentityError};
@@ -250,9 +250,9 @@ impl Rotation {
             .cache
             .current()
             .entries
-            .values()
-            .filter(|c| schedule::grant_ended(c, now))
-            .map(|c| c.entry.id.clone())
+            .iter()
+            .filter(|(_, c)| schedule::grant_ended(c, now))
+            .map(|(slot, _)| slot.clone())
             .collect();
         if ended.is_empty() {
             return;
@@ -292,11 +292,19 @@ impl Rotation {
             return Ok(());
         }
         let snap = self.cache.current();
-        let due: Vec<(EntryId, u64)> = snap
+        // (slot, entry, task, revision) of every slot that needs an SVID.
+        let due: Vec<(EntryId, EntryId, String, u64)> = snap
             .entries
-            .values()
-            .filter(|c| schedule::needs_svid(c, now))
-            .map(|c| (c.entry.id.clone(), c.entry.revision))
+            .iter()
+            .filter(|(_, c)| schedule::needs_svid(c, now))
+            .map(|(key, c)| {
+                let task = c
+                    .grant
+                    .as_ref()
+                    .map(|g| g.task_id.to_string())
+                    .unwrap_or_default();
+                (key.clone(), c.entry.id.clone(), task, c.entry.revision)
+            })
             .collect();
         drop(snap);
         if due.is_empty() {
@@ -307,7 +315,7 @@ impl Rotation {
         for batch in due.chunks(SIGN_BATCH) {
             let mut keys = HashMap::with_capacity(batch.len());
             let mut csrs = Vec::with_capacity(batch.len());
-            for (id, rev) in batch {
+            for (slot, id, task, rev) in batch {
                 let key = match common::svid::generate_key() {
                     Ok(k) => k,
                     Err(e) => {
@@ -320,6 +328,7 @@ impl Rotation {
                     Ok(csr) => csrs.push(CsrForEntry {
                         entry_id: id.to_string(),
                         csr,
+                        task_id: task.clone(),
                     }),
                     Err(e) => {
                         tracing::error!(error = %e, "CSR creation failed");
@@ -327,7 +336,7 @@ impl Rotation {
                         continue;
                     }
                 }
-                keys.insert(id.clone(), (key, *rev));
+                keys.insert((id.to_string(), task.clone()), (slot.clone(), key, *rev));
             }
             let signed_svids = match node.sign_x509_svids(csrs).await {
                 Ok(svids) => svids,
@@ -340,7 +349,9 @@ impl Rotation {
             };
             let mut issued = Vec::with_capacity(signed_svids.len());
             for signed in signed_svids {
-                let Some((key, rev)) = keys.remove(signed.entry_id.as_str()) else {
+                let Some((slot, key, rev)) =
+                    keys.remove(&(signed.entry_id.clone(), signed.task_id.clone()))
+                else {
                     continue;
                 };
                 if !signed.error.is_empty() {
@@ -354,7 +365,7 @@ impl Rotation {
                     .map(CertificateDer::from)
                     .collect();
                 match X509Svid::new(chain, key.serialize_der()) {
-                    Ok(svid) => issued.push((signed.entry_id, rev, Arc::new(svid))),
+                    Ok(svid) => issued.push((slot, rev, Arc::new(svid))),
                     Err(e) => {
                         tracing::error!(entry_id = %signed.entry_id, error = %e, "server returned an unusable SVID");
                         failed = true;
@@ -369,8 +380,8 @@ impl Rotation {
             if !issued.is_empty() {
                 tracing::info!(count = issued.len(), "X.509-SVIDs updated");
                 self.cache.update(|s| {
-                    for (id, rev, svid) in issued {
-                        if let Some(c) = s.entries.get_mut(id.as_str()) {
+                    for (slot, rev, svid) in issued {
+                        if let Some(c) = s.entries.get_mut(&slot) {
                             let c = Arc::make_mut(c);
                             c.svid = Some(svid);
                             c.svid_revision = rev;
@@ -384,7 +395,7 @@ impl Rotation {
             // The SVIDs still served for what failed bound the wait (see backoff.rs).
             let left = schedule::shortest_remaining_life(
                 &self.cache.current(),
-                due.iter().map(|(id, _)| id),
+                due.iter().map(|(slot, ..)| slot),
                 now,
             );
             let wait = capped_by_life(self.retry.backoff.step(), left);
@@ -409,10 +420,21 @@ pub(crate) fn apply_update(
     update: SyncUpdate,
     mut apply_bundle: impl FnMut(Bundle),
 ) {
+    // An entry and each of its active tasks (several may be active at once on a
+    // just-in-time entry, one per bound process; `task` alone from older servers).
     let parse = |mut e: common::proto::tessera::Entry| {
-        let grant = e.task.take().map(TaskGrant::try_from).transpose();
-        match (RegistrationEntry::try_from(e), grant) {
-            (Ok(e), Ok(grant)) => Some((e, grant)),
+        let wire_grants = if e.tasks.is_empty() {
+            e.task.take().into_iter().collect()
+        } else {
+            e.task = None;
+            std::mem::take(&mut e.tasks)
+        };
+        let grants = wire_grants
+            .into_iter()
+            .map(TaskGrant::try_from)
+            .collect::<Result<Vec<_>, _>>();
+        match (RegistrationEntry::try_from(e), grants) {
+            (Ok(e), Ok(grants)) => Some((e, grants)),
             (Err(err), _) => {
                 tracing::error!(error = %err, "ignoring an invalid entry from the server");
                 None
@@ -423,10 +445,25 @@ pub(crate) fn apply_update(
             }
         }
     };
+    // The cache slots of an entry: one per task, or the entry alone.
+    let slots = |(entry, grants): (RegistrationEntry, Vec<TaskGrant>)| {
+        if grants.is_empty() {
+            vec![(entry, None)]
+        } else {
+            grants
+                .into_iter()
+                .map(|g| (entry.clone(), Some(g)))
+                .collect::<Vec<_>>()
+        }
+    };
     match update.update {
         Some(sync_update::Update::Snapshot(snap)) => {
-            let entries: Vec<(RegistrationEntry, Option<TaskGrant>)> =
-                snap.entries.into_iter().filter_map(parse).collect();
+            let entries: Vec<(RegistrationEntry, Option<TaskGrant>)> = snap
+                .entries
+                .into_iter()
+                .filter_map(parse)
+                .flat_map(slots)
+                .collect();
             tracing::info!(entries = entries.len(), "entry snapshot received");
             if let Some(b) = snap.bundle.and_then(|b| Bundle::try_from(b).ok()) {
                 apply_bundle(b);
@@ -435,8 +472,9 @@ pub(crate) fn apply_update(
             cache.update(|s| {
                 let mut next = HashMap::with_capacity(entries.len());
                 for (entry, grant) in entries {
-                    let merged = merge(s.entries.get(&entry.id), entry, grant);
-                    next.insert(merged.entry.id.clone(), Arc::new(merged));
+                    let key = slot_key(&entry.id, grant.as_ref());
+                    let merged = merge(s.entries.get(&key), entry, grant);
+                    next.insert(key, Arc::new(merged));
                 }
                 s.entries = next;
                 s.synced = true;
@@ -445,11 +483,25 @@ pub(crate) fn apply_update(
             });
         }
         Some(sync_update::Update::EntryUpserted(e)) => {
-            if let Some((entry, grant)) = parse(e) {
-                tracing::debug!(entry_id = %entry.id, task_id = ?grant.as_ref().map(|g| &g.task_id), "entry upserted");
+            if let Some((entry, grants)) = parse(e) {
+                tracing::debug!(entry_id = %entry.id, tasks = grants.len(), "entry upserted");
+                let id = entry.id.clone();
+                let new_slots = slots((entry, grants));
                 cache.update(|s| {
-                    let merged = merge(s.entries.get(&entry.id), entry, grant);
-                    s.entries.insert(merged.entry.id.clone(), Arc::new(merged));
+                    let mut old: HashMap<EntryId, Arc<CachedEntry>> = HashMap::new();
+                    s.entries.retain(|key, c| {
+                        if c.entry.id == id {
+                            old.insert(key.clone(), Arc::clone(c));
+                            false
+                        } else {
+                            true
+                        }
+                    });
+                    for (entry, grant) in new_slots {
+                        let key = slot_key(&entry.id, grant.as_ref());
+                        let merged = merge(old.get(&key), entry, grant);
+                        s.entries.insert(key, Arc::new(merged));
+                    }
                 });
             }
         }
@@ -464,7 +516,7 @@ pub(crate) fn apply_update(
         Some(sync_update::Update::EntryDeleted(id)) => {
             tracing::debug!(entry_id = %id, "entry deleted");
             cache.update(|s| {
-                s.entries.remove(id.as_str());
+                s.entries.retain(|_, c| c.entry.id.as_str() != id.as_str());
             });
         }
         Some(sync_update::Update::Bundle(b)) => match Bundle::try_from(b) {

@@ -376,9 +376,12 @@ impl FakeNode {
             let mut not_after = now + ttl;
             if entry.jit {
                 // As the server: only under a live task, and never past its deadline.
+                // The task the CSR names (among several), or the entry's only one.
                 let grant = entry
-                    .task
-                    .as_ref()
+                    .tasks
+                    .iter()
+                    .chain(entry.task.as_ref())
+                    .find(|g| csr.task_id.is_empty() || g.task_id == csr.task_id)
                     .filter(|g| crate::cache::unix(now) < g.deadline)
                     .ok_or_else(|| "no active task".to_owned())?;
                 not_after = not_after.min(from_unix(grant.deadline));
@@ -388,11 +391,13 @@ impl FakeNode {
         match result {
             Ok(der) => SignedX509Svid {
                 entry_id: csr.entry_id.clone(),
+                task_id: csr.task_id.clone(),
                 svid_chain: vec![der],
                 error: String::new(),
             },
             Err(error) => SignedX509Svid {
                 entry_id: csr.entry_id.clone(),
+                task_id: csr.task_id.clone(),
                 svid_chain: Vec::new(),
                 error,
             },

@@ -18,6 +18,7 @@ pub(crate) mod jwt_cache;
 pub(crate) mod listener;
 pub(crate) mod tasks;
 
+use common::SpiffeId;
 use common::proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use common::proto::workload::{
     JwtBundlesRequest, JwtBundlesResponse, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest,
@@ -25,7 +26,6 @@ use common::proto::workload::{
     WitsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svid, X509svidRequest,
     X509svidResponse,
 };
-use common::{SelectorSet, SpiffeId};
 use futures::Stream;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -34,7 +34,7 @@ use tonic::{Request, Response, Status};
 
 use common::proto::tessera::TaskTokenUse;
 
-use crate::attestation::{AttestationError, Attestor, PeerCred};
+use crate::attestation::{AttestationError, Attested, Attestor, PeerCred};
 use crate::cache::{Cache, CacheSnapshot};
 use crate::server_client::ServerLink;
 use crate::usage::UsageCounters;
@@ -64,6 +64,8 @@ pub(crate) struct WorkloadApi {
     pub(crate) tasks: Spawner,
     /// Per-entry deliveries and validations, reported to the server in batches.
     pub(crate) usage: UsageCounters,
+    /// Watches the processes tasks are bound to, and ends a task when its process exits.
+    pub(crate) holders: crate::holders::Holders,
 }
 
 /// Most audiences accepted in one request.
@@ -148,7 +150,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl WorkloadApi {
     /// Attests the caller of `req` (off the async runtime: it reads /proc and may hash).
-    async fn attest<T>(&self, req: &Request<T>) -> Result<SelectorSet, Status> {
+    async fn attest<T>(&self, req: &Request<T>) -> Result<Attested, Status> {
         let peer = peer(req)?;
         let at_accept = req
             .extensions()
@@ -161,7 +163,7 @@ impl WorkloadApi {
             (at_accept, _) => attestor.attest_caller(peer, at_accept),
         });
         match tokio::time::timeout(ATTESTATION_TIMEOUT, job).await {
-            Ok(Ok(Ok(selectors))) => Ok(selectors),
+            Ok(Ok(Ok(attested))) => Ok(attested),
             Ok(Ok(Err(e))) => {
                 tracing::warn!(pid = ?peer.pid, uid = peer.uid, error = %e, "workload attestation failed");
                 Err(Status::unavailable("workload attestation failed"))
@@ -181,11 +183,11 @@ impl WorkloadApi {
     ///
     /// `render` returns `Ok(None)` while a matching entry's SVID is still being issued.
     /// `sent` is called with the snapshot and selectors of each message once it is sent.
-    fn stream<T, F, S>(&self, selectors: SelectorSet, render: F, sent: S) -> BoxStream<T>
+    fn stream<T, F, S>(&self, caller: Attested, render: F, sent: S) -> BoxStream<T>
     where
         T: Send + PartialEq + Clone + 'static,
-        F: Fn(&CacheSnapshot, &SelectorSet) -> Result<Option<T>, Status> + Send + 'static,
-        S: Fn(&CacheSnapshot, &SelectorSet) + Send + 'static,
+        F: Fn(&CacheSnapshot, &Attested) -> Result<Option<T>, Status> + Send + 'static,
+        S: Fn(&CacheSnapshot, &Attested) + Send + 'static,
     {
         let (tx, rx) = mpsc::channel(4);
         let mut watch: watch::Receiver<Arc<CacheSnapshot>> = self.cache.subscribe();
@@ -196,7 +198,7 @@ impl WorkloadApi {
             loop {
                 let snap = Arc::clone(&watch.borrow_and_update());
                 let result = if snap.synced {
-                    render(&snap, &selectors)
+                    render(&snap, &caller)
                 } else {
                     Ok(None)
                 };
@@ -207,7 +209,7 @@ impl WorkloadApi {
                             if tx.send(Ok(msg)).await.is_err() {
                                 return;
                             }
-                            sent(&snap, &selectors);
+                            sent(&snap, &caller);
                         }
                     }
                     Ok(None) if last.is_none() && started.elapsed() >= PENDING_TIMEOUT => {
@@ -236,6 +238,18 @@ impl WorkloadApi {
     }
 }
 
+/// Whether `caller` holds any identity here (issued or not yet).
+fn entitled(snap: &CacheSnapshot, caller: &Attested) -> bool {
+    snap.identities(&caller.selectors, &caller.lineage, SystemTime::now())
+        .matched
+}
+
+/// Whether `caller` may read the trust bundles: it matches a live entry, whatever process
+/// a task on it is bound to (bundles carry nothing of a task).
+fn entitled_to_bundles(snap: &CacheSnapshot, caller: &Attested) -> bool {
+    snap.matches_any(&caller.selectors, SystemTime::now())
+}
+
 fn bundles_map(snap: &CacheSnapshot) -> HashMap<String, Vec<u8>> {
     snap.bundle
         .iter()
@@ -247,9 +261,9 @@ fn bundles_map(snap: &CacheSnapshot) -> HashMap<String, Vec<u8>> {
 /// The X.509-SVID message for a caller, `None` while pending.
 pub(crate) fn render_x509(
     snap: &CacheSnapshot,
-    selectors: &SelectorSet,
+    caller: &Attested,
 ) -> Result<Option<X509svidResponse>, Status> {
-    let ids = snap.identities(selectors, SystemTime::now());
+    let ids = snap.identities(&caller.selectors, &caller.lineage, SystemTime::now());
     if !ids.matched {
         return Err(Status::permission_denied(NO_IDENTITY));
     }
@@ -284,9 +298,9 @@ pub(crate) fn render_x509(
 
 fn render_bundles(
     snap: &CacheSnapshot,
-    selectors: &SelectorSet,
+    caller: &Attested,
 ) -> Result<Option<X509BundlesResponse>, Status> {
-    if !snap.identities(selectors, SystemTime::now()).matched {
+    if !entitled_to_bundles(snap, caller) {
         return Err(Status::permission_denied(NO_IDENTITY));
     }
     let bundles = bundles_map(snap);
@@ -301,9 +315,9 @@ fn render_bundles(
 
 fn render_jwt_bundles(
     snap: &CacheSnapshot,
-    selectors: &SelectorSet,
+    caller: &Attested,
 ) -> Result<Option<JwtBundlesResponse>, Status> {
-    if !snap.identities(selectors, SystemTime::now()).matched {
+    if !entitled_to_bundles(snap, caller) {
         return Err(Status::permission_denied(NO_IDENTITY));
     }
     let Some(bundle) = snap.bundle.as_ref() else {
@@ -406,6 +420,12 @@ impl WorkloadApi {
             .mint_jwt_svid(common::proto::tessera::MintJwtSvidRequest {
                 entry_id: entry.id.to_string(),
                 audience: audience.to_vec(),
+                // Under this caller's own task, when the entry has several.
+                task_id: cached_entry
+                    .grant
+                    .as_ref()
+                    .map(|g| g.task_id.to_string())
+                    .unwrap_or_default(),
             })
             .await;
         match minted {
@@ -486,20 +506,20 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         check_header(&req)?;
-        let selectors = self.attest(&req).await?;
+        let caller = self.attest(&req).await?;
         // Refuse an unregistered caller before opening a stream.
         let snap = self.cache.current();
-        if snap.synced && !snap.identities(&selectors, SystemTime::now()).matched {
+        if snap.synced && !entitled(&snap, &caller) {
             return Err(Status::permission_denied(NO_IDENTITY));
         }
         let usage = self.usage.clone();
         // One delivery of each entry whose SVID the message carries.
-        let sent = move |snap: &CacheSnapshot, selectors: &SelectorSet| {
+        let sent = move |snap: &CacheSnapshot, caller: &Attested| {
             let now = SystemTime::now();
-            let ids = snap.identities(selectors, now);
+            let ids = snap.identities(&caller.selectors, &caller.lineage, now);
             usage.delivered(&ids.entry_ids, crate::cache::unix(now));
         };
-        Ok(Response::new(self.stream(selectors, render_x509, sent)))
+        Ok(Response::new(self.stream(caller, render_x509, sent)))
     }
 
     type FetchX509BundlesStream = BoxStream<X509BundlesResponse>;
@@ -509,13 +529,13 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         check_header(&req)?;
-        let selectors = self.attest(&req).await?;
+        let caller = self.attest(&req).await?;
         let snap = self.cache.current();
-        if snap.synced && !snap.identities(&selectors, SystemTime::now()).matched {
+        if snap.synced && !entitled_to_bundles(&snap, &caller) {
             return Err(Status::permission_denied(NO_IDENTITY));
         }
         Ok(Response::new(self.stream(
-            selectors,
+            caller,
             render_bundles,
             |_, _| {},
         )))
@@ -546,16 +566,19 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 "at most {MAX_AUDIENCES} non-empty audience values of at most {MAX_AUDIENCE_LENGTH} bytes"
             )));
         }
-        let selectors = self.attest(&req).await?;
+        let caller = self.attest(&req).await?;
         let snap = self.cache.current();
         if !snap.synced {
             return Err(Status::unavailable("agent is not synchronised yet"));
         }
         let now = unix_now();
+        // A task bound to another process is left out, as if its entry were dormant.
         let mut entries: Vec<&Arc<crate::cache::CachedEntry>> = snap
             .entries
             .values()
-            .filter(|c| c.is_live(now) && c.entry.selectors.entry_matches(&selectors))
+            .filter(|c| {
+                c.serves(&caller.lineage, now) && c.entry.selectors.entry_matches(&caller.selectors)
+            })
             .filter(|c| wanted.as_ref().is_none_or(|w| &c.entry.spiffe_id == w))
             .collect();
         entries.sort_by(|a, b| {
@@ -597,13 +620,13 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         check_header(&req)?;
-        let selectors = self.attest(&req).await?;
+        let caller = self.attest(&req).await?;
         let snap = self.cache.current();
-        if snap.synced && !snap.identities(&selectors, SystemTime::now()).matched {
+        if snap.synced && !entitled_to_bundles(&snap, &caller) {
             return Err(Status::permission_denied(NO_IDENTITY));
         }
         Ok(Response::new(self.stream(
-            selectors,
+            caller,
             render_jwt_bundles,
             |_, _| {},
         )))
@@ -634,11 +657,14 @@ impl SpiffeWorkloadApi for WorkloadApi {
             Ok(v) => {
                 // A use of every entry of this agent granting the token's identity (the
                 // token does not say which entry it was minted for).
+                // (Once per entry, whatever number of tasks it has here.)
+                let mut seen = std::collections::HashSet::new();
                 self.usage.validated(
                     snap.entries
                         .values()
                         .filter(|c| c.entry.spiffe_id == v.spiffe_id)
-                        .map(|c| &c.entry.id),
+                        .map(|c| &c.entry.id)
+                        .filter(|id| seen.insert(*id)),
                     now,
                 );
                 // A token of a task that ended is refused even though it has not expired.
@@ -728,6 +754,7 @@ mod tests {
                 task_id: common::TaskId::parse(task).unwrap(),
                 deadline: i64::MAX,
                 audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
+                binding: common::task::TaskBinding::Selectors,
             }),
             svid: None,
             svid_revision: 0,

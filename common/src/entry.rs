@@ -177,6 +177,7 @@ impl From<&RegistrationEntry> for tessera::Entry {
             created_at: e.created_at,
             revision: e.revision,
             task: None,
+            tasks: Vec::new(),
             tenant: e.governance.tenant.clone(),
             owner: e.governance.owner.clone(),
             expires_at: e.governance.expires_at.unwrap_or(0),
@@ -194,13 +195,18 @@ impl From<&RegistrationEntry> for tessera::Entry {
 }
 
 impl TryFrom<tessera::TaskGrant> for crate::task::TaskGrant {
-    type Error = IdError;
+    type Error = crate::task::BindingError;
 
-    fn try_from(g: tessera::TaskGrant) -> Result<Self, IdError> {
+    fn try_from(g: tessera::TaskGrant) -> Result<Self, Self::Error> {
         Ok(Self {
             task_id: crate::ids::TaskId::parse(g.task_id)?,
             deadline: g.deadline,
             audiences: g.audiences,
+            binding: g
+                .binding
+                .map(crate::task::TaskBinding::try_from)
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 }
@@ -211,6 +217,52 @@ impl From<&crate::task::TaskGrant> for tessera::TaskGrant {
             task_id: g.task_id.to_string(),
             deadline: g.deadline,
             audiences: g.audiences.clone(),
+            binding: Some((&g.binding).into()),
+        }
+    }
+}
+
+impl TryFrom<tessera::TaskBinding> for crate::task::TaskBinding {
+    type Error = crate::task::BindingError;
+
+    /// A complete binding: `process` and `tree` name a pid and the agent; an empty kind is
+    /// `selectors` (peers from before bindings existed).
+    fn try_from(b: tessera::TaskBinding) -> Result<Self, Self::Error> {
+        use crate::task::{BindKind, BindingError, Holder, ProcessInstance};
+        let kind = if b.kind.is_empty() {
+            BindKind::Selectors
+        } else {
+            b.kind.parse::<BindKind>()?
+        };
+        let holder = || -> Result<Holder, BindingError> {
+            if b.pid == 0 {
+                return Err(BindingError::NoPid(kind));
+            }
+            Ok(Holder {
+                process: ProcessInstance {
+                    pid: b.pid,
+                    start_time: b.start_time,
+                },
+                agent: SpiffeId::new(&b.agent_id)
+                    .map_err(|e| BindingError::Agent(e.to_string()))?,
+            })
+        };
+        Ok(match kind {
+            BindKind::Selectors => Self::Selectors,
+            BindKind::Process => Self::Process(holder()?),
+            BindKind::Tree => Self::Tree(holder()?),
+        })
+    }
+}
+
+impl From<&crate::task::TaskBinding> for tessera::TaskBinding {
+    fn from(b: &crate::task::TaskBinding) -> Self {
+        let holder = b.holder();
+        Self {
+            kind: b.kind().as_str().to_owned(),
+            pid: holder.map_or(0, |h| h.process.pid),
+            start_time: holder.map_or(0, |h| h.process.start_time),
+            agent_id: holder.map(|h| h.agent.to_string()).unwrap_or_default(),
         }
     }
 }
@@ -234,6 +286,7 @@ mod tests {
             created_at: 1,
             revision: 2,
             task: None,
+            tasks: Vec::new(),
             tenant: "acme".into(),
             owner: "user:alice".into(),
             expires_at: 1_900_000_000,

@@ -164,6 +164,143 @@ pub const SUBJECT_OU_PREFIX: &str = "task:";
 /// Longest task id accepted anywhere (ids are UUIDs; this only bounds hostile input).
 pub const MAX_TASK_ID_LEN: usize = crate::ids::MAX_ID_LEN;
 
+/// Why a task ends when the process it is bound to exits (outcome `cancelled`).
+pub const REQUESTER_EXITED: &str = "requester exited";
+
+/// One process instance on a node: a pid and the process's start time (clock ticks since
+/// boot, field 22 of `/proc/<pid>/stat`). A pid is reused once its process is reaped, but
+/// never while it lives, and a later process with the same pid has a later start time: the
+/// pair names exactly one process, ever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ProcessInstance {
+    /// The pid, in the agent's pid namespace.
+    pub pid: u32,
+    /// Start time in clock ticks since boot.
+    pub start_time: u64,
+}
+
+/// The process a task is bound to and the agent whose node it runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// The bound process instance.
+    pub process: ProcessInstance,
+    /// The agent that attested it (pids mean something only on one node).
+    pub agent: crate::SpiffeId,
+}
+
+/// The kinds of [`TaskBinding`], by their wire and CLI names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BindKind {
+    /// Every process matching the entry's selectors.
+    Selectors,
+    /// One process instance.
+    Process,
+    /// One process instance and its descendants.
+    Tree,
+}
+
+impl BindKind {
+    /// Every kind.
+    pub const ALL: [Self; 3] = [Self::Selectors, Self::Process, Self::Tree];
+
+    /// The stable name (wire, datastore, CLI).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Selectors => "selectors",
+            Self::Process => "process",
+            Self::Tree => "tree",
+        }
+    }
+}
+
+impl fmt::Display for BindKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A binding name that is not one of [`BindKind::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown task binding {0:?} (expected process, tree or selectors)")]
+pub struct UnknownBindKind(pub String);
+
+impl FromStr for BindKind {
+    type Err = UnknownBindKind;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| UnknownBindKind(s.to_owned()))
+    }
+}
+
+/// Why a task grant or binding from the wire is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BindingError {
+    /// The task id is malformed.
+    #[error(transparent)]
+    Id(#[from] crate::ids::IdError),
+    /// The kind is not one of [`BindKind::ALL`].
+    #[error(transparent)]
+    Kind(#[from] UnknownBindKind),
+    /// A `process` or `tree` binding without a pid.
+    #[error("a {0} binding must name a process (pid 0)")]
+    NoPid(BindKind),
+    /// The agent of a `process` or `tree` binding is not a SPIFFE ID.
+    #[error("the agent of a binding: {0}")]
+    Agent(String),
+}
+
+/// Which processes on its node receive a task's SVIDs.
+///
+/// A workload-started task is bound to a process instance by default: its credentials
+/// reach that process only (`Process`), or that process and its descendants (`Tree`), and
+/// the task ends when the process exits. `Selectors` is the behaviour of operator-started
+/// tasks: every process matching the entry's selectors.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum TaskBinding {
+    /// Every process matching the entry's selectors.
+    #[default]
+    Selectors,
+    /// Only this process instance.
+    Process(Holder),
+    /// This process instance and its descendants.
+    Tree(Holder),
+}
+
+impl TaskBinding {
+    /// Its kind.
+    pub fn kind(&self) -> BindKind {
+        match self {
+            Self::Selectors => BindKind::Selectors,
+            Self::Process(_) => BindKind::Process,
+            Self::Tree(_) => BindKind::Tree,
+        }
+    }
+
+    /// The bound process, for `Process` and `Tree`.
+    pub fn holder(&self) -> Option<&Holder> {
+        match self {
+            Self::Selectors => None,
+            Self::Process(h) | Self::Tree(h) => Some(h),
+        }
+    }
+
+    /// Whether a caller whose lineage is `lineage` (the caller's own process instance
+    /// first, then its parent, grandparent, ...) may receive the task's credentials.
+    /// `Selectors` admits everyone the entry's selectors match; `Process` only the bound
+    /// instance itself; `Tree` the bound instance and any process whose ancestors include
+    /// it. A caller whose lineage is unknown (empty) is admitted only by `Selectors`.
+    pub fn admits(&self, lineage: &[ProcessInstance]) -> bool {
+        match self {
+            Self::Selectors => true,
+            Self::Process(h) => lineage.first() == Some(&h.process),
+            Self::Tree(h) => lineage.contains(&h.process),
+        }
+    }
+}
+
 /// The active task that makes a just-in-time entry live on an agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskGrant {
@@ -173,6 +310,8 @@ pub struct TaskGrant {
     pub deadline: i64,
     /// The audiences the task's JWT-SVIDs may name (none: no JWT-SVIDs).
     pub audiences: Vec<String>,
+    /// Which processes receive its SVIDs.
+    pub binding: TaskBinding,
 }
 
 impl TaskGrant {
@@ -296,6 +435,7 @@ pub fn task_json(t: &crate::proto::tessera::Task) -> serde_json::Value {
         "ticket": t.ticket,
         "scopes": t.scopes,
         "audiences": t.audiences,
+        "binding": binding_json(t.binding.as_ref()),
         "created_at": t.created_at,
         "activated_at": (t.activated_at != 0).then_some(t.activated_at),
         "deadline": t.deadline,
@@ -303,6 +443,20 @@ pub fn task_json(t: &crate::proto::tessera::Task) -> serde_json::Value {
         "end_reason": (!t.end_reason.is_empty()).then_some(&t.end_reason),
         "decision": decision_json(&d),
     })
+}
+
+/// A task's binding as JSON: `{"kind": "selectors"}`, or with `pid`, `start_time` and
+/// `agent_id` for a process or tree binding. Absent (tasks from before bindings): selectors.
+fn binding_json(b: Option<&crate::proto::tessera::TaskBinding>) -> serde_json::Value {
+    match b {
+        Some(b) if b.pid != 0 => serde_json::json!({
+            "kind": b.kind,
+            "pid": b.pid,
+            "start_time": b.start_time,
+            "agent_id": b.agent_id,
+        }),
+        _ => serde_json::json!({ "kind": BindKind::Selectors.as_str() }),
+    }
 }
 
 /// A policy decision as JSON.
@@ -357,6 +511,16 @@ pub fn task_text(t: &crate::proto::tessera::Task) -> String {
     for audience in &t.audiences {
         line("Audience", audience);
     }
+    match &t.binding {
+        Some(b) if b.pid != 0 => line(
+            "Bound to",
+            &format!(
+                "{} (pid {}, start time {}, on {})",
+                b.kind, b.pid, b.start_time, b.agent_id
+            ),
+        ),
+        _ => line("Bound to", &BindKind::Selectors),
+    }
     let at = crate::duration::rfc3339;
     line("Created at", &at(t.created_at));
     if t.activated_at != 0 {
@@ -395,6 +559,7 @@ mod tests {
             task_id: TaskId::parse("t").unwrap(),
             deadline: 100,
             audiences: Vec::new(),
+            binding: TaskBinding::Selectors,
         };
         assert!(g.live_at(99));
         assert!(!g.live_at(100));
@@ -533,8 +698,75 @@ mod tests {
             task_id: id,
             deadline: 1,
             audiences: declared,
+            binding: TaskBinding::Selectors,
         };
         assert!(g.audience_refusal(&strings(&["c"])).is_some());
         assert!(g.audience_refusal(&strings(&["a"])).is_none());
+    }
+
+    #[test]
+    fn bindings_admit_only_their_holder_or_its_descendants() {
+        let me = ProcessInstance {
+            pid: 100,
+            start_time: 5000,
+        };
+        let parent = ProcessInstance {
+            pid: 90,
+            start_time: 4000,
+        };
+        let init = ProcessInstance {
+            pid: 1,
+            start_time: 1,
+        };
+        let holder = |p: ProcessInstance| Holder {
+            process: p,
+            agent: crate::SpiffeId::new("spiffe://example.org/agent").unwrap(),
+        };
+        let recycled = ProcessInstance {
+            pid: 100,
+            start_time: 9000,
+        };
+        let sibling = ProcessInstance {
+            pid: 101,
+            start_time: 5001,
+        };
+        // Selectors admit anyone (the entry's selectors decided already).
+        assert!(TaskBinding::Selectors.admits(&[]));
+        assert!(TaskBinding::Selectors.admits(&[sibling, parent]));
+        // Process: only the instance itself, never its children, parent or a recycled pid.
+        let process = TaskBinding::Process(holder(me));
+        assert!(process.admits(&[me, parent, init]));
+        assert!(!process.admits(&[recycled, parent, init]), "recycled pid");
+        assert!(
+            !process.admits(&[sibling, me, parent]),
+            "a child of the holder"
+        );
+        assert!(!process.admits(&[parent, init]));
+        assert!(!process.admits(&[]), "unknown lineage");
+        // Tree: the instance and its descendants.
+        let tree = TaskBinding::Tree(holder(parent));
+        assert!(tree.admits(&[parent, init]));
+        assert!(tree.admits(&[me, parent, init]), "child");
+        assert!(tree.admits(&[sibling, me, parent, init]), "grandchild");
+        assert!(!tree.admits(&[init]));
+        assert!(
+            !tree.admits(&[
+                me,
+                ProcessInstance {
+                    pid: 90,
+                    start_time: 4001
+                },
+                init
+            ]),
+            "an ancestor with the holder's pid but another start time"
+        );
+        assert!(!tree.admits(&[]));
+        assert_eq!(tree.kind(), BindKind::Tree);
+        assert_eq!(tree.holder().unwrap().process, parent);
+        assert_eq!(TaskBinding::Selectors.holder(), None);
+        for k in BindKind::ALL {
+            assert_eq!(k.as_str().parse::<BindKind>(), Ok(k));
+        }
+        assert!("pid".parse::<BindKind>().is_err());
     }
 }

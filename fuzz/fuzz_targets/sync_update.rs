@@ -3,7 +3,8 @@
 //! (`agent::fuzzing::apply_sync_update`).
 //!
 //! The input is a sequence of length-delimited messages. Properties: nothing panics;
-//! every cached entry is filed under its own id; a snapshot the server sent replaces the
+//! every cached entry is filed under its own id (a just-in-time entry once per active
+//! task, under `agent::cache::slot_key`); a snapshot the server sent replaces the
 //! entries; and the cache, written as the agent persists it (`cache.pb`), reads back with
 //! the same entries and bundle, so anything the server can make the agent hold survives a
 //! restart.
@@ -25,13 +26,17 @@ fuzz_target!(|data: &[u8]| {
         agent::fuzzing::apply_sync_update(&cache, update);
         let now = cache.current();
         for (id, cached) in &now.entries {
-            assert_eq!(id, &cached.entry.id, "an entry is filed under its id");
+            assert_eq!(
+                id,
+                &agent::cache::slot_key(&cached.entry.id, cached.grant.as_ref()),
+                "an entry is filed under its id (and its task's, once per task)"
+            );
         }
         if let Some(ids) = snapshot_ids {
             assert!(now.synced && now.from_server);
-            for id in now.entries.keys() {
+            for cached in now.entries.values() {
                 assert!(
-                    ids.iter().any(|w| w == id.as_str()),
+                    ids.iter().any(|w| w == cached.entry.id.as_str()),
                     "a snapshot replaces every entry"
                 );
             }

@@ -135,15 +135,18 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         None => crate::policy::PolicyEngine::builtin(),
     };
     tracing::info!(policy = %policy.describe(), "task policy loaded");
-    let task_service = Arc::new(crate::tasks::Tasks::new(
-        Arc::clone(&ds),
-        registrar.clone(),
-        Arc::new(policy),
-        events.clone(),
-        Arc::clone(&ca),
-        Arc::new(crate::clock::SystemClock),
-        config.max_task_ttl,
-    ));
+    let task_service = Arc::new(
+        crate::tasks::Tasks::new(
+            Arc::clone(&ds),
+            registrar.clone(),
+            Arc::new(policy),
+            events.clone(),
+            Arc::clone(&ca),
+            Arc::new(crate::clock::SystemClock),
+            config.max_task_ttl,
+        )
+        .with_max_parallel_per_entry(config.max_parallel_tasks_per_entry),
+    );
     task_service
         .load()
         .await

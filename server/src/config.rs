@@ -170,6 +170,10 @@ pub struct RawServerConfig {
     /// `aud` claim of every pushed SET [default: the receiver's URL].
     #[arg(long)]
     pub set_audience: Option<String>,
+    /// Most tasks open at once on one just-in-time entry (one per bound process)
+    /// [default: 16].
+    #[arg(long)]
+    pub max_parallel_tasks_per_entry: Option<u32>,
     /// Log level: trace, debug, info, warn or error [default: info].
     #[arg(long)]
     pub log_level: Option<String>,
@@ -216,6 +220,7 @@ impl std::fmt::Debug for RawServerConfig {
             set_receivers,
             set_receiver_ca_file,
             set_audience,
+            max_parallel_tasks_per_entry,
             log_level,
             log_format,
         } = self;
@@ -254,6 +259,7 @@ impl std::fmt::Debug for RawServerConfig {
             .field("set_receivers", set_receivers)
             .field("set_receiver_ca_file", set_receiver_ca_file)
             .field("set_audience", set_audience)
+            .field("max_parallel_tasks_per_entry", max_parallel_tasks_per_entry)
             .field("log_level", log_level)
             .field("log_format", log_format)
             .finish()
@@ -419,6 +425,8 @@ pub struct ServerConfig {
     pub jwt_issuer: Option<String>,
     /// Security Event Token push to receivers, if any are configured.
     pub set_push: Option<SetPushConfig>,
+    /// Most tasks open at once on one just-in-time entry.
+    pub max_parallel_tasks_per_entry: u32,
     /// Log filter.
     pub log_level: String,
     /// Emit JSON log lines.
@@ -513,6 +521,7 @@ impl RawServerConfig {
             set_receivers,
             set_receiver_ca_file,
             set_audience,
+            max_parallel_tasks_per_entry,
             log_level,
             log_format,
         } = over;
@@ -558,6 +567,8 @@ impl RawServerConfig {
             },
             set_receiver_ca_file: set_receiver_ca_file.or(self.set_receiver_ca_file),
             set_audience: set_audience.or(self.set_audience),
+            max_parallel_tasks_per_entry: max_parallel_tasks_per_entry
+                .or(self.max_parallel_tasks_per_entry),
             log_level: log_level.or(self.log_level),
             log_format: log_format.or(self.log_format),
         }
@@ -565,6 +576,9 @@ impl RawServerConfig {
 }
 
 pub use common::duration::parse_duration;
+
+/// Default of `max_parallel_tasks_per_entry`.
+pub const DEFAULT_MAX_PARALLEL_TASKS_PER_ENTRY: u32 = 16;
 
 /// A count that must be at least 1, or `default`.
 fn at_least_one(key: &'static str, v: Option<u32>, default: u32) -> Result<u32, ServerConfigError> {
@@ -857,6 +871,11 @@ impl ServerConfig {
             raw.set_audience,
             jwt_issuer.as_deref(),
         )?;
+        let max_parallel_tasks_per_entry = at_least_one(
+            "max_parallel_tasks_per_entry",
+            raw.max_parallel_tasks_per_entry,
+            DEFAULT_MAX_PARALLEL_TASKS_PER_ENTRY,
+        )?;
         let log_level = raw.log_level.unwrap_or_else(|| "info".into());
         if !["trace", "debug", "info", "warn", "error"].contains(&log_level.as_str()) {
             return Err(ServerConfigError::Invalid {
@@ -899,6 +918,7 @@ impl ServerConfig {
             relying_party,
             jwt_issuer,
             set_push,
+            max_parallel_tasks_per_entry,
             log_level,
             log_json,
         })
@@ -1301,7 +1321,7 @@ mod tests {
             .get_arguments()
             .map(|a| a.get_id().to_string())
             .collect();
-        assert_eq!(ids.len(), 36, "{ids:?}");
+        assert_eq!(ids.len(), 37, "{ids:?}");
         for id in ids {
             // A text key, a number key or a list key.
             let ok = ["\"x\"", "1", "[\"x\"]"]

@@ -22,7 +22,7 @@ mod testdb;
 
 pub use sql::SqlStore;
 
-use common::task::TaskState;
+use common::task::{TaskBinding, TaskState};
 use common::{EntryId, RegistrationEntry, SpiffeId, TaskId};
 
 use crate::audit::{AuditEvent, AuditRecord, ChainHead};
@@ -131,6 +131,9 @@ pub struct TaskRecord {
     pub approver_uid: Option<u32>,
     /// The tenant it belongs to: its entry's.
     pub tenant: String,
+    /// What its credentials are bound to on its node (tasks recorded before schema
+    /// version 8: selectors).
+    pub binding: TaskBinding,
 }
 
 /// A tenant as stored: an organisation inside the trust domain (see `crate::tenants`).
@@ -387,11 +390,12 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     -> Result<Vec<TaskRecord>, DatastoreError>;
     /// Open (pending or active) tasks whose deadline is at or before `now`.
     async fn due_tasks(&self, now: i64) -> Result<Vec<TaskRecord>, DatastoreError>;
-    /// The open (pending or active) task of an entry, if any.
-    async fn open_task_for_entry(
+    /// The open (pending or active) tasks of an entry, oldest first (several may be open
+    /// at once, one per holder).
+    async fn open_tasks_for_entry(
         &self,
         entry_id: &EntryId,
-    ) -> Result<Option<TaskRecord>, DatastoreError>;
+    ) -> Result<Vec<TaskRecord>, DatastoreError>;
     /// Records X.509-SVIDs issued under tasks.
     async fn record_task_svids(&self, svids: &[TaskSvid]) -> Result<(), DatastoreError>;
     /// Tasks that ended before their deadline (`deadline > now`), and the SVIDs issued

@@ -79,6 +79,8 @@ pub enum IssuanceError {
 pub struct CsrRequest {
     /// The entry whose identity is asked for.
     pub entry_id: EntryId,
+    /// For a just-in-time entry, the active task to issue under (`None`: its only one).
+    pub task_id: Option<TaskId>,
     /// The PKCS#10 CSR (DER); only its public key is used.
     pub csr: Vec<u8>,
 }
@@ -90,6 +92,8 @@ pub enum X509Outcome {
     Signed {
         /// The entry.
         entry_id: EntryId,
+        /// The task the request named.
+        task_id: Option<TaskId>,
         /// Leaf first (the CA itself is in the bundle).
         chain: Vec<CertificateDer<'static>>,
     },
@@ -97,6 +101,8 @@ pub enum X509Outcome {
     Refused {
         /// The entry.
         entry_id: EntryId,
+        /// The task the request named.
+        task_id: Option<TaskId>,
         /// Why.
         reason: String,
     },
@@ -192,10 +198,14 @@ impl Issuer {
     async fn grant(
         &self,
         entry: &RegistrationEntry,
+        task_id: Option<&TaskId>,
         jwt_audience: Option<&[String]>,
     ) -> Result<Option<IssueGrant>, String> {
         if entry.jit {
-            self.tasks.issue_grant(entry, jwt_audience).await.map(Some)
+            self.tasks
+                .issue_grant(entry, task_id, jwt_audience)
+                .await
+                .map(Some)
         } else {
             Ok(None)
         }
@@ -216,18 +226,28 @@ impl Issuer {
         let mut task_svids = Vec::new();
         let mut domains = HashMap::new();
         let mut issued_svids: Vec<IssuedSvid> = Vec::new();
-        for CsrRequest { entry_id, csr } in requests {
+        for CsrRequest {
+            entry_id,
+            task_id: asked_task,
+            csr,
+        } in requests
+        {
             let Some(entry) = self.entitled(agent, &entry_id).await? else {
                 out.push(X509Outcome::Refused {
                     entry_id,
+                    task_id: asked_task,
                     reason: IssuanceError::NotEntitled.to_string(),
                 });
                 continue;
             };
-            let grant = match self.grant(&entry, None).await {
+            let grant = match self.grant(&entry, asked_task.as_ref(), None).await {
                 Ok(g) => g,
                 Err(reason) => {
-                    out.push(X509Outcome::Refused { entry_id, reason });
+                    out.push(X509Outcome::Refused {
+                        entry_id,
+                        task_id: asked_task,
+                        reason,
+                    });
                     continue;
                 }
             };
@@ -252,6 +272,7 @@ impl Issuer {
                     tracing::warn!(agent_id = %agent, entry_id = %entry.id, error = %e, "X.509-SVID not issued");
                     out.push(X509Outcome::Refused {
                         entry_id,
+                        task_id: asked_task,
                         reason: e.to_string(),
                     });
                     continue;
@@ -292,6 +313,7 @@ impl Issuer {
             issued_svids.push((entry.id.clone(), agent.clone(), now_unix()));
             out.push(X509Outcome::Signed {
                 entry_id: entry.id,
+                task_id: asked_task,
                 chain: issued.chain,
             });
         }
@@ -317,6 +339,7 @@ impl Issuer {
         &self,
         agent: &SpiffeId,
         entry_id: &EntryId,
+        task_id: Option<&TaskId>,
         audience: &[String],
     ) -> Result<MintedJwt, IssuanceError> {
         if audience.is_empty() {
@@ -334,7 +357,7 @@ impl Issuer {
             .await?
             .ok_or(IssuanceError::NotEntitled)?;
         let grant = self
-            .grant(&entry, Some(audience))
+            .grant(&entry, task_id, Some(audience))
             .await
             .map_err(IssuanceError::NoGrant)?;
         // After the entitlement checks, so buckets exist only for identities the agent
@@ -555,13 +578,14 @@ mod tests {
                     scopes: strings(&["read", "db:write"]),
                     audiences: strings(&["a", "c"]),
                     ttl: Some(HOUR),
+                    binding: common::task::TaskBinding::Selectors,
                 },
             )
             .await
             .unwrap();
         let minted = f
             .issuer
-            .mint_jwt(&agent, &jit.id, &strings(&["a"]))
+            .mint_jwt(&agent, &jit.id, None, &strings(&["a"]))
             .await
             .unwrap();
         let c = claims(&f, &minted.token, "a");
@@ -570,7 +594,11 @@ mod tests {
         assert!(minted.expires_at <= task.deadline);
 
         for outside in [&["b"][..], &["a", "b"]] {
-            match f.issuer.mint_jwt(&agent, &jit.id, &strings(outside)).await {
+            match f
+                .issuer
+                .mint_jwt(&agent, &jit.id, None, &strings(outside))
+                .await
+            {
                 Err(IssuanceError::NoGrant(why)) => assert!(
                     why.contains(task.id.as_str()) && why.contains("\"b\""),
                     "{why}"
@@ -591,13 +619,14 @@ mod tests {
                     scopes: vec![],
                     audiences: strings(&["a"]),
                     ttl: Some(HOUR),
+                    binding: common::task::TaskBinding::Selectors,
                 },
             )
             .await
             .unwrap();
         let t = f
             .issuer
-            .mint_jwt(&agent, &other.id, &strings(&["a"]))
+            .mint_jwt(&agent, &other.id, None, &strings(&["a"]))
             .await
             .unwrap();
         let c = claims(&f, &t.token, "a");
@@ -606,7 +635,7 @@ mod tests {
         let standing = entry(&f, "web", false).await;
         let t = f
             .issuer
-            .mint_jwt(&agent, &standing.id, &strings(&["anything"]))
+            .mint_jwt(&agent, &standing.id, None, &strings(&["anything"]))
             .await
             .unwrap();
         let c = claims(&f, &t.token, "anything");

@@ -26,7 +26,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use common::task::{TaskGrant, TaskState};
+use common::task::{REQUESTER_EXITED, TaskBinding, TaskGrant, TaskState};
 use common::{EntryId, RegistrationEntry, SpiffeId, TaskId};
 use serde_json::json;
 
@@ -130,8 +130,10 @@ pub struct Tasks {
     ca: Arc<CaSet>,
     clock: Arc<dyn Clock>,
     max_ttl: Duration,
-    /// Active tasks by entry id (what sync streams attach to entries).
-    active: RwLock<HashMap<EntryId, TaskGrant>>,
+    /// Most tasks open at once on one entry.
+    max_parallel: usize,
+    /// Active tasks by entry id, oldest first (what sync streams attach to entries).
+    active: RwLock<HashMap<EntryId, Vec<TaskGrant>>>,
     revocations: RevocationState,
 }
 
@@ -154,9 +156,17 @@ impl Tasks {
             ca,
             clock,
             max_ttl,
+            max_parallel: usize::try_from(crate::config::DEFAULT_MAX_PARALLEL_TASKS_PER_ENTRY)
+                .unwrap_or(usize::MAX),
             active: RwLock::default(),
             revocations: RevocationState::default(),
         }
+    }
+
+    /// At most `n` (at least one) tasks open at once on one entry.
+    pub fn with_max_parallel_per_entry(mut self, n: u32) -> Self {
+        self.max_parallel = usize::try_from(n.max(1)).unwrap_or(usize::MAX);
+        self
     }
 
     fn server_max_ttl(&self) -> i64 {
@@ -179,22 +189,31 @@ impl Tasks {
     /// Reads active tasks and revocations from the datastore (at start-up).
     pub async fn load(&self) -> Result<(), DatastoreError> {
         let active = self.ds.list_tasks(Some(TaskState::Active)).await?;
-        let map = active
-            .iter()
-            .map(|t| (t.entry_id.clone(), grant(t)))
-            .collect();
+        let mut map: HashMap<EntryId, Vec<TaskGrant>> = HashMap::new();
+        // Listed oldest first, so each entry's grants are too.
+        for t in &active {
+            map.entry(t.entry_id.clone()).or_default().push(grant(t));
+        }
         *self.active.write().unwrap_or_else(|e| e.into_inner()) = map;
         self.revocations.start_numbering_at(self.clock.now());
         self.refresh_revocations(true).await
     }
 
-    /// The grant that makes `entry_id` live, if a task activates it.
-    pub fn grant_for(&self, entry_id: &EntryId) -> Option<TaskGrant> {
+    /// The grants of the active tasks that make `entry_id` live, oldest first (none:
+    /// dormant).
+    pub fn grants_for(&self, entry_id: &EntryId) -> Vec<TaskGrant> {
         self.active
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(entry_id)
             .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The oldest grant of `entry_id`, if any.
+    #[cfg(test)]
+    pub fn grant_for(&self, entry_id: &EntryId) -> Option<TaskGrant> {
+        self.grants_for(entry_id).into_iter().next()
     }
 
     /// The current revocations (sent to every agent).
@@ -423,6 +442,37 @@ impl Tasks {
         Ok(())
     }
 
+    /// Several tasks may be open on one entry at once, one per holder (the datastore's
+    /// unique index refuses a second one for the same process), at most `max_parallel`;
+    /// a task bound by selectors reaches every matching process, so it is open alone.
+    /// (Checked before the insert: two concurrent requests may both pass the count, never
+    /// the per-holder rule.)
+    async fn check_parallel(
+        &self,
+        entry: &EntryId,
+        binding: &TaskBinding,
+    ) -> Result<(), TaskError> {
+        let open = self.ds.open_tasks_for_entry(entry).await?;
+        if open.is_empty() {
+            return Ok(());
+        }
+        if binding.holder().is_none() || open.iter().any(|t| t.binding.holder().is_none()) {
+            return Err(TaskError::Conflict(format!(
+                "entry {entry} already has an open task; a task bound by selectors is open alone \
+                 on its entry (bind tasks to their processes to run several at once)"
+            )));
+        }
+        if open.len() >= self.max_parallel {
+            return Err(TaskError::Conflict(format!(
+                "entry {entry} already has {} open tasks: at most {} at once \
+                 (max_parallel_tasks_per_entry)",
+                open.len(),
+                self.max_parallel
+            )));
+        }
+        Ok(())
+    }
+
     /// Starts a task: resolves the entry, asks the policy, stores the task (pending
     /// approval or active) and, when active, makes the entry live on its agent.
     pub async fn create(
@@ -431,8 +481,12 @@ impl Tasks {
         request: &TaskRequest,
     ) -> Result<TaskRecord, TaskError> {
         request.check()?;
+        check_binding(requester, &request.binding)?;
         let (entry, provisioned) = self.target(requester, &request.target).await?;
         self.check_task_quota(&entry.governance.tenant).await?;
+        if !provisioned {
+            self.check_parallel(&entry.id, &request.binding).await?;
+        }
         let now = self.clock.now_unix();
         let id = TaskId::generate();
         let asked = self.asked_ttl(request);
@@ -461,6 +515,7 @@ impl Tasks {
                 "scopes": request.scopes,
                 "audiences": request.audiences,
                 "ttl_seconds": request.ttl.map_or(0, |d| d.as_secs()),
+                "binding": binding_json(&request.binding),
             }),
         );
         let decided = AuditEvent::for_task(
@@ -509,6 +564,7 @@ impl Tasks {
             requester_unix: requester.unix().cloned(),
             approver_uid: None,
             tenant: entry.governance.tenant.clone(),
+            binding: request.binding.clone(),
         };
         let mut audit = vec![requested, decided];
         audit.push(if approval_required {
@@ -728,6 +784,35 @@ impl Tasks {
             ));
         }
         self.end(id, outcome, reason, &requester).await
+    }
+
+    /// Ends task `id` because the process it is bound to exited, as `agent` (the agent on
+    /// whose node that process ran) observed: only an open task with a process or tree
+    /// binding on that agent, ended `cancelled` with reason [`REQUESTER_EXITED`]. Any other
+    /// task answers as a missing one.
+    pub async fn end_for_holder_exit(
+        &self,
+        agent: &SpiffeId,
+        id: &TaskId,
+    ) -> Result<TaskRecord, TaskError> {
+        let current = self.get(id).await?;
+        if current.binding.holder().is_none_or(|h| &h.agent != agent) {
+            return Err(TaskError::NotFound(format!("no task {id}")));
+        }
+        if !current.state.is_open() {
+            return Err(TaskError::WrongState(format!(
+                "task {id} already ended ({})",
+                current.state
+            )));
+        }
+        self.finish(
+            current,
+            TaskState::Cancelled,
+            REQUESTER_EXITED,
+            agent.as_str(),
+        )
+        .await?
+        .ok_or_else(|| TaskError::WrongState(format!("task {id} ended concurrently")))
     }
 
     /// Records that `agent` validated (or refused) a JWT-SVID of task `task_id` presented
@@ -997,9 +1082,9 @@ impl Tasks {
         Ok((description, n))
     }
 
-    /// Ends the open task of an entry that was deleted.
+    /// Ends the open tasks of an entry that was deleted.
     async fn entry_deleted(&self, entry_id: &EntryId) -> Result<(), TaskError> {
-        if let Some(t) = self.ds.open_task_for_entry(entry_id).await? {
+        for t in self.ds.open_tasks_for_entry(entry_id).await? {
             self.finish(t, TaskState::Revoked, "entry deleted", "server")
                 .await?;
         }
@@ -1010,12 +1095,12 @@ impl Tasks {
     fn changed(&self, task: &TaskRecord, entry: Option<RegistrationEntry>) {
         {
             let mut active = self.active.write().unwrap_or_else(|e| e.into_inner());
+            let grants = active.entry(task.entry_id.clone()).or_default();
+            grants.retain(|g| g.task_id != task.id);
             if task.state == TaskState::Active {
-                active.insert(task.entry_id.clone(), grant(task));
-            } else if active
-                .get(&task.entry_id)
-                .is_some_and(|g| g.task_id == task.id)
-            {
+                grants.push(grant(task));
+            }
+            if grants.is_empty() {
                 active.remove(&task.entry_id);
             }
         }
@@ -1027,7 +1112,8 @@ impl Tasks {
         }
     }
 
-    /// Checks that an SVID may be issued for the just-in-time `entry` now: an active task
+    /// Checks that an SVID may be issued for the just-in-time `entry` now under task
+    /// `task_id` (an active task of the entry; `None`: the entry's only active task): it
     /// covers it, its deadline has not passed, and policy allows the issuance. For a
     /// JWT-SVID, `jwt_audience` is the audience list asked for: every value must be one
     /// the task declared (a task that declared none gets no JWT-SVIDs), and the policy is
@@ -1036,15 +1122,33 @@ impl Tasks {
     pub async fn issue_grant(
         &self,
         entry: &RegistrationEntry,
+        task_id: Option<&TaskId>,
         jwt_audience: Option<&[String]>,
     ) -> Result<IssueGrant, String> {
-        let task = match self.ds.open_task_for_entry(&entry.id).await {
-            Ok(Some(t)) if t.state == TaskState::Active => t,
-            Ok(_) => return Err("entry is just-in-time: it needs an active task".into()),
+        let open = match self.ds.open_tasks_for_entry(&entry.id).await {
+            Ok(open) => open,
             Err(e) => {
                 tracing::error!(error = %e, "datastore failure checking a task");
                 return Err("cannot check the task; see the server log".into());
             }
+        };
+        let mut active = open.into_iter().filter(|t| t.state == TaskState::Active);
+        // The task the agent names, which must be an active task of this entry; an agent
+        // that names none (from before parallel tasks) gets the entry's only one.
+        let task = match task_id {
+            Some(id) => active
+                .find(|t| &t.id == id)
+                .ok_or_else(|| format!("task {id} is not an active task of entry {}", entry.id))?,
+            None => match (active.next(), active.next()) {
+                (Some(t), None) => t,
+                (None, _) => return Err("entry is just-in-time: it needs an active task".into()),
+                (Some(_), Some(_)) => {
+                    return Err(format!(
+                        "entry {} has several active tasks: name the task to issue under",
+                        entry.id
+                    ));
+                }
+            },
         };
         let left = task.deadline - self.clock.now_unix();
         if left <= 0 {
@@ -1263,6 +1367,38 @@ fn grant(t: &TaskRecord) -> TaskGrant {
         task_id: t.id.clone(),
         deadline: t.deadline,
         audiences: t.audiences.clone(),
+        binding: t.binding.clone(),
+    }
+}
+
+/// A task binding as the audit log records it.
+fn binding_json(b: &TaskBinding) -> serde_json::Value {
+    match b.holder() {
+        None => json!({ "kind": b.kind().as_str() }),
+        Some(h) => json!({
+            "kind": b.kind().as_str(),
+            "pid": h.process.pid,
+            "start_time": h.process.start_time,
+            "agent_id": h.agent.as_str(),
+        }),
+    }
+}
+
+/// Only a workload's agent can bind a task to a process: pids mean something on one node
+/// only, and only the agent there attests them. An operator's task is bound by selectors,
+/// and a workload's process binding names its own agent.
+fn check_binding(requester: &Requester, binding: &TaskBinding) -> Result<(), TaskError> {
+    match (requester, binding.holder()) {
+        (_, None) => Ok(()),
+        (Requester::User(_), Some(_)) => Err(TaskError::Invalid(format!(
+            "an operator's task is bound by selectors: a {} binding names a local process, \
+             which only a workload beginning its own task through its agent can do",
+            binding.kind()
+        ))),
+        (Requester::Workload { agent, .. }, Some(h)) if &h.agent != agent => Err(
+            TaskError::Invalid("a task's process binding must name the agent that asks".into()),
+        ),
+        (Requester::Workload { .. }, Some(_)) => Ok(()),
     }
 }
 

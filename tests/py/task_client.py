@@ -19,6 +19,7 @@ Exit status: 0 when the JSON was printed (errors are data: the Rust test judges 
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -68,6 +69,8 @@ def task_json(t):
         "deadline": t.deadline,
         "end_reason": t.end_reason,
         "policies": list(t.decision.policies) if t.decision else None,
+        "bound_to": list(t.bound_to),
+        "own_pid": os.getpid(),
     }
 
 

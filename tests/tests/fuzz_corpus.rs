@@ -188,6 +188,7 @@ fn wire_entry(id: &str, path: &str, jit: bool) -> tessera::Entry {
             task_id: "0190b1c4-0000-7000-8000-000000000001".into(),
             deadline: 1_800_000_600,
             audiences: vec!["https://tools.example".into()],
+            binding: None,
         }),
         ..tessera::Entry::default()
     }

@@ -181,6 +181,20 @@ impl ProcDir {
         })
     }
 
+    /// The start time and parent pid, from one read of `stat`.
+    pub(crate) fn start_time_and_ppid(&self) -> Result<(u64, u32), AttestationError> {
+        let text = read_text(self.open_at("stat")?, self.pid, "stat")?;
+        let malformed = |source| AttestationError::Malformed {
+            pid: self.pid,
+            what: "stat",
+            source,
+        };
+        Ok((
+            parse_stat_start_time(&text).map_err(malformed)?,
+            parse_stat_ppid(&text).map_err(malformed)?,
+        ))
+    }
+
     /// Uid, gid and supplementary groups from `status`.
     pub(crate) fn status(&self) -> Result<Status, AttestationError> {
         let text = read_text(self.open_at("status")?, self.pid, "status")?;
@@ -284,6 +298,14 @@ impl PidFd {
     }
 }
 
+impl PidFd {
+    /// The pidfd itself: it becomes readable when the process exits (`poll(2)` on a pidfd,
+    /// Linux 5.3 on), which is how the agent waits for a bound process to exit.
+    pub(crate) fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+}
+
 /// The four ids of a `Uid:` or `Gid:` line, in the kernel's order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Ids {
@@ -338,6 +360,22 @@ pub(crate) fn parse_stat_start_time(stat: &str) -> Result<u64, ProcfsParseError>
     let value = rest
         .split_ascii_whitespace()
         .nth(22 - 3)
+        .ok_or(ProcfsParseError::MissingField { field: FIELD })?;
+    parse_decimal(value, FIELD)
+}
+
+/// Parses the parent pid (field 4) out of a `/proc/<pid>/stat` line; as
+/// [`parse_stat_start_time`], from the last `)` on (field 4 is at index 1 after it). 0 for
+/// a process without a parent in our pid namespace.
+pub(crate) fn parse_stat_ppid(stat: &str) -> Result<u32, ProcfsParseError> {
+    const FIELD: &str = "ppid";
+    let (head, rest) = stat.rsplit_once(')').ok_or(ProcfsParseError::NoComm)?;
+    if !head.contains('(') {
+        return Err(ProcfsParseError::NoComm);
+    }
+    let value = rest
+        .split_ascii_whitespace()
+        .nth(4 - 3)
         .ok_or(ProcfsParseError::MissingField { field: FIELD })?;
     parse_decimal(value, FIELD)
 }
@@ -540,6 +578,25 @@ mod tests {
         for (line, want) in err {
             assert_eq!(parse_stat_start_time(line), Err(*want), "{line:?}");
         }
+    }
+
+    #[test]
+    fn stat_ppid_table() {
+        assert_eq!(parse_stat_ppid(&format!("42 (sleep) {STAT_TAIL}")), Ok(1));
+        assert_eq!(parse_stat_ppid(&format!("42 (a) 9 9 ) {STAT_TAIL}")), Ok(1));
+        assert_eq!(parse_stat_ppid("1 (init) S 0 1 1"), Ok(0));
+        assert_eq!(
+            parse_stat_ppid("42 (sleep) S"),
+            Err(ProcfsParseError::MissingField { field: "ppid" })
+        );
+        assert_eq!(
+            parse_stat_ppid("42 (sleep) S -1 2"),
+            Err(ProcfsParseError::InvalidNumber { field: "ppid" })
+        );
+        assert_eq!(
+            parse_stat_ppid("42 sleep S 1"),
+            Err(ProcfsParseError::NoComm)
+        );
     }
 
     const STATUS: &str = "Name:\tsleep\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t42\n\

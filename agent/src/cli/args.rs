@@ -133,6 +133,16 @@ pub enum TaskCommand {
         /// Which of this workload's standing identities asks (default: its oldest).
         #[arg(long)]
         requester: Option<String>,
+        /// Who receives the task's SVIDs: `process` (default: only the bound process),
+        /// `tree` (it and its descendants) or `selectors` (every process matching the
+        /// entry's selectors). A process-bound task ends when its process exits.
+        #[arg(long, value_parser = ["process", "tree", "selectors"])]
+        bind: Option<String>,
+        /// Bind the task to this process instead of this command's own (which exits at
+        /// once): an ancestor of this command running as the same user, e.g. `--bind-pid $$`
+        /// from a shell or the runtime's own pid.
+        #[arg(long)]
+        bind_pid: Option<u32>,
     },
     /// End a task this workload started.
     End {

@@ -216,6 +216,8 @@ pub async fn run_api(command: Command) -> anyhow::Result<()> {
                     audiences,
                     ttl,
                     requester,
+                    bind,
+                    bind_pid,
                 } => {
                     let named_requester = requester.is_some();
                     let task = client
@@ -234,11 +236,14 @@ pub async fn run_api(command: Command) -> anyhow::Result<()> {
                             requester_spiffe_id: requester.unwrap_or_default(),
                             // A workload's provisioned entry goes to its own tenant.
                             tenant: String::new(),
+                            bind: bind.unwrap_or_default(),
+                            bind_pid: bind_pid.unwrap_or(0),
                         }))
                         .await
                         .map_err(|s| begin_refused(s, named_requester))?
                         .into_inner();
                     output::warn_if_cut(&task);
+                    output::warn_if_bound_to_self(&task);
                     task
                 }
                 TaskCommand::End {

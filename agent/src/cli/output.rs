@@ -164,6 +164,26 @@ pub(super) fn warn_if_cut(task: &common::proto::tessera::Task) {
     }
 }
 
+/// Says on stderr when the task is bound to this very command, which exits now: the
+/// agent then ends it at once (`requester exited`).
+pub(super) fn warn_if_bound_to_self(task: &common::proto::tessera::Task) {
+    if task
+        .binding
+        .as_ref()
+        .is_some_and(|b| b.pid != 0 && b.pid == std::process::id())
+    {
+        #[expect(clippy::print_stderr, reason = "CLI diagnostics")]
+        {
+            eprintln!(
+                "note: the task is bound to this command's own process, which exits now, so \
+                 the agent ends it at once (requester exited); bind it to the process that \
+                 will use it with --bind-pid PID (e.g. --bind-pid $$ from a shell), or to \
+                 every matching process with --bind selectors"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -291,8 +291,52 @@ fn task_entry(f: &FakeNode, deadline: i64) -> tessera::Entry {
         task_id: "t1".to_owned(),
         deadline,
         audiences: vec!["a".to_owned()],
+        binding: None,
     });
     e
+}
+
+#[tokio::test(start_paused = true)]
+async fn parallel_tasks_on_one_entry_each_get_their_own_svid_and_end_alone() {
+    let clock = TokioClock::starting_now();
+    let deadline = clock.now_unix() + 3600;
+    let two = |f: &FakeNode| {
+        let mut e = task_entry(f, deadline);
+        let grant = |id: &str| tessera::TaskGrant {
+            task_id: id.to_owned(),
+            deadline,
+            audiences: vec!["a".to_owned()],
+            binding: None,
+        };
+        e.task = Some(grant("t1"));
+        e.tasks = vec![grant("t1"), grant("t2")];
+        e
+    };
+    let h = Harness::start(Duration::from_secs(36_000), |f| {
+        f.upsert_entry(two(f));
+    })
+    .await;
+    let a = h.first_svid("job#t1").await;
+    let b = h.first_svid("job#t2").await;
+    assert_ne!(
+        a.leaf().serial_hex,
+        b.leaf().serial_hex,
+        "one SVID per task"
+    );
+    // Task t1 ends: its slot goes, t2 keeps its SVID.
+    let mut one = two(&h.fake);
+    one.task = Some(one.tasks.remove(1));
+    one.tasks = vec![one.task.clone().unwrap()];
+    one.revision = 1;
+    h.fake.upsert_entry(one);
+    h.until(|s| (!s.entries.contains_key("job#t1")).then_some(()))
+        .await;
+    assert_eq!(
+        h.svid("job#t2").map(|s| s.leaf().serial_hex.clone()),
+        Some(b.leaf().serial_hex.clone()),
+        "the other task's SVID is kept"
+    );
+    h.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -303,13 +347,13 @@ async fn a_task_svid_is_withdrawn_at_the_task_deadline() {
         f.upsert_entry(task_entry(f, deadline));
     })
     .await;
-    let svid = h.first_svid("job").await;
+    let svid = h.first_svid("job#t1").await;
     let deadline_at = clock::from_unix(deadline);
     assert_eq!(svid.not_after(), deadline_at, "cut to the task deadline");
 
     h.sleep_until(deadline_at - SECOND).await;
-    assert!(h.svid("job").is_some(), "served until the deadline");
-    h.until(|s| s.entries.get("job")?.svid.is_none().then_some(()))
+    assert!(h.svid("job#t1").is_some(), "served until the deadline");
+    h.until(|s| s.entries.get("job#t1")?.svid.is_none().then_some(()))
         .await;
     let withdrawn_at = h.clock.now();
     assert!(
@@ -333,10 +377,10 @@ async fn a_task_svid_is_withdrawn_at_the_deadline_while_the_server_is_away() {
         f.upsert_entry(task_entry(f, deadline));
     })
     .await;
-    h.first_svid("job").await;
+    h.first_svid("job#t1").await;
     h.fake.set_unreachable(true);
     let deadline_at = clock::from_unix(deadline);
-    h.until(|s| s.entries.get("job")?.svid.is_none().then_some(()))
+    h.until(|s| s.entries.get("job#t1")?.svid.is_none().then_some(()))
         .await;
     let late = since(h.clock.now(), deadline_at);
     assert!(late <= TIMER_SLACK, "withdrawn {late:?} after the deadline");
@@ -351,7 +395,7 @@ async fn a_task_svid_is_withdrawn_when_the_task_ends() {
         f.upsert_entry(task_entry(f, deadline));
     })
     .await;
-    h.first_svid("job").await;
+    h.first_svid("job#t1").await;
     let ended_at = h.clock.now() + Duration::from_secs(10);
     h.sleep_until(ended_at).await;
     // The server ends the task: the entry comes back without its grant.
@@ -367,6 +411,7 @@ async fn a_task_svid_is_withdrawn_when_the_task_ends() {
         &["unix:uid:0".parse::<common::Selector>().unwrap()]
             .into_iter()
             .collect(),
+        &[],
         h.clock.now(),
     );
     assert!(!identities.matched, "a dormant task entry grants nothing");
@@ -474,6 +519,7 @@ mod schedule_fns {
             task_id: TaskId::parse("t").unwrap(),
             deadline: crate::cache::unix(t0) + 100,
             audiences: Vec::new(),
+            binding: common::task::TaskBinding::Selectors,
         };
         let task = cached(Some(svid.clone()), Some(until_deadline));
         assert_eq!(schedule::renewal_at(&task, &svid), None);
@@ -485,6 +531,7 @@ mod schedule_fns {
             task_id: TaskId::parse("t").unwrap(),
             deadline: crate::cache::unix(t0) + 1000,
             audiences: Vec::new(),
+            binding: common::task::TaskBinding::Selectors,
         };
         let long_task = cached(Some(svid), Some(later));
         assert!(schedule::needs_svid(&long_task, refresh));

@@ -82,6 +82,15 @@ class Task:
         """Not ended yet (active or waiting for approval)."""
         return self.active or self.pending
 
+    @property
+    def bound_to(self) -> Tuple[str, int]:
+        """What the task is bound to: ("process" | "tree", pid) or ("selectors", 0).
+        ("selectors", 0) too with agents or bindings that predate task binding."""
+        if not _has_field(tessera_pb2.Task, "binding") or not self.proto.HasField("binding"):
+            return ("selectors", 0)
+        b = self.proto.binding
+        return (b.kind or "selectors", b.pid)
+
     @classmethod
     def from_proto(cls, t: tessera_pb2.Task) -> "Task":
         d = t.decision if t.HasField("decision") else None
@@ -202,6 +211,8 @@ class TaskClient:
         requester: Optional[str] = None,
         provision: bool = False,
         selectors: Sequence[str] = (),
+        bind: Optional[str] = None,
+        bind_pid: Optional[int] = None,
     ) -> Task:
         """Starts a task (`BeginTask`) and returns it.
 
@@ -211,6 +222,11 @@ class TaskClient:
         asks for a lifetime; policy may shorten it. `requester` picks which of the caller's
         standing identities asks. The returned task is `active`, or `pending` when policy
         requires approval by someone else.
+
+        The task is bound to this process by default: only it receives the task's SVIDs,
+        and the task ends ("requester exited") when it exits. `bind="tree"` includes its
+        descendants, `bind="selectors"` every process the identity's selectors match;
+        `bind_pid` binds to an ancestor of this process running as the same user instead.
 
         Raises a `StatusError` subclass with the server's message when refused.
         """
@@ -225,6 +241,14 @@ class TaskClient:
             ttl_seconds=_seconds(ttl),
             requester_spiffe_id=requester or "",
         )
+        if bind is not None or bind_pid is not None:
+            if not supports("bind"):
+                raise errors.ConfigError(
+                    "these bindings have no TaskSpec.bind: regenerate them "
+                    "(clients/python/tools/generate.py) from a tessera.proto that has it"
+                )
+            spec.bind = bind or ""
+            spec.bind_pid = bind_pid or 0
         if audiences is not None:
             audiences = list(audiences)
             if not supports("audiences"):

@@ -114,9 +114,13 @@ def story(args, client):
         # several (the agent checks the caller really holds it).
         # The task declares what its token is for: the tool's audience and one scope.
         # Tokens for any other audience are refused, by the agent and by the server.
+        # The task is bound to this runtime's own process (--bind-pid: the CLI is our
+        # child): only this process receives its SVIDs, and the task ends by itself if we
+        # die before ending it.
         begin = ["task", "begin", "--spiffe-id", args.tool_identity,
                  "--audience", args.tool_audience, "--scope", "lookup",
-                 "--reason", args.reason, "--ttl", args.ttl]
+                 "--reason", args.reason, "--ttl", args.ttl,
+                 "--bind-pid", str(os.getpid())]
         if args.runtime_identity:
             begin += ["--requester", args.runtime_identity]
         task, err = tessera_agent(args.tessera_agent, *begin)

@@ -79,7 +79,9 @@ impl NodeService {
     fn wire_entry(&self, e: &RegistrationEntry) -> common::proto::tessera::Entry {
         let mut wire: common::proto::tessera::Entry = e.into();
         if e.jit {
-            wire.task = self.tasks.grant_for(&e.id).as_ref().map(Into::into);
+            let grants = self.tasks.grants_for(&e.id);
+            wire.task = grants.first().map(Into::into);
+            wire.tasks = grants.iter().map(Into::into).collect();
         }
         wire
     }
@@ -205,6 +207,7 @@ impl Node for NodeService {
             .map(|c| {
                 Ok(CsrRequest {
                     entry_id: c.entry_id.parse()?,
+                    task_id: optional_task(&c.task_id)?,
                     csr: c.csr,
                 })
             })
@@ -223,7 +226,12 @@ impl Node for NodeService {
         let req = req.into_inner();
         let minted = self
             .issuer
-            .mint_jwt(&agent, &req.entry_id.parse()?, &req.audience)
+            .mint_jwt(
+                &agent,
+                &req.entry_id.parse()?,
+                optional_task(&req.task_id)?.as_ref(),
+                &req.audience,
+            )
             .await?;
         Ok(Response::new(MintJwtSvidResponse {
             token: minted.token,
@@ -247,7 +255,10 @@ impl Node for NodeService {
             .ok_or_else(|| Status::invalid_argument("spec is required"))?;
         let task = self
             .tasks
-            .create(&requester, &wire::task_request(&spec)?)
+            .create(
+                &requester,
+                &wire::workload_task_request(&spec, req.binding, &agent)?,
+            )
             .await?;
         Ok(Response::new(wire::task(&task)))
     }
@@ -258,6 +269,13 @@ impl Node for NodeService {
         let end = req
             .end
             .ok_or_else(|| Status::invalid_argument("end is required"))?;
+        if req.holder_exited {
+            let task = self
+                .tasks
+                .end_for_holder_exit(&agent, &end.id.parse()?)
+                .await?;
+            return Ok(Response::new(wire::task(&task)));
+        }
         let requester_entry_ids = req
             .requester_entry_ids
             .iter()
@@ -326,5 +344,14 @@ impl Node for NodeService {
             accepted: outcome.accepted,
             ignored: outcome.ignored,
         }))
+    }
+}
+
+/// A task id a request may leave empty (an agent from before parallel tasks).
+fn optional_task(raw: &str) -> Result<Option<common::TaskId>, common::ids::IdError> {
+    if raw.is_empty() {
+        Ok(None)
+    } else {
+        common::TaskId::parse(raw).map(Some)
     }
 }

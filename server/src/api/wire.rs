@@ -6,6 +6,7 @@
 
 use common::SpiffeId;
 use common::proto::tessera as wire;
+use common::task::{BindKind, TaskBinding};
 use tonic::Status;
 
 use crate::audit::AuditRecord;
@@ -132,7 +133,56 @@ fn spiffe_id(field: &str, raw: &str) -> Result<SpiffeId, Status> {
 }
 
 /// A task spec as a task request.
+/// An operator's task request: bound by selectors (`bind` empty or `selectors`, no
+/// `bind_pid`); only a workload's agent can bind a task to a local process.
 pub(crate) fn task_request(spec: &wire::TaskSpec) -> Result<TaskRequest, Status> {
+    match spec.bind.as_str() {
+        "" | "selectors" if spec.bind_pid == 0 => task_request_bound(spec, TaskBinding::Selectors),
+        "" | "selectors" => Err(Status::invalid_argument(
+            "bind_pid is for workload-started tasks: an operator's task is bound by selectors",
+        )),
+        other => Err(Status::invalid_argument(format!(
+            "an operator's task is bound by selectors, not {other:?}: only a workload \
+             beginning its own task through its agent (tessera-agent task begin) binds it to \
+             a process"
+        ))),
+    }
+}
+
+/// A workload's task request, as its agent (`agent`, the authenticated caller) resolved
+/// the binding for the calling process. An absent binding is `selectors` (an agent from
+/// before bindings existed); it must agree with what the spec asked for.
+pub(crate) fn workload_task_request(
+    spec: &wire::TaskSpec,
+    binding: Option<wire::TaskBinding>,
+    agent: &SpiffeId,
+) -> Result<TaskRequest, Status> {
+    let binding = match binding {
+        None => TaskBinding::Selectors,
+        Some(mut b) => {
+            b.agent_id = agent.to_string();
+            TaskBinding::try_from(b)
+                .map_err(|e| Status::invalid_argument(format!("binding: {e}")))?
+        }
+    };
+    let asked = match spec.bind.as_str() {
+        "" => None,
+        s => Some(
+            s.parse::<BindKind>()
+                .map_err(|e| Status::invalid_argument(e.to_string()))?,
+        ),
+    };
+    if asked.is_some_and(|k| k != binding.kind()) {
+        return Err(Status::invalid_argument(format!(
+            "the agent bound the task to {} but {} was asked",
+            binding.kind(),
+            spec.bind
+        )));
+    }
+    task_request_bound(spec, binding)
+}
+
+fn task_request_bound(spec: &wire::TaskSpec, binding: TaskBinding) -> Result<TaskRequest, Status> {
     let target = if spec.provision {
         if !spec.entry_id.is_empty() {
             return Err(Status::invalid_argument(
@@ -173,6 +223,7 @@ pub(crate) fn task_request(spec: &wire::TaskSpec) -> Result<TaskRequest, Status>
         scopes: spec.scopes.clone(),
         audiences: spec.audiences.clone(),
         ttl,
+        binding,
     })
 }
 
@@ -217,6 +268,7 @@ pub(crate) fn task(t: &TaskRecord) -> wire::Task {
             .unwrap_or_default(),
         approver_uid: t.approver_uid,
         tenant: t.tenant.clone(),
+        binding: Some((&t.binding).into()),
     }
 }
 
@@ -261,14 +313,25 @@ pub(crate) fn revocations(r: &RevocationSet) -> wire::Revocations {
 
 /// The answer for one CSR.
 pub(crate) fn signed_svid(o: X509Outcome) -> wire::SignedX509Svid {
+    let task = |t: Option<common::TaskId>| t.map(common::TaskId::into_string).unwrap_or_default();
     match o {
-        X509Outcome::Signed { entry_id, chain } => wire::SignedX509Svid {
+        X509Outcome::Signed {
+            entry_id,
+            task_id,
+            chain,
+        } => wire::SignedX509Svid {
             entry_id: entry_id.into_string(),
+            task_id: task(task_id),
             svid_chain: chain_bytes(&chain),
             error: String::new(),
         },
-        X509Outcome::Refused { entry_id, reason } => wire::SignedX509Svid {
+        X509Outcome::Refused {
+            entry_id,
+            task_id,
+            reason,
+        } => wire::SignedX509Svid {
             entry_id: entry_id.into_string(),
+            task_id: task(task_id),
             svid_chain: vec![],
             error: reason,
         },
@@ -402,6 +465,60 @@ mod tests {
             assert_eq!(e.code(), tonic::Code::InvalidArgument);
             assert!(e.message().contains(want), "{e:?} should say {want:?}");
         }
+    }
+
+    #[test]
+    fn operators_bind_by_selectors_and_agents_bind_for_themselves() {
+        let mut s = wire::TaskSpec {
+            entry_id: "e1".into(),
+            ..Default::default()
+        };
+        assert_eq!(task_request(&s).unwrap().binding, TaskBinding::Selectors);
+        s.bind = "selectors".into();
+        assert_eq!(task_request(&s).unwrap().binding, TaskBinding::Selectors);
+        for (bind, pid, want) in [
+            ("process", 0, "bound by selectors"),
+            ("tree", 0, "bound by selectors"),
+            ("selectors", 7, "bind_pid"),
+            ("", 7, "bind_pid"),
+        ] {
+            s.bind = bind.into();
+            s.bind_pid = pid;
+            let e = task_request(&s).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().contains(want), "{e:?} should say {want:?}");
+        }
+        // A workload's agent: the binding it resolved, under its own name whatever it sent.
+        let agent = SpiffeId::new("spiffe://example.org/agent").unwrap();
+        let spec = wire::TaskSpec {
+            entry_id: "e1".into(),
+            ..Default::default()
+        };
+        let sent = wire::TaskBinding {
+            kind: "tree".into(),
+            pid: 42,
+            start_time: 7,
+            agent_id: "spiffe://example.org/someone-else".into(),
+        };
+        let r = workload_task_request(&spec, Some(sent.clone()), &agent).unwrap();
+        let Some(h) = r.binding.holder() else {
+            panic!("{:?}", r.binding)
+        };
+        assert_eq!(r.binding.kind(), BindKind::Tree);
+        assert_eq!((h.process.pid, h.process.start_time), (42, 7));
+        assert_eq!(h.agent, agent);
+        assert_eq!(
+            workload_task_request(&spec, None, &agent).unwrap().binding,
+            TaskBinding::Selectors,
+            "an agent from before bindings"
+        );
+        let asked_process = wire::TaskSpec {
+            bind: "process".into(),
+            ..spec.clone()
+        };
+        assert!(workload_task_request(&asked_process, Some(sent.clone()), &agent).is_err());
+        let no_pid = wire::TaskBinding { pid: 0, ..sent };
+        assert!(workload_task_request(&spec, Some(no_pid), &agent).is_err());
     }
 
     #[test]

@@ -567,6 +567,9 @@ impl TaskSpecArgs {
             ttl_seconds: self.ttl.map_or(0, seconds),
             requester_spiffe_id: String::new(),
             tenant: self.tenant.unwrap_or_default(),
+            // An operator's task is bound by selectors (the server refuses anything else).
+            bind: String::new(),
+            bind_pid: 0,
         }
     }
 }

@@ -152,6 +152,14 @@ fn task(id: &str, e: &RegistrationEntry, state: TaskState, deadline: i64) -> Tas
         }),
         approver_uid: None,
         tenant: "default".into(),
+        // Every column of a binding, at the edges of its range, round-trips.
+        binding: common::task::TaskBinding::Tree(common::task::Holder {
+            process: common::task::ProcessInstance {
+                pid: u32::MAX,
+                start_time: 1 << 40,
+            },
+            agent: e.parent_id.clone(),
+        }),
     }
 }
 
@@ -841,12 +849,13 @@ async fn tasks_lifecycle(b: &dyn Backend) {
         .unwrap();
     assert_eq!(ds.get_task(&tid("t1")).await.unwrap().unwrap(), t1);
     assert_eq!(
-        ds.open_task_for_entry(&eid("e")).await.unwrap().unwrap(),
+        ds.open_tasks_for_entry(&eid("e")).await.unwrap().remove(0),
         t1
     );
     assert_eq!(ds.list_audit(None, None).await.unwrap().len(), 1);
 
-    // One open task per entry; the refused task and its audit records are not stored.
+    // One open task per entry and holder; the refused task and its audit records are not
+    // stored.
     let t2 = task("t2", &e, TaskState::Active, 5000);
     let r = ds
         .create_task(&t2, None, &[event("task.requested", "t2", Some("t2"))])
@@ -857,6 +866,44 @@ async fn tasks_lifecycle(b: &dyn Backend) {
     );
     assert!(ds.get_task(&tid("t2")).await.unwrap().is_none());
     assert_eq!(ds.list_audit(None, None).await.unwrap().len(), 1);
+    // Another holder's task may be open beside it (parallel tasks), and so may one bound
+    // by selectors (the server keeps those alone on their entry; the datastore counts
+    // them as one holder).
+    let mut t3 = task("t3", &e, TaskState::Active, 5000);
+    t3.binding = common::task::TaskBinding::Process(common::task::Holder {
+        process: common::task::ProcessInstance {
+            pid: 7,
+            start_time: 9,
+        },
+        agent: e.parent_id.clone(),
+    });
+    let mut t4 = task("t4", &e, TaskState::Active, 5000);
+    t4.binding = common::task::TaskBinding::Selectors;
+    let mut t5 = task("t5", &e, TaskState::Active, 5000);
+    t5.binding = common::task::TaskBinding::Selectors;
+    for t in [&t3, &t4] {
+        ds.create_task(t, None, &[]).await.unwrap();
+    }
+    assert!(matches!(
+        ds.create_task(&t5, None, &[]).await,
+        Err(DatastoreError::Conflict(_))
+    ));
+    let open: Vec<TaskId> = ds
+        .open_tasks_for_entry(&eid("e"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(open, [tid("t1"), tid("t3"), tid("t4")]);
+    for t in [&t3, &t4] {
+        let done = ended(t, TaskState::Cancelled, 1_700_000_050, "requester exited");
+        assert!(
+            ds.update_task(&done, &[TaskState::Active], &[])
+                .await
+                .unwrap()
+        );
+    }
 
     // Compare-and-set: from a state it is not in, nothing changes (nor is audited).
     let mut active = t1.clone();
@@ -907,10 +954,10 @@ async fn tasks_lifecycle(b: &dyn Backend) {
         .unwrap()
     );
     assert!(ds.get_entry(&eid("e")).await.unwrap().is_some());
-    assert!(ds.open_task_for_entry(&eid("e")).await.unwrap().is_none());
+    assert!(ds.open_tasks_for_entry(&eid("e")).await.unwrap().is_empty());
     ds.create_task(&t2, None, &[]).await.unwrap();
     assert_eq!(
-        ds.open_task_for_entry(&eid("e")).await.unwrap().unwrap(),
+        ds.open_tasks_for_entry(&eid("e")).await.unwrap().remove(0),
         t2
     );
 
@@ -972,7 +1019,7 @@ async fn tasks_lifecycle(b: &dyn Backend) {
             .into_iter()
             .map(|t| t.id)
             .collect::<Vec<_>>(),
-        ["t1", "t2", "tp"]
+        ["t1", "t2", "t3", "t4", "tp"]
     );
 }
 
@@ -1153,7 +1200,7 @@ async fn reopen_sees_everything(b: &dyn Backend) {
     assert_eq!(ds.list_audit(None, None).await.unwrap(), log);
     assert_eq!(ds.revoked_since(0).await.unwrap(), revoked);
     assert_eq!(
-        ds.open_task_for_entry(&eid("p")).await.unwrap().unwrap(),
+        ds.open_tasks_for_entry(&eid("p")).await.unwrap().remove(0),
         tp
     );
     assert!(

@@ -111,6 +111,14 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../migrations/postgres/0007_task_audiences.sql"),
         then: None,
     },
+    Migration {
+        version: 8,
+        description: "task binding: the process (or process tree) a task's credentials \
+                      are bound to on its node (earlier tasks: bound by selectors)",
+        sqlite: include_str!("../../migrations/sqlite/0008_task_binding.sql"),
+        postgres: include_str!("../../migrations/postgres/0008_task_binding.sql"),
+        then: None,
+    },
 ];
 
 /// The tables version 1 created: a database holding them but no version table was

@@ -939,12 +939,12 @@ impl<D: Dialect> Datastore for SqlStore<D> {
             .await
     }
 
-    async fn open_task_for_entry(
+    async fn open_tasks_for_entry(
         &self,
         entry_id: &EntryId,
-    ) -> Result<Option<TaskRecord>, DatastoreError> {
-        self.one(
-            records::OPEN_TASK_FOR_ENTRY,
+    ) -> Result<Vec<TaskRecord>, DatastoreError> {
+        self.all(
+            records::OPEN_TASKS_FOR_ENTRY,
             &[Param::Text(entry_id.as_str())],
             records::task,
         )

@@ -76,6 +76,7 @@ fn task(id: &str, entry: &RegistrationEntry, state: TaskState) -> TaskRecord {
         requester_unix: None,
         approver_uid: None,
         tenant: entry.governance.tenant.clone(),
+        binding: common::task::TaskBinding::Selectors,
     }
 }
 

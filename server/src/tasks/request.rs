@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use common::task::TaskState;
+use common::task::{TaskBinding, TaskState};
 use common::{EntryId, SpiffeId};
 
 use super::TaskError;
@@ -142,6 +142,9 @@ pub struct TaskRequest {
     pub audiences: Vec<String>,
     /// How long it may last; `None`: as long as the server and the policy allow.
     pub ttl: Option<Duration>,
+    /// Which processes receive its credentials: a workload's agent resolves a process or
+    /// tree binding on its node; operators bind by selectors only.
+    pub binding: TaskBinding,
 }
 
 fn text(field: &str, v: &str) -> Result<(), TaskError> {
@@ -253,6 +256,7 @@ mod tests {
             scopes: vec!["read".into()],
             audiences: vec!["https://tools.example".into()],
             ttl: None,
+            binding: TaskBinding::Selectors,
         }
     }
 

@@ -83,6 +83,7 @@ fn request(entry: &RegistrationEntry, ttl: Duration) -> TaskRequest {
         scopes: vec![],
         audiences: vec!["https://tools.example".into()],
         ttl: Some(ttl),
+        binding: TaskBinding::Selectors,
     }
 }
 
@@ -147,7 +148,7 @@ async fn a_task_expires_at_its_deadline_by_the_clock_not_before() {
         TaskState::Active
     );
     assert!(f.tasks.grant_for(&entry.id).is_some());
-    let grant = f.tasks.issue_grant(&entry, None).await.unwrap();
+    let grant = f.tasks.issue_grant(&entry, None, None).await.unwrap();
     assert!(
         grant.max_ttl <= Duration::from_secs(1),
         "cut to the deadline: {grant:?}"
@@ -163,7 +164,7 @@ async fn a_task_expires_at_its_deadline_by_the_clock_not_before() {
         f.tasks.grant_for(&entry.id).is_none(),
         "no grant after the deadline"
     );
-    assert!(f.tasks.issue_grant(&entry, None).await.is_err());
+    assert!(f.tasks.issue_grant(&entry, None, None).await.is_err());
     // The agents were told: the entry was republished without a grant.
     let mut republished = false;
     while let Ok(ev) = changes.try_recv() {
@@ -192,9 +193,9 @@ async fn issuance_is_refused_once_the_deadline_passed_even_before_expiry_runs() 
         .unwrap();
     // No deadline loop running: issuance checks the deadline itself.
     f.clock.advance(Duration::from_secs(59));
-    assert!(f.tasks.issue_grant(&entry, None).await.is_ok());
+    assert!(f.tasks.issue_grant(&entry, None, None).await.is_ok());
     f.clock.advance(Duration::from_secs(1));
-    let why = f.tasks.issue_grant(&entry, None).await.unwrap_err();
+    let why = f.tasks.issue_grant(&entry, None, None).await.unwrap_err();
     assert!(why.contains("reached its deadline"), "{why}");
     assert_eq!(f.tasks.expire_due().await.unwrap(), 1);
     assert_eq!(
@@ -714,7 +715,7 @@ async fn jwt_svids_are_granted_only_for_the_audiences_the_task_declared() {
         let aud = strings(aud);
         let tasks = Arc::clone(&f.tasks);
         let entry = entry.clone();
-        async move { tasks.issue_grant(&entry, Some(&aud)).await }
+        async move { tasks.issue_grant(&entry, None, Some(&aud)).await }
     };
     assert!(jwt(&["a"]).await.is_ok());
     assert!(jwt(&["https://tools.example", "a", "a"]).await.is_ok());
@@ -726,7 +727,7 @@ async fn jwt_svids_are_granted_only_for_the_audiences_the_task_declared() {
         );
     }
     // X.509-SVIDs are not affected.
-    assert!(f.tasks.issue_grant(&entry, None).await.is_ok());
+    assert!(f.tasks.issue_grant(&entry, None, None).await.is_ok());
 }
 
 #[tokio::test]
@@ -746,14 +747,14 @@ async fn a_task_that_declared_no_audiences_gets_no_jwt_svids_but_its_x509_svid()
         .unwrap();
     let why = f
         .tasks
-        .issue_grant(&entry, Some(&strings(&["https://tools.example"])))
+        .issue_grant(&entry, None, Some(&strings(&["https://tools.example"])))
         .await
         .unwrap_err();
     assert!(
         why.contains(task.id.as_str()) && why.contains("declared no JWT audiences"),
         "{why}"
     );
-    assert!(f.tasks.issue_grant(&entry, None).await.is_ok());
+    assert!(f.tasks.issue_grant(&entry, None, None).await.is_ok());
 }
 
 #[tokio::test]
@@ -831,7 +832,7 @@ when { context.audience == "a" };
         let aud = strings(aud);
         let tasks = Arc::clone(&f.tasks);
         let entry = entry.clone();
-        async move { tasks.issue_grant(&entry, Some(&aud)).await }
+        async move { tasks.issue_grant(&entry, None, Some(&aud)).await }
     };
     // Declared, yet forbidden by policy: refused, naming the task, audience and policy.
     let why = grant(&["b", "https://payments.example"]).await.unwrap_err();
@@ -848,5 +849,194 @@ when { context.audience == "a" };
         Duration::from_secs(60)
     );
     // X.509: the policy sees an empty audience.
-    assert!(f.tasks.issue_grant(&entry, None).await.is_ok());
+    assert!(f.tasks.issue_grant(&entry, None, None).await.is_ok());
+}
+
+fn process_binding(agent: &str) -> TaskBinding {
+    TaskBinding::Process(common::task::Holder {
+        process: common::task::ProcessInstance {
+            pid: 4242,
+            start_time: 123_456,
+        },
+        agent: SpiffeId::new(agent).unwrap(),
+    })
+}
+
+#[tokio::test]
+async fn only_a_workloads_agent_binds_a_task_to_a_process_and_only_it_ends_it_on_exit() {
+    let f = fixture().await;
+    let entry = jit_entry(&f).await;
+    // An operator's task is bound by selectors: a process binding is refused, nothing stored.
+    let mut asked = request(&entry, HOUR);
+    asked.binding = process_binding("spiffe://example.org/agent");
+    let refused = f.tasks.create(&operator(), &asked).await.unwrap_err();
+    assert!(
+        matches!(&refused, TaskError::Invalid(m) if m.contains("bound by selectors")),
+        "{refused:?}"
+    );
+    // A workload's binding must name its own agent.
+    let mut elsewhere = request(&entry, HOUR);
+    elsewhere.binding = process_binding("spiffe://example.org/other-agent");
+    let alice = || workload(Some(unix(1000, "alice")));
+    assert!(matches!(
+        f.tasks.create(&alice(), &elsewhere).await,
+        Err(TaskError::Invalid(_))
+    ));
+    assert!(f.tasks.list(None, &operator()).await.unwrap().is_empty());
+
+    let task = f.tasks.create(&alice(), &asked).await.unwrap();
+    assert_eq!(task.binding, asked.binding);
+    assert_eq!(
+        f.tasks.get(&task.id).await.unwrap().binding,
+        asked.binding,
+        "stored"
+    );
+    let task = f
+        .tasks
+        .approve(&task.id, &platform(2000, "bob"))
+        .await
+        .unwrap();
+    assert_eq!(
+        f.tasks.grant_for(&entry.id).unwrap().binding,
+        asked.binding,
+        "the grant carries the binding to the agent"
+    );
+    // Another agent cannot end it as "requester exited"; its own agent can.
+    let other = SpiffeId::new("spiffe://example.org/other-agent").unwrap();
+    assert!(matches!(
+        f.tasks.end_for_holder_exit(&other, &task.id).await,
+        Err(TaskError::NotFound(_))
+    ));
+    let agent = SpiffeId::new("spiffe://example.org/agent").unwrap();
+    let ended = f.tasks.end_for_holder_exit(&agent, &task.id).await.unwrap();
+    assert_eq!(ended.state, TaskState::Cancelled);
+    assert_eq!(
+        ended.end.as_ref().map(|e| e.reason.as_str()),
+        Some(REQUESTER_EXITED)
+    );
+    assert!(f.tasks.grant_for(&entry.id).is_none());
+    assert!(matches!(
+        f.tasks.end_for_holder_exit(&agent, &task.id).await,
+        Err(TaskError::WrongState(_))
+    ));
+    // A task bound by selectors never ends this way.
+    let by_selectors = f
+        .tasks
+        .create(&operator(), &request(&entry, HOUR))
+        .await
+        .unwrap();
+    assert!(matches!(
+        f.tasks.end_for_holder_exit(&agent, &by_selectors.id).await,
+        Err(TaskError::NotFound(_))
+    ));
+}
+
+fn holder_binding(pid: u32) -> TaskBinding {
+    TaskBinding::Process(common::task::Holder {
+        process: common::task::ProcessInstance {
+            pid,
+            start_time: u64::from(pid) * 10,
+        },
+        agent: SpiffeId::new("spiffe://example.org/agent").unwrap(),
+    })
+}
+
+#[tokio::test]
+async fn parallel_tasks_on_one_entry_one_per_holder_up_to_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.cedar"),
+        r#"permit(principal, action, resource);"#,
+    )
+    .unwrap();
+    let mut f = fixture_with(PolicyEngine::load_dir(dir.path()).unwrap()).await;
+    f.tasks = Arc::new(
+        Arc::try_unwrap(f.tasks)
+            .unwrap()
+            .with_max_parallel_per_entry(2),
+    );
+    let entry = jit_entry(&f).await;
+    let alice = || workload(Some(unix(1000, "alice")));
+    let bound = |pid| {
+        let mut r = request(&entry, HOUR);
+        r.binding = holder_binding(pid);
+        r
+    };
+    let a = f.tasks.create(&alice(), &bound(1)).await.unwrap();
+    let b = f.tasks.create(&alice(), &bound(2)).await.unwrap();
+    assert_eq!((a.state, b.state), (TaskState::Active, TaskState::Active));
+    let grants: Vec<TaskId> = f
+        .tasks
+        .grants_for(&entry.id)
+        .into_iter()
+        .map(|g| g.task_id)
+        .collect();
+    assert_eq!(
+        grants,
+        [a.id.clone(), b.id.clone()],
+        "both live, oldest first"
+    );
+    // Each issuance names its task; the wrong one, or none among several, is refused.
+    let ga = f
+        .tasks
+        .issue_grant(&entry, Some(&a.id), None)
+        .await
+        .unwrap();
+    assert_eq!(ga.task.id, a.id);
+    let gb = f
+        .tasks
+        .issue_grant(&entry, Some(&b.id), None)
+        .await
+        .unwrap();
+    assert_eq!(gb.task.id, b.id);
+    let why = f.tasks.issue_grant(&entry, None, None).await.unwrap_err();
+    assert!(why.contains("several active tasks"), "{why}");
+    let stranger = TaskId::generate();
+    assert!(
+        f.tasks
+            .issue_grant(&entry, Some(&stranger), None)
+            .await
+            .is_err()
+    );
+    // The same holder twice, a third holder past the limit, and selectors beside bound
+    // tasks are refused.
+    let same = f.tasks.create(&alice(), &bound(1)).await.unwrap_err();
+    assert!(matches!(same, TaskError::Conflict(_)), "{same:?}");
+    let third = f.tasks.create(&alice(), &bound(3)).await.unwrap_err();
+    assert!(
+        matches!(&third, TaskError::Conflict(m) if m.contains("at most 2")),
+        "{third:?}"
+    );
+    let sel = f
+        .tasks
+        .create(&operator(), &request(&entry, HOUR))
+        .await
+        .unwrap_err();
+    assert!(matches!(sel, TaskError::Conflict(_)), "{sel:?}");
+    // Ending one leaves the other live.
+    let agent = SpiffeId::new("spiffe://example.org/agent").unwrap();
+    f.tasks.end_for_holder_exit(&agent, &a.id).await.unwrap();
+    let left: Vec<TaskId> = f
+        .tasks
+        .grants_for(&entry.id)
+        .into_iter()
+        .map(|g| g.task_id)
+        .collect();
+    assert_eq!(left, std::slice::from_ref(&b.id));
+    assert!(
+        f.tasks
+            .issue_grant(&entry, Some(&a.id), None)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        f.tasks
+            .issue_grant(&entry, None, None)
+            .await
+            .unwrap()
+            .task
+            .id,
+        b.id,
+        "the only one left"
+    );
 }

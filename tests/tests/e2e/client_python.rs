@@ -132,6 +132,12 @@ fn python_client_begins_a_task_gets_its_svids_and_ends_it() {
     assert_eq!(begun["state"], "active", "{begun}");
     assert_eq!(begun["spiffe_id"], TOOL);
     assert_eq!(begun["requester"], RUNTIME);
+    // Bound to the Python process that began it, by default.
+    assert_eq!(
+        begun["bound_to"],
+        serde_json::json!(["process", begun["own_pid"]]),
+        "{begun}"
+    );
     assert_eq!(
         begun["policies"],
         serde_json::json!(["tasks.cedar:workload-tools"])

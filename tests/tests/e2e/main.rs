@@ -37,6 +37,7 @@ mod resilience_shutdown;
 mod set_push;
 mod smoke;
 mod socket_squatting;
+mod task_binding;
 mod task_scope;
 mod tasks;
 mod tenants;

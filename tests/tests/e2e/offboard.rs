@@ -207,6 +207,8 @@ fn evicting_an_agent_ends_the_tasks_requested_under_its_identities() {
     let out = c.agent.cli(&[
         "task",
         "begin",
+        "--bind",
+        "selectors",
         "--spiffe-id",
         JIT_DB,
         "--reason",

@@ -49,6 +49,11 @@ fn ok_json(out: &Output, what: &str) -> Value {
 fn agent_task(c: &Cluster, args: &[&str]) -> Output {
     let mut all = vec!["task"];
     all.extend(args);
+    // The task's SVIDs are fetched by this test's other clients, not by the short-lived
+    // CLI process that begins it: bound by selectors, explicitly.
+    if args.first() == Some(&"begin") {
+        all.extend(["--bind", "selectors"]);
+    }
     all.extend(["--output", "json"]);
     c.agent.cli(&all)
 }

@@ -575,6 +575,8 @@ async fn policy_allows_denies_caps_and_requires_another_approver() {
     let out = c.agent.cli(&[
         "task",
         "begin",
+        "--bind",
+        "selectors",
         "--spiffe-id",
         JIT_DB,
         "--reason",
@@ -661,6 +663,8 @@ fn one_unix_user_cannot_request_and_approve_the_same_task() {
             .args([
                 "task",
                 "begin",
+                "--bind",
+                "selectors",
                 "--spiffe-id",
                 JIT_NOBODY,
                 "--reason",

@@ -31,7 +31,7 @@ class JwtKey(_message.Message):
     def __init__(self, kid: _Optional[str] = ..., public_key: _Optional[bytes] = ..., expires_at: _Optional[int] = ...) -> None: ...
 
 class Entry(_message.Message):
-    __slots__ = ("id", "spiffe_id", "parent_id", "selectors", "x509_svid_ttl_seconds", "jwt_svid_ttl_seconds", "dns_names", "jit", "hint", "created_at", "revision", "task", "tenant", "owner", "expires_at", "review_every_seconds", "certified_at", "disabled_at", "disabled_reason")
+    __slots__ = ("id", "spiffe_id", "parent_id", "selectors", "x509_svid_ttl_seconds", "jwt_svid_ttl_seconds", "dns_names", "jit", "hint", "created_at", "revision", "task", "tenant", "owner", "expires_at", "review_every_seconds", "certified_at", "disabled_at", "disabled_reason", "tasks")
     ID_FIELD_NUMBER: _ClassVar[int]
     SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
     PARENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,7 @@ class Entry(_message.Message):
     CERTIFIED_AT_FIELD_NUMBER: _ClassVar[int]
     DISABLED_AT_FIELD_NUMBER: _ClassVar[int]
     DISABLED_REASON_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
     id: str
     spiffe_id: str
     parent_id: str
@@ -70,17 +71,32 @@ class Entry(_message.Message):
     certified_at: int
     disabled_at: int
     disabled_reason: str
-    def __init__(self, id: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., x509_svid_ttl_seconds: _Optional[int] = ..., jwt_svid_ttl_seconds: _Optional[int] = ..., dns_names: _Optional[_Iterable[str]] = ..., jit: bool = ..., hint: _Optional[str] = ..., created_at: _Optional[int] = ..., revision: _Optional[int] = ..., task: _Optional[_Union[TaskGrant, _Mapping]] = ..., tenant: _Optional[str] = ..., owner: _Optional[str] = ..., expires_at: _Optional[int] = ..., review_every_seconds: _Optional[int] = ..., certified_at: _Optional[int] = ..., disabled_at: _Optional[int] = ..., disabled_reason: _Optional[str] = ...) -> None: ...
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskGrant]
+    def __init__(self, id: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., x509_svid_ttl_seconds: _Optional[int] = ..., jwt_svid_ttl_seconds: _Optional[int] = ..., dns_names: _Optional[_Iterable[str]] = ..., jit: bool = ..., hint: _Optional[str] = ..., created_at: _Optional[int] = ..., revision: _Optional[int] = ..., task: _Optional[_Union[TaskGrant, _Mapping]] = ..., tenant: _Optional[str] = ..., owner: _Optional[str] = ..., expires_at: _Optional[int] = ..., review_every_seconds: _Optional[int] = ..., certified_at: _Optional[int] = ..., disabled_at: _Optional[int] = ..., disabled_reason: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskGrant, _Mapping]]] = ...) -> None: ...
 
 class TaskGrant(_message.Message):
-    __slots__ = ("task_id", "deadline", "audiences")
+    __slots__ = ("task_id", "deadline", "audiences", "binding")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_FIELD_NUMBER: _ClassVar[int]
     AUDIENCES_FIELD_NUMBER: _ClassVar[int]
+    BINDING_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     deadline: int
     audiences: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, task_id: _Optional[str] = ..., deadline: _Optional[int] = ..., audiences: _Optional[_Iterable[str]] = ...) -> None: ...
+    binding: TaskBinding
+    def __init__(self, task_id: _Optional[str] = ..., deadline: _Optional[int] = ..., audiences: _Optional[_Iterable[str]] = ..., binding: _Optional[_Union[TaskBinding, _Mapping]] = ...) -> None: ...
+
+class TaskBinding(_message.Message):
+    __slots__ = ("kind", "pid", "start_time", "agent_id")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    pid: int
+    start_time: int
+    agent_id: str
+    def __init__(self, kind: _Optional[str] = ..., pid: _Optional[int] = ..., start_time: _Optional[int] = ..., agent_id: _Optional[str] = ...) -> None: ...
 
 class Revocations(_message.Message):
     __slots__ = ("crls", "ended_tasks")
@@ -141,32 +157,38 @@ class TaskTokenUseAck(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeBeginTaskRequest(_message.Message):
-    __slots__ = ("requester_entry_id", "spec", "requester_uid", "requester_user")
+    __slots__ = ("requester_entry_id", "spec", "requester_uid", "requester_user", "binding")
     REQUESTER_ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     REQUESTER_UID_FIELD_NUMBER: _ClassVar[int]
     REQUESTER_USER_FIELD_NUMBER: _ClassVar[int]
+    BINDING_FIELD_NUMBER: _ClassVar[int]
     requester_entry_id: str
     spec: TaskSpec
     requester_uid: int
     requester_user: str
-    def __init__(self, requester_entry_id: _Optional[str] = ..., spec: _Optional[_Union[TaskSpec, _Mapping]] = ..., requester_uid: _Optional[int] = ..., requester_user: _Optional[str] = ...) -> None: ...
+    binding: TaskBinding
+    def __init__(self, requester_entry_id: _Optional[str] = ..., spec: _Optional[_Union[TaskSpec, _Mapping]] = ..., requester_uid: _Optional[int] = ..., requester_user: _Optional[str] = ..., binding: _Optional[_Union[TaskBinding, _Mapping]] = ...) -> None: ...
 
 class NodeEndTaskRequest(_message.Message):
-    __slots__ = ("requester_entry_ids", "end")
+    __slots__ = ("requester_entry_ids", "end", "holder_exited")
     REQUESTER_ENTRY_IDS_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_EXITED_FIELD_NUMBER: _ClassVar[int]
     requester_entry_ids: _containers.RepeatedScalarFieldContainer[str]
     end: EndTaskRequest
-    def __init__(self, requester_entry_ids: _Optional[_Iterable[str]] = ..., end: _Optional[_Union[EndTaskRequest, _Mapping]] = ...) -> None: ...
+    holder_exited: bool
+    def __init__(self, requester_entry_ids: _Optional[_Iterable[str]] = ..., end: _Optional[_Union[EndTaskRequest, _Mapping]] = ..., holder_exited: bool = ...) -> None: ...
 
 class MintJwtSvidRequest(_message.Message):
-    __slots__ = ("entry_id", "audience")
+    __slots__ = ("entry_id", "audience", "task_id")
     ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
     AUDIENCE_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
     entry_id: str
     audience: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, entry_id: _Optional[str] = ..., audience: _Optional[_Iterable[str]] = ...) -> None: ...
+    task_id: str
+    def __init__(self, entry_id: _Optional[str] = ..., audience: _Optional[_Iterable[str]] = ..., task_id: _Optional[str] = ...) -> None: ...
 
 class MintJwtSvidResponse(_message.Message):
     __slots__ = ("token", "expires_at")
@@ -235,12 +257,14 @@ class SyncUpdate(_message.Message):
     def __init__(self, snapshot: _Optional[_Union[SyncSnapshot, _Mapping]] = ..., entry_upserted: _Optional[_Union[Entry, _Mapping]] = ..., entry_deleted: _Optional[str] = ..., bundle: _Optional[_Union[Bundle, _Mapping]] = ..., revocations: _Optional[_Union[Revocations, _Mapping]] = ...) -> None: ...
 
 class CsrForEntry(_message.Message):
-    __slots__ = ("entry_id", "csr")
+    __slots__ = ("entry_id", "csr", "task_id")
     ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
     CSR_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
     entry_id: str
     csr: bytes
-    def __init__(self, entry_id: _Optional[str] = ..., csr: _Optional[bytes] = ...) -> None: ...
+    task_id: str
+    def __init__(self, entry_id: _Optional[str] = ..., csr: _Optional[bytes] = ..., task_id: _Optional[str] = ...) -> None: ...
 
 class SignX509SvidsRequest(_message.Message):
     __slots__ = ("csrs",)
@@ -249,14 +273,16 @@ class SignX509SvidsRequest(_message.Message):
     def __init__(self, csrs: _Optional[_Iterable[_Union[CsrForEntry, _Mapping]]] = ...) -> None: ...
 
 class SignedX509Svid(_message.Message):
-    __slots__ = ("entry_id", "svid_chain", "error")
+    __slots__ = ("entry_id", "task_id", "svid_chain", "error")
     ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
     SVID_CHAIN_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     entry_id: str
+    task_id: str
     svid_chain: _containers.RepeatedScalarFieldContainer[bytes]
     error: str
-    def __init__(self, entry_id: _Optional[str] = ..., svid_chain: _Optional[_Iterable[bytes]] = ..., error: _Optional[str] = ...) -> None: ...
+    def __init__(self, entry_id: _Optional[str] = ..., task_id: _Optional[str] = ..., svid_chain: _Optional[_Iterable[bytes]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class SignX509SvidsResponse(_message.Message):
     __slots__ = ("svids",)
@@ -405,7 +431,7 @@ class TenantDomain(_message.Message):
     def __init__(self, tenant: _Optional[str] = ..., domain: _Optional[str] = ..., challenge: _Optional[str] = ..., record_name: _Optional[str] = ..., added_at: _Optional[int] = ..., verified_at: _Optional[int] = ..., checked_at: _Optional[int] = ..., failing_since: _Optional[int] = ..., last_error: _Optional[str] = ..., verified: bool = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("entry_id", "spiffe_id", "provision", "parent_id", "selectors", "reason", "ticket", "scopes", "ttl_seconds", "requester_spiffe_id", "tenant", "audiences")
+    __slots__ = ("entry_id", "spiffe_id", "provision", "parent_id", "selectors", "reason", "ticket", "scopes", "ttl_seconds", "requester_spiffe_id", "tenant", "audiences", "bind", "bind_pid")
     ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
     SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
     PROVISION_FIELD_NUMBER: _ClassVar[int]
@@ -418,6 +444,8 @@ class TaskSpec(_message.Message):
     REQUESTER_SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     AUDIENCES_FIELD_NUMBER: _ClassVar[int]
+    BIND_FIELD_NUMBER: _ClassVar[int]
+    BIND_PID_FIELD_NUMBER: _ClassVar[int]
     entry_id: str
     spiffe_id: str
     provision: bool
@@ -430,10 +458,12 @@ class TaskSpec(_message.Message):
     requester_spiffe_id: str
     tenant: str
     audiences: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, entry_id: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., provision: bool = ..., parent_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., ticket: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., ttl_seconds: _Optional[int] = ..., requester_spiffe_id: _Optional[str] = ..., tenant: _Optional[str] = ..., audiences: _Optional[_Iterable[str]] = ...) -> None: ...
+    bind: str
+    bind_pid: int
+    def __init__(self, entry_id: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., provision: bool = ..., parent_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., ticket: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., ttl_seconds: _Optional[int] = ..., requester_spiffe_id: _Optional[str] = ..., tenant: _Optional[str] = ..., audiences: _Optional[_Iterable[str]] = ..., bind: _Optional[str] = ..., bind_pid: _Optional[int] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("id", "state", "entry_id", "spiffe_id", "parent_id", "provisioned", "requester", "approver", "reason", "ticket", "scopes", "created_at", "activated_at", "deadline", "ended_at", "end_reason", "decision", "requester_uid", "requester_user", "approver_uid", "tenant", "audiences")
+    __slots__ = ("id", "state", "entry_id", "spiffe_id", "parent_id", "provisioned", "requester", "approver", "reason", "ticket", "scopes", "created_at", "activated_at", "deadline", "ended_at", "end_reason", "decision", "requester_uid", "requester_user", "approver_uid", "tenant", "audiences", "binding")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
@@ -456,6 +486,7 @@ class Task(_message.Message):
     APPROVER_UID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     AUDIENCES_FIELD_NUMBER: _ClassVar[int]
+    BINDING_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: str
     entry_id: str
@@ -478,7 +509,8 @@ class Task(_message.Message):
     approver_uid: int
     tenant: str
     audiences: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., entry_id: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., provisioned: bool = ..., requester: _Optional[str] = ..., approver: _Optional[str] = ..., reason: _Optional[str] = ..., ticket: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., created_at: _Optional[int] = ..., activated_at: _Optional[int] = ..., deadline: _Optional[int] = ..., ended_at: _Optional[int] = ..., end_reason: _Optional[str] = ..., decision: _Optional[_Union[PolicyDecision, _Mapping]] = ..., requester_uid: _Optional[int] = ..., requester_user: _Optional[str] = ..., approver_uid: _Optional[int] = ..., tenant: _Optional[str] = ..., audiences: _Optional[_Iterable[str]] = ...) -> None: ...
+    binding: TaskBinding
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., entry_id: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., provisioned: bool = ..., requester: _Optional[str] = ..., approver: _Optional[str] = ..., reason: _Optional[str] = ..., ticket: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., created_at: _Optional[int] = ..., activated_at: _Optional[int] = ..., deadline: _Optional[int] = ..., ended_at: _Optional[int] = ..., end_reason: _Optional[str] = ..., decision: _Optional[_Union[PolicyDecision, _Mapping]] = ..., requester_uid: _Optional[int] = ..., requester_user: _Optional[str] = ..., approver_uid: _Optional[int] = ..., tenant: _Optional[str] = ..., audiences: _Optional[_Iterable[str]] = ..., binding: _Optional[_Union[TaskBinding, _Mapping]] = ...) -> None: ...
 
 class PolicyDecision(_message.Message):
     __slots__ = ("allowed", "approval_required", "max_ttl_seconds", "policies", "errors", "explanation")

@@ -31,7 +31,7 @@ pub struct JwtKey {
     pub expires_at: i64,
 }
 /// A registration entry as stored by the server.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Entry {
     #[prost(string, tag = "1")]
     pub id: ::prost::alloc::string::String,
@@ -82,6 +82,10 @@ pub struct Entry {
     pub disabled_at: i64,
     #[prost(string, tag = "19")]
     pub disabled_reason: ::prost::alloc::string::String,
+    /// Every active task of a just-in-time entry (several may be active at once, one per
+    /// binding); `task` repeats the first, for agents that know only one. Never stored.
+    #[prost(message, repeated, tag = "20")]
+    pub tasks: ::prost::alloc::vec::Vec<TaskGrant>,
 }
 /// The active task that makes a just-in-time entry live on an agent.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -94,6 +98,31 @@ pub struct TaskGrant {
     /// The audiences the task's JWT-SVIDs may name; empty: no JWT-SVIDs under the task.
     #[prost(string, repeated, tag = "3")]
     pub audiences: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Which processes on the agent receive the task's SVIDs; absent: every process the
+    /// entry's selectors match.
+    #[prost(message, optional, tag = "4")]
+    pub binding: ::core::option::Option<TaskBinding>,
+}
+/// What a task's credentials are bound to on the node that serves them.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TaskBinding {
+    /// "selectors": every process matching the entry's selectors; "process": only the
+    /// process instance below; "tree": that process and its descendants. Empty means
+    /// "selectors" (tasks recorded before bindings existed).
+    #[prost(string, tag = "1")]
+    pub kind: ::prost::alloc::string::String,
+    /// The bound process (process and tree only), in the agent's pid namespace.
+    #[prost(uint32, tag = "2")]
+    pub pid: u32,
+    /// Its start time, in clock ticks since boot, as the agent read it from
+    /// /proc/<pid>/stat (field 22): with the pid, it names one process instance, so a
+    /// recycled pid never matches.
+    #[prost(uint64, tag = "3")]
+    pub start_time: u64,
+    /// The SPIFFE ID of the agent whose node the process runs on (set by the server from
+    /// the calling agent's identity; ignored when an agent sends it).
+    #[prost(string, tag = "4")]
+    pub agent_id: ::prost::alloc::string::String,
 }
 /// What agents need to refuse credentials of tasks that ended: the same full set goes to
 /// every agent, and replaces the previous one.
@@ -173,6 +202,11 @@ pub struct NodeBeginTaskRequest {
     pub requester_uid: ::core::option::Option<u32>,
     #[prost(string, tag = "4")]
     pub requester_user: ::prost::alloc::string::String,
+    /// What the agent bound the task to, as it resolved `spec.bind` and `spec.bind_pid`
+    /// for the calling process (pid and start time pinned by attestation); absent:
+    /// selectors.
+    #[prost(message, optional, tag = "5")]
+    pub binding: ::core::option::Option<TaskBinding>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct NodeEndTaskRequest {
@@ -182,6 +216,11 @@ pub struct NodeEndTaskRequest {
     pub requester_entry_ids: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     #[prost(message, optional, tag = "2")]
     pub end: ::core::option::Option<EndTaskRequest>,
+    /// The agent ends the task because the process it is bound to (on this agent's node)
+    /// exited: `requester_entry_ids` and the outcome are ignored; the task ends cancelled
+    /// with reason "requester exited".
+    #[prost(bool, tag = "3")]
+    pub holder_exited: bool,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct MintJwtSvidRequest {
@@ -189,6 +228,9 @@ pub struct MintJwtSvidRequest {
     pub entry_id: ::prost::alloc::string::String,
     #[prost(string, repeated, tag = "2")]
     pub audience: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// As in CsrForEntry: the task the JWT-SVID is minted under.
+    #[prost(string, tag = "3")]
+    pub task_id: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct MintJwtSvidResponse {
@@ -269,6 +311,10 @@ pub struct CsrForEntry {
     /// DER PKCS#10; only its public key is used.
     #[prost(bytes = "vec", tag = "2")]
     pub csr: ::prost::alloc::vec::Vec<u8>,
+    /// For a just-in-time entry: the active task the SVID is issued under (empty: the
+    /// entry's only active task).
+    #[prost(string, tag = "3")]
+    pub task_id: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct SignX509SvidsRequest {
@@ -279,6 +325,9 @@ pub struct SignX509SvidsRequest {
 pub struct SignedX509Svid {
     #[prost(string, tag = "1")]
     pub entry_id: ::prost::alloc::string::String,
+    /// The task of the request it answers (empty when it named none).
+    #[prost(string, tag = "4")]
+    pub task_id: ::prost::alloc::string::String,
     /// DER certificates, leaf first; empty when `error` is set.
     #[prost(bytes = "vec", repeated, tag = "2")]
     pub svid_chain: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
@@ -308,7 +357,7 @@ pub struct ReviewResponse {
     #[prost(int64, tag = "2")]
     pub generated_at: i64,
 }
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ReviewItem {
     #[prost(message, optional, tag = "1")]
     pub entry: ::core::option::Option<Entry>,
@@ -480,6 +529,15 @@ pub struct TaskSpec {
     /// none declared, none minted.
     #[prost(string, repeated, tag = "12")]
     pub audiences: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Workload-started tasks: "process" (default: only the calling process instance),
+    /// "tree" (that process and its descendants) or "selectors" (every process matching the
+    /// entry's selectors). Operator-started tasks accept only "selectors" (or empty).
+    #[prost(string, tag = "13")]
+    pub bind: ::prost::alloc::string::String,
+    /// Workload-started tasks: bind to this process instead of the caller; it must be an
+    /// ancestor of the caller running as the same uid. 0: the caller.
+    #[prost(uint32, tag = "14")]
+    pub bind_pid: u32,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Task {
@@ -536,6 +594,9 @@ pub struct Task {
     /// The JWT audiences it declared (empty: it gets no JWT-SVIDs).
     #[prost(string, repeated, tag = "22")]
     pub audiences: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// What its credentials are bound to (absent on tasks recorded before bindings: selectors).
+    #[prost(message, optional, tag = "23")]
+    pub binding: ::core::option::Option<TaskBinding>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct PolicyDecision {

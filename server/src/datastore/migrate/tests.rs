@@ -257,6 +257,13 @@ async fn a_release_datastore_is_upgraded_in_place_and_keeps_every_record(db: &dy
     assert_eq!(tasks[0].scopes, ["db:read", "db:write"]);
     // Schema version 7: a release's tasks declared no JWT audiences (so get no JWT-SVIDs).
     assert!(tasks.iter().all(|t| t.audiences.is_empty()), "{tasks:?}");
+    // Schema version 8: a release's tasks were bound by selectors.
+    assert!(
+        tasks
+            .iter()
+            .all(|t| t.binding == common::task::TaskBinding::Selectors),
+        "{tasks:?}"
+    );
     assert!(tasks.iter().all(|t| t.tenant == "default"), "{tasks:?}");
     // No placeholders read back: open tasks have no end, the active ones an activation
     // time, the revoked one an end; nobody approved these; the fixture's agents never
@@ -280,7 +287,7 @@ async fn a_release_datastore_is_upgraded_in_place_and_keeps_every_record(db: &dy
     assert_eq!(tasks[0].ticket, "CHG-1");
     let deploy = by_id("spiffe://example.org/jit/deploy");
     assert_eq!(
-        ds.open_task_for_entry(&deploy.id).await.unwrap().as_ref(),
+        ds.open_tasks_for_entry(&deploy.id).await.unwrap().first(),
         tasks.first()
     );
     let (revoked, svids) = ds.revoked_since(0).await.unwrap();

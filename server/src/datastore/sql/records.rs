@@ -16,7 +16,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use common::entry::{Disabled, Governance};
-use common::task::TaskState;
+use common::task::{BindKind, Holder, ProcessInstance, TaskBinding, TaskState};
 use common::{EntryId, RegistrationEntry, Selector, SelectorSet, SpiffeId, TaskId};
 use sha2::{Digest as _, Sha256};
 
@@ -101,16 +101,16 @@ pub(super) const LIST_AUDIT: &str = "SELECT * FROM audit_log
 pub(super) const INSERT_TASK: &str = "INSERT INTO tasks (id, state, entry_id, spiffe_id,
         parent_id, provisioned, requester, approver, reason, ticket, scopes, created_at,
         activated_at, deadline, ended_at, end_reason, decision, requester_uid, requester_user,
-        approver_uid, tenant, audiences)
+        approver_uid, tenant, audiences, bind_kind, bind_pid, bind_start_time, bind_agent)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-        $19, $20, $21, $22)";
+        $19, $20, $21, $22, $23, $24, $25, $26)";
 pub(super) const GET_TASK: &str = "SELECT * FROM tasks WHERE id = $1";
 pub(super) const LIST_TASKS: &str =
     "SELECT * FROM tasks WHERE ($1 IS NULL OR state = $1) ORDER BY created_at, id";
 pub(super) const DUE_TASKS: &str = "SELECT * FROM tasks
     WHERE state IN ('pending_approval', 'active') AND deadline <= $1 ORDER BY deadline, id";
-pub(super) const OPEN_TASK_FOR_ENTRY: &str =
-    "SELECT * FROM tasks WHERE entry_id = $1 AND state IN ('pending_approval', 'active')";
+pub(super) const OPEN_TASKS_FOR_ENTRY: &str = "SELECT * FROM tasks
+    WHERE entry_id = $1 AND state IN ('pending_approval', 'active') ORDER BY created_at, id";
 pub(super) const ENDED_TASKS: &str = "SELECT * FROM tasks
     WHERE state NOT IN ('pending_approval', 'active') AND deadline > $1 ORDER BY ended_at, id";
 pub(super) const UPSERT_TASK_SVID: &str = "INSERT INTO task_svids (serial, task_id,
@@ -183,7 +183,8 @@ pub(super) fn update_task_sql(expected: &[TaskState]) -> Option<String> {
             provisioned = $6, requester = $7, approver = $8, reason = $9, ticket = $10,
             scopes = $11, created_at = $12, activated_at = $13, deadline = $14, ended_at = $15,
             end_reason = $16, decision = $17, requester_uid = $18, requester_user = $19,
-            approver_uid = $20, tenant = $21, audiences = $22
+            approver_uid = $20, tenant = $21, audiences = $22, bind_kind = $23, bind_pid = $24,
+            bind_start_time = $25, bind_agent = $26
         WHERE id = $1 AND state IN ({})",
         states.join(", ")
     ))
@@ -368,6 +369,7 @@ pub(super) struct TaskRow {
     scopes: String,
     audiences: String,
     decision: String,
+    bind_agent: Option<String>,
 }
 
 impl TaskRow {
@@ -376,10 +378,12 @@ impl TaskRow {
             scopes: to_json(&t.scopes),
             audiences: to_json(&t.audiences),
             decision: serde_json::to_string(&t.decision).map_err(|e| corrupt("decision", e))?,
+            bind_agent: t.binding.holder().map(|h| h.agent.to_string()),
         })
     }
 
-    pub(super) fn params<'a>(&'a self, t: &'a TaskRecord) -> [Param<'a>; 22] {
+    pub(super) fn params<'a>(&'a self, t: &'a TaskRecord) -> [Param<'a>; 26] {
+        let holder = t.binding.holder().map(|h| h.process);
         [
             Param::Text(t.id.as_str()),
             Param::Text(t.state.as_str()),
@@ -403,6 +407,12 @@ impl TaskRow {
             Param::OptInt(t.approver_uid.map(i64::from)),
             Param::Text(&t.tenant),
             Param::Text(&self.audiences),
+            Param::Text(t.binding.kind().as_str()),
+            Param::OptInt(holder.map(|p| i64::from(p.pid))),
+            // Start times are clock ticks since boot: far below i64::MAX (at 100 Hz, 2.9
+            // billion years); a value that does not fit would be refused when read back.
+            Param::OptInt(holder.map(|p| i64::try_from(p.start_time).unwrap_or(i64::MAX))),
+            Param::OptText(self.bind_agent.as_deref()),
         ]
     }
 }
@@ -463,6 +473,44 @@ pub(super) fn task(row: &impl Cells) -> Result<TaskRecord, DatastoreError> {
         requester_unix,
         approver_uid: uid(row, "approver_uid")?,
         tenant: row.text("tenant")?,
+        binding: binding(row)?,
+    })
+}
+
+/// A task's binding (schema version 8 on): `bind_kind`, and for a process or tree binding
+/// the holder's pid, start time and agent, all present; for selectors, none.
+fn binding(row: &impl Cells) -> Result<TaskBinding, DatastoreError> {
+    let kind: BindKind = row
+        .text("bind_kind")?
+        .parse()
+        .map_err(|e| corrupt("bind_kind", e))?;
+    let pid = row
+        .opt_int("bind_pid")?
+        .map(|v| u32::try_from(v).map_err(|e| corrupt("bind_pid", e)))
+        .transpose()?;
+    let start_time = row
+        .opt_int("bind_start_time")?
+        .map(|v| u64::try_from(v).map_err(|e| corrupt("bind_start_time", e)))
+        .transpose()?;
+    let agent = row.opt_text("bind_agent")?;
+    let holder = match (pid, start_time, agent) {
+        (Some(pid), Some(start_time), Some(agent)) if kind != BindKind::Selectors => Holder {
+            process: ProcessInstance { pid, start_time },
+            agent: SpiffeId::new(&agent).map_err(|e| corrupt("bind_agent", e))?,
+        },
+        (None, None, None) if kind == BindKind::Selectors => return Ok(TaskBinding::Selectors),
+        _ => {
+            return Err(corrupt(
+                "bind_kind",
+                format!("does not agree with bind_pid, bind_start_time and bind_agent ({kind})"),
+            ));
+        }
+    };
+    // Selectors returned above.
+    Ok(if kind == BindKind::Process {
+        TaskBinding::Process(holder)
+    } else {
+        TaskBinding::Tree(holder)
     })
 }
 

@@ -816,6 +816,7 @@ pub(crate) async fn node_api_signing(
             .map(|(i, csr)| CsrForEntry {
                 entry_id: ids[i % ids.len()].clone(),
                 csr,
+                task_id: String::new(),
             })
             .collect(),
     });
