@@ -276,3 +276,21 @@ impl std::ops::DerefMut for ServerProc {
         &mut self.run
     }
 }
+
+/// Runs `tessera-server run` under `dir` with `args`, expecting it to refuse its
+/// configuration and exit at start: its exit code (`None` if it was still running after
+/// 20 s) and its log.
+pub fn refused_start(dir: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let log = dir.join("refused.log");
+    let mut cmd = Command::new(bin("tessera-server"));
+    cmd.arg("run")
+        .args(["--trust-domain", TRUST_DOMAIN, "--data-dir"])
+        .arg(dir.join("data"))
+        .arg("--admin-socket")
+        .arg(dir.join("admin.sock"))
+        .args(["--bind", &format!("127.0.0.1:{}", free_port())])
+        .args(args);
+    let mut p = Process::spawn("tessera-server", cmd, &log);
+    let code = p.wait_exit(Duration::from_secs(20));
+    (code, std::fs::read_to_string(&log).unwrap_or_default())
+}

@@ -671,29 +671,12 @@ async fn openssl_and_rustls_refuse_an_ended_tasks_certificate_with_the_crl_from_
     .expect("standing SVID accepted");
 }
 
-/// Runs `tessera-server run` with `args` and expects it to exit at start; returns its exit
-/// code and log.
-fn refused_start(dir: &Path, args: &[&str]) -> (Option<i32>, String) {
-    let log = dir.join("refused.log");
-    let mut cmd = Command::new(tests::bin("tessera-server"));
-    cmd.arg("run")
-        .args(["--trust-domain", "example.org", "--data-dir"])
-        .arg(dir.join("data"))
-        .arg("--admin-socket")
-        .arg(dir.join("admin.sock"))
-        .args(["--bind", &format!("127.0.0.1:{}", free_port())])
-        .args(args);
-    let mut p = tests::Process::spawn("tessera-server", cmd, &log);
-    let code = p.wait_exit(Duration::from_secs(20));
-    (code, std::fs::read_to_string(&log).unwrap_or_default())
-}
-
 #[test]
 fn the_server_refuses_an_incomplete_listener_config_and_a_key_others_may_read() {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = tempfile::tempdir().unwrap();
     let pki = WebPki::generate(dir.path()).unwrap();
-    let (code, log) = refused_start(
+    let (code, log) = tests::server::refused_start(
         dir.path(),
         &["--relying-party-url", "https://tessera.example.org"],
     );
@@ -715,14 +698,14 @@ fn the_server_refuses_an_incomplete_listener_config_and_a_key_others_may_read() 
         "--relying-party-key-file",
         pki.key_file.to_str().unwrap(),
     ];
-    let (code, log) = refused_start(dir.path(), &full);
+    let (code, log) = tests::server::refused_start(dir.path(), &full);
     assert_eq!(code, Some(64), "{log}");
     assert!(log.contains("is not an https:// URL"), "{log}");
 
     std::fs::set_permissions(&pki.key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut https_url = full;
     https_url[3] = "https://tessera.example.org";
-    let (code, log) = refused_start(dir.path(), &https_url);
+    let (code, log) = tests::server::refused_start(dir.path(), &https_url);
     assert!(matches!(code, Some(c) if c != 0), "{code:?}: {log}");
     assert!(log.contains("chmod 600"), "{log}");
 }

@@ -502,22 +502,6 @@ async fn a_refusing_receiver_never_delays_another() {
     );
 }
 
-/// Runs `tessera-server run` with `args`, expecting it to exit at start: exit code, log.
-fn refused_start(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
-    let log = dir.join("refused.log");
-    let mut cmd = std::process::Command::new(tests::bin("tessera-server"));
-    cmd.arg("run")
-        .args(["--trust-domain", "example.org", "--data-dir"])
-        .arg(dir.join("data"))
-        .arg("--admin-socket")
-        .arg(dir.join("admin.sock"))
-        .args(["--bind", &format!("127.0.0.1:{}", free_port())])
-        .args(args);
-    let mut p = tests::Process::spawn("tessera-server", cmd, &log);
-    let code = p.wait_exit(Duration::from_secs(20));
-    (code, std::fs::read_to_string(&log).unwrap_or_default())
-}
-
 #[test]
 fn the_server_refuses_an_http_receiver_and_a_missing_ca_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -525,19 +509,19 @@ fn the_server_refuses_an_http_receiver_and_a_missing_ca_file() {
     let mut args = vec!["--set-receiver", "http://rx.example.org/events"];
     args.extend(iss);
     args.extend(["--set-receiver-ca-file", "/nonexistent.pem"]);
-    let (code, log) = refused_start(dir.path(), &args);
+    let (code, log) = tests::server::refused_start(dir.path(), &args);
     assert_eq!(code, Some(64), "{log}");
     assert!(log.contains("is not an https:// URL"), "{log}");
 
     let mut args = vec!["--set-receiver", "https://rx.example.org/events"];
     args.extend(iss);
-    let (code, log) = refused_start(dir.path(), &args);
+    let (code, log) = tests::server::refused_start(dir.path(), &args);
     assert_eq!(code, Some(64), "{log}");
     assert!(log.contains("needs set_receiver_ca_file"), "{log}");
 
     let missing = dir.path().join("no-such-roots.pem");
     args.extend(["--set-receiver-ca-file", missing.to_str().unwrap()]);
-    let (code, log) = refused_start(dir.path(), &args);
+    let (code, log) = tests::server::refused_start(dir.path(), &args);
     assert!(matches!(code, Some(c) if c != 0), "{code:?}: {log}");
     assert!(log.contains("no-such-roots.pem"), "{log}");
 }
