@@ -255,7 +255,8 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
                 config.jwt_mint_limits,
                 Arc::new(crate::clock::SystemClock),
             )),
-        ),
+        )
+        .with_task_x509_svid_ttl(config.task_x509_svid_ttl),
         events,
         bundle: bundle.clone(),
         tasks: Arc::clone(&task_service),

@@ -33,6 +33,8 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/tessera/server";
 pub const ADMIN_SOCKET_IN_RUNTIME_DIR: &str = "tessera-server/admin.sock";
 /// Default longest task lifetime.
 pub const DEFAULT_MAX_TASK_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Default longest lifetime of a task's X.509-SVID (re-issued while the task runs).
+pub const DEFAULT_TASK_X509_SVID_TTL: Duration = Duration::from_secs(5 * 60);
 /// How often verified domains are checked again, by default.
 pub const DEFAULT_DOMAIN_RECHECK_INTERVAL: Duration = Duration::from_secs(3600);
 /// Longest SVID lifetime an entry may ask for.
@@ -98,6 +100,11 @@ pub struct RawServerConfig {
     /// Longest task lifetime, whatever the policy allows, e.g. 8h [default: 24h].
     #[arg(long)]
     pub max_task_ttl: Option<String>,
+    /// Longest lifetime of a task's X.509-SVID, e.g. 2m [default: 5m]: the agent renews
+    /// it while the task runs, so a TLS peer that checks no CRL is exposed at most this long
+    /// after the task ends.
+    #[arg(long)]
+    pub task_x509_svid_ttl: Option<String>,
     /// Unix group whose members may use the admin API too (e.g. task approvers): the admin
     /// socket becomes group-accessible (0660).
     #[arg(long)]
@@ -202,6 +209,7 @@ impl std::fmt::Debug for RawServerConfig {
             health_address,
             policy_dir,
             max_task_ttl,
+            task_x509_svid_ttl,
             admin_group,
             admin_socket_group,
             dns_resolver,
@@ -241,6 +249,7 @@ impl std::fmt::Debug for RawServerConfig {
             .field("health_address", health_address)
             .field("policy_dir", policy_dir)
             .field("max_task_ttl", max_task_ttl)
+            .field("task_x509_svid_ttl", task_x509_svid_ttl)
             .field("admin_group", admin_group)
             .field("admin_socket_group", admin_socket_group)
             .field("dns_resolver", dns_resolver)
@@ -405,6 +414,8 @@ pub struct ServerConfig {
     pub policy_dir: Option<PathBuf>,
     /// Longest task lifetime.
     pub max_task_ttl: Duration,
+    /// Longest lifetime of a task's X.509-SVID.
+    pub task_x509_svid_ttl: Duration,
     /// Group allowed on the admin socket besides root and the server's user, by gid.
     pub admin_gid: Option<u32>,
     /// Group that may connect to the admin socket (tenant admins among them), by gid.
@@ -503,6 +514,7 @@ impl RawServerConfig {
             health_address,
             policy_dir,
             max_task_ttl,
+            task_x509_svid_ttl,
             admin_group,
             admin_socket_group,
             dns_resolver,
@@ -542,6 +554,7 @@ impl RawServerConfig {
             health_address: health_address.or(self.health_address),
             policy_dir: policy_dir.or(self.policy_dir),
             max_task_ttl: max_task_ttl.or(self.max_task_ttl),
+            task_x509_svid_ttl: task_x509_svid_ttl.or(self.task_x509_svid_ttl),
             admin_group: admin_group.or(self.admin_group),
             admin_socket_group: admin_socket_group.or(self.admin_socket_group),
             dns_resolver: dns_resolver.or(self.dns_resolver),
@@ -736,6 +749,11 @@ impl ServerConfig {
             raw.max_task_ttl.as_ref(),
             DEFAULT_MAX_TASK_TTL,
         )?;
+        let task_x509_svid_ttl = duration(
+            "task_x509_svid_ttl",
+            raw.task_x509_svid_ttl.as_ref(),
+            DEFAULT_TASK_X509_SVID_TTL,
+        )?;
         let group = |key: &'static str, name: Option<&str>| {
             name.map(|g| match nix::unistd::Group::from_name(g) {
                 Ok(Some(grp)) => Ok(grp.gid.as_raw()),
@@ -908,6 +926,7 @@ impl ServerConfig {
             health_address,
             policy_dir,
             max_task_ttl,
+            task_x509_svid_ttl,
             admin_gid,
             admin_socket_gid,
             dns_resolver,
@@ -1321,7 +1340,7 @@ mod tests {
             .get_arguments()
             .map(|a| a.get_id().to_string())
             .collect();
-        assert_eq!(ids.len(), 37, "{ids:?}");
+        assert_eq!(ids.len(), 38, "{ids:?}");
         for id in ids {
             // A text key, a number key or a list key.
             let ok = ["\"x\"", "1", "[\"x\"]"]

@@ -125,6 +125,8 @@ pub struct Issuer {
     jwt: Arc<JwtKeyManager>,
     tasks: Arc<Tasks>,
     limiter: Arc<MintLimiter>,
+    /// Longest lifetime of a task's X.509-SVID (the agent renews it while the task runs).
+    task_x509_ttl: Duration,
 }
 
 impl Issuer {
@@ -143,7 +145,15 @@ impl Issuer {
             jwt,
             tasks,
             limiter,
+            task_x509_ttl: crate::config::DEFAULT_TASK_X509_SVID_TTL,
         }
+    }
+
+    /// Caps task X.509-SVIDs at `ttl` (default [`crate::config::DEFAULT_TASK_X509_SVID_TTL`]).
+    #[must_use]
+    pub fn with_task_x509_svid_ttl(mut self, ttl: Duration) -> Self {
+        self.task_x509_ttl = ttl;
+        self
     }
 
     /// The entry `entry_id` if `agent` may receive credentials for it: parented to it,
@@ -251,9 +261,9 @@ impl Issuer {
                     continue;
                 }
             };
-            let ttl = grant
-                .as_ref()
-                .map_or(entry.x509_svid_ttl, |g| entry.x509_svid_ttl.min(g.max_ttl));
+            let ttl = grant.as_ref().map_or(entry.x509_svid_ttl, |g| {
+                entry.x509_svid_ttl.min(g.max_ttl).min(self.task_x509_ttl)
+            });
             let ttl = until_expiry(&entry, ttl);
             let task_id = grant.as_ref().map(|g| g.task.id.clone());
             let dns_names = self.issuable_dns_names(&entry, &mut domains).await?;
@@ -642,6 +652,58 @@ mod tests {
         assert!(
             !c.contains_key(common::task::JWT_CLAIM) && !c.contains_key(common::task::SCOPE_CLAIM)
         );
+    }
+
+    /// Seconds from now until the `notAfter` of the one X.509-SVID `f` signs for `entry`.
+    async fn x509_lifetime(issuer: &Issuer, entry: &RegistrationEntry) -> i64 {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let out = issuer
+            .sign_x509(
+                &SpiffeId::new(AGENT).unwrap(),
+                vec![CsrRequest {
+                    entry_id: entry.id.clone(),
+                    task_id: None,
+                    csr: common::svid::csr_for(&key).unwrap(),
+                }],
+            )
+            .await
+            .unwrap();
+        let [X509Outcome::Signed { chain, .. }] = out.as_slice() else {
+            panic!("{out:?}");
+        };
+        let leaf = common::svid::parse_leaf(&chain[0]).unwrap();
+        unix_seconds(leaf.not_after) - now_unix()
+    }
+
+    #[tokio::test]
+    async fn task_x509_svids_live_at_most_the_configured_short_lifetime() {
+        let mut f = fixture().await;
+        let jit = entry(&f, "tool", true).await;
+        let standing = entry(&f, "web", false).await;
+        f.tasks
+            .create(
+                &Requester::User(operator()),
+                &TaskRequest {
+                    target: TaskTarget::Entry(jit.id.clone()),
+                    reason: "call the tool".into(),
+                    ticket: String::new(),
+                    scopes: vec![],
+                    audiences: vec![],
+                    ttl: Some(HOUR),
+                    binding: common::task::TaskBinding::Selectors,
+                },
+            )
+            .await
+            .unwrap();
+        // The entry and the task allow an hour; the task's certificate gets 5 minutes.
+        let t = x509_lifetime(&f.issuer, &jit).await;
+        assert!((295..=300).contains(&t), "{t}");
+        let s = x509_lifetime(&f.issuer, &standing).await;
+        assert!(s > 3000, "a standing SVID keeps its entry's TTL: {s}");
+        f.issuer = f.issuer.with_task_x509_svid_ttl(Duration::from_secs(120));
+        let t = x509_lifetime(&f.issuer, &jit).await;
+        assert!((115..=120).contains(&t), "{t}");
+        assert!(x509_lifetime(&f.issuer, &standing).await > 3000);
     }
 
     fn list(n: usize, len: usize) -> Vec<String> {
