@@ -26,10 +26,7 @@ use x509_parser::prelude::{FromDer as _, X509Certificate};
 use crate::Config;
 use crate::procs::{entry_spec, with_header, workload_client};
 use crate::stats::{Figure, Unit, percentile};
-use crate::workload::{Cluster, NODE_ID};
-
-/// Polled answers that refused at the first poll (see [`until`]).
-static FIRST_POLL_REFUSED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+use crate::workload::{Cluster, NODE_ID, ms};
 
 /// The audience every sample's task declares.
 const AUDIENCE: &str = "tools.bench.example.org";
@@ -37,10 +34,6 @@ const AUDIENCE: &str = "tools.bench.example.org";
 const POLL: Duration = Duration::from_millis(2);
 /// The longest a relying party may keep accepting a credential before the sample fails.
 const GIVE_UP: Duration = Duration::from_secs(30);
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
 
 /// The payload of a compact JWT.
 fn claims(token: &str) -> anyhow::Result<Value> {
@@ -196,13 +189,13 @@ where
 }
 
 /// One sample: milliseconds until each polled kind refuses, and seconds the unchecked
-/// kinds keep accepting.
+/// kinds keep accepting; and how many polled kinds refused at their first poll.
 async fn sample(
     cluster: &Cluster,
     jit_entry: &str,
     jit_id: &str,
     rp: (SocketAddr, &CertificateDer<'static>),
-) -> anyhow::Result<[f64; 7]> {
+) -> anyhow::Result<([f64; 7], usize)> {
     let mut client = workload_client(&cluster.agent.socket).await?;
     let mut stream = client
         .fetch_x509svid(with_header(X509svidRequest {}))
@@ -260,19 +253,21 @@ async fn sample(
     });
     let (on_stream, validate, crl, status) = tokio::try_join!(on_stream, validate, crl, status)?;
     let first_polls = [validate, crl, status].iter().filter(|t| **t < 0.0).count();
-    FIRST_POLL_REFUSED.fetch_add(first_polls, std::sync::atomic::Ordering::Relaxed);
     let (validate, crl, status) = (validate.abs(), crl.abs(), status.abs());
     // Relying parties that check neither: until the credential expires.
     let secs = |until: i64| (until - ended_at) as f64;
-    Ok([
-        ms(t0 - t_call),
-        on_stream,
-        validate,
-        crl,
-        status,
-        secs(cred.jwt_exp),
-        secs(cred.x509_not_after),
-    ])
+    Ok((
+        [
+            ms(t0 - t_call),
+            on_stream,
+            validate,
+            crl,
+            status,
+            secs(cred.jwt_exp),
+            secs(cred.x509_not_after),
+        ],
+        first_polls,
+    ))
 }
 
 /// Figure 7, `cfg.reps` repeats of `cfg.propagation_entries / 4` (at least 3) tasks.
@@ -287,6 +282,8 @@ pub(crate) async fn usable_after_end(
         .context("the bench server serves no relying parties")?;
     let tasks = (cfg.propagation_entries / 4).max(3);
     let mut per_kind: Vec<Vec<Vec<f64>>> = vec![Vec::new(); 7];
+    // Polled answers that refused at the first poll (see `until`).
+    let mut first = 0;
     for rep in 0..cfg.reps {
         eprintln!(
             "  usable after end repeat {}/{} ({tasks} tasks)",
@@ -301,7 +298,9 @@ pub(crate) async fn usable_after_end(
         let jit = crate::procs::create_entry(&admin, spec).await?;
         let mut rows: Vec<Vec<f64>> = vec![Vec::new(); 7];
         for _ in 0..tasks {
-            let s = sample(cluster, &jit.id, &jit_id, (rp.addr, &rp.pki.ca_der)).await?;
+            let (s, first_polls) =
+                sample(cluster, &jit.id, &jit_id, (rp.addr, &rp.pki.ca_der)).await?;
+            first += first_polls;
             for (row, v) in rows.iter_mut().zip(s) {
                 row.push(v);
             }
@@ -341,7 +340,6 @@ pub(crate) async fn usable_after_end(
             "offline JWT validator checking the status list: bit set",
         ),
     ];
-    let first = FIRST_POLL_REFUSED.load(std::sync::atomic::Ordering::Relaxed);
     let polls = 3 * tasks * cfg.reps;
     let note = format!(
         "{first} of {polls} polled answers (agent, CRL, status list) refused at the first poll \

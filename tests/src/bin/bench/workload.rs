@@ -30,7 +30,7 @@ pub(crate) const NODE_ID: &str = "spiffe://example.org/node/bench";
 /// The identity the benchmark process holds in the cluster.
 pub(crate) const WORKLOAD_ID: &str = "spiffe://example.org/bench/workload";
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
