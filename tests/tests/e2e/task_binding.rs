@@ -632,3 +632,174 @@ fn parallel_tasks_on_one_entry_each_reach_only_their_own_process() {
         kill(watch, "-9");
     });
 }
+
+/// The second node of the two-node kill -9 test below.
+const NODE_B: &str = "spiffe://example.org/node/b";
+/// A standing workload on node B that validates tokens.
+const VALIDATOR: &str = "spiffe://example.org/svc/validator";
+
+/// Unix milliseconds now.
+fn unix_ms() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(d.as_millis()).unwrap()
+}
+
+/// One server, two nodes. On node A a runtime (`sh`) begins a task bound to itself and
+/// its descendants (`--bind tree`); its child holds an open X.509-SVID stream carrying
+/// the task's SVID, and another child takes the task's JWT-SVID, which a workload on node
+/// B validates through node B's agent. `kill -9` of the runtime: (a) node A's agent ends
+/// the task, "requester exited"; (b) the child's open stream on node A drops the task's
+/// SVID and (c) node B's `ValidateJWTSVID` refuses the token, each within 1 s of the
+/// kill, measured and printed.
+///
+/// A process-bound task's SVIDs are served only on the node of its holder (the binding
+/// names the agent), so the stream that loses the SVID is on the holder's node; the other
+/// node sees the end through the revocations every agent receives.
+#[test]
+fn kill_9_of_a_tree_bound_runtime_reaches_its_childs_stream_and_another_node_within_a_second() {
+    let (c, _p) = cluster();
+    // Node B: a second agent of the same server, with a standing workload of its own.
+    let join = c.server.token(NODE_B);
+    let mut node_b = tests::AgentProc::new(&c.dir.path().join("node-b"), &c.server);
+    node_b.restart(Some(&join));
+    c.server.wait_attested(NODE_B, Duration::from_secs(30));
+    c.server.cli_json(&[
+        "entry",
+        "create",
+        "--parent-id",
+        NODE_B,
+        "--spiffe-id",
+        VALIDATOR,
+        "--selector",
+        "unix:uid:0",
+    ]);
+    let rt = tests::runtime();
+    rt.block_on(async {
+        let mut s = tests::workload_client(&node_b.socket_path)
+            .await
+            .fetch_x509svid(with_header(X509svidRequest {}))
+            .await
+            .expect("node B's stream")
+            .into_inner();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let msg = tokio::time::timeout_at(deadline, s.message())
+                .await
+                .expect("node B serves its workload within 15 s")
+                .unwrap()
+                .unwrap();
+            if msg.svids.iter().any(|s| s.spiffe_id == VALIDATOR) {
+                break;
+            }
+        }
+    });
+
+    // Node A: the runtime, its child's open stream, the task's JWT-SVID.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut sh, task, watch, watch_out) = shell_holder(&c, "tree", dir.path());
+    let id = task["id"].as_str().unwrap().to_owned();
+    assert_eq!(task["binding"]["kind"], "tree", "{task}");
+    assert_eq!(task["binding"]["agent_id"], tests::AGENT_ID, "{task}");
+    wait_for(Duration::from_secs(10), || {
+        watch_updates(&watch_out)
+            .last()
+            .filter(|ids| ids.iter().any(|i| i == TOOL))
+            .map(|_| ())
+    })
+    .unwrap_or_else(|| panic!("the child's stream: {:?}", watch_updates(&watch_out)));
+    let token = wait_for(Duration::from_secs(10), || {
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("jwt.json")).ok()?).ok()?;
+        v["svids"][0]["svid"].as_str().map(str::to_owned)
+    })
+    .expect("the runtime's child got the task's JWT-SVID");
+    assert_eq!(tests::jwt::segment(&token, 1)["task_id"], id.as_str());
+    let validate_request = || {
+        with_header(ValidateJwtsvidRequest {
+            audience: "tools".into(),
+            svid: token.clone(),
+        })
+    };
+    let mut validator = rt.block_on(tests::workload_client(&node_b.socket_path));
+    rt.block_on(validator.validate_jwtsvid(validate_request()))
+        .expect("node B accepts the token while the runtime lives");
+    let updates_before = watch_updates(&watch_out).len();
+
+    // kill -9 the runtime; watch the child's stream (node A) and node B's validation.
+    let killed_ms = unix_ms();
+    let killed = Instant::now();
+    sh.kill().unwrap();
+    let (mut stream_dropped, mut refused) = (None, None);
+    rt.block_on(async {
+        let deadline = killed + Duration::from_secs(5);
+        while (stream_dropped.is_none() || refused.is_none()) && Instant::now() < deadline {
+            if refused.is_none()
+                && let Err(status) = validator.validate_jwtsvid(validate_request()).await
+            {
+                refused = Some((killed.elapsed(), status));
+            }
+            if stream_dropped.is_none() {
+                let updates = watch_updates(&watch_out);
+                if updates.len() > updates_before
+                    && updates
+                        .last()
+                        .is_some_and(|ids| ids.iter().all(|i| i != TOOL))
+                {
+                    stream_dropped = Some(killed.elapsed());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    sh.wait().unwrap();
+    kill(watch, "-9");
+
+    // (a) The task ended by itself, as "requester exited", ended by node A's agent.
+    let ended = wait_for(Duration::from_secs(5), || {
+        let t = task_show(&c, &id);
+        (t["state"] != "active").then_some(t)
+    })
+    .expect("the task ends after its runtime is killed");
+    assert_eq!(ended["state"], "cancelled", "{ended}");
+    assert_eq!(ended["end_reason"], "requester exited", "{ended}");
+    let out = c
+        .server
+        .cli(&["audit", "show", "--task", &id, "--output", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let record = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|r| r["kind"] == "task.ended")
+        .expect("a task.ended record");
+    assert_eq!(record["detail"]["by"], tests::AGENT_ID, "{record}");
+    let end_ms = record["at_ms"].as_i64().unwrap() - killed_ms;
+
+    let (refused_after, status) = refused.expect("node B refuses the token within 5 s");
+    let dropped_after = stream_dropped.unwrap_or_else(|| {
+        panic!(
+            "the child's stream kept the SVID: {:?}",
+            watch_updates(&watch_out)
+        )
+    });
+    println!(
+        "runtime killed -> (a) task ended (requester exited) after {end_ms} ms; (b) SVID gone \
+         from the child's stream on node A after {} ms; (c) ValidateJWTSVID on node B refuses \
+         the token after {} ms",
+        dropped_after.as_millis(),
+        refused_after.as_millis()
+    );
+    assert!(
+        status.message().contains("has ended (cancelled)"),
+        "{status:?}"
+    );
+    assert!(
+        dropped_after < Duration::from_secs(1),
+        "(b) took {dropped_after:?}"
+    );
+    assert!(
+        refused_after < Duration::from_secs(1),
+        "(c) took {refused_after:?}"
+    );
+}
