@@ -641,3 +641,24 @@ fn a_killed_runtimes_task_ends_by_itself_and_the_offline_tool_refuses_its_token(
 fn shown_status_index(token: &str) -> Value {
     tests::jwt::segment(token, 1)["status"]["status_list"]["idx"].clone()
 }
+
+/// `tool_server.py`'s own unit tests (`deploy/examples/agentic/tests`): status list
+/// entries of every width per the draft's examples, and the refusals.
+#[test]
+fn example_tool_server_unit_tests_pass() {
+    let out = Command::new("python3")
+        .args(["-m", "unittest", "discover", "-v", "-s"])
+        .arg(example().join("tests"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .expect("python3 must be installed to run the example's unit tests");
+    let stderr = stderr(&out);
+    assert!(
+        out.status.success(),
+        "deploy/examples/agentic unit tests failed (install PyJWT with \
+         `python3 -m pip install -r tests/py/requirements.txt`):\n{stderr}"
+    );
+    // unittest reports on stderr; an empty discovery must not pass.
+    assert!(stderr.contains("\nOK"), "{stderr}");
+    assert!(!stderr.contains("Ran 0 tests"), "{stderr}");
+}
