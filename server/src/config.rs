@@ -611,6 +611,12 @@ impl RawServerConfig {
 
 pub use common::duration::parse_duration;
 
+/// Default of `break_glass_max_ttl`: the longest a break-glass task lives.
+pub const DEFAULT_BREAK_GLASS_MAX_TTL: Duration = Duration::from_secs(15 * 60);
+/// Default of `set_give_up_after`: how old an event may get before its SET is abandoned
+/// for a receiver.
+pub const DEFAULT_SET_GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 3600);
+
 /// Default of `max_parallel_tasks_per_entry`.
 pub const DEFAULT_MAX_PARALLEL_TASKS_PER_ENTRY: u32 = 16;
 
@@ -794,7 +800,7 @@ impl ServerConfig {
         let break_glass_max_ttl = positive_duration(
             "break_glass_max_ttl",
             raw.break_glass_max_ttl.as_ref(),
-            crate::tasks::DEFAULT_BREAK_GLASS_MAX_TTL,
+            DEFAULT_BREAK_GLASS_MAX_TTL,
         )?;
         let group = |key: &'static str, name: Option<&str>| {
             name.map(|g| match nix::unistd::Group::from_name(g) {
@@ -928,7 +934,7 @@ impl ServerConfig {
         let set_give_up_after = positive_duration(
             "set_give_up_after",
             raw.set_give_up_after.as_ref(),
-            crate::set_push::DEFAULT_GIVE_UP_AFTER,
+            DEFAULT_SET_GIVE_UP_AFTER,
         )?;
         let set_push = set_push(
             raw.set_receivers,
@@ -1059,7 +1065,7 @@ fn set_push(
         ca_file,
         audience,
         issuer: issuer.to_owned(),
-        give_up_after: crate::set_push::DEFAULT_GIVE_UP_AFTER,
+        give_up_after: DEFAULT_SET_GIVE_UP_AFTER,
     }))
 }
 

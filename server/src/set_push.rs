@@ -13,7 +13,8 @@
 //!
 //! A delivery is a 2xx answer (202 expected). Anything else, or no answer within
 //! [`REQUEST_TIMEOUT`], is retried after [`FIRST_RETRY`], doubling up to [`MAX_RETRY`],
-//! until the event is `set_give_up_after` old ([`DEFAULT_GIVE_UP_AFTER`]); then it is
+//! until the event is `set_give_up_after` old (default
+//! [`crate::config::DEFAULT_SET_GIVE_UP_AFTER`]); then it is
 //! abandoned. Both outcomes are
 //! audited (`set.delivered`, `set.abandoned`, with receiver, `jti` and attempts). A SET's
 //! `jti` is derived from the audit record's hash and the receiver's URL: the retries of one
@@ -56,9 +57,6 @@ pub const SET_CONTENT_TYPE: &str = "application/secevent+jwt";
 pub const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// Longest wait between retries.
 pub const MAX_RETRY: Duration = Duration::from_secs(60);
-/// Default of `set_give_up_after`: how old an event may get before its SET is abandoned
-/// for a receiver.
-pub const DEFAULT_GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 3600);
 /// Connect, TLS handshake, request and response head, together.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the log is read even when this server appended nothing (another server

@@ -53,8 +53,6 @@ const EXPIRY_TICK: Duration = Duration::from_millis(200);
 const PRUNE_EVERY_TICKS: u32 = 25;
 /// Most standing entries a workload may speak for in one call.
 const MAX_REQUESTER_ENTRIES: usize = 1000;
-/// Default of `break_glass_max_ttl`: the longest a break-glass task lives.
-pub const DEFAULT_BREAK_GLASS_MAX_TTL: Duration = Duration::from_secs(15 * 60);
 
 /// Why a task ends when the standing identity that requested it is deleted.
 pub const REQUESTER_DELETED: &str = "requester identity deleted";
@@ -164,7 +162,7 @@ impl Tasks {
             max_ttl,
             max_parallel: usize::try_from(crate::config::DEFAULT_MAX_PARALLEL_TASKS_PER_ENTRY)
                 .unwrap_or(usize::MAX),
-            break_glass_max_ttl: DEFAULT_BREAK_GLASS_MAX_TTL,
+            break_glass_max_ttl: crate::config::DEFAULT_BREAK_GLASS_MAX_TTL,
             active: RwLock::default(),
             revocations: RevocationState::default(),
         }

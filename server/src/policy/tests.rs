@@ -366,6 +366,13 @@ fn builtin_set() {
     assert!(d.allowed && d.approval_required, "{}", d.explain());
     assert_eq!(d.max_ttl_seconds, Some(3600));
     assert_eq!(d.policies, ["builtin.cedar:workload-begin-task"]);
+    // The built-in set allows break-glass to nobody.
+    let mut asked = req(Action::BeginTask, w.clone());
+    asked.break_glass = true;
+    assert!(!e.evaluate(&asked).break_glass_allowed);
+    let mut asked = alice();
+    asked.break_glass = true;
+    assert!(!e.evaluate(&asked).break_glass_allowed);
 
     for p in [w, Principal::User("bob".into())] {
         let d = e.evaluate(&req(Action::IssueSvid, p));
