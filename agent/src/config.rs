@@ -867,6 +867,7 @@ mod tests {
             audiences: many(common::task::MAX_AUDIENCES, common::task::MAX_AUDIENCE_LEN),
             bind: "selectors".to_owned(),
             bind_pid: u32::MAX,
+            break_glass: true,
         };
         let len = largest.encoded_len();
         assert!(

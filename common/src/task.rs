@@ -442,7 +442,25 @@ pub fn task_json(t: &crate::proto::tessera::Task) -> serde_json::Value {
         "ended_at": (t.ended_at != 0).then_some(t.ended_at),
         "end_reason": (!t.end_reason.is_empty()).then_some(&t.end_reason),
         "decision": decision_json(&d),
+        "break_glass": t.break_glass,
+        "acknowledgement": (t.acknowledged_at != 0).then(|| serde_json::json!({
+            "by": t.acknowledged_by,
+            "uid": t.acknowledged_uid,
+            "at": t.acknowledged_at,
+            "note": t.acknowledgement_note,
+        })),
+        "flags": task_flags(t),
     })
+}
+
+/// What needs attention about a task: `break_glass_unreviewed` while a break-glass task
+/// awaits its after-the-fact review.
+pub fn task_flags(t: &crate::proto::tessera::Task) -> Vec<&'static str> {
+    if t.break_glass && t.acknowledged_at == 0 {
+        vec!["break_glass_unreviewed"]
+    } else {
+        Vec::new()
+    }
 }
 
 /// A task's binding as JSON: `{"kind": "selectors"}`, or with `pid`, `start_time` and
@@ -465,6 +483,7 @@ pub fn decision_json(d: &crate::proto::tessera::PolicyDecision) -> serde_json::V
         "allowed": d.allowed,
         "approval_required": d.approval_required,
         "max_ttl_seconds": (d.max_ttl_seconds != 0).then_some(d.max_ttl_seconds),
+        "break_glass_allowed": d.break_glass_allowed,
         "policies": d.policies,
         "errors": d.errors,
         "explanation": d.explanation,
@@ -535,6 +554,24 @@ pub fn task_text(t: &crate::proto::tessera::Task) -> String {
     }
     if let Some(d) = &t.decision {
         line("Policy", &d.explanation);
+    }
+    if t.break_glass {
+        if t.acknowledged_at == 0 {
+            line(
+                "Break-glass",
+                &"yes, AWAITING REVIEW (flag break_glass_unreviewed)",
+            );
+        } else {
+            let by = match t.acknowledged_uid {
+                Some(uid) => format!("{} (uid {uid})", t.acknowledged_by),
+                None => t.acknowledged_by.clone(),
+            };
+            line(
+                "Break-glass",
+                &format!("yes, acknowledged by {by} at {}", at(t.acknowledged_at)),
+            );
+            line("Review note", &t.acknowledgement_note);
+        }
     }
     s
 }

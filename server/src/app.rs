@@ -145,7 +145,8 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
             Arc::new(crate::clock::SystemClock),
             config.max_task_ttl,
         )
-        .with_max_parallel_per_entry(config.max_parallel_tasks_per_entry),
+        .with_max_parallel_per_entry(config.max_parallel_tasks_per_entry)
+        .with_break_glass_max_ttl(config.break_glass_max_ttl),
     );
     task_service
         .load()

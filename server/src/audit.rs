@@ -68,6 +68,12 @@ pub enum AuditKind {
     TaskActivated,
     /// A task ended (completed, failed, cancelled, revoked or expired). (`task.ended`)
     TaskEnded,
+    /// A break-glass task skipped approval and became active; pushed to SET receivers as
+    /// its start. (`task.break_glass`)
+    TaskBreakGlass,
+    /// Someone other than the requester reviewed a break-glass task after the fact.
+    /// (`task.acknowledged`)
+    TaskAcknowledged,
     /// An agent validated (or refused) a task's JWT-SVID. (`task.jwt.validated`)
     TaskJwtValidated,
     /// A tenant was created. (`tenant.created`)
@@ -121,6 +127,8 @@ impl AuditKind {
         Self::TaskApproved,
         Self::TaskActivated,
         Self::TaskEnded,
+        Self::TaskBreakGlass,
+        Self::TaskAcknowledged,
         Self::TaskJwtValidated,
         Self::TenantCreated,
         Self::TenantUpdated,
@@ -160,6 +168,8 @@ impl AuditKind {
             Self::TaskApproved => "task.approved",
             Self::TaskActivated => "task.activated",
             Self::TaskEnded => "task.ended",
+            Self::TaskBreakGlass => "task.break_glass",
+            Self::TaskAcknowledged => "task.acknowledged",
             Self::TaskJwtValidated => "task.jwt.validated",
             Self::TenantCreated => "tenant.created",
             Self::TenantUpdated => "tenant.updated",

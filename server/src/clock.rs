@@ -76,6 +76,13 @@ pub fn now_unix() -> i64 {
     SystemClock.now_unix()
 }
 
+/// Milliseconds since the Unix epoch, by the system clock (0 before it).
+pub fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

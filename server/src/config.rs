@@ -105,6 +105,10 @@ pub struct RawServerConfig {
     /// after the task ends.
     #[arg(long)]
     pub task_x509_svid_ttl: Option<String>,
+    /// Longest lifetime of a break-glass task (one that skipped approval because policy
+    /// allows break-glass for its requester), e.g. 10m [default: 15m].
+    #[arg(long)]
+    pub break_glass_max_ttl: Option<String>,
     /// Unix group whose members may use the admin API too (e.g. task approvers): the admin
     /// socket becomes group-accessible (0660).
     #[arg(long)]
@@ -177,6 +181,10 @@ pub struct RawServerConfig {
     /// `aud` claim of every pushed SET [default: the receiver's URL].
     #[arg(long)]
     pub set_audience: Option<String>,
+    /// How long a SET is retried for a receiver that does not accept it, from the event,
+    /// before it is abandoned (audited as set.abandoned), e.g. 2h [default: 24h].
+    #[arg(long)]
+    pub set_give_up_after: Option<String>,
     /// Most tasks open at once on one just-in-time entry (one per bound process)
     /// [default: 16].
     #[arg(long)]
@@ -210,6 +218,7 @@ impl std::fmt::Debug for RawServerConfig {
             policy_dir,
             max_task_ttl,
             task_x509_svid_ttl,
+            break_glass_max_ttl,
             admin_group,
             admin_socket_group,
             dns_resolver,
@@ -228,6 +237,7 @@ impl std::fmt::Debug for RawServerConfig {
             set_receivers,
             set_receiver_ca_file,
             set_audience,
+            set_give_up_after,
             max_parallel_tasks_per_entry,
             log_level,
             log_format,
@@ -250,6 +260,7 @@ impl std::fmt::Debug for RawServerConfig {
             .field("policy_dir", policy_dir)
             .field("max_task_ttl", max_task_ttl)
             .field("task_x509_svid_ttl", task_x509_svid_ttl)
+            .field("break_glass_max_ttl", break_glass_max_ttl)
             .field("admin_group", admin_group)
             .field("admin_socket_group", admin_socket_group)
             .field("dns_resolver", dns_resolver)
@@ -268,6 +279,7 @@ impl std::fmt::Debug for RawServerConfig {
             .field("set_receivers", set_receivers)
             .field("set_receiver_ca_file", set_receiver_ca_file)
             .field("set_audience", set_audience)
+            .field("set_give_up_after", set_give_up_after)
             .field("max_parallel_tasks_per_entry", max_parallel_tasks_per_entry)
             .field("log_level", log_level)
             .field("log_format", log_format)
@@ -340,6 +352,9 @@ pub struct SetPushConfig {
     pub audience: Option<String>,
     /// The `iss` of every SET (the JWT issuer).
     pub issuer: String,
+    /// How long an event is retried for a receiver, from when it happened, before it is
+    /// abandoned for that receiver.
+    pub give_up_after: Duration,
 }
 
 /// Most SET receivers.
@@ -416,6 +431,8 @@ pub struct ServerConfig {
     pub max_task_ttl: Duration,
     /// Longest lifetime of a task's X.509-SVID.
     pub task_x509_svid_ttl: Duration,
+    /// Longest lifetime of a break-glass task.
+    pub break_glass_max_ttl: Duration,
     /// Group allowed on the admin socket besides root and the server's user, by gid.
     pub admin_gid: Option<u32>,
     /// Group that may connect to the admin socket (tenant admins among them), by gid.
@@ -515,6 +532,7 @@ impl RawServerConfig {
             policy_dir,
             max_task_ttl,
             task_x509_svid_ttl,
+            break_glass_max_ttl,
             admin_group,
             admin_socket_group,
             dns_resolver,
@@ -533,6 +551,7 @@ impl RawServerConfig {
             set_receivers,
             set_receiver_ca_file,
             set_audience,
+            set_give_up_after,
             max_parallel_tasks_per_entry,
             log_level,
             log_format,
@@ -555,6 +574,7 @@ impl RawServerConfig {
             policy_dir: policy_dir.or(self.policy_dir),
             max_task_ttl: max_task_ttl.or(self.max_task_ttl),
             task_x509_svid_ttl: task_x509_svid_ttl.or(self.task_x509_svid_ttl),
+            break_glass_max_ttl: break_glass_max_ttl.or(self.break_glass_max_ttl),
             admin_group: admin_group.or(self.admin_group),
             admin_socket_group: admin_socket_group.or(self.admin_socket_group),
             dns_resolver: dns_resolver.or(self.dns_resolver),
@@ -580,6 +600,7 @@ impl RawServerConfig {
             },
             set_receiver_ca_file: set_receiver_ca_file.or(self.set_receiver_ca_file),
             set_audience: set_audience.or(self.set_audience),
+            set_give_up_after: set_give_up_after.or(self.set_give_up_after),
             max_parallel_tasks_per_entry: max_parallel_tasks_per_entry
                 .or(self.max_parallel_tasks_per_entry),
             log_level: log_level.or(self.log_level),
@@ -589,6 +610,12 @@ impl RawServerConfig {
 }
 
 pub use common::duration::parse_duration;
+
+/// Default of `break_glass_max_ttl`: the longest a break-glass task lives.
+pub const DEFAULT_BREAK_GLASS_MAX_TTL: Duration = Duration::from_secs(15 * 60);
+/// Default of `set_give_up_after`: how old an event may get before its SET is abandoned
+/// for a receiver.
+pub const DEFAULT_SET_GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// Default of `max_parallel_tasks_per_entry`.
 pub const DEFAULT_MAX_PARALLEL_TASKS_PER_ENTRY: u32 = 16;
@@ -614,6 +641,22 @@ fn duration(
         None => Ok(default),
         Some(s) => parse_duration(s).map_err(|message| ServerConfigError::Invalid { key, message }),
     }
+}
+
+/// [`duration`], refusing zero.
+fn positive_duration(
+    key: &'static str,
+    v: Option<&String>,
+    default: Duration,
+) -> Result<Duration, ServerConfigError> {
+    let d = duration(key, v, default)?;
+    if d.is_zero() {
+        return Err(ServerConfigError::Invalid {
+            key,
+            message: "must be longer than 0s".into(),
+        });
+    }
+    Ok(d)
 }
 
 impl ServerConfig {
@@ -754,6 +797,11 @@ impl ServerConfig {
             raw.task_x509_svid_ttl.as_ref(),
             DEFAULT_TASK_X509_SVID_TTL,
         )?;
+        let break_glass_max_ttl = positive_duration(
+            "break_glass_max_ttl",
+            raw.break_glass_max_ttl.as_ref(),
+            DEFAULT_BREAK_GLASS_MAX_TTL,
+        )?;
         let group = |key: &'static str, name: Option<&str>| {
             name.map(|g| match nix::unistd::Group::from_name(g) {
                 Ok(Some(grp)) => Ok(grp.gid.as_raw()),
@@ -883,12 +931,21 @@ impl ServerConfig {
             Some(iss) => Some(https_base_url("jwt_issuer", iss).map(|_| iss.to_owned())?),
             None => relying_party.as_ref().map(|rp| rp.url.clone()),
         };
+        let set_give_up_after = positive_duration(
+            "set_give_up_after",
+            raw.set_give_up_after.as_ref(),
+            DEFAULT_SET_GIVE_UP_AFTER,
+        )?;
         let set_push = set_push(
             raw.set_receivers,
             raw.set_receiver_ca_file,
             raw.set_audience,
             jwt_issuer.as_deref(),
-        )?;
+        )?
+        .map(|p| SetPushConfig {
+            give_up_after: set_give_up_after,
+            ..p
+        });
         let max_parallel_tasks_per_entry = at_least_one(
             "max_parallel_tasks_per_entry",
             raw.max_parallel_tasks_per_entry,
@@ -927,6 +984,7 @@ impl ServerConfig {
             policy_dir,
             max_task_ttl,
             task_x509_svid_ttl,
+            break_glass_max_ttl,
             admin_gid,
             admin_socket_gid,
             dns_resolver,
@@ -1007,6 +1065,7 @@ fn set_push(
         ca_file,
         audience,
         issuer: issuer.to_owned(),
+        give_up_after: DEFAULT_SET_GIVE_UP_AFTER,
     }))
 }
 
@@ -1334,13 +1393,53 @@ mod tests {
     }
 
     #[test]
+    fn break_glass_cap_and_set_give_up_are_positive_durations() {
+        let c = ServerConfig::from_raw(raw("example.org")).unwrap();
+        assert_eq!(c.break_glass_max_ttl, Duration::from_secs(15 * 60));
+        let ok = [
+            "--set-receiver",
+            "https://rx.example.org/events",
+            "--set-receiver-ca-file",
+            "/ca.pem",
+            "--jwt-issuer",
+            "https://tessera.example.org",
+        ];
+        let with = |extra: &[&str]| {
+            let mut args = ok.to_vec();
+            args.extend(extra);
+            let mut r = flags(&args);
+            r.trust_domain = Some("example.org".into());
+            ServerConfig::from_raw(r)
+        };
+        let c = with(&[]).unwrap();
+        assert_eq!(
+            c.set_push.unwrap().give_up_after,
+            Duration::from_secs(24 * 3600)
+        );
+        let c = with(&["--set-give-up-after", "3s", "--break-glass-max-ttl", "5m"]).unwrap();
+        assert_eq!(c.set_push.unwrap().give_up_after, Duration::from_secs(3));
+        assert_eq!(c.break_glass_max_ttl, Duration::from_secs(300));
+        for (args, key) in [
+            (["--set-give-up-after", "0s"], "set_give_up_after"),
+            (["--set-give-up-after", "soon"], "set_give_up_after"),
+            (["--break-glass-max-ttl", "0"], "break_glass_max_ttl"),
+            (["--break-glass-max-ttl", "5x"], "break_glass_max_ttl"),
+        ] {
+            match with(&args) {
+                Err(ServerConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{args:?}"),
+                other => panic!("{args:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn every_flag_is_a_config_file_key() {
         let cmd = <RawServerConfig as clap::Args>::augment_args(clap::Command::new("run"));
         let ids: Vec<String> = cmd
             .get_arguments()
             .map(|a| a.get_id().to_string())
             .collect();
-        assert_eq!(ids.len(), 38, "{ids:?}");
+        assert_eq!(ids.len(), 40, "{ids:?}");
         for id in ids {
             // A text key, a number key or a list key.
             let ok = ["\"x\"", "1", "[\"x\"]"]

@@ -134,6 +134,33 @@ pub struct TaskRecord {
     /// What its credentials are bound to on its node (tasks recorded before schema
     /// version 8: selectors).
     pub binding: TaskBinding,
+    /// It skipped approval by break-glass (policy allowed it for its requester): capped
+    /// short, pushed to SET receivers at its start, and flagged for review until
+    /// acknowledged (tasks recorded before schema version 9: not break-glass).
+    pub break_glass: bool,
+    /// The after-the-fact review of a break-glass task, once someone other than the
+    /// requester gave it (only ever set on break-glass tasks, and only once).
+    pub acknowledgement: Option<Acknowledgement>,
+}
+
+impl TaskRecord {
+    /// A break-glass task nobody has acknowledged yet.
+    pub fn awaits_review(&self) -> bool {
+        self.break_glass && self.acknowledgement.is_none()
+    }
+}
+
+/// Who reviewed a break-glass task after the fact, when, and what they said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acknowledgement {
+    /// `user:NAME`: the operator who acknowledged it.
+    pub by: String,
+    /// That operator's uid.
+    pub uid: u32,
+    /// Unix seconds.
+    pub at: i64,
+    /// What the reviewer found (required, bounded like a reason).
+    pub note: String,
 }
 
 /// A tenant as stored: an organisation inside the trust domain (see `crate::tenants`).
@@ -381,6 +408,15 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
         &self,
         task: &TaskRecord,
         expected: &[TaskState],
+        audit: &[AuditEvent],
+    ) -> Result<bool, DatastoreError>;
+    /// Records the after-the-fact review of break-glass task `id`, with its audit records,
+    /// atomically, only if the task is break-glass and not acknowledged yet (compare-and-set;
+    /// nothing else of the task changes). Returns whether it applied.
+    async fn acknowledge_task(
+        &self,
+        id: &TaskId,
+        acknowledgement: &Acknowledgement,
         audit: &[AuditEvent],
     ) -> Result<bool, DatastoreError>;
     /// One task.

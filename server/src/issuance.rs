@@ -589,6 +589,7 @@ mod tests {
                     audiences: strings(&["a", "c"]),
                     ttl: Some(HOUR),
                     binding: common::task::TaskBinding::Selectors,
+                    break_glass: false,
                 },
             )
             .await
@@ -630,6 +631,7 @@ mod tests {
                     audiences: strings(&["a"]),
                     ttl: Some(HOUR),
                     binding: common::task::TaskBinding::Selectors,
+                    break_glass: false,
                 },
             )
             .await
@@ -691,6 +693,7 @@ mod tests {
                     audiences: vec![],
                     ttl: Some(HOUR),
                     binding: common::task::TaskBinding::Selectors,
+                    break_glass: false,
                 },
             )
             .await

@@ -3,8 +3,15 @@
 //!
 //! Policies are Cedar (`*.cedar` files, or the built-in [`DEFAULT_POLICIES`]) validated in
 //! strict mode against [`SCHEMA`]. `permit` policies may carry the annotations
-//! `@max_ttl("900" | "15m" | "2h" | "1d")` and `@approval("required" | "none")`; any policy may
-//! carry `@id("name")`, which names it `file.cedar:name` in decisions and logs.
+//! `@max_ttl("900" | "15m" | "2h" | "1d")`, `@approval("required" | "none")` and
+//! `@break_glass("allowed" | "denied")`; any policy may carry `@id("name")`, which names it
+//! `file.cedar:name` in decisions and logs.
+//!
+//! Break-glass: a request marked break-glass (context `break_glass`) may skip approval only
+//! when a global permit that allowed it carries `@break_glass("allowed")`. Tenant sets
+//! cannot allow it (the annotation is refused there); they narrow it like anything else:
+//! a tenant `forbid` (e.g. `when { context.break_glass }`) denies, and a tenant permit
+//! that requires approval takes break-glass away.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -114,6 +121,8 @@ pub struct PolicyRequest {
     pub now_unix: i64,
     /// The task creates a temporary entry rather than activating an existing one.
     pub provisioned: bool,
+    /// The task is (asked as) break-glass.
+    pub break_glass: bool,
 }
 
 /// The outcome of [`PolicyEngine::evaluate`]. Stored with the task it admitted (as JSON:
@@ -126,6 +135,11 @@ pub struct Decision {
     pub approval_required: bool,
     /// Smallest `@max_ttl` among the permit policies that decided it (None: no cap).
     pub max_ttl_seconds: Option<i64>,
+    /// Some determining global permit carries `@break_glass("allowed")` and no tenant
+    /// permit requires approval: a break-glass request may skip approval. (Absent from
+    /// decisions stored before break-glass: false.)
+    #[serde(default)]
+    pub break_glass_allowed: bool,
     /// Ids of the policies that determined the decision, "file.cedar:policy-id".
     pub policies: Vec<String>,
     /// Evaluation errors (a policy that errored is skipped, as Cedar does), as text.
@@ -151,8 +165,13 @@ impl Decision {
             let ttl = self
                 .max_ttl_seconds
                 .map_or_else(|| "no TTL cap".to_owned(), |s| format!("max TTL {s} s"));
+            let break_glass = if self.break_glass_allowed {
+                "; break-glass allowed"
+            } else {
+                ""
+            };
             format!(
-                "allowed by policies {} ({approval}; {ttl})",
+                "allowed by policies {} ({approval}; {ttl}{break_glass})",
                 list(&self.policies)
             )
         } else if self.policies.is_empty() {
@@ -180,6 +199,7 @@ impl Decision {
             "allowed": self.allowed,
             "approval_required": self.approval_required,
             "max_ttl_seconds": self.max_ttl_seconds,
+            "break_glass_allowed": self.break_glass_allowed,
             "policies": self.policies,
             "errors": self.errors,
             "action": self.action,
@@ -255,6 +275,7 @@ pub enum PolicyError {
 struct PolicyMeta {
     max_ttl: Option<i64>,
     approval: bool,
+    break_glass: bool,
 }
 
 /// A validated policy set ready for evaluation.
@@ -385,6 +406,7 @@ impl PolicyEngine {
             allowed: false,
             approval_required: false,
             max_ttl_seconds: None,
+            break_glass_allowed: false,
             policies: Vec::new(),
             errors: Vec::new(),
             action: req.action.as_str().to_owned(),
@@ -403,6 +425,11 @@ impl PolicyEngine {
         decision.errors.extend(global.errors);
         if decision.allowed {
             decision.narrow(&loaded, &global.policies);
+            decision.break_glass_allowed = global
+                .policies
+                .iter()
+                .filter_map(|id| loaded.meta.get(id))
+                .any(|m| m.break_glass);
         }
         decision
             .policies
@@ -426,6 +453,15 @@ impl PolicyEngine {
         let ids: Vec<String> = own.policies.iter().map(ToString::to_string).collect();
         if own.allowed {
             decision.narrow(&tenant_set, &own.policies);
+            // A tenant that wants an approver gets one: break-glass never skips it.
+            if own
+                .policies
+                .iter()
+                .filter_map(|id| tenant_set.meta.get(id))
+                .any(|m| m.approval)
+            {
+                decision.break_glass_allowed = false;
+            }
             decision.policies.extend(ids);
         } else if !ids.is_empty() {
             // Cedar denies with reasons only when a forbid matched.
@@ -452,6 +488,23 @@ impl PolicyEngine {
                 other => other,
             },
         )?;
+        if let Some(id) = loaded
+            .meta
+            .iter()
+            .find_map(|(id, m)| m.break_glass.then_some(id))
+        {
+            let policy = id.to_string();
+            return Err(PolicyError::Policy {
+                policy: policy
+                    .strip_prefix(&format!("{file}:"))
+                    .unwrap_or(&policy)
+                    .to_owned(),
+                file,
+                message: "@break_glass(\"allowed\") is for the global policy set only: a \
+                          tenant's policies can narrow break-glass (forbid it), never allow it"
+                    .to_owned(),
+            });
+        }
         let mut ids: Vec<String> = loaded.set.policies().map(|p| p.id().to_string()).collect();
         ids.sort();
         Ok(ids)
@@ -542,6 +595,7 @@ impl Decision {
         self.allowed = false;
         self.approval_required = false;
         self.max_ttl_seconds = None;
+        self.break_glass_allowed = false;
         self.policies = forbids;
     }
 }
@@ -623,6 +677,7 @@ fn build_request(req: &PolicyRequest) -> Result<(Request, Entities), String> {
             ("hour_utc", long(day_secs / 3600)),
             ("weekday_utc", long(weekday)),
             ("provisioned", bool(req.provisioned)),
+            ("break_glass", bool(req.break_glass)),
             ("origin", str_expr(origin)),
         ]
         .map(|(k, v)| (k.to_owned(), v)),
@@ -712,7 +767,7 @@ fn policy_meta(p: &cedar_policy::Policy) -> Result<PolicyMeta, String> {
     let permit = p.effect() == Effect::Permit;
     for (key, value) in p.annotations() {
         match key {
-            "max_ttl" | "approval" if !permit => {
+            "max_ttl" | "approval" | "break_glass" if !permit => {
                 return Err(format!("@{key} is only meaningful on permit policies"));
             }
             "max_ttl" => {
@@ -726,6 +781,13 @@ fn policy_meta(p: &cedar_policy::Policy) -> Result<PolicyMeta, String> {
                 if !meta.approval && value != "none" {
                     let want = "expected \"required\" or \"none\"";
                     return Err(format!("bad @approval(\"{value}\"): {want}"));
+                }
+            }
+            "break_glass" => {
+                meta.break_glass = value == "allowed";
+                if !meta.break_glass && value != "denied" {
+                    let want = "expected \"allowed\" or \"denied\"";
+                    return Err(format!("bad @break_glass(\"{value}\"): {want}"));
                 }
             }
             _ => {}

@@ -36,6 +36,8 @@ pub enum Flag {
     OwnerOffboarded,
     /// Not issued anywhere (for another reason than the flags above).
     Disabled,
+    /// A break-glass task under it (open or ended) awaits its after-the-fact review.
+    BreakGlassUnreviewed,
 }
 
 impl Flag {
@@ -51,6 +53,7 @@ impl Flag {
             Self::UnverifiedDnsName => "unverified_dns_name",
             Self::OwnerOffboarded => "owner_offboarded",
             Self::Disabled => "disabled",
+            Self::BreakGlassUnreviewed => "break_glass_unreviewed",
         }
     }
 }
@@ -70,6 +73,8 @@ pub struct ReviewItem {
     pub overlaps: Vec<EntryId>,
     /// Its DNS names that no verified domain of its tenant covers now.
     pub unverified_dns_names: Vec<String>,
+    /// Its break-glass tasks nobody has acknowledged yet.
+    pub break_glass_tasks: Vec<TaskId>,
     /// What needs attention, sorted.
     pub flags: Vec<Flag>,
 }
@@ -79,7 +84,7 @@ pub struct ReviewItem {
 pub struct ReviewInput<'a> {
     /// The entries to review.
     pub entries: &'a [RegistrationEntry],
-    /// Open tasks (others are ignored).
+    /// Open tasks, and break-glass tasks awaiting review (others are ignored).
     pub tasks: &'a [TaskRecord],
     /// Usage per entry.
     pub usage: &'a [EntryUsage],
@@ -102,6 +107,12 @@ fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
+/// The break-glass tasks among `tasks` that nobody has acknowledged yet, open or ended
+/// (a provisioned one's entry is gone, so the review lists them beside the entries).
+pub fn unreviewed_break_glass(tasks: &[TaskRecord]) -> impl Iterator<Item = &TaskRecord> {
+    tasks.iter().filter(|t| t.awaits_review())
+}
+
 /// The review of `input.entries`, in their order.
 pub fn review(input: &ReviewInput<'_>) -> Vec<ReviewItem> {
     let usage: HashMap<&EntryId, &EntryUsage> =
@@ -109,6 +120,13 @@ pub fn review(input: &ReviewInput<'_>) -> Vec<ReviewItem> {
     let mut tasks: HashMap<&EntryId, Vec<TaskId>> = HashMap::new();
     for t in input.tasks.iter().filter(|t| t.state.is_open()) {
         tasks.entry(&t.entry_id).or_default().push(t.id.clone());
+    }
+    let mut break_glass: HashMap<&EntryId, Vec<TaskId>> = HashMap::new();
+    for t in unreviewed_break_glass(input.tasks) {
+        break_glass
+            .entry(&t.entry_id)
+            .or_default()
+            .push(t.id.clone());
     }
     input
         .entries
@@ -184,6 +202,10 @@ pub fn review(input: &ReviewInput<'_>) -> Vec<ReviewItem> {
                 }
                 _ => {}
             }
+            let break_glass_tasks = break_glass.get(&e.id).cloned().unwrap_or_default();
+            if !break_glass_tasks.is_empty() {
+                flags.push(Flag::BreakGlassUnreviewed);
+            }
             flags.sort();
             flags.dedup();
             ReviewItem {
@@ -193,6 +215,7 @@ pub fn review(input: &ReviewInput<'_>) -> Vec<ReviewItem> {
                 open_tasks: tasks.get(&e.id).cloned().unwrap_or_default(),
                 overlaps,
                 unverified_dns_names,
+                break_glass_tasks,
                 flags,
             }
         })

@@ -1,10 +1,10 @@
 //! Security Event Token push: every task end, whatever ended it (completed, failed,
-//! cancelled, revoked, expired), is POSTed to each configured receiver as a signed SET
-//! (RFC 8417) over HTTPS (RFC 8935 push delivery), so relying parties that never ask
-//! Tessera hear of it.
+//! cancelled, revoked, expired), and the start of every break-glass task, is POSTed to
+//! each configured receiver as a signed SET (RFC 8417) over HTTPS (RFC 8935 push
+//! delivery), so relying parties that never ask Tessera hear of it.
 //!
 //! The audit log is the source of truth: each receiver has its own worker that tails the
-//! log for `task.ended` records from a cursor (the last sequence number delivered or given
+//! log for `task.ended` and `task.break_glass` records from a cursor (the last sequence number delivered or given
 //! up for that receiver), kept in [`CURSOR_FILE`] (0600) in the data directory and written
 //! after each delivered or abandoned event. A receiver that is down, or a server restart,
 //! therefore loses nothing, and one receiver never delays another (one worker each, all
@@ -13,7 +13,9 @@
 //!
 //! A delivery is a 2xx answer (202 expected). Anything else, or no answer within
 //! [`REQUEST_TIMEOUT`], is retried after [`FIRST_RETRY`], doubling up to [`MAX_RETRY`],
-//! until the task end is [`MAX_EVENT_AGE`] old; then it is abandoned. Both outcomes are
+//! until the event is `set_give_up_after` old (default
+//! [`crate::config::DEFAULT_SET_GIVE_UP_AFTER`]); then it is
+//! abandoned. Both outcomes are
 //! audited (`set.delivered`, `set.abandoned`, with receiver, `jti` and attempts). A SET's
 //! `jti` is derived from the audit record's hash and the receiver's URL: the retries of one
 //! event, after a restart too, and the copies that several servers sharing a datastore
@@ -55,8 +57,6 @@ pub const SET_CONTENT_TYPE: &str = "application/secevent+jwt";
 pub const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// Longest wait between retries.
 pub const MAX_RETRY: Duration = Duration::from_secs(60);
-/// How old a task end may get before its SET is abandoned for a receiver.
-pub const MAX_EVENT_AGE: Duration = Duration::from_secs(24 * 3600);
 /// Connect, TLS handshake, request and response head, together.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the log is read even when this server appended nothing (another server
@@ -84,8 +84,16 @@ pub enum SetPushError {
     },
 }
 
-/// The SET claims announcing the task end recorded in `record` (a `task.ended` record),
-/// or `None` for any other record. Pure: `iat` and `jti` are given.
+/// Whether `record` becomes a SET: a task end, or a break-glass task's start.
+pub fn is_pushed(record: &AuditRecord) -> bool {
+    let kind = record.event.kind.as_str();
+    kind == AuditKind::TaskEnded.as_str() || kind == AuditKind::TaskBreakGlass.as_str()
+}
+
+/// The SET claims announcing what `record` recorded: a task end (`task.ended`, CAEP
+/// credential-change `revoke`) or a break-glass task's start (`task.break_glass`,
+/// `create`); `None` for any other record. Events about break-glass tasks carry
+/// `break_glass: true`, the requester and the reason. Pure: `iat` and `jti` are given.
 pub fn security_event(
     record: &AuditRecord,
     issuer: &str,
@@ -93,12 +101,17 @@ pub fn security_event(
     iat: i64,
     jti: &str,
 ) -> Option<Map<String, Value>> {
-    if record.event.kind != AuditKind::TaskEnded.as_str() {
+    if !is_pushed(record) {
         return None;
     }
     let task_id = record.event.task_id.as_deref()?;
     let detail = &record.event.detail;
-    let by = detail["by"].as_str().unwrap_or_default();
+    let started = record.event.kind == AuditKind::TaskBreakGlass.as_str();
+    let by = if started {
+        detail["requester"].as_str().unwrap_or_default()
+    } else {
+        detail["by"].as_str().unwrap_or_default()
+    };
     // CAEP's initiating_entity: the server's own schedule (expiry), an operator, or the
     // workload itself.
     let initiating = if by == SERVER_ACTOR {
@@ -117,23 +130,26 @@ pub fn security_event(
     claims.insert("aud".into(), audience.into());
     claims.insert("txn".into(), record.hash.as_str().into());
     claims.insert("sub_id".into(), subject.clone());
-    claims.insert(
-        "events".into(),
-        json!({
-            CREDENTIAL_CHANGE: {
-                // A task's X.509-SVIDs and JWT-SVIDs end together; CAEP names one type.
-                "credential_type": "x509",
-                "change_type": "revoke",
-                "event_timestamp": record.at_ms / 1000,
-                "initiating_entity": initiating,
-                "reason_admin": { "en": detail["reason"] },
-                "subject": subject,
-                "task_id": task_id,
-                "task_state": detail["state"],
-                "credentials": ["x509-svid", "jwt-svid"],
-            }
-        }),
-    );
+    let mut event = json!({
+        // A task's X.509-SVIDs and JWT-SVIDs start and end together; CAEP names one type.
+        "credential_type": "x509",
+        "change_type": if started { "create" } else { "revoke" },
+        "event_timestamp": record.at_ms / 1000,
+        "initiating_entity": initiating,
+        "reason_admin": { "en": detail["reason"] },
+        "subject": subject,
+        "task_id": task_id,
+        "task_state": if started { Value::from("active") } else { detail["state"].clone() },
+        "credentials": ["x509-svid", "jwt-svid"],
+    });
+    if started || detail["break_glass"] == true {
+        event["break_glass"] = true.into();
+        event["requester"] = detail["requester"].clone();
+        if started {
+            event["task_deadline"] = detail["deadline"].clone();
+        }
+    }
+    claims.insert("events".into(), json!({ CREDENTIAL_CHANGE: event }));
     Some(claims)
 }
 
@@ -281,7 +297,8 @@ impl SetPusher {
         Ok(())
     }
 
-    /// Tails the log for `receiver` and delivers each task end, in order.
+    /// Tails the log for `receiver` and delivers each task end and break-glass start, in
+    /// order.
     async fn receiver(self: Arc<Self>, receiver: String, shutdown: CancellationToken) {
         let mut heads = self.ds.audit_heads();
         let mut heads_open = true;
@@ -331,7 +348,7 @@ impl SetPusher {
                     }
                 };
                 if let Some(record) = record
-                    && record.event.kind == AuditKind::TaskEnded.as_str()
+                    && is_pushed(&record)
                 {
                     if !self.deliver(&receiver, &record, &shutdown).await {
                         return;
@@ -348,7 +365,7 @@ impl SetPusher {
         }
     }
 
-    /// Delivers one task end to `receiver`, retrying until it is delivered or too old.
+    /// Delivers one event to `receiver`, retrying until it is delivered or too old.
     /// Returns false if shutdown came first (the cursor stays before it).
     async fn deliver(
         &self,
@@ -358,14 +375,16 @@ impl SetPusher {
     ) -> bool {
         let jti = jti(&record.hash, receiver);
         let audience = self.config.audience.as_deref().unwrap_or(receiver);
-        let give_up_at = (record.at_ms / 1000)
-            .saturating_add(i64::try_from(MAX_EVENT_AGE.as_secs()).unwrap_or(i64::MAX));
+        let give_up_at_ms = record.at_ms.saturating_add(
+            i64::try_from(self.config.give_up_after.as_millis()).unwrap_or(i64::MAX),
+        );
         let task_id = record.event.task_id.clone().unwrap_or_default();
         let mut attempts: u32 = 0;
         loop {
             let now = now_unix();
-            if now >= give_up_at {
-                tracing::warn!(receiver, task_id = %task_id, jti = %jti, attempts, "gave up pushing a task end: too old");
+            let now_ms = crate::clock::now_unix_ms();
+            if now_ms >= give_up_at_ms {
+                tracing::warn!(receiver, task_id = %task_id, jti = %jti, attempts, give_up_after_secs = self.config.give_up_after.as_secs(), "gave up pushing a security event: too old");
                 self.audit(AuditKind::SetAbandoned, record, receiver, &jti, attempts)
                     .await;
                 return true;
@@ -383,14 +402,16 @@ impl SetPusher {
             };
             match outcome {
                 Attempt::Delivered(status) => {
-                    tracing::info!(receiver, task_id = %task_id, jti = %jti, attempts, status, "pushed a task end");
+                    tracing::info!(receiver, task_id = %task_id, jti = %jti, attempts, status, kind = %record.event.kind, "pushed a security event");
                     self.audit(AuditKind::SetDelivered, record, receiver, &jti, attempts)
                         .await;
                     return true;
                 }
                 Attempt::Failed(why) => {
-                    let wait = backoff(attempts);
-                    tracing::warn!(receiver, task_id = %task_id, jti = %jti, attempts, error = %why, retry_in_secs = wait.as_secs(), "pushing a task end failed");
+                    // Never past the moment it is given up.
+                    let left = u64::try_from(give_up_at_ms.saturating_sub(now_ms)).unwrap_or(0);
+                    let wait = backoff(attempts).min(Duration::from_millis(left));
+                    tracing::warn!(receiver, task_id = %task_id, jti = %jti, attempts, error = %why, retry_in_ms = wait.as_millis(), "pushing a security event failed");
                     tokio::select! {
                         () = shutdown.cancelled() => return false,
                         () = tokio::time::sleep(wait) => {}
@@ -416,6 +437,7 @@ impl SetPusher {
                 "jti": jti,
                 "attempts": attempts,
                 "event_seq": record.seq,
+                "event_kind": record.event.kind,
             }),
         )
         .by(SERVER_ACTOR);
@@ -561,16 +583,53 @@ mod tests {
     }
 
     #[test]
-    fn only_task_ends_become_events() {
+    fn only_task_ends_and_break_glass_starts_become_events() {
         let mut r = ended("user:root");
         for kind in AuditKind::ALL {
             r.event.kind = kind.as_str().to_owned();
             assert_eq!(
                 security_event(&r, "i", "a", 0, "j").is_some(),
-                *kind == AuditKind::TaskEnded,
+                matches!(kind, AuditKind::TaskEnded | AuditKind::TaskBreakGlass),
                 "{kind}"
             );
         }
+    }
+
+    #[test]
+    fn a_break_glass_task_is_announced_at_its_start_and_marked_at_its_end() {
+        let mut start = ended("user:root");
+        start.event.kind = AuditKind::TaskBreakGlass.as_str().into();
+        start.event.detail = json!({
+            "requester": "user:alice",
+            "reason": "INC-9 database down",
+            "deadline": 1_700_000_900,
+        });
+        let c = security_event(&start, "i", "a", 0, "j").unwrap();
+        let e = &c["events"][CREDENTIAL_CHANGE];
+        assert_eq!(e["change_type"], "create", "{e}");
+        assert_eq!(e["break_glass"], true);
+        assert_eq!(e["requester"], "user:alice");
+        assert_eq!(e["reason_admin"]["en"], "INC-9 database down");
+        assert_eq!(e["task_id"], "0190-task");
+        assert_eq!(e["task_state"], "active");
+        assert_eq!(e["task_deadline"], 1_700_000_900);
+        assert_eq!(e["initiating_entity"], "admin");
+        assert_eq!(e["subject"]["uri"], "spiffe://example.org/jit/tools");
+        // Its end says break-glass too; an ordinary end does not.
+        let mut end = ended("user:bob");
+        end.event.detail["break_glass"] = true.into();
+        end.event.detail["requester"] = "spiffe://example.org/runtime".into();
+        let c = security_event(&end, "i", "a", 0, "j").unwrap();
+        let e = &c["events"][CREDENTIAL_CHANGE];
+        assert_eq!(e["change_type"], "revoke");
+        assert_eq!(e["break_glass"], true);
+        assert_eq!(e["requester"], "spiffe://example.org/runtime");
+        let c = security_event(&ended("user:bob"), "i", "a", 0, "j").unwrap();
+        let e = &c["events"][CREDENTIAL_CHANGE];
+        assert!(
+            e.get("break_glass").is_none() && e.get("requester").is_none(),
+            "{e}"
+        );
     }
 
     #[test]

@@ -31,13 +31,15 @@ use common::{EntryId, RegistrationEntry, SpiffeId, TaskId};
 use serde_json::json;
 
 pub use self::request::{Outcome, Requester, TaskRequest, TaskTarget, TokenUse};
-use self::request::{check_reason, principal_of};
+use self::request::{check_reason, check_text, principal_of};
 pub use self::revocation::{EndedTask, RevocationSet};
 use self::revocation::{RevocationState, ended_early};
 use crate::audit::{AuditEvent, AuditKind, SERVER_ACTOR};
 use crate::ca::rotation::CaSet;
 use crate::clock::Clock;
-use crate::datastore::{Datastore, DatastoreError, EntryFilter, TaskEnd, TaskRecord, UnixUser};
+use crate::datastore::{
+    Acknowledgement, Datastore, DatastoreError, EntryFilter, TaskEnd, TaskRecord, UnixUser,
+};
 use crate::events::{ChangeEvent, Events};
 use crate::policy::{
     Action, Decision, EntryFacts, PolicyEngine, PolicyRequest, Principal, TenantPolicies,
@@ -132,6 +134,8 @@ pub struct Tasks {
     max_ttl: Duration,
     /// Most tasks open at once on one entry.
     max_parallel: usize,
+    /// Longest lifetime of a break-glass task.
+    break_glass_max_ttl: Duration,
     /// Active tasks by entry id, oldest first (what sync streams attach to entries).
     active: RwLock<HashMap<EntryId, Vec<TaskGrant>>>,
     revocations: RevocationState,
@@ -158,6 +162,7 @@ impl Tasks {
             max_ttl,
             max_parallel: usize::try_from(crate::config::DEFAULT_MAX_PARALLEL_TASKS_PER_ENTRY)
                 .unwrap_or(usize::MAX),
+            break_glass_max_ttl: crate::config::DEFAULT_BREAK_GLASS_MAX_TTL,
             active: RwLock::default(),
             revocations: RevocationState::default(),
         }
@@ -166,6 +171,12 @@ impl Tasks {
     /// At most `n` (at least one) tasks open at once on one entry.
     pub fn with_max_parallel_per_entry(mut self, n: u32) -> Self {
         self.max_parallel = usize::try_from(n.max(1)).unwrap_or(usize::MAX);
+        self
+    }
+
+    /// A break-glass task lives at most `ttl` (at least one second).
+    pub fn with_break_glass_max_ttl(mut self, ttl: Duration) -> Self {
+        self.break_glass_max_ttl = ttl.max(Duration::from_secs(1));
         self
     }
 
@@ -250,6 +261,7 @@ impl Tasks {
             approver_uid: t.approver_uid,
             now_unix: self.clock.now_unix(),
             provisioned: t.provisioned,
+            break_glass: t.break_glass,
         }
     }
 
@@ -516,6 +528,7 @@ impl Tasks {
                 "audiences": request.audiences,
                 "ttl_seconds": request.ttl.map_or(0, |d| d.as_secs()),
                 "binding": binding_json(&request.binding),
+                "break_glass": request.break_glass,
             }),
         );
         let decided = AuditEvent::for_task(
@@ -524,21 +537,41 @@ impl Tasks {
             &entry.spiffe_id,
             decision.to_json(),
         );
-        if !decision.allowed {
+        let refusal = if !decision.allowed {
+            Some(decision.explain())
+        } else if request.break_glass && !decision.break_glass_allowed {
+            // Refused rather than left waiting for an approver: whoever breaks glass needs
+            // the credential now, and must hear at once that policy does not allow it.
+            Some(format!(
+                "break-glass is not allowed for {} on {}: no permit policy that allows the \
+                 request carries @break_glass(\"allowed\"), or a tenant policy requires \
+                 approval ({}); ask without --break-glass to wait for an approver",
+                decision.principal,
+                decision.entry,
+                decision.explain()
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = refusal {
             let audit = stamped(
                 vec![requested, decided],
                 &requester.label(),
                 &entry.governance.tenant,
             );
             self.ds.append_audit(&audit).await?;
-            tracing::info!(task_id = %id, requester = %requester.label(), explanation = %decision.explain(), "task denied by policy");
-            return Err(TaskError::Denied(decision.explain()));
+            tracing::info!(task_id = %id, requester = %requester.label(), break_glass = request.break_glass, explanation = %why, "task denied by policy");
+            return Err(TaskError::Denied(why));
         }
-        let ttl = asked
+        let mut ttl = asked
             .min(decision.max_ttl_seconds.unwrap_or(i64::MAX))
-            .min(self.server_max_ttl())
-            .max(1);
-        let approval_required = decision.approval_required;
+            .min(self.server_max_ttl());
+        if request.break_glass {
+            ttl = ttl.min(i64::try_from(self.break_glass_max_ttl.as_secs()).unwrap_or(i64::MAX));
+        }
+        let ttl = ttl.max(1);
+        // Break-glass skips approval (allowed above); everything else is as policy says.
+        let approval_required = decision.approval_required && !request.break_glass;
         let task = TaskRecord {
             id,
             state: if approval_required {
@@ -565,6 +598,8 @@ impl Tasks {
             approver_uid: None,
             tenant: entry.governance.tenant.clone(),
             binding: request.binding.clone(),
+            break_glass: request.break_glass,
+            acknowledgement: None,
         };
         let mut audit = vec![requested, decided];
         audit.push(if approval_required {
@@ -577,10 +612,30 @@ impl Tasks {
         } else {
             activated_event(&task)
         });
+        if task.break_glass {
+            // What SET receivers are told of its start (see `set_push`).
+            audit.push(AuditEvent::for_task(
+                AuditKind::TaskBreakGlass,
+                &task.id,
+                &task.spiffe_id,
+                json!({
+                    "requester": task.requester,
+                    "requester_uid": task.requester_unix.as_ref().map(|u| u.uid),
+                    "reason": task.reason,
+                    "ticket": task.ticket,
+                    "entry_id": task.entry_id,
+                    "deadline": task.deadline,
+                    "policies": task.decision.policies,
+                }),
+            ));
+        }
         let audit = stamped(audit, &task.requester, &task.tenant);
         self.ds
             .create_task(&task, provisioned.then_some(&entry), &audit)
             .await?;
+        if task.break_glass {
+            tracing::warn!(task_id = %task.id, requester = %task.requester, spiffe_id = %task.spiffe_id, deadline = task.deadline, "break-glass task started without approval; it awaits review");
+        }
         tracing::info!(task_id = %task.id, state = %task.state, requester = %task.requester, spiffe_id = %task.spiffe_id, deadline = task.deadline, "task created");
         // Publishes the entry (new, for provisioning; now live if the task is active).
         self.changed(&task, Some(entry));
@@ -644,7 +699,7 @@ impl Tasks {
                 current.state
             )));
         }
-        let label = check_approver(&current, approver)?;
+        let label = check_other_user(&current, approver, "approve")?;
         let entry =
             self.ds.get_entry(&current.entry_id).await?.ok_or_else(|| {
                 TaskError::NotFound(format!("entry {} is gone", current.entry_id))
@@ -695,6 +750,65 @@ impl Tasks {
         }
         tracing::info!(task_id = %task.id, approver = ?task.approver, "task approved and active");
         self.changed(&task, Some(entry));
+        Ok(task)
+    }
+
+    /// Records the after-the-fact review of break-glass task `id` by `by`, with `note`
+    /// (required): `by` must be someone other than the requester (see
+    /// [`check_other_user`]), the task break-glass and not acknowledged yet. It may be open
+    /// or ended; nothing else of it changes. Audited as `task.acknowledged`.
+    pub async fn acknowledge(
+        &self,
+        id: &TaskId,
+        note: &str,
+        by: &Operator,
+    ) -> Result<TaskRecord, TaskError> {
+        if note.trim().is_empty() {
+            return Err(TaskError::Invalid(
+                "a note is required: say what the review of the break-glass task found".into(),
+            ));
+        }
+        check_text("note", note)?;
+        let mut task = self.get_for(id, &Requester::User(by.clone())).await?;
+        if !task.break_glass {
+            return Err(TaskError::Forbidden(format!(
+                "task {id} is not a break-glass task: there is nothing to acknowledge"
+            )));
+        }
+        if let Some(a) = &task.acknowledgement {
+            return Err(TaskError::WrongState(format!(
+                "task {id} was already acknowledged by {} at {}",
+                a.by,
+                common::duration::rfc3339(a.at)
+            )));
+        }
+        let label = check_other_user(&task, &by.user, "acknowledge")?;
+        let ack = Acknowledgement {
+            by: label,
+            uid: by.user.uid,
+            at: self.clock.now_unix(),
+            note: note.to_owned(),
+        };
+        let audit = AuditEvent::for_task(
+            AuditKind::TaskAcknowledged,
+            &task.id,
+            &task.spiffe_id,
+            json!({
+                "acknowledged_by": ack.by,
+                "acknowledged_uid": ack.uid,
+                "note": ack.note,
+                "requester": task.requester,
+                "state": task.state.as_str(),
+            }),
+        );
+        let audit = stamped(vec![audit], &by.principal(), &task.tenant);
+        if !self.ds.acknowledge_task(&task.id, &ack, &audit).await? {
+            return Err(TaskError::WrongState(format!(
+                "task {id} was acknowledged concurrently"
+            )));
+        }
+        tracing::info!(task_id = %task.id, by = %ack.by, "break-glass task acknowledged");
+        task.acknowledgement = Some(ack);
         Ok(task)
     }
 
@@ -858,11 +972,17 @@ impl Tasks {
             at: self.clock.now_unix(),
             reason: reason.to_owned(),
         });
+        let mut detail = json!({ "state": state.as_str(), "reason": reason, "by": by });
+        if task.break_glass {
+            // SET receivers hear that a break-glass task ended (see `set_push`).
+            detail["break_glass"] = true.into();
+            detail["requester"] = task.requester.clone().into();
+        }
         let mut audit = vec![AuditEvent::for_task(
             AuditKind::TaskEnded,
             &task.id,
             &task.spiffe_id,
-            json!({ "state": state.as_str(), "reason": reason, "by": by }),
+            detail,
         )];
         if task.provisioned {
             audit.push(AuditEvent::for_task(
@@ -1301,6 +1421,7 @@ struct Purpose<'a> {
     requester_uid: Option<u32>,
     approver_uid: Option<u32>,
     provisioned: bool,
+    break_glass: bool,
 }
 
 impl<'a> Purpose<'a> {
@@ -1315,6 +1436,7 @@ impl<'a> Purpose<'a> {
             requester_uid: requester.unix().map(|u| u.uid),
             approver_uid: None,
             provisioned,
+            break_glass: r.break_glass,
         }
     }
 
@@ -1329,34 +1451,36 @@ impl<'a> Purpose<'a> {
             requester_uid: t.requester_unix.as_ref().map(|u| u.uid),
             approver_uid: t.approver_uid,
             provisioned: t.provisioned,
+            break_glass: t.break_glass,
         }
     }
 }
 
-/// Whether `approver` may approve `task`, returning the approver's label. One Unix user
-/// never both requests and approves: the approver differs from the requester's label, uid
-/// and name. A workload's uid is the one its agent attested on the workload's node; uids
-/// are compared as numbers across hosts, which can only refuse too much (fail closed). A
-/// task that does not record its requester's user cannot be approved at all.
-fn check_approver(task: &TaskRecord, approver: &UnixUser) -> Result<String, TaskError> {
+/// Whether `user` may `verb` (approve, or acknowledge after the fact) `task`, returning the
+/// user's label. One Unix user never both requests and approves or reviews: `user` differs
+/// from the requester's label, uid and name. A workload's uid is the one its agent attested
+/// on the workload's node; uids are compared as numbers across hosts, which can only refuse
+/// too much (fail closed). A task that does not record its requester's user cannot be
+/// approved or acknowledged at all.
+fn check_other_user(task: &TaskRecord, user: &UnixUser, verb: &str) -> Result<String, TaskError> {
     let id = &task.id;
-    let label = format!("user:{}", approver.name);
+    let label = format!("user:{}", user.name);
     if label == task.requester {
         return Err(TaskError::Forbidden(format!(
-            "{label} requested task {id} and cannot approve it: another approver must"
+            "{label} requested task {id} and cannot {verb} it: another operator must"
         )));
     }
     let Some(requester) = &task.requester_unix else {
         return Err(TaskError::Forbidden(format!(
-            "task {id} does not record which Unix user requested it, so no approver can be \
-             shown to be someone else: cancel it and request it again"
+            "task {id} does not record which Unix user requested it, so nobody can be shown \
+             to be someone else: it cannot be {verb}d"
         )));
     };
-    if requester.uid == approver.uid || requester.name == approver.name {
+    if requester.uid == user.uid || requester.name == user.name {
         return Err(TaskError::Forbidden(format!(
             "{label} (uid {}) is the same Unix user as the requester of task {id} ({}, uid \
-             {} as user {}) and cannot approve it: another approver must",
-            approver.uid, task.requester, requester.uid, requester.name
+             {} as user {}) and cannot {verb} it: another operator must",
+            user.uid, task.requester, requester.uid, requester.name
         )));
     }
     Ok(label)

@@ -143,6 +143,12 @@ pub enum TaskCommand {
         /// from a shell or the runtime's own pid.
         #[arg(long)]
         bind_pid: Option<u32>,
+        /// Break-glass: start at once without approval, where a policy allowing the task
+        /// carries @break_glass("allowed") for this workload (refused otherwise). Capped at
+        /// the server's break_glass_max_ttl (15m unless configured), announced to SET
+        /// receivers, and flagged for review until an operator acknowledges it.
+        #[arg(long)]
+        break_glass: bool,
     },
     /// End a task this workload started.
     End {

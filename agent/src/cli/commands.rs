@@ -218,6 +218,7 @@ pub async fn run_api(command: Command) -> anyhow::Result<()> {
                     requester,
                     bind,
                     bind_pid,
+                    break_glass,
                 } => {
                     let named_requester = requester.is_some();
                     let task = client
@@ -238,6 +239,7 @@ pub async fn run_api(command: Command) -> anyhow::Result<()> {
                             tenant: String::new(),
                             bind: bind.unwrap_or_default(),
                             bind_pid: bind_pid.unwrap_or(0),
+                            break_glass,
                         }))
                         .await
                         .map_err(|s| begin_refused(s, named_requester))?

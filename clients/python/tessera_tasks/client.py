@@ -70,6 +70,11 @@ class Task:
     proto: tessera_pb2.Task
 
     @property
+    def break_glass(self) -> bool:
+        """It started by break-glass, without approval (False with bindings that predate it)."""
+        return bool(getattr(self.proto, "break_glass", False))
+
+    @property
     def active(self) -> bool:
         return self.state == "active"
 
@@ -213,6 +218,7 @@ class TaskClient:
         selectors: Sequence[str] = (),
         bind: Optional[str] = None,
         bind_pid: Optional[int] = None,
+        break_glass: bool = False,
     ) -> Task:
         """Starts a task (`BeginTask`) and returns it.
 
@@ -227,6 +233,11 @@ class TaskClient:
         and the task ends ("requester exited") when it exits. `bind="tree"` includes its
         descendants, `bind="selectors"` every process the identity's selectors match;
         `bind_pid` binds to an ancestor of this process running as the same user instead.
+
+        `break_glass=True` starts the task at once, without approval, where a policy that
+        allows it carries @break_glass("allowed") for this workload (`PermissionDenied`
+        otherwise); it is capped short, announced to SET receivers and flagged for review
+        until an operator other than the requester acknowledges it.
 
         Raises a `StatusError` subclass with the server's message when refused.
         """
@@ -249,6 +260,14 @@ class TaskClient:
                 )
             spec.bind = bind or ""
             spec.bind_pid = bind_pid or 0
+        if break_glass:
+            if not supports("break_glass"):
+                # Never send an ordinary request for one the caller asked to break glass.
+                raise errors.ConfigError(
+                    "these bindings have no TaskSpec.break_glass: regenerate them "
+                    "(clients/python/tools/generate.py) from a tessera.proto that has it"
+                )
+            spec.break_glass = True
         if audiences is not None:
             audiences = list(audiences)
             if not supports("audiences"):

@@ -135,6 +135,13 @@ class ClientTest(unittest.TestCase):
                 self.client.begin("spiffe://example.org/tools/x", reason="r", audiences=["a"])
             self.assertEqual(self.fake.calls, [], "nothing was sent")
 
+    def test_break_glass_is_sent_only_when_asked(self):
+        t = self.client.begin("spiffe://example.org/tools/x", reason="r")
+        self.assertFalse(self.fake.calls[-1][1].break_glass)
+        self.assertFalse(t.break_glass)
+        self.client.begin("spiffe://example.org/tools/x", reason="INC-1 outage", break_glass=True)
+        self.assertTrue(self.fake.calls[-1][1].break_glass)
+
     def test_socket_addresses(self):
         t = tessera_tasks.socket_target
         self.assertEqual(t("unix:///run/a.sock"), "unix:/run/a.sock")

@@ -11,6 +11,11 @@ use std::sync::Arc;
 
 use common::proto::tessera::admin_server::Admin;
 use common::proto::tessera::{
+    AcknowledgeTaskRequest, EndTaskRequest, ListTasksRequest, ListTasksResponse, OffboardRequest,
+    OffboardResponse, PolicyDecision, PolicyStatus, ReloadPolicyRequest, Task, TaskIdRequest,
+    TaskSpec,
+};
+use common::proto::tessera::{
     Agent, AgentIdRequest, Bundle as WireBundle, CreateJoinTokenRequest, CreateJoinTokenResponse,
     Entry, EntryIdRequest, EntrySpec, GetBundleRequest, HealthRequest, HealthResponse,
     ListAgentsRequest, ListAgentsResponse, ListEntriesRequest, ListEntriesResponse,
@@ -19,10 +24,6 @@ use common::proto::tessera::{
 use common::proto::tessera::{
     AuditRecord as WireAuditRecord, ListAuditRequest, ListCasRequest, ListCasResponse,
     RotateCaRequest, VerifyAuditRequest, VerifyAuditResponse,
-};
-use common::proto::tessera::{
-    EndTaskRequest, ListTasksRequest, ListTasksResponse, OffboardRequest, OffboardResponse,
-    PolicyDecision, PolicyStatus, ReloadPolicyRequest, Task, TaskIdRequest, TaskSpec,
 };
 use common::proto::tessera::{
     ListTenantsRequest, ListTenantsResponse, Tenant as WireTenant,
@@ -165,6 +166,19 @@ impl Admin for AdminService {
     async fn approve_task(&self, req: Request<TaskIdRequest>) -> Result<Response<Task>, Status> {
         let who = self.operator(&req).await?;
         let t = self.tasks.approve(&req.get_ref().id.parse()?, &who).await?;
+        Ok(Response::new(wire::task(&t)))
+    }
+
+    async fn acknowledge_task(
+        &self,
+        req: Request<AcknowledgeTaskRequest>,
+    ) -> Result<Response<Task>, Status> {
+        let who = self.operator(&req).await?;
+        let r = req.get_ref();
+        let t = self
+            .tasks
+            .acknowledge(&r.id.parse()?, &r.note, &who)
+            .await?;
         Ok(Response::new(wire::task(&t)))
     }
 
@@ -542,7 +556,7 @@ impl Admin for AdminService {
             .await?;
         entries.retain(|e| visible(&e.governance.tenant));
         let mut tasks = self.ds.list_tasks(None).await?;
-        tasks.retain(|t| t.state.is_open() && visible(&t.tenant));
+        tasks.retain(|t| (t.state.is_open() || t.awaits_review()) && visible(&t.tenant));
         let ids: Vec<common::EntryId> = entries.iter().map(|e| e.id.clone()).collect();
         let usage = self.ds.entry_usage(Some(&ids)).await?;
         let mut domains = self.ds.list_domains(None).await?;
@@ -559,6 +573,9 @@ impl Admin for AdminService {
         Ok(Response::new(ReviewResponse {
             items: items.iter().map(wire::review_item).collect(),
             generated_at: now,
+            break_glass_unreviewed: crate::review::unreviewed_break_glass(&tasks)
+                .map(wire::task)
+                .collect(),
         }))
     }
 

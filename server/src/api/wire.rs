@@ -109,6 +109,11 @@ pub(crate) fn review_item(i: &crate::review::ReviewItem) -> wire::ReviewItem {
         overlaps: i.overlaps.iter().map(ToString::to_string).collect(),
         unverified_dns_names: i.unverified_dns_names.clone(),
         flags: i.flags.iter().map(|f| f.as_str().to_owned()).collect(),
+        break_glass_tasks: i
+            .break_glass_tasks
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
     }
 }
 
@@ -224,6 +229,7 @@ fn task_request_bound(spec: &wire::TaskSpec, binding: TaskBinding) -> Result<Tas
         audiences: spec.audiences.clone(),
         ttl,
         binding,
+        break_glass: spec.break_glass,
     })
 }
 
@@ -236,11 +242,13 @@ pub(crate) fn decision(d: &Decision) -> wire::PolicyDecision {
         policies: d.policies.clone(),
         errors: d.errors.clone(),
         explanation: d.explain(),
+        break_glass_allowed: d.break_glass_allowed,
     }
 }
 
 /// The wire form of a task (the wire has no absent values: 0 and "" stand for them).
 pub(crate) fn task(t: &TaskRecord) -> wire::Task {
+    let ack = t.acknowledgement.as_ref();
     wire::Task {
         id: t.id.to_string(),
         state: t.state.as_str().to_owned(),
@@ -269,6 +277,11 @@ pub(crate) fn task(t: &TaskRecord) -> wire::Task {
         approver_uid: t.approver_uid,
         tenant: t.tenant.clone(),
         binding: Some((&t.binding).into()),
+        break_glass: t.break_glass,
+        acknowledged_by: ack.map(|a| a.by.clone()).unwrap_or_default(),
+        acknowledged_uid: ack.map(|a| a.uid),
+        acknowledged_at: ack.map_or(0, |a| a.at),
+        acknowledgement_note: ack.map(|a| a.note.clone()).unwrap_or_default(),
     }
 }
 

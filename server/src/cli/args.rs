@@ -548,6 +548,12 @@ pub struct TaskSpecArgs {
     /// server's max_task_ttl (24h unless configured).
     #[arg(long, value_parser = parse_duration)]
     pub ttl: Option<Duration>,
+    /// Break-glass: start at once without approval, where a policy allowing the task
+    /// carries @break_glass("allowed") for you (refused otherwise). Capped at the server's
+    /// break_glass_max_ttl (15m unless configured), announced to SET receivers, and flagged
+    /// in the access review until another operator acknowledges it.
+    #[arg(long)]
+    pub break_glass: bool,
 }
 
 impl TaskSpecArgs {
@@ -570,6 +576,7 @@ impl TaskSpecArgs {
             // An operator's task is bound by selectors (the server refuses anything else).
             bind: String::new(),
             bind_pid: 0,
+            break_glass: self.break_glass,
         }
     }
 }
@@ -596,6 +603,15 @@ pub enum TaskCommand {
     Approve {
         /// The task id.
         task_id: String,
+    },
+    /// Acknowledge a break-glass task after the fact (you are the reviewer; the requester
+    /// cannot): clears its `break_glass_unreviewed` flag, once, and records your note.
+    Acknowledge {
+        /// The task id.
+        task_id: String,
+        /// What the review found (required; recorded in the audit log).
+        #[arg(long)]
+        note: String,
     },
     /// End a task as completed.
     Complete {

@@ -663,7 +663,9 @@ async fn run_tenant_policy(
 }
 
 async fn run_task(command: TaskCommand, admin: &AdminOpts) -> anyhow::Result<()> {
-    use common::proto::tessera::{EndTaskRequest, ListTasksRequest, TaskIdRequest};
+    use common::proto::tessera::{
+        AcknowledgeTaskRequest, EndTaskRequest, ListTasksRequest, TaskIdRequest,
+    };
     use common::task::{decision_json, task_json, task_text};
     let mut c = admin_client(admin).await?;
     let end = |id: String, outcome: &str, reason: Option<String>| EndTaskRequest {
@@ -675,6 +677,10 @@ async fn run_task(command: TaskCommand, admin: &AdminOpts) -> anyhow::Result<()>
         TaskCommand::Create(spec) => c.create_task(spec.into_spec()).await,
         TaskCommand::Show { task_id } => c.get_task(TaskIdRequest { id: task_id }).await,
         TaskCommand::Approve { task_id } => c.approve_task(TaskIdRequest { id: task_id }).await,
+        TaskCommand::Acknowledge { task_id, note } => {
+            c.acknowledge_task(AcknowledgeTaskRequest { id: task_id, note })
+                .await
+        }
         TaskCommand::Complete { task_id, reason } => {
             c.end_task(end(task_id, "completed", reason)).await
         }

@@ -101,9 +101,11 @@ pub(super) fn review_json(r: &ReviewResponse) -> serde_json::Value {
                 "open_tasks": i.open_tasks,
                 "overlaps": i.overlaps,
                 "unverified_dns_names": i.unverified_dns_names,
+                "break_glass_tasks": i.break_glass_tasks,
                 "flags": i.flags,
             })
         }).collect::<Vec<_>>(),
+        "break_glass_unreviewed": r.break_glass_unreviewed.iter().map(common::task::task_json).collect::<Vec<_>>(),
     })
 }
 
@@ -118,10 +120,23 @@ pub(super) fn review_text(r: &ReviewResponse) -> String {
     };
     let flagged = r.items.iter().filter(|i| !i.flags.is_empty()).count();
     let mut s = format!(
-        "Access review at {}: {} identities, {flagged} flagged\n",
+        "Access review at {}: {} identities, {flagged} flagged; {} break-glass task(s) await review\n",
         rfc3339(r.generated_at),
-        r.items.len()
+        r.items.len(),
+        r.break_glass_unreviewed.len()
     );
+    for t in &r.break_glass_unreviewed {
+        s.push_str(&format!(
+            "\nBreak-glass task : {} ({})\nSPIFFE ID        : {}\nRequester        : {}\nReason           : {}\nStarted at       : {}\nAcknowledge with : tessera-server task acknowledge {} --note TEXT\n",
+            t.id,
+            t.state,
+            t.spiffe_id,
+            t.requester,
+            t.reason,
+            rfc3339(t.activated_at),
+            t.id,
+        ));
+    }
     for i in &r.items {
         let e = i.entry.clone().unwrap_or_default();
         s.push_str(&format!(
@@ -140,6 +155,12 @@ pub(super) fn review_text(r: &ReviewResponse) -> String {
         }
         if !i.flags.is_empty() {
             s.push_str(&format!("Flags            : {}\n", i.flags.join(", ")));
+        }
+        if !i.break_glass_tasks.is_empty() {
+            s.push_str(&format!(
+                "Break-glass      : {} (awaiting review)\n",
+                i.break_glass_tasks.join(", ")
+            ));
         }
         if !i.overlaps.is_empty() {
             s.push_str(&format!("Overlaps         : {}\n", i.overlaps.join(", ")));

@@ -18,8 +18,8 @@ use serde_json::json;
 
 use super::testdb::{Backend, Under};
 use super::{
-    AgentRecord, DatastoreError, DomainRecord, EntryFilter, EntryUsage, TaskEnd, TaskRecord,
-    TaskSvid, TenantRecord, UnixUser, UsageReport,
+    Acknowledgement, AgentRecord, DatastoreError, DomainRecord, EntryFilter, EntryUsage, TaskEnd,
+    TaskRecord, TaskSvid, TenantRecord, UnixUser, UsageReport,
 };
 use crate::audit::{AuditEvent, ChainHead, verify};
 use crate::policy::Decision;
@@ -63,6 +63,7 @@ conformance!(
     audit_numbers_are_never_reused_after_a_deletion,
     tasks_lifecycle,
     tasks_compare_and_set_under_concurrency,
+    break_glass_tasks_are_acknowledged_once,
     due_and_revoked_tasks,
     reopen_sees_everything,
     ping_answers_only_while_the_datastore_does,
@@ -140,6 +141,7 @@ fn task(id: &str, e: &RegistrationEntry, state: TaskState, deadline: i64) -> Tas
             allowed: true,
             approval_required: false,
             max_ttl_seconds: Some(3600),
+            break_glass_allowed: false,
             policies: vec!["ops.cedar:operators".into()],
             errors: vec!["ünïcode \"q\" \\ /".into()],
             action: "begin_task".into(),
@@ -160,6 +162,8 @@ fn task(id: &str, e: &RegistrationEntry, state: TaskState, deadline: i64) -> Tas
             },
             agent: e.parent_id.clone(),
         }),
+        break_glass: false,
+        acknowledgement: None,
     }
 }
 
@@ -1020,6 +1024,94 @@ async fn tasks_lifecycle(b: &dyn Backend) {
             .map(|t| t.id)
             .collect::<Vec<_>>(),
         ["t1", "t2", "t3", "t4", "tp"]
+    );
+}
+
+async fn break_glass_tasks_are_acknowledged_once(b: &dyn Backend) {
+    let ds = b.open().await;
+    let mut e = entry("bg", "spiffe://example.org/jit/bg", 0);
+    e.jit = true;
+    ds.create_entry(&e, &[]).await.unwrap();
+    let mut t = task("tbg", &e, TaskState::Active, 5000);
+    t.break_glass = true;
+    ds.create_task(&t, None, &[]).await.unwrap();
+    let stored = ds.get_task(&tid("tbg")).await.unwrap().unwrap();
+    assert_eq!(stored, t);
+    assert!(stored.awaits_review());
+    // A task that is not break-glass cannot be acknowledged, and nothing is audited.
+    let plain = task("tplain", &e, TaskState::Completed, 5000);
+    ds.create_task(&plain, None, &[]).await.unwrap();
+    let ack = Acknowledgement {
+        by: "user:ünï \"q\"".into(),
+        uid: u32::MAX,
+        at: 1_700_000_500,
+        note: "reviewed: INC-7 ünïcode \"q\"".into(),
+    };
+    let audited = |n: &str| [event("task.acknowledged", n, Some(n))];
+    assert!(
+        !ds.acknowledge_task(&tid("tplain"), &ack, &audited("tplain"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !ds.acknowledge_task(&tid("missing"), &ack, &audited("missing"))
+            .await
+            .unwrap()
+    );
+    assert!(ds.list_audit(None, None).await.unwrap().is_empty());
+    // Ending it keeps it flagged; the acknowledgement is recorded once, with its record,
+    // and survives a later update of the task made from a copy read before it.
+    let done = ended(&t, TaskState::Completed, 1_700_000_100, "fixed");
+    assert!(
+        ds.update_task(&done, &[TaskState::Active], &[])
+            .await
+            .unwrap()
+    );
+    assert!(
+        ds.get_task(&tid("tbg"))
+            .await
+            .unwrap()
+            .unwrap()
+            .awaits_review()
+    );
+    assert!(
+        ds.acknowledge_task(&tid("tbg"), &ack, &audited("tbg"))
+            .await
+            .unwrap()
+    );
+    let got = ds.get_task(&tid("tbg")).await.unwrap().unwrap();
+    assert_eq!(got.acknowledgement.as_ref(), Some(&ack));
+    assert!(!got.awaits_review() && got.break_glass);
+    let again = Acknowledgement {
+        by: "user:other".into(),
+        ..ack.clone()
+    };
+    assert!(
+        !ds.acknowledge_task(&tid("tbg"), &again, &audited("tbg"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        ds.get_task(&tid("tbg"))
+            .await
+            .unwrap()
+            .unwrap()
+            .acknowledgement,
+        Some(ack.clone())
+    );
+    assert_eq!(ds.list_audit(None, None).await.unwrap().len(), 1);
+    let stale = ended(&done, TaskState::Revoked, 1_700_000_600, "late");
+    assert!(
+        ds.update_task(&stale, &[TaskState::Completed], &[])
+            .await
+            .unwrap()
+    );
+    let got = ds.get_task(&tid("tbg")).await.unwrap().unwrap();
+    assert_eq!(got.state, TaskState::Revoked);
+    assert_eq!(
+        got.acknowledgement,
+        Some(ack),
+        "an update never undoes a review"
     );
 }
 

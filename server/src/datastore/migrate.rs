@@ -119,6 +119,15 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../migrations/postgres/0008_task_binding.sql"),
         then: None,
     },
+    Migration {
+        version: 9,
+        description: "break-glass tasks: whether a task skipped approval by break-glass, \
+                      and who acknowledged it after the fact, when and why (earlier \
+                      tasks: not break-glass)",
+        sqlite: include_str!("../../migrations/sqlite/0009_break_glass.sql"),
+        postgres: include_str!("../../migrations/postgres/0009_break_glass.sql"),
+        then: None,
+    },
 ];
 
 /// The tables version 1 created: a database holding them but no version table was

@@ -40,8 +40,8 @@ use tokio::sync::watch;
 use self::records::{EntryRow, TaskRow};
 use super::migrate::Migration;
 use super::{
-    AgentRecord, AuditFor, ConsumedToken, Datastore, DatastoreError, DomainRecord, EntryFilter,
-    EntryUsage, IssuedSvid, TaskRecord, TaskSvid, TenantRecord, UsageReport,
+    Acknowledgement, AgentRecord, AuditFor, ConsumedToken, Datastore, DatastoreError, DomainRecord,
+    EntryFilter, EntryUsage, IssuedSvid, TaskRecord, TaskSvid, TenantRecord, UsageReport,
 };
 use crate::audit::{AuditEvent, AuditRecord, ChainHead};
 
@@ -329,11 +329,14 @@ async fn write_task<D: Dialect>(
         },
     };
     let row = TaskRow::new(t)?;
-    let changed = D::execute(conn, sql, &row.params(t))
-        .await
-        .map_err(conflict(|| {
-            format!("entry {} already has an open task", t.entry_id)
-        }))?;
+    let params = if expected.is_none() {
+        row.insert_params(t)
+    } else {
+        row.params(t).to_vec()
+    };
+    let changed = D::execute(conn, sql, &params).await.map_err(conflict(|| {
+        format!("entry {} already has an open task", t.entry_id)
+    }))?;
     Ok(changed == 1)
 }
 
@@ -911,6 +914,35 @@ impl<D: Dialect> Datastore for SqlStore<D> {
                         .map_err(backend)?;
                     }
                     Ok(Some(()))
+                })
+            })
+            .await?;
+        Ok(applied.is_some())
+    }
+
+    async fn acknowledge_task(
+        &self,
+        id: &TaskId,
+        acknowledgement: &Acknowledgement,
+        audit: &[AuditEvent],
+    ) -> Result<bool, DatastoreError> {
+        let id = id.clone();
+        let ack = acknowledgement.clone();
+        let applied = self
+            .write_tx(audit, move |conn| {
+                Box::pin(async move {
+                    let params = [
+                        Param::Text(id.as_str()),
+                        Param::Text(&ack.by),
+                        Param::Int(i64::from(ack.uid)),
+                        Param::Int(ack.at),
+                        Param::Text(&ack.note),
+                        Param::Flag(true),
+                    ];
+                    let changed = D::execute(conn, records::ACKNOWLEDGE_TASK, &params)
+                        .await
+                        .map_err(backend)?;
+                    Ok((changed == 1).then_some(()))
                 })
             })
             .await?;

@@ -74,12 +74,26 @@ impl SqlStore<Sqlite> {
     }
 }
 
+/// Migrates the file on a connection of its own, then opens the serving pool.
+///
+/// A connection reads the schema when it opens, and sqlx keeps the column list of each
+/// statement it prepares. A pooled connection opened half-way through the migrations (the
+/// pool opens one whenever none is idle at that instant) would keep an older schema until
+/// its next transaction, so a `SELECT *` first prepared on it could be cached with fewer
+/// columns than its rows then carry, which panics sqlx's SQLite worker (and the query
+/// yields no rows). Every serving connection therefore opens after the last migration.
 async fn connect(opts: SqliteConnectOptions) -> Result<SqlitePool, MigrateError> {
+    let migrating = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts.clone())
+        .await?;
+    let migrated = migrate::migrate(&migrating).await;
+    migrating.close().await;
+    migrated?;
     let pool = SqlitePoolOptions::new()
         .max_connections(4)
         .connect_with(opts)
         .await?;
-    migrate::migrate(&pool).await?;
     Ok(pool)
 }
 

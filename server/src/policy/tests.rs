@@ -39,6 +39,7 @@ fn req(action: Action, principal: Principal) -> PolicyRequest {
         approver_uid: None,
         now_unix: MONDAY_10H,
         provisioned: false,
+        break_glass: false,
     }
 }
 
@@ -365,6 +366,13 @@ fn builtin_set() {
     assert!(d.allowed && d.approval_required, "{}", d.explain());
     assert_eq!(d.max_ttl_seconds, Some(3600));
     assert_eq!(d.policies, ["builtin.cedar:workload-begin-task"]);
+    // The built-in set allows break-glass to nobody.
+    let mut asked = req(Action::BeginTask, w.clone());
+    asked.break_glass = true;
+    assert!(!e.evaluate(&asked).break_glass_allowed);
+    let mut asked = alice();
+    asked.break_glass = true;
+    assert!(!e.evaluate(&asked).break_glass_allowed);
 
     for p in [w, Principal::User("bob".into())] {
         let d = e.evaluate(&req(Action::IssueSvid, p));
@@ -529,4 +537,133 @@ fn tenant_text_is_checked_like_the_global_set() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("bad @max_ttl"), "{err}");
+}
+
+/// Global set for the break-glass tests: operators need approval; on-call `alice` may break
+/// glass on `/db/*` entries for at most an hour; `/vault` is never touched.
+const BREAK_GLASS: &str = r#"
+@id("ops") @approval("required") @max_ttl("1d")
+permit (principal is Tessera::User, action == Tessera::Action::"begin_task", resource);
+
+@id("oncall-break-glass") @break_glass("allowed") @max_ttl("1h")
+permit (principal == Tessera::User::"alice", action == Tessera::Action::"begin_task", resource)
+when { resource.path like "/db/*" };
+
+@id("no-vault")
+forbid (principal, action, resource) when { resource.path like "/vault*" };
+"#;
+
+fn breaking(mut r: PolicyRequest) -> PolicyRequest {
+    r.break_glass = true;
+    r
+}
+
+#[test]
+fn break_glass_is_allowed_only_by_an_annotated_permit_that_allowed_the_request() {
+    let (_d, e) = engine(&[("g.cedar", BREAK_GLASS)]);
+    let d = e.evaluate(&breaking(alice()));
+    assert!(
+        d.allowed && d.approval_required && d.break_glass_allowed,
+        "{d:?}"
+    );
+    assert_eq!(d.max_ttl_seconds, Some(3600));
+    assert_eq!(d.policies, ["g.cedar:oncall-break-glass", "g.cedar:ops"]);
+    assert!(
+        d.explain().ends_with("; break-glass allowed)"),
+        "{}",
+        d.explain()
+    );
+    assert_eq!(d.to_json()["break_glass_allowed"], true);
+    // Another operator: allowed with approval, but not by break-glass.
+    let bob = breaking(req(Action::BeginTask, Principal::User("bob".into())));
+    let d = e.evaluate(&bob);
+    assert!(
+        d.allowed && d.approval_required && !d.break_glass_allowed,
+        "{d:?}"
+    );
+    assert!(!d.explain().contains("break-glass"), "{}", d.explain());
+    // Alice outside the annotated permit's condition.
+    let mut other = breaking(alice());
+    other.entry.spiffe_id = "spiffe://prod.example/web/front".into();
+    assert!(!e.evaluate(&other).break_glass_allowed);
+    // A forbid still denies, break-glass or not.
+    let mut vault = breaking(alice());
+    vault.entry.spiffe_id = "spiffe://prod.example/vault/db".into();
+    let d = e.evaluate(&vault);
+    assert!(!d.allowed && !d.break_glass_allowed);
+    // Policies see the request's break_glass in their context.
+    let (_d2, gate) = engine(&[(
+        "g.cedar",
+        r#"@id("p") permit (principal, action, resource);
+@id("no-bg") forbid (principal, action, resource) when { context.break_glass };"#,
+    )]);
+    assert!(gate.evaluate(&alice()).allowed);
+    let d = gate.evaluate(&breaking(alice()));
+    assert!(!d.allowed);
+    assert_eq!(d.policies, ["g.cedar:no-bg"]);
+}
+
+#[test]
+fn break_glass_annotations_are_checked() {
+    for (text, want) in [
+        (
+            r#"@id("p") @break_glass("sometimes") permit (principal, action, resource);"#,
+            "x.cedar: policy `p`: bad @break_glass(\"sometimes\"): expected \"allowed\" or \"denied\"",
+        ),
+        (
+            r#"@id("f") @break_glass("allowed") forbid (principal, action, resource);"#,
+            "@break_glass is only meaningful on permit policies",
+        ),
+    ] {
+        let err = load_err(&[("x.cedar", text)]);
+        assert!(err.contains(want), "{text}: {err}");
+    }
+    // "denied" is the same as no annotation.
+    let (_d, e) = engine(&[(
+        "x.cedar",
+        r#"@break_glass("denied") permit (principal, action, resource);"#,
+    )]);
+    assert!(!e.evaluate(&breaking(alice())).break_glass_allowed);
+}
+
+#[test]
+fn tenant_policies_narrow_break_glass_and_never_allow_it() {
+    let (_d, e) = engine(&[("g.cedar", BREAK_GLASS)]);
+    // A tenant may forbid it...
+    let own = r#"@id("no-bg") forbid (principal, action, resource) when { context.break_glass };"#;
+    PolicyEngine::check_tenant("acme", own).unwrap();
+    let d = e.evaluate_for(&breaking(alice()), acme(own));
+    assert!(!d.allowed && !d.break_glass_allowed);
+    assert_eq!(d.policies, ["tenant/acme:no-bg"]);
+    assert!(
+        e.evaluate_for(&alice(), acme(own)).allowed,
+        "only break-glass"
+    );
+    // ... or take it away by requiring approval ...
+    let approve = r#"@id("approve") @approval("required") permit (principal, action, resource);"#;
+    let d = e.evaluate_for(&breaking(alice()), acme(approve));
+    assert!(
+        d.allowed && d.approval_required && !d.break_glass_allowed,
+        "{d:?}"
+    );
+    // ... and a matching permit that asks for nothing keeps it.
+    let plain = r#"@id("plain") permit (principal, action, resource);"#;
+    assert!(
+        e.evaluate_for(&breaking(alice()), acme(plain))
+            .break_glass_allowed
+    );
+    // It can never allow it: the annotation is refused in a tenant's set, ...
+    let widen = r#"@id("widen") @break_glass("allowed") permit (principal, action, resource);"#;
+    let err = PolicyEngine::check_tenant("acme", widen)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "tenant/acme: policy `widen`: @break_glass(\"allowed\") is for the global policy set \
+         only: a tenant's policies can narrow break-glass (forbid it), never allow it"
+    );
+    // ... and ignored in one stored before the check (bob has no global break-glass).
+    let bob = breaking(req(Action::BeginTask, Principal::User("bob".into())));
+    let d = e.evaluate_for(&bob, acme(widen));
+    assert!(d.allowed && !d.break_glass_allowed, "{d:?}");
 }

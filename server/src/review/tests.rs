@@ -67,6 +67,7 @@ fn task(id: &str, entry: &RegistrationEntry, state: TaskState) -> TaskRecord {
             allowed: true,
             approval_required: false,
             max_ttl_seconds: None,
+            break_glass_allowed: false,
             policies: vec![],
             errors: vec![],
             action: String::new(),
@@ -77,6 +78,8 @@ fn task(id: &str, entry: &RegistrationEntry, state: TaskState) -> TaskRecord {
         approver_uid: None,
         tenant: entry.governance.tenant.clone(),
         binding: common::task::TaskBinding::Selectors,
+        break_glass: false,
+        acknowledgement: None,
     }
 }
 
@@ -240,4 +243,52 @@ fn a_failing_domain_flags_names_and_the_default_tenant_is_exempt_until_it_claims
     default_claim.domain = "example.net".into();
     let items = input(&[failing, default_claim]);
     assert_eq!(flags(&items, "legacy"), ["unverified_dns_name"]);
+}
+
+#[test]
+fn break_glass_tasks_are_flagged_until_acknowledged_whether_open_or_ended() {
+    let db = entry("db", "acme", &["unix:uid:1"]);
+    let web = entry("web", "acme", &["unix:uid:2"]);
+    let glass = |id: &str, e: &RegistrationEntry, state: TaskState| TaskRecord {
+        break_glass: true,
+        ..task(id, e, state)
+    };
+    let reviewed = TaskRecord {
+        acknowledgement: Some(crate::datastore::Acknowledgement {
+            by: "user:bob".into(),
+            uid: 1001,
+            at: NOW,
+            note: "fine".into(),
+        }),
+        ..glass("bg-reviewed", &web, TaskState::Completed)
+    };
+    // A provisioned task's entry is gone: it is listed only beside the entries.
+    let gone = entry("gone", "acme", &["unix:uid:3"]);
+    let tasks = vec![
+        glass("bg-open", &db, TaskState::Active),
+        glass("bg-ended", &db, TaskState::Expired),
+        task("plain", &web, TaskState::Completed),
+        reviewed,
+        glass("bg-provisioned", &gone, TaskState::Revoked),
+    ];
+    let entries = vec![db, web];
+    let usage = [used("db", NOW - DAY), used("web", NOW - DAY)];
+    let items = review(&ReviewInput {
+        entries: &entries,
+        tasks: &tasks,
+        usage: &usage,
+        domains: &[],
+        now: NOW,
+        stale_after: Duration::from_secs(30 * 86_400),
+    });
+    assert_eq!(flags(&items, "db"), ["break_glass_unreviewed"]);
+    assert_eq!(flags(&items, "web"), Vec::<&str>::new(), "acknowledged");
+    let db_item = items.iter().find(|i| i.entry.id.as_str() == "db").unwrap();
+    let ids = |v: &[TaskId]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
+    assert_eq!(ids(&db_item.break_glass_tasks), ["bg-open", "bg-ended"]);
+    assert_eq!(ids(&db_item.open_tasks), ["bg-open"]);
+    let unreviewed: Vec<&str> = unreviewed_break_glass(&tasks)
+        .map(|t| t.id.as_str())
+        .collect();
+    assert_eq!(unreviewed, ["bg-open", "bg-ended", "bg-provisioned"]);
 }

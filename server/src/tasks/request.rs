@@ -145,6 +145,10 @@ pub struct TaskRequest {
     /// Which processes receive its credentials: a workload's agent resolves a process or
     /// tree binding on its node; operators bind by selectors only.
     pub binding: TaskBinding,
+    /// Break-glass: skip approval where policy allows it for the requester
+    /// (`@break_glass("allowed")`), at most `break_glass_max_ttl`, pushed to SET receivers
+    /// at its start, and flagged for review until someone else acknowledges it.
+    pub break_glass: bool,
 }
 
 fn text(field: &str, v: &str) -> Result<(), TaskError> {
@@ -176,6 +180,11 @@ impl TaskRequest {
 /// Checks a reason given when a task ends.
 pub(crate) fn check_reason(reason: &str) -> Result<(), TaskError> {
     text("reason", reason)
+}
+
+/// Checks a free-text `field` (bounded, no control characters).
+pub(crate) fn check_text(field: &str, v: &str) -> Result<(), TaskError> {
+    text(field, v)
 }
 
 /// How a task ends when somebody ends it.
@@ -257,6 +266,7 @@ mod tests {
             audiences: vec!["https://tools.example".into()],
             ttl: None,
             binding: TaskBinding::Selectors,
+            break_glass: false,
         }
     }
 

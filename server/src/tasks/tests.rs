@@ -84,6 +84,7 @@ fn request(entry: &RegistrationEntry, ttl: Duration) -> TaskRequest {
         audiences: vec!["https://tools.example".into()],
         ttl: Some(ttl),
         binding: TaskBinding::Selectors,
+        break_glass: false,
     }
 }
 
@@ -345,13 +346,13 @@ async fn an_operator_cannot_approve_a_task_they_requested() {
     // The label check still applies to operators whose task was requested as themselves.
     let mut by_operator = f.tasks.get(&task.id).await.unwrap();
     by_operator.requester = "user:carol".into();
-    let e = check_approver(&by_operator, &unix(2000, "carol")).unwrap_err();
+    let e = check_other_user(&by_operator, &unix(2000, "carol"), "approve").unwrap_err();
     assert!(
         e.to_string().contains("requested task") && e.to_string().contains("user:carol"),
         "{e}"
     );
     assert_eq!(
-        check_approver(&by_operator, &unix(2001, "dave")).unwrap(),
+        check_other_user(&by_operator, &unix(2001, "dave"), "approve").unwrap(),
         "user:dave"
     );
 }
@@ -1039,4 +1040,280 @@ async fn parallel_tasks_on_one_entry_one_per_holder_up_to_the_limit() {
         b.id,
         "the only one left"
     );
+}
+
+/// Operators need approval for up to an hour; only alice may break glass.
+const BREAK_GLASS_POLICY: &str = r#"
+@id("ops") @approval("required") @max_ttl("1h")
+permit (principal is Tessera::User, action == Tessera::Action::"begin_task", resource);
+
+@id("alice-break-glass") @break_glass("allowed")
+permit (principal == Tessera::User::"alice", action == Tessera::Action::"begin_task", resource);
+
+@id("issue") permit (principal, action == Tessera::Action::"issue_svid", resource);
+"#;
+
+async fn break_glass_fixture() -> (Fixture, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bg.cedar"), BREAK_GLASS_POLICY).unwrap();
+    let f = fixture_with(PolicyEngine::load_dir(dir.path()).unwrap()).await;
+    (f, dir)
+}
+
+fn breaking(r: TaskRequest) -> TaskRequest {
+    TaskRequest {
+        break_glass: true,
+        reason: "INC-7 database down".into(),
+        ..r
+    }
+}
+
+async fn kinds_of(f: &Fixture, id: &TaskId) -> Vec<String> {
+    f.tasks
+        .ds
+        .list_audit(Some(id), None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.event.kind)
+        .collect()
+}
+
+#[tokio::test]
+async fn break_glass_skips_approval_only_where_policy_allows_it_and_is_capped() {
+    let (f, _dir) = break_glass_fixture().await;
+    let entry = jit_entry(&f).await;
+    // Bob may start tasks with approval, but not break glass: refused at once, with the
+    // reason, and no task is stored.
+    let bob = Requester::User(platform(1001, "bob"));
+    let e = f
+        .tasks
+        .create(&bob, &breaking(request(&entry, HOUR)))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, TaskError::Denied(_)), "{e:?}");
+    assert!(
+        e.to_string()
+            .contains("break-glass is not allowed for User::\"bob\""),
+        "{e}"
+    );
+    assert_eq!(tonic::Status::from(e).code(), tonic::Code::PermissionDenied);
+    assert!(f.tasks.list(None, &bob).await.unwrap().is_empty());
+    // Alice without break-glass waits for an approver like anyone.
+    let pending = f
+        .tasks
+        .create(&operator(), &request(&entry, HOUR))
+        .await
+        .unwrap();
+    assert_eq!(pending.state, TaskState::PendingApproval);
+    assert!(!pending.break_glass && !pending.awaits_review());
+    f.tasks
+        .end(&pending.id, Outcome::Cancelled, "", &operator())
+        .await
+        .unwrap();
+    // With break-glass: active at once, for at most break_glass_max_ttl (15 min by
+    // default) though she asked for an hour and the policy allows one.
+    let t = f
+        .tasks
+        .create(&operator(), &breaking(request(&entry, HOUR)))
+        .await
+        .unwrap();
+    assert_eq!(t.state, TaskState::Active);
+    assert!(t.break_glass && t.awaits_review());
+    assert_eq!(t.approver, None);
+    assert_eq!(t.deadline - t.activated_at.unwrap(), 15 * 60);
+    assert!(t.decision.break_glass_allowed);
+    assert_eq!(f.tasks.grant_for(&entry.id).unwrap().task_id, t.id);
+    assert_eq!(
+        kinds_of(&f, &t.id).await,
+        [
+            "task.requested",
+            "task.policy",
+            "task.activated",
+            "task.break_glass"
+        ]
+    );
+    // A shorter request stays shorter; the server's cap is configurable.
+    f.tasks
+        .end(&t.id, Outcome::Completed, "fixed", &operator())
+        .await
+        .unwrap();
+    let short = f
+        .tasks
+        .create(
+            &operator(),
+            &breaking(request(&entry, Duration::from_secs(60))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(short.deadline - short.activated_at.unwrap(), 60);
+    // Its end is marked break-glass in the record SET receivers are sent.
+    f.tasks
+        .end(&short.id, Outcome::Revoked, "done", &operator())
+        .await
+        .unwrap();
+    let ended = f.tasks.ds.list_audit(Some(&short.id), None).await.unwrap();
+    let end = ended.iter().find(|r| r.event.kind == "task.ended").unwrap();
+    assert_eq!(end.event.detail["break_glass"], true);
+    assert_eq!(end.event.detail["requester"], "user:alice");
+    // Ending does not review it.
+    assert!(f.tasks.get(&short.id).await.unwrap().awaits_review());
+}
+
+#[tokio::test]
+async fn the_break_glass_cap_is_the_servers_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bg.cedar"), BREAK_GLASS_POLICY).unwrap();
+    let mut f = fixture_with(PolicyEngine::load_dir(dir.path()).unwrap()).await;
+    let tasks = Arc::into_inner(f.tasks).unwrap();
+    f.tasks = Arc::new(tasks.with_break_glass_max_ttl(Duration::from_secs(120)));
+    let entry = jit_entry(&f).await;
+    let t = f
+        .tasks
+        .create(&operator(), &breaking(request(&entry, HOUR)))
+        .await
+        .unwrap();
+    assert_eq!(t.deadline - t.activated_at.unwrap(), 120);
+}
+
+#[tokio::test]
+async fn a_break_glass_task_is_acknowledged_once_by_someone_other_than_its_requester() {
+    let (f, _dir) = break_glass_fixture().await;
+    let entry = jit_entry(&f).await;
+    let t = f
+        .tasks
+        .create(&operator(), &breaking(request(&entry, HOUR)))
+        .await
+        .unwrap();
+    let forbidden = |e: TaskError, want: &str| {
+        assert!(matches!(e, TaskError::Forbidden(_)), "{e:?}");
+        assert!(e.to_string().contains(want), "{e} should say {want:?}");
+    };
+    // The requester, by name or by uid, cannot.
+    let e = f
+        .tasks
+        .acknowledge(&t.id, "all fine", &platform(1000, "alice"))
+        .await
+        .unwrap_err();
+    forbidden(e, "user:alice requested task");
+    let e = f
+        .tasks
+        .acknowledge(&t.id, "all fine", &platform(1000, "alice-admin"))
+        .await
+        .unwrap_err();
+    forbidden(e, "is the same Unix user as the requester");
+    // A note is required and bounded.
+    for note in ["", "  ", "a\u{7}b"] {
+        let e = f
+            .tasks
+            .acknowledge(&t.id, note, &platform(1001, "bob"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, TaskError::Invalid(_)), "{note:?}: {e:?}");
+    }
+    // Another tenant's admin cannot tell it from a missing task.
+    let other = Operator {
+        user: unix(2000, "tina"),
+        scope: Scope::Tenants(["acme".to_owned()].into()),
+    };
+    let e = f
+        .tasks
+        .acknowledge(&t.id, "fine", &other)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, TaskError::NotFound(_)), "{e:?}");
+    assert!(f.tasks.get(&t.id).await.unwrap().awaits_review());
+    assert!(
+        !kinds_of(&f, &t.id)
+            .await
+            .contains(&"task.acknowledged".to_owned())
+    );
+    // Bob can, while it runs; once.
+    let acked = f
+        .tasks
+        .acknowledge(&t.id, "INC-7: justified", &platform(1001, "bob"))
+        .await
+        .unwrap();
+    let ack = acked.acknowledgement.clone().unwrap();
+    assert_eq!((ack.by.as_str(), ack.uid), ("user:bob", 1001));
+    assert_eq!(ack.note, "INC-7: justified");
+    assert_eq!(
+        acked.state,
+        TaskState::Active,
+        "reviewing changes nothing else"
+    );
+    assert_eq!(f.tasks.get(&t.id).await.unwrap(), acked);
+    let e = f
+        .tasks
+        .acknowledge(&t.id, "again", &platform(1002, "carol"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, TaskError::WrongState(_)), "{e:?}");
+    assert!(
+        e.to_string().contains("already acknowledged by user:bob"),
+        "{e}"
+    );
+    assert_eq!(
+        tonic::Status::from(e).code(),
+        tonic::Code::FailedPrecondition
+    );
+    assert_eq!(f.tasks.get(&t.id).await.unwrap(), acked);
+    let records = f.tasks.ds.list_audit(Some(&t.id), None).await.unwrap();
+    let acks: Vec<_> = records
+        .iter()
+        .filter(|r| r.event.kind == "task.acknowledged")
+        .collect();
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0].event.actor.as_deref(), Some("user:bob"));
+    assert_eq!(acks[0].event.detail["note"], "INC-7: justified");
+    assert_eq!(acks[0].event.detail["acknowledged_uid"], 1001);
+    // A task that is not break-glass has nothing to acknowledge.
+    f.tasks
+        .end(&t.id, Outcome::Completed, "", &operator())
+        .await
+        .unwrap();
+    let plain = f
+        .tasks
+        .create(&operator(), &request(&entry, HOUR))
+        .await
+        .unwrap();
+    let e = f
+        .tasks
+        .acknowledge(&plain.id, "fine", &platform(1001, "bob"))
+        .await
+        .unwrap_err();
+    forbidden(e, "is not a break-glass task");
+}
+
+#[tokio::test]
+async fn a_workloads_break_glass_task_is_not_acknowledged_by_its_unix_user() {
+    // Workloads may break glass too, where policy says so.
+    let policy = format!(
+        "{BREAK_GLASS_POLICY}\n@id(\"rt\") @approval(\"required\") @break_glass(\"allowed\")\n\
+         permit (principal is Tessera::Workload, action == Tessera::Action::\"begin_task\", resource);"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bg.cedar"), policy).unwrap();
+    let f2 = fixture_with(PolicyEngine::load_dir(dir.path()).unwrap()).await;
+    let entry = jit_entry(&f2).await;
+    let t = f2
+        .tasks
+        .create(
+            &workload(Some(unix(1000, "svc"))),
+            &breaking(request(&entry, HOUR)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(t.state, TaskState::Active);
+    assert!(t.awaits_review());
+    let e = f2
+        .tasks
+        .acknowledge(&t.id, "fine", &platform(1000, "alice"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, TaskError::Forbidden(_)), "{e:?}");
+    f2.tasks
+        .acknowledge(&t.id, "fine", &platform(1001, "bob"))
+        .await
+        .unwrap();
 }

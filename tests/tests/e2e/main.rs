@@ -11,6 +11,7 @@
 
 mod attestation;
 mod audit;
+mod break_glass;
 mod ca_rotation;
 mod cli;
 mod client_python;

@@ -280,7 +280,7 @@ fn a_release_database_is_upgraded_at_start_and_a_newer_schema_stops_the_server()
             "SELECT string_agg(version || ' ' || how, ',' ORDER BY version) \
              FROM tessera_fixture.tessera_schema"
         ),
-        "1 baseline,2 applied,3 applied,4 applied,5 applied,6 applied,7 applied,8 applied"
+        "1 baseline,2 applied,3 applied,4 applied,5 applied,6 applied,7 applied,8 applied,9 applied"
     );
     // Everything the release stored is served by this server.
     let entries = server.cli_json(&["entry", "show"]);
@@ -333,6 +333,9 @@ fn a_release_database_is_upgraded_at_start_and_a_newer_schema_stops_the_server()
         assert_eq!(t["audiences"], serde_json::json!([]), "{t}");
         // Nor what it was bound to (schema version 8): it was bound by selectors.
         assert_eq!(t["binding"]["kind"], "selectors", "{t}");
+        // Nor break-glass (schema version 9): nothing awaits an after-the-fact review.
+        assert_eq!(t["break_glass"], false, "{t}");
+        assert_eq!(t["flags"], serde_json::json!([]), "{t}");
     }
     let v = audit_verify(&server);
     assert_eq!(v["ok"], true, "{v}");

@@ -3,7 +3,8 @@
 //! a SET signed with the JWT-SVID key, verified with the JWK set the relying-party
 //! listener publishes by PyJWT (`tests/py/set_verify.py`, through OIDC discovery) and by
 //! ring's ES256 verifier; a receiver that refuses for a while, and a
-//! server restart meanwhile, lose nothing and duplicate nothing.
+//! server restart meanwhile, lose nothing and duplicate nothing; an event undeliverable
+//! for `--set-give-up-after` is abandoned (audited) and never sent afterwards.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -22,30 +23,36 @@ use tests::web::WebPki;
 use tokio::time::Instant;
 
 const JIT: &str = "spiffe://example.org/jit/pushed";
-const EVENT: &str = "https://schemas.openid.net/secevent/caep/event-type/credential-change";
+pub(crate) const EVENT: &str =
+    "https://schemas.openid.net/secevent/caep/event-type/credential-change";
 
 /// One POST the receiver got.
 #[derive(Debug, Clone)]
-struct Received {
-    at: Instant,
-    path: String,
-    content_type: String,
-    body: String,
+pub(crate) struct Received {
+    pub(crate) at: Instant,
+    pub(crate) path: String,
+    pub(crate) content_type: String,
+    pub(crate) body: String,
     /// The status it answered.
-    status: u16,
+    pub(crate) status: u16,
 }
 
 /// A SET receiver: records every request, answers `status` (202 unless changed).
 #[derive(Debug)]
-struct Receiver {
+pub(crate) struct Receiver {
     addr: SocketAddr,
-    status: Arc<AtomicU16>,
+    pub(crate) status: Arc<AtomicU16>,
     received: Arc<Mutex<Vec<Received>>>,
     _task: tokio::task::JoinHandle<()>,
 }
 
 impl Receiver {
-    async fn start(pki: &WebPki) -> Self {
+    pub(crate) async fn start(pki: &WebPki) -> Self {
+        Self::start_at(pki, 0).await
+    }
+
+    /// A receiver on 127.0.0.1:`port` (0: any free port).
+    pub(crate) async fn start_at(pki: &WebPki, port: u16) -> Self {
         let tls = rustls::ServerConfig::builder_with_provider(tests::web::provider())
             .with_safe_default_protocol_versions()
             .unwrap()
@@ -56,7 +63,9 @@ impl Receiver {
             )
             .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
         let addr = listener.local_addr().unwrap();
         let status = Arc::new(AtomicU16::new(202));
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -109,16 +118,16 @@ impl Receiver {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("https://localhost:{}/events", self.addr.port())
     }
 
-    fn all(&self) -> Vec<Received> {
+    pub(crate) fn all(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
 
     /// The requests carrying a SET about `task_id`.
-    fn about(&self, task_id: &str) -> Vec<Received> {
+    pub(crate) fn about(&self, task_id: &str) -> Vec<Received> {
         self.all()
             .into_iter()
             .filter(|r| claims(&r.body)["events"][EVENT]["task_id"] == task_id)
@@ -126,7 +135,7 @@ impl Receiver {
     }
 
     /// Waits until `f` holds of the requests about `task_id`; returns them.
-    async fn wait(
+    pub(crate) async fn wait(
         &self,
         task_id: &str,
         timeout: Duration,
@@ -147,7 +156,7 @@ impl Receiver {
     }
 }
 
-fn part(token: &str, i: usize) -> Value {
+pub(crate) fn part(token: &str, i: usize) -> Value {
     use base64::Engine as _;
     let seg = token.split('.').nth(i).unwrap_or_default();
     base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -157,12 +166,12 @@ fn part(token: &str, i: usize) -> Value {
         .unwrap_or(Value::Null)
 }
 
-fn claims(token: &str) -> Value {
+pub(crate) fn claims(token: &str) -> Value {
     part(token, 1)
 }
 
 /// Verifies the ES256 signature of `token` with the key its `kid` names in `jwks`.
-fn verify(token: &str, jwks: &Value) {
+pub(crate) fn verify(token: &str, jwks: &Value) {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let header = part(token, 0);
@@ -243,7 +252,7 @@ fn start_task_for(s: &ServerProc, n: usize, ttl: &str) -> String {
     t["id"].as_str().unwrap().to_owned()
 }
 
-fn audit(s: &ServerProc, kind: &str) -> Vec<Value> {
+pub(crate) fn audit(s: &ServerProc, kind: &str) -> Vec<Value> {
     let out = s.cli(&["audit", "show", "--output", "json"]);
     assert!(out.status.success());
     String::from_utf8(out.stdout)
@@ -502,6 +511,62 @@ async fn a_refusing_receiver_never_delays_another() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_undeliverable_past_set_give_up_after_is_abandoned_and_never_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = WebPki::generate(dir.path()).unwrap();
+    // Nothing listens on the receiver's port yet: every attempt fails to connect.
+    let port = free_port();
+    let url = format!("https://localhost:{port}/events");
+    let ca = pki.ca_file.display().to_string();
+    let s = ServerProc::start(
+        dir.path(),
+        &[
+            "--jwt-issuer",
+            "https://tessera.example.org",
+            "--set-receiver",
+            &url,
+            "--set-receiver-ca-file",
+            &ca,
+            "--set-give-up-after",
+            "2s",
+        ],
+    );
+    let t = start_task(&s, 1);
+    let ended = Instant::now();
+    s.cli_json(&["task", "revoke", &t, "--reason", "receiver down"]);
+    let abandoned = tests::wait_for(Duration::from_secs(15), || {
+        audit(&s, "set.abandoned")
+            .into_iter()
+            .find(|r| r["task_id"] == t.as_str())
+    })
+    .expect("set.abandoned for the task end within 15 s");
+    let after = ended.elapsed();
+    println!("receiver down: task end abandoned after {after:?}");
+    // Not before the event is 2 s old (the record was written just before `ended`).
+    assert!(after >= Duration::from_millis(1500), "{after:?}");
+    assert_eq!(abandoned["detail"]["receiver"], url.as_str(), "{abandoned}");
+    assert_eq!(abandoned["detail"]["event_kind"], "task.ended");
+    assert_eq!(abandoned["actor"], "server");
+    let attempts = abandoned["detail"]["attempts"].as_u64().unwrap();
+    assert!((2..=4).contains(&attempts), "{abandoned}");
+    assert!(audit(&s, "set.delivered").is_empty());
+
+    // The receiver comes up: the abandoned event is never sent to it, the next one is.
+    let rx = Receiver::start_at(&pki, port).await;
+    assert_eq!(rx.url(), url);
+    let t2 = start_task(&s, 2);
+    s.cli_json(&["task", "complete", &t2]);
+    rx.wait(&t2, Duration::from_secs(10), |r| !r.is_empty())
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(rx.about(&t).is_empty(), "{:?}", rx.about(&t));
+    let delivered = audit(&s, "set.delivered");
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    assert_eq!(delivered[0]["task_id"], t2.as_str());
+    assert_eq!(audit(&s, "set.abandoned").len(), 1);
+}
+
 #[test]
 fn the_server_refuses_an_http_receiver_and_a_missing_ca_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -524,4 +589,8 @@ fn the_server_refuses_an_http_receiver_and_a_missing_ca_file() {
     let (code, log) = tests::server::refused_start(dir.path(), &args);
     assert!(matches!(code, Some(c) if c != 0), "{code:?}: {log}");
     assert!(log.contains("no-such-roots.pem"), "{log}");
+
+    let (code, log) = tests::server::refused_start(dir.path(), &["--set-give-up-after", "0s"]);
+    assert_eq!(code, Some(64), "{log}");
+    assert!(log.contains("set_give_up_after"), "{log}");
 }

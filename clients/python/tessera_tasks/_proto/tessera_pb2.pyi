@@ -299,15 +299,17 @@ class ReviewRequest(_message.Message):
     def __init__(self, tenant: _Optional[str] = ..., stale_after_seconds: _Optional[int] = ...) -> None: ...
 
 class ReviewResponse(_message.Message):
-    __slots__ = ("items", "generated_at")
+    __slots__ = ("items", "generated_at", "break_glass_unreviewed")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     GENERATED_AT_FIELD_NUMBER: _ClassVar[int]
+    BREAK_GLASS_UNREVIEWED_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[ReviewItem]
     generated_at: int
-    def __init__(self, items: _Optional[_Iterable[_Union[ReviewItem, _Mapping]]] = ..., generated_at: _Optional[int] = ...) -> None: ...
+    break_glass_unreviewed: _containers.RepeatedCompositeFieldContainer[Task]
+    def __init__(self, items: _Optional[_Iterable[_Union[ReviewItem, _Mapping]]] = ..., generated_at: _Optional[int] = ..., break_glass_unreviewed: _Optional[_Iterable[_Union[Task, _Mapping]]] = ...) -> None: ...
 
 class ReviewItem(_message.Message):
-    __slots__ = ("entry", "last_issued_at", "last_used_at", "open_tasks", "overlaps", "unverified_dns_names", "flags")
+    __slots__ = ("entry", "last_issued_at", "last_used_at", "open_tasks", "overlaps", "unverified_dns_names", "flags", "break_glass_tasks")
     ENTRY_FIELD_NUMBER: _ClassVar[int]
     LAST_ISSUED_AT_FIELD_NUMBER: _ClassVar[int]
     LAST_USED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -315,6 +317,7 @@ class ReviewItem(_message.Message):
     OVERLAPS_FIELD_NUMBER: _ClassVar[int]
     UNVERIFIED_DNS_NAMES_FIELD_NUMBER: _ClassVar[int]
     FLAGS_FIELD_NUMBER: _ClassVar[int]
+    BREAK_GLASS_TASKS_FIELD_NUMBER: _ClassVar[int]
     entry: Entry
     last_issued_at: int
     last_used_at: int
@@ -322,7 +325,8 @@ class ReviewItem(_message.Message):
     overlaps: _containers.RepeatedScalarFieldContainer[str]
     unverified_dns_names: _containers.RepeatedScalarFieldContainer[str]
     flags: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, entry: _Optional[_Union[Entry, _Mapping]] = ..., last_issued_at: _Optional[int] = ..., last_used_at: _Optional[int] = ..., open_tasks: _Optional[_Iterable[str]] = ..., overlaps: _Optional[_Iterable[str]] = ..., unverified_dns_names: _Optional[_Iterable[str]] = ..., flags: _Optional[_Iterable[str]] = ...) -> None: ...
+    break_glass_tasks: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, entry: _Optional[_Union[Entry, _Mapping]] = ..., last_issued_at: _Optional[int] = ..., last_used_at: _Optional[int] = ..., open_tasks: _Optional[_Iterable[str]] = ..., overlaps: _Optional[_Iterable[str]] = ..., unverified_dns_names: _Optional[_Iterable[str]] = ..., flags: _Optional[_Iterable[str]] = ..., break_glass_tasks: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TenantSpec(_message.Message):
     __slots__ = ("name", "path_prefixes", "admin_users", "admin_groups", "max_entries", "max_open_tasks", "review_every_seconds")
@@ -431,7 +435,7 @@ class TenantDomain(_message.Message):
     def __init__(self, tenant: _Optional[str] = ..., domain: _Optional[str] = ..., challenge: _Optional[str] = ..., record_name: _Optional[str] = ..., added_at: _Optional[int] = ..., verified_at: _Optional[int] = ..., checked_at: _Optional[int] = ..., failing_since: _Optional[int] = ..., last_error: _Optional[str] = ..., verified: bool = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("entry_id", "spiffe_id", "provision", "parent_id", "selectors", "reason", "ticket", "scopes", "ttl_seconds", "requester_spiffe_id", "tenant", "audiences", "bind", "bind_pid")
+    __slots__ = ("entry_id", "spiffe_id", "provision", "parent_id", "selectors", "reason", "ticket", "scopes", "ttl_seconds", "requester_spiffe_id", "tenant", "audiences", "bind", "bind_pid", "break_glass")
     ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
     SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
     PROVISION_FIELD_NUMBER: _ClassVar[int]
@@ -446,6 +450,7 @@ class TaskSpec(_message.Message):
     AUDIENCES_FIELD_NUMBER: _ClassVar[int]
     BIND_FIELD_NUMBER: _ClassVar[int]
     BIND_PID_FIELD_NUMBER: _ClassVar[int]
+    BREAK_GLASS_FIELD_NUMBER: _ClassVar[int]
     entry_id: str
     spiffe_id: str
     provision: bool
@@ -460,10 +465,11 @@ class TaskSpec(_message.Message):
     audiences: _containers.RepeatedScalarFieldContainer[str]
     bind: str
     bind_pid: int
-    def __init__(self, entry_id: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., provision: bool = ..., parent_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., ticket: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., ttl_seconds: _Optional[int] = ..., requester_spiffe_id: _Optional[str] = ..., tenant: _Optional[str] = ..., audiences: _Optional[_Iterable[str]] = ..., bind: _Optional[str] = ..., bind_pid: _Optional[int] = ...) -> None: ...
+    break_glass: bool
+    def __init__(self, entry_id: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., provision: bool = ..., parent_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., ticket: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., ttl_seconds: _Optional[int] = ..., requester_spiffe_id: _Optional[str] = ..., tenant: _Optional[str] = ..., audiences: _Optional[_Iterable[str]] = ..., bind: _Optional[str] = ..., bind_pid: _Optional[int] = ..., break_glass: bool = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("id", "state", "entry_id", "spiffe_id", "parent_id", "provisioned", "requester", "approver", "reason", "ticket", "scopes", "created_at", "activated_at", "deadline", "ended_at", "end_reason", "decision", "requester_uid", "requester_user", "approver_uid", "tenant", "audiences", "binding")
+    __slots__ = ("id", "state", "entry_id", "spiffe_id", "parent_id", "provisioned", "requester", "approver", "reason", "ticket", "scopes", "created_at", "activated_at", "deadline", "ended_at", "end_reason", "decision", "requester_uid", "requester_user", "approver_uid", "tenant", "audiences", "binding", "break_glass", "acknowledged_by", "acknowledged_uid", "acknowledged_at", "acknowledgement_note")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
@@ -487,6 +493,11 @@ class Task(_message.Message):
     TENANT_FIELD_NUMBER: _ClassVar[int]
     AUDIENCES_FIELD_NUMBER: _ClassVar[int]
     BINDING_FIELD_NUMBER: _ClassVar[int]
+    BREAK_GLASS_FIELD_NUMBER: _ClassVar[int]
+    ACKNOWLEDGED_BY_FIELD_NUMBER: _ClassVar[int]
+    ACKNOWLEDGED_UID_FIELD_NUMBER: _ClassVar[int]
+    ACKNOWLEDGED_AT_FIELD_NUMBER: _ClassVar[int]
+    ACKNOWLEDGEMENT_NOTE_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: str
     entry_id: str
@@ -510,29 +521,44 @@ class Task(_message.Message):
     tenant: str
     audiences: _containers.RepeatedScalarFieldContainer[str]
     binding: TaskBinding
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., entry_id: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., provisioned: bool = ..., requester: _Optional[str] = ..., approver: _Optional[str] = ..., reason: _Optional[str] = ..., ticket: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., created_at: _Optional[int] = ..., activated_at: _Optional[int] = ..., deadline: _Optional[int] = ..., ended_at: _Optional[int] = ..., end_reason: _Optional[str] = ..., decision: _Optional[_Union[PolicyDecision, _Mapping]] = ..., requester_uid: _Optional[int] = ..., requester_user: _Optional[str] = ..., approver_uid: _Optional[int] = ..., tenant: _Optional[str] = ..., audiences: _Optional[_Iterable[str]] = ..., binding: _Optional[_Union[TaskBinding, _Mapping]] = ...) -> None: ...
+    break_glass: bool
+    acknowledged_by: str
+    acknowledged_uid: int
+    acknowledged_at: int
+    acknowledgement_note: str
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., entry_id: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., provisioned: bool = ..., requester: _Optional[str] = ..., approver: _Optional[str] = ..., reason: _Optional[str] = ..., ticket: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., created_at: _Optional[int] = ..., activated_at: _Optional[int] = ..., deadline: _Optional[int] = ..., ended_at: _Optional[int] = ..., end_reason: _Optional[str] = ..., decision: _Optional[_Union[PolicyDecision, _Mapping]] = ..., requester_uid: _Optional[int] = ..., requester_user: _Optional[str] = ..., approver_uid: _Optional[int] = ..., tenant: _Optional[str] = ..., audiences: _Optional[_Iterable[str]] = ..., binding: _Optional[_Union[TaskBinding, _Mapping]] = ..., break_glass: bool = ..., acknowledged_by: _Optional[str] = ..., acknowledged_uid: _Optional[int] = ..., acknowledged_at: _Optional[int] = ..., acknowledgement_note: _Optional[str] = ...) -> None: ...
 
 class PolicyDecision(_message.Message):
-    __slots__ = ("allowed", "approval_required", "max_ttl_seconds", "policies", "errors", "explanation")
+    __slots__ = ("allowed", "approval_required", "max_ttl_seconds", "policies", "errors", "explanation", "break_glass_allowed")
     ALLOWED_FIELD_NUMBER: _ClassVar[int]
     APPROVAL_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     MAX_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     POLICIES_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     EXPLANATION_FIELD_NUMBER: _ClassVar[int]
+    BREAK_GLASS_ALLOWED_FIELD_NUMBER: _ClassVar[int]
     allowed: bool
     approval_required: bool
     max_ttl_seconds: int
     policies: _containers.RepeatedScalarFieldContainer[str]
     errors: _containers.RepeatedScalarFieldContainer[str]
     explanation: str
-    def __init__(self, allowed: bool = ..., approval_required: bool = ..., max_ttl_seconds: _Optional[int] = ..., policies: _Optional[_Iterable[str]] = ..., errors: _Optional[_Iterable[str]] = ..., explanation: _Optional[str] = ...) -> None: ...
+    break_glass_allowed: bool
+    def __init__(self, allowed: bool = ..., approval_required: bool = ..., max_ttl_seconds: _Optional[int] = ..., policies: _Optional[_Iterable[str]] = ..., errors: _Optional[_Iterable[str]] = ..., explanation: _Optional[str] = ..., break_glass_allowed: bool = ...) -> None: ...
 
 class TaskIdRequest(_message.Message):
     __slots__ = ("id",)
     ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class AcknowledgeTaskRequest(_message.Message):
+    __slots__ = ("id", "note")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    note: str
+    def __init__(self, id: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
 
 class EndTaskRequest(_message.Message):
     __slots__ = ("id", "outcome", "reason")

@@ -574,6 +574,11 @@ class AdminStub(object):
                 request_serializer=tessera__tasks_dot___proto_dot_tessera__pb2.TaskSpec.SerializeToString,
                 response_deserializer=tessera__tasks_dot___proto_dot_tessera__pb2.PolicyDecision.FromString,
                 _registered_method=True)
+        self.AcknowledgeTask = channel.unary_unary(
+                '/tessera.v1.Admin/AcknowledgeTask',
+                request_serializer=tessera__tasks_dot___proto_dot_tessera__pb2.AcknowledgeTaskRequest.SerializeToString,
+                response_deserializer=tessera__tasks_dot___proto_dot_tessera__pb2.Task.FromString,
+                _registered_method=True)
         self.ReloadPolicy = channel.unary_unary(
                 '/tessera.v1.Admin/ReloadPolicy',
                 request_serializer=tessera__tasks_dot___proto_dot_tessera__pb2.ReloadPolicyRequest.SerializeToString,
@@ -775,6 +780,14 @@ class AdminServicer(object):
 
     def ExplainTask(self, request, context):
         """Evaluates the policy for a task specification without starting anything.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcknowledgeTask(self, request, context):
+        """Records the after-the-fact review of a break-glass task (the caller's Unix user is
+        the reviewer; never the requester); once per task.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -982,6 +995,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ExplainTask,
                     request_deserializer=tessera__tasks_dot___proto_dot_tessera__pb2.TaskSpec.FromString,
                     response_serializer=tessera__tasks_dot___proto_dot_tessera__pb2.PolicyDecision.SerializeToString,
+            ),
+            'AcknowledgeTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcknowledgeTask,
+                    request_deserializer=tessera__tasks_dot___proto_dot_tessera__pb2.AcknowledgeTaskRequest.FromString,
+                    response_serializer=tessera__tasks_dot___proto_dot_tessera__pb2.Task.SerializeToString,
             ),
             'ReloadPolicy': grpc.unary_unary_rpc_method_handler(
                     servicer.ReloadPolicy,
@@ -1596,6 +1614,33 @@ class Admin(object):
             '/tessera.v1.Admin/ExplainTask',
             tessera__tasks_dot___proto_dot_tessera__pb2.TaskSpec.SerializeToString,
             tessera__tasks_dot___proto_dot_tessera__pb2.PolicyDecision.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcknowledgeTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Admin/AcknowledgeTask',
+            tessera__tasks_dot___proto_dot_tessera__pb2.AcknowledgeTaskRequest.SerializeToString,
+            tessera__tasks_dot___proto_dot_tessera__pb2.Task.FromString,
             options,
             channel_credentials,
             insecure,

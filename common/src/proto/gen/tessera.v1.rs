@@ -356,6 +356,10 @@ pub struct ReviewResponse {
     /// Unix seconds.
     #[prost(int64, tag = "2")]
     pub generated_at: i64,
+    /// Every break-glass task not acknowledged yet, open or ended (its entry may be gone:
+    /// a provisioned entry is deleted with its task).
+    #[prost(message, repeated, tag = "3")]
+    pub break_glass_unreviewed: ::prost::alloc::vec::Vec<Task>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ReviewItem {
@@ -374,9 +378,12 @@ pub struct ReviewItem {
     #[prost(string, repeated, tag = "6")]
     pub unverified_dns_names: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     /// no_owner, expired, review_lapsed, stale, dormant, overlapping_selectors,
-    /// unverified_dns_name, owner_offboarded, disabled.
+    /// unverified_dns_name, owner_offboarded, disabled, break_glass_unreviewed.
     #[prost(string, repeated, tag = "7")]
     pub flags: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Its break-glass tasks nobody has acknowledged yet.
+    #[prost(string, repeated, tag = "8")]
+    pub break_glass_tasks: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// A tenant's settings.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -538,6 +545,12 @@ pub struct TaskSpec {
     /// ancestor of the caller running as the same uid. 0: the caller.
     #[prost(uint32, tag = "14")]
     pub bind_pid: u32,
+    /// Break-glass: start at once, without approval, where a permit policy that allows the
+    /// request carries @break_glass("allowed") (refused otherwise); the lifetime is capped
+    /// by the server's break_glass_max_ttl, the start is pushed to SET receivers, and the
+    /// task is flagged for review until someone other than the requester acknowledges it.
+    #[prost(bool, tag = "15")]
+    pub break_glass: bool,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Task {
@@ -597,6 +610,19 @@ pub struct Task {
     /// What its credentials are bound to (absent on tasks recorded before bindings: selectors).
     #[prost(message, optional, tag = "23")]
     pub binding: ::core::option::Option<TaskBinding>,
+    /// It started by break-glass (without approval).
+    #[prost(bool, tag = "24")]
+    pub break_glass: bool,
+    /// The after-the-fact review of a break-glass task (empty / 0 / absent until
+    /// acknowledged): who (`user:NAME`), their uid, when (Unix seconds) and their note.
+    #[prost(string, tag = "25")]
+    pub acknowledged_by: ::prost::alloc::string::String,
+    #[prost(uint32, optional, tag = "26")]
+    pub acknowledged_uid: ::core::option::Option<u32>,
+    #[prost(int64, tag = "27")]
+    pub acknowledged_at: i64,
+    #[prost(string, tag = "28")]
+    pub acknowledgement_note: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct PolicyDecision {
@@ -615,11 +641,23 @@ pub struct PolicyDecision {
     /// One human-readable sentence.
     #[prost(string, tag = "6")]
     pub explanation: ::prost::alloc::string::String,
+    /// A permit policy that allowed it carries @break_glass("allowed") (and no tenant policy
+    /// requires approval): a break-glass request may skip approval.
+    #[prost(bool, tag = "7")]
+    pub break_glass_allowed: bool,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct TaskIdRequest {
     #[prost(string, tag = "1")]
     pub id: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AcknowledgeTaskRequest {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    /// What the review found (required).
+    #[prost(string, tag = "2")]
+    pub note: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct EndTaskRequest {
@@ -2336,6 +2374,29 @@ pub mod admin_client {
                 .insert(GrpcMethod::new("tessera.v1.Admin", "ExplainTask"));
             self.inner.unary(req, path, codec).await
         }
+        /// Records the after-the-fact review of a break-glass task (the caller's Unix user is
+        /// the reviewer; never the requester); once per task.
+        pub async fn acknowledge_task(
+            &mut self,
+            request: impl tonic::IntoRequest<super::AcknowledgeTaskRequest>,
+        ) -> std::result::Result<tonic::Response<super::Task>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.Admin/AcknowledgeTask",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.Admin", "AcknowledgeTask"));
+            self.inner.unary(req, path, codec).await
+        }
         /// Re-reads the policy directory; on error the last good policy set stays in force.
         pub async fn reload_policy(
             &mut self,
@@ -2771,6 +2832,12 @@ pub mod admin_server {
             &self,
             request: tonic::Request<super::TaskSpec>,
         ) -> std::result::Result<tonic::Response<super::PolicyDecision>, tonic::Status>;
+        /// Records the after-the-fact review of a break-glass task (the caller's Unix user is
+        /// the reviewer; never the requester); once per task.
+        async fn acknowledge_task(
+            &self,
+            request: tonic::Request<super::AcknowledgeTaskRequest>,
+        ) -> std::result::Result<tonic::Response<super::Task>, tonic::Status>;
         /// Re-reads the policy directory; on error the last good policy set stays in force.
         async fn reload_policy(
             &self,
@@ -3776,6 +3843,51 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ExplainTaskSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.Admin/AcknowledgeTask" => {
+                    #[allow(non_camel_case_types)]
+                    struct AcknowledgeTaskSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<super::AcknowledgeTaskRequest>
+                    for AcknowledgeTaskSvc<T> {
+                        type Response = super::Task;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::AcknowledgeTaskRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::acknowledge_task(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = AcknowledgeTaskSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -264,6 +264,13 @@ async fn a_release_datastore_is_upgraded_in_place_and_keeps_every_record(db: &dy
             .all(|t| t.binding == common::task::TaskBinding::Selectors),
         "{tasks:?}"
     );
+    // Schema version 9: a release's tasks were not break-glass, so nothing awaits review.
+    assert!(
+        tasks
+            .iter()
+            .all(|t| !t.break_glass && t.acknowledgement.is_none()),
+        "{tasks:?}"
+    );
     assert!(tasks.iter().all(|t| t.tenant == "default"), "{tasks:?}");
     // No placeholders read back: open tasks have no end, the active ones an activation
     // time, the revoked one an end; nobody approved these; the fixture's agents never

@@ -23,8 +23,8 @@ use sha2::{Digest as _, Sha256};
 use super::io::{Cells, Param};
 use crate::audit::{AuditEvent, AuditRecord};
 use crate::datastore::{
-    AgentRecord, ConsumedToken, DatastoreError, EntryUsage, TaskEnd, TaskRecord, TaskSvid,
-    UnixUser, UsageReport,
+    Acknowledgement, AgentRecord, ConsumedToken, DatastoreError, EntryUsage, TaskEnd, TaskRecord,
+    TaskSvid, UnixUser, UsageReport,
 };
 
 /// The message of a duplicate entry (same id, or same SPIFFE ID, parent and selectors);
@@ -101,9 +101,15 @@ pub(super) const LIST_AUDIT: &str = "SELECT * FROM audit_log
 pub(super) const INSERT_TASK: &str = "INSERT INTO tasks (id, state, entry_id, spiffe_id,
         parent_id, provisioned, requester, approver, reason, ticket, scopes, created_at,
         activated_at, deadline, ended_at, end_reason, decision, requester_uid, requester_user,
-        approver_uid, tenant, audiences, bind_kind, bind_pid, bind_start_time, bind_agent)
+        approver_uid, tenant, audiences, bind_kind, bind_pid, bind_start_time, bind_agent,
+        break_glass, acknowledged_by, acknowledged_uid, acknowledged_at, acknowledgement_note)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-        $19, $20, $21, $22, $23, $24, $25, $26)";
+        $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31)";
+/// Records a break-glass task's acknowledgement, once: `$1` the task, `$2` to `$5` who,
+/// their uid, when and the note.
+pub(super) const ACKNOWLEDGE_TASK: &str = "UPDATE tasks SET acknowledged_by = $2,
+        acknowledged_uid = $3, acknowledged_at = $4, acknowledgement_note = $5
+    WHERE id = $1 AND break_glass = $6 AND acknowledged_at IS NULL";
 pub(super) const GET_TASK: &str = "SELECT * FROM tasks WHERE id = $1";
 pub(super) const LIST_TASKS: &str =
     "SELECT * FROM tasks WHERE ($1 IS NULL OR state = $1) ORDER BY created_at, id";
@@ -168,7 +174,9 @@ pub(super) fn usage_of_sql(n: usize) -> String {
 }
 
 /// The update of a task's row, applied only if its stored state is one of `expected`
-/// (compare-and-set); `None` when `expected` is empty (nothing can match).
+/// (compare-and-set); `None` when `expected` is empty (nothing can match). Whether a task
+/// is break-glass never changes, and its acknowledgement is written only by
+/// [`ACKNOWLEDGE_TASK`], so an update from a copy read earlier never undoes one.
 pub(super) fn update_task_sql(expected: &[TaskState]) -> Option<String> {
     if expected.is_empty() {
         return None;
@@ -415,6 +423,43 @@ impl TaskRow {
             Param::OptText(self.bind_agent.as_deref()),
         ]
     }
+
+    /// [`Self::params`] and the columns only an insert writes ([`INSERT_TASK`] order).
+    pub(super) fn insert_params<'a>(&'a self, t: &'a TaskRecord) -> Vec<Param<'a>> {
+        let ack = t.acknowledgement.as_ref();
+        let mut params = self.params(t).to_vec();
+        params.extend([
+            Param::Flag(t.break_glass),
+            Param::OptText(ack.map(|a| a.by.as_str())),
+            Param::OptInt(ack.map(|a| i64::from(a.uid))),
+            Param::OptInt(ack.map(|a| a.at)),
+            Param::OptText(ack.map(|a| a.note.as_str())),
+        ]);
+        params
+    }
+}
+
+/// A break-glass task's acknowledgement (schema version 9 on): all four columns or none,
+/// and only on a break-glass task.
+fn acknowledgement(
+    row: &impl Cells,
+    break_glass: bool,
+) -> Result<Option<Acknowledgement>, DatastoreError> {
+    match (
+        row.opt_text("acknowledged_by")?,
+        uid(row, "acknowledged_uid")?,
+        row.opt_int("acknowledged_at")?,
+        row.opt_text("acknowledgement_note")?,
+    ) {
+        (None, None, None, None) => Ok(None),
+        (Some(by), Some(uid), Some(at), Some(note)) if break_glass => {
+            Ok(Some(Acknowledgement { by, uid, at, note }))
+        }
+        _ => Err(corrupt(
+            "acknowledged_at",
+            "an acknowledgement is complete and only on a break-glass task",
+        )),
+    }
 }
 
 /// A uid column: absent, or a value a `u32` holds.
@@ -451,6 +496,7 @@ pub(super) fn task(row: &impl Cells) -> Result<TaskRecord, DatastoreError> {
             ));
         }
     };
+    let break_glass = row.flag("break_glass")?;
     Ok(TaskRecord {
         id: id::<TaskId>(row, "id")?,
         state,
@@ -474,6 +520,8 @@ pub(super) fn task(row: &impl Cells) -> Result<TaskRecord, DatastoreError> {
         approver_uid: uid(row, "approver_uid")?,
         tenant: row.text("tenant")?,
         binding: binding(row)?,
+        break_glass,
+        acknowledgement: acknowledgement(row, break_glass)?,
     })
 }
 
