@@ -280,10 +280,10 @@ impl PgTls {
                     s.display()
                 ));
             }
-            (u, s) => u
-                .or(s)
-                .or_else(|| env.root_cert.as_ref().map(PathBuf::from)),
+            (u, s) => u.or(s),
         };
+        let explicit_ca = ca_file.is_some();
+        let ca_file = ca_file.or_else(|| env.root_cert.as_ref().map(PathBuf::from));
         let mode = match mode {
             Some(m) => m,
             None => match env.ssl_mode.as_deref() {
@@ -293,6 +293,13 @@ impl PgTls {
             },
         };
         let mode = match (mode, &ca_file) {
+            // A CA file from the environment is for whoever uses TLS.
+            (SslMode::Disable | SslMode::Prefer, Some(_)) if !explicit_ca => {
+                return Ok(Self {
+                    mode,
+                    ca_file: None,
+                });
+            }
             (SslMode::Disable | SslMode::Prefer, Some(ca)) => {
                 return Err(format!(
                     "the datastore CA file {} is used only with sslmode require, verify-ca or verify-full, not {}",
@@ -442,8 +449,9 @@ pub fn validate_url(url: &str, access: &PgAccess) -> Result<(), String> {
             redact_url(url)
         ));
     }
-    connect_options(url)?;
-    PgTls::resolve(url, access, &PgEnv::default()).map(|_| ())
+    // Ours first: it names the TLS setting at fault.
+    PgTls::resolve(url, access, &PgEnv::default())?;
+    connect_options(url).map(|_| ())
 }
 
 fn connect_options(url: &str) -> Result<PgConnectOptions, String> {
@@ -582,6 +590,10 @@ mod tests {
         assert!(
             err.starts_with("PGSSLMODE: \"sometimes\" is not one of"),
             "{err}"
+        );
+        assert_eq!(
+            PgTls::resolve(&format!("{url}?sslmode=disable"), &none, &env),
+            Ok(tls(SslMode::Disable, None))
         );
         let err =
             PgTls::resolve(&format!("{url}?sslmode=disable"), &ca("/ca.pem"), &no_env).unwrap_err();
