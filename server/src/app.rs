@@ -59,7 +59,7 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         ),
         // The error names the URL without its password.
         DatastoreUrl::Postgres(url) => Arc::new(
-            PostgresDatastore::open(url)
+            PostgresDatastore::open_with(url, &config.datastore_access)
                 .await
                 .context("opening the PostgreSQL datastore")?,
         ),

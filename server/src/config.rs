@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::TrustDomain;
 use serde::Deserialize;
 
-use crate::datastore::postgres::redact_url;
+use crate::datastore::postgres::{PgAccess, SslMode, redact_url};
 use crate::rate_limit::{MintLimits, Rate};
 
 /// Default CA lifetime (as SPIRE's `ca_ttl`).
@@ -64,9 +64,21 @@ pub struct RawServerConfig {
     pub admin_socket: Option<PathBuf>,
     /// Datastore: `sqlite` (default, `<data_dir>/datastore.sqlite3`), `sqlite:///abs/path`,
     /// or `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE` (also `postgresql://`; prefer
-    /// PGPASSWORD or the config file for the password: flags are visible in `ps`).
+    /// PGPASSWORD or datastore_password_file for the password: flags are visible in `ps`).
     #[arg(long)]
     pub datastore: Option<String>,
+    /// PostgreSQL TLS mode: disable, prefer, require, verify-ca or verify-full (also
+    /// `?sslmode=` in the URL) [default: verify-full with a CA file, else prefer].
+    #[arg(long)]
+    pub datastore_sslmode: Option<String>,
+    /// PEM roots that authenticate the PostgreSQL server's certificate (also
+    /// `?sslrootcert=` in the URL).
+    #[arg(long)]
+    pub datastore_ca_file: Option<PathBuf>,
+    /// File holding the PostgreSQL password (one line; mode 0600 or stricter), instead of
+    /// putting it in the URL.
+    #[arg(long)]
+    pub datastore_password_file: Option<PathBuf>,
     /// CA certificate lifetime, e.g. 24h [default: 24h].
     #[arg(long)]
     pub ca_ttl: Option<String>,
@@ -206,6 +218,9 @@ impl std::fmt::Debug for RawServerConfig {
             bind_address,
             admin_socket,
             datastore,
+            datastore_sslmode,
+            datastore_ca_file,
+            datastore_password_file,
             ca_ttl,
             default_x509_svid_ttl,
             default_jwt_svid_ttl,
@@ -248,6 +263,9 @@ impl std::fmt::Debug for RawServerConfig {
             .field("bind_address", bind_address)
             .field("admin_socket", admin_socket)
             .field("datastore", &datastore.as_deref().map(redact_url))
+            .field("datastore_sslmode", datastore_sslmode)
+            .field("datastore_ca_file", datastore_ca_file)
+            .field("datastore_password_file", datastore_password_file)
             .field("ca_ttl", ca_ttl)
             .field("default_x509_svid_ttl", default_x509_svid_ttl)
             .field("default_jwt_svid_ttl", default_jwt_svid_ttl)
@@ -411,6 +429,8 @@ pub struct ServerConfig {
     pub admin_socket: PathBuf,
     /// Datastore location.
     pub datastore: DatastoreUrl,
+    /// PostgreSQL TLS and password file settings (all unset with SQLite).
+    pub datastore_access: PgAccess,
     /// CA lifetime.
     pub ca_ttl: Duration,
     /// Default X.509-SVID lifetime.
@@ -520,6 +540,9 @@ impl RawServerConfig {
             bind_address,
             admin_socket,
             datastore,
+            datastore_sslmode,
+            datastore_ca_file,
+            datastore_password_file,
             ca_ttl,
             default_x509_svid_ttl,
             default_jwt_svid_ttl,
@@ -562,6 +585,9 @@ impl RawServerConfig {
             bind_address: bind_address.or(self.bind_address),
             admin_socket: admin_socket.or(self.admin_socket),
             datastore: datastore.or(self.datastore),
+            datastore_sslmode: datastore_sslmode.or(self.datastore_sslmode),
+            datastore_ca_file: datastore_ca_file.or(self.datastore_ca_file),
+            datastore_password_file: datastore_password_file.or(self.datastore_password_file),
             ca_ttl: ca_ttl.or(self.ca_ttl),
             default_x509_svid_ttl: default_x509_svid_ttl.or(self.default_x509_svid_ttl),
             default_jwt_svid_ttl: default_jwt_svid_ttl.or(self.default_jwt_svid_ttl),
@@ -632,6 +658,20 @@ fn at_least_one(key: &'static str, v: Option<u32>, default: u32) -> Result<u32, 
     }
 }
 
+/// `path` made absolute against the current directory.
+fn absolute(
+    key: &'static str,
+    path: Option<PathBuf>,
+) -> Result<Option<PathBuf>, ServerConfigError> {
+    path.map(|p| {
+        std::path::absolute(&p).map_err(|e| ServerConfigError::Invalid {
+            key,
+            message: format!("{}: {e}", p.display()),
+        })
+    })
+    .transpose()
+}
+
 fn duration(
     key: &'static str,
     v: Option<&String>,
@@ -697,15 +737,29 @@ impl ServerConfig {
                 message: "must be an absolute path".into(),
             });
         }
+        let datastore_access = PgAccess {
+            ssl_mode: raw
+                .datastore_sslmode
+                .as_deref()
+                .map(SslMode::parse)
+                .transpose()
+                .map_err(|message| ServerConfigError::Invalid {
+                    key: "datastore_sslmode",
+                    message,
+                })?,
+            // Relative to the directory the server was started in, like the policy directory.
+            ca_file: absolute("datastore_ca_file", raw.datastore_ca_file)?,
+            password_file: absolute("datastore_password_file", raw.datastore_password_file)?,
+        };
         let datastore = match raw.datastore.as_deref() {
             None | Some("sqlite") => DatastoreUrl::Sqlite(data_dir.join("datastore.sqlite3")),
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                crate::datastore::postgres::validate_url(url).map_err(|message| {
-                    ServerConfigError::Invalid {
+                crate::datastore::postgres::validate_url(url, &datastore_access).map_err(
+                    |message| ServerConfigError::Invalid {
                         key: "datastore",
                         message,
-                    }
-                })?;
+                    },
+                )?;
                 DatastoreUrl::Postgres(url.to_owned())
             }
             Some(url) => match url.strip_prefix("sqlite://") {
@@ -721,6 +775,12 @@ impl ServerConfig {
                 }
             },
         };
+        if matches!(datastore, DatastoreUrl::Sqlite(_)) && datastore_access != PgAccess::default() {
+            return Err(ServerConfigError::Invalid {
+                key: "datastore_sslmode",
+                message: "datastore_sslmode, datastore_ca_file and datastore_password_file apply only to a postgres:// datastore".into(),
+            });
+        }
         let ca_ttl = duration("ca_ttl", raw.ca_ttl.as_ref(), DEFAULT_CA_TTL)?;
         let default_x509_svid_ttl = duration(
             "default_x509_svid_ttl",
@@ -974,6 +1034,7 @@ impl ServerConfig {
             bind_address,
             admin_socket,
             datastore,
+            datastore_access,
             ca_ttl,
             default_x509_svid_ttl,
             default_jwt_svid_ttl,
@@ -1433,13 +1494,89 @@ mod tests {
     }
 
     #[test]
+    fn postgres_tls_and_password_file_settings() {
+        let pg = "postgres://tessera@db.example/tessera";
+        let with = |f: &dyn Fn(&mut RawServerConfig)| {
+            let mut r = raw("example.org");
+            r.datastore = Some(pg.into());
+            f(&mut r);
+            ServerConfig::from_raw(r)
+        };
+        let c = with(&|r| {
+            r.datastore_sslmode = Some("verify-full".into());
+            r.datastore_ca_file = Some("/etc/tessera/db-ca.pem".into());
+            r.datastore_password_file = Some("/etc/tessera/db-password".into());
+        })
+        .unwrap();
+        assert_eq!(
+            c.datastore_access,
+            PgAccess {
+                ssl_mode: Some(SslMode::VerifyFull),
+                ca_file: Some("/etc/tessera/db-ca.pem".into()),
+                password_file: Some("/etc/tessera/db-password".into()),
+            }
+        );
+        let refused = |f: &dyn Fn(&mut RawServerConfig), key: &str, part: &str| match with(f) {
+            Err(ServerConfigError::Invalid { key: k, message }) => {
+                assert_eq!(k, key, "{message}");
+                assert!(message.contains(part), "{part:?} not in {message:?}");
+            }
+            other => panic!("{part}: {other:?}"),
+        };
+        refused(
+            &|r| r.datastore_sslmode = Some("verify_full".into()),
+            "datastore_sslmode",
+            "not one of disable, prefer, require, verify-ca, verify-full",
+        );
+        refused(
+            &|r| r.datastore = Some(format!("{pg}?sslmode=strict")),
+            "datastore",
+            "sslmode in the datastore URL",
+        );
+        refused(
+            &|r| {
+                r.datastore = Some(format!("{pg}?sslmode=require"));
+                r.datastore_sslmode = Some("verify-full".into());
+            },
+            "datastore",
+            "contradicts datastore_sslmode",
+        );
+        refused(
+            &|r| {
+                r.datastore_sslmode = Some("prefer".into());
+                r.datastore_ca_file = Some("/ca.pem".into());
+            },
+            "datastore",
+            "used only with sslmode require, verify-ca or verify-full",
+        );
+        refused(
+            &|r| {
+                r.datastore = Some("postgres://tessera:s3cret@db.example/tessera".into());
+                r.datastore_password_file = Some("/pw".into());
+            },
+            "datastore",
+            "give it once",
+        );
+        // Only for PostgreSQL.
+        let mut r = raw("example.org");
+        r.datastore_ca_file = Some("/ca.pem".into());
+        assert!(matches!(
+            ServerConfig::from_raw(r),
+            Err(ServerConfigError::Invalid {
+                key: "datastore_sslmode",
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn every_flag_is_a_config_file_key() {
         let cmd = <RawServerConfig as clap::Args>::augment_args(clap::Command::new("run"));
         let ids: Vec<String> = cmd
             .get_arguments()
             .map(|a| a.get_id().to_string())
             .collect();
-        assert_eq!(ids.len(), 40, "{ids:?}");
+        assert_eq!(ids.len(), 43, "{ids:?}");
         for id in ids {
             // A text key, a number key or a list key.
             let ok = ["\"x\"", "1", "[\"x\"]"]

@@ -77,13 +77,25 @@ pub struct AgentRecord {
     pub attestation_type: String,
 }
 
-/// A join token that was consumed.
+/// What a join token grants.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumedToken {
     /// The SPIFFE ID the token grants.
     pub spiffe_id: SpiffeId,
     /// When it expires(d) (unix seconds).
     pub expires_at: i64,
+}
+
+/// How [`Datastore::attest_agent_with_token`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenAttestation {
+    /// The token was consumed and the agent stored, with its audit records.
+    Attested,
+    /// The token is gone (used, perhaps by a concurrent caller), expired, or grants
+    /// another SPIFFE ID: nothing changed.
+    TokenGone,
+    /// An agent with this SPIFFE ID is banned: nothing changed.
+    Banned,
 }
 
 /// A task as stored.
@@ -328,12 +340,25 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
         expires_at: i64,
         audit: &[AuditEvent],
     ) -> Result<(), DatastoreError>;
-    /// Deletes a join token and returns what it granted, atomically: of two concurrent
-    /// callers with the same token, exactly one gets `Some`.
-    async fn consume_join_token(
+    /// What a stored join token grants, without consuming it (`None`: unknown or used).
+    async fn get_join_token(
         &self,
         token_hash: &str,
     ) -> Result<Option<ConsumedToken>, DatastoreError>;
+    /// Enrolls an agent with a join token, in one transaction: deletes the token if it
+    /// still exists, grants `agent.spiffe_id` and expires after `now` (one conditional
+    /// `DELETE`), then creates or replaces `agent` as [`Self::attest_agent`] does and
+    /// appends `audit`. Of concurrent callers with the same token, in this process or
+    /// another server on the same database, exactly one gets
+    /// [`TokenAttestation::Attested`]; for every other outcome nothing changes (the token
+    /// of a banned agent stays, as it was).
+    async fn attest_agent_with_token(
+        &self,
+        token_hash: &str,
+        now: i64,
+        agent: &AgentRecord,
+        audit: &[AuditEvent],
+    ) -> Result<TokenAttestation, DatastoreError>;
 
     /// Creates or replaces an agent record — unless a record with that ID is banned, in
     /// which case nothing changes and `false` is returned. One statement, so a ban that

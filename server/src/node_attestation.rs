@@ -16,7 +16,7 @@ use crate::audit::{AuditEvent, AuditKind};
 use crate::ca::rotation::CaSet;
 use crate::ca::{CaError, Issued};
 use crate::clock::{now_unix, unix_seconds};
-use crate::datastore::{AgentRecord, Datastore, DatastoreError};
+use crate::datastore::{AgentRecord, Datastore, DatastoreError, TokenAttestation};
 use crate::events::{ChangeEvent, Events};
 
 /// Default join token lifetime (as SPIRE's).
@@ -171,15 +171,20 @@ impl NodeAttestor {
         token: &str,
         csr: &[u8],
     ) -> Result<(SpiffeId, Issued), NodeAttestationError> {
-        let consumed = self
+        // Read first, to know which SPIFFE ID to sign for; consumed below, in the
+        // transaction that stores the agent, so a token is never used up by an attestation
+        // that did not happen, and of two servers presented the same token at once exactly
+        // one enrolls the agent.
+        let hash = hash_token(token);
+        let grant = self
             .ds
-            .consume_join_token(&hash_token(token))
+            .get_join_token(&hash)
             .await?
             .ok_or(NodeAttestationError::UnknownToken)?;
-        if consumed.expires_at <= now_unix() {
+        if grant.expires_at <= now_unix() {
             return Err(NodeAttestationError::ExpiredToken);
         }
-        let id = consumed.spiffe_id;
+        let id = grant.spiffe_id;
         // Cheap early refusal; the write below re-checks atomically.
         let existing = self.ds.get_agent(&id).await?;
         if existing.as_ref().is_some_and(|a| a.banned) {
@@ -205,8 +210,18 @@ impl NodeAttestor {
             }),
         )
         .by(&id);
-        if !self.ds.attest_agent(&record, &[event]).await? {
-            return Err(NodeAttestationError::Banned(id.to_string()));
+        // An SVID signed for a token another server consumed meanwhile is dropped here,
+        // never sent.
+        match self
+            .ds
+            .attest_agent_with_token(&hash, now_unix(), &record, &[event])
+            .await?
+        {
+            TokenAttestation::Attested => {}
+            TokenAttestation::TokenGone => return Err(NodeAttestationError::UnknownToken),
+            TokenAttestation::Banned => {
+                return Err(NodeAttestationError::Banned(id.to_string()));
+            }
         }
         tracing::info!(agent_id = %id, serial = %issued.serial_hex, "agent attested with join token");
         Ok((id, issued))

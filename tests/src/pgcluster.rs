@@ -6,10 +6,16 @@
 //! loopback port with its socket in the same directory. [`PgCluster::url`] is
 //! `postgres://root@127.0.0.1:PORT/postgres`. It is stopped (immediate mode) when dropped.
 //!
+//! [`PgCluster::start_tls`] makes a cluster that accepts TCP connections only over TLS,
+//! with a certificate the test issued, and a password (SCRAM): `hostssl` lines in
+//! `pg_hba.conf` and nothing else for TCP, so a plain connection is refused. `root` then
+//! connects only over the Unix socket ([`PgCluster::psql`]).
+//!
 //! The tests run as root and need PostgreSQL's server binaries under
 //! `/usr/lib/postgresql/<version>/bin` (`.ci/run` installs them): without them a test using
 //! this fails, naming what is missing; it never skips.
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -27,6 +33,8 @@ pub struct PgCluster {
     bin: PathBuf,
     port: u16,
     running: bool,
+    /// Serves TLS (certificate and key in `dir`).
+    tls: bool,
 }
 
 /// The newest PostgreSQL server binaries installed.
@@ -72,6 +80,17 @@ fn as_postgres(program: &Path, args: &[&str], what: &str) {
 impl PgCluster {
     /// Creates a cluster and starts it; fails the test, with the reason, if it cannot.
     pub fn start() -> Self {
+        Self::create(None)
+    }
+
+    /// Creates a cluster that serves TLS with `cert_pem` (chain, leaf first) and `key_pem`
+    /// and accepts TCP connections only over TLS with a password (see the module docs),
+    /// and starts it.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Self {
+        Self::create(Some((cert_pem, key_pem)))
+    }
+
+    fn create(tls: Option<(&str, &str)>) -> Self {
         let bin = bin_dir();
         let dir = tempfile::tempdir().expect("temporary directory");
         let postgres = nix::unistd::User::from_name(POSTGRES_USER)
@@ -87,6 +106,7 @@ impl PgCluster {
             bin,
             port: free_port(),
             running: false,
+            tls: tls.is_some(),
         };
         let data = cluster.data_dir();
         as_postgres(
@@ -103,8 +123,49 @@ impl PgCluster {
             ],
             "initdb",
         );
+        if let Some((cert, key)) = tls {
+            let private = |name: &str, text: &str| {
+                let path = cluster.dir.path().join(name);
+                std::fs::write(&path, text).expect("writing a TLS file of the cluster");
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .expect("chmod");
+                nix::unistd::chown(&path, Some(postgres.uid), Some(postgres.gid))
+                    .expect("giving a TLS file to postgres");
+            };
+            private("server.crt", cert);
+            private("server.key", key);
+            private(
+                "data/pg_hba.conf",
+                "local all all trust\n\
+                 hostssl all all 127.0.0.1/32 scram-sha-256\n\
+                 hostssl all all ::1/128 scram-sha-256\n",
+            );
+        }
         cluster.start_again();
         cluster
+    }
+
+    /// The TCP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Runs `sql` in `database` as `root` over the Unix socket (which needs neither TLS
+    /// nor a password) and returns its output (unaligned tuples); fails the test if it
+    /// fails.
+    pub fn psql(&self, database: &str, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args(["-h", path_str(self.dir.path())])
+            .args(["-p", &self.port.to_string(), "-U", "root", "-d", database])
+            .args(["-XqAt", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .expect("running psql");
+        assert!(
+            out.status.success(),
+            "psql {sql:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
     /// `postgres://root@127.0.0.1:PORT/postgres`.
@@ -121,11 +182,17 @@ impl PgCluster {
     /// connections.
     pub fn start_again(&mut self) {
         assert!(!self.running, "PostgreSQL cluster already running");
-        let options = format!(
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
             self.port,
             path_str(self.dir.path())
         );
+        if self.tls {
+            let dir = path_str(self.dir.path());
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key"
+            ));
+        }
         let data = self.data_dir();
         let log = self.log();
         let (data, log) = (path_str(&data), path_str(&log));

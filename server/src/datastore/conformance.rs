@@ -18,8 +18,9 @@ use serde_json::json;
 
 use super::testdb::{Backend, Under};
 use super::{
-    Acknowledgement, AgentRecord, DatastoreError, DomainRecord, EntryFilter, EntryUsage, TaskEnd,
-    TaskRecord, TaskSvid, TenantRecord, UnixUser, UsageReport,
+    Acknowledgement, AgentRecord, ConsumedToken, DatastoreError, DomainRecord, EntryFilter,
+    EntryUsage, TaskEnd, TaskRecord, TaskSvid, TenantRecord, TokenAttestation, UnixUser,
+    UsageReport,
 };
 use crate::audit::{AuditEvent, ChainHead, verify};
 use crate::policy::Decision;
@@ -519,50 +520,168 @@ async fn changes_commit_with_their_audit_records_or_not_at_all(b: &dyn Backend) 
 }
 
 async fn join_tokens_are_single_use_under_concurrency(b: &dyn Backend) {
+    // Two stores on one database: two servers.
     let servers = [b.open().await, b.open().await];
-    let id = sid("spiffe://example.org/node/t");
     const TOKENS: usize = 25;
+    const CONSUMERS: usize = 4;
+    const NOW: i64 = 1000;
+    let node = |i: usize| format!("spiffe://example.org/node/t{i}");
     for i in 0..TOKENS {
         servers[0]
-            .create_join_token(&format!("hash-{i}"), &id, 1000 + i as i64, &[])
+            .create_join_token(
+                &format!("hash-{i}"),
+                &sid(&node(i)),
+                NOW + 1 + i as i64,
+                &[],
+            )
             .await
             .unwrap();
     }
     // Same hash again: refused (it is the primary key).
     assert!(matches!(
-        servers[1].create_join_token("hash-0", &id, 1, &[]).await,
+        servers[1]
+            .create_join_token("hash-0", &sid(&node(0)), 1, &[])
+            .await,
         Err(DatastoreError::Conflict(_))
     ));
+    assert_eq!(
+        servers[1].get_join_token("hash-3").await.unwrap(),
+        Some(ConsumedToken {
+            spiffe_id: sid(&node(3)),
+            expires_at: NOW + 4
+        })
+    );
+    let audited_before = servers[0].list_audit(None, None).await.unwrap().len();
+    // Every token presented by several consumers at once, alternating between the stores;
+    // each consumer would store the agent with its own serial and audit record.
     let mut handles = Vec::new();
     for i in 0..TOKENS {
-        for k in 0..4 {
+        for k in 0..CONSUMERS {
             let ds = Arc::clone(&servers[k % 2]);
+            let record = agent(&node(i), &format!("{i:02x}{k:02x}"));
             handles.push(tokio::spawn(async move {
-                (
-                    i,
-                    ds.consume_join_token(&format!("hash-{i}")).await.unwrap(),
-                )
+                let audit = [event("attested", &format!("t{i} by {k}"), None)];
+                let got = ds
+                    .attest_agent_with_token(&format!("hash-{i}"), NOW, &record, &audit)
+                    .await
+                    .unwrap();
+                (i, k, got)
             }));
         }
     }
-    let mut winners = BTreeMap::new();
+    let mut winners: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for h in handles {
-        let (i, got) = h.await.unwrap();
-        if let Some(t) = got {
-            assert_eq!(t.spiffe_id, id);
-            assert_eq!(t.expires_at, 1000 + i as i64);
-            *winners.entry(i).or_insert(0) += 1;
+        let (i, k, got) = h.await.unwrap();
+        match got {
+            TokenAttestation::Attested => winners.entry(i).or_default().push(k),
+            TokenAttestation::TokenGone => {}
+            TokenAttestation::Banned => panic!("no agent is banned"),
         }
     }
     assert_eq!(winners.len(), TOKENS, "every token consumed: {winners:?}");
     assert!(
-        winners.values().all(|n| *n == 1),
+        winners.values().all(|w| w.len() == 1),
         "exactly one consumer per token: {winners:?}"
     );
-    assert_eq!(servers[0].consume_join_token("hash-0").await.unwrap(), None);
+    // The winner's agent record and audit record were stored, nobody else's.
+    let audit = servers[1].list_audit(None, None).await.unwrap();
+    let attested: Vec<&str> = audit[audited_before..]
+        .iter()
+        .map(|r| r.event.subject.as_str())
+        .collect();
+    assert_eq!(attested.len(), TOKENS, "{attested:?}");
+    for (i, w) in &winners {
+        let stored = servers[0]
+            .get_agent(&sid(&node(*i)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.serial, format!("{i:02x}{:02x}", w[0]));
+        let subject = format!("t{i} by {}", w[0]);
+        assert_eq!(
+            attested.iter().filter(|s| **s == subject).count(),
+            1,
+            "{attested:?}"
+        );
+        assert_eq!(
+            servers[i % 2]
+                .get_join_token(&format!("hash-{i}"))
+                .await
+                .unwrap(),
+            None
+        );
+    }
+    verify(&audit).unwrap();
+    assert_eq!(servers[0].get_join_token("unknown").await.unwrap(), None);
+
+    // Expired, or granting another SPIFFE ID: nothing changes, the token stays.
+    let late = sid("spiffe://example.org/node/late");
+    servers[0]
+        .create_join_token("hash-late", &late, NOW, &[])
+        .await
+        .unwrap();
+    let other = agent("spiffe://example.org/node/other", "0c");
+    for (hash, record) in [
+        ("hash-late", agent(late.as_str(), "0a")),
+        ("hash-late", other.clone()),
+        ("unknown", other),
+    ] {
+        assert_eq!(
+            servers[1]
+                .attest_agent_with_token(hash, NOW, &record, &[event("attested", "no", None)])
+                .await
+                .unwrap(),
+            TokenAttestation::TokenGone,
+            "{hash}"
+        );
+    }
+    assert!(
+        servers[0]
+            .get_join_token("hash-late")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(servers[0].get_agent(&late).await.unwrap().is_none());
+
+    // A banned agent: refused, nothing changes, the token stays.
+    let banned = sid("spiffe://example.org/node/banned");
+    assert!(
+        servers[0]
+            .attest_agent(&agent(banned.as_str(), "01"), &[])
+            .await
+            .unwrap()
+    );
+    servers[0].ban_agent(&banned, &[]).await.unwrap().unwrap();
+    servers[0]
+        .create_join_token("hash-banned", &banned, NOW + 100, &[])
+        .await
+        .unwrap();
     assert_eq!(
-        servers[1].consume_join_token("unknown").await.unwrap(),
-        None
+        servers[1]
+            .attest_agent_with_token(
+                "hash-banned",
+                NOW,
+                &agent(banned.as_str(), "02"),
+                &[event("attested", "banned", None)]
+            )
+            .await
+            .unwrap(),
+        TokenAttestation::Banned
+    );
+    assert!(
+        servers[0]
+            .get_join_token("hash-banned")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let record = servers[0].get_agent(&banned).await.unwrap().unwrap();
+    assert!(record.banned && record.serial == "01", "{record:?}");
+    assert_eq!(
+        servers[0].list_audit(None, None).await.unwrap().len(),
+        audit.len(),
+        "no refused attestation left a record"
     );
 }
 
@@ -1307,9 +1426,17 @@ async fn reopen_sees_everything(b: &dyn Backend) {
         (got.serial.as_str(), got.previous_serial.as_deref()),
         ("02", Some("01"))
     );
-    let tok = ds.consume_join_token("h1").await.unwrap().unwrap();
-    assert_eq!((tok.spiffe_id, tok.expires_at), (node, 99));
-    assert_eq!(ds.consume_join_token("h1").await.unwrap(), None);
+    let tok = ds.get_join_token("h1").await.unwrap().unwrap();
+    assert_eq!((&tok.spiffe_id, tok.expires_at), (&node, 99));
+    let mut again = got.clone();
+    again.serial = "03".into();
+    assert_eq!(
+        ds.attest_agent_with_token("h1", 98, &again, &[])
+            .await
+            .unwrap(),
+        TokenAttestation::Attested
+    );
+    assert_eq!(ds.get_join_token("h1").await.unwrap(), None);
     // The chain continues where the previous object left it.
     ds.append_audit(&[event("after.reopen", "x", None)])
         .await

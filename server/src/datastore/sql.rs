@@ -41,7 +41,8 @@ use self::records::{EntryRow, TaskRow};
 use super::migrate::Migration;
 use super::{
     Acknowledgement, AgentRecord, AuditFor, ConsumedToken, Datastore, DatastoreError, DomainRecord,
-    EntryFilter, EntryUsage, IssuedSvid, TaskRecord, TaskSvid, TenantRecord, UsageReport,
+    EntryFilter, EntryUsage, IssuedSvid, TaskRecord, TaskSvid, TenantRecord, TokenAttestation,
+    UsageReport,
 };
 use crate::audit::{AuditEvent, AuditRecord, ChainHead};
 
@@ -527,16 +528,60 @@ impl<D: Dialect> Datastore for SqlStore<D> {
         .map(|_| ())
     }
 
-    async fn consume_join_token(
+    async fn get_join_token(
         &self,
         token_hash: &str,
     ) -> Result<Option<ConsumedToken>, DatastoreError> {
         self.one(
-            records::CONSUME_JOIN_TOKEN,
+            records::GET_JOIN_TOKEN,
             &[Param::Text(token_hash)],
             records::consumed_token,
         )
         .await
+    }
+
+    async fn attest_agent_with_token(
+        &self,
+        token_hash: &str,
+        now: i64,
+        agent: &AgentRecord,
+        audit: &[AuditEvent],
+    ) -> Result<TokenAttestation, DatastoreError> {
+        let (hash, agent) = (token_hash.to_owned(), agent.clone());
+        // Why nothing was applied, when nothing was (the transaction is rolled back).
+        let refusal = Arc::new(std::sync::Mutex::new(TokenAttestation::TokenGone));
+        let refused = Arc::clone(&refusal);
+        let applied = self
+            .write_tx(audit, move |conn| {
+                Box::pin(async move {
+                    let params = [
+                        Param::Text(&hash),
+                        Param::Text(agent.spiffe_id.as_str()),
+                        Param::Int(now),
+                    ];
+                    let consumed = D::execute(conn, records::CONSUME_JOIN_TOKEN, &params)
+                        .await
+                        .map_err(backend)?;
+                    if consumed != 1 {
+                        return Ok(None);
+                    }
+                    let stored =
+                        D::execute(conn, records::ATTEST_AGENT, &records::agent_params(&agent))
+                            .await
+                            .map_err(backend)?;
+                    if stored != 1 {
+                        *refused.lock().unwrap_or_else(|e| e.into_inner()) =
+                            TokenAttestation::Banned;
+                        return Ok(None);
+                    }
+                    Ok(Some(()))
+                })
+            })
+            .await?;
+        Ok(match applied {
+            Some(_) => TokenAttestation::Attested,
+            None => *refusal.lock().unwrap_or_else(|e| e.into_inner()),
+        })
     }
 
     async fn attest_agent(

@@ -29,6 +29,7 @@ mod jwt_validate;
 mod lifecycle;
 mod offboard;
 mod postgres;
+mod postgres_tls;
 mod readiness;
 mod relying_party;
 mod resilience_health;

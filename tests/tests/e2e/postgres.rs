@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use tests::{AGENT_ID, Cluster, ServerProc, TRUST_DOMAIN, bin, free_port, wait_for};
+use tests::{AGENT_ID, AgentProc, Cluster, ServerProc, TRUST_DOMAIN, bin, free_port, wait_for};
 
 const DEFAULT_URL: &str = "postgres://root@127.0.0.1:5432/test";
 const WEB: &str = "spiffe://example.org/pg/web";
@@ -400,4 +400,113 @@ fn a_release_database_is_upgraded_at_start_and_a_newer_schema_stops_the_server()
     ] {
         assert!(stderr.contains(&part), "{part:?} not in: {stderr}");
     }
+}
+
+/// The audit records of `kind` about `subject`, as `server` shows them.
+fn audit_records(server: &ServerProc, kind: &str, subject: &str) -> Vec<Value> {
+    let out = server.cli(&["audit", "show", "--output", "json"]);
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["kind"] == kind && v["subject"] == subject)
+        .collect()
+}
+
+#[test]
+fn a_join_token_presented_to_two_servers_at_once_enrolls_exactly_one_agent() {
+    let db = TestDb::create();
+    let dir = tempfile::tempdir().unwrap();
+    let servers = ["a", "b"].map(|name| {
+        let home = dir.path().join(name);
+        std::fs::create_dir_all(&home).unwrap();
+        ServerProc::start(&home, &["--datastore", &db.url])
+    });
+    const ROUNDS: usize = 5;
+    let mut wins = [0; 2];
+    for round in 0..ROUNDS {
+        let node = format!("spiffe://example.org/node/race-{round}");
+        let token = servers[round % 2].token(&node);
+        // One agent per server, each trusting its server's CA (servers on one database
+        // still have a CA each), started together with the same token.
+        let mut agents: Vec<AgentProc> = servers
+            .iter()
+            .enumerate()
+            .map(|(n, s)| AgentProc::new(&dir.path().join(format!("r{round}-{n}")), s))
+            .collect();
+        let barrier = std::sync::Barrier::new(agents.len());
+        std::thread::scope(|s| {
+            for agent in &mut agents {
+                let (barrier, token) = (&barrier, &token);
+                s.spawn(move || {
+                    barrier.wait();
+                    agent.spawn(Some(token));
+                });
+            }
+        });
+        // The loser exits, refused; the winner stays and keeps its identity.
+        let refused = wait_for(Duration::from_secs(30), || {
+            agents
+                .iter_mut()
+                .position(|a| a.exited().is_some_and(|code| code != 0))
+        });
+        let Some(loser) = refused else {
+            panic!(
+                "round {round}: no agent was refused:\n{}\n{}",
+                agents[0].log_tail(),
+                agents[1].log_tail()
+            );
+        };
+        let winner = 1 - loser;
+        let log = agents[loser].log_text();
+        assert!(
+            log.contains("join token is invalid or has already been used"),
+            "round {round}: the refused agent says why:\n{log}"
+        );
+        assert!(!agents[loser].data_dir.join("agent_svid.key").exists());
+        servers[winner].wait_attested(&node, Duration::from_secs(30));
+        assert!(
+            wait_for(Duration::from_secs(30), || agents[winner]
+                .data_dir
+                .join("agent_svid.key")
+                .exists()
+                .then_some(()))
+            .is_some(),
+            "round {round}: the winner stores its identity:\n{}",
+            agents[winner].log_tail()
+        );
+        assert!(
+            agents[winner].is_running(),
+            "round {round}: the winner runs:\n{}",
+            agents[winner].log_tail()
+        );
+        assert_eq!(
+            db.query(&format!(
+                "SELECT count(*) FROM agents WHERE spiffe_id = '{node}'"
+            )),
+            "1"
+        );
+        assert_eq!(
+            db.query("SELECT count(*) FROM join_tokens WHERE expires_at > 0"),
+            "0",
+            "the token is used up"
+        );
+        // One enrollment recorded, by whichever server won, seen from both.
+        for server in &servers {
+            let attested = audit_records(server, "agent.attested", &node);
+            assert_eq!(attested.len(), 1, "round {round}: {attested:?}");
+        }
+        wins[winner] += 1;
+        for agent in &mut agents {
+            if agent.is_running() {
+                agent.stop();
+            }
+        }
+    }
+    // Every loser's refusal is recorded too.
+    let refusals = audit_records(&servers[0], "agent.attestation_refused", "unknown");
+    assert_eq!(refusals.len(), ROUNDS, "{refusals:?}");
+    let v = audit_verify(&servers[1]);
+    assert_eq!(v["ok"], true, "{v}");
+    eprintln!("wins by server: {wins:?}");
 }

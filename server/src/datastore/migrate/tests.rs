@@ -304,13 +304,31 @@ async fn a_release_datastore_is_upgraded_in_place_and_keeps_every_record(db: &dy
 
     // The join token the release left unused is still single use.
     let token_hash = db.texts("SELECT token_hash AS t FROM join_tokens").await;
-    let token = ds
-        .consume_join_token(&token_hash[0])
-        .await
-        .unwrap()
-        .unwrap();
+    let token = ds.get_join_token(&token_hash[0]).await.unwrap().unwrap();
     assert_eq!(token.spiffe_id.as_str(), "spiffe://example.org/node/unused");
-    assert_eq!(ds.consume_join_token(&token_hash[0]).await.unwrap(), None);
+    // (Its expiry was fixed when the release wrote it: "now" is just before.)
+    let now = token.expires_at - 1;
+    let node = crate::datastore::AgentRecord {
+        spiffe_id: token.spiffe_id.clone(),
+        serial: "0b".into(),
+        previous_serial: None,
+        expires_at: now + 60,
+        attested_at: now,
+        banned: false,
+        attestation_type: "join_token".into(),
+    };
+    for want in [
+        crate::datastore::TokenAttestation::Attested,
+        crate::datastore::TokenAttestation::TokenGone,
+    ] {
+        assert_eq!(
+            ds.attest_agent_with_token(&token_hash[0], now, &node, &[])
+                .await
+                .unwrap(),
+            want
+        );
+    }
+    assert_eq!(ds.get_join_token(&token_hash[0]).await.unwrap(), None);
 
     // The audit chain verifies, and the next record chains onto it.
     let log = ds.list_audit(None, None).await.unwrap();

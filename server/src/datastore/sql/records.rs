@@ -66,8 +66,14 @@ pub(super) const INSERT_JOIN_TOKEN: &str =
     "INSERT INTO join_tokens (token_hash, spiffe_id, expires_at) VALUES ($1, $2, $3)";
 /// One statement: of two concurrent callers only one deletes the row (SQLite serialises
 /// writers; on PostgreSQL the second `DELETE` waits for the first, then finds nothing).
+pub(super) const GET_JOIN_TOKEN: &str =
+    "SELECT spiffe_id, expires_at FROM join_tokens WHERE token_hash = $1";
+
+/// Consumes a join token: one conditional statement, so of two transactions presenting
+/// the same token only the first to commit deletes a row (the other, waiting on the row
+/// or the write lock, finds none).
 pub(super) const CONSUME_JOIN_TOKEN: &str =
-    "DELETE FROM join_tokens WHERE token_hash = $1 RETURNING spiffe_id, expires_at";
+    "DELETE FROM join_tokens WHERE token_hash = $1 AND spiffe_id = $2 AND expires_at > $3";
 
 /// One statement: the conflicting row is locked and its `banned` read again before the
 /// update, so a ban committed concurrently is never overwritten.
