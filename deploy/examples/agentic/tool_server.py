@@ -69,8 +69,16 @@ MAX_LIST_BYTES = 16 * 1024 * 1024
 STATUS_NAMES = {0: "VALID", 1: "INVALID", 2: "SUSPENDED"}
 
 
+#: Request threads log at the same time: one write of a whole line at a time, or two
+#: lines can interleave (print writes the text and the newline separately).
+_LOG_LOCK = threading.Lock()
+
+
 def log(event, **fields):
-    print(json.dumps({"event": event, "time": round(time.time(), 3), **fields}), flush=True)
+    line = json.dumps({"event": event, "time": round(time.time(), 3), **fields}) + "\n"
+    with _LOG_LOCK:
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 class Refused(Exception):
