@@ -483,6 +483,7 @@ pub fn decision_json(d: &crate::proto::tessera::PolicyDecision) -> serde_json::V
         "allowed": d.allowed,
         "approval_required": d.approval_required,
         "max_ttl_seconds": (d.max_ttl_seconds != 0).then_some(d.max_ttl_seconds),
+        "max_parallel": (d.max_parallel != 0).then_some(d.max_parallel),
         "break_glass_allowed": d.break_glass_allowed,
         "policies": d.policies,
         "errors": d.errors,

@@ -45,6 +45,37 @@ pub enum DatastoreError {
     Backend(String),
 }
 
+/// Limits a new task must stay within, checked where it is stored (see
+/// [`Datastore::create_task_within`]). The default checks nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskLimits {
+    /// The tenant's open tasks (pending approval or active) stay below this.
+    pub tenant_open_tasks: Option<i64>,
+    /// The entry's open tasks stay below this; and a task bound by selectors (no holder)
+    /// is open alone on its entry. `None`: the entry is not checked (a provisioning task
+    /// creates its entry).
+    pub entry_parallel: Option<u64>,
+}
+
+/// Which limit refused a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitReached {
+    /// The tenant has `max` open tasks.
+    TenantOpenTasks {
+        /// The limit.
+        max: i64,
+    },
+    /// A task bound by selectors would share the entry, or join one open there.
+    SelectorsBoundAlone,
+    /// The entry has `open` open tasks, at most `max` allowed.
+    EntryParallel {
+        /// Open now.
+        open: u64,
+        /// The limit.
+        max: u64,
+    },
+}
+
 /// Filter for listing entries; `None` matches everything.
 #[derive(Debug, Clone, Default)]
 pub struct EntryFilter {
@@ -190,6 +221,8 @@ pub struct TenantRecord {
     pub max_entries: Option<i64>,
     /// At most this many open tasks.
     pub max_open_tasks: Option<i64>,
+    /// At most this many tasks open at once on one of its entries (schema version 11).
+    pub max_parallel_tasks_per_entry: Option<i64>,
     /// Default review period of its entries.
     pub review_every: Option<std::time::Duration>,
     /// Unix seconds.
@@ -418,14 +451,28 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     fn audit_heads(&self) -> tokio::sync::watch::Receiver<Option<ChainHead>>;
 
     /// Stores a new task, and the temporary entry it provisions if any, with its audit
-    /// records, atomically. `Conflict` if the entry already has an open task (or the
-    /// provisioned entry duplicates one).
+    /// records, atomically. `Conflict` if the same holder already has an open task on the
+    /// entry (or the provisioned entry duplicates one).
     async fn create_task(
         &self,
         task: &TaskRecord,
         provisioned_entry: Option<&RegistrationEntry>,
         audit: &[AuditEvent],
-    ) -> Result<(), DatastoreError>;
+    ) -> Result<(), DatastoreError> {
+        self.create_task_within(task, provisioned_entry, audit, &TaskLimits::default())
+            .await?
+            .map_err(|limit| DatastoreError::Conflict(format!("{limit:?}")))
+    }
+    /// As `create_task`, after checking `limits` against the open tasks stored, in the
+    /// same serialised write transaction (so concurrent creates on any number of servers
+    /// never exceed them): `Ok(Err(_))` names the limit reached, and nothing is written.
+    async fn create_task_within(
+        &self,
+        task: &TaskRecord,
+        provisioned_entry: Option<&RegistrationEntry>,
+        audit: &[AuditEvent],
+        limits: &TaskLimits,
+    ) -> Result<Result<(), LimitReached>, DatastoreError>;
     /// Replaces a task's row if its stored state is one of `expected` (compare-and-set),
     /// appending `audit` in the same transaction; when the new state is final and the
     /// task provisioned its entry, the entry is deleted too. Returns whether it applied.

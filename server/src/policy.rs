@@ -3,7 +3,8 @@
 //!
 //! Policies are Cedar (`*.cedar` files, or the built-in [`DEFAULT_POLICIES`]) validated in
 //! strict mode against [`SCHEMA`]. `permit` policies may carry the annotations
-//! `@max_ttl("900" | "15m" | "2h" | "1d")`, `@approval("required" | "none")` and
+//! `@max_ttl("900" | "15m" | "2h" | "1d")`, `@approval("required" | "none")`,
+//! `@max_parallel("N")` (at most N tasks open at once on the entry) and
 //! `@break_glass("allowed" | "denied")`; any policy may carry `@id("name")`, which names it
 //! `file.cedar:name` in decisions and logs.
 //!
@@ -135,6 +136,11 @@ pub struct Decision {
     pub approval_required: bool,
     /// Smallest `@max_ttl` among the permit policies that decided it (None: no cap).
     pub max_ttl_seconds: Option<i64>,
+    /// Smallest `@max_parallel` among the permit policies that decided it: at most this
+    /// many tasks open at once on the entry (None: no cap from policy). (Absent from
+    /// decisions stored before it: None.)
+    #[serde(default)]
+    pub max_parallel: Option<u32>,
     /// Some determining global permit carries `@break_glass("allowed")` and no tenant
     /// permit requires approval: a break-glass request may skip approval. (Absent from
     /// decisions stored before break-glass: false.)
@@ -165,13 +171,16 @@ impl Decision {
             let ttl = self
                 .max_ttl_seconds
                 .map_or_else(|| "no TTL cap".to_owned(), |s| format!("max TTL {s} s"));
+            let parallel = self
+                .max_parallel
+                .map_or_else(String::new, |n| format!("; at most {n} parallel"));
             let break_glass = if self.break_glass_allowed {
                 "; break-glass allowed"
             } else {
                 ""
             };
             format!(
-                "allowed by policies {} ({approval}; {ttl}{break_glass})",
+                "allowed by policies {} ({approval}; {ttl}{parallel}{break_glass})",
                 list(&self.policies)
             )
         } else if self.policies.is_empty() {
@@ -199,6 +208,7 @@ impl Decision {
             "allowed": self.allowed,
             "approval_required": self.approval_required,
             "max_ttl_seconds": self.max_ttl_seconds,
+            "max_parallel": self.max_parallel,
             "break_glass_allowed": self.break_glass_allowed,
             "policies": self.policies,
             "errors": self.errors,
@@ -274,6 +284,7 @@ pub enum PolicyError {
 #[derive(Debug, Clone, Copy, Default)]
 struct PolicyMeta {
     max_ttl: Option<i64>,
+    max_parallel: Option<u32>,
     approval: bool,
     break_glass: bool,
 }
@@ -406,6 +417,7 @@ impl PolicyEngine {
             allowed: false,
             approval_required: false,
             max_ttl_seconds: None,
+            max_parallel: None,
             break_glass_allowed: false,
             policies: Vec::new(),
             errors: Vec::new(),
@@ -580,12 +592,15 @@ fn decide(loaded: &Loaded, request: &Request, entities: &Entities) -> SetAnswer 
 
 impl Decision {
     /// Applies the annotations of the permits that allowed it: approval if any asks for
-    /// it, the smallest TTL cap.
+    /// it, the smallest TTL cap, the smallest parallel cap.
     fn narrow(&mut self, loaded: &Loaded, permits: &[PolicyId]) {
         for meta in permits.iter().filter_map(|id| loaded.meta.get(id)) {
             self.approval_required |= meta.approval;
             if let Some(ttl) = meta.max_ttl {
                 self.max_ttl_seconds = Some(self.max_ttl_seconds.map_or(ttl, |m| m.min(ttl)));
+            }
+            if let Some(n) = meta.max_parallel {
+                self.max_parallel = Some(self.max_parallel.map_or(n, |m| m.min(n)));
             }
         }
     }
@@ -595,6 +610,7 @@ impl Decision {
         self.allowed = false;
         self.approval_required = false;
         self.max_ttl_seconds = None;
+        self.max_parallel = None;
         self.break_glass_allowed = false;
         self.policies = forbids;
     }
@@ -746,6 +762,9 @@ fn describe_diag(d: &DetailedError, file: &str, text: &str, total: usize) -> (St
     (at, msg)
 }
 
+/// Largest `@max_parallel` accepted (more is a typo, not a limit).
+pub const MAX_PARALLEL_ANNOTATION: u32 = 10_000;
+
 /// Parses a duration annotation: plain seconds, or a number with `s`, `m`, `h` or `d`.
 pub fn parse_duration(value: &str) -> Option<i64> {
     let units = [("s", 1), ("m", 60), ("h", 3600), ("d", 86_400)];
@@ -767,7 +786,7 @@ fn policy_meta(p: &cedar_policy::Policy) -> Result<PolicyMeta, String> {
     let permit = p.effect() == Effect::Permit;
     for (key, value) in p.annotations() {
         match key {
-            "max_ttl" | "approval" | "break_glass" if !permit => {
+            "max_ttl" | "max_parallel" | "approval" | "break_glass" if !permit => {
                 return Err(format!("@{key} is only meaningful on permit policies"));
             }
             "max_ttl" => {
@@ -775,6 +794,21 @@ fn policy_meta(p: &cedar_policy::Policy) -> Result<PolicyMeta, String> {
                 let ttl = parse_duration(value);
                 meta.max_ttl =
                     Some(ttl.ok_or_else(|| format!("bad @max_ttl(\"{value}\"): {want}"))?);
+            }
+            "max_parallel" => {
+                // Digits only (no sign, no spaces), 1 to MAX_PARALLEL_ANNOTATION.
+                let n = value
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+                    .then(|| value.parse::<u32>().ok())
+                    .flatten()
+                    .filter(|n| (1..=MAX_PARALLEL_ANNOTATION).contains(n));
+                meta.max_parallel = Some(n.ok_or_else(|| {
+                    format!(
+                        "bad @max_parallel(\"{value}\"): expected a whole number of tasks \
+                         from 1 to {MAX_PARALLEL_ANNOTATION}"
+                    )
+                })?);
             }
             "approval" => {
                 meta.approval = value == "required";

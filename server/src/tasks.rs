@@ -38,7 +38,8 @@ use crate::audit::{AuditEvent, AuditKind, SERVER_ACTOR};
 use crate::ca::rotation::CaSet;
 use crate::clock::Clock;
 use crate::datastore::{
-    Acknowledgement, Datastore, DatastoreError, EntryFilter, TaskEnd, TaskRecord, UnixUser,
+    Acknowledgement, Datastore, DatastoreError, EntryFilter, LimitReached, TaskEnd, TaskLimits,
+    TaskRecord, UnixUser,
 };
 use crate::events::{ChangeEvent, Events};
 use crate::policy::{
@@ -108,6 +109,24 @@ impl From<DatastoreError> for TaskError {
             DatastoreError::Conflict(m) => Self::Conflict(m),
             other => Self::Datastore(other),
         }
+    }
+}
+
+/// The error for a task refused by `limit` (`source`: what set the per-entry limit).
+fn limit_refusal(task: &TaskRecord, limit: LimitReached, source: &str) -> TaskError {
+    let entry = &task.entry_id;
+    match limit {
+        LimitReached::TenantOpenTasks { max } => TaskError::Quota(format!(
+            "tenant {} is at its limit of {max} open tasks",
+            task.tenant
+        )),
+        LimitReached::SelectorsBoundAlone => TaskError::Conflict(format!(
+            "entry {entry} already has an open task; a task bound by selectors is open alone \
+             on its entry (bind tasks to their processes to run several at once)"
+        )),
+        LimitReached::EntryParallel { open, max } => TaskError::Quota(format!(
+            "entry {entry} already has {open} open tasks: at most {max} at once ({source})"
+        )),
     }
 }
 
@@ -435,54 +454,50 @@ impl Tasks {
         ))
     }
 
-    /// Refuses a task beyond its tenant's quota of open tasks.
-    async fn check_task_quota(&self, tenant: &str) -> Result<(), TaskError> {
-        let Some(max) = self
-            .ds
-            .get_tenant(tenant)
-            .await?
-            .and_then(|t| t.max_open_tasks)
-        else {
-            return Ok(());
-        };
-        let (_, open) = self.ds.tenant_counts(tenant).await?;
-        if open >= max {
-            return Err(TaskError::Quota(format!(
-                "tenant {tenant} is at its limit of {max} open tasks"
-            )));
-        }
-        Ok(())
-    }
-
-    /// Several tasks may be open on one entry at once, one per holder (the datastore's
-    /// unique index refuses a second one for the same process), at most `max_parallel`;
-    /// a task bound by selectors reaches every matching process, so it is open alone.
-    /// (Checked before the insert: two concurrent requests may both pass the count, never
-    /// the per-holder rule.)
-    async fn check_parallel(
+    /// The limits a new task on `entry` must stay within: its tenant's quota of open
+    /// tasks, and, unless the task provisions its entry, the least of the server's
+    /// `max_parallel_tasks_per_entry`, the tenant's and the policy's `@max_parallel`, each
+    /// named for the refusal. Checked where the task is stored (`create_task_within`).
+    async fn limits(
         &self,
-        entry: &EntryId,
-        binding: &TaskBinding,
-    ) -> Result<(), TaskError> {
-        let open = self.ds.open_tasks_for_entry(entry).await?;
-        if open.is_empty() {
-            return Ok(());
+        entry: &RegistrationEntry,
+        provisioned: bool,
+        decision: &Decision,
+    ) -> Result<(TaskLimits, String), TaskError> {
+        let tenant = self.ds.get_tenant(&entry.governance.tenant).await?;
+        let mut sources = vec![(
+            u64::try_from(self.max_parallel).unwrap_or(u64::MAX),
+            "the server's max_parallel_tasks_per_entry".to_owned(),
+        )];
+        if let Some(n) = tenant.as_ref().and_then(|t| t.max_parallel_tasks_per_entry) {
+            sources.push((
+                u64::try_from(n).unwrap_or(u64::MAX),
+                format!(
+                    "tenant {}'s max_parallel_tasks_per_entry",
+                    entry.governance.tenant
+                ),
+            ));
         }
-        if binding.holder().is_none() || open.iter().any(|t| t.binding.holder().is_none()) {
-            return Err(TaskError::Conflict(format!(
-                "entry {entry} already has an open task; a task bound by selectors is open alone \
-                 on its entry (bind tasks to their processes to run several at once)"
-            )));
+        if let Some(n) = decision.max_parallel {
+            sources.push((
+                u64::from(n),
+                format!(
+                    "@max_parallel of policies [{}]",
+                    decision.policies.join(", ")
+                ),
+            ));
         }
-        if open.len() >= self.max_parallel {
-            return Err(TaskError::Conflict(format!(
-                "entry {entry} already has {} open tasks: at most {} at once \
-                 (max_parallel_tasks_per_entry)",
-                open.len(),
-                self.max_parallel
-            )));
-        }
-        Ok(())
+        let (max, source) = sources
+            .into_iter()
+            .min_by_key(|(n, _)| *n)
+            .unwrap_or((u64::MAX, String::new()));
+        Ok((
+            TaskLimits {
+                tenant_open_tasks: tenant.and_then(|t| t.max_open_tasks),
+                entry_parallel: (!provisioned).then_some(max.max(1)),
+            },
+            source,
+        ))
     }
 
     /// Starts a task: resolves the entry, asks the policy, stores the task (pending
@@ -495,10 +510,6 @@ impl Tasks {
         request.check()?;
         check_binding(requester, &request.binding)?;
         let (entry, provisioned) = self.target(requester, &request.target).await?;
-        self.check_task_quota(&entry.governance.tenant).await?;
-        if !provisioned {
-            self.check_parallel(&entry.id, &request.binding).await?;
-        }
         let now = self.clock.now_unix();
         let id = TaskId::generate();
         let asked = self.asked_ttl(request);
@@ -630,9 +641,11 @@ impl Tasks {
             ));
         }
         let audit = stamped(audit, &task.requester, &task.tenant);
+        let (limits, source) = self.limits(&entry, provisioned, &task.decision).await?;
         self.ds
-            .create_task(&task, provisioned.then_some(&entry), &audit)
-            .await?;
+            .create_task_within(&task, provisioned.then_some(&entry), &audit, &limits)
+            .await?
+            .map_err(|limit| limit_refusal(&task, limit, &source))?;
         if task.break_glass {
             tracing::warn!(task_id = %task.id, requester = %task.requester, spiffe_id = %task.spiffe_id, deadline = task.deadline, "break-glass task started without approval; it awaits review");
         }

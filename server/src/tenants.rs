@@ -338,6 +338,8 @@ pub struct TenantRequest {
     pub max_entries: Option<i64>,
     /// Open tasks at once.
     pub max_open_tasks: Option<i64>,
+    /// Open tasks at once on one entry.
+    pub max_parallel_tasks_per_entry: Option<i64>,
     /// Default review period of its entries.
     pub review_every: Option<Duration>,
 }
@@ -447,6 +449,10 @@ impl TenantDirectory {
             admin_groups: checked_list("admin groups", &req.admin_groups)?,
             max_entries: quota("max entries", req.max_entries)?,
             max_open_tasks: quota("max open tasks", req.max_open_tasks)?,
+            max_parallel_tasks_per_entry: quota(
+                "max parallel tasks per entry",
+                req.max_parallel_tasks_per_entry,
+            )?,
             review_every: req.review_every,
             created_at,
             revision,
@@ -632,6 +638,7 @@ fn tenant_event(kind: AuditKind, by: &Operator, t: &TenantRecord) -> AuditEvent 
             "admin_groups": t.admin_groups,
             "max_entries": t.max_entries,
             "max_open_tasks": t.max_open_tasks,
+            "max_parallel_tasks_per_entry": t.max_parallel_tasks_per_entry,
             "review_every": t.review_every.map(|d| d.as_secs()),
             "revision": t.revision,
         }),

@@ -62,6 +62,10 @@ pub(crate) fn tenant_request(spec: &wire::TenantSpec) -> Result<TenantRequest, S
         admin_groups: spec.admin_groups.clone(),
         max_entries: limit("max_entries", spec.max_entries)?,
         max_open_tasks: limit("max_open_tasks", spec.max_open_tasks)?,
+        max_parallel_tasks_per_entry: limit(
+            "max_parallel_tasks_per_entry",
+            spec.max_parallel_tasks_per_entry,
+        )?,
         review_every: match u64::try_from(spec.review_every_seconds) {
             Ok(0) => None,
             Ok(s) => Some(std::time::Duration::from_secs(s)),
@@ -87,6 +91,7 @@ pub(crate) fn tenant(
         admin_groups: t.admin_groups.clone(),
         max_entries: t.max_entries.unwrap_or(0),
         max_open_tasks: t.max_open_tasks.unwrap_or(0),
+        max_parallel_tasks_per_entry: t.max_parallel_tasks_per_entry.unwrap_or(0),
         review_every_seconds: t
             .review_every
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
@@ -243,6 +248,7 @@ pub(crate) fn decision(d: &Decision) -> wire::PolicyDecision {
         errors: d.errors.clone(),
         explanation: d.explain(),
         break_glass_allowed: d.break_glass_allowed,
+        max_parallel: d.max_parallel.unwrap_or(0),
     }
 }
 

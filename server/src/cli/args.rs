@@ -364,6 +364,10 @@ pub struct TenantFields {
     /// At most this many open tasks (0: no limit).
     #[arg(long)]
     pub max_open_tasks: Option<i64>,
+    /// At most this many tasks open at once on one of its entries (0: no tenant limit;
+    /// the server's limit and policy's @max_parallel still apply).
+    #[arg(long)]
+    pub max_parallel_tasks_per_entry: Option<i64>,
     /// Default review period of its entries, e.g. 90d (0: none).
     #[arg(long, value_parser = parse_duration)]
     pub review_every: Option<Duration>,

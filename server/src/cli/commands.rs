@@ -506,6 +506,9 @@ fn tenant_spec(f: TenantFields, current: Option<&Tenant>) -> TenantSpec {
         max_open_tasks: f
             .max_open_tasks
             .unwrap_or_else(|| current.map_or(0, |t| t.max_open_tasks)),
+        max_parallel_tasks_per_entry: f
+            .max_parallel_tasks_per_entry
+            .unwrap_or_else(|| current.map_or(0, |t| t.max_parallel_tasks_per_entry)),
         review_every_seconds: f
             .review_every
             .map_or_else(|| current.map_or(0, |t| t.review_every_seconds), secs),

@@ -185,6 +185,7 @@ pub(super) fn tenant_json(t: &Tenant) -> serde_json::Value {
         "admin_groups": t.admin_groups,
         "max_entries": opt(t.max_entries),
         "max_open_tasks": opt(t.max_open_tasks),
+        "max_parallel_tasks_per_entry": opt(t.max_parallel_tasks_per_entry),
         "review_every": opt(t.review_every_seconds),
         "created_at": t.created_at,
         "revision": t.revision,
@@ -205,13 +206,14 @@ pub(super) fn tenant_text(t: &Tenant) -> String {
         }
     };
     let mut s = format!(
-        "Tenant           : {}\nPath prefixes    : {}\nAdmin users      : {}\nAdmin groups     : {}\nMax entries      : {}\nMax open tasks   : {}\nEntries          : {}\nOpen tasks       : {}\n",
+        "Tenant           : {}\nPath prefixes    : {}\nAdmin users      : {}\nAdmin groups     : {}\nMax entries      : {}\nMax open tasks   : {}\nMax parallel/entry: {}\nEntries          : {}\nOpen tasks       : {}\n",
         t.name,
         t.path_prefixes.join(", "),
         t.admin_users.join(", "),
         t.admin_groups.join(", "),
         limit(t.max_entries),
         limit(t.max_open_tasks),
+        limit(t.max_parallel_tasks_per_entry),
         t.entries,
         t.open_tasks,
     );

@@ -19,8 +19,8 @@ use serde_json::json;
 use super::testdb::{Backend, Under};
 use super::{
     Acknowledgement, AgentRecord, ConsumedToken, DatastoreError, DomainRecord, EntryFilter,
-    EntryUsage, TaskEnd, TaskRecord, TaskSvid, TenantRecord, TokenAttestation, UnixUser,
-    UsageReport,
+    EntryUsage, LimitReached, TaskEnd, TaskLimits, TaskRecord, TaskSvid, TenantRecord,
+    TokenAttestation, UnixUser, UsageReport,
 };
 use crate::audit::{AuditEvent, ChainHead, verify};
 use crate::policy::Decision;
@@ -64,6 +64,7 @@ conformance!(
     audit_numbers_are_never_reused_after_a_deletion,
     tasks_lifecycle,
     tasks_compare_and_set_under_concurrency,
+    the_parallel_limit_holds_under_concurrent_creates,
     break_glass_tasks_are_acknowledged_once,
     due_and_revoked_tasks,
     reopen_sees_everything,
@@ -142,6 +143,7 @@ fn task(id: &str, e: &RegistrationEntry, state: TaskState, deadline: i64) -> Tas
             allowed: true,
             approval_required: false,
             max_ttl_seconds: Some(3600),
+            max_parallel: Some(3),
             break_glass_allowed: false,
             policies: vec!["ops.cedar:operators".into()],
             errors: vec!["ünïcode \"q\" \\ /".into()],
@@ -371,6 +373,7 @@ async fn changes_commit_with_their_audit_records_or_not_at_all(b: &dyn Backend) 
         admin_groups: vec![],
         max_entries: None,
         max_open_tasks: None,
+        max_parallel_tasks_per_entry: None,
         review_every: None,
         created_at: 1_700_000_000,
         revision: 1,
@@ -1625,5 +1628,150 @@ async fn entry_usage_counts_every_concurrent_report(b: &dyn Backend) {
                 last_used_at: Some(5),
             },
         ]
+    );
+}
+
+/// `t` bound to process `pid` on its entry's agent.
+fn held(mut t: TaskRecord, pid: u32) -> TaskRecord {
+    t.binding = common::task::TaskBinding::Process(common::task::Holder {
+        process: common::task::ProcessInstance { pid, start_time: 1 },
+        agent: t.parent_id.clone(),
+    });
+    t
+}
+
+/// Creates `tasks` at once, alternating between the two servers; returns each outcome.
+async fn create_at_once(
+    servers: &[Arc<dyn super::Datastore>; 2],
+    tasks: Vec<TaskRecord>,
+    limits: &TaskLimits,
+) -> Vec<Result<(), LimitReached>> {
+    let barrier = Arc::new(tokio::sync::Barrier::new(tasks.len()));
+    let handles: Vec<_> = tasks
+        .into_iter()
+        .enumerate()
+        .map(|(k, t)| {
+            let (ds, limits, barrier) = (
+                Arc::clone(&servers[k % 2]),
+                limits.clone(),
+                Arc::clone(&barrier),
+            );
+            tokio::spawn(async move {
+                let audit = [event("task.requested", t.id.as_str(), Some(t.id.as_str()))];
+                barrier.wait().await;
+                ds.create_task_within(&t, None, &audit, &limits)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+async fn the_parallel_limit_holds_under_concurrent_creates(b: &dyn Backend) {
+    let servers = [b.open().await, b.open().await];
+    let e = entry("e", "spiffe://example.org/jit/p", 1);
+    let f = entry("f", "spiffe://example.org/jit/q", 2);
+    servers[0].create_entry(&e, &[]).await.unwrap();
+    servers[0].create_entry(&f, &[]).await.unwrap();
+    // Twelve holders at once on one entry, at most three: exactly three are stored, each
+    // with its record; the others are told which limit refused them and leave nothing.
+    let per_entry = TaskLimits {
+        tenant_open_tasks: None,
+        entry_parallel: Some(3),
+    };
+    let many = (0..12u32)
+        .map(|k| held(task(&format!("p{k}"), &e, TaskState::Active, 5000), k + 1))
+        .collect();
+    let out = create_at_once(&servers, many, &per_entry).await;
+    assert_eq!(out.iter().filter(|r| r.is_ok()).count(), 3, "{out:?}");
+    for refused in out.iter().filter_map(|r| r.clone().err()) {
+        assert_eq!(refused, LimitReached::EntryParallel { open: 3, max: 3 });
+    }
+    assert_eq!(
+        servers[1].open_tasks_for_entry(&e.id).await.unwrap().len(),
+        3
+    );
+    assert_eq!(servers[1].list_audit(None, None).await.unwrap().len(), 3);
+    // The tenant's quota of open tasks (five, three used) holds across entries the same way.
+    let tenant = TaskLimits {
+        tenant_open_tasks: Some(5),
+        entry_parallel: Some(100),
+    };
+    let more = (0..8u32)
+        .map(|k| held(task(&format!("q{k}"), &f, TaskState::Active, 5000), k + 1))
+        .collect();
+    let out = create_at_once(&servers, more, &tenant).await;
+    assert_eq!(out.iter().filter(|r| r.is_ok()).count(), 2, "{out:?}");
+    assert!(
+        out.iter()
+            .all(|r| matches!(r, Ok(()) | Err(LimitReached::TenantOpenTasks { max: 5 })))
+    );
+    assert_eq!(servers[0].tenant_counts("default").await.unwrap().1, 5);
+    // A task bound by selectors is never open beside others, and none joins it.
+    let loose = TaskLimits::default();
+    let by_selectors = task("s1", &f, TaskState::Active, 5000);
+    let mut by_selectors = by_selectors;
+    by_selectors.binding = common::task::TaskBinding::Selectors;
+    let gated = TaskLimits {
+        tenant_open_tasks: None,
+        entry_parallel: Some(100),
+    };
+    assert_eq!(
+        servers[0]
+            .create_task_within(&by_selectors, None, &[], &gated)
+            .await
+            .unwrap(),
+        Err(LimitReached::SelectorsBoundAlone)
+    );
+    let g = entry("g", "spiffe://example.org/jit/r", 3);
+    servers[0].create_entry(&g, &[]).await.unwrap();
+    by_selectors.entry_id = g.id.clone();
+    by_selectors.spiffe_id = g.spiffe_id.clone();
+    servers[0]
+        .create_task_within(&by_selectors, None, &[], &gated)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        servers[1]
+            .create_task_within(
+                &held(task("s2", &g, TaskState::Active, 5000), 9),
+                None,
+                &[],
+                &gated
+            )
+            .await
+            .unwrap(),
+        Err(LimitReached::SelectorsBoundAlone)
+    );
+    // The same holder twice is the unique index's conflict, whatever the limits; and no
+    // limits at all (a provisioning task) checks nothing.
+    let open = servers[1].open_tasks_for_entry(&e.id).await.unwrap();
+    let mut twice = task("p99", &e, TaskState::Active, 5000);
+    twice.binding = open[0].binding.clone();
+    assert!(matches!(
+        servers[1]
+            .create_task_within(&twice, None, &[], &loose)
+            .await,
+        Err(DatastoreError::Conflict(_))
+    ));
+    servers[1]
+        .create_task_within(
+            &held(task("p100", &e, TaskState::Active, 5000), 100),
+            None,
+            &[],
+            &loose,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        servers[0].open_tasks_for_entry(&e.id).await.unwrap().len(),
+        4
     );
 }

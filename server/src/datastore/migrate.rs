@@ -128,6 +128,14 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../migrations/postgres/0009_break_glass.sql"),
         then: None,
     },
+    Migration {
+        version: 10,
+        description: "a tenant's limit on tasks open at once on one of its entries \
+                      (earlier tenants: none of their own)",
+        sqlite: include_str!("../../migrations/sqlite/0011_tenant_parallel_limit.sql"),
+        postgres: include_str!("../../migrations/postgres/0011_tenant_parallel_limit.sql"),
+        then: None,
+    },
 ];
 
 /// The tables version 1 created: a database holding them but no version table was

@@ -41,8 +41,8 @@ use self::records::{EntryRow, TaskRow};
 use super::migrate::Migration;
 use super::{
     Acknowledgement, AgentRecord, AuditFor, ConsumedToken, Datastore, DatastoreError, DomainRecord,
-    EntryFilter, EntryUsage, IssuedSvid, TaskRecord, TaskSvid, TenantRecord, TokenAttestation,
-    UsageReport,
+    EntryFilter, EntryUsage, IssuedSvid, LimitReached, TaskLimits, TaskRecord, TaskSvid,
+    TenantRecord, TokenAttestation, UsageReport,
 };
 use crate::audit::{AuditEvent, AuditRecord, ChainHead};
 
@@ -398,6 +398,57 @@ async fn append_in_tx<D: Dialect>(
         .map_err(backend)?;
     }
     Ok(stored)
+}
+
+/// The first of `limits` that storing `task` would break, read inside the write
+/// transaction.
+async fn limit_reached<D: Dialect>(
+    conn: &mut D::Connection,
+    task: &TaskRecord,
+    limits: &TaskLimits,
+) -> Result<Option<LimitReached>, DatastoreError> {
+    if let Some(max) = limits.tenant_open_tasks {
+        let row = D::fetch_optional(
+            conn,
+            tenants::COUNT_OPEN_TASKS,
+            &[Param::Text(&task.tenant)],
+        )
+        .await
+        .map_err(backend)?;
+        let open = row.map(|r| r.int("n")).transpose()?.unwrap_or(0);
+        if open >= max {
+            return Ok(Some(LimitReached::TenantOpenTasks { max }));
+        }
+    }
+    let Some(max) = limits.entry_parallel else {
+        return Ok(None);
+    };
+    let rows = D::fetch_all(
+        conn,
+        records::OPEN_TASKS_FOR_ENTRY,
+        &[Param::Text(task.entry_id.as_str())],
+    )
+    .await
+    .map_err(backend)?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let open = rows
+        .iter()
+        .map(records::task)
+        .collect::<Result<Vec<_>, _>>()?;
+    if open
+        .iter()
+        .any(|t| t.binding.holder() == task.binding.holder())
+    {
+        // The same holder twice: the unique index refuses the insert (a Conflict).
+        return Ok(None);
+    }
+    if task.binding.holder().is_none() || open.iter().any(|t| t.binding.holder().is_none()) {
+        return Ok(Some(LimitReached::SelectorsBoundAlone));
+    }
+    let open = u64::try_from(open.len()).unwrap_or(u64::MAX);
+    Ok((open >= max).then_some(LimitReached::EntryParallel { open, max }))
 }
 
 /// Recomputes every entry's `identity` from its stored columns and writes those that
@@ -915,24 +966,50 @@ impl<D: Dialect> Datastore for SqlStore<D> {
             .await
     }
 
-    async fn create_task(
+    async fn create_task_within(
         &self,
         task: &TaskRecord,
         provisioned_entry: Option<&RegistrationEntry>,
         audit: &[AuditEvent],
-    ) -> Result<(), DatastoreError> {
+        limits: &TaskLimits,
+    ) -> Result<Result<(), LimitReached>, DatastoreError> {
         let task = task.clone();
         let entry = provisioned_entry.cloned();
-        self.write_tx(audit, move |conn| {
-            Box::pin(async move {
-                if let Some(e) = &entry {
-                    write_entry::<D>(conn, e, true).await?;
-                }
-                write_task::<D>(conn, &task, None).await.map(|_| Some(()))
+        let limits = limits.clone();
+        let reached = Arc::new(std::sync::Mutex::new(None));
+        let slot = Arc::clone(&reached);
+        let stored = self
+            .write_tx(audit, move |conn| {
+                Box::pin(async move {
+                    // The write lock is held from the transaction's start (BEGIN IMMEDIATE;
+                    // on PostgreSQL the audit advisory lock, with each statement reading
+                    // what is committed), so these counts hold until the commit.
+                    if let Some(limit) = limit_reached::<D>(conn, &task, &limits).await? {
+                        *slot
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(limit);
+                        return Ok(None);
+                    }
+                    if let Some(e) = &entry {
+                        write_entry::<D>(conn, e, true).await?;
+                    }
+                    write_task::<D>(conn, &task, None).await.map(|_| Some(()))
+                })
             })
+            .await?;
+        let reached = reached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        Ok(match (stored, reached) {
+            (_, Some(limit)) => Err(limit),
+            (Some(_), None) => Ok(()),
+            (None, None) => {
+                return Err(DatastoreError::Backend(
+                    "task creation applied nothing without naming a limit".into(),
+                ));
+            }
         })
-        .await
-        .map(|_| ())
     }
 
     async fn update_task(

@@ -667,3 +667,82 @@ fn tenant_policies_narrow_break_glass_and_never_allow_it() {
     let d = e.evaluate_for(&bob, acme(widen));
     assert!(d.allowed && !d.break_glass_allowed, "{d:?}");
 }
+
+#[test]
+fn max_parallel_is_the_smallest_of_the_permits_that_allowed_and_tenants_only_lower_it() {
+    let (_d, e) = engine(&[(
+        "g.cedar",
+        r#"
+@id("four") @max_parallel("4") permit (principal, action, resource);
+@id("two") @max_parallel("2") permit (principal, action, resource) when { resource.tenant == "acme" };
+"#,
+    )]);
+    let d = e.evaluate(&alice());
+    assert!(d.allowed);
+    assert_eq!(d.max_parallel, Some(2), "{d:?}");
+    assert!(
+        d.explain().contains("at most 2 parallel"),
+        "{}",
+        d.explain()
+    );
+    assert_eq!(d.to_json()["max_parallel"], 2);
+    // No annotation among the permits that allowed: no cap from policy.
+    let (_d2, plain) = engine(&[("g.cedar", ANY)]);
+    let d = plain.evaluate(&alice());
+    assert_eq!(d.max_parallel, None);
+    assert!(!d.explain().contains("parallel"), "{}", d.explain());
+    // A tenant permit lowers it, never raises it; a denial carries none.
+    let own = r#"@id("one") @max_parallel("1") permit (principal, action, resource);"#;
+    assert_eq!(e.evaluate_for(&alice(), acme(own)).max_parallel, Some(1));
+    let loose = r#"@id("many") @max_parallel("50") permit (principal, action, resource);"#;
+    assert_eq!(e.evaluate_for(&alice(), acme(loose)).max_parallel, Some(2));
+    let forbid = r#"@id("no") forbid (principal, action, resource);"#;
+    assert_eq!(e.evaluate_for(&alice(), acme(forbid)).max_parallel, None);
+    // Decisions stored before it read as no cap.
+    let mut old = d.to_json();
+    old.as_object_mut().unwrap().remove("max_parallel");
+    let back: Decision = serde_json::from_value(old).unwrap();
+    assert_eq!(back.max_parallel, None);
+}
+
+#[test]
+fn max_parallel_annotations_are_checked() {
+    for value in [
+        "0",
+        "-1",
+        "+2",
+        " 2",
+        "2.5",
+        "two",
+        "",
+        "10001",
+        "99999999999",
+    ] {
+        let text =
+            format!(r#"@id("p") @max_parallel("{value}") permit (principal, action, resource);"#);
+        let err = load_err(&[("x.cedar", &text)]);
+        assert!(
+            err.contains(&format!(
+                "x.cedar: policy `p`: bad @max_parallel(\"{value}\"): expected a whole number of \
+                 tasks from 1 to 10000"
+            )),
+            "{value:?}: {err}"
+        );
+    }
+    let err = load_err(&[(
+        "x.cedar",
+        r#"@id("f") @max_parallel("2") forbid (principal, action, resource);"#,
+    )]);
+    assert!(
+        err.contains("@max_parallel is only meaningful on permit policies"),
+        "{err}"
+    );
+    for value in ["1", "10000"] {
+        let text = format!(r#"@max_parallel("{value}") permit (principal, action, resource);"#);
+        let (_d, e) = engine(&[("x.cedar", &text)]);
+        assert_eq!(
+            e.evaluate(&alice()).max_parallel,
+            Some(value.parse().unwrap())
+        );
+    }
+}

@@ -67,6 +67,7 @@ fn task(id: &str, entry: &RegistrationEntry, state: TaskState) -> TaskRecord {
             allowed: true,
             approval_required: false,
             max_ttl_seconds: None,
+            max_parallel: None,
             break_glass_allowed: false,
             policies: vec![],
             errors: vec![],

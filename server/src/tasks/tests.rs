@@ -1005,7 +1005,8 @@ async fn parallel_tasks_on_one_entry_one_per_holder_up_to_the_limit() {
     assert!(matches!(same, TaskError::Conflict(_)), "{same:?}");
     let third = f.tasks.create(&alice(), &bound(3)).await.unwrap_err();
     assert!(
-        matches!(&third, TaskError::Conflict(m) if m.contains("at most 2")),
+        matches!(&third, TaskError::Quota(m) if m.contains("at most 2")
+            && m.contains("the server's max_parallel_tasks_per_entry")),
         "{third:?}"
     );
     let sel = f
@@ -1316,4 +1317,61 @@ async fn a_workloads_break_glass_task_is_not_acknowledged_by_its_unix_user() {
         .acknowledge(&t.id, "fine", &platform(1001, "bob"))
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn the_parallel_limit_is_the_least_of_server_tenant_and_policy_and_names_its_source() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.cedar"),
+        r#"@id("three") @max_parallel("3") permit(principal, action, resource);"#,
+    )
+    .unwrap();
+    let f = fixture_with(PolicyEngine::load_dir(dir.path()).unwrap()).await;
+    let entry = jit_entry(&f).await;
+    let set_tenant_limit = |n: Option<i64>| {
+        let ds = Arc::clone(&f.tasks.ds);
+        async move {
+            let mut t = ds.get_tenant("default").await.unwrap().unwrap();
+            t.max_parallel_tasks_per_entry = n;
+            t.revision += 1;
+            assert!(ds.update_tenant(&t, &[]).await.unwrap());
+        }
+    };
+    let alice = || workload(Some(unix(1000, "alice")));
+    let bound = |pid| {
+        let mut r = request(&entry, HOUR);
+        r.binding = holder_binding(pid);
+        r
+    };
+    // The tenant's 2 is below the policy's 3 and the server's 16.
+    set_tenant_limit(Some(2)).await;
+    f.tasks.create(&alice(), &bound(1)).await.unwrap();
+    let second = f.tasks.create(&alice(), &bound(2)).await.unwrap();
+    assert_eq!(second.decision.max_parallel, Some(3));
+    let third = f.tasks.create(&alice(), &bound(3)).await.unwrap_err();
+    assert!(
+        matches!(&third, TaskError::Quota(m) if m.contains("already has 2 open tasks: at most 2 \
+            at once (tenant default's max_parallel_tasks_per_entry)")),
+        "{third:?}"
+    );
+    // Without it, the policy's 3 holds, named with the policies that set it.
+    set_tenant_limit(None).await;
+    f.tasks.create(&alice(), &bound(3)).await.unwrap();
+    let fourth = f.tasks.create(&alice(), &bound(4)).await.unwrap_err();
+    assert!(
+        matches!(&fourth, TaskError::Quota(m) if m.contains("at most 3 at once (@max_parallel \
+            of policies [p.cedar:three])")),
+        "{fourth:?}"
+    );
+    // Nothing refused was stored.
+    assert_eq!(
+        f.tasks
+            .ds
+            .open_tasks_for_entry(&entry.id)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
 }

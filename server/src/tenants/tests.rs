@@ -8,6 +8,7 @@ fn tenant(name: &str, prefixes: &[&str]) -> TenantRecord {
         admin_groups: vec![],
         max_entries: None,
         max_open_tasks: None,
+        max_parallel_tasks_per_entry: None,
         review_every: None,
         created_at: 0,
         revision: 1,

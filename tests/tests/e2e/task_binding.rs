@@ -804,3 +804,113 @@ fn kill_9_of_a_tree_bound_runtime_reaches_its_childs_stream_and_another_node_wit
         "(c) took {refused_after:?}"
     );
 }
+
+/// As [`POLICIES`], with at most two tasks at once per entry for workloads and operators.
+const PARALLEL_POLICIES: &str = r#"
+@id("workloads") @max_parallel("2") permit(principal is Tessera::Workload, action == Tessera::Action::"begin_task", resource);
+@id("operators") @max_parallel("2") permit(principal is Tessera::User, action == Tessera::Action::"begin_task", resource);
+@id("issue") permit(principal, action == Tessera::Action::"issue_svid", resource);
+"#;
+
+#[test]
+fn a_tenants_parallel_task_quota_bounds_tasks_per_entry_and_explain_names_it() {
+    let policies = tempfile::tempdir().unwrap();
+    std::fs::write(policies.path().join("binding.cedar"), PARALLEL_POLICIES).unwrap();
+    let c = Cluster::start(&["--policy-dir", policies.path().to_str().unwrap()]);
+    let tool = c.server.create_entry(TOOL, &["unix:uid:0"], &["--jit"]);
+    let dir = tempfile::tempdir().unwrap();
+    // `task explain` shows the policy's cap before anything is begun.
+    let d = c.server.cli_json(&["task", "explain", "--entry-id", &tool]);
+    assert_eq!(d["max_parallel"], 2, "{d}");
+    assert!(
+        d["explanation"]
+            .as_str()
+            .unwrap()
+            .contains("at most 2 parallel"),
+        "{d}"
+    );
+    // The tenant allows three: the policy's two applies.
+    let t = c.server.cli_json(&[
+        "tenant",
+        "update",
+        "--name",
+        "default",
+        "--max-parallel-tasks-per-entry",
+        "3",
+    ]);
+    assert_eq!(t["max_parallel_tasks_per_entry"], 3, "{t}");
+    tests::runtime().block_on(async {
+        let mine = begin_here(&c, "").await;
+        assert_eq!(mine.state, "active");
+        assert_eq!(mine.decision.as_ref().unwrap().max_parallel, 2);
+        let (mut sh, theirs, watch, _) = shell_holder(&c, "process", dir.path());
+        assert_eq!(theirs["state"], "active", "{theirs}");
+        // A third process is refused, the limit named; nothing is stored.
+        let before = c.server.cli_json(&["task", "list"])["tasks"]
+            .as_array()
+            .unwrap()
+            .len();
+        let third = cli_begin(&c, &[]);
+        assert!(!third.status.success());
+        let why = stderr(&third);
+        assert!(
+            why.contains(
+                "already has 2 open tasks: at most 2 at once (@max_parallel of \
+                 policies [binding.cedar:workloads])"
+            ),
+            "{why}"
+        );
+        // The tenant's own limit, lowered to one, is named when it is the least.
+        c.server.cli_json(&[
+            "tenant",
+            "update",
+            "--name",
+            "default",
+            "--max-parallel-tasks-per-entry",
+            "1",
+        ]);
+        let again = cli_begin(&c, &[]);
+        let why = stderr(&again);
+        assert!(
+            why.contains("at most 1 at once (tenant default's max_parallel_tasks_per_entry)"),
+            "{why}"
+        );
+        assert_eq!(
+            c.server.cli_json(&["task", "list"])["tasks"]
+                .as_array()
+                .unwrap()
+                .len(),
+            before,
+            "refused tasks are not stored"
+        );
+        // Ending one makes room again under the policy's cap, once the tenant's is lifted.
+        c.server.cli_json(&[
+            "tenant",
+            "update",
+            "--name",
+            "default",
+            "--max-parallel-tasks-per-entry",
+            "0",
+        ]);
+        let shown = c.server.cli_json(&["tenant", "show", "--name", "default"]);
+        assert_eq!(
+            shown["max_parallel_tasks_per_entry"],
+            Value::Null,
+            "{shown}"
+        );
+        tasks_client(&c)
+            .await
+            .end_task(with_header(EndTaskRequest {
+                id: mine.id.clone(),
+                outcome: "completed".into(),
+                reason: String::new(),
+            }))
+            .await
+            .unwrap();
+        let next = begin_here(&c, "").await;
+        assert_eq!(next.state, "active");
+        sh.kill().unwrap();
+        sh.wait().unwrap();
+        kill(watch, "-9");
+    });
+}

@@ -329,7 +329,7 @@ class ReviewItem(_message.Message):
     def __init__(self, entry: _Optional[_Union[Entry, _Mapping]] = ..., last_issued_at: _Optional[int] = ..., last_used_at: _Optional[int] = ..., open_tasks: _Optional[_Iterable[str]] = ..., overlaps: _Optional[_Iterable[str]] = ..., unverified_dns_names: _Optional[_Iterable[str]] = ..., flags: _Optional[_Iterable[str]] = ..., break_glass_tasks: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TenantSpec(_message.Message):
-    __slots__ = ("name", "path_prefixes", "admin_users", "admin_groups", "max_entries", "max_open_tasks", "review_every_seconds")
+    __slots__ = ("name", "path_prefixes", "admin_users", "admin_groups", "max_entries", "max_open_tasks", "review_every_seconds", "max_parallel_tasks_per_entry")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PATH_PREFIXES_FIELD_NUMBER: _ClassVar[int]
     ADMIN_USERS_FIELD_NUMBER: _ClassVar[int]
@@ -337,6 +337,7 @@ class TenantSpec(_message.Message):
     MAX_ENTRIES_FIELD_NUMBER: _ClassVar[int]
     MAX_OPEN_TASKS_FIELD_NUMBER: _ClassVar[int]
     REVIEW_EVERY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_PARALLEL_TASKS_PER_ENTRY_FIELD_NUMBER: _ClassVar[int]
     name: str
     path_prefixes: _containers.RepeatedScalarFieldContainer[str]
     admin_users: _containers.RepeatedScalarFieldContainer[str]
@@ -344,10 +345,11 @@ class TenantSpec(_message.Message):
     max_entries: int
     max_open_tasks: int
     review_every_seconds: int
-    def __init__(self, name: _Optional[str] = ..., path_prefixes: _Optional[_Iterable[str]] = ..., admin_users: _Optional[_Iterable[str]] = ..., admin_groups: _Optional[_Iterable[str]] = ..., max_entries: _Optional[int] = ..., max_open_tasks: _Optional[int] = ..., review_every_seconds: _Optional[int] = ...) -> None: ...
+    max_parallel_tasks_per_entry: int
+    def __init__(self, name: _Optional[str] = ..., path_prefixes: _Optional[_Iterable[str]] = ..., admin_users: _Optional[_Iterable[str]] = ..., admin_groups: _Optional[_Iterable[str]] = ..., max_entries: _Optional[int] = ..., max_open_tasks: _Optional[int] = ..., review_every_seconds: _Optional[int] = ..., max_parallel_tasks_per_entry: _Optional[int] = ...) -> None: ...
 
 class Tenant(_message.Message):
-    __slots__ = ("name", "path_prefixes", "admin_users", "admin_groups", "max_entries", "max_open_tasks", "review_every_seconds", "created_at", "revision", "domains", "entries", "open_tasks", "policy")
+    __slots__ = ("name", "path_prefixes", "admin_users", "admin_groups", "max_entries", "max_open_tasks", "review_every_seconds", "created_at", "revision", "domains", "entries", "open_tasks", "policy", "max_parallel_tasks_per_entry")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PATH_PREFIXES_FIELD_NUMBER: _ClassVar[int]
     ADMIN_USERS_FIELD_NUMBER: _ClassVar[int]
@@ -361,6 +363,7 @@ class Tenant(_message.Message):
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     OPEN_TASKS_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
+    MAX_PARALLEL_TASKS_PER_ENTRY_FIELD_NUMBER: _ClassVar[int]
     name: str
     path_prefixes: _containers.RepeatedScalarFieldContainer[str]
     admin_users: _containers.RepeatedScalarFieldContainer[str]
@@ -374,7 +377,8 @@ class Tenant(_message.Message):
     entries: int
     open_tasks: int
     policy: str
-    def __init__(self, name: _Optional[str] = ..., path_prefixes: _Optional[_Iterable[str]] = ..., admin_users: _Optional[_Iterable[str]] = ..., admin_groups: _Optional[_Iterable[str]] = ..., max_entries: _Optional[int] = ..., max_open_tasks: _Optional[int] = ..., review_every_seconds: _Optional[int] = ..., created_at: _Optional[int] = ..., revision: _Optional[int] = ..., domains: _Optional[_Iterable[_Union[TenantDomain, _Mapping]]] = ..., entries: _Optional[int] = ..., open_tasks: _Optional[int] = ..., policy: _Optional[str] = ...) -> None: ...
+    max_parallel_tasks_per_entry: int
+    def __init__(self, name: _Optional[str] = ..., path_prefixes: _Optional[_Iterable[str]] = ..., admin_users: _Optional[_Iterable[str]] = ..., admin_groups: _Optional[_Iterable[str]] = ..., max_entries: _Optional[int] = ..., max_open_tasks: _Optional[int] = ..., review_every_seconds: _Optional[int] = ..., created_at: _Optional[int] = ..., revision: _Optional[int] = ..., domains: _Optional[_Iterable[_Union[TenantDomain, _Mapping]]] = ..., entries: _Optional[int] = ..., open_tasks: _Optional[int] = ..., policy: _Optional[str] = ..., max_parallel_tasks_per_entry: _Optional[int] = ...) -> None: ...
 
 class TenantPolicyRequest(_message.Message):
     __slots__ = ("name", "policy", "clear")
@@ -529,7 +533,7 @@ class Task(_message.Message):
     def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., entry_id: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., provisioned: bool = ..., requester: _Optional[str] = ..., approver: _Optional[str] = ..., reason: _Optional[str] = ..., ticket: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., created_at: _Optional[int] = ..., activated_at: _Optional[int] = ..., deadline: _Optional[int] = ..., ended_at: _Optional[int] = ..., end_reason: _Optional[str] = ..., decision: _Optional[_Union[PolicyDecision, _Mapping]] = ..., requester_uid: _Optional[int] = ..., requester_user: _Optional[str] = ..., approver_uid: _Optional[int] = ..., tenant: _Optional[str] = ..., audiences: _Optional[_Iterable[str]] = ..., binding: _Optional[_Union[TaskBinding, _Mapping]] = ..., break_glass: bool = ..., acknowledged_by: _Optional[str] = ..., acknowledged_uid: _Optional[int] = ..., acknowledged_at: _Optional[int] = ..., acknowledgement_note: _Optional[str] = ...) -> None: ...
 
 class PolicyDecision(_message.Message):
-    __slots__ = ("allowed", "approval_required", "max_ttl_seconds", "policies", "errors", "explanation", "break_glass_allowed")
+    __slots__ = ("allowed", "approval_required", "max_ttl_seconds", "policies", "errors", "explanation", "break_glass_allowed", "max_parallel")
     ALLOWED_FIELD_NUMBER: _ClassVar[int]
     APPROVAL_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     MAX_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -537,6 +541,7 @@ class PolicyDecision(_message.Message):
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     EXPLANATION_FIELD_NUMBER: _ClassVar[int]
     BREAK_GLASS_ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    MAX_PARALLEL_FIELD_NUMBER: _ClassVar[int]
     allowed: bool
     approval_required: bool
     max_ttl_seconds: int
@@ -544,7 +549,8 @@ class PolicyDecision(_message.Message):
     errors: _containers.RepeatedScalarFieldContainer[str]
     explanation: str
     break_glass_allowed: bool
-    def __init__(self, allowed: bool = ..., approval_required: bool = ..., max_ttl_seconds: _Optional[int] = ..., policies: _Optional[_Iterable[str]] = ..., errors: _Optional[_Iterable[str]] = ..., explanation: _Optional[str] = ..., break_glass_allowed: bool = ...) -> None: ...
+    max_parallel: int
+    def __init__(self, allowed: bool = ..., approval_required: bool = ..., max_ttl_seconds: _Optional[int] = ..., policies: _Optional[_Iterable[str]] = ..., errors: _Optional[_Iterable[str]] = ..., explanation: _Optional[str] = ..., break_glass_allowed: bool = ..., max_parallel: _Optional[int] = ...) -> None: ...
 
 class TaskIdRequest(_message.Message):
     __slots__ = ("id",)

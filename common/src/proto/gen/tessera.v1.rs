@@ -408,6 +408,10 @@ pub struct TenantSpec {
     /// Default review period of its entries; 0: none.
     #[prost(int64, tag = "7")]
     pub review_every_seconds: i64,
+    /// At most this many tasks open at once on one of its entries; 0: no tenant limit (the
+    /// server's max_parallel_tasks_per_entry and policy's @max_parallel still apply).
+    #[prost(int64, tag = "8")]
+    pub max_parallel_tasks_per_entry: i64,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Tenant {
@@ -439,6 +443,9 @@ pub struct Tenant {
     /// Its own Cedar policies; empty: none.
     #[prost(string, tag = "13")]
     pub policy: ::prost::alloc::string::String,
+    /// 0: no tenant limit.
+    #[prost(int64, tag = "14")]
+    pub max_parallel_tasks_per_entry: i64,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct TenantPolicyRequest {
@@ -645,6 +652,9 @@ pub struct PolicyDecision {
     /// requires approval): a break-glass request may skip approval.
     #[prost(bool, tag = "7")]
     pub break_glass_allowed: bool,
+    /// Smallest @max_parallel of the permits that allowed it; 0: no cap from policy.
+    #[prost(uint32, tag = "8")]
+    pub max_parallel: u32,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct TaskIdRequest {

@@ -7,13 +7,14 @@ use super::io::{Cells, Param};
 use crate::datastore::{DatastoreError, DomainRecord, TenantRecord};
 
 pub(super) const INSERT_TENANT: &str = "INSERT INTO tenants (name, path_prefixes, admin_users,
-        admin_groups, max_entries, max_open_tasks, review_every, created_at, revision, policy)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
-/// Compare-and-set on the revision: `$11` is the revision the caller read.
+        admin_groups, max_entries, max_open_tasks, review_every, created_at, revision, policy,
+        max_parallel_tasks_per_entry)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+/// Compare-and-set on the revision: `$12` is the revision the caller read.
 pub(super) const UPDATE_TENANT: &str = "UPDATE tenants SET path_prefixes = $2, admin_users = $3,
         admin_groups = $4, max_entries = $5, max_open_tasks = $6, review_every = $7,
-        created_at = $8, revision = $9, policy = $10
-    WHERE name = $1 AND revision = $11";
+        created_at = $8, revision = $9, policy = $10, max_parallel_tasks_per_entry = $11
+    WHERE name = $1 AND revision = $12";
 pub(super) const GET_TENANT: &str = "SELECT * FROM tenants WHERE name = $1";
 pub(super) const LIST_TENANTS: &str = "SELECT * FROM tenants ORDER BY name";
 pub(super) const DELETE_TENANT: &str = "DELETE FROM tenants WHERE name = $1 RETURNING *";
@@ -67,7 +68,7 @@ impl TenantRow {
         })
     }
 
-    pub(super) fn params<'a>(&'a self, t: &'a TenantRecord) -> [Param<'a>; 10] {
+    pub(super) fn params<'a>(&'a self, t: &'a TenantRecord) -> [Param<'a>; 11] {
         [
             Param::Text(&t.name),
             Param::Text(&self.prefixes),
@@ -82,6 +83,7 @@ impl TenantRow {
             Param::Int(t.created_at),
             Param::Int(self.revision),
             Param::OptText(t.policy.as_deref()),
+            Param::OptInt(t.max_parallel_tasks_per_entry),
         ]
     }
 
@@ -99,6 +101,7 @@ pub(super) fn tenant(row: &impl Cells) -> Result<TenantRecord, DatastoreError> {
         admin_groups: strings(row, "admin_groups")?,
         max_entries: row.opt_int("max_entries")?,
         max_open_tasks: row.opt_int("max_open_tasks")?,
+        max_parallel_tasks_per_entry: row.opt_int("max_parallel_tasks_per_entry")?,
         review_every: row
             .opt_int("review_every")?
             .map(|v| u64::try_from(v).map(Duration::from_secs))
