@@ -132,8 +132,8 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         version: 10,
         description: "a tenant's limit on tasks open at once on one of its entries \
                       (earlier tenants: none of their own)",
-        sqlite: include_str!("../../migrations/sqlite/0011_tenant_parallel_limit.sql"),
-        postgres: include_str!("../../migrations/postgres/0011_tenant_parallel_limit.sql"),
+        sqlite: include_str!("../../migrations/sqlite/0010_tenant_parallel_limit.sql"),
+        postgres: include_str!("../../migrations/postgres/0010_tenant_parallel_limit.sql"),
         then: None,
     },
 ];
