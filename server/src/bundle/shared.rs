@@ -327,9 +327,16 @@ mod tests {
         assert_eq!(got.jwt[0].expires_at, 7_000);
         assert_eq!(got.jwt[1].expires_at, 6_000);
 
-        // Later, b's material expires too and leaves the bundle.
+        // Each leaves the bundle at its end.
+        let later = compose(&rows, 5_000);
+        assert_eq!(later.x509, [ca_b.certificate().clone()]);
+        assert_eq!(
+            kids(&later),
+            ["kb", "ka"],
+            "a's copy of ka ended, c's did not"
+        );
         let later = compose(&rows, 6_000);
-        assert_eq!(later.x509, [ca_a.certificate().clone()]);
+        assert!(later.x509.is_empty());
         assert_eq!(kids(&later), ["ka"]);
         assert_eq!(compose(&rows, 7_000), Authorities::default());
     }
