@@ -285,7 +285,7 @@ pub(crate) async fn share_bundle(
             tracing::warn!(error = %e, "cannot read the shared trust bundle; retrying");
         }
         refreshes = refreshes.wrapping_add(1);
-        if refreshes % shared::PRUNE_EVERY == 0 {
+        if refreshes.is_multiple_of(shared::PRUNE_EVERY) {
             match ds.prune_authorities(now_unix()).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(pruned = n, "expired trust material pruned"),
