@@ -106,11 +106,29 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
             .with_status_lists(config.relying_party.as_ref().map(|rp| rp.url.clone())),
     );
     let events = Events::default();
+    let instance_id = crate::bundle::shared::load_or_create_instance_id(&config.data_dir)
+        .context("loading the server's instance id")?;
     let publisher = Arc::new(BundlePublisher::new(
         Arc::clone(&ca),
         Arc::clone(&jwt),
         events.clone(),
+        instance_id.clone(),
     ));
+    // Every server on the datastore serves the union of what all of them published: this
+    // server's CAs and keys are shared, and the others' trusted, before anything serves.
+    match publisher.refresh_shared(&*ds).await {
+        Ok(()) => tracing::info!(
+            instance_id = %instance_id,
+            x509_authorities = publisher.cell.get().x509_authorities().len(),
+            jwt_authorities = publisher.cell.get().jwt_authorities().len(),
+            "trust bundle shared through the datastore"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "cannot share the trust bundle through the datastore yet; retrying in the background"
+        ),
+    }
+    crate::bundle::shared::warn_if_rotation_outpaces_sharing(config.ca_ttl, config.jwt_key_ttl);
     let bundle = publisher.cell.clone();
     let registrar = Registrar::new(
         Arc::clone(&ds),
@@ -204,7 +222,9 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
                 issuer,
                 Arc::clone(&jwt),
                 Box::new(move || tasks.revocations()),
-            );
+            )
+            // The JWKS holds every server's keys, as the agents' bundles do.
+            .with_bundle(bundle.clone());
             Some((Arc::new(published), tcp, Arc::new(tls)))
         }
         None => None,
@@ -306,6 +326,10 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
     tasks.spawn_service(
         "server identity",
         Arc::clone(&identity).run(shutdown.clone()),
+    );
+    tasks.spawn_service(
+        "shared trust bundle",
+        crate::bundle::share_bundle(Arc::clone(&ds), Arc::clone(&publisher), shutdown.clone()),
     );
     tasks.spawn_service(
         "key rotation",

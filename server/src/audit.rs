@@ -102,6 +102,9 @@ pub enum AuditKind {
     SetDelivered,
     /// A task's end was given up for one SET receiver after retrying too long. (`set.abandoned`)
     SetAbandoned,
+    /// A server published (or changed the phase of) a CA certificate or JWT key in the
+    /// trust bundle shared through the datastore. (`bundle.published`)
+    BundlePublished,
 }
 
 impl AuditKind {
@@ -143,6 +146,7 @@ impl AuditKind {
         Self::OwnerOffboarded,
         Self::SetDelivered,
         Self::SetAbandoned,
+        Self::BundlePublished,
     ];
 
     /// The stored name, e.g. `svid.x509.issued`.
@@ -184,6 +188,7 @@ impl AuditKind {
             Self::OwnerOffboarded => "owner.offboarded",
             Self::SetDelivered => "set.delivered",
             Self::SetAbandoned => "set.abandoned",
+            Self::BundlePublished => "bundle.published",
         }
     }
 }

@@ -1,10 +1,14 @@
 //! The trust bundle: the one writer that composes it and the schedule that changes it.
 //!
-//! [`BundlePublisher`] composes the bundle from the CA set and the JWT keys and publishes
-//! every change to the TLS verifiers, the admin API and every agent's sync stream; it is
+//! [`BundlePublisher`] composes the bundle from the CA set, the JWT keys and what the other
+//! servers on the datastore published (`shared`), and publishes every change to the TLS
+//! verifiers, the admin API, the relying-party JWKS and every agent's sync stream; it is
 //! the only writer of the bundle, so its sequence number grows by one per change.
 //! [`rotate_keys`] advances the CA and JWT key schedules and publishes each change before
-//! the server presents a certificate from a newly active CA.
+//! the server presents a certificate from a newly active CA; [`share_bundle`] re-reads the
+//! shared material every [`shared::REFRESH_INTERVAL`].
+
+pub(crate) mod shared;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,49 +19,143 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::{AuditEvent, AuditKind};
 use crate::ca::rotation::CaSet;
 use crate::clock::now_unix;
-use crate::datastore::Datastore;
+use crate::datastore::{Datastore, DatastoreError, PublishedAuthority};
 use crate::events::{ChangeEvent, Events};
 use crate::jwt_keys::JwtKeyManager;
 use crate::server_identity::ServerIdentity;
 
-/// Composes the trust bundle from the CA set and the JWT keys and publishes every change
-/// to the TLS verifiers, the admin API and every agent's sync stream. The only writer of
-/// the bundle, so its sequence number increases by one per change.
+/// What the publisher remembers between compositions.
+#[derive(Debug)]
+struct Composed {
+    sequence: u64,
+    /// The other servers' published material, as last read from the datastore.
+    others: Vec<PublishedAuthority>,
+}
+
+/// Composes the trust bundle from the CA set, the JWT keys and the other servers'
+/// published material, and publishes every change to the TLS verifiers, the admin API and
+/// every agent's sync stream. The only writer of the bundle, so its sequence number
+/// increases by one per change.
 #[derive(Debug)]
 pub(crate) struct BundlePublisher {
     pub(crate) ca: Arc<CaSet>,
     pub(crate) jwt: Arc<JwtKeyManager>,
     pub(crate) cell: BundleCell,
     pub(crate) events: Events,
-    sequence: std::sync::Mutex<u64>,
+    /// This server's instance id in the shared bundle's table.
+    server_id: String,
+    state: std::sync::Mutex<Composed>,
 }
 
 impl BundlePublisher {
-    pub(crate) fn new(ca: Arc<CaSet>, jwt: Arc<JwtKeyManager>, events: Events) -> Self {
+    /// A publisher of this server's own material only, until [`Self::refresh_shared`]
+    /// reads the other servers'; `server_id` names this server's rows.
+    pub(crate) fn new(
+        ca: Arc<CaSet>,
+        jwt: Arc<JwtKeyManager>,
+        events: Events,
+        server_id: String,
+    ) -> Self {
         let cell = BundleCell::new(ca.bundle(1).with_jwt_authorities(jwt.public_keys()));
         Self {
             ca,
             jwt,
             cell,
             events,
-            sequence: std::sync::Mutex::new(1),
+            server_id,
+            state: std::sync::Mutex::new(Composed {
+                sequence: 1,
+                others: Vec::new(),
+            }),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Composed> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The bundle's authorities now: this server's own (as `CaSet::bundle` and the JWT
+    /// keys hold them) first, then the other servers' unexpired material, each once.
+    fn compose(&self, others: &[PublishedAuthority]) -> shared::Authorities {
+        let now = now_unix();
+        let own = shared::own_rows(&self.server_id, &self.ca, &self.jwt, now);
+        shared::compose(own.iter().chain(others), now)
+    }
+
+    /// Sets the bundle to `authorities` with the next sequence number and pushes it
+    /// everywhere. The caller holds the lock.
+    fn set(&self, state: &mut Composed, authorities: shared::Authorities) {
+        state.sequence += 1;
+        let base = self.cell.get();
+        self.cell.set(
+            common::Bundle::new(
+                base.trust_domain().clone(),
+                authorities.x509,
+                state.sequence,
+                base.refresh_hint_seconds(),
+            )
+            .with_jwt_authorities(authorities.jwt),
+        );
+        self.events.publish(ChangeEvent::BundleChanged);
+        tracing::info!(sequence = state.sequence, "trust bundle updated");
     }
 
     /// Rebuilds the bundle and pushes it everywhere.
     pub(crate) fn publish(&self) {
-        let mut seq = self
-            .sequence
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *seq += 1;
-        self.cell.set(
-            self.ca
-                .bundle(*seq)
-                .with_jwt_authorities(self.jwt.public_keys()),
-        );
-        self.events.publish(ChangeEvent::BundleChanged);
-        tracing::info!(sequence = *seq, "trust bundle updated");
+        let mut state = self.lock();
+        let authorities = self.compose(&state.others);
+        self.set(&mut state, authorities);
+    }
+
+    /// Shares the bundle with the other servers on the datastore: writes this server's
+    /// material that the datastore does not hold as it is (a prepared CA or key, a phase
+    /// change; audited), reads every other server's unexpired material, and publishes the
+    /// bundle when the union changed. Run every [`shared::REFRESH_INTERVAL`] by
+    /// [`share_bundle`], after every change of this server's keys, and at start; a change
+    /// feed may call it whenever another server's change is announced.
+    pub(crate) async fn refresh_shared(&self, ds: &dyn Datastore) -> Result<(), DatastoreError> {
+        let now = now_unix();
+        let stored = ds.list_authorities(now).await?;
+        let (mine, others): (Vec<PublishedAuthority>, Vec<PublishedAuthority>) = stored
+            .into_iter()
+            .partition(|a| a.server_id == self.server_id);
+        let own = shared::own_rows(&self.server_id, &self.ca, &self.jwt, now);
+        let changed = shared::unpublished(&own, &mine);
+        if !changed.is_empty() {
+            let audit: Vec<AuditEvent> = changed
+                .iter()
+                .map(|a| {
+                    AuditEvent::new(
+                        AuditKind::BundlePublished,
+                        &a.key_id,
+                        serde_json::json!({
+                            "server": a.server_id,
+                            "kind": a.kind.as_str(),
+                            "state": a.state,
+                            "not_after": a.not_after,
+                        }),
+                    )
+                    .by(crate::audit::SERVER_ACTOR)
+                })
+                .collect();
+            ds.publish_authorities(&changed, &audit).await?;
+            tracing::info!(
+                published = changed.len(),
+                "published CA certificates and JWT keys to the shared bundle"
+            );
+        }
+        let mut state = self.lock();
+        let authorities = self.compose(&others);
+        state.others = others;
+        let current = self.cell.get();
+        if authorities.x509 != current.x509_authorities()
+            || authorities.jwt != current.jwt_authorities()
+        {
+            self.set(&mut state, authorities);
+        }
+        Ok(())
     }
 }
 
@@ -91,6 +189,10 @@ impl BundlePublisher {
         .by(by)])
             .await?;
         self.new_ca_active(identity);
+        // The other servers trust the new CA at their next refresh after this one.
+        if let Err(e) = self.refresh_shared(ds).await {
+            tracing::warn!(error = %e, "cannot share the new CA yet; retrying");
+        }
         Ok(())
     }
 }
@@ -103,7 +205,7 @@ pub enum RotateError {
     Ca(String),
     /// The rotation happened but could not be audited.
     #[error(transparent)]
-    Datastore(#[from] crate::datastore::DatastoreError),
+    Datastore(#[from] DatastoreError),
 }
 
 /// Advances the CA and JWT key schedules, publishing every change of the bundle.
@@ -154,6 +256,41 @@ pub(crate) async fn rotate_keys(
         }
         if changed {
             publisher.publish();
+        }
+        // A prepared CA or key reaches the other servers (and their agents) now rather
+        // than at the next periodic refresh.
+        if let Err(e) = publisher.refresh_shared(&*ds).await {
+            tracing::warn!(error = %e, "cannot share the trust bundle; retrying");
+        }
+    }
+}
+
+/// Re-reads the shared bundle every [`shared::REFRESH_INTERVAL`] (publishing this
+/// server's own material again if a write was missed) and prunes expired rows now and
+/// then.
+pub(crate) async fn share_bundle(
+    ds: Arc<dyn Datastore>,
+    publisher: Arc<BundlePublisher>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(shared::REFRESH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut refreshes: u32 = 0;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = publisher.refresh_shared(&*ds).await {
+            tracing::warn!(error = %e, "cannot read the shared trust bundle; retrying");
+        }
+        refreshes = refreshes.wrapping_add(1);
+        if refreshes.is_multiple_of(shared::PRUNE_EVERY) {
+            match ds.prune_authorities(now_unix()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(pruned = n, "expired trust material pruned"),
+                Err(e) => tracing::warn!(error = %e, "cannot prune expired trust material"),
+            }
         }
     }
 }

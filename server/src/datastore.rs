@@ -221,7 +221,7 @@ pub struct TenantRecord {
     pub max_entries: Option<i64>,
     /// At most this many open tasks.
     pub max_open_tasks: Option<i64>,
-    /// At most this many tasks open at once on one of its entries (schema version 11).
+    /// At most this many tasks open at once on one of its entries (schema version 10).
     pub max_parallel_tasks_per_entry: Option<i64>,
     /// Default review period of its entries.
     pub review_every: Option<std::time::Duration>,
@@ -328,6 +328,54 @@ pub struct EntryUsage {
     pub validations: u64,
     /// When an agent last reported it used (Unix seconds); `None` if none did.
     pub last_used_at: Option<i64>,
+}
+
+/// What kind of trust material a server published for the shared bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AuthorityKind {
+    /// A CA certificate (X.509 authority); `material` is its PEM, `key_id` its serial (hex).
+    X509,
+    /// A JWT-SVID verification key; `material` is its JWK, `key_id` its `kid`.
+    Jwt,
+}
+
+impl AuthorityKind {
+    /// As stored: `x509` or `jwt`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::X509 => "x509",
+            Self::Jwt => "jwt",
+        }
+    }
+
+    /// From its stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "x509" => Some(Self::X509),
+            "jwt" => Some(Self::Jwt),
+            _ => None,
+        }
+    }
+}
+
+/// Public trust material (a CA certificate or a JWT public key) one server published for
+/// the bundle every server serves (schema version 11). Never a private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedAuthority {
+    /// The publishing server's instance id.
+    pub server_id: String,
+    /// Certificate or JWT key.
+    pub kind: AuthorityKind,
+    /// CA serial (hex) or JWT `kid`.
+    pub key_id: String,
+    /// `prepared`, `active` or `retired` (as `CaPhase` names them).
+    pub state: String,
+    /// PEM certificate or JWK (JSON).
+    pub material: String,
+    /// Trusted until then (unix seconds); pruned after.
+    pub not_after: i64,
+    /// When this row was last written (unix seconds).
+    pub published_at: i64,
 }
 
 /// Builds a deletion's audit records from the row it removed, inside the deleting
@@ -582,6 +630,20 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
         &self,
         entry_ids: Option<&[EntryId]>,
     ) -> Result<Vec<EntryUsage>, DatastoreError>;
+
+    /// Inserts or replaces trust material a server publishes for the shared bundle (keyed
+    /// by server, kind and key id), with its audit records, in one transaction.
+    async fn publish_authorities(
+        &self,
+        items: &[PublishedAuthority],
+        audit: &[AuditEvent],
+    ) -> Result<(), DatastoreError>;
+    /// Every server's published trust material still valid at `now` (`not_after > now`),
+    /// by server, kind and key id.
+    async fn list_authorities(&self, now: i64) -> Result<Vec<PublishedAuthority>, DatastoreError>;
+    /// Deletes published trust material that expired at or before `now`; returns how many
+    /// rows went. Idempotent, so every server may run it.
+    async fn prune_authorities(&self, now: i64) -> Result<u64, DatastoreError>;
 
     /// Checks that the datastore answers: one read of its own schema table on a pooled
     /// connection, given at most `within` (waiting for a connection included). `Backend`

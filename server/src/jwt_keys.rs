@@ -354,6 +354,33 @@ impl JwtKeyManager {
     }
 }
 
+impl JwtKeyManager {
+    /// [`JwtKeyManager::public_keys`] with each key's phase, for the bundle shared with
+    /// the other servers on the datastore (`crate::bundle::shared`).
+    pub fn published_keys(&self) -> Vec<(JwtKey, crate::ca::rotation::CaPhase)> {
+        use crate::ca::rotation::CaPhase;
+        let phases: std::collections::HashMap<String, CaPhase> = self
+            .lock()
+            .iter()
+            .map(|k| {
+                let phase = match (k.stored.activated_at, k.stored.retired_at) {
+                    (_, Some(_)) => CaPhase::Retired,
+                    (Some(_), None) => CaPhase::Active,
+                    (None, None) => CaPhase::Prepared,
+                };
+                (k.stored.kid.clone(), phase)
+            })
+            .collect();
+        self.public_keys()
+            .into_iter()
+            .filter_map(|k| {
+                let phase = *phases.get(&k.kid)?;
+                Some((k, phase))
+            })
+            .collect()
+    }
+}
+
 /// Whether `id` is a non-empty run of ASCII letters, digits and `-` (a UUID is): safe in a
 /// URL path without escaping.
 pub fn is_path_segment(id: &str) -> bool {

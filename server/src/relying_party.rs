@@ -105,6 +105,9 @@ pub struct RelyingParty {
     issuer: String,
     jwt: Arc<JwtKeyManager>,
     revocations: RevocationSource,
+    /// The trust bundle whose JWT keys the JWKS lists (every server's on a shared
+    /// datastore); `None`: this server's own keys.
+    bundle: Option<common::BundleCell>,
 }
 
 impl std::fmt::Debug for RelyingParty {
@@ -159,7 +162,16 @@ impl RelyingParty {
             issuer,
             jwt,
             revocations,
+            bundle: None,
         }
+    }
+
+    /// Serves as JWKS the JWT keys of `bundle` (the bundle every server on the datastore
+    /// shares) rather than this server's own.
+    #[must_use]
+    pub(crate) fn with_bundle(mut self, bundle: common::BundleCell) -> Self {
+        self.bundle = Some(bundle);
+        self
     }
 
     /// The OpenID Connect discovery document (the fields SPIRE's OIDC discovery provider
@@ -177,9 +189,11 @@ impl RelyingParty {
 
     /// The JWK set of every published JWT-SVID key.
     pub fn jwks(&self) -> Value {
-        let keys: Vec<Value> = self
-            .jwt
-            .public_keys()
+        let published = match &self.bundle {
+            Some(b) => b.get().jwt_authorities().to_vec(),
+            None => self.jwt.public_keys(),
+        };
+        let keys: Vec<Value> = published
             .iter()
             .filter_map(|k| match k.to_jwk() {
                 Ok(mut jwk) => {

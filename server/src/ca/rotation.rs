@@ -88,6 +88,19 @@ struct Stored {
     retired: Vec<String>,
 }
 
+/// A CA certificate this server publishes in the trust bundle, with its phase.
+#[derive(Debug, Clone)]
+pub struct PublishedCa {
+    /// Serial, hex.
+    pub serial: String,
+    /// Phase (an upstream root is `Active`).
+    pub phase: CaPhase,
+    /// The certificate.
+    pub cert: CertificateDer<'static>,
+    /// Validity end: it leaves the bundle then.
+    pub not_after: SystemTime,
+}
+
 /// What a [`CaSet::tick`] changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CaChange {
@@ -331,6 +344,49 @@ impl CaSet {
             roots.push(p.certificate().clone());
         }
         Bundle::new(self.trust_domain.clone(), roots, sequence, 300)
+    }
+
+    /// The certificates this server publishes in the trust bundle, with their phases:
+    /// the upstream root(s) when there is an upstream authority, else every CA (retired,
+    /// active, prepared), as [`CaSet::bundle`] holds them.
+    pub fn published(&self) -> Vec<PublishedCa> {
+        if let Some(up) = &self.upstream {
+            return up
+                .roots()
+                .iter()
+                .filter_map(|cert| {
+                    let (serial, _, not_after) = super::parse_ca_cert(cert).ok()?;
+                    Some(PublishedCa {
+                        serial,
+                        phase: CaPhase::Active,
+                        cert: cert.clone(),
+                        not_after,
+                    })
+                })
+                .collect();
+        }
+        let state = self.read();
+        let mut out: Vec<PublishedCa> = state
+            .retired
+            .iter()
+            .map(|r| PublishedCa {
+                serial: r.serial.clone(),
+                phase: CaPhase::Retired,
+                cert: r.cert.clone(),
+                not_after: r.not_after,
+            })
+            .collect();
+        let of = |ca: &Ca, phase| PublishedCa {
+            serial: ca.serial_hex().to_owned(),
+            phase,
+            cert: ca.certificate().clone(),
+            not_after: ca.not_after(),
+        };
+        out.push(of(&state.active, CaPhase::Active));
+        if let Some(p) = &state.prepared {
+            out.push(of(p, CaPhase::Prepared));
+        }
+        out
     }
 
     /// The CAs with their phases, oldest first.

@@ -18,9 +18,9 @@ use serde_json::json;
 
 use super::testdb::{Backend, Under};
 use super::{
-    Acknowledgement, AgentRecord, ConsumedToken, DatastoreError, DomainRecord, EntryFilter,
-    EntryUsage, LimitReached, TaskEnd, TaskLimits, TaskRecord, TaskSvid, TenantRecord,
-    TokenAttestation, UnixUser, UsageReport,
+    Acknowledgement, AgentRecord, AuthorityKind, ConsumedToken, DatastoreError, DomainRecord,
+    EntryFilter, EntryUsage, LimitReached, PublishedAuthority, TaskEnd, TaskLimits, TaskRecord,
+    TaskSvid, TenantRecord, TokenAttestation, UnixUser, UsageReport,
 };
 use crate::audit::{AuditEvent, ChainHead, verify};
 use crate::policy::Decision;
@@ -71,6 +71,7 @@ conformance!(
     ping_answers_only_while_the_datastore_does,
     entry_usage_adds_up_per_entry_and_agent,
     entry_usage_counts_every_concurrent_report,
+    published_authorities_are_shared_replaced_and_pruned,
 );
 
 fn sid(s: &str) -> SpiffeId {
@@ -1774,4 +1775,71 @@ async fn the_parallel_limit_holds_under_concurrent_creates(b: &dyn Backend) {
         servers[0].open_tasks_for_entry(&e.id).await.unwrap().len(),
         4
     );
+}
+
+fn authority(
+    server: &str,
+    kind: AuthorityKind,
+    key: &str,
+    state: &str,
+    not_after: i64,
+) -> PublishedAuthority {
+    PublishedAuthority {
+        server_id: server.to_owned(),
+        kind,
+        key_id: key.to_owned(),
+        state: state.to_owned(),
+        material: format!("material of {key}"),
+        not_after,
+        published_at: 100,
+    }
+}
+
+async fn published_authorities_are_shared_replaced_and_pruned(b: &dyn Backend) {
+    let servers = [b.open().await, b.open().await];
+    let a1 = authority("a", AuthorityKind::X509, "01", "active", 1000);
+    let a2 = authority("a", AuthorityKind::Jwt, "k1", "prepared", 2000);
+    // The same key id under another server is another row.
+    let b1 = authority("b", AuthorityKind::X509, "01", "active", 500);
+    let audit = [event("bundle.published", "a", None)];
+    servers[0]
+        .publish_authorities(&[a1.clone(), a2.clone()], &audit)
+        .await
+        .unwrap();
+    servers[1]
+        .publish_authorities(std::slice::from_ref(&b1), &[])
+        .await
+        .unwrap();
+    for ds in &servers {
+        assert_eq!(
+            ds.list_authorities(0).await.unwrap(),
+            [a2.clone(), a1.clone(), b1.clone()],
+            "every server sees every server's material (by server, kind, key id)"
+        );
+    }
+    let records = servers[1].list_audit(None, None).await.unwrap();
+    assert_eq!(records.len(), 1, "published with its audit record");
+    assert_eq!(records[0].event.kind, "bundle.published");
+
+    // A state change replaces the row.
+    let mut a2_active = a2.clone();
+    a2_active.state = "active".into();
+    a2_active.published_at = 200;
+    servers[0]
+        .publish_authorities(std::slice::from_ref(&a2_active), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        servers[1].list_authorities(0).await.unwrap(),
+        [a2_active.clone(), a1.clone(), b1.clone()]
+    );
+
+    // Expired material is not listed, and pruning deletes it (idempotently).
+    assert_eq!(
+        servers[1].list_authorities(500).await.unwrap(),
+        [a2_active.clone(), a1.clone()]
+    );
+    assert_eq!(servers[0].prune_authorities(1000).await.unwrap(), 2);
+    assert_eq!(servers[1].prune_authorities(1000).await.unwrap(), 0);
+    assert_eq!(servers[1].list_authorities(0).await.unwrap(), [a2_active]);
 }

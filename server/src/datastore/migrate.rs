@@ -136,6 +136,14 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../migrations/postgres/0010_tenant_parallel_limit.sql"),
         then: None,
     },
+    Migration {
+        version: 11,
+        description: "shared trust bundle: the public CA certificates and JWT keys every \
+                      server publishes, whose union each server serves as the bundle",
+        sqlite: include_str!("../../migrations/sqlite/0011_shared_bundle.sql"),
+        postgres: include_str!("../../migrations/postgres/0011_shared_bundle.sql"),
+        then: None,
+    },
 ];
 
 /// The tables version 1 created: a database holding them but no version table was

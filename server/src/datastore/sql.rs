@@ -25,6 +25,7 @@
 //! committed or was anchored to (`anchor_audit`) when the stored log ends before it:
 //! deleting the newest records never makes a sequence number be used twice.
 
+mod authorities;
 mod io;
 mod records;
 mod tenants;
@@ -41,8 +42,8 @@ use self::records::{EntryRow, TaskRow};
 use super::migrate::Migration;
 use super::{
     Acknowledgement, AgentRecord, AuditFor, ConsumedToken, Datastore, DatastoreError, DomainRecord,
-    EntryFilter, EntryUsage, IssuedSvid, LimitReached, TaskLimits, TaskRecord, TaskSvid,
-    TenantRecord, TokenAttestation, UsageReport,
+    EntryFilter, EntryUsage, IssuedSvid, LimitReached, PublishedAuthority, TaskLimits, TaskRecord,
+    TaskSvid, TenantRecord, TokenAttestation, UsageReport,
 };
 use crate::audit::{AuditEvent, AuditRecord, ChainHead};
 
@@ -1173,6 +1174,49 @@ impl<D: Dialect> Datastore for SqlStore<D> {
             rows.extend(self.all(&sql, &params, records::usage).await?);
         }
         Ok(records::sum_usage(rows))
+    }
+
+    async fn publish_authorities(
+        &self,
+        items: &[PublishedAuthority],
+        audit: &[AuditEvent],
+    ) -> Result<(), DatastoreError> {
+        if items.is_empty() && audit.is_empty() {
+            return Ok(());
+        }
+        let items = items.to_vec();
+        self.write_tx(audit, move |conn| {
+            Box::pin(async move {
+                for a in &items {
+                    D::execute(conn, authorities::PUT_AUTHORITY, &authorities::params(a))
+                        .await
+                        .map_err(backend)?;
+                }
+                Ok(Some(()))
+            })
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn list_authorities(&self, now: i64) -> Result<Vec<PublishedAuthority>, DatastoreError> {
+        self.all(
+            authorities::LIST_AUTHORITIES,
+            &[Param::Int(now)],
+            authorities::authority,
+        )
+        .await
+    }
+
+    async fn prune_authorities(&self, now: i64) -> Result<u64, DatastoreError> {
+        let mut conn = self.pool.acquire().await.map_err(backend)?;
+        D::execute(
+            &mut conn,
+            authorities::PRUNE_AUTHORITIES,
+            &[Param::Int(now)],
+        )
+        .await
+        .map_err(backend)
     }
 
     async fn revoked_since(

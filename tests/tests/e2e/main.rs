@@ -37,6 +37,7 @@ mod resilience_mtls;
 mod resilience_outage;
 mod resilience_shutdown;
 mod set_push;
+mod shared_authority;
 mod smoke;
 mod socket_squatting;
 mod task_binding;
