@@ -18,6 +18,7 @@
 //! a deadline and watch the expiry loop end the task, in milliseconds.
 
 mod request;
+mod remote;
 mod revocation;
 #[cfg(test)]
 mod tests;

@@ -21,11 +21,11 @@ const JIT: &str = "spiffe://example.org/pg/jit";
 const LATE: &str = "spiffe://example.org/pg/after-restart";
 
 /// A fresh database, dropped (with any connection left to it) when this is dropped.
-struct TestDb {
+pub(crate) struct TestDb {
     admin_url: String,
     name: String,
     /// URL of the new database.
-    url: String,
+    pub(crate) url: String,
 }
 
 /// The PostgreSQL datastore written by release 7c0b47d (`pg_dump` of the schema
@@ -55,7 +55,7 @@ fn psql(url: &str, sql: &str) -> Result<String, String> {
 }
 
 impl TestDb {
-    fn create() -> Self {
+    pub(crate) fn create() -> Self {
         let admin_url =
             std::env::var("TESSERA_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_URL.into());
         let nanos = std::time::SystemTime::now()
@@ -89,7 +89,7 @@ impl TestDb {
         }
     }
 
-    fn query(&self, sql: &str) -> String {
+    pub(crate) fn query(&self, sql: &str) -> String {
         psql(&self.url, sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 }
@@ -280,7 +280,7 @@ fn a_release_database_is_upgraded_at_start_and_a_newer_schema_stops_the_server()
             "SELECT string_agg(version || ' ' || how, ',' ORDER BY version) \
              FROM tessera_fixture.tessera_schema"
         ),
-        "1 baseline,2 applied,3 applied,4 applied,5 applied,6 applied,7 applied,8 applied,9 applied"
+        "1 baseline,2 applied,3 applied,4 applied,5 applied,6 applied,7 applied,8 applied,9 applied,10 applied"
     );
     // Everything the release stored is served by this server.
     let entries = server.cli_json(&["entry", "show"]);
