@@ -171,7 +171,11 @@ impl Feed {
         let mut prune_tick = tokio::time::interval(PRUNE_EVERY);
         prune_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut listener: Option<PgListener> = None;
-        tracing::info!(origin = origin(), from = self.last, "tailing the change feed");
+        tracing::info!(
+            origin = origin(),
+            from = self.last,
+            "tailing the change feed"
+        );
         loop {
             if listener.is_none() {
                 listener = self.listen().await;
@@ -312,7 +316,8 @@ impl Feed {
                 if let Some(id) = parsed(EntryId::parse(c.subject.as_str()))
                     && let Some(parent_id) = agent_id(c.parent_id.as_deref())
                 {
-                    self.events.publish(ChangeEvent::EntryDeleted { id, parent_id });
+                    self.events
+                        .publish(ChangeEvent::EntryDeleted { id, parent_id });
                 }
             }
             "task" => {

@@ -17,8 +17,8 @@
 //! Deadlines are wall-clock time read from a [`Clock`], so tests move a `ManualClock` past
 //! a deadline and watch the expiry loop end the task, in milliseconds.
 
-mod request;
 mod remote;
+mod request;
 mod revocation;
 #[cfg(test)]
 mod tests;

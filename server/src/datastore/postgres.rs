@@ -795,7 +795,9 @@ mod tests {
         e.parent_id = common::SpiffeId::new(node_b).unwrap();
         e.revision = 2;
         a.update_entry(&e, &[]).await.unwrap();
-        a.delete_entry(&e.id, Box::new(|_| Vec::new())).await.unwrap();
+        a.delete_entry(&e.id, Box::new(|_| Vec::new()))
+            .await
+            .unwrap();
         let rows = feed::read_after(&pool, 0).await.unwrap();
         let got: Vec<_> = rows
             .iter()
@@ -841,7 +843,11 @@ mod tests {
         let last = feed::read_after(&pool, 4).await.unwrap();
         assert_eq!(last.len(), 1);
         assert_eq!(
-            (last[0].kind.as_str(), last[0].subject.as_str(), last[0].origin.as_str()),
+            (
+                last[0].kind.as_str(),
+                last[0].subject.as_str(),
+                last[0].origin.as_str()
+            ),
             ("tenant", "default", "other-server")
         );
 
@@ -887,5 +893,4 @@ mod tests {
         a.close().await;
         b.close().await;
     }
-
 }

@@ -31,5 +31,4 @@ impl Tasks {
     pub(crate) async fn refresh_revocations_now(&self) -> Result<(), DatastoreError> {
         self.refresh_revocations(false).await
     }
-
 }
