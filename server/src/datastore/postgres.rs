@@ -773,6 +773,7 @@ mod tests {
     /// sees N+1 before N); another origin shows as such; pruning keeps the newest row.
     #[tokio::test(flavor = "multi_thread")]
     async fn the_change_feed_records_every_change_in_commit_order() {
+        use crate::datastore::Datastore as _;
         use crate::feed;
         use sqlx::postgres::PgListener;
 
