@@ -51,6 +51,8 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
     );
     state_file::ensure_private_dir(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    // With PostgreSQL, the change feed's pool and where it stood before anything was read.
+    let mut feed_from = None;
     let ds: Arc<dyn Datastore> = match &config.datastore {
         DatastoreUrl::Sqlite(path) => Arc::new(
             SqliteDatastore::open(path)
@@ -58,11 +60,17 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
                 .with_context(|| format!("opening datastore {}", path.display()))?,
         ),
         // The error names the URL without its password.
-        DatastoreUrl::Postgres(url) => Arc::new(
-            PostgresDatastore::open_with(url, &config.datastore_access)
+        DatastoreUrl::Postgres(url) => {
+            let pg = PostgresDatastore::open_with(url, &config.datastore_access)
                 .await
-                .context("opening the PostgreSQL datastore")?,
-        ),
+                .context("opening the PostgreSQL datastore")?;
+            let pool = pg.feed_pool();
+            let head = crate::feed::head(&pool)
+                .await
+                .context("reading the change feed")?;
+            feed_from = Some((pool, head));
+            Arc::new(pg)
+        }
     };
     tracing::info!(datastore = %config.datastore.describe(), "datastore open");
     let checkpointer = anchor_audit(&config, &*ds).await?;
@@ -305,6 +313,16 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
     };
 
     let mut tasks = Supervisor::new(shutdown.clone(), SHUTDOWN_DEADLINE);
+    if let Some((pool, head)) = feed_from {
+        let feed = crate::feed::Feed::new(
+            pool,
+            Arc::clone(&ds),
+            Arc::clone(&task_service),
+            node.events.clone(),
+            head,
+        );
+        tasks.spawn_service("change feed", feed.run(shutdown.clone()));
+    }
     tasks.spawn_service("tasks", Arc::clone(&task_service).run(shutdown.clone()));
     // Sets readiness: ready once (and while) the datastore answers.
     tasks.spawn_service("readiness", readiness.run(shutdown.clone()));

@@ -17,6 +17,7 @@ pub mod config;
 pub mod datastore;
 pub mod domains;
 pub mod events;
+pub mod feed;
 pub mod issuance;
 pub mod jwt_keys;
 pub mod node_attestation;

@@ -17,6 +17,7 @@
 //! Deadlines are wall-clock time read from a [`Clock`], so tests move a `ManualClock` past
 //! a deadline and watch the expiry loop end the task, in milliseconds.
 
+mod remote;
 mod request;
 mod revocation;
 #[cfg(test)]

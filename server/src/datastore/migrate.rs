@@ -144,6 +144,15 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../migrations/postgres/0011_shared_bundle.sql"),
         then: None,
     },
+    Migration {
+        version: 12,
+        description: "change feed: every change agents must hear about, numbered in \
+                      commit order with the server that made it (filled by triggers and \
+                      announced with NOTIFY on PostgreSQL)",
+        sqlite: include_str!("../../migrations/sqlite/0012_change_feed.sql"),
+        postgres: include_str!("../../migrations/postgres/0012_change_feed.sql"),
+        then: None,
+    },
 ];
 
 /// The tables version 1 created: a database holding them but no version table was

@@ -129,8 +129,7 @@ impl<D: Dialect> SqlStore<D> {
         }
     }
 
-    /// The pool, for tests that look under the trait.
-    #[cfg(test)]
+    /// The pool, for the change feed (`feed.rs`) and tests that look under the trait.
     pub(super) fn pool(&self) -> &Pool<D> {
         &self.pool
     }

@@ -19,6 +19,7 @@ mod conn_limits;
 mod deploy;
 mod example_agentic;
 mod frame_limits;
+mod ha;
 mod interop_python;
 mod interop_rust;
 mod jwt_cli;

@@ -1,0 +1,375 @@
+//! The cross-server change feed: several servers on one PostgreSQL database push every
+//! change to their own agents, whichever server made it.
+//!
+//! Triggers append each change agents must hear about to the table `changes`, in the
+//! transaction that makes it, numbered without gaps in commit order and naming the server
+//! that made it (`tessera.origin`, set on every connection: [`origin`]), and announce it
+//! with `NOTIFY tessera_changes` (delivered at commit); see
+//! `migrations/postgres/0012_change_feed.sql`. Each server runs one [`Feed`]: it
+//! `LISTEN`s, and on a notification, after (re)connecting and every [`POLL`] reads the
+//! rows after the last one it applied, skips its own (published in-process when they were
+//! made) and publishes the others on its [`Events`] hub, re-reading what changed: an entry
+//! as stored now, a task into the in-memory grants, and the revocations at once when a
+//! task ended early. The cursor only moves forward past rows applied, so a lost connection
+//! or a missed notification loses nothing and applies nothing twice; a row whose
+//! re-read fails is retried from there.
+//!
+//! Rows older than [`KEEP`] are pruned by one server at a time (a transaction-scoped
+//! `pg_try_advisory_xact_lock`); the newest row always stays, so numbering goes on. A
+//! server whose cursor fell behind what was pruned (away for longer than [`KEEP`])
+//! reloads its tasks and re-publishes every entry.
+//!
+//! With SQLite one server owns the datastore and publishes in-process: no feed runs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{EntryId, SpiffeId, TaskId};
+use sqlx::postgres::PgListener;
+use sqlx::{PgPool, Row as _};
+use tokio_util::sync::CancellationToken;
+
+use crate::datastore::{Datastore, DatastoreError, EntryFilter};
+use crate::events::{ChangeEvent, Events};
+use crate::tasks::Tasks;
+
+/// The `NOTIFY` channel.
+pub const CHANNEL: &str = "tessera_changes";
+/// How often the feed is read without a notification (a missed one costs at most this).
+pub const POLL: Duration = Duration::from_secs(1);
+/// How long rows are kept.
+pub const KEEP: Duration = Duration::from_secs(3600);
+/// How often a server tries to prune.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Most rows read at once.
+const BATCH: i64 = 1000;
+/// Transaction-scoped advisory lock held while pruning ("TESP").
+const PRUNE_LOCK: i64 = 0x5445_5350;
+
+const READ: &str = "SELECT seq, kind, subject, entry_id, parent_id, previous_parent, origin
+    FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2";
+
+/// This process's instance id (the `origin` of the rows its writes append).
+pub fn origin() -> &'static str {
+    crate::datastore::postgres::origin()
+}
+
+/// One row of the feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Its number: gap-free, in commit order.
+    pub seq: i64,
+    /// What changed: `entry`, `entry_deleted`, `task`, `agent_removed`, `tenant`, `bundle`.
+    pub kind: String,
+    /// The entry id, task id, agent SPIFFE ID or tenant name.
+    pub subject: String,
+    /// The entry concerned (entries, tasks).
+    pub entry_id: Option<String>,
+    /// The agent the entry is parented to (entries, tasks).
+    pub parent_id: Option<String>,
+    /// The agent an updated entry moved away from.
+    pub previous_parent: Option<String>,
+    /// The server instance that made the change.
+    pub origin: String,
+}
+
+/// The largest sequence number in the feed (0 when empty): where a server that just read
+/// its state starts. Read it *before* loading that state: a change in between is then
+/// applied once more (re-reads are idempotent), never missed.
+pub async fn head(pool: &PgPool) -> Result<i64, DatastoreError> {
+    sqlx::query_scalar::<_, i64>("SELECT COALESCE(max(seq), 0) FROM changes")
+        .fetch_one(pool)
+        .await
+        .map_err(backend)
+}
+
+/// Reads the rows after `after`, oldest first (at most [`BATCH`]).
+pub async fn read_after(pool: &PgPool, after: i64) -> Result<Vec<Change>, DatastoreError> {
+    let rows = sqlx::query(READ)
+        .bind(after)
+        .bind(BATCH)
+        .fetch_all(pool)
+        .await
+        .map_err(backend)?;
+    rows.iter()
+        .map(|r| {
+            Ok(Change {
+                seq: r.try_get("seq")?,
+                kind: r.try_get("kind")?,
+                subject: r.try_get("subject")?,
+                entry_id: r.try_get("entry_id")?,
+                parent_id: r.try_get("parent_id")?,
+                previous_parent: r.try_get("previous_parent")?,
+                origin: r.try_get("origin")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(backend)
+}
+
+/// Deletes the rows written before `before_ms` (unix milliseconds), keeping the newest,
+/// if no other server is pruning; returns how many, `None` when another server was.
+pub async fn prune(pool: &PgPool, before_ms: i64) -> Result<Option<u64>, DatastoreError> {
+    let mut tx = pool.begin().await.map_err(backend)?;
+    let mine: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(PRUNE_LOCK)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(backend)?;
+    if !mine {
+        return Ok(None);
+    }
+    let n = sqlx::query(
+        "DELETE FROM changes WHERE at_ms < $1 AND seq < (SELECT max(seq) FROM changes)",
+    )
+    .bind(before_ms)
+    .execute(&mut *tx)
+    .await
+    .map_err(backend)?
+    .rows_affected();
+    tx.commit().await.map_err(backend)?;
+    Ok(Some(n))
+}
+
+fn backend(e: sqlx::Error) -> DatastoreError {
+    DatastoreError::Backend(format!("change feed: {e}"))
+}
+
+/// One server's tailer.
+#[derive(Debug)]
+pub struct Feed {
+    pool: PgPool,
+    ds: Arc<dyn Datastore>,
+    tasks: Arc<Tasks>,
+    events: Events,
+    /// The last row applied (or skipped as this server's own).
+    last: i64,
+}
+
+impl Feed {
+    /// A tailer that applies the rows after `last` (from [`head`]).
+    pub fn new(
+        pool: PgPool,
+        ds: Arc<dyn Datastore>,
+        tasks: Arc<Tasks>,
+        events: Events,
+        last: i64,
+    ) -> Self {
+        Self {
+            pool,
+            ds,
+            tasks,
+            events,
+            last,
+        }
+    }
+
+    /// Tails the feed until `shutdown`.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut poll = tokio::time::interval(POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut prune_tick = tokio::time::interval(PRUNE_EVERY);
+        prune_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut listener: Option<PgListener> = None;
+        tracing::info!(
+            origin = origin(),
+            from = self.last,
+            "tailing the change feed"
+        );
+        loop {
+            if listener.is_none() {
+                listener = self.listen().await;
+                // Whatever was announced while not listening.
+                self.catch_up().await;
+            }
+            let heard = tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = poll.tick() => Ok(true),
+                _ = prune_tick.tick() => {
+                    self.prune().await;
+                    Ok(true)
+                }
+                n = recv(&mut listener) => n,
+            };
+            match heard {
+                Ok(true) => {}
+                // The connection was lost: sqlx reconnects on the next call and LISTENs
+                // again; a notification sent meanwhile is lost, so read.
+                Ok(false) => tracing::warn!("change feed listener reconnecting"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "change feed listener failed; reconnecting");
+                    listener = None;
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(POLL) => {}
+                    }
+                }
+            }
+            self.catch_up().await;
+        }
+    }
+
+    async fn listen(&self) -> Option<PgListener> {
+        let mut l = match PgListener::connect_with(&self.pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot connect the change feed listener; polling");
+                return None;
+            }
+        };
+        match l.listen(CHANNEL).await {
+            Ok(()) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot LISTEN for the change feed; polling");
+                None
+            }
+        }
+    }
+
+    async fn prune(&self) {
+        let cutoff = crate::clock::now_unix()
+            .saturating_sub(i64::try_from(KEEP.as_secs()).unwrap_or(i64::MAX))
+            .saturating_mul(1000);
+        match prune(&self.pool, cutoff).await {
+            Ok(Some(n)) if n > 0 => tracing::debug!(rows = n, "change feed pruned"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot prune the change feed; will retry"),
+        }
+    }
+
+    /// Applies every row after the cursor; stops at a failure (retried on the next call).
+    pub async fn catch_up(&mut self) {
+        loop {
+            let batch = match read_after(&self.pool, self.last).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the change feed; will retry");
+                    return;
+                }
+            };
+            let full = i64::try_from(batch.len()).unwrap_or(i64::MAX) >= BATCH;
+            if let Some(first) = batch.first()
+                && first.seq != self.last + 1
+                && self.last > 0
+            {
+                tracing::warn!(
+                    last_applied = self.last,
+                    next = first.seq,
+                    "change feed rows were pruned before this server read them; reloading tasks and re-publishing every entry"
+                );
+                if let Err(e) = self.resync().await {
+                    tracing::warn!(error = %e, "cannot resynchronise from the datastore; will retry");
+                    return;
+                }
+            }
+            match self.apply(&batch).await {
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot apply the change feed; will retry");
+                    return;
+                }
+            }
+            if !full {
+                return;
+            }
+        }
+    }
+
+    /// Applies `batch` in order, moving the cursor past each row applied.
+    async fn apply(&mut self, batch: &[Change]) -> Result<(), DatastoreError> {
+        let mut revocations = false;
+        let mut result = Ok(());
+        for c in batch {
+            if c.origin != origin() {
+                match self.apply_one(c).await {
+                    Ok(r) => revocations |= r,
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            self.last = c.seq;
+        }
+        if revocations {
+            self.tasks.refresh_revocations_now().await?;
+        }
+        result
+    }
+
+    /// Publishes one change; returns whether the revocations must be recomputed.
+    async fn apply_one(&self, c: &Change) -> Result<bool, DatastoreError> {
+        tracing::debug!(seq = c.seq, kind = %c.kind, subject = %c.subject, origin = %c.origin, "change from another server");
+        match c.kind.as_str() {
+            "entry" => {
+                // Deleted since: its own row follows.
+                if let Some(id) = parsed(EntryId::parse(c.subject.as_str()))
+                    && let Some(entry) = self.ds.get_entry(&id).await?
+                {
+                    self.events.publish(ChangeEvent::EntryUpserted {
+                        entry: Arc::new(entry),
+                        previous_parent: agent_id(c.previous_parent.as_deref()),
+                    });
+                }
+            }
+            "entry_deleted" => {
+                if let Some(id) = parsed(EntryId::parse(c.subject.as_str()))
+                    && let Some(parent_id) = agent_id(c.parent_id.as_deref())
+                {
+                    self.events
+                        .publish(ChangeEvent::EntryDeleted { id, parent_id });
+                }
+            }
+            "task" => {
+                if let Some(id) = parsed(TaskId::parse(c.subject.as_str())) {
+                    return self.tasks.apply_remote(&id).await;
+                }
+            }
+            "agent_removed" => {
+                if let Some(id) = agent_id(Some(&c.subject)) {
+                    self.events.publish(ChangeEvent::AgentRemoved(id));
+                }
+            }
+            "bundle" => self.events.publish(ChangeEvent::BundleChanged),
+            // Issuance reads tenants from the datastore; what a tenant change does to
+            // entries (disabling them) is a change of its own.
+            "tenant" => {}
+            other => tracing::debug!(kind = other, "unknown change kind ignored"),
+        }
+        Ok(false)
+    }
+
+    /// After rows were lost: every task and entry as stored now.
+    async fn resync(&self) -> Result<(), DatastoreError> {
+        self.tasks.load().await?;
+        for entry in self.ds.list_entries(&EntryFilter::default()).await? {
+            self.events.publish(ChangeEvent::EntryUpserted {
+                entry: Arc::new(entry),
+                previous_parent: None,
+            });
+        }
+        self.events.publish(ChangeEvent::RevocationsChanged);
+        Ok(())
+    }
+}
+
+/// Waits for a notification: `Ok(true)` on one, `Ok(false)` when the connection was lost
+/// (the next call reconnects); never returns without a listener.
+async fn recv(listener: &mut Option<PgListener>) -> Result<bool, sqlx::Error> {
+    match listener {
+        Some(l) => l.try_recv().await.map(|n| n.is_some()),
+        None => std::future::pending().await,
+    }
+}
+
+fn parsed<T>(r: Result<T, common::ids::IdError>) -> Option<T> {
+    r.inspect_err(|e| tracing::warn!(error = %e, "change feed names a bad id"))
+        .ok()
+}
+
+fn agent_id(s: Option<&str>) -> Option<SpiffeId> {
+    let s = s?;
+    SpiffeId::new(s)
+        .inspect_err(|e| tracing::warn!(id = s, error = %e, "change feed names a bad SPIFFE ID"))
+        .ok()
+}
