@@ -80,6 +80,7 @@ fn task(id: &str, entry: &RegistrationEntry, state: TaskState) -> TaskRecord {
         binding: common::task::TaskBinding::Selectors,
         break_glass: false,
         acknowledgement: None,
+        status: None,
     }
 }
 
