@@ -449,8 +449,8 @@ mod tests {
         let now = 1_000_000;
         let id = SpiffeId::new("spiffe://example.org/w").unwrap();
         let td = TrustDomain::new("example.org").unwrap();
-        let plain = JwtKeyManager::load_or_create(dir.path(), Duration::from_secs(3600), now)
-            .unwrap();
+        let plain =
+            JwtKeyManager::load_or_create(dir.path(), Duration::from_secs(3600), now).unwrap();
         assert_eq!(
             plain.status_claim("t1", None),
             None,

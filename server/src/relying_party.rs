@@ -226,7 +226,7 @@ impl RelyingParty {
             ListName::Shared(number) => revocations.status_lists.lst(number)?,
             ListName::Task(id) => {
                 let invalid = revocations.ended_tasks.iter().any(|t| t.task_id == id);
-                crate::status_list::encode(if invalid { &[0] } else { &[] })
+                crate::status_list::of_one_task(invalid)
             }
         };
         let uri = format!("{}/statuslists/{name}", self.url);
@@ -445,7 +445,13 @@ mod tests {
         let ended_tasks = vec![
             ended(ENDED, None),
             ended("t-a", Some(StatusEntry { list: 2, idx: 9 })),
-            ended("t-b", Some(StatusEntry { list: 2, idx: 60_001 })),
+            ended(
+                "t-b",
+                Some(StatusEntry {
+                    list: 2,
+                    idx: 60_001,
+                }),
+            ),
             ended("t-c", Some(StatusEntry { list: 1, idx: 0 })),
         ];
         let (status_lists, _) = crate::status_list::StatusLists::build(
@@ -480,12 +486,10 @@ mod tests {
         assert_eq!(r.headers()[CACHE_CONTROL], STATUS_LIST_CACHE);
         let token = String::from_utf8(body(&r)).unwrap();
         let header: Value =
-            serde_json::from_slice(&b64.decode(token.split('.').next().unwrap()).unwrap())
-                .unwrap();
+            serde_json::from_slice(&b64.decode(token.split('.').next().unwrap()).unwrap()).unwrap();
         assert_eq!(header["typ"], "statuslist+jwt");
         let claims: Value =
-            serde_json::from_slice(&b64.decode(token.split('.').nth(1).unwrap()).unwrap())
-                .unwrap();
+            serde_json::from_slice(&b64.decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap();
         assert_eq!(claims["status_list"]["bits"], 1);
         assert_eq!(claims["ttl"], STATUS_LIST_TTL);
         let z = b64

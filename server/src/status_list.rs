@@ -22,6 +22,14 @@ const LEVEL: u8 = 6;
 
 /// The `lst` of a list whose every entry is VALID.
 static ALL_VALID: LazyLock<Arc<str>> = LazyLock::new(|| encode(&[]));
+/// The `lst` of a list whose entry 0 alone is INVALID.
+static FIRST_INVALID: LazyLock<Arc<str>> = LazyLock::new(|| encode(&[0]));
+
+/// The `lst` of the list of a task recorded before schema version 10, whose tokens name
+/// its entry 0: INVALID once it `ended` early.
+pub fn of_one_task(ended: bool) -> Arc<str> {
+    Arc::clone(if ended { &FIRST_INVALID } else { &ALL_VALID })
+}
 
 /// The `lst` of a list whose INVALID entries are `invalid` (each below
 /// [`STATUS_LIST_SIZE`]; others are ignored).
@@ -122,7 +130,11 @@ mod tests {
             .decode(lst)
             .unwrap();
         assert_eq!(z[0], 0x78, "zlib header: deflate, 32 KiB window");
-        assert_eq!(u16::from_be_bytes([z[0], z[1]]) % 31, 0, "zlib header check");
+        assert_eq!(
+            u16::from_be_bytes([z[0], z[1]]) % 31,
+            0,
+            "zlib header check"
+        );
         let bits = miniz_oxide::inflate::decompress_to_vec_zlib(&z).unwrap();
         assert_eq!(bits.len(), (STATUS_LIST_SIZE / 8) as usize);
         (0..STATUS_LIST_SIZE)
@@ -138,7 +150,11 @@ mod tests {
     fn entries_are_bits_lsb_first_and_the_list_is_compressed() {
         let lst = encode(&[0, 9, 65_535, 70_000]);
         assert_eq!(set_entries(&lst), [0, 9, 65_535]);
-        assert!(lst.len() < 200, "a sparse list compresses: {} bytes", lst.len());
+        assert!(
+            lst.len() < 200,
+            "a sparse list compresses: {} bytes",
+            lst.len()
+        );
         assert!(set_entries(&ALL_VALID).is_empty());
     }
 

@@ -213,9 +213,8 @@ pub fn status_bit(list_token: &str, idx: usize) -> anyhow::Result<bool> {
     use anyhow::Context as _;
     use base64::Engine as _;
     let payload = list_token.split('.').nth(1).context("not a JWT")?;
-    let claims: Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)?,
-    )?;
+    let claims: Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)?)?;
     anyhow::ensure!(
         claims["status_list"]["bits"] == 1,
         "bits is not 1: {claims}"

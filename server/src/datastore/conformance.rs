@@ -1681,7 +1681,11 @@ async fn status_list_entries_are_random_unique_and_report_ended_tasks(b: &dyn Ba
     let all: Vec<&TaskRecord> = made.iter().flatten().collect();
     let entries: BTreeSet<StatusEntry> = all.iter().filter_map(|t| t.status).collect();
     assert_eq!(entries.len(), 100, "no two tasks share an entry");
-    assert!(entries.iter().all(|e| e.list == 1 && e.idx < STATUS_LIST_SIZE));
+    assert!(
+        entries
+            .iter()
+            .all(|e| e.list == 1 && e.idx < STATUS_LIST_SIZE)
+    );
     // Random, not handed out in order: spread over the list (a run of 100 draws all in
     // one quarter of it has probability 2^-200), and no caller's are increasing.
     let idx: Vec<u32> = entries.iter().map(|e| e.idx).collect();
@@ -1736,7 +1740,12 @@ async fn status_list_entries_are_random_unique_and_report_ended_tasks(b: &dyn Ba
 async fn status_lists_move_on_when_half_full(b: &(impl Backend + Under)) {
     let servers = [b.open().await, b.open().await];
     let ds = &servers[0];
-    let first = task("first", &entry("e1", "spiffe://example.org/jit/h", 0), TaskState::Completed, 5000);
+    let first = task(
+        "first",
+        &entry("e1", "spiffe://example.org/jit/h", 0),
+        TaskState::Completed,
+        5000,
+    );
     let e1 = ds.create_task(&first, None, &[]).await.unwrap();
     assert_eq!(e1.list, 1);
     // One short of half full: the next task still goes to list 1, the one after to 2.
@@ -1745,11 +1754,21 @@ async fn status_lists_move_on_when_half_full(b: &(impl Backend + Under)) {
         STATUS_LIST_SIZE / 2 - 1
     ))
     .await;
-    let second = task("second", &entry("e2", "spiffe://example.org/jit/h", 0), TaskState::Completed, 5000);
+    let second = task(
+        "second",
+        &entry("e2", "spiffe://example.org/jit/h", 0),
+        TaskState::Completed,
+        5000,
+    );
     let e2 = servers[1].create_task(&second, None, &[]).await.unwrap();
     assert_eq!(e2.list, 1);
     assert_ne!(e2, e1);
-    let third = task("third", &entry("e3", "spiffe://example.org/jit/h", 0), TaskState::Completed, 5000);
+    let third = task(
+        "third",
+        &entry("e3", "spiffe://example.org/jit/h", 0),
+        TaskState::Completed,
+        5000,
+    );
     let e3 = ds.create_task(&third, None, &[]).await.unwrap();
     assert_eq!(e3.list, 2);
     for s in &servers {

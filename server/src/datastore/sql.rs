@@ -41,8 +41,8 @@ use self::records::{EntryRow, TaskRow};
 use super::migrate::Migration;
 use super::{
     Acknowledgement, AgentRecord, AuditFor, ConsumedToken, Datastore, DatastoreError, DomainRecord,
-    EntryFilter, EntryUsage, IssuedSvid, STATUS_LIST_SIZE, StatusEntry, TaskRecord, TaskSvid, TenantRecord, TokenAttestation,
-    UsageReport,
+    EntryFilter, EntryUsage, IssuedSvid, STATUS_LIST_SIZE, StatusEntry, TaskRecord, TaskSvid,
+    TenantRecord, TokenAttestation, UsageReport,
 };
 use crate::audit::{AuditEvent, AuditRecord, ChainHead};
 

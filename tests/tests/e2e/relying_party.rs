@@ -408,7 +408,10 @@ async fn pyjwt_validates_task_tokens_through_oidc_discovery_and_refuses_other_ke
     let list_number = status_uri
         .strip_prefix(&format!("{}/statuslists/", rp.url))
         .unwrap_or_else(|| panic!("{status_uri}"));
-    assert!(list_number.parse::<u64>().is_ok_and(|n| n >= 1), "{status_uri}");
+    assert!(
+        list_number.parse::<u64>().is_ok_and(|n| n >= 1),
+        "{status_uri}"
+    );
     let idx = claims["status"]["status_list"]["idx"].as_u64().unwrap();
     assert!(idx < 1 << 16, "{idx}");
     let idx = usize::try_from(idx).unwrap();
@@ -448,7 +451,11 @@ async fn pyjwt_validates_task_tokens_through_oidc_discovery_and_refuses_other_ke
     println!("task end → status list says INVALID: {latency:?}");
     // Lists no server has started are not served.
     for unknown in ["/statuslists/1000000", "/statuslists/0", "/statuslists/01"] {
-        assert_eq!(https(&rp, "GET", unknown, "").await.status, 404, "{unknown}");
+        assert_eq!(
+            https(&rp, "GET", unknown, "").await.status,
+            404,
+            "{unknown}"
+        );
     }
     // A status list token, signed with the JWT-SVID key, does not pass for a JWT-SVID.
     let list = https(&rp, "GET", &path, "").await;
