@@ -184,6 +184,24 @@ pub struct TaskRecord {
     /// The after-the-fact review of a break-glass task, once someone other than the
     /// requester gave it (only ever set on break-glass tasks, and only once).
     pub acknowledgement: Option<Acknowledgement>,
+    /// Its entry in a shared token status list, which its JWT-SVIDs name in their
+    /// `status` claim: allocated by [`Datastore::create_task`] (tasks recorded before
+    /// schema version 13 have none and are served a list of their own).
+    pub status: Option<StatusEntry>,
+}
+
+/// Entries in one token status list (IETF OAuth Token Status List): 2^16, one bit each,
+/// 8 KiB uncompressed.
+pub const STATUS_LIST_SIZE: u32 = 1 << 16;
+
+/// A task's place in the token status lists: list `list` (numbered from 1, never
+/// reused), entry `idx` (below [`STATUS_LIST_SIZE`]). No two tasks ever share one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StatusEntry {
+    /// The list's number (`/statuslists/<list>`).
+    pub list: i64,
+    /// The task's index in it.
+    pub idx: u32,
 }
 
 impl TaskRecord {
@@ -501,12 +519,18 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     /// Stores a new task, and the temporary entry it provisions if any, with its audit
     /// records, atomically. `Conflict` if the same holder already has an open task on the
     /// entry (or the provisioned entry duplicates one).
+    ///
+    /// In the same transaction it allocates the task's status list entry (`task.status`
+    /// is ignored) and returns it: an index drawn from a CSPRNG among the unused ones of
+    /// the newest list, and a new list once that one is half full, so indices stay
+    /// unpredictable. Creates on every server of the database are serialised by its write
+    /// lock, and a unique index backs it: no two tasks ever get the same entry.
     async fn create_task(
         &self,
         task: &TaskRecord,
         provisioned_entry: Option<&RegistrationEntry>,
         audit: &[AuditEvent],
-    ) -> Result<(), DatastoreError> {
+    ) -> Result<StatusEntry, DatastoreError> {
         self.create_task_within(task, provisioned_entry, audit, &TaskLimits::default())
             .await?
             .map_err(|limit| DatastoreError::Conflict(format!("{limit:?}")))
@@ -520,7 +544,7 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
         provisioned_entry: Option<&RegistrationEntry>,
         audit: &[AuditEvent],
         limits: &TaskLimits,
-    ) -> Result<Result<(), LimitReached>, DatastoreError>;
+    ) -> Result<Result<StatusEntry, LimitReached>, DatastoreError>;
     /// Replaces a task's row if its stored state is one of `expected` (compare-and-set),
     /// appending `audit` in the same transaction; when the new state is final and the
     /// task provisioned its entry, the entry is deleted too. Returns whether it applied.
@@ -560,6 +584,9 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
         &self,
         now: i64,
     ) -> Result<(Vec<TaskRecord>, Vec<TaskSvid>), DatastoreError>;
+    /// The number of the newest token status list (`None` before the first task of
+    /// schema version 10).
+    async fn newest_status_list(&self) -> Result<Option<i64>, DatastoreError>;
 
     /// Entries of the same workload (`parent_id` and exactly `selectors`) in a tenant
     /// other than `tenant`.

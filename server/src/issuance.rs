@@ -387,6 +387,9 @@ impl Issuer {
             if let Some(scope) = common::task::scope_claim(&g.task.scopes) {
                 extra.insert(common::task::SCOPE_CLAIM.into(), scope.into());
             }
+            if let Some(status) = self.jwt.status_claim(g.task.id.as_str(), g.task.status) {
+                extra.insert("status".into(), status);
+            }
             ttl = ttl.min(g.max_ttl);
         }
         let ttl = until_expiry(&entry, ttl);
@@ -515,7 +518,11 @@ mod tests {
             24 * HOUR,
         ));
         tasks.load().await.unwrap();
-        let jwt = Arc::new(JwtKeyManager::load_or_create(dir.path(), HOUR, now_unix()).unwrap());
+        let jwt = Arc::new(
+            JwtKeyManager::load_or_create(dir.path(), HOUR, now_unix())
+                .unwrap()
+                .with_status_lists(Some("https://rp.example.org".into())),
+        );
         let limiter = Arc::new(MintLimiter::new(
             MintLimits::default(),
             Arc::new(SystemClock),
@@ -603,6 +610,15 @@ mod tests {
         assert_eq!(c[common::task::JWT_CLAIM], task.id.as_str());
         assert_eq!(c[common::task::SCOPE_CLAIM], "read db:write");
         assert!(minted.expires_at <= task.deadline);
+        // Its entry in a shared status list, as the datastore allocated it.
+        let status = task.status.expect("a new task has a status list entry");
+        assert_eq!(
+            c["status"],
+            serde_json::json!({"status_list": {
+                "idx": status.idx,
+                "uri": format!("https://rp.example.org/statuslists/{}", status.list),
+            }})
+        );
 
         for outside in [&["b"][..], &["a", "b"]] {
             match f
@@ -652,7 +668,9 @@ mod tests {
             .unwrap();
         let c = claims(&f, &t.token, "anything");
         assert!(
-            !c.contains_key(common::task::JWT_CLAIM) && !c.contains_key(common::task::SCOPE_CLAIM)
+            !c.contains_key(common::task::JWT_CLAIM)
+                && !c.contains_key(common::task::SCOPE_CLAIM)
+                && !c.contains_key("status")
         );
     }
 

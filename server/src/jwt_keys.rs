@@ -20,6 +20,7 @@ use common::SpiffeId;
 use common::jwt::{JwtError, JwtKey, JwtSigner};
 use serde::{Deserialize, Serialize};
 
+use crate::datastore::StatusEntry;
 use daemon::state_file;
 
 /// Why keys could not be loaded, stored or used.
@@ -56,8 +57,8 @@ pub struct JwtKeyManager {
     ttl: i64,
     /// The `iss` claim of every token, when configured.
     issuer: Option<String>,
-    /// Base of the token status list URLs (`<base>/statuslists/<task id>`) that task
-    /// tokens name in their `status` claim, when the relying-party listener serves them.
+    /// Base of the token status list URLs (`<base>/statuslists/<list>`) that task tokens
+    /// name in their `status` claim, when the relying-party listener serves them.
     status_base_url: Option<String>,
     keys: Mutex<Vec<LiveKey>>,
 }
@@ -140,31 +141,42 @@ impl JwtKeyManager {
         self
     }
 
-    /// Makes every task token (one with a `task_id` claim) carry a `status` claim
-    /// pointing to its task's status list under `base_url` (IETF OAuth Token Status List).
+    /// Makes task tokens carry a `status` claim ([`Self::status_claim`]) pointing into
+    /// the status lists under `base_url` (IETF OAuth Token Status List).
     #[must_use]
     pub fn with_status_lists(mut self, base_url: Option<String>) -> Self {
         self.status_base_url = base_url;
         self
     }
 
-    /// The URL of the status list of task `task_id`, when status lists are published (and
-    /// the id can be a URL path segment as is, as every generated id can).
-    pub fn status_list_url(&self, task_id: &str) -> Option<String> {
-        self.status_base_url
-            .as_ref()
-            .filter(|_| is_path_segment(task_id))
-            .map(|base| format!("{base}/statuslists/{task_id}"))
+    /// The `status` claim of a token of task `task_id` whose status list entry is
+    /// `entry`, when status lists are published: `{"status_list": {"idx": N, "uri":
+    /// "<base>/statuslists/<list>"}}` (draft §6.1). A task recorded before schema
+    /// version 10 has no entry: its tokens name index 0 of a list of its own,
+    /// `<base>/statuslists/<task id>` (when the id can be a URL path segment as is, as
+    /// every generated id can).
+    pub fn status_claim(
+        &self,
+        task_id: &str,
+        entry: Option<StatusEntry>,
+    ) -> Option<serde_json::Value> {
+        let base = self.status_base_url.as_ref()?;
+        let (uri, idx) = match entry {
+            Some(e) => (format!("{base}/statuslists/{}", e.list), e.idx),
+            None if is_path_segment(task_id) => (format!("{base}/statuslists/{task_id}"), 0),
+            None => return None,
+        };
+        Some(serde_json::json!({ "status_list": { "idx": idx, "uri": uri } }))
     }
 
     /// A signed status list token (`typ: statuslist+jwt`, IETF OAuth Token Status List)
-    /// for the list at `uri`: `bits` 1, one entry (index 0) whose status is `invalid`
-    /// (1) or valid (0), zlib-compressed and base64url-encoded as `lst`. Relying parties
-    /// may cache it for `ttl` seconds; it expires after [`STATUS_LIST_LIFETIME`].
+    /// for the list at `uri`: `bits` 1, and `lst`, the zlib-compressed, base64url-encoded
+    /// bit array (see `status_list.rs`). Relying parties may cache it for `ttl` seconds;
+    /// it expires after [`STATUS_LIST_LIFETIME`].
     pub fn sign_status_list(
         &self,
         uri: &str,
-        invalid: bool,
+        lst: &str,
         ttl: i64,
         now: i64,
     ) -> Result<String, JwtKeyError> {
@@ -173,8 +185,6 @@ impl JwtKeyManager {
             .iter()
             .find(|k| k.stored.activated_at.is_some() && k.stored.retired_at.is_none())
             .ok_or(JwtKeyError::NoActiveKey)?;
-        let lst = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(zlib_stored(&[u8::from(invalid)]));
         let mut claims = serde_json::Map::new();
         claims.insert("sub".into(), uri.into());
         claims.insert("iat".into(), now.into());
@@ -330,25 +340,12 @@ impl JwtKeyManager {
             .unwrap_or(i64::MAX)
             .clamp(1, self.ttl);
         let exp = now.saturating_add(ttl);
-        let status = extra
-            .get(common::task::JWT_CLAIM)
-            .and_then(serde_json::Value::as_str)
-            .and_then(|task| self.status_list_url(task));
-        let token = if self.issuer.is_none() && status.is_none() {
-            active.signer.sign(subject, audience, now, exp, extra)?
-        } else {
+        let token = if let Some(iss) = &self.issuer {
             let mut claims = extra.clone();
-            if let Some(iss) = &self.issuer {
-                claims.insert("iss".into(), serde_json::Value::from(iss.as_str()));
-            }
-            if let Some(uri) = status {
-                // One list per task, one entry: index 0 (see `sign_status_list`).
-                claims.insert(
-                    "status".into(),
-                    serde_json::json!({ "status_list": { "idx": 0, "uri": uri } }),
-                );
-            }
+            claims.insert("iss".into(), serde_json::Value::from(iss.as_str()));
             active.signer.sign(subject, audience, now, exp, &claims)?
+        } else {
+            active.signer.sign(subject, audience, now, exp, extra)?
         };
         Ok((token, exp))
     }
@@ -390,26 +387,6 @@ pub fn is_path_segment(id: &str) -> bool {
 /// How long a status list token is valid (seconds); relying parties fetch a fresh one
 /// at its `ttl` anyway.
 pub const STATUS_LIST_LIFETIME: i64 = 300;
-
-/// `data` in the zlib format (RFC 1950) with one stored DEFLATE block (RFC 1951 §3.2.4):
-/// a status list of one entry gains nothing from compression, and the format is what
-/// the Token Status List draft requires. `data` is at most 65,535 bytes.
-fn zlib_stored(data: &[u8]) -> Vec<u8> {
-    let len = u16::try_from(data.len()).unwrap_or(u16::MAX);
-    let data = data.get(..usize::from(len)).unwrap_or_default();
-    // CMF 0x78 (deflate, 32 KiB window), FLG 0x01 (no dictionary, check bits).
-    let mut out = vec![0x78, 0x01, 0x01];
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&(!len).to_le_bytes());
-    out.extend_from_slice(data);
-    let (mut a, mut b) = (1u32, 0u32);
-    for &byte in data {
-        a = (a + u32::from(byte)) % 65_521;
-        b = (b + a) % 65_521;
-    }
-    out.extend_from_slice(&((b << 16) | a).to_be_bytes());
-    out
-}
 
 #[cfg(test)]
 mod tests {
@@ -494,68 +471,66 @@ mod tests {
     }
 
     #[test]
-    fn zlib_stored_blocks_are_what_zlib_expects() {
-        // The same bytes as Python's zlib.compress(data, 0).
-        assert_eq!(
-            zlib_stored(&[0x00]),
-            [
-                0x78, 0x01, 0x01, 0x01, 0x00, 0xfe, 0xff, 0x00, 0x00, 0x01, 0x00, 0x01
-            ]
-        );
-        assert_eq!(
-            zlib_stored(&[0x01]),
-            [
-                0x78, 0x01, 0x01, 0x01, 0x00, 0xfe, 0xff, 0x01, 0x00, 0x02, 0x00, 0x02
-            ]
-        );
-    }
-
-    #[test]
-    fn task_tokens_name_their_status_list_and_the_list_says_whether_the_task_ended() {
+    fn task_tokens_name_their_status_list_entry_and_lists_are_signed() {
         let dir = tempfile::tempdir().unwrap();
         let now = 1_000_000;
         let id = SpiffeId::new("spiffe://example.org/w").unwrap();
         let td = TrustDomain::new("example.org").unwrap();
-        let mgr = JwtKeyManager::load_or_create(dir.path(), Duration::from_secs(3600), now)
-            .unwrap()
-            .with_status_lists(Some("https://rp.example.org".into()));
+        let plain =
+            JwtKeyManager::load_or_create(dir.path(), Duration::from_secs(3600), now).unwrap();
+        assert_eq!(
+            plain.status_claim("t1", None),
+            None,
+            "no lists published: no claim"
+        );
+        let mgr = plain.with_status_lists(Some("https://rp.example.org".into()));
+        let entry = StatusEntry {
+            list: 3,
+            idx: 40_123,
+        };
+        assert_eq!(
+            mgr.status_claim("t1", Some(entry)),
+            Some(
+                serde_json::json!({"status_list": {"idx": 40_123, "uri": "https://rp.example.org/statuslists/3"}})
+            )
+        );
+        // Tasks recorded before schema version 10: index 0 of a list of their own.
+        assert_eq!(
+            mgr.status_claim("t1", None),
+            Some(
+                serde_json::json!({"status_list": {"idx": 0, "uri": "https://rp.example.org/statuslists/t1"}})
+            )
+        );
+        assert_eq!(mgr.status_claim("t/1", None), None);
+
         let bundles = BTreeMap::from([(td, JwtBundle::new(mgr.public_keys()))]);
-        let ttl = Duration::from_secs(60);
-        let task: serde_json::Map<String, serde_json::Value> =
+        let mut task: serde_json::Map<String, serde_json::Value> =
             serde_json::from_str(r#"{"task_id": "t1"}"#).unwrap();
+        task.insert(
+            "status".into(),
+            mgr.status_claim("t1", Some(entry)).unwrap(),
+        );
+        let ttl = Duration::from_secs(60);
         let (tok, _) = mgr.sign(&id, &["a".into()], ttl, now, &task).unwrap();
         let v = validate(&tok, "a", &bundles, now).unwrap();
-        assert_eq!(
-            v.claims["status"],
-            serde_json::json!({"status_list": {"idx": 0, "uri": "https://rp.example.org/statuslists/t1"}})
-        );
-        let (tok, _) = mgr
-            .sign(&id, &["a".into()], ttl, now, &Default::default())
-            .unwrap();
-        let v = validate(&tok, "a", &bundles, now).unwrap();
-        assert!(
-            !v.claims.contains_key("status"),
-            "standing tokens have none"
-        );
+        assert_eq!(v.claims["status"]["status_list"]["idx"], 40_123);
 
         use base64::Engine as _;
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        for invalid in [false, true] {
-            let list = mgr
-                .sign_status_list("https://rp.example.org/statuslists/t1", invalid, 5, now)
-                .unwrap();
-            let part = |i: usize| -> serde_json::Value {
-                serde_json::from_slice(&b64.decode(list.split('.').nth(i).unwrap()).unwrap())
-                    .unwrap()
-            };
-            assert_eq!(part(0)["typ"], "statuslist+jwt");
-            let claims = part(1);
-            assert_eq!(claims["sub"], "https://rp.example.org/statuslists/t1");
-            assert_eq!(claims["status_list"]["bits"], 1);
-            let lst = b64
-                .decode(claims["status_list"]["lst"].as_str().unwrap())
-                .unwrap();
-            assert_eq!(lst, zlib_stored(&[u8::from(invalid)]));
-        }
+        let lst = crate::status_list::encode(&[40_123]);
+        let list = mgr
+            .sign_status_list("https://rp.example.org/statuslists/3", &lst, 5, now)
+            .unwrap();
+        let part = |i: usize| -> serde_json::Value {
+            serde_json::from_slice(&b64.decode(list.split('.').nth(i).unwrap()).unwrap()).unwrap()
+        };
+        assert_eq!(part(0)["typ"], "statuslist+jwt");
+        let claims = part(1);
+        assert_eq!(claims["sub"], "https://rp.example.org/statuslists/3");
+        assert_eq!(claims["iat"], now);
+        assert_eq!(claims["exp"], now + STATUS_LIST_LIFETIME);
+        assert_eq!(claims["ttl"], 5);
+        assert_eq!(claims["status_list"]["bits"], 1);
+        assert_eq!(claims["status_list"]["lst"], &*lst);
     }
 }

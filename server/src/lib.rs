@@ -29,6 +29,7 @@ pub mod relying_party;
 pub mod review;
 pub mod server_identity;
 pub mod set_push;
+pub mod status_list;
 pub mod tasks;
 pub mod tenants;
 pub mod usage;

@@ -9,14 +9,21 @@
 //! - `GET /crl/<CA serial>.crl`: the DER CRL of each CA whose key this server holds,
 //!   listing the task X.509-SVIDs of tasks that ended early (the URL task SVIDs carry in
 //!   their CRL Distribution Points). It changes in the same call that ends a task.
-//! - `GET /statuslists/<task id>`: a token status list (IETF OAuth Token Status List,
-//!   `statuslist+jwt` signed with the active JWT-SVID key) of one entry, set (invalid)
-//!   once the task ended before its deadline: what task JWT-SVIDs name in their `status`
-//!   claim. One list per task needs no index allocation and no stored state: the entry is
-//!   a function of the current revocations (a token of a task past its deadline has
-//!   expired anyway), at the price of telling the server which task a relying party
-//!   checks. A status list token cannot pass for a JWT-SVID: its `sub` is an https URL,
-//!   not a SPIFFE ID, and it has no `aud`.
+//! - `GET /statuslists/<n>`: token status list `n` (IETF OAuth Token Status List,
+//!   `statuslist+jwt` signed with the active JWT-SVID key; `bits` 1, 2^16 entries, see
+//!   `status_list.rs`), shared by many tasks, each holding a random entry: an entry is
+//!   set (INVALID) once its task ended before its deadline (a token of a task past its
+//!   deadline has expired anyway). Task JWT-SVIDs name their list and index in their
+//!   `status` claim; fetching a list does not tell the server which task a relying party
+//!   checks. The lists are built in memory by the revocation refresh, so every server
+//!   answers the same within a refresh; a list number past the newest the server knows
+//!   is served (all VALID) only if it is the next one, which another server may just have
+//!   started, and is 404 otherwise.
+//! - `GET /statuslists/<task id>`: the list of one entry (index 0) that JWT-SVIDs of
+//!   tasks recorded before schema version 13 name, set once the task ended early.
+//!
+//!   A status list token cannot pass for a JWT-SVID: its `sub` is an https URL, not a
+//!   SPIFFE ID, and it has no `aud`.
 //!
 //! Everything else is 404, other methods than GET and HEAD 405. The listener serves
 //! HTTP/1.1 only, behind TLS with a certificate the operator gives (relying parties trust
@@ -224,21 +231,22 @@ impl RelyingParty {
             .cloned()
     }
 
-    /// The signed status list of task `task_id` (see the module documentation), if the
-    /// id is well-formed.
-    pub fn status_list(&self, task_id: &str) -> Option<String> {
-        if !crate::jwt_keys::is_path_segment(task_id) {
-            return None;
-        }
-        let id = common::TaskId::parse(task_id).ok()?;
-        let invalid = (self.revocations)()
-            .ended_tasks
-            .iter()
-            .any(|t| t.task_id == id);
-        let uri = format!("{}/statuslists/{}", self.url, id.as_str());
+    /// The signed status list named `name` in its path (see the module documentation):
+    /// a list number (decimal, no leading zero) or, for tasks recorded before schema
+    /// version 13, a task id. `None` if there is no such list.
+    pub fn status_list(&self, name: &str) -> Option<String> {
+        let revocations = (self.revocations)();
+        let lst = match parse_list_name(name)? {
+            ListName::Shared(number) => revocations.status_lists.lst(number)?,
+            ListName::Task(id) => {
+                let invalid = revocations.ended_tasks.iter().any(|t| t.task_id == id);
+                crate::status_list::of_one_task(invalid)
+            }
+        };
+        let uri = format!("{}/statuslists/{name}", self.url);
         match self
             .jwt
-            .sign_status_list(&uri, invalid, STATUS_LIST_TTL, crate::clock::now_unix())
+            .sign_status_list(&uri, &lst, STATUS_LIST_TTL, crate::clock::now_unix())
         {
             Ok(token) => Some(token),
             Err(e) => {
@@ -295,6 +303,32 @@ impl RelyingParty {
             },
         }
     }
+}
+
+/// What a `/statuslists/<name>` path names.
+#[derive(Debug, PartialEq, Eq)]
+enum ListName {
+    /// A shared list, by number.
+    Shared(i64),
+    /// The list of one entry of a task recorded before schema version 13.
+    Task(common::TaskId),
+}
+
+/// The list `name` names: a list number in canonical decimal (so each list has one URI,
+/// its `sub`), or a task id as every release generated them (a hyphenated lowercase
+/// UUID).
+fn parse_list_name(name: &str) -> Option<ListName> {
+    if !name.is_empty() && name.len() <= 18 && name.bytes().all(|b| b.is_ascii_digit()) {
+        if name.starts_with('0') {
+            return None;
+        }
+        return name.parse().ok().map(ListName::Shared);
+    }
+    let uuid = uuid::Uuid::try_parse(name).ok()?;
+    if uuid.hyphenated().to_string() != name {
+        return None;
+    }
+    common::TaskId::parse(name).ok().map(ListName::Task)
 }
 
 /// Reads the listener's certificate chain and key and builds its TLS configuration
@@ -409,19 +443,40 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datastore::StatusEntry;
     use std::collections::BTreeMap;
 
     fn rp(crls: BTreeMap<String, Vec<u8>>) -> (RelyingParty, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let jwt =
             JwtKeyManager::load_or_create(dir.path(), Duration::from_secs(3600), 1_000).unwrap();
+        let ended = |id: &str, status: Option<StatusEntry>| crate::tasks::EndedTask {
+            task_id: common::TaskId::parse(id).unwrap(),
+            until: i64::MAX,
+            state: common::task::TaskState::Revoked,
+            status,
+        };
+        let ended_tasks = vec![
+            ended(ENDED, None),
+            ended("t-a", Some(StatusEntry { list: 2, idx: 9 })),
+            ended(
+                "t-b",
+                Some(StatusEntry {
+                    list: 2,
+                    idx: 60_001,
+                }),
+            ),
+            ended("t-c", Some(StatusEntry { list: 1, idx: 0 })),
+        ];
+        let (status_lists, _) = crate::status_list::StatusLists::build(
+            ended_tasks.iter().filter_map(|t| t.status),
+            Some(3),
+            &Default::default(),
+        );
         let set = Arc::new(RevocationSet {
             published_crls: crls,
-            ended_tasks: vec![crate::tasks::EndedTask {
-                task_id: common::TaskId::parse(ENDED).unwrap(),
-                until: i64::MAX,
-                state: common::task::TaskState::Revoked,
-            }],
+            ended_tasks,
+            status_lists,
             ..Default::default()
         });
         let rp = RelyingParty::new(
@@ -435,33 +490,104 @@ mod tests {
 
     const ENDED: &str = "01a23aa8-d90e-7482-b8f1-9def42c334b6";
 
-    #[test]
-    fn status_lists_say_whether_a_task_ended() {
+    /// The claims of the status list at `path`, and its set entries.
+    fn fetch_list(rp: &RelyingParty, path: &str) -> (Value, Vec<u32>) {
         use base64::Engine as _;
-        let (rp, _dir) = rp(BTreeMap::new());
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let r = rp.respond(&Method::GET, path);
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        assert_eq!(r.headers()[CONTENT_TYPE], "application/statuslist+jwt");
+        assert_eq!(r.headers()[CACHE_CONTROL], STATUS_LIST_CACHE);
+        let token = String::from_utf8(body(&r)).unwrap();
+        let header: Value =
+            serde_json::from_slice(&b64.decode(token.split('.').next().unwrap()).unwrap()).unwrap();
+        assert_eq!(header["typ"], "statuslist+jwt");
+        let claims: Value =
+            serde_json::from_slice(&b64.decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap();
+        assert_eq!(claims["status_list"]["bits"], 1);
+        assert_eq!(claims["ttl"], STATUS_LIST_TTL);
+        let z = b64
+            .decode(claims["status_list"]["lst"].as_str().unwrap())
+            .unwrap();
+        let bits = miniz_oxide::inflate::decompress_to_vec_zlib(&z).unwrap();
+        // Every list has all its entries: a relying party can read any index it is given.
+        assert_eq!(bits.len(), 8192, "{path}");
+        let set = (0..bits.len() * 8)
+            .filter(|i| bits[i / 8] >> (i % 8) & 1 == 1)
+            .map(|i| u32::try_from(i).unwrap())
+            .collect();
+        (claims, set)
+    }
+
+    #[test]
+    fn shared_status_lists_set_the_entries_of_ended_tasks() {
+        let (rp, _dir) = rp(BTreeMap::new());
+        for (n, want) in [(1, &[0][..]), (2, &[9, 60_001]), (3, &[]), (4, &[])] {
+            let (claims, set) = fetch_list(&rp, &format!("/statuslists/{n}"));
+            assert_eq!(
+                claims["sub"],
+                format!("https://rp.example.org/t/statuslists/{n}").as_str()
+            );
+            assert_eq!(set, want, "list {n}");
+        }
+    }
+
+    #[test]
+    fn task_lists_of_earlier_tasks_say_whether_the_task_ended() {
+        let (rp, _dir) = rp(BTreeMap::new());
         for (id, want) in [
-            (ENDED, 0x01),
-            ("01a23aa8-d90e-7482-b8f1-000000000000", 0x00),
+            (ENDED, &[0][..]),
+            ("01a23aa8-d90e-7482-b8f1-000000000000", &[]),
         ] {
-            let r = rp.respond(&Method::GET, &format!("/statuslists/{id}"));
-            assert_eq!(r.status(), StatusCode::OK);
-            assert_eq!(r.headers()[CONTENT_TYPE], "application/statuslist+jwt");
-            let token = String::from_utf8(body(&r)).unwrap();
-            let claims: Value =
-                serde_json::from_slice(&b64.decode(token.split('.').nth(1).unwrap()).unwrap())
-                    .unwrap();
+            let (claims, set) = fetch_list(&rp, &format!("/statuslists/{id}"));
             assert_eq!(
                 claims["sub"],
                 format!("https://rp.example.org/t/statuslists/{id}").as_str()
             );
-            let lst = b64
-                .decode(claims["status_list"]["lst"].as_str().unwrap())
-                .unwrap();
-            // zlib header, stored block of one byte: the byte is at offset 7.
-            assert_eq!(lst[7], want, "{id}");
+            assert_eq!(set, want, "{id}");
         }
-        for path in ["/statuslists/", "/statuslists/x%2F..", "/statuslists/a/b"] {
+    }
+
+    #[test]
+    fn status_list_paths_name_a_list_number_or_a_task() {
+        assert_eq!(parse_list_name("1"), Some(ListName::Shared(1)));
+        assert_eq!(
+            parse_list_name("123456789012345678"),
+            Some(ListName::Shared(123_456_789_012_345_678))
+        );
+        assert_eq!(
+            parse_list_name(ENDED),
+            Some(ListName::Task(common::TaskId::parse(ENDED).unwrap()))
+        );
+        for bad in [
+            "",
+            "0",
+            "01",
+            "1234567890123456789",
+            "x%2F..",
+            "a/b",
+            "1 ",
+            "-1",
+            "+1",
+            "t1",
+            "01A23AA8-D90E-7482-B8F1-9DEF42C334B6",
+            "01a23aa8d90e7482b8f19def42c334b6",
+        ] {
+            assert_eq!(parse_list_name(bad), None, "{bad:?}");
+        }
+        let (rp, _dir) = rp(BTreeMap::new());
+        for path in [
+            "/statuslists/",
+            "/statuslists/0",
+            "/statuslists/01",
+            "/statuslists/5",
+            "/statuslists/-1",
+            "/statuslists/99999999999999999999",
+            "/statuslists/x%2F..",
+            "/statuslists/a/b",
+            "/statuslists/1/",
+            "/statuslists/../keys",
+        ] {
             assert_eq!(
                 rp.respond(&Method::GET, path).status(),
                 StatusCode::NOT_FOUND,

@@ -584,7 +584,7 @@ impl Tasks {
         let ttl = ttl.max(1);
         // Break-glass skips approval (allowed above); everything else is as policy says.
         let approval_required = decision.approval_required && !request.break_glass;
-        let task = TaskRecord {
+        let mut task = TaskRecord {
             id,
             state: if approval_required {
                 TaskState::PendingApproval
@@ -612,6 +612,7 @@ impl Tasks {
             binding: request.binding.clone(),
             break_glass: request.break_glass,
             acknowledgement: None,
+            status: None,
         };
         let mut audit = vec![requested, decided];
         audit.push(if approval_required {
@@ -643,10 +644,12 @@ impl Tasks {
         }
         let audit = stamped(audit, &task.requester, &task.tenant);
         let (limits, source) = self.limits(&entry, provisioned, &task.decision).await?;
-        self.ds
-            .create_task_within(&task, provisioned.then_some(&entry), &audit, &limits)
-            .await?
-            .map_err(|limit| limit_refusal(&task, limit, &source))?;
+        task.status = Some(
+            self.ds
+                .create_task_within(&task, provisioned.then_some(&entry), &audit, &limits)
+                .await?
+                .map_err(|limit| limit_refusal(&task, limit, &source))?,
+        );
         if task.break_glass {
             tracing::warn!(task_id = %task.id, requester = %task.requester, spiffe_id = %task.spiffe_id, deadline = task.deadline, "break-glass task started without approval; it awaits review");
         }

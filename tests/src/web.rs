@@ -1,7 +1,8 @@
 //! The relying-party side of the server's HTTPS listener (`--relying-party-listen`), for the
 //! end-to-end suite and the benchmark: a test "web PKI" for the listener's certificate (an
 //! rcgen CA, never the SPIFFE bundle, as in a real deployment), a minimal HTTPS client that
-//! trusts only that CA, and readers of the CRLs and CRL distribution points it serves.
+//! trusts only that CA, and readers of the CRLs, CRL distribution points and token status
+//! lists it serves.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt as _;
@@ -201,4 +202,27 @@ pub fn crl_serials(der: &[u8]) -> anyhow::Result<Vec<String>> {
 
 fn hex_lower(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Largest inflated status list read (a list of 2^20 one-bit entries is 128 KiB).
+const MAX_STATUS_LIST_BYTES: usize = 1 << 20;
+
+/// Whether entry `idx` of a token status list token (`statuslist+jwt`, `bits` 1) is set
+/// (INVALID): `lst` inflated (zlib), bit `idx % 8` of byte `idx / 8` (draft §4.1).
+pub fn status_bit(list_token: &str, idx: usize) -> anyhow::Result<bool> {
+    use anyhow::Context as _;
+    use base64::Engine as _;
+    let payload = list_token.split('.').nth(1).context("not a JWT")?;
+    let claims: Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)?)?;
+    anyhow::ensure!(
+        claims["status_list"]["bits"] == 1,
+        "bits is not 1: {claims}"
+    );
+    let lst = claims["status_list"]["lst"].as_str().context("no lst")?;
+    let z = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(lst)?;
+    let bits = miniz_oxide::inflate::decompress_to_vec_zlib_with_limit(&z, MAX_STATUS_LIST_BYTES)
+        .map_err(|e| anyhow::anyhow!("lst is not a zlib stream: {e:?}"))?;
+    let byte = *bits.get(idx / 8).context("index beyond the list")?;
+    Ok(byte >> (idx % 8) & 1 == 1)
 }

@@ -19,8 +19,9 @@ use serde_json::json;
 use super::testdb::{Backend, Under};
 use super::{
     Acknowledgement, AgentRecord, AuthorityKind, ConsumedToken, DatastoreError, DomainRecord,
-    EntryFilter, EntryUsage, LimitReached, PublishedAuthority, TaskEnd, TaskLimits, TaskRecord,
-    TaskSvid, TenantRecord, TokenAttestation, UnixUser, UsageReport,
+    EntryFilter, EntryUsage, LimitReached, PublishedAuthority, STATUS_LIST_SIZE, StatusEntry,
+    TaskEnd, TaskLimits, TaskRecord, TaskSvid, TenantRecord, TokenAttestation, UnixUser,
+    UsageReport,
 };
 use crate::audit::{AuditEvent, ChainHead, verify};
 use crate::policy::Decision;
@@ -72,6 +73,8 @@ conformance!(
     entry_usage_adds_up_per_entry_and_agent,
     entry_usage_counts_every_concurrent_report,
     published_authorities_are_shared_replaced_and_pruned,
+    status_list_entries_are_random_unique_and_report_ended_tasks,
+    status_lists_move_on_when_half_full,
 );
 
 fn sid(s: &str) -> SpiffeId {
@@ -168,6 +171,7 @@ fn task(id: &str, e: &RegistrationEntry, state: TaskState, deadline: i64) -> Tas
         }),
         break_glass: false,
         acknowledgement: None,
+        status: None,
     }
 }
 
@@ -970,10 +974,12 @@ async fn tasks_lifecycle(b: &dyn Backend) {
     e.jit = true;
     ds.create_entry(&e, &[]).await.unwrap();
 
-    let t1 = task("t1", &e, TaskState::PendingApproval, 5000);
-    ds.create_task(&t1, None, &[event("task.requested", "t1", Some("t1"))])
-        .await
-        .unwrap();
+    let mut t1 = task("t1", &e, TaskState::PendingApproval, 5000);
+    t1.status = Some(
+        ds.create_task(&t1, None, &[event("task.requested", "t1", Some("t1"))])
+            .await
+            .unwrap(),
+    );
     assert_eq!(ds.get_task(&tid("t1")).await.unwrap().unwrap(), t1);
     assert_eq!(
         ds.open_tasks_for_entry(&eid("e")).await.unwrap().remove(0),
@@ -983,7 +989,7 @@ async fn tasks_lifecycle(b: &dyn Backend) {
 
     // One open task per entry and holder; the refused task and its audit records are not
     // stored.
-    let t2 = task("t2", &e, TaskState::Active, 5000);
+    let mut t2 = task("t2", &e, TaskState::Active, 5000);
     let r = ds
         .create_task(&t2, None, &[event("task.requested", "t2", Some("t2"))])
         .await;
@@ -1082,7 +1088,7 @@ async fn tasks_lifecycle(b: &dyn Backend) {
     );
     assert!(ds.get_entry(&eid("e")).await.unwrap().is_some());
     assert!(ds.open_tasks_for_entry(&eid("e")).await.unwrap().is_empty());
-    ds.create_task(&t2, None, &[]).await.unwrap();
+    t2.status = Some(ds.create_task(&t2, None, &[]).await.unwrap());
     assert_eq!(
         ds.open_tasks_for_entry(&eid("e")).await.unwrap().remove(0),
         t2
@@ -1092,9 +1098,11 @@ async fn tasks_lifecycle(b: &dyn Backend) {
     let p = entry("p", "spiffe://example.org/jit/tmp", 7);
     let mut tp = task("tp", &p, TaskState::Active, 5000);
     tp.provisioned = true;
-    ds.create_task(&tp, Some(&p), &[event("task.requested", "tp", Some("tp"))])
-        .await
-        .unwrap();
+    tp.status = Some(
+        ds.create_task(&tp, Some(&p), &[event("task.requested", "tp", Some("tp"))])
+            .await
+            .unwrap(),
+    );
     assert_eq!(ds.get_entry(&eid("p")).await.unwrap().unwrap(), p);
     // A provisioned entry duplicating another is refused with the entry conflict, and
     // nothing of the task is stored.
@@ -1157,7 +1165,7 @@ async fn break_glass_tasks_are_acknowledged_once(b: &dyn Backend) {
     ds.create_entry(&e, &[]).await.unwrap();
     let mut t = task("tbg", &e, TaskState::Active, 5000);
     t.break_glass = true;
-    ds.create_task(&t, None, &[]).await.unwrap();
+    t.status = Some(ds.create_task(&t, None, &[]).await.unwrap());
     let stored = ds.get_task(&tid("tbg")).await.unwrap().unwrap();
     assert_eq!(stored, t);
     assert!(stored.awaits_review());
@@ -1244,7 +1252,7 @@ async fn tasks_compare_and_set_under_concurrency(b: &dyn Backend) {
         let e = entry(&format!("e{round}"), "spiffe://example.org/jit/c", round);
         let mut t = task(&format!("t{round}"), &e, TaskState::Active, 5000);
         t.provisioned = true;
-        servers[0].create_task(&t, Some(&e), &[]).await.unwrap();
+        t.status = Some(servers[0].create_task(&t, Some(&e), &[]).await.unwrap());
         let mut handles = Vec::new();
         for (k, state) in [TaskState::Revoked, TaskState::Expired, TaskState::Completed]
             .into_iter()
@@ -1358,9 +1366,11 @@ async fn reopen_sees_everything(b: &dyn Backend) {
     let p = entry("p", "spiffe://example.org/jit/p", 2);
     let mut tp = task("tp", &p, TaskState::Active, 5000);
     tp.provisioned = true;
-    ds.create_task(&tp, Some(&p), &[event("task.requested", "tp", Some("tp"))])
-        .await
-        .unwrap();
+    tp.status = Some(
+        ds.create_task(&tp, Some(&p), &[event("task.requested", "tp", Some("tp"))])
+            .await
+            .unwrap(),
+    );
     let te = task("te", &e, TaskState::Active, 5000);
     ds.create_task(&te, None, &[]).await.unwrap();
     let te = ended(&te, TaskState::Revoked, 20, "");
@@ -1646,7 +1656,7 @@ async fn create_at_once(
     servers: &[Arc<dyn super::Datastore>; 2],
     tasks: Vec<TaskRecord>,
     limits: &TaskLimits,
-) -> Vec<Result<(), LimitReached>> {
+) -> Vec<Result<StatusEntry, LimitReached>> {
     let barrier = Arc::new(tokio::sync::Barrier::new(tasks.len()));
     let handles: Vec<_> = tasks
         .into_iter()
@@ -1710,7 +1720,7 @@ async fn the_parallel_limit_holds_under_concurrent_creates(b: &dyn Backend) {
     assert_eq!(out.iter().filter(|r| r.is_ok()).count(), 2, "{out:?}");
     assert!(
         out.iter()
-            .all(|r| matches!(r, Ok(()) | Err(LimitReached::TenantOpenTasks { max: 5 })))
+            .all(|r| matches!(r, Ok(_) | Err(LimitReached::TenantOpenTasks { max: 5 })))
     );
     assert_eq!(servers[0].tenant_counts("default").await.unwrap().1, 5);
     // A task bound by selectors is never open beside others, and none joins it.
@@ -1842,4 +1852,170 @@ async fn published_authorities_are_shared_replaced_and_pruned(b: &dyn Backend) {
     assert_eq!(servers[0].prune_authorities(1000).await.unwrap(), 2);
     assert_eq!(servers[1].prune_authorities(1000).await.unwrap(), 0);
     assert_eq!(servers[1].list_authorities(0).await.unwrap(), [a2_active]);
+}
+
+/// Creates `per` tasks from each of `workers` concurrent callers, alternating between the
+/// `servers`, each on an entry of its own; returns each caller's tasks as stored by
+/// their creation, in creation order.
+async fn create_concurrently(
+    servers: &[Arc<dyn super::Datastore>],
+    prefix: &str,
+    workers: usize,
+    per: usize,
+) -> Vec<Vec<TaskRecord>> {
+    let mut handles = Vec::new();
+    for w in 0..workers {
+        let ds = Arc::clone(&servers[w % servers.len()]);
+        let prefix = prefix.to_owned();
+        handles.push(tokio::spawn(async move {
+            let mut made = Vec::new();
+            for r in 0..per {
+                let name = format!("{prefix}{w}-{r}");
+                let e = entry(&name, "spiffe://example.org/jit/sl", 0);
+                let mut t = task(&name, &e, TaskState::Active, 5000);
+                t.status = Some(StatusEntry { list: 99, idx: 7 }); // ignored
+                let audit = [event("task.requested", &name, Some(&name))];
+                t.status = Some(ds.create_task(&t, None, &audit).await.unwrap());
+                made.push(t);
+            }
+            made
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.push(h.await.unwrap());
+    }
+    all
+}
+
+/// Every new task gets an entry of the newest status list, drawn at random, never one
+/// another task holds, even when two servers create at once; the entry is stored with
+/// the task and comes back with the tasks that ended.
+async fn status_list_entries_are_random_unique_and_report_ended_tasks(b: &dyn Backend) {
+    let servers = [b.open().await, b.open().await];
+    assert_eq!(servers[0].newest_status_list().await.unwrap(), None);
+    let made = create_concurrently(&servers, "sl", 4, 25).await;
+    let all: Vec<&TaskRecord> = made.iter().flatten().collect();
+    let entries: BTreeSet<StatusEntry> = all.iter().filter_map(|t| t.status).collect();
+    assert_eq!(entries.len(), 100, "no two tasks share an entry");
+    assert!(
+        entries
+            .iter()
+            .all(|e| e.list == 1 && e.idx < STATUS_LIST_SIZE)
+    );
+    // Random, not handed out in order: spread over the list (a run of 100 draws all in
+    // one quarter of it has probability 2^-200), and no caller's are increasing.
+    let idx: Vec<u32> = entries.iter().map(|e| e.idx).collect();
+    let (min, max) = (idx.iter().min().unwrap(), idx.iter().max().unwrap());
+    assert!(
+        *min < STATUS_LIST_SIZE / 4 && *max > STATUS_LIST_SIZE / 4 * 3,
+        "{idx:?}"
+    );
+    for mine in &made {
+        let seq: Vec<u32> = mine.iter().map(|t| t.status.unwrap().idx).collect();
+        assert!(seq.windows(2).any(|w| w[0] > w[1]), "{seq:?}");
+    }
+    for ds in &servers {
+        assert_eq!(ds.newest_status_list().await.unwrap(), Some(1));
+    }
+    // Stored with the task (each server reads the other's), and kept by its updates.
+    for (i, t) in all.iter().enumerate() {
+        let got = servers[(i + 1) % 2].get_task(&t.id).await.unwrap().unwrap();
+        assert_eq!(got.status, t.status, "{}", t.id);
+    }
+    let ending: Vec<TaskRecord> = all
+        .iter()
+        .step_by(10)
+        .map(|t| {
+            let mut end = ended(t, TaskState::Revoked, 1_700_000_100, "misuse");
+            end.status = None; // an update never changes the entry
+            end
+        })
+        .collect();
+    for t in &ending {
+        assert!(
+            servers[0]
+                .update_task(t, &[TaskState::Active], &[])
+                .await
+                .unwrap()
+        );
+    }
+    let (revoked, _) = servers[1].revoked_since(100).await.unwrap();
+    let reported: BTreeMap<TaskId, Option<StatusEntry>> =
+        revoked.into_iter().map(|t| (t.id, t.status)).collect();
+    let expected: BTreeMap<TaskId, Option<StatusEntry>> = all
+        .iter()
+        .step_by(10)
+        .map(|t| (t.id.clone(), t.status))
+        .collect();
+    assert_eq!(reported, expected);
+}
+
+/// Once the newest list has given out half its entries, the next task starts a new list
+/// (an old list is never drawn from again); within a list, a drawn entry that another task
+/// holds is drawn again.
+async fn status_lists_move_on_when_half_full(b: &(impl Backend + Under)) {
+    let servers = [b.open().await, b.open().await];
+    let ds = &servers[0];
+    let first = task(
+        "first",
+        &entry("e1", "spiffe://example.org/jit/h", 0),
+        TaskState::Completed,
+        5000,
+    );
+    let e1 = ds.create_task(&first, None, &[]).await.unwrap();
+    assert_eq!(e1.list, 1);
+    // One short of half full: the next task still goes to list 1, the one after to 2.
+    b.script(&format!(
+        "UPDATE status_lists SET allocated = {} WHERE number = 1",
+        STATUS_LIST_SIZE / 2 - 1
+    ))
+    .await;
+    let second = task(
+        "second",
+        &entry("e2", "spiffe://example.org/jit/h", 0),
+        TaskState::Completed,
+        5000,
+    );
+    let e2 = servers[1].create_task(&second, None, &[]).await.unwrap();
+    assert_eq!(e2.list, 1);
+    assert_ne!(e2, e1);
+    let third = task(
+        "third",
+        &entry("e3", "spiffe://example.org/jit/h", 0),
+        TaskState::Completed,
+        5000,
+    );
+    let e3 = ds.create_task(&third, None, &[]).await.unwrap();
+    assert_eq!(e3.list, 2);
+    for s in &servers {
+        assert_eq!(s.newest_status_list().await.unwrap(), Some(2));
+    }
+    // Half of list 2 held by tasks the allocator did not count (every even entry but
+    // the third task's): every new task must land on a free entry, so draws collide and
+    // are drawn again.
+    b.script(&format!(
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 2 FROM n WHERE i < {last})
+        INSERT INTO tasks (id, state, entry_id, spiffe_id, parent_id, provisioned, requester,
+            approver, reason, ticket, scopes, created_at, activated_at, deadline, ended_at,
+            end_reason, decision, requester_uid, requester_user, approver_uid, tenant,
+            audiences, bind_kind, bind_pid, bind_start_time, bind_agent, break_glass,
+            status_list, status_idx)
+        SELECT 'filler-' || n.i, t.state, t.entry_id, t.spiffe_id, t.parent_id,
+            t.provisioned, t.requester, t.approver, t.reason, t.ticket, t.scopes,
+            t.created_at, t.activated_at, t.deadline, t.ended_at, t.end_reason, t.decision,
+            t.requester_uid, t.requester_user, t.approver_uid, t.tenant, t.audiences,
+            t.bind_kind, t.bind_pid, t.bind_start_time, t.bind_agent, t.break_glass, 2, n.i
+        FROM n, tasks t WHERE t.id = 'first' AND n.i <> {skip}",
+        last = STATUS_LIST_SIZE - 2,
+        skip = e3.idx,
+    ))
+    .await;
+    let made = create_concurrently(&servers, "half", 4, 5).await;
+    let entries: BTreeSet<StatusEntry> = made.iter().flatten().filter_map(|t| t.status).collect();
+    assert_eq!(entries.len(), 20);
+    for e in &entries {
+        assert_eq!(e.list, 2, "{e:?}: an old list is never drawn from again");
+        assert_eq!(e.idx % 2, 1, "{e:?} is held by another task");
+    }
 }

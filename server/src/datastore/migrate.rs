@@ -153,6 +153,14 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../migrations/postgres/0012_change_feed.sql"),
         then: None,
     },
+    Migration {
+        version: 13,
+        description: "shared token status lists: the lists, and each task's random entry \
+                      in one (earlier tasks: none, served a list of their own)",
+        sqlite: include_str!("../../migrations/sqlite/0013_status_lists.sql"),
+        postgres: include_str!("../../migrations/postgres/0013_status_lists.sql"),
+        then: None,
+    },
 ];
 
 /// The tables version 1 created: a database holding them but no version table was

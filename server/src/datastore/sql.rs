@@ -42,8 +42,8 @@ use self::records::{EntryRow, TaskRow};
 use super::migrate::Migration;
 use super::{
     Acknowledgement, AgentRecord, AuditFor, ConsumedToken, Datastore, DatastoreError, DomainRecord,
-    EntryFilter, EntryUsage, IssuedSvid, LimitReached, PublishedAuthority, TaskLimits, TaskRecord,
-    TaskSvid, TenantRecord, TokenAttestation, UsageReport,
+    EntryFilter, EntryUsage, IssuedSvid, LimitReached, PublishedAuthority, STATUS_LIST_SIZE,
+    StatusEntry, TaskLimits, TaskRecord, TaskSvid, TenantRecord, TokenAttestation, UsageReport,
 };
 use crate::audit::{AuditEvent, AuditRecord, ChainHead};
 
@@ -339,6 +339,62 @@ async fn write_task<D: Dialect>(
         format!("entry {} already has an open task", t.entry_id)
     }))?;
     Ok(changed == 1)
+}
+
+/// Most random draws for a free status list entry: the newest list is at most half full
+/// when drawing, so each draw is free with probability at least 1/2, and 64 taken ones in
+/// a row (probability 2^-64) mean something else is wrong.
+const STATUS_ENTRY_DRAWS: usize = 64;
+
+/// Allocates a status list entry for a task being created at `now`, in the caller's write
+/// transaction (which no other server's writes interleave with): a uniformly random
+/// unused index of the newest list, starting a new list first once the newest has given
+/// out half its entries. The randomness is `rand`'s thread generator (ChaCha, seeded and
+/// reseeded from the operating system): a relying party cannot tell from its own index
+/// which indices other tasks hold.
+async fn allocate_status_entry<D: Dialect>(
+    conn: &mut D::Connection,
+    now: i64,
+) -> Result<StatusEntry, DatastoreError> {
+    let newest = D::fetch_optional(conn, records::NEWEST_STATUS_LIST, &[])
+        .await
+        .map_err(backend)?
+        .map(|row| Ok::<_, DatastoreError>((row.int("number")?, row.int("allocated")?)))
+        .transpose()?;
+    let list = match newest {
+        Some((number, allocated)) if allocated < i64::from(STATUS_LIST_SIZE / 2) => number,
+        newest => {
+            let number = newest.map_or(1, |(n, _)| n.saturating_add(1));
+            D::execute(
+                conn,
+                records::INSERT_STATUS_LIST,
+                &[Param::Int(number), Param::Int(now)],
+            )
+            .await
+            .map_err(backend)?;
+            number
+        }
+    };
+    for _ in 0..STATUS_ENTRY_DRAWS {
+        let idx = rand::random_range(0..STATUS_LIST_SIZE);
+        let taken = D::fetch_optional(
+            conn,
+            records::STATUS_ENTRY_HOLDER,
+            &[Param::Int(list), Param::Int(i64::from(idx))],
+        )
+        .await
+        .map_err(backend)?
+        .is_some();
+        if !taken {
+            D::execute(conn, records::COUNT_STATUS_ENTRY, &[Param::Int(list)])
+                .await
+                .map_err(backend)?;
+            return Ok(StatusEntry { list, idx });
+        }
+    }
+    Err(DatastoreError::Backend(format!(
+        "no free entry found in status list {list} after {STATUS_ENTRY_DRAWS} draws"
+    )))
 }
 
 /// Sets `heads` to `head` if it is higher than what it holds.
@@ -972,8 +1028,8 @@ impl<D: Dialect> Datastore for SqlStore<D> {
         provisioned_entry: Option<&RegistrationEntry>,
         audit: &[AuditEvent],
         limits: &TaskLimits,
-    ) -> Result<Result<(), LimitReached>, DatastoreError> {
-        let task = task.clone();
+    ) -> Result<Result<StatusEntry, LimitReached>, DatastoreError> {
+        let mut task = task.clone();
         let entry = provisioned_entry.cloned();
         let limits = limits.clone();
         let reached = Arc::new(std::sync::Mutex::new(None));
@@ -993,7 +1049,11 @@ impl<D: Dialect> Datastore for SqlStore<D> {
                     if let Some(e) = &entry {
                         write_entry::<D>(conn, e, true).await?;
                     }
-                    write_task::<D>(conn, &task, None).await.map(|_| Some(()))
+                    // Allocated last: a refused task takes no status list entry.
+                    let status = allocate_status_entry::<D>(conn, task.created_at).await?;
+                    task.status = Some(status);
+                    write_task::<D>(conn, &task, None).await?;
+                    Ok(Some(status))
                 })
             })
             .await?;
@@ -1003,7 +1063,7 @@ impl<D: Dialect> Datastore for SqlStore<D> {
             .take();
         Ok(match (stored, reached) {
             (_, Some(limit)) => Err(limit),
-            (Some(_), None) => Ok(()),
+            (Some((status, _)), None) => Ok(status),
             (None, None) => {
                 return Err(DatastoreError::Backend(
                     "task creation applied nothing without naming a limit".into(),
@@ -1233,5 +1293,10 @@ impl<D: Dialect> Datastore for SqlStore<D> {
             )
             .await?;
         Ok((tasks, svids))
+    }
+
+    async fn newest_status_list(&self) -> Result<Option<i64>, DatastoreError> {
+        self.one(records::NEWEST_STATUS_LIST, &[], |row| row.int("number"))
+            .await
     }
 }

@@ -81,6 +81,7 @@ fn task(id: &str, entry: &RegistrationEntry, state: TaskState) -> TaskRecord {
         binding: common::task::TaskBinding::Selectors,
         break_glass: false,
         acknowledgement: None,
+        status: None,
     }
 }
 

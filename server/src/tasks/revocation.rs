@@ -19,7 +19,8 @@ use common::task::TaskState;
 use crate::ca::Revoked;
 use crate::ca::rotation::CaSet;
 use crate::clock::{from_unix_seconds, unix_seconds};
-use crate::datastore::{Datastore, DatastoreError, TaskRecord};
+use crate::datastore::{Datastore, DatastoreError, StatusEntry, TaskRecord};
+use crate::status_list::StatusLists;
 
 /// CRLs are valid this long and re-signed at half of it.
 pub(crate) const CRL_VALIDITY: Duration = Duration::from_secs(3600);
@@ -33,6 +34,8 @@ pub struct EndedTask {
     pub until: i64,
     /// How it ended.
     pub state: TaskState,
+    /// Its token status list entry (tasks recorded before schema version 10: none).
+    pub status: Option<StatusEntry>,
 }
 
 /// Everything agents must refuse, as one snapshot.
@@ -46,6 +49,9 @@ pub struct RevocationSet {
     pub published_crls: BTreeMap<String, Vec<u8>>,
     /// Tasks that ended early and whose deadline has not passed.
     pub ended_tasks: Vec<EndedTask>,
+    /// The token status lists, their entries of `ended_tasks` INVALID: what relying
+    /// parties fetch from the `status` claim of a task JWT-SVID.
+    pub status_lists: StatusLists,
 }
 
 /// Whether a final task ended before its deadline (expiry is not a revocation: its
@@ -121,8 +127,10 @@ impl RevocationState {
                 task_id: t.id.clone(),
                 until: t.deadline,
                 state: t.state,
+                status: t.status,
             })
             .collect();
+        let newest_list = ds.newest_status_list().await?;
         let listed: Vec<(String, String)> = svids
             .iter()
             .map(|v| (v.issuer_serial.clone(), v.serial.clone()))
@@ -133,9 +141,25 @@ impl RevocationState {
         {
             let cur = self.current.read().unwrap_or_else(|e| e.into_inner());
             let last = self.listed.read().unwrap_or_else(|e| e.into_inner());
-            if !force && cur.ended_tasks == ended && *last == listed {
+            if !force
+                && cur.ended_tasks == ended
+                && *last == listed
+                && cur.status_lists.newest() == newest_list.unwrap_or(0)
+            {
                 return Ok(false);
             }
+        }
+        let (status_lists, compressed) = StatusLists::build(
+            ended.iter().filter_map(|t| t.status),
+            newest_list,
+            &self.current().status_lists,
+        );
+        if compressed > 0 {
+            tracing::debug!(
+                lists = compressed,
+                newest = status_lists.newest(),
+                "token status lists changed"
+            );
         }
         let ended_at: HashMap<&str, i64> = tasks
             .iter()
@@ -179,6 +203,7 @@ impl RevocationState {
             crls,
             published_crls,
             ended_tasks: ended,
+            status_lists,
         });
         *self.listed.write().unwrap_or_else(|e| e.into_inner()) = listed;
         *self.signed_at.write().unwrap_or_else(|e| e.into_inner()) = Some(now);

@@ -271,6 +271,10 @@ async fn a_release_datastore_is_upgraded_in_place_and_keeps_every_record(db: &dy
             .all(|t| !t.break_glass && t.acknowledgement.is_none()),
         "{tasks:?}"
     );
+    // Schema version 13: a release's tasks hold no status list entry (their tokens name a
+    // list of their own), and no list exists yet.
+    assert!(tasks.iter().all(|t| t.status.is_none()), "{tasks:?}");
+    assert_eq!(ds.newest_status_list().await.unwrap(), None);
     assert!(tasks.iter().all(|t| t.tenant == "default"), "{tasks:?}");
     // No placeholders read back: open tasks have no end, the active ones an activation
     // time, the revoked one an end; nobody approved these; the fixture's agents never

@@ -23,8 +23,8 @@ use sha2::{Digest as _, Sha256};
 use super::io::{Cells, Param};
 use crate::audit::{AuditEvent, AuditRecord};
 use crate::datastore::{
-    Acknowledgement, AgentRecord, ConsumedToken, DatastoreError, EntryUsage, TaskEnd, TaskRecord,
-    TaskSvid, UnixUser, UsageReport,
+    Acknowledgement, AgentRecord, ConsumedToken, DatastoreError, EntryUsage, STATUS_LIST_SIZE,
+    StatusEntry, TaskEnd, TaskRecord, TaskSvid, UnixUser, UsageReport,
 };
 
 /// The message of a duplicate entry (same id, or same SPIFFE ID, parent and selectors);
@@ -108,9 +108,22 @@ pub(super) const INSERT_TASK: &str = "INSERT INTO tasks (id, state, entry_id, sp
         parent_id, provisioned, requester, approver, reason, ticket, scopes, created_at,
         activated_at, deadline, ended_at, end_reason, decision, requester_uid, requester_user,
         approver_uid, tenant, audiences, bind_kind, bind_pid, bind_start_time, bind_agent,
-        break_glass, acknowledged_by, acknowledged_uid, acknowledged_at, acknowledgement_note)
+        break_glass, acknowledged_by, acknowledged_uid, acknowledged_at, acknowledgement_note,
+        status_list, status_idx)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-        $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31)";
+        $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33)";
+/// The newest token status list: its number and how many entries it has given out.
+pub(super) const NEWEST_STATUS_LIST: &str =
+    "SELECT number, allocated FROM status_lists ORDER BY number DESC LIMIT 1";
+/// Starts list `$1` at `$2` (unix seconds), with nothing allocated.
+pub(super) const INSERT_STATUS_LIST: &str =
+    "INSERT INTO status_lists (number, created_at, allocated) VALUES ($1, $2, 0)";
+/// A task holding entry `$2` of list `$1`, if any.
+pub(super) const STATUS_ENTRY_HOLDER: &str =
+    "SELECT id FROM tasks WHERE status_list = $1 AND status_idx = $2";
+/// Counts one more entry given out by list `$1`.
+pub(super) const COUNT_STATUS_ENTRY: &str =
+    "UPDATE status_lists SET allocated = allocated + 1 WHERE number = $1";
 /// Records a break-glass task's acknowledgement, once: `$1` the task, `$2` to `$5` who,
 /// their uid, when and the note.
 pub(super) const ACKNOWLEDGE_TASK: &str = "UPDATE tasks SET acknowledged_by = $2,
@@ -440,6 +453,8 @@ impl TaskRow {
             Param::OptInt(ack.map(|a| i64::from(a.uid))),
             Param::OptInt(ack.map(|a| a.at)),
             Param::OptText(ack.map(|a| a.note.as_str())),
+            Param::OptInt(t.status.map(|s| s.list)),
+            Param::OptInt(t.status.map(|s| i64::from(s.idx))),
         ]);
         params
     }
@@ -528,7 +543,25 @@ pub(super) fn task(row: &impl Cells) -> Result<TaskRecord, DatastoreError> {
         binding: binding(row)?,
         break_glass,
         acknowledgement: acknowledgement(row, break_glass)?,
+        status: status_entry(row)?,
     })
+}
+
+/// A task's status list entry (schema version 10 on): list and index both set, a list
+/// number from 1 and an index within a list, or neither (tasks recorded before).
+fn status_entry(row: &impl Cells) -> Result<Option<StatusEntry>, DatastoreError> {
+    match (row.opt_int("status_list")?, row.opt_int("status_idx")?) {
+        (None, None) => Ok(None),
+        (Some(list), Some(idx)) if list >= 1 => u32::try_from(idx)
+            .ok()
+            .filter(|i| *i < STATUS_LIST_SIZE)
+            .map(|idx| Some(StatusEntry { list, idx }))
+            .ok_or_else(|| corrupt("status_idx", format!("{idx} is not within a list"))),
+        _ => Err(corrupt(
+            "status_list",
+            "a status list entry has a list from 1 and an index, or neither",
+        )),
+    }
 }
 
 /// A task's binding (schema version 8 on): `bind_kind`, and for a process or tree binding

@@ -42,38 +42,6 @@ fn claims(token: &str) -> anyhow::Result<Value> {
     Ok(serde_json::from_slice(&bytes)?)
 }
 
-/// Status `idx` of a token status list token (`statuslist+jwt`): 1 bit per entry, LSB
-/// first, in a zlib stream. The server writes stored (uncompressed) deflate blocks; a
-/// compressed block is reported rather than misread.
-fn status_bit(list_token: &str, idx: usize) -> anyhow::Result<bool> {
-    let c = claims(list_token)?;
-    ensure!(c["status_list"]["bits"] == 1, "bits is not 1: {c}");
-    let lst = c["status_list"]["lst"].as_str().context("no lst")?;
-    let z = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(lst)?;
-    ensure!(z.len() >= 2 && z[0] & 0x0f == 8, "not a zlib stream");
-    let mut at = 2;
-    let mut data = Vec::new();
-    loop {
-        let header = *z.get(at).context("truncated zlib stream")?;
-        ensure!(
-            header & 0b110 == 0,
-            "a compressed deflate block (the bench reads stored ones)"
-        );
-        let len = usize::from(u16::from_le_bytes([
-            *z.get(at + 1).context("truncated")?,
-            *z.get(at + 2).context("truncated")?,
-        ]));
-        let start = at + 5;
-        data.extend_from_slice(z.get(start..start + len).context("truncated block")?);
-        at = start + len;
-        if header & 1 == 1 {
-            break;
-        }
-    }
-    let byte = *data.get(idx / 8).context("index beyond the list")?;
-    Ok(byte >> (idx % 8) & 1 == 1)
-}
-
 /// Where the task credentials point relying parties, and what they carry.
 struct Credentials {
     task_id: String,
@@ -249,7 +217,7 @@ async fn sample(
     let status = until(t0, || async {
         let r = ::tests::web::https(addr, ca, "GET", &cred.status_path, "").await?;
         ensure!(r.status == 200, "status list: HTTP {}", r.status);
-        status_bit(std::str::from_utf8(&r.body)?.trim(), cred.status_idx)
+        ::tests::web::status_bit(std::str::from_utf8(&r.body)?.trim(), cred.status_idx)
     });
     let (on_stream, validate, crl, status) = tokio::try_join!(on_stream, validate, crl, status)?;
     let first_polls = [validate, crl, status].iter().filter(|t| **t < 0.0).count();
@@ -406,24 +374,4 @@ pub(crate) async fn usable_after_end(
         figures,
         json!({"tasks_per_rep": tasks, "refused_at_first_poll": first, "polled_answers": polls, "samples_per_rep": raw}),
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn status_bits_are_read_lsb_first_from_stored_blocks() {
-        // zlib header, one final stored block of 2 bytes: 0b0000_0100, 0b1000_0000.
-        let z = [0x78, 0x01, 0x01, 0x02, 0x00, 0xfd, 0xff, 0x04, 0x80];
-        let lst = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(z);
-        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(json!({"status_list": {"bits": 1, "lst": lst}}).to_string());
-        let token = format!("e30.{payload}.sig");
-        let set: Vec<usize> = (0..16)
-            .filter(|i| status_bit(&token, *i).unwrap())
-            .collect();
-        assert_eq!(set, [2, 15]);
-        assert!(status_bit(&token, 16).is_err());
-    }
 }
