@@ -319,6 +319,7 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
             Arc::clone(&ds),
             Arc::clone(&task_service),
             node.events.clone(),
+            Arc::clone(&publisher),
             head,
         );
         tasks.spawn_service("change feed", feed.run(shutdown.clone()));

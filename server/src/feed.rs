@@ -142,17 +142,20 @@ pub struct Feed {
     ds: Arc<dyn Datastore>,
     tasks: Arc<Tasks>,
     events: Events,
+    /// Re-reads the shared trust bundle when another server's material changed.
+    publisher: Arc<crate::bundle::BundlePublisher>,
     /// The last row applied (or skipped as this server's own).
     last: i64,
 }
 
 impl Feed {
     /// A tailer that applies the rows after `last` (from [`head`]).
-    pub fn new(
+    pub(crate) fn new(
         pool: PgPool,
         ds: Arc<dyn Datastore>,
         tasks: Arc<Tasks>,
         events: Events,
+        publisher: Arc<crate::bundle::BundlePublisher>,
         last: i64,
     ) -> Self {
         Self {
@@ -160,6 +163,7 @@ impl Feed {
             ds,
             tasks,
             events,
+            publisher,
             last,
         }
     }
@@ -330,7 +334,8 @@ impl Feed {
                     self.events.publish(ChangeEvent::AgentRemoved(id));
                 }
             }
-            "bundle" => self.events.publish(ChangeEvent::BundleChanged),
+            // The union is recomposed from the table; agents hear of it only if it changed.
+            "bundle" => self.publisher.refresh_shared(&*self.ds).await?,
             // Issuance reads tenants from the datastore; what a tenant change does to
             // entries (disabling them) is a change of its own.
             "tenant" => {}

@@ -108,3 +108,17 @@ BEGIN
 END $$;
 CREATE TRIGGER changes_tenants AFTER INSERT OR UPDATE OR DELETE ON tenants
     FOR EACH ROW EXECUTE FUNCTION tessera_feed_tenants();
+
+-- Another server's CA or JWT key published, moved to another phase or pruned: every
+-- server re-reads the shared bundle at once (rather than at its next periodic re-read).
+CREATE FUNCTION tessera_feed_bundle() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        PERFORM tessera_feed_append('bundle', OLD.server_id, NULL, NULL, NULL);
+        RETURN OLD;
+    END IF;
+    PERFORM tessera_feed_append('bundle', NEW.server_id, NULL, NULL, NULL);
+    RETURN NEW;
+END $$;
+CREATE TRIGGER changes_bundle_authorities AFTER INSERT OR UPDATE OR DELETE
+    ON bundle_authorities FOR EACH ROW EXECUTE FUNCTION tessera_feed_bundle();

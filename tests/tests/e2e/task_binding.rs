@@ -37,8 +37,13 @@ const POLICIES: &str = r#"
 
 /// A cluster with a standing identity and a just-in-time tool identity for uid 0.
 fn cluster() -> (Cluster, tempfile::TempDir) {
+    cluster_with(POLICIES)
+}
+
+/// As [`cluster`], under the Cedar policies `text`.
+fn cluster_with(text: &str) -> (Cluster, tempfile::TempDir) {
     let policies = tempfile::tempdir().unwrap();
-    std::fs::write(policies.path().join("binding.cedar"), POLICIES).unwrap();
+    std::fs::write(policies.path().join("binding.cedar"), text).unwrap();
     let dir = policies.path().to_str().unwrap().to_owned();
     let c = Cluster::start(&["--policy-dir", &dir]);
     c.server.create_entry(RUNTIME, &["unix:uid:0"], &[]);
@@ -814,13 +819,10 @@ const PARALLEL_POLICIES: &str = r#"
 
 #[test]
 fn a_tenants_parallel_task_quota_bounds_tasks_per_entry_and_explain_names_it() {
-    let policies = tempfile::tempdir().unwrap();
-    std::fs::write(policies.path().join("binding.cedar"), PARALLEL_POLICIES).unwrap();
-    let c = Cluster::start(&["--policy-dir", policies.path().to_str().unwrap()]);
-    let tool = c.server.create_entry(TOOL, &["unix:uid:0"], &["--jit"]);
+    let (c, _p) = cluster_with(PARALLEL_POLICIES);
     let dir = tempfile::tempdir().unwrap();
     // `task explain` shows the policy's cap before anything is begun.
-    let d = c.server.cli_json(&["task", "explain", "--entry-id", &tool]);
+    let d = c.server.cli_json(&["task", "explain", "--spiffe-id", TOOL]);
     assert_eq!(d["max_parallel"], 2, "{d}");
     assert!(
         d["explanation"]
