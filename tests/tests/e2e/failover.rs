@@ -3,7 +3,9 @@
 //! on the other within a second or two, its open Workload API stream never errors, and a
 //! new entry created on the surviving server reaches that stream.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use common::proto::workload::X509svidRequest;
 use tests::{AgentProc, ServerProc, runtime, wait_for, with_header};
@@ -101,7 +103,7 @@ fn an_agent_whose_server_dies_moves_to_the_other_within_a_second() {
     // Waits for a message holding `id`; fails the test on a stream error.
     let mut wait_id = |id: &str, within: Duration| -> Instant {
         rt.block_on(async {
-            let deadline = tokio::time::Instant::now() + within;
+            let deadline = Instant::now() + within;
             loop {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Ok(Some(Ok(ids))) if ids.iter().any(|i| i == id) => return Instant::now(),
