@@ -96,7 +96,7 @@ async fn agent_identity(
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     tracing::info!(
         trust_domain = %config.trust_domain,
-        server_address = %config.server_address,
+        server_address = %config.server_address.join(","),
         data_dir = %config.data_dir.display(),
         socket_path = %config.socket_path.display(),
         workload_api = ?config.workload_api,
@@ -244,7 +244,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     // The agent's identity (attesting with the join token if need be, for as long as the
     // server is unreachable), then the rotation worker for as long as the agent runs.
     let connector: Arc<dyn NodeConnector> = Arc::new(GrpcConnector {
-        address: config.server_address.clone(),
+        addresses: config.server_address.clone(),
+        preferred: Default::default(),
         trust_domain: config.trust_domain.clone(),
         bundle: bundle.clone(),
     });

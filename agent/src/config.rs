@@ -94,9 +94,13 @@ impl Default for JwtCacheLimits {
 #[derive(Default, Clone, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct RawAgentConfig {
-    /// Server node API address, HOST:PORT [default: 127.0.0.1:8081].
+    /// Server node API address, HOST:PORT [default: 127.0.0.1:8081]. Repeat it (in the
+    /// file: a list) for several servers on one database: the agent uses the one that last
+    /// worked and moves to the next when it is unreachable; a host name is tried at each
+    /// of its DNS records.
     #[arg(long)]
-    pub server_address: Option<String>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub server_address: Option<Vec<String>>,
     /// Trust domain name (required).
     #[arg(long)]
     pub trust_domain: Option<String>,
@@ -205,11 +209,25 @@ impl std::fmt::Debug for RawAgentConfig {
     }
 }
 
+/// A string or a list of strings (`server_address = "a:1"` or `["a:1", "b:1"]`).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(Some(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    }))
+}
+
 /// A validated agent configuration.
 #[derive(Clone)]
 pub struct AgentConfig {
-    /// Server address.
-    pub server_address: String,
+    /// Server addresses (at least one), tried in turn.
+    pub server_address: Vec<String>,
     /// Our trust domain.
     pub trust_domain: TrustDomain,
     /// Bootstrap bundle file.
@@ -536,11 +554,17 @@ impl AgentConfig {
         })?;
         let server_address = raw
             .server_address
-            .unwrap_or_else(|| DEFAULT_SERVER_ADDRESS.to_owned());
-        if !valid_server_address(&server_address) {
+            .unwrap_or_else(|| vec![DEFAULT_SERVER_ADDRESS.to_owned()]);
+        if server_address.is_empty() {
             return Err(AgentConfigError::Invalid {
                 key: "server_address",
-                message: format!("{server_address:?} is not HOST:PORT"),
+                message: "needs at least one HOST:PORT".into(),
+            });
+        }
+        if let Some(bad) = server_address.iter().find(|a| !valid_server_address(a)) {
+            return Err(AgentConfigError::Invalid {
+                key: "server_address",
+                message: format!("{bad:?} is not HOST:PORT"),
             });
         }
         let socket_path = raw
@@ -660,7 +684,7 @@ mod tests {
     #[test]
     fn validation() {
         let c = AgentConfig::from_raw(raw()).unwrap();
-        assert_eq!(c.server_address, DEFAULT_SERVER_ADDRESS);
+        assert_eq!(c.server_address, [DEFAULT_SERVER_ADDRESS]);
         assert_eq!(c.jwt_cache, JwtCacheLimits::default());
         assert_eq!(c.usage_report_interval, Duration::from_secs(30));
         for (text, secs) in [("1s", 1), ("1h", 3600), ("90", 90)] {
@@ -678,14 +702,28 @@ mod tests {
         for (bad, key) in [
             (
                 RawAgentConfig {
-                    server_address: Some("nope".into()),
+                    server_address: Some(vec!["nope".into()]),
                     ..raw()
                 },
                 "server_address",
             ),
             (
                 RawAgentConfig {
-                    server_address: Some("h:0".into()),
+                    server_address: Some(vec!["h:0".into()]),
+                    ..raw()
+                },
+                "server_address",
+            ),
+            (
+                RawAgentConfig {
+                    server_address: Some(vec!["a:1".into(), "nope".into()]),
+                    ..raw()
+                },
+                "server_address",
+            ),
+            (
+                RawAgentConfig {
+                    server_address: Some(vec![]),
                     ..raw()
                 },
                 "server_address",
@@ -1006,7 +1044,7 @@ mod tests {
         )
         .unwrap();
         let c = AgentConfig::load(Some(&file), flags(&[])).unwrap();
-        assert_eq!(c.server_address, "server:8081");
+        assert_eq!(c.server_address, ["server:8081"]);
         assert_eq!(c.trust_bundle_path, Some(PathBuf::from("/etc/b.pem")));
         let c = AgentConfig::load(
             None,
@@ -1020,7 +1058,7 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(c.server_address, "other:1");
+        assert_eq!(c.server_address, ["other:1"]);
         assert_eq!(c.trust_bundle_path, Some(PathBuf::from("/b2.pem")));
         let c = AgentConfig::load(
             Some(&file),
@@ -1034,9 +1072,33 @@ mod tests {
         .unwrap();
         assert_eq!(c.jwt_cache.max_bytes, 65536);
         assert_eq!(c.jwt_cache.max_entries, DEFAULT_JWT_CACHE_MAX_ENTRIES);
-        assert_eq!(c.server_address, "other:2", "the flag wins");
+        assert_eq!(c.server_address, ["other:2"], "the flag wins");
         assert_eq!(c.trust_bundle_path, Some(PathBuf::from("/etc/b.pem")));
         assert_eq!(c.trust_domain.name(), "example.org");
+    }
+
+    #[test]
+    fn several_server_addresses_from_a_list_or_a_repeated_flag() {
+        let c = AgentConfig::from_raw(RawAgentConfig {
+            trust_domain: Some("example.org".into()),
+            ..RawAgentConfig::from_toml("server_address = [\"a:1\", \"b.example:2\"]").unwrap()
+        })
+        .unwrap();
+        assert_eq!(c.server_address, ["a:1", "b.example:2"]);
+        let c = AgentConfig::load(
+            None,
+            flags(&[
+                "--trust-domain",
+                "example.org",
+                "--server-address",
+                "a:1",
+                "--server-address",
+                "[::1]:2",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server_address, ["a:1", "[::1]:2"]);
+        assert!(RawAgentConfig::from_toml("server_address = 5").is_err());
     }
 
     #[test]

@@ -73,8 +73,10 @@ pub trait NodeConnector: Debug + Send + Sync {
 /// Connects to the real server over TLS.
 #[derive(Debug, Clone)]
 pub struct GrpcConnector {
-    /// The server's `host:port`.
-    pub address: String,
+    /// The servers' `host:port`s, tried in turn.
+    pub addresses: Vec<String>,
+    /// The address that last worked, shared by every session this connector opens.
+    pub preferred: server_client::PreferredServer,
     /// Our trust domain (names the server's SPIFFE ID).
     pub trust_domain: TrustDomain,
     /// The current bundle, which authenticates the server.
@@ -84,7 +86,8 @@ pub struct GrpcConnector {
 impl NodeConnector for GrpcConnector {
     fn connect(&self, agent_svid: Option<&X509Svid>) -> Result<Arc<dyn NodeApi>, ClientError> {
         let client = server_client::connect(
-            &self.address,
+            &self.addresses,
+            &self.preferred,
             &self.trust_domain,
             self.bundle.clone(),
             agent_svid,

@@ -172,7 +172,8 @@ pub async fn attest_with_token(
     token: &str,
 ) -> Result<(X509Svid, Bundle), NodeIdentityError> {
     let connector = GrpcConnector {
-        address: address.to_owned(),
+        addresses: vec![address.to_owned()],
+        preferred: Default::default(),
         trust_domain: td.clone(),
         bundle: bundle.clone(),
     };

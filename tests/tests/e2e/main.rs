@@ -18,6 +18,7 @@ mod client_python;
 mod conn_limits;
 mod deploy;
 mod example_agentic;
+mod failover;
 mod frame_limits;
 mod ha;
 mod interop_python;

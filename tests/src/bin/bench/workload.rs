@@ -793,7 +793,13 @@ pub(crate) async fn node_api_signing(
     let (svid, _) =
         agent::node_identity::attest_with_token(&server.address, &td, &bundle, &token).await?;
     ensure!(svid.spiffe_id() == &SpiffeId::new(SIGNER_NODE_ID)?);
-    let client = agent::server_client::connect(&server.address, &td, bundle, Some(&svid))?;
+    let client = agent::server_client::connect(
+        std::slice::from_ref(&server.address),
+        &Default::default(),
+        &td,
+        bundle,
+        Some(&svid),
+    )?;
     let entries = cfg.signer_entries;
     let (ids, _) = crate::procs::create_entries(server, entries, 4, |i| {
         entry_spec(
