@@ -313,13 +313,15 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
     };
 
     let mut tasks = Supervisor::new(shutdown.clone(), SHUTDOWN_DEADLINE);
+    // The change feed tells the bundle's sharing loop of other servers' trust material.
+    let bundle_changed = Arc::new(tokio::sync::Notify::new());
     if let Some((pool, head)) = feed_from {
         let feed = crate::feed::Feed::new(
             pool,
             Arc::clone(&ds),
             Arc::clone(&task_service),
             node.events.clone(),
-            Arc::clone(&publisher),
+            Arc::clone(&bundle_changed),
             head,
         );
         tasks.spawn_service("change feed", feed.run(shutdown.clone()));
@@ -348,7 +350,12 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
     );
     tasks.spawn_service(
         "shared trust bundle",
-        crate::bundle::share_bundle(Arc::clone(&ds), Arc::clone(&publisher), shutdown.clone()),
+        crate::bundle::share_bundle(
+            Arc::clone(&ds),
+            Arc::clone(&publisher),
+            Arc::clone(&bundle_changed),
+            shutdown.clone(),
+        ),
     );
     tasks.spawn_service(
         "key rotation",

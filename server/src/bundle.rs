@@ -271,6 +271,7 @@ pub(crate) async fn rotate_keys(
 pub(crate) async fn share_bundle(
     ds: Arc<dyn Datastore>,
     publisher: Arc<BundlePublisher>,
+    changed_elsewhere: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(shared::REFRESH_INTERVAL);
@@ -280,6 +281,8 @@ pub(crate) async fn share_bundle(
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+            // The change feed announced another server's change to the table.
+            () = changed_elsewhere.notified() => {}
         }
         if let Err(e) = publisher.refresh_shared(&*ds).await {
             tracing::warn!(error = %e, "cannot read the shared trust bundle; retrying");

@@ -142,8 +142,9 @@ pub struct Feed {
     ds: Arc<dyn Datastore>,
     tasks: Arc<Tasks>,
     events: Events,
-    /// Re-reads the shared trust bundle when another server's material changed.
-    publisher: Arc<crate::bundle::BundlePublisher>,
+    /// Woken when another server's published trust material changed: the bundle's
+    /// sharing loop re-reads the table at once.
+    bundle_changed: Arc<tokio::sync::Notify>,
     /// The last row applied (or skipped as this server's own).
     last: i64,
 }
@@ -155,7 +156,7 @@ impl Feed {
         ds: Arc<dyn Datastore>,
         tasks: Arc<Tasks>,
         events: Events,
-        publisher: Arc<crate::bundle::BundlePublisher>,
+        bundle_changed: Arc<tokio::sync::Notify>,
         last: i64,
     ) -> Self {
         Self {
@@ -163,7 +164,7 @@ impl Feed {
             ds,
             tasks,
             events,
-            publisher,
+            bundle_changed,
             last,
         }
     }
@@ -334,8 +335,9 @@ impl Feed {
                     self.events.publish(ChangeEvent::AgentRemoved(id));
                 }
             }
-            // The union is recomposed from the table; agents hear of it only if it changed.
-            "bundle" => self.publisher.refresh_shared(&*self.ds).await?,
+            // The union is recomposed from the table (by the bundle's sharing loop); agents
+            // hear of it only if it changed.
+            "bundle" => self.bundle_changed.notify_one(),
             // Issuance reads tenants from the datastore; what a tenant change does to
             // entries (disabling them) is a change of its own.
             "tenant" => {}
