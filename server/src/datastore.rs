@@ -18,7 +18,7 @@ pub mod postgres;
 mod sql;
 pub mod sqlite;
 #[cfg(test)]
-mod testdb;
+pub(crate) mod testdb;
 
 pub use sql::SqlStore;
 

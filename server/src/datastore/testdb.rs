@@ -204,11 +204,11 @@ impl TestDatabase for Sqlite {
 }
 
 /// A fresh schema `tessera_t_<random>` in the test database; dropped with this value.
-pub(super) struct Postgres {
+pub(crate) struct Postgres {
     base: String,
     schema: String,
     /// Connection URL whose `search_path` is the schema.
-    pub(super) url: String,
+    pub(crate) url: String,
 }
 
 fn postgres_base_url() -> String {
@@ -217,7 +217,7 @@ fn postgres_base_url() -> String {
 
 impl Postgres {
     /// Creates the schema; panics (fails the test) if PostgreSQL does not answer.
-    pub(super) async fn new() -> Self {
+    pub(crate) async fn new() -> Self {
         let base = postgres_base_url();
         let mut conn = sqlx::PgConnection::connect(&base).await.unwrap_or_else(|e| {
             panic!(
