@@ -40,8 +40,9 @@ pub trait NodeApi: Debug + Send + Sync {
     /// Renews the agent SVID of this session.
     async fn renew_agent(&self, req: RenewAgentRequest) -> Result<RenewAgentResponse, Status>;
 
-    /// Opens the sync stream: a snapshot, then every change.
-    async fn sync(&self) -> Result<SyncStream, Status>;
+    /// Opens the sync stream: a snapshot (or, given the cursor of the last message applied
+    /// on an earlier stream, only what changed since), then every change.
+    async fn sync(&self, resume_from: String) -> Result<SyncStream, Status>;
 
     /// Signs a batch of CSRs, one per entry; a per-entry refusal is in its result's
     /// `error`, a failure of the whole call is an `Err`.
@@ -113,8 +114,8 @@ impl NodeApi for NodeClient<Channel> {
             .into_inner())
     }
 
-    async fn sync(&self) -> Result<SyncStream, Status> {
-        Ok(Self::sync(&mut self.clone(), SyncRequest {})
+    async fn sync(&self, resume_from: String) -> Result<SyncStream, Status> {
+        Ok(Self::sync(&mut self.clone(), SyncRequest { resume_from })
             .await?
             .into_inner()
             .boxed())

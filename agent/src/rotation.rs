@@ -130,6 +130,8 @@ impl Rotation {
     /// Runs until shutdown or a fatal refusal.
     pub(crate) async fn run(mut self, shutdown: CancellationToken) -> Result<(), RotationError> {
         let mut backoff = Backoff::default();
+        // Where the last stream left off (a server of the cluster resumes from it).
+        let mut cursor = String::new();
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
@@ -163,11 +165,11 @@ impl Rotation {
             }
             let node = self.node()?;
             self.link.set(Arc::clone(&node));
-            let end = match node.sync().await {
+            let end = match node.sync(cursor.clone()).await {
                 Ok(stream) => {
                     backoff.reset();
-                    tracing::info!("sync stream open");
-                    self.follow(&*node, stream, &shutdown).await?
+                    tracing::info!(resuming = !cursor.is_empty(), "sync stream open");
+                    self.follow(&*node, stream, &mut cursor, &shutdown).await?
                 }
                 Err(s) if is_refusal(&s) => return Err(self.refuse(s.message())),
                 Err(s) => {
@@ -206,6 +208,7 @@ impl Rotation {
         &mut self,
         node: &dyn NodeApi,
         mut stream: SyncStream,
+        cursor: &mut String,
         shutdown: &CancellationToken,
     ) -> Result<StreamEnd, RotationError> {
         loop {
@@ -217,8 +220,14 @@ impl Rotation {
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(StreamEnd::Shutdown),
                 msg = stream.next() => match msg {
-                    Some(Ok(update)) => {
+                    Some(Ok(mut update)) => {
+                        let at = std::mem::take(&mut update.cursor);
                         self.apply(update);
+                        // Only once applied: a stream lost before that resumes from the
+                        // previous position.
+                        if !at.is_empty() {
+                            *cursor = at;
+                        }
                         self.sign_pending(node).await?;
                     }
                     None => {
@@ -487,23 +496,39 @@ pub(crate) fn apply_update(
                 tracing::debug!(entry_id = %entry.id, tasks = grants.len(), "entry upserted");
                 let id = entry.id.clone();
                 let new_slots = slots((entry, grants));
-                cache.update(|s| {
-                    let mut old: HashMap<EntryId, Arc<CachedEntry>> = HashMap::new();
-                    s.entries.retain(|key, c| {
-                        if c.entry.id == id {
-                            old.insert(key.clone(), Arc::clone(c));
-                            false
-                        } else {
-                            true
-                        }
-                    });
-                    for (entry, grant) in new_slots {
-                        let key = slot_key(&entry.id, grant.as_ref());
-                        let merged = merge(old.get(&key), entry, grant);
-                        s.entries.insert(key, Arc::new(merged));
-                    }
-                });
+                cache.update(|s| upsert(&mut s.entries, &id, new_slots));
             }
+        }
+        Some(sync_update::Update::Resumed(delta)) => {
+            let upserted: Vec<(EntryId, Vec<_>)> = delta
+                .entries_upserted
+                .into_iter()
+                .filter_map(parse)
+                .map(|(entry, grants)| (entry.id.clone(), slots((entry, grants))))
+                .collect();
+            let (n_upserted, n_deleted) = (upserted.len(), delta.entries_deleted.len());
+            if let Some(b) = delta.bundle.and_then(|b| Bundle::try_from(b).ok()) {
+                apply_bundle(b);
+            }
+            let revocations = delta.revocations.unwrap_or_default();
+            // One update: the revocations and the entries change together, so nothing is
+            // served for a task that ended while the agent was away.
+            cache.update(|s| {
+                s.revocations = Arc::new(revocations);
+                for id in &delta.entries_deleted {
+                    s.entries.retain(|_, c| c.entry.id.as_str() != id.as_str());
+                }
+                for (id, new_slots) in upserted {
+                    upsert(&mut s.entries, &id, new_slots);
+                }
+                s.synced = true;
+                s.from_server = true;
+            });
+            tracing::info!(
+                upserted = n_upserted,
+                deleted = n_deleted,
+                "sync resumed: changes since the last stream applied"
+            );
         }
         Some(sync_update::Update::Revocations(r)) => {
             tracing::info!(
@@ -524,6 +549,29 @@ pub(crate) fn apply_update(
             Err(e) => tracing::error!(error = %e, "ignoring an invalid bundle"),
         },
         None => {}
+    }
+}
+
+/// Replaces the slots of entry `id` with `new_slots`, keeping each SVID its slot may keep
+/// (see [`merge`]).
+fn upsert(
+    entries: &mut HashMap<EntryId, Arc<CachedEntry>>,
+    id: &EntryId,
+    new_slots: Vec<(RegistrationEntry, Option<TaskGrant>)>,
+) {
+    let mut old: HashMap<EntryId, Arc<CachedEntry>> = HashMap::new();
+    entries.retain(|key, c| {
+        if &c.entry.id == id {
+            old.insert(key.clone(), Arc::clone(c));
+            false
+        } else {
+            true
+        }
+    });
+    for (entry, grant) in new_slots {
+        let key = slot_key(&entry.id, grant.as_ref());
+        let merged = merge(old.get(&key), entry, grant);
+        entries.insert(key, Arc::new(merged));
     }
 }
 

@@ -278,6 +278,7 @@ impl FakeNode {
         Self::broadcast(
             &mut state,
             &SyncUpdate {
+                cursor: String::new(),
                 update: Some(sync_update::Update::EntryUpserted(entry)),
             },
         );
@@ -290,6 +291,7 @@ impl FakeNode {
         Self::broadcast(
             &mut state,
             &SyncUpdate {
+                cursor: String::new(),
                 update: Some(sync_update::Update::EntryDeleted(id.to_owned())),
             },
         );
@@ -304,6 +306,7 @@ impl FakeNode {
 
     fn snapshot(&self, state: &State) -> SyncUpdate {
         SyncUpdate {
+            cursor: String::new(),
             update: Some(sync_update::Update::Snapshot(SyncSnapshot {
                 entries: state.entries.values().cloned().collect(),
                 bundle: Some((&self.bundle()).into()),
@@ -454,7 +457,8 @@ impl NodeApi for FakeNode {
         Ok(RenewAgentResponse { svid_chain, bundle })
     }
 
-    async fn sync(&self) -> Result<SyncStream, Status> {
+    /// Always answers with a snapshot (as a server without a change feed does).
+    async fn sync(&self, _resume_from: String) -> Result<SyncStream, Status> {
         let mut state = self.state();
         self.record(&mut state, NodeCall::Sync);
         Self::check_reachable(&state)?;

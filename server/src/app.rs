@@ -289,6 +289,9 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         events,
         bundle: bundle.clone(),
         tasks: Arc::clone(&task_service),
+        feed: feed_from
+            .as_ref()
+            .map(|(pool, head)| crate::feed::Cursor::new(pool.clone(), *head)),
         shutdown: shutdown.clone(),
     };
     let resolver = crate::domains::DnsResolver::new(config.dns_resolver)
@@ -315,14 +318,13 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
     let mut tasks = Supervisor::new(shutdown.clone(), SHUTDOWN_DEADLINE);
     // The change feed tells the bundle's sharing loop of other servers' trust material.
     let bundle_changed = Arc::new(tokio::sync::Notify::new());
-    if let Some((pool, head)) = feed_from {
+    if let Some(cursor) = &node.feed {
         let feed = crate::feed::Feed::new(
-            pool,
             Arc::clone(&ds),
             Arc::clone(&task_service),
             node.events.clone(),
             Arc::clone(&bundle_changed),
-            head,
+            Arc::clone(cursor),
         );
         tasks.spawn_service("change feed", feed.run(shutdown.clone()));
     }

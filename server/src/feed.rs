@@ -19,9 +19,18 @@
 //! server whose cursor fell behind what was pruned (away for longer than [`KEEP`])
 //! reloads its tasks and re-publishes every entry.
 //!
+//! After each batch the tailer waits for this server's own writes in progress to be
+//! published ([`Events::settle`]) and publishes [`ChangeEvent::Settled`]: every change
+//! up to that number has been published on this server. Sync streams pass it to agents as
+//! their cursor; an agent that reconnects, to this server or another, names it and gets
+//! only what changed for it since ([`Cursor::touched_since`]), after the server it
+//! reached has applied everything committed before it asked ([`Cursor::caught_up`]).
+//!
 //! With SQLite one server owns the datastore and publishes in-process: no feed runs.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use common::{EntryId, SpiffeId, TaskId};
@@ -135,6 +144,134 @@ fn backend(e: sqlx::Error) -> DatastoreError {
     DatastoreError::Backend(format!("change feed: {e}"))
 }
 
+/// Where this server is in the feed, shared with its sync streams.
+#[derive(Debug)]
+pub struct Cursor {
+    pool: PgPool,
+    /// Every change up to this number has been published on this server.
+    settled: AtomicI64,
+    advanced: tokio::sync::Notify,
+}
+
+/// What changed for one agent between two cursors.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// Entries created, changed, deleted or moved away, or whose tasks changed.
+    pub entries: BTreeSet<String>,
+    /// The agent was evicted or banned.
+    pub agent_removed: bool,
+}
+
+impl Cursor {
+    /// A cursor at `settled` (from [`head`], read before the server loaded its state).
+    pub fn new(pool: PgPool, settled: i64) -> Arc<Self> {
+        Arc::new(Self {
+            pool,
+            settled: AtomicI64::new(settled),
+            advanced: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Every change up to this number has been published on this server.
+    pub fn settled(&self) -> i64 {
+        self.settled.load(Ordering::Acquire)
+    }
+
+    fn advance(&self, to: i64) {
+        self.settled.fetch_max(to, Ordering::AcqRel);
+        self.advanced.notify_waiters();
+    }
+
+    /// Waits (at most `bound`) until this server has published every change committed
+    /// before the call; returns the settled number, or `None` on timeout or when the
+    /// feed cannot be read.
+    pub async fn caught_up(&self, bound: Duration) -> Option<i64> {
+        let target = head(&self.pool).await.ok()?;
+        let wait = async {
+            loop {
+                let advanced = self.advanced.notified();
+                tokio::pin!(advanced);
+                advanced.as_mut().enable();
+                let now = self.settled();
+                if now >= target {
+                    return now;
+                }
+                advanced.await;
+            }
+        };
+        tokio::time::timeout(bound, wait).await.ok()
+    }
+
+    /// What changed for `agent` after `after` up to `upto` (a settled number), or `None`
+    /// when that cannot be told: rows after `after` were pruned, or `after` is beyond
+    /// `upto` (a cursor from another database, or one restored from a backup).
+    pub async fn touched_since(
+        &self,
+        agent: &SpiffeId,
+        after: i64,
+        upto: i64,
+    ) -> Result<Option<Touched>, DatastoreError> {
+        if after > upto || after < 0 {
+            return Ok(None);
+        }
+        // One snapshot of the table: pruning cannot remove rows between the check and
+        // the read.
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let oldest: Option<i64> = sqlx::query_scalar("SELECT min(seq) FROM changes")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        // The newest row always stays, so an empty table means nothing was ever written.
+        if oldest.is_some_and(|o| o > after + 1) {
+            return Ok(None);
+        }
+        let rows = sqlx::query(
+            "SELECT kind, subject, entry_id FROM changes
+             WHERE seq > $1 AND seq <= $2
+               AND (parent_id = $3 OR previous_parent = $3
+                    OR (kind = 'agent_removed' AND subject = $3))",
+        )
+        .bind(after)
+        .bind(upto)
+        .bind(agent.as_str())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        let mut touched = Touched::default();
+        for r in rows {
+            let kind: String = r.try_get("kind").map_err(backend)?;
+            if kind == "agent_removed" {
+                touched.agent_removed = true;
+            } else if let Some(id) = r
+                .try_get::<Option<String>, _>("entry_id")
+                .map_err(backend)?
+            {
+                touched.entries.insert(id);
+            }
+        }
+        Ok(Some(touched))
+    }
+}
+
+/// A cursor as agents hold it (opaque to them).
+pub fn encode(seq: i64) -> String {
+    format!("feed/{seq}")
+}
+
+/// The number in a cursor from [`encode`]; `None` for anything else.
+pub fn decode(cursor: &str) -> Option<i64> {
+    cursor
+        .strip_prefix("feed/")?
+        .parse()
+        .ok()
+        .filter(|n| *n >= 0)
+}
+
 /// One server's tailer.
 #[derive(Debug)]
 pub struct Feed {
@@ -147,25 +284,27 @@ pub struct Feed {
     bundle_changed: Arc<tokio::sync::Notify>,
     /// The last row applied (or skipped as this server's own).
     last: i64,
+    /// Where this server's sync streams are (see [`Cursor`]).
+    cursor: Arc<Cursor>,
 }
 
 impl Feed {
-    /// A tailer that applies the rows after `last` (from [`head`]).
+    /// A tailer that applies the rows after `cursor`'s settled number (from [`head`]).
     pub(crate) fn new(
-        pool: PgPool,
         ds: Arc<dyn Datastore>,
         tasks: Arc<Tasks>,
         events: Events,
         bundle_changed: Arc<tokio::sync::Notify>,
-        last: i64,
+        cursor: Arc<Cursor>,
     ) -> Self {
         Self {
-            pool,
+            pool: cursor.pool.clone(),
             ds,
             tasks,
             events,
             bundle_changed,
-            last,
+            last: cursor.settled(),
+            cursor,
         }
     }
 
@@ -267,17 +406,27 @@ impl Feed {
                     return;
                 }
             }
-            match self.apply(&batch).await {
-                Ok(()) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot apply the change feed; will retry");
-                    return;
-                }
+            let applied = self.apply(&batch).await;
+            self.settle().await;
+            if let Err(e) = applied {
+                tracing::warn!(error = %e, "cannot apply the change feed; will retry");
+                return;
             }
             if !full {
                 return;
             }
         }
+    }
+
+    /// Once this server's own writes in progress are published, tells the sync streams
+    /// that everything up to the last row applied has been.
+    async fn settle(&self) {
+        if self.last <= self.cursor.settled() {
+            return;
+        }
+        self.events.settle().await;
+        self.cursor.advance(self.last);
+        self.events.publish(ChangeEvent::Settled(self.last));
     }
 
     /// Applies `batch` in order, moving the cursor past each row applied.
@@ -540,5 +689,89 @@ mod tests {
         assert_eq!(feed::head(&pool).await.unwrap(), 6 + N as i64);
         a.close().await;
         b.close().await;
+    }
+
+    /// What changed for an agent between two cursors: its entries created, changed,
+    /// moved away or deleted, not other agents'; an eviction; `None` past the head or
+    /// after pruning.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn touched_since_names_what_changed_for_one_agent() {
+        use crate::datastore::Datastore as _;
+        use crate::feed;
+
+        let db = crate::datastore::testdb::Postgres::new().await;
+        let ds = PostgresDatastore::open(&db.url).await.unwrap();
+        let pool = ds.feed_pool();
+        let node_a = "spiffe://example.org/node/a";
+        let node_b = "spiffe://example.org/node/b";
+        let agent = common::SpiffeId::new(node_a).unwrap();
+        let cursor = feed::Cursor::new(pool.clone(), 0);
+
+        // Before the cursor: seen already.
+        ds.create_entry(&feed_entry(1, node_a), &[]).await.unwrap();
+        ds.create_entry(&feed_entry(2, node_a), &[]).await.unwrap();
+        ds.create_entry(&feed_entry(3, node_a), &[]).await.unwrap();
+        let from = feed::head(&pool).await.unwrap();
+        // After: one created, one moved away, one deleted, one of another agent's.
+        ds.create_entry(&feed_entry(4, node_a), &[]).await.unwrap();
+        let mut moved = feed_entry(2, node_b);
+        moved.revision = 2;
+        ds.update_entry(&moved, &[]).await.unwrap();
+        ds.delete_entry(&feed_entry(3, node_a).id, Box::new(|_| Vec::new()))
+            .await
+            .unwrap();
+        ds.create_entry(&feed_entry(5, node_b), &[]).await.unwrap();
+        let upto = feed::head(&pool).await.unwrap();
+
+        let touched = cursor
+            .touched_since(&agent, from, upto)
+            .await
+            .unwrap()
+            .expect("resumable");
+        assert_eq!(
+            touched.entries,
+            ["feed-2", "feed-3", "feed-4"].map(String::from).into()
+        );
+        assert!(!touched.agent_removed);
+        // Nothing after the head.
+        let none = cursor.touched_since(&agent, upto, upto).await.unwrap();
+        assert_eq!(none, Some(feed::Touched::default()));
+        // Only up to `upto`: a later change waits for the stream.
+        ds.create_entry(&feed_entry(6, node_a), &[]).await.unwrap();
+        let touched = cursor
+            .touched_since(&agent, from, upto)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!touched.entries.contains("feed-6"));
+        // A cursor beyond the head (another database, a restored one) cannot resume.
+        assert_eq!(
+            cursor
+                .touched_since(&agent, upto + 100, upto)
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(cursor.touched_since(&agent, -1, upto).await.unwrap(), None);
+        // Rows after the cursor pruned: cannot resume; from the newest row on, can.
+        assert!(feed::prune(&pool, i64::MAX).await.unwrap().is_some());
+        let head = feed::head(&pool).await.unwrap();
+        assert_eq!(
+            cursor.touched_since(&agent, from, head).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            cursor.touched_since(&agent, head - 1, head).await.unwrap(),
+            Some(feed::Touched {
+                entries: ["feed-6".to_owned()].into(),
+                agent_removed: false,
+            })
+        );
+        // The cursor encoding round-trips and refuses anything else.
+        assert_eq!(feed::decode(&feed::encode(42)), Some(42));
+        for bad in ["", "42", "feed/", "feed/-1", "feed/x", "other/1"] {
+            assert_eq!(feed::decode(bad), None, "{bad:?}");
+        }
+        ds.close().await;
     }
 }

@@ -295,6 +295,7 @@ impl NodeAttestor {
     pub async fn evict(&self, id: &str, by: &str) -> Result<AgentRecord, NodeAttestationError> {
         let id = SpiffeId::new(id).map_err(|e| NodeAttestationError::BadAgentId(e.to_string()))?;
         let event = AuditEvent::new(AuditKind::AgentEvicted, &id, serde_json::json!({})).by(by);
+        let _write = self.events.begin_write();
         let record = self
             .ds
             .delete_agent(&id, &[event])
@@ -309,6 +310,7 @@ impl NodeAttestor {
     pub async fn ban(&self, id: &str, by: &str) -> Result<AgentRecord, NodeAttestationError> {
         let id = SpiffeId::new(id).map_err(|e| NodeAttestationError::BadAgentId(e.to_string()))?;
         let event = AuditEvent::new(AuditKind::AgentBanned, &id, serde_json::json!({})).by(by);
+        let _write = self.events.begin_write();
         let banned = self
             .ds
             .ban_agent(&id, &[event])

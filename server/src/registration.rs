@@ -557,6 +557,7 @@ impl Registrar {
         let _guard = self.tenants.lock.lock().await;
         let entry = self.prepare(by, spec, now_unix()).await?;
         let event = entry_event(AuditKind::EntryCreated, &entry, &by.principal());
+        let _write = self.events.begin_write();
         self.ds.create_entry(&entry, &[event]).await?;
         tracing::info!(entry_id = %entry.id, spiffe_id = %entry.spiffe_id, parent_id = %entry.parent_id, tenant = %entry.governance.tenant, "entry created");
         self.publish_upsert(&entry, None);
@@ -596,6 +597,7 @@ impl Registrar {
         if old.governance.owner != entry.governance.owner {
             event.detail["owner_was"] = serde_json::json!(old.governance.owner);
         }
+        let _write = self.events.begin_write();
         self.ds.update_entry(&entry, &[event]).await?;
         tracing::info!(entry_id = %entry.id, spiffe_id = %entry.spiffe_id, "entry updated");
         let previous_parent = (old.parent_id != entry.parent_id).then_some(old.parent_id);
@@ -610,6 +612,7 @@ impl Registrar {
         by: &str,
     ) -> Result<RegistrationEntry, RegistrationError> {
         let by = by.to_owned();
+        let _write = self.events.begin_write();
         let entry = self
             .ds
             .delete_entry(
@@ -654,6 +657,7 @@ impl Registrar {
             next.governance.certified_at = certified_at;
         }
         next.revision += 1;
+        let _write = self.events.begin_write();
         self.ds
             .update_entry(&next, &[entry_event(kind, &next, by)])
             .await?;

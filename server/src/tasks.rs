@@ -644,6 +644,7 @@ impl Tasks {
         }
         let audit = stamped(audit, &task.requester, &task.tenant);
         let (limits, source) = self.limits(&entry, provisioned, &task.decision).await?;
+        let _write = self.events.begin_write();
         task.status = Some(
             self.ds
                 .create_task_within(&task, provisioned.then_some(&entry), &audit, &limits)
@@ -756,6 +757,7 @@ impl Tasks {
             activated_event(&task),
         ];
         let audit = stamped(audit.to_vec(), &by.principal(), &task.tenant);
+        let _write = self.events.begin_write();
         if !self
             .ds
             .update_task(&task, &[TaskState::PendingApproval], &audit)
@@ -1010,9 +1012,13 @@ impl Tasks {
             ));
         }
         let audit = stamped(audit, by, &task.tenant);
+        let _write = self.events.begin_write();
         if !self.ds.update_task(&task, &[current.state], &audit).await? {
             return Ok(None);
         }
+        // The grant leaves memory at once, before anything else can fail or wait: from
+        // here no SVID is issued under the task.
+        self.update_grants(&task);
         tracing::info!(task_id = %task.id, state = %state, reason, by, "task ended");
         let entry = if task.provisioned {
             self.events.publish(ChangeEvent::EntryDeleted {
@@ -1228,19 +1234,22 @@ impl Tasks {
         Ok(())
     }
 
+    /// Updates the in-memory grants (idempotent).
+    fn update_grants(&self, task: &TaskRecord) {
+        let mut active = self.active.write().unwrap_or_else(|e| e.into_inner());
+        let grants = active.entry(task.entry_id.clone()).or_default();
+        grants.retain(|g| g.task_id != task.id);
+        if task.state == TaskState::Active {
+            grants.push(grant(task));
+        }
+        if grants.is_empty() {
+            active.remove(&task.entry_id);
+        }
+    }
+
     /// Updates the in-memory grants and tells the agents.
     fn changed(&self, task: &TaskRecord, entry: Option<RegistrationEntry>) {
-        {
-            let mut active = self.active.write().unwrap_or_else(|e| e.into_inner());
-            let grants = active.entry(task.entry_id.clone()).or_default();
-            grants.retain(|g| g.task_id != task.id);
-            if task.state == TaskState::Active {
-                grants.push(grant(task));
-            }
-            if grants.is_empty() {
-                active.remove(&task.entry_id);
-            }
-        }
+        self.update_grants(task);
         if let Some(entry) = entry {
             self.events.publish(ChangeEvent::EntryUpserted {
                 entry: Arc::new(entry),

@@ -234,7 +234,10 @@ fn sync_update_seeds() -> Vec<Vec<u8>> {
             state: "revoked".into(),
         }],
     };
-    let msg = |u: sync_update::Update| SyncUpdate { update: Some(u) };
+    let msg = |u: sync_update::Update| SyncUpdate {
+        cursor: String::new(),
+        update: Some(u),
+    };
     let stream = |updates: Vec<SyncUpdate>| agent::fuzzing::encode_sync_messages(&updates);
     let snapshot = msg(sync_update::Update::Snapshot(SyncSnapshot {
         entries: vec![
@@ -256,7 +259,23 @@ fn sync_update_seeds() -> Vec<Vec<u8>> {
             ))),
             msg(sync_update::Update::EntryDeleted("e1".into())),
             msg(sync_update::Update::Bundle(bundle)),
-            msg(sync_update::Update::Revocations(revocations)),
+            msg(sync_update::Update::Revocations(revocations.clone())),
+        ]),
+        // A resumed stream: what changed since the cursor, then a cursor alone.
+        stream(vec![
+            SyncUpdate {
+                cursor: "feed/7".into(),
+                update: Some(sync_update::Update::Resumed(tessera::SyncDelta {
+                    entries_upserted: vec![wire_entry("e4", "api", true)],
+                    entries_deleted: vec!["e1".into()],
+                    bundle: None,
+                    revocations: Some(revocations),
+                })),
+            },
+            SyncUpdate {
+                cursor: "feed/9".into(),
+                update: None,
+            },
         ]),
     ]
 }
@@ -317,13 +336,14 @@ fn check(target: &str, seed: &[u8]) {
             assert_eq!(agent::fuzzing::encode_sync_messages(&updates), seed);
             let n = updates.len();
             for update in updates {
-                let entries = match update.update.unwrap() {
-                    sync_update::Update::Snapshot(s) => {
+                let entries = match update.update {
+                    Some(sync_update::Update::Snapshot(s)) => {
                         Bundle::try_from(s.bundle.unwrap()).unwrap();
                         s.entries
                     }
-                    sync_update::Update::EntryUpserted(e) => vec![e],
-                    sync_update::Update::Bundle(b) => {
+                    Some(sync_update::Update::EntryUpserted(e)) => vec![e],
+                    Some(sync_update::Update::Resumed(d)) => d.entries_upserted,
+                    Some(sync_update::Update::Bundle(b)) => {
                         Bundle::try_from(b).unwrap();
                         vec![]
                     }

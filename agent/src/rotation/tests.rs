@@ -1,6 +1,7 @@
 //! The rotation worker against an in-process server ([`FakeNode`]) under paused time:
 //! an hour of schedule runs in milliseconds, and every instant asserted is exact.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::TaskId;
@@ -576,4 +577,110 @@ mod schedule_fns {
             Some(Duration::from_secs(99))
         );
     }
+}
+
+/// A resumed stream's delta changes only what it names, keeps the SVIDs of everything
+/// else, and lands with its revocations in one cache update.
+#[test]
+fn a_resumed_delta_changes_only_what_it_names_and_keeps_other_svids() {
+    use crate::testing::TestCa;
+
+    let td = TrustDomain::new("example.org").unwrap();
+    let now = SystemTime::now();
+    let ca = TestCa::new(&td, now).unwrap();
+    let wire = |id: &str, revision: u64| tessera::Entry {
+        id: id.into(),
+        spiffe_id: format!("spiffe://example.org/{id}"),
+        parent_id: "spiffe://example.org/agent".into(),
+        selectors: vec!["unix:uid:0".into()],
+        x509_svid_ttl_seconds: 100,
+        jwt_svid_ttl_seconds: 100,
+        revision,
+        ..Default::default()
+    };
+    let update = |cursor: &str, u: sync_update::Update| SyncUpdate {
+        cursor: cursor.into(),
+        update: Some(u),
+    };
+    let cache = Cache::default();
+    let ignore_bundle = |_: Bundle| {};
+    apply_update(
+        &cache,
+        update(
+            "feed/3",
+            sync_update::Update::Snapshot(tessera::SyncSnapshot {
+                entries: vec![wire("kept", 1), wire("changed", 1), wire("gone", 1)],
+                bundle: None,
+                revocations: None,
+            }),
+        ),
+        ignore_bundle,
+    );
+    // Every entry has its SVID, as after signing.
+    cache.update(|s| {
+        for c in s.entries.values_mut() {
+            let c = Arc::make_mut(c);
+            let svid = ca
+                .issue(&c.entry.spiffe_id, now, Duration::from_secs(100))
+                .unwrap();
+            c.svid = Some(Arc::new(svid));
+            c.svid_revision = c.entry.revision;
+        }
+    });
+    let before = cache.current();
+    let kept_svid = before.entries[&EntryId::parse("kept").unwrap()]
+        .svid
+        .clone();
+
+    let mut watch = cache.subscribe();
+    watch.borrow_and_update();
+    let revocations = tessera::Revocations {
+        crls: vec![],
+        ended_tasks: vec![tessera::EndedTask {
+            task_id: "t9".into(),
+            until: 1_900_000_000,
+            state: "revoked".into(),
+        }],
+    };
+    apply_update(
+        &cache,
+        update(
+            "feed/9",
+            sync_update::Update::Resumed(tessera::SyncDelta {
+                entries_upserted: vec![wire("changed", 2), wire("new", 1)],
+                entries_deleted: vec!["gone".into()],
+                bundle: None,
+                revocations: Some(revocations.clone()),
+            }),
+        ),
+        ignore_bundle,
+    );
+    assert!(watch.has_changed().unwrap());
+    watch.borrow_and_update();
+    assert!(
+        !watch.has_changed().unwrap(),
+        "one cache update for the whole delta"
+    );
+    let after = cache.current();
+    let ids: BTreeSet<&str> = after
+        .entries
+        .values()
+        .map(|c| c.entry.id.as_str())
+        .collect();
+    assert_eq!(ids, BTreeSet::from(["kept", "changed", "new"]));
+    let get = |id: &str| &after.entries[&EntryId::parse(id).unwrap()];
+    assert!(
+        get("kept").svid.is_some() && get("kept").svid == kept_svid,
+        "an entry the delta does not name keeps its SVID"
+    );
+    assert_eq!(get("changed").entry.revision, 2);
+    let now = SystemTime::now();
+    assert!(
+        schedule::needs_svid(get("changed"), now),
+        "a changed entry is signed again"
+    );
+    assert!(schedule::needs_svid(get("new"), now));
+    assert!(!schedule::needs_svid(get("kept"), now));
+    assert_eq!(*after.revocations, revocations);
+    assert!(after.synced && after.from_server);
 }

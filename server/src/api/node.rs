@@ -7,13 +7,14 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::proto::tessera::node_server::Node;
 use common::proto::tessera::{
     AttestAgentRequest, AttestAgentResponse, MintJwtSvidRequest, MintJwtSvidResponse,
     NodeBeginTaskRequest, NodeEndTaskRequest, RenewAgentRequest, RenewAgentResponse,
-    SignX509SvidsRequest, SignX509SvidsResponse, SyncRequest, SyncSnapshot, SyncUpdate, Task,
-    TaskTokenUse, TaskTokenUseAck, UsageReport, UsageReportAck, sync_update,
+    SignX509SvidsRequest, SignX509SvidsResponse, SyncDelta, SyncRequest, SyncSnapshot, SyncUpdate,
+    Task, TaskTokenUse, TaskTokenUseAck, UsageReport, UsageReportAck, sync_update,
 };
 use common::{Bundle, BundleCell, EntryId, RegistrationEntry, SpiffeId};
 use futures::Stream;
@@ -24,6 +25,7 @@ use tonic::{Request, Response, Status};
 use super::wire;
 use crate::datastore::{AgentRecord, Datastore, EntryFilter};
 use crate::events::{ChangeEvent, Events};
+use crate::feed::{self, Cursor};
 use crate::issuance::{CsrRequest, Issuer};
 use crate::node_attestation::NodeAttestor;
 use crate::tasks::{Tasks, TokenUse};
@@ -38,8 +40,23 @@ pub(crate) struct NodeService {
     pub(crate) events: Events,
     pub(crate) bundle: BundleCell,
     pub(crate) tasks: Arc<Tasks>,
+    /// This server's place in the cluster's change feed (PostgreSQL only): streams carry
+    /// it as their cursor and resume from agents' cursors.
+    pub(crate) feed: Option<Arc<Cursor>>,
     pub(crate) shutdown: tokio_util::sync::CancellationToken,
 }
+
+/// How long a stream that heard of a new feed position with nothing to send waits before
+/// sending the position alone (more changes in the meantime ride along with it).
+const CURSOR_FLUSH: Duration = Duration::from_secs(1);
+
+/// How long a sync waits for this server to apply what other servers committed before
+/// the agent asked, before answering with what it has (the stream then brings the rest).
+const CATCH_UP_BOUND: Duration = Duration::from_secs(2);
+
+/// Above this many changed entries a resumed stream reads the agent's entries in one query
+/// rather than one by one.
+const DELTA_READ_ALL: usize = 64;
 
 impl NodeService {
     async fn agent<T>(&self, req: &Request<T>) -> Result<AgentRecord, Status> {
@@ -53,21 +70,97 @@ impl NodeService {
         (&*b).into()
     }
 
+    /// Everything `agent` must know, with the feed position it reflects.
     async fn snapshot(&self, agent: &SpiffeId) -> Result<SyncUpdate, Status> {
+        // Read before the state: a change in between is then sent once more, never missed.
+        let cursor = self.feed.as_ref().map(|f| f.settled());
         let filter = EntryFilter {
             parent_id: Some(agent.clone()),
             ..Default::default()
         };
         let entries = self.ds.list_entries(&filter).await?;
         Ok(SyncUpdate {
+            cursor: cursor.map(feed::encode).unwrap_or_default(),
             update: Some(sync_update::Update::Snapshot(SyncSnapshot {
-                // A disabled entry (expired, review lapsed, owner offboarded) is not issued
-                // anywhere: agents never hear of it.
                 entries: entries
                     .iter()
-                    .filter(|e| e.governance.disabled.is_none())
+                    .filter(|e| issued_to(e, agent))
                     .map(|e| self.wire_entry(e))
                     .collect(),
+                bundle: Some(self.wire_bundle()),
+                revocations: Some(wire::revocations(&self.tasks.revocations())),
+            })),
+        })
+    }
+
+    /// The first message of a stream: what changed since `resume_from` when the feed can
+    /// tell, else a snapshot. Either way this server has first applied (within
+    /// [`CATCH_UP_BOUND`]) everything other servers committed before the agent asked, so
+    /// a task ended anywhere while the agent was switching servers is in the revocations
+    /// it gets before anything else.
+    async fn first_message(
+        &self,
+        agent: &SpiffeId,
+        resume_from: &str,
+    ) -> Result<SyncUpdate, Status> {
+        let Some(feed) = &self.feed else {
+            return self.snapshot(agent).await;
+        };
+        let upto = match feed.caught_up(CATCH_UP_BOUND).await {
+            Some(n) => n,
+            None => {
+                tracing::warn!(agent_id = %agent, "this server has not applied the whole change feed yet; the agent's stream brings the rest");
+                feed.settled()
+            }
+        };
+        let Some(after) = feed::decode(resume_from) else {
+            return self.snapshot(agent).await;
+        };
+        let Some(touched) = feed.touched_since(agent, after, upto).await? else {
+            tracing::info!(agent_id = %agent, after, upto, "cannot resume the agent's sync from its cursor; sending a snapshot");
+            return self.snapshot(agent).await;
+        };
+        if touched.agent_removed {
+            return Err(removed(agent));
+        }
+        let mut upserted = Vec::new();
+        let mut deleted = Vec::new();
+        if touched.entries.len() > DELTA_READ_ALL {
+            let filter = EntryFilter {
+                parent_id: Some(agent.clone()),
+                ..Default::default()
+            };
+            let mut now: std::collections::HashMap<String, RegistrationEntry> = self
+                .ds
+                .list_entries(&filter)
+                .await?
+                .into_iter()
+                .map(|e| (e.id.to_string(), e))
+                .collect();
+            for id in touched.entries {
+                match now.remove(&id) {
+                    Some(e) if issued_to(&e, agent) => upserted.push(self.wire_entry(&e)),
+                    _ => deleted.push(id),
+                }
+            }
+        } else {
+            for id in touched.entries {
+                let stored = match EntryId::parse(id.as_str()) {
+                    Ok(parsed) => self.ds.get_entry(&parsed).await?,
+                    Err(_) => None,
+                };
+                match stored {
+                    Some(e) if issued_to(&e, agent) => upserted.push(self.wire_entry(&e)),
+                    _ => deleted.push(id),
+                }
+            }
+        }
+        tracing::info!(agent_id = %agent, after, upto, upserted = upserted.len(), deleted = deleted.len(), "agent sync resumed from its cursor");
+        Ok(SyncUpdate {
+            cursor: feed::encode(upto),
+            update: Some(sync_update::Update::Resumed(SyncDelta {
+                entries_upserted: upserted,
+                entries_deleted: deleted,
                 bundle: Some(self.wire_bundle()),
                 revocations: Some(wire::revocations(&self.tasks.revocations())),
             })),
@@ -112,8 +205,28 @@ impl NodeService {
             _ => return None,
         };
         Some(Ok(SyncUpdate {
+            cursor: String::new(),
             update: Some(update),
         }))
+    }
+}
+
+/// Whether `entry` is served by `agent` now: its parent, and not disabled (an expired
+/// entry, a lapsed review or an offboarded owner is issued nowhere: agents never hear of
+/// it).
+fn issued_to(entry: &RegistrationEntry, agent: &SpiffeId) -> bool {
+    &entry.parent_id == agent && entry.governance.disabled.is_none()
+}
+
+fn removed(agent: &SpiffeId) -> Status {
+    Status::permission_denied(format!("agent {agent} has been evicted or banned"))
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -153,36 +266,77 @@ impl Node for NodeService {
 
     async fn sync(&self, req: Request<SyncRequest>) -> Result<Response<SyncStream>, Status> {
         let agent = self.agent(&req).await?.spiffe_id;
-        // Subscribe before reading the snapshot so no commit in between is missed.
+        // Subscribe before reading the state so no commit in between is missed.
         let mut rx = self.events.subscribe();
-        let first = self.snapshot(&agent).await?;
+        let first = self
+            .first_message(&agent, &req.get_ref().resume_from)
+            .await?;
         let (tx, out) = mpsc::channel::<Result<SyncUpdate, Status>>(64);
         let this = self.clone();
         tracing::info!(agent_id = %agent, "agent sync stream opened");
         tokio::spawn(async move {
+            // The last feed position passed on, one heard but not passed on yet, and when
+            // to send that alone.
+            let mut sent = feed::decode(&first.cursor).unwrap_or(0);
+            let mut pending: Option<i64> = None;
             if tx.send(Ok(first)).await.is_err() {
                 return;
             }
+            let mut flush_at: Option<tokio::time::Instant> = None;
             loop {
                 let item = tokio::select! {
                     () = tx.closed() => return,
                     () = this.shutdown.cancelled() => return,
+                    () = sleep_until(flush_at) => {
+                        flush_at = None;
+                        let Some(n) = pending.take() else { continue };
+                        sent = n;
+                        let update = SyncUpdate {
+                            cursor: feed::encode(n),
+                            update: None,
+                        };
+                        if tx.send(Ok(update)).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
                     ev = rx.recv() => ev,
                 };
                 let msg = match item {
+                    // Every change up to `n` was published before this: once the agent
+                    // has what precedes it, it may resume from `n`.
+                    Ok(ChangeEvent::Settled(n)) => {
+                        if n > sent {
+                            pending = Some(n);
+                            flush_at
+                                .get_or_insert_with(|| tokio::time::Instant::now() + CURSOR_FLUSH);
+                        }
+                        continue;
+                    }
                     Ok(ev) => match this.relevant(&ev, &agent) {
                         None => continue,
-                        Some(Ok(update)) => Ok(update),
+                        Some(Ok(mut update)) => {
+                            if let Some(n) = pending.take() {
+                                update.cursor = feed::encode(n);
+                                sent = n;
+                                flush_at = None;
+                            }
+                            Ok(update)
+                        }
                         Some(Err(())) => {
                             tracing::info!(agent_id = %agent, "ending sync stream of removed agent");
-                            Err(Status::permission_denied(format!(
-                                "agent {agent} has been evicted or banned"
-                            )))
+                            Err(removed(&agent))
                         }
                     },
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(agent_id = %agent, missed = n, "sync stream lagged; resending snapshot");
-                        this.snapshot(&agent).await
+                        pending = None;
+                        flush_at = None;
+                        let snapshot = this.snapshot(&agent).await;
+                        if let Ok(s) = &snapshot {
+                            sent = feed::decode(&s.cursor).unwrap_or(sent);
+                        }
+                        snapshot
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
                 };

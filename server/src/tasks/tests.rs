@@ -161,8 +161,8 @@ async fn a_task_expires_at_its_deadline_by_the_clock_not_before() {
     let end = ended.end.as_ref().expect("a final task has an end");
     assert_eq!(end.reason, "deadline reached");
     assert!(end.at >= task.deadline);
-    // The grant leaves memory just after the stored state changes (the loop then reads
-    // the entry back): poll briefly rather than race it.
+    // The grant leaves memory right after the stored state changes, on the loop's task:
+    // poll briefly rather than race it.
     for _ in 0..100 {
         if f.tasks.grant_for(&entry.id).is_none() {
             break;

@@ -38,6 +38,7 @@ mod resilience_health;
 mod resilience_mtls;
 mod resilience_outage;
 mod resilience_shutdown;
+mod resume;
 mod set_push;
 mod shared_authority;
 mod smoke;

@@ -229,8 +229,10 @@ class RenewAgentResponse(_message.Message):
     def __init__(self, svid_chain: _Optional[_Iterable[bytes]] = ..., bundle: _Optional[_Union[Bundle, _Mapping]] = ...) -> None: ...
 
 class SyncRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("resume_from",)
+    RESUME_FROM_FIELD_NUMBER: _ClassVar[int]
+    resume_from: str
+    def __init__(self, resume_from: _Optional[str] = ...) -> None: ...
 
 class SyncSnapshot(_message.Message):
     __slots__ = ("entries", "bundle", "revocations")
@@ -242,19 +244,35 @@ class SyncSnapshot(_message.Message):
     revocations: Revocations
     def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., bundle: _Optional[_Union[Bundle, _Mapping]] = ..., revocations: _Optional[_Union[Revocations, _Mapping]] = ...) -> None: ...
 
+class SyncDelta(_message.Message):
+    __slots__ = ("entries_upserted", "entries_deleted", "bundle", "revocations")
+    ENTRIES_UPSERTED_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_DELETED_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    REVOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    entries_upserted: _containers.RepeatedCompositeFieldContainer[Entry]
+    entries_deleted: _containers.RepeatedScalarFieldContainer[str]
+    bundle: Bundle
+    revocations: Revocations
+    def __init__(self, entries_upserted: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., entries_deleted: _Optional[_Iterable[str]] = ..., bundle: _Optional[_Union[Bundle, _Mapping]] = ..., revocations: _Optional[_Union[Revocations, _Mapping]] = ...) -> None: ...
+
 class SyncUpdate(_message.Message):
-    __slots__ = ("snapshot", "entry_upserted", "entry_deleted", "bundle", "revocations")
+    __slots__ = ("cursor", "snapshot", "entry_upserted", "entry_deleted", "bundle", "revocations", "resumed")
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     ENTRY_UPSERTED_FIELD_NUMBER: _ClassVar[int]
     ENTRY_DELETED_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     REVOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FIELD_NUMBER: _ClassVar[int]
+    cursor: str
     snapshot: SyncSnapshot
     entry_upserted: Entry
     entry_deleted: str
     bundle: Bundle
     revocations: Revocations
-    def __init__(self, snapshot: _Optional[_Union[SyncSnapshot, _Mapping]] = ..., entry_upserted: _Optional[_Union[Entry, _Mapping]] = ..., entry_deleted: _Optional[str] = ..., bundle: _Optional[_Union[Bundle, _Mapping]] = ..., revocations: _Optional[_Union[Revocations, _Mapping]] = ...) -> None: ...
+    resumed: SyncDelta
+    def __init__(self, cursor: _Optional[str] = ..., snapshot: _Optional[_Union[SyncSnapshot, _Mapping]] = ..., entry_upserted: _Optional[_Union[Entry, _Mapping]] = ..., entry_deleted: _Optional[str] = ..., bundle: _Optional[_Union[Bundle, _Mapping]] = ..., revocations: _Optional[_Union[Revocations, _Mapping]] = ..., resumed: _Optional[_Union[SyncDelta, _Mapping]] = ...) -> None: ...
 
 class CsrForEntry(_message.Message):
     __slots__ = ("entry_id", "csr", "task_id")

@@ -267,8 +267,15 @@ pub struct RenewAgentResponse {
     #[prost(message, optional, tag = "2")]
     pub bundle: ::core::option::Option<Bundle>,
 }
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct SyncRequest {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SyncRequest {
+    /// The `cursor` of the last message the agent applied on an earlier stream (from this
+    /// server or another of its cluster): the server answers with a `resumed` delta (only
+    /// the entries that changed since) when it can, else with a full `snapshot`. Empty: a
+    /// snapshot.
+    #[prost(string, tag = "1")]
+    pub resume_from: ::prost::alloc::string::String,
+}
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct SyncSnapshot {
     #[prost(message, repeated, tag = "1")]
@@ -278,9 +285,29 @@ pub struct SyncSnapshot {
     #[prost(message, optional, tag = "3")]
     pub revocations: ::core::option::Option<Revocations>,
 }
+/// What changed for one agent since a cursor (see `SyncRequest.resume_from`): applied as a
+/// whole; the entries not named are as the agent has them.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SyncDelta {
+    /// Entries created or changed (with their active tasks).
+    #[prost(message, repeated, tag = "1")]
+    pub entries_upserted: ::prost::alloc::vec::Vec<Entry>,
+    /// Ids of entries deleted, disabled or moved to another agent.
+    #[prost(string, repeated, tag = "2")]
+    pub entries_deleted: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The trust bundle and the revocations, as they are now.
+    #[prost(message, optional, tag = "3")]
+    pub bundle: ::core::option::Option<Bundle>,
+    #[prost(message, optional, tag = "4")]
+    pub revocations: ::core::option::Option<Revocations>,
+}
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct SyncUpdate {
-    #[prost(oneof = "sync_update::Update", tags = "1, 2, 3, 4, 5")]
+    /// Where the agent is in the cluster's change feed once it has applied this message
+    /// (opaque; empty: unchanged). A message may carry only a cursor.
+    #[prost(string, tag = "7")]
+    pub cursor: ::prost::alloc::string::String,
+    #[prost(oneof = "sync_update::Update", tags = "1, 2, 3, 4, 5, 6")]
     pub update: ::core::option::Option<sync_update::Update>,
 }
 /// Nested message and enum types in `SyncUpdate`.
@@ -302,6 +329,9 @@ pub mod sync_update {
         /// The set of revocations changed (a task ended, or a CRL was re-signed).
         #[prost(message, tag = "5")]
         Revocations(super::Revocations),
+        /// The answer to a resumed stream: what changed since `resume_from`.
+        #[prost(message, tag = "6")]
+        Resumed(super::SyncDelta),
     }
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
