@@ -244,6 +244,24 @@ impl ServerProc {
         std::fs::write(path, out.stdout).expect("write bundle");
     }
 
+    /// Waits until the server's trust bundle (`bundle show`) holds `n` CA certificates, as
+    /// it does once every server on its database has published its CA; fails after
+    /// `timeout`.
+    pub fn wait_bundle_cas(&self, n: usize, timeout: Duration) {
+        let got = wait_for(timeout, || {
+            let out = self.cli(&["bundle", "show"]);
+            let count = String::from_utf8_lossy(&out.stdout)
+                .matches("BEGIN CERTIFICATE")
+                .count();
+            (count == n).then_some(())
+        });
+        assert!(
+            got.is_some(),
+            "the bundle never held {n} CAs within {timeout:?}:\n{}",
+            self.log_tail()
+        );
+    }
+
     /// The end of the server log.
     pub fn log_tail(&self) -> String {
         tail(&self.log)

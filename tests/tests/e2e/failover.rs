@@ -8,9 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use common::proto::workload::X509svidRequest;
-use tests::{AgentProc, ServerProc, runtime, wait_for, with_header};
-
-use crate::postgres::TestDb;
+use tests::{AgentProc, ServerProc, TestDb, runtime, wait_for, with_header};
 
 const NODE: &str = "spiffe://example.org/node/failover";
 const BEFORE: &str = "spiffe://example.org/failover/before";
@@ -44,23 +42,9 @@ fn connected_to(log: &str, address: &str) -> bool {
 fn an_agent_whose_server_dies_moves_to_the_other_within_a_second() {
     let db = TestDb::create();
     let dir = tempfile::tempdir().unwrap();
-    let start = |name: &str| {
-        let home = dir.path().join(name);
-        std::fs::create_dir_all(&home).unwrap();
-        ServerProc::start(&home, &["--datastore", &db.url])
-    };
-    let mut a = start("a");
-    let b = start("b");
+    let [mut a, b] = db.servers(dir.path(), ["a", "b"], &[]);
     // Both CAs in the bundle before the agent takes it, so either server is trusted.
-    let both = wait_for(Duration::from_secs(20), || {
-        let out = a.cli(&["bundle", "show"]);
-        (String::from_utf8_lossy(&out.stdout)
-            .matches("BEGIN CERTIFICATE")
-            .count()
-            == 2)
-            .then_some(())
-    });
-    assert!(both.is_some(), "A's bundle never held both CAs");
+    a.wait_bundle_cas(2, Duration::from_secs(20));
 
     // Server A first, then B.
     let mut agent = AgentProc::new(&dir.path().join("agent"), &a)

@@ -12,10 +12,8 @@ use common::proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient
 use common::proto::workload::{JwtsvidRequest, X509svidRequest, X509svidResponse};
 use serde_json::Value;
 use tests::jwt::{validate_on, wait_refused};
-use tests::{Cluster, ServerProc, wait_for, with_header};
+use tests::{Cluster, ServerProc, TestDb, wait_for, with_header};
 use tokio::time::Instant;
-
-use crate::postgres::TestDb;
 
 const STANDING: &str = "spiffe://example.org/ha/standing";
 const FROM_B: &str = "spiffe://example.org/ha/from-b";
@@ -74,12 +72,7 @@ async fn changes_on_any_server_reach_the_agents_of_every_other_within_a_second()
     let args = ["--datastore", db.url.as_str()];
     // Server A with the agent, then B and C on the same database.
     let c = Cluster::start(&args);
-    let dir_b = c.dir.path().join("b");
-    let dir_c = c.dir.path().join("c");
-    std::fs::create_dir_all(&dir_b).unwrap();
-    std::fs::create_dir_all(&dir_c).unwrap();
-    let b = ServerProc::start(&dir_b, &args);
-    let cc = ServerProc::start(&dir_c, &args);
+    let [b, cc] = db.servers(c.dir.path(), ["b", "c"], &[]);
 
     // A standing identity created on A keeps a stream open on A's agent.
     c.server.create_entry(STANDING, &["unix:uid:0"], &[]);
