@@ -2,8 +2,9 @@
 //!
 //! Classification is by whose fault it is: the caller's (`InvalidArgument`,
 //! `PermissionDenied`, `NotFound`, `AlreadyExists`, `Unauthenticated`) gets a precise
-//! message, and so does a rate limit (`ResourceExhausted`, naming the limit); ours
-//! (`Internal`) gets a generic one while the details go to the log.
+//! message, and so does a rate limit (`ResourceExhausted`, naming the limit), and a
+//! datastore that does not answer (`Unavailable`, naming it); ours (`Internal`) gets a
+//! generic one while the details go to the log.
 
 pub(crate) mod admin;
 pub(crate) mod node;
@@ -32,6 +33,11 @@ impl From<DatastoreError> for Status {
             DatastoreError::Conflict(m) => Self::already_exists(m),
             DatastoreError::NotFound(m) => Self::not_found(m),
             DatastoreError::Corrupt(_) | DatastoreError::Backend(_) => internal("datastore", &e),
+            // Not the caller's fault nor a bug: say so, and that asking again may succeed.
+            DatastoreError::Unavailable(_) => {
+                tracing::warn!(error = %e, "datastore unavailable");
+                Self::unavailable(format!("{e}; retry when it answers again"))
+            }
         }
     }
 }

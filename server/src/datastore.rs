@@ -43,6 +43,24 @@ pub enum DatastoreError {
     /// The backend failed (I/O, lock, connection).
     #[error("datastore failure: {0}")]
     Backend(String),
+    /// The database cannot be reached or is not accepting work (no connection within the
+    /// pool's wait, a connection lost, the database shutting down or starting up): the
+    /// call may succeed once it answers again.
+    #[error("datastore {shown} is unavailable: {0}", shown = opened())]
+    Unavailable(String),
+}
+
+/// The datastore this process opened, as its errors name it (never with a password).
+static OPENED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Records how the datastore is shown (the first one opened: a server opens one).
+pub(crate) fn note_opened(shown: &str) {
+    let _ = OPENED.set(shown.to_owned());
+}
+
+/// How the datastore is shown in errors.
+fn opened() -> &'static str {
+    OPENED.get().map_or("(not opened)", String::as_str)
 }
 
 /// Limits a new task must stay within, checked where it is stored (see

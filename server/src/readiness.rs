@@ -91,7 +91,7 @@ impl Readiness {
 /// scrubbed of a password the driver might echo.
 fn reason(datastore: &DatastoreUrl, e: &DatastoreError) -> String {
     let cause = match e {
-        DatastoreError::Backend(cause) => cause.clone(),
+        DatastoreError::Backend(cause) | DatastoreError::Unavailable(cause) => cause.clone(),
         other => other.to_string(),
     };
     let cause = match datastore {

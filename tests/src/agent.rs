@@ -33,6 +33,8 @@ pub struct AgentProc {
     pub extra_args: Vec<String>,
     /// Open-file limit (soft and hard RLIMIT_NOFILE) the agent runs under, if set.
     pub fd_limit: Option<u64>,
+    /// The resolver configuration the agent sees as `/etc/resolv.conf`, if set.
+    pub resolv_conf: Option<PathBuf>,
     /// Log file (stderr).
     pub log: PathBuf,
 }
@@ -64,6 +66,7 @@ impl AgentProc {
             health_address: None,
             extra_args: Vec::new(),
             fd_limit: None,
+            resolv_conf: None,
             log: dir.join("agent.log"),
         }
     }
@@ -90,6 +93,16 @@ impl AgentProc {
         self
     }
 
+    /// Runs the agent in a mount namespace of its own where `path` is bind-mounted over
+    /// `/etc/resolv.conf`, so its name lookups go to the DNS server that file names
+    /// (util-linux `unshare`, then `sh`, exec the agent: the pid is the agent's). The
+    /// rest of the machine keeps its resolver.
+    #[must_use]
+    pub fn with_resolv_conf(mut self, path: &Path) -> Self {
+        self.resolv_conf = Some(path.to_owned());
+        self
+    }
+
     /// The health address; panics unless the agent was built [`Self::with_health`].
     pub fn health(&self) -> SocketAddr {
         self.health_address
@@ -99,16 +112,34 @@ impl AgentProc {
     /// Spawns `tessera-agent run` without waiting for anything.
     pub fn spawn(&mut self, join_token: Option<&str>) {
         assert!(!self.is_running(), "agent already running");
-        let mut cmd = match self.fd_limit {
-            Some(n) => {
-                let mut c = Command::new("prlimit");
-                c.arg(format!("--nofile={n}:{n}"))
-                    .arg("--")
-                    .arg(bin("tessera-agent"));
-                c
-            }
-            None => Command::new(bin("tessera-agent")),
-        };
+        // Each wrapper execs the next, so the pid is the agent's.
+        let mut program: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(conf) = &self.resolv_conf {
+            program.extend(
+                [
+                    "unshare",
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "--",
+                    "sh",
+                    "-c",
+                    r#"mount --bind "$0" /etc/resolv.conf && exec "$@""#,
+                ]
+                .map(Into::into),
+            );
+            program.push(conf.into());
+        }
+        if let Some(n) = self.fd_limit {
+            program.extend([
+                "prlimit".into(),
+                format!("--nofile={n}:{n}").into(),
+                "--".into(),
+            ]);
+        }
+        program.push(bin("tessera-agent").into());
+        let mut cmd = Command::new(&program[0]);
+        cmd.args(&program[1..]);
         cmd.arg("run")
             .args(["--trust-domain", TRUST_DOMAIN])
             .args(["--server-address", &self.server_address])

@@ -1,4 +1,6 @@
-//! A real DNS server for tests: `dnsmasq` on 127.0.0.1, serving given TXT records.
+//! A real DNS server for tests: `dnsmasq` on 127.0.0.1, serving given TXT records, or
+//! ([`DnsServer::start_a`]) on port 53 of a loopback address of its own, serving A records
+//! to a process that is pointed at it with [`DnsServer::resolv_conf`].
 //!
 //! The server answers every other name itself (NXDOMAIN, or an empty answer for a name that
 //! has records under it) and never forwards a query. Records are served with a one-hour TTL
@@ -27,8 +29,26 @@ const PROBE_NAME: &str = "tessera-harness-probe.invalid";
 #[derive(Debug)]
 pub struct DnsServer {
     dir: TempDir,
+    ip: Ipv4Addr,
     port: u16,
     process: Option<Process>,
+}
+
+/// A loopback address (in 127.53.0.0/16) whose UDP and TCP port 53 are free, for a server
+/// the system resolver can be pointed at (glibc asks port 53 only).
+fn free_port_53_address() -> Ipv4Addr {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7919);
+    for _ in 0..1000 {
+        let n = start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % 65_000;
+        let [_, _, hi, lo] = n.to_be_bytes();
+        let ip = Ipv4Addr::new(127, 53, hi, lo.max(1));
+        if UdpSocket::bind((ip, 53)).is_ok() && std::net::TcpListener::bind((ip, 53)).is_ok() {
+            return ip;
+        }
+    }
+    panic!("no loopback address in 127.53.0.0/16 with port 53 free");
 }
 
 impl DnsServer {
@@ -42,23 +62,58 @@ impl DnsServer {
         let dir = tempfile::tempdir().expect("temp dir for dnsmasq");
         let mut server = Self {
             dir,
+            ip: Ipv4Addr::LOCALHOST,
             port: free_port(),
             process: None,
         };
-        server.spawn(records);
+        server.spawn(&txt_args(records));
         server
+    }
+
+    /// Starts dnsmasq on port 53 of a free loopback address serving A records, `(name,
+    /// address)` pairs (several pairs with one name are several records, all in every
+    /// answer), and waits until it answers. Point a process at it with
+    /// [`Self::resolv_conf`] (see `AgentProc::with_resolv_conf`).
+    pub fn start_a(records: &[(&str, Ipv4Addr)]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir for dnsmasq");
+        let mut server = Self {
+            dir,
+            ip: free_port_53_address(),
+            port: 53,
+            process: None,
+        };
+        let args: Vec<String> = records
+            .iter()
+            .map(|(name, ip)| {
+                assert!(!name.contains(',') && !name.contains('\n'), "name {name:?}");
+                format!("--host-record={name},{ip}")
+            })
+            .collect();
+        server.spawn(&args);
+        server
+    }
+
+    /// A `resolv.conf` naming only this server (on port 53: see [`Self::start_a`]).
+    pub fn resolv_conf(&self) -> PathBuf {
+        let path = self.dir.path().join("resolv.conf");
+        std::fs::write(
+            &path,
+            format!("nameserver {}\noptions timeout:1 attempts:2\n", self.ip),
+        )
+        .expect("write resolv.conf");
+        path
     }
 
     /// The address to send queries to (UDP and TCP).
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+        SocketAddr::from((self.ip, self.port))
     }
 
     /// Replaces the served records: restarts dnsmasq on the same port and waits until the
     /// new one answers.
     pub fn set_records(&mut self, records: &[(&str, &str)]) {
         self.stop();
-        self.spawn(records);
+        self.spawn(&txt_args(records));
     }
 
     /// Stops the server (SIGKILL); queries to [`DnsServer::addr`] then go unanswered until
@@ -87,7 +142,7 @@ impl DnsServer {
         self.dir.path().join("dnsmasq.log")
     }
 
-    fn spawn(&mut self, records: &[(&str, &str)]) {
+    fn spawn(&mut self, record_args: &[String]) {
         let bin = dnsmasq_path();
         let mut cmd = Command::new(bin);
         cmd.args([
@@ -96,7 +151,6 @@ impl DnsServer {
             "--no-resolv",
             "--no-hosts",
             "--bind-interfaces",
-            "--listen-address=127.0.0.1",
             // Every name is ours: answer NXDOMAIN instead of REFUSED for unknown names.
             "--local=/#/",
             // No pid file (the default path is shared by every dnsmasq on the machine).
@@ -104,6 +158,7 @@ impl DnsServer {
             "--log-facility=-",
             "--log-queries",
         ]);
+        cmd.arg(format!("--listen-address={}", self.ip));
         cmd.arg(format!("--port={}", self.port));
         cmd.arg(format!("--local-ttl={TTL_SECS}"));
         cmd.arg(format!("--neg-ttl={TTL_SECS}"));
@@ -119,13 +174,7 @@ impl DnsServer {
             .expect("current group name");
         cmd.arg(format!("--user={}", user.name));
         cmd.arg(format!("--group={}", group.name));
-        for (name, value) in records {
-            assert!(
-                !name.contains(',') && !name.contains('\n') && !value.contains('\n'),
-                "record {name:?} = {value:?} cannot be passed to dnsmasq"
-            );
-            cmd.arg(format!("--txt-record={name},{value}"));
-        }
+        cmd.args(record_args);
         let mut process = Process::spawn("dnsmasq", cmd, &self.log());
         let answered = wait_for(START_TIMEOUT, || {
             if let Some(code) = process.exited() {
@@ -145,6 +194,20 @@ impl DnsServer {
         }
         self.process = Some(process);
     }
+}
+
+/// dnsmasq's flags serving TXT `records` (see [`DnsServer::start`]).
+fn txt_args(records: &[(&str, &str)]) -> Vec<String> {
+    records
+        .iter()
+        .map(|(name, value)| {
+            assert!(
+                !name.contains(',') && !name.contains('\n') && !value.contains('\n'),
+                "record {name:?} = {value:?} cannot be passed to dnsmasq"
+            );
+            format!("--txt-record={name},{value}")
+        })
+        .collect()
 }
 
 /// The dnsmasq executable: on `$PATH` or in the sbin directories (often not on a user's

@@ -1,10 +1,87 @@
 //! X.509-SVIDs as the agent's own client prints them (`tessera-agent api fetch x509
-//! --output json`), for tests that only need to know what a caller is served.
+//! --output json`), for tests that only need to know what a caller is served; and an open
+//! Workload API stream watched in the background ([`SvidStream`]).
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
 
-use crate::bin;
+use common::proto::workload::X509svidRequest;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::time::Instant;
+
+use crate::{bin, runtime, with_header};
+
+/// An open X.509-SVID stream of the test process (the workload) on an agent, read by a
+/// task of its own runtime: the SPIFFE IDs of every message, or the error that ended it.
+#[derive(Debug)]
+pub struct SvidStream {
+    rt: tokio::runtime::Runtime,
+    rx: UnboundedReceiver<Result<Vec<String>, String>>,
+}
+
+impl SvidStream {
+    /// Opens FetchX509SVID on the agent at `socket`.
+    pub fn open(socket: &Path) -> Self {
+        let rt = runtime();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let socket = socket.to_owned();
+        rt.spawn(async move {
+            let mut client = crate::workload_client(&socket).await;
+            let mut stream = match client.fetch_x509svid(with_header(X509svidRequest {})).await {
+                Ok(s) => s.into_inner(),
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            loop {
+                match stream.message().await {
+                    Ok(Some(msg)) => {
+                        let ids: Vec<String> = msg.svids.into_iter().map(|s| s.spiffe_id).collect();
+                        if tx.send(Ok(ids)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => {
+                        let _ = tx.send(Err("the stream ended".into()));
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                        return;
+                    }
+                }
+            }
+        });
+        Self { rt, rx }
+    }
+
+    /// Waits for a message holding `id` and returns when it came; fails the test on a
+    /// stream error or after `within`.
+    pub fn wait_id(&mut self, id: &str, within: Duration) -> Instant {
+        let rx = &mut self.rx;
+        self.rt.block_on(async {
+            let deadline = Instant::now() + within;
+            loop {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(Ok(ids))) if ids.iter().any(|i| i == id) => return Instant::now(),
+                    Ok(Some(Ok(_))) => {}
+                    Ok(Some(Err(e))) => panic!("the X.509 stream failed: {e}"),
+                    Ok(None) => panic!("the stream task ended"),
+                    Err(_) => panic!("no SVID for {id} within {within:?}"),
+                }
+            }
+        })
+    }
+
+    /// Fails the test if the stream failed since the last message read.
+    pub fn assert_no_error(&mut self) {
+        while let Ok(m) = self.rx.try_recv() {
+            assert!(m.is_ok(), "the X.509 stream failed: {m:?}");
+        }
+    }
+}
 
 /// One SVID as printed by `tessera-agent api fetch x509 --output json`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,6 +2,7 @@
 //! Tessera's code (base64url + JSON), and the Workload API calls those suites repeat.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -11,7 +12,7 @@ use serde_json::Value;
 use spiffe::{JwtBundleSet, JwtSvid, TrustDomain, WorkloadApiClient, WorkloadApiError};
 use tonic::transport::Channel;
 
-use crate::{TRUST_DOMAIN, with_header};
+use crate::{TRUST_DOMAIN, with_header, workload_client};
 
 /// Workload API map key of the test trust domain (FetchJWTBundles).
 pub const TD_KEY: &str = "spiffe://example.org";
@@ -84,6 +85,40 @@ pub async fn validate_raw(
     }))
     .await
     .map(tonic::Response::into_inner)
+}
+
+/// ValidateJWTSVID of `token` for `audience` on the agent at `socket`, on a new connection
+/// (as a relying party beside that agent would call it).
+pub async fn validate_on(
+    socket: &Path,
+    audience: &str,
+    token: &str,
+) -> Result<ValidateJwtsvidResponse, tonic::Status> {
+    validate_raw(&mut workload_client(socket).await, audience, token).await
+}
+
+/// How often [`wait_refused`] asks again.
+const REFUSAL_POLL: Duration = Duration::from_millis(5);
+
+/// Asks ValidateJWTSVID on the agent at `socket` (every 5 ms) until it refuses `token` for
+/// `audience`; returns the refusal and how long after `since` it came. Fails the test,
+/// naming `what`, if the token still validates 5 s after `since`.
+pub async fn wait_refused(
+    socket: &Path,
+    audience: &str,
+    token: &str,
+    since: tokio::time::Instant,
+    what: &str,
+) -> (tonic::Status, Duration) {
+    loop {
+        match validate_on(socket, audience, token).await {
+            Err(e) => return (e, since.elapsed()),
+            Ok(_) if since.elapsed() < Duration::from_secs(5) => {
+                tokio::time::sleep(REFUSAL_POLL).await;
+            }
+            Ok(_) => panic!("{what}: the token still validates 5 s later"),
+        }
+    }
 }
 
 /// Fetches every JWT-SVID of the caller with the Rust crate, waiting (up to 20 s) until

@@ -28,6 +28,7 @@ pub mod nobody;
 pub mod pgcluster;
 pub mod process;
 pub mod server;
+pub mod testdb;
 pub mod web;
 
 use std::os::unix::fs::PermissionsExt as _;
@@ -44,6 +45,7 @@ pub use nobody::{NOBODY, assert_nobody_can_reach, bin_for_nobody, command_as_nob
 pub use pgcluster::PgCluster;
 pub use process::Process;
 pub use server::ServerProc;
+pub use testdb::TestDb;
 
 /// The longest an agent takes to reach a server that is back after an outage: its reconnect
 /// backoff is capped at 30 s (agent/src/rotation.rs `BACKOFF_MAX`), plus a margin.

@@ -1,7 +1,7 @@
 //! `tessera-server` run by a test: started, stopped, crashed and restarted on the same data
 //! directory and port, and driven through its admin CLI.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -22,7 +22,9 @@ pub struct ServerProc {
     pub data_dir: PathBuf,
     /// Admin socket.
     pub admin_socket: PathBuf,
-    /// Node API port on 127.0.0.1.
+    /// Node API address (127.0.0.1 unless [`Self::with_node_address`]).
+    pub host: Ipv4Addr,
+    /// Node API port.
     pub port: u16,
     /// `/live` and `/ready` address (`--health-address`), if the server serves them.
     pub health_address: Option<SocketAddr>,
@@ -45,6 +47,7 @@ impl ServerProc {
             extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
             data_dir: dir.join("server"),
             admin_socket: dir.join("admin.sock"),
+            host: Ipv4Addr::LOCALHOST,
             port: free_port(),
             health_address: None,
             log: dir.join("server.log"),
@@ -55,6 +58,15 @@ impl ServerProc {
     #[must_use]
     pub fn with_health(mut self) -> Self {
         self.health_address = Some(SocketAddr::from(([127, 0, 0, 1], free_port())));
+        self
+    }
+
+    /// Serves the node API on `host:port` instead (any loopback address answers on Linux:
+    /// several servers can share one port on 127.0.0.2, 127.0.0.3, ...).
+    #[must_use]
+    pub fn with_node_address(mut self, host: Ipv4Addr, port: u16) -> Self {
+        self.host = host;
+        self.port = port;
         self
     }
 
@@ -100,7 +112,7 @@ impl ServerProc {
 
     /// Node API address.
     pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 
     /// Runs `tessera-server ARGS --admin-socket ...` and returns its output.
@@ -242,6 +254,24 @@ impl ServerProc {
             String::from_utf8_lossy(&out.stderr)
         );
         std::fs::write(path, out.stdout).expect("write bundle");
+    }
+
+    /// Waits until the server's trust bundle (`bundle show`) holds `n` CA certificates, as
+    /// it does once every server on its database has published its CA; fails after
+    /// `timeout`.
+    pub fn wait_bundle_cas(&self, n: usize, timeout: Duration) {
+        let got = wait_for(timeout, || {
+            let out = self.cli(&["bundle", "show"]);
+            let count = String::from_utf8_lossy(&out.stdout)
+                .matches("BEGIN CERTIFICATE")
+                .count();
+            (count == n).then_some(())
+        });
+        assert!(
+            got.is_some(),
+            "the bundle never held {n} CAs within {timeout:?}:\n{}",
+            self.log_tail()
+        );
     }
 
     /// The end of the server log.

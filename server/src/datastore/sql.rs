@@ -101,9 +101,30 @@ impl<D: Dialect> std::fmt::Debug for SqlStore<D> {
     }
 }
 
-/// Any driver error, where no uniqueness rule applies.
+/// Any driver error, where no uniqueness rule applies: [`DatastoreError::Unavailable`]
+/// when the database cannot be reached or is not accepting work, else a backend failure.
 pub(super) fn backend(e: sqlx::Error) -> DatastoreError {
-    DatastoreError::Backend(e.to_string())
+    if unavailable(&e) {
+        DatastoreError::Unavailable(e.to_string())
+    } else {
+        DatastoreError::Backend(e.to_string())
+    }
+}
+
+/// Whether `e` says the database is away rather than that the call failed: no connection
+/// within the pool's wait, a lost or refused connection, or the server shutting down or
+/// starting up (SQLSTATE class 08, 57P01 to 57P03).
+fn unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+        _ => false,
+    }
 }
 
 /// A driver error where a unique violation means "`what` already exists".
@@ -121,6 +142,7 @@ fn entry_conflict() -> String {
 impl<D: Dialect> SqlStore<D> {
     /// A store on `pool`, whose schema is current; `shown` names the database.
     pub(super) fn new(pool: Pool<D>, shown: String) -> Self {
+        super::note_opened(&shown);
         Self {
             pool,
             audit_lock: Arc::default(),

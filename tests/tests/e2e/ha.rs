@@ -9,14 +9,11 @@
 use std::time::Duration;
 
 use common::proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use common::proto::workload::{
-    JwtsvidRequest, ValidateJwtsvidRequest, X509svidRequest, X509svidResponse,
-};
+use common::proto::workload::{JwtsvidRequest, X509svidRequest, X509svidResponse};
 use serde_json::Value;
-use tests::{Cluster, ServerProc, wait_for, with_header};
+use tests::jwt::{validate_on, wait_refused};
+use tests::{Cluster, ServerProc, TestDb, wait_for, with_header};
 use tokio::time::Instant;
-
-use crate::postgres::TestDb;
 
 const STANDING: &str = "spiffe://example.org/ha/standing";
 const FROM_B: &str = "spiffe://example.org/ha/from-b";
@@ -42,17 +39,6 @@ async fn fetch_jwt(c: &Cluster, id: &str) -> Result<String, tonic::Status> {
         .await?
         .into_inner();
     Ok(r.svids[0].svid.clone())
-}
-
-async fn validate(c: &Cluster, token: &str) -> Result<(), tonic::Status> {
-    client(c)
-        .await
-        .validate_jwtsvid(with_header(ValidateJwtsvidRequest {
-            audience: "tools".into(),
-            svid: token.into(),
-        }))
-        .await
-        .map(|_| ())
 }
 
 /// `tessera-server task ARGS --output json` on `server`, which must succeed.
@@ -86,12 +72,7 @@ async fn changes_on_any_server_reach_the_agents_of_every_other_within_a_second()
     let args = ["--datastore", db.url.as_str()];
     // Server A with the agent, then B and C on the same database.
     let c = Cluster::start(&args);
-    let dir_b = c.dir.path().join("b");
-    let dir_c = c.dir.path().join("c");
-    std::fs::create_dir_all(&dir_b).unwrap();
-    std::fs::create_dir_all(&dir_c).unwrap();
-    let b = ServerProc::start(&dir_b, &args);
-    let cc = ServerProc::start(&dir_c, &args);
+    let [b, cc] = db.servers(c.dir.path(), ["b", "c"], &[]);
 
     // A standing identity created on A keeps a stream open on A's agent.
     c.server.create_entry(STANDING, &["unix:uid:0"], &[]);
@@ -154,7 +135,7 @@ async fn changes_on_any_server_reach_the_agents_of_every_other_within_a_second()
         futures::executor::block_on(fetch_jwt(&c, JIT)).ok()
     })
     .expect("a JWT-SVID under the task from A's agent");
-    validate(&c, &token)
+    validate_on(&c.agent.socket_path, "tools", &token)
         .await
         .expect("the token validates on A's agent while the task is active");
 
@@ -171,16 +152,14 @@ async fn changes_on_any_server_reach_the_agents_of_every_other_within_a_second()
     .expect("A's stream drops the SVID of the task ended on C");
     let stream_latency = started.elapsed();
     assert_eq!(ids(&update), [FROM_B, STANDING]);
-    let rejected = loop {
-        match validate(&c, &token).await {
-            Err(e) => break e,
-            Ok(()) if started.elapsed() < Duration::from_secs(5) => {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            Ok(()) => panic!("the token of the task ended on C still validates on A's agent"),
-        }
-    };
-    let validate_latency = started.elapsed();
+    let (rejected, validate_latency) = wait_refused(
+        &c.agent.socket_path,
+        "tools",
+        &token,
+        started,
+        "the token of the task ended on C, on A's agent",
+    )
+    .await;
     println!(
         "cross-server: entry on B → A's stream {entry_latency:?}; task end on C (CLI {cli_took:?}) → A's stream {stream_latency:?}, → ValidateJWTSVID refusal on A {validate_latency:?}"
     );

@@ -21,6 +21,7 @@ mod example_agentic;
 mod failover;
 mod frame_limits;
 mod ha;
+mod ha_outage;
 mod interop_python;
 mod interop_rust;
 mod jwt_cli;

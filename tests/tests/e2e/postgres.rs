@@ -5,28 +5,19 @@
 //! place when the server starts; one whose schema is newer than the server knows stops
 //! it with a message saying to upgrade.
 //!
-//! The database is created and dropped with `psql` on `TESSERA_TEST_POSTGRES_URL` (default
-//! `postgres://root@127.0.0.1:5432/test`, which `.ci/run` provides). When PostgreSQL does
-//! not answer, these tests fail; they never skip.
+//! The database is created and dropped with `psql` on `TESSERA_TEST_POSTGRES_URL`
+//! ([`tests::TestDb`]). When PostgreSQL does not answer, these tests fail; they never skip.
 
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use tests::{AGENT_ID, AgentProc, Cluster, ServerProc, TRUST_DOMAIN, bin, free_port, wait_for};
-
-const DEFAULT_URL: &str = "postgres://root@127.0.0.1:5432/test";
+use tests::{
+    AGENT_ID, AgentProc, Cluster, ServerProc, TRUST_DOMAIN, TestDb, bin, free_port, wait_for,
+};
 const WEB: &str = "spiffe://example.org/pg/web";
 const JIT: &str = "spiffe://example.org/pg/jit";
 const LATE: &str = "spiffe://example.org/pg/after-restart";
-
-/// A fresh database, dropped (with any connection left to it) when this is dropped.
-pub(crate) struct TestDb {
-    admin_url: String,
-    name: String,
-    /// URL of the new database.
-    pub(crate) url: String,
-}
 
 /// The PostgreSQL datastore written by release 7c0b47d (`pg_dump` of the schema
 /// `tessera_fixture`), made by `server/src/datastore/fixtures/generate.sh`.
@@ -34,76 +25,6 @@ const RELEASE_FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../server/src/datastore/fixtures/postgres-7c0b47d.sql"
 );
-
-/// Runs `sql` (`-c`) or a file (`-f`) with psql.
-fn psql_run(url: &str, how: &str, what: &str) -> Result<String, String> {
-    let out = Command::new("psql")
-        .arg(url)
-        // No psqlrc, quiet, unaligned tuples only; stop at the first error.
-        .args(["-XqAt", "-v", "ON_ERROR_STOP=1", how, what])
-        .output()
-        .map_err(|e| format!("cannot run psql: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-fn psql(url: &str, sql: &str) -> Result<String, String> {
-    psql_run(url, "-c", sql)
-}
-
-impl TestDb {
-    pub(crate) fn create() -> Self {
-        let admin_url =
-            std::env::var("TESSERA_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_URL.into());
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let name = format!("tessera_e2e_{}_{nanos}", std::process::id());
-        psql(&admin_url, &format!("CREATE DATABASE {name}")).unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL is required by this test and does not answer at {admin_url} ({e}). \
-                 Start it (.ci/run does) or point TESSERA_TEST_POSTGRES_URL at one."
-            )
-        });
-        // Same server and user, other database (any query string is kept).
-        let (before, query) = admin_url
-            .split_once('?')
-            .map_or((admin_url.as_str(), None), |(b, q)| (b, Some(q)));
-        let authority_end = before
-            .find("://")
-            .map(|i| i + 3)
-            .and_then(|start| before[start..].find('/').map(|j| start + j))
-            .unwrap_or(before.len());
-        let mut url = format!("{}/{name}", &before[..authority_end]);
-        if let Some(q) = query {
-            url = format!("{url}?{q}");
-        }
-        Self {
-            admin_url,
-            name,
-            url,
-        }
-    }
-
-    pub(crate) fn query(&self, sql: &str) -> String {
-        psql(&self.url, sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        if let Err(e) = psql(
-            &self.admin_url,
-            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-        ) {
-            eprintln!("could not drop test database {}: {e}", self.name);
-        }
-    }
-}
 
 fn ok_json(out: &std::process::Output, what: &str) -> Value {
     assert!(
@@ -219,9 +140,7 @@ fn everything_survives_a_restart_on_postgres_and_two_servers_share_one_audit_cha
 
     // A second server on the same database: both append audit records concurrently (an
     // entry change is one record each) and the chain stays whole.
-    let other_dir = c.dir.path().join("second");
-    std::fs::create_dir_all(&other_dir).unwrap();
-    let second = ServerProc::start(&other_dir, &["--datastore", &db.url]);
+    let second = db.server(c.dir.path(), "second", &[]);
     let start = audit_count(&c.server);
     const PER_SERVER: usize = 15;
     std::thread::scope(|s| {
@@ -262,7 +181,7 @@ fn in_schema(url: &str, schema: &str) -> String {
 #[test]
 fn a_release_database_is_upgraded_at_start_and_a_newer_schema_stops_the_server() {
     let db = TestDb::create();
-    psql_run(&db.url, "-f", RELEASE_FIXTURE).unwrap();
+    db.run_file(RELEASE_FIXTURE);
     // The fixture was written at a fixed time; its open tasks get a deadline a day from
     // now, as if the release had written it just before this upgrade (else the server
     // would expire them at start and delete the entry one of them provisioned).
@@ -417,11 +336,7 @@ fn audit_records(server: &ServerProc, kind: &str, subject: &str) -> Vec<Value> {
 fn a_join_token_presented_to_two_servers_at_once_enrolls_exactly_one_agent() {
     let db = TestDb::create();
     let dir = tempfile::tempdir().unwrap();
-    let servers = ["a", "b"].map(|name| {
-        let home = dir.path().join(name);
-        std::fs::create_dir_all(&home).unwrap();
-        ServerProc::start(&home, &["--datastore", &db.url])
-    });
+    let servers = db.servers(dir.path(), ["a", "b"], &[]);
     const ROUNDS: usize = 5;
     let mut wins = [0; 2];
     for round in 0..ROUNDS {

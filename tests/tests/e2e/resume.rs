@@ -19,7 +19,7 @@ use serde_json::Value;
 use tests::{AgentProc, ServerProc, runtime, wait_for, with_header};
 use tokio::time::Instant;
 
-use crate::postgres::TestDb;
+use tests::TestDb;
 
 const NODE: &str = "spiffe://example.org/node/resume";
 const JIT: &str = "spiffe://example.org/resume/task";
@@ -94,24 +94,9 @@ fn resumed_counts(log: &str) -> Option<(usize, usize)> {
 fn an_agent_resumes_on_another_server_from_where_it_was_with_revocations_first() {
     let db = TestDb::create();
     let dir = tempfile::tempdir().unwrap();
-    let start = |name: &str| {
-        let home = dir.path().join(name);
-        std::fs::create_dir_all(&home).unwrap();
-        ServerProc::start(&home, &["--datastore", &db.url])
-    };
-    let mut a = start("a");
-    let b = start("b");
-    let c = start("c");
+    let [mut a, b, c] = db.servers(dir.path(), ["a", "b", "c"], &[]);
     // Every CA in the bundle before the agent takes it, so any server is trusted.
-    let all = wait_for(Duration::from_secs(20), || {
-        let out = a.cli(&["bundle", "show"]);
-        (String::from_utf8_lossy(&out.stdout)
-            .matches("BEGIN CERTIFICATE")
-            .count()
-            == 3)
-            .then_some(())
-    });
-    assert!(all.is_some(), "A's bundle never held the three CAs");
+    a.wait_bundle_cas(3, Duration::from_secs(20));
 
     let mut agent = AgentProc::new(&dir.path().join("agent"), &a)
         .with_args(&["--server-address", &b.address()]);

@@ -13,10 +13,8 @@ use common::proto::workload::{X509svidRequest, X509svidResponse};
 use common::{Bundle, TrustDomain};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use tests::jwt::{agent_jwks, kid_of, spiffe_client, validate_raw};
-use tests::{AgentProc, ServerProc, TRUST_DOMAIN, runtime, wait_for, with_header};
+use tests::{AgentProc, ServerProc, TRUST_DOMAIN, TestDb, runtime, with_header};
 use tonic::transport::Channel;
-
-use crate::postgres::TestDb;
 
 const NODE_A: &str = "spiffe://example.org/node/shared-a";
 const NODE_B: &str = "spiffe://example.org/node/shared-b";
@@ -136,36 +134,14 @@ fn bundle_serials(msg: &X509svidResponse) -> BTreeSet<String> {
         .collect()
 }
 
-/// Waits until `server`'s bundle holds `n` CA certificates.
-fn wait_bundle_size(server: &ServerProc, n: usize) {
-    let got = wait_for(SHARING, || {
-        let out = server.cli(&["bundle", "show"]);
-        let count = String::from_utf8_lossy(&out.stdout)
-            .matches("BEGIN CERTIFICATE")
-            .count();
-        (count == n).then_some(())
-    });
-    assert!(
-        got.is_some(),
-        "the bundle never held {n} CAs:\n{}",
-        server.log_tail()
-    );
-}
-
 #[test]
 fn two_servers_on_one_database_are_one_authority_for_their_agents() {
     let db = TestDb::create();
     let dir = tempfile::tempdir().unwrap();
-    let start = |name: &str| {
-        let home = dir.path().join(name);
-        std::fs::create_dir_all(&home).unwrap();
-        ServerProc::start(&home, &["--datastore", &db.url])
-    };
-    let a = start("a");
-    let b = start("b");
+    let [a, b] = db.servers(dir.path(), ["a", "b"], &[]);
     // Each server published its CA and JWT key; each serves both.
-    wait_bundle_size(&a, 2);
-    wait_bundle_size(&b, 2);
+    a.wait_bundle_cas(2, SHARING);
+    b.wait_bundle_cas(2, SHARING);
     let (cas_a, cas_b) = (ca_serials(&a), ca_serials(&b));
     assert!(cas_a.is_disjoint(&cas_b), "each server has its own CA");
     assert_eq!(
@@ -305,23 +281,16 @@ fn servers_under_one_upstream_root_share_that_root_once() {
     let (cert_file, key_file) = (dir.path().join("root.pem"), dir.path().join("root.key"));
     std::fs::write(&cert_file, root.pem()).unwrap();
     std::fs::write(&key_file, key.serialize_pem()).unwrap();
-    let start = |name: &str| {
-        let home = dir.path().join(name);
-        std::fs::create_dir_all(&home).unwrap();
-        ServerProc::start(
-            &home,
-            &[
-                "--datastore",
-                &db.url,
-                "--upstream-ca-cert",
-                cert_file.to_str().unwrap(),
-                "--upstream-ca-key",
-                key_file.to_str().unwrap(),
-            ],
-        )
-    };
-    let a = start("a");
-    let b = start("b");
+    let [a, b] = db.servers(
+        dir.path(),
+        ["a", "b"],
+        &[
+            "--upstream-ca-cert",
+            cert_file.to_str().unwrap(),
+            "--upstream-ca-key",
+            key_file.to_str().unwrap(),
+        ],
+    );
     // Both servers published the root; after both have re-read the table (every 2 s),
     // each still serves that one root.
     assert_eq!(

@@ -11,10 +11,9 @@ use std::process::Output;
 use std::time::Duration;
 
 use common::proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use common::proto::workload::{
-    JwtsvidRequest, ValidateJwtsvidRequest, X509svidRequest, X509svidResponse,
-};
+use common::proto::workload::{JwtsvidRequest, X509svidRequest, X509svidResponse};
 use serde_json::Value;
+use tests::jwt::{validate_on, wait_refused};
 use tests::{
     AGENT_ID, Cluster, assert_nobody_can_reach, command_as_nobody, unix_now as now, wait_for,
     with_header,
@@ -132,17 +131,6 @@ async fn fetch_jwt(c: &Cluster, id: &str) -> Result<String, tonic::Status> {
     Ok(r.svids[0].svid.clone())
 }
 
-async fn validate(c: &Cluster, token: &str) -> Result<(), tonic::Status> {
-    client(c)
-        .await
-        .validate_jwtsvid(with_header(ValidateJwtsvidRequest {
-            audience: "tools".into(),
-            svid: token.into(),
-        }))
-        .await
-        .map(|_| ())
-}
-
 fn jwt_claims(token: &str) -> Value {
     use base64::Engine as _;
     let part = token.split('.').nth(1).unwrap();
@@ -257,7 +245,7 @@ async fn jit_access_lives_only_while_its_task_is_active_and_ending_it_revokes_wi
     assert_eq!(claims["task_id"], task_id.as_str(), "{claims}");
     assert_eq!(claims["scope"], "db:write", "{claims}");
     assert!(claims["exp"].as_i64().unwrap() <= deadline);
-    validate(&c, &token)
+    validate_on(&c.agent.socket_path, "tools", &token)
         .await
         .expect("valid while the task is active");
 
@@ -289,16 +277,14 @@ async fn jit_access_lives_only_while_its_task_is_active_and_ending_it_revokes_wi
     .expect("stream update without the task SVID, serial on the CRL");
     let stream_latency = started.elapsed();
     assert_eq!(ids(&update), vec![STANDING.to_owned()]);
-    let rejected = loop {
-        match validate(&c, &token).await {
-            Err(e) => break e,
-            Ok(()) if started.elapsed() < Duration::from_secs(5) => {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Ok(()) => panic!("token of the ended task still validates"),
-        }
-    };
-    let validate_latency = started.elapsed();
+    let (rejected, validate_latency) = wait_refused(
+        &c.agent.socket_path,
+        "tools",
+        &token,
+        started,
+        "token of the ended task",
+    )
+    .await;
     println!(
         "task end → stream update {stream_latency:?}, → ValidateJWTSVID refusal {validate_latency:?}"
     );
@@ -738,17 +724,6 @@ fn workload_without_standing_identity_cannot_start_tasks() {
     assert!(stderr(&out).contains("does not hold"), "{}", stderr(&out));
 }
 
-/// `ValidateJWTSVID` on another node's agent (where a tool server would run).
-async fn validate_on(socket: &std::path::Path, token: &str) -> Result<(), tonic::Status> {
-    SpiffeWorkloadApiClient::new(tests::agent_channel(socket).await)
-        .validate_jwtsvid(with_header(ValidateJwtsvidRequest {
-            audience: "tools".into(),
-            svid: token.into(),
-        }))
-        .await
-        .map(|_| ())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_active_task_survives_a_server_restart_and_its_end_reaches_other_nodes() {
     let (mut c, _p) = cluster();
@@ -779,7 +754,7 @@ async fn an_active_task_survives_a_server_restart_and_its_end_reaches_other_node
         futures::executor::block_on(fetch_jwt(&c, JIT_DB)).ok()
     })
     .expect("task JWT-SVID");
-    validate_on(&other.socket_path, &jwt)
+    validate_on(&other.socket_path, "tools", &jwt)
         .await
         .expect("another node's agent accepts the active task's token");
 
@@ -812,16 +787,14 @@ async fn an_active_task_survives_a_server_restart_and_its_end_reaches_other_node
         &task(&c, &["revoke", &task_id, "--reason", "suspected misuse"]),
         "task revoke",
     );
-    let refused = loop {
-        match validate_on(&other.socket_path, &jwt).await {
-            Err(e) => break e,
-            Ok(()) if started.elapsed() < Duration::from_secs(5) => {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Ok(()) => panic!("the other node still accepts the revoked task's token"),
-        }
-    };
-    let latency = started.elapsed();
+    let (refused, latency) = wait_refused(
+        &other.socket_path,
+        "tools",
+        &jwt,
+        started,
+        "the revoked task's token, on the other node",
+    )
+    .await;
     println!("task revoke → refusal on another node {latency:?}");
     assert!(
         refused.message().contains("has ended (revoked)"),
