@@ -36,9 +36,10 @@
 //! Responses are computed from in-memory state only (the key manager, the current
 //! revocations): a request never touches the datastore or a signing key.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -115,7 +116,24 @@ pub struct RelyingParty {
     /// The trust bundle whose JWT keys the JWKS lists (every server's on a shared
     /// datastore); `None`: this server's own keys.
     bundle: Option<common::BundleCell>,
+    /// Status lists as last signed, by name: reused within the second they were signed
+    /// in, so a flood of requests costs a signature per list per second, not one each.
+    signed: Mutex<HashMap<String, SignedList>>,
 }
+
+/// A signed status list (see [`RelyingParty::status_list`]).
+#[derive(Debug)]
+struct SignedList {
+    /// The list it carries.
+    lst: Arc<str>,
+    /// The unix second it was signed in (its `iat`).
+    at: i64,
+    token: String,
+}
+
+/// Most signed lists kept; past this the memory is cleared (names of old per-task lists
+/// are as many as such tasks).
+const SIGNED_KEPT: usize = 1024;
 
 impl std::fmt::Debug for RelyingParty {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -170,6 +188,7 @@ impl RelyingParty {
             jwt,
             revocations,
             bundle: None,
+            signed: Mutex::default(),
         }
     }
 
@@ -243,12 +262,30 @@ impl RelyingParty {
                 crate::status_list::of_one_task(invalid)
             }
         };
-        let uri = format!("{}/statuslists/{name}", self.url);
-        match self
-            .jwt
-            .sign_status_list(&uri, &lst, STATUS_LIST_TTL, crate::clock::now_unix())
+        let now = crate::clock::now_unix();
+        let mut signed = self.signed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = signed.get(name)
+            && s.at == now
+            && *s.lst == *lst
         {
-            Ok(token) => Some(token),
+            return Some(s.token.clone());
+        }
+        let uri = format!("{}/statuslists/{name}", self.url);
+        match self.jwt.sign_status_list(&uri, &lst, STATUS_LIST_TTL, now) {
+            Ok(token) => {
+                if signed.len() >= SIGNED_KEPT {
+                    signed.clear();
+                }
+                signed.insert(
+                    name.to_owned(),
+                    SignedList {
+                        lst,
+                        at: now,
+                        token: token.clone(),
+                    },
+                );
+                Some(token)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot sign a status list");
                 None
@@ -690,5 +727,53 @@ mod tests {
         std::fs::write(&k, "nothing").unwrap();
         let err = tls_config(&c, &k).unwrap_err();
         assert!(err.to_string().contains("no usable private key"), "{err}");
+    }
+
+    /// A status list is signed once per list per second however often it is asked for,
+    /// and signed again at once when the list changed.
+    #[test]
+    fn a_status_list_is_signed_once_a_second_and_again_when_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let jwt =
+            JwtKeyManager::load_or_create(dir.path(), Duration::from_secs(3600), 1_000).unwrap();
+        let set_with = |ended: &[u32]| {
+            let (status_lists, _) = crate::status_list::StatusLists::build(
+                ended.iter().map(|idx| StatusEntry { list: 1, idx: *idx }),
+                Some(1),
+                &Default::default(),
+            );
+            Arc::new(RevocationSet {
+                status_lists,
+                ..Default::default()
+            })
+        };
+        let current = Arc::new(Mutex::new(set_with(&[5])));
+        let source = Arc::clone(&current);
+        let rp = RelyingParty::new(
+            "https://rp.example.org/t".into(),
+            "https://rp.example.org/t".into(),
+            Arc::new(jwt),
+            Box::new(move || Arc::clone(&source.lock().unwrap())),
+        );
+        // Within one second (retried if the second turned between the two).
+        let (first, again) = loop {
+            let at = crate::clock::now_unix();
+            let first = rp.status_list("1").unwrap();
+            let again = rp.status_list("1").unwrap();
+            if crate::clock::now_unix() == at {
+                break (first, again);
+            }
+        };
+        assert_eq!(first, again, "signed once within the second");
+        assert_eq!(rp.signed.lock().unwrap().len(), 1);
+        // The list changed: a new token at once, carrying the change.
+        *current.lock().unwrap() = set_with(&[5, 6]);
+        let changed = rp.status_list("1").unwrap();
+        assert_ne!(changed, first);
+        let (_, set) = fetch_list(&rp, "/statuslists/1");
+        assert_eq!(set, [5, 6]);
+        // A later second: signed again (a fresh `iat`).
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_ne!(rp.status_list("1").unwrap(), changed);
     }
 }
