@@ -108,7 +108,12 @@ impl SqlStore<Postgres> {
         // Every change this process commits names it in the change feed (`feed.rs`).
         let opts = connect_options(url)
             .and_then(|o| apply_access(o, &tls, access))
-            .map(|o| o.options([("tessera.origin", origin())]))
+            .map(|o| {
+                o.options([
+                    ("tessera.origin", origin()),
+                    ("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION),
+                ])
+            })
             .map_err(DatastoreError::Backend)?;
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             DatastoreError::Backend(format!(
@@ -147,6 +152,14 @@ impl SqlStore<Postgres> {
         self.pool().clone()
     }
 }
+
+/// How long a connection of this server may sit in an open transaction doing nothing
+/// before PostgreSQL ends its session. Writes are serialised by a transaction-scoped lock,
+/// so a server frozen mid-transaction (stopped, swapped out, its VM paused) would otherwise
+/// hold every server's writes until its TCP connection died, hours later; with this the
+/// lock is released and the frozen server's transaction rolled back. No transaction of
+/// ours waits on anything but the database between its statements.
+pub const IDLE_IN_TRANSACTION: &str = "10s";
 
 /// This process's instance id: every connection sets it as `tessera.origin`, so the rows
 /// its writes append to the change feed name it, and its tailer skips them (they were
@@ -683,6 +696,42 @@ mod tests {
             err.contains("datastore CA file /nonexistent/db-ca.pem: No such file"),
             "{err}"
         );
+    }
+
+    /// A server frozen in the middle of a write (here: a transaction holding the write
+    /// lock, then nothing) does not hold the other servers' writes for longer than
+    /// [`IDLE_IN_TRANSACTION`]: the database ends its session, rolling it back.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_write_left_idle_is_ended_and_its_lock_released() {
+        use crate::audit::{AuditEvent, AuditKind};
+        use crate::datastore::Datastore as _;
+
+        let db = crate::datastore::testdb::Postgres::new().await;
+        let frozen = PostgresDatastore::open(&db.url).await.unwrap();
+        let other = PostgresDatastore::open(&db.url).await.unwrap();
+        let mut tx = Postgres::begin_write(frozen.pool()).await.unwrap();
+        let event = || {
+            AuditEvent::new(
+                AuditKind::AgentEvicted,
+                common::SpiffeId::new("spiffe://example.org/node/x").unwrap(),
+                serde_json::json!({}),
+            )
+        };
+        let started = tokio::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(30), other.append_audit(&[event()]))
+            .await
+            .expect("the other server's write went through once the frozen one was ended")
+            .unwrap();
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(9) && waited < Duration::from_secs(20),
+            "waited {waited:?} for the lock of a transaction idle for {IDLE_IN_TRANSACTION}"
+        );
+        // The frozen transaction was ended with its session.
+        assert!(sqlx::query("SELECT 1").execute(&mut *tx).await.is_err());
+        drop(tx);
+        frozen.close().await;
+        other.close().await;
     }
 
     #[tokio::test]
