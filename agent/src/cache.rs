@@ -80,6 +80,9 @@ pub struct CacheSnapshot {
     pub from_server: bool,
     /// Tasks that ended early and the CRLs listing their SVIDs (trust-domain wide).
     pub revocations: Arc<tessera::Revocations>,
+    /// Where this state is in the cluster's change feed (the server's cursor of the last
+    /// change applied; empty: unknown), persisted with it so a restarted agent resumes.
+    pub cursor: String,
 }
 
 /// What a caller is entitled to right now.
@@ -242,6 +245,7 @@ impl CacheSnapshot {
                     })
                 })
                 .collect(),
+            sync_cursor: self.cursor.clone(),
         };
         msg.encode_to_vec()
     }
@@ -299,6 +303,7 @@ impl CacheSnapshot {
             synced: true,
             from_server: false,
             revocations: Arc::new(snap.revocations.unwrap_or_default()),
+            cursor: msg.sync_cursor,
         })
     }
 

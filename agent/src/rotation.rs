@@ -130,8 +130,9 @@ impl Rotation {
     /// Runs until shutdown or a fatal refusal.
     pub(crate) async fn run(mut self, shutdown: CancellationToken) -> Result<(), RotationError> {
         let mut backoff = Backoff::default();
-        // Where the last stream left off (a server of the cluster resumes from it).
-        let mut cursor = String::new();
+        // Where the last stream left off (a server of the cluster resumes from it): at
+        // start, where the persisted cache was.
+        let mut cursor = self.cache.current().cursor.clone();
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
@@ -220,8 +221,8 @@ impl Rotation {
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(StreamEnd::Shutdown),
                 msg = stream.next() => match msg {
-                    Some(Ok(mut update)) => {
-                        let at = std::mem::take(&mut update.cursor);
+                    Some(Ok(update)) => {
+                        let at = update.cursor.clone();
                         self.apply(update);
                         // Only once applied: a stream lost before that resumes from the
                         // previous position.
@@ -429,6 +430,14 @@ pub(crate) fn apply_update(
     update: SyncUpdate,
     mut apply_bundle: impl FnMut(Bundle),
 ) {
+    // The cursor moves with the state it describes, in the same cache update (a bundle
+    // alone leaves it: an older cursor only resends more).
+    let at = update.cursor;
+    let moved = |s: &mut crate::cache::CacheSnapshot| {
+        if !at.is_empty() {
+            s.cursor.clone_from(&at);
+        }
+    };
     // An entry and each of its active tasks (several may be active at once on a
     // just-in-time entry, one per bound process; `task` alone from older servers).
     let parse = |mut e: common::proto::tessera::Entry| {
@@ -489,6 +498,7 @@ pub(crate) fn apply_update(
                 s.synced = true;
                 s.from_server = true;
                 s.revocations = Arc::new(revocations);
+                moved(s);
             });
         }
         Some(sync_update::Update::EntryUpserted(e)) => {
@@ -496,7 +506,10 @@ pub(crate) fn apply_update(
                 tracing::debug!(entry_id = %entry.id, tasks = grants.len(), "entry upserted");
                 let id = entry.id.clone();
                 let new_slots = slots((entry, grants));
-                cache.update(|s| upsert(&mut s.entries, &id, new_slots));
+                cache.update(|s| {
+                    upsert(&mut s.entries, &id, new_slots);
+                    moved(s);
+                });
             }
         }
         Some(sync_update::Update::Resumed(delta)) => {
@@ -523,6 +536,7 @@ pub(crate) fn apply_update(
                 }
                 s.synced = true;
                 s.from_server = true;
+                moved(s);
             });
             tracing::info!(
                 upserted = n_upserted,
@@ -536,12 +550,16 @@ pub(crate) fn apply_update(
                 crls = r.crls.len(),
                 "revocations updated"
             );
-            cache.update(|s| s.revocations = Arc::new(r));
+            cache.update(|s| {
+                s.revocations = Arc::new(r);
+                moved(s);
+            });
         }
         Some(sync_update::Update::EntryDeleted(id)) => {
             tracing::debug!(entry_id = %id, "entry deleted");
             cache.update(|s| {
                 s.entries.retain(|_, c| c.entry.id.as_str() != id.as_str());
+                moved(s);
             });
         }
         Some(sync_update::Update::Bundle(b)) => match Bundle::try_from(b) {

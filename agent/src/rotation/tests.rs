@@ -683,4 +683,19 @@ fn a_resumed_delta_changes_only_what_it_names_and_keeps_other_svids() {
     assert!(!schedule::needs_svid(get("kept"), now));
     assert_eq!(*after.revocations, revocations);
     assert!(after.synced && after.from_server);
+    // The cursor moved with the state, and is persisted with it.
+    assert_eq!(after.cursor, "feed/9");
+    let reloaded = CacheSnapshot::decode(&after.encode()).unwrap();
+    assert_eq!(reloaded.cursor, "feed/9");
+    // A position alone changes nothing served: no cache update, no stream woken.
+    apply_update(
+        &cache,
+        SyncUpdate {
+            cursor: "feed/12".into(),
+            update: None,
+        },
+        ignore_bundle,
+    );
+    assert!(!watch.has_changed().unwrap());
+    assert_eq!(cache.current().cursor, "feed/9");
 }

@@ -117,12 +117,14 @@ class EndedTask(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., until: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
 
 class AgentCache(_message.Message):
-    __slots__ = ("snapshot", "svids")
+    __slots__ = ("snapshot", "svids", "sync_cursor")
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     SVIDS_FIELD_NUMBER: _ClassVar[int]
+    SYNC_CURSOR_FIELD_NUMBER: _ClassVar[int]
     snapshot: SyncSnapshot
     svids: _containers.RepeatedCompositeFieldContainer[CachedSvid]
-    def __init__(self, snapshot: _Optional[_Union[SyncSnapshot, _Mapping]] = ..., svids: _Optional[_Iterable[_Union[CachedSvid, _Mapping]]] = ...) -> None: ...
+    sync_cursor: str
+    def __init__(self, snapshot: _Optional[_Union[SyncSnapshot, _Mapping]] = ..., svids: _Optional[_Iterable[_Union[CachedSvid, _Mapping]]] = ..., sync_cursor: _Optional[str] = ...) -> None: ...
 
 class CachedSvid(_message.Message):
     __slots__ = ("entry_id", "entry_revision", "chain", "key")

@@ -154,6 +154,10 @@ pub struct AgentCache {
     pub snapshot: ::core::option::Option<SyncSnapshot>,
     #[prost(message, repeated, tag = "2")]
     pub svids: ::prost::alloc::vec::Vec<CachedSvid>,
+    /// Where the state above is in the cluster's change feed (`SyncUpdate.cursor`): a
+    /// restarted agent resumes its sync from it. Empty: unknown.
+    #[prost(string, tag = "3")]
+    pub sync_cursor: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct CachedSvid {
