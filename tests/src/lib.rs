@@ -100,6 +100,21 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port in {low}..{high}");
 }
 
+/// The selector of this test process's own uid (`unix:uid:N`).
+pub fn uid_selector() -> String {
+    format!("unix:uid:{}", nix::unistd::getuid())
+}
+
+/// A command's exit code, stdout and stderr, for failure messages.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Polls `f` every 20 ms until it returns `Some` or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = tokio::time::Instant::now() + timeout;

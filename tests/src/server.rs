@@ -148,11 +148,22 @@ impl ServerProc {
 
     /// Creates an entry parented to the test agent; returns its id.
     pub fn create_entry(&self, spiffe_id: &str, selectors: &[&str], extra: &[&str]) -> String {
+        self.create_entry_under(AGENT_ID, spiffe_id, selectors, extra)
+    }
+
+    /// As [`Self::create_entry`], parented to the agent `parent_id`.
+    pub fn create_entry_under(
+        &self,
+        parent_id: &str,
+        spiffe_id: &str,
+        selectors: &[&str],
+        extra: &[&str],
+    ) -> String {
         let mut args = vec![
             "entry",
             "create",
             "--parent-id",
-            AGENT_ID,
+            parent_id,
             "--spiffe-id",
             spiffe_id,
         ];

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use tests::dns::DnsServer;
 use tests::fetch::SvidStream;
-use tests::{AgentProc, ServerProc, TestDb, free_port, wait_for};
+use tests::{AgentProc, TestDb, free_port, uid_selector, wait_for};
 
 const NODE: &str = "spiffe://example.org/node/failover";
 const BEFORE: &str = "spiffe://example.org/failover/before";
@@ -25,24 +25,6 @@ const IP_B: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
 /// The longest failover accepted: the agent dials at once, one second per dead address at
 /// most (agent/src/server_client.rs), plus room for a loaded machine.
 const FAILOVER_BOUND: Duration = Duration::from_secs(2);
-
-fn uid_selector() -> String {
-    format!("unix:uid:{}", nix::unistd::getuid())
-}
-
-/// Creates an entry for `spiffe_id` under the agent `node`, through `server`.
-fn entry(server: &ServerProc, node: &str, spiffe_id: &str) {
-    server.cli_json(&[
-        "entry",
-        "create",
-        "--parent-id",
-        node,
-        "--spiffe-id",
-        spiffe_id,
-        "--selector",
-        &uid_selector(),
-    ]);
-}
 
 /// The agent log lines saying it connected to `address`.
 fn connected_to(log: &str, address: &str) -> bool {
@@ -63,7 +45,7 @@ fn an_agent_whose_server_dies_moves_to_the_other_within_a_second() {
         .with_args(&["--server-address", &b.address()]);
     agent.restart(Some(&a.token(NODE)));
     a.wait_attested(NODE, Duration::from_secs(30));
-    entry(&a, NODE, BEFORE);
+    a.create_entry_under(NODE, BEFORE, &[&uid_selector()], &[]);
 
     let mut watch = SvidStream::open(&agent.socket_path);
     watch.wait_id(BEFORE, Duration::from_secs(30));
@@ -97,7 +79,7 @@ fn an_agent_whose_server_dies_moves_to_the_other_within_a_second() {
 
     // Synced through B: an entry created there reaches the open stream.
     let created = Instant::now();
-    entry(&b, NODE, AFTER);
+    b.create_entry_under(NODE, AFTER, &[&uid_selector()], &[]);
     let arrived = watch.wait_id(AFTER, Duration::from_secs(5));
     println!(
         "entry created on B reached the open stream in {} ms",
@@ -170,7 +152,7 @@ fn an_agent_given_one_name_with_two_records_moves_to_the_other_within_a_second()
     agent.server_address = address.clone();
     agent.restart(Some(&servers[0].token(NODE_DNS)));
     servers[0].wait_attested(NODE_DNS, Duration::from_secs(30));
-    entry(&servers[0], NODE_DNS, DNS_BEFORE);
+    servers[0].create_entry_under(NODE_DNS, DNS_BEFORE, &[&uid_selector()], &[]);
     let mut watch = SvidStream::open(&agent.socket_path);
     watch.wait_id(DNS_BEFORE, Duration::from_secs(30));
     assert!(
@@ -220,7 +202,7 @@ fn an_agent_given_one_name_with_two_records_moves_to_the_other_within_a_second()
         .expect("the agent serves SVIDs after the failover");
     assert_eq!(ids, [DNS_BEFORE]);
     let created = Instant::now();
-    entry(&servers[other], NODE_DNS, DNS_AFTER);
+    servers[other].create_entry_under(NODE_DNS, DNS_AFTER, &[&uid_selector()], &[]);
     let arrived = watch.wait_id(DNS_AFTER, Duration::from_secs(5));
     println!(
         "entry created on the survivor reached the open stream in {} ms",

@@ -11,7 +11,9 @@ use std::process::Output;
 use std::time::Duration;
 
 use tests::fetch::SvidStream;
-use tests::{AgentProc, PgCluster, ServerProc, http_get, status_of, wait_for};
+use tests::{
+    AgentProc, PgCluster, ServerProc, http_get, output_text, status_of, uid_selector, wait_for,
+};
 use tokio::time::Instant;
 
 const NODE_A: &str = "spiffe://example.org/node/outage-a";
@@ -30,10 +32,6 @@ const NOTICE_BOUND: Duration = Duration::from_secs(30);
 /// (server/src/datastore/postgres.rs), plus room.
 const REFUSAL_BOUND: Duration = Duration::from_secs(20);
 
-fn uid_selector() -> String {
-    format!("unix:uid:{}", nix::unistd::getuid())
-}
-
 /// `entry create` for `spiffe_id` under `node` on `server`, as the CLI ran.
 fn create(server: &ServerProc, node: &str, spiffe_id: &str) -> Output {
     server.cli(&[
@@ -48,15 +46,6 @@ fn create(server: &ServerProc, node: &str, spiffe_id: &str) -> Output {
         "--output",
         "json",
     ])
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// How many sessions of the cluster are `LISTEN`ing (their last statement), as the change
@@ -93,7 +82,7 @@ fn a_database_outage_under_two_servers_is_survived_and_recovered_without_a_resta
     b.wait_attested(NODE_B, Duration::from_secs(30));
     for (server, node, id) in [(&a, NODE_A, ON_A), (&b, NODE_B, ON_B)] {
         let out = create(server, node, id);
-        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.status.success(), "{}", output_text(&out));
     }
     let mut stream = SvidStream::open(&agent_a.socket_path);
     stream.wait_id(ON_A, Duration::from_secs(30));
@@ -142,12 +131,12 @@ fn a_database_outage_under_two_servers_is_survived_and_recovered_without_a_resta
         let (out, took) = write.join().expect("the write thread");
         (out, took, noticed)
     });
-    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(!refused.status.success(), "{}", output_text(&refused));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
         stderr.contains("unavailable") && stderr.contains(&named),
         "the refusal names the unavailable datastore: {}",
-        text(&refused)
+        output_text(&refused)
     );
     assert!(refusal < REFUSAL_BOUND, "the refusal took {refusal:?}");
     println!("database outage: a write during it: {}", stderr.trim());
@@ -179,7 +168,7 @@ fn a_database_outage_under_two_servers_is_survived_and_recovered_without_a_resta
     assert!(
         out.status.success(),
         "write on A after the outage: {}",
-        text(&out)
+        output_text(&out)
     );
     let write_after = restarted.elapsed();
     // The change feed listens again on both servers, by itself.
@@ -200,7 +189,7 @@ fn a_database_outage_under_two_servers_is_survived_and_recovered_without_a_resta
     assert!(
         out.status.success(),
         "write on B after the outage: {}",
-        text(&out)
+        output_text(&out)
     );
     let arrived = stream.wait_id(FROM_B, Duration::from_secs(10));
     let feed_latency = arrived - created;

@@ -4,25 +4,15 @@
 //! exits 1 naming it, and the server stays alive; when the database is back, the server
 //! is ready again and writes succeed.
 
-use std::process::Output;
 use std::time::Duration;
 
-use tests::{PgCluster, ServerProc, http_get, status_of, wait_for};
+use tests::{PgCluster, ServerProc, http_get, output_text, status_of, wait_for};
 use tokio::time::Instant;
 
 /// How long the server may take to notice a change: it probes the datastore every 2 s and
 /// a probe gives up after 3 s (server/src/readiness.rs), plus room for a loaded machine
 /// and, on the way back, the pool replacing its broken connections.
 const NOTICE_BOUND: Duration = Duration::from_secs(30);
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 #[test]
 fn readiness_and_healthcheck_follow_the_datastore() {
@@ -38,7 +28,11 @@ fn readiness_and_healthcheck_follow_the_datastore() {
     let ready = http_get(health, "/ready").unwrap();
     assert_eq!(ready.0, 200, "/ready with the datastore up: {ready:?}");
     let up = server.cli(&["healthcheck"]);
-    assert!(up.status.success(), "healthcheck while up: {}", text(&up));
+    assert!(
+        up.status.success(),
+        "healthcheck while up: {}",
+        output_text(&up)
+    );
     assert!(String::from_utf8_lossy(&up.stdout).contains("healthy"));
 
     pg.stop_immediate();
@@ -58,12 +52,12 @@ fn readiness_and_healthcheck_follow_the_datastore() {
         "/ready body: {body}"
     );
     let down = server.cli(&["healthcheck"]);
-    assert_eq!(down.status.code(), Some(1), "{}", text(&down));
+    assert_eq!(down.status.code(), Some(1), "{}", output_text(&down));
     let stderr = String::from_utf8_lossy(&down.stderr);
     assert!(
         stderr.contains("unhealthy") && stderr.contains(&named),
         "healthcheck while the datastore is down: {}",
-        text(&down)
+        output_text(&down)
     );
     // Not ready is not dead: the process keeps running and answers `/live`.
     assert_eq!(status_of(health, "/live"), Some(200));
@@ -85,7 +79,7 @@ fn readiness_and_healthcheck_follow_the_datastore() {
     assert!(
         again.status.success(),
         "healthcheck after: {}",
-        text(&again)
+        output_text(&again)
     );
     // Ready means it serves: a write reaches the datastore.
     server.create_entry("spiffe://example.org/after-outage", &["unix:uid:0"], &[]);

@@ -16,8 +16,7 @@ use std::time::Duration;
 
 use common::proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use common::proto::workload::{JwtsvidRequest, ValidateJwtsvidRequest, X509svidRequest};
-use serde_json::Value;
-use tests::{AgentProc, ServerProc, runtime, wait_for, with_header};
+use tests::{AgentProc, ServerProc, runtime, uid_selector, wait_for, with_header};
 use tokio::time::Instant;
 
 use tests::TestDb;
@@ -29,33 +28,12 @@ const OLD: usize = 40;
 /// Entries created, and old ones deleted, on C during the switch.
 const CHANGES: usize = 12;
 
-fn uid_selector() -> String {
-    format!("unix:uid:{}", nix::unistd::getuid())
-}
-
 fn old(i: usize) -> String {
     format!("spiffe://example.org/resume/old-{i}")
 }
 
 fn new(i: usize) -> String {
     format!("spiffe://example.org/resume/new-{i}")
-}
-
-/// Creates an entry for `spiffe_id` under the agent through `server`; returns its id.
-fn entry(server: &ServerProc, spiffe_id: &str, extra: &[&str]) -> String {
-    let mut args = vec![
-        "entry",
-        "create",
-        "--parent-id",
-        NODE,
-        "--spiffe-id",
-        spiffe_id,
-    ];
-    let selector = uid_selector();
-    args.extend(["--selector", selector.as_str()]);
-    args.extend(extra);
-    let v: Value = server.cli_json(&args);
-    v["id"].as_str().expect("entry id").to_owned()
 }
 
 fn signal(server: &mut ServerProc, sig: nix::sys::signal::Signal) {
@@ -103,8 +81,15 @@ fn an_agent_resumes_on_another_server_from_where_it_was_with_revocations_first()
         .with_args(&["--server-address", &b.address()]);
     agent.restart(Some(&a.token(NODE)));
     a.wait_attested(NODE, Duration::from_secs(30));
-    let old_ids: Vec<String> = (0..OLD).map(|i| entry(&a, &old(i), &[])).collect();
-    let jit = entry(&a, JIT, &["--jit", "--x509-svid-ttl", "3600"]);
+    let old_ids: Vec<String> = (0..OLD)
+        .map(|i| a.create_entry_under(NODE, &old(i), &[&uid_selector()], &[]))
+        .collect();
+    let jit = a.create_entry_under(
+        NODE,
+        JIT,
+        &[&uid_selector()],
+        &["--jit", "--x509-svid-ttl", "3600"],
+    );
     let t = a.cli_json(&[
         "task",
         "create",
@@ -184,7 +169,7 @@ fn an_agent_resumes_on_another_server_from_where_it_was_with_revocations_first()
         let (c, old_ids) = (&c, &old_ids);
         let writer = s.spawn(move || {
             for (i, id) in old_ids.iter().enumerate().take(CHANGES) {
-                entry(c, &new(i), &[]);
+                c.create_entry_under(NODE, &new(i), &[&uid_selector()], &[]);
                 c.cli_json(&["entry", "delete", "--entry-id", id]);
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -276,7 +261,7 @@ fn an_agent_resumes_on_another_server_from_where_it_was_with_revocations_first()
     // changed while it was down arrives.
     let offset = agent.log_len();
     agent.terminate();
-    entry(&c, &new(CHANGES), &[]);
+    c.create_entry_under(NODE, &new(CHANGES), &[&uid_selector()], &[]);
     agent.restart(None);
     expected.push(new(CHANGES));
     expected.sort();

@@ -13,7 +13,7 @@ use common::proto::workload::{X509svidRequest, X509svidResponse};
 use common::{Bundle, TrustDomain};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use tests::jwt::{agent_jwks, kid_of, spiffe_client, validate_raw};
-use tests::{AgentProc, ServerProc, TRUST_DOMAIN, TestDb, runtime, with_header};
+use tests::{AgentProc, ServerProc, TRUST_DOMAIN, TestDb, runtime, uid_selector, with_header};
 use tonic::transport::Channel;
 
 const NODE_A: &str = "spiffe://example.org/node/shared-a";
@@ -26,24 +26,6 @@ const AUDIENCE: &str = "shared-audience";
 /// How long a change on one server may take to be in the other's bundle (the refresh is
 /// every 2 s).
 const SHARING: Duration = Duration::from_secs(20);
-
-fn uid_selector() -> String {
-    format!("unix:uid:{}", nix::unistd::getuid())
-}
-
-/// Creates an entry for `spiffe_id` parented to `parent`, through `server`.
-fn entry(server: &ServerProc, parent: &str, spiffe_id: &str) {
-    server.cli_json(&[
-        "entry",
-        "create",
-        "--parent-id",
-        parent,
-        "--spiffe-id",
-        spiffe_id,
-        "--selector",
-        &uid_selector(),
-    ]);
-}
 
 /// Serials (hex) of the CAs `server` holds (`ca show`).
 fn ca_serials(server: &ServerProc) -> BTreeSet<String> {
@@ -163,8 +145,8 @@ fn two_servers_on_one_database_are_one_authority_for_their_agents() {
     let mut agent_b = AgentProc::new(&dir.path().join("agent-b"), &b);
     agent_b.restart(Some(&b.token(NODE_B)));
     b.wait_attested(NODE_B, Duration::from_secs(30));
-    entry(&a, NODE_A, WORKLOAD_A);
-    entry(&b, NODE_B, WORKLOAD_B);
+    a.create_entry_under(NODE_A, WORKLOAD_A, &[&uid_selector()], &[]);
+    b.create_entry_under(NODE_B, WORKLOAD_B, &[&uid_selector()], &[]);
 
     // Both agents' Workload API bundles hold both servers' CAs.
     let msg_a = x509_message(&agent_a.socket_path, WORKLOAD_A);
@@ -238,7 +220,7 @@ fn two_servers_on_one_database_are_one_authority_for_their_agents() {
     agent_a.stop();
     agent_a.server_address = b.address();
     agent_a.restart(None);
-    entry(&b, NODE_A, MOVED);
+    b.create_entry_under(NODE_A, MOVED, &[&uid_selector()], &[]);
     let moved = x509_message(&agent_a.socket_path, MOVED);
     verifies_against(&moved, MOVED, &msg_b.svids[0].bundle)
         .expect("signed by B, trusted by the shared bundle");
@@ -314,7 +296,7 @@ fn servers_under_one_upstream_root_share_that_root_once() {
     a.wait_attested(NODE_A, Duration::from_secs(30));
     // Through A: entries reach only the agents of the server that stored them (until the
     // change feed).
-    entry(&a, NODE_A, WORKLOAD_A);
+    a.create_entry_under(NODE_A, WORKLOAD_A, &[&uid_selector()], &[]);
     let msg = x509_message(&agent_a.socket_path, WORKLOAD_A);
     verifies_against(&msg, WORKLOAD_A, root.der()).expect("chains to the shared root");
     assert!(
