@@ -417,6 +417,15 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
         entry: &RegistrationEntry,
         audit: &[AuditEvent],
     ) -> Result<(), DatastoreError>;
+    /// Replaces an entry whose stored revision is `entry.revision - 1` (compare-and-set),
+    /// with `audit` in the same transaction; returns whether it applied (`false`, and no
+    /// record, when another change came first or the entry is gone). `Conflict` on a
+    /// duplicate. Several servers running the same duty on one entry: exactly one wins.
+    async fn update_entry_if_unchanged(
+        &self,
+        entry: &RegistrationEntry,
+        audit: &[AuditEvent],
+    ) -> Result<bool, DatastoreError>;
     /// Deletes an entry and returns it (`None`, and no record, if it does not exist).
     async fn delete_entry(
         &self,
@@ -632,6 +641,17 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
         d: &DomainRecord,
         audit: &[AuditEvent],
     ) -> Result<(), DatastoreError>;
+    /// Records a check of a claimed domain (`d`: verification state, `checked_at`,
+    /// `last_error`) with `audit`, only if no other check was recorded since the one at
+    /// `previous_checked_at` (compare-and-set on `checked_at`; same tenant, challenge and
+    /// claim time). Returns whether it applied (`false`: nothing stored, no record).
+    /// Every server re-checks the domains: a change of state is recorded once.
+    async fn record_domain_check(
+        &self,
+        d: &DomainRecord,
+        previous_checked_at: Option<i64>,
+        audit: &[AuditEvent],
+    ) -> Result<bool, DatastoreError>;
     /// One domain.
     async fn get_domain(&self, domain: &str) -> Result<Option<DomainRecord>, DatastoreError>;
     /// Domains, optionally of one tenant, by name.

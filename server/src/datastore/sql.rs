@@ -577,6 +577,30 @@ impl<D: Dialect> Datastore for SqlStore<D> {
         self.put_entry(entry, false, audit).await
     }
 
+    async fn update_entry_if_unchanged(
+        &self,
+        entry: &RegistrationEntry,
+        audit: &[AuditEvent],
+    ) -> Result<bool, DatastoreError> {
+        let entry = entry.clone();
+        let applied = self
+            .write_tx(audit, move |conn| {
+                Box::pin(async move {
+                    let row = EntryRow::new(&entry)?;
+                    let mut params = row.params(&entry).to_vec();
+                    params.push(Param::Int(row.previous_revision()));
+                    let n = D::execute(conn, records::UPDATE_ENTRY_IF, &params)
+                        .await
+                        .map_err(conflict(entry_conflict))?;
+                    // Another change came first (or the entry is gone): nothing applied,
+                    // no record.
+                    Ok((n == 1).then_some(()))
+                })
+            })
+            .await?;
+        Ok(applied.is_some())
+    }
+
     async fn delete_entry(
         &self,
         id: &EntryId,
@@ -994,6 +1018,29 @@ impl<D: Dialect> Datastore for SqlStore<D> {
         })
         .await
         .map(|_| ())
+    }
+
+    async fn record_domain_check(
+        &self,
+        d: &DomainRecord,
+        previous_checked_at: Option<i64>,
+        audit: &[AuditEvent],
+    ) -> Result<bool, DatastoreError> {
+        let d = d.clone();
+        let applied = self
+            .write_tx(audit, move |conn| {
+                Box::pin(async move {
+                    let mut params = tenants::domain_params(&d).to_vec();
+                    params.push(Param::OptInt(previous_checked_at));
+                    let n = D::execute(conn, tenants::RECORD_DOMAIN_CHECK, &params)
+                        .await
+                        .map_err(backend)?;
+                    // Another check came first (or the claim changed): no record.
+                    Ok((n == 1).then_some(()))
+                })
+            })
+            .await?;
+        Ok(applied.is_some())
     }
 
     async fn get_domain(&self, domain: &str) -> Result<Option<DomainRecord>, DatastoreError> {
