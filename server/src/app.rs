@@ -245,6 +245,7 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
                 &config.data_dir,
                 Arc::clone(&ds),
                 Arc::clone(&jwt),
+                instance_id.clone(),
             )
             .context("setting up Security Event Token push")?,
         )),

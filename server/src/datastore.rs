@@ -692,6 +692,39 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     /// rows went. Idempotent, so every server may run it.
     async fn prune_authorities(&self, now: i64) -> Result<u64, DatastoreError>;
 
+    /// Takes or renews `holder`'s lease on pushing SETs to `receiver`, until `until_ms`,
+    /// unless another holder's lease runs past `now_ms` (unix milliseconds); the
+    /// receiver's cursor starts at `start` if it has none. Returns the cursor (the last
+    /// audit record delivered to the receiver or given up) while `holder` holds the lease,
+    /// `None` while another server does. In a write transaction: of servers asking at
+    /// once, one holds it.
+    async fn claim_set_receiver(
+        &self,
+        receiver: &str,
+        holder: &str,
+        start: i64,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Option<i64>, DatastoreError>;
+    /// Moves `receiver`'s cursor from `from` to `to` and appends `audit`, in one
+    /// transaction, if `holder` still holds the receiver and its cursor is still `from`
+    /// (compare-and-set); returns whether it applied (`false`: nothing stored, no record).
+    async fn advance_set_cursor(
+        &self,
+        receiver: &str,
+        holder: &str,
+        from: i64,
+        to: i64,
+        audit: &[AuditEvent],
+    ) -> Result<bool, DatastoreError>;
+    /// Ends `holder`'s lease on `receiver` (at shutdown), so another server takes the
+    /// receiver over at once; nothing if it does not hold it.
+    async fn release_set_receiver(
+        &self,
+        receiver: &str,
+        holder: &str,
+    ) -> Result<(), DatastoreError>;
+
     /// Checks that the datastore answers: one read of its own schema table on a pooled
     /// connection, given at most `within` (waiting for a connection included). `Backend`
     /// with the cause when it does not, or not in time. Readiness rests on it.

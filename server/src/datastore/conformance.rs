@@ -67,6 +67,7 @@ conformance!(
     tasks_compare_and_set_under_concurrency,
     entry_compare_and_set_applies_once,
     lapsed_entries_are_disabled_once_across_servers,
+    set_push_receivers_are_held_by_one_server_at_a_time,
     domain_checks_are_recorded_once_across_servers,
     the_parallel_limit_holds_under_concurrent_creates,
     break_glass_tasks_are_acknowledged_once,
@@ -1537,6 +1538,131 @@ async fn domain_checks_are_recorded_once_across_servers(b: &dyn Backend) {
             .record_domain_check(&other, previous, &[])
             .await
             .unwrap()
+    );
+}
+
+/// SET push: one server at a time holds a receiver's lease and moves its cursor, with the
+/// delivery's record; the others wait for the lease to be given up or run out.
+async fn set_push_receivers_are_held_by_one_server_at_a_time(b: &dyn Backend) {
+    const RX: &str = "https://rx.example.org/events";
+    let servers = [b.open().await, b.open().await];
+    // Both servers ask for a new receiver at once, many times: one holds it.
+    let mut handles = Vec::new();
+    for k in 0..8 {
+        let ds = Arc::clone(&servers[k % 2]);
+        let holder = format!("server-{}", k % 2);
+        handles.push(tokio::spawn(async move {
+            let got = ds
+                .claim_set_receiver(RX, &holder, 5, 1_000, 21_000)
+                .await
+                .unwrap();
+            (holder, got)
+        }));
+    }
+    let mut holders = BTreeSet::new();
+    for h in handles {
+        let (holder, got) = h.await.unwrap();
+        if let Some(seq) = got {
+            assert_eq!(seq, 5, "the cursor starts where the first claim said");
+            holders.insert(holder);
+        }
+    }
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    let a = holders.pop_first().unwrap();
+    let (ds_a, ds_b, b_id) = if a == "server-0" {
+        (&servers[0], &servers[1], "server-1")
+    } else {
+        (&servers[1], &servers[0], "server-0")
+    };
+    // The other server waits while the lease runs; the holder renews it.
+    assert_eq!(
+        ds_b.claim_set_receiver(RX, b_id, 0, 20_999, 40_999)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        ds_a.claim_set_receiver(RX, &a, 0, 10_000, 30_000)
+            .await
+            .unwrap(),
+        Some(5)
+    );
+    // Only the holder moves the cursor, from where it is; the record goes with it.
+    let delivered = [event("set.delivered", "spiffe://example.org/t", None)];
+    assert!(
+        !ds_b
+            .advance_set_cursor(RX, b_id, 5, 7, &delivered)
+            .await
+            .unwrap()
+    );
+    assert!(
+        ds_a.advance_set_cursor(RX, &a, 5, 7, &delivered)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !ds_a
+            .advance_set_cursor(RX, &a, 5, 8, &delivered)
+            .await
+            .unwrap(),
+        "the cursor is no longer at 5"
+    );
+    assert_eq!(ds_a.list_audit(None, None).await.unwrap().len(), 1);
+    // Another receiver is independent.
+    assert_eq!(
+        ds_b.claim_set_receiver("https://other.example.org/", b_id, 3, 10_000, 30_000)
+            .await
+            .unwrap(),
+        Some(3)
+    );
+    // The lease runs out: the other server takes the receiver over at its cursor, and
+    // the former holder can no longer move it.
+    assert_eq!(
+        ds_b.claim_set_receiver(RX, b_id, 0, 30_000, 50_000)
+            .await
+            .unwrap(),
+        Some(7)
+    );
+    assert!(
+        !ds_a
+            .advance_set_cursor(RX, &a, 7, 9, &delivered)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        ds_a.claim_set_receiver(RX, &a, 0, 30_001, 50_001)
+            .await
+            .unwrap(),
+        None
+    );
+    // Given up (shutdown): the other takes it at once. Releasing what one does not
+    // hold changes nothing.
+    ds_a.release_set_receiver(RX, &a).await.unwrap();
+    assert_eq!(
+        ds_a.claim_set_receiver(RX, &a, 0, 30_002, 50_002)
+            .await
+            .unwrap(),
+        None
+    );
+    ds_b.release_set_receiver(RX, b_id).await.unwrap();
+    assert_eq!(
+        ds_a.claim_set_receiver(RX, &a, 0, 30_003, 50_003)
+            .await
+            .unwrap(),
+        Some(7)
+    );
+    // A reopened datastore (a restarted server) sees the same cursor.
+    let reopened = b.open().await;
+    assert_eq!(
+        reopened
+            .claim_set_receiver(RX, &a, 0, 30_004, 50_004)
+            .await
+            .unwrap(),
+        Some(7)
+    );
+    assert_eq!(
+        verify(&servers[0].list_audit(None, None).await.unwrap()),
+        Ok(1)
     );
 }
 

@@ -726,3 +726,20 @@ pub(super) fn audit(row: &impl Cells) -> Result<AuditRecord, DatastoreError> {
 pub(super) fn audit_head(row: &impl Cells) -> Result<(i64, String), DatastoreError> {
     Ok((row.int("seq")?, row.text("hash")?))
 }
+
+/// A receiver's SET push cursor, created free (no holder, lease over) if missing.
+pub(super) const INSERT_SET_CURSOR: &str = "INSERT INTO set_push_cursors (receiver, seq,
+        holder, lease_until_ms)
+    VALUES ($1, $2, '', 0)
+    ON CONFLICT (receiver) DO NOTHING";
+/// Takes or renews the lease of `$2` until `$4` unless another holder's runs past `$3`.
+pub(super) const CLAIM_SET_CURSOR: &str = "UPDATE set_push_cursors
+    SET holder = $2, lease_until_ms = $4
+    WHERE receiver = $1 AND (holder = $2 OR lease_until_ms <= $3)
+    RETURNING seq";
+/// Moves the cursor from `$3` to `$4` while `$2` holds it.
+pub(super) const ADVANCE_SET_CURSOR: &str = "UPDATE set_push_cursors SET seq = $4
+    WHERE receiver = $1 AND holder = $2 AND seq = $3";
+/// Ends the lease of `$2`.
+pub(super) const RELEASE_SET_CURSOR: &str = "UPDATE set_push_cursors SET lease_until_ms = 0
+    WHERE receiver = $1 AND holder = $2";
