@@ -69,8 +69,9 @@ pub const FIRST_RETRY: Duration = Duration::from_secs(1);
 pub const MAX_RETRY: Duration = Duration::from_secs(60);
 /// Connect, TLS handshake, request and response head, together.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often the log is read even when this server appended nothing (another server
-/// sharing the datastore may have ended a task).
+/// How often the log is read even when this server appended nothing and the change feed
+/// said nothing (another server sharing the datastore may have ended a task; the feed
+/// wakes the worker at once on PostgreSQL, this is the fallback).
 const POLL_INTERVAL: Duration = Duration::from_secs(2);
 /// How long a server's claim on a receiver lasts unless renewed (every [`POLL_INTERVAL`]
 /// while idle, before each attempt and every [`RENEW_EVERY`] while waiting to retry).
@@ -251,6 +252,9 @@ pub struct SetPusher {
     cursors: Cursors,
     /// This server's instance id: who holds a receiver's lease.
     holder: String,
+    /// Bumped by the change feed when another server changed a task (see
+    /// [`Self::woken_by`]).
+    wake: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 impl std::fmt::Debug for SetPusher {
@@ -317,7 +321,16 @@ impl SetPusher {
             ds,
             jwt,
             holder,
+            wake: None,
         })
+    }
+
+    /// Also reads the log whenever `wake` changes (the change feed saw another server
+    /// change a task), not only on this server's appends and every [`POLL_INTERVAL`].
+    #[must_use]
+    pub fn woken_by(mut self, wake: tokio::sync::watch::Receiver<u64>) -> Self {
+        self.wake = Some(wake);
+        self
     }
 
     /// Runs one worker per receiver until `shutdown`.
@@ -372,6 +385,7 @@ impl SetPusher {
     async fn push_while_held(&self, receiver: &str, shutdown: &CancellationToken) {
         let mut heads = self.ds.audit_heads();
         let mut heads_open = true;
+        let mut wake = self.wake.clone();
         let mut behind_warned = false;
         // The cursor while this server holds the receiver, and when the lease was renewed.
         let mut held: Option<(i64, tokio::time::Instant)> = None;
@@ -528,9 +542,20 @@ impl SetPusher {
                     held.map(|(_, at)| (cursor, at))
                 };
             }
+            let woken = async {
+                match wake.as_mut() {
+                    Some(w) => {
+                        if w.changed().await.is_err() {
+                            wake = None;
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 r = heads.changed(), if heads_open => heads_open = r.is_ok(),
+                () = woken => {}
                 () = tokio::time::sleep(POLL_INTERVAL) => {}
             }
         }
