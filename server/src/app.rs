@@ -237,6 +237,9 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         }
         None => None,
     };
+    // The change feed tells SET push of tasks other servers changed (their audit records
+    // are committed with them).
+    let (tasks_changed, tasks_changed_rx) = tokio::sync::watch::channel(0u64);
     // SET push: the receivers' roots and the cursors are read before anything serves.
     let set_pusher = match &config.set_push {
         Some(push) => Some(Arc::new(
@@ -245,8 +248,10 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
                 &config.data_dir,
                 Arc::clone(&ds),
                 Arc::clone(&jwt),
+                instance_id.clone(),
             )
-            .context("setting up Security Event Token push")?,
+            .context("setting up Security Event Token push")?
+            .woken_by(tasks_changed_rx),
         )),
         None => None,
     };
@@ -324,6 +329,7 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
             Arc::clone(&task_service),
             node.events.clone(),
             Arc::clone(&bundle_changed),
+            tasks_changed,
             Arc::clone(cursor),
         );
         tasks.spawn_service("change feed", feed.run(shutdown.clone()));

@@ -435,6 +435,15 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
         entry: &RegistrationEntry,
         audit: &[AuditEvent],
     ) -> Result<(), DatastoreError>;
+    /// Replaces an entry whose stored revision is `entry.revision - 1` (compare-and-set),
+    /// with `audit` in the same transaction; returns whether it applied (`false`, and no
+    /// record, when another change came first or the entry is gone). `Conflict` on a
+    /// duplicate. Several servers running the same duty on one entry: exactly one wins.
+    async fn update_entry_if_unchanged(
+        &self,
+        entry: &RegistrationEntry,
+        audit: &[AuditEvent],
+    ) -> Result<bool, DatastoreError>;
     /// Deletes an entry and returns it (`None`, and no record, if it does not exist).
     async fn delete_entry(
         &self,
@@ -650,6 +659,17 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
         d: &DomainRecord,
         audit: &[AuditEvent],
     ) -> Result<(), DatastoreError>;
+    /// Records a check of a claimed domain (`d`: verification state, `checked_at`,
+    /// `last_error`) with `audit`, only if no other check was recorded since the one at
+    /// `previous_checked_at` (compare-and-set on `checked_at`; same tenant, challenge and
+    /// claim time). Returns whether it applied (`false`: nothing stored, no record).
+    /// Every server re-checks the domains: a change of state is recorded once.
+    async fn record_domain_check(
+        &self,
+        d: &DomainRecord,
+        previous_checked_at: Option<i64>,
+        audit: &[AuditEvent],
+    ) -> Result<bool, DatastoreError>;
     /// One domain.
     async fn get_domain(&self, domain: &str) -> Result<Option<DomainRecord>, DatastoreError>;
     /// Domains, optionally of one tenant, by name.
@@ -689,6 +709,39 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     /// Deletes published trust material that expired at or before `now`; returns how many
     /// rows went. Idempotent, so every server may run it.
     async fn prune_authorities(&self, now: i64) -> Result<u64, DatastoreError>;
+
+    /// Takes or renews `holder`'s lease on pushing SETs to `receiver`, until `until_ms`,
+    /// unless another holder's lease runs past `now_ms` (unix milliseconds); the
+    /// receiver's cursor starts at `start` if it has none. Returns the cursor (the last
+    /// audit record delivered to the receiver or given up) while `holder` holds the lease,
+    /// `None` while another server does. In a write transaction: of servers asking at
+    /// once, one holds it.
+    async fn claim_set_receiver(
+        &self,
+        receiver: &str,
+        holder: &str,
+        start: i64,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Option<i64>, DatastoreError>;
+    /// Moves `receiver`'s cursor from `from` to `to` and appends `audit`, in one
+    /// transaction, if `holder` still holds the receiver and its cursor is still `from`
+    /// (compare-and-set); returns whether it applied (`false`: nothing stored, no record).
+    async fn advance_set_cursor(
+        &self,
+        receiver: &str,
+        holder: &str,
+        from: i64,
+        to: i64,
+        audit: &[AuditEvent],
+    ) -> Result<bool, DatastoreError>;
+    /// Ends `holder`'s lease on `receiver` (at shutdown), so another server takes the
+    /// receiver over at once; nothing if it does not hold it.
+    async fn release_set_receiver(
+        &self,
+        receiver: &str,
+        holder: &str,
+    ) -> Result<(), DatastoreError>;
 
     /// Checks that the datastore answers: one read of its own schema table on a pooled
     /// connection, given at most `within` (waiting for a connection included). `Backend`

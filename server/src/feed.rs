@@ -282,6 +282,9 @@ pub struct Feed {
     /// Woken when another server's published trust material changed: the bundle's
     /// sharing loop re-reads the table at once.
     bundle_changed: Arc<tokio::sync::Notify>,
+    /// Bumped when another server changed a task (its audit records are committed with
+    /// it): SET push reads the log at once rather than at its next poll.
+    tasks_changed: tokio::sync::watch::Sender<u64>,
     /// The last row applied (or skipped as this server's own).
     last: i64,
     /// Where this server's sync streams are (see [`Cursor`]).
@@ -295,6 +298,7 @@ impl Feed {
         tasks: Arc<Tasks>,
         events: Events,
         bundle_changed: Arc<tokio::sync::Notify>,
+        tasks_changed: tokio::sync::watch::Sender<u64>,
         cursor: Arc<Cursor>,
     ) -> Self {
         Self {
@@ -303,6 +307,7 @@ impl Feed {
             tasks,
             events,
             bundle_changed,
+            tasks_changed,
             last: cursor.settled(),
             cursor,
         }
@@ -475,6 +480,7 @@ impl Feed {
                 }
             }
             "task" => {
+                self.tasks_changed.send_modify(|n| *n = n.wrapping_add(1));
                 if let Some(id) = parsed(TaskId::parse(c.subject.as_str())) {
                     return self.tasks.apply_remote(&id).await;
                 }

@@ -642,7 +642,10 @@ impl Registrar {
     }
 
     /// Disables or re-enables an entry (`disabled: None`), recording why; agents stop (or
-    /// resume) serving it. Returns the stored entry, or `None` if it no longer exists.
+    /// resume) serving it. A compare-and-set on `entry`'s revision: returns the stored
+    /// entry, or `None` (nothing stored, nothing audited) if the entry changed since
+    /// `entry` was read or no longer exists — another server sharing the datastore may
+    /// have done the same a moment earlier.
     pub async fn set_disabled(
         &self,
         entry: &RegistrationEntry,
@@ -650,7 +653,7 @@ impl Registrar {
         certified_at: Option<i64>,
         kind: AuditKind,
         by: &str,
-    ) -> Result<RegistrationEntry, RegistrationError> {
+    ) -> Result<Option<RegistrationEntry>, RegistrationError> {
         let mut next = entry.clone();
         next.governance.disabled = disabled;
         if certified_at.is_some() {
@@ -658,12 +661,17 @@ impl Registrar {
         }
         next.revision += 1;
         let _write = self.events.begin_write();
-        self.ds
-            .update_entry(&next, &[entry_event(kind, &next, by)])
-            .await?;
+        if !self
+            .ds
+            .update_entry_if_unchanged(&next, &[entry_event(kind, &next, by)])
+            .await?
+        {
+            tracing::debug!(entry_id = %next.id, kind = %kind, "entry changed meanwhile; not applied");
+            return Ok(None);
+        }
         tracing::info!(entry_id = %next.id, spiffe_id = %next.spiffe_id, kind = %kind, "entry {}", if next.governance.disabled.is_some() { "disabled" } else { "enabled" });
         self.publish_upsert(&next, None);
-        Ok(next)
+        Ok(Some(next))
     }
 
     /// The owner (or an operator of its tenant) re-certifies an entry: its review period
@@ -674,20 +682,31 @@ impl Registrar {
         by: &Operator,
     ) -> Result<RegistrationEntry, RegistrationError> {
         let _guard = self.tenants.lock.lock().await;
-        let entry = self.get(id, by).await?;
-        let keep = entry
-            .governance
-            .disabled
-            .clone()
-            .filter(|d| d.reason != REVIEW_LAPSED);
-        self.set_disabled(
-            &entry,
-            keep,
-            Some(now_unix()),
-            AuditKind::EntryCertified,
-            &by.principal(),
-        )
-        .await
+        // A compare-and-set: when the entry changed in between (another server), read it
+        // again and certify what is stored now.
+        for _ in 0..CAS_ATTEMPTS {
+            let entry = self.get(id, by).await?;
+            let keep = entry
+                .governance
+                .disabled
+                .clone()
+                .filter(|d| d.reason != REVIEW_LAPSED);
+            if let Some(e) = self
+                .set_disabled(
+                    &entry,
+                    keep,
+                    Some(now_unix()),
+                    AuditKind::EntryCertified,
+                    &by.principal(),
+                )
+                .await?
+            {
+                return Ok(e);
+            }
+        }
+        Err(RegistrationError::Datastore(DatastoreError::Conflict(
+            format!("entry {id} kept changing; try again"),
+        )))
     }
 
     /// Disables every enabled entry owned by `owner` among those `by` may see, with
@@ -710,20 +729,36 @@ impl Registrar {
             {
                 continue;
             }
-            let why = Disabled {
-                at: now,
-                reason: reason.to_owned(),
-            };
-            disabled.push(
-                self.set_disabled(
-                    &e,
-                    Some(why),
-                    None,
-                    AuditKind::EntryDisabled,
-                    &by.principal(),
-                )
-                .await?,
-            );
+            let mut current = e;
+            for _ in 0..CAS_ATTEMPTS {
+                let why = Disabled {
+                    at: now,
+                    reason: reason.to_owned(),
+                };
+                if let Some(done) = self
+                    .set_disabled(
+                        &current,
+                        Some(why),
+                        None,
+                        AuditKind::EntryDisabled,
+                        &by.principal(),
+                    )
+                    .await?
+                {
+                    disabled.push(done);
+                    break;
+                }
+                // Changed in between (another server): disable what is stored now, if it
+                // is still this owner's and enabled.
+                match self.ds.get_entry(&current.id).await? {
+                    Some(now)
+                        if now.governance.owner == owner && now.governance.disabled.is_none() =>
+                    {
+                        current = now;
+                    }
+                    _ => break,
+                }
+            }
         }
         Ok(disabled)
     }
@@ -756,9 +791,11 @@ impl Registrar {
     }
 
     /// Disables every enabled entry whose expiry or review deadline is at or before
-    /// `now`, as the server (its own schedule): agents drop it at once. Returns how many.
+    /// `now`, as the server (its own schedule): agents drop it at once. Returns how many
+    /// this call disabled (not those another server disabled first).
     pub async fn disable_lapsed(&self, now: i64) -> Result<usize, RegistrationError> {
         let lapsed = self.ds.lapsed_entries(now).await?;
+        let mut n = 0;
         for e in &lapsed {
             let expired = e.governance.expires_at.is_some_and(|at| at <= now);
             let reason = if expired { EXPIRED } else { REVIEW_LAPSED };
@@ -766,18 +803,30 @@ impl Registrar {
                 at: now,
                 reason: reason.to_owned(),
             };
-            self.set_disabled(
-                e,
-                Some(disabled),
-                None,
-                AuditKind::EntryDisabled,
-                SERVER_ACTOR,
-            )
-            .await?;
+            // Every server sharing the datastore runs this schedule: the compare-and-set
+            // lets exactly one of them disable the entry (one record, one change); the
+            // others skip it, as they skip an entry changed by an operator meanwhile
+            // (found again on the next round if it is still lapsed).
+            if self
+                .set_disabled(
+                    e,
+                    Some(disabled),
+                    None,
+                    AuditKind::EntryDisabled,
+                    SERVER_ACTOR,
+                )
+                .await?
+                .is_some()
+            {
+                n += 1;
+            }
         }
-        Ok(lapsed.len())
+        Ok(n)
     }
 }
+
+/// How often a compare-and-set an operator asked for is tried again on a changed entry.
+const CAS_ATTEMPTS: usize = 5;
 
 /// Why an entry past its expiry is disabled.
 pub const EXPIRED: &str = "expired";
@@ -896,6 +945,90 @@ mod tests {
             r.delete(&e.id, "user:root").await,
             Err(RegistrationError::NotFound(_))
         ));
+    }
+
+    /// Two servers (two datastores on one database) run the lapse schedule at the same
+    /// moment: each lapsed entry is disabled once, with one `entry.disabled` record.
+    async fn lapsed_entries_are_disabled_once_by_two_servers(servers: [Arc<dyn Datastore>; 2]) {
+        let registrar = |ds: &Arc<dyn Datastore>| {
+            Registrar::new(
+                Arc::clone(ds),
+                Events::default(),
+                TrustDomain::new("example.org").unwrap(),
+                Duration::from_secs(3600),
+                Duration::from_secs(300),
+            )
+        };
+        let registrars = [registrar(&servers[0]), registrar(&servers[1])];
+        let mut ids = Vec::new();
+        for i in 0..10 {
+            let mut s = spec();
+            s.spiffe_id = format!("spiffe://example.org/lapsing/{i}");
+            ids.push(registrars[0].create(&s, &root()).await.unwrap().id);
+        }
+        // Due in an hour; both servers look then.
+        let later = now_unix() + 3600;
+        for e in servers[0]
+            .list_entries(&EntryFilter::default())
+            .await
+            .unwrap()
+        {
+            let mut next = e.clone();
+            next.governance.expires_at = Some(later - 1);
+            next.revision += 1;
+            assert!(
+                servers[0]
+                    .update_entry_if_unchanged(&next, &[])
+                    .await
+                    .unwrap()
+            );
+        }
+        let mut handles = Vec::new();
+        for k in 0..4 {
+            let r = registrars[k % 2].clone();
+            handles.push(tokio::spawn(async move {
+                r.disable_lapsed(later).await.unwrap()
+            }));
+        }
+        let mut disabled = 0;
+        for h in handles {
+            disabled += h.await.unwrap();
+        }
+        assert_eq!(disabled, ids.len());
+        for id in &ids {
+            let e = servers[1].get_entry(id).await.unwrap().unwrap();
+            assert_eq!(e.revision, 3, "{id}");
+            assert_eq!(e.governance.disabled.unwrap().reason, EXPIRED);
+        }
+        let records = servers[1].list_audit(None, None).await.unwrap();
+        let disables: Vec<&str> = records
+            .iter()
+            .filter(|r| r.event.kind == AuditKind::EntryDisabled.as_str())
+            .map(|r| r.event.subject.as_str())
+            .collect();
+        assert_eq!(disables.len(), ids.len(), "{disables:?}");
+        for id in &ids {
+            assert_eq!(disables.iter().filter(|s| **s == id.as_str()).count(), 1);
+        }
+        assert_eq!(registrars[1].disable_lapsed(later).await.unwrap(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn lapsed_entries_are_disabled_once_by_two_servers_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.sqlite3");
+        let a: Arc<dyn Datastore> = Arc::new(SqliteDatastore::open(&path).await.unwrap());
+        let b: Arc<dyn Datastore> = Arc::new(SqliteDatastore::open(&path).await.unwrap());
+        lapsed_entries_are_disabled_once_by_two_servers([a, b]).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn lapsed_entries_are_disabled_once_by_two_servers_on_postgres() {
+        use crate::datastore::postgres::PostgresDatastore;
+        let db = crate::datastore::testdb::Postgres::new().await;
+        let a: Arc<dyn Datastore> = Arc::new(PostgresDatastore::open(&db.url).await.unwrap());
+        let b: Arc<dyn Datastore> = Arc::new(PostgresDatastore::open(&db.url).await.unwrap());
+        lapsed_entries_are_disabled_once_by_two_servers([a, b]).await;
     }
 
     #[test]

@@ -4,12 +4,22 @@
 //! delivery), so relying parties that never ask Tessera hear of it.
 //!
 //! The audit log is the source of truth: each receiver has its own worker that tails the
-//! log for `task.ended` and `task.break_glass` records from a cursor (the last sequence number delivered or given
-//! up for that receiver), kept in [`CURSOR_FILE`] (0600) in the data directory and written
-//! after each delivered or abandoned event. A receiver that is down, or a server restart,
-//! therefore loses nothing, and one receiver never delays another (one worker each, all
-//! polled in one service). A receiver's events go out in log order, one at a time: its
-//! queue is the log itself, so memory holds one event per receiver however long it is down.
+//! log for `task.ended` and `task.break_glass` records from a cursor (the last sequence
+//! number delivered or given up for that receiver). The cursor is in the datastore
+//! (`set_push_cursors`, one row per receiver) and shared by every server on it: a server
+//! pushes to a receiver only while it holds the receiver's lease ([`LEASE`], renewed
+//! while it pushes, taken over by another server once it runs out, given up at
+//! shutdown), and moves the cursor only while it holds it, in the transaction that
+//! appends the `set.delivered` or `set.abandoned` record (compare-and-set on holder and
+//! cursor). Each event therefore reaches each receiver once across the servers, not once
+//! per server, and is recorded once; only a server that loses the lease in the middle of
+//! a push (it stalled past [`LEASE`]) can make another send that event again, with the
+//! same `jti`. The cursor is also kept in [`CURSOR_FILE`] (0600) in the data directory,
+//! which seeds a receiver the datastore has no cursor for yet (a server upgraded from
+//! before shared cursors). A receiver that is down, or a server restart, therefore
+//! loses nothing, and one receiver never delays another (one worker each, all polled in
+//! one service). A receiver's events go out in log order, one at a time: its queue is
+//! the log itself, so memory holds one event per receiver however long it is down.
 //!
 //! A delivery is a 2xx answer (202 expected). Anything else, or no answer within
 //! [`REQUEST_TIMEOUT`], is retried after [`FIRST_RETRY`], doubling up to [`MAX_RETRY`],
@@ -18,8 +28,8 @@
 //! abandoned. Both outcomes are
 //! audited (`set.delivered`, `set.abandoned`, with receiver, `jti` and attempts). A SET's
 //! `jti` is derived from the audit record's hash and the receiver's URL: the retries of one
-//! event, after a restart too, and the copies that several servers sharing a datastore
-//! push, all carry the same `jti`, so a receiver deduplicates by it. Response bodies are
+//! event, after a restart or a takeover by another server too, all carry the same `jti`,
+//! so a receiver can deduplicate by it. Response bodies are
 //! never read.
 //!
 //! A worker with no cursor yet starts at the log's current end: configuring a receiver
@@ -59,9 +69,18 @@ pub const FIRST_RETRY: Duration = Duration::from_secs(1);
 pub const MAX_RETRY: Duration = Duration::from_secs(60);
 /// Connect, TLS handshake, request and response head, together.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often the log is read even when this server appended nothing (another server
-/// sharing the datastore may have ended a task).
+/// How often the log is read even when this server appended nothing and the change feed
+/// said nothing (another server sharing the datastore may have ended a task; the feed
+/// wakes the worker at once on PostgreSQL, this is the fallback).
 const POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a server's claim on a receiver lasts unless renewed (every [`POLL_INTERVAL`]
+/// while idle, before each attempt and every [`RENEW_EVERY`] while waiting to retry).
+/// Longer than [`REQUEST_TIMEOUT`], so an attempt in flight never outlives the lease; it
+/// is also how long a server that died holding a receiver delays its events. Servers'
+/// clocks must agree to well within it.
+pub const LEASE: Duration = Duration::from_secs(20);
+/// How often the lease is renewed while waiting to retry.
+const RENEW_EVERY: Duration = Duration::from_secs(5);
 
 /// Why SET push could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -231,6 +250,11 @@ pub struct SetPusher {
     ds: Arc<dyn Datastore>,
     jwt: Arc<JwtKeyManager>,
     cursors: Cursors,
+    /// This server's instance id: who holds a receiver's lease.
+    holder: String,
+    /// Bumped by the change feed when another server changed a task (see
+    /// [`Self::woken_by`]).
+    wake: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 impl std::fmt::Debug for SetPusher {
@@ -239,6 +263,18 @@ impl std::fmt::Debug for SetPusher {
             .field("receivers", &self.config.receivers)
             .finish_non_exhaustive()
     }
+}
+
+/// How pushing one event ended.
+enum Outcome {
+    /// Delivered (`set.delivered`) or given up (`set.abandoned`), after this many attempts.
+    Done(AuditKind, u32),
+    /// Not a pushable event (no task id): passed over without a record.
+    Skipped,
+    /// Shutdown came first: the cursor stays before the event.
+    Shutdown,
+    /// Another server holds the receiver now and pushes from the shared cursor.
+    Lost,
 }
 
 /// The outcome of one POST.
@@ -254,6 +290,7 @@ impl SetPusher {
         data_dir: &Path,
         ds: Arc<dyn Datastore>,
         jwt: Arc<JwtKeyManager>,
+        holder: String,
     ) -> Result<Self, SetPushError> {
         let ca_err = |message: String| SetPushError::CaFile {
             path: config.ca_file.display().to_string(),
@@ -283,7 +320,17 @@ impl SetPusher {
             tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
             ds,
             jwt,
+            holder,
+            wake: None,
         })
+    }
+
+    /// Also reads the log whenever `wake` changes (the change feed saw another server
+    /// change a task), not only on this server's appends and every [`POLL_INTERVAL`].
+    #[must_use]
+    pub fn woken_by(mut self, wake: tokio::sync::watch::Receiver<u64>) -> Self {
+        self.wake = Some(wake);
+        self
     }
 
     /// Runs one worker per receiver until `shutdown`.
@@ -298,81 +345,231 @@ impl SetPusher {
     }
 
     /// Tails the log for `receiver` and delivers each task end and break-glass start, in
-    /// order.
+    /// order, while this server holds the receiver's lease; gives it up at shutdown.
     async fn receiver(self: Arc<Self>, receiver: String, shutdown: CancellationToken) {
+        self.push_while_held(&receiver, &shutdown).await;
+        if let Err(e) = self.ds.release_set_receiver(&receiver, &self.holder).await {
+            tracing::warn!(receiver = %receiver, error = %e, "cannot release the SET push lease; another server takes the receiver over when it runs out");
+        }
+    }
+
+    /// Where a receiver without a shared cursor starts: this server's cursor file (a
+    /// datastore from before shared cursors), else the log's current end (configuring a
+    /// receiver does not replay history).
+    async fn start_of(&self, receiver: &str) -> Result<i64, String> {
+        if let Some(seq) = self.cursors.get(receiver) {
+            return Ok(seq);
+        }
+        match self.ds.audit_head().await {
+            Ok(head) => Ok(head.map_or(0, |h| h.seq)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Takes or renews this server's lease on `receiver`; its cursor while held.
+    async fn claim(&self, receiver: &str, start: i64) -> Result<Option<i64>, String> {
+        let now_ms = crate::clock::now_unix_ms();
+        let lease = i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX);
+        self.ds
+            .claim_set_receiver(
+                receiver,
+                &self.holder,
+                start,
+                now_ms,
+                now_ms.saturating_add(lease),
+            )
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn push_while_held(&self, receiver: &str, shutdown: &CancellationToken) {
         let mut heads = self.ds.audit_heads();
         let mut heads_open = true;
+        let mut wake = self.wake.clone();
         let mut behind_warned = false;
-        let mut cursor = match self.cursors.get(&receiver) {
-            Some(seq) => seq,
-            None => loop {
-                match self.ds.audit_head().await {
-                    Ok(head) => {
-                        let seq = head.map_or(0, |h| h.seq);
-                        self.cursors.set(&receiver, seq);
-                        break seq;
+        // The cursor while this server holds the receiver, and when the lease was renewed.
+        let mut held: Option<(i64, tokio::time::Instant)> = None;
+        let mut tried: Option<tokio::time::Instant> = None;
+        let start = loop {
+            match self.start_of(receiver).await {
+                Ok(seq) => break seq,
+                Err(e) => {
+                    tracing::warn!(receiver, error = %e, "cannot read the audit log head");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(POLL_INTERVAL) => {}
+                    }
+                }
+            }
+        };
+        tracing::info!(receiver, "pushing task ends as Security Event Tokens");
+        loop {
+            // The shared cursor, while this server holds the receiver. Nobody else moves
+            // it meanwhile, so a lease renewed less than RENEW_EVERY ago is not renewed
+            // again on every append.
+            let fresh =
+                held.filter(|(_, at): &(i64, tokio::time::Instant)| at.elapsed() < RENEW_EVERY);
+            // Another server's lease is asked after at most every POLL_INTERVAL.
+            let waiting = held.is_none()
+                && tried.is_some_and(|at: tokio::time::Instant| at.elapsed() < POLL_INTERVAL);
+            let cursor = if let Some((cursor, _)) = fresh {
+                Some(cursor)
+            } else if waiting {
+                None
+            } else {
+                tried = Some(tokio::time::Instant::now());
+                match self.claim(receiver, start).await {
+                    Ok(Some(cursor)) => {
+                        if held.is_none() {
+                            tracing::info!(receiver, cursor, "this server pushes to the receiver");
+                        }
+                        held = Some((cursor, tokio::time::Instant::now()));
+                        Some(cursor)
+                    }
+                    Ok(None) => {
+                        if held.take().is_some() {
+                            tracing::info!(receiver, "another server pushes to the receiver now");
+                        }
+                        None
                     }
                     Err(e) => {
-                        tracing::warn!(receiver = %receiver, error = %e, "cannot read the audit log head");
-                        tokio::select! {
-                            () = shutdown.cancelled() => return,
-                            () = tokio::time::sleep(POLL_INTERVAL) => {}
+                        held = None;
+                        tracing::warn!(receiver, error = %e, "cannot claim the SET push receiver");
+                        None
+                    }
+                }
+            };
+            if let Some(mut cursor) = cursor {
+                // Everything appended since the cursor.
+                let end = match self.ds.audit_head().await {
+                    Ok(h) => h.map_or(0, |h| h.seq),
+                    Err(e) => {
+                        tracing::warn!(receiver, error = %e, "cannot read the audit log head");
+                        cursor
+                    }
+                };
+                if end < cursor && !behind_warned {
+                    // The log ends before what was already pushed: another datastore, or
+                    // its newest records were lost. Nothing is pushed until it grows past
+                    // the cursor.
+                    tracing::warn!(
+                        receiver,
+                        cursor,
+                        log_end = end,
+                        "the audit log ends before this receiver's SET cursor"
+                    );
+                    behind_warned = true;
+                }
+                // Records read but not pushed move the cursor with the next event, or at
+                // the end of the pass.
+                let mut read = cursor;
+                let mut lost = false;
+                while read < end {
+                    let seq = read.saturating_add(1);
+                    let record = match self.ds.audit_record(seq).await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::warn!(receiver, seq, error = %e, "cannot read an audit record");
+                            break;
+                        }
+                    };
+                    if let Some(record) = record
+                        && is_pushed(&record)
+                    {
+                        let audit: Vec<AuditEvent> = match self
+                            .deliver(receiver, &record, cursor, shutdown)
+                            .await
+                        {
+                            Outcome::Done(kind, attempts) => {
+                                let jti = jti(&record.hash, receiver);
+                                vec![self.outcome_event(kind, &record, receiver, &jti, attempts)]
+                            }
+                            Outcome::Skipped => Vec::new(),
+                            Outcome::Shutdown => return,
+                            Outcome::Lost => {
+                                lost = true;
+                                break;
+                            }
+                        };
+                        match self
+                            .ds
+                            .advance_set_cursor(receiver, &self.holder, cursor, seq, &audit)
+                            .await
+                        {
+                            Ok(true) => {
+                                cursor = seq;
+                                self.cursors.set(receiver, seq);
+                            }
+                            Ok(false) => {
+                                tracing::warn!(
+                                    receiver,
+                                    seq,
+                                    "another server took the receiver over during a push; it may get this event twice (same jti)"
+                                );
+                                lost = true;
+                                break;
+                            }
+                            Err(e) => {
+                                // Pushed again on the next pass (same jti): at least once.
+                                tracing::warn!(receiver, seq, error = %e, "cannot record a SET push");
+                                lost = true;
+                                break;
+                            }
+                        }
+                    }
+                    read = seq;
+                }
+                if !lost && read > cursor {
+                    match self
+                        .ds
+                        .advance_set_cursor(receiver, &self.holder, cursor, read, &[])
+                        .await
+                    {
+                        Ok(true) => {
+                            cursor = read;
+                            self.cursors.set(receiver, read);
+                        }
+                        Ok(false) => lost = true,
+                        Err(e) => {
+                            lost = true;
+                            tracing::warn!(receiver, error = %e, "cannot move the SET push cursor");
                         }
                     }
                 }
-            },
-        };
-        tracing::info!(receiver = %receiver, cursor, "pushing task ends as Security Event Tokens");
-        loop {
-            // Everything appended since the cursor.
-            let end = match self.ds.audit_head().await {
-                Ok(h) => h.map_or(0, |h| h.seq),
-                Err(e) => {
-                    tracing::warn!(receiver = %receiver, error = %e, "cannot read the audit log head");
-                    cursor
+                held = if lost {
+                    None
+                } else {
+                    held.map(|(_, at)| (cursor, at))
+                };
+            }
+            let woken = async {
+                match wake.as_mut() {
+                    Some(w) => {
+                        if w.changed().await.is_err() {
+                            wake = None;
+                        }
+                    }
+                    None => std::future::pending().await,
                 }
             };
-            if end < cursor && !behind_warned {
-                // The log ends before what was already pushed: another datastore, or its
-                // newest records were lost. Nothing is pushed until it grows past the cursor.
-                tracing::warn!(receiver = %receiver, cursor, log_end = end, "the audit log ends before this receiver's SET cursor");
-                behind_warned = true;
-            }
-            while cursor < end {
-                let seq = cursor.saturating_add(1);
-                let record = match self.ds.audit_record(seq).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::warn!(receiver = %receiver, seq, error = %e, "cannot read an audit record");
-                        break;
-                    }
-                };
-                if let Some(record) = record
-                    && is_pushed(&record)
-                {
-                    if !self.deliver(&receiver, &record, &shutdown).await {
-                        return;
-                    }
-                    self.cursors.set(&receiver, seq);
-                }
-                cursor = seq;
-            }
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 r = heads.changed(), if heads_open => heads_open = r.is_ok(),
+                () = woken => {}
                 () = tokio::time::sleep(POLL_INTERVAL) => {}
             }
         }
     }
 
-    /// Delivers one event to `receiver`, retrying until it is delivered or too old.
-    /// Returns false if shutdown came first (the cursor stays before it).
+    /// Delivers one event to `receiver`, retrying until it is delivered or too old,
+    /// renewing the lease on the receiver (whose cursor is `cursor`) meanwhile.
     async fn deliver(
         &self,
         receiver: &str,
         record: &AuditRecord,
+        cursor: i64,
         shutdown: &CancellationToken,
-    ) -> bool {
+    ) -> Outcome {
         let jti = jti(&record.hash, receiver);
         let audience = self.config.audience.as_deref().unwrap_or(receiver);
         let give_up_at_ms = record.at_ms.saturating_add(
@@ -385,50 +582,81 @@ impl SetPusher {
             let now_ms = crate::clock::now_unix_ms();
             if now_ms >= give_up_at_ms {
                 tracing::warn!(receiver, task_id = %task_id, jti = %jti, attempts, give_up_after_secs = self.config.give_up_after.as_secs(), "gave up pushing a security event: too old");
-                self.audit(AuditKind::SetAbandoned, record, receiver, &jti, attempts)
-                    .await;
-                return true;
+                return Outcome::Done(AuditKind::SetAbandoned, attempts);
+            }
+            // Still this server's to push (renewed for the attempt).
+            if !self.still_held(receiver, cursor).await {
+                return Outcome::Lost;
             }
             attempts = attempts.saturating_add(1);
             let outcome = match security_event(record, &self.config.issuer, audience, now, &jti)
                 .map(|claims| self.jwt.sign_security_event(claims))
             {
-                None => return true,
+                // Not an event after all (no task id): passed over, unrecorded.
+                None => return Outcome::Skipped,
                 Some(Err(e)) => Attempt::Failed(format!("signing: {e}")),
                 Some(Ok(token)) => tokio::select! {
-                    () = shutdown.cancelled() => return false,
+                    () = shutdown.cancelled() => return Outcome::Shutdown,
                     a = self.post(receiver, token) => a,
                 },
             };
             match outcome {
                 Attempt::Delivered(status) => {
                     tracing::info!(receiver, task_id = %task_id, jti = %jti, attempts, status, kind = %record.event.kind, "pushed a security event");
-                    self.audit(AuditKind::SetDelivered, record, receiver, &jti, attempts)
-                        .await;
-                    return true;
+                    return Outcome::Done(AuditKind::SetDelivered, attempts);
                 }
                 Attempt::Failed(why) => {
                     // Never past the moment it is given up.
                     let left = u64::try_from(give_up_at_ms.saturating_sub(now_ms)).unwrap_or(0);
                     let wait = backoff(attempts).min(Duration::from_millis(left));
                     tracing::warn!(receiver, task_id = %task_id, jti = %jti, attempts, error = %why, retry_in_ms = wait.as_millis(), "pushing a security event failed");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return false,
-                        () = tokio::time::sleep(wait) => {}
+                    // The lease is renewed during long waits too.
+                    let until = tokio::time::Instant::now() + wait;
+                    loop {
+                        let step = until
+                            .saturating_duration_since(tokio::time::Instant::now())
+                            .min(RENEW_EVERY);
+                        tokio::select! {
+                            () = shutdown.cancelled() => return Outcome::Shutdown,
+                            () = tokio::time::sleep(step) => {}
+                        }
+                        if tokio::time::Instant::now() >= until {
+                            break;
+                        }
+                        if !self.still_held(receiver, cursor).await {
+                            return Outcome::Lost;
+                        }
                     }
                 }
             }
         }
     }
 
-    async fn audit(
+    /// Renews the lease on `receiver`; whether this server still holds it at `cursor`.
+    async fn still_held(&self, receiver: &str, cursor: i64) -> bool {
+        match self.claim(receiver, cursor).await {
+            Ok(Some(c)) if c == cursor => true,
+            Ok(_) => {
+                tracing::info!(receiver, "another server pushes to the receiver now");
+                false
+            }
+            Err(e) => {
+                // Unsure: stop and claim again on the next pass (the lease may run out).
+                tracing::warn!(receiver, error = %e, "cannot renew the SET push lease");
+                false
+            }
+        }
+    }
+
+    /// The record of a delivery (`set.delivered`) or of giving up (`set.abandoned`).
+    fn outcome_event(
         &self,
         kind: AuditKind,
         record: &AuditRecord,
         receiver: &str,
         jti: &str,
         attempts: u32,
-    ) {
+    ) -> AuditEvent {
         let mut event = AuditEvent::new(
             kind,
             &record.event.subject,
@@ -443,9 +671,7 @@ impl SetPusher {
         .by(SERVER_ACTOR);
         event.task_id.clone_from(&record.event.task_id);
         event.tenant.clone_from(&record.event.tenant);
-        if let Err(e) = self.ds.append_audit(&[event]).await {
-            tracing::warn!(receiver, error = %e, kind = %kind, "cannot write the audit record of a SET push");
-        }
+        event
     }
 
     /// One POST of `token` to `url`, bounded by [`REQUEST_TIMEOUT`].

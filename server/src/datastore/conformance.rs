@@ -65,6 +65,10 @@ conformance!(
     audit_numbers_are_never_reused_after_a_deletion,
     tasks_lifecycle,
     tasks_compare_and_set_under_concurrency,
+    entry_compare_and_set_applies_once,
+    lapsed_entries_are_disabled_once_across_servers,
+    set_push_receivers_are_held_by_one_server_at_a_time,
+    domain_checks_are_recorded_once_across_servers,
     the_parallel_limit_holds_under_concurrent_creates,
     break_glass_tasks_are_acknowledged_once,
     due_and_revoked_tasks,
@@ -1294,6 +1298,371 @@ async fn tasks_compare_and_set_under_concurrency(b: &dyn Backend) {
     assert_eq!(
         verify(&servers[0].list_audit(None, None).await.unwrap()),
         Ok(10)
+    );
+}
+
+async fn entry_compare_and_set_applies_once(b: &dyn Backend) {
+    let servers = [b.open().await, b.open().await];
+    let e = entry("cas", "spiffe://example.org/cas", 1);
+    servers[0].create_entry(&e, &[]).await.unwrap();
+    let mut next = e.clone();
+    next.revision = 2;
+    next.hint = "second".into();
+    let audit = [event("entry.updated", "cas", None)];
+    assert!(
+        servers[1]
+            .update_entry_if_unchanged(&next, &audit)
+            .await
+            .unwrap()
+    );
+    // The same change again: the stored revision is 2 now, nothing applies, no record.
+    let mut stale = e.clone();
+    stale.revision = 2;
+    stale.hint = "stale".into();
+    assert!(
+        !servers[0]
+            .update_entry_if_unchanged(&stale, &audit)
+            .await
+            .unwrap()
+    );
+    assert_eq!(servers[0].get_entry(&e.id).await.unwrap().unwrap(), next);
+    assert_eq!(servers[0].list_audit(None, None).await.unwrap().len(), 1);
+    // A missing entry: nothing applies.
+    let mut gone = entry("gone", "spiffe://example.org/gone", 1);
+    gone.revision = 2;
+    assert!(
+        !servers[0]
+            .update_entry_if_unchanged(&gone, &audit)
+            .await
+            .unwrap()
+    );
+    assert!(servers[0].get_entry(&gone.id).await.unwrap().is_none());
+    // A duplicate of another entry is still a conflict.
+    let other = entry("other", "spiffe://example.org/other", 2);
+    servers[0].create_entry(&other, &[]).await.unwrap();
+    let mut dup = other.clone();
+    dup.id = e.id.clone();
+    dup.revision = 3;
+    assert!(matches!(
+        servers[1].update_entry_if_unchanged(&dup, &audit).await,
+        Err(DatastoreError::Conflict(m)) if m == ENTRY_CONFLICT
+    ));
+    assert_eq!(servers[0].list_audit(None, None).await.unwrap().len(), 1);
+}
+
+/// Every server runs the lapse schedule (`Registrar::disable_lapsed`): each reads the
+/// lapsed entries and disables each with a compare-and-set on its revision. Two servers
+/// at it at the same moment disable each entry once, with one record (and, on
+/// PostgreSQL, one change on the feed); the other skips it.
+async fn lapsed_entries_are_disabled_once_across_servers(b: &(impl Backend + Under)) {
+    const ENTRIES: usize = 12;
+    let servers = [b.open().await, b.open().await];
+    let now = 1_800_000_000;
+    let mut ids = Vec::new();
+    for round in 0..3 {
+        for i in 0..ENTRIES {
+            let n = round * ENTRIES + i;
+            let mut e = entry(
+                &format!("lapsed{n}"),
+                &format!("spiffe://example.org/l{n}"),
+                1,
+            );
+            // Half expire, half have their review lapse (created long ago, never
+            // certified); one more is neither.
+            if i % 2 == 0 {
+                e.governance.expires_at = Some(now - 1);
+            }
+            servers[0].create_entry(&e, &[]).await.unwrap();
+            ids.push(e.id);
+        }
+        let mut fresh = entry(
+            &format!("fresh{round}"),
+            "spiffe://example.org/fresh",
+            round as u32,
+        );
+        fresh.created_at = now;
+        fresh.governance.expires_at = None;
+        servers[0].create_entry(&fresh, &[]).await.unwrap();
+        // Both servers, twice each, at the same moment: read, then compare-and-set.
+        let mut handles = Vec::new();
+        for k in 0..4 {
+            let ds = Arc::clone(&servers[k % 2]);
+            handles.push(tokio::spawn(async move {
+                let mut applied = Vec::new();
+                for e in ds.lapsed_entries(now).await.unwrap() {
+                    let mut next = e.clone();
+                    next.revision += 1;
+                    next.governance.disabled = Some(common::entry::Disabled {
+                        at: now,
+                        reason: format!("by {k}"),
+                    });
+                    let audit = [event("entry.disabled", e.id.as_str(), None)];
+                    if ds.update_entry_if_unchanged(&next, &audit).await.unwrap() {
+                        applied.push(next);
+                    }
+                }
+                applied
+            }));
+        }
+        let mut disabled = Vec::new();
+        for h in handles {
+            disabled.extend(h.await.unwrap());
+        }
+        assert_eq!(
+            disabled.len(),
+            ENTRIES,
+            "round {round}: each entry disabled once"
+        );
+        for d in &disabled {
+            assert_eq!(&servers[1].get_entry(&d.id).await.unwrap().unwrap(), d);
+        }
+        assert!(servers[1].lapsed_entries(now).await.unwrap().is_empty());
+    }
+    let records = servers[0].list_audit(None, None).await.unwrap();
+    let mut per_entry = BTreeMap::new();
+    for r in &records {
+        assert_eq!(r.event.kind, "entry.disabled");
+        *per_entry.entry(r.event.subject.clone()).or_insert(0) += 1;
+    }
+    assert_eq!(per_entry.len(), ids.len(), "{per_entry:?}");
+    assert!(per_entry.values().all(|&n| n == 1), "{per_entry:?}");
+    assert_eq!(verify(&records), Ok(ids.len()));
+    for id in &ids {
+        let e = servers[1].get_entry(id).await.unwrap().unwrap();
+        assert_eq!(e.revision, 2, "{id}: one change");
+    }
+    // PostgreSQL's feed has one change per create and one per disable; SQLite has no feed.
+    let changes = b
+        .texts("SELECT CAST(count(*) AS TEXT) AS t FROM changes WHERE kind = 'entry'")
+        .await;
+    let changes: usize = changes[0].parse().unwrap();
+    let created = ids.len() + 3;
+    assert!(
+        changes == 0 || changes == created + ids.len(),
+        "{changes} changes for {created} entries created and {} disabled",
+        ids.len()
+    );
+}
+
+/// Every server re-checks verified domains: of two checks that read the same state, one
+/// records its outcome (and its change of state, once).
+async fn domain_checks_are_recorded_once_across_servers(b: &dyn Backend) {
+    let servers = [b.open().await, b.open().await];
+    let t = TenantRecord {
+        name: "acme".into(),
+        path_prefixes: vec!["/acme".into()],
+        admin_users: vec![],
+        admin_groups: vec![],
+        max_entries: None,
+        max_open_tasks: None,
+        max_parallel_tasks_per_entry: None,
+        review_every: None,
+        created_at: 1_700_000_000,
+        revision: 1,
+        policy: None,
+    };
+    servers[0].create_tenant(&t, &[]).await.unwrap();
+    let d = DomainRecord {
+        domain: "acme.example".into(),
+        tenant: "acme".into(),
+        challenge: "c".into(),
+        added_at: 1_700_000_000,
+        verified_at: None,
+        checked_at: None,
+        failing_since: None,
+        last_error: None,
+    };
+    servers[0].put_domain(&d, &[]).await.unwrap();
+    let mut checked = d.clone();
+    checked.verified_at = Some(1_700_000_100);
+    checked.checked_at = Some(1_700_000_100);
+    // Never checked before (NULL), first check wins.
+    assert!(
+        servers[1]
+            .record_domain_check(
+                &checked,
+                None,
+                &[event("domain.verified", "acme.example", None)]
+            )
+            .await
+            .unwrap()
+    );
+    // Both servers re-check at once from the same state: one records it.
+    let mut handles = Vec::new();
+    for k in 0..6 {
+        let ds = Arc::clone(&servers[k % 2]);
+        let mut failing = checked.clone();
+        failing.checked_at = Some(1_700_000_200 + k as i64);
+        failing.failing_since = failing.checked_at;
+        failing.last_error = Some(format!("check {k}"));
+        handles.push(tokio::spawn(async move {
+            let audit = [event("domain.failing", "acme.example", None)];
+            let applied = ds
+                .record_domain_check(&failing, Some(1_700_000_100), &audit)
+                .await
+                .unwrap();
+            (applied, failing)
+        }));
+    }
+    let mut winners = Vec::new();
+    for h in handles {
+        let (applied, failing) = h.await.unwrap();
+        if applied {
+            winners.push(failing);
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    assert_eq!(
+        servers[0]
+            .get_domain("acme.example")
+            .await
+            .unwrap()
+            .unwrap(),
+        winners[0]
+    );
+    let kinds: Vec<String> = servers[0]
+        .list_audit(None, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.event.kind)
+        .collect();
+    assert_eq!(kinds, ["domain.verified", "domain.failing"]);
+    // Another claim (a different challenge): nothing applies.
+    let mut other = winners[0].clone();
+    other.challenge = "other".into();
+    let previous = other.checked_at;
+    other.checked_at = Some(1_700_000_300);
+    assert!(
+        !servers[0]
+            .record_domain_check(&other, previous, &[])
+            .await
+            .unwrap()
+    );
+}
+
+/// SET push: one server at a time holds a receiver's lease and moves its cursor, with the
+/// delivery's record; the others wait for the lease to be given up or run out.
+async fn set_push_receivers_are_held_by_one_server_at_a_time(b: &dyn Backend) {
+    const RX: &str = "https://rx.example.org/events";
+    let servers = [b.open().await, b.open().await];
+    // Both servers ask for a new receiver at once, many times: one holds it.
+    let mut handles = Vec::new();
+    for k in 0..8 {
+        let ds = Arc::clone(&servers[k % 2]);
+        let holder = format!("server-{}", k % 2);
+        handles.push(tokio::spawn(async move {
+            let got = ds
+                .claim_set_receiver(RX, &holder, 5, 1_000, 21_000)
+                .await
+                .unwrap();
+            (holder, got)
+        }));
+    }
+    let mut holders = BTreeSet::new();
+    for h in handles {
+        let (holder, got) = h.await.unwrap();
+        if let Some(seq) = got {
+            assert_eq!(seq, 5, "the cursor starts where the first claim said");
+            holders.insert(holder);
+        }
+    }
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    let a = holders.pop_first().unwrap();
+    let (ds_a, ds_b, b_id) = if a == "server-0" {
+        (&servers[0], &servers[1], "server-1")
+    } else {
+        (&servers[1], &servers[0], "server-0")
+    };
+    // The other server waits while the lease runs; the holder renews it.
+    assert_eq!(
+        ds_b.claim_set_receiver(RX, b_id, 0, 20_999, 40_999)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        ds_a.claim_set_receiver(RX, &a, 0, 10_000, 30_000)
+            .await
+            .unwrap(),
+        Some(5)
+    );
+    // Only the holder moves the cursor, from where it is; the record goes with it.
+    let delivered = [event("set.delivered", "spiffe://example.org/t", None)];
+    assert!(
+        !ds_b
+            .advance_set_cursor(RX, b_id, 5, 7, &delivered)
+            .await
+            .unwrap()
+    );
+    assert!(
+        ds_a.advance_set_cursor(RX, &a, 5, 7, &delivered)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !ds_a
+            .advance_set_cursor(RX, &a, 5, 8, &delivered)
+            .await
+            .unwrap(),
+        "the cursor is no longer at 5"
+    );
+    assert_eq!(ds_a.list_audit(None, None).await.unwrap().len(), 1);
+    // Another receiver is independent.
+    assert_eq!(
+        ds_b.claim_set_receiver("https://other.example.org/", b_id, 3, 10_000, 30_000)
+            .await
+            .unwrap(),
+        Some(3)
+    );
+    // The lease runs out: the other server takes the receiver over at its cursor, and
+    // the former holder can no longer move it.
+    assert_eq!(
+        ds_b.claim_set_receiver(RX, b_id, 0, 30_000, 50_000)
+            .await
+            .unwrap(),
+        Some(7)
+    );
+    assert!(
+        !ds_a
+            .advance_set_cursor(RX, &a, 7, 9, &delivered)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        ds_a.claim_set_receiver(RX, &a, 0, 30_001, 50_001)
+            .await
+            .unwrap(),
+        None
+    );
+    // Given up (shutdown): the other takes it at once. Releasing what one does not
+    // hold changes nothing.
+    ds_a.release_set_receiver(RX, &a).await.unwrap();
+    assert_eq!(
+        ds_a.claim_set_receiver(RX, &a, 0, 30_002, 50_002)
+            .await
+            .unwrap(),
+        None
+    );
+    ds_b.release_set_receiver(RX, b_id).await.unwrap();
+    assert_eq!(
+        ds_a.claim_set_receiver(RX, &a, 0, 30_003, 50_003)
+            .await
+            .unwrap(),
+        Some(7)
+    );
+    // A reopened datastore (a restarted server) sees the same cursor.
+    let reopened = b.open().await;
+    assert_eq!(
+        reopened
+            .claim_set_receiver(RX, &a, 0, 30_004, 50_004)
+            .await
+            .unwrap(),
+        Some(7)
+    );
+    assert_eq!(
+        verify(&servers[0].list_audit(None, None).await.unwrap()),
+        Ok(1)
     );
 }
 

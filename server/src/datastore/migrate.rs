@@ -161,6 +161,14 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../migrations/postgres/0013_status_lists.sql"),
         then: None,
     },
+    Migration {
+        version: 14,
+        description: "SET push cursors shared by the servers: one per receiver, moved only \
+                      by the server holding its lease",
+        sqlite: include_str!("../../migrations/sqlite/0014_set_push_cursors.sql"),
+        postgres: include_str!("../../migrations/postgres/0014_set_push_cursors.sql"),
+        then: None,
+    },
 ];
 
 /// The tables version 1 created: a database holding them but no version table was

@@ -599,6 +599,30 @@ impl<D: Dialect> Datastore for SqlStore<D> {
         self.put_entry(entry, false, audit).await
     }
 
+    async fn update_entry_if_unchanged(
+        &self,
+        entry: &RegistrationEntry,
+        audit: &[AuditEvent],
+    ) -> Result<bool, DatastoreError> {
+        let entry = entry.clone();
+        let applied = self
+            .write_tx(audit, move |conn| {
+                Box::pin(async move {
+                    let row = EntryRow::new(&entry)?;
+                    let mut params = row.params(&entry).to_vec();
+                    params.push(Param::Int(row.previous_revision()));
+                    let n = D::execute(conn, records::UPDATE_ENTRY_IF, &params)
+                        .await
+                        .map_err(conflict(entry_conflict))?;
+                    // Another change came first (or the entry is gone): nothing applied,
+                    // no record.
+                    Ok((n == 1).then_some(()))
+                })
+            })
+            .await?;
+        Ok(applied.is_some())
+    }
+
     async fn delete_entry(
         &self,
         id: &EntryId,
@@ -1018,6 +1042,29 @@ impl<D: Dialect> Datastore for SqlStore<D> {
         .map(|_| ())
     }
 
+    async fn record_domain_check(
+        &self,
+        d: &DomainRecord,
+        previous_checked_at: Option<i64>,
+        audit: &[AuditEvent],
+    ) -> Result<bool, DatastoreError> {
+        let d = d.clone();
+        let applied = self
+            .write_tx(audit, move |conn| {
+                Box::pin(async move {
+                    let mut params = tenants::domain_params(&d).to_vec();
+                    params.push(Param::OptInt(previous_checked_at));
+                    let n = D::execute(conn, tenants::RECORD_DOMAIN_CHECK, &params)
+                        .await
+                        .map_err(backend)?;
+                    // Another check came first (or the claim changed): no record.
+                    Ok((n == 1).then_some(()))
+                })
+            })
+            .await?;
+        Ok(applied.is_some())
+    }
+
     async fn get_domain(&self, domain: &str) -> Result<Option<DomainRecord>, DatastoreError> {
         self.one(tenants::GET_DOMAIN, &[Param::Text(domain)], tenants::domain)
             .await
@@ -1298,6 +1345,98 @@ impl<D: Dialect> Datastore for SqlStore<D> {
         )
         .await
         .map_err(backend)
+    }
+
+    async fn claim_set_receiver(
+        &self,
+        receiver: &str,
+        holder: &str,
+        start: i64,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Option<i64>, DatastoreError> {
+        let (receiver, holder) = (receiver.to_owned(), holder.to_owned());
+        let claimed = self
+            .write_tx(&[], move |conn| {
+                Box::pin(async move {
+                    D::execute(
+                        conn,
+                        records::INSERT_SET_CURSOR,
+                        &[Param::Text(&receiver), Param::Int(start)],
+                    )
+                    .await
+                    .map_err(backend)?;
+                    let row = D::fetch_optional(
+                        conn,
+                        records::CLAIM_SET_CURSOR,
+                        &[
+                            Param::Text(&receiver),
+                            Param::Text(&holder),
+                            Param::Int(now_ms),
+                            Param::Int(until_ms),
+                        ],
+                    )
+                    .await
+                    .map_err(backend)?;
+                    row.map(|r| r.int("seq")).transpose()
+                })
+            })
+            .await?;
+        Ok(claimed.map(|(seq, _)| seq))
+    }
+
+    async fn advance_set_cursor(
+        &self,
+        receiver: &str,
+        holder: &str,
+        from: i64,
+        to: i64,
+        audit: &[AuditEvent],
+    ) -> Result<bool, DatastoreError> {
+        let (receiver, holder) = (receiver.to_owned(), holder.to_owned());
+        let applied = self
+            .write_tx(audit, move |conn| {
+                Box::pin(async move {
+                    let n = D::execute(
+                        conn,
+                        records::ADVANCE_SET_CURSOR,
+                        &[
+                            Param::Text(&receiver),
+                            Param::Text(&holder),
+                            Param::Int(from),
+                            Param::Int(to),
+                        ],
+                    )
+                    .await
+                    .map_err(backend)?;
+                    // Another server took the receiver over: nothing applied, no record.
+                    Ok((n == 1).then_some(()))
+                })
+            })
+            .await?;
+        Ok(applied.is_some())
+    }
+
+    async fn release_set_receiver(
+        &self,
+        receiver: &str,
+        holder: &str,
+    ) -> Result<(), DatastoreError> {
+        let (receiver, holder) = (receiver.to_owned(), holder.to_owned());
+        self.write_tx(&[], move |conn| {
+            Box::pin(async move {
+                D::execute(
+                    conn,
+                    records::RELEASE_SET_CURSOR,
+                    &[Param::Text(&receiver), Param::Text(&holder)],
+                )
+                .await
+                .map_err(backend)?;
+                Ok(Some(()))
+            })
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn revoked_since(

@@ -200,7 +200,25 @@ impl TenantDomains {
             .map(|kind| domain_event(kind, actor, &d, why.as_deref()))
             .into_iter()
             .collect();
-        self.ds.put_domain(&d, &events).await?;
+        if !self
+            .ds
+            .record_domain_check(&d, current.checked_at, &events)
+            .await?
+        {
+            // Another check (another server's schedule) recorded its outcome first: that
+            // one stands, recorded once.
+            return self
+                .ds
+                .get_domain(&name)
+                .await?
+                .filter(|stored| stored.tenant == d.tenant)
+                .ok_or_else(|| {
+                    DomainRequestError::NotFound(format!(
+                        "tenant {} has not claimed domain {name}",
+                        d.tenant
+                    ))
+                });
+        }
         if let Some(kind) = kind {
             tracing::info!(tenant = %d.tenant, domain = %name, kind = %kind, "domain verification changed");
         }

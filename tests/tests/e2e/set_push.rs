@@ -567,6 +567,99 @@ async fn an_event_undeliverable_past_set_give_up_after_is_abandoned_and_never_se
     assert_eq!(audit(&s, "set.abandoned").len(), 1);
 }
 
+/// Two servers on one PostgreSQL database, both configured with the same receiver: each
+/// task end reaches it once (not once per server) with one `set.delivered` record, within
+/// a second whichever server ended the task; when the server pushing to the receiver
+/// stops, the other pushes from where it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_servers_on_one_database_push_each_event_once() {
+    let db = tests::TestDb::create();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = WebPki::generate(dir.path()).unwrap();
+    let rx = Receiver::start(&pki).await;
+    let (url, ca) = (rx.url(), pki.ca_file.display().to_string());
+    let args = [
+        "--datastore",
+        db.url.as_str(),
+        "--jwt-issuer",
+        "https://tessera.example.org",
+        "--set-receiver",
+        &url,
+        "--set-receiver-ca-file",
+        &ca,
+    ];
+    let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&dir_a).unwrap();
+    std::fs::create_dir_all(&dir_b).unwrap();
+    let a = ServerProc::start(&dir_a, &args);
+    let b = ServerProc::start(&dir_b, &args);
+
+    // Tasks ended on either server, each pushed once.
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        let s = if n % 2 == 0 { &a } else { &b };
+        let t = start_task(s, n);
+        let ended = Instant::now();
+        s.cli_json(&["task", "complete", &t]);
+        let got = rx
+            .wait(&t, Duration::from_secs(10), |r| !r.is_empty())
+            .await;
+        let latency = got[0].at - ended;
+        println!("two servers: task end → SET after {latency:?}");
+        // Whichever server ended it: the change feed wakes the pushing server.
+        assert!(latency < Duration::from_secs(1), "{latency:?}");
+        ids.push(t);
+    }
+    // Time for a second push of each, were every server pushing everything.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for t in &ids {
+        let got = rx.about(t);
+        assert_eq!(got.len(), 1, "task {t}: {got:?}");
+        assert_eq!(got[0].status, 202);
+    }
+    assert_eq!(rx.all().len(), ids.len(), "{:?}", rx.all());
+    let delivered = audit(&a, "set.delivered");
+    assert_eq!(delivered.len(), ids.len(), "{delivered:?}");
+    for t in &ids {
+        assert_eq!(
+            delivered
+                .iter()
+                .filter(|d| d["task_id"] == t.as_str())
+                .count(),
+            1,
+            "{delivered:?}"
+        );
+    }
+    let pushing = |s: &ServerProc| s.log_text().contains("this server pushes to the receiver");
+    assert!(
+        pushing(&a) != pushing(&b),
+        "exactly one server pushes to the receiver\nA:\n{}\nB:\n{}",
+        a.log_tail(),
+        b.log_tail()
+    );
+
+    // The pushing server stops: the other takes the receiver over where it was.
+    let (mut gone, other) = if pushing(&a) { (a, b) } else { (b, a) };
+    gone.stop();
+    let t = start_task(&other, 99);
+    let ended = Instant::now();
+    other.cli_json(&["task", "revoke", &t, "--reason", "after the takeover"]);
+    let got = rx
+        .wait(&t, Duration::from_secs(15), |r| !r.is_empty())
+        .await;
+    let took = got[0].at - ended;
+    println!("two servers: after the pushing server stopped, task end → SET after {took:?}");
+    // Given up at shutdown, not waited out (the lease is 20 s).
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(rx.about(&t).len(), 1);
+    assert_eq!(rx.all().len(), ids.len() + 1, "nothing earlier sent again");
+    let delivered = audit(&other, "set.delivered");
+    assert_eq!(delivered.len(), ids.len() + 1, "{delivered:?}");
+    let v = other.cli_json(&["audit", "verify"]);
+    assert_eq!(v["ok"], true, "{v}");
+}
+
 #[test]
 fn the_server_refuses_an_http_receiver_and_a_missing_ca_file() {
     let dir = tempfile::tempdir().unwrap();

@@ -43,6 +43,13 @@ pub(super) const UPDATE_ENTRY: &str = "UPDATE entries SET spiffe_id = $2, parent
         expires_at = $15, review_every = $16, certified_at = $17, disabled_at = $18,
         disabled_reason = $19
     WHERE id = $1";
+/// [`UPDATE_ENTRY`] only while the stored revision is `$20` (compare-and-set).
+pub(super) const UPDATE_ENTRY_IF: &str = "UPDATE entries SET spiffe_id = $2, parent_id = $3,
+        selectors = $4, identity = $5, x509_svid_ttl = $6, jwt_svid_ttl = $7, dns_names = $8,
+        jit = $9, hint = $10, created_at = $11, revision = $12, tenant = $13, owner = $14,
+        expires_at = $15, review_every = $16, certified_at = $17, disabled_at = $18,
+        disabled_reason = $19
+    WHERE id = $1 AND revision = $20";
 pub(super) const DELETE_ENTRY: &str = "DELETE FROM entries WHERE id = $1 RETURNING *";
 pub(super) const GET_ENTRY: &str = "SELECT * FROM entries WHERE id = $1";
 pub(super) const LIST_ENTRIES: &str = "SELECT * FROM entries
@@ -287,6 +294,11 @@ impl EntryRow {
             dns_names: to_json(&e.dns_names),
             revision: i64::try_from(e.revision).map_err(|err| corrupt("revision", err))?,
         })
+    }
+
+    /// The revision the stored entry has when this one replaces it.
+    pub(super) fn previous_revision(&self) -> i64 {
+        self.revision - 1
     }
 
     pub(super) fn params<'a>(&'a self, e: &'a RegistrationEntry) -> [Param<'a>; 19] {
@@ -714,3 +726,20 @@ pub(super) fn audit(row: &impl Cells) -> Result<AuditRecord, DatastoreError> {
 pub(super) fn audit_head(row: &impl Cells) -> Result<(i64, String), DatastoreError> {
     Ok((row.int("seq")?, row.text("hash")?))
 }
+
+/// A receiver's SET push cursor, created free (no holder, lease over) if missing.
+pub(super) const INSERT_SET_CURSOR: &str = "INSERT INTO set_push_cursors (receiver, seq,
+        holder, lease_until_ms)
+    VALUES ($1, $2, '', 0)
+    ON CONFLICT (receiver) DO NOTHING";
+/// Takes or renews the lease of `$2` until `$4` unless another holder's runs past `$3`.
+pub(super) const CLAIM_SET_CURSOR: &str = "UPDATE set_push_cursors
+    SET holder = $2, lease_until_ms = $4
+    WHERE receiver = $1 AND (holder = $2 OR lease_until_ms <= $3)
+    RETURNING seq";
+/// Moves the cursor from `$3` to `$4` while `$2` holds it.
+pub(super) const ADVANCE_SET_CURSOR: &str = "UPDATE set_push_cursors SET seq = $4
+    WHERE receiver = $1 AND holder = $2 AND seq = $3";
+/// Ends the lease of `$2`.
+pub(super) const RELEASE_SET_CURSOR: &str = "UPDATE set_push_cursors SET lease_until_ms = 0
+    WHERE receiver = $1 AND holder = $2";

@@ -33,6 +33,12 @@ pub(super) const PUT_DOMAIN: &str = "INSERT INTO tenant_domains (domain, tenant,
         checked_at = excluded.checked_at, failing_since = excluded.failing_since,
         last_error = excluded.last_error
     WHERE tenant_domains.tenant = excluded.tenant";
+/// A check's outcome, if the claim is the same and no other check was recorded since
+/// `$9` ([`domain_params`] order, then the previous `checked_at`).
+pub(super) const RECORD_DOMAIN_CHECK: &str = "UPDATE tenant_domains SET verified_at = $5,
+        checked_at = $6, failing_since = $7, last_error = $8
+    WHERE domain = $1 AND tenant = $2 AND challenge = $3 AND added_at = $4
+        AND checked_at IS NOT DISTINCT FROM $9";
 pub(super) const GET_DOMAIN: &str = "SELECT * FROM tenant_domains WHERE domain = $1";
 pub(super) const LIST_DOMAINS: &str =
     "SELECT * FROM tenant_domains WHERE ($1 IS NULL OR tenant = $1) ORDER BY domain";

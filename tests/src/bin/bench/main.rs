@@ -17,6 +17,7 @@
 //! missed target is reported, not a failure. The exit status is non-zero only when a
 //! measurement could not be made.
 
+mod cross_server;
 mod crypto;
 mod procs;
 mod relying;
@@ -36,10 +37,11 @@ use serde_json::{Value, json};
 use crate::stats::Figure;
 
 /// The sections of the report, in the issue's order of figures.
-const SECTIONS: [&str; 6] = [
+const SECTIONS: [&str; 7] = [
     "issuance",
     "latency",
     "propagation",
+    "cross_server",
     "scale",
     "jwt",
     "revocation",
@@ -48,12 +50,13 @@ const SECTIONS: [&str; 6] = [
 const USAGE: &str = "\
 usage: bench [--quick] [--json PATH] [--only SECTIONS] [--reps N] [--scale-sizes N,N]
              [--scale-reps N] [--bin-dir DIR] [--no-build] [--agent-env K=V] [--keep-dirs]
+             [--postgres URL]
 
   --quick          tiny sizes and short measurements (CI smoke run)
   --json PATH      where to write the JSON report (default: target/bench.json, or
                    target/bench-quick.json with --quick)
-  --only LIST      comma-separated subset of: issuance,latency,propagation,scale,jwt,
-                   revocation
+  --only LIST      comma-separated subset of: issuance,latency,propagation,cross_server,
+                   scale,jwt,revocation
   --reps N         repeats of each measurement (default 5; quick 1)
   --scale-sizes    entry counts for the scale figures (default 1000,10000; quick 10,50)
   --scale-reps N   repeats of each scale size (default 5; quick 1)
@@ -61,6 +64,8 @@ usage: bench [--quick] [--json PATH] [--only SECTIONS] [--reps N] [--scale-sizes
   --no-build       under `cargo run`, do not build the server and agent binaries first
   --agent-env K=V  extra environment for the agent processes (diagnostics)
   --keep-dirs      keep the server and agent directories (logs, datastores)
+  --postgres URL   PostgreSQL for cross_server (two servers on one database); default
+                   TESSERA_TEST_POSTGRES_URL; neither: the section is skipped
 ";
 
 /// Sizes and durations of one run.
@@ -190,6 +195,8 @@ struct Args {
     only: BTreeSet<String>,
     bin_dir: Option<PathBuf>,
     build: bool,
+    /// PostgreSQL for the cross-server figure (a role that may create databases).
+    postgres: Option<String>,
 }
 
 /// Parses `argv` (without the program name); `None` for `--help`.
@@ -201,6 +208,9 @@ fn parse_args(argv: Vec<String>) -> anyhow::Result<Option<Args>> {
         only: SECTIONS.iter().map(|s| (*s).to_owned()).collect(),
         bin_dir: None,
         build: true,
+        postgres: std::env::var(cross_server::POSTGRES_ENV)
+            .ok()
+            .filter(|u| !u.is_empty()),
     };
     let mut it = argv.into_iter();
     while let Some(arg) = it.next() {
@@ -220,6 +230,7 @@ fn parse_args(argv: Vec<String>) -> anyhow::Result<Option<Args>> {
             "--json" => a.json = Some(value("--json")?.into()),
             "--bin-dir" => a.bin_dir = Some(value("--bin-dir")?.into()),
             "--no-build" => a.build = false,
+            "--postgres" => a.postgres = Some(value("--postgres")?),
             "--keep-dirs" => a.cfg.keep_dirs = true,
             "--agent-env" => {
                 let kv = value("--agent-env")?;
@@ -529,6 +540,14 @@ fn run(args: &Args) -> anyhow::Result<bool> {
                 Err(e) => report.error("cluster start", &e),
             }
         }
+        if want("cross_server") {
+            report.section("cross-server propagation (PostgreSQL)");
+            if let Some(r) =
+                cross_server::cross_server(cfg, &bin_dir, args.postgres.as_deref()).await
+            {
+                report.record("cross_server", r);
+            }
+        }
         if want("scale") {
             report.section("scale");
             let rate = issuance
@@ -656,6 +675,11 @@ mod tests {
         assert_eq!(full.cfg.reps, 5);
         assert_eq!(full.cfg.scale_sizes, vec![1000, 10_000]);
         assert_eq!(full.only.len(), 2);
+        let pg = args(&["--postgres", "postgres://u@h/db", "--only", "cross_server"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(pg.postgres.as_deref(), Some("postgres://u@h/db"));
+        assert!(pg.only.contains("cross_server"));
         assert!(args(&["--help"]).unwrap().is_none());
     }
 
@@ -667,6 +691,7 @@ mod tests {
             &["--only", "nope"],
             &["--scale-sizes", "10,x"],
             &["--agent-env", "NOEQUALS"],
+            &["--postgres"],
             &["--frobnicate"],
         ] {
             assert!(args(bad).is_err(), "{bad:?}");

@@ -147,6 +147,15 @@ pub(crate) struct RelyingParty {
 impl Server {
     /// Starts a server under `dir` and waits until its admin API answers.
     pub(crate) async fn start(bin_dir: &Path, dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(bin_dir, dir, &[]).await
+    }
+
+    /// As [`Self::start`], with `extra` `run` flags (e.g. `--datastore URL`).
+    pub(crate) async fn start_with(
+        bin_dir: &Path,
+        dir: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let port = tests::free_port();
         let admin_socket = dir.join("admin.sock");
         std::fs::create_dir_all(dir)?;
@@ -173,6 +182,7 @@ impl Server {
         ] {
             cmd.args([limit, "1000000000"]);
         }
+        cmd.args(extra);
         let mut proc = Proc::spawn(cmd, &dir.join("server.log"))?;
         let deadline = Instant::now() + Duration::from_secs(30);
         let bundle = loop {

@@ -425,7 +425,7 @@ pub(crate) async fn latency(
 }
 
 /// Reads stream messages until one's SPIFFE IDs satisfy `want`.
-async fn next_matching(
+pub(crate) async fn next_matching(
     stream: &mut tonic::Streaming<common::proto::workload::X509svidResponse>,
     want: impl Fn(&[String]) -> bool,
 ) -> anyhow::Result<()> {
