@@ -72,6 +72,8 @@ pub(crate) struct Rotation {
     pub(crate) link: server_client::ServerLink,
     /// Retry state of signing.
     pub(crate) retry: SignRetry,
+    /// The sync stream's state and progress.
+    pub(crate) metrics: Arc<crate::metrics::AgentMetrics>,
 }
 
 /// When signing is retried after a failure.
@@ -211,6 +213,7 @@ impl Rotation {
         cursor: &mut String,
         shutdown: &CancellationToken,
     ) -> Result<StreamEnd, RotationError> {
+        let _connected = crate::metrics::UpGuard::up(&self.metrics.sync_connected);
         loop {
             self.withdraw_ended_grants();
             let now = self.clock.now();
@@ -223,6 +226,7 @@ impl Rotation {
                     Some(Ok(mut update)) => {
                         let at = std::mem::take(&mut update.cursor);
                         self.apply(update);
+                        self.metrics.synced(self.clock.now());
                         // Only once applied: a stream lost before that resumes from the
                         // previous position.
                         if !at.is_empty() {
