@@ -435,7 +435,10 @@ mod tests {
             "tessera_agent_cached_svids 0",
             "tessera_agent_cached_entries 0",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
         }
         assert!(text.ends_with("# EOF\n"), "{text}");
     }

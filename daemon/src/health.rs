@@ -71,7 +71,8 @@ fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
 }
 
 /// The content type of OpenMetrics text exposition.
-pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Renders `registry` as OpenMetrics text (ends with `# EOF`).
 pub fn render_metrics(registry: &Registry) -> Result<String, std::fmt::Error> {
@@ -250,7 +251,12 @@ mod tests {
         let hits = prometheus_client::metrics::counter::Counter::<u64>::default();
         registry.register("example_hits", "Example counter", hits.clone());
         hits.inc();
-        tokio::spawn(serve(listener, health.clone(), Arc::new(registry), stop.clone()));
+        tokio::spawn(serve(
+            listener,
+            health.clone(),
+            Arc::new(registry),
+            stop.clone(),
+        ));
         assert!(get(addr, "/live").await.starts_with("HTTP/1.1 200"));
         let r = get(addr, "/ready").await;
         assert!(
@@ -271,7 +277,10 @@ mod tests {
         assert!(t.starts_with("HTTP/1.1 200"), "{t}");
         assert!(t.contains(PROMETHEUS_TEXT_CONTENT_TYPE), "{t}");
         assert!(t.contains("# TYPE example_hits_total counter\n"), "{t}");
-        assert!(t.contains("# HELP example_hits_total Example counter.\n"), "{t}");
+        assert!(
+            t.contains("# HELP example_hits_total Example counter.\n"),
+            "{t}"
+        );
         assert!(t.contains("example_hits_total 1\n"), "{t}");
         assert!(!t.contains("# EOF"), "{t}");
         stop.cancel();

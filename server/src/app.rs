@@ -181,7 +181,7 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
     registry.register_collector(Box::new(crate::metrics::StateCollector {
         ca: Arc::clone(&ca),
         jwt: Arc::clone(&jwt),
-        tasks: Arc::clone(&task_service),
+        tasks: Arc::clone(&task_service) as Arc<dyn crate::metrics::ActiveTasks>,
         ds: Arc::clone(&ds),
     }));
     let registry = Arc::new(registry);

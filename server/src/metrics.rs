@@ -22,7 +22,6 @@ use prometheus_client::registry::Registry;
 use crate::ca::rotation::{CaPhase, CaSet};
 use crate::datastore::Datastore;
 use crate::jwt_keys::JwtKeyManager;
-use crate::tasks::Tasks;
 
 /// The kind of SVID issued.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -176,6 +175,13 @@ impl Drop for StreamGuard {
     }
 }
 
+/// What [`StateCollector`] reads of the task service (`crate::tasks::Tasks`; a trait so
+/// that this module does not import the task service, which holds its handles).
+pub trait ActiveTasks: std::fmt::Debug + Send + Sync {
+    /// How many tasks are active now.
+    fn active_count(&self) -> usize;
+}
+
 /// What is read at scrape time: key expiry, active tasks, the audit chain head.
 #[derive(Debug)]
 pub struct StateCollector {
@@ -184,7 +190,7 @@ pub struct StateCollector {
     /// The JWT keys.
     pub jwt: Arc<JwtKeyManager>,
     /// The tasks.
-    pub tasks: Arc<Tasks>,
+    pub tasks: Arc<dyn ActiveTasks>,
     /// The datastore (its audit chain head, in memory).
     pub ds: Arc<dyn Datastore>,
 }
@@ -282,7 +288,10 @@ mod tests {
             "tessera_server_sync_streams 0",
             "tessera_server_datastore_up 0",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
         }
         assert!(text.ends_with("# EOF\n"), "{text}");
     }

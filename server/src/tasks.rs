@@ -142,6 +142,18 @@ pub struct IssueGrant {
     pub decision: Decision,
 }
 
+impl crate::metrics::ActiveTasks for Tasks {
+    /// In memory; read when metrics are scraped.
+    fn active_count(&self) -> usize {
+        self.active
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(Vec::len)
+            .sum()
+    }
+}
+
 /// The task service.
 #[derive(Debug)]
 pub struct Tasks {
@@ -195,16 +207,6 @@ impl Tasks {
     pub fn with_metrics(mut self, metrics: Arc<crate::metrics::ServerMetrics>) -> Self {
         self.metrics = metrics;
         self
-    }
-
-    /// How many tasks are active now (in memory; read when metrics are scraped).
-    pub fn active_count(&self) -> usize {
-        self.active
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .map(Vec::len)
-            .sum()
     }
 
     /// At most `n` (at least one) tasks open at once on one entry.

@@ -27,9 +27,9 @@ use crate::datastore::{AgentRecord, Datastore, EntryFilter};
 use crate::events::{ChangeEvent, Events};
 use crate::feed::{self, Cursor};
 use crate::issuance::{CsrRequest, Issuer, X509Outcome};
+use crate::metrics::{self, ServerMetrics, StreamGuard};
 use crate::node_attestation::NodeAttestor;
 use crate::tasks::{Tasks, TokenUse};
-use crate::metrics::{self, ServerMetrics, StreamGuard};
 use crate::usage::{self, ReportedUse};
 
 /// The node API service.

@@ -79,7 +79,9 @@ fn metrics_of_server_and_agent_scraped_by_prometheus() {
     let mut agent = AgentProc::new(&dir.path().join("a"), &server).with_health();
     agent.restart(Some(&token));
 
-    let served = wait_for(Duration::from_secs(30), || only(agent.fetch_x509(), id).ok());
+    let served = wait_for(Duration::from_secs(30), || {
+        only(agent.fetch_x509(), id).ok()
+    });
     assert!(served.is_some(), "no X.509-SVID:\n{}", agent.log_tail());
     let jwt = wait_for(Duration::from_secs(30), || {
         agent
@@ -148,6 +150,36 @@ fn metrics_of_server_and_agent_scraped_by_prometheus() {
     at_least(&a, "tessera_agent_cached_svids", 1.0);
     assert!(!a.contains("spiffe://"), "no SPIFFE ID in labels:\n{a}");
 
+    let mean = |text: &str, family: &str, labels: &str| {
+        let sum = value(text, &format!("{family}_sum{labels}")).unwrap_or(f64::NAN);
+        let count = value(text, &format!("{family}_count{labels}")).unwrap_or(f64::NAN);
+        sum / count * 1000.0
+    };
+    println!(
+        "metrics: mean x509 issuance call {:.2} ms, jwt mint {:.2} ms; FetchX509SVID to first message {:.2} ms, FetchJWTSVID {:.2} ms; server {} bytes, agent {} bytes",
+        mean(
+            &s,
+            "tessera_server_issuance_duration_seconds",
+            "{kind=\"x509\"}"
+        ),
+        mean(
+            &s,
+            "tessera_server_issuance_duration_seconds",
+            "{kind=\"jwt\"}"
+        ),
+        mean(
+            &a,
+            "tessera_agent_workload_api_request_duration_seconds",
+            "{method=\"FetchX509SVID\"}"
+        ),
+        mean(
+            &a,
+            "tessera_agent_workload_api_request_duration_seconds",
+            "{method=\"FetchJWTSVID\"}"
+        ),
+        s.len(),
+        a.len()
+    );
     promtool_check("server", &s);
     promtool_check("agent", &a);
 
@@ -167,15 +199,16 @@ fn metrics_of_server_and_agent_scraped_by_prometheus() {
     let web = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let mut cmd = Command::new("prometheus");
     cmd.arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", prom_dir.join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            prom_dir.join("data").display()
+        ))
         .arg(format!("--web.listen-address={web}"));
     let mut prometheus = Process::spawn("prometheus", cmd, &prom_dir.join("prometheus.log"));
     let query = |q: &str| -> Option<String> {
         let (status, body) = http_get(web, &format!("/api/v1/query?query={q}")).ok()?;
-        (status == 200
-            && body.contains("\"status\":\"success\"")
-            && body.contains("\"result\":[{"))
-        .then_some(body)
+        (status == 200 && body.contains("\"status\":\"success\"") && body.contains("\"result\":[{"))
+            .then_some(body)
     };
     for q in [
         "tessera_server_svids_issued_total%7Bkind%3D%22x509%22%7D",
