@@ -102,6 +102,38 @@ fn metrics_of_server_and_agent_scraped_by_prometheus() {
     ]);
     assert!(!refused.status.success());
 
+    // A task that starts and is revoked: its transitions and the revocation are counted.
+    let jit = server.create_entry(
+        "spiffe://example.org/metrics/jit",
+        &["unix:uid:0"],
+        &["--jit"],
+    );
+    let created = server.cli(&[
+        "task",
+        "create",
+        "--entry-id",
+        &jit,
+        "--reason",
+        "metrics",
+        "--ttl",
+        "300",
+        "--output",
+        "json",
+    ]);
+    assert!(
+        created.status.success(),
+        "task create: {}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let task: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let task_id = task["id"].as_str().unwrap();
+    let revoked = server.cli(&["task", "revoke", task_id, "--reason", "metrics test"]);
+    assert!(
+        revoked.status.success(),
+        "task revoke: {}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+
     let s = scrape(server.health());
     at_least(&s, "tessera_server_svids_issued_total{kind=\"x509\"}", 1.0);
     at_least(&s, "tessera_server_svids_issued_total{kind=\"jwt\"}", 1.0);
@@ -115,6 +147,18 @@ fn metrics_of_server_and_agent_scraped_by_prometheus() {
         "tessera_server_issuance_duration_seconds_count{kind=\"jwt\"}",
         1.0,
     );
+    at_least(
+        &s,
+        "tessera_server_task_transitions_total{state=\"active\"}",
+        1.0,
+    );
+    at_least(
+        &s,
+        "tessera_server_task_transitions_total{state=\"revoked\"}",
+        1.0,
+    );
+    at_least(&s, "tessera_server_revocations_total", 1.0);
+    assert_eq!(value(&s, "tessera_server_tasks_active"), Some(0.0), "{s}");
     assert_eq!(value(&s, "tessera_server_sync_streams"), Some(1.0), "{s}");
     assert_eq!(value(&s, "tessera_server_datastore_up"), Some(1.0), "{s}");
     let now = unix_now();
