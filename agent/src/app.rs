@@ -134,6 +134,13 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     );
     let link = ServerLink::default();
 
+    // Metrics: handles for the Workload API and the rotation worker, the cache read when
+    // scraped.
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = crate::metrics::AgentMetrics::register(&mut registry);
+    registry.register_collector(Box::new(crate::metrics::CacheCollector(cache.clone())));
+    let registry = Arc::new(registry);
+
     // Bind first: clients may connect (and get Unavailable) while we attest.
     let health = daemon::health::Health::default();
     if let Some(addr) = config.health_address {
@@ -142,7 +149,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             .with_context(|| format!("binding health endpoints on {addr}"))?;
         supervisor.spawn_service(
             "health endpoints",
-            daemon::health::serve(listener, health.clone(), shutdown.clone()),
+            daemon::health::serve(listener, health.clone(), registry, shutdown.clone()),
         );
     }
     // Ready once the agent can serve: after the first sync from the server (from then on it
@@ -215,9 +222,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         tasks: supervisor.spawner(),
         usage,
         holders,
+        metrics: Arc::clone(&metrics),
     };
     let api_shutdown = shutdown.clone();
     let limits = config.workload_api;
+    let layer = crate::metrics::WorkloadMetricsLayer(Arc::clone(&metrics));
     let max_request = limits.max_request_bytes as usize;
     supervisor.spawn_service("Workload API", async move {
         tonic::transport::Server::builder()
@@ -227,6 +236,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             .max_concurrent_streams(limits.max_concurrent_streams)
             // Tells each connection when its streams are open (its idle timeout).
             .layer(StreamTrackingLayer)
+            .layer(layer)
             .add_service(
                 SpiffeWorkloadApiServer::new(api.clone()).max_decoding_message_size(max_request),
             )
@@ -280,6 +290,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             agent_svid,
             link,
             retry: Default::default(),
+            metrics,
         };
         rotation.run(shutdown).await.map_err(anyhow::Error::from)
     });

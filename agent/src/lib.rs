@@ -17,6 +17,7 @@ pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
 pub(crate) mod holders;
+pub(crate) mod metrics;
 pub mod node_api;
 pub mod node_identity;
 pub(crate) mod rotation;

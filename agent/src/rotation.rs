@@ -72,6 +72,8 @@ pub(crate) struct Rotation {
     pub(crate) link: server_client::ServerLink,
     /// Retry state of signing.
     pub(crate) retry: SignRetry,
+    /// The sync stream's state and progress.
+    pub(crate) metrics: Arc<crate::metrics::AgentMetrics>,
 }
 
 /// When signing is retried after a failure.
@@ -212,6 +214,7 @@ impl Rotation {
         cursor: &mut String,
         shutdown: &CancellationToken,
     ) -> Result<StreamEnd, RotationError> {
+        let _connected = crate::metrics::UpGuard::up(&self.metrics.sync_connected);
         loop {
             self.withdraw_ended_grants();
             let now = self.clock.now();
@@ -224,6 +227,7 @@ impl Rotation {
                     Some(Ok(update)) => {
                         let at = update.cursor.clone();
                         self.apply(update);
+                        self.metrics.synced(self.clock.now());
                         // Only once applied: a stream lost before that resumes from the
                         // previous position.
                         if !at.is_empty() {

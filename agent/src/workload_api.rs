@@ -66,6 +66,8 @@ pub(crate) struct WorkloadApi {
     pub(crate) usage: UsageCounters,
     /// Watches the processes tasks are bound to, and ends a task when its process exits.
     pub(crate) holders: crate::holders::Holders,
+    /// Attestation failures are counted here (requests by `WorkloadMetricsLayer`).
+    pub(crate) metrics: Arc<crate::metrics::AgentMetrics>,
 }
 
 /// Most audiences accepted in one request.
@@ -166,14 +168,18 @@ impl WorkloadApi {
             Ok(Ok(Ok(attested))) => Ok(attested),
             Ok(Ok(Err(e))) => {
                 tracing::warn!(pid = ?peer.pid, uid = peer.uid, error = %e, "workload attestation failed");
+                self.metrics
+                    .attestation_failed(crate::metrics::attestation_reason(&e));
                 Err(Status::unavailable("workload attestation failed"))
             }
             Ok(Err(join)) => {
                 tracing::error!(error = %join, "BUG: attestation task failed");
+                self.metrics.attestation_failed("internal");
                 Err(Status::unavailable("workload attestation failed"))
             }
             Err(_) => {
                 tracing::warn!(pid = ?peer.pid, "workload attestation timed out");
+                self.metrics.attestation_failed("timeout");
                 Err(Status::unavailable("workload attestation failed"))
             }
         }

@@ -161,6 +161,9 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         None => crate::policy::PolicyEngine::builtin(),
     };
     tracing::info!(policy = %policy.describe(), "task policy loaded");
+    // Metrics: handles for the instrumented components, state read when scraped.
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = crate::metrics::ServerMetrics::register(&mut registry);
     let task_service = Arc::new(
         crate::tasks::Tasks::new(
             Arc::clone(&ds),
@@ -172,8 +175,16 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
             config.max_task_ttl,
         )
         .with_max_parallel_per_entry(config.max_parallel_tasks_per_entry)
-        .with_break_glass_max_ttl(config.break_glass_max_ttl),
+        .with_break_glass_max_ttl(config.break_glass_max_ttl)
+        .with_metrics(Arc::clone(&metrics)),
     );
+    registry.register_collector(Box::new(crate::metrics::StateCollector {
+        ca: Arc::clone(&ca),
+        jwt: Arc::clone(&jwt),
+        tasks: Arc::clone(&task_service) as Arc<dyn crate::metrics::ActiveTasks>,
+        ds: Arc::clone(&ds),
+    }));
+    let registry = Arc::new(registry);
     task_service
         .load()
         .await
@@ -194,11 +205,10 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         .with_context(|| format!("binding node API on {}", config.bind_address))?;
     // 0700 directory when we create it; the socket itself 0600 (plus the uid check).
     let health = daemon::health::Health::default();
-    let readiness = Arc::new(Readiness::new(
-        Arc::clone(&ds),
-        config.datastore.clone(),
-        health.clone(),
-    ));
+    let readiness = Arc::new(
+        Readiness::new(Arc::clone(&ds), config.datastore.clone(), health.clone())
+            .with_metrics(Arc::clone(&metrics)),
+    );
     let health_listener = match config.health_address {
         Some(addr) => Some(
             daemon::health::bind(addr)
@@ -298,6 +308,7 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
             .as_ref()
             .map(|(pool, head)| crate::feed::Cursor::new(pool.clone(), *head)),
         shutdown: shutdown.clone(),
+        metrics: Arc::clone(&metrics),
     };
     let resolver = crate::domains::DnsResolver::new(config.dns_resolver)
         .context("setting up the DNS resolver that verifies tenants' domains")?;
@@ -435,7 +446,7 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
     if let Some(listener) = health_listener {
         tasks.spawn_service(
             "health endpoints",
-            daemon::health::serve(listener, health.clone(), shutdown.clone()),
+            daemon::health::serve(listener, health.clone(), registry, shutdown.clone()),
         );
     }
     // Datastore open, CA and keys loaded, both APIs listening: the server can serve once

@@ -20,6 +20,7 @@ pub mod events;
 pub mod feed;
 pub mod issuance;
 pub mod jwt_keys;
+pub mod metrics;
 pub mod node_attestation;
 pub mod policy;
 pub mod rate_limit;

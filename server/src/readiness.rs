@@ -33,6 +33,7 @@ pub struct Readiness {
     ds: Arc<dyn Datastore>,
     datastore: DatastoreUrl,
     health: Health,
+    metrics: Arc<crate::metrics::ServerMetrics>,
 }
 
 impl Readiness {
@@ -42,7 +43,15 @@ impl Readiness {
             ds,
             datastore,
             health,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Publishes probe failures and the datastore's state in `metrics` too.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::ServerMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Probes the datastore once and publishes the result: `Err` with the reason (naming
@@ -55,8 +64,15 @@ impl Readiness {
             .await
             .map_err(|e| reason(&self.datastore, &e));
         match &result {
-            Ok(()) => self.health.set_ready(),
-            Err(reason) => self.health.set_not_ready(reason),
+            Ok(()) => {
+                self.metrics.datastore_up.set(1);
+                self.health.set_ready();
+            }
+            Err(reason) => {
+                self.metrics.datastore_up.set(0);
+                self.metrics.datastore_probe_failures.inc();
+                self.health.set_not_ready(reason);
+            }
         }
         result
     }

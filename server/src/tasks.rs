@@ -142,6 +142,18 @@ pub struct IssueGrant {
     pub decision: Decision,
 }
 
+impl crate::metrics::ActiveTasks for Tasks {
+    /// In memory; read when metrics are scraped.
+    fn active_count(&self) -> usize {
+        self.active
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(Vec::len)
+            .sum()
+    }
+}
+
 /// The task service.
 #[derive(Debug)]
 pub struct Tasks {
@@ -159,6 +171,7 @@ pub struct Tasks {
     /// Active tasks by entry id, oldest first (what sync streams attach to entries).
     active: RwLock<HashMap<EntryId, Vec<TaskGrant>>>,
     revocations: RevocationState,
+    metrics: Arc<crate::metrics::ServerMetrics>,
 }
 
 impl Tasks {
@@ -185,7 +198,15 @@ impl Tasks {
             break_glass_max_ttl: crate::config::DEFAULT_BREAK_GLASS_MAX_TTL,
             active: RwLock::default(),
             revocations: RevocationState::default(),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts task transitions and revocations in `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::ServerMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// At most `n` (at least one) tasks open at once on one entry.
@@ -654,6 +675,7 @@ impl Tasks {
         if task.break_glass {
             tracing::warn!(task_id = %task.id, requester = %task.requester, spiffe_id = %task.spiffe_id, deadline = task.deadline, "break-glass task started without approval; it awaits review");
         }
+        self.metrics.task_entered(task.state);
         tracing::info!(task_id = %task.id, state = %task.state, requester = %task.requester, spiffe_id = %task.spiffe_id, deadline = task.deadline, "task created");
         // Publishes the entry (new, for provisioning; now live if the task is active).
         self.changed(&task, Some(entry));
@@ -767,6 +789,7 @@ impl Tasks {
                 "task {id} changed concurrently; try again"
             )));
         }
+        self.metrics.task_entered(task.state);
         tracing::info!(task_id = %task.id, approver = ?task.approver, "task approved and active");
         self.changed(&task, Some(entry));
         Ok(task)
@@ -1019,6 +1042,10 @@ impl Tasks {
         // The grant leaves memory at once, before anything else can fail or wait: from
         // here no SVID is issued under the task.
         self.update_grants(&task);
+        self.metrics.task_entered(state);
+        if ended_early(&task) {
+            self.metrics.revocations.inc();
+        }
         tracing::info!(task_id = %task.id, state = %state, reason, by, "task ended");
         let entry = if task.provisioned {
             self.events.publish(ChangeEvent::EntryDeleted {

@@ -48,6 +48,7 @@ impl Harness {
             agent_svid: fake.agent_svid().unwrap(),
             link: server_client::ServerLink::default(),
             retry: SignRetry::default(),
+            metrics: Arc::default(),
         };
         let worker = tokio::spawn(rotation.run(shutdown.clone()));
         Self {

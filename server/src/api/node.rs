@@ -26,7 +26,8 @@ use super::wire;
 use crate::datastore::{AgentRecord, Datastore, EntryFilter};
 use crate::events::{ChangeEvent, Events};
 use crate::feed::{self, Cursor};
-use crate::issuance::{CsrRequest, Issuer};
+use crate::issuance::{CsrRequest, Issuer, X509Outcome};
+use crate::metrics::{self, ServerMetrics, StreamGuard};
 use crate::node_attestation::NodeAttestor;
 use crate::tasks::{Tasks, TokenUse};
 use crate::usage::{self, ReportedUse};
@@ -44,6 +45,7 @@ pub(crate) struct NodeService {
     /// it as their cursor and resume from agents' cursors.
     pub(crate) feed: Option<Arc<Cursor>>,
     pub(crate) shutdown: tokio_util::sync::CancellationToken,
+    pub(crate) metrics: Arc<ServerMetrics>,
 }
 
 /// How long a stream that heard of a new feed position with nothing to send waits before
@@ -274,7 +276,9 @@ impl Node for NodeService {
         let (tx, out) = mpsc::channel::<Result<SyncUpdate, Status>>(64);
         let this = self.clone();
         tracing::info!(agent_id = %agent, "agent sync stream opened");
+        let open = StreamGuard::open(&self.metrics.sync_streams);
         tokio::spawn(async move {
+            let _open = open;
             // The last feed position passed on, one heard but not passed on yet, and when
             // to send that alone.
             let mut sent = feed::decode(&first.cursor).unwrap_or(0);
@@ -366,7 +370,21 @@ impl Node for NodeService {
                 })
             })
             .collect::<Result<_, common::ids::IdError>>()?;
-        let outcomes = self.issuer.sign_x509(&agent, requests).await?;
+        let started = tokio::time::Instant::now();
+        let outcomes = self.issuer.sign_x509(&agent, requests).await;
+        let signed = outcomes.as_ref().map_or(0, |o| {
+            o.iter()
+                .filter(|o| matches!(o, X509Outcome::Signed { .. }))
+                .count()
+        });
+        let refused = outcomes.as_ref().map_or(1, |o| o.len() - signed);
+        self.metrics.issuance(
+            metrics::X509,
+            started.elapsed(),
+            u64::try_from(signed).unwrap_or(u64::MAX),
+            u64::try_from(refused).unwrap_or(u64::MAX),
+        );
+        let outcomes = outcomes?;
         Ok(Response::new(SignX509SvidsResponse {
             svids: outcomes.into_iter().map(wire::signed_svid).collect(),
         }))
@@ -378,15 +396,17 @@ impl Node for NodeService {
     ) -> Result<Response<MintJwtSvidResponse>, Status> {
         let agent = self.agent(&req).await?.spiffe_id;
         let req = req.into_inner();
+        let entry_id = req.entry_id.parse()?;
+        let task_id = optional_task(&req.task_id)?;
+        let started = tokio::time::Instant::now();
         let minted = self
             .issuer
-            .mint_jwt(
-                &agent,
-                &req.entry_id.parse()?,
-                optional_task(&req.task_id)?.as_ref(),
-                &req.audience,
-            )
-            .await?;
+            .mint_jwt(&agent, &entry_id, task_id.as_ref(), &req.audience)
+            .await;
+        let ok = u64::from(minted.is_ok());
+        self.metrics
+            .issuance(metrics::JWT, started.elapsed(), ok, 1 - ok);
+        let minted = minted?;
         Ok(Response::new(MintJwtSvidResponse {
             token: minted.token,
             expires_at: minted.expires_at,

@@ -30,6 +30,7 @@ mod jwt_keys;
 mod jwt_limits;
 mod jwt_validate;
 mod lifecycle;
+mod metrics;
 mod offboard;
 mod postgres;
 mod postgres_tls;
