@@ -57,6 +57,7 @@
 //! Callers run [`Attestor::attest`] on a blocking thread and should bound it with a timeout:
 //! it reads procfs, may hash a large binary, and resolves names through NSS.
 
+pub(crate) mod cgroup;
 pub(crate) mod lineage;
 mod procfs;
 

@@ -91,6 +91,9 @@ pub(crate) enum ProcfsParseError {
     /// The file is larger than [`MAX_PROC_FILE`].
     #[error("file too large")]
     TooLarge,
+    /// `cgroup` is not what the kernel writes; carries what is wrong.
+    #[error("cgroup file: {0}")]
+    Cgroup(&'static str),
 }
 
 /// Turns an I/O error from a procfs read into an attestation error. `ESRCH` and `ENOENT`
@@ -193,6 +196,11 @@ impl ProcDir {
             parse_stat_start_time(&text).map_err(malformed)?,
             parse_stat_ppid(&text).map_err(malformed)?,
         ))
+    }
+
+    /// The text of `cgroup`.
+    pub(crate) fn cgroup(&self) -> Result<String, AttestationError> {
+        read_text(self.open_at("cgroup")?, self.pid, "cgroup")
     }
 
     /// Uid, gid and supplementary groups from `status`.

@@ -144,7 +144,8 @@ impl K8sKey {
             Self::PodUid => check(
                 is_pod_uid(value),
                 self,
-                "a pod UID: 36 lowercase hex characters and dashes (8-4-4-4-12)",
+                "a pod UID: lowercase hex in groups of 8-4-4-4-12 separated by dashes, or 32 \
+                 lowercase hex characters (a static pod)",
             ),
             Self::ContainerId => check(is_container_id(value), self, CONTAINER_ID_RULE),
         }
@@ -173,8 +174,13 @@ pub fn is_container_id(s: &str) -> bool {
     s.len() == 64 && is_lower_hex(s)
 }
 
-/// A pod UID in its canonical form: lowercase hex groups of 8-4-4-4-12, dash-separated.
+/// A pod UID as the kubelet names pod cgroups: a UUID in its canonical form (lowercase hex
+/// groups of 8-4-4-4-12, dash-separated), or 32 lowercase hex characters (a static pod,
+/// whose UID is the hash of its manifest).
 pub fn is_pod_uid(s: &str) -> bool {
+    if s.len() == 32 && is_lower_hex(s) {
+        return true;
+    }
     let groups: Vec<&str> = s.split('-').collect();
     groups.len() == 5
         && groups

@@ -51,6 +51,7 @@ fn cgroup_kinds_validate_their_values() {
         "systemd:slice:system.slice",
         "systemd:slice:kubepods-burstable.slice",
         &format!("k8s:pod-uid:{POD}"),
+        "k8s:pod-uid:5c8c4a5b4b2c6b1b8e8f9d6b6f3b2a1c",
         &format!("k8s:container-id:{CID}"),
     ];
     for text in good {
@@ -114,7 +115,7 @@ fn cgroup_kinds_validate_their_values() {
         "systemd:unit:system.slice",
         "systemd:slice:nginx.service",
         "systemd:slice:.slice",
-        "k8s:pod-uid:2f1c3e0a8b7d4c6e9f5a1b2c3d4e5f60",
+        "k8s:pod-uid:2f1c3e0a8b7d4c6e9f5a1b2c3d4e5f6",
         "k8s:pod-uid:2F1C3E0A-8B7D-4C6E-9F5A-1B2C3D4E5F60",
         "k8s:pod-uid:2f1c3e0a_8b7d_4c6e_9f5a_1b2c3d4e5f60",
         "k8s:pod-uid:2f1c3e0a-8b7d-4c6e-9f5a-1b2c3d4e5f6",
