@@ -46,10 +46,61 @@ use std::collections::BTreeSet;
 
 use common::{
     CgroupKey, ContainerKey, ContainerRuntime, K8sKey, Selector, SelectorError, SelectorKey,
-    SelectorSet, SystemdKey,
+    SelectorKind, SelectorSet, SystemdKey,
 };
 
-use super::procfs::ProcfsParseError;
+use super::procfs::{self, ProcfsParseError};
+use super::{AttestationError, PinnedProcess, WorkloadAttestor};
+
+/// Attests the `cgroup`, `container`, `systemd` and `k8s` kinds from the caller's
+/// `/proc/<pid>/cgroup`, read through the pinned process.
+#[derive(Debug, Default)]
+pub(crate) struct CgroupAttestor;
+
+impl WorkloadAttestor for CgroupAttestor {
+    fn kinds(&self) -> &'static [SelectorKind] {
+        &[
+            SelectorKind::Cgroup,
+            SelectorKind::Container,
+            SelectorKind::Systemd,
+            SelectorKind::K8s,
+        ]
+    }
+
+    fn attest(&self, process: &PinnedProcess<'_>) -> Result<SelectorSet, AttestationError> {
+        let pid = process.pid;
+        let malformed = |source| AttestationError::Malformed {
+            pid,
+            what: "cgroup",
+            source,
+        };
+        let lines = parse(&process.dir.cgroup()?).map_err(malformed)?;
+        // Every process lists the same hierarchies; a line more than the agent's own would
+        // be forged (see `same_hierarchies`).
+        let own = procfs::own_cgroup().map_err(|e| procfs::io_error(pid, "own cgroup", e))?;
+        let own = parse(&own).map_err(malformed)?;
+        if !same_hierarchies(&lines, &own) {
+            return Err(malformed(ProcfsParseError::Cgroup(
+                "hierarchies differ from the agent's own",
+            )));
+        }
+        let facts = facts(&lines);
+        let set = selectors(&facts).map_err(|(key, source)| {
+            tracing::error!(%key, error = %source, "BUG: cgroup fact refused by the selector vocabulary");
+            AttestationError::Selector {
+                key,
+                source: std::sync::Arc::new(source),
+            }
+        })?;
+        tracing::debug!(
+            pid,
+            selectors = set.len(),
+            container = facts.container.is_some(),
+            "cgroup attested"
+        );
+        Ok(set)
+    }
+}
 
 /// Most lines a `/proc/<pid>/cgroup` file has: one per hierarchy (the kernel has at most 16
 /// v1 controllers, plus named hierarchies and the unified one).
@@ -352,7 +403,9 @@ pub(crate) fn selectors(facts: &CgroupFacts) -> Result<SelectorSet, (SelectorKey
     Ok(set)
 }
 
-/// Parses a whole file into selectors; what the attestor and the fuzz target run.
+/// Parses a whole file into selectors, as the attestor does (without comparing hierarchies
+/// with the agent's own): what the fuzz target and the fixture tests run.
+#[cfg(any(test, feature = "testing"))]
 pub(crate) fn selectors_of(text: &str) -> Result<SelectorSet, ProcfsParseError> {
     let lines = parse(text)?;
     selectors(&facts(&lines)).map_err(|(key, error)| {

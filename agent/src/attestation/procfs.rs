@@ -521,9 +521,18 @@ impl FileId {
     }
 }
 
+/// The agent's own `/proc/self/cgroup` (bounded like every procfs read).
+pub(crate) fn own_cgroup() -> io::Result<String> {
+    let mut bytes = Vec::new();
+    File::open("/proc/self/cgroup")?
+        .take(MAX_PROC_FILE)
+        .read_to_end(&mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 /// SHA-256 of a file's contents from its current offset, read in chunks so a large binary
 /// is never held in memory at once.
-pub(crate) fn sha256(file: &mut File) -> io::Result<[u8; 32]> {
+pub(crate) fn sha256(mut file: &File) -> io::Result<[u8; 32]> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; HASH_CHUNK];
     loop {
@@ -744,7 +753,7 @@ mod tests {
         let mut file = tmp.try_clone().unwrap();
         file.rewind().unwrap();
         let want: [u8; 32] = Sha256::digest(&data).into();
-        assert_eq!(sha256(&mut file).unwrap(), want);
+        assert_eq!(sha256(&file).unwrap(), want);
     }
 
     #[test]
