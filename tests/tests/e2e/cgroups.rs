@@ -23,6 +23,10 @@ const DOCKER_A: &str = "ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785
 const DOCKER_B: &str = "3e23e8160039594a33894f6564e1b1348bbd7a0088d42c4acb73eeaed59c009d";
 const POD_CONTAINER: &str = "2e7d2c03a9507ae265ecf5b5356885a53393a2029d241394997265a1a25aefc6";
 const POD_UID: &str = "0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b";
+const CRI_CONTAINER: &str = "18ac3e7343f016890c510e93f935261169d9e3f565436429830faf0934f4f8e4";
+const CRI_POD_UID: &str = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
+const PODMAN: &str = "3f79bb7b435b05321651daefd374cdc681dc06faa65e374e38337b88ca046dea";
+const DOCKER_V1: &str = "252f10c83610ebca1a059c0bae8255eba2f95be4d1d7bcfa89d7248a82d9f111";
 
 /// Where a hierarchy is mounted, by the `super options` of its `/proc/self/mountinfo` line:
 /// `None` for the unified one, `Some("name=systemd")` for systemd's v1 one.
@@ -132,10 +136,11 @@ fn svid_ids(out: &Output) -> Result<Vec<String>, String> {
 }
 
 /// Two callers with the same uid in two cgroups laid out as two docker containers get two
-/// different identities; one in a kubelet pod cgroup gets the pod's; one in a systemd
-/// service (in the v1 `name=systemd` hierarchy, where mounted) gets the unit's; a caller
-/// of that uid in no such cgroup gets `PermissionDenied`; and a process below a service's
-/// own cgroup cannot pass for a container by naming a cgroup like one.
+/// different identities; so do callers in kubelet pod cgroups (cgroupfs and systemd
+/// drivers), a podman container, and, in the v1 `name=systemd` hierarchy where mounted, a
+/// docker container and a systemd service. A caller of that uid in no such cgroup gets
+/// `PermissionDenied`, as does one below a service's own cgroup named like a container,
+/// and one whose hierarchies name two different containers.
 #[test]
 #[ignore = "needs root: creates kernel cgroups and runs clients as nobody"]
 fn cgroups_tell_callers_of_one_uid_apart() {
@@ -153,6 +158,19 @@ fn cgroups_tell_callers_of_one_uid_apart() {
     let pod = made.make(
         &unified,
         &format!("{run}/kubepods/burstable/pod{POD_UID}/{POD_CONTAINER}"),
+    );
+    // containerd's CRI plugin under the kubelet's systemd driver, guaranteed QoS.
+    let cri = made.make(
+        &unified,
+        &format!(
+            "{run}/kubepods.slice/kubepods-pod{}.slice/cri-containerd-{CRI_CONTAINER}.scope",
+            CRI_POD_UID.replace('-', "_")
+        ),
+    );
+    // Rootful podman, systemd cgroup manager, with its `container` child.
+    let podman = made.make(
+        &unified,
+        &format!("{run}/machine.slice/libpod-{PODMAN}.scope/container"),
     );
     // A plain cgroup, and a service's own child named like container A.
     let plain = made.make(&unified, &format!("{run}/plain"));
@@ -187,6 +205,36 @@ fn cgroups_tell_callers_of_one_uid_apart() {
         ],
         &[],
     );
+    let id_cri = "spiffe://example.org/cri";
+    let id_podman = "spiffe://example.org/podman";
+    let id_docker_v1 = "spiffe://example.org/docker-v1";
+    c.server.create_entry(
+        id_cri,
+        &[
+            &uid,
+            &format!("k8s:pod-uid:{CRI_POD_UID}"),
+            "container:runtime:containerd",
+        ],
+        &[],
+    );
+    c.server.create_entry(
+        id_podman,
+        &[
+            &uid,
+            &format!("container:id:{PODMAN}"),
+            "container:runtime:podman",
+        ],
+        &[],
+    );
+    // Docker's cgroupfs driver on a v1 host, in systemd's v1 hierarchy only.
+    let docker_v1 = systemd_v1.as_ref().map(|root| {
+        c.server.create_entry(
+            id_docker_v1,
+            &[&uid, &format!("container:id:{DOCKER_V1}")],
+            &[],
+        );
+        made.make(root, &format!("{run}/docker/{DOCKER_V1}"))
+    });
     let unit = systemd_v1.as_ref().map(|root| {
         let slice = format!("{run}.slice");
         let leaf = made.make(root, &format!("{slice}/web.service"));
@@ -223,11 +271,22 @@ fn cgroups_tell_callers_of_one_uid_apart() {
     let mut cases: Vec<(&str, Vec<&Path>, Vec<&str>)> = vec![
         ("docker A (systemd driver)", vec![&a], vec![id_a]),
         ("docker B (cgroupfs driver)", vec![&b], vec![id_b]),
-        ("kubelet pod", vec![&pod], vec![id_pod]),
+        ("kubelet pod (cgroupfs driver)", vec![&pod], vec![id_pod]),
+        ("containerd CRI (systemd driver)", vec![&cri], vec![id_cri]),
+        ("podman", vec![&podman], vec![id_podman]),
         ("plain cgroup", vec![&plain], vec![]),
         ("forged below a service", vec![&forged], vec![]),
         ("where the test runs", vec![], vec![]),
     ];
+    if let Some(docker_v1) = &docker_v1 {
+        cases.push((
+            "docker, v1 name=systemd only",
+            vec![docker_v1],
+            vec![id_docker_v1],
+        ));
+        // The v1 and unified hierarchies name two containers: neither is attested.
+        cases.push(("two containers at once", vec![&b, docker_v1], vec![]));
+    }
     if let Some(unit) = &unit {
         cases.push(("systemd unit (v1 name=systemd)", vec![unit], vec![id_unit]));
         // Container A in the unified hierarchy and the unit in systemd's: both attested.
