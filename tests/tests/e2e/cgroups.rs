@@ -320,3 +320,131 @@ fn cgroups_tell_callers_of_one_uid_apart() {
         "the test's cgroups are removed"
     );
 }
+
+/// A caller is attested at every call, by the cgroup it is in then: a process that
+/// connected in container A's cgroup and is then moved into container B's gets B's
+/// identity on its next call over the same connection, and one moved into no container's
+/// cgroup is refused.
+#[test]
+#[ignore = "needs root: creates kernel cgroups and moves a process between them"]
+fn a_caller_moved_to_another_cgroup_is_attested_there() {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    use std::process::Stdio;
+
+    let unified = mount_point(None).expect("a cgroup2 (unified) hierarchy is mounted");
+    let run = format!("tessera-e2e-move-{}", std::process::id());
+    let mut made = Cgroups { made: Vec::new() };
+    let a = made.make(
+        &unified,
+        &format!("{run}/system.slice/docker-{DOCKER_A}.scope"),
+    );
+    let b = made.make(&unified, &format!("{run}/docker/{DOCKER_B}"));
+    let plain = made.make(&unified, &format!("{run}/plain"));
+
+    let c = Cluster::start(&[]);
+    let id_a = "spiffe://example.org/moved-a";
+    let id_b = "spiffe://example.org/moved-b";
+    c.server.create_entry(
+        id_a,
+        &["unix:uid:0", &format!("container:id:{DOCKER_A}")],
+        &[],
+    );
+    c.server.create_entry(
+        id_b,
+        &["unix:uid:0", &format!("container:id:{DOCKER_B}")],
+        &[],
+    );
+    let socket = c.agent.socket_path.to_str().unwrap().to_owned();
+    let program = tests::bin("fetch-over-fd");
+
+    // Starts the client in `a`; returns it and the IDs of its first call.
+    let start = || {
+        let script = format!(
+            "echo $$ > '{}' && exec \"$@\"",
+            a.join("cgroup.procs").display()
+        );
+        let mut child = Command::new("sh")
+            .args(["-c", &script, "sh"])
+            .arg(&program)
+            .args(["--connect", &socket, "--twice"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut first = Vec::new();
+        loop {
+            let mut line = String::new();
+            if out.read_line(&mut line).unwrap() == 0 || line.trim() == "--" {
+                break;
+            }
+            first.push(line.trim().to_owned());
+        }
+        (child, out, first)
+    };
+    // Both entries are live once B's cgroup gets B's identity.
+    let ready = tests::wait_for(Duration::from_secs(20), || {
+        svid_ids(&fetch_in_as_root(&socket, &b))
+            .ok()
+            .filter(|ids| *ids == [id_b])
+    });
+    assert!(ready.is_some(), "agent log:\n{}", c.agent.log_tail());
+
+    for (to, want) in [(&b, Some(id_b)), (&plain, None)] {
+        let (mut child, mut out, first) = start();
+        assert_eq!(first, [id_a], "first call, in container A");
+        std::fs::write(to.join("cgroup.procs"), child.id().to_string()).unwrap();
+        child.stdin.take().unwrap().write_all(b"\n").unwrap();
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+        let status = child.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        match want {
+            Some(id) => {
+                assert!(status.success(), "{stderr}");
+                assert_eq!(rest.trim(), id, "second call, moved to {}", to.display());
+            }
+            None => {
+                assert!(!status.success(), "moved to {}: {rest}", to.display());
+                assert!(
+                    stderr.contains("PermissionDenied") && stderr.contains(NO_IDENTITY),
+                    "{stderr}"
+                );
+            }
+        }
+    }
+    drop(c);
+    drop(made);
+    assert!(
+        !unified.join(&run).exists(),
+        "the test's cgroups are removed"
+    );
+}
+
+/// `fetch-over-fd --connect` as root, in `cgroup`.
+fn fetch_in_as_root(socket: &str, cgroup: &Path) -> Output {
+    let script = format!(
+        "echo $$ > '{}' && exec \"$@\"",
+        cgroup.join("cgroup.procs").display()
+    );
+    let out = Command::new("sh")
+        .args(["-c", &script, "sh"])
+        .arg(tests::bin("fetch-over-fd"))
+        .args(["--connect", socket])
+        .output()
+        .unwrap();
+    // `fetch-over-fd` prints IDs one per line; shape it like the CLI's JSON for `svid_ids`.
+    if !out.status.success() {
+        return out;
+    }
+    let ids: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|id| serde_json::json!({ "spiffe_id": id }))
+        .collect();
+    Output {
+        stdout: serde_json::to_vec(&serde_json::json!({ "svids": ids })).unwrap(),
+        ..out
+    }
+}
