@@ -1,17 +1,25 @@
 //! Workload attestation for local callers: turns what the kernel says about the peer of a
-//! Workload API connection into a [`SelectorSet`] of `unix:` selectors.
+//! Workload API connection into a [`SelectorSet`].
+//!
+//! **Attestors.** [`Attestor`] pins the caller's process and runs each [`WorkloadAttestor`]
+//! through that pin: [`unix`] (`unix:` selectors, described below) and [`cgroup`]
+//! (`cgroup:`, `container:`, `systemd:` and `k8s:` selectors from `/proc/<pid>/cgroup`).
+//! They are parallel modules; a new one (a kubelet-backed attestor) is another
+//! implementation of the trait. Each owns its kinds, and the pipeline refuses a caller if
+//! one emits a kind it does not own. The selectors of all are merged.
 //!
 //! Workloads are untrusted, so every selector comes from the kernel: the peer credentials
 //! the kernel recorded for the socket (`SO_PEERCRED`: pid, uid, gid) and procfs for that
 //! pid (executable path and contents, supplementary groups). Nothing comes from memory the
-//! process can write (argv, environment). [`Attestor::attest`] produces
+//! process can write (argv, environment). The Unix attestor produces
 //! `uid`, `gid`, `user`, `group`, `supplementary_gid` (one per supplementary group, so an
 //! entry naming one group matches any member, see [`SelectorSet::entry_matches`]), `path`
 //! and `sha256` selectors. `path` and `sha256` are omitted when the executable has been
 //! deleted.
 //!
-//! **One vocabulary.** Selectors are built only with typed keys ([`UnixKey`]), the same enum
-//! the registration validator parses with, so this module cannot emit a key that entries
+//! **One vocabulary.** Selectors are built only with typed keys (`UnixKey`, `ContainerKey`,
+//! ...), the same enums
+//! the registration validator parses with, so no attestor can emit a key that entries
 //! cannot name. Numbers and digests always have a selector form. Names and paths come from
 //! outside our control (NSS, the filesystem) and may not: a name with whitespace, `:` or
 //! `/` (`domain users` from a directory service), one NSS returned with invalid UTF-8, an
@@ -20,7 +28,7 @@
 //! by its other facts. That fails closed: selectors only ever add entries a caller
 //! matches, so a missing one can only make it match fewer. Refusing the whole caller
 //! instead would deny identities that need none of these facts (the supplementary-groups
-//! bug was that, for every process in a group). [`selectors`] is that mapping, a pure
+//! bug was that, for every process in a group). [`unix::selectors`] is that mapping, a pure
 //! function unit-tested on a table of facts.
 //!
 //! **Pid reuse.** The peer credentials carry a pid, and a pid is only a number: a caller
@@ -54,30 +62,26 @@
 //! serve differently from what the kernel executed. `path` selectors under root-owned
 //! directories are the robust ones.
 //!
-//! Callers run [`Attestor::attest`] on a blocking thread and should bound it with a timeout:
+//! Callers run [`Attestor::attest_caller`] on a blocking thread and should bound it with a timeout:
 //! it reads procfs, may hash a large binary, and resolves names through NSS.
 
+pub(crate) mod cgroup;
 pub(crate) mod lineage;
 mod procfs;
+mod unix;
 
-use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::SystemTime;
+use std::sync::Arc;
 
 use common::task::ProcessInstance;
-use common::{Selector, SelectorError, SelectorSet, UnixKey};
+use common::{SelectorError, SelectorKey, SelectorKind, SelectorSet};
 use nix::errno::Errno;
-use nix::unistd::{Gid, Group, Uid, User};
 
-use self::procfs::{ExeLink, FileId, PidFd, ProcDir, ProcfsParseError, Status};
-
-/// Most executables whose hashes we remember. A node runs far fewer distinct binaries than
-/// this; the bound only keeps a churn of short-lived binaries from growing memory.
-const HASH_CACHE_CAPACITY: usize = 1024;
+use self::cgroup::CgroupAttestor;
+use self::procfs::{FileId, PidFd, ProcDir, ProcfsParseError, Status};
+pub(crate) use self::unix::UnixAttestor;
 
 /// What the kernel told us about the caller at accept/RPC time (SO_PEERCRED).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,7 +222,7 @@ pub(crate) enum AttestationError {
     #[error("BUG: attested {key} refused by the selector vocabulary")]
     Selector {
         /// The selector key.
-        key: UnixKey,
+        key: SelectorKey,
         /// Why the selector type refused it.
         source: Arc<SelectorError>,
     },
@@ -234,71 +238,71 @@ pub(crate) struct Attested {
     pub(crate) lineage: Vec<ProcessInstance>,
 }
 
-/// Facts gathered from one pinned process instance.
+/// One source of selectors about a caller: a module that reads, through the pinned
+/// process, the facts of one selector kind. The [`Attestor`] pins the caller, runs every
+/// attestor while the pins hold, checks them again, and merges the selectors; an attestor
+/// never opens `/proc/<pid>` by number itself, so it inherits the pid-reuse safety.
+///
+/// Implementations emit only their own kind, through the typed keys of `common::selector`,
+/// and treat a fact they cannot read as an error (the caller is refused) and a fact that
+/// has no selector form as absent (the caller matches fewer entries).
+pub(crate) trait WorkloadAttestor: Send + Sync + fmt::Debug {
+    /// The selector kinds this attestor emits.
+    fn kinds(&self) -> &'static [SelectorKind];
+
+    /// This attestor's selectors for `process`. Called while the pins hold; blocking.
+    fn attest(&self, process: &PinnedProcess<'_>) -> Result<SelectorSet, AttestationError>;
+}
+
+/// A caller's process, pinned (see the module docs): everything an attestor reads goes
+/// through [`Self::dir`], whose reads fail once the instance is gone.
 #[derive(Debug)]
-struct Evidence {
-    /// The instance's start time and parent pid, from its pinned `/proc/<pid>`.
-    start_time: u64,
-    ppid: u32,
-    status: Status,
-    /// `None` when the executable was deleted: no path to name, no hash to attest.
-    executable: Option<Executable>,
+pub(crate) struct PinnedProcess<'a> {
+    /// The pid from the peer credentials.
+    pub(crate) pid: i32,
+    /// The peer credentials.
+    pub(crate) peer: PeerCred,
+    /// `/proc/<pid>` of the pinned instance.
+    pub(crate) dir: &'a ProcDir,
+    /// The executable the instance ran when pinned, opened through [`Self::dir`] at offset 0.
+    pub(crate) exe: &'a File,
+    /// Its identity, compared again once every attestor ran.
+    pub(crate) exe_id: FileId,
+    /// `/proc/<pid>/status`, read through [`Self::dir`].
+    pub(crate) status: &'a Status,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Executable {
-    path: PathBuf,
-    sha256: [u8; 32],
-}
-
-/// Attests local callers. Holds a cache of executable hashes, so share one instance (it is
-/// `Sync`) rather than creating one per call.
-#[derive(Debug, Default)]
+/// Attests local callers: pins the caller and runs its [`WorkloadAttestor`]s. Share one
+/// instance (it is `Sync`; the Unix attestor caches executable hashes).
+#[derive(Debug)]
 pub(crate) struct Attestor {
-    hashes: Mutex<HashCache>,
+    attestors: Vec<Arc<dyn WorkloadAttestor>>,
 }
 
-/// Executable hashes keyed by file identity, evicted oldest-first past
-/// [`HASH_CACHE_CAPACITY`].
-#[derive(Debug, Default)]
-struct HashCache {
-    digests: HashMap<FileId, [u8; 32]>,
-    /// Insertion order, oldest first; holds exactly the keys of `digests`.
-    order: VecDeque<FileId>,
-    #[cfg(test)]
-    hits: u64,
-}
-
-impl HashCache {
-    fn get(&mut self, id: &FileId) -> Option<[u8; 32]> {
-        let found = self.digests.get(id).copied();
-        #[cfg(test)]
-        if found.is_some() {
-            self.hits += 1;
-        }
-        found
-    }
-
-    fn insert(&mut self, id: FileId, digest: [u8; 32]) {
-        // Two concurrent misses for one file both hash it; the second insert is a no-op.
-        if self.digests.contains_key(&id) {
-            return;
-        }
-        while self.digests.len() >= HASH_CACHE_CAPACITY {
-            let Some(oldest) = self.order.pop_front() else {
-                break;
-            };
-            self.digests.remove(&oldest);
-        }
-        self.digests.insert(id, digest);
-        self.order.push_back(id);
+impl Default for Attestor {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
 impl Attestor {
-    /// An attestor with an empty hash cache.
+    /// The Unix and cgroup attestors.
     pub(crate) fn new() -> Self {
-        Self::default()
+        Self::with(vec![
+            Arc::new(UnixAttestor::default()),
+            Arc::new(CgroupAttestor),
+        ])
+    }
+
+    /// These attestors, run in this order.
+    pub(crate) fn with(attestors: Vec<Arc<dyn WorkloadAttestor>>) -> Self {
+        Self { attestors }
+    }
+
+    /// The Unix attestor alone (tests that compare exact `unix:` sets).
+    #[cfg(test)]
+    pub(crate) fn unix_only() -> Self {
+        Self::with(vec![Arc::new(UnixAttestor::default())])
     }
 
     /// Attests the process behind `peer` (without what was seen at accept).
@@ -322,28 +326,8 @@ impl Attestor {
             _ => return Err(AttestationError::NoPid),
         };
         let _span = tracing::debug_span!("attest", pid, uid = peer.uid, gid = peer.gid).entered();
-        let Evidence {
-            start_time,
-            ppid,
-            status,
-            executable,
-        } = self.gather(pid, peer, at_accept)?;
-        let facts = Facts {
-            // The peer credentials, which `gather` checked procfs agrees with.
-            uid: peer.uid,
-            gid: peer.gid,
-            user: user_name(peer.uid)?,
-            group: group_name(peer.gid)?,
-            supplementary_gids: status.groups,
-            executable,
-        };
-        let selectors = selectors(&facts)?;
-        tracing::debug!(
-            selectors = selectors.len(),
-            supplementary_groups = facts.supplementary_gids.len(),
-            has_executable = facts.executable.is_some(),
-            "attested"
-        );
+        let (selectors, start_time, ppid) = self.gather(pid, peer, at_accept)?;
+        tracing::debug!(selectors = selectors.len(), "attested");
         // The caller as pinned, then its ancestors (only task bindings use them).
         let mut lineage = vec![ProcessInstance {
             pid: pid.unsigned_abs(),
@@ -353,15 +337,16 @@ impl Attestor {
         Ok(Attested { selectors, lineage })
     }
 
-    /// Pins one process instance, reads what we need through the pins, then checks the pins
-    /// still hold and the process still has the caller's ids. See the module docs for why
-    /// each step is there. The order matters.
+    /// Pins one process instance, runs every attestor through the pins, then checks the
+    /// pins still hold and the process still has the caller's ids. See the module docs for
+    /// why each step is there. The order matters. Returns the merged selectors, the start
+    /// time and the parent pid.
     fn gather(
         &self,
         pid: i32,
         peer: PeerCred,
         at_accept: Option<ProcessAtAccept>,
-    ) -> Result<Evidence, AttestationError> {
+    ) -> Result<(SelectorSet, u64, u32), AttestationError> {
         // 1. Pin. The pidfd, where the kernel supports it, is an independent second pin. The
         //    directory fd and the start time alone already suffice (see `procfs`).
         let pidfd = PidFd::open(pid)?;
@@ -374,24 +359,30 @@ impl Attestor {
         let proc_dir = ProcDir::open(pid)?;
         let start_time = proc_dir.start_time()?;
 
-        // 2. Gather, all through the pinned directory. The executable is opened before its
-        //    link is read, and its identity is compared again in step 3, so an `exec`
-        //    between the two reads cannot pair one program's path with another's hash.
-        let (mut exe, exe_id) = proc_dir.open_exe()?;
-        let executable = match proc_dir.exe_link()? {
-            ExeLink::Path(path) => Some(Executable {
-                path,
-                sha256: self.sha256(pid, &mut exe, exe_id)?,
-            }),
-            ExeLink::Detached => {
-                tracing::debug!(
-                    pid,
-                    "executable deleted or unnamed; omitting path and sha256"
-                );
-                None
-            }
-        };
+        // 2. Gather, all through the pinned directory: the executable (opened first, and
+        //    its identity compared again in step 3), `status`, then each attestor's facts.
+        let (exe, exe_id) = proc_dir.open_exe()?;
         let status = proc_dir.status()?;
+        let process = PinnedProcess {
+            pid,
+            peer,
+            dir: &proc_dir,
+            exe: &exe,
+            exe_id,
+            status: &status,
+        };
+        let mut selectors = SelectorSet::new();
+        for attestor in &self.attestors {
+            let set = attestor.attest(&process)?;
+            if let Some(stray) = set.iter().find(|s| !attestor.kinds().contains(&s.kind())) {
+                tracing::error!(selector = %stray.key(), "BUG: attestor emitted a kind it does not own");
+                return Err(AttestationError::Selector {
+                    key: stray.key(),
+                    source: Arc::new(SelectorError::UnknownKind(stray.kind().to_string())),
+                });
+            }
+            selectors.extend(set);
+        }
 
         // 3. Re-check the pins. The pidfd fails once the process is reaped. The directory
         //    fd read fails the same way on every kernel. An equal start time rules out a
@@ -436,138 +427,8 @@ impl Attestor {
                 proc_gid,
             });
         }
-        Ok(Evidence {
-            start_time,
-            ppid,
-            status,
-            executable,
-        })
+        Ok((selectors, start_time, ppid))
     }
-
-    /// Hash of the opened executable, from the cache when its identity is known.
-    fn sha256(&self, pid: i32, exe: &mut File, id: FileId) -> Result<[u8; 32], AttestationError> {
-        if let Some(digest) = self.cache().get(&id) {
-            return Ok(digest);
-        }
-        // Hash without holding the lock: a large binary must not stall other attestations.
-        let digest = procfs::sha256(exe).map_err(|e| procfs::io_error(pid, "executable", e))?;
-        // A write during the read would leave a hash of mixed contents. Such a write changes
-        // size, mtime or ctime, so compare the identity again.
-        let after = FileId::of(exe).map_err(|e| procfs::io_error(pid, "executable", e))?;
-        if after != id {
-            return Err(AttestationError::ExecutableChanged { pid });
-        }
-        if id.settled(SystemTime::now()) {
-            self.cache().insert(id, digest);
-        }
-        Ok(digest)
-    }
-
-    fn cache(&self) -> MutexGuard<'_, HashCache> {
-        // Poisoning is harmless here: nothing that can panic runs under the lock, and a
-        // cache entry is written whole.
-        self.hashes.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// (entries, hits) of the hash cache.
-    #[cfg(test)]
-    fn cache_stats(&self) -> (usize, u64) {
-        let cache = self.cache();
-        (cache.digests.len(), cache.hits)
-    }
-}
-
-/// Everything attestation learned about one caller, before it becomes selectors.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Facts {
-    /// From the peer credentials.
-    uid: u32,
-    /// From the peer credentials.
-    gid: u32,
-    /// Name of `uid` in the user database; `None` when it has none.
-    user: Option<String>,
-    /// Name of `gid` in the group database; `None` when it has none.
-    group: Option<String>,
-    /// From `/proc/<pid>/status`, in kernel order; may hold the primary gid and repeats.
-    supplementary_gids: Vec<u32>,
-    /// `None` when the executable was deleted.
-    executable: Option<Executable>,
-}
-
-/// The selectors for `facts`: the one mapping from facts to the shared vocabulary.
-///
-/// Numbers and the digest always have a selector form; if one is refused, that is a bug,
-/// and the caller is refused rather than attested with facts missing. Names and the path
-/// are omitted when they have no selector form (see the module docs for why).
-fn selectors(facts: &Facts) -> Result<SelectorSet, AttestationError> {
-    let mut set = SelectorSet::new();
-    set.insert(required(UnixKey::Uid, facts.uid)?);
-    set.insert(required(UnixKey::Gid, facts.gid)?);
-    for gid in &facts.supplementary_gids {
-        set.insert(required(UnixKey::SupplementaryGid, gid)?);
-    }
-    set.extend(facts.user.as_deref().and_then(|n| name(UnixKey::User, n)));
-    set.extend(facts.group.as_deref().and_then(|n| name(UnixKey::Group, n)));
-    if let Some(executable) = &facts.executable {
-        set.insert(required(UnixKey::Sha256, hex::encode(executable.sha256))?);
-        match executable.path.to_str() {
-            Some(path) => set.extend(optional(UnixKey::Path, path)),
-            // Replacing the bad bytes would let two different paths produce one selector.
-            None => tracing::debug!("executable path is not UTF-8; omitting its selector"),
-        }
-    }
-    Ok(set)
-}
-
-/// A selector for a fact that always has one.
-fn required(key: UnixKey, value: impl fmt::Display) -> Result<Selector, AttestationError> {
-    Selector::unix(key, value).map_err(|source| {
-        tracing::error!(%key, error = %source, "BUG: attested value refused by the selector vocabulary");
-        AttestationError::Selector {
-            key,
-            source: Arc::new(source),
-        }
-    })
-}
-
-/// A selector for a user or group name, or `None` when it has no selector form.
-fn name(key: UnixKey, name: &str) -> Option<Selector> {
-    // nix decodes names with `to_string_lossy`, which leaves U+FFFD where the bytes were
-    // not UTF-8: two different names could then yield one selector.
-    if name.contains(char::REPLACEMENT_CHARACTER) {
-        tracing::debug!(%key, "name was not valid UTF-8; omitting its selector");
-        return None;
-    }
-    optional(key, name)
-}
-
-/// A selector for a name or path, or `None` when it has no selector form.
-fn optional(key: UnixKey, value: &str) -> Option<Selector> {
-    Selector::unix(key, value)
-        .inspect_err(|error| tracing::debug!(%key, %error, "no selector form; omitting it"))
-        .ok()
-}
-
-/// The name of `uid` in the user database, `None` when it has none.
-fn user_name(uid: u32) -> Result<Option<String>, AttestationError> {
-    let user =
-        User::from_uid(Uid::from_raw(uid)).map_err(|source| AttestationError::NameLookup {
-            what: "user",
-            id: uid,
-            source,
-        })?;
-    Ok(user.map(|u| u.name))
-}
-
-/// The name of `gid` in the group database, `None` when it has none.
-fn group_name(gid: u32) -> Result<Option<String>, AttestationError> {
-    let group =
-        Group::from_gid(Gid::from_raw(gid)).map_err(|source| AttestationError::NameLookup {
-            what: "group",
-            id: gid,
-            source,
-        })?;
-    Ok(group.map(|g| g.name))
 }
 
 #[cfg(test)]
@@ -581,6 +442,12 @@ mod tests {
 
     use sha2::{Digest, Sha256};
 
+    use std::path::PathBuf;
+
+    use common::Selector;
+    use nix::unistd::{Gid, Group, Uid, User};
+
+    use super::unix::{Executable, Facts, selectors};
     use super::*;
 
     /// Kills and reaps the child even when an assertion fails.
@@ -682,7 +549,7 @@ mod tests {
 
     #[test]
     fn a_caller_without_a_pid_is_refused() {
-        let a = Attestor::new();
+        let a = Attestor::unix_only();
         for pid in [None, Some(0), Some(-1)] {
             let peer = PeerCred { pid, ..own_peer() };
             assert!(
@@ -694,7 +561,7 @@ mod tests {
 
     #[test]
     fn the_instance_seen_at_accept_must_still_run_the_same_file() {
-        let a = Attestor::new();
+        let a = Attestor::unix_only();
         let pid = own_peer().pid.unwrap();
         let accepted = ProcessAtAccept::capture(pid).unwrap();
         a.attest_caller(own_peer(), Some(accepted)).unwrap();
@@ -727,7 +594,7 @@ mod tests {
     #[test]
     fn attests_current_process() {
         let peer = own_peer();
-        let got = Attestor::new().attest(peer).unwrap();
+        let got = Attestor::unix_only().attest(peer).unwrap();
         let exe = std::env::current_exe().unwrap();
         let want = with_executable(identity_selectors(peer.uid, peer.gid, &own_groups()), &exe);
         assert_same(&got, &want);
@@ -736,9 +603,46 @@ mod tests {
         }
     }
 
+    /// The default pipeline runs the Unix and cgroup attestors over the same pinned process
+    /// and merges their selectors.
+    #[test]
+    fn pipeline_merges_unix_and_cgroup_selectors() {
+        let peer = own_peer();
+        let merged = Attestor::new().attest(peer).unwrap();
+        let unix = Attestor::unix_only().attest(peer).unwrap();
+        let cgroups =
+            cgroup::selectors_of(&fs::read_to_string("/proc/self/cgroup").unwrap()).unwrap();
+        assert!(
+            cgroups.iter().any(|s| s.kind() == SelectorKind::Cgroup),
+            "{cgroups:?}"
+        );
+        let mut want = unix;
+        want.extend(cgroups);
+        assert_same(&merged, &want);
+    }
+
+    /// An attestor emitting a kind it does not own is a bug, and the caller is refused.
+    #[test]
+    fn an_attestor_emitting_another_kind_is_refused() {
+        #[derive(Debug)]
+        struct Stray;
+        impl WorkloadAttestor for Stray {
+            fn kinds(&self) -> &'static [SelectorKind] {
+                &[SelectorKind::Cgroup]
+            }
+            fn attest(&self, _: &PinnedProcess<'_>) -> Result<SelectorSet, AttestationError> {
+                Ok([sel("uid", 0)].into_iter().collect())
+            }
+        }
+        let e = Attestor::with(vec![Arc::new(UnixAttestor::default()), Arc::new(Stray)])
+            .attest(own_peer())
+            .unwrap_err();
+        assert!(matches!(e, AttestationError::Selector { .. }), "{e:?}");
+    }
+
     #[test]
     fn missing_pid_is_no_pid() {
-        let attestor = Attestor::new();
+        let attestor = Attestor::unix_only();
         for pid in [None, Some(0), Some(-1), Some(i32::MIN)] {
             let peer = PeerCred { pid, ..own_peer() };
             assert!(
@@ -750,7 +654,7 @@ mod tests {
 
     #[test]
     fn wrong_ids_are_refused() {
-        let attestor = Attestor::new();
+        let attestor = Attestor::unix_only();
         let peer = own_peer();
         let wrong_uid = PeerCred {
             uid: peer.uid.wrapping_add(1),
@@ -782,7 +686,7 @@ mod tests {
                 .spawn()
                 .unwrap(),
         );
-        let attestor = Attestor::new();
+        let attestor = Attestor::unix_only();
         let peer = PeerCred {
             pid: Some(child.pid()),
             uid: 65534,
@@ -816,7 +720,7 @@ mod tests {
             uid: 0xdead_beef,
             gid: 0xdead_beef,
         };
-        let result = Attestor::new().attest(peer);
+        let result = Attestor::unix_only().attest(peer);
         assert!(
             matches!(
                 result,
@@ -851,7 +755,7 @@ mod tests {
             pid: Some(pid),
             ..own_peer()
         };
-        let result = Attestor::new().attest(peer);
+        let result = Attestor::unix_only().attest(peer);
         assert!(
             matches!(result, Err(AttestationError::ProcessExited { pid: p }) if p == pid),
             "{result:?}"
@@ -865,32 +769,14 @@ mod tests {
             pid: Some(child.pid()),
             ..own_peer()
         };
-        let attestor = Attestor::new();
+        let unix = Arc::new(UnixAttestor::default());
+        let attestor = Attestor::with(vec![Arc::clone(&unix) as Arc<dyn WorkloadAttestor>]);
         let first = attestor.attest(peer).unwrap();
-        assert_eq!(attestor.cache_stats(), (1, 0));
+        assert_eq!(unix.cache_stats(), (1, 0));
         let second = attestor.attest(peer).unwrap();
-        assert_eq!(attestor.cache_stats(), (1, 1));
+        assert_eq!(unix.cache_stats(), (1, 1));
         assert_same(&second, &first);
         assert!(first.contains(&sel("sha256", file_sha256(&which("sleep")))));
-    }
-
-    #[test]
-    fn hash_cache_is_bounded() {
-        let mut cache = HashCache::default();
-        let id = |n: u64| {
-            let file = tempfile::tempfile().unwrap();
-            file.set_len(n).unwrap();
-            FileId::of(&file).unwrap()
-        };
-        let ids: Vec<FileId> = (0..(HASH_CACHE_CAPACITY as u64 + 3)).map(id).collect();
-        for (n, id) in ids.iter().enumerate() {
-            cache.insert(*id, [n as u8; 32]);
-        }
-        assert_eq!(cache.digests.len(), HASH_CACHE_CAPACITY);
-        assert_eq!(cache.order.len(), HASH_CACHE_CAPACITY);
-        // Oldest evicted first.
-        let got: Vec<_> = ids.iter().take(4).map(|id| cache.get(id)).collect();
-        assert_eq!(got, [None, None, None, Some([3; 32])]);
     }
 
     /// A freshly written binary is hashed but not cached (its ctime is too recent). Once
@@ -908,12 +794,13 @@ mod tests {
             pid: Some(child.pid()),
             ..own_peer()
         };
-        let attestor = Attestor::new();
+        let unix = Arc::new(UnixAttestor::default());
+        let attestor = Attestor::with(vec![Arc::clone(&unix) as Arc<dyn WorkloadAttestor>]);
 
         let fresh = attestor.attest(peer).unwrap();
         let identity = || identity_selectors(peer.uid, peer.gid, &own_groups());
         assert_same(&fresh, &with_executable(identity(), &copy));
-        assert_eq!(attestor.cache_stats(), (0, 0));
+        assert_eq!(unix.cache_stats(), (0, 0));
 
         fs::remove_file(&copy).unwrap();
         let deleted = attestor.attest(peer).unwrap();
@@ -1151,7 +1038,7 @@ mod tests {
         for (what, facts, want) in cases {
             let got = selectors(&facts).unwrap_or_else(|e| panic!("{what}: {e}"));
             for s in &got {
-                assert_eq!(s.kind(), common::SelectorKind::Unix, "{what}: {s}");
+                assert_eq!(s.kind(), SelectorKind::Unix, "{what}: {s}");
                 assert_eq!(
                     s.to_string().parse::<Selector>().as_ref(),
                     Ok(s),
@@ -1169,7 +1056,7 @@ mod tests {
             assert_same(&got, &want);
         }
         let every_key: std::collections::HashSet<_> =
-            common::SelectorKind::Unix.keys().into_iter().collect();
+            SelectorKind::Unix.keys().into_iter().collect();
         assert_eq!(
             keys_emitted, every_key,
             "keys the validator knows but never emitted"
@@ -1213,7 +1100,7 @@ mod tests {
     #[test]
     #[ignore = "needs root: spawns a child whose real and effective ids differ"]
     fn refuses_a_caller_whose_effective_ids_are_not_the_peer_credentials() {
-        let attestor = Attestor::new();
+        let attestor = Attestor::unix_only();
         let mixed = Reaped(
             Command::new("setpriv")
                 .args(["--ruid=65534", "--rgid=65534", "--clear-groups"])
@@ -1270,7 +1157,7 @@ mod tests {
     #[test]
     #[ignore = "needs root: spawns children as nobody with chosen supplementary groups"]
     fn attests_supplementary_groups_of_child() {
-        let attestor = Attestor::new();
+        let attestor = Attestor::unix_only();
         let sixty_four: Vec<u32> = (27..91).collect();
         let many: Vec<u32> = (100_000..110_000).collect();
         for groups in [vec![27], vec![65534, 27], sixty_four, many] {

@@ -56,3 +56,11 @@ pub fn decode_sync_messages(mut bytes: &[u8]) -> Vec<SyncUpdate> {
     }
     updates
 }
+
+/// The selectors the cgroup attestor derives from the text of a `/proc/<pid>/cgroup` file,
+/// as strings; `None` when it refuses the file.
+pub fn cgroup_selectors(text: &str) -> Option<Vec<String>> {
+    crate::attestation::cgroup::selectors_of(text)
+        .ok()
+        .map(|set| set.iter().map(ToString::to_string).collect())
+}

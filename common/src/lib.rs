@@ -24,6 +24,9 @@ pub mod tls;
 pub use bundle::{Bundle, BundleCell};
 pub use entry::RegistrationEntry;
 pub use ids::{EntryId, TaskId};
-pub use selector::{Selector, SelectorError, SelectorKey, SelectorKind, SelectorSet, UnixKey};
+pub use selector::{
+    CgroupKey, ContainerKey, ContainerRuntime, K8sKey, Selector, SelectorError, SelectorKey,
+    SelectorKind, SelectorSet, SystemdKey, UnixKey,
+};
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
 pub use svid::{SvidError, X509Svid};

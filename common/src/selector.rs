@@ -62,6 +62,7 @@ macro_rules! vocabulary {
     };
 }
 
+mod cgroup;
 mod kind;
 mod unix;
 
@@ -72,6 +73,10 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use self::cgroup::{
+    CgroupKey, ContainerKey, ContainerRuntime, K8sKey, MAX_UNIT_NAME, SystemdKey, is_container_id,
+    is_pod_uid, is_unit_name,
+};
 pub use self::kind::{SelectorKey, SelectorKind};
 pub use self::unix::UnixKey;
 
@@ -150,6 +155,19 @@ pub enum SelectorError {
     /// A `unix:sha256` value is not exactly 64 lowercase hex characters.
     #[error("unix:sha256 value must be exactly 64 lowercase hex characters")]
     InvalidSha256,
+    /// A value of a `cgroup`, `container`, `systemd` or `k8s` key breaks that key's rule;
+    /// carries the key and the rule, e.g. a `container:id` that is not 64 hex characters.
+    #[error("{key} value must be {rule}")]
+    InvalidValue {
+        /// The key.
+        key: SelectorKey,
+        /// What the value must be.
+        rule: &'static str,
+    },
+    /// A `container:runtime` value is not a runtime the attestor recognises; carries it.
+    #[error("unknown container runtime \"{0}\"; supported runtimes: {runtimes}",
+        runtimes = kind::RuntimeNames)]
+    UnknownContainerRuntime(String),
 }
 
 /// One validated selector: a typed key (which names its kind, e.g. `unix:uid`) and a value

@@ -896,6 +896,22 @@ mod tests {
                 |s| s.selectors = vec!["unix:uid:abc".into()],
                 "invalid selector",
             ),
+            (
+                |s| s.selectors = vec!["container:id:4c01db0b".into()],
+                "container:id value must be exactly 64 lowercase hex characters",
+            ),
+            (
+                |s| s.selectors = vec!["container:runtime:rkt".into()],
+                "unknown container runtime \"rkt\"; supported runtimes: docker, containerd",
+            ),
+            (
+                |s| s.selectors = vec!["systemd:unit:nginx".into()],
+                "systemd:unit value must be a systemd unit name",
+            ),
+            (
+                |s| s.selectors = vec!["k8s:pod-uid:POD".into()],
+                "k8s:pod-uid value must be a pod UID",
+            ),
             (|s| s.x509_svid_ttl = Some(Duration::ZERO), "x509_svid_ttl"),
             (
                 |s| s.jwt_svid_ttl = Some(Duration::from_secs(u64::MAX)),
@@ -920,6 +936,22 @@ mod tests {
             r.list("", "", "", &root()).await.unwrap().is_empty(),
             "nothing was stored"
         );
+
+        // Every cgroup kind is accepted, through the same vocabulary the agent attests with.
+        let mut cgroup = spec();
+        cgroup.spiffe_id = "spiffe://example.org/container".into();
+        cgroup.selectors = vec![
+            format!("container:id:{}", "ab".repeat(32)),
+            "container:runtime:cri-o".into(),
+            "cgroup:path:/kubepods.slice/x".into(),
+            "systemd:unit:app.service".into(),
+            "systemd:slice:system.slice".into(),
+            "k8s:pod-uid:2f1c3e0a-8b7d-4c6e-9f5a-1b2c3d4e5f60".into(),
+            format!("k8s:container-id:{}", "cd".repeat(32)),
+        ];
+        let c = r.create(&cgroup, &root()).await.unwrap();
+        assert_eq!(c.selectors.len(), 7);
+        r.delete(&c.id, "user:root").await.unwrap();
 
         let e = r.create(&spec(), &root()).await.unwrap();
         assert_eq!(e.x509_svid_ttl, Duration::from_secs(3600));

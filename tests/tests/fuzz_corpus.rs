@@ -24,13 +24,14 @@ use common::svid::{csr_for, generate_key};
 use common::{Bundle, RegistrationEntry, Selector, SpiffeId, TrustDomain};
 use server::ca::{Ca, Revoked};
 
-const TARGETS: [&str; 6] = [
+const TARGETS: [&str; 7] = [
     "spiffe_id",
     "jwt",
     "jwt_structured",
     "csr",
     "authority",
     "sync_update",
+    "proc_cgroup",
 ];
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -280,6 +281,34 @@ fn sync_update_seeds() -> Vec<Vec<u8>> {
     ]
 }
 
+/// `/proc/<pid>/cgroup` files as docker, the kubelet (both drivers), podman and systemd
+/// lay them out, on v2 and on a hybrid host.
+fn proc_cgroup_seeds() -> Vec<Vec<u8>> {
+    let id = "7e3c2f1a9b8d4c6e5f0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f6a";
+    let pod = "0f1e2d3c_4b5a_6978_8a9b_0c1d2e3f4a5b";
+    [
+        format!(
+            "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{pod}.slice/\
+             cri-containerd-{id}.scope\n"
+        ),
+        format!(
+            "12:pids:/kubepods/besteffort/pod{}/{id}\n4:memory:/kubepods/besteffort/pod{}/{id}\n\
+             1:name=systemd:/kubepods/besteffort/pod{}/{id}\n0::/\n",
+            pod.replace('_', "-"),
+            pod.replace('_', "-"),
+            pod.replace('_', "-")
+        ),
+        format!(
+            "4:memory:/docker/{id}\n1:name=systemd:/docker/{id}\n\
+             0::/system.slice/containerd.service\n"
+        ),
+        format!("0::/machine.slice/libpod-{id}.scope/container\n"),
+        "0::/system.slice/system-getty.slice/getty@tty1.service\n".to_owned(),
+    ]
+    .map(String::into_bytes)
+    .to_vec()
+}
+
 fn seeds(target: &str) -> Vec<Vec<u8>> {
     match target {
         "spiffe_id" => spiffe_id_seeds(),
@@ -288,6 +317,7 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
         "csr" => csr_seeds(),
         "authority" => authority_seeds(),
         "sync_update" => sync_update_seeds(),
+        "proc_cgroup" => proc_cgroup_seeds(),
         _ => unreachable!("{target}"),
     }
 }
@@ -354,6 +384,17 @@ fn check(target: &str, seed: &[u8]) {
                 }
             }
             assert!(n > 0);
+        }
+        "proc_cgroup" => {
+            // Every seed is a file the attestor accepts and recognises something in.
+            let text = std::str::from_utf8(seed).unwrap();
+            let selectors = agent::fuzzing::cgroup_selectors(text).expect("accepted");
+            assert!(
+                selectors
+                    .iter()
+                    .any(|s| s.starts_with("container:") || s.starts_with("systemd:")),
+                "{text}: {selectors:?}"
+            );
         }
         _ => unreachable!("{target}"),
     }

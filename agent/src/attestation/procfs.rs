@@ -91,6 +91,9 @@ pub(crate) enum ProcfsParseError {
     /// The file is larger than [`MAX_PROC_FILE`].
     #[error("file too large")]
     TooLarge,
+    /// `cgroup` is not what the kernel writes; carries what is wrong.
+    #[error("cgroup file: {0}")]
+    Cgroup(&'static str),
 }
 
 /// Turns an I/O error from a procfs read into an attestation error. `ESRCH` and `ENOENT`
@@ -193,6 +196,11 @@ impl ProcDir {
             parse_stat_start_time(&text).map_err(malformed)?,
             parse_stat_ppid(&text).map_err(malformed)?,
         ))
+    }
+
+    /// The text of `cgroup`.
+    pub(crate) fn cgroup(&self) -> Result<String, AttestationError> {
+        read_text(self.open_at("cgroup")?, self.pid, "cgroup")
     }
 
     /// Uid, gid and supplementary groups from `status`.
@@ -513,9 +521,18 @@ impl FileId {
     }
 }
 
+/// The agent's own `/proc/self/cgroup` (bounded like every procfs read).
+pub(crate) fn own_cgroup() -> io::Result<String> {
+    let mut bytes = Vec::new();
+    File::open("/proc/self/cgroup")?
+        .take(MAX_PROC_FILE)
+        .read_to_end(&mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 /// SHA-256 of a file's contents from its current offset, read in chunks so a large binary
 /// is never held in memory at once.
-pub(crate) fn sha256(file: &mut File) -> io::Result<[u8; 32]> {
+pub(crate) fn sha256(mut file: &File) -> io::Result<[u8; 32]> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; HASH_CHUNK];
     loop {
@@ -736,7 +753,7 @@ mod tests {
         let mut file = tmp.try_clone().unwrap();
         file.rewind().unwrap();
         let want: [u8; 32] = Sha256::digest(&data).into();
-        assert_eq!(sha256(&mut file).unwrap(), want);
+        assert_eq!(sha256(&file).unwrap(), want);
     }
 
     #[test]

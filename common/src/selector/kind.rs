@@ -1,7 +1,7 @@
 //! The top of the selector vocabulary: the kinds ([`SelectorKind`]) and the typed key of
 //! any kind ([`SelectorKey`]).
 //!
-//! Adding a kind (the roadmap has `cgroup`, `container`, `systemd` and `k8s`) means a
+//! Adding a kind means a
 //! variant of [`SelectorKind`], a key enum beside `unix.rs` declared with `vocabulary!`,
 //! and a variant of [`SelectorKey`]; every `match` below then names what is still missing.
 //! A kind is added together with the attestor that emits it: a kind the validator accepts
@@ -10,7 +10,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::{SelectorError, UnixKey};
+use super::{CgroupKey, ContainerKey, K8sKey, SelectorError, SystemdKey, UnixKey};
 
 vocabulary! {
     /// A kind of selector: which attestor vouches for the fact.
@@ -18,18 +18,32 @@ vocabulary! {
         /// Facts the kernel reports about a local process (the agent's Unix attestor): ids,
         /// names, supplementary groups, executable path and hash. Keys: [`UnixKey`].
         Unix => "unix",
+        /// The caller's cgroup path (the agent's cgroup attestor). Keys: [`CgroupKey`].
+        Cgroup => "cgroup",
+        /// The container the caller runs in, recognised from its cgroup path. Keys:
+        /// [`ContainerKey`].
+        Container => "container",
+        /// The systemd unit and slice the caller runs in, from its cgroup path. Keys:
+        /// [`SystemdKey`].
+        Systemd => "systemd",
+        /// The Kubernetes pod and container, from the kubelet's cgroup layout. Keys:
+        /// [`K8sKey`].
+        K8s => "k8s",
     }
 }
 
 impl SelectorKind {
     /// Every key of this kind, in declaration order.
     pub fn keys(self) -> Vec<SelectorKey> {
+        fn all<K: Copy + Into<SelectorKey>>(keys: &[K]) -> Vec<SelectorKey> {
+            keys.iter().copied().map(Into::into).collect()
+        }
         match self {
-            Self::Unix => UnixKey::ALL
-                .iter()
-                .copied()
-                .map(SelectorKey::Unix)
-                .collect(),
+            Self::Unix => all(UnixKey::ALL),
+            Self::Cgroup => all(CgroupKey::ALL),
+            Self::Container => all(ContainerKey::ALL),
+            Self::Systemd => all(SystemdKey::ALL),
+            Self::K8s => all(K8sKey::ALL),
         }
     }
 
@@ -37,6 +51,10 @@ impl SelectorKind {
     pub fn key(self, key: &str) -> Result<SelectorKey, SelectorError> {
         match self {
             Self::Unix => key.parse().map(SelectorKey::Unix),
+            Self::Cgroup => key.parse().map(SelectorKey::Cgroup),
+            Self::Container => key.parse().map(SelectorKey::Container),
+            Self::Systemd => key.parse().map(SelectorKey::Systemd),
+            Self::K8s => key.parse().map(SelectorKey::K8s),
         }
     }
 
@@ -44,6 +62,10 @@ impl SelectorKind {
     pub(super) const fn example(self) -> &'static str {
         match self {
             Self::Unix => "uid:1000",
+            Self::Cgroup => "path:/system.slice/app.service",
+            Self::Container => "runtime:docker",
+            Self::Systemd => "unit:app.service",
+            Self::K8s => "pod-uid:2f1c3e0a-8b7d-4c6e-9f5a-1b2c3d4e5f60",
         }
     }
 }
@@ -64,6 +86,14 @@ impl FromStr for SelectorKind {
 pub enum SelectorKey {
     /// A key of [`SelectorKind::Unix`].
     Unix(UnixKey),
+    /// A key of [`SelectorKind::Cgroup`].
+    Cgroup(CgroupKey),
+    /// A key of [`SelectorKind::Container`].
+    Container(ContainerKey),
+    /// A key of [`SelectorKind::Systemd`].
+    Systemd(SystemdKey),
+    /// A key of [`SelectorKind::K8s`].
+    K8s(K8sKey),
 }
 
 impl SelectorKey {
@@ -76,6 +106,10 @@ impl SelectorKey {
     pub const fn kind(self) -> SelectorKind {
         match self {
             Self::Unix(_) => SelectorKind::Unix,
+            Self::Cgroup(_) => SelectorKind::Cgroup,
+            Self::Container(_) => SelectorKind::Container,
+            Self::Systemd(_) => SelectorKind::Systemd,
+            Self::K8s(_) => SelectorKind::K8s,
         }
     }
 
@@ -83,6 +117,10 @@ impl SelectorKey {
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Unix(key) => key.as_str(),
+            Self::Cgroup(key) => key.as_str(),
+            Self::Container(key) => key.as_str(),
+            Self::Systemd(key) => key.as_str(),
+            Self::K8s(key) => key.as_str(),
         }
     }
 
@@ -90,15 +128,31 @@ impl SelectorKey {
     pub(super) fn validate_value(self, value: &str) -> Result<(), SelectorError> {
         match self {
             Self::Unix(key) => key.validate_value(value),
+            Self::Cgroup(key) => key.validate_value(value),
+            Self::Container(key) => key.validate_value(value),
+            Self::Systemd(key) => key.validate_value(value),
+            Self::K8s(key) => key.validate_value(value),
         }
     }
 }
 
-impl From<UnixKey> for SelectorKey {
-    fn from(key: UnixKey) -> Self {
-        Self::Unix(key)
-    }
+macro_rules! key_into_selector_key {
+    ($($key:ident => $variant:ident),+) => {$(
+        impl From<$key> for SelectorKey {
+            fn from(key: $key) -> Self {
+                Self::$variant(key)
+            }
+        }
+    )+};
 }
+
+key_into_selector_key!(
+    UnixKey => Unix,
+    CgroupKey => Cgroup,
+    ContainerKey => Container,
+    SystemdKey => Systemd,
+    K8sKey => K8s
+);
 
 impl fmt::Display for SelectorKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -137,4 +191,14 @@ fn comma_separated<'a>(
         f.write_str(name)?;
     }
     Ok(())
+}
+
+/// Displays every container runtime name, comma-separated, for error messages.
+#[derive(Debug)]
+pub(super) struct RuntimeNames;
+
+impl fmt::Display for RuntimeNames {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        comma_separated(f, super::ContainerRuntime::ALL.iter().map(|r| r.as_str()))
+    }
 }

@@ -20,6 +20,128 @@ fn sample(key: SelectorKey) -> &'static str {
             UnixKey::Path => "/usr/bin/app",
             UnixKey::Sha256 => SHA,
         },
+        SelectorKey::Cgroup(CgroupKey::Path) => "/system.slice/app.service",
+        SelectorKey::Container(ContainerKey::Id) | SelectorKey::K8s(K8sKey::ContainerId) => CID,
+        SelectorKey::Container(ContainerKey::Runtime) => "docker",
+        SelectorKey::Systemd(SystemdKey::Unit) => "app.service",
+        SelectorKey::Systemd(SystemdKey::Slice) => "system.slice",
+        SelectorKey::K8s(K8sKey::PodUid) => POD,
+    }
+}
+
+const CID: &str = "4c01db0b339c2a1e1b4ee0a3b9b5e8f2d7c6a5b4c3d2e1f0a9b8c7d6e5f4a3b2";
+const POD: &str = "2f1c3e0a-8b7d-4c6e-9f5a-1b2c3d4e5f60";
+
+/// The cgroup kinds parse, round-trip, and refuse values attestation never emits, with an
+/// error naming the rule.
+#[test]
+fn cgroup_kinds_validate_their_values() {
+    let good = [
+        "cgroup:path:/",
+        "cgroup:path:/system.slice/docker-x.scope",
+        &format!("container:id:{CID}"),
+        "container:runtime:docker",
+        "container:runtime:containerd",
+        "container:runtime:cri-o",
+        "container:runtime:podman",
+        "systemd:unit:nginx.service",
+        "systemd:unit:user@1000.service",
+        "systemd:unit:session-3.scope",
+        "systemd:unit:getty@tty1.service",
+        "systemd:slice:system.slice",
+        "systemd:slice:kubepods-burstable.slice",
+        &format!("k8s:pod-uid:{POD}"),
+        "k8s:pod-uid:5c8c4a5b4b2c6b1b8e8f9d6b6f3b2a1c",
+        &format!("k8s:container-id:{CID}"),
+    ];
+    for text in good {
+        let s = Selector::from_str(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(s.to_string(), text);
+    }
+    assert_eq!(
+        Selector::new(ContainerKey::Runtime, "x"),
+        Err(SelectorError::UnknownContainerRuntime("x".to_owned()))
+    );
+    let id = |key: SelectorKey| SelectorError::InvalidValue {
+        key,
+        rule: "exactly 64 lowercase hex characters",
+    };
+    let cid: SelectorKey = ContainerKey::Id.into();
+    let kcid: SelectorKey = K8sKey::ContainerId.into();
+    let bad: Vec<(String, SelectorError)> = vec![
+        (format!("container:id:{}", &CID[1..]), id(cid)),
+        (format!("container:id:{CID}0"), id(cid)),
+        (format!("container:id:{}", CID.to_uppercase()), id(cid)),
+        (format!("container:id:{}g", &CID[1..]), id(cid)),
+        ("container:id:abc".to_owned(), id(cid)),
+        (format!("k8s:container-id:{}", &CID[2..]), id(kcid)),
+        (
+            "container:runtime:rkt".to_owned(),
+            SelectorError::UnknownContainerRuntime("rkt".to_owned()),
+        ),
+        (
+            "container:runtime:Docker".to_owned(),
+            SelectorError::UnknownContainerRuntime("Docker".to_owned()),
+        ),
+        (
+            "container:runtime:crio".to_owned(),
+            SelectorError::UnknownContainerRuntime("crio".to_owned()),
+        ),
+        (
+            "container:image:nginx".to_owned(),
+            SelectorError::UnknownKey {
+                kind: SelectorKind::Container,
+                key: "image".to_owned(),
+            },
+        ),
+        (
+            "k8s:ns:default".to_owned(),
+            SelectorError::UnknownKey {
+                kind: SelectorKind::K8s,
+                key: "ns".to_owned(),
+            },
+        ),
+    ];
+    for (text, want) in bad {
+        assert_eq!(Selector::from_str(&text), Err(want), "{text}");
+    }
+    // The rest: just refused, with a message naming the key.
+    let refused = [
+        "cgroup:path:system.slice",
+        "systemd:unit:nginx",
+        "systemd:unit:.service",
+        "systemd:unit:a b.service",
+        "systemd:unit:a/b.service",
+        "systemd:unit:system.slice",
+        "systemd:slice:nginx.service",
+        "systemd:slice:.slice",
+        "k8s:pod-uid:2f1c3e0a8b7d4c6e9f5a1b2c3d4e5f6",
+        "k8s:pod-uid:2F1C3E0A-8B7D-4C6E-9F5A-1B2C3D4E5F60",
+        "k8s:pod-uid:2f1c3e0a_8b7d_4c6e_9f5a_1b2c3d4e5f60",
+        "k8s:pod-uid:2f1c3e0a-8b7d-4c6e-9f5a-1b2c3d4e5f6",
+    ];
+    for text in refused {
+        let err = Selector::from_str(text).expect_err(text);
+        let key = text.rsplit_once(':').unwrap().0;
+        assert!(err.to_string().starts_with(key), "{text}: {err}");
+    }
+    let long = format!("systemd:unit:{}.service", "a".repeat(MAX_UNIT_NAME - 7));
+    assert!(Selector::from_str(&long).is_err());
+    let fits = format!("systemd:unit:{}.service", "a".repeat(MAX_UNIT_NAME - 8));
+    assert!(Selector::from_str(&fits).is_ok());
+    assert_eq!(
+        SelectorError::UnknownContainerRuntime("rkt".to_owned()).to_string(),
+        "unknown container runtime \"rkt\"; supported runtimes: docker, containerd, cri-o, podman"
+    );
+    assert_eq!(
+        Selector::from_str("container:id:abc")
+            .unwrap_err()
+            .to_string(),
+        "container:id value must be exactly 64 lowercase hex characters"
+    );
+    for runtime in ContainerRuntime::ALL {
+        assert_eq!(runtime.as_str().parse::<ContainerRuntime>(), Ok(*runtime));
+        Selector::new(ContainerKey::Runtime, runtime).unwrap();
     }
 }
 
@@ -89,7 +211,7 @@ fn invalid_selectors_report_specific_error() {
         ("un.ix:uid:1000", E::BadKindChar('.')),
         ("unix :uid:1000", E::SurroundingWhitespace),
         ("un ix:uid:1000", E::BadKindChar(' ')),
-        ("k8s:ns:default", E::UnknownKind("k8s".to_owned())),
+        ("k8s8:ns:default", E::UnknownKind("k8s8".to_owned())),
         ("docker:label:a", E::UnknownKind("docker".to_owned())),
         ("unixx:uid:1", E::UnknownKind("unixx".to_owned())),
         (" unix:uid:1000", E::SurroundingWhitespace),
@@ -290,10 +412,10 @@ fn every_key_round_trips_through_the_validator() {
 /// Error messages list the vocabulary from the enums, so they cannot go stale.
 #[test]
 fn error_messages_list_the_vocabulary() {
-    let unknown = SelectorError::UnknownKind("k8s".to_owned()).to_string();
+    let unknown = SelectorError::UnknownKind("docker".to_owned()).to_string();
     assert_eq!(
         unknown,
-        "unknown selector kind \"k8s\"; supported kinds: unix"
+        "unknown selector kind \"docker\"; supported kinds: unix, cgroup, container, systemd, k8s"
     );
     let key = SelectorError::UnknownKey {
         kind: SelectorKind::Unix,
@@ -404,6 +526,7 @@ fn serde_round_trip() {
     );
     assert_eq!(serde_json::from_str::<SelectorSet>(&json).unwrap(), set);
     assert!(serde_json::from_str::<SelectorSet>(r#"["k8s:ns:a"]"#).is_err());
+    assert!(serde_json::from_str::<SelectorSet>(r#"["container:id:a"]"#).is_err());
 }
 
 #[test]

@@ -133,7 +133,15 @@ fn entry_create_rejects_bad_input_and_changes_nothing() {
             good_id,
             &["k8s:ns:default"],
             &[],
-            "invalid selector \"k8s:ns:default\": unknown selector kind \"k8s\"",
+            "invalid selector \"k8s:ns:default\": unknown k8s selector key \"ns\"; \
+             supported keys: pod-uid, container-id",
+        ),
+        (
+            good_id,
+            &["container:id:4c01db0b"],
+            &[],
+            "invalid selector \"container:id:4c01db0b\": container:id value must be exactly \
+             64 lowercase hex characters",
         ),
         (
             good_id,

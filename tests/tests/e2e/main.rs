@@ -13,6 +13,7 @@ mod attestation;
 mod audit;
 mod break_glass;
 mod ca_rotation;
+mod cgroups;
 mod cli;
 mod client_python;
 mod conn_limits;
