@@ -58,3 +58,66 @@ fn example_configs_are_accepted_by_the_binaries() {
         }
     }
 }
+
+/// The help text of `bin ARGS --help`.
+fn help(bin: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(tests::bin(bin))
+        .args(args)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{bin} {args:?} --help");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The workload examples name commands, flags and selectors that exist.
+#[test]
+fn the_workload_examples_name_real_commands_flags_and_selectors() {
+    let dir = deploy_dir().join("examples/workloads");
+    let unit = std::fs::read_to_string(dir.join("hello-web.service")).unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("hello-web.service has an ExecStart");
+    assert!(exec.contains("/usr/local/bin/tessera-agent api fetch x509 --write"));
+    assert!(help("tessera-agent", &["api", "fetch", "x509"]).contains("--write"));
+    for hardening in [
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "DynamicUser=yes",
+    ] {
+        assert!(
+            unit.contains(hardening),
+            "hello-web.service lacks {hardening}"
+        );
+    }
+
+    let script = std::fs::read_to_string(dir.join("run-container.sh")).unwrap();
+    let create = help("tessera-server", &["entry", "create"]);
+    for flag in ["--parent-id", "--spiffe-id", "--selector", "--output"] {
+        assert!(script.contains(flag), "run-container.sh: {flag}");
+        assert!(
+            create.contains(flag),
+            "{flag} is not a flag of entry create"
+        );
+    }
+    assert!(help("tessera-server", &["entry", "delete"]).contains("--entry-id"));
+    // The selectors the README and the script give parse with the shared vocabulary.
+    let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
+    assert!(readme.contains("--selector systemd:unit:hello-web.service"));
+    for selector in [
+        "systemd:unit:hello-web.service".to_owned(),
+        "container:runtime:docker".to_owned(),
+        format!("container:id:{}", "ab".repeat(32)),
+    ] {
+        selector
+            .parse::<common::Selector>()
+            .unwrap_or_else(|e| panic!("{selector}: {e}"));
+    }
+    let status = std::process::Command::new("sh")
+        .arg("-n")
+        .arg(dir.join("run-container.sh"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "run-container.sh does not parse");
+}
