@@ -34,3 +34,4 @@ pub mod status_list;
 pub mod tasks;
 pub mod tenants;
 pub mod usage;
+pub mod x509pop;
