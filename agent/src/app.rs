@@ -61,8 +61,35 @@ async fn agent_identity(
             tracing::info!(spiffe_id = %svid.spiffe_id(), "using the persisted agent SVID");
             return Ok(Some(svid));
         }
-        if config.join_token.is_none() {
+        if config.join_token.is_none() && config.x509pop.is_none() {
             return Err(NodeIdentityError::Expired(svid.not_after()).into());
+        }
+    }
+    if config.join_token.is_none()
+        && let Some((cert, key)) = &config.x509pop
+    {
+        let mut backoff = Backoff::default();
+        loop {
+            match node_identity::attest_x509pop(connector, &config.trust_domain, cert, key).await {
+                Ok((svid, new_bundle)) => {
+                    node_identity::save_svid(&config.data_dir, &svid)?;
+                    node_identity::save_bundle(&config.data_dir, &new_bundle)?;
+                    bundle.set(new_bundle);
+                    tracing::info!(spiffe_id = %svid.spiffe_id(), "node attested with x509pop");
+                    return Ok(Some(svid));
+                }
+                Err(e @ (NodeIdentityError::Refused(_) | NodeIdentityError::Storage { .. })) => {
+                    return Err(e.into());
+                }
+                Err(e) => {
+                    let wait = backoff.step();
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "x509pop node attestation failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = shutdown.cancelled() => return Ok(None),
+                    }
+                }
+            }
         }
     }
     let token = config

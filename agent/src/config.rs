@@ -112,6 +112,13 @@ pub struct RawAgentConfig {
     /// needed once the agent's SVID is persisted.
     #[arg(long, env = "TESSERA_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
+    /// PEM certificate chain (leaf first) from the organisation's CA, to attest with x509pop
+    /// instead of a join token (with --x509pop-key).
+    #[arg(long)]
+    pub x509pop_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8) of --x509pop-cert.
+    #[arg(long)]
+    pub x509pop_key: Option<PathBuf>,
     /// Directory for the agent SVID, key, bundle and cache [default: /var/lib/tessera/agent].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -171,6 +178,8 @@ impl std::fmt::Debug for RawAgentConfig {
             trust_domain,
             trust_bundle_path,
             join_token,
+            x509pop_cert,
+            x509pop_key,
             data_dir,
             socket_path,
             health_address,
@@ -191,6 +200,8 @@ impl std::fmt::Debug for RawAgentConfig {
             .field("trust_domain", trust_domain)
             .field("trust_bundle_path", trust_bundle_path)
             .field("join_token", &join_token.as_ref().map(|_| "<redacted>"))
+            .field("x509pop_cert", x509pop_cert)
+            .field("x509pop_key", x509pop_key)
             .field("data_dir", data_dir)
             .field("socket_path", socket_path)
             .field("health_address", health_address)
@@ -234,6 +245,8 @@ pub struct AgentConfig {
     pub trust_bundle_path: Option<PathBuf>,
     /// Join token, if given.
     pub join_token: Option<String>,
+    /// x509pop certificate chain and key files, if given.
+    pub x509pop: Option<(PathBuf, PathBuf)>,
     /// State directory.
     pub data_dir: PathBuf,
     /// Workload API socket.
@@ -280,6 +293,7 @@ impl std::fmt::Debug for AgentConfig {
                 "join_token",
                 &self.join_token.as_ref().map(|_| "<redacted>"),
             )
+            .field("x509pop", &self.x509pop)
             .field("data_dir", &self.data_dir)
             .field("socket_path", &self.socket_path)
             .field("workload_api", &self.workload_api)
@@ -347,6 +361,8 @@ impl RawAgentConfig {
             trust_domain,
             trust_bundle_path,
             join_token,
+            x509pop_cert,
+            x509pop_key,
             data_dir,
             socket_path,
             health_address,
@@ -367,6 +383,8 @@ impl RawAgentConfig {
             trust_domain: trust_domain.or(self.trust_domain),
             trust_bundle_path: trust_bundle_path.or(self.trust_bundle_path),
             join_token: join_token.or(self.join_token),
+            x509pop_cert: x509pop_cert.or(self.x509pop_cert),
+            x509pop_key: x509pop_key.or(self.x509pop_key),
             data_dir: data_dir.or(self.data_dir),
             socket_path: socket_path.or(self.socket_path),
             health_address: health_address.or(self.health_address),
@@ -583,6 +601,16 @@ impl AgentConfig {
                 message: "is longer than the 107 bytes a Unix socket path may have".into(),
             });
         }
+        let x509pop = match (&raw.x509pop_cert, &raw.x509pop_key) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            (None, None) => None,
+            _ => {
+                return Err(AgentConfigError::Invalid {
+                    key: "x509pop_cert",
+                    message: "x509pop_cert and x509pop_key go together".into(),
+                });
+            }
+        };
         if let Some(t) = &raw.join_token
             && (t.is_empty() || t.len() > 256 || !t.bytes().all(|b| b.is_ascii_graphic()))
         {
@@ -656,6 +684,7 @@ impl AgentConfig {
             trust_domain,
             trust_bundle_path: raw.trust_bundle_path,
             join_token: raw.join_token,
+            x509pop,
             data_dir: raw
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),

@@ -1,4 +1,4 @@
-//! The agent's own identity: bootstrapped with a join token, persisted (key 0600) so a
+//! The agent's own identity: bootstrapped with a join token or x509pop, persisted (key 0600) so a
 //! restart needs no new token, and renewed over mutual TLS at half-life.
 //!
 //! Files in the data directory: `agent_svid.pem` (chain), `agent_svid.key` (PKCS#8, 0600)
@@ -24,7 +24,7 @@ const BUNDLE_FILE: &str = "bundle.pem";
 pub enum NodeIdentityError {
     /// No persisted SVID and no join token.
     #[error(
-        "no agent SVID in {0} and no join token: run with --join-token (from `tessera-server token generate`)"
+        "no agent SVID in {0} and no join token: run with --join-token (from `tessera-server token generate`) or --x509pop-cert and --x509pop-key"
     )]
     NeedToken(String),
     /// The persisted SVID expired.
@@ -194,6 +194,81 @@ pub async fn attest(
         .attest_agent(AttestAgentRequest {
             join_token: token.to_owned(),
             csr,
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| from_status(&s))?;
+    let svid = svid_from_response(resp.svid_chain, &key)?;
+    let bundle = bundle_from_response(td, resp.bundle)?;
+    Ok((svid, bundle))
+}
+
+/// The message signed for an x509pop challenge (as the server's `x509pop` module).
+const X509POP_SIGNING_DOMAIN: &[u8] = b"tessera x509pop challenge v1\0";
+
+/// First contact with x509pop: sends the certificate chain at `cert_path`, signs the
+/// server's challenge with the key at `key_path`, and sends the answer with a CSR (for a
+/// new key: the certificate's key never becomes the SVID's).
+pub async fn attest_x509pop(
+    connector: &dyn NodeConnector,
+    td: &TrustDomain,
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(X509Svid, Bundle), NodeIdentityError> {
+    use rcgen::SigningKey as _;
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|e| NodeIdentityError::Storage {
+            dir: p.display().to_string(),
+            message: e.to_string(),
+        })
+    };
+    let chain: Vec<Vec<u8>> = parse_chain(&read(cert_path)?)
+        .map_err(|e| NodeIdentityError::Storage {
+            dir: cert_path.display().to_string(),
+            message: e,
+        })?
+        .into_iter()
+        .map(|c| c.to_vec())
+        .collect();
+    if chain.is_empty() {
+        return Err(NodeIdentityError::Storage {
+            dir: cert_path.display().to_string(),
+            message: "no CERTIFICATE block".to_owned(),
+        });
+    }
+    let pop_key =
+        rcgen::KeyPair::from_pem(&read(key_path)?).map_err(|e| NodeIdentityError::Storage {
+            dir: key_path.display().to_string(),
+            message: e.to_string(),
+        })?;
+    let node = connector
+        .connect(None)
+        .map_err(|e| NodeIdentityError::Unreachable(e.to_string()))?;
+    let challenge = node
+        .attest_agent(AttestAgentRequest {
+            x509pop_chain: chain.clone(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| from_status(&s))?;
+    if challenge.x509pop_challenge_id.is_empty() || challenge.x509pop_nonce.is_empty() {
+        return Err(NodeIdentityError::BadResponse(
+            "no x509pop challenge".to_owned(),
+        ));
+    }
+    let mut message = X509POP_SIGNING_DOMAIN.to_vec();
+    message.extend_from_slice(&challenge.x509pop_nonce);
+    let signature = pop_key
+        .sign(&message)
+        .map_err(|e| NodeIdentityError::BadResponse(format!("signing the challenge: {e}")))?;
+    let (key, csr) = new_key_and_csr()?;
+    let resp = node
+        .attest_agent(AttestAgentRequest {
+            csr,
+            x509pop_chain: chain,
+            x509pop_challenge_id: challenge.x509pop_challenge_id,
+            x509pop_signature: signature,
+            ..Default::default()
         })
         .await
         .map_err(|s| from_status(&s))?;

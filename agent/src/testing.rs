@@ -449,7 +449,11 @@ fn unimplemented(what: &str) -> Status {
 impl NodeApi for FakeNode {
     async fn attest_agent(&self, req: AttestAgentRequest) -> Result<AttestAgentResponse, Status> {
         let (svid_chain, bundle) = self.sign_agent(NodeCall::Attest, &req.csr)?;
-        Ok(AttestAgentResponse { svid_chain, bundle })
+        Ok(AttestAgentResponse {
+            svid_chain,
+            bundle,
+            ..Default::default()
+        })
     }
 
     async fn renew_agent(&self, req: RenewAgentRequest) -> Result<RenewAgentResponse, Status> {

@@ -18,6 +18,7 @@ use crate::issuance::IssuanceError;
 use crate::node_attestation::NodeAttestationError;
 use crate::registration::RegistrationError;
 use crate::usage::UsageError;
+use crate::x509pop::X509PopError;
 
 /// Metadata of a `ResourceExhausted` answer: milliseconds until asking again can succeed.
 pub(crate) const RETRY_AFTER_MS: &str = "retry-after-ms";
@@ -170,6 +171,10 @@ impl From<NodeAttestationError> for Status {
                 Self::permission_denied(e.to_string())
             }
             NodeAttestationError::NoClientCertificate => Self::unauthenticated(e.to_string()),
+            NodeAttestationError::X509Pop(
+                X509PopError::Malformed(_) | X509PopError::BadAgentId(_),
+            ) => Self::invalid_argument(e.to_string()),
+            NodeAttestationError::X509Pop(_) => Self::permission_denied(e.to_string()),
             NodeAttestationError::Ca(CaError::BadCsr(_) | CaError::UnsupportedKey) => {
                 Self::invalid_argument(e.to_string())
             }

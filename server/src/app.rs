@@ -151,7 +151,20 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         events.clone(),
         config.trust_domain.clone(),
         config.agent_svid_ttl,
-    );
+    )
+    .with_x509pop(match &config.x509pop_ca_file {
+        Some(file) => {
+            let pop = crate::x509pop::X509Pop::from_pem_file(
+                file,
+                config.x509pop_agent_id_template.as_deref(),
+                config.trust_domain.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!("x509pop_ca_file: {e}"))?;
+            tracing::info!(ca_file = %file.display(), "x509pop node attestation enabled");
+            Some(Arc::new(pop))
+        }
+        None => None,
+    });
     let identity =
         ServerIdentity::new(Arc::clone(&ca), &config.trust_domain, config.agent_svid_ttl)
             .context("issuing the server certificate")?;

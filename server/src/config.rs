@@ -109,6 +109,15 @@ pub struct RawServerConfig {
     /// Directory of Cedar task policies (`*.cedar`); the built-in set when unset.
     #[arg(long)]
     pub policy_dir: Option<PathBuf>,
+    /// PEM bundle of the organisation CA(s) whose certificates agents may enroll with
+    /// (x509pop node attestation; off when unset).
+    #[arg(long)]
+    pub x509pop_ca_file: Option<PathBuf>,
+    /// Path of x509pop agent IDs, from validated certificate fields {fingerprint} (SHA-1
+    /// of the leaf), {subject_cn} and {serial}; must stay under /tessera/agent/
+    /// [default: /tessera/agent/x509pop/{fingerprint}].
+    #[arg(long)]
+    pub x509pop_agent_id_template: Option<String>,
     /// Longest task lifetime, whatever the policy allows, e.g. 8h [default: 24h].
     #[arg(long)]
     pub max_task_ttl: Option<String>,
@@ -231,6 +240,8 @@ impl std::fmt::Debug for RawServerConfig {
             upstream_bundle,
             health_address,
             policy_dir,
+            x509pop_ca_file,
+            x509pop_agent_id_template,
             max_task_ttl,
             task_x509_svid_ttl,
             break_glass_max_ttl,
@@ -276,6 +287,8 @@ impl std::fmt::Debug for RawServerConfig {
             .field("upstream_bundle", upstream_bundle)
             .field("health_address", health_address)
             .field("policy_dir", policy_dir)
+            .field("x509pop_ca_file", x509pop_ca_file)
+            .field("x509pop_agent_id_template", x509pop_agent_id_template)
             .field("max_task_ttl", max_task_ttl)
             .field("task_x509_svid_ttl", task_x509_svid_ttl)
             .field("break_glass_max_ttl", break_glass_max_ttl)
@@ -447,6 +460,10 @@ pub struct ServerConfig {
     pub health_address: Option<SocketAddr>,
     /// Cedar policy directory (the built-in set when `None`).
     pub policy_dir: Option<PathBuf>,
+    /// x509pop trust anchors (PEM bundle, absolute path), if x509pop is enabled.
+    pub x509pop_ca_file: Option<PathBuf>,
+    /// x509pop agent ID template (the default when `None`).
+    pub x509pop_agent_id_template: Option<String>,
     /// Longest task lifetime.
     pub max_task_ttl: Duration,
     /// Longest lifetime of a task's X.509-SVID.
@@ -553,6 +570,8 @@ impl RawServerConfig {
             upstream_bundle,
             health_address,
             policy_dir,
+            x509pop_ca_file,
+            x509pop_agent_id_template,
             max_task_ttl,
             task_x509_svid_ttl,
             break_glass_max_ttl,
@@ -598,6 +617,8 @@ impl RawServerConfig {
             upstream_bundle: upstream_bundle.or(self.upstream_bundle),
             health_address: health_address.or(self.health_address),
             policy_dir: policy_dir.or(self.policy_dir),
+            x509pop_ca_file: x509pop_ca_file.or(self.x509pop_ca_file),
+            x509pop_agent_id_template: x509pop_agent_id_template.or(self.x509pop_agent_id_template),
             max_task_ttl: max_task_ttl.or(self.max_task_ttl),
             task_x509_svid_ttl: task_x509_svid_ttl.or(self.task_x509_svid_ttl),
             break_glass_max_ttl: break_glass_max_ttl.or(self.break_glass_max_ttl),
@@ -903,6 +924,36 @@ impl ServerConfig {
                 })
             })
             .transpose()?;
+        let x509pop_ca_file = raw
+            .x509pop_ca_file
+            .map(|f| {
+                std::path::absolute(&f).map_err(|e| ServerConfigError::Invalid {
+                    key: "x509pop_ca_file",
+                    message: format!("{}: {e}", f.display()),
+                })
+            })
+            .transpose()?;
+        let x509pop_agent_id_template = raw.x509pop_agent_id_template;
+        match &x509pop_ca_file {
+            Some(file) => {
+                crate::x509pop::X509Pop::from_pem_file(
+                    file,
+                    x509pop_agent_id_template.as_deref(),
+                    trust_domain.clone(),
+                )
+                .map_err(|message| ServerConfigError::Invalid {
+                    key: "x509pop_ca_file",
+                    message,
+                })?;
+            }
+            None if x509pop_agent_id_template.is_some() => {
+                return Err(ServerConfigError::Invalid {
+                    key: "x509pop_agent_id_template",
+                    message: "needs x509pop_ca_file".to_owned(),
+                });
+            }
+            None => {}
+        }
         let audit_checkpoint_interval = duration(
             "audit_checkpoint_interval",
             raw.audit_checkpoint_interval.as_ref(),
@@ -1043,6 +1094,8 @@ impl ServerConfig {
             upstream,
             health_address,
             policy_dir,
+            x509pop_ca_file,
+            x509pop_agent_id_template,
             max_task_ttl,
             task_x509_svid_ttl,
             break_glass_max_ttl,

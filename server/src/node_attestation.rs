@@ -3,7 +3,9 @@
 //! A join token is 122 random bits (a UUIDv4), shown once to the operator and stored only
 //! as its SHA-256. Presenting it consumes it atomically; the agent receives an SVID for
 //! exactly the SPIFFE ID the operator bound to the token. Later the agent renews over
-//! mutual TLS with that SVID. An agent is authenticated on every call by its certificate
+//! mutual TLS with that SVID. An agent holding a certificate from one of the
+//! organisation's CAs may instead prove possession of its key (x509pop, see
+//! [`crate::x509pop`]). An agent is authenticated on every call by its certificate
 //! serial against the stored record, so eviction and bans take effect on the next call.
 
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use crate::ca::{CaError, Issued};
 use crate::clock::{now_unix, unix_seconds};
 use crate::datastore::{AgentRecord, Datastore, DatastoreError, TokenAttestation};
 use crate::events::{ChangeEvent, Events};
+use crate::x509pop::{Challenge, X509Pop, X509PopError};
 
 /// Default join token lifetime (as SPIRE's).
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(600);
@@ -54,6 +57,9 @@ pub enum NodeAttestationError {
     /// The datastore failed.
     #[error(transparent)]
     Datastore(#[from] DatastoreError),
+    /// x509pop attestation was refused.
+    #[error(transparent)]
+    X509Pop(#[from] X509PopError),
 }
 
 fn hash_token(token: &str) -> String {
@@ -68,6 +74,7 @@ pub struct NodeAttestor {
     events: Events,
     trust_domain: TrustDomain,
     agent_ttl: Duration,
+    x509pop: Option<Arc<X509Pop>>,
 }
 
 impl NodeAttestor {
@@ -85,7 +92,119 @@ impl NodeAttestor {
             events,
             trust_domain,
             agent_ttl,
+            x509pop: None,
         }
+    }
+
+    /// Also accepts x509pop attestation, verified by `x509pop`.
+    #[must_use]
+    pub fn with_x509pop(mut self, x509pop: Option<Arc<X509Pop>>) -> Self {
+        self.x509pop = x509pop;
+        self
+    }
+
+    fn x509pop(&self) -> Result<&X509Pop, NodeAttestationError> {
+        Ok(self.x509pop.as_deref().ok_or(X509PopError::Disabled)?)
+    }
+
+    async fn audit_refusal(
+        &self,
+        method: &str,
+        e: &NodeAttestationError,
+    ) -> Result<(), NodeAttestationError> {
+        // Nobody known asked: the server refused an unknown caller.
+        let event = AuditEvent::new(
+            AuditKind::AgentAttestationRefused,
+            "unknown",
+            serde_json::json!({ "method": method, "reason": e.to_string() }),
+        )
+        .by(crate::audit::SERVER_ACTOR);
+        self.ds.append_audit(&[event]).await?;
+        Ok(())
+    }
+
+    /// x509pop, first step: verifies `chain` (DER, leaf first) and returns a challenge
+    /// bound to its leaf. Refusals are audited.
+    pub async fn x509pop_challenge(
+        &self,
+        chain: &[Vec<u8>],
+    ) -> Result<Challenge, NodeAttestationError> {
+        let result = self
+            .x509pop()
+            .and_then(|p| Ok(p.challenge(chain, rustls_pki_types::UnixTime::now())?));
+        if let Err(e) = &result {
+            self.audit_refusal("x509pop", e).await?;
+        }
+        result
+    }
+
+    /// x509pop, second step: checks the answer to `challenge_id` and signs an agent SVID
+    /// for the CSR's key under the agent ID the template gives. Nothing is consumed but
+    /// the challenge: an evicted agent attests again with the same certificate. Refusals
+    /// are audited.
+    pub async fn attest_with_x509pop(
+        &self,
+        chain: &[Vec<u8>],
+        challenge_id: &str,
+        signature: &[u8],
+        csr: &[u8],
+    ) -> Result<(SpiffeId, Issued), NodeAttestationError> {
+        let result = self
+            .x509pop_inner(chain, challenge_id, signature, csr)
+            .await;
+        if let Err(e) = &result {
+            self.audit_refusal("x509pop", e).await?;
+        }
+        result
+    }
+
+    async fn x509pop_inner(
+        &self,
+        chain: &[Vec<u8>],
+        challenge_id: &str,
+        signature: &[u8],
+        csr: &[u8],
+    ) -> Result<(SpiffeId, Issued), NodeAttestationError> {
+        let (node, id) = self.x509pop()?.answer(
+            chain,
+            challenge_id,
+            signature,
+            rustls_pki_types::UnixTime::now(),
+        )?;
+        let id = self.check_agent_id(id.as_str())?;
+        let existing = self.ds.get_agent(&id).await?;
+        if existing.as_ref().is_some_and(|a| a.banned) {
+            return Err(NodeAttestationError::Banned(id.to_string()));
+        }
+        let issued = self.ca.sign_svid(csr, &id, self.agent_ttl, &[])?;
+        let record = AgentRecord {
+            spiffe_id: id.clone(),
+            serial: issued.serial_hex.clone(),
+            previous_serial: None,
+            expires_at: unix_seconds(issued.not_after),
+            attested_at: now_unix(),
+            banned: false,
+            attestation_type: "x509pop".to_owned(),
+        };
+        // The node selectors are recorded with the attestation (audit), for operators to
+        // see which certificate enrolled the agent.
+        let event = AuditEvent::new(
+            AuditKind::AgentAttested,
+            &id,
+            serde_json::json!({
+                "method": "x509pop",
+                "serial": issued.serial_hex,
+                "not_after": unix_seconds(issued.not_after),
+                "certificate_fingerprint": node.fingerprint,
+                "selectors": node.selectors(),
+            }),
+        )
+        .by(&id);
+        if !self.ds.attest_agent(&record, &[event]).await? {
+            return Err(NodeAttestationError::Banned(id.to_string()));
+        }
+        tracing::info!(agent_id = %id, serial = %issued.serial_hex, "agent attested with x509pop");
+        Ok((id, issued))
     }
 
     /// The SPIFFE ID given to agents whose token names none.
@@ -154,14 +273,7 @@ impl NodeAttestor {
         let result = self.attest_inner(token, csr).await;
         // An attestation is recorded with the agent it stores (`attest_inner`).
         if let Err(e) = &result {
-            // Nobody known asked: the server refused an unknown caller.
-            let event = AuditEvent::new(
-                AuditKind::AgentAttestationRefused,
-                "unknown",
-                serde_json::json!({ "method": "join_token", "reason": e.to_string() }),
-            )
-            .by(crate::audit::SERVER_ACTOR);
-            self.ds.append_audit(&[event]).await?;
+            self.audit_refusal("join_token", e).await?;
         }
         result
     }

@@ -241,14 +241,37 @@ impl Node for NodeService {
         req: Request<AttestAgentRequest>,
     ) -> Result<Response<AttestAgentResponse>, Status> {
         let req = req.into_inner();
-        let (_, issued) = self
-            .attestor
-            .attest_with_token(&req.join_token, &req.csr)
-            .await
-            .inspect_err(|e| tracing::warn!(error = %e, "node attestation refused"))?;
+        if !req.x509pop_chain.is_empty() && req.x509pop_challenge_id.is_empty() {
+            let challenge = self
+                .attestor
+                .x509pop_challenge(&req.x509pop_chain)
+                .await
+                .inspect_err(|e| tracing::warn!(error = %e, "x509pop attestation refused"))?;
+            return Ok(Response::new(AttestAgentResponse {
+                x509pop_challenge_id: challenge.id,
+                x509pop_nonce: challenge.nonce,
+                ..Default::default()
+            }));
+        }
+        let (_, issued) = if req.x509pop_chain.is_empty() {
+            self.attestor
+                .attest_with_token(&req.join_token, &req.csr)
+                .await
+        } else {
+            self.attestor
+                .attest_with_x509pop(
+                    &req.x509pop_chain,
+                    &req.x509pop_challenge_id,
+                    &req.x509pop_signature,
+                    &req.csr,
+                )
+                .await
+        }
+        .inspect_err(|e| tracing::warn!(error = %e, "node attestation refused"))?;
         Ok(Response::new(AttestAgentResponse {
             svid_chain: wire::chain_bytes(&issued.chain),
             bundle: Some(self.wire_bundle()),
+            ..Default::default()
         }))
     }
 

@@ -52,3 +52,4 @@ mod tasks;
 mod tenants;
 mod upstream;
 mod usage;
+mod x509pop;

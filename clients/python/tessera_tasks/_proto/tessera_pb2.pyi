@@ -201,20 +201,30 @@ class MintJwtSvidResponse(_message.Message):
     def __init__(self, token: _Optional[str] = ..., expires_at: _Optional[int] = ...) -> None: ...
 
 class AttestAgentRequest(_message.Message):
-    __slots__ = ("join_token", "csr")
+    __slots__ = ("join_token", "csr", "x509pop_chain", "x509pop_challenge_id", "x509pop_signature")
     JOIN_TOKEN_FIELD_NUMBER: _ClassVar[int]
     CSR_FIELD_NUMBER: _ClassVar[int]
+    X509POP_CHAIN_FIELD_NUMBER: _ClassVar[int]
+    X509POP_CHALLENGE_ID_FIELD_NUMBER: _ClassVar[int]
+    X509POP_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     join_token: str
     csr: bytes
-    def __init__(self, join_token: _Optional[str] = ..., csr: _Optional[bytes] = ...) -> None: ...
+    x509pop_chain: _containers.RepeatedScalarFieldContainer[bytes]
+    x509pop_challenge_id: str
+    x509pop_signature: bytes
+    def __init__(self, join_token: _Optional[str] = ..., csr: _Optional[bytes] = ..., x509pop_chain: _Optional[_Iterable[bytes]] = ..., x509pop_challenge_id: _Optional[str] = ..., x509pop_signature: _Optional[bytes] = ...) -> None: ...
 
 class AttestAgentResponse(_message.Message):
-    __slots__ = ("svid_chain", "bundle")
+    __slots__ = ("svid_chain", "bundle", "x509pop_challenge_id", "x509pop_nonce")
     SVID_CHAIN_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    X509POP_CHALLENGE_ID_FIELD_NUMBER: _ClassVar[int]
+    X509POP_NONCE_FIELD_NUMBER: _ClassVar[int]
     svid_chain: _containers.RepeatedScalarFieldContainer[bytes]
     bundle: Bundle
-    def __init__(self, svid_chain: _Optional[_Iterable[bytes]] = ..., bundle: _Optional[_Union[Bundle, _Mapping]] = ...) -> None: ...
+    x509pop_challenge_id: str
+    x509pop_nonce: bytes
+    def __init__(self, svid_chain: _Optional[_Iterable[bytes]] = ..., bundle: _Optional[_Union[Bundle, _Mapping]] = ..., x509pop_challenge_id: _Optional[str] = ..., x509pop_nonce: _Optional[bytes] = ...) -> None: ...
 
 class RenewAgentRequest(_message.Message):
     __slots__ = ("csr",)

@@ -250,6 +250,17 @@ pub struct AttestAgentRequest {
     /// DER PKCS#10; only its public key is used.
     #[prost(bytes = "vec", tag = "2")]
     pub csr: ::prost::alloc::vec::Vec<u8>,
+    /// x509pop instead of a join token: the agent's certificate chain (DER, leaf first),
+    /// issued by one of the server's x509pop CAs. Sent alone (no challenge ID), the server
+    /// answers with a challenge; sent again with `x509pop_challenge_id` and
+    /// `x509pop_signature` (the leaf key's signature over "tessera x509pop challenge v1\0"
+    /// followed by the nonce) and `csr`, it answers with the agent SVID.
+    #[prost(bytes = "vec", repeated, tag = "3")]
+    pub x509pop_chain: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
+    #[prost(string, tag = "4")]
+    pub x509pop_challenge_id: ::prost::alloc::string::String,
+    #[prost(bytes = "vec", tag = "5")]
+    pub x509pop_signature: ::prost::alloc::vec::Vec<u8>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct AttestAgentResponse {
@@ -258,6 +269,12 @@ pub struct AttestAgentResponse {
     pub svid_chain: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
     #[prost(message, optional, tag = "2")]
     pub bundle: ::core::option::Option<Bundle>,
+    /// x509pop, first step: the challenge to sign (single use, valid for a minute, bound
+    /// to the certificate sent). No SVID then.
+    #[prost(string, tag = "3")]
+    pub x509pop_challenge_id: ::prost::alloc::string::String,
+    #[prost(bytes = "vec", tag = "4")]
+    pub x509pop_nonce: ::prost::alloc::vec::Vec<u8>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RenewAgentRequest {
