@@ -1137,7 +1137,7 @@ mod tests {
             .get_arguments()
             .map(|a| a.get_id().to_string())
             .collect();
-        assert_eq!(ids.len(), 18, "{ids:?}");
+        assert_eq!(ids.len(), 20, "{ids:?}");
         for id in ids {
             // A string or a number, whichever the key takes.
             let text = format!("{id} = \"x\"");

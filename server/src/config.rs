@@ -1629,7 +1629,7 @@ mod tests {
             .get_arguments()
             .map(|a| a.get_id().to_string())
             .collect();
-        assert_eq!(ids.len(), 43, "{ids:?}");
+        assert_eq!(ids.len(), 45, "{ids:?}");
         for id in ids {
             // A text key, a number key or a list key.
             let ok = ["\"x\"", "1", "[\"x\"]"]

@@ -17,7 +17,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use common::{SpiffeId, TrustDomain};
 use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};

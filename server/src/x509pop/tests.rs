@@ -82,7 +82,7 @@ fn a_good_chain_enrolls_with_the_default_template_and_selectors() {
 fn a_certificate_from_another_ca_is_refused_before_any_challenge() {
     let org = ca("org CA");
     let other = ca("other CA");
-    let pop = X509Pop::new(vec![org.cert_der.clone()], None, td()).unwrap();
+    let pop = X509Pop::new(vec![org.cert_der], None, td()).unwrap();
     let (cert, _) = leaf(&other, "node-1", false);
     let err = pop.challenge(&[cert], now()).unwrap_err();
     assert!(matches!(err, X509PopError::Untrusted(_)), "{err}");
@@ -158,14 +158,16 @@ fn a_challenge_is_bound_to_its_certificate_and_expires() {
         .sign(&X509Pop::signed_message(&challenge.nonce))
         .unwrap();
     assert_eq!(
-        pop.answer(&[cert_b.clone()], &challenge.id, &sig, now())
+        pop.answer(std::slice::from_ref(&cert_b), &challenge.id, &sig, now())
             .unwrap_err(),
         X509PopError::BadChallenge
     );
-    let short = X509Pop::new(vec![org.cert_der.clone()], None, td())
+    let short = X509Pop::new(vec![org.cert_der], None, td())
         .unwrap()
         .with_challenge_ttl(Duration::from_millis(1));
-    let challenge = short.challenge(&[cert_b.clone()], now()).unwrap();
+    let challenge = short
+        .challenge(std::slice::from_ref(&cert_b), now())
+        .unwrap();
     std::thread::sleep(Duration::from_millis(5));
     let sig = key_b
         .sign(&X509Pop::signed_message(&challenge.nonce))
@@ -199,7 +201,7 @@ fn templates_use_only_known_fields_and_stay_under_the_node_prefix() {
         assert!(X509Pop::new(anchors(), Some(bad), td()).is_err(), "{bad}");
     }
     // A CN that would leave its segment is refused, never escaped into a path.
-    let mut evil = node.clone();
+    let mut evil = node;
     evil.subject_cn = Some("../../server".to_owned());
     assert!(matches!(
         pop.agent_id(&evil),
