@@ -64,6 +64,7 @@ macro_rules! vocabulary {
 
 mod cgroup;
 mod kind;
+mod node;
 mod unix;
 
 use std::cmp::Ordering;
@@ -78,6 +79,7 @@ pub use self::cgroup::{
     is_pod_uid, is_unit_name,
 };
 pub use self::kind::{SelectorKey, SelectorKind};
+pub use self::node::{NodeSelector, NodeSelectorError, X509POP_KIND, X509PopKey};
 pub use self::unix::UnixKey;
 
 /// Longest selector, in bytes of its `kind:key:value` string form.

@@ -196,7 +196,11 @@ impl NodeAttestor {
                 "serial": issued.serial_hex,
                 "not_after": unix_seconds(issued.not_after),
                 "certificate_fingerprint": node.fingerprint,
-                "selectors": node.selectors(),
+                "selectors": node
+                    .selectors()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>(),
             }),
         )
         .by(&id);

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use common::selector::{NodeSelector, X509PopKey};
 use common::{SpiffeId, TrustDomain};
 use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
 use sha2::{Digest as _, Sha256};
@@ -88,15 +89,16 @@ pub struct VerifiedNode {
 
 impl VerifiedNode {
     /// The node selectors of this node (`x509pop:subject:cn:`, `x509pop:ca:fingerprint:`,
-    /// `x509pop:san:dns:`).
-    pub fn selectors(&self) -> Vec<String> {
+    /// `x509pop:san:dns:`), built through the shared vocabulary; a field that no selector
+    /// can state (e.g. a CN with a control character) gives none.
+    pub fn selectors(&self) -> Vec<NodeSelector> {
         let mut out = Vec::new();
         if let Some(cn) = &self.subject_cn {
-            out.push(format!("x509pop:subject:cn:{cn}"));
+            out.extend(NodeSelector::x509pop(X509PopKey::SubjectCn, cn).ok());
         }
-        out.push(format!("x509pop:ca:fingerprint:{}", self.ca_fingerprint));
+        out.extend(NodeSelector::x509pop(X509PopKey::CaFingerprint, &self.ca_fingerprint).ok());
         for dns in &self.dns_sans {
-            out.push(format!("x509pop:san:dns:{dns}"));
+            out.extend(NodeSelector::x509pop(X509PopKey::SanDns, dns).ok());
         }
         out
     }

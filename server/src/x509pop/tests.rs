@@ -69,7 +69,10 @@ fn a_good_chain_enrolls_with_the_default_template_and_selectors() {
     );
     let ca_fp = hex::encode(Sha256::digest(&org.cert_der));
     assert_eq!(
-        node.selectors(),
+        node.selectors()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
         vec![
             "x509pop:subject:cn:node-1".to_owned(),
             format!("x509pop:ca:fingerprint:{ca_fp}"),
