@@ -442,3 +442,6 @@ impl NodeAttestor {
         Ok(self.ds.list_agents().await?)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -406,4 +406,4 @@ impl X509Pop {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
