@@ -242,7 +242,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     );
     let api = WorkloadApi {
         cache: cache.clone(),
-        attestor: Arc::new(Attestor::new()),
+        attestor: Arc::new(Attestor::configured(&config.workload_attestors)),
         link: link.clone(),
         jwt_cache,
         shutdown: shutdown.clone(),

@@ -82,6 +82,7 @@ use nix::errno::Errno;
 use self::cgroup::CgroupAttestor;
 use self::procfs::{FileId, PidFd, ProcDir, ProcfsParseError, Status};
 pub(crate) use self::unix::UnixAttestor;
+use crate::config::WorkloadAttestorKind;
 
 /// What the kernel told us about the caller at accept/RPC time (SO_PEERCRED).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,10 +289,22 @@ impl Default for Attestor {
 impl Attestor {
     /// The Unix and cgroup attestors.
     pub(crate) fn new() -> Self {
-        Self::with(vec![
-            Arc::new(UnixAttestor::default()),
-            Arc::new(CgroupAttestor),
-        ])
+        Self::configured(&WorkloadAttestorKind::ALL)
+    }
+
+    /// The attestors the configuration names (`workload_attestors`), in that order.
+    pub(crate) fn configured(kinds: &[WorkloadAttestorKind]) -> Self {
+        Self::with(
+            kinds
+                .iter()
+                .map(|k| -> Arc<dyn WorkloadAttestor> {
+                    match k {
+                        WorkloadAttestorKind::Unix => Arc::new(UnixAttestor::default()),
+                        WorkloadAttestorKind::Cgroup => Arc::new(CgroupAttestor),
+                    }
+                })
+                .collect(),
+        )
     }
 
     /// These attestors, run in this order.
@@ -428,6 +441,35 @@ impl Attestor {
             });
         }
         Ok((selectors, start_time, ppid))
+    }
+}
+
+/// The attestation of one Workload API call, without the socket: pins the process `pid`
+/// and runs the configured attestors through the pins, as [`Attestor::attest_caller`]
+/// does. Public for the benchmark (`bench --only attestation`), which times it on a
+/// child process; not a stable interface.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct ProcessAttestor(Attestor);
+
+impl ProcessAttestor {
+    /// These attestors (`workload_attestors`), one shared executable-hash cache.
+    pub fn new(kinds: &[WorkloadAttestorKind]) -> Self {
+        Self(Attestor::configured(kinds))
+    }
+
+    /// Attests `pid` as a caller whose peer credentials are `uid` and `gid`; returns how
+    /// many selectors it has, or why it was refused.
+    pub fn attest(&self, pid: i32, uid: u32, gid: u32) -> Result<usize, String> {
+        let peer = PeerCred {
+            pid: Some(pid),
+            uid,
+            gid,
+        };
+        self.0
+            .attest_caller(peer, None)
+            .map(|a| a.selectors.len())
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -619,6 +661,29 @@ mod tests {
         let mut want = unix;
         want.extend(cgroups);
         assert_same(&merged, &want);
+    }
+
+    /// `workload_attestors = ["unix"]` runs the Unix attestor alone: the same selectors as
+    /// the Unix attestor, no cgroup kind; the default list is the merged pipeline.
+    #[test]
+    fn the_configured_attestors_are_the_ones_run() {
+        let peer = own_peer();
+        let unix = Attestor::configured(&[WorkloadAttestorKind::Unix])
+            .attest(peer)
+            .unwrap();
+        assert_same(&unix, &Attestor::unix_only().attest(peer).unwrap());
+        assert!(
+            unix.iter().all(|s| s.kind() == SelectorKind::Unix),
+            "{unix:?}"
+        );
+        let both = Attestor::configured(&WorkloadAttestorKind::ALL)
+            .attest(peer)
+            .unwrap();
+        assert!(
+            both.iter().any(|s| s.kind() == SelectorKind::Cgroup),
+            "{both:?}"
+        );
+        assert_same(&both, &Attestor::new().attest(peer).unwrap());
     }
 
     /// An attestor emitting a kind it does not own is a bug, and the caller is refused.

@@ -168,6 +168,11 @@ pub struct RawAgentConfig {
     /// used, e.g. 30s [default: 30s].
     #[arg(long)]
     pub usage_report_interval: Option<String>,
+    /// Workload attestor to run on every Workload API call: `unix` (required) or `cgroup`.
+    /// Repeat it (in the file: a list) [default: unix and cgroup].
+    #[arg(long = "workload-attestor")]
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub workload_attestors: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for RawAgentConfig {
@@ -194,6 +199,7 @@ impl std::fmt::Debug for RawAgentConfig {
             jwt_cache_max_entries,
             jwt_cache_max_bytes,
             usage_report_interval,
+            workload_attestors,
         } = self;
         f.debug_struct("RawAgentConfig")
             .field("server_address", server_address)
@@ -216,6 +222,7 @@ impl std::fmt::Debug for RawAgentConfig {
             .field("jwt_cache_max_entries", jwt_cache_max_entries)
             .field("jwt_cache_max_bytes", jwt_cache_max_bytes)
             .field("usage_report_interval", usage_report_interval)
+            .field("workload_attestors", workload_attestors)
             .finish()
     }
 }
@@ -263,6 +270,68 @@ pub struct AgentConfig {
     pub jwt_cache: JwtCacheLimits,
     /// Time between two usage reports to the server.
     pub usage_report_interval: Duration,
+    /// The workload attestors run on every Workload API call, each once, `unix` first.
+    pub workload_attestors: Vec<WorkloadAttestorKind>,
+}
+
+/// A workload attestor the agent can run (`workload_attestors`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum WorkloadAttestorKind {
+    /// `unix:` selectors from the peer credentials and the executable. Always run: the
+    /// operator's entries can always name a uid, and an agent that attested callers by
+    /// their cgroup alone would give every process in a container (whatever its user)
+    /// the container's identities.
+    Unix,
+    /// `cgroup:`, `container:`, `systemd:` and `k8s:` selectors from `/proc/<pid>/cgroup`.
+    Cgroup,
+}
+
+impl WorkloadAttestorKind {
+    /// Every attestor, in the order they run; the default.
+    pub const ALL: [Self; 2] = [Self::Unix, Self::Cgroup];
+
+    /// The name in the config file and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Unix => "unix",
+            Self::Cgroup => "cgroup",
+        }
+    }
+
+    /// The validated `workload_attestors` list: known names, each at most once, `unix`
+    /// among them; sorted into run order. `None` is the default (all of them).
+    fn parse_list(names: Option<&[String]>) -> Result<Vec<Self>, AgentConfigError> {
+        let invalid = |message: String| AgentConfigError::Invalid {
+            key: "workload_attestors",
+            message,
+        };
+        let Some(names) = names else {
+            return Ok(Self::ALL.to_vec());
+        };
+        let mut kinds = Vec::with_capacity(names.len());
+        for name in names {
+            let kind = Self::ALL
+                .into_iter()
+                .find(|k| k.name() == name)
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "{name:?} is not a workload attestor (known: unix, cgroup)"
+                    ))
+                })?;
+            if kinds.contains(&kind) {
+                return Err(invalid(format!("{name:?} is listed twice")));
+            }
+            kinds.push(kind);
+        }
+        if !kinds.contains(&Self::Unix) {
+            return Err(invalid(
+                "must include \"unix\" (the Unix attestor always runs; add others beside it)"
+                    .into(),
+            ));
+        }
+        kinds.sort();
+        Ok(kinds)
+    }
 }
 
 /// The Workload API's limits on connections, validated.
@@ -299,6 +368,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("workload_api", &self.workload_api)
             .field("jwt_cache", &self.jwt_cache)
             .field("usage_report_interval", &self.usage_report_interval)
+            .field("workload_attestors", &self.workload_attestors)
             .finish()
     }
 }
@@ -377,6 +447,7 @@ impl RawAgentConfig {
             jwt_cache_max_entries,
             jwt_cache_max_bytes,
             usage_report_interval,
+            workload_attestors,
         } = over;
         Self {
             server_address: server_address.or(self.server_address),
@@ -401,6 +472,7 @@ impl RawAgentConfig {
             jwt_cache_max_entries: jwt_cache_max_entries.or(self.jwt_cache_max_entries),
             jwt_cache_max_bytes: jwt_cache_max_bytes.or(self.jwt_cache_max_bytes),
             usage_report_interval: usage_report_interval.or(self.usage_report_interval),
+            workload_attestors: workload_attestors.or(self.workload_attestors),
         }
     }
 }
@@ -679,6 +751,8 @@ impl AgentConfig {
                 ),
             });
         }
+        let workload_attestors =
+            WorkloadAttestorKind::parse_list(raw.workload_attestors.as_deref())?;
         Ok(Self {
             server_address,
             trust_domain,
@@ -695,6 +769,7 @@ impl AgentConfig {
             workload_api,
             jwt_cache,
             usage_report_interval,
+            workload_attestors,
         })
     }
 }
@@ -1131,13 +1206,114 @@ mod tests {
     }
 
     #[test]
+    fn workload_attestors_from_a_list_or_a_repeated_flag_and_unix_is_required() {
+        use WorkloadAttestorKind::{Cgroup, Unix};
+        assert_eq!(
+            AgentConfig::from_raw(raw()).unwrap().workload_attestors,
+            [Unix, Cgroup],
+            "default: both"
+        );
+        let from_file = |toml: &str| {
+            AgentConfig::from_raw(RawAgentConfig {
+                trust_domain: Some("example.org".into()),
+                ..RawAgentConfig::from_toml(toml).unwrap()
+            })
+        };
+        assert_eq!(
+            from_file("workload_attestors = [\"cgroup\", \"unix\"]")
+                .unwrap()
+                .workload_attestors,
+            [Unix, Cgroup],
+            "run order, whatever the listed order"
+        );
+        assert_eq!(
+            from_file("workload_attestors = \"unix\"")
+                .unwrap()
+                .workload_attestors,
+            [Unix]
+        );
+        let c = AgentConfig::load(
+            None,
+            flags(&[
+                "--trust-domain",
+                "example.org",
+                "--workload-attestor",
+                "unix",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.workload_attestors, [Unix]);
+        let c = AgentConfig::load(
+            None,
+            flags(&[
+                "--trust-domain",
+                "example.org",
+                "--workload-attestor",
+                "unix",
+                "--workload-attestor",
+                "cgroup",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.workload_attestors, [Unix, Cgroup]);
+        // The flag replaces the file's list.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(
+            &file,
+            "trust_domain = \"example.org\"\nworkload_attestors = [\"unix\", \"cgroup\"]\n",
+        )
+        .unwrap();
+        let c = AgentConfig::load(Some(&file), flags(&["--workload-attestor", "unix"])).unwrap();
+        assert_eq!(c.workload_attestors, [Unix]);
+
+        for (toml, says) in [
+            ("workload_attestors = [\"cgroup\"]", "must include \"unix\""),
+            ("workload_attestors = []", "must include \"unix\""),
+            ("workload_attestors = [\"unix\", \"k8s\"]", "\"k8s\" is not"),
+            ("workload_attestors = [\"Unix\"]", "\"Unix\" is not"),
+            ("workload_attestors = [\"unix\", \"unix\"]", "listed twice"),
+        ] {
+            match from_file(toml) {
+                Err(
+                    e @ AgentConfigError::Invalid {
+                        key: "workload_attestors",
+                        ..
+                    },
+                ) => assert!(e.to_string().contains(says), "{toml}: {e}"),
+                other => panic!("{toml}: {other:?}"),
+            }
+        }
+        let refused = AgentConfig::load(
+            None,
+            flags(&[
+                "--trust-domain",
+                "example.org",
+                "--workload-attestor",
+                "cgroup",
+            ]),
+        );
+        assert!(
+            matches!(
+                refused,
+                Err(AgentConfigError::Invalid {
+                    key: "workload_attestors",
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+        assert!(RawAgentConfig::from_toml("workload_attestors = 5").is_err());
+    }
+
+    #[test]
     fn every_flag_is_a_config_file_key_and_the_token_stays_secret() {
         let cmd = <RawAgentConfig as clap::Args>::augment_args(clap::Command::new("run"));
         let ids: Vec<String> = cmd
             .get_arguments()
             .map(|a| a.get_id().to_string())
             .collect();
-        assert_eq!(ids.len(), 20, "{ids:?}");
+        assert_eq!(ids.len(), 21, "{ids:?}");
         for id in ids {
             // A string or a number, whichever the key takes.
             let text = format!("{id} = \"x\"");

@@ -9,6 +9,8 @@
 
 pub mod app;
 pub(crate) mod attestation;
+#[doc(hidden)]
+pub use attestation::ProcessAttestor;
 pub mod cache;
 pub mod cli;
 pub mod clock;

@@ -461,6 +461,30 @@ fn agent_run_rejects_bad_configuration_with_exit_64() {
             "invalid server_address: \"nope\" is not HOST:PORT",
         ),
         (&["--server-address", &addr], "missing trust_domain"),
+        (
+            &[
+                "--trust-domain",
+                "example.org",
+                "--server-address",
+                &addr,
+                "--workload-attestor",
+                "cgroup",
+            ],
+            "invalid workload_attestors: must include \"unix\"",
+        ),
+        (
+            &[
+                "--trust-domain",
+                "example.org",
+                "--server-address",
+                &addr,
+                "--workload-attestor",
+                "unix",
+                "--workload-attestor",
+                "k8s",
+            ],
+            "invalid workload_attestors: \"k8s\" is not a workload attestor",
+        ),
     ];
     for (args, want) in cases {
         let mut cmd = Command::new(bin("tessera-agent"));

@@ -37,9 +37,10 @@ use serde_json::{Value, json};
 use crate::stats::Figure;
 
 /// The sections of the report, in the order of figures.
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "issuance",
     "latency",
+    "attestation",
     "propagation",
     "cross_server",
     "scale",
@@ -55,8 +56,8 @@ usage: bench [--quick] [--json PATH] [--only SECTIONS] [--reps N] [--scale-sizes
   --quick          tiny sizes and short measurements (CI smoke run)
   --json PATH      where to write the JSON report (default: target/bench.json, or
                    target/bench-quick.json with --quick)
-  --only LIST      comma-separated subset of: issuance,latency,propagation,cross_server,
-                   scale,jwt,revocation
+  --only LIST      comma-separated subset of: issuance,latency,attestation,propagation,
+                   cross_server,scale,jwt,revocation
   --reps N         repeats of each measurement (default 5; quick 1)
   --scale-sizes    entry counts for the scale figures (default 1000,10000; quick 10,50)
   --scale-reps N   repeats of each scale size (default 5; quick 1)
@@ -496,6 +497,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         .build()?;
     rt.block_on(async {
         if want("latency")
+            || want("attestation")
             || want("propagation")
             || want("jwt")
             || want("issuance")
@@ -508,6 +510,11 @@ fn run(args: &Args) -> anyhow::Result<bool> {
                         report.section("latency");
                         let r = workload::latency(cfg, &cluster).await;
                         report.record("latency", r);
+                    }
+                    if want("attestation") {
+                        report.section("attestation: unix+cgroup vs unix-only");
+                        let r = workload::attestation_cost(cfg, &cluster, &bin_dir).await;
+                        report.record("attestation", r);
                     }
                     if want("propagation") {
                         report.section("propagation");

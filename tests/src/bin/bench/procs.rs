@@ -262,6 +262,18 @@ impl Agent {
         node_id: &str,
         env: &[(String, String)],
     ) -> anyhow::Result<Self> {
+        Self::start_with(bin_dir, dir, server, node_id, env, &[]).await
+    }
+
+    /// As [`Self::start`], with `extra` `run` flags (e.g. `--workload-attestor unix`).
+    pub(crate) async fn start_with(
+        bin_dir: &Path,
+        dir: &Path,
+        server: &Server,
+        node_id: &str,
+        env: &[(String, String)],
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let public = dir.join("public");
         std::fs::create_dir_all(&public)?;
@@ -280,6 +292,7 @@ impl Agent {
             .arg(&socket)
             .args(["--join-token", &token])
             .args(["--log-format", "json"])
+            .args(extra)
             .env_remove("TESSERA_LOG")
             .envs(env.iter().map(|(k, v)| (k, v)));
         let started = Instant::now();

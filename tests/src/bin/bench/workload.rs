@@ -925,3 +925,229 @@ pub(crate) async fn node_api_signing(
     });
     Ok((figures, raw))
 }
+
+/// SPIFFE ID of the agent that runs the Unix attestor alone (attestation figure).
+const UNIX_ONLY_NODE_ID: &str = "spiffe://example.org/node/bench-unix-only";
+
+/// What cgroup attestation costs per Workload API call: FetchX509SVID first-message latency
+/// from an agent running the Unix and cgroup attestors (the cluster's, the default) against
+/// one running the Unix attestor alone (`--workload-attestor unix`), started beside it on
+/// the same server. Calls to the two agents alternate (which goes first too), so load
+/// changes during the run fall on both alike.
+pub(crate) async fn attestation_cost(
+    cfg: &Config,
+    cluster: &Cluster,
+    bin_dir: &Path,
+) -> anyhow::Result<(Vec<Figure>, Value)> {
+    cluster
+        .server
+        .admin()
+        .await?
+        .create_entry(entry_spec(UNIX_ONLY_NODE_ID, WORKLOAD_ID))
+        .await
+        .context("creating the workload entry of the unix-only agent")?;
+    let unix_agent = Agent::start_with(
+        bin_dir,
+        &cluster.dir.path().join("agent-unix-only"),
+        &cluster.server,
+        UNIX_ONLY_NODE_ID,
+        &cfg.agent_env,
+        &["--workload-attestor", "unix"],
+    )
+    .await?;
+    crate::procs::wait_svids(&unix_agent.socket, 1, Duration::from_secs(30)).await?;
+    let unix = unix_agent.socket.clone();
+    let both = cluster.agent.socket.clone();
+    let n = cfg.latency_samples;
+    for _ in 0..5 {
+        fetch_new_conn(unix.clone()).await?;
+        fetch_new_conn(both.clone()).await?;
+    }
+    let mut s = LatencySamples::default();
+    for rep in 0..cfg.reps {
+        eprintln!("  attestation repeat {}/{}", rep + 1, cfg.reps);
+        let (mut u, mut b) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for i in 0..n {
+            if i % 2 == 0 {
+                u.push(fetch_new_conn(unix.clone()).await?);
+                b.push(fetch_new_conn(both.clone()).await?);
+            } else {
+                b.push(fetch_new_conn(both.clone()).await?);
+                u.push(fetch_new_conn(unix.clone()).await?);
+            }
+        }
+        s.push("unix_only_new_conn", u);
+        s.push("unix_cgroup_new_conn", b);
+        let mut uc = workload_client(&unix).await?;
+        let mut bc = workload_client(&both).await?;
+        fetch_on(&mut uc).await?;
+        fetch_on(&mut bc).await?;
+        let (mut u, mut b) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for i in 0..n {
+            if i % 2 == 0 {
+                u.push(fetch_on(&mut uc).await?);
+                b.push(fetch_on(&mut bc).await?);
+            } else {
+                b.push(fetch_on(&mut bc).await?);
+                u.push(fetch_on(&mut uc).await?);
+            }
+        }
+        s.push("unix_only_open_conn", u);
+        s.push("unix_cgroup_open_conn", b);
+    }
+    let ratio = |id: &str, name: &str, kind: &str, q: f64, base: &str, base_label: &str| {
+        Figure::new(id, name, Unit::Ms, &s.per_rep(kind, q)).baseline(
+            base_label,
+            Unit::Ms,
+            &s.per_rep(base, q),
+        )
+    };
+    // Per repeat: p50 with both attestors less p50 with the Unix attestor alone.
+    let cost: Vec<f64> = s
+        .per_rep("unix_cgroup_open_conn", 0.5)
+        .iter()
+        .zip(s.per_rep("unix_only_open_conn", 0.5))
+        .map(|(b, u)| b - u)
+        .collect();
+    let mut figures = vec![
+        ratio(
+            "workload.x509.attestors.unix_cgroup.new_connection.p50",
+            "2. FetchX509SVID first message p50, unix+cgroup attestors, new connection",
+            "unix_cgroup_new_conn",
+            0.5,
+            "unix_only_new_conn",
+            "the same, unix attestor only, p50",
+        )
+        .note("ratio: unix+cgroup ÷ unix-only, two agents on one server, calls alternated"),
+        ratio(
+            "workload.x509.attestors.unix_cgroup.new_connection.p99",
+            "2. FetchX509SVID first message p99, unix+cgroup attestors, new connection",
+            "unix_cgroup_new_conn",
+            0.99,
+            "unix_only_new_conn",
+            "the same, unix attestor only, p99",
+        ),
+        ratio(
+            "workload.x509.attestors.unix_cgroup.open_connection.p50",
+            "2. FetchX509SVID first message p50, unix+cgroup attestors, open connection",
+            "unix_cgroup_open_conn",
+            0.5,
+            "unix_only_open_conn",
+            "the same, unix attestor only, p50",
+        ),
+        ratio(
+            "workload.x509.attestors.unix_cgroup.open_connection.p99",
+            "2. FetchX509SVID first message p99, unix+cgroup attestors, open connection",
+            "unix_cgroup_open_conn",
+            0.99,
+            "unix_only_open_conn",
+            "the same, unix attestor only, p99",
+        ),
+        Figure::new(
+            "workload.x509.attestors.cgroup_cost.open_connection.p50_difference",
+            "2. cgroup attestation cost per call (p50 difference, open connection)",
+            Unit::Ms,
+            &cost,
+        )
+        .note("p50 unix+cgroup less p50 unix-only, per repeat; within noise when near 0"),
+    ];
+    drop(unix_agent);
+    let runs = n * 5;
+    let reps = cfg.reps;
+    let (in_unix, in_both) =
+        tokio::task::spawn_blocking(move || attest_in_process(runs, reps)).await??;
+    let in_cost: Vec<f64> = in_both.iter().zip(&in_unix).map(|(b, u)| b - u).collect();
+    figures.push(
+        Figure::new(
+            "attestation.in_process.unix_cgroup.median",
+            "2. attestation of a child process in-process, unix+cgroup, median",
+            Unit::Ms,
+            &in_both,
+        )
+        .baseline("the same, unix attestor only, median", Unit::Ms, &in_unix)
+        .note("the agent's attestation pipeline called directly on a child `sleep`, no socket"),
+    );
+    figures.push(
+        Figure::new(
+            "attestation.in_process.cgroup_cost.median_difference",
+            "2. cgroup attestor cost per attestation, in-process (median difference)",
+            Unit::Ms,
+            &in_cost,
+        )
+        .note("median unix+cgroup less median unix-only, per repeat"),
+    );
+    let raw = json!({
+        "samples_per_rep": n,
+        "in_process_runs_per_rep": runs,
+        "in_process_unix_only_median_ms_per_rep": in_unix,
+        "in_process_unix_cgroup_median_ms_per_rep": in_both,
+        "unix_only_agent_flags": ["--workload-attestor", "unix"],
+        "unix_cgroup_agent_flags": [],
+        "cgroup_cost_p50_difference_ms_per_rep": cost,
+        "latencies": s.json(),
+    });
+    Ok((figures, raw))
+}
+
+/// A child process, killed and reaped on drop.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The agent's attestation pipeline called in this process on a child (`sleep`, running as
+/// this process's user): `runs` attestations per repeat with the Unix attestor alone and
+/// as many with both, alternated. Returns the median of each, per repeat, in ms.
+fn attest_in_process(runs: usize, reps: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    use agent::config::WorkloadAttestorKind;
+    let child = Child(
+        std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .context("starting sleep")?,
+    );
+    let pid = i32::try_from(child.0.id())?;
+    let (uid, gid) = (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    );
+    let unix = agent::ProcessAttestor::new(&[WorkloadAttestorKind::Unix]);
+    let both = agent::ProcessAttestor::new(&WorkloadAttestorKind::ALL);
+    // Until the child has exec'd `sleep` (attestation refuses an exec under way), then
+    // warm the executable-hash caches.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while let Err(e) = both.attest(pid, uid, gid) {
+        ensure!(Instant::now() < deadline, "attesting sleep: {e}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (nu, nb) = (
+        unix.attest(pid, uid, gid).map_err(anyhow::Error::msg)?,
+        both.attest(pid, uid, gid).map_err(anyhow::Error::msg)?,
+    );
+    ensure!(nb > nu, "unix+cgroup gave {nb} selectors, unix alone {nu}");
+    let time = |a: &agent::ProcessAttestor| -> anyhow::Result<f64> {
+        let t0 = Instant::now();
+        a.attest(pid, uid, gid).map_err(anyhow::Error::msg)?;
+        Ok(ms(t0.elapsed()))
+    };
+    let (mut per_unix, mut per_both) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
+    for _ in 0..reps {
+        let (mut u, mut b) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+        for i in 0..runs {
+            if i % 2 == 0 {
+                u.push(time(&unix)?);
+                b.push(time(&both)?);
+            } else {
+                b.push(time(&both)?);
+                u.push(time(&unix)?);
+            }
+        }
+        per_unix.push(percentile(&u, 0.5));
+        per_both.push(percentile(&b, 0.5));
+    }
+    Ok((per_unix, per_both))
+}
