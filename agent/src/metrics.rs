@@ -25,6 +25,7 @@ use prometheus_client::registry::Registry;
 
 use crate::attestation::AttestationError;
 use crate::cache::Cache;
+use crate::workload_api::connection::GuardedBody;
 
 /// Method and result of a Workload API request.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -314,40 +315,8 @@ where
                 .requests
                 .get_or_create(&RequestLabels { method, result })
                 .inc();
-            Ok(response.map(|body| {
-                tonic::body::Body::new(OpenBody {
-                    inner: body,
-                    _open: open,
-                })
-            }))
+            Ok(response.map(|body| tonic::body::Body::new(GuardedBody::new(body, open))))
         })
-    }
-}
-
-/// A response body that holds its request open in the gauge.
-#[derive(Debug)]
-struct OpenBody {
-    inner: tonic::body::Body,
-    _open: OpenGuard,
-}
-
-impl http_body::Body for OpenBody {
-    type Data = <tonic::body::Body as http_body::Body>::Data;
-    type Error = <tonic::body::Body as http_body::Body>::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }
 

@@ -19,6 +19,7 @@
 )]
 
 pub mod agent;
+pub mod cgroups;
 pub mod cluster;
 pub mod dns;
 pub mod fetch;

@@ -369,26 +369,35 @@ where
         Box::pin(async move {
             let response = response.await?;
             Ok(match guard {
-                Some(guard) => response.map(|body| {
-                    tonic::body::Body::new(TrackedBody {
-                        inner: body,
-                        _guard: guard,
-                    })
-                }),
+                Some(guard) => {
+                    response.map(|body| tonic::body::Body::new(GuardedBody::new(body, guard)))
+                }
                 None => response,
             })
         })
     }
 }
 
-/// A response body that holds its stream open.
+/// A response body that keeps `G` alive until the body is dropped: the stream is counted
+/// open ([`StreamGuard`]), or a request gauge held up (`metrics.rs`), for exactly as long
+/// as the response is being sent. Everything else is forwarded to the inner body.
 #[derive(Debug)]
-struct TrackedBody {
+pub(crate) struct GuardedBody<G> {
     inner: tonic::body::Body,
-    _guard: StreamGuard,
+    _guard: G,
 }
 
-impl http_body::Body for TrackedBody {
+impl<G> GuardedBody<G> {
+    /// Wraps `inner`, holding `guard` until the body is dropped.
+    pub(crate) fn new(inner: tonic::body::Body, guard: G) -> Self {
+        Self {
+            inner,
+            _guard: guard,
+        }
+    }
+}
+
+impl<G: Unpin> http_body::Body for GuardedBody<G> {
     type Data = <tonic::body::Body as http_body::Body>::Data;
     type Error = <tonic::body::Body as http_body::Body>::Error;
 

@@ -18,10 +18,10 @@ use serde_json::json;
 
 use super::testdb::{Backend, Under};
 use super::{
-    Acknowledgement, AgentRecord, AuthorityKind, ConsumedToken, DatastoreError, DomainRecord,
-    EntryFilter, EntryUsage, LimitReached, PublishedAuthority, STATUS_LIST_SIZE, StatusEntry,
-    TaskEnd, TaskLimits, TaskRecord, TaskSvid, TenantRecord, TokenAttestation, UnixUser,
-    UsageReport,
+    Acknowledgement, AgentRecord, AuthorityKind, ConsumedToken, Datastore, DatastoreError,
+    DomainRecord, EntryFilter, EntryUsage, LimitReached, PublishedAuthority, STATUS_LIST_SIZE,
+    StatusEntry, TaskEnd, TaskLimits, TaskRecord, TaskSvid, TenantRecord, TokenAttestation,
+    UnixUser, UsageReport,
 };
 use crate::audit::{AuditEvent, ChainHead, verify};
 use crate::policy::Decision;
@@ -330,7 +330,7 @@ async fn entries_crud_and_conflicts(b: &dyn Backend) {
 /// applies appends exactly its records, deletions describing the row they removed.
 async fn changes_commit_with_their_audit_records_or_not_at_all(b: &dyn Backend) {
     let ds = b.open().await;
-    let kinds = |ds: &Arc<dyn super::Datastore>| {
+    let kinds = |ds: &Arc<dyn Datastore>| {
         let ds = Arc::clone(ds);
         async move {
             ds.list_audit(None, None)
@@ -1250,6 +1250,33 @@ async fn break_glass_tasks_are_acknowledged_once(b: &dyn Backend) {
     );
 }
 
+/// Runs every attempt at once, attempt k through `servers[k % 2]` (two connections, as two
+/// servers sharing the database would), each a compare-and-set that `apply` reports as
+/// applied or not; returns the attempts that applied, in their order.
+async fn race_compare_and_set<T, F, Fut>(
+    servers: &[Arc<dyn Datastore>; 2],
+    attempts: Vec<T>,
+    apply: F,
+) -> Vec<T>
+where
+    T: Clone + Send + 'static,
+    F: Fn(Arc<dyn Datastore>, T) -> Fut,
+    Fut: Future<Output = bool> + Send + 'static,
+{
+    let handles: Vec<_> = attempts
+        .iter()
+        .enumerate()
+        .map(|(k, attempt)| tokio::spawn(apply(Arc::clone(&servers[k % 2]), attempt.clone())))
+        .collect();
+    let mut winners = Vec::new();
+    for (handle, attempt) in handles.into_iter().zip(attempts) {
+        if handle.await.unwrap() {
+            winners.push(attempt);
+        }
+    }
+    winners
+}
+
 async fn tasks_compare_and_set_under_concurrency(b: &dyn Backend) {
     let servers = [b.open().await, b.open().await];
     for round in 0..10 {
@@ -1257,29 +1284,18 @@ async fn tasks_compare_and_set_under_concurrency(b: &dyn Backend) {
         let mut t = task(&format!("t{round}"), &e, TaskState::Active, 5000);
         t.provisioned = true;
         t.status = Some(servers[0].create_task(&t, Some(&e), &[]).await.unwrap());
-        let mut handles = Vec::new();
-        for (k, state) in [TaskState::Revoked, TaskState::Expired, TaskState::Completed]
+        let ends = [TaskState::Revoked, TaskState::Expired, TaskState::Completed]
             .into_iter()
             .enumerate()
-        {
-            let ds = Arc::clone(&servers[k % 2]);
-            let end = ended(&t, state, 12, &format!("by {k}"));
-            handles.push(tokio::spawn(async move {
-                let audit = [event("task.ended", end.id.as_str(), Some(end.id.as_str()))];
-                let applied = ds
-                    .update_task(&end, &[TaskState::Active], &audit)
-                    .await
-                    .unwrap();
-                (applied, end)
-            }));
-        }
-        let mut winners = Vec::new();
-        for h in handles {
-            let (applied, end) = h.await.unwrap();
-            if applied {
-                winners.push(end);
-            }
-        }
+            .map(|(k, state)| ended(&t, state, 12, &format!("by {k}")))
+            .collect();
+        let winners = race_compare_and_set(&servers, ends, |ds, end| async move {
+            let audit = [event("task.ended", end.id.as_str(), Some(end.id.as_str()))];
+            ds.update_task(&end, &[TaskState::Active], &audit)
+                .await
+                .unwrap()
+        })
+        .await;
         assert_eq!(winners.len(), 1, "round {round}: exactly one transition");
         assert_eq!(
             servers[1].get_task(&t.id).await.unwrap().unwrap(),
@@ -1488,29 +1504,22 @@ async fn domain_checks_are_recorded_once_across_servers(b: &dyn Backend) {
             .unwrap()
     );
     // Both servers re-check at once from the same state: one records it.
-    let mut handles = Vec::new();
-    for k in 0..6 {
-        let ds = Arc::clone(&servers[k % 2]);
-        let mut failing = checked.clone();
-        failing.checked_at = Some(1_700_000_200 + k as i64);
-        failing.failing_since = failing.checked_at;
-        failing.last_error = Some(format!("check {k}"));
-        handles.push(tokio::spawn(async move {
-            let audit = [event("domain.failing", "acme.example", None)];
-            let applied = ds
-                .record_domain_check(&failing, Some(1_700_000_100), &audit)
-                .await
-                .unwrap();
-            (applied, failing)
-        }));
-    }
-    let mut winners = Vec::new();
-    for h in handles {
-        let (applied, failing) = h.await.unwrap();
-        if applied {
-            winners.push(failing);
-        }
-    }
+    let attempts = (0..6)
+        .map(|k| {
+            let mut failing = checked.clone();
+            failing.checked_at = Some(1_700_000_200 + k);
+            failing.failing_since = failing.checked_at;
+            failing.last_error = Some(format!("check {k}"));
+            failing
+        })
+        .collect();
+    let winners = race_compare_and_set(&servers, attempts, |ds, failing| async move {
+        let audit = [event("domain.failing", "acme.example", None)];
+        ds.record_domain_check(&failing, Some(1_700_000_100), &audit)
+            .await
+            .unwrap()
+    })
+    .await;
     assert_eq!(winners.len(), 1, "{winners:?}");
     assert_eq!(
         servers[0]
@@ -2022,7 +2031,7 @@ fn held(mut t: TaskRecord, pid: u32) -> TaskRecord {
 
 /// Creates `tasks` at once, alternating between the two servers; returns each outcome.
 async fn create_at_once(
-    servers: &[Arc<dyn super::Datastore>; 2],
+    servers: &[Arc<dyn Datastore>; 2],
     tasks: Vec<TaskRecord>,
     limits: &TaskLimits,
 ) -> Vec<Result<StatusEntry, LimitReached>> {
@@ -2227,7 +2236,7 @@ async fn published_authorities_are_shared_replaced_and_pruned(b: &dyn Backend) {
 /// `servers`, each on an entry of its own; returns each caller's tasks as stored by
 /// their creation, in creation order.
 async fn create_concurrently(
-    servers: &[Arc<dyn super::Datastore>],
+    servers: &[Arc<dyn Datastore>],
     prefix: &str,
     workers: usize,
     per: usize,

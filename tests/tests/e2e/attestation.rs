@@ -13,13 +13,12 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use serde_json::Value;
 use tests::Cluster;
+use tests::cgroups::{Caller, svid_ids};
 
 use crate::interop_rust::{NO_IDENTITY, assert_key_matches_leaf, assert_leaf_profile};
 
-/// Uid and gid of `nobody`/`nogroup`.
-const NOBODY: u32 = 65534;
+use tests::NOBODY;
 /// A supplementary group the entries below require (`sudo` on Debian; its name does not
 /// matter, only the number is attested here).
 const GROUP: u32 = 27;
@@ -42,51 +41,11 @@ const LAST_OF_MANY: u32 = MANY_FIRST + MANY - 1;
 /// Runs `tessera-agent api fetch x509 --output json` as uid/gid `nobody` with exactly the
 /// supplementary groups `groups`, writing the SVIDs into `write` when given.
 fn fetch_as_nobody(socket: &Path, groups: &[u32], write: Option<&Path>) -> Output {
-    let mut cmd = Command::new("setpriv");
-    cmd.arg(format!("--reuid={NOBODY}"))
-        .arg(format!("--regid={NOBODY}"));
-    if groups.is_empty() {
-        cmd.arg("--clear-groups");
-    } else {
-        let list: Vec<String> = groups.iter().map(u32::to_string).collect();
-        cmd.arg("--groups").arg(list.join(","));
-    }
-    cmd.arg("--")
-        .arg(tests::bin("tessera-agent"))
-        .args([
-            "api",
-            "fetch",
-            "x509",
-            "--output",
-            "json",
-            "--timeout",
-            "10",
-        ])
-        .arg("--socket-path")
-        .arg(socket);
-    if let Some(dir) = write {
-        cmd.arg("--write").arg(dir);
-    }
-    cmd.env_remove("SPIFFE_ENDPOINT_SOCKET")
-        .current_dir("/")
-        .output()
-        .expect("run setpriv (util-linux)")
-}
-
-/// The sorted SPIFFE IDs a fetch returned, or its stderr when it failed.
-fn svid_ids(out: &Output) -> Result<Vec<String>, String> {
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-    let mut ids: Vec<String> = v["svids"]
-        .as_array()
-        .ok_or("no svids array")?
-        .iter()
-        .map(|s| s["spiffe_id"].as_str().unwrap_or_default().to_owned())
-        .collect();
-    ids.sort();
-    Ok(ids)
+    let extra: Vec<&std::ffi::OsStr> = match write {
+        Some(dir) => vec!["--write".as_ref(), dir.as_os_str()],
+        None => Vec::new(),
+    };
+    Caller::nobody().groups(groups).fetch_x509(socket, &extra)
 }
 
 fn sorted(ids: &[&str]) -> Vec<String> {

@@ -9,16 +9,17 @@
 //! run, and in the v1 `name=systemd` hierarchy where it is mounted; all are removed at the
 //! end, also when an assertion fails.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
 use tests::Cluster;
+use tests::cgroups::{Caller, TestCgroups, mount_point, svid_ids};
 
 use crate::interop_rust::NO_IDENTITY;
 
-const NOBODY: u32 = 65534;
+use tests::NOBODY;
 const DOCKER_A: &str = "ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb";
 const DOCKER_B: &str = "3e23e8160039594a33894f6564e1b1348bbd7a0088d42c4acb73eeaed59c009d";
 const POD_CONTAINER: &str = "2e7d2c03a9507ae265ecf5b5356885a53393a2029d241394997265a1a25aefc6";
@@ -28,111 +29,10 @@ const CRI_POD_UID: &str = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
 const PODMAN: &str = "3f79bb7b435b05321651daefd374cdc681dc06faa65e374e38337b88ca046dea";
 const DOCKER_V1: &str = "252f10c83610ebca1a059c0bae8255eba2f95be4d1d7bcfa89d7248a82d9f111";
 
-/// Where a hierarchy is mounted, by the `super options` of its `/proc/self/mountinfo` line:
-/// `None` for the unified one, `Some("name=systemd")` for systemd's v1 one.
-fn mount_point(v1_option: Option<&str>) -> Option<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    info.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        let mut right = right.split(' ');
-        let fstype = right.next()?;
-        let options = right.nth(1)?;
-        let point = left.split(' ').nth(4)?;
-        let wanted = match v1_option {
-            None => fstype == "cgroup2",
-            Some(option) => fstype == "cgroup" && options.split(',').any(|o| o == option),
-        };
-        wanted.then(|| PathBuf::from(point))
-    })
-}
-
-/// Cgroups created by this test; removed, deepest first, when dropped. The processes in
-/// them have exited by then (each caller runs to completion), so they are empty.
-struct Cgroups {
-    made: Vec<PathBuf>,
-}
-
-impl Cgroups {
-    /// Creates `root/relative` and its missing parents; returns the leaf.
-    fn make(&mut self, root: &Path, relative: &str) -> PathBuf {
-        let mut dir = root.to_path_buf();
-        for component in relative.split('/').filter(|c| !c.is_empty()) {
-            dir.push(component);
-            if !dir.exists() {
-                std::fs::create_dir(&dir)
-                    .unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-                self.made.push(dir.clone());
-            }
-        }
-        dir
-    }
-}
-
-impl Drop for Cgroups {
-    fn drop(&mut self) {
-        for dir in self.made.iter().rev() {
-            // A process that just exited may still be counted for a moment.
-            for _ in 0..50 {
-                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if dir.exists() {
-                eprintln!("could not remove cgroup {}", dir.display());
-            }
-        }
-    }
-}
-
 /// Runs the client as `nobody` after moving into each of `cgroups` (their directories;
 /// none leaves the process where the test runs).
 fn fetch_in(socket: &Path, cgroups: &[&Path]) -> Output {
-    let mut script = String::from("set -e\n");
-    for cgroup in cgroups {
-        script.push_str(&format!(
-            "echo $$ > '{}'\n",
-            cgroup.join("cgroup.procs").display()
-        ));
-    }
-    script.push_str("exec \"$@\"\n");
-    Command::new("sh")
-        .args(["-c", &script, "sh", "setpriv"])
-        .arg(format!("--reuid={NOBODY}"))
-        .arg(format!("--regid={NOBODY}"))
-        .args(["--clear-groups", "--"])
-        .arg(tests::bin_for_nobody("tessera-agent"))
-        .args([
-            "api",
-            "fetch",
-            "x509",
-            "--output",
-            "json",
-            "--timeout",
-            "10",
-        ])
-        .arg("--socket-path")
-        .arg(socket)
-        .env_remove("SPIFFE_ENDPOINT_SOCKET")
-        .current_dir("/")
-        .output()
-        .expect("run sh and setpriv")
-}
-
-/// The sorted SPIFFE IDs a fetch returned, or its stderr when it failed.
-fn svid_ids(out: &Output) -> Result<Vec<String>, String> {
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-    let mut ids: Vec<String> = v["svids"]
-        .as_array()
-        .ok_or("no svids array")?
-        .iter()
-        .map(|s| s["spiffe_id"].as_str().unwrap_or_default().to_owned())
-        .collect();
-    ids.sort();
-    Ok(ids)
+    Caller::nobody().cgroups(cgroups).fetch_x509(socket, &[])
 }
 
 /// Two callers with the same uid in two cgroups laid out as two docker containers get two
@@ -147,7 +47,7 @@ fn cgroups_tell_callers_of_one_uid_apart() {
     let unified = mount_point(None).expect("a cgroup2 (unified) hierarchy is mounted");
     let systemd_v1 = mount_point(Some("name=systemd"));
     let run = format!("tessera-e2e-{}", std::process::id());
-    let mut made = Cgroups { made: Vec::new() };
+    let mut made = TestCgroups::new();
     // Docker, systemd driver, and docker, cgroupfs driver.
     let a = made.make(
         &unified,
@@ -333,7 +233,7 @@ fn a_caller_moved_to_another_cgroup_is_attested_there() {
 
     let unified = mount_point(None).expect("a cgroup2 (unified) hierarchy is mounted");
     let run = format!("tessera-e2e-move-{}", std::process::id());
-    let mut made = Cgroups { made: Vec::new() };
+    let mut made = TestCgroups::new();
     let a = made.make(
         &unified,
         &format!("{run}/system.slice/docker-{DOCKER_A}.scope"),
@@ -359,13 +259,9 @@ fn a_caller_moved_to_another_cgroup_is_attested_there() {
 
     // Starts the client in `a`; returns it and the IDs of its first call.
     let start = || {
-        let script = format!(
-            "echo $$ > '{}' && exec \"$@\"",
-            a.join("cgroup.procs").display()
-        );
-        let mut child = Command::new("sh")
-            .args(["-c", &script, "sh"])
-            .arg(&program)
+        let mut child = Caller::root()
+            .cgroups(&[&a])
+            .command(&program)
             .args(["--connect", &socket, "--twice"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -394,7 +290,7 @@ fn a_caller_moved_to_another_cgroup_is_attested_there() {
     for (to, want) in [(&b, Some(id_b)), (&plain, None)] {
         let (mut child, mut out, first) = start();
         assert_eq!(first, [id_a], "first call, in container A");
-        std::fs::write(to.join("cgroup.procs"), child.id().to_string()).unwrap();
+        tests::cgroups::move_into(to, child.id());
         child.stdin.take().unwrap().write_all(b"\n").unwrap();
         let mut rest = String::new();
         std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
@@ -425,13 +321,9 @@ fn a_caller_moved_to_another_cgroup_is_attested_there() {
 
 /// `fetch-over-fd --connect` as root, in `cgroup`.
 fn fetch_in_as_root(socket: &str, cgroup: &Path) -> Output {
-    let script = format!(
-        "echo $$ > '{}' && exec \"$@\"",
-        cgroup.join("cgroup.procs").display()
-    );
-    let out = Command::new("sh")
-        .args(["-c", &script, "sh"])
-        .arg(tests::bin("fetch-over-fd"))
+    let out = Caller::root()
+        .cgroups(&[cgroup])
+        .command(&tests::bin("fetch-over-fd"))
         .args(["--connect", socket])
         .output()
         .unwrap();

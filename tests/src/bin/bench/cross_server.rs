@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::Config;
 use crate::procs::{Agent, Server, entry_spec, retry_internal, with_header, workload_client};
-use crate::stats::{Figure, Target, Unit, percentile};
+use crate::stats::{Figure, Target, percentile_pair, pooled};
 use crate::workload::{NODE_ID, WORKLOAD_ID, ms, next_matching};
 
 /// The environment variable naming the PostgreSQL server (as for the tests).
@@ -192,40 +192,18 @@ async fn measure(
     drop(b);
     drop(a);
 
-    let per = |v: &[Vec<f64>], q: f64| v.iter().map(|s| percentile(s, q)).collect::<Vec<_>>();
     let note = "PostgreSQL datastore shared by servers A and B, agent on A; baseline: the \
                 same change made on A, interleaved in the same run";
-    let figures = vec![
-        Figure::new(
-            "propagation.cross_server.p50",
-            &format!("3. entry create on B -> SVID on A's agent stream p50 ({n} entries)"),
-            Unit::Ms,
-            &per(&cross, 0.5),
-        )
-        .baseline(
-            "same change on A (same server), p50",
-            Unit::Ms,
-            &per(&same, 0.5),
-        )
-        .note(note),
-        Figure::new(
-            "propagation.cross_server.p99",
-            &format!("3. entry create on B -> SVID on A's agent stream p99 ({n} entries)"),
-            Unit::Ms,
-            &per(&cross, 0.99),
-        )
-        .baseline(
-            "same change on A (same server), p99",
-            Unit::Ms,
-            &per(&same, 0.99),
-        )
-        .target(Target::ValueBelow(50.0))
-        .note(note),
-    ];
-    let pooled = |v: &[Vec<f64>]| {
-        let all: Vec<f64> = v.iter().flatten().copied().collect();
-        json!({"n": all.len(), "p50": percentile(&all, 0.5), "p99": percentile(&all, 0.99), "max": percentile(&all, 1.0)})
-    };
+    let figures = percentile_pair(
+        "propagation.cross_server",
+        &format!("3. entry create on B -> SVID on A's agent stream ({n} entries)"),
+        &cross,
+        "same change on A (same server)",
+        &same,
+        Some(Target::ValueBelow(50.0)),
+    )
+    .map(|f| f.note(note))
+    .to_vec();
     let raw = json!({
         "entries_per_rep_per_server": n,
         "unit": "milliseconds",

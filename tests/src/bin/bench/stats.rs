@@ -48,6 +48,53 @@ pub(crate) fn percentile(samples: &[f64], q: f64) -> f64 {
     s[rank.clamp(1, s.len()) - 1]
 }
 
+/// Per-repetition `q` percentiles of `reps` (one sample set per repetition).
+pub(crate) fn per_rep(reps: &[Vec<f64>], q: f64) -> Vec<f64> {
+    reps.iter().map(|s| percentile(s, q)).collect()
+}
+
+/// The samples of all repetitions together: their count, p50, p99 and max.
+pub(crate) fn pooled(reps: &[Vec<f64>]) -> Value {
+    let all: Vec<f64> = reps.iter().flatten().copied().collect();
+    json!({
+        "n": all.len(),
+        "p50": percentile(&all, 0.5),
+        "p99": percentile(&all, 0.99),
+        "max": percentile(&all, 1.0),
+    })
+}
+
+/// The p50 and p99 figures (milliseconds) of a latency measured in several repetitions,
+/// each against the same percentile of a baseline measured in the same repetitions: ids
+/// `{id}.p50` and `{id}.p99`, names and baseline labels suffixed with the percentile.
+/// `p99_target`, when given, holds the p99 figure.
+pub(crate) fn percentile_pair(
+    id: &str,
+    name: &str,
+    samples: &[Vec<f64>],
+    baseline: &str,
+    base: &[Vec<f64>],
+    p99_target: Option<Target>,
+) -> [Figure; 2] {
+    let figure = |q: f64, label: &str| {
+        Figure::new(
+            &format!("{id}.{label}"),
+            &format!("{name} {label}"),
+            Unit::Ms,
+            &per_rep(samples, q),
+        )
+        .baseline(&format!("{baseline}, {label}"), Unit::Ms, &per_rep(base, q))
+    };
+    let p99 = figure(0.99, "p99");
+    [
+        figure(0.5, "p50"),
+        match p99_target {
+            Some(t) => p99.target(t),
+            None => p99,
+        },
+    ]
+}
+
 /// Unit of a figure, which decides how it is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Unit {

@@ -22,7 +22,7 @@ use tonic::transport::Channel;
 
 use crate::Config;
 use crate::procs::{Agent, Server, entry_spec, retry_internal, with_header, workload_client};
-use crate::stats::{Figure, Target, Unit, percentile};
+use crate::stats::{self, Figure, Target, Unit, percentile, percentile_pair, pooled};
 use crate::stub::GrpcStub;
 
 /// SPIFFE ID of the benchmark cluster's agent.
@@ -224,21 +224,20 @@ impl LatencySamples {
     fn per_rep(&self, kind: &str, q: f64) -> Vec<f64> {
         self.by_kind
             .get(kind)
-            .map(|reps| reps.iter().map(|s| percentile(s, q)).collect())
+            .map(|reps| stats::per_rep(reps, q))
             .unwrap_or_default()
     }
 
     fn json(&self) -> Value {
         let mut out = serde_json::Map::new();
         for (k, reps) in &self.by_kind {
-            let all: Vec<f64> = reps.iter().flatten().copied().collect();
             out.insert(
                 (*k).to_owned(),
                 json!({
                     "unit": "milliseconds",
-                    "p50_per_rep": reps.iter().map(|s| percentile(s, 0.5)).collect::<Vec<_>>(),
-                    "p99_per_rep": reps.iter().map(|s| percentile(s, 0.99)).collect::<Vec<_>>(),
-                    "pooled": {"n": all.len(), "p50": percentile(&all, 0.5), "p99": percentile(&all, 0.99), "max": percentile(&all, 1.0)},
+                    "p50_per_rep": stats::per_rep(reps, 0.5),
+                    "p99_per_rep": stats::per_rep(reps, 0.99),
+                    "pooled": pooled(reps),
                     "samples_per_rep": reps,
                 }),
             );
@@ -529,88 +528,42 @@ pub(crate) async fn propagation(
         revoke_call.push(rc);
         revoke_prop.push(rp);
     }
-    let per = |v: &[Vec<f64>], q: f64| v.iter().map(|s| percentile(s, q)).collect::<Vec<_>>();
     let anchor = "SPIRE: about 10 s by design (5 s agent sync interval)";
     let n = cfg.propagation_entries;
-    let figures = vec![
-        Figure::new(
-            "propagation.entry_create.p50",
-            &format!("3. entry create -> SVID on open stream p50 ({n} entries)"),
-            Unit::Ms,
-            &per(&create_prop, 0.5),
+    let mut figures = Vec::new();
+    figures.extend(
+        percentile_pair(
+            "propagation.entry_create",
+            &format!("3. entry create -> SVID on open stream ({n} entries)"),
+            &create_prop,
+            "CreateEntry call itself",
+            &create_call,
+            Some(Target::ValueBelow(100.0)),
         )
-        .baseline(
-            "CreateEntry call itself, p50",
-            Unit::Ms,
-            &per(&create_call, 0.5),
+        .map(|f| f.anchor(anchor)),
+    );
+    figures.extend(
+        percentile_pair(
+            "propagation.entry_delete",
+            &format!("3. entry delete -> SVID gone from stream ({n} entries)"),
+            &delete_prop,
+            "DeleteEntry call itself",
+            &delete_call,
+            None,
         )
-        .anchor(anchor),
-        Figure::new(
-            "propagation.entry_create.p99",
-            &format!("3. entry create -> SVID on open stream p99 ({n} entries)"),
-            Unit::Ms,
-            &per(&create_prop, 0.99),
+        .map(|f| f.note("entry deletion, not task revocation")),
+    );
+    figures.extend(
+        percentile_pair(
+            "propagation.task_revocation",
+            &format!("3. task revocation -> SVID gone from stream ({n} tasks)"),
+            &revoke_prop,
+            "EndTask call itself",
+            &revoke_call,
+            Some(Target::ValueBelow(100.0)),
         )
-        .baseline(
-            "CreateEntry call itself, p99",
-            Unit::Ms,
-            &per(&create_call, 0.99),
-        )
-        .target(Target::ValueBelow(100.0))
-        .anchor(anchor),
-        Figure::new(
-            "propagation.entry_delete.p50",
-            &format!("3. entry delete -> SVID gone from stream p50 ({n} entries)"),
-            Unit::Ms,
-            &per(&delete_prop, 0.5),
-        )
-        .baseline(
-            "DeleteEntry call itself, p50",
-            Unit::Ms,
-            &per(&delete_call, 0.5),
-        ),
-        Figure::new(
-            "propagation.entry_delete.p99",
-            &format!("3. entry delete -> SVID gone from stream p99 ({n} entries)"),
-            Unit::Ms,
-            &per(&delete_prop, 0.99),
-        )
-        .baseline(
-            "DeleteEntry call itself, p99",
-            Unit::Ms,
-            &per(&delete_call, 0.99),
-        )
-        .note("entry deletion, not task revocation"),
-        Figure::new(
-            "propagation.task_revocation.p50",
-            &format!("3. task revocation -> SVID gone from stream p50 ({n} tasks)"),
-            Unit::Ms,
-            &per(&revoke_prop, 0.5),
-        )
-        .baseline(
-            "EndTask call itself, p50",
-            Unit::Ms,
-            &per(&revoke_call, 0.5),
-        )
-        .anchor(anchor),
-        Figure::new(
-            "propagation.task_revocation.p99",
-            &format!("3. task revocation -> SVID gone from stream p99 ({n} tasks)"),
-            Unit::Ms,
-            &per(&revoke_prop, 0.99),
-        )
-        .baseline(
-            "EndTask call itself, p99",
-            Unit::Ms,
-            &per(&revoke_call, 0.99),
-        )
-        .target(Target::ValueBelow(100.0))
-        .anchor(anchor),
-    ];
-    let pooled = |v: &[Vec<f64>]| {
-        let all: Vec<f64> = v.iter().flatten().copied().collect();
-        json!({"n": all.len(), "p50": percentile(&all, 0.5), "p99": percentile(&all, 0.99), "max": percentile(&all, 1.0)})
-    };
+        .map(|f| f.anchor(anchor)),
+    );
     let raw = json!({
         "entries_per_rep": n,
         "unit": "milliseconds",
