@@ -83,6 +83,9 @@ pub struct CacheSnapshot {
     /// Where this state is in the cluster's change feed (the server's cursor of the last
     /// change applied; empty: unknown), persisted with it so a restarted agent resumes.
     pub cursor: String,
+    /// Identity templates parented to this agent: a caller that matches no entry but one
+    /// of these gets an entry made for it (`ProvisionEntry`).
+    pub templates: HashMap<common::TemplateId, Arc<common::template::AgentTemplate>>,
 }
 
 /// What a caller is entitled to right now.
@@ -115,6 +118,30 @@ impl CacheSnapshot {
             .iter()
             .find(|t| t.task_id == task_id && now_unix < t.until)
             .map(|t| t.state.as_str())
+    }
+
+    /// The template (and the selectors its instance would have) a caller with `selectors`
+    /// may ask an entry of, when it matches no entry: the first by id, for determinism.
+    pub fn template_for(
+        &self,
+        selectors: &SelectorSet,
+    ) -> Option<(Arc<common::template::AgentTemplate>, SelectorSet)> {
+        let mut all: Vec<_> = self.templates.values().collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all.into_iter()
+            .find_map(|t| t.instance_selectors(selectors).map(|s| (Arc::clone(t), s)))
+    }
+
+    /// The ids of the entries made from templates that a caller with `selectors` holds.
+    pub fn instances_of(&self, selectors: &SelectorSet) -> Vec<EntryId> {
+        self.entries
+            .values()
+            .filter(|c| {
+                c.entry.governance.template_id.is_some()
+                    && c.entry.selectors.entry_matches(selectors)
+            })
+            .map(|c| c.entry.id.clone())
+            .collect()
     }
 
     /// Whether a caller with `selectors` matches any live entry at `now`, whatever
@@ -232,6 +259,11 @@ impl CacheSnapshot {
                     .collect(),
                 bundle: self.bundle.as_deref().map(Into::into),
                 revocations: Some((*self.revocations).clone()),
+                templates: {
+                    let mut t: Vec<_> = self.templates.values().map(|t| (&**t).into()).collect();
+                    t.sort_by(|a: &tessera::Template, b| a.id.cmp(&b.id));
+                    t
+                },
             }),
             svids: entries
                 .iter()
@@ -273,6 +305,11 @@ impl CacheSnapshot {
                 svids.insert(s.entry_id, (s.entry_revision, Arc::new(svid)));
             }
         }
+        let mut templates = HashMap::new();
+        for wire in snap.templates {
+            let t = common::template::AgentTemplate::try_from(wire)?;
+            templates.insert(t.id.clone(), Arc::new(t));
+        }
         let mut entries = HashMap::new();
         for mut wire in snap.entries {
             let grant = wire
@@ -304,6 +341,7 @@ impl CacheSnapshot {
             from_server: false,
             revocations: Arc::new(snap.revocations.unwrap_or_default()),
             cursor: msg.sync_cursor,
+            templates,
         })
     }
 

@@ -15,10 +15,10 @@ use std::sync::Arc;
 
 use common::proto::tessera::node_client::NodeClient;
 use common::proto::tessera::{
-    AttestAgentRequest, AttestAgentResponse, CsrForEntry, MintJwtSvidRequest, MintJwtSvidResponse,
-    NodeBeginTaskRequest, NodeEndTaskRequest, RenewAgentRequest, RenewAgentResponse,
-    SignX509SvidsRequest, SignedX509Svid, SyncRequest, SyncUpdate, Task, TaskTokenUse, UsageReport,
-    UsageReportAck,
+    AttestAgentRequest, AttestAgentResponse, CsrForEntry, Entry, MintJwtSvidRequest,
+    MintJwtSvidResponse, NodeBeginTaskRequest, NodeEndTaskRequest, ProvisionEntryRequest,
+    RenewAgentRequest, RenewAgentResponse, SignX509SvidsRequest, SignedX509Svid, SyncRequest,
+    SyncUpdate, Task, TaskTokenUse, UsageReport, UsageReportAck,
 };
 use common::{BundleCell, TrustDomain, X509Svid};
 use futures::StreamExt as _;
@@ -62,6 +62,10 @@ pub trait NodeApi: Debug + Send + Sync {
 
     /// Reports how the Workload API used this agent's entries since the last report.
     async fn report_usage(&self, report: UsageReport) -> Result<UsageReportAck, Status>;
+
+    /// Asks for the entry of identity template `template_id` for a workload with
+    /// `selectors`; it then arrives by sync like any entry.
+    async fn provision_entry(&self, req: ProvisionEntryRequest) -> Result<Entry, Status>;
 }
 
 /// Opens node API sessions.
@@ -151,6 +155,12 @@ impl NodeApi for NodeClient<Channel> {
 
     async fn report_usage(&self, report: UsageReport) -> Result<UsageReportAck, Status> {
         Ok(Self::report_usage(&mut self.clone(), report)
+            .await?
+            .into_inner())
+    }
+
+    async fn provision_entry(&self, req: ProvisionEntryRequest) -> Result<Entry, Status> {
+        Ok(Self::provision_entry(&mut self.clone(), req)
             .await?
             .into_inner())
     }

@@ -478,8 +478,33 @@ pub(crate) fn apply_update(
                 .collect::<Vec<_>>()
         }
     };
+    let parse_templates = |list: Vec<common::proto::tessera::Template>| {
+        list.into_iter()
+            .filter_map(|t| match common::template::AgentTemplate::try_from(t) {
+                Ok(t) => Some((t.id.clone(), Arc::new(t))),
+                Err(err) => {
+                    tracing::error!(error = %err, "ignoring an invalid template from the server");
+                    None
+                }
+            })
+            .collect::<HashMap<_, _>>()
+    };
     match update.update {
+        Some(sync_update::Update::TemplateUpserted(t)) => {
+            let parsed = parse_templates(vec![t]);
+            cache.update(|s| {
+                s.templates.extend(parsed);
+                moved(s);
+            });
+        }
+        Some(sync_update::Update::TemplateDeleted(id)) => {
+            cache.update(|s| {
+                s.templates.retain(|k, _| k.as_str() != id.as_str());
+                moved(s);
+            });
+        }
         Some(sync_update::Update::Snapshot(snap)) => {
+            let templates = parse_templates(snap.templates);
             let entries: Vec<(RegistrationEntry, Option<TaskGrant>)> = snap
                 .entries
                 .into_iter()
@@ -499,6 +524,7 @@ pub(crate) fn apply_update(
                     next.insert(key, Arc::new(merged));
                 }
                 s.entries = next;
+                s.templates = templates;
                 s.synced = true;
                 s.from_server = true;
                 s.revocations = Arc::new(revocations);
@@ -524,6 +550,8 @@ pub(crate) fn apply_update(
                 .map(|(entry, grants)| (entry.id.clone(), slots((entry, grants))))
                 .collect();
             let (n_upserted, n_deleted) = (upserted.len(), delta.entries_deleted.len());
+            // The templates as they are now: the whole set.
+            let templates = parse_templates(delta.templates_upserted);
             if let Some(b) = delta.bundle.and_then(|b| Bundle::try_from(b).ok()) {
                 apply_bundle(b);
             }
@@ -532,6 +560,7 @@ pub(crate) fn apply_update(
             // served for a task that ended while the agent was away.
             cache.update(|s| {
                 s.revocations = Arc::new(revocations);
+                s.templates = templates;
                 for id in &delta.entries_deleted {
                     s.entries.retain(|_, c| c.entry.id.as_str() != id.as_str());
                 }

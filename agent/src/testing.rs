@@ -311,6 +311,7 @@ impl FakeNode {
                 entries: state.entries.values().cloned().collect(),
                 bundle: Some((&self.bundle()).into()),
                 revocations: Some(tessera::Revocations::default()),
+                templates: Vec::new(),
             })),
         }
     }
@@ -530,5 +531,12 @@ impl NodeApi for FakeNode {
             accepted: u32::try_from(report.items.len()).unwrap_or(u32::MAX),
             ignored: 0,
         })
+    }
+
+    async fn provision_entry(
+        &self,
+        _req: tessera::ProvisionEntryRequest,
+    ) -> Result<tessera::Entry, Status> {
+        Err(unimplemented("identity templates"))
     }
 }

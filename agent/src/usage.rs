@@ -59,9 +59,77 @@ impl Counts {
 /// The counters, shared by the Workload API (which counts) and the flusher (which takes
 /// them). Clones share one map.
 #[derive(Debug, Clone, Default)]
-pub struct UsageCounters(Arc<Mutex<HashMap<EntryId, Counts>>>);
+pub struct UsageCounters(Arc<Mutex<HashMap<EntryId, Counts>>>, LiveInstances);
+
+/// Entries made from identity templates that open Workload API streams hold now, with how
+/// many streams hold each: every report names them, so the server keeps them while their
+/// workload lives and deletes them once it has been gone for the template's grace.
+#[derive(Debug, Clone, Default)]
+pub struct LiveInstances(Arc<Mutex<HashMap<EntryId, usize>>>);
+
+/// What one stream holds; released when dropped (the stream ended).
+#[derive(Debug, Default)]
+pub struct LiveHold {
+    live: LiveInstances,
+    held: Vec<EntryId>,
+}
+
+impl LiveInstances {
+    /// The ids held by at least one stream.
+    pub fn ids(&self) -> Vec<EntryId> {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut ids: Vec<EntryId> = map.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// An empty hold on these instances.
+    pub fn hold(&self) -> LiveHold {
+        LiveHold {
+            live: self.clone(),
+            held: Vec::new(),
+        }
+    }
+}
+
+impl LiveHold {
+    /// Holds exactly `ids` from now on (a stream's entries change with its messages).
+    pub fn set(&mut self, mut ids: Vec<EntryId>) {
+        ids.sort();
+        ids.dedup();
+        if ids == self.held {
+            return;
+        }
+        let mut map = self.live.0.lock().unwrap_or_else(PoisonError::into_inner);
+        // Bounded by the entries the agent holds: a stream holds only its caller's.
+        for id in &ids {
+            *map.entry(id.clone()).or_default() += 1;
+        }
+        for id in &self.held {
+            if let Some(n) = map.get_mut(id) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(id);
+                }
+            }
+        }
+        drop(map);
+        self.held = ids;
+    }
+}
+
+impl Drop for LiveHold {
+    fn drop(&mut self) {
+        self.set(Vec::new());
+    }
+}
 
 impl UsageCounters {
+    /// The template instances held by open streams.
+    pub fn live(&self) -> &LiveInstances {
+        &self.1
+    }
+
     /// Adds `counts` to each of `entries` (a use of an entry not yet in a full map is
     /// dropped).
     fn add<'a>(&self, entries: impl IntoIterator<Item = &'a EntryId>, counts: Counts) {
@@ -126,7 +194,7 @@ impl UsageCounters {
 }
 
 /// A batch as the wire carries it, in entry order.
-fn report(batch: &HashMap<EntryId, Counts>) -> UsageReport {
+fn report(batch: &HashMap<EntryId, Counts>, live: Vec<EntryId>) -> UsageReport {
     let mut items: Vec<EntryUsageItem> = batch
         .iter()
         .map(|(id, c)| EntryUsageItem {
@@ -137,7 +205,10 @@ fn report(batch: &HashMap<EntryId, Counts>) -> UsageReport {
         })
         .collect();
     items.sort_by(|a, b| a.entry_id.cmp(&b.entry_id));
-    UsageReport { items }
+    UsageReport {
+        items,
+        live_instances: live.iter().map(ToString::to_string).collect(),
+    }
 }
 
 /// What one flush did.
@@ -157,7 +228,8 @@ pub enum Flushed {
 /// most `timeout` for the server's answer.
 pub async fn flush(counters: &UsageCounters, link: &ServerLink, timeout: Duration) -> Flushed {
     let batch = counters.take();
-    if batch.is_empty() {
+    let live = counters.live().ids();
+    if batch.is_empty() && live.is_empty() {
         return Flushed::Nothing;
     }
     let n = batch.len();
@@ -165,7 +237,7 @@ pub async fn flush(counters: &UsageCounters, link: &ServerLink, timeout: Duratio
         counters.restore(batch);
         return Flushed::Kept(n);
     };
-    let answer = tokio::time::timeout(timeout, node.report_usage(report(&batch))).await;
+    let answer = tokio::time::timeout(timeout, node.report_usage(report(&batch, live))).await;
     let status = match answer {
         Ok(Ok(ack)) => {
             tracing::debug!(

@@ -59,6 +59,8 @@ pub struct Governance {
     pub certified_at: Option<i64>,
     /// Set while it is disabled: not issued anywhere, kept for review.
     pub disabled: Option<Disabled>,
+    /// The identity template it was made from (`None`: created as an entry).
+    pub template_id: Option<crate::TemplateId>,
 }
 
 /// Why and since when an entry is disabled.
@@ -153,6 +155,11 @@ impl TryFrom<tessera::Entry> for RegistrationEntry {
                     at: e.disabled_at,
                     reason: e.disabled_reason,
                 }),
+                template_id: if e.template_id.is_empty() {
+                    None
+                } else {
+                    Some(crate::TemplateId::parse(e.template_id)?)
+                },
             },
         })
     }
@@ -189,6 +196,12 @@ impl From<&RegistrationEntry> for tessera::Entry {
                 .disabled
                 .as_ref()
                 .map(|d| d.reason.clone())
+                .unwrap_or_default(),
+            template_id: e
+                .governance
+                .template_id
+                .as_ref()
+                .map(ToString::to_string)
                 .unwrap_or_default(),
         }
     }
@@ -294,8 +307,10 @@ mod tests {
             certified_at: 5,
             disabled_at: 7,
             disabled_reason: "review lapsed".into(),
+            template_id: "t1".into(),
         };
         let entry = RegistrationEntry::try_from(wire.clone()).unwrap();
+        assert_eq!(entry.governance.template_id.as_ref().unwrap(), "t1");
         assert_eq!(tessera::Entry::from(&entry), wire);
 
         let mut bad = wire.clone();

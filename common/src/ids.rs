@@ -166,6 +166,11 @@ id_type!(
     TaskId,
     "task"
 );
+id_type!(
+    /// The id of an identity template.
+    TemplateId,
+    "template"
+);
 
 #[cfg(test)]
 mod tests {

@@ -19,14 +19,16 @@ pub mod selector;
 pub mod spiffe_id;
 pub mod svid;
 pub mod task;
+pub mod template;
 pub mod tls;
 
 pub use bundle::{Bundle, BundleCell};
 pub use entry::RegistrationEntry;
-pub use ids::{EntryId, TaskId};
+pub use ids::{EntryId, TaskId, TemplateId};
 pub use selector::{
     CgroupKey, ContainerKey, ContainerRuntime, K8sKey, Selector, SelectorError, SelectorKey,
     SelectorKind, SelectorSet, SystemdKey, UnixKey,
 };
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
 pub use svid::{SvidError, X509Svid};
+pub use template::{SpiffeIdTemplate, TemplateError};

@@ -55,7 +55,9 @@ impl From<RegistrationError> for Status {
             | RegistrationError::BadTtl { .. }
             | RegistrationError::BadDnsName(_)
             | RegistrationError::HintTooLong
-            | RegistrationError::BadHint => Self::invalid_argument(e.to_string()),
+            | RegistrationError::BadHint
+            | RegistrationError::BadTemplate(_) => Self::invalid_argument(e.to_string()),
+            RegistrationError::NotEntitled(m) => Self::permission_denied(m),
             RegistrationError::NotFound(_) => Self::not_found(e.to_string()),
             RegistrationError::Duplicate(_) | RegistrationError::OtherTenant(_) => {
                 Self::already_exists(e.to_string())

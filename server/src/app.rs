@@ -300,7 +300,9 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         }
     };
 
+    let templates = crate::templates::Templates::new(Arc::clone(&ds), registrar.clone());
     let node = NodeService {
+        templates: templates.clone(),
         attestor: attestor.clone(),
         ds: Arc::clone(&ds),
         issuer: Issuer::new(
@@ -331,6 +333,7 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         resolver,
     ));
     let admin_svc = AdminService {
+        templates: templates.clone(),
         domains: Arc::clone(&domains),
         registrar: registrar.clone(),
         attestor,
@@ -361,6 +364,10 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
     tasks.spawn_service("tasks", Arc::clone(&task_service).run(shutdown.clone()));
     // Sets readiness: ready once (and while) the datastore answers.
     tasks.spawn_service("readiness", readiness.run(shutdown.clone()));
+    tasks.spawn_service(
+        "template instance collection",
+        collect_instances(templates, shutdown.clone()),
+    );
     tasks.spawn_service(
         "entry expiry and review",
         disable_lapsed_entries(registrar, shutdown.clone()),
@@ -492,6 +499,25 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
 /// How often entries past their expiry or review deadline are looked for: an entry stops
 /// being served within this of its deadline (plus the push to agents).
 const LAPSE_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+/// How often instances of identity templates are checked against their grace.
+const INSTANCE_COLLECT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Deletes instances of identity templates whose workload has been gone for the grace.
+async fn collect_instances(templates: crate::templates::Templates, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(INSTANCE_COLLECT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match templates.collect(now_unix()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "template instances deprovisioned"),
+            Err(e) => tracing::error!(error = %e, "cannot collect template instances; will retry"),
+        }
+    }
+}
 
 /// Disables entries at their expiry or when their review lapses, on every agent.
 async fn disable_lapsed_entries(registrar: Registrar, shutdown: CancellationToken) {

@@ -46,6 +46,15 @@ pub enum AuditKind {
     EntryUpdated,
     /// A registration entry was deleted (by an operator or with its task). (`entry.deleted`)
     EntryDeleted,
+    /// An entry was made from an identity template for a workload. (`entry.provisioned`)
+    EntryProvisioned,
+    /// An entry made from a template was removed: its workload was gone for the grace
+    /// period. (`entry.deprovisioned`)
+    EntryDeprovisioned,
+    /// An identity template was created. (`template.created`)
+    TemplateCreated,
+    /// An identity template was deleted, with its instances. (`template.deleted`)
+    TemplateDeleted,
     /// An X.509-SVID was signed. (`svid.x509.issued`)
     SvidX509Issued,
     /// A JWT-SVID was signed. (`svid.jwt.issued`)
@@ -119,6 +128,10 @@ impl AuditKind {
         Self::EntryCreated,
         Self::EntryUpdated,
         Self::EntryDeleted,
+        Self::EntryProvisioned,
+        Self::EntryDeprovisioned,
+        Self::TemplateCreated,
+        Self::TemplateDeleted,
         Self::SvidX509Issued,
         Self::SvidJwtIssued,
         Self::CaActivated,
@@ -161,6 +174,10 @@ impl AuditKind {
             Self::EntryCreated => "entry.created",
             Self::EntryUpdated => "entry.updated",
             Self::EntryDeleted => "entry.deleted",
+            Self::EntryProvisioned => "entry.provisioned",
+            Self::EntryDeprovisioned => "entry.deprovisioned",
+            Self::TemplateCreated => "template.created",
+            Self::TemplateDeleted => "template.deleted",
             Self::SvidX509Issued => "svid.x509.issued",
             Self::SvidJwtIssued => "svid.jwt.issued",
             Self::CaActivated => "ca.activated",

@@ -23,7 +23,9 @@ pub(crate) mod testdb;
 pub use sql::SqlStore;
 
 use common::task::{TaskBinding, TaskState};
-use common::{EntryId, RegistrationEntry, SpiffeId, TaskId};
+use common::{
+    EntryId, RegistrationEntry, SelectorSet, SpiffeId, SpiffeIdTemplate, TaskId, TemplateId,
+};
 
 use crate::audit::{AuditEvent, AuditRecord, ChainHead};
 use crate::policy::Decision;
@@ -104,6 +106,36 @@ pub struct EntryFilter {
     /// Only entries of this tenant.
     pub tenant: Option<String>,
 }
+
+/// An identity template (schema version 15): entries ("instances") are made from it when a
+/// matching workload first asks, and removed once their workload has been gone for
+/// `grace`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateRecord {
+    /// Server-assigned id.
+    pub id: TemplateId,
+    /// The SPIFFE ID template, e.g. `spiffe://td/acme/svc/{systemd:unit}`.
+    pub template: SpiffeIdTemplate,
+    /// The agent whose workloads it applies to.
+    pub parent_id: SpiffeId,
+    /// What a workload must have, besides a value for each placeholder.
+    pub selectors: SelectorSet,
+    /// Lifetime of instances' X.509-SVIDs.
+    pub x509_svid_ttl: std::time::Duration,
+    /// Lifetime of instances' JWT-SVIDs.
+    pub jwt_svid_ttl: std::time::Duration,
+    /// The tenant owning the template's literal prefix, and its instances.
+    pub tenant: String,
+    /// Who answers for it (and its instances).
+    pub owner: String,
+    /// How long an instance outlives the last report of its workload.
+    pub grace: std::time::Duration,
+    /// Unix seconds at creation.
+    pub created_at: i64,
+}
+
+/// A deleted template with the instances deleted with it.
+pub type DeletedTemplate = (TemplateRecord, Vec<RegistrationEntry>);
 
 /// An attested agent (node).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -620,7 +652,7 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     async fn same_workload_elsewhere(
         &self,
         parent_id: &SpiffeId,
-        selectors: &common::SelectorSet,
+        selectors: &SelectorSet,
         tenant: &str,
     ) -> Result<Vec<RegistrationEntry>, DatastoreError>;
     /// Enabled entries whose expiry or review deadline is at or before `now`.
@@ -742,6 +774,34 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
         receiver: &str,
         holder: &str,
     ) -> Result<(), DatastoreError>;
+
+    /// Stores a template; `Conflict` if one with the same text and parent exists.
+    async fn create_template(
+        &self,
+        template: &TemplateRecord,
+        audit: &[AuditEvent],
+    ) -> Result<(), DatastoreError>;
+    /// One template by id.
+    async fn get_template(&self, id: &TemplateId)
+    -> Result<Option<TemplateRecord>, DatastoreError>;
+    /// Templates (only those parented to `parent` if given), ordered by creation.
+    async fn list_templates(
+        &self,
+        parent: Option<&SpiffeId>,
+    ) -> Result<Vec<TemplateRecord>, DatastoreError>;
+    /// Deletes a template and every entry made from it, in one transaction with the
+    /// records `audit` makes of them; `None` (and no record) if it does not exist.
+    async fn delete_template(
+        &self,
+        id: &TemplateId,
+        audit: AuditFor<DeletedTemplate>,
+    ) -> Result<Option<DeletedTemplate>, DatastoreError>;
+    /// Records that the workloads of these instances were alive at `now` (Unix seconds;
+    /// a time earlier than the one stored is ignored).
+    async fn mark_instances_seen(&self, ids: &[EntryId], now: i64) -> Result<(), DatastoreError>;
+    /// Instances not seen (or, never seen, not created) within their template's grace
+    /// before `now`.
+    async fn stale_instances(&self, now: i64) -> Result<Vec<RegistrationEntry>, DatastoreError>;
 
     /// Checks that the datastore answers: one read of its own schema table on a pooled
     /// connection, given at most `within` (waiting for a connection included). `Backend`

@@ -41,6 +41,15 @@ pub enum ChangeEvent {
         /// The agent it was parented to.
         parent_id: SpiffeId,
     },
+    /// An identity template was created.
+    TemplateUpserted(Arc<crate::datastore::TemplateRecord>),
+    /// An identity template was deleted.
+    TemplateDeleted {
+        /// Its id.
+        id: common::TemplateId,
+        /// The agent it was parented to.
+        parent_id: SpiffeId,
+    },
     /// An agent was evicted or banned: its streams end at once.
     AgentRemoved(SpiffeId),
     /// The trust bundle changed (e.g. a JWT key was prepared or retired).

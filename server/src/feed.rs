@@ -565,6 +565,7 @@ mod tests {
                 review_every: None,
                 certified_at: None,
                 disabled: None,
+                template_id: None,
             },
         }
     }

@@ -32,6 +32,7 @@ pub mod server_identity;
 pub mod set_push;
 pub mod status_list;
 pub mod tasks;
+pub mod templates;
 pub mod tenants;
 pub mod usage;
 pub mod x509pop;

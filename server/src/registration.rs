@@ -121,6 +121,12 @@ pub enum RegistrationError {
     /// A duplicate entry exists.
     #[error("{0}")]
     Duplicate(String),
+    /// An identity template, or a value rendered into one, is malformed.
+    #[error("{0}")]
+    BadTemplate(String),
+    /// The caller may not use this template (not its parent, or lacks its selectors).
+    #[error("{0}")]
+    NotEntitled(String),
     /// The datastore failed.
     #[error("{0}")]
     Datastore(DatastoreError),
@@ -174,7 +180,7 @@ pub fn valid_dns_name(name: &str) -> bool {
     })
 }
 
-fn entry_event(kind: AuditKind, e: &RegistrationEntry, by: &str) -> AuditEvent {
+pub(crate) fn entry_event(kind: AuditKind, e: &RegistrationEntry, by: &str) -> AuditEvent {
     let g = &e.governance;
     AuditEvent::new(
         kind,
@@ -470,6 +476,7 @@ impl Registrar {
             review_every,
             certified_at: current.and_then(|g| g.certified_at),
             disabled: current.and_then(|g| g.disabled.clone()),
+            template_id: current.and_then(|g| g.template_id.clone()),
         };
         Ok((governance, tenant))
     }
@@ -564,6 +571,43 @@ impl Registrar {
         Ok(entry)
     }
 
+    /// Creates the entry `spec` describes as an instance of template `template_id`, through
+    /// the same checks as [`Self::create`] (`by`: an operator scoped to the template's
+    /// tenant), audited as `entry.provisioned` by `actor` (the asking agent).
+    pub async fn provision(
+        &self,
+        spec: &EntryRequest,
+        by: &Operator,
+        template_id: &common::TemplateId,
+        actor: &str,
+    ) -> Result<RegistrationEntry, RegistrationError> {
+        let _guard = self.tenants.lock.lock().await;
+        let mut entry = self.prepare(by, spec, now_unix()).await?;
+        entry.governance.template_id = Some(template_id.clone());
+        let mut event = entry_event(AuditKind::EntryProvisioned, &entry, actor);
+        event.detail["template_id"] = serde_json::json!(template_id.as_str());
+        let _write = self.events.begin_write();
+        self.ds.create_entry(&entry, &[event]).await?;
+        tracing::info!(entry_id = %entry.id, spiffe_id = %entry.spiffe_id, parent_id = %entry.parent_id, template_id = %template_id, "entry provisioned");
+        self.publish_upsert(&entry, None);
+        Ok(entry)
+    }
+
+    /// Tells agents that `deleted` (already deleted from the datastore) are gone.
+    pub fn publish_deleted(&self, deleted: &[RegistrationEntry]) {
+        for entry in deleted {
+            self.events.publish(ChangeEvent::EntryDeleted {
+                id: entry.id.clone(),
+                parent_id: entry.parent_id.clone(),
+            });
+        }
+    }
+
+    /// The events writer, held across a datastore write whose changes are published after.
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
     fn publish_upsert(&self, entry: &RegistrationEntry, previous_parent: Option<SpiffeId>) {
         self.events.publish(ChangeEvent::EntryUpserted {
             entry: Arc::new(entry.clone()),
@@ -611,14 +655,21 @@ impl Registrar {
         id: &EntryId,
         by: &str,
     ) -> Result<RegistrationEntry, RegistrationError> {
+        self.delete_as(id, by, AuditKind::EntryDeleted).await
+    }
+
+    /// Deletes an entry, audited as `kind` (`entry.deleted`, `entry.deprovisioned`).
+    pub async fn delete_as(
+        &self,
+        id: &EntryId,
+        by: &str,
+        kind: AuditKind,
+    ) -> Result<RegistrationEntry, RegistrationError> {
         let by = by.to_owned();
         let _write = self.events.begin_write();
         let entry = self
             .ds
-            .delete_entry(
-                id,
-                Box::new(move |e| vec![entry_event(AuditKind::EntryDeleted, e, &by)]),
-            )
+            .delete_entry(id, Box::new(move |e| vec![entry_event(kind, e, &by)]))
             .await?
             .ok_or_else(|| RegistrationError::NotFound(id.to_string()))?;
         tracing::info!(entry_id = %entry.id, spiffe_id = %entry.spiffe_id, "entry deleted");

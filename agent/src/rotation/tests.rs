@@ -603,6 +603,12 @@ fn a_resumed_delta_changes_only_what_it_names_and_keeps_other_svids() {
         cursor: cursor.into(),
         update: Some(u),
     };
+    let template = |id: &str| tessera::Template {
+        id: id.into(),
+        spiffe_id_template: "spiffe://example.org/acme/{systemd:unit}".into(),
+        selectors: vec!["systemd:slice:acme.slice".into()],
+        ..Default::default()
+    };
     let cache = Cache::default();
     let ignore_bundle = |_: Bundle| {};
     apply_update(
@@ -613,6 +619,7 @@ fn a_resumed_delta_changes_only_what_it_names_and_keeps_other_svids() {
                 entries: vec![wire("kept", 1), wire("changed", 1), wire("gone", 1)],
                 bundle: None,
                 revocations: None,
+                templates: vec![template("t-gone"), template("t-kept")],
             }),
         ),
         ignore_bundle,
@@ -652,6 +659,8 @@ fn a_resumed_delta_changes_only_what_it_names_and_keeps_other_svids() {
                 entries_deleted: vec!["gone".into()],
                 bundle: None,
                 revocations: Some(revocations.clone()),
+                templates_upserted: vec![template("t-kept"), template("t-new")],
+                templates_deleted: Vec::new(),
             }),
         ),
         ignore_bundle,
@@ -688,6 +697,18 @@ fn a_resumed_delta_changes_only_what_it_names_and_keeps_other_svids() {
     assert_eq!(after.cursor, "feed/9");
     let reloaded = CacheSnapshot::decode(&after.encode()).unwrap();
     assert_eq!(reloaded.cursor, "feed/9");
+    // The templates are the delta's whole set, and persisted with the rest.
+    let names = |s: &CacheSnapshot| {
+        s.templates
+            .keys()
+            .map(ToString::to_string)
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(
+        names(&after),
+        BTreeSet::from(["t-kept".into(), "t-new".into()])
+    );
+    assert_eq!(names(&reloaded), names(&after));
     // A position alone changes nothing served: no cache update, no stream woken.
     apply_update(
         &cache,
@@ -699,4 +720,19 @@ fn a_resumed_delta_changes_only_what_it_names_and_keeps_other_svids() {
     );
     assert!(!watch.has_changed().unwrap());
     assert_eq!(cache.current().cursor, "feed/9");
+    apply_update(
+        &cache,
+        update("", sync_update::Update::TemplateDeleted("t-new".into())),
+        ignore_bundle,
+    );
+    assert_eq!(names(&cache.current()), BTreeSet::from(["t-kept".into()]));
+    apply_update(
+        &cache,
+        update("", sync_update::Update::TemplateUpserted(template("t-up"))),
+        ignore_bundle,
+    );
+    assert_eq!(
+        names(&cache.current()),
+        BTreeSet::from(["t-kept".into(), "t-up".into()])
+    );
 }

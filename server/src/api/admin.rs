@@ -26,6 +26,10 @@ use common::proto::tessera::{
     RotateCaRequest, VerifyAuditRequest, VerifyAuditResponse,
 };
 use common::proto::tessera::{
+    ListTemplatesRequest, ListTemplatesResponse, Template as WireTemplate, TemplateIdRequest,
+    TemplateSpec,
+};
+use common::proto::tessera::{
     ListTenantsRequest, ListTenantsResponse, Tenant as WireTenant,
     TenantDomain as WireTenantDomain, TenantDomainRequest, TenantNameRequest, TenantPolicyRequest,
     TenantSpec,
@@ -68,6 +72,8 @@ pub(crate) struct AdminService {
     pub(crate) audit_anchor: AnchorFiles,
     /// Tenants' DNS domains: claims, verification through DNS.
     pub(crate) domains: Arc<TenantDomains>,
+    /// Identity templates.
+    pub(crate) templates: crate::templates::Templates,
 }
 
 /// The caller's Unix user (uid and name, `uid:N` if the uid has none), primary gid, and
@@ -286,6 +292,39 @@ impl Admin for AdminService {
         Ok(Response::new(ListEntriesResponse {
             entries: entries.iter().map(Into::into).collect(),
         }))
+    }
+
+    async fn create_template(
+        &self,
+        req: Request<TemplateSpec>,
+    ) -> Result<Response<WireTemplate>, Status> {
+        let who = self.operator(&req).await?;
+        let t = self
+            .templates
+            .create(&wire::template_request(req.get_ref())?, &who)
+            .await?;
+        Ok(Response::new(wire::template(&t)))
+    }
+
+    async fn list_templates(
+        &self,
+        req: Request<ListTemplatesRequest>,
+    ) -> Result<Response<ListTemplatesResponse>, Status> {
+        let who = self.operator(&req).await?;
+        let list = self.templates.list(&who, &req.get_ref().tenant).await?;
+        Ok(Response::new(ListTemplatesResponse {
+            templates: list.iter().map(wire::template).collect(),
+        }))
+    }
+
+    async fn delete_template(
+        &self,
+        req: Request<TemplateIdRequest>,
+    ) -> Result<Response<WireTemplate>, Status> {
+        let who = self.operator(&req).await?;
+        let id: common::TemplateId = req.get_ref().id.parse()?;
+        let (t, _) = self.templates.delete(&id, &who).await?;
+        Ok(Response::new(wire::template(&t)))
     }
 
     async fn list_agents(

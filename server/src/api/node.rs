@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::proto::tessera::ProvisionEntryRequest;
 use common::proto::tessera::node_server::Node;
 use common::proto::tessera::{
     AttestAgentRequest, AttestAgentResponse, MintJwtSvidRequest, MintJwtSvidResponse,
@@ -46,6 +47,8 @@ pub(crate) struct NodeService {
     pub(crate) feed: Option<Arc<Cursor>>,
     pub(crate) shutdown: tokio_util::sync::CancellationToken,
     pub(crate) metrics: Arc<ServerMetrics>,
+    /// Identity templates: provisioning, instances' liveness.
+    pub(crate) templates: crate::templates::Templates,
 }
 
 /// How long a stream that heard of a new feed position with nothing to send waits before
@@ -81,9 +84,11 @@ impl NodeService {
             ..Default::default()
         };
         let entries = self.ds.list_entries(&filter).await?;
+        let templates = self.ds.list_templates(Some(agent)).await?;
         Ok(SyncUpdate {
             cursor: cursor.map(feed::encode).unwrap_or_default(),
             update: Some(sync_update::Update::Snapshot(SyncSnapshot {
+                templates: templates.iter().map(wire::template).collect(),
                 entries: entries
                     .iter()
                     .filter(|e| issued_to(e, agent))
@@ -158,9 +163,12 @@ impl NodeService {
             }
         }
         tracing::info!(agent_id = %agent, after, upto, upserted = upserted.len(), deleted = deleted.len(), "agent sync resumed from its cursor");
+        let templates = self.ds.list_templates(Some(agent)).await?;
         Ok(SyncUpdate {
             cursor: feed::encode(upto),
             update: Some(sync_update::Update::Resumed(SyncDelta {
+                templates_upserted: templates.iter().map(wire::template).collect(),
+                templates_deleted: Vec::new(),
                 entries_upserted: upserted,
                 entries_deleted: deleted,
                 bundle: Some(self.wire_bundle()),
@@ -202,6 +210,12 @@ impl NodeService {
             } if prev == agent => sync_update::Update::EntryDeleted(entry.id.to_string()),
             ChangeEvent::EntryDeleted { id, parent_id } if parent_id == agent => {
                 sync_update::Update::EntryDeleted(id.to_string())
+            }
+            ChangeEvent::TemplateUpserted(t) if &t.parent_id == agent => {
+                sync_update::Update::TemplateUpserted(wire::template(t))
+            }
+            ChangeEvent::TemplateDeleted { id, parent_id } if parent_id == agent => {
+                sync_update::Update::TemplateDeleted(id.to_string())
             }
             ChangeEvent::AgentRemoved(id) if id == agent => return Some(Err(())),
             _ => return None,
@@ -511,16 +525,41 @@ impl Node for NodeService {
         Ok(Response::new(TaskTokenUseAck {}))
     }
 
+    async fn provision_entry(
+        &self,
+        req: Request<ProvisionEntryRequest>,
+    ) -> Result<Response<common::proto::tessera::Entry>, Status> {
+        let agent = self.agent(&req).await?.spiffe_id;
+        let r = req.into_inner();
+        let id: common::TemplateId = r.template_id.parse()?;
+        let entry = self
+            .templates
+            .provision(&agent, &id, &r.selectors)
+            .await
+            .inspect_err(|e| {
+                tracing::warn!(agent_id = %agent, template_id = %id, error = %e, "provisioning refused");
+            })?;
+        Ok(Response::new((&entry).into()))
+    }
+
     async fn report_usage(
         &self,
         req: Request<UsageReport>,
     ) -> Result<Response<UsageReportAck>, Status> {
         let agent = self.agent(&req).await?.spiffe_id;
-        let items = req.into_inner().items;
+        let report = req.into_inner();
+        let (items, live) = (report.items, report.live_instances);
         // Refused before anything else is looked at.
         if items.len() > usage::MAX_USAGE_ITEMS {
             return Err(usage::UsageError::TooManyItems(items.len()).into());
         }
+        if live.len() > usage::MAX_USAGE_ITEMS {
+            return Err(usage::UsageError::TooManyItems(live.len()).into());
+        }
+        let live = live
+            .iter()
+            .map(|id| id.parse())
+            .collect::<Result<Vec<EntryId>, _>>()?;
         let items = items
             .into_iter()
             .map(|i| {
@@ -537,6 +576,9 @@ impl Node for NodeService {
             .inspect_err(
                 |e| tracing::warn!(agent_id = %agent, error = %e, "usage report refused"),
             )?;
+        self.templates
+            .seen(&agent, &live, crate::clock::now_unix())
+            .await?;
         Ok(Response::new(UsageReportAck {
             accepted: outcome.accepted,
             ignored: outcome.ignored,

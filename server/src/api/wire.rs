@@ -46,6 +46,39 @@ pub(crate) fn entry_request(spec: &wire::EntrySpec) -> Result<EntryRequest, Regi
     })
 }
 
+/// A template spec as a template request.
+pub(crate) fn template_request(
+    spec: &wire::TemplateSpec,
+) -> Result<crate::templates::TemplateRequest, RegistrationError> {
+    Ok(crate::templates::TemplateRequest {
+        template: spec.spiffe_id_template.clone(),
+        parent_id: spec.parent_id.clone(),
+        selectors: spec.selectors.clone(),
+        x509_svid_ttl: ttl("x509_svid_ttl", spec.x509_svid_ttl_seconds)?,
+        jwt_svid_ttl: ttl("jwt_svid_ttl", spec.jwt_svid_ttl_seconds)?,
+        tenant: spec.tenant.clone(),
+        owner: spec.owner.clone(),
+        grace: ttl("grace", spec.grace_seconds)?,
+    })
+}
+
+/// A stored template on the wire.
+pub(crate) fn template(t: &crate::datastore::TemplateRecord) -> wire::Template {
+    let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    wire::Template {
+        id: t.id.to_string(),
+        spiffe_id_template: t.template.to_string(),
+        parent_id: t.parent_id.to_string(),
+        selectors: t.selectors.iter().map(ToString::to_string).collect(),
+        x509_svid_ttl_seconds: secs(t.x509_svid_ttl),
+        jwt_svid_ttl_seconds: secs(t.jwt_svid_ttl),
+        tenant: t.tenant.clone(),
+        owner: t.owner.clone(),
+        grace_seconds: secs(t.grace),
+        created_at: t.created_at,
+    }
+}
+
 /// A tenant spec as a tenant request (0 stands for "no limit" / "none").
 pub(crate) fn tenant_request(spec: &wire::TenantSpec) -> Result<TenantRequest, Status> {
     let limit = |what: &str, v: i64| match v {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use common::duration::parse_duration;
-use common::proto::tessera::EntrySpec;
+use common::proto::tessera::{EntrySpec, TemplateSpec};
 use daemon::cli_output::Output;
 
 use crate::config::{RawServerConfig, ServerConfig, ServerConfigError};
@@ -55,6 +55,15 @@ pub enum Command {
         /// Entry command.
         #[command(subcommand)]
         command: EntryCommand,
+        /// Admin connection options.
+        #[command(flatten)]
+        admin: AdminOpts,
+    },
+    /// Identity templates: entries made when a matching workload first asks.
+    Template {
+        /// Template command.
+        #[command(subcommand)]
+        command: TemplateCommand,
         /// Admin connection options.
         #[command(flatten)]
         admin: AdminOpts,
@@ -162,6 +171,7 @@ impl Command {
             Self::Run(_) => Output::Text,
             Self::Token { admin, .. }
             | Self::Entry { admin, .. }
+            | Self::Template { admin, .. }
             | Self::Agent { admin, .. }
             | Self::Bundle { admin, .. }
             | Self::Ca { admin, .. }
@@ -340,6 +350,71 @@ pub enum EntryCommand {
         #[arg(long)]
         entry_id: String,
     },
+}
+
+/// Template commands.
+#[derive(Debug, Subcommand)]
+pub enum TemplateCommand {
+    /// Create a template.
+    Create(TemplateFields),
+    /// List the templates you may see.
+    List {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Delete a template and every entry made from it.
+    Delete {
+        /// The template to delete.
+        #[arg(long)]
+        template_id: String,
+    },
+}
+
+/// A template's fields.
+#[derive(Debug, Args)]
+pub struct TemplateFields {
+    /// The SPIFFE ID template, e.g. spiffe://example.org/acme/svc/{systemd:unit}:
+    /// each {kind:key} placeholder is a whole path segment, replaced by the workload's
+    /// attested value for that selector key.
+    #[arg(long)]
+    pub spiffe_id_template: String,
+    /// The agent (node) whose workloads it applies to.
+    #[arg(long)]
+    pub parent_id: String,
+    /// A selector the workload must also have, e.g. systemd:slice:acme.slice (repeatable).
+    #[arg(long = "selector")]
+    pub selectors: Vec<String>,
+    /// X.509-SVID lifetime of its entries, e.g. 1h [default: the server's].
+    #[arg(long, value_parser = parse_duration)]
+    pub x509_svid_ttl: Option<Duration>,
+    /// JWT-SVID lifetime of its entries, e.g. 5m [default: the server's].
+    #[arg(long, value_parser = parse_duration)]
+    pub jwt_svid_ttl: Option<Duration>,
+    /// Tenant (default: as for an entry).
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Who answers for it and its entries: user:NAME or a SPIFFE ID (default: you).
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// How long an entry outlives its workload, e.g. 5m, 3s [default: 5m; at least 2s].
+    #[arg(long, value_parser = parse_duration)]
+    pub grace: Option<Duration>,
+}
+
+impl From<TemplateFields> for TemplateSpec {
+    fn from(f: TemplateFields) -> Self {
+        Self {
+            spiffe_id_template: f.spiffe_id_template,
+            parent_id: f.parent_id,
+            selectors: f.selectors,
+            x509_svid_ttl_seconds: f.x509_svid_ttl.map_or(0, seconds),
+            jwt_svid_ttl_seconds: f.jwt_svid_ttl.map_or(0, seconds),
+            tenant: f.tenant.unwrap_or_default(),
+            owner: f.owner.unwrap_or_default(),
+            grace_seconds: f.grace.map_or(0, seconds),
+        }
+    }
 }
 
 /// A tenant's settings, for create and update (on update, what is not given stays).

@@ -13,14 +13,15 @@ use common::proto::tessera::{
     TenantNameRequest, TenantPolicyRequest, TenantSpec, UpdateEntryRequest, VerifyAuditRequest,
     VerifyAuditResponse,
 };
+use common::proto::tessera::{ListTemplatesRequest, TemplateIdRequest, TemplateSpec};
 use daemon::cli_output::{self, Output, UsageError};
 use serde_json::json;
 use tonic::transport::Channel;
 
 use super::args::{
     AdminOpts, AgentCommand, AuditCommand, BundleCommand, BundleFormat, CaCommand, Command,
-    DomainCommand, EntryCommand, OwnerCommand, PolicyCommand, TaskCommand, TenantCommand,
-    TenantFields, TenantPolicyCommand, TokenCommand,
+    DomainCommand, EntryCommand, OwnerCommand, PolicyCommand, TaskCommand, TemplateCommand,
+    TenantCommand, TenantFields, TenantPolicyCommand, TokenCommand,
 };
 use super::output;
 
@@ -231,6 +232,57 @@ pub async fn run_admin(command: Command) -> anyhow::Result<()> {
                         admin.output,
                         text,
                         json!({"entries": list.iter().map(output::entry_json).collect::<Vec<_>>()}),
+                    );
+                }
+            }
+        }
+        Command::Template { command, admin } => {
+            let mut c = admin_client(&admin).await?;
+            match command {
+                TemplateCommand::Create(fields) => {
+                    let t = c
+                        .create_template(TemplateSpec::from(fields))
+                        .await
+                        .map_err(status)?
+                        .into_inner();
+                    print(
+                        admin.output,
+                        output::template_text(&t),
+                        output::template_json(&t),
+                    );
+                }
+                TemplateCommand::List { tenant } => {
+                    let list = c
+                        .list_templates(ListTemplatesRequest {
+                            tenant: tenant.unwrap_or_default(),
+                        })
+                        .await
+                        .map_err(status)?
+                        .into_inner()
+                        .templates;
+                    let text = format!(
+                        "Found {} templates\n{}",
+                        list.len(),
+                        list.iter()
+                            .map(|t| format!("\n{}", output::template_text(t)))
+                            .collect::<String>()
+                    );
+                    print(
+                        admin.output,
+                        text,
+                        json!({"templates": list.iter().map(output::template_json).collect::<Vec<_>>()}),
+                    );
+                }
+                TemplateCommand::Delete { template_id } => {
+                    let t = c
+                        .delete_template(TemplateIdRequest { id: template_id })
+                        .await
+                        .map_err(status)?
+                        .into_inner();
+                    print(
+                        admin.output,
+                        format!("Deleted template {} and its entries\n", t.id),
+                        output::template_json(&t),
                     );
                 }
             }

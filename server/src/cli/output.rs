@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use base64::Engine as _;
 use common::duration::{rfc3339, rfc3339_millis};
 use common::proto::tessera::{
-    Agent, AuditRecord, CaInfo, Entry, ReviewResponse, Tenant, TenantDomain,
+    Agent, AuditRecord, CaInfo, Entry, ReviewResponse, Template, Tenant, TenantDomain,
 };
 use serde_json::json;
 
@@ -30,7 +30,46 @@ pub(super) fn entry_json(e: &Entry) -> serde_json::Value {
         "certified_at": (e.certified_at != 0).then_some(e.certified_at),
         "disabled_at": (e.disabled_at != 0).then_some(e.disabled_at),
         "disabled_reason": (e.disabled_at != 0).then_some(&e.disabled_reason),
+        "template_id": (!e.template_id.is_empty()).then_some(&e.template_id),
     })
+}
+
+/// A template as JSON (times as Unix seconds, lifetimes in seconds).
+pub(super) fn template_json(t: &Template) -> serde_json::Value {
+    json!({
+        "id": t.id,
+        "spiffe_id_template": t.spiffe_id_template,
+        "parent_id": t.parent_id,
+        "selectors": t.selectors,
+        "x509_svid_ttl": t.x509_svid_ttl_seconds,
+        "jwt_svid_ttl": t.jwt_svid_ttl_seconds,
+        "tenant": t.tenant,
+        "owner": t.owner,
+        "grace": t.grace_seconds,
+        "created_at": t.created_at,
+    })
+}
+
+/// A template as text.
+pub(super) fn template_text(t: &Template) -> String {
+    let mut s = format!(
+        "Template ID      : {}\nSPIFFE ID        : {}\nParent ID        : {}\nX509-SVID TTL    : {}s\nJWT-SVID TTL     : {}s\nGrace            : {}s\nCreated at       : {}\n",
+        t.id,
+        t.spiffe_id_template,
+        t.parent_id,
+        t.x509_svid_ttl_seconds,
+        t.jwt_svid_ttl_seconds,
+        t.grace_seconds,
+        rfc3339(t.created_at)
+    );
+    for sel in &t.selectors {
+        s.push_str(&format!("Selector         : {sel}\n"));
+    }
+    s.push_str(&format!("Tenant           : {}\n", t.tenant));
+    if !t.owner.is_empty() {
+        s.push_str(&format!("Owner            : {}\n", t.owner));
+    }
+    s
 }
 
 /// An entry as text.
@@ -55,6 +94,9 @@ pub(super) fn entry_text(e: &Entry) -> String {
     }
     if !e.hint.is_empty() {
         s.push_str(&format!("Hint             : {}\n", e.hint));
+    }
+    if !e.template_id.is_empty() {
+        s.push_str(&format!("Template ID      : {}\n", e.template_id));
     }
     s.push_str(&format!("Tenant           : {}\n", e.tenant));
     if !e.owner.is_empty() {

@@ -20,8 +20,8 @@ use super::testdb::{Backend, Under};
 use super::{
     Acknowledgement, AgentRecord, AuthorityKind, ConsumedToken, Datastore, DatastoreError,
     DomainRecord, EntryFilter, EntryUsage, LimitReached, PublishedAuthority, STATUS_LIST_SIZE,
-    StatusEntry, TaskEnd, TaskLimits, TaskRecord, TaskSvid, TenantRecord, TokenAttestation,
-    UnixUser, UsageReport,
+    StatusEntry, TaskEnd, TaskLimits, TaskRecord, TaskSvid, TemplateRecord, TenantRecord,
+    TokenAttestation, UnixUser, UsageReport,
 };
 use crate::audit::{AuditEvent, ChainHead, verify};
 use crate::policy::Decision;
@@ -79,6 +79,7 @@ conformance!(
     published_authorities_are_shared_replaced_and_pruned,
     status_list_entries_are_random_unique_and_report_ended_tasks,
     status_lists_move_on_when_half_full,
+    templates_crud_instances_and_grace,
 );
 
 fn sid(s: &str) -> SpiffeId {
@@ -119,6 +120,7 @@ fn entry(id: &str, spiffe_id: &str, uid: u32) -> RegistrationEntry {
             review_every: Some(Duration::from_secs(86_400)),
             certified_at: None,
             disabled: None,
+            template_id: None,
         },
     }
 }
@@ -2396,4 +2398,125 @@ async fn status_lists_move_on_when_half_full(b: &(impl Backend + Under)) {
         assert_eq!(e.list, 2, "{e:?}: an old list is never drawn from again");
         assert_eq!(e.idx % 2, 1, "{e:?} is held by another task");
     }
+}
+
+fn template(id: &str, text: &str, grace: u64) -> TemplateRecord {
+    TemplateRecord {
+        id: common::TemplateId::parse(id).unwrap(),
+        template: common::SpiffeIdTemplate::new(text).unwrap(),
+        parent_id: sid("spiffe://example.org/node/a"),
+        selectors: selectors(&["systemd:slice:acme.slice".into()]),
+        x509_svid_ttl: Duration::from_secs(3600),
+        jwt_svid_ttl: Duration::from_secs(300),
+        tenant: "default".into(),
+        owner: "user:root".into(),
+        grace: Duration::from_secs(grace),
+        created_at: 1_700_000_000,
+    }
+}
+
+fn instance(id: &str, of: &TemplateRecord, unit: &str, created_at: i64) -> RegistrationEntry {
+    let mut e = entry(id, &format!("spiffe://example.org/acme/svc/{unit}"), 0);
+    e.selectors = selectors(&[
+        "systemd:slice:acme.slice".into(),
+        format!("systemd:unit:{unit}"),
+    ]);
+    e.created_at = created_at;
+    e.governance.template_id = Some(of.id.clone());
+    e
+}
+
+/// Templates: stored and read back, unique per text and parent, listed by parent; entries
+/// keep their template id; instances not seen within the grace are stale (seen times only
+/// move forward); deleting a template deletes its instances, with the records the
+/// deletion makes, in one transaction; an instance whose template is gone is stale.
+async fn templates_crud_instances_and_grace(b: &dyn Backend) {
+    let ds = b.open().await;
+    let t = template("t1", "spiffe://example.org/acme/svc/{systemd:unit}", 10);
+    ds.create_template(&t, &[event("template.created", "t1", None)])
+        .await
+        .unwrap();
+    assert_eq!(ds.get_template(&t.id).await.unwrap().unwrap(), t);
+    let dup = template("t2", "spiffe://example.org/acme/svc/{systemd:unit}", 10);
+    let r = ds.create_template(&dup, &[]).await;
+    assert!(matches!(r, Err(DatastoreError::Conflict(_))), "{r:?}");
+    let mut other = template("t3", "spiffe://example.org/other/{systemd:unit}", 5);
+    other.parent_id = sid("spiffe://example.org/node/b");
+    ds.create_template(&other, &[]).await.unwrap();
+    assert_eq!(
+        ds.list_templates(None).await.unwrap(),
+        [t.clone(), other.clone()]
+    );
+    assert_eq!(
+        ds.list_templates(Some(&sid("spiffe://example.org/node/b")))
+            .await
+            .unwrap(),
+        [other.clone()]
+    );
+    assert!(
+        ds.get_template(&common::TemplateId::parse("nope").unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Instances keep their template id; a plain entry has none and is never stale.
+    let a = instance("ia", &t, "a.service", 1000);
+    let bb = instance("ib", &t, "b.service", 1000);
+    ds.create_entry(&a, &[]).await.unwrap();
+    ds.create_entry(&bb, &[]).await.unwrap();
+    ds.create_entry(&entry("plain", "spiffe://example.org/web", 1), &[])
+        .await
+        .unwrap();
+    assert_eq!(ds.get_entry(&eid("ia")).await.unwrap().unwrap(), a);
+    assert!(ds.stale_instances(1009).await.unwrap().is_empty());
+    let ids =
+        |v: Vec<RegistrationEntry>| v.into_iter().map(|e| e.id.to_string()).collect::<Vec<_>>();
+    assert_eq!(ids(ds.stale_instances(1010).await.unwrap()), ["ia", "ib"]);
+    // Seen at 1005: stale from 1015; an older report does not move it back.
+    ds.mark_instances_seen(&[eid("ia")], 1005).await.unwrap();
+    ds.mark_instances_seen(&[eid("ia")], 1001).await.unwrap();
+    ds.mark_instances_seen(&[], 1).await.unwrap();
+    assert_eq!(ids(ds.stale_instances(1014).await.unwrap()), ["ib"]);
+    assert_eq!(ids(ds.stale_instances(1015).await.unwrap()), ["ia", "ib"]);
+
+    // Deleting the template deletes its instances and records both, in one transaction.
+    let before = ds.audit_head().await.unwrap().map_or(0, |h| h.seq);
+    let (gone, instances) = ds
+        .delete_template(
+            &t.id,
+            Box::new(|(t, instances)| {
+                let mut v = vec![event("template.deleted", t.id.as_str(), None)];
+                v.extend(
+                    instances
+                        .iter()
+                        .map(|e| event("entry.deprovisioned", e.id.as_str(), None)),
+                );
+                v
+            }),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(gone, t);
+    assert_eq!(ids(instances), ["ia", "ib"]);
+    assert_eq!(ds.audit_head().await.unwrap().unwrap().seq, before + 3);
+    assert!(ds.get_entry(&eid("ia")).await.unwrap().is_none());
+    assert!(ds.get_entry(&eid("plain")).await.unwrap().is_some());
+    assert!(ds.get_template(&t.id).await.unwrap().is_none());
+    let again = ds
+        .delete_template(&t.id, Box::new(|_| vec![]))
+        .await
+        .unwrap();
+    assert!(again.is_none());
+
+    // An instance made while its template was being deleted is stale at once.
+    ds.create_entry(&instance("orphan", &t, "c.service", 2000), &[])
+        .await
+        .unwrap();
+    assert_eq!(ids(ds.stale_instances(2000).await.unwrap()), ["orphan"]);
+
+    // Another server sees the same.
+    let second = b.open().await;
+    assert_eq!(second.list_templates(None).await.unwrap(), [other]);
 }

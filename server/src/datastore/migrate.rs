@@ -169,6 +169,14 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../migrations/postgres/0014_set_push_cursors.sql"),
         then: None,
     },
+    Migration {
+        version: 15,
+        description: "identity templates: entries built from attested selectors at a \
+                      workload's first call, their instances and when each was last seen",
+        sqlite: include_str!("../../migrations/sqlite/0015_entry_templates.sql"),
+        postgres: include_str!("../../migrations/postgres/0015_entry_templates.sql"),
+        then: None,
+    },
 ];
 
 /// The tables version 1 created: a database holding them but no version table was

@@ -33,17 +33,18 @@ mod tenants;
 use std::sync::Arc;
 
 use common::task::TaskState;
-use common::{EntryId, RegistrationEntry, SpiffeId, TaskId};
+use common::{EntryId, RegistrationEntry, SpiffeId, TaskId, TemplateId};
 use futures::future::BoxFuture;
 use sqlx::{Pool, Transaction};
 use tokio::sync::watch;
 
-use self::records::{EntryRow, TaskRow};
+use self::records::{EntryRow, TaskRow, TemplateRow};
 use super::migrate::Migration;
 use super::{
-    Acknowledgement, AgentRecord, AuditFor, ConsumedToken, Datastore, DatastoreError, DomainRecord,
-    EntryFilter, EntryUsage, IssuedSvid, LimitReached, PublishedAuthority, STATUS_LIST_SIZE,
-    StatusEntry, TaskLimits, TaskRecord, TaskSvid, TenantRecord, TokenAttestation, UsageReport,
+    Acknowledgement, AgentRecord, AuditFor, ConsumedToken, Datastore, DatastoreError,
+    DeletedTemplate, DomainRecord, EntryFilter, EntryUsage, IssuedSvid, LimitReached,
+    PublishedAuthority, STATUS_LIST_SIZE, StatusEntry, TaskLimits, TaskRecord, TaskSvid,
+    TemplateRecord, TenantRecord, TokenAttestation, UsageReport,
 };
 use crate::audit::{AuditEvent, AuditRecord, ChainHead};
 
@@ -945,6 +946,109 @@ impl<D: Dialect> Datastore for SqlStore<D> {
             })
             .await?;
         Ok(applied.is_some())
+    }
+
+    async fn create_template(
+        &self,
+        template: &TemplateRecord,
+        audit: &[AuditEvent],
+    ) -> Result<(), DatastoreError> {
+        let template = template.clone();
+        self.write_tx(audit, move |conn| {
+            Box::pin(async move {
+                let row = TemplateRow::new(&template);
+                D::execute(conn, records::INSERT_TEMPLATE, &row.params(&template))
+                    .await
+                    .map_err(conflict(|| records::TEMPLATE_CONFLICT.to_owned()))?;
+                Ok(Some(()))
+            })
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn get_template(
+        &self,
+        id: &TemplateId,
+    ) -> Result<Option<TemplateRecord>, DatastoreError> {
+        self.one(
+            records::GET_TEMPLATE,
+            &[Param::Text(id.as_str())],
+            records::template,
+        )
+        .await
+    }
+
+    async fn list_templates(
+        &self,
+        parent: Option<&SpiffeId>,
+    ) -> Result<Vec<TemplateRecord>, DatastoreError> {
+        self.all(
+            records::LIST_TEMPLATES,
+            &[Param::OptText(parent.map(SpiffeId::as_str))],
+            records::template,
+        )
+        .await
+    }
+
+    async fn delete_template(
+        &self,
+        id: &TemplateId,
+        audit: AuditFor<DeletedTemplate>,
+    ) -> Result<Option<DeletedTemplate>, DatastoreError> {
+        let id = id.clone();
+        let deleted = self
+            .write_tx_audited(move |conn| {
+                Box::pin(async move {
+                    let key = [Param::Text(id.as_str())];
+                    let row = D::fetch_optional(conn, records::DELETE_TEMPLATE, &key)
+                        .await
+                        .map_err(backend)?;
+                    let Some(template) = row.as_ref().map(records::template).transpose()? else {
+                        return Ok(None);
+                    };
+                    let rows = D::fetch_all(conn, records::DELETE_INSTANCES, &key)
+                        .await
+                        .map_err(backend)?;
+                    let instances = rows
+                        .iter()
+                        .map(records::entry)
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let done = (template, instances);
+                    let events = audit(&done);
+                    Ok(Some((done, events)))
+                })
+            })
+            .await?;
+        Ok(deleted.map(|(d, _)| d))
+    }
+
+    async fn mark_instances_seen(&self, ids: &[EntryId], now: i64) -> Result<(), DatastoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        for id in ids {
+            D::execute(
+                &mut tx,
+                records::MARK_SEEN,
+                &[Param::Text(id.as_str()), Param::Int(now)],
+            )
+            .await
+            .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn stale_instances(&self, now: i64) -> Result<Vec<RegistrationEntry>, DatastoreError> {
+        {
+            let mut conn = self.pool.acquire().await.map_err(backend)?;
+            D::execute(&mut conn, records::PRUNE_SEEN, &[])
+                .await
+                .map_err(backend)?;
+        }
+        self.all(records::STALE_INSTANCES, &[Param::Int(now)], records::entry)
+            .await
     }
 
     async fn delete_tenant(

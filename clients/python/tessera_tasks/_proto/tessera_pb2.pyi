@@ -31,7 +31,7 @@ class JwtKey(_message.Message):
     def __init__(self, kid: _Optional[str] = ..., public_key: _Optional[bytes] = ..., expires_at: _Optional[int] = ...) -> None: ...
 
 class Entry(_message.Message):
-    __slots__ = ("id", "spiffe_id", "parent_id", "selectors", "x509_svid_ttl_seconds", "jwt_svid_ttl_seconds", "dns_names", "jit", "hint", "created_at", "revision", "task", "tenant", "owner", "expires_at", "review_every_seconds", "certified_at", "disabled_at", "disabled_reason", "tasks")
+    __slots__ = ("id", "spiffe_id", "parent_id", "selectors", "x509_svid_ttl_seconds", "jwt_svid_ttl_seconds", "dns_names", "jit", "hint", "created_at", "revision", "task", "tenant", "owner", "expires_at", "review_every_seconds", "certified_at", "disabled_at", "disabled_reason", "tasks", "template_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
     PARENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,7 @@ class Entry(_message.Message):
     DISABLED_AT_FIELD_NUMBER: _ClassVar[int]
     DISABLED_REASON_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     spiffe_id: str
     parent_id: str
@@ -72,7 +73,8 @@ class Entry(_message.Message):
     disabled_at: int
     disabled_reason: str
     tasks: _containers.RepeatedCompositeFieldContainer[TaskGrant]
-    def __init__(self, id: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., x509_svid_ttl_seconds: _Optional[int] = ..., jwt_svid_ttl_seconds: _Optional[int] = ..., dns_names: _Optional[_Iterable[str]] = ..., jit: bool = ..., hint: _Optional[str] = ..., created_at: _Optional[int] = ..., revision: _Optional[int] = ..., task: _Optional[_Union[TaskGrant, _Mapping]] = ..., tenant: _Optional[str] = ..., owner: _Optional[str] = ..., expires_at: _Optional[int] = ..., review_every_seconds: _Optional[int] = ..., certified_at: _Optional[int] = ..., disabled_at: _Optional[int] = ..., disabled_reason: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskGrant, _Mapping]]] = ...) -> None: ...
+    template_id: str
+    def __init__(self, id: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., x509_svid_ttl_seconds: _Optional[int] = ..., jwt_svid_ttl_seconds: _Optional[int] = ..., dns_names: _Optional[_Iterable[str]] = ..., jit: bool = ..., hint: _Optional[str] = ..., created_at: _Optional[int] = ..., revision: _Optional[int] = ..., task: _Optional[_Union[TaskGrant, _Mapping]] = ..., tenant: _Optional[str] = ..., owner: _Optional[str] = ..., expires_at: _Optional[int] = ..., review_every_seconds: _Optional[int] = ..., certified_at: _Optional[int] = ..., disabled_at: _Optional[int] = ..., disabled_reason: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskGrant, _Mapping]]] = ..., template_id: _Optional[str] = ...) -> None: ...
 
 class TaskGrant(_message.Message):
     __slots__ = ("task_id", "deadline", "audiences", "binding")
@@ -137,6 +139,14 @@ class CachedSvid(_message.Message):
     chain: _containers.RepeatedScalarFieldContainer[bytes]
     key: bytes
     def __init__(self, entry_id: _Optional[str] = ..., entry_revision: _Optional[int] = ..., chain: _Optional[_Iterable[bytes]] = ..., key: _Optional[bytes] = ...) -> None: ...
+
+class ProvisionEntryRequest(_message.Message):
+    __slots__ = ("template_id", "selectors")
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    SELECTORS_FIELD_NUMBER: _ClassVar[int]
+    template_id: str
+    selectors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, template_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TaskTokenUse(_message.Message):
     __slots__ = ("task_id", "spiffe_id", "audience", "accepted", "reason", "expires_at")
@@ -247,29 +257,35 @@ class SyncRequest(_message.Message):
     def __init__(self, resume_from: _Optional[str] = ...) -> None: ...
 
 class SyncSnapshot(_message.Message):
-    __slots__ = ("entries", "bundle", "revocations")
+    __slots__ = ("entries", "bundle", "revocations", "templates")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     REVOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATES_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[Entry]
     bundle: Bundle
     revocations: Revocations
-    def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., bundle: _Optional[_Union[Bundle, _Mapping]] = ..., revocations: _Optional[_Union[Revocations, _Mapping]] = ...) -> None: ...
+    templates: _containers.RepeatedCompositeFieldContainer[Template]
+    def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., bundle: _Optional[_Union[Bundle, _Mapping]] = ..., revocations: _Optional[_Union[Revocations, _Mapping]] = ..., templates: _Optional[_Iterable[_Union[Template, _Mapping]]] = ...) -> None: ...
 
 class SyncDelta(_message.Message):
-    __slots__ = ("entries_upserted", "entries_deleted", "bundle", "revocations")
+    __slots__ = ("entries_upserted", "entries_deleted", "bundle", "revocations", "templates_upserted", "templates_deleted")
     ENTRIES_UPSERTED_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_DELETED_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     REVOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATES_UPSERTED_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATES_DELETED_FIELD_NUMBER: _ClassVar[int]
     entries_upserted: _containers.RepeatedCompositeFieldContainer[Entry]
     entries_deleted: _containers.RepeatedScalarFieldContainer[str]
     bundle: Bundle
     revocations: Revocations
-    def __init__(self, entries_upserted: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., entries_deleted: _Optional[_Iterable[str]] = ..., bundle: _Optional[_Union[Bundle, _Mapping]] = ..., revocations: _Optional[_Union[Revocations, _Mapping]] = ...) -> None: ...
+    templates_upserted: _containers.RepeatedCompositeFieldContainer[Template]
+    templates_deleted: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, entries_upserted: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., entries_deleted: _Optional[_Iterable[str]] = ..., bundle: _Optional[_Union[Bundle, _Mapping]] = ..., revocations: _Optional[_Union[Revocations, _Mapping]] = ..., templates_upserted: _Optional[_Iterable[_Union[Template, _Mapping]]] = ..., templates_deleted: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SyncUpdate(_message.Message):
-    __slots__ = ("cursor", "snapshot", "entry_upserted", "entry_deleted", "bundle", "revocations", "resumed")
+    __slots__ = ("cursor", "snapshot", "entry_upserted", "entry_deleted", "bundle", "revocations", "resumed", "template_upserted", "template_deleted")
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     ENTRY_UPSERTED_FIELD_NUMBER: _ClassVar[int]
@@ -277,6 +293,8 @@ class SyncUpdate(_message.Message):
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     REVOCATIONS_FIELD_NUMBER: _ClassVar[int]
     RESUMED_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_UPSERTED_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_DELETED_FIELD_NUMBER: _ClassVar[int]
     cursor: str
     snapshot: SyncSnapshot
     entry_upserted: Entry
@@ -284,7 +302,9 @@ class SyncUpdate(_message.Message):
     bundle: Bundle
     revocations: Revocations
     resumed: SyncDelta
-    def __init__(self, cursor: _Optional[str] = ..., snapshot: _Optional[_Union[SyncSnapshot, _Mapping]] = ..., entry_upserted: _Optional[_Union[Entry, _Mapping]] = ..., entry_deleted: _Optional[str] = ..., bundle: _Optional[_Union[Bundle, _Mapping]] = ..., revocations: _Optional[_Union[Revocations, _Mapping]] = ..., resumed: _Optional[_Union[SyncDelta, _Mapping]] = ...) -> None: ...
+    template_upserted: Template
+    template_deleted: str
+    def __init__(self, cursor: _Optional[str] = ..., snapshot: _Optional[_Union[SyncSnapshot, _Mapping]] = ..., entry_upserted: _Optional[_Union[Entry, _Mapping]] = ..., entry_deleted: _Optional[str] = ..., bundle: _Optional[_Union[Bundle, _Mapping]] = ..., revocations: _Optional[_Union[Revocations, _Mapping]] = ..., resumed: _Optional[_Union[SyncDelta, _Mapping]] = ..., template_upserted: _Optional[_Union[Template, _Mapping]] = ..., template_deleted: _Optional[str] = ...) -> None: ...
 
 class CsrForEntry(_message.Message):
     __slots__ = ("entry_id", "csr", "task_id")
@@ -319,6 +339,68 @@ class SignX509SvidsResponse(_message.Message):
     SVIDS_FIELD_NUMBER: _ClassVar[int]
     svids: _containers.RepeatedCompositeFieldContainer[SignedX509Svid]
     def __init__(self, svids: _Optional[_Iterable[_Union[SignedX509Svid, _Mapping]]] = ...) -> None: ...
+
+class TemplateSpec(_message.Message):
+    __slots__ = ("spiffe_id_template", "parent_id", "selectors", "x509_svid_ttl_seconds", "jwt_svid_ttl_seconds", "tenant", "owner", "grace_seconds")
+    SPIFFE_ID_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    PARENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SELECTORS_FIELD_NUMBER: _ClassVar[int]
+    X509_SVID_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    JWT_SVID_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    GRACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    spiffe_id_template: str
+    parent_id: str
+    selectors: _containers.RepeatedScalarFieldContainer[str]
+    x509_svid_ttl_seconds: int
+    jwt_svid_ttl_seconds: int
+    tenant: str
+    owner: str
+    grace_seconds: int
+    def __init__(self, spiffe_id_template: _Optional[str] = ..., parent_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., x509_svid_ttl_seconds: _Optional[int] = ..., jwt_svid_ttl_seconds: _Optional[int] = ..., tenant: _Optional[str] = ..., owner: _Optional[str] = ..., grace_seconds: _Optional[int] = ...) -> None: ...
+
+class Template(_message.Message):
+    __slots__ = ("id", "spiffe_id_template", "parent_id", "selectors", "x509_svid_ttl_seconds", "jwt_svid_ttl_seconds", "tenant", "owner", "grace_seconds", "created_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SPIFFE_ID_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    PARENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SELECTORS_FIELD_NUMBER: _ClassVar[int]
+    X509_SVID_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    JWT_SVID_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    GRACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    spiffe_id_template: str
+    parent_id: str
+    selectors: _containers.RepeatedScalarFieldContainer[str]
+    x509_svid_ttl_seconds: int
+    jwt_svid_ttl_seconds: int
+    tenant: str
+    owner: str
+    grace_seconds: int
+    created_at: int
+    def __init__(self, id: _Optional[str] = ..., spiffe_id_template: _Optional[str] = ..., parent_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., x509_svid_ttl_seconds: _Optional[int] = ..., jwt_svid_ttl_seconds: _Optional[int] = ..., tenant: _Optional[str] = ..., owner: _Optional[str] = ..., grace_seconds: _Optional[int] = ..., created_at: _Optional[int] = ...) -> None: ...
+
+class TemplateIdRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class ListTemplatesRequest(_message.Message):
+    __slots__ = ("tenant",)
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    def __init__(self, tenant: _Optional[str] = ...) -> None: ...
+
+class ListTemplatesResponse(_message.Message):
+    __slots__ = ("templates",)
+    TEMPLATES_FIELD_NUMBER: _ClassVar[int]
+    templates: _containers.RepeatedCompositeFieldContainer[Template]
+    def __init__(self, templates: _Optional[_Iterable[_Union[Template, _Mapping]]] = ...) -> None: ...
 
 class ReviewRequest(_message.Message):
     __slots__ = ("tenant", "stale_after_seconds")
@@ -835,10 +917,12 @@ class HealthResponse(_message.Message):
     def __init__(self, ready: bool = ..., reason: _Optional[str] = ...) -> None: ...
 
 class UsageReport(_message.Message):
-    __slots__ = ("items",)
+    __slots__ = ("items", "live_instances")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    LIVE_INSTANCES_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[EntryUsageItem]
-    def __init__(self, items: _Optional[_Iterable[_Union[EntryUsageItem, _Mapping]]] = ...) -> None: ...
+    live_instances: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, items: _Optional[_Iterable[_Union[EntryUsageItem, _Mapping]]] = ..., live_instances: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EntryUsageItem(_message.Message):
     __slots__ = ("entry_id", "deliveries", "validations", "last_used_at")

@@ -81,6 +81,11 @@ class NodeStub(object):
                 request_serializer=tessera__tasks_dot___proto_dot_tessera__pb2.UsageReport.SerializeToString,
                 response_deserializer=tessera__tasks_dot___proto_dot_tessera__pb2.UsageReportAck.FromString,
                 _registered_method=True)
+        self.ProvisionEntry = channel.unary_unary(
+                '/tessera.v1.Node/ProvisionEntry',
+                request_serializer=tessera__tasks_dot___proto_dot_tessera__pb2.ProvisionEntryRequest.SerializeToString,
+                response_deserializer=tessera__tasks_dot___proto_dot_tessera__pb2.Entry.FromString,
+                _registered_method=True)
 
 
 class NodeServicer(object):
@@ -158,6 +163,16 @@ class NodeServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ProvisionEntry(self, request, context):
+        """Makes (or finds) the entry of an identity template for a workload of the calling
+        agent: the template must be parented to the caller, `selectors` (the workload's
+        attested selectors) must include the template's, and each placeholder's value must be
+        one SPIFFE ID path segment (else InvalidArgument, nothing created). Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -205,6 +220,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.ReportUsage,
                     request_deserializer=tessera__tasks_dot___proto_dot_tessera__pb2.UsageReport.FromString,
                     response_serializer=tessera__tasks_dot___proto_dot_tessera__pb2.UsageReportAck.SerializeToString,
+            ),
+            'ProvisionEntry': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProvisionEntry,
+                    request_deserializer=tessera__tasks_dot___proto_dot_tessera__pb2.ProvisionEntryRequest.FromString,
+                    response_serializer=tessera__tasks_dot___proto_dot_tessera__pb2.Entry.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -462,6 +482,33 @@ class Node(object):
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def ProvisionEntry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Node/ProvisionEntry',
+            tessera__tasks_dot___proto_dot_tessera__pb2.ProvisionEntryRequest.SerializeToString,
+            tessera__tasks_dot___proto_dot_tessera__pb2.Entry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class AdminStub(object):
     """--------------------------------------------------------------- admin API
@@ -648,6 +695,21 @@ class AdminStub(object):
                 '/tessera.v1.Admin/Review',
                 request_serializer=tessera__tasks_dot___proto_dot_tessera__pb2.ReviewRequest.SerializeToString,
                 response_deserializer=tessera__tasks_dot___proto_dot_tessera__pb2.ReviewResponse.FromString,
+                _registered_method=True)
+        self.CreateTemplate = channel.unary_unary(
+                '/tessera.v1.Admin/CreateTemplate',
+                request_serializer=tessera__tasks_dot___proto_dot_tessera__pb2.TemplateSpec.SerializeToString,
+                response_deserializer=tessera__tasks_dot___proto_dot_tessera__pb2.Template.FromString,
+                _registered_method=True)
+        self.ListTemplates = channel.unary_unary(
+                '/tessera.v1.Admin/ListTemplates',
+                request_serializer=tessera__tasks_dot___proto_dot_tessera__pb2.ListTemplatesRequest.SerializeToString,
+                response_deserializer=tessera__tasks_dot___proto_dot_tessera__pb2.ListTemplatesResponse.FromString,
+                _registered_method=True)
+        self.DeleteTemplate = channel.unary_unary(
+                '/tessera.v1.Admin/DeleteTemplate',
+                request_serializer=tessera__tasks_dot___proto_dot_tessera__pb2.TemplateIdRequest.SerializeToString,
+                response_deserializer=tessera__tasks_dot___proto_dot_tessera__pb2.Template.FromString,
                 _registered_method=True)
 
 
@@ -893,6 +955,26 @@ class AdminServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateTemplate(self, request, context):
+        """Identity templates: entries made at a matching workload's first Workload API call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTemplates(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteTemplate(self, request, context):
+        """Deletes the template and every entry made from it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1070,6 +1152,21 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Review,
                     request_deserializer=tessera__tasks_dot___proto_dot_tessera__pb2.ReviewRequest.FromString,
                     response_serializer=tessera__tasks_dot___proto_dot_tessera__pb2.ReviewResponse.SerializeToString,
+            ),
+            'CreateTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTemplate,
+                    request_deserializer=tessera__tasks_dot___proto_dot_tessera__pb2.TemplateSpec.FromString,
+                    response_serializer=tessera__tasks_dot___proto_dot_tessera__pb2.Template.SerializeToString,
+            ),
+            'ListTemplates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTemplates,
+                    request_deserializer=tessera__tasks_dot___proto_dot_tessera__pb2.ListTemplatesRequest.FromString,
+                    response_serializer=tessera__tasks_dot___proto_dot_tessera__pb2.ListTemplatesResponse.SerializeToString,
+            ),
+            'DeleteTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteTemplate,
+                    request_deserializer=tessera__tasks_dot___proto_dot_tessera__pb2.TemplateIdRequest.FromString,
+                    response_serializer=tessera__tasks_dot___proto_dot_tessera__pb2.Template.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -2019,6 +2116,87 @@ class Admin(object):
             '/tessera.v1.Admin/Review',
             tessera__tasks_dot___proto_dot_tessera__pb2.ReviewRequest.SerializeToString,
             tessera__tasks_dot___proto_dot_tessera__pb2.ReviewResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Admin/CreateTemplate',
+            tessera__tasks_dot___proto_dot_tessera__pb2.TemplateSpec.SerializeToString,
+            tessera__tasks_dot___proto_dot_tessera__pb2.Template.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTemplates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Admin/ListTemplates',
+            tessera__tasks_dot___proto_dot_tessera__pb2.ListTemplatesRequest.SerializeToString,
+            tessera__tasks_dot___proto_dot_tessera__pb2.ListTemplatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Admin/DeleteTemplate',
+            tessera__tasks_dot___proto_dot_tessera__pb2.TemplateIdRequest.SerializeToString,
+            tessera__tasks_dot___proto_dot_tessera__pb2.Template.FromString,
             options,
             channel_credentials,
             insecure,

@@ -86,6 +86,9 @@ pub struct Entry {
     /// binding); `task` repeats the first, for agents that know only one. Never stored.
     #[prost(message, repeated, tag = "20")]
     pub tasks: ::prost::alloc::vec::Vec<TaskGrant>,
+    /// The identity template it was made from; empty: created as an entry.
+    #[prost(string, tag = "21")]
+    pub template_id: ::prost::alloc::string::String,
 }
 /// The active task that makes a just-in-time entry live on an agent.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -171,6 +174,14 @@ pub struct CachedSvid {
     /// PKCS#8 DER private key.
     #[prost(bytes = "vec", tag = "4")]
     pub key: ::prost::alloc::vec::Vec<u8>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ProvisionEntryRequest {
+    #[prost(string, tag = "1")]
+    pub template_id: ::prost::alloc::string::String,
+    /// The workload's attested selectors ("kind:key:value").
+    #[prost(string, repeated, tag = "2")]
+    pub selectors: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct TaskTokenUse {
@@ -305,6 +316,9 @@ pub struct SyncSnapshot {
     pub bundle: ::core::option::Option<Bundle>,
     #[prost(message, optional, tag = "3")]
     pub revocations: ::core::option::Option<Revocations>,
+    /// The identity templates parented to the agent.
+    #[prost(message, repeated, tag = "4")]
+    pub templates: ::prost::alloc::vec::Vec<Template>,
 }
 /// What changed for one agent since a cursor (see `SyncRequest.resume_from`): applied as a
 /// whole; the entries not named are as the agent has them.
@@ -321,6 +335,12 @@ pub struct SyncDelta {
     pub bundle: ::core::option::Option<Bundle>,
     #[prost(message, optional, tag = "4")]
     pub revocations: ::core::option::Option<Revocations>,
+    /// The identity templates parented to the agent, all of them as they are now (the agent
+    /// replaces its set); `templates_deleted` names those it may still hold that are gone.
+    #[prost(message, repeated, tag = "5")]
+    pub templates_upserted: ::prost::alloc::vec::Vec<Template>,
+    #[prost(string, repeated, tag = "6")]
+    pub templates_deleted: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct SyncUpdate {
@@ -328,7 +348,7 @@ pub struct SyncUpdate {
     /// (opaque; empty: unchanged). A message may carry only a cursor.
     #[prost(string, tag = "7")]
     pub cursor: ::prost::alloc::string::String,
-    #[prost(oneof = "sync_update::Update", tags = "1, 2, 3, 4, 5, 6")]
+    #[prost(oneof = "sync_update::Update", tags = "1, 2, 3, 4, 5, 6, 8, 9")]
     pub update: ::core::option::Option<sync_update::Update>,
 }
 /// Nested message and enum types in `SyncUpdate`.
@@ -353,6 +373,12 @@ pub mod sync_update {
         /// The answer to a resumed stream: what changed since `resume_from`.
         #[prost(message, tag = "6")]
         Resumed(super::SyncDelta),
+        /// An identity template parented to the agent was created.
+        #[prost(message, tag = "8")]
+        TemplateUpserted(super::Template),
+        /// The template with this id was deleted (its entries are deleted one by one).
+        #[prost(string, tag = "9")]
+        TemplateDeleted(::prost::alloc::string::String),
     }
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -390,6 +416,70 @@ pub struct SignedX509Svid {
 pub struct SignX509SvidsResponse {
     #[prost(message, repeated, tag = "1")]
     pub svids: ::prost::alloc::vec::Vec<SignedX509Svid>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TemplateSpec {
+    /// `spiffe://<td>/<literal path>/{kind:key}...`: placeholders are whole path segments.
+    #[prost(string, tag = "1")]
+    pub spiffe_id_template: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub parent_id: ::prost::alloc::string::String,
+    /// What a workload must have besides a value for each placeholder.
+    #[prost(string, repeated, tag = "3")]
+    pub selectors: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// 0 means the server default.
+    #[prost(int64, tag = "4")]
+    pub x509_svid_ttl_seconds: i64,
+    #[prost(int64, tag = "5")]
+    pub jwt_svid_ttl_seconds: i64,
+    /// As on an entry: empty picks the caller's tenant, the creating operator.
+    #[prost(string, tag = "6")]
+    pub tenant: ::prost::alloc::string::String,
+    #[prost(string, tag = "7")]
+    pub owner: ::prost::alloc::string::String,
+    /// How long an instance outlives its workload's last report; 0: 300 s.
+    #[prost(int64, tag = "8")]
+    pub grace_seconds: i64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Template {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub spiffe_id_template: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub parent_id: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "4")]
+    pub selectors: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(int64, tag = "5")]
+    pub x509_svid_ttl_seconds: i64,
+    #[prost(int64, tag = "6")]
+    pub jwt_svid_ttl_seconds: i64,
+    #[prost(string, tag = "7")]
+    pub tenant: ::prost::alloc::string::String,
+    #[prost(string, tag = "8")]
+    pub owner: ::prost::alloc::string::String,
+    #[prost(int64, tag = "9")]
+    pub grace_seconds: i64,
+    /// Unix seconds.
+    #[prost(int64, tag = "10")]
+    pub created_at: i64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TemplateIdRequest {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListTemplatesRequest {
+    /// Only this tenant's; empty: every tenant the caller sees.
+    #[prost(string, tag = "1")]
+    pub tenant: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListTemplatesResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub templates: ::prost::alloc::vec::Vec<Template>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ReviewRequest {
@@ -957,6 +1047,11 @@ pub struct HealthResponse {
 pub struct UsageReport {
     #[prost(message, repeated, tag = "1")]
     pub items: ::prost::alloc::vec::Vec<EntryUsageItem>,
+    /// Entries made from identity templates whose workload is alive on the agent now
+    /// (a Workload API stream holds it); the server deletes an instance not reported for
+    /// its template's grace period.
+    #[prost(string, repeated, tag = "2")]
+    pub live_instances: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// One entry's use on the reporting agent since its last report.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1307,6 +1402,31 @@ pub mod node_client {
                 .insert(GrpcMethod::new("tessera.v1.Node", "ReportUsage"));
             self.inner.unary(req, path, codec).await
         }
+        /// Makes (or finds) the entry of an identity template for a workload of the calling
+        /// agent: the template must be parented to the caller, `selectors` (the workload's
+        /// attested selectors) must include the template's, and each placeholder's value must be
+        /// one SPIFFE ID path segment (else InvalidArgument, nothing created). Idempotent.
+        pub async fn provision_entry(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ProvisionEntryRequest>,
+        ) -> std::result::Result<tonic::Response<super::Entry>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.Node/ProvisionEntry",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.Node", "ProvisionEntry"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1392,6 +1512,14 @@ pub mod node_server {
             &self,
             request: tonic::Request<super::UsageReport>,
         ) -> std::result::Result<tonic::Response<super::UsageReportAck>, tonic::Status>;
+        /// Makes (or finds) the entry of an identity template for a workload of the calling
+        /// agent: the template must be parented to the caller, `selectors` (the workload's
+        /// attested selectors) must include the template's, and each placeholder's value must be
+        /// one SPIFFE ID path segment (else InvalidArgument, nothing created). Idempotent.
+        async fn provision_entry(
+            &self,
+            request: tonic::Request<super::ProvisionEntryRequest>,
+        ) -> std::result::Result<tonic::Response<super::Entry>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct NodeServer<T> {
@@ -1848,6 +1976,51 @@ pub mod node_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ReportUsageSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.Node/ProvisionEntry" => {
+                    #[allow(non_camel_case_types)]
+                    struct ProvisionEntrySvc<T: Node>(pub Arc<T>);
+                    impl<
+                        T: Node,
+                    > tonic::server::UnaryService<super::ProvisionEntryRequest>
+                    for ProvisionEntrySvc<T> {
+                        type Response = super::Entry;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ProvisionEntryRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Node>::provision_entry(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ProvisionEntrySvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
@@ -2768,6 +2941,74 @@ pub mod admin_client {
             req.extensions_mut().insert(GrpcMethod::new("tessera.v1.Admin", "Review"));
             self.inner.unary(req, path, codec).await
         }
+        /// Identity templates: entries made at a matching workload's first Workload API call.
+        pub async fn create_template(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TemplateSpec>,
+        ) -> std::result::Result<tonic::Response<super::Template>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.Admin/CreateTemplate",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.Admin", "CreateTemplate"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn list_templates(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListTemplatesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListTemplatesResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.Admin/ListTemplates",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.Admin", "ListTemplates"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Deletes the template and every entry made from it.
+        pub async fn delete_template(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TemplateIdRequest>,
+        ) -> std::result::Result<tonic::Response<super::Template>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tessera.v1.Admin/DeleteTemplate",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tessera.v1.Admin", "DeleteTemplate"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -2977,6 +3218,23 @@ pub mod admin_server {
             &self,
             request: tonic::Request<super::ReviewRequest>,
         ) -> std::result::Result<tonic::Response<super::ReviewResponse>, tonic::Status>;
+        /// Identity templates: entries made at a matching workload's first Workload API call.
+        async fn create_template(
+            &self,
+            request: tonic::Request<super::TemplateSpec>,
+        ) -> std::result::Result<tonic::Response<super::Template>, tonic::Status>;
+        async fn list_templates(
+            &self,
+            request: tonic::Request<super::ListTemplatesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListTemplatesResponse>,
+            tonic::Status,
+        >;
+        /// Deletes the template and every entry made from it.
+        async fn delete_template(
+            &self,
+            request: tonic::Request<super::TemplateIdRequest>,
+        ) -> std::result::Result<tonic::Response<super::Template>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct AdminServer<T> {
@@ -4561,6 +4819,137 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ReviewSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.Admin/CreateTemplate" => {
+                    #[allow(non_camel_case_types)]
+                    struct CreateTemplateSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::TemplateSpec>
+                    for CreateTemplateSvc<T> {
+                        type Response = super::Template;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::TemplateSpec>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::create_template(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = CreateTemplateSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.Admin/ListTemplates" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListTemplatesSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<super::ListTemplatesRequest>
+                    for ListTemplatesSvc<T> {
+                        type Response = super::ListTemplatesResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListTemplatesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::list_templates(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListTemplatesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tessera.v1.Admin/DeleteTemplate" => {
+                    #[allow(non_camel_case_types)]
+                    struct DeleteTemplateSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::TemplateIdRequest>
+                    for DeleteTemplateSvc<T> {
+                        type Response = super::Template;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::TemplateIdRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::delete_template(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DeleteTemplateSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -17,14 +17,17 @@ use std::time::Duration;
 
 use common::entry::{Disabled, Governance};
 use common::task::{BindKind, Holder, ProcessInstance, TaskBinding, TaskState};
-use common::{EntryId, RegistrationEntry, Selector, SelectorSet, SpiffeId, TaskId};
+use common::{
+    EntryId, RegistrationEntry, Selector, SelectorSet, SpiffeId, SpiffeIdTemplate, TaskId,
+    TemplateId,
+};
 use sha2::{Digest as _, Sha256};
 
 use super::io::{Cells, Param};
 use crate::audit::{AuditEvent, AuditRecord};
 use crate::datastore::{
     Acknowledgement, AgentRecord, ConsumedToken, DatastoreError, EntryUsage, STATUS_LIST_SIZE,
-    StatusEntry, TaskEnd, TaskRecord, TaskSvid, UnixUser, UsageReport,
+    StatusEntry, TaskEnd, TaskRecord, TaskSvid, TemplateRecord, UnixUser, UsageReport,
 };
 
 /// The message of a duplicate entry (same id, or same SPIFFE ID, parent and selectors);
@@ -34,22 +37,23 @@ pub(super) const ENTRY_CONFLICT: &str =
 
 pub(super) const INSERT_ENTRY: &str = "INSERT INTO entries (id, spiffe_id, parent_id, selectors,
         identity, x509_svid_ttl, jwt_svid_ttl, dns_names, jit, hint, created_at, revision,
-        tenant, owner, expires_at, review_every, certified_at, disabled_at, disabled_reason)
+        tenant, owner, expires_at, review_every, certified_at, disabled_at, disabled_reason,
+        template_id)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-        $19)";
+        $19, $20)";
 pub(super) const UPDATE_ENTRY: &str = "UPDATE entries SET spiffe_id = $2, parent_id = $3,
         selectors = $4, identity = $5, x509_svid_ttl = $6, jwt_svid_ttl = $7, dns_names = $8,
         jit = $9, hint = $10, created_at = $11, revision = $12, tenant = $13, owner = $14,
         expires_at = $15, review_every = $16, certified_at = $17, disabled_at = $18,
-        disabled_reason = $19
+        disabled_reason = $19, template_id = $20
     WHERE id = $1";
-/// [`UPDATE_ENTRY`] only while the stored revision is `$20` (compare-and-set).
+/// [`UPDATE_ENTRY`] only while the stored revision is `$21` (compare-and-set).
 pub(super) const UPDATE_ENTRY_IF: &str = "UPDATE entries SET spiffe_id = $2, parent_id = $3,
         selectors = $4, identity = $5, x509_svid_ttl = $6, jwt_svid_ttl = $7, dns_names = $8,
         jit = $9, hint = $10, created_at = $11, revision = $12, tenant = $13, owner = $14,
         expires_at = $15, review_every = $16, certified_at = $17, disabled_at = $18,
-        disabled_reason = $19
-    WHERE id = $1 AND revision = $20";
+        disabled_reason = $19, template_id = $20
+    WHERE id = $1 AND revision = $21";
 pub(super) const DELETE_ENTRY: &str = "DELETE FROM entries WHERE id = $1 RETURNING *";
 pub(super) const GET_ENTRY: &str = "SELECT * FROM entries WHERE id = $1";
 pub(super) const LIST_ENTRIES: &str = "SELECT * FROM entries
@@ -68,6 +72,34 @@ pub(super) const LAPSED_ENTRIES: &str = "SELECT * FROM entries
 pub(super) const ENTRY_IDENTITIES: &str =
     "SELECT id, spiffe_id, parent_id, selectors, identity FROM entries ORDER BY id";
 pub(super) const SET_ENTRY_IDENTITY: &str = "UPDATE entries SET identity = $2 WHERE id = $1";
+
+pub(super) const INSERT_TEMPLATE: &str = "INSERT INTO entry_templates (id, spiffe_id_template,
+        parent_id, selectors, identity, x509_svid_ttl, jwt_svid_ttl, tenant, owner,
+        grace_seconds, created_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+pub(super) const GET_TEMPLATE: &str = "SELECT * FROM entry_templates WHERE id = $1";
+pub(super) const LIST_TEMPLATES: &str = "SELECT * FROM entry_templates
+    WHERE ($1 IS NULL OR parent_id = $1) ORDER BY created_at, id";
+pub(super) const DELETE_TEMPLATE: &str = "DELETE FROM entry_templates WHERE id = $1 RETURNING *";
+pub(super) const DELETE_INSTANCES: &str = "DELETE FROM entries WHERE template_id = $1 RETURNING *";
+/// Keeps the later of two times an instance was seen.
+pub(super) const MARK_SEEN: &str = "INSERT INTO instances_seen (entry_id, seen_at) VALUES ($1, $2)
+    ON CONFLICT (entry_id) DO UPDATE SET seen_at = excluded.seen_at
+    WHERE instances_seen.seen_at < excluded.seen_at";
+/// Instances past their grace, and instances whose template is gone (made while it was
+/// being deleted).
+pub(super) const STALE_INSTANCES: &str = "SELECT e.* FROM entries e
+    LEFT JOIN entry_templates t ON t.id = e.template_id
+    LEFT JOIN instances_seen s ON s.entry_id = e.id
+    WHERE e.template_id IS NOT NULL
+        AND (t.id IS NULL OR COALESCE(s.seen_at, e.created_at) + t.grace_seconds <= $1)
+    ORDER BY e.created_at, e.id";
+/// Seen rows of entries that are gone.
+pub(super) const PRUNE_SEEN: &str =
+    "DELETE FROM instances_seen WHERE entry_id NOT IN (SELECT id FROM entries)";
+/// The message of a duplicate template.
+pub(super) const TEMPLATE_CONFLICT: &str =
+    "a template with the same SPIFFE ID template and parent ID already exists";
 
 pub(super) const INSERT_JOIN_TOKEN: &str =
     "INSERT INTO join_tokens (token_hash, spiffe_id, expires_at) VALUES ($1, $2, $3)";
@@ -301,7 +333,7 @@ impl EntryRow {
         self.revision - 1
     }
 
-    pub(super) fn params<'a>(&'a self, e: &'a RegistrationEntry) -> [Param<'a>; 19] {
+    pub(super) fn params<'a>(&'a self, e: &'a RegistrationEntry) -> [Param<'a>; 20] {
         let g = &e.governance;
         [
             Param::Text(e.id.as_str()),
@@ -323,6 +355,7 @@ impl EntryRow {
             Param::OptInt(g.certified_at),
             Param::OptInt(g.disabled.as_ref().map(|d| d.at)),
             Param::OptText(g.disabled.as_ref().map(|d| d.reason.as_str())),
+            Param::OptText(g.template_id.as_ref().map(TemplateId::as_str)),
         ]
     }
 }
@@ -368,7 +401,65 @@ pub(super) fn entry(row: &impl Cells) -> Result<RegistrationEntry, DatastoreErro
                     ));
                 }
             },
+            template_id: row
+                .opt_text("template_id")?
+                .map(TemplateId::parse)
+                .transpose()
+                .map_err(|e| corrupt("template_id", e))?,
         },
+    })
+}
+
+/// A template's values, owned, in [`INSERT_TEMPLATE`] order.
+pub(super) struct TemplateRow {
+    selectors: String,
+    identity: String,
+}
+
+impl TemplateRow {
+    pub(super) fn new(t: &TemplateRecord) -> Self {
+        let key = serde_json::json!([t.template.as_str(), t.parent_id.as_str()]);
+        Self {
+            selectors: selectors_json(&t.selectors),
+            identity: hex::encode(Sha256::digest(key.to_string().as_bytes())),
+        }
+    }
+
+    pub(super) fn params<'a>(&'a self, t: &'a TemplateRecord) -> [Param<'a>; 11] {
+        [
+            Param::Text(t.id.as_str()),
+            Param::Text(t.template.as_str()),
+            Param::Text(t.parent_id.as_str()),
+            Param::Text(&self.selectors),
+            Param::Text(&self.identity),
+            Param::Int(secs(t.x509_svid_ttl)),
+            Param::Int(secs(t.jwt_svid_ttl)),
+            Param::Text(&t.tenant),
+            Param::Text(&t.owner),
+            Param::Int(secs(t.grace)),
+            Param::Int(t.created_at),
+        ]
+    }
+}
+
+pub(super) fn template(row: &impl Cells) -> Result<TemplateRecord, DatastoreError> {
+    let selectors = json_strings(row, "selectors")?
+        .iter()
+        .map(|s| Selector::from_str(s))
+        .collect::<Result<SelectorSet, _>>()
+        .map_err(|e| corrupt("selectors", e))?;
+    Ok(TemplateRecord {
+        id: id::<TemplateId>(row, "id")?,
+        template: SpiffeIdTemplate::new(&row.text("spiffe_id_template")?)
+            .map_err(|e| corrupt("spiffe_id_template", e))?,
+        parent_id: spiffe_id(row, "parent_id")?,
+        selectors,
+        x509_svid_ttl: duration(row, "x509_svid_ttl")?,
+        jwt_svid_ttl: duration(row, "jwt_svid_ttl")?,
+        tenant: row.text("tenant")?,
+        owner: row.text("owner")?,
+        grace: duration(row, "grace_seconds")?,
+        created_at: row.int("created_at")?,
     })
 }
 
