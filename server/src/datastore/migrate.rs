@@ -169,6 +169,14 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../migrations/postgres/0014_set_push_cursors.sql"),
         then: None,
     },
+    Migration {
+        version: 15,
+        description: "node groups: an agent's attested node selectors, and node entries \
+                      (an entry whose SPIFFE ID names the agents having its node selectors)",
+        sqlite: include_str!("../../migrations/sqlite/0015_node_groups.sql"),
+        postgres: include_str!("../../migrations/postgres/0015_node_groups.sql"),
+        then: None,
+    },
 ];
 
 /// The tables version 1 created: a database holding them but no version table was
