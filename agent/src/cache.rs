@@ -419,6 +419,7 @@ mod tests {
                 created_at: created,
                 revision: 1,
                 governance: common::entry::Governance::default(),
+                node_selectors: None,
             },
             grant: None,
             svid: None,

@@ -5,11 +5,12 @@
 //! conversion from the wire type validates every field, so an agent never acts on a
 //! malformed entry even if the wire were tampered with.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::ids::{EntryId, IdError};
 use crate::proto::tessera;
-use crate::selector::{Selector, SelectorError, SelectorSet};
+use crate::selector::{NodeSelector, NodeSelectorError, Selector, SelectorError, SelectorSet};
 use crate::spiffe_id::{SpiffeId, SpiffeIdError};
 
 /// A registration entry.
@@ -39,6 +40,27 @@ pub struct RegistrationEntry {
     pub revision: u64,
     /// Whose it is and how long it may live (decided by the server; agents ignore it).
     pub governance: Governance,
+    /// Set on a node entry (SPIRE's "node entry"): its SPIFFE ID names the group of agents
+    /// whose attested node selectors include all of these (never empty), its parent is
+    /// the server and `selectors` is empty. Workload entries parented to the group's ID
+    /// are served by every member. `None` on workload entries.
+    pub node_selectors: Option<BTreeSet<NodeSelector>>,
+}
+
+impl RegistrationEntry {
+    /// Whether this is a node entry (see [`RegistrationEntry::node_selectors`]).
+    pub fn is_node(&self) -> bool {
+        self.node_selectors.is_some()
+    }
+
+    /// The selectors as their strings: node selectors on a node entry, else the workload
+    /// selectors (sorted either way).
+    pub fn selector_strings(&self) -> Vec<String> {
+        match &self.node_selectors {
+            Some(n) => n.iter().map(ToString::to_string).collect(),
+            None => self.selectors.iter().map(ToString::to_string).collect(),
+        }
+    }
 }
 
 /// Who an entry belongs to and how long it may live: decided by the server when the entry
@@ -106,6 +128,9 @@ pub enum EntryWireError {
     /// A selector is malformed.
     #[error("invalid selector in entry: {0}")]
     Selector(#[from] SelectorError),
+    /// A node entry's selector is not a node selector.
+    #[error("invalid node selector in entry: {0}")]
+    NodeSelector(#[from] NodeSelectorError),
     /// A TTL is zero or negative.
     #[error("entry TTL must be positive")]
     BadTtl,
@@ -125,11 +150,21 @@ impl TryFrom<tessera::Entry> for RegistrationEntry {
     type Error = EntryWireError;
 
     fn try_from(e: tessera::Entry) -> Result<Self, Self::Error> {
-        let selectors = e
-            .selectors
-            .iter()
-            .map(|s| s.parse::<Selector>())
-            .collect::<Result<SelectorSet, _>>()?;
+        let (selectors, node_selectors) = if e.node {
+            let node = e
+                .selectors
+                .iter()
+                .map(|s| s.parse::<NodeSelector>())
+                .collect::<Result<BTreeSet<_>, _>>()?;
+            (SelectorSet::new(), Some(node))
+        } else {
+            let selectors = e
+                .selectors
+                .iter()
+                .map(|s| s.parse::<Selector>())
+                .collect::<Result<SelectorSet, _>>()?;
+            (selectors, None)
+        };
         Ok(Self {
             id: EntryId::parse(e.id)?,
             spiffe_id: SpiffeId::new(&e.spiffe_id)?,
@@ -161,6 +196,7 @@ impl TryFrom<tessera::Entry> for RegistrationEntry {
                     Some(crate::TemplateId::parse(e.template_id)?)
                 },
             },
+            node_selectors,
         })
     }
 }
@@ -175,7 +211,7 @@ impl From<&RegistrationEntry> for tessera::Entry {
             id: e.id.to_string(),
             spiffe_id: e.spiffe_id.to_string(),
             parent_id: e.parent_id.to_string(),
-            selectors: e.selectors.iter().map(ToString::to_string).collect(),
+            selectors: e.selector_strings(),
             x509_svid_ttl_seconds: secs(e.x509_svid_ttl),
             jwt_svid_ttl_seconds: secs(e.jwt_svid_ttl),
             dns_names: e.dns_names.clone(),
@@ -203,6 +239,7 @@ impl From<&RegistrationEntry> for tessera::Entry {
                 .as_ref()
                 .map(ToString::to_string)
                 .unwrap_or_default(),
+            node: e.is_node(),
         }
     }
 }
@@ -308,10 +345,31 @@ mod tests {
             disabled_at: 7,
             disabled_reason: "review lapsed".into(),
             template_id: "t1".into(),
+            node: false,
         };
         let entry = RegistrationEntry::try_from(wire.clone()).unwrap();
         assert_eq!(entry.governance.template_id.as_ref().unwrap(), "t1");
         assert_eq!(tessera::Entry::from(&entry), wire);
+
+        // A node entry carries node selectors, which a workload entry refuses.
+        let mut node = wire.clone();
+        node.node = true;
+        node.selectors = vec!["x509pop:subject:cn:web1".into()];
+        let group = RegistrationEntry::try_from(node.clone()).unwrap();
+        assert!(group.is_node() && group.selectors.is_empty());
+        assert_eq!(tessera::Entry::from(&group), node);
+        let mut bad = node.clone();
+        bad.selectors = vec!["unix:uid:1000".into()];
+        assert!(matches!(
+            RegistrationEntry::try_from(bad),
+            Err(EntryWireError::NodeSelector(_))
+        ));
+        let mut bad = node;
+        bad.node = false;
+        assert!(matches!(
+            RegistrationEntry::try_from(bad),
+            Err(EntryWireError::Selector(_))
+        ));
 
         let mut bad = wire.clone();
         bad.spiffe_id = "spiffe://example.org/".into();

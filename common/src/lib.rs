@@ -26,8 +26,8 @@ pub use bundle::{Bundle, BundleCell};
 pub use entry::RegistrationEntry;
 pub use ids::{EntryId, TaskId, TemplateId};
 pub use selector::{
-    CgroupKey, ContainerKey, ContainerRuntime, K8sKey, Selector, SelectorError, SelectorKey,
-    SelectorKind, SelectorSet, SystemdKey, UnixKey,
+    CgroupKey, ContainerKey, ContainerRuntime, K8sKey, NodeSelector, Selector, SelectorError,
+    SelectorKey, SelectorKind, SelectorSet, SystemdKey, UnixKey,
 };
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
 pub use svid::{SvidError, X509Svid};

@@ -50,6 +50,9 @@ impl From<RegistrationError> for Status {
             | RegistrationError::ForeignTrustDomain { .. }
             | RegistrationError::ReservedSpiffeId(_)
             | RegistrationError::InvalidSelector { .. }
+            | RegistrationError::InvalidNodeSelector { .. }
+            | RegistrationError::NodeSelectorOnWorkload(_)
+            | RegistrationError::BadNodeEntry(_)
             | RegistrationError::NoSelectors
             | RegistrationError::TooMany(..)
             | RegistrationError::BadTtl { .. }

@@ -156,6 +156,9 @@ pub struct AgentRecord {
     pub banned: bool,
     /// How it attested, e.g. `join_token`.
     pub attestation_type: String,
+    /// The node selectors its last attestation verified (x509pop), sorted; empty for join
+    /// tokens. Decides which node entries (groups) it is a member of.
+    pub selectors: std::collections::BTreeSet<common::NodeSelector>,
 }
 
 /// What a join token grants.

@@ -160,6 +160,9 @@ pub struct Touched {
     pub entries: BTreeSet<String>,
     /// The agent was evicted or banned.
     pub agent_removed: bool,
+    /// A node entry (an entry parented to the `groups_parent` asked about) changed: the
+    /// agent's groups may have.
+    pub groups_changed: bool,
 }
 
 impl Cursor {
@@ -205,9 +208,15 @@ impl Cursor {
     /// What changed for `agent` after `after` up to `upto` (a settled number), or `None`
     /// when that cannot be told: rows after `after` were pruned, or `after` is beyond
     /// `upto` (a cursor from another database, or one restored from a backup).
+    ///
+    /// `parents`: the IDs whose entries the agent receives (its own and its node groups').
+    /// `groups_parent`: for an agent that may be in node groups, the parent of node
+    /// entries (the server): a change to one sets [`Touched::groups_changed`].
     pub async fn touched_since(
         &self,
         agent: &SpiffeId,
+        parents: &[&SpiffeId],
+        groups_parent: Option<&SpiffeId>,
         after: i64,
         upto: i64,
     ) -> Result<Option<Touched>, DatastoreError> {
@@ -229,15 +238,20 @@ impl Cursor {
         if oldest.is_some_and(|o| o > after + 1) {
             return Ok(None);
         }
+        let parents: Vec<&str> = parents.iter().map(|p| p.as_str()).collect();
+        let groups_parent = groups_parent.map(SpiffeId::as_str);
         let rows = sqlx::query(
-            "SELECT kind, subject, entry_id FROM changes
+            "SELECT kind, subject, entry_id, parent_id, previous_parent FROM changes
              WHERE seq > $1 AND seq <= $2
-               AND (parent_id = $3 OR previous_parent = $3
+               AND (parent_id = ANY($4) OR previous_parent = ANY($4)
+                    OR parent_id = $5 OR previous_parent = $5
                     OR (kind = 'agent_removed' AND subject = $3))",
         )
         .bind(after)
         .bind(upto)
         .bind(agent.as_str())
+        .bind(&parents)
+        .bind(groups_parent)
         .fetch_all(&mut *tx)
         .await
         .map_err(backend)?;
@@ -245,6 +259,13 @@ impl Cursor {
         let mut touched = Touched::default();
         for r in rows {
             let kind: String = r.try_get("kind").map_err(backend)?;
+            let parent: Option<String> = r.try_get("parent_id").map_err(backend)?;
+            let previous: Option<String> = r.try_get("previous_parent").map_err(backend)?;
+            if groups_parent.is_some()
+                && (parent.as_deref() == groups_parent || previous.as_deref() == groups_parent)
+            {
+                touched.groups_changed = true;
+            }
             if kind == "agent_removed" {
                 touched.agent_removed = true;
             } else if let Some(id) = r
@@ -567,6 +588,7 @@ mod tests {
                 disabled: None,
                 template_id: None,
             },
+            node_selectors: None,
         }
     }
 
@@ -731,7 +753,7 @@ mod tests {
         let upto = feed::head(&pool).await.unwrap();
 
         let touched = cursor
-            .touched_since(&agent, from, upto)
+            .touched_since(&agent, &[&agent], None, from, upto)
             .await
             .unwrap()
             .expect("resumable");
@@ -741,12 +763,15 @@ mod tests {
         );
         assert!(!touched.agent_removed);
         // Nothing after the head.
-        let none = cursor.touched_since(&agent, upto, upto).await.unwrap();
+        let none = cursor
+            .touched_since(&agent, &[&agent], None, upto, upto)
+            .await
+            .unwrap();
         assert_eq!(none, Some(feed::Touched::default()));
         // Only up to `upto`: a later change waits for the stream.
         ds.create_entry(&feed_entry(6, node_a), &[]).await.unwrap();
         let touched = cursor
-            .touched_since(&agent, from, upto)
+            .touched_since(&agent, &[&agent], None, from, upto)
             .await
             .unwrap()
             .unwrap();
@@ -754,26 +779,64 @@ mod tests {
         // A cursor beyond the head (another database, a restored one) cannot resume.
         assert_eq!(
             cursor
-                .touched_since(&agent, upto + 100, upto)
+                .touched_since(&agent, &[&agent], None, upto + 100, upto)
                 .await
                 .unwrap(),
             None
         );
-        assert_eq!(cursor.touched_since(&agent, -1, upto).await.unwrap(), None);
+        assert_eq!(
+            cursor
+                .touched_since(&agent, &[&agent], None, -1, upto)
+                .await
+                .unwrap(),
+            None
+        );
         // Rows after the cursor pruned: cannot resume; from the newest row on, can.
         assert!(feed::prune(&pool, i64::MAX).await.unwrap().is_some());
         let head = feed::head(&pool).await.unwrap();
         assert_eq!(
-            cursor.touched_since(&agent, from, head).await.unwrap(),
+            cursor
+                .touched_since(&agent, &[&agent], None, from, head)
+                .await
+                .unwrap(),
             None
         );
         assert_eq!(
-            cursor.touched_since(&agent, head - 1, head).await.unwrap(),
+            cursor
+                .touched_since(&agent, &[&agent], None, head - 1, head)
+                .await
+                .unwrap(),
             Some(feed::Touched {
                 entries: ["feed-6".to_owned()].into(),
                 agent_removed: false,
+                groups_changed: false,
             })
         );
+        // A node group's entries are the agent's too; a node entry (parented to the
+        // server) changing tells an agent that may be in groups that they may have.
+        let group = common::SpiffeId::new("spiffe://example.org/group/web").unwrap();
+        let server = common::SpiffeId::new("spiffe://example.org/tessera/server").unwrap();
+        let before = feed::head(&pool).await.unwrap();
+        ds.create_entry(&feed_entry(7, group.as_str()), &[])
+            .await
+            .unwrap();
+        ds.create_entry(&feed_entry(8, server.as_str()), &[])
+            .await
+            .unwrap();
+        let now = feed::head(&pool).await.unwrap();
+        let touched = cursor
+            .touched_since(&agent, &[&agent, &group], Some(&server), before, now)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(touched.groups_changed);
+        assert!(touched.entries.contains("feed-7"));
+        let alone = cursor
+            .touched_since(&agent, &[&agent], None, before, now)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(alone, feed::Touched::default());
         // The cursor encoding round-trips and refuses anything else.
         assert_eq!(feed::decode(&feed::encode(42)), Some(42));
         for bad in ["", "42", "feed/", "feed/-1", "feed/x", "other/1"] {

@@ -1,6 +1,7 @@
 //! Issuance: the one rule for who may receive which SVID.
 //!
-//! An agent may get credentials only for entries parented to its own SPIFFE ID; a
+//! An agent may get credentials only for entries parented to its own SPIFFE ID or to a
+//! node group it is a member of (`node_groups.rs`); a
 //! just-in-time entry only while a task covers it and the policy allows the issuance,
 //! with lifetimes cut to the task's deadline and the policy's cap. The SPIFFE ID, DNS
 //! names and lifetime always come from the entry, never from the request: a CSR
@@ -156,19 +157,36 @@ impl Issuer {
         self
     }
 
-    /// The entry `entry_id` if `agent` may receive credentials for it: parented to it,
-    /// not disabled, not past its expiry.
+    /// The entry `entry_id` if `agent` may receive credentials for it: parented to it or
+    /// to a node group it is a member of (`node_groups.rs`), not disabled, not past its
+    /// expiry. An entry parented to another ID costs the agent record and that ID's node
+    /// entries (two queries), once per ID and call (`groups`).
     async fn entitled(
         &self,
         agent: &SpiffeId,
         entry_id: &EntryId,
+        groups: &mut HashMap<SpiffeId, bool>,
     ) -> Result<Option<RegistrationEntry>, DatastoreError> {
         let now = now_unix();
-        Ok(self.ds.get_entry(entry_id).await?.filter(|e| {
-            &e.parent_id == agent
+        let Some(e) = self.ds.get_entry(entry_id).await?.filter(|e| {
+            !e.is_node()
                 && e.governance.disabled.is_none()
                 && e.governance.expires_at.is_none_or(|at| at > now)
-        }))
+        }) else {
+            return Ok(None);
+        };
+        if &e.parent_id == agent {
+            return Ok(Some(e));
+        }
+        let member = match groups.get(&e.parent_id) {
+            Some(m) => *m,
+            None => {
+                let m = crate::node_groups::is_member_of(&*self.ds, agent, &e.parent_id).await?;
+                groups.insert(e.parent_id.clone(), m);
+                m
+            }
+        };
+        Ok(member.then_some(e))
     }
 
     /// The entry's DNS names that may be issued now: all of them for the default tenant
@@ -236,13 +254,14 @@ impl Issuer {
         let mut task_svids = Vec::new();
         let mut domains = HashMap::new();
         let mut issued_svids: Vec<IssuedSvid> = Vec::new();
+        let mut groups = HashMap::new();
         for CsrRequest {
             entry_id,
             task_id: asked_task,
             csr,
         } in requests
         {
-            let Some(entry) = self.entitled(agent, &entry_id).await? else {
+            let Some(entry) = self.entitled(agent, &entry_id, &mut groups).await? else {
                 out.push(X509Outcome::Refused {
                     entry_id,
                     task_id: asked_task,
@@ -363,7 +382,7 @@ impl Issuer {
             return Err(IssuanceError::BadAudience);
         }
         let entry = self
-            .entitled(agent, entry_id)
+            .entitled(agent, entry_id, &mut HashMap::new())
             .await?
             .ok_or(IssuanceError::NotEntitled)?;
         let grant = self
@@ -493,6 +512,7 @@ mod tests {
         tasks: Arc<Tasks>,
         registrar: Registrar,
         jwt: Arc<JwtKeyManager>,
+        ds: Arc<dyn Datastore>,
     }
 
     async fn fixture() -> Fixture {
@@ -527,13 +547,20 @@ mod tests {
             MintLimits::default(),
             Arc::new(SystemClock),
         ));
-        let issuer = Issuer::new(ds, ca, Arc::clone(&jwt), Arc::clone(&tasks), limiter);
+        let issuer = Issuer::new(
+            Arc::clone(&ds),
+            ca,
+            Arc::clone(&jwt),
+            Arc::clone(&tasks),
+            limiter,
+        );
         Fixture {
             _dir: dir,
             issuer,
             tasks,
             registrar,
             jwt,
+            ds,
         }
     }
 
@@ -693,6 +720,120 @@ mod tests {
         };
         let leaf = common::svid::parse_leaf(&chain[0]).unwrap();
         unix_seconds(leaf.not_after) - now_unix()
+    }
+
+    /// Stores an x509pop agent record with `selectors` (none: a join-token agent).
+    async fn attested(f: &Fixture, id: &str, selectors: &[&str]) -> SpiffeId {
+        let id = SpiffeId::new(id).unwrap();
+        let record = crate::datastore::AgentRecord {
+            spiffe_id: id.clone(),
+            serial: "01".into(),
+            previous_serial: None,
+            expires_at: now_unix() + 3600,
+            attested_at: now_unix(),
+            banned: false,
+            attestation_type: "x509pop".into(),
+            selectors: selectors.iter().map(|s| s.parse().unwrap()).collect(),
+        };
+        assert!(f.ds.attest_agent(&record, &[]).await.unwrap());
+        id
+    }
+
+    async fn sign_one(f: &Fixture, agent: &SpiffeId, entry: &EntryId) -> X509Outcome {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut out = f
+            .issuer
+            .sign_x509(
+                agent,
+                vec![CsrRequest {
+                    entry_id: entry.clone(),
+                    task_id: None,
+                    csr: common::svid::csr_for(&key).unwrap(),
+                }],
+            )
+            .await
+            .unwrap();
+        out.remove(0)
+    }
+
+    /// An entry parented to a node entry's ID is signed for the agents whose node
+    /// selectors include the node entry's, and refused to any other agent; the node entry
+    /// itself is never issued.
+    #[tokio::test]
+    async fn members_of_a_node_group_get_its_entries_signed_and_nobody_else() {
+        let f = fixture().await;
+        let web = attested(
+            &f,
+            "spiffe://example.org/tessera/agent/x509pop/web",
+            &[
+                "x509pop:subject:cn:web1",
+                "x509pop:san:dns:web1.example.org",
+            ],
+        )
+        .await;
+        let db = attested(
+            &f,
+            "spiffe://example.org/tessera/agent/x509pop/db",
+            &["x509pop:subject:cn:db1"],
+        )
+        .await;
+        let token = attested(&f, "spiffe://example.org/tessera/agent/token", &[]).await;
+        let group = f
+            .registrar
+            .create(
+                &EntryRequest {
+                    spiffe_id: "spiffe://example.org/group/web".into(),
+                    selectors: vec!["x509pop:subject:cn:web1".into()],
+                    node: true,
+                    ..Default::default()
+                },
+                &operator(),
+            )
+            .await
+            .unwrap();
+        let workload = f
+            .registrar
+            .create(
+                &EntryRequest {
+                    spiffe_id: "spiffe://example.org/web".into(),
+                    parent_id: group.spiffe_id.to_string(),
+                    selectors: vec!["unix:uid:1000".into()],
+                    ..Default::default()
+                },
+                &operator(),
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                sign_one(&f, &web, &workload.id).await,
+                X509Outcome::Signed { .. }
+            ),
+            "the member is signed for"
+        );
+        f.issuer
+            .mint_jwt(&web, &workload.id, None, &strings(&["a"]))
+            .await
+            .unwrap();
+        for outsider in [&db, &token] {
+            assert!(
+                matches!(
+                    sign_one(&f, outsider, &workload.id).await,
+                    X509Outcome::Refused { .. }
+                ),
+                "{outsider} is not a member"
+            );
+            assert!(matches!(
+                f.issuer
+                    .mint_jwt(outsider, &workload.id, None, &strings(&["a"]))
+                    .await,
+                Err(IssuanceError::NotEntitled)
+            ));
+        }
+        assert!(matches!(
+            sign_one(&f, &web, &group.id).await,
+            X509Outcome::Refused { .. }
+        ));
     }
 
     #[tokio::test]

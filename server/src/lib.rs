@@ -22,6 +22,7 @@ pub mod issuance;
 pub mod jwt_keys;
 pub mod metrics;
 pub mod node_attestation;
+pub mod node_groups;
 pub mod policy;
 pub mod rate_limit;
 pub mod readiness;

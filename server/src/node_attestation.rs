@@ -177,6 +177,7 @@ impl NodeAttestor {
             return Err(NodeAttestationError::Banned(id.to_string()));
         }
         let issued = self.ca.sign_svid(csr, &id, self.agent_ttl, &[])?;
+        let selectors = node.selectors();
         let record = AgentRecord {
             spiffe_id: id.clone(),
             serial: issued.serial_hex.clone(),
@@ -185,9 +186,12 @@ impl NodeAttestor {
             attested_at: now_unix(),
             banned: false,
             attestation_type: "x509pop".to_owned(),
+            // Stored with each attestation (a re-attestation replaces them): they decide
+            // which node entries (groups) the agent is a member of.
+            selectors: selectors.iter().cloned().collect(),
         };
-        // The node selectors are recorded with the attestation (audit), for operators to
-        // see which certificate enrolled the agent.
+        // The node selectors are recorded with the attestation (audit) too, for operators
+        // to see which certificate enrolled the agent.
         let event = AuditEvent::new(
             AuditKind::AgentAttested,
             &id,
@@ -196,8 +200,7 @@ impl NodeAttestor {
                 "serial": issued.serial_hex,
                 "not_after": unix_seconds(issued.not_after),
                 "certificate_fingerprint": node.fingerprint,
-                "selectors": node
-                    .selectors()
+                "selectors": selectors
                     .iter()
                     .map(ToString::to_string)
                     .collect::<Vec<_>>(),
@@ -315,6 +318,7 @@ impl NodeAttestor {
             attested_at: now_unix(),
             banned: false,
             attestation_type: "join_token".to_owned(),
+            selectors: std::collections::BTreeSet::new(),
         };
         let event = AuditEvent::new(
             AuditKind::AgentAttested,

@@ -4,12 +4,14 @@
 //! domain with a path, well-formed `type:value` selectors (at least one), positive TTLs
 //! within bounds, valid DNS names. A rejected request changes nothing.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::selector::NodeSelectorError;
 use common::{
-    EntryId, RegistrationEntry, Selector, SelectorError, SelectorSet, SpiffeId, SpiffeIdError,
-    TrustDomain,
+    EntryId, NodeSelector, RegistrationEntry, Selector, SelectorError, SelectorSet, SpiffeId,
+    SpiffeIdError, TrustDomain,
 };
 
 use common::entry::{Disabled, Governance};
@@ -63,6 +65,23 @@ pub enum RegistrationError {
         /// What is wrong.
         source: SelectorError,
     },
+    /// A node entry's selector is not a node selector.
+    #[error("invalid node selector {selector:?}: {source}")]
+    InvalidNodeSelector {
+        /// The selector as given.
+        selector: String,
+        /// What is wrong.
+        source: NodeSelectorError,
+    },
+    /// A workload entry was given a node selector.
+    #[error(
+        "{0:?} is a node selector: only node entries (--node) take node selectors; \
+         workload entries take workload selectors (unix:, cgroup:, ...)"
+    )]
+    NodeSelectorOnWorkload(String),
+    /// A node entry asks for something only a workload entry has.
+    #[error("{0}")]
+    BadNodeEntry(String),
     /// No selectors (the entry would match nobody).
     #[error("at least one selector is required")]
     NoSelectors,
@@ -188,7 +207,8 @@ pub(crate) fn entry_event(kind: AuditKind, e: &RegistrationEntry, by: &str) -> A
         serde_json::json!({
             "spiffe_id": e.spiffe_id.as_str(),
             "parent_id": e.parent_id.as_str(),
-            "selectors": e.selectors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "selectors": e.selector_strings(),
+            "node": e.is_node(),
             "x509_svid_ttl": e.x509_svid_ttl.as_secs(),
             "jwt_svid_ttl": e.jwt_svid_ttl.as_secs(),
             "dns_names": e.dns_names,
@@ -240,6 +260,9 @@ pub struct EntryRequest {
     pub expires_at: Option<i64>,
     /// Its owner re-certifies it within this period; `None`: the tenant's default.
     pub review_every: Option<Duration>,
+    /// A node entry: `selectors` are node selectors, `parent_id` is empty (or the
+    /// server's ID) and the SPIFFE ID names the group of agents having them all.
+    pub node: bool,
 }
 
 /// An entry's validated fields, not yet an entry: it becomes one with an id, a creation
@@ -254,6 +277,7 @@ pub struct ValidEntry {
     dns_names: Vec<String>,
     jit: bool,
     hint: String,
+    node_selectors: Option<BTreeSet<NodeSelector>>,
 }
 
 impl ValidEntry {
@@ -277,6 +301,7 @@ impl ValidEntry {
             created_at,
             revision,
             governance,
+            node_selectors: self.node_selectors,
         }
     }
 
@@ -365,23 +390,33 @@ impl Registrar {
         if spiffe_id.is_trust_domain_id() || spiffe_id.path().starts_with("/tessera/server") {
             return Err(RegistrationError::ReservedSpiffeId(spiffe_id.to_string()));
         }
-        let parent_id = self.id_in_td("parent_id", &spec.parent_id)?;
         if spec.selectors.is_empty() {
             return Err(RegistrationError::NoSelectors);
         }
         if spec.selectors.len() > MAX_SELECTORS {
             return Err(RegistrationError::TooMany("selectors", MAX_SELECTORS));
         }
-        let mut selectors = SelectorSet::default();
-        for raw in &spec.selectors {
-            let s: Selector = raw
-                .parse()
-                .map_err(|source| RegistrationError::InvalidSelector {
-                    selector: raw.clone(),
-                    source,
+        let (parent_id, selectors, node_selectors) = if spec.node {
+            let (parent_id, node) = self.validate_node(spec, &spiffe_id)?;
+            (parent_id, SelectorSet::default(), Some(node))
+        } else {
+            let parent_id = self.id_in_td("parent_id", &spec.parent_id)?;
+            let mut selectors = SelectorSet::default();
+            for raw in &spec.selectors {
+                let s: Selector = raw.parse().map_err(|source| {
+                    if raw.parse::<NodeSelector>().is_ok() {
+                        RegistrationError::NodeSelectorOnWorkload(raw.clone())
+                    } else {
+                        RegistrationError::InvalidSelector {
+                            selector: raw.clone(),
+                            source,
+                        }
+                    }
                 })?;
-            selectors.insert(s);
-        }
+                selectors.insert(s);
+            }
+            (parent_id, selectors, None)
+        };
         if spec.dns_names.len() > MAX_DNS_NAMES {
             return Err(RegistrationError::TooMany("DNS names", MAX_DNS_NAMES));
         }
@@ -409,7 +444,53 @@ impl Registrar {
             dns_names,
             jit: spec.jit,
             hint: spec.hint.clone(),
+            node_selectors,
         })
+    }
+
+    /// The parent (the server) and node selectors of a node entry. Its SPIFFE ID names a
+    /// group and must not be an agent's (members would act for that agent's entries).
+    fn validate_node(
+        &self,
+        spec: &EntryRequest,
+        spiffe_id: &SpiffeId,
+    ) -> Result<(SpiffeId, BTreeSet<NodeSelector>), RegistrationError> {
+        let server = crate::server_identity::server_id(&self.trust_domain).map_err(|source| {
+            RegistrationError::InvalidSpiffeId {
+                field: "parent_id",
+                source,
+            }
+        })?;
+        if !spec.parent_id.is_empty() && spec.parent_id != server.as_str() {
+            return Err(RegistrationError::BadNodeEntry(format!(
+                "a node entry's parent is the server ({server}): leave parent_id empty"
+            )));
+        }
+        if spiffe_id.path().starts_with("/tessera/") {
+            return Err(RegistrationError::BadNodeEntry(format!(
+                "node entry SPIFFE ID {spiffe_id} is under /tessera/, reserved for agents \
+                 and servers; name the group elsewhere, e.g. spiffe://{}/group/web",
+                self.trust_domain
+            )));
+        }
+        if spec.jit || !spec.dns_names.is_empty() || !spec.hint.is_empty() {
+            return Err(RegistrationError::BadNodeEntry(
+                "a node entry names a group of agents: it takes no --jit, DNS names or hint \
+                 (give them to the workload entries parented to it)"
+                    .to_owned(),
+            ));
+        }
+        let mut node = BTreeSet::new();
+        for raw in &spec.selectors {
+            let s: NodeSelector =
+                raw.parse()
+                    .map_err(|source| RegistrationError::InvalidNodeSelector {
+                        selector: raw.clone(),
+                        source,
+                    })?;
+            node.insert(s);
+        }
+        Ok((server, node))
     }
 
     /// The governance of an entry `by` asks for: its tenant (which must own the SPIFFE
@@ -507,10 +588,15 @@ impl Registrar {
                 }
             }
         }
-        let elsewhere = self
-            .ds
-            .same_workload_elsewhere(&entry.parent_id, &entry.selectors, &tenant.name)
-            .await?;
+        // (A node entry names a group, not a workload: tenants may each group the same
+        // nodes.)
+        let elsewhere = if entry.is_node() {
+            Vec::new()
+        } else {
+            self.ds
+                .same_workload_elsewhere(&entry.parent_id, &entry.selectors, &tenant.name)
+                .await?
+        };
         if let Some(other) = elsewhere.iter().find(|o| o.id != entry.id) {
             return Err(RegistrationError::OtherTenant(
                 if by.sees(&other.governance.tenant) {
@@ -625,6 +711,14 @@ impl Registrar {
         let valid = self.validate(spec)?;
         let _guard = self.tenants.lock.lock().await;
         let old = self.get(id, by).await?;
+        if old.is_node() != spec.node {
+            return Err(RegistrationError::BadNodeEntry(format!(
+                "entry {id} is a {} entry: an entry cannot become a {} entry (delete it and \
+                 create another)",
+                if old.is_node() { "node" } else { "workload" },
+                if spec.node { "node" } else { "workload" },
+            )));
+        }
         let (governance, tenant) = self
             .govern(
                 by,
@@ -1028,6 +1122,113 @@ mod tests {
             r.delete(&e.id, "user:root").await,
             Err(RegistrationError::NotFound(_))
         ));
+    }
+
+    /// Node entries take node selectors only and are parented to the server; workload
+    /// entries refuse node selectors with an error naming `--node`; a refused request
+    /// stores nothing; a node entry cannot become a workload entry.
+    #[tokio::test]
+    async fn node_entries_take_node_selectors_and_workload_entries_refuse_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Arc::new(
+            SqliteDatastore::open(&dir.path().join("d.sqlite3"))
+                .await
+                .unwrap(),
+        );
+        let r = Registrar::new(
+            ds,
+            Events::default(),
+            TrustDomain::new("example.org").unwrap(),
+            Duration::from_secs(3600),
+            Duration::from_secs(300),
+        );
+        let node = || EntryRequest {
+            spiffe_id: "spiffe://example.org/group/web".into(),
+            selectors: vec!["x509pop:subject:cn:web1".into()],
+            node: true,
+            ..Default::default()
+        };
+        type Case = (fn(&mut EntryRequest), &'static str);
+        let cases: Vec<Case> = vec![
+            (
+                |s| s.selectors = vec!["unix:uid:0".into()],
+                "invalid node selector \"unix:uid:0\"",
+            ),
+            (
+                |s| s.selectors = vec!["x509pop:ca:fingerprint:AB".into()],
+                "exactly 64 lowercase hex characters",
+            ),
+            (|s| s.selectors.clear(), "at least one selector"),
+            (
+                |s| s.parent_id = "spiffe://example.org/agent".into(),
+                "a node entry's parent is the server",
+            ),
+            (
+                |s| s.spiffe_id = "spiffe://example.org/tessera/agent/x509pop/ab".into(),
+                "reserved for agents and servers",
+            ),
+            (|s| s.jit = true, "takes no --jit"),
+            (
+                |s| s.dns_names = vec!["web.example.org".into()],
+                "takes no --jit, DNS names or hint",
+            ),
+        ];
+        for (mutate, want) in cases {
+            let mut s = node();
+            mutate(&mut s);
+            let err = r.create(&s, &root()).await.unwrap_err().to_string();
+            assert!(err.contains(want), "{err:?} should mention {want:?}");
+        }
+        let mut workload = spec();
+        workload.selectors = vec!["unix:uid:0".into(), "x509pop:subject:cn:web1".into()];
+        let err = r.create(&workload, &root()).await.unwrap_err().to_string();
+        assert!(
+            err.contains("\"x509pop:subject:cn:web1\" is a node selector")
+                && err.contains("--node"),
+            "{err}"
+        );
+        assert!(
+            r.list("", "", "", &root()).await.unwrap().is_empty(),
+            "nothing was stored"
+        );
+
+        let mut with_server_parent = node();
+        with_server_parent.parent_id = "spiffe://example.org/tessera/server".into();
+        let group = r.create(&with_server_parent, &root()).await.unwrap();
+        assert!(group.is_node());
+        assert!(group.selectors.is_empty());
+        assert_eq!(
+            group.parent_id.as_str(),
+            "spiffe://example.org/tessera/server"
+        );
+        assert_eq!(
+            group.selector_strings(),
+            ["x509pop:subject:cn:web1".to_owned()]
+        );
+        // Checked for duplicates like any entry.
+        assert!(matches!(
+            r.create(&node(), &root()).await,
+            Err(RegistrationError::Duplicate(_))
+        ));
+        // A workload entry parented to the group's ID is an ordinary entry.
+        let mut member = spec();
+        member.parent_id = group.spiffe_id.to_string();
+        assert!(!r.create(&member, &root()).await.unwrap().is_node());
+        let mut become_workload = spec();
+        become_workload.spiffe_id = group.spiffe_id.to_string();
+        let err = r
+            .update(&group.id, &become_workload, &root())
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("cannot become a workload entry"),
+            "{err}"
+        );
+        let mut more = node();
+        more.selectors
+            .push("x509pop:san:dns:web1.example.org".into());
+        let updated = r.update(&group.id, &more, &root()).await.unwrap();
+        assert_eq!(updated.node_selectors.map(|n| n.len()), Some(2));
     }
 
     /// Two servers (two datastores on one database) run the lapse schedule at the same

@@ -97,9 +97,12 @@ pub struct ReviewInput<'a> {
 }
 
 /// Whether one selector set overlaps another: a workload matching the larger also matches
-/// the smaller, so it would receive both identities.
+/// the smaller, so it would receive both identities. (Node entries select agents, not
+/// workloads: they overlap nothing.)
 fn overlap(a: &RegistrationEntry, b: &RegistrationEntry) -> bool {
     a.parent_id == b.parent_id
+        && !a.is_node()
+        && !b.is_node()
         && (a.selectors.is_subset_of(&b.selectors) || b.selectors.is_subset_of(&a.selectors))
 }
 

@@ -157,6 +157,7 @@ mod tests {
             created_at: 1,
             revision: 1,
             governance: common::entry::Governance::new("default", "user:root"),
+            node_selectors: None,
         }
     }
 

@@ -30,6 +30,7 @@ use crate::feed::{self, Cursor};
 use crate::issuance::{CsrRequest, Issuer, X509Outcome};
 use crate::metrics::{self, ServerMetrics, StreamGuard};
 use crate::node_attestation::NodeAttestor;
+use crate::node_groups::{self, ActingFor};
 use crate::tasks::{Tasks, TokenUse};
 use crate::usage::{self, ReportedUse};
 
@@ -75,16 +76,31 @@ impl NodeService {
         (&*b).into()
     }
 
+    /// The entries parented to any ID `agent` acts for (one query per ID).
+    async fn entries_of(&self, agent: &ActingFor) -> Result<Vec<RegistrationEntry>, Status> {
+        let mut entries = Vec::new();
+        for id in agent.all() {
+            let filter = EntryFilter {
+                parent_id: Some(id.clone()),
+                ..Default::default()
+            };
+            entries.extend(self.ds.list_entries(&filter).await?);
+        }
+        Ok(entries)
+    }
+
+    /// What `agent` acts for now: read again from its stored record (node selectors)
+    /// and the node entries. Costs nothing for an agent without node selectors.
+    async fn acting_for(&self, agent: &AgentRecord) -> Result<ActingFor, Status> {
+        Ok(node_groups::acting_for(&*self.ds, agent).await?)
+    }
+
     /// Everything `agent` must know, with the feed position it reflects.
-    async fn snapshot(&self, agent: &SpiffeId) -> Result<SyncUpdate, Status> {
+    async fn snapshot(&self, agent: &ActingFor) -> Result<SyncUpdate, Status> {
         // Read before the state: a change in between is then sent once more, never missed.
         let cursor = self.feed.as_ref().map(|f| f.settled());
-        let filter = EntryFilter {
-            parent_id: Some(agent.clone()),
-            ..Default::default()
-        };
-        let entries = self.ds.list_entries(&filter).await?;
-        let templates = self.ds.list_templates(Some(agent)).await?;
+        let entries = self.entries_of(agent).await?;
+        let templates = self.ds.list_templates(Some(agent.own())).await?;
         Ok(SyncUpdate {
             cursor: cursor.map(feed::encode).unwrap_or_default(),
             update: Some(sync_update::Update::Snapshot(SyncSnapshot {
@@ -107,11 +123,13 @@ impl NodeService {
     /// it gets before anything else.
     async fn first_message(
         &self,
-        agent: &SpiffeId,
+        record: &AgentRecord,
+        acting: &ActingFor,
         resume_from: &str,
     ) -> Result<SyncUpdate, Status> {
+        let agent = acting.own();
         let Some(feed) = &self.feed else {
-            return self.snapshot(agent).await;
+            return self.snapshot(acting).await;
         };
         let upto = match feed.caught_up(CATCH_UP_BOUND).await {
             Some(n) => n,
@@ -121,32 +139,38 @@ impl NodeService {
             }
         };
         let Some(after) = feed::decode(resume_from) else {
-            return self.snapshot(agent).await;
+            return self.snapshot(acting).await;
         };
-        let Some(touched) = feed.touched_since(agent, after, upto).await? else {
+        // An agent with node selectors may be in node groups: a node entry changed since
+        // its cursor may have changed which, so it then gets a snapshot.
+        let groups_parent = groups_parent(record);
+        let parents: Vec<&SpiffeId> = acting.all().collect();
+        let touched = feed
+            .touched_since(agent, &parents, groups_parent.as_ref(), after, upto)
+            .await?;
+        let Some(touched) = touched else {
             tracing::info!(agent_id = %agent, after, upto, "cannot resume the agent's sync from its cursor; sending a snapshot");
-            return self.snapshot(agent).await;
+            return self.snapshot(acting).await;
         };
         if touched.agent_removed {
             return Err(removed(agent));
         }
+        if touched.groups_changed {
+            tracing::info!(agent_id = %agent, after, upto, "node entries changed since the agent's cursor; sending a snapshot");
+            return self.snapshot(acting).await;
+        }
         let mut upserted = Vec::new();
         let mut deleted = Vec::new();
         if touched.entries.len() > DELTA_READ_ALL {
-            let filter = EntryFilter {
-                parent_id: Some(agent.clone()),
-                ..Default::default()
-            };
             let mut now: std::collections::HashMap<String, RegistrationEntry> = self
-                .ds
-                .list_entries(&filter)
+                .entries_of(acting)
                 .await?
                 .into_iter()
                 .map(|e| (e.id.to_string(), e))
                 .collect();
             for id in touched.entries {
                 match now.remove(&id) {
-                    Some(e) if issued_to(&e, agent) => upserted.push(self.wire_entry(&e)),
+                    Some(e) if issued_to(&e, acting) => upserted.push(self.wire_entry(&e)),
                     _ => deleted.push(id),
                 }
             }
@@ -157,7 +181,7 @@ impl NodeService {
                     Err(_) => None,
                 };
                 match stored {
-                    Some(e) if issued_to(&e, agent) => upserted.push(self.wire_entry(&e)),
+                    Some(e) if issued_to(&e, acting) => upserted.push(self.wire_entry(&e)),
                     _ => deleted.push(id),
                 }
             }
@@ -190,34 +214,34 @@ impl NodeService {
     }
 
     /// Translates a change into what this agent must hear, if anything.
-    fn relevant(&self, event: &ChangeEvent, agent: &SpiffeId) -> Option<Result<SyncUpdate, ()>> {
+    fn relevant(&self, event: &ChangeEvent, agent: &ActingFor) -> Option<Result<SyncUpdate, ()>> {
         let update = match event {
             ChangeEvent::BundleChanged => sync_update::Update::Bundle(self.wire_bundle()),
             ChangeEvent::RevocationsChanged => {
                 sync_update::Update::Revocations(wire::revocations(&self.tasks.revocations()))
             }
             ChangeEvent::EntryUpserted { entry, .. }
-                if &entry.parent_id == agent && entry.governance.disabled.is_some() =>
+                if agent.includes(&entry.parent_id) && entry.governance.disabled.is_some() =>
             {
                 sync_update::Update::EntryDeleted(entry.id.to_string())
             }
-            ChangeEvent::EntryUpserted { entry, .. } if &entry.parent_id == agent => {
+            ChangeEvent::EntryUpserted { entry, .. } if agent.includes(&entry.parent_id) => {
                 sync_update::Update::EntryUpserted(self.wire_entry(entry))
             }
             ChangeEvent::EntryUpserted {
                 entry,
                 previous_parent: Some(prev),
-            } if prev == agent => sync_update::Update::EntryDeleted(entry.id.to_string()),
-            ChangeEvent::EntryDeleted { id, parent_id } if parent_id == agent => {
+            } if agent.includes(prev) => sync_update::Update::EntryDeleted(entry.id.to_string()),
+            ChangeEvent::EntryDeleted { id, parent_id } if agent.includes(parent_id) => {
                 sync_update::Update::EntryDeleted(id.to_string())
             }
-            ChangeEvent::TemplateUpserted(t) if &t.parent_id == agent => {
+            ChangeEvent::TemplateUpserted(t) if &t.parent_id == agent.own() => {
                 sync_update::Update::TemplateUpserted(wire::template(t))
             }
-            ChangeEvent::TemplateDeleted { id, parent_id } if parent_id == agent => {
+            ChangeEvent::TemplateDeleted { id, parent_id } if parent_id == agent.own() => {
                 sync_update::Update::TemplateDeleted(id.to_string())
             }
-            ChangeEvent::AgentRemoved(id) if id == agent => return Some(Err(())),
+            ChangeEvent::AgentRemoved(id) if id == agent.own() => return Some(Err(())),
             _ => return None,
         };
         Some(Ok(SyncUpdate {
@@ -227,11 +251,37 @@ impl NodeService {
     }
 }
 
-/// Whether `entry` is served by `agent` now: its parent, and not disabled (an expired
-/// entry, a lapsed review or an offboarded owner is issued nowhere: agents never hear of
-/// it).
-fn issued_to(entry: &RegistrationEntry, agent: &SpiffeId) -> bool {
-    &entry.parent_id == agent && entry.governance.disabled.is_none()
+/// Whether `entry` is served by `agent` now: parented to it or to one of its node groups,
+/// and not disabled (an expired entry, a lapsed review or an offboarded owner is issued
+/// nowhere: agents never hear of it). Node entries themselves are never sent.
+fn issued_to(entry: &RegistrationEntry, agent: &ActingFor) -> bool {
+    agent.includes(&entry.parent_id) && entry.governance.disabled.is_none() && !entry.is_node()
+}
+
+/// For an agent that may be in node groups (it has node selectors), the parent of node
+/// entries: the server's ID in its trust domain. `None` for others.
+fn groups_parent(agent: &AgentRecord) -> Option<SpiffeId> {
+    if agent.selectors.is_empty() {
+        return None;
+    }
+    crate::server_identity::server_id(&agent.spiffe_id.trust_domain()).ok()
+}
+
+/// Whether `event` may change which node groups an agent is in: a node entry (an entry
+/// parented to `groups_parent`) created, changed or deleted.
+fn touches_groups(event: &ChangeEvent, groups_parent: &SpiffeId) -> bool {
+    match event {
+        ChangeEvent::EntryUpserted {
+            entry,
+            previous_parent,
+        } => {
+            entry.is_node()
+                || &entry.parent_id == groups_parent
+                || previous_parent.as_ref() == Some(groups_parent)
+        }
+        ChangeEvent::EntryDeleted { parent_id, .. } => parent_id == groups_parent,
+        _ => false,
+    }
 }
 
 fn removed(agent: &SpiffeId) -> Status {
@@ -304,11 +354,14 @@ impl Node for NodeService {
     type SyncStream = SyncStream;
 
     async fn sync(&self, req: Request<SyncRequest>) -> Result<Response<SyncStream>, Status> {
-        let agent = self.agent(&req).await?.spiffe_id;
+        let record = self.agent(&req).await?;
+        let agent = record.spiffe_id.clone();
         // Subscribe before reading the state so no commit in between is missed.
         let mut rx = self.events.subscribe();
+        let mut acting = self.acting_for(&record).await?;
+        let groups_parent = groups_parent(&record);
         let first = self
-            .first_message(&agent, &req.get_ref().resume_from)
+            .first_message(&record, &acting, &req.get_ref().resume_from)
             .await?;
         let (tx, out) = mpsc::channel::<Result<SyncUpdate, Status>>(64);
         let this = self.clone();
@@ -343,6 +396,37 @@ impl Node for NodeService {
                     }
                     ev = rx.recv() => ev,
                 };
+                // A node entry changed: if the agent's groups did, it takes a snapshot
+                // (membership read again from the datastore; the events in between are in
+                // that snapshot).
+                let regroup = match (&item, &groups_parent) {
+                    (Ok(ev), Some(parent)) => touches_groups(ev, parent),
+                    _ => false,
+                };
+                if regroup {
+                    let now = match this.acting_for(&record).await {
+                        Ok(now) => now,
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                    };
+                    if now != acting {
+                        tracing::info!(agent_id = %agent, groups = now.groups().count(), "agent's node groups changed; resending snapshot");
+                        acting = now;
+                        pending = None;
+                        flush_at = None;
+                        let snapshot = this.snapshot(&acting).await;
+                        if let Ok(s) = &snapshot {
+                            sent = feed::decode(&s.cursor).unwrap_or(sent);
+                        }
+                        let end = snapshot.is_err();
+                        if tx.send(snapshot).await.is_err() || end {
+                            return;
+                        }
+                        continue;
+                    }
+                }
                 let msg = match item {
                     // Every change up to `n` was published before this: once the agent
                     // has what precedes it, it may resume from `n`.
@@ -354,7 +438,7 @@ impl Node for NodeService {
                         }
                         continue;
                     }
-                    Ok(ev) => match this.relevant(&ev, &agent) {
+                    Ok(ev) => match this.relevant(&ev, &acting) {
                         None => continue,
                         Some(Ok(mut update)) => {
                             if let Some(n) = pending.take() {
@@ -373,7 +457,14 @@ impl Node for NodeService {
                         tracing::warn!(agent_id = %agent, missed = n, "sync stream lagged; resending snapshot");
                         pending = None;
                         flush_at = None;
-                        let snapshot = this.snapshot(&agent).await;
+                        // Node entry changes may be among those missed.
+                        let snapshot = match this.acting_for(&record).await {
+                            Ok(now) => {
+                                acting = now;
+                                this.snapshot(&acting).await
+                            }
+                            Err(e) => Err(e),
+                        };
                         if let Ok(s) = &snapshot {
                             sent = feed::decode(&s.cursor).unwrap_or(sent);
                         }

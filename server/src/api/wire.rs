@@ -43,6 +43,7 @@ pub(crate) fn entry_request(spec: &wire::EntrySpec) -> Result<EntryRequest, Regi
         owner: spec.owner.clone(),
         expires_at: (spec.expires_at != 0).then_some(spec.expires_at),
         review_every: ttl("review_every", spec.review_every_seconds)?,
+        node: spec.node,
     })
 }
 
@@ -404,6 +405,7 @@ pub(crate) fn agent(a: &AgentRecord) -> wire::Agent {
         attested_at: a.attested_at,
         banned: a.banned,
         attestation_type: a.attestation_type.clone(),
+        selectors: a.selectors.iter().map(ToString::to_string).collect(),
     }
 }
 

@@ -221,15 +221,21 @@ pub enum TokenCommand {
 /// Fields of an entry, shared by create and update.
 #[derive(Debug, Args)]
 pub struct EntryFields {
-    /// SPIFFE ID of the agent whose workloads may receive the identity.
-    #[arg(long)]
-    pub parent_id: String,
+    /// SPIFFE ID of the agent (or node group) whose workloads may receive the identity.
+    #[arg(long, required_unless_present = "node")]
+    pub parent_id: Option<String>,
     /// SPIFFE ID to issue.
     #[arg(long)]
     pub spiffe_id: String,
-    /// Selector `type:value` (repeatable), e.g. unix:uid:1000.
+    /// Selector `type:value` (repeatable), e.g. unix:uid:1000; with --node, a node
+    /// selector, e.g. x509pop:subject:cn:web1.
     #[arg(long = "selector", required = true)]
     pub selectors: Vec<String>,
+    /// A node entry: the SPIFFE ID names the group of agents whose attested node
+    /// selectors (x509pop:...) include all of --selector; entries parented to that ID are
+    /// served by each of them. Its parent is the server (no --parent-id).
+    #[arg(long, conflicts_with = "parent_id")]
+    pub node: bool,
     /// X.509-SVID lifetime, e.g. 15m, 1h (a bare number is seconds); default: the server's
     /// default_x509_svid_ttl.
     #[arg(long, value_parser = parse_duration)]
@@ -290,8 +296,9 @@ impl From<EntryFields> for EntrySpec {
             expires_at: expires_at.unwrap_or(0),
             review_every_seconds: f.review_every.map_or(0, seconds),
             spiffe_id: f.spiffe_id,
-            parent_id: f.parent_id,
+            parent_id: f.parent_id.unwrap_or_default(),
             selectors: f.selectors,
+            node: f.node,
             // 0 on the wire: the server's default.
             x509_svid_ttl_seconds: f.x509_svid_ttl.map_or(0, seconds),
             jwt_svid_ttl_seconds: f.jwt_svid_ttl.map_or(0, seconds),

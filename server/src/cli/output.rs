@@ -20,6 +20,7 @@ pub(super) fn entry_json(e: &Entry) -> serde_json::Value {
         "jwt_svid_ttl": e.jwt_svid_ttl_seconds,
         "dns_names": e.dns_names,
         "jit": e.jit,
+        "node": e.node,
         "hint": e.hint,
         "created_at": e.created_at,
         "revision": e.revision,
@@ -83,6 +84,9 @@ pub(super) fn entry_text(e: &Entry) -> String {
         e.jwt_svid_ttl_seconds,
         rfc3339(e.created_at)
     );
+    if e.node {
+        s.push_str("Node entry       : true\n");
+    }
     for sel in &e.selectors {
         s.push_str(&format!("Selector         : {sel}\n"));
     }
@@ -323,12 +327,13 @@ pub(super) fn agent_json(a: &Agent) -> serde_json::Value {
         "attested_at": a.attested_at,
         "banned": a.banned,
         "attestation_type": a.attestation_type,
+        "selectors": a.selectors,
     })
 }
 
 /// An agent as text.
 pub(super) fn agent_text(a: &Agent) -> String {
-    format!(
+    let mut s = format!(
         "SPIFFE ID        : {}\nAttestation type : {}\nSerial           : {}\nAttested at      : {}\nExpires at       : {}\nBanned           : {}\n",
         a.spiffe_id,
         a.attestation_type,
@@ -336,7 +341,11 @@ pub(super) fn agent_text(a: &Agent) -> String {
         rfc3339(a.attested_at),
         rfc3339(a.expires_at),
         a.banned
-    )
+    );
+    for sel in &a.selectors {
+        s.push_str(&format!("Node selector    : {sel}\n"));
+    }
+    s
 }
 
 /// CAs as text, one block each.

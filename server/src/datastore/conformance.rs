@@ -80,6 +80,7 @@ conformance!(
     status_list_entries_are_random_unique_and_report_ended_tasks,
     status_lists_move_on_when_half_full,
     templates_crud_instances_and_grace,
+    node_selectors_and_node_entries_round_trip,
 );
 
 fn sid(s: &str) -> SpiffeId {
@@ -122,6 +123,7 @@ fn entry(id: &str, spiffe_id: &str, uid: u32) -> RegistrationEntry {
             disabled: None,
             template_id: None,
         },
+        node_selectors: None,
     }
 }
 
@@ -202,6 +204,7 @@ fn agent(id: &str, serial: &str) -> AgentRecord {
         attested_at: 1_700_000_000,
         banned: false,
         attestation_type: "join_token".into(),
+        selectors: BTreeSet::new(),
     }
 }
 
@@ -465,6 +468,7 @@ async fn changes_commit_with_their_audit_records_or_not_at_all(b: &dyn Backend) 
         attested_at: 1_700_000_000,
         banned: false,
         attestation_type: "join_token".into(),
+        selectors: BTreeSet::new(),
     };
     assert!(
         ds.attest_agent(&agent, &[event("attested", "01", None)])
@@ -754,6 +758,84 @@ async fn agents_attest_renew_ban(b: &dyn Backend) {
     assert!(ds.delete_agent(&id, &[]).await.unwrap().is_none());
     assert!(ds.attest_agent(&record, &[]).await.unwrap());
     assert!(!ds.get_agent(&id).await.unwrap().unwrap().banned);
+}
+
+/// An agent's node selectors are stored with each attestation (a re-attestation replaces
+/// them, a join-token agent has none) and a node entry keeps its flag and node selectors,
+/// also through an update; it is found under the server's ID like any parent.
+async fn node_selectors_and_node_entries_round_trip(b: &dyn Backend) {
+    let ds = b.open().await;
+    let cn = |v: &str| common::NodeSelector::from_str(&format!("x509pop:subject:cn:{v}")).unwrap();
+    let fp = common::NodeSelector::from_str(&format!("x509pop:ca:fingerprint:{}", "ab".repeat(32)))
+        .unwrap();
+    let id = sid("spiffe://example.org/tessera/agent/x509pop/a");
+    let mut record = agent(id.as_str(), "01");
+    record.attestation_type = "x509pop".into();
+    record.selectors = [cn("web1"), fp.clone()].into();
+    assert!(ds.attest_agent(&record, &[]).await.unwrap());
+    let got = ds.get_agent(&id).await.unwrap().unwrap();
+    assert_eq!(got, record);
+    assert_eq!(
+        got.selectors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        [
+            format!("x509pop:ca:fingerprint:{}", "ab".repeat(32)),
+            "x509pop:subject:cn:web1".to_owned()
+        ]
+    );
+    // Re-attested with another certificate: the new selectors replace the old.
+    let mut again = agent(id.as_str(), "02");
+    again.attestation_type = "x509pop".into();
+    again.selectors = [cn("web2")].into();
+    assert!(ds.attest_agent(&again, &[]).await.unwrap());
+    assert_eq!(
+        ds.get_agent(&id).await.unwrap().unwrap().selectors,
+        again.selectors
+    );
+    assert_eq!(ds.list_agents().await.unwrap(), vec![again]);
+    // A join-token agent has none.
+    let token = agent("spiffe://example.org/node/t", "t1");
+    assert!(ds.attest_agent(&token, &[]).await.unwrap());
+    assert!(
+        ds.get_agent(&token.spiffe_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .selectors
+            .is_empty()
+    );
+
+    let server = sid("spiffe://example.org/tessera/server");
+    let mut group = entry("node-1", "spiffe://example.org/group/web", 0);
+    group.parent_id = server.clone();
+    group.selectors = SelectorSet::new();
+    group.dns_names = Vec::new();
+    group.node_selectors = Some([cn("web1"), fp].into());
+    ds.create_entry(&group, &[]).await.unwrap();
+    let workload = entry("wl-1", "spiffe://example.org/web", 0);
+    ds.create_entry(&workload, &[]).await.unwrap();
+    assert_eq!(ds.get_entry(&group.id).await.unwrap().unwrap(), group);
+    assert!(!ds.get_entry(&workload.id).await.unwrap().unwrap().is_node());
+    let under_server = ds
+        .list_entries(&EntryFilter {
+            parent_id: Some(server),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(under_server, vec![group.clone()]);
+    // The same SPIFFE ID and node selectors again is a duplicate, as for any entry.
+    let mut dup = group.clone();
+    dup.id = eid("node-2");
+    let r = ds.create_entry(&dup, &[]).await;
+    assert!(matches!(r, Err(DatastoreError::Conflict(_))), "{r:?}");
+    let mut updated = group.clone();
+    updated.revision = 2;
+    updated.node_selectors = Some([cn("web2")].into());
+    ds.update_entry(&updated, &[]).await.unwrap();
+    assert_eq!(ds.get_entry(&group.id).await.unwrap().unwrap(), updated);
 }
 
 async fn a_ban_is_never_undone_by_a_concurrent_attestation(b: &dyn Backend) {

@@ -177,6 +177,14 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../migrations/postgres/0015_entry_templates.sql"),
         then: None,
     },
+    Migration {
+        version: 16,
+        description: "node groups: an agent's attested node selectors, and node entries \
+                      (an entry whose SPIFFE ID names the agents having its node selectors)",
+        sqlite: include_str!("../../migrations/sqlite/0016_node_groups.sql"),
+        postgres: include_str!("../../migrations/postgres/0016_node_groups.sql"),
+        then: None,
+    },
 ];
 
 /// The tables version 1 created: a database holding them but no version table was

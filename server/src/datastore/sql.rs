@@ -719,10 +719,14 @@ impl<D: Dialect> Datastore for SqlStore<D> {
                     if consumed != 1 {
                         return Ok(None);
                     }
-                    let stored =
-                        D::execute(conn, records::ATTEST_AGENT, &records::agent_params(&agent))
-                            .await
-                            .map_err(backend)?;
+                    let selectors = records::agent_selectors_json(&agent);
+                    let stored = D::execute(
+                        conn,
+                        records::ATTEST_AGENT,
+                        &records::agent_params(&agent, &selectors),
+                    )
+                    .await
+                    .map_err(backend)?;
                     if stored != 1 {
                         *refused.lock().unwrap_or_else(|e| e.into_inner()) =
                             TokenAttestation::Banned;
@@ -747,10 +751,14 @@ impl<D: Dialect> Datastore for SqlStore<D> {
         let applied = self
             .write_tx(audit, move |conn| {
                 Box::pin(async move {
-                    let changed =
-                        D::execute(conn, records::ATTEST_AGENT, &records::agent_params(&agent))
-                            .await
-                            .map_err(backend)?;
+                    let selectors = records::agent_selectors_json(&agent);
+                    let changed = D::execute(
+                        conn,
+                        records::ATTEST_AGENT,
+                        &records::agent_params(&agent, &selectors),
+                    )
+                    .await
+                    .map_err(backend)?;
                     // Banned: nothing applied, no record.
                     Ok((changed == 1).then_some(()))
                 })

@@ -28,6 +28,7 @@ fn entry(id: &str, tenant: &str, selectors: &[&str]) -> RegistrationEntry {
         created_at: NOW - 100 * DAY,
         revision: 1,
         governance: Governance::new(tenant, "user:alice"),
+        node_selectors: None,
     }
 }
 

@@ -1,7 +1,8 @@
 //! x509pop node attestation: agents holding a certificate from the organisation's CA (the
 //! server's `--x509pop-ca-file`, generated here) enroll without a join token by proving
 //! possession of its key; certificates from another CA or expired ones are refused and
-//! enroll nothing; an evicted x509pop agent attests again on restart.
+//! enroll nothing; an evicted x509pop agent attests again on restart; a node entry groups
+//! agents by their certificates' node selectors.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -162,4 +163,125 @@ fn x509pop_refuses_another_ca_and_an_expired_certificate() {
         text.matches("agent.attestation_refused").count() >= 2,
         "each refusal is audited: {text}"
     );
+}
+
+/// A node entry (`entry create --node`) selecting `x509pop:subject:cn:web1` groups the
+/// agent whose certificate has that CN: a workload entry parented to the group's ID is
+/// served by it and by no other agent (the `db1` agent's workload is refused). A second
+/// node entry, created while both agents' streams are open, regroups the `db1` agent.
+#[test]
+fn a_node_entry_groups_x509pop_agents_by_their_certificate() {
+    const GROUP: &str = "spiffe://example.org/group/web";
+    const DB_GROUP: &str = "spiffe://example.org/group/db";
+    const DB_WORKLOAD: &str = "spiffe://example.org/workload/db";
+    let dir = tempfile::tempdir().unwrap();
+    let org = ca("org CA");
+    let server = server_with_ca(dir.path(), &org);
+    let pki = dir.path().join("pki");
+    let (web_cert, web_key) = node_cert(&pki, &org, "web1", false);
+    let (db_cert, db_key) = node_cert(&pki, &org, "db1", false);
+    let mut web = x509pop_agent(&dir.path().join("web"), &server, &web_cert, &web_key);
+    let mut db = x509pop_agent(&dir.path().join("db"), &server, &db_cert, &db_key);
+    web.restart(None);
+    db.restart(None);
+    let agents = wait_for(Duration::from_secs(30), || {
+        let a = server.agents();
+        (a.len() == 2).then_some(a)
+    })
+    .unwrap_or_else(|| panic!("two agents did not enroll:\n{}", web.log_tail()));
+    // `agent list` shows each agent's node selectors.
+    for cn in ["web1", "db1"] {
+        let agent = agents
+            .iter()
+            .find(|a| {
+                a["selectors"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|s| s == &format!("x509pop:subject:cn:{cn}")))
+            })
+            .unwrap_or_else(|| panic!("no agent listed with CN {cn}: {agents:?}"));
+        let selectors = agent["selectors"].to_string();
+        assert!(
+            selectors.contains(&format!("x509pop:san:dns:{cn}.nodes.example"))
+                && selectors.contains("x509pop:ca:fingerprint:"),
+            "{selectors}"
+        );
+    }
+
+    // Node entries take node selectors only; workload entries refuse them.
+    let out = server.cli(&[
+        "entry",
+        "create",
+        "--node",
+        "--spiffe-id",
+        GROUP,
+        "--selector",
+        "unix:uid:0",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("node selector"),
+        "{out:?}"
+    );
+    let out = server.cli(&[
+        "entry",
+        "create",
+        "--parent-id",
+        GROUP,
+        "--spiffe-id",
+        WORKLOAD,
+        "--selector",
+        "x509pop:subject:cn:web1",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is a node selector"),
+        "{out:?}"
+    );
+
+    let node = server.cli_json(&[
+        "entry",
+        "create",
+        "--node",
+        "--spiffe-id",
+        GROUP,
+        "--selector",
+        "x509pop:subject:cn:web1",
+    ]);
+    assert_eq!(node["node"], true, "{node}");
+    assert_eq!(node["parent_id"], "spiffe://example.org/tessera/server");
+    server.create_entry_under(GROUP, WORKLOAD, &["unix:uid:0"], &[]);
+    wait_serves(&web);
+    // The other agent is in no group: its workload is attested and refused.
+    let refused = db.fetch_ids();
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("no identity issued")),
+        "the db1 agent must not serve {WORKLOAD}: {refused:?}\n{}",
+        db.log_tail()
+    );
+
+    // A group for db1, created while its stream is open: db1 serves its workload, web1
+    // does not.
+    server.cli_json(&[
+        "entry",
+        "create",
+        "--node",
+        "--spiffe-id",
+        DB_GROUP,
+        "--selector",
+        "x509pop:subject:cn:db1",
+    ]);
+    server.create_entry_under(DB_GROUP, DB_WORKLOAD, &["unix:uid:0"], &[]);
+    let got = wait_for(Duration::from_secs(30), || {
+        db.fetch_ids()
+            .ok()
+            .filter(|ids| ids == &[DB_WORKLOAD.to_owned()])
+    });
+    assert!(
+        got.is_some(),
+        "db1 did not serve {DB_WORKLOAD}:\n{}",
+        db.log_tail()
+    );
+    assert_eq!(web.fetch_ids(), Ok(vec![WORKLOAD.to_owned()]));
 }

@@ -31,7 +31,7 @@ class JwtKey(_message.Message):
     def __init__(self, kid: _Optional[str] = ..., public_key: _Optional[bytes] = ..., expires_at: _Optional[int] = ...) -> None: ...
 
 class Entry(_message.Message):
-    __slots__ = ("id", "spiffe_id", "parent_id", "selectors", "x509_svid_ttl_seconds", "jwt_svid_ttl_seconds", "dns_names", "jit", "hint", "created_at", "revision", "task", "tenant", "owner", "expires_at", "review_every_seconds", "certified_at", "disabled_at", "disabled_reason", "tasks", "template_id")
+    __slots__ = ("id", "spiffe_id", "parent_id", "selectors", "x509_svid_ttl_seconds", "jwt_svid_ttl_seconds", "dns_names", "jit", "hint", "created_at", "revision", "task", "tenant", "owner", "expires_at", "review_every_seconds", "certified_at", "disabled_at", "disabled_reason", "tasks", "template_id", "node")
     ID_FIELD_NUMBER: _ClassVar[int]
     SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
     PARENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,7 @@ class Entry(_message.Message):
     DISABLED_REASON_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
     id: str
     spiffe_id: str
     parent_id: str
@@ -74,7 +75,8 @@ class Entry(_message.Message):
     disabled_reason: str
     tasks: _containers.RepeatedCompositeFieldContainer[TaskGrant]
     template_id: str
-    def __init__(self, id: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., x509_svid_ttl_seconds: _Optional[int] = ..., jwt_svid_ttl_seconds: _Optional[int] = ..., dns_names: _Optional[_Iterable[str]] = ..., jit: bool = ..., hint: _Optional[str] = ..., created_at: _Optional[int] = ..., revision: _Optional[int] = ..., task: _Optional[_Union[TaskGrant, _Mapping]] = ..., tenant: _Optional[str] = ..., owner: _Optional[str] = ..., expires_at: _Optional[int] = ..., review_every_seconds: _Optional[int] = ..., certified_at: _Optional[int] = ..., disabled_at: _Optional[int] = ..., disabled_reason: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskGrant, _Mapping]]] = ..., template_id: _Optional[str] = ...) -> None: ...
+    node: bool
+    def __init__(self, id: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., x509_svid_ttl_seconds: _Optional[int] = ..., jwt_svid_ttl_seconds: _Optional[int] = ..., dns_names: _Optional[_Iterable[str]] = ..., jit: bool = ..., hint: _Optional[str] = ..., created_at: _Optional[int] = ..., revision: _Optional[int] = ..., task: _Optional[_Union[TaskGrant, _Mapping]] = ..., tenant: _Optional[str] = ..., owner: _Optional[str] = ..., expires_at: _Optional[int] = ..., review_every_seconds: _Optional[int] = ..., certified_at: _Optional[int] = ..., disabled_at: _Optional[int] = ..., disabled_reason: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskGrant, _Mapping]]] = ..., template_id: _Optional[str] = ..., node: bool = ...) -> None: ...
 
 class TaskGrant(_message.Message):
     __slots__ = ("task_id", "deadline", "audiences", "binding")
@@ -811,7 +813,7 @@ class CreateJoinTokenResponse(_message.Message):
     def __init__(self, token: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., expires_at: _Optional[int] = ...) -> None: ...
 
 class EntrySpec(_message.Message):
-    __slots__ = ("spiffe_id", "parent_id", "selectors", "x509_svid_ttl_seconds", "jwt_svid_ttl_seconds", "dns_names", "jit", "hint", "tenant", "owner", "expires_at", "review_every_seconds")
+    __slots__ = ("spiffe_id", "parent_id", "selectors", "x509_svid_ttl_seconds", "jwt_svid_ttl_seconds", "dns_names", "jit", "hint", "tenant", "owner", "expires_at", "review_every_seconds", "node")
     SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
     PARENT_ID_FIELD_NUMBER: _ClassVar[int]
     SELECTORS_FIELD_NUMBER: _ClassVar[int]
@@ -824,6 +826,7 @@ class EntrySpec(_message.Message):
     OWNER_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     REVIEW_EVERY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
     spiffe_id: str
     parent_id: str
     selectors: _containers.RepeatedScalarFieldContainer[str]
@@ -836,7 +839,8 @@ class EntrySpec(_message.Message):
     owner: str
     expires_at: int
     review_every_seconds: int
-    def __init__(self, spiffe_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., x509_svid_ttl_seconds: _Optional[int] = ..., jwt_svid_ttl_seconds: _Optional[int] = ..., dns_names: _Optional[_Iterable[str]] = ..., jit: bool = ..., hint: _Optional[str] = ..., tenant: _Optional[str] = ..., owner: _Optional[str] = ..., expires_at: _Optional[int] = ..., review_every_seconds: _Optional[int] = ...) -> None: ...
+    node: bool
+    def __init__(self, spiffe_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., x509_svid_ttl_seconds: _Optional[int] = ..., jwt_svid_ttl_seconds: _Optional[int] = ..., dns_names: _Optional[_Iterable[str]] = ..., jit: bool = ..., hint: _Optional[str] = ..., tenant: _Optional[str] = ..., owner: _Optional[str] = ..., expires_at: _Optional[int] = ..., review_every_seconds: _Optional[int] = ..., node: bool = ...) -> None: ...
 
 class UpdateEntryRequest(_message.Message):
     __slots__ = ("id", "spec")
@@ -869,20 +873,22 @@ class ListEntriesResponse(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ...) -> None: ...
 
 class Agent(_message.Message):
-    __slots__ = ("spiffe_id", "serial", "expires_at", "attested_at", "banned", "attestation_type")
+    __slots__ = ("spiffe_id", "serial", "expires_at", "attested_at", "banned", "attestation_type", "selectors")
     SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
     SERIAL_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     ATTESTED_AT_FIELD_NUMBER: _ClassVar[int]
     BANNED_FIELD_NUMBER: _ClassVar[int]
     ATTESTATION_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SELECTORS_FIELD_NUMBER: _ClassVar[int]
     spiffe_id: str
     serial: str
     expires_at: int
     attested_at: int
     banned: bool
     attestation_type: str
-    def __init__(self, spiffe_id: _Optional[str] = ..., serial: _Optional[str] = ..., expires_at: _Optional[int] = ..., attested_at: _Optional[int] = ..., banned: bool = ..., attestation_type: _Optional[str] = ...) -> None: ...
+    selectors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, spiffe_id: _Optional[str] = ..., serial: _Optional[str] = ..., expires_at: _Optional[int] = ..., attested_at: _Optional[int] = ..., banned: bool = ..., attestation_type: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListAgentsRequest(_message.Message):
     __slots__ = ()

@@ -89,6 +89,12 @@ pub struct Entry {
     /// The identity template it was made from; empty: created as an entry.
     #[prost(string, tag = "21")]
     pub template_id: ::prost::alloc::string::String,
+    /// A node entry: its SPIFFE ID names a group of agents (those whose node selectors
+    /// include all of `selectors`, which are then node selectors such as
+    /// `x509pop:subject:cn:web1`); workload entries parented to that ID are served by every
+    /// agent of the group. Agents never receive node entries.
+    #[prost(bool, tag = "31")]
+    pub node: bool,
 }
 /// The active task that makes a just-in-time entry live on an agent.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -972,6 +978,10 @@ pub struct EntrySpec {
     /// Review period; 0: the tenant's default (none if the tenant has none).
     #[prost(int64, tag = "12")]
     pub review_every_seconds: i64,
+    /// A node entry (see `Entry.node`): `selectors` are node selectors and `parent_id` is
+    /// left empty (the server's ID is its parent).
+    #[prost(bool, tag = "30")]
+    pub node: bool,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct UpdateEntryRequest {
@@ -1016,6 +1026,9 @@ pub struct Agent {
     pub banned: bool,
     #[prost(string, tag = "6")]
     pub attestation_type: ::prost::alloc::string::String,
+    /// The node selectors its attestation verified (x509pop), sorted; none for join tokens.
+    #[prost(string, repeated, tag = "30")]
+    pub selectors: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ListAgentsRequest {}

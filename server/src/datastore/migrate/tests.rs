@@ -320,6 +320,7 @@ async fn a_release_datastore_is_upgraded_in_place_and_keeps_every_record(db: &dy
         attested_at: now,
         banned: false,
         attestation_type: "join_token".into(),
+        selectors: BTreeSet::new(),
     };
     for want in [
         crate::datastore::TokenAttestation::Attested,

@@ -12,14 +12,15 @@
 //! JSON type) so a value reads back byte for byte, and audit hashes are computed over the
 //! same strings on both backends.
 
+use std::collections::BTreeSet;
 use std::str::FromStr;
 use std::time::Duration;
 
 use common::entry::{Disabled, Governance};
 use common::task::{BindKind, Holder, ProcessInstance, TaskBinding, TaskState};
 use common::{
-    EntryId, RegistrationEntry, Selector, SelectorSet, SpiffeId, SpiffeIdTemplate, TaskId,
-    TemplateId,
+    EntryId, NodeSelector, RegistrationEntry, Selector, SelectorSet, SpiffeId, SpiffeIdTemplate,
+    TaskId, TemplateId,
 };
 use sha2::{Digest as _, Sha256};
 
@@ -38,22 +39,22 @@ pub(super) const ENTRY_CONFLICT: &str =
 pub(super) const INSERT_ENTRY: &str = "INSERT INTO entries (id, spiffe_id, parent_id, selectors,
         identity, x509_svid_ttl, jwt_svid_ttl, dns_names, jit, hint, created_at, revision,
         tenant, owner, expires_at, review_every, certified_at, disabled_at, disabled_reason,
-        template_id)
+        template_id, node)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-        $19, $20)";
+        $19, $20, $21)";
 pub(super) const UPDATE_ENTRY: &str = "UPDATE entries SET spiffe_id = $2, parent_id = $3,
         selectors = $4, identity = $5, x509_svid_ttl = $6, jwt_svid_ttl = $7, dns_names = $8,
         jit = $9, hint = $10, created_at = $11, revision = $12, tenant = $13, owner = $14,
         expires_at = $15, review_every = $16, certified_at = $17, disabled_at = $18,
-        disabled_reason = $19, template_id = $20
+        disabled_reason = $19, template_id = $20, node = $21
     WHERE id = $1";
-/// [`UPDATE_ENTRY`] only while the stored revision is `$21` (compare-and-set).
+/// [`UPDATE_ENTRY`] only while the stored revision is `$22` (compare-and-set).
 pub(super) const UPDATE_ENTRY_IF: &str = "UPDATE entries SET spiffe_id = $2, parent_id = $3,
         selectors = $4, identity = $5, x509_svid_ttl = $6, jwt_svid_ttl = $7, dns_names = $8,
         jit = $9, hint = $10, created_at = $11, revision = $12, tenant = $13, owner = $14,
         expires_at = $15, review_every = $16, certified_at = $17, disabled_at = $18,
-        disabled_reason = $19, template_id = $20
-    WHERE id = $1 AND revision = $21";
+        disabled_reason = $19, template_id = $20, node = $21
+    WHERE id = $1 AND revision = $22";
 pub(super) const DELETE_ENTRY: &str = "DELETE FROM entries WHERE id = $1 RETURNING *";
 pub(super) const GET_ENTRY: &str = "SELECT * FROM entries WHERE id = $1";
 pub(super) const LIST_ENTRIES: &str = "SELECT * FROM entries
@@ -117,12 +118,12 @@ pub(super) const CONSUME_JOIN_TOKEN: &str =
 /// One statement: the conflicting row is locked and its `banned` read again before the
 /// update, so a ban committed concurrently is never overwritten.
 pub(super) const ATTEST_AGENT: &str = "INSERT INTO agents (spiffe_id, serial, previous_serial,
-        expires_at, attested_at, banned, attestation_type)
-    VALUES ($1, $2, $3, $4, $5, $6, $7)
+        expires_at, attested_at, banned, attestation_type, selectors)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
     ON CONFLICT (spiffe_id) DO UPDATE SET serial = excluded.serial,
         previous_serial = excluded.previous_serial, expires_at = excluded.expires_at,
         attested_at = excluded.attested_at, banned = excluded.banned,
-        attestation_type = excluded.attestation_type
+        attestation_type = excluded.attestation_type, selectors = excluded.selectors
     WHERE NOT agents.banned";
 pub(super) const RENEW_AGENT: &str =
     "UPDATE agents SET previous_serial = serial, serial = $1, expires_at = $2
@@ -319,7 +320,8 @@ pub(super) struct EntryRow {
 
 impl EntryRow {
     pub(super) fn new(e: &RegistrationEntry) -> Result<Self, DatastoreError> {
-        let selectors = selectors_json(&e.selectors);
+        // A node entry stores its node selectors in the same column, as sorted strings.
+        let selectors = to_json(&e.selector_strings());
         Ok(Self {
             identity: identity(e.spiffe_id.as_str(), e.parent_id.as_str(), &selectors),
             selectors,
@@ -333,7 +335,7 @@ impl EntryRow {
         self.revision - 1
     }
 
-    pub(super) fn params<'a>(&'a self, e: &'a RegistrationEntry) -> [Param<'a>; 20] {
+    pub(super) fn params<'a>(&'a self, e: &'a RegistrationEntry) -> [Param<'a>; 21] {
         let g = &e.governance;
         [
             Param::Text(e.id.as_str()),
@@ -356,16 +358,28 @@ impl EntryRow {
             Param::OptInt(g.disabled.as_ref().map(|d| d.at)),
             Param::OptText(g.disabled.as_ref().map(|d| d.reason.as_str())),
             Param::OptText(g.template_id.as_ref().map(TemplateId::as_str)),
+            Param::Flag(e.is_node()),
         ]
     }
 }
 
 pub(super) fn entry(row: &impl Cells) -> Result<RegistrationEntry, DatastoreError> {
-    let selectors = json_strings(row, "selectors")?
-        .iter()
-        .map(|s| Selector::from_str(s))
-        .collect::<Result<SelectorSet, _>>()
-        .map_err(|e| corrupt("selectors", e))?;
+    let strings = json_strings(row, "selectors")?;
+    let (selectors, node_selectors) = if row.flag("node")? {
+        let node = strings
+            .iter()
+            .map(|s| NodeSelector::from_str(s))
+            .collect::<Result<BTreeSet<_>, _>>()
+            .map_err(|e| corrupt("selectors", e))?;
+        (SelectorSet::new(), Some(node))
+    } else {
+        let selectors = strings
+            .iter()
+            .map(|s| Selector::from_str(s))
+            .collect::<Result<SelectorSet, _>>()
+            .map_err(|e| corrupt("selectors", e))?;
+        (selectors, None)
+    };
     Ok(RegistrationEntry {
         id: id::<EntryId>(row, "id")?,
         spiffe_id: spiffe_id(row, "spiffe_id")?,
@@ -407,6 +421,7 @@ pub(super) fn entry(row: &impl Cells) -> Result<RegistrationEntry, DatastoreErro
                 .transpose()
                 .map_err(|e| corrupt("template_id", e))?,
         },
+        node_selectors,
     })
 }
 
@@ -463,7 +478,14 @@ pub(super) fn template(row: &impl Cells) -> Result<TemplateRecord, DatastoreErro
     })
 }
 
-pub(super) fn agent_params(a: &AgentRecord) -> [Param<'_>; 7] {
+/// An agent's node selectors as stored: a JSON array of the sorted strings.
+pub(super) fn agent_selectors_json(a: &AgentRecord) -> String {
+    let list: Vec<String> = a.selectors.iter().map(ToString::to_string).collect();
+    to_json(&list)
+}
+
+/// [`ATTEST_AGENT`]'s parameters; `selectors` from [`agent_selectors_json`].
+pub(super) fn agent_params<'a>(a: &'a AgentRecord, selectors: &'a str) -> [Param<'a>; 8] {
     [
         Param::Text(a.spiffe_id.as_str()),
         Param::Text(&a.serial),
@@ -472,6 +494,7 @@ pub(super) fn agent_params(a: &AgentRecord) -> [Param<'_>; 7] {
         Param::Int(a.attested_at),
         Param::Flag(a.banned),
         Param::Text(&a.attestation_type),
+        Param::Text(selectors),
     ]
 }
 
@@ -484,6 +507,11 @@ pub(super) fn agent(row: &impl Cells) -> Result<AgentRecord, DatastoreError> {
         attested_at: row.int("attested_at")?,
         banned: row.flag("banned")?,
         attestation_type: row.text("attestation_type")?,
+        selectors: json_strings(row, "selectors")?
+            .iter()
+            .map(|s| NodeSelector::from_str(s))
+            .collect::<Result<BTreeSet<_>, _>>()
+            .map_err(|e| corrupt("selectors", e))?,
     })
 }
 
