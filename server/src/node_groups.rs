@@ -256,6 +256,8 @@ mod tests {
                 "spiffe://example.org/group/web",
             ]
         );
+        assert!(acting.includes(&a.spiffe_id));
+        assert!(acting.includes(&entries[0].spiffe_id) && acting.includes(&entries[1].spiffe_id));
         assert!(!acting.includes(&entries[2].spiffe_id));
     }
 }
