@@ -616,7 +616,8 @@ impl Node for NodeService {
         &self,
         req: Request<UsageReport>,
     ) -> Result<Response<UsageReportAck>, Status> {
-        let agent = self.agent(&req).await?.spiffe_id;
+        let record = self.agent(&req).await?;
+        let agent = record.spiffe_id.clone();
         let items = req.into_inner().items;
         // Refused before anything else is looked at.
         if items.len() > usage::MAX_USAGE_ITEMS {
@@ -633,7 +634,9 @@ impl Node for NodeService {
                 })
             })
             .collect::<Result<Vec<_>, common::ids::IdError>>()?;
-        let outcome = usage::record_report(&*self.ds, &agent, items, crate::clock::now_unix())
+        // Usage of entries parented to the agent's node groups counts too.
+        let acting = self.acting_for(&record).await?;
+        let outcome = usage::record_report_for(&*self.ds, &acting, items, crate::clock::now_unix())
             .await
             .inspect_err(
                 |e| tracing::warn!(agent_id = %agent, error = %e, "usage report refused"),
