@@ -45,6 +45,15 @@ impl ActingFor {
         }
     }
 
+    /// An agent acting for `own` and the groups `groups` (membership decided by the
+    /// caller).
+    pub fn with_groups(own: SpiffeId, groups: impl IntoIterator<Item = SpiffeId>) -> Self {
+        Self {
+            own,
+            groups: groups.into_iter().collect(),
+        }
+    }
+
     /// `agent`'s IDs given every node entry (others in `entries` are ignored).
     pub fn of(agent: &AgentRecord, entries: &[RegistrationEntry], now: i64) -> Self {
         Self {
@@ -256,6 +265,8 @@ mod tests {
                 "spiffe://example.org/group/web",
             ]
         );
+        assert!(acting.includes(&a.spiffe_id));
+        assert!(acting.includes(&entries[0].spiffe_id) && acting.includes(&entries[1].spiffe_id));
         assert!(!acting.includes(&entries[2].spiffe_id));
     }
 }

@@ -15,6 +15,7 @@ use std::collections::HashSet;
 use common::{EntryId, SpiffeId};
 
 use crate::datastore::{Datastore, DatastoreError, EntryFilter, UsageReport};
+use crate::node_groups::ActingFor;
 
 /// Most items one usage report may carry.
 pub const MAX_USAGE_ITEMS: usize = 10_000;
@@ -70,6 +71,18 @@ pub async fn record_report(
     items: Vec<ReportedUse>,
     now: i64,
 ) -> Result<ReportOutcome, UsageError> {
+    record_report_for(ds, &ActingFor::alone(agent.clone()), items, now).await
+}
+
+/// [`record_report`] for an agent that acts for node groups too: the items about entries
+/// parented to its own ID or to one of its groups are stored (under its own ID).
+pub async fn record_report_for(
+    ds: &dyn Datastore,
+    acting: &ActingFor,
+    items: Vec<ReportedUse>,
+    now: i64,
+) -> Result<ReportOutcome, UsageError> {
+    let agent = acting.own();
     if items.len() > MAX_USAGE_ITEMS {
         return Err(UsageError::TooManyItems(items.len()));
     }
@@ -82,16 +95,14 @@ pub async fn record_report(
     if items.is_empty() {
         return Ok(ReportOutcome::default());
     }
-    let filter = EntryFilter {
-        parent_id: Some(agent.clone()),
-        ..Default::default()
-    };
-    let own: HashSet<EntryId> = ds
-        .list_entries(&filter)
-        .await?
-        .into_iter()
-        .map(|e| e.id)
-        .collect();
+    let mut own: HashSet<EntryId> = HashSet::new();
+    for parent in acting.all() {
+        let filter = EntryFilter {
+            parent_id: Some(parent.clone()),
+            ..Default::default()
+        };
+        own.extend(ds.list_entries(&filter).await?.into_iter().map(|e| e.id));
+    }
     let mut outcome = ReportOutcome::default();
     let mut reports = Vec::with_capacity(items.len());
     for item in items {
@@ -221,6 +232,33 @@ mod tests {
                 last_used_at: Some(1000),
             }]
         );
+    }
+
+    /// An agent in a node group records the use of the group's entries (under its own
+    /// ID); alone, it may not.
+    #[tokio::test]
+    async fn a_node_groups_entries_count_for_its_members() {
+        let (_dir, ds) = store().await;
+        const GROUP: &str = "spiffe://example.org/group/web";
+        ds.create_entry(&entry("grouped", GROUP), &[])
+            .await
+            .unwrap();
+        let report = || vec![used("grouped", 1, 0, 900), used("mine", 1, 0, 900)];
+        let alone = record_report(&ds, &sid(A), report(), 1000).await.unwrap();
+        assert_eq!((alone.accepted, alone.ignored), (1, 1));
+        let member = ActingFor::with_groups(sid(A), [sid(GROUP)]);
+        let outcome = record_report_for(&ds, &member, report(), 1000)
+            .await
+            .unwrap();
+        assert_eq!((outcome.accepted, outcome.ignored), (2, 0));
+        let grouped = ds
+            .entry_usage(None)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|u| u.entry_id.as_str() == "grouped")
+            .expect("the group entry's use is recorded");
+        assert_eq!(grouped.deliveries, 1);
     }
 
     #[tokio::test]

@@ -89,10 +89,20 @@ impl NodeService {
         Ok(entries)
     }
 
-    /// What `agent` acts for now: read again from its stored record (node selectors)
-    /// and the node entries. Costs nothing for an agent without node selectors.
+    /// What `agent` acts for, by its node selectors and the node entries. Costs nothing
+    /// for an agent without node selectors.
     async fn acting_for(&self, agent: &AgentRecord) -> Result<ActingFor, Status> {
         Ok(node_groups::acting_for(&*self.ds, agent).await?)
+    }
+
+    /// [`Self::acting_for`] with the agent's record read again (a re-attestation may have
+    /// replaced its node selectors); `opened` (the record its stream opened with) if the
+    /// record is gone, whose stream then ends on its removal.
+    async fn acting_now(&self, opened: &AgentRecord) -> Result<ActingFor, Status> {
+        match self.ds.get_agent(&opened.spiffe_id).await? {
+            Some(now) => self.acting_for(&now).await,
+            None => self.acting_for(opened).await,
+        }
     }
 
     /// Everything `agent` must know, with the feed position it reflects.
@@ -404,7 +414,7 @@ impl Node for NodeService {
                     _ => false,
                 };
                 if regroup {
-                    let now = match this.acting_for(&record).await {
+                    let now = match this.acting_now(&record).await {
                         Ok(now) => now,
                         Err(e) => {
                             let _ = tx.send(Err(e)).await;
@@ -458,7 +468,7 @@ impl Node for NodeService {
                         pending = None;
                         flush_at = None;
                         // Node entry changes may be among those missed.
-                        let snapshot = match this.acting_for(&record).await {
+                        let snapshot = match this.acting_now(&record).await {
                             Ok(now) => {
                                 acting = now;
                                 this.snapshot(&acting).await
@@ -637,7 +647,8 @@ impl Node for NodeService {
         &self,
         req: Request<UsageReport>,
     ) -> Result<Response<UsageReportAck>, Status> {
-        let agent = self.agent(&req).await?.spiffe_id;
+        let record = self.agent(&req).await?;
+        let agent = record.spiffe_id.clone();
         let report = req.into_inner();
         let (items, live) = (report.items, report.live_instances);
         // Refused before anything else is looked at.
@@ -662,7 +673,9 @@ impl Node for NodeService {
                 })
             })
             .collect::<Result<Vec<_>, common::ids::IdError>>()?;
-        let outcome = usage::record_report(&*self.ds, &agent, items, crate::clock::now_unix())
+        // Usage of entries parented to the agent's node groups counts too.
+        let acting = self.acting_for(&record).await?;
+        let outcome = usage::record_report_for(&*self.ds, &acting, items, crate::clock::now_unix())
             .await
             .inspect_err(
                 |e| tracing::warn!(agent_id = %agent, error = %e, "usage report refused"),

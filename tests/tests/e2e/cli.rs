@@ -533,6 +533,7 @@ fn json_output_for_show_list_token_and_bundle() {
             "id",
             "jit",
             "jwt_svid_ttl",
+            "node",
             "owner",
             "parent_id",
             "review_every",
@@ -559,6 +560,7 @@ fn json_output_for_show_list_token_and_bundle() {
     assert_eq!(e["x509_svid_ttl"], 3600, "server default");
     assert_eq!(e["revision"], 1);
     assert_eq!(e["jit"], false);
+    assert_eq!(e["node"], false);
     let id = e["id"].as_str().unwrap();
     assert_eq!(&c.server.cli_json(&["entry", "show", "--entry-id", id]), e);
     let filtered =
@@ -574,6 +576,7 @@ fn json_output_for_show_list_token_and_bundle() {
     assert_eq!(a["spiffe_id"], AGENT_ID);
     assert_eq!(a["banned"], false);
     assert_eq!(a["attestation_type"], "join_token");
+    assert_eq!(a["selectors"], serde_json::json!([]), "no node selectors");
     let serial = a["serial"].as_str().unwrap();
     assert!(
         !serial.is_empty() && serial.bytes().all(|b| b.is_ascii_hexdigit()),
