@@ -500,3 +500,67 @@ impl Datastore for Metered {
         self.inner.count_audit_appends(counter);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::AuditKind;
+    use crate::metrics::{AuditKindLabel, DatastoreErrorLabels};
+
+    #[tokio::test]
+    async fn committed_audit_records_and_failed_calls_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sqlite::SqliteDatastore::open(&dir.path().join("ds.sqlite3"))
+            .await
+            .unwrap();
+        let metrics = Arc::new(ServerMetrics::default());
+        let ds = Metered::new(Arc::new(store.clone()), Arc::clone(&metrics));
+        let appended = |kind| {
+            metrics
+                .audit_appends
+                .get_or_create(&AuditKindLabel::of(kind))
+                .get()
+        };
+        let failed = |op, error| {
+            metrics
+                .datastore_errors
+                .get_or_create(&DatastoreErrorLabels { op, error })
+                .get()
+        };
+
+        let event = |kind| AuditEvent::new(kind, "subject", serde_json::json!({}));
+        ds.append_audit(&[
+            event(AuditKind::PolicyReloaded),
+            event(AuditKind::PolicyReloaded),
+            event(AuditKind::CaRotated),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(appended("policy.reloaded"), 2);
+        assert_eq!(appended("ca.rotated"), 1);
+        assert_eq!(appended("entry.created"), 0);
+
+        // An answer is not a failure.
+        let missing = EntryId::parse("00000000-0000-7000-8000-000000000001").unwrap();
+        assert_eq!(ds.get_entry(&missing).await.unwrap(), None);
+        assert_eq!(failed("read", "unavailable") + failed("read", "backend"), 0);
+
+        // The database gone: reads, writes and probes fail, each counted in its class.
+        store.close().await;
+        assert!(ds.get_entry(&missing).await.is_err());
+        assert!(
+            ds.append_audit(&[event(AuditKind::CaRotated)])
+                .await
+                .is_err()
+        );
+        assert!(ds.ping(std::time::Duration::from_secs(1)).await.is_err());
+        assert_eq!(failed("read", "unavailable"), 1);
+        assert_eq!(failed("write", "unavailable"), 1);
+        assert_eq!(failed("probe", "unavailable"), 1);
+        assert_eq!(
+            appended("ca.rotated"),
+            1,
+            "nothing committed, nothing counted"
+        );
+    }
+}
