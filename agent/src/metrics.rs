@@ -441,6 +441,51 @@ mod tests {
     }
 
     #[test]
+    fn revocation_latency_is_observed_once_per_end_learnt_while_synchronised() {
+        use common::proto::tessera::{EndedTask, Revocations};
+        let snap = |synced: bool, ends: &[(&str, i64)]| CacheSnapshot {
+            synced,
+            revocations: Arc::new(Revocations {
+                crls: vec![],
+                ended_tasks: ends
+                    .iter()
+                    .map(|(id, at)| EndedTask {
+                        task_id: (*id).into(),
+                        until: i64::MAX,
+                        state: "revoked".into(),
+                        ended_at: *at,
+                    })
+                    .collect(),
+            }),
+            ..CacheSnapshot::default()
+        };
+        let m = AgentMetrics::default();
+        let count = |m: &AgentMetrics| {
+            let mut registry = Registry::default();
+            registry.register("r", "r", m.revocation_seconds.clone());
+            let text = daemon::health::render_metrics(&registry).unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix("r_count "))
+                .map(|v| v.trim().parse::<u64>().unwrap())
+                .unwrap()
+        };
+        // A new agent's first snapshot lists ends it never missed.
+        m.revocations_arrived(&snap(false, &[]), &snap(true, &[("t1", 1_000)]), 9_000);
+        assert_eq!(count(&m), 0);
+        // A new end (and an old server's, without a time) while synchronised: one each.
+        let known = snap(true, &[("t1", 1_000)]);
+        m.revocations_arrived(
+            &known,
+            &snap(true, &[("t1", 1_000), ("t2", 5_000), ("t3", 0)]),
+            5_250,
+        );
+        assert_eq!(count(&m), 1);
+        // The same list again: nothing new.
+        m.revocations_arrived(&known, &known, 6_000);
+        assert_eq!(count(&m), 1);
+    }
+
+    #[test]
     fn renders_workload_api_and_sync_as_openmetrics() {
         let mut registry = Registry::default();
         let m = AgentMetrics::register(&mut registry);
