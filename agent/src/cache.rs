@@ -65,6 +65,13 @@ pub fn unix(t: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
+/// Unix milliseconds of `t` (0 before the epoch).
+pub fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 /// Everything the Workload API serves, at one instant.
 #[derive(Debug, Clone, Default)]
 pub struct CacheSnapshot {

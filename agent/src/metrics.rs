@@ -24,7 +24,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::attestation::AttestationError;
-use crate::cache::Cache;
+use crate::cache::{Cache, CacheSnapshot};
 use crate::workload_api::connection::GuardedBody;
 
 /// Method and result of a Workload API request.
@@ -41,6 +41,15 @@ pub(crate) struct RequestLabels {
 pub(crate) struct MethodLabel {
     /// As [`RequestLabels::method`].
     pub(crate) method: &'static str,
+}
+
+/// Method and gRPC code of a Workload API stream that ended with an error.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct StreamErrorLabels {
+    /// As [`RequestLabels::method`].
+    pub(crate) method: &'static str,
+    /// The gRPC code name of the error that ended it ([`code_name`]).
+    pub(crate) code: &'static str,
 }
 
 /// Why attestation of a caller failed.
@@ -61,12 +70,16 @@ pub(crate) struct AgentMetrics {
     pub(crate) open_requests: Gauge,
     /// Callers whose attestation failed, by reason.
     pub(crate) attestation_failures: Family<ReasonLabel, Counter>,
+    /// Workload API streams that ended with an error after they opened, by method and code.
+    pub(crate) stream_errors: Family<StreamErrorLabels, Counter>,
     /// 1 while the sync stream with the server is open, else 0.
     pub(crate) sync_connected: Gauge,
     /// When the last sync message from the server was applied (Unix seconds; 0: never).
     pub(crate) last_sync: Gauge,
     /// Sync messages applied.
     pub(crate) sync_updates: Counter,
+    /// From a task's end on the server to its revocation reaching this agent's cache.
+    pub(crate) revocation_seconds: Histogram,
 }
 
 fn latency_histogram() -> Histogram {
@@ -82,9 +95,12 @@ impl Default for AgentMetrics {
             request_seconds: Family::new_with_constructor(latency_histogram),
             open_requests: Gauge::default(),
             attestation_failures: Family::default(),
+            stream_errors: Family::default(),
             sync_connected: Gauge::default(),
             last_sync: Gauge::default(),
             sync_updates: Counter::default(),
+            // 1 ms … ~33 s.
+            revocation_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
         }
     }
 }
@@ -116,6 +132,11 @@ impl AgentMetrics {
             m.attestation_failures.clone(),
         );
         r.register(
+            "workload_api_stream_errors",
+            "Workload API streams that ended with an error after they opened (re-attestation refused, identity gone), by method and gRPC code",
+            m.stream_errors.clone(),
+        );
+        r.register(
             "sync_connected",
             "1 while the sync stream with the server is open, else 0",
             m.sync_connected.clone(),
@@ -130,13 +151,58 @@ impl AgentMetrics {
             "Sync messages from the server applied",
             m.sync_updates.clone(),
         );
+        r.register_with_unit(
+            "revocation_propagation",
+            "Time from a task's end on the server to its revocation reaching the agent's cache",
+            prometheus_client::registry::Unit::Seconds,
+            m.revocation_seconds.clone(),
+        );
         Arc::new(m)
+    }
+
+    /// Observes the propagation latency of each task end in `after` that `before` did not
+    /// hold, at `now` (Unix milliseconds). Nothing is observed when `before` was not a
+    /// synchronised cache: the first snapshot of a new agent lists ends it never missed.
+    pub(crate) fn revocations_arrived(
+        &self,
+        before: &CacheSnapshot,
+        after: &CacheSnapshot,
+        now_ms: i64,
+    ) {
+        if !before.synced || Arc::ptr_eq(&before.revocations, &after.revocations) {
+            return;
+        }
+        for t in &after.revocations.ended_tasks {
+            if t.ended_at <= 0
+                || before
+                    .revocations
+                    .ended_tasks
+                    .iter()
+                    .any(|b| b.task_id == t.task_id)
+            {
+                continue;
+            }
+            // A clock behind the server's counts as no delay, never as negative.
+            let ms = u64::try_from(now_ms.saturating_sub(t.ended_at)).unwrap_or(0);
+            self.revocation_seconds
+                .observe(std::time::Duration::from_millis(ms).as_secs_f64());
+        }
     }
 
     /// Counts a failed attestation.
     pub(crate) fn attestation_failed(&self, reason: &'static str) {
         self.attestation_failures
             .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Counts a stream of `method` that ended with `code` after it opened.
+    pub(crate) fn stream_failed(&self, method: &'static str, code: tonic::Code) {
+        self.stream_errors
+            .get_or_create(&StreamErrorLabels {
+                method,
+                code: code_name(code),
+            })
             .inc();
     }
 
@@ -224,7 +290,12 @@ pub(crate) fn result_label(grpc_status: Option<&[u8]>) -> &'static str {
         .ok()
         .and_then(|s| s.parse::<i32>().ok())
         .unwrap_or(2);
-    match tonic::Code::from_i32(code) {
+    code_name(tonic::Code::from_i32(code))
+}
+
+/// The name of a gRPC code, as in the gRPC specification (`PermissionDenied` …).
+pub(crate) fn code_name(code: tonic::Code) -> &'static str {
+    match code {
         tonic::Code::Ok => "OK",
         tonic::Code::Cancelled => "Cancelled",
         tonic::Code::Unknown => "Unknown",
@@ -370,6 +441,51 @@ mod tests {
     }
 
     #[test]
+    fn revocation_latency_is_observed_once_per_end_learnt_while_synchronised() {
+        use common::proto::tessera::{EndedTask, Revocations};
+        let snap = |synced: bool, ends: &[(&str, i64)]| CacheSnapshot {
+            synced,
+            revocations: Arc::new(Revocations {
+                crls: vec![],
+                ended_tasks: ends
+                    .iter()
+                    .map(|(id, at)| EndedTask {
+                        task_id: (*id).into(),
+                        until: i64::MAX,
+                        state: "revoked".into(),
+                        ended_at: *at,
+                    })
+                    .collect(),
+            }),
+            ..CacheSnapshot::default()
+        };
+        let m = AgentMetrics::default();
+        let count = |m: &AgentMetrics| {
+            let mut registry = Registry::default();
+            registry.register("r", "r", m.revocation_seconds.clone());
+            let text = daemon::health::render_metrics(&registry).unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix("r_count "))
+                .map(|v| v.trim().parse::<u64>().unwrap())
+                .unwrap()
+        };
+        // A new agent's first snapshot lists ends it never missed.
+        m.revocations_arrived(&snap(false, &[]), &snap(true, &[("t1", 1_000)]), 9_000);
+        assert_eq!(count(&m), 0);
+        // A new end (and an old server's, without a time) while synchronised: one each.
+        let known = snap(true, &[("t1", 1_000)]);
+        m.revocations_arrived(
+            &known,
+            &snap(true, &[("t1", 1_000), ("t2", 5_000), ("t3", 0)]),
+            5_250,
+        );
+        assert_eq!(count(&m), 1);
+        // The same list again: nothing new.
+        m.revocations_arrived(&known, &known, 6_000);
+        assert_eq!(count(&m), 1);
+    }
+
+    #[test]
     fn renders_workload_api_and_sync_as_openmetrics() {
         let mut registry = Registry::default();
         let m = AgentMetrics::register(&mut registry);
@@ -386,6 +502,7 @@ mod tests {
             })
             .observe(0.002);
         m.attestation_failed("uid_mismatch");
+        m.stream_failed("FetchX509SVID", tonic::Code::PermissionDenied);
         {
             let _up = UpGuard::up(&m.sync_connected);
             assert_eq!(m.sync_connected.get(), 1);
@@ -397,6 +514,7 @@ mod tests {
             "# TYPE tessera_agent_workload_api_request_duration_seconds histogram",
             "tessera_agent_workload_api_request_duration_seconds_count{method=\"FetchX509SVID\"} 1",
             "tessera_agent_attestation_failures_total{reason=\"uid_mismatch\"} 1",
+            "tessera_agent_workload_api_stream_errors_total{method=\"FetchX509SVID\",code=\"PermissionDenied\"} 1",
             "tessera_agent_sync_connected 0",
             "tessera_agent_last_sync_timestamp_seconds 1700000000",
             "tessera_agent_sync_updates_total 1",

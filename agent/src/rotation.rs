@@ -226,8 +226,15 @@ impl Rotation {
                 msg = stream.next() => match msg {
                     Some(Ok(update)) => {
                         let at = update.cursor.clone();
+                        let before = self.cache.current();
                         self.apply(update);
-                        self.metrics.synced(self.clock.now());
+                        let now = self.clock.now();
+                        self.metrics.synced(now);
+                        self.metrics.revocations_arrived(
+                            &before,
+                            &self.cache.current(),
+                            crate::cache::unix_ms(now),
+                        );
                         // Only once applied: a stream lost before that resumes from the
                         // previous position.
                         if !at.is_empty() {

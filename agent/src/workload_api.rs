@@ -2,9 +2,10 @@
 //!
 //! Every call must carry exactly one `workload.spiffe.io: true` header (else
 //! `InvalidArgument`). The caller is attested from the kernel's view of the connection
-//! (SO_PEERCRED, then /proc pinned to the process instance), once per call. Streams send
-//! their first message at once and a complete new message on every change of what the
-//! caller is entitled to; a caller with no matching entry gets `PermissionDenied` with
+//! (SO_PEERCRED, then /proc pinned to the process instance), once per call, and a stream's
+//! caller again before every message it sends and every 30 s (see `WorkloadApi::stream`).
+//! Streams send their first message at once and a complete new message on every change
+//! of what the caller is entitled to; a caller with no matching entry gets `PermissionDenied` with
 //! "no identity issued" (the text real clients look for). Errors never echo selectors.
 
 use std::collections::HashMap;
@@ -34,7 +35,7 @@ use tonic::{Request, Response, Status};
 
 use common::proto::tessera::TaskTokenUse;
 
-use crate::attestation::{AttestationError, Attested, Attestor, PeerCred};
+use crate::attestation::{AttestationError, Attested, Attestor, PeerCred, ProcessAtAccept};
 use crate::cache::{Cache, CacheSnapshot};
 use crate::server_client::ServerLink;
 use crate::usage::UsageCounters;
@@ -150,14 +151,25 @@ fn peer<T>(req: &Request<T>) -> Result<PeerCred, Status> {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-impl WorkloadApi {
-    /// Attests the caller of `req` (off the async runtime: it reads /proc and may hash).
-    async fn attest<T>(&self, req: &Request<T>) -> Result<Attested, Status> {
-        let peer = peer(req)?;
-        let at_accept = req
-            .extensions()
-            .get::<ConnectionInfo>()
-            .and_then(|i| i.at_accept);
+/// What is needed to attest a Workload API caller again, any time while its request is
+/// open: the peer credentials the kernel recorded at `connect()` and the process instance
+/// (start time, executable) pinned when the agent accepted the connection. Both are
+/// fixed for the life of the connection; only what `/proc` says of that instance now is
+/// read again.
+#[derive(Debug, Clone)]
+struct CallerHandle {
+    peer: PeerCred,
+    at_accept: Option<ProcessAtAccept>,
+    attestor: Arc<Attestor>,
+    metrics: Arc<crate::metrics::AgentMetrics>,
+}
+
+impl CallerHandle {
+    /// Attests the caller (off the async runtime: it reads /proc and may hash), bounded by
+    /// [`ATTESTATION_TIMEOUT`]. Every failure is `Unavailable` without detail.
+    async fn attest(&self) -> Result<Attested, Status> {
+        let peer = self.peer;
+        let at_accept = self.at_accept;
         let attestor = Arc::clone(&self.attestor);
         let job = tokio::task::spawn_blocking(move || match (at_accept, peer.pid) {
             (None, Some(pid)) if pid > 0 => Err(AttestationError::NotPinnedAtAccept { pid }),
@@ -184,12 +196,63 @@ impl WorkloadApi {
             }
         }
     }
+}
+
+/// Re-attestation of an open stream's caller: how often it is checked without a change.
+const REATTEST_TICK: Duration = Duration::from_secs(30);
+
+impl WorkloadApi {
+    /// The handle that attests the caller of `req`, now and again later.
+    fn caller<T>(&self, req: &Request<T>) -> Result<CallerHandle, Status> {
+        Ok(CallerHandle {
+            peer: peer(req)?,
+            at_accept: req
+                .extensions()
+                .get::<ConnectionInfo>()
+                .and_then(|i| i.at_accept),
+            attestor: Arc::clone(&self.attestor),
+            metrics: Arc::clone(&self.metrics),
+        })
+    }
+
+    /// Attests the caller of `req` (off the async runtime: it reads /proc and may hash).
+    async fn attest<T>(&self, req: &Request<T>) -> Result<Attested, Status> {
+        self.caller(req)?.attest().await
+    }
 
     /// Streams `render(snapshot)` to the caller: at once, then whenever it changes.
     ///
     /// `render` returns `Ok(None)` while a matching entry's SVID is still being issued.
     /// `sent` is called with the snapshot and selectors of each message once it is sent.
-    fn stream<T, F, S>(&self, caller: Attested, render: F, sent: S) -> BoxStream<T>
+    ///
+    /// **Re-attestation.** `caller` was attested when the request came. The stream attests
+    /// it again through `handle` on every change of the cache, on every [`REATTEST_TICK`],
+    /// and before any message it would send otherwise (the first one excepted: it follows
+    /// the request's own attestation), and renders for the selectors found then. So a
+    /// process moved to another cgroup (or otherwise changed) gets what it is entitled to
+    /// now, and `PermissionDenied` if that is nothing; and a process that is gone, whose
+    /// pid names another instance, or that ran `exec` (the connection inherited by another
+    /// program) ends the stream with the `Unavailable` of a failed attestation, and nothing
+    /// more is sent.
+    ///
+    /// Why this is as safe as the per-request check: it *is* the per-request check. The
+    /// handle holds what a new request on this connection would be attested with (the
+    /// kernel's peer credentials and the instance pinned at accept) and runs the same
+    /// `attest_caller` (fresh pidfd and `/proc/<pid>` pins, start time and executable
+    /// compared with those at accept, every uid and gid compared with the peer
+    /// credentials), with the same timeout. Every message a stream sends is therefore one
+    /// a fresh request made at that moment would have been given, and the only window is
+    /// the one any unary call has, between its attestation and its answer. The cost stays
+    /// bounded: one attestation per cache change and per tick per stream, never in a loop
+    /// (a change that arrives during one waits for the next round).
+    fn stream<T, F, S>(
+        &self,
+        method: &'static str,
+        handle: CallerHandle,
+        caller: Attested,
+        render: F,
+        sent: S,
+    ) -> BoxStream<T>
     where
         T: Send + PartialEq + Clone + 'static,
         F: Fn(&CacheSnapshot, &Attested) -> Result<Option<T>, Status> + Send + 'static,
@@ -198,10 +261,34 @@ impl WorkloadApi {
         let (tx, rx) = mpsc::channel(4);
         let mut watch: watch::Receiver<Arc<CacheSnapshot>> = self.cache.subscribe();
         let shutdown = self.shutdown.clone();
+        let metrics = Arc::clone(&self.metrics);
+        // Ends the stream with `status` (counted by method and code).
+        let fail_tx = tx.clone();
+        let fail = move |status: Status| {
+            metrics.stream_failed(method, status.code());
+            let tx = fail_tx.clone();
+            async move {
+                let _ = tx.send(Err(status)).await;
+            }
+        };
         self.tasks.spawn("workload API stream", async move {
+            let mut caller = caller;
             let mut last: Option<T> = None;
             let started = tokio::time::Instant::now();
+            // Whether this round may go without attesting `caller` again: the first (the
+            // request's own attestation is fresh), and a pending tick with nothing to send.
+            let mut fresh = true;
             loop {
+                if !fresh {
+                    match handle.attest().await {
+                        Ok(now) => caller = now,
+                        Err(status) => {
+                            tracing::info!(pid = ?handle.peer.pid, method, "stream ended: its caller no longer attests");
+                            fail(status).await;
+                            return;
+                        }
+                    }
+                }
                 let snap = Arc::clone(&watch.borrow_and_update());
                 let result = if snap.synced {
                     render(&snap, &caller)
@@ -219,24 +306,31 @@ impl WorkloadApi {
                         }
                     }
                     Ok(None) if last.is_none() && started.elapsed() >= PENDING_TIMEOUT => {
-                        let _ = tx
-                            .send(Err(Status::unavailable("identity not yet available")))
-                            .await;
+                        fail(Status::unavailable("identity not yet available")).await;
                         return;
                     }
                     Ok(None) => {}
                     Err(status) => {
-                        let _ = tx.send(Err(status)).await;
+                        fail(status).await;
                         return;
                     }
                 }
                 let pending = last.is_none();
+                fresh = false;
                 tokio::select! {
                     () = tx.closed() => return,
                     () = shutdown.cancelled() => return,
                     changed = watch.changed() => if changed.is_err() { return },
                     // Re-render now and then: an SVID may have expired without any change.
-                    () = tokio::time::sleep(if pending { Duration::from_secs(1) } else { Duration::from_secs(30) }) => {}
+                    // (While pending, the short wait re-renders only: the caller is
+                    // attested again only if there is something to send.)
+                    () = tokio::time::sleep(if pending { Duration::from_secs(1) } else { REATTEST_TICK }) => {
+                        if pending {
+                            let snap = Arc::clone(&watch.borrow());
+                            let ready = snap.synced && !matches!(render(&snap, &caller), Ok(None));
+                            fresh = !ready;
+                        }
+                    }
                 }
             }
         });
@@ -512,7 +606,8 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         check_header(&req)?;
-        let caller = self.attest(&req).await?;
+        let handle = self.caller(&req)?;
+        let caller = handle.attest().await?;
         // Refuse an unregistered caller before opening a stream.
         let snap = self.cache.current();
         if snap.synced && !entitled(&snap, &caller) {
@@ -525,7 +620,13 @@ impl SpiffeWorkloadApi for WorkloadApi {
             let ids = snap.identities(&caller.selectors, &caller.lineage, now);
             usage.delivered(&ids.entry_ids, crate::cache::unix(now));
         };
-        Ok(Response::new(self.stream(caller, render_x509, sent)))
+        Ok(Response::new(self.stream(
+            "FetchX509SVID",
+            handle,
+            caller,
+            render_x509,
+            sent,
+        )))
     }
 
     type FetchX509BundlesStream = BoxStream<X509BundlesResponse>;
@@ -535,12 +636,15 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         check_header(&req)?;
-        let caller = self.attest(&req).await?;
+        let handle = self.caller(&req)?;
+        let caller = handle.attest().await?;
         let snap = self.cache.current();
         if snap.synced && !entitled_to_bundles(&snap, &caller) {
             return Err(Status::permission_denied(NO_IDENTITY));
         }
         Ok(Response::new(self.stream(
+            "FetchX509Bundles",
+            handle,
             caller,
             render_bundles,
             |_, _| {},
@@ -626,12 +730,15 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         check_header(&req)?;
-        let caller = self.attest(&req).await?;
+        let handle = self.caller(&req)?;
+        let caller = handle.attest().await?;
         let snap = self.cache.current();
         if snap.synced && !entitled_to_bundles(&snap, &caller) {
             return Err(Status::permission_denied(NO_IDENTITY));
         }
         Ok(Response::new(self.stream(
+            "FetchJWTBundles",
+            handle,
             caller,
             render_jwt_bundles,
             |_, _| {},

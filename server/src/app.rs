@@ -72,6 +72,11 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
             Arc::new(pg)
         }
     };
+    // Metrics: handles for the instrumented components, state read when scraped. The
+    // datastore's failures and audit appends are counted from here on.
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = crate::metrics::ServerMetrics::register(&mut registry);
+    let ds: Arc<dyn Datastore> = Arc::new(crate::datastore::Metered::new(ds, Arc::clone(&metrics)));
     tracing::info!(datastore = %config.datastore.describe(), "datastore open");
     let checkpointer = anchor_audit(&config, &*ds).await?;
     let upstream = match &config.upstream {
@@ -174,9 +179,6 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
         None => crate::policy::PolicyEngine::builtin(),
     };
     tracing::info!(policy = %policy.describe(), "task policy loaded");
-    // Metrics: handles for the instrumented components, state read when scraped.
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = crate::metrics::ServerMetrics::register(&mut registry);
     let task_service = Arc::new(
         crate::tasks::Tasks::new(
             Arc::clone(&ds),

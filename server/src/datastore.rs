@@ -13,6 +13,7 @@
 
 #[cfg(test)]
 mod conformance;
+mod metered;
 mod migrate;
 pub mod postgres;
 mod sql;
@@ -20,6 +21,7 @@ pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod testdb;
 
+pub use metered::Metered;
 pub use sql::SqlStore;
 
 use common::task::{TaskBinding, TaskState};
@@ -810,4 +812,15 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     /// connection, given at most `within` (waiting for a connection included). `Backend`
     /// with the cause when it does not, or not in time. Readiness rests on it.
     async fn ping(&self, within: std::time::Duration) -> Result<(), DatastoreError>;
+
+    /// Counts each audit record appended, by kind, in `counter` once it is committed
+    /// (`/metrics`). Stores that cannot ignore it.
+    fn count_audit_appends(
+        &self,
+        _counter: prometheus_client::metrics::family::Family<
+            crate::metrics::AuditKindLabel,
+            prometheus_client::metrics::counter::Counter,
+        >,
+    ) {
+    }
 }

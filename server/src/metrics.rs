@@ -37,6 +37,33 @@ pub struct StateLabel {
     pub state: &'static str,
 }
 
+/// The kind of an audit record appended.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuditKindLabel {
+    /// [`crate::audit::AuditKind::as_str`] (`other` for a kind the server does not name).
+    pub kind: &'static str,
+}
+
+impl AuditKindLabel {
+    /// The label of a stored kind name.
+    pub fn of(kind: &str) -> Self {
+        Self {
+            kind: kind
+                .parse::<crate::audit::AuditKind>()
+                .map_or("other", crate::audit::AuditKind::as_str),
+        }
+    }
+}
+
+/// A datastore call that failed.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DatastoreErrorLabels {
+    /// `read`, `write` or `probe`.
+    pub op: &'static str,
+    /// `unavailable`, `backend` or `corrupt`.
+    pub error: &'static str,
+}
+
 /// SVID kind `x509`.
 pub const X509: KindLabel = KindLabel { kind: "x509" };
 /// SVID kind `jwt`.
@@ -61,6 +88,11 @@ pub struct ServerMetrics {
     pub datastore_probe_failures: Counter,
     /// 1 while the datastore answers the readiness probe, else 0.
     pub datastore_up: Gauge,
+    /// Audit records appended (committed), by kind.
+    pub audit_appends: Family<AuditKindLabel, Counter>,
+    /// Datastore calls that failed (unreachable, backend error, corrupt data), by
+    /// operation class and error.
+    pub datastore_errors: Family<DatastoreErrorLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -81,6 +113,8 @@ impl Default for ServerMetrics {
             sync_streams: Gauge::default(),
             datastore_probe_failures: Counter::default(),
             datastore_up: Gauge::default(),
+            audit_appends: Family::default(),
+            datastore_errors: Family::default(),
         }
     }
 }
@@ -131,7 +165,40 @@ impl ServerMetrics {
             "1 while the datastore answers the readiness probe, else 0",
             m.datastore_up.clone(),
         );
+        r.register(
+            "audit_appends",
+            "Audit records appended to the chain (committed), by kind",
+            m.audit_appends.clone(),
+        );
+        // Every label set from the start, at 0: a failure shows as a rise, not a new series.
+        for op in ["read", "write", "probe"] {
+            for error in ["unavailable", "backend", "corrupt"] {
+                let _ = m
+                    .datastore_errors
+                    .get_or_create(&DatastoreErrorLabels { op, error });
+            }
+        }
+        r.register(
+            "datastore_errors",
+            "Datastore calls that failed (unavailable, backend error, corrupt data; not conflicts or missing rows), by operation class (read, write, probe) and error",
+            m.datastore_errors.clone(),
+        );
         Arc::new(m)
+    }
+
+    /// Counts a datastore call of class `op` that failed with `e` (conflicts and missing
+    /// rows are answers, not failures: not counted).
+    pub fn datastore_failed(&self, op: &'static str, e: &crate::datastore::DatastoreError) {
+        use crate::datastore::DatastoreError as E;
+        let error = match e {
+            E::Unavailable(_) => "unavailable",
+            E::Backend(_) => "backend",
+            E::Corrupt(_) => "corrupt",
+            E::Conflict(_) | E::NotFound(_) => return,
+        };
+        self.datastore_errors
+            .get_or_create(&DatastoreErrorLabels { op, error })
+            .inc();
     }
 
     /// Counts a task entering `state`.

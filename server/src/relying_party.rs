@@ -492,6 +492,7 @@ mod tests {
             until: i64::MAX,
             state: common::task::TaskState::Revoked,
             status,
+            ended_at_ms: 0,
         };
         let ended_tasks = vec![
             ended(ENDED, None),

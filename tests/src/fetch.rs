@@ -143,3 +143,95 @@ pub fn only(r: Result<Vec<FetchedSvid>, String>, spiffe_id: &str) -> Result<Fetc
         _ => Err(format!("expected exactly {spiffe_id}, got {list:?}")),
     }
 }
+
+/// A `fetch-over-fd --connect SOCKET --watch` (or `--watch-then-exec`) process: an open
+/// X.509-SVID stream held by a process of its own (which tests move between cgroups or
+/// make exec), read line by line in the background.
+#[derive(Debug)]
+pub struct Watcher {
+    /// The process (its standard input is piped; standard error is read at the end).
+    pub child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<Vec<u8>>,
+}
+
+impl Watcher {
+    /// Spawns `cmd` (a `fetch-over-fd … --watch` command) with its standard streams piped.
+    pub fn spawn(mut cmd: Command) -> Self {
+        use std::io::BufRead as _;
+        use std::process::Stdio;
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn fetch-over-fd");
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+        let (tx, lines) = std::sync::mpsc::channel();
+        // Raw lines: after `--watch-then-exec` the output is whatever the agent sends.
+        std::thread::spawn(move || {
+            loop {
+                let mut line = Vec::new();
+                match out.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {
+                        if tx.send(line).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The pid of the process holding the stream.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The SPIFFE IDs of the next message, `Err` with the process's standard error when the
+    /// stream ended instead, `Ok(None)` when nothing came within `within`.
+    pub fn next(&mut self, within: Duration) -> Result<Option<Vec<String>>, String> {
+        let deadline = Instant::now() + within;
+        let mut ids = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line == b"--\n" => return Ok(Some(ids)),
+                Ok(line) => ids.push(String::from_utf8_lossy(&line).trim_end().to_owned()),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return Ok(None),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait().map_err(|e| e.to_string())?;
+                    let mut stderr = String::new();
+                    if let Some(mut e) = self.child.stderr.take() {
+                        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+                    }
+                    return Err(format!("{status}: {}", stderr.trim()));
+                }
+            }
+        }
+    }
+}
+
+impl Watcher {
+    /// Every byte the process prints within `within` (for a program exec'd with the
+    /// connection: what the agent sent on it).
+    pub fn output_for(&mut self, within: Duration) -> Vec<u8> {
+        let deadline = Instant::now() + within;
+        let mut all = Vec::new();
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            all.extend(line);
+        }
+        all
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -233,6 +233,7 @@ fn sync_update_seeds() -> Vec<Vec<u8>> {
             task_id: "0190b1c4-0000-7000-8000-000000000002".into(),
             until: 1_800_000_600,
             state: "revoked".into(),
+            ended_at: 0,
         }],
     };
     let msg = |u: sync_update::Update| SyncUpdate {

@@ -648,6 +648,7 @@ fn a_resumed_delta_changes_only_what_it_names_and_keeps_other_svids() {
             task_id: "t9".into(),
             until: 1_900_000_000,
             state: "revoked".into(),
+            ended_at: 0,
         }],
     };
     apply_update(

@@ -359,6 +359,7 @@ pub(crate) fn revocations(r: &RevocationSet) -> wire::Revocations {
                 task_id: t.task_id.to_string(),
                 until: t.until,
                 state: t.state.as_str().to_owned(),
+                ended_at: t.ended_at_ms,
             })
             .collect(),
     }

@@ -80,7 +80,15 @@ pub struct SqlStore<D: Dialect> {
     heads: Arc<watch::Sender<Option<ChainHead>>>,
     /// Where the database is, for `Debug` and messages; never holds a password.
     shown: String,
+    /// Audit records committed, by kind (`/metrics`), once the server hands it over.
+    audit_appends: Arc<std::sync::OnceLock<AuditAppends>>,
 }
+
+/// The counter of audit records appended, by kind.
+type AuditAppends = prometheus_client::metrics::family::Family<
+    crate::metrics::AuditKindLabel,
+    prometheus_client::metrics::counter::Counter,
+>;
 
 impl<D: Dialect> Clone for SqlStore<D> {
     fn clone(&self) -> Self {
@@ -89,6 +97,7 @@ impl<D: Dialect> Clone for SqlStore<D> {
             audit_lock: Arc::clone(&self.audit_lock),
             heads: Arc::clone(&self.heads),
             shown: self.shown.clone(),
+            audit_appends: Arc::clone(&self.audit_appends),
         }
     }
 }
@@ -149,6 +158,7 @@ impl<D: Dialect> SqlStore<D> {
             audit_lock: Arc::default(),
             heads: Arc::new(watch::Sender::new(None)),
             shown,
+            audit_appends: Arc::default(),
         }
     }
 
@@ -280,6 +290,7 @@ impl<D: Dialect> SqlStore<D> {
         let pool = self.pool.clone();
         let lock = Arc::clone(&self.audit_lock);
         let heads = Arc::clone(&self.heads);
+        let counted = Arc::clone(&self.audit_appends);
         tokio::spawn(async move {
             let _guard = lock.lock().await;
             let mut tx = D::begin_write(&pool).await.map_err(backend)?;
@@ -293,6 +304,13 @@ impl<D: Dialect> SqlStore<D> {
             };
             if let Ok(Some((_, stored))) = &result {
                 tx.commit().await.map_err(backend)?;
+                if let Some(counter) = counted.get() {
+                    for r in stored {
+                        counter
+                            .get_or_create(&crate::metrics::AuditKindLabel::of(&r.event.kind))
+                            .inc();
+                    }
+                }
                 if let Some(last) = stored.last() {
                     raise(
                         &heads,
@@ -874,6 +892,11 @@ impl<D: Dialect> Datastore for SqlStore<D> {
 
     fn audit_heads(&self) -> watch::Receiver<Option<ChainHead>> {
         self.heads.subscribe()
+    }
+
+    fn count_audit_appends(&self, counter: AuditAppends) {
+        // Handed over once, at startup; a second hand-over changes nothing.
+        let _ = self.audit_appends.set(counter);
     }
 
     async fn list_audit(

@@ -34,6 +34,9 @@ pub struct EndedTask {
     pub until: i64,
     /// How it ended.
     pub state: TaskState,
+    /// Unix milliseconds when it ended, as near as this server knows (see
+    /// [`ended_at_ms`]); what agents measure revocation propagation from.
+    pub ended_at_ms: i64,
     /// Its token status list entry (tasks recorded before schema version 10: none).
     pub status: Option<StatusEntry>,
 }
@@ -58,6 +61,21 @@ pub struct RevocationSet {
 /// credentials end at the deadline by themselves).
 pub(crate) fn ended_early(t: &TaskRecord) -> bool {
     !t.state.is_open() && t.state != TaskState::Expired
+}
+
+/// Unix milliseconds of `now`.
+fn unix_millis(now: SystemTime) -> i64 {
+    now.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// When a task the datastore says ended in second `ended_at` (Unix seconds) ended, in
+/// Unix milliseconds, seen first at `now_ms`: `now_ms` while still within that second
+/// (the server publishes an end it made itself at once, so this is within milliseconds
+/// of the end), else the end of that second (an end seen late, e.g. made by another
+/// server: the estimate then errs short by under a second, never long).
+pub(crate) fn ended_at_ms(ended_at: i64, now_ms: i64) -> i64 {
+    now_ms.min(ended_at.saturating_mul(1000).saturating_add(999))
 }
 
 /// What the CRLs were signed for: (CA serial, SVID serial) pairs listed, and the CAs that
@@ -120,16 +138,30 @@ impl RevocationState {
         let _serial = self.refresh_lock.lock().await;
         let now_unix = unix_seconds(now);
         let (tasks, svids) = ds.revoked_since(now_unix).await?;
-        let ended: Vec<EndedTask> = tasks
-            .iter()
-            .filter(|t| ended_early(t))
-            .map(|t| EndedTask {
-                task_id: t.id.clone(),
-                until: t.deadline,
-                state: t.state,
-                status: t.status,
-            })
-            .collect();
+        let now_ms = unix_millis(now);
+        let ended: Vec<EndedTask> = {
+            let cur = self.current.read().unwrap_or_else(|e| e.into_inner());
+            tasks
+                .iter()
+                .filter(|t| ended_early(t))
+                .map(|t| EndedTask {
+                    task_id: t.id.clone(),
+                    until: t.deadline,
+                    state: t.state,
+                    status: t.status,
+                    // Stamped once, when first seen here, and kept: a later refresh must
+                    // not see a change.
+                    ended_at_ms: cur
+                        .ended_tasks
+                        .iter()
+                        .find(|c| c.task_id == t.id)
+                        .map_or_else(
+                            || ended_at_ms(t.end.as_ref().map_or(now_unix, |e| e.at), now_ms),
+                            |c| c.ended_at_ms,
+                        ),
+                })
+                .collect()
+        };
         let newest_list = ds.newest_status_list().await?;
         let listed: Vec<(String, String)> = svids
             .iter()
@@ -217,6 +249,21 @@ mod tests {
     use crate::datastore::sqlite::SqliteDatastore;
     use common::TrustDomain;
     use x509_parser::prelude::FromDer as _;
+
+    #[test]
+    fn an_end_is_stamped_when_published_within_its_second_else_at_the_end_of_it() {
+        // Seen within the second the datastore recorded: the time it was seen.
+        assert_eq!(
+            ended_at_ms(1_700_000_000, 1_700_000_000_250),
+            1_700_000_000_250
+        );
+        // Seen later (ended elsewhere, or before a restart): the end of that second.
+        assert_eq!(
+            ended_at_ms(1_700_000_000, 1_700_000_042_000),
+            1_700_000_000_999
+        );
+        assert_eq!(ended_at_ms(i64::MAX, 5), 5);
+    }
 
     #[tokio::test]
     async fn every_ca_with_a_key_has_a_published_crl_even_with_nothing_revoked() {

@@ -1,9 +1,17 @@
-//! `fetch-over-fd --stdin` | `fetch-over-fd --connect SOCKET [--twice]`: one `FetchX509SVID`
-//! over a Unix socket connection to the Workload API, either inherited as standard input
-//! (made by whatever program ran before an `exec`) or made here. Prints the SPIFFE IDs
-//! received, one per line, and exits 0; prints the refusal and exits 1. With `--twice`, it
-//! then prints `--`, waits for a line on standard input, and makes a second call on the
-//! same connection, printing its IDs the same way (tests change the process in between).
+//! `fetch-over-fd --stdin` | `fetch-over-fd --connect SOCKET [--twice | --watch |
+//! --watch-then-exec PROGRAM]`: one `FetchX509SVID` over a Unix socket connection to the
+//! Workload API, either inherited as standard input (made by whatever program ran before
+//! an `exec`) or made here. Prints the SPIFFE IDs received, one per line, and exits 0;
+//! prints the refusal and exits 1. With `--twice`, it then prints `--`, waits for a line on
+//! standard input, and makes a second call on the same connection, printing its IDs the
+//! same way (tests change the process in between).
+//!
+//! With `--watch`, it keeps the stream open and prints the IDs of every message followed
+//! by `--`, until the stream ends (exit 0) or fails (the refusal on standard error, exit
+//! 1). With `--watch-then-exec PROGRAM`, it prints the first message so, waits for a line
+//! on standard input, then execs `PROGRAM` with the connection (its stream still open) as
+//! that program's standard input: what the agent sends on it from then on reaches
+//! `PROGRAM` (`cat` prints it raw).
 //!
 //! Tests use it to show what the agent attests when the program that connected is not the
 //! one that asks.
@@ -17,7 +25,7 @@ use common::proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient
 
 fn stream(args: &[String]) -> Result<std::os::unix::net::UnixStream, String> {
     match args {
-        [flag, socket] | [flag, socket, _] if flag == "--connect" => {
+        [flag, socket, ..] if flag == "--connect" => {
             std::os::unix::net::UnixStream::connect(socket).map_err(|e| format!("{socket}: {e}"))
         }
         [flag] if flag == "--stdin" => std::io::stdin()
@@ -29,7 +37,23 @@ fn stream(args: &[String]) -> Result<std::os::unix::net::UnixStream, String> {
     }
 }
 
-async fn fetch(s: std::os::unix::net::UnixStream, twice: bool) -> Result<Vec<String>, String> {
+/// What to do on the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Mode {
+    /// One call.
+    Once,
+    /// Two calls, with a line of standard input in between.
+    Twice,
+    /// One call, every message.
+    Watch,
+    /// One call; after its first message and a line of standard input, exec this program
+    /// with the connection as its standard input.
+    WatchThenExec(String),
+}
+
+async fn fetch(s: std::os::unix::net::UnixStream, mode: Mode) -> Result<Vec<String>, String> {
+    // Kept for `--watch-then-exec`: another descriptor of the same connection.
+    let kept = s.try_clone().map_err(|e| e.to_string())?;
     s.set_nonblocking(true).map_err(|e| e.to_string())?;
     let once = Arc::new(Mutex::new(Some(
         tokio::net::UnixStream::from_std(s).map_err(|e| e.to_string())?,
@@ -46,8 +70,13 @@ async fn fetch(s: std::os::unix::net::UnixStream, twice: bool) -> Result<Vec<Str
         .await
         .map_err(|e| e.to_string())?;
     let client = SpiffeWorkloadApiClient::new(channel);
+    match mode {
+        Mode::Watch => return watch(client, None).await,
+        Mode::WatchThenExec(program) => return watch(client, Some((program, kept))).await,
+        Mode::Once | Mode::Twice => drop(kept),
+    }
     let mut ids = once_on(client.clone()).await?;
-    if twice {
+    if mode == Mode::Twice {
         println!("{}\n--", ids.join("\n"));
         let mut line = String::new();
         std::io::stdin()
@@ -75,13 +104,66 @@ async fn once_on(
     Ok(first.svids.into_iter().map(|s| s.spiffe_id).collect())
 }
 
+/// Prints the IDs of every message of one `FetchX509SVID` stream, each message followed by
+/// `--`; with `exec`, after the first message and a line of standard input, execs the
+/// program with the connection as its standard input. Returns when the stream ends.
+async fn watch(
+    mut client: SpiffeWorkloadApiClient<tonic::transport::Channel>,
+    mut exec: Option<(String, std::os::unix::net::UnixStream)>,
+) -> Result<Vec<String>, String> {
+    use std::io::Write as _;
+    let mut stream = client
+        .fetch_x509svid(tests::with_header(X509svidRequest {}))
+        .await
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    loop {
+        let Some(msg) = stream
+            .message()
+            .await
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        else {
+            return Ok(Vec::new());
+        };
+        let mut out = std::io::stdout().lock();
+        for s in &msg.svids {
+            writeln!(out, "{}", s.spiffe_id).map_err(|e| e.to_string())?;
+        }
+        writeln!(out, "--").map_err(|e| e.to_string())?;
+        out.flush().map_err(|e| e.to_string())?;
+        drop(out);
+        if let Some((program, conn)) = exec.take() {
+            use std::os::unix::process::CommandExt as _;
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|e| e.to_string())?;
+            // `stream` stays open: the agent keeps sending on the connection. The descriptor
+            // shares the runtime's non-blocking mode: the next program expects blocking.
+            conn.set_nonblocking(false).map_err(|e| e.to_string())?;
+            let err = std::process::Command::new(&program)
+                .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(conn)))
+                .exec();
+            return Err(format!("exec {program}: {err}"));
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let twice = args.len() == 3 && args.get(2).is_some_and(|a| a == "--twice");
-    if args.len() == 3 && !twice {
-        eprintln!("usage: fetch-over-fd --stdin | fetch-over-fd --connect SOCKET [--twice]");
-        return ExitCode::from(64);
-    }
+    let mode = match args.get(2..).unwrap_or_default() {
+        [] => Mode::Once,
+        [flag] if flag == "--twice" => Mode::Twice,
+        [flag] if flag == "--watch" => Mode::Watch,
+        [flag, program] if flag == "--watch-then-exec" => Mode::WatchThenExec(program.clone()),
+        _ => {
+            eprintln!(
+                "usage: fetch-over-fd --stdin | fetch-over-fd --connect SOCKET [--twice | --watch | --watch-then-exec PROGRAM]"
+            );
+            return ExitCode::from(64);
+        }
+    };
+    let watching = matches!(mode, Mode::Watch | Mode::WatchThenExec(_));
     let s = match stream(&args) {
         Ok(s) => s,
         Err(e) => {
@@ -99,9 +181,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(async {
-        tokio::time::timeout(std::time::Duration::from_secs(10), fetch(s, twice)).await
-    }) {
+    // A watch lasts as long as the stream; a single call must answer within 10 s.
+    let limit = std::time::Duration::from_secs(if watching { 24 * 3600 } else { 10 });
+    match rt.block_on(async { tokio::time::timeout(limit, fetch(s, mode)).await }) {
         Ok(Ok(ids)) => {
             for id in ids {
                 println!("{id}");

@@ -335,3 +335,77 @@ fn a_setuid_program_run_by_another_user_is_refused() {
         "{log}"
     );
 }
+
+/// An open stream is attested again before it sends: when the process that opened a
+/// `FetchX509SVID` stream execs another program (here `cat`, handed the connection as its
+/// standard input, so it prints whatever the agent sends), the next change of its
+/// identities (a second entry for the program that connected) is not sent: the stream ends
+/// and the agent logs why. (Before, the new message reached the new program.)
+#[test]
+fn an_open_stream_handed_to_another_program_gets_nothing_more() {
+    const FIRST: &str = "spiffe://example.org/watch-first";
+    const SECOND: &str = "spiffe://example.org/watch-second";
+    let c = Cluster::start(&[]);
+    let program = std::fs::canonicalize(tests::bin("fetch-over-fd")).unwrap();
+    let by_path = format!("unix:path:{}", program.display());
+    c.server.create_entry(FIRST, &[&by_path], &[]);
+    let socket = &c.agent.socket_path;
+    let direct = |want: &[&str]| {
+        tests::wait_for(Duration::from_secs(20), || {
+            let out = Command::new(&program)
+                .arg("--connect")
+                .arg(socket)
+                .output()
+                .unwrap();
+            let mut ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_owned)
+                .collect();
+            ids.sort();
+            (ids == want).then_some(())
+        })
+        .unwrap_or_else(|| panic!("{want:?} not served\nagent log:\n{}", c.agent.log_tail()))
+    };
+    direct(&[FIRST]);
+
+    let cat = std::fs::canonicalize("/bin/cat").unwrap();
+    let mut cmd = Command::new(&program);
+    cmd.arg("--connect")
+        .arg(socket)
+        .arg("--watch-then-exec")
+        .arg(&cat);
+    let mut watch = tests::fetch::Watcher::spawn(cmd);
+    assert_eq!(
+        watch.next(Duration::from_secs(20)),
+        Ok(Some(vec![FIRST.to_owned()])),
+        "first message, to the program that connected"
+    );
+    let log_from = c.agent.log_len();
+    {
+        use std::io::Write as _;
+        let stdin = watch.child.stdin.as_mut().unwrap();
+        stdin.write_all(b"\n").unwrap();
+    }
+    let exe = format!("/proc/{}/exe", watch.pid());
+    let execd = tests::wait_for(Duration::from_secs(10), || {
+        (std::fs::read_link(&exe).ok()? == cat).then_some(())
+    });
+    assert!(execd.is_some(), "the stream's owner execs cat");
+
+    // A new identity for the program that connected: a stream still attested as that
+    // program would send it.
+    c.server.create_entry(SECOND, &[&by_path], &[]);
+    direct(&[FIRST, SECOND]);
+    let sent = watch.output_for(Duration::from_secs(3));
+    assert!(
+        !sent.windows(SECOND.len()).any(|w| w == SECOND.as_bytes()),
+        "the exec'd program received the new identity ({} bytes)",
+        sent.len()
+    );
+    let log = c.agent.log_since(log_from);
+    assert!(
+        log.contains("ran another executable since it connected")
+            && log.contains("stream ended: its caller no longer attests"),
+        "the agent ends the stream and says why: {log}"
+    );
+}

@@ -340,3 +340,87 @@ fn fetch_in_as_root(socket: &str, cgroup: &Path) -> Output {
         ..out
     }
 }
+
+/// An open stream is attested again before it sends: a process that opened a
+/// `FetchX509SVID` stream in container A's cgroup and is then moved into container B's gets
+/// B's identity on the stream at the next change of the agent's cache (here: an entry for
+/// another workload), and one moved into no container's cgroup has its stream ended with
+/// `PermissionDenied`. (Before, the stream went on serving A's identity.)
+#[test]
+#[ignore = "needs root: creates kernel cgroups and moves a process between them"]
+fn an_open_stream_is_attested_again_where_its_process_was_moved() {
+    let unified = mount_point(None).expect("a cgroup2 (unified) hierarchy is mounted");
+    let run = format!("tessera-e2e-stream-{}", std::process::id());
+    let mut made = TestCgroups::new();
+    let a = made.make(
+        &unified,
+        &format!("{run}/system.slice/docker-{DOCKER_A}.scope"),
+    );
+    let b = made.make(&unified, &format!("{run}/docker/{DOCKER_B}"));
+    let plain = made.make(&unified, &format!("{run}/plain"));
+
+    let c = Cluster::start(&[]);
+    let id_a = "spiffe://example.org/stream-a";
+    let id_b = "spiffe://example.org/stream-b";
+    c.server.create_entry(
+        id_a,
+        &["unix:uid:0", &format!("container:id:{DOCKER_A}")],
+        &[],
+    );
+    c.server.create_entry(
+        id_b,
+        &["unix:uid:0", &format!("container:id:{DOCKER_B}")],
+        &[],
+    );
+    let socket = c.agent.socket_path.to_str().unwrap().to_owned();
+    let ready = tests::wait_for(Duration::from_secs(20), || {
+        svid_ids(&fetch_in_as_root(&socket, &b))
+            .ok()
+            .filter(|ids| *ids == [id_b])
+    });
+    assert!(ready.is_some(), "agent log:\n{}", c.agent.log_tail());
+
+    for (n, (to, want)) in [(&b, Some(id_b)), (&plain, None)].into_iter().enumerate() {
+        let mut cmd = Caller::root()
+            .cgroups(&[&a])
+            .command(&tests::bin("fetch-over-fd"));
+        cmd.args(["--connect", &socket, "--watch"]);
+        let mut watch = tests::fetch::Watcher::spawn(cmd);
+        assert_eq!(
+            watch.next(Duration::from_secs(20)),
+            Ok(Some(vec![id_a.to_owned()])),
+            "first message, in container A"
+        );
+        tests::cgroups::move_into(to, watch.pid());
+        // Any change of the agent's cache makes the stream render again.
+        c.server.create_entry(
+            &format!("spiffe://example.org/elsewhere-{n}"),
+            &["unix:uid:4242"],
+            &[],
+        );
+        let next = watch.next(Duration::from_secs(20));
+        match want {
+            Some(id) => assert_eq!(
+                next,
+                Ok(Some(vec![id.to_owned()])),
+                "moved to {}\nagent log:\n{}",
+                to.display(),
+                c.agent.log_tail()
+            ),
+            None => {
+                let ended = next.expect_err("the stream ends");
+                assert!(
+                    ended.contains("PermissionDenied") && ended.contains(NO_IDENTITY),
+                    "moved to {}: {ended}",
+                    to.display()
+                );
+            }
+        }
+    }
+    drop(c);
+    drop(made);
+    assert!(
+        !unified.join(&run).exists(),
+        "the test's cgroups are removed"
+    );
+}

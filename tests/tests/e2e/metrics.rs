@@ -134,6 +134,38 @@ fn metrics_of_server_and_agent_scraped_by_prometheus() {
         String::from_utf8_lossy(&revoked.stderr)
     );
 
+    // A stream that opened and then lost its identity: counted with its code.
+    let nobody_id = server.create_entry(
+        "spiffe://example.org/metrics/nobody",
+        &[&format!("unix:uid:{}", tests::NOBODY)],
+        &[],
+    );
+    let mut cmd =
+        tests::cgroups::Caller::nobody().command(&tests::nobody::bin_for_nobody("fetch-over-fd"));
+    cmd.arg("--connect").arg(&agent.socket_path).arg("--watch");
+    let opened = wait_for(Duration::from_secs(30), || {
+        let mut cmd = tests::cgroups::Caller::nobody()
+            .command(&tests::nobody::bin_for_nobody("fetch-over-fd"));
+        cmd.arg("--connect").arg(&agent.socket_path);
+        cmd.output().unwrap().status.success().then_some(())
+    });
+    assert!(
+        opened.is_some(),
+        "no SVID for nobody:\n{}",
+        agent.log_tail()
+    );
+    let mut watch = tests::fetch::Watcher::spawn(cmd);
+    assert!(
+        matches!(watch.next(Duration::from_secs(20)), Ok(Some(ids)) if ids.len() == 1),
+        "the stream opens"
+    );
+    let deleted = server.cli(&["entry", "delete", "--entry-id", &nobody_id]);
+    assert!(deleted.status.success(), "entry delete");
+    let ended = watch
+        .next(Duration::from_secs(20))
+        .expect_err("the stream ends");
+    assert!(ended.contains("PermissionDenied"), "{ended}");
+
     let s = scrape(server.health());
     at_least(&s, "tessera_server_svids_issued_total{kind=\"x509\"}", 1.0);
     at_least(&s, "tessera_server_svids_issued_total{kind=\"jwt\"}", 1.0);
@@ -165,9 +197,39 @@ fn metrics_of_server_and_agent_scraped_by_prometheus() {
     at_least(&s, "tessera_server_ca_expiry_timestamp_seconds", now);
     at_least(&s, "tessera_server_jwt_key_expiry_timestamp_seconds", now);
     at_least(&s, "tessera_server_audit_head_sequence", 1.0);
+    at_least(
+        &s,
+        "tessera_server_audit_appends_total{kind=\"entry.created\"}",
+        3.0,
+    );
+    at_least(
+        &s,
+        "tessera_server_audit_appends_total{kind=\"task.ended\"}",
+        1.0,
+    );
+    // No datastore call failed here: every series is there, at 0.
+    for op in ["read", "write", "probe"] {
+        for error in ["unavailable", "backend", "corrupt"] {
+            let series =
+                format!("tessera_server_datastore_errors_total{{op=\"{op}\",error=\"{error}\"}}");
+            assert_eq!(value(&s, &series), Some(0.0), "{series}\n{s}");
+        }
+    }
     assert!(!s.contains("spiffe://"), "no SPIFFE ID in labels:\n{s}");
 
-    let a = scrape(agent.health());
+    // The revocation reached the agent: its propagation latency is observed.
+    let a = wait_for(Duration::from_secs(20), || {
+        let a = scrape(agent.health());
+        value(&a, "tessera_agent_revocation_propagation_seconds_count")
+            .is_some_and(|n| n >= 1.0)
+            .then_some(a)
+    })
+    .unwrap_or_else(|| panic!("no revocation observed:\n{}", scrape(agent.health())));
+    let propagation = value(&a, "tessera_agent_revocation_propagation_seconds_sum").unwrap();
+    assert!(
+        (0.0..10.0).contains(&propagation),
+        "revocation propagated in {propagation} s"
+    );
     at_least(
         &a,
         "tessera_agent_workload_api_requests_total{method=\"FetchX509SVID\",result=\"OK\"}",
@@ -192,6 +254,11 @@ fn metrics_of_server_and_agent_scraped_by_prometheus() {
     at_least(&a, "tessera_agent_sync_updates_total", 1.0);
     at_least(&a, "tessera_agent_last_sync_timestamp_seconds", now - 600.0);
     at_least(&a, "tessera_agent_cached_svids", 1.0);
+    at_least(
+        &a,
+        "tessera_agent_workload_api_stream_errors_total{method=\"FetchX509SVID\",code=\"PermissionDenied\"}",
+        1.0,
+    );
     assert!(!a.contains("spiffe://"), "no SPIFFE ID in labels:\n{a}");
 
     let mean = |text: &str, family: &str, labels: &str| {
@@ -200,7 +267,7 @@ fn metrics_of_server_and_agent_scraped_by_prometheus() {
         sum / count * 1000.0
     };
     println!(
-        "metrics: mean x509 issuance call {:.2} ms, jwt mint {:.2} ms; FetchX509SVID to first message {:.2} ms, FetchJWTSVID {:.2} ms; server {} bytes, agent {} bytes",
+        "metrics: mean x509 issuance call {:.2} ms, jwt mint {:.2} ms; FetchX509SVID to first message {:.2} ms, FetchJWTSVID {:.2} ms; revocation propagation {:.1} ms; server {} bytes, agent {} bytes",
         mean(
             &s,
             "tessera_server_issuance_duration_seconds",
@@ -221,6 +288,7 @@ fn metrics_of_server_and_agent_scraped_by_prometheus() {
             "tessera_agent_workload_api_request_duration_seconds",
             "{method=\"FetchJWTSVID\"}"
         ),
+        propagation * 1000.0,
         s.len(),
         a.len()
     );
@@ -259,6 +327,8 @@ fn metrics_of_server_and_agent_scraped_by_prometheus() {
         "tessera_server_issuance_duration_seconds_count",
         "tessera_agent_workload_api_requests_total%7Bmethod%3D%22FetchX509SVID%22%7D",
         "tessera_agent_cached_svids",
+        "tessera_server_audit_appends_total",
+        "tessera_agent_revocation_propagation_seconds_count",
         "up%7Bjob%3D%22tessera-agent%22%7D%3D%3D1",
         "up%7Bjob%3D%22tessera-server%22%7D%3D%3D1",
     ] {

@@ -111,14 +111,16 @@ class Revocations(_message.Message):
     def __init__(self, crls: _Optional[_Iterable[bytes]] = ..., ended_tasks: _Optional[_Iterable[_Union[EndedTask, _Mapping]]] = ...) -> None: ...
 
 class EndedTask(_message.Message):
-    __slots__ = ("task_id", "until", "state")
+    __slots__ = ("task_id", "until", "state", "ended_at")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     UNTIL_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     until: int
     state: str
-    def __init__(self, task_id: _Optional[str] = ..., until: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
+    ended_at: int
+    def __init__(self, task_id: _Optional[str] = ..., until: _Optional[int] = ..., state: _Optional[str] = ..., ended_at: _Optional[int] = ...) -> None: ...
 
 class AgentCache(_message.Message):
     __slots__ = ("snapshot", "svids", "sync_cursor")

@@ -154,6 +154,12 @@ pub struct EndedTask {
     /// Final state, e.g. "completed" or "revoked".
     #[prost(string, tag = "3")]
     pub state: ::prost::alloc::string::String,
+    /// Unix milliseconds: when the task ended, as near as the server knows (the time it
+    /// published the end if that was within the second the datastore recorded, else the end
+    /// of that second). Agents observe their revocation propagation latency from it. 0:
+    /// unknown (an older server).
+    #[prost(int64, tag = "40")]
+    pub ended_at: i64,
 }
 /// What an agent persists (0600) so that a restart during a server outage keeps serving
 /// still-valid SVIDs. Never sent over the network.
