@@ -76,7 +76,7 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::R
     // datastore's failures and audit appends are counted from here on.
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = crate::metrics::ServerMetrics::register(&mut registry);
-    let ds: Arc<dyn Datastore> = Arc::new(crate::datastore::Metered::new(ds, Arc::clone(&metrics)));
+    let ds: Arc<dyn Datastore> = Arc::new(crate::metrics::Metered::new(ds, Arc::clone(&metrics)));
     tracing::info!(datastore = %config.datastore.describe(), "datastore open");
     let checkpointer = anchor_audit(&config, &*ds).await?;
     let upstream = match &config.upstream {

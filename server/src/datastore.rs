@@ -13,7 +13,6 @@
 
 #[cfg(test)]
 mod conformance;
-mod metered;
 mod migrate;
 pub mod postgres;
 mod sql;
@@ -21,8 +20,10 @@ pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod testdb;
 
-pub use metered::Metered;
 pub use sql::SqlStore;
+
+/// Told the kind (`AuditKind::as_str` as stored) of each audit record once it is committed.
+pub type AuditAppended = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
 
 use common::task::{TaskBinding, TaskState};
 use common::{
@@ -813,14 +814,7 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     /// with the cause when it does not, or not in time. Readiness rests on it.
     async fn ping(&self, within: std::time::Duration) -> Result<(), DatastoreError>;
 
-    /// Counts each audit record appended, by kind, in `counter` once it is committed
+    /// Calls `counted` with the kind of each audit record appended, once it is committed
     /// (`/metrics`). Stores that cannot ignore it.
-    fn count_audit_appends(
-        &self,
-        _counter: prometheus_client::metrics::family::Family<
-            crate::metrics::AuditKindLabel,
-            prometheus_client::metrics::counter::Counter,
-        >,
-    ) {
-    }
+    fn count_audit_appends(&self, _counted: AuditAppended) {}
 }

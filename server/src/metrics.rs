@@ -20,8 +20,11 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::ca::rotation::{CaPhase, CaSet};
-use crate::datastore::Datastore;
+use crate::datastore::{AuditAppended, Datastore};
+
+mod metered;
 use crate::jwt_keys::JwtKeyManager;
+pub use metered::Metered;
 
 /// The kind of SVID issued.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -199,6 +202,14 @@ impl ServerMetrics {
         self.datastore_errors
             .get_or_create(&DatastoreErrorLabels { op, error })
             .inc();
+    }
+
+    /// What the datastore is handed to count its committed audit records here.
+    pub fn audit_appended(&self) -> AuditAppended {
+        let family = self.audit_appends.clone();
+        Arc::new(move |kind: &str| {
+            family.get_or_create(&AuditKindLabel::of(kind)).inc();
+        })
     }
 
     /// Counts a task entering `state`.

@@ -84,11 +84,8 @@ pub struct SqlStore<D: Dialect> {
     audit_appends: Arc<std::sync::OnceLock<AuditAppends>>,
 }
 
-/// The counter of audit records appended, by kind.
-type AuditAppends = prometheus_client::metrics::family::Family<
-    crate::metrics::AuditKindLabel,
-    prometheus_client::metrics::counter::Counter,
->;
+/// What is told of each audit record appended.
+type AuditAppends = super::AuditAppended;
 
 impl<D: Dialect> Clone for SqlStore<D> {
     fn clone(&self) -> Self {
@@ -304,11 +301,9 @@ impl<D: Dialect> SqlStore<D> {
             };
             if let Ok(Some((_, stored))) = &result {
                 tx.commit().await.map_err(backend)?;
-                if let Some(counter) = counted.get() {
+                if let Some(counted) = counted.get() {
                     for r in stored {
-                        counter
-                            .get_or_create(&crate::metrics::AuditKindLabel::of(&r.event.kind))
-                            .inc();
+                        counted(&r.event.kind);
                     }
                 }
                 if let Some(last) = stored.last() {

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use common::task::TaskState;
 use common::{EntryId, RegistrationEntry, SpiffeId, TaskId, TemplateId};
 
-use super::*;
+use super::ServerMetrics;
 use crate::audit::{AuditEvent, AuditRecord, ChainHead};
-use crate::metrics::ServerMetrics;
+use crate::datastore::*;
 
 /// See the module docs.
 #[derive(Debug)]
@@ -24,7 +24,7 @@ pub struct Metered {
 impl Metered {
     /// `inner`, counted in `metrics` (and its audit appends too).
     pub fn new(inner: Arc<dyn Datastore>, metrics: Arc<ServerMetrics>) -> Self {
-        inner.count_audit_appends(metrics.audit_appends.clone());
+        inner.count_audit_appends(metrics.audit_appended());
         Self { inner, metrics }
     }
 
@@ -308,7 +308,7 @@ impl Datastore for Metered {
     async fn same_workload_elsewhere(
         &self,
         parent_id: &SpiffeId,
-        selectors: &SelectorSet,
+        selectors: &common::SelectorSet,
         tenant: &str,
     ) -> Result<Vec<RegistrationEntry>, DatastoreError> {
         let r = self
@@ -534,14 +534,8 @@ impl Datastore for Metered {
         self.counted("probe", r)
     }
 
-    fn count_audit_appends(
-        &self,
-        counter: prometheus_client::metrics::family::Family<
-            crate::metrics::AuditKindLabel,
-            prometheus_client::metrics::counter::Counter,
-        >,
-    ) {
-        self.inner.count_audit_appends(counter);
+    fn count_audit_appends(&self, counted: AuditAppended) {
+        self.inner.count_audit_appends(counted);
     }
 }
 
@@ -549,6 +543,7 @@ impl Datastore for Metered {
 mod tests {
     use super::*;
     use crate::audit::AuditKind;
+    use crate::datastore::sqlite;
     use crate::metrics::{AuditKindLabel, DatastoreErrorLabels};
 
     #[tokio::test]
