@@ -247,6 +247,7 @@ fn sync_update_seeds() -> Vec<Vec<u8>> {
         ],
         bundle: Some(bundle.clone()),
         revocations: Some(revocations.clone()),
+        templates: Vec::new(),
     }));
     vec![
         stream(vec![snapshot.clone()]),
@@ -271,6 +272,8 @@ fn sync_update_seeds() -> Vec<Vec<u8>> {
                     entries_deleted: vec!["e1".into()],
                     bundle: None,
                     revocations: Some(revocations),
+                    templates_upserted: Vec::new(),
+                    templates_deleted: Vec::new(),
                 })),
             },
             SyncUpdate {
