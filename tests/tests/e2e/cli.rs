@@ -544,11 +544,7 @@ fn json_output_for_show_list_token_and_bundle() {
             "x509_svid_ttl"
         ]
     );
-    assert_eq!(
-        e["template_id"],
-        serde_json::Value::Null,
-        "made by an operator"
-    );
+    assert_eq!(e["template_id"], Value::Null, "made by an operator");
     assert_eq!(
         e["tenant"], "default",
         "everything outside a tenant's prefixes"
