@@ -588,12 +588,15 @@ impl SpiffeWorkloadApi for WorkloadApi {
         }
         let usage = self.usage.clone();
         let hold = Mutex::new(usage.live().hold());
+        let delivered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let delivered_in_sent = Arc::clone(&delivered);
         // One delivery of each entry whose SVID the message carries; the entries made from
         // templates among them are held live while the stream lasts.
         let sent = move |snap: &CacheSnapshot, caller: &Attested| {
             let now = SystemTime::now();
             let ids = snap.identities(&caller.selectors, &caller.lineage, now);
             usage.delivered(&ids.entry_ids, crate::cache::unix(now));
+            delivered_in_sent.store(true, std::sync::atomic::Ordering::Relaxed);
             let instances = snap.instances_of(&caller.selectors);
             hold.lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -606,10 +609,13 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 );
         };
         // While its entry is on its way, a caller covered by a template waits (up to the
-        // pending timeout) rather than being refused.
-        let render = |snap: &CacheSnapshot, caller: &Attested| match render_x509(snap, caller) {
+        // pending timeout) rather than being refused. Once it was served, losing the entry
+        // ends the stream as for any caller (a new call provisions it again).
+        let render = move |snap: &CacheSnapshot, caller: &Attested| match render_x509(snap, caller)
+        {
             Err(s)
                 if s.code() == tonic::Code::PermissionDenied
+                    && !delivered.load(std::sync::atomic::Ordering::Relaxed)
                     && snap.template_for(&caller.selectors).is_some() =>
             {
                 Ok(None)

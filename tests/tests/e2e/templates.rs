@@ -76,7 +76,22 @@ fn templates_provision_at_first_fetch_and_go_after_the_workload() {
         "3s",
     ]);
     let template_id = t["id"].as_str().expect("template id").to_owned();
+    // A placeholder that is not a whole segment is refused, and nothing is stored.
+    let bad = c.server.cli(&[
+        "template",
+        "create",
+        "--spiffe-id-template",
+        "spiffe://example.org/acme/svc-{systemd:unit}",
+        "--parent-id",
+        tests::AGENT_ID,
+        "--selector",
+        "systemd:slice:acme.slice",
+    ]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("whole path segments"), "{err}");
     let listed = c.server.cli_json(&["template", "list"]);
+    assert_eq!(listed["templates"].as_array().map(Vec::len), Some(1));
     assert_eq!(
         listed["templates"][0]["id"],
         Value::from(template_id.clone())
