@@ -199,7 +199,7 @@ fn a_release_database_is_upgraded_at_start_and_a_newer_schema_stops_the_server()
             "SELECT string_agg(version || ' ' || how, ',' ORDER BY version) \
              FROM tessera_fixture.tessera_schema"
         ),
-        "1 baseline,2 applied,3 applied,4 applied,5 applied,6 applied,7 applied,8 applied,9 applied,10 applied,11 applied,12 applied,13 applied,14 applied"
+        "1 baseline,2 applied,3 applied,4 applied,5 applied,6 applied,7 applied,8 applied,9 applied,10 applied,11 applied,12 applied,13 applied,14 applied,15 applied"
     );
     // Everything the release stored is served by this server.
     let entries = server.cli_json(&["entry", "show"]);
