@@ -670,9 +670,26 @@ impl SpiffeWorkloadApi for WorkloadApi {
             )));
         }
         let caller = self.attest(&req).await?;
-        let snap = self.cache.current();
+        let mut snap = self.cache.current();
         if !snap.synced {
             return Err(Status::unavailable("agent is not synchronised yet"));
+        }
+        // A caller an identity template covers gets its entry made first, then waits for
+        // it to arrive by sync (at most the pending timeout).
+        if !snap.matches_any(&caller.selectors, SystemTime::now())
+            && let Some((template, own)) = snap.template_for(&caller.selectors)
+        {
+            self.provision(&template, &caller, &own).await?;
+            let mut watch = self.cache.subscribe();
+            let arrived = tokio::time::timeout(
+                PENDING_TIMEOUT,
+                watch.wait_for(|s| s.matches_any(&caller.selectors, SystemTime::now())),
+            )
+            .await;
+            snap = match arrived {
+                Ok(Ok(s)) => Arc::clone(&s),
+                _ => return Err(Status::unavailable("identity not yet available")),
+            };
         }
         let now = unix_now();
         // A task bound to another process is left out, as if its entry were dormant.

@@ -47,7 +47,7 @@ impl Drop for Watchers {
 }
 
 /// Two services of one slice get two identities made from one template at their first
-/// fetch, none before; a value that would not be one path segment cannot reach the
+/// fetch, none before (a third at its first JWT-SVID fetch); a value that would not be one path segment cannot reach the
 /// server's ID (see `server::templates` tests for `/` and `..` through `ProvisionEntry`);
 /// the instances are gone once their workloads have exited for the grace.
 #[test]
@@ -60,6 +60,7 @@ fn templates_provision_at_first_fetch_and_go_after_the_workload() {
     let mut made = TestCgroups::new();
     let a = made.make(&root, &format!("{run}/acme.slice/a.service"));
     let b = made.make(&root, &format!("{run}/acme.slice/b.service"));
+    let c_svc = made.make(&root, &format!("{run}/acme.slice/c.service"));
     let other = made.make(&root, &format!("{run}/other.slice/a.service"));
 
     let c = Cluster::start_with(&[], &["--usage-report-interval", "1s"]);
@@ -119,6 +120,29 @@ fn templates_provision_at_first_fetch_and_go_after_the_workload() {
     );
     // Outside the template's slice: nothing is made.
     assert!(fetch(&other).is_err());
+    // A first call for a JWT-SVID provisions too.
+    let jwt = Caller::nobody()
+        .cgroups(&[&c_svc])
+        .command(&bin_for_nobody("tessera-agent"))
+        .args([
+            "api",
+            "fetch",
+            "jwt",
+            "--audience",
+            "db",
+            "--output",
+            "json",
+        ])
+        .arg("--socket-path")
+        .arg(socket)
+        .output()
+        .expect("run the JWT client");
+    let out = String::from_utf8_lossy(&jwt.stdout);
+    assert!(
+        jwt.status.success() && out.contains("spiffe://example.org/acme/svc/c.service"),
+        "{out}{}",
+        String::from_utf8_lossy(&jwt.stderr)
+    );
 
     // Workloads that stay: a watcher per service.
     let watch = |cg: &std::path::Path| {
@@ -140,10 +164,15 @@ fn templates_provision_at_first_fetch_and_go_after_the_workload() {
             template_id,
         ),
     ];
-    assert_eq!(instances(&c), both);
+    let now = instances(&c);
+    assert!(both.iter().all(|i| now.contains(i)), "{now:?}");
     // Alive past several graces: the agent reports the instances its streams hold.
     std::thread::sleep(Duration::from_secs(5));
-    assert_eq!(instances(&c), both, "kept while their workloads live");
+    assert_eq!(
+        instances(&c),
+        both,
+        "kept while their workloads live; c.service, whose JWT client exited, is gone"
+    );
 
     // The workloads exit: after the grace their entries are deleted.
     drop(watchers);
