@@ -250,6 +250,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         usage,
         holders,
         metrics: Arc::clone(&metrics),
+        provisioning: Arc::default(),
     };
     let api_shutdown = shutdown.clone();
     let limits = config.workload_api;

@@ -69,7 +69,13 @@ pub(crate) struct WorkloadApi {
     pub(crate) holders: crate::holders::Holders,
     /// Attestation failures are counted here (requests by `WorkloadMetricsLayer`).
     pub(crate) metrics: Arc<crate::metrics::AgentMetrics>,
+    /// `ProvisionEntry` calls in flight, by template and instance selectors: concurrent
+    /// first calls of one workload make one request.
+    pub(crate) provisioning: Arc<Mutex<std::collections::HashSet<(common::TemplateId, String)>>>,
 }
+
+/// Longest a `ProvisionEntry` call may take.
+const PROVISION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most audiences accepted in one request.
 const MAX_AUDIENCES: usize = common::task::MAX_AUDIENCES;
@@ -213,6 +219,64 @@ impl WorkloadApi {
             attestor: Arc::clone(&self.attestor),
             metrics: Arc::clone(&self.metrics),
         })
+    }
+
+    /// Asks the server for the entry of `template` for `caller` (whose instance selectors
+    /// are `own`), unless the same request is in flight; the entry then arrives by sync.
+    /// A refusal is `PermissionDenied` "no identity issued", as for any caller without an
+    /// identity (the server's reason is logged, never shown to the workload).
+    async fn provision(
+        &self,
+        template: &common::template::AgentTemplate,
+        caller: &Attested,
+        own: &common::SelectorSet,
+    ) -> Result<(), Status> {
+        let key = (
+            template.id.clone(),
+            own.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        );
+        let first = self
+            .provisioning
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key.clone());
+        if !first {
+            return Ok(());
+        }
+        let req = common::proto::tessera::ProvisionEntryRequest {
+            template_id: template.id.to_string(),
+            selectors: caller.selectors.iter().map(ToString::to_string).collect(),
+        };
+        let answer = match self.link.get() {
+            Some(node) => tokio::time::timeout(PROVISION_TIMEOUT, node.provision_entry(req))
+                .await
+                .unwrap_or_else(|_| Err(Status::deadline_exceeded("no answer in time"))),
+            None => Err(Status::unavailable("not connected to the server")),
+        };
+        self.provisioning
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&key);
+        match answer {
+            Ok(entry) => {
+                tracing::info!(template_id = %template.id, entry_id = %entry.id, spiffe_id = %entry.spiffe_id, "entry provisioned from a template");
+                Ok(())
+            }
+            Err(status) => {
+                tracing::warn!(template_id = %template.id, code = ?status.code(), error = %status.message(), "provisioning refused");
+                match status.code() {
+                    tonic::Code::InvalidArgument
+                    | tonic::Code::PermissionDenied
+                    | tonic::Code::NotFound
+                    | tonic::Code::AlreadyExists
+                    | tonic::Code::ResourceExhausted => Err(Status::permission_denied(NO_IDENTITY)),
+                    _ => Err(Status::unavailable("identity not yet available")),
+                }
+            }
+        }
     }
 
     /// Attests the caller of `req` (off the async runtime: it reads /proc and may hash).
@@ -608,23 +672,56 @@ impl SpiffeWorkloadApi for WorkloadApi {
         check_header(&req)?;
         let handle = self.caller(&req)?;
         let caller = handle.attest().await?;
-        // Refuse an unregistered caller before opening a stream.
+        // Refuse an unregistered caller before opening a stream, unless an identity
+        // template covers it: then its entry is made now and the stream waits for it.
         let snap = self.cache.current();
         if snap.synced && !entitled(&snap, &caller) {
-            return Err(Status::permission_denied(NO_IDENTITY));
+            let Some((template, own)) = snap.template_for(&caller.selectors) else {
+                return Err(Status::permission_denied(NO_IDENTITY));
+            };
+            self.provision(&template, &caller, &own).await?;
         }
         let usage = self.usage.clone();
-        // One delivery of each entry whose SVID the message carries.
+        let hold = Mutex::new(usage.live().hold());
+        let delivered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let delivered_in_sent = Arc::clone(&delivered);
+        // One delivery of each entry whose SVID the message carries; the entries made from
+        // templates among them are held live while the stream lasts.
         let sent = move |snap: &CacheSnapshot, caller: &Attested| {
             let now = SystemTime::now();
             let ids = snap.identities(&caller.selectors, &caller.lineage, now);
             usage.delivered(&ids.entry_ids, crate::cache::unix(now));
+            delivered_in_sent.store(true, std::sync::atomic::Ordering::Relaxed);
+            let instances = snap.instances_of(&caller.selectors);
+            hold.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .set(
+                    ids.entry_ids
+                        .iter()
+                        .filter(|id| instances.contains(id))
+                        .cloned()
+                        .collect(),
+                );
+        };
+        // While its entry is on its way, a caller covered by a template waits (up to the
+        // pending timeout) rather than being refused. Once it was served, losing the entry
+        // ends the stream as for any caller (a new call provisions it again).
+        let render = move |snap: &CacheSnapshot, caller: &Attested| match render_x509(snap, caller)
+        {
+            Err(s)
+                if s.code() == tonic::Code::PermissionDenied
+                    && !delivered.load(std::sync::atomic::Ordering::Relaxed)
+                    && snap.template_for(&caller.selectors).is_some() =>
+            {
+                Ok(None)
+            }
+            other => other,
         };
         Ok(Response::new(self.stream(
             "FetchX509SVID",
             handle,
             caller,
-            render_x509,
+            render,
             sent,
         )))
     }
@@ -677,9 +774,26 @@ impl SpiffeWorkloadApi for WorkloadApi {
             )));
         }
         let caller = self.attest(&req).await?;
-        let snap = self.cache.current();
+        let mut snap = self.cache.current();
         if !snap.synced {
             return Err(Status::unavailable("agent is not synchronised yet"));
+        }
+        // A caller an identity template covers gets its entry made first, then waits for
+        // it to arrive by sync (at most the pending timeout).
+        if !snap.matches_any(&caller.selectors, SystemTime::now())
+            && let Some((template, own)) = snap.template_for(&caller.selectors)
+        {
+            self.provision(&template, &caller, &own).await?;
+            let mut watch = self.cache.subscribe();
+            let arrived = tokio::time::timeout(
+                PENDING_TIMEOUT,
+                watch.wait_for(|s| s.matches_any(&caller.selectors, SystemTime::now())),
+            )
+            .await;
+            snap = match arrived {
+                Ok(Ok(s)) => Arc::clone(&s),
+                _ => return Err(Status::unavailable("identity not yet available")),
+            };
         }
         let now = unix_now();
         // A task bound to another process is left out, as if its entry were dormant.

@@ -455,6 +455,65 @@ mod tests {
     }
 
     #[test]
+    fn an_agent_asks_only_for_callers_the_server_would_serve() {
+        let sel = |s: &str| s.parse::<Selector>().unwrap();
+        let set = |list: &[&str]| list.iter().map(|s| sel(s)).collect::<SelectorSet>();
+        let tpl = AgentTemplate {
+            id: crate::TemplateId::parse("t1").unwrap(),
+            template: t("spiffe://example.org/acme/{cgroup:path}/{systemd:unit}"),
+            selectors: set(&["systemd:slice:acme.slice"]),
+        };
+        // Not in the slice; no value for a placeholder; a value that is not one segment.
+        assert!(
+            tpl.instance_selectors(&set(&["systemd:unit:a.service"]))
+                .is_none()
+        );
+        assert!(
+            tpl.instance_selectors(&set(&[
+                "systemd:slice:acme.slice",
+                "systemd:unit:a.service"
+            ]))
+            .is_none()
+        );
+        assert!(
+            tpl.instance_selectors(&set(&[
+                "systemd:slice:acme.slice",
+                "systemd:unit:a.service",
+                "cgroup:path:/acme.slice/a.service",
+            ]))
+            .is_none()
+        );
+        assert!(
+            tpl.instance_selectors(&set(&[
+                "systemd:slice:acme.slice",
+                "systemd:unit:a.service",
+                "cgroup:path:/x",
+            ]))
+            .is_none(),
+            "cgroup:path values start with / and never render"
+        );
+        let unit = AgentTemplate {
+            template: t("spiffe://example.org/acme/{systemd:unit}"),
+            ..tpl
+        };
+        let own = unit
+            .instance_selectors(&set(&[
+                "systemd:slice:acme.slice",
+                "systemd:unit:a.service",
+                "unix:uid:1000",
+            ]))
+            .unwrap();
+        assert_eq!(
+            own,
+            set(&["systemd:slice:acme.slice", "systemd:unit:a.service"]),
+            "the template's selectors and one per placeholder, nothing else of the caller"
+        );
+        // The wire form keeps what the agent needs.
+        let back = AgentTemplate::try_from(crate::proto::tessera::Template::from(&unit)).unwrap();
+        assert_eq!(back, unit);
+    }
+
+    #[test]
     fn values_come_from_exactly_one_selector_of_the_key() {
         let tpl = t("spiffe://example.org/acme/{unix:uid}/{systemd:unit}");
         let sel = |s: &str| s.parse::<Selector>().unwrap();

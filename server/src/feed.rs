@@ -506,6 +506,23 @@ impl Feed {
                     return self.tasks.apply_remote(&id).await;
                 }
             }
+            "template" => {
+                // Deleted since: its own row follows.
+                if let Some(id) = parsed(common::TemplateId::parse(c.subject.as_str()))
+                    && let Some(t) = self.ds.get_template(&id).await?
+                {
+                    self.events
+                        .publish(ChangeEvent::TemplateUpserted(Arc::new(t)));
+                }
+            }
+            "template_deleted" => {
+                if let Some(id) = parsed(common::TemplateId::parse(c.subject.as_str()))
+                    && let Some(parent_id) = agent_id(c.parent_id.as_deref())
+                {
+                    self.events
+                        .publish(ChangeEvent::TemplateDeleted { id, parent_id });
+                }
+            }
             "agent_removed" => {
                 if let Some(id) = agent_id(Some(&c.subject)) {
                     self.events.publish(ChangeEvent::AgentRemoved(id));
@@ -647,6 +664,42 @@ mod tests {
                 (3, "entry_deleted", "feed-0", Some(node_b), None, me),
             ]
         );
+        // Templates: created and deleted (with their instances, none here).
+        let t = crate::datastore::TemplateRecord {
+            id: common::TemplateId::parse("feed-t").unwrap(),
+            template: common::SpiffeIdTemplate::new("spiffe://example.org/t/{systemd:unit}")
+                .unwrap(),
+            parent_id: common::SpiffeId::new(node_a).unwrap(),
+            selectors: e.selectors.clone(),
+            x509_svid_ttl: Duration::from_secs(60),
+            jwt_svid_ttl: Duration::from_secs(60),
+            tenant: "default".into(),
+            owner: String::new(),
+            grace: Duration::from_secs(5),
+            created_at: 1,
+        };
+        a.create_template(&t, &[]).await.unwrap();
+        a.delete_template(&t.id, Box::new(|_| Vec::new()))
+            .await
+            .unwrap()
+            .unwrap();
+        let rows = feed::read_after(&pool, 3).await.unwrap();
+        let got: Vec<_> = rows
+            .iter()
+            .map(|c| (c.kind.as_str(), c.subject.as_str(), c.parent_id.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("template", "feed-t", Some(node_a)),
+                ("template_deleted", "feed-t", Some(node_a)),
+            ]
+        );
+        sqlx::query("DELETE FROM changes WHERE seq > 3")
+            .execute(&pool)
+            .await
+            .unwrap();
+
         // A failed write appends nothing: a duplicate entry is refused.
         let dup = feed_entry(1, node_a);
         a.create_entry(&dup, &[]).await.unwrap();

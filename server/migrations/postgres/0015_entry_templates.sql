@@ -30,3 +30,18 @@ CREATE TABLE instances_seen (
     entry_id TEXT COLLATE "C" PRIMARY KEY,
     seen_at BIGINT NOT NULL
 );
+
+-- Templates on the change feed (see 0012): `template` when one is created (templates are
+-- never updated), `template_deleted` when it is deleted; the other servers tell their
+-- agents. Its instances are entries, on the feed as such.
+CREATE FUNCTION tessera_feed_templates() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        PERFORM tessera_feed_append('template_deleted', OLD.id, NULL, OLD.parent_id, NULL);
+        RETURN OLD;
+    END IF;
+    PERFORM tessera_feed_append('template', NEW.id, NULL, NEW.parent_id, NULL);
+    RETURN NEW;
+END $$;
+CREATE TRIGGER changes_templates AFTER INSERT OR DELETE ON entry_templates
+    FOR EACH ROW EXECUTE FUNCTION tessera_feed_templates();

@@ -1067,14 +1067,18 @@ impl<D: Dialect> Datastore for SqlStore<D> {
     }
 
     async fn stale_instances(&self, now: i64) -> Result<Vec<RegistrationEntry>, DatastoreError> {
-        {
+        let stale = self
+            .all(records::STALE_INSTANCES, &[Param::Int(now)], records::entry)
+            .await?;
+        // Only when instances are about to go: an idle check writes nothing. The rows of
+        // the instances deleted last time are pruned now.
+        if !stale.is_empty() {
             let mut conn = self.pool.acquire().await.map_err(backend)?;
             D::execute(&mut conn, records::PRUNE_SEEN, &[])
                 .await
                 .map_err(backend)?;
         }
-        self.all(records::STALE_INSTANCES, &[Param::Int(now)], records::entry)
-            .await
+        Ok(stale)
     }
 
     async fn delete_tenant(

@@ -540,10 +540,12 @@ fn json_output_for_show_list_token_and_bundle() {
             "revision",
             "selectors",
             "spiffe_id",
+            "template_id",
             "tenant",
             "x509_svid_ttl"
         ]
     );
+    assert_eq!(e["template_id"], Value::Null, "made by an operator");
     assert_eq!(
         e["tenant"], "default",
         "everything outside a tenant's prefixes"

@@ -49,6 +49,7 @@ mod socket_squatting;
 mod task_binding;
 mod task_scope;
 mod tasks;
+mod templates;
 mod tenants;
 mod upstream;
 mod usage;
