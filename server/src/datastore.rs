@@ -808,6 +808,18 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     /// Instances not seen (or, never seen, not created) within their template's grace
     /// before `now`.
     async fn stale_instances(&self, now: i64) -> Result<Vec<RegistrationEntry>, DatastoreError>;
+    /// Deletes instance `id` only if it is still stale at `now` (as [`stale_instances`]
+    /// says, checked in the delete itself), in one transaction with the records `audit`
+    /// makes of it; `None` (nothing deleted, nothing recorded) if it is gone, not an
+    /// instance, or was seen within its grace since it was listed.
+    ///
+    /// [`stale_instances`]: Datastore::stale_instances
+    async fn delete_stale_instance(
+        &self,
+        id: &EntryId,
+        now: i64,
+        audit: AuditFor<RegistrationEntry>,
+    ) -> Result<Option<RegistrationEntry>, DatastoreError>;
 
     /// Checks that the datastore answers: one read of its own schema table on a pooled
     /// connection, given at most `within` (waiting for a connection included). `Backend`

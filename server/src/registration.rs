@@ -20,7 +20,7 @@ use crate::audit::{AuditEvent, AuditKind, SERVER_ACTOR};
 use crate::clock::now_unix;
 use crate::config::MAX_SVID_TTL;
 use crate::datastore::TenantRecord;
-use crate::datastore::{Datastore, DatastoreError, EntryFilter};
+use crate::datastore::{AuditFor, Datastore, DatastoreError, EntryFilter};
 use crate::events::{ChangeEvent, Events};
 use crate::tenants::{
     MAX_REVIEW_EVERY, Operator, TenantDirectory, owner_of, prefixes_text, validate_owner,
@@ -759,19 +759,47 @@ impl Registrar {
         by: &str,
         kind: AuditKind,
     ) -> Result<RegistrationEntry, RegistrationError> {
-        let by = by.to_owned();
-        let _write = self.events.begin_write();
-        let entry = self
-            .ds
-            .delete_entry(id, Box::new(move |e| vec![entry_event(kind, e, &by)]))
+        self.remove(id, by, kind, None)
             .await?
-            .ok_or_else(|| RegistrationError::NotFound(id.to_string()))?;
-        tracing::info!(entry_id = %entry.id, spiffe_id = %entry.spiffe_id, "entry deleted");
-        self.events.publish(ChangeEvent::EntryDeleted {
-            id: entry.id.clone(),
-            parent_id: entry.parent_id.clone(),
-        });
-        Ok(entry)
+            .ok_or_else(|| RegistrationError::NotFound(id.to_string()))
+    }
+
+    /// Deletes the template instance `id` if it is still stale at `now` (a report that its
+    /// workload was seen, committed meanwhile, keeps it); `None` when nothing was deleted.
+    pub async fn delete_if_stale(
+        &self,
+        id: &EntryId,
+        now: i64,
+        by: &str,
+        kind: AuditKind,
+    ) -> Result<Option<RegistrationEntry>, RegistrationError> {
+        self.remove(id, by, kind, Some(now)).await
+    }
+
+    /// Deletes `id` (only if stale at `stale_at`, when given), records it as `kind` by
+    /// `by`, and tells the agents.
+    async fn remove(
+        &self,
+        id: &EntryId,
+        by: &str,
+        kind: AuditKind,
+        stale_at: Option<i64>,
+    ) -> Result<Option<RegistrationEntry>, RegistrationError> {
+        let by = by.to_owned();
+        let audit: AuditFor<RegistrationEntry> = Box::new(move |e| vec![entry_event(kind, e, &by)]);
+        let _write = self.events.begin_write();
+        let deleted = match stale_at {
+            None => self.ds.delete_entry(id, audit).await?,
+            Some(now) => self.ds.delete_stale_instance(id, now, audit).await?,
+        };
+        if let Some(entry) = &deleted {
+            tracing::info!(entry_id = %entry.id, spiffe_id = %entry.spiffe_id, "entry deleted");
+            self.events.publish(ChangeEvent::EntryDeleted {
+                id: entry.id.clone(),
+                parent_id: entry.parent_id.clone(),
+            });
+        }
+        Ok(deleted)
     }
 
     /// One entry `by` may see (another tenant's answers exactly like a missing one).

@@ -343,14 +343,14 @@ impl Templates {
     pub async fn collect(&self, now: i64) -> Result<usize, RegistrationError> {
         let mut n = 0;
         for e in self.ds.stale_instances(now).await? {
-            match self
+            // Checked again in the delete: an instance reported alive since it was
+            // listed stays.
+            let deleted = self
                 .registrar
-                .delete_as(&e.id, SERVER_ACTOR, AuditKind::EntryDeprovisioned)
-                .await
-            {
-                Ok(_) => n += 1,
-                Err(RegistrationError::NotFound(_)) => {}
-                Err(err) => return Err(err),
+                .delete_if_stale(&e.id, now, SERVER_ACTOR, AuditKind::EntryDeprovisioned)
+                .await?;
+            if deleted.is_some() {
+                n += 1;
             }
         }
         Ok(n)

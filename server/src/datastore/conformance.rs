@@ -2562,6 +2562,30 @@ async fn templates_crud_instances_and_grace(b: &dyn Backend) {
     assert_eq!(ids(ds.stale_instances(1014).await.unwrap()), ["ib"]);
     assert_eq!(ids(ds.stale_instances(1015).await.unwrap()), ["ia", "ib"]);
 
+    // Deleting a stale instance checks again that it is stale, in the delete itself: one
+    // seen since it was listed stays, as does an entry made from no template.
+    let deprovisioned: fn(&RegistrationEntry) -> Vec<AuditEvent> =
+        |e| vec![event("entry.deprovisioned", e.id.as_str(), None)];
+    let before = ds.audit_head().await.unwrap().map_or(0, |h| h.seq);
+    ds.mark_instances_seen(&[eid("ia")], 1012).await.unwrap();
+    for (id, now) in [("ia", 1015), ("plain", 9999), ("missing", 9999)] {
+        let r = ds
+            .delete_stale_instance(&eid(id), now, Box::new(deprovisioned))
+            .await
+            .unwrap();
+        assert!(r.is_none(), "{id} at {now}: {r:?}");
+    }
+    assert!(ds.get_entry(&eid("ia")).await.unwrap().is_some());
+    assert!(ds.get_entry(&eid("plain")).await.unwrap().is_some());
+    let gone = ds
+        .delete_stale_instance(&eid("ib"), 1010, Box::new(deprovisioned))
+        .await
+        .unwrap();
+    assert_eq!(gone, Some(bb.clone()));
+    assert!(ds.get_entry(&eid("ib")).await.unwrap().is_none());
+    assert_eq!(ds.audit_head().await.unwrap().unwrap().seq, before + 1);
+    ds.create_entry(&bb, &[]).await.unwrap();
+
     // Deleting the template deletes its instances and records both, in one transaction.
     let before = ds.audit_head().await.unwrap().map_or(0, |h| h.seq);
     let (gone, instances) = ds

@@ -1081,6 +1081,31 @@ impl<D: Dialect> Datastore for SqlStore<D> {
         Ok(stale)
     }
 
+    async fn delete_stale_instance(
+        &self,
+        id: &EntryId,
+        now: i64,
+        audit: AuditFor<RegistrationEntry>,
+    ) -> Result<Option<RegistrationEntry>, DatastoreError> {
+        let key = id.as_str().to_owned();
+        let deleted = self
+            .write_tx_audited(move |conn| {
+                Box::pin(async move {
+                    let params = [Param::Text(&key), Param::Int(now)];
+                    let row = D::fetch_optional(conn, records::DELETE_STALE_INSTANCE, &params)
+                        .await
+                        .map_err(backend)?;
+                    let removed = row.as_ref().map(records::entry).transpose()?;
+                    Ok(removed.map(|e| {
+                        let events = audit(&e);
+                        (e, events)
+                    }))
+                })
+            })
+            .await?;
+        Ok(deleted.map(|(e, _)| e))
+    }
+
     async fn delete_tenant(
         &self,
         name: &str,

@@ -529,6 +529,16 @@ impl Datastore for Metered {
         self.counted("read", r)
     }
 
+    async fn delete_stale_instance(
+        &self,
+        id: &EntryId,
+        now: i64,
+        audit: AuditFor<RegistrationEntry>,
+    ) -> Result<Option<RegistrationEntry>, DatastoreError> {
+        let r = self.inner.delete_stale_instance(id, now, audit).await;
+        self.counted("write", r)
+    }
+
     async fn ping(&self, within: std::time::Duration) -> Result<(), DatastoreError> {
         let r = self.inner.ping(within).await;
         self.counted("probe", r)

@@ -95,6 +95,16 @@ pub(super) const STALE_INSTANCES: &str = "SELECT e.* FROM entries e
     WHERE e.template_id IS NOT NULL
         AND (t.id IS NULL OR COALESCE(s.seen_at, e.created_at) + t.grace_seconds <= $1)
     ORDER BY e.created_at, e.id";
+/// One instance, only while [`STALE_INSTANCES`] would list it (a compare-and-set: a report
+/// that it was seen, committed after it was listed, keeps it).
+pub(super) const DELETE_STALE_INSTANCE: &str = "DELETE FROM entries
+    WHERE id = $1 AND template_id IS NOT NULL
+        AND (NOT EXISTS (SELECT 1 FROM entry_templates t WHERE t.id = entries.template_id)
+            OR COALESCE((SELECT s.seen_at FROM instances_seen s WHERE s.entry_id = entries.id),
+                    entries.created_at)
+                + (SELECT t.grace_seconds FROM entry_templates t WHERE t.id = entries.template_id)
+                <= $2)
+    RETURNING *";
 /// Seen rows of entries that are gone.
 pub(super) const PRUNE_SEEN: &str =
     "DELETE FROM instances_seen WHERE entry_id NOT IN (SELECT id FROM entries)";
