@@ -230,6 +230,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             usage.clone(),
             link.clone(),
             config.usage_report_interval,
+            {
+                let cache = cache.clone();
+                move || cache.current().shortest_grace()
+            },
             shutdown.clone(),
         ),
     );

@@ -139,6 +139,12 @@ impl CacheSnapshot {
             .find_map(|t| t.instance_selectors(selectors).map(|s| (Arc::clone(t), s)))
     }
 
+    /// The shortest grace of this agent's templates: how long the server keeps an instance
+    /// without a report that its workload lives.
+    pub fn shortest_grace(&self) -> Option<std::time::Duration> {
+        self.templates.values().filter_map(|t| t.grace).min()
+    }
+
     /// The ids of the entries made from templates that a caller with `selectors` holds.
     pub fn instances_of(&self, selectors: &SelectorSet) -> Vec<EntryId> {
         self.entries

@@ -264,25 +264,36 @@ pub async fn flush(counters: &UsageCounters, link: &ServerLink, timeout: Duratio
     }
 }
 
-/// Reports usage every `interval` until `shutdown`, then once more (briefly) so the last
-/// interval's uses are not lost on a clean stop.
+/// How long between two reports: `interval`, or a third of the shortest template grace
+/// (`shortest_grace`) when that is shorter, so that an instance whose workload lives is
+/// reported at least twice within its grace, whatever `usage_report_interval` says (never
+/// more often than once a second).
+pub fn report_period(interval: Duration, shortest_grace: Option<Duration>) -> Duration {
+    shortest_grace
+        .map_or(interval, |g| interval.min(g / 3))
+        .max(Duration::from_secs(1))
+}
+
+/// Reports usage every [`report_period`] (`interval`, shortened by the templates'
+/// shortest grace, read from `shortest_grace` before each wait) until `shutdown`, then
+/// once more (briefly) so the last interval's uses are not lost on a clean stop.
 pub async fn run(
     counters: UsageCounters,
     link: ServerLink,
     interval: Duration,
+    shortest_grace: impl Fn() -> Option<Duration> + Send,
     shutdown: CancellationToken,
 ) {
-    let mut every = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let period = report_period(interval, shortest_grace());
         tokio::select! {
             () = shutdown.cancelled() => break,
-            _ = every.tick() => {}
+            () = tokio::time::sleep(period) => {}
         }
         flush(
             &counters,
             &link,
-            REPORT_TIMEOUT.min(interval.max(Duration::from_secs(5))),
+            REPORT_TIMEOUT.min(period.max(Duration::from_secs(5))),
         )
         .await;
     }
@@ -439,6 +450,7 @@ mod tests {
             c.clone(),
             link,
             Duration::from_secs(10),
+            || None,
             shutdown.clone(),
         ));
         let a = eid("a");
@@ -460,5 +472,39 @@ mod tests {
                 vec![("a".to_owned(), 0, 1, 2)]
             ]
         );
+    }
+
+    #[test]
+    fn reports_come_at_least_thrice_per_grace_and_at_most_once_a_second() {
+        let s = Duration::from_secs;
+        assert_eq!(report_period(s(30), None), s(30));
+        assert_eq!(report_period(s(30), Some(s(300))), s(30));
+        assert_eq!(report_period(s(30), Some(s(30))), s(10));
+        assert_eq!(report_period(s(30), Some(s(2))), s(1));
+        assert_eq!(report_period(Duration::from_millis(200), None), s(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn held_instances_are_reported_within_a_grace_shorter_than_the_interval() {
+        let node = fake();
+        let link = ServerLink::default();
+        link.set(Arc::new(node.clone()));
+        let c = UsageCounters::default();
+        let mut hold = c.live().hold();
+        hold.set(vec![eid("a")]);
+        let shutdown = CancellationToken::new();
+        // Reports every 60 s, but a template keeps instances only 6 s without one.
+        let task = tokio::spawn(run(
+            c.clone(),
+            link,
+            Duration::from_secs(60),
+            || Some(Duration::from_secs(6)),
+            shutdown.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(6500)).await;
+        assert_eq!(reports(&node).len(), 3, "one every 2 s, not one a minute");
+        shutdown.cancel();
+        task.await.unwrap();
+        drop(hold);
     }
 }

@@ -264,6 +264,9 @@ pub struct AgentTemplate {
     pub template: SpiffeIdTemplate,
     /// The selectors a caller must have (besides one value per placeholder).
     pub selectors: SelectorSet,
+    /// How long the server keeps an instance after the last report that its workload
+    /// lives (`None`: not told). The agent reports held instances well within it.
+    pub grace: Option<std::time::Duration>,
 }
 
 impl AgentTemplate {
@@ -298,6 +301,10 @@ impl TryFrom<crate::proto::tessera::Template> for AgentTemplate {
                 .map(|s| s.parse::<crate::Selector>())
                 .collect::<Result<SelectorSet, _>>()
                 .map_err(|e| e.to_string())?,
+            grace: u64::try_from(t.grace_seconds)
+                .ok()
+                .filter(|s| *s > 0)
+                .map(std::time::Duration::from_secs),
         })
     }
 }
@@ -308,6 +315,9 @@ impl From<&AgentTemplate> for crate::proto::tessera::Template {
             id: t.id.to_string(),
             spiffe_id_template: t.template.to_string(),
             selectors: t.selectors.iter().map(ToString::to_string).collect(),
+            grace_seconds: t
+                .grace
+                .map_or(0, |g| i64::try_from(g.as_secs()).unwrap_or(i64::MAX)),
             ..Self::default()
         }
     }
@@ -462,6 +472,7 @@ mod tests {
             id: crate::TemplateId::parse("t1").unwrap(),
             template: t("spiffe://example.org/acme/{cgroup:path}/{systemd:unit}"),
             selectors: set(&["systemd:slice:acme.slice"]),
+            grace: Some(std::time::Duration::from_secs(90)),
         };
         // Not in the slice; no value for a placeholder; a value that is not one segment.
         assert!(
