@@ -96,6 +96,9 @@ pub(crate) struct Issuance {
     pub(crate) raw_sign_n: Vec<f64>,
     /// Median `Ca::sign_svid` calls per second, 1 thread.
     pub(crate) sign_svid_rate: f64,
+    /// `Ca::sign_svid` calls per second, all threads, per repeat: the baseline of the node
+    /// API's rate with as many callers.
+    pub(crate) sign_svid_n: Vec<f64>,
     /// Median rate of the whole work behind one agent-side SVID (key generation + CSR +
     /// `sign_svid`), 1 thread: the baseline of the sync time.
     pub(crate) keygen_csr_sign_rate: f64,
@@ -257,6 +260,7 @@ pub(crate) fn issuance(cfg: &Config) -> anyhow::Result<Issuance> {
         raw_sign_1: r["raw_sign_1"].clone(),
         raw_sign_n: r["raw_sign_n"].clone(),
         sign_svid_rate: Summary::of(&r["sign_svid_1"]).median,
+        sign_svid_n: r["sign_svid_n"].clone(),
         keygen_csr_sign_rate: Summary::of(&r["keygen_csr_sign_svid_1"]).median,
     })
 }

@@ -539,6 +539,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
                             &i.raw_sign_1,
                             &i.raw_sign_n,
                             i.sign_svid_rate,
+                            &i.sign_svid_n,
                         )
                         .await;
                         report.record("issuance_node_api", r);

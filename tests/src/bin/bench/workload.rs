@@ -413,6 +413,37 @@ pub(crate) async fn latency(
             "raw_connect_rt_concurrent",
             &format!("{raw_conn}, {conc} concurrent, p50"),
         ),
+        // Against the stub: what Tessera adds to the transport (attestation, the cache
+        // lookup, the `:authority` repair), the figures the latency work is held to.
+        lat(
+            "workload.x509.first_message.1_client.new_connection.p50.vs_stub",
+            "2. FetchX509SVID first message p50 ÷ gRPC stub p50, 1 client, new connection",
+            "fetch_new_conn_1",
+            0.5,
+            "stub_new_conn_1",
+            "gRPC stub, same message, new connection, p50",
+        )
+        .target(Target::RatioAtMost(1.5)),
+        lat(
+            "workload.x509.first_message.1_client.open_connection.p50.vs_stub",
+            "2. FetchX509SVID first message p50 ÷ gRPC stub p50, 1 client, open connection",
+            "fetch_open_conn_1",
+            0.5,
+            "stub_open_conn_1",
+            "gRPC stub, same message, open connection, p50",
+        )
+        .target(Target::RatioAtMost(1.5)),
+        lat(
+            &format!("workload.x509.first_message.{conc}_clients.new_connection.p50.vs_stub"),
+            &format!(
+                "2. FetchX509SVID first message p50 ÷ gRPC stub p50, {conc} concurrent clients"
+            ),
+            "fetch_new_conn_concurrent",
+            0.5,
+            "stub_new_conn_concurrent",
+            &format!("gRPC stub, same message, {conc} concurrent, p50"),
+        )
+        .target(Target::RatioAtMost(2.0)),
     ];
     let raw = json!({
         "samples_per_rep_sequential": n,
@@ -708,7 +739,8 @@ pub(crate) async fn jwt_socket(
             &format!("raw ring ES256 verifies, {threads} threads"),
             Unit::PerSec,
             &base.verify_n,
-        ),
+        )
+        .target(Target::RatioAtLeast(0.6)),
         Figure::new(
             "jwt.fetch_cached.workload_api",
             &format!("5. FetchJWTSVID, cached audience, {callers} callers"),
@@ -738,6 +770,7 @@ pub(crate) async fn node_api_signing(
     raw1: &[f64],
     rawn: &[f64],
     sign_svid_rate: f64,
+    sign_svid_n: &[f64],
 ) -> anyhow::Result<(Vec<Figure>, Value)> {
     let server = &cluster.server;
     let td = crate::procs::trust_domain()?;
@@ -855,6 +888,21 @@ pub(crate) async fn node_api_signing(
             rawn,
         )
         .anchor("SPIRE rate-limits callers to 500 signing requests/s"),
+        Figure::new(
+            "issuance.x509.node_api.all_callers.vs_sign_svid",
+            &format!(
+                "1. node API SignX509Svids ÷ in-process Ca::sign_svid, {threads} callers, batches of {batch}"
+            ),
+            Unit::PerSec,
+            &all,
+        )
+        .baseline(
+            &format!("in-process Ca::sign_svid, {threads} threads"),
+            Unit::PerSec,
+            sign_svid_n,
+        )
+        .target(Target::RatioAtLeast(0.7))
+        .note("what the node API adds to the signing itself: TLS, entry lookup, audit"),
         Figure::new(
             "issuance.x509.node_api.round_trip_1_csr.p50",
             "1. node API SignX509Svids round trip with 1 CSR, p50",
