@@ -27,6 +27,13 @@ impl AuthorityRewriter {
     }
 }
 
+/// Whether the `:authority` repair's cheap scan vouches for `block` as the first header
+/// block of a connection: every `:authority` field in it is a valid authority, so the
+/// connection is forwarded without the full decoder.
+pub fn authority_scan_vouches(block: &[u8]) -> bool {
+    authority::first_block_vouched(block)
+}
+
 /// Applies one message of the sync stream to `cache` as the rotation worker does, with the
 /// bundle it carries (if valid) set in the cache instead of written to disk.
 pub fn apply_sync_update(cache: &Cache, update: SyncUpdate) {

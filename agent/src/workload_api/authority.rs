@@ -9,8 +9,14 @@
 //!
 //! - the 24-byte client preface and every frame other than HEADERS/CONTINUATION pass
 //!   through untouched, as does everything the agent writes;
-//! - each complete client header block is HPACK-decoded (tracking the client's dynamic
-//!   table), an `:authority` that is not a valid authority is replaced by `localhost`, and
+//! - the connection's first header block is scanned cheaply ([`scan`]): when every
+//!   `:authority` field in it is a valid authority (every client but grpcio's), it is
+//!   forwarded as received and so is everything after it, with nothing decoded but those
+//!   values. Whatever the scan cannot vouch for (an invalid `:authority`, a dynamic table
+//!   reference or size update, a block split over CONTINUATION frames, anything
+//!   malformed) goes to the full decoder below, so the scan only ever saves work;
+//! - otherwise each complete client header block is HPACK-decoded (tracking the client's
+//!   dynamic table), an `:authority` that is not a valid authority is replaced by `localhost`, and
 //!   the block is re-encoded as literals *without indexing*, so the agent's decoder table
 //!   never holds anything and cannot drift from ours;
 //! - a block that cannot be decoded is passed on as received and rewriting stops for that
@@ -33,6 +39,8 @@
 //!   block of indexed references to a large dynamic-table entry cannot expand in memory;
 //! - the bytes waiting for the HTTP/2 stack are produced from at most one read
 //!   ([`READ_CHUNK`]) at a time, so they stay within [`MAX_BUFFERED`] in all.
+
+mod scan;
 
 use std::io;
 use std::pin::Pin;
@@ -87,6 +95,8 @@ struct Pending {
     block: Vec<u8>,
     /// The frames exactly as received, for the fallback.
     raw: Vec<u8>,
+    /// The block came in more than one frame (HEADERS + CONTINUATION).
+    continued: bool,
 }
 
 /// Rewrites client header blocks; pure bytes in, bytes out (no I/O), so it is unit-tested
@@ -99,6 +109,9 @@ pub(crate) struct AuthorityRewriter {
     passthrough: bool,
     /// A header block was rewritten on this connection: rewrite every later one too.
     rewriting: bool,
+    /// Header blocks given to the full decoder (the scan could not vouch for them).
+    #[cfg(test)]
+    full_decodes: usize,
 }
 
 impl std::fmt::Debug for AuthorityRewriter {
@@ -122,6 +135,8 @@ impl Default for AuthorityRewriter {
             pending: None,
             passthrough: false,
             rewriting: false,
+            #[cfg(test)]
+            full_decodes: 0,
         }
     }
 }
@@ -162,6 +177,12 @@ fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream_id: u32, payload: &[u8])
 
 fn valid_authority(v: &[u8]) -> bool {
     http::uri::Authority::try_from(v).is_ok()
+}
+
+/// Whether [`scan`] vouches for `block` as a connection's first header block.
+#[cfg(feature = "testing")]
+pub(crate) fn first_block_vouched(block: &[u8]) -> bool {
+    scan::authorities_valid(block, valid_authority)
 }
 
 impl AuthorityRewriter {
@@ -262,6 +283,7 @@ impl AuthorityRewriter {
                     priority,
                     block: body.to_vec(),
                     raw: raw.clone(),
+                    continued: false,
                 });
             }
             TYPE_CONTINUATION
@@ -273,6 +295,7 @@ impl AuthorityRewriter {
                 if let Some(p) = self.pending.as_mut() {
                     p.block.extend_from_slice(payload);
                     p.raw.extend_from_slice(&raw);
+                    p.continued = true;
                     if p.block.len() > MAX_BLOCK {
                         return self.give_up(out, &[]);
                     }
@@ -294,6 +317,19 @@ impl AuthorityRewriter {
         let Some(p) = self.pending.take() else {
             return;
         };
+        // The first block of the connection (nothing was rewritten yet, so the client's
+        // dynamic table is empty) in one frame: when the scan vouches for every
+        // `:authority` in it, it is forwarded as the full decoder would forward it, and the
+        // decoder is never needed again on this connection.
+        if !self.rewriting && !p.continued && scan::authorities_valid(&p.block, valid_authority) {
+            out.extend_from_slice(&p.raw);
+            self.passthrough = true;
+            return;
+        }
+        #[cfg(test)]
+        {
+            self.full_decodes += 1;
+        }
         // Decoded with a bound: indexed references to dynamic-table entries let a small
         // block name far more bytes than it holds. The decoder still sees the whole block,
         // so its table stays the client's whatever happens next.
@@ -752,5 +788,228 @@ mod tests {
         let out = feed_bounded(&mut rw, &input);
         assert_eq!(out, input);
         assert!(rw.passthrough);
+    }
+
+    /// A string literal Huffman-coded with the static code.
+    fn encode_huffman(out: &mut Vec<u8>, s: &[u8]) {
+        let coded = scan::tests::huffman_encode(s);
+        encode_int(out, 0x80, 7, coded.len());
+        out.extend_from_slice(&coded);
+    }
+
+    /// The rest of a gRPC request's first block after its `:authority` field.
+    fn request_fields(block: &mut Vec<u8>) {
+        block.push(0x83); // :method POST (static 3)
+        block.push(0x86); // :scheme http (static 6)
+        block.push(0x04); // literal without indexing, name :path (static 4)
+        encode_huffman(block, b"/SpiffeWorkloadAPI/FetchX509SVID");
+        encode_literal(block, b"workload.spiffe.io", b"true");
+    }
+
+    /// Feeds one connection that sends the header block `block` as its first request, in
+    /// one HEADERS frame; returns the output and the rewriter.
+    fn one_block(block: &[u8]) -> (Vec<u8>, Vec<u8>, AuthorityRewriter) {
+        let mut input = PREFACE.to_vec();
+        frame(&mut input, 0x4, 0, 0, &[]);
+        frame(&mut input, TYPE_HEADERS, FLAG_END_HEADERS, 1, block);
+        let mut rw = AuthorityRewriter::default();
+        let out = feed_bounded(&mut rw, &input);
+        (input, out, rw)
+    }
+
+    fn authority_of(out: &[u8]) -> Vec<Vec<u8>> {
+        decode_all(out)
+            .into_iter()
+            .map(|b| b.into_iter().find(|(n, _)| n == b":authority").unwrap().1)
+            .collect()
+    }
+
+    #[test]
+    fn huffman_coded_authority_is_read_without_the_full_decoder() {
+        // Valid, Huffman-coded, name from the static table: forwarded, nothing decoded.
+        for first in [0x01, 0x11, 0x41] {
+            // without indexing, never indexed, with incremental indexing (static name 1)
+            let mut block = vec![first];
+            encode_huffman(&mut block, b"localhost:8080");
+            request_fields(&mut block);
+            let (input, out, rw) = one_block(&block);
+            assert_eq!(out, input, "{first:#x}");
+            assert_eq!(rw.full_decodes, 0, "{first:#x}");
+            assert!(rw.passthrough);
+        }
+        // The same with a Huffman-coded new name.
+        let mut block = vec![0x40];
+        encode_huffman(&mut block, b":authority");
+        encode_huffman(&mut block, b"spiffe.example");
+        request_fields(&mut block);
+        let (input, out, rw) = one_block(&block);
+        assert_eq!((out == input, rw.full_decodes), (true, 0));
+
+        // Invalid once Huffman-decoded: the full decoder repairs it.
+        for first in [0x01, 0x11, 0x41] {
+            let mut block = vec![first];
+            encode_huffman(&mut block, b"%2Ftmp%2Fagent%2Fapi.sock");
+            request_fields(&mut block);
+            let (_, out, rw) = one_block(&block);
+            assert_eq!(authority_of(&out), [b"localhost".to_vec()], "{first:#x}");
+            assert_eq!(rw.full_decodes, 1);
+        }
+        let mut block = vec![0x00];
+        encode_huffman(&mut block, b":authority");
+        encode_huffman(&mut block, b"%2Fx");
+        request_fields(&mut block);
+        let (_, out, rw) = one_block(&block);
+        assert_eq!(authority_of(&out), [b"localhost".to_vec()]);
+        assert_eq!(rw.full_decodes, 1);
+        // A name that only looks like `:authority` up to its length is another field.
+        let mut block = vec![0x00];
+        encode_huffman(&mut block, b":authority-x");
+        encode_string(&mut block, b"%2Fx");
+        request_fields(&mut block);
+        let (input, out, rw) = one_block(&block);
+        assert_eq!((out == input, rw.full_decodes), (true, 0));
+    }
+
+    #[test]
+    fn literal_with_indexing_then_indexed_references_are_repaired() {
+        // The first block inserts an invalid authority into the client's table; the
+        // second refers to it by index (62). The scan refuses the first; the decoder
+        // repairs both.
+        let mut first = vec![0x41];
+        encode_string(&mut first, b"%2Ftmp%2Fagent.sock");
+        request_fields(&mut first);
+        let mut second = vec![0x80 | 62];
+        request_fields(&mut second);
+        let mut input = PREFACE.to_vec();
+        frame(&mut input, TYPE_HEADERS, FLAG_END_HEADERS, 1, &first);
+        frame(&mut input, TYPE_HEADERS, FLAG_END_HEADERS, 3, &second);
+        let mut rw = AuthorityRewriter::default();
+        let out = feed_bounded(&mut rw, &input);
+        assert_eq!(
+            authority_of(&out),
+            [b"localhost".to_vec(), b"localhost".to_vec()]
+        );
+        assert_eq!(rw.full_decodes, 2);
+    }
+
+    #[test]
+    fn what_the_scan_cannot_vouch_for_goes_to_the_full_decoder() {
+        // (what, first block, repaired authority or None for forwarded as received)
+        let valid = |prefix: &[u8]| {
+            let mut b = prefix.to_vec();
+            b.push(0x01);
+            encode_string(&mut b, b"localhost");
+            request_fields(&mut b);
+            b
+        };
+        let mut dynamic_name = valid(&[]);
+        dynamic_name.extend_from_slice(&[0x40 | 0x3f, 0x00]); // literal, dynamic name 63
+        encode_string(&mut dynamic_name, b"x");
+        let mut empty_authority = vec![0x81]; // indexed: static 1, empty value
+        request_fields(&mut empty_authority);
+        let mut dynamic_ref = vec![0x40];
+        encode_string(&mut dynamic_ref, b"x-a");
+        encode_string(&mut dynamic_ref, b"b");
+        dynamic_ref.push(0x80 | 62);
+        dynamic_ref.extend(valid(&[]));
+        let mut bad_padding = vec![0x01];
+        encode_int(&mut bad_padding, 0x80, 7, 1);
+        bad_padding.push(0b0001_1000); // 'a' padded with zeros
+        type Case<'a> = (&'a str, Vec<u8>, Option<&'a [u8]>);
+        let cases: Vec<Case<'_>> = vec![
+            ("size update", valid(&[0x20]), None),
+            ("dynamic name", dynamic_name, None),
+            ("dynamic reference", dynamic_ref, None),
+            (
+                "indexed empty :authority",
+                empty_authority,
+                Some(b"localhost"),
+            ),
+            ("index 0", vec![0x80], None),
+            ("string past the block", vec![0x01, 0x7f, b'a'], None),
+            (
+                "integer too large",
+                vec![0x01, 0x7f, 0xff, 0xff, 0xff, 0xff, 0x7f],
+                None,
+            ),
+            ("bad Huffman padding", bad_padding, None),
+        ];
+        for (what, block, repaired) in cases {
+            let (input, out, rw) = one_block(&block);
+            assert_eq!(rw.full_decodes, 1, "{what}");
+            match repaired {
+                None => assert_eq!(out, input, "{what}"),
+                Some(a) => assert_eq!(authority_of(&out), [a.to_vec()], "{what}"),
+            }
+        }
+
+        // Valid, but split over CONTINUATION: the full decoder, which forwards it.
+        let block = valid(&[]);
+        let (a, b) = block.split_at(3);
+        let mut input = PREFACE.to_vec();
+        frame(
+            &mut input,
+            TYPE_HEADERS,
+            FLAG_PADDED,
+            1,
+            &[&[2][..], a, &[0, 0]].concat(),
+        );
+        frame(&mut input, TYPE_CONTINUATION, FLAG_END_HEADERS, 1, b);
+        let mut rw = AuthorityRewriter::default();
+        let out = feed_bounded(&mut rw, &input);
+        assert_eq!((out == input, rw.full_decodes), (true, 1));
+
+        // Padding and priority on a single HEADERS frame are the frame's, not the block's.
+        let mut input = PREFACE.to_vec();
+        let payload = [&[3][..], &[0, 0, 0, 0, 16], &block, &[0, 0, 0]].concat();
+        frame(
+            &mut input,
+            TYPE_HEADERS,
+            FLAG_PADDED | FLAG_PRIORITY | FLAG_END_HEADERS,
+            1,
+            &payload,
+        );
+        let mut rw = AuthorityRewriter::default();
+        let out = feed_bounded(&mut rw, &input);
+        assert_eq!((out == input, rw.full_decodes), (true, 0));
+    }
+
+    /// Whatever the scan vouches for, the full decoder agrees has no invalid
+    /// `:authority`: over every representation of a few names and values.
+    #[test]
+    fn the_scan_never_vouches_for_a_block_the_decoder_would_repair() {
+        let names: [&[u8]; 4] = [b":authority", b":path", b":authorit", b"x"];
+        let values: [&[u8]; 5] = [b"localhost", b"%2Fx", b"", b"a b", b"host:1"];
+        let mut checked = 0;
+        for name in names {
+            for value in values {
+                for first in [0x00u8, 0x10, 0x40] {
+                    for (name_huffman, value_huffman) in
+                        [(false, false), (true, false), (false, true), (true, true)]
+                    {
+                        let mut block = vec![first];
+                        if name_huffman {
+                            encode_huffman(&mut block, name);
+                        } else {
+                            encode_string(&mut block, name);
+                        }
+                        if value_huffman {
+                            encode_huffman(&mut block, value);
+                        } else {
+                            encode_string(&mut block, value);
+                        }
+                        request_fields(&mut block);
+                        let vouched = scan::authorities_valid(&block, valid_authority);
+                        let fields = loona_hpack::Decoder::new().decode(&block).unwrap();
+                        let repair = fields
+                            .iter()
+                            .any(|(n, v)| n == b":authority" && !valid_authority(v));
+                        assert_eq!(vouched, !repair, "{name:?} {value:?} {first:#x}");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 4 * 5 * 3 * 4);
     }
 }
