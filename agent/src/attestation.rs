@@ -62,26 +62,34 @@
 //! serve differently from what the kernel executed. `path` selectors under root-owned
 //! directories are the robust ones.
 //!
+//! **Reuse.** What the attestors that describe only the program (the executable's path and
+//! hash) found is kept per process image in [`reuse`], and served again only while every
+//! fact identifying that image, read afresh on each call through the same pins, is
+//! unchanged; see that module for why this is exactly as safe as attesting afresh.
+//!
 //! Callers run [`Attestor::attest_caller`] on a blocking thread and should bound it with a timeout:
 //! it reads procfs, may hash a large binary, and resolves names through NSS.
 
 pub(crate) mod cgroup;
 pub(crate) mod lineage;
 mod procfs;
+mod reuse;
 mod unix;
 
 use std::fmt;
 use std::fs::File;
 use std::io;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use common::task::ProcessInstance;
 use common::{SelectorError, SelectorKey, SelectorKind, SelectorSet};
 use nix::errno::Errno;
 
 use self::cgroup::CgroupAttestor;
-use self::procfs::{FileId, PidFd, ProcDir, ProcfsParseError, Status};
-pub(crate) use self::unix::UnixAttestor;
+use self::procfs::{ExeLink, FileId, PidFd, ProcDir, ProcfsParseError, Status};
+use self::reuse::{ImageKey, ReuseCache};
+pub(crate) use self::unix::{ExecutableAttestor, UnixAttestor};
 use crate::config::WorkloadAttestorKind;
 
 /// What the kernel told us about the caller at accept/RPC time (SO_PEERCRED).
@@ -253,6 +261,15 @@ pub(crate) trait WorkloadAttestor: Send + Sync + fmt::Debug {
 
     /// This attestor's selectors for `process`. Called while the pins hold; blocking.
     fn attest(&self, process: &PinnedProcess<'_>) -> Result<SelectorSet, AttestationError>;
+
+    /// Whether [`Self::attest`] is a pure function of the process image, the facts of a
+    /// [`reuse::ImageKey`] (pid, start time, executable identity and link, peer uid and
+    /// gid): the same key always yields the same selectors. Only then may the pipeline
+    /// serve its selectors from an earlier call with an equal key (see [`reuse`]). An
+    /// attestor reading anything else (status, names, cgroups) must say `false`.
+    fn reusable(&self) -> bool {
+        false
+    }
 }
 
 /// A caller's process, pinned (see the module docs): everything an attestor reads goes
@@ -269,15 +286,21 @@ pub(crate) struct PinnedProcess<'a> {
     pub(crate) exe: &'a File,
     /// Its identity, compared again once every attestor ran.
     pub(crate) exe_id: FileId,
+    /// Where its `exe` link pointed, read through [`Self::dir`] after [`Self::exe`] was
+    /// opened.
+    pub(crate) exe_link: &'a ExeLink,
     /// `/proc/<pid>/status`, read through [`Self::dir`].
     pub(crate) status: &'a Status,
 }
 
 /// Attests local callers: pins the caller and runs its [`WorkloadAttestor`]s. Share one
-/// instance (it is `Sync`; the Unix attestor caches executable hashes).
+/// instance (it is `Sync`; the executable attestor caches hashes, and the reusable
+/// attestors' results are kept per process image).
 #[derive(Debug)]
 pub(crate) struct Attestor {
     attestors: Vec<Arc<dyn WorkloadAttestor>>,
+    /// `None` only in tests that time attestation without reuse.
+    reuse: Option<ReuseCache>,
 }
 
 impl Default for Attestor {
@@ -297,10 +320,13 @@ impl Attestor {
         Self::with(
             kinds
                 .iter()
-                .map(|k| -> Arc<dyn WorkloadAttestor> {
+                .flat_map(|k| -> Vec<Arc<dyn WorkloadAttestor>> {
                     match k {
-                        WorkloadAttestorKind::Unix => Arc::new(UnixAttestor::default()),
-                        WorkloadAttestorKind::Cgroup => Arc::new(CgroupAttestor),
+                        WorkloadAttestorKind::Unix => vec![
+                            Arc::new(UnixAttestor),
+                            Arc::new(ExecutableAttestor::default()),
+                        ],
+                        WorkloadAttestorKind::Cgroup => vec![Arc::new(CgroupAttestor)],
                     }
                 })
                 .collect(),
@@ -309,13 +335,33 @@ impl Attestor {
 
     /// These attestors, run in this order.
     pub(crate) fn with(attestors: Vec<Arc<dyn WorkloadAttestor>>) -> Self {
-        Self { attestors }
+        Self {
+            attestors,
+            reuse: Some(ReuseCache::default()),
+        }
+    }
+
+    /// These attestors, every call attested afresh (timing comparisons).
+    #[cfg(test)]
+    fn without_reuse(kinds: &[WorkloadAttestorKind]) -> Self {
+        Self {
+            reuse: None,
+            ..Self::configured(kinds)
+        }
+    }
+
+    /// What the reuse cache did (hits, changed keys) and how many entries it holds.
+    #[cfg(test)]
+    fn reuse_stats(&self) -> (reuse::Stats, usize) {
+        self.reuse
+            .as_ref()
+            .map_or((reuse::Stats::default(), 0), ReuseCache::stats)
     }
 
     /// The Unix attestor alone (tests that compare exact `unix:` sets).
     #[cfg(test)]
     pub(crate) fn unix_only() -> Self {
-        Self::with(vec![Arc::new(UnixAttestor::default())])
+        Self::configured(&[WorkloadAttestorKind::Unix])
     }
 
     /// Attests the process behind `peer` (without what was seen at accept).
@@ -373,20 +419,50 @@ impl Attestor {
         let start_time = proc_dir.start_time()?;
 
         // 2. Gather, all through the pinned directory: the executable (opened first, and
-        //    its identity compared again in step 3), `status`, then each attestor's facts.
+        //    its identity compared again in step 3), its link, `status`, then each
+        //    attestor's facts. A reusable attestor's selectors come from the last call for
+        //    this process image when every fact of its key, just read, is unchanged
+        //    (see `reuse`); the others always run.
         let (exe, exe_id) = proc_dir.open_exe()?;
+        let exe_link = proc_dir.exe_link()?;
         let status = proc_dir.status()?;
+        let key = ImageKey {
+            pid,
+            start_time,
+            exe: exe_id,
+            exe_link: exe_link.clone(),
+            uid: peer.uid,
+            gid: peer.gid,
+        };
+        let reuse = self
+            .reuse
+            .as_ref()
+            .filter(|_| self.attestors.iter().any(|a| a.reusable()));
+        let mut reused = reuse.and_then(|r| r.get(&key)).map(Vec::into_iter);
+        let hit = reused.is_some();
         let process = PinnedProcess {
             pid,
             peer,
             dir: &proc_dir,
             exe: &exe,
             exe_id,
+            exe_link: &exe_link,
             status: &status,
         };
         let mut selectors = SelectorSet::new();
+        let mut reusable_sets = Vec::new();
         for attestor in &self.attestors {
-            let set = attestor.attest(&process)?;
+            let stored = match reused.as_mut() {
+                Some(sets) if attestor.reusable() => sets.next(),
+                _ => None,
+            };
+            let set = match stored {
+                Some(set) => set,
+                None => attestor.attest(&process)?,
+            };
+            if attestor.reusable() && !hit {
+                reusable_sets.push(set.clone());
+            }
             if let Some(stray) = set.iter().find(|s| !attestor.kinds().contains(&s.kind())) {
                 tracing::error!(selector = %stray.key(), "BUG: attestor emitted a kind it does not own");
                 return Err(AttestationError::Selector {
@@ -439,6 +515,10 @@ impl Attestor {
                 which,
                 proc_gid,
             });
+        }
+        // Every check passed: the reusable attestors' results describe this image.
+        if let (Some(reuse), false) = (reuse, hit) {
+            reuse.insert(key, reusable_sets, SystemTime::now());
         }
         Ok((selectors, start_time, ppid))
     }
@@ -699,7 +779,7 @@ mod tests {
                 Ok([sel("uid", 0)].into_iter().collect())
             }
         }
-        let e = Attestor::with(vec![Arc::new(UnixAttestor::default()), Arc::new(Stray)])
+        let e = Attestor::with(vec![Arc::new(UnixAttestor), Arc::new(Stray)])
             .attest(own_peer())
             .unwrap_err();
         assert!(matches!(e, AttestationError::Selector { .. }), "{e:?}");
@@ -834,14 +914,29 @@ mod tests {
             pid: Some(child.pid()),
             ..own_peer()
         };
-        let unix = Arc::new(UnixAttestor::default());
-        let attestor = Attestor::with(vec![Arc::clone(&unix) as Arc<dyn WorkloadAttestor>]);
+        let unix = Arc::new(ExecutableAttestor::default());
+        let attestor = Attestor::with(vec![
+            Arc::new(UnixAttestor),
+            Arc::clone(&unix) as Arc<dyn WorkloadAttestor>,
+        ]);
         let first = attestor.attest(peer).unwrap();
         assert_eq!(unix.cache_stats(), (1, 0));
+        // The same process again: its executable's selectors are reused, not looked up.
         let second = attestor.attest(peer).unwrap();
-        assert_eq!(unix.cache_stats(), (1, 1));
+        assert_eq!(unix.cache_stats(), (1, 0));
+        assert_eq!(attestor.reuse_stats().0.hits, 1);
         assert_same(&second, &first);
         assert!(first.contains(&sel("sha256", file_sha256(&which("sleep")))));
+        // Another process running the same file: the hash comes from the cache.
+        let other = Reaped(Command::new("sleep").arg("30").spawn().unwrap());
+        let third = attestor
+            .attest(PeerCred {
+                pid: Some(other.pid()),
+                ..peer
+            })
+            .unwrap();
+        assert_eq!(unix.cache_stats(), (1, 1));
+        assert_same(&third, &first);
     }
 
     /// A freshly written binary is hashed but not cached (its ctime is too recent). Once
@@ -859,8 +954,11 @@ mod tests {
             pid: Some(child.pid()),
             ..own_peer()
         };
-        let unix = Arc::new(UnixAttestor::default());
-        let attestor = Attestor::with(vec![Arc::clone(&unix) as Arc<dyn WorkloadAttestor>]);
+        let unix = Arc::new(ExecutableAttestor::default());
+        let attestor = Attestor::with(vec![
+            Arc::new(UnixAttestor),
+            Arc::clone(&unix) as Arc<dyn WorkloadAttestor>,
+        ]);
 
         let fresh = attestor.attest(peer).unwrap();
         let identity = || identity_selectors(peer.uid, peer.gid, &own_groups());
@@ -1238,5 +1336,132 @@ mod tests {
             assert!(got.contains(&sel("supplementary_gid", groups[0])));
             assert!(got.contains(&sel("supplementary_gid", groups[groups.len() - 1])));
         }
+    }
+
+    /// A process attested once (and served from the reuse cache while it runs the same
+    /// program) that then execs another binary, keeping its pid and start time, is
+    /// attested afresh: it gets the new program's selectors, never the first one's.
+    #[test]
+    fn a_process_that_execs_another_binary_gets_fresh_facts() {
+        let mut child = Reaped(
+            Command::new("sh")
+                .args(["-c", "read line; exec sleep 30"])
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        wait_for_exec(&child, "sh");
+        let peer = PeerCred {
+            pid: Some(child.pid()),
+            ..own_peer()
+        };
+        let identity = || identity_selectors(peer.uid, peer.gid, &own_groups());
+        let attestor = Attestor::unix_only();
+        let first = attestor.attest(peer).unwrap();
+        assert_same(&first, &with_executable(identity(), &which("sh")));
+        let again = attestor.attest(peer).unwrap();
+        assert_same(&again, &first);
+        assert_eq!(attestor.reuse_stats().0.hits, 1, "served from the cache");
+
+        {
+            use std::io::Write as _;
+            child.0.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
+        }
+        wait_for_exec(&child, "sleep");
+        let after = attestor.attest(peer).unwrap();
+        assert_same(&after, &with_executable(identity(), &which("sleep")));
+        let (stats, entries) = attestor.reuse_stats();
+        assert_eq!((stats.hits, stats.changed, entries), (1, 1, 1));
+        // And the new program's facts are what is reused from now on.
+        assert_same(&attestor.attest(peer).unwrap(), &after);
+        assert_eq!(attestor.reuse_stats().0.hits, 2);
+    }
+
+    /// A pid freed and given to another process (forced through `ns_last_pid`) is attested
+    /// afresh: the new process never gets the selectors cached for the old one.
+    #[test]
+    #[ignore = "needs root: writes /proc/sys/kernel/ns_last_pid so that a child takes a pid just freed"]
+    fn a_recycled_pid_is_never_served_the_cached_identity() {
+        let identity = || {
+            let me = own_peer();
+            identity_selectors(me.uid, me.gid, &own_groups())
+        };
+        let attestor = Attestor::unix_only();
+        let first = Reaped(Command::new("sleep").arg("30").spawn().unwrap());
+        let pid = first.pid();
+        let peer = PeerCred {
+            pid: Some(pid),
+            ..own_peer()
+        };
+        let before = attestor.attest(peer).unwrap();
+        assert_same(&before, &with_executable(identity(), &which("sleep")));
+        drop(first); // killed and reaped: the pid is free
+        // Other tests fork too, so the pid may be taken first; try again.
+        let second = (0..100)
+            .find_map(|_| {
+                fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+                let child = Reaped(
+                    Command::new("cat")
+                        .stdin(std::process::Stdio::piped())
+                        .spawn()
+                        .unwrap(),
+                );
+                (child.pid() == pid).then_some(child)
+            })
+            .expect("no child took the recycled pid");
+        wait_for_exec(&second, "cat");
+        let after = attestor.attest(peer).unwrap();
+        assert_same(&after, &with_executable(identity(), &which("cat")));
+        let (stats, _) = attestor.reuse_stats();
+        assert_eq!((stats.hits, stats.changed), (0, 1));
+    }
+
+    /// Debug-build timing of one attestation (unix + cgroup) of a running `sleep`: every
+    /// call afresh, with the reuse cache, and the ancestry walk alone. Prints microseconds;
+    /// run with `--ignored --nocapture`.
+    #[test]
+    #[ignore = "timing, not a check: run by hand"]
+    fn time_attestation_with_and_without_reuse() {
+        let child = Reaped(Command::new("sleep").arg("30").spawn().unwrap());
+        wait_for_exec(&child, "sleep");
+        let peer = PeerCred {
+            pid: Some(child.pid()),
+            ..own_peer()
+        };
+        const N: u32 = 2000;
+        let time = |attestor: &Attestor| {
+            attestor.attest_caller(peer, None).unwrap();
+            let mut samples: Vec<u128> = (0..N)
+                .map(|_| {
+                    let start = SystemTime::now();
+                    attestor.attest_caller(peer, None).unwrap();
+                    start.elapsed().unwrap().as_micros()
+                })
+                .collect();
+            samples.sort_unstable();
+            (samples[samples.len() / 2], samples[samples.len() * 9 / 10])
+        };
+        let fresh = Attestor::without_reuse(&WorkloadAttestorKind::ALL);
+        let reused = Attestor::new();
+        for round in 0..3 {
+            let (f50, f90) = time(&fresh);
+            let (r50, r90) = time(&reused);
+            let mut walks: Vec<u128> = (0..N)
+                .map(|_| {
+                    let start = SystemTime::now();
+                    let dir = ProcDir::open(peer.pid.unwrap()).unwrap();
+                    let (start_time, ppid) = dir.start_time_and_ppid().unwrap();
+                    std::hint::black_box(lineage::ancestors(ppid, start_time));
+                    start.elapsed().unwrap().as_micros()
+                })
+                .collect();
+            walks.sort_unstable();
+            println!(
+                "round {round}: full p50 {f50} µs p90 {f90} µs; reused p50 {r50} µs p90 {r90} µs; \
+                 ancestry walk p50 {} µs",
+                walks[walks.len() / 2]
+            );
+        }
+        assert!(reused.reuse_stats().0.hits >= u64::from(N));
     }
 }

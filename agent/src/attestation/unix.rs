@@ -1,7 +1,11 @@
-//! The Unix attestor: `unix:` selectors from the kernel's peer credentials, the user and
-//! group databases, `/proc/<pid>/status` and the executable, all read through the pinned
-//! process (see the parent module for the pins and for why names and paths may be
-//! omitted).
+//! The Unix attestors: `unix:` selectors from the kernel's peer credentials, the user and
+//! group databases and `/proc/<pid>/status` ([`UnixAttestor`]), and from the executable
+//! ([`ExecutableAttestor`]), all read through the pinned process (see the parent module
+//! for the pins and for why names and paths may be omitted). `workload_attestors = ["unix"]`
+//! runs both. They are two because they differ in what their output depends on: ids,
+//! names and groups can change under a running program (`setgroups`, the user database),
+//! while the executable's path and hash are a function of the process image alone, so only
+//! the second is [reusable](super::WorkloadAttestor::reusable).
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -93,12 +97,19 @@ pub(crate) fn selectors(facts: &Facts) -> Result<SelectorSet, AttestationError> 
     set.extend(facts.user.as_deref().and_then(|n| name(UnixKey::User, n)));
     set.extend(facts.group.as_deref().and_then(|n| name(UnixKey::Group, n)));
     if let Some(executable) = &facts.executable {
-        set.insert(required(UnixKey::Sha256, hex::encode(executable.sha256))?);
-        match executable.path.to_str() {
-            Some(path) => set.extend(optional(UnixKey::Path, path)),
-            // Replacing the bad bytes would let two different paths produce one selector.
-            None => tracing::debug!("executable path is not UTF-8; omitting its selector"),
-        }
+        set.extend(executable_selectors(executable)?);
+    }
+    Ok(set)
+}
+
+/// The `sha256` and `path` selectors of an executable (part of [`selectors`]).
+fn executable_selectors(executable: &Executable) -> Result<SelectorSet, AttestationError> {
+    let mut set = SelectorSet::new();
+    set.insert(required(UnixKey::Sha256, hex::encode(executable.sha256))?);
+    match executable.path.to_str() {
+        Some(path) => set.extend(optional(UnixKey::Path, path)),
+        // Replacing the bad bytes would let two different paths produce one selector.
+        None => tracing::debug!("executable path is not UTF-8; omitting its selector"),
     }
     Ok(set)
 }
@@ -154,12 +165,11 @@ fn group_name(gid: u32) -> Result<Option<String>, AttestationError> {
     Ok(group.map(|g| g.name))
 }
 
-/// Attests the `unix` kind. Holds a cache of executable hashes, so share one instance (it
-/// is `Sync`) rather than creating one per call.
+/// Attests the `unix` kind's ids, names and supplementary groups: `uid`, `gid`, `user`,
+/// `group`, `supplementary_gid`. Read on every call (not reusable: the groups and the
+/// user database can change while the process image stays the same).
 #[derive(Debug, Default)]
-pub(crate) struct UnixAttestor {
-    hashes: Mutex<HashCache>,
-}
+pub(crate) struct UnixAttestor;
 
 impl WorkloadAttestor for UnixAttestor {
     fn kinds(&self) -> &'static [SelectorKind] {
@@ -167,23 +177,6 @@ impl WorkloadAttestor for UnixAttestor {
     }
 
     fn attest(&self, process: &PinnedProcess<'_>) -> Result<SelectorSet, AttestationError> {
-        let pid = process.pid;
-        // The executable was opened by the pinning before its link is read here, and its
-        // identity is compared again after every attestor ran, so an `exec` between the
-        // two reads cannot pair one program's path with another's hash.
-        let executable = match process.dir.exe_link()? {
-            ExeLink::Path(path) => Some(Executable {
-                path,
-                sha256: self.sha256(pid, process.exe, process.exe_id)?,
-            }),
-            ExeLink::Detached => {
-                tracing::debug!(
-                    pid,
-                    "executable deleted or unnamed; omitting path and sha256"
-                );
-                None
-            }
-        };
         let facts = Facts {
             // The peer credentials, which the pinning checks procfs agrees with.
             uid: process.peer.uid,
@@ -191,20 +184,63 @@ impl WorkloadAttestor for UnixAttestor {
             user: user_name(process.peer.uid)?,
             group: group_name(process.peer.gid)?,
             supplementary_gids: process.status.groups.clone(),
-            executable,
+            executable: None,
         };
         let set = selectors(&facts)?;
         tracing::debug!(
             selectors = set.len(),
             supplementary_groups = facts.supplementary_gids.len(),
-            has_executable = facts.executable.is_some(),
             "unix attested"
         );
         Ok(set)
     }
 }
 
-impl UnixAttestor {
+/// Attests the `unix` kind's `path` and `sha256` of the executable. Holds a cache of
+/// executable hashes, so share one instance (it is `Sync`) rather than creating one per
+/// call. Reusable: its selectors are a function of the executable's identity and `exe`
+/// link alone, both part of the reuse key.
+#[derive(Debug, Default)]
+pub(crate) struct ExecutableAttestor {
+    hashes: Mutex<HashCache>,
+}
+
+impl WorkloadAttestor for ExecutableAttestor {
+    fn kinds(&self) -> &'static [SelectorKind] {
+        &[SelectorKind::Unix]
+    }
+
+    fn attest(&self, process: &PinnedProcess<'_>) -> Result<SelectorSet, AttestationError> {
+        let pid = process.pid;
+        // The executable was opened by the pinning before its link was read, and its
+        // identity is compared again after every attestor ran, so an `exec` between the
+        // two reads cannot pair one program's path with another's hash.
+        match process.exe_link {
+            ExeLink::Path(path) => {
+                let executable = Executable {
+                    path: path.clone(),
+                    sha256: self.sha256(pid, process.exe, process.exe_id)?,
+                };
+                let set = executable_selectors(&executable)?;
+                tracing::debug!(selectors = set.len(), "executable attested");
+                Ok(set)
+            }
+            ExeLink::Detached => {
+                tracing::debug!(
+                    pid,
+                    "executable deleted or unnamed; omitting path and sha256"
+                );
+                Ok(SelectorSet::new())
+            }
+        }
+    }
+
+    fn reusable(&self) -> bool {
+        true
+    }
+}
+
+impl ExecutableAttestor {
     /// Hash of the opened executable, from the cache when its identity is known.
     fn sha256(
         &self,

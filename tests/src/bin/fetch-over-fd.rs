@@ -1,5 +1,5 @@
 //! `fetch-over-fd --stdin` | `fetch-over-fd --connect SOCKET [--twice | --watch |
-//! --watch-then-exec PROGRAM]`: one `FetchX509SVID` over a Unix socket connection to the
+//! --watch-then-exec PROGRAM | --then-exec PROGRAM [ARG...]]`: one `FetchX509SVID` over a Unix socket connection to the
 //! Workload API, either inherited as standard input (made by whatever program ran before
 //! an `exec`) or made here. Prints the SPIFFE IDs received, one per line, and exits 0;
 //! prints the refusal and exits 1. With `--twice`, it then prints `--`, waits for a line on
@@ -11,7 +11,9 @@
 //! 1). With `--watch-then-exec PROGRAM`, it prints the first message so, waits for a line
 //! on standard input, then execs `PROGRAM` with the connection (its stream still open) as
 //! that program's standard input: what the agent sends on it from then on reaches
-//! `PROGRAM` (`cat` prints it raw).
+//! `PROGRAM` (`cat` prints it raw). With `--then-exec PROGRAM [ARG...]`, it prints the IDs
+//! of one call followed by `--`, then execs `PROGRAM` with `ARG...` in the same process
+//! (same pid and start time; the connection is closed on exec).
 //!
 //! Tests use it to show what the agent attests when the program that connected is not the
 //! one that asks.
@@ -49,6 +51,8 @@ enum Mode {
     /// One call; after its first message and a line of standard input, exec this program
     /// with the connection as its standard input.
     WatchThenExec(String),
+    /// One call; then exec this program with these arguments.
+    OnceThenExec(Vec<String>),
 }
 
 async fn fetch(s: std::os::unix::net::UnixStream, mode: Mode) -> Result<Vec<String>, String> {
@@ -73,7 +77,7 @@ async fn fetch(s: std::os::unix::net::UnixStream, mode: Mode) -> Result<Vec<Stri
     match mode {
         Mode::Watch => return watch(client, None).await,
         Mode::WatchThenExec(program) => return watch(client, Some((program, kept))).await,
-        Mode::Once | Mode::Twice => drop(kept),
+        Mode::Once | Mode::Twice | Mode::OnceThenExec(_) => drop(kept),
     }
     let mut ids = once_on(client.clone()).await?;
     if mode == Mode::Twice {
@@ -156,14 +160,21 @@ fn main() -> ExitCode {
         [flag] if flag == "--twice" => Mode::Twice,
         [flag] if flag == "--watch" => Mode::Watch,
         [flag, program] if flag == "--watch-then-exec" => Mode::WatchThenExec(program.clone()),
+        [flag, command @ ..] if flag == "--then-exec" && !command.is_empty() => {
+            Mode::OnceThenExec(command.to_vec())
+        }
         _ => {
             eprintln!(
-                "usage: fetch-over-fd --stdin | fetch-over-fd --connect SOCKET [--twice | --watch | --watch-then-exec PROGRAM]"
+                "usage: fetch-over-fd --stdin | fetch-over-fd --connect SOCKET [--twice | --watch | --watch-then-exec PROGRAM | --then-exec PROGRAM [ARG...]]"
             );
             return ExitCode::from(64);
         }
     };
     let watching = matches!(mode, Mode::Watch | Mode::WatchThenExec(_));
+    let then_exec = match &mode {
+        Mode::OnceThenExec(command) => Some(command.clone()),
+        _ => None,
+    };
     let s = match stream(&args) {
         Ok(s) => s,
         Err(e) => {
@@ -188,7 +199,18 @@ fn main() -> ExitCode {
             for id in ids {
                 println!("{id}");
             }
-            ExitCode::SUCCESS
+            let Some(command) = then_exec else {
+                return ExitCode::SUCCESS;
+            };
+            use std::io::Write as _;
+            use std::os::unix::process::CommandExt as _;
+            println!("--");
+            let _ = std::io::stdout().flush();
+            let err = std::process::Command::new(&command[0])
+                .args(&command[1..])
+                .exec();
+            eprintln!("exec {}: {err}", command[0]);
+            ExitCode::FAILURE
         }
         Ok(Err(e)) => {
             eprintln!("refused: {e}");

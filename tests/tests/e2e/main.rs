@@ -10,6 +10,7 @@
 )]
 
 mod attestation;
+mod attestation_reuse;
 mod audit;
 mod break_glass;
 mod ca_rotation;
