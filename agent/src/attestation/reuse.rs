@@ -29,10 +29,12 @@
 //!   check that the program is still the one accepted on the connection runs on every call
 //!   as before and refuses it anyway. An `exec` of the very same file keeps the key and
 //!   would get the same selectors afresh.
-//! - *pid reuse*: a recycled pid belongs to a process with another start time, so the key
-//!   differs. Even a recycled pid started within the same clock tick, running the same
-//!   file as the same user, would only get what a fresh run computes for it, since the
-//!   selectors depend on nothing else.
+//! - *pid reuse*: a recycled pid mostly belongs to a process with another start time, so
+//!   the key differs. Start times count clock ticks, though, and a pid freed and taken
+//!   again within one tick keeps it (the unit test forcing reuse through `ns_last_pid`
+//!   sees that): then the executable's identity and link still differ unless the new
+//!   process runs the very same file as the same user, and in that case it gets exactly
+//!   what a fresh run computes for it, since the selectors depend on nothing else.
 //! - *in-place binary replacement*: writing into the executable changes its size or mtime
 //!   and always its ctime (which no unprivileged caller can set back), renaming another
 //!   file over it makes a new inode, and renaming or unlinking it changes what the `exe`
