@@ -104,7 +104,9 @@ struct Pending {
 pub(crate) struct AuthorityRewriter {
     preface_left: usize,
     input: Vec<u8>,
-    decoder: loona_hpack::Decoder<'static>,
+    /// The client's HPACK state, made when the first block the scan cannot vouch for
+    /// arrives (the first block of the connection, so the client's table is still empty).
+    decoder: Option<loona_hpack::Decoder<'static>>,
     pending: Option<Pending>,
     passthrough: bool,
     /// A header block was rewritten on this connection: rewrite every later one too.
@@ -124,14 +126,10 @@ impl std::fmt::Debug for AuthorityRewriter {
 
 impl Default for AuthorityRewriter {
     fn default() -> Self {
-        let mut decoder = loona_hpack::Decoder::new();
-        // The client may only grow its dynamic table to what the agent's HTTP/2 server
-        // advertises; without this bound our decoder would keep whatever a client inserts.
-        decoder.set_max_allowed_table_size(HEADER_TABLE_SIZE);
         Self {
             preface_left: PREFACE.len(),
             input: Vec::new(),
-            decoder,
+            decoder: None,
             pending: None,
             passthrough: false,
             rewriting: false,
@@ -335,7 +333,15 @@ impl AuthorityRewriter {
         // so its table stays the client's whatever happens next.
         let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut decoded_size = 0usize;
-        let decoded = self.decoder.decode_with_cb(&p.block, |name, value| {
+        let decoder = self.decoder.get_or_insert_with(|| {
+            let mut decoder = loona_hpack::Decoder::new();
+            // The client may only grow its dynamic table to what the agent's HTTP/2 server
+            // advertises; without this bound our decoder would keep whatever a client
+            // inserts.
+            decoder.set_max_allowed_table_size(HEADER_TABLE_SIZE);
+            decoder
+        });
+        let decoded = decoder.decode_with_cb(&p.block, |name, value| {
             decoded_size = decoded_size.saturating_add(name.len() + value.len() + 32);
             if decoded_size <= MAX_HEADER_LIST_SIZE as usize {
                 fields.push((name.into_owned(), value.into_owned()));
