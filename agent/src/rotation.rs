@@ -24,10 +24,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use common::proto::tessera::{CsrForEntry, SyncUpdate, sync_update};
+use common::proto::tessera::{CsrForEntry, SignedX509Svid, SyncUpdate, sync_update};
 use common::task::TaskGrant;
 use common::{Bundle, BundleCell, EntryId, RegistrationEntry, TrustDomain, X509Svid};
 use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use rcgen::KeyPair;
 use rustls_pki_types::CertificateDer;
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +44,8 @@ use backoff::capped_by_life;
 
 /// CSRs per signing call.
 const SIGN_BATCH: usize = 500;
+/// Most signing calls out at once.
+const SIGN_CALLS_IN_FLIGHT: usize = 3;
 
 /// Why the worker stopped for good.
 #[derive(Debug, thiserror::Error)]
@@ -313,8 +317,8 @@ impl Rotation {
             return Ok(());
         }
         let snap = self.cache.current();
-        // (slot, entry, task, revision) of every slot that needs an SVID.
-        let due: Vec<(EntryId, EntryId, String, u64)> = snap
+        // Every slot that needs an SVID.
+        let due: Vec<Due> = snap
             .entries
             .iter()
             .filter(|(_, c)| schedule::needs_svid(c, now))
@@ -333,82 +337,31 @@ impl Rotation {
             return Ok(());
         }
         let mut failed = false;
-        for batch in due.chunks(SIGN_BATCH) {
-            let mut keys = HashMap::with_capacity(batch.len());
-            let mut csrs = Vec::with_capacity(batch.len());
-            for (slot, id, task, rev) in batch {
-                let key = match common::svid::generate_key() {
-                    Ok(k) => k,
-                    Err(e) => {
-                        tracing::error!(error = %e, "key generation failed");
-                        failed = true;
-                        continue;
-                    }
-                };
-                match common::svid::csr_for(&key) {
-                    Ok(csr) => csrs.push(CsrForEntry {
-                        entry_id: id.to_string(),
-                        csr,
-                        task_id: task.clone(),
-                    }),
-                    Err(e) => {
-                        tracing::error!(error = %e, "CSR creation failed");
-                        failed = true;
-                        continue;
-                    }
+        // Keys and CSRs are made on the blocking pool and up to SIGN_CALLS_IN_FLIGHT
+        // batches are out at once, so making the next batch overlaps signing the last.
+        // After a failed call no further batch is sent; those already out are answered
+        // and kept.
+        let mut batches = due.chunks(SIGN_BATCH);
+        let mut in_flight = FuturesUnordered::new();
+        for batch in batches.by_ref().take(SIGN_CALLS_IN_FLIGHT) {
+            in_flight.push(sign_batch(node, batch.to_vec()));
+        }
+        let mut stopped = false;
+        while let Some(batch) = in_flight.next().await {
+            failed |= batch.unprepared;
+            match batch.answer {
+                Ok(signed_svids) => {
+                    failed |= self.store_signed(signed_svids, batch.keys);
                 }
-                keys.insert((id.to_string(), task.clone()), (slot.clone(), key, *rev));
-            }
-            let signed_svids = match node.sign_x509_svids(csrs).await {
-                Ok(svids) => svids,
                 Err(s) if is_refusal(&s) => return Err(self.refuse(s.message())),
                 Err(s) => {
                     tracing::warn!(code = ?s.code(), error = %s.message(), "signing request failed");
                     failed = true;
-                    break;
-                }
-            };
-            let mut issued = Vec::with_capacity(signed_svids.len());
-            for signed in signed_svids {
-                let Some((slot, key, rev)) =
-                    keys.remove(&(signed.entry_id.clone(), signed.task_id.clone()))
-                else {
-                    continue;
-                };
-                if !signed.error.is_empty() {
-                    tracing::warn!(entry_id = %signed.entry_id, error = %signed.error, "server did not sign");
-                    failed = true;
-                    continue;
-                }
-                let chain = signed
-                    .svid_chain
-                    .into_iter()
-                    .map(CertificateDer::from)
-                    .collect();
-                match X509Svid::new(chain, key.serialize_der()) {
-                    Ok(svid) => issued.push((slot, rev, Arc::new(svid))),
-                    Err(e) => {
-                        tracing::error!(entry_id = %signed.entry_id, error = %e, "server returned an unusable SVID");
-                        failed = true;
-                    }
+                    stopped = true;
                 }
             }
-            if !keys.is_empty() {
-                // Unanswered entries are retried like failures, never in a tight loop.
-                tracing::warn!(unanswered = keys.len(), "server left CSRs unanswered");
-                failed = true;
-            }
-            if !issued.is_empty() {
-                tracing::info!(count = issued.len(), "X.509-SVIDs updated");
-                self.cache.update(|s| {
-                    for (slot, rev, svid) in issued {
-                        if let Some(c) = s.entries.get_mut(&slot) {
-                            let c = Arc::make_mut(c);
-                            c.svid = Some(svid);
-                            c.svid_revision = rev;
-                        }
-                    }
-                });
+            if !stopped && let Some(next) = batches.next() {
+                in_flight.push(sign_batch(node, next.to_vec()));
             }
         }
         if failed {
@@ -431,6 +384,153 @@ impl Rotation {
         }
         Ok(())
     }
+
+    /// Puts the SVIDs of one answered batch in the cache; `true` if any CSR was refused,
+    /// left unanswered or answered with an unusable SVID.
+    fn store_signed(&self, signed_svids: Vec<SignedX509Svid>, mut keys: BatchKeys) -> bool {
+        let mut failed = false;
+        let mut issued = Vec::with_capacity(signed_svids.len());
+        for signed in signed_svids {
+            let Some((slot, key, rev)) =
+                keys.remove(&(signed.entry_id.clone(), signed.task_id.clone()))
+            else {
+                continue;
+            };
+            if !signed.error.is_empty() {
+                tracing::warn!(entry_id = %signed.entry_id, error = %signed.error, "server did not sign");
+                failed = true;
+                continue;
+            }
+            let chain = signed
+                .svid_chain
+                .into_iter()
+                .map(CertificateDer::from)
+                .collect();
+            match X509Svid::new(chain, key.serialize_der()) {
+                Ok(svid) => issued.push((slot, rev, Arc::new(svid))),
+                Err(e) => {
+                    tracing::error!(entry_id = %signed.entry_id, error = %e, "server returned an unusable SVID");
+                    failed = true;
+                }
+            }
+        }
+        if !keys.is_empty() {
+            // Unanswered entries are retried like failures, never in a tight loop.
+            tracing::warn!(unanswered = keys.len(), "server left CSRs unanswered");
+            failed = true;
+        }
+        if !issued.is_empty() {
+            tracing::info!(count = issued.len(), "X.509-SVIDs updated");
+            self.cache.update(|s| {
+                for (slot, rev, svid) in issued {
+                    if let Some(c) = s.entries.get_mut(&slot) {
+                        let c = Arc::make_mut(c);
+                        c.svid = Some(svid);
+                        c.svid_revision = rev;
+                    }
+                }
+            });
+        }
+        failed
+    }
+}
+
+/// One slot that needs an SVID: (slot, entry, task, revision).
+type Due = (EntryId, EntryId, String, u64);
+
+/// The key of each CSR sent, by (entry, task) as the answer names them: the slot, the
+/// key and the entry's revision.
+type BatchKeys = HashMap<(String, String), (EntryId, KeyPair, u64)>;
+
+/// A batch of CSRs and the server's answer to it.
+struct SignedBatch {
+    keys: BatchKeys,
+    /// A key or CSR could not be made for some slot (it was not sent).
+    unprepared: bool,
+    answer: Result<Vec<SignedX509Svid>, tonic::Status>,
+}
+
+/// Makes a key and a CSR for every slot of `batch` (on the blocking pool, see
+/// [`prepare`]) and sends the CSRs in one signing call.
+async fn sign_batch(node: &dyn NodeApi, batch: Vec<Due>) -> SignedBatch {
+    let (csrs, keys, unprepared) = prepare(batch).await;
+    let answer = node.sign_x509_svids(csrs).await;
+    SignedBatch {
+        keys,
+        unprepared,
+        answer,
+    }
+}
+
+/// Keys and CSRs for `batch`, made on the blocking pool in about as many chunks, made at
+/// once, as the machine runs threads; the CSRs in `batch` order. `true`: some slot got
+/// none (logged).
+async fn prepare(batch: Vec<Due>) -> (Vec<CsrForEntry>, BatchKeys, bool) {
+    let n = batch.len();
+    let parts = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(n.max(1));
+    let size = n.div_ceil(parts).max(1);
+    let mut batch = batch.into_iter();
+    let mut chunks = Vec::with_capacity(parts);
+    loop {
+        let chunk: Vec<Due> = batch.by_ref().take(size).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        chunks.push(tokio::task::spawn_blocking(move || prepare_chunk(chunk)));
+    }
+    let mut csrs = Vec::with_capacity(n);
+    let mut keys = HashMap::with_capacity(n);
+    let mut failed = false;
+    for chunk in chunks {
+        match chunk.await {
+            Ok(made) => {
+                for (csr, key, slot, rev) in made {
+                    keys.insert(
+                        (csr.entry_id.clone(), csr.task_id.clone()),
+                        (slot, key, rev),
+                    );
+                    csrs.push(csr);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "key generation did not finish");
+                failed = true;
+            }
+        }
+    }
+    // A chunk that made fewer than it was given logged why.
+    failed |= csrs.len() < n;
+    (csrs, keys, failed)
+}
+
+/// A key and a CSR for each slot of `chunk` that one can be made for.
+fn prepare_chunk(chunk: Vec<Due>) -> Vec<(CsrForEntry, KeyPair, EntryId, u64)> {
+    let mut made = Vec::with_capacity(chunk.len());
+    for (slot, id, task, rev) in chunk {
+        let key = match common::svid::generate_key() {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::error!(error = %e, "key generation failed");
+                continue;
+            }
+        };
+        match common::svid::csr_for(&key) {
+            Ok(csr) => made.push((
+                CsrForEntry {
+                    entry_id: id.to_string(),
+                    csr,
+                    task_id: task,
+                },
+                key,
+                slot,
+                rev,
+            )),
+            Err(e) => tracing::error!(error = %e, "CSR creation failed"),
+        }
+    }
+    made
 }
 
 /// Applies one message of the sync stream to `cache`; `apply_bundle` gets the trust bundle

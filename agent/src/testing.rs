@@ -185,6 +185,11 @@ struct State {
     entries: BTreeMap<String, tessera::Entry>,
     streams: Vec<mpsc::UnboundedSender<Result<SyncUpdate, Status>>>,
     fail_signs: usize,
+    /// How long each signing call takes (none: it answers at once).
+    sign_delay: Duration,
+    /// Signing calls being answered now, and the most there were at once.
+    signs_in_flight: usize,
+    most_signs_in_flight: usize,
     unreachable: bool,
     calls: Vec<RecordedCall>,
 }
@@ -323,6 +328,16 @@ impl FakeNode {
         for tx in state.streams.drain(..) {
             let _ = tx.send(Err(status.clone()));
         }
+    }
+
+    /// Makes every signing call take `delay` (by tokio's clock) before it is answered.
+    pub fn delay_signs(&self, delay: Duration) {
+        self.state().sign_delay = delay;
+    }
+
+    /// The most signing calls that were being answered at once.
+    pub fn most_signs_in_flight(&self) -> usize {
+        self.state().most_signs_in_flight
     }
 
     /// Makes the next `n` signing calls fail with `Unavailable`.
@@ -475,15 +490,25 @@ impl NodeApi for FakeNode {
     }
 
     async fn sign_x509_svids(&self, csrs: Vec<CsrForEntry>) -> Result<Vec<SignedX509Svid>, Status> {
-        let mut state = self.state();
-        let entry_ids = csrs.iter().map(|c| c.entry_id.clone()).collect();
-        let failed = state.unreachable || state.fail_signs > 0;
-        self.record(&mut state, NodeCall::Sign { entry_ids, failed });
-        Self::check_reachable(&state)?;
-        if failed {
-            state.fail_signs -= 1;
-            return Err(Status::unavailable("signing made to fail by the test"));
+        let delay = {
+            let mut state = self.state();
+            let entry_ids = csrs.iter().map(|c| c.entry_id.clone()).collect();
+            let failed = state.unreachable || state.fail_signs > 0;
+            self.record(&mut state, NodeCall::Sign { entry_ids, failed });
+            Self::check_reachable(&state)?;
+            if failed {
+                state.fail_signs -= 1;
+                return Err(Status::unavailable("signing made to fail by the test"));
+            }
+            state.signs_in_flight += 1;
+            state.most_signs_in_flight = state.most_signs_in_flight.max(state.signs_in_flight);
+            state.sign_delay
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
         }
+        let mut state = self.state();
+        state.signs_in_flight -= 1;
         let now = self.0.clock.now();
         Ok(csrs
             .iter()

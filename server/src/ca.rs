@@ -8,7 +8,6 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use common::svid::parse_leaf;
 use common::{SpiffeId, TrustDomain};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
@@ -98,6 +97,14 @@ fn io(e: impl std::fmt::Display) -> CaError {
 
 fn to_offset(t: SystemTime) -> OffsetDateTime {
     OffsetDateTime::from(t)
+}
+
+/// `t` without its fraction of a second (as a certificate encodes it).
+fn whole_seconds(t: SystemTime) -> SystemTime {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
 }
 
 fn random_serial() -> SerialNumber {
@@ -431,9 +438,13 @@ impl Ca {
                 common::task::subject_ou(task_id.as_str()),
             );
         }
+        // Certificates carry whole seconds: what is encoded, and so what is returned.
+        let not_after = whole_seconds(not_after);
         p.not_before = to_offset(now - BACKDATE.min(ttl / 10));
         p.not_after = to_offset(not_after);
-        p.serial_number = Some(random_serial());
+        let serial = random_serial();
+        let serial_hex = hex::encode(serial.as_ref());
+        p.serial_number = Some(serial);
         p.is_ca = IsCa::ExplicitNoCa;
         p.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
@@ -467,15 +478,15 @@ impl Ca {
         let cert = p
             .signed_by(&csr.public_key, &issuer)
             .map_err(|e| CaError::Signing(e.to_string()))?;
-        let der = cert.der().clone();
-        let info = parse_leaf(&der).map_err(|e| CaError::Signing(e.to_string()))?;
+        // The serial and notAfter are the ones just encoded (the serial is a canonical
+        // positive INTEGER, see `random_serial`): the leaf need not be parsed back.
         let mut chain = Vec::with_capacity(1 + self.chain_tail.len());
-        chain.push(der);
+        chain.push(cert.der().clone());
         chain.extend(self.chain_tail.iter().cloned());
         Ok(Issued {
             chain,
-            serial_hex: info.serial_hex,
-            not_after: info.not_after,
+            serial_hex,
+            not_after,
             issuer_serial: self.serial_hex.clone(),
         })
     }
@@ -521,7 +532,7 @@ impl Ca {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use common::svid::{csr_for, generate_key};
+    use common::svid::{csr_for, generate_key, parse_leaf};
     use common::{Bundle, BundleCell, X509Svid};
 
     #[test]
@@ -550,6 +561,10 @@ mod tests {
             .unwrap();
         let svid = X509Svid::new(issued.chain.clone(), key.serialize_der()).unwrap();
         assert_eq!(svid.spiffe_id(), &id);
+        // What is returned is what the certificate says.
+        assert_eq!(issued.serial_hex, svid.leaf().serial_hex);
+        assert_eq!(issued.not_after, svid.leaf().not_after);
+        assert_eq!(issued.issuer_serial, ca.serial_hex());
         assert_eq!(svid.leaf().dns_names, vec!["web.example.org".to_owned()]);
         let life = svid
             .leaf()
@@ -598,6 +613,58 @@ mod tests {
             ca.sign_svid(&tampered, &id, Duration::from_secs(60), &[]),
             Err(CaError::BadCsr(_))
         ));
+    }
+
+    /// Many CSRs are signed on several threads; each answer is in its request's place,
+    /// each refusal too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_is_signed_in_request_order_with_refusals_in_place() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let set = std::sync::Arc::new(
+            rotation::CaSet::load_or_create(
+                dir.path(),
+                &td,
+                Duration::from_secs(86400),
+                None,
+                SystemTime::now(),
+            )
+            .unwrap(),
+        );
+        assert!(set.sign_svids(Vec::new()).await.is_empty());
+        let key = generate_key().unwrap();
+        let csr = csr_for(&key).unwrap();
+        let request = |i: usize| rotation::SvidRequest {
+            // Every seventh CSR is garbage.
+            csr: if i % 7 == 3 {
+                b"junk".to_vec()
+            } else {
+                csr.clone()
+            },
+            spiffe_id: SpiffeId::new(&format!("spiffe://example.org/w/{i}")).unwrap(),
+            ttl: Duration::from_secs(600 + u64::try_from(i).unwrap()),
+            dns_names: vec![format!("w{i}.example.org")],
+            task_id: None,
+        };
+        for n in [1, 2, 37] {
+            let results = set.sign_svids((0..n).map(request).collect()).await;
+            assert_eq!(results.len(), n);
+            for (i, r) in results.iter().enumerate() {
+                if i % 7 == 3 {
+                    assert!(matches!(r, Err(CaError::BadCsr(_))), "{i}: {r:?}");
+                    continue;
+                }
+                let issued = r.as_ref().unwrap();
+                let leaf = parse_leaf(&issued.chain[0]).unwrap();
+                assert_eq!(
+                    leaf.spiffe_id.as_str(),
+                    format!("spiffe://example.org/w/{i}")
+                );
+                assert_eq!(leaf.dns_names, [format!("w{i}.example.org")]);
+                assert_eq!(leaf.serial_hex, issued.serial_hex);
+                assert_eq!(leaf.not_after, issued.not_after);
+            }
+        }
     }
 
     fn write_root(

@@ -22,6 +22,10 @@ pub(crate) mod testdb;
 
 pub use sql::SqlStore;
 
+/// Most entry ids bound in one [`Datastore::get_entries`] query: well under what either
+/// backend binds in one statement.
+pub const ENTRY_IDS_PER_QUERY: usize = 500;
+
 /// Told the kind (`AuditKind::as_str` as stored) of each audit record once it is committed.
 pub type AuditAppended = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
 
@@ -490,6 +494,11 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     ) -> Result<Option<RegistrationEntry>, DatastoreError>;
     /// One entry by id.
     async fn get_entry(&self, id: &EntryId) -> Result<Option<RegistrationEntry>, DatastoreError>;
+    /// The entries among `ids` that exist, each once, ordered by id (unknown ids and
+    /// repeats are ignored; no ids, no entries). One query per
+    /// [`ENTRY_IDS_PER_QUERY`] distinct ids, so a batch costs a few round trips rather
+    /// than one per id.
+    async fn get_entries(&self, ids: &[EntryId]) -> Result<Vec<RegistrationEntry>, DatastoreError>;
     /// Entries matching `filter`, ordered by creation.
     async fn list_entries(
         &self,

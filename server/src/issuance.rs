@@ -25,7 +25,8 @@ use rustls_pki_types::CertificateDer;
 use sha2::{Digest as _, Sha256};
 
 use crate::audit::{AuditEvent, AuditKind};
-use crate::ca::rotation::CaSet;
+use crate::ca::CaError;
+use crate::ca::rotation::{CaSet, SvidRequest};
 use crate::clock::{now_unix, unix_seconds};
 use crate::datastore::{Datastore, DatastoreError, DomainRecord, IssuedSvid, TaskSvid};
 use crate::jwt_keys::JwtKeyManager;
@@ -109,6 +110,28 @@ pub enum X509Outcome {
     },
 }
 
+/// A CSR after the checks, before signing.
+enum Checked {
+    /// Refused: the answer as it will be sent.
+    Refused {
+        entry_id: EntryId,
+        task_id: Option<TaskId>,
+        reason: String,
+    },
+    /// To be signed.
+    Accepted(Box<Accepted>),
+}
+
+/// A CSR to be signed for `entry`, under `grant` for a just-in-time entry.
+struct Accepted {
+    entry: RegistrationEntry,
+    /// The task the request named.
+    asked_task: Option<TaskId>,
+    /// The task issued under.
+    task_id: Option<TaskId>,
+    grant: Option<IssueGrant>,
+}
+
 /// A signed JWT-SVID.
 #[derive(Debug, Clone)]
 pub struct MintedJwt {
@@ -157,18 +180,30 @@ impl Issuer {
         self
     }
 
-    /// The entry `entry_id` if `agent` may receive credentials for it: parented to it or
-    /// to a node group it is a member of (`node_groups.rs`), not disabled, not past its
-    /// expiry. An entry parented to another ID costs the agent record and that ID's node
-    /// entries (two queries), once per ID and call (`groups`).
+    /// The entry `entry_id` if `agent` may receive credentials for it (see
+    /// [`Self::entitled_entry`]).
     async fn entitled(
         &self,
         agent: &SpiffeId,
         entry_id: &EntryId,
         groups: &mut HashMap<SpiffeId, bool>,
     ) -> Result<Option<RegistrationEntry>, DatastoreError> {
+        let entry = self.ds.get_entry(entry_id).await?;
+        self.entitled_entry(agent, entry, groups).await
+    }
+
+    /// `entry` (as stored; `None`: there is none) if `agent` may receive credentials for
+    /// it: parented to it or to a node group it is a member of (`node_groups.rs`), not
+    /// disabled, not past its expiry. An entry parented to another ID costs the agent
+    /// record and that ID's node entries (two queries), once per ID and call (`groups`).
+    async fn entitled_entry(
+        &self,
+        agent: &SpiffeId,
+        entry: Option<RegistrationEntry>,
+        groups: &mut HashMap<SpiffeId, bool>,
+    ) -> Result<Option<RegistrationEntry>, DatastoreError> {
         let now = now_unix();
-        let Some(e) = self.ds.get_entry(entry_id).await?.filter(|e| {
+        let Some(e) = entry.filter(|e| {
             !e.is_node()
                 && e.governance.disabled.is_none()
                 && e.governance.expires_at.is_none_or(|at| at > now)
@@ -241,6 +276,10 @@ impl Issuer {
 
     /// Signs one X.509-SVID per CSR that `agent` is entitled to; refuses the others one
     /// by one. Records task serials and audit records before returning anything.
+    ///
+    /// The entries are read in one query per [`crate::datastore::ENTRY_IDS_PER_QUERY`]
+    /// CSRs, every CSR is checked in request order, then the accepted ones are signed on
+    /// all cores ([`CaSet::sign_svids`]); the answers are in request order.
     pub async fn sign_x509(
         &self,
         agent: &SpiffeId,
@@ -249,20 +288,28 @@ impl Issuer {
         if requests.len() > MAX_CSRS_PER_CALL {
             return Err(IssuanceError::TooManyCsrs);
         }
-        let mut out = Vec::with_capacity(requests.len());
-        let mut audit = Vec::with_capacity(requests.len());
-        let mut task_svids = Vec::new();
+        let ids: Vec<EntryId> = requests.iter().map(|r| r.entry_id.clone()).collect();
+        let stored: HashMap<EntryId, RegistrationEntry> = self
+            .ds
+            .get_entries(&ids)
+            .await?
+            .into_iter()
+            .map(|e| (e.id.clone(), e))
+            .collect();
         let mut domains = HashMap::new();
-        let mut issued_svids: Vec<IssuedSvid> = Vec::new();
         let mut groups = HashMap::new();
+        // Each CSR's answer, in request order: refused here, or to be signed.
+        let mut checked = Vec::with_capacity(requests.len());
+        let mut to_sign = Vec::new();
         for CsrRequest {
             entry_id,
             task_id: asked_task,
             csr,
         } in requests
         {
-            let Some(entry) = self.entitled(agent, &entry_id, &mut groups).await? else {
-                out.push(X509Outcome::Refused {
+            let entry = stored.get(&entry_id).cloned();
+            let Some(entry) = self.entitled_entry(agent, entry, &mut groups).await? else {
+                checked.push(Checked::Refused {
                     entry_id,
                     task_id: asked_task,
                     reason: IssuanceError::NotEntitled.to_string(),
@@ -272,7 +319,7 @@ impl Issuer {
             let grant = match self.grant(&entry, asked_task.as_ref(), None).await {
                 Ok(g) => g,
                 Err(reason) => {
-                    out.push(X509Outcome::Refused {
+                    checked.push(Checked::Refused {
                         entry_id,
                         task_id: asked_task,
                         reason,
@@ -289,18 +336,66 @@ impl Issuer {
             if dns_names.len() < entry.dns_names.len() {
                 tracing::warn!(entry_id = %entry.id, tenant = %entry.governance.tenant, "X.509-SVID issued without DNS names whose domain is not verified");
             }
-            let issued = match self.ca.sign_svid_for_task(
-                &csr,
-                &entry.spiffe_id,
+            to_sign.push(SvidRequest {
+                csr,
+                spiffe_id: entry.spiffe_id.clone(),
                 ttl,
-                &dns_names,
-                task_id.as_ref(),
-            ) {
-                Ok(i) => i,
-                Err(e) => {
-                    tracing::warn!(agent_id = %agent, entry_id = %entry.id, error = %e, "X.509-SVID not issued");
+                dns_names,
+                task_id: task_id.clone(),
+            });
+            checked.push(Checked::Accepted(Box::new(Accepted {
+                entry,
+                asked_task,
+                task_id,
+                grant,
+            })));
+        }
+        let mut signed = self.ca.sign_svids(to_sign).await.into_iter();
+
+        let mut out = Vec::with_capacity(checked.len());
+        let mut audit = Vec::with_capacity(checked.len());
+        let mut task_svids = Vec::new();
+        let mut issued_svids: Vec<IssuedSvid> = Vec::new();
+        for c in checked {
+            let (entry, asked_task, task_id, grant) = match c {
+                Checked::Refused {
+                    entry_id,
+                    task_id,
+                    reason,
+                } => {
                     out.push(X509Outcome::Refused {
                         entry_id,
+                        task_id,
+                        reason,
+                    });
+                    continue;
+                }
+                Checked::Accepted(a) => {
+                    let Accepted {
+                        entry,
+                        asked_task,
+                        task_id,
+                        grant,
+                    } = *a;
+                    (entry, asked_task, task_id, grant)
+                }
+            };
+            let issued = match signed.next() {
+                Some(Ok(i)) => i,
+                Some(Err(e)) => {
+                    tracing::warn!(agent_id = %agent, entry_id = %entry.id, error = %e, "X.509-SVID not issued");
+                    out.push(X509Outcome::Refused {
+                        entry_id: entry.id,
+                        task_id: asked_task,
+                        reason: e.to_string(),
+                    });
+                    continue;
+                }
+                None => {
+                    let e = CaError::Signing("no answer for an accepted CSR".into());
+                    tracing::error!(agent_id = %agent, entry_id = %entry.id, error = %e, "X.509-SVID not issued");
+                    out.push(X509Outcome::Refused {
+                        entry_id: entry.id,
                         task_id: asked_task,
                         reason: e.to_string(),
                     });
@@ -754,6 +849,108 @@ mod tests {
             .await
             .unwrap();
         out.remove(0)
+    }
+
+    /// A batch is answered in request order: each CSR signed for its own entry, or
+    /// refused in its place with the reason it gets alone; only what was signed is
+    /// audited, in request order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_is_answered_in_request_order_with_each_refusal_in_place() {
+        let f = fixture().await;
+        let agent = SpiffeId::new(AGENT).unwrap();
+        let web = entry(&f, "web", false).await;
+        let db = entry(&f, "db", false).await;
+        let jit = entry(&f, "tool", true).await;
+        let elsewhere = f
+            .registrar
+            .create(
+                &EntryRequest {
+                    spiffe_id: "spiffe://example.org/elsewhere".into(),
+                    parent_id: "spiffe://example.org/other-agent".into(),
+                    selectors: vec!["unix:uid:1000".into()],
+                    ..Default::default()
+                },
+                &operator(),
+            )
+            .await
+            .unwrap();
+        let unknown = EntryId::generate();
+        // What each refusal says when asked alone.
+        let alone = |o: X509Outcome| match o {
+            X509Outcome::Refused { reason, .. } => reason,
+            other => panic!("{other:?}"),
+        };
+        let no_task = alone(sign_one(&f, &agent, &jit.id).await);
+        assert_eq!(
+            alone(sign_one(&f, &agent, &unknown).await),
+            IssuanceError::NotEntitled.to_string()
+        );
+        let audited_before = f.ds.list_audit(None, None).await.unwrap().len();
+
+        let key = rcgen::KeyPair::generate().unwrap();
+        let csr = common::svid::csr_for(&key).unwrap();
+        let asked: Vec<(&EntryId, Vec<u8>)> = vec![
+            (&web.id, csr.clone()),
+            (&unknown, csr.clone()),
+            (&db.id, csr.clone()),
+            (&elsewhere.id, csr.clone()),
+            (&jit.id, csr.clone()),
+            (&web.id, b"junk".to_vec()),
+            (&db.id, csr.clone()),
+            (&web.id, csr.clone()),
+        ];
+        let out = f
+            .issuer
+            .sign_x509(
+                &agent,
+                asked
+                    .iter()
+                    .map(|(id, csr)| CsrRequest {
+                        entry_id: (*id).clone(),
+                        task_id: None,
+                        csr: csr.clone(),
+                    })
+                    .collect(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(out.len(), asked.len());
+        let refused = |i: usize| match &out[i] {
+            X509Outcome::Refused {
+                entry_id, reason, ..
+            } => {
+                assert_eq!(entry_id, asked[i].0, "{i}");
+                reason.clone()
+            }
+            other => panic!("{i}: {other:?}"),
+        };
+        let not_entitled = IssuanceError::NotEntitled.to_string();
+        assert_eq!(refused(1), not_entitled);
+        assert_eq!(refused(3), not_entitled);
+        assert_eq!(refused(4), no_task);
+        assert!(refused(5).starts_with("invalid CSR"), "{}", refused(5));
+        let mut signed_ids = Vec::new();
+        for (i, e) in [(0, &web), (2, &db), (6, &db), (7, &web)] {
+            let X509Outcome::Signed {
+                entry_id, chain, ..
+            } = &out[i]
+            else {
+                panic!("{i}: {:?}", out[i]);
+            };
+            assert_eq!(entry_id, &e.id, "{i}");
+            let leaf = common::svid::parse_leaf(&chain[0]).unwrap();
+            assert_eq!(leaf.spiffe_id, e.spiffe_id, "{i}");
+            signed_ids.push(e.spiffe_id.to_string());
+        }
+        let audit = f.ds.list_audit(None, None).await.unwrap();
+        let subjects: Vec<&str> = audit[audited_before..]
+            .iter()
+            .map(|r| {
+                assert_eq!(r.event.kind, AuditKind::SvidX509Issued.as_str());
+                r.event.subject.as_str()
+            })
+            .collect();
+        assert_eq!(subjects, signed_ids);
     }
 
     /// An entry parented to a node entry's ID is signed for the agents whose node

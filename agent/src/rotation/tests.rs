@@ -261,6 +261,74 @@ async fn sign_retries_back_off_doubling_jittered_and_within_the_svids_remaining_
     h.stop().await;
 }
 
+/// Many entries: batches of at most `SIGN_BATCH` CSRs, up to `SIGN_CALLS_IN_FLIGHT` of
+/// them out at once; after a failed call no new batch is sent until the retry, while
+/// those already out are answered and kept.
+#[tokio::test(start_paused = true)]
+async fn batches_are_signed_a_few_at_once_and_a_failure_stops_new_ones() {
+    const ENTRIES: usize = 3 * SIGN_BATCH + 100;
+    const SIGN_TIME: Duration = Duration::from_millis(10);
+    let h = Harness::start(Duration::from_secs(36_000), |f| {
+        f.delay_signs(SIGN_TIME);
+        // The first call fails.
+        f.fail_next_signs(1);
+        for i in 0..ENTRIES {
+            f.upsert_entry(f.entry(&format!("e{i:04}"), &format!("/w/{i}"), 3600 * SECOND));
+        }
+    })
+    .await;
+    h.until(|s| {
+        (s.entries.len() == ENTRIES && s.entries.values().all(|c| c.svid.is_some())).then_some(())
+    })
+    .await;
+    let calls = h.fake.sign_calls();
+    let first_round: Vec<_> = calls.iter().filter(|(at, _)| *at == calls[0].0).collect();
+    assert_eq!(
+        first_round.len(),
+        SIGN_CALLS_IN_FLIGHT,
+        "the first calls go out together, no more after the failure: {calls:?}"
+    );
+    assert_eq!(first_round.iter().filter(|(_, failed)| *failed).count(), 1);
+    assert_eq!(h.fake.most_signs_in_flight(), SIGN_CALLS_IN_FLIGHT - 1);
+    // The retry sends the failed batch and the one never sent, after the backoff.
+    let retries = &calls[SIGN_CALLS_IN_FLIGHT..];
+    assert_eq!(retries.len(), 2, "{calls:?}");
+    assert!(
+        retries
+            .iter()
+            .all(|(at, failed)| !failed && since(*at, calls[0].0) >= BACKOFF_MIN / 2)
+    );
+    let mut sent: Vec<String> = Vec::new();
+    for c in h.fake.calls() {
+        if let NodeCall::Sign { entry_ids, failed } = c.call {
+            assert!(entry_ids.len() <= SIGN_BATCH);
+            if !failed {
+                sent.extend(entry_ids);
+            }
+        }
+    }
+    sent.sort();
+    sent.dedup();
+    assert_eq!(sent.len(), ENTRIES, "every entry signed once");
+
+    // With nothing failing, every batch is signed, three at a time at most.
+    let h2 = Harness::start(Duration::from_secs(36_000), |f| {
+        f.delay_signs(SIGN_TIME);
+        for i in 0..ENTRIES {
+            f.upsert_entry(f.entry(&format!("e{i:04}"), &format!("/w/{i}"), 3600 * SECOND));
+        }
+    })
+    .await;
+    h2.until(|s| {
+        (s.entries.len() == ENTRIES && s.entries.values().all(|c| c.svid.is_some())).then_some(())
+    })
+    .await;
+    assert_eq!(h2.fake.sign_calls().len(), 4);
+    assert_eq!(h2.fake.most_signs_in_flight(), SIGN_CALLS_IN_FLIGHT);
+    h2.stop().await;
+    h.stop().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn sign_backoff_is_capped_at_thirty_seconds() {
     let h = Harness::start(Duration::from_secs(36_000), |f| {

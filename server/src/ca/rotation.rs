@@ -101,6 +101,22 @@ pub struct PublishedCa {
     pub not_after: SystemTime,
 }
 
+/// One X.509-SVID for [`CaSet::sign_svids`] to sign: the arguments of
+/// [`CaSet::sign_svid_for_task`].
+#[derive(Debug, Clone)]
+pub struct SvidRequest {
+    /// The PKCS#10 CSR (DER); only its public key is used.
+    pub csr: Vec<u8>,
+    /// The SVID's SPIFFE ID.
+    pub spiffe_id: SpiffeId,
+    /// Its lifetime (cut to the CA's expiry).
+    pub ttl: Duration,
+    /// Its DNS names (the first is the Subject's CN).
+    pub dns_names: Vec<String>,
+    /// The task it is issued under, if any.
+    pub task_id: Option<common::TaskId>,
+}
+
 /// What a [`CaSet::tick`] changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CaChange {
@@ -305,6 +321,62 @@ impl CaSet {
             dns_names,
             task_id,
             crl_url.as_deref(),
+        )
+    }
+
+    /// Signs every request with the active CA (as [`CaSet::sign_svid_for_task`] does one)
+    /// on the blocking pool, in about as many chunks, signed at once, as the machine runs
+    /// threads. The results are in request order, each request's refusal in its place.
+    pub async fn sign_svids(
+        self: &Arc<Self>,
+        requests: Vec<SvidRequest>,
+    ) -> Vec<Result<Issued, CaError>> {
+        let n = requests.len();
+        if n <= 1 {
+            return requests.iter().map(|r| self.sign_request(r)).collect();
+        }
+        let parts = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .min(n);
+        let size = n.div_ceil(parts);
+        let mut requests = requests.into_iter();
+        let mut chunks = Vec::with_capacity(parts);
+        loop {
+            let chunk: Vec<SvidRequest> = requests.by_ref().take(size).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            let set = Arc::clone(self);
+            let len = chunk.len();
+            let signing = tokio::task::spawn_blocking(move || {
+                chunk
+                    .iter()
+                    .map(|r| set.sign_request(r))
+                    .collect::<Vec<_>>()
+            });
+            chunks.push((len, signing));
+        }
+        let mut out = Vec::with_capacity(n);
+        for (len, signing) in chunks {
+            match signing.await {
+                Ok(results) => out.extend(results),
+                Err(e) => {
+                    tracing::error!(error = %e, csrs = len, "BUG: a signing chunk did not finish");
+                    let failed = CaError::Signing(format!("signing did not finish: {e}"));
+                    out.extend(std::iter::repeat_n(Err(failed), len));
+                }
+            }
+        }
+        out
+    }
+
+    fn sign_request(&self, r: &SvidRequest) -> Result<Issued, CaError> {
+        self.sign_svid_for_task(
+            &r.csr,
+            &r.spiffe_id,
+            r.ttl,
+            &r.dns_names,
+            r.task_id.as_ref(),
         )
     }
 

@@ -57,6 +57,7 @@ macro_rules! conformance {
 
 conformance!(
     entries_crud_and_conflicts,
+    entries_are_fetched_by_id_many_at_once,
     changes_commit_with_their_audit_records_or_not_at_all,
     join_tokens_are_single_use_under_concurrency,
     agents_attest_renew_ban,
@@ -222,6 +223,85 @@ fn event(kind: &str, subject: &str, task_id: Option<&str>) -> AuditEvent {
 
 fn is_entry_conflict<T: std::fmt::Debug>(r: &Result<T, DatastoreError>) -> bool {
     matches!(r, Err(DatastoreError::Conflict(m)) if m == ENTRY_CONFLICT)
+}
+
+async fn entries_are_fetched_by_id_many_at_once(b: &dyn Backend) {
+    let ds = b.open().await;
+    assert!(ds.get_entries(&[]).await.unwrap().is_empty());
+    assert!(ds.get_entries(&[eid("a")]).await.unwrap().is_empty());
+    let a = entry("a", "spiffe://example.org/a", 1);
+    let b_entry = entry("b", "spiffe://example.org/b", 2);
+    let mut c = entry("c", "spiffe://example.org/c", 3);
+    c.jit = true;
+    c.governance.expires_at = None;
+    for e in [&c, &a, &b_entry] {
+        ds.create_entry(e, &[]).await.unwrap();
+    }
+    let all = [a.clone(), b_entry.clone(), c.clone()];
+    // All found: each as stored, in id order whatever the order asked.
+    assert_eq!(
+        ds.get_entries(&[eid("c"), eid("a"), eid("b")])
+            .await
+            .unwrap(),
+        all
+    );
+    // Unknown ids are left out.
+    assert_eq!(
+        ds.get_entries(&[eid("zzz"), eid("c"), eid("0"), eid("a")])
+            .await
+            .unwrap(),
+        [a.clone(), c.clone()]
+    );
+    assert!(
+        ds.get_entries(&[eid("x"), eid("y")])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Repeats are answered once.
+    assert_eq!(
+        ds.get_entries(&[eid("b"), eid("b"), eid("a"), eid("b")])
+            .await
+            .unwrap(),
+        [a.clone(), b_entry.clone()]
+    );
+
+    // More ids than one query binds: found entries in every chunk, unknown ids between
+    // them, every id asked twice.
+    let n = super::ENTRY_IDS_PER_QUERY + 40;
+    let mut many: Vec<RegistrationEntry> = (0..n)
+        .map(|i| {
+            let mut e = entry(
+                &format!("m{i:04}"),
+                &format!("spiffe://example.org/many/{i}"),
+                4,
+            );
+            e.created_at += i64::try_from(i).unwrap();
+            e
+        })
+        .collect();
+    for e in &many {
+        ds.create_entry(e, &[]).await.unwrap();
+    }
+    let mut asked: Vec<EntryId> = Vec::new();
+    for e in many.iter().rev() {
+        asked.push(e.id.clone());
+        asked.push(eid(&format!("{}-gone", e.id.as_str())));
+    }
+    asked.extend(many.iter().map(|e| e.id.clone()));
+    asked.push(eid("a"));
+    let got = ds.get_entries(&asked).await.unwrap();
+    many.insert(0, a.clone());
+    assert_eq!(got.len(), n + 1);
+    assert_eq!(got, many);
+    // Deleted entries are gone from the answer too.
+    ds.delete_entry(&eid("a"), Box::new(|_| Vec::new()))
+        .await
+        .unwrap();
+    assert_eq!(
+        ds.get_entries(&[eid("a"), eid("c")]).await.unwrap(),
+        [c.clone()]
+    );
 }
 
 async fn entries_crud_and_conflicts(b: &dyn Backend) {

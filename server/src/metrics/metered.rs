@@ -83,6 +83,11 @@ impl Datastore for Metered {
         self.counted("read", r)
     }
 
+    async fn get_entries(&self, ids: &[EntryId]) -> Result<Vec<RegistrationEntry>, DatastoreError> {
+        let r = self.inner.get_entries(ids).await;
+        self.counted("read", r)
+    }
+
     async fn list_entries(
         &self,
         filter: &EntryFilter,
@@ -592,18 +597,29 @@ mod tests {
         // An answer is not a failure.
         let missing = EntryId::parse("00000000-0000-7000-8000-000000000001").unwrap();
         assert_eq!(ds.get_entry(&missing).await.unwrap(), None);
+        assert!(
+            ds.get_entries(std::slice::from_ref(&missing))
+                .await
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(failed("read", "unavailable") + failed("read", "backend"), 0);
 
         // The database gone: reads, writes and probes fail, each counted in its class.
         store.close().await;
         assert!(ds.get_entry(&missing).await.is_err());
         assert!(
+            ds.get_entries(std::slice::from_ref(&missing))
+                .await
+                .is_err()
+        );
+        assert!(
             ds.append_audit(&[event(AuditKind::CaRotated)])
                 .await
                 .is_err()
         );
         assert!(ds.ping(std::time::Duration::from_secs(1)).await.is_err());
-        assert_eq!(failed("read", "unavailable"), 1);
+        assert_eq!(failed("read", "unavailable"), 2);
         assert_eq!(failed("write", "unavailable"), 1);
         assert_eq!(failed("probe", "unavailable"), 1);
         assert_eq!(

@@ -57,6 +57,19 @@ pub(super) const UPDATE_ENTRY_IF: &str = "UPDATE entries SET spiffe_id = $2, par
     WHERE id = $1 AND revision = $22";
 pub(super) const DELETE_ENTRY: &str = "DELETE FROM entries WHERE id = $1 RETURNING *";
 pub(super) const GET_ENTRY: &str = "SELECT * FROM entries WHERE id = $1";
+/// The entries whose ids are bound to `$1` to `$n` (`n` at least 1), in no order.
+pub(super) fn entries_by_id_sql(n: usize) -> String {
+    format!("SELECT * FROM entries WHERE id IN ({})", placeholders(n))
+}
+
+/// `$1, $2, ..., $n`.
+fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub(super) const LIST_ENTRIES: &str = "SELECT * FROM entries
     WHERE ($1 IS NULL OR spiffe_id = $1) AND ($2 IS NULL OR parent_id = $2)
         AND ($3 IS NULL OR tenant = $3)
@@ -235,10 +248,9 @@ pub(super) const ALL_USAGE: &str = "SELECT * FROM entry_usage ORDER BY entry_id,
 
 /// The usage rows of `n` entries, whose ids are bound to `$1` to `$n` (`n` at least 1).
 pub(super) fn usage_of_sql(n: usize) -> String {
-    let params: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
     format!(
         "SELECT * FROM entry_usage WHERE entry_id IN ({}) ORDER BY entry_id, agent_id",
-        params.join(", ")
+        placeholders(n)
     )
 }
 
