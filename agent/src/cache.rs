@@ -257,42 +257,79 @@ pub enum CacheFileError {
 impl CacheSnapshot {
     /// Encodes the snapshot for the cache file (entries, bundle, SVIDs with their keys).
     pub fn encode(&self) -> Vec<u8> {
-        use prost::Message as _;
+        let mut out = Vec::new();
+        // Writing to a Vec cannot fail.
+        let _ = self.encode_to(&mut out);
+        out
+    }
+
+    /// Streams the cache file encoding of the snapshot to `w`, one entry or SVID at a
+    /// time: the file is never built whole in memory (at 10,000 entries it is megabytes).
+    ///
+    /// The result is an `AgentCache` message whose `snapshot` field occurs several times,
+    /// one entry each, then once for the bundle, revocations and templates: protobuf
+    /// decoders merge the occurrences of a message field (repeated fields concatenate), so
+    /// it decodes to the same message as one `snapshot` holding everything.
+    pub fn encode_to<W: std::io::Write + ?Sized>(&self, w: &mut W) -> std::io::Result<()> {
+        use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, message};
+        const SNAPSHOT: u32 = 1;
+        const SVIDS: u32 = 2;
+        const SYNC_CURSOR: u32 = 3;
+        const REVOCATIONS: u32 = 3;
         let mut entries: Vec<(&EntryId, &Arc<CachedEntry>)> = self.entries.iter().collect();
         entries.sort_by(|a, b| a.0.cmp(b.0));
-        let msg = tessera::AgentCache {
-            snapshot: Some(tessera::SyncSnapshot {
-                entries: entries
-                    .iter()
-                    .map(|(_, c)| {
-                        let mut wire: tessera::Entry = (&c.entry).into();
-                        wire.task = c.grant.as_ref().map(Into::into);
-                        wire
-                    })
-                    .collect(),
-                bundle: self.bundle.as_deref().map(Into::into),
-                revocations: Some((*self.revocations).clone()),
-                templates: {
-                    let mut t: Vec<_> = self.templates.values().map(|t| (&**t).into()).collect();
-                    t.sort_by(|a: &tessera::Template, b| a.id.cmp(&b.id));
-                    t
-                },
-            }),
-            svids: entries
-                .iter()
-                .filter_map(|(key, c)| {
-                    c.svid.as_ref().map(|s| tessera::CachedSvid {
-                        // The slot: one SVID per task of an entry.
-                        entry_id: key.to_string(),
-                        entry_revision: c.svid_revision,
-                        chain: s.chain().iter().map(|d| d.to_vec()).collect(),
-                        key: s.key_pkcs8().to_vec(),
-                    })
-                })
-                .collect(),
-            sync_cursor: self.cursor.clone(),
+        // One record's encoding, reused.
+        let mut buf = Vec::new();
+        for (_, c) in &entries {
+            let mut wire: tessera::Entry = (&c.entry).into();
+            wire.task = c.grant.as_ref().map(Into::into);
+            let record = tessera::SyncSnapshot {
+                entries: vec![wire],
+                ..Default::default()
+            };
+            buf.clear();
+            message::encode(SNAPSHOT, &record, &mut buf);
+            w.write_all(&buf)?;
+        }
+        let mut templates: Vec<tessera::Template> =
+            self.templates.values().map(|t| (&**t).into()).collect();
+        templates.sort_by(|a, b| a.id.cmp(&b.id));
+        let rest = tessera::SyncSnapshot {
+            entries: Vec::new(),
+            bundle: self.bundle.as_deref().map(Into::into),
+            revocations: None,
+            templates,
         };
-        msg.encode_to_vec()
+        // The revocations (CRLs included) are encoded in place rather than copied into
+        // `rest`: a snapshot record holding them after the rest of the snapshot's fields.
+        let revocations_len = message::encoded_len(REVOCATIONS, &*self.revocations);
+        buf.clear();
+        encode_key(SNAPSHOT, WireType::LengthDelimited, &mut buf);
+        let len = prost::Message::encoded_len(&rest) + revocations_len;
+        encode_varint(len as u64, &mut buf);
+        buf.reserve(len + encoded_len_varint(len as u64));
+        prost::Message::encode_raw(&rest, &mut buf);
+        message::encode(REVOCATIONS, &*self.revocations, &mut buf);
+        w.write_all(&buf)?;
+        for (key, c) in &entries {
+            let Some(s) = &c.svid else { continue };
+            let record = tessera::CachedSvid {
+                // The slot: one SVID per task of an entry.
+                entry_id: key.to_string(),
+                entry_revision: c.svid_revision,
+                chain: s.chain().map(|d| d.to_vec()).collect(),
+                key: s.key_pkcs8().to_vec(),
+            };
+            buf.clear();
+            message::encode(SVIDS, &record, &mut buf);
+            w.write_all(&buf)?;
+        }
+        if !self.cursor.is_empty() {
+            buf.clear();
+            prost::encoding::string::encode(SYNC_CURSOR, &self.cursor, &mut buf);
+            w.write_all(&buf)?;
+        }
+        Ok(())
     }
 
     /// Decodes a cache file. SVIDs that no longer parse or match their key are dropped;
@@ -392,10 +429,15 @@ pub async fn persist(
         }
         let snap = Arc::clone(&rx.borrow_and_update());
         if snap.synced {
-            let bytes = snap.encode();
             let path = dir.join(CACHE_FILE);
             let written = tokio::task::spawn_blocking(move || {
-                daemon::state_file::write_atomic(&path, &bytes, 0o600)
+                daemon::state_file::write_atomic_with(&path, 0o600, move |w| {
+                    let encoded = snap.encode_to(w);
+                    // Let go of the snapshot before the file is synced to disk: while
+                    // it is held, every cache update has to copy the whole snapshot.
+                    drop(snap);
+                    encoded
+                })
             })
             .await;
             if let Ok(Err(e)) | Err(e) = written.map_err(std::io::Error::other) {
@@ -438,6 +480,67 @@ mod tests {
             svid: None,
             svid_revision: 0,
         })
+    }
+
+    #[test]
+    fn the_streamed_file_decodes_to_the_whole_message() {
+        use prost::Message as _;
+        let now = SystemTime::now();
+        let td = common::TrustDomain::new("example.org").unwrap();
+        let ca = crate::testing::TestCa::new(&td, now).unwrap();
+        let mut snap = CacheSnapshot {
+            bundle: Some(Arc::new(ca.bundle())),
+            cursor: "feed/7".into(),
+            synced: true,
+            ..CacheSnapshot::default()
+        };
+        for (id, issued) in [("b", true), ("a", true), ("c", false)] {
+            let mut c = (*entry(id, 1, &["unix:uid:0"], "")).clone();
+            if issued {
+                let sid = SpiffeId::new(&format!("spiffe://example.org/{id}")).unwrap();
+                c.svid = Some(Arc::new(
+                    ca.issue(&sid, now, Duration::from_secs(600)).unwrap(),
+                ));
+                c.svid_revision = 1;
+            }
+            snap.entries
+                .insert(EntryId::parse(id).unwrap(), Arc::new(c));
+        }
+        let streamed = snap.encode();
+        // The same state as one message, as the file was written before streaming.
+        let ids = ["a", "b", "c"];
+        let whole = tessera::AgentCache {
+            snapshot: Some(tessera::SyncSnapshot {
+                entries: ids
+                    .iter()
+                    .map(|id| (&snap.entries[*id].entry).into())
+                    .collect(),
+                bundle: snap.bundle.as_deref().map(Into::into),
+                revocations: Some((*snap.revocations).clone()),
+                templates: Vec::new(),
+            }),
+            svids: ids
+                .iter()
+                .filter_map(|id| {
+                    let c = &snap.entries[*id];
+                    c.svid.as_ref().map(|s| tessera::CachedSvid {
+                        entry_id: (*id).to_owned(),
+                        entry_revision: c.svid_revision,
+                        chain: s.chain().map(|d| d.to_vec()).collect(),
+                        key: s.key_pkcs8().to_vec(),
+                    })
+                })
+                .collect(),
+            sync_cursor: "feed/7".into(),
+        };
+        assert_eq!(tessera::AgentCache::decode(&streamed[..]).unwrap(), whole);
+        let back = CacheSnapshot::decode(&streamed).unwrap();
+        assert_eq!(back.entries.len(), 3);
+        assert_eq!(back.cursor, "feed/7");
+        for id in ["a", "b"] {
+            assert_eq!(back.entries[id].svid, snap.entries[id].svid, "{id}");
+        }
+        assert!(back.entries["c"].svid.is_none());
     }
 
     #[test]

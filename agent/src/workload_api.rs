@@ -446,8 +446,8 @@ pub(crate) fn render_x509(
         .svids
         .iter()
         .map(|(s, hint)| X509svid {
-            spiffe_id: s.spiffe_id().to_string(),
-            x509_svid: s.chain_der_concat(),
+            spiffe_id: s.spiffe_id_str().to_owned(),
+            x509_svid: s.chain_der().to_vec(),
             x509_svid_key: s.key_pkcs8().to_vec(),
             bundle: bundle_der.clone(),
             hint: hint.clone(),

@@ -68,7 +68,6 @@ mod node;
 mod unix;
 
 use std::cmp::Ordering;
-use std::collections::{BTreeSet, btree_set};
 use std::fmt;
 use std::str::FromStr;
 
@@ -361,10 +360,14 @@ fn check_edges(s: &str) -> Result<(), SelectorError> {
 /// An ordered, de-duplicated set of selectors: what a caller was attested to have, or what
 /// a registration entry requires.
 ///
+/// Held as a sorted boxed slice rather than a tree: an agent keeps one per cached entry
+/// (thousands), each with a handful of selectors, and a tree node reserves room for eleven.
+/// Sets are built once and then only read; [`insert`](Self::insert) copies.
+///
 /// Serialises as a sequence of `kind:key:value` strings.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
-pub struct SelectorSet(BTreeSet<Selector>);
+pub struct SelectorSet(Box<[Selector]>);
 
 impl SelectorSet {
     /// An empty set.
@@ -372,13 +375,28 @@ impl SelectorSet {
         Self::default()
     }
 
+    /// Sorted and de-duplicated, as the set is kept.
+    fn from_vec(mut v: Vec<Selector>) -> Self {
+        v.sort_unstable();
+        v.dedup();
+        Self(v.into_boxed_slice())
+    }
+
     /// Adds a selector; returns whether it was not already present.
     pub fn insert(&mut self, selector: Selector) -> bool {
-        self.0.insert(selector)
+        match self.0.binary_search(&selector) {
+            Ok(_) => false,
+            Err(at) => {
+                let mut v = std::mem::take(&mut self.0).into_vec();
+                v.insert(at, selector);
+                self.0 = v.into_boxed_slice();
+                true
+            }
+        }
     }
 
     /// The selectors in sorted order.
-    pub fn iter(&self) -> btree_set::Iter<'_, Selector> {
+    pub fn iter(&self) -> std::slice::Iter<'_, Selector> {
         self.0.iter()
     }
 
@@ -394,7 +412,7 @@ impl SelectorSet {
 
     /// Whether the set contains `selector`.
     pub fn contains(&self, selector: &Selector) -> bool {
-        self.0.contains(selector)
+        self.0.binary_search(selector).is_ok()
     }
 
     /// Plain set inclusion: every selector in `self` is also in `other`.
@@ -402,7 +420,7 @@ impl SelectorSet {
     /// True when `self` is empty. Use [`entry_matches`](Self::entry_matches) to decide
     /// whether an entry applies to a caller.
     pub fn is_subset_of(&self, other: &Self) -> bool {
-        self.0.is_subset(&other.0)
+        self.len() <= other.len() && self.0.iter().all(|s| other.contains(s))
     }
 
     /// Whether a registration entry requiring `self` applies to a caller attested with
@@ -429,19 +447,27 @@ impl SelectorSet {
 
 impl FromIterator<Selector> for SelectorSet {
     fn from_iter<I: IntoIterator<Item = Selector>>(iter: I) -> Self {
-        Self(iter.into_iter().collect())
+        Self::from_vec(iter.into_iter().collect())
     }
 }
 
 impl Extend<Selector> for SelectorSet {
     fn extend<I: IntoIterator<Item = Selector>>(&mut self, iter: I) {
-        self.0.extend(iter);
+        let mut v = std::mem::take(&mut self.0).into_vec();
+        v.extend(iter);
+        *self = Self::from_vec(v);
+    }
+}
+
+impl<'de> Deserialize<'de> for SelectorSet {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Vec::<Selector>::deserialize(deserializer).map(Self::from_vec)
     }
 }
 
 impl<'a> IntoIterator for &'a SelectorSet {
     type Item = &'a Selector;
-    type IntoIter = btree_set::Iter<'a, Selector>;
+    type IntoIter = std::slice::Iter<'a, Selector>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.0.iter()
@@ -450,10 +476,10 @@ impl<'a> IntoIterator for &'a SelectorSet {
 
 impl IntoIterator for SelectorSet {
     type Item = Selector;
-    type IntoIter = btree_set::IntoIter<Selector>;
+    type IntoIter = std::vec::IntoIter<Selector>;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.0.into_iter()
+        self.0.into_vec().into_iter()
     }
 }
 

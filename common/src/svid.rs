@@ -8,6 +8,7 @@
 //! certificate, so the rotation schedule can be unit-tested without a clock.
 
 use std::fmt;
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use rustls_pki_types::CertificateDer;
@@ -79,6 +80,11 @@ fn unix_to_system(secs: i64) -> SystemTime {
 
 /// The single SPIFFE ID in a certificate's URI SANs (leaf or CA).
 pub fn spiffe_id_of(cert: &X509Certificate<'_>) -> Result<SpiffeId, SvidError> {
+    Ok(SpiffeId::new(uri_san(cert)?)?)
+}
+
+/// The single URI SAN, borrowed from the certificate's DER.
+fn uri_san<'a>(cert: &X509Certificate<'a>) -> Result<&'a str, SvidError> {
     let mut found = None;
     for ext in cert.extensions() {
         if let ParsedExtension::SubjectAlternativeName(san) = ext.parsed_extension() {
@@ -92,15 +98,18 @@ pub fn spiffe_id_of(cert: &X509Certificate<'_>) -> Result<SpiffeId, SvidError> {
             }
         }
     }
-    let uri = found.ok_or(SvidError::NoUriSan)?;
-    Ok(SpiffeId::new(uri)?)
+    found.ok_or(SvidError::NoUriSan)
 }
 
 /// Parses a leaf SVID certificate and checks the SPIFFE X.509-SVID leaf profile.
 pub fn parse_leaf(der: &[u8]) -> Result<LeafInfo, SvidError> {
     let (_, cert) =
         X509Certificate::from_der(der).map_err(|e| SvidError::BadCertificate(e.to_string()))?;
-    let spiffe_id = spiffe_id_of(&cert)?;
+    leaf_info(&cert)
+}
+
+fn leaf_info(cert: &X509Certificate<'_>) -> Result<LeafInfo, SvidError> {
+    let spiffe_id = spiffe_id_of(cert)?;
     if spiffe_id.is_trust_domain_id() {
         return Err(SvidError::RootPathLeaf);
     }
@@ -141,83 +150,264 @@ fn hex_lower(bytes: &[u8]) -> String {
     s
 }
 
-/// An X.509-SVID: leaf-first chain (no root) plus its PKCS#8 private key.
-#[derive(Clone, PartialEq, Eq)]
-pub struct X509Svid {
-    leaf: LeafInfo,
-    chain: Vec<CertificateDer<'static>>,
-    key_pkcs8: Vec<u8>,
+/// The length of the DER element (tag, length and contents) at the start of `der`, if its
+/// header is well formed and the element fits: how a concatenated chain is split again.
+fn der_element_len(der: &[u8]) -> Option<usize> {
+    let first = *der.get(1)?;
+    let (header, contents) = if first < 0x80 {
+        (2, usize::from(first))
+    } else {
+        let n = usize::from(first & 0x7f);
+        // Certificates are far below 4 GiB; indefinite (0x80) lengths are not DER.
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let len = der
+            .get(2..2 + n)?
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (2 + n, len)
+    };
+    let total = header.checked_add(contents)?;
+    (total <= der.len()).then_some(total)
 }
+
+/// Whether `chain` is a sequence of whole DER elements, ending exactly at its end.
+fn splits_into_certificates(chain: &[u8]) -> bool {
+    let mut rest = chain;
+    while !rest.is_empty() {
+        match der_element_len(rest) {
+            Some(len) => rest = rest.get(len..).unwrap_or_default(),
+            None => return false,
+        }
+    }
+    true
+}
+
+/// The refresh jitter (0–99 ‰) derived from a serial number: see [`refresh_at`].
+fn jitter_permille(serial_hex: &str) -> u16 {
+    let h = serial_hex.bytes().fold(0u32, |acc, b| {
+        acc.wrapping_mul(31).wrapping_add(u32::from(b))
+    }) % 100;
+    // Below 100, so it always fits.
+    u16::try_from(h).unwrap_or_default()
+}
+
+/// An X.509-SVID: leaf-first chain (no root) plus its PKCS#8 private key.
+///
+/// A cache holds thousands of these, so the representation is compact: the chain DER and
+/// the key DER share one allocation, the few facts the rotation schedule and the Workload
+/// API need on every pass (validity, refresh jitter, where the SPIFFE ID sits in the DER)
+/// are kept as plain numbers, and the rest of the leaf ([`LeafInfo`]) is parsed on first
+/// use only. Construction checks everything, so the later parse cannot fail.
+#[derive(Clone)]
+pub struct X509Svid {
+    /// The chain DER (leaf first, certificates back to back), then the key DER.
+    der: Box<[u8]>,
+    /// Where the key starts in `der` (= the length of the chain DER).
+    key_start: u32,
+    /// Where the leaf's SPIFFE ID (its URI SAN, ASCII) sits in `der`.
+    id_start: u32,
+    id_len: u16,
+    /// Refresh jitter from the serial number, in ‰ (see [`refresh_at`]).
+    jitter_permille: u16,
+    /// Validity, Unix seconds.
+    not_before: i64,
+    not_after: i64,
+    /// The leaf's parsed facts, on first use.
+    leaf: OnceLock<Box<LeafInfo>>,
+}
+
+impl PartialEq for X509Svid {
+    fn eq(&self, other: &Self) -> bool {
+        // Everything else is derived from these bytes.
+        self.key_start == other.key_start && self.der == other.der
+    }
+}
+
+impl Eq for X509Svid {}
 
 impl fmt::Debug for X509Svid {
     // Hand-written so the private key can never reach a log line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("X509Svid")
-            .field("spiffe_id", &self.leaf.spiffe_id.as_str())
-            .field("serial", &self.leaf.serial_hex)
-            .field("not_after", &self.leaf.not_after)
+        let mut d = f.debug_struct("X509Svid");
+        d.field("spiffe_id", &self.spiffe_id_str());
+        if let Some(leaf) = self.leaf.get() {
+            d.field("serial", &leaf.serial_hex);
+        }
+        d.field("not_after", &self.not_after())
             .field("key", &"<redacted>")
             .finish()
+    }
+}
+
+/// The certificates of an SVID's chain, leaf first, borrowed from it.
+#[derive(Debug, Clone)]
+pub struct Chain<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for Chain<'a> {
+    type Item = CertificateDer<'a>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        // The chain was split the same way when the SVID was built.
+        let len = der_element_len(self.rest)?;
+        let (cert, rest) = self.rest.split_at_checked(len)?;
+        self.rest = rest;
+        Some(CertificateDer::from(cert))
+    }
+}
+
+impl Chain<'_> {
+    /// The certificates as owned values, e.g. for a TLS client configuration.
+    pub fn to_vec(&self) -> Vec<CertificateDer<'static>> {
+        self.clone().map(CertificateDer::into_owned).collect()
     }
 }
 
 impl X509Svid {
     /// Builds an SVID after checking the leaf profile and that `key_pkcs8` matches it.
     pub fn new(chain: Vec<CertificateDer<'static>>, key_pkcs8: Vec<u8>) -> Result<Self, SvidError> {
-        let leaf_der = chain.first().ok_or(SvidError::EmptyChain)?;
-        let leaf = parse_leaf(leaf_der)?;
-        let key = rcgen::KeyPair::try_from(key_pkcs8.as_slice())
-            .map_err(|e| SvidError::BadKey(e.to_string()))?;
+        let chain_len: usize = chain.iter().map(|c| c.len()).sum();
+        let mut der = Vec::with_capacity(chain_len + key_pkcs8.len());
+        for cert in &chain {
+            // Each certificate must be exactly one DER element, so that the chain can be
+            // split again from the concatenation.
+            if der_element_len(cert) != Some(cert.len()) {
+                return Err(SvidError::BadCertificate(
+                    "certificate is not exactly one DER element".into(),
+                ));
+            }
+            der.extend_from_slice(cert);
+        }
+        der.extend_from_slice(&key_pkcs8);
+        Self::build(der.into_boxed_slice(), chain_len)
+    }
+
+    /// Builds an SVID from the chain as concatenated DER (leaf first, the Workload API
+    /// encoding) and the PKCS#8 DER key, with the checks of [`X509Svid::new`].
+    pub fn from_der(chain_der: &[u8], key_pkcs8: &[u8]) -> Result<Self, SvidError> {
+        let mut der = Vec::with_capacity(chain_der.len() + key_pkcs8.len());
+        der.extend_from_slice(chain_der);
+        der.extend_from_slice(key_pkcs8);
+        Self::build(der.into_boxed_slice(), chain_der.len())
+    }
+
+    fn build(der: Box<[u8]>, key_start: usize) -> Result<Self, SvidError> {
+        let (chain, key_pkcs8) = der
+            .split_at_checked(key_start)
+            .ok_or(SvidError::EmptyChain)?;
+        if chain.is_empty() {
+            return Err(SvidError::EmptyChain);
+        }
+        if !splits_into_certificates(chain) {
+            return Err(SvidError::BadCertificate(
+                "chain is not a sequence of DER certificates".into(),
+            ));
+        }
+        let leaf_len = der_element_len(chain).ok_or(SvidError::EmptyChain)?;
+        let leaf_der = chain.get(..leaf_len).ok_or(SvidError::EmptyChain)?;
         let (_, cert) = X509Certificate::from_der(leaf_der)
             .map_err(|e| SvidError::BadCertificate(e.to_string()))?;
+        let leaf = leaf_info(&cert)?;
+        let key =
+            rcgen::KeyPair::try_from(key_pkcs8).map_err(|e| SvidError::BadKey(e.to_string()))?;
         if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
             return Err(SvidError::KeyMismatch);
         }
-        Ok(Self {
-            leaf,
-            chain,
-            key_pkcs8,
-        })
+        // The URI SAN is borrowed from `der`: its place there lets the ID be served without
+        // keeping a parsed copy. SpiffeId keeps the URI verbatim, so the bytes are the ID.
+        let uri = uri_san(&cert)?;
+        let id_start = (uri.as_ptr() as usize).wrapping_sub(der.as_ptr() as usize);
+        let too_big = || SvidError::BadCertificate("certificate too large".into());
+        let (id_start, id_len) = (
+            u32::try_from(id_start).map_err(|_| too_big())?,
+            u16::try_from(uri.len()).map_err(|_| too_big())?,
+        );
+        let key_start = u32::try_from(key_start).map_err(|_| too_big())?;
+        let svid = Self {
+            der,
+            key_start,
+            id_start,
+            id_len,
+            jitter_permille: jitter_permille(&leaf.serial_hex),
+            not_before: system_to_unix(leaf.not_before),
+            not_after: system_to_unix(leaf.not_after),
+            leaf: OnceLock::new(),
+        };
+        if svid.spiffe_id_str() != leaf.spiffe_id.as_str() {
+            return Err(SvidError::BadCertificate(
+                "URI SAN is not borrowed from the certificate".into(),
+            ));
+        }
+        Ok(svid)
     }
 
     /// The SPIFFE ID of the leaf.
     pub fn spiffe_id(&self) -> &SpiffeId {
-        &self.leaf.spiffe_id
+        &self.leaf().spiffe_id
     }
 
-    /// Parsed facts about the leaf.
+    /// The SPIFFE ID of the leaf as text, read from the DER without parsing the leaf.
+    pub fn spiffe_id_str(&self) -> &str {
+        let start = self.id_start as usize;
+        self.der
+            .get(start..start + usize::from(self.id_len))
+            .and_then(|b| std::str::from_utf8(b).ok())
+            // Unreachable: checked against the parsed ID when built.
+            .unwrap_or_default()
+    }
+
+    /// Parsed facts about the leaf (parsed on first use, then kept).
     pub fn leaf(&self) -> &LeafInfo {
-        &self.leaf
+        self.leaf.get_or_init(|| {
+            #[expect(
+                clippy::expect_used,
+                reason = "the same bytes passed parse_leaf when the SVID was built"
+            )]
+            Box::new(parse_leaf(self.leaf_der()).expect("leaf was checked when built"))
+        })
     }
 
-    /// Leaf-first DER chain (no root).
-    pub fn chain(&self) -> &[CertificateDer<'static>] {
-        &self.chain
+    fn leaf_der(&self) -> &[u8] {
+        let chain = self.chain_der();
+        der_element_len(chain)
+            .and_then(|len| chain.get(..len))
+            .unwrap_or_default()
+    }
+
+    /// Leaf-first DER chain (no root), borrowed.
+    pub fn chain(&self) -> Chain<'_> {
+        Chain {
+            rest: self.chain_der(),
+        }
+    }
+
+    /// Chain as concatenated DER, leaf first: the Workload API encoding.
+    pub fn chain_der(&self) -> &[u8] {
+        self.der.get(..self.key_start as usize).unwrap_or_default()
     }
 
     /// PKCS#8 DER private key.
     pub fn key_pkcs8(&self) -> &[u8] {
-        &self.key_pkcs8
+        self.der.get(self.key_start as usize..).unwrap_or_default()
+    }
+
+    /// Start of validity.
+    pub fn not_before(&self) -> SystemTime {
+        unix_to_system(self.not_before)
     }
 
     /// End of validity.
     pub fn not_after(&self) -> SystemTime {
-        self.leaf.not_after
-    }
-
-    /// Chain as concatenated DER, the Workload API encoding.
-    pub fn chain_der_concat(&self) -> Vec<u8> {
-        self.chain
-            .iter()
-            .flat_map(|c| c.as_ref().iter().copied())
-            .collect()
+        unix_to_system(self.not_after)
     }
 
     /// Chain as PEM CERTIFICATE blocks.
     pub fn chain_pem(&self) -> String {
         let blocks: Vec<pem::Pem> = self
-            .chain
-            .iter()
+            .chain()
             .map(|c| pem::Pem::new("CERTIFICATE", c.to_vec()))
             .collect();
         pem::encode_many(&blocks)
@@ -225,17 +415,24 @@ impl X509Svid {
 
     /// Private key as a PEM PRIVATE KEY block (PKCS#8).
     pub fn key_pem(&self) -> String {
-        pem::encode(&pem::Pem::new("PRIVATE KEY", self.key_pkcs8.clone()))
+        pem::encode(&pem::Pem::new("PRIVATE KEY", self.key_pkcs8().to_vec()))
     }
 
     /// Whether the SVID is no longer valid at `now`.
     pub fn is_expired_at(&self, now: SystemTime) -> bool {
-        now >= self.leaf.not_after
+        now >= self.not_after()
     }
 
     /// When this SVID should be renewed: see [`refresh_at`].
     pub fn refresh_at(&self) -> SystemTime {
-        refresh_at(&self.leaf)
+        refresh_within(self.not_before(), self.not_after(), self.jitter_permille)
+    }
+}
+
+fn system_to_unix(t: SystemTime) -> i64 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_secs()).map_or(i64::MIN, |s| -s),
     }
 }
 
@@ -243,16 +440,20 @@ impl X509Svid {
 /// exact point derived from the serial number so that a fleet of SVIDs issued at the same
 /// moment does not renew in lock-step (and so the schedule is a pure function).
 pub fn refresh_at(leaf: &LeafInfo) -> SystemTime {
-    let lifetime = leaf
-        .not_after
-        .duration_since(leaf.not_before)
+    refresh_within(
+        leaf.not_before,
+        leaf.not_after,
+        jitter_permille(&leaf.serial_hex),
+    )
+}
+
+fn refresh_within(not_before: SystemTime, not_after: SystemTime, jitter: u16) -> SystemTime {
+    let lifetime = not_after
+        .duration_since(not_before)
         .unwrap_or(Duration::ZERO);
-    let jitter_permille = leaf.serial_hex.bytes().fold(0u32, |acc, b| {
-        acc.wrapping_mul(31).wrapping_add(u32::from(b))
-    }) % 100;
     // 500‰ minus up to 99‰ of jitter.
-    let fraction = 500 - jitter_permille;
-    leaf.not_before + lifetime.mul_f64(f64::from(fraction) / 1000.0)
+    let fraction = 500 - u32::from(jitter.min(99));
+    not_before + lifetime.mul_f64(f64::from(fraction) / 1000.0)
 }
 
 /// A fresh ECDSA P-256 key pair for an SVID.
@@ -334,6 +535,103 @@ mod tests {
         let (c, _) = leaf(&[], IsCa::ExplicitNoCa, ds());
         assert_eq!(parse_leaf(&c), Err(SvidError::NoUriSan));
         assert_eq!(X509Svid::new(vec![], vec![]), Err(SvidError::EmptyChain));
+    }
+
+    /// A CA and a leaf it signed, as DER, with the leaf's key.
+    fn signed_chain(id: &str) -> (Vec<CertificateDer<'static>>, rcgen::KeyPair) {
+        let ca_key = generate_key().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.subject_alt_names = vec![SanType::URI("spiffe://example.org".try_into().unwrap())];
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, &ca_key);
+        let key = generate_key().unwrap();
+        let mut p = CertificateParams::new(vec!["web.example.org".to_owned()]).unwrap();
+        p.subject_alt_names
+            .push(SanType::URI(id.try_into().unwrap()));
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let leaf = p.signed_by(&key, &issuer).unwrap();
+        (vec![leaf.der().clone(), ca_cert.der().clone()], key)
+    }
+
+    #[test]
+    fn one_buffer_keeps_chain_key_and_facts() {
+        let (chain, key) = signed_chain("spiffe://example.org/web");
+        let svid = X509Svid::new(chain.clone(), key.serialize_der()).unwrap();
+        // The chain comes back certificate by certificate, and concatenated.
+        assert_eq!(svid.chain().to_vec(), chain);
+        assert_eq!(svid.chain().count(), 2);
+        assert_eq!(svid.chain_der(), [&chain[0][..], &chain[1][..]].concat());
+        assert_eq!(svid.key_pkcs8(), key.serialize_der());
+        assert_eq!(svid.spiffe_id_str(), "spiffe://example.org/web");
+        // Validity and refresh need no parse; the leaf is parsed on first use only.
+        assert!(svid.leaf.get().is_none());
+        let parsed = parse_leaf(&chain[0]).unwrap();
+        assert_eq!(svid.not_before(), parsed.not_before);
+        assert_eq!(svid.not_after(), parsed.not_after);
+        assert_eq!(svid.refresh_at(), refresh_at(&parsed));
+        assert!(svid.leaf.get().is_none(), "no accessor above parses");
+        assert_eq!(svid.leaf(), &parsed);
+        assert_eq!(svid.spiffe_id().as_str(), "spiffe://example.org/web");
+        assert_eq!(svid.leaf().dns_names, vec!["web.example.org".to_owned()]);
+        // The Workload API encoding builds the same SVID.
+        let again = X509Svid::from_der(svid.chain_der(), svid.key_pkcs8()).unwrap();
+        assert_eq!(again, svid);
+        assert_eq!(again.chain().to_vec(), chain);
+        // The key never shows in Debug, parsed or not.
+        for s in [&svid, &again] {
+            let shown = format!("{s:?}");
+            assert!(shown.contains("spiffe://example.org/web"), "{shown}");
+            assert!(shown.contains("<redacted>"), "{shown}");
+            let key_hex = hex_lower(s.key_pkcs8());
+            assert!(!shown.contains(&key_hex[key_hex.len() - 16..]), "{shown}");
+        }
+    }
+
+    #[test]
+    fn a_chain_must_split_into_whole_certificates() {
+        let (chain, key) = signed_chain("spiffe://example.org/web");
+        let der = [&chain[0][..], &chain[1][..]].concat();
+        let k = key.serialize_der();
+        // Truncated, or trailing bytes that are not a certificate.
+        assert!(matches!(
+            X509Svid::from_der(&der[..der.len() - 1], &k),
+            Err(SvidError::BadCertificate(_))
+        ));
+        let mut trailing = der.clone();
+        trailing.push(0x30);
+        assert!(matches!(
+            X509Svid::from_der(&trailing, &k),
+            Err(SvidError::BadCertificate(_))
+        ));
+        let mut padded = chain[0].to_vec();
+        padded.push(0);
+        assert!(matches!(
+            X509Svid::new(vec![CertificateDer::from(padded)], k.clone()),
+            Err(SvidError::BadCertificate(_))
+        ));
+        assert_eq!(X509Svid::from_der(&[], &k), Err(SvidError::EmptyChain));
+        // The wrong key is still refused when built from DER.
+        let other = generate_key().unwrap().serialize_der();
+        assert_eq!(
+            X509Svid::from_der(&der, &other),
+            Err(SvidError::KeyMismatch)
+        );
+    }
+
+    #[test]
+    fn der_element_lengths() {
+        assert_eq!(der_element_len(&[0x30, 0x01, 0xaa]), Some(3));
+        assert_eq!(der_element_len(&[0x30, 0x02, 0xaa]), None);
+        assert_eq!(der_element_len(&[0x30, 0x81, 0x01, 0xaa]), Some(4));
+        assert_eq!(der_element_len(&[0x30, 0x80, 0xaa]), None);
+        assert_eq!(der_element_len(&[0x30]), None);
+        let mut long = vec![0x30, 0x82, 0x01, 0x00];
+        long.resize(4 + 256, 0);
+        assert_eq!(der_element_len(&long), Some(260));
+        assert!(splits_into_certificates(&[0x30, 0x00, 0x30, 0x01, 0x05]));
+        assert!(!splits_into_certificates(&[0x30, 0x00, 0x30]));
     }
 
     #[test]

@@ -548,6 +548,39 @@ fn set_basics() {
 }
 
 #[test]
+fn set_stays_sorted_and_unique_however_built() {
+    let sorted = ["unix:gid:1000", "unix:uid:1000", "unix:user:web"];
+    let listed = |s: &SelectorSet| s.iter().map(ToString::to_string).collect::<Vec<_>>();
+    // Inserted out of order, extended with repeats, read from an unsorted list.
+    let mut inserted = SelectorSet::new();
+    for s in [
+        "unix:user:web",
+        "unix:gid:1000",
+        "unix:uid:1000",
+        "unix:gid:1000",
+    ] {
+        inserted.insert(sel(s));
+    }
+    let mut extended = set(&["unix:user:web"]);
+    extended.extend([
+        sel("unix:uid:1000"),
+        sel("unix:user:web"),
+        sel("unix:gid:1000"),
+    ]);
+    let read: SelectorSet = serde_json::from_str(
+        r#"["unix:user:web","unix:uid:1000","unix:gid:1000","unix:uid:1000"]"#,
+    )
+    .unwrap();
+    for s in [&inserted, &extended, &read] {
+        assert_eq!(listed(s), sorted);
+        assert_eq!(s, &inserted, "equal sets compare equal");
+    }
+    assert!(set(&["unix:uid:1000", "unix:user:web"]).is_subset_of(&read));
+    assert!(!set(&["unix:uid:1000", "unix:user:db"]).is_subset_of(&read));
+    assert!(!read.is_subset_of(&set(&["unix:uid:1000"])));
+}
+
+#[test]
 fn subset_and_entry_matching() {
     let caller = set(&["unix:uid:1000", "unix:gid:1000", "unix:user:web"]);
     let empty = SelectorSet::new();
