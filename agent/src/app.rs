@@ -25,6 +25,7 @@ use crate::workload_api::WorkloadApi;
 use crate::workload_api::authority::{MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE};
 use crate::workload_api::connection::StreamTrackingLayer;
 use crate::workload_api::jwt_cache::JwtCache;
+use crate::workload_api::verified::VerifiedTokens;
 use daemon::state_file;
 use daemon::supervisor::Supervisor;
 
@@ -255,6 +256,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         holders,
         metrics: Arc::clone(&metrics),
         provisioning: Arc::default(),
+        verified_tokens: Arc::new(VerifiedTokens::new(config.jwt_verified_max_entries)),
     };
     let api_shutdown = shutdown.clone();
     let limits = config.workload_api;

@@ -93,6 +93,9 @@ pub struct CacheSnapshot {
     /// Identity templates parented to this agent: a caller that matches no entry but one
     /// of these gets an entry made for it (`ProvisionEntry`).
     pub templates: HashMap<common::TemplateId, Arc<common::template::AgentTemplate>>,
+    /// Counts the snapshots published ([`Cache::update`]): whatever is derived from a
+    /// snapshot and kept may be reused while this is unchanged.
+    pub generation: u64,
 }
 
 /// What a caller is entitled to right now.
@@ -236,7 +239,12 @@ impl Cache {
 
     /// Applies `f` to a copy of the state and publishes the result.
     pub fn update(&self, f: impl FnOnce(&mut CacheSnapshot)) {
-        self.tx.send_modify(|snap| f(Arc::make_mut(snap)));
+        self.tx.send_modify(|snap| {
+            let snap = Arc::make_mut(snap);
+            let generation = snap.generation;
+            f(snap);
+            snap.generation = generation + 1;
+        });
     }
 }
 
@@ -392,6 +400,7 @@ impl CacheSnapshot {
             revocations: Arc::new(snap.revocations.unwrap_or_default()),
             cursor: msg.sync_cursor,
             templates,
+            generation: 0,
         })
     }
 

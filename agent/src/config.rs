@@ -62,6 +62,11 @@ pub const DEFAULT_JWT_CACHE_MAX_ENTRIES: usize = 10_000;
 /// 1 KiB, about 45 KiB each).
 pub const DEFAULT_JWT_CACHE_MAX_BYTES: usize = 16 * 1024 * 1024;
 
+/// Default most JWT-SVIDs whose verified signature `ValidateJWTSVID` keeps.
+pub const DEFAULT_JWT_VERIFIED_MAX_ENTRIES: usize = 1024;
+/// Most JWT-SVIDs `jwt_verified_max_entries` may ask to keep.
+const JWT_VERIFIED_MAX_ENTRIES_LIMIT: usize = 100_000;
+
 /// Default time between two reports of per-entry usage to the server.
 pub const DEFAULT_USAGE_REPORT_INTERVAL: Duration = Duration::from_secs(30);
 /// Bounds of `usage_report_interval`.
@@ -163,6 +168,11 @@ pub struct RawAgentConfig {
     /// Most bytes of JWT-SVIDs cached for reuse [default: 16777216, 16 MiB].
     #[arg(long)]
     pub jwt_cache_max_bytes: Option<usize>,
+    /// Most JWT-SVIDs whose signature `ValidateJWTSVID` verified that are kept, so the same
+    /// token presented again skips the signature check (expiry, audience and task are
+    /// checked on every call); 0 verifies every call [default: 1024].
+    #[arg(long)]
+    pub jwt_verified_max_entries: Option<usize>,
     /// Time between two reports to the server of how workloads used each entry (SVIDs
     /// delivered, JWT-SVIDs validated), from 1s to 1h; nothing is sent when nothing was
     /// used, e.g. 30s [default: 30s].
@@ -198,6 +208,7 @@ impl std::fmt::Debug for RawAgentConfig {
             api_max_request_bytes,
             jwt_cache_max_entries,
             jwt_cache_max_bytes,
+            jwt_verified_max_entries,
             usage_report_interval,
             workload_attestors,
         } = self;
@@ -221,6 +232,7 @@ impl std::fmt::Debug for RawAgentConfig {
             .field("api_max_request_bytes", api_max_request_bytes)
             .field("jwt_cache_max_entries", jwt_cache_max_entries)
             .field("jwt_cache_max_bytes", jwt_cache_max_bytes)
+            .field("jwt_verified_max_entries", jwt_verified_max_entries)
             .field("usage_report_interval", usage_report_interval)
             .field("workload_attestors", workload_attestors)
             .finish()
@@ -268,6 +280,8 @@ pub struct AgentConfig {
     pub workload_api: WorkloadApiLimits,
     /// Bounds of the JWT-SVID cache.
     pub jwt_cache: JwtCacheLimits,
+    /// Most JWT-SVIDs kept with their verified signature (0: none).
+    pub jwt_verified_max_entries: usize,
     /// Time between two usage reports to the server.
     pub usage_report_interval: Duration,
     /// The workload attestors run on every Workload API call, each once, `unix` first.
@@ -367,6 +381,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("socket_path", &self.socket_path)
             .field("workload_api", &self.workload_api)
             .field("jwt_cache", &self.jwt_cache)
+            .field("jwt_verified_max_entries", &self.jwt_verified_max_entries)
             .field("usage_report_interval", &self.usage_report_interval)
             .field("workload_attestors", &self.workload_attestors)
             .finish()
@@ -446,6 +461,7 @@ impl RawAgentConfig {
             api_max_request_bytes,
             jwt_cache_max_entries,
             jwt_cache_max_bytes,
+            jwt_verified_max_entries,
             usage_report_interval,
             workload_attestors,
         } = over;
@@ -471,6 +487,7 @@ impl RawAgentConfig {
             api_max_request_bytes: api_max_request_bytes.or(self.api_max_request_bytes),
             jwt_cache_max_entries: jwt_cache_max_entries.or(self.jwt_cache_max_entries),
             jwt_cache_max_bytes: jwt_cache_max_bytes.or(self.jwt_cache_max_bytes),
+            jwt_verified_max_entries: jwt_verified_max_entries.or(self.jwt_verified_max_entries),
             usage_report_interval: usage_report_interval.or(self.usage_report_interval),
             workload_attestors: workload_attestors.or(self.workload_attestors),
         }
@@ -737,6 +754,17 @@ impl AgentConfig {
                 });
             }
         }
+        let jwt_verified_max_entries = raw
+            .jwt_verified_max_entries
+            .unwrap_or(DEFAULT_JWT_VERIFIED_MAX_ENTRIES);
+        if jwt_verified_max_entries > JWT_VERIFIED_MAX_ENTRIES_LIMIT {
+            return Err(AgentConfigError::Invalid {
+                key: "jwt_verified_max_entries",
+                message: format!(
+                    "{jwt_verified_max_entries} is more than {JWT_VERIFIED_MAX_ENTRIES_LIMIT}"
+                ),
+            });
+        }
         let usage_report_interval = duration(
             "usage_report_interval",
             raw.usage_report_interval.as_ref(),
@@ -768,6 +796,7 @@ impl AgentConfig {
             log_json,
             workload_api,
             jwt_cache,
+            jwt_verified_max_entries,
             usage_report_interval,
             workload_attestors,
         })
@@ -1313,7 +1342,7 @@ mod tests {
             .get_arguments()
             .map(|a| a.get_id().to_string())
             .collect();
-        assert_eq!(ids.len(), 21, "{ids:?}");
+        assert_eq!(ids.len(), 22, "{ids:?}");
         for id in ids {
             // A string or a number, whichever the key takes.
             let text = format!("{id} = \"x\"");

@@ -18,6 +18,7 @@ pub(crate) mod connection;
 pub(crate) mod jwt_cache;
 pub(crate) mod listener;
 pub(crate) mod tasks;
+pub(crate) mod verified;
 
 use common::SpiffeId;
 use common::proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
@@ -72,6 +73,8 @@ pub(crate) struct WorkloadApi {
     /// `ProvisionEntry` calls in flight, by template and instance selectors: concurrent
     /// first calls of one workload make one request.
     pub(crate) provisioning: Arc<Mutex<std::collections::HashSet<(common::TemplateId, String)>>>,
+    /// JWT-SVIDs whose signature `ValidateJWTSVID` verified (`verified.rs`).
+    pub(crate) verified_tokens: Arc<verified::VerifiedTokens>,
 }
 
 /// Longest a `ProvisionEntry` call may take.
@@ -103,6 +106,12 @@ pub(crate) fn unix_now() -> i64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// The answer to a JWT-SVID that validation refused.
+fn refused(e: common::jwt::JwtError) -> Status {
+    tracing::info!(error = %e, "JWT-SVID validation failed");
+    Status::invalid_argument(e.to_string())
 }
 
 /// A JSON value as a protobuf `Value`.
@@ -875,64 +884,63 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let Some(bundle) = snap.bundle.as_ref() else {
             return Err(Status::unavailable("agent has no trust bundle yet"));
         };
-        let bundles = std::collections::BTreeMap::from([(
-            bundle.trust_domain().clone(),
-            bundle.jwt_bundle(),
-        )]);
         let now = unix_now();
-        match common::jwt::validate(&r.svid, &r.audience, &bundles, now) {
-            Ok(v) => {
-                // A use of every entry of this agent granting the token's identity (the
-                // token does not say which entry it was minted for).
-                // (Once per entry, whatever number of tasks it has here.)
-                let mut seen = std::collections::HashSet::new();
-                self.usage.validated(
-                    snap.entries
-                        .values()
-                        .filter(|c| c.entry.spiffe_id == v.spiffe_id)
-                        .map(|c| &c.entry.id)
-                        .filter(|id| seen.insert(*id)),
-                    now,
-                );
-                // A token of a task that ended is refused even though it has not expired.
-                let task = v
-                    .claims
-                    .get(common::task::JWT_CLAIM)
-                    .and_then(|t| t.as_str());
-                let ended = task.and_then(|id| snap.task_ended(id, now).map(|st| (id, st)));
-                if let Some(task_id) = task {
-                    let reason = ended
-                        .map(|(_, st)| format!("task ended ({st})"))
-                        .unwrap_or_default();
-                    self.record_task_token_use(TaskTokenUse {
-                        task_id: task_id.to_owned(),
-                        spiffe_id: v.spiffe_id.to_string(),
-                        audience: r.audience.clone(),
-                        accepted: ended.is_none(),
-                        reason,
-                        expires_at: v
-                            .claims
-                            .get("exp")
-                            .and_then(serde_json::Value::as_i64)
-                            .unwrap_or(0),
-                    });
-                }
-                if let Some((task_id, state)) = ended {
-                    tracing::info!(task_id, state, spiffe_id = %v.spiffe_id, "JWT-SVID of an ended task refused");
-                    return Err(Status::invalid_argument(format!(
-                        "token belongs to task {task_id}, which has ended ({state})"
-                    )));
-                }
-                Ok(Response::new(ValidateJwtsvidResponse {
-                    spiffe_id: v.spiffe_id.to_string(),
-                    claims: Some(to_proto_struct(&v.claims)),
-                }))
+        let keys = bundle.jwt_authorities();
+        let v = match self.verified_tokens.get(&r.svid, keys, now) {
+            Some(v) => {
+                v.jwt.check(&r.audience, now).map_err(refused)?;
+                v
             }
-            Err(e) => {
-                tracing::info!(error = %e, "JWT-SVID validation failed");
-                Err(Status::invalid_argument(e.to_string()))
+            None => {
+                let bundles = std::collections::BTreeMap::from([(
+                    bundle.trust_domain().clone(),
+                    bundle.jwt_bundle(),
+                )]);
+                let jwt = common::jwt::verify(&r.svid, &bundles).map_err(refused)?;
+                // Kept only once the clock and audience checks pass too: a token refused
+                // at its first call is never kept.
+                jwt.check(&r.audience, now).map_err(refused)?;
+                let response = ValidateJwtsvidResponse {
+                    spiffe_id: jwt.spiffe_id().to_string(),
+                    claims: Some(to_proto_struct(&jwt.clone().into_validated().claims)),
+                };
+                let v = Arc::new(verified::Verified::new(jwt, response));
+                self.verified_tokens
+                    .insert(&r.svid, keys, Arc::clone(&v), now);
+                v
             }
+        };
+        // A use of every entry of this agent granting the token's identity (the token does
+        // not say which entry it was minted for), once per entry whatever number of tasks
+        // it has here.
+        self.usage.validated(v.entries(&snap).iter(), now);
+        // A token of a task that ended is refused even though it has not expired.
+        let task = v
+            .jwt
+            .claims()
+            .get(common::task::JWT_CLAIM)
+            .and_then(|t| t.as_str());
+        let ended = task.and_then(|id| snap.task_ended(id, now).map(|st| (id, st)));
+        if let Some(task_id) = task {
+            let reason = ended
+                .map(|(_, st)| format!("task ended ({st})"))
+                .unwrap_or_default();
+            self.record_task_token_use(TaskTokenUse {
+                task_id: task_id.to_owned(),
+                spiffe_id: v.response.spiffe_id.clone(),
+                audience: r.audience.clone(),
+                accepted: ended.is_none(),
+                reason,
+                expires_at: v.jwt.expires_at(),
+            });
         }
+        if let Some((task_id, state)) = ended {
+            tracing::info!(task_id, state, spiffe_id = %v.jwt.spiffe_id(), "JWT-SVID of an ended task refused");
+            return Err(Status::invalid_argument(format!(
+                "token belongs to task {task_id}, which has ended ({state})"
+            )));
+        }
+        Ok(Response::new(v.response.clone()))
     }
 
     type FetchWITSVIDStream = BoxStream<WitsvidResponse>;

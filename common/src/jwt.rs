@@ -322,13 +322,27 @@ fn time_claim(claims: &Map<String, Value>, name: &'static str) -> Result<Option<
 }
 
 /// Validates `token` for `audience` at unix time `now` against the JWT bundles by trust
-/// domain.
+/// domain: [`verify`], then [`VerifiedJwt::check`].
 pub fn validate(
     token: &str,
     audience: &str,
     bundles: &BTreeMap<TrustDomain, JwtBundle>,
     now: i64,
 ) -> Result<ValidatedJwt, JwtError> {
+    let verified = verify(token, bundles)?;
+    verified.check(audience, now)?;
+    Ok(verified.into_validated())
+}
+
+/// The checks of [`validate`] that depend on the token and the bundles alone: its form,
+/// algorithm and header, its subject, the key named by `kid` in the subject's trust
+/// domain, and the signature. What depends on the time and the audience asked for is left
+/// to [`VerifiedJwt::check`], so a caller may keep a verified token (keyed by its exact
+/// text and the bundles it was verified against) and check only that part again.
+pub fn verify(
+    token: &str,
+    bundles: &BTreeMap<TrustDomain, JwtBundle>,
+) -> Result<VerifiedJwt, JwtError> {
     if token.len() > MAX_TOKEN_LENGTH {
         return Err(JwtError::TooLarge);
     }
@@ -383,38 +397,94 @@ pub fn validate(
     if is_high_s(&sig) {
         return Err(JwtError::HighS);
     }
-    // 4. Time claims and audience.
-    let exp = claims
-        .get("exp")
-        .and_then(Value::as_i64)
-        .ok_or(JwtError::MissingExpiry)?;
-    if exp <= now {
-        return Err(JwtError::Expired);
+    Ok(VerifiedJwt {
+        spiffe_id,
+        claims,
+        kid: kid.to_owned(),
+    })
+}
+
+/// A token whose form and signature [`verify`] accepted; its time claims and audience
+/// are not checked yet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifiedJwt {
+    spiffe_id: SpiffeId,
+    claims: Map<String, Value>,
+    kid: String,
+}
+
+impl VerifiedJwt {
+    /// The `sub` claim.
+    pub fn spiffe_id(&self) -> &SpiffeId {
+        &self.spiffe_id
     }
-    if time_claim(&claims, "nbf")?.is_some_and(|nbf| nbf > (now + CLOCK_SKEW) as f64) {
-        return Err(JwtError::NotYetValid);
+
+    /// All claims, as in the token.
+    pub fn claims(&self) -> &Map<String, Value> {
+        &self.claims
     }
-    if time_claim(&claims, "iat")?.is_some_and(|iat| iat > (now + CLOCK_SKEW) as f64) {
-        return Err(JwtError::IssuedInFuture);
+
+    /// The `exp` claim (0 if absent, which [`Self::check`] refuses).
+    pub fn expires_at(&self) -> i64 {
+        self.claims.get("exp").and_then(Value::as_i64).unwrap_or(0)
     }
-    let aud: Vec<String> = match claims.get("aud") {
+
+    /// The rest of [`validate`]: expiry, `nbf` and `iat` against `now` (with the allowed
+    /// clock skew), and `audience` among the token's audiences.
+    pub fn check(&self, audience: &str, now: i64) -> Result<(), JwtError> {
+        let claims = &self.claims;
+        let exp = claims
+            .get("exp")
+            .and_then(Value::as_i64)
+            .ok_or(JwtError::MissingExpiry)?;
+        if exp <= now {
+            return Err(JwtError::Expired);
+        }
+        if time_claim(claims, "nbf")?.is_some_and(|nbf| nbf > (now + CLOCK_SKEW) as f64) {
+            return Err(JwtError::NotYetValid);
+        }
+        if time_claim(claims, "iat")?.is_some_and(|iat| iat > (now + CLOCK_SKEW) as f64) {
+            return Err(JwtError::IssuedInFuture);
+        }
+        let listed = match claims.get("aud") {
+            Some(Value::String(a)) => a == audience,
+            Some(Value::Array(list)) => list.iter().any(|v| v.as_str() == Some(audience)),
+            _ => false,
+        };
+        if audience.is_empty() || !listed {
+            return Err(JwtError::AudienceMismatch(audience.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// The validated token, its `aud` claim normalised to an array (call after
+    /// [`Self::check`] accepted it).
+    pub fn into_validated(self) -> ValidatedJwt {
+        let Self {
+            spiffe_id,
+            mut claims,
+            kid,
+        } = self;
+        let aud = audiences(&claims);
+        claims.insert("aud".into(), json!(aud));
+        ValidatedJwt {
+            spiffe_id,
+            claims,
+            kid,
+        }
+    }
+}
+
+/// The `aud` claim as a list (a single string is a list of one; anything else, none).
+fn audiences(claims: &Map<String, Value>) -> Vec<String> {
+    match claims.get("aud") {
         Some(Value::String(a)) => vec![a.clone()],
         Some(Value::Array(list)) => list
             .iter()
             .filter_map(|v| v.as_str().map(str::to_owned))
             .collect(),
         _ => vec![],
-    };
-    if audience.is_empty() || !aud.iter().any(|a| a == audience) {
-        return Err(JwtError::AudienceMismatch(audience.to_owned()));
     }
-    let mut claims = claims;
-    claims.insert("aud".into(), json!(aud));
-    Ok(ValidatedJwt {
-        spiffe_id,
-        claims,
-        kid: kid.to_owned(),
-    })
 }
 
 #[cfg(test)]
@@ -459,6 +529,43 @@ mod tests {
             p[1] = b64(c.to_string().as_bytes());
         }
         p.join(".")
+    }
+
+    #[test]
+    fn a_verified_token_is_checked_again_for_each_time_and_audience() {
+        let (signer, bundles) = setup();
+        let t = token(&signer, NOW + 300);
+        let v = verify(&t, &bundles).unwrap();
+        assert_eq!(v.spiffe_id(), &id());
+        assert_eq!(v.expires_at(), NOW + 300);
+        assert_eq!(v.check("a", NOW), Ok(()));
+        assert_eq!(v.check("b", NOW + 299), Ok(()));
+        assert_eq!(v.check("a", NOW + 300), Err(JwtError::Expired));
+        assert_eq!(
+            v.check("c", NOW),
+            Err(JwtError::AudienceMismatch("c".into()))
+        );
+        assert_eq!(v.check("", NOW), Err(JwtError::AudienceMismatch("".into())));
+        // Time claims that verify alone does not look at.
+        let early = signer
+            .sign(&id(), &["a".into()], NOW + 120, NOW + 300, &Map::new())
+            .unwrap();
+        let v = verify(&early, &bundles).unwrap();
+        assert_eq!(v.check("a", NOW), Err(JwtError::IssuedInFuture));
+        assert_eq!(v.check("a", NOW + 120 - CLOCK_SKEW), Ok(()));
+        let v = validate(&t, "a", &bundles, NOW).unwrap();
+        assert_eq!(v.claims["aud"], json!(["a", "b"]));
+        // Everything verify refuses, validate refuses the same way.
+        let forged = forge(
+            &t,
+            None,
+            Some(json!({"sub": id().as_str(), "aud": ["a"], "exp": NOW + 900})),
+        );
+        assert_eq!(verify(&forged, &bundles), Err(JwtError::BadSignature));
+        assert_eq!(
+            validate(&forged, "a", &bundles, NOW),
+            Err(JwtError::BadSignature)
+        );
     }
 
     #[test]

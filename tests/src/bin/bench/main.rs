@@ -528,7 +528,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
                     }
                     if let (true, Some(base)) = (want("jwt"), &jwt_base) {
                         report.section("jwt (Workload API)");
-                        let r = workload::jwt_socket(cfg, &cluster, base).await;
+                        let r = workload::jwt_socket(cfg, &cluster, &bin_dir, base).await;
                         report.record("jwt_workload_api", r);
                     }
                     if let (true, Some(i)) = (want("issuance"), &issuance) {

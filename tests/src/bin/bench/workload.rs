@@ -638,14 +638,31 @@ where
     Ok(done.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64())
 }
 
+/// Node of the agent that keeps no verified JWT-SVID (`--jwt-verified-max-entries 0`).
+const VERIFY_EVERY_CALL_NODE_ID: &str = "spiffe://example.org/node/bench-verify-every-call";
+
 /// Figure 5 over the socket: FetchJWTSVID (minting: a new audience every call; cached:
 /// one audience) and ValidateJWTSVID, from concurrent callers on one connection.
+/// ValidateJWTSVID is measured twice with the same token: on the cluster's agent, which
+/// verifies its signature once and keeps it, and on a second agent that keeps none and
+/// verifies every call (what a token presented once costs).
 pub(crate) async fn jwt_socket(
     cfg: &Config,
     cluster: &Cluster,
+    bin_dir: &Path,
     base: &crate::crypto::JwtBaselines,
 ) -> anyhow::Result<(Vec<Figure>, Value)> {
     let client = workload_client(&cluster.agent.socket).await?;
+    let every_agent = Agent::start_with(
+        bin_dir,
+        &cluster.dir.path().join("agent-verify-every-call"),
+        &cluster.server,
+        VERIFY_EVERY_CALL_NODE_ID,
+        &cfg.agent_env,
+        &["--jwt-verified-max-entries", "0"],
+    )
+    .await?;
+    let every_client = workload_client(&every_agent.socket).await?;
     let callers = cfg.jwt_callers;
     let dur = cfg.io_duration;
     let token = {
@@ -659,8 +676,26 @@ pub(crate) async fn jwt_socket(
             .into_inner();
         r.svids.first().context("no JWT-SVID")?.svid.clone()
     };
+    // The second agent answers once it has the trust bundle.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = every_client
+            .clone()
+            .validate_jwtsvid(with_header(ValidateJwtsvidRequest {
+                audience: "bench-cached".into(),
+                svid: token.clone(),
+            }))
+            .await;
+        match r {
+            Ok(_) => break,
+            Err(e) if Instant::now() > deadline => {
+                bail!("the verify-every-call agent does not validate: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
     let run = std::process::id();
-    let (mut mint, mut cached, mut validate) = (vec![], vec![], vec![]);
+    let (mut mint, mut cached, mut validate, mut validate_every) = (vec![], vec![], vec![], vec![]);
     for rep in 0..cfg.reps {
         eprintln!("  JWT socket repeat {}/{}", rep + 1, cfg.reps);
         let c = client.clone();
@@ -695,25 +730,30 @@ pub(crate) async fn jwt_socket(
             })
             .await?,
         );
-        let c = client.clone();
-        let t = token.clone();
-        validate.push(
-            rate_async(callers, dur, move |_| {
-                let mut c = c.clone();
-                let t = t.clone();
-                async move {
-                    let r = c
-                        .validate_jwtsvid(with_header(ValidateJwtsvidRequest {
-                            audience: "bench-cached".into(),
-                            svid: t,
-                        }))
-                        .await?;
-                    ensure!(r.get_ref().spiffe_id == WORKLOAD_ID);
-                    Ok(1)
-                }
-            })
-            .await?,
-        );
+        for (socket_client, out) in [
+            (&client, &mut validate),
+            (&every_client, &mut validate_every),
+        ] {
+            let c = socket_client.clone();
+            let t = token.clone();
+            out.push(
+                rate_async(callers, dur, move |_| {
+                    let mut c = c.clone();
+                    let t = t.clone();
+                    async move {
+                        let r = c
+                            .validate_jwtsvid(with_header(ValidateJwtsvidRequest {
+                                audience: "bench-cached".into(),
+                                svid: t,
+                            }))
+                            .await?;
+                        ensure!(r.get_ref().spiffe_id == WORKLOAD_ID);
+                        Ok(1)
+                    }
+                })
+                .await?,
+            );
+        }
     }
     let threads = cfg.threads;
     let figures = vec![
@@ -740,7 +780,22 @@ pub(crate) async fn jwt_socket(
             Unit::PerSec,
             &base.verify_n,
         )
-        .target(Target::RatioAtLeast(0.6)),
+        .target(Target::RatioAtLeast(0.6))
+        .note("the same token every call: its verified signature is kept (jwt_verified_max_entries)"),
+        Figure::new(
+            "jwt.validate.workload_api.verify_every_call",
+            &format!(
+                "5. ValidateJWTSVID over the socket, signature verified every call, {callers} callers"
+            ),
+            Unit::PerSec,
+            &validate_every,
+        )
+        .baseline(
+            &format!("raw ring ES256 verifies, {threads} threads"),
+            Unit::PerSec,
+            &base.verify_n,
+        )
+        .note("an agent with jwt_verified_max_entries = 0: what a token seen once costs"),
         Figure::new(
             "jwt.fetch_cached.workload_api",
             &format!("5. FetchJWTSVID, cached audience, {callers} callers"),
@@ -754,6 +809,7 @@ pub(crate) async fn jwt_socket(
         "fetch_jwtsvid_new_audience_per_s": mint,
         "fetch_jwtsvid_cached_audience_per_s": cached,
         "validate_jwtsvid_per_s": validate,
+        "validate_jwtsvid_verify_every_call_per_s": validate_every,
         "note": "one HTTP/2 connection shared by all callers; every FetchJWTSVID call attests the caller",
     });
     Ok((figures, raw))
