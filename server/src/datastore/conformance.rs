@@ -77,6 +77,7 @@ conformance!(
     ping_answers_only_while_the_datastore_does,
     entry_usage_adds_up_per_entry_and_agent,
     entry_usage_counts_every_concurrent_report,
+    large_batches_span_several_statements,
     published_authorities_are_shared_replaced_and_pruned,
     status_list_entries_are_random_unique_and_report_ended_tasks,
     status_lists_move_on_when_half_full,
@@ -2137,6 +2138,55 @@ async fn entry_usage_adds_up_per_entry_and_agent(b: &dyn Backend) {
             .unwrap(),
         [a, b_usage, c]
     );
+}
+
+/// Audit appends and issue counts of more rows than one statement binds are stored whole,
+/// in order, and count each row once.
+async fn large_batches_span_several_statements(b: &dyn Backend) {
+    const N: &str = "spiffe://example.org/node/1";
+    let ds = b.open().await;
+    let events: Vec<AuditEvent> = (0..250)
+        .map(|i| AuditEvent {
+            tenant: (i % 2 == 0).then(|| format!("t{i}")),
+            actor: (i % 3 == 0).then(|| format!("a{i}")),
+            ..event("test.batch", &format!("s{i}"), None)
+        })
+        .collect();
+    let stored = ds.append_audit(&events).await.unwrap();
+    assert_eq!(stored.len(), events.len());
+    let read = ds.list_audit(None, None).await.unwrap();
+    assert_eq!(read, stored);
+    for (i, rec) in read.iter().enumerate() {
+        assert_eq!(rec.seq, read[0].seq + i as i64);
+        assert_eq!(rec.event, events[i]);
+        if i > 0 {
+            assert_eq!(rec.prev_hash, read[i - 1].hash);
+        }
+    }
+    // 300 (entry, agent) pairs, each issued twice in one call, in no particular order.
+    let issued: Vec<_> = (0..600)
+        .map(|i| {
+            (
+                eid(&format!("e{:03}", (i * 7) % 300)),
+                sid(N),
+                1000 + i as i64,
+            )
+        })
+        .collect();
+    ds.record_issued(&issued).await.unwrap();
+    ds.record_issued(&issued[..1]).await.unwrap();
+    let usage = ds.entry_usage(None).await.unwrap();
+    assert_eq!(usage.len(), 300);
+    for u in &usage {
+        let times: Vec<i64> = issued
+            .iter()
+            .filter(|(e, _, _)| e == &u.entry_id)
+            .map(|(_, _, at)| *at)
+            .collect();
+        let extra = u64::from(u.entry_id == issued[0].0);
+        assert_eq!(u.issued, 2 + extra, "{u:?}");
+        assert_eq!(u.last_issued_at, times.iter().max().copied(), "{u:?}");
+    }
 }
 
 async fn entry_usage_counts_every_concurrent_report(b: &dyn Backend) {

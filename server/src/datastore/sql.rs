@@ -479,15 +479,24 @@ async fn append_in_tx<D: Dialect>(
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0);
     let stored = crate::audit::chain(head, at_ms, events);
-    for r in &stored {
-        let detail = records::audit_detail(r);
-        D::execute(
-            conn,
-            records::INSERT_AUDIT,
-            &records::audit_params(r, &detail),
-        )
-        .await
-        .map_err(backend)?;
+    let details: Vec<String> = stored.iter().map(records::audit_detail).collect();
+    let per_statement = records::MAX_VALUES_PER_STATEMENT / records::INSERT_AUDIT_COLUMNS;
+    for (chunk, details) in stored
+        .chunks(per_statement)
+        .zip(details.chunks(per_statement))
+    {
+        let sql = records::values_rows(
+            records::INSERT_AUDIT_HEAD,
+            records::INSERT_AUDIT_COLUMNS,
+            chunk.len(),
+            "",
+        );
+        let params: Vec<Param<'_>> = chunk
+            .iter()
+            .zip(details)
+            .flat_map(|(r, detail)| records::audit_params(r, detail))
+            .collect();
+        D::execute(conn, &sql, &params).await.map_err(backend)?;
     }
     Ok(stored)
 }
@@ -1443,16 +1452,39 @@ impl<D: Dialect> Datastore for SqlStore<D> {
         if issued.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await.map_err(backend)?;
+        // One row per (entry, agent): how many, and the latest time. Sorted, so that
+        // concurrent calls touch rows in one order.
+        let mut counts: std::collections::BTreeMap<(&str, &str), (i64, i64)> =
+            std::collections::BTreeMap::new();
         for (entry_id, agent_id, at) in issued {
-            let params = [
-                Param::Text(entry_id.as_str()),
-                Param::Text(agent_id.as_str()),
-                Param::Int(*at),
-            ];
-            D::execute(&mut tx, records::UPSERT_ISSUED, &params)
-                .await
-                .map_err(backend)?;
+            let c = counts
+                .entry((entry_id.as_str(), agent_id.as_str()))
+                .or_insert((0, *at));
+            c.0 = c.0.saturating_add(1);
+            c.1 = c.1.max(*at);
+        }
+        let rows: Vec<_> = counts.into_iter().collect();
+        let per_statement = records::MAX_VALUES_PER_STATEMENT / records::UPSERT_ISSUED_COLUMNS;
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        for chunk in rows.chunks(per_statement) {
+            let sql = records::values_rows(
+                records::UPSERT_ISSUED_HEAD,
+                records::UPSERT_ISSUED_COLUMNS,
+                chunk.len(),
+                records::UPSERT_ISSUED_TAIL,
+            );
+            let params: Vec<Param<'_>> = chunk
+                .iter()
+                .flat_map(|((entry_id, agent_id), (n, at))| {
+                    [
+                        Param::Text(entry_id),
+                        Param::Text(agent_id),
+                        Param::Int(*n),
+                        Param::Int(*at),
+                    ]
+                })
+                .collect();
+            D::execute(&mut tx, &sql, &params).await.map_err(backend)?;
         }
         tx.commit().await.map_err(backend)
     }

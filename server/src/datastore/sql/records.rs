@@ -160,9 +160,34 @@ pub(super) const DELETE_AGENT: &str = "DELETE FROM agents WHERE spiffe_id = $1 R
 /// The datastore's liveness check: the newest schema version recorded.
 pub(super) const PING: &str = "SELECT version FROM tessera_schema ORDER BY version DESC LIMIT 1";
 pub(super) const AUDIT_HEAD: &str = "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1";
-pub(super) const INSERT_AUDIT: &str = "INSERT INTO audit_log (seq, at_ms, kind, task_id, subject,
-        detail, prev_hash, hash, actor, tenant)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+/// Audit records, one row of [`audit_params`] per record after it (see [`values_rows`]).
+pub(super) const INSERT_AUDIT_HEAD: &str = "INSERT INTO audit_log (seq, at_ms, kind, task_id,
+        subject, detail, prev_hash, hash, actor, tenant) VALUES ";
+/// Values per row of [`INSERT_AUDIT_HEAD`].
+pub(super) const INSERT_AUDIT_COLUMNS: usize = 10;
+/// Most values bound in one multi-row statement: under the 999 of the oldest SQLite
+/// builds and far under PostgreSQL's 65,535.
+pub(super) const MAX_VALUES_PER_STATEMENT: usize = 990;
+
+/// `head` followed by `rows` parenthesised groups of `columns` numbered placeholders
+/// (`($1, $2), ($3, $4)`), then `tail`: one statement for many rows.
+pub(super) fn values_rows(head: &str, columns: usize, rows: usize, tail: &str) -> String {
+    use std::fmt::Write as _;
+    let mut sql = String::with_capacity(head.len() + tail.len() + rows * columns * 6);
+    sql.push_str(head);
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..columns {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            let _ = write!(sql, "${}", r * columns + c + 1);
+        }
+        sql.push(')');
+    }
+    sql.push_str(tail);
+    sql
+}
 pub(super) const AUDIT_RECORD: &str = "SELECT * FROM audit_log WHERE seq = $1";
 pub(super) const LIST_AUDIT: &str = "SELECT * FROM audit_log
     WHERE ($1 IS NULL OR task_id = $1) AND ($2 IS NULL OR tenant = $2) ORDER BY seq";
@@ -230,14 +255,21 @@ pub(super) const UPSERT_USAGE: &str = "INSERT INTO entry_usage (entry_id, agent_
                 OR excluded.last_used_at > entry_usage.last_used_at
             THEN excluded.last_used_at
             ELSE entry_usage.last_used_at END";
-/// Counts one SVID issued for an entry to an agent at `$3`.
-pub(super) const UPSERT_ISSUED: &str = "INSERT INTO entry_usage (entry_id, agent_id, issued,
-        last_issued_at)
-    VALUES ($1, $2, 1, $3)
+/// Counts SVIDs issued for entries to agents, one row of [`UPSERT_ISSUED_COLUMNS`]
+/// values per (entry, agent) after [`UPSERT_ISSUED_HEAD`] (see [`values_rows`]): that many
+/// more issued (saturating at the largest value the column holds), the later of the two
+/// last-issue times kept. A statement names each (entry, agent) once.
+pub(super) const UPSERT_ISSUED_HEAD: &str = "INSERT INTO entry_usage (entry_id, agent_id, issued,
+        last_issued_at) VALUES ";
+/// Values per row of [`UPSERT_ISSUED_HEAD`]: entry, agent, count, time.
+pub(super) const UPSERT_ISSUED_COLUMNS: usize = 4;
+/// What follows the rows of [`UPSERT_ISSUED_HEAD`].
+pub(super) const UPSERT_ISSUED_TAIL: &str = "
     ON CONFLICT (entry_id, agent_id) DO UPDATE SET
         issued = CASE
-            WHEN entry_usage.issued >= 9223372036854775807 THEN entry_usage.issued
-            ELSE entry_usage.issued + 1 END,
+            WHEN excluded.issued > 9223372036854775807 - entry_usage.issued
+            THEN 9223372036854775807
+            ELSE entry_usage.issued + excluded.issued END,
         last_issued_at = CASE
             WHEN entry_usage.last_issued_at IS NULL
                 OR excluded.last_issued_at > entry_usage.last_issued_at
@@ -827,7 +859,7 @@ pub(super) fn audit_detail(r: &AuditRecord) -> String {
     r.event.detail.to_string()
 }
 
-/// An audit record's values in [`INSERT_AUDIT`] order (`detail` from [`audit_detail`]).
+/// An audit record's values in [`INSERT_AUDIT_HEAD`] order (`detail` from [`audit_detail`]).
 pub(super) fn audit_params<'a>(r: &'a AuditRecord, detail: &'a str) -> [Param<'a>; 10] {
     [
         Param::Int(r.seq),
