@@ -403,7 +403,8 @@ impl Issuer {
                 }
             };
             let not_after = unix_seconds(issued.not_after);
-            tracing::info!(
+            // One line per batch at info (below); each SVID is in the audit log.
+            tracing::debug!(
                 agent_id = %agent,
                 entry_id = %entry.id,
                 spiffe_id = %entry.spiffe_id,
@@ -445,6 +446,12 @@ impl Issuer {
         self.ds.record_task_svids(&task_svids).await?;
         self.ds.append_audit(&audit).await?;
         self.record_issued(&issued_svids).await;
+        tracing::info!(
+            agent_id = %agent,
+            signed = issued_svids.len(),
+            refused = out.len() - issued_svids.len(),
+            "X.509-SVIDs issued"
+        );
         Ok(out)
     }
 

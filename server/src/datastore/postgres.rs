@@ -39,7 +39,7 @@ use sqlx::{Connection as _, PgConnection, Pool, Postgres, Transaction};
 
 use super::DatastoreError;
 use super::migrate::{self, Migration};
-use super::sql::{Dialect, SqlStore};
+use super::sql::{Dialect, Placeholders, SqlStore};
 
 /// Advisory lock held while the schema is migrated ("TESSSCHM").
 const SCHEMA_LOCK: i64 = 0x5445_5353_5343_484D;
@@ -60,6 +60,7 @@ impl Dialect for Postgres {
     // `search_path` that exists.
     const COUNT_TABLES: &'static str = "SELECT count(*) AS n FROM pg_catalog.pg_tables
         WHERE schemaname = current_schema() AND tablename::text = $1";
+    const PLACEHOLDERS: Placeholders = Placeholders::Numbered;
 
     async fn begin_write(pool: &Pool<Self>) -> Result<Transaction<'static, Self>, sqlx::Error> {
         let mut tx = pool

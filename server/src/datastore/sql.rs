@@ -38,6 +38,7 @@ use futures::future::BoxFuture;
 use sqlx::{Pool, Transaction};
 use tokio::sync::watch;
 
+pub(crate) use self::records::Placeholders;
 use self::records::{EntryRow, TaskRow, TemplateRow};
 use super::migrate::Migration;
 use super::{
@@ -55,6 +56,8 @@ pub(super) use self::io::{Cells, Io, Param};
 pub trait Dialect: Io {
     /// Counts the tables named `$1` where the datastore's unqualified names resolve.
     const COUNT_TABLES: &'static str;
+    /// How this backend writes a generated statement's placeholders.
+    const PLACEHOLDERS: Placeholders;
 
     /// Begins a transaction that writes the audit chain (or may). On return, no other
     /// writer of this database, in any process, can append before it ends.
@@ -486,6 +489,7 @@ async fn append_in_tx<D: Dialect>(
         .zip(details.chunks(per_statement))
     {
         let sql = records::values_rows(
+            D::PLACEHOLDERS,
             records::INSERT_AUDIT_HEAD,
             records::INSERT_AUDIT_COLUMNS,
             chunk.len(),
@@ -672,7 +676,7 @@ impl<D: Dialect> Datastore for SqlStore<D> {
         let mut entries = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(super::ENTRY_IDS_PER_QUERY) {
             let params: Vec<Param<'_>> = chunk.iter().map(|id| Param::Text(id.as_str())).collect();
-            let sql = records::entries_by_id_sql(chunk.len());
+            let sql = records::entries_by_id_sql(D::PLACEHOLDERS, chunk.len());
             entries.extend(self.all(&sql, &params, records::entry).await?);
         }
         // In byte order of the ids, whatever the database's collation.
@@ -1468,6 +1472,7 @@ impl<D: Dialect> Datastore for SqlStore<D> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         for chunk in rows.chunks(per_statement) {
             let sql = records::values_rows(
+                D::PLACEHOLDERS,
                 records::UPSERT_ISSUED_HEAD,
                 records::UPSERT_ISSUED_COLUMNS,
                 chunk.len(),
@@ -1505,7 +1510,7 @@ impl<D: Dialect> Datastore for SqlStore<D> {
         // Well under what either backend binds in one statement.
         for chunk in ids.chunks(USAGE_IDS_PER_QUERY) {
             let params: Vec<Param<'_>> = chunk.iter().map(|id| Param::Text(id.as_str())).collect();
-            let sql = records::usage_of_sql(chunk.len());
+            let sql = records::usage_of_sql(D::PLACEHOLDERS, chunk.len());
             rows.extend(self.all(&sql, &params, records::usage).await?);
         }
         Ok(records::sum_usage(rows))

@@ -20,7 +20,7 @@ use sqlx::{Pool, Sqlite, Transaction};
 
 use super::DatastoreError;
 use super::migrate::{self, MigrateError, Migration};
-use super::sql::{Dialect, SqlStore};
+use super::sql::{Dialect, Placeholders, SqlStore};
 
 /// SQLite-backed datastore.
 pub type SqliteDatastore = SqlStore<Sqlite>;
@@ -29,6 +29,7 @@ pub type SqliteDatastore = SqlStore<Sqlite>;
 impl Dialect for Sqlite {
     const COUNT_TABLES: &'static str =
         "SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name = $1";
+    const PLACEHOLDERS: Placeholders = Placeholders::Anonymous;
 
     async fn begin_write(pool: &Pool<Self>) -> Result<Transaction<'static, Self>, sqlx::Error> {
         pool.begin_with("BEGIN IMMEDIATE").await
