@@ -320,22 +320,41 @@ pub struct ChainHead {
 /// version 5 on) appends both to the array, so they are covered too; a record with neither
 /// hashes exactly as records written before them did.
 pub fn record_hash(seq: i64, at_ms: i64, event: &AuditEvent, prev_hash: &str) -> String {
-    let mut canonical = json!([
-        seq,
-        at_ms,
-        event.kind,
-        event.task_id,
-        event.subject,
-        event.detail,
-        prev_hash
-    ]);
-    if (event.actor.is_some() || event.tenant.is_some())
-        && let Value::Array(fields) = &mut canonical
-    {
-        fields.push(json!(event.actor));
-        fields.push(json!(event.tenant));
+    // The canonical form is the compact JSON array of the fields, written straight into
+    // the hash (no intermediate `Value`, no copy of the detail).
+    let mut hasher = HashWriter(Sha256::new());
+    let (kind, task, subject, detail) =
+        (&event.kind, &event.task_id, &event.subject, &event.detail);
+    let written = if event.actor.is_some() || event.tenant.is_some() {
+        let (actor, tenant) = (&event.actor, &event.tenant);
+        let fields = (
+            seq, at_ms, kind, task, subject, detail, prev_hash, actor, tenant,
+        );
+        serde_json::to_writer(&mut hasher, &fields)
+    } else {
+        serde_json::to_writer(
+            &mut hasher,
+            &(seq, at_ms, kind, task, subject, detail, prev_hash),
+        )
+    };
+    // Writing into a hash cannot fail, nor can serialising strings, integers and a
+    // `Value`.
+    debug_assert!(written.is_ok());
+    hex::encode(hasher.0.finalize())
+}
+
+/// Feeds what is written into a SHA-256.
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
     }
-    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl AuditRecord {
@@ -488,6 +507,54 @@ mod tests {
             .map(|i| AuditEvent::new(AuditKind::EntryCreated, format!("e{i}"), json!({"i": i})))
             .collect();
         chain(None, 1000, &events)
+    }
+
+    /// The canonical form written straight into the hash is the compact JSON array of
+    /// the fields, exactly as earlier versions built it (so their logs still verify).
+    #[test]
+    fn record_hash_is_the_hash_of_the_compact_field_array() {
+        fn by_value(seq: i64, at_ms: i64, e: &AuditEvent, prev: &str) -> String {
+            let mut fields = vec![
+                json!(seq),
+                json!(at_ms),
+                json!(e.kind),
+                json!(e.task_id),
+                json!(e.subject),
+                e.detail.clone(),
+                json!(prev),
+            ];
+            if e.actor.is_some() || e.tenant.is_some() {
+                fields.push(json!(e.actor));
+                fields.push(json!(e.tenant));
+            }
+            hex::encode(Sha256::digest(Value::Array(fields).to_string().as_bytes()))
+        }
+        let detail = json!({"serial": "0a", "n": 3, "nested": {"z": [1, "é\"\n"], "a": null}});
+        let plain = AuditEvent::new(AuditKind::SvidX509Issued, "spiffe://t/w", detail);
+        let with_task = AuditEvent {
+            task_id: Some("task-1".into()),
+            ..plain.clone()
+        };
+        let by_actor = plain.clone().by("spiffe://t/agent");
+        let in_tenant = plain.clone().in_tenant("acme");
+        let both = by_actor.clone().in_tenant("acme");
+        for e in [&plain, &with_task, &by_actor, &in_tenant, &both] {
+            assert_eq!(
+                record_hash(7, 1_700_000, e, GENESIS),
+                by_value(7, 1_700_000, e, GENESIS)
+            );
+        }
+        // Every field is covered.
+        let h = record_hash(7, 1_700_000, &both, GENESIS);
+        assert_ne!(h, record_hash(8, 1_700_000, &both, GENESIS));
+        assert_ne!(h, record_hash(7, 1_700_001, &both, GENESIS));
+        assert_ne!(h, record_hash(7, 1_700_000, &both, "00"));
+        assert_ne!(h, record_hash(7, 1_700_000, &by_actor, GENESIS));
+        assert_ne!(h, record_hash(7, 1_700_000, &in_tenant, GENESIS));
+        assert_ne!(
+            record_hash(7, 1_700_000, &plain, GENESIS),
+            record_hash(7, 1_700_000, &with_task, GENESIS)
+        );
     }
 
     #[test]

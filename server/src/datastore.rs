@@ -652,6 +652,16 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<TaskRecord>, DatastoreError>;
     /// Records X.509-SVIDs issued under tasks.
     async fn record_task_svids(&self, svids: &[TaskSvid]) -> Result<(), DatastoreError>;
+    /// Records a batch of issued SVIDs in one write transaction: the serials issued under
+    /// tasks ([`Datastore::record_task_svids`]), the audit events
+    /// ([`Datastore::append_audit`]) and the issue counts ([`Datastore::record_issued`]),
+    /// all or none. Returns the stored audit records.
+    async fn record_issuance(
+        &self,
+        task_svids: &[TaskSvid],
+        audit: &[AuditEvent],
+        issued: &[IssuedSvid],
+    ) -> Result<Vec<AuditRecord>, DatastoreError>;
     /// Tasks that ended before their deadline (`deadline > now`), and the SVIDs issued
     /// under them that have not expired (`not_after > now`): what must stay revoked.
     async fn revoked_since(

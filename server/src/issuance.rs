@@ -442,10 +442,10 @@ impl Issuer {
                 chain: issued.chain,
             });
         }
-        // Recorded before any SVID leaves the server.
-        self.ds.record_task_svids(&task_svids).await?;
-        self.ds.append_audit(&audit).await?;
-        self.record_issued(&issued_svids).await;
+        // Recorded, in one transaction, before any SVID leaves the server.
+        self.ds
+            .record_issuance(&task_svids, &audit, &issued_svids)
+            .await?;
         tracing::info!(
             agent_id = %agent,
             signed = issued_svids.len(),
@@ -453,15 +453,6 @@ impl Issuer {
             "X.509-SVIDs issued"
         );
         Ok(out)
-    }
-
-    /// Counts SVIDs issued in the entries' usage (for the access review). Best-effort:
-    /// the SVIDs are signed and audited already, so a failure is logged and nothing
-    /// more.
-    async fn record_issued(&self, issued: &[IssuedSvid]) {
-        if let Err(e) = self.ds.record_issued(issued).await {
-            tracing::warn!(error = %e, svids = issued.len(), "issued SVIDs not counted in the entries' usage");
-        }
     }
 
     /// Signs a JWT-SVID for `entry_id` with `audience`, if `agent` is entitled to it and
@@ -526,16 +517,14 @@ impl Issuer {
         if let Some(d) = detail.as_object_mut() {
             d.extend(audience_detail(audience));
         }
-        self.ds
-            .append_audit(&[AuditEvent {
-                task_id: grant.as_ref().map(|g| g.task.id.to_string()),
-                ..AuditEvent::new(AuditKind::SvidJwtIssued, &entry.spiffe_id, detail)
-            }
-            .by(agent)
-            .in_tenant(&entry.governance.tenant)])
-            .await?;
-        self.record_issued(&[(entry.id.clone(), agent.clone(), now_unix())])
-            .await;
+        let event = AuditEvent {
+            task_id: grant.as_ref().map(|g| g.task.id.to_string()),
+            ..AuditEvent::new(AuditKind::SvidJwtIssued, &entry.spiffe_id, detail)
+        }
+        .by(agent)
+        .in_tenant(&entry.governance.tenant);
+        let issued = (entry.id.clone(), agent.clone(), now_unix());
+        self.ds.record_issuance(&[], &[event], &[issued]).await?;
         tracing::info!(
             agent_id = %agent,
             entry_id = %entry.id,

@@ -78,6 +78,7 @@ conformance!(
     entry_usage_adds_up_per_entry_and_agent,
     entry_usage_counts_every_concurrent_report,
     large_batches_span_several_statements,
+    an_issuance_is_recorded_in_one_call,
     published_authorities_are_shared_replaced_and_pruned,
     status_list_entries_are_random_unique_and_report_ended_tasks,
     status_lists_move_on_when_half_full,
@@ -2138,6 +2139,69 @@ async fn entry_usage_adds_up_per_entry_and_agent(b: &dyn Backend) {
             .unwrap(),
         [a, b_usage, c]
     );
+}
+
+/// `record_issuance` stores a batch's task serials, audit records (chained after the
+/// log) and issue counts together; without audit events it still stores the rest.
+async fn an_issuance_is_recorded_in_one_call(b: &dyn Backend) {
+    const N: &str = "spiffe://example.org/node/1";
+    let ds = b.open().await;
+    let first = ds
+        .append_audit(&[event("test.before", "s", None)])
+        .await
+        .unwrap();
+    let svid = |serial: &str| TaskSvid {
+        task_id: tid("t1"),
+        serial: serial.into(),
+        issuer_serial: "ca1".into(),
+        not_after: 500,
+    };
+    let events = [
+        event("svid.x509.issued", "s1", Some("t1")),
+        event("svid.x509.issued", "s2", None),
+    ];
+    let issued = [(eid("a"), sid(N), 100), (eid("b"), sid(N), 101)];
+    let stored = ds
+        .record_issuance(&[svid("0a")], &events, &issued)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[0].seq, first[0].seq + 1);
+    assert_eq!(stored[0].prev_hash, first[0].hash);
+    assert_eq!(stored[1].event, events[1]);
+    let listed = ds.list_audit(None, None).await.unwrap();
+    assert_eq!(listed.last(), stored.last());
+    let usage = ds.entry_usage(None).await.unwrap();
+    assert_eq!(
+        usage
+            .iter()
+            .map(|u| (u.entry_id.as_str(), u.issued))
+            .collect::<Vec<_>>(),
+        [("a", 1), ("b", 1)]
+    );
+    let (_, svids) = ds.revoked_since(0).await.unwrap();
+    assert!(svids.is_empty(), "no ended task: nothing revoked");
+    // Without audit events: the serials and counts still land, the log does not grow.
+    let none = ds
+        .record_issuance(&[svid("0b")], &[], &issued[..1])
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    assert_eq!(ds.list_audit(None, None).await.unwrap().len(), listed.len());
+    let usage = ds.entry_usage(Some(&[eid("a")])).await.unwrap();
+    assert_eq!(usage[0].issued, 2);
+    // Both serials are stored: once the task ends, both are revoked.
+    let e = entry("entry-t1", "spiffe://example.org/jit/d", 0);
+    let task = ended(
+        &task("t1", &e, TaskState::Active, 200),
+        TaskState::Revoked,
+        10,
+        "",
+    );
+    ds.create_task(&task, None, &[]).await.unwrap();
+    let (_, svids) = ds.revoked_since(100).await.unwrap();
+    let serials: Vec<&str> = svids.iter().map(|s| s.serial.as_str()).collect();
+    assert_eq!(serials, ["0a", "0b"]);
 }
 
 /// Audit appends and issue counts of more rows than one statement binds are stored whole,

@@ -505,6 +505,65 @@ async fn append_in_tx<D: Dialect>(
     Ok(stored)
 }
 
+/// Stores the serials of X.509-SVIDs issued under tasks.
+async fn write_task_svids<D: Dialect>(
+    conn: &mut D::Connection,
+    svids: &[TaskSvid],
+) -> Result<(), DatastoreError> {
+    for s in svids {
+        D::execute(
+            conn,
+            records::UPSERT_TASK_SVID,
+            &records::task_svid_params(s),
+        )
+        .await
+        .map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// Adds SVIDs issued to the entries' usage (see [`Datastore::record_issued`]).
+async fn write_issued<D: Dialect>(
+    conn: &mut D::Connection,
+    issued: &[IssuedSvid],
+) -> Result<(), DatastoreError> {
+    // One row per (entry, agent): how many, and the latest time. Sorted, so that
+    // concurrent calls touch rows in one order.
+    let mut counts: std::collections::BTreeMap<(&str, &str), (i64, i64)> =
+        std::collections::BTreeMap::new();
+    for (entry_id, agent_id, at) in issued {
+        let c = counts
+            .entry((entry_id.as_str(), agent_id.as_str()))
+            .or_insert((0, *at));
+        c.0 = c.0.saturating_add(1);
+        c.1 = c.1.max(*at);
+    }
+    let rows: Vec<_> = counts.into_iter().collect();
+    let per_statement = records::MAX_VALUES_PER_STATEMENT / records::UPSERT_ISSUED_COLUMNS;
+    for chunk in rows.chunks(per_statement) {
+        let sql = records::values_rows(
+            D::PLACEHOLDERS,
+            records::UPSERT_ISSUED_HEAD,
+            records::UPSERT_ISSUED_COLUMNS,
+            chunk.len(),
+            records::UPSERT_ISSUED_TAIL,
+        );
+        let params: Vec<Param<'_>> = chunk
+            .iter()
+            .flat_map(|((entry_id, agent_id), (n, at))| {
+                [
+                    Param::Text(entry_id),
+                    Param::Text(agent_id),
+                    Param::Int(*n),
+                    Param::Int(*at),
+                ]
+            })
+            .collect();
+        D::execute(conn, &sql, &params).await.map_err(backend)?;
+    }
+    Ok(())
+}
+
 /// The first of `limits` that storing `task` would break, read inside the write
 /// transaction.
 async fn limit_reached<D: Dialect>(
@@ -1427,22 +1486,42 @@ impl<D: Dialect> Datastore for SqlStore<D> {
             return Ok(());
         }
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        for s in svids {
-            D::execute(
-                &mut tx,
-                records::UPSERT_TASK_SVID,
-                &records::task_svid_params(s),
-            )
-            .await
-            .map_err(backend)?;
-        }
+        write_task_svids::<D>(&mut tx, svids).await?;
         tx.commit().await.map_err(backend)
+    }
+
+    async fn record_issuance(
+        &self,
+        task_svids: &[TaskSvid],
+        audit: &[AuditEvent],
+        issued: &[IssuedSvid],
+    ) -> Result<Vec<AuditRecord>, DatastoreError> {
+        if audit.is_empty() {
+            self.record_task_svids(task_svids).await?;
+            return self.record_issued(issued).await.map(|()| Vec::new());
+        }
+        let (task_svids, issued) = (task_svids.to_vec(), issued.to_vec());
+        let stored = self
+            .write_tx(audit, move |conn| {
+                Box::pin(async move {
+                    write_task_svids::<D>(conn, &task_svids).await?;
+                    write_issued::<D>(conn, &issued).await?;
+                    Ok(Some(()))
+                })
+            })
+            .await?;
+        Ok(stored.map(|(_, records)| records).unwrap_or_default())
     }
 
     async fn record_usage(&self, reports: &[UsageReport]) -> Result<(), DatastoreError> {
         if reports.is_empty() {
             return Ok(());
         }
+        // In (entry, agent) order, as issue counts are written, so that two transactions
+        // never wait for each other's rows in opposite orders.
+        let mut reports: Vec<&UsageReport> = reports.iter().collect();
+        reports
+            .sort_unstable_by(|a, b| (&a.entry_id, &a.agent_id).cmp(&(&b.entry_id, &b.agent_id)));
         let mut tx = self.pool.begin().await.map_err(backend)?;
         for r in reports {
             D::execute(&mut tx, records::UPSERT_USAGE, &records::usage_params(r))
@@ -1456,41 +1535,8 @@ impl<D: Dialect> Datastore for SqlStore<D> {
         if issued.is_empty() {
             return Ok(());
         }
-        // One row per (entry, agent): how many, and the latest time. Sorted, so that
-        // concurrent calls touch rows in one order.
-        let mut counts: std::collections::BTreeMap<(&str, &str), (i64, i64)> =
-            std::collections::BTreeMap::new();
-        for (entry_id, agent_id, at) in issued {
-            let c = counts
-                .entry((entry_id.as_str(), agent_id.as_str()))
-                .or_insert((0, *at));
-            c.0 = c.0.saturating_add(1);
-            c.1 = c.1.max(*at);
-        }
-        let rows: Vec<_> = counts.into_iter().collect();
-        let per_statement = records::MAX_VALUES_PER_STATEMENT / records::UPSERT_ISSUED_COLUMNS;
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        for chunk in rows.chunks(per_statement) {
-            let sql = records::values_rows(
-                D::PLACEHOLDERS,
-                records::UPSERT_ISSUED_HEAD,
-                records::UPSERT_ISSUED_COLUMNS,
-                chunk.len(),
-                records::UPSERT_ISSUED_TAIL,
-            );
-            let params: Vec<Param<'_>> = chunk
-                .iter()
-                .flat_map(|((entry_id, agent_id), (n, at))| {
-                    [
-                        Param::Text(entry_id),
-                        Param::Text(agent_id),
-                        Param::Int(*n),
-                        Param::Int(*at),
-                    ]
-                })
-                .collect();
-            D::execute(&mut tx, &sql, &params).await.map_err(backend)?;
-        }
+        write_issued::<D>(&mut tx, issued).await?;
         tx.commit().await.map_err(backend)
     }
 

@@ -297,6 +297,16 @@ impl Datastore for Metered {
         self.counted("write", r)
     }
 
+    async fn record_issuance(
+        &self,
+        task_svids: &[TaskSvid],
+        audit: &[AuditEvent],
+        issued: &[IssuedSvid],
+    ) -> Result<Vec<AuditRecord>, DatastoreError> {
+        let r = self.inner.record_issuance(task_svids, audit, issued).await;
+        self.counted("write", r)
+    }
+
     async fn revoked_since(
         &self,
         now: i64,
