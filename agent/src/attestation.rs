@@ -238,13 +238,14 @@ pub(crate) enum AttestationError {
 }
 
 /// What attestation established about a caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) struct Attested {
     /// Its selectors.
     pub(crate) selectors: SelectorSet,
     /// Its process instance (pinned: the one that connected), then its ancestors, parent
-    /// first (see [`lineage`]): what a task's process binding is compared with.
-    pub(crate) lineage: Vec<ProcessInstance>,
+    /// first, read when first needed (see [`lineage`]): what a task's process binding is
+    /// compared with.
+    pub(crate) lineage: crate::cache::Lineage,
 }
 
 /// One source of selectors about a caller: a module that reads, through the pinned
@@ -387,13 +388,15 @@ impl Attestor {
         let _span = tracing::debug_span!("attest", pid, uid = peer.uid, gid = peer.gid).entered();
         let (selectors, start_time, ppid) = self.gather(pid, peer, at_accept)?;
         tracing::debug!(selectors = selectors.len(), "attested");
-        // The caller as pinned, then its ancestors (only task bindings use them).
-        let mut lineage = vec![ProcessInstance {
+        // The caller as pinned; its ancestors are read only if a tree binding asks.
+        let caller = ProcessInstance {
             pid: pid.unsigned_abs(),
             start_time,
-        }];
-        lineage.extend(lineage::ancestors(ppid, start_time));
-        Ok(Attested { selectors, lineage })
+        };
+        Ok(Attested {
+            selectors,
+            lineage: crate::cache::Lineage::of(caller, ppid),
+        })
     }
 
     /// Pins one process instance, runs every attestor through the pins, then checks the

@@ -5,13 +5,96 @@
 //! snapshot and waits for `changed()`. A snapshot is never half-updated.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use common::proto::tessera;
-use common::task::{ProcessInstance, TaskGrant};
+use common::task::{ProcessInstance, TaskBinding, TaskGrant};
 use common::{Bundle, EntryId, RegistrationEntry, SelectorSet, X509Svid};
 use tokio::sync::watch;
+
+/// A caller's process lineage: its process instance (pinned by attestation), then its
+/// ancestors, parent first, which only a task bound to a process tree needs.
+///
+/// The ancestors are read from `/proc` the first time a tree binding is compared with
+/// this caller, not at attestation: most calls never need them, and the walk was about a
+/// third of an attestation. Walked later, it is exactly as safe: it starts from the parent
+/// pid and start time attestation read, and stops at any process that started after the
+/// one below it, so a parent that exited and whose pid was reused meanwhile is never
+/// taken for an ancestor (see `attestation::lineage`). A clone shares the walk.
+#[derive(Debug, Clone)]
+pub struct Lineage {
+    /// The caller (none: unknown, which no process binding admits).
+    caller: Option<ProcessInstance>,
+    /// Its parent's pid as attestation read it.
+    parent: u32,
+    /// Its ancestors, once walked.
+    ancestors: Arc<OnceLock<Vec<ProcessInstance>>>,
+}
+
+impl Lineage {
+    /// The lineage of the attested `caller` whose parent pid is `parent`; the ancestors
+    /// are read when first needed.
+    pub fn of(caller: ProcessInstance, parent: u32) -> Self {
+        Self {
+            caller: Some(caller),
+            parent,
+            ancestors: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// A lineage known in full: the caller first, then its ancestors (none: unknown).
+    pub fn known(mut lineage: Vec<ProcessInstance>) -> Self {
+        let caller = (!lineage.is_empty()).then(|| lineage.remove(0));
+        Self {
+            caller,
+            parent: 0,
+            ancestors: Arc::new(OnceLock::from(lineage)),
+        }
+    }
+
+    /// The caller's process instance.
+    pub fn caller(&self) -> Option<&ProcessInstance> {
+        self.caller.as_ref()
+    }
+
+    /// The caller's ancestors, parent first (read from `/proc` on the first call: a few
+    /// small reads per ancestor, at most `MAX_ANCESTORS`).
+    pub fn ancestors(&self) -> &[ProcessInstance] {
+        self.ancestors.get_or_init(|| match &self.caller {
+            Some(c) => crate::attestation::lineage::ancestors(self.parent, c.start_time),
+            None => Vec::new(),
+        })
+    }
+
+    /// The caller, then its ancestors.
+    pub fn to_vec(&self) -> Vec<ProcessInstance> {
+        self.caller
+            .iter()
+            .chain(self.ancestors())
+            .copied()
+            .collect()
+    }
+
+    /// Whether `binding` admits this caller: any caller for a selector binding; for a
+    /// process binding, the caller is the bound instance; for a tree binding, the caller or
+    /// one of its ancestors is (only then are the ancestors read).
+    pub fn admitted_by(&self, binding: &TaskBinding) -> bool {
+        match binding {
+            TaskBinding::Selectors => true,
+            TaskBinding::Process(h) => self.caller.as_ref() == Some(&h.process),
+            TaskBinding::Tree(h) => {
+                self.caller.as_ref() == Some(&h.process) || self.ancestors().contains(&h.process)
+            }
+        }
+    }
+
+    /// Whether the ancestors were read (tests).
+    #[cfg(test)]
+    pub(crate) fn walked(&self) -> bool {
+        self.ancestors.get().is_some()
+    }
+}
 
 /// One entry and, once issued, its SVID.
 #[derive(Debug, Clone)]
@@ -37,12 +120,12 @@ impl CachedEntry {
     /// receive this entry's identity at `now_unix`: the entry is live and, when its task is
     /// bound to a process, the caller is that process instance (or, for a tree binding,
     /// descends from it). Everyone else is served as if the entry were dormant.
-    pub fn serves(&self, lineage: &[ProcessInstance], now_unix: i64) -> bool {
+    pub fn serves(&self, lineage: &Lineage, now_unix: i64) -> bool {
         self.is_live(now_unix)
             && self
                 .grant
                 .as_ref()
-                .is_none_or(|g| g.binding.admits(lineage))
+                .is_none_or(|g| lineage.admitted_by(&g.binding))
     }
 }
 
@@ -176,7 +259,7 @@ impl CacheSnapshot {
     pub fn identities(
         &self,
         selectors: &SelectorSet,
-        lineage: &[ProcessInstance],
+        lineage: &Lineage,
         now: SystemTime,
     ) -> Identities {
         let mut matching: Vec<&Arc<CachedEntry>> = self
@@ -571,7 +654,7 @@ mod tests {
             .iter()
             .map(|s| s.parse::<Selector>().unwrap())
             .collect();
-        let ids = snap.identities(&caller, &[], SystemTime::now());
+        let ids = snap.identities(&caller, &Lineage::known(vec![]), SystemTime::now());
         assert!(ids.matched, "entries a and b match");
         assert!(ids.svids.is_empty(), "nothing issued yet");
         let mut jit = (*entry("d", 3, &["unix:uid:9"], "")).clone();
@@ -583,7 +666,9 @@ mod tests {
             .map(|s| s.parse::<Selector>().unwrap())
             .collect();
         assert!(
-            !snap.identities(&nine, &[], SystemTime::now()).matched,
+            !snap
+                .identities(&nine, &Lineage::known(vec![]), SystemTime::now())
+                .matched,
             "dormant JIT entry"
         );
         // A task makes it live until its deadline, and no longer.
@@ -593,31 +678,35 @@ mod tests {
             task_id: common::TaskId::parse("t1").unwrap(),
             deadline: unix(now) + 60,
             audiences: Vec::new(),
-            binding: common::task::TaskBinding::Selectors,
+            binding: TaskBinding::Selectors,
         });
         snap.entries
             .insert(EntryId::parse("d").unwrap(), Arc::new(live.clone()));
         assert!(
-            snap.identities(&nine, &[], now).matched,
+            snap.identities(&nine, &Lineage::known(vec![]), now).matched,
             "JIT entry under an active task"
         );
         live.grant = Some(TaskGrant {
             task_id: common::TaskId::parse("t1").unwrap(),
             deadline: unix(now),
             audiences: Vec::new(),
-            binding: common::task::TaskBinding::Selectors,
+            binding: TaskBinding::Selectors,
         });
         snap.entries
             .insert(EntryId::parse("d").unwrap(), Arc::new(live));
         assert!(
-            !snap.identities(&nine, &[], now).matched,
+            !snap.identities(&nine, &Lineage::known(vec![]), now).matched,
             "task past its deadline"
         );
         let stranger: SelectorSet = ["unix:uid:7"]
             .iter()
             .map(|s| s.parse::<Selector>().unwrap())
             .collect();
-        assert!(!snap.identities(&stranger, &[], SystemTime::now()).matched);
+        assert!(
+            !snap
+                .identities(&stranger, &Lineage::known(vec![]), SystemTime::now())
+                .matched
+        );
     }
 
     #[test]
@@ -668,7 +757,7 @@ mod tests {
             .collect();
         let sees_tool = |snap: &CacheSnapshot, lineage: &[ProcessInstance]| {
             let tool = &snap.entries["tool"];
-            tool.serves(lineage, unix(now))
+            tool.serves(&Lineage::known(lineage.to_vec()), unix(now))
         };
         let h = Holder {
             process: holder,
@@ -680,7 +769,11 @@ mod tests {
         assert!(!sees_tool(&process, &[sibling, parent]));
         assert!(!sees_tool(&process, &[recycled, parent]));
         // Everyone still matches the standing entry, and may read the bundles.
-        assert!(process.identities(&uid0, &[sibling, parent], now).matched);
+        assert!(
+            process
+                .identities(&uid0, &Lineage::known(vec![sibling, parent]), now)
+                .matched
+        );
         assert!(process.matches_any(&uid0, now));
         let tree = bound(TaskBinding::Tree(h));
         assert!(sees_tool(&tree, &[holder, parent]));

@@ -234,6 +234,54 @@ mod tests {
         child.wait().unwrap();
     }
 
+    /// A caller's ancestors are read only when a tree binding is compared with it, and
+    /// then match what the walk at attestation read.
+    #[test]
+    fn a_lineage_walks_its_ancestors_only_for_a_tree_binding() {
+        use common::task::{Holder, TaskBinding};
+
+        use crate::cache::Lineage;
+
+        let me = own();
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        let dir = ProcDir::open(i32::try_from(pid).unwrap()).unwrap();
+        let (start, ppid) = dir.start_time_and_ppid().unwrap();
+        let caller = ProcessInstance {
+            pid,
+            start_time: start,
+        };
+        let holder = |process| Holder {
+            process,
+            agent: common::SpiffeId::new("spiffe://example.org/agent").unwrap(),
+        };
+        let lineage = Lineage::of(caller, ppid);
+        let shared = lineage.clone();
+        assert!(lineage.admitted_by(&TaskBinding::Selectors));
+        assert!(lineage.admitted_by(&TaskBinding::Process(holder(caller))));
+        assert!(!lineage.admitted_by(&TaskBinding::Process(holder(me))));
+        assert!(lineage.admitted_by(&TaskBinding::Tree(holder(caller))));
+        assert!(!lineage.walked(), "no binding so far needed the ancestors");
+        // A tree bound to the caller's parent: the walk happens, once, for every clone.
+        assert!(lineage.admitted_by(&TaskBinding::Tree(holder(me))));
+        assert!(shared.walked());
+        assert_eq!(lineage.ancestors(), ancestors(ppid, start).as_slice());
+        assert_eq!(lineage.to_vec()[..2], [caller, me]);
+        // Another instance of the parent's pid (a recycled pid) is not an ancestor.
+        let recycled = ProcessInstance {
+            pid: me.pid,
+            start_time: me.start_time + 1,
+        };
+        assert!(!lineage.admitted_by(&TaskBinding::Tree(holder(recycled))));
+        // An unknown caller is admitted only by selectors.
+        let unknown = Lineage::known(vec![]);
+        assert!(unknown.admitted_by(&TaskBinding::Selectors));
+        assert!(!unknown.admitted_by(&TaskBinding::Tree(holder(me))));
+        assert!(unknown.to_vec().is_empty());
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
     #[test]
     fn bind_pid_must_be_a_same_user_ancestor_alive_as_pinned() {
         let me = own();

@@ -481,7 +481,7 @@ async fn a_task_svid_is_withdrawn_when_the_task_ends() {
         &["unix:uid:0".parse::<common::Selector>().unwrap()]
             .into_iter()
             .collect(),
-        &[],
+        &crate::cache::Lineage::known(vec![]),
         h.clock.now(),
     );
     assert!(!identities.matched, "a dormant task entry grants nothing");

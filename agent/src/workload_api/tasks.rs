@@ -28,7 +28,7 @@ use tonic::{Request, Response, Status};
 
 use super::{WorkloadApi, check_header, peer};
 use crate::attestation::lineage::bind_target;
-use crate::cache::{CacheSnapshot, CachedEntry};
+use crate::cache::{CacheSnapshot, CachedEntry, Lineage};
 
 /// The caller's standing entry: not just-in-time, matching the caller, with SPIFFE ID
 /// `wanted` if given; the oldest of those.
@@ -94,7 +94,7 @@ fn target(
 /// server to fill in from the calling agent's identity.
 async fn resolve_binding(
     spec: &TaskSpec,
-    lineage: Vec<ProcessInstance>,
+    lineage: Lineage,
     uid: u32,
 ) -> Result<WireBinding, Status> {
     let kind = match spec.bind.as_str() {
@@ -116,12 +116,12 @@ async fn resolve_binding(
     }
     let holder = if spec.bind_pid == 0 {
         *lineage
-            .first()
+            .caller()
             .ok_or_else(|| Status::unavailable("workload attestation failed"))?
     } else {
         // A few small reads of /proc: off the async runtime, like attestation.
         let pid = spec.bind_pid;
-        tokio::task::spawn_blocking(move || bind_target(&lineage, pid, uid))
+        tokio::task::spawn_blocking(move || bind_target(&lineage.to_vec(), pid, uid))
             .await
             .map_err(|_| Status::unavailable("workload attestation failed"))?
             .map_err(|e| Status::permission_denied(e.to_string()))?
