@@ -76,17 +76,10 @@ impl Lineage {
             .collect()
     }
 
-    /// Whether `binding` admits this caller: any caller for a selector binding; for a
-    /// process binding, the caller is the bound instance; for a tree binding, the caller or
-    /// one of its ancestors is (only then are the ancestors read).
+    /// Whether `binding` admits this caller ([`TaskBinding::admits`]); the ancestors are
+    /// read only if a tree binding's holder is not the caller itself.
     pub fn admitted_by(&self, binding: &TaskBinding) -> bool {
-        match binding {
-            TaskBinding::Selectors => true,
-            TaskBinding::Process(h) => self.caller.as_ref() == Some(&h.process),
-            TaskBinding::Tree(h) => {
-                self.caller.as_ref() == Some(&h.process) || self.ancestors().contains(&h.process)
-            }
-        }
+        binding.admits(self.caller.as_ref(), |p| self.ancestors().contains(p))
     }
 
     /// Whether the ancestors were read (tests).

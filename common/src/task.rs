@@ -287,16 +287,22 @@ impl TaskBinding {
         }
     }
 
-    /// Whether a caller whose lineage is `lineage` (the caller's own process instance
-    /// first, then its parent, grandparent, ...) may receive the task's credentials.
+    /// Whether a caller may receive the task's credentials: `caller` is its own process
+    /// instance (`None`: unknown), and `is_ancestor` says whether an instance is one of
+    /// its ancestors (parent, grandparent, ...), asked only for a `Tree` binding whose
+    /// holder is not the caller, so an agent can read the ancestors only then.
     /// `Selectors` admits everyone the entry's selectors match; `Process` only the bound
     /// instance itself; `Tree` the bound instance and any process whose ancestors include
-    /// it. A caller whose lineage is unknown (empty) is admitted only by `Selectors`.
-    pub fn admits(&self, lineage: &[ProcessInstance]) -> bool {
+    /// it. A caller that is unknown is admitted only by `Selectors`.
+    pub fn admits(
+        &self,
+        caller: Option<&ProcessInstance>,
+        is_ancestor: impl FnOnce(&ProcessInstance) -> bool,
+    ) -> bool {
         match self {
             Self::Selectors => true,
-            Self::Process(h) => lineage.first() == Some(&h.process),
-            Self::Tree(h) => lineage.contains(&h.process),
+            Self::Process(h) => caller == Some(&h.process),
+            Self::Tree(h) => caller.is_some_and(|c| c == &h.process || is_ancestor(&h.process)),
         }
     }
 }
@@ -742,6 +748,12 @@ mod tests {
         assert!(g.audience_refusal(&strings(&["a"])).is_none());
     }
 
+    /// `binding.admits` for a caller whose lineage is `lineage` (itself first).
+    fn admits(binding: &TaskBinding, lineage: &[ProcessInstance]) -> bool {
+        let ancestors = lineage.get(1..).unwrap_or_default();
+        binding.admits(lineage.first(), |p| ancestors.contains(p))
+    }
+
     #[test]
     fn bindings_admit_only_their_holder_or_its_descendants() {
         let me = ProcessInstance {
@@ -769,36 +781,39 @@ mod tests {
             start_time: 5001,
         };
         // Selectors admit anyone (the entry's selectors decided already).
-        assert!(TaskBinding::Selectors.admits(&[]));
-        assert!(TaskBinding::Selectors.admits(&[sibling, parent]));
+        assert!(admits(&TaskBinding::Selectors, &[]));
+        assert!(admits(&TaskBinding::Selectors, &[sibling, parent]));
         // Process: only the instance itself, never its children, parent or a recycled pid.
         let process = TaskBinding::Process(holder(me));
-        assert!(process.admits(&[me, parent, init]));
-        assert!(!process.admits(&[recycled, parent, init]), "recycled pid");
+        assert!(admits(&process, &[me, parent, init]));
+        assert!(!admits(&process, &[recycled, parent, init]), "recycled pid");
         assert!(
-            !process.admits(&[sibling, me, parent]),
+            !admits(&process, &[sibling, me, parent]),
             "a child of the holder"
         );
-        assert!(!process.admits(&[parent, init]));
-        assert!(!process.admits(&[]), "unknown lineage");
+        assert!(!admits(&process, &[parent, init]));
+        assert!(!admits(&process, &[]), "unknown lineage");
         // Tree: the instance and its descendants.
         let tree = TaskBinding::Tree(holder(parent));
-        assert!(tree.admits(&[parent, init]));
-        assert!(tree.admits(&[me, parent, init]), "child");
-        assert!(tree.admits(&[sibling, me, parent, init]), "grandchild");
-        assert!(!tree.admits(&[init]));
+        assert!(admits(&tree, &[parent, init]));
+        assert!(admits(&tree, &[me, parent, init]), "child");
+        assert!(admits(&tree, &[sibling, me, parent, init]), "grandchild");
+        assert!(!admits(&tree, &[init]));
         assert!(
-            !tree.admits(&[
-                me,
-                ProcessInstance {
-                    pid: 90,
-                    start_time: 4001
-                },
-                init
-            ]),
+            !admits(
+                &tree,
+                &[
+                    me,
+                    ProcessInstance {
+                        pid: 90,
+                        start_time: 4001
+                    },
+                    init
+                ]
+            ),
             "an ancestor with the holder's pid but another start time"
         );
-        assert!(!tree.admits(&[]));
+        assert!(!admits(&tree, &[]));
         assert_eq!(tree.kind(), BindKind::Tree);
         assert_eq!(tree.holder().unwrap().process, parent);
         assert_eq!(TaskBinding::Selectors.holder(), None);

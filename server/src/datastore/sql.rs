@@ -1496,9 +1496,8 @@ impl<D: Dialect> Datastore for SqlStore<D> {
         audit: &[AuditEvent],
         issued: &[IssuedSvid],
     ) -> Result<Vec<AuditRecord>, DatastoreError> {
-        if audit.is_empty() {
-            self.record_task_svids(task_svids).await?;
-            return self.record_issued(issued).await.map(|()| Vec::new());
+        if task_svids.is_empty() && audit.is_empty() && issued.is_empty() {
+            return Ok(Vec::new());
         }
         let (task_svids, issued) = (task_svids.to_vec(), issued.to_vec());
         let stored = self
