@@ -650,12 +650,11 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
         &self,
         entry_id: &EntryId,
     ) -> Result<Vec<TaskRecord>, DatastoreError>;
-    /// Records X.509-SVIDs issued under tasks.
-    async fn record_task_svids(&self, svids: &[TaskSvid]) -> Result<(), DatastoreError>;
-    /// Records a batch of issued SVIDs in one write transaction: the serials issued under
-    /// tasks ([`Datastore::record_task_svids`]), the audit events
-    /// ([`Datastore::append_audit`]) and the issue counts ([`Datastore::record_issued`]),
-    /// all or none. Returns the stored audit records.
+    /// Records a batch of issued SVIDs in one write transaction: the X.509-SVID serials
+    /// issued under tasks (what [`Datastore::revoked_since`] lists once a task ends early),
+    /// the audit events (as [`Datastore::append_audit`]) and the issue counts (per entry
+    /// and agent, `issued` grows by one per item and `last_issued_at` becomes the later of
+    /// the stored and given times), all or none. Returns the stored audit records.
     async fn record_issuance(
         &self,
         task_svids: &[TaskSvid],
@@ -742,9 +741,6 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     /// added to what is stored for the entry and agent, `last_used_at` becomes the later
     /// of the stored and reported times.
     async fn record_usage(&self, reports: &[UsageReport]) -> Result<(), DatastoreError>;
-    /// Counts SVIDs issued, in one transaction: per entry and agent, `issued` grows by one
-    /// per item and `last_issued_at` becomes the later of the stored and given times.
-    async fn record_issued(&self, issued: &[IssuedSvid]) -> Result<(), DatastoreError>;
     /// The usage of the entries `entry_ids` (every entry with usage recorded when `None`),
     /// summed over agents (latest times), ordered by entry id. An entry without any
     /// recorded usage is absent; usage recorded for an entry since deleted stays listed.

@@ -1876,17 +1876,21 @@ async fn due_and_revoked_tasks(b: &dyn Backend) {
         issuer_serial: "ca1".into(),
         not_after,
     };
-    ds.record_task_svids(&[
-        svid("ended-200", "0a", 150),
-        svid("ended-200", "0b", 50),
-        svid("open-100", "0c", 150),
-        svid("ended-300", "0d", 400),
-    ])
+    ds.record_issuance(
+        &[
+            svid("ended-200", "0a", 150),
+            svid("ended-200", "0b", 50),
+            svid("open-100", "0c", 150),
+            svid("ended-300", "0d", 400),
+        ],
+        &[],
+        &[],
+    )
     .await
     .unwrap();
-    ds.record_task_svids(&[]).await.unwrap();
+    ds.record_issuance(&[], &[], &[]).await.unwrap();
     // Recording a serial again replaces it.
-    ds.record_task_svids(&[svid("ended-200", "0a", 160)])
+    ds.record_issuance(&[svid("ended-200", "0a", 160)], &[], &[])
         .await
         .unwrap();
     let (revoked, svids) = ds.revoked_since(100).await.unwrap();
@@ -1927,12 +1931,16 @@ async fn reopen_sees_everything(b: &dyn Backend) {
         .await
         .unwrap()
     );
-    ds.record_task_svids(&[TaskSvid {
-        task_id: tid("te"),
-        serial: "01".into(),
-        issuer_serial: "ca".into(),
-        not_after: 4000,
-    }])
+    ds.record_issuance(
+        &[TaskSvid {
+            task_id: tid("te"),
+            serial: "01".into(),
+            issuer_serial: "ca".into(),
+            not_after: 4000,
+        }],
+        &[],
+        &[],
+    )
     .await
     .unwrap();
     let node = sid("spiffe://example.org/node/a");
@@ -2044,15 +2052,21 @@ async fn entry_usage_adds_up_per_entry_and_agent(b: &dyn Backend) {
     ds.create_entry(&entry("a", "spiffe://example.org/a", 1), &[])
         .await
         .unwrap();
-    ds.record_issued(&[
-        (eid("a"), sid(N1), 100),
-        (eid("a"), sid(N1), 90),
-        (eid("b"), sid(N1), 50),
-    ])
+    ds.record_issuance(
+        &[],
+        &[],
+        &[
+            (eid("a"), sid(N1), 100),
+            (eid("a"), sid(N1), 90),
+            (eid("b"), sid(N1), 50),
+        ],
+    )
     .await
     .unwrap();
-    ds.record_issued(&[(eid("a"), sid(N2), 110)]).await.unwrap();
-    ds.record_issued(&[]).await.unwrap();
+    ds.record_issuance(&[], &[], &[(eid("a"), sid(N2), 110)])
+        .await
+        .unwrap();
+    ds.record_issuance(&[], &[], &[]).await.unwrap();
     ds.record_usage(&[
         report("a", N1, 2, 1, 200),
         // An older last use never moves the time back; counts add up.
@@ -2237,8 +2251,8 @@ async fn large_batches_span_several_statements(b: &dyn Backend) {
             )
         })
         .collect();
-    ds.record_issued(&issued).await.unwrap();
-    ds.record_issued(&issued[..1]).await.unwrap();
+    ds.record_issuance(&[], &[], &issued).await.unwrap();
+    ds.record_issuance(&[], &[], &issued[..1]).await.unwrap();
     let usage = ds.entry_usage(None).await.unwrap();
     assert_eq!(usage.len(), 300);
     for u in &usage {
@@ -2266,7 +2280,7 @@ async fn entry_usage_counts_every_concurrent_report(b: &dyn Backend) {
             ])
             .await
             .unwrap();
-            ds.record_issued(&[(eid("a"), sid(AGENT), 2000 - i)])
+            ds.record_issuance(&[], &[], &[(eid("a"), sid(AGENT), 2000 - i)])
                 .await
                 .unwrap();
         }));

@@ -522,7 +522,7 @@ async fn write_task_svids<D: Dialect>(
     Ok(())
 }
 
-/// Adds SVIDs issued to the entries' usage (see [`Datastore::record_issued`]).
+/// Adds SVIDs issued to the entries' usage (the issue counts of [`Datastore::record_issuance`]).
 async fn write_issued<D: Dialect>(
     conn: &mut D::Connection,
     issued: &[IssuedSvid],
@@ -1481,15 +1481,6 @@ impl<D: Dialect> Datastore for SqlStore<D> {
         .await
     }
 
-    async fn record_task_svids(&self, svids: &[TaskSvid]) -> Result<(), DatastoreError> {
-        if svids.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.pool.begin().await.map_err(backend)?;
-        write_task_svids::<D>(&mut tx, svids).await?;
-        tx.commit().await.map_err(backend)
-    }
-
     async fn record_issuance(
         &self,
         task_svids: &[TaskSvid],
@@ -1527,15 +1518,6 @@ impl<D: Dialect> Datastore for SqlStore<D> {
                 .await
                 .map_err(backend)?;
         }
-        tx.commit().await.map_err(backend)
-    }
-
-    async fn record_issued(&self, issued: &[IssuedSvid]) -> Result<(), DatastoreError> {
-        if issued.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.pool.begin().await.map_err(backend)?;
-        write_issued::<D>(&mut tx, issued).await?;
         tx.commit().await.map_err(backend)
     }
 

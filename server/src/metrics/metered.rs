@@ -292,11 +292,6 @@ impl Datastore for Metered {
         self.counted("read", r)
     }
 
-    async fn record_task_svids(&self, svids: &[TaskSvid]) -> Result<(), DatastoreError> {
-        let r = self.inner.record_task_svids(svids).await;
-        self.counted("write", r)
-    }
-
     async fn record_issuance(
         &self,
         task_svids: &[TaskSvid],
@@ -426,11 +421,6 @@ impl Datastore for Metered {
 
     async fn record_usage(&self, reports: &[UsageReport]) -> Result<(), DatastoreError> {
         let r = self.inner.record_usage(reports).await;
-        self.counted("write", r)
-    }
-
-    async fn record_issued(&self, issued: &[IssuedSvid]) -> Result<(), DatastoreError> {
-        let r = self.inner.record_issued(issued).await;
         self.counted("write", r)
     }
 
