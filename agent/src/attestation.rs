@@ -68,7 +68,10 @@
 //! unchanged; see that module for why this is exactly as safe as attesting afresh.
 //!
 //! Callers run [`Attestor::attest_caller`] on a blocking thread and should bound it with a timeout:
-//! it reads procfs, may hash a large binary, and resolves names through NSS.
+//! it reads procfs, may hash a large binary, and resolves names through NSS. Before that,
+//! they may try [`Attestor::attest_known`], which serves the last full attestation of the
+//! same instance again after reading procfs alone (see there and [`reuse`] for why it is as
+//! safe), and is cheap enough for the async runtime.
 
 pub(crate) mod cgroup;
 pub(crate) mod lineage;
@@ -76,6 +79,7 @@ mod procfs;
 mod reuse;
 mod unix;
 
+use std::cell::OnceCell;
 use std::fmt;
 use std::fs::File;
 use std::io;
@@ -85,10 +89,11 @@ use std::time::SystemTime;
 use common::task::ProcessInstance;
 use common::{SelectorError, SelectorKey, SelectorKind, SelectorSet};
 use nix::errno::Errno;
+use tokio::time::Instant;
 
 use self::cgroup::CgroupAttestor;
 use self::procfs::{ExeLink, FileId, PidFd, ProcDir, ProcfsParseError, Status};
-use self::reuse::{ImageKey, ReuseCache};
+use self::reuse::{ImageKey, Known, ReuseCache};
 pub(crate) use self::unix::{ExecutableAttestor, UnixAttestor};
 use crate::config::WorkloadAttestorKind;
 
@@ -263,14 +268,35 @@ pub(crate) trait WorkloadAttestor: Send + Sync + fmt::Debug {
     /// This attestor's selectors for `process`. Called while the pins hold; blocking.
     fn attest(&self, process: &PinnedProcess<'_>) -> Result<SelectorSet, AttestationError>;
 
+    /// What [`Self::attest`]'s selectors are a function of (see [`Input`]); `None` (the
+    /// default) when it reads anything else. Only an attestor that names its input may
+    /// have its selectors served again from an earlier call: an [`Input::Image`] one
+    /// whenever the process image is unchanged (see [`reuse`]), and every attestor of a
+    /// whole attestation served again ([`Attestor::attest_known`]) only when all of them
+    /// name one.
+    fn input(&self) -> Option<Input> {
+        None
+    }
+
     /// Whether [`Self::attest`] is a pure function of the process image, the facts of a
     /// [`reuse::ImageKey`] (pid, start time, executable identity and link, peer uid and
     /// gid): the same key always yields the same selectors. Only then may the pipeline
-    /// serve its selectors from an earlier call with an equal key (see [`reuse`]). An
-    /// attestor reading anything else (status, names, cgroups) must say `false`.
+    /// serve its selectors from an earlier call with an equal key (see [`reuse`]).
     fn reusable(&self) -> bool {
-        false
+        self.input() == Some(Input::Image)
     }
+}
+
+/// What an attestor's selectors are a function of ([`WorkloadAttestor::input`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Input {
+    /// The process image alone: the facts of a [`reuse::ImageKey`].
+    Image,
+    /// The peer uid and gid, `/proc/<pid>/status` (every uid and gid, the supplementary
+    /// groups) and the names the user and group databases give those ids.
+    Status,
+    /// The text of `/proc/<pid>/cgroup` (and the agent's own cgroup hierarchies).
+    Cgroup,
 }
 
 /// A caller's process, pinned (see the module docs): everything an attestor reads goes
@@ -292,6 +318,20 @@ pub(crate) struct PinnedProcess<'a> {
     pub(crate) exe_link: &'a ExeLink,
     /// `/proc/<pid>/status`, read through [`Self::dir`].
     pub(crate) status: &'a Status,
+    /// `/proc/<pid>/cgroup`, read through [`Self::dir`] on first use.
+    cgroup: OnceCell<String>,
+}
+
+impl PinnedProcess<'_> {
+    /// The text of `/proc/<pid>/cgroup`, read through [`Self::dir`] once per attestation
+    /// (kept with the selectors it gave, see [`Attestor::attest_known`]).
+    pub(crate) fn cgroup(&self) -> Result<&str, AttestationError> {
+        if let Some(text) = self.cgroup.get() {
+            return Ok(text);
+        }
+        let text = self.dir.cgroup()?;
+        Ok(self.cgroup.get_or_init(|| text))
+    }
 }
 
 /// Attests local callers: pins the caller and runs its [`WorkloadAttestor`]s. Share one
@@ -442,7 +482,6 @@ impl Attestor {
             .as_ref()
             .filter(|_| self.attestors.iter().any(|a| a.reusable()));
         let mut reused = reuse.and_then(|r| r.get(&key)).map(Vec::into_iter);
-        let hit = reused.is_some();
         let process = PinnedProcess {
             pid,
             peer,
@@ -451,6 +490,7 @@ impl Attestor {
             exe_id,
             exe_link: &exe_link,
             status: &status,
+            cgroup: OnceCell::new(),
         };
         let mut selectors = SelectorSet::new();
         let mut reusable_sets = Vec::new();
@@ -463,7 +503,7 @@ impl Attestor {
                 Some(set) => set,
                 None => attestor.attest(&process)?,
             };
-            if attestor.reusable() && !hit {
+            if attestor.reusable() {
                 reusable_sets.push(set.clone());
             }
             if let Some(stray) = set.iter().find(|s| !attestor.kinds().contains(&s.kind())) {
@@ -519,11 +559,99 @@ impl Attestor {
                 proc_gid,
             });
         }
-        // Every check passed: the reusable attestors' results describe this image.
-        if let (Some(reuse), false) = (reuse, hit) {
-            reuse.insert(key, reusable_sets, SystemTime::now());
+        // Every check passed: the reusable attestors' results describe this image, and
+        // the whole attestation this instance with these facts.
+        if let Some(cache) = &self.reuse {
+            let known = self.all_inputs_named().then(|| Known {
+                status: status.clone(),
+                cgroup: process.cgroup.into_inner(),
+                selectors: selectors.clone(),
+                at: Instant::now(),
+            });
+            cache.insert(key, reusable_sets, known, SystemTime::now());
         }
         Ok((selectors, start_time, ppid))
+    }
+
+    /// Whether every attestor names what its selectors are a function of
+    /// ([`WorkloadAttestor::input`]), so that a whole attestation may be served again.
+    fn all_inputs_named(&self) -> bool {
+        self.attestors.iter().all(|a| a.input().is_some())
+    }
+
+    /// Attests the caller again from the last full attestation of the same process
+    /// instance, made less than [`reuse::KNOWN_MAX_AGE`] ago, when every fact its selectors
+    /// were computed from reads the same now; `None` when any differs or cannot be read, or
+    /// nothing is kept: the caller is then attested in full ([`Self::attest_caller`]),
+    /// which also gives the reason for a refusal.
+    ///
+    /// It reads `/proc/<pid>` only: no hashing and no user or group database, whose
+    /// lookups may wait on a directory service. That is what makes it cheap enough for the
+    /// async runtime, and why the names may lag by up to the maximum age.
+    ///
+    /// Why it gives what a full attestation would (see [`reuse`] for the image facts):
+    ///
+    /// - *The instance that connected.* `/proc/<pid>` is opened once and everything is
+    ///   read through it, the start time last: equal to the one pinned at accept, it shows
+    ///   that every read came from that instance while it was alive (a reaped instance
+    ///   fails every read), as in [`Self::attest_caller`]'s step 3. A recycled pid has
+    ///   another start time (and the kept attestation is looked up by the accepted
+    ///   instance's start time and executable).
+    /// - *The program that connected.* The executable's identity is read now and must
+    ///   equal the one at accept (an `exec` of another file fails this), and its link must
+    ///   equal the kept one (a rename changes the `path` selector).
+    /// - *The same facts.* `status` (every uid and gid, which must also equal the peer
+    ///   credentials, and the groups) and the cgroup file are read now and must equal the
+    ///   ones the kept selectors were computed from: a `setuid`, `setgroups` or a move to
+    ///   another cgroup makes it attest in full. Every attestor's selectors are a function
+    ///   of these, of the image facts and of the names ([`WorkloadAttestor::input`]);
+    ///   an attestor that reads anything else disables this.
+    pub(crate) fn attest_known(
+        &self,
+        peer: PeerCred,
+        at_accept: Option<ProcessAtAccept>,
+    ) -> Option<Attested> {
+        let pid = peer.pid.filter(|&pid| pid > 0)?;
+        let accepted = at_accept?;
+        let cache = self.reuse.as_ref()?;
+        if !self.all_inputs_named() {
+            return None;
+        }
+        let (exe_link, known) = cache.known(
+            pid,
+            accepted.start_time,
+            accepted.exe,
+            (peer.uid, peer.gid),
+            Instant::now(),
+        )?;
+        let dir = ProcDir::open(pid).ok()?;
+        let status = dir.status().ok()?;
+        if status != known.status
+            || status.uid.first_other_than(peer.uid).is_some()
+            || status.gid.first_other_than(peer.gid).is_some()
+        {
+            return None;
+        }
+        if dir.exe_id().ok()? != accepted.exe || dir.exe_link().ok()? != exe_link {
+            return None;
+        }
+        if let Some(cgroup) = &known.cgroup
+            && dir.cgroup().ok()? != *cgroup
+        {
+            return None;
+        }
+        let (start_time, ppid) = dir.start_time_and_ppid().ok()?;
+        if start_time != accepted.start_time {
+            return None;
+        }
+        let caller = ProcessInstance {
+            pid: pid.unsigned_abs(),
+            start_time,
+        };
+        Some(Attested {
+            selectors: known.selectors,
+            lineage: crate::cache::Lineage::of(caller, ppid),
+        })
     }
 }
 
@@ -1396,7 +1524,10 @@ mod tests {
             pid: Some(pid),
             ..own_peer()
         };
-        let before = attestor.attest(peer).unwrap();
+        let before = attestor
+            .attest_caller(peer, Some(ProcessAtAccept::capture(pid).unwrap()))
+            .unwrap()
+            .selectors;
         assert_same(&before, &with_executable(identity(), &which("sleep")));
         drop(first); // killed and reaped: the pid is free
         // Other tests fork too, so the pid may be taken first; try again.
@@ -1413,10 +1544,182 @@ mod tests {
             })
             .expect("no child took the recycled pid");
         wait_for_exec(&second, "cat");
+        // Nor is the whole attestation kept for the first served to the second.
+        let accepted = ProcessAtAccept::capture(pid).unwrap();
+        assert!(attestor.attest_known(peer, Some(accepted)).is_none());
         let after = attestor.attest(peer).unwrap();
         assert_same(&after, &with_executable(identity(), &which("cat")));
         let (stats, _) = attestor.reuse_stats();
         assert_eq!((stats.hits, stats.changed), (0, 1));
+    }
+
+    /// The cgroup hierarchy the `cgroup:` path selector comes from (see `cgroup::facts`):
+    /// where it is mounted, and what its line in `/proc/<pid>/cgroup` starts with after
+    /// the hierarchy number. systemd's `name=systemd` on a v1 or hybrid host, else the
+    /// unified one.
+    fn path_hierarchy() -> (PathBuf, &'static str) {
+        let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let find = |systemd: bool| {
+            info.lines().find_map(|line| {
+                let (left, right) = line.split_once(" - ")?;
+                let mut right = right.split(' ');
+                let fstype = right.next()?;
+                let options = right.nth(1)?;
+                let point = left.split(' ').nth(4)?;
+                let wanted = if systemd {
+                    fstype == "cgroup" && options.split(',').any(|o| o == "name=systemd")
+                } else {
+                    fstype == "cgroup2"
+                };
+                wanted.then(|| PathBuf::from(point))
+            })
+        };
+        find(true)
+            .map(|p| (p, ":name=systemd:"))
+            .or_else(|| find(false).map(|p| (p, "::")))
+            .expect("no cgroup hierarchy mounted")
+    }
+
+    /// Waits until `/proc/<pid>/status` has a line satisfying `ready`.
+    fn wait_for_status(pid: i32, ready: impl Fn(&str) -> bool) {
+        for _ in 0..500 {
+            let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            if status.lines().any(&ready) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        panic!("process {pid} never reached the state waited for");
+    }
+
+    /// A caller attested in full is attested again from the kept attestation
+    /// ([`Attestor::attest_known`]) only while every fact its selectors came from reads the
+    /// same: after a move to another cgroup, `setgroups`, a changed saved uid, an `exec` of
+    /// another binary, and for another instance or other peer ids, it is attested in full,
+    /// and gets what that gives (new selectors, or the refusal).
+    #[test]
+    #[ignore = "needs root: moves a child between cgroups and has it call setgroups and setresuid"]
+    fn a_known_caller_is_served_again_only_while_its_facts_read_the_same() {
+        let script = "import os, sys\n\
+                      sys.stdin.readline(); os.setgroups([4242])\n\
+                      sys.stdin.readline(); os.setresuid(0, 0, 4343)\n\
+                      sys.stdin.readline(); os.execv('/bin/sleep', ['sleep', '30'])\n";
+        let mut child = Reaped(
+            Command::new("python3")
+                .args(["-c", script])
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let pid = child.pid();
+        // `python3` on PATH may be a wrapper that execs the interpreter.
+        for _ in 0..500 {
+            let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+            if exe
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("python")
+            {
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        // The interpreter is running (it may still be starting up: reading stdin waits).
+        thread::sleep(Duration::from_millis(200));
+        let mut step = || {
+            use std::io::Write as _;
+            child.0.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
+        };
+        let peer = PeerCred {
+            pid: Some(pid),
+            ..own_peer()
+        };
+        let attestor = Attestor::new();
+        let accepted = ProcessAtAccept::capture(pid).unwrap();
+        let known = |accepted| attestor.attest_known(peer, Some(accepted));
+        let full = |accepted| attestor.attest_caller(peer, Some(accepted));
+        let known_count = || attestor.reuse_stats().0.known;
+
+        // Nothing kept yet; then the full attestation is served again, with the lineage.
+        assert!(known(accepted).is_none());
+        let first = full(accepted).unwrap();
+        let again = known(accepted).expect("served again");
+        assert_same(&again.selectors, &first.selectors);
+        assert_eq!(again.lineage.caller(), first.lineage.caller());
+        assert_eq!(known_count(), 1);
+        // Kept for this instance and these peer ids only.
+        let other_instance = ProcessAtAccept {
+            start_time: accepted.start_time + 1,
+            ..accepted
+        };
+        assert!(known(other_instance).is_none());
+        let other_ids = PeerCred {
+            uid: peer.uid + 1,
+            ..peer
+        };
+        assert!(attestor.attest_known(other_ids, Some(accepted)).is_none());
+        assert!(attestor.attest_known(peer, None).is_none());
+
+        // Moved to another cgroup: attested in full, into the new cgroup's selectors.
+        let (mount, line) = path_hierarchy();
+        let cgroup = mount.join(format!("tessera-known-{pid}"));
+        fs::create_dir(&cgroup).unwrap();
+        let home = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let home = home
+            .lines()
+            .find_map(|l| Some(l.split_once(line)?.1))
+            .map(|p| mount.join(p.trim_start_matches('/')))
+            .unwrap();
+        fs::write(cgroup.join("cgroup.procs"), pid.to_string()).unwrap();
+        assert!(known(accepted).is_none(), "served after a cgroup move");
+        let moved = full(accepted).unwrap();
+        let cgroups =
+            cgroup::selectors_of(&fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap())
+                .unwrap();
+        assert!(cgroups.iter().all(|s| moved.selectors.contains(s)));
+        assert!(!cgroups.iter().all(|s| first.selectors.contains(s)));
+        assert_same(&known(accepted).unwrap().selectors, &moved.selectors);
+        fs::write(home.join("cgroup.procs"), pid.to_string()).unwrap();
+        fs::remove_dir(&cgroup).unwrap();
+        let back = full(accepted).unwrap();
+        assert_same(&back.selectors, &first.selectors);
+
+        // setgroups: attested in full, with the new group.
+        step();
+        wait_for_status(pid, |l| l.starts_with("Groups:") && l.contains("4242"));
+        assert!(known(accepted).is_none(), "served after setgroups");
+        let grouped = full(accepted).unwrap();
+        assert!(grouped.selectors.contains(&sel("supplementary_gid", 4242)));
+        assert_same(&known(accepted).unwrap().selectors, &grouped.selectors);
+
+        // A saved uid other than the peer's: attested in full, which refuses it.
+        step();
+        wait_for_status(pid, |l| l.starts_with("Uid:") && l.contains("4343"));
+        assert!(known(accepted).is_none(), "served after setresuid");
+        assert!(matches!(
+            full(accepted),
+            Err(AttestationError::UidMismatch { .. })
+        ));
+
+        // exec of another binary (the saved uid is reset by it): the connection made by the
+        // first program is refused, a new connection is attested in full as `sleep`.
+        step();
+        wait_for_exec(&child, "sleep");
+        assert!(known(accepted).is_none(), "served after exec");
+        assert!(matches!(
+            full(accepted),
+            Err(AttestationError::ExecutedSinceConnect { .. })
+        ));
+        let reconnected = ProcessAtAccept::capture(pid).unwrap();
+        assert!(known(reconnected).is_none());
+        let execd = full(reconnected).unwrap();
+        assert!(
+            execd
+                .selectors
+                .contains(&sel("path", which("sleep").display()))
+        );
+        assert_same(&known(reconnected).unwrap().selectors, &execd.selectors);
     }
 
     /// Debug-build timing of one attestation (unix + cgroup) of a running `sleep`: every

@@ -180,11 +180,19 @@ struct CallerHandle {
 }
 
 impl CallerHandle {
-    /// Attests the caller (off the async runtime: it reads /proc and may hash), bounded by
-    /// [`ATTESTATION_TIMEOUT`]. Every failure is `Unavailable` without detail.
+    /// Attests the caller, bounded by [`ATTESTATION_TIMEOUT`]. Every failure is
+    /// `Unavailable` without detail.
+    ///
+    /// A caller attested in full a moment ago is checked against `/proc` alone, here on the
+    /// runtime ([`Attestor::attest_known`]: a few small procfs reads, no hashing and no
+    /// user database); otherwise it is attested in full off the runtime, since that may
+    /// hash a binary and wait on the user database.
     async fn attest(&self) -> Result<Attested, Status> {
         let peer = self.peer;
         let at_accept = self.at_accept;
+        if let Some(known) = self.attestor.attest_known(peer, at_accept) {
+            return Ok(known);
+        }
         let attestor = Arc::clone(&self.attestor);
         let job = tokio::task::spawn_blocking(move || match (at_accept, peer.pid) {
             (None, Some(pid)) if pid > 0 => Err(AttestationError::NotPinnedAtAccept { pid }),

@@ -50,7 +50,7 @@ use common::{
 };
 
 use super::procfs::{self, ProcfsParseError};
-use super::{AttestationError, PinnedProcess, WorkloadAttestor};
+use super::{AttestationError, Input, PinnedProcess, WorkloadAttestor};
 
 /// Attests the `cgroup`, `container`, `systemd` and `k8s` kinds from the caller's
 /// `/proc/<pid>/cgroup`, read through the pinned process.
@@ -67,6 +67,12 @@ impl WorkloadAttestor for CgroupAttestor {
         ]
     }
 
+    fn input(&self) -> Option<Input> {
+        // The caller's cgroup file (and the agent's own hierarchies, which change only if
+        // cgroup hierarchies are mounted or unmounted).
+        Some(Input::Cgroup)
+    }
+
     fn attest(&self, process: &PinnedProcess<'_>) -> Result<SelectorSet, AttestationError> {
         let pid = process.pid;
         let malformed = |source| AttestationError::Malformed {
@@ -74,7 +80,7 @@ impl WorkloadAttestor for CgroupAttestor {
             what: "cgroup",
             source,
         };
-        let lines = parse(&process.dir.cgroup()?).map_err(malformed)?;
+        let lines = parse(process.cgroup()?).map_err(malformed)?;
         // Every process lists the same hierarchies; a line more than the agent's own would
         // be forged (see `same_hierarchies`).
         let own = procfs::own_cgroup().map_err(|e| procfs::io_error(pid, "own cgroup", e))?;

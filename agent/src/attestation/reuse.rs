@@ -43,6 +43,13 @@
 //!   same assumption, made today), an entry is stored only once the file's ctime is
 //!   [settled](super::procfs::FileId::settled), so such a write cannot go unnoticed.
 //!
+//! **Whole attestations.** Beside the reusable attestors' selectors, an entry keeps the
+//! last full attestation of the process ([`Known`]: every attestor's selectors and the
+//! `status` and cgroup text they were computed from). [`super::Attestor::attest_known`]
+//! serves it again for a call from the same instance, within [`KNOWN_MAX_AGE`], when those
+//! facts read the same through a fresh `/proc/<pid>` pin; see there for why that gives
+//! what a full attestation would.
+//!
 //! The cache holds at most [`CAPACITY`] processes (oldest stored evicted first), so a churn
 //! of short-lived callers cannot grow it.
 //!
@@ -50,11 +57,13 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use common::SelectorSet;
 
-use super::procfs::{ExeLink, FileId};
+use super::procfs::{ExeLink, FileId, Status};
 
 /// Most processes whose results are kept.
 pub(crate) const CAPACITY: usize = 1024;
@@ -98,11 +107,32 @@ impl ImageKey {
 }
 
 /// The stored results of one process: the selectors of each reusable attestor, in the
-/// pipeline's order of the reusable attestors.
+/// pipeline's order of the reusable attestors, and the whole attestation.
 #[derive(Debug)]
 struct Entry {
     key: ImageKey,
     selectors: Vec<SelectorSet>,
+    known: Option<Known>,
+}
+
+/// How long a whole attestation may be served again ([`ReuseCache::known`]): the most
+/// that the user and group names (and the agent's own cgroup hierarchies), which the quick
+/// check does not read again, may lag behind their source.
+pub(crate) const KNOWN_MAX_AGE: Duration = Duration::from_secs(30);
+
+/// A whole attestation of one process (every attestor's selectors) and the procfs facts
+/// they were computed from besides the [`ImageKey`], kept so that the next call can be
+/// checked against procfs alone ([`super::Attestor::attest_known`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Known {
+    /// `/proc/<pid>/status` as read for it (every uid and gid, the groups).
+    pub(crate) status: Status,
+    /// `/proc/<pid>/cgroup` as read for it (`None`: no attestor read it).
+    pub(crate) cgroup: Option<String>,
+    /// Every attestor's selectors, merged.
+    pub(crate) selectors: SelectorSet,
+    /// When it was made.
+    pub(crate) at: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -122,6 +152,9 @@ pub(crate) struct Stats {
     pub(crate) hits: u64,
     /// Lookups that found an entry for the pid under another key.
     pub(crate) changed: u64,
+    /// Whole attestations found by [`ReuseCache::known`] (served only if the facts read
+    /// again agree).
+    pub(crate) known: u64,
 }
 
 /// Attestation results by process image, bounded to [`CAPACITY`] processes. `Sync`; shared
@@ -158,17 +191,54 @@ impl ReuseCache {
         None
     }
 
-    /// Stores the selectors the reusable attestors produced for `key`, once the executable
-    /// is settled (see the module docs); a later [`Self::get`] with an equal key returns
-    /// them.
-    pub(crate) fn insert(&self, key: ImageKey, selectors: Vec<SelectorSet>, now: SystemTime) {
+    /// The whole attestation stored for the process `pid` whose start time, executable
+    /// and peer ids are the ones given, if made less than [`KNOWN_MAX_AGE`] before `now`,
+    /// and where its `exe` link pointed.
+    pub(crate) fn known(
+        &self,
+        pid: i32,
+        start_time: u64,
+        exe: FileId,
+        (uid, gid): (u32, u32),
+        now: Instant,
+    ) -> Option<(ExeLink, Known)> {
+        let entries = self.lock();
+        let entry = entries.by_pid.get(&pid)?;
+        let k = &entry.key;
+        let known = entry.known.as_ref().filter(|known| {
+            (k.start_time, k.exe, k.uid, k.gid) == (start_time, exe, uid, gid)
+                && now.saturating_duration_since(known.at) < KNOWN_MAX_AGE
+        })?;
+        let found = (k.exe_link.clone(), known.clone());
+        drop(entries);
+        #[cfg(test)]
+        {
+            self.lock().stats.known += 1;
+        }
+        Some(found)
+    }
+
+    /// Stores the selectors the reusable attestors produced for `key` and the whole
+    /// attestation, once the executable is settled (see the module docs); a later
+    /// [`Self::get`] with an equal key returns the first, [`Self::known`] the second.
+    pub(crate) fn insert(
+        &self,
+        key: ImageKey,
+        selectors: Vec<SelectorSet>,
+        known: Option<Known>,
+        now: SystemTime,
+    ) {
         if !key.exe.settled(now) {
             return;
         }
         let mut entries = self.lock();
         let pid = key.pid;
         if let Some(entry) = entries.by_pid.get_mut(&pid) {
-            *entry = Entry { key, selectors };
+            *entry = Entry {
+                key,
+                selectors,
+                known,
+            };
             return;
         }
         while entries.by_pid.len() >= CAPACITY {
@@ -177,7 +247,14 @@ impl ReuseCache {
             };
             entries.by_pid.remove(&oldest);
         }
-        entries.by_pid.insert(pid, Entry { key, selectors });
+        entries.by_pid.insert(
+            pid,
+            Entry {
+                key,
+                selectors,
+                known,
+            },
+        );
         entries.order.push_back(pid);
     }
 
@@ -205,8 +282,6 @@ impl Entries {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn key(pid: i32, file: &std::fs::File) -> ImageKey {
@@ -231,7 +306,7 @@ mod tests {
         let cache = ReuseCache::default();
         let k = key(10, &file);
         let sel: SelectorSet = ["unix:uid:1000".parse().unwrap()].into_iter().collect();
-        cache.insert(k.clone(), vec![sel.clone()], later());
+        cache.insert(k.clone(), vec![sel.clone()], None, later());
         assert_eq!(cache.get(&k), Some(vec![sel.clone()]));
         let variants = [
             ImageKey {
@@ -256,15 +331,70 @@ mod tests {
             },
         ];
         for (n, changed) in variants.iter().enumerate() {
-            cache.insert(k.clone(), vec![sel.clone()], later());
+            cache.insert(k.clone(), vec![sel.clone()], None, later());
             assert_eq!(cache.get(changed), None, "variant {n}");
             assert_eq!(cache.get(&k), None, "variant {n}: the entry is dropped");
         }
         let (stats, len) = cache.stats();
         assert_eq!((stats.hits, stats.changed, len), (1, 5, 0));
         // Another pid is simply absent.
-        cache.insert(k.clone(), vec![sel], later());
+        cache.insert(k.clone(), vec![sel], None, later());
         assert_eq!(cache.get(&ImageKey { pid: 11, ..k }), None);
+    }
+
+    #[test]
+    fn a_whole_attestation_is_found_for_its_instance_and_ids_while_young_enough() {
+        use super::super::procfs::Ids;
+        let file = tempfile::tempfile().unwrap();
+        let exe = FileId::of(&file).unwrap();
+        let other = FileId::of(&tempfile::tempfile().unwrap()).unwrap();
+        let cache = ReuseCache::default();
+        let k = key(10, &file);
+        let ids = Ids {
+            real: 1000,
+            effective: 1000,
+            saved: 1000,
+            fs: 1000,
+        };
+        let at = Instant::now();
+        let sel: SelectorSet = ["unix:uid:1000".parse().unwrap()].into_iter().collect();
+        let known = Known {
+            status: Status {
+                uid: ids,
+                gid: ids,
+                groups: vec![1000],
+            },
+            cgroup: Some("0::/a\n".into()),
+            selectors: sel.clone(),
+            at,
+        };
+        cache.insert(k.clone(), Vec::new(), Some(known.clone()), later());
+        let find = |pid, start_time, exe, ids, now| {
+            cache
+                .known(pid, start_time, exe, ids, now)
+                .map(|(link, k)| (link, k.status, k.cgroup, k.selectors))
+        };
+        let found = Some((k.exe_link.clone(), known.status, known.cgroup, sel));
+        assert_eq!(find(10, 7, exe, (1000, 1000), at), found);
+        let young = at + KNOWN_MAX_AGE - Duration::from_millis(1);
+        assert_eq!(find(10, 7, exe, (1000, 1000), young), found);
+        assert_eq!(find(10, 7, exe, (1000, 1000), at + KNOWN_MAX_AGE), None);
+        for (n, (pid, start_time, exe, ids)) in [
+            (11, 7, exe, (1000, 1000)),
+            (10, 8, exe, (1000, 1000)),
+            (10, 7, other, (1000, 1000)),
+            (10, 7, exe, (0, 1000)),
+            (10, 7, exe, (1000, 0)),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            assert_eq!(find(pid, start_time, exe, ids, at), None, "variant {n}");
+        }
+        assert_eq!(cache.stats().0.known, 2);
+        // Stored again without one: none is found.
+        cache.insert(k, Vec::new(), None, later());
+        assert_eq!(find(10, 7, exe, (1000, 1000), at), None);
     }
 
     #[test]
@@ -273,7 +403,7 @@ mod tests {
         let cache = ReuseCache::default();
         let k = key(10, &file);
         // Just written: its ctime is now.
-        cache.insert(k.clone(), vec![SelectorSet::new()], SystemTime::now());
+        cache.insert(k.clone(), vec![SelectorSet::new()], None, SystemTime::now());
         assert_eq!(cache.get(&k), None);
         assert_eq!(cache.stats().1, 0);
     }
@@ -284,7 +414,7 @@ mod tests {
         let cache = ReuseCache::default();
         let count = i32::try_from(CAPACITY).unwrap() + 3;
         for pid in 1..=count {
-            cache.insert(key(pid, &file), vec![SelectorSet::new()], later());
+            cache.insert(key(pid, &file), vec![SelectorSet::new()], None, later());
         }
         assert_eq!(cache.stats().1, CAPACITY);
         // Oldest evicted first.
@@ -293,7 +423,7 @@ mod tests {
             .collect();
         assert_eq!(got, [false, false, false, true]);
         // Storing a pid again replaces its entry rather than adding one.
-        cache.insert(key(count, &file), vec![SelectorSet::new()], later());
+        cache.insert(key(count, &file), vec![SelectorSet::new()], None, later());
         let entries = cache.lock();
         assert_eq!(
             (entries.by_pid.len(), entries.order.len()),

@@ -17,7 +17,7 @@ use common::{Selector, SelectorKind, SelectorSet, UnixKey};
 use nix::unistd::{Gid, Group, Uid, User};
 
 use super::procfs::{self, ExeLink, FileId};
-use super::{AttestationError, PinnedProcess, WorkloadAttestor};
+use super::{AttestationError, Input, PinnedProcess, WorkloadAttestor};
 
 /// Most executables whose hashes we remember. A node runs far fewer distinct binaries than
 /// this; the bound only keeps a churn of short-lived binaries from growing memory.
@@ -176,6 +176,11 @@ impl WorkloadAttestor for UnixAttestor {
         &[SelectorKind::Unix]
     }
 
+    fn input(&self) -> Option<Input> {
+        // The peer ids, their names and the groups from `status`.
+        Some(Input::Status)
+    }
+
     fn attest(&self, process: &PinnedProcess<'_>) -> Result<SelectorSet, AttestationError> {
         let facts = Facts {
             // The peer credentials, which the pinning checks procfs agrees with.
@@ -235,8 +240,9 @@ impl WorkloadAttestor for ExecutableAttestor {
         }
     }
 
-    fn reusable(&self) -> bool {
-        true
+    fn input(&self) -> Option<Input> {
+        // The executable's identity, link and contents: an image fact.
+        Some(Input::Image)
     }
 }
 
