@@ -31,7 +31,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rustix::fs::{Mode, OFlags};
+use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 use rustix::process::{Pid, PidfdFlags};
 use sha2::{Digest, Sha256};
@@ -117,7 +117,8 @@ pub(crate) fn io_error(pid: i32, what: &'static str, error: io::Error) -> Attest
 /// Invalid UTF-8 is replaced rather than rejected. Only the command name (in `stat` and
 /// in `status`'s `Name:` line) can hold arbitrary bytes, and we parse neither.
 fn read_text(file: File, pid: i32, what: &'static str) -> Result<String, AttestationError> {
-    let mut bytes = Vec::new();
+    // Room for the usual file at once: one read and the one that sees its end.
+    let mut bytes = Vec::with_capacity(4096);
     file.take(MAX_PROC_FILE.saturating_add(1))
         .read_to_end(&mut bytes)
         .map_err(|e| io_error(pid, what, e))?;
@@ -223,9 +224,12 @@ impl ProcDir {
     }
 
     /// Identity of the file the process runs *now*. Compare it with [`Self::open_exe`]'s to
-    /// detect an `exec` in between.
+    /// detect an `exec` in between. One `stat` of `exe` through the pinned directory: like
+    /// opening it, it follows the kernel's reference to the executed file itself.
     pub(crate) fn exe_id(&self) -> Result<FileId, AttestationError> {
-        self.open_exe().map(|(_, id)| id)
+        let stat = rustix::fs::statat(&self.dir, "exe", AtFlags::empty())
+            .map_err(|e| io_error(self.pid, "exe", e.into()))?;
+        FileId::of_stat(&stat).map_err(|e| io_error(self.pid, "exe", e))
     }
 
     /// Where the `exe` link points.
@@ -496,6 +500,24 @@ impl FileId {
             size: meta.size(),
             mtime: (meta.mtime(), meta.mtime_nsec()),
             ctime: (meta.ctime(), meta.ctime_nsec()),
+        })
+    }
+
+    /// The same from a `stat` result (of the file itself, not a link to it).
+    pub(crate) fn of_stat(stat: &rustix::fs::Stat) -> io::Result<Self> {
+        let out_of_range = |_| io::Error::from(io::ErrorKind::InvalidData);
+        Ok(Self {
+            dev: stat.st_dev,
+            ino: stat.st_ino,
+            size: u64::try_from(stat.st_size).map_err(out_of_range)?,
+            mtime: (
+                stat.st_mtime,
+                i64::try_from(stat.st_mtime_nsec).map_err(out_of_range)?,
+            ),
+            ctime: (
+                stat.st_ctime,
+                i64::try_from(stat.st_ctime_nsec).map_err(out_of_range)?,
+            ),
         })
     }
 
@@ -791,6 +813,10 @@ mod tests {
         );
         let (_, id) = dir.open_exe().unwrap();
         assert_eq!(dir.exe_id().unwrap(), id);
+        let by_path = File::open(std::env::current_exe().unwrap()).unwrap();
+        assert_eq!(dir.exe_id().unwrap(), FileId::of(&by_path).unwrap());
+        let other = tempfile::tempfile().unwrap();
+        assert_ne!(dir.exe_id().unwrap(), FileId::of(&other).unwrap());
     }
 
     /// The pins hold: after the process is reaped, reads through the held `/proc/<pid>` fd
