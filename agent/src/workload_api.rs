@@ -341,6 +341,21 @@ impl WorkloadApi {
     {
         let (tx, rx) = mpsc::channel(4);
         let mut watch: watch::Receiver<Arc<CacheSnapshot>> = self.cache.subscribe();
+        // The first message is rendered here, on the request's own task, and goes out with
+        // the response: the caller's answer does not wait for the stream's task to be
+        // scheduled. Pending or refused, the stream's task renders (and refuses) as usual.
+        let first = {
+            let snap = Arc::clone(&watch.borrow_and_update());
+            match snap.synced.then(|| render(&snap, &caller)) {
+                Some(Ok(Some(msg))) => {
+                    sent(&snap, &caller);
+                    Some(msg)
+                }
+                _ => None,
+            }
+        };
+        let sent_first = first.is_some();
+        let mut last: Option<T> = first.clone();
         let shutdown = self.shutdown.clone();
         let metrics = Arc::clone(&self.metrics);
         // Ends the stream with `status` (counted by method and code).
@@ -354,46 +369,49 @@ impl WorkloadApi {
         };
         self.tasks.spawn("workload API stream", async move {
             let mut caller = caller;
-            let mut last: Option<T> = None;
             let started = tokio::time::Instant::now();
             // Whether this round may go without attesting `caller` again: the first (the
             // request's own attestation is fresh), and a pending tick with nothing to send.
             let mut fresh = true;
+            // Whether the first round only waits: its message went with the response.
+            let mut waiting = sent_first;
             loop {
-                if !fresh {
-                    match handle.attest().await {
-                        Ok(now) => caller = now,
+                if !std::mem::take(&mut waiting) {
+                    if !fresh {
+                        match handle.attest().await {
+                            Ok(now) => caller = now,
+                            Err(status) => {
+                                tracing::info!(pid = ?handle.peer.pid, method, "stream ended: its caller no longer attests");
+                                fail(status).await;
+                                return;
+                            }
+                        }
+                    }
+                    let snap = Arc::clone(&watch.borrow_and_update());
+                    let result = if snap.synced {
+                        render(&snap, &caller)
+                    } else {
+                        Ok(None)
+                    };
+                    match result {
+                        Ok(Some(msg)) => {
+                            if last.as_ref() != Some(&msg) {
+                                last = Some(msg.clone());
+                                if tx.send(Ok(msg)).await.is_err() {
+                                    return;
+                                }
+                                sent(&snap, &caller);
+                            }
+                        }
+                        Ok(None) if last.is_none() && started.elapsed() >= PENDING_TIMEOUT => {
+                            fail(Status::unavailable("identity not yet available")).await;
+                            return;
+                        }
+                        Ok(None) => {}
                         Err(status) => {
-                            tracing::info!(pid = ?handle.peer.pid, method, "stream ended: its caller no longer attests");
                             fail(status).await;
                             return;
                         }
-                    }
-                }
-                let snap = Arc::clone(&watch.borrow_and_update());
-                let result = if snap.synced {
-                    render(&snap, &caller)
-                } else {
-                    Ok(None)
-                };
-                match result {
-                    Ok(Some(msg)) => {
-                        if last.as_ref() != Some(&msg) {
-                            last = Some(msg.clone());
-                            if tx.send(Ok(msg)).await.is_err() {
-                                return;
-                            }
-                            sent(&snap, &caller);
-                        }
-                    }
-                    Ok(None) if last.is_none() && started.elapsed() >= PENDING_TIMEOUT => {
-                        fail(Status::unavailable("identity not yet available")).await;
-                        return;
-                    }
-                    Ok(None) => {}
-                    Err(status) => {
-                        fail(status).await;
-                        return;
                     }
                 }
                 let pending = last.is_none();
@@ -415,7 +433,10 @@ impl WorkloadApi {
                 }
             }
         });
-        Box::pin(ReceiverStream::new(rx))
+        Box::pin(futures::StreamExt::chain(
+            futures::stream::iter(first.map(Ok)),
+            ReceiverStream::new(rx),
+        ))
     }
 }
 
