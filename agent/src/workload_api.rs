@@ -304,7 +304,9 @@ impl WorkloadApi {
     /// Streams `render(snapshot)` to the caller: at once, then whenever it changes.
     ///
     /// `render` returns `Ok(None)` while a matching entry's SVID is still being issued.
-    /// `sent` is called with the snapshot and selectors of each message once it is sent.
+    /// `sent` is called with the snapshot and selectors of each message once it is sent
+    /// (the first, once it is handed to the response: it is rendered on the request's task
+    /// and goes out ahead of the stream's).
     ///
     /// **Re-attestation.** `caller` was attested when the request came. The stream attests
     /// it again through `handle` on every change of the cache, on every [`REATTEST_TICK`],
