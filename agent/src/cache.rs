@@ -10,8 +10,11 @@ use std::time::SystemTime;
 
 use common::proto::tessera;
 use common::task::{ProcessInstance, TaskBinding, TaskGrant};
-use common::{Bundle, EntryId, RegistrationEntry, SelectorSet, X509Svid};
+use common::{Bundle, EntryId, SelectorSet, X509Svid};
 use tokio::sync::watch;
+
+mod entry;
+pub use entry::AgentEntry;
 
 /// A caller's process lineage: its process instance (pinned by attestation), then its
 /// ancestors, parent first, which only a task bound to a process tree needs.
@@ -90,12 +93,15 @@ impl Lineage {
 }
 
 /// One entry and, once issued, its SVID.
+///
+/// Everything in it is shared: a copy (each cache change copies the entries it touches)
+/// is four pointers, and the task slots of one entry share its [`AgentEntry`].
 #[derive(Debug, Clone)]
 pub struct CachedEntry {
     /// The entry as last synced.
-    pub entry: RegistrationEntry,
+    pub entry: Arc<AgentEntry>,
     /// For a just-in-time entry, the active task that makes it live (none: dormant).
-    pub grant: Option<TaskGrant>,
+    pub grant: Option<Arc<TaskGrant>>,
     /// The current SVID for it, if issued (for a just-in-time entry: under `grant`).
     pub svid: Option<Arc<X509Svid>>,
     /// The entry revision the SVID was issued for.
@@ -228,10 +234,7 @@ impl CacheSnapshot {
     pub fn instances_of(&self, selectors: &SelectorSet) -> Vec<EntryId> {
         self.entries
             .values()
-            .filter(|c| {
-                c.entry.governance.template_id.is_some()
-                    && c.entry.selectors.entry_matches(selectors)
-            })
+            .filter(|c| c.entry.template_id.is_some() && c.entry.selectors.entry_matches(selectors))
             .map(|c| c.entry.id.clone())
             .collect()
     }
@@ -271,11 +274,11 @@ impl CacheSnapshot {
             .filter_map(|c| c.svid.as_ref().map(|s| (s, &c.entry)))
             .filter(|(s, _)| !s.is_expired_at(now))
             .map(|(s, entry)| {
-                let hint = &entry.hint;
-                let hint = if hint.is_empty() || !seen_hints.insert(hint.clone()) {
+                let hint = &*entry.hint;
+                let hint = if hint.is_empty() || !seen_hints.insert(hint) {
                     String::new()
                 } else {
-                    hint.clone()
+                    hint.to_owned()
                 };
                 ((Arc::clone(s), hint), entry.id.clone())
             })
@@ -365,8 +368,8 @@ impl CacheSnapshot {
         // One record's encoding, reused.
         let mut buf = Vec::new();
         for (_, c) in &entries {
-            let mut wire: tessera::Entry = (&c.entry).into();
-            wire.task = c.grant.as_ref().map(Into::into);
+            let mut wire: tessera::Entry = (&*c.entry).into();
+            wire.task = c.grant.as_deref().map(Into::into);
             let record = tessera::SyncSnapshot {
                 entries: vec![wire],
                 ..Default::default()
@@ -451,9 +454,10 @@ impl CacheSnapshot {
                 .take()
                 .map(TaskGrant::try_from)
                 .transpose()
-                .map_err(|e| e.to_string())?;
-            let entry = RegistrationEntry::try_from(wire).map_err(|e| e.to_string())?;
-            let key = slot_key(&entry.id, grant.as_ref());
+                .map_err(|e| e.to_string())?
+                .map(Arc::new);
+            let entry = AgentEntry::try_from(wire).map_err(|e| e.to_string())?;
+            let key = slot_key(&entry.id, grant.as_deref());
             let (svid_revision, svid) = match svids.remove(key.as_str()) {
                 Some((rev, s)) => (rev, Some(s)),
                 None => (0, None),
@@ -461,7 +465,7 @@ impl CacheSnapshot {
             entries.insert(
                 key,
                 Arc::new(CachedEntry {
-                    entry,
+                    entry: Arc::new(entry),
                     grant,
                     svid,
                     svid_revision,
@@ -543,24 +547,20 @@ mod tests {
 
     fn entry(id: &str, created: i64, sels: &[&str], hint: &str) -> Arc<CachedEntry> {
         Arc::new(CachedEntry {
-            entry: RegistrationEntry {
+            entry: Arc::new(AgentEntry {
                 id: EntryId::parse(id).unwrap(),
                 spiffe_id: SpiffeId::new(&format!("spiffe://example.org/{id}")).unwrap(),
-                parent_id: SpiffeId::new("spiffe://example.org/agent").unwrap(),
                 selectors: sels
                     .iter()
                     .map(|s| s.parse::<Selector>().unwrap())
                     .collect(),
-                x509_svid_ttl: Duration::from_secs(60),
-                jwt_svid_ttl: Duration::from_secs(60),
-                dns_names: vec![],
                 jit: false,
                 hint: hint.into(),
                 created_at: created,
                 revision: 1,
-                governance: common::entry::Governance::default(),
-                node_selectors: None,
-            },
+                template_id: None,
+                node: false,
+            }),
             grant: None,
             svid: None,
             svid_revision: 0,
@@ -598,7 +598,7 @@ mod tests {
             snapshot: Some(tessera::SyncSnapshot {
                 entries: ids
                     .iter()
-                    .map(|id| (&snap.entries[*id].entry).into())
+                    .map(|id| (&*snap.entries[*id].entry).into())
                     .collect(),
                 bundle: snap.bundle.as_deref().map(Into::into),
                 revocations: Some((*snap.revocations).clone()),
@@ -651,7 +651,7 @@ mod tests {
         assert!(ids.matched, "entries a and b match");
         assert!(ids.svids.is_empty(), "nothing issued yet");
         let mut jit = (*entry("d", 3, &["unix:uid:9"], "")).clone();
-        jit.entry.jit = true;
+        Arc::make_mut(&mut jit.entry).jit = true;
         snap.entries
             .insert(EntryId::parse("d").unwrap(), Arc::new(jit));
         let nine: SelectorSet = ["unix:uid:9"]
@@ -667,24 +667,24 @@ mod tests {
         // A task makes it live until its deadline, and no longer.
         let now = SystemTime::now();
         let mut live = (*snap.entries["d"]).clone();
-        live.grant = Some(TaskGrant {
+        live.grant = Some(Arc::new(TaskGrant {
             task_id: common::TaskId::parse("t1").unwrap(),
             deadline: unix(now) + 60,
             audiences: Vec::new(),
             binding: TaskBinding::Selectors,
-        });
+        }));
         snap.entries
             .insert(EntryId::parse("d").unwrap(), Arc::new(live.clone()));
         assert!(
             snap.identities(&nine, &Lineage::known(vec![]), now).matched,
             "JIT entry under an active task"
         );
-        live.grant = Some(TaskGrant {
+        live.grant = Some(Arc::new(TaskGrant {
             task_id: common::TaskId::parse("t1").unwrap(),
             deadline: unix(now),
             audiences: Vec::new(),
             binding: TaskBinding::Selectors,
-        });
+        }));
         snap.entries
             .insert(EntryId::parse("d").unwrap(), Arc::new(live));
         assert!(
@@ -733,13 +733,13 @@ mod tests {
                 entry("std", 1, &["unix:uid:0"], ""),
             );
             let mut jit = (*entry("tool", 2, &["unix:uid:0"], "")).clone();
-            jit.entry.jit = true;
-            jit.grant = Some(TaskGrant {
+            Arc::make_mut(&mut jit.entry).jit = true;
+            jit.grant = Some(Arc::new(TaskGrant {
                 task_id: common::TaskId::parse("t1").unwrap(),
                 deadline: unix(now) + 60,
                 audiences: Vec::new(),
                 binding,
-            });
+            }));
             snap.entries
                 .insert(EntryId::parse("tool").unwrap(), Arc::new(jit));
             snap

@@ -26,14 +26,14 @@ use std::time::SystemTime;
 
 use common::proto::tessera::{CsrForEntry, SignedX509Svid, SyncUpdate, sync_update};
 use common::task::TaskGrant;
-use common::{Bundle, BundleCell, EntryId, RegistrationEntry, TrustDomain, X509Svid};
+use common::{Bundle, BundleCell, EntryId, TrustDomain, X509Svid};
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use rcgen::KeyPair;
 use rustls_pki_types::CertificateDer;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::{Cache, CachedEntry, slot_key};
+use crate::cache::{AgentEntry, Cache, CachedEntry, slot_key};
 use crate::clock::{self, Clock};
 use crate::node_api::{NodeApi, NodeConnector, SyncStream};
 use crate::node_identity::{self, NodeIdentityError};
@@ -560,10 +560,10 @@ pub(crate) fn apply_update(
         };
         let grants = wire_grants
             .into_iter()
-            .map(TaskGrant::try_from)
+            .map(|g| TaskGrant::try_from(g).map(Arc::new))
             .collect::<Result<Vec<_>, _>>();
-        match (RegistrationEntry::try_from(e), grants) {
-            (Ok(e), Ok(grants)) => Some((e, grants)),
+        match (AgentEntry::try_from(e), grants) {
+            (Ok(e), Ok(grants)) => Some((Arc::new(e), grants)),
             (Err(err), _) => {
                 tracing::error!(error = %err, "ignoring an invalid entry from the server");
                 None
@@ -574,14 +574,14 @@ pub(crate) fn apply_update(
             }
         }
     };
-    // The cache slots of an entry: one per task, or the entry alone.
-    let slots = |(entry, grants): (RegistrationEntry, Vec<TaskGrant>)| {
+    // The cache slots of an entry: one per task (sharing the entry), or the entry alone.
+    let slots = |(entry, grants): (Arc<AgentEntry>, Vec<Arc<TaskGrant>>)| {
         if grants.is_empty() {
             vec![(entry, None)]
         } else {
             grants
                 .into_iter()
-                .map(|g| (entry.clone(), Some(g)))
+                .map(|g| (Arc::clone(&entry), Some(g)))
                 .collect::<Vec<_>>()
         }
     };
@@ -612,7 +612,7 @@ pub(crate) fn apply_update(
         }
         Some(sync_update::Update::Snapshot(snap)) => {
             let templates = parse_templates(snap.templates);
-            let entries: Vec<(RegistrationEntry, Option<TaskGrant>)> = snap
+            let entries: Vec<Slot> = snap
                 .entries
                 .into_iter()
                 .filter_map(parse)
@@ -626,7 +626,7 @@ pub(crate) fn apply_update(
             cache.update(|s| {
                 let mut next = HashMap::with_capacity(entries.len());
                 for (entry, grant) in entries {
-                    let key = slot_key(&entry.id, grant.as_ref());
+                    let key = slot_key(&entry.id, grant.as_deref());
                     let merged = merge(s.entries.get(&key), entry, grant);
                     next.insert(key, Arc::new(merged));
                 }
@@ -710,13 +710,12 @@ pub(crate) fn apply_update(
     }
 }
 
+/// One cache slot of a synced entry: the entry and the task it is held for, if any.
+type Slot = (Arc<AgentEntry>, Option<Arc<TaskGrant>>);
+
 /// Replaces the slots of entry `id` with `new_slots`, keeping each SVID its slot may keep
 /// (see [`merge`]).
-fn upsert(
-    entries: &mut HashMap<EntryId, Arc<CachedEntry>>,
-    id: &EntryId,
-    new_slots: Vec<(RegistrationEntry, Option<TaskGrant>)>,
-) {
+fn upsert(entries: &mut HashMap<EntryId, Arc<CachedEntry>>, id: &EntryId, new_slots: Vec<Slot>) {
     let mut old: HashMap<EntryId, Arc<CachedEntry>> = HashMap::new();
     entries.retain(|key, c| {
         if &c.entry.id == id {
@@ -727,7 +726,7 @@ fn upsert(
         }
     });
     for (entry, grant) in new_slots {
-        let key = slot_key(&entry.id, grant.as_ref());
+        let key = slot_key(&entry.id, grant.as_deref());
         let merged = merge(old.get(&key), entry, grant);
         entries.insert(key, Arc::new(merged));
     }
@@ -738,8 +737,8 @@ fn upsert(
 /// task's credential never survives the task on this agent.
 fn merge(
     old: Option<&Arc<CachedEntry>>,
-    entry: RegistrationEntry,
-    grant: Option<TaskGrant>,
+    entry: Arc<AgentEntry>,
+    grant: Option<Arc<TaskGrant>>,
 ) -> CachedEntry {
     let same_task = |c: &CachedEntry| {
         !entry.jit || c.grant.as_ref().map(|g| &g.task_id) == grant.as_ref().map(|g| &g.task_id)

@@ -862,10 +862,10 @@ impl SpiffeWorkloadApi for WorkloadApi {
             let token = self.jwt_for(c, &audience).await?;
             let e = &c.entry;
             delivered.push(&e.id);
-            let hint = if e.hint.is_empty() || !hints.insert(e.hint.clone()) {
+            let hint = if e.hint.is_empty() || !hints.insert(&*e.hint) {
                 String::new()
             } else {
-                e.hint.clone()
+                e.hint.to_string()
             };
             svids.push(common::proto::workload::Jwtsvid {
                 spiffe_id: e.spiffe_id.to_string(),
@@ -1015,12 +1015,14 @@ mod tests {
             ..Default::default()
         };
         Arc::new(crate::cache::CachedEntry {
-            entry: common::RegistrationEntry::try_from(wire).unwrap(),
-            grant: grant.map(|(task, audiences)| common::task::TaskGrant {
-                task_id: common::TaskId::parse(task).unwrap(),
-                deadline: i64::MAX,
-                audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
-                binding: common::task::TaskBinding::Selectors,
+            entry: Arc::new(crate::cache::AgentEntry::try_from(wire).unwrap()),
+            grant: grant.map(|(task, audiences)| {
+                Arc::new(common::task::TaskGrant {
+                    task_id: common::TaskId::parse(task).unwrap(),
+                    deadline: i64::MAX,
+                    audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
+                    binding: common::task::TaskBinding::Selectors,
+                })
             }),
             svid: None,
             svid_revision: 0,

@@ -8,6 +8,7 @@
 use std::borrow::Borrow;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// Longest id accepted anywhere (ids are UUIDs; this only bounds hostile input).
 pub const MAX_ID_LEN: usize = 128;
@@ -57,21 +58,24 @@ fn check(kind: &'static str, s: &str) -> Result<(), IdError> {
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $kind:literal) => {
         $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-        #[serde(transparent)]
-        pub struct $name(String);
+        ///
+        /// Shared text: a clone is a reference count, not a copy (the agent keys its
+        /// cache by the ids its entries also hold, and a published cache is copied on
+        /// every change).
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// A new id, unique and ordered by creation time (UUIDv7).
             pub fn generate() -> Self {
-                Self(uuid::Uuid::now_v7().to_string())
+                Self(uuid::Uuid::now_v7().to_string().into())
             }
 
             /// Checks `s` (non-empty, at most [`MAX_ID_LEN`] bytes, visible ASCII).
             pub fn parse(s: impl Into<String>) -> Result<Self, IdError> {
                 let s = s.into();
                 check($kind, &s)?;
-                Ok(Self(s))
+                Ok(Self(s.into()))
             }
 
             /// The id as text.
@@ -81,7 +85,7 @@ macro_rules! id_type {
 
             /// The id as an owned string.
             pub fn into_string(self) -> String {
-                self.0
+                self.0.as_ref().to_owned()
             }
         }
 
@@ -113,7 +117,7 @@ macro_rules! id_type {
 
         impl From<$name> for String {
             fn from(id: $name) -> String {
-                id.0
+                id.into_string()
             }
         }
 
@@ -131,19 +135,25 @@ macro_rules! id_type {
 
         impl PartialEq<str> for $name {
             fn eq(&self, other: &str) -> bool {
-                self.0 == other
+                &*self.0 == other
             }
         }
 
         impl PartialEq<String> for $name {
             fn eq(&self, other: &String) -> bool {
-                self.0 == *other
+                *self.0 == **other
             }
         }
 
         impl PartialEq<&str> for $name {
             fn eq(&self, other: &&str) -> bool {
-                self.0 == *other
+                &*self.0 == *other
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
             }
         }
 

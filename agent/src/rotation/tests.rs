@@ -558,8 +558,8 @@ mod schedule_fns {
             ..Default::default()
         };
         CachedEntry {
-            entry: RegistrationEntry::try_from(wire).unwrap(),
-            grant,
+            entry: Arc::new(AgentEntry::try_from(wire).unwrap()),
+            grant: grant.map(Arc::new),
             svid: svid.map(Arc::new),
             svid_revision: 1,
         }
@@ -580,7 +580,7 @@ mod schedule_fns {
         assert_eq!(schedule::renewal_at(&standing, &svid), Some(refresh));
 
         let mut stale = cached(Some(svid.clone()), None);
-        stale.entry.revision = 2;
+        Arc::make_mut(&mut stale.entry).revision = 2;
         assert!(schedule::needs_svid(&stale, t0), "entry changed");
         assert!(schedule::needs_svid(&cached(None, None), t0), "none yet");
 

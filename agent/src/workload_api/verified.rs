@@ -313,7 +313,7 @@ mod tests {
         };
         let cached = |id: &str, path: &str| {
             Arc::new(crate::cache::CachedEntry {
-                entry: common::RegistrationEntry::try_from(wire(id, path)).unwrap(),
+                entry: Arc::new(crate::cache::AgentEntry::try_from(wire(id, path)).unwrap()),
                 grant: None,
                 svid: None,
                 svid_revision: 0,
