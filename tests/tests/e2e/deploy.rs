@@ -59,6 +59,27 @@ fn example_configs_are_accepted_by_the_binaries() {
     }
 }
 
+#[test]
+fn the_agent_unit_bounds_what_the_allocator_keeps() {
+    // The agent's memory figures in BENCHMARKS.md are measured with these settings.
+    let text = std::fs::read_to_string(deploy_dir().join("systemd/tessera-agent.service")).unwrap();
+    let env: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("Environment="))
+        .flat_map(str::split_whitespace)
+        .collect();
+    for setting in [
+        "MALLOC_ARENA_MAX=2",
+        "MALLOC_MMAP_THRESHOLD_=65536",
+        "MALLOC_TRIM_THRESHOLD_=65536",
+    ] {
+        assert!(
+            env.contains(&setting),
+            "the agent unit lacks {setting}: {env:?}"
+        );
+    }
+}
+
 /// The help text of `bin ARGS --help`.
 fn help(bin: &str, args: &[&str]) -> String {
     let out = std::process::Command::new(tests::bin(bin))
