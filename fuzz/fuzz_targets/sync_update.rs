@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
         for (id, cached) in &now.entries {
             assert_eq!(
                 id,
-                &agent::cache::slot_key(&cached.entry.id, cached.grant.as_ref()),
+                &agent::cache::slot_key(&cached.entry.id, cached.grant.as_deref()),
                 "an entry is filed under its id (and its task's, once per task)"
             );
         }
