@@ -1524,31 +1524,38 @@ mod tests {
             pid: Some(pid),
             ..own_peer()
         };
+        let first_accepted = ProcessAtAccept::capture(pid).unwrap();
         let before = attestor
-            .attest_caller(peer, Some(ProcessAtAccept::capture(pid).unwrap()))
+            .attest_caller(peer, Some(first_accepted))
             .unwrap()
             .selectors;
         assert_same(&before, &with_executable(identity(), &which("sleep")));
+        // The whole attestation is kept for the first instance's connection.
+        assert!(attestor.attest_known(peer, Some(first_accepted)).is_some());
         drop(first); // killed and reaped: the pid is free
+        // Start times count clock ticks (10 ms): let a few pass, so that the second
+        // instance's start time differs from the first's.
+        thread::sleep(Duration::from_millis(50));
         // Other tests fork too, so the pid may be taken first; try again.
         let second = (0..100)
             .find_map(|_| {
                 fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
-                let child = Reaped(
-                    Command::new("cat")
-                        .stdin(std::process::Stdio::piped())
-                        .spawn()
-                        .unwrap(),
-                );
+                // The same program as the first: only the instance tells them apart.
+                let child = Reaped(Command::new("sleep").arg("30").spawn().unwrap());
                 (child.pid() == pid).then_some(child)
             })
             .expect("no child took the recycled pid");
-        wait_for_exec(&second, "cat");
+        wait_for_exec(&second, "sleep");
+        // The first instance's connection, now that its pid names the second (same
+        // program, same ids, same cgroup): nothing kept is served through it, and a full
+        // attestation refuses it.
+        assert!(attestor.attest_known(peer, Some(first_accepted)).is_none());
+        assert!(attestor.attest_caller(peer, Some(first_accepted)).is_err());
         // Nor is the whole attestation kept for the first served to the second.
         let accepted = ProcessAtAccept::capture(pid).unwrap();
         assert!(attestor.attest_known(peer, Some(accepted)).is_none());
         let after = attestor.attest(peer).unwrap();
-        assert_same(&after, &with_executable(identity(), &which("cat")));
+        assert_same(&after, &with_executable(identity(), &which("sleep")));
         let (stats, _) = attestor.reuse_stats();
         assert_eq!((stats.hits, stats.changed), (0, 1));
     }

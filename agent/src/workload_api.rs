@@ -29,8 +29,7 @@ use common::proto::workload::{
     X509svidResponse,
 };
 use futures::Stream;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -62,7 +61,7 @@ pub(crate) struct WorkloadApi {
     /// Minted JWT-SVIDs, bounded by count and bytes.
     pub(crate) jwt_cache: Arc<Mutex<JwtCache>>,
     pub(crate) shutdown: CancellationToken,
-    /// Starts the per-stream and background tasks, owned by the agent's supervisor.
+    /// Starts the background tasks (token use reports), owned by the agent's supervisor.
     pub(crate) tasks: Spawner,
     /// Per-entry deliveries and validations, reported to the server in batches.
     pub(crate) usage: UsageCounters,
@@ -304,9 +303,10 @@ impl WorkloadApi {
     /// Streams `render(snapshot)` to the caller: at once, then whenever it changes.
     ///
     /// `render` returns `Ok(None)` while a matching entry's SVID is still being issued.
-    /// `sent` is called with the snapshot and selectors of each message once it is sent
-    /// (the first, once it is handed to the response: it is rendered on the request's task
-    /// and goes out ahead of the stream's).
+    /// `sent` is called with the snapshot and selectors of each message as it is handed to
+    /// the response: the first is rendered on the request's task and goes out with the
+    /// response; the later ones are rendered when HTTP/2 polls the stream for more (see
+    /// [`StreamRounds`]).
     ///
     /// **Re-attestation.** `caller` was attested when the request came. The stream attests
     /// it again through `handle` on every change of the cache, on every [`REATTEST_TICK`],
@@ -341,11 +341,10 @@ impl WorkloadApi {
         F: Fn(&CacheSnapshot, &Attested) -> Result<Option<T>, Status> + Send + 'static,
         S: Fn(&CacheSnapshot, &Attested) + Send + 'static,
     {
-        let (tx, rx) = mpsc::channel(4);
         let mut watch: watch::Receiver<Arc<CacheSnapshot>> = self.cache.subscribe();
         // The first message is rendered here, on the request's own task, and goes out with
-        // the response: the caller's answer does not wait for the stream's task to be
-        // scheduled. Pending or refused, the stream's task renders (and refuses) as usual.
+        // the response: the caller's answer does not wait for the stream to be polled.
+        // Pending or refused, the stream renders (and refuses) as usual when polled.
         let first = {
             let snap = Arc::clone(&watch.borrow_and_update());
             match snap.synced.then(|| render(&snap, &caller)) {
@@ -356,89 +355,146 @@ impl WorkloadApi {
                 _ => None,
             }
         };
-        let sent_first = first.is_some();
-        let mut last: Option<T> = first.clone();
-        let shutdown = self.shutdown.clone();
-        let metrics = Arc::clone(&self.metrics);
-        // Ends the stream with `status` (counted by method and code).
-        let fail_tx = tx.clone();
-        let fail = move |status: Status| {
-            metrics.stream_failed(method, status.code());
-            let tx = fail_tx.clone();
-            async move {
-                let _ = tx.send(Err(status)).await;
-            }
-        };
-        self.tasks.spawn("workload API stream", async move {
-            let mut caller = caller;
-            let started = tokio::time::Instant::now();
-            // Whether this round may go without attesting `caller` again: the first (the
-            // request's own attestation is fresh), and a pending tick with nothing to send.
-            let mut fresh = true;
+        let rounds = StreamRounds {
+            method,
+            handle,
+            caller,
+            watch,
             // Whether the first round only waits: its message went with the response.
-            let mut waiting = sent_first;
-            loop {
-                if !std::mem::take(&mut waiting) {
-                    if !fresh {
-                        match handle.attest().await {
-                            Ok(now) => caller = now,
-                            Err(status) => {
-                                tracing::info!(pid = ?handle.peer.pid, method, "stream ended: its caller no longer attests");
-                                fail(status).await;
-                                return;
-                            }
+            waiting: first.is_some(),
+            last: first.clone(),
+            // The request's own attestation is fresh: the first round does not repeat it.
+            fresh: true,
+            started: tokio::time::Instant::now(),
+            shutdown: self.shutdown.clone(),
+            metrics: Arc::clone(&self.metrics),
+            render,
+            sent,
+            ended: false,
+        };
+        let rest = futures::stream::unfold(rounds, |mut rounds| async move {
+            let item = rounds.next().await?;
+            Some((item, rounds))
+        });
+        Box::pin(futures::StreamExt::chain(
+            futures::stream::iter(first.map(Ok)),
+            rest,
+        ))
+    }
+}
+
+/// The state of one Workload API stream after its first message (see
+/// [`WorkloadApi::stream`]).
+///
+/// The stream is driven by the response body it feeds: HTTP/2 polls it on the
+/// connection's own task when it can send, and drops it when the client goes away. There
+/// is no task per stream and no channel between it and the response, so an answer costs
+/// no task spawn or cross-thread wake-up, a client that leaves messages unread holds no
+/// snapshot (the next round runs only when the previous message has been taken), and a
+/// client that cancels ends it at once.
+struct StreamRounds<T, F, S> {
+    method: &'static str,
+    handle: CallerHandle,
+    caller: Attested,
+    watch: watch::Receiver<Arc<CacheSnapshot>>,
+    /// Whether the next round only waits for a reason to render (the last message went
+    /// out and nothing changed since).
+    waiting: bool,
+    /// The last message sent, to send nothing twice.
+    last: Option<T>,
+    /// Whether the next render may go without attesting `caller` again: the first (the
+    /// request's own attestation is fresh), and a pending tick with nothing to send.
+    fresh: bool,
+    started: tokio::time::Instant,
+    shutdown: CancellationToken,
+    metrics: Arc<crate::metrics::AgentMetrics>,
+    render: F,
+    sent: S,
+    /// Set once an error went out: the stream ends after it.
+    ended: bool,
+}
+
+impl<T, F, S> StreamRounds<T, F, S>
+where
+    T: Send + PartialEq + Clone + 'static,
+    F: Fn(&CacheSnapshot, &Attested) -> Result<Option<T>, Status> + Send + 'static,
+    S: Fn(&CacheSnapshot, &Attested) + Send + 'static,
+{
+    /// The next message of the stream, `None` once it ends.
+    async fn next(&mut self) -> Option<Result<T, Status>> {
+        if self.ended {
+            return None;
+        }
+        loop {
+            if !std::mem::take(&mut self.waiting) {
+                if !self.fresh {
+                    match self.handle.attest().await {
+                        Ok(now) => self.caller = now,
+                        Err(status) => {
+                            tracing::info!(pid = ?self.handle.peer.pid, method = self.method, "stream ended: its caller no longer attests");
+                            return Some(self.fail(status));
                         }
                     }
-                    let snap = Arc::clone(&watch.borrow_and_update());
+                }
+                // The snapshot is dropped before anything is awaited.
+                let step = {
+                    let snap = Arc::clone(&self.watch.borrow_and_update());
                     let result = if snap.synced {
-                        render(&snap, &caller)
+                        (self.render)(&snap, &self.caller)
                     } else {
                         Ok(None)
                     };
                     match result {
-                        Ok(Some(msg)) => {
-                            if last.as_ref() != Some(&msg) {
-                                last = Some(msg.clone());
-                                if tx.send(Ok(msg)).await.is_err() {
-                                    return;
-                                }
-                                sent(&snap, &caller);
-                            }
+                        Ok(Some(msg)) if self.last.as_ref() != Some(&msg) => {
+                            (self.sent)(&snap, &self.caller);
+                            Some(Ok(msg))
                         }
-                        Ok(None) if last.is_none() && started.elapsed() >= PENDING_TIMEOUT => {
-                            fail(Status::unavailable("identity not yet available")).await;
-                            return;
+                        Ok(Some(_)) => None,
+                        Ok(None)
+                            if self.last.is_none() && self.started.elapsed() >= PENDING_TIMEOUT =>
+                        {
+                            Some(Err(Status::unavailable("identity not yet available")))
                         }
-                        Ok(None) => {}
-                        Err(status) => {
-                            fail(status).await;
-                            return;
-                        }
+                        Ok(None) => None,
+                        Err(status) => Some(Err(status)),
                     }
+                };
+                match step {
+                    Some(Ok(msg)) => {
+                        self.last = Some(msg.clone());
+                        // The next round starts by waiting, as after the first message.
+                        self.waiting = true;
+                        self.fresh = false;
+                        return Some(Ok(msg));
+                    }
+                    Some(Err(status)) => return Some(self.fail(status)),
+                    None => {}
                 }
-                let pending = last.is_none();
-                fresh = false;
-                tokio::select! {
-                    () = tx.closed() => return,
-                    () = shutdown.cancelled() => return,
-                    changed = watch.changed() => if changed.is_err() { return },
-                    // Re-render now and then: an SVID may have expired without any change.
-                    // (While pending, the short wait re-renders only: the caller is
-                    // attested again only if there is something to send.)
-                    () = tokio::time::sleep(if pending { Duration::from_secs(1) } else { REATTEST_TICK }) => {
-                        if pending {
-                            let snap = Arc::clone(&watch.borrow());
-                            let ready = snap.synced && !matches!(render(&snap, &caller), Ok(None));
-                            fresh = !ready;
-                        }
+            }
+            let pending = self.last.is_none();
+            self.fresh = false;
+            tokio::select! {
+                () = self.shutdown.cancelled() => return None,
+                changed = self.watch.changed() => if changed.is_err() { return None },
+                // Re-render now and then: an SVID may have expired without any change.
+                // (While pending, the short wait re-renders only: the caller is attested
+                // again only if there is something to send.)
+                () = tokio::time::sleep(if pending { Duration::from_secs(1) } else { REATTEST_TICK }) => {
+                    if pending {
+                        let snap = Arc::clone(&self.watch.borrow());
+                        let ready = snap.synced && !matches!((self.render)(&snap, &self.caller), Ok(None));
+                        self.fresh = !ready;
                     }
                 }
             }
-        });
-        Box::pin(futures::StreamExt::chain(
-            futures::stream::iter(first.map(Ok)),
-            ReceiverStream::new(rx),
-        ))
+        }
+    }
+
+    /// Ends the stream with `status` (counted by method and code).
+    fn fail(&mut self, status: Status) -> Result<T, Status> {
+        self.metrics.stream_failed(self.method, status.code());
+        self.ended = true;
+        Err(status)
     }
 }
 
