@@ -386,8 +386,8 @@ impl WorkloadApi {
 /// The state of one Workload API stream after its first message (see
 /// [`WorkloadApi::stream`]).
 ///
-/// The stream is driven by the response body it feeds: HTTP/2 polls it on the
-/// connection's own task when it can send, and drops it when the client goes away. There
+/// The stream is driven by the response body it feeds: HTTP/2 polls it from the task it
+/// already runs for the request when it can send, and drops it when the client goes away. There
 /// is no task per stream and no channel between it and the response, so an answer costs
 /// no task spawn or cross-thread wake-up, a client that leaves messages unread holds no
 /// snapshot (the next round runs only when the previous message has been taken), and a
@@ -464,7 +464,6 @@ where
                         self.last = Some(msg.clone());
                         // The next round starts by waiting, as after the first message.
                         self.waiting = true;
-                        self.fresh = false;
                         return Some(Ok(msg));
                     }
                     Some(Err(status)) => return Some(self.fail(status)),
