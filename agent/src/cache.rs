@@ -386,6 +386,7 @@ impl CacheSnapshot {
             bundle: self.bundle.as_deref().map(Into::into),
             revocations: None,
             templates,
+            more: false,
         };
         // The revocations (CRLs included) are encoded in place rather than copied into
         // `rest`: a snapshot record holding them after the rest of the snapshot's fields.
@@ -603,6 +604,7 @@ mod tests {
                 bundle: snap.bundle.as_deref().map(Into::into),
                 revocations: Some((*snap.revocations).clone()),
                 templates: Vec::new(),
+                more: false,
             }),
             svids: ids
                 .iter()

@@ -18,7 +18,7 @@ use common::proto::tessera::{
     AttestAgentRequest, AttestAgentResponse, CsrForEntry, Entry, MintJwtSvidRequest,
     MintJwtSvidResponse, NodeBeginTaskRequest, NodeEndTaskRequest, ProvisionEntryRequest,
     RenewAgentRequest, RenewAgentResponse, SignX509SvidsRequest, SignedX509Svid, SyncRequest,
-    SyncUpdate, Task, TaskTokenUse, UsageReport, UsageReportAck,
+    SyncUpdate, Task, TaskTokenUse, UsageReport, UsageReportAck, sync_update,
 };
 use common::{BundleCell, TrustDomain, X509Svid};
 use futures::StreamExt as _;
@@ -30,6 +30,102 @@ use crate::server_client::{self, ClientError};
 
 /// The server's push stream of entry, bundle and revocation changes.
 pub type SyncStream = BoxStream<'static, Result<SyncUpdate, Status>>;
+
+/// The most entries the agent takes in one sync message: a larger snapshot comes in parts
+/// (`SyncRequest.snapshot_part_entries`).
+///
+/// Why: the gRPC stream's receive buffer grows to the largest message it has held and
+/// keeps that size for the life of the stream. A snapshot of 10,000 entries in one
+/// message is about 1.6 MB, kept for as long as the agent stays connected (some 160
+/// bytes per cached entry, beside the entry itself). 256 entries are about 40 KB.
+const SNAPSHOT_PART_ENTRIES: u32 = 256;
+
+/// `stream` with every snapshot whole: the parts of a snapshot sent in parts (see
+/// `SyncSnapshot.more`) are put back together and come out as one snapshot once its last
+/// part is in. Nothing of a snapshot comes out before that, so the cache never holds part
+/// of one; a stream that ends, or fails, in the middle of a snapshot drops the parts
+/// received (the next stream sends it again). Anything but a further part in the middle of
+/// a snapshot, or parts that add up to more than `max_bytes`, is the server's error and
+/// ends the stream with it.
+pub(crate) fn whole_snapshots(stream: SyncStream, max_bytes: usize) -> SyncStream {
+    struct Assembly {
+        stream: SyncStream,
+        /// The parts received so far of a snapshot sent in parts, as one, their size and
+        /// their number.
+        partial: Option<(SyncUpdate, usize, usize)>,
+        max_bytes: usize,
+        ended: bool,
+    }
+    let next = |mut a: Assembly| async move {
+        if a.ended {
+            return None;
+        }
+        loop {
+            let item = match a.stream.next().await? {
+                Ok(update) => update,
+                Err(status) => {
+                    // Whatever comes after a failure is not the rest of the snapshot.
+                    a.partial = None;
+                    return Some((Err(status), a));
+                }
+            };
+            let size = prost::Message::encoded_len(&item);
+            let is_part = |u: &SyncUpdate| matches!(&u.update, Some(sync_update::Update::Snapshot(s)) if s.more);
+            let (whole, so_far, parts) = match a.partial.take() {
+                None if !is_part(&item) => return Some((Ok(item), a)),
+                None => (item, size, 1),
+                Some((mut whole, so_far, parts)) => {
+                    let Some(sync_update::Update::Snapshot(part)) = item.update else {
+                        a.ended = true;
+                        let error = Status::internal(
+                            "the server sent another message in the middle of a snapshot",
+                        );
+                        return Some((Err(error), a));
+                    };
+                    if let Some(sync_update::Update::Snapshot(s)) = &mut whole.update {
+                        s.entries.extend(part.entries);
+                        s.templates.extend(part.templates);
+                        s.more = part.more;
+                    }
+                    whole.cursor = item.cursor;
+                    (whole, so_far.saturating_add(size), parts + 1)
+                }
+            };
+            if so_far > a.max_bytes {
+                a.ended = true;
+                let error = Status::resource_exhausted(format!(
+                    "the server's snapshot in parts exceeds {} bytes",
+                    a.max_bytes
+                ));
+                return Some((Err(error), a));
+            }
+            if is_part(&whole) {
+                a.partial = Some((whole, so_far, parts));
+                continue;
+            }
+            if let Some(sync_update::Update::Snapshot(s)) = &whole.update
+                && parts > 1
+            {
+                tracing::info!(
+                    parts,
+                    entries = s.entries.len(),
+                    "snapshot received in parts"
+                );
+            }
+            return Some((Ok(whole), a));
+        }
+    };
+    futures::stream::unfold(
+        Assembly {
+            stream,
+            partial: None,
+            max_bytes,
+            ended: false,
+        },
+        next,
+    )
+    .boxed()
+}
 
 /// One session with the server's node API.
 #[async_trait::async_trait]
@@ -119,10 +215,17 @@ impl NodeApi for NodeClient<Channel> {
     }
 
     async fn sync(&self, resume_from: String) -> Result<SyncStream, Status> {
-        Ok(Self::sync(&mut self.clone(), SyncRequest { resume_from })
-            .await?
-            .into_inner()
-            .boxed())
+        let req = SyncRequest {
+            resume_from,
+            snapshot_part_entries: SNAPSHOT_PART_ENTRIES,
+        };
+        Ok(whole_snapshots(
+            Self::sync(&mut self.clone(), req)
+                .await?
+                .into_inner()
+                .boxed(),
+            server_client::MAX_SERVER_MESSAGE,
+        ))
     }
 
     async fn sign_x509_svids(&self, csrs: Vec<CsrForEntry>) -> Result<Vec<SignedX509Svid>, Status> {
@@ -163,5 +266,150 @@ impl NodeApi for NodeClient<Channel> {
         Ok(Self::provision_entry(&mut self.clone(), req)
             .await?
             .into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::proto::tessera::{Bundle, Entry, SyncSnapshot, Template};
+
+    fn part(ids: &[&str], more: bool, first: bool) -> SyncUpdate {
+        SyncUpdate {
+            cursor: "c9".into(),
+            update: Some(sync_update::Update::Snapshot(SyncSnapshot {
+                entries: ids
+                    .iter()
+                    .map(|id| Entry {
+                        id: (*id).into(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                bundle: first.then(Bundle::default),
+                revocations: first.then(Default::default),
+                templates: if first {
+                    vec![Template {
+                        id: "t1".into(),
+                        ..Default::default()
+                    }]
+                } else {
+                    Vec::new()
+                },
+                more,
+            })),
+        }
+    }
+
+    fn deleted(id: &str) -> SyncUpdate {
+        SyncUpdate {
+            cursor: String::new(),
+            update: Some(sync_update::Update::EntryDeleted(id.into())),
+        }
+    }
+
+    async fn assembled(
+        items: Vec<Result<SyncUpdate, Status>>,
+        max: usize,
+    ) -> Vec<Result<SyncUpdate, Status>> {
+        whole_snapshots(futures::stream::iter(items).boxed(), max)
+            .collect()
+            .await
+    }
+
+    fn ok(out: &[Result<SyncUpdate, Status>]) -> Vec<SyncUpdate> {
+        out.iter().map(|r| r.clone().unwrap()).collect()
+    }
+
+    #[tokio::test]
+    async fn parts_come_out_as_the_one_snapshot_they_make() {
+        let out = assembled(
+            vec![
+                Ok(deleted("x")),
+                Ok(part(&["a", "b"], true, true)),
+                Ok(part(&["c", "d"], true, false)),
+                Ok(part(&["e"], false, false)),
+                Ok(deleted("y")),
+            ],
+            usize::MAX,
+        )
+        .await;
+        let want = vec![
+            deleted("x"),
+            part(&["a", "b", "c", "d", "e"], false, true),
+            deleted("y"),
+        ];
+        assert_eq!(ok(&out), want);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_in_one_message_and_everything_else_pass_as_they_are() {
+        let items = vec![
+            part(&["a"], false, true),
+            deleted("a"),
+            part(&["b", "c"], false, true),
+        ];
+        let out = assembled(items.iter().cloned().map(Ok).collect(), usize::MAX).await;
+        assert_eq!(ok(&out), items);
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_ends_or_fails_within_a_snapshot_gives_none_of_it() {
+        let out = assembled(
+            vec![Ok(part(&["a"], true, true)), Ok(part(&["b"], true, false))],
+            usize::MAX,
+        )
+        .await;
+        assert!(out.is_empty(), "nothing of an unfinished snapshot: {out:?}");
+        let out = assembled(
+            vec![
+                Ok(part(&["a"], true, true)),
+                Err(Status::unavailable("gone")),
+                Ok(part(&["b"], false, false)),
+            ],
+            usize::MAX,
+        )
+        .await;
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(
+            out[0].as_ref().unwrap_err().code(),
+            tonic::Code::Unavailable
+        );
+        // What follows the failure is not the rest of the dropped snapshot but a
+        // message of its own: here, a last part with nothing before it.
+        assert_eq!(ok(&out[1..]), vec![part(&["b"], false, false)]);
+    }
+
+    #[tokio::test]
+    async fn another_message_within_a_snapshot_ends_the_stream() {
+        let out = assembled(
+            vec![
+                Ok(part(&["a"], true, true)),
+                Ok(deleted("a")),
+                Ok(part(&["b"], false, false)),
+            ],
+            usize::MAX,
+        )
+        .await;
+        assert_eq!(out.len(), 1, "the stream ends with the error: {out:?}");
+        let e = out[0].as_ref().unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Internal);
+        assert!(e.message().contains("middle of a snapshot"), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn parts_adding_up_to_more_than_the_limit_end_the_stream() {
+        let first = part(&["a"], true, true);
+        let second = part(&["b"], false, false);
+        let total = prost::Message::encoded_len(&first) + prost::Message::encoded_len(&second);
+        // At the limit: taken.
+        let out = assembled(vec![Ok(first.clone()), Ok(second.clone())], total).await;
+        assert_eq!(ok(&out), vec![part(&["a", "b"], false, true)]);
+        // One byte less: refused, and nothing of it applied.
+        let out = assembled(vec![Ok(first), Ok(second), Ok(deleted("z"))], total - 1).await;
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(
+            out[0].as_ref().unwrap_err().code(),
+            tonic::Code::ResourceExhausted
+        );
     }
 }

@@ -25,6 +25,10 @@ const SERVER_ID_PATH: &str = "/tessera/server";
 /// one is tried, so a dead host does not stall failover.
 const PER_ADDRESS_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The largest message the agent takes from the server, and the most a snapshot sent in
+/// parts may add up to (see [`crate::node_api::whole_snapshots`]).
+pub(crate) const MAX_SERVER_MESSAGE: usize = 64 * 1024 * 1024;
+
 /// The index of the server address that last worked, shared by every session the agent
 /// opens (`0`: none yet, else index + 1).
 #[derive(Debug, Clone, Default)]
@@ -119,7 +123,7 @@ pub fn connect(
                 Err(error)
             }
         }));
-    Ok(NodeClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
+    Ok(NodeClient::new(channel).max_decoding_message_size(MAX_SERVER_MESSAGE))
 }
 
 /// Dials every record `address` resolves to, in order, and runs TLS on the first that

@@ -317,6 +317,7 @@ impl FakeNode {
                 bundle: Some((&self.bundle()).into()),
                 revocations: Some(tessera::Revocations::default()),
                 templates: Vec::new(),
+                more: false,
             })),
         }
     }

@@ -249,6 +249,7 @@ fn sync_update_seeds() -> Vec<Vec<u8>> {
         bundle: Some(bundle.clone()),
         revocations: Some(revocations.clone()),
         templates: Vec::new(),
+        more: false,
     }));
     vec![
         stream(vec![snapshot.clone()]),

@@ -688,6 +688,7 @@ fn a_resumed_delta_changes_only_what_it_names_and_keeps_other_svids() {
                 bundle: None,
                 revocations: None,
                 templates: vec![template("t-gone"), template("t-kept")],
+                more: false,
             }),
         ),
         ignore_bundle,

@@ -64,6 +64,66 @@ const CATCH_UP_BOUND: Duration = Duration::from_secs(2);
 /// rather than one by one.
 const DELTA_READ_ALL: usize = 64;
 
+/// The fewest entries a snapshot part holds, whatever the agent asks for: a snapshot is
+/// never cut into more messages than this allows.
+const MIN_SNAPSHOT_PART: usize = 64;
+
+/// `update` as the messages that carry it to an agent that takes a snapshot in parts of at
+/// most `part_entries` entries (0: in one message; see `SyncRequest.snapshot_part_entries`).
+/// A snapshot with more entries is cut into consecutive parts, all but the last marked
+/// `more`, each with the same cursor; the first carries the bundle, the revocations and
+/// the templates. Anything else is one message, as it is.
+fn in_parts(update: SyncUpdate, part_entries: u32) -> Vec<SyncUpdate> {
+    let part = usize::try_from(part_entries)
+        .unwrap_or(usize::MAX)
+        .max(MIN_SNAPSHOT_PART);
+    match update {
+        SyncUpdate {
+            cursor,
+            update: Some(sync_update::Update::Snapshot(mut head)),
+        } if part_entries > 0 && head.entries.len() > part => {
+            let mut entries = std::mem::take(&mut head.entries).into_iter();
+            let mut parts = Vec::with_capacity(entries.len().div_ceil(part));
+            let mut head = Some(head);
+            loop {
+                let chunk: Vec<_> = entries.by_ref().take(part).collect();
+                if chunk.is_empty() {
+                    break;
+                }
+                let mut snapshot = head.take().unwrap_or_default();
+                snapshot.entries = chunk;
+                snapshot.more = !entries.as_slice().is_empty();
+                parts.push(SyncUpdate {
+                    cursor: cursor.clone(),
+                    update: Some(sync_update::Update::Snapshot(snapshot)),
+                });
+            }
+            parts
+        }
+        other => vec![other],
+    }
+}
+
+/// Sends `msg` on an agent's sync stream, a snapshot in the parts the agent asked for
+/// ([`in_parts`]); `false` once the agent is gone.
+async fn send_update(
+    tx: &mpsc::Sender<Result<SyncUpdate, Status>>,
+    msg: Result<SyncUpdate, Status>,
+    part_entries: u32,
+) -> bool {
+    match msg {
+        Ok(update) => {
+            for part in in_parts(update, part_entries) {
+                if tx.send(Ok(part)).await.is_err() {
+                    return false;
+                }
+            }
+            true
+        }
+        Err(e) => tx.send(Err(e)).await.is_ok(),
+    }
+}
+
 impl NodeService {
     async fn agent<T>(&self, req: &Request<T>) -> Result<AgentRecord, Status> {
         let certs = req.peer_certs();
@@ -122,6 +182,7 @@ impl NodeService {
                     .collect(),
                 bundle: Some(self.wire_bundle()),
                 revocations: Some(wire::revocations(&self.tasks.revocations())),
+                more: false,
             })),
         })
     }
@@ -373,6 +434,7 @@ impl Node for NodeService {
         let first = self
             .first_message(&record, &acting, &req.get_ref().resume_from)
             .await?;
+        let part_entries = req.get_ref().snapshot_part_entries;
         let (tx, out) = mpsc::channel::<Result<SyncUpdate, Status>>(64);
         let this = self.clone();
         tracing::info!(agent_id = %agent, "agent sync stream opened");
@@ -383,7 +445,7 @@ impl Node for NodeService {
             // to send that alone.
             let mut sent = feed::decode(&first.cursor).unwrap_or(0);
             let mut pending: Option<i64> = None;
-            if tx.send(Ok(first)).await.is_err() {
+            if !send_update(&tx, Ok(first), part_entries).await {
                 return;
             }
             let mut flush_at: Option<tokio::time::Instant> = None;
@@ -431,7 +493,7 @@ impl Node for NodeService {
                             sent = feed::decode(&s.cursor).unwrap_or(sent);
                         }
                         let end = snapshot.is_err();
-                        if tx.send(snapshot).await.is_err() || end {
+                        if !send_update(&tx, snapshot, part_entries).await || end {
                             return;
                         }
                         continue;
@@ -483,7 +545,7 @@ impl Node for NodeService {
                     Err(broadcast::error::RecvError::Closed) => return,
                 };
                 let end = msg.is_err();
-                if tx.send(msg).await.is_err() || end {
+                if !send_update(&tx, msg, part_entries).await || end {
                     return;
                 }
             }
@@ -696,5 +758,99 @@ fn optional_task(raw: &str) -> Result<Option<common::TaskId>, common::ids::IdErr
         Ok(None)
     } else {
         common::TaskId::parse(raw).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::proto::tessera::{Entry, Template};
+
+    fn snapshot(n: usize) -> SyncUpdate {
+        SyncUpdate {
+            cursor: "c7".into(),
+            update: Some(sync_update::Update::Snapshot(SyncSnapshot {
+                entries: (0..n)
+                    .map(|i| Entry {
+                        id: format!("e{i}"),
+                        ..Default::default()
+                    })
+                    .collect(),
+                bundle: Some(Default::default()),
+                revocations: Some(Default::default()),
+                templates: vec![Template::default()],
+                more: false,
+            })),
+        }
+    }
+
+    fn parts_of(msgs: &[SyncUpdate]) -> Vec<&SyncSnapshot> {
+        msgs.iter()
+            .map(|m| match &m.update {
+                Some(sync_update::Update::Snapshot(s)) => s,
+                other => panic!("not a snapshot: {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_snapshot_goes_in_parts_only_when_asked_and_larger_than_a_part() {
+        // Not asked (an agent from before parts): one message, whatever its size.
+        assert_eq!(in_parts(snapshot(1000), 0), vec![snapshot(1000)]);
+        // Asked, but no larger than a part: one message, unmarked.
+        assert_eq!(in_parts(snapshot(100), 100), vec![snapshot(100)]);
+        // Anything but a snapshot is never cut.
+        let delta = SyncUpdate {
+            cursor: "c8".into(),
+            update: Some(sync_update::Update::EntryDeleted("e1".into())),
+        };
+        assert_eq!(in_parts(delta.clone(), 64), vec![delta]);
+    }
+
+    #[test]
+    fn parts_hold_every_entry_once_in_order_and_only_the_last_is_unmarked() {
+        let msgs = in_parts(snapshot(250), 100);
+        let parts = parts_of(&msgs);
+        assert_eq!(
+            parts.iter().map(|p| p.entries.len()).collect::<Vec<_>>(),
+            [100, 100, 50]
+        );
+        assert_eq!(
+            parts.iter().map(|p| p.more).collect::<Vec<_>>(),
+            [true, true, false]
+        );
+        assert!(
+            msgs.iter().all(|m| m.cursor == "c7"),
+            "every part has the cursor"
+        );
+        let ids: Vec<&str> = parts
+            .iter()
+            .flat_map(|p| p.entries.iter().map(|e| e.id.as_str()))
+            .collect();
+        let want: Vec<String> = (0..250).map(|i| format!("e{i}")).collect();
+        assert_eq!(ids, want);
+        // The rest of the state goes once, with the first part.
+        assert!(parts[0].bundle.is_some() && parts[0].revocations.is_some());
+        assert_eq!(parts[0].templates.len(), 1);
+        for p in &parts[1..] {
+            assert!(p.bundle.is_none() && p.revocations.is_none() && p.templates.is_empty());
+        }
+        // An exact multiple leaves no empty last part.
+        let msgs = in_parts(snapshot(200), 100);
+        let parts = parts_of(&msgs);
+        assert_eq!(parts.len(), 2);
+        assert!(parts[0].more && !parts[1].more);
+    }
+
+    #[test]
+    fn a_part_is_never_smaller_than_the_floor() {
+        let msgs = in_parts(snapshot(130), 1);
+        let parts = parts_of(&msgs);
+        assert_eq!(
+            parts.iter().map(|p| p.entries.len()).collect::<Vec<_>>(),
+            [MIN_SNAPSHOT_PART, MIN_SNAPSHOT_PART, 2]
+        );
+        // Within the floor: one message.
+        assert_eq!(in_parts(snapshot(64), 1), vec![snapshot(64)]);
     }
 }

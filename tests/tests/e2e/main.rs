@@ -46,6 +46,7 @@ mod resume;
 mod set_push;
 mod shared_authority;
 mod smoke;
+mod snapshot_parts;
 mod socket_squatting;
 mod task_binding;
 mod task_scope;

@@ -319,6 +319,13 @@ pub struct SyncRequest {
     /// snapshot.
     #[prost(string, tag = "1")]
     pub resume_from: ::prost::alloc::string::String,
+    /// When above zero, a snapshot with more entries than this comes as several
+    /// consecutive `snapshot` messages of at most this many entries each, every one but
+    /// the last marked `more` (the server may round the number up). The agent applies them
+    /// together once the last has arrived, so no message, and no receive buffer, grows
+    /// with the number of entries. Zero: a snapshot is always one message.
+    #[prost(uint32, tag = "2")]
+    pub snapshot_part_entries: u32,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct SyncSnapshot {
@@ -331,6 +338,12 @@ pub struct SyncSnapshot {
     /// The identity templates parented to the agent.
     #[prost(message, repeated, tag = "4")]
     pub templates: ::prost::alloc::vec::Vec<Template>,
+    /// More parts of this snapshot follow (see `SyncRequest.snapshot_part_entries`): the
+    /// next messages on the stream are its further parts, up to the one without `more`;
+    /// nothing else comes in between. The first part carries `bundle`, `revocations` and
+    /// `templates`; every part carries the same `cursor`.
+    #[prost(bool, tag = "5")]
+    pub more: bool,
 }
 /// What changed for one agent since a cursor (see `SyncRequest.resume_from`): applied as a
 /// whole; the entries not named are as the agent has them.
