@@ -42,6 +42,20 @@ pub fn apply_sync_update(cache: &Cache, update: SyncUpdate) {
     });
 }
 
+/// `updates` as the rotation worker receives them from the server: through
+/// [`crate::node_api::whole_snapshots`], which puts a snapshot sent in parts back together.
+/// A message it refuses ends the sequence, as it ends the stream.
+pub fn as_received(updates: Vec<SyncUpdate>) -> Vec<SyncUpdate> {
+    use futures::StreamExt as _;
+    let stream = futures::stream::iter(updates.into_iter().map(Ok)).boxed();
+    futures::executor::block_on(
+        crate::node_api::whole_snapshots(stream, crate::server_client::MAX_SERVER_MESSAGE)
+            .take_while(|r| std::future::ready(r.is_ok()))
+            .filter_map(|r| std::future::ready(r.ok()))
+            .collect(),
+    )
+}
+
 /// The fuzz input of the sync target: messages as the stream carries them, each preceded by
 /// its length (a protobuf varint).
 pub fn encode_sync_messages(updates: &[SyncUpdate]) -> Vec<u8> {

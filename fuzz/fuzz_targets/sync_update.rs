@@ -1,6 +1,7 @@
 //! What the agent does with messages from the server's sync stream: each is decoded as a
-//! `SyncUpdate` and applied to the cache exactly as the rotation worker applies it
-//! (`agent::fuzzing::apply_sync_update`).
+//! `SyncUpdate`, the parts of a snapshot sent in parts are put back together as the agent's
+//! node client does (`agent::fuzzing::as_received`), and each message is applied to the
+//! cache exactly as the rotation worker applies it (`agent::fuzzing::apply_sync_update`).
 //!
 //! The input is a sequence of length-delimited messages. Properties: nothing panics;
 //! every cached entry is filed under its own id (a just-in-time entry once per active
@@ -16,9 +17,11 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let cache = Cache::default();
-    for update in agent::fuzzing::decode_sync_messages(data) {
+    let received = agent::fuzzing::as_received(agent::fuzzing::decode_sync_messages(data));
+    for update in received {
         let snapshot_ids = match &update.update {
             Some(sync_update::Update::Snapshot(s)) => {
+                assert!(!s.more, "only a whole snapshot reaches the cache");
                 Some(s.entries.iter().map(|e| e.id.clone()).collect::<Vec<_>>())
             }
             _ => None,

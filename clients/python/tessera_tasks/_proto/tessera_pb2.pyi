@@ -255,22 +255,26 @@ class RenewAgentResponse(_message.Message):
     def __init__(self, svid_chain: _Optional[_Iterable[bytes]] = ..., bundle: _Optional[_Union[Bundle, _Mapping]] = ...) -> None: ...
 
 class SyncRequest(_message.Message):
-    __slots__ = ("resume_from",)
+    __slots__ = ("resume_from", "snapshot_part_entries")
     RESUME_FROM_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_PART_ENTRIES_FIELD_NUMBER: _ClassVar[int]
     resume_from: str
-    def __init__(self, resume_from: _Optional[str] = ...) -> None: ...
+    snapshot_part_entries: int
+    def __init__(self, resume_from: _Optional[str] = ..., snapshot_part_entries: _Optional[int] = ...) -> None: ...
 
 class SyncSnapshot(_message.Message):
-    __slots__ = ("entries", "bundle", "revocations", "templates")
+    __slots__ = ("entries", "bundle", "revocations", "templates", "more")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     REVOCATIONS_FIELD_NUMBER: _ClassVar[int]
     TEMPLATES_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[Entry]
     bundle: Bundle
     revocations: Revocations
     templates: _containers.RepeatedCompositeFieldContainer[Template]
-    def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., bundle: _Optional[_Union[Bundle, _Mapping]] = ..., revocations: _Optional[_Union[Revocations, _Mapping]] = ..., templates: _Optional[_Iterable[_Union[Template, _Mapping]]] = ...) -> None: ...
+    more: bool
+    def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., bundle: _Optional[_Union[Bundle, _Mapping]] = ..., revocations: _Optional[_Union[Revocations, _Mapping]] = ..., templates: _Optional[_Iterable[_Union[Template, _Mapping]]] = ..., more: bool = ...) -> None: ...
 
 class SyncDelta(_message.Message):
     __slots__ = ("entries_upserted", "entries_deleted", "bundle", "revocations", "templates_upserted", "templates_deleted")
