@@ -1,8 +1,8 @@
 //! Command-line interface: `run` starts the agent; `api ...` and `task ...` commands are
 //! Workload API clients (like any SPIFFE client) on the agent socket.
 //!
-//! Three parts: [`args`] (what clap parses), [`commands`] (the calls), and [`output`]
-//! (text and JSON rendering, files written). Output format, error format and exit codes are
+//! Three parts: `args` (what clap parses), `commands` (the calls), and `output` (text and
+//! JSON rendering, files written). Output format, error format and exit codes are
 //! the ones both binaries share (`daemon::cli_output`).
 
 mod args;

@@ -38,7 +38,8 @@
 //!   server enforces anyway; past either the block passes through as received, so a small
 //!   block of indexed references to a large dynamic-table entry cannot expand in memory;
 //! - the bytes waiting for the HTTP/2 stack are produced from at most one read
-//!   ([`READ_CHUNK`]) at a time, so they stay within [`MAX_BUFFERED`] in all.
+//!   ([`READ_CHUNK`]) at a time, so they stay within `MAX_BUFFERED` in all (a bound
+//!   the unit tests and the fuzz target assert after every read).
 
 mod scan;
 
