@@ -1,12 +1,12 @@
 //! The trust bundle: the one writer that composes it and the schedule that changes it.
 //!
-//! [`BundlePublisher`] composes the bundle from the CA set, the JWT keys and what the other
+//! `BundlePublisher` composes the bundle from the CA set, the JWT keys and what the other
 //! servers on the datastore published (`shared`), and publishes every change to the TLS
 //! verifiers, the admin API, the relying-party JWKS and every agent's sync stream; it is
 //! the only writer of the bundle, so its sequence number grows by one per change.
-//! [`rotate_keys`] advances the CA and JWT key schedules and publishes each change before
-//! the server presents a certificate from a newly active CA; [`share_bundle`] re-reads the
-//! shared material every [`shared::REFRESH_INTERVAL`].
+//! `rotate_keys` advances the CA and JWT key schedules and publishes each change before
+//! the server presents a certificate from a newly active CA; `share_bundle` re-reads the
+//! shared material every `shared::REFRESH_INTERVAL`.
 
 pub(crate) mod shared;
 

@@ -1,8 +1,8 @@
 //! Command-line interface: `run` starts the server; every other command is an admin API
 //! client talking to a running server over its Unix socket.
 //!
-//! Three parts: [`args`] (what clap parses), [`commands`] (one admin call per command),
-//! and [`output`] (text and JSON rendering). Output format, error format and exit codes are
+//! Three parts: `args` (what clap parses), `commands` (one admin call per command),
+//! and `output` (text and JSON rendering). Output format, error format and exit codes are
 //! the ones both binaries share (`daemon::cli_output`).
 
 mod args;

@@ -92,7 +92,7 @@ pub async fn head(pool: &PgPool) -> Result<i64, DatastoreError> {
         .map_err(backend)
 }
 
-/// Reads the rows after `after`, oldest first (at most [`BATCH`]).
+/// Reads the rows after `after`, oldest first (at most `BATCH`).
 pub async fn read_after(pool: &PgPool, after: i64) -> Result<Vec<Change>, DatastoreError> {
     let rows = sqlx::query(READ)
         .bind(after)

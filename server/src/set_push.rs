@@ -73,8 +73,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// said nothing (another server sharing the datastore may have ended a task; the feed
 /// wakes the worker at once on PostgreSQL, this is the fallback).
 const POLL_INTERVAL: Duration = Duration::from_secs(2);
-/// How long a server's claim on a receiver lasts unless renewed (every [`POLL_INTERVAL`]
-/// while idle, before each attempt and every [`RENEW_EVERY`] while waiting to retry).
+/// How long a server's claim on a receiver lasts unless renewed (every `POLL_INTERVAL`
+/// while idle, before each attempt and every `RENEW_EVERY` while waiting to retry).
 /// Longer than [`REQUEST_TIMEOUT`], so an attempt in flight never outlives the lease; it
 /// is also how long a server that died holding a receiver delays its events. Servers'
 /// clocks must agree to well within it.
@@ -326,7 +326,7 @@ impl SetPusher {
     }
 
     /// Also reads the log whenever `wake` changes (the change feed saw another server
-    /// change a task), not only on this server's appends and every [`POLL_INTERVAL`].
+    /// change a task), not only on this server's appends and every `POLL_INTERVAL`.
     #[must_use]
     pub fn woken_by(mut self, wake: tokio::sync::watch::Receiver<u64>) -> Self {
         self.wake = Some(wake);

@@ -797,7 +797,7 @@ impl Tasks {
 
     /// Records the after-the-fact review of break-glass task `id` by `by`, with `note`
     /// (required): `by` must be someone other than the requester (see
-    /// [`check_other_user`]), the task break-glass and not acknowledged yet. It may be open
+    /// `check_other_user`), the task break-glass and not acknowledged yet. It may be open
     /// or ended; nothing else of it changes. Audited as `task.acknowledged`.
     pub async fn acknowledge(
         &self,

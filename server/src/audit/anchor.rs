@@ -173,7 +173,7 @@ pub struct Checkpoint {
     pub server: String,
     /// Id of the signing key ([`PublicKey::key_id`]).
     pub key_id: String,
-    /// Ed25519 signature over [`CONTEXT`] and the other fields, base64.
+    /// Ed25519 signature over `CONTEXT` and the other fields, base64.
     pub sig: String,
 }
 

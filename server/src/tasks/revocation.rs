@@ -35,7 +35,7 @@ pub struct EndedTask {
     /// How it ended.
     pub state: TaskState,
     /// Unix milliseconds when it ended, as near as this server knows (see
-    /// [`ended_at_ms`]); what agents measure revocation propagation from.
+    /// `ended_at_ms`); what agents measure revocation propagation from.
     pub ended_at_ms: i64,
     /// Its token status list entry (tasks recorded before schema version 10: none).
     pub status: Option<StatusEntry>,

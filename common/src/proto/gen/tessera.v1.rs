@@ -124,7 +124,7 @@ pub struct TaskBinding {
     #[prost(uint32, tag = "2")]
     pub pid: u32,
     /// Its start time, in clock ticks since boot, as the agent read it from
-    /// /proc/<pid>/stat (field 22): with the pid, it names one process instance, so a
+    /// `/proc/<pid>/stat` (field 22): with the pid, it names one process instance, so a
     /// recycled pid never matches.
     #[prost(uint64, tag = "3")]
     pub start_time: u64,

@@ -108,7 +108,7 @@ fn status_kb(pid: i32, key: &str) -> anyhow::Result<u64> {
     Ok(kb)
 }
 
-/// User + system CPU time of `pid` in seconds (from /proc/<pid>/stat, USER_HZ = 100).
+/// User + system CPU time of `pid` in seconds (from `/proc/<pid>/stat`, USER_HZ = 100).
 pub(crate) fn cpu_secs(pid: i32) -> f64 {
     let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return f64::NAN;
