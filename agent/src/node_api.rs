@@ -69,12 +69,17 @@ pub(crate) fn whole_snapshots(stream: SyncStream, max_bytes: usize) -> SyncStrea
                     return Some((Err(status), a));
                 }
             };
-            let size = prost::Message::encoded_len(&item);
+            // Sizes are counted only for parts: any other message passes without a walk.
+            let size = |u: &SyncUpdate| prost::Message::encoded_len(u);
             let is_part = |u: &SyncUpdate| matches!(&u.update, Some(sync_update::Update::Snapshot(s)) if s.more);
             let (whole, so_far, parts) = match a.partial.take() {
                 None if !is_part(&item) => return Some((Ok(item), a)),
-                None => (item, size, 1),
+                None => {
+                    let size = size(&item);
+                    (item, size, 1)
+                }
                 Some((mut whole, so_far, parts)) => {
+                    let size = size(&item);
                     let Some(sync_update::Update::Snapshot(part)) = item.update else {
                         a.ended = true;
                         let error = Status::internal(
