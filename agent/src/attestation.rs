@@ -92,7 +92,7 @@ use nix::errno::Errno;
 use tokio::time::Instant;
 
 use self::cgroup::CgroupAttestor;
-use self::procfs::{ExeLink, FileId, PidFd, ProcDir, ProcfsParseError, Status};
+use self::procfs::{ExeLink, FileId, PidFd, PinnedProc, ProcDir, ProcfsParseError, Status};
 use self::reuse::{ImageKey, Known, ReuseCache};
 pub(crate) use self::unix::{ExecutableAttestor, UnixAttestor};
 use crate::config::WorkloadAttestorKind;
@@ -121,11 +121,49 @@ pub(crate) struct ProcessAtAccept {
 
 impl ProcessAtAccept {
     /// Reads `/proc/<pid>` of a caller just accepted (no hashing: a few reads of procfs).
+    #[cfg(test)]
+    pub(crate) fn capture(pid: i32) -> Result<Self, AttestationError> {
+        Ok(Accepted::capture(pid)?.process)
+    }
+}
+
+/// A caller just accepted: its process as it was then ([`ProcessAtAccept`]), and its
+/// `/proc/<pid>` directory opened then and held for the life of the connection, with the
+/// `status` and `cgroup` files opened through it once first read ([`PinnedProc`]).
+///
+/// The directory is the pin [`Attestor::attest_known`] reads through: every read through
+/// it, or through a file opened through it, describes the instance that connected or fails
+/// once that instance is reaped, even after its pid is given to another process (see
+/// [`procfs`]). It costs the connection up to three file descriptors beside its socket
+/// (see [`crate::config::FDS_PER_CONNECTION`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Accepted {
+    /// The instance and the file it ran, read through `dir` at accept.
+    pub(crate) process: ProcessAtAccept,
+    pinned: Arc<PinnedProc>,
+}
+
+impl Accepted {
+    /// Opens and reads `/proc/<pid>` of a caller just accepted (no hashing: a few reads of
+    /// procfs), and keeps the directory.
     pub(crate) fn capture(pid: i32) -> Result<Self, AttestationError> {
         let dir = ProcDir::open(pid)?;
         let start_time = dir.start_time()?;
         let exe = dir.exe_id()?;
-        Ok(Self { start_time, exe })
+        Ok(Self {
+            process: ProcessAtAccept { start_time, exe },
+            pinned: Arc::new(PinnedProc::new(dir)),
+        })
+    }
+
+    /// The same pinned directory with other facts "at accept" (tests of what a kept
+    /// attestation is served for).
+    #[cfg(test)]
+    fn with_process(&self, process: ProcessAtAccept) -> Self {
+        Self {
+            process,
+            pinned: Arc::clone(&self.pinned),
+        }
     }
 }
 
@@ -591,12 +629,13 @@ impl Attestor {
     ///
     /// Why it gives what a full attestation would (see [`reuse`] for the image facts):
     ///
-    /// - *The instance that connected.* `/proc/<pid>` is opened once and everything is
-    ///   read through it, the start time last: equal to the one pinned at accept, it shows
-    ///   that every read came from that instance while it was alive (a reaped instance
-    ///   fails every read), as in [`Self::attest_caller`]'s step 3. A recycled pid has
-    ///   another start time (and the kept attestation is looked up by the accepted
-    ///   instance's start time and executable).
+    /// - *The instance that connected.* Everything is read through the `/proc/<pid>`
+    ///   directory opened when the connection was accepted ([`Accepted`]), or through the
+    ///   `status` and `cgroup` files it opened once and reads again from the start: such reads
+    ///   describe the instance that connected, or fail once it is reaped, even when its
+    ///   pid has since been given to another process (a zombie has no `exe`, so it fails
+    ///   too). The kept attestation is looked up by that instance's start time, read
+    ///   through the same directory at accept, and by its executable.
     /// - *The program that connected.* The executable's identity is read now and must
     ///   equal the one at accept (an `exec` of another file fails this), and its link must
     ///   equal the kept one (a rename changes the `path` selector).
@@ -605,48 +644,49 @@ impl Attestor {
     ///   ones the kept selectors were computed from: a `setuid`, `setgroups` or a move to
     ///   another cgroup makes it attest in full. Every attestor's selectors are a function
     ///   of these, of the image facts and of the names ([`WorkloadAttestor::input`]);
-    ///   an attestor that reads anything else disables this.
+    ///   an attestor that reads anything else disables this. The parent pid, for the
+    ///   lineage, comes from the same read of `status`.
     pub(crate) fn attest_known(
         &self,
         peer: PeerCred,
-        at_accept: Option<ProcessAtAccept>,
+        at_accept: Option<&Accepted>,
     ) -> Option<Attested> {
         let pid = peer.pid.filter(|&pid| pid > 0)?;
         let accepted = at_accept?;
+        let pinned = &accepted.pinned;
+        if pinned.dir().pid() != pid {
+            return None;
+        }
         let cache = self.reuse.as_ref()?;
         if !self.all_inputs_named() {
             return None;
         }
         let (exe_link, known) = cache.known(
             pid,
-            accepted.start_time,
-            accepted.exe,
+            accepted.process.start_time,
+            accepted.process.exe,
             (peer.uid, peer.gid),
             Instant::now(),
         )?;
-        let dir = ProcDir::open(pid).ok()?;
-        let status = dir.status().ok()?;
+        let (status, ppid) = pinned.status_and_ppid().ok()?;
         if status != known.status
             || status.uid.first_other_than(peer.uid).is_some()
             || status.gid.first_other_than(peer.gid).is_some()
         {
             return None;
         }
-        if dir.exe_id().ok()? != accepted.exe || dir.exe_link().ok()? != exe_link {
+        let dir = pinned.dir();
+        if dir.exe_id().ok()? != accepted.process.exe || dir.exe_link().ok()? != exe_link {
             return None;
         }
         if let Some(cgroup) = &known.cgroup
-            && dir.cgroup().ok()? != *cgroup
+            && pinned.cgroup().ok()? != *cgroup
         {
-            return None;
-        }
-        let (start_time, ppid) = dir.start_time_and_ppid().ok()?;
-        if start_time != accepted.start_time {
             return None;
         }
         let caller = ProcessInstance {
             pid: pid.unsigned_abs(),
-            start_time,
+            start_time: accepted.process.start_time,
         };
         Some(Attested {
             selectors: known.selectors,
@@ -1524,14 +1564,15 @@ mod tests {
             pid: Some(pid),
             ..own_peer()
         };
-        let first_accepted = ProcessAtAccept::capture(pid).unwrap();
+        let first_pin = Accepted::capture(pid).unwrap();
+        let first_accepted = first_pin.process;
         let before = attestor
             .attest_caller(peer, Some(first_accepted))
             .unwrap()
             .selectors;
         assert_same(&before, &with_executable(identity(), &which("sleep")));
         // The whole attestation is kept for the first instance's connection.
-        assert!(attestor.attest_known(peer, Some(first_accepted)).is_some());
+        assert!(attestor.attest_known(peer, Some(&first_pin)).is_some());
         drop(first); // killed and reaped: the pid is free
         // Start times count clock ticks (10 ms): let a few pass, so that the second
         // instance's start time differs from the first's.
@@ -1549,11 +1590,17 @@ mod tests {
         // The first instance's connection, now that its pid names the second (same
         // program, same ids, same cgroup): nothing kept is served through it, and a full
         // attestation refuses it.
-        assert!(attestor.attest_known(peer, Some(first_accepted)).is_none());
+        assert!(attestor.attest_known(peer, Some(&first_pin)).is_none());
         assert!(attestor.attest_caller(peer, Some(first_accepted)).is_err());
-        // Nor is the whole attestation kept for the first served to the second.
-        let accepted = ProcessAtAccept::capture(pid).unwrap();
-        assert!(attestor.attest_known(peer, Some(accepted)).is_none());
+        // Nor is the whole attestation kept for the first served to the second, even
+        // through a directory pinned to the first with the second's facts.
+        let second_pin = Accepted::capture(pid).unwrap();
+        assert!(attestor.attest_known(peer, Some(&second_pin)).is_none());
+        assert!(
+            attestor
+                .attest_known(peer, Some(&first_pin.with_process(second_pin.process)))
+                .is_none()
+        );
         let after = attestor.attest(peer).unwrap();
         assert_same(&after, &with_executable(identity(), &which("sleep")));
         let (stats, _) = attestor.reuse_stats();
@@ -1643,8 +1690,9 @@ mod tests {
             ..own_peer()
         };
         let attestor = Attestor::new();
-        let accepted = ProcessAtAccept::capture(pid).unwrap();
-        let known = |accepted| attestor.attest_known(peer, Some(accepted));
+        let pin = Accepted::capture(pid).unwrap();
+        let accepted = pin.process;
+        let known = |accepted| attestor.attest_known(peer, Some(&pin.with_process(accepted)));
         let full = |accepted| attestor.attest_caller(peer, Some(accepted));
         let known_count = || attestor.reuse_stats().0.known;
 
@@ -1665,7 +1713,7 @@ mod tests {
             uid: peer.uid + 1,
             ..peer
         };
-        assert!(attestor.attest_known(other_ids, Some(accepted)).is_none());
+        assert!(attestor.attest_known(other_ids, Some(&pin)).is_none());
         assert!(attestor.attest_known(peer, None).is_none());
 
         // Moved to another cgroup: attested in full, into the new cgroup's selectors.
@@ -1771,12 +1819,12 @@ mod tests {
             walks.sort_unstable();
             // The whole attestation kept (what a later call on a Workload API connection
             // costs when nothing changed).
-            let accepted = ProcessAtAccept::capture(peer.pid.unwrap()).unwrap();
-            reused.attest_caller(peer, Some(accepted)).unwrap();
+            let accepted = Accepted::capture(peer.pid.unwrap()).unwrap();
+            reused.attest_caller(peer, Some(accepted.process)).unwrap();
             let mut known: Vec<u128> = (0..N)
                 .map(|_| {
                     let start = SystemTime::now();
-                    std::hint::black_box(reused.attest_known(peer, Some(accepted)).unwrap());
+                    std::hint::black_box(reused.attest_known(peer, Some(&accepted)).unwrap());
                     start.elapsed().unwrap().as_micros()
                 })
                 .collect();

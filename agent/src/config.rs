@@ -23,6 +23,12 @@ pub const DEFAULT_SERVER_ADDRESS: &str = "127.0.0.1:8081";
 /// written) and the /proc files each attestation opens for a moment: an agent with
 /// nothing connected holds 13.
 pub const RESERVED_FDS: u64 = 64;
+/// Open files one Workload API connection may hold: its socket, and its caller's
+/// `/proc/<pid>` directory with the `status` and `cgroup` files read through it, kept open
+/// for the connection's later calls (each call's check is then reads, not opens; see
+/// `attestation::Accepted`). The default connection cap divides the open-file limit by
+/// this.
+pub const FDS_PER_CONNECTION: u64 = 4;
 /// Default most connections one uid may hold open on the Workload API socket: generous
 /// for a node where many workloads share a uid (containers running as root; a node runs
 /// 110 pods by default under Kubernetes, each with a channel or two), and never more than
@@ -141,7 +147,8 @@ pub struct RawAgentConfig {
     #[arg(long)]
     pub log_format: Option<String>,
     /// Most Workload API connections open at once; one more is closed at once
-    /// [default: the open-file limit (RLIMIT_NOFILE) less 64 kept for the agent's files].
+    /// [default: the open-file limit (RLIMIT_NOFILE) less 64 kept for the agent's files,
+    /// divided by the 4 a connection may hold: its socket and its caller's /proc files].
     #[arg(long)]
     pub api_max_connections: Option<u32>,
     /// Most Workload API connections one uid may hold open; one more is closed at once
@@ -515,7 +522,9 @@ impl WorkloadApiLimits {
     /// `fd_limit` (`None`: unlimited) the agent runs under.
     fn from_raw(raw: &RawAgentConfig, fd_limit: Option<u64>) -> Result<Self, AgentConfigError> {
         // Connections the open-file limit leaves room for, beside the agent's own files.
-        let room = fd_limit.map_or(u64::from(u32::MAX), |l| l.saturating_sub(RESERVED_FDS));
+        let room = fd_limit.map_or(u64::from(u32::MAX), |l| {
+            l.saturating_sub(RESERVED_FDS) / FDS_PER_CONNECTION
+        });
         let room = u32::try_from(room).unwrap_or(u32::MAX);
         let max_connections = match raw.api_max_connections {
             None if room == 0 => {
@@ -523,8 +532,9 @@ impl WorkloadApiLimits {
                     key: "api_max_connections",
                     message: format!(
                         "the open-file limit (RLIMIT_NOFILE) of {} leaves no room for \
-                         Workload API connections beside the {RESERVED_FDS} files the \
-                         agent keeps for itself; raise it (LimitNOFILE= in the unit)",
+                         Workload API connections ({FDS_PER_CONNECTION} files each) beside \
+                         the {RESERVED_FDS} files the agent keeps for itself; raise it \
+                         (LimitNOFILE= in the unit)",
                         fd_limit.unwrap_or_default()
                     ),
                 });
@@ -541,8 +551,9 @@ impl WorkloadApiLimits {
                     key: "api_max_connections",
                     message: format!(
                         "{n} is more than the open-file limit (RLIMIT_NOFILE) of {} allows \
-                         beside the {RESERVED_FDS} files the agent keeps for itself (at \
-                         most {room}); raise the limit (LimitNOFILE= in the unit) or lower \
+                         at {FDS_PER_CONNECTION} files a connection beside the \
+                         {RESERVED_FDS} files the agent keeps for itself (at most {room}); \
+                         raise the limit (LimitNOFILE= in the unit) or lower \
                          api_max_connections",
                         fd_limit.unwrap_or_default()
                     ),
@@ -960,8 +971,8 @@ mod tests {
         assert_eq!(
             d,
             WorkloadApiLimits {
-                max_connections: 960,
-                max_connections_per_uid: 240,
+                max_connections: 240,
+                max_connections_per_uid: 60,
                 handshake_timeout: Duration::from_secs(10),
                 idle_timeout: Duration::from_secs(300),
                 max_concurrent_streams: 32,
@@ -969,9 +980,9 @@ mod tests {
             }
         );
         for (fd_limit, total, per_uid) in [
-            (Some(65_536), 65_472, 256),
-            (Some(256), 192, 48),
-            (Some(65), 1, 1),
+            (Some(65_536), 16_368, 256),
+            (Some(256), 48, 12),
+            (Some(68), 1, 1),
             (None, u32::MAX, 256),
         ] {
             let l = limits(raw(), fd_limit).unwrap();
@@ -1050,8 +1061,10 @@ mod tests {
 
     #[test]
     fn invalid_workload_api_limits_are_refused_naming_the_key() {
-        let cases: [(RawAgentConfig, Option<u64>, &str, &str); 11] = [
+        let cases: [(RawAgentConfig, Option<u64>, &str, &str); 12] = [
             (raw(), Some(64), "api_max_connections", "leaves no room"),
+            // Room for 3 of the 4 files a connection may hold.
+            (raw(), Some(67), "api_max_connections", "4 files each"),
             (
                 RawAgentConfig {
                     api_max_connections: Some(1000),

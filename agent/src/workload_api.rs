@@ -35,7 +35,7 @@ use tonic::{Request, Response, Status};
 
 use common::proto::tessera::TaskTokenUse;
 
-use crate::attestation::{AttestationError, Attested, Attestor, PeerCred, ProcessAtAccept};
+use crate::attestation::{Accepted, AttestationError, Attested, Attestor, PeerCred};
 use crate::cache::{Cache, CacheSnapshot};
 use crate::server_client::ServerLink;
 use crate::usage::UsageCounters;
@@ -173,7 +173,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[derive(Debug, Clone)]
 struct CallerHandle {
     peer: PeerCred,
-    at_accept: Option<ProcessAtAccept>,
+    at_accept: Option<Accepted>,
     attestor: Arc<Attestor>,
     metrics: Arc<crate::metrics::AgentMetrics>,
 }
@@ -188,11 +188,11 @@ impl CallerHandle {
     /// hash a binary and wait on the user database.
     async fn attest(&self) -> Result<Attested, Status> {
         let peer = self.peer;
-        let at_accept = self.at_accept;
-        if let Some(known) = self.attestor.attest_known(peer, at_accept) {
+        if let Some(known) = self.attestor.attest_known(peer, self.at_accept.as_ref()) {
             return Ok(known);
         }
         let attestor = Arc::clone(&self.attestor);
+        let at_accept = self.at_accept.as_ref().map(|a| a.process);
         let job = tokio::task::spawn_blocking(move || match (at_accept, peer.pid) {
             (None, Some(pid)) if pid > 0 => Err(AttestationError::NotPinnedAtAccept { pid }),
             // Without a pid there is nothing to attest: refused as such.
@@ -231,7 +231,7 @@ impl WorkloadApi {
             at_accept: req
                 .extensions()
                 .get::<ConnectionInfo>()
-                .and_then(|i| i.at_accept),
+                .and_then(|i| i.at_accept.clone()),
             attestor: Arc::clone(&self.attestor),
             metrics: Arc::clone(&self.metrics),
         })

@@ -22,7 +22,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -32,7 +32,7 @@ use tonic::transport::server::{Connected, UdsConnectInfo};
 
 use super::authority::RepairedStream;
 use super::listener::Slot;
-use crate::attestation::ProcessAtAccept;
+use crate::attestation::Accepted;
 
 /// The two timeouts of a connection.
 #[derive(Debug, Clone, Copy)]
@@ -52,9 +52,6 @@ struct Streams {
     open: u64,
     /// When the last open stream ended.
     last_end: Option<Instant>,
-    /// The connection's task, woken when its last open stream ends (its idle deadline may
-    /// then be sooner than the timer).
-    waker: Option<Waker>,
 }
 
 /// Connection info of a Workload API request: the peer as the kernel reported it, and the
@@ -63,9 +60,10 @@ struct Streams {
 pub(crate) struct ConnectionInfo {
     /// Peer address and credentials (SO_PEERCRED) captured at accept.
     pub(crate) uds: UdsConnectInfo,
-    /// The peer's process as it was at accept (`None`: it could not be read, e.g. it had
-    /// already exited); attestation requires it to be unchanged.
-    pub(crate) at_accept: Option<ProcessAtAccept>,
+    /// The peer's process as it was at accept, and its `/proc` directory opened then
+    /// (`None`: it could not be read, e.g. it had already exited); attestation requires
+    /// the process to be unchanged.
+    pub(crate) at_accept: Option<Accepted>,
     streams: Arc<Mutex<Streams>>,
 }
 
@@ -88,16 +86,12 @@ struct StreamGuard {
 }
 
 impl Drop for StreamGuard {
+    /// Wakes nothing: while a stream is open, the connection's timer is never later than
+    /// an idle deadline could be (see [`Connection::expired`]).
     fn drop(&mut self) {
-        let waker = {
-            let mut s = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
-            s.open = s.open.saturating_sub(1);
-            s.last_end = Some(Instant::now());
-            if s.open == 0 { s.waker.take() } else { None }
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
+        let mut s = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        s.open = s.open.saturating_sub(1);
+        s.last_end = Some(Instant::now());
     }
 }
 
@@ -168,8 +162,8 @@ impl Connection {
             .peer_cred
             .and_then(|c| c.pid())
             .filter(|pid| *pid > 0)
-            .and_then(|pid| ProcessAtAccept::capture(pid).ok());
-        tracing::debug!(?at_accept, "Workload API connection accepted");
+            .and_then(|pid| Accepted::capture(pid).ok());
+        tracing::debug!(at_accept = ?at_accept.as_ref().map(|a| a.process), "Workload API connection accepted");
         Self {
             info: ConnectionInfo {
                 at_accept,
@@ -198,18 +192,11 @@ impl Connection {
         loop {
             let now = Instant::now();
             let verdict = {
-                let mut streams = self
+                let streams = self
                     .info
                     .streams
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner);
-                if !streams
-                    .waker
-                    .as_ref()
-                    .is_some_and(|w| w.will_wake(cx.waker()))
-                {
-                    streams.waker = Some(cx.waker().clone());
-                }
                 check(now, self.accepted, self.last_read, &streams, self.timeouts)
             };
             match verdict {
@@ -218,11 +205,16 @@ impl Connection {
                         self.timer.as_mut().reset(deadline);
                     }
                 }
-                // A stream is open: no deadline. Its end wakes the task; the timer only
-                // needs not to fire over and over meanwhile.
+                // A stream is open: no deadline yet. The last stream to end wakes nothing
+                // (a wake-up per request for a deadline minutes away), so the timer is
+                // kept no later than `now + idle`: any stream ends after `now`, so the
+                // idle deadline it starts is never sooner, and when the timer fires the
+                // check above finds the deadline as it is then. While streams stay open,
+                // that is one wake-up per idle timeout.
                 Ok(None) => {
-                    if self.timer.is_elapsed() {
-                        self.timer.as_mut().reset(now + self.timeouts.idle);
+                    let latest = now + self.timeouts.idle;
+                    if self.timer.is_elapsed() || self.timer.deadline() > latest {
+                        self.timer.as_mut().reset(latest);
                     }
                 }
                 Err(why) => {
@@ -436,7 +428,6 @@ mod tests {
             seen,
             open,
             last_end: last_end.map(|e| t0 + Duration::from_secs(e)),
-            waker: None,
         };
         let at = |secs: u64| t0 + Duration::from_secs(secs);
         // Before the first request: the handshake deadline, whatever is read.
