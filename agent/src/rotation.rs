@@ -467,9 +467,7 @@ async fn sign_batch(node: &dyn NodeApi, batch: Vec<Due>) -> SignedBatch {
 /// none (logged).
 async fn prepare(batch: Vec<Due>) -> (Vec<CsrForEntry>, BatchKeys, bool) {
     let n = batch.len();
-    let parts = std::thread::available_parallelism()
-        .map_or(1, std::num::NonZeroUsize::get)
-        .min(n.max(1));
+    let parts = common::svid::parallel_chunks().min(n.max(1));
     let size = n.div_ceil(parts).max(1);
     let mut batch = batch.into_iter();
     let mut chunks = Vec::with_capacity(parts);

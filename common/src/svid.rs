@@ -17,6 +17,15 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::spiffe_id::{SpiffeId, SpiffeIdError};
 
+/// The threads the machine runs at once, read once per process: how many chunks a batch
+/// of keys, CSRs or signatures is split into. (`available_parallelism` reads the cgroup's
+/// CPU quota files on every call, which showed in profiles of the signing path.)
+pub fn parallel_chunks() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS
+        .get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
+}
+
 /// Why certificate material is not a usable X.509-SVID.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SvidError {

@@ -320,27 +320,67 @@ pub struct ChainHead {
 /// version 5 on) appends both to the array, so they are covered too; a record with neither
 /// hashes exactly as records written before them did.
 pub fn record_hash(seq: i64, at_ms: i64, event: &AuditEvent, prev_hash: &str) -> String {
-    // The canonical form is the compact JSON array of the fields, written straight into
-    // the hash (no intermediate `Value`, no copy of the detail).
-    let mut hasher = HashWriter(Sha256::new());
-    let (kind, task, subject, detail) =
-        (&event.kind, &event.task_id, &event.subject, &event.detail);
-    let written = if event.actor.is_some() || event.tenant.is_some() {
-        let (actor, tenant) = (&event.actor, &event.tenant);
-        let fields = (
-            seq, at_ms, kind, task, subject, detail, prev_hash, actor, tenant,
-        );
-        serde_json::to_writer(&mut hasher, &fields)
-    } else {
-        serde_json::to_writer(
-            &mut hasher,
-            &(seq, at_ms, kind, task, subject, detail, prev_hash),
-        )
-    };
+    // The detail written straight into the hash: no intermediate `Value`, no copy of it.
+    hash_fields(seq, at_ms, event, prev_hash, |h| {
+        serde_json::to_writer(h, &event.detail)
+    })
+}
+
+/// [`record_hash`] of `event` whose detail, serialised compactly, is `detail_json` (what
+/// the datastore stores): the detail is serialised once for both.
+fn record_hash_of_text(
+    seq: i64,
+    at_ms: i64,
+    event: &AuditEvent,
+    detail_json: &str,
+    prev_hash: &str,
+) -> String {
+    hash_fields(seq, at_ms, event, prev_hash, |h| {
+        h.0.update(detail_json.as_bytes());
+        Ok(())
+    })
+}
+
+/// The hash of the canonical form: the compact JSON array of the fields (sequence number,
+/// time, kind, task, subject, detail, previous hash, then actor and tenant when either is
+/// set), written element by element into the hash; `detail` writes the detail's JSON.
+fn hash_fields(
+    seq: i64,
+    at_ms: i64,
+    event: &AuditEvent,
+    prev_hash: &str,
+    detail: impl FnOnce(&mut HashWriter) -> serde_json::Result<()>,
+) -> String {
+    let mut h = HashWriter(Sha256::new());
+    let written = (|| {
+        let h = &mut h;
+        h.0.update(b"[");
+        serde_json::to_writer(&mut *h, &seq)?;
+        h.0.update(b",");
+        serde_json::to_writer(&mut *h, &at_ms)?;
+        h.0.update(b",");
+        serde_json::to_writer(&mut *h, &event.kind)?;
+        h.0.update(b",");
+        serde_json::to_writer(&mut *h, &event.task_id)?;
+        h.0.update(b",");
+        serde_json::to_writer(&mut *h, &event.subject)?;
+        h.0.update(b",");
+        detail(h)?;
+        h.0.update(b",");
+        serde_json::to_writer(&mut *h, prev_hash)?;
+        if event.actor.is_some() || event.tenant.is_some() {
+            h.0.update(b",");
+            serde_json::to_writer(&mut *h, &event.actor)?;
+            h.0.update(b",");
+            serde_json::to_writer(&mut *h, &event.tenant)?;
+        }
+        h.0.update(b"]");
+        Ok::<_, serde_json::Error>(())
+    })();
     // Writing into a hash cannot fail, nor can serialising strings, integers and a
     // `Value`.
     debug_assert!(written.is_ok());
-    hex::encode(hasher.0.finalize())
+    hex::encode(h.0.finalize())
 }
 
 /// Feeds what is written into a SHA-256.
@@ -481,19 +521,34 @@ pub fn verify(records: &[AuditRecord]) -> Result<usize, AuditChainError> {
 
 /// Builds the records that follow `last` (seq, hash) for `events` written at `at_ms`.
 pub fn chain(last: Option<(i64, String)>, at_ms: i64, events: &[AuditEvent]) -> Vec<AuditRecord> {
+    chain_owned(last, at_ms, events.to_vec())
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect()
+}
+
+/// [`chain`], taking the events, each record beside its detail serialised compactly (what
+/// the datastore stores): each detail is serialised once, for its hash and its row.
+pub fn chain_owned(
+    last: Option<(i64, String)>,
+    at_ms: i64,
+    events: Vec<AuditEvent>,
+) -> Vec<(AuditRecord, String)> {
     let (mut seq, mut prev) = last.unwrap_or((0, GENESIS.to_owned()));
     events
-        .iter()
-        .map(|e| {
+        .into_iter()
+        .map(|event| {
             seq += 1;
-            let hash = record_hash(seq, at_ms, e, &prev);
-            AuditRecord {
+            let detail = event.detail.to_string();
+            let hash = record_hash_of_text(seq, at_ms, &event, &detail, &prev);
+            let record = AuditRecord {
                 seq,
                 at_ms,
-                event: e.clone(),
+                event,
                 prev_hash: std::mem::replace(&mut prev, hash.clone()),
                 hash,
-            }
+            };
+            (record, detail)
         })
         .collect()
 }
@@ -541,6 +596,12 @@ mod tests {
         for e in [&plain, &with_task, &by_actor, &in_tenant, &both] {
             assert_eq!(
                 record_hash(7, 1_700_000, e, GENESIS),
+                by_value(7, 1_700_000, e, GENESIS)
+            );
+            // From the detail's stored text, as records are written: the same hash.
+            let text = e.detail.to_string();
+            assert_eq!(
+                record_hash_of_text(7, 1_700_000, e, &text, GENESIS),
                 by_value(7, 1_700_000, e, GENESIS)
             );
         }

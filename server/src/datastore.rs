@@ -26,8 +26,9 @@ pub use sql::SqlStore;
 /// backend binds in one statement.
 pub const ENTRY_IDS_PER_QUERY: usize = 500;
 
-/// Told the kind (`AuditKind::as_str` as stored) of each audit record once it is committed.
-pub type AuditAppended = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+/// Told the kind (`AuditKind::as_str` as stored) and number of the audit records committed,
+/// once per run of records of one kind.
+pub type AuditAppended = std::sync::Arc<dyn Fn(&str, u64) + Send + Sync>;
 
 use common::task::{TaskBinding, TaskState};
 use common::{
@@ -657,9 +658,9 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     /// the stored and given times), all or none. Returns the stored audit records.
     async fn record_issuance(
         &self,
-        task_svids: &[TaskSvid],
-        audit: &[AuditEvent],
-        issued: &[IssuedSvid],
+        task_svids: Vec<TaskSvid>,
+        audit: Vec<AuditEvent>,
+        issued: Vec<IssuedSvid>,
     ) -> Result<Vec<AuditRecord>, DatastoreError>;
     /// Tasks that ended before their deadline (`deadline > now`), and the SVIDs issued
     /// under them that have not expired (`not_after > now`): what must stay revoked.

@@ -442,14 +442,15 @@ impl Issuer {
                 chain: issued.chain,
             });
         }
+        let signed = issued_svids.len();
         // Recorded, in one transaction, before any SVID leaves the server.
         self.ds
-            .record_issuance(&task_svids, &audit, &issued_svids)
+            .record_issuance(task_svids, audit, issued_svids)
             .await?;
         tracing::info!(
             agent_id = %agent,
-            signed = issued_svids.len(),
-            refused = out.len() - issued_svids.len(),
+            signed,
+            refused = out.len() - signed,
             "X.509-SVIDs issued"
         );
         Ok(out)
@@ -524,7 +525,9 @@ impl Issuer {
         .by(agent)
         .in_tenant(&entry.governance.tenant);
         let issued = (entry.id.clone(), agent.clone(), now_unix());
-        self.ds.record_issuance(&[], &[event], &[issued]).await?;
+        self.ds
+            .record_issuance(Vec::new(), vec![event], vec![issued])
+            .await?;
         tracing::info!(
             agent_id = %agent,
             entry_id = %entry.id,

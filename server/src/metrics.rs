@@ -207,8 +207,8 @@ impl ServerMetrics {
     /// What the datastore is handed to count its committed audit records here.
     pub fn audit_appended(&self) -> AuditAppended {
         let family = self.audit_appends.clone();
-        Arc::new(move |kind: &str| {
-            family.get_or_create(&AuditKindLabel::of(kind)).inc();
+        Arc::new(move |kind: &str, n: u64| {
+            family.get_or_create(&AuditKindLabel::of(kind)).inc_by(n);
         })
     }
 

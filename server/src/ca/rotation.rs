@@ -335,9 +335,7 @@ impl CaSet {
         if n <= 1 {
             return requests.iter().map(|r| self.sign_request(r)).collect();
         }
-        let parts = std::thread::available_parallelism()
-            .map_or(1, std::num::NonZeroUsize::get)
-            .min(n);
+        let parts = common::svid::parallel_chunks().min(n);
         let size = n.div_ceil(parts);
         let mut requests = requests.into_iter();
         let mut chunks = Vec::with_capacity(parts);

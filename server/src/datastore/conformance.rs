@@ -1877,20 +1877,22 @@ async fn due_and_revoked_tasks(b: &dyn Backend) {
         not_after,
     };
     ds.record_issuance(
-        &[
+        vec![
             svid("ended-200", "0a", 150),
             svid("ended-200", "0b", 50),
             svid("open-100", "0c", 150),
             svid("ended-300", "0d", 400),
         ],
-        &[],
-        &[],
+        Vec::new(),
+        Vec::new(),
     )
     .await
     .unwrap();
-    ds.record_issuance(&[], &[], &[]).await.unwrap();
+    ds.record_issuance(Vec::new(), Vec::new(), Vec::new())
+        .await
+        .unwrap();
     // Recording a serial again replaces it.
-    ds.record_issuance(&[svid("ended-200", "0a", 160)], &[], &[])
+    ds.record_issuance(vec![svid("ended-200", "0a", 160)], Vec::new(), Vec::new())
         .await
         .unwrap();
     let (revoked, svids) = ds.revoked_since(100).await.unwrap();
@@ -1932,14 +1934,14 @@ async fn reopen_sees_everything(b: &dyn Backend) {
         .unwrap()
     );
     ds.record_issuance(
-        &[TaskSvid {
+        vec![TaskSvid {
             task_id: tid("te"),
             serial: "01".into(),
             issuer_serial: "ca".into(),
             not_after: 4000,
         }],
-        &[],
-        &[],
+        Vec::new(),
+        Vec::new(),
     )
     .await
     .unwrap();
@@ -2053,9 +2055,9 @@ async fn entry_usage_adds_up_per_entry_and_agent(b: &dyn Backend) {
         .await
         .unwrap();
     ds.record_issuance(
-        &[],
-        &[],
-        &[
+        Vec::new(),
+        Vec::new(),
+        vec![
             (eid("a"), sid(N1), 100),
             (eid("a"), sid(N1), 90),
             (eid("b"), sid(N1), 50),
@@ -2063,10 +2065,12 @@ async fn entry_usage_adds_up_per_entry_and_agent(b: &dyn Backend) {
     )
     .await
     .unwrap();
-    ds.record_issuance(&[], &[], &[(eid("a"), sid(N2), 110)])
+    ds.record_issuance(Vec::new(), Vec::new(), vec![(eid("a"), sid(N2), 110)])
         .await
         .unwrap();
-    ds.record_issuance(&[], &[], &[]).await.unwrap();
+    ds.record_issuance(Vec::new(), Vec::new(), Vec::new())
+        .await
+        .unwrap();
     ds.record_usage(&[
         report("a", N1, 2, 1, 200),
         // An older last use never moves the time back; counts add up.
@@ -2176,7 +2180,7 @@ async fn an_issuance_is_recorded_in_one_call(b: &dyn Backend) {
     ];
     let issued = [(eid("a"), sid(N), 100), (eid("b"), sid(N), 101)];
     let stored = ds
-        .record_issuance(&[svid("0a")], &events, &issued)
+        .record_issuance(vec![svid("0a")], events.to_vec(), issued.to_vec())
         .await
         .unwrap();
     assert_eq!(stored.len(), 2);
@@ -2197,7 +2201,7 @@ async fn an_issuance_is_recorded_in_one_call(b: &dyn Backend) {
     assert!(svids.is_empty(), "no ended task: nothing revoked");
     // Without audit events: the serials and counts still land, the log does not grow.
     let none = ds
-        .record_issuance(&[svid("0b")], &[], &issued[..1])
+        .record_issuance(vec![svid("0b")], Vec::new(), issued[..1].to_vec())
         .await
         .unwrap();
     assert!(none.is_empty());
@@ -2251,8 +2255,12 @@ async fn large_batches_span_several_statements(b: &dyn Backend) {
             )
         })
         .collect();
-    ds.record_issuance(&[], &[], &issued).await.unwrap();
-    ds.record_issuance(&[], &[], &issued[..1]).await.unwrap();
+    ds.record_issuance(Vec::new(), Vec::new(), issued.to_vec())
+        .await
+        .unwrap();
+    ds.record_issuance(Vec::new(), Vec::new(), issued[..1].to_vec())
+        .await
+        .unwrap();
     let usage = ds.entry_usage(None).await.unwrap();
     assert_eq!(usage.len(), 300);
     for u in &usage {
@@ -2280,9 +2288,13 @@ async fn entry_usage_counts_every_concurrent_report(b: &dyn Backend) {
             ])
             .await
             .unwrap();
-            ds.record_issuance(&[], &[], &[(eid("a"), sid(AGENT), 2000 - i)])
-                .await
-                .unwrap();
+            ds.record_issuance(
+                Vec::new(),
+                Vec::new(),
+                vec![(eid("a"), sid(AGENT), 2000 - i)],
+            )
+            .await
+            .unwrap();
         }));
     }
     for h in handles {

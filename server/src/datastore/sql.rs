@@ -296,7 +296,7 @@ impl<D: Dialect> SqlStore<D> {
             let mut tx = D::begin_write(&pool).await.map_err(backend)?;
             let floor = heads.borrow().clone();
             let result = match f(&mut tx).await {
-                Ok(Some((v, events))) => append_in_tx::<D>(&mut tx, &events, floor)
+                Ok(Some((v, events))) => append_in_tx::<D>(&mut tx, events, floor)
                     .await
                     .map(|stored| Some((v, stored))),
                 Ok(None) => Ok(None),
@@ -305,8 +305,9 @@ impl<D: Dialect> SqlStore<D> {
             if let Ok(Some((_, stored))) = &result {
                 tx.commit().await.map_err(backend)?;
                 if let Some(counted) = counted.get() {
-                    for r in stored {
-                        counted(&r.event.kind);
+                    // Once per run of one kind (a batch of issuances is one run).
+                    for run in stored.chunk_by(|a, b| a.event.kind == b.event.kind) {
+                        counted(&run[0].event.kind, run.len() as u64);
                     }
                 }
                 if let Some(last) = stored.last() {
@@ -451,7 +452,7 @@ fn raise(heads: &watch::Sender<Option<ChainHead>>, head: ChainHead) {
 /// before it (its newest records were deleted). The caller holds the write lock.
 async fn append_in_tx<D: Dialect>(
     conn: &mut D::Connection,
-    events: &[AuditEvent],
+    events: Vec<AuditEvent>,
     floor: Option<ChainHead>,
 ) -> Result<Vec<AuditRecord>, DatastoreError> {
     if events.is_empty() {
@@ -481,8 +482,10 @@ async fn append_in_tx<D: Dialect>(
         .duration_since(std::time::SystemTime::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0);
-    let stored = crate::audit::chain(head, at_ms, events);
-    let details: Vec<String> = stored.iter().map(records::audit_detail).collect();
+    let (stored, details): (Vec<AuditRecord>, Vec<String>) =
+        crate::audit::chain_owned(head, at_ms, events)
+            .into_iter()
+            .unzip();
     let per_statement = records::MAX_VALUES_PER_STATEMENT / records::INSERT_AUDIT_COLUMNS;
     for (chunk, details) in stored
         .chunks(per_statement)
@@ -1483,20 +1486,19 @@ impl<D: Dialect> Datastore for SqlStore<D> {
 
     async fn record_issuance(
         &self,
-        task_svids: &[TaskSvid],
-        audit: &[AuditEvent],
-        issued: &[IssuedSvid],
+        task_svids: Vec<TaskSvid>,
+        audit: Vec<AuditEvent>,
+        issued: Vec<IssuedSvid>,
     ) -> Result<Vec<AuditRecord>, DatastoreError> {
         if task_svids.is_empty() && audit.is_empty() && issued.is_empty() {
             return Ok(Vec::new());
         }
-        let (task_svids, issued) = (task_svids.to_vec(), issued.to_vec());
         let stored = self
-            .write_tx(audit, move |conn| {
+            .write_tx_audited(move |conn| {
                 Box::pin(async move {
                     write_task_svids::<D>(conn, &task_svids).await?;
                     write_issued::<D>(conn, &issued).await?;
-                    Ok(Some(()))
+                    Ok(Some(((), audit)))
                 })
             })
             .await?;

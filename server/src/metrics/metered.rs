@@ -294,9 +294,9 @@ impl Datastore for Metered {
 
     async fn record_issuance(
         &self,
-        task_svids: &[TaskSvid],
-        audit: &[AuditEvent],
-        issued: &[IssuedSvid],
+        task_svids: Vec<TaskSvid>,
+        audit: Vec<AuditEvent>,
+        issued: Vec<IssuedSvid>,
     ) -> Result<Vec<AuditRecord>, DatastoreError> {
         let r = self.inner.record_issuance(task_svids, audit, issued).await;
         self.counted("write", r)
@@ -587,10 +587,11 @@ mod tests {
             event(AuditKind::PolicyReloaded),
             event(AuditKind::PolicyReloaded),
             event(AuditKind::CaRotated),
+            event(AuditKind::PolicyReloaded),
         ])
         .await
         .unwrap();
-        assert_eq!(appended("policy.reloaded"), 2);
+        assert_eq!(appended("policy.reloaded"), 3);
         assert_eq!(appended("ca.rotated"), 1);
         assert_eq!(appended("entry.created"), 0);
 

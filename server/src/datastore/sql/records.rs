@@ -897,11 +897,8 @@ pub(super) fn sum_usage(rows: Vec<EntryUsage>) -> Vec<EntryUsage> {
 }
 
 /// An audit record's detail as stored: the JSON text its hash covers.
-pub(super) fn audit_detail(r: &AuditRecord) -> String {
-    r.event.detail.to_string()
-}
-
-/// An audit record's values in [`INSERT_AUDIT_HEAD`] order (`detail` from [`audit_detail`]).
+/// An audit record's values in [`INSERT_AUDIT_HEAD`] order (`detail`: the record's detail
+/// serialised compactly, as [`crate::audit::chain_owned`] gives it).
 pub(super) fn audit_params<'a>(r: &'a AuditRecord, detail: &'a str) -> [Param<'a>; 10] {
     [
         Param::Int(r.seq),
