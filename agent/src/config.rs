@@ -147,8 +147,9 @@ pub struct RawAgentConfig {
     #[arg(long)]
     pub log_format: Option<String>,
     /// Most Workload API connections open at once; one more is closed at once
-    /// [default: the open-file limit (RLIMIT_NOFILE) less 64 kept for the agent's files,
-    /// divided by the 4 a connection may hold: its socket and its caller's /proc files].
+    /// [default: the open-file limit (RLIMIT_NOFILE, whose soft value the agent raises to
+    /// the hard one at start) less 64 kept for the agent's files, divided by the 4 a
+    /// connection may hold: its socket and its caller's /proc files].
     #[arg(long)]
     pub api_max_connections: Option<u32>,
     /// Most Workload API connections one uid may hold open; one more is closed at once

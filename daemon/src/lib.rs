@@ -6,6 +6,7 @@
 //! shutdown) without either depending on the other.
 
 pub mod cli_output;
+pub mod fd_limit;
 pub mod health;
 pub mod socket;
 pub mod state_file;

@@ -31,8 +31,8 @@ pub struct AgentProc {
     pub health_address: Option<SocketAddr>,
     /// Extra `run` flags used at every start.
     pub extra_args: Vec<String>,
-    /// Open-file limit (soft and hard RLIMIT_NOFILE) the agent runs under, if set.
-    pub fd_limit: Option<u64>,
+    /// Open-file limits (soft, hard RLIMIT_NOFILE) the agent starts under, if set.
+    pub fd_limit: Option<(u64, u64)>,
     /// The resolver configuration the agent sees as `/etc/resolv.conf`, if set.
     pub resolv_conf: Option<PathBuf>,
     /// Log file (stderr).
@@ -88,8 +88,15 @@ impl AgentProc {
     /// Runs the agent under an open-file limit of `n` (soft and hard), through
     /// util-linux `prlimit`, which execs the agent: the pid is the agent's.
     #[must_use]
-    pub fn with_fd_limit(mut self, n: u64) -> Self {
-        self.fd_limit = Some(n);
+    pub fn with_fd_limit(self, n: u64) -> Self {
+        self.with_fd_limits(n, n)
+    }
+
+    /// Starts the agent under a soft open-file limit of `soft` and a hard one of `hard`
+    /// (through `prlimit`, as [`Self::with_fd_limit`]).
+    #[must_use]
+    pub fn with_fd_limits(mut self, soft: u64, hard: u64) -> Self {
+        self.fd_limit = Some((soft, hard));
         self
     }
 
@@ -130,10 +137,10 @@ impl AgentProc {
             );
             program.push(conf.into());
         }
-        if let Some(n) = self.fd_limit {
+        if let Some((soft, hard)) = self.fd_limit {
             program.extend([
                 "prlimit".into(),
-                format!("--nofile={n}:{n}").into(),
+                format!("--nofile={soft}:{hard}").into(),
                 "--".into(),
             ]);
         }

@@ -28,6 +28,8 @@ pub struct ServerProc {
     pub port: u16,
     /// `/live` and `/ready` address (`--health-address`), if the server serves them.
     pub health_address: Option<SocketAddr>,
+    /// Open-file limits (soft, hard RLIMIT_NOFILE) the server starts under, if set.
+    pub fd_limits: Option<(u64, u64)>,
     /// Log file (stderr).
     pub log: PathBuf,
 }
@@ -50,8 +52,17 @@ impl ServerProc {
             host: Ipv4Addr::LOCALHOST,
             port: free_port(),
             health_address: None,
+            fd_limits: None,
             log: dir.join("server.log"),
         }
+    }
+
+    /// Starts the server under a soft open-file limit of `soft` and a hard one of `hard`,
+    /// through util-linux `prlimit`, which execs the server: the pid is the server's.
+    #[must_use]
+    pub fn with_fd_limits(mut self, soft: u64, hard: u64) -> Self {
+        self.fd_limits = Some((soft, hard));
+        self
     }
 
     /// Serves `/live` and `/ready` on a free loopback port (see `health_address`).
@@ -80,7 +91,16 @@ impl ServerProc {
     /// admin API answers. Fails the test, with the log, if it exits or does not answer.
     pub fn restart(&mut self) {
         assert!(!self.is_running(), "server already running");
-        let mut cmd = Command::new(bin("tessera-server"));
+        let mut cmd = match self.fd_limits {
+            Some((soft, hard)) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={soft}:{hard}"))
+                    .arg("--")
+                    .arg(bin("tessera-server"));
+                c
+            }
+            None => Command::new(bin("tessera-server")),
+        };
         cmd.arg("run")
             .args(["--trust-domain", TRUST_DOMAIN])
             .arg("--data-dir")

@@ -464,3 +464,75 @@ fn a_connection_cap_beyond_the_open_file_limit_is_refused_at_start() {
         "{log}"
     );
 }
+
+/// The soft and hard open-file limits in `/proc/<pid>/limits`.
+fn open_file_limits(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_else(|| panic!("no open-file limit in {limits}"));
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let [soft, hard] = numbers[..] else {
+        panic!("unexpected limits line {line:?}");
+    };
+    (soft, hard)
+}
+
+/// The hard limit the daemons below start under, above their soft [`FD_LIMIT`].
+const HARD_FD_LIMIT: u64 = 1024;
+
+#[test]
+fn the_agent_raises_its_soft_open_file_limit_to_the_hard_limit_before_sizing_its_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = tests::ServerProc::start(dir.path(), &[]);
+    let mut agent =
+        tests::AgentProc::new(dir.path(), &server).with_fd_limits(FD_LIMIT, HARD_FD_LIMIT);
+    agent.restart(Some(&server.token("spiffe://example.org/node/raised")));
+    let pid = agent.pid();
+    assert_eq!(open_file_limits(pid), (HARD_FD_LIMIT, HARD_FD_LIMIT));
+    let log = agent.log_text();
+    assert!(
+        log.contains("open-file limit raised to the hard limit")
+            && log.contains(&format!("from={FD_LIMIT}"))
+            && log.contains(&format!("to={HARD_FD_LIMIT}")),
+        "{log}"
+    );
+    // The default connection cap follows the raised limit, not the one it started under
+    // (which would allow (256 - 64) / 4 = 48).
+    let cap = (HARD_FD_LIMIT as usize - 64) / FDS_PER_CONNECTION;
+    assert!(log.contains(&format!("max_connections: {cap},")), "{log}");
+}
+
+#[test]
+fn the_server_raises_its_soft_open_file_limit_to_the_hard_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server =
+        tests::ServerProc::new(dir.path(), &[]).with_fd_limits(FD_LIMIT, HARD_FD_LIMIT);
+    server.restart();
+    let pid = server.pid();
+    assert_eq!(open_file_limits(pid), (HARD_FD_LIMIT, HARD_FD_LIMIT));
+    let log = server.log_text();
+    assert!(
+        log.contains("open-file limit raised to the hard limit")
+            && log.contains(&format!("from={FD_LIMIT}")),
+        "{log}"
+    );
+}
+
+#[test]
+fn an_agent_whose_soft_and_hard_limits_agree_keeps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = tests::ServerProc::start(dir.path(), &[]);
+    let mut agent = tests::AgentProc::new(dir.path(), &server).with_fd_limit(FD_LIMIT);
+    agent.restart(Some(&server.token("spiffe://example.org/node/kept")));
+    assert_eq!(open_file_limits(agent.pid()), (FD_LIMIT, FD_LIMIT));
+    assert!(
+        !agent.log_text().contains("open-file limit raised"),
+        "{}",
+        agent.log_text()
+    );
+}
