@@ -13,20 +13,13 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     let invocation = match cli.command {
-        Command::Run(args) => {
-            // Raised before the configuration is read: its default Workload API connection cap
-            // follows the open-file limit (see `daemon::fd_limit`).
-            let fd_limit = daemon::fd_limit::raise_open_file_limit();
-            match args.into_config() {
-                Ok(config) => {
-                    Invocation::Daemon(config.log_level.clone(), config.log_json, move |shutdown| {
-                        fd_limit.log();
-                        agent::app::run(config, shutdown)
-                    })
-                }
-                Err(e) => Invocation::BadConfig(e.to_string()),
-            }
-        }
+        // The open-file limit is raised before the configuration is read (see
+        // `daemon::fd_limit`).
+        Command::Run(args) => Invocation::run(
+            || args.into_config(),
+            |config| (config.log_level.clone(), config.log_json),
+            agent::app::run,
+        ),
         command => Invocation::Client(command.output(), move || agent::cli::run_api(command)),
     };
     daemon::main("tessera-agent", invocation)

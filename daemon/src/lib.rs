@@ -1,5 +1,6 @@
 //! Process plumbing shared by `tessera-server` and `tessera-agent`: crash-safe state files,
-//! Unix socket binding, logging, signal handling and the HTTP health endpoints.
+//! Unix socket binding, logging, signal handling, the open-file limit and the HTTP health
+//! endpoints.
 //!
 //! It knows nothing about identities: no SPIFFE types, no keys, no policy. It exists so the
 //! two daemons behave the same way where operators can see it (files, sockets, probes,
@@ -63,6 +64,35 @@ pub enum Invocation<D, C> {
     Client(cli_output::Output, C),
     /// `run` with an invalid configuration: the message to print (exit 64).
     BadConfig(String),
+}
+
+impl<DF, C> Invocation<Box<dyn FnOnce(CancellationToken) -> DF>, C> {
+    /// The `run` command: raises the soft open-file limit to the hard one first
+    /// ([`fd_limit`]), since `config` may size what it allows by that limit; then reads
+    /// the configuration with `config` (an error: [`Invocation::BadConfig`]), and runs
+    /// `daemon` with it once logging is set up with the `(level, json)` that `logging`
+    /// takes from it.
+    pub fn run<Cfg: 'static, E: std::fmt::Display>(
+        config: impl FnOnce() -> Result<Cfg, E>,
+        logging: impl FnOnce(&Cfg) -> (String, bool),
+        daemon: impl FnOnce(Cfg, CancellationToken) -> DF + 'static,
+    ) -> Self {
+        let limit = fd_limit::raise_open_file_limit();
+        match config() {
+            Ok(cfg) => {
+                let (level, json) = logging(&cfg);
+                Self::Daemon(
+                    level,
+                    json,
+                    Box::new(move |shutdown| {
+                        limit.log();
+                        daemon(cfg, shutdown)
+                    }),
+                )
+            }
+            Err(e) => Self::BadConfig(e.to_string()),
+        }
+    }
 }
 
 /// The shared `main`: builds the multi-threaded runtime, and either runs the daemon until

@@ -13,20 +13,13 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     let invocation = match cli.command {
-        Command::Run(args) => {
-            // Raised first, so that the server is not held to the 1,024 descriptors a soft
-            // limit usually allows while thousands of agents connect (see `daemon::fd_limit`).
-            let fd_limit = daemon::fd_limit::raise_open_file_limit();
-            match args.into_config() {
-                Ok(config) => {
-                    Invocation::Daemon(config.log_level.clone(), config.log_json, move |shutdown| {
-                        fd_limit.log();
-                        server::app::run(config, shutdown)
-                    })
-                }
-                Err(e) => Invocation::BadConfig(e.to_string()),
-            }
-        }
+        // The open-file limit is raised before the configuration is read (see
+        // `daemon::fd_limit`).
+        Command::Run(args) => Invocation::run(
+            || args.into_config(),
+            |config| (config.log_level.clone(), config.log_json),
+            server::app::run,
+        ),
         command => Invocation::Client(command.output(), move || server::cli::run_admin(command)),
     };
     daemon::main("tessera-server", invocation)
