@@ -519,16 +519,23 @@ pub fn verify(records: &[AuditRecord]) -> Result<usize, AuditChainError> {
     Ok(records.len())
 }
 
-/// Builds the records that follow `last` (seq, hash) for `events` written at `at_ms`.
-pub fn chain(last: Option<(i64, String)>, at_ms: i64, events: &[AuditEvent]) -> Vec<AuditRecord> {
+/// Builds the records that follow `last` (seq, hash) for `events` written at `at_ms`
+/// (tests: the datastore builds its records with [`chain_owned`]).
+#[cfg(test)]
+pub(crate) fn chain(
+    last: Option<(i64, String)>,
+    at_ms: i64,
+    events: &[AuditEvent],
+) -> Vec<AuditRecord> {
     chain_owned(last, at_ms, events.to_vec())
         .into_iter()
         .map(|(r, _)| r)
         .collect()
 }
 
-/// [`chain`], taking the events, each record beside its detail serialised compactly (what
-/// the datastore stores): each detail is serialised once, for its hash and its row.
+/// Builds the records that follow `last` (seq, hash) for `events` written at `at_ms`, each
+/// record beside its detail serialised compactly (what the datastore stores): each detail
+/// is serialised once, for its hash and its row.
 pub fn chain_owned(
     last: Option<(i64, String)>,
     at_ms: i64,

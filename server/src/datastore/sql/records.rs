@@ -896,7 +896,6 @@ pub(super) fn sum_usage(rows: Vec<EntryUsage>) -> Vec<EntryUsage> {
     out
 }
 
-/// An audit record's detail as stored: the JSON text its hash covers.
 /// An audit record's values in [`INSERT_AUDIT_HEAD`] order (`detail`: the record's detail
 /// serialised compactly, as [`crate::audit::chain_owned`] gives it).
 pub(super) fn audit_params<'a>(r: &'a AuditRecord, detail: &'a str) -> [Param<'a>; 10] {
