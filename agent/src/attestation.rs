@@ -1548,6 +1548,69 @@ mod tests {
         assert_eq!(attestor.reuse_stats().0.hits, 2);
     }
 
+    /// A directory above a running executable renamed: the file is the same (device,
+    /// inode, size and times, the key of everything kept for it), only the path the kernel
+    /// gives for it has changed, and with it the `path` selector. Neither the whole
+    /// attestation kept for the connection nor the image facts kept for reuse are served
+    /// under the old path: the link is read again on every call and must match.
+    #[test]
+    fn a_renamed_directory_above_the_executable_is_attested_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = fs::canonicalize(dir.path()).unwrap();
+        let (before, after) = (root.join("before"), root.join("after"));
+        fs::create_dir(&before).unwrap();
+        let program = before.join("tessera-test-sleep");
+        fs::copy(which("sleep"), &program).unwrap();
+        // Only a settled executable (ctime some seconds old) is kept for reuse.
+        thread::sleep(Duration::from_millis(2_300));
+        let child = Reaped(spawn_retrying(Command::new(&program).arg("30")));
+        let pid = child.pid();
+        let exe = format!("/proc/{pid}/exe");
+        for _ in 0..500 {
+            if fs::read_link(&exe).is_ok_and(|p| p == program) {
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        let peer = PeerCred {
+            pid: Some(pid),
+            ..own_peer()
+        };
+        let identity = || identity_selectors(peer.uid, peer.gid, &own_groups());
+        let attestor = Attestor::unix_only();
+        let pin = Accepted::capture(pid).unwrap();
+        let accepted = pin.process;
+
+        let first = attestor.attest_caller(peer, Some(accepted)).unwrap();
+        assert_same(&first.selectors, &with_executable(identity(), &program));
+        let kept = attestor
+            .attest_known(peer, Some(&pin))
+            .expect("served again while nothing changed");
+        assert_same(&kept.selectors, &first.selectors);
+
+        fs::rename(&before, &after).unwrap();
+        let moved = after.join("tessera-test-sleep");
+        assert_eq!(fs::read_link(&exe).unwrap(), moved);
+        // What the rename leaves as it was: the file, by every fact kept for it.
+        assert_eq!(
+            FileId::of(&File::open(&moved).unwrap()).unwrap(),
+            accepted.exe,
+            "the file itself is unchanged"
+        );
+        assert!(
+            attestor.attest_known(peer, Some(&pin)).is_none(),
+            "served under the old path after a rename"
+        );
+        let renamed = attestor.attest_caller(peer, Some(accepted)).unwrap();
+        assert_same(&renamed.selectors, &with_executable(identity(), &moved));
+        assert!(!renamed.selectors.contains(&sel("path", program.display())));
+        // And the new path is what is served again from now on.
+        assert_same(
+            &attestor.attest_known(peer, Some(&pin)).unwrap().selectors,
+            &renamed.selectors,
+        );
+    }
+
     /// A pid freed and given to another process (forced through `ns_last_pid`) is attested
     /// afresh: the new process never gets the selectors cached for the old one.
     #[test]
