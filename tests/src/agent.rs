@@ -32,7 +32,7 @@ pub struct AgentProc {
     /// Extra `run` flags used at every start.
     pub extra_args: Vec<String>,
     /// Open-file limits (soft, hard RLIMIT_NOFILE) the agent starts under, if set.
-    pub fd_limit: Option<(u64, u64)>,
+    pub fd_limits: Option<(u64, u64)>,
     /// The resolver configuration the agent sees as `/etc/resolv.conf`, if set.
     pub resolv_conf: Option<PathBuf>,
     /// Log file (stderr).
@@ -65,7 +65,7 @@ impl AgentProc {
             server_address: server.address(),
             health_address: None,
             extra_args: Vec::new(),
-            fd_limit: None,
+            fd_limits: None,
             resolv_conf: None,
             log: dir.join("agent.log"),
         }
@@ -85,18 +85,18 @@ impl AgentProc {
         self
     }
 
-    /// Runs the agent under an open-file limit of `n` (soft and hard), through
-    /// util-linux `prlimit`, which execs the agent: the pid is the agent's.
+    /// Runs the agent under an open-file limit of `n`, soft and hard
+    /// ([`Self::with_fd_limits`]).
     #[must_use]
     pub fn with_fd_limit(self, n: u64) -> Self {
         self.with_fd_limits(n, n)
     }
 
     /// Starts the agent under a soft open-file limit of `soft` and a hard one of `hard`
-    /// (through `prlimit`, as [`Self::with_fd_limit`]).
+    /// ([`crate::prlimit_prefix`]).
     #[must_use]
     pub fn with_fd_limits(mut self, soft: u64, hard: u64) -> Self {
-        self.fd_limit = Some((soft, hard));
+        self.fd_limits = Some((soft, hard));
         self
     }
 
@@ -137,12 +137,8 @@ impl AgentProc {
             );
             program.push(conf.into());
         }
-        if let Some((soft, hard)) = self.fd_limit {
-            program.extend([
-                "prlimit".into(),
-                format!("--nofile={soft}:{hard}").into(),
-                "--".into(),
-            ]);
+        if let Some((soft, hard)) = self.fd_limits {
+            program.extend(crate::prlimit_prefix(soft, hard));
         }
         program.push(bin("tessera-agent").into());
         let mut cmd = Command::new(&program[0]);

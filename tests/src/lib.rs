@@ -75,6 +75,16 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// The words that run a program under a soft open-file limit of `soft` and a hard one of
+/// `hard`: util-linux `prlimit`, which execs the program, so its pid is the program's.
+pub(crate) fn prlimit_prefix(soft: u64, hard: u64) -> [std::ffi::OsString; 3] {
+    [
+        "prlimit".into(),
+        format!("--nofile={soft}:{hard}").into(),
+        "--".into(),
+    ]
+}
+
 /// A free loopback TCP port (best effort: the port is released before use).
 ///
 /// Chosen below the kernel's ephemeral range, never from it: a server that tests stop and

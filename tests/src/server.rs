@@ -57,8 +57,8 @@ impl ServerProc {
         }
     }
 
-    /// Starts the server under a soft open-file limit of `soft` and a hard one of `hard`,
-    /// through util-linux `prlimit`, which execs the server: the pid is the server's.
+    /// Starts the server under a soft open-file limit of `soft` and a hard one of `hard`
+    /// ([`crate::prlimit_prefix`]).
     #[must_use]
     pub fn with_fd_limits(mut self, soft: u64, hard: u64) -> Self {
         self.fd_limits = Some((soft, hard));
@@ -91,16 +91,13 @@ impl ServerProc {
     /// admin API answers. Fails the test, with the log, if it exits or does not answer.
     pub fn restart(&mut self) {
         assert!(!self.is_running(), "server already running");
-        let mut cmd = match self.fd_limits {
-            Some((soft, hard)) => {
-                let mut c = Command::new("prlimit");
-                c.arg(format!("--nofile={soft}:{hard}"))
-                    .arg("--")
-                    .arg(bin("tessera-server"));
-                c
-            }
-            None => Command::new(bin("tessera-server")),
-        };
+        let mut program: Vec<std::ffi::OsString> = Vec::new();
+        if let Some((soft, hard)) = self.fd_limits {
+            program.extend(crate::prlimit_prefix(soft, hard));
+        }
+        program.push(bin("tessera-server").into());
+        let mut cmd = Command::new(&program[0]);
+        cmd.args(&program[1..]);
         cmd.arg("run")
             .args(["--trust-domain", TRUST_DOMAIN])
             .arg("--data-dir")
